@@ -1,0 +1,1273 @@
+//! DDL planning. Every definition change is a diff between the entity's old and new definition:
+//! the planner turns it into ordered steps (validation queries, then drops, column changes,
+//! additions, renames, grants). The extension runs them in one transaction.
+//!
+//! Identifiers are quoted; the only literals are DDL constants (defaults, bounds, rule keys), and
+//! they pass through `quote_literal`.
+
+use crate::checks::{field_checks, text_array, typed_literal};
+use crate::definition::{EntityDef, FieldDef};
+use crate::error::{Result, SqlState, UdmError};
+use crate::ident::{fit_name, qualified, quote_ident, quote_literal, SYSTEM_COLUMNS};
+use crate::rules::compile_rule;
+use crate::types::FieldType;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Where the entity lives.
+#[derive(Debug, Clone)]
+pub struct Ctx<'a> {
+    pub schema: &'a str,
+    /// The tenant's role, which gets DML privileges on entity tables.
+    pub role: &'a str,
+}
+
+impl Ctx<'_> {
+    pub fn table(&self, entity: &str) -> String {
+        qualified(self.schema, entity)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactKind {
+    Check,
+    Unique,
+    ForeignKey,
+    Index,
+    Trigger,
+}
+
+/// A named database object udm derives from a definition: a constraint, index or trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    /// Stable identity across renames: `f3.min`, `f3.fkey`, `r.dates`, `i.<name>`, `stamp`.
+    pub key: String,
+    pub name: String,
+    pub kind: ArtifactKind,
+    /// The table (entity slug) it belongs to.
+    pub table: String,
+    /// Definition text; equal bodies mean nothing to rebuild.
+    pub body: String,
+    /// Field ids it depends on.
+    pub fields: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Plain DDL.
+    Sql(String),
+    /// Before a type change: returns a row (the value as text) when some value would not
+    /// survive the conversion unchanged.
+    ConversionCheck {
+        field: String,
+        from: String,
+        to: String,
+        sql: String,
+    },
+    /// Before adding a required field without default: the table must be empty.
+    RequireEmpty { field: String, sql: String },
+    /// Before restoring a required field or making a field required: returns the number of
+    /// records without a value.
+    RequireFilled {
+        field: String,
+        column: String,
+        sql: String,
+    },
+    /// Evaluates a new field's rules on its default: all existing rows hold the default, so
+    /// this proves the rule for the whole table without scanning it.
+    DefaultCheck { field: String, sql: String },
+}
+
+// ------------------------------------------------------------------ names
+
+pub fn pkey_name(entity: &str) -> String {
+    fit_name(&format!("{entity}__pkey"))
+}
+
+pub fn check_name(entity: &str, field: &str, rule: &str) -> String {
+    fit_name(&format!("{entity}__{field}__{rule}"))
+}
+
+pub fn rule_constraint_name(entity: &str, rule: &str) -> String {
+    fit_name(&format!("{entity}__{rule}__rule"))
+}
+
+pub fn unique_name(entity: &str, field: &str) -> String {
+    fit_name(&format!("{entity}__{field}__key"))
+}
+
+pub fn fkey_name(entity: &str, field: &str) -> String {
+    fit_name(&format!("{entity}__{field}__fkey"))
+}
+
+pub fn field_index_name(entity: &str, field: &str) -> String {
+    fit_name(&format!("{entity}__{field}__idx"))
+}
+
+pub fn sequence_name(entity: &str, field: &str) -> String {
+    fit_name(&format!("{entity}__{field}__seq"))
+}
+
+pub fn removed_column_name(f: &FieldDef) -> String {
+    fit_name(&format!("_removed_f{}_{}", f.id, f.name))
+}
+
+pub fn removed_junction_name(entity: &str, f: &FieldDef) -> String {
+    fit_name(&format!("{entity}__f{}__removed", f.id))
+}
+
+pub const STAMP_TRIGGER: &str = "udm_stamp";
+
+// ------------------------------------------------------------------ SQL pieces
+
+/// The column's DEFAULT expression, if any.
+pub fn default_sql(f: &FieldDef) -> Option<String> {
+    let d = f.default.as_ref()?;
+    let pg = f.pg_type();
+    Some(match (&f.ftype, d) {
+        (FieldType::DateTime, Value::String(s)) if s == "now" => "now()".into(),
+        (FieldType::Date, Value::String(s)) if s == "now" || s == "today" => "CURRENT_DATE".into(),
+        (FieldType::Time, Value::String(s)) if s == "now" => "LOCALTIME".into(),
+        (FieldType::Boolean, Value::Bool(b)) => b.to_string(),
+        (FieldType::Json | FieldType::File, v) => {
+            format!("{}::jsonb", quote_literal(&v.to_string()))
+        }
+        (FieldType::Reference, Value::Object(o)) => {
+            let entity = o.get("entity").and_then(Value::as_str).unwrap_or("");
+            let id = o.get("id").and_then(Value::as_str).unwrap_or("");
+            format!(
+                "ROW({}, {}::uuid)::udm.ref",
+                quote_literal(entity),
+                quote_literal(id)
+            )
+        }
+        (_, Value::Array(items)) => {
+            if items.is_empty() {
+                format!("'{{}}'::{pg}")
+            } else {
+                let lits: Vec<String> = items
+                    .iter()
+                    .map(|i| match i {
+                        Value::String(s) => quote_literal(s),
+                        other => quote_literal(&other.to_string()),
+                    })
+                    .collect();
+                format!("ARRAY[{}]::{pg}", lits.join(", "))
+            }
+        }
+        (_, v) => typed_literal(v, &pg),
+    })
+}
+
+/// `"name" type [GENERATED ...] [DEFAULT ...] [NOT NULL]`.
+pub fn column_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> String {
+    let mut s = format!("{} {}", quote_ident(&f.column), f.pg_type());
+    if f.ftype == FieldType::AutoNumber {
+        s.push_str(&format!(
+            " GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME {})",
+            qualified(ctx.schema, &sequence_name(entity, &f.name))
+        ));
+    }
+    if let Some(d) = default_sql(f) {
+        s.push_str(" DEFAULT ");
+        s.push_str(&d);
+    }
+    if f.required || f.ftype == FieldType::AutoNumber {
+        s.push_str(" NOT NULL");
+    }
+    s
+}
+
+fn check_body(ctx: &Ctx, entity: &str, key: &str, cond: &str) -> String {
+    format!(
+        "CHECK (udm.check_rule(({cond}), {}, {}, {}))",
+        quote_literal(ctx.schema),
+        quote_literal(entity),
+        quote_literal(key)
+    )
+}
+
+/// The stamp trigger sets system columns and hashes password fields (named as arguments,
+/// `column:min_length`).
+pub fn stamp_trigger_body(ctx: &Ctx, def: &EntityDef) -> String {
+    let args: Vec<String> = def
+        .fields
+        .iter()
+        .filter(|f| f.ftype == FieldType::Password)
+        .map(|f| quote_literal(&format!("{}:{}", f.column, f.min_length.unwrap_or(0))))
+        .collect();
+    format!(
+        "BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION udm.stamp_row({})",
+        ctx.table(&def.slug),
+        args.join(", ")
+    )
+}
+
+// ------------------------------------------------------------------ artifacts
+
+/// Constraints, indexes and triggers of one field (with `column` as its column name).
+pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact> {
+    let e = &def.slug;
+    let mut out = Vec::new();
+    if !f.has_column() {
+        return out;
+    }
+    let col = quote_ident(&f.column);
+    for c in field_checks(f) {
+        out.push(Artifact {
+            name: check_name(e, &f.name, c.rule),
+            body: check_body(ctx, e, &c.key, &c.sql),
+            key: c.key,
+            kind: ArtifactKind::Check,
+            table: e.clone(),
+            fields: vec![f.id],
+        });
+    }
+    if f.unique || f.ftype == FieldType::AutoNumber {
+        out.push(Artifact {
+            key: format!("f{}.unique", f.id),
+            name: unique_name(e, &f.name),
+            kind: ArtifactKind::Unique,
+            table: e.clone(),
+            body: format!("UNIQUE ({col})"),
+            fields: vec![f.id],
+        });
+    }
+    if f.is_many_to_one() {
+        let target = f.target.as_deref().unwrap_or_default();
+        out.push(Artifact {
+            key: format!("f{}.fkey", f.id),
+            name: fkey_name(e, &f.name),
+            kind: ArtifactKind::ForeignKey,
+            table: e.clone(),
+            body: format!(
+                "FOREIGN KEY ({col}) REFERENCES {} (\"id\") ON DELETE {}",
+                ctx.table(target),
+                f.on_delete().sql()
+            ),
+            fields: vec![f.id],
+        });
+    }
+    let wants_index = (f.index || f.is_many_to_one()) && f.ftype != FieldType::Reference;
+    if wants_index && !f.unique {
+        out.push(Artifact {
+            key: format!("f{}.index", f.id),
+            name: field_index_name(e, &f.name),
+            kind: ArtifactKind::Index,
+            table: e.clone(),
+            body: format!("({col})"),
+            fields: vec![f.id],
+        });
+    }
+    if f.ftype == FieldType::Reference {
+        out.push(Artifact {
+            key: format!("f{}.refindex", f.id),
+            name: field_index_name(e, &f.name),
+            kind: ArtifactKind::Index,
+            table: e.clone(),
+            body: format!("((({col}).id))"),
+            fields: vec![f.id],
+        });
+        out.push(Artifact {
+            key: format!("f{}.refcheck", f.id),
+            name: fit_name(&format!("udm_ref__{}", f.name)),
+            kind: ArtifactKind::Trigger,
+            table: e.clone(),
+            body: format!(
+                "CREATE CONSTRAINT TRIGGER {{name}} AFTER INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION udm.reference_check({})",
+                ctx.table(e),
+                quote_literal(&f.column)
+            ),
+            fields: vec![f.id],
+        });
+        for t in &f.targets {
+            out.push(Artifact {
+                key: format!("f{}.refguard.{t}", f.id),
+                name: fit_name(&format!("udm_ref__{e}__{}", f.name)),
+                kind: ArtifactKind::Trigger,
+                table: t.clone(),
+                body: format!(
+                    "CREATE TRIGGER {{name}} BEFORE DELETE ON {} FOR EACH ROW EXECUTE FUNCTION udm.reference_on_delete({}, {}, {})",
+                    ctx.table(t),
+                    quote_literal(e),
+                    quote_literal(&f.column),
+                    quote_literal(f.on_delete().name())
+                ),
+                fields: vec![f.id],
+            });
+        }
+    }
+    out
+}
+
+/// All artifacts of an entity's active definition.
+pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
+    let mut out = Vec::new();
+    for f in &def.fields {
+        out.extend(field_artifacts(ctx, def, f));
+    }
+    for r in &def.rules {
+        let cond = compile_rule(def, &r.check)?;
+        let fields = crate::rules::rule_fields(&r.check)?
+            .iter()
+            .filter_map(|n| def.field(n).map(|f| f.id))
+            .collect();
+        out.push(Artifact {
+            key: format!("r.{}", r.name),
+            name: rule_constraint_name(&def.slug, &r.name),
+            kind: ArtifactKind::Check,
+            table: def.slug.clone(),
+            body: check_body(ctx, &def.slug, &format!("r.{}", r.name), &cond),
+            fields,
+        });
+    }
+    for i in &def.indexes {
+        let mut cols = Vec::new();
+        let mut ids = Vec::new();
+        for n in &i.fields {
+            let f = def.field_or_err(n)?;
+            cols.push(quote_ident(&f.column));
+            ids.push(f.id);
+        }
+        out.push(Artifact {
+            key: format!("i.{}", i.name),
+            name: i.name.clone(),
+            kind: if i.unique {
+                ArtifactKind::Unique
+            } else {
+                ArtifactKind::Index
+            },
+            table: def.slug.clone(),
+            body: format!("({})", cols.join(", ")),
+            fields: ids,
+        });
+    }
+    out.push(Artifact {
+        key: "stamp".into(),
+        name: STAMP_TRIGGER.into(),
+        kind: ArtifactKind::Trigger,
+        table: def.slug.clone(),
+        body: stamp_trigger_body(ctx, def),
+        fields: vec![],
+    });
+    // Derived relation names share one namespace per schema: refuse collisions up front.
+    let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
+    for a in &out {
+        let ns = match a.kind {
+            ArtifactKind::Index | ArtifactKind::Unique => "relation".to_string(),
+            _ => format!("{}:{:?}", a.table, a.kind),
+        };
+        if let Some(other) = seen.insert((ns, a.name.clone()), &a.key) {
+            return Err(UdmError::new(
+                SqlState::DuplicateObject,
+                format!(
+                    "entity \"{}\": \"{}\" and \"{}\" would both be named \"{}\"",
+                    def.slug, other, a.key, a.name
+                ),
+            )
+            .hint("give the index another name"));
+        }
+    }
+    Ok(out)
+}
+
+fn add_artifact_sql(ctx: &Ctx, a: &Artifact, not_valid: bool) -> String {
+    let t = ctx.table(&a.table);
+    let name = quote_ident(&a.name);
+    match a.kind {
+        ArtifactKind::Check | ArtifactKind::ForeignKey => format!(
+            "ALTER TABLE {t} ADD CONSTRAINT {name} {}{}",
+            a.body,
+            if not_valid { " NOT VALID" } else { "" }
+        ),
+        ArtifactKind::Unique if a.key.starts_with('i') => {
+            format!("CREATE UNIQUE INDEX {name} ON {t} {}", a.body)
+        }
+        ArtifactKind::Unique => format!("ALTER TABLE {t} ADD CONSTRAINT {name} {}", a.body),
+        ArtifactKind::Index => format!("CREATE INDEX {name} ON {t} {}", a.body),
+        ArtifactKind::Trigger if a.key == "stamp" => format!("CREATE TRIGGER {name} {}", a.body),
+        ArtifactKind::Trigger => a.body.replace("{name}", &name),
+    }
+}
+
+fn drop_artifact_sql(ctx: &Ctx, a: &Artifact) -> String {
+    let t = ctx.table(&a.table);
+    let name = quote_ident(&a.name);
+    match a.kind {
+        ArtifactKind::Unique if a.key.starts_with('i') => {
+            format!("DROP INDEX {}", qualified(ctx.schema, &a.name))
+        }
+        ArtifactKind::Check | ArtifactKind::ForeignKey | ArtifactKind::Unique => {
+            format!("ALTER TABLE {t} DROP CONSTRAINT {name}")
+        }
+        ArtifactKind::Index => format!("DROP INDEX {}", qualified(ctx.schema, &a.name)),
+        ArtifactKind::Trigger => format!("DROP TRIGGER {name} ON {t}"),
+    }
+}
+
+fn rename_artifact_sql(ctx: &Ctx, a: &Artifact, new_name: &str) -> String {
+    let t = ctx.table(&a.table);
+    match a.kind {
+        ArtifactKind::Index => {
+            format!(
+                "ALTER INDEX {} RENAME TO {}",
+                qualified(ctx.schema, &a.name),
+                quote_ident(new_name)
+            )
+        }
+        ArtifactKind::Unique if a.key.starts_with('i') => {
+            format!(
+                "ALTER INDEX {} RENAME TO {}",
+                qualified(ctx.schema, &a.name),
+                quote_ident(new_name)
+            )
+        }
+        ArtifactKind::Trigger => {
+            format!(
+                "ALTER TRIGGER {} ON {t} RENAME TO {}",
+                quote_ident(&a.name),
+                quote_ident(new_name)
+            )
+        }
+        _ => format!(
+            "ALTER TABLE {t} RENAME CONSTRAINT {} TO {}",
+            quote_ident(&a.name),
+            quote_ident(new_name)
+        ),
+    }
+}
+
+// ------------------------------------------------------------------ create
+
+fn junction_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> Vec<String> {
+    let j = f.junction.clone().unwrap_or_default();
+    let jt = qualified(ctx.schema, &j);
+    let target = f.target.as_deref().unwrap_or_default();
+    vec![
+        format!(
+            "CREATE TABLE {jt} (\"source_id\" uuid NOT NULL, \"target_id\" uuid NOT NULL, \
+             \"created_at\" timestamp with time zone NOT NULL DEFAULT now(), \
+             CONSTRAINT {} PRIMARY KEY (\"source_id\", \"target_id\"), \
+             CONSTRAINT {} FOREIGN KEY (\"source_id\") REFERENCES {} (\"id\") ON DELETE CASCADE, \
+             CONSTRAINT {} FOREIGN KEY (\"target_id\") REFERENCES {} (\"id\") ON DELETE CASCADE)",
+            quote_ident(&fit_name(&format!("{j}__pkey"))),
+            quote_ident(&fit_name(&format!("{j}__source__fkey"))),
+            ctx.table(entity),
+            quote_ident(&fit_name(&format!("{j}__target__fkey"))),
+            ctx.table(target),
+        ),
+        format!(
+            "CREATE INDEX {} ON {jt} (\"target_id\")",
+            quote_ident(&fit_name(&format!("{j}__target__idx")))
+        ),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {jt} TO {}",
+            quote_ident(ctx.role)
+        ),
+        format!(
+            "COMMENT ON TABLE {jt} IS {}",
+            quote_literal(&format!(
+                "udm many-to-many links of {entity}.{} to {target}",
+                f.name
+            ))
+        ),
+    ]
+}
+
+/// Privileges of the tenant role on an entity table: all DML, and SELECT on every column except
+/// password hashes.
+pub fn grant_sql(ctx: &Ctx, def: &EntityDef) -> Vec<String> {
+    let t = ctx.table(&def.slug);
+    let role = quote_ident(ctx.role);
+    let secret: Vec<&FieldDef> = def
+        .fields
+        .iter()
+        .chain(def.removed_fields.iter())
+        .filter(|f| f.ftype == FieldType::Password)
+        .collect();
+    let mut out = vec![format!("REVOKE ALL ON {t} FROM {role}")];
+    out.push(format!("GRANT INSERT, UPDATE, DELETE ON {t} TO {role}"));
+    if secret.is_empty() {
+        out.push(format!("GRANT SELECT ON {t} TO {role}"));
+    } else {
+        let mut cols: Vec<String> = SYSTEM_COLUMNS.iter().map(|c| quote_ident(c)).collect();
+        for f in def.fields.iter().chain(def.removed_fields.iter()) {
+            if f.has_column() && f.ftype != FieldType::Password {
+                cols.push(quote_ident(&f.column));
+            }
+        }
+        out.push(format!(
+            "GRANT SELECT ({}) ON {t} TO {role}",
+            cols.join(", ")
+        ));
+    }
+    out
+}
+
+fn comment_sql(ctx: &Ctx, def: &EntityDef) -> String {
+    let label = def.label.as_deref().unwrap_or(&def.slug);
+    format!(
+        "COMMENT ON TABLE {} IS {}",
+        ctx.table(&def.slug),
+        quote_literal(&format!(
+            "udm entity {} ({label}); change it with udm_* functions",
+            def.slug
+        ))
+    )
+}
+
+/// The steps that create an entity's table from scratch.
+pub fn create_entity(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Step>> {
+    let e = &def.slug;
+    let mut cols = vec![
+        "\"id\" uuid NOT NULL DEFAULT gen_random_uuid()".to_string(),
+        "\"created_at\" timestamp with time zone NOT NULL DEFAULT now()".to_string(),
+        "\"updated_at\" timestamp with time zone NOT NULL DEFAULT now()".to_string(),
+        "\"created_by\" text".to_string(),
+        "\"updated_by\" text".to_string(),
+        "\"_version\" integer NOT NULL DEFAULT 1".to_string(),
+    ];
+    for f in def.fields.iter().filter(|f| f.has_column()) {
+        cols.push(column_sql(ctx, e, f));
+    }
+    let artifacts = entity_artifacts(ctx, def)?;
+    let mut inline = vec![format!(
+        "CONSTRAINT {} PRIMARY KEY (\"id\")",
+        quote_ident(&pkey_name(e))
+    )];
+    let mut later = Vec::new();
+    for a in &artifacts {
+        let self_only = a.table == *e;
+        match a.kind {
+            ArtifactKind::Check | ArtifactKind::ForeignKey if self_only => {
+                inline.push(format!("CONSTRAINT {} {}", quote_ident(&a.name), a.body))
+            }
+            ArtifactKind::Unique if self_only && !a.key.starts_with('i') => {
+                inline.push(format!("CONSTRAINT {} {}", quote_ident(&a.name), a.body))
+            }
+            _ => later.push(Step::Sql(add_artifact_sql(ctx, a, false))),
+        }
+    }
+    cols.extend(inline);
+    let mut steps = vec![Step::Sql(format!(
+        "CREATE TABLE {} (\n  {}\n)",
+        ctx.table(e),
+        cols.join(",\n  ")
+    ))];
+    steps.extend(later);
+    for f in def.fields.iter().filter(|f| f.is_many_to_many()) {
+        steps.extend(junction_sql(ctx, e, f).into_iter().map(Step::Sql));
+    }
+    steps.extend(grant_sql(ctx, def).into_iter().map(Step::Sql));
+    steps.push(Step::Sql(comment_sql(ctx, def)));
+    Ok(steps)
+}
+
+// ------------------------------------------------------------------ change
+
+/// Whether and how a column can change from one field type to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conversion {
+    /// Same PostgreSQL type: only constraints change.
+    None,
+    /// ALTER TYPE after checking that every value survives the round trip.
+    Checked,
+}
+
+pub fn conversion(entity: &str, old: &FieldDef, new: &FieldDef) -> Result<Conversion> {
+    let (a, b) = (&old.ftype, &new.ftype);
+    if old.pg_type() == new.pg_type() && old.has_column() == new.has_column() {
+        if (*a == FieldType::Password) != (*b == FieldType::Password) {
+            return Err(refuse_conversion(
+                entity,
+                old,
+                new,
+                "passwords are stored as hashes",
+            ));
+        }
+        if (*a == FieldType::AutoNumber) != (*b == FieldType::AutoNumber) {
+            return Err(refuse_conversion(
+                entity,
+                old,
+                new,
+                "auto_number values are assigned by udm",
+            ));
+        }
+        return Ok(Conversion::None);
+    }
+    let special = |t: &FieldType| {
+        matches!(
+            t,
+            FieldType::Password | FieldType::AutoNumber | FieldType::Reference
+        ) || (*t == FieldType::Relation)
+    };
+    if special(a) || special(b) || old.is_many_to_many() || new.is_many_to_many() {
+        return Err(refuse_conversion(
+            entity,
+            old,
+            new,
+            "relations, references, passwords and auto numbers keep their type",
+        ));
+    }
+    let json = |t: &FieldType| matches!(t, FieldType::Json | FieldType::File);
+    let list = |t: &FieldType| {
+        matches!(
+            t,
+            FieldType::MultiSelect | FieldType::Tags | FieldType::Array(_)
+        )
+    };
+    let text = |t: &FieldType| t.is_text_like() && *t != FieldType::Password;
+    if json(a) != json(b) && !text(b) {
+        return Err(refuse_conversion(
+            entity,
+            old,
+            new,
+            "json converts only to text",
+        ));
+    }
+    if list(a) != list(b) && !text(b) {
+        return Err(refuse_conversion(
+            entity,
+            old,
+            new,
+            "lists convert only to lists or text",
+        ));
+    }
+    let boolish = |t: &FieldType| *t == FieldType::Boolean;
+    if boolish(a) != boolish(b) && !text(a) && !text(b) {
+        return Err(refuse_conversion(
+            entity,
+            old,
+            new,
+            "booleans convert only to and from text",
+        ));
+    }
+    Ok(Conversion::Checked)
+}
+
+fn refuse_conversion(entity: &str, old: &FieldDef, new: &FieldDef, why: &str) -> UdmError {
+    UdmError::new(
+        SqlState::DatatypeMismatch,
+        format!(
+            "cannot change field \"{}\" of entity \"{entity}\" from {} to {}: {why}",
+            old.name,
+            old.ftype.name(),
+            new.ftype.name()
+        ),
+    )
+    .hint("add a new field of the new type, copy the values, then remove the old field")
+}
+
+/// Plans the DDL from `old` to `new` (same entity). Fields are matched by id.
+pub fn plan_change(ctx: &Ctx, old: &EntityDef, new: &EntityDef) -> Result<Vec<Step>> {
+    let e = &new.slug;
+    let t = ctx.table(e);
+    let mut checks = Vec::new();
+    let mut column_steps = Vec::new();
+    let mut fresh_columns: Vec<u32> = Vec::new();
+    let mut type_changed: Vec<u32> = Vec::new();
+    let mut junction_steps = Vec::new();
+
+    let old_active: BTreeMap<u32, &FieldDef> = old.fields.iter().map(|f| (f.id, f)).collect();
+    let old_removed: BTreeMap<u32, &FieldDef> =
+        old.removed_fields.iter().map(|f| (f.id, f)).collect();
+    let new_active: BTreeMap<u32, &FieldDef> = new.fields.iter().map(|f| (f.id, f)).collect();
+    let new_removed: BTreeMap<u32, &FieldDef> =
+        new.removed_fields.iter().map(|f| (f.id, f)).collect();
+
+    // purged: in old (either list), gone from new
+    for (id, f) in old_active.iter().chain(old_removed.iter()) {
+        if new_active.contains_key(id) || new_removed.contains_key(id) {
+            continue;
+        }
+        if f.has_column() {
+            column_steps.push(Step::Sql(format!(
+                "ALTER TABLE {t} DROP COLUMN {}",
+                quote_ident(&f.column)
+            )));
+        } else if let Some(j) = &f.junction {
+            junction_steps.push(Step::Sql(format!(
+                "DROP TABLE {}",
+                qualified(ctx.schema, j)
+            )));
+        }
+    }
+    // removed: active in old, removed in new
+    for (id, nf) in &new_removed {
+        let Some(of) = old_active.get(id) else {
+            continue;
+        };
+        if of.has_column() {
+            column_steps.push(Step::Sql(format!(
+                "ALTER TABLE {t} RENAME COLUMN {} TO {}",
+                quote_ident(&of.column),
+                quote_ident(&nf.column)
+            )));
+            if of.required {
+                column_steps.push(Step::Sql(format!(
+                    "ALTER TABLE {t} ALTER COLUMN {} DROP NOT NULL",
+                    quote_ident(&nf.column)
+                )));
+            }
+            if of.default.is_some() {
+                column_steps.push(Step::Sql(format!(
+                    "ALTER TABLE {t} ALTER COLUMN {} DROP DEFAULT",
+                    quote_ident(&nf.column)
+                )));
+            }
+        } else if let (Some(oj), Some(nj)) = (&of.junction, &nf.junction) {
+            junction_steps.push(Step::Sql(format!(
+                "ALTER TABLE {} RENAME TO {}",
+                qualified(ctx.schema, oj),
+                quote_ident(nj)
+            )));
+        }
+    }
+    for (id, nf) in &new_active {
+        if let Some(rf) = old_removed.get(id) {
+            // restored
+            if nf.has_column() {
+                column_steps.push(Step::Sql(format!(
+                    "ALTER TABLE {t} RENAME COLUMN {} TO {}",
+                    quote_ident(&rf.column),
+                    quote_ident(&nf.column)
+                )));
+                if let Some(d) = default_sql(nf) {
+                    column_steps.push(Step::Sql(format!(
+                        "ALTER TABLE {t} ALTER COLUMN {} SET DEFAULT {d}",
+                        quote_ident(&nf.column)
+                    )));
+                }
+                if nf.required {
+                    checks.push(Step::RequireFilled {
+                        field: nf.name.clone(),
+                        column: rf.column.clone(),
+                        sql: format!(
+                            "SELECT count(*) FROM {t} WHERE {} IS NULL",
+                            quote_ident(&rf.column)
+                        ),
+                    });
+                    column_steps.push(Step::Sql(format!(
+                        "ALTER TABLE {t} ALTER COLUMN {} SET NOT NULL",
+                        quote_ident(&nf.column)
+                    )));
+                }
+            } else if let (Some(rj), Some(nj)) = (&rf.junction, &nf.junction) {
+                junction_steps.push(Step::Sql(format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    qualified(ctx.schema, rj),
+                    quote_ident(nj)
+                )));
+            }
+            continue;
+        }
+        let Some(of) = old_active.get(id) else {
+            // added
+            if nf.has_column() {
+                if nf.required && nf.default.is_none() {
+                    checks.push(Step::RequireEmpty {
+                        field: nf.name.clone(),
+                        sql: format!("SELECT EXISTS (SELECT 1 FROM {t})"),
+                    });
+                }
+                column_steps.push(Step::Sql(format!(
+                    "ALTER TABLE {t} ADD COLUMN {}",
+                    column_sql(ctx, e, nf)
+                )));
+                fresh_columns.push(nf.id);
+            } else {
+                junction_steps.extend(junction_sql(ctx, e, nf).into_iter().map(Step::Sql));
+            }
+            continue;
+        };
+        // changed in place
+        if !nf.has_column() {
+            if of.junction != nf.junction {
+                if let (Some(oj), Some(nj)) = (&of.junction, &nf.junction) {
+                    junction_steps.push(Step::Sql(format!(
+                        "ALTER TABLE {} RENAME TO {}",
+                        qualified(ctx.schema, oj),
+                        quote_ident(nj)
+                    )));
+                }
+            }
+            continue;
+        }
+        let col = quote_ident(&nf.column);
+        if of.column != nf.column {
+            column_steps.push(Step::Sql(format!(
+                "ALTER TABLE {t} RENAME COLUMN {} TO {col}",
+                quote_ident(&of.column)
+            )));
+        }
+        let conv = conversion(e, of, nf)?;
+        let default_changed = default_sql(of) != default_sql(nf);
+        if conv == Conversion::Checked {
+            type_changed.push(nf.id);
+            let (from, to) = (of.pg_type(), nf.pg_type());
+            let ocol = quote_ident(&of.column);
+            checks.push(Step::ConversionCheck {
+                field: nf.name.clone(),
+                from: of.ftype.name(),
+                to: nf.ftype.name(),
+                sql: format!(
+                    "SELECT {ocol}::text FROM {t} WHERE {ocol} IS NOT NULL AND ({ocol}::{to})::{from} IS DISTINCT FROM {ocol} LIMIT 1"
+                ),
+            });
+            if of.default.is_some() {
+                column_steps.push(Step::Sql(format!(
+                    "ALTER TABLE {t} ALTER COLUMN {col} DROP DEFAULT"
+                )));
+            }
+            column_steps.push(Step::Sql(format!(
+                "ALTER TABLE {t} ALTER COLUMN {col} TYPE {to} USING {col}::{to}"
+            )));
+            if let Some(d) = default_sql(nf) {
+                column_steps.push(Step::Sql(format!(
+                    "ALTER TABLE {t} ALTER COLUMN {col} SET DEFAULT {d}"
+                )));
+            }
+        } else if default_changed {
+            match default_sql(nf) {
+                Some(d) => column_steps.push(Step::Sql(format!(
+                    "ALTER TABLE {t} ALTER COLUMN {col} SET DEFAULT {d}"
+                ))),
+                None => column_steps.push(Step::Sql(format!(
+                    "ALTER TABLE {t} ALTER COLUMN {col} DROP DEFAULT"
+                ))),
+            }
+        }
+        if !of.required && nf.required {
+            checks.push(Step::RequireFilled {
+                field: nf.name.clone(),
+                column: of.column.clone(),
+                sql: format!(
+                    "SELECT count(*) FROM {t} WHERE {} IS NULL",
+                    quote_ident(&of.column)
+                ),
+            });
+        }
+        if of.required != nf.required {
+            let what = if nf.required { "SET" } else { "DROP" };
+            column_steps.push(Step::Sql(format!(
+                "ALTER TABLE {t} ALTER COLUMN {col} {what} NOT NULL"
+            )));
+        }
+    }
+
+    // artifacts: compare old (with old names) and new by key
+    let old_arts = entity_artifacts(ctx, old)?;
+    let new_arts = entity_artifacts(ctx, new)?;
+    let renames_of = |fields: &[u32]| fields.iter().any(|id| type_changed.contains(id));
+    let mut drops = Vec::new();
+    let mut adds = Vec::new();
+    let mut renames = Vec::new();
+    let old_by_key: BTreeMap<&str, &Artifact> =
+        old_arts.iter().map(|a| (a.key.as_str(), a)).collect();
+    let new_by_key: BTreeMap<&str, &Artifact> =
+        new_arts.iter().map(|a| (a.key.as_str(), a)).collect();
+    for a in &old_arts {
+        match new_by_key.get(a.key.as_str()) {
+            Some(n)
+                if same_body(old, new, a, n)
+                    && !(renames_of(&a.fields) && a.kind == ArtifactKind::Check) =>
+            {
+                if n.name != a.name {
+                    renames.push(Step::Sql(rename_artifact_sql(ctx, a, &n.name)));
+                }
+            }
+            _ => drops.push(Step::Sql(drop_artifact_sql(ctx, a))),
+        }
+    }
+    for a in &new_arts {
+        let keep = old_by_key.get(a.key.as_str()).is_some_and(|o| {
+            same_body(old, new, o, a) && !(renames_of(&a.fields) && a.kind == ArtifactKind::Check)
+        });
+        if keep {
+            continue;
+        }
+        let on_fresh = !a.fields.is_empty() && a.fields.iter().all(|id| fresh_columns.contains(id));
+        let not_valid =
+            on_fresh && matches!(a.kind, ArtifactKind::Check | ArtifactKind::ForeignKey);
+        if on_fresh && a.kind == ArtifactKind::Check {
+            // the new column holds only its default (or NULL): proving the default proves the table.
+            let f = new
+                .fields
+                .iter()
+                .find(|f| f.id == a.fields[0])
+                .expect("fresh field");
+            if let Some(d) = default_sql(f) {
+                let cond = a.body.trim_start_matches("CHECK ");
+                checks.push(Step::DefaultCheck {
+                    field: f.name.clone(),
+                    sql: format!(
+                        "SELECT {cond} FROM (SELECT {d} AS {}) AS \"new_row\"",
+                        quote_ident(&f.column)
+                    ),
+                });
+            }
+        }
+        adds.push(Step::Sql(add_artifact_sql(ctx, a, not_valid)));
+    }
+
+    let mut steps = checks;
+    steps.extend(drops);
+    steps.extend(column_steps);
+    steps.extend(junction_steps);
+    steps.extend(renames);
+    steps.extend(adds);
+    steps.extend(grant_sql(ctx, new).into_iter().map(Step::Sql));
+    if old.label != new.label {
+        steps.push(Step::Sql(comment_sql(ctx, new)));
+    }
+    Ok(steps)
+}
+
+/// Bodies match when they are equal after writing the old one with the new column names.
+fn same_body(old: &EntityDef, new: &EntityDef, a: &Artifact, b: &Artifact) -> bool {
+    if a.body == b.body {
+        return true;
+    }
+    let mut body = a.body.clone();
+    for id in &a.fields {
+        if let (Some(of), Some(nf)) = (old.field_by_id(*id), new.field_by_id(*id)) {
+            if of.column != nf.column {
+                body = body.replace(&quote_ident(&of.column), &quote_ident(&nf.column));
+            }
+        }
+    }
+    body == b.body
+}
+
+/// Multi-select values as a text[] literal (used by callers building queries).
+pub fn values_array(values: &[String]) -> String {
+    text_array(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{apply_field_changes, parse_field, EntityDef, Source};
+    use serde_json::json;
+
+    const CTX: Ctx = Ctx {
+        schema: "acme",
+        role: "tenant_acme",
+    };
+
+    fn product() -> EntityDef {
+        EntityDef::parse(
+            "product",
+            &json!({"label": "Product",
+              "fields": [
+                {"name": "name", "type": "text", "required": true, "max_length": 200},
+                {"name": "price", "type": "decimal", "precision": 12, "scale": 2, "min": 0},
+                {"name": "status", "type": "select", "values": ["draft", "active", "retired"], "default": "draft"},
+                {"name": "metadata", "type": "json"},
+                {"name": "category_id", "type": "relation", "target": "category", "on_delete": "restrict"},
+                {"name": "sample_date", "type": "date"},
+                {"name": "release_date", "type": "date"}],
+              "rules": [{"name": "sample_before_release", "check": "sample_date <= release_date",
+                         "message": "sample date must not be after release date"}]}),
+            Source::Caller,
+        )
+        .unwrap()
+    }
+
+    fn sqls(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| match s {
+                Step::Sql(s) => s.clone(),
+                Step::ConversionCheck { sql, .. } => format!("CONVERSION {sql}"),
+                Step::RequireEmpty { sql, .. } => format!("EMPTY {sql}"),
+                Step::RequireFilled { sql, .. } => format!("FILLED {sql}"),
+                Step::DefaultCheck { sql, .. } => format!("DEFAULT {sql}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn create_table_has_system_columns_constraints_and_trigger() {
+        let steps = sqls(&create_entity(&CTX, &product()).unwrap());
+        let create = &steps[0];
+        assert!(
+            create.starts_with("CREATE TABLE \"acme\".\"product\" ("),
+            "{create}"
+        );
+        for want in [
+            "\"id\" uuid NOT NULL DEFAULT gen_random_uuid()",
+            "\"_version\" integer NOT NULL DEFAULT 1",
+            "\"name\" text NOT NULL",
+            "\"price\" numeric(12,2)",
+            "\"status\" text DEFAULT 'draft'::text",
+            "\"metadata\" jsonb",
+            "CONSTRAINT \"product__pkey\" PRIMARY KEY (\"id\")",
+            "CONSTRAINT \"product__name__max_length\" CHECK (udm.check_rule((char_length(\"name\") <= 200), 'acme', 'product', 'f1.max_length'))",
+            "CONSTRAINT \"product__price__min\" CHECK (udm.check_rule((\"price\" >= '0'::numeric(12,2)), 'acme', 'product', 'f2.min'))",
+            "CONSTRAINT \"product__category_id__fkey\" FOREIGN KEY (\"category_id\") REFERENCES \"acme\".\"category\" (\"id\") ON DELETE RESTRICT",
+            "CONSTRAINT \"product__sample_before_release__rule\" CHECK (udm.check_rule(((\"sample_date\" <= \"release_date\")), 'acme', 'product', 'r.sample_before_release'))",
+        ] {
+            assert!(create.contains(want), "missing {want} in\n{create}");
+        }
+        assert!(steps.contains(
+            &"CREATE INDEX \"product__category_id__idx\" ON \"acme\".\"product\" (\"category_id\")"
+                .to_string()
+        ));
+        assert!(steps.contains(
+            &"CREATE TRIGGER \"udm_stamp\" BEFORE INSERT OR UPDATE ON \"acme\".\"product\" FOR EACH ROW EXECUTE FUNCTION udm.stamp_row()".to_string()
+        ));
+        assert!(
+            steps.contains(&"GRANT SELECT ON \"acme\".\"product\" TO \"tenant_acme\"".to_string())
+        );
+    }
+
+    #[test]
+    fn passwords_are_hidden_from_select_and_passed_to_the_trigger() {
+        let mut d = product();
+        d.add_field(
+            parse_field(
+                &json!({"name": "pin", "type": "password", "min_length": 8}),
+                Source::Caller,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let steps = sqls(&create_entity(&CTX, &d).unwrap());
+        assert!(steps.iter().any(|s| s.contains("udm.stamp_row('pin:8')")));
+        let grant = steps
+            .iter()
+            .find(|s| s.starts_with("GRANT SELECT ("))
+            .unwrap();
+        assert!(
+            grant.contains("\"name\"") && !grant.contains("\"pin\""),
+            "{grant}"
+        );
+    }
+
+    #[test]
+    fn adding_a_field_with_default_proves_the_default_instead_of_scanning() {
+        let old = product();
+        let mut new = old.clone();
+        new.add_field(
+            parse_field(
+                &json!({"name": "stock", "type": "integer", "min": 0, "default": 5}),
+                Source::Caller,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let steps = sqls(&plan_change(&CTX, &old, &new).unwrap());
+        assert_eq!(steps[0], "DEFAULT SELECT (udm.check_rule((\"stock\" >= '0'::integer), 'acme', 'product', 'f8.min')) FROM (SELECT '5'::integer AS \"stock\") AS \"new_row\"");
+        assert!(steps.contains(
+            &"ALTER TABLE \"acme\".\"product\" ADD COLUMN \"stock\" integer DEFAULT '5'::integer"
+                .to_string()
+        ));
+        assert!(
+            steps.iter().any(|s| s.ends_with("'f8.min')) NOT VALID")),
+            "{steps:#?}"
+        );
+        assert!(
+            !steps.iter().any(|s| s.contains("DROP"))
+                || steps.iter().all(|s| !s.contains("DROP CONSTRAINT"))
+        );
+    }
+
+    #[test]
+    fn required_without_default_needs_an_empty_table() {
+        let old = product();
+        let mut new = old.clone();
+        new.add_field(
+            parse_field(
+                &json!({"name": "sku", "type": "text", "required": true}),
+                Source::Caller,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let steps = sqls(&plan_change(&CTX, &old, &new).unwrap());
+        assert_eq!(
+            steps[0],
+            "EMPTY SELECT EXISTS (SELECT 1 FROM \"acme\".\"product\")"
+        );
+    }
+
+    #[test]
+    fn rename_renames_column_and_artifacts_without_rebuilding() {
+        let old = product();
+        let mut new = old.clone();
+        let f = apply_field_changes(old.field("name").unwrap(), &json!({"name": "title"})).unwrap();
+        let i = new.fields.iter().position(|x| x.id == f.id).unwrap();
+        new.fields[i] = f;
+        let steps = sqls(&plan_change(&CTX, &old, &new).unwrap());
+        assert!(steps.contains(
+            &"ALTER TABLE \"acme\".\"product\" RENAME COLUMN \"name\" TO \"title\"".to_string()
+        ));
+        assert!(steps.contains(
+            &"ALTER TABLE \"acme\".\"product\" RENAME CONSTRAINT \"product__name__max_length\" TO \"product__title__max_length\"".to_string()
+        ));
+        assert!(
+            !steps
+                .iter()
+                .any(|s| s.contains("ADD CONSTRAINT") || s.contains("DROP CONSTRAINT")),
+            "{steps:#?}"
+        );
+    }
+
+    #[test]
+    fn type_change_checks_round_trip_and_rebuilds_checks() {
+        let old = product();
+        let mut new = old.clone();
+        let f =
+            apply_field_changes(old.field("price").unwrap(), &json!({"type": "float"})).unwrap();
+        let i = new.fields.iter().position(|x| x.id == f.id).unwrap();
+        new.fields[i] = f;
+        let steps = sqls(&plan_change(&CTX, &old, &new).unwrap());
+        assert!(steps[0].starts_with("CONVERSION SELECT \"price\"::text FROM \"acme\".\"product\" WHERE \"price\" IS NOT NULL AND (\"price\"::double precision)::numeric(12,2) IS DISTINCT FROM \"price\""), "{}", steps[0]);
+        let drop = steps
+            .iter()
+            .position(|s| s.contains("DROP CONSTRAINT \"product__price__min\""))
+            .unwrap();
+        let alter = steps
+            .iter()
+            .position(|s| s.contains("TYPE double precision"))
+            .unwrap();
+        let add = steps
+            .iter()
+            .position(|s| s.contains("ADD CONSTRAINT \"product__price__min\""))
+            .unwrap();
+        assert!(drop < alter && alter < add);
+    }
+
+    #[test]
+    fn refused_conversions() {
+        let d = product();
+        let old = d.field("metadata").unwrap();
+        let new = apply_field_changes(old, &json!({"type": "integer"})).unwrap();
+        let e = conversion("product", old, &new).unwrap_err();
+        assert_eq!(e.state, SqlState::DatatypeMismatch);
+        assert!(e.message.contains("from json to integer"));
+        let rel = d.field("category_id").unwrap();
+        let mut as_uuid = rel.clone();
+        as_uuid.ftype = FieldType::Text;
+        assert!(conversion("product", rel, &as_uuid).is_err());
+        let text = d.field("name").unwrap();
+        let email = apply_field_changes(text, &json!({"type": "email"})).unwrap();
+        assert_eq!(
+            conversion("product", text, &email).unwrap(),
+            Conversion::None
+        );
+    }
+
+    #[test]
+    fn remove_and_restore_rename_the_column() {
+        let old = product();
+        let mut new = old.clone();
+        let mut f = new.fields.remove(0);
+        f.column = removed_column_name(&f);
+        f.removed_in_version = Some(2);
+        new.removed_fields.push(f.clone());
+        let steps = sqls(&plan_change(&CTX, &old, &new).unwrap());
+        assert!(steps.contains(
+            &"ALTER TABLE \"acme\".\"product\" RENAME COLUMN \"name\" TO \"_removed_f1_name\""
+                .to_string()
+        ));
+        assert!(steps.contains(
+            &"ALTER TABLE \"acme\".\"product\" ALTER COLUMN \"_removed_f1_name\" DROP NOT NULL"
+                .to_string()
+        ));
+        assert!(steps.contains(
+            &"ALTER TABLE \"acme\".\"product\" DROP CONSTRAINT \"product__name__max_length\""
+                .to_string()
+        ));
+        // and back
+        let back = sqls(&plan_change(&CTX, &new, &old).unwrap());
+        assert!(back[0].starts_with("FILLED SELECT count(*)"), "{back:#?}");
+        assert!(back.contains(
+            &"ALTER TABLE \"acme\".\"product\" RENAME COLUMN \"_removed_f1_name\" TO \"name\""
+                .to_string()
+        ));
+        assert!(back.contains(
+            &"ALTER TABLE \"acme\".\"product\" ALTER COLUMN \"name\" SET NOT NULL".to_string()
+        ));
+        // purge
+        let mut purged = new.clone();
+        purged.removed_fields.clear();
+        let p = sqls(&plan_change(&CTX, &new, &purged).unwrap());
+        assert!(p.contains(
+            &"ALTER TABLE \"acme\".\"product\" DROP COLUMN \"_removed_f1_name\"".to_string()
+        ));
+    }
+
+    #[test]
+    fn many_to_many_creates_a_junction() {
+        let old = product();
+        let mut new = old.clone();
+        new.add_field(
+            parse_field(
+                &json!({"name": "tags", "type": "relation", "target": "tag", "many": true}),
+                Source::Caller,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let steps = sqls(&plan_change(&CTX, &old, &new).unwrap());
+        assert!(steps
+            .iter()
+            .any(|s| s.starts_with("CREATE TABLE \"acme\".\"product__tags\"")));
+        assert!(steps
+            .iter()
+            .any(|s| s.contains("REFERENCES \"acme\".\"tag\" (\"id\") ON DELETE CASCADE")));
+    }
+
+    #[test]
+    fn default_literals() {
+        let f = |v: Value| parse_field(&v, Source::Caller).unwrap();
+        assert_eq!(
+            default_sql(&f(
+                json!({"name": "a", "type": "datetime", "default": "now"})
+            ))
+            .unwrap(),
+            "now()"
+        );
+        assert_eq!(
+            default_sql(&f(json!({"name": "a", "type": "boolean", "default": true}))).unwrap(),
+            "true"
+        );
+        assert_eq!(
+            default_sql(&f(
+                json!({"name": "a", "type": "json", "default": {"x": "it's"}})
+            ))
+            .unwrap(),
+            "'{\"x\":\"it''s\"}'::jsonb"
+        );
+        assert_eq!(
+            default_sql(&f(json!({"name": "a", "type": "tags", "default": []}))).unwrap(),
+            "'{}'::text[]"
+        );
+        assert_eq!(
+            default_sql(&f(
+                json!({"name": "a", "type": "integer[]", "default": [1, 2]})
+            ))
+            .unwrap(),
+            "ARRAY['1', '2']::integer[]"
+        );
+        assert_eq!(
+            default_sql(&f(json!({"name": "a", "type": "text", "default": "x'y"}))).unwrap(),
+            "'x''y'::text"
+        );
+    }
+
+    #[test]
+    fn auto_number_uses_a_named_sequence() {
+        let f = parse_field(
+            &json!({"name": "code", "type": "auto_number"}),
+            Source::Caller,
+        )
+        .unwrap();
+        assert_eq!(
+            column_sql(&CTX, "order", &f),
+            "\"code\" bigint GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME \"acme\".\"order__code__seq\") NOT NULL"
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! The one error type of udm. Every failure carries a SQLSTATE, a message that names what was
+//! wrong (tenant, entity, field, rule), and usually a hint saying what to do instead.
+
+use std::fmt;
+
+/// SQLSTATE classes udm raises. The extension maps each to PostgreSQL's error code; the pure core
+/// only needs their five-character codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlState {
+    /// 22023: a JSON document or argument has the wrong shape or value.
+    InvalidParameterValue,
+    /// 22P02: a value cannot be read as the type it should have.
+    InvalidTextRepresentation,
+    /// 23502: a required value is missing.
+    NotNullViolation,
+    /// 23503: a referenced record does not exist or is still referenced.
+    ForeignKeyViolation,
+    /// 23505: a unique value is taken.
+    UniqueViolation,
+    /// 23514: a validation rule does not hold.
+    CheckViolation,
+    /// 2BP01: something still depends on the object.
+    DependentObjectsStillExist,
+    /// 42501: the caller may not do this.
+    InsufficientPrivilege,
+    /// 42601: an expression (rule, path) does not parse.
+    SyntaxError,
+    /// 42602: a slug is not a valid name.
+    InvalidName,
+    /// 42701: a field with that name exists.
+    DuplicateColumn,
+    /// 42703: no such field.
+    UndefinedColumn,
+    /// 42704: no such tenant, type, rule or index.
+    UndefinedObject,
+    /// 42710: an object (rule, index) with that name exists.
+    DuplicateObject,
+    /// 42P01: no such entity.
+    UndefinedTable,
+    /// 42P06: a tenant with that slug exists.
+    DuplicateSchema,
+    /// 42P07: an entity with that slug exists.
+    DuplicateTable,
+    /// 42804: a value or type change does not fit the field's type.
+    DatatypeMismatch,
+    /// 54000: a limit (size, depth, count) was exceeded.
+    ProgramLimitExceeded,
+    /// 55000: the object is not in a state that allows this (no tenant selected, field not removed).
+    ObjectNotInPrerequisiteState,
+    /// 55P03: a lock could not be taken in time.
+    LockNotAvailable,
+    /// 0A000: a valid request that udm does not support.
+    FeatureNotSupported,
+    /// XX000: a bug in udm.
+    Internal,
+}
+
+impl SqlState {
+    pub fn code(self) -> &'static str {
+        match self {
+            SqlState::InvalidParameterValue => "22023",
+            SqlState::InvalidTextRepresentation => "22P02",
+            SqlState::NotNullViolation => "23502",
+            SqlState::ForeignKeyViolation => "23503",
+            SqlState::UniqueViolation => "23505",
+            SqlState::CheckViolation => "23514",
+            SqlState::DependentObjectsStillExist => "2BP01",
+            SqlState::InsufficientPrivilege => "42501",
+            SqlState::SyntaxError => "42601",
+            SqlState::InvalidName => "42602",
+            SqlState::DuplicateColumn => "42701",
+            SqlState::UndefinedColumn => "42703",
+            SqlState::UndefinedObject => "42704",
+            SqlState::DuplicateObject => "42710",
+            SqlState::UndefinedTable => "42P01",
+            SqlState::DuplicateSchema => "42P06",
+            SqlState::DuplicateTable => "42P07",
+            SqlState::DatatypeMismatch => "42804",
+            SqlState::ProgramLimitExceeded => "54000",
+            SqlState::ObjectNotInPrerequisiteState => "55000",
+            SqlState::LockNotAvailable => "55P03",
+            SqlState::FeatureNotSupported => "0A000",
+            SqlState::Internal => "XX000",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdmError {
+    pub state: SqlState,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+pub type Result<T, E = UdmError> = std::result::Result<T, E>;
+
+impl UdmError {
+    pub fn new(state: SqlState, message: impl Into<String>) -> Self {
+        UdmError {
+            state,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Puts `context` in front of the message, e.g. `field "price": ` + message.
+    pub fn context(mut self, context: impl fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(SqlState::InvalidParameterValue, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(SqlState::Internal, message)
+    }
+}
+
+impl fmt::Display for UdmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.state.code())?;
+        if let Some(d) = &self.detail {
+            write!(f, "\nDETAIL: {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\nHINT: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for UdmError {}
+
+/// Formats a list of names for a hint: `"a", "b", "c"`.
+pub fn name_list<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
+    let mut out = String::new();
+    for (i, n) in names.into_iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push('"');
+        out.push_str(n.as_ref());
+        out.push('"');
+    }
+    if out.is_empty() {
+        out.push_str("(none)");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_includes_code_detail_and_hint() {
+        let e = UdmError::new(SqlState::UndefinedTable, "entity \"x\" does not exist")
+            .detail("d")
+            .hint("h");
+        assert_eq!(
+            e.to_string(),
+            "entity \"x\" does not exist (42P01)\nDETAIL: d\nHINT: h"
+        );
+    }
+
+    #[test]
+    fn context_prefixes_message() {
+        let e = UdmError::invalid("bad").context("field \"a\"");
+        assert_eq!(e.message, "field \"a\": bad");
+        assert_eq!(e.state.code(), "22023");
+    }
+
+    #[test]
+    fn name_list_quotes_and_handles_empty() {
+        assert_eq!(name_list(["a", "b"]), "\"a\", \"b\"");
+        assert_eq!(name_list(Vec::<String>::new()), "(none)");
+    }
+}

@@ -1,0 +1,15 @@
+//! udm-core: the pure logic of udm, with no PostgreSQL dependency, tested with plain `cargo test`.
+//!
+//! The extension (`udm` crate) reads and writes the catalog through SPI and runs what this crate
+//! plans; everything that can be decided without a database is decided here.
+
+pub mod checks;
+pub mod ddl;
+pub mod definition;
+pub mod error;
+pub mod ident;
+pub mod json;
+pub mod rules;
+pub mod types;
+
+pub use error::{Result, SqlState, UdmError};

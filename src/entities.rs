@@ -1,0 +1,903 @@
+//! Entities: real tables in the tenant's schema, defined and changed at runtime.
+//!
+//! Every change follows one path: lock the entity's catalog row, build the new definition in
+//! udm-core, let udm-core plan the DDL from the old definition to the new one, run it as the
+//! extension owner, and record the new version. All of it happens in the caller's transaction,
+//! so a failure leaves table and catalog as they were.
+
+use crate::catalog::{self, Entity, Status, Tenant};
+use crate::error::{catch_pg, raise, spi_err, OrRaise, Result, SqlState, UdmError};
+use crate::security::as_owner;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+use std::rc::Rc;
+use udm_core::ddl::{self, Step};
+use udm_core::definition::{
+    apply_field_changes, junction_name, parse_field, parse_index, parse_rule, EntityDef, FieldDef,
+    Source,
+};
+use udm_core::error::name_list;
+use udm_core::ident::{printable, qualified, quote_ident, validate_slug, SlugKind};
+use udm_core::rules::{rename_in_rule, rule_fields};
+use udm_core::types::FieldType;
+
+// ------------------------------------------------------------------ running DDL
+
+fn busy(entity: &str) -> UdmError {
+    UdmError::new(
+        SqlState::LockNotAvailable,
+        format!(
+            "entity \"{entity}\" is busy: the definition change waited {} ms (udm.ddl_lock_timeout) for a lock another transaction holds",
+            crate::guc::DDL_LOCK_TIMEOUT_MS.get()
+        ),
+    )
+    .hint("retry when that transaction ends; pg_stat_activity shows long-running transactions")
+}
+
+fn exec_ddl(entity: &str, sql: &str) -> Result<()> {
+    catch_pg(
+        || Spi::run(sql).map_err(spi_err),
+        |e| {
+            if e.code == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
+                raise(busy(entity));
+            }
+            if e.code == PgSqlErrorCode::ERRCODE_CHECK_VIOLATION {
+                e.raise_with(&format!("entity \"{entity}\" cannot change"));
+            }
+            e.raise_with(&format!("definition change of entity \"{entity}\" failed"))
+        },
+    )
+}
+
+fn query_one<T: FromDatum + IntoDatum>(entity: &str, sql: &str) -> Result<Option<T>> {
+    catch_pg(
+        || Spi::get_one::<T>(sql).map_err(spi_err),
+        |e| {
+            if e.code == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
+                raise(busy(entity));
+            }
+            e.raise_with(&format!("definition change of entity \"{entity}\" failed"))
+        },
+    )
+}
+
+/// Runs planned steps as the extension owner.
+fn run_steps(entity: &str, steps: &[Step]) -> Result<()> {
+    as_owner(|| {
+        for step in steps {
+            match step {
+                Step::Sql(sql) => exec_ddl(entity, sql)?,
+                Step::ConversionCheck {
+                    field,
+                    from,
+                    to,
+                    sql,
+                } => {
+                    let refuse = |why: String| {
+                        UdmError::new(
+                            SqlState::DatatypeMismatch,
+                            format!("cannot change field \"{field}\" of entity \"{entity}\" from {from} to {to}: {why}"),
+                        )
+                        .hint("clear or fix such values first, or add a new field of the new type and copy what converts")
+                    };
+                    let bad = catch_pg(
+                        || Spi::get_one::<String>(sql).map_err(spi_err),
+                        |e| raise(refuse(e.message)),
+                    )?;
+                    if let Some(v) = bad {
+                        return Err(refuse(format!(
+                            "the value \"{}\" would not convert unchanged",
+                            printable(&v)
+                        )));
+                    }
+                }
+                Step::RequireEmpty { field, sql } => {
+                    if query_one::<bool>(entity, sql)?.unwrap_or(false) {
+                        return Err(UdmError::new(
+                            SqlState::NotNullViolation,
+                            format!("cannot add required field \"{field}\" to entity \"{entity}\": it has records and the field has no default"),
+                        )
+                        .hint("give the field a default, or add it as optional, fill it in, then make it required"));
+                    }
+                }
+                Step::RequireFilled { field, column, sql } => {
+                    let n = query_one::<i64>(entity, sql)?.unwrap_or(0);
+                    if n > 0 {
+                        return Err(UdmError::new(
+                            SqlState::NotNullViolation,
+                            format!("field \"{field}\" of entity \"{entity}\" cannot be required: {n} record(s) have no value"),
+                        )
+                        .hint(format!("fill them in first, e.g. UPDATE ... SET {} = ... WHERE {} IS NULL", quote_ident(column), quote_ident(column))));
+                    }
+                }
+                Step::DefaultCheck { field, sql } => {
+                    catch_pg(
+                        || Spi::run(sql).map_err(spi_err),
+                        |e| {
+                            e.raise_with(&format!("the default of field \"{field}\" breaks a rule"))
+                        },
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+// ------------------------------------------------------------------ checks across entities
+
+/// Relation targets must be active entities of the same tenant (or the entity itself).
+fn check_targets(t: &Tenant, def: &EntityDef, fields: &[&FieldDef]) -> Result<()> {
+    for f in fields {
+        let targets: Vec<&String> = match f.ftype {
+            FieldType::Relation => f.target.iter().collect(),
+            FieldType::Reference => f.targets.iter().collect(),
+            _ => continue,
+        };
+        for target in targets {
+            if *target == def.slug {
+                continue;
+            }
+            match catalog::entity_any(t, target)? {
+                Some(e) if e.status == Status::Active => {}
+                Some(_) => {
+                    return Err(UdmError::new(
+                        SqlState::UndefinedTable,
+                        format!("field \"{}\" of entity \"{}\": target entity \"{target}\" was dropped", f.name, def.slug),
+                    )
+                    .hint(format!("restore it with udm_restore_entity('{target}')")))
+                }
+                None => {
+                    return Err(UdmError::new(
+                        SqlState::UndefinedTable,
+                        format!(
+                            "field \"{}\" of entity \"{}\": target entity \"{target}\" does not exist in tenant \"{}\"",
+                            f.name, def.slug, t.slug
+                        ),
+                    )
+                    .hint(format!(
+                        "relations point to entities of the same tenant; define \"{target}\" first. Entities are {}",
+                        name_list(catalog::entity_slugs(t).unwrap_or_default())
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fields of other active entities that point to `slug`.
+fn incoming_relations(t: &Tenant, slug: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in catalog::active_entities(t)? {
+        if e.def.slug == slug {
+            continue;
+        }
+        for f in &e.def.fields {
+            let hit = match f.ftype {
+                FieldType::Relation => f.target.as_deref() == Some(slug),
+                FieldType::Reference => f.targets.iter().any(|x| x == slug),
+                _ => false,
+            };
+            if hit {
+                out.push(format!("{}.{}", e.def.slug, f.name));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn uses_of_field(def: &EntityDef, field: &str) -> Result<Vec<String>> {
+    let mut uses = Vec::new();
+    for r in &def.rules {
+        if rule_fields(&r.check)?.iter().any(|n| n == field) {
+            uses.push(format!("rule \"{}\"", r.name));
+        }
+    }
+    for i in &def.indexes {
+        if i.fields.iter().any(|n| n == field) {
+            uses.push(format!("index \"{}\"", i.name));
+        }
+    }
+    Ok(uses)
+}
+
+// ------------------------------------------------------------------ describe
+
+pub fn describe(t: &Tenant, def: &EntityDef, version: i32, status: Status) -> Value {
+    let mut v = def.to_json();
+    v["version"] = json!(version);
+    v["status"] = json!(status.name());
+    v["tenant"] = json!(t.slug);
+    v["table"] = json!(qualified(&t.schema, &def.slug));
+    if let Some(fields) = v["fields"].as_array_mut() {
+        for (f, fv) in def.fields.iter().zip(fields.iter_mut()) {
+            fv["pg_type"] = json!(f.pg_type());
+        }
+    }
+    v
+}
+
+fn describe_entity(t: &Tenant, e: &Entity) -> Value {
+    describe(t, &e.def, e.version, e.status)
+}
+
+// ------------------------------------------------------------------ changes
+
+/// Applies a change to an active entity: lock, build, plan, run, record.
+fn change(
+    t: &Tenant,
+    slug: &str,
+    op: Value,
+    build: impl FnOnce(&EntityDef) -> Result<EntityDef>,
+) -> Result<Value> {
+    let e = catalog::entity_for_update(t, slug, Some(Status::Active))?;
+    let new = build(&e.def)?;
+    let fields: Vec<&FieldDef> = new.fields.iter().collect();
+    check_targets(t, &new, &fields)?;
+    let steps = ddl::plan_change(&t.ctx(), &e.def, &new)?;
+    run_steps(slug, &steps)?;
+    let version = e.version + 1;
+    catalog::write_entity(t, &new, version, Status::Active, op, false)?;
+    Ok(describe(t, &new, version, Status::Active))
+}
+
+pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    let def = EntityDef::parse(slug, definition, Source::Caller)?;
+    match catalog::entity_any(&t, slug)? {
+        Some(e) if e.status == Status::Active => {
+            return Err(UdmError::new(SqlState::DuplicateTable, format!("entity \"{slug}\" already exists in tenant \"{}\"", t.slug))
+                .hint(format!("change it with udm_add_field / udm_alter_field, or see udm_describe('{slug}')")))
+        }
+        Some(_) => {
+            return Err(UdmError::new(
+                SqlState::DuplicateTable,
+                format!("entity \"{slug}\" of tenant \"{}\" was dropped and still holds its data", t.slug),
+            )
+            .hint(format!("restore it with udm_restore_entity('{slug}') or purge it with udm_purge_entity('{slug}', '{slug}') first")))
+        }
+        None => {}
+    }
+    let fields: Vec<&FieldDef> = def.fields.iter().collect();
+    check_targets(&t, &def, &fields)?;
+    let taken = as_owner(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = $1::regnamespace AND relname = $2)",
+                None,
+                &[t.schema.as_str().into(), slug.into()],
+            )?
+            .first()
+            .get_one::<bool>()
+        })
+    })
+    .map_err(spi_err)?;
+    if taken == Some(true) {
+        return Err(UdmError::new(
+            SqlState::DuplicateTable,
+            format!("cannot define entity \"{slug}\": schema \"{}\" already has a table named \"{slug}\"", t.schema),
+        )
+        .hint("choose another name"));
+    }
+    let steps = ddl::create_entity(&t.ctx(), &def)?;
+    // The catalog row first: a concurrent definition of the same slug waits here, then fails cleanly.
+    catch_pg(
+        || {
+            catalog::write_entity(
+                &t,
+                &def,
+                1,
+                Status::Active,
+                json!({"op": "define_entity", "definition": definition}),
+                true,
+            )
+        },
+        |e| {
+            if e.code == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION {
+                raise(UdmError::new(
+                    SqlState::DuplicateTable,
+                    format!("entity \"{slug}\" already exists in tenant \"{}\"", t.slug),
+                ));
+            }
+            e.raise_with("udm_define_entity")
+        },
+    )?;
+    run_steps(slug, &steps)?;
+    Ok(describe(&t, &def, 1, Status::Active))
+}
+
+pub fn add_field(entity: &str, field: &Value) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    let f = parse_field(field, Source::Caller)
+        .map_err(|e| e.context(format!("entity \"{entity}\"")))?;
+    change(
+        &t,
+        entity,
+        json!({"op": "add_field", "field": field}),
+        |old| {
+            if let Some(rf) = old.removed_fields.iter().find(|r| r.name == f.name) {
+                return Err(UdmError::new(
+                SqlState::DuplicateColumn,
+                format!("entity \"{entity}\" has a removed field \"{}\" holding data", rf.name),
+            )
+            .hint(format!(
+                "bring it back with udm_restore_field('{entity}', '{0}'), or drop its data with udm_purge_field('{entity}', '{0}') first",
+                rf.name
+            )));
+            }
+            if old.field(&f.name).is_some() {
+                return Err(UdmError::new(
+                    SqlState::DuplicateColumn,
+                    format!("entity \"{entity}\" already has a field \"{}\"", f.name),
+                )
+                .hint(format!(
+                    "change it with udm_alter_field('{entity}', '{}', ...)",
+                    f.name
+                )));
+            }
+            let mut new = old.clone();
+            new.add_field(f.clone())?;
+            Ok(new)
+        },
+    )
+}
+
+pub fn alter_field(entity: &str, field: &str, changes: &Value) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    change(
+        &t,
+        entity,
+        json!({"op": "alter_field", "field": field, "changes": changes}),
+        |old| {
+            let of = old.field_or_err(field)?;
+            let nf = apply_field_changes(of, changes)
+                .map_err(|e| e.context(format!("entity \"{entity}\"")))?;
+            let mut new = old.clone();
+            if nf.name != of.name {
+                if old.field(&nf.name).is_some()
+                    || old.removed_fields.iter().any(|r| r.name == nf.name)
+                {
+                    return Err(UdmError::new(
+                    SqlState::DuplicateColumn,
+                    format!("cannot rename field \"{field}\" of entity \"{entity}\": \"{}\" is taken", nf.name),
+                )
+                .hint("removed fields keep their names until purged"));
+                }
+                for r in &mut new.rules {
+                    if rule_fields(&r.check)?.iter().any(|n| n == field) {
+                        r.check = rename_in_rule(&r.check, field, &nf.name)?;
+                    }
+                }
+                for i in &mut new.indexes {
+                    for n in &mut i.fields {
+                        if n == field {
+                            *n = nf.name.clone();
+                        }
+                    }
+                }
+            }
+            let mut nf = nf;
+            if nf.is_many_to_many() {
+                nf.junction = Some(junction_name(entity, &nf.name));
+            }
+            let pos = new
+                .fields
+                .iter()
+                .position(|x| x.id == of.id)
+                .expect("field exists");
+            new.fields[pos] = nf;
+            Ok(new)
+        },
+    )
+}
+
+pub fn remove_field(entity: &str, field: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    change(
+        &t,
+        entity,
+        json!({"op": "remove_field", "field": field}),
+        |old| {
+            let f = old.field_or_err(field)?;
+            let uses = uses_of_field(old, field)?;
+            if !uses.is_empty() {
+                return Err(UdmError::new(
+                    SqlState::DependentObjectsStillExist,
+                    format!(
+                        "cannot remove field \"{field}\" of entity \"{entity}\": {} use(s) it",
+                        uses.join(", ")
+                    ),
+                )
+                .hint("drop or change those first (udm_drop_rule, udm_drop_index)"));
+            }
+            let mut new = old.clone();
+            let mut removed = f.clone();
+            removed.removed_in_version = Some(0);
+            if removed.has_column() {
+                removed.column = ddl::removed_column_name(f);
+            } else {
+                removed.junction = Some(ddl::removed_junction_name(entity, f));
+            }
+            new.fields.retain(|x| x.id != f.id);
+            new.removed_fields.push(removed);
+            Ok(new)
+        },
+    )
+    .map(|mut v| {
+        // the version it was removed in is the new version
+        let version = v["version"].clone();
+        if let Some(arr) = v["removed_fields"].as_array_mut() {
+            for rf in arr.iter_mut() {
+                if rf["removed_in_version"] == json!(0) {
+                    rf["removed_in_version"] = version.clone();
+                }
+            }
+        }
+        v
+    })
+}
+
+fn removed_field<'a>(def: &'a EntityDef, field: &str) -> Result<&'a FieldDef> {
+    def.removed_fields.iter().rev().find(|f| f.name == field).ok_or_else(|| {
+        let active = def.field(field).is_some();
+        let e = UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("entity \"{}\" has no removed field \"{}\"", def.slug, printable(field)),
+        );
+        if active {
+            e.hint(format!("field \"{field}\" is active; remove it first with udm_remove_field('{}', '{field}')", def.slug))
+        } else {
+            e.hint(format!(
+                "removed fields of \"{}\" are {}",
+                def.slug,
+                name_list(def.removed_fields.iter().map(|f| f.name.as_str()))
+            ))
+        }
+    })
+}
+
+pub fn restore_field(entity: &str, field: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    change(
+        &t,
+        entity,
+        json!({"op": "restore_field", "field": field}),
+        |old| {
+            let rf = removed_field(old, field)?;
+            if old.field(field).is_some() {
+                return Err(UdmError::new(
+                SqlState::DuplicateColumn,
+                format!("cannot restore field \"{field}\" of entity \"{entity}\": an active field has that name"),
+            )
+            .hint("rename the active field first with udm_alter_field"));
+            }
+            let mut new = old.clone();
+            let mut f = rf.clone();
+            f.removed_in_version = None;
+            if f.has_column() {
+                f.column = f.name.clone();
+            } else {
+                f.junction = Some(junction_name(entity, &f.name));
+            }
+            new.removed_fields.retain(|x| x.id != rf.id);
+            new.fields.push(f);
+            Ok(new)
+        },
+    )
+}
+
+pub fn purge_field(entity: &str, field: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    change(
+        &t,
+        entity,
+        json!({"op": "purge_field", "field": field}),
+        |old| {
+            let rf = removed_field(old, field)?;
+            let mut new = old.clone();
+            new.removed_fields.retain(|x| x.id != rf.id);
+            Ok(new)
+        },
+    )
+}
+
+pub fn add_index(entity: &str, fields: &[String], unique: bool) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    change(
+        &t,
+        entity,
+        json!({"op": "add_index", "fields": fields, "unique": unique}),
+        |old| {
+            let spec = json!({"fields": fields, "unique": unique});
+            let i = parse_index(&spec, entity)?;
+            let mut new = old.clone();
+            new.add_index(i)?;
+            Ok(new)
+        },
+    )
+}
+
+pub fn drop_index(entity: &str, name: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    change(
+        &t,
+        entity,
+        json!({"op": "drop_index", "name": name}),
+        |old| {
+            if !old.indexes.iter().any(|i| i.name == name) {
+                return Err(UdmError::new(
+                    SqlState::UndefinedObject,
+                    format!("entity \"{entity}\" has no index \"{}\"", printable(name)),
+                )
+                .hint(format!(
+                    "indexes of \"{entity}\" are {}",
+                    name_list(old.indexes.iter().map(|i| i.name.as_str()))
+                )));
+            }
+            let mut new = old.clone();
+            new.indexes.retain(|i| i.name != name);
+            Ok(new)
+        },
+    )
+}
+
+pub fn add_rule(entity: &str, rule: &Value) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    change(&t, entity, json!({"op": "add_rule", "rule": rule}), |old| {
+        let r = parse_rule(rule).map_err(|e| e.context(format!("entity \"{entity}\"")))?;
+        let mut new = old.clone();
+        udm_core::rules::compile_rule(&new, &r.check)?;
+        new.add_rule(r)?;
+        Ok(new)
+    })
+}
+
+pub fn drop_rule(entity: &str, name: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    change(
+        &t,
+        entity,
+        json!({"op": "drop_rule", "name": name}),
+        |old| {
+            if !old.rules.iter().any(|r| r.name == name) {
+                return Err(UdmError::new(
+                    SqlState::UndefinedObject,
+                    format!("entity \"{entity}\" has no rule \"{}\"", printable(name)),
+                )
+                .hint(format!(
+                    "rules of \"{entity}\" are {}",
+                    name_list(old.rules.iter().map(|r| r.name.as_str()))
+                )));
+            }
+            let mut new = old.clone();
+            new.rules.retain(|r| r.name != name);
+            Ok(new)
+        },
+    )
+}
+
+/// Every table an entity owns: its own and its many-to-many junctions (active or removed).
+fn entity_tables(t: &Tenant, def: &EntityDef) -> Vec<String> {
+    let mut out = vec![qualified(&t.schema, &def.slug)];
+    for f in def.fields.iter().chain(def.removed_fields.iter()) {
+        if let Some(j) = &f.junction {
+            out.push(qualified(&t.schema, j));
+        }
+    }
+    out
+}
+
+pub fn drop_entity(entity: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    let e = catalog::entity_for_update(&t, entity, Some(Status::Active))?;
+    let incoming = incoming_relations(&t, entity)?;
+    if !incoming.is_empty() {
+        return Err(UdmError::new(
+            SqlState::DependentObjectsStillExist,
+            format!(
+                "cannot drop entity \"{entity}\": {} point(s) to it",
+                name_list(&incoming)
+            ),
+        )
+        .hint("remove those relation fields first with udm_remove_field"));
+    }
+    let role = quote_ident(&t.role);
+    let steps: Vec<Step> = entity_tables(&t, &e.def)
+        .into_iter()
+        .map(|tbl| Step::Sql(format!("REVOKE ALL ON {tbl} FROM {role}")))
+        .collect();
+    run_steps(entity, &steps)?;
+    let version = e.version + 1;
+    catalog::write_entity(
+        &t,
+        &e.def,
+        version,
+        Status::Dropped,
+        json!({"op": "drop_entity"}),
+        false,
+    )?;
+    Ok(describe(&t, &e.def, version, Status::Dropped))
+}
+
+pub fn restore_entity(entity: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    let e = catalog::entity_for_update(&t, entity, Some(Status::Dropped))?;
+    let fields: Vec<&FieldDef> = e.def.fields.iter().collect();
+    check_targets(&t, &e.def, &fields)?;
+    let ctx = t.ctx();
+    let mut steps: Vec<Step> = ddl::grant_sql(&ctx, &e.def)
+        .into_iter()
+        .map(Step::Sql)
+        .collect();
+    for tbl in entity_tables(&t, &e.def).into_iter().skip(1) {
+        steps.push(Step::Sql(format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {tbl} TO {}",
+            quote_ident(&t.role)
+        )));
+    }
+    run_steps(entity, &steps)?;
+    let version = e.version + 1;
+    catalog::write_entity(
+        &t,
+        &e.def,
+        version,
+        Status::Active,
+        json!({"op": "restore_entity"}),
+        false,
+    )?;
+    Ok(describe(&t, &e.def, version, Status::Active))
+}
+
+pub fn purge_entity(entity: &str, confirm: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    if confirm != entity {
+        return Err(UdmError::invalid(format!(
+            "udm_purge_entity: confirm must repeat the entity name \"{}\", got \"{}\"",
+            printable(entity),
+            printable(confirm)
+        ))
+        .hint(format!(
+            "write udm_purge_entity('{0}', '{0}') to delete the entity and its data for good",
+            printable(entity)
+        )));
+    }
+    let e = catalog::entity_for_update(&t, entity, Some(Status::Dropped))?;
+    let ctx = t.ctx();
+    let mut steps = Vec::new();
+    for a in ddl::entity_artifacts(&ctx, &e.def)? {
+        if a.table != entity {
+            steps.push(Step::Sql(format!(
+                "DROP TRIGGER IF EXISTS {} ON {}",
+                quote_ident(&a.name),
+                ctx.table(&a.table)
+            )));
+        }
+    }
+    for tbl in entity_tables(&t, &e.def).into_iter().rev() {
+        steps.push(Step::Sql(format!("DROP TABLE {tbl}")));
+    }
+    run_steps(entity, &steps)?;
+    catalog::delete_entity(&t, entity, e.version + 1, json!({"op": "purge_entity"}))?;
+    Ok(json!({"purged": entity, "tenant": t.slug, "version": e.version + 1}))
+}
+
+pub fn describe_by_name(entity: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    validate_slug(SlugKind::Entity, entity).map_err(|_| catalog::no_such_entity(&t, entity))?;
+    let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
+    Ok(describe_entity(&t, &e))
+}
+
+pub fn current_entity(entity: &str) -> Result<(Rc<Tenant>, Rc<Entity>)> {
+    let t = catalog::current_tenant()?;
+    let e = catalog::entity(&t, entity)?;
+    Ok((t, e))
+}
+
+// ------------------------------------------------------------------ SQL surface
+
+type Ts = pgrx::datum::TimestampWithTimeZone;
+
+#[pg_extern(volatile)]
+fn udm_define_entity(slug: &str, definition: JsonB) -> JsonB {
+    JsonB(define_entity(slug, &definition.0).or_raise())
+}
+
+#[pg_extern(stable)]
+fn udm_describe(entity: &str) -> JsonB {
+    JsonB(describe_by_name(entity).or_raise())
+}
+
+#[pg_extern(stable)]
+fn udm_entities() -> TableIterator<
+    'static,
+    (
+        name!(slug, String),
+        name!(label, Option<String>),
+        name!(version, i32),
+        name!(status, String),
+        name!(fields, i32),
+        name!(table_name, String),
+        name!(updated_at, Option<Ts>),
+    ),
+> {
+    let t = catalog::current_tenant().or_raise();
+    let sql = format!(
+        "SELECT slug, definition->>'label', version, status, jsonb_array_length(definition->'fields'), updated_at \
+         FROM {} ORDER BY slug",
+        t.catalog("_udm_entity")
+    );
+    let rows = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(sql.as_str(), None, &[])? {
+            let slug = r.get::<String>(1)?.unwrap_or_default();
+            let table = qualified(&t.schema, &slug);
+            out.push((
+                slug,
+                r.get::<String>(2)?,
+                r.get::<i32>(3)?.unwrap_or(0),
+                r.get::<String>(4)?.unwrap_or_default(),
+                r.get::<i32>(5)?.unwrap_or(0),
+                table,
+                r.get::<Ts>(6)?,
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)
+    .or_raise();
+    TableIterator::new(rows)
+}
+
+#[pg_extern(stable)]
+fn udm_entity_history(
+    entity: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(version, i32),
+        name!(changed_at, Option<Ts>),
+        name!(changed_by, String),
+        name!(change, JsonB),
+        name!(definition, JsonB),
+    ),
+> {
+    let t = catalog::current_tenant().or_raise();
+    if catalog::entity_any(&t, entity).or_raise().is_none() {
+        // purged entities keep their history
+        let known = Spi::connect(|c| {
+            c.select(
+                format!(
+                    "SELECT EXISTS (SELECT 1 FROM {} WHERE entity = $1)",
+                    t.catalog("_udm_entity_version")
+                )
+                .as_str(),
+                None,
+                &[entity.into()],
+            )?
+            .first()
+            .get_one::<bool>()
+        })
+        .map_err(spi_err)
+        .or_raise();
+        if known != Some(true) {
+            raise(catalog::no_such_entity(&t, entity));
+        }
+    }
+    let sql = format!(
+        "SELECT version, changed_at, changed_by, change, definition FROM {} WHERE entity = $1 ORDER BY version",
+        t.catalog("_udm_entity_version")
+    );
+    let rows = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(sql.as_str(), None, &[entity.into()])? {
+            out.push((
+                r.get::<i32>(1)?.unwrap_or(0),
+                r.get::<Ts>(2)?,
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<JsonB>(4)?.unwrap_or(JsonB(Value::Null)),
+                r.get::<JsonB>(5)?.unwrap_or(JsonB(Value::Null)),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)
+    .or_raise();
+    TableIterator::new(rows)
+}
+
+#[pg_extern(volatile)]
+fn udm_add_field(entity: &str, field: JsonB) -> JsonB {
+    JsonB(add_field(entity, &field.0).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_alter_field(entity: &str, field: &str, changes: JsonB) -> JsonB {
+    JsonB(alter_field(entity, field, &changes.0).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_remove_field(entity: &str, field: &str) -> JsonB {
+    JsonB(remove_field(entity, field).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_restore_field(entity: &str, field: &str) -> JsonB {
+    JsonB(restore_field(entity, field).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_purge_field(entity: &str, field: &str) -> JsonB {
+    JsonB(purge_field(entity, field).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_add_index(entity: &str, fields: Vec<String>, unique: default!(bool, false)) -> JsonB {
+    JsonB(add_index(entity, &fields, unique).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_drop_index(entity: &str, name: &str) -> JsonB {
+    JsonB(drop_index(entity, name).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_add_rule(entity: &str, rule: JsonB) -> JsonB {
+    JsonB(add_rule(entity, &rule.0).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_drop_rule(entity: &str, name: &str) -> JsonB {
+    JsonB(drop_rule(entity, name).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_drop_entity(entity: &str) -> JsonB {
+    JsonB(drop_entity(entity).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_restore_entity(entity: &str) -> JsonB {
+    JsonB(restore_entity(entity).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_purge_entity(entity: &str, confirm: &str) -> JsonB {
+    JsonB(purge_entity(entity, confirm).or_raise())
+}
+
+/// Every field type with its PostgreSQL type, the view types a UI can offer, and its options.
+#[pg_extern(immutable, parallel_safe)]
+fn udm_field_types() -> TableIterator<
+    'static,
+    (
+        name!(type_name, String),
+        name!(pg_type, String),
+        name!(view_types, Vec<String>),
+        name!(options, Vec<String>),
+        name!(description, String),
+    ),
+> {
+    let rows: Vec<_> = udm_core::types::TYPES
+        .iter()
+        .map(|t| {
+            let pg = if t.name == "array" {
+                "<items>[]".to_string()
+            } else {
+                FieldType::parse(t.name)
+                    .map(|ft| ft.base_pg_type())
+                    .unwrap_or_default()
+            };
+            (
+                t.name.to_string(),
+                pg,
+                t.view_types.iter().map(|s| s.to_string()).collect(),
+                t.options.iter().map(|s| s.to_string()).collect(),
+                t.description.to_string(),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}

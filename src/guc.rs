@@ -1,0 +1,86 @@
+//! udm's settings. `udm.tenant` and `udm.user_id` only carry the session's choice: every udm
+//! function checks the caller's membership again, so setting them directly grants nothing.
+
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static DDL_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(3000);
+pub static BCRYPT_COST: GucSetting<i32> = GucSetting::<i32>::new(10);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"udm.tenant",
+        c"Tenant the udm_* functions act on (set it with udm_use).",
+        c"Setting it directly selects nothing the caller may not use: every udm function checks membership in the tenant's role.",
+        &TENANT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"udm.user_id",
+        c"Application user recorded as created_by/updated_by and in the audit.",
+        c"Trusted from the connecting role, like PostgREST's role switching; see the README.",
+        &USER_ID,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"udm.ddl_lock_timeout",
+        c"How long a definition change waits for a table lock before it gives up.",
+        c"Definition changes fail with a clear message instead of queueing readers behind them.",
+        &DDL_LOCK_TIMEOUT_MS,
+        1,
+        600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"udm.bcrypt_cost",
+        c"bcrypt cost factor for password fields.",
+        c"Only a superuser may lower it.",
+        &BCRYPT_COST,
+        4,
+        15,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
+fn non_empty(s: &GucSetting<Option<CString>>) -> Option<String> {
+    s.get()
+        .and_then(|c| c.to_str().ok().map(str::to_string))
+        .filter(|s| !s.is_empty())
+}
+
+pub fn tenant() -> Option<String> {
+    non_empty(&TENANT)
+}
+
+pub fn user_id() -> Option<String> {
+    non_empty(&USER_ID)
+}
+
+/// Sets a udm setting for the session or (with `local`) the transaction.
+pub fn set(name: &str, value: Option<&str>, local: bool) {
+    let name = CString::new(name).expect("setting names have no NUL");
+    let value = value.map(|v| CString::new(v).expect("values were checked for NUL"));
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ref().map_or(c"".as_ptr(), |v| v.as_ptr()),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            if local {
+                pg_sys::GucAction::GUC_ACTION_LOCAL
+            } else {
+                pg_sys::GucAction::GUC_ACTION_SET
+            },
+            true,
+            0,
+            false,
+        );
+    }
+}

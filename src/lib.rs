@@ -1,0 +1,35 @@
+//! udm: the Universal Data Model as a PostgreSQL extension.
+//!
+//! Tenants are schemas guarded by roles; entities are real tables whose definitions live in the
+//! tenant's own catalog and change at runtime through `udm_*` functions. The pure logic (parsing,
+//! validation, DDL planning, rule compilation) is in the `udm-core` crate; this crate is the thin
+//! SQL surface, the catalog I/O and the per-row functions attached to entity tables.
+
+use pgrx::prelude::*;
+
+mod catalog;
+mod entities;
+mod error;
+mod guc;
+mod security;
+mod tenants;
+mod triggers;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+    catalog::init();
+}
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

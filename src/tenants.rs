@@ -1,0 +1,279 @@
+//! Tenants: a schema holding everything of the tenant (entity tables and udm's catalog of them),
+//! and a NOLOGIN role that owns access to it. Isolation is PostgreSQL's privilege system: only
+//! members of `tenant_<slug>` (and udm admins, who are members of every tenant role) can reach the
+//! schema, through udm functions or plain SQL alike.
+
+use crate::catalog::{self, Tenant};
+use crate::error::{spi_err, OrRaise, Result, SqlState, UdmError};
+use crate::security::{self, as_owner, caller, has_privs_of, require_admin, ADMIN_ROLE_NAME};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::json;
+use udm_core::ident::{
+    printable, quote_ident, quote_literal, tenant_role, validate_slug, SlugKind,
+};
+
+fn exists(sql: &str, arg: &str) -> Result<bool> {
+    Spi::connect(|c| {
+        c.select(sql, None, &[arg.into()])?
+            .first()
+            .get_one::<bool>()
+    })
+    .map(|b| b.unwrap_or(false))
+    .map_err(spi_err)
+}
+
+fn run(sql: &str) -> Result<()> {
+    Spi::run(sql).map_err(spi_err)
+}
+
+fn tenant_json(slug: &str, name: Option<&str>, schema: &str, role: &str) -> serde_json::Value {
+    json!({"slug": slug, "name": name, "schema": schema, "role": role})
+}
+
+pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value> {
+    require_admin("create a tenant")?;
+    validate_slug(SlugKind::Tenant, slug)?;
+    if let Some(n) = name {
+        if n.chars().count() > 200 {
+            return Err(UdmError::invalid(
+                "tenant name is longer than 200 characters",
+            ));
+        }
+    }
+    let role = tenant_role(slug);
+    let schema = slug.to_string();
+    as_owner(|| {
+        if exists(
+            "SELECT EXISTS (SELECT 1 FROM udm.tenant WHERE slug = $1)",
+            slug,
+        )? {
+            return Err(UdmError::new(
+                SqlState::DuplicateSchema,
+                format!("tenant \"{slug}\" already exists"),
+            )
+            .hint("choose another slug, or drop the old tenant with udm_drop_tenant"));
+        }
+        if exists(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+            &schema,
+        )? {
+            return Err(UdmError::new(
+                SqlState::DuplicateSchema,
+                format!(
+                    "cannot create tenant \"{slug}\": a schema named \"{schema}\" already exists"
+                ),
+            )
+            .hint("the tenant's schema takes its slug; choose another slug"));
+        }
+        if exists(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)",
+            &role,
+        )? {
+            return Err(UdmError::new(
+                SqlState::DuplicateObject,
+                format!("cannot create tenant \"{slug}\": the role \"{role}\" already exists"),
+            )
+            .hint("roles are shared by all databases of the cluster: another database may have this tenant; choose another slug"));
+        }
+        let s = quote_ident(&schema);
+        let r = quote_ident(&role);
+        let label = match name {
+            Some(n) => format!("udm tenant {slug} ({n})"),
+            None => format!("udm tenant {slug}"),
+        };
+        for stmt in [
+            format!("CREATE ROLE {r} NOLOGIN"),
+            format!("GRANT {r} TO {}", quote_ident(ADMIN_ROLE_NAME)),
+            format!("CREATE SCHEMA {s}"),
+            format!("GRANT USAGE ON SCHEMA {s} TO {r}"),
+            format!(
+                "CREATE TABLE {s}.\"_udm_entity\" (\
+                 slug text PRIMARY KEY, \
+                 version integer NOT NULL, \
+                 status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'dropped')), \
+                 definition jsonb NOT NULL, \
+                 created_at timestamp with time zone NOT NULL DEFAULT now(), \
+                 updated_at timestamp with time zone NOT NULL DEFAULT now(), \
+                 created_by text NOT NULL, \
+                 updated_by text NOT NULL)"
+            ),
+            format!(
+                "CREATE TABLE {s}.\"_udm_entity_version\" (\
+                 entity text NOT NULL, \
+                 version integer NOT NULL, \
+                 change jsonb NOT NULL, \
+                 definition jsonb NOT NULL, \
+                 changed_by text NOT NULL, \
+                 changed_role text NOT NULL, \
+                 changed_at timestamp with time zone NOT NULL DEFAULT now(), \
+                 txid bigint NOT NULL DEFAULT txid_current(), \
+                 PRIMARY KEY (entity, version))"
+            ),
+            format!("GRANT SELECT ON {s}.\"_udm_entity\", {s}.\"_udm_entity_version\" TO {r}"),
+            format!("COMMENT ON SCHEMA {s} IS {}", quote_literal(&label)),
+            format!("COMMENT ON TABLE {s}.\"_udm_entity\" IS 'udm: entity definitions of this tenant (change them with udm_* functions)'"),
+            format!("COMMENT ON TABLE {s}.\"_udm_entity_version\" IS 'udm: every version of every entity definition'"),
+        ] {
+            run(&stmt)?;
+        }
+        Spi::connect_mut(|c| {
+            c.update(
+                "INSERT INTO udm.tenant (slug, name, schema_name, role_name, created_by) VALUES ($1, $2, $3, $4, $5)",
+                None,
+                &[slug.into(), name.into(), schema.as_str().into(), role.as_str().into(), security::actor().as_str().into()],
+            )
+            .map(|_| ())
+        })
+        .map_err(spi_err)
+    })?;
+    catalog::invalidate_registry();
+    let mut out = tenant_json(slug, name, &schema, &role);
+    out["created"] = json!(true);
+    Ok(out)
+}
+
+pub struct TenantRow {
+    pub slug: String,
+    pub name: Option<String>,
+    pub schema: String,
+    pub role: String,
+    pub created_at: Option<pgrx::datum::TimestampWithTimeZone>,
+}
+
+/// Tenants the caller may use (all of them for admins).
+pub fn tenants() -> Result<Vec<TenantRow>> {
+    let rows = as_owner(|| {
+        Spi::connect(|c| {
+            let mut out = Vec::new();
+            for r in c.select("SELECT slug, name, schema_name, role_name, created_at FROM udm.tenant ORDER BY slug", None, &[])? {
+                out.push(TenantRow {
+                    slug: r.get::<String>(1)?.unwrap_or_default(),
+                    name: r.get::<String>(2)?,
+                    schema: r.get::<String>(3)?.unwrap_or_default(),
+                    role: r.get::<String>(4)?.unwrap_or_default(),
+                    created_at: r.get(5)?,
+                });
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .map_err(spi_err)?;
+    let me = caller();
+    Ok(rows
+        .into_iter()
+        .filter(|t| security::role_oid(&t.role).is_some_and(|r| has_privs_of(me, r)))
+        .collect())
+}
+
+pub fn drop_tenant(slug: &str, confirm: &str) -> Result<serde_json::Value> {
+    require_admin("drop a tenant")?;
+    if confirm != slug {
+        return Err(UdmError::invalid(format!(
+            "udm_drop_tenant: confirm must repeat the tenant slug \"{}\", got \"{}\"",
+            printable(slug),
+            printable(confirm)
+        ))
+        .hint(format!(
+            "write udm_drop_tenant('{0}', '{0}') to drop the tenant with all its data",
+            printable(slug)
+        )));
+    }
+    let t = catalog::tenant(slug)?.ok_or_else(|| catalog::no_such_tenant(slug))?;
+    let entities = catalog::entity_slugs(&t).unwrap_or_default();
+    drop_objects(&t)?;
+    catalog::invalidate(&t);
+    catalog::invalidate_registry();
+    Ok(json!({"dropped": slug, "schema": t.schema, "role": t.role, "entities": entities}))
+}
+
+fn drop_objects(t: &Tenant) -> Result<()> {
+    as_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                "SELECT 1 FROM udm.tenant WHERE slug = $1 FOR UPDATE",
+                None,
+                &[t.slug.as_str().into()],
+            )
+            .map(|_| ())
+        })
+        .map_err(spi_err)?;
+        run(&format!("DROP SCHEMA {} CASCADE", quote_ident(&t.schema)))?;
+        run(&format!("DROP ROLE {}", quote_ident(&t.role)))?;
+        Spi::connect_mut(|c| {
+            c.update(
+                "DELETE FROM udm.tenant WHERE slug = $1",
+                None,
+                &[t.slug.as_str().into()],
+            )
+            .map(|_| ())
+        })
+        .map_err(spi_err)
+    })
+}
+
+/// Selects the tenant (and application user) for the session, or with `local` for the
+/// transaction only, after checking the caller may use it.
+pub fn use_tenant(slug: &str, user_id: Option<&str>, local: bool) -> Result<serde_json::Value> {
+    let t = catalog::usable_tenant(slug)?;
+    if let Some(u) = user_id {
+        if u.is_empty() || u.chars().count() > 200 || u.chars().any(char::is_control) {
+            return Err(
+                UdmError::invalid(format!("user id \"{}\" is not valid", printable(u)))
+                    .hint("a user id is 1 to 200 printable characters"),
+            );
+        }
+    }
+    crate::guc::set("udm.tenant", Some(&t.slug), local);
+    crate::guc::set("udm.user_id", Some(user_id.unwrap_or("")), local);
+    Ok(
+        json!({"tenant": t.slug, "schema": t.schema, "role": t.role, "user_id": user_id, "local": local}),
+    )
+}
+
+// ------------------------------------------------------------------ SQL surface
+
+#[pg_extern(volatile)]
+fn udm_create_tenant(slug: &str, name: default!(Option<&str>, "NULL")) -> JsonB {
+    JsonB(create_tenant(slug, name).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_tenants() -> TableIterator<
+    'static,
+    (
+        name!(slug, String),
+        name!(name, Option<String>),
+        name!(schema_name, String),
+        name!(role_name, String),
+        name!(created_at, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
+> {
+    let rows = tenants().or_raise();
+    TableIterator::new(
+        rows.into_iter()
+            .map(|t| (t.slug, t.name, t.schema, t.role, t.created_at)),
+    )
+}
+
+#[pg_extern(volatile)]
+fn udm_drop_tenant(slug: &str, confirm: &str) -> JsonB {
+    JsonB(drop_tenant(slug, confirm).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_use(
+    tenant: &str,
+    user_id: default!(Option<&str>, "NULL"),
+    is_local: default!(bool, false),
+) -> JsonB {
+    JsonB(use_tenant(tenant, user_id, is_local).or_raise())
+}
+
+/// The tenant selected by udm_use, if the caller may still use it.
+#[pg_extern(stable)]
+fn udm_current_tenant() -> Option<String> {
+    crate::guc::tenant()
+        .and_then(|s| catalog::usable_tenant(&s).ok())
+        .map(|t| t.slug.clone())
+}

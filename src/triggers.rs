@@ -1,0 +1,478 @@
+//! Functions udm attaches to entity tables, written against PostgreSQL's C interface so they
+//! cost little per row: the row stamp trigger, the rule check called by CHECK constraints, and the
+//! polymorphic reference triggers. They hold every write to the rules, plain SQL included.
+
+use crate::catalog;
+use crate::error::{raise, spi_err, Result, SqlState, UdmError};
+use crate::guc;
+use pgrx::fcinfo::pg_getarg;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+use udm_core::checks::field_rule_message;
+use udm_core::ident::{qualified, quote_ident};
+
+macro_rules! finfo_v1 {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $name() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+
+finfo_v1!(pg_finfo_udm_stamp_row);
+finfo_v1!(pg_finfo_udm_check_rule);
+finfo_v1!(pg_finfo_udm_reference_check);
+finfo_v1!(pg_finfo_udm_reference_on_delete);
+
+unsafe fn trigger_data(fcinfo: pg_sys::FunctionCallInfo, name: &str) -> *mut pg_sys::TriggerData {
+    unsafe {
+        let ctx = (*fcinfo).context;
+        if ctx.is_null() || (*ctx).type_ != pg_sys::NodeTag::T_TriggerData {
+            raise(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!("{name}() can only be called as a trigger"),
+            ));
+        }
+        ctx as *mut pg_sys::TriggerData
+    }
+}
+
+unsafe fn trigger_args(td: *mut pg_sys::TriggerData) -> Vec<String> {
+    unsafe {
+        let t = (*td).tg_trigger;
+        let n = (*t).tgnargs as usize;
+        (0..n)
+            .map(|i| {
+                CStr::from_ptr(*(*t).tgargs.add(i))
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+}
+
+/// Attribute number (1-based) of a column, if present and not dropped.
+unsafe fn attnum(desc: pg_sys::TupleDesc, name: &str) -> Option<i32> {
+    unsafe {
+        let natts = (*desc).natts as usize;
+        let attrs = (*desc).attrs.as_slice(natts);
+        attrs
+            .iter()
+            .position(|a| !a.attisdropped && a.name() == name)
+            .map(|i| i as i32 + 1)
+    }
+}
+
+unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
+    unsafe {
+        let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        let nsp = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
+        let schema = if nsp.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(nsp).to_string_lossy().into_owned()
+        };
+        (schema, name)
+    }
+}
+
+fn text_datum(s: &str) -> pg_sys::Datum {
+    s.into_datum().expect("text is never NULL")
+}
+
+fn is_bcrypt_hash(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 60
+        && (s.starts_with("$2a$") || s.starts_with("$2b$") || s.starts_with("$2y$"))
+        && b[4].is_ascii_digit()
+        && b[5].is_ascii_digit()
+        && b[6] == b'$'
+        && b[7..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/')
+}
+
+unsafe fn uuid_bytes(d: pg_sys::Datum) -> [u8; 16] {
+    unsafe {
+        let p = d.cast_mut_ptr::<u8>();
+        let mut out = [0u8; 16];
+        std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), 16);
+        out
+    }
+}
+
+/// Hashes a password column's new value (plain text) with bcrypt, after checking its length.
+/// Returns None when nothing is to be done (NULL, unchanged, or already a bcrypt hash).
+unsafe fn hash_password(
+    newtup: pg_sys::HeapTuple,
+    oldtup: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    attno: i32,
+    table: &str,
+    column: &str,
+    min_len: usize,
+) -> Option<pg_sys::Datum> {
+    unsafe {
+        let mut n = false;
+        let v = pg_sys::heap_getattr(newtup, attno, desc, &mut n);
+        if n {
+            return None;
+        }
+        let plain = String::from_datum(v, false).unwrap_or_default();
+        if !oldtup.is_null() {
+            let mut on = false;
+            let ov = pg_sys::heap_getattr(oldtup, attno, desc, &mut on);
+            if !on && String::from_datum(ov, false).as_deref() == Some(plain.as_str()) {
+                return None; // the stored hash, unchanged
+            }
+        }
+        if is_bcrypt_hash(&plain) {
+            return None; // already a hash (an import)
+        }
+        if plain.chars().count() < min_len {
+            raise(
+                UdmError::new(
+                    SqlState::CheckViolation,
+                    format!("{table}.{column} must have at least {min_len} characters"),
+                )
+                .detail(format!(
+                    "entity \"{table}\", field \"{column}\", rule \"min_length\""
+                )),
+            );
+        }
+        let cost = guc::BCRYPT_COST.get().clamp(4, 31) as u32;
+        let hash = bcrypt::hash(plain.as_bytes(), cost)
+            .unwrap_or_else(|e| raise(UdmError::internal(format!("bcrypt failed: {e}"))));
+        Some(text_datum(&hash))
+    }
+}
+
+/// `BEFORE INSERT OR UPDATE FOR EACH ROW`: system columns are udm's. On insert they are set;
+/// on update `id` and `created_*` keep their values, `updated_*` are set and `_version` counts
+/// up. Password columns (trigger arguments `column:min_length`) are hashed with bcrypt.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let td = trigger_data(fcinfo, "udm.stamp_row");
+        let ev = (*td).tg_event;
+        if ev & pg_sys::TRIGGER_EVENT_ROW == 0
+            || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
+        {
+            raise(UdmError::new(
+                SqlState::FeatureNotSupported,
+                "udm.stamp_row() must be a BEFORE ... FOR EACH ROW trigger",
+            ));
+        }
+        let op = ev & pg_sys::TRIGGER_EVENT_OPMASK;
+        let is_insert = op == pg_sys::TRIGGER_EVENT_INSERT;
+        if !is_insert && op != pg_sys::TRIGGER_EVENT_UPDATE {
+            raise(UdmError::new(
+                SqlState::FeatureNotSupported,
+                "udm.stamp_row() handles INSERT and UPDATE only",
+            ));
+        }
+        let rel = (*td).tg_relation;
+        let desc = (*rel).rd_att;
+        let (newtup, oldtup) = if is_insert {
+            ((*td).tg_trigtuple, std::ptr::null_mut())
+        } else {
+            ((*td).tg_newtuple, (*td).tg_trigtuple)
+        };
+        let (_, table) = relation_names(rel);
+        let col = |n: &str| {
+            attnum(desc, n).unwrap_or_else(|| {
+                raise(UdmError::internal(format!(
+                    "table \"{table}\" has no system column \"{n}\""
+                )))
+            })
+        };
+        let (a_id, a_cat, a_uat, a_cby, a_uby, a_ver) = (
+            col("id"),
+            col("created_at"),
+            col("updated_at"),
+            col("created_by"),
+            col("updated_by"),
+            col("_version"),
+        );
+        let now = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
+        let actor = text_datum(&crate::security::actor());
+
+        let mut cols: Vec<i32> = Vec::with_capacity(8);
+        let mut vals: Vec<pg_sys::Datum> = Vec::with_capacity(8);
+        let mut nulls: Vec<bool> = Vec::with_capacity(8);
+        let mut set = |a: i32, v: pg_sys::Datum, n: bool| {
+            cols.push(a);
+            vals.push(v);
+            nulls.push(n);
+        };
+        if is_insert {
+            set(a_cat, now, false);
+            set(a_uat, now, false);
+            set(a_cby, actor, false);
+            set(a_uby, actor, false);
+            set(a_ver, pg_sys::Datum::from(1i32), false);
+        } else {
+            let (mut n_old, mut n_new) = (false, false);
+            let old_id = pg_sys::heap_getattr(oldtup, a_id, desc, &mut n_old);
+            let new_id = pg_sys::heap_getattr(newtup, a_id, desc, &mut n_new);
+            if n_new || n_old || uuid_bytes(old_id) != uuid_bytes(new_id) {
+                raise(
+                    UdmError::new(
+                        SqlState::FeatureNotSupported,
+                        format!("the id of a {table} record cannot change"),
+                    )
+                    .hint("create a new record instead"),
+                );
+            }
+            for a in [a_cat, a_cby] {
+                let mut n = false;
+                let v = pg_sys::heap_getattr(oldtup, a, desc, &mut n);
+                set(a, v, n);
+            }
+            let mut n = false;
+            let old_version = pg_sys::heap_getattr(oldtup, a_ver, desc, &mut n);
+            let next = if n { 1 } else { old_version.value() as i32 + 1 };
+            set(a_uat, now, false);
+            set(a_uby, actor, false);
+            set(a_ver, pg_sys::Datum::from(next), false);
+        }
+        for arg in trigger_args(td) {
+            let (column, min_len) = match arg.rsplit_once(':') {
+                Some((c, m)) => (c.to_string(), m.parse::<usize>().unwrap_or(0)),
+                None => (arg.clone(), 0),
+            };
+            let Some(a) = attnum(desc, &column) else {
+                continue;
+            };
+            if let Some(h) = hash_password(newtup, oldtup, desc, a, &table, &column, min_len) {
+                set(a, h, false);
+            }
+        }
+        let out = pg_sys::heap_modify_tuple_by_cols(
+            newtup,
+            desc,
+            cols.len() as i32,
+            cols.as_mut_ptr(),
+            vals.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        );
+        pg_sys::Datum::from(out)
+    }
+}
+
+/// `udm.check_rule(ok, schema, entity, key)`: the body of every udm CHECK constraint. Returns
+/// true when the rule holds; otherwise raises an ERROR that names entity, field and rule. STRICT,
+/// so a NULL condition passes (SQL's rule for CHECK).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_check_rule(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        if pg_getarg::<bool>(fcinfo, 0).unwrap_or(true) {
+            return pg_sys::Datum::from(true);
+        }
+        let schema: String = pg_getarg(fcinfo, 1).unwrap_or_default();
+        let entity: String = pg_getarg(fcinfo, 2).unwrap_or_default();
+        let key: String = pg_getarg(fcinfo, 3).unwrap_or_default();
+        raise(rule_violation(&schema, &entity, &key))
+    }
+}
+
+/// The error for a failed rule, worded from the entity's current definition.
+fn rule_violation(schema: &str, entity: &str, key: &str) -> UdmError {
+    let fallback = || {
+        UdmError::new(
+            SqlState::CheckViolation,
+            format!("{entity} breaks rule {key}"),
+        )
+        .detail(format!(
+            "entity \"{entity}\" of tenant \"{schema}\", rule \"{key}\""
+        ))
+    };
+    let found = catalog::tenant(schema)
+        .ok()
+        .flatten()
+        .and_then(|t| catalog::entity_any(&t, entity).ok().flatten());
+    let Some(e) = found else { return fallback() };
+    let def = &e.def;
+    let hint = format!("udm_describe('{entity}') shows the entity's rules");
+    if let Some(name) = key.strip_prefix("r.") {
+        let Some(r) = def.rules.iter().find(|r| r.name == name) else {
+            return fallback();
+        };
+        let msg = r
+            .message
+            .clone()
+            .unwrap_or_else(|| format!("{entity} breaks rule \"{name}\": {}", r.check));
+        return UdmError::new(SqlState::CheckViolation, msg)
+            .detail(format!(
+                "entity \"{entity}\" of tenant \"{schema}\", rule \"{name}\": {}",
+                r.check
+            ))
+            .hint(hint);
+    }
+    let parsed = key
+        .strip_prefix('f')
+        .and_then(|k| k.split_once('.'))
+        .and_then(|(id, rule)| Some((id.parse::<u32>().ok()?, rule)));
+    let Some((id, rule)) = parsed else {
+        return fallback();
+    };
+    let Some(f) = def.field_by_id(id) else {
+        return fallback();
+    };
+    UdmError::new(SqlState::CheckViolation, field_rule_message(def, f, rule))
+        .detail(format!(
+            "entity \"{entity}\" of tenant \"{schema}\", field \"{}\", rule \"{rule}\"",
+            f.name
+        ))
+        .hint(hint)
+}
+
+/// Reads `(entity, id)` of a `udm.ref` column of a row.
+unsafe fn reference_of(
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    column: &str,
+) -> Option<(String, pgrx::Uuid)> {
+    unsafe {
+        let a = attnum(desc, column)?;
+        let mut n = false;
+        let d = pg_sys::heap_getattr(tuple, a, desc, &mut n);
+        if n {
+            return None;
+        }
+        let hdr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as pg_sys::HeapTupleHeader;
+        let (mut n1, mut n2) = (false, false);
+        let e = pg_sys::GetAttributeByNum(hdr, 1, &mut n1);
+        let i = pg_sys::GetAttributeByNum(hdr, 2, &mut n2);
+        if n1 || n2 {
+            return None;
+        }
+        Some((
+            String::from_datum(e, false)?,
+            pgrx::Uuid::from_datum(i, false)?,
+        ))
+    }
+}
+
+fn reference_exists(schema: &str, entity: &str, id: pgrx::Uuid) -> Result<bool> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE id = $1)",
+        qualified(schema, entity)
+    );
+    Spi::connect(|c| {
+        c.select(sql.as_str(), None, &[id.into()])?
+            .first()
+            .get_one::<bool>()
+    })
+    .map(|b| b.unwrap_or(false))
+    .map_err(spi_err)
+}
+
+/// Constraint trigger on tables with a reference field (arguments: the columns): the referenced
+/// record must exist. It runs as the writing role, a member of the tenant.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_reference_check(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let td = trigger_data(fcinfo, "udm.reference_check");
+        let rel = (*td).tg_relation;
+        let desc = (*rel).rd_att;
+        let (schema, table) = relation_names(rel);
+        let op = (*td).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+        let tuple = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+            (*td).tg_newtuple
+        } else {
+            (*td).tg_trigtuple
+        };
+        for column in trigger_args(td) {
+            let Some((entity, id)) = reference_of(tuple, desc, &column) else {
+                continue;
+            };
+            if !reference_exists(&schema, &entity, id).unwrap_or_else(|e| raise(e)) {
+                raise(
+                    UdmError::new(SqlState::ForeignKeyViolation, format!("{table}.{column} refers to {entity} {id}, which does not exist"))
+                        .detail(format!("entity \"{table}\" of tenant \"{schema}\", field \"{column}\", rule \"reference\"")),
+                );
+            }
+        }
+        pg_sys::Datum::from(0usize)
+    }
+}
+
+/// BEFORE DELETE on a reference's target (arguments: source entity, column, action): restrict,
+/// cascade or set null, as the reference field says. Runs as the deleting role.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_reference_on_delete(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let td = trigger_data(fcinfo, "udm.reference_on_delete");
+        let rel = (*td).tg_relation;
+        let desc = (*rel).rd_att;
+        let (schema, target) = relation_names(rel);
+        let args = trigger_args(td);
+        let [source, column, action] = args.as_slice() else {
+            raise(UdmError::internal(
+                "udm.reference_on_delete() needs 3 arguments",
+            ))
+        };
+        let a = attnum(desc, "id").unwrap_or(1);
+        let mut n = false;
+        let id =
+            pgrx::Uuid::from_datum(pg_sys::heap_getattr((*td).tg_trigtuple, a, desc, &mut n), n);
+        if let Some(id) = id {
+            let table = qualified(&schema, source);
+            let col = quote_ident(column);
+            let cond = format!("({col}).entity = $1 AND ({col}).id = $2");
+            let args = [target.as_str().into(), id.into()];
+            let still_referenced = Spi::connect_mut(|c| match action.as_str() {
+                "cascade" => c
+                    .update(
+                        format!("DELETE FROM {table} WHERE {cond}").as_str(),
+                        None,
+                        &args,
+                    )
+                    .map(|_| false),
+                "set_null" => c
+                    .update(
+                        format!("UPDATE {table} SET {col} = NULL WHERE {cond}").as_str(),
+                        None,
+                        &args,
+                    )
+                    .map(|_| false),
+                _ => c
+                    .select(
+                        format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {cond})").as_str(),
+                        None,
+                        &args,
+                    )?
+                    .first()
+                    .get_one::<bool>()
+                    .map(|b| b.unwrap_or(false)),
+            })
+            .unwrap_or_else(|e| raise(spi_err(e)));
+            if still_referenced {
+                raise(
+                    UdmError::new(
+                        SqlState::ForeignKeyViolation,
+                        format!(
+                            "{target} {id} cannot be deleted: {source}.{column} still refers to it"
+                        ),
+                    )
+                    .hint(format!("change or delete those {source} records first")),
+                );
+            }
+        }
+        pg_sys::Datum::from((*td).tg_trigtuple)
+    }
+}

@@ -52,7 +52,7 @@ fn exec_ddl(entity: &str, sql: &str) -> Result<()> {
 
 fn query_one<T: FromDatum + IntoDatum>(entity: &str, sql: &str) -> Result<Option<T>> {
     catch_pg(
-        || Spi::get_one::<T>(sql).map_err(spi_err),
+        || crate::spi::select_one::<T>(sql, &[]),
         |e| {
             if e.code == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
                 raise(busy(entity));
@@ -82,7 +82,7 @@ fn run_steps(entity: &str, steps: &[Step]) -> Result<()> {
                         .hint("clear or fix such values first, or add a new field of the new type and copy what converts")
                     };
                     let bad = catch_pg(
-                        || Spi::get_one::<String>(sql).map_err(spi_err),
+                        || crate::spi::select_one::<String>(sql, &[]),
                         |e| raise(refuse(e.message)),
                     )?;
                     if let Some(v) = bad {
@@ -188,6 +188,26 @@ fn incoming_relations(t: &Tenant, slug: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Patterns are PostgreSQL regular expressions: compile each once so a bad one is refused now,
+/// not at the first insert.
+fn check_patterns(def: &EntityDef) -> Result<()> {
+    for f in &def.fields {
+        let Some(p) = f.pattern.as_deref() else {
+            continue;
+        };
+        catch_pg(
+            || Spi::get_one_with_args::<bool>("SELECT ''::text ~ $1", &[p.into()]).map_err(spi_err),
+            |e| {
+                e.raise_with(&format!(
+                    "field \"{}\" of entity \"{}\": the pattern is not a valid regular expression",
+                    f.name, def.slug
+                ))
+            },
+        )?;
+    }
+    Ok(())
+}
+
 fn uses_of_field(def: &EntityDef, field: &str) -> Result<Vec<String>> {
     let mut uses = Vec::new();
     for r in &def.rules {
@@ -225,21 +245,24 @@ fn describe_entity(t: &Tenant, e: &Entity) -> Value {
 
 // ------------------------------------------------------------------ changes
 
-/// Applies a change to an active entity: lock, build, plan, run, record.
+/// Applies a change to an active entity: lock, build, plan, record, run. The new definition is
+/// recorded before the DDL runs (same transaction), so a rule that fails while the DDL checks
+/// existing rows is reported in the words of the new definition.
 fn change(
     t: &Tenant,
     slug: &str,
     op: Value,
-    build: impl FnOnce(&EntityDef) -> Result<EntityDef>,
+    build: impl FnOnce(&EntityDef, i32) -> Result<EntityDef>,
 ) -> Result<Value> {
     let e = catalog::entity_for_update(t, slug, Some(Status::Active))?;
-    let new = build(&e.def)?;
+    let version = e.version + 1;
+    let new = build(&e.def, version)?;
     let fields: Vec<&FieldDef> = new.fields.iter().collect();
     check_targets(t, &new, &fields)?;
+    check_patterns(&new)?;
     let steps = ddl::plan_change(&t.ctx(), &e.def, &new)?;
-    run_steps(slug, &steps)?;
-    let version = e.version + 1;
     catalog::write_entity(t, &new, version, Status::Active, op, false)?;
+    run_steps(slug, &steps)?;
     Ok(describe(t, &new, version, Status::Active))
 }
 
@@ -262,6 +285,7 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
     }
     let fields: Vec<&FieldDef> = def.fields.iter().collect();
     check_targets(&t, &def, &fields)?;
+    check_patterns(&def)?;
     let taken = as_owner(|| {
         Spi::connect(|c| {
             c.select(
@@ -282,13 +306,24 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
         .hint("choose another name"));
     }
     let steps = ddl::create_entity(&t.ctx(), &def)?;
+    // A purged entity's history stays; a new definition of the same name continues its versions.
+    let version = as_owner(|| {
+        crate::spi::select_one::<i32>(
+            &format!(
+                "SELECT coalesce(max(version), 0) + 1 FROM {} WHERE entity = $1",
+                t.catalog("_udm_entity_version")
+            ),
+            &[slug.into()],
+        )
+    })?
+    .unwrap_or(1);
     // The catalog row first: a concurrent definition of the same slug waits here, then fails cleanly.
     catch_pg(
         || {
             catalog::write_entity(
                 &t,
                 &def,
-                1,
+                version,
                 Status::Active,
                 json!({"op": "define_entity", "definition": definition}),
                 true,
@@ -305,7 +340,7 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
         },
     )?;
     run_steps(slug, &steps)?;
-    Ok(describe(&t, &def, 1, Status::Active))
+    Ok(describe(&t, &def, version, Status::Active))
 }
 
 pub fn add_field(entity: &str, field: &Value) -> Result<Value> {
@@ -316,7 +351,7 @@ pub fn add_field(entity: &str, field: &Value) -> Result<Value> {
         &t,
         entity,
         json!({"op": "add_field", "field": field}),
-        |old| {
+        |old, _| {
             if let Some(rf) = old.removed_fields.iter().find(|r| r.name == f.name) {
                 return Err(UdmError::new(
                 SqlState::DuplicateColumn,
@@ -350,7 +385,7 @@ pub fn alter_field(entity: &str, field: &str, changes: &Value) -> Result<Value> 
         &t,
         entity,
         json!({"op": "alter_field", "field": field, "changes": changes}),
-        |old| {
+        |old, _| {
             let of = old.field_or_err(field)?;
             let nf = apply_field_changes(of, changes)
                 .map_err(|e| e.context(format!("entity \"{entity}\"")))?;
@@ -399,7 +434,7 @@ pub fn remove_field(entity: &str, field: &str) -> Result<Value> {
         &t,
         entity,
         json!({"op": "remove_field", "field": field}),
-        |old| {
+        |old, version| {
             let f = old.field_or_err(field)?;
             let uses = uses_of_field(old, field)?;
             if !uses.is_empty() {
@@ -414,7 +449,7 @@ pub fn remove_field(entity: &str, field: &str) -> Result<Value> {
             }
             let mut new = old.clone();
             let mut removed = f.clone();
-            removed.removed_in_version = Some(0);
+            removed.removed_in_version = Some(version as u32);
             if removed.has_column() {
                 removed.column = ddl::removed_column_name(f);
             } else {
@@ -425,18 +460,6 @@ pub fn remove_field(entity: &str, field: &str) -> Result<Value> {
             Ok(new)
         },
     )
-    .map(|mut v| {
-        // the version it was removed in is the new version
-        let version = v["version"].clone();
-        if let Some(arr) = v["removed_fields"].as_array_mut() {
-            for rf in arr.iter_mut() {
-                if rf["removed_in_version"] == json!(0) {
-                    rf["removed_in_version"] = version.clone();
-                }
-            }
-        }
-        v
-    })
 }
 
 fn removed_field<'a>(def: &'a EntityDef, field: &str) -> Result<&'a FieldDef> {
@@ -464,7 +487,7 @@ pub fn restore_field(entity: &str, field: &str) -> Result<Value> {
         &t,
         entity,
         json!({"op": "restore_field", "field": field}),
-        |old| {
+        |old, _| {
             let rf = removed_field(old, field)?;
             if old.field(field).is_some() {
                 return Err(UdmError::new(
@@ -494,7 +517,7 @@ pub fn purge_field(entity: &str, field: &str) -> Result<Value> {
         &t,
         entity,
         json!({"op": "purge_field", "field": field}),
-        |old| {
+        |old, _| {
             let rf = removed_field(old, field)?;
             let mut new = old.clone();
             new.removed_fields.retain(|x| x.id != rf.id);
@@ -509,9 +532,9 @@ pub fn add_index(entity: &str, fields: &[String], unique: bool) -> Result<Value>
         &t,
         entity,
         json!({"op": "add_index", "fields": fields, "unique": unique}),
-        |old| {
+        |old, _| {
             let spec = json!({"fields": fields, "unique": unique});
-            let i = parse_index(&spec, entity)?;
+            let i = parse_index(&spec, entity, Source::Caller)?;
             let mut new = old.clone();
             new.add_index(i)?;
             Ok(new)
@@ -525,7 +548,7 @@ pub fn drop_index(entity: &str, name: &str) -> Result<Value> {
         &t,
         entity,
         json!({"op": "drop_index", "name": name}),
-        |old| {
+        |old, _| {
             if !old.indexes.iter().any(|i| i.name == name) {
                 return Err(UdmError::new(
                     SqlState::UndefinedObject,
@@ -545,13 +568,18 @@ pub fn drop_index(entity: &str, name: &str) -> Result<Value> {
 
 pub fn add_rule(entity: &str, rule: &Value) -> Result<Value> {
     let t = catalog::current_tenant()?;
-    change(&t, entity, json!({"op": "add_rule", "rule": rule}), |old| {
-        let r = parse_rule(rule).map_err(|e| e.context(format!("entity \"{entity}\"")))?;
-        let mut new = old.clone();
-        udm_core::rules::compile_rule(&new, &r.check)?;
-        new.add_rule(r)?;
-        Ok(new)
-    })
+    change(
+        &t,
+        entity,
+        json!({"op": "add_rule", "rule": rule}),
+        |old, _| {
+            let r = parse_rule(rule).map_err(|e| e.context(format!("entity \"{entity}\"")))?;
+            let mut new = old.clone();
+            udm_core::rules::compile_rule(&new, &r.check)?;
+            new.add_rule(r)?;
+            Ok(new)
+        },
+    )
 }
 
 pub fn drop_rule(entity: &str, name: &str) -> Result<Value> {
@@ -560,7 +588,7 @@ pub fn drop_rule(entity: &str, name: &str) -> Result<Value> {
         &t,
         entity,
         json!({"op": "drop_rule", "name": name}),
-        |old| {
+        |old, _| {
             if !old.rules.iter().any(|r| r.name == name) {
                 return Err(UdmError::new(
                     SqlState::UndefinedObject,

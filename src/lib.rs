@@ -12,6 +12,7 @@ mod entities;
 mod error;
 mod guc;
 mod security;
+mod spi;
 mod tenants;
 mod triggers;
 

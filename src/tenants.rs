@@ -181,8 +181,9 @@ pub fn drop_tenant(slug: &str, confirm: &str) -> Result<serde_json::Value> {
     }
     let t = catalog::tenant(slug)?.ok_or_else(|| catalog::no_such_tenant(slug))?;
     let entities = catalog::entity_slugs(&t).unwrap_or_default();
-    drop_objects(&t)?;
+    // Queue the invalidation while the catalog table still exists (it looks the table up).
     catalog::invalidate(&t);
+    drop_objects(&t)?;
     catalog::invalidate_registry();
     Ok(json!({"dropped": slug, "schema": t.schema, "role": t.role, "entities": entities}))
 }

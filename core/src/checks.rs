@@ -81,7 +81,7 @@ pub fn field_checks(f: &FieldDef) -> Vec<FieldCheck> {
             push(
                 "file",
                 format!(
-                    "jsonb_typeof({col}) = 'object' AND jsonb_typeof({col} -> 'name') = 'string'"
+                    "jsonb_typeof({col}) = 'object' AND {col} ? 'name' AND jsonb_typeof({col} -> 'name') = 'string'"
                 ),
             );
         }
@@ -89,7 +89,7 @@ pub fn field_checks(f: &FieldDef) -> Vec<FieldCheck> {
             push(
                 "targets",
                 format!(
-                    "({col}).entity = ANY ({}) AND ({col}).id IS NOT NULL",
+                    "{col} IS NULL OR (coalesce(({col}).entity = ANY ({}), false) AND ({col}).id IS NOT NULL)",
                     text_array(&f.targets)
                 ),
             );
@@ -132,13 +132,19 @@ pub fn field_checks(f: &FieldDef) -> Vec<FieldCheck> {
         if let Some(n) = f.max_size {
             push(
                 "max_size",
-                format!("coalesce(({col} ->> 'size')::numeric, 0) <= {n}"),
+                format!(
+                    "CASE jsonb_typeof({col} -> 'size') WHEN 'number' THEN ({col} ->> 'size')::numeric <= {n} \
+                     ELSE ({col} -> 'size') IS NULL END"
+                ),
             );
         }
         if !f.accept.is_empty() {
             push(
                 "accept",
-                format!("({col} ->> 'mime_type') = ANY ({})", text_array(&f.accept)),
+                format!(
+                    "{col} IS NULL OR coalesce(({col} ->> 'mime_type') = ANY ({}), false)",
+                    text_array(&f.accept)
+                ),
             );
         }
     }
@@ -326,6 +332,32 @@ mod tests {
             field_checks(&e.fields[1])[1].sql,
             "udm.array_is_unique(\"nums\")"
         );
+    }
+
+    #[test]
+    fn sub_part_checks_fail_rather_than_pass_as_null() {
+        // A CHECK passes on NULL, so a rule over part of a value must be false, not NULL, when
+        // the part is missing; only a NULL column may yield NULL.
+        let e = entity(json!([
+            {"name": "doc", "type": "file", "accept": ["application/pdf"], "max_size": 10},
+            {"name": "subject", "type": "reference", "targets": ["a"]}]));
+        let sql: Vec<String> = field_checks(&e.fields[0])
+            .into_iter()
+            .map(|c| c.sql)
+            .collect();
+        assert!(sql[0].contains("\"doc\" ? 'name'"), "{}", sql[0]);
+        assert!(
+            sql[1].contains("ELSE (\"doc\" -> 'size') IS NULL"),
+            "{}",
+            sql[1]
+        );
+        assert!(
+            sql[2].starts_with("\"doc\" IS NULL OR coalesce("),
+            "{}",
+            sql[2]
+        );
+        let r = &field_checks(&e.fields[1])[0].sql;
+        assert!(r.starts_with("\"subject\" IS NULL OR (coalesce("), "{r}");
     }
 
     #[test]

@@ -779,7 +779,7 @@ pub fn rule_to_json(r: &RuleDef) -> Value {
 }
 
 /// Parses an index `{"fields": [...], "unique": bool, "name"?}`; the name is derived when absent.
-pub fn parse_index(v: &Value, entity: &str) -> Result<IndexDef> {
+pub fn parse_index(v: &Value, entity: &str, source: Source) -> Result<IndexDef> {
     let obj = expect_object(v, "an index")?;
     refuse_unknown_keys(obj, &["name", "fields", "unique"], "index")?;
     let fields = expect_string_list(
@@ -798,7 +798,9 @@ pub fn parse_index(v: &Value, entity: &str) -> Result<IndexDef> {
     let name = match obj.get("name") {
         Some(n) => {
             let n = expect_str(n, "index \"name\"")?;
-            validate_slug(SlugKind::Index, n)?;
+            if source == Source::Caller {
+                validate_slug(SlugKind::Index, n)?;
+            }
             n.to_string()
         }
         None => index_name(entity, &fields, unique),
@@ -906,7 +908,8 @@ impl EntityDef {
             ));
         }
         for iv in idx {
-            let i = parse_index(iv, slug).map_err(|e| e.context(format!("entity \"{slug}\"")))?;
+            let i = parse_index(iv, slug, source)
+                .map_err(|e| e.context(format!("entity \"{slug}\"")))?;
             def.add_index(i)?;
         }
         Ok(def)
@@ -1371,12 +1374,29 @@ mod tests {
     #[test]
     fn indexes_check_fields() {
         let mut d = EntityDef::parse("product", &product(), Source::Caller).unwrap();
-        let i = parse_index(&json!({"fields": ["status", "price"]}), "product").unwrap();
+        let i = parse_index(
+            &json!({"fields": ["status", "price"]}),
+            "product",
+            Source::Caller,
+        )
+        .unwrap();
         assert_eq!(i.name, "product__status__price__idx");
+        let back = EntityDef::from_catalog("product", &{
+            let mut d2 = d.clone();
+            d2.add_index(i.clone()).unwrap();
+            d2.to_json()
+        })
+        .unwrap();
+        assert_eq!(
+            back.indexes[0].name, "product__status__price__idx",
+            "stored names are read back"
+        );
         d.add_index(i.clone()).unwrap();
         assert_eq!(d.add_index(i).unwrap_err().state, SqlState::DuplicateObject);
         let e = d
-            .add_index(parse_index(&json!({"fields": ["nope"]}), "product").unwrap())
+            .add_index(
+                parse_index(&json!({"fields": ["nope"]}), "product", Source::Caller).unwrap(),
+            )
             .unwrap_err();
         assert_eq!(e.state, SqlState::UndefinedColumn);
         assert!(e.hint.unwrap().contains("\"price\""));

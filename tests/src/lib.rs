@@ -1,1 +1,136 @@
+//! Harness for udm's integration tests: they connect with the `postgres` driver to the cluster
+//! `make test` starts (UDM_TEST_HOST / UDM_TEST_PORT / UDM_TEST_DB), exactly as an existing
+//! application would, and log in as different roles to prove what each may do.
 
+use postgres::{Client, NoTls};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use postgres;
+pub use serde_json::{json, Value};
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+pub fn conn_string(user: &str) -> String {
+    format!(
+        "host={} port={} dbname={} user={} application_name=udm-tests",
+        env("UDM_TEST_HOST", "/work/main/target/test-cluster/sock"),
+        env("UDM_TEST_PORT", "5498"),
+        env("UDM_TEST_DB", "udm_it"),
+        user
+    )
+}
+
+/// A connection as `user` (the test cluster trusts local connections).
+pub fn connect_as(user: &str) -> Client {
+    Client::connect(&conn_string(user), NoTls).unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+}
+
+/// A superuser connection.
+pub fn admin() -> Client {
+    connect_as("postgres")
+}
+
+/// A name no other test uses: `prefix` + process id + counter.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A fresh login role.
+pub fn login_role(admin: &mut Client, prefix: &str) -> String {
+    let name = unique(prefix);
+    admin
+        .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN"))
+        .unwrap();
+    name
+}
+
+/// A fresh tenant; returns its slug.
+pub fn tenant(admin: &mut Client, prefix: &str) -> String {
+    let slug = unique(prefix);
+    admin
+        .query_one("SELECT udm_create_tenant($1)", &[&slug])
+        .unwrap();
+    slug
+}
+
+/// A fresh tenant with a login role that is a member of it, connected and using the tenant.
+pub struct Member {
+    pub tenant: String,
+    pub role: String,
+    pub client: Client,
+}
+
+pub fn member(admin: &mut Client, prefix: &str) -> Member {
+    let tenant = tenant(admin, prefix);
+    let role = login_role(admin, &format!("{prefix}_user"));
+    admin
+        .batch_execute(&format!("GRANT \"tenant_{tenant}\" TO \"{role}\""))
+        .unwrap();
+    let mut client = connect_as(&role);
+    client.query_one("SELECT udm_use($1)", &[&tenant]).unwrap();
+    Member {
+        tenant,
+        role,
+        client,
+    }
+}
+
+/// The SQLSTATE of a failed statement.
+pub fn sqlstate(e: &postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+/// The message, detail and hint of a failed statement, as one string.
+pub fn message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!(
+            "{} | detail: {} | hint: {}",
+            d.message(),
+            d.detail().unwrap_or(""),
+            d.hint().unwrap_or("")
+        ),
+        None => e.to_string(),
+    }
+}
+
+/// Runs a statement that must fail with `code`; returns the full message.
+#[track_caller]
+pub fn expect_err(c: &mut Client, sql: &str, code: &str) -> String {
+    match c.batch_execute(sql) {
+        Ok(()) => panic!("expected {code} from {sql}, but it succeeded"),
+        Err(e) => {
+            assert_eq!(sqlstate(&e), code, "{sql}: {}", message(&e));
+            message(&e)
+        }
+    }
+}
+
+/// One jsonb value from a query.
+#[track_caller]
+pub fn json(c: &mut Client, sql: &str) -> Value {
+    c.query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)))
+        .get::<_, Value>(0)
+}
+
+/// A single scalar from a query.
+#[track_caller]
+pub fn scalar<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> T {
+    c.query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)))
+        .get::<_, T>(0)
+}
+
+/// Quotes a SQL string literal for test statements (tests build SQL the way a user would).
+pub fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

@@ -1,0 +1,128 @@
+# udm: the two commands are `make run` and `make test`. Everything they need is installed here,
+# idempotently, on a fresh Debian 12 machine (as root, or with sudo).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PG_MAJOR      := 15
+PGBIN         := /usr/lib/postgresql/$(PG_MAJOR)/bin
+PG_CONFIG     := $(PGBIN)/pg_config
+PG_REGRESS    := /usr/lib/postgresql/$(PG_MAJOR)/lib/pgxs/src/test/regress/pg_regress
+PGRX_VERSION  := 0.18.0
+APT_PACKAGES  := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang pkg-config sudo
+export PATH   := $(HOME)/.cargo/bin:$(PATH)
+
+ROOT          := $(CURDIR)
+CLUSTER       := $(ROOT)/tests/cluster.sh
+RUN_DIR       := $(ROOT)/target/cluster
+RUN_PORT      ?= 5499
+RUN_DB        ?= udm_demo
+TEST_DIR      := $(ROOT)/target/test-cluster
+TEST_PORT     ?= 5498
+BENCH_DIR     := $(ROOT)/target/bench-cluster
+BENCH_PORT    ?= 5497
+IS_ROOT       := $(filter 0,$(shell id -u))
+APT           := $(if $(IS_ROOT),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+PGRX_INSTALL  := cargo pgrx install --release --pg-config $(PG_CONFIG) $(if $(IS_ROOT),,--sudo)
+
+.PHONY: help deps install run stop test unit regress integration bench clean-clusters fmt lint
+
+help:
+	@echo "make run    - install everything, start a local cluster with udm and demo data, print how to connect"
+	@echo "make test   - run every test tier (core unit tests, pg_regress golden files, driver integration tests)"
+	@echo "make bench  - run the benchmarks in bench/ (ratios against their baselines)"
+	@echo "make stop   - stop the local cluster started by make run"
+
+## ------------------------------------------------------------------ set-up
+
+deps: target/.deps-ok
+
+target/.deps-ok: Makefile
+	@mkdir -p target
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	    echo "== installing Debian packages: $(APT_PACKAGES)"; \
+	    $(APT) update -qq; \
+	    $(APT) install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+	@if ! cargo pgrx --version 2>/dev/null | grep -q "$(PGRX_VERSION)"; then \
+	    echo "== installing cargo-pgrx $(PGRX_VERSION) (about 9 minutes)"; \
+	    cargo install cargo-pgrx --version $(PGRX_VERSION) --locked; \
+	fi
+	@if ! grep -qs '^pg$(PG_MAJOR) *= *"$(PG_CONFIG)"' $(HOME)/.pgrx/config.toml; then \
+	    echo "== cargo pgrx init"; \
+	    cargo pgrx init --pg$(PG_MAJOR) $(PG_CONFIG) >/dev/null; \
+	fi
+	@touch $@
+
+install: deps
+	@echo "== building and installing udm into PostgreSQL $(PG_MAJOR)"
+	@$(PGRX_INSTALL) 2>&1 | grep -Ev '^\s*(Compiling|Checking|Blocking)' || { echo "install failed"; exit 1; }
+
+## ------------------------------------------------------------------ make run
+
+run: install
+	@$(CLUSTER) start $(RUN_DIR) $(RUN_PORT) keep
+	@if ! $(CLUSTER) psql $(RUN_DIR) $(RUN_PORT) -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$(RUN_DB)'" | grep -q 1; then \
+	    $(CLUSTER) psql $(RUN_DIR) $(RUN_PORT) -d postgres -qc "CREATE DATABASE $(RUN_DB)"; \
+	fi
+	@$(CLUSTER) psql $(RUN_DIR) $(RUN_PORT) -d $(RUN_DB) -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION IF NOT EXISTS udm" -f sql/demo.sql
+	@echo
+	@echo "udm is running (PostgreSQL $(PG_MAJOR), data in $(RUN_DIR)/data, log in $(RUN_DIR)/server.log)."
+	@echo "Connect with:"
+	@echo
+	@echo "    $(PGBIN)/psql -h $(RUN_DIR)/sock -p $(RUN_PORT) -U postgres $(RUN_DB)"
+	@echo
+	@echo "or over TCP: postgresql://postgres@localhost:$(RUN_PORT)/$(RUN_DB)   (make stop stops it)"
+
+stop:
+	@$(CLUSTER) stop $(RUN_DIR)
+	@echo "stopped the cluster in $(RUN_DIR)"
+
+## ------------------------------------------------------------------ make test
+
+test: deps
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory install
+	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4"
+	@trap '$(CLUSTER) stop $(TEST_DIR)' EXIT; \
+	    $(MAKE) --no-print-directory regress && $(MAKE) --no-print-directory integration
+	@echo "== all test tiers passed"
+
+unit:
+	@echo "== tier 1: udm-core unit tests (no PostgreSQL)"
+	@cargo test -q -p udm-core 2>&1 | grep -E "test result|FAILED|panicked|error" ; test $${PIPESTATUS[0]} -eq 0
+
+regress:
+	@echo "== tier 2: pg_regress golden files (tests/pg_regress)"
+	@rm -rf target/regress && mkdir -p target/regress
+	@tests=$$(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$$//' | sort); \
+	    $(PG_REGRESS) --bindir=$(PGBIN) --host=$(TEST_DIR)/sock --port=$(TEST_PORT) --user=postgres \
+	        --inputdir=tests/pg_regress --outputdir=target/regress --dbname=udm_regress \
+	        --load-extension=udm $$tests || { cat target/regress/regression.diffs; exit 1; }
+
+integration:
+	@echo "== tier 3: integration tests over the postgres driver (tests/tests)"
+	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d postgres -q -c "DROP DATABASE IF EXISTS udm_it" -c "CREATE DATABASE udm_it"
+	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d udm_it -q -c "CREATE EXTENSION udm"
+	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_it \
+	    cargo test -q -p udm-tests -- --test-threads=4
+
+## ------------------------------------------------------------------ make bench
+
+bench: install
+	@$(CLUSTER) start $(BENCH_DIR) $(BENCH_PORT) keep "udm.bcrypt_cost = 4" "max_wal_size = 4GB" "checkpoint_timeout = 30min"
+	@BENCH_HOST=$(BENCH_DIR)/sock BENCH_PORT=$(BENCH_PORT) PGBIN=$(PGBIN) bench/run.sh $(BENCH)
+
+## ------------------------------------------------------------------ housekeeping
+
+clean-clusters:
+	@for d in $(RUN_DIR) $(TEST_DIR) $(BENCH_DIR); do $(CLUSTER) stop $$d; done
+	@rm -rf $(RUN_DIR) $(TEST_DIR) $(BENCH_DIR)
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,211 @@
+//! Tenants: creation makes schema, role and catalog in one transaction; dropping removes them
+//! together; udm_use checks the tenant and the caller.
+
+use udm_tests::*;
+
+#[test]
+fn create_makes_schema_role_and_catalog() {
+    let mut adm = admin();
+    let slug = unique("tcreate");
+    let t = json(
+        &mut adm,
+        &format!("SELECT udm_create_tenant({}, 'Create Co')", lit(&slug)),
+    );
+    assert_eq!(t["slug"], slug);
+    assert_eq!(t["name"], "Create Co");
+    assert_eq!(t["schema"], slug);
+    assert_eq!(t["role"], format!("tenant_{slug}"));
+    let schema: bool = scalar(
+        &mut adm,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {})",
+            lit(&slug)
+        ),
+    );
+    assert!(schema);
+    let nologin: bool = scalar(
+        &mut adm,
+        &format!("SELECT NOT rolcanlogin FROM pg_roles WHERE rolname = 'tenant_{slug}'"),
+    );
+    assert!(nologin, "the tenant role is NOLOGIN");
+    let tables: i64 = scalar(
+        &mut adm,
+        &format!(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = {} AND tablename LIKE '\\_udm\\_%'",
+            lit(&slug)
+        ),
+    );
+    assert_eq!(tables, 2, "the tenant's catalog lives in its own schema");
+    let listed: i64 = scalar(
+        &mut adm,
+        &format!(
+            "SELECT count(*) FROM udm_tenants() WHERE slug = {}",
+            lit(&slug)
+        ),
+    );
+    assert_eq!(listed, 1);
+}
+
+#[test]
+fn create_refuses_bad_and_taken_slugs() {
+    let mut adm = admin();
+    let slug = tenant(&mut adm, "ttaken");
+    let msg = expect_err(
+        &mut adm,
+        &format!("SELECT udm_create_tenant({})", lit(&slug)),
+        "42P06",
+    );
+    assert!(msg.contains("already exists"), "{msg}");
+    for (bad, code, want) in [
+        ("Acme", "42602", "lower-case"),
+        ("a-b", "42602", "character '-'"),
+        ("public", "42602", "reserved"),
+        ("select", "42602", "reserved SQL key word"),
+        ("pg_x", "42602", "pg_"),
+        ("", "42602", "empty"),
+        ("x; drop table udm.tenant", "42602", "character"),
+    ] {
+        let msg = expect_err(
+            &mut adm,
+            &format!("SELECT udm_create_tenant({})", lit(bad)),
+            code,
+        );
+        assert!(msg.contains(want), "{bad}: {msg}");
+    }
+    let long = "a".repeat(41);
+    let msg = expect_err(
+        &mut adm,
+        &format!("SELECT udm_create_tenant({})", lit(&long)),
+        "42602",
+    );
+    assert!(msg.contains("limit is 40"), "{msg}");
+    adm.batch_execute("CREATE SCHEMA IF NOT EXISTS handmade")
+        .unwrap();
+    let msg = expect_err(&mut adm, "SELECT udm_create_tenant('handmade')", "42P06");
+    assert!(
+        msg.contains("schema named \"handmade\" already exists"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn creation_is_one_transaction() {
+    let mut adm = admin();
+    let slug = unique("tatomic");
+    let mut tx = adm.transaction().unwrap();
+    tx.query_one("SELECT udm_create_tenant($1)", &[&slug])
+        .unwrap();
+    tx.rollback().unwrap();
+    let left: i64 = scalar(
+        &mut adm,
+        &format!(
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = {0}) + (SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_' || {0}) + (SELECT count(*) FROM udm.tenant WHERE slug = {0})",
+            lit(&slug)
+        ),
+    );
+    assert_eq!(left, 0, "a rolled back creation leaves nothing");
+    // and the slug is free again
+    adm.query_one("SELECT udm_create_tenant($1)", &[&slug])
+        .unwrap();
+}
+
+#[test]
+fn drop_needs_confirmation_and_removes_everything() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "tdrop");
+    json(&mut m.client, "SELECT udm_define_entity('thing', '{\"fields\": [{\"name\": \"n\", \"type\": \"integer\"}]}')");
+    let slug = m.tenant.clone();
+    let msg = expect_err(
+        &mut adm,
+        &format!("SELECT udm_drop_tenant({}, 'nope')", lit(&slug)),
+        "22023",
+    );
+    assert!(msg.contains("confirm must repeat the tenant slug"), "{msg}");
+    drop(m);
+    let out = json(
+        &mut adm,
+        &format!("SELECT udm_drop_tenant({0}, {0})", lit(&slug)),
+    );
+    assert_eq!(out["dropped"], slug);
+    assert_eq!(out["entities"], json!(["thing"]));
+    let left: i64 = scalar(
+        &mut adm,
+        &format!(
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = {0}) + (SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_' || {0}) + (SELECT count(*) FROM udm.tenant WHERE slug = {0})",
+            lit(&slug)
+        ),
+    );
+    assert_eq!(left, 0);
+    let msg = expect_err(
+        &mut adm,
+        &format!("SELECT udm_drop_tenant({0}, {0})", lit(&slug)),
+        "42704",
+    );
+    assert!(msg.contains("does not exist"), "{msg}");
+}
+
+#[test]
+fn udm_use_errors() {
+    let mut adm = admin();
+    let msg = expect_err(&mut adm, "SELECT udm_use('nosuchtenant')", "42704");
+    assert!(
+        msg.contains("tenant \"nosuchtenant\" does not exist"),
+        "{msg}"
+    );
+    let msg = expect_err(&mut adm, "SELECT udm_use('Bad Name')", "42704");
+    assert!(msg.contains("does not exist"), "{msg}");
+    let slug = tenant(&mut adm, "tuse");
+    let msg = expect_err(
+        &mut adm,
+        &format!("SELECT udm_use({}, E'bad\\nuser')", lit(&slug)),
+        "22023",
+    );
+    assert!(msg.contains("user id"), "{msg}");
+    let mut fresh = admin();
+    let msg = expect_err(&mut fresh, "SELECT udm_describe('x')", "55000");
+    assert!(
+        msg.contains("no tenant selected") && msg.contains("udm_use"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn user_id_is_recorded_on_rows_and_definitions() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "tuser");
+    let t = m.tenant.clone();
+    json(
+        &mut m.client,
+        &format!("SELECT udm_use({}, 'user-42')", lit(&t)),
+    );
+    json(&mut m.client, "SELECT udm_define_entity('note', '{\"fields\": [{\"name\": \"body\", \"type\": \"long_text\"}]}')");
+    let by: String = scalar(
+        &mut m.client,
+        "SELECT changed_by FROM udm_entity_history('note')",
+    );
+    assert_eq!(by, "user-42");
+    m.client
+        .batch_execute(&format!("INSERT INTO \"{t}\".note (body) VALUES ('x')"))
+        .unwrap();
+    let (c, u): (String, String) = {
+        let r = m
+            .client
+            .query_one(
+                &format!("SELECT created_by, updated_by FROM \"{t}\".note"),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((c.as_str(), u.as_str()), ("user-42", "user-42"));
+    // without a user id the database role is recorded
+    json(&mut m.client, &format!("SELECT udm_use({})", lit(&t)));
+    m.client
+        .batch_execute(&format!("UPDATE \"{t}\".note SET body = 'y'"))
+        .unwrap();
+    let u: String = scalar(
+        &mut m.client,
+        &format!("SELECT updated_by FROM \"{t}\".note"),
+    );
+    assert_eq!(u, m.role);
+}

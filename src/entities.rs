@@ -188,21 +188,51 @@ fn incoming_relations(t: &Tenant, slug: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Patterns are PostgreSQL regular expressions: compile each once so a bad one is refused now,
-/// not at the first insert.
-fn check_patterns(def: &EntityDef) -> Result<()> {
+/// Literals in a definition (patterns, defaults, date bounds) are checked by PostgreSQL now, each
+/// error naming its field, rather than failing later inside some DDL statement.
+fn check_literals(def: &EntityDef) -> Result<()> {
     for f in &def.fields {
-        let Some(p) = f.pattern.as_deref() else {
-            continue;
-        };
+        let what = |part: &str| format!("entity \"{}\": field \"{}\": {part}", def.slug, f.name);
+        if let Some(p) = f.pattern.as_deref() {
+            catch_pg(
+                || crate::spi::select_one::<bool>("SELECT ''::text ~ $1", &[p.into()]),
+                |e| e.raise_with(&what("the pattern is not a valid regular expression")),
+            )?;
+        }
+        if let Some(d) = ddl::default_sql(f) {
+            catch_pg(
+                || crate::spi::select_one::<String>(&format!("SELECT ({d})::text"), &[]),
+                |e| e.raise_with(&what("default")),
+            )?;
+        }
+        if f.ftype.family() == udm_core::types::Family::Temporal {
+            for (key, bound) in [("min", &f.min), ("max", &f.max)] {
+                let Some(b) = bound else { continue };
+                let lit = udm_core::checks::typed_literal(b, &f.pg_type());
+                catch_pg(
+                    || crate::spi::select_one::<String>(&format!("SELECT ({lit})::text"), &[]),
+                    |e| e.raise_with(&what(key)),
+                )?;
+            }
+        }
+    }
+    // Each rule runs once over a row of NULLs: its literals are cast and its types resolved.
+    let probe: Vec<String> = def
+        .fields
+        .iter()
+        .filter(|f| f.has_column())
+        .map(|f| format!("NULL::{} AS {}", f.pg_type(), quote_ident(&f.column)))
+        .collect();
+    for r in &def.rules {
+        let context = format!("entity \"{}\", rule \"{}\"", def.slug, r.name);
+        let cond = udm_core::rules::compile_rule(def, &r.check).map_err(|e| e.context(&context))?;
+        let sql = format!(
+            "SELECT ({cond})::text FROM (SELECT {}) AS \"probe\"",
+            probe.join(", ")
+        );
         catch_pg(
-            || Spi::get_one_with_args::<bool>("SELECT ''::text ~ $1", &[p.into()]).map_err(spi_err),
-            |e| {
-                e.raise_with(&format!(
-                    "field \"{}\" of entity \"{}\": the pattern is not a valid regular expression",
-                    f.name, def.slug
-                ))
-            },
+            || crate::spi::select_one::<String>(&sql, &[]),
+            |e| e.raise_with(&context),
         )?;
     }
     Ok(())
@@ -259,7 +289,7 @@ fn change(
     let new = build(&e.def, version)?;
     let fields: Vec<&FieldDef> = new.fields.iter().collect();
     check_targets(t, &new, &fields)?;
-    check_patterns(&new)?;
+    check_literals(&new)?;
     let steps = ddl::plan_change(&t.ctx(), &e.def, &new)?;
     catalog::write_entity(t, &new, version, Status::Active, op, false)?;
     run_steps(slug, &steps)?;
@@ -285,7 +315,7 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
     }
     let fields: Vec<&FieldDef> = def.fields.iter().collect();
     check_targets(&t, &def, &fields)?;
-    check_patterns(&def)?;
+    check_literals(&def)?;
     let taken = as_owner(|| {
         Spi::connect(|c| {
             c.select(
@@ -575,7 +605,6 @@ pub fn add_rule(entity: &str, rule: &Value) -> Result<Value> {
         |old, _| {
             let r = parse_rule(rule).map_err(|e| e.context(format!("entity \"{entity}\"")))?;
             let mut new = old.clone();
-            udm_core::rules::compile_rule(&new, &r.check)?;
             new.add_rule(r)?;
             Ok(new)
         },

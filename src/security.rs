@@ -123,6 +123,8 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
     let timeout = format!("{}ms", guc::DDL_LOCK_TIMEOUT_MS.get());
     set_saved("search_path", "pg_catalog, pg_temp");
     set_saved("lock_timeout", &timeout);
+    // cascade notices of udm's own DDL say nothing the caller can act on
+    set_saved("client_min_messages", "warning");
     let r = f();
     unsafe {
         pg_sys::AtEOXact_GUC(true, nest);

@@ -242,16 +242,38 @@ pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) 
             set(a_uby, actor, false);
             set(a_ver, pg_sys::Datum::from(next), false);
         }
+        let mut schema = None;
         for arg in trigger_args(td) {
-            let (column, min_len) = match arg.rsplit_once(':') {
-                Some((c, m)) => (c.to_string(), m.parse::<usize>().unwrap_or(0)),
-                None => (arg.clone(), 0),
-            };
-            let Some(a) = attnum(desc, &column) else {
+            let mut parts = arg.splitn(3, ':');
+            let (kind, column, extra) = (
+                parts.next(),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
+            let Some(a) = attnum(desc, column) else {
                 continue;
             };
-            if let Some(h) = hash_password(newtup, oldtup, desc, a, &table, &column, min_len) {
-                set(a, h, false);
+            match kind {
+                Some("r") => {
+                    let mut n = false;
+                    pg_sys::heap_getattr(newtup, a, desc, &mut n);
+                    if n {
+                        let schema = schema.get_or_insert_with(|| relation_names(rel).0);
+                        raise(rule_violation(
+                            schema,
+                            &table,
+                            &format!("f{extra}.required"),
+                        ));
+                    }
+                }
+                Some("p") => {
+                    let min_len = extra.parse::<usize>().unwrap_or(0);
+                    if let Some(h) = hash_password(newtup, oldtup, desc, a, &table, column, min_len)
+                    {
+                        set(a, h, false);
+                    }
+                }
+                _ => {}
             }
         }
         let out = pg_sys::heap_modify_tuple_by_cols(
@@ -326,7 +348,12 @@ fn rule_violation(schema: &str, entity: &str, key: &str) -> UdmError {
     let Some(f) = def.field_by_id(id) else {
         return fallback();
     };
-    UdmError::new(SqlState::CheckViolation, field_rule_message(def, f, rule))
+    let state = if rule == "required" {
+        SqlState::NotNullViolation
+    } else {
+        SqlState::CheckViolation
+    };
+    UdmError::new(state, field_rule_message(def, f, rule))
         .detail(format!(
             "entity \"{entity}\" of tenant \"{schema}\", field \"{}\", rule \"{rule}\"",
             f.name

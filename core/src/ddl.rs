@@ -187,15 +187,23 @@ fn check_body(ctx: &Ctx, entity: &str, key: &str, cond: &str) -> String {
     )
 }
 
-/// The stamp trigger sets system columns and hashes password fields (named as arguments,
-/// `column:min_length`).
+/// The stamp trigger sets system columns, reports missing required values in words before the
+/// NOT NULL constraint would (arguments `r:<column>:<field id>`), and hashes password fields
+/// (arguments `p:<column>:<min_length>`).
 pub fn stamp_trigger_body(ctx: &Ctx, def: &EntityDef) -> String {
-    let args: Vec<String> = def
-        .fields
-        .iter()
-        .filter(|f| f.ftype == FieldType::Password)
-        .map(|f| quote_literal(&format!("{}:{}", f.column, f.min_length.unwrap_or(0))))
-        .collect();
+    let mut args: Vec<String> = Vec::new();
+    for f in def.fields.iter().filter(|f| f.has_column()) {
+        if f.required {
+            args.push(quote_literal(&format!("r:{}:{}", f.column, f.id)));
+        }
+        if f.ftype == FieldType::Password {
+            args.push(quote_literal(&format!(
+                "p:{}:{}",
+                f.column,
+                f.min_length.unwrap_or(0)
+            )));
+        }
+    }
     format!(
         "BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION udm.stamp_row({})",
         ctx.table(&def.slug),
@@ -307,7 +315,8 @@ pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
         out.extend(field_artifacts(ctx, def, f));
     }
     for r in &def.rules {
-        let cond = compile_rule(def, &r.check)?;
+        let cond = compile_rule(def, &r.check)
+            .map_err(|e| e.context(format!("entity \"{}\", rule \"{}\"", def.slug, r.name)))?;
         let fields = crate::rules::rule_fields(&r.check)?
             .iter()
             .filter_map(|n| def.field(n).map(|f| f.id))
@@ -1015,7 +1024,7 @@ mod tests {
                 .to_string()
         ));
         assert!(steps.contains(
-            &"CREATE TRIGGER \"udm_stamp\" BEFORE INSERT OR UPDATE ON \"acme\".\"product\" FOR EACH ROW EXECUTE FUNCTION udm.stamp_row()".to_string()
+            &"CREATE TRIGGER \"udm_stamp\" BEFORE INSERT OR UPDATE ON \"acme\".\"product\" FOR EACH ROW EXECUTE FUNCTION udm.stamp_row('r:name:1')".to_string()
         ));
         assert!(
             steps.contains(&"GRANT SELECT ON \"acme\".\"product\" TO \"tenant_acme\"".to_string())
@@ -1034,7 +1043,12 @@ mod tests {
         )
         .unwrap();
         let steps = sqls(&create_entity(&CTX, &d).unwrap());
-        assert!(steps.iter().any(|s| s.contains("udm.stamp_row('pin:8')")));
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("udm.stamp_row('r:name:1', 'p:pin:8')")),
+            "{steps:#?}"
+        );
         let grant = steps
             .iter()
             .find(|s| s.starts_with("GRANT SELECT ("))

@@ -176,7 +176,8 @@ pub fn validate_slug(kind: SlugKind, s: &str) -> Result<()> {
     let bad = |why: String| {
         UdmError::new(SqlState::InvalidName, format!("invalid {noun} name \"{}\": {why}", printable(s)))
             .hint(format!(
-                "a {noun} name starts with a lower-case letter and continues with lower-case letters, digits or single underscores, at most {} characters",
+                "{} {noun} name starts with a lower-case letter and continues with lower-case letters, digits or single underscores, at most {} characters",
+                if matches!(kind, SlugKind::Entity | SlugKind::Index) { "an" } else { "a" },
                 kind.max_len()
             ))
     };
@@ -260,13 +261,17 @@ pub fn validate_slug(kind: SlugKind, s: &str) -> Result<()> {
     Ok(())
 }
 
-/// Shows at most 80 characters of a hostile string, escaped, for an error message.
+/// Shows at most 80 characters of a hostile string for an error message, control characters
+/// escaped.
 pub fn printable(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(80)
-        .flat_map(|c| c.escape_default())
-        .collect();
+    let mut out = String::new();
+    for c in s.chars().take(80) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
     if s.chars().count() > 80 {
         out.push('…');
     }
@@ -414,6 +419,11 @@ mod tests {
     #[test]
     fn printable_escapes_and_cuts() {
         assert_eq!(printable("a\nb"), "a\\nb");
+        assert_eq!(
+            printable("it's \"x\""),
+            "it's \"x\"",
+            "quotes stay readable"
+        );
         assert_eq!(printable(&"x".repeat(100)).chars().count(), 81);
     }
 

@@ -124,7 +124,7 @@ enum Tok {
 }
 
 fn syntax(src: &str, at: usize, what: impl std::fmt::Display) -> UdmError {
-    UdmError::new(SqlState::SyntaxError, format!("rule \"{}\": {what} at character {}", printable(src), at + 1))
+    UdmError::new(SqlState::SyntaxError, format!("check \"{}\": {what} at character {}", printable(src), at + 1))
         .hint("rules compare fields and values, e.g. \"start_date <= end_date and price >= 0\"; strings go in single quotes")
 }
 
@@ -295,7 +295,7 @@ impl<'a> Parser<'a> {
             return Err(UdmError::new(
                 SqlState::ProgramLimitExceeded,
                 format!(
-                    "rule \"{}\" nests deeper than {MAX_RULE_DEPTH} levels",
+                    "check \"{}\" nests deeper than {MAX_RULE_DEPTH} levels",
                     printable(self.src)
                 ),
             ));
@@ -836,7 +836,7 @@ pub struct Compiler<'a> {
 fn type_error(src: &str, what: String) -> UdmError {
     UdmError::new(
         SqlState::DatatypeMismatch,
-        format!("rule \"{}\": {what}", printable(src)),
+        format!("check \"{}\": {what}", printable(src)),
     )
 }
 
@@ -911,7 +911,7 @@ impl<'a> Compiler<'a> {
             }
             Expr::Path(p) => {
                 let r = self.scope.resolve(p).map_err(|e| {
-                    let msg = format!("rule \"{}\": {}", printable(self.src), e.message);
+                    let msg = format!("check \"{}\": {}", printable(self.src), e.message);
                     UdmError { message: msg, ..e }
                 })?;
                 Typed {
@@ -1227,7 +1227,7 @@ impl<'a> Compiler<'a> {
                 return Err(UdmError::new(
                     SqlState::UndefinedObject,
                     format!(
-                        "rule \"{}\": unknown function {}()",
+                        "check \"{}\": unknown function {}()",
                         printable(self.src),
                         printable(other)
                     ),
@@ -1306,7 +1306,12 @@ pub fn rule_fields(check: &str) -> Result<Vec<String>> {
 pub fn rename_in_rule(check: &str, from: &str, to: &str) -> Result<String> {
     let mut e = parse(check)?;
     e.rename_root(from, to);
-    Ok(e.to_source())
+    let s = e.to_source();
+    // the outermost parentheses of a binary expression add nothing
+    Ok(match &e {
+        Expr::Binary(..) => s[1..s.len() - 1].to_string(),
+        _ => s,
+    })
 }
 
 #[cfg(test)]
@@ -1473,10 +1478,14 @@ mod tests {
             vec!["release_date", "sample_date"]
         );
         let r = rename_in_rule("sample_date <= release_date", "sample_date", "sampled_on").unwrap();
-        assert_eq!(r, "(sampled_on <= release_date)");
+        assert_eq!(r, "sampled_on <= release_date");
         assert_eq!(
             rename_in_rule("name = 'it''s'", "name", "title").unwrap(),
-            "(title = 'it''s')"
+            "title = 'it''s'"
+        );
+        assert_eq!(
+            rename_in_rule("a > 1 and (b < 2 or a = 3)", "a", "x").unwrap(),
+            "(x > 1) and ((b < 2) or (x = 3))"
         );
     }
 }

@@ -176,7 +176,7 @@ fn rules_hold_plain_sql_and_name_entity_field_and_rule() {
         ("INSERT INTO {t}.product (name, labels) VALUES ('Ab', '{a,b,c}')", "23514", "product.labels must have at most 2 items"),
         ("INSERT INTO {t}.product (name, labels) VALUES ('Ab', '{a,a}')", "23514", "must not contain the same value twice"),
         ("INSERT INTO {t}.product (name, nums) VALUES ('Ab', '{}')", "23514", "product.nums must have at least 1 items"),
-        ("INSERT INTO {t}.product (price) VALUES (1)", "23502", "null value in column \"name\""),
+        ("INSERT INTO {t}.product (price) VALUES (1)", "23502", "product.name is required"),
         ("INSERT INTO {t}.everything (f_email) VALUES ('not-an-email')", "23514", "everything.f_email must be a valid email address"),
         ("INSERT INTO {t}.everything (f_url) VALUES ('ftp://x')", "23514", "must be a valid http or https URL"),
         ("INSERT INTO {t}.everything (f_phone) VALUES ('call me')", "23514", "must be a valid phone number"),

@@ -1,5 +1,10 @@
 //! udm's catalog: the tenant registry (`udm.tenant`) and each tenant's own entity catalog
-//! (`<tenant>._udm_entity`, `<tenant>._udm_entity_version`), with a per-backend cache.
+//! (`<tenant>._udm_entity`), with a per-backend cache.
+//!
+//! The entity catalog is append-only: every definition change adds a row (entity, version,
+//! status, full definition, the change, who, when, which transaction). The newest row of an
+//! entity is its current definition, so the version history and the catalog cannot disagree.
+//! Changes to one entity are serialised by a transaction-level advisory lock.
 //!
 //! The cache holds tenants and parsed entity definitions. A definition change queues a relcache
 //! invalidation of the tenant's catalog table; every backend's callback marks its cache stale,
@@ -23,6 +28,7 @@ pub struct Tenant {
     pub schema: String,
     pub role: String,
     pub role_oid: pg_sys::Oid,
+    pub schema_oid: pg_sys::Oid,
     /// `<schema>._udm_entity`: invalidating it invalidates every backend's cache of this tenant.
     pub catalog_oid: pg_sys::Oid,
 }
@@ -60,13 +66,20 @@ pub struct Entity {
     pub def: EntityDef,
     pub version: i32,
     pub status: Status,
+    /// The entity's table. A change to the definition invalidates its relcache entry, which
+    /// tells every backend to drop its cached definition (and plans on the table).
+    pub table_oid: pg_sys::Oid,
 }
 
 thread_local! {
     static TENANTS: RefCell<HashMap<String, Rc<Tenant>>> = RefCell::new(HashMap::new());
     static ENTITIES: RefCell<HashMap<(String, String), Rc<Entity>>> = RefCell::new(HashMap::new());
     static WATCHED: RefCell<HashSet<pg_sys::Oid>> = RefCell::new(HashSet::new());
+    /// Entity definitions may be out of date.
     static STALE: Cell<bool> = const { Cell::new(false) };
+    /// The tenant registry may be out of date.
+    static TENANTS_STALE: Cell<bool> = const { Cell::new(false) };
+    static REGISTRY_OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     static CHANGED_IN_XACT: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -81,8 +94,13 @@ pub fn init() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    let watched = relid == pg_sys::InvalidOid
-        || WATCHED.with(|w| w.try_borrow().map(|w| w.contains(&relid)).unwrap_or(true));
+    let registry = REGISTRY_OID.with(|o| o.get());
+    if relid == pg_sys::InvalidOid || relid == registry {
+        TENANTS_STALE.with(|s| s.set(true));
+        STALE.with(|s| s.set(true));
+        return;
+    }
+    let watched = WATCHED.with(|w| w.try_borrow().map(|w| w.contains(&relid)).unwrap_or(true));
     if watched {
         STALE.with(|s| s.set(true));
     }
@@ -94,6 +112,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             if CHANGED_IN_XACT.with(|c| c.get()) {
                 STALE.with(|s| s.set(true));
+                TENANTS_STALE.with(|s| s.set(true));
             }
             CHANGED_IN_XACT.with(|c| c.set(false));
         }
@@ -113,18 +132,21 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB && CHANGED_IN_XACT.with(|c| c.get()) {
         STALE.with(|s| s.set(true));
+        TENANTS_STALE.with(|s| s.set(true));
     }
 }
 
 fn refresh_if_stale() {
-    if STALE.with(|s| s.replace(false)) {
+    if TENANTS_STALE.with(|s| s.replace(false)) {
         TENANTS.with(|t| t.borrow_mut().clear());
+    }
+    if STALE.with(|s| s.replace(false)) {
         ENTITIES.with(|e| e.borrow_mut().clear());
     }
 }
 
-/// Clears this backend's cache now and queues the invalidation for every other backend (sent at
-/// commit). Call after every catalog write.
+/// Clears this backend's cache of the tenant's entities now and queues an invalidation of the
+/// tenant's catalog table for every other backend (sent at commit).
 pub fn invalidate(t: &Tenant) {
     invalidate_oid(t.catalog_oid);
 }
@@ -137,17 +159,15 @@ pub fn invalidate_oid(oid: pg_sys::Oid) {
     STALE.with(|s| s.set(true));
 }
 
-/// The registry table's oid, watched so tenant changes invalidate caches.
+/// The registry table's oid: its invalidation clears the tenant cache too.
 fn registry_oid() -> pg_sys::Oid {
-    thread_local! { static OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) }; }
-    OID.with(|o| {
+    REGISTRY_OID.with(|o| {
         if o.get() == pg_sys::InvalidOid {
             let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'udm.tenant'::regclass::oid")
                 .ok()
                 .flatten()
                 .unwrap_or(pg_sys::InvalidOid);
             o.set(oid);
-            WATCHED.with(|w| w.borrow_mut().insert(oid));
         }
         o.get()
     })
@@ -155,6 +175,7 @@ fn registry_oid() -> pg_sys::Oid {
 
 pub fn invalidate_registry() {
     invalidate_oid(registry_oid());
+    TENANTS_STALE.with(|s| s.set(true));
 }
 
 /// Looks a tenant up by slug (no membership check).
@@ -168,7 +189,8 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
         Spi::connect(|c| {
             let rows = c.select(
                 "SELECT name, schema_name, role_name, \
-                 coalesce(to_regclass(format('%I._udm_entity', schema_name))::oid, 0::oid) \
+                 coalesce(to_regclass(format('%I._udm_entity', schema_name))::oid, 0::oid), \
+                 coalesce(to_regnamespace(quote_ident(schema_name))::oid, 0::oid) \
                  FROM udm.tenant WHERE slug = $1",
                 None,
                 &[slug.into()],
@@ -180,13 +202,14 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
                     r.get::<String>(2)?.unwrap_or_default(),
                     r.get::<String>(3)?.unwrap_or_default(),
                     r.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+                    r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
                 ));
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
     })
     .map_err(spi_err)?;
-    let Some((name, schema, role, catalog_oid)) = row else {
+    let Some((name, schema, role, catalog_oid, schema_oid)) = row else {
         return Ok(None);
     };
     let role_oid = crate::security::role_oid(&role).ok_or_else(|| {
@@ -200,6 +223,7 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
         role,
         role_oid,
         catalog_oid,
+        schema_oid,
     });
     WATCHED.with(|w| w.borrow_mut().insert(catalog_oid));
     TENANTS.with(|m| m.borrow_mut().insert(slug.to_string(), t.clone()));
@@ -254,32 +278,44 @@ pub fn current_tenant() -> Result<Rc<Tenant>> {
     usable_tenant(&slug)
 }
 
-fn read_entity(t: &Tenant, slug: &str, for_update: bool) -> Result<Option<Entity>> {
+/// The newest catalog row of an entity: (version, status, definition). A purged entity has
+/// status "purged" and no definition.
+type LatestRow = (i32, String, Option<serde_json::Value>, pg_sys::Oid);
+
+fn latest_row(t: &Tenant, slug: &str) -> Result<Option<LatestRow>> {
     let sql = format!(
-        "SELECT version, status, definition FROM {} WHERE slug = $1{}",
-        t.catalog("_udm_entity"),
-        if for_update { " FOR UPDATE" } else { "" }
+        "SELECT version, status, definition, coalesce((SELECT c.oid FROM pg_catalog.pg_class c \
+           WHERE c.relnamespace = {}::oid AND c.relname = $1), 0::oid) \
+         FROM {} WHERE entity = $1 ORDER BY version DESC LIMIT 1",
+        t.schema_oid.to_u32(),
+        t.catalog("_udm_entity")
     );
-    let row = as_owner(|| {
-        Spi::connect_mut(|c| {
-            let rows = if for_update {
-                c.update(sql.as_str(), None, &[slug.into()])?
-            } else {
-                c.select(sql.as_str(), None, &[slug.into()])?
-            };
+    as_owner(|| {
+        let stmt = crate::spi::prepared(&sql, &[pg_sys::TEXTOID], false)?;
+        Spi::connect(|c| {
             let mut out = None;
-            for r in rows {
+            for r in c.select(&*stmt, Some(1), &[slug.into()])? {
                 out = Some((
                     r.get::<i32>(1)?.unwrap_or(0),
                     r.get::<String>(2)?.unwrap_or_default(),
                     r.get::<JsonB>(3)?.map(|j| j.0),
+                    r.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
                 ));
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
-    });
-    let Some((version, status, def)) = row.map_err(spi_err)? else {
+        .map_err(spi_err)
+    })
+}
+
+fn read_entity(t: &Tenant, slug: &str) -> Result<Option<Entity>> {
+    let Some((version, status, def, table_oid)) = latest_row(t, slug)? else {
         return Ok(None);
+    };
+    let status = match status.as_str() {
+        "active" => Status::Active,
+        "dropped" => Status::Dropped,
+        _ => return Ok(None),
     };
     let def = EntityDef::from_catalog(slug, &def.unwrap_or_default()).map_err(|e| {
         UdmError::internal(format!(
@@ -287,16 +323,45 @@ fn read_entity(t: &Tenant, slug: &str, for_update: bool) -> Result<Option<Entity
             e.message
         ))
     })?;
-    let status = if status == "dropped" {
-        Status::Dropped
-    } else {
-        Status::Active
-    };
+    if table_oid != pg_sys::InvalidOid {
+        WATCHED.with(|w| w.borrow_mut().insert(table_oid));
+    }
     Ok(Some(Entity {
         def,
         version,
         status,
+        table_oid,
     }))
+}
+
+/// Serialises definition changes of one entity until the transaction ends (waits at most
+/// `udm.ddl_lock_timeout`).
+pub fn lock_entity(t: &Tenant, slug: &str) -> Result<()> {
+    let key = format!("{}.{}", t.schema, slug);
+    as_owner(|| {
+        crate::error::catch_pg(
+            || {
+                let stmt = crate::spi::prepared(
+                    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended($1, 0))",
+                    &[pg_sys::TEXTOID],
+                    true,
+                )?;
+                Spi::connect_mut(|c| c.update(&*stmt, None, &[key.as_str().into()]).map(|_| ()))
+                    .map_err(spi_err)
+            },
+            |e| {
+                if e.code == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
+                    crate::error::raise(crate::entities::busy(slug));
+                }
+                e.raise_with(&format!("entity \"{slug}\""))
+            },
+        )
+    })
+}
+
+/// The newest version and status of `slug`, read fresh (None if never defined).
+pub fn latest_status(t: &Tenant, slug: &str) -> Result<Option<(i32, String)>> {
+    Ok(latest_row(t, slug)?.map(|(v, s, _, _)| (v, s)))
 }
 
 /// An entity in any status, from the cache.
@@ -306,7 +371,7 @@ pub fn entity_any(t: &Tenant, slug: &str) -> Result<Option<Rc<Entity>>> {
     if let Some(e) = ENTITIES.with(|m| m.borrow().get(&key).cloned()) {
         return Ok(Some(e));
     }
-    let Some(e) = read_entity(t, slug, false)? else {
+    let Some(e) = read_entity(t, slug)? else {
         return Ok(None);
     };
     let e = Rc::new(e);
@@ -348,9 +413,10 @@ pub fn entity(t: &Tenant, slug: &str) -> Result<Rc<Entity>> {
     }
 }
 
-/// The entity read fresh and locked for a definition change (serialises concurrent changes).
+/// The entity read fresh under its change lock (serialises concurrent changes).
 pub fn entity_for_update(t: &Tenant, slug: &str, want: Option<Status>) -> Result<Entity> {
-    let e = read_entity(t, slug, true)?.ok_or_else(|| no_such_entity(t, slug))?;
+    lock_entity(t, slug)?;
+    let e = read_entity(t, slug)?.ok_or_else(|| no_such_entity(t, slug))?;
     match want {
         Some(Status::Active) if e.status == Status::Dropped => Err(dropped(t, slug)),
         Some(Status::Dropped) if e.status == Status::Active => Err(UdmError::new(
@@ -362,22 +428,50 @@ pub fn entity_for_update(t: &Tenant, slug: &str, want: Option<Status>) -> Result
     }
 }
 
-/// Slugs of the tenant's active entities.
-pub fn entity_slugs(t: &Tenant) -> Result<Vec<String>> {
+/// One line of `udm_entities()`.
+pub struct EntityRow {
+    pub slug: String,
+    pub version: i32,
+    pub status: String,
+    pub label: Option<String>,
+    pub fields: i32,
+    pub changed_at: Option<pgrx::datum::TimestampWithTimeZone>,
+}
+
+/// The newest row of every entity that is not purged.
+pub fn entity_rows(t: &Tenant) -> Result<Vec<EntityRow>> {
     let sql = format!(
-        "SELECT slug FROM {} WHERE status = 'active' ORDER BY slug",
+        "SELECT entity, version, status, definition->>'label', coalesce(jsonb_array_length(definition->'fields'), 0), changed_at \
+         FROM (SELECT DISTINCT ON (entity) * FROM {} ORDER BY entity, version DESC) AS newest \
+         WHERE status <> 'purged' ORDER BY entity",
         t.catalog("_udm_entity")
     );
     as_owner(|| {
         Spi::connect(|c| {
             let mut out = Vec::new();
             for r in c.select(sql.as_str(), None, &[])? {
-                out.push(r.get::<String>(1)?.unwrap_or_default());
+                out.push(EntityRow {
+                    slug: r.get::<String>(1)?.unwrap_or_default(),
+                    version: r.get::<i32>(2)?.unwrap_or(0),
+                    status: r.get::<String>(3)?.unwrap_or_default(),
+                    label: r.get::<String>(4)?,
+                    fields: r.get::<i32>(5)?.unwrap_or(0),
+                    changed_at: r.get(6)?,
+                });
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
     })
     .map_err(spi_err)
+}
+
+/// Slugs of the tenant's active entities.
+pub fn entity_slugs(t: &Tenant) -> Result<Vec<String>> {
+    Ok(entity_rows(t)?
+        .into_iter()
+        .filter(|r| r.status == "active")
+        .map(|r| r.slug)
+        .collect())
 }
 
 /// All active entity definitions of a tenant (for relation checks).
@@ -391,99 +485,58 @@ pub fn active_entities(t: &Tenant) -> Result<Vec<Rc<Entity>>> {
     Ok(out)
 }
 
-/// Records a definition change: the entity row and its version snapshot, in the caller's
-/// transaction (run as owner).
+/// Records a definition change as the entity's next catalog row, in the caller's transaction
+/// (run as owner), and invalidates the entity's table (`table_oid`, InvalidOid for a table that
+/// does not exist yet) so every backend forgets the old definition. `def` is None when the entity
+/// is purged.
 pub fn write_entity(
     t: &Tenant,
-    def: &EntityDef,
-    version: i32,
-    status: Status,
-    change: serde_json::Value,
-    insert: bool,
-) -> Result<()> {
-    let definition = JsonB(def.to_json());
-    let actor = crate::security::actor();
-    let role = role_name(caller());
-    let upsert = if insert {
-        format!(
-            "INSERT INTO {} (slug, version, status, definition, created_by, updated_by) VALUES ($1, $2, $3, $4, $5, $5)",
-            t.catalog("_udm_entity")
-        )
-    } else {
-        format!(
-            "UPDATE {} SET version = $2, status = $3, definition = $4, updated_by = $5, updated_at = now() WHERE slug = $1",
-            t.catalog("_udm_entity")
-        )
-    };
-    let history = format!(
-        "INSERT INTO {} (entity, version, change, definition, changed_by, changed_role) VALUES ($1, $2, $3, $4, $5, $6)",
-        t.catalog("_udm_entity_version")
-    );
-    as_owner(|| {
-        Spi::connect_mut(|c| {
-            c.update(
-                upsert.as_str(),
-                None,
-                &[
-                    def.slug.as_str().into(),
-                    version.into(),
-                    status.name().into(),
-                    JsonB(definition.0.clone()).into(),
-                    actor.as_str().into(),
-                ],
-            )?;
-            c.update(
-                history.as_str(),
-                None,
-                &[
-                    def.slug.as_str().into(),
-                    version.into(),
-                    JsonB(change).into(),
-                    definition.into(),
-                    actor.as_str().into(),
-                    role.as_str().into(),
-                ],
-            )?;
-            Ok::<_, pgrx::spi::Error>(())
-        })
-    })
-    .map_err(spi_err)?;
-    invalidate(t);
-    Ok(())
-}
-
-/// Removes an entity's catalog row (purge); its history stays.
-pub fn delete_entity(
-    t: &Tenant,
     slug: &str,
+    table_oid: pg_sys::Oid,
+    def: Option<&EntityDef>,
     version: i32,
+    status: &str,
     change: serde_json::Value,
 ) -> Result<()> {
+    let definition = def.map(|d| JsonB(d.to_json()));
     let actor = crate::security::actor();
     let role = role_name(caller());
-    let del = format!("DELETE FROM {} WHERE slug = $1", t.catalog("_udm_entity"));
-    let history = format!(
-        "INSERT INTO {} (entity, version, change, definition, changed_by, changed_role) VALUES ($1, $2, $3, 'null'::jsonb, $4, $5)",
-        t.catalog("_udm_entity_version")
+    let sql = format!(
+        "INSERT INTO {} (entity, version, status, definition, change, changed_by, changed_role) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        t.catalog("_udm_entity")
     );
     as_owner(|| {
+        let stmt = crate::spi::prepared(
+            &sql,
+            &[
+                pg_sys::TEXTOID,
+                pg_sys::INT4OID,
+                pg_sys::TEXTOID,
+                pg_sys::JSONBOID,
+                pg_sys::JSONBOID,
+                pg_sys::TEXTOID,
+                pg_sys::TEXTOID,
+            ],
+            true,
+        )?;
         Spi::connect_mut(|c| {
-            c.update(del.as_str(), None, &[slug.into()])?;
             c.update(
-                history.as_str(),
+                &*stmt,
                 None,
                 &[
                     slug.into(),
                     version.into(),
+                    status.into(),
+                    definition.into(),
                     JsonB(change).into(),
                     actor.as_str().into(),
                     role.as_str().into(),
                 ],
-            )?;
-            Ok::<_, pgrx::spi::Error>(())
+            )
+            .map(|_| ())
         })
-    })
-    .map_err(spi_err)?;
-    invalidate(t);
+        .map_err(spi_err)
+    })?;
+    invalidate_oid(table_oid);
     Ok(())
 }

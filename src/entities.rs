@@ -24,7 +24,7 @@ use udm_core::types::FieldType;
 
 // ------------------------------------------------------------------ running DDL
 
-fn busy(entity: &str) -> UdmError {
+pub fn busy(entity: &str) -> UdmError {
     UdmError::new(
         SqlState::LockNotAvailable,
         format!(
@@ -188,6 +188,24 @@ fn incoming_relations(t: &Tenant, slug: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Defaults udm-core cannot check on its own: strings PostgreSQL parses (dates, times, uuids,
+/// intervals) and numbers that must fit a declared precision.
+fn default_needs_postgres(f: &FieldDef) -> bool {
+    match &f.ftype {
+        FieldType::Date | FieldType::DateTime | FieldType::Time => !matches!(
+            f.default.as_ref().and_then(Value::as_str),
+            Some("now" | "today")
+        ),
+        FieldType::Duration
+        | FieldType::Uuid
+        | FieldType::Relation
+        | FieldType::Reference
+        | FieldType::Array(_) => true,
+        FieldType::Decimal | FieldType::Currency | FieldType::Percent => true,
+        _ => false,
+    }
+}
+
 /// Literals in a definition (patterns, defaults, date bounds) are checked by PostgreSQL now, each
 /// error naming its field, rather than failing later inside some DDL statement.
 fn check_literals(def: &EntityDef) -> Result<()> {
@@ -199,7 +217,7 @@ fn check_literals(def: &EntityDef) -> Result<()> {
                 |e| e.raise_with(&what("the pattern is not a valid regular expression")),
             )?;
         }
-        if let Some(d) = ddl::default_sql(f) {
+        if let Some(d) = ddl::default_sql(f).filter(|_| default_needs_postgres(f)) {
             catch_pg(
                 || crate::spi::select_one::<String>(&format!("SELECT ({d})::text"), &[]),
                 |e| e.raise_with(&what("default")),
@@ -226,6 +244,9 @@ fn check_literals(def: &EntityDef) -> Result<()> {
     for r in &def.rules {
         let context = format!("entity \"{}\", rule \"{}\"", def.slug, r.name);
         let cond = udm_core::rules::compile_rule(def, &r.check).map_err(|e| e.context(&context))?;
+        if !udm_core::rules::has_string_literal(&r.check)? {
+            continue; // numbers and fields are checked by the compiler; only string casts remain
+        }
         let sql = format!(
             "SELECT ({cond})::text FROM (SELECT {}) AS \"probe\"",
             probe.join(", ")
@@ -291,7 +312,7 @@ fn change(
     check_targets(t, &new, &fields)?;
     check_literals(&new)?;
     let steps = ddl::plan_change(&t.ctx(), &e.def, &new)?;
-    catalog::write_entity(t, &new, version, Status::Active, op, false)?;
+    catalog::write_entity(t, slug, e.table_oid, Some(&new), version, "active", op)?;
     run_steps(slug, &steps)?;
     Ok(describe(t, &new, version, Status::Active))
 }
@@ -299,75 +320,36 @@ fn change(
 pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
     let t = catalog::current_tenant()?;
     let def = EntityDef::parse(slug, definition, Source::Caller)?;
-    match catalog::entity_any(&t, slug)? {
-        Some(e) if e.status == Status::Active => {
+    catalog::lock_entity(&t, slug)?;
+    let latest = catalog::latest_status(&t, slug)?;
+    match latest.as_ref().map(|(_, status)| status.as_str()) {
+        Some("active") => {
             return Err(UdmError::new(SqlState::DuplicateTable, format!("entity \"{slug}\" already exists in tenant \"{}\"", t.slug))
                 .hint(format!("change it with udm_add_field / udm_alter_field, or see udm_describe('{slug}')")))
         }
-        Some(_) => {
+        Some("dropped") => {
             return Err(UdmError::new(
                 SqlState::DuplicateTable,
                 format!("entity \"{slug}\" of tenant \"{}\" was dropped and still holds its data", t.slug),
             )
             .hint(format!("restore it with udm_restore_entity('{slug}') or purge it with udm_purge_entity('{slug}', '{slug}') first")))
         }
-        None => {}
+        _ => {}
     }
+    // A purged entity's history stays; a new definition of the same name continues its versions.
+    let version = latest.map_or(1, |(v, _)| v + 1);
     let fields: Vec<&FieldDef> = def.fields.iter().collect();
     check_targets(&t, &def, &fields)?;
     check_literals(&def)?;
-    let taken = as_owner(|| {
-        Spi::connect(|c| {
-            c.select(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = $1::regnamespace AND relname = $2)",
-                None,
-                &[t.schema.as_str().into(), slug.into()],
-            )?
-            .first()
-            .get_one::<bool>()
-        })
-    })
-    .map_err(spi_err)?;
-    if taken == Some(true) {
-        return Err(UdmError::new(
-            SqlState::DuplicateTable,
-            format!("cannot define entity \"{slug}\": schema \"{}\" already has a table named \"{slug}\"", t.schema),
-        )
-        .hint("choose another name"));
-    }
     let steps = ddl::create_entity(&t.ctx(), &def)?;
-    // A purged entity's history stays; a new definition of the same name continues its versions.
-    let version = as_owner(|| {
-        crate::spi::select_one::<i32>(
-            &format!(
-                "SELECT coalesce(max(version), 0) + 1 FROM {} WHERE entity = $1",
-                t.catalog("_udm_entity_version")
-            ),
-            &[slug.into()],
-        )
-    })?
-    .unwrap_or(1);
-    // The catalog row first: a concurrent definition of the same slug waits here, then fails cleanly.
-    catch_pg(
-        || {
-            catalog::write_entity(
-                &t,
-                &def,
-                version,
-                Status::Active,
-                json!({"op": "define_entity", "definition": definition}),
-                true,
-            )
-        },
-        |e| {
-            if e.code == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION {
-                raise(UdmError::new(
-                    SqlState::DuplicateTable,
-                    format!("entity \"{slug}\" already exists in tenant \"{}\"", t.slug),
-                ));
-            }
-            e.raise_with("udm_define_entity")
-        },
+    catalog::write_entity(
+        &t,
+        slug,
+        pg_sys::InvalidOid,
+        Some(&def),
+        version,
+        "active",
+        json!({"op": "define_entity"}),
     )?;
     run_steps(slug, &steps)?;
     Ok(describe(&t, &def, version, Status::Active))
@@ -669,11 +651,12 @@ pub fn drop_entity(entity: &str) -> Result<Value> {
     let version = e.version + 1;
     catalog::write_entity(
         &t,
-        &e.def,
+        entity,
+        e.table_oid,
+        Some(&e.def),
         version,
-        Status::Dropped,
+        "dropped",
         json!({"op": "drop_entity"}),
-        false,
     )?;
     Ok(describe(&t, &e.def, version, Status::Dropped))
 }
@@ -684,7 +667,7 @@ pub fn restore_entity(entity: &str) -> Result<Value> {
     let fields: Vec<&FieldDef> = e.def.fields.iter().collect();
     check_targets(&t, &e.def, &fields)?;
     let ctx = t.ctx();
-    let mut steps: Vec<Step> = ddl::grant_sql(&ctx, &e.def)
+    let mut steps: Vec<Step> = ddl::grant_sql(&ctx, &e.def, false)
         .into_iter()
         .map(Step::Sql)
         .collect();
@@ -698,11 +681,12 @@ pub fn restore_entity(entity: &str) -> Result<Value> {
     let version = e.version + 1;
     catalog::write_entity(
         &t,
-        &e.def,
+        entity,
+        e.table_oid,
+        Some(&e.def),
         version,
-        Status::Active,
+        "active",
         json!({"op": "restore_entity"}),
-        false,
     )?;
     Ok(describe(&t, &e.def, version, Status::Active))
 }
@@ -735,8 +719,16 @@ pub fn purge_entity(entity: &str, confirm: &str) -> Result<Value> {
     for tbl in entity_tables(&t, &e.def).into_iter().rev() {
         steps.push(Step::Sql(format!("DROP TABLE {tbl}")));
     }
+    catalog::write_entity(
+        &t,
+        entity,
+        e.table_oid,
+        None,
+        e.version + 1,
+        "purged",
+        json!({"op": "purge_entity"}),
+    )?;
     run_steps(entity, &steps)?;
-    catalog::delete_entity(&t, entity, e.version + 1, json!({"op": "purge_entity"}))?;
     Ok(json!({"purged": entity, "tenant": t.slug, "version": e.version + 1}))
 }
 
@@ -781,30 +773,22 @@ fn udm_entities() -> TableIterator<
     ),
 > {
     let t = catalog::current_tenant().or_raise();
-    let sql = format!(
-        "SELECT slug, definition->>'label', version, status, jsonb_array_length(definition->'fields'), updated_at \
-         FROM {} ORDER BY slug",
-        t.catalog("_udm_entity")
-    );
-    let rows = Spi::connect(|c| {
-        let mut out = Vec::new();
-        for r in c.select(sql.as_str(), None, &[])? {
-            let slug = r.get::<String>(1)?.unwrap_or_default();
-            let table = qualified(&t.schema, &slug);
-            out.push((
-                slug,
-                r.get::<String>(2)?,
-                r.get::<i32>(3)?.unwrap_or(0),
-                r.get::<String>(4)?.unwrap_or_default(),
-                r.get::<i32>(5)?.unwrap_or(0),
+    let rows: Vec<_> = catalog::entity_rows(&t)
+        .or_raise()
+        .into_iter()
+        .map(|r| {
+            let table = qualified(&t.schema, &r.slug);
+            (
+                r.slug,
+                r.label,
+                r.version,
+                r.status,
+                r.fields,
                 table,
-                r.get::<Ts>(6)?,
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(spi_err)
-    .or_raise();
+                r.changed_at,
+            )
+        })
+        .collect();
     TableIterator::new(rows)
 }
 
@@ -822,30 +806,12 @@ fn udm_entity_history(
     ),
 > {
     let t = catalog::current_tenant().or_raise();
-    if catalog::entity_any(&t, entity).or_raise().is_none() {
-        // purged entities keep their history
-        let known = Spi::connect(|c| {
-            c.select(
-                format!(
-                    "SELECT EXISTS (SELECT 1 FROM {} WHERE entity = $1)",
-                    t.catalog("_udm_entity_version")
-                )
-                .as_str(),
-                None,
-                &[entity.into()],
-            )?
-            .first()
-            .get_one::<bool>()
-        })
-        .map_err(spi_err)
-        .or_raise();
-        if known != Some(true) {
-            raise(catalog::no_such_entity(&t, entity));
-        }
+    if catalog::latest_status(&t, entity).or_raise().is_none() {
+        raise(catalog::no_such_entity(&t, entity));
     }
     let sql = format!(
-        "SELECT version, changed_at, changed_by, change, definition FROM {} WHERE entity = $1 ORDER BY version",
-        t.catalog("_udm_entity_version")
+        "SELECT version, changed_at, changed_by, change, coalesce(definition, 'null') FROM {} WHERE entity = $1 ORDER BY version",
+        t.catalog("_udm_entity")
     );
     let rows = Spi::connect(|c| {
         let mut out = Vec::new();

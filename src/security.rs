@@ -13,6 +13,7 @@ use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
 
 thread_local! {
+    static OWNER_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     static OWNER: OnceCell<pg_sys::Oid> = const { OnceCell::new() };
     static ADMIN_ROLE: OnceCell<pg_sys::Oid> = const { OnceCell::new() };
 }
@@ -110,6 +111,9 @@ pub fn actor() -> String {
 /// `lock_timeout = udm.ddl_lock_timeout`, then restores the caller. If `f` raises, the
 /// transaction (or subtransaction) abort restores user and settings, as for SECURITY DEFINER.
 pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+    if OWNER_DEPTH.with(|d| d.get()) > 0 {
+        return f(); // already the owner, with udm's settings
+    }
     let owner = owner();
     let (mut saved_uid, mut saved_ctx) = (pg_sys::InvalidOid, 0i32);
     unsafe {
@@ -125,7 +129,18 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
     set_saved("lock_timeout", &timeout);
     // cascade notices of udm's own DDL say nothing the caller can act on
     set_saved("client_min_messages", "warning");
+    // An ERROR unwinds past the restore below: the (sub)transaction abort restores user and
+    // settings, and the guard's drop restores the depth.
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            OWNER_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+    OWNER_DEPTH.with(|d| d.set(d.get() + 1));
+    let guard = Depth;
     let r = f();
+    drop(guard);
     unsafe {
         pg_sys::AtEOXact_GUC(true, nest);
         pg_sys::SetUserIdAndSecContext(saved_uid, saved_ctx);

@@ -1,8 +1,52 @@
-//! Small helpers over pgrx's SPI for the shapes udm needs.
+//! Small helpers over pgrx's SPI for the shapes udm needs, and a per-backend cache of prepared
+//! plans: udm's own statements are planned once per backend and reused.
 
 use crate::error::{spi_err, Result};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Plans kept per backend. Each tenant has its own catalog table, so the number of plans grows
+/// with the tenants a backend serves; past this bound the cache starts over.
+const MAX_PLANS: usize = 2048;
+
+thread_local! {
+    static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// The kept plan for `sql` with argument types `types`, prepared on first use. PostgreSQL's plan
+/// cache re-plans it by itself when a table it uses changes.
+pub fn prepared(
+    sql: &str,
+    types: &[pg_sys::Oid],
+    mutating: bool,
+) -> Result<Rc<OwnedPreparedStatement>> {
+    if let Some(p) = PLANS.with(|p| p.borrow().get(sql).cloned()) {
+        return Ok(p);
+    }
+    let oids: Vec<PgOid> = types.iter().map(|t| PgOid::from(*t)).collect();
+    let stmt = Spi::connect(|c| {
+        let p = if mutating {
+            c.prepare_mut(sql, &oids)?
+        } else {
+            c.prepare(sql, &oids)?
+        };
+        Ok::<_, pgrx::spi::Error>(p.keep())
+    })
+    .map_err(spi_err)?;
+    let stmt = Rc::new(stmt);
+    PLANS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() >= MAX_PLANS {
+            p.clear();
+        }
+        p.insert(sql.to_string(), stmt.clone());
+    });
+    Ok(stmt)
+}
 
 /// The first column of the first row, or None when there is no row (or it is NULL).
 pub fn select_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Result<Option<T>> {

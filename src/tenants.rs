@@ -13,16 +13,6 @@ use udm_core::ident::{
     printable, quote_ident, quote_literal, tenant_role, validate_slug, SlugKind,
 };
 
-fn exists(sql: &str, arg: &str) -> Result<bool> {
-    Spi::connect(|c| {
-        c.select(sql, None, &[arg.into()])?
-            .first()
-            .get_one::<bool>()
-    })
-    .map(|b| b.unwrap_or(false))
-    .map_err(spi_err)
-}
-
 fn run(sql: &str) -> Result<()> {
     Spi::run(sql).map_err(spi_err)
 }
@@ -44,37 +34,32 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
     let role = tenant_role(slug);
     let schema = slug.to_string();
     as_owner(|| {
-        if exists(
-            "SELECT EXISTS (SELECT 1 FROM udm.tenant WHERE slug = $1)",
-            slug,
-        )? {
-            return Err(UdmError::new(
-                SqlState::DuplicateSchema,
-                format!("tenant \"{slug}\" already exists"),
-            )
-            .hint("choose another slug, or drop the old tenant with udm_drop_tenant"));
-        }
-        if exists(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-            &schema,
-        )? {
-            return Err(UdmError::new(
-                SqlState::DuplicateSchema,
-                format!(
-                    "cannot create tenant \"{slug}\": a schema named \"{schema}\" already exists"
-                ),
-            )
-            .hint("the tenant's schema takes its slug; choose another slug"));
-        }
-        if exists(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)",
-            &role,
-        )? {
-            return Err(UdmError::new(
-                SqlState::DuplicateObject,
-                format!("cannot create tenant \"{slug}\": the role \"{role}\" already exists"),
-            )
-            .hint("roles are shared by all databases of the cluster: another database may have this tenant; choose another slug"));
+        let taken = crate::spi::select_one::<String>(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM udm.tenant WHERE slug = $1) THEN 'tenant' \
+                    WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1) THEN 'schema' \
+                    WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $2) THEN 'role' END",
+            &[slug.into(), role.as_str().into()],
+        )?;
+        match taken.as_deref() {
+            Some("tenant") => {
+                return Err(UdmError::new(SqlState::DuplicateSchema, format!("tenant \"{slug}\" already exists"))
+                    .hint("choose another slug, or drop the old tenant with udm_drop_tenant"))
+            }
+            Some("schema") => {
+                return Err(UdmError::new(
+                    SqlState::DuplicateSchema,
+                    format!("cannot create tenant \"{slug}\": a schema named \"{schema}\" already exists"),
+                )
+                .hint("the tenant's schema takes its slug; choose another slug"))
+            }
+            Some(_) => {
+                return Err(UdmError::new(
+                    SqlState::DuplicateObject,
+                    format!("cannot create tenant \"{slug}\": the role \"{role}\" already exists"),
+                )
+                .hint("roles are shared by all databases of the cluster: another database may have this tenant; choose another slug"))
+            }
+            None => {}
         }
         let s = quote_ident(&schema);
         let r = quote_ident(&role);
@@ -82,41 +67,26 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
             Some(n) => format!("udm tenant {slug} ({n})"),
             None => format!("udm tenant {slug}"),
         };
-        for stmt in [
-            format!("CREATE ROLE {r} NOLOGIN"),
-            format!("GRANT {r} TO {}", quote_ident(ADMIN_ROLE_NAME)),
-            format!("CREATE SCHEMA {s}"),
-            format!("GRANT USAGE ON SCHEMA {s} TO {r}"),
-            format!(
-                "CREATE TABLE {s}.\"_udm_entity\" (\
-                 slug text PRIMARY KEY, \
-                 version integer NOT NULL, \
-                 status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'dropped')), \
-                 definition jsonb NOT NULL, \
-                 created_at timestamp with time zone NOT NULL DEFAULT now(), \
-                 updated_at timestamp with time zone NOT NULL DEFAULT now(), \
-                 created_by text NOT NULL, \
-                 updated_by text NOT NULL)"
-            ),
-            format!(
-                "CREATE TABLE {s}.\"_udm_entity_version\" (\
-                 entity text NOT NULL, \
-                 version integer NOT NULL, \
-                 change jsonb NOT NULL, \
-                 definition jsonb NOT NULL, \
-                 changed_by text NOT NULL, \
-                 changed_role text NOT NULL, \
-                 changed_at timestamp with time zone NOT NULL DEFAULT now(), \
-                 txid bigint NOT NULL DEFAULT txid_current(), \
-                 PRIMARY KEY (entity, version))"
-            ),
-            format!("GRANT SELECT ON {s}.\"_udm_entity\", {s}.\"_udm_entity_version\" TO {r}"),
-            format!("COMMENT ON SCHEMA {s} IS {}", quote_literal(&label)),
-            format!("COMMENT ON TABLE {s}.\"_udm_entity\" IS 'udm: entity definitions of this tenant (change them with udm_* functions)'"),
-            format!("COMMENT ON TABLE {s}.\"_udm_entity_version\" IS 'udm: every version of every entity definition'"),
-        ] {
-            run(&stmt)?;
-        }
+        // One statement: role, schema and the tenant's catalog (an append-only table of every
+        // version of every entity definition; its newest row per entity is the current one).
+        run(&format!(
+            "CREATE ROLE {r} NOLOGIN; GRANT {r} TO {admin}; CREATE SCHEMA {s}; GRANT USAGE ON SCHEMA {s} TO {r}; \
+             CREATE TABLE {s}.\"_udm_entity\" (\
+               entity text NOT NULL, \
+               version integer NOT NULL, \
+               status text NOT NULL CHECK (status IN ('active', 'dropped', 'purged')), \
+               definition jsonb, \
+               change jsonb NOT NULL, \
+               changed_by text NOT NULL, \
+               changed_role text NOT NULL, \
+               changed_at timestamp with time zone NOT NULL DEFAULT now(), \
+               txid bigint NOT NULL DEFAULT txid_current(), \
+               PRIMARY KEY (entity, version)); \
+             GRANT SELECT ON {s}.\"_udm_entity\" TO {r}; \
+             COMMENT ON SCHEMA {s} IS {label}",
+            admin = quote_ident(ADMIN_ROLE_NAME),
+            label = quote_literal(&label),
+        ))?;
         Spi::connect_mut(|c| {
             c.update(
                 "INSERT INTO udm.tenant (slug, name, schema_name, role_name, created_by) VALUES ($1, $2, $3, $4, $5)",

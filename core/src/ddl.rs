@@ -484,45 +484,37 @@ fn junction_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> Vec<String> {
 }
 
 /// Privileges of the tenant role on an entity table: all DML, and SELECT on every column except
-/// password hashes.
-pub fn grant_sql(ctx: &Ctx, def: &EntityDef) -> Vec<String> {
+/// password hashes. `fresh` tables have no grants yet, so nothing needs revoking.
+pub fn grant_sql(ctx: &Ctx, def: &EntityDef, fresh: bool) -> Vec<String> {
     let t = ctx.table(&def.slug);
     let role = quote_ident(ctx.role);
-    let secret: Vec<&FieldDef> = def
+    let secret = def
         .fields
         .iter()
         .chain(def.removed_fields.iter())
-        .filter(|f| f.ftype == FieldType::Password)
-        .collect();
-    let mut out = vec![format!("REVOKE ALL ON {t} FROM {role}")];
-    out.push(format!("GRANT INSERT, UPDATE, DELETE ON {t} TO {role}"));
-    if secret.is_empty() {
-        out.push(format!("GRANT SELECT ON {t} TO {role}"));
-    } else {
-        let mut cols: Vec<String> = SYSTEM_COLUMNS.iter().map(|c| quote_ident(c)).collect();
-        for f in def.fields.iter().chain(def.removed_fields.iter()) {
-            if f.has_column() && f.ftype != FieldType::Password {
-                cols.push(quote_ident(&f.column));
-            }
-        }
-        out.push(format!(
-            "GRANT SELECT ({}) ON {t} TO {role}",
-            cols.join(", ")
-        ));
+        .any(|f| f.ftype == FieldType::Password);
+    let mut out = Vec::new();
+    if !fresh {
+        out.push(format!("REVOKE ALL ON {t} FROM {role}"));
     }
+    if !secret {
+        out.push(format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {role}"
+        ));
+        return out;
+    }
+    let mut cols: Vec<String> = SYSTEM_COLUMNS.iter().map(|c| quote_ident(c)).collect();
+    for f in def.fields.iter().chain(def.removed_fields.iter()) {
+        if f.has_column() && f.ftype != FieldType::Password {
+            cols.push(quote_ident(&f.column));
+        }
+    }
+    out.push(format!("GRANT INSERT, UPDATE, DELETE ON {t} TO {role}"));
+    out.push(format!(
+        "GRANT SELECT ({}) ON {t} TO {role}",
+        cols.join(", ")
+    ));
     out
-}
-
-fn comment_sql(ctx: &Ctx, def: &EntityDef) -> String {
-    let label = def.label.as_deref().unwrap_or(&def.slug);
-    format!(
-        "COMMENT ON TABLE {} IS {}",
-        ctx.table(&def.slug),
-        quote_literal(&format!(
-            "udm entity {} ({label}); change it with udm_* functions",
-            def.slug
-        ))
-    )
 }
 
 /// The steps that create an entity's table from scratch.
@@ -567,8 +559,7 @@ pub fn create_entity(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Step>> {
     for f in def.fields.iter().filter(|f| f.is_many_to_many()) {
         steps.extend(junction_sql(ctx, e, f).into_iter().map(Step::Sql));
     }
-    steps.extend(grant_sql(ctx, def).into_iter().map(Step::Sql));
-    steps.push(Step::Sql(comment_sql(ctx, def)));
+    steps.extend(grant_sql(ctx, def, true).into_iter().map(Step::Sql));
     Ok(steps)
 }
 
@@ -925,10 +916,7 @@ pub fn plan_change(ctx: &Ctx, old: &EntityDef, new: &EntityDef) -> Result<Vec<St
     steps.extend(junction_steps);
     steps.extend(renames);
     steps.extend(adds);
-    steps.extend(grant_sql(ctx, new).into_iter().map(Step::Sql));
-    if old.label != new.label {
-        steps.push(Step::Sql(comment_sql(ctx, new)));
-    }
+    steps.extend(grant_sql(ctx, new, false).into_iter().map(Step::Sql));
     Ok(steps)
 }
 
@@ -1027,7 +1015,11 @@ mod tests {
             &"CREATE TRIGGER \"udm_stamp\" BEFORE INSERT OR UPDATE ON \"acme\".\"product\" FOR EACH ROW EXECUTE FUNCTION udm.stamp_row('r:name:1')".to_string()
         ));
         assert!(
-            steps.contains(&"GRANT SELECT ON \"acme\".\"product\" TO \"tenant_acme\"".to_string())
+            steps.contains(
+                &"GRANT SELECT, INSERT, UPDATE, DELETE ON \"acme\".\"product\" TO \"tenant_acme\""
+                    .to_string()
+            ) && !steps.iter().any(|s| s.starts_with("REVOKE")),
+            "a new table gets one grant and has nothing to revoke"
         );
     }
 

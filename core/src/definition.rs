@@ -577,7 +577,22 @@ fn validate_default(f: &FieldDef, d: &Value) -> Result<()> {
     };
     match t {
         FieldType::Integer | FieldType::BigInt | FieldType::Rating => {
-            want(d.is_i64() || d.is_u64(), "a whole number")
+            want(d.is_i64() || d.is_u64(), "a whole number")?;
+            let n = d.as_i64().ok_or_else(|| {
+                UdmError::new(SqlState::DatatypeMismatch, format!("{d} is out of range"))
+            })?;
+            let (lo, hi) = match t {
+                FieldType::Integer => (i64::from(i32::MIN), i64::from(i32::MAX)),
+                FieldType::Rating => (0, f.rating_max()),
+                _ => (i64::MIN, i64::MAX),
+            };
+            if n < lo || n > hi {
+                return Err(UdmError::new(
+                    SqlState::DatatypeMismatch,
+                    format!("{n} is out of range for {} (from {lo} to {hi})", t.name()),
+                ));
+            }
+            Ok(())
         }
         FieldType::Decimal | FieldType::Float | FieldType::Currency | FieldType::Percent => {
             want(d.is_number(), "a number")
@@ -1275,6 +1290,14 @@ mod tests {
             (
                 json!({"fields": [{"name": "a", "type": "integer", "default": "5"}]}),
                 "whole number",
+            ),
+            (
+                json!({"fields": [{"name": "a", "type": "integer", "default": 3000000000u64}]}),
+                "out of range for integer",
+            ),
+            (
+                json!({"fields": [{"name": "a", "type": "rating", "default": 6}]}),
+                "out of range for rating",
             ),
             (
                 json!({"fields": [{"name": "a", "type": "text", "min_length": 5, "max_length": 2}]}),

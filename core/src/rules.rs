@@ -1293,6 +1293,29 @@ pub fn compile_rule(entity: &crate::definition::EntityDef, check: &str) -> Resul
     Compiler::new(check, &scope).condition(&e)
 }
 
+/// Whether a rule has string literals (which PostgreSQL casts when the constraint is made).
+pub fn has_string_literal(check: &str) -> Result<bool> {
+    fn walk(e: &Expr) -> bool {
+        match e {
+            Expr::Str(_) => true,
+            Expr::List(items) | Expr::Call { args: items, .. } => items.iter().any(walk),
+            Expr::Not(x) | Expr::Neg(x) | Expr::IsNull { expr: x, .. } => walk(x),
+            Expr::Binary(_, l, r)
+            | Expr::Matches {
+                expr: l,
+                pattern: r,
+            } => walk(l) || walk(r),
+            Expr::In { expr, set, .. } => walk(expr) || walk(set),
+            Expr::Like { expr, pattern, .. } => walk(expr) || walk(pattern),
+            Expr::Between {
+                expr, low, high, ..
+            } => walk(expr) || walk(low) || walk(high),
+            Expr::Null | Expr::Bool(_) | Expr::Number(_) | Expr::Path(_) => false,
+        }
+    }
+    Ok(walk(&parse(check)?))
+}
+
 /// Field names (first path segments) a rule uses.
 pub fn rule_fields(check: &str) -> Result<Vec<String>> {
     let e = parse(check)?;
@@ -1469,6 +1492,13 @@ mod tests {
         assert_eq!(err(&deep).state, SqlState::ProgramLimitExceeded);
         let nots = format!("{}done", "not ".repeat(100));
         assert_eq!(err(&nots).state, SqlState::ProgramLimitExceeded);
+    }
+
+    #[test]
+    fn string_literals_are_found() {
+        assert!(has_string_literal("a = 'x'").unwrap());
+        assert!(has_string_literal("a in (1, 'x')").unwrap());
+        assert!(!has_string_literal("a <= b and c > 1").unwrap());
     }
 
     #[test]

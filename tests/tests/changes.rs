@@ -529,6 +529,14 @@ fn concurrent_changes_serialise_and_other_sessions_see_them() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    // a change that touches only the catalog (a label) reaches the other session too
+    json(
+        &mut m.client,
+        "SELECT udm_alter_field('product', 'price', '{\"label\": \"Unit price\"}')",
+    );
+    let seen = json(&mut other, "SELECT udm_describe('product')");
+    assert_eq!(seen["version"], 6);
+    assert_eq!(seen["fields"][1]["label"], "Unit price");
 }
 
 #[test]

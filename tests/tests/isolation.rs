@@ -79,7 +79,7 @@ fn plain_sql_cannot_reach_the_other_tenant() {
         format!("UPDATE \"{s}\".secret SET code = 'x'"),
         format!("DELETE FROM \"{s}\".secret"),
         format!("SELECT * FROM \"{s}\"._udm_entity"),
-        format!("SELECT * FROM \"{s}\"._udm_entity_version"),
+        format!("SELECT * FROM \"{s}\"._udm_entity WHERE version > 1"),
         format!("CREATE TABLE \"{s}\".mine (x int)"),
     ] {
         let msg = expect_err(&mut a.client, &sql, "42501");
@@ -120,7 +120,7 @@ fn a_member_uses_its_own_tenant_with_plain_sql_but_cannot_alter_its_structure() 
             format!("UPDATE \"{s}\"._udm_entity SET version = 99"),
             "42501",
         ),
-        (format!("DELETE FROM \"{s}\"._udm_entity_version"), "42501"),
+        (format!("DELETE FROM \"{s}\"._udm_entity"), "42501"),
     ] {
         expect_err(&mut a.client, &sql, code);
     }

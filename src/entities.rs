@@ -62,12 +62,27 @@ fn query_one<T: FromDatum + IntoDatum>(entity: &str, sql: &str) -> Result<Option
     )
 }
 
-/// Runs planned steps as the extension owner.
+/// Runs planned steps as the extension owner. Consecutive DDL statements go to PostgreSQL as one
+/// batch; checks run on their own.
 fn run_steps(entity: &str, steps: &[Step]) -> Result<()> {
     as_owner(|| {
+        let mut batch = String::new();
+        let flush = |batch: &mut String| -> Result<()> {
+            if !batch.is_empty() {
+                exec_ddl(entity, batch)?;
+                batch.clear();
+            }
+            Ok(())
+        };
         for step in steps {
+            if let Step::Sql(sql) = step {
+                batch.push_str(sql);
+                batch.push_str(";\n");
+                continue;
+            }
+            flush(&mut batch)?;
             match step {
-                Step::Sql(sql) => exec_ddl(entity, sql)?,
+                Step::Sql(_) => unreachable!("handled above"),
                 Step::ConversionCheck {
                     field,
                     from,
@@ -121,6 +136,7 @@ fn run_steps(entity: &str, steps: &[Step]) -> Result<()> {
                 }
             }
         }
+        flush(&mut batch)?;
         Ok(())
     })
 }
@@ -305,54 +321,74 @@ fn change(
     op: Value,
     build: impl FnOnce(&EntityDef, i32) -> Result<EntityDef>,
 ) -> Result<Value> {
-    let e = catalog::entity_for_update(t, slug, Some(Status::Active))?;
-    let version = e.version + 1;
-    let new = build(&e.def, version)?;
-    let fields: Vec<&FieldDef> = new.fields.iter().collect();
-    check_targets(t, &new, &fields)?;
-    check_literals(&new)?;
-    let steps = ddl::plan_change(&t.ctx(), &e.def, &new)?;
-    catalog::write_entity(t, slug, e.table_oid, Some(&new), version, "active", op)?;
-    run_steps(slug, &steps)?;
-    Ok(describe(t, &new, version, Status::Active))
+    // one switch to the owner for the whole change (the membership check came before)
+    as_owner(|| {
+        let e = catalog::entity_for_update(t, slug, Some(Status::Active))?;
+        let version = e.version + 1;
+        let new = build(&e.def, version)?;
+        let fields: Vec<&FieldDef> = new.fields.iter().collect();
+        check_targets(t, &new, &fields)?;
+        check_literals(&new)?;
+        let steps = ddl::plan_change(&t.ctx(), &e.def, &new)?;
+        catalog::write_entity(t, slug, e.table_oid, Some(&new), version, "active", op)?;
+        run_steps(slug, &steps)?;
+        Ok(describe(t, &new, version, Status::Active))
+    })
 }
 
 pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
     let t = catalog::current_tenant()?;
-    let def = EntityDef::parse(slug, definition, Source::Caller)?;
-    catalog::lock_entity(&t, slug)?;
-    let latest = catalog::latest_status(&t, slug)?;
-    match latest.as_ref().map(|(_, status)| status.as_str()) {
-        Some("active") => {
-            return Err(UdmError::new(SqlState::DuplicateTable, format!("entity \"{slug}\" already exists in tenant \"{}\"", t.slug))
-                .hint(format!("change it with udm_add_field / udm_alter_field, or see udm_describe('{slug}')")))
+    as_owner(|| {
+        let def = EntityDef::parse(slug, definition, Source::Caller)?;
+        // No change lock here: two sessions defining the same name both try version n of it, and the
+        // catalog's primary key (entity, version) lets only one of them commit.
+        let latest = catalog::latest_status(&t, slug)?;
+        match latest.as_ref().map(|(_, status)| status.as_str()) {
+            Some("active") => {
+                return Err(UdmError::new(SqlState::DuplicateTable, format!("entity \"{slug}\" already exists in tenant \"{}\"", t.slug))
+                    .hint(format!("change it with udm_add_field / udm_alter_field, or see udm_describe('{slug}')")))
+            }
+            Some("dropped") => {
+                return Err(UdmError::new(
+                    SqlState::DuplicateTable,
+                    format!("entity \"{slug}\" of tenant \"{}\" was dropped and still holds its data", t.slug),
+                )
+                .hint(format!("restore it with udm_restore_entity('{slug}') or purge it with udm_purge_entity('{slug}', '{slug}') first")))
+            }
+            _ => {}
         }
-        Some("dropped") => {
-            return Err(UdmError::new(
-                SqlState::DuplicateTable,
-                format!("entity \"{slug}\" of tenant \"{}\" was dropped and still holds its data", t.slug),
-            )
-            .hint(format!("restore it with udm_restore_entity('{slug}') or purge it with udm_purge_entity('{slug}', '{slug}') first")))
-        }
-        _ => {}
-    }
-    // A purged entity's history stays; a new definition of the same name continues its versions.
-    let version = latest.map_or(1, |(v, _)| v + 1);
-    let fields: Vec<&FieldDef> = def.fields.iter().collect();
-    check_targets(&t, &def, &fields)?;
-    check_literals(&def)?;
-    let steps = ddl::create_entity(&t.ctx(), &def)?;
-    catalog::write_entity(
-        &t,
-        slug,
-        pg_sys::InvalidOid,
-        Some(&def),
-        version,
-        "active",
-        json!({"op": "define_entity"}),
-    )?;
-    run_steps(slug, &steps)?;
-    Ok(describe(&t, &def, version, Status::Active))
+        // A purged entity's history stays; a new definition of the same name continues its versions.
+        let version = latest.map_or(1, |(v, _)| v + 1);
+        let fields: Vec<&FieldDef> = def.fields.iter().collect();
+        check_targets(&t, &def, &fields)?;
+        check_literals(&def)?;
+        let steps = ddl::create_entity(&t.ctx(), &def)?;
+        catch_pg(
+            || {
+                let op = json!({"op": "define_entity"});
+                catalog::write_entity(
+                    &t,
+                    slug,
+                    pg_sys::InvalidOid,
+                    Some(&def),
+                    version,
+                    "active",
+                    op,
+                )
+            },
+            |e| {
+                if e.code == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION {
+                    raise(UdmError::new(
+                        SqlState::DuplicateTable,
+                        format!("entity \"{slug}\" was just defined in tenant \"{}\" by another session", t.slug),
+                    ));
+                }
+                e.raise_with("udm_define_entity")
+            },
+        )?;
+        run_steps(slug, &steps)?;
+        Ok(describe(&t, &def, version, Status::Active))
+    })
 }
 
 pub fn add_field(entity: &str, field: &Value) -> Result<Value> {

@@ -14,14 +14,19 @@ use std::ffi::{CStr, CString};
 
 thread_local! {
     static OWNER_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    static INVOKER: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
     static OWNER: OnceCell<pg_sys::Oid> = const { OnceCell::new() };
     static ADMIN_ROLE: OnceCell<pg_sys::Oid> = const { OnceCell::new() };
 }
 
 pub const ADMIN_ROLE_NAME: &str = "udm_admin";
 
-/// The role on whose behalf this statement runs (the invoker).
+/// The role on whose behalf this statement runs (the invoker), also while udm acts as the owner.
 pub fn caller() -> pg_sys::Oid {
+    let invoker = INVOKER.with(|i| i.get());
+    if OWNER_DEPTH.with(|d| d.get()) > 0 && invoker != pg_sys::InvalidOid {
+        return invoker;
+    }
     unsafe { pg_sys::GetUserId() }
 }
 
@@ -137,6 +142,7 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
             OWNER_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
         }
     }
+    INVOKER.with(|i| i.set(saved_uid));
     OWNER_DEPTH.with(|d| d.set(d.get() + 1));
     let guard = Depth;
     let r = f();

@@ -13,7 +13,12 @@ PG_MAJOR=${PG_MAJOR:-15}
 PGBIN=${PGBIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
 
 as_pg() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    # the server must not inherit RUST_BACKTRACE: errors would carry a backtrace in their DETAIL
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"
+    else
+        env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"
+    fi
 }
 
 cmd=${1:?usage: cluster.sh start|stop|psql DIR [PORT]}

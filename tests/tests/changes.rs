@@ -586,3 +586,37 @@ fn a_rolled_back_change_leaves_table_and_catalog_untouched() {
         .iter()
         .all(|f| f["name"] != "tmp2"));
 }
+
+#[test]
+fn concurrent_definitions_of_one_name_leave_one_winner() {
+    let mut adm = admin();
+    let m = member(&mut adm, "cdef");
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let (role, tenant) = (m.role.clone(), m.tenant.clone());
+            thread::spawn(move || {
+                let mut c = connect_as(&role);
+                json(&mut c, &format!("SELECT udm_use({})", lit(&tenant)));
+                c.batch_execute("SELECT udm_define_entity('same', '{\"fields\": [{\"name\": \"n\", \"type\": \"integer\"}]}')")
+                    .map_err(|e| sqlstate(&e))
+            })
+        })
+        .collect();
+    let results: Vec<Result<(), String>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|code| code == "42P07"),
+        "{results:?}"
+    );
+    let mut c = connect_as(&m.role);
+    json(&mut c, &format!("SELECT udm_use({})", lit(&m.tenant)));
+    let versions: i64 = scalar(&mut c, "SELECT count(*) FROM udm_entity_history('same')");
+    assert_eq!(versions, 1);
+}

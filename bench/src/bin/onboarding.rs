@@ -113,7 +113,8 @@ CREATE TABLE "{s}".payment ({sys}, invoice_id uuid NOT NULL REFERENCES "{s}".inv
   paid_at timestamptz DEFAULT now(), amount numeric(19,2) CHECK (amount >= 0),
   method text CHECK (method IN ('card', 'transfer', 'cash')));
 CREATE INDEX ON "{s}".payment (invoice_id);
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{s}" TO "{s}_role";
+GRANT SELECT, INSERT, UPDATE, DELETE ON "{s}".customer, "{s}".category, "{s}".product, "{s}".sales_order,
+  "{s}".order_line, "{s}".invoice, "{s}".payment TO "{s}_role";
 COMMIT;"#
     )
 }

@@ -49,3 +49,50 @@ CREATE FUNCTION udm.reference_check() RETURNS trigger
 CREATE FUNCTION udm.reference_on_delete() RETURNS trigger
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'udm_reference_on_delete';
+
+-- Query engine helpers, inlined by the planner.
+
+-- A page's keyset cursor: its sort keys and the signature of the sort, base64.
+CREATE FUNCTION udm.cursor_encode(keys jsonb, signature text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT translate(encode(convert_to(jsonb_build_object('k', keys, 's', signature)::text, 'UTF8'), 'base64'), E'\n', '') $$;
+
+-- A json value read as a date, or NULL when it is not an ISO date string (YYYY-MM-DD...).
+CREATE FUNCTION udm.json_date(v jsonb) RETURNS date
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN jsonb_typeof(v) = 'string'
+                 AND (v #>> '{}') ~ '^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])'
+           THEN CASE WHEN substr(v #>> '{}', 9, 2)::int
+                          <= extract(day from make_date(substr(v #>> '{}', 1, 4)::int, substr(v #>> '{}', 6, 2)::int, 1)
+                                              + interval '1 month - 1 day')
+                     THEN substr(v #>> '{}', 1, 10)::date END
+           END $$;
+
+-- A json value read as a timestamptz, or NULL when it is not an ISO 8601 date-time string.
+CREATE FUNCTION udm.json_timestamp(v jsonb) RETURNS timestamp with time zone
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN udm.json_date(v) IS NOT NULL
+                 AND (v #>> '{}') ~ '^.{10}([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]+)?)?(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)?)?$'
+           THEN (v #>> '{}')::timestamptz END $$;
+
+-- Records and queries (udm's C functions; see the README for each).
+CREATE FUNCTION udm_insert(entity text, data jsonb) RETURNS jsonb
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'udm_insert';
+CREATE FUNCTION udm_get(entity text, id uuid, columns text[] DEFAULT NULL) RETURNS jsonb
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'udm_get';
+CREATE FUNCTION udm_update(entity text, id uuid, patch jsonb, expected_version integer DEFAULT NULL) RETURNS jsonb
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'udm_update';
+CREATE FUNCTION udm_delete(entity text, id uuid) RETURNS jsonb
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'udm_delete';
+CREATE FUNCTION udm_insert_many(entity text, rows jsonb) RETURNS jsonb
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'udm_insert_many';
+CREATE FUNCTION udm_upsert_many(entity text, rows jsonb, key text[]) RETURNS jsonb
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'udm_upsert_many';
+CREATE FUNCTION udm_query(entity text, spec jsonb DEFAULT '{}') RETURNS jsonb
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'udm_query';
+CREATE FUNCTION udm_aggregate(entity text, spec jsonb DEFAULT '{}') RETURNS jsonb
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'udm_aggregate';
+CREATE FUNCTION udm_view(entity text, kind text, spec jsonb DEFAULT '{}') RETURNS jsonb
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'udm_view';

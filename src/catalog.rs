@@ -80,6 +80,8 @@ thread_local! {
     /// The tenant registry may be out of date.
     static TENANTS_STALE: Cell<bool> = const { Cell::new(false) };
     static REGISTRY_OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// Counts how often cached definitions were dropped; caches built on them compare it.
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
     static CHANGED_IN_XACT: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -142,7 +144,15 @@ fn refresh_if_stale() {
     }
     if STALE.with(|s| s.replace(false)) {
         ENTITIES.with(|e| e.borrow_mut().clear());
+        GENERATION.with(|g| g.set(g.get() + 1));
     }
+}
+
+/// The current generation of cached definitions: it changes whenever any definition this
+/// backend may have cached changed (here or in another session).
+pub fn generation() -> u64 {
+    refresh_if_stale();
+    GENERATION.with(|g| g.get())
 }
 
 /// Clears this backend's cache of the tenant's entities now and queues an invalidation of the

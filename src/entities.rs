@@ -11,7 +11,6 @@ use crate::security::as_owner;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
-use std::rc::Rc;
 use udm_core::ddl::{self, Step};
 use udm_core::definition::{
     apply_field_changes, junction_name, parse_field, parse_index, parse_rule, EntityDef, FieldDef,
@@ -773,12 +772,6 @@ pub fn describe_by_name(entity: &str) -> Result<Value> {
     validate_slug(SlugKind::Entity, entity).map_err(|_| catalog::no_such_entity(&t, entity))?;
     let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
     Ok(describe_entity(&t, &e))
-}
-
-pub fn current_entity(entity: &str) -> Result<(Rc<Tenant>, Rc<Entity>)> {
-    let t = catalog::current_tenant()?;
-    let e = catalog::entity(&t, entity)?;
-    Ok((t, e))
 }
 
 // ------------------------------------------------------------------ SQL surface

@@ -33,6 +33,8 @@ fn pg_code(s: SqlState) -> PgSqlErrorCode {
         SqlState::ObjectNotInPrerequisiteState => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         SqlState::LockNotAvailable => ERRCODE_LOCK_NOT_AVAILABLE,
         SqlState::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
+        SqlState::SerializationFailure => ERRCODE_T_R_SERIALIZATION_FAILURE,
+        SqlState::NoDataFound => ERRCODE_NO_DATA_FOUND,
         SqlState::Internal => ERRCODE_INTERNAL_ERROR,
     }
 }
@@ -76,6 +78,19 @@ pub struct PgError {
 }
 
 impl PgError {
+    /// Re-raises unchanged.
+    pub fn raise(self) -> ! {
+        let mut r = ErrorReport::new(self.code, self.message, "udm");
+        if let Some(d) = self.detail {
+            r = r.set_detail(d);
+        }
+        if let Some(h) = self.hint {
+            r = r.set_hint(h);
+        }
+        r.report(PgLogLevel::ERROR);
+        unreachable!()
+    }
+
     /// Re-raises with `context` in front of the message, keeping code, detail and hint.
     pub fn raise_with(self, context: &str) -> ! {
         let mut r = ErrorReport::new(self.code, format!("{context}: {}", self.message), "udm");
@@ -110,5 +125,24 @@ pub fn catch_pg<R>(f: impl FnOnce() -> R, on_error: impl FnOnce(PgError) -> R) -
     match outcome {
         Ok(v) => v,
         Err(e) => on_error(e),
+    }
+}
+
+/// Runs `f` in a subtransaction: on an ERROR the subtransaction is rolled back and the error
+/// returned, and the caller's transaction can go on (as a PL/pgSQL EXCEPTION block does).
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, PgError> {
+    unsafe {
+        let ctx = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(ctx);
+        let out = catch_pg(|| Ok(f()), Err);
+        match out {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(ctx);
+        pg_sys::CurrentResourceOwner = owner;
+        out
     }
 }

@@ -7,10 +7,25 @@
 
 use pgrx::prelude::*;
 
+/// `PG_FUNCTION_INFO_V1` for functions written against the C interface.
+macro_rules! finfo_v1 {
+    ($name:ident) => {
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $name() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+
 mod catalog;
 mod entities;
 mod error;
 mod guc;
+mod query;
+mod rawspi;
+mod records;
 mod security;
 mod spi;
 mod tenants;

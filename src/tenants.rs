@@ -198,7 +198,7 @@ pub fn use_tenant(slug: &str, user_id: Option<&str>, local: bool) -> Result<serd
     crate::guc::set("udm.tenant", Some(&t.slug), local);
     crate::guc::set("udm.user_id", Some(user_id.unwrap_or("")), local);
     Ok(
-        json!({"tenant": t.slug, "schema": t.schema, "role": t.role, "user_id": user_id, "local": local}),
+        json!({"tenant": t.slug, "name": t.name, "schema": t.schema, "role": t.role, "user_id": user_id, "local": local}),
     )
 }
 

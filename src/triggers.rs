@@ -11,17 +11,6 @@ use std::ffi::CStr;
 use udm_core::checks::field_rule_message;
 use udm_core::ident::{qualified, quote_ident};
 
-macro_rules! finfo_v1 {
-    ($name:ident) => {
-        #[unsafe(no_mangle)]
-        #[doc(hidden)]
-        pub extern "C" fn $name() -> &'static pg_sys::Pg_finfo_record {
-            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-    };
-}
-
 finfo_v1!(pg_finfo_udm_stamp_row);
 finfo_v1!(pg_finfo_udm_check_rule);
 finfo_v1!(pg_finfo_udm_reference_check);

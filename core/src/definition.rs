@@ -438,15 +438,11 @@ pub fn validate_field(f: &FieldDef) -> Result<()> {
     let t = &f.ftype;
     let fam = t.family();
 
-    if let FieldType::Array(_) = t {
-        // array options only
-    } else if matches!(t, FieldType::Relation) {
-        if f.target.is_none() {
-            return Err(
-                UdmError::invalid(format!("{what}: a relation needs a \"target\" entity"))
-                    .hint("write {\"type\": \"relation\", \"target\": \"category\"}"),
-            );
-        }
+    if matches!(t, FieldType::Relation) && f.target.is_none() {
+        return Err(
+            UdmError::invalid(format!("{what}: a relation needs a \"target\" entity"))
+                .hint("write {\"type\": \"relation\", \"target\": \"category\"}"),
+        );
     }
     if matches!(t, FieldType::Reference) && f.targets.is_empty() {
         return Err(UdmError::invalid(format!(

@@ -51,6 +51,10 @@ pub enum SqlState {
     LockNotAvailable,
     /// 0A000: a valid request that udm does not support.
     FeatureNotSupported,
+    /// 40001: the record changed since the caller read it (optimistic concurrency).
+    SerializationFailure,
+    /// P0002: no such record.
+    NoDataFound,
     /// XX000: a bug in udm.
     Internal,
 }
@@ -80,6 +84,8 @@ impl SqlState {
             SqlState::ObjectNotInPrerequisiteState => "55000",
             SqlState::LockNotAvailable => "55P03",
             SqlState::FeatureNotSupported => "0A000",
+            SqlState::SerializationFailure => "40001",
+            SqlState::NoDataFound => "P0002",
             SqlState::Internal => "XX000",
         }
     }

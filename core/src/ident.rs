@@ -230,31 +230,25 @@ pub fn validate_slug(kind: SlugKind, s: &str) -> Result<()> {
         )));
     }
     match kind {
-        SlugKind::Field => {
-            if SYSTEM_COLUMNS.contains(&s) || PG_SYSTEM_COLUMNS.contains(&s) {
-                return Err(UdmError::new(
-                    SqlState::InvalidName,
-                    format!("invalid field name \"{s}\": it is a system column of every entity"),
-                )
-                .hint(format!(
-                    "system columns are {}; choose another name",
-                    name_list(SYSTEM_COLUMNS)
-                )));
-            }
+        SlugKind::Field if (SYSTEM_COLUMNS.contains(&s) || PG_SYSTEM_COLUMNS.contains(&s)) => {
+            return Err(UdmError::new(
+                SqlState::InvalidName,
+                format!("invalid field name \"{s}\": it is a system column of every entity"),
+            )
+            .hint(format!(
+                "system columns are {}; choose another name",
+                name_list(SYSTEM_COLUMNS)
+            )));
         }
-        SlugKind::Tenant => {
-            if RESERVED_SCHEMAS.contains(&s) {
-                return Err(UdmError::new(
-                    SqlState::InvalidName,
-                    format!("invalid tenant name \"{s}\": the schema \"{s}\" is reserved"),
-                )
-                .hint("choose another tenant name"));
-            }
+        SlugKind::Tenant if RESERVED_SCHEMAS.contains(&s) => {
+            return Err(UdmError::new(
+                SqlState::InvalidName,
+                format!("invalid tenant name \"{s}\": the schema \"{s}\" is reserved"),
+            )
+            .hint("choose another tenant name"));
         }
-        SlugKind::Entity => {
-            if PG_SYSTEM_COLUMNS.contains(&s) {
-                return Err(bad("it is a PostgreSQL system name".into()));
-            }
+        SlugKind::Entity if PG_SYSTEM_COLUMNS.contains(&s) => {
+            return Err(bad("it is a PostgreSQL system name".into()));
         }
         _ => {}
     }

@@ -9,7 +9,10 @@ pub mod definition;
 pub mod error;
 pub mod ident;
 pub mod json;
+pub mod query;
+pub mod records;
 pub mod rules;
 pub mod types;
+pub mod values;
 
 pub use error::{Result, SqlState, UdmError};

@@ -1,0 +1,206 @@
+//! Raw SPI for udm's hot paths: plans prepared once and kept, parameters bound as text (the SQL
+//! casts them, `$1::numeric`), and the single result datum copied out to the caller without a
+//! detour through serde.
+
+use crate::error::{Result, UdmError};
+use pgrx::prelude::*;
+use std::ffi::CString;
+
+/// A prepared, kept SPI plan; freed when dropped.
+pub struct Plan {
+    ptr: pg_sys::SPIPlanPtr,
+    pub nargs: usize,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        unsafe {
+            pg_sys::SPI_freeplan(self.ptr);
+        }
+    }
+}
+
+struct Connection;
+
+impl Connection {
+    fn open() -> Connection {
+        unsafe {
+            pg_sys::SPI_connect();
+        }
+        Connection
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // On an ERROR the (sub)transaction abort closes the connection.
+        if !std::thread::panicking() {
+            unsafe {
+                pg_sys::SPI_finish();
+            }
+        }
+    }
+}
+
+/// Prepares `sql` with `nargs` text parameters and keeps the plan.
+pub fn prepare(sql: &str, nargs: usize) -> Result<Plan> {
+    prepare_typed(sql, &vec![pg_sys::TEXTOID; nargs])
+}
+
+/// Prepares `sql` with parameters of the given types and keeps the plan.
+pub fn prepare_typed(sql: &str, types: &[pg_sys::Oid]) -> Result<Plan> {
+    let nargs = types.len();
+    let c = CString::new(sql).map_err(|_| UdmError::internal("SQL with a NUL byte"))?;
+    let _conn = Connection::open();
+    let mut types = types.to_vec();
+    unsafe {
+        let p = pg_sys::SPI_prepare(c.as_ptr(), nargs as i32, types.as_mut_ptr());
+        if p.is_null() {
+            return Err(UdmError::internal(format!(
+                "udm: SPI_prepare failed ({})",
+                std::ptr::addr_of!(pg_sys::SPI_result).read()
+            )));
+        }
+        if pg_sys::SPI_keepplan(p) != 0 {
+            return Err(UdmError::internal("udm: SPI_keepplan failed"));
+        }
+        Ok(Plan { ptr: p, nargs })
+    }
+}
+
+fn text_datums(args: &[Option<String>]) -> (Vec<pg_sys::Datum>, Vec<std::os::raw::c_char>) {
+    let mut values = Vec::with_capacity(args.len());
+    let mut nulls = Vec::with_capacity(args.len());
+    for a in args {
+        match a {
+            Some(s) => {
+                values.push(s.as_str().into_datum().expect("text"));
+                nulls.push(b' ' as std::os::raw::c_char);
+            }
+            None => {
+                values.push(pg_sys::Datum::from(0usize));
+                nulls.push(b'n' as std::os::raw::c_char);
+            }
+        }
+    }
+    (values, nulls)
+}
+
+/// Runs a kept plan and returns the first column of the first row, copied into the caller's
+/// memory context (None when there is no row or it is NULL). `read_only` for statements that
+/// do not write (they then see the calling statement's snapshot).
+pub fn first_datum(
+    plan: &Plan,
+    args: &[Option<String>],
+    read_only: bool,
+) -> Result<Option<pg_sys::Datum>> {
+    if args.len() != plan.nargs {
+        return Err(UdmError::internal(format!(
+            "udm: plan takes {} arguments, got {}",
+            plan.nargs,
+            args.len()
+        )));
+    }
+    let _conn = Connection::open();
+    let (mut values, nulls) = text_datums(args);
+    unsafe {
+        let rc =
+            pg_sys::SPI_execute_plan(plan.ptr, values.as_mut_ptr(), nulls.as_ptr(), read_only, 1);
+        if rc < 0 {
+            return Err(UdmError::internal(format!(
+                "udm: SPI_execute_plan failed ({rc})"
+            )));
+        }
+        first_of_result()
+    }
+}
+
+/// Runs a kept plan with datums (for plans prepared with `prepare_typed`).
+pub fn first_datum_of(
+    plan: &Plan,
+    values: &mut [pg_sys::Datum],
+    nulls: &[std::os::raw::c_char],
+    read_only: bool,
+) -> Result<Option<pg_sys::Datum>> {
+    let _conn = Connection::open();
+    unsafe {
+        let rc =
+            pg_sys::SPI_execute_plan(plan.ptr, values.as_mut_ptr(), nulls.as_ptr(), read_only, 1);
+        if rc < 0 {
+            return Err(UdmError::internal(format!(
+                "udm: SPI_execute_plan failed ({rc})"
+            )));
+        }
+        first_of_result()
+    }
+}
+
+unsafe fn first_of_result() -> Result<Option<pg_sys::Datum>> {
+    unsafe {
+        let table = pg_sys::SPI_tuptable;
+        if table.is_null() || (*table).numvals == 0 {
+            return Ok(None);
+        }
+        let tuple = *(*table).vals;
+        let desc = (*table).tupdesc;
+        let mut isnull = false;
+        let d = pg_sys::SPI_getbinval(tuple, desc, 1, &mut isnull);
+        if isnull {
+            return Ok(None);
+        }
+        let att = (*desc).attrs.as_slice((*desc).natts as usize)[0];
+        Ok(Some(pg_sys::SPI_datumTransfer(
+            d,
+            att.attbyval,
+            att.attlen as i32,
+        )))
+    }
+}
+
+/// Runs SQL once (not kept) with text parameters; returns the first datum like `first_datum`.
+pub fn once(sql: &str, args: &[Option<String>], read_only: bool) -> Result<Option<pg_sys::Datum>> {
+    let c = CString::new(sql).map_err(|_| UdmError::internal("SQL with a NUL byte"))?;
+    let _conn = Connection::open();
+    let (mut values, nulls) = text_datums(args);
+    let mut types = vec![pg_sys::TEXTOID; args.len()];
+    unsafe {
+        let rc = pg_sys::SPI_execute_with_args(
+            c.as_ptr(),
+            args.len() as i32,
+            types.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            read_only,
+            1,
+        );
+        if rc < 0 {
+            return Err(UdmError::internal(format!(
+                "udm: SPI_execute failed ({rc})"
+            )));
+        }
+        first_of_result()
+    }
+}
+
+/// A jsonb datum as serde JSON.
+pub fn jsonb_value(d: pg_sys::Datum) -> serde_json::Value {
+    unsafe {
+        pgrx::JsonB::from_datum(d, false)
+            .map(|j| j.0)
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A json (text) datum as serde JSON.
+pub fn json_value(d: pg_sys::Datum) -> serde_json::Value {
+    unsafe {
+        String::from_datum(d, false)
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A bigint datum.
+pub fn int8(d: pg_sys::Datum) -> i64 {
+    d.value() as i64
+}

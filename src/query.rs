@@ -123,7 +123,7 @@ fn computed_values(c: &Compiled, spec: &Value) -> Result<Vec<String>> {
                     &c.template,
                     &vec!["0".to_string(); c.template.computed.len()],
                 )?;
-                let plan = rawspi::once(&format!("EXPLAIN (FORMAT JSON) {sql}"), &binds, true)?
+                let plan = rawspi::once(&format!("EXPLAIN (FORMAT JSON) {sql}"), &binds, false)?
                     .map(rawspi::json_value)
                     .unwrap_or(Value::Null);
                 let rows = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
@@ -174,7 +174,7 @@ pub fn explain(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
     let plan = rawspi::once(
         &format!("EXPLAIN (FORMAT JSON) {}", fake.template.sql),
         &binds,
-        true,
+        false,
     )?
     .map(rawspi::json_value)
     .unwrap_or(Value::Null);

@@ -44,8 +44,9 @@ fn plan_for(
     .map(|(c, _)| c)
 }
 
-fn quoted_name(message: &str) -> Option<&str> {
-    let start = message.find('"')? + 1;
+/// The constraint a PostgreSQL constraint error names (`... constraint "x" ...`).
+fn constraint_name(message: &str) -> Option<&str> {
+    let start = message.find("constraint \"")? + "constraint \"".len();
     let end = message[start..].find('"')? + start;
     Some(&message[start..end])
 }
@@ -53,12 +54,19 @@ fn quoted_name(message: &str) -> Option<&str> {
 /// Words for a constraint failure PostgreSQL reported by constraint name.
 fn translate(t: &Tenant, def: &EntityDef, e: PgError, row: Option<usize>) -> UdmError {
     let prefix = row.map(|i| format!("rows[{i}]: ")).unwrap_or_default();
-    let named = quoted_name(&e.message).map(str::to_string);
+    let named = constraint_name(&e.message).map(str::to_string);
+    // which field a constraint belongs to: its unique key, its foreign key, or the target key of
+    // its many-to-many junction
     let field_of = |suffix: &str| {
         named.as_deref().and_then(|n| {
-            def.fields.iter().find(|f| {
-                udm_core::ddl::unique_name(&def.slug, &f.name) == n && suffix == "key"
-                    || udm_core::ddl::fkey_name(&def.slug, &f.name) == n && suffix == "fkey"
+            def.fields.iter().find(|f| match suffix {
+                "key" => udm_core::ddl::unique_name(&def.slug, &f.name) == n,
+                _ => {
+                    udm_core::ddl::fkey_name(&def.slug, &f.name) == n
+                        || f.junction.as_deref().is_some_and(|j| {
+                            udm_core::ident::fit_name(&format!("{j}__target__fkey")) == n
+                        })
+                }
             })
         })
     };

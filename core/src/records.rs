@@ -591,7 +591,7 @@ pub fn upsert_many_sql(
         format!("DO UPDATE SET {}", sets.join(", "))
     };
     format!(
-        "WITH w AS (INSERT INTO {table} AS t0 ({}) SELECT {} FROM {} ON CONFLICT ({}) {action} RETURNING (xmax = 0) AS ins) \
+        "WITH w AS (INSERT INTO {table} AS t0 ({}) SELECT {} FROM {} ON CONFLICT ({}) {action} RETURNING (t0.\"_version\" = 1) AS ins) \
          SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM w",
         cols.join(", "),
         vals.join(", "),

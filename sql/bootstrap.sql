@@ -50,16 +50,13 @@ CREATE FUNCTION udm.reference_on_delete() RETURNS trigger
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'udm_reference_on_delete';
 
--- Query engine helpers, inlined by the planner.
-
--- A page's keyset cursor: its sort keys and the signature of the sort, base64.
-CREATE FUNCTION udm.cursor_encode(keys jsonb, signature text) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS $$ SELECT translate(encode(convert_to(jsonb_build_object('k', keys, 's', signature)::text, 'UTF8'), 'base64'), E'\n', '') $$;
+-- Query engine helpers. SQL functions whose declared volatility matches their body, so the
+-- planner inlines them into the queries udm generates.
 
 -- A json value read as a date, or NULL when it is not an ISO date string (YYYY-MM-DD...).
+-- (STABLE like the casts in its body, so the planner inlines it.)
 CREATE FUNCTION udm.json_date(v jsonb) RETURNS date
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
     SELECT CASE WHEN jsonb_typeof(v) = 'string'
                  AND (v #>> '{}') ~ '^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])'

@@ -195,6 +195,9 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
     if let Some(t) = TENANTS.with(|t| t.borrow().get(slug).cloned()) {
         return Ok(Some(t));
     }
+    if validate_slug(SlugKind::Tenant, slug).is_err() {
+        return Ok(None);
+    }
     let row = as_owner(|| {
         Spi::connect(|c| {
             let rows = c.select(
@@ -273,7 +276,6 @@ pub fn require_member(t: &Tenant) -> Result<()> {
 
 /// A tenant the caller may use, by slug.
 pub fn usable_tenant(slug: &str) -> Result<Rc<Tenant>> {
-    validate_slug(SlugKind::Tenant, slug).map_err(|_| no_such_tenant(slug))?;
     let t = tenant(slug)?.ok_or_else(|| no_such_tenant(slug))?;
     require_member(&t)?;
     Ok(t)

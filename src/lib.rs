@@ -22,6 +22,7 @@ macro_rules! finfo_v1 {
 mod catalog;
 mod entities;
 mod error;
+mod fastget;
 mod guc;
 mod query;
 mod rawspi;

@@ -211,9 +211,26 @@ pub fn insert(entity: &str, data: &Value) -> Result<pg_sys::Datum> {
     })
 }
 
-pub fn get(entity: &str, id: &str, columns: Option<Vec<String>>) -> Result<Option<pg_sys::Datum>> {
+pub fn get(
+    entity: &str,
+    id_datum: pg_sys::Datum,
+    columns: Option<Vec<String>>,
+) -> Result<Option<pg_sys::Datum>> {
     let t = catalog::current_tenant()?;
     let e = catalog::entity(&t, entity)?;
+    if columns.is_none() {
+        if let Some(p) = crate::fastget::plan(&t.slug, &e) {
+            match crate::fastget::get(&p, id_datum) {
+                crate::fastget::Outcome::Found(d) => return Ok(Some(d)),
+                crate::fastget::Outcome::Missing => return Ok(None),
+                crate::fastget::Outcome::UseSql => {}
+            }
+        }
+    }
+    let id = unsafe { pgrx::Uuid::from_datum(id_datum, false) }
+        .map(|u| u.to_string())
+        .unwrap_or_default();
+    let id = id.as_str();
     match columns {
         None => get_datum(&t, &e.def, id),
         Some(cols) => {
@@ -511,9 +528,12 @@ pub unsafe extern "C-unwind" fn udm_insert(fcinfo: pg_sys::FunctionCallInfo) -> 
 pub unsafe extern "C-unwind" fn udm_get(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
         let entity = arg_text(fcinfo, 0, "entity");
-        let id = arg_uuid(fcinfo, 1);
+        if pgrx::fcinfo::pg_arg_is_null(fcinfo, 1) {
+            raise(UdmError::invalid("id must not be NULL"));
+        }
+        let id = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 1);
         let columns = pg_getarg::<Vec<String>>(fcinfo, 2);
-        match get(&entity, &id, columns).or_raise() {
+        match get(&entity, id, columns).or_raise() {
             Some(d) => d,
             None => pgrx::fcinfo::pg_return_null(fcinfo),
         }

@@ -334,6 +334,10 @@ pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
         let mut cols = Vec::new();
         let mut ids = Vec::new();
         for n in &i.fields {
+            if SYSTEM_COLUMNS.contains(&n.as_str()) {
+                cols.push(quote_ident(n));
+                continue;
+            }
             let f = def.field_or_err(n)?;
             cols.push(quote_ident(&f.column));
             ids.push(f.id);

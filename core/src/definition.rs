@@ -997,6 +997,9 @@ impl EntityDef {
             ));
         }
         for name in &i.fields {
+            if crate::ident::SYSTEM_COLUMNS.contains(&name.as_str()) {
+                continue; // id, created_at, ... are columns of every table
+            }
             let f = self
                 .field_or_err(name)
                 .map_err(|e| e.context(format!("index \"{}\"", i.name)))?;

@@ -275,11 +275,7 @@ fn errors_name_path_segment_and_valid_names() {
             "22023",
             "cannot be sorted by",
         ),
-        (
-            json!({"limit": 100000}),
-            "54000",
-            "above the page size limit",
-        ),
+        (json!({"limit": 100000}), "54000", "above the limit of 1000"),
         (json!({"limit": 0}), "22023", "at least 1"),
         (
             json!({"columns": ["a.b.c.d.e.f.g.h.i"]}),

@@ -371,10 +371,10 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
         Some(v) if !v.is_null() => params.add(spec_param(
             &[Ptr::Key("limit".into())],
             PType::BigInt,
-            Conv::Limit,
+            Conv::Limit(MAX_GROUPS),
             "\"limit\"",
         )),
-        _ => MAX_LIMIT.to_string(),
+        _ => MAX_GROUPS.to_string(),
     };
     let pairs: Vec<(String, String)> = outputs
         .iter()

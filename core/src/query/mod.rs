@@ -24,6 +24,8 @@ pub use path::resolve;
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 1000;
+/// Most groups an aggregate returns.
+pub const MAX_GROUPS: i64 = 100_000;
 pub const MAX_JOINS: usize = 16;
 pub const MAX_TO_MANY: usize = 16;
 pub const MAX_COLUMNS: usize = 200;
@@ -52,8 +54,8 @@ pub enum Conv {
     Pattern,
     /// Serialised as one JSON value (containment in json).
     Json,
-    /// A page size: a whole number from 1 to MAX_LIMIT.
-    Limit,
+    /// A row count: a whole number from 1 to the given maximum.
+    Limit(i64),
     /// A whole number of at least 0.
     Offset,
 }
@@ -105,7 +107,7 @@ impl Params {
             Conv::Array => PType::Array(Box::new(p.ptype.clone())).sql(),
             Conv::Contains | Conv::Prefix | Conv::Pattern => "text".into(),
             Conv::Json => "jsonb".into(),
-            Conv::Limit | Conv::Offset => "bigint".into(),
+            Conv::Limit(_) | Conv::Offset => "bigint".into(),
             Conv::Value => p.ptype.sql(),
         };
         self.0.push(p);
@@ -206,17 +208,17 @@ pub fn bind(spec: &Value, t: &Template, computed: &[String]) -> Result<Vec<Optio
                 }
             }
             Conv::Json => v.to_string(),
-            Conv::Limit => {
+            Conv::Limit(max) => {
                 let n = v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
                     UdmError::invalid(format!(
                         "{} must be a whole number of at least 1, got {v}",
                         p.what
                     ))
                 })?;
-                if n > MAX_LIMIT {
+                if n > max {
                     return Err(UdmError::new(
                         SqlState::ProgramLimitExceeded,
-                        format!("{} {n} is above the page size limit of {MAX_LIMIT}", p.what),
+                        format!("{} {n} is above the limit of {max}", p.what),
                     )
                     .hint("page through larger results with the cursor returned with each page"));
                 }
@@ -842,6 +844,26 @@ pub fn order_by(keys: &[SortKey], tie_breaker: bool) -> String {
     parts.join(", ")
 }
 
+/// SQL for the cursor of a page: base64 of `{"k": <last row's keys>, "s": <signature>}`. Written
+/// inline (not as a SQL function) so the planner sees plain expressions.
+pub fn cursor_sql(keys: &str, sig: &str) -> String {
+    format!(
+        "translate(encode(convert_to(jsonb_build_object('k', {keys}, 's', {})::text, 'UTF8'), 'base64'), E'\\n', '')",
+        quote_literal(sig)
+    )
+}
+
+/// The `next_cursor` of a page: set when the page is full.
+pub fn next_cursor(limit: &str, sig: &str) -> (String, String) {
+    (
+        "next_cursor".into(),
+        format!(
+            "CASE WHEN count(*) = {limit} THEN {} END",
+            cursor_sql("jsonb_agg(q.k) -> -1", sig)
+        ),
+    )
+}
+
 /// The signature a cursor carries: the sort it was made for.
 pub fn sort_signature(entity: &str, keys: &[SortKey]) -> String {
     let text: Vec<String> = keys
@@ -1044,7 +1066,7 @@ mod tests {
                 spec_param(
                     &[Ptr::Key("limit".into())],
                     PType::BigInt,
-                    Conv::Limit,
+                    Conv::Limit(MAX_LIMIT),
                     "\"limit\"",
                 ),
                 spec_param(

@@ -70,7 +70,7 @@ pub fn page(
         Some(v) if !v.is_null() => params.add(spec_param(
             &[Ptr::Key("limit".into())],
             PType::BigInt,
-            Conv::Limit,
+            Conv::Limit(MAX_LIMIT),
             "\"limit\"",
         )),
         _ => DEFAULT_LIMIT.to_string(),
@@ -189,14 +189,7 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
         "coalesce(jsonb_agg(q.r), '[]'::jsonb)".to_string(),
     )];
     if !p.distinct {
-        pairs.push((
-            "next_cursor".into(),
-            format!(
-                "CASE WHEN count(*) = {} THEN udm.cursor_encode(jsonb_agg(q.k) -> -1, {}) END",
-                p.limit,
-                crate::ident::quote_literal(&p.sig)
-            ),
-        ));
+        pairs.push(next_cursor(&p.limit, &p.sig));
     }
     if let Some(c) = count {
         pairs.push(("count".into(), c));
@@ -340,7 +333,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            t.sql.contains("udm.cursor_encode(jsonb_agg(q.k) -> -1"),
+            t.sql.contains("THEN translate(encode(convert_to(jsonb_build_object('k', jsonb_agg(q.k) -> -1, 's', "),
             "{}",
             t.sql
         );

@@ -50,14 +50,7 @@ fn table(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Te
         ("total".to_string(), count.expect("exact count")),
     ];
     if !p.distinct {
-        pairs.push((
-            "next_cursor".into(),
-            format!(
-                "CASE WHEN count(*) = {} THEN udm.cursor_encode(jsonb_agg(q.k) -> -1, {}) END",
-                p.limit,
-                quote_literal(&p.sig)
-            ),
-        ));
+        pairs.push(next_cursor(&p.limit, &p.sig));
     }
     Ok(Template {
         sql: format!("SELECT {} FROM ({}) q", json_object(&pairs), p.inner),
@@ -85,7 +78,7 @@ fn limit_param(obj: &Map<String, Value>, params: &mut Params, key: &str, default
         Some(v) if !v.is_null() => params.add(spec_param(
             &[Ptr::Key(key.into())],
             PType::BigInt,
-            Conv::Limit,
+            Conv::Limit(MAX_LIMIT),
             format!("\"{key}\""),
         )),
         _ => default.to_string(),

@@ -20,7 +20,10 @@ CREATE TABLE udm.tenant (
     schema_name text NOT NULL UNIQUE,
     role_name   text NOT NULL UNIQUE,
     created_at  timestamp with time zone NOT NULL DEFAULT now(),
-    created_by  text NOT NULL
+    created_by  text NOT NULL,
+    -- LISTEN channel of the tenant's change events; its random part keeps other tenants from
+    -- guessing it (PostgreSQL does not check privileges on LISTEN)
+    channel     text NOT NULL UNIQUE
 );
 REVOKE ALL ON udm.tenant FROM PUBLIC;
 COMMENT ON TABLE udm.tenant IS 'udm: registry of tenants (each has a schema and a role)';
@@ -41,6 +44,21 @@ CREATE FUNCTION udm.check_rule(ok boolean, schema_name text, entity text, rule_k
 CREATE FUNCTION udm.stamp_row() RETURNS trigger
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'udm_stamp_row';
+
+-- The native audit: buffers each row change, and writes a statement's changes at its end.
+CREATE FUNCTION udm.audit_row() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'udm_audit_row';
+CREATE FUNCTION udm.audit_flush() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'udm_audit_flush';
+-- The hash an audit row must carry (chained to the previous row of the same record).
+CREATE FUNCTION udm.audit_hash(prev bytea, entity text, record_id uuid, action text,
+                               record_version integer, entity_version integer, old_data jsonb,
+                               new_data jsonb, changed_fields text, user_id text, db_role text,
+                               txid bigint, changed_at timestamp with time zone) RETURNS bytea
+    LANGUAGE c IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_audit_hash';
 
 CREATE FUNCTION udm.reference_check() RETURNS trigger
     LANGUAGE c

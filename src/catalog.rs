@@ -31,6 +31,8 @@ pub struct Tenant {
     pub schema_oid: pg_sys::Oid,
     /// `<schema>._udm_entity`: invalidating it invalidates every backend's cache of this tenant.
     pub catalog_oid: pg_sys::Oid,
+    /// LISTEN channel of the tenant's change events.
+    pub channel: String,
 }
 
 impl Tenant {
@@ -203,7 +205,7 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
             let rows = c.select(
                 "SELECT name, schema_name, role_name, \
                  coalesce(to_regclass(format('%I._udm_entity', schema_name))::oid, 0::oid), \
-                 coalesce(to_regnamespace(quote_ident(schema_name))::oid, 0::oid) \
+                 coalesce(to_regnamespace(quote_ident(schema_name))::oid, 0::oid), channel \
                  FROM udm.tenant WHERE slug = $1",
                 None,
                 &[slug.into()],
@@ -216,13 +218,14 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
                     r.get::<String>(3)?.unwrap_or_default(),
                     r.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
                     r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
+                    r.get::<String>(6)?.unwrap_or_default(),
                 ));
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
     })
     .map_err(spi_err)?;
-    let Some((name, schema, role, catalog_oid, schema_oid)) = row else {
+    let Some((name, schema, role, catalog_oid, schema_oid, channel)) = row else {
         return Ok(None);
     };
     let role_oid = crate::security::role_oid(&role).ok_or_else(|| {
@@ -237,6 +240,7 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
         role_oid,
         catalog_oid,
         schema_oid,
+        channel,
     });
     WATCHED.with(|w| w.borrow_mut().insert(catalog_oid));
     TENANTS.with(|m| m.borrow_mut().insert(slug.to_string(), t.clone()));
@@ -551,4 +555,19 @@ pub fn write_entity(
     })?;
     invalidate_oid(table_oid);
     Ok(())
+}
+
+/// The definition of an entity as it was in catalog version `version` (None when that version
+/// has no definition, e.g. a purge).
+pub fn definition_at(t: &Tenant, slug: &str, version: i32) -> Result<Option<EntityDef>> {
+    let sql = format!(
+        "SELECT definition FROM {} WHERE entity = $1 AND version = $2",
+        t.catalog("_udm_entity")
+    );
+    let def =
+        as_owner(|| crate::spi::select_one::<pgrx::JsonB>(&sql, &[slug.into(), version.into()]))?;
+    match def {
+        Some(j) if !j.0.is_null() => EntityDef::from_catalog(slug, &j.0).map(Some),
+        _ => Ok(None),
+    }
 }

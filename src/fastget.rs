@@ -7,30 +7,20 @@
 //! link lists need a subquery). Otherwise `udm_get` takes the SQL path.
 
 use crate::catalog::{self, Entity};
+use crate::rowjson::RowJson;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::rc::Rc;
 use udm_core::ident::SYSTEM_COLUMNS;
 use udm_core::types::FieldType;
 
-/// What a fast read of one entity needs, kept in its own memory context.
+/// What a fast read of one entity needs.
 pub struct GetPlan {
     relid: pg_sys::Oid,
     pkey: pg_sys::Oid,
     natts: i32,
-    attnums: Vec<usize>,
-    keys: Vec<pg_sys::Datum>,
-    flinfo: *mut pg_sys::FmgrInfo,
-    fcinfo: pg_sys::FunctionCallInfo,
-    ctx: pg_sys::MemoryContext,
-}
-
-impl Drop for GetPlan {
-    fn drop(&mut self) {
-        unsafe { pg_sys::MemoryContextDelete(self.ctx) };
-    }
+    json: RowJson,
 }
 
 thread_local! {
@@ -77,91 +67,31 @@ unsafe fn build(e: &Entity) -> Option<GetPlan> {
                     .map(|f| f.name.clone()),
             )
             .collect();
-        let nargs = columns.len() * 2;
-        if nargs > pg_sys::FUNC_MAX_ARGS as usize {
-            return None;
-        }
         let rel = pg_sys::relation_open(e.table_oid, pg_sys::AccessShareLock as i32);
         let pkey = pg_sys::RelationGetPrimaryKeyIndex(rel);
         let desc = (*rel).rd_att;
         let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-        let mut attnums = Vec::with_capacity(columns.len());
-        for c in &columns {
+        let mut cols = Vec::with_capacity(columns.len());
+        for (c, n) in columns.iter().zip(names) {
             match attrs.iter().position(|a| !a.attisdropped && a.name() == c) {
-                Some(i) => attnums.push(i),
+                Some(i) => cols.push((n, i)),
                 None => {
                     pg_sys::relation_close(rel, pg_sys::NoLock as i32);
                     return None;
                 }
             }
         }
-        let name = c"udm fast get";
-        let ctx = pg_sys::AllocSetContextCreateInternal(
-            pg_sys::TopMemoryContext,
-            name.as_ptr(),
-            0,
-            1024,
-            8 * 1024 * 1024,
-        );
-        let old = pg_sys::MemoryContextSwitchTo(ctx);
-        let mut args: *mut pg_sys::List = std::ptr::null_mut();
-        let mut keys = Vec::with_capacity(columns.len());
-        for (n, &i) in names.iter().zip(attnums.iter()) {
-            let k = CString::new(n.as_str()).expect("slug");
-            keys.push(pg_sys::Datum::from(pg_sys::cstring_to_text(k.as_ptr())));
-            let key_const = pg_sys::makeConst(
-                pg_sys::TEXTOID,
-                -1,
-                pg_sys::DEFAULT_COLLATION_OID,
-                -1,
-                pg_sys::Datum::from(0usize),
-                true,
-                false,
-            );
-            let a = &attrs[i];
-            let val_const = pg_sys::makeConst(
-                a.atttypid,
-                a.atttypmod,
-                a.attcollation,
-                a.attlen as i32,
-                pg_sys::Datum::from(0usize),
-                true,
-                a.attbyval,
-            );
-            args = pg_sys::lappend(args, key_const.cast());
-            args = pg_sys::lappend(args, val_const.cast());
-        }
-        let fexpr = pg_sys::makeFuncExpr(
-            pg_sys::F_JSONB_BUILD_OBJECT_ANY.into(),
-            pg_sys::JSONBOID,
-            args,
-            pg_sys::InvalidOid,
-            pg_sys::InvalidOid,
-            pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
-        );
-        let flinfo =
-            pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()) as *mut pg_sys::FmgrInfo;
-        pg_sys::fmgr_info_cxt(pg_sys::F_JSONB_BUILD_OBJECT_ANY.into(), flinfo, ctx);
-        (*flinfo).fn_expr = fexpr.cast();
-        let size = std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()
-            + nargs * std::mem::size_of::<pg_sys::NullableDatum>();
-        let fcinfo = pg_sys::palloc0(size) as pg_sys::FunctionCallInfo;
-        pg_sys::MemoryContextSwitchTo(old);
+        let json = RowJson::new(desc, &cols);
         let natts = (*desc).natts;
         pg_sys::relation_close(rel, pg_sys::NoLock as i32);
         if pkey == pg_sys::InvalidOid {
-            pg_sys::MemoryContextDelete(ctx);
             return None;
         }
         Some(GetPlan {
             relid: e.table_oid,
             pkey,
             natts,
-            attnums,
-            keys,
-            flinfo,
-            fcinfo,
-            ctx,
+            json,
         })
     }
 }
@@ -212,26 +142,7 @@ pub fn get(p: &GetPlan, id: pg_sys::Datum) -> Outcome {
             }
             let values = std::slice::from_raw_parts((*slot).tts_values, p.natts as usize);
             let nulls = std::slice::from_raw_parts((*slot).tts_isnull, p.natts as usize);
-            let fc = p.fcinfo;
-            (*fc).flinfo = p.flinfo;
-            (*fc).context = std::ptr::null_mut();
-            (*fc).resultinfo = std::ptr::null_mut();
-            (*fc).fncollation = pg_sys::InvalidOid;
-            (*fc).isnull = false;
-            (*fc).nargs = (p.attnums.len() * 2) as i16;
-            let args = (*fc).args.as_mut_slice(p.attnums.len() * 2);
-            for (j, &i) in p.attnums.iter().enumerate() {
-                args[2 * j] = pg_sys::NullableDatum {
-                    value: p.keys[j],
-                    isnull: false,
-                };
-                args[2 * j + 1] = pg_sys::NullableDatum {
-                    value: values[i],
-                    isnull: nulls[i],
-                };
-            }
-            let f = (*p.flinfo).fn_addr.expect("jsonb_build_object");
-            Outcome::Found(f(fc))
+            Outcome::Found(p.json.build(values, nulls))
         } else {
             Outcome::Missing
         };

@@ -19,6 +19,7 @@ macro_rules! finfo_v1 {
     };
 }
 
+mod audit;
 mod catalog;
 mod entities;
 mod error;
@@ -27,6 +28,7 @@ mod guc;
 mod query;
 mod rawspi;
 mod records;
+mod rowjson;
 mod security;
 mod spi;
 mod tenants;
@@ -40,6 +42,7 @@ extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
     catalog::init();
+    audit::init();
 }
 
 #[cfg(test)]

@@ -86,6 +86,16 @@ fn text_datums(args: &[Option<String>]) -> (Vec<pg_sys::Datum>, Vec<std::os::raw
     (values, nulls)
 }
 
+/// Reads stop after the first row; writes run to completion (a row limit would stop a
+/// data-modifying statement before its AFTER STATEMENT triggers, e.g. the audit flush).
+fn row_limit(read_only: bool) -> i64 {
+    if read_only {
+        1
+    } else {
+        0
+    }
+}
+
 /// Runs a kept plan and returns the first column of the first row, copied into the caller's
 /// memory context (None when there is no row or it is NULL). `read_only` for statements that
 /// do not write (they then see the calling statement's snapshot).
@@ -104,8 +114,13 @@ pub fn first_datum(
     let _conn = Connection::open();
     let (mut values, nulls) = text_datums(args);
     unsafe {
-        let rc =
-            pg_sys::SPI_execute_plan(plan.ptr, values.as_mut_ptr(), nulls.as_ptr(), read_only, 1);
+        let rc = pg_sys::SPI_execute_plan(
+            plan.ptr,
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            read_only,
+            row_limit(read_only),
+        );
         if rc < 0 {
             return Err(UdmError::internal(format!(
                 "udm: SPI_execute_plan failed ({rc})"
@@ -124,8 +139,13 @@ pub fn first_datum_of(
 ) -> Result<Option<pg_sys::Datum>> {
     let _conn = Connection::open();
     unsafe {
-        let rc =
-            pg_sys::SPI_execute_plan(plan.ptr, values.as_mut_ptr(), nulls.as_ptr(), read_only, 1);
+        let rc = pg_sys::SPI_execute_plan(
+            plan.ptr,
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            read_only,
+            row_limit(read_only),
+        );
         if rc < 0 {
             return Err(UdmError::internal(format!(
                 "udm: SPI_execute_plan failed ({rc})"
@@ -171,7 +191,7 @@ pub fn once(sql: &str, args: &[Option<String>], read_only: bool) -> Result<Optio
             values.as_mut_ptr(),
             nulls.as_ptr(),
             read_only,
-            1,
+            row_limit(read_only),
         );
         if rc < 0 {
             return Err(UdmError::internal(format!(
@@ -203,4 +223,37 @@ pub fn json_value(d: pg_sys::Datum) -> serde_json::Value {
 /// A bigint datum.
 pub fn int8(d: pg_sys::Datum) -> i64 {
     d.value() as i64
+}
+
+/// Runs a kept plan with datums and returns the first column of every row as bigints.
+pub fn int8_column(
+    plan: &Plan,
+    values: &mut [pg_sys::Datum],
+    nulls: &[std::os::raw::c_char],
+) -> Result<Vec<i64>> {
+    let _conn = Connection::open();
+    unsafe {
+        let rc = pg_sys::SPI_execute_plan(plan.ptr, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
+        if rc < 0 {
+            return Err(UdmError::internal(format!(
+                "udm: SPI_execute_plan failed ({rc})"
+            )));
+        }
+        let table = pg_sys::SPI_tuptable;
+        if table.is_null() {
+            return Ok(vec![]);
+        }
+        let n = pg_sys::SPI_processed as usize;
+        let desc = (*table).tupdesc;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let tuple = *(*table).vals.add(i);
+            let mut isnull = false;
+            let d = pg_sys::SPI_getbinval(tuple, desc, 1, &mut isnull);
+            if !isnull {
+                out.push(d.value() as i64);
+            }
+        }
+        Ok(out)
+    }
 }

@@ -83,13 +83,16 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
                txid bigint NOT NULL DEFAULT txid_current(), \
                PRIMARY KEY (entity, version)); \
              GRANT SELECT ON {s}.\"_udm_entity\" TO {r}; \
+             {audit} \
              COMMENT ON SCHEMA {s} IS {label}",
+            audit = crate::audit::tenant_tables_sql(&schema, &role),
             admin = quote_ident(ADMIN_ROLE_NAME),
             label = quote_literal(&label),
         ))?;
         Spi::connect_mut(|c| {
             c.update(
-                "INSERT INTO udm.tenant (slug, name, schema_name, role_name, created_by) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO udm.tenant (slug, name, schema_name, role_name, created_by, channel) \
+                 VALUES ($1, $2, $3, $4, $5, 'udm_' || $1 || '_' || substr(md5(gen_random_uuid()::text), 1, 16))",
                 None,
                 &[slug.into(), name.into(), schema.as_str().into(), role.as_str().into(), security::actor().as_str().into()],
             )

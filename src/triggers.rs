@@ -205,7 +205,14 @@ pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) 
             set(a_uat, now, false);
             set(a_cby, actor, false);
             set(a_uby, actor, false);
-            set(a_ver, pg_sys::Datum::from(1i32), false);
+            let mut n = false;
+            let id = pg_sys::heap_getattr(newtup, a_id, desc, &mut n);
+            let version = if n {
+                1
+            } else {
+                crate::audit::restore_version(&uuid_bytes(id)).unwrap_or(1)
+            };
+            set(a_ver, pg_sys::Datum::from(version), false);
         } else {
             let (mut n_old, mut n_new) = (false, false);
             let old_id = pg_sys::heap_getattr(oldtup, a_id, desc, &mut n_old);

@@ -117,6 +117,38 @@ pub fn removed_junction_name(entity: &str, f: &FieldDef) -> String {
 }
 
 pub const STAMP_TRIGGER: &str = "udm_stamp";
+/// The native audit trigger (row level) and the statement-level trigger that writes the audit
+/// rows a statement buffered. Installed on every entity and junction table; whether an entity is
+/// audited is read from its definition at run time.
+pub const AUDIT_TRIGGER: &str = "udm_audit";
+pub const AUDIT_FLUSH_TRIGGER: &str = "udm_audit_flush";
+
+/// `CREATE TRIGGER` statements of the audit triggers on the junction table of a many-to-many
+/// field (argument: the entity; the field is found by its junction at run time, so renames
+/// need no trigger change): links are audited as changes of `<entity>.<field>` keyed by the
+/// source record.
+pub fn junction_audit_sql(table: &str, entity: &str) -> [String; 2] {
+    [
+        format!(
+            "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION udm.audit_row({})",
+            quote_ident(AUDIT_TRIGGER),
+            quote_literal(entity)
+        ),
+        format!(
+            "CREATE TRIGGER {} {}",
+            quote_ident(AUDIT_FLUSH_TRIGGER),
+            audit_trigger_body(table, true)
+        ),
+    ]
+}
+
+fn audit_trigger_body(table: &str, flush: bool) -> String {
+    if flush {
+        format!("AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION udm.audit_flush()")
+    } else {
+        format!("AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION udm.audit_row()")
+    }
+}
 
 // ------------------------------------------------------------------ SQL pieces
 
@@ -363,6 +395,19 @@ pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
         body: stamp_trigger_body(ctx, def),
         fields: vec![],
     });
+    for (key, name, flush) in [
+        ("audit", AUDIT_TRIGGER, false),
+        ("audit_flush", AUDIT_FLUSH_TRIGGER, true),
+    ] {
+        out.push(Artifact {
+            key: key.into(),
+            name: name.into(),
+            kind: ArtifactKind::Trigger,
+            table: def.slug.clone(),
+            body: audit_trigger_body(&ctx.table(&def.slug), flush),
+            fields: vec![],
+        });
+    }
     // Derived relation names share one namespace per schema: refuse collisions up front.
     let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
     for a in &out {
@@ -398,7 +443,9 @@ fn add_artifact_sql(ctx: &Ctx, a: &Artifact, not_valid: bool) -> String {
         }
         ArtifactKind::Unique => format!("ALTER TABLE {t} ADD CONSTRAINT {name} {}", a.body),
         ArtifactKind::Index => format!("CREATE INDEX {name} ON {t} {}", a.body),
-        ArtifactKind::Trigger if a.key == "stamp" => format!("CREATE TRIGGER {name} {}", a.body),
+        ArtifactKind::Trigger if matches!(a.key.as_str(), "stamp" | "audit" | "audit_flush") => {
+            format!("CREATE TRIGGER {name} {}", a.body)
+        }
         ArtifactKind::Trigger => a.body.replace("{name}", &name),
     }
 }
@@ -456,7 +503,7 @@ fn junction_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> Vec<String> {
     let j = f.junction.clone().unwrap_or_default();
     let jt = qualified(ctx.schema, &j);
     let target = f.target.as_deref().unwrap_or_default();
-    vec![
+    let mut out = vec![
         format!(
             "CREATE TABLE {jt} (\"source_id\" uuid NOT NULL, \"target_id\" uuid NOT NULL, \
              \"created_at\" timestamp with time zone NOT NULL DEFAULT now(), \
@@ -484,7 +531,9 @@ fn junction_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> Vec<String> {
                 f.name
             ))
         ),
-    ]
+    ];
+    out.extend(junction_audit_sql(&jt, entity));
+    out
 }
 
 /// Privileges of the tenant role on an entity table: all DML, and SELECT on every column except

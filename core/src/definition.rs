@@ -102,6 +102,10 @@ pub struct FieldDef {
     pub junction: Option<String>,
     /// Entity version in which the field was soft-removed.
     pub removed_in_version: Option<u32>,
+    /// Changes to it count as critical in compliance reports.
+    pub critical: bool,
+    /// False keeps the field's values out of audit images (secrets).
+    pub audited: bool,
 }
 
 impl FieldDef {
@@ -126,6 +130,8 @@ impl FieldDef {
             min_items: None,
             max_items: None,
             unique_items: false,
+            critical: false,
+            audited: true,
             precision: None,
             scale: None,
             currency_code: None,
@@ -207,6 +213,8 @@ pub struct EntityDef {
     pub rules: Vec<RuleDef>,
     pub indexes: Vec<IndexDef>,
     pub next_field_id: u32,
+    /// Whether changes to records are written to the tenant's audit log (and change events).
+    pub audit: bool,
 }
 
 /// Whether JSON comes from a caller (udm assigns ids and physical names) or from udm's catalog.
@@ -287,6 +295,8 @@ pub fn parse_field(v: &Value, source: Source) -> Result<FieldDef> {
             "required" => f.required = expect_bool(val, &opt("required"))?,
             "unique" => f.unique = expect_bool(val, &opt("unique"))?,
             "index" => f.index = expect_bool(val, &opt("index"))?,
+            "critical" => f.critical = expect_bool(val, &opt("critical"))?,
+            "audit" => f.audited = expect_bool(val, &opt("audit"))?,
             "default" => {
                 if !val.is_null() {
                     f.default = Some(val.clone())
@@ -683,6 +693,12 @@ pub fn field_to_json(f: &FieldDef) -> Value {
     if f.index {
         put("index", json!(true));
     }
+    if f.critical {
+        put("critical", json!(true));
+    }
+    if !f.audited {
+        put("audit", json!(false));
+    }
     if let Some(d) = &f.default {
         put("default", d.clone());
     }
@@ -835,7 +851,14 @@ pub fn index_to_json(i: &IndexDef) -> Value {
     json!({"name": i.name, "fields": i.fields, "unique": i.unique})
 }
 
-const ENTITY_KEYS: &[&str] = &["label", "description", "fields", "rules", "indexes"];
+const ENTITY_KEYS: &[&str] = &[
+    "label",
+    "description",
+    "fields",
+    "rules",
+    "indexes",
+    "audit",
+];
 const STORED_ENTITY_KEYS: &[&str] = &["slug", "removed_fields", "next_field_id"];
 
 impl EntityDef {
@@ -865,6 +888,10 @@ impl EntityDef {
             rules: vec![],
             indexes: vec![],
             next_field_id: 1,
+            audit: match obj.get("audit") {
+                None | Some(Value::Null) => true,
+                Some(v) => expect_bool(v, &format!("{what}: \"audit\""))?,
+            },
         };
         let empty = Value::Array(vec![]);
         let fields = expect_array(
@@ -1083,6 +1110,9 @@ impl EntityDef {
             Value::Array(self.removed_fields.iter().map(field_to_json).collect()),
         );
         m.insert("next_field_id".into(), json!(self.next_field_id));
+        if !self.audit {
+            m.insert("audit".into(), json!(false));
+        }
         Value::Object(m)
     }
 

@@ -288,6 +288,8 @@ pub const COMMON_OPTIONS: &[&str] = &[
     "default",
     "index",
     "messages",
+    "critical",
+    "audit",
 ];
 
 impl FieldType {

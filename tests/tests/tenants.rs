@@ -31,11 +31,14 @@ fn create_makes_schema_role_and_catalog() {
     let tables: i64 = scalar(
         &mut adm,
         &format!(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = {} AND tablename LIKE '\\_udm\\_%'",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = {} AND tablename IN ('_udm_entity', '_udm_audit', '_udm_subscription', '_udm_consumer')",
             lit(&slug)
         ),
     );
-    assert_eq!(tables, 1, "the tenant's catalog lives in its own schema");
+    assert_eq!(
+        tables, 4,
+        "the tenant's catalog, audit log, subscriptions and consumers live in its own schema"
+    );
     let listed: i64 = scalar(
         &mut adm,
         &format!(

@@ -1,0 +1,477 @@
+//! The audit log's pure logic: the hash chain that makes it tamper-evident, the rules a chain
+//! must follow, human-readable change summaries, mapping an old image back onto the current
+//! definition for a rollback, and the options of compliance reports.
+//!
+//! Each audit row carries `hash = SHA-256(prev_hash, row content)` where `prev_hash` is the hash
+//! of the previous audit row of the same record. Chains are per record, so unrelated writers never
+//! wait on each other. A record's chain starts with an INSERT (no previous hash); a plain INSERT
+//! that re-uses the id of a deleted record starts a new segment right after the DELETE.
+
+use crate::definition::EntityDef;
+use crate::error::{Result, SqlState, UdmError};
+use crate::json::{expect_object, expect_str, expect_u32, refuse_unknown_keys};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+pub const ACTIONS: &[&str] = &["INSERT", "UPDATE", "DELETE", "ROLLBACK"];
+
+/// The content of an audit row that its hash covers, in a fixed order. Images are the raw bytes
+/// of the stored jsonb values, so the hash is recomputed from exactly what is stored.
+#[derive(Debug, Clone, Copy)]
+pub struct HashInput<'a> {
+    pub prev: Option<&'a [u8]>,
+    pub entity: &'a str,
+    pub record_id: &'a [u8],
+    pub action: &'a str,
+    pub record_version: Option<i32>,
+    pub entity_version: Option<i32>,
+    pub old_data: Option<&'a [u8]>,
+    pub new_data: Option<&'a [u8]>,
+    /// Changed fields joined with ','.
+    pub changed_fields: Option<&'a str>,
+    pub user_id: &'a str,
+    pub db_role: &'a str,
+    pub txid: i64,
+    /// Microseconds since 2000-01-01 (PostgreSQL's timestamptz).
+    pub changed_at: i64,
+}
+
+fn put(h: &mut Sha256, v: Option<&[u8]>) {
+    match v {
+        None => h.update([0u8]),
+        Some(b) => {
+            h.update([1u8]);
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        }
+    }
+}
+
+pub fn chain_hash(i: &HashInput) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"udm-audit-v1");
+    put(&mut h, i.prev);
+    put(&mut h, Some(i.entity.as_bytes()));
+    put(&mut h, Some(i.record_id));
+    put(&mut h, Some(i.action.as_bytes()));
+    put(
+        &mut h,
+        i.record_version
+            .map(|v| v.to_be_bytes())
+            .as_ref()
+            .map(|b| &b[..]),
+    );
+    put(
+        &mut h,
+        i.entity_version
+            .map(|v| v.to_be_bytes())
+            .as_ref()
+            .map(|b| &b[..]),
+    );
+    put(&mut h, i.old_data);
+    put(&mut h, i.new_data);
+    put(&mut h, i.changed_fields.map(str::as_bytes));
+    put(&mut h, Some(i.user_id.as_bytes()));
+    put(&mut h, Some(i.db_role.as_bytes()));
+    put(&mut h, Some(&i.txid.to_be_bytes()));
+    put(&mut h, Some(&i.changed_at.to_be_bytes()));
+    h.finalize().into()
+}
+
+/// Why a row does not link to the row before it in its record's chain, if it does not.
+/// `before` is the previous row of the same record (its action and hash).
+pub fn link_error(
+    before: Option<(&str, &[u8])>,
+    prev_hash: Option<&[u8]>,
+    action: &str,
+) -> Option<String> {
+    match (before, prev_hash) {
+        (None, None) => None,
+        (None, Some(_)) => Some("the row it chains to is missing".into()),
+        (Some((prev_action, _)), None) => {
+            if action == "INSERT" && prev_action == "DELETE" {
+                None // the id was re-used after a delete: a new segment
+            } else {
+                Some("it does not chain to the row before it".into())
+            }
+        }
+        (Some((_, h)), Some(p)) => {
+            if h == p {
+                None
+            } else {
+                Some("it chains to a different row than the one before it (a row is missing or was changed)".into())
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ change summaries
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "empty".into(),
+        Value::String(s) => {
+            let short: String = s.chars().take(80).collect();
+            if short.len() < s.len() {
+                format!("\"{short}...\"")
+            } else {
+                format!("\"{short}\"")
+            }
+        }
+        other => {
+            let s = other.to_string();
+            if s.chars().count() > 80 {
+                format!("{}...", s.chars().take(80).collect::<String>())
+            } else {
+                s
+            }
+        }
+    }
+}
+
+fn show_number_or(v: &Value) -> String {
+    match v {
+        Value::Number(n) => n.to_string(),
+        other => show(other),
+    }
+}
+
+/// "price changed from 99.99 to 129.99"
+pub fn field_change(field: &str, old: &Value, new: &Value) -> String {
+    match (old, new) {
+        (Value::Null, n) => format!("{field} set to {}", show_number_or(n)),
+        (o, Value::Null) => format!("{field} cleared (was {})", show_number_or(o)),
+        (o, n) => format!(
+            "{field} changed from {} to {}",
+            show_number_or(o),
+            show_number_or(n)
+        ),
+    }
+}
+
+/// A human-readable summary of one audit row.
+pub fn summarize(
+    action: &str,
+    entity: &str,
+    old: Option<&Value>,
+    new: Option<&Value>,
+    changed: &[String],
+) -> String {
+    let get =
+        |img: Option<&Value>, f: &str| img.and_then(|i| i.get(f)).cloned().unwrap_or(Value::Null);
+    match action {
+        "INSERT" => format!("created {entity}"),
+        "DELETE" => format!("deleted {entity}"),
+        _ => {
+            let verb = if action == "ROLLBACK" {
+                "rolled back: "
+            } else {
+                ""
+            };
+            if changed.is_empty() {
+                return format!("{verb}{entity} saved without changes");
+            }
+            let parts: Vec<String> = changed
+                .iter()
+                .map(|f| field_change(f, &get(old, f), &get(new, f)))
+                .collect();
+            format!("{verb}{}", parts.join("; "))
+        }
+    }
+}
+
+// ------------------------------------------------------------------ rollback
+
+/// What a rollback writes: values by current field name, and the fields it left alone.
+#[derive(Debug, Default, PartialEq)]
+pub struct RestorePlan {
+    pub values: Map<String, Value>,
+    pub skipped: Vec<String>,
+}
+
+/// Maps an image written under definition `then` onto the current definition `now`: fields are
+/// matched by their stable id, so renames are followed. With `only`, just those fields (named as
+/// they are now, or as they were in the image) are restored, and one that cannot be is an error.
+pub fn restore_plan(
+    then: &EntityDef,
+    now: &EntityDef,
+    image: &Map<String, Value>,
+    only: Option<&[String]>,
+    what: &str,
+) -> Result<RestorePlan> {
+    let mut plan = RestorePlan::default();
+    if let Some(only) = only {
+        for name in only {
+            let known = now.field(name).is_some() || then.field(name).is_some();
+            if !known {
+                return Err(UdmError::new(
+                    SqlState::UndefinedColumn,
+                    format!("{what}: entity \"{}\" has no field \"{name}\"", now.slug),
+                )
+                .hint(format!(
+                    "fields: {}",
+                    now.fields
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+    }
+    for f in &then.fields {
+        let Some(v) = image.get(&f.name) else {
+            continue;
+        };
+        let current = now.fields.iter().find(|c| c.id == f.id);
+        let wanted = match only {
+            None => true,
+            Some(list) => list
+                .iter()
+                .any(|n| n == &f.name || current.is_some_and(|c| &c.name == n)),
+        };
+        if !wanted {
+            continue;
+        }
+        match current {
+            Some(c) if c.has_column() => {
+                plan.values.insert(c.name.clone(), v.clone());
+            }
+            _ => {
+                if only.is_some() {
+                    return Err(UdmError::new(
+                        SqlState::ObjectNotInPrerequisiteState,
+                        format!(
+                            "{what}: field \"{}\" of entity \"{}\" was removed after that version",
+                            f.name, now.slug
+                        ),
+                    )
+                    .hint("restore the field with udm_restore_field first"));
+                }
+                plan.skipped.push(f.name.clone());
+            }
+        }
+    }
+    Ok(plan)
+}
+
+// ------------------------------------------------------------------ reports
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    Summary,
+    UserActivity,
+    RecordHistory,
+    Changes,
+}
+
+impl ReportKind {
+    pub fn parse(s: &str) -> Result<ReportKind> {
+        Ok(match s {
+            "summary" => ReportKind::Summary,
+            "user_activity" => ReportKind::UserActivity,
+            "record_history" => ReportKind::RecordHistory,
+            "changes" => ReportKind::Changes,
+            other => {
+                return Err(UdmError::invalid(format!(
+                    "unknown audit report kind \"{}\"",
+                    crate::ident::printable(other)
+                ))
+                .hint("kinds: summary, user_activity, record_history, changes"))
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReportOptions {
+    pub user: Option<String>,
+    pub entity: Option<String>,
+    pub record_id: Option<String>,
+    pub limit: u32,
+}
+
+pub const MAX_REPORT_ROWS: u32 = 10_000;
+
+pub fn parse_report_options(kind: ReportKind, v: &Value) -> Result<ReportOptions> {
+    let what = "audit report options";
+    let o = expect_object(v, what)?;
+    refuse_unknown_keys(o, &["user", "entity", "record_id", "limit"], what)?;
+    let s = |k: &str| -> Result<Option<String>> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => Ok(Some(
+                expect_str(v, &format!("{what}: \"{k}\""))?.to_string(),
+            )),
+        }
+    };
+    let opts = ReportOptions {
+        user: s("user")?,
+        entity: s("entity")?,
+        record_id: s("record_id")?,
+        limit: match o.get("limit") {
+            None => 1000,
+            Some(v) => expect_u32(v, &format!("{what}: \"limit\""), 1, MAX_REPORT_ROWS)?,
+        },
+    };
+    if kind == ReportKind::UserActivity && opts.user.is_none() {
+        return Err(UdmError::invalid(
+            "the user_activity report needs options {\"user\": \"...\"}",
+        ));
+    }
+    if kind == ReportKind::RecordHistory && (opts.entity.is_none() || opts.record_id.is_none()) {
+        return Err(UdmError::invalid(
+            "the record_history report needs options {\"entity\": \"...\", \"record_id\": \"...\"}",
+        ));
+    }
+    if let Some(e) = &opts.entity {
+        crate::ident::validate_slug(crate::ident::SlugKind::Entity, e)?;
+    }
+    if let Some(r) = &opts.record_id {
+        if !crate::values::is_uuid(r) {
+            return Err(UdmError::new(
+                SqlState::InvalidTextRepresentation,
+                format!(
+                    "{what}: \"record_id\" must be a uuid, got \"{}\"",
+                    crate::ident::printable(r)
+                ),
+            ));
+        }
+    }
+    Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::Source;
+    use serde_json::json;
+
+    fn input<'a>(prev: Option<&'a [u8]>, new: &'a [u8]) -> HashInput<'a> {
+        HashInput {
+            prev,
+            entity: "product",
+            record_id: &[7u8; 16],
+            action: "UPDATE",
+            record_version: Some(2),
+            entity_version: Some(1),
+            old_data: None,
+            new_data: Some(new),
+            changed_fields: Some("price"),
+            user_id: "u1",
+            db_role: "alice",
+            txid: 42,
+            changed_at: 1_000,
+        }
+    }
+
+    #[test]
+    fn hash_covers_every_part_and_the_previous_hash() {
+        let a = chain_hash(&input(None, b"{}"));
+        assert_eq!(a, chain_hash(&input(None, b"{}")));
+        assert_ne!(a, chain_hash(&input(Some(&[0u8; 32]), b"{}")));
+        assert_ne!(a, chain_hash(&input(None, b"{ }")));
+        let mut i = input(None, b"{}");
+        i.user_id = "u2";
+        assert_ne!(a, chain_hash(&i));
+        let mut i = input(None, b"{}");
+        i.changed_at = 1_001;
+        assert_ne!(a, chain_hash(&i));
+        // NULL and empty are different
+        let mut i = input(None, b"{}");
+        i.changed_fields = Some("");
+        let mut j = input(None, b"{}");
+        j.changed_fields = None;
+        assert_ne!(chain_hash(&i), chain_hash(&j));
+    }
+
+    #[test]
+    fn links() {
+        let h = [1u8; 32];
+        assert_eq!(link_error(None, None, "INSERT"), None);
+        assert!(link_error(None, Some(&h), "UPDATE")
+            .unwrap()
+            .contains("missing"));
+        assert_eq!(link_error(Some(("UPDATE", &h)), Some(&h), "UPDATE"), None);
+        assert!(link_error(Some(("UPDATE", &h)), Some(&[2u8; 32]), "UPDATE").is_some());
+        assert_eq!(link_error(Some(("DELETE", &h)), None, "INSERT"), None);
+        assert!(link_error(Some(("UPDATE", &h)), None, "INSERT").is_some());
+    }
+
+    #[test]
+    fn summaries_read_like_sentences() {
+        assert_eq!(
+            field_change("price", &json!(99.99), &json!(129.99)),
+            "price changed from 99.99 to 129.99"
+        );
+        assert_eq!(
+            field_change("status", &Value::Null, &json!("draft")),
+            "status set to \"draft\""
+        );
+        assert_eq!(
+            field_change("name", &json!("a"), &Value::Null),
+            "name cleared (was \"a\")"
+        );
+        let old = json!({"price": 1, "status": "draft"});
+        let new = json!({"price": 2, "status": "active"});
+        assert_eq!(
+            summarize(
+                "UPDATE",
+                "product",
+                Some(&old),
+                Some(&new),
+                &["price".into(), "status".into()]
+            ),
+            "price changed from 1 to 2; status changed from \"draft\" to \"active\""
+        );
+        assert_eq!(
+            summarize("INSERT", "product", None, Some(&new), &[]),
+            "created product"
+        );
+    }
+
+    #[test]
+    fn restore_follows_renames_and_skips_removed_fields() {
+        let then = EntityDef::parse(
+            "product",
+            &json!({"fields": [{"name": "title", "type": "text"}, {"name": "price", "type": "decimal"}, {"name": "gone", "type": "text"}]}),
+            Source::Caller,
+        )
+        .unwrap();
+        let mut now = then.clone();
+        now.fields[0].name = "name".into();
+        now.fields[0].column = "name".into();
+        let gone = now.fields.remove(2);
+        now.removed_fields.push(gone);
+        let img = json!({"title": "A", "price": 5, "gone": "x"});
+        let img = img.as_object().unwrap();
+        let p = restore_plan(&then, &now, img, None, "rollback").unwrap();
+        assert_eq!(
+            Value::Object(p.values.clone()),
+            json!({"name": "A", "price": 5})
+        );
+        assert_eq!(p.skipped, vec!["gone".to_string()]);
+        let only = restore_plan(&then, &now, img, Some(&["name".into()]), "rollback").unwrap();
+        assert_eq!(Value::Object(only.values), json!({"name": "A"}));
+        let e = restore_plan(&then, &now, img, Some(&["gone".into()]), "rollback").unwrap_err();
+        assert!(e.message.contains("was removed"), "{}", e.message);
+        let e = restore_plan(&then, &now, img, Some(&["nope".into()]), "rollback").unwrap_err();
+        assert_eq!(e.state, SqlState::UndefinedColumn);
+    }
+
+    #[test]
+    fn report_options() {
+        assert!(parse_report_options(ReportKind::UserActivity, &json!({})).is_err());
+        let o = parse_report_options(ReportKind::UserActivity, &json!({"user": "u1", "limit": 5}))
+            .unwrap();
+        assert_eq!(o.user.as_deref(), Some("u1"));
+        assert_eq!(o.limit, 5);
+        assert!(parse_report_options(ReportKind::Summary, &json!({"bogus": 1})).is_err());
+        assert!(parse_report_options(
+            ReportKind::RecordHistory,
+            &json!({"entity": "p", "record_id": "x"})
+        )
+        .is_err());
+        assert!(ReportKind::parse("sox").is_err());
+    }
+}

@@ -1,0 +1,962 @@
+//! The native audit: a Rust trigger on every entity and junction table records every change,
+//! whatever wrote it (udm functions, plain INSERT/UPDATE/DELETE, COPY, cascades), in the tenant's
+//! own append-only `_udm_audit` table, in the same transaction.
+//!
+//! The row trigger (`udm.audit_row`) builds the images and buffers the change; the statement
+//! trigger (`udm.audit_flush`) writes a statement's buffered changes with one INSERT (and a big
+//! statement flushes every `FLUSH_AT` rows on the way). Writing runs as the extension owner:
+//! tenant roles may only read the audit table, never write, change or truncate it.
+//!
+//! Each row is hash-chained to the previous row of the same record (`udm_core::audit`). The audit
+//! table is also the tenant's outbox of change events: the audit id is the event id, and
+//! `pg_notify` on the tenant's channel announces them after commit (see `events.rs`).
+
+use crate::catalog::{self, Tenant};
+use crate::error::{raise, OrRaise, Result};
+use crate::rowjson::RowJson;
+use crate::security::{as_owner, caller, role_name};
+use pgrx::prelude::*;
+use pgrx::{vardata_any, varsize_any_exhdr};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::ffi::CStr;
+use std::rc::Rc;
+use udm_core::audit::{chain_hash, HashInput};
+use udm_core::error::{SqlState, UdmError};
+use udm_core::ident::{quote_ident, SYSTEM_COLUMNS};
+use udm_core::types::FieldType;
+
+finfo_v1!(pg_finfo_udm_audit_row);
+finfo_v1!(pg_finfo_udm_audit_flush);
+finfo_v1!(pg_finfo_udm_audit_hash);
+
+/// A statement flushes its buffered changes every this many rows.
+const FLUSH_AT: usize = 5000;
+/// Up to this many changes in one flush are announced one notification each; more are
+/// announced as one batch notification with the event id range.
+const NOTIFY_EACH_UP_TO: usize = 100;
+
+/// The tenant tables of the audit log, change subscriptions and event consumers.
+pub fn tenant_tables_sql(schema: &str, role: &str) -> String {
+    let s = quote_ident(schema);
+    let r = quote_ident(role);
+    format!(
+        "CREATE TABLE {s}.\"_udm_audit\" (\
+           audit_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+           entity text NOT NULL, \
+           record_id uuid NOT NULL, \
+           action text NOT NULL, \
+           record_version integer, \
+           entity_version integer, \
+           old_data jsonb, \
+           new_data jsonb, \
+           changed_fields text[], \
+           user_id text NOT NULL, \
+           db_role text NOT NULL, \
+           txid bigint NOT NULL, \
+           changed_at timestamp with time zone NOT NULL, \
+           prev_hash bytea, \
+           hash bytea NOT NULL); \
+         CREATE INDEX \"_udm_audit__record__idx\" ON {s}.\"_udm_audit\" (record_id, audit_id); \
+         CREATE INDEX \"_udm_audit__changed_at__idx\" ON {s}.\"_udm_audit\" USING brin (changed_at) WITH (autosummarize = on); \
+         CREATE INDEX \"_udm_audit__txid__idx\" ON {s}.\"_udm_audit\" USING brin (txid) WITH (autosummarize = on); \
+         GRANT SELECT ON {s}.\"_udm_audit\" TO {r}; \
+         COMMENT ON TABLE {s}.\"_udm_audit\" IS 'udm audit log and change events (append-only, hash-chained per record)'; \
+         CREATE TABLE {s}.\"_udm_subscription\" (\
+           entity text NOT NULL, \
+           target text NOT NULL, \
+           actions text[] NOT NULL, \
+           condition jsonb, \
+           created_by text NOT NULL, \
+           created_at timestamp with time zone NOT NULL DEFAULT now(), \
+           PRIMARY KEY (entity, target)); \
+         GRANT SELECT ON {s}.\"_udm_subscription\" TO {r}; \
+         CREATE TABLE {s}.\"_udm_consumer\" (\
+           consumer text PRIMARY KEY, \
+           last_event bigint NOT NULL, \
+           acked_by text NOT NULL, \
+           acked_at timestamp with time zone NOT NULL DEFAULT now()); \
+         GRANT SELECT ON {s}.\"_udm_consumer\" TO {r};"
+    )
+}
+
+pub fn audit_table(t: &Tenant) -> String {
+    t.catalog("_udm_audit")
+}
+
+// ------------------------------------------------------------------ per-table shape
+
+enum Kind {
+    Entity {
+        id: usize,
+        version: usize,
+        /// (field name, attribute index) of audited fields (system columns excluded).
+        fields: Vec<(String, usize)>,
+    },
+    Junction {
+        source: usize,
+    },
+}
+
+struct Shape {
+    schema: Rc<str>,
+    entity: Rc<str>,
+    audited: bool,
+    entity_version: i32,
+    kind: Kind,
+    json: Option<RowJson>,
+    /// (typlen, typbyval) per attribute, for change detection.
+    types: Vec<(i16, bool)>,
+}
+
+/// One buffered change.
+struct Pending {
+    schema: Rc<str>,
+    entity: Rc<str>,
+    record_id: [u8; 16],
+    action: &'static str,
+    record_version: Option<i32>,
+    entity_version: i32,
+    old: Option<pg_sys::Datum>,
+    new: Option<pg_sys::Datum>,
+    changed: Option<String>,
+    user: Rc<str>,
+    role: Rc<str>,
+    txid: i64,
+    at: i64,
+    /// Whether the previous row of the record must be looked up (not for a plain INSERT, which
+    /// starts a chain).
+    lookup: bool,
+}
+
+thread_local! {
+    static SHAPES: RefCell<HashMap<(pg_sys::Oid, String), Rc<Shape>>> = RefCell::new(HashMap::new());
+    static SHAPES_GEN: Cell<u64> = const { Cell::new(u64::MAX) };
+    static BUFFER: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    static BUFFER_CTX: Cell<pg_sys::MemoryContext> = const { Cell::new(std::ptr::null_mut()) };
+    /// Buffer lengths at the start of each open subtransaction.
+    static SUB_MARKS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// Newest hash per (schema, entity, record) written in this transaction.
+    static HEADS: RefCell<HashMap<(Rc<str>, Rc<str>, [u8; 16]), [u8; 32]>> = RefCell::new(HashMap::new());
+    /// Tenants whose event horizon lock this transaction holds.
+    static HORIZON: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    /// Set while udm_rollback writes: changes are recorded as ROLLBACK.
+    static ROLLBACK_DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// While udm_rollback restores a deleted record: (id, version) the stamp trigger gives it.
+    static RESTORE_VERSION: Cell<Option<([u8; 16], i32)>> = const { Cell::new(None) };
+    static USER_CACHE: RefCell<Option<(Option<String>, pg_sys::Oid, Rc<str>, Rc<str>)>> = const { RefCell::new(None) };
+}
+
+pub fn init() {
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+fn reset_transaction_state() {
+    BUFFER.with(|b| b.borrow_mut().clear());
+    BUFFER_CTX.with(|c| c.set(std::ptr::null_mut())); // freed with TopTransactionContext
+    SUB_MARKS.with(|m| m.borrow_mut().clear());
+    HEADS.with(|h| h.borrow_mut().clear());
+    HORIZON.with(|h| h.borrow_mut().clear());
+    ROLLBACK_DEPTH.with(|d| d.set(0));
+    RESTORE_VERSION.with(|r| r.set(None));
+    USER_CACHE.with(|u| *u.borrow_mut() = None);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+            // Every statement flushes at its end, but a statement stopped early by a row
+            // limit (SPI with a count) skips its AFTER STATEMENT triggers: write what is left
+            // now, while the transaction can still fail instead of losing it.
+            if BUFFER.with(|b| !b.borrow().is_empty()) {
+                flush();
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT
+        | pg_sys::XactEvent::XACT_EVENT_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => reset_transaction_state(),
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_START_SUB => {
+            let len = BUFFER.with(|b| b.borrow().len());
+            SUB_MARKS.with(|m| m.borrow_mut().push(len));
+        }
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
+            SUB_MARKS.with(|m| m.borrow_mut().pop());
+        }
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
+            let mark = SUB_MARKS.with(|m| m.borrow_mut().pop()).unwrap_or(0);
+            BUFFER.with(|b| b.borrow_mut().truncate(mark));
+            // rows written in the subtransaction are gone, and so are its locks
+            HEADS.with(|h| h.borrow_mut().clear());
+            HORIZON.with(|h| h.borrow_mut().clear());
+        }
+        _ => {}
+    }
+}
+
+unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
+    unsafe {
+        let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        let nsp = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
+        let schema = if nsp.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(nsp).to_string_lossy().into_owned()
+        };
+        (schema, name)
+    }
+}
+
+unsafe fn attr_index(desc: pg_sys::TupleDesc, name: &str) -> Option<usize> {
+    unsafe {
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        attrs
+            .iter()
+            .position(|a| !a.attisdropped && a.name() == name)
+    }
+}
+
+/// The audit shape of a table, cached per backend until any definition changes.
+unsafe fn shape(rel: pg_sys::Relation, entity_arg: Option<&str>) -> Rc<Shape> {
+    unsafe {
+        let g = catalog::generation();
+        if SHAPES_GEN.with(|x| x.replace(g)) != g {
+            SHAPES.with(|s| s.borrow_mut().clear());
+        }
+        let relid = (*rel).rd_id;
+        let key = (relid, entity_arg.unwrap_or("").to_string());
+        if let Some(s) = SHAPES.with(|s| s.borrow().get(&key).cloned()) {
+            return s;
+        }
+        let s = Rc::new(build_shape(rel, entity_arg).or_raise());
+        SHAPES.with(|m| m.borrow_mut().insert(key, s.clone()));
+        s
+    }
+}
+
+unsafe fn build_shape(rel: pg_sys::Relation, entity_arg: Option<&str>) -> Result<Shape> {
+    unsafe {
+        let (schema, relname) = relation_names(rel);
+        let t = catalog::tenant(&schema)?.ok_or_else(|| {
+            UdmError::internal(format!(
+                "udm audit: table \"{schema}\".\"{relname}\" is not in a udm tenant schema"
+            ))
+        })?;
+        let slug = entity_arg.unwrap_or(&relname);
+        let e = catalog::entity_any(&t, slug)?.ok_or_else(|| catalog::no_such_entity(&t, slug))?;
+        let desc = (*rel).rd_att;
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let types = attrs.iter().map(|a| (a.attlen, a.attbyval)).collect();
+        let need = |n: &str| {
+            attr_index(desc, n).ok_or_else(|| {
+                UdmError::internal(format!("udm audit: \"{relname}\" has no column \"{n}\""))
+            })
+        };
+        let (entity, kind, json) = if entity_arg.is_some() {
+            // a junction table: find the field it belongs to
+            let f = e
+                .def
+                .fields
+                .iter()
+                .find(|f| f.junction.as_deref() == Some(relname.as_str()))
+                .or_else(|| {
+                    e.def
+                        .removed_fields
+                        .iter()
+                        .find(|f| f.junction.as_deref() == Some(relname.as_str()))
+                });
+            let fname = f.map(|f| f.name.clone()).unwrap_or(relname.clone());
+            let cols = vec![
+                ("source_id".to_string(), need("source_id")?),
+                ("target_id".to_string(), need("target_id")?),
+            ];
+            let json = RowJson::new(desc, &cols);
+            (
+                format!("{slug}.{fname}"),
+                Kind::Junction {
+                    source: need("source_id")?,
+                },
+                json,
+            )
+        } else {
+            let mut cols: Vec<(String, usize)> = Vec::new();
+            for c in SYSTEM_COLUMNS {
+                cols.push((c.to_string(), need(c)?));
+            }
+            let mut fields = Vec::new();
+            for f in &e.def.fields {
+                if !f.has_column() || !f.audited || f.ftype == FieldType::Password {
+                    continue;
+                }
+                let i = need(&f.column)?;
+                cols.push((f.name.clone(), i));
+                fields.push((f.name.clone(), i));
+            }
+            let json = RowJson::new(desc, &cols);
+            (
+                slug.to_string(),
+                Kind::Entity {
+                    id: need("id")?,
+                    version: need("_version")?,
+                    fields,
+                },
+                json,
+            )
+        };
+        Ok(Shape {
+            schema: Rc::from(schema.as_str()),
+            entity: Rc::from(entity.as_str()),
+            audited: e.def.audit,
+            entity_version: e.version,
+            kind,
+            json: Some(json),
+            types,
+        })
+    }
+}
+
+// ------------------------------------------------------------------ the row trigger
+
+unsafe fn deform(
+    tup: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+) -> (Vec<pg_sys::Datum>, Vec<bool>) {
+    unsafe {
+        let n = (*desc).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0usize); n];
+        let mut nulls = vec![false; n];
+        pg_sys::heap_deform_tuple(tup, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        (values, nulls)
+    }
+}
+
+/// Whether two datums have the same stored image (PostgreSQL's datumIsEqual): an unchanged
+/// value keeps its bytes (and its TOAST pointer) across an UPDATE.
+unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) -> bool {
+    unsafe {
+        if byval {
+            return a == b;
+        }
+        let (pa, pb) = (a.cast_mut_ptr::<u8>(), b.cast_mut_ptr::<u8>());
+        let (la, lb) = match len {
+            -1 => (
+                pgrx::varsize_any(pa as *const pg_sys::varlena),
+                pgrx::varsize_any(pb as *const pg_sys::varlena),
+            ),
+            -2 => (
+                CStr::from_ptr(pa as *const std::os::raw::c_char)
+                    .to_bytes()
+                    .len()
+                    + 1,
+                CStr::from_ptr(pb as *const std::os::raw::c_char)
+                    .to_bytes()
+                    .len()
+                    + 1,
+            ),
+            n => (n as usize, n as usize),
+        };
+        la == lb && std::slice::from_raw_parts(pa, la) == std::slice::from_raw_parts(pb, lb)
+    }
+}
+
+unsafe fn uuid_of(values: &[pg_sys::Datum], nulls: &[bool], i: usize) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if !nulls[i] {
+        unsafe {
+            std::ptr::copy_nonoverlapping(values[i].cast_mut_ptr::<u8>(), out.as_mut_ptr(), 16)
+        };
+    }
+    out
+}
+
+fn buffer_ctx() -> pg_sys::MemoryContext {
+    BUFFER_CTX.with(|c| {
+        if c.get().is_null() {
+            let name = c"udm audit buffer";
+            let ctx = unsafe {
+                pg_sys::AllocSetContextCreateInternal(
+                    pg_sys::TopTransactionContext,
+                    name.as_ptr(),
+                    0,
+                    8 * 1024,
+                    8 * 1024 * 1024,
+                )
+            };
+            c.set(ctx);
+        }
+        c.get()
+    })
+}
+
+/// (user id, database role) of the change: `udm.user_id`, else the role.
+fn who() -> (Rc<str>, Rc<str>) {
+    let uid = crate::guc::user_id();
+    let role = caller();
+    USER_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some((u, r, user, rolename)) = c.as_ref() {
+            if *u == uid && *r == role {
+                return (user.clone(), rolename.clone());
+            }
+        }
+        let rolename: Rc<str> = Rc::from(role_name(role).as_str());
+        let user: Rc<str> = match &uid {
+            Some(u) => Rc::from(u.as_str()),
+            None => rolename.clone(),
+        };
+        *c = Some((uid, role, user.clone(), rolename.clone()));
+        (user, rolename)
+    })
+}
+
+/// `AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW`: buffers the change with its images.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let td = trigger_data(fcinfo, "udm.audit_row");
+        let ev = (*td).tg_event;
+        if ev & pg_sys::TRIGGER_EVENT_ROW == 0
+            || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_AFTER
+        {
+            raise(UdmError::new(
+                SqlState::FeatureNotSupported,
+                "udm.audit_row() must be an AFTER ... FOR EACH ROW trigger",
+            ));
+        }
+        let t = (*td).tg_trigger;
+        let arg = if (*t).tgnargs > 0 {
+            Some(CStr::from_ptr(*(*t).tgargs).to_string_lossy().into_owned())
+        } else {
+            None
+        };
+        let rel = (*td).tg_relation;
+        let shape = shape(rel, arg.as_deref());
+        if !shape.audited {
+            return pg_sys::Datum::from(0usize);
+        }
+        let desc = (*rel).rd_att;
+        let op = ev & pg_sys::TRIGGER_EVENT_OPMASK;
+        let (old_tup, new_tup) = match op {
+            pg_sys::TRIGGER_EVENT_INSERT => (std::ptr::null_mut(), (*td).tg_trigtuple),
+            pg_sys::TRIGGER_EVENT_UPDATE => ((*td).tg_trigtuple, (*td).tg_newtuple),
+            pg_sys::TRIGGER_EVENT_DELETE => ((*td).tg_trigtuple, std::ptr::null_mut()),
+            _ => return pg_sys::Datum::from(0usize),
+        };
+        let old = (!old_tup.is_null()).then(|| deform(old_tup, desc));
+        let new = (!new_tup.is_null()).then(|| deform(new_tup, desc));
+        let rollback = ROLLBACK_DEPTH.with(|d| d.get()) > 0;
+        let action: &'static str = match op {
+            pg_sys::TRIGGER_EVENT_DELETE => "DELETE",
+            _ if rollback => "ROLLBACK",
+            pg_sys::TRIGGER_EVENT_INSERT => "INSERT",
+            _ => "UPDATE",
+        };
+        let json = shape.json.as_ref().expect("shape json");
+        let (record_id, record_version, changed, lookup) = match &shape.kind {
+            Kind::Entity {
+                id,
+                version,
+                fields,
+            } => {
+                let (v, n) = new.as_ref().or(old.as_ref()).expect("a row");
+                let record_version = (!n[*version]).then(|| v[*version].value() as i32);
+                let changed = match (&old, &new) {
+                    (Some((ov, on)), Some((nv, nn))) => {
+                        let mut names: Vec<&str> = Vec::new();
+                        for (name, i) in fields {
+                            let (len, byval) = shape.types[*i];
+                            let same = match (on[*i], nn[*i]) {
+                                (true, true) => true,
+                                (false, false) => same_image(ov[*i], nv[*i], byval, len),
+                                _ => false,
+                            };
+                            if !same {
+                                names.push(name);
+                            }
+                        }
+                        Some(names.join(","))
+                    }
+                    _ => None,
+                };
+                (
+                    uuid_of(v, n, *id),
+                    record_version,
+                    changed,
+                    op != pg_sys::TRIGGER_EVENT_INSERT || rollback,
+                )
+            }
+            Kind::Junction { source } => {
+                let (v, n) = new.as_ref().or(old.as_ref()).expect("a row");
+                (uuid_of(v, n, *source), None, None, true)
+            }
+        };
+        let ctx = buffer_ctx();
+        let prev = pg_sys::MemoryContextSwitchTo(ctx);
+        let old_img = old.as_ref().map(|(v, n)| json.build(v, n));
+        let new_img = new.as_ref().map(|(v, n)| json.build(v, n));
+        pg_sys::MemoryContextSwitchTo(prev);
+        let (user, role) = who();
+        let entry = Pending {
+            schema: shape.schema.clone(),
+            entity: shape.entity.clone(),
+            record_id,
+            action,
+            record_version,
+            entity_version: shape.entity_version,
+            old: old_img,
+            new: new_img,
+            changed,
+            user,
+            role,
+            txid: pg_sys::GetTopFullTransactionId().value as i64,
+            at: pg_sys::GetCurrentStatementStartTimestamp(),
+            lookup,
+        };
+        let len = BUFFER.with(|b| {
+            let mut b = b.borrow_mut();
+            b.push(entry);
+            b.len()
+        });
+        if len >= FLUSH_AT {
+            flush();
+        }
+        pg_sys::Datum::from(0usize)
+    }
+}
+
+unsafe fn trigger_data(fcinfo: pg_sys::FunctionCallInfo, name: &str) -> *mut pg_sys::TriggerData {
+    unsafe {
+        let ctx = (*fcinfo).context;
+        if ctx.is_null() || (*ctx).type_ != pg_sys::NodeTag::T_TriggerData {
+            raise(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!("{name}() can only be called as a trigger"),
+            ));
+        }
+        ctx as *mut pg_sys::TriggerData
+    }
+}
+
+/// `AFTER INSERT OR UPDATE OR DELETE FOR EACH STATEMENT`: writes what the statement buffered.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_audit_flush(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        trigger_data(fcinfo, "udm.audit_flush");
+    }
+    flush();
+    pg_sys::Datum::from(0usize)
+}
+
+/// Writes every buffered change (grouped by tenant) and queues their notifications.
+pub fn flush() {
+    let entries: Vec<Pending> = BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if entries.is_empty() {
+        return;
+    }
+    let mut start = 0;
+    while start < entries.len() {
+        let schema = entries[start].schema.clone();
+        let mut end = start;
+        while end < entries.len() && entries[end].schema == schema {
+            end += 1;
+        }
+        as_owner(|| write_group(&schema, &entries[start..end])).or_raise();
+        start = end;
+    }
+    BUFFER_CTX.with(|c| {
+        let ctx = c.get();
+        if !ctx.is_null() {
+            unsafe { pg_sys::MemoryContextReset(ctx) };
+        }
+    });
+}
+
+unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
+    unsafe {
+        let p = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        let len = varsize_any_exhdr(p);
+        std::slice::from_raw_parts(vardata_any(p) as *const u8, len)
+    }
+}
+
+fn text_datum(s: &str) -> pg_sys::Datum {
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            s.as_ptr() as *const std::os::raw::c_char,
+            s.len() as i32,
+        ))
+    }
+}
+
+fn bytes_datum(b: &[u8]) -> pg_sys::Datum {
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            b.as_ptr() as *const std::os::raw::c_char,
+            b.len() as i32,
+        ))
+    }
+}
+
+fn uuid_datum(b: &[u8; 16]) -> pg_sys::Datum {
+    unsafe {
+        let p = pg_sys::palloc(16) as *mut u8;
+        std::ptr::copy_nonoverlapping(b.as_ptr(), p, 16);
+        pg_sys::Datum::from(p)
+    }
+}
+
+fn array(values: &[pg_sys::Datum], nulls: &[bool], typ: pg_sys::Oid) -> pg_sys::Datum {
+    unsafe {
+        let (mut len, mut byval, mut align) = (0i16, false, 0 as std::os::raw::c_char);
+        pg_sys::get_typlenbyvalalign(typ, &mut len, &mut byval, &mut align);
+        let mut dims = [values.len() as i32];
+        let mut lbs = [1i32];
+        let mut v = values.to_vec();
+        let mut n = nulls.to_vec();
+        pg_sys::Datum::from(pg_sys::construct_md_array(
+            v.as_mut_ptr(),
+            n.as_mut_ptr(),
+            1,
+            dims.as_mut_ptr(),
+            lbs.as_mut_ptr(),
+            typ,
+            len as i32,
+            byval,
+            align,
+        ))
+    }
+}
+
+const INSERT_COLUMNS: &str =
+    "entity, record_id, action, record_version, entity_version, old_data, new_data, \
+     changed_fields, user_id, db_role, txid, changed_at, prev_hash, hash";
+const ARG_TYPES: [pg_sys::Oid; 14] = [
+    pg_sys::TEXTARRAYOID,
+    pg_sys::UUIDARRAYOID,
+    pg_sys::TEXTARRAYOID,
+    pg_sys::INT4ARRAYOID,
+    pg_sys::INT4ARRAYOID,
+    pg_sys::JSONBARRAYOID,
+    pg_sys::JSONBARRAYOID,
+    pg_sys::TEXTARRAYOID,
+    pg_sys::TEXTARRAYOID,
+    pg_sys::TEXTARRAYOID,
+    pg_sys::INT8ARRAYOID,
+    pg_sys::TIMESTAMPTZARRAYOID,
+    pg_sys::BYTEAARRAYOID,
+    pg_sys::BYTEAARRAYOID,
+];
+
+thread_local! {
+    static INSERT_PLANS: RefCell<HashMap<(String, bool), Rc<crate::rawspi::Plan>>> = RefCell::new(HashMap::new());
+}
+
+fn insert_plan(schema: &str, each: bool) -> Result<Rc<crate::rawspi::Plan>> {
+    let key = (schema.to_string(), each);
+    if let Some(p) = INSERT_PLANS.with(|p| p.borrow().get(&key).cloned()) {
+        return Ok(p);
+    }
+    let insert = format!(
+        "INSERT INTO {}.\"_udm_audit\" ({INSERT_COLUMNS}) \
+         SELECT e, r, a, rv, ev, o, n, pg_catalog.string_to_array(c, ','), u, dr, tx, at, ph, h \
+         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+           AS x(e, r, a, rv, ev, o, n, c, u, dr, tx, at, ph, h)",
+        quote_ident(schema)
+    );
+    // one row per change (ids in order) for small flushes; the id range for big ones
+    let sql = if each {
+        format!("{insert} RETURNING audit_id")
+    } else {
+        format!(
+            "WITH ins AS ({insert} RETURNING audit_id) \
+             SELECT v.x FROM (SELECT min(audit_id) AS lo, max(audit_id) AS hi FROM ins) m, \
+             LATERAL (VALUES (m.lo), (m.hi)) AS v(x)"
+        )
+    };
+    let p = Rc::new(crate::rawspi::prepare_typed(&sql, &ARG_TYPES)?);
+    INSERT_PLANS.with(|m| m.borrow_mut().insert(key, p.clone()));
+    Ok(p)
+}
+
+/// The previous hash of each record that needs one and is not known from this transaction.
+fn lookup_heads(schema: &str, entries: &[Pending]) -> Result<HashMap<(String, [u8; 16]), Vec<u8>>> {
+    let mut seen = HashSet::new();
+    let mut entities = Vec::new();
+    let mut ids = Vec::new();
+    HEADS.with(|h| {
+        let h = h.borrow();
+        for e in entries.iter().filter(|e| e.lookup) {
+            let key = (e.schema.clone(), e.entity.clone(), e.record_id);
+            if h.contains_key(&key) || !seen.insert((e.entity.clone(), e.record_id)) {
+                continue;
+            }
+            entities.push(e.entity.to_string());
+            ids.push(pgrx::Uuid::from_bytes(e.record_id));
+        }
+    });
+    let mut out = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "SELECT l.e, l.id, a.hash FROM unnest($1::text[], $2::uuid[]) AS l(e, id) \
+         CROSS JOIN LATERAL (SELECT hash FROM {}.\"_udm_audit\" a \
+           WHERE a.record_id = l.id AND a.entity = l.e ORDER BY a.audit_id DESC LIMIT 1) a",
+        quote_ident(schema)
+    );
+    let stmt = crate::spi::prepared(&sql, &[pg_sys::TEXTARRAYOID, pg_sys::UUIDARRAYOID], false)?;
+    Spi::connect(|c| {
+        for r in c.select(&*stmt, None, &[entities.into(), ids.into()])? {
+            let e = r.get::<String>(1)?.unwrap_or_default();
+            let id = r
+                .get::<pgrx::Uuid>(2)?
+                .map(|u| *u.as_bytes())
+                .unwrap_or_default();
+            if let Some(h) = r.get::<Vec<u8>>(3)? {
+                out.insert((e, id), h);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .map_err(crate::error::spi_err)?;
+    Ok(out)
+}
+
+/// Takes the tenant's event horizon lock for this transaction: a shared advisory lock keyed by a
+/// lower bound of the audit ids this transaction will write. `udm_events` delivers only events
+/// below every such key, so an event is never delivered before one with a smaller id that is
+/// still uncommitted.
+fn take_horizon_lock(schema: &str) -> Result<()> {
+    if HORIZON.with(|h| h.borrow().contains(schema)) {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT pg_catalog.pg_advisory_xact_lock_shared(($1::bigint << 48) | \
+           (SELECT last_value FROM {}.\"_udm_audit_audit_id_seq\"))",
+        quote_ident(schema)
+    );
+    let stmt = crate::spi::prepared(&sql, &[pg_sys::INT8OID], true)?;
+    Spi::connect_mut(|c| {
+        c.update(&*stmt, None, &[horizon_tag(schema).into()])
+            .map(|_| ())
+    })
+    .map_err(crate::error::spi_err)?;
+    HORIZON.with(|h| h.borrow_mut().insert(schema.to_string()));
+    Ok(())
+}
+
+/// 15 bits naming the tenant in horizon lock keys (a collision only makes delivery wait for
+/// another tenant's writers too).
+pub fn horizon_tag(schema: &str) -> i64 {
+    (udm_core::ident::fnv1a(schema.as_bytes()) & 0x7fff) as i64
+}
+
+fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
+    let looked_up = lookup_heads(schema, entries)?;
+    let n = entries.len();
+    let mut cols: Vec<Vec<pg_sys::Datum>> = (0..14).map(|_| Vec::with_capacity(n)).collect();
+    let mut nulls: Vec<Vec<bool>> = (0..14).map(|_| Vec::with_capacity(n)).collect();
+    let mut push = |c: usize, d: Option<pg_sys::Datum>| {
+        cols[c].push(d.unwrap_or(pg_sys::Datum::from(0usize)));
+        nulls[c].push(d.is_none());
+    };
+    HEADS.with(|heads| {
+        let mut heads = heads.borrow_mut();
+        for e in entries {
+            let key = (e.schema.clone(), e.entity.clone(), e.record_id);
+            let prev: Option<Vec<u8>> = if e.lookup {
+                heads
+                    .get(&key)
+                    .map(|h| h.to_vec())
+                    .or_else(|| looked_up.get(&(e.entity.to_string(), e.record_id)).cloned())
+            } else {
+                None
+            };
+            let old = e.old.map(|d| unsafe { varlena_bytes(d) });
+            let new = e.new.map(|d| unsafe { varlena_bytes(d) });
+            let hash = chain_hash(&HashInput {
+                prev: prev.as_deref(),
+                entity: &e.entity,
+                record_id: &e.record_id,
+                action: e.action,
+                record_version: e.record_version,
+                entity_version: Some(e.entity_version),
+                old_data: old,
+                new_data: new,
+                changed_fields: e.changed.as_deref(),
+                user_id: &e.user,
+                db_role: &e.role,
+                txid: e.txid,
+                changed_at: e.at,
+            });
+            heads.insert(key, hash);
+            push(0, Some(text_datum(&e.entity)));
+            push(1, Some(uuid_datum(&e.record_id)));
+            push(2, Some(text_datum(e.action)));
+            push(3, e.record_version.map(pg_sys::Datum::from));
+            push(4, Some(pg_sys::Datum::from(e.entity_version)));
+            push(5, e.old);
+            push(6, e.new);
+            push(7, e.changed.as_deref().map(text_datum));
+            push(8, Some(text_datum(&e.user)));
+            push(9, Some(text_datum(&e.role)));
+            push(10, Some(pg_sys::Datum::from(e.txid)));
+            push(11, Some(pg_sys::Datum::from(e.at)));
+            push(12, prev.as_deref().map(bytes_datum));
+            push(13, Some(bytes_datum(&hash)));
+        }
+    });
+    let elem = [
+        pg_sys::TEXTOID,
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::INT4OID,
+        pg_sys::INT4OID,
+        pg_sys::JSONBOID,
+        pg_sys::JSONBOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::INT8OID,
+        pg_sys::TIMESTAMPTZOID,
+        pg_sys::BYTEAOID,
+        pg_sys::BYTEAOID,
+    ];
+    let mut args: Vec<pg_sys::Datum> = (0..14)
+        .map(|c| array(&cols[c], &nulls[c], elem[c]))
+        .collect();
+    let arg_nulls = vec![b' ' as std::os::raw::c_char; 14];
+    take_horizon_lock(schema)?;
+    let each = n <= NOTIFY_EACH_UP_TO;
+    let plan = insert_plan(schema, each)?;
+    let ids = crate::rawspi::int8_column(&plan, &mut args, &arg_nulls)?;
+    let t = catalog::tenant(schema)?;
+    let Some(t) = t else { return Ok(()) };
+    if each {
+        for (e, id) in entries.iter().zip(ids.iter()) {
+            let payload = serde_json::json!({
+                "event": id,
+                "entity": &*e.entity,
+                "id": pgrx::Uuid::from_bytes(e.record_id).to_string(),
+                "action": e.action,
+            });
+            notify(&t.channel, &payload.to_string());
+        }
+    } else if ids.len() == 2 {
+        let payload = serde_json::json!({
+            "batch": true,
+            "first_event": ids[0],
+            "last_event": ids[1],
+            "count": n,
+            "entity": &*entries[0].entity,
+        });
+        notify(&t.channel, &payload.to_string());
+    }
+    Ok(())
+}
+
+fn notify(channel: &str, payload: &str) {
+    let c = std::ffi::CString::new(channel).unwrap_or_default();
+    let p = std::ffi::CString::new(payload).unwrap_or_default();
+    unsafe {
+        pg_sys::OidFunctionCall2Coll(
+            pg_sys::F_PG_NOTIFY.into(),
+            pg_sys::InvalidOid,
+            pg_sys::Datum::from(pg_sys::cstring_to_text(c.as_ptr())),
+            pg_sys::Datum::from(pg_sys::cstring_to_text(p.as_ptr())),
+        );
+    }
+}
+
+// ------------------------------------------------------------------ rollback mode
+
+/// Runs `f` with changes recorded as ROLLBACK (and, when restoring a deleted record, with the
+/// version the stamp trigger gives it).
+pub fn as_rollback<R>(restore: Option<([u8; 16], i32)>, f: impl FnOnce() -> R) -> R {
+    struct Guard(Option<([u8; 16], i32)>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            ROLLBACK_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+            RESTORE_VERSION.with(|r| r.set(self.0));
+        }
+    }
+    let saved = RESTORE_VERSION.with(|r| r.replace(restore));
+    ROLLBACK_DEPTH.with(|d| d.set(d.get() + 1));
+    let _g = Guard(saved);
+    f()
+}
+
+/// The version a restored record gets, if udm_rollback is restoring this id.
+pub fn restore_version(id: &[u8; 16]) -> Option<i32> {
+    RESTORE_VERSION
+        .with(|r| r.get())
+        .and_then(|(rid, v)| (&rid == id).then_some(v))
+}
+
+// ------------------------------------------------------------------ udm.audit_hash
+
+/// `udm.audit_hash(prev, entity, record_id, action, record_version, entity_version, old, new,
+/// changed_fields, user_id, db_role, txid, changed_at)`: the hash an audit row must carry; used
+/// by udm_audit_verify.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_audit_hash(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let args = (*fcinfo).args.as_slice(13);
+        let bytes =
+            |i: usize| -> Option<&[u8]> { (!args[i].isnull).then(|| varlena_bytes(args[i].value)) };
+        let text =
+            |i: usize| -> Option<&str> { bytes(i).map(|b| std::str::from_utf8(b).unwrap_or("")) };
+        let id: [u8; 16] = if args[2].isnull {
+            [0u8; 16]
+        } else {
+            let mut out = [0u8; 16];
+            std::ptr::copy_nonoverlapping(args[2].value.cast_mut_ptr::<u8>(), out.as_mut_ptr(), 16);
+            out
+        };
+        let int4 = |i: usize| (!args[i].isnull).then(|| args[i].value.value() as i32);
+        let int8 = |i: usize| {
+            if args[i].isnull {
+                0
+            } else {
+                args[i].value.value() as i64
+            }
+        };
+        let h = chain_hash(&HashInput {
+            prev: bytes(0),
+            entity: text(1).unwrap_or(""),
+            record_id: &id,
+            action: text(3).unwrap_or(""),
+            record_version: int4(4),
+            entity_version: int4(5),
+            old_data: bytes(6),
+            new_data: bytes(7),
+            changed_fields: text(8),
+            user_id: text(9).unwrap_or(""),
+            db_role: text(10).unwrap_or(""),
+            txid: int8(11),
+            changed_at: int8(12),
+        });
+        bytes_datum(&h)
+    }
+}

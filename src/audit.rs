@@ -752,7 +752,7 @@ fn take_horizon_lock(schema: &str) -> Result<()> {
     }
     let sql = format!(
         "SELECT pg_catalog.pg_advisory_xact_lock_shared(($1::bigint << 48) | \
-           (SELECT last_value FROM {}.\"_udm_audit_audit_id_seq\"))",
+           (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {}.\"_udm_audit_audit_id_seq\"))",
         quote_ident(schema)
     );
     let stmt = crate::spi::prepared(&sql, &[pg_sys::INT8OID], true)?;

@@ -131,7 +131,10 @@ fn show(v: &Value) -> String {
 
 fn show_number_or(v: &Value) -> String {
     match v {
-        Value::Number(n) => n.to_string(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
         other => show(other),
     }
 }
@@ -162,6 +165,7 @@ pub fn summarize(
     match action {
         "INSERT" => format!("created {entity}"),
         "DELETE" => format!("deleted {entity}"),
+        "ROLLBACK" if old.is_none() => format!("restored {entity}"),
         _ => {
             let verb = if action == "ROLLBACK" {
                 "rolled back: "
@@ -403,6 +407,10 @@ mod tests {
         assert_eq!(
             field_change("price", &json!(99.99), &json!(129.99)),
             "price changed from 99.99 to 129.99"
+        );
+        assert_eq!(
+            field_change("price", &json!(10.0), &json!(12.5)),
+            "price changed from 10 to 12.5"
         );
         assert_eq!(
             field_change("status", &Value::Null, &json!("draft")),

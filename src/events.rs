@@ -1,0 +1,386 @@
+//! Change events for workflows. The tenant's audit log is its outbox: every change's audit row
+//! (written in the changing transaction) is an event whose id is the audit id, and the audit
+//! trigger sends `pg_notify` on the tenant's channel (delivered at commit).
+//!
+//! Delivery order and completeness: a writing transaction holds a shared advisory lock keyed by a
+//! lower bound of the ids it writes (see `audit::take_horizon_lock`). `udm_events` reads the id
+//! sequence first, then the held keys, and delivers only ids below both: an event is never
+//! delivered while an event with a smaller id may still commit, so a consumer that resumes after
+//! its last acknowledged id misses nothing. Changes to the same record are delivered in commit
+//! order (the second writer waits for the first to commit before it gets its id).
+
+use crate::audit::{audit_table, horizon_tag};
+use crate::catalog::{self, Tenant};
+use crate::error::{spi_err, OrRaise, Result};
+use crate::security::{actor, as_owner};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use udm_core::audit::ACTIONS;
+use udm_core::error::{SqlState, UdmError};
+use udm_core::ident::{printable, validate_slug, SlugKind};
+
+pub const MAX_EVENTS: i32 = 10_000;
+
+struct Subscription {
+    entity: String,
+    target: String,
+    actions: Vec<String>,
+    condition: Option<Value>,
+}
+
+fn subscriptions(t: &Tenant) -> Result<Vec<Subscription>> {
+    let sql = format!(
+        "SELECT entity, target, actions, condition FROM {} ORDER BY entity, target",
+        t.catalog("_udm_subscription")
+    );
+    Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(&sql, None, &[])? {
+            out.push(Subscription {
+                entity: r.get::<String>(1)?.unwrap_or_default(),
+                target: r.get::<String>(2)?.unwrap_or_default(),
+                actions: r
+                    .get::<Vec<Option<String>>>(3)?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                condition: r.get::<JsonB>(4)?.map(|j| j.0).filter(|v| !v.is_null()),
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)
+}
+
+thread_local! {
+    static CONDITIONS: RefCell<(u64, HashMap<String, Rc<(udm_core::query::Template, crate::rawspi::Plan)>>)> =
+        RefCell::new((u64::MAX, HashMap::new()));
+}
+
+/// The compiled, prepared condition of a subscription (cached until a definition changes).
+fn condition_plan(
+    t: &Tenant,
+    entity: &str,
+    condition: &Value,
+) -> Result<Rc<(udm_core::query::Template, crate::rawspi::Plan)>> {
+    let key = format!("{}|{entity}|{condition}", t.slug);
+    let g = catalog::generation();
+    if let Some(p) = CONDITIONS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != g {
+            *c = (g, HashMap::new());
+        }
+        c.1.get(&key).cloned()
+    }) {
+        return Ok(p);
+    }
+    let m = crate::query::model(t)?;
+    let tpl = udm_core::query::image_condition(&*m, entity, condition)
+        .map_err(|e| e.context(format!("condition of a subscription to \"{entity}\"")))?;
+    let plan = crate::rawspi::prepare(&tpl.sql, tpl.params.len() + 1)?;
+    let p = Rc::new((tpl, plan));
+    CONDITIONS.with(|c| c.borrow_mut().1.insert(key, p.clone()));
+    Ok(p)
+}
+
+fn matches(t: &Tenant, s: &Subscription, image: Option<&Value>) -> Result<bool> {
+    let Some(cond) = &s.condition else {
+        return Ok(true);
+    };
+    let Some(image) = image else {
+        return Ok(false);
+    };
+    let p = condition_plan(t, &s.entity, cond)?;
+    let spec = json!({ "filters": cond });
+    let mut args = udm_core::query::bind(&spec, &p.0, &[])?;
+    args.push(Some(image.to_string()));
+    let d = crate::rawspi::first_datum(&p.1, &args, true)?;
+    Ok(d.is_some_and(|d| d.value() != 0))
+}
+
+pub fn subscribe(
+    entity: &str,
+    actions: Vec<String>,
+    target: &str,
+    condition: Option<&Value>,
+) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    catalog::entity(&t, entity)?;
+    if actions.is_empty() {
+        return Err(
+            UdmError::invalid("udm_subscribe: actions must not be empty")
+                .hint("actions are INSERT, UPDATE, DELETE, ROLLBACK"),
+        );
+    }
+    let mut acts = Vec::new();
+    for a in &actions {
+        let up = a.to_ascii_uppercase();
+        if !ACTIONS.contains(&up.as_str()) {
+            return Err(UdmError::invalid(format!(
+                "udm_subscribe: unknown action \"{}\"",
+                printable(a)
+            ))
+            .hint("actions are INSERT, UPDATE, DELETE, ROLLBACK"));
+        }
+        if !acts.contains(&up) {
+            acts.push(up);
+        }
+    }
+    if target.is_empty() || target.chars().count() > 200 || target.chars().any(char::is_control) {
+        return Err(UdmError::invalid(format!(
+            "udm_subscribe: target \"{}\" is not valid",
+            printable(target)
+        ))
+        .hint("a target (e.g. a workflow name) is 1 to 200 printable characters"));
+    }
+    let condition = condition.filter(|c| !c.is_null()).cloned();
+    if let Some(c) = &condition {
+        condition_plan(&t, entity, c)?; // compiles it: errors name the path
+    }
+    crate::catalog::require_member(&t)?;
+    let sql = format!(
+        "INSERT INTO {} (entity, target, actions, condition, created_by) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (entity, target) DO UPDATE SET actions = EXCLUDED.actions, condition = EXCLUDED.condition, \
+           created_by = EXCLUDED.created_by, created_at = now()",
+        t.catalog("_udm_subscription")
+    );
+    let who = actor();
+    as_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                &sql,
+                None,
+                &[
+                    entity.into(),
+                    target.into(),
+                    acts.clone().into(),
+                    condition.clone().map(JsonB).into(),
+                    who.as_str().into(),
+                ],
+            )
+            .map(|_| ())
+        })
+        .map_err(spi_err)
+    })?;
+    Ok(json!({"entity": entity, "target": target, "actions": acts, "condition": condition}))
+}
+
+pub fn unsubscribe(entity: &str, target: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    let sql = format!(
+        "DELETE FROM {} WHERE entity = $1 AND target = $2",
+        t.catalog("_udm_subscription")
+    );
+    let n = as_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update(&sql, None, &[entity.into(), target.into()])
+                .map(|r| r.len())
+        })
+        .map_err(spi_err)
+    })?;
+    if n == 0 {
+        return Err(UdmError::new(
+            SqlState::UndefinedObject,
+            format!(
+                "\"{}\" is not subscribed to entity \"{}\"",
+                printable(target),
+                printable(entity)
+            ),
+        ));
+    }
+    Ok(json!({"entity": entity, "target": target, "unsubscribed": true}))
+}
+
+/// The highest event id that can be delivered: below every id a running writer may still
+/// commit.
+fn horizon(t: &Tenant) -> Result<i64> {
+    as_owner(|| {
+        let seq = crate::spi::select_one::<i64>(
+            &format!(
+                "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {}",
+                t.catalog("_udm_audit_audit_id_seq")
+            ),
+            &[],
+        )?
+        .unwrap_or(0);
+        let held = crate::spi::select_one::<i64>(
+            "SELECT min(((l.classid::bigint & 65535) << 32) | l.objid::bigint) FROM pg_catalog.pg_locks l \
+             WHERE l.locktype = 'advisory' AND l.objsubid = 1 \
+               AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+               AND (l.classid::bigint >> 16) = $1",
+            &[horizon_tag(&t.schema).into()],
+        )?;
+        // a writer's key is the last id before its own: everything up to it is settled
+        Ok(match held {
+            Some(h) => seq.min(h),
+            None => seq,
+        })
+    })
+}
+
+pub fn events(after: i64, limit: i32) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    if !(1..=MAX_EVENTS).contains(&limit) {
+        return Err(UdmError::new(
+            SqlState::ProgramLimitExceeded,
+            format!("udm_events: limit must be from 1 to {MAX_EVENTS}, got {limit}"),
+        ));
+    }
+    let h = horizon(&t)?;
+    let sql = format!(
+        "SELECT audit_id, entity, record_id::text, action, record_version, changed_fields, user_id, \
+           changed_at, txid, coalesce(new_data, old_data) \
+         FROM {} WHERE audit_id > $1 AND audit_id <= $2 ORDER BY audit_id LIMIT $3",
+        audit_table(&t)
+    );
+    let subs = subscriptions(&t)?;
+    let rows = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            &sql,
+            None,
+            &[after.into(), h.into(), i64::from(limit).into()],
+        )? {
+            let at: Option<pgrx::datum::TimestampWithTimeZone> = r.get(8)?;
+            out.push((
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<String>(4)?.unwrap_or_default(),
+                r.get::<i32>(5)?,
+                r.get::<Vec<Option<String>>>(6)?,
+                r.get::<String>(7)?,
+                at.map(|a| a.to_iso_string()),
+                r.get::<i64>(9)?,
+                r.get::<JsonB>(10)?.map(|j| j.0),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)?;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut last = after;
+    for (id, entity, record, action, version, changed, user, at, txid, image) in rows {
+        let mut targets = Vec::new();
+        for s in subs
+            .iter()
+            .filter(|s| s.entity == entity && s.actions.contains(&action))
+        {
+            if matches(&t, s, image.as_ref())? {
+                targets.push(s.target.clone());
+            }
+        }
+        last = id;
+        events.push(json!({
+            "event_id": id, "entity": entity, "id": record, "action": action, "version": version,
+            "changed_fields": changed, "user_id": user, "at": at, "txid": txid, "targets": targets,
+        }));
+    }
+    Ok(json!({"events": events, "last_event": last, "horizon": h}))
+}
+
+fn consumer_slug(consumer: &str) -> Result<()> {
+    validate_slug(SlugKind::Field, consumer)
+        .map_err(|e| e.context("consumer name"))
+        .map(|_| ())
+}
+
+fn consumer_position(t: &Tenant, consumer: &str) -> Result<i64> {
+    let sql = format!(
+        "SELECT last_event FROM {} WHERE consumer = $1",
+        t.catalog("_udm_consumer")
+    );
+    Ok(crate::spi::select_one::<i64>(&sql, &[consumer.into()])?.unwrap_or(0))
+}
+
+pub fn consume(consumer: &str, limit: i32) -> Result<Value> {
+    consumer_slug(consumer)?;
+    let t = catalog::current_tenant()?;
+    let after = consumer_position(&t, consumer)?;
+    let mut out = events(after, limit)?;
+    out["consumer"] = json!(consumer);
+    out["acked"] = json!(after);
+    Ok(out)
+}
+
+pub fn ack(consumer: &str, event_id: i64) -> Result<Value> {
+    consumer_slug(consumer)?;
+    let t = catalog::current_tenant()?;
+    let current = consumer_position(&t, consumer)?;
+    if event_id < current {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("consumer \"{consumer}\" already acknowledged event {current}; cannot go back to {event_id}"),
+        )
+        .hint("acknowledge the last event you processed; acknowledgements only move forward"));
+    }
+    let h = horizon(&t)?;
+    if event_id > h {
+        return Err(UdmError::new(
+            SqlState::InvalidParameterValue,
+            format!("event {event_id} has not been delivered yet (events are delivered up to {h})"),
+        )
+        .hint("acknowledge an event_id returned by udm_consume or udm_events"));
+    }
+    let sql = format!(
+        "INSERT INTO {} (consumer, last_event, acked_by) VALUES ($1, $2, $3) \
+         ON CONFLICT (consumer) DO UPDATE SET last_event = EXCLUDED.last_event, acked_by = EXCLUDED.acked_by, acked_at = now()",
+        t.catalog("_udm_consumer")
+    );
+    let who = actor();
+    as_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                &sql,
+                None,
+                &[consumer.into(), event_id.into(), who.as_str().into()],
+            )
+            .map(|_| ())
+        })
+        .map_err(spi_err)
+    })?;
+    Ok(json!({"consumer": consumer, "last_event": event_id}))
+}
+
+// ------------------------------------------------------------------ SQL surface
+
+#[pg_extern(volatile)]
+fn udm_subscribe(
+    entity: &str,
+    actions: Vec<String>,
+    target: &str,
+    condition: default!(Option<JsonB>, "NULL"),
+) -> JsonB {
+    JsonB(subscribe(entity, actions, target, condition.as_ref().map(|j| &j.0)).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_unsubscribe(entity: &str, target: &str) -> JsonB {
+    JsonB(unsubscribe(entity, target).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_events(after: default!(i64, 0), limit: default!(i32, 100)) -> JsonB {
+    JsonB(events(after, limit).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_consume(consumer: &str, limit: default!(i32, 100)) -> JsonB {
+    JsonB(consume(consumer, limit).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_ack(consumer: &str, event_id: i64) -> JsonB {
+    JsonB(ack(consumer, event_id).or_raise())
+}
+
+/// The LISTEN channel of the current tenant's change events.
+#[pg_extern(volatile)]
+fn udm_events_channel() -> String {
+    catalog::current_tenant().or_raise().channel.clone()
+}

@@ -1,0 +1,719 @@
+//! The SQL surface of the audit log: record history, point-in-time reads, rollback of a record
+//! or a whole transaction, chain verification and compliance reports.
+//!
+//! Reads run as the caller (tenant members may read their tenant's audit table); rollbacks write
+//! as the caller too, so privileges, rules and row-level security apply as to any write.
+
+use crate::audit::{as_rollback, audit_table};
+use crate::catalog::{self, Entity, Tenant};
+use crate::error::{catch_pg, spi_err, OrRaise, Result};
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde_json::{json, Map, Value};
+use std::rc::Rc;
+use udm_core::audit::{
+    link_error, parse_report_options, restore_plan, summarize, ReportKind, MAX_REPORT_ROWS,
+};
+use udm_core::error::{SqlState, UdmError};
+use udm_core::ident::{quote_ident, validate_slug, SlugKind};
+
+fn tenant_and_entity(entity: &str) -> Result<(Rc<Tenant>, Option<Rc<Entity>>)> {
+    let t = catalog::current_tenant()?;
+    validate_slug(SlugKind::Entity, entity)?;
+    let e = catalog::entity_any(&t, entity)?;
+    Ok((t, e))
+}
+
+fn changed_list(v: Option<Vec<Option<String>>>) -> Vec<String> {
+    v.unwrap_or_default().into_iter().flatten().collect()
+}
+
+pub struct HistoryRow {
+    pub version: Option<i32>,
+    pub action: String,
+    pub changed_fields: Option<Vec<Option<String>>>,
+    pub summary: String,
+    pub user_id: String,
+    pub db_role: String,
+    pub changed_at: Option<TimestampWithTimeZone>,
+    pub txid: i64,
+    pub event_id: i64,
+    pub data: Option<JsonB>,
+}
+
+pub fn history(entity: &str, id: Uuid) -> Result<Vec<HistoryRow>> {
+    let (t, e) = tenant_and_entity(entity)?;
+    let sql = format!(
+        "SELECT record_version, action, changed_fields, user_id, db_role, changed_at, txid, audit_id, old_data, new_data \
+         FROM {} WHERE record_id = $1 AND entity = $2 ORDER BY audit_id DESC",
+        audit_table(&t)
+    );
+    let rows = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(&sql, None, &[id.into(), entity.into()])? {
+            let action = r.get::<String>(2)?.unwrap_or_default();
+            let changed = r.get::<Vec<Option<String>>>(3)?;
+            let old = r.get::<JsonB>(9)?;
+            let new = r.get::<JsonB>(10)?;
+            let summary = summarize(
+                &action,
+                entity,
+                old.as_ref().map(|j| &j.0),
+                new.as_ref().map(|j| &j.0),
+                &changed_list(changed.clone()),
+            );
+            out.push(HistoryRow {
+                version: r.get::<i32>(1)?,
+                changed_fields: changed,
+                summary,
+                user_id: r.get::<String>(4)?.unwrap_or_default(),
+                db_role: r.get::<String>(5)?.unwrap_or_default(),
+                changed_at: r.get(6)?,
+                txid: r.get::<i64>(7)?.unwrap_or(0),
+                event_id: r.get::<i64>(8)?.unwrap_or(0),
+                data: if action == "DELETE" { old } else { new },
+                action,
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)?;
+    if rows.is_empty() && e.is_none() {
+        return Err(catalog::no_such_entity(&t, entity));
+    }
+    Ok(rows)
+}
+
+pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Option<Value>> {
+    let (t, e) = tenant_and_entity(entity)?;
+    if e.is_none() {
+        return Err(catalog::no_such_entity(&t, entity));
+    }
+    let sql = format!(
+        "SELECT CASE WHEN action = 'DELETE' THEN NULL ELSE new_data END FROM {} \
+         WHERE record_id = $1 AND entity = $2 AND changed_at <= $3 ORDER BY audit_id DESC LIMIT 1",
+        audit_table(&t)
+    );
+    let v = crate::spi::select_one::<JsonB>(&sql, &[id.into(), entity.into(), at.into()])?;
+    Ok(v.map(|j| j.0))
+}
+
+// ------------------------------------------------------------------ rollback
+
+fn uuid_bytes(id: &Uuid) -> [u8; 16] {
+    *id.as_bytes()
+}
+
+/// The newest version number the audit knows for a record.
+fn last_version(t: &Tenant, entity: &str, id: Uuid) -> Result<i32> {
+    let sql = format!(
+        "SELECT max(record_version) FROM {} WHERE record_id = $1 AND entity = $2",
+        audit_table(t)
+    );
+    Ok(crate::spi::select_one::<i32>(&sql, &[id.into(), entity.into()])?.unwrap_or(0))
+}
+
+fn exists(t: &Tenant, entity: &str, id: Uuid) -> Result<bool> {
+    let sql = format!(
+        "SELECT true FROM {}.{} WHERE id = $1 FOR UPDATE",
+        quote_ident(&t.schema),
+        quote_ident(entity)
+    );
+    Spi::connect_mut(|c| {
+        let rows = c.update(&sql, Some(1), &[id.into()])?;
+        Ok::<_, pgrx::spi::Error>(!rows.is_empty())
+    })
+    .map_err(spi_err)
+}
+
+/// Writes `values` (by current field name) into the record: UPDATE when it exists, else INSERT
+/// with `id` (a restore). Runs as the caller, recorded as ROLLBACK.
+fn write_image(
+    t: &Tenant,
+    e: &Entity,
+    id: Uuid,
+    values: &Map<String, Value>,
+    what: &str,
+) -> Result<()> {
+    let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&e.def.slug));
+    let cols: Vec<String> = values
+        .keys()
+        .filter_map(|k| e.def.field(k))
+        .filter(|f| f.has_column())
+        .map(|f| quote_ident(&f.column))
+        .collect();
+    let img = Value::Object(values.clone());
+    let present = exists(t, &e.def.slug, id)?;
+    let sql = if present {
+        if cols.is_empty() {
+            return Err(UdmError::invalid(format!("{what}: no field to restore")));
+        }
+        format!(
+            "UPDATE {table} AS t SET ({c}) = (SELECT {rc} FROM jsonb_populate_record(NULL::{table}, $1) AS r) WHERE t.id = $2",
+            c = cols.join(", "),
+            rc = cols.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ")
+        )
+    } else {
+        let mut all = vec!["\"id\"".to_string()];
+        all.extend(cols.iter().cloned());
+        let mut sel = vec!["$2".to_string()];
+        sel.extend(cols.iter().map(|c| format!("r.{c}")));
+        format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM jsonb_populate_record(NULL::{table}, $1) AS r",
+            all.join(", "),
+            sel.join(", ")
+        )
+    };
+    let restore = if present {
+        None
+    } else {
+        Some((uuid_bytes(&id), last_version(t, &e.def.slug, id)? + 1))
+    };
+    let what = what.to_string();
+    as_rollback(restore, || {
+        catch_pg(
+            || {
+                Spi::connect_mut(|c| {
+                    c.update(&sql, None, &[JsonB(img).into(), id.into()])
+                        .map(|_| ())
+                })
+                .map_err(spi_err)
+            },
+            |err| err.raise_with(&what),
+        )
+    })
+}
+
+fn delete_record(t: &Tenant, entity: &str, id: Uuid, what: &str) -> Result<()> {
+    let sql = format!(
+        "DELETE FROM {}.{} WHERE id = $1",
+        quote_ident(&t.schema),
+        quote_ident(entity)
+    );
+    let what = what.to_string();
+    as_rollback(None, || {
+        catch_pg(
+            || {
+                Spi::connect_mut(|c| c.update(&sql, None, &[id.into()]).map(|_| ()))
+                    .map_err(spi_err)
+            },
+            |err| err.raise_with(&what),
+        )
+    })
+}
+
+fn definition_then(
+    t: &Tenant,
+    e: &Entity,
+    version: Option<i32>,
+) -> Result<udm_core::definition::EntityDef> {
+    match version {
+        Some(v) if v != e.version => {
+            Ok(catalog::definition_at(t, &e.def.slug, v)?.unwrap_or_else(|| e.def.clone()))
+        }
+        _ => Ok(e.def.clone()),
+    }
+}
+
+pub fn rollback(
+    entity: &str,
+    id: Uuid,
+    version: i32,
+    fields: Option<Vec<String>>,
+) -> Result<Value> {
+    let (t, e) = tenant_and_entity(entity)?;
+    let e = match e {
+        Some(e) if e.status == catalog::Status::Active => e,
+        _ => catalog::entity(&t, entity)?,
+    };
+    let what = format!("cannot roll back {entity} {id} to version {version}");
+    let sql = format!(
+        "SELECT new_data, entity_version FROM {} WHERE record_id = $1 AND entity = $2 \
+         AND record_version = $3 AND action <> 'DELETE' ORDER BY audit_id DESC LIMIT 1",
+        audit_table(&t)
+    );
+    let row = Spi::connect(|c| {
+        let mut out = None;
+        for r in c.select(&sql, Some(1), &[id.into(), entity.into(), version.into()])? {
+            out = Some((r.get::<JsonB>(1)?.map(|j| j.0), r.get::<i32>(2)?));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)?;
+    let Some((Some(Value::Object(image)), def_version)) = row else {
+        return Err(UdmError::new(
+            SqlState::NoDataFound,
+            format!("{entity} {id} has no version {version} in the audit log"),
+        )
+        .hint(format!(
+            "udm_history('{entity}', '{id}') lists its versions"
+        )));
+    };
+    let then = definition_then(&t, &e, def_version)?;
+    let plan = restore_plan(&then, &e.def, &image, fields.as_deref(), &what)?;
+    if fields.is_some() && !exists(&t, entity, id)? {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("{what}: the record is deleted"),
+        )
+        .hint("roll back all its fields (fields => NULL) to restore it"));
+    }
+    write_image(&t, &e, id, &plan.values, &what)?;
+    let now = last_version(&t, entity, id)?;
+    Ok(json!({
+        "entity": entity,
+        "id": id.to_string(),
+        "restored_version": version,
+        "version": now,
+        "fields": plan.values.keys().collect::<Vec<_>>(),
+        "skipped": plan.skipped,
+    }))
+}
+
+struct TxRow {
+    audit_id: i64,
+    entity: String,
+    id: Uuid,
+    action: String,
+    old: Option<Value>,
+    new: Option<Value>,
+    entity_version: Option<i32>,
+}
+
+pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    let audit = audit_table(&t);
+    let rows = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            &format!(
+                "SELECT audit_id, entity, record_id, action, old_data, new_data, entity_version FROM {audit} \
+                 WHERE txid = $1 ORDER BY audit_id"
+            ),
+            None,
+            &[txid.into()],
+        )? {
+            out.push(TxRow {
+                audit_id: r.get::<i64>(1)?.unwrap_or(0),
+                entity: r.get::<String>(2)?.unwrap_or_default(),
+                id: r.get::<Uuid>(3)?.unwrap_or_else(|| Uuid::from_bytes([0; 16])),
+                action: r.get::<String>(4)?.unwrap_or_default(),
+                old: r.get::<JsonB>(5)?.map(|j| j.0),
+                new: r.get::<JsonB>(6)?.map(|j| j.0),
+                entity_version: r.get::<i32>(7)?,
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)?;
+    if rows.is_empty() {
+        return Err(UdmError::new(
+            SqlState::NoDataFound,
+            format!(
+                "transaction {txid} changed nothing in tenant \"{}\"",
+                t.slug
+            ),
+        )
+        .hint("the txid column of udm_history and of the audit reports names transactions"));
+    }
+    // Undo units: each record by its first row in the transaction (its state before), each
+    // link change by itself; undone newest first.
+    let mut units: Vec<usize> = Vec::new();
+    let mut order: Vec<(String, Uuid)> = Vec::new();
+    let mut first: std::collections::HashMap<(String, [u8; 16]), usize> = Default::default();
+    let mut last: std::collections::HashMap<(String, [u8; 16]), i64> = Default::default();
+    for (i, r) in rows.iter().enumerate() {
+        let k = (r.entity.clone(), uuid_bytes(&r.id));
+        if r.entity.contains('.') {
+            units.push(i);
+        } else if !first.contains_key(&k) {
+            first.insert(k.clone(), i);
+            units.push(i);
+        }
+        if !last.contains_key(&k) {
+            order.push((r.entity.clone(), r.id));
+        }
+        last.insert(k, r.audit_id);
+    }
+    if !force {
+        let entities: Vec<String> = order.iter().map(|(e, _)| e.clone()).collect();
+        let ids: Vec<Uuid> = order.iter().map(|(_, i)| *i).collect();
+        let after: Vec<i64> = order
+            .iter()
+            .map(|(e, i)| last[&(e.clone(), uuid_bytes(i))])
+            .collect();
+        let sql = format!(
+            "SELECT l.e, l.id::text, a.txid, a.user_id, a.action FROM unnest($1::text[], $2::uuid[], $3::bigint[]) AS l(e, id, after) \
+             CROSS JOIN LATERAL (SELECT txid, user_id, action FROM {audit} a WHERE a.record_id = l.id AND a.entity = l.e \
+               AND a.audit_id > l.after AND a.txid <> $4 ORDER BY a.audit_id LIMIT 1) a LIMIT 1"
+        );
+        let conflict = Spi::connect(|c| {
+            let mut out = None;
+            for r in c.select(
+                &sql,
+                None,
+                &[entities.into(), ids.into(), after.into(), txid.into()],
+            )? {
+                out = Some((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<i64>(3)?.unwrap_or(0),
+                    r.get::<String>(4)?.unwrap_or_default(),
+                    r.get::<String>(5)?.unwrap_or_default(),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .map_err(spi_err)?;
+        if let Some((e, id, tx, user, action)) = conflict {
+            return Err(UdmError::new(
+                SqlState::SerializationFailure,
+                format!(
+                    "cannot roll back transaction {txid}: {e} {id} was changed later ({action} by {user} in transaction {tx})"
+                ),
+            )
+            .hint("roll back the later transaction first, or pass force => true to overwrite its changes"));
+        }
+    }
+    let mut undone = Vec::new();
+    for &i in units.iter().rev() {
+        let r = &rows[i];
+        let (entity, id) = (&r.entity, &r.id);
+        let what = format!("cannot roll back transaction {txid} for {entity} {id}");
+        if let Some((owner, field)) = entity.split_once('.') {
+            // a many-to-many link: re-link what was unlinked, unlink what was linked
+            let e = catalog::entity(&t, owner)?;
+            let f = e.def.field(field).ok_or_else(|| {
+                UdmError::new(
+                    SqlState::ObjectNotInPrerequisiteState,
+                    format!("{what}: field \"{field}\" no longer exists"),
+                )
+            })?;
+            let j = format!(
+                "{}.{}",
+                quote_ident(&t.schema),
+                quote_ident(f.junction.as_deref().unwrap_or(""))
+            );
+            let target = r
+                .new
+                .as_ref()
+                .or(r.old.as_ref())
+                .and_then(|v| v.get("target_id"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let relink = r.action == "DELETE";
+            let sql = if relink {
+                format!("INSERT INTO {j} (source_id, target_id) VALUES ($1, $2::uuid) ON CONFLICT DO NOTHING")
+            } else {
+                format!("DELETE FROM {j} WHERE source_id = $1 AND target_id = $2::uuid")
+            };
+            as_rollback(None, || {
+                catch_pg(
+                    || {
+                        Spi::connect_mut(|c| {
+                            c.update(&sql, None, &[(*id).into(), target.as_str().into()])
+                                .map(|_| ())
+                        })
+                        .map_err(spi_err)
+                    },
+                    |err| err.raise_with(&what),
+                )
+            })?;
+            undone.push(json!({"entity": entity, "id": id.to_string(), "target_id": target, "undo": if relink { "relink" } else { "unlink" }}));
+            continue;
+        }
+        let e = catalog::entity(&t, entity)?;
+        match &r.old {
+            None => {
+                delete_record(&t, entity, *id, &what)?;
+                undone.push(json!({"entity": entity, "id": id.to_string(), "undo": "delete"}));
+            }
+            Some(Value::Object(before)) => {
+                let then = definition_then(&t, &e, r.entity_version)?;
+                let plan = restore_plan(&then, &e.def, before, None, &what)?;
+                write_image(&t, &e, *id, &plan.values, &what)?;
+                undone.push(json!({"entity": entity, "id": id.to_string(), "undo": if r.action == "DELETE" { "restore" } else { "revert" }}));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(json!({"txid": txid, "records": undone.len(), "undone": undone}))
+}
+
+// ------------------------------------------------------------------ verify
+
+pub fn verify() -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    let sql = format!(
+        "SELECT audit_id, entity, record_id::text, action, prev_hash, \
+           hash = udm.audit_hash(prev_hash, entity, record_id, action, record_version, entity_version, \
+                  old_data, new_data, array_to_string(changed_fields, ','), user_id, db_role, txid, changed_at) AS hash_ok, \
+           lag(hash) OVER w, lag(action) OVER w, hash \
+         FROM {} WINDOW w AS (PARTITION BY entity, record_id ORDER BY audit_id) \
+         ORDER BY entity, record_id, audit_id",
+        audit_table(&t)
+    );
+    let mut checked = 0i64;
+    let mut records = 0i64;
+    let mut first: Option<(i64, Value)> = None;
+    Spi::connect(|c| {
+        let mut cursor = c.open_cursor(&sql, &[]);
+        let mut last_key: Option<(String, String)> = None;
+        loop {
+            let batch = cursor.fetch(10_000)?;
+            if batch.is_empty() {
+                break;
+            }
+            for r in batch {
+                checked += 1;
+                let id = r.get::<i64>(1)?.unwrap_or(0);
+                let entity = r.get::<String>(2)?.unwrap_or_default();
+                let rec = r.get::<String>(3)?.unwrap_or_default();
+                let action = r.get::<String>(4)?.unwrap_or_default();
+                let prev = r.get::<Vec<u8>>(5)?;
+                let hash_ok = r.get::<bool>(6)?.unwrap_or(false);
+                let before_hash = r.get::<Vec<u8>>(7)?;
+                let before_action = r.get::<String>(8)?;
+                let key = (entity.clone(), rec.clone());
+                if last_key.as_ref() != Some(&key) {
+                    records += 1;
+                    last_key = Some(key);
+                }
+                let before = match (&before_action, &before_hash) {
+                    (Some(a), Some(h)) => Some((a.as_str(), h.as_slice())),
+                    _ => None,
+                };
+                let problem = if !hash_ok {
+                    Some("its content does not match its hash (the row was changed)".to_string())
+                } else {
+                    link_error(before, prev.as_deref(), &action)
+                };
+                if let Some(p) = problem {
+                    if first.as_ref().is_none_or(|(f, _)| id < *f) {
+                        first = Some((
+                            id,
+                            json!({"audit_id": id, "entity": entity, "record_id": rec, "action": action, "problem": p}),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .map_err(spi_err)?;
+    Ok(json!({
+        "tenant": t.slug,
+        "ok": first.is_none(),
+        "rows_checked": checked,
+        "records": records,
+        "first_broken": first.map(|(_, v)| v),
+    }))
+}
+
+// ------------------------------------------------------------------ reports
+
+fn critical_fields(t: &Tenant) -> Result<Value> {
+    let mut m = Map::new();
+    for e in catalog::active_entities(t)? {
+        let names: Vec<&str> = e
+            .def
+            .fields
+            .iter()
+            .filter(|f| f.critical)
+            .map(|f| f.name.as_str())
+            .collect();
+        if !names.is_empty() {
+            m.insert(e.def.slug.clone(), json!(names));
+        }
+    }
+    Ok(Value::Object(m))
+}
+
+pub fn report(
+    kind: &str,
+    from: TimestampWithTimeZone,
+    to: TimestampWithTimeZone,
+    options: &Value,
+) -> Result<Value> {
+    let kind = ReportKind::parse(kind)?;
+    let o = parse_report_options(kind, options)?;
+    let t = catalog::current_tenant()?;
+    let audit = audit_table(&t);
+    let critical = critical_fields(&t)?;
+    // $1 from, $2 to, $3 user, $4 entity, $5 record id, $6 critical fields, $7 limit
+    let filter = "a.changed_at >= $1 AND a.changed_at < $2 \
+                  AND ($3::text IS NULL OR a.user_id = $3) \
+                  AND ($4::text IS NULL OR a.entity = $4) \
+                  AND ($5::uuid IS NULL OR a.record_id = $5)";
+    let is_critical = "EXISTS (SELECT 1 FROM jsonb_array_elements_text($6::jsonb -> a.entity) AS c(f) WHERE c.f = ANY (a.changed_fields))";
+    let record: Option<Uuid> = o
+        .record_id
+        .as_deref()
+        .and_then(|r| uuid::Uuid::parse_str(r).ok())
+        .map(|u| Uuid::from_bytes(*u.as_bytes()));
+    let args = |limit: Option<i64>| {
+        let mut a: Vec<pgrx::datum::DatumWithOid> = vec![
+            from.into(),
+            to.into(),
+            o.user.clone().into(),
+            o.entity.clone().into(),
+            record.into(),
+            JsonB(critical.clone()).into(),
+        ];
+        if let Some(l) = limit {
+            a.push(l.into());
+        }
+        a
+    };
+    let summary_sql = format!(
+        "SELECT count(*), count(DISTINCT a.user_id), count(DISTINCT split_part(a.entity, '.', 1)), \
+           count(*) FILTER (WHERE {is_critical}), \
+           coalesce((SELECT jsonb_object_agg(action, n) FROM (SELECT action, count(*) AS n FROM {audit} a WHERE {filter} GROUP BY action) x), '{{}}'), \
+           coalesce((SELECT jsonb_object_agg(entity, n) FROM (SELECT entity, count(*) AS n FROM {audit} a WHERE {filter} GROUP BY entity) x), '{{}}') \
+         FROM {audit} a WHERE {filter}"
+    );
+    let details_sql = format!(
+        "SELECT a.audit_id, a.changed_at, a.user_id, a.action, a.entity, a.record_id::text, a.record_version, \
+           a.changed_fields, a.old_data, a.new_data, {is_critical}, a.txid \
+         FROM {audit} a WHERE {filter} ORDER BY a.audit_id LIMIT $7"
+    );
+    let (summary, details) = Spi::connect(|c| {
+        let mut summary = json!({});
+        for r in c.select(&summary_sql, None, &args(None))? {
+            summary = json!({
+                "total_changes": r.get::<i64>(1)?.unwrap_or(0),
+                "users_active": r.get::<i64>(2)?.unwrap_or(0),
+                "entities_modified": r.get::<i64>(3)?.unwrap_or(0),
+                "critical_changes": r.get::<i64>(4)?.unwrap_or(0),
+                "by_action": r.get::<JsonB>(5)?.map(|j| j.0),
+                "by_entity": r.get::<JsonB>(6)?.map(|j| j.0),
+            });
+        }
+        let mut details = Vec::new();
+        if kind != ReportKind::Summary {
+            for r in c.select(&details_sql, None, &args(Some(i64::from(o.limit))))? {
+                let action = r.get::<String>(4)?.unwrap_or_default();
+                let entity = r.get::<String>(5)?.unwrap_or_default();
+                let changed = changed_list(r.get::<Vec<Option<String>>>(8)?);
+                let old = r.get::<JsonB>(9)?.map(|j| j.0);
+                let new = r.get::<JsonB>(10)?.map(|j| j.0);
+                let at: Option<TimestampWithTimeZone> = r.get(2)?;
+                details.push(json!({
+                    "event_id": r.get::<i64>(1)?,
+                    "at": at.map(|a| a.to_iso_string()),
+                    "user": r.get::<String>(3)?,
+                    "action": &action,
+                    "entity": &entity,
+                    "record_id": r.get::<String>(6)?,
+                    "version": r.get::<i32>(7)?,
+                    "changed_fields": &changed,
+                    "change_summary": summarize(&action, &entity, old.as_ref(), new.as_ref(), &changed),
+                    "critical": r.get::<bool>(11)?.unwrap_or(false),
+                    "txid": r.get::<i64>(12)?,
+                }));
+            }
+        }
+        Ok::<_, pgrx::spi::Error>((summary, details))
+    })
+    .map_err(spi_err)?;
+    let mut out = json!({
+        "report_type": options_kind_name(kind),
+        "tenant": t.slug,
+        "period": {"from": from.to_iso_string(), "to": to.to_iso_string()},
+        "summary": summary,
+    });
+    if kind != ReportKind::Summary {
+        out["truncated"] = json!(details.len() as u32 >= o.limit);
+        out["details"] = Value::Array(details);
+    }
+    if let Some(u) = &o.user {
+        out["user"] = json!(u);
+    }
+    let _ = MAX_REPORT_ROWS;
+    Ok(out)
+}
+
+fn options_kind_name(k: ReportKind) -> &'static str {
+    match k {
+        ReportKind::Summary => "summary",
+        ReportKind::UserActivity => "user_activity",
+        ReportKind::RecordHistory => "record_history",
+        ReportKind::Changes => "changes",
+    }
+}
+
+// ------------------------------------------------------------------ SQL surface
+
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn udm_history(
+    entity: &str,
+    id: Uuid,
+) -> TableIterator<
+    'static,
+    (
+        name!(version, Option<i32>),
+        name!(action, String),
+        name!(changed_fields, Option<Vec<Option<String>>>),
+        name!(summary, String),
+        name!(user_id, String),
+        name!(db_role, String),
+        name!(changed_at, Option<TimestampWithTimeZone>),
+        name!(txid, i64),
+        name!(event_id, i64),
+        name!(data, Option<JsonB>),
+    ),
+> {
+    let rows = history(entity, id).or_raise();
+    TableIterator::new(rows.into_iter().map(|r| {
+        (
+            r.version,
+            r.action,
+            r.changed_fields,
+            r.summary,
+            r.user_id,
+            r.db_role,
+            r.changed_at,
+            r.txid,
+            r.event_id,
+            r.data,
+        )
+    }))
+}
+
+#[pg_extern(volatile)]
+fn udm_record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Option<JsonB> {
+    record_at(entity, id, at).or_raise().map(JsonB)
+}
+
+#[pg_extern(volatile)]
+fn udm_rollback(
+    entity: &str,
+    id: Uuid,
+    version: i32,
+    fields: default!(Option<Vec<String>>, "NULL"),
+) -> JsonB {
+    JsonB(rollback(entity, id, version, fields).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_rollback_transaction(txid: i64, force: default!(bool, false)) -> JsonB {
+    JsonB(rollback_transaction(txid, force).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_audit_verify() -> JsonB {
+    JsonB(verify().or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_audit_report(
+    kind: &str,
+    from: TimestampWithTimeZone,
+    to: TimestampWithTimeZone,
+    options: default!(JsonB, "'{}'"),
+) -> JsonB {
+    JsonB(report(kind, from, to, &options.0).or_raise())
+}

@@ -1,0 +1,660 @@
+//! The native audit, as an existing app sees it: every write path is recorded (udm functions,
+//! plain SQL, COPY, cascades, links), the log is append-only for tenants and tamper-evident,
+//! history and rollback work across renames, and change events reach a LISTEN client and a
+//! consumer that resumes after its last acknowledgement.
+
+use postgres::fallible_iterator::FallibleIterator;
+use std::time::Duration;
+use udm_tests::*;
+
+fn shop(m: &mut Member) {
+    for def in [
+        r#"SELECT udm_define_entity('category', '{"fields": [{"name": "name", "type": "text", "required": true}]}')"#,
+        r#"SELECT udm_define_entity('tag', '{"fields": [{"name": "name", "type": "text"}]}')"#,
+        r#"SELECT udm_define_entity('product', '{"fields": [
+            {"name": "name", "type": "text", "required": true},
+            {"name": "price", "type": "decimal", "precision": 12, "scale": 2, "min": 0, "critical": true},
+            {"name": "status", "type": "select", "values": ["draft", "active"], "default": "draft"},
+            {"name": "secret", "type": "text", "audit": false},
+            {"name": "pin", "type": "password"},
+            {"name": "category_id", "type": "relation", "target": "category", "on_delete": "cascade"},
+            {"name": "tags", "type": "relation", "target": "tag", "many": true}]}')"#,
+    ] {
+        json(&mut m.client, def);
+    }
+}
+
+fn count(m: &mut Member, cond: &str) -> i64 {
+    scalar(
+        &mut m.client,
+        &format!(
+            "SELECT count(*) FROM \"{}\"._udm_audit WHERE {cond}",
+            m.tenant
+        ),
+    )
+}
+
+#[test]
+fn every_write_path_is_recorded_with_images_and_who() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "aud");
+    shop(&mut m);
+    let s = m.tenant.clone();
+    m.client
+        .batch_execute("SELECT udm_use(current_setting('udm.tenant'), 'user-42')")
+        .unwrap();
+    let cat = json(
+        &mut m.client,
+        "SELECT udm_insert('category', '{\"name\": \"C\"}')",
+    );
+    let cat = cat["id"].as_str().unwrap().to_string();
+    let p = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_insert('product', '{{\"name\": \"A\", \"price\": 10, \"secret\": \"s3\", \"pin\": \"hunter22\", \"category_id\": \"{cat}\"}}')"
+        ),
+    );
+    let id = p["id"].as_str().unwrap().to_string();
+    // plain SQL, COPY, batch function
+    m.client
+        .batch_execute(&format!(
+            "UPDATE \"{s}\".product SET price = 12.5, secret = 'other' WHERE id = '{id}'"
+        ))
+        .unwrap();
+    let mut w = m
+        .client
+        .copy_in(&format!("COPY \"{s}\".product (name, price) FROM STDIN"))
+        .unwrap();
+    use std::io::Write;
+    w.write_all(b"copied1\t1\ncopied2\t2\n").unwrap();
+    w.finish().unwrap();
+    json(
+        &mut m.client,
+        "SELECT udm_insert_many('product', '[{\"name\": \"b1\"}, {\"name\": \"b2\"}]')",
+    );
+    assert_eq!(count(&mut m, "entity = 'product' AND action = 'INSERT'"), 5);
+    // the plain UPDATE: one row, version 2, changed fields, old and new images
+    let row = m
+        .client
+        .query_one(
+            &format!(
+                "SELECT record_version, changed_fields, old_data, new_data, user_id, db_role, txid > 0 \
+                 FROM \"{s}\"._udm_audit WHERE record_id = '{id}' AND action = 'UPDATE'"
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, Option<i32>>(0), Some(2));
+    assert_eq!(
+        row.get::<_, Vec<String>>(1),
+        vec!["price".to_string()],
+        "secret is not audited, so not listed"
+    );
+    let old: Value = row.get(2);
+    let new: Value = row.get(3);
+    assert_eq!(old["price"], serde_json::json!(10.0));
+    assert_eq!(new["price"], serde_json::json!(12.5));
+    assert!(
+        new.get("pin").is_none(),
+        "password fields never appear in images"
+    );
+    assert!(
+        new.get("secret").is_none(),
+        "excluded fields never appear in images"
+    );
+    assert_eq!(row.get::<_, String>(4), "user-42");
+    assert_eq!(row.get::<_, String>(5), m.role);
+    assert!(row.get::<_, bool>(6));
+    // links, and a cascade delete of the product through its category
+    let tag = json(
+        &mut m.client,
+        "SELECT udm_insert('tag', '{\"name\": \"t\"}')",
+    );
+    let tag = tag["id"].as_str().unwrap().to_string();
+    json(
+        &mut m.client,
+        &format!("SELECT udm_update('product', '{id}', '{{\"tags\": [\"{tag}\"]}}')"),
+    );
+    assert_eq!(
+        count(
+            &mut m,
+            &format!("entity = 'product.tags' AND record_id = '{id}' AND action = 'INSERT'")
+        ),
+        1
+    );
+    m.client
+        .batch_execute(&format!("DELETE FROM \"{s}\".category WHERE id = '{cat}'"))
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut m,
+            &format!("record_id = '{id}' AND entity = 'product' AND action = 'DELETE'")
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut m,
+            &format!("record_id = '{id}' AND entity = 'product.tags' AND action = 'DELETE'")
+        ),
+        1
+    );
+    // a rolled-back change leaves nothing; history is newest first with summaries
+    let before = count(&mut m, "true");
+    m.client
+        .batch_execute(&format!(
+            "BEGIN; UPDATE \"{s}\".product SET price = 99; ROLLBACK;"
+        ))
+        .unwrap();
+    assert_eq!(count(&mut m, "true"), before);
+    let h = m
+        .client
+        .query(
+            &format!("SELECT version, action, summary FROM udm_history('product', '{id}')"),
+            &[],
+        )
+        .unwrap();
+    let actions: Vec<String> = h.iter().map(|r| r.get::<_, String>(1)).collect();
+    assert_eq!(actions, vec!["DELETE", "UPDATE", "UPDATE", "INSERT"]);
+    let summaries: Vec<String> = h.iter().map(|r| r.get::<_, String>(2)).collect();
+    assert_eq!(summaries[2], "price changed from 10 to 12.5");
+    assert_eq!(json(&mut m.client, "SELECT udm_audit_verify()")["ok"], true);
+}
+
+#[test]
+fn tenants_cannot_write_the_log_and_tampering_is_found() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "audt");
+    shop(&mut m);
+    let s = m.tenant.clone();
+    let p = json(
+        &mut m.client,
+        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 1}')",
+    );
+    let id = p["id"].as_str().unwrap().to_string();
+    for v in [2, 3, 4] {
+        json(
+            &mut m.client,
+            &format!("SELECT udm_update('product', '{id}', '{{\"price\": {v}}}')"),
+        );
+    }
+    for sql in [
+        format!("UPDATE \"{s}\"._udm_audit SET user_id = 'x'"),
+        format!("DELETE FROM \"{s}\"._udm_audit"),
+        format!("TRUNCATE \"{s}\"._udm_audit"),
+        format!("INSERT INTO \"{s}\"._udm_audit (entity, record_id, action, user_id, db_role, txid, changed_at, hash) VALUES ('product', '{id}', 'UPDATE', 'x', 'x', 1, now(), '\\x00')"),
+        "ALTER TABLE \"{s}\".product DISABLE TRIGGER udm_audit".replace("{s}", &s),
+    ] {
+        expect_err(&mut m.client, &sql, "42501");
+    }
+    assert_eq!(json(&mut m.client, "SELECT udm_audit_verify()")["ok"], true);
+    // a superuser edits a row: its hash no longer matches
+    adm.batch_execute(&format!(
+        "UPDATE \"{s}\"._udm_audit SET new_data = jsonb_set(new_data, '{{price}}', '100') WHERE record_id = '{id}' AND record_version = 3"
+    ))
+    .unwrap();
+    let v = json(&mut m.client, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["first_broken"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("hash"),
+        "{v}"
+    );
+    // a superuser deletes a row in the middle: the next one no longer links
+    let mut adm2 = admin();
+    let mut m2 = member(&mut adm2, "audt2");
+    shop(&mut m2);
+    let s2 = m2.tenant.clone();
+    let p = json(
+        &mut m2.client,
+        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 1}')",
+    );
+    let id2 = p["id"].as_str().unwrap().to_string();
+    for v in [2, 3, 4] {
+        json(
+            &mut m2.client,
+            &format!("SELECT udm_update('product', '{id2}', '{{\"price\": {v}}}')"),
+        );
+    }
+    adm2.batch_execute(&format!(
+        "DELETE FROM \"{s2}\"._udm_audit WHERE record_id = '{id2}' AND record_version = 2"
+    ))
+    .unwrap();
+    let v = json(&mut m2.client, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_broken"]["record_id"], serde_json::json!(id2));
+    assert!(
+        v["first_broken"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("different row"),
+        "{v}"
+    );
+}
+
+#[test]
+fn rollback_restores_versions_fields_and_deleted_records() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "aurb");
+    shop(&mut m);
+    let s = m.tenant.clone();
+    let p = json(
+        &mut m.client,
+        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 1, \"status\": \"draft\"}')",
+    );
+    let id = p["id"].as_str().unwrap().to_string();
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_update('product', '{id}', '{{\"price\": 2, \"status\": \"active\"}}')"
+        ),
+    );
+    // rename a field: rollback follows the field by its id
+    json(
+        &mut m.client,
+        "SELECT udm_alter_field('product', 'name', '{\"name\": \"title\"}')",
+    );
+    json(
+        &mut m.client,
+        &format!("SELECT udm_update('product', '{id}', '{{\"title\": \"B\"}}')"),
+    );
+    let r = json(
+        &mut m.client,
+        &format!("SELECT udm_rollback('product', '{id}', 2, ARRAY['price'])"),
+    );
+    assert_eq!(r["fields"], serde_json::json!(["price"]));
+    let row = json(&mut m.client, &format!("SELECT udm_get('product', '{id}')"));
+    assert_eq!(row["title"], "B", "only price was rolled back");
+    let r = json(
+        &mut m.client,
+        &format!("SELECT udm_rollback('product', '{id}', 1)"),
+    );
+    assert_eq!(r["version"], 5);
+    let row = json(&mut m.client, &format!("SELECT udm_get('product', '{id}')"));
+    assert_eq!(
+        (
+            row["title"].clone(),
+            row["price"].clone(),
+            row["status"].clone()
+        ),
+        ("A".into(), serde_json::json!(1.0), "draft".into())
+    );
+    let h = m
+        .client
+        .query(
+            &format!("SELECT action, version FROM udm_history('product', '{id}') LIMIT 1"),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(h[0].get::<_, String>(0), "ROLLBACK");
+    // deleted records come back with the next version
+    m.client
+        .batch_execute(&format!("DELETE FROM \"{s}\".product WHERE id = '{id}'"))
+        .unwrap();
+    let at: Value = json(&mut m.client, &format!("SELECT udm_record_at('product', '{id}', (SELECT changed_at FROM \"{s}\"._udm_audit WHERE record_id = '{id}' AND record_version = 1))"));
+    assert_eq!(
+        at["title"],
+        Value::Null,
+        "images keep the field names they had: {at}"
+    );
+    assert_eq!(at["name"], "A");
+    let gone: Option<Value> = scalar(
+        &mut m.client,
+        &format!("SELECT udm_record_at('product', '{id}', now())"),
+    );
+    assert_eq!(gone, None, "deleted by now");
+    let before_delete: Value = json(&mut m.client, &format!("SELECT udm_record_at('product', '{id}', (SELECT changed_at - interval '1 microsecond' FROM \"{s}\"._udm_audit WHERE record_id = '{id}' AND action = 'DELETE'))"));
+    assert_eq!(before_delete["_version"], 5, "{before_delete}");
+    let r = json(
+        &mut m.client,
+        &format!("SELECT udm_rollback('product', '{id}', 5)"),
+    );
+    assert_eq!(r["version"], 6);
+    let row = json(&mut m.client, &format!("SELECT udm_get('product', '{id}')"));
+    assert_eq!(row["_version"], 6);
+    // errors: unknown version, unknown field, a rule that no longer holds
+    expect_err(
+        &mut m.client,
+        &format!("SELECT udm_rollback('product', '{id}', 42)"),
+        "P0002",
+    );
+    expect_err(
+        &mut m.client,
+        &format!("SELECT udm_rollback('product', '{id}', 1, ARRAY['nope'])"),
+        "42703",
+    );
+    json(
+        &mut m.client,
+        &format!("SELECT udm_update('product', '{id}', '{{\"price\": 10}}')"),
+    );
+    json(
+        &mut m.client,
+        "SELECT udm_alter_field('product', 'price', '{\"min\": 5}')",
+    );
+    let e = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_rollback('product', '{id}', 1, ARRAY['price'])"),
+        "23514",
+    );
+    assert!(
+        e.contains("cannot roll back product") && e.contains("price"),
+        "{e}"
+    );
+    assert_eq!(json(&mut m.client, "SELECT udm_audit_verify()")["ok"], true);
+}
+
+#[test]
+fn whole_transactions_roll_back_in_order_and_conflicts_are_named() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "aurt");
+    shop(&mut m);
+    let s = m.tenant.clone();
+    let a = json(
+        &mut m.client,
+        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 1}')",
+    );
+    let a = a["id"].as_str().unwrap().to_string();
+    let gone = json(
+        &mut m.client,
+        "SELECT udm_insert('product', '{\"name\": \"G\", \"price\": 1}')",
+    );
+    let gone = gone["id"].as_str().unwrap().to_string();
+    // one transaction: a category and a product in it, A changed twice, G deleted
+    m.client.batch_execute("BEGIN").unwrap();
+    let tx: i64 = scalar(&mut m.client, "SELECT txid_current()");
+    let c = json(
+        &mut m.client,
+        "SELECT udm_insert('category', '{\"name\": \"new\"}')",
+    );
+    let c = c["id"].as_str().unwrap().to_string();
+    let n = json(
+        &mut m.client,
+        &format!("SELECT udm_insert('product', '{{\"name\": \"N\", \"category_id\": \"{c}\"}}')"),
+    );
+    let n = n["id"].as_str().unwrap().to_string();
+    m.client.batch_execute(&format!("UPDATE \"{s}\".product SET price = 5 WHERE id = '{a}'; UPDATE \"{s}\".product SET price = 6 WHERE id = '{a}'; DELETE FROM \"{s}\".product WHERE id = '{gone}'; COMMIT")).unwrap();
+    let r = json(
+        &mut m.client,
+        &format!("SELECT udm_rollback_transaction({tx})"),
+    );
+    assert_eq!(r["records"], 4, "category, N, A (changed twice) and G: {r}");
+    let left: i64 = scalar(
+        &mut m.client,
+        &format!("SELECT count(*) FROM \"{s}\".product WHERE id IN ('{n}')"),
+    );
+    assert_eq!(left, 0);
+    let cats: i64 = scalar(
+        &mut m.client,
+        &format!("SELECT count(*) FROM \"{s}\".category"),
+    );
+    assert_eq!(cats, 0);
+    let price: String = scalar(
+        &mut m.client,
+        &format!("SELECT price::text FROM \"{s}\".product WHERE id = '{a}'"),
+    );
+    assert_eq!(price, "1.00");
+    let back: i64 = scalar(
+        &mut m.client,
+        &format!("SELECT count(*) FROM \"{s}\".product WHERE id = '{gone}'"),
+    );
+    assert_eq!(back, 1, "the deleted record is back");
+    // a later transaction changed the same row: refused, naming it, unless forced
+    m.client.batch_execute("BEGIN").unwrap();
+    let tx2: i64 = scalar(&mut m.client, "SELECT txid_current()");
+    m.client
+        .batch_execute(&format!(
+            "UPDATE \"{s}\".product SET price = 7 WHERE id = '{a}'; COMMIT"
+        ))
+        .unwrap();
+    m.client
+        .batch_execute(&format!(
+            "UPDATE \"{s}\".product SET price = 8 WHERE id = '{a}'"
+        ))
+        .unwrap();
+    let e = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_rollback_transaction({tx2})"),
+        "40001",
+    );
+    assert!(e.contains(&a), "{e}");
+    json(
+        &mut m.client,
+        &format!("SELECT udm_rollback_transaction({tx2}, force => true)"),
+    );
+    let price: String = scalar(
+        &mut m.client,
+        &format!("SELECT price::text FROM \"{s}\".product WHERE id = '{a}'"),
+    );
+    assert_eq!(price, "1.00");
+    expect_err(&mut m.client, "SELECT udm_rollback_transaction(1)", "P0002");
+    assert_eq!(json(&mut m.client, "SELECT udm_audit_verify()")["ok"], true);
+}
+
+#[test]
+fn reports_summarize_users_records_and_critical_changes() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "aurp");
+    shop(&mut m);
+    m.client
+        .batch_execute("SELECT udm_use(current_setting('udm.tenant'), 'ann')")
+        .unwrap();
+    let p = json(
+        &mut m.client,
+        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 99.99}')",
+    );
+    let id = p["id"].as_str().unwrap().to_string();
+    m.client
+        .batch_execute("SELECT udm_use(current_setting('udm.tenant'), 'bob')")
+        .unwrap();
+    json(
+        &mut m.client,
+        &format!("SELECT udm_update('product', '{id}', '{{\"price\": 129.99}}')"),
+    );
+    json(
+        &mut m.client,
+        &format!("SELECT udm_update('product', '{id}', '{{\"status\": \"active\"}}')"),
+    );
+    let period = "now() - interval '1 hour', now() + interval '1 hour'";
+    let r = json(
+        &mut m.client,
+        &format!("SELECT udm_audit_report('summary', {period})"),
+    );
+    assert_eq!(r["summary"]["total_changes"], 3);
+    assert_eq!(r["summary"]["users_active"], 2);
+    assert_eq!(r["summary"]["entities_modified"], 1);
+    assert_eq!(r["summary"]["critical_changes"], 1, "{r}");
+    let r = json(
+        &mut m.client,
+        &format!("SELECT udm_audit_report('changes', {period})"),
+    );
+    let summaries: Vec<&str> = r["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["change_summary"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        summaries,
+        vec![
+            "created product",
+            "price changed from 99.99 to 129.99",
+            "status changed from \"draft\" to \"active\""
+        ]
+    );
+    let r = json(
+        &mut m.client,
+        &format!("SELECT udm_audit_report('user_activity', {period}, '{{\"user\": \"ann\"}}')"),
+    );
+    assert_eq!(r["details"].as_array().unwrap().len(), 1);
+    let r = json(&mut m.client, &format!("SELECT udm_audit_report('record_history', {period}, '{{\"entity\": \"product\", \"record_id\": \"{id}\"}}')"));
+    assert_eq!(r["details"].as_array().unwrap().len(), 3);
+    let r = json(
+        &mut m.client,
+        "SELECT udm_audit_report('summary', now() + interval '1 hour', now() + interval '2 hours')",
+    );
+    assert_eq!(r["summary"]["total_changes"], 0);
+    expect_err(
+        &mut m.client,
+        &format!("SELECT udm_audit_report('sox', {period})"),
+        "22023",
+    );
+    expect_err(
+        &mut m.client,
+        &format!("SELECT udm_audit_report('user_activity', {period})"),
+        "22023",
+    );
+    // a period is read through the changed_at index, not a scan of the whole table
+    let s = m.tenant.clone();
+    m.client.batch_execute("SET enable_seqscan = off").unwrap();
+    let plan: Vec<String> = m.client.query(&format!("EXPLAIN SELECT count(*) FROM \"{s}\"._udm_audit a WHERE a.changed_at >= now() - interval '1 day' AND a.changed_at < now()"), &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("_udm_audit__changed_at__idx")),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn audit_can_be_switched_off_and_that_change_is_itself_recorded() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "auoff");
+    json(
+        &mut m.client,
+        r#"SELECT udm_define_entity('note', '{"audit": false, "fields": [{"name": "body", "type": "text"}]}')"#,
+    );
+    json(
+        &mut m.client,
+        "SELECT udm_insert('note', '{\"body\": \"x\"}')",
+    );
+    assert_eq!(count(&mut m, "entity = 'note'"), 0);
+    let d = json(&mut m.client, "SELECT udm_describe('note')");
+    assert_eq!(d["audit"], false, "{d}");
+}
+
+#[test]
+fn events_reach_listeners_and_consumers_resume_without_gaps() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "auev");
+    shop(&mut m);
+    let channel: String = scalar(&mut m.client, "SELECT udm_events_channel()");
+    // a real LISTEN client, as a workflow worker would run
+    let mut listener = connect_as(&m.role);
+    listener
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .unwrap();
+    json(
+        &mut m.client,
+        r#"SELECT udm_subscribe('product', ARRAY['UPDATE'], 'expensive-flow', '{"price": {"gt": 100}}')"#,
+    );
+    json(
+        &mut m.client,
+        r#"SELECT udm_subscribe('product', ARRAY['INSERT', 'UPDATE'], 'all-flow')"#,
+    );
+    let p = json(
+        &mut m.client,
+        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 10}')",
+    );
+    let id = p["id"].as_str().unwrap().to_string();
+    json(
+        &mut m.client,
+        &format!("SELECT udm_update('product', '{id}', '{{\"price\": 500}}')"),
+    );
+    let s = m.tenant.clone();
+    m.client
+        .batch_execute(&format!(
+            "BEGIN; UPDATE \"{s}\".product SET price = 1; ROLLBACK"
+        ))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut it = listener.notifications();
+    let mut iter = it.timeout_iter(Duration::from_secs(5));
+    while got.len() < 2 {
+        match iter.next().unwrap() {
+            Some(n) => got.push(serde_json::from_str::<Value>(n.payload()).unwrap()),
+            None => break,
+        }
+    }
+    drop(iter);
+    drop(it);
+    assert_eq!(
+        got.len(),
+        2,
+        "one notification per committed change: {got:?}"
+    );
+    assert_eq!(got[0]["action"], "INSERT");
+    assert_eq!(got[1]["action"], "UPDATE");
+    assert_eq!(got[1]["id"], serde_json::json!(id));
+    let e = json(&mut m.client, "SELECT udm_events(0, 100)");
+    let ev = e["events"].as_array().unwrap();
+    assert_eq!(ev.len(), 2, "the rolled-back change is no event: {e}");
+    assert_eq!(ev[0]["targets"], serde_json::json!(["all-flow"]));
+    assert_eq!(
+        ev[1]["targets"],
+        serde_json::json!(["all-flow", "expensive-flow"])
+    );
+    assert_eq!(ev[1]["event_id"], got[1]["event"]);
+    // a consumer acknowledges, "crashes", and resumes after what it acknowledged
+    let c1 = json(&mut m.client, "SELECT udm_consume('worker', 1)");
+    let first = c1["events"][0]["event_id"].as_i64().unwrap();
+    json(&mut m.client, &format!("SELECT udm_ack('worker', {first})"));
+    let mut other = connect_as(&m.role);
+    other.query_one("SELECT udm_use($1)", &[&m.tenant]).unwrap();
+    let c2 = json(&mut other, "SELECT udm_consume('worker', 10)");
+    let ids: Vec<i64> = c2["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![ev[1]["event_id"].as_i64().unwrap()]);
+    expect_err(
+        &mut other,
+        &format!("SELECT udm_ack('worker', {})", first - 1),
+        "55000",
+    );
+    expect_err(&mut other, "SELECT udm_ack('worker', 999999)", "22023");
+    // an uncommitted writer holds back later events until it finishes
+    let mut slow = connect_as(&m.role);
+    slow.query_one("SELECT udm_use($1)", &[&m.tenant]).unwrap();
+    slow.batch_execute("BEGIN; SELECT udm_insert('product', '{\"name\": \"slow\"}')")
+        .unwrap();
+    json(
+        &mut m.client,
+        "SELECT udm_insert('product', '{\"name\": \"fast\"}')",
+    );
+    let during = json(&mut other, &format!("SELECT udm_events({}, 10)", ids[0]));
+    assert_eq!(
+        during["events"].as_array().unwrap().len(),
+        0,
+        "nothing passes an open writer: {during}"
+    );
+    slow.batch_execute("COMMIT").unwrap();
+    let after = json(&mut other, &format!("SELECT udm_events({}, 10)", ids[0]));
+    let names: Vec<i64> = after["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{after}");
+    assert!(names[0] < names[1]);
+    // bad input
+    expect_err(
+        &mut m.client,
+        "SELECT udm_subscribe('product', ARRAY['EXPLODE'], 'x')",
+        "22023",
+    );
+    expect_err(
+        &mut m.client,
+        r#"SELECT udm_subscribe('product', ARRAY['UPDATE'], 'x', '{"nope": 1}')"#,
+        "42703",
+    );
+    expect_err(
+        &mut m.client,
+        "SELECT udm_subscribe('ghost', ARRAY['UPDATE'], 'x')",
+        "42P01",
+    );
+    expect_err(&mut m.client, "SELECT udm_events(0, 0)", "54000");
+}

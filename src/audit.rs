@@ -15,6 +15,7 @@ use crate::catalog::{self, Tenant};
 use crate::error::{raise, OrRaise, Result};
 use crate::rowjson::RowJson;
 use crate::security::{as_owner, caller, role_name};
+use crate::triggers::{relation_names, trigger_data};
 use pgrx::prelude::*;
 use pgrx::{vardata_any, varsize_any_exhdr};
 use std::cell::{Cell, RefCell};
@@ -207,21 +208,6 @@ unsafe extern "C-unwind" fn on_subxact(
             HORIZON.with(|h| h.borrow_mut().clear());
         }
         _ => {}
-    }
-}
-
-unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
-    unsafe {
-        let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
-            .to_string_lossy()
-            .into_owned();
-        let nsp = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
-        let schema = if nsp.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(nsp).to_string_lossy().into_owned()
-        };
-        (schema, name)
     }
 }
 
@@ -540,19 +526,6 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
             flush();
         }
         pg_sys::Datum::from(0usize)
-    }
-}
-
-unsafe fn trigger_data(fcinfo: pg_sys::FunctionCallInfo, name: &str) -> *mut pg_sys::TriggerData {
-    unsafe {
-        let ctx = (*fcinfo).context;
-        if ctx.is_null() || (*ctx).type_ != pg_sys::NodeTag::T_TriggerData {
-            raise(UdmError::new(
-                SqlState::FeatureNotSupported,
-                format!("{name}() can only be called as a trigger"),
-            ));
-        }
-        ctx as *mut pg_sys::TriggerData
     }
 }
 

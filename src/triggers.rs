@@ -16,7 +16,10 @@ finfo_v1!(pg_finfo_udm_check_rule);
 finfo_v1!(pg_finfo_udm_reference_check);
 finfo_v1!(pg_finfo_udm_reference_on_delete);
 
-unsafe fn trigger_data(fcinfo: pg_sys::FunctionCallInfo, name: &str) -> *mut pg_sys::TriggerData {
+pub(crate) unsafe fn trigger_data(
+    fcinfo: pg_sys::FunctionCallInfo,
+    name: &str,
+) -> *mut pg_sys::TriggerData {
     unsafe {
         let ctx = (*fcinfo).context;
         if ctx.is_null() || (*ctx).type_ != pg_sys::NodeTag::T_TriggerData {
@@ -55,7 +58,7 @@ unsafe fn attnum(desc: pg_sys::TupleDesc, name: &str) -> Option<i32> {
     }
 }
 
-unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
+pub(crate) unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
     unsafe {
         let name = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr())
             .to_string_lossy()

@@ -1,0 +1,259 @@
+//! The cost of auditing, in one run, on a 7-column entity (uuid, text, numeric, select, json,
+//! timestamps): bulk insert of ROWS rows and an update of all of them, and single-row UPDATE
+//! throughput with pgbench at 1 and 2 clients, for
+//!   (a)  no audit: a plain table, and the same udm entity with `"audit": false`,
+//!   (b)  the seed's PL/pgSQL row trigger (seed 001 section 4.6, with to_jsonb) on the plain table,
+//!   (c)  udm's native audit on the udm entity.
+//!
+//! Goals (issue 4): (c) bulk insert <= 1.5x unaudited; (c) at least 1.5x faster than (b);
+//! single-row update throughput of (c) >= 0.8x unaudited. Also reported: audit bytes per change.
+
+use std::process::Command;
+use std::time::Duration;
+use udm_bench::*;
+
+const VARIANTS: [(&str, &str); 4] = [
+    ("plain", "(a) plain table, no audit"),
+    ("udm_off", "(a') udm entity, audit off"),
+    ("plpgsql", "(b) plain table + PL/pgSQL trigger"),
+    ("udm", "(c) udm entity, native audit"),
+];
+
+fn table(v: &str) -> &'static str {
+    match v {
+        "plain" => "public.t_plain",
+        "plpgsql" => "public.t_plpgsql",
+        "udm_off" => "ab.item_off",
+        _ => "ab.item",
+    }
+}
+
+fn setup(c: &mut postgres::Client) {
+    let mut pg = connect("postgres");
+    let _ = pg.batch_execute("DROP ROLE IF EXISTS tenant_ab");
+    c.batch_execute(
+        r#"SELECT udm_create_tenant('ab');
+           SELECT udm_use('ab');
+           SELECT udm_define_entity('item', '{"fields": [
+             {"name": "name", "type": "text"},
+             {"name": "price", "type": "decimal", "precision": 12, "scale": 2},
+             {"name": "status", "type": "select", "values": ["draft", "active", "retired"]},
+             {"name": "metadata", "type": "json"},
+             {"name": "n", "type": "integer", "index": true}]}');
+           SELECT udm_define_entity('item_off', '{"audit": false, "fields": [
+             {"name": "name", "type": "text"},
+             {"name": "price", "type": "decimal", "precision": 12, "scale": 2},
+             {"name": "status", "type": "select", "values": ["draft", "active", "retired"]},
+             {"name": "metadata", "type": "json"},
+             {"name": "n", "type": "integer", "index": true}]}');
+           CREATE TABLE public.t_plain (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text,
+             price numeric(12,2), status text, metadata jsonb,
+             created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), n integer);
+           CREATE INDEX ON public.t_plain (n);
+           CREATE TABLE public.t_plpgsql (LIKE public.t_plain INCLUDING ALL);
+           CREATE TABLE public.audit_log (id bigserial PRIMARY KEY, table_name text, record_id uuid, action text,
+             old_data jsonb, new_data jsonb, user_id text, "timestamp" timestamptz);
+           CREATE FUNCTION public.audit_trigger() RETURNS trigger AS $$
+           BEGIN
+             INSERT INTO audit_log (table_name, record_id, action, old_data, new_data, user_id, "timestamp")
+             VALUES (TG_TABLE_NAME, COALESCE(NEW.id, OLD.id), TG_OP,
+                     CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
+                     CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END,
+                     current_setting('app.current_user_id', true), NOW());
+             RETURN COALESCE(NEW, OLD);
+           END;
+           $$ LANGUAGE plpgsql;
+           CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON public.t_plpgsql
+             FOR EACH ROW EXECUTE FUNCTION public.audit_trigger();"#,
+    )
+    .unwrap();
+}
+
+fn reset(c: &mut postgres::Client) {
+    c.batch_execute(
+        "TRUNCATE public.t_plain, public.t_plpgsql, public.audit_log, ab.item, ab.item_off, ab._udm_audit",
+    )
+    .unwrap();
+}
+
+fn insert_sql(v: &str, rows: i64) -> String {
+    format!(
+        "INSERT INTO {} (name, price, status, metadata, n) \
+         SELECT 'item ' || i, (i % 1000) / 10.0, (ARRAY['draft', 'active', 'retired'])[1 + i % 3], \
+                jsonb_build_object('brand', 'b' || (i % 20), 'k', i), i \
+         FROM generate_series(1, {rows}) i",
+        table(v)
+    )
+}
+
+fn pgbench(v: &str, clients: u32, secs: u32) -> f64 {
+    let script = format!(
+        "\\set n random(1, {})\nUPDATE {} SET price = price + 1 WHERE n = :n;\n",
+        rows(),
+        table(v)
+    );
+    let path = format!("/tmp/udm_bench_audit_{v}.sql");
+    std::fs::write(&path, script).unwrap();
+    let pgbin = std::env::var("PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let host = std::env::var("BENCH_HOST")
+        .unwrap_or_else(|_| "/work/main/target/bench-cluster/sock".into());
+    let port = std::env::var("BENCH_PORT").unwrap_or_else(|_| "5497".into());
+    let out = Command::new(format!("{pgbin}/pgbench"))
+        .args([
+            "-n",
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.to_string(),
+            "-T",
+            &secs.to_string(),
+            "-f",
+            &path,
+            "bench_audit",
+        ])
+        .output()
+        .expect("pgbench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "pgbench failed: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+fn rows() -> i64 {
+    std::env::var("ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000)
+}
+
+fn main() {
+    let rows = rows();
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let secs: u32 = std::env::var("SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let mut c = fresh_db("bench_audit");
+    setup(&mut c);
+    header(&format!(
+        "audit: bulk insert and update of {rows} rows, {rounds} rounds, variants interleaved"
+    ));
+    let mut ins: Vec<Vec<Duration>> = vec![vec![]; VARIANTS.len()];
+    let mut upd: Vec<Vec<Duration>> = vec![vec![]; VARIANTS.len()];
+    let mut bytes = (0f64, 0f64);
+    for _ in 0..rounds {
+        for (k, (v, _)) in VARIANTS.iter().enumerate() {
+            reset(&mut c);
+            c.batch_execute("CHECKPOINT").unwrap();
+            let (d, _) = time(|| c.batch_execute(&insert_sql(v, rows)).unwrap());
+            ins[k].push(d);
+            let (d, _) = time(|| {
+                c.batch_execute(&format!("UPDATE {} SET price = price + 1", table(v)))
+                    .unwrap()
+            });
+            upd[k].push(d);
+            if *v == "udm" {
+                let r = c
+                    .query_one(
+                        "SELECT pg_total_relation_size('ab._udm_audit')::float8 / count(*) FROM ab._udm_audit",
+                        &[],
+                    )
+                    .unwrap();
+                bytes.0 = r.get(0);
+            }
+            if *v == "plpgsql" {
+                let r = c
+                    .query_one(
+                        "SELECT pg_total_relation_size('public.audit_log')::float8 / count(*) FROM public.audit_log",
+                        &[],
+                    )
+                    .unwrap();
+                bytes.1 = r.get(0);
+            }
+        }
+    }
+    let med = |label: &str, d: &[Vec<Duration>]| -> Vec<f64> {
+        println!("\n  {label}");
+        VARIANTS
+            .iter()
+            .zip(d)
+            .map(|((_, name), s)| {
+                let st = stats(s);
+                row(name, st);
+                st.median_ms
+            })
+            .collect()
+    };
+    let i = med("bulk insert", &ins);
+    let u = med("update of all rows", &upd);
+    println!();
+    ratio(
+        "bulk insert (c) / (a') udm unaudited",
+        i[3],
+        i[1],
+        Some(1.5),
+    );
+    ratio("bulk insert (c) / (a) plain table", i[3], i[0], None);
+    ratio("bulk insert (b) / (a) plain table", i[2], i[0], None);
+    let faster = i[2] / i[3];
+    println!(
+        "  bulk insert (b) / (c): udm is {faster:.2}x faster than the PL/pgSQL trigger (goal >= 1.5x: {})",
+        if faster >= 1.5 { "met" } else { "NOT MET" }
+    );
+    ratio("update all (c) / (a') udm unaudited", u[3], u[1], None);
+    ratio("update all (b) / (a) plain table", u[2], u[0], None);
+    println!(
+        "  update all (b) / (c): udm is {:.2}x faster than the PL/pgSQL trigger",
+        u[2] / u[3]
+    );
+    println!(
+        "  audit bytes per change (table + indexes): udm {:.0} B, PL/pgSQL audit_log {:.0} B",
+        bytes.0, bytes.1
+    );
+
+    header(&format!(
+        "single-row UPDATE throughput with pgbench ({secs} s per run)"
+    ));
+    reset(&mut c);
+    for (v, _) in VARIANTS {
+        c.batch_execute(&insert_sql(v, rows)).unwrap();
+        c.batch_execute(&format!("VACUUM ANALYZE {}", table(v)))
+            .unwrap();
+    }
+    for clients in [1u32, 2] {
+        let tps: Vec<f64> = VARIANTS
+            .iter()
+            .map(|(v, name)| {
+                let t = pgbench(v, clients, secs);
+                println!("  {clients} client(s)  {name:<40} {t:>10.0} tps");
+                t
+            })
+            .collect();
+        let r = tps[3] / tps[1];
+        println!(
+            "  {clients} client(s)  (c) / (a') udm unaudited: {r:.2}x (goal >= 0.8x: {})",
+            if r >= 0.8 { "met" } else { "NOT MET" }
+        );
+        println!(
+            "  {clients} client(s)  (c) / (a) plain table: {:.2}x;  (b) / (a): {:.2}x",
+            tps[3] / tps[0],
+            tps[2] / tps[0]
+        );
+    }
+}

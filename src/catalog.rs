@@ -417,7 +417,11 @@ fn dropped(t: &Tenant, slug: &str) -> UdmError {
         SqlState::ObjectNotInPrerequisiteState,
         format!("entity \"{slug}\" of tenant \"{}\" was dropped", t.slug),
     )
-    .hint(format!("bring it back with udm_restore_entity('{slug}') or remove it for good with udm_purge_entity('{slug}', '{slug}')"))
+    .hint(format!(
+        "bring it back with {} or remove it for good with {}",
+        udm_core::ident::sql_call("udm_restore_entity", &[slug]),
+        udm_core::ident::sql_call("udm_purge_entity", &[slug, slug])
+    ))
 }
 
 /// An active entity the caller's tenant has.
@@ -439,7 +443,10 @@ pub fn entity_for_update(t: &Tenant, slug: &str, want: Option<Status>) -> Result
             SqlState::ObjectNotInPrerequisiteState,
             format!("entity \"{slug}\" is not dropped"),
         )
-        .hint(format!("drop it first with udm_drop_entity('{slug}')"))),
+        .hint(format!(
+            "drop it first with {}",
+            udm_core::ident::sql_call("udm_drop_entity", &[slug])
+        ))),
         _ => Ok(e),
     }
 }

@@ -161,7 +161,7 @@ fn check_targets(t: &Tenant, def: &EntityDef, fields: &[&FieldDef]) -> Result<()
                         SqlState::UndefinedTable,
                         format!("field \"{}\" of entity \"{}\": target entity \"{target}\" was dropped", f.name, def.slug),
                     )
-                    .hint(format!("restore it with udm_restore_entity('{target}')")))
+                    .hint(format!("restore it with {}", udm_core::ident::sql_call("udm_restore_entity", &[target]))))
                 }
                 None => {
                     return Err(UdmError::new(
@@ -344,15 +344,28 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
         let latest = catalog::latest_status(&t, slug)?;
         match latest.as_ref().map(|(_, status)| status.as_str()) {
             Some("active") => {
-                return Err(UdmError::new(SqlState::DuplicateTable, format!("entity \"{slug}\" already exists in tenant \"{}\"", t.slug))
-                    .hint(format!("change it with udm_add_field / udm_alter_field, or see udm_describe('{slug}')")))
+                return Err(UdmError::new(
+                    SqlState::DuplicateTable,
+                    format!("entity \"{slug}\" already exists in tenant \"{}\"", t.slug),
+                )
+                .hint(format!(
+                    "change it with udm_add_field / udm_alter_field, or see {}",
+                    udm_core::ident::sql_call("udm_describe", &[slug])
+                )))
             }
             Some("dropped") => {
                 return Err(UdmError::new(
                     SqlState::DuplicateTable,
-                    format!("entity \"{slug}\" of tenant \"{}\" was dropped and still holds its data", t.slug),
+                    format!(
+                        "entity \"{slug}\" of tenant \"{}\" was dropped and still holds its data",
+                        t.slug
+                    ),
                 )
-                .hint(format!("restore it with udm_restore_entity('{slug}') or purge it with udm_purge_entity('{slug}', '{slug}') first")))
+                .hint(format!(
+                    "restore it with {} or purge it with {} first",
+                    udm_core::ident::sql_call("udm_restore_entity", &[slug]),
+                    udm_core::ident::sql_call("udm_purge_entity", &[slug, slug])
+                )))
             }
             _ => {}
         }
@@ -401,13 +414,17 @@ pub fn add_field(entity: &str, field: &Value) -> Result<Value> {
         |old, _| {
             if let Some(rf) = old.removed_fields.iter().find(|r| r.name == f.name) {
                 return Err(UdmError::new(
-                SqlState::DuplicateColumn,
-                format!("entity \"{entity}\" has a removed field \"{}\" holding data", rf.name),
-            )
-            .hint(format!(
-                "bring it back with udm_restore_field('{entity}', '{0}'), or drop its data with udm_purge_field('{entity}', '{0}') first",
-                rf.name
-            )));
+                    SqlState::DuplicateColumn,
+                    format!(
+                        "entity \"{entity}\" has a removed field \"{}\" holding data",
+                        rf.name
+                    ),
+                )
+                .hint(format!(
+                    "bring it back with {}, or drop its data with {} first",
+                    udm_core::ident::sql_call("udm_restore_field", &[entity, &rf.name]),
+                    udm_core::ident::sql_call("udm_purge_field", &[entity, &rf.name])
+                )));
             }
             if old.field(&f.name).is_some() {
                 return Err(UdmError::new(
@@ -415,8 +432,9 @@ pub fn add_field(entity: &str, field: &Value) -> Result<Value> {
                     format!("entity \"{entity}\" already has a field \"{}\"", f.name),
                 )
                 .hint(format!(
-                    "change it with udm_alter_field('{entity}', '{}', ...)",
-                    f.name
+                    "change it with udm_alter_field({}, {}, ...)",
+                    udm_core::ident::quote_literal(entity),
+                    udm_core::ident::quote_literal(&f.name)
                 )));
             }
             let mut new = old.clone();
@@ -510,22 +528,33 @@ pub fn remove_field(entity: &str, field: &str) -> Result<Value> {
 }
 
 fn removed_field<'a>(def: &'a EntityDef, field: &str) -> Result<&'a FieldDef> {
-    def.removed_fields.iter().rev().find(|f| f.name == field).ok_or_else(|| {
-        let active = def.field(field).is_some();
-        let e = UdmError::new(
-            SqlState::ObjectNotInPrerequisiteState,
-            format!("entity \"{}\" has no removed field \"{}\"", def.slug, printable(field)),
-        );
-        if active {
-            e.hint(format!("field \"{field}\" is active; remove it first with udm_remove_field('{}', '{field}')", def.slug))
-        } else {
-            e.hint(format!(
-                "removed fields of \"{}\" are {}",
-                def.slug,
-                name_list(def.removed_fields.iter().map(|f| f.name.as_str()))
-            ))
-        }
-    })
+    def.removed_fields
+        .iter()
+        .rev()
+        .find(|f| f.name == field)
+        .ok_or_else(|| {
+            let active = def.field(field).is_some();
+            let e = UdmError::new(
+                SqlState::ObjectNotInPrerequisiteState,
+                format!(
+                    "entity \"{}\" has no removed field \"{}\"",
+                    def.slug,
+                    printable(field)
+                ),
+            );
+            if active {
+                e.hint(format!(
+                    "field \"{field}\" is active; remove it first with {}",
+                    udm_core::ident::sql_call("udm_remove_field", &[&def.slug, field])
+                ))
+            } else {
+                e.hint(format!(
+                    "removed fields of \"{}\" are {}",
+                    def.slug,
+                    name_list(def.removed_fields.iter().map(|f| f.name.as_str()))
+                ))
+            }
+        })
 }
 
 pub fn restore_field(entity: &str, field: &str) -> Result<Value> {
@@ -735,8 +764,8 @@ pub fn purge_entity(entity: &str, confirm: &str) -> Result<Value> {
             printable(confirm)
         ))
         .hint(format!(
-            "write udm_purge_entity('{0}', '{0}') to delete the entity and its data for good",
-            printable(entity)
+            "write {} to delete the entity and its data for good",
+            udm_core::ident::sql_call("udm_purge_entity", &[entity, entity])
         )));
     }
     let e = catalog::entity_for_update(&t, entity, Some(Status::Dropped))?;

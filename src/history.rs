@@ -247,7 +247,8 @@ pub fn rollback(
             format!("{entity} {id} has no version {version} in the audit log"),
         )
         .hint(format!(
-            "udm_history('{entity}', '{id}') lists its versions"
+            "{} lists its versions",
+            udm_core::ident::sql_call("udm_history", &[entity, &id.to_string()])
         )));
     };
     let then = definition_then(&t, &e, def_version)?;

@@ -315,7 +315,10 @@ fn not_found(def: &EntityDef, id: &str) -> UdmError {
         SqlState::NoDataFound,
         format!("{} {id} does not exist", def.slug),
     )
-    .hint(format!("udm_query('{}', ...) lists the records", def.slug))
+    .hint(format!(
+        "udm_query({}, ...) lists the records",
+        udm_core::ident::quote_literal(&def.slug)
+    ))
 }
 
 pub fn delete(entity: &str, id: &str) -> Result<Value> {

@@ -148,8 +148,8 @@ pub fn drop_tenant(slug: &str, confirm: &str) -> Result<serde_json::Value> {
             printable(confirm)
         ))
         .hint(format!(
-            "write udm_drop_tenant('{0}', '{0}') to drop the tenant with all its data",
-            printable(slug)
+            "write {} to drop the tenant with all its data",
+            udm_core::ident::sql_call("udm_drop_tenant", &[slug, slug])
         )));
     }
     let t = catalog::tenant(slug)?.ok_or_else(|| catalog::no_such_tenant(slug))?;

@@ -321,7 +321,10 @@ fn rule_violation(schema: &str, entity: &str, key: &str) -> UdmError {
         .and_then(|t| catalog::entity_any(&t, entity).ok().flatten());
     let Some(e) = found else { return fallback() };
     let def = &e.def;
-    let hint = format!("udm_describe('{entity}') shows the entity's rules");
+    let hint = format!(
+        "{} shows the entity's rules",
+        udm_core::ident::sql_call("udm_describe", &[entity])
+    );
     if let Some(name) = key.strip_prefix("r.") {
         let Some(r) = def.rules.iter().find(|r| r.name == name) else {
             return fallback();

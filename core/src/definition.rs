@@ -1074,7 +1074,10 @@ impl EntityDef {
             ),
         );
         if removed {
-            e.hint(format!("field \"{name}\" was removed; bring it back with udm_restore_field('{}', '{name}')", self.slug))
+            e.hint(format!(
+                "field \"{name}\" was removed; bring it back with {}",
+                crate::ident::sql_call("udm_restore_field", &[&self.slug, name])
+            ))
         } else {
             e.hint(format!(
                 "fields of \"{}\" are {}",

@@ -291,6 +291,13 @@ pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
+/// A call of a udm function as a user would type it, for hints: every argument is written as a
+/// quoted literal, so a name from a caller can never be read as more SQL than one argument.
+pub fn sql_call(function: &str, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| quote_literal(&printable(a))).collect();
+    format!("{function}({})", args.join(", "))
+}
+
 /// Quotes a string literal the way PostgreSQL's `quote_literal` does: quotes doubled, and when
 /// there is a backslash, the `E'...'` form with backslashes doubled, so the result reads the same
 /// whatever `standard_conforming_strings` is. NUL bytes cannot occur in PostgreSQL text and are
@@ -343,6 +350,19 @@ pub fn tenant_role(slug: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn hints_quote_every_argument() {
+        assert_eq!(
+            sql_call("udm_describe", &["product"]),
+            "udm_describe('product')"
+        );
+        assert_eq!(
+            sql_call("udm_drop_tenant", &["x'); DROP TABLE t; --", "a\\b"]),
+            "udm_drop_tenant('x''); DROP TABLE t; --', E'a\\\\b')"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -523,13 +523,23 @@ pub fn check_upsert_key(def: &EntityDef, key: &[String]) -> Result<Vec<String>> 
     if !single_unique && !index {
         return Err(UdmError::new(
             SqlState::InvalidParameterValue,
-            format!("upsert key ({}) of {} is not unique", key.join(", "), def.slug),
+            format!(
+                "upsert key ({}) of {} is not unique",
+                key.join(", "),
+                def.slug
+            ),
         )
         .hint(format!(
-            "make it unique first: udm_alter_field('{0}', '{1}', '{{\"unique\": true}}') or udm_add_index('{0}', ARRAY[{2}], true)",
-            def.slug,
-            key[0],
-            key.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
+            "make it unique first: {} or udm_add_index({}, ARRAY[{}], true)",
+            crate::ident::sql_call(
+                "udm_alter_field",
+                &[&def.slug, &key[0], "{\"unique\": true}"]
+            ),
+            crate::ident::quote_literal(&def.slug),
+            key.iter()
+                .map(|k| crate::ident::quote_literal(k))
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     Ok(cols)

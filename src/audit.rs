@@ -15,7 +15,7 @@ use crate::catalog::{self, Tenant};
 use crate::error::{raise, OrRaise, Result};
 use crate::rowjson::RowJson;
 use crate::security::{as_owner, caller, role_name};
-use crate::triggers::{relation_names, trigger_data};
+use crate::triggers::{relation_names, text_datum, trigger_data, uuid_bytes};
 use pgrx::prelude::*;
 use pgrx::{vardata_any, varsize_any_exhdr};
 use std::cell::{Cell, RefCell};
@@ -364,13 +364,11 @@ unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) 
 }
 
 unsafe fn uuid_of(values: &[pg_sys::Datum], nulls: &[bool], i: usize) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    if !nulls[i] {
-        unsafe {
-            std::ptr::copy_nonoverlapping(values[i].cast_mut_ptr::<u8>(), out.as_mut_ptr(), 16)
-        };
+    if nulls[i] {
+        [0u8; 16]
+    } else {
+        unsafe { uuid_bytes(values[i]) }
     }
-    out
 }
 
 fn buffer_ctx() -> pg_sys::MemoryContext {
@@ -569,15 +567,6 @@ unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
         let p = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
         let len = varsize_any_exhdr(p);
         std::slice::from_raw_parts(vardata_any(p) as *const u8, len)
-    }
-}
-
-fn text_datum(s: &str) -> pg_sys::Datum {
-    unsafe {
-        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-            s.as_ptr() as *const std::os::raw::c_char,
-            s.len() as i32,
-        ))
     }
 }
 

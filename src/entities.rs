@@ -618,6 +618,31 @@ pub fn add_index(entity: &str, fields: &[String], unique: bool) -> Result<Value>
     )
 }
 
+/// Switches auditing (and change events) of an entity's records on or off: a definition change,
+/// versioned and recorded like any other.
+pub fn set_audit(entity: &str, enabled: bool) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    change(
+        &t,
+        entity,
+        json!({"op": "set_audit", "enabled": enabled}),
+        |old, _| {
+            if old.audit == enabled {
+                return Err(UdmError::new(
+                    SqlState::ObjectNotInPrerequisiteState,
+                    format!(
+                        "auditing of entity \"{entity}\" is already {}",
+                        if enabled { "on" } else { "off" }
+                    ),
+                ));
+            }
+            let mut new = old.clone();
+            new.audit = enabled;
+            Ok(new)
+        },
+    )
+}
+
 pub fn drop_index(entity: &str, name: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
     change(
@@ -917,6 +942,11 @@ fn udm_purge_field(entity: &str, field: &str) -> JsonB {
 #[pg_extern(volatile)]
 fn udm_add_index(entity: &str, fields: Vec<String>, unique: default!(bool, false)) -> JsonB {
     JsonB(add_index(entity, &fields, unique).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_set_audit(entity: &str, enabled: bool) -> JsonB {
+    JsonB(set_audit(entity, enabled).or_raise())
 }
 
 #[pg_extern(volatile)]

@@ -142,7 +142,6 @@ pub fn subscribe(
     if let Some(c) = &condition {
         condition_plan(&t, entity, c)?; // compiles it: errors name the path
     }
-    crate::catalog::require_member(&t)?;
     let sql = format!(
         "INSERT INTO {} (entity, target, actions, condition, created_by) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (entity, target) DO UPDATE SET actions = EXCLUDED.actions, condition = EXCLUDED.condition, \

@@ -12,9 +12,7 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::{json, Map, Value};
 use std::rc::Rc;
-use udm_core::audit::{
-    link_error, parse_report_options, restore_plan, summarize, ReportKind, MAX_REPORT_ROWS,
-};
+use udm_core::audit::{link_error, parse_report_options, restore_plan, summarize, ReportKind};
 use udm_core::error::{SqlState, UdmError};
 use udm_core::ident::{quote_ident, validate_slug, SlugKind};
 
@@ -222,11 +220,8 @@ pub fn rollback(
     version: i32,
     fields: Option<Vec<String>>,
 ) -> Result<Value> {
-    let (t, e) = tenant_and_entity(entity)?;
-    let e = match e {
-        Some(e) if e.status == catalog::Status::Active => e,
-        _ => catalog::entity(&t, entity)?,
-    };
+    let t = catalog::current_tenant()?;
+    let e = catalog::entity(&t, entity)?;
     let what = format!("cannot roll back {entity} {id} to version {version}");
     let sql = format!(
         "SELECT new_data, entity_version FROM {} WHERE record_id = $1 AND entity = $2 \
@@ -632,7 +627,6 @@ pub fn report(
     if let Some(u) = &o.user {
         out["user"] = json!(u);
     }
-    let _ = MAX_REPORT_ROWS;
     Ok(out)
 }
 

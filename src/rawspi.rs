@@ -113,21 +113,8 @@ pub fn first_datum(
     }
     let _conn = Connection::open();
     let (mut values, nulls) = text_datums(args);
-    unsafe {
-        let rc = pg_sys::SPI_execute_plan(
-            plan.ptr,
-            values.as_mut_ptr(),
-            nulls.as_ptr(),
-            read_only,
-            row_limit(read_only),
-        );
-        if rc < 0 {
-            return Err(UdmError::internal(format!(
-                "udm: SPI_execute_plan failed ({rc})"
-            )));
-        }
-        first_of_result()
-    }
+    execute(plan, &mut values, &nulls, read_only, row_limit(read_only))?;
+    unsafe { first_of_result() }
 }
 
 /// Runs a kept plan with datums (for plans prepared with `prepare_typed`).
@@ -138,21 +125,33 @@ pub fn first_datum_of(
     read_only: bool,
 ) -> Result<Option<pg_sys::Datum>> {
     let _conn = Connection::open();
-    unsafe {
-        let rc = pg_sys::SPI_execute_plan(
+    execute(plan, values, nulls, read_only, row_limit(read_only))?;
+    unsafe { first_of_result() }
+}
+
+/// Runs a kept plan inside an open SPI connection.
+fn execute(
+    plan: &Plan,
+    values: &mut [pg_sys::Datum],
+    nulls: &[std::os::raw::c_char],
+    read_only: bool,
+    limit: i64,
+) -> Result<()> {
+    let rc = unsafe {
+        pg_sys::SPI_execute_plan(
             plan.ptr,
             values.as_mut_ptr(),
             nulls.as_ptr(),
             read_only,
-            row_limit(read_only),
-        );
-        if rc < 0 {
-            return Err(UdmError::internal(format!(
-                "udm: SPI_execute_plan failed ({rc})"
-            )));
-        }
-        first_of_result()
+            limit,
+        )
+    };
+    if rc < 0 {
+        return Err(UdmError::internal(format!(
+            "udm: SPI_execute_plan failed ({rc})"
+        )));
     }
+    Ok(())
 }
 
 unsafe fn first_of_result() -> Result<Option<pg_sys::Datum>> {
@@ -232,13 +231,8 @@ pub fn int8_column(
     nulls: &[std::os::raw::c_char],
 ) -> Result<Vec<i64>> {
     let _conn = Connection::open();
+    execute(plan, values, nulls, false, 0)?;
     unsafe {
-        let rc = pg_sys::SPI_execute_plan(plan.ptr, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
-        if rc < 0 {
-            return Err(UdmError::internal(format!(
-                "udm: SPI_execute_plan failed ({rc})"
-            )));
-        }
         let table = pg_sys::SPI_tuptable;
         if table.is_null() {
             return Ok(vec![]);

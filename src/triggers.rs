@@ -73,7 +73,7 @@ pub(crate) unsafe fn relation_names(rel: pg_sys::Relation) -> (String, String) {
     }
 }
 
-fn text_datum(s: &str) -> pg_sys::Datum {
+pub(crate) fn text_datum(s: &str) -> pg_sys::Datum {
     s.into_datum().expect("text is never NULL")
 }
 
@@ -89,7 +89,7 @@ fn is_bcrypt_hash(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/')
 }
 
-unsafe fn uuid_bytes(d: pg_sys::Datum) -> [u8; 16] {
+pub(crate) unsafe fn uuid_bytes(d: pg_sys::Datum) -> [u8; 16] {
     unsafe {
         let p = d.cast_mut_ptr::<u8>();
         let mut out = [0u8; 16];

@@ -531,6 +531,143 @@ fn audit_can_be_switched_off_and_that_change_is_itself_recorded() {
     assert_eq!(count(&mut m, "entity = 'note'"), 0);
     let d = json(&mut m.client, "SELECT udm_describe('note')");
     assert_eq!(d["audit"], false, "{d}");
+    // switching it on (and off again) is a versioned definition change, and takes effect at once
+    json(&mut m.client, "SELECT udm_set_audit('note', true)");
+    json(
+        &mut m.client,
+        "SELECT udm_insert('note', '{\"body\": \"y\"}')",
+    );
+    assert_eq!(count(&mut m, "entity = 'note'"), 1);
+    json(&mut m.client, "SELECT udm_set_audit('note', false)");
+    json(
+        &mut m.client,
+        "SELECT udm_insert('note', '{\"body\": \"z\"}')",
+    );
+    assert_eq!(count(&mut m, "entity = 'note'"), 1);
+    let ops: Vec<String> = m
+        .client
+        .query(
+            "SELECT change->>'op' FROM udm_entity_history('note') ORDER BY version",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        ops[1..],
+        ["set_audit".to_string(), "set_audit".to_string()],
+        "{ops:?}"
+    );
+    expect_err(
+        &mut m.client,
+        "SELECT udm_set_audit('note', false)",
+        "55000",
+    );
+    expect_err(
+        &mut m.client,
+        "SELECT udm_set_audit('ghost', true)",
+        "42P01",
+    );
+    expect_err(
+        &mut m.client,
+        "SELECT * FROM udm_history('ghost', gen_random_uuid())",
+        "42P01",
+    );
+    expect_err(
+        &mut m.client,
+        "SELECT udm_record_at('ghost', gen_random_uuid(), now())",
+        "42P01",
+    );
+}
+
+#[test]
+fn big_statements_notify_once_and_links_roll_back() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "aubig");
+    shop(&mut m);
+    let s = m.tenant.clone();
+    let channel: String = scalar(&mut m.client, "SELECT udm_events_channel()");
+    let mut listener = connect_as(&m.role);
+    listener
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .unwrap();
+    m.client
+        .batch_execute(&format!(
+            "INSERT INTO \"{s}\".product (name) SELECT 'p' || i FROM generate_series(1, 150) i"
+        ))
+        .unwrap();
+    let mut got = Vec::new();
+    {
+        let mut n = listener.notifications();
+        let mut it = n.timeout_iter(Duration::from_secs(2));
+        while let Some(x) = it.next().unwrap() {
+            got.push(serde_json::from_str::<Value>(x.payload()).unwrap());
+        }
+    }
+    assert_eq!(got.len(), 1, "one batch notification for 150 rows: {got:?}");
+    assert_eq!(got[0]["batch"], true);
+    assert_eq!(got[0]["count"], 150);
+    let span = got[0]["last_event"].as_i64().unwrap() - got[0]["first_event"].as_i64().unwrap();
+    assert_eq!(span, 149);
+    // a transaction that linked a tag is undone by unlinking it
+    let p: String = scalar(
+        &mut m.client,
+        &format!("SELECT id::text FROM \"{s}\".product LIMIT 1"),
+    );
+    let tag = json(
+        &mut m.client,
+        "SELECT udm_insert('tag', '{\"name\": \"t\"}')",
+    );
+    let tag = tag["id"].as_str().unwrap().to_string();
+    m.client.batch_execute("BEGIN").unwrap();
+    let tx: i64 = scalar(&mut m.client, "SELECT txid_current()");
+    json(
+        &mut m.client,
+        &format!("SELECT udm_update('product', '{p}', '{{\"tags\": [\"{tag}\"]}}')"),
+    );
+    m.client.batch_execute("COMMIT").unwrap();
+    let r = json(
+        &mut m.client,
+        &format!("SELECT udm_rollback_transaction({tx})"),
+    );
+    assert!(
+        r["undone"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["undo"] == "unlink"),
+        "{r}"
+    );
+    let links: i64 = scalar(
+        &mut m.client,
+        &format!("SELECT count(*) FROM \"{s}\".product__tags"),
+    );
+    assert_eq!(links, 0);
+    // subscriptions come and go; a missing one is an error
+    json(
+        &mut m.client,
+        "SELECT udm_subscribe('product', ARRAY['DELETE'], 'cleanup')",
+    );
+    json(
+        &mut m.client,
+        "SELECT udm_unsubscribe('product', 'cleanup')",
+    );
+    expect_err(
+        &mut m.client,
+        "SELECT udm_unsubscribe('product', 'cleanup')",
+        "42704",
+    );
+    // rolling back some fields of a deleted record is refused: it must be restored whole
+    m.client
+        .batch_execute(&format!("DELETE FROM \"{s}\".product WHERE id = '{p}'"))
+        .unwrap();
+    expect_err(
+        &mut m.client,
+        &format!("SELECT udm_rollback('product', '{p}', 1, ARRAY['name'])"),
+        "55000",
+    );
+    assert_eq!(json(&mut m.client, "SELECT udm_audit_verify()")["ok"], true);
 }
 
 #[test]

@@ -1,26 +1,48 @@
-//! Builds the jsonb object of a row from its attribute datums with PostgreSQL's own
-//! `jsonb_build_object` (called through a prepared FmgrInfo, so every type converts exactly as it
-//! does in SQL). Used by the fast point read and by the audit trigger's images.
+//! Builds the jsonb object of a row from its attribute datums. Used by the fast point read and by
+//! the audit trigger's images, so it runs once per row written.
+//!
+//! Each column gets a converter chosen once from its type, and the object is written straight in
+//! jsonb's binary format (`udm_core::jsonb`). Every value converts exactly as `to_jsonb` /
+//! `jsonb_build_object` would convert it: text, booleans, numbers (integers become jsonb numerics,
+//! NaN and infinities strings), jsonb (embedded as is), uuids, dates and timestamps (the ISO form
+//! `to_jsonb` uses); any other type goes through `to_jsonb` itself.
 
+use crate::error::raise;
 use pgrx::prelude::*;
-use std::ffi::CString;
+use pgrx::{vardata_any, varsize_any_exhdr};
+use std::cell::RefCell;
+use udm_core::error::{SqlState, UdmError};
+use udm_core::jsonb::{key_order, write_object, Value};
 
-/// Keys per `jsonb_build_object` call (it takes at most FUNC_MAX_ARGS arguments); wider rows are
-/// built in chunks and concatenated.
-const CHUNK: usize = (pg_sys::FUNC_MAX_ARGS as usize) / 2;
-
-struct Call {
-    flinfo: *mut pg_sys::FmgrInfo,
-    fcinfo: pg_sys::FunctionCallInfo,
-    /// (key datum, 0-based attribute index)
-    cols: Vec<(pg_sys::Datum, usize)>,
+enum Conv {
+    Text,
+    Bool,
+    Numeric,
+    /// int2/int4/int8: converted to numeric by this function
+    Integer(Builtin),
+    Jsonb,
+    Uuid,
+    /// date, timestamp, timestamptz: `JsonEncodeDateTime` of this type
+    DateTime(pg_sys::Oid),
+    /// `to_jsonb` through a prepared call (its argument's type is known from `fn_expr`)
+    ToJsonb {
+        flinfo: *mut pg_sys::FmgrInfo,
+        fcinfo: pg_sys::FunctionCallInfo,
+    },
 }
 
-/// A jsonb builder for one tuple descriptor; its memory lives in `ctx` (a child of
-/// TopMemoryContext), freed on drop.
+struct Column {
+    key: Vec<u8>,
+    attr: usize,
+    conv: Conv,
+}
+
+/// A jsonb builder for one tuple descriptor; the memory of its `to_jsonb` calls lives in `ctx`
+/// (a child of TopMemoryContext), freed on drop.
 pub struct RowJson {
-    calls: Vec<Call>,
+    cols: Vec<Column>,
     ctx: pg_sys::MemoryContext,
+    buf: RefCell<Vec<u8>>,
 }
 
 impl Drop for RowJson {
@@ -29,124 +51,201 @@ impl Drop for RowJson {
     }
 }
 
+unsafe fn to_jsonb_call(a: &pg_sys::FormData_pg_attribute, ctx: pg_sys::MemoryContext) -> Conv {
+    unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(ctx);
+        let arg = pg_sys::makeConst(
+            a.atttypid,
+            a.atttypmod,
+            a.attcollation,
+            a.attlen as i32,
+            pg_sys::Datum::from(0usize),
+            true,
+            a.attbyval,
+        );
+        let fexpr = pg_sys::makeFuncExpr(
+            pg_sys::F_TO_JSONB.into(),
+            pg_sys::JSONBOID,
+            pg_sys::lappend(std::ptr::null_mut(), arg.cast()),
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+            pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+        );
+        let flinfo =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()) as *mut pg_sys::FmgrInfo;
+        pg_sys::fmgr_info_cxt(pg_sys::F_TO_JSONB.into(), flinfo, ctx);
+        (*flinfo).fn_expr = fexpr.cast();
+        let size = std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()
+            + std::mem::size_of::<pg_sys::NullableDatum>();
+        let fcinfo = pg_sys::palloc0(size) as pg_sys::FunctionCallInfo;
+        pg_sys::MemoryContextSwitchTo(old);
+        Conv::ToJsonb { flinfo, fcinfo }
+    }
+}
+
+type Builtin = unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+
+/// Calls a strict built-in function of one argument that never returns NULL.
+unsafe fn call1(f: Builtin, d: pg_sys::Datum) -> pg_sys::Datum {
+    unsafe { pgrx::direct_function_call_as_datum(f, &[Some(d)]).expect("a non-null result") }
+}
+
+unsafe fn bytes<'a>(p: *const u8, len: usize) -> &'a [u8] {
+    unsafe { std::slice::from_raw_parts(p, len) }
+}
+
+/// The bytes of a varlena datum after its header (detoasted when needed, in the current context).
+unsafe fn varlena<'a>(d: pg_sys::Datum) -> &'a [u8] {
+    unsafe {
+        let p = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        bytes(vardata_any(p) as *const u8, varsize_any_exhdr(p))
+    }
+}
+
+unsafe fn cstring<'a>(p: *const std::os::raw::c_char) -> &'a [u8] {
+    unsafe { std::ffi::CStr::from_ptr(p).to_bytes() }
+}
+
+/// A `numeric` body as jsonb stores it: NaN and the infinities are not JSON numbers and become
+/// strings, as in `to_jsonb`.
+unsafe fn numeric_value<'a>(d: pg_sys::Datum) -> Value<'a> {
+    unsafe {
+        let body = varlena(d);
+        let special = body.len() >= 2 && u16::from_le_bytes([body[0], body[1]]) & 0xC000 == 0xC000;
+        if special {
+            let s = call1(pg_sys::numeric_out, d);
+            Value::String(cstring(s.cast_mut_ptr()))
+        } else {
+            Value::Numeric(body)
+        }
+    }
+}
+
+unsafe fn uuid_text<'a>(d: pg_sys::Datum) -> &'a [u8] {
+    unsafe {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let src = bytes(d.cast_mut_ptr::<u8>(), 16);
+        let out = pg_sys::palloc(36) as *mut u8;
+        let dst = std::slice::from_raw_parts_mut(out, 36);
+        let mut j = 0;
+        for (i, b) in src.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                dst[j] = b'-';
+                j += 1;
+            }
+            dst[j] = HEX[(b >> 4) as usize];
+            dst[j + 1] = HEX[(b & 15) as usize];
+            j += 2;
+        }
+        bytes(out, 36)
+    }
+}
+
 impl RowJson {
-    /// `cols`: (key, 0-based attribute index) pairs of `desc`.
+    /// `cols`: (key, 0-based attribute index) pairs of `desc`, keys unique.
     ///
     /// # Safety
     /// `desc` must be a valid tuple descriptor and the indexes within it.
     pub unsafe fn new(desc: pg_sys::TupleDesc, cols: &[(String, usize)]) -> RowJson {
         unsafe {
-            let name = c"udm row json";
             let ctx = pg_sys::AllocSetContextCreateInternal(
                 pg_sys::TopMemoryContext,
-                name.as_ptr(),
+                c"udm row json".as_ptr(),
                 0,
                 1024,
                 8 * 1024 * 1024,
             );
-            let old = pg_sys::MemoryContextSwitchTo(ctx);
             let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-            let mut calls = Vec::new();
-            for chunk in cols.chunks(CHUNK.max(1)) {
-                let mut args: *mut pg_sys::List = std::ptr::null_mut();
-                let mut keyed = Vec::with_capacity(chunk.len());
-                for (n, i) in chunk {
-                    let k = CString::new(n.as_str()).unwrap_or_default();
-                    keyed.push((pg_sys::Datum::from(pg_sys::cstring_to_text(k.as_ptr())), *i));
-                    let key_const = pg_sys::makeConst(
-                        pg_sys::TEXTOID,
-                        -1,
-                        pg_sys::DEFAULT_COLLATION_OID,
-                        -1,
-                        pg_sys::Datum::from(0usize),
-                        true,
-                        false,
-                    );
+            let mut out: Vec<Column> = cols
+                .iter()
+                .map(|(name, i)| {
                     let a = &attrs[*i];
-                    let val_const = pg_sys::makeConst(
-                        a.atttypid,
-                        a.atttypmod,
-                        a.attcollation,
-                        a.attlen as i32,
-                        pg_sys::Datum::from(0usize),
-                        true,
-                        a.attbyval,
-                    );
-                    args = pg_sys::lappend(args, key_const.cast());
-                    args = pg_sys::lappend(args, val_const.cast());
-                }
-                let fexpr = pg_sys::makeFuncExpr(
-                    pg_sys::F_JSONB_BUILD_OBJECT_ANY.into(),
-                    pg_sys::JSONBOID,
-                    args,
-                    pg_sys::InvalidOid,
-                    pg_sys::InvalidOid,
-                    pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
-                );
-                let flinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>())
-                    as *mut pg_sys::FmgrInfo;
-                pg_sys::fmgr_info_cxt(pg_sys::F_JSONB_BUILD_OBJECT_ANY.into(), flinfo, ctx);
-                (*flinfo).fn_expr = fexpr.cast();
-                let size = std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()
-                    + 2 * chunk.len() * std::mem::size_of::<pg_sys::NullableDatum>();
-                let fcinfo = pg_sys::palloc0(size) as pg_sys::FunctionCallInfo;
-                calls.push(Call {
-                    flinfo,
-                    fcinfo,
-                    cols: keyed,
-                });
+                    let conv = match pg_sys::getBaseType(a.atttypid) {
+                        pg_sys::TEXTOID | pg_sys::VARCHAROID => Conv::Text,
+                        pg_sys::BOOLOID => Conv::Bool,
+                        pg_sys::NUMERICOID => Conv::Numeric,
+                        pg_sys::INT2OID => Conv::Integer(pg_sys::int2_numeric),
+                        pg_sys::INT4OID => Conv::Integer(pg_sys::int4_numeric),
+                        pg_sys::INT8OID => Conv::Integer(pg_sys::int8_numeric),
+                        pg_sys::JSONBOID => Conv::Jsonb,
+                        pg_sys::UUIDOID => Conv::Uuid,
+                        t @ (pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID) => {
+                            Conv::DateTime(t)
+                        }
+                        _ => to_jsonb_call(a, ctx),
+                    };
+                    Column {
+                        key: name.as_bytes().to_vec(),
+                        attr: *i,
+                        conv,
+                    }
+                })
+                .collect();
+            out.sort_by(|a, b| key_order(&a.key, &b.key));
+            RowJson {
+                cols: out,
+                ctx,
+                buf: RefCell::new(Vec::with_capacity(512)),
             }
-            pg_sys::MemoryContextSwitchTo(old);
-            RowJson { calls, ctx }
         }
     }
 
     /// The jsonb object of a row given its (deformed) values and nulls, allocated in the
-    /// current memory context.
+    /// current memory context (as are the temporary values of its conversions).
     ///
     /// # Safety
     /// `values`/`nulls` must be the deformed attributes of a tuple of the descriptor given to
     /// `new`.
     pub unsafe fn build(&self, values: &[pg_sys::Datum], nulls: &[bool]) -> pg_sys::Datum {
         unsafe {
-            let mut out: Option<pg_sys::Datum> = None;
-            for c in &self.calls {
-                let fc = c.fcinfo;
-                (*fc).flinfo = c.flinfo;
-                (*fc).context = std::ptr::null_mut();
-                (*fc).resultinfo = std::ptr::null_mut();
-                (*fc).fncollation = pg_sys::InvalidOid;
-                (*fc).isnull = false;
-                (*fc).nargs = (c.cols.len() * 2) as i16;
-                let args = (*fc).args.as_mut_slice(c.cols.len() * 2);
-                for (j, (key, i)) in c.cols.iter().enumerate() {
-                    args[2 * j] = pg_sys::NullableDatum {
-                        value: *key,
-                        isnull: false,
-                    };
-                    args[2 * j + 1] = pg_sys::NullableDatum {
-                        value: values[*i],
-                        isnull: nulls[*i],
-                    };
-                }
-                let f = (*c.flinfo).fn_addr.expect("jsonb_build_object");
-                let part = f(fc);
-                out = Some(match out {
-                    None => part,
-                    Some(acc) => pg_sys::OidFunctionCall2Coll(
-                        pg_sys::F_JSONB_CONCAT.into(),
-                        pg_sys::InvalidOid,
-                        acc,
-                        part,
-                    ),
-                });
+            let mut pairs: Vec<(&[u8], Value)> = Vec::with_capacity(self.cols.len());
+            for c in &self.cols {
+                let (d, null) = (values[c.attr], nulls[c.attr]);
+                let v = if null {
+                    Value::Null
+                } else {
+                    match &c.conv {
+                        Conv::Text => Value::String(varlena(d)),
+                        Conv::Bool => Value::Bool(d.value() & 0xff != 0),
+                        Conv::Numeric => numeric_value(d),
+                        Conv::Integer(f) => Value::Numeric(varlena(call1(*f, d))),
+                        Conv::Jsonb => Value::Jsonb(varlena(d)),
+                        Conv::Uuid => Value::String(uuid_text(d)),
+                        Conv::DateTime(t) => Value::String(cstring(pg_sys::JsonEncodeDateTime(
+                            std::ptr::null_mut(),
+                            d,
+                            *t,
+                            std::ptr::null(),
+                        ))),
+                        Conv::ToJsonb { flinfo, fcinfo } => {
+                            let fc = *fcinfo;
+                            (*fc).flinfo = *flinfo;
+                            (*fc).context = std::ptr::null_mut();
+                            (*fc).resultinfo = std::ptr::null_mut();
+                            (*fc).fncollation = pg_sys::InvalidOid;
+                            (*fc).isnull = false;
+                            (*fc).nargs = 1;
+                            (*fc).args.as_mut_slice(1)[0] = pg_sys::NullableDatum {
+                                value: d,
+                                isnull: false,
+                            };
+                            let f = (**flinfo).fn_addr.expect("to_jsonb");
+                            Value::Jsonb(varlena(f(fc)))
+                        }
+                    }
+                };
+                pairs.push((&c.key, v));
             }
-            out.unwrap_or_else(|| {
-                pg_sys::OidFunctionCall0Coll(
-                    pg_sys::F_JSONB_BUILD_OBJECT_.into(),
-                    pg_sys::InvalidOid,
-                )
-            })
+            let mut buf = self.buf.borrow_mut();
+            if let Err(e) = write_object(&mut buf, &pairs) {
+                raise(UdmError::new(
+                    SqlState::ProgramLimitExceeded,
+                    format!("udm: cannot build the jsonb image of a row: {e}"),
+                ));
+            }
+            let p = pg_sys::palloc(buf.len()) as *mut u8;
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, buf.len());
+            pg_sys::Datum::from(p)
         }
     }
 }

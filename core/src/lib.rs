@@ -10,6 +10,7 @@ pub mod definition;
 pub mod error;
 pub mod ident;
 pub mod json;
+pub mod jsonb;
 pub mod query;
 pub mod records;
 pub mod rules;

@@ -1,0 +1,355 @@
+//! A writer of PostgreSQL's binary `jsonb` format for flat objects (the row images of the audit
+//! and the fast point read), so a row becomes jsonb without going through `jsonb_build_object`'s
+//! per-value type lookups, text round trips and key sorting.
+//!
+//! The layout is the one `convertToJsonb` (src/backend/utils/adt/jsonb_util.c) writes:
+//! a container is a header word (count | kind flags), then one JEntry per child (for an object
+//! all keys first, in jsonb key order, then the values in the same order), then the children's
+//! data. A JEntry holds the child's type and either its length or, on every
+//! `OFFSET_STRIDE`th child, the end offset of its data. Numerics and containers start at 4-byte
+//! alignment (measured from the start of the datum, varlena header included), and the padding
+//! counts in the child's length.
+
+use std::cmp::Ordering;
+
+const JENTRY_OFFLENMASK: u32 = 0x0FFF_FFFF;
+const JENTRY_HAS_OFF: u32 = 0x8000_0000;
+const JENTRY_TYPEMASK: u32 = 0x7000_0000;
+const JENTRY_ISSTRING: u32 = 0x0000_0000;
+const JENTRY_ISNUMERIC: u32 = 0x1000_0000;
+const JENTRY_ISBOOL_FALSE: u32 = 0x2000_0000;
+const JENTRY_ISBOOL_TRUE: u32 = 0x3000_0000;
+const JENTRY_ISNULL: u32 = 0x4000_0000;
+const JENTRY_ISCONTAINER: u32 = 0x5000_0000;
+const JB_CMASK: u32 = 0x0FFF_FFFF;
+const JB_FSCALAR: u32 = 0x1000_0000;
+const JB_FOBJECT: u32 = 0x2000_0000;
+const JB_FARRAY: u32 = 0x4000_0000;
+const OFFSET_STRIDE: usize = 32;
+const VARHDRSZ: usize = 4;
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("udm's jsonb writer assumes a little-endian server");
+
+/// One value of an object being written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    Null,
+    Bool(bool),
+    /// A string in the database encoding (no escaping in the binary format).
+    String(&'a [u8]),
+    /// A PostgreSQL `numeric`: its bytes after the varlena header.
+    Numeric(&'a [u8]),
+    /// A jsonb datum: its bytes after the varlena header (its root container). A scalar jsonb
+    /// (stored as a one-element raw-scalar array) is written as that scalar.
+    Jsonb(&'a [u8]),
+    /// An array of values.
+    Array(Vec<Value<'a>>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonbError(pub String);
+
+impl std::fmt::Display for JsonbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+type Result<T> = std::result::Result<T, JsonbError>;
+
+/// jsonb's key order: shorter keys first, equal lengths bytewise.
+pub fn key_order(a: &[u8], b: &[u8]) -> Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// Writes the object `pairs` (keys unique) as a complete jsonb datum into `out` (cleared first):
+/// a 4-byte varlena header followed by the root container.
+pub fn write_object(out: &mut Vec<u8>, pairs: &[(&[u8], Value<'_>)]) -> Result<()> {
+    out.clear();
+    out.extend_from_slice(&[0u8; VARHDRSZ]);
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by(|&a, &b| key_order(pairs[a].0, pairs[b].0));
+    if order.windows(2).any(|w| pairs[w[0]].0 == pairs[w[1]].0) {
+        return Err(JsonbError("jsonb object with a duplicate key".into()));
+    }
+    object(out, pairs, &order)?;
+    set_varsize(out)
+}
+
+fn set_varsize(out: &mut [u8]) -> Result<()> {
+    let len = out.len();
+    if len > 0x3FFF_FFFF {
+        return Err(JsonbError(format!(
+            "jsonb value of {len} bytes is too large"
+        )));
+    }
+    out[..VARHDRSZ].copy_from_slice(&((len as u32) << 2).to_le_bytes());
+    Ok(())
+}
+
+fn pad_to_int(out: &mut Vec<u8>) -> usize {
+    let pad = (4 - out.len() % 4) % 4;
+    out.extend(std::iter::repeat_n(0u8, pad));
+    pad
+}
+
+fn put_u32(out: &mut [u8], at: usize, v: u32) {
+    out[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn len_field(len: usize) -> Result<u32> {
+    if len > JENTRY_OFFLENMASK as usize {
+        return Err(JsonbError(format!(
+            "jsonb value exceeds the maximum of {JENTRY_OFFLENMASK} bytes"
+        )));
+    }
+    Ok(len as u32)
+}
+
+/// Writes one child's data; returns its JEntry (type | length).
+fn child(out: &mut Vec<u8>, v: &Value<'_>) -> Result<u32> {
+    Ok(match v {
+        Value::Null => JENTRY_ISNULL,
+        Value::Bool(true) => JENTRY_ISBOOL_TRUE,
+        Value::Bool(false) => JENTRY_ISBOOL_FALSE,
+        Value::String(s) => {
+            out.extend_from_slice(s);
+            JENTRY_ISSTRING | len_field(s.len())?
+        }
+        Value::Numeric(n) => {
+            let pad = pad_to_int(out);
+            let total = n.len() + VARHDRSZ;
+            out.extend_from_slice(&((len_field(total)?) << 2).to_le_bytes());
+            out.extend_from_slice(n);
+            JENTRY_ISNUMERIC | len_field(pad + total)?
+        }
+        Value::Jsonb(root) => return embed(out, root),
+        Value::Array(items) => {
+            let start = out.len();
+            pad_to_int(out);
+            out.extend_from_slice(&(len_field(items.len())? | JB_FARRAY).to_le_bytes());
+            let entries = out.len();
+            out.extend(std::iter::repeat_n(0u8, 4 * items.len()));
+            let mut total = 0usize;
+            for (i, item) in items.iter().enumerate() {
+                let meta = child(out, item)?;
+                total += (meta & JENTRY_OFFLENMASK) as usize;
+                put_u32(out, entries + 4 * i, entry(meta, i, total)?);
+            }
+            JENTRY_ISCONTAINER | len_field(out.len() - start)?
+        }
+    })
+}
+
+/// The JEntry of the `i`th child: its length, or on stride positions its end offset.
+fn entry(meta: u32, i: usize, end: usize) -> Result<u32> {
+    Ok(if i % OFFSET_STRIDE == 0 {
+        (meta & JENTRY_TYPEMASK) | len_field(end)? | JENTRY_HAS_OFF
+    } else {
+        meta
+    })
+}
+
+fn object(out: &mut Vec<u8>, pairs: &[(&[u8], Value<'_>)], order: &[usize]) -> Result<u32> {
+    let n = pairs.len();
+    let start = out.len();
+    pad_to_int(out);
+    out.extend_from_slice(&(len_field(n)? | JB_FOBJECT).to_le_bytes());
+    let entries = out.len();
+    out.extend(std::iter::repeat_n(0u8, 8 * n));
+    let mut total = 0usize;
+    for (i, &p) in order.iter().enumerate() {
+        let meta = child(out, &Value::String(pairs[p].0))?;
+        total += (meta & JENTRY_OFFLENMASK) as usize;
+        put_u32(out, entries + 4 * i, entry(meta, i, total)?);
+    }
+    for (i, &p) in order.iter().enumerate() {
+        let meta = child(out, &pairs[p].1)?;
+        total += (meta & JENTRY_OFFLENMASK) as usize;
+        put_u32(out, entries + 4 * (n + i), entry(meta, n + i, total)?);
+    }
+    Ok(JENTRY_ISCONTAINER | len_field(out.len() - start)?)
+}
+
+fn read_u32(b: &[u8], at: usize) -> Result<u32> {
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or_else(|| JsonbError("truncated jsonb container".into()))
+}
+
+/// Embeds the root container of a jsonb datum as a child: a container is copied as is (its
+/// internal alignment is relative to its own start, which stays 4-byte aligned); a raw scalar is
+/// unwrapped.
+fn embed(out: &mut Vec<u8>, root: &[u8]) -> Result<u32> {
+    let header = read_u32(root, 0)?;
+    if header & JB_FSCALAR == 0 {
+        let start = out.len();
+        pad_to_int(out);
+        out.extend_from_slice(root);
+        return Ok(JENTRY_ISCONTAINER | len_field(out.len() - start)?);
+    }
+    if header & JB_FARRAY == 0 || header & JB_CMASK != 1 {
+        return Err(JsonbError("malformed scalar jsonb".into()));
+    }
+    let meta = read_u32(root, 4)?;
+    let len = (meta & JENTRY_OFFLENMASK) as usize; // the first child stores its end offset
+    let data = root
+        .get(8..8 + len)
+        .ok_or_else(|| JsonbError("truncated scalar jsonb".into()))?;
+    match meta & JENTRY_TYPEMASK {
+        JENTRY_ISNULL => child(out, &Value::Null),
+        JENTRY_ISBOOL_TRUE => child(out, &Value::Bool(true)),
+        JENTRY_ISBOOL_FALSE => child(out, &Value::Bool(false)),
+        JENTRY_ISSTRING => child(out, &Value::String(data)),
+        JENTRY_ISNUMERIC => {
+            // the numeric starts at an aligned offset (data begins aligned: no padding) and
+            // carries its own varlena header
+            let hdr = read_u32(data, 0)?;
+            if hdr & 3 != 0 || (hdr >> 2) as usize != data.len() {
+                return Err(JsonbError("malformed numeric in scalar jsonb".into()));
+            }
+            child(out, &Value::Numeric(&data[VARHDRSZ..]))
+        }
+        _ => Err(JsonbError("malformed scalar jsonb".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(b: &[u8]) -> Vec<u32> {
+        b.chunks(4)
+            .map(|c| {
+                let mut w = [0u8; 4];
+                w[..c.len()].copy_from_slice(c);
+                u32::from_le_bytes(w)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_small_object_has_postgres_layout() {
+        // SELECT '{"a": true, "bb": null}'::jsonb, laid out by hand from jsonb_util.c
+        let mut out = Vec::new();
+        write_object(&mut out, &[(b"bb", Value::Null), (b"a", Value::Bool(true))]).unwrap();
+        assert_eq!(out.len(), 4 + 4 + 16 + 3);
+        let w = words(&out[..24]);
+        assert_eq!(w[0], (27u32) << 2, "varlena header");
+        assert_eq!(w[1], JB_FOBJECT | 2);
+        assert_eq!(w[2], JENTRY_HAS_OFF | 1, "key a: offset stored on stride 0");
+        assert_eq!(w[3], 2, "key bb: length");
+        assert_eq!(w[4], JENTRY_ISBOOL_TRUE, "value of a");
+        assert_eq!(w[5], JENTRY_ISNULL, "value of bb");
+        assert_eq!(&out[24..], b"abb");
+    }
+
+    #[test]
+    fn keys_are_ordered_shorter_first_and_duplicates_refused() {
+        assert_eq!(key_order(b"zz", b"aaa"), Ordering::Less);
+        assert_eq!(key_order(b"ab", b"aa"), Ordering::Greater);
+        let mut out = Vec::new();
+        let e = write_object(&mut out, &[(b"x", Value::Null), (b"x", Value::Null)]).unwrap_err();
+        assert!(e.0.contains("duplicate"));
+    }
+
+    #[test]
+    fn numerics_are_aligned_and_get_a_four_byte_header() {
+        let mut out = Vec::new();
+        let num = [0x01u8, 0x80, 0x2a, 0x00]; // any numeric body: copied verbatim
+        write_object(&mut out, &[(b"n", Value::Numeric(&num))]).unwrap();
+        // header 4 + container header 4 + 2 entries 8 = 16, key "n" at 16, pad to 20
+        assert_eq!(out[16], b'n');
+        assert_eq!(&out[17..20], &[0, 0, 0]);
+        let w = words(&out);
+        assert_eq!(
+            w[3],
+            JENTRY_ISNUMERIC | (3 + 8),
+            "padding counts in the length"
+        );
+        assert_eq!(w[5], 8 << 2, "numeric carries a 4-byte varlena header");
+        assert_eq!(&out[24..28], &num);
+        assert_eq!(out.len(), 28);
+    }
+
+    #[test]
+    fn every_thirty_second_entry_stores_an_offset() {
+        let keys: Vec<String> = (0..20).map(|i| format!("k{i:02}")).collect();
+        let pairs: Vec<(&[u8], Value)> = keys
+            .iter()
+            .map(|k| (k.as_bytes(), Value::String(b"v")))
+            .collect();
+        let mut out = Vec::new();
+        write_object(&mut out, &pairs).unwrap();
+        let w = words(&out[..8 + 4 * 40]);
+        let entries = &w[2..42];
+        for (i, e) in entries.iter().enumerate() {
+            let has_off = e & JENTRY_HAS_OFF != 0;
+            assert_eq!(has_off, i % 32 == 0, "entry {i}");
+        }
+        // entry 32 is the 13th value: end offset = 20 keys * 3 bytes + 13 values * 1 byte
+        assert_eq!(entries[32] & JENTRY_OFFLENMASK, 60 + 13);
+    }
+
+    #[test]
+    fn nested_containers_are_copied_at_an_aligned_offset() {
+        // inner object {"a": true}: header, 2 entries, "a"
+        let mut inner = Vec::new();
+        write_object(&mut inner, &[(b"a", Value::Bool(true))]).unwrap();
+        let root = &inner[4..];
+        let mut out = Vec::new();
+        write_object(&mut out, &[(b"m", Value::Jsonb(root))]).unwrap();
+        let w = words(&out[..16]);
+        // key "m" at 16, padding to 20, then the inner container
+        assert_eq!(w[3], JENTRY_ISCONTAINER | (3 + root.len() as u32));
+        assert_eq!(&out[20..], root);
+    }
+
+    #[test]
+    fn scalar_jsonb_is_unwrapped() {
+        // '"hi"'::jsonb: raw-scalar array of one string
+        let mut root = Vec::new();
+        root.extend_from_slice(&(JB_FARRAY | JB_FSCALAR | 1).to_le_bytes());
+        root.extend_from_slice(&(JENTRY_HAS_OFF | 2).to_le_bytes());
+        root.extend_from_slice(b"hi");
+        let mut out = Vec::new();
+        write_object(&mut out, &[(b"s", Value::Jsonb(&root))]).unwrap();
+        let mut expect = Vec::new();
+        write_object(&mut expect, &[(b"s", Value::String(b"hi"))]).unwrap();
+        assert_eq!(out, expect);
+        // a scalar numeric keeps its body
+        let mut root = Vec::new();
+        root.extend_from_slice(&(JB_FARRAY | JB_FSCALAR | 1).to_le_bytes());
+        root.extend_from_slice(&(JENTRY_HAS_OFF | JENTRY_ISNUMERIC | 6).to_le_bytes());
+        root.extend_from_slice(&(6u32 << 2).to_le_bytes());
+        root.extend_from_slice(&[0x00, 0x80]);
+        write_object(&mut out, &[(b"n", Value::Jsonb(&root))]).unwrap();
+        write_object(&mut expect, &[(b"n", Value::Numeric(&[0x00, 0x80]))]).unwrap();
+        assert_eq!(out, expect);
+        // garbage is refused, not read past its end
+        assert!(write_object(&mut out, &[(b"n", Value::Jsonb(&root[..6]))]).is_err());
+        assert!(write_object(&mut out, &[(b"n", Value::Jsonb(&[1, 2]))]).is_err());
+    }
+
+    #[test]
+    fn arrays_hold_their_elements() {
+        let mut out = Vec::new();
+        write_object(
+            &mut out,
+            &[(
+                b"t",
+                Value::Array(vec![Value::String(b"x"), Value::Null, Value::String(b"yz")]),
+            )],
+        )
+        .unwrap();
+        // 16: "t", pad to 20, array header at 20, 3 entries at 24, "x" "yz" at 36
+        let w = words(&out[..36]);
+        assert_eq!(w[5], JB_FARRAY | 3);
+        assert_eq!(w[6], JENTRY_HAS_OFF | 1);
+        assert_eq!(w[7], JENTRY_ISNULL);
+        assert_eq!(w[8], 2);
+        assert_eq!(&out[36..], b"xyz");
+        assert_eq!(w[3], JENTRY_ISCONTAINER | (3 + 4 + 12 + 3));
+    }
+}

@@ -11,13 +11,13 @@
 //! table is also the tenant's outbox of change events: the audit id is the event id, and
 //! `pg_notify` on the tenant's channel announces them after commit (see `events.rs`).
 
+use crate::audit_table;
 use crate::catalog::{self, Tenant};
 use crate::error::{raise, OrRaise, Result};
 use crate::rowjson::RowJson;
 use crate::security::{as_owner, caller, role_name};
 use crate::triggers::{relation_names, text_datum, trigger_data, uuid_bytes};
 use pgrx::prelude::*;
-use pgrx::{vardata_any, varsize_any_exhdr};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
@@ -563,11 +563,7 @@ pub fn flush() {
 }
 
 unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
-    unsafe {
-        let p = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-        let len = varsize_any_exhdr(p);
-        std::slice::from_raw_parts(vardata_any(p) as *const u8, len)
-    }
+    unsafe { crate::rowjson::varlena(d) }
 }
 
 fn bytes_datum(b: &[u8]) -> pg_sys::Datum {
@@ -587,144 +583,23 @@ fn uuid_datum(b: &[u8; 16]) -> pg_sys::Datum {
     }
 }
 
-fn array(values: &[pg_sys::Datum], nulls: &[bool], typ: pg_sys::Oid) -> pg_sys::Datum {
+/// `changed_fields` as text[] from the comma-separated names (field names are slugs).
+fn text_array(joined: &str) -> pg_sys::Datum {
+    let mut elems: Vec<pg_sys::Datum> = if joined.is_empty() {
+        Vec::new()
+    } else {
+        joined.split(',').map(text_datum).collect()
+    };
     unsafe {
-        let (mut len, mut byval, mut align) = (0i16, false, 0 as std::os::raw::c_char);
-        pg_sys::get_typlenbyvalalign(typ, &mut len, &mut byval, &mut align);
-        let mut dims = [values.len() as i32];
-        let mut lbs = [1i32];
-        let mut v = values.to_vec();
-        let mut n = nulls.to_vec();
-        pg_sys::Datum::from(pg_sys::construct_md_array(
-            v.as_mut_ptr(),
-            n.as_mut_ptr(),
-            1,
-            dims.as_mut_ptr(),
-            lbs.as_mut_ptr(),
-            typ,
-            len as i32,
-            byval,
-            align,
+        pg_sys::Datum::from(pg_sys::construct_array(
+            elems.as_mut_ptr(),
+            elems.len() as i32,
+            pg_sys::TEXTOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::os::raw::c_char,
         ))
     }
-}
-
-const INSERT_COLUMNS: &str =
-    "entity, record_id, action, record_version, entity_version, old_data, new_data, \
-     changed_fields, user_id, db_role, txid, changed_at, prev_hash, hash";
-const ARG_TYPES: [pg_sys::Oid; 14] = [
-    pg_sys::TEXTARRAYOID,
-    pg_sys::UUIDARRAYOID,
-    pg_sys::TEXTARRAYOID,
-    pg_sys::INT4ARRAYOID,
-    pg_sys::INT4ARRAYOID,
-    pg_sys::JSONBARRAYOID,
-    pg_sys::JSONBARRAYOID,
-    pg_sys::TEXTARRAYOID,
-    pg_sys::TEXTARRAYOID,
-    pg_sys::TEXTARRAYOID,
-    pg_sys::INT8ARRAYOID,
-    pg_sys::TIMESTAMPTZARRAYOID,
-    pg_sys::BYTEAARRAYOID,
-    pg_sys::BYTEAARRAYOID,
-];
-
-thread_local! {
-    static INSERT_PLANS: RefCell<HashMap<(String, bool), Rc<crate::rawspi::Plan>>> = RefCell::new(HashMap::new());
-}
-
-fn insert_plan(schema: &str, each: bool) -> Result<Rc<crate::rawspi::Plan>> {
-    let key = (schema.to_string(), each);
-    if let Some(p) = INSERT_PLANS.with(|p| p.borrow().get(&key).cloned()) {
-        return Ok(p);
-    }
-    let insert = format!(
-        "INSERT INTO {}.\"_udm_audit\" ({INSERT_COLUMNS}) \
-         SELECT e, r, a, rv, ev, o, n, pg_catalog.string_to_array(c, ','), u, dr, tx, at, ph, h \
-         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-           AS x(e, r, a, rv, ev, o, n, c, u, dr, tx, at, ph, h)",
-        quote_ident(schema)
-    );
-    // one row per change (ids in order) for small flushes; the id range for big ones
-    let sql = if each {
-        format!("{insert} RETURNING audit_id")
-    } else {
-        format!(
-            "WITH ins AS ({insert} RETURNING audit_id) \
-             SELECT v.x FROM (SELECT min(audit_id) AS lo, max(audit_id) AS hi FROM ins) m, \
-             LATERAL (VALUES (m.lo), (m.hi)) AS v(x)"
-        )
-    };
-    let p = Rc::new(crate::rawspi::prepare_typed(&sql, &ARG_TYPES)?);
-    INSERT_PLANS.with(|m| m.borrow_mut().insert(key, p.clone()));
-    Ok(p)
-}
-
-/// The previous hash of each record that needs one and is not known from this transaction.
-fn lookup_heads(schema: &str, entries: &[Pending]) -> Result<HashMap<(String, [u8; 16]), Vec<u8>>> {
-    let mut seen = HashSet::new();
-    let mut entities = Vec::new();
-    let mut ids = Vec::new();
-    HEADS.with(|h| {
-        let h = h.borrow();
-        for e in entries.iter().filter(|e| e.lookup) {
-            let key = (e.schema.clone(), e.entity.clone(), e.record_id);
-            if h.contains_key(&key) || !seen.insert((e.entity.clone(), e.record_id)) {
-                continue;
-            }
-            entities.push(e.entity.to_string());
-            ids.push(pgrx::Uuid::from_bytes(e.record_id));
-        }
-    });
-    let mut out = HashMap::new();
-    if ids.is_empty() {
-        return Ok(out);
-    }
-    let sql = format!(
-        "SELECT l.e, l.id, a.hash FROM unnest($1::text[], $2::uuid[]) AS l(e, id) \
-         CROSS JOIN LATERAL (SELECT hash FROM {}.\"_udm_audit\" a \
-           WHERE a.record_id = l.id AND a.entity = l.e ORDER BY a.audit_id DESC LIMIT 1) a",
-        quote_ident(schema)
-    );
-    let stmt = crate::spi::prepared(&sql, &[pg_sys::TEXTARRAYOID, pg_sys::UUIDARRAYOID], false)?;
-    Spi::connect(|c| {
-        for r in c.select(&*stmt, None, &[entities.into(), ids.into()])? {
-            let e = r.get::<String>(1)?.unwrap_or_default();
-            let id = r
-                .get::<pgrx::Uuid>(2)?
-                .map(|u| *u.as_bytes())
-                .unwrap_or_default();
-            if let Some(h) = r.get::<Vec<u8>>(3)? {
-                out.insert((e, id), h);
-            }
-        }
-        Ok::<_, pgrx::spi::Error>(())
-    })
-    .map_err(crate::error::spi_err)?;
-    Ok(out)
-}
-
-/// Takes the tenant's event horizon lock for this transaction: a shared advisory lock keyed by a
-/// lower bound of the audit ids this transaction will write. `udm_events` delivers only events
-/// below every such key, so an event is never delivered before one with a smaller id that is
-/// still uncommitted.
-fn take_horizon_lock(schema: &str) -> Result<()> {
-    if HORIZON.with(|h| h.borrow().contains(schema)) {
-        return Ok(());
-    }
-    let sql = format!(
-        "SELECT pg_catalog.pg_advisory_xact_lock_shared(($1::bigint << 48) | \
-           (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {}.\"_udm_audit_audit_id_seq\"))",
-        quote_ident(schema)
-    );
-    let stmt = crate::spi::prepared(&sql, &[pg_sys::INT8OID], true)?;
-    Spi::connect_mut(|c| {
-        c.update(&*stmt, None, &[horizon_tag(schema).into()])
-            .map(|_| ())
-    })
-    .map_err(crate::error::spi_err)?;
-    HORIZON.with(|h| h.borrow_mut().insert(schema.to_string()));
-    Ok(())
 }
 
 /// 15 bits naming the tenant in horizon lock keys (a collision only makes delivery wait for
@@ -734,87 +609,80 @@ pub fn horizon_tag(schema: &str) -> i64 {
 }
 
 fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
-    let looked_up = lookup_heads(schema, entries)?;
-    let n = entries.len();
-    let mut cols: Vec<Vec<pg_sys::Datum>> = (0..14).map(|_| Vec::with_capacity(n)).collect();
-    let mut nulls: Vec<Vec<bool>> = (0..14).map(|_| Vec::with_capacity(n)).collect();
-    let mut push = |c: usize, d: Option<pg_sys::Datum>| {
-        cols[c].push(d.unwrap_or(pg_sys::Datum::from(0usize)));
-        nulls[c].push(d.is_none());
+    let Some(t) = catalog::tenant(schema)? else {
+        return Err(UdmError::internal(format!(
+            "udm audit: \"{schema}\" is not a udm tenant schema"
+        )));
     };
-    HEADS.with(|heads| {
-        let mut heads = heads.borrow_mut();
-        for e in entries {
-            let key = (e.schema.clone(), e.entity.clone(), e.record_id);
-            let prev: Option<Vec<u8>> = if e.lookup {
-                heads
-                    .get(&key)
-                    .map(|h| h.to_vec())
-                    .or_else(|| looked_up.get(&(e.entity.to_string(), e.record_id)).cloned())
-            } else {
-                None
-            };
-            let old = e.old.map(|d| unsafe { varlena_bytes(d) });
-            let new = e.new.map(|d| unsafe { varlena_bytes(d) });
-            let hash = chain_hash(&HashInput {
-                prev: prev.as_deref(),
-                entity: &e.entity,
-                record_id: &e.record_id,
-                action: e.action,
-                record_version: e.record_version,
-                entity_version: Some(e.entity_version),
-                old_data: old,
-                new_data: new,
-                changed_fields: e.changed.as_deref(),
-                user_id: &e.user,
-                db_role: &e.role,
-                txid: e.txid,
-                changed_at: e.at,
-            });
-            heads.insert(key, hash);
-            push(0, Some(text_datum(&e.entity)));
-            push(1, Some(uuid_datum(&e.record_id)));
-            push(2, Some(text_datum(e.action)));
-            push(3, e.record_version.map(pg_sys::Datum::from));
-            push(4, Some(pg_sys::Datum::from(e.entity_version)));
-            push(5, e.old);
-            push(6, e.new);
-            push(7, e.changed.as_deref().map(text_datum));
-            push(8, Some(text_datum(&e.user)));
-            push(9, Some(text_datum(&e.role)));
-            push(10, Some(pg_sys::Datum::from(e.txid)));
-            push(11, Some(pg_sys::Datum::from(e.at)));
-            push(12, prev.as_deref().map(bytes_datum));
-            push(13, Some(bytes_datum(&hash)));
-        }
+    let table = audit_table::of(&t)?;
+    // the previous hash of each record this transaction has not written yet
+    let wanted: Vec<(Rc<str>, [u8; 16])> = HEADS.with(|h| {
+        let h = h.borrow();
+        let mut seen = HashSet::new();
+        entries
+            .iter()
+            .filter(|e| e.lookup)
+            .filter(|e| !h.contains_key(&(e.schema.clone(), e.entity.clone(), e.record_id)))
+            .filter(|e| seen.insert((e.entity.clone(), e.record_id)))
+            .map(|e| (e.entity.clone(), e.record_id))
+            .collect()
     });
-    let elem = [
-        pg_sys::TEXTOID,
-        pg_sys::UUIDOID,
-        pg_sys::TEXTOID,
-        pg_sys::INT4OID,
-        pg_sys::INT4OID,
-        pg_sys::JSONBOID,
-        pg_sys::JSONBOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::INT8OID,
-        pg_sys::TIMESTAMPTZOID,
-        pg_sys::BYTEAOID,
-        pg_sys::BYTEAOID,
-    ];
-    let mut args: Vec<pg_sys::Datum> = (0..14)
-        .map(|c| array(&cols[c], &nulls[c], elem[c]))
-        .collect();
-    let arg_nulls = vec![b' ' as std::os::raw::c_char; 14];
-    take_horizon_lock(schema)?;
-    let each = n <= NOTIFY_EACH_UP_TO;
-    let plan = insert_plan(schema, each)?;
-    let ids = crate::rawspi::int8_column(&plan, &mut args, &arg_nulls)?;
-    let t = catalog::tenant(schema)?;
-    let Some(t) = t else { return Ok(()) };
-    if each {
+    let looked_up = table.newest_hashes(&wanted);
+    let rows: Vec<audit_table::Row> = HEADS.with(|heads| {
+        let mut heads = heads.borrow_mut();
+        entries
+            .iter()
+            .map(|e| {
+                let key = (e.schema.clone(), e.entity.clone(), e.record_id);
+                let prev: Option<Vec<u8>> = if e.lookup {
+                    heads
+                        .get(&key)
+                        .map(|h| h.to_vec())
+                        .or_else(|| looked_up.get(&(e.entity.clone(), e.record_id)).cloned())
+                } else {
+                    None
+                };
+                let hash = chain_hash(&HashInput {
+                    prev: prev.as_deref(),
+                    entity: &e.entity,
+                    record_id: &e.record_id,
+                    action: e.action,
+                    record_version: e.record_version,
+                    entity_version: Some(e.entity_version),
+                    old_data: e.old.map(|d| unsafe { varlena_bytes(d) }),
+                    new_data: e.new.map(|d| unsafe { varlena_bytes(d) }),
+                    changed_fields: e.changed.as_deref(),
+                    user_id: &e.user,
+                    db_role: &e.role,
+                    txid: e.txid,
+                    changed_at: e.at,
+                });
+                heads.insert(key, hash);
+                [
+                    Some(text_datum(&e.entity)),
+                    Some(uuid_datum(&e.record_id)),
+                    Some(text_datum(e.action)),
+                    e.record_version.map(pg_sys::Datum::from),
+                    Some(pg_sys::Datum::from(e.entity_version)),
+                    e.old,
+                    e.new,
+                    e.changed.as_deref().map(text_array),
+                    Some(text_datum(&e.user)),
+                    Some(text_datum(&e.role)),
+                    Some(pg_sys::Datum::from(e.txid)),
+                    Some(pg_sys::Datum::from(e.at)),
+                    prev.as_deref().map(bytes_datum),
+                    Some(bytes_datum(&hash)),
+                ]
+            })
+            .collect()
+    });
+    if HORIZON.with(|h| h.borrow_mut().insert(schema.to_string())) {
+        table.lock_horizon(horizon_tag(schema));
+    }
+    let ids = table.append(&rows);
+    let n = entries.len();
+    if n <= NOTIFY_EACH_UP_TO {
         for (e, id) in entries.iter().zip(ids.iter()) {
             let payload = serde_json::json!({
                 "event": id,
@@ -824,11 +692,11 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
             });
             notify(&t.channel, &payload.to_string());
         }
-    } else if ids.len() == 2 {
+    } else {
         let payload = serde_json::json!({
             "batch": true,
-            "first_event": ids[0],
-            "last_event": ids[1],
+            "first_event": ids.iter().min(),
+            "last_event": ids.iter().max(),
             "count": n,
             "entity": &*entries[0].entity,
         });

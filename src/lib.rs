@@ -20,6 +20,7 @@ macro_rules! finfo_v1 {
 }
 
 mod audit;
+mod audit_table;
 mod catalog;
 mod entities;
 mod error;

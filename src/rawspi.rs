@@ -223,31 +223,3 @@ pub fn json_value(d: pg_sys::Datum) -> serde_json::Value {
 pub fn int8(d: pg_sys::Datum) -> i64 {
     d.value() as i64
 }
-
-/// Runs a kept plan with datums and returns the first column of every row as bigints.
-pub fn int8_column(
-    plan: &Plan,
-    values: &mut [pg_sys::Datum],
-    nulls: &[std::os::raw::c_char],
-) -> Result<Vec<i64>> {
-    let _conn = Connection::open();
-    execute(plan, values, nulls, false, 0)?;
-    unsafe {
-        let table = pg_sys::SPI_tuptable;
-        if table.is_null() {
-            return Ok(vec![]);
-        }
-        let n = pg_sys::SPI_processed as usize;
-        let desc = (*table).tupdesc;
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let tuple = *(*table).vals.add(i);
-            let mut isnull = false;
-            let d = pg_sys::SPI_getbinval(tuple, desc, 1, &mut isnull);
-            if !isnull {
-                out.push(d.value() as i64);
-            }
-        }
-        Ok(out)
-    }
-}

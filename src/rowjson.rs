@@ -95,7 +95,7 @@ unsafe fn bytes<'a>(p: *const u8, len: usize) -> &'a [u8] {
 }
 
 /// The bytes of a varlena datum after its header (detoasted when needed, in the current context).
-unsafe fn varlena<'a>(d: pg_sys::Datum) -> &'a [u8] {
+pub(crate) unsafe fn varlena<'a>(d: pg_sys::Datum) -> &'a [u8] {
     unsafe {
         let p = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
         bytes(vardata_any(p) as *const u8, varsize_any_exhdr(p))

@@ -1,0 +1,298 @@
+//! A tenant's `_udm_audit` table at the storage level, for the audit trigger's hot path: append
+//! rows (heap multi-insert plus the table's index entries, as COPY does), find the newest hash
+//! of a record (a backward scan of the (record_id, audit_id) index), and take the tenant's event
+//! horizon lock. No SQL is planned or executed per audited statement.
+//!
+//! Readers (history, reports, verify, events) use SQL; the table's layout is the one
+//! `audit::tenant_tables_sql` creates, checked column by column when it is first opened here.
+
+use crate::catalog::{self, Tenant};
+use crate::error::Result;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::rc::Rc;
+use udm_core::error::UdmError;
+
+/// The columns of `_udm_audit` in the order rows are given to `append` (after `audit_id`, which
+/// `append` assigns from the table's identity sequence).
+pub const COLUMNS: [(&str, pg_sys::Oid); 14] = [
+    ("entity", pg_sys::TEXTOID),
+    ("record_id", pg_sys::UUIDOID),
+    ("action", pg_sys::TEXTOID),
+    ("record_version", pg_sys::INT4OID),
+    ("entity_version", pg_sys::INT4OID),
+    ("old_data", pg_sys::JSONBOID),
+    ("new_data", pg_sys::JSONBOID),
+    ("changed_fields", pg_sys::TEXTARRAYOID),
+    ("user_id", pg_sys::TEXTOID),
+    ("db_role", pg_sys::TEXTOID),
+    ("txid", pg_sys::INT8OID),
+    ("changed_at", pg_sys::TIMESTAMPTZOID),
+    ("prev_hash", pg_sys::BYTEAOID),
+    ("hash", pg_sys::BYTEAOID),
+];
+pub const N: usize = COLUMNS.len();
+
+/// Rows go to the heap this many at a time.
+const BATCH: usize = 1000;
+
+pub struct AuditTable {
+    relid: pg_sys::Oid,
+    seq: pg_sys::Oid,
+    record_index: pg_sys::Oid,
+    natts: usize,
+    /// 0-based attribute index of audit_id and of each of `COLUMNS`
+    id_attr: usize,
+    attrs: [usize; N],
+}
+
+/// One row: the datums of `COLUMNS` (None for NULL).
+pub type Row = [Option<pg_sys::Datum>; N];
+
+thread_local! {
+    static TABLES: RefCell<HashMap<pg_sys::Oid, Rc<AuditTable>>> = RefCell::new(HashMap::new());
+    static TABLES_GEN: Cell<u64> = const { Cell::new(u64::MAX) };
+}
+
+fn relid(ns: pg_sys::Oid, name: &str) -> pg_sys::Oid {
+    let c = CString::new(name).expect("no NUL");
+    unsafe { pg_sys::get_relname_relid(c.as_ptr(), ns) }
+}
+
+/// The audit table of a tenant, cached per backend (by schema oid) until any definition changes.
+pub fn of(t: &Tenant) -> Result<Rc<AuditTable>> {
+    let g = catalog::generation();
+    if TABLES_GEN.with(|x| x.replace(g)) != g {
+        TABLES.with(|t| t.borrow_mut().clear());
+    }
+    if let Some(a) = TABLES.with(|m| m.borrow().get(&t.schema_oid).cloned()) {
+        return Ok(a);
+    }
+    let a = Rc::new(open(&t.schema, t.schema_oid)?);
+    TABLES.with(|m| m.borrow_mut().insert(t.schema_oid, a.clone()));
+    Ok(a)
+}
+
+fn open(schema: &str, ns: pg_sys::Oid) -> Result<AuditTable> {
+    let missing = |what: &str| {
+        UdmError::internal(format!(
+            "udm audit: tenant schema \"{schema}\" has no {what}"
+        ))
+    };
+    if ns == pg_sys::InvalidOid {
+        return Err(missing("schema"));
+    }
+    let table = relid(ns, "_udm_audit");
+    let seq = relid(ns, "_udm_audit_audit_id_seq");
+    let record_index = relid(ns, "_udm_audit__record__idx");
+    for (oid, what) in [
+        (table, "audit table _udm_audit"),
+        (seq, "sequence _udm_audit_audit_id_seq"),
+        (record_index, "index _udm_audit__record__idx"),
+    ] {
+        if oid == pg_sys::InvalidOid {
+            return Err(missing(what));
+        }
+    }
+    unsafe {
+        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
+        let desc = (*rel).rd_att;
+        let natts = (*desc).natts as usize;
+        let list = (*desc).attrs.as_slice(natts);
+        let find = |name: &str, typ: pg_sys::Oid| {
+            list.iter()
+                .position(|a| !a.attisdropped && a.name() == name && a.atttypid == typ)
+                .ok_or_else(|| missing(&format!("column _udm_audit.{name} of the expected type")))
+        };
+        let found = (|| {
+            let id_attr = find("audit_id", pg_sys::INT8OID)?;
+            let mut attrs = [0usize; N];
+            for (i, (name, typ)) in COLUMNS.iter().enumerate() {
+                attrs[i] = find(name, *typ)?;
+            }
+            Ok((id_attr, attrs))
+        })();
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        let (id_attr, attrs) = found?;
+        Ok(AuditTable {
+            relid: table,
+            seq,
+            record_index,
+            natts,
+            id_attr,
+            attrs,
+        })
+    }
+}
+
+impl AuditTable {
+    /// Appends `rows` in order and returns the audit id of each.
+    pub fn append(&self, rows: &[Row]) -> Vec<i64> {
+        let mut ids = Vec::with_capacity(rows.len());
+        if rows.is_empty() {
+            return ids;
+        }
+        unsafe {
+            let rel = pg_sys::table_open(self.relid, pg_sys::RowExclusiveLock as i32);
+            let desc = (*rel).rd_att;
+            let estate = pg_sys::CreateExecutorState();
+            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                as *mut pg_sys::ResultRelInfo;
+            pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(rri, false);
+            let cid = pg_sys::GetCurrentCommandId(true);
+            let bulk = if rows.len() > 1 {
+                pg_sys::GetBulkInsertState()
+            } else {
+                std::ptr::null_mut()
+            };
+            let mut slots: Vec<*mut pg_sys::TupleTableSlot> = (0..rows.len().min(BATCH))
+                .map(|_| pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple))
+                .collect();
+            let mut values = vec![pg_sys::Datum::from(0usize); self.natts];
+            let mut nulls = vec![true; self.natts];
+            for chunk in rows.chunks(BATCH) {
+                for (row, &slot) in chunk.iter().zip(&slots) {
+                    let id = pgrx::direct_function_call_as_datum(
+                        pg_sys::nextval_oid,
+                        &[Some(pg_sys::Datum::from(self.seq))],
+                    )
+                    .expect("nextval");
+                    ids.push(id.value() as i64);
+                    values[self.id_attr] = id;
+                    nulls[self.id_attr] = false;
+                    for (c, v) in row.iter().enumerate() {
+                        let a = self.attrs[c];
+                        values[a] = v.unwrap_or(pg_sys::Datum::from(0usize));
+                        nulls[a] = v.is_none();
+                    }
+                    let tuple =
+                        pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                    pg_sys::ExecStoreHeapTuple(tuple, slot, true);
+                }
+                pg_sys::heap_multi_insert(
+                    rel,
+                    slots.as_mut_ptr(),
+                    chunk.len() as i32,
+                    cid,
+                    0,
+                    bulk,
+                );
+                if (*estate).es_per_tuple_exprcontext.is_null() {
+                    pg_sys::MakePerTupleExprContext(estate);
+                }
+                let econtext = (*estate).es_per_tuple_exprcontext;
+                for &slot in &slots[..chunk.len()] {
+                    pg_sys::ExecInsertIndexTuples(
+                        rri,
+                        slot,
+                        estate,
+                        false,
+                        false,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    );
+                    pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+                    pg_sys::ExecClearTuple(slot);
+                }
+            }
+            for slot in slots.drain(..) {
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+            }
+            if !bulk.is_null() {
+                pg_sys::FreeBulkInsertState(bulk);
+            }
+            pg_sys::ExecCloseIndices(rri);
+            pg_sys::FreeExecutorState(estate);
+            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        }
+        ids
+    }
+
+    /// The hash of the newest audit row of each (entity, record) asked for that has one, read
+    /// with a fresh snapshot (a writer that waited for another's row lock sees its audit row).
+    pub fn newest_hashes(
+        &self,
+        wanted: &[(Rc<str>, [u8; 16])],
+    ) -> HashMap<(Rc<str>, [u8; 16]), Vec<u8>> {
+        let mut out = HashMap::new();
+        if wanted.is_empty() {
+            return out;
+        }
+        unsafe {
+            // rows this transaction wrote in the current command become visible too
+            pg_sys::CommandCounterIncrement();
+            let rel = pg_sys::table_open(self.relid, pg_sys::AccessShareLock as i32);
+            let idx = pg_sys::index_open(self.record_index, pg_sys::AccessShareLock as i32);
+            let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+            let scan = pg_sys::index_beginscan(rel, idx, snap, 1, 0);
+            let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+            let entity_att = self.attrs[0] as i32 + 1;
+            let hash_att = self.attrs[N - 1] as i32 + 1;
+            let mut id = [0u8; 16];
+            for (entity, record) in wanted {
+                id.copy_from_slice(record);
+                let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+                pg_sys::ScanKeyInit(
+                    &mut key,
+                    1,
+                    pg_sys::BTEqualStrategyNumber as u16,
+                    pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+                    pg_sys::Datum::from(id.as_mut_ptr()),
+                );
+                pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+                while pg_sys::index_getnext_slot(
+                    scan,
+                    pg_sys::ScanDirection::BackwardScanDirection,
+                    slot,
+                ) {
+                    let mut null = false;
+                    let e = pg_sys::slot_getattr(slot, entity_att, &mut null);
+                    if null || crate::rowjson::varlena(e) != entity.as_bytes() {
+                        continue;
+                    }
+                    let h = pg_sys::slot_getattr(slot, hash_att, &mut null);
+                    if !null {
+                        out.insert(
+                            (entity.clone(), *record),
+                            crate::rowjson::varlena(h).to_vec(),
+                        );
+                    }
+                    break;
+                }
+            }
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            pg_sys::index_endscan(scan);
+            pg_sys::UnregisterSnapshot(snap);
+            pg_sys::index_close(idx, pg_sys::NoLock as i32);
+            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        }
+        out
+    }
+
+    /// Takes the tenant's event horizon lock for this transaction: the shared advisory lock
+    /// `pg_advisory_xact_lock_shared((tag << 48) | last audit id so far)`, a lower bound of the
+    /// ids this transaction will write. `udm_events` delivers only events below every such key,
+    /// so an event is never delivered before one with a smaller id that is still uncommitted.
+    pub fn lock_horizon(&self, tag: i64) {
+        unsafe {
+            let last: i64 = pgrx::direct_function_call(
+                pg_sys::pg_sequence_last_value,
+                &[Some(pg_sys::Datum::from(self.seq))],
+            )
+            .unwrap_or(0);
+            let key = (tag << 48) | last;
+            let tag = pg_sys::LOCKTAG {
+                locktag_field1: pg_sys::MyDatabaseId.to_u32(),
+                locktag_field2: (key >> 32) as u32,
+                locktag_field3: key as u32,
+                locktag_field4: 1,
+                locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+                locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+            };
+            pg_sys::LockAcquire(&tag, pg_sys::ShareLock as i32, false, false);
+        }
+    }
+}

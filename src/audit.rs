@@ -31,6 +31,10 @@ finfo_v1!(pg_finfo_udm_audit_row);
 finfo_v1!(pg_finfo_udm_audit_flush);
 finfo_v1!(pg_finfo_udm_audit_hash);
 
+/// System columns an image leaves out because the audit row has them in its own columns
+/// (`record_id`, `record_version`); `udm_record_at` puts them back.
+const IN_OWN_COLUMNS: [&str; 2] = ["id", "_version"];
+
 /// A statement flushes its buffered changes every this many rows.
 const FLUSH_AT: usize = 5000;
 /// Up to this many changes in one flush are announced one notification each; more are
@@ -59,8 +63,7 @@ pub fn tenant_tables_sql(schema: &str, role: &str) -> String {
            prev_hash bytea, \
            hash bytea NOT NULL); \
          CREATE INDEX \"_udm_audit__record__idx\" ON {s}.\"_udm_audit\" (record_id, audit_id); \
-         CREATE INDEX \"_udm_audit__changed_at__idx\" ON {s}.\"_udm_audit\" USING brin (changed_at) WITH (autosummarize = on); \
-         CREATE INDEX \"_udm_audit__txid__idx\" ON {s}.\"_udm_audit\" USING brin (txid) WITH (autosummarize = on); \
+         CREATE INDEX \"_udm_audit__changed_at_txid__idx\" ON {s}.\"_udm_audit\" USING brin (changed_at, txid) WITH (autosummarize = on); \
          GRANT SELECT ON {s}.\"_udm_audit\" TO {r}; \
          COMMENT ON TABLE {s}.\"_udm_audit\" IS 'udm audit log and change events (append-only, hash-chained per record)'; \
          CREATE TABLE {s}.\"_udm_subscription\" (\
@@ -131,7 +134,8 @@ struct Pending {
 }
 
 thread_local! {
-    static SHAPES: RefCell<HashMap<(pg_sys::Oid, String), Rc<Shape>>> = RefCell::new(HashMap::new());
+    /// By (table, trigger): a junction table's trigger names its entity in its argument.
+    static SHAPES: RefCell<HashMap<(pg_sys::Oid, pg_sys::Oid), Rc<Shape>>> = RefCell::new(HashMap::new());
     static SHAPES_GEN: Cell<u64> = const { Cell::new(u64::MAX) };
     static BUFFER: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     static BUFFER_CTX: Cell<pg_sys::MemoryContext> = const { Cell::new(std::ptr::null_mut()) };
@@ -157,7 +161,7 @@ pub fn init() {
 
 fn reset_transaction_state() {
     BUFFER.with(|b| b.borrow_mut().clear());
-    BUFFER_CTX.with(|c| c.set(std::ptr::null_mut())); // freed with TopTransactionContext
+    reset_buffer_ctx();
     SUB_MARKS.with(|m| m.borrow_mut().clear());
     HEADS.with(|h| h.borrow_mut().clear());
     HORIZON.with(|h| h.borrow_mut().clear());
@@ -221,18 +225,22 @@ unsafe fn attr_index(desc: pg_sys::TupleDesc, name: &str) -> Option<usize> {
 }
 
 /// The audit shape of a table, cached per backend until any definition changes.
-unsafe fn shape(rel: pg_sys::Relation, entity_arg: Option<&str>) -> Rc<Shape> {
+unsafe fn shape(rel: pg_sys::Relation, trigger: *const pg_sys::Trigger) -> Rc<Shape> {
     unsafe {
         let g = catalog::generation();
         if SHAPES_GEN.with(|x| x.replace(g)) != g {
             SHAPES.with(|s| s.borrow_mut().clear());
         }
-        let relid = (*rel).rd_id;
-        let key = (relid, entity_arg.unwrap_or("").to_string());
+        let key = ((*rel).rd_id, (*trigger).tgoid);
         if let Some(s) = SHAPES.with(|s| s.borrow().get(&key).cloned()) {
             return s;
         }
-        let s = Rc::new(build_shape(rel, entity_arg).or_raise());
+        let arg = ((*trigger).tgnargs > 0).then(|| {
+            CStr::from_ptr(*(*trigger).tgargs)
+                .to_string_lossy()
+                .into_owned()
+        });
+        let s = Rc::new(build_shape(rel, arg.as_deref()).or_raise());
         SHAPES.with(|m| m.borrow_mut().insert(key, s.clone()));
         s
     }
@@ -284,7 +292,11 @@ unsafe fn build_shape(rel: pg_sys::Relation, entity_arg: Option<&str>) -> Result
             )
         } else {
             let mut cols: Vec<(String, usize)> = Vec::new();
-            for c in SYSTEM_COLUMNS {
+            // id and _version are the row's record_id and record_version: not repeated
+            for c in SYSTEM_COLUMNS
+                .iter()
+                .filter(|c| !IN_OWN_COLUMNS.contains(c))
+            {
                 cols.push((c.to_string(), need(c)?));
             }
             let mut fields = Vec::new();
@@ -371,16 +383,22 @@ unsafe fn uuid_of(values: &[pg_sys::Datum], nulls: &[bool], i: usize) -> [u8; 16
     }
 }
 
+/// The buffer's memory context lives as long as the session and keeps this much between
+/// statements, so buffering images costs no allocation from the operating system.
+const BUFFER_KEEP: usize = 1024 * 1024;
+
+/// Where buffered images live until their statement's flush (reset at every flush and at the
+/// end of every transaction).
 fn buffer_ctx() -> pg_sys::MemoryContext {
     BUFFER_CTX.with(|c| {
         if c.get().is_null() {
             let name = c"udm audit buffer";
             let ctx = unsafe {
                 pg_sys::AllocSetContextCreateInternal(
-                    pg_sys::TopTransactionContext,
+                    pg_sys::TopMemoryContext,
                     name.as_ptr(),
-                    0,
-                    8 * 1024,
+                    BUFFER_KEEP,
+                    BUFFER_KEEP,
                     8 * 1024 * 1024,
                 )
             };
@@ -426,14 +444,8 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
                 "udm.audit_row() must be an AFTER ... FOR EACH ROW trigger",
             ));
         }
-        let t = (*td).tg_trigger;
-        let arg = if (*t).tgnargs > 0 {
-            Some(CStr::from_ptr(*(*t).tgargs).to_string_lossy().into_owned())
-        } else {
-            None
-        };
         let rel = (*td).tg_relation;
-        let shape = shape(rel, arg.as_deref());
+        let shape = shape(rel, (*td).tg_trigger);
         if !shape.audited {
             return pg_sys::Datum::from(0usize);
         }
@@ -554,6 +566,11 @@ pub fn flush() {
         as_owner(|| write_group(&schema, &entries[start..end])).or_raise();
         start = end;
     }
+    reset_buffer_ctx();
+}
+
+/// Frees the buffered images (the context keeps its first block for the next statement).
+fn reset_buffer_ctx() {
     BUFFER_CTX.with(|c| {
         let ctx = c.get();
         if !ctx.is_null() {

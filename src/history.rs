@@ -89,7 +89,8 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
         return Err(catalog::no_such_entity(&t, entity));
     }
     let sql = format!(
-        "SELECT CASE WHEN action = 'DELETE' THEN NULL ELSE new_data END FROM {} \
+        "SELECT CASE WHEN action = 'DELETE' THEN NULL \
+           ELSE new_data || jsonb_build_object('id', record_id, '_version', record_version) END FROM {} \
          WHERE record_id = $1 AND entity = $2 AND changed_at <= $3 ORDER BY audit_id DESC LIMIT 1",
         audit_table(&t)
     );

@@ -15,14 +15,15 @@ use crate::audit_table;
 use crate::catalog::{self, Tenant};
 use crate::error::{raise, OrRaise, Result};
 use crate::rowjson::RowJson;
-use crate::security::{as_owner, caller, role_name};
+use crate::security::{as_owner_id, caller, role_name};
 use crate::triggers::{relation_names, text_datum, trigger_data, uuid_bytes};
 use pgrx::prelude::*;
+use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::rc::Rc;
-use udm_core::audit::{chain_hash, HashInput};
+use udm_core::audit::{chain_hash, chain_hash_with, HashInput};
 use udm_core::error::{SqlState, UdmError};
 use udm_core::ident::{quote_ident, SYSTEM_COLUMNS};
 use udm_core::types::FieldType;
@@ -37,6 +38,8 @@ const IN_OWN_COLUMNS: [&str; 2] = ["id", "_version"];
 
 /// A statement flushes its buffered changes every this many rows.
 const FLUSH_AT: usize = 5000;
+/// The chain head cache is emptied when it grows past this many records.
+const HEADS_MAX: usize = 50_000;
 /// Up to this many changes in one flush are announced one notification each; more are
 /// announced as one batch notification with the event id range.
 const NOTIFY_EACH_UP_TO: usize = 100;
@@ -141,8 +144,10 @@ thread_local! {
     static BUFFER_CTX: Cell<pg_sys::MemoryContext> = const { Cell::new(std::ptr::null_mut()) };
     /// Buffer lengths at the start of each open subtransaction.
     static SUB_MARKS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
-    /// Newest hash per (schema, entity, record) written in this transaction.
-    static HEADS: RefCell<HashMap<(Rc<str>, Rc<str>, [u8; 16]), [u8; 32]>> = RefCell::new(HashMap::new());
+    /// Newest hash per (schema, entity, record) written in this transaction (a cache of at most
+/// `HEADS_MAX` entries: a head not in it is read from the table).
+    /// A cache of chain heads: without it, the head is read from the record index.
+    static HEADS: RefCell<FxHashMap<(Rc<str>, Rc<str>, [u8; 16]), [u8; 32]>> = RefCell::new(FxHashMap::default());
     /// Tenants whose event horizon lock this transaction holds.
     static HORIZON: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
     /// Set while udm_rollback writes: changes are recorded as ROLLBACK.
@@ -563,7 +568,8 @@ pub fn flush() {
         while end < entries.len() && entries[end].schema == schema {
             end += 1;
         }
-        as_owner(|| write_group(&schema, &entries[start..end])).or_raise();
+        // no SQL runs while writing: switching the user (for the sequence) is enough
+        as_owner_id(|| write_group(&schema, &entries[start..end])).or_raise();
         start = end;
     }
     reset_buffer_ctx();
@@ -645,8 +651,23 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
             .collect()
     });
     let looked_up = table.newest_hashes(&wanted);
+    // entity, action, user and role repeat across a statement's rows: one datum each
+    let mut texts: Vec<(*const u8, usize, pg_sys::Datum)> = Vec::new();
+    let mut text = |s: &str| -> pg_sys::Datum {
+        let key = (s.as_ptr(), s.len());
+        if let Some(&(_, _, d)) = texts.iter().find(|(p, l, _)| (*p, *l) == key) {
+            return d;
+        }
+        let d = text_datum(s);
+        texts.push((key.0, key.1, d));
+        d
+    };
+    let mut scratch = Vec::with_capacity(1024);
     let rows: Vec<audit_table::Row> = HEADS.with(|heads| {
         let mut heads = heads.borrow_mut();
+        if heads.len() > HEADS_MAX {
+            heads.clear();
+        }
         entries
             .iter()
             .map(|e| {
@@ -659,33 +680,36 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
                 } else {
                     None
                 };
-                let hash = chain_hash(&HashInput {
-                    prev: prev.as_deref(),
-                    entity: &e.entity,
-                    record_id: &e.record_id,
-                    action: e.action,
-                    record_version: e.record_version,
-                    entity_version: Some(e.entity_version),
-                    old_data: e.old.map(|d| unsafe { varlena_bytes(d) }),
-                    new_data: e.new.map(|d| unsafe { varlena_bytes(d) }),
-                    changed_fields: e.changed.as_deref(),
-                    user_id: &e.user,
-                    db_role: &e.role,
-                    txid: e.txid,
-                    changed_at: e.at,
-                });
+                let hash = chain_hash_with(
+                    &mut scratch,
+                    &HashInput {
+                        prev: prev.as_deref(),
+                        entity: &e.entity,
+                        record_id: &e.record_id,
+                        action: e.action,
+                        record_version: e.record_version,
+                        entity_version: Some(e.entity_version),
+                        old_data: e.old.map(|d| unsafe { varlena_bytes(d) }),
+                        new_data: e.new.map(|d| unsafe { varlena_bytes(d) }),
+                        changed_fields: e.changed.as_deref(),
+                        user_id: &e.user,
+                        db_role: &e.role,
+                        txid: e.txid,
+                        changed_at: e.at,
+                    },
+                );
                 heads.insert(key, hash);
                 [
-                    Some(text_datum(&e.entity)),
+                    Some(text(&e.entity)),
                     Some(uuid_datum(&e.record_id)),
-                    Some(text_datum(e.action)),
+                    Some(text(e.action)),
                     e.record_version.map(pg_sys::Datum::from),
                     Some(pg_sys::Datum::from(e.entity_version)),
                     e.old,
                     e.new,
                     e.changed.as_deref().map(text_array),
-                    Some(text_datum(&e.user)),
-                    Some(text_datum(&e.role)),
+                    Some(text(&e.user)),
+                    Some(text(&e.role)),
                     Some(pg_sys::Datum::from(e.txid)),
                     Some(pg_sys::Datum::from(e.at)),
                     prev.as_deref().map(bytes_datum),
@@ -701,13 +725,14 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
     let n = entries.len();
     if n <= NOTIFY_EACH_UP_TO {
         for (e, id) in entries.iter().zip(ids.iter()) {
-            let payload = serde_json::json!({
-                "event": id,
-                "entity": &*e.entity,
-                "id": pgrx::Uuid::from_bytes(e.record_id).to_string(),
-                "action": e.action,
-            });
-            notify(&t.channel, &payload.to_string());
+            // the payload serde_json would write for these four keys, without building a map
+            let payload = format!(
+                "{{\"action\":\"{}\",\"entity\":{},\"event\":{id},\"id\":\"{}\"}}",
+                e.action,
+                serde_json::Value::from(&*e.entity),
+                uuid::Uuid::from_bytes(e.record_id).hyphenated()
+            );
+            notify(&t.channel, &payload);
         }
     } else {
         let payload = serde_json::json!({

@@ -12,18 +12,22 @@ use pgrx::prelude::*;
 use pgrx::{vardata_any, varsize_any_exhdr};
 use std::cell::RefCell;
 use udm_core::error::{SqlState, UdmError};
-use udm_core::jsonb::{key_order, write_object, Value};
+use udm_core::jsonb::{integer_numeric, key_order, write_object, Value};
 
 enum Conv {
     Text,
     Bool,
     Numeric,
-    /// int2/int4/int8: converted to numeric by this function
-    Integer(Builtin),
+    /// int2/int4/int8 (by value), written as numerics
+    Int2,
+    Int4,
+    Int8,
     Jsonb,
     Uuid,
-    /// date, timestamp, timestamptz: `JsonEncodeDateTime` of this type
-    DateTime(pg_sys::Oid),
+    /// date, timestamp, timestamptz: `JsonEncodeDateTime` of this type. The last value's text is
+    /// kept (with the session time zone it was made in): the stamps of a statement's rows are
+    /// usually one value.
+    DateTime(pg_sys::Oid, RefCell<Option<(usize, usize, Vec<u8>)>>),
     /// `to_jsonb` through a prepared call (its argument's type is known from `fn_expr`)
     ToJsonb {
         flinfo: *mut pg_sys::FmgrInfo,
@@ -83,10 +87,11 @@ unsafe fn to_jsonb_call(a: &pg_sys::FormData_pg_attribute, ctx: pg_sys::MemoryCo
     }
 }
 
-type Builtin = unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum;
-
 /// Calls a strict built-in function of one argument that never returns NULL.
-unsafe fn call1(f: Builtin, d: pg_sys::Datum) -> pg_sys::Datum {
+unsafe fn call1(
+    f: unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum,
+    d: pg_sys::Datum,
+) -> pg_sys::Datum {
     unsafe { pgrx::direct_function_call_as_datum(f, &[Some(d)]).expect("a non-null result") }
 }
 
@@ -94,10 +99,16 @@ unsafe fn bytes<'a>(p: *const u8, len: usize) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(p, len) }
 }
 
-/// The bytes of a varlena datum after its header (detoasted when needed, in the current context).
+/// The bytes of a varlena datum after its header; only a TOAST pointer or a compressed value is
+/// detoasted (into the current context).
 pub(crate) unsafe fn varlena<'a>(d: pg_sys::Datum) -> &'a [u8] {
     unsafe {
-        let p = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        let mut p = d.cast_mut_ptr::<pg_sys::varlena>();
+        let first = *(p as *const u8);
+        // little-endian varlena headers: 0x01 = external pointer, xxxxxx10 = 4-byte compressed
+        if first == 0x01 || first & 0x03 == 0x02 {
+            p = pg_sys::pg_detoast_datum_packed(p);
+        }
         bytes(vardata_any(p) as *const u8, varsize_any_exhdr(p))
     }
 }
@@ -164,13 +175,13 @@ impl RowJson {
                         pg_sys::TEXTOID | pg_sys::VARCHAROID => Conv::Text,
                         pg_sys::BOOLOID => Conv::Bool,
                         pg_sys::NUMERICOID => Conv::Numeric,
-                        pg_sys::INT2OID => Conv::Integer(pg_sys::int2_numeric),
-                        pg_sys::INT4OID => Conv::Integer(pg_sys::int4_numeric),
-                        pg_sys::INT8OID => Conv::Integer(pg_sys::int8_numeric),
+                        pg_sys::INT2OID => Conv::Int2,
+                        pg_sys::INT4OID => Conv::Int4,
+                        pg_sys::INT8OID => Conv::Int8,
                         pg_sys::JSONBOID => Conv::Jsonb,
                         pg_sys::UUIDOID => Conv::Uuid,
                         t @ (pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID) => {
-                            Conv::DateTime(t)
+                            Conv::DateTime(t, RefCell::new(None))
                         }
                         _ => to_jsonb_call(a, ctx),
                     };
@@ -199,6 +210,8 @@ impl RowJson {
     pub unsafe fn build(&self, values: &[pg_sys::Datum], nulls: &[bool]) -> pg_sys::Datum {
         unsafe {
             let mut pairs: Vec<(&[u8], Value)> = Vec::with_capacity(self.cols.len());
+            let mut ints = vec![[0u8; 12]; self.cols.len()];
+            let mut ints = ints.iter_mut();
             for c in &self.cols {
                 let (d, null) = (values[c.attr], nulls[c.attr]);
                 let v = if null {
@@ -208,15 +221,36 @@ impl RowJson {
                         Conv::Text => Value::String(varlena(d)),
                         Conv::Bool => Value::Bool(d.value() & 0xff != 0),
                         Conv::Numeric => numeric_value(d),
-                        Conv::Integer(f) => Value::Numeric(varlena(call1(*f, d))),
+                        Conv::Int2 | Conv::Int4 | Conv::Int8 => {
+                            let v = match c.conv {
+                                Conv::Int2 => d.value() as i16 as i64,
+                                Conv::Int4 => d.value() as i32 as i64,
+                                _ => d.value() as i64,
+                            };
+                            let buf = ints.next().expect("one buffer per column");
+                            let n = integer_numeric(v, buf);
+                            Value::Numeric(&buf[..n])
+                        }
                         Conv::Jsonb => Value::Jsonb(varlena(d)),
                         Conv::Uuid => Value::String(uuid_text(d)),
-                        Conv::DateTime(t) => Value::String(cstring(pg_sys::JsonEncodeDateTime(
-                            std::ptr::null_mut(),
-                            d,
-                            *t,
-                            std::ptr::null(),
-                        ))),
+                        Conv::DateTime(t, last) => {
+                            let tz = pg_sys::session_timezone as usize;
+                            let mut last = last.borrow_mut();
+                            let hit =
+                                matches!(&*last, Some((v, z, _)) if *v == d.value() && *z == tz);
+                            if !hit {
+                                let text = cstring(pg_sys::JsonEncodeDateTime(
+                                    std::ptr::null_mut(),
+                                    d,
+                                    *t,
+                                    std::ptr::null(),
+                                ));
+                                *last = Some((d.value(), tz, text.to_vec()));
+                            }
+                            let text = &last.as_ref().expect("just set").2;
+                            // the text lives in the column until its next different value
+                            Value::String(bytes(text.as_ptr(), text.len()))
+                        }
                         Conv::ToJsonb { flinfo, fcinfo } => {
                             let fc = *fcinfo;
                             (*fc).flinfo = *flinfo;

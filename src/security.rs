@@ -154,6 +154,24 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Runs `f` with the extension owner's user id, and nothing else changed: for storage-level work
+/// that runs no SQL (no search_path or lock settings apply). An ERROR restores the caller with
+/// the (sub)transaction abort.
+pub fn as_owner_id<R>(f: impl FnOnce() -> R) -> R {
+    let owner = owner();
+    let (mut saved_uid, mut saved_ctx) = (pg_sys::InvalidOid, 0i32);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_uid, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let r = f();
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_uid, saved_ctx) };
+    r
+}
+
 fn set_saved(name: &str, value: &str) {
     let n = CString::new(name).expect("no NUL");
     let v = CString::new(value).expect("no NUL");

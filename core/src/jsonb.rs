@@ -172,6 +172,36 @@ fn object(out: &mut Vec<u8>, pairs: &[(&[u8], Value<'_>)], order: &[usize]) -> R
     Ok(JENTRY_ISCONTAINER | len_field(out.len() - start)?)
 }
 
+/// The body of the PostgreSQL `numeric` equal to an integer (what `int8_numeric` makes: the
+/// short format, base-10000 digits without leading or trailing zero digits, display scale 0),
+/// in `out`; returns its length.
+pub fn integer_numeric(v: i64, out: &mut [u8; 12]) -> usize {
+    const NUMERIC_SHORT: u16 = 0x8000;
+    const NUMERIC_SHORT_SIGN_MASK: u16 = 0x2000;
+    let mut digits = [0u16; 5];
+    let mut n = 0;
+    let mut rest = v.unsigned_abs();
+    while rest > 0 {
+        digits[n] = (rest % 10_000) as u16;
+        rest /= 10_000;
+        n += 1;
+    }
+    // digits[0] is the least significant; the weight is that of the most significant
+    let weight = n.saturating_sub(1) as u16;
+    let low = digits[..n].iter().take_while(|d| **d == 0).count();
+    let mut header = NUMERIC_SHORT | weight;
+    if v < 0 {
+        header |= NUMERIC_SHORT_SIGN_MASK;
+    }
+    out[..2].copy_from_slice(&header.to_le_bytes());
+    let mut len = 2;
+    for d in digits[low..n].iter().rev() {
+        out[len..len + 2].copy_from_slice(&d.to_le_bytes());
+        len += 2;
+    }
+    len
+}
+
 fn read_u32(b: &[u8], at: usize) -> Result<u32> {
     b.get(at..at + 4)
         .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
@@ -330,6 +360,33 @@ mod tests {
         // garbage is refused, not read past its end
         assert!(write_object(&mut out, &[(b"n", Value::Jsonb(&root[..6]))]).is_err());
         assert!(write_object(&mut out, &[(b"n", Value::Jsonb(&[1, 2]))]).is_err());
+    }
+
+    fn num(v: i64) -> Vec<u8> {
+        let mut out = [0u8; 12];
+        let n = integer_numeric(v, &mut out);
+        out[..n].to_vec()
+    }
+
+    #[test]
+    fn integers_become_short_numerics() {
+        // header: 0x8000 short | 0x2000 negative | weight; digits base 10000, little-endian
+        assert_eq!(num(0), vec![0x00, 0x80], "zero has no digits");
+        assert_eq!(num(1), vec![0x00, 0x80, 1, 0]);
+        assert_eq!(num(-1), vec![0x00, 0xA0, 1, 0]);
+        assert_eq!(
+            num(10_000),
+            vec![0x01, 0x80, 1, 0],
+            "trailing zero digits are dropped"
+        );
+        assert_eq!(num(12_345), vec![0x01, 0x80, 1, 0, 0x29, 0x09]);
+        assert_eq!(num(100_000_002), vec![0x02, 0x80, 1, 0, 0, 0, 2, 0]);
+        assert_eq!(
+            num(i64::MIN),
+            vec![0x04, 0xA0, 0x9A, 0x03, 0x2C, 0x0D, 0x70, 0x01, 0x65, 0x15, 0xB0, 0x16],
+            "922 3372 0368 5477 5808"
+        );
+        assert_eq!(num(i64::MAX).len(), 12);
     }
 
     #[test]

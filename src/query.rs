@@ -88,7 +88,7 @@ pub fn compiled(
         return Ok((c, true));
     }
     let template = build()?;
-    let plan = rawspi::prepare(&template.sql, template.params.len())?;
+    let plan = rawspi::prepare_query(&template.sql, template.params.len())?;
     let c = Rc::new(Compiled { template, plan });
     TEMPLATES.with(|t| {
         let mut t = t.borrow_mut();
@@ -166,7 +166,7 @@ pub fn explain(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
     let (t, m) = target(entity)?;
     let template = compile(&*m, kind, entity, spec)?;
     let fake = Compiled {
-        plan: rawspi::prepare(&template.sql, template.params.len())?,
+        plan: rawspi::prepare_query(&template.sql, template.params.len())?,
         template,
     };
     let computed = computed_values(&fake, spec)?;

@@ -10,6 +10,9 @@ use std::ffi::CString;
 pub struct Plan {
     ptr: pg_sys::SPIPlanPtr,
     pub nargs: usize,
+    /// A query that may run in parallel: it always runs to completion (PostgreSQL runs a plan
+    /// with a row limit without its parallel workers).
+    parallel: bool,
 }
 
 impl Drop for Plan {
@@ -49,12 +52,27 @@ pub fn prepare(sql: &str, nargs: usize) -> Result<Plan> {
 
 /// Prepares `sql` with parameters of the given types and keeps the plan.
 pub fn prepare_typed(sql: &str, types: &[pg_sys::Oid]) -> Result<Plan> {
+    prepare_with(sql, types, 0)
+}
+
+/// Prepares a read-only query with `nargs` text parameters and keeps the plan; the planner may
+/// choose a parallel plan for it, as it would for the same query sent by a client.
+pub fn prepare_query(sql: &str, nargs: usize) -> Result<Plan> {
+    prepare_with(
+        sql,
+        &vec![pg_sys::TEXTOID; nargs],
+        pg_sys::CURSOR_OPT_PARALLEL_OK as i32,
+    )
+}
+
+fn prepare_with(sql: &str, types: &[pg_sys::Oid], options: i32) -> Result<Plan> {
+    let parallel = options & pg_sys::CURSOR_OPT_PARALLEL_OK as i32 != 0;
     let nargs = types.len();
     let c = CString::new(sql).map_err(|_| UdmError::internal("SQL with a NUL byte"))?;
     let _conn = Connection::open();
     let mut types = types.to_vec();
     unsafe {
-        let p = pg_sys::SPI_prepare(c.as_ptr(), nargs as i32, types.as_mut_ptr());
+        let p = pg_sys::SPI_prepare_cursor(c.as_ptr(), nargs as i32, types.as_mut_ptr(), options);
         if p.is_null() {
             return Err(UdmError::internal(format!(
                 "udm: SPI_prepare failed ({})",
@@ -64,7 +82,11 @@ pub fn prepare_typed(sql: &str, types: &[pg_sys::Oid]) -> Result<Plan> {
         if pg_sys::SPI_keepplan(p) != 0 {
             return Err(UdmError::internal("udm: SPI_keepplan failed"));
         }
-        Ok(Plan { ptr: p, nargs })
+        Ok(Plan {
+            ptr: p,
+            nargs,
+            parallel,
+        })
     }
 }
 
@@ -86,10 +108,11 @@ fn text_datums(args: &[Option<String>]) -> (Vec<pg_sys::Datum>, Vec<std::os::raw
     (values, nulls)
 }
 
-/// Reads stop after the first row; writes run to completion (a row limit would stop a
-/// data-modifying statement before its AFTER STATEMENT triggers, e.g. the audit flush).
-fn row_limit(read_only: bool) -> i64 {
-    if read_only {
+/// Reads stop after the first row, unless they may run in parallel; writes run to completion (a
+/// row limit would stop a data-modifying statement before its AFTER STATEMENT triggers, e.g. the
+/// audit flush).
+fn row_limit(plan: &Plan, read_only: bool) -> i64 {
+    if read_only && !plan.parallel {
         1
     } else {
         0
@@ -113,7 +136,13 @@ pub fn first_datum(
     }
     let _conn = Connection::open();
     let (mut values, nulls) = text_datums(args);
-    execute(plan, &mut values, &nulls, read_only, row_limit(read_only))?;
+    execute(
+        plan,
+        &mut values,
+        &nulls,
+        read_only,
+        row_limit(plan, read_only),
+    )?;
     unsafe { first_of_result() }
 }
 
@@ -125,7 +154,7 @@ pub fn first_datum_of(
     read_only: bool,
 ) -> Result<Option<pg_sys::Datum>> {
     let _conn = Connection::open();
-    execute(plan, values, nulls, read_only, row_limit(read_only))?;
+    execute(plan, values, nulls, read_only, row_limit(plan, read_only))?;
     unsafe { first_of_result() }
 }
 
@@ -190,7 +219,7 @@ pub fn once(sql: &str, args: &[Option<String>], read_only: bool) -> Result<Optio
             values.as_mut_ptr(),
             nulls.as_ptr(),
             read_only,
-            row_limit(read_only),
+            if read_only { 1 } else { 0 },
         );
         if rc < 0 {
             return Err(UdmError::internal(format!(

@@ -367,15 +367,7 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
             .map(|o| format!("{} ASC NULLS LAST", o.expr))
             .collect();
     }
-    let limit = match obj.get("limit") {
-        Some(v) if !v.is_null() => params.add(spec_param(
-            &[Ptr::Key("limit".into())],
-            PType::BigInt,
-            Conv::Limit(MAX_GROUPS),
-            "\"limit\"",
-        )),
-        _ => MAX_GROUPS.to_string(),
-    };
+    let limit = limit_literal(obj, "limit", MAX_GROUPS, MAX_GROUPS)?;
     let pairs: Vec<(String, String)> = outputs
         .iter()
         .map(|o| (o.key.clone(), o.expr.clone()))
@@ -432,7 +424,7 @@ mod tests {
         )
         .unwrap();
         assert!(t.sql.contains("jsonb_build_object('category_id.name', t1.\"name\", 'count', count(*), 'avg_price', avg(t0.\"price\"))"), "{}", t.sql);
-        assert!(t.sql.contains("GROUP BY t1.\"name\" HAVING (count(*) > $1::bigint) ORDER BY count(*) DESC NULLS LAST LIMIT $2::bigint"), "{}", t.sql);
+        assert!(t.sql.contains("GROUP BY t1.\"name\" HAVING (count(*) > $1::bigint) ORDER BY count(*) DESC NULLS LAST LIMIT 10) q"), "{}", t.sql);
     }
 
     #[test]

@@ -115,6 +115,39 @@ impl Params {
     }
 }
 
+/// A page or group limit: a whole number from 1 to `max`.
+pub fn limit_value(v: &Value, what: &str, max: i64) -> Result<i64> {
+    let n = v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
+        UdmError::invalid(format!(
+            "{what} must be a whole number of at least 1, got {v}"
+        ))
+    })?;
+    if n > max {
+        return Err(UdmError::new(
+            SqlState::ProgramLimitExceeded,
+            format!("{what} {n} is above the limit of {max}"),
+        )
+        .hint("page through larger results with the cursor returned with each page"));
+    }
+    Ok(n)
+}
+
+/// The LIMIT clause's number. A limit is part of a query's shape, not a parameter: checked here
+/// and written as an integer literal, so PostgreSQL plans for it (with a LIMIT parameter every
+/// generic plan assumes a tenth of the rows, and a prepared page query is planned again on every
+/// call). Page sizes are few, so the plan cache stays small.
+pub fn limit_literal(
+    obj: &Map<String, Value>,
+    key: &str,
+    max: i64,
+    default: i64,
+) -> Result<String> {
+    match obj.get(key) {
+        Some(v) if !v.is_null() => Ok(limit_value(v, &format!("\"{key}\""), max)?.to_string()),
+        _ => Ok(default.to_string()),
+    }
+}
+
 pub fn spec_param(ptr: &[Ptr], ptype: PType, conv: Conv, what: impl Into<String>) -> ParamSpec {
     ParamSpec {
         source: Source::Spec(ptr.to_vec()),
@@ -208,22 +241,7 @@ pub fn bind(spec: &Value, t: &Template, computed: &[String]) -> Result<Vec<Optio
                 }
             }
             Conv::Json => v.to_string(),
-            Conv::Limit(max) => {
-                let n = v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
-                    UdmError::invalid(format!(
-                        "{} must be a whole number of at least 1, got {v}",
-                        p.what
-                    ))
-                })?;
-                if n > max {
-                    return Err(UdmError::new(
-                        SqlState::ProgramLimitExceeded,
-                        format!("{} {n} is above the limit of {max}", p.what),
-                    )
-                    .hint("page through larger results with the cursor returned with each page"));
-                }
-                n.to_string()
-            }
+            Conv::Limit(max) => limit_value(v, &p.what, max)?.to_string(),
             Conv::Offset => v
                 .as_i64()
                 .filter(|n| *n >= 0)
@@ -245,7 +263,9 @@ pub fn bind(spec: &Value, t: &Template, computed: &[String]) -> Result<Vec<Optio
 /// Keys whose values are filter trees.
 const FILTER_KEYS: &[&str] = &["filters", "having"];
 /// Keys whose values are parameters.
-const VALUE_KEYS: &[&str] = &["limit", "offset", "search", "root", "id", "depth", "cards"];
+/// Keys whose values are parameters: only their kind is part of a shape (a "limit" is part of
+/// the shape, see `limit_literal`).
+const VALUE_KEYS: &[&str] = &["offset", "search", "root", "id", "depth", "cards"];
 
 /// What a value contributes to the shape: its kind, not its content (except where the kind
 /// decides the SQL, e.g. an ISO date string in a json filter).
@@ -1027,9 +1047,15 @@ mod tests {
         let b = shape_key(
             "q",
             "p",
-            &json!({"columns": ["name"], "filters": {"status": "retired", "price": {"gt": 99}}, "limit": 50}),
+            &json!({"columns": ["name"], "filters": {"status": "retired", "price": {"gt": 99}}, "limit": 10}),
         );
         assert_eq!(a, b);
+        let limit = shape_key(
+            "q",
+            "p",
+            &json!({"columns": ["name"], "filters": {"status": "retired", "price": {"gt": 99}}, "limit": 50}),
+        );
+        assert_ne!(a, limit, "the limit is part of the plan");
         let c = shape_key(
             "q",
             "p",

@@ -66,15 +66,7 @@ pub fn page(
         let (ckeys, _) = decode_cursor(c, Some(&sig))?;
         conds.push(keyset_condition(params, &keys, &ckeys)?);
     }
-    let limit = match obj.get("limit") {
-        Some(v) if !v.is_null() => params.add(spec_param(
-            &[Ptr::Key("limit".into())],
-            PType::BigInt,
-            Conv::Limit(MAX_LIMIT),
-            "\"limit\"",
-        )),
-        _ => DEFAULT_LIMIT.to_string(),
-    };
+    let limit = limit_literal(obj, "limit", MAX_LIMIT, DEFAULT_LIMIT)?;
     let offset = match obj.get("offset") {
         Some(v) if !v.is_null() => {
             format!(
@@ -238,10 +230,11 @@ mod tests {
         );
         assert!(
             t.sql
-                .contains("ORDER BY t0.\"price\" ASC NULLS LAST, t0.\"id\" ASC LIMIT $"),
-            "{}",
+                .contains("ORDER BY t0.\"price\" ASC NULLS LAST, t0.\"id\" ASC LIMIT 50) q"),
+            "the limit is part of the plan: {}",
             t.sql
         );
+        assert!(t.sql.contains("CASE WHEN count(*) = 50 THEN"), "{}", t.sql);
         assert!(
             !t.sql.contains("Apple") && !t.sql.contains("active"),
             "values are parameters: {}",
@@ -394,7 +387,12 @@ mod tests {
             .collect();
         let path = many.join(".");
         assert!(compile(&m, "product", &json!({"columns": [path]})).is_err());
-        let e = bind(&json!({"limit": 5000}), &sql(json!({"limit": 5000})), &[]).unwrap_err();
+        let e = compile(&m, "product", &json!({"limit": 5000})).unwrap_err();
         assert_eq!(e.state, SqlState::ProgramLimitExceeded);
+        assert!(e.message.contains("\"limit\" 5000"), "{}", e.message);
+        for bad in [json!(0), json!(-3), json!(2.5), json!("10")] {
+            let e = compile(&m, "product", &json!({"limit": bad})).unwrap_err();
+            assert_eq!(e.state, SqlState::InvalidParameterValue, "{bad}");
+        }
     }
 }

@@ -73,16 +73,8 @@ fn field_of<'a>(
     e.field(name).map(Some).ok_or_else(|| e.no_such_field(name))
 }
 
-fn limit_param(obj: &Map<String, Value>, params: &mut Params, key: &str, default: i64) -> String {
-    match obj.get(key) {
-        Some(v) if !v.is_null() => params.add(spec_param(
-            &[Ptr::Key(key.into())],
-            PType::BigInt,
-            Conv::Limit(MAX_LIMIT),
-            format!("\"{key}\""),
-        )),
-        _ => default.to_string(),
-    }
+fn limit_param(obj: &Map<String, Value>, key: &str, default: i64) -> Result<String> {
+    limit_literal(obj, key, MAX_LIMIT, default)
 }
 
 fn kanban(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Template> {
@@ -122,7 +114,7 @@ fn kanban(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<T
     let row = row_object(&mut from, entity, &columns)?;
     let (filter, used) = where_clause(&mut from, &mut params, entity, obj)?;
     let keys = sort_keys(&mut from, entity, obj.get("sort"))?;
-    let limit = limit_param(obj, &mut params, "limit", 20);
+    let limit = limit_param(obj, "limit", 20)?;
     let col = format!("t0.{}", quote_ident(&field.column));
     let filt = filter.map(|f| format!(" AND {f}")).unwrap_or_default();
     let values: Vec<String> = field.values.iter().map(|v| quote_literal(v)).collect();
@@ -219,7 +211,7 @@ fn tree(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Tem
         }
         _ => "5".into(),
     };
-    let limit = limit_param(obj, &mut params, "limit", MAX_TREE_NODES);
+    let limit = limit_param(obj, "limit", MAX_TREE_NODES)?;
     let table = from.table(entity);
     let anchor_filter = filter.map(|f| format!(" AND {f}")).unwrap_or_default();
     let anchor_from = from.sql(None);
@@ -405,7 +397,7 @@ fn gantt(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Te
             not_null: false,
         });
     }
-    let limit = limit_param(obj, &mut params, "limit", MAX_LIMIT);
+    let limit = limit_param(obj, "limit", MAX_LIMIT)?;
     let row = json_object(&[
         ("id".into(), "t0.\"id\"".into()),
         ("label".into(), label),
@@ -478,7 +470,7 @@ fn dropdown(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result
     }
     order.push(format!("{label} ASC"));
     order.push("t0.\"id\" ASC".into());
-    let limit = limit_param(obj, &mut params, "limit", 20);
+    let limit = limit_param(obj, "limit", 20)?;
     let sql = format!(
         "SELECT jsonb_build_object('items', coalesce(jsonb_agg(q.r), '[]'::jsonb)) FROM (SELECT jsonb_build_object('id', t0.\"id\", 'label', {label}) AS r FROM {}{} ORDER BY {} LIMIT {limit}) q",
         from.sql(None),

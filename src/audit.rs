@@ -136,6 +136,11 @@ struct Pending {
     lookup: bool,
 }
 
+/// (schema, entity, record id) of a hash chain.
+type HeadKey = (Rc<str>, Rc<str>, [u8; 16]);
+/// (`udm.user_id`, role) and the (user, role name) they give.
+type CachedUser = (Option<String>, pg_sys::Oid, Rc<str>, Rc<str>);
+
 thread_local! {
     /// By (table, trigger): a junction table's trigger names its entity in its argument.
     static SHAPES: RefCell<HashMap<(pg_sys::Oid, pg_sys::Oid), Rc<Shape>>> = RefCell::new(HashMap::new());
@@ -144,17 +149,16 @@ thread_local! {
     static BUFFER_CTX: Cell<pg_sys::MemoryContext> = const { Cell::new(std::ptr::null_mut()) };
     /// Buffer lengths at the start of each open subtransaction.
     static SUB_MARKS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
-    /// Newest hash per (schema, entity, record) written in this transaction (a cache of at most
-/// `HEADS_MAX` entries: a head not in it is read from the table).
-    /// A cache of chain heads: without it, the head is read from the record index.
-    static HEADS: RefCell<FxHashMap<(Rc<str>, Rc<str>, [u8; 16]), [u8; 32]>> = RefCell::new(FxHashMap::default());
+    /// Newest hash per (schema, entity, record) written in this transaction: a cache of at most
+    /// `HEADS_MAX` entries; a head not in it is read from the record index.
+    static HEADS: RefCell<FxHashMap<HeadKey, [u8; 32]>> = RefCell::new(FxHashMap::default());
     /// Tenants whose event horizon lock this transaction holds.
     static HORIZON: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
     /// Set while udm_rollback writes: changes are recorded as ROLLBACK.
     static ROLLBACK_DEPTH: Cell<u32> = const { Cell::new(0) };
     /// While udm_rollback restores a deleted record: (id, version) the stamp trigger gives it.
     static RESTORE_VERSION: Cell<Option<([u8; 16], i32)>> = const { Cell::new(None) };
-    static USER_CACHE: RefCell<Option<(Option<String>, pg_sys::Oid, Rc<str>, Rc<str>)>> = const { RefCell::new(None) };
+    static USER_CACHE: RefCell<Option<CachedUser>> = const { RefCell::new(None) };
 }
 
 pub fn init() {
@@ -178,13 +182,11 @@ fn reset_transaction_state() {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
-        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
-            // Every statement flushes at its end, but a statement stopped early by a row
-            // limit (SPI with a count) skips its AFTER STATEMENT triggers: write what is left
-            // now, while the transaction can still fail instead of losing it.
-            if BUFFER.with(|b| !b.borrow().is_empty()) {
-                flush();
-            }
+        // Every statement flushes at its end, but a statement stopped early by a row limit
+        // (SPI with a count) skips its AFTER STATEMENT triggers: write what is left now, while
+        // the transaction can still fail instead of losing it.
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT if BUFFER.with(|b| !b.borrow().is_empty()) => {
+            flush();
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT
         | pg_sys::XactEvent::XACT_EVENT_ABORT

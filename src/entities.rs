@@ -842,6 +842,7 @@ fn udm_describe(entity: &str) -> JsonB {
     JsonB(describe_by_name(entity).or_raise())
 }
 
+#[allow(clippy::type_complexity)] // pgrx reads the column names from this signature
 #[pg_extern(stable)]
 fn udm_entities() -> TableIterator<
     'static,
@@ -980,6 +981,7 @@ fn udm_purge_entity(entity: &str, confirm: &str) -> JsonB {
 }
 
 /// Every field type with its PostgreSQL type, the view types a UI can offer, and its options.
+#[allow(clippy::type_complexity)] // pgrx reads the column names from this signature
 #[pg_extern(immutable, parallel_safe)]
 fn udm_field_types() -> TableIterator<
     'static,

@@ -57,17 +57,17 @@ fn subscriptions(t: &Tenant) -> Result<Vec<Subscription>> {
     .map_err(spi_err)
 }
 
+/// A subscription condition compiled and prepared.
+type ConditionPlan = Rc<(udm_core::query::Template, crate::rawspi::Plan)>;
+
 thread_local! {
-    static CONDITIONS: RefCell<(u64, HashMap<String, Rc<(udm_core::query::Template, crate::rawspi::Plan)>>)> =
+    /// (definition generation, compiled conditions by tenant, entity and condition)
+    static CONDITIONS: RefCell<(u64, HashMap<String, ConditionPlan>)> =
         RefCell::new((u64::MAX, HashMap::new()));
 }
 
 /// The compiled, prepared condition of a subscription (cached until a definition changes).
-fn condition_plan(
-    t: &Tenant,
-    entity: &str,
-    condition: &Value,
-) -> Result<Rc<(udm_core::query::Template, crate::rawspi::Plan)>> {
+fn condition_plan(t: &Tenant, entity: &str, condition: &Value) -> Result<ConditionPlan> {
     let key = format!("{}|{entity}|{condition}", t.slug);
     let g = catalog::generation();
     if let Some(p) = CONDITIONS.with(|c| {
@@ -233,7 +233,8 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
     let h = horizon(&t)?;
     let sql = format!(
         "SELECT audit_id, entity, record_id::text, action, record_version, changed_fields, user_id, \
-           changed_at, txid, coalesce(new_data, old_data) \
+           changed_at, txid, coalesce(new_data, old_data) || jsonb_build_object('id', record_id) \
+             || CASE WHEN record_version IS NULL THEN '{{}}'::jsonb ELSE jsonb_build_object('_version', record_version) END \
          FROM {} WHERE audit_id > $1 AND audit_id <= $2 ORDER BY audit_id LIMIT $3",
         audit_table(&t)
     );

@@ -212,6 +212,7 @@ fn udm_create_tenant(slug: &str, name: default!(Option<&str>, "NULL")) -> JsonB 
     JsonB(create_tenant(slug, name).or_raise())
 }
 
+#[allow(clippy::type_complexity)] // pgrx reads the column names from this signature
 #[pg_extern(volatile)]
 fn udm_tenants() -> TableIterator<
     'static,

@@ -144,7 +144,7 @@ fn child(out: &mut Vec<u8>, v: &Value<'_>) -> Result<u32> {
 
 /// The JEntry of the `i`th child: its length, or on stride positions its end offset.
 fn entry(meta: u32, i: usize, end: usize) -> Result<u32> {
-    Ok(if i % OFFSET_STRIDE == 0 {
+    Ok(if i.is_multiple_of(OFFSET_STRIDE) {
         (meta & JENTRY_TYPEMASK) | len_field(end)? | JENTRY_HAS_OFF
     } else {
         meta

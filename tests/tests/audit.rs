@@ -742,6 +742,23 @@ fn events_reach_listeners_and_consumers_resume_without_gaps() {
         serde_json::json!(["all-flow", "expensive-flow"])
     );
     assert_eq!(ev[1]["event_id"], got[1]["event"]);
+    // conditions see the whole record, its id and version too
+    json(
+        &mut m.client,
+        &format!(
+            r#"SELECT udm_subscribe('product', ARRAY['UPDATE'], 'this-record-flow', '{{"id": "{id}", "_version": 2}}')"#
+        ),
+    );
+    let e = json(&mut m.client, "SELECT udm_events(0, 100)");
+    assert_eq!(
+        e["events"][1]["targets"],
+        serde_json::json!(["all-flow", "expensive-flow", "this-record-flow"]),
+        "{e}"
+    );
+    json(
+        &mut m.client,
+        "SELECT udm_unsubscribe('product', 'this-record-flow')",
+    );
     // a consumer acknowledges, "crashes", and resumes after what it acknowledged
     let c1 = json(&mut m.client, "SELECT udm_consume('worker', 1)");
     let first = c1["events"][0]["event_id"].as_i64().unwrap();

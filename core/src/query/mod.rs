@@ -1003,6 +1003,29 @@ pub fn opt_bool(spec: &Map<String, Value>, key: &str) -> Result<bool> {
 
 pub type Pairs = BTreeMap<String, String>;
 
+/// Compiles a filter (the `filters` syntax of queries) into a statement that tells whether a
+/// record image matches: `SELECT EXISTS (...)` over the image as a row of the entity, with the
+/// filter's values as parameters and the image (jsonb) as the last one. Used by change-event
+/// subscriptions.
+pub fn image_condition(model: &dyn Model, entity: &str, condition: &Value) -> Result<Template> {
+    let mut from = From::new(model, entity);
+    let mut params = Params::default();
+    let mut spec = Map::new();
+    spec.insert("filters".into(), condition.clone());
+    let (cond, _) = filter::where_clause(&mut from, &mut params, entity, &spec)?;
+    let img = format!("${}::jsonb", params.0.len() + 1);
+    let root = format!("jsonb_populate_record(NULL::{}, {img})", from.table(entity));
+    Ok(Template {
+        sql: format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
+            from.sql_with_root(&root),
+            cond.unwrap_or_else(|| "true".into())
+        ),
+        params: params.0,
+        computed: vec![],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1141,27 +1164,4 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.state, SqlState::ProgramLimitExceeded);
     }
-}
-
-/// Compiles a filter (the `filters` syntax of queries) into a statement that tells whether a
-/// record image matches: `SELECT EXISTS (...)` over the image as a row of the entity, with the
-/// filter's values as parameters and the image (jsonb) as the last one. Used by change-event
-/// subscriptions.
-pub fn image_condition(model: &dyn Model, entity: &str, condition: &Value) -> Result<Template> {
-    let mut from = From::new(model, entity);
-    let mut params = Params::default();
-    let mut spec = Map::new();
-    spec.insert("filters".into(), condition.clone());
-    let (cond, _) = filter::where_clause(&mut from, &mut params, entity, &spec)?;
-    let img = format!("${}::jsonb", params.0.len() + 1);
-    let root = format!("jsonb_populate_record(NULL::{}, {img})", from.table(entity));
-    Ok(Template {
-        sql: format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
-            from.sql_with_root(&root),
-            cond.unwrap_or_else(|| "true".into())
-        ),
-        params: params.0,
-        computed: vec![],
-    })
 }

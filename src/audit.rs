@@ -44,7 +44,8 @@ const HEADS_MAX: usize = 50_000;
 /// announced as one batch notification with the event id range.
 const NOTIFY_EACH_UP_TO: usize = 100;
 
-/// The tenant tables of the audit log, change subscriptions and event consumers.
+/// The tenant's audit log (change subscriptions and event consumers get their tables when first
+/// used, see `events::ensure_tables`).
 pub fn tenant_tables_sql(schema: &str, role: &str) -> String {
     let s = quote_ident(schema);
     let r = quote_ident(role);
@@ -68,22 +69,7 @@ pub fn tenant_tables_sql(schema: &str, role: &str) -> String {
          CREATE INDEX \"_udm_audit__record__idx\" ON {s}.\"_udm_audit\" (record_id, audit_id); \
          CREATE INDEX \"_udm_audit__changed_at_txid__idx\" ON {s}.\"_udm_audit\" USING brin (changed_at, txid) WITH (autosummarize = on); \
          GRANT SELECT ON {s}.\"_udm_audit\" TO {r}; \
-         COMMENT ON TABLE {s}.\"_udm_audit\" IS 'udm audit log and change events (append-only, hash-chained per record)'; \
-         CREATE TABLE {s}.\"_udm_subscription\" (\
-           entity text NOT NULL, \
-           target text NOT NULL, \
-           actions text[] NOT NULL, \
-           condition jsonb, \
-           created_by text NOT NULL, \
-           created_at timestamp with time zone NOT NULL DEFAULT now(), \
-           PRIMARY KEY (entity, target)); \
-         GRANT SELECT ON {s}.\"_udm_subscription\" TO {r}; \
-         CREATE TABLE {s}.\"_udm_consumer\" (\
-           consumer text PRIMARY KEY, \
-           last_event bigint NOT NULL, \
-           acked_by text NOT NULL, \
-           acked_at timestamp with time zone NOT NULL DEFAULT now()); \
-         GRANT SELECT ON {s}.\"_udm_consumer\" TO {r};"
+         COMMENT ON TABLE {s}.\"_udm_audit\" IS 'udm audit log and change events (append-only, hash-chained per record)';"
     )
 }
 

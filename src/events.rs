@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use udm_core::audit::ACTIONS;
 use udm_core::error::{SqlState, UdmError};
+use udm_core::ident::quote_ident;
 use udm_core::ident::{printable, validate_slug, SlugKind};
 
 pub const MAX_EVENTS: i32 = 10_000;
@@ -32,10 +33,58 @@ struct Subscription {
     condition: Option<Value>,
 }
 
+/// The tenant's tables of subscriptions and consumers, created on first use (most tenants never
+/// subscribe; creating them with every tenant would cost every onboarding two tables).
+pub fn ensure_tables(t: &Tenant) -> Result<()> {
+    if has_table(t, SUBSCRIPTIONS) && has_table(t, CONSUMERS) {
+        return Ok(());
+    }
+    let s = quote_ident(&t.schema);
+    let r = quote_ident(&t.role);
+    as_owner(|| {
+        // one creator at a time per tenant; the others find the tables made
+        crate::spi::run(
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1))",
+            &[format!("udm events tables {}", t.schema).into()],
+        )?;
+        crate::spi::run(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {s}.\"{SUBSCRIPTIONS}\" (\
+                   entity text NOT NULL, \
+                   target text NOT NULL, \
+                   actions text[] NOT NULL, \
+                   condition jsonb, \
+                   created_by text NOT NULL, \
+                   created_at timestamp with time zone NOT NULL DEFAULT now(), \
+                   PRIMARY KEY (entity, target)); \
+                 GRANT SELECT ON {s}.\"{SUBSCRIPTIONS}\" TO {r}; \
+                 CREATE TABLE IF NOT EXISTS {s}.\"{CONSUMERS}\" (\
+                   consumer text PRIMARY KEY, \
+                   last_event bigint NOT NULL, \
+                   acked_by text NOT NULL, \
+                   acked_at timestamp with time zone NOT NULL DEFAULT now()); \
+                 GRANT SELECT ON {s}.\"{CONSUMERS}\" TO {r};"
+            ),
+            &[],
+        )
+    })
+}
+
+const SUBSCRIPTIONS: &str = "_udm_subscription";
+const CONSUMERS: &str = "_udm_consumer";
+
+fn has_table(t: &Tenant, name: &str) -> bool {
+    let c = std::ffi::CString::new(name).expect("no NUL");
+    unsafe { pg_sys::get_relname_relid(c.as_ptr(), t.schema_oid) != pg_sys::InvalidOid }
+}
+
 fn subscriptions(t: &Tenant) -> Result<Vec<Subscription>> {
+    if !has_table(t, SUBSCRIPTIONS) {
+        return Ok(Vec::new());
+    }
     let sql = format!(
         "SELECT entity, target, actions, condition FROM {} ORDER BY entity, target",
-        t.catalog("_udm_subscription")
+        t.catalog(SUBSCRIPTIONS)
     );
     Spi::connect(|c| {
         let mut out = Vec::new();
@@ -142,11 +191,12 @@ pub fn subscribe(
     if let Some(c) = &condition {
         condition_plan(&t, entity, c)?; // compiles it: errors name the path
     }
+    ensure_tables(&t)?;
     let sql = format!(
         "INSERT INTO {} (entity, target, actions, condition, created_by) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (entity, target) DO UPDATE SET actions = EXCLUDED.actions, condition = EXCLUDED.condition, \
            created_by = EXCLUDED.created_by, created_at = now()",
-        t.catalog("_udm_subscription")
+        t.catalog(SUBSCRIPTIONS)
     );
     let who = actor();
     as_owner(|| {
@@ -171,9 +221,10 @@ pub fn subscribe(
 
 pub fn unsubscribe(entity: &str, target: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
+    ensure_tables(&t)?;
     let sql = format!(
         "DELETE FROM {} WHERE entity = $1 AND target = $2",
-        t.catalog("_udm_subscription")
+        t.catalog(SUBSCRIPTIONS)
     );
     let n = as_owner(|| {
         Spi::connect_mut(|c| {
@@ -291,9 +342,12 @@ fn consumer_slug(consumer: &str) -> Result<()> {
 }
 
 fn consumer_position(t: &Tenant, consumer: &str) -> Result<i64> {
+    if !has_table(t, CONSUMERS) {
+        return Ok(0);
+    }
     let sql = format!(
         "SELECT last_event FROM {} WHERE consumer = $1",
-        t.catalog("_udm_consumer")
+        t.catalog(CONSUMERS)
     );
     Ok(crate::spi::select_one::<i64>(&sql, &[consumer.into()])?.unwrap_or(0))
 }
@@ -327,10 +381,11 @@ pub fn ack(consumer: &str, event_id: i64) -> Result<Value> {
         )
         .hint("acknowledge an event_id returned by udm_consume or udm_events"));
     }
+    ensure_tables(&t)?;
     let sql = format!(
         "INSERT INTO {} (consumer, last_event, acked_by) VALUES ($1, $2, $3) \
          ON CONFLICT (consumer) DO UPDATE SET last_event = EXCLUDED.last_event, acked_by = EXCLUDED.acked_by, acked_at = now()",
-        t.catalog("_udm_consumer")
+        t.catalog(CONSUMERS)
     );
     let who = actor();
     as_owner(|| {

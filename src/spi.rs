@@ -59,3 +59,12 @@ pub fn select_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) ->
     })
     .map_err(spi_err)
 }
+
+/// Runs SQL for its effect (several statements when it takes no arguments).
+pub fn run(sql: &str, args: &[DatumWithOid]) -> Result<()> {
+    if args.is_empty() {
+        Spi::run(sql).map_err(spi_err)
+    } else {
+        Spi::run_with_args(sql, args).map_err(spi_err)
+    }
+}

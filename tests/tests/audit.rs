@@ -691,9 +691,26 @@ fn events_reach_listeners_and_consumers_resume_without_gaps() {
     listener
         .batch_execute(&format!("LISTEN \"{channel}\""))
         .unwrap();
+    // before any subscription or consumer the tenant has no tables for them, and reading works
+    let none = json(&mut m.client, "SELECT udm_consume('early', 10)");
+    assert_eq!(none["acked"], 0, "{none}");
+    expect_err(
+        &mut m.client,
+        "SELECT udm_unsubscribe('product', 'nobody')",
+        "42704",
+    );
     json(
         &mut m.client,
         r#"SELECT udm_subscribe('product', ARRAY['UPDATE'], 'expensive-flow', '{"price": {"gt": 100}}')"#,
+    );
+    // made on first use, readable but not writable by the tenant
+    expect_err(
+        &mut m.client,
+        &format!(
+            "INSERT INTO \"{}\"._udm_subscription (entity, target, actions, created_by) VALUES ('product', 'x', '{{}}', 'me')",
+            m.tenant
+        ),
+        "42501",
     );
     json(
         &mut m.client,

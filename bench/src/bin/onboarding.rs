@@ -4,7 +4,9 @@
 //! both see the same catalog growth. Each tenant is one transaction, one round trip.
 //!
 //! Goal (issue 2): udm <= 1.3x the plain DDL per tenant, and no growth from the first to the last
-//! hundred beyond what plain DDL shows.
+//! hundred beyond what plain DDL shows. Since udm audits every table (issue 4), a third variant
+//! adds what a DBA writes for the same: an audit_log table and the seed's PL/pgSQL row trigger
+//! on every table; its ratio is printed next to the goal's.
 
 use udm_bench::*;
 
@@ -119,6 +121,43 @@ COMMIT;"#
     )
 }
 
+/// The seed's audit (an audit_log table and its PL/pgSQL row trigger on every table), added to
+/// the hand-written tenant: what a DBA writes to get the same tables audited.
+fn audited_tenant_sql(s: &str) -> String {
+    let plain = plain_tenant_sql(s);
+    let mut audit = format!(
+        r#"CREATE TABLE "{s}".audit_log (id bigserial PRIMARY KEY, table_name text, record_id uuid, action text,
+  old_data jsonb, new_data jsonb, user_id text, "timestamp" timestamptz);
+GRANT SELECT ON "{s}".audit_log TO "{s}_role";
+"#
+    );
+    for t in [
+        "customer",
+        "category",
+        "product",
+        "sales_order",
+        "order_line",
+        "invoice",
+        "payment",
+    ] {
+        audit.push_str(&format!(
+            "CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON \"{s}\".{t} FOR EACH ROW EXECUTE FUNCTION public.audit_trigger();\n"
+        ));
+    }
+    plain.replace("COMMIT;", &format!("{audit}COMMIT;"))
+}
+
+const AUDIT_FUNCTION: &str = r#"CREATE FUNCTION public.audit_trigger() RETURNS trigger AS $$
+BEGIN
+  EXECUTE format('INSERT INTO %I.audit_log (table_name, record_id, action, old_data, new_data, user_id, "timestamp") VALUES ($1, $2, $3, $4, $5, $6, now())', TG_TABLE_SCHEMA)
+    USING TG_TABLE_NAME, COALESCE(NEW.id, OLD.id), TG_OP,
+          CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
+          CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END,
+          current_setting('app.current_user_id', true);
+  RETURN COALESCE(NEW, OLD);
+END;
+$$ LANGUAGE plpgsql"#;
+
 fn main() {
     let tenants: usize = std::env::var("TENANTS")
         .ok()
@@ -129,7 +168,7 @@ fn main() {
     let mut pg = connect("postgres");
     for r in pg
         .query(
-            "SELECT rolname FROM pg_roles WHERE rolname ~ '^(tenant_ob[0-9]+|pl[0-9]+_role)$'",
+            "SELECT rolname FROM pg_roles WHERE rolname ~ '^(tenant_ob[0-9]+|p[la][0-9]+_role)$'",
             &[],
         )
         .unwrap()
@@ -140,8 +179,10 @@ fn main() {
     header(&format!(
         "tenant onboarding: {tenants} tenants x 7 related entities, udm vs plain DDL, interleaved"
     ));
+    c.batch_execute(AUDIT_FUNCTION).unwrap();
     let mut udm = Vec::with_capacity(tenants);
     let mut plain = Vec::with_capacity(tenants);
+    let mut audited = Vec::with_capacity(tenants);
     for i in 0..tenants {
         let (d, r) = time(|| c.batch_execute(&udm_tenant_sql(&format!("ob{i}"))));
         r.unwrap();
@@ -149,6 +190,9 @@ fn main() {
         let (d, r) = time(|| c.batch_execute(&plain_tenant_sql(&format!("pl{i}"))));
         r.unwrap();
         plain.push(d);
+        let (d, r) = time(|| c.batch_execute(&audited_tenant_sql(&format!("pa{i}"))));
+        r.unwrap();
+        audited.push(d);
         if (i + 1) % 200 == 0 {
             eprintln!("  ... {} tenants", i + 1);
         }
@@ -171,6 +215,21 @@ fn main() {
         ul.mean_ms,
         pl.mean_ms,
         Some(1.3),
+    );
+    let (af, al) = (stats(&audited[..hundred]), stats(&audited[tenants - hundred..]));
+    row("plain DDL + seed audit trigger, first 100", af);
+    row("plain DDL + seed audit trigger, last 100", al);
+    ratio(
+        "udm / plain DDL with the same audit, first 100",
+        uf.mean_ms,
+        af.mean_ms,
+        None,
+    );
+    ratio(
+        "udm / plain DDL with the same audit, last 100",
+        ul.mean_ms,
+        al.mean_ms,
+        None,
     );
     let ug = ratio("growth last/first 100, udm", ul.mean_ms, uf.mean_ms, None);
     let pg_growth = ratio(

@@ -460,6 +460,7 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
             _ => "UPDATE",
         };
         let json = shape.json.as_ref().expect("shape json");
+        let mut old_only: Option<Vec<bool>> = None;
         let (record_id, record_version, changed, lookup) = match &shape.kind {
             Kind::Entity {
                 id,
@@ -471,6 +472,7 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
                 let changed = match (&old, &new) {
                     (Some((ov, on)), Some((nv, nn))) => {
                         let mut names: Vec<&str> = Vec::new();
+                        let mut mask = vec![false; ov.len()];
                         for (name, i) in fields {
                             let (len, byval) = shape.types[*i];
                             let same = match (on[*i], nn[*i]) {
@@ -480,8 +482,10 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
                             };
                             if !same {
                                 names.push(name);
+                                mask[*i] = true;
                             }
                         }
+                        old_only = Some(mask);
                         Some(names.join(","))
                     }
                     _ => None,
@@ -500,7 +504,11 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
         };
         let ctx = buffer_ctx();
         let prev = pg_sys::MemoryContextSwitchTo(ctx);
-        let old_img = old.as_ref().map(|(v, n)| json.build(v, n));
+        // an UPDATE's old image holds the changed fields' previous values (the rest of the
+        // record is the previous version's new image); a DELETE's holds the whole record
+        let old_img = old
+            .as_ref()
+            .map(|(v, n)| json.build_only(v, n, old_only.as_deref()));
         let new_img = new.as_ref().map(|(v, n)| json.build(v, n));
         pg_sys::MemoryContextSwitchTo(prev);
         let (user, role) = who();

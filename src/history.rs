@@ -427,6 +427,8 @@ pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
                 delete_record(&t, entity, *id, &what)?;
                 undone.push(json!({"entity": entity, "id": id.to_string(), "undo": "delete"}));
             }
+            // an UPDATE that changed no field (only its links, or nothing): nothing to revert
+            Some(Value::Object(before)) if before.is_empty() && r.action != "DELETE" => {}
             Some(Value::Object(before)) => {
                 let then = definition_then(&t, &e, r.entity_version)?;
                 let plan = restore_plan(&then, &e.def, before, None, &what)?;

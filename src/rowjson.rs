@@ -208,11 +208,27 @@ impl RowJson {
     /// `values`/`nulls` must be the deformed attributes of a tuple of the descriptor given to
     /// `new`.
     pub unsafe fn build(&self, values: &[pg_sys::Datum], nulls: &[bool]) -> pg_sys::Datum {
+        unsafe { self.build_only(values, nulls, None) }
+    }
+
+    /// Like `build`, with only the columns whose attribute index `keep` marks (all when None).
+    ///
+    /// # Safety
+    /// As for `build`; `keep` is indexed by attribute.
+    pub unsafe fn build_only(
+        &self,
+        values: &[pg_sys::Datum],
+        nulls: &[bool],
+        keep: Option<&[bool]>,
+    ) -> pg_sys::Datum {
         unsafe {
             let mut pairs: Vec<(&[u8], Value)> = Vec::with_capacity(self.cols.len());
             let mut ints = vec![[0u8; 12]; self.cols.len()];
             let mut ints = ints.iter_mut();
             for c in &self.cols {
+                if keep.is_some_and(|k| !k[c.attr]) {
+                    continue;
+                }
                 let (d, null) = (values[c.attr], nulls[c.attr]);
                 let v = if null {
                     Value::Null

@@ -93,6 +93,11 @@ fn every_write_path_is_recorded_with_images_and_who() {
     let old: Value = row.get(2);
     let new: Value = row.get(3);
     assert_eq!(old["price"], serde_json::json!(10.0));
+    assert_eq!(
+        old.as_object().unwrap().len(),
+        1,
+        "an update's old image holds the previous values of the changed fields: {old}"
+    );
     assert!(
         new.get("id").is_none() && new.get("_version").is_none() && new.get("updated_at").is_some(),
         "id and _version are the row's own columns, the other stamps are in the image: {new}"

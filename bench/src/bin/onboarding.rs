@@ -216,7 +216,10 @@ fn main() {
         pl.mean_ms,
         Some(1.3),
     );
-    let (af, al) = (stats(&audited[..hundred]), stats(&audited[tenants - hundred..]));
+    let (af, al) = (
+        stats(&audited[..hundred]),
+        stats(&audited[tenants - hundred..]),
+    );
     row("plain DDL + seed audit trigger, first 100", af);
     row("plain DDL + seed audit trigger, last 100", al);
     ratio(

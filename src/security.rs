@@ -13,7 +13,10 @@ use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
 
 thread_local! {
+    /// How deep inside an owner switch (of either kind) this backend is.
     static OWNER_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// How deep inside `as_owner` (the switch with udm's settings) this backend is.
+    static SETTINGS_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     static INVOKER: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
     static OWNER: OnceCell<pg_sys::Oid> = const { OnceCell::new() };
     static ADMIN_ROLE: OnceCell<pg_sys::Oid> = const { OnceCell::new() };
@@ -116,48 +119,52 @@ pub fn actor() -> String {
 /// `lock_timeout = udm.ddl_lock_timeout`, then restores the caller. If `f` raises, the
 /// transaction (or subtransaction) abort restores user and settings, as for SECURITY DEFINER.
 pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
-    if OWNER_DEPTH.with(|d| d.get()) > 0 {
+    if SETTINGS_DEPTH.with(|d| d.get()) > 0 {
         return f(); // already the owner, with udm's settings
     }
-    let owner = owner();
-    let (mut saved_uid, mut saved_ctx) = (pg_sys::InvalidOid, 0i32);
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_uid, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
-    let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    let timeout = format!("{}ms", guc::DDL_LOCK_TIMEOUT_MS.get());
-    set_saved("search_path", "pg_catalog, pg_temp");
-    set_saved("lock_timeout", &timeout);
-    // cascade notices of udm's own DDL say nothing the caller can act on
-    set_saved("client_min_messages", "warning");
-    // An ERROR unwinds past the restore below: the (sub)transaction abort restores user and
-    // settings, and the guard's drop restores the depth.
-    struct Depth;
-    impl Drop for Depth {
-        fn drop(&mut self) {
-            OWNER_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
-        }
-    }
-    INVOKER.with(|i| i.set(saved_uid));
-    OWNER_DEPTH.with(|d| d.set(d.get() + 1));
-    let guard = Depth;
-    let r = f();
-    drop(guard);
-    unsafe {
-        pg_sys::AtEOXact_GUC(true, nest);
-        pg_sys::SetUserIdAndSecContext(saved_uid, saved_ctx);
-    }
-    r
+    with_owner_user(|| {
+        let nest = unsafe { pg_sys::NewGUCNestLevel() };
+        let timeout = format!("{}ms", guc::DDL_LOCK_TIMEOUT_MS.get());
+        set_saved("search_path", "pg_catalog, pg_temp");
+        set_saved("lock_timeout", &timeout);
+        // cascade notices of udm's own DDL say nothing the caller can act on
+        set_saved("client_min_messages", "warning");
+        let r = nested(&SETTINGS_DEPTH, f);
+        unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+        r
+    })
 }
 
-/// Runs `f` with the extension owner's user id, and nothing else changed: for storage-level work
-/// that runs no SQL (no search_path or lock settings apply). An ERROR restores the caller with
-/// the (sub)transaction abort.
+/// Runs `f` with the extension owner's user id and nothing else changed: for storage-level work
+/// that runs no SQL of its own (SQL it reaches goes through `as_owner`, which adds udm's
+/// settings). An ERROR restores the caller with the (sub)transaction abort.
 pub fn as_owner_id<R>(f: impl FnOnce() -> R) -> R {
+    with_owner_user(f)
+}
+
+/// Runs `f` with `depth` one deeper; an ERROR unwinding through `f` restores it too.
+fn nested<R>(
+    depth: &'static std::thread::LocalKey<std::cell::Cell<u32>>,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Guard(&'static std::thread::LocalKey<std::cell::Cell<u32>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+    depth.with(|d| d.set(d.get() + 1));
+    let _guard = Guard(depth);
+    f()
+}
+
+/// Switches the user id to the extension owner around `f` (once, however deeply nested),
+/// keeping who invoked it for `caller`. An ERROR unwinds past the restore: the
+/// (sub)transaction abort restores the user.
+fn with_owner_user<R>(f: impl FnOnce() -> R) -> R {
+    if OWNER_DEPTH.with(|d| d.get()) > 0 {
+        return nested(&OWNER_DEPTH, f);
+    }
     let owner = owner();
     let (mut saved_uid, mut saved_ctx) = (pg_sys::InvalidOid, 0i32);
     unsafe {
@@ -167,7 +174,8 @@ pub fn as_owner_id<R>(f: impl FnOnce() -> R) -> R {
             saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         );
     }
-    let r = f();
+    INVOKER.with(|i| i.set(saved_uid));
+    let r = nested(&OWNER_DEPTH, f);
     unsafe { pg_sys::SetUserIdAndSecContext(saved_uid, saved_ctx) };
     r
 }

@@ -14,7 +14,7 @@
 use crate::audit_table;
 use crate::catalog::{self, Tenant};
 use crate::error::{raise, OrRaise, Result};
-use crate::rowjson::RowJson;
+use crate::rowjson::{varlena, RowJson};
 use crate::security::{as_owner_id, caller, role_name};
 use crate::triggers::{relation_names, text_datum, trigger_data, uuid_bytes};
 use pgrx::prelude::*;
@@ -33,8 +33,18 @@ finfo_v1!(pg_finfo_udm_audit_flush);
 finfo_v1!(pg_finfo_udm_audit_hash);
 
 /// System columns an image leaves out because the audit row has them in its own columns
-/// (`record_id`, `record_version`); `udm_record_at` puts them back.
+/// (`record_id`, `record_version`); `record_image_sql` puts them back.
 const IN_OWN_COLUMNS: [&str; 2] = ["id", "_version"];
+
+/// SQL for the whole record an audit row shows: `image` (an expression over the row's columns)
+/// with the `IN_OWN_COLUMNS` put back (a link row has no version).
+pub fn record_image_sql(image: &str) -> String {
+    format!(
+        "({image} || jsonb_build_object('id', record_id) \
+           || CASE WHEN record_version IS NULL THEN '{{}}'::jsonb \
+              ELSE jsonb_build_object('_version', record_version) END)"
+    )
+}
 
 /// A statement flushes its buffered changes every this many rows.
 const FLUSH_AT: usize = 5000;
@@ -581,25 +591,14 @@ fn reset_buffer_ctx() {
     });
 }
 
-unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
-    unsafe { crate::rowjson::varlena(d) }
-}
-
 fn bytes_datum(b: &[u8]) -> pg_sys::Datum {
-    unsafe {
-        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-            b.as_ptr() as *const std::os::raw::c_char,
-            b.len() as i32,
-        ))
-    }
+    b.into_datum().expect("bytea is never NULL")
 }
 
 fn uuid_datum(b: &[u8; 16]) -> pg_sys::Datum {
-    unsafe {
-        let p = pg_sys::palloc(16) as *mut u8;
-        std::ptr::copy_nonoverlapping(b.as_ptr(), p, 16);
-        pg_sys::Datum::from(p)
-    }
+    pgrx::Uuid::from_bytes(*b)
+        .into_datum()
+        .expect("uuid is never NULL")
 }
 
 /// `changed_fields` as text[] from the comma-separated names (field names are slugs).
@@ -685,8 +684,8 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
                         action: e.action,
                         record_version: e.record_version,
                         entity_version: Some(e.entity_version),
-                        old_data: e.old.map(|d| unsafe { varlena_bytes(d) }),
-                        new_data: e.new.map(|d| unsafe { varlena_bytes(d) }),
+                        old_data: e.old.map(|d| unsafe { varlena(d) }),
+                        new_data: e.new.map(|d| unsafe { varlena(d) }),
                         changed_fields: e.changed.as_deref(),
                         user_id: &e.user,
                         db_role: &e.role,
@@ -792,7 +791,7 @@ pub unsafe extern "C-unwind" fn udm_audit_hash(fcinfo: pg_sys::FunctionCallInfo)
     unsafe {
         let args = (*fcinfo).args.as_slice(13);
         let bytes =
-            |i: usize| -> Option<&[u8]> { (!args[i].isnull).then(|| varlena_bytes(args[i].value)) };
+            |i: usize| -> Option<&[u8]> { (!args[i].isnull).then(|| varlena(args[i].value)) };
         let text =
             |i: usize| -> Option<&str> { bytes(i).map(|b| std::str::from_utf8(b).unwrap_or("")) };
         let id: [u8; 16] = if args[2].isnull {

@@ -11,7 +11,6 @@ use crate::error::Result;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::rc::Rc;
 use udm_core::error::UdmError;
 
@@ -56,11 +55,6 @@ thread_local! {
     static TABLES_GEN: Cell<u64> = const { Cell::new(u64::MAX) };
 }
 
-fn relid(ns: pg_sys::Oid, name: &str) -> pg_sys::Oid {
-    let c = CString::new(name).expect("no NUL");
-    unsafe { pg_sys::get_relname_relid(c.as_ptr(), ns) }
-}
-
 /// The audit table of a tenant, cached per backend (by schema oid) until any definition changes.
 pub fn of(t: &Tenant) -> Result<Rc<AuditTable>> {
     let g = catalog::generation();
@@ -70,32 +64,22 @@ pub fn of(t: &Tenant) -> Result<Rc<AuditTable>> {
     if let Some(a) = TABLES.with(|m| m.borrow().get(&t.schema_oid).cloned()) {
         return Ok(a);
     }
-    let a = Rc::new(open(&t.schema, t.schema_oid)?);
+    let a = Rc::new(open(t)?);
     TABLES.with(|m| m.borrow_mut().insert(t.schema_oid, a.clone()));
     Ok(a)
 }
 
-fn open(schema: &str, ns: pg_sys::Oid) -> Result<AuditTable> {
+fn open(t: &Tenant) -> Result<AuditTable> {
     let missing = |what: &str| {
         UdmError::internal(format!(
-            "udm audit: tenant schema \"{schema}\" has no {what}"
+            "udm audit: tenant schema \"{}\" has no {what}",
+            t.schema
         ))
     };
-    if ns == pg_sys::InvalidOid {
-        return Err(missing("schema"));
-    }
-    let table = relid(ns, "_udm_audit");
-    let seq = relid(ns, "_udm_audit_audit_id_seq");
-    let record_index = relid(ns, "_udm_audit__record__idx");
-    for (oid, what) in [
-        (table, "audit table _udm_audit"),
-        (seq, "sequence _udm_audit_audit_id_seq"),
-        (record_index, "index _udm_audit__record__idx"),
-    ] {
-        if oid == pg_sys::InvalidOid {
-            return Err(missing(what));
-        }
-    }
+    let need = |name: &str| t.relation(name).ok_or_else(|| missing(name));
+    let table = need("_udm_audit")?;
+    let seq = need("_udm_audit_audit_id_seq")?;
+    let record_index = need("_udm_audit__record__idx")?;
     unsafe {
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
         let desc = (*rel).rd_att;

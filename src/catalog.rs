@@ -46,6 +46,13 @@ impl Tenant {
     pub fn catalog(&self, table: &str) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(table))
     }
+
+    /// The oid of a relation (table, index, sequence) in the tenant's schema, if there is one.
+    pub fn relation(&self, name: &str) -> Option<pg_sys::Oid> {
+        let c = std::ffi::CString::new(name).ok()?;
+        let oid = unsafe { pg_sys::get_relname_relid(c.as_ptr(), self.schema_oid) };
+        (oid != pg_sys::InvalidOid).then_some(oid)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -74,8 +74,7 @@ const SUBSCRIPTIONS: &str = "_udm_subscription";
 const CONSUMERS: &str = "_udm_consumer";
 
 fn has_table(t: &Tenant, name: &str) -> bool {
-    let c = std::ffi::CString::new(name).expect("no NUL");
-    unsafe { pg_sys::get_relname_relid(c.as_ptr(), t.schema_oid) != pg_sys::InvalidOid }
+    t.relation(name).is_some()
 }
 
 fn subscriptions(t: &Tenant) -> Result<Vec<Subscription>> {
@@ -200,21 +199,16 @@ pub fn subscribe(
     );
     let who = actor();
     as_owner(|| {
-        Spi::connect_mut(|c| {
-            c.update(
-                &sql,
-                None,
-                &[
-                    entity.into(),
-                    target.into(),
-                    acts.clone().into(),
-                    condition.clone().map(JsonB).into(),
-                    who.as_str().into(),
-                ],
-            )
-            .map(|_| ())
-        })
-        .map_err(spi_err)
+        crate::spi::run(
+            &sql,
+            &[
+                entity.into(),
+                target.into(),
+                acts.clone().into(),
+                condition.clone().map(JsonB).into(),
+                who.as_str().into(),
+            ],
+        )
     })?;
     Ok(json!({"entity": entity, "target": target, "actions": acts, "condition": condition}))
 }
@@ -284,9 +278,9 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
     let h = horizon(&t)?;
     let sql = format!(
         "SELECT audit_id, entity, record_id::text, action, record_version, changed_fields, user_id, \
-           changed_at, txid, coalesce(new_data, old_data) || jsonb_build_object('id', record_id) \
-             || CASE WHEN record_version IS NULL THEN '{{}}'::jsonb ELSE jsonb_build_object('_version', record_version) END \
+           changed_at, txid, {} \
          FROM {} WHERE audit_id > $1 AND audit_id <= $2 ORDER BY audit_id LIMIT $3",
+        crate::audit::record_image_sql("coalesce(new_data, old_data)"),
         audit_table(&t)
     );
     let subs = subscriptions(&t)?;
@@ -389,15 +383,10 @@ pub fn ack(consumer: &str, event_id: i64) -> Result<Value> {
     );
     let who = actor();
     as_owner(|| {
-        Spi::connect_mut(|c| {
-            c.update(
-                &sql,
-                None,
-                &[consumer.into(), event_id.into(), who.as_str().into()],
-            )
-            .map(|_| ())
-        })
-        .map_err(spi_err)
+        crate::spi::run(
+            &sql,
+            &[consumer.into(), event_id.into(), who.as_str().into()],
+        )
     })?;
     Ok(json!({"consumer": consumer, "last_event": event_id}))
 }

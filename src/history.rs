@@ -89,9 +89,9 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
         return Err(catalog::no_such_entity(&t, entity));
     }
     let sql = format!(
-        "SELECT CASE WHEN action = 'DELETE' THEN NULL \
-           ELSE new_data || jsonb_build_object('id', record_id, '_version', record_version) END FROM {} \
+        "SELECT CASE WHEN action = 'DELETE' THEN NULL ELSE {} END FROM {} \
          WHERE record_id = $1 AND entity = $2 AND changed_at <= $3 ORDER BY audit_id DESC LIMIT 1",
+        crate::audit::record_image_sql("new_data"),
         audit_table(&t)
     );
     let v = crate::spi::select_one::<JsonB>(&sql, &[id.into(), entity.into(), at.into()])?;
@@ -99,10 +99,6 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
 }
 
 // ------------------------------------------------------------------ rollback
-
-fn uuid_bytes(id: &Uuid) -> [u8; 16] {
-    *id.as_bytes()
-}
 
 /// The newest version number the audit knows for a record.
 fn last_version(t: &Tenant, entity: &str, id: Uuid) -> Result<i32> {
@@ -167,7 +163,7 @@ fn write_image(
     let restore = if present {
         None
     } else {
-        Some((uuid_bytes(&id), last_version(t, &e.def.slug, id)? + 1))
+        Some((*id.as_bytes(), last_version(t, &e.def.slug, id)? + 1))
     };
     let what = what.to_string();
     as_rollback(restore, || {
@@ -321,7 +317,7 @@ pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
     let mut first: std::collections::HashMap<(String, [u8; 16]), usize> = Default::default();
     let mut last: std::collections::HashMap<(String, [u8; 16]), i64> = Default::default();
     for (i, r) in rows.iter().enumerate() {
-        let k = (r.entity.clone(), uuid_bytes(&r.id));
+        let k = (r.entity.clone(), *r.id.as_bytes());
         if r.entity.contains('.') {
             units.push(i);
         } else if !first.contains_key(&k) {
@@ -338,7 +334,7 @@ pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
         let ids: Vec<Uuid> = order.iter().map(|(_, i)| *i).collect();
         let after: Vec<i64> = order
             .iter()
-            .map(|(e, i)| last[&(e.clone(), uuid_bytes(i))])
+            .map(|(e, i)| last[&(e.clone(), *i.as_bytes())])
             .collect();
         let sql = format!(
             "SELECT l.e, l.id::text, a.txid, a.user_id, a.action FROM unnest($1::text[], $2::uuid[], $3::bigint[]) AS l(e, id, after) \

@@ -132,23 +132,15 @@ unsafe fn numeric_value<'a>(d: pg_sys::Datum) -> Value<'a> {
     }
 }
 
+/// A uuid's text form (as `uuid_out` writes it), allocated in the current memory context.
 unsafe fn uuid_text<'a>(d: pg_sys::Datum) -> &'a [u8] {
     unsafe {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let src = bytes(d.cast_mut_ptr::<u8>(), 16);
-        let out = pg_sys::palloc(36) as *mut u8;
-        let dst = std::slice::from_raw_parts_mut(out, 36);
-        let mut j = 0;
-        for (i, b) in src.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                dst[j] = b'-';
-                j += 1;
-            }
-            dst[j] = HEX[(b >> 4) as usize];
-            dst[j + 1] = HEX[(b & 15) as usize];
-            j += 2;
-        }
-        bytes(out, 36)
+        let mut raw = [0u8; 16];
+        raw.copy_from_slice(bytes(d.cast_mut_ptr::<u8>(), 16));
+        let out = pg_sys::palloc(uuid::fmt::Hyphenated::LENGTH) as *mut u8;
+        let buf = std::slice::from_raw_parts_mut(out, uuid::fmt::Hyphenated::LENGTH);
+        uuid::Uuid::from_bytes(raw).hyphenated().encode_lower(buf);
+        buf
     }
 }
 

@@ -14,7 +14,7 @@ use udm_core::ident::{
 };
 
 fn run(sql: &str) -> Result<()> {
-    Spi::run(sql).map_err(spi_err)
+    crate::spi::run(sql, &[])
 }
 
 fn tenant_json(slug: &str, name: Option<&str>, schema: &str, role: &str) -> serde_json::Value {

@@ -24,6 +24,25 @@ fn shop(m: &mut Member) {
     }
 }
 
+/// Inserts a product through udm and returns its id.
+fn insert_product(m: &mut Member, fields: &str) -> String {
+    let p = json(
+        &mut m.client,
+        &format!("SELECT udm_insert('product', '{fields}')"),
+    );
+    p["id"].as_str().unwrap().to_string()
+}
+
+/// Updates a product's price through udm once per price given, in order.
+fn reprice(m: &mut Member, id: &str, prices: &[i32]) {
+    for v in prices {
+        json(
+            &mut m.client,
+            &format!("SELECT udm_update('product', '{id}', '{{\"price\": {v}}}')"),
+        );
+    }
+}
+
 fn count(m: &mut Member, cond: &str) -> i64 {
     scalar(
         &mut m.client,
@@ -176,17 +195,8 @@ fn tenants_cannot_write_the_log_and_tampering_is_found() {
     let mut m = member(&mut adm, "audt");
     shop(&mut m);
     let s = m.tenant.clone();
-    let p = json(
-        &mut m.client,
-        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 1}')",
-    );
-    let id = p["id"].as_str().unwrap().to_string();
-    for v in [2, 3, 4] {
-        json(
-            &mut m.client,
-            &format!("SELECT udm_update('product', '{id}', '{{\"price\": {v}}}')"),
-        );
-    }
+    let id = insert_product(&mut m, "{\"name\": \"A\", \"price\": 1}");
+    reprice(&mut m, &id, &[2, 3, 4]);
     for sql in [
         format!("UPDATE \"{s}\"._udm_audit SET user_id = 'x'"),
         format!("DELETE FROM \"{s}\"._udm_audit"),
@@ -216,17 +226,8 @@ fn tenants_cannot_write_the_log_and_tampering_is_found() {
     let mut m2 = member(&mut adm2, "audt2");
     shop(&mut m2);
     let s2 = m2.tenant.clone();
-    let p = json(
-        &mut m2.client,
-        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 1}')",
-    );
-    let id2 = p["id"].as_str().unwrap().to_string();
-    for v in [2, 3, 4] {
-        json(
-            &mut m2.client,
-            &format!("SELECT udm_update('product', '{id2}', '{{\"price\": {v}}}')"),
-        );
-    }
+    let id2 = insert_product(&mut m2, "{\"name\": \"A\", \"price\": 1}");
+    reprice(&mut m2, &id2, &[2, 3, 4]);
     adm2.batch_execute(&format!(
         "DELETE FROM \"{s2}\"._udm_audit WHERE record_id = '{id2}' AND record_version = 2"
     ))
@@ -249,11 +250,10 @@ fn rollback_restores_versions_fields_and_deleted_records() {
     let mut m = member(&mut adm, "aurb");
     shop(&mut m);
     let s = m.tenant.clone();
-    let p = json(
-        &mut m.client,
-        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 1, \"status\": \"draft\"}')",
+    let id = insert_product(
+        &mut m,
+        "{\"name\": \"A\", \"price\": 1, \"status\": \"draft\"}",
     );
-    let id = p["id"].as_str().unwrap().to_string();
     json(
         &mut m.client,
         &format!(
@@ -366,16 +366,8 @@ fn whole_transactions_roll_back_in_order_and_conflicts_are_named() {
     let mut m = member(&mut adm, "aurt");
     shop(&mut m);
     let s = m.tenant.clone();
-    let a = json(
-        &mut m.client,
-        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 1}')",
-    );
-    let a = a["id"].as_str().unwrap().to_string();
-    let gone = json(
-        &mut m.client,
-        "SELECT udm_insert('product', '{\"name\": \"G\", \"price\": 1}')",
-    );
-    let gone = gone["id"].as_str().unwrap().to_string();
+    let a = insert_product(&mut m, "{\"name\": \"A\", \"price\": 1}");
+    let gone = insert_product(&mut m, "{\"name\": \"G\", \"price\": 1}");
     // one transaction: a category and a product in it, A changed twice, G deleted
     m.client.batch_execute("BEGIN").unwrap();
     let tx: i64 = scalar(&mut m.client, "SELECT txid_current()");
@@ -455,11 +447,7 @@ fn reports_summarize_users_records_and_critical_changes() {
     m.client
         .batch_execute("SELECT udm_use(current_setting('udm.tenant'), 'ann')")
         .unwrap();
-    let p = json(
-        &mut m.client,
-        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 99.99}')",
-    );
-    let id = p["id"].as_str().unwrap().to_string();
+    let id = insert_product(&mut m, "{\"name\": \"A\", \"price\": 99.99}");
     m.client
         .batch_execute("SELECT udm_use(current_setting('udm.tenant'), 'bob')")
         .unwrap();
@@ -721,11 +709,7 @@ fn events_reach_listeners_and_consumers_resume_without_gaps() {
         &mut m.client,
         r#"SELECT udm_subscribe('product', ARRAY['INSERT', 'UPDATE'], 'all-flow')"#,
     );
-    let p = json(
-        &mut m.client,
-        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 10}')",
-    );
-    let id = p["id"].as_str().unwrap().to_string();
+    let id = insert_product(&mut m, "{\"name\": \"A\", \"price\": 10}");
     json(
         &mut m.client,
         &format!("SELECT udm_update('product', '{id}', '{{\"price\": 500}}')"),
@@ -955,11 +939,7 @@ fn chains_hold_under_waiting_writers_savepoints_and_big_statements() {
     let mut m = member(&mut adm, "auch");
     shop(&mut m);
     let s = m.tenant.clone();
-    let p = json(
-        &mut m.client,
-        "SELECT udm_insert('product', '{\"name\": \"A\", \"price\": 1}')",
-    );
-    let id = p["id"].as_str().unwrap().to_string();
+    let id = insert_product(&mut m, "{\"name\": \"A\", \"price\": 1}");
     let tenant_of = |c: &mut postgres::Client| {
         c.batch_execute(&format!("SELECT udm_use('{s}')")).unwrap();
     };
@@ -1033,4 +1013,45 @@ fn chains_hold_under_waiting_writers_savepoints_and_big_statements() {
     let v = json(&mut m.client, "SELECT udm_audit_verify()");
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["rows_checked"].as_i64().unwrap() >= 24_005, "{v}");
+}
+
+/// Every write is refused, whole, while the audit log is damaged: an ERROR names what is
+/// missing, nothing is written unaudited, and writes work again once it is repaired.
+#[test]
+fn writes_are_refused_while_the_audit_log_is_damaged() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "audmg");
+    shop(&mut m);
+    let s = m.tenant.clone();
+    adm.batch_execute(&format!(
+        "ALTER INDEX \"{s}\"._udm_audit__record__idx RENAME TO damaged"
+    ))
+    .unwrap();
+    // a new session: nothing of the log is cached yet
+    let mut w = connect_as(&m.role);
+    w.batch_execute(&format!("SELECT udm_use('{s}')")).unwrap();
+    let msg = expect_err(
+        &mut w,
+        &format!("INSERT INTO \"{s}\".product (name) VALUES ('unaudited')"),
+        "XX000",
+    );
+    assert!(
+        msg.contains(&s) && msg.contains("_udm_audit__record__idx"),
+        "{msg}"
+    );
+    let written: i64 = scalar(
+        &mut m.client,
+        &format!("SELECT count(*) FROM \"{s}\".product WHERE name = 'unaudited'"),
+    );
+    assert_eq!(written, 0, "the write is rolled back with its audit");
+    adm.batch_execute(&format!(
+        "ALTER INDEX \"{s}\".damaged RENAME TO _udm_audit__record__idx"
+    ))
+    .unwrap();
+    let mut w = connect_as(&m.role);
+    w.batch_execute(&format!(
+        "SELECT udm_use('{s}'); INSERT INTO \"{s}\".product (name) VALUES ('audited')"
+    ))
+    .unwrap();
+    assert_eq!(count(&mut m, "new_data->>'name' = 'audited'"), 1);
 }

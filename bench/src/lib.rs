@@ -17,6 +17,53 @@ pub fn connect(db: &str) -> Client {
     .unwrap_or_else(|e| panic!("connect to {db}: {e}"))
 }
 
+/// The parallel workers PostgreSQL launched for each Gather in the statements `sql` runs
+/// (nested ones too: a udm function's query), as auto_explain reports them to the client.
+/// `setup` runs first (e.g. choosing the tenant).
+pub fn workers_launched(
+    db: &str,
+    setup: &str,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Vec<i64> {
+    let host = std::env::var("BENCH_HOST")
+        .unwrap_or_else(|_| "/work/main/target/bench-cluster/sock".into());
+    let port: u16 = std::env::var("BENCH_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5497);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let mut c = postgres::Config::new()
+        .host(&host)
+        .port(port)
+        .user("postgres")
+        .dbname(db)
+        .notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()))
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect to {db}: {e}"));
+    c.batch_execute(setup).unwrap();
+    c.batch_execute(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; \
+         SET auto_explain.log_analyze = on; SET auto_explain.log_nested_statements = on; \
+         SET client_min_messages = log",
+    )
+    .unwrap();
+    c.query(sql, params).unwrap();
+    let out = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|m| {
+            m.lines()
+                .filter_map(|l| l.trim().strip_prefix("Workers Launched: "))
+                .filter_map(|n| n.trim().parse().ok())
+                .collect::<Vec<i64>>()
+        })
+        .collect();
+    out
+}
+
 /// A fresh database with udm installed.
 pub fn fresh_db(name: &str) -> Client {
     let mut c = connect("postgres");

@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use udm_bench::*;
 
+/// Chooses the benchmark's tenant in a session.
+const TENANT_SQL: &str = "SELECT udm_use('qb')";
+
 const BRANDS: usize = 20;
 
 fn setup(c: &mut postgres::Client, rows: i64) {
@@ -102,7 +105,7 @@ fn main() {
         "query engine vs hand-written prepared SQL ({rows} products)"
     ));
     setup(&mut c, rows);
-    c.batch_execute("SELECT udm_use('qb')").unwrap();
+    c.batch_execute(TENANT_SQL).unwrap();
     if let Ok(mode) = std::env::var("PLAN_CACHE_MODE") {
         c.batch_execute(&format!("SET plan_cache_mode = {mode}"))
             .unwrap();
@@ -310,6 +313,20 @@ fn main() {
         };
         println!("  scans, udm:          {plan_u:?}");
         println!("  scans, hand-written: {plan_h:?}");
+        let workers_u = workers_launched(
+            "bench_query",
+            TENANT_SQL,
+            case.udm_sql,
+            &[udm_param(0).as_ref()],
+        );
+        let workers_h = {
+            let hargs = (case.hand_args)(0);
+            let hrefs: Vec<&(dyn ToSql + Sync)> = hargs.iter().map(|b| b.as_ref()).collect();
+            workers_launched("bench_query", TENANT_SQL, &case.hand_sql, &hrefs)
+        };
+        println!(
+            "  parallel workers launched per Gather: udm {workers_u:?}, hand-written {workers_h:?}"
+        );
         if let Some((kind, entity)) = case.compile {
             let mut us = Vec::new();
             for i in 0..200 {

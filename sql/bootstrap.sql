@@ -68,6 +68,11 @@ CREATE FUNCTION udm.reference_on_delete() RETURNS trigger
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'udm_reference_on_delete';
 
+-- Refuses UPDATE/DELETE of records whose write-lock scope someone else holds.
+CREATE FUNCTION udm.lock_guard() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'udm_lock_guard';
+
 -- Query engine helpers. SQL functions whose declared volatility matches their body, so the
 -- planner inlines them into the queries udm generates.
 

@@ -827,3 +827,44 @@ pub unsafe extern "C-unwind" fn udm_audit_hash(fcinfo: pg_sys::FunctionCallInfo)
         bytes_datum(&h)
     }
 }
+
+// ------------------------------------------------------------------ events that are not row changes
+
+/// Appends one audit row that no row trigger wrote (a lock event): `entity` names its chain
+/// (`roadmap#lock`), `data` is its new image. Written now, in the caller's transaction.
+pub fn record_event(
+    t: &Tenant,
+    entity: &str,
+    entity_version: i32,
+    record_id: [u8; 16],
+    action: &'static str,
+    data: &serde_json::Value,
+) -> Result<()> {
+    let ctx = buffer_ctx();
+    let new = unsafe {
+        let prev = pg_sys::MemoryContextSwitchTo(ctx);
+        let d = pgrx::JsonB(data.clone()).into_datum();
+        pg_sys::MemoryContextSwitchTo(prev);
+        d
+    };
+    let (user, role) = who();
+    let entry = Pending {
+        schema: Rc::from(t.schema.as_str()),
+        entity: Rc::from(entity),
+        record_id,
+        action,
+        record_version: None,
+        entity_version,
+        old: None,
+        new,
+        changed: None,
+        user,
+        role,
+        txid: unsafe { pg_sys::GetTopFullTransactionId().value as i64 },
+        at: unsafe { pg_sys::GetCurrentStatementStartTimestamp() },
+        lookup: true,
+    };
+    BUFFER.with(|b| b.borrow_mut().push(entry));
+    flush();
+    Ok(())
+}

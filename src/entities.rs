@@ -18,6 +18,7 @@ use udm_core::definition::{
 };
 use udm_core::error::name_list;
 use udm_core::ident::{printable, qualified, quote_ident, validate_slug, SlugKind};
+use udm_core::locks::LockScope;
 use udm_core::rules::{rename_in_rule, rule_fields};
 use udm_core::types::FieldType;
 
@@ -286,6 +287,9 @@ fn uses_of_field(def: &EntityDef, field: &str) -> Result<Vec<String>> {
             uses.push(format!("index \"{}\"", i.name));
         }
     }
+    if def.lock.as_ref().and_then(|l| l.scope_field()) == Some(field) {
+        uses.push("the lock scope".to_string());
+    }
     Ok(uses)
 }
 
@@ -477,6 +481,11 @@ pub fn alter_field(entity: &str, field: &str, changes: &Value) -> Result<Value> 
                         }
                     }
                 }
+                if let Some(l) = &mut new.lock {
+                    if l.scope_field() == Some(field) {
+                        l.scope = LockScope::Field(nf.name.clone());
+                    }
+                }
             }
             let mut nf = nf;
             if nf.is_many_to_many() {
@@ -638,6 +647,37 @@ pub fn set_audit(entity: &str, enabled: bool) -> Result<Value> {
             }
             let mut new = old.clone();
             new.audit = enabled;
+            Ok(new)
+        },
+    )
+}
+
+/// Declares (or with `scope = None` removes) the entity's write-lock scope: `self` or a
+/// many-to-one relation field; `required` makes writes need the writer to hold the lock.
+pub fn set_lock_scope(entity: &str, scope: Option<&str>, required: bool) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    change(
+        &t,
+        entity,
+        json!({"op": "set_lock_scope", "scope": scope, "required": required}),
+        |old, _| {
+            let lock = match scope {
+                None => None,
+                Some(s) => {
+                    udm_core::locks::parse_lock(&json!({"scope": s, "required": required}), entity)?
+                }
+            };
+            if lock == old.lock {
+                return Err(UdmError::new(
+                    SqlState::ObjectNotInPrerequisiteState,
+                    format!("entity \"{entity}\" already has this lock scope"),
+                ));
+            }
+            let mut new = old.clone();
+            if let Some(l) = &lock {
+                new.check_lock(l)?;
+            }
+            new.lock = lock;
             Ok(new)
         },
     )
@@ -948,6 +988,11 @@ fn udm_add_index(entity: &str, fields: Vec<String>, unique: default!(bool, false
 #[pg_extern(volatile)]
 fn udm_set_audit(entity: &str, enabled: bool) -> JsonB {
     JsonB(set_audit(entity, enabled).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_set_lock_scope(entity: &str, scope: Option<&str>, required: default!(bool, false)) -> JsonB {
+    JsonB(set_lock_scope(entity, scope, required).or_raise())
 }
 
 #[pg_extern(volatile)]

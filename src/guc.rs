@@ -9,6 +9,8 @@ pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::
 pub static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DDL_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(3000);
 pub static BCRYPT_COST: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static LOCK_STALE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(180);
+pub static LOCK_EXPIRE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -47,6 +49,32 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"udm.lock_stale_after",
+        c"A write lock without a heartbeat for this long may be taken over by the next acquirer.",
+        c"Set by a superuser (postgresql.conf, ALTER DATABASE/ROLE SET); stored with each lock when it is acquired or renewed.",
+        &LOCK_STALE_AFTER_S,
+        1,
+        86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"udm.lock_expire_after",
+        c"A write lock without a heartbeat for this long protects nothing.",
+        c"Set by a superuser; at least udm.lock_stale_after (the smaller one is used for both otherwise).",
+        &LOCK_EXPIRE_AFTER_S,
+        1,
+        86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+}
+
+/// (stale after, expire after) in seconds; a lock is never stale after it expired.
+pub fn lock_times_s() -> (i32, i32) {
+    let expire = LOCK_EXPIRE_AFTER_S.get();
+    (LOCK_STALE_AFTER_S.get().min(expire), expire)
 }
 
 fn non_empty(s: &GucSetting<Option<CString>>) -> Option<String> {

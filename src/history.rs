@@ -282,7 +282,7 @@ pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
         for r in c.select(
             &format!(
                 "SELECT audit_id, entity, record_id, action, old_data, new_data, entity_version FROM {audit} \
-                 WHERE txid = $1 ORDER BY audit_id"
+                 WHERE txid = $1 AND action NOT LIKE 'LOCK\\_%' ORDER BY audit_id"
             ),
             None,
             &[txid.into()],

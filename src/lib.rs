@@ -28,6 +28,7 @@ mod events;
 mod fastget;
 mod guc;
 mod history;
+mod locks;
 mod query;
 mod rawspi;
 mod records;

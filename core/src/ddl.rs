@@ -122,6 +122,9 @@ pub const STAMP_TRIGGER: &str = "udm_stamp";
 /// audited is read from its definition at run time.
 pub const AUDIT_TRIGGER: &str = "udm_audit";
 pub const AUDIT_FLUSH_TRIGGER: &str = "udm_audit_flush";
+/// The write-lock guard: only on entities with a lock scope (it reads the scope from the
+/// definition at run time, so renaming the scope field changes nothing here).
+pub const LOCK_TRIGGER: &str = "udm_lock_guard";
 
 /// `CREATE TRIGGER` statements of the audit triggers on the junction table of a many-to-many
 /// field (argument: the entity; the field is found by its junction at run time, so renames
@@ -408,6 +411,19 @@ pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
             fields: vec![],
         });
     }
+    if def.lock.is_some() {
+        out.push(Artifact {
+            key: "lock".into(),
+            name: LOCK_TRIGGER.into(),
+            kind: ArtifactKind::Trigger,
+            table: def.slug.clone(),
+            body: format!(
+                "BEFORE UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION udm.lock_guard()",
+                ctx.table(&def.slug)
+            ),
+            fields: vec![],
+        });
+    }
     // Derived relation names share one namespace per schema: refuse collisions up front.
     let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
     for a in &out {
@@ -443,7 +459,9 @@ fn add_artifact_sql(ctx: &Ctx, a: &Artifact, not_valid: bool) -> String {
         }
         ArtifactKind::Unique => format!("ALTER TABLE {t} ADD CONSTRAINT {name} {}", a.body),
         ArtifactKind::Index => format!("CREATE INDEX {name} ON {t} {}", a.body),
-        ArtifactKind::Trigger if matches!(a.key.as_str(), "stamp" | "audit" | "audit_flush") => {
+        ArtifactKind::Trigger
+            if matches!(a.key.as_str(), "stamp" | "audit" | "audit_flush" | "lock") =>
+        {
             format!("CREATE TRIGGER {name} {}", a.body)
         }
         ArtifactKind::Trigger => a.body.replace("{name}", &name),

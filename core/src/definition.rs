@@ -5,6 +5,7 @@
 use crate::error::{name_list, Result, SqlState, UdmError};
 use crate::ident::{fit_name, printable, validate_slug, SlugKind};
 use crate::json::*;
+use crate::locks::{lock_to_json, parse_lock, LockDef};
 use crate::types::{Family, FieldType, COMMON_OPTIONS};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -215,6 +216,8 @@ pub struct EntityDef {
     pub next_field_id: u32,
     /// Whether changes to records are written to the tenant's audit log (and change events).
     pub audit: bool,
+    /// The write-lock scope of the entity's records, if it has one.
+    pub lock: Option<LockDef>,
 }
 
 /// Whether JSON comes from a caller (udm assigns ids and physical names) or from udm's catalog.
@@ -858,6 +861,7 @@ const ENTITY_KEYS: &[&str] = &[
     "rules",
     "indexes",
     "audit",
+    "lock",
 ];
 const STORED_ENTITY_KEYS: &[&str] = &["slug", "removed_fields", "next_field_id"];
 
@@ -892,6 +896,7 @@ impl EntityDef {
                 None | Some(Value::Null) => true,
                 Some(v) => expect_bool(v, &format!("{what}: \"audit\""))?,
             },
+            lock: parse_lock(obj.get("lock").unwrap_or(&Value::Null), slug)?,
         };
         let empty = Value::Array(vec![]);
         let fields = expect_array(
@@ -949,6 +954,9 @@ impl EntityDef {
             let i = parse_index(iv, slug, source)
                 .map_err(|e| e.context(format!("entity \"{slug}\"")))?;
             def.add_index(i)?;
+        }
+        if let Some(l) = def.lock.clone() {
+            def.check_lock(&l)?;
         }
         Ok(def)
     }
@@ -1048,6 +1056,28 @@ impl EntityDef {
         Ok(())
     }
 
+    /// A lock scope through a field needs a many-to-one relation field of this entity.
+    pub fn check_lock(&self, l: &LockDef) -> Result<()> {
+        let Some(name) = l.scope_field() else {
+            return Ok(());
+        };
+        let f = self
+            .field(name)
+            .ok_or_else(|| self.no_such_field(name).context("\"lock\": \"scope\""))?;
+        if !f.is_many_to_one() {
+            return Err(UdmError::invalid(format!(
+                "entity \"{}\": the lock scope \"{name}\" must be a many-to-one relation field, not {}",
+                self.slug,
+                if f.is_many_to_many() { "a many-to-many relation".to_string() } else { format!("a {} field", f.ftype.name()) }
+            ))
+            .hint(format!(
+                "use \"self\" or one of {}",
+                name_list(self.fields.iter().filter(|f| f.is_many_to_one()).map(|f| f.name.as_str()))
+            )));
+        }
+        Ok(())
+    }
+
     pub fn field(&self, name: &str) -> Option<&FieldDef> {
         self.fields.iter().find(|f| f.name == name)
     }
@@ -1115,6 +1145,9 @@ impl EntityDef {
         m.insert("next_field_id".into(), json!(self.next_field_id));
         if !self.audit {
             m.insert("audit".into(), json!(false));
+        }
+        if let Some(l) = &self.lock {
+            m.insert("lock".into(), lock_to_json(l));
         }
         Value::Object(m)
     }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod ident;
 pub mod json;
 pub mod jsonb;
+pub mod locks;
 pub mod query;
 pub mod records;
 pub mod rules;

@@ -1,0 +1,755 @@
+//! Write locks on any entity: exclusive editing of a record, or of every record in a parent's
+//! scope (a product's scope is its roadmap).
+//!
+//! A lock is a row of the tenant's `_udm_lock` table (made on first use), keyed by the scope
+//! record. Acquire takes the row's lock (`SELECT ... FOR UPDATE`, or an `INSERT ... ON CONFLICT DO
+//! NOTHING` when there is none), so it is atomic and first-wins under any concurrency; what it
+//! may do with the row is decided in `udm_core::locks`. A stale lock (no heartbeat for
+//! `udm.lock_stale_after`) is taken over by the next acquirer, an expired one
+//! (`udm.lock_expire_after`) protects nothing: no background job is needed.
+//!
+//! The guard trigger `udm.lock_guard` on entities with a lock scope refuses UPDATE and DELETE
+//! by anyone but the holder (plain SQL included) with 55P03. Every lock event is written to the
+//! tenant's audit log as `<scope entity>#lock`, chained like any record's changes.
+
+use crate::catalog::{self, Entity, Tenant};
+use crate::error::{raise, spi_err, OrRaise, Result, SqlState, UdmError};
+use crate::security::{actor, as_owner, caller, role_name};
+use crate::triggers::{relation_names, trigger_data};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use udm_core::ident::{quote_ident, sql_call};
+use udm_core::locks::{
+    decide_acquire, lock_required_error, locked_error, not_holder_error, scope_words,
+    write_allowed, Acquire, LockDef, LockRow, LockScope, WriteRefusal,
+};
+
+finfo_v1!(pg_finfo_udm_lock_guard);
+
+pub const LOCK_TABLE: &str = "_udm_lock";
+
+/// Epoch microseconds of a timestamp (one clock for the stored times and "now").
+const MICROS: &str = "(extract(epoch FROM {})::numeric * 1000000)::bigint";
+
+fn micros(col: &str) -> String {
+    MICROS.replace("{}", col)
+}
+
+/// The tenant's lock table, created on first use (most tenants never lock anything).
+fn ensure_table(t: &Tenant) -> Result<()> {
+    if t.relation(LOCK_TABLE).is_some() {
+        return Ok(());
+    }
+    let s = quote_ident(&t.schema);
+    let r = quote_ident(&t.role);
+    as_owner(|| {
+        crate::spi::run(
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1))",
+            &[format!("udm lock table {}", t.schema).into()],
+        )?;
+        crate::spi::run(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {s}.\"{LOCK_TABLE}\" (\
+                   entity text NOT NULL, \
+                   record_id uuid NOT NULL, \
+                   holder text NOT NULL, \
+                   holder_role text NOT NULL, \
+                   acquired_at timestamp with time zone NOT NULL, \
+                   heartbeat_at timestamp with time zone NOT NULL, \
+                   stale_at timestamp with time zone NOT NULL, \
+                   expires_at timestamp with time zone NOT NULL, \
+                   PRIMARY KEY (entity, record_id)); \
+                 GRANT SELECT ON {s}.\"{LOCK_TABLE}\" TO {r}; \
+                 COMMENT ON TABLE {s}.\"{LOCK_TABLE}\" IS 'udm write locks (one row per locked scope record; written only by udm_lock_*)';"
+            ),
+            &[],
+        )
+    })
+}
+
+// ------------------------------------------------------------------ scopes
+
+/// The record a lock is taken on: the scope record of the entity's record.
+struct Scope {
+    entity: String,
+    id: pgrx::Uuid,
+    /// The record asked about, for messages.
+    of_entity: String,
+    of_id: pgrx::Uuid,
+}
+
+impl Scope {
+    fn words(&self) -> String {
+        scope_words(
+            &self.entity,
+            &self.id.to_string(),
+            &self.of_entity,
+            &self.of_id.to_string(),
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({"entity": self.entity, "id": self.id.to_string()})
+    }
+}
+
+/// The lock definition of an entity: its own, or `self` when another entity's lock scope goes
+/// through a relation to it (a roadmap is the scope of its products).
+fn lock_of(t: &Tenant, e: &Entity) -> Result<LockDef> {
+    if let Some(l) = &e.def.lock {
+        return Ok(l.clone());
+    }
+    let is_scope = catalog::active_entities(t)?.iter().any(|o| {
+        o.def
+            .lock
+            .as_ref()
+            .and_then(|l| l.scope_field())
+            .and_then(|f| o.def.field(f))
+            .and_then(|f| f.target.as_deref())
+            == Some(e.def.slug.as_str())
+    });
+    if is_scope {
+        return Ok(LockDef {
+            scope: LockScope::Record,
+            required: false,
+        });
+    }
+    Err(UdmError::new(
+        SqlState::ObjectNotInPrerequisiteState,
+        format!(
+            "entity \"{}\" of tenant \"{}\" has no lock scope",
+            e.def.slug, t.slug
+        ),
+    )
+    .hint(format!(
+        "declare one with {} (or a relation field instead of 'self')",
+        sql_call("udm_set_lock_scope", &[&e.def.slug, "self"])
+    )))
+}
+
+/// The scope record of `id`: the record itself, or the one its scope field points to. The
+/// record is read with the caller's privileges.
+fn resolve(t: &Tenant, e: &Entity, lock: &LockDef, id: pgrx::Uuid) -> Result<Scope> {
+    let table = t.catalog(&e.def.slug);
+    let (col, target) = match &lock.scope {
+        LockScope::Record => ("id".to_string(), e.def.slug.clone()),
+        LockScope::Field(name) => {
+            let f = e.def.field_or_err(name)?;
+            (f.column.clone(), f.target.clone().unwrap_or_default())
+        }
+    };
+    let sql = format!(
+        "SELECT ARRAY[{}::text] FROM {table} WHERE id = $1",
+        quote_ident(&col)
+    );
+    let stmt = crate::spi::prepared(&sql, &[pg_sys::UUIDOID], false)?;
+    let found = Spi::connect(|c| {
+        let mut rows = c.select(&*stmt, Some(1), &[id.into()])?;
+        match rows.next() {
+            Some(r) => Ok(Some(r.get::<Vec<Option<String>>>(1)?.unwrap_or_default())),
+            None => Ok::<_, pgrx::spi::Error>(None),
+        }
+    })
+    .map_err(spi_err)?;
+    let Some(value) = found else {
+        return Err(UdmError::new(
+            SqlState::NoDataFound,
+            format!("entity \"{}\" has no record {id}", e.def.slug),
+        )
+        .hint("check the id; locks are taken on records that exist"));
+    };
+    let scope_id = match value.into_iter().next().flatten() {
+        Some(s) => s,
+        None => {
+            return Err(UdmError::new(
+                SqlState::ObjectNotInPrerequisiteState,
+                format!(
+                    "{} {id} has no \"{}\": its lock scope is empty",
+                    e.def.slug,
+                    lock.scope_field().unwrap_or("id")
+                ),
+            )
+            .hint("set the relation first; the lock is taken on the record it points to"))
+        }
+    };
+    let scope_id = pgrx::Uuid::from_bytes(
+        *uuid::Uuid::parse_str(&scope_id)
+            .map_err(|e| UdmError::internal(format!("udm: bad uuid in scope: {e}")))?
+            .as_bytes(),
+    );
+    Ok(Scope {
+        entity: target,
+        id: scope_id,
+        of_entity: e.def.slug.clone(),
+        of_id: id,
+    })
+}
+
+/// Acquire, heartbeat and release need the right to change the entity's records.
+fn require_write(t: &Tenant, e: &Entity, verb: &str) -> Result<()> {
+    let me = caller();
+    let ok = unsafe {
+        pg_sys::pg_class_aclcheck(e.table_oid, me, pg_sys::ACL_UPDATE as pg_sys::AclMode)
+            == pg_sys::AclResult::ACLCHECK_OK
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(UdmError::new(
+        SqlState::InsufficientPrivilege,
+        format!(
+            "permission denied to {verb} a write lock on entity \"{}\" of tenant \"{}\": role \"{}\" may not change its records",
+            e.def.slug,
+            t.slug,
+            role_name(me)
+        ),
+    )
+    .hint(format!("a member of \"{}\" may", t.role)))
+}
+
+// ------------------------------------------------------------------ reading and writing rows
+
+/// A lock row with its times for people, and the statement's "now".
+struct Found {
+    row: LockRow,
+    info: Value,
+    now: i64,
+}
+
+fn row_sql(t: &Tenant, for_update: bool) -> String {
+    format!(
+        "SELECT holder, {}, {}, {}, {}, {}, \
+           jsonb_build_object('holder', holder, 'holder_role', holder_role, 'acquired_at', acquired_at, \
+             'heartbeat_at', heartbeat_at, 'stale_at', stale_at, 'expires_at', expires_at), \
+           expires_at::text \
+         FROM {} WHERE entity = $1 AND record_id = $2{}",
+        micros("acquired_at"),
+        micros("heartbeat_at"),
+        micros("stale_at"),
+        micros("expires_at"),
+        micros("statement_timestamp()"),
+        t.catalog(LOCK_TABLE),
+        if for_update { " FOR UPDATE" } else { "" }
+    )
+}
+
+/// The lock row of a scope (with its row lock when `for_update`), if any.
+fn fetch(
+    t: &Tenant,
+    entity: &str,
+    id: pgrx::Uuid,
+    for_update: bool,
+) -> Result<Option<(Found, String)>> {
+    if t.relation(LOCK_TABLE).is_none() {
+        return Ok(None);
+    }
+    let stmt = crate::spi::prepared(
+        &row_sql(t, for_update),
+        &[pg_sys::TEXTOID, pg_sys::UUIDOID],
+        for_update,
+    )?;
+    let read =
+        |r: pgrx::spi::SpiHeapTupleData| -> std::result::Result<(Found, String), pgrx::spi::Error> {
+            Ok((
+                Found {
+                    row: LockRow {
+                        holder: r.get::<String>(1)?.unwrap_or_default(),
+                        acquired_at: r.get::<i64>(2)?.unwrap_or(0),
+                        heartbeat_at: r.get::<i64>(3)?.unwrap_or(0),
+                        stale_at: r.get::<i64>(4)?.unwrap_or(0),
+                        expires_at: r.get::<i64>(5)?.unwrap_or(0),
+                    },
+                    now: r.get::<i64>(6)?.unwrap_or(0),
+                    info: r.get::<JsonB>(7)?.map(|j| j.0).unwrap_or(Value::Null),
+                },
+                r.get::<String>(8)?.unwrap_or_default(),
+            ))
+        };
+    let args = [entity.into(), id.into()];
+    if for_update {
+        Spi::connect_mut(|c| {
+            let mut rows = c.update(&*stmt, Some(1), &args)?;
+            rows.next().map(read).transpose()
+        })
+    } else {
+        Spi::connect(|c| {
+            let mut rows = c.select(&*stmt, Some(1), &args)?;
+            rows.next().map(read).transpose()
+        })
+    }
+    .map_err(spi_err)
+}
+
+fn settings_sql() -> (String, String) {
+    let (stale, expire) = crate::guc::lock_times_s();
+    (format!("{stale} seconds"), format!("{expire} seconds"))
+}
+
+/// Inserts a new lock row unless another session got there first (then `false`).
+fn insert(t: &Tenant, s: &Scope, me: &str) -> Result<bool> {
+    let (stale, expire) = settings_sql();
+    let sql = format!(
+        "INSERT INTO {} (entity, record_id, holder, holder_role, acquired_at, heartbeat_at, stale_at, expires_at) \
+         VALUES ($1, $2, $3, $4, statement_timestamp(), statement_timestamp(), \
+                 statement_timestamp() + $5::interval, statement_timestamp() + $6::interval) \
+         ON CONFLICT (entity, record_id) DO NOTHING RETURNING 1",
+        t.catalog(LOCK_TABLE)
+    );
+    let types = [
+        pg_sys::TEXTOID,
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+    ];
+    let stmt = crate::spi::prepared(&sql, &types, true)?;
+    let role = role_name(caller());
+    Spi::connect_mut(|c| {
+        let rows = c.update(
+            &*stmt,
+            None,
+            &[
+                s.entity.as_str().into(),
+                s.id.into(),
+                me.into(),
+                role.as_str().into(),
+                stale.as_str().into(),
+                expire.as_str().into(),
+            ],
+        )?;
+        Ok::<_, pgrx::spi::Error>(!rows.is_empty())
+    })
+    .map_err(spi_err)
+}
+
+/// Gives the (row-locked) lock to `me` with fresh times; a new holder gets a new `acquired_at`.
+fn renew(t: &Tenant, s: &Scope, me: &str, new_holder: bool) -> Result<()> {
+    let (stale, expire) = settings_sql();
+    let sql = format!(
+        "UPDATE {} SET holder = $3, holder_role = $4, \
+           acquired_at = CASE WHEN $7 THEN statement_timestamp() ELSE acquired_at END, \
+           heartbeat_at = statement_timestamp(), \
+           stale_at = statement_timestamp() + $5::interval, \
+           expires_at = statement_timestamp() + $6::interval \
+         WHERE entity = $1 AND record_id = $2",
+        t.catalog(LOCK_TABLE)
+    );
+    let types = [
+        pg_sys::TEXTOID,
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::BOOLOID,
+    ];
+    let stmt = crate::spi::prepared(&sql, &types, true)?;
+    let role = role_name(caller());
+    Spi::connect_mut(|c| {
+        c.update(
+            &*stmt,
+            None,
+            &[
+                s.entity.as_str().into(),
+                s.id.into(),
+                me.into(),
+                role.as_str().into(),
+                stale.as_str().into(),
+                expire.as_str().into(),
+                new_holder.into(),
+            ],
+        )
+        .map(|_| ())
+    })
+    .map_err(spi_err)
+}
+
+fn delete(t: &Tenant, s: &Scope) -> Result<()> {
+    let sql = format!(
+        "DELETE FROM {} WHERE entity = $1 AND record_id = $2",
+        t.catalog(LOCK_TABLE)
+    );
+    let stmt = crate::spi::prepared(&sql, &[pg_sys::TEXTOID, pg_sys::UUIDOID], true)?;
+    Spi::connect_mut(|c| {
+        c.update(&*stmt, None, &[s.entity.as_str().into(), s.id.into()])
+            .map(|_| ())
+    })
+    .map_err(spi_err)
+}
+
+// ------------------------------------------------------------------ the SQL surface's work
+
+/// Resolves what a `udm_lock_*` call is about: the tenant, the scope, and (for writes) checks.
+fn prepare(
+    entity: &str,
+    id: pgrx::Uuid,
+    write_verb: Option<&str>,
+) -> Result<(Rc<Tenant>, Scope, i32)> {
+    let t = catalog::current_tenant()?;
+    let e = catalog::entity(&t, entity)?;
+    let lock = lock_of(&t, &e)?;
+    if let Some(verb) = write_verb {
+        require_write(&t, &e, verb)?;
+    }
+    let scope = resolve(&t, &e, &lock, id)?;
+    let scope_version = catalog::entity(&t, &scope.entity).map_or(0, |s| s.version);
+    Ok((t, scope, scope_version))
+}
+
+fn status_json(scope: &Scope, found: Option<&Found>, me: &str) -> Value {
+    let mut out = json!({"scope": scope.json(), "locked": false, "mine": false});
+    if let Some(f) = found {
+        if let (Some(o), Some(info)) = (out.as_object_mut(), f.info.as_object()) {
+            for (k, v) in info {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        let expired = f.row.is_expired(f.now);
+        out["locked"] = json!(!expired);
+        out["stale"] = json!(f.row.is_stale(f.now));
+        out["expired"] = json!(expired);
+        out["mine"] = json!(f.row.holder == me && !expired);
+    }
+    out
+}
+
+fn audit(t: &Tenant, s: &Scope, version: i32, action: &'static str, data: Value) -> Result<()> {
+    let entity = format!("{}#lock", s.entity);
+    let mut data = data;
+    data["record"] = json!({"entity": s.of_entity, "id": s.of_id.to_string()});
+    crate::audit::record_event(t, &entity, version, *s.id.as_bytes(), action, &data)
+}
+
+pub fn acquire(entity: &str, id: pgrx::Uuid) -> Result<Value> {
+    let (t, scope, version) = prepare(entity, id, Some("acquire"))?;
+    ensure_table(&t)?;
+    let me = actor();
+    as_owner(|| {
+        // a conflicting insert means another session won the row: read it again
+        for _ in 0..3 {
+            let found = fetch(&t, &scope.entity, scope.id, true)?;
+            let decision = decide_acquire(
+                found.as_ref().map(|(f, _)| &f.row),
+                &me,
+                found.as_ref().map_or(0, |(f, _)| f.now),
+            );
+            let (action, previous) = match decision {
+                Acquire::New => {
+                    if !insert(&t, &scope, &me)? {
+                        continue;
+                    }
+                    ("LOCK_ACQUIRE", None)
+                }
+                Acquire::Renew => {
+                    renew(&t, &scope, &me, false)?;
+                    ("LOCK_HEARTBEAT", None)
+                }
+                Acquire::TakeOver { previous } => {
+                    renew(&t, &scope, &me, true)?;
+                    ("LOCK_TAKEOVER", Some(previous))
+                }
+                Acquire::Refused => {
+                    let mut out = status_json(&scope, found.as_ref().map(|(f, _)| f), &me);
+                    out["acquired"] = json!(false);
+                    return Ok(out);
+                }
+            };
+            let now = fetch(&t, &scope.entity, scope.id, false)?;
+            let mut out = status_json(&scope, now.as_ref().map(|(f, _)| f), &me);
+            out["acquired"] = json!(true);
+            out["taken_over_from"] = json!(previous);
+            let mut event = now.map(|(f, _)| f.info).unwrap_or(Value::Null);
+            if let Some(p) = &previous {
+                event["previous_holder"] = json!(p);
+            }
+            audit(&t, &scope, version, action, event)?;
+            return Ok(out);
+        }
+        Err(UdmError::new(
+            SqlState::LockNotAvailable,
+            format!(
+                "could not acquire the lock on {}: it kept changing hands",
+                scope.words()
+            ),
+        )
+        .hint("try again"))
+    })
+}
+
+pub fn heartbeat(entity: &str, id: pgrx::Uuid) -> Result<Value> {
+    let (t, scope, version) = prepare(entity, id, Some("renew"))?;
+    let me = actor();
+    as_owner(|| {
+        let Some((f, expires)) = fetch(&t, &scope.entity, scope.id, true)? else {
+            return Err(UdmError::new(
+                SqlState::NoDataFound,
+                format!(
+                    "there is no lock on {} to send a heartbeat for",
+                    scope.words()
+                ),
+            )
+            .hint(format!(
+                "acquire it with {}",
+                sql_call("udm_lock_acquire", &[entity, &id.to_string()])
+            )));
+        };
+        if f.row.holder != me {
+            return Err(not_holder_error(
+                "send a heartbeat for",
+                &scope.words(),
+                &f.row.holder,
+                &expires,
+            ));
+        }
+        renew(&t, &scope, &me, false)?;
+        let now = fetch(&t, &scope.entity, scope.id, false)?;
+        let out = status_json(&scope, now.as_ref().map(|(f, _)| f), &me);
+        audit(
+            &t,
+            &scope,
+            version,
+            "LOCK_HEARTBEAT",
+            now.map(|(f, _)| f.info).unwrap_or(Value::Null),
+        )?;
+        Ok(out)
+    })
+}
+
+pub fn release(entity: &str, id: pgrx::Uuid) -> Result<Value> {
+    let (t, scope, version) = prepare(entity, id, Some("release"))?;
+    let me = actor();
+    as_owner(|| {
+        let Some((f, expires)) = fetch(&t, &scope.entity, scope.id, true)? else {
+            return Ok(json!({"scope": scope.json(), "released": false, "locked": false}));
+        };
+        if f.row.holder != me {
+            return Err(not_holder_error(
+                "release",
+                &scope.words(),
+                &f.row.holder,
+                &expires,
+            ));
+        }
+        delete(&t, &scope)?;
+        audit(&t, &scope, version, "LOCK_RELEASE", f.info)?;
+        Ok(json!({"scope": scope.json(), "released": true, "locked": false}))
+    })
+}
+
+pub fn status(entity: &str, id: pgrx::Uuid) -> Result<Value> {
+    let (t, scope, _) = prepare(entity, id, None)?;
+    let found = fetch(&t, &scope.entity, scope.id, false)?;
+    Ok(status_json(
+        &scope,
+        found.as_ref().map(|(f, _)| f),
+        &actor(),
+    ))
+}
+
+// ------------------------------------------------------------------ the guard trigger
+
+/// What the guard of one table needs, cached until a definition changes.
+struct Guard {
+    tenant: Rc<Tenant>,
+    entity: String,
+    required: bool,
+    /// The scope entity and the attribute (0-based) holding the scope id.
+    scope_entity: String,
+    scope_attr: usize,
+}
+
+/// (definition generation, guard by table; `None` for a table without a lock scope)
+type Guards = (u64, HashMap<pg_sys::Oid, Option<Rc<Guard>>>);
+
+thread_local! {
+    static GUARDS: RefCell<Guards> = RefCell::new((u64::MAX, HashMap::new()));
+}
+
+unsafe fn guard_of(rel: pg_sys::Relation) -> Result<Option<Rc<Guard>>> {
+    let g = catalog::generation();
+    let oid = unsafe { (*rel).rd_id };
+    if let Some(found) = GUARDS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != g {
+            *c = (g, HashMap::new());
+        }
+        c.1.get(&oid).cloned()
+    }) {
+        return Ok(found);
+    }
+    let (schema, relname) = unsafe { relation_names(rel) };
+    let t = catalog::tenant(&schema)?.ok_or_else(|| {
+        UdmError::internal(format!(
+            "udm lock guard: \"{schema}\".\"{relname}\" is not in a udm tenant schema"
+        ))
+    })?;
+    let e =
+        catalog::entity_any(&t, &relname)?.ok_or_else(|| catalog::no_such_entity(&t, &relname))?;
+    let guard = match &e.def.lock {
+        None => None,
+        Some(l) => {
+            let (col, scope_entity) = match &l.scope {
+                LockScope::Record => ("id".to_string(), e.def.slug.clone()),
+                LockScope::Field(name) => {
+                    let f = e.def.field_or_err(name)?;
+                    (f.column.clone(), f.target.clone().unwrap_or_default())
+                }
+            };
+            let desc = unsafe { (*rel).rd_att };
+            let attrs = unsafe { (*desc).attrs.as_slice((*desc).natts as usize) };
+            let scope_attr = attrs
+                .iter()
+                .position(|a| !a.attisdropped && a.name() == col)
+                .ok_or_else(|| {
+                    UdmError::internal(format!(
+                        "udm lock guard: \"{relname}\" has no column \"{col}\""
+                    ))
+                })?;
+            Some(Rc::new(Guard {
+                tenant: t.clone(),
+                entity: e.def.slug.clone(),
+                required: l.required,
+                scope_entity,
+                scope_attr,
+            }))
+        }
+    };
+    GUARDS.with(|c| c.borrow_mut().1.insert(oid, guard.clone()));
+    Ok(guard)
+}
+
+unsafe fn scope_id_of(
+    tup: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    attr: usize,
+) -> Option<pgrx::Uuid> {
+    unsafe {
+        let mut null = false;
+        let d = pg_sys::heap_getattr(tup, attr as i32 + 1, desc, &mut null);
+        if null {
+            None
+        } else {
+            Some(pgrx::Uuid::from_bytes(crate::triggers::uuid_bytes(d)))
+        }
+    }
+}
+
+unsafe fn record_id_of(tup: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> String {
+    unsafe {
+        let natts = (*desc).natts as usize;
+        let attrs = (*desc).attrs.as_slice(natts);
+        match attrs
+            .iter()
+            .position(|a| !a.attisdropped && a.name() == "id")
+        {
+            Some(i) => scope_id_of(tup, desc, i)
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+}
+
+fn check_scope(g: &Guard, scope_id: pgrx::Uuid, me: &str, what: &str, record: &str) -> Result<()> {
+    let found = fetch(&g.tenant, &g.scope_entity, scope_id, false)?;
+    let (row, expires, now) = match &found {
+        Some((f, e)) => (Some(&f.row), e.as_str(), f.now),
+        None => (None, "", 0),
+    };
+    match write_allowed(row, me, g.required, now) {
+        Ok(()) => Ok(()),
+        Err(refusal) => {
+            let scope = scope_words(&g.scope_entity, &scope_id.to_string(), &g.entity, record);
+            Err(match refusal {
+                WriteRefusal::HeldBy(l) => locked_error(&scope, &l.holder, expires, what),
+                WriteRefusal::NotHeld => lock_required_error(
+                    &scope,
+                    what,
+                    &sql_call("udm_lock_acquire", &[&g.entity, record]),
+                ),
+            }
+            .detail(format!(
+                "tenant \"{}\", entity \"{}\"",
+                g.tenant.slug, g.entity
+            )))
+        }
+    }
+}
+
+/// `BEFORE UPDATE OR DELETE FOR EACH ROW` on entities with a lock scope: refuses the write when
+/// someone else holds the scope's lock (or, for a required lock, when the writer does not).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_lock_guard(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let td = trigger_data(fcinfo, "udm.lock_guard");
+        let ev = (*td).tg_event;
+        if ev & pg_sys::TRIGGER_EVENT_ROW == 0
+            || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
+        {
+            raise(UdmError::new(
+                SqlState::FeatureNotSupported,
+                "udm.lock_guard() must be a BEFORE ... FOR EACH ROW trigger",
+            ));
+        }
+        let op = ev & pg_sys::TRIGGER_EVENT_OPMASK;
+        let rel = (*td).tg_relation;
+        let old = (*td).tg_trigtuple;
+        let result = if op == pg_sys::TRIGGER_EVENT_UPDATE {
+            (*td).tg_newtuple
+        } else {
+            old
+        };
+        let Some(g) = guard_of(rel).or_raise() else {
+            return pg_sys::Datum::from(result);
+        };
+        let desc = (*rel).rd_att;
+        let me = actor();
+        let record = record_id_of(old, desc);
+        let verb = if op == pg_sys::TRIGGER_EVENT_DELETE {
+            "delete"
+        } else {
+            "update"
+        };
+        let what = format!("{verb} {} {record}", g.entity);
+        let old_scope = scope_id_of(old, desc, g.scope_attr);
+        if let Some(s) = old_scope {
+            check_scope(&g, s, &me, &what, &record).or_raise();
+        }
+        if op == pg_sys::TRIGGER_EVENT_UPDATE {
+            // moving a record into another scope needs that scope too
+            let new_scope = scope_id_of(result, desc, g.scope_attr);
+            if let Some(s) = new_scope.filter(|n| Some(*n) != old_scope) {
+                check_scope(&g, s, &me, &format!("move {} {record}", g.entity), &record).or_raise();
+            }
+        }
+        pg_sys::Datum::from(result)
+    }
+}
+
+// ------------------------------------------------------------------ SQL surface
+
+#[pg_extern(volatile)]
+fn udm_lock_acquire(entity: &str, id: pgrx::Uuid) -> JsonB {
+    JsonB(acquire(entity, id).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_lock_heartbeat(entity: &str, id: pgrx::Uuid) -> JsonB {
+    JsonB(heartbeat(entity, id).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_lock_release(entity: &str, id: pgrx::Uuid) -> JsonB {
+    JsonB(release(entity, id).or_raise())
+}
+
+#[pg_extern(stable)]
+fn udm_lock_status(entity: &str, id: pgrx::Uuid) -> JsonB {
+    JsonB(status(entity, id).or_raise())
+}

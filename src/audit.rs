@@ -130,6 +130,9 @@ struct Pending {
     /// Whether the previous row of the record must be looked up (not for a plain INSERT, which
     /// starts a chain).
     lookup: bool,
+    /// Whether the change is announced with `pg_notify` (record changes; lock events are only
+    /// in the outbox: a notification serialises commits, which lock heartbeats would pay for).
+    notify: bool,
 }
 
 /// (schema, entity, record id) of a hash chain.
@@ -537,6 +540,7 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
             txid: pg_sys::GetTopFullTransactionId().value as i64,
             at: pg_sys::GetCurrentStatementStartTimestamp(),
             lookup,
+            notify: true,
         };
         let len = BUFFER.with(|b| {
             let mut b = b.borrow_mut();
@@ -717,9 +721,17 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
         table.lock_horizon(horizon_tag(schema));
     }
     let ids = table.append(&rows);
-    let n = entries.len();
+    let announced: Vec<(&Pending, i64)> = entries
+        .iter()
+        .zip(ids.iter().copied())
+        .filter(|(e, _)| e.notify)
+        .collect();
+    let n = announced.len();
+    if n == 0 {
+        return Ok(());
+    }
     if n <= NOTIFY_EACH_UP_TO {
-        for (e, id) in entries.iter().zip(ids.iter()) {
+        for (e, id) in announced.iter() {
             // the payload serde_json would write for these four keys, without building a map
             let payload = format!(
                 "{{\"action\":\"{}\",\"entity\":{},\"event\":{id},\"id\":\"{}\"}}",
@@ -732,10 +744,10 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
     } else {
         let payload = serde_json::json!({
             "batch": true,
-            "first_event": ids.iter().min(),
-            "last_event": ids.iter().max(),
+            "first_event": announced.iter().map(|(_, id)| *id).min(),
+            "last_event": announced.iter().map(|(_, id)| *id).max(),
             "count": n,
-            "entity": &*entries[0].entity,
+            "entity": &*announced[0].0.entity,
         });
         notify(&t.channel, &payload.to_string());
     }
@@ -863,6 +875,7 @@ pub fn record_event(
         txid: unsafe { pg_sys::GetTopFullTransactionId().value as i64 },
         at: unsafe { pg_sys::GetCurrentStatementStartTimestamp() },
         lookup: true,
+        notify: false,
     };
     BUFFER.with(|b| b.borrow_mut().push(entry));
     flush();

@@ -220,68 +220,81 @@ struct Found {
     now: i64,
 }
 
-fn row_sql(t: &Tenant, for_update: bool) -> String {
+/// What every statement on the lock table returns: the row, its times for people, and "now".
+fn row_columns() -> String {
     format!(
-        "SELECT holder, {}, {}, {}, {}, {}, \
-           jsonb_build_object('holder', holder, 'holder_role', holder_role, 'acquired_at', acquired_at, \
-             'heartbeat_at', heartbeat_at, 'stale_at', stale_at, 'expires_at', expires_at), \
-           expires_at::text \
-         FROM {} WHERE entity = $1 AND record_id = $2{}",
+        "holder, {}, {}, {}, {}, {}, \
+         jsonb_build_object('holder', holder, 'holder_role', holder_role, 'acquired_at', acquired_at, \
+           'heartbeat_at', heartbeat_at, 'stale_at', stale_at, 'expires_at', expires_at), \
+         expires_at::text",
         micros("acquired_at"),
         micros("heartbeat_at"),
         micros("stale_at"),
         micros("expires_at"),
         micros("statement_timestamp()"),
-        t.catalog(LOCK_TABLE),
-        if for_update { " FOR UPDATE" } else { "" }
     )
 }
 
-/// The lock row of a scope (with its row lock when `for_update`), if any.
-fn fetch(
-    t: &Tenant,
-    entity: &str,
-    id: pgrx::Uuid,
-    for_update: bool,
-) -> Result<Option<(Found, String)>> {
-    if t.relation(LOCK_TABLE).is_none() {
-        return Ok(None);
-    }
-    let stmt = crate::spi::prepared(
-        &row_sql(t, for_update),
-        &[pg_sys::TEXTOID, pg_sys::UUIDOID],
-        for_update,
-    )?;
-    let read =
-        |r: pgrx::spi::SpiHeapTupleData| -> std::result::Result<(Found, String), pgrx::spi::Error> {
-            Ok((
-                Found {
-                    row: LockRow {
-                        holder: r.get::<String>(1)?.unwrap_or_default(),
-                        acquired_at: r.get::<i64>(2)?.unwrap_or(0),
-                        heartbeat_at: r.get::<i64>(3)?.unwrap_or(0),
-                        stale_at: r.get::<i64>(4)?.unwrap_or(0),
-                        expires_at: r.get::<i64>(5)?.unwrap_or(0),
-                    },
-                    now: r.get::<i64>(6)?.unwrap_or(0),
-                    info: r.get::<JsonB>(7)?.map(|j| j.0).unwrap_or(Value::Null),
-                },
-                r.get::<String>(8)?.unwrap_or_default(),
-            ))
-        };
-    let args = [entity.into(), id.into()];
-    if for_update {
+type Fetched = Option<(Found, String)>;
+
+fn read_row(
+    r: pgrx::spi::SpiHeapTupleData,
+) -> std::result::Result<(Found, String), pgrx::spi::Error> {
+    Ok((
+        Found {
+            row: LockRow {
+                holder: r.get::<String>(1)?.unwrap_or_default(),
+                acquired_at: r.get::<i64>(2)?.unwrap_or(0),
+                heartbeat_at: r.get::<i64>(3)?.unwrap_or(0),
+                stale_at: r.get::<i64>(4)?.unwrap_or(0),
+                expires_at: r.get::<i64>(5)?.unwrap_or(0),
+            },
+            now: r.get::<i64>(6)?.unwrap_or(0),
+            info: r.get::<JsonB>(7)?.map(|j| j.0).unwrap_or(Value::Null),
+        },
+        r.get::<String>(8)?.unwrap_or_default(),
+    ))
+}
+
+/// Runs a statement on the lock table and reads the row it returns, if any.
+fn one_row(
+    sql: &str,
+    types: &[pg_sys::Oid],
+    args: &[pgrx::datum::DatumWithOid],
+    writes: bool,
+) -> Result<Fetched> {
+    let stmt = crate::spi::prepared(sql, types, writes)?;
+    if writes {
         Spi::connect_mut(|c| {
-            let mut rows = c.update(&*stmt, Some(1), &args)?;
-            rows.next().map(read).transpose()
+            let mut rows = c.update(&*stmt, None, args)?;
+            rows.next().map(read_row).transpose()
         })
     } else {
         Spi::connect(|c| {
-            let mut rows = c.select(&*stmt, Some(1), &args)?;
-            rows.next().map(read).transpose()
+            let mut rows = c.select(&*stmt, Some(1), args)?;
+            rows.next().map(read_row).transpose()
         })
     }
     .map_err(spi_err)
+}
+
+/// The lock row of a scope (with its row lock when `for_update`), if any.
+fn fetch(t: &Tenant, entity: &str, id: pgrx::Uuid, for_update: bool) -> Result<Fetched> {
+    if t.relation(LOCK_TABLE).is_none() {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT {} FROM {} WHERE entity = $1 AND record_id = $2{}",
+        row_columns(),
+        t.catalog(LOCK_TABLE),
+        if for_update { " FOR UPDATE" } else { "" }
+    );
+    one_row(
+        &sql,
+        &[pg_sys::TEXTOID, pg_sys::UUIDOID],
+        &[entity.into(), id.into()],
+        for_update,
+    )
 }
 
 fn settings_sql() -> (String, String) {
@@ -289,84 +302,56 @@ fn settings_sql() -> (String, String) {
     (format!("{stale} seconds"), format!("{expire} seconds"))
 }
 
-/// Inserts a new lock row unless another session got there first (then `false`).
-fn insert(t: &Tenant, s: &Scope, me: &str) -> Result<bool> {
-    let (stale, expire) = settings_sql();
-    let sql = format!(
-        "INSERT INTO {} (entity, record_id, holder, holder_role, acquired_at, heartbeat_at, stale_at, expires_at) \
-         VALUES ($1, $2, $3, $4, statement_timestamp(), statement_timestamp(), \
-                 statement_timestamp() + $5::interval, statement_timestamp() + $6::interval) \
-         ON CONFLICT (entity, record_id) DO NOTHING RETURNING 1",
-        t.catalog(LOCK_TABLE)
-    );
-    let types = [
-        pg_sys::TEXTOID,
-        pg_sys::UUIDOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-    ];
-    let stmt = crate::spi::prepared(&sql, &types, true)?;
-    let role = role_name(caller());
-    Spi::connect_mut(|c| {
-        let rows = c.update(
-            &*stmt,
-            None,
-            &[
-                s.entity.as_str().into(),
-                s.id.into(),
-                me.into(),
-                role.as_str().into(),
-                stale.as_str().into(),
-                expire.as_str().into(),
-            ],
-        )?;
-        Ok::<_, pgrx::spi::Error>(!rows.is_empty())
-    })
-    .map_err(spi_err)
-}
+const WRITE_TYPES: [pg_sys::Oid; 7] = [
+    pg_sys::TEXTOID,
+    pg_sys::UUIDOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::BOOLOID,
+];
 
-/// Gives the (row-locked) lock to `me` with fresh times; a new holder gets a new `acquired_at`.
-fn renew(t: &Tenant, s: &Scope, me: &str, new_holder: bool) -> Result<()> {
+/// Gives the lock to `me` with fresh times: a new row (`None` when another session inserted
+/// one first), or the row-locked existing one (a new holder gets a new `acquired_at`).
+fn write(t: &Tenant, s: &Scope, me: &str, existing: bool, new_holder: bool) -> Result<Fetched> {
     let (stale, expire) = settings_sql();
-    let sql = format!(
-        "UPDATE {} SET holder = $3, holder_role = $4, \
-           acquired_at = CASE WHEN $7 THEN statement_timestamp() ELSE acquired_at END, \
-           heartbeat_at = statement_timestamp(), \
-           stale_at = statement_timestamp() + $5::interval, \
-           expires_at = statement_timestamp() + $6::interval \
-         WHERE entity = $1 AND record_id = $2",
-        t.catalog(LOCK_TABLE)
-    );
-    let types = [
-        pg_sys::TEXTOID,
-        pg_sys::UUIDOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::BOOLOID,
-    ];
-    let stmt = crate::spi::prepared(&sql, &types, true)?;
-    let role = role_name(caller());
-    Spi::connect_mut(|c| {
-        c.update(
-            &*stmt,
-            None,
-            &[
-                s.entity.as_str().into(),
-                s.id.into(),
-                me.into(),
-                role.as_str().into(),
-                stale.as_str().into(),
-                expire.as_str().into(),
-                new_holder.into(),
-            ],
+    let sql = if existing {
+        format!(
+            "UPDATE {} SET holder = $3, holder_role = $4, \
+               acquired_at = CASE WHEN $7 THEN statement_timestamp() ELSE acquired_at END, \
+               heartbeat_at = statement_timestamp(), \
+               stale_at = statement_timestamp() + $5::interval, \
+               expires_at = statement_timestamp() + $6::interval \
+             WHERE entity = $1 AND record_id = $2 RETURNING {}",
+            t.catalog(LOCK_TABLE),
+            row_columns()
         )
-        .map(|_| ())
-    })
-    .map_err(spi_err)
+    } else {
+        format!(
+            "INSERT INTO {} (entity, record_id, holder, holder_role, acquired_at, heartbeat_at, stale_at, expires_at) \
+             SELECT $1, $2, $3, $4, statement_timestamp(), statement_timestamp(), \
+                    statement_timestamp() + $5::interval, statement_timestamp() + $6::interval WHERE $7 \
+             ON CONFLICT (entity, record_id) DO NOTHING RETURNING {}",
+            t.catalog(LOCK_TABLE),
+            row_columns()
+        )
+    };
+    let role = role_name(caller());
+    one_row(
+        &sql,
+        &WRITE_TYPES,
+        &[
+            s.entity.as_str().into(),
+            s.id.into(),
+            me.into(),
+            role.as_str().into(),
+            stale.as_str().into(),
+            expire.as_str().into(),
+            (new_holder || !existing).into(),
+        ],
+        true,
+    )
 }
 
 fn delete(t: &Tenant, s: &Scope) -> Result<()> {
@@ -383,6 +368,11 @@ fn delete(t: &Tenant, s: &Scope) -> Result<()> {
 }
 
 // ------------------------------------------------------------------ the SQL surface's work
+
+/// A row-locked lock row cannot disappear before the statement that holds its lock ends.
+fn vanished() -> UdmError {
+    UdmError::internal("udm: a row-locked write lock row vanished")
+}
 
 /// Resolves what a `udm_lock_*` call is about: the tenant, the scope, and (for writes) checks.
 fn prepare(
@@ -438,32 +428,31 @@ pub fn acquire(entity: &str, id: pgrx::Uuid) -> Result<Value> {
                 &me,
                 found.as_ref().map_or(0, |(f, _)| f.now),
             );
-            let (action, previous) = match decision {
-                Acquire::New => {
-                    if !insert(&t, &scope, &me)? {
-                        continue;
-                    }
-                    ("LOCK_ACQUIRE", None)
-                }
-                Acquire::Renew => {
-                    renew(&t, &scope, &me, false)?;
-                    ("LOCK_HEARTBEAT", None)
-                }
-                Acquire::TakeOver { previous } => {
-                    renew(&t, &scope, &me, true)?;
-                    ("LOCK_TAKEOVER", Some(previous))
-                }
+            let (written, action, previous) = match decision {
+                Acquire::New => match write(&t, &scope, &me, false, true)? {
+                    Some(w) => (w, "LOCK_ACQUIRE", None),
+                    None => continue,
+                },
+                Acquire::Renew => (
+                    write(&t, &scope, &me, true, false)?.ok_or_else(vanished)?,
+                    "LOCK_HEARTBEAT",
+                    None,
+                ),
+                Acquire::TakeOver { previous } => (
+                    write(&t, &scope, &me, true, true)?.ok_or_else(vanished)?,
+                    "LOCK_TAKEOVER",
+                    Some(previous),
+                ),
                 Acquire::Refused => {
                     let mut out = status_json(&scope, found.as_ref().map(|(f, _)| f), &me);
                     out["acquired"] = json!(false);
                     return Ok(out);
                 }
             };
-            let now = fetch(&t, &scope.entity, scope.id, false)?;
-            let mut out = status_json(&scope, now.as_ref().map(|(f, _)| f), &me);
+            let mut out = status_json(&scope, Some(&written.0), &me);
             out["acquired"] = json!(true);
             out["taken_over_from"] = json!(previous);
-            let mut event = now.map(|(f, _)| f.info).unwrap_or(Value::Null);
+            let mut event = written.0.info;
             if let Some(p) = &previous {
                 event["previous_holder"] = json!(p);
             }
@@ -506,16 +495,9 @@ pub fn heartbeat(entity: &str, id: pgrx::Uuid) -> Result<Value> {
                 &expires,
             ));
         }
-        renew(&t, &scope, &me, false)?;
-        let now = fetch(&t, &scope.entity, scope.id, false)?;
-        let out = status_json(&scope, now.as_ref().map(|(f, _)| f), &me);
-        audit(
-            &t,
-            &scope,
-            version,
-            "LOCK_HEARTBEAT",
-            now.map(|(f, _)| f.info).unwrap_or(Value::Null),
-        )?;
+        let (written, _) = write(&t, &scope, &me, true, false)?.ok_or_else(vanished)?;
+        let out = status_json(&scope, Some(&written), &me);
+        audit(&t, &scope, version, "LOCK_HEARTBEAT", written.info)?;
         Ok(out)
     })
 }

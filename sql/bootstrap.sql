@@ -23,10 +23,26 @@ CREATE TABLE udm.tenant (
     created_by  text NOT NULL,
     -- LISTEN channel of the tenant's change events; its random part keeps other tenants from
     -- guessing it (PostgreSQL does not check privileges on LISTEN)
-    channel     text NOT NULL UNIQUE
+    channel     text NOT NULL UNIQUE,
+    -- whether application users' access is controlled (set when the first member is added)
+    access      boolean NOT NULL DEFAULT false
 );
 REVOKE ALL ON udm.tenant FROM PUBLIC;
 COMMENT ON TABLE udm.tenant IS 'udm: registry of tenants (each has a schema and a role)';
+
+-- Application users, shared by all tenants (a person may belong to several). Only the
+-- extension's owner reads this table: passwords are bcrypt hashes that no udm function returns.
+CREATE TABLE udm.app_user (
+    id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    email         text NOT NULL UNIQUE,
+    name          text NOT NULL,
+    password_hash text NOT NULL,
+    created_at    timestamp with time zone NOT NULL DEFAULT now(),
+    updated_at    timestamp with time zone NOT NULL DEFAULT now(),
+    created_by    text NOT NULL
+);
+REVOKE ALL ON udm.app_user FROM PUBLIC;
+COMMENT ON TABLE udm.app_user IS 'udm: application users (global; members of tenants through <tenant>._udm_member)';
 
 -- A polymorphic reference: a record of one of several entities.
 CREATE TYPE udm.ref AS (entity text, id uuid);
@@ -72,6 +88,22 @@ CREATE FUNCTION udm.reference_on_delete() RETURNS trigger
 CREATE FUNCTION udm.lock_guard() RETURNS trigger
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'udm_lock_guard';
+
+-- Access control (tenants with members). Row-level security policies call these once per
+-- query (each inside a sub-select).
+CREATE FUNCTION udm.may_read_all(schema_name text, entity text) RETURNS boolean
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_may_read_all';
+CREATE FUNCTION udm.may_read_scoped(schema_name text, entity text) RETURNS boolean
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_may_read_scoped';
+CREATE FUNCTION udm.access_user(schema_name text) RETURNS uuid
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_access_user';
+-- Refuses writes the application user may not make (42501 naming the permission).
+CREATE FUNCTION udm.access_guard() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'udm_access_guard';
 
 -- Query engine helpers. SQL functions whose declared volatility matches their body, so the
 -- planner inlines them into the queries udm generates.

@@ -354,7 +354,7 @@ unsafe fn deform(
 
 /// Whether two datums have the same stored image (PostgreSQL's datumIsEqual): an unchanged
 /// value keeps its bytes (and its TOAST pointer) across an UPDATE.
-unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) -> bool {
+pub(crate) unsafe fn same_image(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len: i16) -> bool {
     unsafe {
         if byval {
             return a == b;

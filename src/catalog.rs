@@ -33,6 +33,8 @@ pub struct Tenant {
     pub catalog_oid: pg_sys::Oid,
     /// LISTEN channel of the tenant's change events.
     pub channel: String,
+    /// Whether application users' access is controlled (the tenant has members).
+    pub access: bool,
 }
 
 impl Tenant {
@@ -40,6 +42,7 @@ impl Tenant {
         udm_core::ddl::Ctx {
             schema: &self.schema,
             role: &self.role,
+            access: self.access,
         }
     }
 
@@ -212,7 +215,7 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
             let rows = c.select(
                 "SELECT name, schema_name, role_name, \
                  coalesce(to_regclass(format('%I._udm_entity', schema_name))::oid, 0::oid), \
-                 coalesce(to_regnamespace(quote_ident(schema_name))::oid, 0::oid), channel \
+                 coalesce(to_regnamespace(quote_ident(schema_name))::oid, 0::oid), channel, access \
                  FROM udm.tenant WHERE slug = $1",
                 None,
                 &[slug.into()],
@@ -226,13 +229,14 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
                     r.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
                     r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
                     r.get::<String>(6)?.unwrap_or_default(),
+                    r.get::<bool>(7)?.unwrap_or(false),
                 ));
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
     })
     .map_err(spi_err)?;
-    let Some((name, schema, role, catalog_oid, schema_oid, channel)) = row else {
+    let Some((name, schema, role, catalog_oid, schema_oid, channel, access)) = row else {
         return Ok(None);
     };
     let role_oid = crate::security::role_oid(&role).ok_or_else(|| {
@@ -248,6 +252,7 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
         catalog_oid,
         schema_oid,
         channel,
+        access,
     });
     WATCHED.with(|w| w.borrow_mut().insert(catalog_oid));
     TENANTS.with(|m| m.borrow_mut().insert(slug.to_string(), t.clone()));

@@ -143,7 +143,8 @@ fn run_steps(entity: &str, steps: &[Step]) -> Result<()> {
 
 // ------------------------------------------------------------------ checks across entities
 
-/// Relation targets must be active entities of the same tenant (or the entity itself).
+/// Relation targets must be active entities of the same tenant (or the entity itself); an
+/// access scope through a relation needs a target with an access scope of its own.
 fn check_targets(t: &Tenant, def: &EntityDef, fields: &[&FieldDef]) -> Result<()> {
     for f in fields {
         let targets: Vec<&String> = match f.ftype {
@@ -177,6 +178,24 @@ fn check_targets(t: &Tenant, def: &EntityDef, fields: &[&FieldDef]) -> Result<()
                         name_list(catalog::entity_slugs(t).unwrap_or_default())
                     )))
                 }
+            }
+        }
+    }
+    if let Some(p) = def.access.as_ref().and_then(|a| a.parent.as_deref()) {
+        if let Some(target) = def.field(p).and_then(|f| f.target.as_deref()) {
+            let scoped = catalog::entity_any(t, target)?.is_some_and(|e| e.def.access.is_some());
+            if !scoped {
+                return Err(UdmError::new(
+                    SqlState::ObjectNotInPrerequisiteState,
+                    format!(
+                        "entity \"{}\": the access scope \"{p}\" points to \"{target}\", which has no access scope",
+                        def.slug
+                    ),
+                )
+                .hint(format!(
+                    "give \"{target}\" one first, e.g. {}",
+                    udm_core::ident::sql_call("udm_set_access", &[target, "{\"scope\": \"self\"}"])
+                )));
             }
         }
     }
@@ -215,6 +234,7 @@ fn default_needs_postgres(f: &FieldDef) -> bool {
         FieldType::Duration
         | FieldType::Uuid
         | FieldType::Relation
+        | FieldType::User
         | FieldType::Reference
         | FieldType::Array(_) => true,
         FieldType::Decimal | FieldType::Currency | FieldType::Percent => true,
@@ -289,6 +309,14 @@ fn uses_of_field(def: &EntityDef, field: &str) -> Result<Vec<String>> {
     }
     if def.lock.as_ref().and_then(|l| l.scope_field()) == Some(field) {
         uses.push("the lock scope".to_string());
+    }
+    if let Some(a) = &def.access {
+        if a.parent.as_deref() == Some(field) {
+            uses.push("the access scope".to_string());
+        }
+        if a.owner.as_deref() == Some(field) {
+            uses.push("the access owner".to_string());
+        }
     }
     Ok(uses)
 }
@@ -486,6 +514,13 @@ pub fn alter_field(entity: &str, field: &str, changes: &Value) -> Result<Value> 
                         l.scope = LockScope::Field(nf.name.clone());
                     }
                 }
+                if let Some(a) = &mut new.access {
+                    for slot in [&mut a.parent, &mut a.owner] {
+                        if slot.as_deref() == Some(field) {
+                            *slot = Some(nf.name.clone());
+                        }
+                    }
+                }
             }
             let mut nf = nf;
             if nf.is_many_to_many() {
@@ -678,6 +713,32 @@ pub fn set_lock_scope(entity: &str, scope: Option<&str>, required: bool) -> Resu
                 new.check_lock(l)?;
             }
             new.lock = lock;
+            Ok(new)
+        },
+    )
+}
+
+/// Declares (or with `null` removes) the entity's access scope: its rows are seen by users with a
+/// relation on the scope record (itself or the record a relation points to), or who own it.
+pub fn set_access(entity: &str, access: &Value) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    change(
+        &t,
+        entity,
+        json!({"op": "set_access", "access": access}),
+        |old, _| {
+            let a = udm_core::access::parse_access(access, entity)?;
+            if a == old.access {
+                return Err(UdmError::new(
+                    SqlState::ObjectNotInPrerequisiteState,
+                    format!("entity \"{entity}\" already has this access scope"),
+                ));
+            }
+            let mut new = old.clone();
+            if let Some(a) = &a {
+                new.check_access(a)?;
+            }
+            new.access = a;
             Ok(new)
         },
     )
@@ -993,6 +1054,11 @@ fn udm_set_audit(entity: &str, enabled: bool) -> JsonB {
 #[pg_extern(volatile)]
 fn udm_set_lock_scope(entity: &str, scope: Option<&str>, required: default!(bool, false)) -> JsonB {
     JsonB(set_lock_scope(entity, scope, required).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_set_access(entity: &str, access: Option<JsonB>) -> JsonB {
+    JsonB(set_access(entity, &access.map_or(Value::Null, |j| j.0)).or_raise())
 }
 
 #[pg_extern(volatile)]

@@ -19,6 +19,7 @@ macro_rules! finfo_v1 {
     };
 }
 
+mod access;
 mod audit;
 mod audit_table;
 mod catalog;

@@ -387,6 +387,9 @@ fn prepare(
         require_write(&t, &e, verb)?;
     }
     let scope = resolve(&t, &e, &lock, id)?;
+    if let Some(verb) = write_verb {
+        crate::access::require_lock_level(&t, &scope.entity, scope.id, verb)?;
+    }
     let scope_version = catalog::entity(&t, &scope.entity).map_or(0, |s| s.version);
     Ok((t, scope, scope_version))
 }

@@ -14,7 +14,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
 use udm_core::definition::EntityDef;
@@ -25,6 +25,10 @@ use udm_core::query::{self as q, Computed, Source, Template};
 pub struct TenantModel {
     schema: String,
     entities: BTreeMap<String, Rc<Entity>>,
+    /// (entity, field) the session's role may not read.
+    hidden: HashSet<(String, String)>,
+    /// Names this model in cache keys: the tenant, and the hidden fields when there are any.
+    pub key: String,
 }
 
 impl Model for TenantModel {
@@ -36,6 +40,12 @@ impl Model for TenantModel {
     }
     fn entity_names(&self) -> Vec<String> {
         self.entities.keys().cloned().collect()
+    }
+    fn hidden(&self, entity: &str, field: &str) -> bool {
+        !self.hidden.is_empty()
+            && self
+                .hidden
+                .contains(&(entity.to_string(), field.to_string()))
     }
 }
 
@@ -60,10 +70,19 @@ fn sync_generation() {
     }
 }
 
-/// The tenant's model, cached until a definition changes.
+/// The tenant's model as the session may read it, cached until a definition, member or role
+/// changes.
 pub fn model(t: &Tenant) -> Result<Rc<TenantModel>> {
     sync_generation();
-    if let Some(m) = MODELS.with(|m| m.borrow().get(&t.slug).cloned()) {
+    let hidden = crate::access::hidden_fields(t)?;
+    let key = if hidden.is_empty() {
+        t.slug.clone()
+    } else {
+        let mut h: Vec<String> = hidden.iter().map(|(e, f)| format!("{e}.{f}")).collect();
+        h.sort();
+        format!("{}[-{}]", t.slug, h.join(","))
+    };
+    if let Some(m) = MODELS.with(|m| m.borrow().get(&key).cloned()) {
         return Ok(m);
     }
     let mut entities = BTreeMap::new();
@@ -73,8 +92,10 @@ pub fn model(t: &Tenant) -> Result<Rc<TenantModel>> {
     let m = Rc::new(TenantModel {
         schema: t.schema.clone(),
         entities,
+        hidden,
+        key: key.clone(),
     });
-    MODELS.with(|x| x.borrow_mut().insert(t.slug.clone(), m.clone()));
+    MODELS.with(|x| x.borrow_mut().insert(key, m.clone()));
     Ok(m)
 }
 
@@ -143,8 +164,8 @@ pub fn execute(c: &Compiled, spec: &Value) -> Result<pg_sys::Datum> {
 }
 
 fn run(kind: &str, entity: &str, spec: &Value) -> Result<pg_sys::Datum> {
-    let (t, m) = target(entity)?;
-    let key = format!("{}|{}", t.slug, q::shape_key(kind, entity, spec));
+    let (_, m) = target(entity)?;
+    let key = format!("{}|{}", m.key, q::shape_key(kind, entity, spec));
     let (c, _) = compiled(&key, || compile(&*m, kind, entity, spec))?;
     let d = execute(&c, spec)?;
     if kind == "tree" {
@@ -184,8 +205,8 @@ pub fn explain(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
 /// What the compiler makes of a spec, and how long compiling (or finding it cached) takes.
 pub fn compile_info(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
     let start = Instant::now();
-    let (t, m) = target(entity)?;
-    let key = format!("{}|{}", t.slug, q::shape_key(kind, entity, spec));
+    let (_, m) = target(entity)?;
+    let key = format!("{}|{}", m.key, q::shape_key(kind, entity, spec));
     let (c, cached) = compiled(&key, || compile(&*m, kind, entity, spec))?;
     let computed: Vec<String> = vec!["0".into(); c.template.computed.len()];
     let binds = q::bind(spec, &c.template, &computed)?;

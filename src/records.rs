@@ -175,7 +175,8 @@ fn get_datum(t: &Tenant, def: &EntityDef, id: &str) -> Result<Option<pg_sys::Dat
         || r::get_sql(&t.schema, def),
         1,
     )?;
-    rawspi::first_datum(&c.plan, &[Some(id.to_string())], false)
+    let d = rawspi::first_datum(&c.plan, &[Some(id.to_string())], false)?;
+    crate::access::strip_hidden(t, &def.slug, d)
 }
 
 fn col_key(w: &Write) -> String {
@@ -201,7 +202,7 @@ pub fn insert(entity: &str, data: &Value) -> Result<pg_sys::Datum> {
         let d = rawspi::first_datum(&c.plan, &r::insert_values(&w), false)?
             .ok_or_else(|| UdmError::internal("insert returned nothing"))?;
         if w.links.is_empty() {
-            return Ok(d);
+            return Ok(crate::access::strip_hidden(&t, &def.slug, Some(d))?.unwrap_or(d));
         }
         let id = unsafe { pgrx::Uuid::from_datum(d, false) }
             .map(|u| u.to_string())
@@ -236,7 +237,7 @@ pub fn get(
         Some(cols) => {
             let m = model(&t)?;
             let spec = json!({"columns": cols});
-            let key = format!("{}|getcols|{}|{}", t.slug, entity, cols.join("\u{1}"));
+            let key = format!("{}|getcols|{}|{}", m.key, entity, cols.join("\u{1}"));
             let (c, _) = compiled(&key, || {
                 let obj = spec.as_object().expect("object");
                 let columns = q::columns_of(&*m, entity, obj)?;
@@ -304,7 +305,7 @@ pub fn update(
         });
     };
     if w.links.is_empty() {
-        return Ok(d);
+        return Ok(crate::access::strip_hidden(&t, &def.slug, Some(d))?.unwrap_or(d));
     }
     guarded(&t, def, || write_links(&t, def, id, &w))?;
     get_datum(&t, def, id)?.ok_or_else(|| not_found(def, id))

@@ -122,6 +122,11 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
     if SETTINGS_DEPTH.with(|d| d.get()) > 0 {
         return f(); // already the owner, with udm's settings
     }
+    if unsafe { pg_sys::IsInParallelMode() } {
+        // settings cannot change in parallel mode (a row-level security helper running in a
+        // parallel query): only read-only work happens there, and udm's SQL qualifies its names
+        return with_owner_user(|| nested(&SETTINGS_DEPTH, f));
+    }
     with_owner_user(|| {
         let nest = unsafe { pg_sys::NewGUCNestLevel() };
         let timeout = format!("{}ms", guc::DDL_LOCK_TIMEOUT_MS.get());

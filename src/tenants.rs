@@ -198,10 +198,13 @@ pub fn use_tenant(slug: &str, user_id: Option<&str>, local: bool) -> Result<serd
             );
         }
     }
+    let user_id = user_id
+        .map(|u| crate::access::session_user_id(&t, u))
+        .transpose()?;
     crate::guc::set("udm.tenant", Some(&t.slug), local);
-    crate::guc::set("udm.user_id", Some(user_id.unwrap_or("")), local);
+    crate::guc::set("udm.user_id", Some(user_id.as_deref().unwrap_or("")), local);
     Ok(
-        json!({"tenant": t.slug, "name": t.name, "schema": t.schema, "role": t.role, "user_id": user_id, "local": local}),
+        json!({"tenant": t.slug, "name": t.name, "schema": t.schema, "role": t.role, "user_id": user_id, "local": local, "access": t.access}),
     )
 }
 

@@ -20,6 +20,9 @@ pub struct Ctx<'a> {
     pub schema: &'a str,
     /// The tenant's role, which gets DML privileges on entity tables.
     pub role: &'a str,
+    /// Whether the tenant controls access by application users (it has members): entity tables
+    /// then get row-level security and the access guard.
+    pub access: bool,
 }
 
 impl Ctx<'_> {
@@ -35,6 +38,10 @@ pub enum ArtifactKind {
     ForeignKey,
     Index,
     Trigger,
+    /// `ENABLE ROW LEVEL SECURITY` on the table (one per table, named after it).
+    RowSecurity,
+    /// A row-level security policy; its body is the USING expression.
+    Policy,
 }
 
 /// A named database object udm derives from a definition: a constraint, index or trigger.
@@ -125,6 +132,93 @@ pub const AUDIT_FLUSH_TRIGGER: &str = "udm_audit_flush";
 /// The write-lock guard: only on entities with a lock scope (it reads the scope from the
 /// definition at run time, so renaming the scope field changes nothing here).
 pub const LOCK_TRIGGER: &str = "udm_lock_guard";
+/// The access guard (row trigger) and the row-level security policy of tenants with access
+/// control.
+pub const ACCESS_TRIGGER: &str = "udm_access";
+pub const ACCESS_POLICY: &str = "udm_access";
+/// The tenant's relation tuples (ReBAC), made when access control is switched on.
+pub const TUPLE_TABLE: &str = "_udm_tuple";
+
+/// Who sees which rows, as the USING expression of the entity's policy. Every `udm.*` call is
+/// wrapped in a sub-select, so PostgreSQL evaluates it once per query (an InitPlan), not per row:
+/// * an entity without access scope: rows are seen when the user's role may read the entity;
+/// * with an access scope: also rows of records the user has a relation tuple on, or owns, or
+///   (scope through a relation) whose scope record the user sees — that table's own policy
+///   decides, so levels flow down relations.
+pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
+    let s = quote_literal(ctx.schema);
+    let e = quote_literal(&def.slug);
+    let all = format!("(SELECT udm.may_read_all({s}, {e}))");
+    let Some(a) = &def.access else {
+        return (all, vec![]);
+    };
+    let me = format!("(SELECT udm.access_user({s}))");
+    let mut fields = Vec::new();
+    let mut alts = vec![format!(
+        "\"id\" IN (SELECT \"object_id\" FROM {} WHERE \"object_entity\" = {e} AND \"subject\" = {me})",
+        qualified(ctx.schema, TUPLE_TABLE)
+    )];
+    if let Some(f) = a.owner.as_deref().and_then(|o| def.field(o)) {
+        alts.push(format!("{} = {me}", quote_ident(&f.column)));
+        fields.push(f.id);
+    }
+    if let Some(f) = a.parent.as_deref().and_then(|p| def.field(p)) {
+        alts.push(format!(
+            "{} IN (SELECT \"id\" FROM {})",
+            quote_ident(&f.column),
+            ctx.table(f.target.as_deref().unwrap_or_default())
+        ));
+        fields.push(f.id);
+    }
+    (
+        format!(
+            "{all} OR ((SELECT udm.may_read_scoped({s}, {e})) AND ({}))",
+            alts.join(" OR ")
+        ),
+        fields,
+    )
+}
+
+fn access_artifacts(ctx: &Ctx, def: &EntityDef) -> Vec<Artifact> {
+    let (using, fields) = access_policy(ctx, def);
+    vec![
+        Artifact {
+            key: "access.rls".into(),
+            name: def.slug.clone(),
+            kind: ArtifactKind::RowSecurity,
+            table: def.slug.clone(),
+            body: String::new(),
+            fields: vec![],
+        },
+        Artifact {
+            key: "access.policy".into(),
+            name: ACCESS_POLICY.into(),
+            kind: ArtifactKind::Policy,
+            table: def.slug.clone(),
+            body: using,
+            fields,
+        },
+        Artifact {
+            key: "access".into(),
+            name: ACCESS_TRIGGER.into(),
+            kind: ArtifactKind::Trigger,
+            table: def.slug.clone(),
+            body: format!(
+                "BEFORE INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION udm.access_guard()",
+                ctx.table(&def.slug)
+            ),
+            fields: vec![],
+        },
+    ]
+}
+
+/// What switching access control on does to an existing entity: its access artifacts.
+pub fn enable_access(ctx: &Ctx, def: &EntityDef) -> Vec<String> {
+    access_artifacts(ctx, def)
+        .iter()
+        .map(|a| add_artifact_sql(ctx, a, false))
+        .collect()
+}
 
 /// `CREATE TRIGGER` statements of the audit triggers on the junction table of a many-to-many
 /// field (argument: the entity; the field is found by its junction at run time, so renames
@@ -291,7 +385,21 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
             fields: vec![f.id],
         });
     }
-    let wants_index = (f.index || f.is_many_to_one()) && f.ftype != FieldType::Reference;
+    if f.ftype == FieldType::User {
+        out.push(Artifact {
+            key: format!("f{}.fkey", f.id),
+            name: fkey_name(e, &f.name),
+            kind: ArtifactKind::ForeignKey,
+            table: e.clone(),
+            body: format!(
+                "FOREIGN KEY ({col}) REFERENCES udm.app_user (\"id\") ON DELETE {}",
+                f.on_delete().sql()
+            ),
+            fields: vec![f.id],
+        });
+    }
+    let wants_index = (f.index || f.is_many_to_one() || f.ftype == FieldType::User)
+        && f.ftype != FieldType::Reference;
     if wants_index && !f.unique {
         out.push(Artifact {
             key: format!("f{}.index", f.id),
@@ -424,6 +532,9 @@ pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
             fields: vec![],
         });
     }
+    if ctx.access {
+        out.extend(access_artifacts(ctx, def));
+    }
     // Derived relation names share one namespace per schema: refuse collisions up front.
     let mut seen: BTreeMap<(String, String), &str> = BTreeMap::new();
     for a in &out {
@@ -460,11 +571,19 @@ fn add_artifact_sql(ctx: &Ctx, a: &Artifact, not_valid: bool) -> String {
         ArtifactKind::Unique => format!("ALTER TABLE {t} ADD CONSTRAINT {name} {}", a.body),
         ArtifactKind::Index => format!("CREATE INDEX {name} ON {t} {}", a.body),
         ArtifactKind::Trigger
-            if matches!(a.key.as_str(), "stamp" | "audit" | "audit_flush" | "lock") =>
+            if matches!(
+                a.key.as_str(),
+                "stamp" | "audit" | "audit_flush" | "lock" | "access"
+            ) =>
         {
             format!("CREATE TRIGGER {name} {}", a.body)
         }
         ArtifactKind::Trigger => a.body.replace("{name}", &name),
+        ArtifactKind::RowSecurity => format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY"),
+        ArtifactKind::Policy => format!(
+            "CREATE POLICY {name} ON {t} USING ({}) WITH CHECK (true)",
+            a.body
+        ),
     }
 }
 
@@ -480,6 +599,8 @@ fn drop_artifact_sql(ctx: &Ctx, a: &Artifact) -> String {
         }
         ArtifactKind::Index => format!("DROP INDEX {}", qualified(ctx.schema, &a.name)),
         ArtifactKind::Trigger => format!("DROP TRIGGER {name} ON {t}"),
+        ArtifactKind::RowSecurity => format!("ALTER TABLE {t} DISABLE ROW LEVEL SECURITY"),
+        ArtifactKind::Policy => format!("DROP POLICY {name} ON {t}"),
     }
 }
 
@@ -497,6 +618,13 @@ fn rename_artifact_sql(ctx: &Ctx, a: &Artifact, new_name: &str) -> String {
             format!(
                 "ALTER INDEX {} RENAME TO {}",
                 qualified(ctx.schema, &a.name),
+                quote_ident(new_name)
+            )
+        }
+        ArtifactKind::Policy => {
+            format!(
+                "ALTER POLICY {} ON {t} RENAME TO {}",
+                quote_ident(&a.name),
                 quote_ident(new_name)
             )
         }
@@ -669,7 +797,7 @@ pub fn conversion(entity: &str, old: &FieldDef, new: &FieldDef) -> Result<Conver
     let special = |t: &FieldType| {
         matches!(
             t,
-            FieldType::Password | FieldType::AutoNumber | FieldType::Reference
+            FieldType::Password | FieldType::AutoNumber | FieldType::Reference | FieldType::User
         ) || (*t == FieldType::Relation)
     };
     if special(a) || special(b) || old.is_many_to_many() || new.is_many_to_many() {
@@ -677,7 +805,7 @@ pub fn conversion(entity: &str, old: &FieldDef, new: &FieldDef) -> Result<Conver
             entity,
             old,
             new,
-            "relations, references, passwords and auto numbers keep their type",
+            "relations, references, users, passwords and auto numbers keep their type",
         ));
     }
     let json = |t: &FieldType| matches!(t, FieldType::Json | FieldType::File);
@@ -1019,6 +1147,7 @@ mod tests {
     use serde_json::json;
 
     const CTX: Ctx = Ctx {
+        access: false,
         schema: "acme",
         role: "tenant_acme",
     };

@@ -2,6 +2,7 @@
 //! validating it, and the canonical JSON udm stores and returns (the same shape, plus the ids and
 //! physical names udm assigned, so a described definition can be fed back in).
 
+use crate::access::{access_to_json, parse_access, AccessDef};
 use crate::error::{name_list, Result, SqlState, UdmError};
 use crate::ident::{fit_name, printable, validate_slug, SlugKind};
 use crate::json::*;
@@ -218,6 +219,8 @@ pub struct EntityDef {
     pub audit: bool,
     /// The write-lock scope of the entity's records, if it has one.
     pub lock: Option<LockDef>,
+    /// The access scope of the entity's rows (relation tuples on records), if it has one.
+    pub access: Option<AccessDef>,
 }
 
 /// Whether JSON comes from a caller (udm assigns ids and physical names) or from udm's catalog.
@@ -862,6 +865,7 @@ const ENTITY_KEYS: &[&str] = &[
     "indexes",
     "audit",
     "lock",
+    "access",
 ];
 const STORED_ENTITY_KEYS: &[&str] = &["slug", "removed_fields", "next_field_id"];
 
@@ -897,6 +901,7 @@ impl EntityDef {
                 Some(v) => expect_bool(v, &format!("{what}: \"audit\""))?,
             },
             lock: parse_lock(obj.get("lock").unwrap_or(&Value::Null), slug)?,
+            access: parse_access(obj.get("access").unwrap_or(&Value::Null), slug)?,
         };
         let empty = Value::Array(vec![]);
         let fields = expect_array(
@@ -957,6 +962,9 @@ impl EntityDef {
         }
         if let Some(l) = def.lock.clone() {
             def.check_lock(&l)?;
+        }
+        if let Some(a) = def.access.clone() {
+            def.check_access(&a)?;
         }
         Ok(def)
     }
@@ -1056,6 +1064,40 @@ impl EntityDef {
         Ok(())
     }
 
+    /// An access scope through a field needs a many-to-one relation to another entity; an owner
+    /// needs a user field.
+    pub fn check_access(&self, a: &AccessDef) -> Result<()> {
+        if let Some(name) = &a.parent {
+            let f = self
+                .field(name)
+                .ok_or_else(|| self.no_such_field(name).context("\"access\": \"scope\""))?;
+            if !f.is_many_to_one() || f.target.as_deref() == Some(self.slug.as_str()) {
+                return Err(UdmError::invalid(format!(
+                    "entity \"{}\": the access scope \"{name}\" must be a many-to-one relation to another entity",
+                    self.slug
+                ))
+                .hint(format!(
+                    "use \"self\" or one of {}",
+                    name_list(self.fields.iter().filter(|f| f.is_many_to_one() && f.target.as_deref() != Some(self.slug.as_str())).map(|f| f.name.as_str()))
+                )));
+            }
+        }
+        if let Some(name) = &a.owner {
+            let f = self
+                .field(name)
+                .ok_or_else(|| self.no_such_field(name).context("\"access\": \"owner\""))?;
+            if f.ftype != FieldType::User {
+                return Err(UdmError::invalid(format!(
+                    "entity \"{}\": the access owner \"{name}\" must be a user field, not a {} field",
+                    self.slug,
+                    f.ftype.name()
+                ))
+                .hint("add a field {\"type\": \"user\"} for the owner"));
+            }
+        }
+        Ok(())
+    }
+
     /// A lock scope through a field needs a many-to-one relation field of this entity.
     pub fn check_lock(&self, l: &LockDef) -> Result<()> {
         let Some(name) = l.scope_field() else {
@@ -1148,6 +1190,9 @@ impl EntityDef {
         }
         if let Some(l) = &self.lock {
             m.insert("lock".into(), lock_to_json(l));
+        }
+        if let Some(a) = &self.access {
+            m.insert("access".into(), access_to_json(a));
         }
         Value::Object(m)
     }

@@ -22,6 +22,7 @@ pub enum SlugKind {
     Field,
     Rule,
     Index,
+    Role,
 }
 
 impl SlugKind {
@@ -32,6 +33,7 @@ impl SlugKind {
             SlugKind::Field => "field",
             SlugKind::Rule => "rule",
             SlugKind::Index => "index",
+            SlugKind::Role => "role",
         }
     }
 

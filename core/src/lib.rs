@@ -3,6 +3,7 @@
 //! The extension (`udm` crate) reads and writes the catalog through SPI and runs what this crate
 //! plans; everything that can be decided without a database is decided here.
 
+pub mod access;
 pub mod audit;
 pub mod checks;
 pub mod ddl;

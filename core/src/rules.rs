@@ -766,7 +766,7 @@ impl VType {
             FieldType::DateTime => VType::DateTime,
             FieldType::Time => VType::Time,
             FieldType::Duration => VType::Duration,
-            FieldType::Uuid | FieldType::Relation => VType::Uuid,
+            FieldType::Uuid | FieldType::Relation | FieldType::User => VType::Uuid,
             FieldType::Json | FieldType::File | FieldType::Reference => VType::Json,
             FieldType::MultiSelect | FieldType::Tags => VType::List(Box::new(VType::Text)),
             FieldType::Array(item) => VType::List(Box::new(VType::of_field(item))),

@@ -35,6 +35,8 @@ pub enum FieldType {
     Relation,
     /// Polymorphic reference: `(entity, id)` stored as the composite type `udm.ref`.
     Reference,
+    /// One of udm's global application users (a foreign key to `udm.app_user`).
+    User,
     /// An array of a scalar type.
     Array(Box<FieldType>),
 }
@@ -263,6 +265,13 @@ pub const TYPES: &[TypeInfo] = &[
         description: "link to a record of one of several entities (polymorphic)",
     },
     TypeInfo {
+        name: "user",
+        family: Family::Relation,
+        view_types: &["user", "avatar", "dropdown"],
+        options: &["on_delete"],
+        description: "one of udm's application users (udm_create_user), shared by all tenants",
+    },
+    TypeInfo {
         name: "array",
         family: Family::List,
         view_types: &["list"],
@@ -327,6 +336,7 @@ impl FieldType {
             "file" => FieldType::File,
             "relation" => FieldType::Relation,
             "reference" | "polymorphic" => FieldType::Reference,
+            "user" => FieldType::User,
             "array" => return Err(UdmError::invalid(
                 "type \"array\" needs \"items\", the type of its elements",
             )
@@ -397,6 +407,7 @@ impl FieldType {
             FieldType::File => "file",
             FieldType::Relation => "relation",
             FieldType::Reference => "reference",
+            FieldType::User => "user",
             FieldType::Array(_) => "array",
         };
         TYPES
@@ -429,7 +440,7 @@ impl FieldType {
             FieldType::DateTime => "timestamp with time zone".into(),
             FieldType::Time => "time without time zone".into(),
             FieldType::Duration => "interval".into(),
-            FieldType::Uuid | FieldType::Relation => "uuid".into(),
+            FieldType::Uuid | FieldType::Relation | FieldType::User => "uuid".into(),
             FieldType::Json | FieldType::File => "jsonb".into(),
             FieldType::MultiSelect | FieldType::Tags => "text[]".into(),
             FieldType::Rating => "smallint".into(),

@@ -63,7 +63,7 @@ impl PType {
             FieldType::DateTime => PType::Timestamp,
             FieldType::Time => PType::Time,
             FieldType::Duration => PType::Interval,
-            FieldType::Uuid | FieldType::Relation => PType::Uuid,
+            FieldType::Uuid | FieldType::Relation | FieldType::User => PType::Uuid,
             FieldType::Json | FieldType::File => PType::Jsonb,
             FieldType::Reference => PType::Ref,
             FieldType::MultiSelect | FieldType::Tags => PType::Array(Box::new(PType::Text)),

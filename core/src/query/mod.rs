@@ -700,7 +700,11 @@ pub fn columns_of(
             cols.extend(
                 e.fields
                     .iter()
-                    .filter(|f| f.ftype != crate::types::FieldType::Password && f.has_column())
+                    .filter(|f| {
+                        f.ftype != crate::types::FieldType::Password
+                            && f.has_column()
+                            && !model.hidden(entity, &f.name)
+                    })
                     .map(|f| f.name.clone()),
             );
             Ok(cols)

@@ -17,6 +17,11 @@ pub trait Model {
     fn schema(&self) -> &str;
     fn entity(&self, slug: &str) -> Option<&EntityDef>;
     fn entity_names(&self) -> Vec<String>;
+    /// Fields the reader may not read (their role keeps them back): refused in paths, left out
+    /// of default columns.
+    fn hidden(&self, _entity: &str, _field: &str) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -156,7 +161,7 @@ pub fn names_at(model: &dyn Model, e: &EntityDef) -> Vec<String> {
     names.extend(
         e.fields
             .iter()
-            .filter(|f| f.ftype != FieldType::Password)
+            .filter(|f| f.ftype != FieldType::Password && !model.hidden(&e.slug, &f.name))
             .map(|f| f.name.clone()),
     );
     for (source, field) in reverse_relations(model, &e.slug) {
@@ -295,6 +300,18 @@ pub fn resolve(model: &dyn Model, root: &str, path: &str) -> Result<Resolved> {
                 let Some(f) = current.field(name) else {
                     return Err(unknown(current, name, &segs[..i]));
                 };
+                if model.hidden(&current.slug, &f.name) {
+                    return Err(UdmError::new(
+                        SqlState::InsufficientPrivilege,
+                        format!(
+                            "path \"{}\": permission denied to read {}.{} (the reader's role keeps it back)",
+                            printable(path),
+                            current.slug,
+                            f.name
+                        ),
+                    )
+                    .hint("leave the field out; a tenant admin decides field permissions with udm_define_role"));
+                }
                 match &f.ftype {
                     FieldType::Password => {
                         return Err(UdmError::new(

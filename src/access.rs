@@ -1,0 +1,1435 @@
+//! Access control by application users: global users, tenant members with roles (RBAC), and
+//! relation tuples on records (ReBAC). The rules are pure (`udm_core::access`); this module
+//! keeps the tables, caches each session's permissions and enforces them:
+//!
+//! * reads: entity tables of a tenant with members get row-level security. Their policy (see
+//!   `udm_core::ddl::access_policy`) calls `udm.may_read_all`, `udm.may_read_scoped` and
+//!   `udm.access_user` once per query, so plain `SELECT` and `udm_query` see the same rows;
+//! * writes: the row trigger `udm.access_guard` refuses operations, fields and records the user
+//!   may not write with 42501 naming the permission, for plain SQL and udm functions alike.
+//!
+//! Trust boundary: the application user is `udm.user_id` (set by `udm_use`), trusted from the
+//! connecting role, like PostgREST's role switching. A user who is not a member of the tenant
+//! gets no permissions. Superusers and `udm_admin` members act as the database administrator.
+
+use crate::catalog::{self, Entity, Tenant};
+use crate::error::{raise, spi_err, OrRaise, Result, SqlState, UdmError};
+use crate::security::{as_owner, caller, is_admin, role_name};
+use crate::triggers::{relation_names, trigger_data};
+use pgrx::fcinfo::pg_getarg;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use udm_core::access::{
+    denied, effective, normalize_email, parse_object, parse_permissions, permissions_to_json,
+    validate_password, validate_role_name, validate_user_name, Level, Op, Perms, RoleDef,
+    BUILTIN_ROLES,
+};
+use udm_core::ddl::TUPLE_TABLE;
+use udm_core::ident::{printable, quote_ident, sql_call};
+
+finfo_v1!(pg_finfo_udm_may_read_all);
+finfo_v1!(pg_finfo_udm_may_read_scoped);
+finfo_v1!(pg_finfo_udm_access_user);
+finfo_v1!(pg_finfo_udm_access_guard);
+
+const MEMBER_TABLE: &str = "_udm_member";
+const ROLE_TABLE: &str = "_udm_role";
+
+// ------------------------------------------------------------------ tables
+
+/// The tenant's members, roles and relation tuples, made on first use.
+fn ensure_tables(t: &Tenant) -> Result<()> {
+    if t.relation(MEMBER_TABLE).is_some()
+        && t.relation(ROLE_TABLE).is_some()
+        && t.relation(TUPLE_TABLE).is_some()
+    {
+        return Ok(());
+    }
+    let s = quote_ident(&t.schema);
+    let r = quote_ident(&t.role);
+    as_owner(|| {
+        crate::spi::run(
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1))",
+            &[format!("udm access tables {}", t.schema).into()],
+        )?;
+        crate::spi::run(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {s}.\"{MEMBER_TABLE}\" (\
+                   user_id uuid PRIMARY KEY REFERENCES udm.app_user (id) ON DELETE CASCADE, \
+                   role text NOT NULL, \
+                   added_by text NOT NULL, \
+                   added_at timestamp with time zone NOT NULL DEFAULT now()); \
+                 GRANT SELECT ON {s}.\"{MEMBER_TABLE}\" TO {r}; \
+                 CREATE TABLE IF NOT EXISTS {s}.\"{ROLE_TABLE}\" (\
+                   name text PRIMARY KEY, \
+                   parent text NOT NULL, \
+                   permissions jsonb NOT NULL, \
+                   defined_by text NOT NULL, \
+                   defined_at timestamp with time zone NOT NULL DEFAULT now()); \
+                 GRANT SELECT ON {s}.\"{ROLE_TABLE}\" TO {r}; \
+                 CREATE TABLE IF NOT EXISTS {s}.\"{TUPLE_TABLE}\" (\
+                   object_entity text NOT NULL, \
+                   object_id uuid NOT NULL, \
+                   subject uuid NOT NULL REFERENCES udm.app_user (id) ON DELETE CASCADE, \
+                   relation text NOT NULL CHECK (relation IN ('viewer', 'editor', 'admin')), \
+                   granted_by text NOT NULL, \
+                   granted_at timestamp with time zone NOT NULL DEFAULT now(), \
+                   PRIMARY KEY (object_entity, object_id, subject)); \
+                 CREATE INDEX IF NOT EXISTS \"_udm_tuple__subject__idx\" ON {s}.\"{TUPLE_TABLE}\" (subject, object_entity); \
+                 GRANT SELECT ON {s}.\"{TUPLE_TABLE}\" TO {r};"
+            ),
+            &[],
+        )
+    })
+}
+
+/// Switches access control on for the tenant: its entity tables get row-level security and the
+/// access guard; from now on application users need to be members.
+fn enable(t: &Tenant) -> Result<()> {
+    if t.access {
+        return Ok(());
+    }
+    ensure_tables(t)?;
+    as_owner(|| {
+        crate::spi::run(
+            "UPDATE udm.tenant SET access = true WHERE slug = $1",
+            &[t.slug.as_str().into()],
+        )?;
+        let ctx = udm_core::ddl::Ctx {
+            schema: &t.schema,
+            role: &t.role,
+            access: true,
+        };
+        let mut sql = String::new();
+        for e in catalog::active_entities(t)? {
+            for s in udm_core::ddl::enable_access(&ctx, &e.def) {
+                sql.push_str(&s);
+                sql.push_str(";\n");
+            }
+        }
+        if !sql.is_empty() {
+            crate::spi::run(&sql, &[])?;
+        }
+        Ok(())
+    })?;
+    catalog::invalidate_registry();
+    catalog::invalidate(t);
+    Ok(())
+}
+
+// ------------------------------------------------------------------ users
+
+fn hash_password(pw: &str) -> Result<String> {
+    let cost = crate::guc::BCRYPT_COST.get() as u32;
+    bcrypt::hash(pw.as_bytes(), cost).map_err(|e| UdmError::internal(format!("bcrypt failed: {e}")))
+}
+
+/// A registered user: (id, email, name).
+type UserRow = (pgrx::Uuid, String, String);
+
+/// Finds a registered user by id or email.
+fn find_user(key: &str) -> Result<Option<UserRow>> {
+    let key = key.trim();
+    let by_id = uuid::Uuid::parse_str(key).ok();
+    as_owner(|| {
+        let stmt = crate::spi::prepared(
+            "SELECT id, email, name FROM udm.app_user WHERE id = $1 OR email = lower($2) LIMIT 1",
+            &[pg_sys::UUIDOID, pg_sys::TEXTOID],
+            false,
+        )?;
+        Spi::connect(|c| {
+            let id = by_id.map(|u| pgrx::Uuid::from_bytes(*u.as_bytes()));
+            let mut rows = c.select(&*stmt, Some(1), &[id.into(), key.into()])?;
+            match rows.next() {
+                Some(r) => Ok(Some((
+                    r.get::<pgrx::Uuid>(1)?
+                        .unwrap_or_else(|| pgrx::Uuid::from_bytes([0; 16])),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                ))),
+                None => Ok::<_, pgrx::spi::Error>(None),
+            }
+        })
+        .map_err(spi_err)
+    })
+}
+
+fn no_such_user(key: &str) -> UdmError {
+    UdmError::new(
+        SqlState::UndefinedObject,
+        format!("user \"{}\" does not exist", printable(key)),
+    )
+    .hint("create it with udm_create_user(email, name, password)")
+}
+
+fn user_json(u: &UserRow) -> Value {
+    json!({"id": u.0.to_string(), "email": u.1, "name": u.2})
+}
+
+pub fn create_user(email: &str, name: &str, password: &str) -> Result<Value> {
+    let email = normalize_email(email)?;
+    validate_user_name(name)?;
+    validate_password(password)?;
+    // udm admins, or an admin of the current tenant (an app registering its users)
+    let me = caller();
+    if !is_admin(me) {
+        let t = catalog::current_tenant().map_err(|_| {
+            UdmError::new(
+                SqlState::InsufficientPrivilege,
+                format!("permission denied to create a user: role \"{}\" is not a udm admin and has no tenant selected", role_name(me)),
+            )
+            .hint("select a tenant you administer with udm_use, or ask a udm admin")
+        })?;
+        let ctx = context(&t)?;
+        if ctx.enabled && !ctx.perms.manages() {
+            return Err(denied(
+                &ctx.label(),
+                ctx.role.as_deref(),
+                "manage",
+                "create users",
+            ));
+        }
+    }
+    let hash = hash_password(password)?;
+    let actor = crate::security::actor();
+    let row = as_owner(|| {
+        if find_user(&email)?.is_some() {
+            return Err(UdmError::new(
+                SqlState::UniqueViolation,
+                format!("a user with email \"{email}\" already exists"),
+            )
+            .hint("users are shared by all tenants: add the existing user with udm_add_member"));
+        }
+        let stmt = crate::spi::prepared(
+            "INSERT INTO udm.app_user (email, name, password_hash, created_by) VALUES ($1, $2, $3, $4) \
+             RETURNING id, email, name, created_at",
+            &[pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TEXTOID],
+            true,
+        )?;
+        Spi::connect_mut(|c| {
+            let mut rows = c.update(
+                &*stmt,
+                None,
+                &[
+                    email.as_str().into(),
+                    name.trim().into(),
+                    hash.as_str().into(),
+                    actor.as_str().into(),
+                ],
+            )?;
+            let r = rows.next().expect("INSERT RETURNING gives a row");
+            Ok::<_, pgrx::spi::Error>((
+                r.get::<pgrx::Uuid>(1)?
+                    .unwrap_or_else(|| pgrx::Uuid::from_bytes([0; 16])),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<pgrx::datum::TimestampWithTimeZone>(4)?,
+            ))
+        })
+        .map_err(spi_err)
+    })?;
+    let mut out = user_json(&(row.0, row.1, row.2));
+    out["created_at"] = json!(row.3.map(|t| t.to_string()));
+    Ok(out)
+}
+
+/// The user with this email and password, if both match and the user is a member of the
+/// current tenant (an app's login); NULL otherwise.
+pub fn authenticate(email: &str, password: &str) -> Result<Option<Value>> {
+    let t = catalog::current_tenant()?;
+    let Ok(email) = normalize_email(email) else {
+        return Ok(None);
+    };
+    let hash = as_owner(|| {
+        crate::spi::select_one::<String>(
+            "SELECT password_hash FROM udm.app_user WHERE email = $1",
+            &[email.as_str().into()],
+        )
+    })?;
+    let ok = hash
+        .as_deref()
+        .is_some_and(|h| bcrypt::verify(password.as_bytes(), h).unwrap_or(false));
+    if !ok {
+        return Ok(None);
+    }
+    let Some(u) = find_user(&email)? else {
+        return Ok(None);
+    };
+    let role = member_role(&t, u.0)?;
+    let Some(role) = role else {
+        return Ok(None);
+    };
+    let mut out = user_json(&u);
+    out["tenant"] = json!(t.slug);
+    out["role"] = json!(role);
+    Ok(Some(out))
+}
+
+fn member_role(t: &Tenant, user: pgrx::Uuid) -> Result<Option<String>> {
+    if t.relation(MEMBER_TABLE).is_none() {
+        return Ok(None);
+    }
+    as_owner(|| {
+        crate::spi::select_one::<String>(
+            &format!(
+                "SELECT role FROM {} WHERE user_id = $1",
+                t.catalog(MEMBER_TABLE)
+            ),
+            &[user.into()],
+        )
+    })
+}
+
+/// What `udm_use` records as the session's user: a registered user (by id or email) must be a
+/// member of the tenant and is recorded by email; an unregistered id is only a label for
+/// attribution, and only in tenants without access control.
+pub fn session_user_id(t: &Tenant, given: &str) -> Result<String> {
+    match find_user(given)? {
+        Some(u) => {
+            if member_role(t, u.0)?.is_none() {
+                return Err(UdmError::new(
+                    SqlState::InsufficientPrivilege,
+                    format!("user \"{}\" is not a member of tenant \"{}\"", u.1, t.slug),
+                )
+                .hint(format!(
+                    "a tenant admin can add it with {}",
+                    sql_call("udm_add_member", &[&t.slug, &u.1, "viewer"])
+                )));
+            }
+            Ok(u.1)
+        }
+        None if t.access => Err(UdmError::new(
+            SqlState::InsufficientPrivilege,
+            format!(
+                "user \"{}\" is not a member of tenant \"{}\" (no such user)",
+                printable(given),
+                t.slug
+            ),
+        )
+        .hint("tenants with members accept only their members; udm_create_user and udm_add_member make one")),
+        None => Ok(given.to_string()),
+    }
+}
+
+// ------------------------------------------------------------------ the session's permissions
+
+/// What the session may do in one tenant.
+pub struct AccessCtx {
+    pub enabled: bool,
+    /// Superuser or udm admin: everything.
+    pub db_admin: bool,
+    pub user: Option<pgrx::Uuid>,
+    pub email: Option<String>,
+    pub role: Option<String>,
+    pub perms: Perms,
+}
+
+impl AccessCtx {
+    pub fn label(&self) -> String {
+        self.email
+            .clone()
+            .or_else(crate::guc::user_id)
+            .unwrap_or_else(|| role_name(caller()))
+    }
+
+    /// Sees every record of the entity (no relation tuples needed).
+    fn sees_all(&self, e: &Entity) -> bool {
+        !self.enabled
+            || self.db_admin
+            || (self.perms.allows(&e.def.slug, Op::Read)
+                && (e.def.access.is_none() || self.perms.manages()))
+    }
+
+    /// Bypasses record levels: nothing to check, or a tenant admin.
+    fn over_records(&self) -> bool {
+        !self.enabled || self.db_admin || self.perms.manages()
+    }
+}
+
+type CtxKey = (String, Option<String>, pg_sys::Oid);
+
+thread_local! {
+    static CONTEXTS: RefCell<(u64, HashMap<CtxKey, Rc<AccessCtx>>)> = RefCell::new((u64::MAX, HashMap::new()));
+}
+
+fn roles_of(t: &Tenant) -> Result<HashMap<String, RoleDef>> {
+    let mut out = HashMap::new();
+    if t.relation(ROLE_TABLE).is_none() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "SELECT name, parent, permissions FROM {}",
+        t.catalog(ROLE_TABLE)
+    );
+    let rows = as_owner(|| {
+        Spi::connect(|c| {
+            let mut v = Vec::new();
+            for r in c.select(&sql, None, &[])? {
+                v.push((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?,
+                    r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(v)
+        })
+        .map_err(spi_err)
+    })?;
+    for (name, parent, perms) in rows {
+        out.insert(
+            name.clone(),
+            RoleDef {
+                name,
+                parent,
+                permissions: parse_permissions(&perms)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn role_perms(t: &Tenant, role: &str) -> Result<Perms> {
+    let roles = roles_of(t)?;
+    effective(role, &|n| roles.get(n).cloned())
+}
+
+/// The session's permissions in `t`, cached until a definition, member or role changes.
+pub fn context(t: &Tenant) -> Result<Rc<AccessCtx>> {
+    let g = catalog::generation();
+    let uid = crate::guc::user_id();
+    let key = (t.slug.clone(), uid.clone(), caller());
+    if let Some(c) = CONTEXTS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != g {
+            *c = (g, HashMap::new());
+        }
+        c.1.get(&key).cloned()
+    }) {
+        return Ok(c);
+    }
+    let mut ctx = AccessCtx {
+        enabled: t.access,
+        db_admin: is_admin(caller()),
+        user: None,
+        email: None,
+        role: None,
+        perms: Perms::default(),
+    };
+    if t.access {
+        if let Some(u) = uid.as_deref().map(find_user).transpose()?.flatten() {
+            if let Some(role) = member_role(t, u.0)? {
+                ctx.perms = role_perms(t, &role)?;
+                ctx.role = Some(role);
+                ctx.user = Some(u.0);
+                ctx.email = Some(u.1);
+            }
+        }
+    }
+    let ctx = Rc::new(ctx);
+    CONTEXTS.with(|c| c.borrow_mut().1.insert(key, ctx.clone()));
+    Ok(ctx)
+}
+
+/// (entity, field) pairs the session's role may not read.
+pub fn hidden_fields(t: &Tenant) -> Result<std::collections::HashSet<(String, String)>> {
+    let mut out = std::collections::HashSet::new();
+    if !t.access {
+        return Ok(out);
+    }
+    let ctx = context(t)?;
+    if ctx.db_admin || ctx.perms.entities.values().all(|e| e.fields.is_empty()) {
+        return Ok(out);
+    }
+    for e in catalog::active_entities(t)? {
+        for f in &e.def.fields {
+            if ctx.perms.field_denied(&e.def.slug, &f.name, false) {
+                out.insert((e.def.slug.clone(), f.name.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A record (jsonb) without the fields the session's role may not read.
+pub fn strip_hidden(
+    t: &Tenant,
+    entity: &str,
+    d: Option<pg_sys::Datum>,
+) -> Result<Option<pg_sys::Datum>> {
+    let Some(d) = d else {
+        return Ok(None);
+    };
+    let hidden = hidden_fields(t)?;
+    if !hidden.iter().any(|(e, _)| e == entity) {
+        return Ok(Some(d));
+    }
+    let mut v = crate::rawspi::jsonb_value(d);
+    if let Some(o) = v.as_object_mut() {
+        for (_, f) in hidden.iter().filter(|(e, _)| e == entity) {
+            o.remove(f);
+        }
+    }
+    Ok(JsonB(v).into_datum())
+}
+
+// ------------------------------------------------------------------ record levels (ReBAC)
+
+thread_local! {
+    /// Levels found in the current command: (local transaction, command) and (user, entity, id) -> level.
+    static LEVELS: RefCell<(u64, u32, HashMap<(pgrx::Uuid, String, pgrx::Uuid), Option<Level>>)> =
+        RefCell::new((0, 0, HashMap::new()));
+}
+
+/// The user's level on a record: its own tuple, ownership (admin), or its scope parent's level
+/// (levels flow down relations), the highest of them.
+pub fn level_of(
+    t: &Tenant,
+    user: pgrx::Uuid,
+    entity: &str,
+    id: pgrx::Uuid,
+) -> Result<Option<Level>> {
+    let (xid, cid) = unsafe {
+        (
+            // the backend's local transaction number: new for every transaction, read-only too
+            (*pg_sys::MyProc).lxid as u64,
+            pg_sys::GetCurrentCommandId(false),
+        )
+    };
+    let key = (user, entity.to_string(), id);
+    if let Some(l) = LEVELS.with(|c| {
+        let mut c = c.borrow_mut();
+        if (c.0, c.1) != (xid, cid) {
+            *c = (xid, cid, HashMap::new());
+        }
+        c.2.get(&key).copied()
+    }) {
+        return Ok(l);
+    }
+    let l = level_uncached(t, user, entity, id, 0)?;
+    LEVELS.with(|c| c.borrow_mut().2.insert(key, l));
+    Ok(l)
+}
+
+fn level_uncached(
+    t: &Tenant,
+    user: pgrx::Uuid,
+    entity: &str,
+    id: pgrx::Uuid,
+    depth: usize,
+) -> Result<Option<Level>> {
+    let e = catalog::entity(t, entity)?;
+    let Some(a) = &e.def.access else {
+        return Ok(None);
+    };
+    let mut best: Option<Level> = None;
+    if t.relation(TUPLE_TABLE).is_some() {
+        let rel = as_owner(|| {
+            crate::spi::select_one::<String>(
+                &format!(
+                    "SELECT relation FROM {} WHERE object_entity = $1 AND object_id = $2 AND subject = $3",
+                    t.catalog(TUPLE_TABLE)
+                ),
+                &[entity.into(), id.into(), user.into()],
+            )
+        })?;
+        best = rel.map(|r| Level::parse(&r)).transpose()?;
+    }
+    let col = |name: &str| e.def.field(name).map(|f| f.column.clone());
+    if let Some(owner) = a.owner.as_deref().and_then(col) {
+        let owns = as_owner(|| {
+            crate::spi::select_one::<bool>(
+                &format!(
+                    "SELECT {} = $2 FROM {} WHERE id = $1",
+                    quote_ident(&owner),
+                    t.catalog(&e.def.slug)
+                ),
+                &[id.into(), user.into()],
+            )
+        })?;
+        if owns == Some(true) {
+            return Ok(Some(Level::Admin));
+        }
+    }
+    if let Some(f) = a.parent.as_deref().and_then(|p| e.def.field(p)) {
+        if depth < 8 {
+            let parent = as_owner(|| {
+                crate::spi::select_one::<pgrx::Uuid>(
+                    &format!(
+                        "SELECT {} FROM {} WHERE id = $1",
+                        quote_ident(&f.column),
+                        t.catalog(&e.def.slug)
+                    ),
+                    &[id.into()],
+                )
+            })?;
+            if let (Some(p), Some(target)) = (parent, f.target.as_deref()) {
+                let up = level_uncached(t, user, target, p, depth + 1)?;
+                best = best.max(up);
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// The session user's level on a record, treating tenant and database admins as admin.
+fn my_level(t: &Tenant, ctx: &AccessCtx, entity: &str, id: pgrx::Uuid) -> Result<Option<Level>> {
+    if ctx.over_records() {
+        return Ok(Some(Level::Admin));
+    }
+    match ctx.user {
+        Some(u) => level_of(t, u, entity, id),
+        None => Ok(None),
+    }
+}
+
+/// Lock acquire, heartbeat and release need `editor` on the scope record (viewers cannot lock).
+pub fn require_lock_level(t: &Tenant, entity: &str, id: pgrx::Uuid, verb: &str) -> Result<()> {
+    let ctx = context(t)?;
+    if ctx.over_records() {
+        return Ok(());
+    }
+    let e = catalog::entity(t, entity)?;
+    let ok = if e.def.access.is_some() {
+        my_level(t, &ctx, entity, id)?.is_some_and(|l| l >= Level::Editor)
+    } else {
+        ctx.perms.allows(entity, Op::Update)
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(denied(
+        &ctx.label(),
+        ctx.role.as_deref(),
+        &format!("{entity}.editor"),
+        &format!(
+            "{verb} the write lock of {entity} {id} (editors and admins may; viewers may not)"
+        ),
+    ))
+}
+
+// ------------------------------------------------------------------ members and roles
+
+/// Who may manage access in `t`: a udm admin, a member whose role manages; before the tenant has
+/// members, any member of its database role (it can already do everything).
+fn require_manager(t: &Tenant, what: &str) -> Result<Rc<AccessCtx>> {
+    catalog::require_member(t)?;
+    let ctx = context(t)?;
+    if !ctx.enabled || ctx.db_admin || ctx.perms.manages() {
+        return Ok(ctx);
+    }
+    Err(denied(&ctx.label(), ctx.role.as_deref(), "manage", what))
+}
+
+fn tenant_entities(t: &Tenant) -> Result<Vec<(String, Vec<String>)>> {
+    Ok(catalog::active_entities(t)?
+        .iter()
+        .map(|e| {
+            (
+                e.def.slug.clone(),
+                e.def.fields.iter().map(|f| f.name.clone()).collect(),
+            )
+        })
+        .collect())
+}
+
+/// Nobody hands out more than they have: `perms` must be within the manager's own.
+fn within_own(t: &Tenant, ctx: &AccessCtx, perms: &Perms, what: &str) -> Result<()> {
+    if !ctx.enabled || ctx.db_admin {
+        return Ok(());
+    }
+    if let Some(p) = perms.exceeds(&ctx.perms, &tenant_entities(t)?) {
+        return Err(UdmError::new(
+            SqlState::InsufficientPrivilege,
+            format!(
+                "permission denied: {what} would allow {p}, which user \"{}\" (role \"{}\") does not have",
+                ctx.label(),
+                ctx.role.as_deref().unwrap_or("none")
+            ),
+        )
+        .hint("nobody can grant more than their own permissions"));
+    }
+    Ok(())
+}
+
+fn audit_access(
+    t: &Tenant,
+    entity: &str,
+    id: pgrx::Uuid,
+    action: &'static str,
+    data: Value,
+) -> Result<()> {
+    crate::audit::record_event(t, entity, 0, *id.as_bytes(), action, &data)
+}
+
+pub fn add_member(tenant: &str, user: &str, role: &str) -> Result<Value> {
+    let t = catalog::tenant(tenant)?.ok_or_else(|| catalog::no_such_tenant(tenant))?;
+    let ctx = require_manager(&t, "add members")?;
+    let u = find_user(user)?.ok_or_else(|| no_such_user(user))?;
+    ensure_tables(&t)?;
+    let perms = role_perms(&t, role)?;
+    within_own(&t, &ctx, &perms, &format!("role \"{role}\""))?;
+    let actor = crate::security::actor();
+    as_owner(|| {
+        crate::spi::run(
+            &format!(
+                "INSERT INTO {} (user_id, role, added_by) VALUES ($1, $2, $3) \
+                 ON CONFLICT (user_id) DO UPDATE SET role = excluded.role, added_by = excluded.added_by, added_at = now()",
+                t.catalog(MEMBER_TABLE)
+            ),
+            &[u.0.into(), role.into(), actor.as_str().into()],
+        )
+    })?;
+    enable(&t)?;
+    catalog::invalidate(&t);
+    let t = catalog::tenant(tenant)?.ok_or_else(|| catalog::no_such_tenant(tenant))?;
+    audit_access(
+        &t,
+        "tenant#member",
+        u.0,
+        "MEMBER_ADD",
+        json!({"user": u.1, "role": role}),
+    )?;
+    Ok(json!({"tenant": t.slug, "user": user_json(&u), "role": role, "access": true}))
+}
+
+pub fn remove_member(tenant: &str, user: &str) -> Result<Value> {
+    let t = catalog::tenant(tenant)?.ok_or_else(|| catalog::no_such_tenant(tenant))?;
+    let ctx = require_manager(&t, "remove members")?;
+    let u = find_user(user)?.ok_or_else(|| no_such_user(user))?;
+    let Some(role) = member_role(&t, u.0)? else {
+        return Err(UdmError::new(
+            SqlState::UndefinedObject,
+            format!("user \"{}\" is not a member of tenant \"{}\"", u.1, t.slug),
+        ));
+    };
+    within_own(
+        &t,
+        &ctx,
+        &role_perms(&t, &role)?,
+        &format!("removing a member with role \"{role}\""),
+    )?;
+    let admins_left = as_owner(|| {
+        crate::spi::select_one::<i64>(
+            &format!(
+                "SELECT count(*) FROM {} WHERE user_id <> $1 AND role = 'admin'",
+                t.catalog(MEMBER_TABLE)
+            ),
+            &[u.0.into()],
+        )
+    })?
+    .unwrap_or(0);
+    if role == "admin" && admins_left == 0 {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!(
+                "cannot remove \"{}\": it is the last admin of tenant \"{}\"",
+                u.1, t.slug
+            ),
+        )
+        .hint("make another member admin first"));
+    }
+    as_owner(|| {
+        crate::spi::run(
+            &format!("DELETE FROM {} WHERE user_id = $1", t.catalog(MEMBER_TABLE)),
+            &[u.0.into()],
+        )?;
+        crate::spi::run(
+            &format!("DELETE FROM {} WHERE subject = $1", t.catalog(TUPLE_TABLE)),
+            &[u.0.into()],
+        )
+    })?;
+    catalog::invalidate(&t);
+    audit_access(
+        &t,
+        "tenant#member",
+        u.0,
+        "MEMBER_REMOVE",
+        json!({"user": u.1, "role": role}),
+    )?;
+    Ok(json!({"tenant": t.slug, "user": user_json(&u), "removed": true}))
+}
+
+pub fn define_role(name: &str, parent: Option<&str>, permissions: &Value) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    let ctx = require_manager(&t, "define roles")?;
+    validate_role_name(name)?;
+    let parent = parent.unwrap_or("viewer");
+    let own = parse_permissions(permissions)?;
+    let ents = tenant_entities(&t)?;
+    for (e, ep) in &own.entities {
+        if e == udm_core::access::ALL_ENTITIES {
+            continue;
+        }
+        let Some((_, fields)) = ents.iter().find(|(n, _)| n == e) else {
+            return Err(catalog::no_such_entity(&t, e).context(format!("role \"{name}\"")));
+        };
+        for f in ep.fields.keys() {
+            if !fields.contains(f) {
+                return Err(UdmError::new(
+                    SqlState::UndefinedColumn,
+                    format!("role \"{name}\": entity \"{e}\" has no field \"{f}\""),
+                )
+                .hint(format!(
+                    "fields of \"{e}\" are {}",
+                    udm_core::error::name_list(fields)
+                )));
+            }
+        }
+    }
+    ensure_tables(&t)?;
+    let mut roles = roles_of(&t)?;
+    roles.insert(
+        name.to_string(),
+        RoleDef {
+            name: name.to_string(),
+            parent: Some(parent.to_string()),
+            permissions: own.clone(),
+        },
+    );
+    let perms = effective(name, &|n| roles.get(n).cloned())?;
+    within_own(&t, &ctx, &perms, &format!("role \"{name}\""))?;
+    let actor = crate::security::actor();
+    as_owner(|| {
+        crate::spi::run(
+            &format!(
+                "INSERT INTO {} (name, parent, permissions, defined_by) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (name) DO UPDATE SET parent = excluded.parent, permissions = excluded.permissions, \
+                   defined_by = excluded.defined_by, defined_at = now()",
+                t.catalog(ROLE_TABLE)
+            ),
+            &[name.into(), parent.into(), JsonB(permissions_to_json(&own)).into(), actor.as_str().into()],
+        )
+    })?;
+    catalog::invalidate(&t);
+    Ok(
+        json!({"role": name, "parent": parent, "permissions": permissions_to_json(&own),
+              "effective": permissions_to_json(&perms)}),
+    )
+}
+
+pub struct RoleRow {
+    pub name: String,
+    pub parent: Option<String>,
+    pub permissions: Value,
+    pub builtin: bool,
+}
+
+pub fn roles() -> Result<Vec<RoleRow>> {
+    let t = catalog::current_tenant()?;
+    let mut out: Vec<RoleRow> = BUILTIN_ROLES
+        .iter()
+        .map(|r| RoleRow {
+            name: r.to_string(),
+            parent: udm_core::access::builtin_parent(r).map(str::to_string),
+            permissions: permissions_to_json(&udm_core::access::builtin(r).expect("built in")),
+            builtin: true,
+        })
+        .collect();
+    let mut custom: Vec<RoleDef> = roles_of(&t)?.into_values().collect();
+    custom.sort_by(|a, b| a.name.cmp(&b.name));
+    out.extend(custom.into_iter().map(|r| RoleRow {
+        name: r.name,
+        parent: r.parent,
+        permissions: permissions_to_json(&r.permissions),
+        builtin: false,
+    }));
+    Ok(out)
+}
+
+// ------------------------------------------------------------------ relation tuples
+
+/// Resolves `entity:id` to a record of an entity with an access scope.
+fn object_of(t: &Tenant, object: &str) -> Result<(Rc<Entity>, pgrx::Uuid)> {
+    let (entity, id) = parse_object(object)?;
+    let e = catalog::entity(t, &entity)?;
+    if e.def.access.is_none() {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("entity \"{entity}\" has no access scope: its records take no relations"),
+        )
+        .hint(format!(
+            "declare one with {}",
+            sql_call("udm_set_access", &[&entity, "{\"scope\": \"self\"}"])
+        )));
+    }
+    let id = pgrx::Uuid::from_bytes(
+        *uuid::Uuid::parse_str(&id)
+            .map_err(|e| UdmError::invalid(e.to_string()))?
+            .as_bytes(),
+    );
+    let exists = as_owner(|| {
+        crate::spi::select_one::<bool>(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE id = $1)",
+                t.catalog(&entity)
+            ),
+            &[id.into()],
+        )
+    })?;
+    if exists != Some(true) {
+        return Err(UdmError::new(
+            SqlState::NoDataFound,
+            format!("entity \"{entity}\" has no record {id}"),
+        ));
+    }
+    Ok((e, id))
+}
+
+/// Granting or revoking needs `admin` on the record, and cannot hand out more than one's own
+/// level.
+fn require_granter(
+    t: &Tenant,
+    ctx: &AccessCtx,
+    e: &Entity,
+    id: pgrx::Uuid,
+    level: Level,
+    verb: &str,
+) -> Result<()> {
+    let mine = my_level(t, ctx, &e.def.slug, id)?;
+    let obj = format!("{} {id}", e.def.slug);
+    match mine {
+        Some(Level::Admin) => Ok(()),
+        _ => Err(denied(
+            &ctx.label(),
+            ctx.role.as_deref(),
+            &format!("{}.admin", e.def.slug),
+            &format!(
+                "{verb} relations on {obj} (it needs admin on it, and has {})",
+                mine.map_or("none", Level::name)
+            ),
+        )),
+    }
+    .and_then(|_| {
+        if mine.is_some_and(|m| level > m) {
+            return Err(UdmError::new(
+                SqlState::InsufficientPrivilege,
+                format!(
+                    "cannot grant {} on {obj}: it is higher than your own level",
+                    level.name()
+                ),
+            ));
+        }
+        Ok(())
+    })
+}
+
+pub fn grant(subject: &str, relation: &str, object: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    let level = Level::parse(relation)?;
+    let ctx = context(&t)?;
+    let (e, id) = object_of(&t, object)?;
+    require_granter(&t, &ctx, &e, id, level, "grant")?;
+    let u = find_user(subject)?.ok_or_else(|| no_such_user(subject))?;
+    if member_role(&t, u.0)?.is_none() {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("user \"{}\" is not a member of tenant \"{}\"", u.1, t.slug),
+        )
+        .hint(format!(
+            "add it first with {}",
+            sql_call("udm_add_member", &[&t.slug, &u.1, "viewer"])
+        )));
+    }
+    ensure_tables(&t)?;
+    let actor = crate::security::actor();
+    as_owner(|| {
+        crate::spi::run(
+            &format!(
+                "INSERT INTO {} (object_entity, object_id, subject, relation, granted_by) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (object_entity, object_id, subject) DO UPDATE SET relation = excluded.relation, \
+                   granted_by = excluded.granted_by, granted_at = now()",
+                t.catalog(TUPLE_TABLE)
+            ),
+            &[e.def.slug.as_str().into(), id.into(), u.0.into(), level.name().into(), actor.as_str().into()],
+        )
+    })?;
+    audit_access(
+        &t,
+        &format!("{}#access", e.def.slug),
+        id,
+        "GRANT",
+        json!({"user": u.1, "relation": level.name()}),
+    )?;
+    Ok(
+        json!({"subject": u.1, "relation": level.name(), "object": {"entity": e.def.slug, "id": id.to_string()}, "granted": true}),
+    )
+}
+
+pub fn revoke(subject: &str, relation: &str, object: &str) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    let level = Level::parse(relation)?;
+    let ctx = context(&t)?;
+    let (e, id) = object_of(&t, object)?;
+    require_granter(&t, &ctx, &e, id, level, "revoke")?;
+    let u = find_user(subject)?.ok_or_else(|| no_such_user(subject))?;
+    let table = t.catalog(TUPLE_TABLE);
+    let args = || -> Vec<pgrx::datum::DatumWithOid> {
+        vec![
+            e.def.slug.as_str().into(),
+            id.into(),
+            u.0.into(),
+            level.name().into(),
+        ]
+    };
+    let cond = "object_entity = $1 AND object_id = $2 AND subject = $3 AND relation = $4";
+    let gone = as_owner(|| {
+        let found = crate::spi::select_one::<bool>(
+            &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {cond})"),
+            &args(),
+        )?;
+        if found == Some(true) {
+            crate::spi::run(&format!("DELETE FROM {table} WHERE {cond}"), &args())?;
+        }
+        Ok::<_, UdmError>(i64::from(found == Some(true)))
+    })?;
+    if gone == 0 {
+        return Err(UdmError::new(
+            SqlState::UndefinedObject,
+            format!(
+                "user \"{}\" has no {} relation on {} {id}",
+                u.1,
+                level.name(),
+                e.def.slug
+            ),
+        )
+        .hint("udm_check tells which level a user has"));
+    }
+    audit_access(
+        &t,
+        &format!("{}#access", e.def.slug),
+        id,
+        "REVOKE",
+        json!({"user": u.1, "relation": level.name()}),
+    )?;
+    Ok(
+        json!({"subject": u.1, "relation": level.name(), "object": {"entity": e.def.slug, "id": id.to_string()}, "revoked": true}),
+    )
+}
+
+pub fn check(subject: &str, relation: &str, object: &str) -> Result<bool> {
+    let t = catalog::current_tenant()?;
+    let level = Level::parse(relation)?;
+    let (e, id) = object_of(&t, object)?;
+    let Some(u) = find_user(subject)? else {
+        return Ok(false);
+    };
+    let Some(role) = member_role(&t, u.0)? else {
+        return Ok(false);
+    };
+    if role_perms(&t, &role)?.manages() {
+        return Ok(true);
+    }
+    Ok(level_of(&t, u.0, &e.def.slug, id)?.is_some_and(|l| l >= level))
+}
+
+// ------------------------------------------------------------------ row-level security helpers
+
+unsafe fn text_arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> String {
+    unsafe { pg_getarg::<String>(fcinfo, i).unwrap_or_default() }
+}
+
+fn read_flags(schema: &str, entity: &str) -> Result<(bool, bool)> {
+    let t = catalog::tenant(schema)?.ok_or_else(|| catalog::no_such_tenant(schema))?;
+    let ctx = context(&t)?;
+    let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
+    Ok((ctx.sees_all(&e), ctx.user.is_some()))
+}
+
+/// `udm.may_read_all(schema, entity)`: the session sees every row of the entity.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_may_read_all(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let (all, _) = read_flags(&text_arg(fcinfo, 0), &text_arg(fcinfo, 1)).or_raise();
+        pg_sys::Datum::from(all)
+    }
+}
+
+/// `udm.may_read_scoped(schema, entity)`: the session may read the entity's rows it has a
+/// relation to.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_may_read_scoped(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let (_, scoped) = read_flags(&text_arg(fcinfo, 0), &text_arg(fcinfo, 1)).or_raise();
+        pg_sys::Datum::from(scoped)
+    }
+}
+
+/// `udm.access_user(schema)`: the session's member user id, or NULL.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_access_user(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let schema = text_arg(fcinfo, 0);
+        let t = catalog::tenant(&schema)
+            .or_raise()
+            .ok_or_else(|| catalog::no_such_tenant(&schema))
+            .or_raise();
+        match context(&t).or_raise().user {
+            Some(u) => u.into_datum().expect("uuid datum"),
+            None => {
+                (*fcinfo).isnull = true;
+                pg_sys::Datum::from(0usize)
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the write guard
+
+unsafe fn uuid_at(
+    tup: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+    col: &str,
+) -> Option<pgrx::Uuid> {
+    unsafe {
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let i = attrs
+            .iter()
+            .position(|a| !a.attisdropped && a.name() == col)?;
+        let mut null = false;
+        let d = pg_sys::heap_getattr(tup, i as i32 + 1, desc, &mut null);
+        (!null).then(|| pgrx::Uuid::from_bytes(crate::triggers::uuid_bytes(d)))
+    }
+}
+
+/// Fields written by the statement that the role keeps from writing: on INSERT those given a
+/// value (fields with a default excepted), on UPDATE those that change.
+unsafe fn forbidden_field(
+    e: &Entity,
+    perms: &Perms,
+    op: Op,
+    by_role: bool,
+    old: pg_sys::HeapTuple,
+    new: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+) -> Option<String> {
+    unsafe {
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        for f in e.def.fields.iter().filter(|f| f.has_column()) {
+            let writable = if by_role {
+                perms.field_writable(&e.def.slug, &f.name, op)
+            } else {
+                !perms.field_denied(&e.def.slug, &f.name, true)
+            };
+            if writable {
+                continue;
+            }
+            let Some(i) = attrs
+                .iter()
+                .position(|a| !a.attisdropped && a.name() == f.column)
+            else {
+                continue;
+            };
+            let (mut nn, mut on) = (false, true);
+            let nv = pg_sys::heap_getattr(new, i as i32 + 1, desc, &mut nn);
+            let written = if op == Op::Create {
+                !nn && f.default.is_none()
+            } else {
+                let ov = pg_sys::heap_getattr(old, i as i32 + 1, desc, &mut on);
+                match (on, nn) {
+                    (true, true) => false,
+                    (false, false) => {
+                        !crate::audit::same_image(ov, nv, attrs[i].attbyval, attrs[i].attlen)
+                    }
+                    _ => true,
+                }
+            };
+            if written {
+                return Some(f.name.clone());
+            }
+        }
+        None
+    }
+}
+
+/// Sets the owner field of a new record to the session's user when it is empty.
+unsafe fn fill_owner(
+    rel: pg_sys::Relation,
+    tup: pg_sys::HeapTuple,
+    col: &str,
+    user: pgrx::Uuid,
+) -> pg_sys::HeapTuple {
+    unsafe {
+        let desc = (*rel).rd_att;
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let Some(i) = attrs
+            .iter()
+            .position(|a| !a.attisdropped && a.name() == col)
+        else {
+            return tup;
+        };
+        let mut null = false;
+        pg_sys::heap_getattr(tup, i as i32 + 1, desc, &mut null);
+        if !null {
+            return tup;
+        }
+        let mut cols = [i as i32 + 1];
+        let mut vals = [user.into_datum().expect("uuid datum")];
+        let mut nulls = [false];
+        pg_sys::heap_modify_tuple_by_cols(
+            tup,
+            desc,
+            1,
+            cols.as_mut_ptr(),
+            vals.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        )
+    }
+}
+
+/// `BEFORE INSERT OR UPDATE OR DELETE FOR EACH ROW` on entity tables of tenants with access
+/// control: refuses what the session's user may not do.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_access_guard(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let td = trigger_data(fcinfo, "udm.access_guard");
+        let ev = (*td).tg_event;
+        let rel = (*td).tg_relation;
+        let kind = ev & pg_sys::TRIGGER_EVENT_OPMASK;
+        let (op, old, mut new) = match kind {
+            pg_sys::TRIGGER_EVENT_INSERT => (Op::Create, std::ptr::null_mut(), (*td).tg_trigtuple),
+            pg_sys::TRIGGER_EVENT_UPDATE => (Op::Update, (*td).tg_trigtuple, (*td).tg_newtuple),
+            _ => (Op::Delete, (*td).tg_trigtuple, std::ptr::null_mut()),
+        };
+        let result =
+            |new: pg_sys::HeapTuple| pg_sys::Datum::from(if new.is_null() { old } else { new });
+        let (schema, table) = relation_names(rel);
+        let t = catalog::tenant(&schema)
+            .or_raise()
+            .ok_or_else(|| catalog::no_such_tenant(&schema))
+            .or_raise();
+        let ctx = context(&t).or_raise();
+        if !ctx.enabled {
+            return result(new);
+        }
+        let e = catalog::entity(&t, &table).or_raise();
+        if op == Op::Create {
+            // a new record's owner is whoever creates it, unless it names one
+            let owner = e
+                .def
+                .access
+                .as_ref()
+                .and_then(|a| a.owner.as_deref())
+                .and_then(|n| e.def.field(n));
+            if let (Some(f), Some(u)) = (owner, ctx.user) {
+                new = fill_owner(rel, new, &f.column, u);
+            }
+        }
+        if ctx.db_admin {
+            return result(new);
+        }
+        let desc = (*rel).rd_att;
+        let record = uuid_at(if old.is_null() { new } else { old }, desc, "id")
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        let what = |verb: &str| {
+            format!("{verb} {} {record}", e.def.slug)
+                .trim_end()
+                .to_string()
+        };
+        let Some(user) = ctx.user else {
+            raise(
+                UdmError::new(
+                    SqlState::InsufficientPrivilege,
+                    format!(
+                        "permission denied: tenant \"{}\" controls access and no member is selected (udm.user_id is \"{}\")",
+                        t.slug,
+                        crate::guc::user_id().unwrap_or_default()
+                    ),
+                )
+                .hint(format!("select a member with {}", sql_call("udm_use", &[&t.slug, "<email>"]))),
+            );
+        };
+        // on entities with an access scope the relation on the record decides the operation
+        // (checked below); a new scope record (a roadmap) needs the role's create
+        let by_role = e.def.access.is_none()
+            || ctx.perms.manages()
+            || (op == Op::Create && e.def.access.as_ref().is_some_and(|a| a.parent.is_none()));
+        if by_role && !ctx.perms.allows(&e.def.slug, op) {
+            raise(denied(
+                &ctx.label(),
+                ctx.role.as_deref(),
+                &format!("{}.{}", e.def.slug, op.name()),
+                &what(op.name()),
+            ));
+        }
+        if op != Op::Delete {
+            if let Some(f) = forbidden_field(&e, &ctx.perms, op, by_role, old, new, desc) {
+                raise(denied(
+                    &ctx.label(),
+                    ctx.role.as_deref(),
+                    &format!("{}.{f}.write", e.def.slug),
+                    &format!("write field \"{f}\" of {}", e.def.slug),
+                ));
+            }
+        }
+        if let Some(a) = &e.def.access {
+            if !ctx.perms.manages() {
+                let col = |n: &str| e.def.field(n).map(|f| (f.column.clone(), f.target.clone()));
+                let need = |entity: &str, id: pgrx::Uuid, level: Level, verb: &str| {
+                    let l = level_of(&t, user, entity, id).or_raise();
+                    if !l.is_some_and(|l| l >= level) {
+                        raise(denied(
+                            &ctx.label(),
+                            ctx.role.as_deref(),
+                            &format!("{entity}.{}", level.name()),
+                            &format!(
+                                "{verb} (it needs {} on {entity} {id}, and has {})",
+                                level.name(),
+                                l.map_or("none", Level::name)
+                            ),
+                        ));
+                    }
+                };
+                match a.parent.as_deref().and_then(col) {
+                    None if op != Op::Create => {
+                        let id = uuid_at(old, desc, "id").expect("a record has an id");
+                        need(&e.def.slug, id, op.needs(true), &what(op.name()));
+                    }
+                    None => {}
+                    Some((pcol, target)) => {
+                        let target = target.unwrap_or_default();
+                        let scopes = [
+                            (!old.is_null())
+                                .then(|| uuid_at(old, desc, &pcol))
+                                .flatten(),
+                            (!new.is_null())
+                                .then(|| uuid_at(new, desc, &pcol))
+                                .flatten(),
+                        ];
+                        for (i, s) in scopes.iter().enumerate() {
+                            if let Some(s) = s {
+                                if i == 1 && scopes[0] == Some(*s) {
+                                    continue;
+                                }
+                                need(&target, *s, op.needs(false), &what(op.name()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        result(new)
+    }
+}
+
+// ------------------------------------------------------------------ SQL surface
+
+#[pg_extern(volatile)]
+fn udm_create_user(email: &str, name: &str, password: &str) -> JsonB {
+    JsonB(create_user(email, name, password).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_authenticate(email: &str, password: &str) -> Option<JsonB> {
+    authenticate(email, password).or_raise().map(JsonB)
+}
+
+#[pg_extern(volatile)]
+fn udm_add_member(tenant: &str, user_id: &str, role: default!(&str, "'viewer'")) -> JsonB {
+    JsonB(add_member(tenant, user_id, role).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_remove_member(tenant: &str, user_id: &str) -> JsonB {
+    JsonB(remove_member(tenant, user_id).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_define_role(
+    name: &str,
+    parent: Option<&str>,
+    permissions: default!(JsonB, "'{}'"),
+) -> JsonB {
+    JsonB(define_role(name, parent, &permissions.0).or_raise())
+}
+
+#[allow(clippy::type_complexity)] // pgrx reads the column names from this signature
+#[pg_extern(stable)]
+fn udm_roles() -> TableIterator<
+    'static,
+    (
+        name!(name, String),
+        name!(parent, Option<String>),
+        name!(permissions, JsonB),
+        name!(builtin, bool),
+    ),
+> {
+    let rows = roles().or_raise();
+    TableIterator::new(
+        rows.into_iter()
+            .map(|r| (r.name, r.parent, JsonB(r.permissions), r.builtin)),
+    )
+}
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(stable)]
+fn udm_members() -> TableIterator<
+    'static,
+    (
+        name!(user_id, pgrx::Uuid),
+        name!(email, String),
+        name!(name, String),
+        name!(role, String),
+    ),
+> {
+    let rows = members().or_raise();
+    TableIterator::new(rows.into_iter())
+}
+
+fn members() -> Result<Vec<(pgrx::Uuid, String, String, String)>> {
+    let t = catalog::current_tenant()?;
+    if t.relation(MEMBER_TABLE).is_none() {
+        return Ok(vec![]);
+    }
+    as_owner(|| {
+        Spi::connect(|c| {
+            let mut out = Vec::new();
+            for r in c.select(
+                &format!(
+                    "SELECT u.id, u.email, u.name, m.role FROM {} m JOIN udm.app_user u ON u.id = m.user_id ORDER BY u.email",
+                    t.catalog(MEMBER_TABLE)
+                ),
+                None,
+                &[],
+            )? {
+                out.push((
+                    r.get::<pgrx::Uuid>(1)?.unwrap_or_else(|| pgrx::Uuid::from_bytes([0; 16])),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                    r.get::<String>(4)?.unwrap_or_default(),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .map_err(spi_err)
+    })
+}
+
+#[pg_extern(volatile)]
+fn udm_grant(subject: &str, relation: &str, object: &str) -> JsonB {
+    JsonB(grant(subject, relation, object).or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_revoke(subject: &str, relation: &str, object: &str) -> JsonB {
+    JsonB(revoke(subject, relation, object).or_raise())
+}
+
+#[pg_extern(stable)]
+fn udm_check(subject: &str, relation: &str, object: &str) -> bool {
+    check(subject, relation, object).or_raise()
+}

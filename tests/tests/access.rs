@@ -1,0 +1,786 @@
+//! Users, members, roles (RBAC) and relation tuples (ReBAC), enforced for udm functions and
+//! plain SQL alike: rows the user may not see are absent, fields kept back are absent or
+//! refused, writes the user may not make are refused with 42501 naming the permission.
+
+use udm_tests::*;
+
+/// A tenant with a login role, and a session of it (no application user yet).
+struct Access {
+    tenant: String,
+    role: String,
+    app: postgres::Client,
+}
+
+fn setup(prefix: &str) -> Access {
+    let mut adm = admin();
+    let m = member(&mut adm, prefix);
+    Access {
+        tenant: m.tenant,
+        role: m.role,
+        app: m.client,
+    }
+}
+
+impl Access {
+    /// A user (email prefix + unique part) created by this tenant's app.
+    fn user(&mut self, name: &str) -> String {
+        let email = format!("{}@{}.test", unique(name), self.tenant).to_lowercase();
+        json(
+            &mut self.app,
+            &format!(
+                "SELECT udm_create_user({}, {}, 'correct horse')",
+                lit(&email),
+                lit(name)
+            ),
+        );
+        email
+    }
+
+    fn add(&mut self, email: &str, role: &str) {
+        json(
+            &mut self.app,
+            &format!(
+                "SELECT udm_add_member({}, {}, {})",
+                lit(&self.tenant),
+                lit(email),
+                lit(role)
+            ),
+        );
+    }
+
+    /// A session of the app's role acting as `email`.
+    fn as_user(&self, email: &str) -> postgres::Client {
+        let mut c = connect_as(&self.role);
+        c.query_one("SELECT udm_use($1, $2)", &[&self.tenant, &email])
+            .unwrap_or_else(|e| panic!("udm_use {email}: {}", message(&e)));
+        c
+    }
+
+    fn switch(&mut self, email: &str) {
+        self.app
+            .query_one("SELECT udm_use($1, $2)", &[&self.tenant, &email])
+            .unwrap_or_else(|e| panic!("udm_use {email}: {}", message(&e)));
+    }
+}
+
+fn names(c: &mut postgres::Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn users_are_validated_hashed_and_never_returned() {
+    let mut a = setup("acu");
+    let email = a.user("Alice");
+    let u: Option<Value> = scalar(
+        &mut a.app,
+        &format!("SELECT udm_authenticate({}, 'correct horse')", lit(&email)),
+    );
+    assert_eq!(u, None, "not a member yet: no login");
+    a.add(&email, "admin");
+    a.switch(&email);
+    let u = json(
+        &mut a.app,
+        &format!("SELECT udm_authenticate({}, 'correct horse')", lit(&email)),
+    );
+    assert_eq!(
+        (u["email"].clone(), u["role"].clone()),
+        (json!(email), json!("admin")),
+        "{u}"
+    );
+    assert!(
+        u.get("password_hash").is_none() && !u.to_string().contains("$2"),
+        "{u}"
+    );
+    let wrong: Option<Value> = scalar(
+        &mut a.app,
+        &format!("SELECT udm_authenticate({}, 'wrong horse')", lit(&email)),
+    );
+    assert_eq!(wrong, None);
+    let msg = expect_err(
+        &mut a.app,
+        "SELECT udm_create_user('not-an-email', 'Bob', 'long enough')",
+        "22023",
+    );
+    assert!(msg.contains("is not a valid email address"), "{msg}");
+    let msg = expect_err(
+        &mut a.app,
+        "SELECT udm_create_user('bob@x.test', 'Bob', 'short')",
+        "22023",
+    );
+    assert!(msg.contains("at least 8"), "{msg}");
+    let msg = expect_err(
+        &mut a.app,
+        &format!(
+            "SELECT udm_create_user({}, 'Again', 'long enough')",
+            lit(&email.to_uppercase())
+        ),
+        "23505",
+    );
+    assert!(
+        msg.contains("already exists") && msg.contains("udm_add_member"),
+        "{msg}"
+    );
+    // the table of users is the extension owner's only
+    expect_err(&mut a.app, "SELECT count(*) FROM udm.app_user", "42501");
+    let hash: String = scalar(
+        &mut admin(),
+        &format!(
+            "SELECT password_hash FROM udm.app_user WHERE email = {}",
+            lit(&email)
+        ),
+    );
+    assert!(hash.starts_with("$2") && hash.len() == 60, "bcrypt: {hash}");
+}
+
+#[test]
+fn udm_use_accepts_members_only() {
+    let mut a = setup("acm");
+    let alice = a.user("Alice");
+    let bob = a.user("Bob");
+    // a registered user must be a member, even before the tenant has members
+    let msg = expect_err(
+        &mut a.app,
+        &format!("SELECT udm_use({}, {})", lit(&a.tenant), lit(&bob)),
+        "42501",
+    );
+    assert!(
+        msg.contains("is not a member of tenant") && msg.contains("udm_add_member"),
+        "{msg}"
+    );
+    // without members, free labels only attribute changes
+    json(
+        &mut a.app,
+        &format!("SELECT udm_use({}, 'batch-job')", lit(&a.tenant)),
+    );
+    a.add(&alice, "admin");
+    // from now on the tenant controls access: labels are refused too
+    let msg = expect_err(
+        &mut a.app,
+        &format!("SELECT udm_use({}, 'batch-job')", lit(&a.tenant)),
+        "42501",
+    );
+    assert!(msg.contains("no such user"), "{msg}");
+    let u = json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_use({}, {})",
+            lit(&a.tenant),
+            lit(&alice.to_uppercase())
+        ),
+    );
+    assert_eq!(u["user_id"], json!(alice), "recorded by canonical email");
+    // another tenant does not know alice
+    let mut other = setup("acm2");
+    let msg = expect_err(
+        &mut other.app,
+        &format!("SELECT udm_use({}, {})", lit(&other.tenant), lit(&alice)),
+        "42501",
+    );
+    assert!(
+        msg.contains(&format!("is not a member of tenant \"{}\"", other.tenant)),
+        "{msg}"
+    );
+}
+
+fn product_entity(c: &mut postgres::Client) {
+    json(
+        c,
+        r#"SELECT udm_define_entity('product', '{"fields": [
+            {"name": "name", "type": "text", "required": true},
+            {"name": "price", "type": "decimal", "precision": 10, "scale": 2},
+            {"name": "cost", "type": "decimal", "precision": 10, "scale": 2}]}')"#,
+    );
+}
+
+#[test]
+fn roles_decide_operations_and_fields_for_udm_and_plain_sql() {
+    let mut a = setup("acr");
+    let t = a.tenant.clone();
+    product_entity(&mut a.app);
+    a.app
+        .batch_execute(&format!(
+            "INSERT INTO \"{t}\".product (name, price, cost) VALUES ('P1', 10, 4)"
+        ))
+        .unwrap();
+    let (alice, vic, ed, pat) = (a.user("Alice"), a.user("Vic"), a.user("Ed"), a.user("Pat"));
+    a.add(&alice, "admin");
+    a.switch(&alice);
+    a.add(&vic, "viewer");
+    a.add(&ed, "editor");
+    json(
+        &mut a.app,
+        r#"SELECT udm_define_role('pricer', 'viewer', '{"entities": {"product": {"update": true, "fields": {"cost": {"read": false, "write": false}}}}}')"#,
+    );
+    a.add(&pat, "pricer");
+
+    let mut viewer = a.as_user(&vic);
+    assert_eq!(
+        names(&mut viewer, &format!("SELECT name FROM \"{t}\".product")),
+        ["P1"]
+    );
+    let msg = expect_err(
+        &mut viewer,
+        &format!("INSERT INTO \"{t}\".product (name) VALUES ('V')"),
+        "42501",
+    );
+    assert!(
+        msg.contains(&format!(
+            "user \"{vic}\" (role \"viewer\") may not create product"
+        )) && msg.contains("permission product.create missing"),
+        "{msg}"
+    );
+    expect_err(
+        &mut viewer,
+        "SELECT udm_insert('product', '{\"name\": \"V\"}')",
+        "42501",
+    );
+    let msg = expect_err(
+        &mut viewer,
+        &format!("DELETE FROM \"{t}\".product"),
+        "42501",
+    );
+    assert!(msg.contains("product.delete"), "{msg}");
+
+    let mut editor = a.as_user(&ed);
+    let id: String = scalar(
+        &mut editor,
+        "SELECT udm_insert('product', '{\"name\": \"E\", \"cost\": 3}')->>'id'",
+    );
+    editor
+        .batch_execute(&format!(
+            "UPDATE \"{t}\".product SET price = 11 WHERE id = {}",
+            lit(&id)
+        ))
+        .unwrap();
+    editor
+        .batch_execute(&format!(
+            "DELETE FROM \"{t}\".product WHERE id = {}",
+            lit(&id)
+        ))
+        .unwrap();
+
+    // the custom role: may update, never sees or writes cost
+    let mut pricer = a.as_user(&pat);
+    let q = json(&mut pricer, "SELECT udm_query('product', '{}')");
+    let row = &q["rows"][0];
+    assert!(
+        row.get("price").is_some() && row.get("cost").is_none(),
+        "{q}"
+    );
+    let msg = expect_err(
+        &mut pricer,
+        "SELECT udm_query('product', '{\"columns\": [\"name\", \"cost\"]}')",
+        "42501",
+    );
+    assert!(
+        msg.contains("permission denied to read product.cost"),
+        "{msg}"
+    );
+    expect_err(
+        &mut pricer,
+        "SELECT udm_query('product', '{\"filters\": {\"cost\": {\"gt\": 1}}}')",
+        "42501",
+    );
+    let p1: String = scalar(
+        &mut pricer,
+        &format!("SELECT id::text FROM \"{t}\".product WHERE name = 'P1'"),
+    );
+    let g = json(
+        &mut pricer,
+        &format!("SELECT udm_get('product', {})", lit(&p1)),
+    );
+    assert!(g.get("cost").is_none() && g["name"] == "P1", "{g}");
+    pricer
+        .batch_execute(&format!(
+            "UPDATE \"{t}\".product SET price = 12 WHERE name = 'P1'"
+        ))
+        .unwrap();
+    let msg = expect_err(
+        &mut pricer,
+        &format!("UPDATE \"{t}\".product SET cost = 1 WHERE name = 'P1'"),
+        "42501",
+    );
+    assert!(
+        msg.contains("write field \"cost\" of product") && msg.contains("product.cost.write"),
+        "{msg}"
+    );
+    let u = json(
+        &mut pricer,
+        &format!(
+            "SELECT udm_update('product', {}, '{{\"price\": 13}}')",
+            lit(&p1)
+        ),
+    );
+    assert!(
+        u.get("cost").is_none() && u["price"].as_f64() == Some(13.0),
+        "{u}"
+    );
+    expect_err(
+        &mut pricer,
+        &format!("DELETE FROM \"{t}\".product"),
+        "42501",
+    );
+
+    // no member selected: nothing to see, nothing to write
+    let mut nobody = connect_as(&a.role);
+    nobody.query_one("SELECT udm_use($1)", &[&t]).unwrap();
+    assert_eq!(
+        scalar::<i64>(
+            &mut nobody,
+            &format!("SELECT count(*) FROM \"{t}\".product")
+        ),
+        0
+    );
+    let q = json(
+        &mut nobody,
+        "SELECT udm_query('product', '{\"count\": \"exact\"}')",
+    );
+    assert_eq!(q["count"], 0, "{q}");
+    let msg = expect_err(
+        &mut nobody,
+        &format!("INSERT INTO \"{t}\".product (name) VALUES ('N')"),
+        "42501",
+    );
+    assert!(
+        msg.contains("controls access and no member is selected"),
+        "{msg}"
+    );
+    // setting udm.user_id directly to a non-member grants nothing either
+    nobody
+        .batch_execute("SET udm.user_id = 'stranger@nowhere.test'")
+        .unwrap();
+    assert_eq!(
+        scalar::<i64>(
+            &mut nobody,
+            &format!("SELECT count(*) FROM \"{t}\".product")
+        ),
+        0
+    );
+}
+
+#[test]
+fn nobody_grants_more_than_they_have() {
+    let mut a = setup("acg");
+    product_entity(&mut a.app);
+    let (alice, mona, ed, x) = (
+        a.user("Alice"),
+        a.user("Mona"),
+        a.user("Ed"),
+        a.user("Xavier"),
+    );
+    a.add(&alice, "admin");
+    a.switch(&alice);
+    // a manager who may only read
+    json(
+        &mut a.app,
+        r#"SELECT udm_define_role('manager', 'viewer', '{"manage": true}')"#,
+    );
+    a.add(&mona, "manager");
+    a.add(&ed, "editor");
+    let mut editor = a.as_user(&ed);
+    let msg = expect_err(
+        &mut editor,
+        &format!(
+            "SELECT udm_add_member({}, {}, 'viewer')",
+            lit(&a.tenant),
+            lit(&x)
+        ),
+        "42501",
+    );
+    assert!(
+        msg.contains("may not add members (permission manage missing)"),
+        "{msg}"
+    );
+    let mut manager = a.as_user(&mona);
+    json(
+        &mut manager,
+        &format!(
+            "SELECT udm_add_member({}, {}, 'viewer')",
+            lit(&a.tenant),
+            lit(&x)
+        ),
+    );
+    let msg = expect_err(
+        &mut manager,
+        &format!(
+            "SELECT udm_add_member({}, {}, 'editor')",
+            lit(&a.tenant),
+            lit(&x)
+        ),
+        "42501",
+    );
+    assert!(
+        msg.contains("role \"editor\" would allow *.create") && msg.contains("does not have"),
+        "{msg}"
+    );
+    let msg = expect_err(
+        &mut manager,
+        r#"SELECT udm_define_role('sneaky', 'viewer', '{"entities": {"product": {"delete": true}}}')"#,
+        "42501",
+    );
+    assert!(msg.contains("would allow product.delete"), "{msg}");
+    // roles are checked against the tenant's entities and fields
+    let msg = expect_err(
+        &mut a.app,
+        r#"SELECT udm_define_role('r1', 'viewer', '{"entities": {"nope": {"read": true}}}')"#,
+        "42P01",
+    );
+    assert!(msg.contains("role \"r1\""), "{msg}");
+    expect_err(
+        &mut a.app,
+        r#"SELECT udm_define_role('r2', 'viewer', '{"entities": {"product": {"fields": {"nope": {"read": false}}}}}')"#,
+        "42703",
+    );
+    expect_err(
+        &mut a.app,
+        "SELECT udm_define_role('admin', 'viewer', '{}')",
+        "42710",
+    );
+    expect_err(
+        &mut a.app,
+        "SELECT udm_define_role('r3', 'nobody', '{}')",
+        "42704",
+    );
+    let roles = names(&mut a.app, "SELECT name FROM udm_roles() ORDER BY name");
+    assert_eq!(roles, ["admin", "editor", "manager", "viewer"]);
+    // the last admin stays
+    let msg = expect_err(
+        &mut a.app,
+        &format!(
+            "SELECT udm_remove_member({}, {})",
+            lit(&a.tenant),
+            lit(&alice)
+        ),
+        "55000",
+    );
+    assert!(msg.contains("last admin"), "{msg}");
+    json(
+        &mut a.app,
+        &format!("SELECT udm_remove_member({}, {})", lit(&a.tenant), lit(&x)),
+    );
+    expect_err(
+        &mut a.app,
+        &format!("SELECT udm_use({}, {})", lit(&a.tenant), lit(&x)),
+        "42501",
+    );
+    // member changes are audited
+    let n: i64 = scalar(
+        &mut a.app,
+        &format!(
+            "SELECT count(*) FROM \"{}\"._udm_audit WHERE entity = 'tenant#member'",
+            a.tenant
+        ),
+    );
+    assert_eq!(n, 5, "4 adds, 1 removal");
+}
+
+fn roadmap_entities(c: &mut postgres::Client) {
+    json(
+        c,
+        r#"SELECT udm_define_entity('roadmap', '{"fields": [
+            {"name": "name", "type": "text", "required": true},
+            {"name": "owner_id", "type": "user", "on_delete": "cascade"}],
+          "access": {"scope": "self", "owner": "owner_id"}}')"#,
+    );
+    json(
+        c,
+        r#"SELECT udm_define_entity('product', '{"fields": [
+            {"name": "name", "type": "text", "required": true},
+            {"name": "roadmap_id", "type": "relation", "target": "roadmap", "required": true, "on_delete": "cascade"}],
+          "access": {"scope": "roadmap_id"}, "lock": "roadmap_id"}')"#,
+    );
+    json(
+        c,
+        r#"SELECT udm_define_entity('link', '{"fields": [
+            {"name": "label", "type": "text"},
+            {"name": "product_id", "type": "relation", "target": "product", "on_delete": "cascade"}],
+          "access": {"scope": "product_id"}}')"#,
+    );
+}
+
+#[test]
+fn relation_tuples_decide_rows_and_flow_down_relations() {
+    let mut a = setup("act");
+    let t = a.tenant.clone();
+    roadmap_entities(&mut a.app);
+    let (alice, bob, carol) = (a.user("Alice"), a.user("Bob"), a.user("Carol"));
+    a.add(&alice, "admin");
+    a.switch(&alice);
+    a.add(&bob, "editor");
+    a.add(&carol, "viewer");
+    let mut bobc = a.as_user(&bob);
+    let mut carolc = a.as_user(&carol);
+    let r1: String = scalar(
+        &mut a.app,
+        "SELECT udm_insert('roadmap', '{\"name\": \"R1\"}')->>'id'",
+    );
+    let r2: String = scalar(
+        &mut bobc,
+        "SELECT udm_insert('roadmap', '{\"name\": \"R2\"}')->>'id'",
+    );
+    // the creator owns the roadmap
+    let owner: String = scalar(
+        &mut bobc,
+        &format!("SELECT udm_get('roadmap', {})->>'owner_id'", lit(&r2)),
+    );
+    let bob_id: String = scalar(
+        &mut bobc,
+        &format!(
+            "SELECT user_id::text FROM udm_members() WHERE email = {}",
+            lit(&bob)
+        ),
+    );
+    assert_eq!(owner, bob_id);
+    let p1: String = scalar(&mut a.app, &format!("SELECT udm_insert('product', jsonb_build_object('name', 'P1', 'roadmap_id', {}))->>'id'", lit(&r1)));
+    json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_insert('link', jsonb_build_object('label', 'L1', 'product_id', {}))",
+            lit(&p1)
+        ),
+    );
+    json(
+        &mut bobc,
+        &format!(
+            "SELECT udm_insert('product', jsonb_build_object('name', 'P2', 'roadmap_id', {}))",
+            lit(&r2)
+        ),
+    );
+    // bob may not put products into a roadmap he has no relation to
+    let msg = expect_err(
+        &mut bobc,
+        &format!(
+            "INSERT INTO \"{t}\".product (name, roadmap_id) VALUES ('X', {})",
+            lit(&r1)
+        ),
+        "42501",
+    );
+    assert!(
+        msg.contains(&format!("it needs editor on roadmap {r1}, and has none")),
+        "{msg}"
+    );
+
+    // rows: the tenant admin sees all, the owner his own, the viewer nothing yet
+    let all = format!("SELECT name FROM \"{t}\".roadmap ORDER BY name");
+    assert_eq!(names(&mut a.app, &all), ["R1", "R2"]);
+    assert_eq!(names(&mut bobc, &all), ["R2"]);
+    assert_eq!(
+        names(&mut bobc, &format!("SELECT name FROM \"{t}\".product")),
+        ["P2"]
+    );
+    assert!(names(&mut carolc, &all).is_empty());
+    assert_eq!(
+        json(&mut carolc, "SELECT udm_query('link', '{}')")["rows"],
+        json!([])
+    );
+
+    // a viewer tuple on R1 shows R1, its products and their links (levels flow down)
+    json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_grant({}, 'viewer', {})",
+            lit(&carol),
+            lit(&format!("roadmap:{r1}"))
+        ),
+    );
+    assert_eq!(names(&mut carolc, &all), ["R1"]);
+    assert_eq!(
+        names(&mut carolc, &format!("SELECT name FROM \"{t}\".product")),
+        ["P1"]
+    );
+    let q = json(&mut carolc, "SELECT udm_query('link', '{\"columns\": [\"label\", \"product_id.name\", \"product_id.roadmap_id.name\"]}')");
+    assert_eq!(
+        q["rows"],
+        json!([{"label": "L1", "product_id.name": "P1", "product_id.roadmap_id.name": "R1"}])
+    );
+    let agg = json(
+        &mut carolc,
+        "SELECT udm_aggregate('product', '{\"metrics\": [\"count\"]}')",
+    );
+    assert_eq!(agg["rows"][0]["count"], 1, "{agg}");
+    // ... but a viewer does not write or lock
+    let msg = expect_err(
+        &mut carolc,
+        &format!(
+            "UPDATE \"{t}\".product SET name = 'c' WHERE id = {}",
+            lit(&p1)
+        ),
+        "42501",
+    );
+    assert!(
+        msg.contains("it needs editor on roadmap") && msg.contains("has viewer"),
+        "{msg}"
+    );
+    let msg = expect_err(
+        &mut carolc,
+        &format!("SELECT udm_lock_acquire('product', {})", lit(&p1)),
+        "42501",
+    );
+    assert!(msg.contains("viewers may not"), "{msg}");
+    assert!(scalar::<bool>(
+        &mut carolc,
+        &format!(
+            "SELECT udm_check({}, 'viewer', {})",
+            lit(&carol),
+            lit(&format!("product:{p1}"))
+        )
+    ));
+    assert!(!scalar::<bool>(
+        &mut carolc,
+        &format!(
+            "SELECT udm_check({}, 'editor', {})",
+            lit(&carol),
+            lit(&format!("roadmap:{r1}"))
+        )
+    ));
+
+    // granting needs admin on the record: the owner has it, an editor does not
+    json(
+        &mut bobc,
+        &format!(
+            "SELECT udm_grant({}, 'editor', {})",
+            lit(&carol),
+            lit(&format!("roadmap:{r2}"))
+        ),
+    );
+    let msg = expect_err(
+        &mut bobc,
+        &format!(
+            "SELECT udm_grant({}, 'editor', {})",
+            lit(&carol),
+            lit(&format!("roadmap:{r1}"))
+        ),
+        "42501",
+    );
+    assert!(msg.contains("it needs admin on it, and has none"), "{msg}");
+    json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_grant({}, 'editor', {})",
+            lit(&bob),
+            lit(&format!("roadmap:{r1}"))
+        ),
+    );
+    let msg = expect_err(
+        &mut bobc,
+        &format!(
+            "SELECT udm_grant({}, 'viewer', {})",
+            lit(&carol),
+            lit(&format!("roadmap:{r1}"))
+        ),
+        "42501",
+    );
+    assert!(msg.contains("has editor"), "{msg}");
+    expect_err(
+        &mut bobc,
+        &format!(
+            "SELECT udm_grant({}, 'owner', {})",
+            lit(&carol),
+            lit(&format!("roadmap:{r2}"))
+        ),
+        "22023",
+    );
+
+    // carol, editor on R2 (a viewer by role): edits and locks there, deletes products, not the roadmap
+    assert_eq!(names(&mut carolc, &all), ["R1", "R2"]);
+    json(
+        &mut carolc,
+        &format!("SELECT udm_lock_acquire('roadmap', {})", lit(&r2)),
+    );
+    carolc
+        .batch_execute(&format!(
+            "UPDATE \"{t}\".product SET name = 'P2c' WHERE roadmap_id = {}",
+            lit(&r2)
+        ))
+        .unwrap();
+    let msg = expect_err(
+        &mut carolc,
+        &format!("DELETE FROM \"{t}\".roadmap WHERE id = {}", lit(&r2)),
+        "42501",
+    );
+    assert!(msg.contains("it needs admin on roadmap"), "{msg}");
+    carolc
+        .batch_execute(&format!(
+            "DELETE FROM \"{t}\".product WHERE roadmap_id = {}",
+            lit(&r2)
+        ))
+        .unwrap();
+    json(
+        &mut carolc,
+        &format!("SELECT udm_lock_release('roadmap', {})", lit(&r2)),
+    );
+    // moving a product into a roadmap one is not editor of is refused
+    let msg = expect_err(
+        &mut carolc,
+        &format!(
+            "UPDATE \"{t}\".product SET roadmap_id = {} WHERE id = {}",
+            lit(&r2),
+            lit(&p1)
+        ),
+        "42501",
+    );
+    assert!(
+        msg.contains(&format!("it needs editor on roadmap {r1}, and has viewer")),
+        "{msg}"
+    );
+
+    // revoked: gone again
+    json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_revoke({}, 'viewer', {})",
+            lit(&carol),
+            lit(&format!("roadmap:{r1}"))
+        ),
+    );
+    assert_eq!(names(&mut carolc, &all), ["R2"]);
+    expect_err(
+        &mut a.app,
+        &format!(
+            "SELECT udm_revoke({}, 'viewer', {})",
+            lit(&carol),
+            lit(&format!("roadmap:{r1}"))
+        ),
+        "42704",
+    );
+    // grants are audited; objects must exist and have an access scope
+    let n: i64 = scalar(
+        &mut a.app,
+        &format!("SELECT count(*) FROM \"{t}\"._udm_audit WHERE entity = 'roadmap#access'"),
+    );
+    assert_eq!(n, 4, "3 grants and a revoke");
+    expect_err(
+        &mut a.app,
+        &format!(
+            "SELECT udm_grant({}, 'viewer', 'roadmap:00000000-0000-0000-0000-000000000001')",
+            lit(&carol)
+        ),
+        "P0002",
+    );
+    expect_err(
+        &mut a.app,
+        &format!("SELECT udm_grant({}, 'viewer', 'roadmap')", lit(&carol)),
+        "22023",
+    );
+    // an access scope through a relation needs a target with a scope
+    let msg = expect_err(
+        &mut a.app,
+        r#"SELECT udm_define_entity('note', '{"fields": [{"name": "n", "type": "text"}, {"name": "x_id", "type": "relation", "target": "note2"}], "access": {"scope": "x_id"}}')"#,
+        "42P01",
+    );
+    assert!(msg.contains("note2"), "{msg}");
+    json(
+        &mut a.app,
+        r#"SELECT udm_define_entity('tag', '{"fields": [{"name": "n", "type": "text"}]}')"#,
+    );
+    let msg = expect_err(
+        &mut a.app,
+        r#"SELECT udm_define_entity('note', '{"fields": [{"name": "n", "type": "text"}, {"name": "tag_id", "type": "relation", "target": "tag"}], "access": {"scope": "tag_id"}}')"#,
+        "55000",
+    );
+    assert!(msg.contains("which has no access scope"), "{msg}");
+}

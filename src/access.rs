@@ -478,9 +478,16 @@ pub fn strip_hidden(
 
 // ------------------------------------------------------------------ record levels (ReBAC)
 
+/// (local transaction, command, levels by (user, entity, record))
+type LevelCache = (
+    u64,
+    u32,
+    HashMap<(pgrx::Uuid, String, pgrx::Uuid), Option<Level>>,
+);
+
 thread_local! {
     /// Levels found in the current command: (local transaction, command) and (user, entity, id) -> level.
-    static LEVELS: RefCell<(u64, u32, HashMap<(pgrx::Uuid, String, pgrx::Uuid), Option<Level>>)> =
+    static LEVELS: RefCell<LevelCache> =
         RefCell::new((0, 0, HashMap::new()));
 }
 
@@ -1281,7 +1288,7 @@ pub unsafe extern "C-unwind" fn udm_access_guard(
                 let col = |n: &str| e.def.field(n).map(|f| (f.column.clone(), f.target.clone()));
                 let need = |entity: &str, id: pgrx::Uuid, level: Level, verb: &str| {
                     let l = level_of(&t, user, entity, id).or_raise();
-                    if !l.is_some_and(|l| l >= level) {
+                    if l.is_none_or(|l| l < level) {
                         raise(denied(
                             &ctx.label(),
                             ctx.role.as_deref(),
@@ -1387,7 +1394,7 @@ fn udm_members() -> TableIterator<
     ),
 > {
     let rows = members().or_raise();
-    TableIterator::new(rows.into_iter())
+    TableIterator::new(rows)
 }
 
 fn members() -> Result<Vec<(pgrx::Uuid, String, String, String)>> {

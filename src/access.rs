@@ -533,7 +533,7 @@ fn level_uncached(
         return Ok(None);
     };
     let mut best: Option<Level> = None;
-    if t.relation(TUPLE_TABLE).is_some() {
+    if a.parent.is_none() && t.relation(TUPLE_TABLE).is_some() {
         let rel = as_owner(|| {
             crate::spi::select_one::<String>(
                 &format!(
@@ -850,9 +850,29 @@ pub fn roles() -> Result<Vec<RoleRow>> {
 // ------------------------------------------------------------------ relation tuples
 
 /// Resolves `entity:id` to a record of an entity with an access scope.
-fn object_of(t: &Tenant, object: &str) -> Result<(Rc<Entity>, pgrx::Uuid)> {
+/// `grantable`: the record must be a scope record (relations are granted there, records inside
+/// a scope inherit them).
+fn object_of(t: &Tenant, object: &str, grantable: bool) -> Result<(Rc<Entity>, pgrx::Uuid)> {
     let (entity, id) = parse_object(object)?;
     let e = catalog::entity(t, &entity)?;
+    if let Some(p) = e
+        .def
+        .access
+        .as_ref()
+        .and_then(|a| a.parent.as_deref())
+        .filter(|_| grantable)
+    {
+        let target = e
+            .def
+            .field(p)
+            .and_then(|f| f.target.clone())
+            .unwrap_or_default();
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("records of \"{entity}\" inherit their relations from \"{target}\" (through \"{p}\")"),
+        )
+        .hint(format!("grant on the {target} instead: '{target}:<id>'")));
+    }
     if e.def.access.is_none() {
         return Err(UdmError::new(
             SqlState::ObjectNotInPrerequisiteState,
@@ -928,7 +948,7 @@ pub fn grant(subject: &str, relation: &str, object: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
     let level = Level::parse(relation)?;
     let ctx = context(&t)?;
-    let (e, id) = object_of(&t, object)?;
+    let (e, id) = object_of(&t, object, true)?;
     require_granter(&t, &ctx, &e, id, level, "grant")?;
     let u = find_user(subject)?.ok_or_else(|| no_such_user(subject))?;
     if member_role(&t, u.0)?.is_none() {
@@ -970,7 +990,7 @@ pub fn revoke(subject: &str, relation: &str, object: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
     let level = Level::parse(relation)?;
     let ctx = context(&t)?;
-    let (e, id) = object_of(&t, object)?;
+    let (e, id) = object_of(&t, object, true)?;
     require_granter(&t, &ctx, &e, id, level, "revoke")?;
     let u = find_user(subject)?.ok_or_else(|| no_such_user(subject))?;
     let table = t.catalog(TUPLE_TABLE);
@@ -1020,7 +1040,7 @@ pub fn revoke(subject: &str, relation: &str, object: &str) -> Result<Value> {
 pub fn check(subject: &str, relation: &str, object: &str) -> Result<bool> {
     let t = catalog::current_tenant()?;
     let level = Level::parse(relation)?;
-    let (e, id) = object_of(&t, object)?;
+    let (e, id) = object_of(&t, object, false)?;
     let Some(u) = find_user(subject)? else {
         return Ok(false);
     };

@@ -154,10 +154,14 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
     };
     let me = format!("(SELECT udm.access_user({s}))");
     let mut fields = Vec::new();
-    let mut alts = vec![format!(
-        "\"id\" IN (SELECT \"object_id\" FROM {} WHERE \"object_entity\" = {e} AND \"subject\" = {me})",
-        qualified(ctx.schema, TUPLE_TABLE)
-    )];
+    let mut alts = Vec::new();
+    // relation tuples are on scope records; records inside a scope inherit from them
+    if a.parent.is_none() {
+        alts.push(format!(
+            "\"id\" IN (SELECT \"object_id\" FROM {} WHERE \"object_entity\" = {e} AND \"subject\" = {me})",
+            qualified(ctx.schema, TUPLE_TABLE)
+        ));
+    }
     if let Some(f) = a.owner.as_deref().and_then(|o| def.field(o)) {
         alts.push(format!("{} = {me}", quote_ident(&f.column)));
         fields.push(f.id);

@@ -747,6 +747,20 @@ fn relation_tuples_decide_rows_and_flow_down_relations() {
         ),
         "42704",
     );
+    // relations are granted on scope records; records inside inherit them
+    let msg = expect_err(
+        &mut a.app,
+        &format!(
+            "SELECT udm_grant({}, 'viewer', {})",
+            lit(&carol),
+            lit(&format!("product:{p1}"))
+        ),
+        "55000",
+    );
+    assert!(
+        msg.contains("inherit their relations from \"roadmap\""),
+        "{msg}"
+    );
     // grants are audited; objects must exist and have an access scope
     let n: i64 = scalar(
         &mut a.app,

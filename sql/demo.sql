@@ -1,5 +1,5 @@
 -- Demo data for `make run`: tenant "acme" with two related entities (category, product) and a
--- few rows. Loaded only when the tenant does not exist yet, so running `make run` again keeps
+-- few rows; tenant "studio" with a roadmap team (users, roles, relations, write locks). Loaded only when the tenant does not exist yet, so running `make run` again keeps
 -- whatever you changed.
 
 SELECT NOT EXISTS (SELECT 1 FROM udm_tenants() WHERE slug = 'acme') AS udm_demo_missing \gset
@@ -47,8 +47,56 @@ FROM (VALUES
 ) AS p(name, price, status, metadata, category, sample_date, release_date)
 JOIN acme.category c ON c.name = p.category;
 
+-- Tenant "studio": a roadmap team with users, roles, relations and write locks.
+SELECT udm_create_tenant('studio', 'Studio Roadmaps');
+SELECT udm_use('studio');
+SELECT udm_define_entity('roadmap', '{
+  "label": "Roadmap",
+  "fields": [
+    {"name": "name", "type": "text", "required": true, "min_length": 3, "max_length": 255},
+    {"name": "x_axis_mode", "type": "select", "values": ["time", "phase"], "default": "time", "required": true},
+    {"name": "y_axis_values", "type": "tags", "min_items": 1, "max_items": 15, "required": true},
+    {"name": "owner_id", "type": "user", "on_delete": "cascade"}],
+  "access": {"scope": "self", "owner": "owner_id"},
+  "lock": "self"}');
+SELECT udm_define_entity('product', '{
+  "label": "Product",
+  "fields": [
+    {"name": "codename", "type": "text", "required": true, "min_length": 2, "max_length": 100},
+    {"name": "part_number", "type": "text", "required": true, "unique": true, "min_length": 3, "max_length": 100},
+    {"name": "sample_date", "type": "date", "required": true},
+    {"name": "release_date", "type": "date", "required": true},
+    {"name": "roadmap_id", "type": "relation", "target": "roadmap", "required": true, "on_delete": "cascade"},
+    {"name": "x_position", "type": "text", "required": true, "max_length": 50},
+    {"name": "y_position", "type": "text", "required": true, "max_length": 100}],
+  "rules": [{"name": "sample_before_release", "check": "sample_date <= release_date",
+             "message": "sample date must be on or before release date"}],
+  "access": {"scope": "roadmap_id"},
+  "lock": {"scope": "roadmap_id", "required": true}}');
+SELECT udm_create_user('alice@studio.test', 'Alice Admin', 'alice-demo-password');
+SELECT udm_create_user('bob@studio.test', 'Bob Editor', 'bob-demo-password');
+SELECT udm_create_user('carol@studio.test', 'Carol Viewer', 'carol-demo-password');
+SELECT udm_add_member('studio', 'alice@studio.test', 'admin');
+SELECT udm_use('studio', 'alice@studio.test');
+SELECT udm_add_member('studio', 'bob@studio.test', 'editor');
+SELECT udm_add_member('studio', 'carol@studio.test', 'viewer');
+SELECT udm_insert('roadmap', '{"name": "Hardware 2027", "y_axis_values": ["Phones", "Tablets", "Wearables"]}');
+SELECT udm_grant('bob@studio.test', 'editor', 'roadmap:' || id),
+       udm_grant('carol@studio.test', 'viewer', 'roadmap:' || id)
+  FROM studio.roadmap WHERE name = 'Hardware 2027';
+SELECT udm_lock_acquire('roadmap', id) FROM studio.roadmap WHERE name = 'Hardware 2027';
+INSERT INTO studio.product (codename, part_number, sample_date, release_date, roadmap_id, x_position, y_position)
+SELECT p.codename, p.part_number, p.sample_date::date, p.release_date::date, r.id, p.x, p.y
+FROM (VALUES
+  ('Falcon', 'HW-1001', '2027-01-15', '2027-04-01', '2027-Q2', 'Phones'),
+  ('Heron', 'HW-1002', '2027-03-01', '2027-07-01', '2027-Q3', 'Tablets'),
+  ('Wren', 'HW-1003', '2027-05-01', '2027-10-01', '2027-Q4', 'Wearables')
+) AS p(codename, part_number, sample_date, release_date, x, y)
+CROSS JOIN studio.roadmap r WHERE r.name = 'Hardware 2027';
+SELECT udm_lock_release('roadmap', id) FROM studio.roadmap WHERE name = 'Hardware 2027';
+
 \o
-\echo 'demo loaded: tenant acme with entities category and product'
+\echo 'demo loaded: tenant acme (category, product) and tenant studio (roadmap, product; users alice, bob, carol @studio.test)'
 \else
 \echo 'demo already loaded (tenant acme exists)'
 \endif

@@ -114,7 +114,8 @@ fn main() {
         rows + rows / 10
     );
 
-    let cases: Vec<(&str, Box<dyn Fn(&str) -> Value>)> = vec![
+    type SpecOf = Box<dyn Fn(&str) -> Value>;
+    let cases: Vec<(&str, SpecOf)> = vec![
         (
             "page of 50 of the roadmap, status filter, sorted by price",
             Box::new(

@@ -51,12 +51,9 @@ fn ensure_tables(t: &Tenant) -> Result<()> {
     }
     let s = quote_ident(&t.schema);
     let r = quote_ident(&t.role);
-    as_owner(|| {
-        crate::spi::run(
-            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1))",
-            &[format!("udm access tables {}", t.schema).into()],
-        )?;
-        crate::spi::run(
+    crate::spi::create_on_first_use(
+        &t.schema,
+        "access tables",
             &format!(
                 "CREATE TABLE IF NOT EXISTS {s}.\"{MEMBER_TABLE}\" (\
                    user_id uuid PRIMARY KEY REFERENCES udm.app_user (id) ON DELETE CASCADE, \
@@ -82,9 +79,7 @@ fn ensure_tables(t: &Tenant) -> Result<()> {
                  CREATE INDEX IF NOT EXISTS \"_udm_tuple__subject__idx\" ON {s}.\"{TUPLE_TABLE}\" (subject, object_entity); \
                  GRANT SELECT ON {s}.\"{TUPLE_TABLE}\" TO {r};"
             ),
-            &[],
-        )
-    })
+    )
 }
 
 /// Switches access control on for the tenant: its entity tables get row-level security and the
@@ -944,6 +939,29 @@ fn require_granter(
     })
 }
 
+/// Audits a grant or revoke and says what changed.
+fn relation_changed(
+    t: &Tenant,
+    e: &Entity,
+    id: pgrx::Uuid,
+    user: &str,
+    level: Level,
+    action: &'static str,
+    done: &str,
+) -> Result<Value> {
+    audit_access(
+        t,
+        &format!("{}#access", e.def.slug),
+        id,
+        action,
+        json!({"user": user, "relation": level.name()}),
+    )?;
+    let mut out = json!({"subject": user, "relation": level.name(),
+                         "object": {"entity": e.def.slug, "id": id.to_string()}});
+    out[done] = json!(true);
+    Ok(out)
+}
+
 pub fn grant(subject: &str, relation: &str, object: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
     let level = Level::parse(relation)?;
@@ -974,16 +992,7 @@ pub fn grant(subject: &str, relation: &str, object: &str) -> Result<Value> {
             &[e.def.slug.as_str().into(), id.into(), u.0.into(), level.name().into(), actor.as_str().into()],
         )
     })?;
-    audit_access(
-        &t,
-        &format!("{}#access", e.def.slug),
-        id,
-        "GRANT",
-        json!({"user": u.1, "relation": level.name()}),
-    )?;
-    Ok(
-        json!({"subject": u.1, "relation": level.name(), "object": {"entity": e.def.slug, "id": id.to_string()}, "granted": true}),
-    )
+    relation_changed(&t, &e, id, &u.1, level, "GRANT", "granted")
 }
 
 pub fn revoke(subject: &str, relation: &str, object: &str) -> Result<Value> {
@@ -1025,16 +1034,7 @@ pub fn revoke(subject: &str, relation: &str, object: &str) -> Result<Value> {
         )
         .hint("udm_check tells which level a user has"));
     }
-    audit_access(
-        &t,
-        &format!("{}#access", e.def.slug),
-        id,
-        "REVOKE",
-        json!({"user": u.1, "relation": level.name()}),
-    )?;
-    Ok(
-        json!({"subject": u.1, "relation": level.name(), "object": {"entity": e.def.slug, "id": id.to_string()}, "revoked": true}),
-    )
+    relation_changed(&t, &e, id, &u.1, level, "REVOKE", "revoked")
 }
 
 pub fn check(subject: &str, relation: &str, object: &str) -> Result<bool> {

@@ -41,15 +41,11 @@ pub fn ensure_tables(t: &Tenant) -> Result<()> {
     }
     let s = quote_ident(&t.schema);
     let r = quote_ident(&t.role);
-    as_owner(|| {
-        // one creator at a time per tenant; the others find the tables made
-        crate::spi::run(
-            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1))",
-            &[format!("udm events tables {}", t.schema).into()],
-        )?;
-        crate::spi::run(
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {s}.\"{SUBSCRIPTIONS}\" (\
+    crate::spi::create_on_first_use(
+        &t.schema,
+        "events tables",
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {s}.\"{SUBSCRIPTIONS}\" (\
                    entity text NOT NULL, \
                    target text NOT NULL, \
                    actions text[] NOT NULL, \
@@ -64,10 +60,8 @@ pub fn ensure_tables(t: &Tenant) -> Result<()> {
                    acked_by text NOT NULL, \
                    acked_at timestamp with time zone NOT NULL DEFAULT now()); \
                  GRANT SELECT ON {s}.\"{CONSUMERS}\" TO {r};"
-            ),
-            &[],
-        )
-    })
+        ),
+    )
 }
 
 const SUBSCRIPTIONS: &str = "_udm_subscription";

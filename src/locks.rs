@@ -46,12 +46,9 @@ fn ensure_table(t: &Tenant) -> Result<()> {
     }
     let s = quote_ident(&t.schema);
     let r = quote_ident(&t.role);
-    as_owner(|| {
-        crate::spi::run(
-            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1))",
-            &[format!("udm lock table {}", t.schema).into()],
-        )?;
-        crate::spi::run(
+    crate::spi::create_on_first_use(
+        &t.schema,
+        "lock table",
             &format!(
                 "CREATE TABLE IF NOT EXISTS {s}.\"{LOCK_TABLE}\" (\
                    entity text NOT NULL, \
@@ -66,9 +63,7 @@ fn ensure_table(t: &Tenant) -> Result<()> {
                  GRANT SELECT ON {s}.\"{LOCK_TABLE}\" TO {r}; \
                  COMMENT ON TABLE {s}.\"{LOCK_TABLE}\" IS 'udm write locks (one row per locked scope record; written only by udm_lock_*)';"
             ),
-            &[],
-        )
-    })
+    )
 }
 
 // ------------------------------------------------------------------ scopes

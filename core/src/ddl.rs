@@ -374,29 +374,20 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
             fields: vec![f.id],
         });
     }
-    if f.is_many_to_one() {
-        let target = f.target.as_deref().unwrap_or_default();
+    // a many-to-one relation references its target entity, a user field udm's users
+    let referenced = if f.is_many_to_one() {
+        Some(ctx.table(f.target.as_deref().unwrap_or_default()))
+    } else {
+        (f.ftype == FieldType::User).then(|| "udm.app_user".to_string())
+    };
+    if let Some(table) = referenced {
         out.push(Artifact {
             key: format!("f{}.fkey", f.id),
             name: fkey_name(e, &f.name),
             kind: ArtifactKind::ForeignKey,
             table: e.clone(),
             body: format!(
-                "FOREIGN KEY ({col}) REFERENCES {} (\"id\") ON DELETE {}",
-                ctx.table(target),
-                f.on_delete().sql()
-            ),
-            fields: vec![f.id],
-        });
-    }
-    if f.ftype == FieldType::User {
-        out.push(Artifact {
-            key: format!("f{}.fkey", f.id),
-            name: fkey_name(e, &f.name),
-            kind: ArtifactKind::ForeignKey,
-            table: e.clone(),
-            body: format!(
-                "FOREIGN KEY ({col}) REFERENCES udm.app_user (\"id\") ON DELETE {}",
+                "FOREIGN KEY ({col}) REFERENCES {table} (\"id\") ON DELETE {}",
                 f.on_delete().sql()
             ),
             fields: vec![f.id],

@@ -109,9 +109,15 @@ pub fn init() {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let registry = REGISTRY_OID.with(|o| o.get());
-    if relid == pg_sys::InvalidOid || relid == registry {
+    if relid == pg_sys::InvalidOid {
         TENANTS_STALE.with(|s| s.set(true));
         STALE.with(|s| s.set(true));
+        return;
+    }
+    if relid == registry {
+        // a tenant came, went or changed: other tenants' definitions (and the plans built on
+        // them) stay; a dropped tenant's catalog table invalidates its own entries when it goes
+        TENANTS_STALE.with(|s| s.set(true));
         return;
     }
     let watched = WATCHED.with(|w| w.try_borrow().map(|w| w.contains(&relid)).unwrap_or(true));

@@ -84,6 +84,11 @@ CREATE FUNCTION udm.reference_on_delete() RETURNS trigger
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'udm_reference_on_delete';
 
+-- Constraint trigger of a rule over related records (on its table and the tables it reads).
+CREATE FUNCTION udm.rule_trigger() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'udm_rule_trigger';
+
 -- Refuses UPDATE/DELETE of records whose write-lock scope someone else holds.
 CREATE FUNCTION udm.lock_guard() RETURNS trigger
     LANGUAGE c

@@ -98,6 +98,7 @@ fn enable(t: &Tenant) -> Result<()> {
             schema: &t.schema,
             role: &t.role,
             access: true,
+            model: None,
         };
         let mut sql = String::new();
         for e in catalog::active_entities(t)? {

@@ -43,6 +43,7 @@ impl Tenant {
             schema: &self.schema,
             role: &self.role,
             access: self.access,
+            model: None,
         }
     }
 

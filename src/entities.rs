@@ -19,6 +19,7 @@ use udm_core::definition::{
 use udm_core::error::name_list;
 use udm_core::ident::{printable, qualified, quote_ident, validate_slug, SlugKind};
 use udm_core::locks::LockScope;
+use udm_core::related_rules::WithEntity;
 use udm_core::rules::{rename_in_rule, rule_fields};
 use udm_core::types::FieldType;
 
@@ -124,6 +125,24 @@ fn run_steps(entity: &str, steps: &[Step]) -> Result<()> {
                             format!("field \"{field}\" of entity \"{entity}\" cannot be required: {n} record(s) have no value"),
                         )
                         .hint(format!("fill them in first, e.g. UPDATE ... SET {} = ... WHERE {} IS NULL", quote_ident(column), quote_ident(column))));
+                    }
+                }
+                Step::RuleHolds { rule, sql } => {
+                    if let Some(id) = query_one::<String>(entity, sql)? {
+                        let t = catalog::current_tenant()?;
+                        let e = crate::triggers::rule_violation(
+                            &t.schema,
+                            entity,
+                            &format!("r.{rule}"),
+                        );
+                        return Err(UdmError {
+                            message: format!(
+                                "rule \"{rule}\" of entity \"{entity}\" does not hold for the records there: record {id} breaks it ({})",
+                                e.message
+                            ),
+                            ..e
+                        }
+                        .hint("fix that record (and any other) first, or change the rule"));
                     }
                 }
                 Step::DefaultCheck { field, sql } => {
@@ -244,7 +263,7 @@ fn default_needs_postgres(f: &FieldDef) -> bool {
 
 /// Literals in a definition (patterns, defaults, date bounds) are checked by PostgreSQL now, each
 /// error naming its field, rather than failing later inside some DDL statement.
-fn check_literals(def: &EntityDef) -> Result<()> {
+fn check_literals(ctx: &ddl::Ctx, def: &EntityDef) -> Result<()> {
     for f in &def.fields {
         let what = |part: &str| format!("entity \"{}\": field \"{}\": {part}", def.slug, f.name);
         if let Some(p) = f.pattern.as_deref() {
@@ -271,20 +290,29 @@ fn check_literals(def: &EntityDef) -> Result<()> {
         }
     }
     // Each rule runs once over a row of NULLs: its literals are cast and its types resolved.
-    let probe: Vec<String> = def
-        .fields
-        .iter()
-        .filter(|f| f.has_column())
-        .map(|f| format!("NULL::{} AS {}", f.pg_type(), quote_ident(&f.column)))
+    // (alias "t": rules over related records correlate their sub-selects with it)
+    let probe: Vec<String> = ["NULL::uuid AS \"id\"".to_string()]
+        .into_iter()
+        .chain(
+            def.fields
+                .iter()
+                .filter(|f| f.has_column())
+                .map(|f| format!("NULL::{} AS {}", f.pg_type(), quote_ident(&f.column))),
+        )
         .collect();
     for r in &def.rules {
         let context = format!("entity \"{}\", rule \"{}\"", def.slug, r.name);
-        let cond = udm_core::rules::compile_rule(def, &r.check).map_err(|e| e.context(&context))?;
+        let cond = match ddl::related_rule(ctx, def, &r.check).map_err(|e| e.context(&context))? {
+            Some(c) => c.condition,
+            None => {
+                udm_core::rules::compile_rule(def, &r.check).map_err(|e| e.context(&context))?
+            }
+        };
         if !udm_core::rules::has_string_literal(&r.check)? {
             continue; // numbers and fields are checked by the compiler; only string casts remain
         }
         let sql = format!(
-            "SELECT ({cond})::text FROM (SELECT {}) AS \"probe\"",
+            "SELECT ({cond})::text FROM (SELECT {}) AS \"t\"",
             probe.join(", ")
         );
         catch_pg(
@@ -293,6 +321,61 @@ fn check_literals(def: &EntityDef) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Rules of other entities that read `changed` (through relation paths) must still hold after
+/// the change (`after`; `None` when the entity goes away): a rule that would no longer compile
+/// refuses the change, and triggers whose SQL changes are rebuilt. Returns (drops, additions).
+fn dependent_rule_steps(
+    ctx: &ddl::Ctx,
+    changed: &str,
+    after: Option<&EntityDef>,
+) -> Result<(Vec<Step>, Vec<Step>)> {
+    let (mut drops, mut adds) = (Vec::new(), Vec::new());
+    let Some(model) = ctx.model else {
+        return Ok((drops, adds));
+    };
+    let tenant_after = WithEntity {
+        base: model,
+        slug: changed,
+        def: after,
+    };
+    let ctx_after = ddl::Ctx {
+        model: Some(&tenant_after),
+        ..ctx.clone()
+    };
+    for name in model.entity_names() {
+        let Some(def) = model
+            .entity(&name)
+            .filter(|d| d.slug != changed && !d.rules.is_empty())
+        else {
+            continue;
+        };
+        let before = ddl::rule_artifacts(ctx, def)?;
+        let now = ddl::rule_artifacts(&ctx_after, def).map_err(|e| {
+            UdmError::new(
+                SqlState::DependentObjectsStillExist,
+                format!(
+                    "entity \"{changed}\": this change would break a rule of {}",
+                    e.message
+                ),
+            )
+            .hint("change that rule first (udm_drop_rule, then udm_add_rule)")
+        })?;
+        let (d, a) = ddl::replace_artifacts(ctx, &before, &now);
+        drops.extend(d);
+        adds.extend(a);
+    }
+    Ok((drops, adds))
+}
+
+/// The triggers an entity's rules keep on other tables (they go with the entity when it is
+/// dropped, and come back when it is restored).
+fn foreign_rule_triggers(ctx: &ddl::Ctx, def: &EntityDef) -> Result<Vec<ddl::Artifact>> {
+    Ok(ddl::rule_artifacts(ctx, def)?
+        .into_iter()
+        .filter(|a| a.table != def.slug)
+        .collect())
 }
 
 fn uses_of_field(def: &EntityDef, field: &str) -> Result<Vec<String>> {
@@ -359,8 +442,15 @@ fn change(
         let new = build(&e.def, version)?;
         let fields: Vec<&FieldDef> = new.fields.iter().collect();
         check_targets(t, &new, &fields)?;
-        check_literals(&new)?;
-        let steps = ddl::plan_change(&t.ctx(), &e.def, &new)?;
+        let model = crate::query::definitions(t)?;
+        let ctx = ddl::Ctx {
+            model: Some(&*model),
+            ..t.ctx()
+        };
+        check_literals(&ctx, &new)?;
+        let (mut steps, dependent) = dependent_rule_steps(&ctx, slug, Some(&new))?;
+        steps.extend(ddl::plan_change(&ctx, &e.def, &new)?);
+        steps.extend(dependent);
         catalog::write_entity(t, slug, e.table_oid, Some(&new), version, "active", op)?;
         run_steps(slug, &steps)?;
         Ok(describe(t, &new, version, Status::Active))
@@ -405,8 +495,13 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
         let version = latest.map_or(1, |(v, _)| v + 1);
         let fields: Vec<&FieldDef> = def.fields.iter().collect();
         check_targets(&t, &def, &fields)?;
-        check_literals(&def)?;
-        let steps = ddl::create_entity(&t.ctx(), &def)?;
+        let model = crate::query::definitions(&t)?;
+        let ctx = ddl::Ctx {
+            model: Some(&*model),
+            ..t.ctx()
+        };
+        check_literals(&ctx, &def)?;
+        let steps = ddl::create_entity(&ctx, &def)?;
         catch_pg(
             || {
                 let op = json!({"op": "define_entity"});
@@ -832,11 +927,20 @@ pub fn drop_entity(entity: &str) -> Result<Value> {
         )
         .hint("remove those relation fields first with udm_remove_field"));
     }
+    let model = crate::query::definitions(&t)?;
+    let ctx = ddl::Ctx {
+        model: Some(&*model),
+        ..t.ctx()
+    };
+    // rules of other entities reading this one refuse the drop
+    dependent_rule_steps(&ctx, entity, None)?;
     let role = quote_ident(&t.role);
-    let steps: Vec<Step> = entity_tables(&t, &e.def)
+    let mut steps: Vec<Step> = entity_tables(&t, &e.def)
         .into_iter()
         .map(|tbl| Step::Sql(format!("REVOKE ALL ON {tbl} FROM {role}")))
         .collect();
+    let (drops, _) = ddl::replace_artifacts(&ctx, &foreign_rule_triggers(&ctx, &e.def)?, &[]);
+    steps.extend(drops);
     run_steps(entity, &steps)?;
     let version = e.version + 1;
     catalog::write_entity(
@@ -856,11 +960,26 @@ pub fn restore_entity(entity: &str) -> Result<Value> {
     let e = catalog::entity_for_update(&t, entity, Some(Status::Dropped))?;
     let fields: Vec<&FieldDef> = e.def.fields.iter().collect();
     check_targets(&t, &e.def, &fields)?;
-    let ctx = t.ctx();
+    let model = crate::query::definitions(&t)?;
+    let ctx = ddl::Ctx {
+        model: Some(&*model),
+        ..t.ctx()
+    };
     let mut steps: Vec<Step> = ddl::grant_sql(&ctx, &e.def, false)
         .into_iter()
         .map(Step::Sql)
         .collect();
+    let (_, adds) = ddl::replace_artifacts(&ctx, &[], &foreign_rule_triggers(&ctx, &e.def)?);
+    steps.extend(adds);
+    // while it was dropped, the records its rules read may have changed
+    for r in &e.def.rules {
+        if let Some(c) = ddl::related_rule(&ctx, &e.def, &r.check)? {
+            steps.push(Step::RuleHolds {
+                rule: r.name.clone(),
+                sql: udm_core::related_rules::existing_violators(&t.schema, entity, &c.condition),
+            });
+        }
+    }
     for tbl in entity_tables(&t, &e.def).into_iter().skip(1) {
         steps.push(Step::Sql(format!(
             "GRANT SELECT, INSERT, UPDATE, DELETE ON {tbl} TO {}",
@@ -897,7 +1016,12 @@ pub fn purge_entity(entity: &str, confirm: &str) -> Result<Value> {
     let e = catalog::entity_for_update(&t, entity, Some(Status::Dropped))?;
     let ctx = t.ctx();
     let mut steps = Vec::new();
-    for a in ddl::entity_artifacts(&ctx, &e.def)? {
+    // (the triggers of its rules on other tables went when it was dropped)
+    let without_rules = EntityDef {
+        rules: Vec::new(),
+        ..e.def.clone()
+    };
+    for a in ddl::entity_artifacts(&ctx, &without_rules)? {
         if a.table != entity {
             steps.push(Step::Sql(format!(
                 "DROP TRIGGER IF EXISTS {} ON {}",

@@ -82,6 +82,20 @@ pub fn model(t: &Tenant) -> Result<Rc<TenantModel>> {
         h.sort();
         format!("{}[-{}]", t.slug, h.join(","))
     };
+    build_model(t, hidden, key)
+}
+
+/// The tenant's model with every field, for definitions (rules over related records).
+pub fn definitions(t: &Tenant) -> Result<Rc<TenantModel>> {
+    sync_generation();
+    build_model(t, HashSet::new(), t.slug.clone())
+}
+
+fn build_model(
+    t: &Tenant,
+    hidden: HashSet<(String, String)>,
+    key: String,
+) -> Result<Rc<TenantModel>> {
     if let Some(m) = MODELS.with(|m| m.borrow().get(&key).cloned()) {
         return Ok(m);
     }

@@ -3,7 +3,7 @@
 //! polymorphic reference triggers. They hold every write to the rules, plain SQL included.
 
 use crate::catalog;
-use crate::error::{raise, spi_err, Result, SqlState, UdmError};
+use crate::error::{raise, spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::guc;
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
@@ -305,7 +305,7 @@ pub unsafe extern "C-unwind" fn udm_check_rule(fcinfo: pg_sys::FunctionCallInfo)
 }
 
 /// The error for a failed rule, worded from the entity's current definition.
-fn rule_violation(schema: &str, entity: &str, key: &str) -> UdmError {
+pub(crate) fn rule_violation(schema: &str, entity: &str, key: &str) -> UdmError {
     let fallback = || {
         UdmError::new(
             SqlState::CheckViolation,
@@ -503,5 +503,144 @@ pub unsafe extern "C-unwind" fn udm_reference_on_delete(
             }
         }
         pg_sys::Datum::from((*td).tg_trigtuple)
+    }
+}
+
+// ------------------------------------------------------------------ rules over related records
+
+finfo_v1!(pg_finfo_udm_rule_trigger);
+
+const MAX_RULE_PLANS: usize = 512;
+
+thread_local! {
+    /// Plans of rule probes by SQL text (the text names the tables, columns and condition, so a
+    /// changed rule is a new key; PostgreSQL re-plans a kept plan when a table it reads changes).
+    static RULE_PLANS: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<crate::rawspi::Plan>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn rule_plan(sql: &str) -> Result<std::rc::Rc<crate::rawspi::Plan>> {
+    if let Some(p) = RULE_PLANS.with(|c| c.borrow().get(sql).cloned()) {
+        return Ok(p);
+    }
+    let p = std::rc::Rc::new(crate::rawspi::prepare_typed(sql, &[pg_sys::UUIDOID])?);
+    RULE_PLANS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= MAX_RULE_PLANS {
+            c.clear();
+        }
+        c.insert(sql.to_string(), p.clone());
+    });
+    Ok(p)
+}
+
+/// Runs a probe statement with `key` as `$1`; returns the first column of its first row.
+fn run_probe(sql: &str, key: pg_sys::Datum) -> Result<Option<pg_sys::Datum>> {
+    let plan = rule_plan(sql)?;
+    let mut values = [key];
+    let nulls = [b' ' as std::os::raw::c_char];
+    crate::rawspi::first_datum_of(&plan, &mut values, &nulls, false)
+}
+
+/// `udm.rule_trigger(schema, entity, rule_key, [key_column, lock_sql, check_sql]...)`: the
+/// constraint trigger of a rule over related records, on the rule's own table and on every
+/// table the rule reads. For each probe, the changed row's key (new and old) is `$1`: the lock
+/// statement serialises competing writers, the check statement returns a record breaking the
+/// rule, which is refused in the rule's words.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_rule_trigger(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let td = trigger_data(fcinfo, "udm.rule_trigger");
+        let ev = (*td).tg_event;
+        if ev & pg_sys::TRIGGER_EVENT_ROW == 0
+            || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_AFTER
+        {
+            raise(UdmError::new(
+                SqlState::FeatureNotSupported,
+                "udm.rule_trigger() must be an AFTER ... FOR EACH ROW trigger",
+            ));
+        }
+        let args = trigger_args(td);
+        if args.len() < 6 || !(args.len() - 3).is_multiple_of(3) {
+            raise(UdmError::internal(
+                "udm.rule_trigger(): arguments are schema, entity, rule key and probes of three",
+            ));
+        }
+        let (schema, entity, key) = (&args[0], &args[1], &args[2]);
+        let op = ev & pg_sys::TRIGGER_EVENT_OPMASK;
+        let (new, old) = match op {
+            pg_sys::TRIGGER_EVENT_INSERT => ((*td).tg_trigtuple, std::ptr::null_mut()),
+            pg_sys::TRIGGER_EVENT_DELETE => (std::ptr::null_mut(), (*td).tg_trigtuple),
+            _ => ((*td).tg_newtuple, (*td).tg_trigtuple),
+        };
+        let rel = (*td).tg_relation;
+        let desc = (*rel).rd_att;
+        let (_, table) = relation_names(rel);
+        let key_of = |tup: pg_sys::HeapTuple, attr: i32| -> Option<pg_sys::Datum> {
+            if tup.is_null() {
+                return None;
+            }
+            let mut null = false;
+            let d = pg_sys::heap_getattr(tup, attr, desc, &mut null);
+            (!null).then_some(d)
+        };
+        crate::security::as_owner(|| {
+            for probe in args[3..].chunks(3) {
+                let (column, lock_sql, check_sql) = (&probe[0], &probe[1], &probe[2]);
+                let Some(attr) = attnum(desc, column) else {
+                    raise(UdmError::internal(format!(
+                        "udm.rule_trigger(): \"{table}\" has no column \"{column}\""
+                    )));
+                };
+                let mut keys = Vec::with_capacity(2);
+                if let Some(k) = key_of(new, attr) {
+                    keys.push(k);
+                }
+                if let Some(k) = key_of(old, attr) {
+                    let same = keys
+                        .first()
+                        .is_some_and(|n| uuid_bytes(*n) == uuid_bytes(k));
+                    if !same {
+                        keys.push(k);
+                    }
+                }
+                for k in keys {
+                    if !lock_sql.is_empty() {
+                        run_probe(lock_sql, k).or_raise();
+                    }
+                    if check_sql.is_empty() {
+                        continue;
+                    }
+                    // (the check statement returns the record's id as text)
+                    let Some(record) = run_probe(check_sql, k)
+                        .or_raise()
+                        .and_then(|d| String::from_datum(d, false))
+                    else {
+                        continue;
+                    };
+                    let e = rule_violation(schema, entity, key);
+                    let changed = pgrx::Uuid::from_bytes(uuid_bytes(k));
+                    let e = if table == *entity && column == "id" && record == changed.to_string() {
+                        UdmError {
+                            message: format!("{} ({entity} {record})", e.message),
+                            ..e
+                        }
+                    } else {
+                        UdmError {
+                            message: format!(
+                                "{}: this change to {table} (where {column} = {changed}) leaves {entity} {record} breaking it",
+                                e.message
+                            ),
+                            ..e
+                        }
+                    };
+                    raise(e);
+                }
+            }
+        });
+        pg_sys::Datum::from(0usize)
     }
 }

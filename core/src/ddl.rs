@@ -9,13 +9,15 @@ use crate::checks::{field_checks, text_array, typed_literal};
 use crate::definition::{EntityDef, FieldDef};
 use crate::error::{Result, SqlState, UdmError};
 use crate::ident::{fit_name, qualified, quote_ident, quote_literal, SYSTEM_COLUMNS};
+use crate::query::path::Model;
+use crate::related_rules::{self, CompiledRule, WithEntity};
 use crate::rules::compile_rule;
 use crate::types::FieldType;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Where the entity lives.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ctx<'a> {
     pub schema: &'a str,
     /// The tenant's role, which gets DML privileges on entity tables.
@@ -23,6 +25,20 @@ pub struct Ctx<'a> {
     /// Whether the tenant controls access by application users (it has members): entity tables
     /// then get row-level security and the access guard.
     pub access: bool,
+    /// The tenant's other entities, for rules that read related records (without them, rules
+    /// may use the entity's own fields only).
+    pub model: Option<&'a dyn Model>,
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("schema", &self.schema)
+            .field("role", &self.role)
+            .field("access", &self.access)
+            .field("model", &self.model.map(|m| m.entity_names()))
+            .finish()
+    }
 }
 
 impl Ctx<'_> {
@@ -83,6 +99,8 @@ pub enum Step {
     /// Evaluates a new field's rules on its default: all existing rows hold the default, so
     /// this proves the rule for the whole table without scanning it.
     DefaultCheck { field: String, sql: String },
+    /// After adding a rule over related records: returns the id of a record that breaks it.
+    RuleHolds { rule: String, sql: String },
 }
 
 // ------------------------------------------------------------------ names
@@ -446,19 +464,81 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
     out
 }
 
-/// All artifacts of an entity's active definition.
-pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
-    let mut out = Vec::new();
-    for f in &def.fields {
-        out.extend(field_artifacts(ctx, def, f));
+/// A rule compiled against the tenant, if it reads related records (`None` for a rule over the
+/// entity's own fields, which a CHECK constraint carries).
+pub fn related_rule(ctx: &Ctx, def: &EntityDef, check: &str) -> Result<Option<CompiledRule>> {
+    let Some(model) = ctx.model else {
+        return Ok(None);
+    };
+    let tenant = WithEntity {
+        base: model,
+        slug: &def.slug,
+        def: Some(def),
+    };
+    let c = related_rules::compile(&tenant, def, check)?;
+    Ok((!c.chains.is_empty()).then_some(c))
+}
+
+pub fn related_rule_trigger_name(entity: &str, rule: &str, own: bool) -> String {
+    fit_name(&format!(
+        "{entity}__{rule}__{}",
+        if own { "rule" } else { "recheck" }
+    ))
+}
+
+/// A rule over related records: a constraint trigger on the entity's table (key `r.<rule>`)
+/// and one on every table it reads (key `r.<rule>@<table>`).
+fn related_rule_artifacts(
+    ctx: &Ctx,
+    def: &EntityDef,
+    rule: &str,
+    c: &CompiledRule,
+    fields: &[u32],
+) -> Vec<Artifact> {
+    let key = format!("r.{rule}");
+    let own_columns = fields
+        .iter()
+        .filter_map(|id| def.field_by_id(*id))
+        .filter(|f| f.has_column())
+        .map(|f| f.column.clone())
+        .collect();
+    let own = related_rules::own_trigger(ctx.schema, def, c, own_columns);
+    let mut out = vec![Artifact {
+        key: key.clone(),
+        name: related_rule_trigger_name(&def.slug, rule, true),
+        kind: ArtifactKind::Trigger,
+        table: def.slug.clone(),
+        body: related_rules::trigger_body(ctx.schema, &def.slug, &key, &own),
+        fields: fields.to_vec(),
+    }];
+    for t in related_rules::recheck_triggers(ctx.schema, def, c) {
+        out.push(Artifact {
+            key: format!("{key}@{}", t.table),
+            name: related_rule_trigger_name(&def.slug, rule, false),
+            kind: ArtifactKind::Trigger,
+            table: t.table.clone(),
+            body: related_rules::trigger_body(ctx.schema, &def.slug, &key, &t),
+            fields: fields.to_vec(),
+        });
     }
+    out
+}
+
+/// The artifacts of an entity's rules: CHECK constraints, and triggers for rules over related
+/// records (some on the tables those rules read).
+pub fn rule_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
+    let mut out = Vec::new();
     for r in &def.rules {
-        let cond = compile_rule(def, &r.check)
-            .map_err(|e| e.context(format!("entity \"{}\", rule \"{}\"", def.slug, r.name)))?;
-        let fields = crate::rules::rule_fields(&r.check)?
+        let context = || format!("entity \"{}\", rule \"{}\"", def.slug, r.name);
+        let fields: Vec<u32> = crate::rules::rule_fields(&r.check)?
             .iter()
             .filter_map(|n| def.field(n).map(|f| f.id))
             .collect();
+        if let Some(related) = related_rule(ctx, def, &r.check).map_err(|e| e.context(context()))? {
+            out.extend(related_rule_artifacts(ctx, def, &r.name, &related, &fields));
+            continue;
+        }
+        let cond = compile_rule(def, &r.check).map_err(|e| e.context(context()))?;
         out.push(Artifact {
             key: format!("r.{}", r.name),
             name: rule_constraint_name(&def.slug, &r.name),
@@ -468,6 +548,16 @@ pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
             fields,
         });
     }
+    Ok(out)
+}
+
+/// All artifacts of an entity's active definition.
+pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
+    let mut out = Vec::new();
+    for f in &def.fields {
+        out.extend(field_artifacts(ctx, def, f));
+    }
+    out.extend(rule_artifacts(ctx, def)?);
     for i in &def.indexes {
         let mut cols = Vec::new();
         let mut ids = Vec::new();
@@ -573,6 +663,9 @@ fn add_artifact_sql(ctx: &Ctx, a: &Artifact, not_valid: bool) -> String {
         {
             format!("CREATE TRIGGER {name} {}", a.body)
         }
+        ArtifactKind::Trigger if a.key.starts_with("r.") => {
+            format!("CREATE CONSTRAINT TRIGGER {name} {}", a.body)
+        }
         ArtifactKind::Trigger => a.body.replace("{name}", &name),
         ArtifactKind::RowSecurity => format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY"),
         ArtifactKind::Policy => format!(
@@ -580,6 +673,25 @@ fn add_artifact_sql(ctx: &Ctx, a: &Artifact, not_valid: bool) -> String {
             a.body
         ),
     }
+}
+
+/// Steps that turn artifacts `before` into `after`: (drops, additions).
+pub fn replace_artifacts(
+    ctx: &Ctx,
+    before: &[Artifact],
+    after: &[Artifact],
+) -> (Vec<Step>, Vec<Step>) {
+    let drops = before
+        .iter()
+        .filter(|a| !after.contains(a))
+        .map(|a| Step::Sql(drop_artifact_sql(ctx, a)))
+        .collect();
+    let adds = after
+        .iter()
+        .filter(|a| !before.contains(a))
+        .map(|a| Step::Sql(add_artifact_sql(ctx, a, false)))
+        .collect();
+    (drops, adds)
 }
 
 fn drop_artifact_sql(ctx: &Ctx, a: &Artifact) -> String {
@@ -1056,6 +1168,7 @@ pub fn plan_change(ctx: &Ctx, old: &EntityDef, new: &EntityDef) -> Result<Vec<St
     let mut drops = Vec::new();
     let mut adds = Vec::new();
     let mut renames = Vec::new();
+    let mut rule_checks = Vec::new();
     let old_by_key: BTreeMap<&str, &Artifact> =
         old_arts.iter().map(|a| (a.key.as_str(), a)).collect();
     let new_by_key: BTreeMap<&str, &Artifact> =
@@ -1101,6 +1214,21 @@ pub fn plan_change(ctx: &Ctx, old: &EntityDef, new: &EntityDef) -> Result<Vec<St
                 });
             }
         }
+        if a.kind == ArtifactKind::Trigger && a.key.starts_with("r.") && !a.key.contains('@') {
+            // a trigger checks rows written from now on; the rows there are checked here
+            let name = &a.key[2..];
+            let r = new
+                .rules
+                .iter()
+                .find(|r| r.name == name)
+                .expect("the rule's artifact");
+            if let Some(c) = related_rule(ctx, new, &r.check)? {
+                rule_checks.push(Step::RuleHolds {
+                    rule: name.to_string(),
+                    sql: related_rules::existing_violators(ctx.schema, &new.slug, &c.condition),
+                });
+            }
+        }
         adds.push(Step::Sql(add_artifact_sql(ctx, a, not_valid)));
     }
 
@@ -1110,6 +1238,7 @@ pub fn plan_change(ctx: &Ctx, old: &EntityDef, new: &EntityDef) -> Result<Vec<St
     steps.extend(junction_steps);
     steps.extend(renames);
     steps.extend(adds);
+    steps.extend(rule_checks);
     steps.extend(grant_sql(ctx, new, false).into_iter().map(Step::Sql));
     Ok(steps)
 }
@@ -1142,6 +1271,7 @@ mod tests {
     use serde_json::json;
 
     const CTX: Ctx = Ctx {
+        model: None,
         access: false,
         schema: "acme",
         role: "tenant_acme",
@@ -1175,6 +1305,7 @@ mod tests {
                 Step::RequireEmpty { sql, .. } => format!("EMPTY {sql}"),
                 Step::RequireFilled { sql, .. } => format!("FILLED {sql}"),
                 Step::DefaultCheck { sql, .. } => format!("DEFAULT {sql}"),
+                Step::RuleHolds { sql, .. } => format!("HOLDS {sql}"),
             })
             .collect()
     }

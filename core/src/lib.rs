@@ -15,6 +15,7 @@ pub mod jsonb;
 pub mod locks;
 pub mod query;
 pub mod records;
+pub mod related_rules;
 pub mod rules;
 pub mod types;
 pub mod values;

@@ -289,6 +289,26 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// A path segment `phase[]` or `phase[roadmap_id]` (records pointing here), as one segment.
+    fn reverse_suffix(&mut self, seg: String) -> String {
+        match (
+            self.toks.get(self.pos).map(|t| &t.0),
+            self.toks.get(self.pos + 1).map(|t| &t.0),
+            self.toks.get(self.pos + 2).map(|t| &t.0),
+        ) {
+            (Some(Tok::LBracket), Some(Tok::RBracket), _) => {
+                self.pos += 2;
+                format!("{seg}[]")
+            }
+            (Some(Tok::LBracket), Some(Tok::Ident(f)), Some(Tok::RBracket)) => {
+                let s = format!("{seg}[{f}]");
+                self.pos += 3;
+                s
+            }
+            _ => seg,
+        }
+    }
+
     fn enter(&mut self) -> Result<()> {
         self.depth += 1;
         if self.depth > MAX_RULE_DEPTH {
@@ -515,13 +535,13 @@ impl<'a> Parser<'a> {
                     self.depth -= 1;
                     return Ok(Expr::Call { name: lower, args });
                 }
-                let mut path = vec![id];
+                let mut path = vec![self.reverse_suffix(id)];
                 while self.peek() == Some(&Tok::Dot) {
                     self.pos += 1;
                     match self.toks.get(self.pos).cloned() {
                         Some((Tok::Ident(seg), _)) => {
-                            path.push(seg);
                             self.pos += 1;
+                            path.push(self.reverse_suffix(seg));
                         }
                         _ => return Err(syntax(self.src, self.at(), "expected a name after '.'")),
                     }

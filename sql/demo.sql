@@ -50,29 +50,7 @@ JOIN acme.category c ON c.name = p.category;
 -- Tenant "studio": a roadmap team with users, roles, relations and write locks.
 SELECT udm_create_tenant('studio', 'Studio Roadmaps');
 SELECT udm_use('studio');
-SELECT udm_define_entity('roadmap', '{
-  "label": "Roadmap",
-  "fields": [
-    {"name": "name", "type": "text", "required": true, "min_length": 3, "max_length": 255},
-    {"name": "x_axis_mode", "type": "select", "values": ["time", "phase"], "default": "time", "required": true},
-    {"name": "y_axis_values", "type": "tags", "min_items": 1, "max_items": 15, "required": true},
-    {"name": "owner_id", "type": "user", "on_delete": "cascade"}],
-  "access": {"scope": "self", "owner": "owner_id"},
-  "lock": "self"}');
-SELECT udm_define_entity('product', '{
-  "label": "Product",
-  "fields": [
-    {"name": "codename", "type": "text", "required": true, "min_length": 2, "max_length": 100},
-    {"name": "part_number", "type": "text", "required": true, "unique": true, "min_length": 3, "max_length": 100},
-    {"name": "sample_date", "type": "date", "required": true},
-    {"name": "release_date", "type": "date", "required": true},
-    {"name": "roadmap_id", "type": "relation", "target": "roadmap", "required": true, "on_delete": "cascade"},
-    {"name": "x_position", "type": "text", "required": true, "max_length": 50},
-    {"name": "y_position", "type": "text", "required": true, "max_length": 100}],
-  "rules": [{"name": "sample_before_release", "check": "sample_date <= release_date",
-             "message": "sample date must be on or before release date"}],
-  "access": {"scope": "roadmap_id"},
-  "lock": {"scope": "roadmap_id", "required": true}}');
+SELECT udm_install_template('roadmap');
 SELECT udm_create_user('alice@studio.test', 'Alice Admin', 'alice-demo-password');
 SELECT udm_create_user('bob@studio.test', 'Bob Editor', 'bob-demo-password');
 SELECT udm_create_user('carol@studio.test', 'Carol Viewer', 'carol-demo-password');
@@ -85,18 +63,33 @@ SELECT udm_grant('bob@studio.test', 'editor', 'roadmap:' || id),
        udm_grant('carol@studio.test', 'viewer', 'roadmap:' || id)
   FROM studio.roadmap WHERE name = 'Hardware 2027';
 SELECT udm_lock_acquire('roadmap', id) FROM studio.roadmap WHERE name = 'Hardware 2027';
-INSERT INTO studio.product (codename, part_number, sample_date, release_date, roadmap_id, x_position, y_position)
-SELECT p.codename, p.part_number, p.sample_date::date, p.release_date::date, r.id, p.x, p.y
+INSERT INTO studio.product (codename, part_number, description, sample_date, release_date, roadmap_id, x_position, y_position)
+SELECT p.codename, p.part_number, p.description, p.sample_date::date, p.release_date::date, r.id, p.x, p.y
 FROM (VALUES
-  ('Falcon', 'HW-1001', '2027-01-15', '2027-04-01', '2027-Q2', 'Phones'),
-  ('Heron', 'HW-1002', '2027-03-01', '2027-07-01', '2027-Q3', 'Tablets'),
-  ('Wren', 'HW-1003', '2027-05-01', '2027-10-01', '2027-Q4', 'Wearables')
-) AS p(codename, part_number, sample_date, release_date, x, y)
+  ('Falcon', 'HW-1001', 'Flagship phone with a folding display', '2027-01-15', '2027-04-01', '2027-Q2', 'Phones'),
+  ('Heron', 'HW-1002', 'Ten-inch tablet for field technicians', '2027-03-01', '2027-07-01', '2027-Q3', 'Tablets'),
+  ('Wren', 'HW-1003', 'Fitness band with a week of battery', '2027-05-01', '2027-10-01', '2027-Q4', 'Wearables')
+) AS p(codename, part_number, description, sample_date, release_date, x, y)
 CROSS JOIN studio.roadmap r WHERE r.name = 'Hardware 2027';
 SELECT udm_lock_release('roadmap', id) FROM studio.roadmap WHERE name = 'Hardware 2027';
 
+SELECT udm_insert('roadmap', '{"name": "Services 2027", "x_axis_mode": "phase", "y_axis_type": "investment", "y_axis_values": ["Grow", "Sustain"]}');
+SELECT udm_lock_acquire('roadmap', id) FROM studio.roadmap WHERE name = 'Services 2027';
+INSERT INTO studio.phase (roadmap_id, name, sort_order, color)
+SELECT r.id, p.name, p.ord, p.color
+FROM (VALUES ('Concept', 0, '#9AA5B1'), ('Development', 1, '#3E7BFA'), ('Testing', 2, '#F7B500'),
+             ('Launch', 3, '#2EB67D'), ('Production', 4, '#6C5CE7')) AS p(name, ord, color)
+CROSS JOIN studio.roadmap r WHERE r.name = 'Services 2027';
+SELECT udm_insert('product', jsonb_build_object('codename', 'Care+', 'part_number', 'SV-2001',
+    'description', 'Extended care plan for all devices', 'sample_date', '2027-02-01', 'release_date', '2027-03-01',
+    'roadmap_id', id, 'x_position', 'Development', 'y_position', 'Grow'))
+  FROM studio.roadmap WHERE name = 'Services 2027';
+SELECT udm_insert('dashboard_link', jsonb_build_object('product_id', p.id, 'dashboard_type', 'sales',
+    'dashboard_id', 'sales-care-plus', 'label', 'Care+ sales'))
+  FROM studio.product p WHERE p.part_number = 'SV-2001';
+SELECT udm_lock_release('roadmap', id) FROM studio.roadmap WHERE name = 'Services 2027';
 \o
-\echo 'demo loaded: tenant acme (category, product) and tenant studio (roadmap, product; users alice, bob, carol @studio.test)'
+\echo 'demo loaded: tenant acme (category, product) and tenant studio (the roadmap template: roadmap, phase, product, dashboard_link; users alice, bob, carol @studio.test)'
 \else
 \echo 'demo already loaded (tenant acme exists)'
 \endif

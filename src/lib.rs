@@ -36,6 +36,7 @@ mod records;
 mod rowjson;
 mod security;
 mod spi;
+mod templates;
 mod tenants;
 mod triggers;
 

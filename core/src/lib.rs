@@ -17,6 +17,7 @@ pub mod query;
 pub mod records;
 pub mod related_rules;
 pub mod rules;
+pub mod templates;
 pub mod types;
 pub mod values;
 

@@ -124,6 +124,27 @@ fn hash_password(pw: &str) -> Result<String> {
     bcrypt::hash(pw.as_bytes(), cost).map_err(|e| UdmError::internal(format!("bcrypt failed: {e}")))
 }
 
+thread_local! {
+    /// (cost, hash) verified against when an email is unknown.
+    static STAND_IN_HASH: std::cell::RefCell<Option<(i32, String)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A bcrypt hash at the current cost, made once per backend.
+fn stand_in_hash() -> Result<String> {
+    let cost = crate::guc::BCRYPT_COST.get();
+    if let Some(h) = STAND_IN_HASH.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(k, _)| *k == cost)
+            .map(|(_, h)| h.clone())
+    }) {
+        return Ok(h);
+    }
+    let h = hash_password("udm: no such user")?;
+    STAND_IN_HASH.with(|c| *c.borrow_mut() = Some((cost, h.clone())));
+    Ok(h)
+}
+
 /// A registered user: (id, email, name).
 type UserRow = (pgrx::Uuid, String, String);
 
@@ -246,9 +267,14 @@ pub fn authenticate(email: &str, password: &str) -> Result<Option<Value>> {
             &[email.as_str().into()],
         )
     })?;
-    let ok = hash
-        .as_deref()
-        .is_some_and(|h| bcrypt::verify(password.as_bytes(), h).unwrap_or(false));
+    // An unknown email costs one bcrypt too, so the time taken does not tell which emails exist.
+    let ok = match hash.as_deref() {
+        Some(h) => bcrypt::verify(password.as_bytes(), h).unwrap_or(false),
+        None => {
+            let _ = bcrypt::verify(password.as_bytes(), &stand_in_hash()?);
+            false
+        }
+    };
     if !ok {
         return Ok(None);
     }
@@ -428,6 +454,20 @@ pub fn context(t: &Tenant) -> Result<Rc<AccessCtx>> {
     let ctx = Rc::new(ctx);
     CONTEXTS.with(|c| c.borrow_mut().1.insert(key, ctx.clone()));
     Ok(ctx)
+}
+
+/// Definition changes (entities, fields, rules, scopes, templates) need `manage` once the tenant
+/// controls access: otherwise a viewer could switch an entity's access scope off. Database-level
+/// udm admins always may.
+pub fn require_manage(t: &Tenant, what: &str) -> Result<()> {
+    if !t.access {
+        return Ok(());
+    }
+    let ctx = context(t)?;
+    if ctx.db_admin || ctx.perms.manages() {
+        return Ok(());
+    }
+    Err(denied(&ctx.label(), ctx.role.as_deref(), "manage", what))
 }
 
 /// (entity, field) pairs the session's role may not read.

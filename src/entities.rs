@@ -435,6 +435,7 @@ fn change(
     op: Value,
     build: impl FnOnce(&EntityDef, i32) -> Result<EntityDef>,
 ) -> Result<Value> {
+    crate::access::require_manage(t, &format!("change the definition of entity \"{slug}\""))?;
     // one switch to the owner for the whole change (the membership check came before)
     as_owner(|| {
         let e = catalog::entity_for_update(t, slug, Some(Status::Active))?;
@@ -459,6 +460,7 @@ fn change(
 
 pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
     let t = catalog::current_tenant()?;
+    crate::access::require_manage(&t, &format!("define entity \"{}\"", printable(slug)))?;
     as_owner(|| {
         let def = EntityDef::parse(slug, definition, Source::Caller)?;
         // No change lock here: two sessions defining the same name both try version n of it, and the
@@ -915,6 +917,7 @@ fn entity_tables(t: &Tenant, def: &EntityDef) -> Vec<String> {
 
 pub fn drop_entity(entity: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
+    crate::access::require_manage(&t, &format!("drop entity \"{}\"", printable(entity)))?;
     let e = catalog::entity_for_update(&t, entity, Some(Status::Active))?;
     let incoming = incoming_relations(&t, entity)?;
     if !incoming.is_empty() {
@@ -957,6 +960,7 @@ pub fn drop_entity(entity: &str) -> Result<Value> {
 
 pub fn restore_entity(entity: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
+    crate::access::require_manage(&t, &format!("restore entity \"{}\"", printable(entity)))?;
     let e = catalog::entity_for_update(&t, entity, Some(Status::Dropped))?;
     let fields: Vec<&FieldDef> = e.def.fields.iter().collect();
     check_targets(&t, &e.def, &fields)?;
@@ -1002,6 +1006,7 @@ pub fn restore_entity(entity: &str) -> Result<Value> {
 
 pub fn purge_entity(entity: &str, confirm: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
+    crate::access::require_manage(&t, &format!("purge entity \"{}\"", printable(entity)))?;
     if confirm != entity {
         return Err(UdmError::invalid(format!(
             "udm_purge_entity: confirm must repeat the entity name \"{}\", got \"{}\"",

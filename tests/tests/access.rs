@@ -798,3 +798,81 @@ fn relation_tuples_decide_rows_and_flow_down_relations() {
     );
     assert!(msg.contains("which has no access scope"), "{msg}");
 }
+
+#[test]
+fn refusals_of_users_members_and_access_scopes_name_what_is_wrong() {
+    let mut a = setup("acx");
+    let alice = a.user("Alice");
+    let bob = a.user("Bob");
+    // logging in with an unknown or malformed email gives nothing (and costs a bcrypt all the same)
+    for email in ["nobody@nowhere.test", "not an email"] {
+        let u: Option<Value> = scalar(
+            &mut a.app,
+            &format!("SELECT udm_authenticate({}, 'correct horse')", lit(email)),
+        );
+        assert_eq!(u, None, "{email}");
+    }
+    a.add(&alice, "admin");
+    a.switch(&alice);
+    a.add(&bob, "viewer");
+    // removing someone who is not a member
+    let carol = a.user("Carol");
+    let msg = expect_err(
+        &mut a.app,
+        &format!(
+            "SELECT udm_remove_member({}, {})",
+            lit(&a.tenant),
+            lit(&carol)
+        ),
+        "42704",
+    );
+    assert!(msg.contains("is not a member of tenant"), "{msg}");
+    expect_err(
+        &mut a.app,
+        &format!(
+            "SELECT udm_add_member({}, {}, 'overlord')",
+            lit(&a.tenant),
+            lit(&carol)
+        ),
+        "42704",
+    );
+    // once access control is on, only members who manage may register users
+    let mut b = a.as_user(&bob);
+    let msg = expect_err(
+        &mut b,
+        "SELECT udm_create_user('dave@acx.test', 'Dave', 'correct horse')",
+        "42501",
+    );
+    assert!(msg.contains("manage"), "{msg}");
+    // access scopes: the owner must be a user field, the scope a relation to a scoped entity
+    product_entity(&mut a.app);
+    let msg = expect_err(
+        &mut a.app,
+        r#"SELECT udm_set_access('product', '{"scope": "self", "owner": "name"}')"#,
+        "22023",
+    );
+    assert!(msg.contains("name"), "{msg}");
+    let msg = expect_err(
+        &mut a.app,
+        r#"SELECT udm_set_access('product', '{"scope": "nope"}')"#,
+        "42703",
+    );
+    assert!(msg.contains("nope"), "{msg}");
+    expect_err(
+        &mut a.app,
+        r#"SELECT udm_set_access('product', '{"scope": "self", "extra": 1}')"#,
+        "22023",
+    );
+    json(
+        &mut a.app,
+        r#"SELECT udm_set_access('product', '{"scope": "self"}')"#,
+    );
+    let msg = expect_err(
+        &mut a.app,
+        r#"SELECT udm_set_access('product', '{"scope": "self"}')"#,
+        "55000",
+    );
+    assert!(msg.contains("already has this access scope"), "{msg}");
+    // a viewer may not change definitions
+    expect_err(&mut b, r#"SELECT udm_set_access('product', null)"#, "42501");
+}

@@ -159,6 +159,26 @@ fn a_scope_lock_guards_plain_sql_and_udm_writes() {
         &format!("SELECT udm_lock_heartbeat('roadmap', {})", lit(&r1)),
         "55P03",
     );
+    // a heartbeat for a scope nobody locked, and locks on records that do not exist
+    let msg = expect_err(
+        &mut bob,
+        &format!("SELECT udm_lock_heartbeat('roadmap', {})", lit(&r2)),
+        "P0002",
+    );
+    assert!(
+        msg.contains("there is no lock on roadmap") && msg.contains("udm_lock_acquire"),
+        "{msg}"
+    );
+    expect_err(
+        &mut bob,
+        "SELECT udm_lock_acquire('product', '00000000-0000-4000-8000-00000000dead')",
+        "P0002",
+    );
+    expect_err(
+        &mut bob,
+        "SELECT udm_lock_status('nope', gen_random_uuid())",
+        "42P01",
+    );
 
     // the holder writes; a heartbeat and a repeated acquire renew
     alice

@@ -35,6 +35,7 @@ finfo_v1!(pg_finfo_udm_may_read_all);
 finfo_v1!(pg_finfo_udm_may_read_scoped);
 finfo_v1!(pg_finfo_udm_access_user);
 finfo_v1!(pg_finfo_udm_access_guard);
+finfo_v1!(pg_finfo_udm_id_in);
 
 const MEMBER_TABLE: &str = "_udm_member";
 const ROLE_TABLE: &str = "_udm_role";
@@ -1105,6 +1106,102 @@ fn read_flags(schema: &str, entity: &str) -> Result<(bool, bool)> {
     let ctx = context(&t)?;
     let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
     Ok((ctx.sees_all(&e), ctx.user.is_some()))
+}
+
+/// A sorted copy of the `uuid[]` an expression passes to `udm.id_in`, made once per query (the
+/// list comes from an InitPlan, so every row passes the same array).
+struct IdSet {
+    /// The array datum it was made from: its address and size, and its first and last 16 bytes
+    /// (an InitPlan's array is the same datum for every row of a query).
+    source: IdSetSource,
+    ids: Vec<[u8; 16]>,
+}
+
+#[derive(PartialEq, Eq)]
+struct IdSetSource(usize, usize, [u8; 16], [u8; 16]);
+
+unsafe fn id_set_source(d: pg_sys::Datum) -> IdSetSource {
+    unsafe {
+        let p = d.cast_mut_ptr::<u8>();
+        let size = pgrx::varlena::varsize_any(p as *const pg_sys::varlena);
+        let mut first = [0u8; 16];
+        let mut last = [0u8; 16];
+        let k = size.min(16);
+        std::ptr::copy_nonoverlapping(p, first.as_mut_ptr(), k);
+        std::ptr::copy_nonoverlapping(p.add(size - k), last.as_mut_ptr(), k);
+        IdSetSource(p as usize, size, first, last)
+    }
+}
+
+unsafe fn id_set_of(d: pg_sys::Datum) -> IdSet {
+    unsafe {
+        let source = id_set_source(d);
+        let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+        let mut elems: *mut pg_sys::Datum = std::ptr::null_mut();
+        let mut nulls: *mut bool = std::ptr::null_mut();
+        let mut n: i32 = 0;
+        pg_sys::deconstruct_array(
+            arr,
+            pg_sys::UUIDOID,
+            16,
+            false,
+            b'c' as std::os::raw::c_char,
+            &mut elems,
+            &mut nulls,
+            &mut n,
+        );
+        let mut ids = Vec::with_capacity(n as usize);
+        for i in 0..n as usize {
+            if !*nulls.add(i) {
+                ids.push(crate::triggers::uuid_bytes(*elems.add(i)));
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        IdSet { source, ids }
+    }
+}
+
+unsafe extern "C-unwind" fn free_id_set(arg: *mut std::os::raw::c_void) {
+    unsafe { drop(Box::from_raw(arg as *mut IdSet)) }
+}
+
+/// `udm.id_in(id, ids)`: whether `id` is in `ids`. Row-level security policies test each row's
+/// scope against the scope records the reader may see; the list is sorted once per query (kept
+/// with the expression, freed with the query's memory), then each row costs a binary search,
+/// so readers of thousands of scope records pay little more than readers of one.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_id_in(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let args = (*fcinfo).args.as_slice(2);
+        let needle = crate::triggers::uuid_bytes(args[0].value);
+        let flinfo = (*fcinfo).flinfo;
+        let mut set = (*flinfo).fn_extra as *mut IdSet;
+        if set.is_null() || (*set).source != id_set_source(args[1].value) {
+            if set.is_null() {
+                set = Box::into_raw(Box::new(id_set_of(args[1].value)));
+                // the set goes when the query's memory does
+                let cb = pg_sys::MemoryContextAllocZero(
+                    (*flinfo).fn_mcxt,
+                    std::mem::size_of::<pg_sys::MemoryContextCallback>(),
+                ) as *mut pg_sys::MemoryContextCallback;
+                (*cb).func = Some(free_id_set);
+                (*cb).arg = set as *mut std::os::raw::c_void;
+                pg_sys::MemoryContextRegisterResetCallback((*flinfo).fn_mcxt, cb);
+                (*flinfo).fn_extra = set as *mut std::os::raw::c_void;
+            } else {
+                *set = id_set_of(args[1].value);
+            }
+        }
+        let ids = &(*set).ids;
+        let found = if ids.len() <= 8 {
+            ids.contains(&needle)
+        } else {
+            ids.binary_search(&needle).is_ok()
+        };
+        pg_sys::Datum::from(found)
+    }
 }
 
 /// `udm.may_read_all(schema, entity)`: the session sees every row of the entity.

@@ -123,7 +123,11 @@ pub fn compiled(
         return Ok((c, true));
     }
     let template = build()?;
-    let plan = rawspi::prepare_query(&template.sql, template.params.len())?;
+    let plan = if template.plan_per_call {
+        rawspi::prepare_query_per_call(&template.sql, template.params.len())?
+    } else {
+        rawspi::prepare_query(&template.sql, template.params.len())?
+    };
     let c = Rc::new(Compiled { template, plan });
     TEMPLATES.with(|t| {
         let mut t = t.borrow_mut();

@@ -65,6 +65,15 @@ pub fn prepare_query(sql: &str, nargs: usize) -> Result<Plan> {
     )
 }
 
+/// Like `prepare_query`, planned for the values of each call (`CURSOR_OPT_CUSTOM_PLAN`).
+pub fn prepare_query_per_call(sql: &str, nargs: usize) -> Result<Plan> {
+    prepare_with(
+        sql,
+        &vec![pg_sys::TEXTOID; nargs],
+        (pg_sys::CURSOR_OPT_PARALLEL_OK | pg_sys::CURSOR_OPT_CUSTOM_PLAN) as i32,
+    )
+}
+
 fn prepare_with(sql: &str, types: &[pg_sys::Oid], options: i32) -> Result<Plan> {
     let parallel = options & pg_sys::CURSOR_OPT_PARALLEL_OK as i32 != 0;
     let nargs = types.len();

@@ -39,6 +39,7 @@ fn plan_for(
                 nargs
             ],
             computed: vec![],
+            plan_per_call: false,
         })
     })
     .map(|(c, _)| c)
@@ -255,6 +256,7 @@ pub fn get(
                         "id",
                     )],
                     computed: vec![],
+                    plan_per_call: false,
                 })
             })?;
             rawspi::first_datum(&c.plan, &[Some(id.to_string())], true)

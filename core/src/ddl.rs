@@ -173,10 +173,14 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
     let me = format!("(SELECT udm.access_user({s}))");
     let mut fields = Vec::new();
     let mut alts = Vec::new();
-    // relation tuples are on scope records; records inside a scope inherit from them
+    // Relation tuples are on scope records; records inside a scope inherit from them. The
+    // records a reader may see are collected once per query into an array (an InitPlan), and
+    // each row is tested with `udm.id_in` (a binary search over a copy sorted once), which
+    // parallel workers can run too (a hashed sub-select is kept to the leader, and `= ANY`
+    // searches the array from its start for every row).
     if a.parent.is_none() {
         alts.push(format!(
-            "\"id\" IN (SELECT \"object_id\" FROM {} WHERE \"object_entity\" = {e} AND \"subject\" = {me})",
+            "udm.id_in(\"id\", ARRAY(SELECT \"object_id\" FROM {} WHERE \"object_entity\" = {e} AND \"subject\" = {me}))",
             qualified(ctx.schema, TUPLE_TABLE)
         ));
     }
@@ -186,7 +190,7 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
     }
     if let Some(f) = a.parent.as_deref().and_then(|p| def.field(p)) {
         alts.push(format!(
-            "{} IN (SELECT \"id\" FROM {})",
+            "udm.id_in({}, ARRAY(SELECT \"id\" FROM {}))",
             quote_ident(&f.column),
             ctx.table(f.target.as_deref().unwrap_or_default())
         ));

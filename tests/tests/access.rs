@@ -876,3 +876,32 @@ fn refusals_of_users_members_and_access_scopes_name_what_is_wrong() {
     // a viewer may not change definitions
     expect_err(&mut b, r#"SELECT udm_set_access('product', null)"#, "42501");
 }
+
+#[test]
+fn id_in_finds_ids_in_short_and_long_lists() {
+    let mut c = admin();
+    // short lists are searched in order, long ones through a sorted copy made once per query
+    for n in [1, 8, 9, 500] {
+        let (hits, misses): (i64, i64) = {
+            let row = c
+                .query_one(
+                    &format!(
+                        "WITH ids AS (SELECT md5(i::text)::uuid AS id FROM generate_series(1, {n}) i),
+                              list AS (SELECT array_agg(id) || ARRAY[NULL::uuid, (SELECT id FROM ids ORDER BY id LIMIT 1)] AS a FROM ids),
+                              probe AS (SELECT md5(i::text)::uuid AS id, i <= {n} AS member FROM generate_series(1, 2 * {n}) i)
+                         SELECT count(*) FILTER (WHERE member AND udm.id_in(p.id, l.a)),
+                                count(*) FILTER (WHERE NOT member AND NOT udm.id_in(p.id, l.a))
+                         FROM probe p, list l"
+                    ),
+                    &[],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        assert_eq!((hits, misses), (n, n), "list of {n}");
+    }
+    let null: Option<bool> = scalar(&mut c, "SELECT udm.id_in(NULL, ARRAY[gen_random_uuid()])");
+    assert_eq!(null, None);
+    let empty: bool = scalar(&mut c, "SELECT udm.id_in(gen_random_uuid(), '{}'::uuid[])");
+    assert!(!empty);
+}

@@ -13,6 +13,8 @@ use udm_bench::*;
 
 const DB: &str = "bench_access";
 const APP: &str = "bench_access_app";
+/// Roadmaps without products besides the 20 (the "wide" reader has relations to all of them).
+const WIDE: i64 = 2000;
 
 fn connect_as(user: &str) -> Client {
     let host = std::env::var("BENCH_HOST")
@@ -41,6 +43,7 @@ fn tenant(c: &mut Client, slug: &str, rows: i64) {
              "access": {{"scope": "roadmap_id"}}}}');
            SELECT udm_add_index('product', ARRAY['price', 'id']);
            INSERT INTO {slug}.roadmap (name) SELECT 'roadmap ' || i FROM generate_series(1, 20) i;
+           INSERT INTO {slug}.roadmap (name) SELECT 'extra ' || i FROM generate_series(1, {WIDE}) i;
            INSERT INTO {slug}.product (name, price, status, roadmap_id)
              SELECT 'product ' || i, (i % 100000) / 100.0, (ARRAY['draft', 'active', 'active', 'retired'])[1 + i % 4],
                     (SELECT id FROM {slug}.roadmap WHERE name = 'roadmap 1')
@@ -87,9 +90,15 @@ fn main() {
          SELECT udm_create_user('viewer@bench.test', 'Viewer', 'bench password');
          SELECT udm_add_member('rls_on', 'admin@bench.test', 'admin');
          SELECT udm_add_member('rls_on', 'viewer@bench.test', 'viewer');
-         SELECT udm_grant('viewer@bench.test', 'viewer', 'roadmap:' || (SELECT id FROM rls_on.roadmap WHERE name = 'roadmap 1'));",
+         SELECT udm_grant('viewer@bench.test', 'viewer', 'roadmap:' || (SELECT id FROM rls_on.roadmap WHERE name = 'roadmap 1'));
+         SELECT udm_create_user('wide@bench.test', 'Wide', 'bench password');
+         SELECT udm_add_member('rls_on', 'wide@bench.test', 'viewer');
+         SELECT count(udm_grant('wide@bench.test', 'viewer', 'roadmap:' || id)) FROM rls_on.roadmap;",
     )
     .unwrap();
+    let mut wide = connect_as(APP);
+    wide.batch_execute("SELECT udm_use('rls_on', 'wide@bench.test')")
+        .unwrap();
     let mut on = connect_as(APP);
     on.batch_execute("SELECT udm_use('rls_on', 'viewer@bench.test')")
         .unwrap();
@@ -129,12 +138,27 @@ fn main() {
             ),
         ),
     ];
+    // the same count over the whole tenant, for a reader with relations to every roadmap (2,020:
+    // each row's roadmap is looked up among them)
+    let wide_spec: SpecOf = Box::new(
+        |_: &str| json!({"columns": ["name", "price"], "filters": {"status": "active"}, "sort": ["price"], "limit": 50, "count": "exact"}),
+    );
+    let cases: Vec<(&str, SpecOf, bool)> = cases
+        .into_iter()
+        .map(|(n, s)| (n, s, false))
+        .chain([(
+            "exact count of the tenant, a reader of 2,020 roadmaps",
+            wide_spec,
+            true,
+        )])
+        .collect();
     let mut summary = Vec::new();
-    for (name, spec) in &cases {
+    for (name, spec, is_wide) in &cases {
         header(name);
         let s_on = spec(&r_on);
         let s_off = spec(&r_off);
         let q = "SELECT udm_query('product', $1)";
+        let on = if *is_wide { &mut wide } else { &mut on };
         let a: Value = on.query_one(q, &[&s_on]).unwrap().get(0);
         let b: Value = off.query_one(q, &[&s_off]).unwrap().get(0);
         let same = a["rows"].as_array().map(Vec::len) == b["rows"].as_array().map(Vec::len)

@@ -405,6 +405,7 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
         sql,
         params: params.0,
         computed: vec![],
+        plan_per_call: true,
     })
 }
 

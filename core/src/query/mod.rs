@@ -86,6 +86,11 @@ pub struct Template {
     /// Statements the executor runs first to compute `Source::Computed` values
     /// (e.g. `EXPLAIN` for an estimated count), each with the same parameters.
     pub computed: Vec<Computed>,
+    /// Planned for the values of each call rather than once: statements that visit every
+    /// matching row (exact counts, aggregates, kanban counts), where planning costs little next
+    /// to running, and a plan made for average values can be far off for skewed ones (a roadmap
+    /// holding most products).
+    pub plan_per_call: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1027,6 +1032,7 @@ pub fn image_condition(model: &dyn Model, entity: &str, condition: &Value) -> Re
         ),
         params: params.0,
         computed: vec![],
+        plan_per_call: false,
     })
 }
 
@@ -1138,6 +1144,7 @@ mod tests {
                 ),
             ],
             computed: vec![],
+            plan_per_call: false,
         };
         let ok = bind(
             &json!({"filters": {"price": 5}, "limit": 20, "q": "50%_off"}),

@@ -183,6 +183,7 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
     if !p.distinct {
         pairs.push(next_cursor(&p.limit, &p.sig));
     }
+    let plan_per_call = count.is_some() && computed.is_empty();
     if let Some(c) = count {
         pairs.push(("count".into(), c));
     }
@@ -191,6 +192,7 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
         sql,
         params: params.0,
         computed,
+        plan_per_call,
     })
 }
 

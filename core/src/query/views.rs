@@ -56,6 +56,7 @@ fn table(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Te
         sql: format!("SELECT {} FROM ({}) q", json_object(&pairs), p.inner),
         params: params.0,
         computed,
+        plan_per_call: true,
     })
 }
 
@@ -137,6 +138,7 @@ fn kanban(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<T
         sql,
         params: params.0,
         computed: vec![],
+        plan_per_call: true,
     })
 }
 
@@ -231,6 +233,7 @@ fn tree(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Tem
         sql,
         params: params.0,
         computed: vec![],
+        plan_per_call: false,
     })
 }
 
@@ -418,6 +421,7 @@ fn gantt(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Te
         sql,
         params: params.0,
         computed: vec![],
+        plan_per_call: false,
     })
 }
 
@@ -481,6 +485,7 @@ fn dropdown(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result
         sql,
         params: params.0,
         computed: vec![],
+        plan_per_call: false,
     })
 }
 
@@ -524,6 +529,7 @@ fn breadcrumb(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Resu
         sql,
         params: params.0,
         computed: vec![],
+        plan_per_call: false,
     })
 }
 

@@ -95,11 +95,12 @@ fn enable(t: &Tenant) -> Result<()> {
             "UPDATE udm.tenant SET access = true WHERE slug = $1",
             &[t.slug.as_str().into()],
         )?;
+        let model = crate::query::definitions(t)?;
         let ctx = udm_core::ddl::Ctx {
             schema: &t.schema,
             role: &t.role,
             access: true,
-            model: None,
+            model: Some(&*model),
         };
         let mut sql = String::new();
         for e in catalog::active_entities(t)? {

@@ -323,10 +323,11 @@ fn check_literals(ctx: &ddl::Ctx, def: &EntityDef) -> Result<()> {
     Ok(())
 }
 
-/// Rules of other entities that read `changed` (through relation paths) must still hold after
-/// the change (`after`; `None` when the entity goes away): a rule that would no longer compile
-/// refuses the change, and triggers whose SQL changes are rebuilt. Returns (drops, additions).
-fn dependent_rule_steps(
+/// Other entities' artifacts that read `changed` — rules over relation paths, access policies
+/// written against a scope root — must still hold after the change (`after`; `None` when the
+/// entity goes away): a rule that would no longer compile refuses the change, and triggers and
+/// policies whose SQL changes are rebuilt. Returns (drops, additions).
+fn dependent_steps(
     ctx: &ddl::Ctx,
     changed: &str,
     after: Option<&EntityDef>,
@@ -347,12 +348,12 @@ fn dependent_rule_steps(
     for name in model.entity_names() {
         let Some(def) = model
             .entity(&name)
-            .filter(|d| d.slug != changed && !d.rules.is_empty())
+            .filter(|d| d.slug != changed && (!d.rules.is_empty() || d.access.is_some()))
         else {
             continue;
         };
-        let before = ddl::rule_artifacts(ctx, def)?;
-        let now = ddl::rule_artifacts(&ctx_after, def).map_err(|e| {
+        let before = ddl::cross_entity_artifacts(ctx, def)?;
+        let now = ddl::cross_entity_artifacts(&ctx_after, def).map_err(|e| {
             UdmError::new(
                 SqlState::DependentObjectsStillExist,
                 format!(
@@ -449,7 +450,7 @@ fn change(
             ..t.ctx()
         };
         check_literals(&ctx, &new)?;
-        let (mut steps, dependent) = dependent_rule_steps(&ctx, slug, Some(&new))?;
+        let (mut steps, dependent) = dependent_steps(&ctx, slug, Some(&new))?;
         steps.extend(ddl::plan_change(&ctx, &e.def, &new)?);
         steps.extend(dependent);
         catalog::write_entity(t, slug, e.table_oid, Some(&new), version, "active", op)?;
@@ -936,7 +937,7 @@ pub fn drop_entity(entity: &str) -> Result<Value> {
         ..t.ctx()
     };
     // rules of other entities reading this one refuse the drop
-    dependent_rule_steps(&ctx, entity, None)?;
+    dependent_steps(&ctx, entity, None)?;
     let role = quote_ident(&t.role);
     let mut steps: Vec<Step> = entity_tables(&t, &e.def)
         .into_iter()

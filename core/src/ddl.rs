@@ -189,11 +189,40 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
         fields.push(f.id);
     }
     if let Some(f) = a.parent.as_deref().and_then(|p| def.field(p)) {
-        alts.push(format!(
-            "udm.id_in({}, ARRAY(SELECT \"id\" FROM {}))",
-            quote_ident(&f.column),
-            ctx.table(f.target.as_deref().unwrap_or_default())
-        ));
+        let target = f.target.as_deref().unwrap_or_default();
+        let col = quote_ident(&f.column);
+        let root = ctx
+            .model
+            .and_then(|m| m.entity(target))
+            .filter(|t| t.access.as_ref().is_some_and(|ta| ta.parent.is_none()));
+        match root {
+            // The parent is a scope root: its policy, written out here against the tuple index
+            // and the owner index, rather than a scan of every parent record through its policy.
+            Some(t) => {
+                let te = quote_literal(target);
+                let mut arms = vec![format!(
+                    "udm.id_in({col}, ARRAY(SELECT \"object_id\" FROM {} WHERE \"object_entity\" = {te} AND \"subject\" = {me}))",
+                    qualified(ctx.schema, TUPLE_TABLE)
+                )];
+                let owner = t.access.as_ref().and_then(|ta| ta.owner.as_deref());
+                if let Some(of) = owner.and_then(|o| t.field(o)) {
+                    arms.push(format!(
+                        "udm.id_in({col}, ARRAY(SELECT \"id\" FROM {} WHERE {} = {me}))",
+                        ctx.table(target),
+                        quote_ident(&of.column)
+                    ));
+                }
+                alts.push(format!(
+                    "(SELECT udm.may_read_all({s}, {te})) OR ((SELECT udm.may_read_scoped({s}, {te})) AND ({}))",
+                    arms.join(" OR ")
+                ));
+            }
+            // Deeper: the parent records the reader sees, as the parent's own policy decides.
+            None => alts.push(format!(
+                "udm.id_in({col}, ARRAY(SELECT \"id\" FROM {}))",
+                ctx.table(target)
+            )),
+        }
         fields.push(f.id);
     }
     (
@@ -203,6 +232,21 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
         ),
         fields,
     )
+}
+
+/// Artifacts that read other entities' definitions: rules over related records, and (in a
+/// tenant with access control) the access policy, which may write out its parent's. They are
+/// rebuilt when those definitions change.
+pub fn cross_entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
+    let mut out = rule_artifacts(ctx, def)?;
+    if ctx.access && def.access.is_some() {
+        out.extend(
+            access_artifacts(ctx, def)
+                .into_iter()
+                .filter(|a| a.kind == ArtifactKind::Policy),
+        );
+    }
+    Ok(out)
 }
 
 fn access_artifacts(ctx: &Ctx, def: &EntityDef) -> Vec<Artifact> {

@@ -905,3 +905,55 @@ fn id_in_finds_ids_in_short_and_long_lists() {
     let empty: bool = scalar(&mut c, "SELECT udm.id_in(gen_random_uuid(), '{}'::uuid[])");
     assert!(!empty);
 }
+
+#[test]
+fn a_scope_roots_owner_change_reaches_the_policies_inside_it() {
+    let mut a = setup("aco");
+    let t = a.tenant.clone();
+    roadmap_entities(&mut a.app);
+    let (alice, bob) = (a.user("Alice"), a.user("Bob"));
+    a.add(&alice, "admin");
+    a.switch(&alice);
+    a.add(&bob, "viewer");
+    let bob_id: String = scalar(
+        &mut a.app,
+        &format!(
+            "SELECT user_id::text FROM udm_members() WHERE email = {}",
+            lit(&bob)
+        ),
+    );
+    json(
+        &mut a.app,
+        r#"SELECT udm_add_field('roadmap', '{"name": "lead_id", "type": "user"}')"#,
+    );
+    let r: String = scalar(
+        &mut a.app,
+        &format!("SELECT udm_insert('roadmap', jsonb_build_object('name', 'R', 'lead_id', '{bob_id}'))->>'id'"),
+    );
+    json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_insert('product', jsonb_build_object('name', 'P', 'roadmap_id', {}))",
+            lit(&r)
+        ),
+    );
+    let mut b = a.as_user(&bob);
+    let count = |c: &mut postgres::Client, table: &str| -> i64 {
+        scalar(c, &format!("SELECT count(*) FROM \"{t}\".{table}"))
+    };
+    // bob leads the roadmap, but the owner is alice: he sees nothing
+    assert_eq!((count(&mut b, "roadmap"), count(&mut b, "product")), (0, 0));
+    // the roadmap's owner becomes the lead: the product's policy follows
+    json(
+        &mut a.app,
+        r#"SELECT udm_set_access('roadmap', '{"scope": "self", "owner": "lead_id"}')"#,
+    );
+    assert_eq!((count(&mut b, "roadmap"), count(&mut b, "product")), (1, 1));
+    assert_eq!(count(&mut b, "link"), 0);
+    // and the owner field cannot go while it is the owner
+    expect_err(
+        &mut a.app,
+        "SELECT udm_remove_field('roadmap', 'lead_id')",
+        "2BP01",
+    );
+}

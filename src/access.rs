@@ -15,7 +15,7 @@
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{raise, spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::security::{as_owner, caller, is_admin, role_name};
-use crate::triggers::{relation_names, trigger_data};
+use crate::triggers::relation_names;
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -1361,8 +1361,7 @@ pub unsafe extern "C-unwind" fn udm_access_guard(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        let td = trigger_data(fcinfo, "udm.access_guard");
-        let ev = (*td).tg_event;
+        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, "udm.access_guard", true);
         let rel = (*td).tg_relation;
         let kind = ev & pg_sys::TRIGGER_EVENT_OPMASK;
         let (op, old, mut new) = match kind {

@@ -13,7 +13,7 @@
 
 use crate::audit_table;
 use crate::catalog::{self, Tenant};
-use crate::error::{raise, OrRaise, Result};
+use crate::error::{OrRaise, Result};
 use crate::rowjson::{varlena, RowJson};
 use crate::security::{as_owner_id, caller, role_name};
 use crate::triggers::{relation_names, text_datum, trigger_data, uuid_bytes};
@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::rc::Rc;
 use udm_core::audit::{chain_hash, chain_hash_with, HashInput};
-use udm_core::error::{SqlState, UdmError};
+use udm_core::error::UdmError;
 use udm_core::ident::{quote_ident, SYSTEM_COLUMNS};
 use udm_core::types::FieldType;
 
@@ -440,16 +440,7 @@ fn who() -> (Rc<str>, Rc<str>) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let td = trigger_data(fcinfo, "udm.audit_row");
-        let ev = (*td).tg_event;
-        if ev & pg_sys::TRIGGER_EVENT_ROW == 0
-            || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_AFTER
-        {
-            raise(UdmError::new(
-                SqlState::FeatureNotSupported,
-                "udm.audit_row() must be an AFTER ... FOR EACH ROW trigger",
-            ));
-        }
+        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, "udm.audit_row", false);
         let rel = (*td).tg_relation;
         let shape = shape(rel, (*td).tg_trigger);
         if !shape.audited {

@@ -13,9 +13,9 @@
 //! tenant's audit log as `<scope entity>#lock`, chained like any record's changes.
 
 use crate::catalog::{self, Entity, Tenant};
-use crate::error::{raise, spi_err, OrRaise, Result, SqlState, UdmError};
+use crate::error::{spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::security::{actor, as_owner, caller, role_name};
-use crate::triggers::{relation_names, trigger_data};
+use crate::triggers::relation_names;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
@@ -667,16 +667,7 @@ fn check_scope(g: &Guard, scope_id: pgrx::Uuid, me: &str, what: &str, record: &s
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_lock_guard(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let td = trigger_data(fcinfo, "udm.lock_guard");
-        let ev = (*td).tg_event;
-        if ev & pg_sys::TRIGGER_EVENT_ROW == 0
-            || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
-        {
-            raise(UdmError::new(
-                SqlState::FeatureNotSupported,
-                "udm.lock_guard() must be a BEFORE ... FOR EACH ROW trigger",
-            ));
-        }
+        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, "udm.lock_guard", true);
         let op = ev & pg_sys::TRIGGER_EVENT_OPMASK;
         let rel = (*td).tg_relation;
         let old = (*td).tg_trigtuple;

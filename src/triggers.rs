@@ -32,6 +32,34 @@ pub(crate) unsafe fn trigger_data(
     }
 }
 
+/// The trigger data of a row trigger and its event, refusing to run as anything but a
+/// `BEFORE` (or `AFTER`) `... FOR EACH ROW` trigger.
+pub(crate) unsafe fn row_trigger_data(
+    fcinfo: pg_sys::FunctionCallInfo,
+    name: &str,
+    before: bool,
+) -> (*mut pg_sys::TriggerData, u32) {
+    unsafe {
+        let td = trigger_data(fcinfo, name);
+        let ev = (*td).tg_event;
+        let timing = if before {
+            pg_sys::TRIGGER_EVENT_BEFORE
+        } else {
+            pg_sys::TRIGGER_EVENT_AFTER
+        };
+        if ev & pg_sys::TRIGGER_EVENT_ROW == 0 || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != timing {
+            raise(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!(
+                    "{name}() must be {} ... FOR EACH ROW trigger",
+                    if before { "a BEFORE" } else { "an AFTER" }
+                ),
+            ));
+        }
+        (td, ev)
+    }
+}
+
 unsafe fn trigger_args(td: *mut pg_sys::TriggerData) -> Vec<String> {
     unsafe {
         let t = (*td).tg_trigger;
@@ -151,16 +179,7 @@ unsafe fn hash_password(
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let td = trigger_data(fcinfo, "udm.stamp_row");
-        let ev = (*td).tg_event;
-        if ev & pg_sys::TRIGGER_EVENT_ROW == 0
-            || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
-        {
-            raise(UdmError::new(
-                SqlState::FeatureNotSupported,
-                "udm.stamp_row() must be a BEFORE ... FOR EACH ROW trigger",
-            ));
-        }
+        let (td, ev) = row_trigger_data(fcinfo, "udm.stamp_row", true);
         let op = ev & pg_sys::TRIGGER_EVENT_OPMASK;
         let is_insert = op == pg_sys::TRIGGER_EVENT_INSERT;
         if !is_insert && op != pg_sys::TRIGGER_EVENT_UPDATE {
@@ -553,16 +572,7 @@ pub unsafe extern "C-unwind" fn udm_rule_trigger(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        let td = trigger_data(fcinfo, "udm.rule_trigger");
-        let ev = (*td).tg_event;
-        if ev & pg_sys::TRIGGER_EVENT_ROW == 0
-            || ev & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_AFTER
-        {
-            raise(UdmError::new(
-                SqlState::FeatureNotSupported,
-                "udm.rule_trigger() must be an AFTER ... FOR EACH ROW trigger",
-            ));
-        }
+        let (td, ev) = row_trigger_data(fcinfo, "udm.rule_trigger", false);
         let args = trigger_args(td);
         if args.len() < 6 || !(args.len() - 3).is_multiple_of(3) {
             raise(UdmError::internal(

@@ -456,23 +456,10 @@ pub fn trigger_body(schema: &str, entity: &str, key: &str, t: &RuleTrigger) -> S
 mod tests {
     use super::*;
     use crate::definition::Source;
+    use crate::query::path::tests::TestModel;
     use serde_json::json;
 
-    struct Roadmaps(BTreeMap<String, EntityDef>);
-
-    impl Model for Roadmaps {
-        fn schema(&self) -> &str {
-            "acme"
-        }
-        fn entity(&self, slug: &str) -> Option<&EntityDef> {
-            self.0.get(slug)
-        }
-        fn entity_names(&self) -> Vec<String> {
-            self.0.keys().cloned().collect()
-        }
-    }
-
-    fn model() -> Roadmaps {
+    fn model() -> TestModel {
         let mut m = BTreeMap::new();
         for (slug, def) in [
             (
@@ -502,7 +489,7 @@ mod tests {
                 EntityDef::parse(slug, &def, Source::Caller).unwrap(),
             );
         }
-        Roadmaps(m)
+        TestModel(m)
     }
 
     fn compiled(entity: &str, check: &str) -> CompiledRule {

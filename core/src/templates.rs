@@ -185,27 +185,13 @@ pub fn entities(steps: &[Step]) -> Vec<&'static str> {
 mod tests {
     use super::*;
     use crate::definition::{parse_rule, EntityDef, Source};
-    use crate::query::path::Model;
+    use crate::query::path::tests::TestModel;
     use std::collections::BTreeMap;
-
-    struct Defs(BTreeMap<String, EntityDef>);
-
-    impl Model for Defs {
-        fn schema(&self) -> &str {
-            "studio"
-        }
-        fn entity(&self, slug: &str) -> Option<&EntityDef> {
-            self.0.get(slug)
-        }
-        fn entity_names(&self) -> Vec<String> {
-            self.0.keys().cloned().collect()
-        }
-    }
 
     #[test]
     fn every_roadmap_definition_parses_and_every_rule_compiles_in_order() {
         let steps = template("roadmap").unwrap();
-        let mut defs = Defs(BTreeMap::new());
+        let mut defs = TestModel(BTreeMap::new());
         for s in &steps {
             match s {
                 Step::Define { entity, definition } => {
@@ -216,7 +202,7 @@ mod tests {
                             .map(|_| ())
                             .or_else(|e| {
                                 // a rule over the entity being defined sees itself too
-                                let mut with = Defs(defs.0.clone());
+                                let mut with = TestModel(defs.0.clone());
                                 with.0.insert(d.slug.clone(), d.clone());
                                 crate::related_rules::compile(&with, &d, &r.check)
                                     .map(|_| ())

@@ -6,6 +6,14 @@ use std::time::{Duration, Instant};
 
 pub use postgres;
 
+/// A setting of the benchmark from the environment (`ROWS=10000 make bench ...`), or `default`.
+pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn connect(db: &str) -> Client {
     let host = std::env::var("BENCH_HOST")
         .unwrap_or_else(|_| "/work/main/target/bench-cluster/sock".into());

@@ -61,10 +61,7 @@ fn tenant(c: &mut Client, slug: &str, rows: i64) {
 }
 
 fn main() {
-    let rows: i64 = std::env::var("ROWS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+    let rows: i64 = setting("ROWS", 100_000);
     let mut c = fresh_db(DB);
     header(&format!(
         "row-level security: udm_query on a {rows}-product roadmap, access control on vs off"

@@ -8,14 +8,8 @@
 use udm_bench::*;
 
 fn main() {
-    let rows: i64 = std::env::var("ROWS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(15);
+    let rows: i64 = setting("ROWS", 1_000_000);
+    let rounds: usize = setting("ROUNDS", 15);
     let mut c = fresh_db("bench_add_field");
     let mut pg = connect("postgres");
     let _ = pg.batch_execute("DROP ROLE IF EXISTS tenant_af");

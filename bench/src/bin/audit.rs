@@ -133,22 +133,13 @@ fn pgbench(v: &str, clients: u32, secs: u32) -> f64 {
 }
 
 fn rows() -> i64 {
-    std::env::var("ROWS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200_000)
+    setting("ROWS", 200_000)
 }
 
 fn main() {
     let rows = rows();
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let secs: u32 = std::env::var("SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let rounds: usize = setting("ROUNDS", 3);
+    let secs: u32 = setting("SECS", 10);
     let mut c = fresh_db("bench_audit");
     setup(&mut c);
     header(&format!(

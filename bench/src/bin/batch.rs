@@ -59,14 +59,8 @@ fn values(rows: &[Value]) -> String {
 const COLS: &str = "code, name, price, status, qty, due, metadata";
 
 fn main() {
-    let n: usize = std::env::var("ROWS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let n: usize = setting("ROWS", 100_000);
+    let rounds: usize = setting("ROUNDS", 5);
     let mut c = fresh_db("bench_batch");
     let mut pg = connect("postgres");
     let _ = pg.batch_execute("DROP ROLE IF EXISTS tenant_bt");

@@ -16,10 +16,7 @@ const CLIENTS: [usize; 3] = [1, 8, 32];
 const ROUNDS: usize = 2;
 
 fn seconds() -> f64 {
-    std::env::var("SECONDS_PER_RUN")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0)
+    setting("SECONDS_PER_RUN", 3.0)
 }
 
 fn setup(c: &mut postgres::Client, records: usize) -> Vec<String> {

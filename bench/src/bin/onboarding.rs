@@ -159,10 +159,7 @@ END;
 $$ LANGUAGE plpgsql"#;
 
 fn main() {
-    let tenants: usize = std::env::var("TENANTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let tenants: usize = setting("TENANTS", 1000);
     let mut c = fresh_db("bench_onboarding");
     // roles are cluster-wide: clear those of earlier runs
     let mut pg = connect("postgres");

@@ -92,14 +92,8 @@ fn cursor_of(page: &Value) -> Value {
 }
 
 fn main() {
-    let rows: i64 = std::env::var("ROWS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let scale: usize = std::env::var("ITER")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
+    let rows: i64 = setting("ROWS", 1_000_000);
+    let scale: usize = setting("ITER", 1);
     let mut c = fresh_db("bench_query");
     header(&format!(
         "query engine vs hand-written prepared SQL ({rows} products)"

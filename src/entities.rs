@@ -498,9 +498,12 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
         let version = latest.map_or(1, |(v, _)| v + 1);
         let fields: Vec<&FieldDef> = def.fields.iter().collect();
         check_targets(&t, &def, &fields)?;
-        let model = crate::query::definitions(&t)?;
+        // (nothing reads a new entity yet; the tenant's model is needed only if it reads others)
+        let model = ddl::reads_other_entities(&def, t.access)
+            .then(|| crate::query::definitions(&t))
+            .transpose()?;
         let ctx = ddl::Ctx {
-            model: Some(&*model),
+            model: model.as_deref().map(|m| m as &dyn udm_core::query::path::Model),
             ..t.ctx()
         };
         check_literals(&ctx, &def)?;

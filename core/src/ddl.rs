@@ -512,6 +512,23 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
     out
 }
 
+/// Whether the entity's artifacts read other entities' definitions (rules over relation paths,
+/// or, with access control, a policy inside a scope root): only then does planning need the
+/// tenant's model.
+pub fn reads_other_entities(def: &EntityDef, access: bool) -> bool {
+    if access && def.access.as_ref().is_some_and(|a| a.parent.is_some()) {
+        return true;
+    }
+    def.rules.iter().any(|r| {
+        crate::rules::parse(&r.check).is_ok_and(|e| {
+            e.paths().iter().any(|p| {
+                p[0].contains('[')
+                    || (p.len() > 1 && def.field(&p[0]).is_some_and(|f| f.is_many_to_one()))
+            })
+        })
+    })
+}
+
 /// A rule compiled against the tenant, if it reads related records (`None` for a rule over the
 /// entity's own fields, which a CHECK constraint carries).
 pub fn related_rule(ctx: &Ctx, def: &EntityDef, check: &str) -> Result<Option<CompiledRule>> {

@@ -718,7 +718,7 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
         .filter(|(e, _)| e.notify)
         .collect();
     let n = announced.len();
-    if n == 0 {
+    if n == 0 || !crate::guc::NOTIFY_CHANGES.get() {
         return Ok(());
     }
     if n <= NOTIFY_EACH_UP_TO {

@@ -503,7 +503,9 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
             .then(|| crate::query::definitions(&t))
             .transpose()?;
         let ctx = ddl::Ctx {
-            model: model.as_deref().map(|m| m as &dyn udm_core::query::path::Model),
+            model: model
+                .as_deref()
+                .map(|m| m as &dyn udm_core::query::path::Model),
             ..t.ctx()
         };
         check_literals(&ctx, &def)?;

@@ -11,6 +11,7 @@ pub static DDL_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(3000);
 pub static BCRYPT_COST: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static LOCK_STALE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(180);
 pub static LOCK_EXPIRE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+pub static NOTIFY_CHANGES: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -68,6 +69,14 @@ pub fn init() {
         86_400,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"udm.notify_changes",
+        c"Announce committed changes with pg_notify on the tenant's channel.",
+        c"Events are in the outbox either way (udm_events); a notification only wakes listeners. PostgreSQL serialises the commits of notifying transactions in a database, so busy writers on slow storage may switch it off and let consumers poll.",
+        &NOTIFY_CHANGES,
+        GucContext::Userset,
+        GucFlags::default(),
     );
 }
 

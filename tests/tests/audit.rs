@@ -613,6 +613,26 @@ fn big_statements_notify_once_and_links_roll_back() {
     assert_eq!(got[0]["count"], 150);
     let span = got[0]["last_event"].as_i64().unwrap() - got[0]["first_event"].as_i64().unwrap();
     assert_eq!(span, 149);
+    // without notifications the events are still in the outbox, in order
+    let last = got[0]["last_event"].as_i64().unwrap();
+    m.client
+        .batch_execute(&format!(
+            "SET udm.notify_changes = off; INSERT INTO \"{s}\".product (name) VALUES ('quiet'); RESET udm.notify_changes"
+        ))
+        .unwrap();
+    {
+        let mut n = listener.notifications();
+        let mut it = n.timeout_iter(Duration::from_millis(500));
+        assert!(
+            it.next().unwrap().is_none(),
+            "no notification with udm.notify_changes = off"
+        );
+    }
+    let quiet: i64 = scalar(
+        &mut m.client,
+        &format!("SELECT jsonb_array_length(udm_events({last}, 10) -> 'events')::bigint"),
+    );
+    assert_eq!(quiet, 1);
     // a transaction that linked a tag is undone by unlinking it
     let p: String = scalar(
         &mut m.client,

@@ -1106,7 +1106,9 @@ fn read_flags(schema: &str, entity: &str) -> Result<(bool, bool)> {
     let t = catalog::tenant(schema)?.ok_or_else(|| catalog::no_such_tenant(schema))?;
     let ctx = context(&t)?;
     let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
-    Ok((ctx.sees_all(&e), ctx.user.is_some()))
+    // relations open records of the entity to members whose role may read the entity at all
+    let scoped = ctx.user.is_some() && ctx.perms.allows(&e.def.slug, Op::Read);
+    Ok((ctx.sees_all(&e), scoped))
 }
 
 /// A sorted copy of the `uuid[]` an expression passes to `udm.id_in`, made once per query (the

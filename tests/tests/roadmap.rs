@@ -487,4 +487,52 @@ fn the_roadmap_flow_with_users_relations_and_the_lock() {
         &format!("UPDATE \"{t}\".product SET y_position = 'Nope' WHERE id = '{p}'"),
         "23514",
     );
+    json(
+        &mut b,
+        &format!("SELECT udm_lock_release('roadmap', '{rid}')"),
+    );
+    // someone who may not read products still cannot take away the y value one uses
+    let dave = unique("dave") + "@flow.test";
+    json(
+        &mut a,
+        &format!(
+            "SELECT udm_create_user({}, 'Dave', 'a-long-password')",
+            lit(&dave)
+        ),
+    );
+    json(
+        &mut a,
+        r#"SELECT udm_define_role('planner', 'editor', '{"entities": {"product": {"read": false}}}')"#,
+    );
+    json(
+        &mut a,
+        &format!(
+            "SELECT udm_add_member({}, {}, 'planner')",
+            lit(&t),
+            lit(&dave)
+        ),
+    );
+    json(
+        &mut a,
+        &format!("SELECT udm_grant({}, 'admin', 'roadmap:{rid}')", lit(&dave)),
+    );
+    let mut d = session(&dave);
+    assert_eq!(count_of(&mut d, &t, "product"), 0, "dave sees no products");
+    json(
+        &mut d,
+        &format!("SELECT udm_lock_acquire('roadmap', '{rid}')"),
+    );
+    let msg = expect_err(
+        &mut d,
+        &format!("UPDATE \"{t}\".roadmap SET y_axis_values = ARRAY['HW'] WHERE id = '{rid}'"),
+        "23514",
+    );
+    assert!(
+        msg.contains(&format!("leaves product {p} breaking it")),
+        "{msg}"
+    );
+}
+
+fn count_of(c: &mut postgres::Client, t: &str, table: &str) -> i64 {
+    scalar(c, &format!("SELECT count(*) FROM \"{t}\".{table}"))
 }

@@ -100,7 +100,7 @@ CREATE FUNCTION udm.may_read_all(schema_name text, entity text) RETURNS boolean
     LANGUAGE c STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'udm_may_read_all';
 -- Whether an id is in a list: the per-row test of the policies (the list, the scope records the
--- reader may see, is an InitPlan; it is sorted once per query, each row is a binary search).
+-- reader may see, is an InitPlan; it is put in a hash set once per query, each row is one lookup).
 CREATE FUNCTION udm.id_in(id uuid, ids uuid[]) RETURNS boolean
     LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'udm_id_in';

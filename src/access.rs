@@ -1111,13 +1111,28 @@ fn read_flags(schema: &str, entity: &str) -> Result<(bool, bool)> {
     Ok((ctx.sees_all(&e), scoped))
 }
 
-/// A sorted copy of the `uuid[]` an expression passes to `udm.id_in`, made once per query (the
+/// The ids of the `uuid[]` an expression passes to `udm.id_in`, collected once per query (the
 /// list comes from an InitPlan, so every row passes the same array).
 struct IdSet {
     /// The array datum it was made from: its address and size, and its first and last 16 bytes
     /// (an InitPlan's array is the same datum for every row of a query).
     source: IdSetSource,
-    ids: Vec<[u8; 16]>,
+    ids: Ids,
+}
+
+/// A short list is searched in order; a longer one goes into a hash set.
+enum Ids {
+    Few(Vec<u128>),
+    Many(rustc_hash::FxHashSet<u128>),
+}
+
+impl Ids {
+    fn contains(&self, id: u128) -> bool {
+        match self {
+            Ids::Few(v) => v.contains(&id),
+            Ids::Many(s) => s.contains(&id),
+        }
+    }
 }
 
 #[derive(PartialEq, Eq)]
@@ -1153,14 +1168,14 @@ unsafe fn id_set_of(d: pg_sys::Datum) -> IdSet {
             &mut nulls,
             &mut n,
         );
-        let mut ids = Vec::with_capacity(n as usize);
-        for i in 0..n as usize {
-            if !*nulls.add(i) {
-                ids.push(crate::triggers::uuid_bytes(*elems.add(i)));
-            }
-        }
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = (0..n as usize)
+            .filter(|i| !*nulls.add(*i))
+            .map(|i| u128::from_be_bytes(crate::triggers::uuid_bytes(*elems.add(i))));
+        let ids = if n <= 8 {
+            Ids::Few(ids.collect())
+        } else {
+            Ids::Many(ids.collect())
+        };
         IdSet { source, ids }
     }
 }
@@ -1170,15 +1185,15 @@ unsafe extern "C-unwind" fn free_id_set(arg: *mut std::os::raw::c_void) {
 }
 
 /// `udm.id_in(id, ids)`: whether `id` is in `ids`. Row-level security policies test each row's
-/// scope against the scope records the reader may see; the list is sorted once per query (kept
-/// with the expression, freed with the query's memory), then each row costs a binary search,
-/// so readers of thousands of scope records pay little more than readers of one.
+/// scope against the scope records the reader may see; the list is put into a hash set once per
+/// query (kept with the expression, freed with the query's memory), then each row costs one
+/// lookup, so readers of thousands of scope records pay little more than readers of one.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_id_in(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
         let args = (*fcinfo).args.as_slice(2);
-        let needle = crate::triggers::uuid_bytes(args[0].value);
+        let needle = u128::from_be_bytes(crate::triggers::uuid_bytes(args[0].value));
         let flinfo = (*fcinfo).flinfo;
         let mut set = (*flinfo).fn_extra as *mut IdSet;
         if set.is_null() || (*set).source != id_set_source(args[1].value) {
@@ -1197,13 +1212,7 @@ pub unsafe extern "C-unwind" fn udm_id_in(fcinfo: pg_sys::FunctionCallInfo) -> p
                 *set = id_set_of(args[1].value);
             }
         }
-        let ids = &(*set).ids;
-        let found = if ids.len() <= 8 {
-            ids.contains(&needle)
-        } else {
-            ids.binary_search(&needle).is_ok()
-        };
-        pg_sys::Datum::from(found)
+        pg_sys::Datum::from((*set).ids.contains(needle))
     }
 }
 

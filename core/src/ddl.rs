@@ -175,7 +175,7 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
     let mut alts = Vec::new();
     // Relation tuples are on scope records; records inside a scope inherit from them. The
     // records a reader may see are collected once per query into an array (an InitPlan), and
-    // each row is tested with `udm.id_in` (a binary search over a copy sorted once), which
+    // each row is tested with `udm.id_in` (one hash lookup in a set made once), which
     // parallel workers can run too (a hashed sub-select is kept to the leader, and `= ANY`
     // searches the array from its start for every row).
     if a.parent.is_none() {

@@ -172,6 +172,101 @@ unsafe fn hash_password(
     }
 }
 
+/// What the stamp trigger of one table needs, read from the relation and the trigger's
+/// arguments once per backend (and again after a definition change) rather than on every row.
+struct StampPlan {
+    table: String,
+    /// Attribute numbers of id, created_at, updated_at, created_by, updated_by, _version.
+    system: [i32; 6],
+    args: Vec<StampArg>,
+}
+
+enum StampArg {
+    /// `r:<column>:<field id>`: a required field.
+    Required { attr: i32, field: String },
+    /// `p:<column>:<min_length>`: a password field, hashed on write.
+    Password {
+        attr: i32,
+        column: String,
+        min_len: usize,
+    },
+}
+
+type StampPlans = (
+    u64,
+    std::collections::HashMap<pg_sys::Oid, std::rc::Rc<StampPlan>>,
+);
+
+thread_local! {
+    static STAMP_PLANS: std::cell::RefCell<StampPlans> =
+        std::cell::RefCell::new((u64::MAX, std::collections::HashMap::new()));
+}
+
+unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
+    unsafe {
+        let tgoid = (*(*td).tg_trigger).tgoid;
+        let g = catalog::generation();
+        if let Some(p) = STAMP_PLANS.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != g {
+                *c = (g, std::collections::HashMap::new());
+            }
+            c.1.get(&tgoid).cloned()
+        }) {
+            return p;
+        }
+        let rel = (*td).tg_relation;
+        let desc = (*rel).rd_att;
+        let (_, table) = relation_names(rel);
+        let col = |n: &str| {
+            attnum(desc, n).unwrap_or_else(|| {
+                raise(UdmError::internal(format!(
+                    "table \"{table}\" has no system column \"{n}\""
+                )))
+            })
+        };
+        let system = [
+            col("id"),
+            col("created_at"),
+            col("updated_at"),
+            col("created_by"),
+            col("updated_by"),
+            col("_version"),
+        ];
+        let mut args = Vec::new();
+        for arg in trigger_args(td) {
+            let mut parts = arg.splitn(3, ':');
+            let (kind, column, extra) = (
+                parts.next(),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
+            let Some(attr) = attnum(desc, column) else {
+                continue;
+            };
+            match kind {
+                Some("r") => args.push(StampArg::Required {
+                    attr,
+                    field: extra.to_string(),
+                }),
+                Some("p") => args.push(StampArg::Password {
+                    attr,
+                    column: column.to_string(),
+                    min_len: extra.parse().unwrap_or(0),
+                }),
+                _ => {}
+            }
+        }
+        let p = std::rc::Rc::new(StampPlan {
+            table,
+            system,
+            args,
+        });
+        STAMP_PLANS.with(|c| c.borrow_mut().1.insert(tgoid, p.clone()));
+        p
+    }
+}
+
 /// `BEFORE INSERT OR UPDATE FOR EACH ROW`: system columns are udm's. On insert they are set;
 /// on update `id` and `created_*` keep their values, `updated_*` are set and `_version` counts
 /// up. Password columns (trigger arguments `column:min_length`) are hashed with bcrypt.
@@ -195,22 +290,9 @@ pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) 
         } else {
             ((*td).tg_newtuple, (*td).tg_trigtuple)
         };
-        let (_, table) = relation_names(rel);
-        let col = |n: &str| {
-            attnum(desc, n).unwrap_or_else(|| {
-                raise(UdmError::internal(format!(
-                    "table \"{table}\" has no system column \"{n}\""
-                )))
-            })
-        };
-        let (a_id, a_cat, a_uat, a_cby, a_uby, a_ver) = (
-            col("id"),
-            col("created_at"),
-            col("updated_at"),
-            col("created_by"),
-            col("updated_by"),
-            col("_version"),
-        );
+        let plan = stamp_plan(td);
+        let table = plan.table.as_str();
+        let [a_id, a_cat, a_uat, a_cby, a_uby, a_ver] = plan.system;
         let now = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
         let actor = text_datum(&crate::security::actor());
 
@@ -260,38 +342,31 @@ pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) 
             set(a_uby, actor, false);
             set(a_ver, pg_sys::Datum::from(next), false);
         }
-        let mut schema = None;
-        for arg in trigger_args(td) {
-            let mut parts = arg.splitn(3, ':');
-            let (kind, column, extra) = (
-                parts.next(),
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or(""),
-            );
-            let Some(a) = attnum(desc, column) else {
-                continue;
-            };
-            match kind {
-                Some("r") => {
+        for arg in &plan.args {
+            match arg {
+                StampArg::Required { attr, field } => {
                     let mut n = false;
-                    pg_sys::heap_getattr(newtup, a, desc, &mut n);
+                    pg_sys::heap_getattr(newtup, *attr, desc, &mut n);
                     if n {
-                        let schema = schema.get_or_insert_with(|| relation_names(rel).0);
+                        let schema = relation_names(rel).0;
                         raise(rule_violation(
-                            schema,
-                            &table,
-                            &format!("f{extra}.required"),
+                            &schema,
+                            table,
+                            &format!("f{field}.required"),
                         ));
                     }
                 }
-                Some("p") => {
-                    let min_len = extra.parse::<usize>().unwrap_or(0);
-                    if let Some(h) = hash_password(newtup, oldtup, desc, a, &table, column, min_len)
+                StampArg::Password {
+                    attr,
+                    column,
+                    min_len,
+                } => {
+                    if let Some(h) =
+                        hash_password(newtup, oldtup, desc, *attr, table, column, *min_len)
                     {
-                        set(a, h, false);
+                        set(*attr, h, false);
                     }
                 }
-                _ => {}
             }
         }
         let out = pg_sys::heap_modify_tuple_by_cols(

@@ -241,8 +241,25 @@ fn definition_changes_keep_related_rules_whole() {
         msg.contains("this change would break a rule of entity \"product\", rule \"y_in_axis\""),
         "{msg}"
     );
+    let msg = expect_err(
+        c,
+        r#"SELECT udm_alter_field('roadmap', 'y_axis_values', '{"name": "y_values"}')"#,
+        "2BP01",
+    );
+    assert!(msg.contains("rule \"y_in_axis\""), "{msg}");
     let msg = expect_err(c, "SELECT udm_drop_entity('phase')", "2BP01");
     assert!(msg.contains("rule \"x_valid\""), "{msg}");
+    // many-to-many paths are not followed by rules
+    json(
+        c,
+        r#"SELECT udm_add_field('roadmap', '{"name": "tags", "type": "relation", "target": "phase", "many": true}')"#,
+    );
+    let msg = expect_err(
+        c,
+        r#"SELECT udm_add_rule('roadmap', '{"name": "m2m", "check": "length(tags.name) > 0"}')"#,
+        "22023",
+    );
+    assert!(msg.contains("many-to-many"), "{msg}");
     // unknown paths name the segment and what is valid there
     let msg = expect_err(
         c,

@@ -161,8 +161,9 @@ pub const TUPLE_TABLE: &str = "_udm_tuple";
 /// wrapped in a sub-select, so PostgreSQL evaluates it once per query (an InitPlan), not per row:
 /// * an entity without access scope: rows are seen when the user's role may read the entity;
 /// * with an access scope: also rows of records the user has a relation tuple on, or owns, or
-///   (scope through a relation) whose scope record the user sees — that table's own policy
-///   decides, so levels flow down relations.
+///   (scope through a relation) whose scope record the user sees — a scope root's test is
+///   written out (`record_test`, the same one its own policy makes), deeper parents' policies
+///   decide for themselves, so levels flow down relations.
 pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
     let s = quote_literal(ctx.schema);
     let e = quote_literal(&def.slug);
@@ -170,60 +171,37 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
     let Some(a) = &def.access else {
         return (all, vec![]);
     };
-    let me = format!("(SELECT udm.access_user({s}))");
-    let mut fields = Vec::new();
-    let mut alts = Vec::new();
-    // Relation tuples are on scope records; records inside a scope inherit from them. The
-    // records a reader may see are collected once per query into an array (an InitPlan), and
-    // each row is tested with `udm.id_in` (one hash lookup in a set made once), which
-    // parallel workers can run too (a hashed sub-select is kept to the leader, and `= ANY`
-    // searches the array from its start for every row).
-    if a.parent.is_none() {
+    let mut fields: Vec<u32> = [a.owner.as_deref(), a.parent.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|n| def.field(n).map(|f| f.id))
+        .collect();
+    fields.sort_unstable();
+    let Some(f) = a.parent.as_deref().and_then(|p| def.field(p)) else {
+        return (record_test(ctx, def, None), fields);
+    };
+    let target = f.target.as_deref().unwrap_or_default();
+    let col = quote_ident(&f.column);
+    let root = ctx
+        .model
+        .and_then(|m| m.entity(target))
+        .filter(|t| t.access.as_ref().is_some_and(|ta| ta.parent.is_none()));
+    let parent_test = match root {
+        // The parent is a scope root: its own test, written out here against the tuple index
+        // and the owner index, rather than a scan of every parent record through its policy.
+        Some(t) => record_test(ctx, t, Some(&col)),
+        // Deeper: the parent records the reader sees, as the parent's own policy decides.
+        None => format!(
+            "udm.id_in({col}, ARRAY(SELECT \"id\" FROM {}))",
+            ctx.table(target)
+        ),
+    };
+    let mut alts = vec![parent_test];
+    if let Some(of) = a.owner.as_deref().and_then(|o| def.field(o)) {
         alts.push(format!(
-            "udm.id_in(\"id\", ARRAY(SELECT \"object_id\" FROM {} WHERE \"object_entity\" = {e} AND \"subject\" = {me}))",
-            qualified(ctx.schema, TUPLE_TABLE)
+            "{} = (SELECT udm.access_user({s}))",
+            quote_ident(&of.column)
         ));
-    }
-    if let Some(f) = a.owner.as_deref().and_then(|o| def.field(o)) {
-        alts.push(format!("{} = {me}", quote_ident(&f.column)));
-        fields.push(f.id);
-    }
-    if let Some(f) = a.parent.as_deref().and_then(|p| def.field(p)) {
-        let target = f.target.as_deref().unwrap_or_default();
-        let col = quote_ident(&f.column);
-        let root = ctx
-            .model
-            .and_then(|m| m.entity(target))
-            .filter(|t| t.access.as_ref().is_some_and(|ta| ta.parent.is_none()));
-        match root {
-            // The parent is a scope root: its policy, written out here against the tuple index
-            // and the owner index, rather than a scan of every parent record through its policy.
-            Some(t) => {
-                let te = quote_literal(target);
-                let mut arms = vec![format!(
-                    "udm.id_in({col}, ARRAY(SELECT \"object_id\" FROM {} WHERE \"object_entity\" = {te} AND \"subject\" = {me}))",
-                    qualified(ctx.schema, TUPLE_TABLE)
-                )];
-                let owner = t.access.as_ref().and_then(|ta| ta.owner.as_deref());
-                if let Some(of) = owner.and_then(|o| t.field(o)) {
-                    arms.push(format!(
-                        "udm.id_in({col}, ARRAY(SELECT \"id\" FROM {} WHERE {} = {me}))",
-                        ctx.table(target),
-                        quote_ident(&of.column)
-                    ));
-                }
-                alts.push(format!(
-                    "(SELECT udm.may_read_all({s}, {te})) OR ((SELECT udm.may_read_scoped({s}, {te})) AND ({}))",
-                    arms.join(" OR ")
-                ));
-            }
-            // Deeper: the parent records the reader sees, as the parent's own policy decides.
-            None => alts.push(format!(
-                "udm.id_in({col}, ARRAY(SELECT \"id\" FROM {}))",
-                ctx.table(target)
-            )),
-        }
-        fields.push(f.id);
     }
     (
         format!(
@@ -231,6 +209,41 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
             alts.join(" OR ")
         ),
         fields,
+    )
+}
+
+/// Who sees a record of a scope root (`def`, an entity with `"scope": "self"`): readers of all,
+/// or scoped readers with a relation tuple on it or named by its owner field. For the root's own
+/// policy `via` is `None`; a record inside the root passes its scope column, and the ownership
+/// test becomes a lookup of the roots the reader owns.
+///
+/// The records a reader has tuples on (or owns) are collected once per query into an array (an
+/// InitPlan) and each row is tested with `udm.id_in` (one hash lookup in a set made once), which
+/// parallel workers can run too (a hashed sub-select is kept to the leader, and `= ANY` searches
+/// the array from its start for every row).
+fn record_test(ctx: &Ctx, def: &EntityDef, via: Option<&str>) -> String {
+    let s = quote_literal(ctx.schema);
+    let e = quote_literal(&def.slug);
+    let me = format!("(SELECT udm.access_user({s}))");
+    let id = via.unwrap_or("\"id\"");
+    let mut arms = vec![format!(
+        "udm.id_in({id}, ARRAY(SELECT \"object_id\" FROM {} WHERE \"object_entity\" = {e} AND \"subject\" = {me}))",
+        qualified(ctx.schema, TUPLE_TABLE)
+    )];
+    let owner = def.access.as_ref().and_then(|a| a.owner.as_deref());
+    if let Some(of) = owner.and_then(|o| def.field(o)) {
+        let oc = quote_ident(&of.column);
+        arms.push(match via {
+            None => format!("{oc} = {me}"),
+            Some(col) => format!(
+                "udm.id_in({col}, ARRAY(SELECT \"id\" FROM {} WHERE {oc} = {me}))",
+                ctx.table(&def.slug)
+            ),
+        });
+    }
+    format!(
+        "(SELECT udm.may_read_all({s}, {e})) OR ((SELECT udm.may_read_scoped({s}, {e})) AND ({}))",
+        arms.join(" OR ")
     )
 }
 
@@ -519,14 +532,7 @@ pub fn reads_other_entities(def: &EntityDef, access: bool) -> bool {
     if access && def.access.as_ref().is_some_and(|a| a.parent.is_some()) {
         return true;
     }
-    def.rules.iter().any(|r| {
-        crate::rules::parse(&r.check).is_ok_and(|e| {
-            e.paths().iter().any(|p| {
-                p[0].contains('[')
-                    || (p.len() > 1 && def.field(&p[0]).is_some_and(|f| f.is_many_to_one()))
-            })
-        })
-    })
+    related_rules::reads_related(def)
 }
 
 /// A rule compiled against the tenant, if it reads related records (`None` for a rule over the

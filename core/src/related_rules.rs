@@ -106,12 +106,24 @@ fn system_vtype(column: &str) -> VType {
     }
 }
 
+/// Whether a rule's path leaves the record: it follows a many-to-one relation, or goes to the
+/// records pointing here (`phase[]`). Other paths are the record's own fields.
+pub fn leaves_record(entity: &EntityDef, path: &[String]) -> bool {
+    path[0].contains('[')
+        || (path.len() > 1 && entity.field(&path[0]).is_some_and(|f| f.is_many_to_one()))
+}
+
+/// Whether any of the entity's rules reads related records.
+pub fn reads_related(entity: &EntityDef) -> bool {
+    entity
+        .rules
+        .iter()
+        .any(|r| parse(&r.check).is_ok_and(|e| e.paths().iter().any(|p| leaves_record(entity, p))))
+}
+
 impl Scope for RelatedScope<'_> {
     fn resolve(&self, p: &[String]) -> Result<Resolved> {
-        let first = &p[0];
-        let follows_relation =
-            p.len() > 1 && self.entity.field(first).is_some_and(|f| f.is_many_to_one());
-        if !follows_relation && !first.contains('[') {
+        if !leaves_record(self.entity, p) {
             return FieldScope {
                 entity: self.entity,
             }
@@ -616,6 +628,28 @@ mod tests {
             e.message
         );
         assert!(e.hint.unwrap().contains("y_axis_values"));
+    }
+
+    #[test]
+    fn which_paths_leave_the_record() {
+        let m = model();
+        let product = m.entity("product").unwrap();
+        let roadmap = m.entity("roadmap").unwrap();
+        let path = |s: &str| s.split('.').map(String::from).collect::<Vec<_>>();
+        assert!(leaves_record(product, &path("roadmap_id.name")));
+        assert!(!leaves_record(product, &path("roadmap_id")));
+        assert!(!leaves_record(product, &path("x_position")));
+        assert!(!leaves_record(roadmap, &path("settings.kind")));
+        assert!(leaves_record(roadmap, &path("phase[]")));
+        let mut p = product.clone();
+        assert!(!reads_related(&p));
+        p.rules.push(
+            crate::definition::parse_rule(
+                &json!({"name": "y", "check": "y_position in roadmap_id.y_axis_values"}),
+            )
+            .unwrap(),
+        );
+        assert!(reads_related(&p));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use udm_core::templates::{self, Step};
 pub fn install(name: &str) -> Result<Value> {
     let steps = templates::template(name)?;
     let t = catalog::current_tenant()?;
+    crate::access::require_manage(&t, &format!("install template \"{name}\""))?;
     let names = templates::entities(&steps);
     let mut taken = Vec::new();
     for e in &names {

@@ -54,6 +54,8 @@ pub enum ArtifactKind {
     ForeignKey,
     Index,
     Trigger,
+    /// A deferrable `CONSTRAINT TRIGGER` (rules over related records); its body follows the name.
+    ConstraintTrigger,
     /// `ENABLE ROW LEVEL SECURITY` on the table (one per table, named after it).
     RowSecurity,
     /// A row-level security policy; its body is the USING expression.
@@ -577,7 +579,7 @@ fn related_rule_artifacts(
     let mut out = vec![Artifact {
         key: key.clone(),
         name: related_rule_trigger_name(&def.slug, rule, true),
-        kind: ArtifactKind::Trigger,
+        kind: ArtifactKind::ConstraintTrigger,
         table: def.slug.clone(),
         body: related_rules::trigger_body(ctx.schema, &def.slug, &key, &own),
         fields: fields.to_vec(),
@@ -586,7 +588,7 @@ fn related_rule_artifacts(
         out.push(Artifact {
             key: format!("{key}@{}", t.table),
             name: related_rule_trigger_name(&def.slug, rule, false),
-            kind: ArtifactKind::Trigger,
+            kind: ArtifactKind::ConstraintTrigger,
             table: t.table.clone(),
             body: related_rules::trigger_body(ctx.schema, &def.slug, &key, &t),
             fields: fields.to_vec(),
@@ -734,7 +736,7 @@ fn add_artifact_sql(ctx: &Ctx, a: &Artifact, not_valid: bool) -> String {
         {
             format!("CREATE TRIGGER {name} {}", a.body)
         }
-        ArtifactKind::Trigger if a.key.starts_with("r.") => {
+        ArtifactKind::ConstraintTrigger => {
             format!("CREATE CONSTRAINT TRIGGER {name} {}", a.body)
         }
         ArtifactKind::Trigger => a.body.replace("{name}", &name),
@@ -776,7 +778,9 @@ fn drop_artifact_sql(ctx: &Ctx, a: &Artifact) -> String {
             format!("ALTER TABLE {t} DROP CONSTRAINT {name}")
         }
         ArtifactKind::Index => format!("DROP INDEX {}", qualified(ctx.schema, &a.name)),
-        ArtifactKind::Trigger => format!("DROP TRIGGER {name} ON {t}"),
+        ArtifactKind::Trigger | ArtifactKind::ConstraintTrigger => {
+            format!("DROP TRIGGER {name} ON {t}")
+        }
         ArtifactKind::RowSecurity => format!("ALTER TABLE {t} DISABLE ROW LEVEL SECURITY"),
         ArtifactKind::Policy => format!("DROP POLICY {name} ON {t}"),
     }
@@ -806,7 +810,7 @@ fn rename_artifact_sql(ctx: &Ctx, a: &Artifact, new_name: &str) -> String {
                 quote_ident(new_name)
             )
         }
-        ArtifactKind::Trigger => {
+        ArtifactKind::Trigger | ArtifactKind::ConstraintTrigger => {
             format!(
                 "ALTER TRIGGER {} ON {t} RENAME TO {}",
                 quote_ident(&a.name),
@@ -1285,7 +1289,7 @@ pub fn plan_change(ctx: &Ctx, old: &EntityDef, new: &EntityDef) -> Result<Vec<St
                 });
             }
         }
-        if a.kind == ArtifactKind::Trigger && a.key.starts_with("r.") && !a.key.contains('@') {
+        if a.kind == ArtifactKind::ConstraintTrigger && !a.key.contains('@') {
             // a trigger checks rows written from now on; the rows there are checked here
             let name = &a.key[2..];
             let r = new
@@ -1672,5 +1676,72 @@ mod tests {
             column_sql(&CTX, "order", &f),
             "\"code\" bigint GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME \"acme\".\"order__code__seq\") NOT NULL"
         );
+    }
+}
+
+#[cfg(test)]
+mod related_rule_tests {
+    use super::*;
+    use crate::definition::parse_rule;
+    use serde_json::json;
+
+    #[test]
+    fn a_rule_over_related_records_becomes_constraint_triggers_and_checks_existing_rows() {
+        let m = crate::query::path::tests::shop();
+        let ctx = Ctx {
+            schema: "acme",
+            role: "tenant_acme",
+            access: false,
+            model: Some(&m),
+        };
+        let old = m.entity("product").unwrap().clone();
+        let mut new = old.clone();
+        new.add_rule(
+            parse_rule(&json!({"name": "named", "check": "category_id.name != name"})).unwrap(),
+        )
+        .unwrap();
+        let steps = plan_change(&ctx, &old, &new).unwrap();
+        let sql: Vec<String> = steps
+            .iter()
+            .map(|s| match s {
+                Step::Sql(s) => s.clone(),
+                Step::RuleHolds { rule, sql } => format!("HOLDS {rule}: {sql}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        let own = sql
+            .iter()
+            .position(|s| s.starts_with("CREATE CONSTRAINT TRIGGER \"product__named__rule\" AFTER INSERT OR UPDATE OF \"category_id\", \"name\" ON \"acme\".\"product\""))
+            .unwrap_or_else(|| panic!("{sql:#?}"));
+        let recheck = sql
+            .iter()
+            .position(|s| s.starts_with("CREATE CONSTRAINT TRIGGER \"product__named__recheck\" AFTER UPDATE OF \"name\" ON \"acme\".\"category\""))
+            .unwrap_or_else(|| panic!("{sql:#?}"));
+        let holds = sql
+            .iter()
+            .position(|s| s.starts_with("HOLDS named: SELECT \"t\".\"id\"::text FROM \"acme\".\"product\" AS \"t\" WHERE NOT ("))
+            .unwrap_or_else(|| panic!("{sql:#?}"));
+        assert!(
+            own < holds && recheck < holds,
+            "rows are checked after the triggers exist"
+        );
+        // dropping the rule drops both triggers
+        let back = plan_change(&ctx, &new, &old).unwrap();
+        let drops: Vec<&Step> = back
+            .iter()
+            .filter(|s| matches!(s, Step::Sql(x) if x.starts_with("DROP TRIGGER")))
+            .collect();
+        assert_eq!(drops.len(), 2, "{back:#?}");
+        // without the tenant's model the rule cannot be planned: it names the path
+        let e = plan_change(
+            &Ctx {
+                model: None,
+                ..ctx.clone()
+            },
+            &old,
+            &new,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("category_id.name"), "{}", e.message);
     }
 }

@@ -873,8 +873,44 @@ fn refusals_of_users_members_and_access_scopes_name_what_is_wrong() {
         "55000",
     );
     assert!(msg.contains("already has this access scope"), "{msg}");
-    // a viewer may not change definitions
+    // a viewer may not change definitions, of any kind
     expect_err(&mut b, r#"SELECT udm_set_access('product', null)"#, "42501");
+    let msg = expect_err(
+        &mut b,
+        r#"SELECT udm_define_entity('note', '{"fields": [{"name": "body", "type": "text"}]}')"#,
+        "42501",
+    );
+    assert!(
+        msg.contains("may not define entity \"note\" (permission manage missing)"),
+        "{msg}"
+    );
+    expect_err(&mut b, "SELECT udm_drop_entity('product')", "42501");
+    expect_err(&mut b, "SELECT udm_install_template('roadmap')", "42501");
+    expect_err(
+        &mut b,
+        r#"SELECT udm_add_field('product', '{"name": "x", "type": "text"}')"#,
+        "42501",
+    );
+    // udm's row triggers refuse to run as anything else
+    let t = a.tenant.clone();
+    let mut adm = admin();
+    for (f, args) in [
+        ("access_guard", ""),
+        ("rule_trigger", "'a', 'b', 'c', 'id', '', ''"),
+    ] {
+        adm.batch_execute(&format!(
+            "CREATE TRIGGER wrong_{f} AFTER UPDATE ON \"{t}\".product FOR EACH STATEMENT EXECUTE FUNCTION udm.{f}({args})"
+        ))
+        .unwrap();
+        let msg = expect_err(
+            &mut adm,
+            &format!("UPDATE \"{t}\".product SET name = name WHERE false"),
+            "0A000",
+        );
+        assert!(msg.contains(&format!("udm.{f}() must be")), "{msg}");
+        adm.batch_execute(&format!("DROP TRIGGER wrong_{f} ON \"{t}\".product"))
+            .unwrap();
+    }
 }
 
 #[test]

@@ -146,6 +146,29 @@ fn alter_field_renames_relabels_and_changes_rules() {
         "23502",
     );
     assert!(msg.contains("1 record(s) have no value"), "{msg}");
+    // once required, plain inserts without it are refused in the words of the field, also by
+    // a session that wrote to the table before the change (its stamp trigger plan is stale)
+    let mut other = connect_as(&m.role);
+    other
+        .batch_execute(&format!(
+            "INSERT INTO \"{t}\".product (name, price) VALUES ('warm', 1)"
+        ))
+        .unwrap();
+    m.client
+        .batch_execute(&format!("UPDATE \"{t}\".product SET price = 2 WHERE price IS NULL"))
+        .unwrap();
+    json(
+        &mut m.client,
+        "SELECT udm_alter_field('product', 'price', '{\"required\": true}')",
+    );
+    for c in [&mut m.client, &mut other] {
+        let msg = expect_err(
+            c,
+            &format!("INSERT INTO \"{t}\".product (name) VALUES ('no price')"),
+            "23502",
+        );
+        assert!(msg.contains("product.price is required"), "{msg}");
+    }
 }
 
 #[test]

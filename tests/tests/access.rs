@@ -467,6 +467,21 @@ fn nobody_grants_more_than_they_have() {
         &format!("SELECT udm_use({}, {})", lit(&a.tenant), lit(&x)),
         "42501",
     );
+    // plain SQL cannot get around udm_add_member, udm_define_role or udm_grant
+    let mut ed_c = a.as_user(&ed);
+    for sql in [
+        format!("UPDATE \"{}\"._udm_member SET role = 'admin'", a.tenant),
+        format!("DELETE FROM \"{}\"._udm_member", a.tenant),
+        format!("INSERT INTO \"{}\"._udm_role (name, parent, permissions) VALUES ('root', 'admin', '{{}}')", a.tenant),
+        format!(
+            "INSERT INTO \"{}\"._udm_tuple (object_entity, object_id, subject, relation, granted_by) \
+             SELECT 'product', gen_random_uuid(), user_id, 'admin', 'me' FROM \"{}\"._udm_member LIMIT 1",
+            a.tenant, a.tenant
+        ),
+        format!("TRUNCATE \"{}\"._udm_tuple", a.tenant),
+    ] {
+        expect_err(&mut ed_c, &sql, "42501");
+    }
     // member changes are audited
     let n: i64 = scalar(
         &mut a.app,

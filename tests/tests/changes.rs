@@ -155,7 +155,9 @@ fn alter_field_renames_relabels_and_changes_rules() {
         ))
         .unwrap();
     m.client
-        .batch_execute(&format!("UPDATE \"{t}\".product SET price = 2 WHERE price IS NULL"))
+        .batch_execute(&format!(
+            "UPDATE \"{t}\".product SET price = 2 WHERE price IS NULL"
+        ))
         .unwrap();
     json(
         &mut m.client,

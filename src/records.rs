@@ -611,3 +611,58 @@ pub unsafe extern "C-unwind" fn udm_upsert_many(fcinfo: pg_sys::FunctionCallInfo
             .expect("jsonb")
     }
 }
+
+// ------------------------------------------------------------------ record ids
+
+finfo_v1!(pg_finfo_udm_uuid_v7);
+
+/// Random bytes for ids are fetched this many at a time (one call into the strong random source
+/// per 32 ids instead of one per id).
+const RANDOM_POOL: usize = 256;
+
+struct IdSource {
+    clock: udm_core::ids::V7Clock,
+    pool: [u8; RANDOM_POOL],
+    used: usize,
+}
+
+thread_local! {
+    static IDS: std::cell::RefCell<IdSource> = const {
+        std::cell::RefCell::new(IdSource {
+            clock: udm_core::ids::V7Clock::new(),
+            pool: [0; RANDOM_POOL],
+            used: RANDOM_POOL,
+        })
+    };
+}
+
+/// `udm.uuid_v7()`: a new record id, time-ordered (UUID version 7, see `udm_core::ids`), with
+/// 62 bits from PostgreSQL's strong random source, the one `gen_random_uuid()` uses.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_uuid_v7(_fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let id = IDS.with(|s| {
+        let s = &mut *s.borrow_mut();
+        if s.used + 8 > RANDOM_POOL {
+            if !unsafe { pg_sys::pg_strong_random(s.pool.as_mut_ptr().cast(), RANDOM_POOL) } {
+                raise(UdmError::internal(
+                    "udm.uuid_v7: could not generate random values",
+                ));
+            }
+            s.used = 0;
+        }
+        let mut random = [0u8; 8];
+        random.copy_from_slice(&s.pool[s.used..s.used + 8]);
+        s.used += 8;
+        s.clock.next(now, random)
+    });
+    unsafe {
+        let p = pg_sys::palloc(16) as *mut u8;
+        std::ptr::copy_nonoverlapping(id.as_ptr(), p, 16);
+        pg_sys::Datum::from(p)
+    }
+}

@@ -902,7 +902,7 @@ pub fn grant_sql(ctx: &Ctx, def: &EntityDef, fresh: bool) -> Vec<String> {
 pub fn create_entity(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Step>> {
     let e = &def.slug;
     let mut cols = vec![
-        "\"id\" uuid NOT NULL DEFAULT gen_random_uuid()".to_string(),
+        format!("\"id\" uuid NOT NULL DEFAULT {}", crate::ids::NEW_ID_SQL),
         "\"created_at\" timestamp with time zone NOT NULL DEFAULT now()".to_string(),
         "\"updated_at\" timestamp with time zone NOT NULL DEFAULT now()".to_string(),
         "\"created_by\" text".to_string(),
@@ -1394,7 +1394,7 @@ mod tests {
             "{create}"
         );
         for want in [
-            "\"id\" uuid NOT NULL DEFAULT gen_random_uuid()",
+            "\"id\" uuid NOT NULL DEFAULT udm.uuid_v7()",
             "\"_version\" integer NOT NULL DEFAULT 1",
             "\"name\" text NOT NULL",
             "\"price\" numeric(12,2)",

@@ -10,6 +10,7 @@ pub mod ddl;
 pub mod definition;
 pub mod error;
 pub mod ident;
+pub mod ids;
 pub mod json;
 pub mod jsonb;
 pub mod locks;

@@ -7,6 +7,7 @@ use crate::ddl::default_sql;
 use crate::definition::{EntityDef, FieldDef};
 use crate::error::{name_list, Result, SqlState, UdmError};
 use crate::ident::{printable, qualified, quote_ident, SYSTEM_COLUMNS};
+use crate::ids::NEW_ID_SQL;
 use crate::json::kind;
 use crate::query::json_object;
 use crate::types::FieldType;
@@ -431,11 +432,11 @@ pub fn insert_many_sql(schema: &str, def: &EntityDef, b: &Batch, range: bool) ->
     if b.links.is_empty() {
         if b.has_ids {
             cols.push("\"id\"".into());
-            vals.push("coalesce(r.\"id\", gen_random_uuid())".into());
+            vals.push(format!("coalesce(r.\"id\", {NEW_ID_SQL})"));
         }
         if cols.is_empty() {
             return format!(
-                "WITH ins AS (INSERT INTO {table} (\"id\") SELECT gen_random_uuid() FROM {} RETURNING 1) SELECT count(*) FROM ins",
+                "WITH ins AS (INSERT INTO {table} (\"id\") SELECT {NEW_ID_SQL} FROM {} RETURNING 1) SELECT count(*) FROM ins",
                 batch_source(b, range)
             );
         }
@@ -453,9 +454,9 @@ pub fn insert_many_sql(schema: &str, def: &EntityDef, b: &Batch, range: bool) ->
         .map(|l| format!("r.{}", quote_ident(&l.key)))
         .collect();
     let mut src_cols = vec![if b.has_ids {
-        "coalesce(r.\"id\", gen_random_uuid()) AS \"id\"".to_string()
+        format!("coalesce(r.\"id\", {NEW_ID_SQL}) AS \"id\"")
     } else {
-        "gen_random_uuid() AS \"id\"".to_string()
+        format!("{NEW_ID_SQL} AS \"id\"")
     }];
     for (i, v) in vals.iter().enumerate() {
         src_cols.push(format!("{v} AS c{i}"));
@@ -587,7 +588,7 @@ pub fn upsert_many_sql(
     let mut vals: Vec<String> = b.cols.iter().map(batch_value).collect();
     if b.has_ids {
         cols.push("\"id\"".into());
-        vals.push("coalesce(r.\"id\", gen_random_uuid())".into());
+        vals.push(format!("coalesce(r.\"id\", {NEW_ID_SQL})"));
     }
     let sets: Vec<String> = b
         .cols

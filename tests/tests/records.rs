@@ -529,3 +529,59 @@ fn point_reads_equal_the_stored_row_for_every_type() {
     assert_eq!(t["name"], "T");
     assert!(t.get("pw").is_none());
 }
+
+#[test]
+fn new_ids_are_version_7_and_increase_in_the_order_records_are_made() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "rids");
+    shop(&mut m);
+    let t = m.tenant.clone();
+    let one = id_of(&json(
+        &mut m.client,
+        "SELECT udm_insert('tag', '{\"name\": \"a\"}')",
+    ));
+    m.client
+        .batch_execute(&format!(
+            "INSERT INTO \"{t}\".tag (name) SELECT 'plain ' || i FROM generate_series(1, 500) i"
+        ))
+        .unwrap();
+    json(
+        &mut m.client,
+        "SELECT udm_insert_many('tag', '[{\"name\": \"b1\"}, {\"name\": \"b2\"}, {\"name\": \"b3\"}]')",
+    );
+    // in the order they were made (the sequence of created rows is the ctid order of a fresh
+    // table), the ids are strictly increasing, all version 7 with the RFC 9562 variant
+    let ids: Vec<String> = m
+        .client
+        .query(
+            &format!("SELECT id::text FROM \"{t}\".tag ORDER BY ctid"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 504);
+    assert_eq!(ids[0], one);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not increasing");
+    for id in &ids {
+        assert_eq!(&id[14..15], "7", "version of {id}");
+        assert!("89ab".contains(&id[19..20]), "variant of {id}");
+    }
+    // the id tells the time it was made, to the millisecond
+    let skew: f64 = scalar(
+        &mut m.client,
+        &format!(
+            "SELECT abs(extract(epoch FROM created_at) * 1000 - ('x' || substr(replace(id::text, '-', ''), 1, 12))::bit(48)::bigint)::float8 \
+             FROM \"{t}\".tag WHERE id = '{one}'"
+        ),
+    );
+    assert!(skew < 5000.0, "id time is {skew} ms off created_at");
+    // an id given by the caller is kept
+    let given = "00000000-0000-4000-8000-000000000001";
+    let v = json(
+        &mut m.client,
+        &format!("SELECT udm_insert('tag', '{{\"id\": \"{given}\", \"name\": \"g\"}}')"),
+    );
+    assert_eq!(id_of(&v), given);
+}

@@ -16,7 +16,7 @@ use crate::catalog::{self, Tenant};
 use crate::error::{OrRaise, Result};
 use crate::rowjson::{varlena, RowJson};
 use crate::security::{as_owner_id, caller, role_name};
-use crate::triggers::{relation_names, text_datum, trigger_data, uuid_bytes};
+use crate::triggers::{relation_names, text_datum, trigger_data, uuid_bytes, uuid_datum};
 use pgrx::prelude::*;
 use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
@@ -588,12 +588,6 @@ fn reset_buffer_ctx() {
 
 fn bytes_datum(b: &[u8]) -> pg_sys::Datum {
     b.into_datum().expect("bytea is never NULL")
-}
-
-fn uuid_datum(b: &[u8; 16]) -> pg_sys::Datum {
-    pgrx::Uuid::from_bytes(*b)
-        .into_datum()
-        .expect("uuid is never NULL")
 }
 
 /// `changed_fields` as text[] from the comma-separated names (field names are slugs).

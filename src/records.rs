@@ -660,9 +660,5 @@ pub unsafe extern "C-unwind" fn udm_uuid_v7(_fcinfo: pg_sys::FunctionCallInfo) -
         s.used += 8;
         s.clock.next(now, random)
     });
-    unsafe {
-        let p = pg_sys::palloc(16) as *mut u8;
-        std::ptr::copy_nonoverlapping(id.as_ptr(), p, 16);
-        pg_sys::Datum::from(p)
-    }
+    crate::triggers::uuid_datum(&id)
 }

@@ -126,6 +126,13 @@ pub(crate) unsafe fn uuid_bytes(d: pg_sys::Datum) -> [u8; 16] {
     }
 }
 
+/// A uuid datum (in the current memory context) from its 16 bytes.
+pub(crate) fn uuid_datum(b: &[u8; 16]) -> pg_sys::Datum {
+    pgrx::Uuid::from_bytes(*b)
+        .into_datum()
+        .expect("uuid is never NULL")
+}
+
 /// Hashes a password column's new value (plain text) with bcrypt, after checking its length.
 /// Returns None when nothing is to be done (NULL, unchanged, or already a bcrypt hash).
 unsafe fn hash_password(

@@ -51,19 +51,19 @@ fn layout(ticks: u64, random: [u8; 8]) -> [u8; 16] {
     out
 }
 
-/// The creation time (Unix milliseconds) a version 7 id carries, or None for another version.
-pub fn v7_unix_ms(id: &[u8; 16]) -> Option<u64> {
-    if id[6] >> 4 != 7 || id[8] >> 6 != 0b10 {
-        return None;
-    }
-    let mut ms = [0u8; 8];
-    ms[2..].copy_from_slice(&id[..6]);
-    Some(u64::from_be_bytes(ms))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The creation time (Unix milliseconds) a version 7 id carries, or None for another version.
+    fn v7_unix_ms(id: &[u8; 16]) -> Option<u64> {
+        if id[6] >> 4 != 7 || id[8] >> 6 != 0b10 {
+            return None;
+        }
+        let mut ms = [0u8; 8];
+        ms[2..].copy_from_slice(&id[..6]);
+        Some(u64::from_be_bytes(ms))
+    }
 
     const T: u128 = 1_796_000_000_123_456_789; // 2026-11-30, some nanoseconds in
 

@@ -584,4 +584,39 @@ fn new_ids_are_version_7_and_increase_in_the_order_records_are_made() {
         &format!("SELECT udm_insert('tag', '{{\"id\": \"{given}\", \"name\": \"g\"}}')"),
     );
     assert_eq!(id_of(&v), given);
+    // and through plain SQL too, where the row trigger sets the other system columns anyway
+    let plain = "00000000-0000-4000-8000-000000000002";
+    let (kept, by): (String, String) = {
+        let r = m
+            .client
+            .query_one(
+                &format!(
+                    "INSERT INTO \"{t}\".tag (id, name, created_by) VALUES ('{plain}', 'p', 'forged') RETURNING id::text, created_by"
+                ),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(kept, plain);
+    assert_eq!(
+        by, m.role,
+        "created_by is the stamp trigger's, not the statement's"
+    );
+    // a batch keeps the ids it gives and makes the missing ones
+    let batch = "00000000-0000-4000-8000-000000000003";
+    json(
+        &mut m.client,
+        &format!("SELECT udm_insert_many('tag', '[{{\"id\": \"{batch}\", \"name\": \"c1\"}}, {{\"name\": \"c2\"}}]')"),
+    );
+    let c2: String = scalar(
+        &mut m.client,
+        &format!("SELECT id::text FROM \"{t}\".tag WHERE name = 'c2'"),
+    );
+    let c1: String = scalar(
+        &mut m.client,
+        &format!("SELECT id::text FROM \"{t}\".tag WHERE name = 'c1'"),
+    );
+    assert_eq!(c1, batch);
+    assert_eq!(&c2[14..15], "7", "a missing id in a batch is made: {c2}");
 }

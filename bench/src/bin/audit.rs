@@ -3,7 +3,9 @@
 //! throughput with pgbench at 1 and 2 clients, for
 //!   (a)  no audit: a plain table, and the same udm entity with `"audit": false`,
 //!   (b)  the seed's PL/pgSQL row trigger (seed 001 section 4.6, with to_jsonb) on the plain table,
-//!   (c)  udm's native audit on the udm entity.
+//!   (c)  udm's native audit on the udm entity,
+//! and, in the bulk phase only, (a'') and (c'') as (a') and (c) with the plain tables' random
+//! `gen_random_uuid()` ids instead of udm's time-ordered ones (what the id default is worth).
 //!
 //! Goals (issue 4): (c) bulk insert <= 1.5x unaudited; (c) at least 1.5x faster than (b);
 //! single-row update throughput of (c) >= 0.8x unaudited. Also reported: audit bytes per change.
@@ -12,18 +14,26 @@ use std::process::Command;
 use std::time::Duration;
 use udm_bench::*;
 
-const VARIANTS: [(&str, &str); 4] = [
+const VARIANTS: [(&str, &str); 6] = [
     ("plain", "(a) plain table, no audit"),
     ("udm_off", "(a') udm entity, audit off"),
     ("plpgsql", "(b) plain table + PL/pgSQL trigger"),
     ("udm", "(c) udm entity, native audit"),
+    // what udm's time-ordered ids (udm.uuid_v7()) are worth: the same entities with the random
+    // ids the plain tables have (bulk phase only)
+    ("udm_off_random", "(a'') audit off, gen_random_uuid() ids"),
+    ("udm_random", "(c'') native audit, gen_random_uuid() ids"),
 ];
+/// The variants pgbench runs (the random-id ones are for the bulk phase).
+const PGBENCH_VARIANTS: usize = 4;
 
 fn table(v: &str) -> &'static str {
     match v {
         "plain" => "public.t_plain",
         "plpgsql" => "public.t_plpgsql",
         "udm_off" => "ab.item_off",
+        "udm_off_random" => "ab.item_off_random",
+        "udm_random" => "ab.item_random",
         _ => "ab.item",
     }
 }
@@ -46,6 +56,20 @@ fn setup(c: &mut postgres::Client) {
              {"name": "status", "type": "select", "values": ["draft", "active", "retired"]},
              {"name": "metadata", "type": "json"},
              {"name": "n", "type": "integer", "index": true}]}');
+           SELECT udm_define_entity('item_random', '{"fields": [
+             {"name": "name", "type": "text"},
+             {"name": "price", "type": "decimal", "precision": 12, "scale": 2},
+             {"name": "status", "type": "select", "values": ["draft", "active", "retired"]},
+             {"name": "metadata", "type": "json"},
+             {"name": "n", "type": "integer", "index": true}]}');
+           SELECT udm_define_entity('item_off_random', '{"audit": false, "fields": [
+             {"name": "name", "type": "text"},
+             {"name": "price", "type": "decimal", "precision": 12, "scale": 2},
+             {"name": "status", "type": "select", "values": ["draft", "active", "retired"]},
+             {"name": "metadata", "type": "json"},
+             {"name": "n", "type": "integer", "index": true}]}');
+           ALTER TABLE ab.item_random ALTER id SET DEFAULT gen_random_uuid();
+           ALTER TABLE ab.item_off_random ALTER id SET DEFAULT gen_random_uuid();
            CREATE TABLE public.t_plain (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text,
              price numeric(12,2), status text, metadata jsonb,
              created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), n integer);
@@ -71,7 +95,7 @@ fn setup(c: &mut postgres::Client) {
 
 fn reset(c: &mut postgres::Client) {
     c.batch_execute(
-        "TRUNCATE public.t_plain, public.t_plpgsql, public.audit_log, ab.item, ab.item_off, ab._udm_audit",
+        "TRUNCATE public.t_plain, public.t_plpgsql, public.audit_log, ab.item, ab.item_off, ab.item_random, ab.item_off_random, ab._udm_audit",
     )
     .unwrap();
 }
@@ -209,6 +233,28 @@ fn main() {
         "  bulk insert (b) / (c): udm is {faster:.2}x faster than the PL/pgSQL trigger (goal >= 1.5x: {})",
         if faster >= 1.5 { "met" } else { "NOT MET" }
     );
+    ratio(
+        "bulk insert (a'') random ids / (a') udm ids, audit off",
+        i[4],
+        i[1],
+        None,
+    );
+    ratio(
+        "bulk insert (c'') random ids / (c) udm ids, native audit",
+        i[5],
+        i[3],
+        None,
+    );
+    ratio(
+        "bulk insert (c'') / (a'') with random ids on both",
+        i[5],
+        i[4],
+        None,
+    );
+    println!(
+        "  bulk insert (b) / (c''): with random ids udm is {:.2}x faster than the PL/pgSQL trigger",
+        i[2] / i[5]
+    );
     ratio("update all (c) / (a') udm unaudited", u[3], u[1], None);
     ratio("update all (b) / (a) plain table", u[2], u[0], None);
     println!(
@@ -224,13 +270,13 @@ fn main() {
         "single-row UPDATE throughput with pgbench ({secs} s per run)"
     ));
     reset(&mut c);
-    for (v, _) in VARIANTS {
+    for (v, _) in &VARIANTS[..PGBENCH_VARIANTS] {
         c.batch_execute(&insert_sql(v, rows)).unwrap();
         c.batch_execute(&format!("VACUUM ANALYZE {}", table(v)))
             .unwrap();
     }
     for clients in [1u32, 2] {
-        let tps: Vec<f64> = VARIANTS
+        let tps: Vec<f64> = VARIANTS[..PGBENCH_VARIANTS]
             .iter()
             .map(|(v, name)| {
                 let t = pgbench(v, clients, secs, "");

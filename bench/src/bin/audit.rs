@@ -41,36 +41,35 @@ fn table(v: &str) -> &'static str {
 fn setup(c: &mut postgres::Client) {
     let mut pg = connect("postgres");
     let _ = pg.batch_execute("DROP ROLE IF EXISTS tenant_ab");
+    c.batch_execute("SELECT udm_create_tenant('ab'); SELECT udm_use('ab');")
+        .unwrap();
+    // the 7-column entity, audited and not, with udm's ids and with random ones
+    let fields = r#"[{"name": "name", "type": "text"},
+        {"name": "price", "type": "decimal", "precision": 12, "scale": 2},
+        {"name": "status", "type": "select", "values": ["draft", "active", "retired"]},
+        {"name": "metadata", "type": "json"},
+        {"name": "n", "type": "integer", "index": true}]"#;
+    for (slug, audit, random_ids) in [
+        ("item", true, false),
+        ("item_off", false, false),
+        ("item_random", true, true),
+        ("item_off_random", false, true),
+    ] {
+        let def = format!(r#"{{"audit": {audit}, "fields": {fields}}}"#);
+        c.execute(
+            "SELECT udm_define_entity($1, $2::text::jsonb)",
+            &[&slug, &def],
+        )
+        .unwrap();
+        if random_ids {
+            c.batch_execute(&format!(
+                "ALTER TABLE ab.{slug} ALTER id SET DEFAULT gen_random_uuid()"
+            ))
+            .unwrap();
+        }
+    }
     c.batch_execute(
-        r#"SELECT udm_create_tenant('ab');
-           SELECT udm_use('ab');
-           SELECT udm_define_entity('item', '{"fields": [
-             {"name": "name", "type": "text"},
-             {"name": "price", "type": "decimal", "precision": 12, "scale": 2},
-             {"name": "status", "type": "select", "values": ["draft", "active", "retired"]},
-             {"name": "metadata", "type": "json"},
-             {"name": "n", "type": "integer", "index": true}]}');
-           SELECT udm_define_entity('item_off', '{"audit": false, "fields": [
-             {"name": "name", "type": "text"},
-             {"name": "price", "type": "decimal", "precision": 12, "scale": 2},
-             {"name": "status", "type": "select", "values": ["draft", "active", "retired"]},
-             {"name": "metadata", "type": "json"},
-             {"name": "n", "type": "integer", "index": true}]}');
-           SELECT udm_define_entity('item_random', '{"fields": [
-             {"name": "name", "type": "text"},
-             {"name": "price", "type": "decimal", "precision": 12, "scale": 2},
-             {"name": "status", "type": "select", "values": ["draft", "active", "retired"]},
-             {"name": "metadata", "type": "json"},
-             {"name": "n", "type": "integer", "index": true}]}');
-           SELECT udm_define_entity('item_off_random', '{"audit": false, "fields": [
-             {"name": "name", "type": "text"},
-             {"name": "price", "type": "decimal", "precision": 12, "scale": 2},
-             {"name": "status", "type": "select", "values": ["draft", "active", "retired"]},
-             {"name": "metadata", "type": "json"},
-             {"name": "n", "type": "integer", "index": true}]}');
-           ALTER TABLE ab.item_random ALTER id SET DEFAULT gen_random_uuid();
-           ALTER TABLE ab.item_off_random ALTER id SET DEFAULT gen_random_uuid();
-           CREATE TABLE public.t_plain (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text,
+        r#"CREATE TABLE public.t_plain (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text,
              price numeric(12,2), status text, metadata jsonb,
              created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), n integer);
            CREATE INDEX ON public.t_plain (n);

@@ -126,12 +126,11 @@ fn show(v: &Value) -> String {
     }
 }
 
+/// A value as a summary shows it: numbers exactly as stored (`12.50` in a numeric(12,2) field;
+/// udm reads JSON numbers without rounding them through floating point).
 fn show_number_or(v: &Value) -> String {
     match v {
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
-            _ => n.to_string(),
-        },
+        Value::Number(n) => n.to_string(),
         other => show(other),
     }
 }
@@ -443,9 +442,19 @@ mod tests {
             field_change("price", &json!(99.99), &json!(129.99)),
             "price changed from 99.99 to 129.99"
         );
+        let stored = |text: &str| -> Value { serde_json::from_str(text).unwrap() };
         assert_eq!(
-            field_change("price", &json!(10.0), &json!(12.5)),
-            "price changed from 10 to 12.5"
+            field_change("price", &stored("10.00"), &stored("12.50")),
+            "price changed from 10.00 to 12.50"
+        );
+        assert_eq!(
+            field_change(
+                "price",
+                &stored("12345678901234567890.000000001"),
+                &stored("1e-20")
+            ),
+            "price changed from 12345678901234567890.000000001 to 1e-20",
+            "numbers are not rounded"
         );
         assert_eq!(
             field_change("status", &Value::Null, &json!("draft")),

@@ -109,7 +109,13 @@ fn mismatch(what: &str, t: &PType, v: &Value) -> UdmError {
     )
 }
 
-/// The text PostgreSQL reads as a value of type `t`, after checking the JSON value fits.
+/// Numbers that JSON cannot write: `to_jsonb` (and so every udm result) makes them strings.
+const SPECIAL_NUMBERS: [&str; 3] = ["NaN", "Infinity", "-Infinity"];
+/// Dates and timestamps without a calendar day, as `to_jsonb` writes them.
+const INFINITIES: [&str; 2] = ["infinity", "-infinity"];
+
+/// The text PostgreSQL reads as a value of type `t`, after checking the JSON value fits. A value
+/// as udm returns it is always accepted back (NaN and infinite numbers, infinite dates).
 /// `what` names the place (`product.price`, `rows[3].price`, `filter on product.price`).
 pub fn to_text(v: &Value, t: &PType, what: &str) -> Result<String> {
     let bad = || mismatch(what, t, v);
@@ -123,6 +129,8 @@ pub fn to_text(v: &Value, t: &PType, what: &str) -> Result<String> {
         },
         PType::Numeric | PType::Float => match v {
             Value::Number(n) => Ok(n.to_string()),
+            // what to_jsonb makes of the values that are not JSON numbers
+            Value::String(s) if SPECIAL_NUMBERS.contains(&s.as_str()) => Ok(s.clone()),
             _ => Err(bad()),
         },
         PType::Integer | PType::BigInt | PType::SmallInt => {
@@ -143,14 +151,14 @@ pub fn to_text(v: &Value, t: &PType, what: &str) -> Result<String> {
         PType::Boolean => v.as_bool().map(|b| b.to_string()).ok_or_else(bad),
         PType::Date => {
             let s = v.as_str().ok_or_else(bad)?;
-            if parse_date(s).is_none() {
+            if parse_date(s).is_none() && !INFINITIES.contains(&s) {
                 return Err(bad());
             }
             Ok(s.to_string())
         }
         PType::Timestamp => {
             let s = v.as_str().ok_or_else(bad)?;
-            if !is_timestamp(s) {
+            if !is_timestamp(s) && !INFINITIES.contains(&s) {
                 return Err(bad());
             }
             Ok(s.to_string())
@@ -358,6 +366,31 @@ mod tests {
             to_text(&json!({"a": [1]}), &PType::Jsonb, "x").unwrap(),
             "{\"a\":[1]}"
         );
+    }
+
+    #[test]
+    fn values_udm_returns_are_accepted_back() {
+        for (v, t) in [
+            (json!("NaN"), PType::Numeric),
+            (json!("-Infinity"), PType::Float),
+            (json!("infinity"), PType::Timestamp),
+            (json!("-infinity"), PType::Date),
+        ] {
+            assert_eq!(to_text(&v, &t, "x").unwrap(), v.as_str().unwrap());
+        }
+        let exact: Value = serde_json::from_str("12345678901234567890.000000001").unwrap();
+        assert_eq!(
+            to_text(&exact, &PType::Numeric, "x").unwrap(),
+            "12345678901234567890.000000001",
+            "numbers are not rounded"
+        );
+        for (v, t) in [
+            (json!("nan"), PType::Numeric),
+            (json!("Infinity"), PType::Date),
+            (json!("1e5"), PType::Float),
+        ] {
+            assert!(to_text(&v, &t, "x").is_err(), "{v}");
+        }
     }
 
     #[test]

@@ -185,7 +185,7 @@ fn every_write_path_is_recorded_with_images_and_who() {
     let actions: Vec<String> = h.iter().map(|r| r.get::<_, String>(1)).collect();
     assert_eq!(actions, vec!["DELETE", "UPDATE", "UPDATE", "INSERT"]);
     let summaries: Vec<String> = h.iter().map(|r| r.get::<_, String>(2)).collect();
-    assert_eq!(summaries[2], "price changed from 10 to 12.5");
+    assert_eq!(summaries[2], "price changed from 10.00 to 12.50");
     assert_eq!(json(&mut m.client, "SELECT udm_audit_verify()")["ok"], true);
 }
 

@@ -620,3 +620,48 @@ fn new_ids_are_version_7_and_increase_in_the_order_records_are_made() {
     assert_eq!(c1, batch);
     assert_eq!(&c2[14..15], "7", "a missing id in a batch is made: {c2}");
 }
+
+/// JSON numbers reach the table, the filters and the results exactly as written: no rounding
+/// through floating point (a decimal of 29 digits, a json fraction of 22), and the values
+/// PostgreSQL has but JSON lacks (NaN) come back as the strings udm returns for them.
+#[test]
+fn numbers_are_written_and_read_without_rounding() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "rnum");
+    json(
+        &mut m.client,
+        r#"SELECT udm_define_entity('measure', '{"fields": [{"name": "d", "type": "decimal"}, {"name": "j", "type": "json"}]}')"#,
+    );
+    let stored: String = scalar(
+        &mut m.client,
+        r#"SELECT (udm_insert('measure', '{"d": 12345678901234567890.000000001, "j": {"x": 0.1000000000000000000001}}') - 'id' - 'created_at' - 'updated_at' - 'created_by' - 'updated_by')::text"#,
+    );
+    assert_eq!(
+        stored,
+        r#"{"d": 12345678901234567890.000000001, "j": {"x": 0.1000000000000000000001}, "_version": 1}"#
+    );
+    let found: String = scalar(
+        &mut m.client,
+        r#"SELECT (udm_query('measure', '{"columns": ["d", "j.x"], "filters": {"d": 12345678901234567890.000000001, "j.x": {"gt": 0.1}}}') -> 'rows')::text"#,
+    );
+    assert_eq!(
+        found,
+        r#"[{"d": 12345678901234567890.000000001, "j.x": 0.1000000000000000000001}]"#
+    );
+    let none: String = scalar(
+        &mut m.client,
+        r#"SELECT (udm_query('measure', '{"filters": {"d": 12345678901234567890}}') -> 'rows')::text"#,
+    );
+    assert_eq!(none, "[]", "a filter on the rounded value matches nothing");
+    let nan: String = scalar(
+        &mut m.client,
+        r#"SELECT udm_insert('measure', '{"d": "NaN"}') ->> 'd'"#,
+    );
+    assert_eq!(nan, "NaN");
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_insert('measure', '{"d": "nan"}')"#,
+        "22P02",
+    );
+    assert!(msg.contains("measure.d"), "{msg}");
+}

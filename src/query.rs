@@ -9,6 +9,7 @@
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{raise, OrRaise, Result, UdmError};
 use crate::rawspi::{self, Plan};
+use crate::rowjson::RowJson;
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -18,8 +19,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
 use udm_core::definition::EntityDef;
+use udm_core::error::SqlState;
+use udm_core::jsonb::{integer_numeric, write_object, Value as JsonbValue};
 use udm_core::query::path::Model;
-use udm_core::query::{self as q, Computed, Source, Template};
+use udm_core::query::{self as q, Computed, PageCount, PageOutput, Source, Template};
 
 /// The active entities of a tenant, as the compiler sees them.
 pub struct TenantModel {
@@ -52,6 +55,80 @@ impl Model for TenantModel {
 pub struct Compiled {
     pub template: Template,
     pub plan: Plan,
+    /// A page's exact count (`PageCount::Exact`): its own statement, planned per call.
+    pub count_plan: Option<Plan>,
+    /// How a page's rows become jsonb, made from the first result (the result's column types
+    /// are fixed for a prepared plan).
+    page_json: RefCell<Option<Rc<PageJson>>>,
+}
+
+impl Compiled {
+    fn new(template: Template, plan: Plan) -> Result<Compiled> {
+        let count_plan = match template.page.as_ref().and_then(|p| p.count.as_ref()) {
+            Some((_, PageCount::Exact(sql))) => {
+                Some(rawspi::prepare_query_per_call(sql, template.params.len())?)
+            }
+            _ => None,
+        };
+        Ok(Compiled {
+            template,
+            plan,
+            count_plan,
+            page_json: RefCell::new(None),
+        })
+    }
+
+    /// The SQL of a page's exact count, if it has one.
+    fn count_sql(&self) -> Option<&str> {
+        match self.template.page.as_ref()?.count.as_ref()? {
+            (_, PageCount::Exact(sql)) => Some(sql),
+            _ => None,
+        }
+    }
+}
+
+/// The jsonb builders of a page's result rows: the record's columns (under their paths) and
+/// the cursor keys that follow them.
+struct PageJson {
+    types: Vec<pg_sys::Oid>,
+    record: RowJson,
+    keys: RowJson,
+}
+
+impl PageJson {
+    /// The builders for a result of `desc`, reusing `cached` when its column types match.
+    unsafe fn for_desc(
+        cached: &RefCell<Option<Rc<PageJson>>>,
+        out: &PageOutput,
+        desc: pg_sys::TupleDesc,
+    ) -> Result<Rc<PageJson>> {
+        unsafe {
+            let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+            let types: Vec<pg_sys::Oid> = attrs.iter().map(|a| a.atttypid).collect();
+            if let Some(p) = cached.borrow().as_ref().filter(|p| p.types == types) {
+                return Ok(p.clone());
+            }
+            let n = out.columns.len();
+            let keys = out.cursor.as_ref().map_or(0, |c| c.keys);
+            if types.len() < n + keys {
+                return Err(UdmError::internal(format!(
+                    "udm: a page's statement returned {} columns, {} expected",
+                    types.len(),
+                    n + keys
+                )));
+            }
+            let record: Vec<(String, usize)> = out.columns.iter().cloned().zip(0..n).collect();
+            let key_cols: Vec<(String, usize)> =
+                (0..keys).map(|i| (format!("k{i}"), n + i)).collect();
+            let p = Rc::new(PageJson {
+                types,
+                record: RowJson::new(desc, &record),
+                keys: RowJson::new(desc, &key_cols),
+            });
+            *cached.borrow_mut() = Some(p.clone());
+            Ok(p)
+        }
+    }
 }
 
 const MAX_TEMPLATES: usize = 1024;
@@ -128,7 +205,7 @@ pub fn compiled(
     } else {
         rawspi::prepare_query(&template.sql, template.params.len())?
     };
-    let c = Rc::new(Compiled { template, plan });
+    let c = Rc::new(Compiled::new(template, plan)?);
     TEMPLATES.with(|t| {
         let mut t = t.borrow_mut();
         if t.len() >= MAX_TEMPLATES {
@@ -177,8 +254,114 @@ fn computed_values(c: &Compiled, spec: &Value) -> Result<Vec<String>> {
 pub fn execute(c: &Compiled, spec: &Value) -> Result<pg_sys::Datum> {
     let computed = computed_values(c, spec)?;
     let binds = q::bind(spec, &c.template, &computed)?;
+    if let Some(out) = &c.template.page {
+        return execute_page(c, out, &binds, &computed);
+    }
     rawspi::first_datum(&c.plan, &binds, true)?
         .ok_or_else(|| UdmError::internal("udm: the query returned no row"))
+}
+
+/// Runs a page's statement and builds `{"rows": [...], "next_cursor": ..., "count": n}` from
+/// its rows (see `PageOutput`).
+fn execute_page(
+    c: &Compiled,
+    out: &PageOutput,
+    binds: &[Option<String>],
+    computed: &[String],
+) -> Result<pg_sys::Datum> {
+    let count = match (&out.count, &c.count_plan) {
+        (None, _) => None,
+        (Some((key, PageCount::Computed(i))), _) => {
+            let n = computed.get(*i).and_then(|v| v.parse::<i64>().ok());
+            Some((key, n.unwrap_or(0)))
+        }
+        (Some((key, PageCount::Exact(_))), Some(plan)) => {
+            let n = rawspi::first_datum(plan, binds, true)?.map_or(0, rawspi::int8);
+            Some((key, n))
+        }
+        (Some((_, PageCount::Exact(_))), None) => {
+            return Err(UdmError::internal("udm: a page's count was not prepared"))
+        }
+    };
+    let bytes = rawspi::rows(&c.plan, binds, |desc, rows| unsafe {
+        let json = PageJson::for_desc(&c.page_json, out, desc)?;
+        let natts = (*desc).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0usize); natts];
+        let mut nulls = vec![false; natts];
+        let mut records = Vec::with_capacity(rows.len());
+        for &row in rows {
+            pg_sys::heap_deform_tuple(row, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            records.push(json.record.build(&values, &nulls));
+        }
+        let next_cursor = match &out.cursor {
+            Some(cur) if rows.len() as i64 == cur.limit => {
+                // `values` still holds the last row
+                Some(Some(json.keys.with_values(&values, &nulls, |keys| {
+                    cursor_text(keys, &cur.sig)
+                })?))
+            }
+            Some(_) => Some(None),
+            None => None,
+        };
+        let mut ints = [0u8; 12];
+        let mut pairs: Vec<(&[u8], JsonbValue)> = vec![(
+            b"rows",
+            JsonbValue::Array(
+                records
+                    .iter()
+                    .map(|d| JsonbValue::Jsonb(crate::rowjson::varlena(*d)))
+                    .collect(),
+            ),
+        )];
+        if let Some(cur) = &next_cursor {
+            let v = cur
+                .as_deref()
+                .map_or(JsonbValue::Null, |s| JsonbValue::String(s.as_bytes()));
+            pairs.push((b"next_cursor", v));
+        }
+        if let Some((key, n)) = count {
+            let len = integer_numeric(n, &mut ints);
+            pairs.push((key.as_bytes(), JsonbValue::Numeric(&ints[..len])));
+        }
+        let mut buf = Vec::new();
+        write_object(&mut buf, &pairs).map_err(|e| {
+            UdmError::new(
+                SqlState::ProgramLimitExceeded,
+                format!("udm: cannot build the page: {e}"),
+            )
+        })?;
+        Ok(buf)
+    })?;
+    unsafe {
+        let p = pg_sys::palloc(bytes.len()) as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+        Ok(pg_sys::Datum::from(p))
+    }
+}
+
+/// A page's `next_cursor`: base64 (without line breaks) of the jsonb text of
+/// `{"k": [keys], "s": signature}`, as `decode_cursor` reads it.
+fn cursor_text(keys: Vec<JsonbValue<'_>>, sig: &str) -> Result<String> {
+    let mut buf = Vec::new();
+    write_object(
+        &mut buf,
+        &[
+            (b"k", JsonbValue::Array(keys)),
+            (b"s", JsonbValue::String(sig.as_bytes())),
+        ],
+    )
+    .map_err(|e| UdmError::internal(format!("udm: cannot build a cursor: {e}")))?;
+    let text = unsafe {
+        let d = pg_sys::palloc(buf.len()) as *mut u8;
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), d, buf.len());
+        let s =
+            pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(pg_sys::Datum::from(d))])
+                .ok_or_else(|| UdmError::internal("udm: jsonb_out returned NULL"))?;
+        std::ffi::CStr::from_ptr(s.cast_mut_ptr())
+            .to_bytes()
+            .to_vec()
+    };
+    Ok(q::b64_encode(&text))
 }
 
 fn run(kind: &str, entity: &str, spec: &Value) -> Result<pg_sys::Datum> {
@@ -204,10 +387,8 @@ fn compile(m: &dyn Model, kind: &str, entity: &str, spec: &Value) -> Result<Temp
 pub fn explain(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
     let (t, m) = target(entity)?;
     let template = compile(&*m, kind, entity, spec)?;
-    let fake = Compiled {
-        plan: rawspi::prepare_query(&template.sql, template.params.len())?,
-        template,
-    };
+    let plan = rawspi::prepare_query(&template.sql, template.params.len())?;
+    let fake = Compiled::new(template, plan)?;
     let computed = computed_values(&fake, spec)?;
     let binds = q::bind(spec, &fake.template, &computed)?;
     let plan = rawspi::once(
@@ -217,7 +398,16 @@ pub fn explain(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
     )?
     .map(rawspi::json_value)
     .unwrap_or(Value::Null);
-    Ok(json!({"tenant": t.slug, "sql": fake.template.sql, "params": binds, "plan": plan}))
+    let mut out =
+        json!({"tenant": t.slug, "sql": fake.template.sql, "params": binds, "plan": plan});
+    if let Some(sql) = fake.count_sql() {
+        let count_plan = rawspi::once(&format!("EXPLAIN (FORMAT JSON) {sql}"), &binds, false)?
+            .map(rawspi::json_value)
+            .unwrap_or(Value::Null);
+        out["count_sql"] = json!(sql);
+        out["count_plan"] = count_plan;
+    }
+    Ok(out)
 }
 
 /// What the compiler makes of a spec, and how long compiling (or finding it cached) takes.
@@ -242,9 +432,11 @@ pub fn compile_info(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
             Source::Computed(i) => json!({"from": "computed", "index": i}),
         })
         .collect();
-    Ok(
-        json!({"sql": c.template.sql, "params": binds, "sources": sources, "cached": cached, "compile_us": us, "shape": key}),
-    )
+    let mut out = json!({"sql": c.template.sql, "params": binds, "sources": sources, "cached": cached, "compile_us": us, "shape": key});
+    if let Some(sql) = c.count_sql() {
+        out["count_sql"] = json!(sql);
+    }
+    Ok(out)
 }
 
 // ------------------------------------------------------------------ SQL surface

@@ -155,6 +155,38 @@ pub fn first_datum(
     unsafe { first_of_result() }
 }
 
+/// Runs a kept read-only plan to completion and gives its rows to `f` while they are still in
+/// SPI's memory (what `f` allocates in the current context is freed with them; it returns what
+/// must outlive the call as Rust values).
+pub fn rows<R>(
+    plan: &Plan,
+    args: &[Option<String>],
+    f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> Result<R>,
+) -> Result<R> {
+    if args.len() != plan.nargs {
+        return Err(UdmError::internal(format!(
+            "udm: plan takes {} arguments, got {}",
+            plan.nargs,
+            args.len()
+        )));
+    }
+    let _conn = Connection::open();
+    let (mut values, nulls) = text_datums(args);
+    execute(plan, &mut values, &nulls, true, 0)?;
+    unsafe {
+        let table = pg_sys::SPI_tuptable;
+        if table.is_null() {
+            return Err(UdmError::internal("udm: the query returned no result"));
+        }
+        let rows = if (*table).numvals == 0 {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts((*table).vals, (*table).numvals as usize)
+        };
+        f((*table).tupdesc, rows)
+    }
+}
+
 /// Runs a kept plan with datums (for plans prepared with `prepare_typed`).
 pub fn first_datum_of(
     plan: &Plan,

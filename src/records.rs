@@ -40,6 +40,7 @@ fn plan_for(
             ],
             computed: vec![],
             plan_per_call: false,
+            page: None,
         })
     })
     .map(|(c, _)| c)
@@ -257,6 +258,7 @@ pub fn get(
                     )],
                     computed: vec![],
                     plan_per_call: false,
+                    page: None,
                 })
             })?;
             rawspi::first_datum(&c.plan, &[Some(id.to_string())], true)

@@ -12,7 +12,7 @@ use pgrx::prelude::*;
 use pgrx::{vardata_any, varsize_any_exhdr};
 use std::cell::RefCell;
 use udm_core::error::{SqlState, UdmError};
-use udm_core::jsonb::{integer_numeric, key_order, write_object, Value};
+use udm_core::jsonb::{integer_numeric, write_object, Value};
 
 enum Conv {
     Text,
@@ -159,7 +159,7 @@ impl RowJson {
                 8 * 1024 * 1024,
             );
             let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-            let mut out: Vec<Column> = cols
+            let out: Vec<Column> = cols
                 .iter()
                 .map(|(name, i)| {
                     let a = &attrs[*i];
@@ -184,7 +184,6 @@ impl RowJson {
                     }
                 })
                 .collect();
-            out.sort_by(|a, b| key_order(&a.key, &b.key));
             RowJson {
                 cols: out,
                 ctx,
@@ -203,6 +202,93 @@ impl RowJson {
         unsafe { self.build_only(values, nulls, None) }
     }
 
+    /// The values of the columns, in the order they were given to `new`, for `f` (they borrow
+    /// from the row and from this builder).
+    ///
+    /// # Safety
+    /// As for `build`.
+    pub unsafe fn with_values<R>(
+        &self,
+        values: &[pg_sys::Datum],
+        nulls: &[bool],
+        f: impl FnOnce(Vec<Value<'_>>) -> R,
+    ) -> R {
+        unsafe {
+            let mut ints = vec![[0u8; 12]; self.cols.len()];
+            let out = self
+                .cols
+                .iter()
+                .zip(ints.iter_mut())
+                .map(|(c, int)| self.value(c, values, nulls, int))
+                .collect();
+            f(out)
+        }
+    }
+
+    /// One column's value as jsonb writes it; `int` holds an integer's numeric.
+    unsafe fn value<'a>(
+        &'a self,
+        c: &'a Column,
+        values: &[pg_sys::Datum],
+        nulls: &[bool],
+        int: &'a mut [u8; 12],
+    ) -> Value<'a> {
+        unsafe {
+            let (d, null) = (values[c.attr], nulls[c.attr]);
+            if null {
+                return Value::Null;
+            }
+            match &c.conv {
+                Conv::Text => Value::String(varlena(d)),
+                Conv::Bool => Value::Bool(d.value() & 0xff != 0),
+                Conv::Numeric => numeric_value(d),
+                Conv::Int2 | Conv::Int4 | Conv::Int8 => {
+                    let v = match c.conv {
+                        Conv::Int2 => d.value() as i16 as i64,
+                        Conv::Int4 => d.value() as i32 as i64,
+                        _ => d.value() as i64,
+                    };
+                    let n = integer_numeric(v, int);
+                    Value::Numeric(&int[..n])
+                }
+                Conv::Jsonb => Value::Jsonb(varlena(d)),
+                Conv::Uuid => Value::String(uuid_text(d)),
+                Conv::DateTime(t, last) => {
+                    let tz = pg_sys::session_timezone as usize;
+                    let mut last = last.borrow_mut();
+                    let hit = matches!(&*last, Some((v, z, _)) if *v == d.value() && *z == tz);
+                    if !hit {
+                        let text = cstring(pg_sys::JsonEncodeDateTime(
+                            std::ptr::null_mut(),
+                            d,
+                            *t,
+                            std::ptr::null(),
+                        ));
+                        *last = Some((d.value(), tz, text.to_vec()));
+                    }
+                    let text = &last.as_ref().expect("just set").2;
+                    // the text lives in the column until its next different value
+                    Value::String(bytes(text.as_ptr(), text.len()))
+                }
+                Conv::ToJsonb { flinfo, fcinfo } => {
+                    let fc = *fcinfo;
+                    (*fc).flinfo = *flinfo;
+                    (*fc).context = std::ptr::null_mut();
+                    (*fc).resultinfo = std::ptr::null_mut();
+                    (*fc).fncollation = pg_sys::InvalidOid;
+                    (*fc).isnull = false;
+                    (*fc).nargs = 1;
+                    (*fc).args.as_mut_slice(1)[0] = pg_sys::NullableDatum {
+                        value: d,
+                        isnull: false,
+                    };
+                    let f = (**flinfo).fn_addr.expect("to_jsonb");
+                    Value::Jsonb(varlena(f(fc)))
+                }
+            }
+        }
+    }
+
     /// Like `build`, with only the columns whose attribute index `keep` marks (all when None).
     ///
     /// # Safety
@@ -216,67 +302,11 @@ impl RowJson {
         unsafe {
             let mut pairs: Vec<(&[u8], Value)> = Vec::with_capacity(self.cols.len());
             let mut ints = vec![[0u8; 12]; self.cols.len()];
-            let mut ints = ints.iter_mut();
-            for c in &self.cols {
+            for (c, int) in self.cols.iter().zip(ints.iter_mut()) {
                 if keep.is_some_and(|k| !k[c.attr]) {
                     continue;
                 }
-                let (d, null) = (values[c.attr], nulls[c.attr]);
-                let v = if null {
-                    Value::Null
-                } else {
-                    match &c.conv {
-                        Conv::Text => Value::String(varlena(d)),
-                        Conv::Bool => Value::Bool(d.value() & 0xff != 0),
-                        Conv::Numeric => numeric_value(d),
-                        Conv::Int2 | Conv::Int4 | Conv::Int8 => {
-                            let v = match c.conv {
-                                Conv::Int2 => d.value() as i16 as i64,
-                                Conv::Int4 => d.value() as i32 as i64,
-                                _ => d.value() as i64,
-                            };
-                            let buf = ints.next().expect("one buffer per column");
-                            let n = integer_numeric(v, buf);
-                            Value::Numeric(&buf[..n])
-                        }
-                        Conv::Jsonb => Value::Jsonb(varlena(d)),
-                        Conv::Uuid => Value::String(uuid_text(d)),
-                        Conv::DateTime(t, last) => {
-                            let tz = pg_sys::session_timezone as usize;
-                            let mut last = last.borrow_mut();
-                            let hit =
-                                matches!(&*last, Some((v, z, _)) if *v == d.value() && *z == tz);
-                            if !hit {
-                                let text = cstring(pg_sys::JsonEncodeDateTime(
-                                    std::ptr::null_mut(),
-                                    d,
-                                    *t,
-                                    std::ptr::null(),
-                                ));
-                                *last = Some((d.value(), tz, text.to_vec()));
-                            }
-                            let text = &last.as_ref().expect("just set").2;
-                            // the text lives in the column until its next different value
-                            Value::String(bytes(text.as_ptr(), text.len()))
-                        }
-                        Conv::ToJsonb { flinfo, fcinfo } => {
-                            let fc = *fcinfo;
-                            (*fc).flinfo = *flinfo;
-                            (*fc).context = std::ptr::null_mut();
-                            (*fc).resultinfo = std::ptr::null_mut();
-                            (*fc).fncollation = pg_sys::InvalidOid;
-                            (*fc).isnull = false;
-                            (*fc).nargs = 1;
-                            (*fc).args.as_mut_slice(1)[0] = pg_sys::NullableDatum {
-                                value: d,
-                                isnull: false,
-                            };
-                            let f = (**flinfo).fn_addr.expect("to_jsonb");
-                            Value::Jsonb(varlena(f(fc)))
-                        }
-                    }
-                };
-                pairs.push((&c.key, v));
+                pairs.push((&c.key, self.value(c, values, nulls, int)));
             }
             let mut buf = self.buf.borrow_mut();
             if let Err(e) = write_object(&mut buf, &pairs) {

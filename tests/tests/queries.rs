@@ -361,6 +361,13 @@ fn keyset_pages_cover_every_row_once_and_counts() {
         json!({"filters": {"grp": "g1"}, "count": "exact", "limit": 1}),
     );
     assert_eq!(r["count"], 79);
+    // a page past the last record still counts them all
+    let r = q(
+        &mut m,
+        "item",
+        json!({"filters": {"grp": "g1"}, "count": "exact", "limit": 5, "offset": 500}),
+    );
+    assert_eq!(r, json!({"rows": [], "count": 79, "next_cursor": null}));
     let r = q(&mut m, "item", json!({"count": "estimated", "limit": 1}));
     assert!(r["count"].as_i64().unwrap() > 0);
     let r = q(
@@ -567,12 +574,41 @@ fn explain_and_the_compiled_query_cache() {
         &mut m.client,
         &format!("SELECT udm_explain('product', {})", lit(&spec.to_string())),
     );
-    assert!(e["sql"]
-        .as_str()
-        .unwrap()
-        .starts_with("SELECT jsonb_build_object('rows'"));
+    assert!(
+        e["sql"]
+            .as_str()
+            .unwrap()
+            .starts_with("SELECT t0.\"name\" AS c0, t0.\"id\" AS k0 FROM"),
+        "a page's statement returns its records as rows: {e}"
+    );
     assert_eq!(e["params"], json!(["active"]));
     assert!(e["plan"][0]["Plan"].is_object(), "{e}");
+    assert!(e.get("count_sql").is_none(), "{e}");
+    // an exact count is a statement of its own, explained with the page
+    let counted = json!({"columns": ["name"], "filters": {"status": "active"}, "count": "exact"});
+    let e = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_explain('product', {})",
+            lit(&counted.to_string())
+        ),
+    );
+    assert!(
+        e["count_sql"]
+            .as_str()
+            .unwrap()
+            .starts_with("SELECT count(*) FROM"),
+        "{e}"
+    );
+    assert!(e["count_plan"][0]["Plan"].is_object(), "{e}");
+    let c = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_compile('product', {})",
+            lit(&counted.to_string())
+        ),
+    );
+    assert_eq!(c["count_sql"], e["count_sql"]);
     let ea = json(
         &mut m.client,
         r#"SELECT udm_explain('product', '{"group_by": ["status"]}', 'aggregate')"#,

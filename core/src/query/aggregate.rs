@@ -406,6 +406,7 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
         params: params.0,
         computed: vec![],
         plan_per_call: true,
+        page: None,
     })
 }
 

@@ -31,15 +31,15 @@ pub fn count_mode(v: Option<&Value>) -> Result<CountMode> {
     }
 }
 
-/// The parts of a paged select shared by `udm_query` and the table view.
+/// A paged select, shared by `udm_query` and the table view: its SQL returns one row per record
+/// (see [`PageOutput`]).
 pub struct Page {
-    pub inner: String,
+    pub sql: String,
     pub from: String,
     pub filter: Option<String>,
     pub count_from: String,
-    pub limit: String,
-    pub sig: String,
-    pub distinct: bool,
+    pub columns: Vec<String>,
+    pub cursor: Option<PageCursor>,
 }
 
 pub fn page(
@@ -50,7 +50,7 @@ pub fn page(
 ) -> Result<Page> {
     let columns = columns_of(model, entity, obj)?;
     let mut from = From::new(model, entity);
-    let row = row_object(&mut from, entity, &columns)?;
+    let row = row_columns(&mut from, entity, &columns)?;
     let (filter, used) = where_clause(&mut from, params, entity, obj)?;
     let keys = sort_keys(&mut from, entity, obj.get("sort"))?;
     let distinct = opt_bool(obj, "distinct")?;
@@ -87,12 +87,18 @@ pub fn page(
         format!(" WHERE {}", conds.join(" AND "))
     };
     let from_sql = from.sql(None);
-    let inner = if distinct {
-        let sorts: Vec<String> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!(", {} AS s{i}", k.expr))
-            .collect();
+    let mut select: Vec<String> = row
+        .iter()
+        .enumerate()
+        .map(|(i, (_, e))| format!("{e} AS c{i}"))
+        .collect();
+    let (sql, cursor) = if distinct {
+        // the sort expressions follow the record's columns: DISTINCT sorts by what it selects
+        select.extend(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| format!("{} AS s{i}", k.expr)),
+        );
         let order: Vec<String> = keys
             .iter()
             .enumerate()
@@ -109,34 +115,46 @@ pub fn page(
         } else {
             format!(" ORDER BY {}", order.join(", "))
         };
-        format!("SELECT DISTINCT {row} AS r{} FROM {from_sql}{where_sql}{order_sql} LIMIT {limit}{offset}", sorts.join(""))
+        (
+            format!(
+                "SELECT DISTINCT {} FROM {from_sql}{where_sql}{order_sql} LIMIT {limit}{offset}",
+                select.join(", ")
+            ),
+            None,
+        )
     } else {
         let mut k: Vec<String> = keys.iter().map(|k| k.expr.clone()).collect();
         if !keys.iter().any(|k| k.expr == "t0.\"id\"") {
             k.push("t0.\"id\"".into());
         }
-        format!(
-            "SELECT {row} AS r, jsonb_build_array({}) AS k FROM {from_sql}{where_sql} ORDER BY {} LIMIT {limit}{offset}",
-            k.join(", "),
-            order_by(&keys, true)
+        let cursor = PageCursor {
+            keys: k.len(),
+            limit: limit.parse().expect("limit_literal writes a number"),
+            sig,
+        };
+        select.extend(k.iter().enumerate().map(|(i, e)| format!("{e} AS k{i}")));
+        (
+            format!(
+                "SELECT {} FROM {from_sql}{where_sql} ORDER BY {} LIMIT {limit}{offset}",
+                select.join(", "),
+                order_by(&keys, true)
+            ),
+            Some(cursor),
         )
     };
     Ok(Page {
-        inner,
+        sql,
         from: from_sql,
         filter,
         count_from: from.sql(Some(&used)),
-        limit,
-        sig,
-        distinct,
+        columns: row.into_iter().map(|(key, _)| key).collect(),
+        cursor,
     })
 }
 
-pub fn count_parts(
-    p: &Page,
-    mode: CountMode,
-    params: &mut Params,
-) -> (Option<String>, Vec<Computed>) {
+/// The count of a page's matching records: an exact `count(*)` statement, or an estimate
+/// computed from the plan of the matching rows.
+pub fn page_count(p: &Page, mode: CountMode) -> (Option<PageCount>, Vec<Computed>) {
     let where_sql = p
         .filter
         .as_ref()
@@ -145,27 +163,41 @@ pub fn count_parts(
     match mode {
         CountMode::None => (None, vec![]),
         CountMode::Exact => (
-            Some(format!(
-                "(SELECT count(*) FROM {}{where_sql})",
+            Some(PageCount::Exact(format!(
+                "SELECT count(*) FROM {}{where_sql}",
                 p.count_from
-            )),
+            ))),
             vec![],
         ),
-        CountMode::Estimated => {
-            let ph = params.add(ParamSpec {
-                source: Source::Computed(0),
-                ptype: PType::BigInt,
-                conv: Conv::Value,
-                what: "count".into(),
-            });
-            (
-                Some(ph),
-                vec![Computed::EstimatedRows(format!(
-                    "SELECT 1 FROM {}{where_sql}",
-                    p.count_from
-                ))],
-            )
-        }
+        CountMode::Estimated => (
+            Some(PageCount::Computed(0)),
+            vec![Computed::EstimatedRows(format!(
+                "SELECT 1 FROM {}{where_sql}",
+                p.count_from
+            ))],
+        ),
+    }
+}
+
+/// The template of a page whose count (if any) goes under `count_key`.
+pub fn page_template(
+    p: Page,
+    params: Params,
+    count: Option<PageCount>,
+    computed: Vec<Computed>,
+    count_key: &str,
+) -> Template {
+    Template {
+        sql: p.sql,
+        params: params.0,
+        computed,
+        // the page stops after its rows; an exact count is its own statement, planned per call
+        plan_per_call: false,
+        page: Some(PageOutput {
+            columns: p.columns,
+            cursor: p.cursor,
+            count: count.map(|c| (count_key.to_string(), c)),
+        }),
     }
 }
 
@@ -175,25 +207,8 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
     expect_keys(obj, QUERY_KEYS, "query spec")?;
     let mut params = Params::default();
     let p = page(model, entity, obj, &mut params)?;
-    let (count, computed) = count_parts(&p, count_mode(obj.get("count"))?, &mut params);
-    let mut pairs = vec![(
-        "rows".to_string(),
-        "coalesce(jsonb_agg(q.r), '[]'::jsonb)".to_string(),
-    )];
-    if !p.distinct {
-        pairs.push(next_cursor(&p.limit, &p.sig));
-    }
-    let plan_per_call = count.is_some() && computed.is_empty();
-    if let Some(c) = count {
-        pairs.push(("count".into(), c));
-    }
-    let sql = format!("SELECT {} FROM ({}) q", json_object(&pairs), p.inner);
-    Ok(Template {
-        sql,
-        params: params.0,
-        computed,
-        plan_per_call,
-    })
+    let (count, computed) = page_count(&p, count_mode(obj.get("count"))?);
+    Ok(page_template(p, params, count, computed, "count"))
 }
 
 #[cfg(test)]
@@ -232,11 +247,29 @@ mod tests {
         );
         assert!(
             t.sql
-                .contains("ORDER BY t0.\"price\" ASC NULLS LAST, t0.\"id\" ASC LIMIT 50) q"),
+                .ends_with("ORDER BY t0.\"price\" ASC NULLS LAST, t0.\"id\" ASC LIMIT 50"),
             "the limit is part of the plan: {}",
             t.sql
         );
-        assert!(t.sql.contains("CASE WHEN count(*) = 50 THEN"), "{}", t.sql);
+        // one row per record: its columns, then the cursor keys (price, id)
+        assert!(
+            t.sql.starts_with("SELECT t0.\"name\" AS c0, t1.\"name\" AS c1, t2.\"name\" AS c2, (t0.\"metadata\" -> 'brand') AS c3, t0.\"price\" AS k0, t0.\"id\" AS k1 FROM"),
+            "{}",
+            t.sql
+        );
+        let out = t.page.as_ref().expect("a page");
+        assert_eq!(
+            out.columns,
+            [
+                "name",
+                "category_id.name",
+                "category_id.parent_id.name",
+                "metadata.brand"
+            ]
+        );
+        let cursor = out.cursor.as_ref().expect("keyset paging");
+        assert_eq!((cursor.keys, cursor.limit), (2, 50));
+        assert_eq!(out.count, None);
         assert!(
             !t.sql.contains("Apple") && !t.sql.contains("active"),
             "values are parameters: {}",
@@ -327,11 +360,6 @@ mod tests {
             &json!({"sort": ["-created_at"], "limit": 10}),
         )
         .unwrap();
-        assert!(
-            t.sql.contains("THEN translate(encode(convert_to(jsonb_build_object('k', jsonb_agg(q.k) -> -1, 's', "),
-            "{}",
-            t.sql
-        );
         let sig = {
             let mut from = From::new(&m, "product");
             sort_signature(
@@ -339,6 +367,28 @@ mod tests {
                 &sort_keys(&mut from, "product", Some(&json!(["-created_at"]))).unwrap(),
             )
         };
+        let cursor = t.page.as_ref().and_then(|p| p.cursor.clone()).unwrap();
+        assert_eq!(
+            cursor,
+            PageCursor {
+                keys: 2,
+                limit: 10,
+                sig: sig.clone()
+            }
+        );
+        assert!(
+            t.sql.contains("t0.\"created_at\" AS k0, t0.\"id\" AS k1"),
+            "{}",
+            t.sql
+        );
+        let d = sql(json!({"columns": ["status"], "distinct": true, "sort": ["status"]}));
+        assert!(
+            d.sql
+                .starts_with("SELECT DISTINCT t0.\"status\" AS c0, t0.\"status\" AS s0 FROM"),
+            "{}",
+            d.sql
+        );
+        assert_eq!(d.page.unwrap().cursor, None, "distinct pages by offset");
         let cur = encode_cursor(
             &json!([
                 "2024-01-01T00:00:00+00:00",
@@ -371,8 +421,22 @@ mod tests {
     #[test]
     fn counts() {
         let t = sql(json!({"filters": {"status": "active"}, "count": "exact"}));
-        assert!(t.sql.contains("'count', (SELECT count(*) FROM \"acme\".\"product\" t0 WHERE (t0.\"status\" = $1::text))"), "{}", t.sql);
+        assert_eq!(
+            t.page.unwrap().count,
+            Some((
+                "count".to_string(),
+                PageCount::Exact(
+                    "SELECT count(*) FROM \"acme\".\"product\" t0 WHERE (t0.\"status\" = $1::text)"
+                        .into()
+                )
+            ))
+        );
+        assert!(!t.plan_per_call, "the page itself stops after its rows");
         let t = sql(json!({"count": "estimated"}));
+        assert_eq!(
+            t.page.as_ref().unwrap().count,
+            Some(("count".to_string(), PageCount::Computed(0)))
+        );
         assert_eq!(
             t.computed,
             vec![Computed::EstimatedRows(

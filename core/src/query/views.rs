@@ -3,7 +3,7 @@
 
 use super::filter::where_clause;
 use super::path::{Leaf, Model};
-use super::select::{count_parts, page, CountMode, QUERY_KEYS};
+use super::select::{page, page_count, page_template, CountMode, QUERY_KEYS};
 use super::*;
 use crate::definition::EntityDef;
 use crate::types::FieldType;
@@ -41,23 +41,8 @@ fn table(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Te
     )?;
     let mut params = Params::default();
     let p = page(model, entity, obj, &mut params)?;
-    let (count, computed) = count_parts(&p, CountMode::Exact, &mut params);
-    let mut pairs = vec![
-        (
-            "rows".to_string(),
-            "coalesce(jsonb_agg(q.r), '[]'::jsonb)".to_string(),
-        ),
-        ("total".to_string(), count.expect("exact count")),
-    ];
-    if !p.distinct {
-        pairs.push(next_cursor(&p.limit, &p.sig));
-    }
-    Ok(Template {
-        sql: format!("SELECT {} FROM ({}) q", json_object(&pairs), p.inner),
-        params: params.0,
-        computed,
-        plan_per_call: true,
-    })
+    let (count, computed) = page_count(&p, CountMode::Exact);
+    Ok(page_template(p, params, count, computed, "total"))
 }
 
 fn field_of<'a>(
@@ -139,6 +124,7 @@ fn kanban(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<T
         params: params.0,
         computed: vec![],
         plan_per_call: true,
+        page: None,
     })
 }
 
@@ -234,6 +220,7 @@ fn tree(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Tem
         params: params.0,
         computed: vec![],
         plan_per_call: false,
+        page: None,
     })
 }
 
@@ -422,6 +409,7 @@ fn gantt(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Te
         params: params.0,
         computed: vec![],
         plan_per_call: false,
+        page: None,
     })
 }
 
@@ -486,6 +474,7 @@ fn dropdown(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result
         params: params.0,
         computed: vec![],
         plan_per_call: false,
+        page: None,
     })
 }
 
@@ -530,6 +519,7 @@ fn breadcrumb(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Resu
         params: params.0,
         computed: vec![],
         plan_per_call: false,
+        page: None,
     })
 }
 

@@ -55,13 +55,16 @@ const HEADS_MAX: usize = 50_000;
 const NOTIFY_EACH_UP_TO: usize = 100;
 
 /// The tenant's audit log (change subscriptions and event consumers get their tables when first
-/// used, see `events::ensure_tables`).
+/// used, see `events::ensure_tables`). One btree, (record_id, audit_id), finds a record's chain
+/// and history; audit ids are unique by construction (an identity only udm writes) and are read
+/// in ranges through the BRIN index, as rows are appended in id order: an audit row costs one
+/// btree entry, not two.
 pub fn tenant_tables_sql(schema: &str, role: &str) -> String {
     let s = quote_ident(schema);
     let r = quote_ident(role);
     format!(
         "CREATE TABLE {s}.\"_udm_audit\" (\
-           audit_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+           audit_id bigint GENERATED ALWAYS AS IDENTITY, \
            entity text NOT NULL, \
            record_id uuid NOT NULL, \
            action text NOT NULL, \
@@ -75,9 +78,9 @@ pub fn tenant_tables_sql(schema: &str, role: &str) -> String {
            txid bigint NOT NULL, \
            changed_at timestamp with time zone NOT NULL, \
            prev_hash bytea, \
-           hash bytea NOT NULL); \
-         CREATE INDEX \"_udm_audit__record__idx\" ON {s}.\"_udm_audit\" (record_id, audit_id); \
-         CREATE INDEX \"_udm_audit__changed_at_txid__idx\" ON {s}.\"_udm_audit\" USING brin (changed_at, txid) WITH (autosummarize = on); \
+           hash bytea NOT NULL, \
+           CONSTRAINT \"_udm_audit__record__idx\" PRIMARY KEY (record_id, audit_id)); \
+         CREATE INDEX \"_udm_audit__changed_at_txid_id__idx\" ON {s}.\"_udm_audit\" USING brin (changed_at, txid, audit_id) WITH (autosummarize = on); \
          GRANT SELECT ON {s}.\"_udm_audit\" TO {r}; \
          COMMENT ON TABLE {s}.\"_udm_audit\" IS 'udm audit log and change events (append-only, hash-chained per record)';"
     )

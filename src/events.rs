@@ -25,6 +25,8 @@ use udm_core::ident::quote_ident;
 use udm_core::ident::{printable, validate_slug, SlugKind};
 
 pub const MAX_EVENTS: i32 = 10_000;
+/// The first range of audit ids `udm_events` reads (widened while it holds too few events).
+const EVENT_WINDOW: i64 = 1024;
 
 struct Subscription {
     entity: String,
@@ -280,11 +282,63 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
     let subs = subscriptions(&t)?;
     let rows = Spi::connect(|c| {
         let mut out = Vec::new();
-        for r in c.select(
+        // audit ids are read in ranges (BRIN): a window after `after`, widened while it holds
+        // fewer events than asked for (ids of rolled-back writes leave gaps) and the horizon is
+        // further on
+        let stmt = c.prepare(
             &sql,
-            None,
-            &[after.into(), h.into(), i64::from(limit).into()],
-        )? {
+            &[
+                PgBuiltInOids::INT8OID.oid(),
+                PgBuiltInOids::INT8OID.oid(),
+                PgBuiltInOids::INT8OID.oid(),
+            ],
+        )?;
+        let (mut lo, mut width) = (after, (i64::from(limit) * 4).max(EVENT_WINDOW));
+        loop {
+            let hi = h.min(lo.saturating_add(width));
+            let before = out.len();
+            let want = i64::from(limit) - before as i64;
+            if hi <= lo || want <= 0 {
+                break;
+            }
+            read_events(c, &stmt, lo, hi, want, &mut out)?;
+            if out.len() as i64 >= i64::from(limit) || hi >= h {
+                break;
+            }
+            lo = hi;
+            width = width.saturating_mul(4);
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)?;
+    deliver(&t, &subs, rows, after, h)
+}
+
+/// An event row as `udm_events` reads it.
+type EventRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<i32>,
+    Option<Vec<Option<String>>>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<Value>,
+);
+
+/// Events with ids in (lo, hi], at most `want`, in id order.
+fn read_events(
+    c: &pgrx::spi::SpiClient<'_>,
+    stmt: &pgrx::spi::PreparedStatement<'_>,
+    lo: i64,
+    hi: i64,
+    want: i64,
+    out: &mut Vec<EventRow>,
+) -> std::result::Result<(), pgrx::spi::Error> {
+    {
+        for r in c.select(stmt, None, &[lo.into(), hi.into(), want.into()])? {
             let at: Option<pgrx::datum::TimestampWithTimeZone> = r.get(8)?;
             out.push((
                 r.get::<i64>(1)?.unwrap_or(0),
@@ -299,9 +353,18 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
                 r.get::<JsonB>(10)?.map(|j| j.0),
             ));
         }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(spi_err)?;
+    }
+    Ok(())
+}
+
+/// The events of `rows` with the targets whose subscriptions they match.
+fn deliver(
+    t: &Tenant,
+    subs: &[Subscription],
+    rows: Vec<EventRow>,
+    after: i64,
+    h: i64,
+) -> Result<Value> {
     let mut events = Vec::with_capacity(rows.len());
     let mut last = after;
     for (id, entity, record, action, version, changed, user, at, txid, image) in rows {
@@ -310,7 +373,7 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
             .iter()
             .filter(|s| s.entity == entity && s.actions.contains(&action))
         {
-            if matches(&t, s, image.as_ref())? {
+            if matches(t, s, image.as_ref())? {
                 targets.push(s.target.clone());
             }
         }

@@ -637,7 +637,8 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
             .map(|e| (e.entity.clone(), e.record_id))
             .collect()
     });
-    let looked_up = table.newest_hashes(&wanted);
+    let writer = table.open()?;
+    let looked_up = writer.newest_hashes(&wanted);
     // entity, action, user and role repeat across a statement's rows: one datum each
     let mut texts: Vec<(*const u8, usize, pg_sys::Datum)> = Vec::new();
     let mut text = |s: &str| -> pg_sys::Datum {
@@ -706,9 +707,10 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
             .collect()
     });
     if HORIZON.with(|h| h.borrow_mut().insert(schema.to_string())) {
-        table.lock_horizon(horizon_tag(schema));
+        writer.lock_horizon(horizon_tag(schema));
     }
-    let ids = table.append(&rows);
+    let ids = writer.append(&rows);
+    drop(writer);
     let announced: Vec<(&Pending, i64)> = entries
         .iter()
         .zip(ids.iter().copied())

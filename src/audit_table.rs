@@ -64,12 +64,12 @@ pub fn of(t: &Tenant) -> Result<Rc<AuditTable>> {
     if let Some(a) = TABLES.with(|m| m.borrow().get(&t.schema_oid).cloned()) {
         return Ok(a);
     }
-    let a = Rc::new(open(t)?);
+    let a = Rc::new(load(t)?);
     TABLES.with(|m| m.borrow_mut().insert(t.schema_oid, a.clone()));
     Ok(a)
 }
 
-fn open(t: &Tenant) -> Result<AuditTable> {
+fn load(t: &Tenant) -> Result<AuditTable> {
     let missing = |what: &str| {
         UdmError::internal(format!(
             "udm audit: tenant schema \"{}\" has no {what}",
@@ -112,20 +112,72 @@ fn open(t: &Tenant) -> Result<AuditTable> {
 }
 
 impl AuditTable {
-    /// Appends `rows` in order and returns the audit id of each.
-    pub fn append(&self, rows: &[Row]) -> Vec<i64> {
-        let mut ids = Vec::with_capacity(rows.len());
-        if rows.is_empty() {
-            return ids;
-        }
+    /// Opens the table and its indexes for one flush: finding chain heads and appending rows
+    /// share them.
+    pub fn open(&self) -> Result<Writer<'_>> {
         unsafe {
             let rel = pg_sys::table_open(self.relid, pg_sys::RowExclusiveLock as i32);
-            let desc = (*rel).rd_att;
             let estate = pg_sys::CreateExecutorState();
             let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
                 as *mut pg_sys::ResultRelInfo;
             pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
             pg_sys::ExecOpenIndices(rri, false);
+            let n = (*rri).ri_NumIndices as usize;
+            let record_index = (0..n)
+                .map(|i| *(*rri).ri_IndexRelationDescs.add(i))
+                .find(|&ix| (*ix).rd_id == self.record_index)
+                .unwrap_or(std::ptr::null_mut());
+            let w = Writer {
+                table: self,
+                rel,
+                estate,
+                rri,
+                record_index,
+            };
+            if record_index.is_null() {
+                return Err(UdmError::internal(
+                    "udm audit: the audit log's index _udm_audit__record__idx is not among its indexes",
+                ));
+            }
+            Ok(w)
+        }
+    }
+}
+
+/// The audit table opened for a flush (closed when dropped).
+pub struct Writer<'a> {
+    table: &'a AuditTable,
+    rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    rri: *mut pg_sys::ResultRelInfo,
+    /// The (record_id, audit_id) index among the table's open indexes.
+    record_index: pg_sys::Relation,
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        // on an ERROR the transaction's abort releases all of it
+        if std::thread::panicking() {
+            return;
+        }
+        unsafe {
+            pg_sys::ExecCloseIndices(self.rri);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as i32);
+        }
+    }
+}
+
+impl Writer<'_> {
+    /// Appends `rows` in order and returns the audit id of each.
+    pub fn append(&self, rows: &[Row]) -> Vec<i64> {
+        let t = self.table;
+        let mut ids = Vec::with_capacity(rows.len());
+        if rows.is_empty() {
+            return ids;
+        }
+        unsafe {
+            let desc = (*self.rel).rd_att;
             let cid = pg_sys::GetCurrentCommandId(true);
             let bulk = if rows.len() > 1 {
                 pg_sys::GetBulkInsertState()
@@ -135,20 +187,24 @@ impl AuditTable {
             let mut slots: Vec<*mut pg_sys::TupleTableSlot> = (0..rows.len().min(BATCH))
                 .map(|_| pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple))
                 .collect();
-            let mut values = vec![pg_sys::Datum::from(0usize); self.natts];
-            let mut nulls = vec![true; self.natts];
+            let mut values = vec![pg_sys::Datum::from(0usize); t.natts];
+            let mut nulls = vec![true; t.natts];
+            if (*self.estate).es_per_tuple_exprcontext.is_null() {
+                pg_sys::MakePerTupleExprContext(self.estate);
+            }
+            let econtext = (*self.estate).es_per_tuple_exprcontext;
             for chunk in rows.chunks(BATCH) {
                 for (row, &slot) in chunk.iter().zip(&slots) {
                     let id = pgrx::direct_function_call_as_datum(
                         pg_sys::nextval_oid,
-                        &[Some(pg_sys::Datum::from(self.seq))],
+                        &[Some(pg_sys::Datum::from(t.seq))],
                     )
                     .expect("nextval");
                     ids.push(id.value() as i64);
-                    values[self.id_attr] = id;
-                    nulls[self.id_attr] = false;
+                    values[t.id_attr] = id;
+                    nulls[t.id_attr] = false;
                     for (c, v) in row.iter().enumerate() {
-                        let a = self.attrs[c];
+                        let a = t.attrs[c];
                         values[a] = v.unwrap_or(pg_sys::Datum::from(0usize));
                         nulls[a] = v.is_none();
                     }
@@ -157,22 +213,18 @@ impl AuditTable {
                     pg_sys::ExecStoreHeapTuple(tuple, slot, true);
                 }
                 pg_sys::heap_multi_insert(
-                    rel,
+                    self.rel,
                     slots.as_mut_ptr(),
                     chunk.len() as i32,
                     cid,
                     0,
                     bulk,
                 );
-                if (*estate).es_per_tuple_exprcontext.is_null() {
-                    pg_sys::MakePerTupleExprContext(estate);
-                }
-                let econtext = (*estate).es_per_tuple_exprcontext;
                 for &slot in &slots[..chunk.len()] {
                     pg_sys::ExecInsertIndexTuples(
-                        rri,
+                        self.rri,
                         slot,
-                        estate,
+                        self.estate,
                         false,
                         false,
                         std::ptr::null_mut(),
@@ -182,15 +234,13 @@ impl AuditTable {
                     pg_sys::ExecClearTuple(slot);
                 }
             }
-            for slot in slots.drain(..) {
+            // newest first: the resource owner looks for a released pin from its newest one
+            while let Some(slot) = slots.pop() {
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
             if !bulk.is_null() {
                 pg_sys::FreeBulkInsertState(bulk);
             }
-            pg_sys::ExecCloseIndices(rri);
-            pg_sys::FreeExecutorState(estate);
-            pg_sys::table_close(rel, pg_sys::NoLock as i32);
         }
         ids
     }
@@ -201,6 +251,7 @@ impl AuditTable {
         &self,
         wanted: &[(Rc<str>, [u8; 16])],
     ) -> HashMap<(Rc<str>, [u8; 16]), Vec<u8>> {
+        let t = self.table;
         let mut out = HashMap::new();
         if wanted.is_empty() {
             return out;
@@ -208,13 +259,12 @@ impl AuditTable {
         unsafe {
             // rows this transaction wrote in the current command become visible too
             pg_sys::CommandCounterIncrement();
-            let rel = pg_sys::table_open(self.relid, pg_sys::AccessShareLock as i32);
-            let idx = pg_sys::index_open(self.record_index, pg_sys::AccessShareLock as i32);
+            let (rel, idx) = (self.rel, self.record_index);
             let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
             let scan = pg_sys::index_beginscan(rel, idx, snap, 1, 0);
             let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-            let entity_att = self.attrs[0] as i32 + 1;
-            let hash_att = self.attrs[N - 1] as i32 + 1;
+            let entity_att = t.attrs[0] as i32 + 1;
+            let hash_att = t.attrs[N - 1] as i32 + 1;
             let mut id = [0u8; 16];
             for (entity, record) in wanted {
                 id.copy_from_slice(record);
@@ -250,8 +300,6 @@ impl AuditTable {
             pg_sys::ExecDropSingleTupleTableSlot(slot);
             pg_sys::index_endscan(scan);
             pg_sys::UnregisterSnapshot(snap);
-            pg_sys::index_close(idx, pg_sys::NoLock as i32);
-            pg_sys::table_close(rel, pg_sys::NoLock as i32);
         }
         out
     }
@@ -264,7 +312,7 @@ impl AuditTable {
         unsafe {
             let last: i64 = pgrx::direct_function_call(
                 pg_sys::pg_sequence_last_value,
-                &[Some(pg_sys::Datum::from(self.seq))],
+                &[Some(pg_sys::Datum::from(self.table.seq))],
             )
             .unwrap_or(0);
             let key = (tag << 48) | last;

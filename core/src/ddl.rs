@@ -145,8 +145,9 @@ pub fn removed_junction_name(entity: &str, f: &FieldDef) -> String {
 
 pub const STAMP_TRIGGER: &str = "udm_stamp";
 /// The native audit trigger (row level) and the statement-level trigger that writes the audit
-/// rows a statement buffered. Installed on every entity and junction table; whether an entity is
-/// audited is read from its definition at run time.
+/// rows a statement buffered. Installed on every audited entity (switching auditing off drops
+/// them) and on every junction table; the trigger also reads whether an entity is audited from
+/// its definition at run time.
 pub const AUDIT_TRIGGER: &str = "udm_audit";
 pub const AUDIT_FLUSH_TRIGGER: &str = "udm_audit_flush";
 /// The write-lock guard: only on entities with a lock scope (it reads the scope from the
@@ -664,10 +665,16 @@ pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
         body: stamp_trigger_body(ctx, def),
         fields: vec![],
     });
-    for (key, name, flush) in [
-        ("audit", AUDIT_TRIGGER, false),
-        ("audit_flush", AUDIT_FLUSH_TRIGGER, true),
-    ] {
+    // an entity with auditing off has no audit triggers: its writes pay nothing for them
+    let audit_triggers: &[(&str, &str, bool)] = if def.audit {
+        &[
+            ("audit", AUDIT_TRIGGER, false),
+            ("audit_flush", AUDIT_FLUSH_TRIGGER, true),
+        ]
+    } else {
+        &[]
+    };
+    for &(key, name, flush) in audit_triggers {
         out.push(Artifact {
             key: key.into(),
             name: name.into(),
@@ -1422,6 +1429,38 @@ mod tests {
             ) && !steps.iter().any(|s| s.starts_with("REVOKE")),
             "a new table gets one grant and has nothing to revoke"
         );
+    }
+
+    #[test]
+    fn audit_triggers_come_and_go_with_auditing() {
+        let audited = sqls(&create_entity(&CTX, &product()).unwrap());
+        let row = "CREATE TRIGGER \"udm_audit\" AFTER INSERT OR UPDATE OR DELETE ON \"acme\".\"product\" FOR EACH ROW EXECUTE FUNCTION udm.audit_row()";
+        let flush = "CREATE TRIGGER \"udm_audit_flush\" AFTER INSERT OR UPDATE OR DELETE ON \"acme\".\"product\" FOR EACH STATEMENT EXECUTE FUNCTION udm.audit_flush()";
+        assert!(audited.iter().any(|s| s == row), "{audited:?}");
+        assert!(audited.iter().any(|s| s == flush), "{audited:?}");
+        let mut off = product();
+        off.audit = false;
+        let quiet = sqls(&create_entity(&CTX, &off).unwrap());
+        assert!(
+            !quiet.iter().any(|s| s.contains("udm_audit")),
+            "an entity with auditing off has no audit triggers: {quiet:?}"
+        );
+        let triggers = |steps: Vec<String>| -> Vec<String> {
+            steps
+                .into_iter()
+                .filter(|s| s.contains("TRIGGER"))
+                .collect()
+        };
+        let switch_off = triggers(sqls(&plan_change(&CTX, &product(), &off).unwrap()));
+        assert_eq!(
+            switch_off,
+            [
+                "DROP TRIGGER \"udm_audit\" ON \"acme\".\"product\"",
+                "DROP TRIGGER \"udm_audit_flush\" ON \"acme\".\"product\""
+            ]
+        );
+        let switch_on = triggers(sqls(&plan_change(&CTX, &off, &product()).unwrap()));
+        assert_eq!(switch_on, [row, flush]);
     }
 
     #[test]

@@ -46,8 +46,9 @@ pub fn record_image_sql(image: &str) -> String {
     )
 }
 
-/// A statement flushes its buffered changes every this many rows.
-const FLUSH_AT: usize = 5000;
+/// A statement flushes its buffered changes every this many rows (the buffer and its images
+/// stay within memory the session keeps: see `BUFFER_KEEP`).
+const FLUSH_AT: usize = 1000;
 /// The chain head cache is emptied when it grows past this many records.
 const HEADS_MAX: usize = 50_000;
 /// Up to this many changes in one flush are announced one notification each; more are
@@ -561,7 +562,7 @@ pub unsafe extern "C-unwind" fn udm_audit_flush(fcinfo: pg_sys::FunctionCallInfo
 
 /// Writes every buffered change (grouped by tenant) and queues their notifications.
 pub fn flush() {
-    let entries: Vec<Pending> = BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let mut entries: Vec<Pending> = BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
     if entries.is_empty() {
         return;
     }
@@ -577,6 +578,14 @@ pub fn flush() {
         start = end;
     }
     reset_buffer_ctx();
+    // the next statement buffers into the same allocation
+    entries.clear();
+    BUFFER.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.is_empty() && b.capacity() < entries.capacity() {
+            *b = entries;
+        }
+    });
 }
 
 /// Frees the buffered images (the context keeps its first block for the next statement).

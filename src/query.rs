@@ -22,7 +22,7 @@ use udm_core::definition::EntityDef;
 use udm_core::error::SqlState;
 use udm_core::jsonb::{integer_numeric, write_object, Value as JsonbValue};
 use udm_core::query::path::Model;
-use udm_core::query::{self as q, Computed, PageCount, PageOutput, Source, Template};
+use udm_core::query::{self as q, Computed, PageCount, RowsOutput, Source, Template};
 
 /// The active entities of a tenant, as the compiler sees them.
 pub struct TenantModel {
@@ -57,14 +57,14 @@ pub struct Compiled {
     pub plan: Plan,
     /// A page's exact count (`PageCount::Exact`): its own statement, planned per call.
     pub count_plan: Option<Plan>,
-    /// How a page's rows become jsonb, made from the first result (the result's column types
+    /// How the result's rows become jsonb, made from the first result (the result's column types
     /// are fixed for a prepared plan).
-    page_json: RefCell<Option<Rc<PageJson>>>,
+    rows_json: RefCell<Option<Rc<RowsJson>>>,
 }
 
 impl Compiled {
     fn new(template: Template, plan: Plan) -> Result<Compiled> {
-        let count_plan = match template.page.as_ref().and_then(|p| p.count.as_ref()) {
+        let count_plan = match template.rows.as_ref().and_then(|p| p.count.as_ref()) {
             Some((_, PageCount::Exact(sql))) => {
                 Some(rawspi::prepare_query_per_call(sql, template.params.len())?)
             }
@@ -74,34 +74,34 @@ impl Compiled {
             template,
             plan,
             count_plan,
-            page_json: RefCell::new(None),
+            rows_json: RefCell::new(None),
         })
     }
 
     /// The SQL of a page's exact count, if it has one.
     fn count_sql(&self) -> Option<&str> {
-        match self.template.page.as_ref()?.count.as_ref()? {
+        match self.template.rows.as_ref()?.count.as_ref()? {
             (_, PageCount::Exact(sql)) => Some(sql),
             _ => None,
         }
     }
 }
 
-/// The jsonb builders of a page's result rows: the record's columns (under their paths) and
-/// the cursor keys that follow them.
-struct PageJson {
+/// The jsonb builders of a result's rows: their columns (under their keys) and a page's cursor
+/// keys that follow them.
+struct RowsJson {
     types: Vec<pg_sys::Oid>,
     record: RowJson,
     keys: RowJson,
 }
 
-impl PageJson {
+impl RowsJson {
     /// The builders for a result of `desc`, reusing `cached` when its column types match.
     unsafe fn for_desc(
-        cached: &RefCell<Option<Rc<PageJson>>>,
-        out: &PageOutput,
+        cached: &RefCell<Option<Rc<RowsJson>>>,
+        out: &RowsOutput,
         desc: pg_sys::TupleDesc,
-    ) -> Result<Rc<PageJson>> {
+    ) -> Result<Rc<RowsJson>> {
         unsafe {
             let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
             let types: Vec<pg_sys::Oid> = attrs.iter().map(|a| a.atttypid).collect();
@@ -112,7 +112,7 @@ impl PageJson {
             let keys = out.cursor.as_ref().map_or(0, |c| c.keys);
             if types.len() < n + keys {
                 return Err(UdmError::internal(format!(
-                    "udm: a page's statement returned {} columns, {} expected",
+                    "udm: a statement returned {} columns, {} expected",
                     types.len(),
                     n + keys
                 )));
@@ -120,7 +120,7 @@ impl PageJson {
             let record: Vec<(String, usize)> = out.columns.iter().cloned().zip(0..n).collect();
             let key_cols: Vec<(String, usize)> =
                 (0..keys).map(|i| (format!("k{i}"), n + i)).collect();
-            let p = Rc::new(PageJson {
+            let p = Rc::new(RowsJson {
                 types,
                 record: RowJson::new(desc, &record),
                 keys: RowJson::new(desc, &key_cols),
@@ -254,18 +254,18 @@ fn computed_values(c: &Compiled, spec: &Value) -> Result<Vec<String>> {
 pub fn execute(c: &Compiled, spec: &Value) -> Result<pg_sys::Datum> {
     let computed = computed_values(c, spec)?;
     let binds = q::bind(spec, &c.template, &computed)?;
-    if let Some(out) = &c.template.page {
-        return execute_page(c, out, &binds, &computed);
+    if let Some(out) = &c.template.rows {
+        return execute_rows(c, out, &binds, &computed);
     }
     rawspi::first_datum(&c.plan, &binds, true)?
         .ok_or_else(|| UdmError::internal("udm: the query returned no row"))
 }
 
-/// Runs a page's statement and builds `{"rows": [...], "next_cursor": ..., "count": n}` from
-/// its rows (see `PageOutput`).
-fn execute_page(
+/// Runs a statement that returns rows and builds `{"rows": [...]}` from them, with a page's
+/// `next_cursor` and `count` (see `RowsOutput`).
+fn execute_rows(
     c: &Compiled,
-    out: &PageOutput,
+    out: &RowsOutput,
     binds: &[Option<String>],
     computed: &[String],
 ) -> Result<pg_sys::Datum> {
@@ -284,7 +284,7 @@ fn execute_page(
         }
     };
     let bytes = rawspi::rows(&c.plan, binds, |desc, rows| unsafe {
-        let json = PageJson::for_desc(&c.page_json, out, desc)?;
+        let json = RowsJson::for_desc(&c.rows_json, out, desc)?;
         let natts = (*desc).natts as usize;
         let mut values = vec![pg_sys::Datum::from(0usize); natts];
         let mut nulls = vec![false; natts];
@@ -327,7 +327,7 @@ fn execute_page(
         write_object(&mut buf, &pairs).map_err(|e| {
             UdmError::new(
                 SqlState::ProgramLimitExceeded,
-                format!("udm: cannot build the page: {e}"),
+                format!("udm: cannot build the result: {e}"),
             )
         })?;
         Ok(buf)

@@ -40,7 +40,7 @@ fn plan_for(
             ],
             computed: vec![],
             plan_per_call: false,
-            page: None,
+            rows: None,
         })
     })
     .map(|(c, _)| c)
@@ -258,7 +258,7 @@ pub fn get(
                     )],
                     computed: vec![],
                     plan_per_call: false,
-                    page: None,
+                    rows: None,
                 })
             })?;
             rawspi::first_datum(&c.plan, &[Some(id.to_string())], true)

@@ -291,7 +291,15 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
     let groups = crate::json::expect_array(obj.get("group_by").unwrap_or(&empty), "\"group_by\"")?;
     let mut outputs = Vec::new();
     for (i, g) in groups.iter().enumerate() {
-        outputs.push(group_item(&mut from, entity, g, i)?);
+        let o = group_item(&mut from, entity, g, i)?;
+        if outputs.iter().any(|x: &Output| x.key == o.key) {
+            return Err(UdmError::invalid(format!(
+                "group_by[{i}]: the name \"{}\" is used twice",
+                o.key
+            ))
+            .hint("group by each path once, or name the other with \"as\""));
+        }
+        outputs.push(o);
     }
     let n_groups = outputs.len();
     let default_metrics = Value::Array(vec![Value::String("count".into())]);
@@ -368,10 +376,6 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
             .collect();
     }
     let limit = limit_literal(obj, "limit", MAX_GROUPS, MAX_GROUPS)?;
-    let pairs: Vec<(String, String)> = outputs
-        .iter()
-        .map(|o| (o.key.clone(), o.expr.clone()))
-        .collect();
     let group_sql = if n_groups == 0 {
         String::new()
     } else {
@@ -384,9 +388,15 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
                 .join(", ")
         )
     };
-    let inner = format!(
-        "SELECT {} AS r FROM {}{}{group_sql}{}{} LIMIT {limit}",
-        json_object(&pairs),
+    // one row per group: its keys and metrics as columns, made into objects by the executor
+    let columns: Vec<String> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| format!("{} AS c{i}", o.expr))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {}{}{group_sql}{}{} LIMIT {limit}",
+        columns.join(", "),
         from.sql(None),
         filter.map(|f| format!(" WHERE {f}")).unwrap_or_default(),
         having_sql
@@ -398,15 +408,16 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
             format!(" ORDER BY {}", order.join(", "))
         },
     );
-    let sql = format!(
-        "SELECT jsonb_build_object('rows', coalesce(jsonb_agg(q.r), '[]'::jsonb)) FROM ({inner}) q"
-    );
     Ok(Template {
         sql,
         params: params.0,
         computed: vec![],
         plan_per_call: true,
-        page: None,
+        rows: Some(RowsOutput {
+            columns: outputs.into_iter().map(|o| o.key).collect(),
+            cursor: None,
+            count: None,
+        }),
     })
 }
 
@@ -425,29 +436,36 @@ mod tests {
                     "having": {"count": {"gt": 5}}, "sort": ["-count"], "limit": 10}),
         )
         .unwrap();
-        assert!(t.sql.contains("jsonb_build_object('category_id.name', t1.\"name\", 'count', count(*), 'avg_price', avg(t0.\"price\"))"), "{}", t.sql);
-        assert!(t.sql.contains("GROUP BY t1.\"name\" HAVING (count(*) > $1::bigint) ORDER BY count(*) DESC NULLS LAST LIMIT 10) q"), "{}", t.sql);
+        assert!(
+            t.sql.starts_with(
+                "SELECT t1.\"name\" AS c0, count(*) AS c1, avg(t0.\"price\") AS c2 FROM"
+            ),
+            "one row per group: {}",
+            t.sql
+        );
+        assert!(
+            t.sql.ends_with(
+                "GROUP BY t1.\"name\" HAVING (count(*) > $1::bigint) ORDER BY count(*) DESC NULLS LAST LIMIT 10"
+            ),
+            "{}",
+            t.sql
+        );
+        let out = t.rows.unwrap();
+        assert_eq!(out.columns, ["category_id.name", "count", "avg_price"]);
+        assert_eq!((out.cursor, out.count), (None, None));
     }
 
     #[test]
     fn buckets_and_json_groups() {
         let t = compile(&shop(), "product", &json!({"group_by": [{"path": "released", "bucket": "month"}, "metadata.brand"], "metrics": [{"fn": "sum", "path": "metadata.storage", "as": "storage"}]})).unwrap();
         assert!(
-            t.sql
-                .contains("'released:month', (date_trunc('month', t0.\"released\"))::date"),
+            t.sql.starts_with("SELECT (date_trunc('month', t0.\"released\"))::date AS c0, (t0.\"metadata\" ->> 'brand') AS c1, sum((CASE WHEN jsonb_typeof"),
             "{}",
             t.sql
         );
-        assert!(
-            t.sql
-                .contains("'metadata.brand', (t0.\"metadata\" ->> 'brand')"),
-            "{}",
-            t.sql
-        );
-        assert!(
-            t.sql.contains("'storage', sum((CASE WHEN jsonb_typeof"),
-            "{}",
-            t.sql
+        assert_eq!(
+            t.rows.unwrap().columns,
+            ["released:month", "metadata.brand", "storage"]
         );
     }
 
@@ -478,6 +496,10 @@ mod tests {
             ),
             (json!({"having": {"total": 1}}), "not a group key or metric"),
             (json!({"sort": ["-nope"]}), "not a group key or metric"),
+            (
+                json!({"group_by": ["status", "status"]}),
+                "group_by[1]: the name \"status\" is used twice",
+            ),
         ] {
             let e = compile(&m, "product", &spec).unwrap_err();
             assert!(e.message.contains(want), "{spec}: {}", e.message);

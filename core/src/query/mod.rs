@@ -91,21 +91,21 @@ pub struct Template {
     /// to running, and a plan made for average values can be far off for skewed ones (a roadmap
     /// holding most products).
     pub plan_per_call: bool,
-    /// For a page of records: the SQL returns the records as rows and the executor builds the
-    /// result from them (None: the SQL returns the whole result as one jsonb value).
-    pub page: Option<PageOutput>,
+    /// For pages and aggregates: the SQL returns the result's rows and the executor builds the
+    /// jsonb result from them (None: the SQL returns the whole result as one jsonb value).
+    pub rows: Option<RowsOutput>,
 }
 
-/// How the executor turns the rows of a page's SQL into `{"rows": [...], "next_cursor": ...,
-/// "count": n}`: each SQL row is one record, its columns first (in `columns` order), then the
-/// keys of the cursor. Building the objects from the rows costs a fraction of
+/// How the executor turns the rows of a statement into `{"rows": [...]}` (with a page's
+/// `next_cursor` and `count`): each SQL row is one result row, its columns first (in `columns`
+/// order), then a page's cursor keys. Building the objects from the rows costs a fraction of
 /// `jsonb_build_object` and `jsonb_agg` in the statement, which convert every value through its
 /// type's lookups and (for numerics) its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageOutput {
-    /// The key of each record column in the result: the requested path.
+pub struct RowsOutput {
+    /// The key of each column in the result's rows: the requested path, group key or metric.
     pub columns: Vec<String>,
-    /// Keyset paging (None for `distinct` results, which page by offset).
+    /// Keyset paging (None for aggregates and `distinct` pages, which page by offset).
     pub cursor: Option<PageCursor>,
     /// The count of all matching records and the key it goes under.
     pub count: Option<(String, PageCount)>,
@@ -1058,7 +1058,7 @@ pub fn image_condition(model: &dyn Model, entity: &str, condition: &Value) -> Re
         params: params.0,
         computed: vec![],
         plan_per_call: false,
-        page: None,
+        rows: None,
     })
 }
 
@@ -1171,7 +1171,7 @@ mod tests {
             ],
             computed: vec![],
             plan_per_call: false,
-            page: None,
+            rows: None,
         };
         let ok = bind(
             &json!({"filters": {"price": 5}, "limit": 20, "q": "50%_off"}),

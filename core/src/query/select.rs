@@ -32,7 +32,7 @@ pub fn count_mode(v: Option<&Value>) -> Result<CountMode> {
 }
 
 /// A paged select, shared by `udm_query` and the table view: its SQL returns one row per record
-/// (see [`PageOutput`]).
+/// (see [`RowsOutput`]).
 pub struct Page {
     pub sql: String,
     pub from: String,
@@ -193,7 +193,7 @@ pub fn page_template(
         computed,
         // the page stops after its rows; an exact count is its own statement, planned per call
         plan_per_call: false,
-        page: Some(PageOutput {
+        rows: Some(RowsOutput {
             columns: p.columns,
             cursor: p.cursor,
             count: count.map(|c| (count_key.to_string(), c)),
@@ -257,7 +257,7 @@ mod tests {
             "{}",
             t.sql
         );
-        let out = t.page.as_ref().expect("a page");
+        let out = t.rows.as_ref().expect("a page");
         assert_eq!(
             out.columns,
             [
@@ -367,7 +367,7 @@ mod tests {
                 &sort_keys(&mut from, "product", Some(&json!(["-created_at"]))).unwrap(),
             )
         };
-        let cursor = t.page.as_ref().and_then(|p| p.cursor.clone()).unwrap();
+        let cursor = t.rows.as_ref().and_then(|p| p.cursor.clone()).unwrap();
         assert_eq!(
             cursor,
             PageCursor {
@@ -388,7 +388,7 @@ mod tests {
             "{}",
             d.sql
         );
-        assert_eq!(d.page.unwrap().cursor, None, "distinct pages by offset");
+        assert_eq!(d.rows.unwrap().cursor, None, "distinct pages by offset");
         let cur = encode_cursor(
             &json!([
                 "2024-01-01T00:00:00+00:00",
@@ -422,7 +422,7 @@ mod tests {
     fn counts() {
         let t = sql(json!({"filters": {"status": "active"}, "count": "exact"}));
         assert_eq!(
-            t.page.unwrap().count,
+            t.rows.unwrap().count,
             Some((
                 "count".to_string(),
                 PageCount::Exact(
@@ -434,7 +434,7 @@ mod tests {
         assert!(!t.plan_per_call, "the page itself stops after its rows");
         let t = sql(json!({"count": "estimated"}));
         assert_eq!(
-            t.page.as_ref().unwrap().count,
+            t.rows.as_ref().unwrap().count,
             Some(("count".to_string(), PageCount::Computed(0)))
         );
         assert_eq!(

@@ -124,7 +124,7 @@ fn kanban(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<T
         params: params.0,
         computed: vec![],
         plan_per_call: true,
-        page: None,
+        rows: None,
     })
 }
 
@@ -220,7 +220,7 @@ fn tree(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Tem
         params: params.0,
         computed: vec![],
         plan_per_call: false,
-        page: None,
+        rows: None,
     })
 }
 
@@ -409,7 +409,7 @@ fn gantt(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result<Te
         params: params.0,
         computed: vec![],
         plan_per_call: false,
-        page: None,
+        rows: None,
     })
 }
 
@@ -474,7 +474,7 @@ fn dropdown(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Result
         params: params.0,
         computed: vec![],
         plan_per_call: false,
-        page: None,
+        rows: None,
     })
 }
 
@@ -519,7 +519,7 @@ fn breadcrumb(model: &dyn Model, entity: &str, obj: &Map<String, Value>) -> Resu
         params: params.0,
         computed: vec![],
         plan_per_call: false,
-        page: None,
+        rows: None,
     })
 }
 

@@ -128,6 +128,27 @@ fn row_limit(plan: &Plan, read_only: bool) -> i64 {
     }
 }
 
+/// Runs a kept plan with text parameters in a new SPI connection, which stays open (with the
+/// results) as long as the returned guard lives.
+fn run_with_text(
+    plan: &Plan,
+    args: &[Option<String>],
+    read_only: bool,
+    limit: i64,
+) -> Result<Connection> {
+    if args.len() != plan.nargs {
+        return Err(UdmError::internal(format!(
+            "udm: plan takes {} arguments, got {}",
+            plan.nargs,
+            args.len()
+        )));
+    }
+    let conn = Connection::open();
+    let (mut values, nulls) = text_datums(args);
+    execute(plan, &mut values, &nulls, read_only, limit)?;
+    Ok(conn)
+}
+
 /// Runs a kept plan and returns the first column of the first row, copied into the caller's
 /// memory context (None when there is no row or it is NULL). `read_only` for statements that
 /// do not write (they then see the calling statement's snapshot).
@@ -136,22 +157,7 @@ pub fn first_datum(
     args: &[Option<String>],
     read_only: bool,
 ) -> Result<Option<pg_sys::Datum>> {
-    if args.len() != plan.nargs {
-        return Err(UdmError::internal(format!(
-            "udm: plan takes {} arguments, got {}",
-            plan.nargs,
-            args.len()
-        )));
-    }
-    let _conn = Connection::open();
-    let (mut values, nulls) = text_datums(args);
-    execute(
-        plan,
-        &mut values,
-        &nulls,
-        read_only,
-        row_limit(plan, read_only),
-    )?;
+    let _conn = run_with_text(plan, args, read_only, row_limit(plan, read_only))?;
     unsafe { first_of_result() }
 }
 
@@ -163,16 +169,7 @@ pub fn rows<R>(
     args: &[Option<String>],
     f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> Result<R>,
 ) -> Result<R> {
-    if args.len() != plan.nargs {
-        return Err(UdmError::internal(format!(
-            "udm: plan takes {} arguments, got {}",
-            plan.nargs,
-            args.len()
-        )));
-    }
-    let _conn = Connection::open();
-    let (mut values, nulls) = text_datums(args);
-    execute(plan, &mut values, &nulls, true, 0)?;
+    let _conn = run_with_text(plan, args, true, 0)?;
     unsafe {
         let table = pg_sys::SPI_tuptable;
         if table.is_null() {

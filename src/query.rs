@@ -9,7 +9,7 @@
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{raise, OrRaise, Result, UdmError};
 use crate::rawspi::{self, Plan};
-use crate::rowjson::RowJson;
+use crate::rowjson::{palloc_copy, RowJson};
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -332,11 +332,7 @@ fn execute_rows(
         })?;
         Ok(buf)
     })?;
-    unsafe {
-        let p = pg_sys::palloc(bytes.len()) as *mut u8;
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
-        Ok(pg_sys::Datum::from(p))
-    }
+    Ok(palloc_copy(&bytes))
 }
 
 /// A page's `next_cursor`: base64 (without line breaks) of the jsonb text of
@@ -352,11 +348,8 @@ fn cursor_text(keys: Vec<JsonbValue<'_>>, sig: &str) -> Result<String> {
     )
     .map_err(|e| UdmError::internal(format!("udm: cannot build a cursor: {e}")))?;
     let text = unsafe {
-        let d = pg_sys::palloc(buf.len()) as *mut u8;
-        std::ptr::copy_nonoverlapping(buf.as_ptr(), d, buf.len());
-        let s =
-            pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(pg_sys::Datum::from(d))])
-                .ok_or_else(|| UdmError::internal("udm: jsonb_out returned NULL"))?;
+        let s = pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(palloc_copy(&buf))])
+            .ok_or_else(|| UdmError::internal("udm: jsonb_out returned NULL"))?;
         std::ffi::CStr::from_ptr(s.cast_mut_ptr())
             .to_bytes()
             .to_vec()

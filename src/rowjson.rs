@@ -113,6 +113,15 @@ pub(crate) unsafe fn varlena<'a>(d: pg_sys::Datum) -> &'a [u8] {
     }
 }
 
+/// A datum of `bytes` (a whole varlena, header included) copied into the current memory context.
+pub(crate) fn palloc_copy(bytes: &[u8]) -> pg_sys::Datum {
+    unsafe {
+        let p = pg_sys::palloc(bytes.len()) as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+        pg_sys::Datum::from(p)
+    }
+}
+
 unsafe fn cstring<'a>(p: *const std::os::raw::c_char) -> &'a [u8] {
     unsafe { std::ffi::CStr::from_ptr(p).to_bytes() }
 }
@@ -315,9 +324,7 @@ impl RowJson {
                     format!("udm: cannot build the jsonb image of a row: {e}"),
                 ));
             }
-            let p = pg_sys::palloc(buf.len()) as *mut u8;
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, buf.len());
-            pg_sys::Datum::from(p)
+            palloc_copy(&buf)
         }
     }
 }

@@ -296,8 +296,7 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
         let (mut lo, mut width) = (after, (i64::from(limit) * 4).max(EVENT_WINDOW));
         loop {
             let hi = h.min(lo.saturating_add(width));
-            let before = out.len();
-            let want = i64::from(limit) - before as i64;
+            let want = i64::from(limit) - out.len() as i64;
             if hi <= lo || want <= 0 {
                 break;
             }
@@ -337,22 +336,20 @@ fn read_events(
     want: i64,
     out: &mut Vec<EventRow>,
 ) -> std::result::Result<(), pgrx::spi::Error> {
-    {
-        for r in c.select(stmt, None, &[lo.into(), hi.into(), want.into()])? {
-            let at: Option<pgrx::datum::TimestampWithTimeZone> = r.get(8)?;
-            out.push((
-                r.get::<i64>(1)?.unwrap_or(0),
-                r.get::<String>(2)?.unwrap_or_default(),
-                r.get::<String>(3)?.unwrap_or_default(),
-                r.get::<String>(4)?.unwrap_or_default(),
-                r.get::<i32>(5)?,
-                r.get::<Vec<Option<String>>>(6)?,
-                r.get::<String>(7)?,
-                at.map(|a| a.to_iso_string()),
-                r.get::<i64>(9)?,
-                r.get::<JsonB>(10)?.map(|j| j.0),
-            ));
-        }
+    for r in c.select(stmt, None, &[lo.into(), hi.into(), want.into()])? {
+        let at: Option<pgrx::datum::TimestampWithTimeZone> = r.get(8)?;
+        out.push((
+            r.get::<i64>(1)?.unwrap_or(0),
+            r.get::<String>(2)?.unwrap_or_default(),
+            r.get::<String>(3)?.unwrap_or_default(),
+            r.get::<String>(4)?.unwrap_or_default(),
+            r.get::<i32>(5)?,
+            r.get::<Vec<Option<String>>>(6)?,
+            r.get::<String>(7)?,
+            at.map(|a| a.to_iso_string()),
+            r.get::<i64>(9)?,
+            r.get::<JsonB>(10)?.map(|j| j.0),
+        ));
     }
     Ok(())
 }

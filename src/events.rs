@@ -141,7 +141,7 @@ fn matches(t: &Tenant, s: &Subscription, image: Option<&Value>) -> Result<bool> 
     };
     let p = condition_plan(t, &s.entity, cond)?;
     let spec = json!({ "filters": cond });
-    let mut args = udm_core::query::bind(&spec, &p.0, &[])?;
+    let mut args = udm_core::query::bind(&spec, &p.0)?;
     args.push(Some(image.to_string()));
     let d = crate::rawspi::first_datum(&p.1, &args, true)?;
     Ok(d.is_some_and(|d| d.value() != 0))

@@ -228,22 +228,18 @@ pub fn target(entity: &str) -> Result<(Rc<Tenant>, Rc<TenantModel>)> {
     Ok((t, m))
 }
 
-fn computed_values(c: &Compiled, spec: &Value) -> Result<Vec<String>> {
+/// The values the template computes (estimated row counts, from `EXPLAIN` with the call's
+/// parameters).
+fn computed_values(c: &Compiled, binds: &[Option<String>]) -> Result<Vec<i64>> {
     let mut out = Vec::new();
     for comp in &c.template.computed {
         match comp {
             Computed::EstimatedRows(sql) => {
-                // the estimate uses the filter parameters only; the computed one is not referenced
-                let binds = q::bind(
-                    spec,
-                    &c.template,
-                    &vec!["0".to_string(); c.template.computed.len()],
-                )?;
-                let plan = rawspi::once(&format!("EXPLAIN (FORMAT JSON) {sql}"), &binds, false)?
+                let plan = rawspi::once(&format!("EXPLAIN (FORMAT JSON) {sql}"), binds, false)?
                     .map(rawspi::json_value)
                     .unwrap_or(Value::Null);
                 let rows = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
-                out.push((rows.round() as i64).to_string());
+                out.push(rows.round() as i64);
             }
         }
     }
@@ -252,10 +248,9 @@ fn computed_values(c: &Compiled, spec: &Value) -> Result<Vec<String>> {
 
 /// Binds a spec's values and runs the compiled plan.
 pub fn execute(c: &Compiled, spec: &Value) -> Result<pg_sys::Datum> {
-    let computed = computed_values(c, spec)?;
-    let binds = q::bind(spec, &c.template, &computed)?;
+    let binds = q::bind(spec, &c.template)?;
     if let Some(out) = &c.template.rows {
-        return execute_rows(c, out, &binds, &computed);
+        return execute_rows(c, out, &binds);
     }
     rawspi::first_datum(&c.plan, &binds, true)?
         .ok_or_else(|| UdmError::internal("udm: the query returned no row"))
@@ -263,17 +258,12 @@ pub fn execute(c: &Compiled, spec: &Value) -> Result<pg_sys::Datum> {
 
 /// Runs a statement that returns rows and builds `{"rows": [...]}` from them, with a page's
 /// `next_cursor` and `count` (see `RowsOutput`).
-fn execute_rows(
-    c: &Compiled,
-    out: &RowsOutput,
-    binds: &[Option<String>],
-    computed: &[String],
-) -> Result<pg_sys::Datum> {
+fn execute_rows(c: &Compiled, out: &RowsOutput, binds: &[Option<String>]) -> Result<pg_sys::Datum> {
     let count = match (&out.count, &c.count_plan) {
         (None, _) => None,
         (Some((key, PageCount::Computed(i))), _) => {
-            let n = computed.get(*i).and_then(|v| v.parse::<i64>().ok());
-            Some((key, n.unwrap_or(0)))
+            let computed = computed_values(c, binds)?;
+            Some((key, computed.get(*i).copied().unwrap_or(0)))
         }
         (Some((key, PageCount::Exact(_))), Some(plan)) => {
             let n = rawspi::first_datum(plan, binds, true)?.map_or(0, rawspi::int8);
@@ -382,8 +372,7 @@ pub fn explain(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
     let template = compile(&*m, kind, entity, spec)?;
     let plan = rawspi::prepare_query(&template.sql, template.params.len())?;
     let fake = Compiled::new(template, plan)?;
-    let computed = computed_values(&fake, spec)?;
-    let binds = q::bind(spec, &fake.template, &computed)?;
+    let binds = q::bind(spec, &fake.template)?;
     let plan = rawspi::once(
         &format!("EXPLAIN (FORMAT JSON) {}", fake.template.sql),
         &binds,
@@ -409,8 +398,7 @@ pub fn compile_info(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
     let (_, m) = target(entity)?;
     let key = format!("{}|{}", m.key, q::shape_key(kind, entity, spec));
     let (c, cached) = compiled(&key, || compile(&*m, kind, entity, spec))?;
-    let computed: Vec<String> = vec!["0".into(); c.template.computed.len()];
-    let binds = q::bind(spec, &c.template, &computed)?;
+    let binds = q::bind(spec, &c.template)?;
     let us = start.elapsed().as_secs_f64() * 1e6;
     let sources: Vec<Value> = c
         .template
@@ -422,7 +410,6 @@ pub fn compile_info(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
                 q::Ptr::Index(i) => json!(i),
             }).collect::<Vec<_>>(), "type": p.ptype.sql()}),
             Source::Cursor(i) => json!({"from": "cursor", "key": i, "type": p.ptype.sql()}),
-            Source::Computed(i) => json!({"from": "computed", "index": i}),
         })
         .collect();
     let mut out = json!({"sql": c.template.sql, "params": binds, "sources": sources, "cached": cached, "compile_us": us, "shape": key});

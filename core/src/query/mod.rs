@@ -65,8 +65,6 @@ pub enum Source {
     Spec(Vec<Ptr>),
     /// The i-th key of the decoded cursor.
     Cursor(usize),
-    /// A value the executor computes (an estimated count).
-    Computed(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +81,8 @@ pub struct ParamSpec {
 pub struct Template {
     pub sql: String,
     pub params: Vec<ParamSpec>,
-    /// Statements the executor runs first to compute `Source::Computed` values
-    /// (e.g. `EXPLAIN` for an estimated count), each with the same parameters.
+    /// Values the executor computes with the statement's parameters (an estimated count, read
+    /// from `EXPLAIN`), for `PageCount::Computed`.
     pub computed: Vec<Computed>,
     /// Planned for the values of each call rather than once: statements that visit every
     /// matching row (exact counts, aggregates, kanban counts), where planning costs little next
@@ -221,15 +219,11 @@ fn escape_like(s: &str) -> String {
 }
 
 /// The values of a call, as SQL text in parameter order (None for NULL).
-pub fn bind(spec: &Value, t: &Template, computed: &[String]) -> Result<Vec<Option<String>>> {
+pub fn bind(spec: &Value, t: &Template) -> Result<Vec<Option<String>>> {
     let mut cursor: Option<Vec<Value>> = None;
     let mut out = Vec::with_capacity(t.params.len());
     for p in &t.params {
         let v = match &p.source {
-            Source::Computed(i) => {
-                out.push(computed.get(*i).cloned());
-                continue;
-            }
             Source::Cursor(i) => {
                 if cursor.is_none() {
                     cursor =
@@ -1176,7 +1170,6 @@ mod tests {
         let ok = bind(
             &json!({"filters": {"price": 5}, "limit": 20, "q": "50%_off"}),
             &t,
-            &[],
         )
         .unwrap();
         assert_eq!(
@@ -1190,14 +1183,12 @@ mod tests {
         let e = bind(
             &json!({"filters": {"price": "x"}, "limit": 20, "q": ""}),
             &t,
-            &[],
         )
         .unwrap_err();
         assert_eq!(e.message, "filter \"price\": expected a number, got \"x\"");
         let e = bind(
             &json!({"filters": {"price": 1}, "limit": 5000, "q": ""}),
             &t,
-            &[],
         )
         .unwrap_err();
         assert_eq!(e.state, SqlState::ProgramLimitExceeded);

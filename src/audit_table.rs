@@ -177,7 +177,10 @@ impl Writer<'_> {
             return ids;
         }
         unsafe {
-            let desc = (*self.rel).rd_att;
+            // the slots share one copy of the table's descriptor that is not reference-counted:
+            // a slot of the relcache's own descriptor pins it in the resource owner, an entry
+            // made and searched for again for every slot
+            let desc = pg_sys::CreateTupleDescCopy((*self.rel).rd_att);
             let cid = pg_sys::GetCurrentCommandId(true);
             let bulk = if rows.len() > 1 {
                 pg_sys::GetBulkInsertState()
@@ -234,10 +237,10 @@ impl Writer<'_> {
                     pg_sys::ExecClearTuple(slot);
                 }
             }
-            // newest first: the resource owner looks for a released pin from its newest one
-            while let Some(slot) = slots.pop() {
+            for slot in slots {
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
+            pg_sys::FreeTupleDesc(desc);
             if !bulk.is_null() {
                 pg_sys::FreeBulkInsertState(bulk);
             }

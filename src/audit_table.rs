@@ -11,6 +11,7 @@ use crate::error::Result;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::rc::Rc;
 use udm_core::error::UdmError;
 
@@ -34,10 +35,15 @@ pub const COLUMNS: [(&str, pg_sys::Oid); 14] = [
 ];
 pub const N: usize = COLUMNS.len();
 
+/// The (record_id, audit_id) key that chains and history read.
+const RECORD_INDEX: &str = "_udm_audit__record__idx";
+
 /// Rows go to the heap this many at a time.
 const BATCH: usize = 1000;
 
 pub struct AuditTable {
+    /// The tenant schema, for errors.
+    schema: String,
     relid: pg_sys::Oid,
     seq: pg_sys::Oid,
     record_index: pg_sys::Oid,
@@ -79,7 +85,7 @@ fn load(t: &Tenant) -> Result<AuditTable> {
     let need = |name: &str| t.relation(name).ok_or_else(|| missing(name));
     let table = need("_udm_audit")?;
     let seq = need("_udm_audit_audit_id_seq")?;
-    let record_index = need("_udm_audit__record__idx")?;
+    let record_index = need(RECORD_INDEX)?;
     unsafe {
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
         let desc = (*rel).rd_att;
@@ -101,6 +107,7 @@ fn load(t: &Tenant) -> Result<AuditTable> {
         pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
         let (id_attr, attrs) = found?;
         Ok(AuditTable {
+            schema: t.schema.clone(),
             relid: table,
             seq,
             record_index,
@@ -123,9 +130,21 @@ impl AuditTable {
             pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
             pg_sys::ExecOpenIndices(rri, false);
             let n = (*rri).ri_NumIndices as usize;
-            let record_index = (0..n)
+            let open: Vec<pg_sys::Relation> = (0..n)
                 .map(|i| *(*rri).ri_IndexRelationDescs.add(i))
+                .collect();
+            // by the oid this backend loaded, else by name: an index a superuser dropped and made
+            // again is used without waiting for a definition change to reload the table
+            let record_index = open
+                .iter()
+                .copied()
                 .find(|&ix| (*ix).rd_id == self.record_index)
+                .or_else(|| {
+                    open.iter().copied().find(|&ix| {
+                        CStr::from_ptr((*(*ix).rd_rel).relname.data.as_ptr()).to_bytes()
+                            == RECORD_INDEX.as_bytes()
+                    })
+                })
                 .unwrap_or(std::ptr::null_mut());
             let w = Writer {
                 table: self,
@@ -135,9 +154,10 @@ impl AuditTable {
                 record_index,
             };
             if record_index.is_null() {
-                return Err(UdmError::internal(
-                    "udm audit: the audit log's index _udm_audit__record__idx is not among its indexes",
-                ));
+                return Err(UdmError::internal(format!(
+                    "udm audit: tenant schema \"{}\" has no {RECORD_INDEX} on its audit log",
+                    self.schema
+                )));
             }
             Ok(w)
         }

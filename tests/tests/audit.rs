@@ -1198,4 +1198,39 @@ fn writes_are_refused_while_the_audit_log_is_damaged() {
     ))
     .unwrap();
     assert_eq!(count(&mut m, "new_data->>'name' = 'audited'"), 1);
+    // a session that has the log cached: the key made again under its name is used at once,
+    // and the key missing is refused with the same ERROR (not a failure to open a stale index)
+    adm.batch_execute(&format!(
+        "ALTER TABLE \"{s}\"._udm_audit DROP CONSTRAINT _udm_audit__record__idx; \
+         ALTER TABLE \"{s}\"._udm_audit ADD CONSTRAINT _udm_audit__record__idx PRIMARY KEY (record_id, audit_id)"
+    ))
+    .unwrap();
+    w.batch_execute(&format!(
+        "UPDATE \"{s}\".product SET name = 'again' WHERE name = 'audited'"
+    ))
+    .unwrap();
+    assert_eq!(count(&mut m, "new_data->>'name' = 'again'"), 1);
+    adm.batch_execute(&format!(
+        "ALTER INDEX \"{s}\"._udm_audit__record__idx RENAME TO damaged"
+    ))
+    .unwrap();
+    let msg = expect_err(
+        &mut w,
+        &format!("UPDATE \"{s}\".product SET name = 'lost' WHERE name = 'again'"),
+        "XX000",
+    );
+    assert!(
+        msg.contains(&s) && msg.contains("_udm_audit__record__idx"),
+        "{msg}"
+    );
+    adm.batch_execute(&format!(
+        "ALTER INDEX \"{s}\".damaged RENAME TO _udm_audit__record__idx"
+    ))
+    .unwrap();
+    w.batch_execute(&format!(
+        "UPDATE \"{s}\".product SET name = 'back' WHERE name = 'again'"
+    ))
+    .unwrap();
+    assert_eq!(count(&mut m, "new_data->>'name' = 'back'"), 1);
+    assert_eq!(json(&mut m.client, "SELECT udm_audit_verify()")["ok"], true);
 }

@@ -613,12 +613,33 @@ fn audit_can_be_switched_off_and_that_change_is_itself_recorded() {
         "SELECT udm_insert('note', '{\"body\": \"y\"}')",
     );
     assert_eq!(count(&mut m, "entity = 'note'"), 1);
+    // plain SQL is held to it too: the audit triggers come with auditing on
+    let s = m.tenant.clone();
+    let triggers = |m: &mut Member| -> i64 {
+        scalar(
+            &mut m.client,
+            &format!("SELECT count(*) FROM pg_trigger WHERE tgrelid = '\"{s}\".note'::regclass AND tgname LIKE 'udm_audit%'"),
+        )
+    };
+    assert_eq!(triggers(&mut m), 2);
+    m.client
+        .batch_execute(&format!("UPDATE \"{s}\".note SET body = 'plain'"))
+        .unwrap();
+    assert_eq!(
+        count(&mut m, "entity = 'note'"),
+        3,
+        "both rows' updates are audited"
+    );
     json(&mut m.client, "SELECT udm_set_audit('note', false)");
+    assert_eq!(triggers(&mut m), 0, "auditing off drops the triggers");
     json(
         &mut m.client,
         "SELECT udm_insert('note', '{\"body\": \"z\"}')",
     );
-    assert_eq!(count(&mut m, "entity = 'note'"), 1);
+    m.client
+        .batch_execute(&format!("UPDATE \"{s}\".note SET body = 'quiet'"))
+        .unwrap();
+    assert_eq!(count(&mut m, "entity = 'note'"), 3);
     let ops: Vec<String> = m
         .client
         .query(

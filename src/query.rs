@@ -283,15 +283,14 @@ fn execute_rows(c: &Compiled, out: &RowsOutput, binds: &[Option<String>]) -> Res
             pg_sys::heap_deform_tuple(row, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
             records.push(json.record.build(&values, &nulls));
         }
+        // after a full page, the cursor of its last row (still in `values`)
         let next_cursor = match &out.cursor {
-            Some(cur) if rows.len() as i64 == cur.limit => {
-                // `values` still holds the last row
-                Some(Some(json.keys.with_values(&values, &nulls, |keys| {
-                    cursor_text(keys, &cur.sig)
-                })?))
-            }
-            Some(_) => Some(None),
-            None => None,
+            Some(cur) if rows.len() as i64 == cur.limit => Some(json.keys.with_values(
+                &values,
+                &nulls,
+                |keys| cursor_text(keys, &cur.sig),
+            )?),
+            _ => None,
         };
         let mut ints = [0u8; 12];
         let mut pairs: Vec<(&[u8], JsonbValue)> = vec![(
@@ -303,8 +302,8 @@ fn execute_rows(c: &Compiled, out: &RowsOutput, binds: &[Option<String>]) -> Res
                     .collect(),
             ),
         )];
-        if let Some(cur) = &next_cursor {
-            let v = cur
+        if out.cursor.is_some() {
+            let v = next_cursor
                 .as_deref()
                 .map_or(JsonbValue::Null, |s| JsonbValue::String(s.as_bytes()));
             pairs.push((b"next_cursor", v));

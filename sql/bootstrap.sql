@@ -116,6 +116,15 @@ CREATE FUNCTION udm.may_read_scoped(schema_name text, entity text) RETURNS boole
 CREATE FUNCTION udm.access_user(schema_name text) RETURNS uuid
     LANGUAGE c STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'udm_access_user';
+-- The audit log's policy: whether the session reads the whole log (once per query), else
+-- whether it may read one row (its role reads the entity and its fields, and it sees the record).
+-- The row test reads the record's entity table as the session: PARALLEL RESTRICTED.
+CREATE FUNCTION udm.may_read_audit(schema_name text) RETURNS boolean
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_may_read_audit';
+CREATE FUNCTION udm.audit_visible(schema_name text, entity text, record_id uuid) RETURNS boolean
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'udm_audit_visible';
 -- Refuses writes the application user may not make (42501 naming the permission).
 CREATE FUNCTION udm.access_guard() RETURNS trigger
     LANGUAGE c

@@ -24,9 +24,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use udm_core::access::{
-    denied, effective, normalize_email, parse_object, parse_permissions, permissions_to_json,
-    validate_password, validate_role_name, validate_user_name, Level, Op, Perms, RoleDef,
-    BUILTIN_ROLES,
+    audit_readable, denied, effective, normalize_email, parse_object, parse_permissions,
+    permissions_to_json, validate_password, validate_role_name, validate_user_name, AuditSubject,
+    Level, Op, Perms, RoleDef, BUILTIN_ROLES,
 };
 use udm_core::ddl::TUPLE_TABLE;
 use udm_core::ident::{printable, quote_ident, sql_call};
@@ -36,6 +36,8 @@ finfo_v1!(pg_finfo_udm_may_read_scoped);
 finfo_v1!(pg_finfo_udm_access_user);
 finfo_v1!(pg_finfo_udm_access_guard);
 finfo_v1!(pg_finfo_udm_id_in);
+finfo_v1!(pg_finfo_udm_may_read_audit);
+finfo_v1!(pg_finfo_udm_audit_visible);
 
 const MEMBER_TABLE: &str = "_udm_member";
 const ROLE_TABLE: &str = "_udm_role";
@@ -109,9 +111,11 @@ fn enable(t: &Tenant) -> Result<()> {
                 sql.push_str(";\n");
             }
         }
-        if !sql.is_empty() {
-            crate::spi::run(&sql, &[])?;
+        for s in udm_core::ddl::audit_access_sql(&t.schema) {
+            sql.push_str(&s);
+            sql.push_str(";\n");
         }
+        crate::spi::run(&sql, &[])?;
         Ok(())
     })?;
     catalog::invalidate_registry();
@@ -1258,6 +1262,109 @@ pub unsafe extern "C-unwind" fn udm_access_user(fcinfo: pg_sys::FunctionCallInfo
                 pg_sys::Datum::from(0usize)
             }
         }
+    }
+}
+
+// ------------------------------------------------------------------ reading the audit log
+
+/// (local transaction, command, whether the session sees (entity, record id))
+type SeenCache = (u64, u32, HashMap<(String, [u8; 16]), bool>);
+
+thread_local! {
+    /// Audit subjects' records the session sees, found in the current command.
+    static SEEN: RefCell<SeenCache> = RefCell::new((0, 0, HashMap::new()));
+}
+
+/// Whether the session reads the tenant's whole audit log: access control is off, or it is a
+/// database admin or a member whose role manages the tenant.
+pub fn reads_whole_audit(t: &Tenant) -> Result<bool> {
+    Ok(context(t)?.over_records())
+}
+
+/// Whether the session may read an audit row about `subject` (the row's `entity` column) and the
+/// record `id`: its role reads the entity and every field of it (the images hold them all), and,
+/// where the entity is scoped by relations, it sees the record now in the entity table (so rows
+/// of deleted scoped records are for managers). Tenant events are for managers.
+pub fn audit_visible(t: &Tenant, subject: &str, id: pgrx::Uuid) -> Result<bool> {
+    let ctx = context(t)?;
+    if ctx.over_records() {
+        return Ok(true);
+    }
+    let subject = AuditSubject::parse(subject);
+    let Some(name) = subject.entity() else {
+        return Ok(false);
+    };
+    let Some(e) = catalog::entity_any(t, name)?.filter(|e| e.status == catalog::Status::Active)
+    else {
+        return Ok(false);
+    };
+    let fields: Vec<&str> = e.def.fields.iter().map(|f| f.name.as_str()).collect();
+    if !audit_readable(&ctx.perms, subject, &fields) {
+        return Ok(false);
+    }
+    if e.def.access.is_none() {
+        return Ok(true);
+    }
+    if ctx.user.is_none() {
+        return Ok(false);
+    }
+    let (xid, cid) = unsafe {
+        (
+            (*pg_sys::MyProc).lxid as u64,
+            pg_sys::GetCurrentCommandId(false),
+        )
+    };
+    let key = (e.def.slug.clone(), *id.as_bytes());
+    if let Some(v) = SEEN.with(|c| {
+        let mut c = c.borrow_mut();
+        if (c.0, c.1) != (xid, cid) {
+            *c = (xid, cid, HashMap::new());
+        }
+        c.2.get(&key).copied()
+    }) {
+        return Ok(v);
+    }
+    // as the session: the entity's own policy decides, as for a plain SELECT of the record
+    let seen = crate::spi::select_one::<bool>(
+        &format!("SELECT true FROM {} WHERE id = $1", t.catalog(&e.def.slug)),
+        &[id.into()],
+    )?
+    .unwrap_or(false);
+    SEEN.with(|c| c.borrow_mut().2.insert(key, seen));
+    Ok(seen)
+}
+
+unsafe fn tenant_arg(fcinfo: pg_sys::FunctionCallInfo) -> Rc<Tenant> {
+    unsafe {
+        let schema = text_arg(fcinfo, 0);
+        catalog::tenant(&schema)
+            .or_raise()
+            .ok_or_else(|| catalog::no_such_tenant(&schema))
+            .or_raise()
+    }
+}
+
+/// `udm.may_read_audit(schema)`: the session reads the tenant's whole audit log.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_may_read_audit(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe { pg_sys::Datum::from(reads_whole_audit(&tenant_arg(fcinfo)).or_raise()) }
+}
+
+/// `udm.audit_visible(schema, entity, record_id)`: the session may read this audit row.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_audit_visible(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let t = tenant_arg(fcinfo);
+        let subject = text_arg(fcinfo, 1);
+        let id =
+            pg_getarg::<pgrx::Uuid>(fcinfo, 2).unwrap_or_else(|| pgrx::Uuid::from_bytes([0; 16]));
+        pg_sys::Datum::from(audit_visible(&t, &subject, id).or_raise())
     }
 }
 

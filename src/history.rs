@@ -1,8 +1,10 @@
 //! The SQL surface of the audit log: record history, point-in-time reads, rollback of a record
 //! or a whole transaction, chain verification and compliance reports.
 //!
-//! Reads run as the caller (tenant members may read their tenant's audit table); rollbacks write
-//! as the caller too, so privileges, rules and row-level security apply as to any write.
+//! Reads run as the caller: tenant members may read their tenant's audit table, and once the
+//! tenant has members its row-level security shows each member the rows of the records they see
+//! (`udm_core::ddl::audit_access_sql`). Rollbacks write as the caller too, so privileges, rules
+//! and row-level security apply as to any write.
 
 use crate::audit::{as_rollback, audit_table};
 use crate::catalog::{self, Entity, Tenant};
@@ -309,6 +311,28 @@ pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
             ),
         )
         .hint("the txid column of udm_history and of the audit reports names transactions"));
+    }
+    // a member undoes only a transaction whose every change they may read (the policy on the
+    // audit log hid the others): a partial undo would be half applied
+    let all = crate::security::as_owner(|| {
+        crate::spi::select_one::<i64>(
+            &format!("SELECT count(*) FROM {audit} WHERE txid = $1 AND action NOT LIKE 'LOCK\\_%'"),
+            &[txid.into()],
+        )
+    })?
+    .unwrap_or(0);
+    if all > rows.len() as i64 {
+        let ctx = crate::access::context(&t)?;
+        return Err(UdmError::new(
+            SqlState::InsufficientPrivilege,
+            format!(
+                "permission denied: transaction {txid} made {} changes in tenant \"{}\" that user \"{}\" may not read; it is not rolled back",
+                all - rows.len() as i64,
+                t.slug,
+                ctx.label()
+            ),
+        )
+        .hint("a member whose role manages the tenant can roll it back"));
     }
     // Undo units: each record by its first row in the transaction (its state before), each
     // link change by itself; undone newest first.

@@ -540,6 +540,63 @@ pub fn parse_object(s: &str) -> Result<(String, String)> {
     Ok((e.to_string(), id.to_lowercase()))
 }
 
+// ------------------------------------------------------------------ reading the audit log
+
+/// What an audit row is about, read from its `entity` column: a change of a record (`product`),
+/// a link change of a many-to-many field (`product.tags`), an event on a record (`roadmap#lock`,
+/// `product#access`), or an event of the tenant itself (`tenant#member`).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum AuditSubject<'a> {
+    Record(&'a str),
+    Link { entity: &'a str, field: &'a str },
+    RecordEvent(&'a str),
+    Tenant,
+}
+
+impl<'a> AuditSubject<'a> {
+    pub fn parse(subject: &'a str) -> AuditSubject<'a> {
+        if let Some((entity, kind)) = subject.split_once('#') {
+            return match kind {
+                "lock" | "access" => AuditSubject::RecordEvent(entity),
+                _ => AuditSubject::Tenant,
+            };
+        }
+        match subject.split_once('.') {
+            Some((entity, field)) => AuditSubject::Link { entity, field },
+            None => AuditSubject::Record(subject),
+        }
+    }
+
+    /// The entity whose record the row is about (none for tenant events).
+    pub fn entity(&self) -> Option<&'a str> {
+        match *self {
+            AuditSubject::Record(e) | AuditSubject::RecordEvent(e) => Some(e),
+            AuditSubject::Link { entity, .. } => Some(entity),
+            AuditSubject::Tenant => None,
+        }
+    }
+}
+
+/// Whether a role that does not manage the tenant may read audit rows about `subject`, short of
+/// seeing the record itself (the caller checks that for scoped entities). `fields` are the
+/// entity's fields: an image holds all of them, so a role kept from reading any one of them reads
+/// none of the entity's audit rows (its records, through the entity table, without that field).
+/// Tenant events (members) are for managers only.
+pub fn audit_readable(perms: &Perms, subject: AuditSubject<'_>, fields: &[&str]) -> bool {
+    let Some(entity) = subject.entity() else {
+        return false;
+    };
+    if !perms.allows(entity, Op::Read)
+        || fields.iter().any(|f| perms.field_denied(entity, f, false))
+    {
+        return false;
+    }
+    match subject {
+        AuditSubject::Link { field, .. } => perms.field_readable(entity, field),
+        _ => true,
+    }
+}
+
 // ------------------------------------------------------------------ messages
 
 /// 42501 for an operation a user's role does not allow.
@@ -579,6 +636,80 @@ mod tests {
             _ => None,
         }
         }
+    }
+
+    #[test]
+    fn audit_subjects_are_read_from_the_entity_column() {
+        assert_eq!(
+            AuditSubject::parse("product"),
+            AuditSubject::Record("product")
+        );
+        assert_eq!(
+            AuditSubject::parse("product.tags"),
+            AuditSubject::Link {
+                entity: "product",
+                field: "tags"
+            }
+        );
+        assert_eq!(
+            AuditSubject::parse("roadmap#lock"),
+            AuditSubject::RecordEvent("roadmap")
+        );
+        assert_eq!(
+            AuditSubject::parse("product#access"),
+            AuditSubject::RecordEvent("product")
+        );
+        assert_eq!(AuditSubject::parse("tenant#member"), AuditSubject::Tenant);
+        assert_eq!(AuditSubject::parse("tenant#member").entity(), None);
+    }
+
+    #[test]
+    fn audit_rows_are_readable_where_every_field_of_the_record_is() {
+        let l = roles();
+        let viewer = effective("viewer", &l).unwrap();
+        let pricer = effective("pricer", &l).unwrap();
+        let nothing = Perms::default();
+        let fields = ["name", "cost"];
+        let rec = AuditSubject::parse("product");
+        assert!(audit_readable(&viewer, rec, &fields));
+        assert!(audit_readable(
+            &viewer,
+            AuditSubject::parse("product#lock"),
+            &fields
+        ));
+        // pricer may not read cost: no image of a product is his to read
+        assert!(!audit_readable(&pricer, rec, &fields));
+        assert!(!audit_readable(
+            &pricer,
+            AuditSubject::parse("product.tags"),
+            &fields
+        ));
+        // but other entities' rows are
+        assert!(audit_readable(
+            &pricer,
+            AuditSubject::parse("supplier"),
+            &["name"]
+        ));
+        assert!(!audit_readable(&nothing, rec, &fields));
+        assert!(!audit_readable(
+            &viewer,
+            AuditSubject::parse("tenant#member"),
+            &[]
+        ));
+        let no_tags = parse_permissions(
+            &json!({"entities": {"*": {"read": true}, "product": {"read": true, "fields": {"tags": {"read": false}}}}}),
+        )
+        .unwrap();
+        assert!(audit_readable(
+            &no_tags,
+            AuditSubject::parse("supplier.tags"),
+            &["name"]
+        ));
+        assert!(!audit_readable(
+            &no_tags,
+            AuditSubject::parse("product.tags"),
+            &["name"]
+        ));
     }
 
     #[test]

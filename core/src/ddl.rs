@@ -306,6 +306,22 @@ pub fn enable_access(ctx: &Ctx, def: &EntityDef) -> Vec<String> {
         .collect()
 }
 
+/// What switching access control on does to the tenant's audit log: row-level security, so a
+/// member reads the audit rows of the records they see (and managers all of them), through
+/// `udm_history`, reports, events and plain `SELECT` alike. `udm.may_read_audit` runs once per
+/// query (a sub-select); `udm.audit_visible` per row only for readers who are not managers.
+pub fn audit_access_sql(schema: &str) -> [String; 2] {
+    let t = format!("{}.\"_udm_audit\"", quote_ident(schema));
+    let s = quote_literal(schema);
+    [
+        format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY"),
+        format!(
+            "CREATE POLICY {} ON {t} FOR SELECT USING ((SELECT udm.may_read_audit({s})) OR udm.audit_visible({s}, entity, record_id))",
+            quote_ident(ACCESS_POLICY)
+        ),
+    ]
+}
+
 /// `CREATE TRIGGER` statements of the audit triggers on the junction table of a many-to-many
 /// field (argument: the entity; the field is found by its junction at run time, so renames
 /// need no trigger change): links are audited as changes of `<entity>.<field>` keyed by the
@@ -1390,6 +1406,25 @@ mod tests {
                 Step::RuleHolds { sql, .. } => format!("HOLDS {sql}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn the_audit_logs_policy_quotes_the_schema() {
+        let [rls, policy] = audit_access_sql("we\"ird'o");
+        assert_eq!(
+            rls,
+            "ALTER TABLE \"we\"\"ird'o\".\"_udm_audit\" ENABLE ROW LEVEL SECURITY"
+        );
+        assert!(
+            policy.starts_with(
+                "CREATE POLICY \"udm_access\" ON \"we\"\"ird'o\".\"_udm_audit\" FOR SELECT"
+            ),
+            "{policy}"
+        );
+        assert!(
+            policy.contains("(SELECT udm.may_read_audit('we\"ird''o')) OR udm.audit_visible('we\"ird''o', entity, record_id)"),
+            "{policy}"
+        );
     }
 
     #[test]

@@ -1008,3 +1008,232 @@ fn a_scope_roots_owner_change_reaches_the_policies_inside_it() {
         "2BP01",
     );
 }
+
+/// The audit log holds every record's images: a member reads the rows of the records they see,
+/// through udm_history, udm_record_at, reports, events and plain SELECT alike; a role kept from
+/// a field reads none of its entity's rows; managers read everything; a transaction is undone
+/// only by a member who may read all of it.
+#[test]
+fn the_audit_log_shows_members_the_records_they_see() {
+    let mut a = setup("aal");
+    let t = a.tenant.clone();
+    roadmap_entities(&mut a.app);
+    json(
+        &mut a.app,
+        r#"SELECT udm_define_entity('part', '{"fields": [
+            {"name": "name", "type": "text"},
+            {"name": "cost", "type": "decimal", "precision": 10, "scale": 2}]}')"#,
+    );
+    let (alice, bob, carol, pat) = (
+        a.user("Alice"),
+        a.user("Bob"),
+        a.user("Carol"),
+        a.user("Pat"),
+    );
+    a.add(&alice, "admin");
+    a.switch(&alice);
+    a.add(&bob, "editor");
+    a.add(&carol, "viewer");
+    json(
+        &mut a.app,
+        r#"SELECT udm_define_role('pricer', 'viewer', '{"entities": {"part": {"fields": {"cost": {"read": false}}}}}')"#,
+    );
+    a.add(&pat, "pricer");
+    let id = |c: &mut postgres::Client, sql: &str| -> String {
+        scalar(c, &format!("SELECT ({sql})->>'id'"))
+    };
+    let r1 = id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R1\"}')");
+    let r2 = id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R2\"}')");
+    let p1 = id(
+        &mut a.app,
+        &format!(
+            "udm_insert('product', jsonb_build_object('name', 'P1', 'roadmap_id', {}))",
+            lit(&r1)
+        ),
+    );
+    let p2 = id(
+        &mut a.app,
+        &format!(
+            "udm_insert('product', jsonb_build_object('name', 'P2', 'roadmap_id', {}))",
+            lit(&r2)
+        ),
+    );
+    let part = id(
+        &mut a.app,
+        "udm_insert('part', '{\"name\": \"Bolt\", \"cost\": 3}')",
+    );
+    a.app
+        .batch_execute(&format!(
+            "UPDATE \"{t}\".part SET cost = 4 WHERE id = {}",
+            lit(&part)
+        ))
+        .unwrap();
+    for (who, level) in [(&carol, "viewer"), (&bob, "editor")] {
+        json(
+            &mut a.app,
+            &format!(
+                "SELECT udm_grant({}, {}, {})",
+                lit(who),
+                lit(level),
+                lit(&format!("roadmap:{r1}"))
+            ),
+        );
+    }
+    // one transaction changes a product of each roadmap
+    a.app.batch_execute("BEGIN").unwrap();
+    let tx: i64 = scalar(&mut a.app, "SELECT txid_current()");
+    a.app
+        .batch_execute(&format!(
+            "UPDATE \"{t}\".product SET name = name || '!' WHERE id IN ({}, {}); COMMIT",
+            lit(&p1),
+            lit(&p2)
+        ))
+        .unwrap();
+
+    let ids_seen = |c: &mut postgres::Client| -> Vec<String> {
+        names(
+            c,
+            &format!("SELECT DISTINCT record_id::text FROM \"{t}\"._udm_audit ORDER BY 1"),
+        )
+    };
+    let mut want_carol = vec![r1.clone(), p1.clone(), part.clone()];
+    want_carol.sort();
+    let mut carolc = a.as_user(&carol);
+    assert_eq!(
+        ids_seen(&mut carolc),
+        want_carol,
+        "plain SELECT of the audit log"
+    );
+    let count = |c: &mut postgres::Client, entity: &str, id: &str| -> i64 {
+        scalar(
+            c,
+            &format!(
+                "SELECT count(*) FROM udm_history({}, {})",
+                lit(entity),
+                lit(id)
+            ),
+        )
+    };
+    assert_eq!(count(&mut carolc, "product", &p1), 2);
+    assert_eq!(
+        count(&mut carolc, "product", &p2),
+        0,
+        "history of a record carol does not see"
+    );
+    assert_eq!(count(&mut carolc, "roadmap", &r2), 0);
+    let at = |c: &mut postgres::Client, id: &str| -> Option<serde_json::Value> {
+        scalar(
+            c,
+            &format!("SELECT udm_record_at('product', {}, now())", lit(id)),
+        )
+    };
+    assert_eq!(at(&mut carolc, &p1).unwrap()["name"], "P1!");
+    assert_eq!(at(&mut carolc, &p2), None);
+    let report = json(
+        &mut carolc,
+        "SELECT udm_audit_report('changes', now() - interval '1 hour', now() + interval '1 hour')",
+    );
+    let reported: std::collections::BTreeSet<&str> = report["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["record_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reported,
+        want_carol.iter().map(String::as_str).collect(),
+        "{report}"
+    );
+    let plain: i64 = scalar(
+        &mut carolc,
+        &format!("SELECT count(*) FROM \"{t}\"._udm_audit"),
+    );
+    assert_eq!(report["summary"]["total_changes"], plain, "{report}");
+    let events = json(&mut carolc, "SELECT udm_events(0, 1000)");
+    let evented: std::collections::BTreeSet<&str> = events["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{events}"))
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        !evented.contains(p2.as_str()) && !evented.contains(r2.as_str()),
+        "{events}"
+    );
+    assert!(evented.contains(p1.as_str()), "{events}");
+
+    // pat reads parts, without their cost: none of their audit rows (the images hold the cost)
+    let mut patc = a.as_user(&pat);
+    assert_eq!(
+        names(&mut patc, &format!("SELECT name FROM \"{t}\".part")),
+        ["Bolt"]
+    );
+    assert!(ids_seen(&mut patc).is_empty());
+    assert_eq!(count(&mut patc, "part", &part), 0);
+
+    // the admin reads everything, members' changes too
+    let mut all = [r1.clone(), r2.clone(), p1.clone(), p2.clone(), part.clone()];
+    all.sort();
+    let admin_ids = ids_seen(&mut a.app);
+    assert!(all.iter().all(|i| admin_ids.contains(i)), "{admin_ids:?}");
+    let members: i64 = scalar(
+        &mut a.app,
+        &format!("SELECT count(*) FROM \"{t}\"._udm_audit WHERE entity = 'tenant#member'"),
+    );
+    assert_eq!(members, 4);
+    let members: i64 = scalar(
+        &mut carolc,
+        &format!("SELECT count(*) FROM \"{t}\"._udm_audit WHERE entity = 'tenant#member'"),
+    );
+    assert_eq!(members, 0);
+
+    // a grant shows the record's rows at once, a revoke hides them again
+    json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_grant({}, 'viewer', {})",
+            lit(&carol),
+            lit(&format!("roadmap:{r2}"))
+        ),
+    );
+    assert_eq!(count(&mut carolc, "product", &p2), 2);
+    json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_revoke({}, 'viewer', {})",
+            lit(&carol),
+            lit(&format!("roadmap:{r2}"))
+        ),
+    );
+    assert_eq!(count(&mut carolc, "product", &p2), 0);
+
+    // bob edits R1 only: undoing the transaction would be half applied, so it is refused
+    let mut bobc = a.as_user(&bob);
+    let msg = expect_err(
+        &mut bobc,
+        &format!("SELECT udm_rollback_transaction({tx})"),
+        "42501",
+    );
+    assert!(
+        msg.contains(&format!(
+            "transaction {tx} made 1 changes in tenant \"{t}\" that user \"{bob}\" may not read"
+        )),
+        "{msg}"
+    );
+    let p1_name: String = scalar(
+        &mut a.app,
+        &format!("SELECT name FROM \"{t}\".product WHERE id = {}", lit(&p1)),
+    );
+    assert_eq!(p1_name, "P1!");
+    json(
+        &mut a.app,
+        &format!("SELECT udm_rollback_transaction({tx})"),
+    );
+    assert_eq!(
+        names(
+            &mut a.app,
+            &format!("SELECT name FROM \"{t}\".product ORDER BY name")
+        ),
+        ["P1", "P2"]
+    );
+}

@@ -129,6 +129,11 @@ CREATE FUNCTION udm.audit_visible(schema_name text, entity text, record_id uuid)
 CREATE FUNCTION udm.access_guard() RETURNS trigger
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'udm_access_guard';
+-- The same for links of a many-to-many field (junction tables): a link change is a change of the
+-- source record's field.
+CREATE FUNCTION udm.link_guard() RETURNS trigger
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'udm_link_guard';
 
 -- Query engine helpers. SQL functions whose declared volatility matches their body, so the
 -- planner inlines them into the queries udm generates.

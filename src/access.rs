@@ -38,6 +38,7 @@ finfo_v1!(pg_finfo_udm_access_guard);
 finfo_v1!(pg_finfo_udm_id_in);
 finfo_v1!(pg_finfo_udm_may_read_audit);
 finfo_v1!(pg_finfo_udm_audit_visible);
+finfo_v1!(pg_finfo_udm_link_guard);
 
 const MEMBER_TABLE: &str = "_udm_member";
 const ROLE_TABLE: &str = "_udm_role";
@@ -1473,6 +1474,126 @@ unsafe fn fill_owner(
 
 /// `BEFORE INSERT OR UPDATE OR DELETE FOR EACH ROW` on entity tables of tenants with access
 /// control: refuses what the session's user may not do.
+/// The member the session acts as, or 42501: the tenant controls access and nobody is selected.
+fn selected_member(t: &Tenant, ctx: &AccessCtx) -> pgrx::Uuid {
+    match ctx.user {
+        Some(u) => u,
+        None => raise(
+            UdmError::new(
+                SqlState::InsufficientPrivilege,
+                format!(
+                    "permission denied: tenant \"{}\" controls access and no member is selected (udm.user_id is \"{}\")",
+                    t.slug,
+                    crate::guc::user_id().unwrap_or_default()
+                ),
+            )
+            .hint(format!("select a member with {}", sql_call("udm_use", &[&t.slug, "<email>"]))),
+        ),
+    }
+}
+
+/// `udm.link_guard(entity)`: the access guard of a many-to-many field's junction table. Adding,
+/// changing or removing a link changes the field of its source record, so it needs what
+/// `udm_update` of that field needs: the entity's update permission (or, on an entity scoped by
+/// relations, editor on the record) and the field's write permission.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_link_guard(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, "udm.link_guard", true);
+        let rel = (*td).tg_relation;
+        let (old, new) = match ev & pg_sys::TRIGGER_EVENT_OPMASK {
+            pg_sys::TRIGGER_EVENT_INSERT => (std::ptr::null_mut(), (*td).tg_trigtuple),
+            pg_sys::TRIGGER_EVENT_UPDATE => ((*td).tg_trigtuple, (*td).tg_newtuple),
+            _ => ((*td).tg_trigtuple, std::ptr::null_mut()),
+        };
+        let result = pg_sys::Datum::from(if new.is_null() { old } else { new });
+        let (schema, table) = relation_names(rel);
+        let t = catalog::tenant(&schema)
+            .or_raise()
+            .ok_or_else(|| catalog::no_such_tenant(&schema))
+            .or_raise();
+        let ctx = context(&t).or_raise();
+        if !ctx.enabled || ctx.db_admin {
+            return result;
+        }
+        let user = selected_member(&t, &ctx);
+        let trigger = (*td).tg_trigger;
+        let entity = if (*trigger).tgnargs > 0 {
+            std::ffi::CStr::from_ptr(*(*trigger).tgargs)
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            String::new()
+        };
+        let e = catalog::entity(&t, &entity).or_raise();
+        // a removed field's links are no member's to change
+        let field = e
+            .def
+            .fields
+            .iter()
+            .find(|f| f.junction.as_deref() == Some(table.as_str()))
+            .map(|f| f.name.clone())
+            .unwrap_or_else(|| table.clone());
+        let desc = (*rel).rd_att;
+        let sources: Vec<pgrx::Uuid> = [old, new]
+            .iter()
+            .filter(|r| !r.is_null())
+            .filter_map(|r| uuid_at(*r, desc, "source_id"))
+            .fold(Vec::new(), |mut v, id| {
+                if !v.contains(&id) {
+                    v.push(id);
+                }
+                v
+            });
+        let what = |id: &pgrx::Uuid| format!("change field \"{field}\" of {} {id}", e.def.slug);
+        let first = sources
+            .first()
+            .copied()
+            .unwrap_or_else(|| pgrx::Uuid::from_bytes([0; 16]));
+        let by_role = e.def.access.is_none() || ctx.perms.manages();
+        if by_role && !ctx.perms.allows(&e.def.slug, Op::Update) {
+            raise(denied(
+                &ctx.label(),
+                ctx.role.as_deref(),
+                &format!("{}.update", e.def.slug),
+                &what(&first),
+            ));
+        }
+        if !e.def.fields.iter().any(|f| f.name == field)
+            || ctx.perms.field_denied(&e.def.slug, &field, true)
+        {
+            raise(denied(
+                &ctx.label(),
+                ctx.role.as_deref(),
+                &format!("{}.{field}.write", e.def.slug),
+                &what(&first),
+            ));
+        }
+        if !by_role {
+            let need = Op::Update.needs(e.def.access.as_ref().is_some_and(|a| a.parent.is_none()));
+            for id in &sources {
+                let l = level_of(&t, user, &e.def.slug, *id).or_raise();
+                if l.is_none_or(|l| l < need) {
+                    raise(denied(
+                        &ctx.label(),
+                        ctx.role.as_deref(),
+                        &format!("{}.{}", e.def.slug, need.name()),
+                        &format!(
+                            "{} (it needs {} on {} {id}, and has {})",
+                            what(id),
+                            need.name(),
+                            e.def.slug,
+                            l.map_or("none", Level::name)
+                        ),
+                    ));
+                }
+            }
+        }
+        result
+    }
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_access_guard(
@@ -1523,19 +1644,7 @@ pub unsafe extern "C-unwind" fn udm_access_guard(
                 .trim_end()
                 .to_string()
         };
-        let Some(user) = ctx.user else {
-            raise(
-                UdmError::new(
-                    SqlState::InsufficientPrivilege,
-                    format!(
-                        "permission denied: tenant \"{}\" controls access and no member is selected (udm.user_id is \"{}\")",
-                        t.slug,
-                        crate::guc::user_id().unwrap_or_default()
-                    ),
-                )
-                .hint(format!("select a member with {}", sql_call("udm_use", &[&t.slug, "<email>"]))),
-            );
-        };
+        let user = selected_member(&t, &ctx);
         // on entities with an access scope the relation on the record decides the operation
         // (checked below); a new scope record (a roadmap) needs the role's create
         let by_role = e.def.access.is_none()

@@ -300,10 +300,14 @@ fn access_artifacts(ctx: &Ctx, def: &EntityDef) -> Vec<Artifact> {
 
 /// What switching access control on does to an existing entity: its access artifacts.
 pub fn enable_access(ctx: &Ctx, def: &EntityDef) -> Vec<String> {
-    access_artifacts(ctx, def)
+    let mut out: Vec<String> = access_artifacts(ctx, def)
         .iter()
         .map(|a| add_artifact_sql(ctx, a, false))
-        .collect()
+        .collect();
+    for f in def.fields.iter().chain(def.removed_fields.iter()) {
+        out.extend(junction_access_sql(ctx, &def.slug, f));
+    }
+    out
 }
 
 /// What switching access control on does to the tenant's audit log: row-level security, so a
@@ -884,7 +888,41 @@ fn junction_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> Vec<String> {
         ),
     ];
     out.extend(junction_audit_sql(&jt, entity));
+    if ctx.access {
+        out.extend(junction_access_sql(ctx, entity, f));
+    }
     out
+}
+
+/// Access control on the junction table of a many-to-many field, in a tenant with members: a
+/// member sees the links between records they see (the source's and target's own policies decide,
+/// in the sub-selects), and `udm.link_guard` holds link changes to what changing the field on
+/// the source record needs (the entity's update permission or the record's editor level, and
+/// the field's write permission).
+pub fn junction_access_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> Vec<String> {
+    let Some(j) = f.junction.as_deref() else {
+        return Vec::new();
+    };
+    let jt = qualified(ctx.schema, j);
+    let me = quote_ident(j);
+    let target = f.target.as_deref().unwrap_or_default();
+    vec![
+        format!("ALTER TABLE {jt} ENABLE ROW LEVEL SECURITY"),
+        format!(
+            "CREATE POLICY {} ON {jt} USING (\
+               EXISTS (SELECT 1 FROM {} AS s WHERE s.\"id\" = {me}.\"source_id\") \
+               AND EXISTS (SELECT 1 FROM {} AS t WHERE t.\"id\" = {me}.\"target_id\")) \
+             WITH CHECK (true)",
+            quote_ident(ACCESS_POLICY),
+            ctx.table(entity),
+            ctx.table(target),
+        ),
+        format!(
+            "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {jt} FOR EACH ROW EXECUTE FUNCTION udm.link_guard({})",
+            quote_ident(ACCESS_TRIGGER),
+            quote_literal(entity)
+        ),
+    ]
 }
 
 /// Privileges of the tenant role on an entity table: all DML, and SELECT on every column except
@@ -1678,6 +1716,52 @@ mod tests {
         assert!(p.contains(
             &"ALTER TABLE \"acme\".\"product\" DROP COLUMN \"_removed_f1_name\"".to_string()
         ));
+    }
+
+    #[test]
+    fn junctions_get_access_control_where_the_tenant_has_members() {
+        let old = product();
+        let mut new = old.clone();
+        new.add_field(
+            parse_field(
+                &json!({"name": "tags", "type": "relation", "target": "tag", "many": true}),
+                Source::Caller,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let guarded = |ctx: &Ctx| {
+            sqls(&plan_change(ctx, &old, &new).unwrap())
+                .iter()
+                .filter(|s| {
+                    s.contains("udm.link_guard")
+                        || s.contains("ROW LEVEL SECURITY")
+                        || s.contains("CREATE POLICY")
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert!(guarded(&CTX).is_empty());
+        let with_members = Ctx {
+            access: true,
+            ..CTX
+        };
+        let steps = guarded(&with_members);
+        assert_eq!(steps.len(), 3, "{steps:?}");
+        assert_eq!(
+            steps[0],
+            "ALTER TABLE \"acme\".\"product__tags\" ENABLE ROW LEVEL SECURITY"
+        );
+        assert!(steps[1].contains("EXISTS (SELECT 1 FROM \"acme\".\"product\" AS s WHERE s.\"id\" = \"product__tags\".\"source_id\")"), "{}", steps[1]);
+        assert!(steps[1].contains("EXISTS (SELECT 1 FROM \"acme\".\"tag\" AS t WHERE t.\"id\" = \"product__tags\".\"target_id\")"), "{}", steps[1]);
+        assert!(
+            steps[2].ends_with("EXECUTE FUNCTION udm.link_guard('product')"),
+            "{}",
+            steps[2]
+        );
+        // switching access on later adds the same to existing junctions
+        let on = enable_access(&with_members, &new);
+        assert!(steps.iter().all(|s| on.contains(s)), "{on:?}");
     }
 
     #[test]

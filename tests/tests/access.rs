@@ -1237,3 +1237,174 @@ fn the_audit_log_shows_members_the_records_they_see() {
         ["P1", "P2"]
     );
 }
+
+/// Links of a many-to-many field are changes of the source record's field: plain writes to the
+/// junction table need what udm_update of that field needs, and a member sees only the links
+/// between records they see.
+#[test]
+fn junction_tables_hold_links_to_the_fields_access_rules() {
+    let mut a = setup("ajn");
+    let t = a.tenant.clone();
+    json(
+        &mut a.app,
+        r#"SELECT udm_define_entity('tag', '{"fields": [{"name": "name", "type": "text"}]}')"#,
+    );
+    roadmap_entities(&mut a.app);
+    json(
+        &mut a.app,
+        r#"SELECT udm_add_field('product', '{"name": "tags", "type": "relation", "target": "tag", "many": true}')"#,
+    );
+    let (alice, bob, vic, pat) = (a.user("Alice"), a.user("Bob"), a.user("Vic"), a.user("Pat"));
+    a.add(&alice, "admin");
+    a.switch(&alice);
+    a.add(&bob, "editor");
+    a.add(&vic, "viewer");
+    json(
+        &mut a.app,
+        r#"SELECT udm_define_role('tagless', 'editor', '{"entities": {"product": {"fields": {"tags": {"write": false}}}}}')"#,
+    );
+    a.add(&pat, "tagless");
+    let id = |c: &mut postgres::Client, sql: &str| -> String {
+        scalar(c, &format!("SELECT ({sql})->>'id'"))
+    };
+    let r1 = id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R1\"}')");
+    let r2 = id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R2\"}')");
+    let tag = id(&mut a.app, "udm_insert('tag', '{\"name\": \"red\"}')");
+    let p1 = id(
+        &mut a.app,
+        &format!(
+            "udm_insert('product', jsonb_build_object('name', 'P1', 'roadmap_id', {}))",
+            lit(&r1)
+        ),
+    );
+    let p2 = id(&mut a.app, &format!("udm_insert('product', jsonb_build_object('name', 'P2', 'roadmap_id', {}, 'tags', jsonb_build_array({})))", lit(&r2), lit(&tag)));
+    for (who, level) in [(&bob, "editor"), (&vic, "viewer"), (&pat, "editor")] {
+        json(
+            &mut a.app,
+            &format!(
+                "SELECT udm_grant({}, {}, {})",
+                lit(who),
+                lit(level),
+                lit(&format!("roadmap:{r1}"))
+            ),
+        );
+    }
+    let link = |p: &str| {
+        format!(
+            "INSERT INTO \"{t}\".product__tags (source_id, target_id) VALUES ({}, {})",
+            lit(p),
+            lit(&tag)
+        )
+    };
+
+    // bob edits R1's products: he links them, plainly, but not R2's
+    let mut bobc = a.as_user(&bob);
+    bobc.batch_execute(&link(&p1)).unwrap();
+    let msg = expect_err(
+        &mut bobc,
+        &format!(
+            "INSERT INTO \"{t}\".product__tags (source_id, target_id) VALUES ({}, {})",
+            lit(&p2),
+            lit(&tag)
+        ),
+        "42501",
+    );
+    assert!(
+        msg.contains(&format!("may not change field \"tags\" of product {p2} (it needs editor on product {p2}, and has none)")),
+        "{msg}"
+    );
+    // a viewer does not change links; a role kept from writing the field does not either
+    let mut vicc = a.as_user(&vic);
+    let msg = expect_err(
+        &mut vicc,
+        &format!(
+            "DELETE FROM \"{t}\".product__tags WHERE source_id = {}",
+            lit(&p1)
+        ),
+        "42501",
+    );
+    assert!(msg.contains("and has viewer"), "{msg}");
+    let mut patc = a.as_user(&pat);
+    let msg = expect_err(
+        &mut patc,
+        &format!(
+            "DELETE FROM \"{t}\".product__tags WHERE source_id = {}",
+            lit(&p1)
+        ),
+        "42501",
+    );
+    assert!(
+        msg.contains("permission product.tags.write missing"),
+        "{msg}"
+    );
+    let msg = expect_err(
+        &mut patc,
+        &format!(
+            "SELECT udm_update('product', {}, '{{\"tags\": []}}')",
+            lit(&p1)
+        ),
+        "42501",
+    );
+    assert!(msg.contains("product.tags.write"), "{msg}");
+
+    // a junction made after the tenant got members is guarded too
+    json(
+        &mut a.app,
+        r#"SELECT udm_add_field('product', '{"name": "labels", "type": "relation", "target": "tag", "many": true}')"#,
+    );
+    let msg = expect_err(
+        &mut vicc,
+        &format!(
+            "INSERT INTO \"{t}\".product__labels (source_id, target_id) VALUES ({}, {})",
+            lit(&p1),
+            lit(&tag)
+        ),
+        "42501",
+    );
+    assert!(
+        msg.contains("may not change field \"labels\" of product"),
+        "{msg}"
+    );
+
+    // reads: the links between records one sees
+    let links = |c: &mut postgres::Client| -> Vec<String> {
+        names(
+            c,
+            &format!("SELECT source_id::text FROM \"{t}\".product__tags ORDER BY 1"),
+        )
+    };
+    assert_eq!(links(&mut vicc), [p1.as_str()]);
+    let mut both = vec![p1.clone(), p2.clone()];
+    both.sort();
+    assert_eq!(links(&mut a.app), both);
+    let tags: serde_json::Value = scalar(
+        &mut vicc,
+        &format!("SELECT udm_get('product', {})->'tags'", lit(&p1)),
+    );
+    assert_eq!(tags, json!([tag]));
+
+    // udm_update of the field and a delete that cascades to the links pass the guard
+    json(
+        &mut bobc,
+        &format!(
+            "SELECT udm_update('product', {}, '{{\"tags\": []}}')",
+            lit(&p1)
+        ),
+    );
+    assert!(links(&mut bobc).is_empty());
+    json(
+        &mut bobc,
+        &format!(
+            "SELECT udm_update('product', {}, jsonb_build_object('tags', jsonb_build_array({})))",
+            lit(&p1),
+            lit(&tag)
+        ),
+    );
+    assert_eq!(links(&mut bobc), [p1.as_str()]);
+    bobc.batch_execute(&format!(
+        "DELETE FROM \"{t}\".product WHERE id = {}",
+        lit(&p1)
+    ))
+    .unwrap();
+    assert_eq!(links(&mut a.app), [p2.as_str()]);
+}

@@ -1282,6 +1282,21 @@ pub fn reads_whole_audit(t: &Tenant) -> Result<bool> {
     Ok(context(t)?.over_records())
 }
 
+/// Whether the session reads the audit rows of the records of `entity` it sees (its role reads
+/// the entity and all its fields, or it reads the whole log).
+pub fn reads_entity_audit(t: &Tenant, entity: &Entity) -> Result<bool> {
+    let ctx = context(t)?;
+    if ctx.over_records() {
+        return Ok(true);
+    }
+    let fields: Vec<&str> = entity.def.fields.iter().map(|f| f.name.as_str()).collect();
+    Ok(audit_readable(
+        &ctx.perms,
+        AuditSubject::Record(&entity.def.slug),
+        &fields,
+    ))
+}
+
 /// Whether the session may read an audit row about `subject` (the row's `entity` column) and the
 /// record `id`: its role reads the entity and every field of it (the images hold them all), and,
 /// where the entity is scoped by relations, it sees the record now in the entity table (so rows

@@ -14,7 +14,10 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::{json, Map, Value};
 use std::rc::Rc;
-use udm_core::audit::{link_error, parse_report_options, restore_plan, summarize, ReportKind};
+use udm_core::audit::{
+    audited_since, link_error, missing_head_error, parse_report_options, restore_plan, summarize,
+    AuditedSince, ReportKind,
+};
 use udm_core::error::{SqlState, UdmError};
 use udm_core::ident::{quote_ident, validate_slug, SlugKind};
 
@@ -522,13 +525,85 @@ pub fn verify() -> Result<Value> {
         Ok::<_, pgrx::spi::Error>(())
     })
     .map_err(spi_err)?;
+    let missing = missing_heads(&t)?;
     Ok(json!({
         "tenant": t.slug,
-        "ok": first.is_none(),
+        "ok": first.is_none() && missing.is_empty(),
         "rows_checked": checked,
         "records": records,
         "first_broken": first.map(|(_, v)| v),
+        "missing_heads": missing,
     }))
+}
+
+/// Live records whose current version has no audit row although their entity has audited every
+/// change since before their last change: the newest rows of their chain (or all of it) were
+/// removed, or they were written with triggers off. One entry per entity: how many records, and
+/// the first.
+fn missing_heads(t: &Tenant) -> Result<Vec<Value>> {
+    let versions_sql = format!(
+        "SELECT entity, coalesce((definition->>'audit')::boolean, true), changed_at FROM {} \
+         WHERE definition IS NOT NULL ORDER BY entity, version",
+        t.catalog("_udm_entity")
+    );
+    let mut versions: std::collections::HashMap<
+        String,
+        Vec<(bool, Option<TimestampWithTimeZone>)>,
+    > = Default::default();
+    Spi::connect(|c| {
+        for r in c.select(&versions_sql, None, &[])? {
+            versions
+                .entry(r.get::<String>(1)?.unwrap_or_default())
+                .or_default()
+                .push((r.get::<bool>(2)?.unwrap_or(true), r.get(3)?));
+        }
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .map_err(spi_err)?;
+    let audit = audit_table(t);
+    let mut out = Vec::new();
+    for e in catalog::active_entities(t)? {
+        if e.status != catalog::Status::Active || !e.def.audit {
+            continue;
+        }
+        if !crate::access::reads_entity_audit(t, &e)? {
+            continue;
+        }
+        let since = match audited_since(versions.get(&e.def.slug).map_or(&[][..], |v| v)) {
+            AuditedSince::Off => continue,
+            AuditedSince::Always => None,
+            AuditedSince::Since(at) => at,
+        };
+        let sql = format!(
+            "SELECT count(*) OVER (), e.\"id\"::text, e.\"_version\", \
+               (SELECT max(a.record_version) FROM {audit} a WHERE a.record_id = e.\"id\" AND a.entity = $1) \
+             FROM {} e \
+             WHERE ($2::timestamptz IS NULL OR e.\"updated_at\" > $2) \
+               AND NOT EXISTS (SELECT 1 FROM {audit} a WHERE a.record_id = e.\"id\" AND a.entity = $1 \
+                                 AND a.record_version = e.\"_version\") \
+             ORDER BY e.\"id\" LIMIT 1",
+            t.catalog(&e.def.slug)
+        );
+        Spi::connect(|c| {
+            for r in c.select(&sql, None, &[e.def.slug.as_str().into(), since.into()])? {
+                let version = r.get::<i32>(3)?.unwrap_or(0);
+                let newest = r.get::<i32>(4)?;
+                out.push(json!({
+                    "entity": e.def.slug,
+                    "records": r.get::<i64>(1)?.unwrap_or(0),
+                    "first": {
+                        "record_id": r.get::<String>(2)?,
+                        "version": version,
+                        "newest_audited_version": newest,
+                        "problem": missing_head_error(version, newest),
+                    },
+                }));
+            }
+            Ok::<_, pgrx::spi::Error>(())
+        })
+        .map_err(spi_err)?;
+    }
+    Ok(out)
 }
 
 // ------------------------------------------------------------------ reports

@@ -102,6 +102,45 @@ pub fn link_error(
     }
 }
 
+/// Since when every change of an entity's records has been audited, from its definition versions
+/// in order (whether each audits, and when it was made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditedSince<T> {
+    /// Auditing is off now: nothing to expect.
+    Off,
+    /// Since the entity was defined.
+    Always,
+    /// Since auditing was last switched on, at this time: records changed later have an audit
+    /// row for their current version.
+    Since(T),
+}
+
+pub fn audited_since<T: Copy>(versions: &[(bool, T)]) -> AuditedSince<T> {
+    let mut since = AuditedSince::Off;
+    for (i, &(on, at)) in versions.iter().enumerate() {
+        since = match (on, since) {
+            (false, _) => AuditedSince::Off,
+            (true, AuditedSince::Off) if i == 0 => AuditedSince::Always,
+            (true, AuditedSince::Off) => AuditedSince::Since(at),
+            (true, s) => s,
+        };
+    }
+    since
+}
+
+/// The problem of a live record whose current version has no audit row, while its entity
+/// audited every change since before the record's last change.
+pub fn missing_head_error(version: i32, newest_audited: Option<i32>) -> String {
+    match newest_audited {
+        None => format!(
+            "the record (version {version}) has no audit rows: its chain was removed, or it was written with triggers off"
+        ),
+        Some(v) => format!(
+            "its current version {version} has no audit row (the newest is version {v}): audit rows were removed, or it was changed with triggers off"
+        ),
+    }
+}
+
 // ------------------------------------------------------------------ change summaries
 
 fn show(v: &Value) -> String {
@@ -343,6 +382,31 @@ pub fn parse_report_options(kind: ReportKind, v: &Value) -> Result<ReportOptions
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn auditing_counts_from_when_it_was_last_switched_on() {
+        assert_eq!(audited_since::<i32>(&[]), AuditedSince::Off);
+        assert_eq!(audited_since(&[(true, 1), (true, 2)]), AuditedSince::Always);
+        assert_eq!(audited_since(&[(true, 1), (false, 2)]), AuditedSince::Off);
+        assert_eq!(
+            audited_since(&[(false, 1), (true, 2), (true, 3)]),
+            AuditedSince::Since(2)
+        );
+        assert_eq!(
+            audited_since(&[
+                (true, 1),
+                (false, 2),
+                (true, 3),
+                (false, 4),
+                (true, 5),
+                (true, 6)
+            ]),
+            AuditedSince::Since(5)
+        );
+        assert!(missing_head_error(4, Some(3))
+            .contains("current version 4 has no audit row (the newest is version 3)"));
+        assert!(missing_head_error(2, None).contains("has no audit rows"));
+    }
+
     use super::*;
     use crate::definition::Source;
     use serde_json::json;

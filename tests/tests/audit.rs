@@ -244,6 +244,81 @@ fn tenants_cannot_write_the_log_and_tampering_is_found() {
     );
 }
 
+/// The newest rows of a live record's chain, or all of it, cannot be removed unseen: the record's
+/// current version must have an audit row while its entity audits. Changes made while auditing
+/// was off are not counted against it.
+#[test]
+fn verify_reports_a_live_record_whose_newest_audit_rows_are_gone() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "audh");
+    shop(&mut m);
+    let s = m.tenant.clone();
+    let kept = insert_product(&mut m, "{\"name\": \"K\", \"price\": 1}");
+    let id = insert_product(&mut m, "{\"name\": \"A\", \"price\": 1}");
+    reprice(&mut m, &id, &[2, 3, 4]);
+    let other = insert_product(&mut m, "{\"name\": \"B\", \"price\": 1}");
+    let v = json(&mut m.client, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["missing_heads"], serde_json::json!([]));
+    // a superuser removes the newest row of one record: every link left is intact
+    adm.batch_execute(&format!(
+        "DELETE FROM \"{s}\"._udm_audit WHERE record_id = '{id}' AND record_version = 4"
+    ))
+    .unwrap();
+    let v = json(&mut m.client, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["first_broken"], serde_json::Value::Null, "{v}");
+    let h = &v["missing_heads"][0];
+    assert_eq!(h["entity"], "product");
+    assert_eq!(h["records"], 1);
+    assert_eq!(h["first"]["record_id"], serde_json::json!(id));
+    assert_eq!(h["first"]["version"], 4);
+    assert_eq!(h["first"]["newest_audited_version"], 3);
+    // ... and the whole chain of another
+    adm.batch_execute(&format!(
+        "DELETE FROM \"{s}\"._udm_audit WHERE record_id = '{other}'"
+    ))
+    .unwrap();
+    let v = json(&mut m.client, "SELECT udm_audit_verify()");
+    assert_eq!(v["missing_heads"][0]["records"], 2, "{v}");
+    // a superuser writing with triggers off leaves a version without an audit row too
+    adm.batch_execute(&format!(
+        "SET session_replication_role = replica; UPDATE \"{s}\".product SET price = 9, _version = _version + 1 WHERE id = '{kept}'; RESET session_replication_role"
+    ))
+    .unwrap();
+    let v = json(&mut m.client, "SELECT udm_audit_verify()");
+    assert_eq!(v["missing_heads"][0]["records"], 3, "{v}");
+
+    // changes while auditing is off are no missing rows; once it is on again, they count
+    let mut m2 = member(&mut adm, "audh2");
+    shop(&mut m2);
+    let a = insert_product(&mut m2, "{\"name\": \"A\", \"price\": 1}");
+    let b = insert_product(&mut m2, "{\"name\": \"B\", \"price\": 1}");
+    json(&mut m2.client, "SELECT udm_set_audit('product', false)");
+    reprice(&mut m2, &a, &[2]);
+    reprice(&mut m2, &b, &[2]);
+    let v = json(&mut m2.client, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], true, "{v}");
+    json(&mut m2.client, "SELECT udm_set_audit('product', true)");
+    let v = json(&mut m2.client, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], true, "changed before auditing came back on: {v}");
+    reprice(&mut m2, &a, &[3]);
+    let v = json(&mut m2.client, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], true, "{v}");
+    let s2 = m2.tenant.clone();
+    adm.batch_execute(&format!(
+        "DELETE FROM \"{s2}\"._udm_audit WHERE record_id = '{a}' AND record_version = 3"
+    ))
+    .unwrap();
+    let v = json(&mut m2.client, "SELECT udm_audit_verify()");
+    assert_eq!(
+        v["missing_heads"][0]["first"]["record_id"],
+        serde_json::json!(a),
+        "{v}"
+    );
+    assert_eq!(v["missing_heads"][0]["records"], 1, "{v}");
+}
+
 #[test]
 fn rollback_restores_versions_fields_and_deleted_records() {
     let mut adm = admin();

@@ -1251,11 +1251,7 @@ pub unsafe extern "C-unwind" fn udm_may_read_scoped(
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_access_user(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let schema = text_arg(fcinfo, 0);
-        let t = catalog::tenant(&schema)
-            .or_raise()
-            .ok_or_else(|| catalog::no_such_tenant(&schema))
-            .or_raise();
+        let t = tenant_arg(fcinfo);
         match context(&t).or_raise().user {
             Some(u) => u.into_datum().expect("uuid datum"),
             None => {
@@ -1286,15 +1282,17 @@ pub fn reads_whole_audit(t: &Tenant) -> Result<bool> {
 /// the entity and all its fields, or it reads the whole log).
 pub fn reads_entity_audit(t: &Tenant, entity: &Entity) -> Result<bool> {
     let ctx = context(t)?;
-    if ctx.over_records() {
-        return Ok(true);
-    }
+    Ok(
+        ctx.over_records()
+            || role_reads_audit(&ctx, entity, AuditSubject::Record(&entity.def.slug)),
+    )
+}
+
+/// The role's part of reading an audit row about `subject` of `entity`: the images hold every
+/// field, so it must read them all.
+fn role_reads_audit(ctx: &AccessCtx, entity: &Entity, subject: AuditSubject<'_>) -> bool {
     let fields: Vec<&str> = entity.def.fields.iter().map(|f| f.name.as_str()).collect();
-    Ok(audit_readable(
-        &ctx.perms,
-        AuditSubject::Record(&entity.def.slug),
-        &fields,
-    ))
+    audit_readable(&ctx.perms, subject, &fields)
 }
 
 /// Whether the session may read an audit row about `subject` (the row's `entity` column) and the
@@ -1314,8 +1312,7 @@ pub fn audit_visible(t: &Tenant, subject: &str, id: pgrx::Uuid) -> Result<bool> 
     else {
         return Ok(false);
     };
-    let fields: Vec<&str> = e.def.fields.iter().map(|f| f.name.as_str()).collect();
-    if !audit_readable(&ctx.perms, subject, &fields) {
+    if !role_reads_audit(&ctx, &e, subject) {
         return Ok(false);
     }
     if e.def.access.is_none() {

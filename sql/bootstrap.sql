@@ -113,6 +113,11 @@ CREATE FUNCTION udm.id_in(id uuid, ids uuid[]) RETURNS boolean
 CREATE FUNCTION udm.may_read_scoped(schema_name text, entity text) RETURNS boolean
     LANGUAGE c STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'udm_may_read_scoped';
+-- The records of an entity the session's member has a relation tuple on (read through the tuple
+-- index for that member: a user with a few tuples among a user with thousands is one index range).
+CREATE FUNCTION udm.tuple_objects(schema_name text, entity text) RETURNS uuid[]
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_tuple_objects';
 CREATE FUNCTION udm.access_user(schema_name text) RETURNS uuid
     LANGUAGE c STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'udm_access_user';

@@ -39,9 +39,12 @@ finfo_v1!(pg_finfo_udm_id_in);
 finfo_v1!(pg_finfo_udm_may_read_audit);
 finfo_v1!(pg_finfo_udm_audit_visible);
 finfo_v1!(pg_finfo_udm_link_guard);
+finfo_v1!(pg_finfo_udm_tuple_objects);
 
 const MEMBER_TABLE: &str = "_udm_member";
 const ROLE_TABLE: &str = "_udm_role";
+/// The index of relation tuples by user: `(subject, object_entity)`.
+const TUPLE_INDEX: &str = "_udm_tuple__subject__idx";
 
 // ------------------------------------------------------------------ tables
 
@@ -80,7 +83,7 @@ fn ensure_tables(t: &Tenant) -> Result<()> {
                    granted_by text NOT NULL, \
                    granted_at timestamp with time zone NOT NULL DEFAULT now(), \
                    PRIMARY KEY (object_entity, object_id, subject)); \
-                 CREATE INDEX IF NOT EXISTS \"_udm_tuple__subject__idx\" ON {s}.\"{TUPLE_TABLE}\" (subject, object_entity); \
+                 CREATE INDEX IF NOT EXISTS \"{TUPLE_INDEX}\" ON {s}.\"{TUPLE_TABLE}\" (subject, object_entity); \
                  GRANT SELECT ON {s}.\"{TUPLE_TABLE}\" TO {r};"
             ),
     )
@@ -1243,6 +1246,93 @@ pub unsafe extern "C-unwind" fn udm_may_read_scoped(
     unsafe {
         let (_, scoped) = read_flags(&text_arg(fcinfo, 0), &text_arg(fcinfo, 1)).or_raise();
         pg_sys::Datum::from(scoped)
+    }
+}
+
+/// The records of `entity` the session's member has a relation tuple on, read through the tuple
+/// index `(subject, object_entity)` with the transaction's snapshot: one index range for the
+/// member, whatever the planner would estimate for a user id it cannot see at plan time.
+fn tuple_objects(t: &Tenant, entity: &str) -> Result<Vec<pgrx::Uuid>> {
+    let ctx = context(t)?;
+    let (Some(user), Some(table)) = (ctx.user, t.relation(TUPLE_TABLE)) else {
+        return Ok(Vec::new());
+    };
+    let index = t.relation(TUPLE_INDEX).ok_or_else(|| {
+        UdmError::internal(format!(
+            "tenant \"{}\" has no index \"{TUPLE_INDEX}\" on its relation tuples",
+            t.slug
+        ))
+    })?;
+    let mut out = Vec::new();
+    unsafe {
+        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
+        let idx = pg_sys::index_open(index, pg_sys::AccessShareLock as i32);
+        let desc = (*rel).rd_att;
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let object_att = attrs
+            .iter()
+            .position(|a| !a.attisdropped && a.name() == "object_id")
+            .map(|i| i as i16 + 1)
+            .ok_or_else(|| UdmError::internal("relation tuples have no object_id column"))?;
+        let mut subject = *user.as_bytes();
+        let entity_text =
+            pg_sys::cstring_to_text_with_len(entity.as_ptr().cast(), entity.len() as i32);
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        pg_sys::ScanKeyEntryInitialize(
+            &mut keys[0],
+            0,
+            1,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+            pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+            pg_sys::Datum::from(subject.as_mut_ptr()),
+        );
+        pg_sys::ScanKeyEntryInitialize(
+            &mut keys[1],
+            0,
+            2,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::InvalidOid,
+            pg_sys::DEFAULT_COLLATION_OID,
+            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+            pg_sys::Datum::from(entity_text),
+        );
+        let snap = if pg_sys::ActiveSnapshotSet() {
+            pg_sys::GetActiveSnapshot()
+        } else {
+            pg_sys::GetTransactionSnapshot()
+        };
+        let scan = pg_sys::index_beginscan(rel, idx, snap, 2, 0);
+        pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            let mut null = false;
+            let d = pg_sys::slot_getattr(slot, object_att as i32, &mut null);
+            if !null {
+                let mut id = [0u8; 16];
+                id.copy_from_slice(std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16));
+                out.push(pgrx::Uuid::from_bytes(id));
+            }
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_endscan(scan);
+        pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    }
+    Ok(out)
+}
+
+/// `udm.tuple_objects(schema, entity)`: see `tuple_objects`.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_tuple_objects(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let t = tenant_arg(fcinfo);
+        let ids = tuple_objects(&t, &text_arg(fcinfo, 1)).or_raise();
+        ids.into_datum().expect("an array is never NULL")
     }
 }
 

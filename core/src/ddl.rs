@@ -221,7 +221,9 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
 /// test becomes a lookup of the roots the reader owns.
 ///
 /// The records a reader has tuples on (or owns) are collected once per query into an array (an
-/// InitPlan) and each row is tested with `udm.id_in` (one hash lookup in a set made once), which
+/// InitPlan; `udm.tuple_objects` reads the tuple index for the reader directly, so the lookup does
+/// not depend on the planner's guess of how many tuples one user has) and each row is tested with
+/// `udm.id_in` (one hash lookup in a set made once), which
 /// parallel workers can run too (a hashed sub-select is kept to the leader, and `= ANY` searches
 /// the array from its start for every row).
 fn record_test(ctx: &Ctx, def: &EntityDef, via: Option<&str>) -> String {
@@ -230,8 +232,7 @@ fn record_test(ctx: &Ctx, def: &EntityDef, via: Option<&str>) -> String {
     let me = format!("(SELECT udm.access_user({s}))");
     let id = via.unwrap_or("\"id\"");
     let mut arms = vec![format!(
-        "udm.id_in({id}, ARRAY(SELECT \"object_id\" FROM {} WHERE \"object_entity\" = {e} AND \"subject\" = {me}))",
-        qualified(ctx.schema, TUPLE_TABLE)
+        "udm.id_in({id}, (SELECT udm.tuple_objects({s}, {e})))"
     )];
     let owner = def.access.as_ref().and_then(|a| a.owner.as_deref());
     if let Some(of) = owner.and_then(|o| def.field(o)) {

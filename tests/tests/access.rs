@@ -1096,9 +1096,26 @@ fn the_audit_log_shows_members_the_records_they_see() {
             &format!("SELECT DISTINCT record_id::text FROM \"{t}\"._udm_audit ORDER BY 1"),
         )
     };
+    // the policies' list of the records a member has tuples on
+    let mut carolc = a.as_user(&carol);
+    let objects = |c: &mut postgres::Client, entity: &str| -> Vec<String> {
+        scalar(
+            c,
+            &format!(
+                "SELECT udm.tuple_objects({}, {})::text[]",
+                lit(&t),
+                lit(entity)
+            ),
+        )
+    };
+    assert_eq!(objects(&mut carolc, "roadmap"), [r1.as_str()]);
+    assert!(objects(&mut carolc, "product").is_empty());
+    assert!(
+        objects(&mut a.app, "roadmap").is_empty(),
+        "alice has no tuples"
+    );
     let mut want_carol = vec![r1.clone(), p1.clone(), part.clone()];
     want_carol.sort();
-    let mut carolc = a.as_user(&carol);
     assert_eq!(
         ids_seen(&mut carolc),
         want_carol,

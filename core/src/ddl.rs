@@ -1719,8 +1719,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn junctions_get_access_control_where_the_tenant_has_members() {
+    /// The product, and the product with a many-to-many field `tags` to `tag`.
+    fn product_with_tags() -> (EntityDef, EntityDef) {
         let old = product();
         let mut new = old.clone();
         new.add_field(
@@ -1731,6 +1731,12 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
+        (old, new)
+    }
+
+    #[test]
+    fn junctions_get_access_control_where_the_tenant_has_members() {
+        let (old, new) = product_with_tags();
         let guarded = |ctx: &Ctx| {
             sqls(&plan_change(ctx, &old, &new).unwrap())
                 .iter()
@@ -1767,16 +1773,7 @@ mod tests {
 
     #[test]
     fn many_to_many_creates_a_junction() {
-        let old = product();
-        let mut new = old.clone();
-        new.add_field(
-            parse_field(
-                &json!({"name": "tags", "type": "relation", "target": "tag", "many": true}),
-                Source::Caller,
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        let (old, new) = product_with_tags();
         let steps = sqls(&plan_change(&CTX, &old, &new).unwrap());
         assert!(steps
             .iter()

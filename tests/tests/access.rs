@@ -63,6 +63,26 @@ impl Access {
     }
 }
 
+/// The id of the record a udm_insert expression returns.
+fn inserted_id(c: &mut postgres::Client, insert: &str) -> String {
+    scalar(c, &format!("SELECT ({insert})->>'id'"))
+}
+
+impl Access {
+    /// Grants `level` on `object` (`entity:id`) to the user, as the app's current member.
+    fn grant(&mut self, email: &str, level: &str, object: &str) {
+        json(
+            &mut self.app,
+            &format!(
+                "SELECT udm_grant({}, {}, {})",
+                lit(email),
+                lit(level),
+                lit(object)
+            ),
+        );
+    }
+}
+
 fn names(c: &mut postgres::Client, sql: &str) -> Vec<String> {
     c.query(sql, &[])
         .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)))
@@ -1039,26 +1059,23 @@ fn the_audit_log_shows_members_the_records_they_see() {
         r#"SELECT udm_define_role('pricer', 'viewer', '{"entities": {"part": {"fields": {"cost": {"read": false}}}}}')"#,
     );
     a.add(&pat, "pricer");
-    let id = |c: &mut postgres::Client, sql: &str| -> String {
-        scalar(c, &format!("SELECT ({sql})->>'id'"))
-    };
-    let r1 = id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R1\"}')");
-    let r2 = id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R2\"}')");
-    let p1 = id(
+    let r1 = inserted_id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R1\"}')");
+    let r2 = inserted_id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R2\"}')");
+    let p1 = inserted_id(
         &mut a.app,
         &format!(
             "udm_insert('product', jsonb_build_object('name', 'P1', 'roadmap_id', {}))",
             lit(&r1)
         ),
     );
-    let p2 = id(
+    let p2 = inserted_id(
         &mut a.app,
         &format!(
             "udm_insert('product', jsonb_build_object('name', 'P2', 'roadmap_id', {}))",
             lit(&r2)
         ),
     );
-    let part = id(
+    let part = inserted_id(
         &mut a.app,
         "udm_insert('part', '{\"name\": \"Bolt\", \"cost\": 3}')",
     );
@@ -1069,15 +1086,7 @@ fn the_audit_log_shows_members_the_records_they_see() {
         ))
         .unwrap();
     for (who, level) in [(&carol, "viewer"), (&bob, "editor")] {
-        json(
-            &mut a.app,
-            &format!(
-                "SELECT udm_grant({}, {}, {})",
-                lit(who),
-                lit(level),
-                lit(&format!("roadmap:{r1}"))
-            ),
-        );
+        a.grant(who, level, &format!("roadmap:{r1}"));
     }
     // one transaction changes a product of each roadmap
     a.app.batch_execute("BEGIN").unwrap();
@@ -1205,14 +1214,7 @@ fn the_audit_log_shows_members_the_records_they_see() {
     assert_eq!(members, 0);
 
     // a grant shows the record's rows at once, a revoke hides them again
-    json(
-        &mut a.app,
-        &format!(
-            "SELECT udm_grant({}, 'viewer', {})",
-            lit(&carol),
-            lit(&format!("roadmap:{r2}"))
-        ),
-    );
+    a.grant(&carol, "viewer", &format!("roadmap:{r2}"));
     assert_eq!(count(&mut carolc, "product", &p2), 2);
     json(
         &mut a.app,
@@ -1281,30 +1283,19 @@ fn junction_tables_hold_links_to_the_fields_access_rules() {
         r#"SELECT udm_define_role('tagless', 'editor', '{"entities": {"product": {"fields": {"tags": {"write": false}}}}}')"#,
     );
     a.add(&pat, "tagless");
-    let id = |c: &mut postgres::Client, sql: &str| -> String {
-        scalar(c, &format!("SELECT ({sql})->>'id'"))
-    };
-    let r1 = id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R1\"}')");
-    let r2 = id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R2\"}')");
-    let tag = id(&mut a.app, "udm_insert('tag', '{\"name\": \"red\"}')");
-    let p1 = id(
+    let r1 = inserted_id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R1\"}')");
+    let r2 = inserted_id(&mut a.app, "udm_insert('roadmap', '{\"name\": \"R2\"}')");
+    let tag = inserted_id(&mut a.app, "udm_insert('tag', '{\"name\": \"red\"}')");
+    let p1 = inserted_id(
         &mut a.app,
         &format!(
             "udm_insert('product', jsonb_build_object('name', 'P1', 'roadmap_id', {}))",
             lit(&r1)
         ),
     );
-    let p2 = id(&mut a.app, &format!("udm_insert('product', jsonb_build_object('name', 'P2', 'roadmap_id', {}, 'tags', jsonb_build_array({})))", lit(&r2), lit(&tag)));
+    let p2 = inserted_id(&mut a.app, &format!("udm_insert('product', jsonb_build_object('name', 'P2', 'roadmap_id', {}, 'tags', jsonb_build_array({})))", lit(&r2), lit(&tag)));
     for (who, level) in [(&bob, "editor"), (&vic, "viewer"), (&pat, "editor")] {
-        json(
-            &mut a.app,
-            &format!(
-                "SELECT udm_grant({}, {}, {})",
-                lit(who),
-                lit(level),
-                lit(&format!("roadmap:{r1}"))
-            ),
-        );
+        a.grant(who, level, &format!("roadmap:{r1}"));
     }
     let link = |p: &str| {
         format!(

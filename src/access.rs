@@ -1379,9 +1379,15 @@ pub fn reads_entity_audit(t: &Tenant, entity: &Entity) -> Result<bool> {
 }
 
 /// The role's part of reading an audit row about `subject` of `entity`: the images hold every
-/// field, so it must read them all.
+/// field, removed ones too (older images have their values), so it must read them all.
 fn role_reads_audit(ctx: &AccessCtx, entity: &Entity, subject: AuditSubject<'_>) -> bool {
-    let fields: Vec<&str> = entity.def.fields.iter().map(|f| f.name.as_str()).collect();
+    let fields: Vec<&str> = entity
+        .def
+        .fields
+        .iter()
+        .chain(&entity.def.removed_fields)
+        .map(|f| f.name.as_str())
+        .collect();
     audit_readable(&ctx.perms, subject, &fields)
 }
 

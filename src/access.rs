@@ -524,17 +524,58 @@ pub fn strip_hidden(
 
 // ------------------------------------------------------------------ record levels (ReBAC)
 
-/// (local transaction, command, levels by (user, entity, record))
-type LevelCache = (
-    u64,
-    u32,
-    HashMap<(pgrx::Uuid, String, pgrx::Uuid), Option<Level>>,
-);
+/// Answers found in the current command (the backend's local transaction and command id):
+/// relation tuples and records may change with the next command, not within one.
+struct PerCommand<K, V> {
+    at: (u64, u32),
+    found: HashMap<K, V>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Copy> PerCommand<K, V> {
+    fn new() -> Self {
+        PerCommand {
+            at: (0, 0),
+            found: HashMap::new(),
+        }
+    }
+
+    /// The answer for `key`, from this command's earlier calls or `find`.
+    fn get_or(
+        cache: &'static std::thread::LocalKey<RefCell<Self>>,
+        key: K,
+        find: impl FnOnce() -> Result<V>,
+    ) -> Result<V> {
+        let at = unsafe {
+            (
+                // the backend's local transaction number: new for every transaction, read-only too
+                (*pg_sys::MyProc).lxid as u64,
+                pg_sys::GetCurrentCommandId(false),
+            )
+        };
+        let hit = cache.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.at != at {
+                c.at = at;
+                c.found.clear();
+            }
+            c.found.get(&key).copied()
+        });
+        if let Some(v) = hit {
+            return Ok(v);
+        }
+        // `find` may run SQL that calls back into this cache: no borrow is held meanwhile
+        let v = find()?;
+        cache.with(|c| c.borrow_mut().found.insert(key, v));
+        Ok(v)
+    }
+}
 
 thread_local! {
-    /// Levels found in the current command: (local transaction, command) and (user, entity, id) -> level.
-    static LEVELS: RefCell<LevelCache> =
-        RefCell::new((0, 0, HashMap::new()));
+    /// Levels by (user, entity, record).
+    static LEVELS: RefCell<PerCommand<(pgrx::Uuid, String, pgrx::Uuid), Option<Level>>> =
+        RefCell::new(PerCommand::new());
+    /// Whether the session sees a record, by (entity, record), for the audit log's policy.
+    static SEEN: RefCell<PerCommand<(String, [u8; 16]), bool>> = RefCell::new(PerCommand::new());
 }
 
 /// The user's level on a record: its own tuple, ownership (admin), or its scope parent's level
@@ -545,26 +586,9 @@ pub fn level_of(
     entity: &str,
     id: pgrx::Uuid,
 ) -> Result<Option<Level>> {
-    let (xid, cid) = unsafe {
-        (
-            // the backend's local transaction number: new for every transaction, read-only too
-            (*pg_sys::MyProc).lxid as u64,
-            pg_sys::GetCurrentCommandId(false),
-        )
-    };
-    let key = (user, entity.to_string(), id);
-    if let Some(l) = LEVELS.with(|c| {
-        let mut c = c.borrow_mut();
-        if (c.0, c.1) != (xid, cid) {
-            *c = (xid, cid, HashMap::new());
-        }
-        c.2.get(&key).copied()
-    }) {
-        return Ok(l);
-    }
-    let l = level_uncached(t, user, entity, id, 0)?;
-    LEVELS.with(|c| c.borrow_mut().2.insert(key, l));
-    Ok(l)
+    PerCommand::get_or(&LEVELS, (user, entity.to_string(), id), || {
+        level_uncached(t, user, entity, id, 0)
+    })
 }
 
 fn level_uncached(
@@ -741,7 +765,7 @@ pub fn add_member(tenant: &str, user: &str, role: &str) -> Result<Value> {
     let t = catalog::tenant(tenant)?.ok_or_else(|| catalog::no_such_tenant(tenant))?;
     audit_access(
         &t,
-        "tenant#member",
+        udm_core::access::MEMBER_EVENTS,
         u.0,
         "MEMBER_ADD",
         json!({"user": u.1, "role": role}),
@@ -798,7 +822,7 @@ pub fn remove_member(tenant: &str, user: &str) -> Result<Value> {
     catalog::invalidate(&t);
     audit_access(
         &t,
-        "tenant#member",
+        udm_core::access::MEMBER_EVENTS,
         u.0,
         "MEMBER_REMOVE",
         json!({"user": u.1, "role": role}),
@@ -1002,7 +1026,7 @@ fn relation_changed(
 ) -> Result<Value> {
     audit_access(
         t,
-        &format!("{}#access", e.def.slug),
+        &udm_core::access::access_events(&e.def.slug),
         id,
         action,
         json!({"user": user, "relation": level.name()}),
@@ -1354,14 +1378,6 @@ pub unsafe extern "C-unwind" fn udm_access_user(fcinfo: pg_sys::FunctionCallInfo
 
 // ------------------------------------------------------------------ reading the audit log
 
-/// (local transaction, command, whether the session sees (entity, record id))
-type SeenCache = (u64, u32, HashMap<(String, [u8; 16]), bool>);
-
-thread_local! {
-    /// Audit subjects' records the session sees, found in the current command.
-    static SEEN: RefCell<SeenCache> = RefCell::new((0, 0, HashMap::new()));
-}
-
 /// Whether the session reads the tenant's whole audit log: access control is off, or it is a
 /// database admin or a member whose role manages the tenant.
 pub fn reads_whole_audit(t: &Tenant) -> Result<bool> {
@@ -1417,40 +1433,26 @@ pub fn audit_visible(t: &Tenant, subject: &str, id: pgrx::Uuid) -> Result<bool> 
     if ctx.user.is_none() {
         return Ok(false);
     }
-    let (xid, cid) = unsafe {
-        (
-            (*pg_sys::MyProc).lxid as u64,
-            pg_sys::GetCurrentCommandId(false),
-        )
-    };
-    let key = (e.def.slug.clone(), *id.as_bytes());
-    if let Some(v) = SEEN.with(|c| {
-        let mut c = c.borrow_mut();
-        if (c.0, c.1) != (xid, cid) {
-            *c = (xid, cid, HashMap::new());
-        }
-        c.2.get(&key).copied()
-    }) {
-        return Ok(v);
-    }
     // as the session: the entity's own policy decides, as for a plain SELECT of the record
-    let seen = crate::spi::select_one::<bool>(
-        &format!("SELECT true FROM {} WHERE id = $1", t.catalog(&e.def.slug)),
-        &[id.into()],
-    )?
-    .unwrap_or(false);
-    SEEN.with(|c| c.borrow_mut().2.insert(key, seen));
-    Ok(seen)
+    PerCommand::get_or(&SEEN, (e.def.slug.clone(), *id.as_bytes()), || {
+        Ok(crate::spi::select_one::<bool>(
+            &format!("SELECT true FROM {} WHERE id = $1", t.catalog(&e.def.slug)),
+            &[id.into()],
+        )?
+        .unwrap_or(false))
+    })
+}
+
+/// The tenant of `schema`, or an ERROR naming it (for the C functions and triggers).
+fn known_tenant(schema: &str) -> Rc<Tenant> {
+    catalog::tenant(schema)
+        .or_raise()
+        .ok_or_else(|| catalog::no_such_tenant(schema))
+        .or_raise()
 }
 
 unsafe fn tenant_arg(fcinfo: pg_sys::FunctionCallInfo) -> Rc<Tenant> {
-    unsafe {
-        let schema = text_arg(fcinfo, 0);
-        catalog::tenant(&schema)
-            .or_raise()
-            .ok_or_else(|| catalog::no_such_tenant(&schema))
-            .or_raise()
-    }
+    unsafe { known_tenant(&text_arg(fcinfo, 0)) }
 }
 
 /// `udm.may_read_audit(schema)`: the session reads the tenant's whole audit log.
@@ -1617,10 +1619,7 @@ pub unsafe extern "C-unwind" fn udm_link_guard(fcinfo: pg_sys::FunctionCallInfo)
         };
         let result = pg_sys::Datum::from(if new.is_null() { old } else { new });
         let (schema, table) = relation_names(rel);
-        let t = catalog::tenant(&schema)
-            .or_raise()
-            .ok_or_else(|| catalog::no_such_tenant(&schema))
-            .or_raise();
+        let t = known_tenant(&schema);
         let ctx = context(&t).or_raise();
         if !ctx.enabled || ctx.db_admin {
             return result;
@@ -1635,12 +1634,12 @@ pub unsafe extern "C-unwind" fn udm_link_guard(fcinfo: pg_sys::FunctionCallInfo)
             String::new()
         };
         let e = catalog::entity(&t, &entity).or_raise();
+        let of_table =
+            |f: &&udm_core::definition::FieldDef| f.junction.as_deref() == Some(table.as_str());
+        let active = e.def.fields.iter().find(of_table);
         // a removed field's links are no member's to change
-        let field = e
-            .def
-            .fields
-            .iter()
-            .find(|f| f.junction.as_deref() == Some(table.as_str()))
+        let field = active
+            .or_else(|| e.def.removed_fields.iter().find(of_table))
             .map(|f| f.name.clone())
             .unwrap_or_else(|| table.clone());
         let desc = (*rel).rd_att;
@@ -1668,9 +1667,7 @@ pub unsafe extern "C-unwind" fn udm_link_guard(fcinfo: pg_sys::FunctionCallInfo)
                 &what(&first),
             ));
         }
-        if !e.def.fields.iter().any(|f| f.name == field)
-            || ctx.perms.field_denied(&e.def.slug, &field, true)
-        {
+        if active.is_none() || ctx.perms.field_denied(&e.def.slug, &field, true) {
             raise(denied(
                 &ctx.label(),
                 ctx.role.as_deref(),
@@ -1719,10 +1716,7 @@ pub unsafe extern "C-unwind" fn udm_access_guard(
         let result =
             |new: pg_sys::HeapTuple| pg_sys::Datum::from(if new.is_null() { old } else { new });
         let (schema, table) = relation_names(rel);
-        let t = catalog::tenant(&schema)
-            .or_raise()
-            .ok_or_else(|| catalog::no_such_tenant(&schema))
-            .or_raise();
+        let t = known_tenant(&schema);
         let ctx = context(&t).or_raise();
         if !ctx.enabled {
             return result(new);

@@ -407,7 +407,7 @@ fn status_json(scope: &Scope, found: Option<&Found>, me: &str) -> Value {
 }
 
 fn audit(t: &Tenant, s: &Scope, version: i32, action: &'static str, data: Value) -> Result<()> {
-    let entity = format!("{}#lock", s.entity);
+    let entity = udm_core::access::lock_events(&s.entity);
     let mut data = data;
     data["record"] = json!({"entity": s.of_entity, "id": s.of_id.to_string()});
     crate::audit::record_event(t, &entity, version, *s.id.as_bytes(), action, &data)

@@ -553,7 +553,22 @@ pub enum AuditSubject<'a> {
     Tenant,
 }
 
+/// The audit subject of a tenant's member changes.
+pub const MEMBER_EVENTS: &str = "tenant#member";
+
+/// The audit subject of the write-lock events of records of `entity` (keyed by the record).
+pub fn lock_events(entity: &str) -> String {
+    format!("{entity}#lock")
+}
+
+/// The audit subject of the relation grants on records of `entity` (keyed by the record).
+pub fn access_events(entity: &str) -> String {
+    format!("{entity}#access")
+}
+
 impl<'a> AuditSubject<'a> {
+    /// Reads the subjects `lock_events`, `access_events` and `MEMBER_EVENTS` write; any other
+    /// `#` subject is treated as a tenant event (for managers).
     pub fn parse(subject: &'a str) -> AuditSubject<'a> {
         if let Some((entity, kind)) = subject.split_once('#') {
             return match kind {
@@ -661,6 +676,16 @@ mod tests {
         );
         assert_eq!(AuditSubject::parse("tenant#member"), AuditSubject::Tenant);
         assert_eq!(AuditSubject::parse("tenant#member").entity(), None);
+        // what the writers name is what the reader reads
+        assert_eq!(
+            AuditSubject::parse(&lock_events("roadmap")),
+            AuditSubject::RecordEvent("roadmap")
+        );
+        assert_eq!(
+            AuditSubject::parse(&access_events("product")),
+            AuditSubject::RecordEvent("product")
+        );
+        assert_eq!(AuditSubject::parse(MEMBER_EVENTS), AuditSubject::Tenant);
     }
 
     #[test]

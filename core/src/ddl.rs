@@ -1448,6 +1448,32 @@ mod tests {
     }
 
     #[test]
+    fn a_scope_roots_policy_reads_the_members_tuples_through_udm_tuple_objects() {
+        let roadmap = EntityDef::parse(
+            "roadmap",
+            &json!({"fields": [
+                {"name": "name", "type": "text"},
+                {"name": "owner_id", "type": "user"}],
+              "access": {"scope": "self", "owner": "owner_id"}}),
+            Source::Caller,
+        )
+        .unwrap();
+        let ctx = Ctx {
+            access: true,
+            ..CTX
+        };
+        let (policy, _) = access_policy(&ctx, &roadmap);
+        assert_eq!(
+            policy,
+            "(SELECT udm.may_read_all('acme', 'roadmap')) OR ((SELECT udm.may_read_scoped('acme', 'roadmap')) \
+             AND (udm.id_in(\"id\", (SELECT udm.tuple_objects('acme', 'roadmap'))) \
+             OR \"owner_id\" = (SELECT udm.access_user('acme'))))"
+        );
+        // no sub-select of the tuple table: its plan would depend on a guess at the user's tuples
+        assert!(!policy.contains(TUPLE_TABLE), "{policy}");
+    }
+
+    #[test]
     fn the_audit_logs_policy_quotes_the_schema() {
         let [rls, policy] = audit_access_sql("we\"ird'o");
         assert_eq!(

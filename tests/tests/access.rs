@@ -1258,6 +1258,16 @@ fn the_audit_log_shows_members_the_records_they_see() {
         ),
         ["P1", "P2"]
     );
+
+    // a deleted scoped record's rows are for managers: carol no longer sees P1 to check
+    a.app
+        .batch_execute(&format!(
+            "DELETE FROM \"{t}\".product WHERE id = {}",
+            lit(&p1)
+        ))
+        .unwrap();
+    assert_eq!(count(&mut carolc, "product", &p1), 0);
+    assert!(count(&mut a.app, "product", &p1) >= 4);
 }
 
 /// Links of a many-to-many field are changes of the source record's field: plain writes to the
@@ -1376,6 +1386,46 @@ fn junction_tables_hold_links_to_the_fields_access_rules() {
         msg.contains("may not change field \"labels\" of product"),
         "{msg}"
     );
+    // a removed field's links are no member's to change, an editor's neither
+    json(&mut a.app, "SELECT udm_remove_field('product', 'labels')");
+    let removed: String = scalar(
+        &mut a.app,
+        &format!(
+            "SELECT relname::text FROM pg_class WHERE relnamespace = {}::regnamespace AND relname LIKE 'product\\_\\_f%\\_\\_removed'",
+            lit(&format!("\"{t}\""))
+        ),
+    );
+    let msg = expect_err(
+        &mut bobc,
+        &format!(
+            "INSERT INTO \"{t}\".\"{removed}\" (source_id, target_id) VALUES ({}, {})",
+            lit(&p1),
+            lit(&tag)
+        ),
+        "42501",
+    );
+    assert!(
+        msg.contains("permission product.labels.write missing"),
+        "{msg}"
+    );
+    // a session of the tenant's role that selected no member sees no links to remove, and adds
+    // none
+    let mut nobody = connect_as(&a.role);
+    nobody
+        .batch_execute(&format!("SELECT udm_use({})", lit(&t)))
+        .unwrap();
+    let removed_none = nobody
+        .execute(
+            &format!(
+                "DELETE FROM \"{t}\".product__tags WHERE source_id = {}",
+                lit(&p1)
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(removed_none, 0);
+    let msg = expect_err(&mut nobody, &link(&p1), "42501");
+    assert!(msg.contains("no member is selected"), "{msg}");
 
     // reads: the links between records one sees
     let links = |c: &mut postgres::Client| -> Vec<String> {

@@ -228,6 +228,15 @@ pub fn target(entity: &str) -> Result<(Rc<Tenant>, Rc<TenantModel>)> {
     Ok((t, m))
 }
 
+/// `EXPLAIN (FORMAT JSON)` of `sql` planned for `binds`.
+fn explain_json(sql: &str, binds: &[Option<String>]) -> Result<Value> {
+    Ok(
+        rawspi::once(&format!("EXPLAIN (FORMAT JSON) {sql}"), binds, false)?
+            .map(rawspi::json_value)
+            .unwrap_or(Value::Null),
+    )
+}
+
 /// The values the template computes (estimated row counts, from `EXPLAIN` with the call's
 /// parameters).
 fn computed_values(c: &Compiled, binds: &[Option<String>]) -> Result<Vec<i64>> {
@@ -235,9 +244,7 @@ fn computed_values(c: &Compiled, binds: &[Option<String>]) -> Result<Vec<i64>> {
     for comp in &c.template.computed {
         match comp {
             Computed::EstimatedRows(sql) => {
-                let plan = rawspi::once(&format!("EXPLAIN (FORMAT JSON) {sql}"), binds, false)?
-                    .map(rawspi::json_value)
-                    .unwrap_or(Value::Null);
+                let plan = explain_json(sql, binds)?;
                 let rows = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
                 out.push(rows.round() as i64);
             }
@@ -372,21 +379,12 @@ pub fn explain(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
     let plan = rawspi::prepare_query(&template.sql, template.params.len())?;
     let fake = Compiled::new(template, plan)?;
     let binds = q::bind(spec, &fake.template)?;
-    let plan = rawspi::once(
-        &format!("EXPLAIN (FORMAT JSON) {}", fake.template.sql),
-        &binds,
-        false,
-    )?
-    .map(rawspi::json_value)
-    .unwrap_or(Value::Null);
+    let plan = explain_json(&fake.template.sql, &binds)?;
     let mut out =
         json!({"tenant": t.slug, "sql": fake.template.sql, "params": binds, "plan": plan});
     if let Some(sql) = fake.count_sql() {
-        let count_plan = rawspi::once(&format!("EXPLAIN (FORMAT JSON) {sql}"), &binds, false)?
-            .map(rawspi::json_value)
-            .unwrap_or(Value::Null);
         out["count_sql"] = json!(sql);
-        out["count_plan"] = count_plan;
+        out["count_plan"] = explain_json(sql, &binds)?;
     }
     Ok(out)
 }

@@ -483,7 +483,8 @@ pub fn decode_cursor(v: &Value, sig: Option<&str>) -> Result<(Vec<Value>, String
     Ok((keys, found))
 }
 
-/// A cursor as SQL returns it (for tests and the executor).
+/// A cursor as pages return it, from serde values (for tests; the extension writes the same
+/// shape from the row's jsonb values, `query::cursor_text`, and `decode_cursor` reads both).
 pub fn encode_cursor(keys: &Value, sig: &str) -> String {
     b64_encode(
         serde_json::json!({"k": keys, "s": sig})

@@ -15,7 +15,6 @@
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{raise, spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::security::{as_owner, caller, is_admin, role_name};
-use crate::triggers::relation_names;
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -40,6 +39,9 @@ finfo_v1!(pg_finfo_udm_may_read_audit);
 finfo_v1!(pg_finfo_udm_audit_visible);
 finfo_v1!(pg_finfo_udm_link_guard);
 finfo_v1!(pg_finfo_udm_tuple_objects);
+
+const ACCESS_GUARD: &str = "udm.access_guard";
+const LINK_GUARD: &str = "udm.link_guard";
 
 const MEMBER_TABLE: &str = "_udm_member";
 const ROLE_TABLE: &str = "_udm_role";
@@ -1135,7 +1137,7 @@ unsafe fn text_arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> String {
 }
 
 fn read_flags(schema: &str, entity: &str) -> Result<(bool, bool)> {
-    let t = catalog::tenant(schema)?.ok_or_else(|| catalog::no_such_tenant(schema))?;
+    let t = member_tenant(schema)?;
     let ctx = context(&t)?;
     let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
     // relations open records of the entity to members whose role may read the entity at all
@@ -1443,16 +1445,16 @@ pub fn audit_visible(t: &Tenant, subject: &str, id: pgrx::Uuid) -> Result<bool> 
     })
 }
 
-/// The tenant of `schema`, or an ERROR naming it (for the C functions and triggers).
-fn known_tenant(schema: &str) -> Rc<Tenant> {
-    catalog::tenant(schema)
-        .or_raise()
-        .ok_or_else(|| catalog::no_such_tenant(schema))
-        .or_raise()
+/// The tenant of `schema` when the caller is a member of it (has the privileges of its role),
+/// else an ERROR: the helpers policies call answer only about the caller's own tenants.
+fn member_tenant(schema: &str) -> Result<Rc<Tenant>> {
+    let t = catalog::tenant(schema)?.ok_or_else(|| catalog::no_such_tenant(schema))?;
+    catalog::require_member(&t)?;
+    Ok(t)
 }
 
 unsafe fn tenant_arg(fcinfo: pg_sys::FunctionCallInfo) -> Rc<Tenant> {
-    unsafe { known_tenant(&text_arg(fcinfo, 0)) }
+    unsafe { member_tenant(&text_arg(fcinfo, 0)).or_raise() }
 }
 
 /// `udm.may_read_audit(schema)`: the session reads the tenant's whole audit log.
@@ -1481,18 +1483,16 @@ pub unsafe extern "C-unwind" fn udm_audit_visible(
 
 // ------------------------------------------------------------------ the write guard
 
+/// A uuid column of a row (type-checked: an ERROR when the column has another type).
 unsafe fn uuid_at(
     tup: pg_sys::HeapTuple,
     desc: pg_sys::TupleDesc,
     col: &str,
 ) -> Option<pgrx::Uuid> {
     unsafe {
-        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-        let i = attrs
-            .iter()
-            .position(|a| !a.attisdropped && a.name() == col)?;
+        let a = crate::trust::typed_column(desc, "", col, pg_sys::UUIDOID, "udm access guard")?;
         let mut null = false;
-        let d = pg_sys::heap_getattr(tup, i as i32 + 1, desc, &mut null);
+        let d = pg_sys::heap_getattr(tup, a, desc, &mut null);
         (!null).then(|| pgrx::Uuid::from_bytes(crate::triggers::uuid_bytes(d)))
     }
 }
@@ -1556,19 +1556,17 @@ unsafe fn fill_owner(
 ) -> pg_sys::HeapTuple {
     unsafe {
         let desc = (*rel).rd_att;
-        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-        let Some(i) = attrs
-            .iter()
-            .position(|a| !a.attisdropped && a.name() == col)
+        let Some(a) =
+            crate::trust::typed_column(desc, "", col, pg_sys::UUIDOID, "udm access guard")
         else {
             return tup;
         };
         let mut null = false;
-        pg_sys::heap_getattr(tup, i as i32 + 1, desc, &mut null);
+        pg_sys::heap_getattr(tup, a, desc, &mut null);
         if !null {
             return tup;
         }
-        let mut cols = [i as i32 + 1];
+        let mut cols = [a];
         let mut vals = [user.into_datum().expect("uuid datum")];
         let mut nulls = [false];
         pg_sys::heap_modify_tuple_by_cols(
@@ -1610,7 +1608,7 @@ fn selected_member(t: &Tenant, ctx: &AccessCtx) -> pgrx::Uuid {
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_link_guard(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, "udm.link_guard", true);
+        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, LINK_GUARD, true);
         let rel = (*td).tg_relation;
         let (old, new) = match ev & pg_sys::TRIGGER_EVENT_OPMASK {
             pg_sys::TRIGGER_EVENT_INSERT => (std::ptr::null_mut(), (*td).tg_trigtuple),
@@ -1618,30 +1616,40 @@ pub unsafe extern "C-unwind" fn udm_link_guard(fcinfo: pg_sys::FunctionCallInfo)
             _ => ((*td).tg_trigtuple, std::ptr::null_mut()),
         };
         let result = pg_sys::Datum::from(if new.is_null() { old } else { new });
-        let (schema, table) = relation_names(rel);
-        let t = known_tenant(&schema);
+        let tt = crate::trust::tenant_table(rel, LINK_GUARD);
+        let (t, table) = (tt.tenant.clone(), tt.name.clone());
+        let entity = crate::trust::trigger_args(td)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let e = catalog::entity_any(&t, &entity)
+            .or_raise()
+            .unwrap_or_else(|| {
+                raise(crate::trust::not_in_catalog(
+                    &tt,
+                    LINK_GUARD,
+                    &format!("names entity {} that is not", printable(&entity)),
+                ))
+            });
+        let of_table =
+            |f: &&udm_core::definition::FieldDef| f.junction.as_deref() == Some(table.as_str());
+        let active = e.def.fields.iter().find(of_table);
+        // a removed field's links are no member's to change
+        let Some(field) = active
+            .or_else(|| e.def.removed_fields.iter().find(of_table))
+            .map(|f| f.name.clone())
+        else {
+            raise(crate::trust::not_in_catalog(
+                &tt,
+                LINK_GUARD,
+                &format!("is not the junction table of a field of {entity}"),
+            ));
+        };
         let ctx = context(&t).or_raise();
         if !ctx.enabled || ctx.db_admin {
             return result;
         }
         let user = selected_member(&t, &ctx);
-        let trigger = (*td).tg_trigger;
-        let entity = if (*trigger).tgnargs > 0 {
-            std::ffi::CStr::from_ptr(*(*trigger).tgargs)
-                .to_string_lossy()
-                .into_owned()
-        } else {
-            String::new()
-        };
-        let e = catalog::entity(&t, &entity).or_raise();
-        let of_table =
-            |f: &&udm_core::definition::FieldDef| f.junction.as_deref() == Some(table.as_str());
-        let active = e.def.fields.iter().find(of_table);
-        // a removed field's links are no member's to change
-        let field = active
-            .or_else(|| e.def.removed_fields.iter().find(of_table))
-            .map(|f| f.name.clone())
-            .unwrap_or_else(|| table.clone());
         let desc = (*rel).rd_att;
         let sources: Vec<pgrx::Uuid> = [old, new]
             .iter()
@@ -1705,7 +1713,7 @@ pub unsafe extern "C-unwind" fn udm_access_guard(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, "udm.access_guard", true);
+        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, ACCESS_GUARD, true);
         let rel = (*td).tg_relation;
         let kind = ev & pg_sys::TRIGGER_EVENT_OPMASK;
         let (op, old, mut new) = match kind {
@@ -1715,13 +1723,13 @@ pub unsafe extern "C-unwind" fn udm_access_guard(
         };
         let result =
             |new: pg_sys::HeapTuple| pg_sys::Datum::from(if new.is_null() { old } else { new });
-        let (schema, table) = relation_names(rel);
-        let t = known_tenant(&schema);
+        let tt = crate::trust::tenant_table(rel, ACCESS_GUARD);
+        let t = tt.tenant.clone();
+        let e = crate::trust::entity_of(&tt, ACCESS_GUARD);
         let ctx = context(&t).or_raise();
         if !ctx.enabled {
             return result(new);
         }
-        let e = catalog::entity(&t, &table).or_raise();
         if op == Op::Create {
             // a new record's owner is whoever creates it, unless it names one
             let owner = e

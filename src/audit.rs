@@ -16,7 +16,7 @@ use crate::catalog::{self, Tenant};
 use crate::error::{OrRaise, Result};
 use crate::rowjson::{varlena, RowJson};
 use crate::security::{as_owner_id, caller, role_name};
-use crate::triggers::{relation_names, text_datum, trigger_data, uuid_bytes, uuid_datum};
+use crate::triggers::{text_datum, trigger_data, uuid_bytes, uuid_datum};
 use pgrx::prelude::*;
 use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
@@ -31,6 +31,8 @@ use udm_core::types::FieldType;
 finfo_v1!(pg_finfo_udm_audit_row);
 finfo_v1!(pg_finfo_udm_audit_flush);
 finfo_v1!(pg_finfo_udm_audit_hash);
+
+const AUDIT_ROW: &str = "udm.audit_row";
 
 /// System columns an image leaves out because the audit row has them in its own columns
 /// (`record_id`, `record_version`); `record_image_sql` puts them back.
@@ -258,21 +260,32 @@ unsafe fn shape(rel: pg_sys::Relation, trigger: *const pg_sys::Trigger) -> Rc<Sh
 
 unsafe fn build_shape(rel: pg_sys::Relation, entity_arg: Option<&str>) -> Result<Shape> {
     unsafe {
-        let (schema, relname) = relation_names(rel);
-        let t = catalog::tenant(&schema)?.ok_or_else(|| {
-            UdmError::internal(format!(
-                "udm audit: table \"{schema}\".\"{relname}\" is not in a udm tenant schema"
-            ))
-        })?;
+        let tt = crate::trust::tenant_table(rel, AUDIT_ROW);
+        let (schema, relname) = (tt.tenant.schema.clone(), tt.name.clone());
+        let t = tt.tenant.clone();
         let slug = entity_arg.unwrap_or(&relname);
-        let e = catalog::entity_any(&t, slug)?.ok_or_else(|| catalog::no_such_entity(&t, slug))?;
+        let e = catalog::entity_any(&t, slug)?.ok_or_else(|| {
+            crate::trust::not_in_catalog(
+                &tt,
+                AUDIT_ROW,
+                &format!(
+                    "names entity {} that is not",
+                    udm_core::ident::printable(slug)
+                ),
+            )
+        })?;
         let desc = (*rel).rd_att;
         let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
         let types = attrs.iter().map(|a| (a.attlen, a.attbyval)).collect();
         let need = |n: &str| {
             attr_index(desc, n).ok_or_else(|| {
-                UdmError::internal(format!("udm audit: \"{relname}\" has no column \"{n}\""))
+                crate::trust::not_in_catalog(&tt, AUDIT_ROW, &format!("has no column \"{n}\""))
             })
+        };
+        // the columns whose datums are read as such (the rest go through RowJson, which
+        // converts any type); a junction's key columns are uuids
+        let typed = |n: &str, typ: pg_sys::Oid| {
+            crate::trust::required_column(desc, &relname, n, typ, AUDIT_ROW) as usize - 1
         };
         let (entity, kind, json) = if entity_arg.is_some() {
             // a junction table: find the field it belongs to
@@ -287,16 +300,22 @@ unsafe fn build_shape(rel: pg_sys::Relation, entity_arg: Option<&str>) -> Result
                         .iter()
                         .find(|f| f.junction.as_deref() == Some(relname.as_str()))
                 });
-            let fname = f.map(|f| f.name.clone()).unwrap_or(relname.clone());
+            let Some(fname) = f.map(|f| f.name.clone()) else {
+                return Err(crate::trust::not_in_catalog(
+                    &tt,
+                    AUDIT_ROW,
+                    &format!("is not the junction table of a field of {slug}"),
+                ));
+            };
             let cols = vec![
-                ("source_id".to_string(), need("source_id")?),
-                ("target_id".to_string(), need("target_id")?),
+                ("source_id".to_string(), typed("source_id", pg_sys::UUIDOID)),
+                ("target_id".to_string(), typed("target_id", pg_sys::UUIDOID)),
             ];
             let json = RowJson::new(desc, &cols);
             (
                 format!("{slug}.{fname}"),
                 Kind::Junction {
-                    source: need("source_id")?,
+                    source: typed("source_id", pg_sys::UUIDOID),
                 },
                 json,
             )
@@ -322,8 +341,8 @@ unsafe fn build_shape(rel: pg_sys::Relation, entity_arg: Option<&str>) -> Result
             (
                 slug.to_string(),
                 Kind::Entity {
-                    id: need("id")?,
-                    version: need("_version")?,
+                    id: typed("id", pg_sys::UUIDOID),
+                    version: typed("_version", pg_sys::INT4OID),
                     fields,
                 },
                 json,
@@ -444,7 +463,7 @@ fn who() -> (Rc<str>, Rc<str>) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, "udm.audit_row", false);
+        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, AUDIT_ROW, false);
         let rel = (*td).tg_relation;
         let shape = shape(rel, (*td).tg_trigger);
         if !shape.audited {
@@ -554,7 +573,8 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_audit_flush(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        trigger_data(fcinfo, "udm.audit_flush");
+        let td = trigger_data(fcinfo, "udm.audit_flush");
+        crate::trust::tenant_table((*td).tg_relation, "udm.audit_flush");
     }
     flush();
     pg_sys::Datum::from(0usize)

@@ -15,7 +15,6 @@
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::security::{actor, as_owner, caller, role_name};
-use crate::triggers::relation_names;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
@@ -541,7 +540,11 @@ struct Guard {
     /// The scope entity and the attribute (0-based) holding the scope id.
     scope_entity: String,
     scope_attr: usize,
+    /// The attribute (0-based) of the record's id.
+    id_attr: usize,
 }
+
+const LOCK_GUARD: &str = "udm.lock_guard";
 
 /// (definition generation, guard by table; `None` for a table without a lock scope)
 type Guards = (u64, HashMap<pg_sys::Oid, Option<Rc<Guard>>>);
@@ -562,14 +565,13 @@ unsafe fn guard_of(rel: pg_sys::Relation) -> Result<Option<Rc<Guard>>> {
     }) {
         return Ok(found);
     }
-    let (schema, relname) = unsafe { relation_names(rel) };
-    let t = catalog::tenant(&schema)?.ok_or_else(|| {
-        UdmError::internal(format!(
-            "udm lock guard: \"{schema}\".\"{relname}\" is not in a udm tenant schema"
-        ))
-    })?;
-    let e =
-        catalog::entity_any(&t, &relname)?.ok_or_else(|| catalog::no_such_entity(&t, &relname))?;
+    let tt = crate::trust::tenant_table(rel, LOCK_GUARD);
+    let (t, relname) = (tt.tenant.clone(), tt.name.clone());
+    let e = crate::trust::entity_of(&tt, LOCK_GUARD);
+    let desc = unsafe { (*rel).rd_att };
+    let id_attr = crate::trust::required_column(desc, &relname, "id", pg_sys::UUIDOID, LOCK_GUARD)
+        as usize
+        - 1;
     let guard = match &e.def.lock {
         None => None,
         Some(l) => {
@@ -580,22 +582,17 @@ unsafe fn guard_of(rel: pg_sys::Relation) -> Result<Option<Rc<Guard>>> {
                     (f.column.clone(), f.target.clone().unwrap_or_default())
                 }
             };
-            let desc = unsafe { (*rel).rd_att };
-            let attrs = unsafe { (*desc).attrs.as_slice((*desc).natts as usize) };
-            let scope_attr = attrs
-                .iter()
-                .position(|a| !a.attisdropped && a.name() == col)
-                .ok_or_else(|| {
-                    UdmError::internal(format!(
-                        "udm lock guard: \"{relname}\" has no column \"{col}\""
-                    ))
-                })?;
+            let scope_attr =
+                crate::trust::required_column(desc, &relname, &col, pg_sys::UUIDOID, LOCK_GUARD)
+                    as usize
+                    - 1;
             Some(Rc::new(Guard {
                 tenant: t.clone(),
                 entity: e.def.slug.clone(),
                 required: l.required,
                 scope_entity,
                 scope_attr,
+                id_attr,
             }))
         }
     };
@@ -619,19 +616,11 @@ unsafe fn scope_id_of(
     }
 }
 
-unsafe fn record_id_of(tup: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> String {
+unsafe fn record_id_of(tup: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, id_attr: usize) -> String {
     unsafe {
-        let natts = (*desc).natts as usize;
-        let attrs = (*desc).attrs.as_slice(natts);
-        match attrs
-            .iter()
-            .position(|a| !a.attisdropped && a.name() == "id")
-        {
-            Some(i) => scope_id_of(tup, desc, i)
-                .map(|u| u.to_string())
-                .unwrap_or_default(),
-            None => String::new(),
-        }
+        scope_id_of(tup, desc, id_attr)
+            .map(|u| u.to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -667,7 +656,7 @@ fn check_scope(g: &Guard, scope_id: pgrx::Uuid, me: &str, what: &str, record: &s
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_lock_guard(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, "udm.lock_guard", true);
+        let (td, ev) = crate::triggers::row_trigger_data(fcinfo, LOCK_GUARD, true);
         let op = ev & pg_sys::TRIGGER_EVENT_OPMASK;
         let rel = (*td).tg_relation;
         let old = (*td).tg_trigtuple;
@@ -681,7 +670,7 @@ pub unsafe extern "C-unwind" fn udm_lock_guard(fcinfo: pg_sys::FunctionCallInfo)
         };
         let desc = (*rel).rd_att;
         let me = actor();
-        let record = record_id_of(old, desc);
+        let record = record_id_of(old, desc, g.id_attr);
         let verb = if op == pg_sys::TRIGGER_EVENT_DELETE {
             "delete"
         } else {

@@ -23,6 +23,9 @@ thread_local! {
 }
 
 pub const ADMIN_ROLE_NAME: &str = "udm_admin";
+/// Every tenant role is a member: it may execute the `udm.*` helpers that tenant tables' policies,
+/// constraints and defaults call (see `sql/privileges.sql`).
+pub const TENANT_ROLES: &str = "udm_tenant_roles";
 
 /// The role on whose behalf this statement runs (the invoker), also while udm acts as the owner.
 pub fn caller() -> pg_sys::Oid {

@@ -70,7 +70,8 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
         // One statement: role, schema and the tenant's catalog (an append-only table of every
         // version of every entity definition; its newest row per entity is the current one).
         run(&format!(
-            "CREATE ROLE {r} NOLOGIN; GRANT {r} TO {admin}; CREATE SCHEMA {s}; GRANT USAGE ON SCHEMA {s} TO {r}; \
+            "CREATE ROLE {r} NOLOGIN; GRANT {r} TO {admin}; GRANT {helpers} TO {r}; \
+             CREATE SCHEMA {s}; GRANT USAGE ON SCHEMA {s} TO {r}; \
              CREATE TABLE {s}.\"_udm_entity\" (\
                entity text NOT NULL, \
                version integer NOT NULL, \
@@ -87,6 +88,7 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
              COMMENT ON SCHEMA {s} IS {label}",
             audit = crate::audit::tenant_tables_sql(&schema, &role),
             admin = quote_ident(ADMIN_ROLE_NAME),
+            helpers = quote_ident(security::TENANT_ROLES),
             label = quote_literal(&label),
         ))?;
         Spi::connect_mut(|c| {

@@ -5,11 +5,13 @@
 use crate::catalog;
 use crate::error::{raise, spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::guc;
+use crate::trust::{required_column, trigger_args, typed_column};
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use udm_core::checks::field_rule_message;
 use udm_core::ident::{qualified, quote_ident};
+use udm_core::types::FieldType;
 
 finfo_v1!(pg_finfo_udm_stamp_row);
 finfo_v1!(pg_finfo_udm_check_rule);
@@ -57,32 +59,6 @@ pub(crate) unsafe fn row_trigger_data(
             ));
         }
         (td, ev)
-    }
-}
-
-unsafe fn trigger_args(td: *mut pg_sys::TriggerData) -> Vec<String> {
-    unsafe {
-        let t = (*td).tg_trigger;
-        let n = (*t).tgnargs as usize;
-        (0..n)
-            .map(|i| {
-                CStr::from_ptr(*(*t).tgargs.add(i))
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect()
-    }
-}
-
-/// Attribute number (1-based) of a column, if present and not dropped.
-unsafe fn attnum(desc: pg_sys::TupleDesc, name: &str) -> Option<i32> {
-    unsafe {
-        let natts = (*desc).natts as usize;
-        let attrs = (*desc).attrs.as_slice(natts);
-        attrs
-            .iter()
-            .position(|a| !a.attisdropped && a.name() == name)
-            .map(|i| i as i32 + 1)
     }
 }
 
@@ -179,19 +155,20 @@ unsafe fn hash_password(
     }
 }
 
-/// What the stamp trigger of one table needs, read from the relation and the trigger's
-/// arguments once per backend (and again after a definition change) rather than on every row.
+/// What the stamp trigger of one table needs, read from the entity's definition in udm's catalog
+/// (never from the trigger's arguments) once per backend and definition change.
 struct StampPlan {
     table: String,
+    schema: String,
     /// Attribute numbers of id, created_at, updated_at, created_by, updated_by, _version.
     system: [i32; 6],
     args: Vec<StampArg>,
 }
 
 enum StampArg {
-    /// `r:<column>:<field id>`: a required field.
-    Required { attr: i32, field: String },
-    /// `p:<column>:<min_length>`: a password field, hashed on write.
+    /// A required field: (attribute, field id).
+    Required { attr: i32, field: u32 },
+    /// A password field, hashed on write.
     Password {
         attr: i32,
         column: String,
@@ -209,68 +186,72 @@ thread_local! {
         std::cell::RefCell::new((u64::MAX, std::collections::HashMap::new()));
 }
 
+const STAMP: &str = "udm.stamp_row";
+
 unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
     unsafe {
-        let tgoid = (*(*td).tg_trigger).tgoid;
+        let rel = (*td).tg_relation;
+        let tt = crate::trust::tenant_table(rel, STAMP);
+        let relid = (*rel).rd_id;
         let g = catalog::generation();
         if let Some(p) = STAMP_PLANS.with(|c| {
             let mut c = c.borrow_mut();
             if c.0 != g {
                 *c = (g, std::collections::HashMap::new());
             }
-            c.1.get(&tgoid).cloned()
+            c.1.get(&relid).cloned()
         }) {
             return p;
         }
-        let rel = (*td).tg_relation;
+        let e = crate::trust::entity_of(&tt, STAMP);
         let desc = (*rel).rd_att;
-        let (_, table) = relation_names(rel);
-        let col = |n: &str| {
-            attnum(desc, n).unwrap_or_else(|| {
-                raise(UdmError::internal(format!(
-                    "table \"{table}\" has no system column \"{n}\""
-                )))
-            })
-        };
+        let table = tt.name.as_str();
+        let col = |n: &str, typ: pg_sys::Oid| required_column(desc, table, n, typ, STAMP);
         let system = [
-            col("id"),
-            col("created_at"),
-            col("updated_at"),
-            col("created_by"),
-            col("updated_by"),
-            col("_version"),
+            col("id", pg_sys::UUIDOID),
+            col("created_at", pg_sys::TIMESTAMPTZOID),
+            col("updated_at", pg_sys::TIMESTAMPTZOID),
+            col("created_by", pg_sys::TEXTOID),
+            col("updated_by", pg_sys::TEXTOID),
+            col("_version", pg_sys::INT4OID),
         ];
         let mut args = Vec::new();
-        for arg in trigger_args(td) {
-            let mut parts = arg.splitn(3, ':');
-            let (kind, column, extra) = (
-                parts.next(),
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or(""),
-            );
-            let Some(attr) = attnum(desc, column) else {
-                continue;
-            };
-            match kind {
-                Some("r") => args.push(StampArg::Required {
-                    attr,
-                    field: extra.to_string(),
-                }),
-                Some("p") => args.push(StampArg::Password {
-                    attr,
-                    column: column.to_string(),
-                    min_len: extra.parse().unwrap_or(0),
-                }),
-                _ => {}
+        for f in e.def.fields.iter().filter(|f| f.has_column()) {
+            if f.required {
+                // any type: only its NULL flag is read
+                if let Some(attr) = column_any_type(desc, &f.column) {
+                    args.push(StampArg::Required { attr, field: f.id });
+                }
+            }
+            if f.ftype == FieldType::Password {
+                args.push(StampArg::Password {
+                    attr: col(&f.column, pg_sys::TEXTOID),
+                    column: f.column.clone(),
+                    min_len: f.min_length.unwrap_or(0) as usize,
+                });
             }
         }
         let p = std::rc::Rc::new(StampPlan {
-            table,
+            table: tt.name.clone(),
+            schema: tt.tenant.schema.clone(),
             system,
             args,
         });
-        STAMP_PLANS.with(|c| c.borrow_mut().1.insert(tgoid, p.clone()));
+        STAMP_PLANS.with(|c| c.borrow_mut().1.insert(relid, p.clone()));
         p
+    }
+}
+
+/// Attribute number (1-based) of a column of any type, if present and not dropped.
+fn column_any_type(desc: pg_sys::TupleDesc, name: &str) -> Option<i32> {
+    unsafe {
+        let natts = (*desc).natts as usize;
+        (*desc)
+            .attrs
+            .as_slice(natts)
+            .iter()
+            .position(|a| !a.attisdropped && a.name() == name)
+            .map(|i| i as i32 + 1)
     }
 }
 
@@ -281,7 +262,7 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let (td, ev) = row_trigger_data(fcinfo, "udm.stamp_row", true);
+        let (td, ev) = row_trigger_data(fcinfo, STAMP, true);
         let op = ev & pg_sys::TRIGGER_EVENT_OPMASK;
         let is_insert = op == pg_sys::TRIGGER_EVENT_INSERT;
         if !is_insert && op != pg_sys::TRIGGER_EVENT_UPDATE {
@@ -355,9 +336,8 @@ pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) 
                     let mut n = false;
                     pg_sys::heap_getattr(newtup, *attr, desc, &mut n);
                     if n {
-                        let schema = relation_names(rel).0;
                         raise(rule_violation(
-                            &schema,
+                            &plan.schema,
                             table,
                             &format!("f{field}.required"),
                         ));
@@ -401,6 +381,12 @@ pub unsafe extern "C-unwind" fn udm_check_rule(fcinfo: pg_sys::FunctionCallInfo)
         let schema: String = pg_getarg(fcinfo, 1).unwrap_or_default();
         let entity: String = pg_getarg(fcinfo, 2).unwrap_or_default();
         let key: String = pg_getarg(fcinfo, 3).unwrap_or_default();
+        // the rule's words are the tenant's: only its members (who write its tables, where the
+        // CHECK constraints call this) read them
+        let t = catalog::tenant(&schema)
+            .or_raise()
+            .unwrap_or_else(|| raise(catalog::no_such_tenant(&schema)));
+        catalog::require_member(&t).or_raise();
         raise(rule_violation(&schema, &entity, &key))
     }
 }
@@ -464,16 +450,15 @@ pub(crate) fn rule_violation(schema: &str, entity: &str, key: &str) -> UdmError 
         .hint(hint)
 }
 
-/// Reads `(entity, id)` of a `udm.ref` column of a row.
+/// Reads `(entity, id)` of a `udm.ref` column (attribute `attr`, type-checked) of a row.
 unsafe fn reference_of(
     tuple: pg_sys::HeapTuple,
     desc: pg_sys::TupleDesc,
-    column: &str,
+    attr: i32,
 ) -> Option<(String, pgrx::Uuid)> {
     unsafe {
-        let a = attnum(desc, column)?;
         let mut n = false;
-        let d = pg_sys::heap_getattr(tuple, a, desc, &mut n);
+        let d = pg_sys::heap_getattr(tuple, attr, desc, &mut n);
         if n {
             return None;
         }
@@ -505,32 +490,75 @@ fn reference_exists(schema: &str, entity: &str, id: pgrx::Uuid) -> Result<bool> 
     .map_err(spi_err)
 }
 
-/// Constraint trigger on tables with a reference field (arguments: the columns): the referenced
-/// record must exist. It runs as the writing role, a member of the tenant.
+const REF_CHECK: &str = "udm.reference_check";
+const REF_DELETE: &str = "udm.reference_on_delete";
+
+/// Constraint trigger on tables with a reference field (argument: the field's column, a key into
+/// the entity's definition): the referenced record must exist and be of one of the field's
+/// targets. It runs as the writing role, a member of the tenant.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_reference_check(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        let td = trigger_data(fcinfo, "udm.reference_check");
+        let (td, ev) = row_trigger_data(fcinfo, REF_CHECK, false);
         let rel = (*td).tg_relation;
+        let tt = crate::trust::tenant_table(rel, REF_CHECK);
+        let e = crate::trust::entity_of(&tt, REF_CHECK);
         let desc = (*rel).rd_att;
-        let (schema, table) = relation_names(rel);
-        let op = (*td).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+        let (schema, table) = (tt.tenant.schema.as_str(), tt.name.as_str());
+        let op = ev & pg_sys::TRIGGER_EVENT_OPMASK;
+        if op == pg_sys::TRIGGER_EVENT_DELETE {
+            return pg_sys::Datum::from(0usize);
+        }
         let tuple = if op == pg_sys::TRIGGER_EVENT_UPDATE {
             (*td).tg_newtuple
         } else {
             (*td).tg_trigtuple
         };
         for column in trigger_args(td) {
-            let Some((entity, id)) = reference_of(tuple, desc, &column) else {
+            let Some(f) = e
+                .def
+                .fields
+                .iter()
+                .find(|f| f.ftype == FieldType::Reference && f.column == column)
+            else {
+                raise(crate::trust::not_in_catalog(
+                    &tt,
+                    REF_CHECK,
+                    &format!("has no reference field in column \"{column}\""),
+                ));
+            };
+            let Some(attr) =
+                typed_column(desc, table, &column, crate::trust::ref_type(), REF_CHECK)
+            else {
                 continue;
             };
-            if !reference_exists(&schema, &entity, id).unwrap_or_else(|e| raise(e)) {
+            let Some((entity, id)) = reference_of(tuple, desc, attr) else {
+                continue;
+            };
+            let known = f.targets.iter().any(|t| *t == entity);
+            if !known || !reference_exists(schema, &entity, id).unwrap_or_else(|e| raise(e)) {
                 raise(
-                    UdmError::new(SqlState::ForeignKeyViolation, format!("{table}.{column} refers to {entity} {id}, which does not exist"))
-                        .detail(format!("entity \"{table}\" of tenant \"{schema}\", field \"{column}\", rule \"reference\"")),
+                    UdmError::new(
+                        SqlState::ForeignKeyViolation,
+                        format!(
+                            "{table}.{} refers to {} {id}, which does not exist",
+                            f.name,
+                            udm_core::ident::printable(&entity)
+                        ),
+                    )
+                    .detail(format!(
+                        "entity \"{table}\" of tenant \"{}\", field \"{}\", rule \"reference\"",
+                        tt.tenant.slug, f.name
+                    ))
+                    .hint(format!(
+                        "{}.{} refers to records of {}",
+                        table,
+                        f.name,
+                        udm_core::error::name_list(f.targets.clone())
+                    )),
                 );
             }
         }
@@ -538,34 +566,70 @@ pub unsafe extern "C-unwind" fn udm_reference_check(
     }
 }
 
-/// BEFORE DELETE on a reference's target (arguments: source entity, column, action): restrict,
-/// cascade or set null, as the reference field says. Runs as the deleting role.
+/// BEFORE DELETE on a reference's target (arguments: source entity and column, keys into the
+/// catalog; the action is the field's `on_delete` there): restrict, cascade or set null. Runs as
+/// the deleting role.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_reference_on_delete(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        let td = trigger_data(fcinfo, "udm.reference_on_delete");
+        let (td, ev) = row_trigger_data(fcinfo, REF_DELETE, true);
+        if ev & pg_sys::TRIGGER_EVENT_OPMASK != pg_sys::TRIGGER_EVENT_DELETE {
+            raise(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!("{REF_DELETE}() handles DELETE only"),
+            ));
+        }
         let rel = (*td).tg_relation;
+        let tt = crate::trust::tenant_table(rel, REF_DELETE);
         let desc = (*rel).rd_att;
-        let (schema, target) = relation_names(rel);
+        let (schema, target) = (tt.tenant.schema.as_str(), tt.name.as_str());
         let args = trigger_args(td);
-        let [source, column, action] = args.as_slice() else {
-            raise(UdmError::internal(
-                "udm.reference_on_delete() needs 3 arguments",
-            ))
+        let (source, column) = match args.as_slice() {
+            [s, c, ..] => (s.as_str(), c.as_str()),
+            _ => raise(crate::trust::not_in_catalog(
+                &tt,
+                REF_DELETE,
+                "has a reference trigger without its source field",
+            )),
         };
-        let a = attnum(desc, "id").unwrap_or(1);
+        // the source entity and its field, from the catalog
+        let field = catalog::entity_any(&tt.tenant, source)
+            .unwrap_or_else(|e| raise(e))
+            .and_then(|e| {
+                e.def
+                    .fields
+                    .iter()
+                    .find(|f| {
+                        f.ftype == FieldType::Reference
+                            && f.column == column
+                            && f.targets.iter().any(|t| t == target)
+                    })
+                    .map(|f| (f.column.clone(), f.name.clone(), f.on_delete().name()))
+            });
+        let Some((column, field_name, action)) = field else {
+            raise(crate::trust::not_in_catalog(
+                &tt,
+                REF_DELETE,
+                &format!(
+                    "is not a target of a reference field {}.{}",
+                    udm_core::ident::printable(source),
+                    udm_core::ident::printable(column)
+                ),
+            ));
+        };
+        let a = crate::trust::required_column(desc, target, "id", pg_sys::UUIDOID, REF_DELETE);
         let mut n = false;
         let id =
             pgrx::Uuid::from_datum(pg_sys::heap_getattr((*td).tg_trigtuple, a, desc, &mut n), n);
         if let Some(id) = id {
-            let table = qualified(&schema, source);
-            let col = quote_ident(column);
+            let table = qualified(schema, source);
+            let col = quote_ident(&column);
             let cond = format!("({col}).entity = $1 AND ({col}).id = $2");
-            let args = [target.as_str().into(), id.into()];
-            let still_referenced = Spi::connect_mut(|c| match action.as_str() {
+            let args = [target.into(), id.into()];
+            let still_referenced = Spi::connect_mut(|c| match action {
                 "cascade" => c
                     .update(
                         format!("DELETE FROM {table} WHERE {cond}").as_str(),
@@ -596,7 +660,7 @@ pub unsafe extern "C-unwind" fn udm_reference_on_delete(
                     UdmError::new(
                         SqlState::ForeignKeyViolation,
                         format!(
-                            "{target} {id} cannot be deleted: {source}.{column} still refers to it"
+                            "{target} {id} cannot be deleted: {source}.{field_name} still refers to it"
                         ),
                     )
                     .hint(format!("change or delete those {source} records first")),
@@ -643,34 +707,116 @@ fn run_probe(sql: &str, key: pg_sys::Datum) -> Result<Option<pg_sys::Datum>> {
     crate::rawspi::first_datum_of(&plan, &mut values, &nulls, false)
 }
 
-/// `udm.rule_trigger(schema, entity, rule_key, [key_column, lock_sql, check_sql]...)`: the
-/// constraint trigger of a rule over related records, on the rule's own table and on every
-/// table the rule reads. For each probe, the changed row's key (new and old) is `$1`: the lock
-/// statement serialises competing writers, the check statement returns a record breaking the
-/// rule, which is refused in the rule's words.
+const RULE: &str = "udm.rule_trigger";
+
+/// The probes of one rule trigger: (key attribute, lock statement, check statement).
+type RuleProbes = Vec<(i32, String, String)>;
+
+thread_local! {
+    /// Probes by trigger oid, planned from the catalog, for one catalog generation.
+    static RULE_PROBES: std::cell::RefCell<(u64, std::collections::HashMap<pg_sys::Oid, std::rc::Rc<RuleProbes>>)> =
+        std::cell::RefCell::new((u64::MAX, std::collections::HashMap::new()));
+}
+
+/// What the rule trigger runs, planned from the rule's definition in udm's catalog. Its
+/// arguments (schema, entity, rule key) only name the rule; SQL is never taken from them.
+unsafe fn rule_probes(
+    td: *mut pg_sys::TriggerData,
+    tt: &crate::trust::TenantTable,
+) -> (std::rc::Rc<RuleProbes>, String) {
+    unsafe {
+        let args = trigger_args(td);
+        let (entity, key) = match args.as_slice() {
+            [_, e, k, ..] => (e.clone(), k.clone()),
+            _ => raise(crate::trust::not_in_catalog(
+                tt,
+                RULE,
+                "has a rule trigger without its entity and rule",
+            )),
+        };
+        let tgoid = (*(*td).tg_trigger).tgoid;
+        let g = catalog::generation();
+        if let Some(p) = RULE_PROBES.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != g {
+                *c = (g, std::collections::HashMap::new());
+            }
+            c.1.get(&tgoid).cloned()
+        }) {
+            return (p, entity);
+        }
+        let t = &tt.tenant;
+        let trigger = crate::trust::trigger_name(td);
+        let planned = (|| -> Result<Option<Vec<udm_core::related_rules::Probe>>> {
+            let Some(rule) = key.strip_prefix("r.") else {
+                return Ok(None);
+            };
+            let Some(e) = catalog::entity_any(t, &entity)? else {
+                return Ok(None);
+            };
+            if e.status != catalog::Status::Active {
+                return Ok(None);
+            }
+            let model = crate::query::definitions(t)?;
+            let ctx = udm_core::ddl::Ctx {
+                schema: &t.schema,
+                role: &t.role,
+                access: t.access,
+                model: Some(&*model),
+            };
+            udm_core::ddl::related_rule_probes(&ctx, &e.def, rule, &trigger, &tt.name)
+        })()
+        .unwrap_or_else(|e| raise(e));
+        let Some(planned) = planned else {
+            raise(crate::trust::not_in_catalog(
+                tt,
+                RULE,
+                &format!(
+                    "has a trigger \"{trigger}\" for rule {} of entity {} that is not",
+                    udm_core::ident::printable(&key),
+                    udm_core::ident::printable(&entity)
+                ),
+            ));
+        };
+        let desc = (*(*td).tg_relation).rd_att;
+        let probes: RuleProbes = planned
+            .into_iter()
+            .map(|p| {
+                let attr = required_column(desc, &tt.name, &p.key_column, pg_sys::UUIDOID, RULE);
+                (attr, p.lock_sql, p.check_sql)
+            })
+            .collect();
+        let p = std::rc::Rc::new(probes);
+        RULE_PROBES.with(|c| c.borrow_mut().1.insert(tgoid, p.clone()));
+        (p, entity)
+    }
+}
+
+/// `udm.rule_trigger(schema, entity, rule_key)`: the constraint trigger of a rule over related
+/// records, on the rule's own table and on every table the rule reads. For each probe (planned
+/// from the catalog), the changed row's key (new and old) is `$1`: the lock statement serialises
+/// competing writers, the check statement returns a record breaking the rule, which is refused
+/// in the rule's words.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_rule_trigger(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        let (td, ev) = row_trigger_data(fcinfo, "udm.rule_trigger", false);
-        let args = trigger_args(td);
-        if args.len() < 6 || !(args.len() - 3).is_multiple_of(3) {
-            raise(UdmError::internal(
-                "udm.rule_trigger(): arguments are schema, entity, rule key and probes of three",
-            ));
-        }
-        let (schema, entity, key) = (&args[0], &args[1], &args[2]);
+        let (td, ev) = row_trigger_data(fcinfo, RULE, false);
+        let rel = (*td).tg_relation;
+        let tt = crate::trust::tenant_table(rel, RULE);
+        let (probes, entity) = rule_probes(td, &tt);
+        let key = trigger_args(td).get(2).cloned().unwrap_or_default();
+        let schema = &tt.tenant.schema;
         let op = ev & pg_sys::TRIGGER_EVENT_OPMASK;
         let (new, old) = match op {
             pg_sys::TRIGGER_EVENT_INSERT => ((*td).tg_trigtuple, std::ptr::null_mut()),
             pg_sys::TRIGGER_EVENT_DELETE => (std::ptr::null_mut(), (*td).tg_trigtuple),
             _ => ((*td).tg_newtuple, (*td).tg_trigtuple),
         };
-        let rel = (*td).tg_relation;
         let desc = (*rel).rd_att;
-        let (_, table) = relation_names(rel);
+        let table = tt.name.as_str();
         let key_of = |tup: pg_sys::HeapTuple, attr: i32| -> Option<pg_sys::Datum> {
             if tup.is_null() {
                 return None;
@@ -680,18 +826,12 @@ pub unsafe extern "C-unwind" fn udm_rule_trigger(
             (!null).then_some(d)
         };
         crate::security::as_owner(|| {
-            for probe in args[3..].chunks(3) {
-                let (column, lock_sql, check_sql) = (&probe[0], &probe[1], &probe[2]);
-                let Some(attr) = attnum(desc, column) else {
-                    raise(UdmError::internal(format!(
-                        "udm.rule_trigger(): \"{table}\" has no column \"{column}\""
-                    )));
-                };
+            for (attr, lock_sql, check_sql) in probes.iter() {
                 let mut keys = Vec::with_capacity(2);
-                if let Some(k) = key_of(new, attr) {
+                if let Some(k) = key_of(new, *attr) {
                     keys.push(k);
                 }
-                if let Some(k) = key_of(old, attr) {
+                if let Some(k) = key_of(old, *attr) {
                     let same = keys
                         .first()
                         .is_some_and(|n| uuid_bytes(*n) == uuid_bytes(k));
@@ -699,6 +839,7 @@ pub unsafe extern "C-unwind" fn udm_rule_trigger(
                         keys.push(k);
                     }
                 }
+                let column = crate::trust::column_name(desc, *attr);
                 for k in keys {
                     if !lock_sql.is_empty() {
                         run_probe(lock_sql, k).or_raise();
@@ -713,9 +854,9 @@ pub unsafe extern "C-unwind" fn udm_rule_trigger(
                     else {
                         continue;
                     };
-                    let e = rule_violation(schema, entity, key);
+                    let e = rule_violation(schema, &entity, &key);
                     let changed = pgrx::Uuid::from_bytes(uuid_bytes(k));
-                    let e = if table == *entity && column == "id" && record == changed.to_string() {
+                    let e = if table == entity && column == "id" && record == changed.to_string() {
                         UdmError {
                             message: format!("{} ({entity} {record})", e.message),
                             ..e

@@ -581,6 +581,34 @@ pub fn related_rule_trigger_name(entity: &str, rule: &str, own: bool) -> String 
     ))
 }
 
+/// The probes of udm's trigger `trigger` on `table` for rule `rule` of `def`, planned from the
+/// definition (None when udm plans no such trigger): what `udm.rule_trigger` runs.
+pub fn related_rule_probes(
+    ctx: &Ctx,
+    def: &EntityDef,
+    rule: &str,
+    trigger: &str,
+    table: &str,
+) -> Result<Option<Vec<related_rules::Probe>>> {
+    let Some(r) = def.rules.iter().find(|r| r.name == rule) else {
+        return Ok(None);
+    };
+    let Some(c) = related_rule(ctx, def, &r.check)? else {
+        return Ok(None);
+    };
+    if table == def.slug && trigger == related_rule_trigger_name(&def.slug, rule, true) {
+        let own = related_rules::own_trigger(ctx.schema, def, &c, Default::default());
+        return Ok(Some(own.probes));
+    }
+    if trigger == related_rule_trigger_name(&def.slug, rule, false) {
+        return Ok(related_rules::recheck_triggers(ctx.schema, def, &c)
+            .into_iter()
+            .find(|t| t.table == table)
+            .map(|t| t.probes));
+    }
+    Ok(None)
+}
+
 /// A rule over related records: a constraint trigger on the entity's table (key `r.<rule>`)
 /// and one on every table it reads (key `r.<rule>@<table>`).
 fn related_rule_artifacts(

@@ -432,8 +432,10 @@ pub fn recheck_triggers(schema: &str, def: &EntityDef, rule: &CompiledRule) -> V
     by_table.into_values().collect()
 }
 
-/// `AFTER ... ON <table> DEFERRABLE ... EXECUTE FUNCTION udm.rule_trigger(...)` (after
-/// `CREATE CONSTRAINT TRIGGER <name>`).
+/// `AFTER ... ON <table> DEFERRABLE ... EXECUTE FUNCTION udm.rule_trigger(schema, entity, key)`
+/// (after `CREATE CONSTRAINT TRIGGER <name>`). The arguments are keys into udm's catalog: the
+/// trigger function plans its probes from the rule's definition there (`ddl::related_rule_probes`),
+/// never from SQL in its arguments.
 pub fn trigger_body(schema: &str, entity: &str, key: &str, t: &RuleTrigger) -> String {
     let mut events = Vec::new();
     if t.inserts_and_deletes || t.table == entity {
@@ -446,16 +448,11 @@ pub fn trigger_body(schema: &str, entity: &str, key: &str, t: &RuleTrigger) -> S
         let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
         events.push(format!("UPDATE OF {}", cols.join(", ")));
     }
-    let mut args = vec![
+    let args = [
         quote_literal(schema),
         quote_literal(entity),
         quote_literal(key),
     ];
-    for p in &t.probes {
-        args.push(quote_literal(&p.key_column));
-        args.push(quote_literal(&p.lock_sql));
-        args.push(quote_literal(&p.check_sql));
-    }
     format!(
         "AFTER {} ON {} DEFERRABLE INITIALLY IMMEDIATE FOR EACH ROW EXECUTE FUNCTION udm.rule_trigger({})",
         events.join(" OR "),

@@ -1,0 +1,36 @@
+-- udm privileges, run at the end of CREATE EXTENSION (and by every upgrade script that adds a
+-- function to schema udm).
+--
+-- The udm_* functions are udm's API: every role may call them, and each checks the caller's
+-- membership of the tenant it acts on. The functions in schema udm are internal: nobody but the
+-- extension's owner may call them, except those that a tenant's own policies, constraints,
+-- defaults and queries call as the writing or reading role. Those go to udm_tenant_roles, a
+-- NOLOGIN role every tenant role is a member of, and each of them answers only about tenants
+-- the caller is a member of. Trigger functions need no EXECUTE to fire; CREATE TRIGGER needs it,
+-- so only the owner (and superusers) can attach them.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'udm_tenant_roles') THEN
+        CREATE ROLE udm_tenant_roles NOLOGIN;
+    END IF;
+END
+$$;
+COMMENT ON ROLE udm_tenant_roles IS 'udm: every tenant role is a member; may execute the udm.* helpers tenant tables call';
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    udm.check_rule(boolean, text, text, text),
+    udm.array_is_unique(anyarray),
+    udm.uuid_v7(),
+    udm.json_date(jsonb),
+    udm.json_timestamp(jsonb),
+    udm.id_in(uuid, uuid[]),
+    udm.may_read_all(text, text),
+    udm.may_read_scoped(text, text),
+    udm.tuple_objects(text, text),
+    udm.access_user(text),
+    udm.may_read_audit(text),
+    udm.audit_visible(text, text, uuid),
+    udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone)
+    TO udm_tenant_roles;

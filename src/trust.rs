@@ -1,0 +1,214 @@
+//! Trigger functions trust nothing they are handed.
+//!
+//! Any role may `CREATE TRIGGER` on a table it owns (a temporary table, say) naming a function it
+//! may execute, with any arguments; the function then runs with the table's rows and the
+//! trigger's arguments as given. So every udm trigger function first checks, here, that it fires
+//! on a table udm made: an ordinary, permanent table owned by the extension's owner (only the
+//! owner, or a superuser, can attach triggers to it) in the schema of a tenant udm's registry
+//! knows. What the trigger then does comes from udm's catalog of that tenant, never from SQL or
+//! identifiers in its arguments: arguments are at most keys into the catalog, checked against it.
+//! Every column is type-checked before a datum of it is read.
+
+use crate::catalog::{self, Tenant};
+use crate::error::{raise, Result, SqlState, UdmError};
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::rc::Rc;
+
+/// A table of a tenant, as a trigger on it found it.
+pub struct TenantTable {
+    pub tenant: Rc<Tenant>,
+    /// The table's name in the tenant schema (an entity's slug, or a junction table's name).
+    pub name: String,
+}
+
+thread_local! {
+    /// Tables already found to be udm's, by relation oid, for one catalog generation.
+    static KNOWN: RefCell<(u64, HashMap<pg_sys::Oid, Rc<TenantTable>>)> =
+        RefCell::new((u64::MAX, HashMap::new()));
+}
+
+fn refused(func: &str, what: String) -> UdmError {
+    UdmError::new(
+        SqlState::InsufficientPrivilege,
+        format!("{func}() runs only as a trigger udm attached to a table of a udm tenant; {what}"),
+    )
+    .hint("udm attaches its trigger functions itself when entities are defined; do not attach them to other tables")
+}
+
+/// The tenant table `rel` is, or an ERROR (42501) when it is not a table udm made.
+pub fn tenant_table(rel: pg_sys::Relation, func: &str) -> Rc<TenantTable> {
+    let g = catalog::generation();
+    let oid = unsafe { (*rel).rd_id };
+    if let Some(t) = KNOWN.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.0 != g {
+            *k = (g, HashMap::new());
+        }
+        k.1.get(&oid).cloned()
+    }) {
+        return t;
+    }
+    let t = Rc::new(check(rel, func).unwrap_or_else(|e| raise(e)));
+    KNOWN.with(|k| k.borrow_mut().1.insert(oid, t.clone()));
+    t
+}
+
+fn check(rel: pg_sys::Relation, func: &str) -> Result<TenantTable> {
+    let (schema, name) = unsafe { crate::triggers::relation_names(rel) };
+    let form = unsafe { &*(*rel).rd_rel };
+    let what = || format!("\"{schema}\".\"{name}\" is not one");
+    let ordinary = form.relkind == pg_sys::RELKIND_RELATION as std::os::raw::c_char
+        || form.relkind == pg_sys::RELKIND_PARTITIONED_TABLE as std::os::raw::c_char;
+    if !ordinary || form.relpersistence != pg_sys::RELPERSISTENCE_PERMANENT as std::os::raw::c_char
+    {
+        return Err(refused(func, what()));
+    }
+    if form.relowner != crate::security::owner() {
+        return Err(refused(func, what()));
+    }
+    let Some(tenant) = catalog::tenant(&schema)? else {
+        return Err(refused(func, what()));
+    };
+    if tenant.schema_oid != form.relnamespace {
+        return Err(refused(func, what()));
+    }
+    Ok(TenantTable { tenant, name })
+}
+
+/// The entity whose table `t` is, or an ERROR naming the table (the catalog has no such entity).
+pub fn entity_of(t: &TenantTable, func: &str) -> Rc<catalog::Entity> {
+    catalog::entity_any(&t.tenant, &t.name)
+        .unwrap_or_else(|e| raise(e))
+        .unwrap_or_else(|| raise(not_in_catalog(t, func, "is not an entity table")))
+}
+
+/// The error for a trigger whose table or arguments udm's catalog does not describe (a table
+/// changed behind udm's back, or a trigger attached by hand).
+pub fn not_in_catalog(t: &TenantTable, func: &str, what: &str) -> UdmError {
+    UdmError::new(
+        SqlState::ObjectNotInPrerequisiteState,
+        format!(
+            "{func}(): table \"{}\".\"{}\" {what} in udm's catalog of tenant \"{}\"",
+            t.tenant.schema, t.name, t.tenant.slug
+        ),
+    )
+    .hint("udm creates and drops its triggers with each definition change; a trigger attached by hand, or left after a table was changed outside udm, must be dropped")
+}
+
+/// The trigger's arguments as text.
+pub unsafe fn trigger_args(td: *mut pg_sys::TriggerData) -> Vec<String> {
+    unsafe {
+        let t = (*td).tg_trigger;
+        let n = (*t).tgnargs.max(0) as usize;
+        (0..n)
+            .map(|i| {
+                CStr::from_ptr(*(*t).tgargs.add(i))
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+}
+
+/// The trigger's name.
+pub unsafe fn trigger_name(td: *mut pg_sys::TriggerData) -> String {
+    unsafe {
+        CStr::from_ptr((*(*td).tg_trigger).tgname)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// A column's attribute number (1-based) when the table has it with type `typ`; None when it
+/// has no such column; an ERROR (42804) when it has one of another type.
+pub fn typed_column(
+    desc: pg_sys::TupleDesc,
+    table: &str,
+    name: &str,
+    typ: pg_sys::Oid,
+    func: &str,
+) -> Option<i32> {
+    unsafe {
+        let natts = (*desc).natts as usize;
+        let attrs = (*desc).attrs.as_slice(natts);
+        let i = attrs
+            .iter()
+            .position(|a| !a.attisdropped && a.name() == name)?;
+        if attrs[i].atttypid != typ {
+            raise(
+                UdmError::new(
+                    SqlState::DatatypeMismatch,
+                    format!(
+                        "{func}(): column \"{table}\".\"{name}\" has type {}, not {}",
+                        type_name(attrs[i].atttypid),
+                        type_name(typ)
+                    ),
+                )
+                .hint("udm's tables change only through udm_* functions"),
+            );
+        }
+        Some(i as i32 + 1)
+    }
+}
+
+/// Like `typed_column`, and the column must be there.
+pub fn required_column(
+    desc: pg_sys::TupleDesc,
+    table: &str,
+    name: &str,
+    typ: pg_sys::Oid,
+    func: &str,
+) -> i32 {
+    typed_column(desc, table, name, typ, func).unwrap_or_else(|| {
+        raise(
+            UdmError::new(
+                SqlState::UndefinedColumn,
+                format!("{func}(): table \"{table}\" has no column \"{name}\""),
+            )
+            .hint("udm's tables change only through udm_* functions"),
+        )
+    })
+}
+
+/// The name of attribute `attr` (1-based) of a descriptor.
+pub fn column_name(desc: pg_sys::TupleDesc, attr: i32) -> String {
+    unsafe {
+        let natts = (*desc).natts as usize;
+        (*desc)
+            .attrs
+            .as_slice(natts)
+            .get((attr - 1) as usize)
+            .map(|a| a.name().to_string())
+            .unwrap_or_default()
+    }
+}
+
+fn type_name(oid: pg_sys::Oid) -> String {
+    unsafe {
+        let p = pg_sys::format_type_be(oid);
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+thread_local! {
+    static REF_TYPE: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
+}
+
+/// The oid of the composite type `udm.ref` (polymorphic references).
+pub fn ref_type() -> pg_sys::Oid {
+    REF_TYPE.with(|r| {
+        if r.get() == pg_sys::InvalidOid {
+            let oid = crate::security::as_owner(|| {
+                Spi::get_one::<pg_sys::Oid>("SELECT 'udm.ref'::pg_catalog.regtype::pg_catalog.oid")
+            })
+            .ok()
+            .flatten()
+            .unwrap_or(pg_sys::InvalidOid);
+            r.set(oid);
+        }
+        r.get()
+    })
+}

@@ -482,6 +482,101 @@ pub fn require_manage(t: &Tenant, what: &str) -> Result<()> {
     Err(denied(&ctx.label(), ctx.role.as_deref(), "manage", what))
 }
 
+/// A definition change that names a field needs the caller's role to read and write it: a
+/// manager kept from a field may not rename, change, remove, restore, purge or index it, nor
+/// write rules over it (each would reveal or move what the role hides).
+pub fn require_field_access(t: &Tenant, entity: &str, field: &str, what: &str) -> Result<()> {
+    if !t.access {
+        return Ok(());
+    }
+    let ctx = context(t)?;
+    if ctx.db_admin {
+        return Ok(());
+    }
+    for (write, name) in [(false, "read"), (true, "write")] {
+        if ctx.perms.field_denied(entity, field, write) {
+            return Err(denied(
+                &ctx.label(),
+                ctx.role.as_deref(),
+                &format!("{entity}.{field}.{name}"),
+                what,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Roles' permissions follow a renamed field (they name fields; the field is the same).
+pub fn rename_field_in_roles(t: &Tenant, entity: &str, old: &str, new: &str) -> Result<()> {
+    if t.relation(ROLE_TABLE).is_none() {
+        return Ok(());
+    }
+    let from = vec![
+        "entities".to_string(),
+        entity.to_string(),
+        "fields".to_string(),
+        old.to_string(),
+    ];
+    let to = vec![
+        "entities".to_string(),
+        entity.to_string(),
+        "fields".to_string(),
+        new.to_string(),
+    ];
+    as_owner(|| {
+        crate::spi::run(
+            &format!(
+                "UPDATE {} SET permissions = jsonb_set(permissions #- $1, $2, permissions #> $1) \
+                 WHERE permissions #> $1 IS NOT NULL",
+                t.catalog(ROLE_TABLE)
+            ),
+            &[from.into(), to.into()],
+        )
+    })
+}
+
+/// How many members other than `except` have a role that manages the tenant.
+fn managers_left(t: &Tenant, except: pgrx::Uuid) -> Result<i64> {
+    let roles: Vec<(String, i64)> = as_owner(|| {
+        Spi::connect(|c| {
+            let mut v = Vec::new();
+            for r in c.select(
+                &format!(
+                    "SELECT role, count(*) FROM {} WHERE user_id <> $1 GROUP BY role",
+                    t.catalog(MEMBER_TABLE)
+                ),
+                None,
+                &[except.into()],
+            )? {
+                v.push((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<i64>(2)?.unwrap_or(0),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(v)
+        })
+        .map_err(spi_err)
+    })?;
+    let mut n = 0;
+    for (role, count) in roles {
+        if role_perms(t, &role).is_ok_and(|p| p.manages()) {
+            n += count;
+        }
+    }
+    Ok(n)
+}
+
+fn last_manager(t: &Tenant, user: &str, outcome: &str) -> UdmError {
+    UdmError::new(
+        SqlState::ObjectNotInPrerequisiteState,
+        format!(
+            "cannot {outcome} \"{user}\": it is the last admin of tenant \"{}\" (no other member's role manages it)",
+            t.slug
+        ),
+    )
+    .hint("give another member a role that manages the tenant (admin) first")
+}
+
 /// (entity, field) pairs the session's role may not read.
 pub fn hidden_fields(t: &Tenant) -> Result<std::collections::HashSet<(String, String)>> {
     let mut out = std::collections::HashSet::new();
@@ -500,6 +595,39 @@ pub fn hidden_fields(t: &Tenant) -> Result<std::collections::HashSet<(String, St
         }
     }
     Ok(out)
+}
+
+/// The ids of the fields of `e` (active and removed: older audit images hold removed ones) the
+/// session's role may not read; empty for database admins and roles that keep no field.
+pub fn hidden_field_ids(t: &Tenant, e: &Entity) -> Result<std::collections::HashSet<u32>> {
+    let mut out = std::collections::HashSet::new();
+    if !t.access {
+        return Ok(out);
+    }
+    let ctx = context(t)?;
+    if ctx.db_admin {
+        return Ok(out);
+    }
+    for f in e.def.fields.iter().chain(&e.def.removed_fields) {
+        if ctx.perms.field_denied(&e.def.slug, &f.name, false) {
+            out.insert(f.id);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the session's role keeps any field of the tenant from being read.
+pub fn hides_fields(t: &Tenant) -> Result<bool> {
+    if !t.access {
+        return Ok(false);
+    }
+    let ctx = context(t)?;
+    Ok(!ctx.db_admin
+        && ctx
+            .perms
+            .entities
+            .values()
+            .any(|e| e.fields.values().any(|(r, _)| *r == Some(false))))
 }
 
 /// A record (jsonb) without the fields the session's role may not read.
@@ -751,6 +879,14 @@ pub fn add_member(tenant: &str, user: &str, role: &str) -> Result<Value> {
     ensure_tables(&t)?;
     let perms = role_perms(&t, role)?;
     within_own(&t, &ctx, &perms, &format!("role \"{role}\""))?;
+    if !perms.manages() {
+        if let Some(current) = member_role(&t, u.0)? {
+            let was_manager = role_perms(&t, &current).is_ok_and(|p| p.manages());
+            if was_manager && managers_left(&t, u.0)? == 0 {
+                return Err(last_manager(&t, &u.1, &format!("give role \"{role}\" to")));
+            }
+        }
+    }
     let actor = crate::security::actor();
     as_owner(|| {
         crate::spi::run(
@@ -791,25 +927,9 @@ pub fn remove_member(tenant: &str, user: &str) -> Result<Value> {
         &role_perms(&t, &role)?,
         &format!("removing a member with role \"{role}\""),
     )?;
-    let admins_left = as_owner(|| {
-        crate::spi::select_one::<i64>(
-            &format!(
-                "SELECT count(*) FROM {} WHERE user_id <> $1 AND role = 'admin'",
-                t.catalog(MEMBER_TABLE)
-            ),
-            &[u.0.into()],
-        )
-    })?
-    .unwrap_or(0);
-    if role == "admin" && admins_left == 0 {
-        return Err(UdmError::new(
-            SqlState::ObjectNotInPrerequisiteState,
-            format!(
-                "cannot remove \"{}\": it is the last admin of tenant \"{}\"",
-                u.1, t.slug
-            ),
-        )
-        .hint("make another member admin first"));
+    let was_manager = role_perms(&t, &role).is_ok_and(|p| p.manages());
+    if was_manager && managers_left(&t, u.0)? == 0 {
+        return Err(last_manager(&t, &u.1, "remove"));
     }
     as_owner(|| {
         crate::spi::run(
@@ -1380,6 +1500,12 @@ pub unsafe extern "C-unwind" fn udm_access_user(fcinfo: pg_sys::FunctionCallInfo
 
 // ------------------------------------------------------------------ reading the audit log
 
+/// Whether the session acts over every record of the tenant: access control is off, or it is a
+/// database admin or a member whose role manages the tenant.
+pub fn over_records(t: &Tenant) -> Result<bool> {
+    Ok(context(t)?.over_records())
+}
+
 /// Whether the session reads the tenant's whole audit log: access control is off, or it is a
 /// database admin or a member whose role manages the tenant.
 pub fn reads_whole_audit(t: &Tenant) -> Result<bool> {
@@ -1616,23 +1742,11 @@ pub unsafe extern "C-unwind" fn udm_link_guard(fcinfo: pg_sys::FunctionCallInfo)
             _ => ((*td).tg_trigtuple, std::ptr::null_mut()),
         };
         let result = pg_sys::Datum::from(if new.is_null() { old } else { new });
-        let tt = crate::trust::tenant_table(rel, LINK_GUARD);
-        let (t, table) = (tt.tenant.clone(), tt.name.clone());
-        let entity = crate::trust::trigger_args(td)
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        let e = catalog::entity_any(&t, &entity)
-            .or_raise()
-            .unwrap_or_else(|| {
-                raise(crate::trust::not_in_catalog(
-                    &tt,
-                    LINK_GUARD,
-                    &format!("names entity {} that is not", printable(&entity)),
-                ))
-            });
-        let of_table =
-            |f: &&udm_core::definition::FieldDef| f.junction.as_deref() == Some(table.as_str());
+        let tt = crate::trust::trigger_table(td, LINK_GUARD);
+        let t = tt.tenant.clone();
+        let e = crate::trust::entity_of(&tt, LINK_GUARD);
+        let entity = e.def.slug.clone();
+        let of_table = |f: &&udm_core::definition::FieldDef| tt.field == Some(f.id);
         let active = e.def.fields.iter().find(of_table);
         // a removed field's links are no member's to change
         let Some(field) = active
@@ -1723,9 +1837,9 @@ pub unsafe extern "C-unwind" fn udm_access_guard(
         };
         let result =
             |new: pg_sys::HeapTuple| pg_sys::Datum::from(if new.is_null() { old } else { new });
-        let tt = crate::trust::tenant_table(rel, ACCESS_GUARD);
+        let tt = crate::trust::trigger_table(td, ACCESS_GUARD);
         let t = tt.tenant.clone();
-        let e = crate::trust::entity_of(&tt, ACCESS_GUARD);
+        let e = crate::trust::entity_table(&tt, ACCESS_GUARD);
         let ctx = context(&t).or_raise();
         if !ctx.enabled {
             return result(new);

@@ -237,8 +237,9 @@ unsafe fn attr_index(desc: pg_sys::TupleDesc, name: &str) -> Option<usize> {
 }
 
 /// The audit shape of a table, cached per backend until any definition changes.
-unsafe fn shape(rel: pg_sys::Relation, trigger: *const pg_sys::Trigger) -> Rc<Shape> {
+unsafe fn shape(td: *mut pg_sys::TriggerData) -> Rc<Shape> {
     unsafe {
+        let (rel, trigger) = ((*td).tg_relation, (*td).tg_trigger);
         let g = catalog::generation();
         if SHAPES_GEN.with(|x| x.replace(g)) != g {
             SHAPES.with(|s| s.borrow_mut().clear());
@@ -247,33 +248,19 @@ unsafe fn shape(rel: pg_sys::Relation, trigger: *const pg_sys::Trigger) -> Rc<Sh
         if let Some(s) = SHAPES.with(|s| s.borrow().get(&key).cloned()) {
             return s;
         }
-        let arg = ((*trigger).tgnargs > 0).then(|| {
-            CStr::from_ptr(*(*trigger).tgargs)
-                .to_string_lossy()
-                .into_owned()
-        });
-        let s = Rc::new(build_shape(rel, arg.as_deref()).or_raise());
+        let s = Rc::new(build_shape(td).or_raise());
         SHAPES.with(|m| m.borrow_mut().insert(key, s.clone()));
         s
     }
 }
 
-unsafe fn build_shape(rel: pg_sys::Relation, entity_arg: Option<&str>) -> Result<Shape> {
+unsafe fn build_shape(td: *mut pg_sys::TriggerData) -> Result<Shape> {
     unsafe {
-        let tt = crate::trust::tenant_table(rel, AUDIT_ROW);
+        let rel = (*td).tg_relation;
+        let tt = crate::trust::trigger_table(td, AUDIT_ROW);
         let (schema, relname) = (tt.tenant.schema.clone(), tt.name.clone());
-        let t = tt.tenant.clone();
-        let slug = entity_arg.unwrap_or(&relname);
-        let e = catalog::entity_any(&t, slug)?.ok_or_else(|| {
-            crate::trust::not_in_catalog(
-                &tt,
-                AUDIT_ROW,
-                &format!(
-                    "names entity {} that is not",
-                    udm_core::ident::printable(slug)
-                ),
-            )
-        })?;
+        let e = crate::trust::entity_of(&tt, AUDIT_ROW);
+        let slug = e.def.slug.as_str();
         let desc = (*rel).rd_att;
         let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
         let types = attrs.iter().map(|a| (a.attlen, a.attbyval)).collect();
@@ -287,19 +274,14 @@ unsafe fn build_shape(rel: pg_sys::Relation, entity_arg: Option<&str>) -> Result
         let typed = |n: &str, typ: pg_sys::Oid| {
             crate::trust::required_column(desc, &relname, n, typ, AUDIT_ROW) as usize - 1
         };
-        let (entity, kind, json) = if entity_arg.is_some() {
-            // a junction table: find the field it belongs to
+        let (entity, kind, json) = if let Some(id) = tt.field {
+            // a junction table: the field it belongs to
             let f = e
                 .def
                 .fields
                 .iter()
-                .find(|f| f.junction.as_deref() == Some(relname.as_str()))
-                .or_else(|| {
-                    e.def
-                        .removed_fields
-                        .iter()
-                        .find(|f| f.junction.as_deref() == Some(relname.as_str()))
-                });
+                .chain(&e.def.removed_fields)
+                .find(|f| f.id == id);
             let Some(fname) = f.map(|f| f.name.clone()) else {
                 return Err(crate::trust::not_in_catalog(
                     &tt,
@@ -465,7 +447,7 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
     unsafe {
         let (td, ev) = crate::triggers::row_trigger_data(fcinfo, AUDIT_ROW, false);
         let rel = (*td).tg_relation;
-        let shape = shape(rel, (*td).tg_trigger);
+        let shape = shape(td);
         if !shape.audited {
             return pg_sys::Datum::from(0usize);
         }
@@ -574,7 +556,7 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
 pub unsafe extern "C-unwind" fn udm_audit_flush(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
         let td = trigger_data(fcinfo, "udm.audit_flush");
-        crate::trust::tenant_table((*td).tg_relation, "udm.audit_flush");
+        crate::trust::tenant_of((*td).tg_relation, "udm.audit_flush").or_raise();
     }
     flush();
     pg_sys::Datum::from(0usize)

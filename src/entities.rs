@@ -579,9 +579,25 @@ pub fn add_field(entity: &str, field: &Value) -> Result<Value> {
     )
 }
 
+/// A change that names a field needs the caller's role to read and write it.
+fn field_access(t: &Tenant, entity: &str, field: &str, verb: &str) -> Result<()> {
+    crate::access::require_field_access(
+        t,
+        entity,
+        field,
+        &format!("{verb} field \"{}\" of {entity}", printable(field)),
+    )
+}
+
 pub fn alter_field(entity: &str, field: &str, changes: &Value) -> Result<Value> {
     let t = catalog::current_tenant()?;
-    change(
+    field_access(&t, entity, field, "change")?;
+    let renamed = changes
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| *n != field)
+        .map(str::to_string);
+    let out = change(
         &t,
         entity,
         json!({"op": "alter_field", "field": field, "changes": changes}),
@@ -637,11 +653,17 @@ pub fn alter_field(entity: &str, field: &str, changes: &Value) -> Result<Value> 
             new.fields[pos] = nf;
             Ok(new)
         },
-    )
+    )?;
+    // permissions follow the field, not its name
+    if let Some(name) = renamed {
+        crate::access::rename_field_in_roles(&t, entity, field, &name)?;
+    }
+    Ok(out)
 }
 
 pub fn remove_field(entity: &str, field: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
+    field_access(&t, entity, field, "remove")?;
     change(
         &t,
         entity,
@@ -706,6 +728,7 @@ fn removed_field<'a>(def: &'a EntityDef, field: &str) -> Result<&'a FieldDef> {
 
 pub fn restore_field(entity: &str, field: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
+    field_access(&t, entity, field, "restore")?;
     change(
         &t,
         entity,
@@ -736,6 +759,7 @@ pub fn restore_field(entity: &str, field: &str) -> Result<Value> {
 
 pub fn purge_field(entity: &str, field: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
+    field_access(&t, entity, field, "purge")?;
     change(
         &t,
         entity,
@@ -751,6 +775,9 @@ pub fn purge_field(entity: &str, field: &str) -> Result<Value> {
 
 pub fn add_index(entity: &str, fields: &[String], unique: bool) -> Result<Value> {
     let t = catalog::current_tenant()?;
+    for f in fields {
+        field_access(&t, entity, f, "index")?;
+    }
     change(
         &t,
         entity,
@@ -873,6 +900,11 @@ pub fn drop_index(entity: &str, name: &str) -> Result<Value> {
 
 pub fn add_rule(entity: &str, rule: &Value) -> Result<Value> {
     let t = catalog::current_tenant()?;
+    if let Some(check) = rule.get("check").and_then(Value::as_str) {
+        for f in rule_fields(check).unwrap_or_default() {
+            field_access(&t, entity, &f, "write a rule over")?;
+        }
+    }
     change(
         &t,
         entity,

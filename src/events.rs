@@ -155,6 +155,11 @@ pub fn subscribe(
 ) -> Result<Value> {
     let t = catalog::current_tenant()?;
     catalog::entity(&t, entity)?;
+    // subscriptions wire the tenant's workflows: tenant configuration, like definitions
+    crate::access::require_manage(
+        &t,
+        &format!("subscribe \"{}\" to entity \"{entity}\"", printable(target)),
+    )?;
     if actions.is_empty() {
         return Err(
             UdmError::invalid("udm_subscribe: actions must not be empty")
@@ -211,6 +216,14 @@ pub fn subscribe(
 
 pub fn unsubscribe(entity: &str, target: &str) -> Result<Value> {
     let t = catalog::current_tenant()?;
+    crate::access::require_manage(
+        &t,
+        &format!(
+            "unsubscribe \"{}\" from entity \"{}\"",
+            printable(target),
+            printable(entity)
+        ),
+    )?;
     ensure_tables(&t)?;
     let sql = format!(
         "DELETE FROM {} WHERE entity = $1 AND target = $2",
@@ -390,14 +403,29 @@ fn consumer_slug(consumer: &str) -> Result<()> {
 }
 
 fn consumer_position(t: &Tenant, consumer: &str) -> Result<i64> {
+    Ok(consumer_row(t, consumer)?.map_or(0, |(p, _)| p))
+}
+
+/// A consumer's (last acknowledged event, who acknowledged it).
+fn consumer_row(t: &Tenant, consumer: &str) -> Result<Option<(i64, String)>> {
     if !has_table(t, CONSUMERS) {
-        return Ok(0);
+        return Ok(None);
     }
     let sql = format!(
-        "SELECT last_event FROM {} WHERE consumer = $1",
+        "SELECT last_event, acked_by FROM {} WHERE consumer = $1",
         t.catalog(CONSUMERS)
     );
-    Ok(crate::spi::select_one::<i64>(&sql, &[consumer.into()])?.unwrap_or(0))
+    Spi::connect(|c| {
+        let mut out = None;
+        for r in c.select(&sql, Some(1), &[consumer.into()])? {
+            out = Some((
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)
 }
 
 pub fn consume(consumer: &str, limit: i32) -> Result<Value> {
@@ -413,7 +441,22 @@ pub fn consume(consumer: &str, limit: i32) -> Result<Value> {
 pub fn ack(consumer: &str, event_id: i64) -> Result<Value> {
     consumer_slug(consumer)?;
     let t = catalog::current_tenant()?;
-    let current = consumer_position(&t, consumer)?;
+    let row = consumer_row(&t, consumer)?;
+    let who = actor();
+    // a consumer's cursor is its user's: others (but managers) may not move it
+    if let Some((_, owner)) = &row {
+        if *owner != who && !crate::access::over_records(&t)? {
+            return Err(UdmError::new(
+                SqlState::InsufficientPrivilege,
+                format!(
+                    "permission denied: consumer \"{consumer}\" of tenant \"{}\" belongs to \"{owner}\", not to \"{who}\"",
+                    t.slug
+                ),
+            )
+            .hint("each worker acknowledges with its own consumer name; a member whose role manages the tenant may move any consumer"));
+        }
+    }
+    let current = row.map_or(0, |(p, _)| p);
     if event_id < current {
         return Err(UdmError::new(
             SqlState::ObjectNotInPrerequisiteState,
@@ -432,10 +475,9 @@ pub fn ack(consumer: &str, event_id: i64) -> Result<Value> {
     ensure_tables(&t)?;
     let sql = format!(
         "INSERT INTO {} (consumer, last_event, acked_by) VALUES ($1, $2, $3) \
-         ON CONFLICT (consumer) DO UPDATE SET last_event = EXCLUDED.last_event, acked_by = EXCLUDED.acked_by, acked_at = now()",
+         ON CONFLICT (consumer) DO UPDATE SET last_event = EXCLUDED.last_event, acked_at = now()",
         t.catalog(CONSUMERS)
     );
-    let who = actor();
     as_owner(|| {
         crate::spi::run(
             &sql,

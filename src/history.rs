@@ -32,6 +32,105 @@ fn changed_list(v: Option<Vec<Option<String>>>) -> Vec<String> {
     v.unwrap_or_default().into_iter().flatten().collect()
 }
 
+/// What the session's role may not read of audit images. Images are keyed by the field names of
+/// their entity version, so hidden fields (by id, which renames keep) are looked up by the names
+/// each version used. `None` when the role keeps no field from being read (the usual case).
+struct Hidden<'a> {
+    t: &'a Tenant,
+    ids: std::collections::HashMap<String, std::collections::HashSet<u32>>,
+    names: std::collections::HashMap<(String, Option<i32>), Rc<std::collections::HashSet<String>>>,
+}
+
+impl<'a> Hidden<'a> {
+    fn of(t: &'a Tenant) -> Result<Option<Hidden<'a>>> {
+        if !crate::access::hides_fields(t)? {
+            return Ok(None);
+        }
+        Ok(Some(Hidden {
+            t,
+            ids: Default::default(),
+            names: Default::default(),
+        }))
+    }
+
+    /// Names (as of entity version `version`) of the fields of `entity` the session may not read.
+    fn names(
+        &mut self,
+        entity: &str,
+        version: Option<i32>,
+    ) -> Result<Rc<std::collections::HashSet<String>>> {
+        let key = (entity.to_string(), version);
+        if let Some(n) = self.names.get(&key) {
+            return Ok(n.clone());
+        }
+        if !self.ids.contains_key(entity) {
+            let ids = match catalog::entity_any(self.t, entity)? {
+                Some(e) => crate::access::hidden_field_ids(self.t, &e)?,
+                None => Default::default(),
+            };
+            self.ids.insert(entity.to_string(), ids);
+        }
+        let ids = &self.ids[entity];
+        let mut names = std::collections::HashSet::new();
+        if !ids.is_empty() {
+            let def = match version {
+                Some(v) => catalog::definition_at(self.t, entity, v)?,
+                None => None,
+            };
+            let def = match def {
+                Some(d) => Some(d),
+                None => catalog::entity_any(self.t, entity)?.map(|e| e.def.clone()),
+            };
+            if let Some(d) = def {
+                for f in d.fields.iter().chain(&d.removed_fields) {
+                    if ids.contains(&f.id) {
+                        names.insert(f.name.clone());
+                    }
+                }
+            }
+        }
+        let names = Rc::new(names);
+        self.names.insert(key, names.clone());
+        Ok(names)
+    }
+
+    /// Removes what the session may not read from an audit row's images and changed fields. The
+    /// row's subject is an entity, or `<entity>.<field>` for the links of a many-to-many field
+    /// (whose images are the links: all of them go when the field is hidden).
+    fn strip(
+        &mut self,
+        subject: &str,
+        version: Option<i32>,
+        images: &mut [&mut Option<Value>],
+        changed: &mut Vec<String>,
+    ) -> Result<()> {
+        let (entity, field) = match subject.split_once('.') {
+            Some((e, f)) => (e, Some(f)),
+            None => (subject, None),
+        };
+        let names = self.names(entity, version)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        if let Some(f) = field {
+            if names.contains(f) {
+                for img in images.iter_mut() {
+                    **img = None;
+                }
+                changed.clear();
+            }
+            return Ok(());
+        }
+        for img in images.iter_mut() {
+            if let Some(Value::Object(o)) = img.as_mut() {
+                o.retain(|k, _| !names.contains(k));
+            }
+        }
+        changed.retain(|c| !names.contains(c));
+        Ok(())
+    }
+}
+
 pub struct HistoryRow {
     pub version: Option<i32>,
     pub action: String,
@@ -43,45 +142,73 @@ pub struct HistoryRow {
     pub txid: i64,
     pub event_id: i64,
     pub data: Option<JsonB>,
+    /// The row's images, while the row is being read.
+    old: Option<Value>,
+    new: Option<Value>,
+}
+
+/// The audit rows of a record, newest first, with their entity versions (images not yet
+/// summarised nor stripped).
+fn history_rows(sql: &str, id: Uuid, entity: &str) -> Result<Vec<(HistoryRow, Option<i32>)>> {
+    Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(sql, None, &[id.into(), entity.into()])? {
+            out.push((
+                HistoryRow {
+                    version: r.get::<i32>(1)?,
+                    action: r.get::<String>(2)?.unwrap_or_default(),
+                    changed_fields: r.get::<Vec<Option<String>>>(3)?,
+                    summary: String::new(),
+                    user_id: r.get::<String>(4)?.unwrap_or_default(),
+                    db_role: r.get::<String>(5)?.unwrap_or_default(),
+                    changed_at: r.get(6)?,
+                    txid: r.get::<i64>(7)?.unwrap_or(0),
+                    event_id: r.get::<i64>(8)?.unwrap_or(0),
+                    data: None,
+                    old: r.get::<JsonB>(9)?.map(|j| j.0),
+                    new: r.get::<JsonB>(10)?.map(|j| j.0),
+                },
+                r.get::<i32>(11)?,
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)
 }
 
 pub fn history(entity: &str, id: Uuid) -> Result<Vec<HistoryRow>> {
     let (t, e) = tenant_and_entity(entity)?;
     let sql = format!(
-        "SELECT record_version, action, changed_fields, user_id, db_role, changed_at, txid, audit_id, old_data, new_data \
+        "SELECT record_version, action, changed_fields, user_id, db_role, changed_at, txid, audit_id, old_data, new_data, entity_version \
          FROM {} WHERE record_id = $1 AND entity = $2 ORDER BY audit_id DESC",
         audit_table(&t)
     );
-    let rows = Spi::connect(|c| {
-        let mut out = Vec::new();
-        for r in c.select(&sql, None, &[id.into(), entity.into()])? {
-            let action = r.get::<String>(2)?.unwrap_or_default();
-            let changed = r.get::<Vec<Option<String>>>(3)?;
-            let old = r.get::<JsonB>(9)?;
-            let new = r.get::<JsonB>(10)?;
-            let summary = summarize(
-                &action,
-                entity,
-                old.as_ref().map(|j| &j.0),
-                new.as_ref().map(|j| &j.0),
-                &changed_list(changed.clone()),
-            );
-            out.push(HistoryRow {
-                version: r.get::<i32>(1)?,
-                changed_fields: changed,
-                summary,
-                user_id: r.get::<String>(4)?.unwrap_or_default(),
-                db_role: r.get::<String>(5)?.unwrap_or_default(),
-                changed_at: r.get(6)?,
-                txid: r.get::<i64>(7)?.unwrap_or(0),
-                event_id: r.get::<i64>(8)?.unwrap_or(0),
-                data: if action == "DELETE" { old } else { new },
-                action,
-            });
+    let mut hidden = Hidden::of(&t)?;
+    let mut rows = Vec::new();
+    for (r, version) in history_rows(&sql, id, entity)? {
+        let HistoryRow {
+            action,
+            changed_fields,
+            old,
+            new,
+            ..
+        } = &r;
+        let mut changed = changed_list(changed_fields.clone());
+        let (mut old, mut new) = (old.clone(), new.clone());
+        if let Some(h) = hidden.as_mut() {
+            h.strip(entity, version, &mut [&mut old, &mut new], &mut changed)?;
         }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(spi_err)?;
+        let summary = summarize(action, entity, old.as_ref(), new.as_ref(), &changed);
+        let data = if action == "DELETE" { old } else { new };
+        rows.push(HistoryRow {
+            changed_fields: Some(changed.into_iter().map(Some).collect()),
+            summary,
+            data: data.map(JsonB),
+            old: None,
+            new: None,
+            ..r
+        });
+    }
     if rows.is_empty() && e.is_none() {
         return Err(catalog::no_such_entity(&t, entity));
     }
@@ -94,13 +221,26 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
         return Err(catalog::no_such_entity(&t, entity));
     }
     let sql = format!(
-        "SELECT CASE WHEN action = 'DELETE' THEN NULL ELSE {} END FROM {} \
+        "SELECT CASE WHEN action = 'DELETE' THEN NULL ELSE {} END, entity_version FROM {} \
          WHERE record_id = $1 AND entity = $2 AND changed_at <= $3 ORDER BY audit_id DESC LIMIT 1",
         crate::audit::record_image_sql("new_data"),
         audit_table(&t)
     );
-    let v = crate::spi::select_one::<JsonB>(&sql, &[id.into(), entity.into(), at.into()])?;
-    Ok(v.map(|j| j.0))
+    let row = Spi::connect(|c| {
+        let mut out = None;
+        for r in c.select(&sql, Some(1), &[id.into(), entity.into(), at.into()])? {
+            out = Some((r.get::<JsonB>(1)?.map(|j| j.0), r.get::<i32>(2)?));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)?;
+    let Some((mut image, version)) = row else {
+        return Ok(None);
+    };
+    if let Some(h) = Hidden::of(&t)?.as_mut() {
+        h.strip(entity, version, &mut [&mut image], &mut Vec::new())?;
+    }
+    Ok(image)
 }
 
 // ------------------------------------------------------------------ rollback
@@ -670,7 +810,7 @@ pub fn report(
     );
     let details_sql = format!(
         "SELECT a.audit_id, a.changed_at, a.user_id, a.action, a.entity, a.record_id::text, a.record_version, \
-           a.changed_fields, a.old_data, a.new_data, {is_critical}, a.txid \
+           a.changed_fields, a.old_data, a.new_data, {is_critical}, a.txid, a.entity_version \
          FROM {audit} a WHERE {filter} ORDER BY a.audit_id LIMIT $7"
     );
     let (summary, details) = Spi::connect(|c| {
@@ -688,30 +828,49 @@ pub fn report(
         let mut details = Vec::new();
         if kind != ReportKind::Summary {
             for r in c.select(&details_sql, None, &args(Some(i64::from(o.limit))))? {
-                let action = r.get::<String>(4)?.unwrap_or_default();
-                let entity = r.get::<String>(5)?.unwrap_or_default();
-                let changed = changed_list(r.get::<Vec<Option<String>>>(8)?);
-                let old = r.get::<JsonB>(9)?.map(|j| j.0);
-                let new = r.get::<JsonB>(10)?.map(|j| j.0);
                 let at: Option<TimestampWithTimeZone> = r.get(2)?;
-                details.push(json!({
-                    "event_id": r.get::<i64>(1)?,
-                    "at": at.map(|a| a.to_iso_string()),
-                    "user": r.get::<String>(3)?,
-                    "action": &action,
-                    "entity": &entity,
-                    "record_id": r.get::<String>(6)?,
-                    "version": r.get::<i32>(7)?,
-                    "changed_fields": &changed,
-                    "change_summary": summarize(&action, &entity, old.as_ref(), new.as_ref(), &changed),
-                    "critical": r.get::<bool>(11)?.unwrap_or(false),
-                    "txid": r.get::<i64>(12)?,
-                }));
+                details.push((
+                    json!({
+                        "event_id": r.get::<i64>(1)?,
+                        "at": at.map(|a| a.to_iso_string()),
+                        "user": r.get::<String>(3)?,
+                        "action": r.get::<String>(4)?.unwrap_or_default(),
+                        "entity": r.get::<String>(5)?.unwrap_or_default(),
+                        "record_id": r.get::<String>(6)?,
+                        "version": r.get::<i32>(7)?,
+                        "critical": r.get::<bool>(11)?.unwrap_or(false),
+                        "txid": r.get::<i64>(12)?,
+                    }),
+                    changed_list(r.get::<Vec<Option<String>>>(8)?),
+                    r.get::<JsonB>(9)?.map(|j| j.0),
+                    r.get::<JsonB>(10)?.map(|j| j.0),
+                    r.get::<i32>(13)?,
+                ));
             }
         }
         Ok::<_, pgrx::spi::Error>((summary, details))
     })
     .map_err(spi_err)?;
+    // summaries name values: without the fields the session's role may not read
+    let mut hidden = Hidden::of(&t)?;
+    let mut rows = Vec::with_capacity(details.len());
+    for (mut row, mut changed, mut old, mut new, version) in details {
+        let action = row["action"].as_str().unwrap_or_default().to_string();
+        let entity = row["entity"].as_str().unwrap_or_default().to_string();
+        if let Some(h) = hidden.as_mut() {
+            h.strip(&entity, version, &mut [&mut old, &mut new], &mut changed)?;
+        }
+        row["change_summary"] = json!(summarize(
+            &action,
+            &entity,
+            old.as_ref(),
+            new.as_ref(),
+            &changed
+        ));
+        row["changed_fields"] = json!(changed);
+        rows.push(row);
+    }
+    let details = rows;
     let mut out = json!({
         "report_type": options_kind_name(kind),
         "tenant": t.slug,

@@ -553,7 +553,8 @@ thread_local! {
     static GUARDS: RefCell<Guards> = RefCell::new((u64::MAX, HashMap::new()));
 }
 
-unsafe fn guard_of(rel: pg_sys::Relation) -> Result<Option<Rc<Guard>>> {
+unsafe fn guard_of(td: *mut pg_sys::TriggerData) -> Result<Option<Rc<Guard>>> {
+    let rel = unsafe { (*td).tg_relation };
     let g = catalog::generation();
     let oid = unsafe { (*rel).rd_id };
     if let Some(found) = GUARDS.with(|c| {
@@ -565,9 +566,9 @@ unsafe fn guard_of(rel: pg_sys::Relation) -> Result<Option<Rc<Guard>>> {
     }) {
         return Ok(found);
     }
-    let tt = crate::trust::tenant_table(rel, LOCK_GUARD);
+    let tt = crate::trust::trigger_table(td, LOCK_GUARD);
     let (t, relname) = (tt.tenant.clone(), tt.name.clone());
-    let e = crate::trust::entity_of(&tt, LOCK_GUARD);
+    let e = crate::trust::entity_table(&tt, LOCK_GUARD);
     let desc = unsafe { (*rel).rd_att };
     let id_attr = crate::trust::required_column(desc, &relname, "id", pg_sys::UUIDOID, LOCK_GUARD)
         as usize
@@ -665,7 +666,7 @@ pub unsafe extern "C-unwind" fn udm_lock_guard(fcinfo: pg_sys::FunctionCallInfo)
         } else {
             old
         };
-        let Some(g) = guard_of(rel).or_raise() else {
+        let Some(g) = guard_of(td).or_raise() else {
             return pg_sys::Datum::from(result);
         };
         let desc = (*rel).rd_att;

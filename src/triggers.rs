@@ -191,7 +191,7 @@ const STAMP: &str = "udm.stamp_row";
 unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
     unsafe {
         let rel = (*td).tg_relation;
-        let tt = crate::trust::tenant_table(rel, STAMP);
+        let tt = crate::trust::trigger_table(td, STAMP);
         let relid = (*rel).rd_id;
         let g = catalog::generation();
         if let Some(p) = STAMP_PLANS.with(|c| {
@@ -203,7 +203,7 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
         }) {
             return p;
         }
-        let e = crate::trust::entity_of(&tt, STAMP);
+        let e = crate::trust::entity_table(&tt, STAMP);
         let desc = (*rel).rd_att;
         let table = tt.name.as_str();
         let col = |n: &str, typ: pg_sys::Oid| required_column(desc, table, n, typ, STAMP);
@@ -504,8 +504,8 @@ pub unsafe extern "C-unwind" fn udm_reference_check(
     unsafe {
         let (td, ev) = row_trigger_data(fcinfo, REF_CHECK, false);
         let rel = (*td).tg_relation;
-        let tt = crate::trust::tenant_table(rel, REF_CHECK);
-        let e = crate::trust::entity_of(&tt, REF_CHECK);
+        let tt = crate::trust::trigger_table(td, REF_CHECK);
+        let e = crate::trust::entity_table(&tt, REF_CHECK);
         let desc = (*rel).rd_att;
         let (schema, table) = (tt.tenant.schema.as_str(), tt.name.as_str());
         let op = ev & pg_sys::TRIGGER_EVENT_OPMASK;
@@ -517,19 +517,27 @@ pub unsafe extern "C-unwind" fn udm_reference_check(
         } else {
             (*td).tg_trigtuple
         };
-        for column in trigger_args(td) {
-            let Some(f) = e
-                .def
-                .fields
-                .iter()
-                .find(|f| f.ftype == FieldType::Reference && f.column == column)
+        // arguments: the entity and the field's id (before udm 0.2.0: the field's column)
+        let args = trigger_args(td);
+        let keys: Vec<&String> = if args.len() == 2 && args[0] == e.def.slug {
+            vec![&args[1]]
+        } else {
+            args.iter().collect()
+        };
+        for k in keys {
+            let id = k.parse::<u32>().ok();
+            let Some(f) =
+                e.def.fields.iter().find(|f| {
+                    f.ftype == FieldType::Reference && (Some(f.id) == id || f.column == *k)
+                })
             else {
                 raise(crate::trust::not_in_catalog(
                     &tt,
                     REF_CHECK,
-                    &format!("has no reference field in column \"{column}\""),
+                    &format!("has no reference field {}", udm_core::ident::printable(k)),
                 ));
             };
+            let column = f.column.clone();
             let Some(attr) =
                 typed_column(desc, table, &column, crate::trust::ref_type(), REF_CHECK)
             else {
@@ -538,7 +546,7 @@ pub unsafe extern "C-unwind" fn udm_reference_check(
             let Some((entity, id)) = reference_of(tuple, desc, attr) else {
                 continue;
             };
-            let known = f.targets.iter().any(|t| *t == entity);
+            let known = f.targets.contains(&entity);
             if !known || !reference_exists(schema, &entity, id).unwrap_or_else(|e| raise(e)) {
                 raise(
                     UdmError::new(
@@ -583,11 +591,15 @@ pub unsafe extern "C-unwind" fn udm_reference_on_delete(
             ));
         }
         let rel = (*td).tg_relation;
-        let tt = crate::trust::tenant_table(rel, REF_DELETE);
+        let tt = crate::trust::trigger_table(td, REF_DELETE);
+        crate::trust::entity_table(&tt, REF_DELETE);
         let desc = (*rel).rd_att;
         let (schema, target) = (tt.tenant.schema.as_str(), tt.name.as_str());
+        // arguments: this (target) entity, the source entity and the reference field's id
+        // (before udm 0.2.0: the source entity, the field's column and the action)
         let args = trigger_args(td);
         let (source, column) = match args.as_slice() {
+            [t, s, id] if t == target && id.parse::<u32>().is_ok() => (s.as_str(), id.as_str()),
             [s, c, ..] => (s.as_str(), c.as_str()),
             _ => raise(crate::trust::not_in_catalog(
                 &tt,
@@ -595,6 +607,7 @@ pub unsafe extern "C-unwind" fn udm_reference_on_delete(
                 "has a reference trigger without its source field",
             )),
         };
+        let field_id = column.parse::<u32>().ok();
         // the source entity and its field, from the catalog
         let field = catalog::entity_any(&tt.tenant, source)
             .unwrap_or_else(|e| raise(e))
@@ -604,7 +617,7 @@ pub unsafe extern "C-unwind" fn udm_reference_on_delete(
                     .iter()
                     .find(|f| {
                         f.ftype == FieldType::Reference
-                            && f.column == column
+                            && (Some(f.id) == field_id || f.column == column)
                             && f.targets.iter().any(|t| t == target)
                     })
                     .map(|f| (f.column.clone(), f.name.clone(), f.on_delete().name()))
@@ -712,9 +725,15 @@ const RULE: &str = "udm.rule_trigger";
 /// The probes of one rule trigger: (key attribute, lock statement, check statement).
 type RuleProbes = Vec<(i32, String, String)>;
 
+/// (catalog generation, probes by trigger oid)
+type RuleProbeCache = (
+    u64,
+    std::collections::HashMap<pg_sys::Oid, std::rc::Rc<RuleProbes>>,
+);
+
 thread_local! {
-    /// Probes by trigger oid, planned from the catalog, for one catalog generation.
-    static RULE_PROBES: std::cell::RefCell<(u64, std::collections::HashMap<pg_sys::Oid, std::rc::Rc<RuleProbes>>)> =
+    /// Probes planned from the catalog, for one catalog generation.
+    static RULE_PROBES: std::cell::RefCell<RuleProbeCache> =
         std::cell::RefCell::new((u64::MAX, std::collections::HashMap::new()));
 }
 
@@ -805,7 +824,8 @@ pub unsafe extern "C-unwind" fn udm_rule_trigger(
     unsafe {
         let (td, ev) = row_trigger_data(fcinfo, RULE, false);
         let rel = (*td).tg_relation;
-        let tt = crate::trust::tenant_table(rel, RULE);
+        let tt = crate::trust::trigger_table(td, RULE);
+        crate::trust::entity_table(&tt, RULE);
         let (probes, entity) = rule_probes(td, &tt);
         let key = trigger_args(td).get(2).cloned().unwrap_or_default();
         let schema = &tt.tenant.schema;

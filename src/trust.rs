@@ -22,12 +22,17 @@ pub struct TenantTable {
     pub tenant: Rc<Tenant>,
     /// The table's name in the tenant schema (an entity's slug, or a junction table's name).
     pub name: String,
+    /// The entity the table belongs to, and for a junction table the field's id.
+    pub entity: Option<Rc<catalog::Entity>>,
+    pub field: Option<u32>,
 }
 
+/// (catalog generation, tables by (relation, trigger))
+type Known = (u64, HashMap<(pg_sys::Oid, pg_sys::Oid), Rc<TenantTable>>);
+
 thread_local! {
-    /// Tables already found to be udm's, by relation oid, for one catalog generation.
-    static KNOWN: RefCell<(u64, HashMap<pg_sys::Oid, Rc<TenantTable>>)> =
-        RefCell::new((u64::MAX, HashMap::new()));
+    /// Tables already found to be udm's, for one catalog generation.
+    static KNOWN: RefCell<Known> = RefCell::new((u64::MAX, HashMap::new()));
 }
 
 fn refused(func: &str, what: String) -> UdmError {
@@ -38,25 +43,110 @@ fn refused(func: &str, what: String) -> UdmError {
     .hint("udm attaches its trigger functions itself when entities are defined; do not attach them to other tables")
 }
 
-/// The tenant table `rel` is, or an ERROR (42501) when it is not a table udm made.
-pub fn tenant_table(rel: pg_sys::Relation, func: &str) -> Rc<TenantTable> {
+/// The tenant table the trigger `td` fires on, or an ERROR (42501) when it is not a table udm
+/// made. udm writes the table first in every trigger's arguments (`ddl::trigger_table_args`):
+/// the entity, and for a junction table the field's id. The relation must be that table (or, on
+/// Citus, a shard of it, named `<table>_<shard id>`). Triggers from before udm 0.2.0 have other
+/// arguments; their table is the relation itself.
+pub fn trigger_table(td: *mut pg_sys::TriggerData, func: &str) -> Rc<TenantTable> {
     let g = catalog::generation();
-    let oid = unsafe { (*rel).rd_id };
+    let key = unsafe { ((*(*td).tg_relation).rd_id, (*(*td).tg_trigger).tgoid) };
     if let Some(t) = KNOWN.with(|k| {
         let mut k = k.borrow_mut();
         if k.0 != g {
             *k = (g, HashMap::new());
         }
-        k.1.get(&oid).cloned()
+        k.1.get(&key).cloned()
     }) {
         return t;
     }
-    let t = Rc::new(check(rel, func).unwrap_or_else(|e| raise(e)));
-    KNOWN.with(|k| k.borrow_mut().1.insert(oid, t.clone()));
+    let t = Rc::new(identify(td, func).unwrap_or_else(|e| raise(e)));
+    KNOWN.with(|k| k.borrow_mut().1.insert(key, t.clone()));
     t
 }
 
-fn check(rel: pg_sys::Relation, func: &str) -> Result<TenantTable> {
+/// Whether `relname` is `table` or a Citus shard of it (`<table>_<digits>`).
+pub fn is_table_or_shard(relname: &str, table: &str) -> bool {
+    relname == table
+        || relname
+            .strip_prefix(table)
+            .and_then(|r| r.strip_prefix('_'))
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn identify(td: *mut pg_sys::TriggerData, func: &str) -> Result<TenantTable> {
+    let rel = unsafe { (*td).tg_relation };
+    let tenant = tenant_of(rel, func)?;
+    let (_, relname) = unsafe { crate::triggers::relation_names(rel) };
+    let args = unsafe { trigger_args(td) };
+    let entity = |slug: &str| -> Result<Option<Rc<catalog::Entity>>> {
+        if udm_core::ident::validate_slug(udm_core::ident::SlugKind::Entity, slug).is_err() {
+            return Ok(None);
+        }
+        catalog::entity_any(&tenant, slug)
+    };
+    let junction_of = |e: &catalog::Entity, id: u32| -> Option<String> {
+        e.def
+            .fields
+            .iter()
+            .chain(&e.def.removed_fields)
+            .find(|f| f.id == id)
+            .and_then(|f| f.junction.clone())
+    };
+    if let Some(e) = args.first().map(|a| entity(a)).transpose()?.flatten() {
+        let field = args.get(1).and_then(|a| a.parse::<u32>().ok());
+        let (name, field) = match field.and_then(|id| junction_of(&e, id).map(|j| (j, id))) {
+            Some((j, id)) => (j, Some(id)),
+            None => (e.def.slug.clone(), None),
+        };
+        if is_table_or_shard(&relname, &name) {
+            return Ok(TenantTable {
+                tenant,
+                name,
+                entity: Some(e),
+                field,
+            });
+        }
+    }
+    // a trigger made before udm 0.2.0: its table is the relation itself
+    if let Some(e) = entity(&relname)? {
+        return Ok(TenantTable {
+            tenant,
+            name: relname,
+            entity: Some(e),
+            field: None,
+        });
+    }
+    if let Some(e) = args.first().map(|a| entity(a)).transpose()?.flatten() {
+        let found = e
+            .def
+            .fields
+            .iter()
+            .chain(&e.def.removed_fields)
+            .find(|f| f.junction.as_deref() == Some(relname.as_str()))
+            .map(|f| f.id);
+        if let Some(id) = found {
+            return Ok(TenantTable {
+                tenant,
+                name: relname,
+                entity: Some(e),
+                field: Some(id),
+            });
+        }
+    }
+    let t = TenantTable {
+        tenant,
+        name: relname,
+        entity: None,
+        field: None,
+    };
+    Err(not_in_catalog(&t, func, "is not one of its tables"))
+}
+
+/// The tenant whose schema holds `rel`, when `rel` is an ordinary, permanent table owned by the
+/// extension's owner; else an ERROR (42501). For triggers that need no more (the statement
+/// trigger that flushes the audit buffer).
+pub fn tenant_of(rel: pg_sys::Relation, func: &str) -> Result<Rc<Tenant>> {
     let (schema, name) = unsafe { crate::triggers::relation_names(rel) };
     let form = unsafe { &*(*rel).rd_rel };
     let what = || format!("\"{schema}\".\"{name}\" is not one");
@@ -75,14 +165,26 @@ fn check(rel: pg_sys::Relation, func: &str) -> Result<TenantTable> {
     if tenant.schema_oid != form.relnamespace {
         return Err(refused(func, what()));
     }
-    Ok(TenantTable { tenant, name })
+    Ok(tenant)
 }
 
-/// The entity whose table `t` is, or an ERROR naming the table (the catalog has no such entity).
+/// The entity whose table (or junction table) `t` is.
 pub fn entity_of(t: &TenantTable, func: &str) -> Rc<catalog::Entity> {
-    catalog::entity_any(&t.tenant, &t.name)
-        .unwrap_or_else(|e| raise(e))
+    t.entity
+        .clone()
         .unwrap_or_else(|| raise(not_in_catalog(t, func, "is not an entity table")))
+}
+
+/// The entity whose own table `t` is (not a junction table).
+pub fn entity_table(t: &TenantTable, func: &str) -> Rc<catalog::Entity> {
+    if t.field.is_some() {
+        raise(not_in_catalog(
+            t,
+            func,
+            "is a junction table, not an entity table",
+        ));
+    }
+    entity_of(t, func)
 }
 
 /// The error for a trigger whose table or arguments udm's catalog does not describe (a table

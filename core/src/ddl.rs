@@ -291,8 +291,9 @@ fn access_artifacts(ctx: &Ctx, def: &EntityDef) -> Vec<Artifact> {
             kind: ArtifactKind::Trigger,
             table: def.slug.clone(),
             body: format!(
-                "BEFORE INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION udm.access_guard()",
-                ctx.table(&def.slug)
+                "BEFORE INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION udm.access_guard({})",
+                ctx.table(&def.slug),
+                quote_literal(&def.slug)
             ),
             fields: vec![],
         },
@@ -327,30 +328,44 @@ pub fn audit_access_sql(schema: &str) -> [String; 2] {
     ]
 }
 
+/// The arguments every udm trigger starts with: the table it is on, as keys into udm's catalog
+/// (the entity's slug; for a many-to-many field's junction table, the entity and the field's id,
+/// which a rename does not change). Trigger functions find what they fire on from these, never
+/// from the relation's name: on Citus a trigger fires on a shard, named `<table>_<shard id>`.
+pub fn trigger_table_args(entity: &str, field: Option<u32>) -> String {
+    match field {
+        Some(id) => format!(
+            "{}, {}",
+            quote_literal(entity),
+            quote_literal(&id.to_string())
+        ),
+        None => quote_literal(entity),
+    }
+}
+
 /// `CREATE TRIGGER` statements of the audit triggers on the junction table of a many-to-many
-/// field (argument: the entity; the field is found by its junction at run time, so renames
-/// need no trigger change): links are audited as changes of `<entity>.<field>` keyed by the
-/// source record.
-pub fn junction_audit_sql(table: &str, entity: &str) -> [String; 2] {
+/// field: links are audited as changes of `<entity>.<field>` keyed by the source record.
+pub fn junction_audit_sql(table: &str, entity: &str, f: &FieldDef) -> [String; 2] {
+    let args = trigger_table_args(entity, Some(f.id));
     [
         format!(
-            "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION udm.audit_row({})",
+            "CREATE TRIGGER {} {}",
             quote_ident(AUDIT_TRIGGER),
-            quote_literal(entity)
+            audit_trigger_body(table, &args, false)
         ),
         format!(
             "CREATE TRIGGER {} {}",
             quote_ident(AUDIT_FLUSH_TRIGGER),
-            audit_trigger_body(table, true)
+            audit_trigger_body(table, &args, true)
         ),
     ]
 }
 
-fn audit_trigger_body(table: &str, flush: bool) -> String {
+fn audit_trigger_body(table: &str, args: &str, flush: bool) -> String {
     if flush {
-        format!("AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION udm.audit_flush()")
+        format!("AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION udm.audit_flush({args})")
     } else {
-        format!("AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION udm.audit_row()")
+        format!("AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION udm.audit_row({args})")
     }
 }
 
@@ -424,26 +439,13 @@ fn check_body(ctx: &Ctx, entity: &str, key: &str, cond: &str) -> String {
 }
 
 /// The stamp trigger sets system columns, reports missing required values in words before the
-/// NOT NULL constraint would (arguments `r:<column>:<field id>`), and hashes password fields
-/// (arguments `p:<column>:<min_length>`).
+/// NOT NULL constraint would, and hashes password fields: which fields those are it reads from
+/// the entity's definition in the catalog.
 pub fn stamp_trigger_body(ctx: &Ctx, def: &EntityDef) -> String {
-    let mut args: Vec<String> = Vec::new();
-    for f in def.fields.iter().filter(|f| f.has_column()) {
-        if f.required {
-            args.push(quote_literal(&format!("r:{}:{}", f.column, f.id)));
-        }
-        if f.ftype == FieldType::Password {
-            args.push(quote_literal(&format!(
-                "p:{}:{}",
-                f.column,
-                f.min_length.unwrap_or(0)
-            )));
-        }
-    }
     format!(
         "BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION udm.stamp_row({})",
         ctx.table(&def.slug),
-        args.join(", ")
+        trigger_table_args(&def.slug, None)
     )
 }
 
@@ -523,9 +525,10 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
             kind: ArtifactKind::Trigger,
             table: e.clone(),
             body: format!(
-                "CREATE CONSTRAINT TRIGGER {{name}} AFTER INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION udm.reference_check({})",
+                "CREATE CONSTRAINT TRIGGER {{name}} AFTER INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION udm.reference_check({}, {})",
                 ctx.table(e),
-                quote_literal(&f.column)
+                quote_literal(e),
+                quote_literal(&f.id.to_string())
             ),
             fields: vec![f.id],
         });
@@ -538,9 +541,9 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
                 body: format!(
                     "CREATE TRIGGER {{name}} BEFORE DELETE ON {} FOR EACH ROW EXECUTE FUNCTION udm.reference_on_delete({}, {}, {})",
                     ctx.table(t),
+                    quote_literal(t),
                     quote_literal(e),
-                    quote_literal(&f.column),
-                    quote_literal(f.on_delete().name())
+                    quote_literal(&f.id.to_string())
                 ),
                 fields: vec![f.id],
             });
@@ -729,7 +732,11 @@ pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
             name: name.into(),
             kind: ArtifactKind::Trigger,
             table: def.slug.clone(),
-            body: audit_trigger_body(&ctx.table(&def.slug), flush),
+            body: audit_trigger_body(
+                &ctx.table(&def.slug),
+                &trigger_table_args(&def.slug, None),
+                flush,
+            ),
             fields: vec![],
         });
     }
@@ -740,8 +747,9 @@ pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
             kind: ArtifactKind::Trigger,
             table: def.slug.clone(),
             body: format!(
-                "BEFORE UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION udm.lock_guard()",
-                ctx.table(&def.slug)
+                "BEFORE UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION udm.lock_guard({})",
+                ctx.table(&def.slug),
+                quote_literal(&def.slug)
             ),
             fields: vec![],
         });
@@ -916,7 +924,7 @@ fn junction_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> Vec<String> {
             ))
         ),
     ];
-    out.extend(junction_audit_sql(&jt, entity));
+    out.extend(junction_audit_sql(&jt, entity, f));
     if ctx.access {
         out.extend(junction_access_sql(ctx, entity, f));
     }
@@ -949,7 +957,7 @@ pub fn junction_access_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> Vec<String>
         format!(
             "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {jt} FOR EACH ROW EXECUTE FUNCTION udm.link_guard({})",
             quote_ident(ACCESS_TRIGGER),
-            quote_literal(entity)
+            trigger_table_args(entity, Some(f.id))
         ),
     ]
 }
@@ -1548,7 +1556,7 @@ mod tests {
                 .to_string()
         ));
         assert!(steps.contains(
-            &"CREATE TRIGGER \"udm_stamp\" BEFORE INSERT OR UPDATE ON \"acme\".\"product\" FOR EACH ROW EXECUTE FUNCTION udm.stamp_row('r:name:1')".to_string()
+            &"CREATE TRIGGER \"udm_stamp\" BEFORE INSERT OR UPDATE ON \"acme\".\"product\" FOR EACH ROW EXECUTE FUNCTION udm.stamp_row('product')".to_string()
         ));
         assert!(
             steps.contains(
@@ -1562,8 +1570,8 @@ mod tests {
     #[test]
     fn audit_triggers_come_and_go_with_auditing() {
         let audited = sqls(&create_entity(&CTX, &product()).unwrap());
-        let row = "CREATE TRIGGER \"udm_audit\" AFTER INSERT OR UPDATE OR DELETE ON \"acme\".\"product\" FOR EACH ROW EXECUTE FUNCTION udm.audit_row()";
-        let flush = "CREATE TRIGGER \"udm_audit_flush\" AFTER INSERT OR UPDATE OR DELETE ON \"acme\".\"product\" FOR EACH STATEMENT EXECUTE FUNCTION udm.audit_flush()";
+        let row = "CREATE TRIGGER \"udm_audit\" AFTER INSERT OR UPDATE OR DELETE ON \"acme\".\"product\" FOR EACH ROW EXECUTE FUNCTION udm.audit_row('product')";
+        let flush = "CREATE TRIGGER \"udm_audit_flush\" AFTER INSERT OR UPDATE OR DELETE ON \"acme\".\"product\" FOR EACH STATEMENT EXECUTE FUNCTION udm.audit_flush('product')";
         assert!(audited.iter().any(|s| s == row), "{audited:?}");
         assert!(audited.iter().any(|s| s == flush), "{audited:?}");
         let mut off = product();
@@ -1592,7 +1600,7 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_hidden_from_select_and_passed_to_the_trigger() {
+    fn passwords_are_hidden_from_select_and_the_trigger_names_only_its_entity() {
         let mut d = product();
         d.add_field(
             parse_field(
@@ -1606,7 +1614,7 @@ mod tests {
         assert!(
             steps
                 .iter()
-                .any(|s| s.contains("udm.stamp_row('r:name:1', 'p:pin:8')")),
+                .any(|s| s.ends_with("udm.stamp_row('product')")),
             "{steps:#?}"
         );
         let grant = steps
@@ -1816,7 +1824,7 @@ mod tests {
         assert!(steps[1].contains("EXISTS (SELECT 1 FROM \"acme\".\"product\" AS s WHERE s.\"id\" = \"product__tags\".\"source_id\")"), "{}", steps[1]);
         assert!(steps[1].contains("EXISTS (SELECT 1 FROM \"acme\".\"tag\" AS t WHERE t.\"id\" = \"product__tags\".\"target_id\")"), "{}", steps[1]);
         assert!(
-            steps[2].ends_with("EXECUTE FUNCTION udm.link_guard('product')"),
+            steps[2].contains("EXECUTE FUNCTION udm.link_guard('product', '"),
             "{}",
             steps[2]
         );

@@ -432,7 +432,7 @@ pub fn recheck_triggers(schema: &str, def: &EntityDef, rule: &CompiledRule) -> V
     by_table.into_values().collect()
 }
 
-/// `AFTER ... ON <table> DEFERRABLE ... EXECUTE FUNCTION udm.rule_trigger(schema, entity, key)`
+/// `AFTER ... ON <table> DEFERRABLE ... EXECUTE FUNCTION udm.rule_trigger(table, entity, key)`
 /// (after `CREATE CONSTRAINT TRIGGER <name>`). The arguments are keys into udm's catalog: the
 /// trigger function plans its probes from the rule's definition there (`ddl::related_rule_probes`),
 /// never from SQL in its arguments.
@@ -449,7 +449,7 @@ pub fn trigger_body(schema: &str, entity: &str, key: &str, t: &RuleTrigger) -> S
         events.push(format!("UPDATE OF {}", cols.join(", ")));
     }
     let args = [
-        quote_literal(schema),
+        quote_literal(&t.table),
         quote_literal(entity),
         quote_literal(key),
     ];

@@ -14,10 +14,10 @@
 
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{raise, spi_err, OrRaise, Result, SqlState, UdmError};
+use crate::json::JsonB;
 use crate::security::{as_owner, caller, is_admin, role_name};
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -953,6 +953,7 @@ pub fn remove_member(tenant: &str, user: &str) -> Result<Value> {
 }
 
 pub fn define_role(name: &str, parent: Option<&str>, permissions: &Value) -> Result<Value> {
+    crate::limits::check_spec(permissions, "udm_define_role permissions")?;
     let t = catalog::current_tenant()?;
     let ctx = require_manager(&t, "define roles")?;
     validate_role_name(name)?;
@@ -1966,10 +1967,11 @@ fn udm_remove_member(tenant: &str, user_id: &str) -> JsonB {
 
 #[pg_extern(volatile)]
 fn udm_define_role(
-    name: &str,
+    name: Option<&str>,
     parent: Option<&str>,
     permissions: default!(JsonB, "'{}'"),
 ) -> JsonB {
+    let name = crate::error::required(name, "name");
     JsonB(define_role(name, parent, &permissions.0).or_raise())
 }
 

@@ -12,9 +12,9 @@
 //! changed the catalog and then aborts also marks the cache stale.
 
 use crate::error::{spi_err, Result, SqlState, UdmError};
+use crate::json::JsonB;
 use crate::security::{as_owner, caller, has_privs_of, role_name};
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -590,8 +590,7 @@ pub fn definition_at(t: &Tenant, slug: &str, version: i32) -> Result<Option<Enti
         "SELECT definition FROM {} WHERE entity = $1 AND version = $2",
         t.catalog("_udm_entity")
     );
-    let def =
-        as_owner(|| crate::spi::select_one::<pgrx::JsonB>(&sql, &[slug.into(), version.into()]))?;
+    let def = as_owner(|| crate::spi::select_one::<JsonB>(&sql, &[slug.into(), version.into()]))?;
     match def {
         Some(j) if !j.0.is_null() => EntityDef::from_catalog(slug, &j.0).map(Some),
         _ => Ok(None),

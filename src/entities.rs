@@ -7,9 +7,9 @@
 
 use crate::catalog::{self, Entity, Status, Tenant};
 use crate::error::{catch_pg, raise, spi_err, OrRaise, Result, SqlState, UdmError};
+use crate::json::JsonB;
 use crate::security::as_owner;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 use udm_core::ddl::{self, Step};
 use udm_core::definition::{
@@ -460,6 +460,7 @@ fn change(
 }
 
 pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
+    crate::limits::check_spec(definition, "udm_define_entity definition")?;
     let t = catalog::current_tenant()?;
     crate::access::require_manage(&t, &format!("define entity \"{}\"", printable(slug)))?;
     as_owner(|| {
@@ -539,6 +540,7 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
 }
 
 pub fn add_field(entity: &str, field: &Value) -> Result<Value> {
+    crate::limits::check_spec(field, "udm_add_field field")?;
     let t = catalog::current_tenant()?;
     let f = parse_field(field, Source::Caller)
         .map_err(|e| e.context(format!("entity \"{entity}\"")))?;
@@ -590,6 +592,7 @@ fn field_access(t: &Tenant, entity: &str, field: &str, verb: &str) -> Result<()>
 }
 
 pub fn alter_field(entity: &str, field: &str, changes: &Value) -> Result<Value> {
+    crate::limits::check_spec(changes, "udm_alter_field changes")?;
     let t = catalog::current_tenant()?;
     field_access(&t, entity, field, "change")?;
     let renamed = changes
@@ -851,6 +854,7 @@ pub fn set_lock_scope(entity: &str, scope: Option<&str>, required: bool) -> Resu
 /// Declares (or with `null` removes) the entity's access scope: its rows are seen by users with a
 /// relation on the scope record (itself or the record a relation points to), or who own it.
 pub fn set_access(entity: &str, access: &Value) -> Result<Value> {
+    crate::limits::check_spec(access, "udm_set_access access")?;
     let t = catalog::current_tenant()?;
     change(
         &t,
@@ -899,6 +903,7 @@ pub fn drop_index(entity: &str, name: &str) -> Result<Value> {
 }
 
 pub fn add_rule(entity: &str, rule: &Value) -> Result<Value> {
+    crate::limits::check_spec(rule, "udm_add_rule rule")?;
     let t = catalog::current_tenant()?;
     if let Some(check) = rule.get("check").and_then(Value::as_str) {
         for f in rule_fields(check).unwrap_or_default() {
@@ -1209,7 +1214,12 @@ fn udm_purge_field(entity: &str, field: &str) -> JsonB {
 }
 
 #[pg_extern(volatile)]
-fn udm_add_index(entity: &str, fields: Vec<String>, unique: default!(bool, false)) -> JsonB {
+fn udm_add_index(
+    entity: &str,
+    fields: Vec<Option<String>>,
+    unique: default!(bool, false),
+) -> JsonB {
+    let fields = crate::error::text_list(Some(fields), "fields");
     JsonB(add_index(entity, &fields, unique).or_raise())
 }
 
@@ -1219,12 +1229,19 @@ fn udm_set_audit(entity: &str, enabled: bool) -> JsonB {
 }
 
 #[pg_extern(volatile)]
-fn udm_set_lock_scope(entity: &str, scope: Option<&str>, required: default!(bool, false)) -> JsonB {
+fn udm_set_lock_scope(
+    entity: Option<&str>,
+    scope: Option<&str>,
+    required: default!(Option<bool>, false),
+) -> JsonB {
+    let entity = crate::error::required(entity, "entity");
+    let required = crate::error::required(required, "required");
     JsonB(set_lock_scope(entity, scope, required).or_raise())
 }
 
 #[pg_extern(volatile)]
-fn udm_set_access(entity: &str, access: Option<JsonB>) -> JsonB {
+fn udm_set_access(entity: Option<&str>, access: Option<JsonB>) -> JsonB {
+    let entity = crate::error::required(entity, "entity");
     JsonB(set_access(entity, &access.map_or(Value::Null, |j| j.0)).or_raise())
 }
 

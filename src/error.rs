@@ -12,6 +12,7 @@ fn pg_code(s: SqlState) -> PgSqlErrorCode {
     use PgSqlErrorCode::*;
     match s {
         SqlState::InvalidParameterValue => ERRCODE_INVALID_PARAMETER_VALUE,
+        SqlState::NullValueNotAllowed => ERRCODE_NULL_VALUE_NOT_ALLOWED,
         SqlState::InvalidTextRepresentation => ERRCODE_INVALID_TEXT_REPRESENTATION,
         SqlState::NotNullViolation => ERRCODE_NOT_NULL_VIOLATION,
         SqlState::ForeignKeyViolation => ERRCODE_FOREIGN_KEY_VIOLATION,
@@ -63,6 +64,32 @@ impl<T> OrRaise<T> for Result<T> {
             Err(e) => raise(e),
         }
     }
+}
+
+/// An argument that must not be NULL: its value, or an ERROR (22004) naming it.
+pub fn required<T>(v: Option<T>, name: &str) -> T {
+    v.unwrap_or_else(|| {
+        raise(UdmError::new(
+            SqlState::NullValueNotAllowed,
+            format!("{name} must not be NULL"),
+        ))
+    })
+}
+
+/// A `text[]` argument: its elements, or an ERROR (22004) when it or one of them is NULL.
+pub fn text_list(v: Option<Vec<Option<String>>>, name: &str) -> Vec<String> {
+    required(v, name)
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.unwrap_or_else(|| {
+                raise(UdmError::new(
+                    SqlState::NullValueNotAllowed,
+                    format!("{name} must not contain NULL (element {} is NULL)", i + 1),
+                ))
+            })
+        })
+        .collect()
 }
 
 pub fn spi_err(e: pgrx::spi::Error) -> UdmError {

@@ -12,9 +12,9 @@
 use crate::audit::{audit_table, horizon_tag};
 use crate::catalog::{self, Tenant};
 use crate::error::{spi_err, OrRaise, Result};
+use crate::json::JsonB;
 use crate::security::{actor, as_owner};
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -124,7 +124,16 @@ fn condition_plan(t: &Tenant, entity: &str, condition: &Value) -> Result<Conditi
         return Ok(p);
     }
     let m = crate::query::model(t)?;
-    let tpl = udm_core::query::image_condition(&*m, entity, condition)
+    // the image is read from the audit row by its id inside the statement: it never leaves the
+    // database (any depth, any size)
+    let image = |p: &str| {
+        format!(
+            "(SELECT {} FROM {} WHERE audit_id = {p}::bigint)",
+            crate::audit::record_image_sql("coalesce(new_data, old_data)"),
+            audit_table(t)
+        )
+    };
+    let tpl = udm_core::query::image_condition(&*m, entity, condition, &image)
         .map_err(|e| e.context(format!("condition of a subscription to \"{entity}\"")))?;
     let plan = crate::rawspi::prepare(&tpl.sql, tpl.params.len() + 1)?;
     let p = Rc::new((tpl, plan));
@@ -132,17 +141,16 @@ fn condition_plan(t: &Tenant, entity: &str, condition: &Value) -> Result<Conditi
     Ok(p)
 }
 
-fn matches(t: &Tenant, s: &Subscription, image: Option<&Value>) -> Result<bool> {
+/// Whether the event `event_id` (an audit row of the subscription's entity) matches the
+/// subscription's condition, evaluated on the record image in the audit row.
+fn matches(t: &Tenant, s: &Subscription, event_id: i64) -> Result<bool> {
     let Some(cond) = &s.condition else {
         return Ok(true);
-    };
-    let Some(image) = image else {
-        return Ok(false);
     };
     let p = condition_plan(t, &s.entity, cond)?;
     let spec = json!({ "filters": cond });
     let mut args = udm_core::query::bind(&spec, &p.0)?;
-    args.push(Some(image.to_string()));
+    args.push(Some(event_id.to_string()));
     let d = crate::rawspi::first_datum(&p.1, &args, true)?;
     Ok(d.is_some_and(|d| d.value() != 0))
 }
@@ -153,6 +161,9 @@ pub fn subscribe(
     target: &str,
     condition: Option<&Value>,
 ) -> Result<Value> {
+    if let Some(c) = condition {
+        crate::limits::check_spec(c, "udm_subscribe condition")?;
+    }
     let t = catalog::current_tenant()?;
     catalog::entity(&t, entity)?;
     // subscriptions wire the tenant's workflows: tenant configuration, like definitions
@@ -287,9 +298,8 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
     let h = horizon(&t)?;
     let sql = format!(
         "SELECT audit_id, entity, record_id::text, action, record_version, changed_fields, user_id, \
-           changed_at, txid, {} \
+           changed_at, txid \
          FROM {} WHERE audit_id > $1 AND audit_id <= $2 ORDER BY audit_id LIMIT $3",
-        crate::audit::record_image_sql("coalesce(new_data, old_data)"),
         audit_table(&t)
     );
     let subs = subscriptions(&t)?;
@@ -337,7 +347,6 @@ type EventRow = (
     Option<String>,
     Option<String>,
     Option<i64>,
-    Option<Value>,
 );
 
 /// Events with ids in (lo, hi], at most `want`, in id order.
@@ -361,7 +370,6 @@ fn read_events(
             r.get::<String>(7)?,
             at.map(|a| a.to_iso_string()),
             r.get::<i64>(9)?,
-            r.get::<JsonB>(10)?.map(|j| j.0),
         ));
     }
     Ok(())
@@ -377,13 +385,13 @@ fn deliver(
 ) -> Result<Value> {
     let mut events = Vec::with_capacity(rows.len());
     let mut last = after;
-    for (id, entity, record, action, version, changed, user, at, txid, image) in rows {
+    for (id, entity, record, action, version, changed, user, at, txid) in rows {
         let mut targets = Vec::new();
         for s in subs
             .iter()
             .filter(|s| s.entity == entity && s.actions.contains(&action))
         {
-            if matches(t, s, image.as_ref())? {
+            if matches(t, s, id)? {
                 targets.push(s.target.clone());
             }
         }
@@ -491,11 +499,14 @@ pub fn ack(consumer: &str, event_id: i64) -> Result<Value> {
 
 #[pg_extern(volatile)]
 fn udm_subscribe(
-    entity: &str,
-    actions: Vec<String>,
-    target: &str,
+    entity: Option<&str>,
+    actions: Option<Vec<Option<String>>>,
+    target: Option<&str>,
     condition: default!(Option<JsonB>, "NULL"),
 ) -> JsonB {
+    let entity = crate::error::required(entity, "entity");
+    let actions = crate::error::text_list(actions, "actions");
+    let target = crate::error::required(target, "target");
     JsonB(subscribe(entity, actions, target, condition.as_ref().map(|j| &j.0)).or_raise())
 }
 

@@ -12,6 +12,9 @@ pub static BCRYPT_COST: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static LOCK_STALE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(180);
 pub static LOCK_EXPIRE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static NOTIFY_CHANGES: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static MAX_SPEC_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(32);
+pub static MAX_SPEC_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
+pub static MAX_LIST_VALUES: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -69,6 +72,36 @@ pub fn init() {
         86_400,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"udm.max_spec_depth",
+        c"How deeply a spec (query, view, aggregate, definition, permissions, condition) may nest.",
+        c"Deeper specs are refused with an error naming this setting. Set by a superuser.",
+        &MAX_SPEC_DEPTH,
+        4,
+        1000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"udm.max_spec_size",
+        c"How large a spec may be.",
+        c"Larger specs are refused with an error naming this setting. Set by a superuser.",
+        &MAX_SPEC_SIZE_KB,
+        1,
+        1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"udm.max_list_values",
+        c"How many values a list in a spec may hold (an in filter's values, columns, fields).",
+        c"Longer lists are refused with an error naming this setting. Set by a superuser.",
+        &MAX_LIST_VALUES,
+        1,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
         c"udm.notify_changes",

@@ -9,9 +9,10 @@
 use crate::audit::{as_rollback, audit_table};
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{catch_pg, spi_err, OrRaise, Result};
+use crate::json::{JsonB, RawJsonb};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 use serde_json::{json, Map, Value};
 use std::rc::Rc;
 use udm_core::audit::{
@@ -101,7 +102,7 @@ impl<'a> Hidden<'a> {
         &mut self,
         subject: &str,
         version: Option<i32>,
-        images: &mut [&mut Option<Value>],
+        images: &mut [&mut Option<RawJsonb>],
         changed: &mut Vec<String>,
     ) -> Result<()> {
         let (entity, field) = match subject.split_once('.') {
@@ -122,8 +123,8 @@ impl<'a> Hidden<'a> {
             return Ok(());
         }
         for img in images.iter_mut() {
-            if let Some(Value::Object(o)) = img.as_mut() {
-                o.retain(|k, _| !names.contains(k));
+            if let Some(i) = img.as_ref() {
+                **img = Some(i.without_keys(&|k| names.contains(k))?);
             }
         }
         changed.retain(|c| !names.contains(c));
@@ -141,10 +142,30 @@ pub struct HistoryRow {
     pub changed_at: Option<TimestampWithTimeZone>,
     pub txid: i64,
     pub event_id: i64,
-    pub data: Option<JsonB>,
+    /// The record's image (binary, whatever its depth).
+    pub data: Option<RawJsonb>,
     /// The row's images, while the row is being read.
-    old: Option<Value>,
-    new: Option<Value>,
+    old: Option<RawJsonb>,
+    new: Option<RawJsonb>,
+}
+
+/// A change's summary in words, from its images (read for people: deep values elided).
+fn change_summary(
+    action: &str,
+    entity: &str,
+    old: Option<&RawJsonb>,
+    new: Option<&RawJsonb>,
+    changed: &[String],
+) -> Result<String> {
+    let old = old.map(RawJsonb::summary_value).transpose()?;
+    let new = new.map(RawJsonb::summary_value).transpose()?;
+    Ok(summarize(
+        action,
+        entity,
+        old.as_ref(),
+        new.as_ref(),
+        changed,
+    ))
 }
 
 /// The audit rows of a record, newest first, with their entity versions (images not yet
@@ -165,8 +186,8 @@ fn history_rows(sql: &str, id: Uuid, entity: &str) -> Result<Vec<(HistoryRow, Op
                     txid: r.get::<i64>(7)?.unwrap_or(0),
                     event_id: r.get::<i64>(8)?.unwrap_or(0),
                     data: None,
-                    old: r.get::<JsonB>(9)?.map(|j| j.0),
-                    new: r.get::<JsonB>(10)?.map(|j| j.0),
+                    old: r.get::<RawJsonb>(9)?,
+                    new: r.get::<RawJsonb>(10)?,
                 },
                 r.get::<i32>(11)?,
             ));
@@ -198,12 +219,12 @@ pub fn history(entity: &str, id: Uuid) -> Result<Vec<HistoryRow>> {
         if let Some(h) = hidden.as_mut() {
             h.strip(entity, version, &mut [&mut old, &mut new], &mut changed)?;
         }
-        let summary = summarize(action, entity, old.as_ref(), new.as_ref(), &changed);
+        let summary = change_summary(action, entity, old.as_ref(), new.as_ref(), &changed)?;
         let data = if action == "DELETE" { old } else { new };
         rows.push(HistoryRow {
             changed_fields: Some(changed.into_iter().map(Some).collect()),
             summary,
-            data: data.map(JsonB),
+            data,
             old: None,
             new: None,
             ..r
@@ -215,7 +236,7 @@ pub fn history(entity: &str, id: Uuid) -> Result<Vec<HistoryRow>> {
     Ok(rows)
 }
 
-pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Option<Value>> {
+pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Option<RawJsonb>> {
     let (t, e) = tenant_and_entity(entity)?;
     if e.is_none() {
         return Err(catalog::no_such_entity(&t, entity));
@@ -229,7 +250,7 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
     let row = Spi::connect(|c| {
         let mut out = None;
         for r in c.select(&sql, Some(1), &[id.into(), entity.into(), at.into()])? {
-            out = Some((r.get::<JsonB>(1)?.map(|j| j.0), r.get::<i32>(2)?));
+            out = Some((r.get::<RawJsonb>(1)?, r.get::<i32>(2)?));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
@@ -771,6 +792,7 @@ pub fn report(
     to: TimestampWithTimeZone,
     options: &Value,
 ) -> Result<Value> {
+    crate::limits::check_spec(options, "udm_audit_report options")?;
     let kind = ReportKind::parse(kind)?;
     let o = parse_report_options(kind, options)?;
     let t = catalog::current_tenant()?;
@@ -842,8 +864,8 @@ pub fn report(
                         "txid": r.get::<i64>(12)?,
                     }),
                     changed_list(r.get::<Vec<Option<String>>>(8)?),
-                    r.get::<JsonB>(9)?.map(|j| j.0),
-                    r.get::<JsonB>(10)?.map(|j| j.0),
+                    r.get::<RawJsonb>(9)?,
+                    r.get::<RawJsonb>(10)?,
                     r.get::<i32>(13)?,
                 ));
             }
@@ -860,13 +882,13 @@ pub fn report(
         if let Some(h) = hidden.as_mut() {
             h.strip(&entity, version, &mut [&mut old, &mut new], &mut changed)?;
         }
-        row["change_summary"] = json!(summarize(
+        row["change_summary"] = json!(change_summary(
             &action,
             &entity,
             old.as_ref(),
             new.as_ref(),
             &changed
-        ));
+        )?);
         row["changed_fields"] = json!(changed);
         rows.push(row);
     }
@@ -915,7 +937,7 @@ fn udm_history(
         name!(changed_at, Option<TimestampWithTimeZone>),
         name!(txid, i64),
         name!(event_id, i64),
-        name!(data, Option<JsonB>),
+        name!(data, Option<RawJsonb>),
     ),
 > {
     let rows = history(entity, id).or_raise();
@@ -936,17 +958,21 @@ fn udm_history(
 }
 
 #[pg_extern(volatile)]
-fn udm_record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Option<JsonB> {
-    record_at(entity, id, at).or_raise().map(JsonB)
+fn udm_record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Option<RawJsonb> {
+    record_at(entity, id, at).or_raise()
 }
 
 #[pg_extern(volatile)]
 fn udm_rollback(
-    entity: &str,
-    id: Uuid,
-    version: i32,
-    fields: default!(Option<Vec<String>>, "NULL"),
+    entity: Option<&str>,
+    id: Option<Uuid>,
+    version: Option<i32>,
+    fields: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> JsonB {
+    let entity = crate::error::required(entity, "entity");
+    let id = crate::error::required(id, "id");
+    let version = crate::error::required(version, "version");
+    let fields = fields.map(|f| crate::error::text_list(Some(f), "fields"));
     JsonB(rollback(entity, id, version, fields).or_raise())
 }
 

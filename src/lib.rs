@@ -29,6 +29,8 @@ mod events;
 mod fastget;
 mod guc;
 mod history;
+mod json;
+mod limits;
 mod locks;
 mod query;
 mod rawspi;

@@ -14,9 +14,9 @@
 
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{spi_err, OrRaise, Result, SqlState, UdmError};
+use crate::json::JsonB;
 use crate::security::{actor, as_owner, caller, role_name};
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;

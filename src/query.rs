@@ -8,11 +8,11 @@
 
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{raise, OrRaise, Result, UdmError};
+use crate::json::JsonB;
 use crate::rawspi::{self, Plan};
 use crate::rowjson::{palloc_copy, RowJson};
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -353,7 +353,16 @@ fn cursor_text(keys: Vec<JsonbValue<'_>>, sig: &str) -> Result<String> {
     Ok(q::b64_encode(&text))
 }
 
+/// The name a spec of `kind` has in errors.
+fn spec_name(kind: &str) -> String {
+    match kind {
+        "query" | "aggregate" => format!("udm_{kind} spec"),
+        view => format!("udm_view {view} spec"),
+    }
+}
+
 fn run(kind: &str, entity: &str, spec: &Value) -> Result<pg_sys::Datum> {
+    crate::limits::check_spec(spec, &spec_name(kind))?;
     let (_, m) = target(entity)?;
     let key = format!("{}|{}", m.key, q::shape_key(kind, entity, spec));
     let (c, _) = compiled(&key, || compile(&*m, kind, entity, spec))?;
@@ -374,6 +383,7 @@ fn compile(m: &dyn Model, kind: &str, entity: &str, spec: &Value) -> Result<Temp
 }
 
 pub fn explain(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
+    crate::limits::check_spec(spec, &spec_name(kind))?;
     let (t, m) = target(entity)?;
     let template = compile(&*m, kind, entity, spec)?;
     let plan = rawspi::prepare_query(&template.sql, template.params.len())?;
@@ -392,6 +402,7 @@ pub fn explain(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
 /// What the compiler makes of a spec, and how long compiling (or finding it cached) takes.
 pub fn compile_info(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
     let start = Instant::now();
+    crate::limits::check_spec(spec, &spec_name(kind))?;
     let (_, m) = target(entity)?;
     let key = format!("{}|{}", m.key, q::shape_key(kind, entity, spec));
     let (c, cached) = compiled(&key, || compile(&*m, kind, entity, spec))?;

@@ -270,11 +270,7 @@ pub fn once(sql: &str, args: &[Option<String>], read_only: bool) -> Result<Optio
 
 /// A jsonb datum as serde JSON.
 pub fn jsonb_value(d: pg_sys::Datum) -> serde_json::Value {
-    unsafe {
-        pgrx::JsonB::from_datum(d, false)
-            .map(|j| j.0)
-            .unwrap_or(serde_json::Value::Null)
-    }
+    unsafe { crate::json::read(d) }.unwrap_or_else(|e| crate::error::raise(e))
 }
 
 /// A json (text) datum as serde JSON.

@@ -7,11 +7,11 @@ use crate::catalog::{self, Entity, Tenant};
 use crate::error::{
     catch_pg, in_subtransaction, raise, OrRaise, PgError, Result, SqlState, UdmError,
 };
+use crate::json::JsonB;
 use crate::query::{compiled, model};
 use crate::rawspi;
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 use std::rc::Rc;
 use udm_core::checks::field_rule_message;
@@ -540,7 +540,8 @@ pub unsafe extern "C-unwind" fn udm_get(fcinfo: pg_sys::FunctionCallInfo) -> pg_
             raise(UdmError::invalid("id must not be NULL"));
         }
         let id = pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 1);
-        let columns = pg_getarg::<Vec<String>>(fcinfo, 2);
+        let columns = pg_getarg::<Vec<Option<String>>>(fcinfo, 2)
+            .map(|c| crate::error::text_list(Some(c), "columns"));
         match get(&entity, id, columns).or_raise() {
             Some(d) => d,
             None => pgrx::fcinfo::pg_return_null(fcinfo),
@@ -606,8 +607,7 @@ pub unsafe extern "C-unwind" fn udm_upsert_many(fcinfo: pg_sys::FunctionCallInfo
     unsafe {
         let entity = arg_text(fcinfo, 0, "entity");
         let rows = rows_arg(fcinfo, 1);
-        let key = pg_getarg::<Vec<String>>(fcinfo, 2)
-            .unwrap_or_else(|| raise(UdmError::invalid("key must not be NULL")));
+        let key = crate::error::text_list(pg_getarg::<Vec<Option<String>>>(fcinfo, 2), "key");
         JsonB(upsert_many(&entity, rows, &key).or_raise())
             .into_datum()
             .expect("jsonb")

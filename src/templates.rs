@@ -5,8 +5,8 @@
 use crate::catalog;
 use crate::entities;
 use crate::error::{OrRaise, Result, SqlState, UdmError};
+use crate::json::JsonB;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 use udm_core::error::name_list;
 use udm_core::templates::{self, Step};

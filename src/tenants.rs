@@ -5,9 +5,9 @@
 
 use crate::catalog::{self, Tenant};
 use crate::error::{spi_err, OrRaise, Result, SqlState, UdmError};
+use crate::json::JsonB;
 use crate::security::{self, as_owner, caller, has_privs_of, require_admin, ADMIN_ROLE_NAME};
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::json;
 use udm_core::ident::{
     printable, quote_ident, quote_literal, tenant_role, validate_slug, SlugKind,
@@ -213,7 +213,8 @@ pub fn use_tenant(slug: &str, user_id: Option<&str>, local: bool) -> Result<serd
 // ------------------------------------------------------------------ SQL surface
 
 #[pg_extern(volatile)]
-fn udm_create_tenant(slug: &str, name: default!(Option<&str>, "NULL")) -> JsonB {
+fn udm_create_tenant(slug: Option<&str>, name: default!(Option<&str>, "NULL")) -> JsonB {
+    let slug = crate::error::required(slug, "slug");
     JsonB(create_tenant(slug, name).or_raise())
 }
 
@@ -243,10 +244,12 @@ fn udm_drop_tenant(slug: &str, confirm: &str) -> JsonB {
 
 #[pg_extern(volatile)]
 fn udm_use(
-    tenant: &str,
+    tenant: Option<&str>,
     user_id: default!(Option<&str>, "NULL"),
-    is_local: default!(bool, false),
+    is_local: default!(Option<bool>, false),
 ) -> JsonB {
+    let tenant = crate::error::required(tenant, "tenant");
+    let is_local = crate::error::required(is_local, "is_local");
     JsonB(use_tenant(tenant, user_id, is_local).or_raise())
 }
 

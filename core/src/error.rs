@@ -9,6 +9,8 @@ use std::fmt;
 pub enum SqlState {
     /// 22023: a JSON document or argument has the wrong shape or value.
     InvalidParameterValue,
+    /// 22004: an argument that must have a value is NULL.
+    NullValueNotAllowed,
     /// 22P02: a value cannot be read as the type it should have.
     InvalidTextRepresentation,
     /// 23502: a required value is missing.
@@ -63,6 +65,7 @@ impl SqlState {
     pub fn code(self) -> &'static str {
         match self {
             SqlState::InvalidParameterValue => "22023",
+            SqlState::NullValueNotAllowed => "22004",
             SqlState::InvalidTextRepresentation => "22P02",
             SqlState::NotNullViolation => "23502",
             SqlState::ForeignKeyViolation => "23503",

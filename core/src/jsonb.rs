@@ -245,6 +245,280 @@ fn embed(out: &mut Vec<u8>, root: &[u8]) -> Result<u32> {
     }
 }
 
+// ------------------------------------------------------------------ reading
+
+/// The deepest JSON udm converts into a tree of values (PostgreSQL's own text parser stops at
+/// about this depth with its default `max_stack_depth`); deeper values are refused with an error
+/// instead of exhausting the stack. The reader itself keeps its place on the heap.
+pub const MAX_READ_DEPTH: usize = 10_000;
+
+/// Where a child's data starts (relative to its container's data area): the sum of the lengths
+/// before it, back to the nearest child that stores its end offset.
+fn child_offset(entries: &[u8], index: usize) -> Result<usize> {
+    let mut offset = 0usize;
+    let mut i = index;
+    while i > 0 {
+        i -= 1;
+        let e = read_u32(entries, 4 * i)?;
+        offset += (e & JENTRY_OFFLENMASK) as usize;
+        if e & JENTRY_HAS_OFF != 0 {
+            break;
+        }
+    }
+    Ok(offset)
+}
+
+fn child_len(entries: &[u8], index: usize, offset: usize) -> Result<usize> {
+    let e = read_u32(entries, 4 * index)?;
+    let f = (e & JENTRY_OFFLENMASK) as usize;
+    Ok(if e & JENTRY_HAS_OFF != 0 {
+        f.checked_sub(offset)
+            .ok_or_else(|| JsonbError("malformed jsonb offsets".into()))?
+    } else {
+        f
+    })
+}
+
+fn int_align(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// One container being read: its children's JEntries and data area, and what was read so far.
+struct Frame<'a> {
+    entries: &'a [u8],
+    data: &'a [u8],
+    n: usize,
+    object: bool,
+    next: usize,
+    items: Vec<serde_json::Value>,
+    map: serde_json::Map<String, serde_json::Value>,
+}
+
+impl<'a> Frame<'a> {
+    fn new(container: &'a [u8]) -> Result<(Frame<'a>, u32)> {
+        let header = read_u32(container, 0)?;
+        let n = (header & JB_CMASK) as usize;
+        let object = header & JB_FOBJECT != 0;
+        let entries_len = 4 * if object { 2 * n } else { n };
+        let entries = container
+            .get(4..4 + entries_len)
+            .ok_or_else(|| JsonbError("truncated jsonb container".into()))?;
+        let data = &container[4 + entries_len..];
+        Ok((
+            Frame {
+                entries,
+                data,
+                n,
+                object,
+                next: 0,
+                items: Vec::new(),
+                map: serde_json::Map::new(),
+            },
+            header,
+        ))
+    }
+
+    /// The type bits and bytes of child `index`.
+    fn child(&self, index: usize) -> Result<(u32, &'a [u8], usize)> {
+        let offset = child_offset(self.entries, index)?;
+        let len = child_len(self.entries, index, offset)?;
+        let kind = read_u32(self.entries, 4 * index)? & JENTRY_TYPEMASK;
+        let bytes = self
+            .data
+            .get(offset..offset + len)
+            .ok_or_else(|| JsonbError("truncated jsonb child".into()))?;
+        Ok((kind, bytes, offset))
+    }
+}
+
+/// Reads a jsonb datum's root container (its bytes after the varlena header) into a JSON value,
+/// keeping its place in a heap stack rather by recursion, so any depth up to `max_depth` reads
+/// without growing the machine stack; deeper values are an error. `numeric` turns a `numeric`
+/// (its bytes from its own varlena header on) into a JSON number.
+pub fn read(
+    root: &[u8],
+    max_depth: usize,
+    numeric: &mut dyn FnMut(&[u8]) -> Result<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    read_with(root, max_depth, false, numeric)
+}
+
+/// Like `read`, but what lies deeper than `max_depth` becomes the string `"…"`: for text made
+/// for people (change summaries), which never shows a whole deep value.
+pub fn read_elided(
+    root: &[u8],
+    max_depth: usize,
+    numeric: &mut dyn FnMut(&[u8]) -> Result<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    read_with(root, max_depth, true, numeric)
+}
+
+/// What stands for an elided value in `read_elided`.
+pub const ELIDED: &str = "…";
+
+fn read_with(
+    root: &[u8],
+    max_depth: usize,
+    elide: bool,
+    numeric: &mut dyn FnMut(&[u8]) -> Result<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    use serde_json::Value as J;
+    let (frame, header) = Frame::new(root)?;
+    let scalar = header & JB_FSCALAR != 0;
+    let mut stack = vec![frame];
+    loop {
+        let top = stack.last_mut().expect("a frame");
+        let total = if top.object { 2 * top.n } else { top.n };
+        if top.object && top.next < top.n {
+            // keys first: read them all, values pair up with them in order
+            top.next = top.n;
+        }
+        if top.next >= total {
+            let done = stack.pop().expect("a frame");
+            let v = if done.object {
+                J::Object(done.map)
+            } else {
+                J::Array(done.items)
+            };
+            match stack.last_mut() {
+                None => {
+                    return Ok(match v {
+                        J::Array(mut a) if scalar && a.len() == 1 => a.remove(0),
+                        v => v,
+                    })
+                }
+                Some(parent) => put(parent, v)?,
+            }
+            continue;
+        }
+        let index = top.next;
+        top.next += 1;
+        let (kind, bytes, offset) = top.child(index)?;
+        let v = match kind {
+            JENTRY_ISNULL => J::Null,
+            JENTRY_ISBOOL_TRUE => J::Bool(true),
+            JENTRY_ISBOOL_FALSE => J::Bool(false),
+            JENTRY_ISSTRING => J::String(String::from_utf8_lossy(bytes).into_owned()),
+            JENTRY_ISNUMERIC => {
+                let pad = int_align(offset) - offset;
+                numeric(bytes.get(pad..).unwrap_or_default())?
+            }
+            JENTRY_ISCONTAINER => {
+                let pad = int_align(offset) - offset;
+                let inner = bytes.get(pad..).unwrap_or_default();
+                if stack.len() >= max_depth {
+                    if elide {
+                        put(stack.last_mut().expect("a frame"), J::String(ELIDED.into()))?;
+                        continue;
+                    }
+                    return Err(JsonbError(format!(
+                        "JSON value nested deeper than {max_depth} levels"
+                    )));
+                }
+                let (frame, _) = Frame::new(inner)?;
+                stack.push(frame);
+                continue;
+            }
+            _ => return Err(JsonbError("unknown jsonb value type".into())),
+        };
+        put(stack.last_mut().expect("a frame"), v)?;
+    }
+}
+
+/// An object's (key, value) pairs, as `write_object` takes them.
+pub type Pairs<'a> = Vec<(&'a [u8], Value<'a>)>;
+
+/// The pairs of a root object (bytes after the varlena header) as writer values, its children
+/// left in their binary form (a container is embedded as is): for rewriting an object's top level
+/// (dropping keys) without reading what lies below. `None` when the root is not an object.
+pub fn object_pairs(root: &[u8]) -> Result<Option<Pairs<'_>>> {
+    let (frame, header) = Frame::new(root)?;
+    if header & JB_FOBJECT == 0 {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(frame.n);
+    for i in 0..frame.n {
+        let (kind, key, _) = frame.child(i)?;
+        if kind != JENTRY_ISSTRING {
+            return Err(JsonbError("jsonb object key is not a string".into()));
+        }
+        let (kind, bytes, offset) = frame.child(frame.n + i)?;
+        let pad = int_align(offset) - offset;
+        let v = match kind {
+            JENTRY_ISNULL => Value::Null,
+            JENTRY_ISBOOL_TRUE => Value::Bool(true),
+            JENTRY_ISBOOL_FALSE => Value::Bool(false),
+            JENTRY_ISSTRING => Value::String(bytes),
+            JENTRY_ISNUMERIC => {
+                let n = bytes.get(pad..).unwrap_or_default();
+                // the numeric's own varlena header: 1 byte (short) or 4
+                let body = match n.first() {
+                    Some(b) if b & 1 == 1 => n.get(1..(*b >> 1) as usize),
+                    Some(_) => {
+                        let total = (read_u32(n, 0)? >> 2) as usize;
+                        n.get(VARHDRSZ..total)
+                    }
+                    None => None,
+                };
+                Value::Numeric(body.ok_or_else(|| JsonbError("truncated jsonb numeric".into()))?)
+            }
+            JENTRY_ISCONTAINER => Value::Jsonb(bytes.get(pad..).unwrap_or_default()),
+            _ => return Err(JsonbError("unknown jsonb value type".into())),
+        };
+        out.push((key, v));
+    }
+    Ok(Some(out))
+}
+
+/// Adds a finished child to its container: the next array item, or the value of the next key.
+fn put(parent: &mut Frame<'_>, v: serde_json::Value) -> Result<()> {
+    if !parent.object {
+        parent.items.push(v);
+        return Ok(());
+    }
+    let i = parent.next - 1 - parent.n; // the value just read pairs with key i
+    let (kind, bytes, _) = parent.child(i)?;
+    if kind != JENTRY_ISSTRING {
+        return Err(JsonbError("jsonb object key is not a string".into()));
+    }
+    parent
+        .map
+        .insert(String::from_utf8_lossy(bytes).into_owned(), v);
+    Ok(())
+}
+
+/// The depth of a JSON value (a scalar is 0, `[]` 1), found without recursion.
+pub fn depth(v: &serde_json::Value) -> usize {
+    let mut max = 0;
+    let mut stack: Vec<(&serde_json::Value, usize)> = vec![(v, 0)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            serde_json::Value::Array(a) => {
+                max = max.max(d + 1);
+                stack.extend(a.iter().map(|x| (x, d + 1)));
+            }
+            serde_json::Value::Object(o) => {
+                max = max.max(d + 1);
+                stack.extend(o.values().map(|x| (x, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Drops a JSON value without recursion (a deep value's own drop would recurse once per level).
+pub fn drop_deep(v: serde_json::Value) {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Array(a) => stack.extend(a),
+            serde_json::Value::Object(o) => stack.extend(o.into_iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,5 +682,129 @@ mod tests {
         assert_eq!(w[8], 2);
         assert_eq!(&out[36..], b"xyz");
         assert_eq!(w[3], JENTRY_ISCONTAINER | (3 + 4 + 12 + 3));
+    }
+
+    fn read_plain(root: &[u8]) -> serde_json::Value {
+        read(root, MAX_READ_DEPTH, &mut |_| Ok(serde_json::json!(0))).unwrap()
+    }
+
+    #[test]
+    fn reads_what_the_writer_wrote() {
+        let mut out = Vec::new();
+        let items = Value::Array(vec![Value::Null, Value::Bool(true), Value::String(b"x")]);
+        write_object(
+            &mut out,
+            &[
+                (b"name", Value::String(b"Phone")),
+                (b"ok", Value::Bool(false)),
+                (b"list", items),
+                (b"none", Value::Null),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            read_plain(&out[VARHDRSZ..]),
+            serde_json::json!({"name": "Phone", "ok": false, "list": [null, true, "x"], "none": null})
+        );
+    }
+
+    #[test]
+    fn reads_past_the_offset_stride_and_numbers_through_the_callback() {
+        let keys: Vec<String> = (0..70).map(|i| format!("k{i:02}")).collect();
+        let mut nums = [[0u8; 12]; 70];
+        let lens: Vec<usize> = (0..70)
+            .map(|i| integer_numeric(i as i64 * 1000, &mut nums[i]))
+            .collect();
+        let pairs: Vec<(&[u8], Value)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_bytes(), Value::Numeric(&nums[i][..lens[i]])))
+            .collect();
+        let mut out = Vec::new();
+        write_object(&mut out, &pairs).unwrap();
+        let mut seen = 0;
+        let v = read(&out[VARHDRSZ..], MAX_READ_DEPTH, &mut |b| {
+            seen += 1;
+            // the callback gets the numeric from its varlena header on
+            let hdr = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            Ok(serde_json::json!((hdr >> 2) as usize))
+        })
+        .unwrap();
+        assert_eq!(seen, 70);
+        assert_eq!(v.as_object().unwrap().len(), 70);
+        assert_eq!(v["k00"], serde_json::json!(VARHDRSZ + lens[0]));
+        assert_eq!(v["k69"], serde_json::json!(VARHDRSZ + lens[69]));
+    }
+
+    /// A jsonb root of `n` nested one-element arrays around `[]`, built by hand.
+    fn nested(n: usize) -> Vec<u8> {
+        let mut inner: Vec<u8> = JB_FARRAY.to_le_bytes().to_vec(); // []
+        for _ in 0..n {
+            let mut outer = (1 | JB_FARRAY).to_le_bytes().to_vec();
+            outer.extend_from_slice(
+                &(JENTRY_ISCONTAINER | JENTRY_HAS_OFF | inner.len() as u32).to_le_bytes(),
+            );
+            outer.extend_from_slice(&inner);
+            inner = outer;
+        }
+        inner
+    }
+
+    #[test]
+    fn deep_values_read_without_recursion_up_to_the_limit_and_are_refused_beyond() {
+        let v = read_plain(&nested(MAX_READ_DEPTH - 1));
+        assert_eq!(depth(&v), MAX_READ_DEPTH);
+        drop_deep(v);
+        let e = read(&nested(MAX_READ_DEPTH), MAX_READ_DEPTH, &mut |_| {
+            Ok(serde_json::json!(0))
+        })
+        .unwrap_err();
+        assert!(e.0.contains("deeper than 10000"), "{e}");
+    }
+
+    #[test]
+    fn truncated_or_garbled_containers_are_errors_not_panics() {
+        let mut out = Vec::new();
+        write_object(&mut out, &[(b"a", Value::String(b"hello"))]).unwrap();
+        let root = &out[VARHDRSZ..];
+        for cut in 0..root.len() {
+            let _ = read(&root[..cut], 16, &mut |_| Ok(serde_json::json!(0)));
+        }
+        let mut bad = root.to_vec();
+        bad[4] ^= 0xFF;
+        let _ = read(&bad, 16, &mut |_| Ok(serde_json::json!(0)));
+    }
+
+    #[test]
+    fn elided_reading_cuts_deep_values_and_objects_split_without_reading_below() {
+        let v = read_elided(&nested(50), 10, &mut |_| Ok(serde_json::json!(0))).unwrap();
+        assert_eq!(depth(&v), 10);
+        let mut out = Vec::new();
+        let mut n = [0u8; 12];
+        let len = integer_numeric(-1234567, &mut n);
+        let inner = nested(3);
+        write_object(
+            &mut out,
+            &[
+                (b"a", Value::String(b"x")),
+                (b"n", Value::Numeric(&n[..len])),
+                (b"deep", Value::Jsonb(&inner)),
+                (b"t", Value::Bool(true)),
+            ],
+        )
+        .unwrap();
+        let pairs = object_pairs(&out[VARHDRSZ..]).unwrap().unwrap();
+        assert_eq!(pairs.len(), 4);
+        // rewrite without one key: the rest is the same JSON
+        let kept: Vec<(&[u8], Value)> = pairs.into_iter().filter(|(k, _)| *k != b"a").collect();
+        let mut again = Vec::new();
+        write_object(&mut again, &kept).unwrap();
+        let numbers = &mut |b: &[u8]| Ok(serde_json::json!(b.len()));
+        let before = read(&out[VARHDRSZ..], 100, numbers).unwrap();
+        let after = read(&again[VARHDRSZ..], 100, numbers).unwrap();
+        let mut expected = before.as_object().unwrap().clone();
+        expected.remove("a");
+        assert_eq!(after, serde_json::Value::Object(expected));
+        assert_eq!(object_pairs(&nested(2)).unwrap(), None);
     }
 }

@@ -22,4 +22,7 @@ pub mod templates;
 pub mod types;
 pub mod values;
 
+#[cfg(test)]
+mod properties;
+
 pub use error::{Result, SqlState, UdmError};

@@ -202,15 +202,16 @@ fn tokenize(src: &str) -> Result<Vec<(Tok, usize)>> {
                 out.push((Tok::Ident(src[start..i].to_string()), start));
             }
             _ => {
-                let two = if i + 1 < b.len() { &src[i..i + 2] } else { "" };
+                // (bytes: the next character may be any character, not only ASCII)
+                let two: &[u8] = if i + 1 < b.len() { &b[i..i + 2] } else { b"" };
                 let op: &'static str = match two {
-                    "<=" => "<=",
-                    ">=" => ">=",
-                    "!=" => "!=",
-                    "<>" => "!=",
-                    "==" => "=",
-                    "&&" => "and",
-                    "||" => "or",
+                    b"<=" => "<=",
+                    b">=" => ">=",
+                    b"!=" => "!=",
+                    b"<>" => "!=",
+                    b"==" => "=",
+                    b"&&" => "and",
+                    b"||" => "or",
                     _ => "",
                 };
                 if !op.is_empty() {

@@ -467,7 +467,15 @@ fn nobody_grants_more_than_they_have() {
     );
     let roles = names(&mut a.app, "SELECT name FROM udm_roles() ORDER BY name");
     assert_eq!(roles, ["admin", "editor", "manager", "viewer"]);
-    // the last admin stays
+    // the last admin stays: a member whose role manages the tenant counts as one
+    json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_remove_member({}, {})",
+            lit(&a.tenant),
+            lit(&mona)
+        ),
+    );
     let msg = expect_err(
         &mut a.app,
         &format!(
@@ -510,7 +518,7 @@ fn nobody_grants_more_than_they_have() {
             a.tenant
         ),
     );
-    assert_eq!(n, 5, "4 adds, 1 removal");
+    assert_eq!(n, 6, "4 adds, 2 removals");
 }
 
 fn roadmap_entities(c: &mut postgres::Client) {
@@ -1474,4 +1482,219 @@ fn junction_tables_hold_links_to_the_fields_access_rules() {
     ))
     .unwrap();
     assert_eq!(links(&mut a.app), [p2.as_str()]);
+}
+
+/// The adversarial review's findings inside one tenant (issue "Security hardening", part 4):
+/// a hidden field stays hidden from history and point-in-time reads, permissions follow a renamed
+/// field, a manager kept from a field may not change it, subscriptions and consumer cursors are
+/// not anybody's to move, and no member change leaves the tenant without an admin.
+#[test]
+fn hidden_fields_renames_subscriptions_consumers_and_the_last_admin() {
+    let mut a = setup("sxa");
+    let adm = a.user("Adm");
+    let lim = a.user("Lim");
+    let mgr = a.user("Mgr");
+    let view = a.user("View");
+    a.add(&adm, "admin");
+    a.switch(&adm);
+    json(
+        &mut a.app,
+        r#"SELECT udm_define_entity('item', '{"fields": [{"name": "name", "type": "text"}, {"name": "cost", "type": "integer"}]}')"#,
+    );
+    json(
+        &mut a.app,
+        r#"SELECT udm_define_role('limited', 'viewer', '{"entities": {"item": {"fields": {"cost": {"read": false}}}}}')"#,
+    );
+    json(
+        &mut a.app,
+        r#"SELECT udm_define_role('mgr', 'admin', '{"entities": {"item": {"fields": {"cost": {"read": false}}}}}')"#,
+    );
+    a.add(&lim, "limited");
+    a.add(&mgr, "mgr");
+    a.add(&view, "viewer");
+    let id = inserted_id(
+        &mut a.app,
+        r#"udm_insert('item', '{"name": "widget", "cost": 7}')"#,
+    );
+    json(
+        &mut a.app,
+        &format!(r#"SELECT udm_update('item', '{id}', '{{"cost": 9, "name": "gadget"}}')"#),
+    );
+    json(
+        &mut a.app,
+        "SELECT udm_subscribe('item', ARRAY['INSERT'], 'billing-workflow')",
+    );
+    json(&mut a.app, "SELECT udm_ack('w1', 0)");
+
+    // a manager kept from `cost` reads history and the record at a time without it
+    let mut m = a.as_user(&mgr);
+    let data: Vec<Value> = m
+        .query(
+            &format!("SELECT data FROM udm_history('item', '{id}')"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(data.len(), 2);
+    assert!(
+        data.iter()
+            .all(|d| d.get("cost").is_none() && d.get("name").is_some()),
+        "{data:?}"
+    );
+    let summaries: Vec<String> = m
+        .query(
+            &format!("SELECT summary FROM udm_history('item', '{id}')"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        summaries
+            .iter()
+            .all(|s| !s.contains('9') && !s.contains('7')),
+        "{summaries:?}"
+    );
+    let changed: Vec<String> = m
+        .query(&format!("SELECT unnest(changed_fields) FROM udm_history('item', '{id}') WHERE action = 'UPDATE'"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(changed, vec!["name".to_string()]);
+    let at = json(
+        &mut m,
+        &format!("SELECT udm_record_at('item', '{id}', now())"),
+    );
+    assert!(
+        at.get("cost").is_none() && at["name"] == json!("gadget"),
+        "{at}"
+    );
+    let report = json(
+        &mut m,
+        "SELECT udm_audit_report('changes', now() - interval '1 hour', now() + interval '1 hour', '{\"entity\": \"item\"}')",
+    );
+    assert!(!report.to_string().contains("\"cost\""), "{report}");
+    // ... and may not rename, change, index, remove or write rules over it
+    for sql in [
+        r#"SELECT udm_alter_field('item', 'cost', '{"name": "unit_cost"}')"#,
+        r#"SELECT udm_alter_field('item', 'cost', '{"label": "Cost"}')"#,
+        "SELECT udm_remove_field('item', 'cost')",
+        "SELECT udm_add_index('item', ARRAY['cost'])",
+        r#"SELECT udm_add_rule('item', '{"name": "cheap", "check": "cost < 100"}')"#,
+    ] {
+        let msg = expect_err(&mut m, sql, "42501");
+        assert!(msg.contains("item.cost"), "{sql}: {msg}");
+    }
+    // the admin renames it: the restriction follows the field
+    json(
+        &mut a.app,
+        r#"SELECT udm_alter_field('item', 'cost', '{"name": "unit_cost"}')"#,
+    );
+    let mut l = a.as_user(&lim);
+    let row = json(&mut l, &format!("SELECT udm_get('item', '{id}')"));
+    assert!(
+        row.get("unit_cost").is_none() && row.get("cost").is_none(),
+        "{row}"
+    );
+    let msg = expect_err(
+        &mut l,
+        r#"SELECT udm_query('item', '{"columns": ["unit_cost"]}')"#,
+        "42501",
+    );
+    assert!(msg.contains("unit_cost"), "{msg}");
+    let perms: Value = scalar(
+        &mut a.app,
+        &format!(
+            "SELECT permissions FROM \"{}\"._udm_role WHERE name = 'limited'",
+            a.tenant
+        ),
+    );
+    assert_eq!(
+        perms["entities"]["item"]["fields"],
+        json!({"unit_cost": {"read": false}})
+    );
+
+    // a viewer may not unsubscribe the admin's workflow, nor move another consumer's cursor
+    let mut v = a.as_user(&view);
+    let msg = expect_err(
+        &mut v,
+        "SELECT udm_unsubscribe('item', 'billing-workflow')",
+        "42501",
+    );
+    assert!(msg.contains("manage"), "{msg}");
+    expect_err(
+        &mut v,
+        "SELECT udm_subscribe('item', ARRAY['UPDATE'], 'mine')",
+        "42501",
+    );
+    let last: i64 = scalar(
+        &mut a.app,
+        "SELECT (udm_events(0, 10)->>'last_event')::bigint",
+    );
+    let msg = expect_err(&mut v, &format!("SELECT udm_ack('w1', {last})"), "42501");
+    assert!(
+        msg.contains("consumer \"w1\"") && msg.contains(&adm),
+        "{msg}"
+    );
+    // its own consumer is its own
+    json(&mut v, &format!("SELECT udm_ack('w2', {last})"));
+    // the owner moves its cursor; a manager may move anyone's
+    json(&mut a.app, &format!("SELECT udm_ack('w1', {last})"));
+    json(&mut m, &format!("SELECT udm_ack('w2', {last})"));
+    let owner: String = scalar(
+        &mut a.app,
+        &format!(
+            "SELECT acked_by FROM \"{}\"._udm_consumer WHERE consumer = 'w2'",
+            a.tenant
+        ),
+    );
+    assert_eq!(
+        owner, view,
+        "a manager's ack leaves the consumer its owner's"
+    );
+
+    // the last admin can neither be removed nor demoted (a role that manages counts as admin)
+    json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_add_member({}, {}, 'viewer')",
+            lit(&a.tenant),
+            lit(&mgr)
+        ),
+    );
+    for sql in [
+        format!(
+            "SELECT udm_add_member({}, {}, 'viewer')",
+            lit(&a.tenant),
+            lit(&adm)
+        ),
+        format!(
+            "SELECT udm_remove_member({}, {})",
+            lit(&a.tenant),
+            lit(&adm)
+        ),
+    ] {
+        let msg = expect_err(&mut a.app, &sql, "55000");
+        assert!(msg.contains("last admin"), "{sql}: {msg}");
+    }
+    json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_add_member({}, {}, 'mgr')",
+            lit(&a.tenant),
+            lit(&mgr)
+        ),
+    );
+    json(
+        &mut a.app,
+        &format!(
+            "SELECT udm_add_member({}, {}, 'viewer')",
+            lit(&a.tenant),
+            lit(&adm)
+        ),
+    );
 }

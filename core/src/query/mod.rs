@@ -1036,13 +1036,22 @@ pub type Pairs = BTreeMap<String, String>;
 /// record image matches: `SELECT EXISTS (...)` over the image as a row of the entity, with the
 /// filter's values as parameters and the image (jsonb) as the last one. Used by change-event
 /// subscriptions.
-pub fn image_condition(model: &dyn Model, entity: &str, condition: &Value) -> Result<Template> {
+///
+/// `image` gives the SQL of the image from the placeholder of the last parameter (`$n`), which
+/// the caller binds after the condition's own parameters (for example an audit row's id, whose
+/// image a sub-select reads: the image then never leaves the database).
+pub fn image_condition(
+    model: &dyn Model,
+    entity: &str,
+    condition: &Value,
+    image: &dyn Fn(&str) -> String,
+) -> Result<Template> {
     let mut from = From::new(model, entity);
     let mut params = Params::default();
     let mut spec = Map::new();
     spec.insert("filters".into(), condition.clone());
     let (cond, _) = filter::where_clause(&mut from, &mut params, entity, &spec)?;
-    let img = format!("${}::jsonb", params.0.len() + 1);
+    let img = image(&format!("${}", params.0.len() + 1));
     let root = format!("jsonb_populate_record(NULL::{}, {img})", from.table(entity));
     Ok(Template {
         sql: format!(

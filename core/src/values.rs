@@ -286,10 +286,13 @@ pub fn is_time(s: &str) -> bool {
 
 /// ISO 8601: a date, optionally `T` or space and a time, optionally `Z` or an offset.
 pub fn is_timestamp(s: &str) -> bool {
-    if s.len() < 10 || parse_date(&s[..10]).is_none() {
+    // (by bytes that must be ASCII: a multi-byte character at byte 10 is simply not a date)
+    let (Some(date), Some(rest)) = (s.get(..10), s.get(10..)) else {
+        return false;
+    };
+    if parse_date(date).is_none() {
         return false;
     }
-    let rest = &s[10..];
     if rest.is_empty() {
         return true;
     }
@@ -310,7 +313,7 @@ pub fn is_timestamp(s: &str) -> bool {
             let z = &z[1..];
             let (h, m) = match (z.split_once(':'), z.len()) {
                 (Some(hm), _) => hm,
-                (None, 4) => z.split_at(2),
+                (None, 4) if z.is_char_boundary(2) => z.split_at(2),
                 (None, _) => (z, "00"),
             };
             h.len() == 2 && m.len() == 2 && h.chars().chain(m.chars()).all(|c| c.is_ascii_digit())

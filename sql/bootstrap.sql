@@ -44,6 +44,11 @@ CREATE TABLE udm.app_user (
 REVOKE ALL ON udm.app_user FROM PUBLIC;
 COMMENT ON TABLE udm.app_user IS 'udm: application users (global; members of tenants through <tenant>._udm_member)';
 
+-- The registry and the users are the extension's own tables: pg_dump dumps their rows only when
+-- told to (without them a restored database has tenant schemas that udm does not know).
+SELECT pg_catalog.pg_extension_config_dump('udm.tenant', '');
+SELECT pg_catalog.pg_extension_config_dump('udm.app_user', '');
+
 -- A polymorphic reference: a record of one of several entities.
 CREATE TYPE udm.ref AS (entity text, id uuid);
 

@@ -34,3 +34,16 @@ GRANT EXECUTE ON FUNCTION
     udm.audit_visible(text, text, uuid),
     udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone)
     TO udm_tenant_roles;
+
+-- Backups: pg_dump dumps the rows of the tenant registry and the users (0.1.0 left them out, so a
+-- restored database had tenant schemas udm did not know; udm_register_tenant lists them again).
+SELECT pg_catalog.pg_extension_config_dump('udm.tenant', '');
+SELECT pg_catalog.pg_extension_config_dump('udm.app_user', '');
+
+-- Lists a tenant schema the registry lost (a restore from a 0.1.0 dump) again.
+CREATE FUNCTION "udm_register_tenant"(
+	"slug" TEXT /* & str */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_register_tenant_wrapper';

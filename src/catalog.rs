@@ -267,11 +267,55 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
 }
 
 pub fn no_such_tenant(slug: &str) -> UdmError {
+    if unregistered_schema(slug) {
+        return unregistered(slug);
+    }
     UdmError::new(
         SqlState::UndefinedObject,
         format!("tenant \"{}\" does not exist", printable(slug)),
     )
     .hint("udm_tenants() lists the tenants you may use")
+}
+
+/// Whether `schema` holds a udm tenant (its catalog table, owned by the extension's owner) that
+/// the registry does not list: a database restored from a dump without `udm.tenant`'s rows.
+pub fn unregistered_schema(schema: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(schema) else {
+        return false;
+    };
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c.as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return false;
+        }
+        let rel = pg_sys::get_relname_relid(c"_udm_entity".as_ptr(), nsp);
+        if rel == pg_sys::InvalidOid {
+            return false;
+        }
+        let owner = pgrx::Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1",
+            &[rel.into()],
+        )
+        .ok()
+        .flatten();
+        owner == Some(crate::security::owner()) && tenant(schema).ok().flatten().is_none()
+    }
+}
+
+/// The error for a tenant schema the registry does not list, with the repair.
+pub fn unregistered(schema: &str) -> UdmError {
+    UdmError::new(
+        SqlState::ObjectNotInPrerequisiteState,
+        format!(
+            "schema \"{}\" holds a udm tenant that udm's registry (udm.tenant) does not list",
+            printable(schema)
+        ),
+    )
+    .detail("the database was probably restored from a dump without the rows of udm.tenant (udm 0.1.0 left them out of pg_dump)")
+    .hint(format!(
+        "a udm admin can list it again with {}",
+        udm_core::ident::sql_call("udm_register_tenant", &[schema])
+    ))
 }
 
 /// The caller must have the privileges of the tenant's role (udm admins are members of every

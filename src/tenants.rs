@@ -108,6 +108,69 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
     Ok(out)
 }
 
+/// Lists a tenant schema the registry has lost again (a database restored from a dump without the
+/// rows of `udm.tenant`): its role is the one the schema grants `USAGE` to, access control is on
+/// when it has members, and it gets a new notification channel.
+pub fn register_tenant(slug: &str) -> Result<serde_json::Value> {
+    require_admin("register a tenant")?;
+    validate_slug(SlugKind::Tenant, slug)?;
+    if catalog::tenant(slug)?.is_some() {
+        return Err(UdmError::new(
+            SqlState::DuplicateSchema,
+            format!("tenant \"{slug}\" is already registered"),
+        ));
+    }
+    if !catalog::unregistered_schema(slug) {
+        return Err(UdmError::new(
+            SqlState::UndefinedObject,
+            format!("schema \"{}\" does not hold a udm tenant", printable(slug)),
+        )
+        .hint("udm_register_tenant lists a tenant schema (with its catalog table _udm_entity) that the registry lost; udm_create_tenant makes a new one"));
+    }
+    let (role, access) = as_owner(|| {
+        let role = crate::spi::select_one::<String>(
+            "SELECT r.rolname::text FROM pg_catalog.pg_namespace n, \
+               LATERAL pg_catalog.aclexplode(n.nspacl) a \
+               JOIN pg_catalog.pg_roles r ON r.oid = a.grantee \
+             WHERE n.nspname = $1 AND a.privilege_type = 'USAGE' AND a.grantee <> n.nspowner \
+             ORDER BY (r.rolname LIKE 'tenant\\_%') DESC, r.rolname LIMIT 1",
+            &[slug.into()],
+        )?;
+        let members = format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.\"_udm_member\")",
+            quote_ident(slug)
+        );
+        let has_members = crate::spi::select_one::<bool>(
+            "SELECT to_regclass(format('%I._udm_member', $1::text)) IS NOT NULL",
+            &[slug.into()],
+        )?
+        .unwrap_or(false)
+            && crate::spi::select_one::<bool>(&members, &[])?.unwrap_or(false);
+        Ok::<_, UdmError>((role, has_members))
+    })?;
+    let role = role.ok_or_else(|| {
+        UdmError::new(
+            SqlState::UndefinedObject,
+            format!("schema \"{slug}\" grants USAGE to no role: its tenant role is missing"),
+        )
+        .hint("restore the roles first (pg_dumpall --roles-only), then the database")
+    })?;
+    as_owner(|| {
+        crate::spi::run(
+            "INSERT INTO udm.tenant (slug, name, schema_name, role_name, created_by, channel, access) \
+             VALUES ($1, NULL, $1, $2, $3, 'udm_' || $1 || '_' || substr(md5(gen_random_uuid()::text), 1, 16), $4)",
+            &[slug.into(), role.as_str().into(), security::actor().as_str().into(), access.into()],
+        )?;
+        run(&format!(
+            "GRANT {} TO {}",
+            quote_ident(security::TENANT_ROLES),
+            quote_ident(&role)
+        ))
+    })?;
+    catalog::invalidate_registry();
+    Ok(json!({"slug": slug, "schema": slug, "role": role, "access": access, "registered": true}))
+}
+
 pub struct TenantRow {
     pub slug: String,
     pub name: Option<String>,
@@ -235,6 +298,11 @@ fn udm_tenants() -> TableIterator<
         rows.into_iter()
             .map(|t| (t.slug, t.name, t.schema, t.role, t.created_at)),
     )
+}
+
+#[pg_extern(volatile)]
+fn udm_register_tenant(slug: &str) -> JsonB {
+    JsonB(register_tenant(slug).or_raise())
 }
 
 #[pg_extern(volatile)]

@@ -160,6 +160,9 @@ pub fn tenant_of(rel: pg_sys::Relation, func: &str) -> Result<Rc<Tenant>> {
         return Err(refused(func, what()));
     }
     let Some(tenant) = catalog::tenant(&schema)? else {
+        if catalog::unregistered_schema(&schema) {
+            return Err(catalog::unregistered(&schema));
+        }
         return Err(refused(func, what()));
     };
     if tenant.schema_oid != form.relnamespace {

@@ -299,40 +299,44 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
     let sql = format!(
         "SELECT audit_id, entity, record_id::text, action, record_version, changed_fields, user_id, \
            changed_at, txid \
-         FROM {} WHERE audit_id > $1 AND audit_id <= $2 ORDER BY audit_id LIMIT $3",
+         FROM {} WHERE audit_id > $1::bigint AND audit_id <= $2::bigint ORDER BY audit_id LIMIT $3::bigint",
         audit_table(&t)
     );
     let subs = subscriptions(&t)?;
-    let rows = Spi::connect(|c| {
-        let mut out = Vec::new();
-        // audit ids are read in ranges (BRIN): a window after `after`, widened while it holds
-        // fewer events than asked for (ids of rolled-back writes leave gaps) and the horizon is
-        // further on
-        let stmt = c.prepare(
-            &sql,
-            &[
-                PgBuiltInOids::INT8OID.oid(),
-                PgBuiltInOids::INT8OID.oid(),
-                PgBuiltInOids::INT8OID.oid(),
-            ],
-        )?;
-        let (mut lo, mut width) = (after, (i64::from(limit) * 4).max(EVENT_WINDOW));
-        loop {
-            let hi = h.min(lo.saturating_add(width));
-            let want = i64::from(limit) - out.len() as i64;
-            if hi <= lo || want <= 0 {
-                break;
-            }
-            read_events(c, &stmt, lo, hi, want, &mut out)?;
-            if out.len() as i64 >= i64::from(limit) || hi >= h {
-                break;
-            }
-            lo = hi;
-            width = width.saturating_mul(4);
+    let plan = crate::rawspi::prepare(&sql, 3)?;
+    // Read with a snapshot taken after the horizon: every event at or below it was written by a
+    // transaction that has committed (and is in this snapshot) or aborted. The calling
+    // statement's snapshot is older: an event committed between it and the horizon would be
+    // passed over, and delivered never.
+    let snapshot = unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) };
+    let mut rows = Vec::new();
+    // audit ids are read in ranges (BRIN): a window after `after`, widened while it holds fewer
+    // events than asked for (ids of rolled-back writes leave gaps) and the horizon is further on
+    let (mut lo, mut width) = (after, (i64::from(limit) * 4).max(EVENT_WINDOW));
+    loop {
+        let hi = h.min(lo.saturating_add(width));
+        let want = i64::from(limit) - rows.len() as i64;
+        if hi <= lo || want <= 0 {
+            break;
         }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(spi_err)?;
+        let args = [
+            Some(lo.to_string()),
+            Some(hi.to_string()),
+            Some(want.to_string()),
+        ];
+        crate::rawspi::rows_at(&plan, &args, snapshot, |desc, tuples| {
+            for &tup in tuples {
+                rows.push(unsafe { event_row(tup, desc) });
+            }
+            Ok(())
+        })?;
+        if rows.len() as i64 >= i64::from(limit) || hi >= h {
+            break;
+        }
+        lo = hi;
+        width = width.saturating_mul(4);
+    }
+    unsafe { pg_sys::UnregisterSnapshot(snapshot) };
     deliver(&t, &subs, rows, after, h)
 }
 
@@ -349,30 +353,36 @@ type EventRow = (
     Option<i64>,
 );
 
-/// Events with ids in (lo, hi], at most `want`, in id order.
-fn read_events(
-    c: &pgrx::spi::SpiClient<'_>,
-    stmt: &pgrx::spi::PreparedStatement<'_>,
-    lo: i64,
-    hi: i64,
-    want: i64,
-    out: &mut Vec<EventRow>,
-) -> std::result::Result<(), pgrx::spi::Error> {
-    for r in c.select(stmt, None, &[lo.into(), hi.into(), want.into()])? {
-        let at: Option<pgrx::datum::TimestampWithTimeZone> = r.get(8)?;
-        out.push((
-            r.get::<i64>(1)?.unwrap_or(0),
-            r.get::<String>(2)?.unwrap_or_default(),
-            r.get::<String>(3)?.unwrap_or_default(),
-            r.get::<String>(4)?.unwrap_or_default(),
-            r.get::<i32>(5)?,
-            r.get::<Vec<Option<String>>>(6)?,
-            r.get::<String>(7)?,
+/// One row of the events query (its columns in order), read from the tuple.
+unsafe fn event_row(tup: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> EventRow {
+    unsafe {
+        let col = |i: i32| {
+            let mut null = false;
+            let d = pg_sys::SPI_getbinval(tup, desc, i, &mut null);
+            (d, null)
+        };
+        let (d1, n1) = col(1);
+        let (d2, n2) = col(2);
+        let (d3, n3) = col(3);
+        let (d4, n4) = col(4);
+        let (d5, n5) = col(5);
+        let (d6, n6) = col(6);
+        let (d7, n7) = col(7);
+        let (d8, n8) = col(8);
+        let (d9, n9) = col(9);
+        let at = pgrx::datum::TimestampWithTimeZone::from_datum(d8, n8);
+        (
+            i64::from_datum(d1, n1).unwrap_or(0),
+            String::from_datum(d2, n2).unwrap_or_default(),
+            String::from_datum(d3, n3).unwrap_or_default(),
+            String::from_datum(d4, n4).unwrap_or_default(),
+            i32::from_datum(d5, n5),
+            Vec::<Option<String>>::from_datum(d6, n6),
+            String::from_datum(d7, n7),
             at.map(|a| a.to_iso_string()),
-            r.get::<i64>(9)?,
-        ));
+            i64::from_datum(d9, n9),
+        )
     }
-    Ok(())
 }
 
 /// The events of `rows` with the targets whose subscriptions they match.

@@ -184,6 +184,55 @@ pub fn rows<R>(
     }
 }
 
+/// Like `rows`, reading with `snapshot` (read-only, whatever the transaction's isolation level):
+/// for readers whose correctness depends on seeing everything committed before a moment they
+/// chose, such as the event stream after computing its horizon.
+pub fn rows_at<R>(
+    plan: &Plan,
+    args: &[Option<String>],
+    snapshot: pg_sys::Snapshot,
+    f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> Result<R>,
+) -> Result<R> {
+    if args.len() != plan.nargs {
+        return Err(UdmError::internal(format!(
+            "udm: plan takes {} arguments, got {}",
+            plan.nargs,
+            args.len()
+        )));
+    }
+    let _conn = Connection::open();
+    let (mut values, nulls) = text_datums(args);
+    let rc = unsafe {
+        pg_sys::SPI_execute_snapshot(
+            plan.ptr,
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            snapshot,
+            std::ptr::null_mut(),
+            true,
+            false,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(UdmError::internal(format!(
+            "udm: SPI_execute_snapshot failed ({rc})"
+        )));
+    }
+    unsafe {
+        let table = pg_sys::SPI_tuptable;
+        if table.is_null() {
+            return Err(UdmError::internal("udm: the query returned no result"));
+        }
+        let rows = if (*table).numvals == 0 {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts((*table).vals, (*table).numvals as usize)
+        };
+        f((*table).tupdesc, rows)
+    }
+}
+
 /// Runs a kept plan with datums (for plans prepared with `prepare_typed`).
 pub fn first_datum_of(
     plan: &Plan,

@@ -1,0 +1,231 @@
+//! The event stream under concurrent writers: many writers (short and long transactions,
+//! rollbacks, bulk statements, updates) race consumers reading with `udm_events`, with
+//! `udm_consume`/`udm_ack`, and listening to notifications. Every committed event must reach each
+//! consumer exactly once, in id order, with no gap; every committed event must be announced.
+//! Several rounds, each bounded in time.
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::Client;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use udm_tests::*;
+
+const WRITERS: usize = 8;
+const TRANSACTIONS: usize = 40;
+const ROUNDS: usize = 3;
+
+fn session(role: &str, tenant: &str) -> Client {
+    let mut c = connect_as(role);
+    c.query_one("SELECT udm_use($1)", &[&tenant]).unwrap();
+    c
+}
+
+/// One writer's transactions, of every kind, in an order that differs per writer.
+fn write(mut c: Client, t: &str, w: usize) {
+    for i in 0..TRANSACTIONS {
+        let kind = (i + w) % 5;
+        let mut tx = c.transaction().unwrap();
+        match kind {
+            0 => tx
+                .batch_execute(&format!("INSERT INTO \"{t}\".item (n) VALUES ({w})"))
+                .unwrap(),
+            1 => {
+                tx.batch_execute(&format!("INSERT INTO \"{t}\".item (n) VALUES ({w})"))
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(2 + (i % 3) as u64));
+            }
+            2 => {
+                tx.batch_execute(&format!("INSERT INTO \"{t}\".item (n) VALUES ({w})"))
+                    .unwrap();
+                tx.rollback().unwrap();
+                continue;
+            }
+            3 => tx
+                .batch_execute(&format!(
+                    "INSERT INTO \"{t}\".item (n) SELECT g FROM generate_series(1, {}) g",
+                    20 + 65 * (i % 3)
+                ))
+                .unwrap(),
+            _ => {
+                tx.batch_execute(&format!(
+                    "UPDATE \"{t}\".item SET n = n + 1 WHERE id = (SELECT id FROM \"{t}\".item ORDER BY id DESC LIMIT 1 OFFSET {w}); \
+                     INSERT INTO \"{t}\".item (n) VALUES ({w})"
+                ))
+                .unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        tx.commit().unwrap();
+    }
+}
+
+/// Reads the stream until `done` and caught up with `end()`; returns the ids in delivery order.
+fn consume(
+    mut c: Client,
+    mode: &str,
+    done: Arc<AtomicBool>,
+    end: Arc<std::sync::Mutex<Option<i64>>>,
+) -> Vec<i64> {
+    let mut seen = Vec::new();
+    let mut last = 0i64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "{mode}: did not catch up");
+        let page = if mode == "events" {
+            json(&mut c, &format!("SELECT udm_events({last}, 1000)"))
+        } else {
+            json(&mut c, "SELECT udm_consume('racer', 1000)")
+        };
+        let events = page["events"].as_array().unwrap();
+        for e in events {
+            seen.push(e["event_id"].as_i64().unwrap());
+        }
+        if let Some(l) = events.last() {
+            last = l["event_id"].as_i64().unwrap();
+            if mode == "consume" {
+                json(&mut c, &format!("SELECT udm_ack('racer', {last})"));
+            }
+        }
+        if done.load(Ordering::SeqCst) {
+            if let Some(end) = *end.lock().unwrap() {
+                if last >= end {
+                    return seen;
+                }
+            }
+        }
+        if events.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Collects announced event ids until told to stop (a batch notification names a range).
+fn listen(mut c: Client, done: Arc<AtomicBool>) -> BTreeSet<i64> {
+    let mut ids = BTreeSet::new();
+    loop {
+        let mut n = c.notifications();
+        let mut it = n.timeout_iter(Duration::from_millis(50));
+        while let Ok(Some(note)) = it.next() {
+            let v: Value = serde_json::from_str(note.payload()).unwrap();
+            if v["batch"] == json!(true) {
+                let (a, b) = (
+                    v["first_event"].as_i64().unwrap(),
+                    v["last_event"].as_i64().unwrap(),
+                );
+                ids.extend(a..=b);
+            } else {
+                ids.insert(v["event"].as_i64().unwrap());
+            }
+        }
+        drop(it);
+        drop(n);
+        if done.load(Ordering::SeqCst) {
+            // a last drain
+            let mut n = c.notifications();
+            let mut it = n.timeout_iter(Duration::from_millis(300));
+            while let Ok(Some(note)) = it.next() {
+                let v: Value = serde_json::from_str(note.payload()).unwrap();
+                if v["batch"] == json!(true) {
+                    let (a, b) = (
+                        v["first_event"].as_i64().unwrap(),
+                        v["last_event"].as_i64().unwrap(),
+                    );
+                    ids.extend(a..=b);
+                } else {
+                    ids.insert(v["event"].as_i64().unwrap());
+                }
+            }
+            return ids;
+        }
+    }
+}
+
+#[test]
+fn every_committed_event_reaches_every_consumer_once_in_order_under_concurrent_writers() {
+    let mut adm = admin();
+    for round in 0..ROUNDS {
+        let mut m = member(&mut adm, "race");
+        let t = m.tenant.clone();
+        json(
+            &mut m.client,
+            r#"SELECT udm_define_entity('item', '{"fields": [{"name": "n", "type": "integer"}]}')"#,
+        );
+        m.client
+            .batch_execute(&format!(
+                "INSERT INTO \"{t}\".item (n) SELECT g FROM generate_series(1, 20) g"
+            ))
+            .unwrap();
+        let channel: String = scalar(&mut m.client, "SELECT udm_events_channel()");
+        let before: i64 = scalar(
+            &mut m.client,
+            &format!("SELECT max(audit_id) FROM \"{t}\"._udm_audit"),
+        );
+        let done = Arc::new(AtomicBool::new(false));
+        let end = Arc::new(std::sync::Mutex::new(None));
+        let listener = {
+            let (mut c, done) = (session(&m.role, &t), done.clone());
+            c.batch_execute(&format!("LISTEN \"{channel}\"")).unwrap();
+            std::thread::spawn(move || listen(c, done))
+        };
+        let consumers: Vec<_> = ["events", "consume"]
+            .into_iter()
+            .map(|mode| {
+                let (c, done, end) = (session(&m.role, &t), done.clone(), end.clone());
+                std::thread::spawn(move || consume(c, mode, done, end))
+            })
+            .collect();
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (c, t) = (session(&m.role, &t), t.clone());
+                std::thread::spawn(move || write(c, &t, w))
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let log: Vec<i64> = m
+            .client
+            .query(
+                &format!("SELECT audit_id FROM \"{t}\"._udm_audit ORDER BY 1"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        *end.lock().unwrap() = log.last().copied();
+        done.store(true, Ordering::SeqCst);
+        for (mode, c) in ["events", "consume"].into_iter().zip(consumers) {
+            let seen = c.join().unwrap();
+            assert!(
+                seen.windows(2).all(|w| w[0] < w[1]),
+                "round {round}, {mode}: delivered out of order or twice"
+            );
+            let missing: Vec<i64> = log
+                .iter()
+                .filter(|id| seen.binary_search(id).is_err())
+                .copied()
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "round {round}, {mode}: {} of {} committed events never delivered: {:?}",
+                missing.len(),
+                log.len(),
+                &missing[..missing.len().min(20)]
+            );
+            assert_eq!(seen, log, "round {round}, {mode}: exactly the log");
+        }
+        let announced = listener.join().unwrap();
+        let unannounced: Vec<i64> = log
+            .iter()
+            .filter(|id| **id > before && !announced.contains(id))
+            .copied()
+            .collect();
+        assert!(
+            unannounced.is_empty(),
+            "round {round}: committed events without a notification: {unannounced:?}"
+        );
+    }
+}

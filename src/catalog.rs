@@ -351,8 +351,14 @@ pub fn usable_tenant(slug: &str) -> Result<Rc<Tenant>> {
 /// The session's tenant (`udm_use`), checked again on every call.
 pub fn current_tenant() -> Result<Rc<Tenant>> {
     let slug = crate::guc::tenant().ok_or_else(|| {
-        UdmError::new(SqlState::ObjectNotInPrerequisiteState, "no tenant selected")
-            .hint("call udm_use('<tenant>') first; udm_tenants() lists the tenants you may use")
+        let e = UdmError::new(SqlState::ObjectNotInPrerequisiteState, "no tenant selected")
+            .hint("call udm_use('<tenant>') first; udm_tenants() lists the tenants you may use");
+        match crate::guc::failed_selection() {
+            Some(call) => e.detail(format!(
+                "{call} failed, and the tenant selected before it no longer counts"
+            )),
+            None => e,
+        }
     })?;
     usable_tenant(&slug)
 }

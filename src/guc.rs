@@ -125,11 +125,51 @@ fn non_empty(s: &GucSetting<Option<CString>>) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+thread_local! {
+    /// A selection (`udm_use`) that failed: the settings as they were when it started, and the
+    /// call. While the settings still hold those values, they select nothing: the previous
+    /// selection does not carry on after a failed one (a script meant for another tenant would
+    /// otherwise go on changing the old one). Not transactional: the failure's own rollback
+    /// does not undo it.
+    static FAILED: std::cell::RefCell<Option<(Option<String>, Option<String>, String)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Marks a selection as under way: until `selection_succeeded`, the current settings are void.
+pub fn selection_started(call: String) {
+    let now = (non_empty(&TENANT), non_empty(&USER_ID));
+    FAILED.with(|f| *f.borrow_mut() = Some((now.0, now.1, call)));
+}
+
+pub fn selection_succeeded() {
+    FAILED.with(|f| *f.borrow_mut() = None);
+}
+
+/// The call that failed, while the settings are still the ones it left.
+pub fn failed_selection() -> Option<String> {
+    FAILED.with(|f| {
+        let mut f = f.borrow_mut();
+        let (t, u, call) = f.as_ref()?;
+        if *t == non_empty(&TENANT) && *u == non_empty(&USER_ID) {
+            return Some(call.clone());
+        }
+        // the settings changed since (SET udm.tenant, the end of a local selection): they count
+        *f = None;
+        None
+    })
+}
+
 pub fn tenant() -> Option<String> {
+    if failed_selection().is_some() {
+        return None;
+    }
     non_empty(&TENANT)
 }
 
 pub fn user_id() -> Option<String> {
+    if failed_selection().is_some() {
+        return None;
+    }
     non_empty(&USER_ID)
 }
 

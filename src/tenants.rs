@@ -268,6 +268,14 @@ pub fn use_tenant(slug: &str, user_id: Option<&str>, local: bool) -> Result<serd
         .transpose()?;
     crate::guc::set("udm.tenant", Some(&t.slug), local);
     crate::guc::set("udm.user_id", Some(user_id.as_deref().unwrap_or("")), local);
+    crate::guc::selection_succeeded();
+    if t.access && user_id.is_none() {
+        pgrx::notice!(
+            "tenant \"{}\" controls access: with no member selected, udm functions and plain SQL see none of its records and change nothing (select one with {})",
+            t.slug,
+            udm_core::ident::sql_call("udm_use", &[&t.slug, "<email>"])
+        );
+    }
     Ok(
         json!({"tenant": t.slug, "name": t.name, "schema": t.schema, "role": t.role, "user_id": user_id, "local": local, "access": t.access}),
     )
@@ -316,6 +324,12 @@ fn udm_use(
     user_id: default!(Option<&str>, "NULL"),
     is_local: default!(Option<bool>, false),
 ) -> JsonB {
+    // until this succeeds, the previous selection no longer counts
+    let shown = |v: Option<&str>| v.map_or("NULL".to_string(), udm_core::ident::quote_literal);
+    crate::guc::selection_started(match user_id {
+        Some(_) => format!("udm_use({}, {})", shown(tenant), shown(user_id)),
+        None => format!("udm_use({})", shown(tenant)),
+    });
     let tenant = crate::error::required(tenant, "tenant");
     let is_local = crate::error::required(is_local, "is_local");
     JsonB(use_tenant(tenant, user_id, is_local).or_raise())

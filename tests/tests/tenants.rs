@@ -212,3 +212,94 @@ fn user_id_is_recorded_on_rows_and_definitions() {
     );
     assert_eq!(u, m.role);
 }
+
+/// A failed `udm_use` leaves no tenant (and no user) selected: a script meant for another tenant
+/// must not go on changing the one selected before, until a `udm_use` succeeds.
+#[test]
+fn a_failed_selection_leaves_nothing_selected() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "fus");
+    let t = m.tenant.clone();
+    let c = &mut m.client;
+    json(
+        c,
+        r#"SELECT udm_define_entity('item', '{"fields": [{"name": "name", "type": "text"}]}')"#,
+    );
+    expect_err(c, "SELECT udm_use('missing_tenant')", "42704");
+    let now: Option<String> = scalar(c, "SELECT udm_current_tenant()");
+    assert_eq!(now, None);
+    let msg = expect_err(c, r#"SELECT udm_insert('item', '{"name": "x"}')"#, "55000");
+    assert!(
+        msg.contains("no tenant selected")
+            && msg.contains("udm_use('missing_tenant') failed, and the tenant selected before it no longer counts"),
+        "{msg}"
+    );
+    // the setting still holds the old value; udm does not honour it
+    let raw: String = scalar(c, "SELECT current_setting('udm.tenant')");
+    assert_eq!(raw, t);
+    // a udm_use that succeeds selects again
+    json(c, &format!("SELECT udm_use({})", lit(&t)));
+    json(c, r#"SELECT udm_insert('item', '{"name": "ok"}')"#);
+    expect_err(c, "SELECT udm_use(NULL)", "22004");
+    expect_err(c, "SELECT * FROM udm_entities()", "55000");
+    json(c, &format!("SELECT udm_use({})", lit(&t)));
+    json(c, r#"SELECT udm_insert('item', '{"name": "again"}')"#);
+}
+
+/// The same for a failed choice of user: the previous user no longer acts, neither through
+/// udm functions nor through plain SQL, and selecting a tenant with members but no user says why
+/// nothing shows.
+#[test]
+fn a_failed_user_selection_leaves_no_user_and_a_missing_user_is_announced() {
+    let mut adm = admin();
+    let m = member(&mut adm, "fuu");
+    let t = m.tenant.clone();
+    let alice = format!("{}@fuu.test", unique("alice"));
+    json(
+        &mut adm,
+        &format!("SELECT udm_create_user({}, 'Alice', 'a-long-password')", lit(&alice)),
+    );
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = notices.clone();
+    let mut c = conn_string(&m.role)
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
+        .connect(postgres::NoTls)
+        .unwrap();
+    json(&mut c, &format!("SELECT udm_use({})", lit(&t)));
+    json(
+        &mut c,
+        r#"SELECT udm_define_entity('item', '{"fields": [{"name": "name", "type": "text"}]}')"#,
+    );
+    json(
+        &mut c,
+        &format!("SELECT udm_add_member({}, {}, 'admin')", lit(&t), lit(&alice)),
+    );
+    json(&mut c, &format!("SELECT udm_use({}, {})", lit(&t), lit(&alice)));
+    c.batch_execute(&format!("INSERT INTO \"{t}\".item (name) VALUES ('mine')"))
+        .unwrap();
+    let n: i64 = scalar(&mut c, &format!("SELECT count(*) FROM \"{t}\".item"));
+    assert_eq!(n, 1);
+    expect_err(
+        &mut c,
+        &format!("SELECT udm_use({}, 'nobody@fuu.test')", lit(&t)),
+        "42501",
+    );
+    // alice no longer acts: plain SQL sees nothing and writes nothing
+    let n: i64 = scalar(&mut c, &format!("SELECT count(*) FROM \"{t}\".item"));
+    assert_eq!(n, 0, "the previous user carried on after a failed selection");
+    expect_err(
+        &mut c,
+        &format!("INSERT INTO \"{t}\".item (name) VALUES ('not mine')"),
+        "42501",
+    );
+    assert!(notices.lock().unwrap().is_empty());
+    json(&mut c, &format!("SELECT udm_use({})", lit(&t)));
+    let said = notices.lock().unwrap().join("\n");
+    assert!(
+        said.contains(&format!("tenant \"{t}\" controls access: with no member selected"))
+            && said.contains("udm_use("),
+        "{said}"
+    );
+}

@@ -127,17 +127,20 @@ fn run_steps(entity: &str, steps: &[Step]) -> Result<()> {
                         .hint(format!("fill them in first, e.g. UPDATE ... SET {} = ... WHERE {} IS NULL", quote_ident(column), quote_ident(column))));
                     }
                 }
-                Step::RuleHolds { rule, sql } => {
+                Step::RuleHolds { key, sql } => {
                     if let Some(id) = query_one::<String>(entity, sql)? {
                         let t = catalog::current_tenant()?;
-                        let e = crate::triggers::rule_violation(
-                            &t.schema,
-                            entity,
-                            &format!("r.{rule}"),
-                        );
+                        let e = crate::triggers::rule_violation(&t.schema, entity, key);
+                        let what = match key.strip_prefix("r.") {
+                            Some(rule) => format!("rule \"{rule}\" of entity \"{entity}\""),
+                            None => {
+                                let rule = key.split_once('.').map_or(key.as_str(), |(_, r)| r);
+                                format!("the \"{rule}\" rule of a field of entity \"{entity}\"")
+                            }
+                        };
                         return Err(UdmError {
                             message: format!(
-                                "rule \"{rule}\" of entity \"{entity}\" does not hold for the records there: record {id} breaks it ({})",
+                                "{what} does not hold for the records there: record {id} breaks it ({})",
                                 e.message
                             ),
                             ..e
@@ -1022,7 +1025,7 @@ pub fn restore_entity(entity: &str) -> Result<Value> {
     for r in &e.def.rules {
         if let Some(c) = ddl::related_rule(&ctx, &e.def, &r.check)? {
             steps.push(Step::RuleHolds {
-                rule: r.name.clone(),
+                key: format!("r.{}", r.name),
                 sql: udm_core::related_rules::existing_violators(&t.schema, entity, &c.condition),
             });
         }
@@ -1286,6 +1289,7 @@ fn udm_field_types() -> TableIterator<
         name!(view_types, Vec<String>),
         name!(options, Vec<String>),
         name!(description, String),
+        name!(aliases, Vec<String>),
     ),
 > {
     let rows: Vec<_> = udm_core::types::TYPES
@@ -1304,6 +1308,10 @@ fn udm_field_types() -> TableIterator<
                 t.view_types.iter().map(|s| s.to_string()).collect(),
                 t.options.iter().map(|s| s.to_string()).collect(),
                 t.description.to_string(),
+                udm_core::types::aliases_of(t.name)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
             )
         })
         .collect();

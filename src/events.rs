@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use udm_core::audit::ACTIONS;
 use udm_core::error::{SqlState, UdmError};
+use udm_core::ident::printable;
 use udm_core::ident::quote_ident;
-use udm_core::ident::{printable, validate_slug, SlugKind};
 
 pub const MAX_EVENTS: i32 = 10_000;
 /// The first range of audit ids `udm_events` reads (widened while it holds too few events).
@@ -191,13 +191,7 @@ pub fn subscribe(
             acts.push(up);
         }
     }
-    if target.is_empty() || target.chars().count() > 200 || target.chars().any(char::is_control) {
-        return Err(UdmError::invalid(format!(
-            "udm_subscribe: target \"{}\" is not valid",
-            printable(target)
-        ))
-        .hint("a target (e.g. a workflow name) is 1 to 200 printable characters"));
-    }
+    label("target", target, "udm_subscribe", "e.g. a workflow name")?;
     let condition = condition.filter(|c| !c.is_null()).cloned();
     if let Some(c) = &condition {
         condition_plan(&t, entity, c)?; // compiles it: errors name the path
@@ -414,10 +408,28 @@ fn deliver(
     Ok(json!({"events": events, "last_event": last, "horizon": h}))
 }
 
-fn consumer_slug(consumer: &str) -> Result<()> {
-    validate_slug(SlugKind::Field, consumer)
-        .map_err(|e| e.context("consumer name"))
-        .map(|_| ())
+/// A name callers choose for a subscription target or a consumer (`price-review`,
+/// `tz-worker`): 1 to 200 printable characters.
+fn label(what: &str, name: &str, call: &str, example: &str) -> Result<()> {
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(UdmError::invalid(format!(
+            "{call}: {what} \"{}\" is not valid",
+            printable(name)
+        ))
+        .hint(format!(
+            "a {what} name ({example}) is 1 to 200 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+fn consumer_name(consumer: &str, call: &str) -> Result<()> {
+    label(
+        "consumer",
+        consumer,
+        call,
+        "e.g. a worker's name, tz-worker",
+    )
 }
 
 fn consumer_position(t: &Tenant, consumer: &str) -> Result<i64> {
@@ -447,7 +459,7 @@ fn consumer_row(t: &Tenant, consumer: &str) -> Result<Option<(i64, String)>> {
 }
 
 pub fn consume(consumer: &str, limit: i32) -> Result<Value> {
-    consumer_slug(consumer)?;
+    consumer_name(consumer, "udm_consume")?;
     let t = catalog::current_tenant()?;
     let after = consumer_position(&t, consumer)?;
     let mut out = events(after, limit)?;
@@ -457,7 +469,7 @@ pub fn consume(consumer: &str, limit: i32) -> Result<Value> {
 }
 
 pub fn ack(consumer: &str, event_id: i64) -> Result<Value> {
-    consumer_slug(consumer)?;
+    consumer_name(consumer, "udm_ack")?;
     let t = catalog::current_tenant()?;
     let row = consumer_row(&t, consumer)?;
     let who = actor();

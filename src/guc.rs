@@ -125,14 +125,16 @@ fn non_empty(s: &GucSetting<Option<CString>>) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// (udm.tenant, udm.user_id, the call) of a selection under way or failed.
+type Selection = (Option<String>, Option<String>, String);
+
 thread_local! {
     /// A selection (`udm_use`) that failed: the settings as they were when it started, and the
     /// call. While the settings still hold those values, they select nothing: the previous
     /// selection does not carry on after a failed one (a script meant for another tenant would
     /// otherwise go on changing the old one). Not transactional: the failure's own rollback
     /// does not undo it.
-    static FAILED: std::cell::RefCell<Option<(Option<String>, Option<String>, String)>> =
-        const { std::cell::RefCell::new(None) };
+    static FAILED: std::cell::RefCell<Option<Selection>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Marks a selection as under way: until `selection_succeeded`, the current settings are void.

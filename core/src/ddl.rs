@@ -101,8 +101,9 @@ pub enum Step {
     /// Evaluates a new field's rules on its default: all existing rows hold the default, so
     /// this proves the rule for the whole table without scanning it.
     DefaultCheck { field: String, sql: String },
-    /// After adding a rule over related records: returns the id of a record that breaks it.
-    RuleHolds { rule: String, sql: String },
+    /// After adding a rule: returns the id of a record that breaks it (`key` is the rule's key,
+    /// `r.<rule>` or `f<field id>.<rule>`), so the refusal names one.
+    RuleHolds { key: String, sql: String },
 }
 
 // ------------------------------------------------------------------ names
@@ -427,6 +428,18 @@ pub fn column_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> String {
         s.push_str(" NOT NULL");
     }
     s
+}
+
+/// The condition of a CHECK artifact's body (what `check_body` wrapped).
+fn check_condition<'a>(ctx: &Ctx, entity: &str, key: &str, body: &'a str) -> Option<&'a str> {
+    let suffix = format!(
+        "), {}, {}, {}))",
+        quote_literal(ctx.schema),
+        quote_literal(entity),
+        quote_literal(key)
+    );
+    body.strip_prefix("CHECK (udm.check_rule((")?
+        .strip_suffix(suffix.as_str())
 }
 
 fn check_body(ctx: &Ctx, entity: &str, key: &str, cond: &str) -> String {
@@ -1342,6 +1355,7 @@ pub fn plan_change(ctx: &Ctx, old: &EntityDef, new: &EntityDef) -> Result<Vec<St
     let mut adds = Vec::new();
     let mut renames = Vec::new();
     let mut rule_checks = Vec::new();
+    let mut probes = Vec::new();
     let old_by_key: BTreeMap<&str, &Artifact> =
         old_arts.iter().map(|a| (a.key.as_str(), a)).collect();
     let new_by_key: BTreeMap<&str, &Artifact> =
@@ -1397,8 +1411,20 @@ pub fn plan_change(ctx: &Ctx, old: &EntityDef, new: &EntityDef) -> Result<Vec<St
                 .expect("the rule's artifact");
             if let Some(c) = related_rule(ctx, new, &r.check)? {
                 rule_checks.push(Step::RuleHolds {
-                    rule: name.to_string(),
+                    key: format!("r.{name}"),
                     sql: related_rules::existing_violators(ctx.schema, &new.slug, &c.condition),
+                });
+            }
+        }
+        if a.kind == ArtifactKind::Check && !on_fresh {
+            // a CHECK constraint validates the rows there but names none: find one first
+            if let Some(cond) = check_condition(ctx, &a.table, &a.key, &a.body) {
+                probes.push(Step::RuleHolds {
+                    key: a.key.clone(),
+                    sql: format!(
+                        "SELECT \"id\"::text FROM {} WHERE NOT ({cond}) LIMIT 1",
+                        ctx.table(&a.table)
+                    ),
                 });
             }
         }
@@ -1410,6 +1436,7 @@ pub fn plan_change(ctx: &Ctx, old: &EntityDef, new: &EntityDef) -> Result<Vec<St
     steps.extend(column_steps);
     steps.extend(junction_steps);
     steps.extend(renames);
+    steps.extend(probes);
     steps.extend(adds);
     steps.extend(rule_checks);
     steps.extend(grant_sql(ctx, new, false).into_iter().map(Step::Sql));
@@ -1923,7 +1950,7 @@ mod related_rule_tests {
             .iter()
             .map(|s| match s {
                 Step::Sql(s) => s.clone(),
-                Step::RuleHolds { rule, sql } => format!("HOLDS {rule}: {sql}"),
+                Step::RuleHolds { key, sql } => format!("HOLDS {key}: {sql}"),
                 other => format!("{other:?}"),
             })
             .collect();
@@ -1937,7 +1964,7 @@ mod related_rule_tests {
             .unwrap_or_else(|| panic!("{sql:#?}"));
         let holds = sql
             .iter()
-            .position(|s| s.starts_with("HOLDS named: SELECT \"t\".\"id\"::text FROM \"acme\".\"product\" AS \"t\" WHERE NOT ("))
+            .position(|s| s.starts_with("HOLDS r.named: SELECT \"t\".\"id\"::text FROM \"acme\".\"product\" AS \"t\" WHERE NOT ("))
             .unwrap_or_else(|| panic!("{sql:#?}"));
         assert!(
             own < holds && recheck < holds,

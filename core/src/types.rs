@@ -301,22 +301,44 @@ pub const COMMON_OPTIONS: &[&str] = &[
     "audit",
 ];
 
+/// Other names accepted for a type (`"type": "string"` is a `text` field): the definition
+/// records the type's own name. `udm_field_types()` lists them with their type.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("string", "text"),
+    ("int", "integer"),
+    ("numeric", "decimal"),
+    ("number", "decimal"),
+    ("bool", "boolean"),
+    ("timestamp", "datetime"),
+    ("polymorphic", "reference"),
+];
+
+/// The aliases of type `name`.
+pub fn aliases_of(name: &str) -> Vec<&'static str> {
+    ALIASES
+        .iter()
+        .filter(|(_, t)| *t == name)
+        .map(|(a, _)| *a)
+        .collect()
+}
+
 impl FieldType {
     pub fn parse(s: &str) -> Result<FieldType> {
         if let Some(inner) = s.strip_suffix("[]") {
             let item = FieldType::parse(inner)?;
             return FieldType::array_of(item);
         }
+        let s = ALIASES.iter().find(|(a, _)| *a == s).map_or(s, |(_, t)| *t);
         Ok(match s {
-            "text" | "string" => FieldType::Text,
+            "text" => FieldType::Text,
             "long_text" => FieldType::LongText,
-            "integer" | "int" => FieldType::Integer,
+            "integer" => FieldType::Integer,
             "bigint" => FieldType::BigInt,
-            "decimal" | "numeric" | "number" => FieldType::Decimal,
+            "decimal" => FieldType::Decimal,
             "float" => FieldType::Float,
-            "boolean" | "bool" => FieldType::Boolean,
+            "boolean" => FieldType::Boolean,
             "date" => FieldType::Date,
-            "datetime" | "timestamp" => FieldType::DateTime,
+            "datetime" => FieldType::DateTime,
             "time" => FieldType::Time,
             "duration" => FieldType::Duration,
             "uuid" => FieldType::Uuid,
@@ -335,7 +357,7 @@ impl FieldType {
             "password" => FieldType::Password,
             "file" => FieldType::File,
             "relation" => FieldType::Relation,
-            "reference" | "polymorphic" => FieldType::Reference,
+            "reference" => FieldType::Reference,
             "user" => FieldType::User,
             "array" => return Err(UdmError::invalid(
                 "type \"array\" needs \"items\", the type of its elements",

@@ -510,7 +510,8 @@ fn nobody_grants_more_than_they_have() {
     ] {
         expect_err(&mut ed_c, &sql, "42501");
     }
-    // member changes are audited
+    // member changes are audited (the failed udm_use above left no user selected: alice again)
+    a.switch(&alice);
     let n: i64 = scalar(
         &mut a.app,
         &format!(

@@ -40,7 +40,13 @@ fn a_member_cannot_select_the_other_tenant_through_udm() {
         msg.contains(&format!("GRANT \"tenant_{}\"", b.tenant)),
         "hint names the grant: {msg}"
     );
-    // still on its own tenant
+    // the refused selection leaves no tenant selected (not its own either: a script meant for
+    // the other tenant must not go on changing its own)
+    let t: Option<String> = scalar(&mut a.client, "SELECT udm_current_tenant()");
+    assert_eq!(t, None);
+    a.client
+        .query_one("SELECT udm_use($1)", &[&a.tenant])
+        .unwrap();
     let t: Option<String> = scalar(&mut a.client, "SELECT udm_current_tenant()");
     assert_eq!(t.as_deref(), Some(a.tenant.as_str()));
 }

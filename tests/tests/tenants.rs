@@ -257,7 +257,10 @@ fn a_failed_user_selection_leaves_no_user_and_a_missing_user_is_announced() {
     let alice = format!("{}@fuu.test", unique("alice"));
     json(
         &mut adm,
-        &format!("SELECT udm_create_user({}, 'Alice', 'a-long-password')", lit(&alice)),
+        &format!(
+            "SELECT udm_create_user({}, 'Alice', 'a-long-password')",
+            lit(&alice)
+        ),
     );
     let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let seen = notices.clone();
@@ -274,9 +277,16 @@ fn a_failed_user_selection_leaves_no_user_and_a_missing_user_is_announced() {
     );
     json(
         &mut c,
-        &format!("SELECT udm_add_member({}, {}, 'admin')", lit(&t), lit(&alice)),
+        &format!(
+            "SELECT udm_add_member({}, {}, 'admin')",
+            lit(&t),
+            lit(&alice)
+        ),
     );
-    json(&mut c, &format!("SELECT udm_use({}, {})", lit(&t), lit(&alice)));
+    json(
+        &mut c,
+        &format!("SELECT udm_use({}, {})", lit(&t), lit(&alice)),
+    );
     c.batch_execute(&format!("INSERT INTO \"{t}\".item (name) VALUES ('mine')"))
         .unwrap();
     let n: i64 = scalar(&mut c, &format!("SELECT count(*) FROM \"{t}\".item"));
@@ -288,7 +298,10 @@ fn a_failed_user_selection_leaves_no_user_and_a_missing_user_is_announced() {
     );
     // alice no longer acts: plain SQL sees nothing and writes nothing
     let n: i64 = scalar(&mut c, &format!("SELECT count(*) FROM \"{t}\".item"));
-    assert_eq!(n, 0, "the previous user carried on after a failed selection");
+    assert_eq!(
+        n, 0,
+        "the previous user carried on after a failed selection"
+    );
     expect_err(
         &mut c,
         &format!("INSERT INTO \"{t}\".item (name) VALUES ('not mine')"),
@@ -298,8 +311,9 @@ fn a_failed_user_selection_leaves_no_user_and_a_missing_user_is_announced() {
     json(&mut c, &format!("SELECT udm_use({})", lit(&t)));
     let said = notices.lock().unwrap().join("\n");
     assert!(
-        said.contains(&format!("tenant \"{t}\" controls access: with no member selected"))
-            && said.contains("udm_use("),
+        said.contains(&format!(
+            "tenant \"{t}\" controls access: with no member selected"
+        )) && said.contains("udm_use("),
         "{said}"
     );
 }

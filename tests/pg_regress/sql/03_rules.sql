@@ -3,8 +3,8 @@
 SELECT udm_use('rg_shop') IS NOT NULL AS used;
 INSERT INTO rg_shop.category (name) VALUES ('Phones');
 
-INSERT INTO rg_shop.product (name, price, category_id)
-  SELECT 'iPhone', 999, id FROM rg_shop.category WHERE name = 'Phones';
+INSERT INTO rg_shop.product (id, name, price, category_id)
+  SELECT '00000000-0000-7000-8000-00000000000a', 'iPhone', 999, id FROM rg_shop.category WHERE name = 'Phones';
 SELECT name, price, status, _version FROM rg_shop.product;
 
 INSERT INTO rg_shop.product (name, price) VALUES ('bad', -1);

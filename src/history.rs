@@ -14,6 +14,7 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use udm_core::audit::{
     audited_since, link_error, missing_head_error, parse_report_options, restore_plan, summarize,
@@ -233,7 +234,164 @@ pub fn history(entity: &str, id: Uuid) -> Result<Vec<HistoryRow>> {
     if rows.is_empty() && e.is_none() {
         return Err(catalog::no_such_entity(&t, entity));
     }
-    Ok(rows)
+    match e {
+        Some(e) if crate::links::has_links(&e) => with_link_history(&t, &e, id, rows),
+        _ => Ok(rows),
+    }
+}
+
+/// One step of a record's history: a row of the record (with the link changes its transaction
+/// made), or link changes made without one (plain SQL on a junction table).
+struct Step {
+    record: Option<HistoryRow>,
+    links: Vec<crate::links::LinkRow>,
+}
+
+/// Adds the record's link changes to its history: as changes of their fields (which ids were
+/// added and removed) on the row of the transaction that made them, or as rows of their own;
+/// and each row's data holds the links the record had then.
+fn with_link_history(
+    t: &Tenant,
+    e: &Entity,
+    id: Uuid,
+    rows: Vec<HistoryRow>,
+) -> Result<Vec<HistoryRow>> {
+    let hidden_ids = crate::access::hidden_field_ids(t, e)?;
+    let changes: Vec<crate::links::LinkRow> = crate::links::changes(t, e, id, None)?
+        .into_iter()
+        .filter(|l| !hidden_ids.contains(&l.change.field))
+        .collect();
+    if changes.is_empty() {
+        return Ok(rows);
+    }
+    // oldest first; a transaction's link changes go with its last record row
+    let mut steps: Vec<(i64, Step)> = rows
+        .into_iter()
+        .rev()
+        .map(|r| {
+            (
+                r.event_id,
+                Step {
+                    record: Some(r),
+                    links: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    let mut last_of_tx: HashMap<i64, usize> = HashMap::new();
+    for (i, (_, s)) in steps.iter().enumerate() {
+        if let Some(r) = &s.record {
+            last_of_tx.insert(r.txid, i);
+        }
+    }
+    let mut own: HashMap<i64, usize> = HashMap::new();
+    for l in changes {
+        let tx = l.change.txid;
+        if let Some(&i) = last_of_tx.get(&tx) {
+            steps[i].1.links.push(l);
+        } else if let Some(&i) = own.get(&tx) {
+            steps[i].1.links.push(l);
+        } else {
+            own.insert(tx, steps.len());
+            steps.push((
+                l.change.audit_id,
+                Step {
+                    record: None,
+                    links: vec![l],
+                },
+            ));
+        }
+    }
+    steps.sort_by_key(|(at, _)| *at);
+    let mut state: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+    let mut last_image: Option<RawJsonb> = None;
+    let mut last_version: Option<i32> = None;
+    let mut out = Vec::with_capacity(steps.len());
+    for (_, step) in steps {
+        let before = state.clone();
+        let by_field = {
+            let mut m: BTreeMap<u32, Vec<&udm_core::audit::LinkChange>> = BTreeMap::new();
+            for l in &step.links {
+                m.entry(l.change.field).or_default().push(&l.change);
+            }
+            m
+        };
+        state = {
+            let mut s = state;
+            for l in &step.links {
+                let set = s.entry(l.change.field).or_default();
+                if l.change.added {
+                    set.insert(l.change.target.clone());
+                } else {
+                    set.remove(&l.change.target);
+                }
+            }
+            s
+        };
+        let mut names = Vec::new();
+        let mut parts = Vec::new();
+        for (field, list) in &by_field {
+            let Some(f) = crate::links::field(&e.def, *field) else {
+                continue;
+            };
+            if let Some(p) = udm_core::audit::link_summary(&f.name, list) {
+                names.push(f.name.clone());
+                parts.push(p);
+            }
+        }
+        match step.record {
+            Some(mut r) => {
+                // a delete's image is the record before it (and its links before they went)
+                let links = if r.action == "DELETE" {
+                    &before
+                } else {
+                    &state
+                };
+                if let Some(img) = &r.data {
+                    r.data = Some(crate::links::with_links(img, &e.def, links)?);
+                }
+                if r.action != "DELETE" {
+                    last_image = r.data.clone();
+                }
+                last_version = r.version.or(last_version);
+                if !parts.is_empty() && r.action != "DELETE" {
+                    let mut changed = changed_list(r.changed_fields.take());
+                    changed.extend(names);
+                    r.summary = if r.summary.ends_with("saved without changes") {
+                        parts.join("; ")
+                    } else {
+                        format!("{}; {}", r.summary, parts.join("; "))
+                    };
+                    r.changed_fields = Some(changed.into_iter().map(Some).collect());
+                }
+                out.push(r);
+            }
+            None if !parts.is_empty() => {
+                let first = &step.links[0];
+                let data = match &last_image {
+                    Some(img) => Some(crate::links::with_links(img, &e.def, &state)?),
+                    None => None,
+                };
+                out.push(HistoryRow {
+                    version: last_version,
+                    action: "UPDATE".into(),
+                    changed_fields: Some(names.into_iter().map(Some).collect()),
+                    summary: parts.join("; "),
+                    user_id: first.user_id.clone(),
+                    db_role: first.db_role.clone(),
+                    changed_at: first.changed_at,
+                    txid: first.change.txid,
+                    event_id: first.change.audit_id,
+                    data,
+                    old: None,
+                    new: None,
+                });
+            }
+            None => {}
+        }
+    }
+    out.reverse();
+    Ok(out)
 }
 
 pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Option<RawJsonb>> {
@@ -258,6 +416,24 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
     let Some((mut image, version)) = row else {
         return Ok(None);
     };
+    // the links it had then
+    if let (Some(e), Some(img)) = (e.as_ref(), image.as_ref()) {
+        if crate::links::has_links(e) {
+            let hidden = crate::access::hidden_field_ids(&t, e)?;
+            let changes = crate::links::changes(&t, e, id, Some(at))?;
+            let links = udm_core::audit::links_after(
+                changes
+                    .iter()
+                    .map(|l| &l.change)
+                    .filter(|c| !hidden.contains(&c.field)),
+            );
+            let mut with = crate::links::with_links(img, &e.def, &links)?;
+            for f in e.def.fields.iter().filter(|f| hidden.contains(&f.id)) {
+                with = with.without_keys(&|k| k == f.name)?;
+            }
+            image = Some(with);
+        }
+    }
     if let Some(h) = Hidden::of(&t)?.as_mut() {
         h.strip(entity, version, &mut [&mut image], &mut Vec::new())?;
     }
@@ -387,19 +563,24 @@ pub fn rollback(
     let e = catalog::entity(&t, entity)?;
     let what = format!("cannot roll back {entity} {id} to version {version}");
     let sql = format!(
-        "SELECT new_data, entity_version FROM {} WHERE record_id = $1 AND entity = $2 \
+        "SELECT new_data, entity_version, audit_id, txid FROM {} WHERE record_id = $1 AND entity = $2 \
          AND record_version = $3 AND action <> 'DELETE' ORDER BY audit_id DESC LIMIT 1",
         audit_table(&t)
     );
     let row = Spi::connect(|c| {
         let mut out = None;
         for r in c.select(&sql, Some(1), &[id.into(), entity.into(), version.into()])? {
-            out = Some((r.get::<JsonB>(1)?.map(|j| j.0), r.get::<i32>(2)?));
+            out = Some((
+                r.get::<JsonB>(1)?.map(|j| j.0),
+                r.get::<i32>(2)?,
+                r.get::<i64>(3)?.unwrap_or(0),
+                r.get::<i64>(4)?.unwrap_or(0),
+            ));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
     .map_err(spi_err)?;
-    let Some((Some(Value::Object(image)), def_version)) = row else {
+    let Some((Some(Value::Object(image)), def_version, at_id, at_tx)) = row else {
         return Err(UdmError::new(
             SqlState::NoDataFound,
             format!("{entity} {id} has no version {version} in the audit log"),
@@ -410,23 +591,77 @@ pub fn rollback(
         )));
     };
     let then = definition_then(&t, &e, def_version)?;
-    let plan = restore_plan(&then, &e.def, &image, fields.as_deref(), &what)?;
-    if fields.is_some() && !exists(&t, entity, id)? {
+    // many-to-many fields are restored from the link rows, the others from the image
+    let named_then = |f: &udm_core::definition::FieldDef, n: &str| {
+        f.name == n || then.fields.iter().any(|o| o.id == f.id && o.name == n)
+    };
+    let link_fields: Vec<&udm_core::definition::FieldDef> = e
+        .def
+        .fields
+        .iter()
+        .filter(|f| f.junction.is_some())
+        .filter(|f| {
+            fields
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|n| named_then(f, n)))
+        })
+        .collect();
+    let columns: Option<Vec<String>> = fields.as_ref().map(|list| {
+        list.iter()
+            .filter(|n| !link_fields.iter().any(|f| named_then(f, n)))
+            .cloned()
+            .collect()
+    });
+    let plan = restore_plan(&then, &e.def, &image, columns.as_deref(), &what)?;
+    let present = exists(&t, entity, id)?;
+    if fields.is_some() && !present {
         return Err(UdmError::new(
             SqlState::ObjectNotInPrerequisiteState,
             format!("{what}: the record is deleted"),
         )
         .hint("roll back all its fields (fields => NULL) to restore it"));
     }
-    write_image(&t, &e, id, &plan.values, &what)?;
+    if !present || !plan.values.is_empty() || link_fields.is_empty() {
+        write_image(&t, &e, id, &plan.values, &what)?;
+    }
+    let mut skipped = plan.skipped.clone();
+    let mut restored: Vec<String> = plan.values.keys().cloned().collect();
+    if !link_fields.is_empty() {
+        // the links of that version: every link change up to the next transaction that changed
+        // the record or its links
+        let boundary = crate::spi::select_one::<i64>(
+            &format!(
+                "SELECT min(audit_id) FROM {} WHERE record_id = $1 \
+                   AND (entity = $2 OR starts_with(entity, $2 || '.')) AND audit_id > $3 AND txid <> $4",
+                audit_table(&t)
+            ),
+            &[id.into(), entity.into(), at_id.into(), at_tx.into()],
+        )?;
+        let changes = crate::links::changes(&t, &e, id, None)?;
+        let links = udm_core::audit::links_after(
+            changes
+                .iter()
+                .map(|l| &l.change)
+                .filter(|c| boundary.is_none_or(|b| c.audit_id < b)),
+        );
+        let none = BTreeSet::new();
+        for f in link_fields {
+            let gone = crate::links::restore(&t, id, f, links.get(&f.id).unwrap_or(&none), &what)?;
+            skipped.extend(
+                gone.into_iter()
+                    .map(|g| format!("{}: {g} (no longer exists)", f.name)),
+            );
+            restored.push(f.name.clone());
+        }
+    }
     let now = last_version(&t, entity, id)?;
     Ok(json!({
         "entity": entity,
         "id": id.to_string(),
         "restored_version": version,
         "version": now,
-        "fields": plan.values.keys().collect::<Vec<_>>(),
-        "skipped": plan.skipped,
+        "fields": restored,
+        "skipped": skipped,
     }))
 }
 
@@ -498,16 +733,28 @@ pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
         )
         .hint("a member whose role manages the tenant can roll it back"));
     }
-    // Undo units: each record by its first row in the transaction (its state before), each
-    // link change by itself; undone newest first.
+    // Undo units: each record by its first row in the transaction (its state before), and
+    // each link (field, source, target) by its first row too: a link the transaction first
+    // removed was there before, one it first made was not, whatever it did with it afterwards.
     let mut units: Vec<usize> = Vec::new();
     let mut order: Vec<(String, Uuid)> = Vec::new();
     let mut first: std::collections::HashMap<(String, [u8; 16]), usize> = Default::default();
+    let mut first_link: std::collections::HashSet<(String, [u8; 16], String)> = Default::default();
     let mut last: std::collections::HashMap<(String, [u8; 16]), i64> = Default::default();
     for (i, r) in rows.iter().enumerate() {
         let k = (r.entity.clone(), *r.id.as_bytes());
         if r.entity.contains('.') {
-            units.push(i);
+            let target = r
+                .new
+                .as_ref()
+                .or(r.old.as_ref())
+                .and_then(|v| v.get("target_id"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if first_link.insert((r.entity.clone(), *r.id.as_bytes(), target)) {
+                units.push(i);
+            }
         } else if !first.contains_key(&k) {
             first.insert(k.clone(), i);
             units.push(i);
@@ -557,8 +804,26 @@ pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
             .hint("roll back the later transaction first, or pass force => true to overwrite its changes"));
         }
     }
+    // Links the transaction made go first (a record it created cannot go while linked), then
+    // records newest first, then links it removed (only once the records they join are back).
+    let is_link = |i: usize| rows[i].entity.contains('.');
+    let unlinked = |i: usize| rows[i].action == "DELETE";
+    let mut ordered: Vec<usize> = units
+        .iter()
+        .rev()
+        .copied()
+        .filter(|&i| is_link(i) && !unlinked(i))
+        .collect();
+    ordered.extend(units.iter().rev().copied().filter(|&i| !is_link(i)));
+    ordered.extend(
+        units
+            .iter()
+            .rev()
+            .copied()
+            .filter(|&i| is_link(i) && unlinked(i)),
+    );
     let mut undone = Vec::new();
-    for &i in units.iter().rev() {
+    for i in ordered {
         let r = &rows[i];
         let (entity, id) = (&r.entity, &r.id);
         let what = format!("cannot roll back transaction {txid} for {entity} {id}");

@@ -31,6 +31,7 @@ mod guc;
 mod history;
 mod json;
 mod limits;
+mod links;
 mod locks;
 mod query;
 mod rawspi;

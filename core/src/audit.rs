@@ -219,6 +219,65 @@ pub fn summarize(
     }
 }
 
+// ------------------------------------------------------------------ links
+
+/// One change of a record's many-to-many links, as the audit log has it (junction rows are
+/// audited as changes of `<entity>.<field>` keyed by the source record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkChange {
+    pub audit_id: i64,
+    pub txid: i64,
+    /// The field's id (stable across renames).
+    pub field: u32,
+    pub target: String,
+    /// Linked (true) or unlinked.
+    pub added: bool,
+}
+
+/// The targets of each many-to-many field after `changes`, applied in order.
+pub fn links_after<'a>(
+    changes: impl IntoIterator<Item = &'a LinkChange>,
+) -> std::collections::BTreeMap<u32, std::collections::BTreeSet<String>> {
+    let mut out: std::collections::BTreeMap<u32, std::collections::BTreeSet<String>> =
+        Default::default();
+    for c in changes {
+        let set = out.entry(c.field).or_default();
+        if c.added {
+            set.insert(c.target.clone());
+        } else {
+            set.remove(&c.target);
+        }
+    }
+    out
+}
+
+/// What `changes` did to one field, in words: `tags: added a, b; removed c` (a link added and
+/// removed again within them cancels out). `None` when nothing changed.
+pub fn link_summary(field: &str, changes: &[&LinkChange]) -> Option<String> {
+    let mut net: std::collections::BTreeMap<&str, i32> = Default::default();
+    for c in changes {
+        *net.entry(c.target.as_str()).or_default() += if c.added { 1 } else { -1 };
+    }
+    let added: Vec<&str> = net
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(t, _)| *t)
+        .collect();
+    let removed: Vec<&str> = net
+        .iter()
+        .filter(|(_, n)| **n < 0)
+        .map(|(t, _)| *t)
+        .collect();
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("added {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("removed {}", removed.join(", ")));
+    }
+    (!parts.is_empty()).then(|| format!("{field}: {}", parts.join("; ")))
+}
+
 // ------------------------------------------------------------------ rollback
 
 /// What a rollback writes: values by current field name, and the fields it left alone.
@@ -589,5 +648,36 @@ mod tests {
         )
         .is_err());
         assert!(ReportKind::parse("sox").is_err());
+    }
+
+    #[test]
+    fn links_replay_in_order_and_summaries_show_the_net_change() {
+        let c = |id: i64, field: u32, target: &str, added: bool| LinkChange {
+            audit_id: id,
+            txid: 1,
+            field,
+            target: target.into(),
+            added,
+        };
+        let changes = [
+            c(1, 7, "a", true),
+            c(2, 7, "b", true),
+            c(3, 8, "x", true),
+            c(4, 7, "a", false),
+            c(5, 7, "c", true),
+        ];
+        let after = links_after(&changes);
+        assert_eq!(after[&7].iter().collect::<Vec<_>>(), ["b", "c"]);
+        assert_eq!(after[&8].iter().collect::<Vec<_>>(), ["x"]);
+        let of7: Vec<&LinkChange> = changes.iter().filter(|c| c.field == 7).collect();
+        // a linked and unlinked again: no net change
+        assert_eq!(link_summary("tags", &of7).unwrap(), "tags: added b, c");
+        let undo = [c(6, 7, "b", false), c(7, 7, "d", true)];
+        let refs: Vec<&LinkChange> = undo.iter().collect();
+        assert_eq!(
+            link_summary("tags", &refs).unwrap(),
+            "tags: added d; removed b"
+        );
+        assert_eq!(link_summary("tags", &[&changes[0], &changes[3]]), None);
     }
 }

@@ -7,6 +7,9 @@
 use postgres::Client;
 use udm_tests::*;
 
+/// (version, action, changed_fields, summary, data, txid, changed_at)
+type Row = (Option<i32>, String, Vec<String>, String, Value, i64, String);
+
 struct Shelf {
     c: Client,
     t: String,

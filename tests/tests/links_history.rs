@@ -116,10 +116,8 @@ impl Shelf {
     }
 
     /// (version, action, changed_fields, summary, data, txid, changed_at), newest first.
-    fn history(
-        &mut self,
-        id: &str,
-    ) -> Vec<(Option<i32>, String, Vec<String>, String, Value, i64, String)> {
+    /// The book's history, newest first.
+    fn history(&mut self, id: &str) -> Vec<Row> {
         self.c
             .query(
                 &format!(

@@ -17,6 +17,17 @@ fn run(sql: &str) -> Result<()> {
     crate::spi::run(sql, &[])
 }
 
+/// The name of the database udm runs in.
+fn current_database() -> String {
+    unsafe {
+        let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if p.is_null() {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
 fn tenant_json(slug: &str, name: Option<&str>, schema: &str, role: &str) -> serde_json::Value {
     json!({"slug": slug, "name": name, "schema": schema, "role": role})
 }
@@ -31,7 +42,7 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
             ));
         }
     }
-    let role = tenant_role(slug);
+    let role = tenant_role(slug, &current_database());
     let schema = slug.to_string();
     as_owner(|| {
         let taken = crate::spi::select_one::<String>(
@@ -57,7 +68,7 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
                     SqlState::DuplicateObject,
                     format!("cannot create tenant \"{slug}\": the role \"{role}\" already exists"),
                 )
-                .hint("roles are shared by all databases of the cluster: another database may have this tenant; choose another slug"))
+                .hint("roles are shared by all databases of the cluster: a database of this name that was dropped may have left it; if nothing uses it, a superuser can drop it (DROP ROLE), else choose another slug"))
             }
             None => {}
         }

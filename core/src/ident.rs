@@ -346,8 +346,22 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Role that owns access to a tenant's schema.
-pub fn tenant_role(slug: &str) -> String {
-    format!("tenant_{slug}")
+/// The role of tenant `slug` in database `database`: `tenant_<slug>@<database>`. Roles are
+/// shared by every database of a cluster; the database's name keeps the tenants of two databases
+/// with the same slug (staging and production, two applications) apart. A name over 63 bytes
+/// keeps as much of the database's name as fits, then `~` and 8 hex digits of its hash.
+pub fn tenant_role(slug: &str, database: &str) -> String {
+    let head = format!("tenant_{slug}@");
+    let whole = format!("{head}{database}");
+    if whole.len() <= MAX_IDENT {
+        return whole;
+    }
+    let tag = format!("~{:08x}", (fnv1a(database.as_bytes()) & 0xffff_ffff) as u32);
+    let mut room = MAX_IDENT.saturating_sub(head.len() + tag.len());
+    while room > 0 && !database.is_char_boundary(room) {
+        room -= 1;
+    }
+    format!("{head}{}{tag}", &database[..room.min(database.len())])
 }
 
 #[cfg(test)]
@@ -470,5 +484,20 @@ mod tests {
         assert_eq!(fitted, fit_name(&long), "stable");
         let other = format!("{}_{}_check", "e".repeat(48), "g".repeat(48));
         assert_ne!(fit_name(&other), fitted, "distinct names stay distinct");
+    }
+
+    #[test]
+    fn tenant_roles_name_their_database_and_fit() {
+        assert_eq!(tenant_role("acme", "shop"), "tenant_acme@shop");
+        let slug = "a".repeat(40);
+        let long = tenant_role(&slug, "a_database_with_a_rather_long_name_indeed");
+        assert!(long.len() <= MAX_IDENT, "{long}");
+        assert!(long.starts_with(&format!("tenant_{slug}@a_data")), "{long}");
+        assert_ne!(
+            long,
+            tenant_role(&slug, "a_database_with_a_rather_long_name_indeed_too"),
+            "two long names stay apart"
+        );
+        assert!(tenant_role("x", &"ü".repeat(40)).len() <= MAX_IDENT);
     }
 }

@@ -67,12 +67,25 @@ pub struct Member {
     pub client: Client,
 }
 
+/// The database role of a tenant (`tenant_<slug>@<database>`), as its registry has it.
+pub fn tenant_role(c: &mut Client, slug: &str) -> String {
+    c.query_one("SELECT role_name FROM udm_tenants() WHERE slug = $1", &[&slug])
+        .unwrap_or_else(|e| panic!("the role of tenant {slug}: {e}"))
+        .get(0)
+}
+
+/// `GRANT <the tenant's role> TO <role>`, as an admin.
+pub fn grant_tenant(admin: &mut Client, slug: &str, role: &str) {
+    let tenant_role = tenant_role(admin, slug);
+    admin
+        .batch_execute(&format!("GRANT \"{tenant_role}\" TO \"{role}\""))
+        .unwrap();
+}
+
 pub fn member(admin: &mut Client, prefix: &str) -> Member {
     let tenant = tenant(admin, prefix);
     let role = login_role(admin, &format!("{prefix}_user"));
-    admin
-        .batch_execute(&format!("GRANT \"tenant_{tenant}\" TO \"{role}\""))
-        .unwrap();
+    grant_tenant(admin, &tenant, &role);
     let mut client = connect_as(&role);
     client.query_one("SELECT udm_use($1)", &[&tenant]).unwrap();
     Member {

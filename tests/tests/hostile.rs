@@ -191,10 +191,8 @@ fn fixture(adm: &mut Client) -> Fixture {
     let no_tenant = login_role(adm, "hosn");
     let other_member = login_role(adm, "hoso");
     let viewer_role = login_role(adm, "hosv");
-    adm.batch_execute(&format!(
-        "GRANT \"tenant_{other_tenant}\" TO \"{other_member}\"; GRANT \"tenant_{tenant}\" TO \"{viewer_role}\""
-    ))
-    .unwrap();
+    grant_tenant(adm, &other_tenant, &other_member);
+    grant_tenant(adm, &tenant, &viewer_role);
     Fixture {
         tenant,
         other_tenant,

@@ -37,7 +37,7 @@ fn a_member_cannot_select_the_other_tenant_through_udm() {
         "{msg}"
     );
     assert!(
-        msg.contains(&format!("GRANT \"tenant_{}\"", b.tenant)),
+        msg.contains(&format!("GRANT \"tenant_{}@", b.tenant)),
         "hint names the grant: {msg}"
     );
     // the refused selection leaves no tenant selected (not its own either: a script meant for
@@ -152,7 +152,8 @@ fn only_admins_create_and_drop_tenants() {
     let mut c = connect_as(&boss);
     let slug = unique("isoadm");
     let created = json(&mut c, &format!("SELECT udm_create_tenant({})", lit(&slug)));
-    assert_eq!(created["role"], format!("tenant_{slug}"));
+    let db: String = scalar(&mut c, "SELECT current_database()::text");
+    assert_eq!(created["role"], format!("tenant_{slug}@{db}"));
     json(&mut c, &format!("SELECT udm_use({})", lit(&m.tenant)));
     json(
         &mut c,
@@ -200,10 +201,8 @@ fn pooled_connections_switch_tenant_per_transaction() {
     let a = tenant(&mut adm, "isopa");
     let b = tenant(&mut adm, "isopb");
     let pool_role = login_role(&mut adm, "isopool");
-    adm.batch_execute(&format!(
-        "GRANT \"tenant_{a}\", \"tenant_{b}\" TO \"{pool_role}\""
-    ))
-    .unwrap();
+    grant_tenant(&mut adm, &a, &pool_role);
+    grant_tenant(&mut adm, &b, &pool_role);
     let mut c = connect_as(&pool_role);
     let mut tx = c.transaction().unwrap();
     tx.query_one("SELECT udm_use($1, NULL, true)", &[&a])

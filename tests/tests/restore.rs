@@ -123,8 +123,7 @@ fn populate(db: &Db) -> Expected {
         &mut su,
         &format!("SELECT udm_create_tenant({})", lit(&tenant)),
     );
-    su.batch_execute(&format!("GRANT \"tenant_{tenant}\" TO \"{app}\""))
-        .unwrap();
+    grant_tenant(&mut su, &tenant, &app);
     let (alice, bob, carol) = (
         format!("{}@bk.test", unique("alice")),
         format!("{}@bk.test", unique("bob")),

@@ -14,7 +14,9 @@ fn create_makes_schema_role_and_catalog() {
     assert_eq!(t["slug"], slug);
     assert_eq!(t["name"], "Create Co");
     assert_eq!(t["schema"], slug);
-    assert_eq!(t["role"], format!("tenant_{slug}"));
+    let db: String = scalar(&mut adm, "SELECT current_database()::text");
+    let role = format!("tenant_{slug}@{db}");
+    assert_eq!(t["role"], json!(role), "roles name their database");
     let schema: bool = scalar(
         &mut adm,
         &format!(
@@ -25,7 +27,7 @@ fn create_makes_schema_role_and_catalog() {
     assert!(schema);
     let nologin: bool = scalar(
         &mut adm,
-        &format!("SELECT NOT rolcanlogin FROM pg_roles WHERE rolname = 'tenant_{slug}'"),
+        &format!("SELECT NOT rolcanlogin FROM pg_roles WHERE rolname = {}", lit(&role)),
     );
     assert!(nologin, "the tenant role is NOLOGIN");
     let tables: String = scalar(
@@ -102,7 +104,7 @@ fn creation_is_one_transaction() {
     let left: i64 = scalar(
         &mut adm,
         &format!(
-            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = {0}) + (SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_' || {0}) + (SELECT count(*) FROM udm.tenant WHERE slug = {0})",
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = {0}) + (SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_' || {0} || '@' || current_database()) + (SELECT count(*) FROM udm.tenant WHERE slug = {0})",
             lit(&slug)
         ),
     );
@@ -134,7 +136,7 @@ fn drop_needs_confirmation_and_removes_everything() {
     let left: i64 = scalar(
         &mut adm,
         &format!(
-            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = {0}) + (SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_' || {0}) + (SELECT count(*) FROM udm.tenant WHERE slug = {0})",
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = {0}) + (SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_' || {0} || '@' || current_database()) + (SELECT count(*) FROM udm.tenant WHERE slug = {0})",
             lit(&slug)
         ),
     );
@@ -316,4 +318,48 @@ fn a_failed_user_selection_leaves_no_user_and_a_missing_user_is_announced() {
         )) && said.contains("udm_use("),
         "{said}"
     );
+}
+
+/// Two databases of one cluster (staging and production, say) may both have a tenant `acme`:
+/// its role names its database, and one database's role opens nothing in the other.
+#[test]
+fn two_databases_of_a_cluster_have_tenants_of_the_same_slug() {
+    let mut adm = admin();
+    let other_db = unique("udm_it_two");
+    adm.batch_execute(&format!("CREATE DATABASE \"{other_db}\""))
+        .unwrap();
+    let connect_other = |user: &str| {
+        let cs = conn_string(user).replace(
+            &format!("dbname={}", std::env::var("UDM_TEST_DB").unwrap_or_else(|_| "udm_it".into())),
+            &format!("dbname={other_db}"),
+        );
+        postgres::Client::connect(&cs, postgres::NoTls).unwrap()
+    };
+    let mut adm2 = connect_other("postgres");
+    adm2.batch_execute("CREATE EXTENSION udm").unwrap();
+    let slug = unique("twin");
+    let here = json(&mut adm, &format!("SELECT udm_create_tenant({})", lit(&slug)));
+    let there = json(&mut adm2, &format!("SELECT udm_create_tenant({})", lit(&slug)));
+    assert_ne!(here["role"], there["role"], "{here} {there}");
+    assert!(
+        there["role"].as_str().unwrap().ends_with(&format!("@{other_db}")),
+        "{there}"
+    );
+    // an application granted this database's tenant does not reach the other's
+    let app = login_role(&mut adm, "twinapp");
+    grant_tenant(&mut adm, &slug, &app);
+    let mut c = connect_as(&app);
+    json(&mut c, &format!("SELECT udm_use({})", lit(&slug)));
+    let mut c2 = connect_other(&app);
+    let msg = expect_err(&mut c2, &format!("SELECT udm_use({})", lit(&slug)), "42501");
+    assert!(msg.contains("permission denied for tenant"), "{msg}");
+    expect_err(&mut c2, &format!("SELECT count(*) FROM \"{slug}\"._udm_entity"), "42501");
+    drop(c2);
+    drop(adm2);
+    json(&mut adm, &format!("SELECT udm_drop_tenant({0}, {0})", lit(&slug)));
+    let mut adm2 = connect_other("postgres");
+    json(&mut adm2, &format!("SELECT udm_drop_tenant({0}, {0})", lit(&slug)));
+    drop(adm2);
+    adm.batch_execute(&format!("DROP DATABASE \"{other_db}\" WITH (FORCE)"))
+        .unwrap();
 }

@@ -3,7 +3,7 @@
 SELECT udm_create_tenant('rg_acme', 'Acme Corp');
 SELECT slug, name, schema_name, role_name FROM udm_tenants() WHERE slug LIKE 'rg\_%';
 SELECT nspname FROM pg_namespace WHERE nspname = 'rg_acme';
-SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = 'tenant_rg_acme';
+SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = 'tenant_rg_acme@' || current_database();
 SELECT tablename FROM pg_tables WHERE schemaname = 'rg_acme' ORDER BY 1;
 
 -- bad slugs
@@ -22,5 +22,5 @@ SELECT udm_current_tenant();
 SELECT udm_drop_tenant('rg_acme', 'yes');
 SELECT udm_create_tenant('rg_tmp');
 SELECT udm_drop_tenant('rg_tmp', 'rg_tmp');
-SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_rg_tmp';
+SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_rg_tmp@' || current_database();
 SELECT udm_drop_tenant('rg_tmp', 'rg_tmp');

@@ -49,6 +49,20 @@ COMMENT ON TABLE udm.app_user IS 'udm: application users (global; members of ten
 SELECT pg_catalog.pg_extension_config_dump('udm.tenant', '');
 SELECT pg_catalog.pg_extension_config_dump('udm.app_user', '');
 
+-- Which tenants know which users (each tenant has its own table of the users it knows,
+-- <tenant>._udm_user, which its user fields, members and relation tuples reference): renaming,
+-- deleting or erasing a user touches only those tenants. No foreign keys: nothing of a tenant
+-- references a global table.
+CREATE TABLE udm.user_tenant (
+    user_id uuid NOT NULL,
+    tenant  text NOT NULL,
+    PRIMARY KEY (user_id, tenant)
+);
+CREATE INDEX user_tenant__tenant__idx ON udm.user_tenant (tenant);
+REVOKE ALL ON udm.user_tenant FROM PUBLIC;
+COMMENT ON TABLE udm.user_tenant IS 'udm: the tenants that know each user';
+SELECT pg_catalog.pg_extension_config_dump('udm.user_tenant', '');
+
 -- A polymorphic reference: a record of one of several entities.
 CREATE TYPE udm.ref AS (entity text, id uuid);
 

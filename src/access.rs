@@ -16,6 +16,7 @@ use crate::catalog::{self, Entity, Tenant};
 use crate::error::{raise, spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::json::JsonB;
 use crate::security::{as_owner, caller, is_admin, role_name};
+use crate::users::{find as find_user, no_such_user, user_json, UserRow, USER_TABLE};
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
@@ -23,9 +24,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use udm_core::access::{
-    audit_readable, denied, effective, normalize_email, parse_object, parse_permissions,
-    permissions_to_json, validate_password, validate_role_name, validate_user_name, AuditSubject,
-    Level, Op, Perms, RoleDef, BUILTIN_ROLES,
+    audit_readable, denied, effective, parse_object, parse_permissions, permissions_to_json,
+    validate_role_name, AuditSubject, Level, Op, Perms, RoleDef, BUILTIN_ROLES,
 };
 use udm_core::ddl::TUPLE_TABLE;
 use udm_core::ident::{printable, quote_ident, sql_call};
@@ -52,6 +52,7 @@ const TUPLE_INDEX: &str = "_udm_tuple__subject__idx";
 
 /// The tenant's members, roles and relation tuples, made on first use.
 fn ensure_tables(t: &Tenant) -> Result<()> {
+    crate::users::ensure_table(t)?;
     if t.relation(MEMBER_TABLE).is_some()
         && t.relation(ROLE_TABLE).is_some()
         && t.relation(TUPLE_TABLE).is_some()
@@ -65,7 +66,7 @@ fn ensure_tables(t: &Tenant) -> Result<()> {
         "access tables",
             &format!(
                 "CREATE TABLE IF NOT EXISTS {s}.\"{MEMBER_TABLE}\" (\
-                   user_id uuid PRIMARY KEY REFERENCES udm.app_user (id) ON DELETE CASCADE, \
+                   user_id uuid PRIMARY KEY REFERENCES {s}.\"{USER_TABLE}\" (id) ON DELETE CASCADE, \
                    role text NOT NULL, \
                    added_by text NOT NULL, \
                    added_at timestamp with time zone NOT NULL DEFAULT now()); \
@@ -80,7 +81,7 @@ fn ensure_tables(t: &Tenant) -> Result<()> {
                  CREATE TABLE IF NOT EXISTS {s}.\"{TUPLE_TABLE}\" (\
                    object_entity text NOT NULL, \
                    object_id uuid NOT NULL, \
-                   subject uuid NOT NULL REFERENCES udm.app_user (id) ON DELETE CASCADE, \
+                   subject uuid NOT NULL REFERENCES {s}.\"{USER_TABLE}\" (id) ON DELETE CASCADE, \
                    relation text NOT NULL CHECK (relation IN ('viewer', 'editor', 'admin')), \
                    granted_by text NOT NULL, \
                    granted_at timestamp with time zone NOT NULL DEFAULT now(), \
@@ -129,181 +130,9 @@ fn enable(t: &Tenant) -> Result<()> {
     Ok(())
 }
 
-// ------------------------------------------------------------------ users
+// ------------------------------------------------------------------ members
 
-fn hash_password(pw: &str) -> Result<String> {
-    let cost = crate::guc::BCRYPT_COST.get() as u32;
-    bcrypt::hash(pw.as_bytes(), cost).map_err(|e| UdmError::internal(format!("bcrypt failed: {e}")))
-}
-
-thread_local! {
-    /// (cost, hash) verified against when an email is unknown.
-    static STAND_IN_HASH: std::cell::RefCell<Option<(i32, String)>> = const { std::cell::RefCell::new(None) };
-}
-
-/// A bcrypt hash at the current cost, made once per backend.
-fn stand_in_hash() -> Result<String> {
-    let cost = crate::guc::BCRYPT_COST.get();
-    if let Some(h) = STAND_IN_HASH.with(|c| {
-        c.borrow()
-            .as_ref()
-            .filter(|(k, _)| *k == cost)
-            .map(|(_, h)| h.clone())
-    }) {
-        return Ok(h);
-    }
-    let h = hash_password("udm: no such user")?;
-    STAND_IN_HASH.with(|c| *c.borrow_mut() = Some((cost, h.clone())));
-    Ok(h)
-}
-
-/// A registered user: (id, email, name).
-type UserRow = (pgrx::Uuid, String, String);
-
-/// Finds a registered user by id or email.
-fn find_user(key: &str) -> Result<Option<UserRow>> {
-    let key = key.trim();
-    let by_id = uuid::Uuid::parse_str(key).ok();
-    as_owner(|| {
-        let stmt = crate::spi::prepared(
-            "SELECT id, email, name FROM udm.app_user WHERE id = $1 OR email = lower($2) LIMIT 1",
-            &[pg_sys::UUIDOID, pg_sys::TEXTOID],
-            false,
-        )?;
-        Spi::connect(|c| {
-            let id = by_id.map(|u| pgrx::Uuid::from_bytes(*u.as_bytes()));
-            let mut rows = c.select(&*stmt, Some(1), &[id.into(), key.into()])?;
-            match rows.next() {
-                Some(r) => Ok(Some((
-                    r.get::<pgrx::Uuid>(1)?
-                        .unwrap_or_else(|| pgrx::Uuid::from_bytes([0; 16])),
-                    r.get::<String>(2)?.unwrap_or_default(),
-                    r.get::<String>(3)?.unwrap_or_default(),
-                ))),
-                None => Ok::<_, pgrx::spi::Error>(None),
-            }
-        })
-        .map_err(spi_err)
-    })
-}
-
-fn no_such_user(key: &str) -> UdmError {
-    UdmError::new(
-        SqlState::UndefinedObject,
-        format!("user \"{}\" does not exist", printable(key)),
-    )
-    .hint("create it with udm_create_user(email, name, password)")
-}
-
-fn user_json(u: &UserRow) -> Value {
-    json!({"id": u.0.to_string(), "email": u.1, "name": u.2})
-}
-
-pub fn create_user(email: &str, name: &str, password: &str) -> Result<Value> {
-    let email = normalize_email(email)?;
-    validate_user_name(name)?;
-    validate_password(password)?;
-    // udm admins, or an admin of the current tenant (an app registering its users)
-    let me = caller();
-    if !is_admin(me) {
-        let t = catalog::current_tenant().map_err(|_| {
-            UdmError::new(
-                SqlState::InsufficientPrivilege,
-                format!("permission denied to create a user: role \"{}\" is not a udm admin and has no tenant selected", role_name(me)),
-            )
-            .hint("select a tenant you administer with udm_use, or ask a udm admin")
-        })?;
-        let ctx = context(&t)?;
-        if ctx.enabled && !ctx.perms.manages() {
-            return Err(denied(
-                &ctx.label(),
-                ctx.role.as_deref(),
-                "manage",
-                "create users",
-            ));
-        }
-    }
-    let hash = hash_password(password)?;
-    let actor = crate::security::actor();
-    let row = as_owner(|| {
-        if find_user(&email)?.is_some() {
-            return Err(UdmError::new(
-                SqlState::UniqueViolation,
-                format!("a user with email \"{email}\" already exists"),
-            )
-            .hint("users are shared by all tenants: add the existing user with udm_add_member"));
-        }
-        let stmt = crate::spi::prepared(
-            "INSERT INTO udm.app_user (email, name, password_hash, created_by) VALUES ($1, $2, $3, $4) \
-             RETURNING id, email, name, created_at",
-            &[pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TEXTOID],
-            true,
-        )?;
-        Spi::connect_mut(|c| {
-            let mut rows = c.update(
-                &*stmt,
-                None,
-                &[
-                    email.as_str().into(),
-                    name.trim().into(),
-                    hash.as_str().into(),
-                    actor.as_str().into(),
-                ],
-            )?;
-            let r = rows.next().expect("INSERT RETURNING gives a row");
-            Ok::<_, pgrx::spi::Error>((
-                r.get::<pgrx::Uuid>(1)?
-                    .unwrap_or_else(|| pgrx::Uuid::from_bytes([0; 16])),
-                r.get::<String>(2)?.unwrap_or_default(),
-                r.get::<String>(3)?.unwrap_or_default(),
-                r.get::<pgrx::datum::TimestampWithTimeZone>(4)?,
-            ))
-        })
-        .map_err(spi_err)
-    })?;
-    let mut out = user_json(&(row.0, row.1, row.2));
-    out["created_at"] = json!(row.3.map(|t| t.to_string()));
-    Ok(out)
-}
-
-/// The user with this email and password, if both match and the user is a member of the
-/// current tenant (an app's login); NULL otherwise.
-pub fn authenticate(email: &str, password: &str) -> Result<Option<Value>> {
-    let t = catalog::current_tenant()?;
-    let Ok(email) = normalize_email(email) else {
-        return Ok(None);
-    };
-    let hash = as_owner(|| {
-        crate::spi::select_one::<String>(
-            "SELECT password_hash FROM udm.app_user WHERE email = $1",
-            &[email.as_str().into()],
-        )
-    })?;
-    // An unknown email costs one bcrypt too, so the time taken does not tell which emails exist.
-    let ok = match hash.as_deref() {
-        Some(h) => bcrypt::verify(password.as_bytes(), h).unwrap_or(false),
-        None => {
-            let _ = bcrypt::verify(password.as_bytes(), &stand_in_hash()?);
-            false
-        }
-    };
-    if !ok {
-        return Ok(None);
-    }
-    let Some(u) = find_user(&email)? else {
-        return Ok(None);
-    };
-    let role = member_role(&t, u.0)?;
-    let Some(role) = role else {
-        return Ok(None);
-    };
-    let mut out = user_json(&u);
-    out["tenant"] = json!(t.slug);
-    out["role"] = json!(role);
-    Ok(Some(out))
-}
-
-fn member_role(t: &Tenant, user: pgrx::Uuid) -> Result<Option<String>> {
+pub fn member_role(t: &Tenant, user: pgrx::Uuid) -> Result<Option<String>> {
     if t.relation(MEMBER_TABLE).is_none() {
         return Ok(None);
     }
@@ -319,8 +148,8 @@ fn member_role(t: &Tenant, user: pgrx::Uuid) -> Result<Option<String>> {
 }
 
 /// What `udm_use` records as the session's user: a registered user (by id or email) must be a
-/// member of the tenant and is recorded by email; an unregistered id is only a label for
-/// attribution, and only in tenants without access control.
+/// member of the tenant and is recorded by id (never by email: see `users`); an unregistered id
+/// is only a label for attribution, and only in tenants without access control.
 pub fn session_user_id(t: &Tenant, given: &str) -> Result<String> {
     match find_user(given)? {
         Some(u) => {
@@ -334,7 +163,7 @@ pub fn session_user_id(t: &Tenant, given: &str) -> Result<String> {
                     sql_call("udm_add_member", &[&t.slug, &u.1, "viewer"])
                 )));
             }
-            Ok(u.1)
+            Ok(u.0.to_string())
         }
         None if t.access => Err(UdmError::new(
             SqlState::InsufficientPrivilege,
@@ -879,6 +708,7 @@ pub fn add_member(tenant: &str, user: &str, role: &str) -> Result<Value> {
     ensure_tables(&t)?;
     let perms = role_perms(&t, role)?;
     within_own(&t, &ctx, &perms, &format!("role \"{role}\""))?;
+    crate::users::know(&t, &u)?;
     if !perms.manages() {
         if let Some(current) = member_role(&t, u.0)? {
             let was_manager = role_perms(&t, &current).is_ok_and(|p| p.manages());
@@ -906,9 +736,44 @@ pub fn add_member(tenant: &str, user: &str, role: &str) -> Result<Value> {
         udm_core::access::MEMBER_EVENTS,
         u.0,
         "MEMBER_ADD",
-        json!({"user": u.1, "role": role}),
+        json!({"user": u.0.to_string(), "role": role}),
     )?;
     Ok(json!({"tenant": t.slug, "user": user_json(&u), "role": role, "access": true}))
+}
+
+/// Takes a user out of a tenant (the user is being deleted or erased): membership and relation
+/// tuples go, audited; refused while they are its last admin. Returns whether they were a member.
+pub fn forget_member(t: &Tenant, u: &UserRow, erase: bool) -> Result<bool> {
+    let Some(role) = member_role(t, u.0)? else {
+        return Ok(false);
+    };
+    let was_manager = role_perms(t, &role).is_ok_and(|p| p.manages());
+    if was_manager && managers_left(t, u.0)? == 0 {
+        return Err(last_manager(
+            t,
+            &u.1,
+            if erase { "erase" } else { "delete" },
+        ));
+    }
+    as_owner(|| {
+        crate::spi::run(
+            &format!("DELETE FROM {} WHERE subject = $1", t.catalog(TUPLE_TABLE)),
+            &[u.0.into()],
+        )?;
+        crate::spi::run(
+            &format!("DELETE FROM {} WHERE user_id = $1", t.catalog(MEMBER_TABLE)),
+            &[u.0.into()],
+        )
+    })?;
+    catalog::invalidate(t);
+    audit_access(
+        t,
+        udm_core::access::MEMBER_EVENTS,
+        u.0,
+        "MEMBER_REMOVE",
+        json!({"user": u.0.to_string(), "role": role, "because": if erase { "user erased" } else { "user deleted" }}),
+    )?;
+    Ok(true)
 }
 
 pub fn remove_member(tenant: &str, user: &str) -> Result<Value> {
@@ -947,7 +812,7 @@ pub fn remove_member(tenant: &str, user: &str) -> Result<Value> {
         udm_core::access::MEMBER_EVENTS,
         u.0,
         "MEMBER_REMOVE",
-        json!({"user": u.1, "role": role}),
+        json!({"user": u.0.to_string(), "role": role}),
     )?;
     Ok(json!({"tenant": t.slug, "user": user_json(&u), "removed": true}))
 }
@@ -1138,11 +1003,12 @@ fn require_granter(
 }
 
 /// Audits a grant or revoke and says what changed.
+/// (The audit names the user by id, as everything udm records: see `users`.)
 fn relation_changed(
     t: &Tenant,
     e: &Entity,
     id: pgrx::Uuid,
-    user: &str,
+    u: &UserRow,
     level: Level,
     action: &'static str,
     done: &str,
@@ -1152,9 +1018,9 @@ fn relation_changed(
         &udm_core::access::access_events(&e.def.slug),
         id,
         action,
-        json!({"user": user, "relation": level.name()}),
+        json!({"user": u.0.to_string(), "relation": level.name()}),
     )?;
-    let mut out = json!({"subject": user, "relation": level.name(),
+    let mut out = json!({"subject": u.1, "relation": level.name(),
                          "object": {"entity": e.def.slug, "id": id.to_string()}});
     out[done] = json!(true);
     Ok(out)
@@ -1190,7 +1056,7 @@ pub fn grant(subject: &str, relation: &str, object: &str) -> Result<Value> {
             &[e.def.slug.as_str().into(), id.into(), u.0.into(), level.name().into(), actor.as_str().into()],
         )
     })?;
-    relation_changed(&t, &e, id, &u.1, level, "GRANT", "granted")
+    relation_changed(&t, &e, id, &u, level, "GRANT", "granted")
 }
 
 pub fn revoke(subject: &str, relation: &str, object: &str) -> Result<Value> {
@@ -1232,7 +1098,7 @@ pub fn revoke(subject: &str, relation: &str, object: &str) -> Result<Value> {
         )
         .hint("udm_check tells which level a user has"));
     }
-    relation_changed(&t, &e, id, &u.1, level, "REVOKE", "revoked")
+    relation_changed(&t, &e, id, &u, level, "REVOKE", "revoked")
 }
 
 pub fn check(subject: &str, relation: &str, object: &str) -> Result<bool> {
@@ -1946,16 +1812,6 @@ pub unsafe extern "C-unwind" fn udm_access_guard(
 // ------------------------------------------------------------------ SQL surface
 
 #[pg_extern(volatile)]
-fn udm_create_user(email: &str, name: &str, password: &str) -> JsonB {
-    JsonB(create_user(email, name, password).or_raise())
-}
-
-#[pg_extern(volatile)]
-fn udm_authenticate(email: &str, password: &str) -> Option<JsonB> {
-    authenticate(email, password).or_raise().map(JsonB)
-}
-
-#[pg_extern(volatile)]
 fn udm_add_member(tenant: &str, user_id: &str, role: default!(&str, "'viewer'")) -> JsonB {
     JsonB(add_member(tenant, user_id, role).or_raise())
 }
@@ -2018,8 +1874,9 @@ fn members() -> Result<Vec<(pgrx::Uuid, String, String, String)>> {
             let mut out = Vec::new();
             for r in c.select(
                 &format!(
-                    "SELECT u.id, u.email, u.name, m.role FROM {} m JOIN udm.app_user u ON u.id = m.user_id ORDER BY u.email",
-                    t.catalog(MEMBER_TABLE)
+                    "SELECT u.id, u.email, u.name, m.role FROM {} m JOIN {} u ON u.id = m.user_id ORDER BY u.email",
+                    t.catalog(MEMBER_TABLE),
+                    t.catalog(USER_TABLE)
                 ),
                 None,
                 &[],

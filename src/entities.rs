@@ -457,6 +457,7 @@ fn change(
         steps.extend(ddl::plan_change(&ctx, &e.def, &new)?);
         steps.extend(dependent);
         catalog::write_entity(t, slug, e.table_oid, Some(&new), version, "active", op)?;
+        crate::users::ensure_for(t, &new)?;
         run_steps(slug, &steps)?;
         Ok(describe(t, &new, version, Status::Active))
     })
@@ -537,6 +538,7 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
                 e.raise_with("udm_define_entity")
             },
         )?;
+        crate::users::ensure_for(&t, &def)?;
         run_steps(slug, &steps)?;
         Ok(describe(&t, &def, version, Status::Active))
     })

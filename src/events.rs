@@ -389,6 +389,7 @@ fn deliver(
 ) -> Result<Value> {
     let mut events = Vec::with_capacity(rows.len());
     let mut last = after;
+    let mut names = crate::users::Names::new(t);
     for (id, entity, record, action, version, changed, user, at, txid) in rows {
         let mut targets = Vec::new();
         for s in subs
@@ -402,7 +403,7 @@ fn deliver(
         last = id;
         events.push(json!({
             "event_id": id, "entity": entity, "id": record, "action": action, "version": version,
-            "changed_fields": changed, "user_id": user, "at": at, "txid": txid, "targets": targets,
+            "changed_fields": changed, "user_id": user.map(|u| names.show(&u)).transpose()?, "at": at, "txid": txid, "targets": targets,
         }));
     }
     Ok(json!({"events": events, "last_event": last, "horizon": h}))
@@ -476,11 +477,14 @@ pub fn ack(consumer: &str, event_id: i64) -> Result<Value> {
     // a consumer's cursor is its user's: others (but managers) may not move it
     if let Some((_, owner)) = &row {
         if *owner != who && !crate::access::over_records(&t)? {
+            let mut names = crate::users::Names::new(&t);
             return Err(UdmError::new(
                 SqlState::InsufficientPrivilege,
                 format!(
-                    "permission denied: consumer \"{consumer}\" of tenant \"{}\" belongs to \"{owner}\", not to \"{who}\"",
-                    t.slug
+                    "permission denied: consumer \"{consumer}\" of tenant \"{}\" belongs to \"{}\", not to \"{}\"",
+                    t.slug,
+                    names.show(owner)?,
+                    names.show(&who)?
                 ),
             )
             .hint("each worker acknowledges with its own consumer name; a member whose role manages the tenant may move any consumer"));

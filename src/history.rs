@@ -234,10 +234,16 @@ pub fn history(entity: &str, id: Uuid) -> Result<Vec<HistoryRow>> {
     if rows.is_empty() && e.is_none() {
         return Err(catalog::no_such_entity(&t, entity));
     }
-    match e {
-        Some(e) if crate::links::has_links(&e) => with_link_history(&t, &e, id, rows),
-        _ => Ok(rows),
+    let mut rows = match e {
+        Some(e) if crate::links::has_links(&e) => with_link_history(&t, &e, id, rows)?,
+        _ => rows,
+    };
+    // who, for people: registered users are recorded by id
+    let mut names = crate::users::Names::new(&t);
+    for r in &mut rows {
+        r.user_id = names.show(&r.user_id)?;
     }
+    Ok(rows)
 }
 
 /// One step of a record's history: a row of the record (with the link changes its transaction
@@ -1063,9 +1069,15 @@ pub fn report(
     let t = catalog::current_tenant()?;
     let audit = audit_table(&t);
     let critical = critical_fields(&t)?;
+    // a user given by email or id: what was recorded for them (their id, or older rows' email)
+    let users: Option<Vec<String>> = o
+        .user
+        .as_deref()
+        .map(crate::users::recorded_as)
+        .transpose()?;
     // $1 from, $2 to, $3 user, $4 entity, $5 record id, $6 critical fields, $7 limit
     let filter = "a.changed_at >= $1 AND a.changed_at < $2 \
-                  AND ($3::text IS NULL OR a.user_id = $3) \
+                  AND ($3::text[] IS NULL OR a.user_id = ANY ($3::text[])) \
                   AND ($4::text IS NULL OR a.entity = $4) \
                   AND ($5::uuid IS NULL OR a.record_id = $5)";
     let is_critical = "EXISTS (SELECT 1 FROM jsonb_array_elements_text($6::jsonb -> a.entity) AS c(f) WHERE c.f = ANY (a.changed_fields))";
@@ -1078,7 +1090,7 @@ pub fn report(
         let mut a: Vec<pgrx::datum::DatumWithOid> = vec![
             from.into(),
             to.into(),
-            o.user.clone().into(),
+            users.clone().into(),
             o.entity.clone().into(),
             record.into(),
             JsonB(critical.clone()).into(),
@@ -1140,8 +1152,12 @@ pub fn report(
     .map_err(spi_err)?;
     // summaries name values: without the fields the session's role may not read
     let mut hidden = Hidden::of(&t)?;
+    let mut names = crate::users::Names::new(&t);
     let mut rows = Vec::with_capacity(details.len());
     for (mut row, mut changed, mut old, mut new, version) in details {
+        if let Some(u) = row["user"].as_str().map(str::to_string) {
+            row["user"] = json!(names.show(&u)?);
+        }
         let action = row["action"].as_str().unwrap_or_default().to_string();
         let entity = row["entity"].as_str().unwrap_or_default().to_string();
         if let Some(h) = hidden.as_mut() {

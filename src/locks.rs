@@ -443,7 +443,7 @@ pub fn acquire(entity: &str, id: pgrx::Uuid) -> Result<Value> {
                 Acquire::Refused => {
                     let mut out = status_json(&scope, found.as_ref().map(|(f, _)| f), &me);
                     out["acquired"] = json!(false);
-                    return Ok(out);
+                    return shown(&t, out);
                 }
             };
             let mut out = status_json(&scope, Some(&written.0), &me);
@@ -454,7 +454,7 @@ pub fn acquire(entity: &str, id: pgrx::Uuid) -> Result<Value> {
                 event["previous_holder"] = json!(p);
             }
             audit(&t, &scope, version, action, event)?;
-            return Ok(out);
+            return shown(&t, out);
         }
         Err(UdmError::new(
             SqlState::LockNotAvailable,
@@ -488,14 +488,14 @@ pub fn heartbeat(entity: &str, id: pgrx::Uuid) -> Result<Value> {
             return Err(not_holder_error(
                 "send a heartbeat for",
                 &scope.words(),
-                &f.row.holder,
+                &holder_name(&t, &f.row.holder),
                 &expires,
             ));
         }
         let (written, _) = write(&t, &scope, &me, true, false)?.ok_or_else(vanished)?;
         let out = status_json(&scope, Some(&written), &me);
         audit(&t, &scope, version, "LOCK_HEARTBEAT", written.info)?;
-        Ok(out)
+        shown(&t, out)
     })
 }
 
@@ -510,7 +510,7 @@ pub fn release(entity: &str, id: pgrx::Uuid) -> Result<Value> {
             return Err(not_holder_error(
                 "release",
                 &scope.words(),
-                &f.row.holder,
+                &holder_name(&t, &f.row.holder),
                 &expires,
             ));
         }
@@ -520,14 +520,73 @@ pub fn release(entity: &str, id: pgrx::Uuid) -> Result<Value> {
     })
 }
 
+/// Releases every lock `holder` holds in the tenant (the user is being deleted or erased), each
+/// audited as a release.
+pub fn release_all_of(t: &Tenant, holder: &str) -> Result<usize> {
+    if t.relation(LOCK_TABLE).is_none() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "DELETE FROM {} WHERE holder = $1 RETURNING entity, record_id, \
+           jsonb_build_object('holder', holder, 'holder_role', holder_role, 'acquired_at', acquired_at, \
+             'heartbeat_at', heartbeat_at, 'stale_at', stale_at, 'expires_at', expires_at)",
+        t.catalog(LOCK_TABLE)
+    );
+    let released = as_owner(|| {
+        Spi::connect_mut(|c| {
+            let mut out = Vec::new();
+            for r in c.update(&sql, None, &[holder.into()])? {
+                out.push((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<pgrx::Uuid>(2)?
+                        .unwrap_or_else(|| pgrx::Uuid::from_bytes([0; 16])),
+                    r.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .map_err(spi_err)
+    })?;
+    for (entity, id, mut data) in released.iter().cloned() {
+        let version = catalog::entity_any(t, &entity)?.map_or(0, |e| e.version);
+        data["released_because"] = json!("the holder's user was deleted or erased");
+        crate::audit::record_event(
+            t,
+            &udm_core::access::lock_events(&entity),
+            version,
+            *id.as_bytes(),
+            "LOCK_RELEASE",
+            &data,
+        )?;
+    }
+    Ok(released.len())
+}
+
 pub fn status(entity: &str, id: pgrx::Uuid) -> Result<Value> {
     let (t, scope, _) = prepare(entity, id, None)?;
     let found = fetch(&t, &scope.entity, scope.id, false)?;
-    Ok(status_json(
-        &scope,
-        found.as_ref().map(|(f, _)| f),
-        &actor(),
-    ))
+    shown(
+        &t,
+        status_json(&scope, found.as_ref().map(|(f, _)| f), &actor()),
+    )
+}
+
+/// A lock's status with its holders as people know them (registered users are recorded by id).
+fn shown(t: &Tenant, mut v: Value) -> Result<Value> {
+    let mut names = crate::users::Names::new(t);
+    for key in ["holder", "taken_over_from", "previous_holder"] {
+        if let Some(h) = v.get(key).and_then(Value::as_str).map(str::to_string) {
+            v[key] = json!(names.show(&h)?);
+        }
+    }
+    Ok(v)
+}
+
+/// A holder as people know them.
+fn holder_name(t: &Tenant, holder: &str) -> String {
+    crate::users::Names::new(t)
+        .show(holder)
+        .unwrap_or_else(|_| holder.to_string())
 }
 
 // ------------------------------------------------------------------ the guard trigger
@@ -636,7 +695,9 @@ fn check_scope(g: &Guard, scope_id: pgrx::Uuid, me: &str, what: &str, record: &s
         Err(refusal) => {
             let scope = scope_words(&g.scope_entity, &scope_id.to_string(), &g.entity, record);
             Err(match refusal {
-                WriteRefusal::HeldBy(l) => locked_error(&scope, &l.holder, expires, what),
+                WriteRefusal::HeldBy(l) => {
+                    locked_error(&scope, &holder_name(&g.tenant, &l.holder), expires, what)
+                }
                 WriteRefusal::NotHeld => lock_required_error(
                     &scope,
                     what,

@@ -250,6 +250,10 @@ fn drop_objects(t: &Tenant) -> Result<()> {
         .map_err(spi_err)?;
         run(&format!("DROP SCHEMA {} CASCADE", quote_ident(&t.schema)))?;
         run(&format!("DROP ROLE {}", quote_ident(&t.role)))?;
+        crate::spi::run(
+            "DELETE FROM udm.user_tenant WHERE tenant = $1",
+            &[t.slug.as_str().into()],
+        )?;
         Spi::connect_mut(|c| {
             c.update(
                 "DELETE FROM udm.tenant WHERE slug = $1",
@@ -277,6 +281,13 @@ pub fn use_tenant(slug: &str, user_id: Option<&str>, local: bool) -> Result<serd
     let user_id = user_id
         .map(|u| crate::access::session_user_id(&t, u))
         .transpose()?;
+    // a registered user is recorded by id: their email, for the caller
+    let email = match user_id.as_deref() {
+        Some(u) => crate::users::find(u)?
+            .filter(|r| r.0.to_string() == u)
+            .map(|r| r.1),
+        None => None,
+    };
     crate::guc::set("udm.tenant", Some(&t.slug), local);
     crate::guc::set("udm.user_id", Some(user_id.as_deref().unwrap_or("")), local);
     crate::guc::selection_succeeded();
@@ -288,7 +299,8 @@ pub fn use_tenant(slug: &str, user_id: Option<&str>, local: bool) -> Result<serd
         );
     }
     Ok(
-        json!({"tenant": t.slug, "name": t.name, "schema": t.schema, "role": t.role, "user_id": user_id, "local": local, "access": t.access}),
+        json!({"tenant": t.slug, "name": t.name, "schema": t.schema, "role": t.role, "user_id": user_id,
+               "email": email, "local": local, "access": t.access}),
     )
 }
 

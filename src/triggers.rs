@@ -160,6 +160,7 @@ unsafe fn hash_password(
 struct StampPlan {
     table: String,
     schema: String,
+    tenant: std::rc::Rc<catalog::Tenant>,
     /// Attribute numbers of id, created_at, updated_at, created_by, updated_by, _version.
     system: [i32; 6],
     args: Vec<StampArg>,
@@ -174,6 +175,8 @@ enum StampArg {
         column: String,
         min_len: usize,
     },
+    /// A user field: the tenant must know the user it names (and learns a registered one).
+    User { attr: i32, field: String },
 }
 
 type StampPlans = (
@@ -223,6 +226,12 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
                     args.push(StampArg::Required { attr, field: f.id });
                 }
             }
+            if f.ftype == FieldType::User {
+                args.push(StampArg::User {
+                    attr: col(&f.column, pg_sys::UUIDOID),
+                    field: f.name.clone(),
+                });
+            }
             if f.ftype == FieldType::Password {
                 args.push(StampArg::Password {
                     attr: col(&f.column, pg_sys::TEXTOID),
@@ -234,6 +243,7 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
         let p = std::rc::Rc::new(StampPlan {
             table: tt.name.clone(),
             schema: tt.tenant.schema.clone(),
+            tenant: tt.tenant.clone(),
             system,
             args,
         });
@@ -352,6 +362,14 @@ pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) 
                         hash_password(newtup, oldtup, desc, *attr, table, column, *min_len)
                     {
                         set(*attr, h, false);
+                    }
+                }
+                StampArg::User { attr, field } => {
+                    let mut n = false;
+                    let v = pg_sys::heap_getattr(newtup, *attr, desc, &mut n);
+                    if !n {
+                        let id = pgrx::Uuid::from_bytes(uuid_bytes(v));
+                        crate::users::require_known(&plan.tenant, id, table, field).or_raise();
                     }
                 }
             }

@@ -108,6 +108,10 @@ pub enum Step {
 
 // ------------------------------------------------------------------ names
 
+/// The tenant's table of the users it knows: `user` fields, members and relation tuples reference
+/// it (never the global users table, which every tenant would then reference).
+pub const USER_TABLE: &str = "_udm_user";
+
 pub fn pkey_name(entity: &str) -> String {
     fit_name(&format!("{entity}__pkey"))
 }
@@ -492,11 +496,11 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
             fields: vec![f.id],
         });
     }
-    // a many-to-one relation references its target entity, a user field udm's users
+    // a many-to-one relation references its target entity, a user field the tenant's users
     let referenced = if f.is_many_to_one() {
         Some(ctx.table(f.target.as_deref().unwrap_or_default()))
     } else {
-        (f.ftype == FieldType::User).then(|| "udm.app_user".to_string())
+        (f.ftype == FieldType::User).then(|| ctx.table(USER_TABLE))
     };
     if let Some(table) = referenced {
         out.push(Artifact {

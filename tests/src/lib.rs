@@ -69,9 +69,12 @@ pub struct Member {
 
 /// The database role of a tenant (`tenant_<slug>@<database>`), as its registry has it.
 pub fn tenant_role(c: &mut Client, slug: &str) -> String {
-    c.query_one("SELECT role_name FROM udm_tenants() WHERE slug = $1", &[&slug])
-        .unwrap_or_else(|e| panic!("the role of tenant {slug}: {e}"))
-        .get(0)
+    c.query_one(
+        "SELECT role_name FROM udm_tenants() WHERE slug = $1",
+        &[&slug],
+    )
+    .unwrap_or_else(|e| panic!("the role of tenant {slug}: {e}"))
+    .get(0)
 }
 
 /// `GRANT <the tenant's role> TO <role>`, as an admin.

@@ -192,7 +192,19 @@ fn udm_use_accepts_members_only() {
             lit(&alice.to_uppercase())
         ),
     );
-    assert_eq!(u["user_id"], json!(alice), "recorded by canonical email");
+    assert_eq!(
+        u["email"],
+        json!(alice),
+        "found by any spelling of the email"
+    );
+    let id: String = scalar(
+        &mut admin(),
+        &format!(
+            "SELECT id::text FROM udm.app_user WHERE email = {}",
+            lit(&alice)
+        ),
+    );
+    assert_eq!(u["user_id"], json!(id), "recorded by id, never by email");
     // another tenant does not know alice
     let mut other = setup("acm2");
     let msg = expect_err(
@@ -1649,13 +1661,13 @@ fn hidden_fields_renames_subscriptions_consumers_and_the_last_admin() {
     let owner: String = scalar(
         &mut a.app,
         &format!(
-            "SELECT acked_by FROM \"{}\"._udm_consumer WHERE consumer = 'w2'",
+            "SELECT u.email FROM \"{0}\"._udm_consumer c JOIN \"{0}\"._udm_user u ON u.id::text = c.acked_by WHERE consumer = 'w2'",
             a.tenant
         ),
     );
     assert_eq!(
         owner, view,
-        "a manager's ack leaves the consumer its owner's"
+        "a manager's ack leaves the consumer its owner's (recorded by id)"
     );
 
     // the last admin can neither be removed nor demoted (a role that manages counts as admin)

@@ -27,7 +27,10 @@ fn create_makes_schema_role_and_catalog() {
     assert!(schema);
     let nologin: bool = scalar(
         &mut adm,
-        &format!("SELECT NOT rolcanlogin FROM pg_roles WHERE rolname = {}", lit(&role)),
+        &format!(
+            "SELECT NOT rolcanlogin FROM pg_roles WHERE rolname = {}",
+            lit(&role)
+        ),
     );
     assert!(nologin, "the tenant role is NOLOGIN");
     let tables: String = scalar(
@@ -330,7 +333,10 @@ fn two_databases_of_a_cluster_have_tenants_of_the_same_slug() {
         .unwrap();
     let connect_other = |user: &str| {
         let cs = conn_string(user).replace(
-            &format!("dbname={}", std::env::var("UDM_TEST_DB").unwrap_or_else(|_| "udm_it".into())),
+            &format!(
+                "dbname={}",
+                std::env::var("UDM_TEST_DB").unwrap_or_else(|_| "udm_it".into())
+            ),
             &format!("dbname={other_db}"),
         );
         postgres::Client::connect(&cs, postgres::NoTls).unwrap()
@@ -338,11 +344,20 @@ fn two_databases_of_a_cluster_have_tenants_of_the_same_slug() {
     let mut adm2 = connect_other("postgres");
     adm2.batch_execute("CREATE EXTENSION udm").unwrap();
     let slug = unique("twin");
-    let here = json(&mut adm, &format!("SELECT udm_create_tenant({})", lit(&slug)));
-    let there = json(&mut adm2, &format!("SELECT udm_create_tenant({})", lit(&slug)));
+    let here = json(
+        &mut adm,
+        &format!("SELECT udm_create_tenant({})", lit(&slug)),
+    );
+    let there = json(
+        &mut adm2,
+        &format!("SELECT udm_create_tenant({})", lit(&slug)),
+    );
     assert_ne!(here["role"], there["role"], "{here} {there}");
     assert!(
-        there["role"].as_str().unwrap().ends_with(&format!("@{other_db}")),
+        there["role"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("@{other_db}")),
         "{there}"
     );
     // an application granted this database's tenant does not reach the other's
@@ -353,12 +368,22 @@ fn two_databases_of_a_cluster_have_tenants_of_the_same_slug() {
     let mut c2 = connect_other(&app);
     let msg = expect_err(&mut c2, &format!("SELECT udm_use({})", lit(&slug)), "42501");
     assert!(msg.contains("permission denied for tenant"), "{msg}");
-    expect_err(&mut c2, &format!("SELECT count(*) FROM \"{slug}\"._udm_entity"), "42501");
+    expect_err(
+        &mut c2,
+        &format!("SELECT count(*) FROM \"{slug}\"._udm_entity"),
+        "42501",
+    );
     drop(c2);
     drop(adm2);
-    json(&mut adm, &format!("SELECT udm_drop_tenant({0}, {0})", lit(&slug)));
+    json(
+        &mut adm,
+        &format!("SELECT udm_drop_tenant({0}, {0})", lit(&slug)),
+    );
     let mut adm2 = connect_other("postgres");
-    json(&mut adm2, &format!("SELECT udm_drop_tenant({0}, {0})", lit(&slug)));
+    json(
+        &mut adm2,
+        &format!("SELECT udm_drop_tenant({0}, {0})", lit(&slug)),
+    );
     drop(adm2);
     adm.batch_execute(&format!("DROP DATABASE \"{other_db}\" WITH (FORCE)"))
         .unwrap();

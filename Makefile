@@ -26,11 +26,11 @@ IS_ROOT       := $(filter 0,$(shell id -u))
 APT           := $(if $(IS_ROOT),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 PGRX_INSTALL  := cargo pgrx install --release --pg-config $(PG_CONFIG) $(if $(IS_ROOT),,--sudo)
 
-.PHONY: help deps install run stop test unit regress integration bench clean-clusters fmt lint
+.PHONY: help deps install run stop test unit regress integration upgrade bench clean-clusters fmt lint
 
 help:
 	@echo "make run    - install everything, start a local cluster with udm and demo data, print how to connect"
-	@echo "make test   - run every test tier (core unit tests, pg_regress golden files, driver integration tests)"
+	@echo "make test   - run every test tier (core unit tests, pg_regress golden files, driver integration tests, upgrade)"
 	@echo "make bench  - run the benchmarks in bench/ (ratios against their baselines)"
 	@echo "make stop   - stop the local cluster started by make run"
 
@@ -87,6 +87,7 @@ test: deps
 	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4"
 	@trap '$(CLUSTER) stop $(TEST_DIR)' EXIT; \
 	    $(MAKE) --no-print-directory regress && $(MAKE) --no-print-directory integration
+	@$(MAKE) --no-print-directory upgrade
 	@echo "== all test tiers passed"
 
 unit:
@@ -107,6 +108,10 @@ integration:
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d udm_it -q -c "CREATE EXTENSION udm"
 	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_it \
 	    cargo test -q -p udm-tests -- --test-threads=4
+
+upgrade:
+	@echo "== tier 4: upgrade from the previous release (tests/upgrade.sh)"
+	@PG_MAJOR=$(PG_MAJOR) tests/upgrade.sh
 
 ## ------------------------------------------------------------------ make bench
 

@@ -159,6 +159,15 @@ CREATE FUNCTION udm.link_guard() RETURNS trigger
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'udm_link_guard';
 
+-- Brings tenants made by an earlier udm to what this version makes (the upgrade scripts call
+-- it; an admin may, as a repair). Internal: not executable by PUBLIC.
+CREATE FUNCTION udm.upgrade_tenant(slug text) RETURNS jsonb
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_upgrade_tenant';
+CREATE FUNCTION udm.upgrade_tenants() RETURNS jsonb
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_upgrade_tenants';
+
 -- Query engine helpers. SQL functions whose declared volatility matches their body, so the
 -- planner inlines them into the queries udm generates.
 

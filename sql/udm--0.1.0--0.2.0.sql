@@ -1,4 +1,5 @@
--- udm 0.1.0 -> 0.2.0
+-- udm 0.1.0 -> 0.2.0 (ALTER EXTENSION udm UPDATE). Run in one transaction; the last statement
+-- brings every tenant of the database to what 0.2.0 makes (udm.upgrade_tenants).
 
 -- Security: internal functions are no longer executable by PUBLIC; tenant roles get the helpers
 -- their tables call through udm_tenant_roles (see sql/privileges.sql).
@@ -10,14 +11,78 @@ BEGIN
 END
 $$;
 COMMENT ON ROLE udm_tenant_roles IS 'udm: every tenant role is a member; may execute the udm.* helpers tenant tables call';
-DO $$
-DECLARE r record;
-BEGIN
-    FOR r IN SELECT role_name FROM udm.tenant LOOP
-        EXECUTE format('GRANT udm_tenant_roles TO %I', r.role_name);
-    END LOOP;
-END
-$$;
+
+-- Backups: pg_dump dumps the rows of the tenant registry and the users (0.1.0 left them out, so a
+-- restored database had tenant schemas udm did not know; udm_register_tenant lists them again).
+SELECT pg_catalog.pg_extension_config_dump('udm.tenant', '');
+SELECT pg_catalog.pg_extension_config_dump('udm.app_user', '');
+
+-- Users without fan-in: which tenants know which user (each tenant's own _udm_user is made by
+-- udm.upgrade_tenants below).
+CREATE TABLE udm.user_tenant (
+    user_id uuid NOT NULL,
+    tenant  text NOT NULL,
+    PRIMARY KEY (user_id, tenant)
+);
+CREATE INDEX user_tenant__tenant__idx ON udm.user_tenant (tenant);
+REVOKE ALL ON udm.user_tenant FROM PUBLIC;
+COMMENT ON TABLE udm.user_tenant IS 'udm: the tenants that know each user';
+SELECT pg_catalog.pg_extension_config_dump('udm.user_tenant', '');
+
+-- New functions.
+CREATE FUNCTION udm.upgrade_tenant(slug text) RETURNS jsonb
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_upgrade_tenant';
+CREATE FUNCTION udm.upgrade_tenants() RETURNS jsonb
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_upgrade_tenants';
+
+CREATE  FUNCTION "udm_register_tenant"(
+	"slug" TEXT /* & str */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_register_tenant_wrapper';
+
+CREATE  FUNCTION "udm_update_user"(
+	"user_id" TEXT, /* & str */
+	"changes" jsonb /* JsonB */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_update_user_wrapper';
+
+CREATE  FUNCTION "udm_delete_user"(
+	"user_id" TEXT, /* & str */
+	"confirm" TEXT /* & str */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_delete_user_wrapper';
+
+CREATE  FUNCTION "udm_erase_user"(
+	"user_id" TEXT, /* & str */
+	"confirm" TEXT /* & str */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_erase_user_wrapper';
+
+-- udm_field_types lists the types' aliases too.
+DROP FUNCTION "udm_field_types"();
+CREATE  FUNCTION "udm_field_types"() RETURNS TABLE (
+	"type_name" TEXT,  /* String */
+	"pg_type" TEXT,  /* String */
+	"view_types" TEXT[],  /* Vec < String > */
+	"options" TEXT[],  /* Vec < String > */
+	"description" TEXT,  /* String */
+	"aliases" TEXT[]  /* Vec < String > */
+)
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_field_types_wrapper';
+
+-- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     udm.check_rule(boolean, text, text, text),
@@ -35,15 +100,6 @@ GRANT EXECUTE ON FUNCTION
     udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone)
     TO udm_tenant_roles;
 
--- Backups: pg_dump dumps the rows of the tenant registry and the users (0.1.0 left them out, so a
--- restored database had tenant schemas udm did not know; udm_register_tenant lists them again).
-SELECT pg_catalog.pg_extension_config_dump('udm.tenant', '');
-SELECT pg_catalog.pg_extension_config_dump('udm.app_user', '');
-
--- Lists a tenant schema the registry lost (a restore from a 0.1.0 dump) again.
-CREATE FUNCTION "udm_register_tenant"(
-	"slug" TEXT /* & str */
-) RETURNS jsonb /* JsonB */
-STRICT VOLATILE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'udm_register_tenant_wrapper';
+-- Every tenant: its users table and foreign keys, its triggers (arguments name their table),
+-- its policies, and the helpers' role.
+SELECT udm.upgrade_tenants();

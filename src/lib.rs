@@ -43,6 +43,7 @@ mod templates;
 mod tenants;
 mod triggers;
 mod trust;
+mod upgrade;
 mod users;
 
 ::pgrx::pg_module_magic!(name, version);

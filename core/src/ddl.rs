@@ -867,6 +867,56 @@ fn drop_artifact_sql(ctx: &Ctx, a: &Artifact) -> String {
     }
 }
 
+/// The statements that bring an entity's triggers, policies and its user fields' foreign keys to
+/// what this version of udm plans, whatever an earlier version made (an upgrade, a repair):
+/// each is dropped if it exists and made again. Junction tables' triggers and policies too.
+pub fn refresh_sql(ctx: &Ctx, def: &EntityDef) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for a in entity_artifacts(ctx, def)? {
+        let user_fkey = a.kind == ArtifactKind::ForeignKey
+            && a.fields.iter().any(|id| {
+                def.field_by_id(*id)
+                    .is_some_and(|f| f.ftype == FieldType::User)
+            });
+        let t = ctx.table(&a.table);
+        let name = quote_ident(&a.name);
+        let drop = match a.kind {
+            ArtifactKind::Trigger | ArtifactKind::ConstraintTrigger => {
+                format!("DROP TRIGGER IF EXISTS {name} ON {t}")
+            }
+            ArtifactKind::Policy => format!("DROP POLICY IF EXISTS {name} ON {t}"),
+            ArtifactKind::ForeignKey if user_fkey => {
+                format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {name}")
+            }
+            _ => continue,
+        };
+        out.push(drop);
+        out.push(add_artifact_sql(ctx, &a, false));
+    }
+    for f in def.fields.iter().chain(&def.removed_fields) {
+        let Some(j) = f.junction.as_deref() else {
+            continue;
+        };
+        let jt = qualified(ctx.schema, j);
+        for trigger in [AUDIT_TRIGGER, AUDIT_FLUSH_TRIGGER, ACCESS_TRIGGER] {
+            out.push(format!(
+                "DROP TRIGGER IF EXISTS {} ON {jt}",
+                quote_ident(trigger)
+            ));
+        }
+        // (as `junction_sql` makes them: whether the entity audits is read when they fire)
+        out.extend(junction_audit_sql(&jt, &def.slug, f));
+        if ctx.access {
+            out.push(format!(
+                "DROP POLICY IF EXISTS {} ON {jt}",
+                quote_ident(ACCESS_POLICY)
+            ));
+            out.extend(junction_access_sql(ctx, &def.slug, f));
+        }
+    }
+    Ok(out)
+}
+
 fn rename_artifact_sql(ctx: &Ctx, a: &Artifact, new_name: &str) -> String {
     let t = ctx.table(&a.table);
     match a.kind {

@@ -15,24 +15,44 @@ use apollo_compiler::Node;
 use serde_json::{json, Map, Value};
 
 /// A group key item: `{status: VALUE}`, `{category: {name: VALUE}}`, `{metadata: {path, key}}`.
-fn group_item(b: &Builder, entity: &str, v: &Value, prefix: &str, name: &str) -> Option<(String, String, Option<String>)> {
+fn group_item(
+    b: &Builder,
+    entity: &str,
+    v: &Value,
+    prefix: &str,
+    name: &str,
+) -> Option<(String, String, Option<String>)> {
     let info = b.info(entity).ok()?;
     let (k, val) = v.as_object()?.iter().find(|(k, _)| k.as_str() != "as")?;
-    let label = if name.is_empty() { k.clone() } else { format!("{name}.{k}") };
+    let label = if name.is_empty() {
+        k.clone()
+    } else {
+        format!("{name}.{k}")
+    };
     match (info.fields.get(k)?, val) {
-        (FieldKind::ToOne { field, target }, Value::Object(_)) => group_item(b, target, val, &format!("{prefix}{field}."), &label),
+        (FieldKind::ToOne { field, target }, Value::Object(_)) => {
+            group_item(b, target, val, &format!("{prefix}{field}."), &label)
+        }
         (FieldKind::Json { field }, Value::Object(o)) => {
             let path = super::builder::json_path(&format!("{prefix}{field}"), o.get("path"))?;
-            Some((path, label, o.get("key").and_then(Value::as_str).map(str::to_string)))
+            Some((
+                path,
+                label,
+                o.get("key").and_then(Value::as_str).map(str::to_string),
+            ))
         }
-        (kind, Value::String(key)) => Some((format!("{prefix}{}", kind.slug()), label, Some(key.clone()))),
+        (kind, Value::String(key)) => {
+            Some((format!("{prefix}{}", kind.slug()), label, Some(key.clone())))
+        }
         _ => None,
     }
 }
 
 fn numeric_out(b: &Builder, entity: &str, field: &str) -> Option<(String, bool)> {
     match b.info(entity).ok()?.fields.get(field)? {
-        FieldKind::Scalar { field, out, ty } => Some((field.clone(), *out == Out::Text || ty != "Float")),
+        FieldKind::Scalar { field, out, ty } => {
+            Some((field.clone(), *out == Out::Text || ty != "Float"))
+        }
         FieldKind::System { column, .. } => Some((column.to_string(), true)),
         FieldKind::RelationId { field } => Some((field.clone(), false)),
         _ => None,
@@ -50,14 +70,26 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<(Vec
     }
     let mut groups = Vec::new();
     let mut names = Vec::new();
-    for (i, g) in b.arg(f, "groupBy").and_then(|v| v.as_array().cloned()).unwrap_or_default().iter().enumerate() {
-        let (gpath, label, key) = group_item(b, entity, g, "", "").ok_or_else(|| bad(format!("groupBy[{i}] names exactly one field")))?;
+    for (i, g) in b
+        .arg(f, "groupBy")
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let (gpath, label, key) = group_item(b, entity, g, "", "")
+            .ok_or_else(|| bad(format!("groupBy[{i}] names exactly one field")))?;
         let mut item = json!({"path": gpath, "as": format!("g{i}")});
         if let Some(k) = key.filter(|k| k != "VALUE") {
             item["bucket"] = json!(k.to_ascii_lowercase());
         }
         groups.push(item);
-        names.push(g.get("as").and_then(Value::as_str).map(str::to_string).unwrap_or(label));
+        names.push(
+            g.get("as")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or(label),
+        );
     }
     spec.insert("group_by".into(), Value::Array(groups));
     if let Some(n) = b.page_size(f, &path, "first")? {
@@ -74,15 +106,24 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<(Vec
         let field = sub[0].name.as_str();
         let e = match field {
             "key" => {
-                let keys: Vec<String> = (0..n_groups).map(|i| format!("{}, {}", sql.text(&names[i], "groupBy as"), col(i))).collect();
-                if keys.is_empty() { "'{}'::jsonb".to_string() } else { format!("jsonb_build_object({})", keys.join(", ")) }
+                let keys: Vec<String> = (0..n_groups)
+                    .map(|i| format!("{}, {}", sql.text(&names[i], "groupBy as"), col(i)))
+                    .collect();
+                if keys.is_empty() {
+                    "'{}'::jsonb".to_string()
+                } else {
+                    format!("jsonb_build_object({})", keys.join(", "))
+                }
             }
             "count" => {
                 metrics.push(json!({"fn": "count", "as": format!("m{}", metrics.len())}));
                 format!("({})::int", col(n_groups + metrics.len() - 1))
             }
             "countDistinct" => {
-                let name = b.arg(sub[0], "field").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                let name = b
+                    .arg(sub[0], "field")
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
                 let slug = p.slug_of_field(entity, &name);
                 metrics.push(json!({"fn": "count_distinct", "path": slug, "as": format!("m{}", metrics.len())}));
                 format!("({})::int", col(n_groups + metrics.len() - 1))
@@ -93,10 +134,22 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<(Vec
                     if m == "__typename" {
                         continue;
                     }
-                    let (slug, text) = numeric_out(b, entity, &m).ok_or_else(|| bad(format!("{field} of {m} is not available")))?;
-                    metrics.push(json!({"fn": field, "path": slug, "as": format!("m{}", metrics.len())}));
+                    let (slug, text) = numeric_out(b, entity, &m)
+                        .ok_or_else(|| bad(format!("{field} of {m} is not available")))?;
+                    metrics.push(
+                        json!({"fn": field, "path": slug, "as": format!("m{}", metrics.len())}),
+                    );
                     let c = col(n_groups + metrics.len() - 1);
-                    inner.push((mk, if text && field != "min" && field != "max" || (text && is_text_out(b, entity, &m)) { format!("({c})::text") } else { c }));
+                    inner.push((
+                        mk,
+                        if text && field != "min" && field != "max"
+                            || (text && is_text_out(b, entity, &m))
+                        {
+                            format!("({c})::text")
+                        } else {
+                            c
+                        },
+                    ));
                 }
                 json_object(&inner)
             }
@@ -115,12 +168,25 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<(Vec
     let shift = values.len();
     let obj = renumber(&json_object(&pairs), shift);
     values.extend(sql.values);
-    let stmt = format!("SELECT coalesce(jsonb_agg({obj}), '[]'::jsonb) FROM ({}) a", t.sql);
-    Ok((vec![Op::Run { sql: stmt, args: values.into_iter().map(Arg::Text).collect(), plan_per_call: true }], Finish::Last))
+    let stmt = format!(
+        "SELECT coalesce(jsonb_agg({obj}), '[]'::jsonb) FROM ({}) a",
+        t.sql
+    );
+    Ok((
+        vec![Op::Run {
+            sql: stmt,
+            args: values.into_iter().map(Arg::Text).collect(),
+            plan_per_call: true,
+        }],
+        Finish::Last,
+    ))
 }
 
 fn is_text_out(b: &Builder, entity: &str, field: &str) -> bool {
-    matches!(b.info(entity).ok().and_then(|i| i.fields.get(field)), Some(FieldKind::Scalar { out: Out::Text, .. }))
+    matches!(
+        b.info(entity).ok().and_then(|i| i.fields.get(field)),
+        Some(FieldKind::Scalar { out: Out::Text, .. })
+    )
 }
 
 /// Shifts `$n` placeholders by `by` (the wrapper's parameters follow the aggregate's); text in

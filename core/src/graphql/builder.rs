@@ -31,16 +31,29 @@ pub(crate) type Fs<'d> = Vec<&'d Node<Field>>;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Sel {
     /// A value at a udm path (`name`, `category_id.name`, `metadata.brand`).
-    Leaf { path: String, out: Out, list: bool },
+    Leaf {
+        path: String,
+        out: Out,
+        list: bool,
+    },
     Typename(String),
     /// The record a many-to-one relation points to (null when the relation is null).
-    ToOne { path: String, sels: Sels },
+    ToOne {
+        path: String,
+        sels: Sels,
+    },
     /// A nested connection.
     Conn(Box<Conn>),
     /// A reference field: the record it points to, by entity.
-    Union { path: String, arms: Vec<(String, String, Sels)> },
+    Union {
+        path: String,
+        arms: Vec<(String, String, Sels)>,
+    },
     /// `{entity, id}` of a reference.
-    Ref { path: String, parts: Vec<(String, RefPart)> },
+    Ref {
+        path: String,
+        parts: Vec<(String, RefPart)>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +149,25 @@ fn ops(v: &Value) -> Value {
     Value::Object(m)
 }
 
+/// Decimal and BigInt inputs given as strings (exact beyond 2^53) as JSON numbers with the
+/// same digits, as udm's value checks take them; other strings stay.
+pub(crate) fn numbers(v: &Value) -> Value {
+    match v {
+        Value::String(s)
+            if s.bytes()
+                .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+                && !s.is_empty() =>
+        {
+            serde_json::from_str::<serde_json::Number>(s)
+                .map(Value::Number)
+                .unwrap_or_else(|_| v.clone())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(numbers).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), numbers(v))).collect()),
+        other => other.clone(),
+    }
+}
+
 /// A key of a json path (udm paths split on `.`).
 fn json_key(k: &Value) -> Option<&str> {
     k.as_str()
@@ -147,7 +179,8 @@ impl<'a> Builder<'a> {
     pub fn err(&self, f: &Node<Field>, path: &[PathSeg], e: impl Into<GqlError>) -> GqlError {
         let mut e: GqlError = e.into();
         if e.locations.is_empty() {
-            e.locations.extend(location(f.location(), &self.doc.sources));
+            e.locations
+                .extend(location(f.location(), &self.doc.sources));
         }
         e.with_path(path)
     }
@@ -162,7 +195,9 @@ impl<'a> Builder<'a> {
             AstValue::Boolean(b) => Value::Bool(*b),
             AstValue::Int(i) => serde_json::from_str(i.as_str()).unwrap_or(Value::Null),
             AstValue::Float(f) => serde_json::from_str(f.as_str()).unwrap_or(Value::Null),
-            AstValue::List(items) => Value::Array(items.iter().filter_map(|i| self.value(i)).collect()),
+            AstValue::List(items) => {
+                Value::Array(items.iter().filter_map(|i| self.value(i)).collect())
+            }
             AstValue::Object(fields) => Value::Object(
                 fields
                     .iter()
@@ -191,7 +226,13 @@ impl<'a> Builder<'a> {
     }
 
     /// CollectFields (spec 6.3.2): response key → the fields selected under it, in order.
-    pub fn collect<'d>(&'d self, set: &'d SelectionSet, ty: &str, out: &mut Vec<(String, Fs<'d>)>, seen: &mut HashSet<String>) {
+    pub fn collect<'d>(
+        &'d self,
+        set: &'d SelectionSet,
+        ty: &str,
+        out: &mut Vec<(String, Fs<'d>)>,
+        seen: &mut HashSet<String>,
+    ) {
         for sel in &set.selections {
             match sel {
                 Selection::Field(f) if self.included(&f.directives) => {
@@ -212,7 +253,10 @@ impl<'a> Builder<'a> {
                     }
                 }
                 Selection::InlineFragment(i) if self.included(&i.directives) => {
-                    if i.type_condition.as_ref().is_none_or(|c| self.applies(c.as_str(), ty)) {
+                    if i.type_condition
+                        .as_ref()
+                        .is_none_or(|c| self.applies(c.as_str(), ty))
+                    {
                         self.collect(&i.selection_set, ty, out, seen);
                     }
                 }
@@ -277,7 +321,13 @@ impl<'a> Builder<'a> {
 
     /// The selections of an entity record (`prefix`: the udm path of the record, e.g.
     /// `category_id.` for a to-one object).
-    pub fn node(&self, entity: &str, prefix: &str, fields: &[(String, Fs<'_>)], path: &[PathSeg]) -> R<Sels> {
+    pub fn node(
+        &self,
+        entity: &str,
+        prefix: &str,
+        fields: &[(String, Fs<'_>)],
+        path: &[PathSeg],
+    ) -> R<Sels> {
         let info = self.info(entity)?;
         let mut out = Vec::with_capacity(fields.len());
         for (k, fs) in fields {
@@ -289,16 +339,26 @@ impl<'a> Builder<'a> {
                 out.push((k.clone(), Sel::Typename(info.type_name.clone())));
                 continue;
             }
-            let kind = info
-                .fields
-                .get(name)
-                .ok_or_else(|| self.err(f, &p, GqlError::internal(format!("{}.{name} is not reflected", info.type_name))))?;
+            let kind = info.fields.get(name).ok_or_else(|| {
+                self.err(
+                    f,
+                    &p,
+                    GqlError::internal(format!("{}.{name} is not reflected", info.type_name)),
+                )
+            })?;
             out.push((k.clone(), self.node_field(entity, prefix, kind, fs, &p)?));
         }
         Ok(out)
     }
 
-    fn node_field(&self, entity: &str, prefix: &str, kind: &FieldKind, fs: &[&Node<Field>], p: &[PathSeg]) -> R<Sel> {
+    fn node_field(
+        &self,
+        entity: &str,
+        prefix: &str,
+        kind: &FieldKind,
+        fs: &[&Node<Field>],
+        p: &[PathSeg],
+    ) -> R<Sel> {
         let f = fs[0];
         let parent_id = if prefix.is_empty() {
             "id".to_string()
@@ -306,35 +366,73 @@ impl<'a> Builder<'a> {
             prefix.trim_end_matches('.').to_string()
         };
         Ok(match kind {
-            FieldKind::System { column, .. } => Sel::Leaf { path: format!("{prefix}{column}"), out: Out::Plain, list: false },
-            FieldKind::Scalar { field, out, ty } => Sel::Leaf { path: format!("{prefix}{field}"), out: *out, list: ty.starts_with('[') },
-            FieldKind::RelationId { field } => Sel::Leaf { path: format!("{prefix}{field}"), out: Out::Plain, list: false },
+            FieldKind::System { column, .. } => Sel::Leaf {
+                path: format!("{prefix}{column}"),
+                out: Out::Plain,
+                list: false,
+            },
+            FieldKind::Scalar { field, out, ty } => Sel::Leaf {
+                path: format!("{prefix}{field}"),
+                out: *out,
+                list: ty.starts_with('['),
+            },
+            FieldKind::RelationId { field } => Sel::Leaf {
+                path: format!("{prefix}{field}"),
+                out: Out::Plain,
+                list: false,
+            },
             FieldKind::Json { field } => {
                 let mut path = format!("{prefix}{field}");
-                for key in self.arg(f, "path").and_then(|v| v.as_array().cloned()).unwrap_or_default() {
+                for key in self
+                    .arg(f, "path")
+                    .and_then(|v| v.as_array().cloned())
+                    .unwrap_or_default()
+                {
                     let k = json_key(&key).ok_or_else(|| {
                         self.err(f, p, GqlError::input(format!("json key {key} cannot be read: keys must be non-empty, without '.' or '['")))
                     })?;
                     path.push('.');
                     path.push_str(k);
                 }
-                Sel::Leaf { path, out: Out::Plain, list: false }
+                Sel::Leaf {
+                    path,
+                    out: Out::Plain,
+                    list: false,
+                }
             }
             FieldKind::ToOne { field, target } => {
                 let sub = self.sub_own(fs);
-                Sel::ToOne { path: format!("{prefix}{field}"), sels: self.node(target, &format!("{prefix}{field}."), &sub, p)? }
+                Sel::ToOne {
+                    path: format!("{prefix}{field}"),
+                    sels: self.node(target, &format!("{prefix}{field}."), &sub, p)?,
+                }
             }
             FieldKind::Reverse { source, field } => {
                 let column = self.column(source, field)?;
-                Sel::Conn(Box::new(self.conn(source, Some((Link::Reverse { column }, parent_id)), fs, p)?))
+                Sel::Conn(Box::new(self.conn(
+                    source,
+                    Some((Link::Reverse { column }, parent_id)),
+                    fs,
+                    p,
+                )?))
             }
             FieldKind::ManyToMany { field, target } => {
                 let junction = self.junction(entity, field)?;
-                Sel::Conn(Box::new(self.conn(target, Some((Link::Junction { junction }, parent_id)), fs, p)?))
+                Sel::Conn(Box::new(self.conn(
+                    target,
+                    Some((Link::Junction { junction }, parent_id)),
+                    fs,
+                    p,
+                )?))
             }
             FieldKind::ReverseManyToMany { source, field } => {
                 let junction = self.junction(source, field)?;
-                Sel::Conn(Box::new(self.conn(source, Some((Link::JunctionBack { junction }, parent_id)), fs, p)?))
+                Sel::Conn(Box::new(self.conn(
+                    source,
+                    Some((Link::JunctionBack { junction }, parent_id)),
+                    fs,
+                    p,
+                )?))
             }
             FieldKind::Reference { field, targets } => {
                 let mut arms = Vec::new();
@@ -343,7 +441,10 @@ impl<'a> Builder<'a> {
                     let sub = self.sub(fs, &tn);
                     arms.push((t.clone(), tn, self.node(t, "", &sub, p)?));
                 }
-                Sel::Union { path: format!("{prefix}{field}"), arms }
+                Sel::Union {
+                    path: format!("{prefix}{field}"),
+                    arms,
+                }
             }
             FieldKind::ReferenceRef { field } => {
                 let parts = self
@@ -358,9 +459,14 @@ impl<'a> Builder<'a> {
                         (k, part)
                     })
                     .collect();
-                Sel::Ref { path: format!("{prefix}{field}"), parts }
+                Sel::Ref {
+                    path: format!("{prefix}{field}"),
+                    parts,
+                }
             }
-            FieldKind::Password { .. } => return Err(self.err(f, p, GqlError::internal("a password field was selected"))),
+            FieldKind::Password { .. } => {
+                return Err(self.err(f, p, GqlError::internal("a password field was selected")))
+            }
         })
     }
 
@@ -372,16 +478,29 @@ impl<'a> Builder<'a> {
         self.schema_entity_field(entity, field, |f| f.junction.clone())
     }
 
-    fn schema_entity_field(&self, entity: &str, field: &str, get: impl Fn(&crate::definition::FieldDef) -> Option<String>) -> R<String> {
+    fn schema_entity_field(
+        &self,
+        entity: &str,
+        field: &str,
+        get: impl Fn(&crate::definition::FieldDef) -> Option<String>,
+    ) -> R<String> {
         self.model
             .entity(entity)
             .and_then(|e| e.field(field))
             .and_then(get)
-            .ok_or_else(|| GqlError::internal(format!("{entity}.{field} has no column or junction")))
+            .ok_or_else(|| {
+                GqlError::internal(format!("{entity}.{field} has no column or junction"))
+            })
     }
 
     /// A connection field (root or nested).
-    pub fn conn(&self, entity: &str, link: Option<(Link, String)>, fs: &[&Node<Field>], p: &[PathSeg]) -> R<Conn> {
+    pub fn conn(
+        &self,
+        entity: &str,
+        link: Option<(Link, String)>,
+        fs: &[&Node<Field>],
+        p: &[PathSeg],
+    ) -> R<Conn> {
         let f = fs[0];
         let mut spec = Map::new();
         if let Some(v) = self.arg(f, "filter") {
@@ -390,7 +509,10 @@ impl<'a> Builder<'a> {
         if let Some(v) = self.arg(f, "orderBy") {
             spec.insert("sort".into(), self.order_by(entity, &v, f, p)?);
         }
-        let (first, last) = (self.page_size(f, p, "first")?, self.page_size(f, p, "last")?);
+        let (first, last) = (
+            self.page_size(f, p, "first")?,
+            self.page_size(f, p, "last")?,
+        );
         if first.is_some() && last.is_some() {
             return Err(self.err(f, p, GqlError::input("give first or last, not both")));
         }
@@ -400,7 +522,11 @@ impl<'a> Builder<'a> {
         }
         let backward = last.is_some() || (before.is_some() && first.is_none());
         if (backward && after.is_some()) || (!backward && before.is_some()) {
-            return Err(self.err(f, p, GqlError::input("page forwards with first/after, backwards with last/before")));
+            return Err(self.err(
+                f,
+                p,
+                GqlError::input("page forwards with first/after, backwards with last/before"),
+            ));
         }
         let size = first.or(last).unwrap_or(self.limits.default_page_size);
         if let Some(c) = after.clone().or(before.clone()) {
@@ -408,12 +534,25 @@ impl<'a> Builder<'a> {
         }
         if let Some(o) = self.arg(f, "offset") {
             if o.as_i64().is_none_or(|n| n < 0) {
-                return Err(self.err(f, p, GqlError::input(format!("offset must be at least 0, got {o}"))));
+                return Err(self.err(
+                    f,
+                    p,
+                    GqlError::input(format!("offset must be at least 0, got {o}")),
+                ));
             }
             spec.insert("offset".into(), o);
         }
         spec.insert("limit".into(), json!(size.max(1)));
-        let mut c = Conn { entity: entity.to_string(), link, spec, backward, size, after: after.is_some(), before: before.is_some(), sels: vec![] };
+        let mut c = Conn {
+            entity: entity.to_string(),
+            link,
+            spec,
+            backward,
+            size,
+            after: after.is_some(),
+            before: before.is_some(),
+            sels: vec![],
+        };
         let tn = self.info(entity)?.type_name.clone();
         for (k, sub) in self.sub_own(fs) {
             let mut kp = p.to_vec();
@@ -446,7 +585,13 @@ impl<'a> Builder<'a> {
             .collect()
     }
 
-    fn edges(&self, entity: &str, tn: &str, fs: &[&Node<Field>], p: &[PathSeg]) -> R<Vec<(String, EdgeSel)>> {
+    fn edges(
+        &self,
+        entity: &str,
+        tn: &str,
+        fs: &[&Node<Field>],
+        p: &[PathSeg],
+    ) -> R<Vec<(String, EdgeSel)>> {
         let mut out = Vec::new();
         for (k, e) in self.sub(fs, &format!("{tn}Edge")) {
             let sel = match e[0].name.as_str() {
@@ -471,11 +616,28 @@ impl<'a> Builder<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn filter_terms(&self, entity: &str, v: &Value, prefix: &str, f: &Node<Field>, p: &[PathSeg], out: &mut Vec<Value>, depth: usize) -> R<()> {
+    fn filter_terms(
+        &self,
+        entity: &str,
+        v: &Value,
+        prefix: &str,
+        f: &Node<Field>,
+        p: &[PathSeg],
+        out: &mut Vec<Value>,
+        depth: usize,
+    ) -> R<()> {
         if depth > MAX_FILTER_DEPTH {
-            return Err(self.err(f, p, GqlError::limit(format!("filters nest deeper than {MAX_FILTER_DEPTH} levels"))));
+            return Err(self.err(
+                f,
+                p,
+                GqlError::limit(format!(
+                    "filters nest deeper than {MAX_FILTER_DEPTH} levels"
+                )),
+            ));
         }
-        let Some(obj) = v.as_object() else { return Ok(()) };
+        let Some(obj) = v.as_object() else {
+            return Ok(());
+        };
         let info = self.info(entity)?;
         for (k, val) in obj {
             let term = match k.as_str() {
@@ -495,23 +657,64 @@ impl<'a> Builder<'a> {
                 }
                 name => match info.fields.get(name) {
                     Some(FieldKind::ToOne { field, target }) => {
-                        self.filter_terms(target, val, &format!("{prefix}{field}."), f, p, out, depth + 1)?;
+                        self.filter_terms(
+                            target,
+                            val,
+                            &format!("{prefix}{field}."),
+                            f,
+                            p,
+                            out,
+                            depth + 1,
+                        )?;
                         continue;
                     }
-                    Some(FieldKind::Reverse { source, field }) => {
-                        self.list_filter(source, format!("{prefix}{source}[{field}]"), val, f, p, depth)?
+                    Some(FieldKind::Reverse { source, field }) => self.list_filter(
+                        source,
+                        format!("{prefix}{source}[{field}]"),
+                        val,
+                        f,
+                        p,
+                        depth,
+                    )?,
+                    Some(FieldKind::ManyToMany { field, target }) => {
+                        self.list_filter(target, format!("{prefix}{field}"), val, f, p, depth)?
                     }
-                    Some(FieldKind::ManyToMany { field, target }) => self.list_filter(target, format!("{prefix}{field}"), val, f, p, depth)?,
-                    Some(FieldKind::ReverseManyToMany { source, field }) => {
-                        self.list_filter(source, format!("{prefix}{source}[{field}]"), val, f, p, depth)?
-                    }
-                    Some(FieldKind::Json { field }) => json_filter(&format!("{prefix}{field}"), val).ok_or_else(|| {
-                        self.err(f, p, GqlError::input(format!("filter {name}: json keys must be non-empty, without '.' or '['")))
+                    Some(FieldKind::ReverseManyToMany { source, field }) => self.list_filter(
+                        source,
+                        format!("{prefix}{source}[{field}]"),
+                        val,
+                        f,
+                        p,
+                        depth,
+                    )?,
+                    Some(FieldKind::Json { field }) => json_filter(
+                        &format!("{prefix}{field}"),
+                        val,
+                    )
+                    .ok_or_else(|| {
+                        self.err(
+                            f,
+                            p,
+                            GqlError::input(format!(
+                                "filter {name}: json keys must be non-empty, without '.' or '['"
+                            )),
+                        )
                     })?,
-                    Some(kind @ (FieldKind::System { .. } | FieldKind::Scalar { .. } | FieldKind::RelationId { .. })) => {
-                        self.scalar_filter(&format!("{prefix}{}", kind.slug()), val, f, p)?
+                    Some(
+                        kind @ (FieldKind::System { .. }
+                        | FieldKind::Scalar { .. }
+                        | FieldKind::RelationId { .. }),
+                    ) => {
+                        let exact = matches!(kind, FieldKind::Scalar { out: Out::Text, .. });
+                        self.scalar_filter(&format!("{prefix}{}", kind.slug()), val, exact, f, p)?
                     }
-                    _ => return Err(self.err(f, p, GqlError::input(format!("{name} cannot be filtered on")))),
+                    _ => {
+                        return Err(self.err(
+                            f,
+                            p,
+                            GqlError::input(format!("{name} cannot be filtered on")),
+                        ))
+                    }
                 },
             };
             out.push(term);
@@ -519,27 +722,56 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn scalar_filter(&self, path: &str, val: &Value, f: &Node<Field>, p: &[PathSeg]) -> R<Value> {
+    fn scalar_filter(
+        &self,
+        path: &str,
+        val: &Value,
+        exact: bool,
+        f: &Node<Field>,
+        p: &[PathSeg],
+    ) -> R<Value> {
         if let Some(b) = val.get("between") {
             if b.as_array().is_none_or(|a| a.len() != 2) {
-                return Err(self.err(f, p, GqlError::input(format!("filter {path}: between takes [low, high]"))));
+                return Err(self.err(
+                    f,
+                    p,
+                    GqlError::input(format!("filter {path}: between takes [low, high]")),
+                ));
             }
         }
         self.check_lists(val, f, p)?;
-        Ok(json!({ path: ops(val) }))
+        let o = ops(val);
+        Ok(json!({ path: if exact { numbers(&o) } else { o } }))
     }
 
     fn check_lists(&self, val: &Value, f: &Node<Field>, p: &[PathSeg]) -> R<()> {
         for v in val.as_object().into_iter().flat_map(|o| o.values()) {
-            if v.as_array().is_some_and(|a| a.len() > self.limits.max_list_items) {
-                return Err(self.err(f, p, GqlError::limit(format!("a list has more than {} items (udm.graphql_max_list_items)", self.limits.max_list_items))));
+            if v.as_array()
+                .is_some_and(|a| a.len() > self.limits.max_list_items)
+            {
+                return Err(self.err(
+                    f,
+                    p,
+                    GqlError::limit(format!(
+                        "a list has more than {} items (udm.graphql_max_list_items)",
+                        self.limits.max_list_items
+                    )),
+                ));
             }
         }
         Ok(())
     }
 
     /// `{some|every|none: Filter}` on a to-many path: udm's quantified sub-filter.
-    fn list_filter(&self, target: &str, path: String, v: &Value, f: &Node<Field>, p: &[PathSeg], depth: usize) -> R<Value> {
+    fn list_filter(
+        &self,
+        target: &str,
+        path: String,
+        v: &Value,
+        f: &Node<Field>,
+        p: &[PathSeg],
+        depth: usize,
+    ) -> R<Value> {
         let mut q = Map::new();
         for (k, sub) in v.as_object().into_iter().flatten() {
             let mut t = Vec::new();
@@ -565,21 +797,43 @@ impl<'a> Builder<'a> {
         Ok(Value::Array(out))
     }
 
-    fn order_item(&self, entity: &str, v: &Value, prefix: &str, f: &Node<Field>, p: &[PathSeg]) -> R<Value> {
+    fn order_item(
+        &self,
+        entity: &str,
+        v: &Value,
+        prefix: &str,
+        f: &Node<Field>,
+        p: &[PathSeg],
+    ) -> R<Value> {
         let one = v.as_object().filter(|o| o.len() == 1);
-        let (name, val) = one
-            .and_then(|o| o.iter().next())
-            .ok_or_else(|| self.err(f, p, GqlError::input("each orderBy item names exactly one field")))?;
+        let (name, val) = one.and_then(|o| o.iter().next()).ok_or_else(|| {
+            self.err(
+                f,
+                p,
+                GqlError::input("each orderBy item names exactly one field"),
+            )
+        })?;
         let info = self.info(entity)?;
         let (path, dir) = match (info.fields.get(name.as_str()), val) {
             (Some(FieldKind::ToOne { field, target }), Value::Object(_)) => {
                 return self.order_item(target, val, &format!("{prefix}{field}."), f, p);
             }
             (Some(FieldKind::Json { field }), Value::Object(o)) => {
-                let path = json_path(&format!("{prefix}{field}"), o.get("path")).ok_or_else(|| {
-                    self.err(f, p, GqlError::input("json keys must be non-empty, without '.' or '['"))
-                })?;
-                (path, o.get("direction").and_then(Value::as_str).unwrap_or("ASC").to_string())
+                let path =
+                    json_path(&format!("{prefix}{field}"), o.get("path")).ok_or_else(|| {
+                        self.err(
+                            f,
+                            p,
+                            GqlError::input("json keys must be non-empty, without '.' or '['"),
+                        )
+                    })?;
+                (
+                    path,
+                    o.get("direction")
+                        .and_then(Value::as_str)
+                        .unwrap_or("ASC")
+                        .to_string(),
+                )
             }
             (Some(kind), Value::String(d)) => (format!("{prefix}{}", kind.slug()), d.clone()),
             _ => return Err(self.err(f, p, GqlError::input(format!("cannot order by {name}")))),
@@ -602,13 +856,25 @@ impl<'a> Builder<'a> {
                 m.iter()
                     .map(|(k, v)| {
                         // free-form JSON values (defaults, messages, lock, access) stay as given
-                        let keep = matches!(k.as_str(), "default" | "min" | "max" | "messages" | "lock" | "access");
-                        let v = if keep { v.clone() } else { Self::slug_keys(v, depth + 1) };
+                        let keep = matches!(
+                            k.as_str(),
+                            "default" | "min" | "max" | "messages" | "lock" | "access"
+                        );
+                        let v = if keep {
+                            v.clone()
+                        } else {
+                            Self::slug_keys(v, depth + 1)
+                        };
                         (slug_of(k), v)
                     })
                     .collect(),
             ),
-            Value::Array(items) if depth < 8 => Value::Array(items.iter().map(|i| Self::slug_keys(i, depth + 1)).collect()),
+            Value::Array(items) if depth < 8 => Value::Array(
+                items
+                    .iter()
+                    .map(|i| Self::slug_keys(i, depth + 1))
+                    .collect(),
+            ),
             other => other.clone(),
         }
     }

@@ -113,7 +113,12 @@ impl GqlError {
 
     /// An error the database raised while running a statement of this field (the surface
     /// passes SQLSTATE, message, detail and hint of the PostgreSQL error).
-    pub fn database(sqlstate: &str, message: &str, detail: Option<&str>, hint: Option<&str>) -> Self {
+    pub fn database(
+        sqlstate: &str,
+        message: &str,
+        detail: Option<&str>,
+        hint: Option<&str>,
+    ) -> Self {
         let code = match sqlstate {
             "54000" => Code::LimitExceeded,
             "42501" => Code::Forbidden,
@@ -149,7 +154,10 @@ impl GqlError {
         let mut o = Map::new();
         o.insert("message".into(), json!(self.message));
         if !self.locations.is_empty() {
-            let locs = self.locations.iter().map(|l| json!({"line": l.line, "column": l.column}));
+            let locs = self
+                .locations
+                .iter()
+                .map(|l| json!({"line": l.line, "column": l.column}));
             o.insert("locations".into(), Value::Array(locs.collect()));
         }
         if !self.path.is_empty() {
@@ -189,10 +197,11 @@ impl From<UdmError> for GqlError {
 
 /// The location of a span in the document.
 pub fn location(span: Option<SourceSpan>, sources: &SourceMap) -> Option<Location> {
-    span.and_then(|s| s.line_column(sources)).map(|lc| Location {
-        line: lc.line,
-        column: lc.column,
-    })
+    span.and_then(|s| s.line_column(sources))
+        .map(|lc| Location {
+            line: lc.line,
+            column: lc.column,
+        })
 }
 
 /// A response document: `{"data": …, "errors": […]}` (`errors` only when there are some;
@@ -200,7 +209,10 @@ pub fn location(span: Option<SourceSpan>, sources: &SourceMap) -> Option<Locatio
 pub fn response(data: Option<Value>, errors: &[GqlError], extensions: Option<Value>) -> Value {
     let mut o = Map::new();
     if !errors.is_empty() {
-        o.insert("errors".into(), errors.iter().map(GqlError::to_json).collect());
+        o.insert(
+            "errors".into(),
+            errors.iter().map(GqlError::to_json).collect(),
+        );
     }
     if let Some(d) = data {
         o.insert("data".into(), d);
@@ -226,9 +238,15 @@ mod tests {
                    "extensions": {"code": "LIMIT_EXCEEDED", "sqlstate": "54000"}})
         );
         let u: GqlError = UdmError::invalid("bad").hint("h").into();
-        assert_eq!((u.code, u.sqlstate.as_str(), u.hint.as_deref()), (Code::BadUserInput, "22023", Some("h")));
+        assert_eq!(
+            (u.code, u.sqlstate.as_str(), u.hint.as_deref()),
+            (Code::BadUserInput, "22023", Some("h"))
+        );
         let d = GqlError::database("23505", "taken", Some("d"), None);
         assert_eq!(d.code, Code::DatabaseError);
-        assert_eq!(response(None, &[d], None)["errors"][0]["extensions"]["detail"], "d");
+        assert_eq!(
+            response(None, &[d], None)["errors"][0]["extensions"]["detail"],
+            "d"
+        );
     }
 }

@@ -85,6 +85,10 @@ impl CacheKeys {
 
     /// A parsed document: valid for one schema, checked under one set of limits.
     pub fn document(schema_key: &str, text: &str, limits: &Limits) -> String {
-        format!("{schema_key}|{}|{}", Document::key(text), limits.fingerprint())
+        format!(
+            "{schema_key}|{}|{}",
+            Document::key(text),
+            limits.fingerprint()
+        )
     }
 }

@@ -16,7 +16,9 @@ use super::limits::Limits;
 use super::schema::GqlSchema;
 use crate::error::SqlState;
 use apollo_compiler::ast::Value as AstValue;
-use apollo_compiler::executable::{DirectiveList, Operation, OperationType, Selection, SelectionSet};
+use apollo_compiler::executable::{
+    DirectiveList, Operation, OperationType, Selection, SelectionSet,
+};
 use apollo_compiler::parser::Parser;
 use apollo_compiler::request::coerce_variable_values;
 use apollo_compiler::response::{JsonMap, JsonValue};
@@ -54,13 +56,19 @@ impl From<OperationType> for OperationKind {
 
 impl Document {
     /// Parses and validates a document against a schema.
-    pub fn parse(schema: &GqlSchema, text: &str, limits: &Limits) -> Result<Document, Vec<GqlError>> {
+    pub fn parse(
+        schema: &GqlSchema,
+        text: &str,
+        limits: &Limits,
+    ) -> Result<Document, Vec<GqlError>> {
         prescan(text, limits).map_err(|e| vec![e])?;
         let doc = Parser::new()
             .recursion_limit(limits.max_nesting() + 8)
             .token_limit(limits.max_tokens)
             .parse_executable(&schema.schema, text, "request.graphql")
-            .map_err(|e| diagnostics(e, limits))?
+            .map_err(|e| diagnostics(e, limits))?;
+        nesting_with_fragments(&doc, limits)?;
+        let doc = doc
             .validate(&schema.schema)
             .map_err(|e| diagnostics(e, limits))?;
         let mut errs = Vec::new();
@@ -89,7 +97,11 @@ impl Document {
 
     /// The kind of the operation a request names (None: no such operation).
     pub fn operation_kind(&self, name: Option<&str>) -> Option<OperationKind> {
-        self.doc.operations.get(name).ok().map(|o| o.operation_type.into())
+        self.doc
+            .operations
+            .get(name)
+            .ok()
+            .map(|o| o.operation_type.into())
     }
 }
 
@@ -261,7 +273,35 @@ fn directive_values<'a>(d: &'a DirectiveList, values: &mut Vec<&'a Node<AstValue
 struct Measure<'d> {
     doc: &'d ExecutableDocument,
     memo: HashMap<&'d str, (u64, usize)>,
+    /// Fragments being measured: a spread of one of them is a cycle, left to validation.
+    visiting: std::collections::HashSet<&'d str>,
     limit: usize,
+}
+
+/// Before validation (whose rules recurse through fragment spreads): the nesting of every
+/// operation and fragment with spreads followed, bounded like the document's own nesting.
+fn nesting_with_fragments(doc: &ExecutableDocument, limits: &Limits) -> Result<(), Vec<GqlError>> {
+    let mut m = Measure {
+        doc,
+        memo: HashMap::new(),
+        visiting: Default::default(),
+        limit: limits.max_nesting(),
+    };
+    let sets = doc
+        .operations
+        .iter()
+        .map(|o| &o.selection_set)
+        .chain(doc.fragments.values().map(|f| &f.selection_set));
+    for set in sets {
+        if m.set(set, 0).is_none() {
+            return Err(vec![GqlError::limit(format!(
+                "the document nests deeper than {} levels with its fragments expanded (udm.graphql_max_depth is {})",
+                limits.max_nesting(),
+                limits.max_depth
+            ))]);
+        }
+    }
+    Ok(())
 }
 
 impl<'d> Measure<'d> {
@@ -281,12 +321,14 @@ impl<'d> Measure<'d> {
                     let name = s.fragment_name.as_str();
                     match (self.memo.get(name), self.doc.fragments.get(name)) {
                         (Some(m), _) => *m,
-                        (None, Some(fr)) => {
-                            let m = self.set(&fr.selection_set, guard + 1)?;
+                        (None, Some(fr)) if self.visiting.insert(name) => {
+                            let m = self.set(&fr.selection_set, guard + 1);
+                            self.visiting.remove(name);
+                            let m = m?;
                             self.memo.insert(name, m);
                             m
                         }
-                        (None, None) => (0, 0),
+                        _ => (0, 0),
                     }
                 }
             };
@@ -323,6 +365,7 @@ pub fn operation<'d>(
     let mut m = Measure {
         doc: d,
         memo: HashMap::new(),
+        visiting: Default::default(),
         limit: limits.max_nesting(),
     };
     let (fields, depth) = m.set(&root, 0).ok_or_else(|| {

@@ -38,7 +38,11 @@ pub(crate) enum Arg {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Op {
-    Run { sql: String, args: Vec<Arg>, plan_per_call: bool },
+    Run {
+        sql: String,
+        args: Vec<Arg>,
+        plan_per_call: bool,
+    },
     /// Step `of` returned more than `n` ids: refused (54000), before anything changed.
     AtMost { of: usize, n: i64 },
     /// Step `of` returned the record's `_version`: it must be `expected` (40001), and the
@@ -57,7 +61,11 @@ pub(crate) enum Finish {
     Const(Value),
     /// `{affectedCount, records}`: a count (known, or the length of step `count`'s ids) and
     /// the records step `records` read.
-    Mutation { count: Count, records: Option<usize>, fields: Vec<(String, MutationField)> },
+    Mutation {
+        count: Count,
+        records: Option<usize>,
+        fields: Vec<(String, MutationField)>,
+    },
     /// A udm view result reshaped for the selection (views return records keyed by udm path).
     View(super::views::ViewShape),
 }
@@ -135,9 +143,17 @@ impl FieldPlan {
             let op = self.ops[self.pc].clone();
             self.pc += 1;
             match op {
-                Op::Run { sql, args, plan_per_call } => {
+                Op::Run {
+                    sql,
+                    args,
+                    plan_per_call,
+                } => {
                     let params = args.iter().map(|a| self.arg(a)).collect::<Result<_, _>>()?;
-                    return Ok(Next::Run(Statement { sql, params, plan_per_call }));
+                    return Ok(Next::Run(Statement {
+                        sql,
+                        params,
+                        plan_per_call,
+                    }));
                 }
                 Op::AtMost { of, n } => {
                     let found = self.ids(of)?.len() as i64;
@@ -174,7 +190,11 @@ impl FieldPlan {
             Arg::Text(t) => Ok(t.clone()),
             Arg::Ids(i) => {
                 let ids: Vec<Value> = self.ids(*i)?.into_iter().map(Value::String).collect();
-                Ok(Some(to_text(&Value::Array(ids), &PType::Array(Box::new(PType::Uuid)), "ids")?))
+                Ok(Some(to_text(
+                    &Value::Array(ids),
+                    &PType::Array(Box::new(PType::Uuid)),
+                    "ids",
+                )?))
             }
         }
     }
@@ -189,7 +209,9 @@ impl FieldPlan {
             Some(v) if v != expected => Err(self.error(GqlError::new(
                 super::error::Code::DatabaseError,
                 SqlState::SerializationFailure,
-                format!("the record is at version {v}, not {expected}: it changed since it was read"),
+                format!(
+                    "the record is at version {v}, not {expected}: it changed since it was read"
+                ),
             ))),
             Some(_) => Ok(()),
         }
@@ -200,7 +222,11 @@ impl FieldPlan {
             Finish::Last => self.results.last().cloned().unwrap_or(Value::Null),
             Finish::Step(i) => self.result(*i)?.clone(),
             Finish::Const(v) => v.clone(),
-            Finish::Mutation { count, records, fields } => {
+            Finish::Mutation {
+                count,
+                records,
+                fields,
+            } => {
                 let n = match count {
                     Count::Known(n) => *n,
                     Count::IdsOf(i) => self.ids(*i)?.len(),

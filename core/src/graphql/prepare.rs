@@ -49,9 +49,20 @@ pub fn prepare(
 ) -> Result<Prepared, Vec<GqlError>> {
     let (op, vars) = operation(schema, doc, operation_name, variables, ctx.limits)?;
     let kind: OperationKind = op.operation_type.into();
-    let b = Builder { schema, model: ctx.model, doc: &doc.doc, vars: &vars, limits: ctx.limits };
+    let b = Builder {
+        schema,
+        model: ctx.model,
+        doc: &doc.doc,
+        vars: &vars,
+        limits: ctx.limits,
+    };
     let mut collected = Vec::new();
-    b.collect(&op.selection_set, op.object_type().as_str(), &mut collected, &mut HashSet::new());
+    b.collect(
+        &op.selection_set,
+        op.object_type().as_str(),
+        &mut collected,
+        &mut HashSet::new(),
+    );
     if collected.len() > ctx.limits.max_root_fields {
         return Err(vec![GqlError::limit(format!(
             "the operation has {} root fields; udm.graphql_max_root_fields allows {}",
@@ -65,9 +76,23 @@ pub fn prepare(
         OperationKind::Mutation => &schema.reflect.mutation,
         OperationKind::Subscription => &schema.reflect.subscription,
     };
-    let defs = collected.iter().filter(|(_, fs)| roots.get(fs[0].name.as_str()).is_some_and(|r| r.kind.is_definition_change())).count();
+    let defs = collected
+        .iter()
+        .filter(|(_, fs)| {
+            roots
+                .get(fs[0].name.as_str())
+                .is_some_and(|r| r.kind.is_definition_change())
+        })
+        .count();
     if defs > 0 && defs < collected.len() {
-        let f = collected.iter().find(|(_, fs)| roots.get(fs[0].name.as_str()).is_some_and(|r| !r.kind.is_definition_change())).map(|(_, fs)| fs[0]);
+        let f = collected
+            .iter()
+            .find(|(_, fs)| {
+                roots
+                    .get(fs[0].name.as_str())
+                    .is_some_and(|r| !r.kind.is_definition_change())
+            })
+            .map(|(_, fs)| fs[0]);
         let at = f.and_then(|f| location(f.location(), &doc.doc.sources));
         return Err(vec![GqlError::validation("a mutation that changes definitions may contain only definition changes (the others were checked against the old schema)").at(at)]);
     }
@@ -81,19 +106,29 @@ pub fn prepare(
         let plan = if name == "__typename" {
             Ok(FieldPlan::constant(key, json!(op.object_type().as_str())))
         } else if is_introspection(name) {
-            Ok(FieldPlan::constant(key, introspection.get(key).cloned().unwrap_or(Value::Null)))
+            Ok(FieldPlan::constant(
+                key,
+                introspection.get(key).cloned().unwrap_or(Value::Null),
+            ))
         } else if let Some(root) = roots.get(name) {
-            let mut p = Planner { b: &b, ctx: &mut *ctx, key: key.clone() };
+            let mut p = Planner {
+                b: &b,
+                ctx: &mut *ctx,
+                key: key.clone(),
+            };
             if root.kind == RootKind::Changed {
                 p.subscription(root, fs).map(|s| {
                     subscription = Some(s);
                     FieldPlan::constant(key, Value::Null)
                 })
             } else {
-                p.root(root, fs).map(|(ops, finish)| FieldPlan::new(key, at, ops, finish))
+                p.root(root, fs)
+                    .map(|(ops, finish)| FieldPlan::new(key, at, ops, finish))
             }
         } else {
-            Err(GqlError::internal(format!("root field {name} is not reflected")))
+            Err(GqlError::internal(format!(
+                "root field {name} is not reflected"
+            )))
         };
         match plan {
             Ok(p) => fields.push(p),
@@ -108,7 +143,11 @@ pub fn prepare(
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Prepared { kind, fields, subscription })
+    Ok(Prepared {
+        kind,
+        fields,
+        subscription,
+    })
 }
 
 /// The introspection fields' data, answered from the schema (apollo-compiler's executor).
@@ -120,7 +159,9 @@ fn introspect(
     limits: &Limits,
     collected: &[(String, Fs<'_>)],
 ) -> Result<Map<String, Value>, Vec<GqlError>> {
-    let wanted = collected.iter().find(|(_, fs)| is_introspection(fs[0].name.as_str()));
+    let wanted = collected
+        .iter()
+        .find(|(_, fs)| is_introspection(fs[0].name.as_str()));
     let Some((_, fs)) = wanted else {
         return Ok(Map::new());
     };
@@ -134,8 +175,9 @@ fn introspect(
         .at(at)]);
     }
     use apollo_compiler::introspection as intro;
-    intro::check_max_depth(&doc.doc, op)
-        .map_err(|e| vec![GqlError::limit(e.message().to_string()).at(location(e.location(), &doc.doc.sources))])?;
+    intro::check_max_depth(&doc.doc, op).map_err(|e| {
+        vec![GqlError::limit(e.message().to_string()).at(location(e.location(), &doc.doc.sources))]
+    })?;
     let resp = intro::partial_execute(&schema.schema, &schema.implementers, &doc.doc, op, vars)
         .map_err(|e| vec![GqlError::validation(e.message().to_string()).at(at)])?;
     match serde_json::to_value(&resp.data) {
@@ -154,7 +196,11 @@ pub(crate) struct Planner<'b, 'a, 'c> {
 type Plan = (Vec<Op>, Finish);
 
 fn run(sql: String, values: Vec<Option<String>>, plan_per_call: bool) -> Op {
-    Op::Run { sql, args: values.into_iter().map(Arg::Text).collect(), plan_per_call }
+    Op::Run {
+        sql,
+        args: values.into_iter().map(Arg::Text).collect(),
+        plan_per_call,
+    }
 }
 
 impl Planner<'_, '_, '_> {
@@ -167,7 +213,11 @@ impl Planner<'_, '_, '_> {
     }
 
     fn function(&self, name: &str) -> String {
-        format!("{}.{}", quote_ident(self.ctx.functions_schema), quote_ident(name))
+        format!(
+            "{}.{}",
+            quote_ident(self.ctx.functions_schema),
+            quote_ident(name)
+        )
     }
 
     fn node(&self, entity: &str, fs: &[&Node<Field>]) -> R<Sels> {
@@ -182,46 +232,101 @@ impl Planner<'_, '_, '_> {
                 let sels = self.node(&entity, fs)?;
                 let id = self.b.arg(f, "id").unwrap_or(Value::Null);
                 let mut sql = Sql::new(self.ctx.model);
-                let e = sql.record(&entity, &sels, None, Some(json!({"id": {"eq": id}}))).map_err(|e| self.err(f, e))?;
-                Ok((vec![run(format!("SELECT {e}"), sql.values, false)], Finish::Last))
+                let e = sql
+                    .record(&entity, &sels, None, Some(json!({"id": {"eq": id}})))
+                    .map_err(|e| self.err(f, e))?;
+                Ok((
+                    vec![run(format!("SELECT {e}"), sql.values, false)],
+                    Finish::Last,
+                ))
             }
             RootKind::Collection => {
                 let c = self.b.conn(&entity, None, fs, &self.path())?;
                 let mut sql = Sql::new(self.ctx.model);
                 let e = sql.conn(&c, None).map_err(|e| self.err(f, e))?;
-                let per_call = c.sels.iter().any(|(_, s)| matches!(s, super::builder::ConnSel::TotalCount));
-                Ok((vec![run(format!("SELECT {e}"), sql.values, per_call)], Finish::Last))
+                let per_call = c
+                    .sels
+                    .iter()
+                    .any(|(_, s)| matches!(s, super::builder::ConnSel::TotalCount));
+                Ok((
+                    vec![run(format!("SELECT {e}"), sql.values, per_call)],
+                    Finish::Last,
+                ))
             }
             RootKind::Aggregate => super::aggregate::plan(self, &entity, fs),
             RootKind::AsOf => self.as_of(&entity, fs),
             RootKind::History => self.history(&entity, fs),
             RootKind::View(v) => self.view(*v, &entity, fs),
             RootKind::Lock(op) => {
-                let id = self.b.arg(f, "id").and_then(|v| v.as_str().map(str::to_string));
-                let sql = format!("SELECT {}($1::text, $2::uuid)", self.function(op.function()));
+                let id = self
+                    .b
+                    .arg(f, "id")
+                    .and_then(|v| v.as_str().map(str::to_string));
+                let sql = format!(
+                    "SELECT {}($1::text, $2::uuid)",
+                    self.function(op.function())
+                );
                 Ok((vec![run(sql, vec![Some(entity), id], false)], Finish::Last))
             }
             RootKind::Rollback => {
-                let id = self.b.arg(f, "id").and_then(|v| v.as_str().map(str::to_string));
+                let id = self
+                    .b
+                    .arg(f, "id")
+                    .and_then(|v| v.as_str().map(str::to_string));
                 let version = self.b.arg(f, "version").map(|v| v.to_string());
                 let fields = self.b.arg(f, "fields").map(|v| {
-                    let slugs: Vec<Value> = v.as_array().into_iter().flatten().filter_map(|x| x.as_str()).map(|x| json!(self.slug_of_field(&entity, x))).collect();
-                    crate::values::to_text(&Value::Array(slugs), &PType::Array(Box::new(PType::Text)), "fields").unwrap_or_default()
+                    let slugs: Vec<Value> = v
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|x| x.as_str())
+                        .map(|x| json!(self.slug_of_field(&entity, x)))
+                        .collect();
+                    crate::values::to_text(
+                        &Value::Array(slugs),
+                        &PType::Array(Box::new(PType::Text)),
+                        "fields",
+                    )
+                    .unwrap_or_default()
                 });
-                let sql = format!("SELECT {}($1::text, $2::uuid, $3::integer, $4::text[])", self.function("udm_rollback"));
-                Ok((vec![run(sql, vec![Some(entity), id, version, fields], false)], Finish::Last))
+                let sql = format!(
+                    "SELECT {}($1::text, $2::uuid, $3::integer, $4::text[])",
+                    self.function("udm_rollback")
+                );
+                Ok((
+                    vec![run(sql, vec![Some(entity), id, version, fields], false)],
+                    Finish::Last,
+                ))
             }
             RootKind::RollbackTransaction => {
-                let txid = self.b.arg(f, "txid").map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
-                let force = Some(self.b.arg(f, "force").and_then(|v| v.as_bool()).unwrap_or(false).to_string());
-                let sql = format!("SELECT {}($1::bigint, $2::boolean)", self.function("udm_rollback_transaction"));
+                let txid = self.b.arg(f, "txid").map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                });
+                let force = Some(
+                    self.b
+                        .arg(f, "force")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(false)
+                        .to_string(),
+                );
+                let sql = format!(
+                    "SELECT {}($1::bigint, $2::boolean)",
+                    self.function("udm_rollback_transaction")
+                );
                 Ok((vec![run(sql, vec![txid, force], false)], Finish::Last))
             }
             RootKind::Schema(op) => self.definition_change(*op, f),
-            RootKind::Insert | RootKind::Upsert | RootKind::Update | RootKind::UpdateMany | RootKind::Delete | RootKind::DeleteMany => {
-                super::mutation::plan(self, &root.kind, &entity, fs)
+            RootKind::Insert
+            | RootKind::Upsert
+            | RootKind::Update
+            | RootKind::UpdateMany
+            | RootKind::Delete
+            | RootKind::DeleteMany => super::mutation::plan(self, &root.kind, &entity, fs),
+            RootKind::Changed => {
+                Err(self.err(f, GqlError::internal("a subscription field in a plan")))
             }
-            RootKind::Changed => Err(self.err(f, GqlError::internal("a subscription field in a plan"))),
         }
     }
 
@@ -243,7 +348,11 @@ impl Planner<'_, '_, '_> {
         for (k, name) in self.b.plain(fs) {
             let e = match info.fields.get(&name) {
                 _ if name == "__typename" => quote_literal(&format!("{}Snapshot", info.type_name)),
-                Some(super::schema::FieldKind::Scalar { field, out: super::schema::Out::Text, .. }) => {
+                Some(super::schema::FieldKind::Scalar {
+                    field,
+                    out: super::schema::Out::Text,
+                    ..
+                }) => {
                     let v = format!("({img} -> {})", quote_literal(field));
                     format!("(CASE WHEN jsonb_typeof({v}) = 'number' THEN to_jsonb({img} ->> {}) ELSE {v} END)", quote_literal(field))
                 }
@@ -252,39 +361,69 @@ impl Planner<'_, '_, '_> {
             };
             pairs.push((k, e));
         }
-        Ok(format!("CASE WHEN {img} IS NULL THEN NULL ELSE {} END", crate::query::json_object(&pairs)))
+        Ok(format!(
+            "CASE WHEN {img} IS NULL THEN NULL ELSE {} END",
+            crate::query::json_object(&pairs)
+        ))
     }
 
     fn as_of(&mut self, entity: &str, fs: &[&Node<Field>]) -> R<Plan> {
         let f = fs[0];
         let obj = self.snapshot_obj(entity, fs, "r.d")?;
-        let id = self.b.arg(f, "id").and_then(|v| v.as_str().map(str::to_string));
-        let at = self.b.arg(f, "at").and_then(|v| v.as_str().map(str::to_string));
+        let id = self
+            .b
+            .arg(f, "id")
+            .and_then(|v| v.as_str().map(str::to_string));
+        let at = self
+            .b
+            .arg(f, "at")
+            .and_then(|v| v.as_str().map(str::to_string));
         let sql = format!(
             "SELECT {obj} FROM (SELECT {}($1::text, $2::uuid, $3::timestamptz)::jsonb AS d) r",
             self.function("udm_record_at")
         );
-        Ok((vec![run(sql, vec![Some(entity.to_string()), id, at], false)], Finish::Last))
+        Ok((
+            vec![run(sql, vec![Some(entity.to_string()), id, at], false)],
+            Finish::Last,
+        ))
     }
 
     /// `changed_fields` (slugs) as GraphQL names.
     fn changed_fields_expr(&self, entity: &str, col: &str) -> R<String> {
         let info = self.b.info(entity)?;
         let mut cases = String::new();
-        let mut names: Vec<(&String, &str)> = info.fields.iter().map(|(n, k)| (n, k.slug())).filter(|(n, s)| camel(s) == **n).collect();
+        let mut names: Vec<(&String, &str)> = info
+            .fields
+            .iter()
+            .map(|(n, k)| (n, k.slug()))
+            .filter(|(n, s)| camel(s) == **n)
+            .collect();
         names.sort();
         for (n, s) in names {
             if n != s {
-                cases.push_str(&format!(" WHEN {} THEN {}", quote_literal(s), quote_literal(n)));
+                cases.push_str(&format!(
+                    " WHEN {} THEN {}",
+                    quote_literal(s),
+                    quote_literal(n)
+                ));
             }
         }
-        let name = if cases.is_empty() { "f".to_string() } else { format!("CASE f{cases} ELSE f END") };
-        Ok(format!("(SELECT coalesce(jsonb_agg({name}), '[]'::jsonb) FROM unnest({col}) f)"))
+        let name = if cases.is_empty() {
+            "f".to_string()
+        } else {
+            format!("CASE f{cases} ELSE f END")
+        };
+        Ok(format!(
+            "(SELECT coalesce(jsonb_agg({name}), '[]'::jsonb) FROM unnest({col}) f)"
+        ))
     }
 
     fn history(&mut self, entity: &str, fs: &[&Node<Field>]) -> R<Plan> {
         let f = fs[0];
-        let first = self.b.page_size(f, &self.path(), "first")?.unwrap_or(self.ctx.limits.max_page_size);
+        let first = self
+            .b
+            .page_size(f, &self.path(), "first")?
+            .unwrap_or(self.ctx.limits.max_page_size);
         let mut pairs = Vec::new();
         for (k, sub) in self.b.sub_own(fs) {
             let e = match sub[0].name.as_str() {
@@ -307,8 +446,18 @@ impl Planner<'_, '_, '_> {
             crate::query::json_object(&pairs),
             self.function("udm_history")
         );
-        let id = self.b.arg(f, "id").and_then(|v| v.as_str().map(str::to_string));
-        Ok((vec![run(sql, vec![Some(entity.to_string()), id, Some(first.to_string())], false)], Finish::Last))
+        let id = self
+            .b
+            .arg(f, "id")
+            .and_then(|v| v.as_str().map(str::to_string));
+        Ok((
+            vec![run(
+                sql,
+                vec![Some(entity.to_string()), id, Some(first.to_string())],
+                false,
+            )],
+            Finish::Last,
+        ))
     }
 
     fn view(&mut self, kind: ViewKind, entity: &str, fs: &[&Node<Field>]) -> R<Plan> {
@@ -324,30 +473,53 @@ impl Planner<'_, '_, '_> {
         if let Some(n) = self.b.page_size(f, &p, "first")? {
             spec.insert("limit".into(), json!(n.max(1)));
         }
-        for (arg, key) in [("search", "search"), ("root", "root"), ("depth", "depth"), ("id", "id")] {
+        for (arg, key) in [
+            ("search", "search"),
+            ("root", "root"),
+            ("depth", "depth"),
+            ("id", "id"),
+        ] {
             if let Some(v) = self.b.arg(f, arg) {
                 spec.insert(key.into(), v);
             }
         }
         for arg in ["field", "label", "start", "end", "groupBy"] {
-            if let Some(v) = self.b.arg(f, arg).and_then(|v| v.as_str().map(str::to_string)) {
+            if let Some(v) = self
+                .b
+                .arg(f, arg)
+                .and_then(|v| v.as_str().map(str::to_string))
+            {
                 let key = if arg == "groupBy" { "group_by" } else { arg };
                 spec.insert(key.into(), json!(self.slug_of_field(entity, &v)));
             }
         }
         let shape = self.view_shape(kind, entity, fs, &mut spec)?;
         let spec = Value::Object(spec);
-        let t = views::compile(self.ctx.model, entity, kind.udm(), &spec).map_err(|e| self.err(f, e))?;
+        let t = views::compile(self.ctx.model, entity, kind.udm(), &spec)
+            .map_err(|e| self.err(f, e))?;
         let values = bind(&spec, &t).map_err(|e| self.err(f, e))?;
-        Ok((vec![run(t.sql, values, t.plan_per_call)], Finish::View(ViewShape(shape))))
+        Ok((
+            vec![run(t.sql, values, t.plan_per_call)],
+            Finish::View(ViewShape(shape)),
+        ))
     }
 
     /// The shape of a view's result for the selection (and the columns the view must read).
-    fn view_shape(&self, kind: ViewKind, entity: &str, fs: &[&Node<Field>], spec: &mut Map<String, Value>) -> R<Shape> {
+    fn view_shape(
+        &self,
+        kind: ViewKind,
+        entity: &str,
+        fs: &[&Node<Field>],
+        spec: &mut Map<String, Value>,
+    ) -> R<Shape> {
         let f = fs[0];
         let tn = self.b.info(entity)?.type_name.clone();
         let mut cols: Vec<String> = Vec::new();
-        let row = |b: &Builder, sub: &[&Node<Field>], ty: &str, cols: &mut Vec<String>| -> R<Shape> {
+        let row = |b: &Builder,
+                   sub: &[&Node<Field>],
+                   ty: &str,
+                   cols: &mut Vec<String>|
+         -> R<Shape> {
             let sels = b.node(entity, "", &b.sub(sub, ty), &self.path())?;
             if !flat(&sels) {
                 return Err(self.err(f, GqlError::validation("views return fields of the record and of its to-one relations; use a collection for nested lists")));
@@ -360,13 +532,26 @@ impl Planner<'_, '_, '_> {
             Ok(Shape::Row(sels))
         };
         let label = |b: &Builder, sub: &[&Node<Field>]| -> Shape {
-            Shape::Object(b.plain(sub).into_iter().map(|(k, n)| {
-                let s = if n == "__typename" { Shape::Const(json!("RecordLabel")) } else { Shape::Same };
-                (k, n, s)
-            }).collect())
+            Shape::Object(
+                b.plain(sub)
+                    .into_iter()
+                    .map(|(k, n)| {
+                        let s = if n == "__typename" {
+                            Shape::Const(json!("RecordLabel"))
+                        } else {
+                            Shape::Same
+                        };
+                        (k, n, s)
+                    })
+                    .collect(),
+            )
         };
         let shape = match kind {
-            ViewKind::Dropdown | ViewKind::Breadcrumb => Shape::Object(vec![("v".into(), "items".into(), Shape::List(Box::new(label(self.b, fs))))]),
+            ViewKind::Dropdown | ViewKind::Breadcrumb => Shape::Object(vec![(
+                "v".into(),
+                "items".into(),
+                Shape::List(Box::new(label(self.b, fs))),
+            )]),
             ViewKind::Kanban => {
                 let mut top = Vec::new();
                 for (k, sub) in self.b.sub_own(fs) {
@@ -376,13 +561,20 @@ impl Planner<'_, '_, '_> {
                             for (ck, cs) in self.b.sub(&sub, &format!("{tn}KanbanColumn")) {
                                 let name = cs[0].name.to_string();
                                 let s = match name.as_str() {
-                                    "cards" => Shape::List(Box::new(row(self.b, &cs, &tn, &mut cols)?)),
-                                    "__typename" => Shape::Const(json!(format!("{tn}KanbanColumn"))),
+                                    "cards" => {
+                                        Shape::List(Box::new(row(self.b, &cs, &tn, &mut cols)?))
+                                    }
+                                    "__typename" => {
+                                        Shape::Const(json!(format!("{tn}KanbanColumn")))
+                                    }
                                     _ => Shape::Same,
                                 };
                                 colf.push((ck, name, s));
                             }
-                            (sub[0].name.to_string(), Shape::List(Box::new(Shape::Object(colf))))
+                            (
+                                sub[0].name.to_string(),
+                                Shape::List(Box::new(Shape::Object(colf))),
+                            )
                         }
                         "field" => ("field".to_string(), Shape::Same),
                         _ => (String::new(), Shape::Const(json!(format!("{tn}Kanban")))),
@@ -402,7 +594,11 @@ impl Planner<'_, '_, '_> {
                     };
                     node.push((k, from.to_string(), s));
                 }
-                Shape::Object(vec![("v".into(), "nodes".into(), Shape::List(Box::new(Shape::Object(node))))])
+                Shape::Object(vec![(
+                    "v".into(),
+                    "nodes".into(),
+                    Shape::List(Box::new(Shape::Object(node))),
+                )])
             }
             ViewKind::Gantt => {
                 let mut top = Vec::new();
@@ -413,13 +609,21 @@ impl Planner<'_, '_, '_> {
                             for (ik, is) in self.b.sub(&sub, &format!("{tn}GanttItem")) {
                                 let name = is[0].name.to_string();
                                 let (from, s) = match name.as_str() {
-                                    "node" => ("row".to_string(), row(self.b, &is, &tn, &mut cols)?),
-                                    "__typename" => (String::new(), Shape::Const(json!(format!("{tn}GanttItem")))),
+                                    "node" => {
+                                        ("row".to_string(), row(self.b, &is, &tn, &mut cols)?)
+                                    }
+                                    "__typename" => (
+                                        String::new(),
+                                        Shape::Const(json!(format!("{tn}GanttItem"))),
+                                    ),
                                     _ => (name.clone(), Shape::Same),
                                 };
                                 item.push((ik, from, s));
                             }
-                            ("items".to_string(), Shape::List(Box::new(Shape::Object(item))))
+                            (
+                                "items".to_string(),
+                                Shape::List(Box::new(Shape::Object(item))),
+                            )
                         }
                         "groups" => ("groups".to_string(), Shape::Same),
                         _ => (String::new(), Shape::Const(json!(format!("{tn}Gantt")))),
@@ -455,7 +659,10 @@ impl Planner<'_, '_, '_> {
             let text = match (v, *sql_type) {
                 (None, _) => None,
                 (Some(v), "jsonb") => Some(Builder::slug_keys(&v, 0).to_string()),
-                (Some(v), "text[]") => Some(crate::values::to_text(&v, &PType::Array(Box::new(PType::Text)), name).map_err(|e| self.err(f, e))?),
+                (Some(v), "text[]") => Some(
+                    crate::values::to_text(&v, &PType::Array(Box::new(PType::Text)), name)
+                        .map_err(|e| self.err(f, e))?,
+                ),
                 (Some(Value::String(s)), _) => Some(s),
                 (Some(v), _) => Some(v.to_string()),
             };
@@ -483,6 +690,8 @@ impl Shape {
 
 /// The GraphQL names of the system columns (for snapshots and events).
 pub(crate) fn system_name(column: &str) -> Option<&'static str> {
-    SYSTEM.iter().find(|(_, c, _)| *c == column).map(|(g, _, _)| *g)
+    SYSTEM
+        .iter()
+        .find(|(_, c, _)| *c == column)
+        .map(|(g, _, _)| *g)
 }
-

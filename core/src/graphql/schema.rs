@@ -34,7 +34,10 @@ pub enum Out {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldKind {
     /// A system column (`id`, `created_at`, …).
-    System { column: &'static str, ty: &'static str },
+    System {
+        column: &'static str,
+        ty: &'static str,
+    },
     /// A field with a column of a scalar type (lists of scalars included).
     Scalar { field: String, ty: String, out: Out },
     /// A json (or file) field; `path` continues into the value.
@@ -141,24 +144,48 @@ impl SchemaOp {
     ];
 
     /// (GraphQL field, udm function, arguments as (name, GraphQL type, SQL type)).
-    pub fn signature(self) -> (&'static str, &'static str, &'static [(&'static str, &'static str, &'static str)]) {
+    pub fn signature(
+        self,
+    ) -> (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str, &'static str)],
+    ) {
         match self {
             SchemaOp::DefineEntity => (
                 "defineEntity",
                 "udm_define_entity",
-                &[("slug", "String!", "text"), ("definition", "EntityDefinitionInput!", "jsonb")],
+                &[
+                    ("slug", "String!", "text"),
+                    ("definition", "EntityDefinitionInput!", "jsonb"),
+                ],
             ),
-            SchemaOp::DropEntity => ("dropEntity", "udm_drop_entity", &[("entity", "String!", "text")]),
-            SchemaOp::RestoreEntity => ("restoreEntity", "udm_restore_entity", &[("entity", "String!", "text")]),
+            SchemaOp::DropEntity => (
+                "dropEntity",
+                "udm_drop_entity",
+                &[("entity", "String!", "text")],
+            ),
+            SchemaOp::RestoreEntity => (
+                "restoreEntity",
+                "udm_restore_entity",
+                &[("entity", "String!", "text")],
+            ),
             SchemaOp::AddField => (
                 "addField",
                 "udm_add_field",
-                &[("entity", "String!", "text"), ("field", "FieldDefinitionInput!", "jsonb")],
+                &[
+                    ("entity", "String!", "text"),
+                    ("field", "FieldDefinitionInput!", "jsonb"),
+                ],
             ),
             SchemaOp::AlterField => (
                 "alterField",
                 "udm_alter_field",
-                &[("entity", "String!", "text"), ("field", "String!", "text"), ("changes", "FieldChangesInput!", "jsonb")],
+                &[
+                    ("entity", "String!", "text"),
+                    ("field", "String!", "text"),
+                    ("changes", "FieldChangesInput!", "jsonb"),
+                ],
             ),
             SchemaOp::RemoveField => (
                 "removeField",
@@ -173,15 +200,30 @@ impl SchemaOp {
             SchemaOp::AddRule => (
                 "addRule",
                 "udm_add_rule",
-                &[("entity", "String!", "text"), ("rule", "RuleInput!", "jsonb")],
+                &[
+                    ("entity", "String!", "text"),
+                    ("rule", "RuleInput!", "jsonb"),
+                ],
             ),
-            SchemaOp::DropRule => ("dropRule", "udm_drop_rule", &[("entity", "String!", "text"), ("name", "String!", "text")]),
+            SchemaOp::DropRule => (
+                "dropRule",
+                "udm_drop_rule",
+                &[("entity", "String!", "text"), ("name", "String!", "text")],
+            ),
             SchemaOp::AddIndex => (
                 "addIndex",
                 "udm_add_index",
-                &[("entity", "String!", "text"), ("fields", "[String!]!", "text[]"), ("unique", "Boolean", "boolean")],
+                &[
+                    ("entity", "String!", "text"),
+                    ("fields", "[String!]!", "text[]"),
+                    ("unique", "Boolean", "boolean"),
+                ],
             ),
-            SchemaOp::DropIndex => ("dropIndex", "udm_drop_index", &[("entity", "String!", "text"), ("name", "String!", "text")]),
+            SchemaOp::DropIndex => (
+                "dropIndex",
+                "udm_drop_index",
+                &[("entity", "String!", "text"), ("name", "String!", "text")],
+            ),
         }
     }
 }
@@ -301,7 +343,12 @@ impl GqlSchema {
         let schema = sb.finish(true, true)?.validate().map_err(|e| {
             UdmError::internal(format!(
                 "udm built an invalid GraphQL schema: {}",
-                e.errors.to_string().lines().take(5).collect::<Vec<_>>().join("; ")
+                e.errors
+                    .to_string()
+                    .lines()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ))
         })?;
         let implementers = schema.implementers_map();
@@ -333,33 +380,60 @@ impl GqlSchema {
         for t in self.schema.types.values() {
             n += 256
                 + match t {
-                    T::Object(o) => o.fields.values().map(|f| 160 + 96 * f.arguments.len()).sum(),
+                    T::Object(o) => o
+                        .fields
+                        .values()
+                        .map(|f| 160 + 96 * f.arguments.len())
+                        .sum(),
                     T::InputObject(i) => i.fields.len() * 128,
                     T::Enum(e) => e.values.len() * 64,
                     T::Union(u) => u.members.len() * 32,
                     _ => 0,
                 };
         }
-        n + self.reflect.by_type.values().map(|e| e.fields.len() * 96).sum::<usize>()
+        n + self
+            .reflect
+            .by_type
+            .values()
+            .map(|e| e.fields.len() * 96)
+            .sum::<usize>()
     }
 }
 
 const SCALARS: &[(&str, &str)] = &[
-    ("UUID", "A UUID as text, e.g. \"0190c7a4-5e2b-7c3d-8f00-1a2b3c4d5e6f\""),
+    (
+        "UUID",
+        "A UUID as text, e.g. \"0190c7a4-5e2b-7c3d-8f00-1a2b3c4d5e6f\"",
+    ),
     ("Date", "A calendar date, YYYY-MM-DD"),
     ("DateTime", "A date and time with time zone, ISO 8601"),
     ("Time", "A time of day, HH:MM[:SS[.ffffff]]"),
-    ("Duration", "A duration: ISO 8601 (P1DT2H) or PostgreSQL interval text (2 hours)"),
-    ("Decimal", "An exact decimal number, as a string in results; strings or numbers as input"),
-    ("BigInt", "A 64-bit integer, as a string in results; strings or numbers as input"),
+    (
+        "Duration",
+        "A duration: ISO 8601 (P1DT2H) or PostgreSQL interval text (2 hours)",
+    ),
+    (
+        "Decimal",
+        "An exact decimal number, as a string in results; strings or numbers as input",
+    ),
+    (
+        "BigInt",
+        "A 64-bit integer, as a string in results; strings or numbers as input",
+    ),
     ("JSON", "Any JSON value"),
-    ("Cursor", "An opaque page cursor: pass it back unchanged, with the same orderBy"),
+    (
+        "Cursor",
+        "An opaque page cursor: pass it back unchanged, with the same orderBy",
+    ),
 ];
 
 /// (scalar, GraphQL filter operators): one filter input per scalar.
 const ORDERED: &str = "eq neq gt gte lt lte in notIn between isNull";
 const SCALAR_FILTERS: &[(&str, &str)] = &[
-    ("String", "eq neq gt gte lt lte in notIn between like ilike contains startsWith isNull"),
+    (
+        "String",
+        "eq neq gt gte lt lte in notIn between like ilike contains startsWith isNull",
+    ),
     ("Int", ORDERED),
     ("BigInt", ORDERED),
     ("Float", ORDERED),
@@ -544,8 +618,11 @@ impl<'m> Build<'m> {
             Some("Group by the value, or by the period a date falls in"),
             &words("VALUE DAY WEEK MONTH QUARTER YEAR"),
         )?;
-        self.sb
-            .enumeration("ChangeAction", None, &words("INSERT UPDATE DELETE ROLLBACK"))?;
+        self.sb.enumeration(
+            "ChangeAction",
+            None,
+            &words("INSERT UPDATE DELETE ROLLBACK"),
+        )?;
         let mut page: Fields<Field> = Fields::default();
         page.add("hasNextPage", "Boolean!", vec![], None);
         page.add(
@@ -560,7 +637,11 @@ impl<'m> Build<'m> {
         let mut rr: Fields<Field> = Fields::default();
         rr.add("entity", "String!", vec![], None);
         rr.add("id", "UUID!", vec![], None);
-        self.sb.object("RecordRef", Some("A reference to a record of an entity"), &rr)?;
+        self.sb.object(
+            "RecordRef",
+            Some("A reference to a record of an entity"),
+            &rr,
+        )?;
         let mut rri: Fields<Input> = Fields::default();
         rri.add("entity", "String!");
         rri.add("id", "UUID!");
@@ -568,7 +649,11 @@ impl<'m> Build<'m> {
         let mut label: Fields<Field> = Fields::default();
         label.add("id", "UUID!", vec![], None);
         label.add("label", "String", vec![], None);
-        self.sb.object("RecordLabel", Some("A record and its label (dropdowns, breadcrumbs)"), &label)?;
+        self.sb.object(
+            "RecordLabel",
+            Some("A record and its label (dropdowns, breadcrumbs)"),
+            &label,
+        )?;
         self.json_inputs()?;
         self.scalar_filters()?;
         Ok(())
@@ -578,14 +663,28 @@ impl<'m> Build<'m> {
         let mut order: Fields<Input> = Fields::default();
         order.add("path", "[String!]!");
         order.add("direction", "OrderDirection!");
-        self.sb.input("JSONOrderBy", Some("Order by a value inside a json field"), &order)?;
+        self.sb.input(
+            "JSONOrderBy",
+            Some("Order by a value inside a json field"),
+            &order,
+        )?;
         let mut group: Fields<Input> = Fields::default();
         group.add("path", "[String!]!");
         group.add("key", "GroupKey");
-        self.sb.input("JSONGroupBy", Some("Group by a value inside a json field"), &group)?;
+        self.sb.input(
+            "JSONGroupBy",
+            Some("Group by a value inside a json field"),
+            &group,
+        )?;
         let mut f: Fields<Input> = Fields::default();
-        f.add_described("path", "[String!]", "keys leading into the value; none: the whole value");
-        for op in "eq neq gt gte lt lte in notIn between contains like ilike startsWith isNull".split(' ') {
+        f.add_described(
+            "path",
+            "[String!]",
+            "keys leading into the value; none: the whole value",
+        );
+        for op in
+            "eq neq gt gte lt lte in notIn between contains like ilike startsWith isNull".split(' ')
+        {
             let t = match op {
                 "in" | "notIn" | "between" => "[JSON!]",
                 "like" | "ilike" | "startsWith" => "String",
@@ -636,11 +735,19 @@ impl<'m> Build<'m> {
     fn reverse_relations(&self) -> BTreeMap<String, Vec<(String, FieldDef)>> {
         let mut out: BTreeMap<String, Vec<(String, FieldDef)>> = BTreeMap::new();
         for s in self.included.keys() {
-            let Some(e) = self.model.entity(s) else { continue };
+            let Some(e) = self.model.entity(s) else {
+                continue;
+            };
             for f in &e.fields {
                 let visible = f.ftype == FieldType::Relation && !self.model.hidden(s, &f.name);
-                if let Some(t) = f.target.as_ref().filter(|t| visible && self.included.contains_key(*t)) {
-                    out.entry(t.clone()).or_default().push((s.clone(), f.clone()));
+                if let Some(t) = f
+                    .target
+                    .as_ref()
+                    .filter(|t| visible && self.included.contains_key(*t))
+                {
+                    out.entry(t.clone())
+                        .or_default()
+                        .push((s.clone(), f.clone()));
                 }
             }
         }
@@ -676,7 +783,13 @@ impl<'m> Build<'m> {
     fn system_fields(&mut self, t: &mut EntityTypes) {
         for (g, col, ty) in SYSTEM {
             let base = ty.trim_end_matches('!');
-            t.claim(g, FieldKind::System { column: col, ty: base });
+            t.claim(
+                g,
+                FieldKind::System {
+                    column: col,
+                    ty: base,
+                },
+            );
             t.obj.add(g, ty, vec![], None);
             t.snapshot.add(g, ty, vec![], None);
             t.filter.add(g, &format!("{base}Filter"));
@@ -708,8 +821,14 @@ impl<'m> Build<'m> {
         let n = camel(&f.name);
         match &f.ftype {
             FieldType::Password => {
-                if t.claim(&n, FieldKind::Password { field: f.name.clone() }) {
-                    t.insert.add_described(&n, "String", "write-only: never returned");
+                if t.claim(
+                    &n,
+                    FieldKind::Password {
+                        field: f.name.clone(),
+                    },
+                ) {
+                    t.insert
+                        .add_described(&n, "String", "write-only: never returned");
                     t.patch.add(&n, "String");
                 }
             }
@@ -726,8 +845,20 @@ impl<'m> Build<'m> {
         Ok(())
     }
 
-    fn json_field(&mut self, e: &EntityDef, f: &FieldDef, n: &str, desc: Option<&str>, t: &mut EntityTypes) {
-        if !t.claim(n, FieldKind::Json { field: f.name.clone() }) {
+    fn json_field(
+        &mut self,
+        e: &EntityDef,
+        f: &FieldDef,
+        n: &str,
+        desc: Option<&str>,
+        t: &mut EntityTypes,
+    ) {
+        if !t.claim(
+            n,
+            FieldKind::Json {
+                field: f.name.clone(),
+            },
+        ) {
             return self.warn_taken(e, f, n);
         }
         let mut path = Input::new("path", "[String!]");
@@ -741,8 +872,20 @@ impl<'m> Build<'m> {
         t.patch.add(n, "JSON");
     }
 
-    fn many_to_many(&mut self, e: &EntityDef, f: &FieldDef, n: &str, desc: Option<&str>, t: &mut EntityTypes) {
-        let Some(tp) = f.target.as_ref().and_then(|x| self.included.get(x)).cloned() else {
+    fn many_to_many(
+        &mut self,
+        e: &EntityDef,
+        f: &FieldDef,
+        n: &str,
+        desc: Option<&str>,
+        t: &mut EntityTypes,
+    ) {
+        let Some(tp) = f
+            .target
+            .as_ref()
+            .and_then(|x| self.included.get(x))
+            .cloned()
+        else {
             return;
         };
         let kind = FieldKind::ManyToMany {
@@ -752,16 +895,29 @@ impl<'m> Build<'m> {
         if !t.claim(n, kind) {
             return self.warn_taken(e, f, n);
         }
-        t.obj.add(n, &format!("{tp}Connection!"), connection_args(&tp), desc);
+        t.obj
+            .add(n, &format!("{tp}Connection!"), connection_args(&tp), desc);
         t.filter.add(n, &format!("{tp}ListFilter"));
-        t.insert.add_described(n, "[UUID!]", "ids of the records to link");
+        t.insert
+            .add_described(n, "[UUID!]", "ids of the records to link");
         t.patch.add_described(n, "[UUID!]", "replaces the links");
     }
 
-    fn many_to_one(&mut self, e: &EntityDef, f: &FieldDef, desc: Option<&str>, t: &mut EntityTypes) {
+    fn many_to_one(
+        &mut self,
+        e: &EntityDef,
+        f: &FieldDef,
+        desc: Option<&str>,
+        t: &mut EntityTypes,
+    ) {
         let (idn, objn) = relation_names(&f.name);
         let bang = if f.required { "!" } else { "" };
-        if !t.claim(&idn, FieldKind::RelationId { field: f.name.clone() }) {
+        if !t.claim(
+            &idn,
+            FieldKind::RelationId {
+                field: f.name.clone(),
+            },
+        ) {
             return self.warn_taken(e, f, &idn);
         }
         t.obj.add(&idn, &format!("UUID{bang}"), vec![], desc);
@@ -793,13 +949,28 @@ impl<'m> Build<'m> {
         t.filter.add(&objn, &format!("{tp}Filter"));
         t.order.add(&objn, &format!("{tp}OrderBy"));
         t.group.add(&objn, &format!("{tp}GroupBy"));
-        t.insert
-            .add_described(&objn, &format!("{tp}InsertInput"), "creates the record and links it");
+        t.insert.add_described(
+            &objn,
+            &format!("{tp}InsertInput"),
+            "creates the record and links it",
+        );
     }
 
-    fn reference(&mut self, e: &EntityDef, f: &FieldDef, n: &str, desc: Option<&str>, t: &mut EntityTypes) -> Result<()> {
+    fn reference(
+        &mut self,
+        e: &EntityDef,
+        f: &FieldDef,
+        n: &str,
+        desc: Option<&str>,
+        t: &mut EntityTypes,
+    ) -> Result<()> {
         let refn = format!("{n}Ref");
-        if !t.claim(&refn, FieldKind::ReferenceRef { field: f.name.clone() }) {
+        if !t.claim(
+            &refn,
+            FieldKind::ReferenceRef {
+                field: f.name.clone(),
+            },
+        ) {
             self.warn_taken(e, f, &refn);
             return Ok(());
         }
@@ -826,7 +997,11 @@ impl<'m> Build<'m> {
             return Ok(());
         }
         let members: Vec<String> = targets.iter().map(|x| pascal(x)).collect();
-        self.sb.union(&union, Some(&format!("The records {}.{} may point to", e.slug, f.name)), &members)?;
+        self.sb.union(
+            &union,
+            Some(&format!("The records {}.{} may point to", e.slug, f.name)),
+            &members,
+        )?;
         t.obj.add(n, &union, vec![], desc);
         Ok(())
     }
@@ -871,7 +1046,8 @@ impl<'m> Build<'m> {
         t.filter.add(n, &filter);
         if f.ftype != FieldType::AutoNumber {
             let req = f.required && f.default.is_none();
-            t.insert.add(n, &format!("{ty}{}", if req { "!" } else { "" }));
+            t.insert
+                .add(n, &format!("{ty}{}", if req { "!" } else { "" }));
             t.patch.add(n, &ty);
         }
         if !list {
@@ -882,7 +1058,11 @@ impl<'m> Build<'m> {
                 t.values.add(n, &ty, vec![], None);
             }
             if is_numeric(scalar) {
-                let nt = if scalar == "Float" { "Float" } else { "Decimal" };
+                let nt = if scalar == "Float" {
+                    "Float"
+                } else {
+                    "Decimal"
+                };
                 t.numbers.add(n, nt, vec![], None);
             }
             if is_date(&f.ftype) {
@@ -901,7 +1081,11 @@ impl<'m> Build<'m> {
         let en = format!("{}{}", pascal(&e.slug), pascal(&f.name));
         let clash = self.sb.has(&en)
             || self.sb.has(&format!("{en}Filter"))
-            || self.included.values().any(|t| en.starts_with(t.as_str()) && en != *t && super::names::DERIVED_SUFFIXES.contains(&&en[t.len()..]));
+            || self.included.values().any(|t| {
+                en.starts_with(t.as_str())
+                    && en != *t
+                    && super::names::DERIVED_SUFFIXES.contains(&&en[t.len()..])
+            });
         if clash {
             self.warnings.push(format!(
                 "field \"{}\" of entity \"{}\": the enum name {en} is taken; its values are typed String",
@@ -909,7 +1093,11 @@ impl<'m> Build<'m> {
             ));
             return Ok(None);
         }
-        self.sb.enumeration(&en, Some(&format!("Values of {}.{}", e.slug, f.name)), &f.values)?;
+        self.sb.enumeration(
+            &en,
+            Some(&format!("Values of {}.{}", e.slug, f.name)),
+            &f.values,
+        )?;
         let mut filter: Fields<Input> = Fields::default();
         for op in ["eq", "neq", "in", "notIn", "isNull"] {
             filter.add(op, &operator_type(op, &en));
@@ -940,7 +1128,8 @@ impl<'m> Build<'m> {
             ));
             return;
         }
-        t.obj.add(&n, &format!("{sp}Connection!"), connection_args(&sp), None);
+        t.obj
+            .add(&n, &format!("{sp}Connection!"), connection_args(&sp), None);
         t.filter.add(&n, &format!("{sp}ListFilter"));
         if !f.many {
             t.insert.add_described(
@@ -958,12 +1147,21 @@ impl<'m> Build<'m> {
             None => format!("{label} (entity {})", e.slug),
         };
         self.sb.object(p, Some(&desc), &t.obj)?;
-        self.sb.object(&format!("{p}Snapshot"), Some("A record's values as stored in its audit image"), &t.snapshot)?;
+        self.sb.object(
+            &format!("{p}Snapshot"),
+            Some("A record's values as stored in its audit image"),
+            &t.snapshot,
+        )?;
         let mut conn: Fields<Field> = Fields::default();
         conn.add("edges", &format!("[{p}Edge!]!"), vec![], None);
         conn.add("nodes", &format!("[{p}!]!"), vec![], None);
         conn.add("pageInfo", "PageInfo!", vec![], None);
-        conn.add("totalCount", "Int!", vec![], Some("all records matching the filter"));
+        conn.add(
+            "totalCount",
+            "Int!",
+            vec![],
+            Some("all records matching the filter"),
+        );
         self.sb.object(&format!("{p}Connection"), None, &conn)?;
         let mut edge: Fields<Field> = Fields::default();
         edge.add("cursor", "Cursor!", vec![], None);
@@ -978,39 +1176,71 @@ impl<'m> Build<'m> {
         }
         self.sb.input(&format!("{p}Filter"), None, &filter)?;
         let mut list: Fields<Input> = Fields::default();
-        list.add_described("some", &format!("{p}Filter"), "at least one related record matches");
-        list.add_described("every", &format!("{p}Filter"), "every related record matches (also when there is none)");
+        list.add_described(
+            "some",
+            &format!("{p}Filter"),
+            "at least one related record matches",
+        );
+        list.add_described(
+            "every",
+            &format!("{p}Filter"),
+            "every related record matches (also when there is none)",
+        );
         list.add_described("none", &format!("{p}Filter"), "no related record matches");
         self.sb.input(&format!("{p}ListFilter"), None, &list)?;
-        self.sb.input(&format!("{p}OrderBy"), Some("Exactly one field per item"), &t.order)?;
+        self.sb.input(
+            &format!("{p}OrderBy"),
+            Some("Exactly one field per item"),
+            &t.order,
+        )?;
         let mut group: Fields<Input> = Fields::default();
         group.add_described("as", "String", "the name of this key in `key`");
         for i in std::mem::take(&mut t.group).into_items() {
             group.add(&i.name, &i.ty);
         }
-        self.sb.input(&format!("{p}GroupBy"), Some("Exactly one field per item (besides `as`)"), &group)?;
+        self.sb.input(
+            &format!("{p}GroupBy"),
+            Some("Exactly one field per item (besides `as`)"),
+            &group,
+        )?;
         self.sb.input(&format!("{p}InsertInput"), None, &t.insert)?;
         if t.patch.is_empty() {
             t.patch.add("_version", "Int");
         }
         self.sb.input(&format!("{p}Patch"), None, &t.patch)?;
-        self.sb.enumeration(&format!("{p}Field"), None, &t.field_enum)?;
+        self.sb
+            .enumeration(&format!("{p}Field"), None, &t.field_enum)?;
         self.group_type(p, t)?;
         let mut result: Fields<Field> = Fields::default();
         result.add("affectedCount", "Int!", vec![], None);
         result.add("records", &format!("[{p}!]!"), vec![], None);
-        self.sb.object(&format!("{p}MutationResult"), None, &result)?;
+        self.sb
+            .object(&format!("{p}MutationResult"), None, &result)?;
         self.change_types(p)?;
         let keys: Vec<String> = unique_keys(e).into_keys().collect();
-        self.sb.enumeration(&format!("{p}UniqueKey"), Some("Unique keys an upsert can match on"), &keys)?;
+        self.sb.enumeration(
+            &format!("{p}UniqueKey"),
+            Some("Unique keys an upsert can match on"),
+            &keys,
+        )?;
         self.view_types(p, t)
     }
 
     fn group_type(&mut self, p: &str, t: &EntityTypes) -> Result<()> {
         let mut g: Fields<Field> = Fields::default();
-        g.add("key", "JSON!", vec![], Some("the group's keys, by their names (`as`, or the field path)"));
+        g.add(
+            "key",
+            "JSON!",
+            vec![],
+            Some("the group's keys, by their names (`as`, or the field path)"),
+        );
         g.add("count", "Int!", vec![], None);
-        g.add("countDistinct", "Int!", vec![Input::new("field", &format!("{p}Field!"))], None);
+        g.add(
+            "countDistinct",
+            "Int!",
+            vec![Input::new("field", &format!("{p}Field!"))],
+            None,
+        );
         if !t.numbers.is_empty() {
             self.sb.object(&format!("{p}Numbers"), None, &t.numbers)?;
             g.add("sum", &format!("{p}Numbers!"), vec![], None);
@@ -1030,9 +1260,24 @@ impl<'m> Build<'m> {
         c.add("action", "ChangeAction!", vec![], None);
         c.add("id", "UUID!", vec![], None);
         c.add("version", "Int", vec![], None);
-        c.add("changedFields", "[String!]!", vec![], Some("GraphQL names of the fields the change wrote"));
-        c.add("record", p, vec![], Some("the record as it is when the event is delivered (null: gone or not visible)"));
-        c.add("old", &format!("{p}Snapshot"), vec![], Some("the values before the change"));
+        c.add(
+            "changedFields",
+            "[String!]!",
+            vec![],
+            Some("GraphQL names of the fields the change wrote"),
+        );
+        c.add(
+            "record",
+            p,
+            vec![],
+            Some("the record as it is when the event is delivered (null: gone or not visible)"),
+        );
+        c.add(
+            "old",
+            &format!("{p}Snapshot"),
+            vec![],
+            Some("the values before the change"),
+        );
         self.sb.object(&format!("{p}Change"), None, &c)?;
         let mut v: Fields<Field> = Fields::default();
         v.add("version", "Int", vec![], None);
@@ -1044,13 +1289,19 @@ impl<'m> Build<'m> {
         v.add("changedAt", "DateTime", vec![], None);
         v.add("txid", "BigInt!", vec![], None);
         v.add("eventId", "BigInt!", vec![], None);
-        v.add("record", &format!("{p}Snapshot"), vec![], Some("the record after the change"));
+        v.add(
+            "record",
+            &format!("{p}Snapshot"),
+            vec![],
+            Some("the record after the change"),
+        );
         self.sb.object(&format!("{p}Version"), None, &v)
     }
 
     fn view_types(&mut self, p: &str, t: &EntityTypes) -> Result<()> {
         if !t.select_fields.is_empty() {
-            self.sb.enumeration(&format!("{p}SelectField"), None, &t.select_fields)?;
+            self.sb
+                .enumeration(&format!("{p}SelectField"), None, &t.select_fields)?;
             let mut col: Fields<Field> = Fields::default();
             col.add("value", "String!", vec![], None);
             col.add("count", "Int!", vec![], None);
@@ -1067,10 +1318,15 @@ impl<'m> Build<'m> {
             n.add("parentId", "UUID", vec![], None);
             n.add("depth", "Int!", vec![], None);
             n.add("node", &format!("{p}!"), vec![], None);
-            self.sb.object(&format!("{p}TreeNode"), Some("Tree nodes, depth first by level"), &n)?;
+            self.sb.object(
+                &format!("{p}TreeNode"),
+                Some("Tree nodes, depth first by level"),
+                &n,
+            )?;
         }
         if t.date_fields.len() >= 2 {
-            self.sb.enumeration(&format!("{p}DateField"), None, &t.date_fields)?;
+            self.sb
+                .enumeration(&format!("{p}DateField"), None, &t.date_fields)?;
             let mut i: Fields<Field> = Fields::default();
             i.add("id", "UUID!", vec![], None);
             i.add("label", "String", vec![], None);
@@ -1094,11 +1350,24 @@ impl<'m> Build<'m> {
         let e = self.model.entity(slug)?;
         e.fields
             .iter()
-            .any(|f| f.is_many_to_one() && f.target.as_deref() == Some(slug) && !self.model.hidden(slug, &f.name))
+            .any(|f| {
+                f.is_many_to_one()
+                    && f.target.as_deref() == Some(slug)
+                    && !self.model.hidden(slug, &f.name)
+            })
             .then_some(e)
     }
 
-    fn root(&mut self, op: Op, n: &str, ty: &str, args: Vec<Input>, kind: RootKind, entity: Option<&str>, desc: Option<&str>) {
+    fn root(
+        &mut self,
+        op: Op,
+        n: &str,
+        ty: &str,
+        args: Vec<Input>,
+        kind: RootKind,
+        entity: Option<&str>,
+        desc: Option<&str>,
+    ) {
         let (fields, map) = match op {
             Op::Query => (&mut self.query, &mut self.reflect.query),
             Op::Mutation => (&mut self.mutation, &mut self.reflect.mutation),
@@ -1113,7 +1382,9 @@ impl<'m> Build<'m> {
                 },
             );
         } else {
-            self.warnings.push(format!("root field {n} is defined twice; the second is left out"));
+            self.warnings.push(format!(
+                "root field {n} is defined twice; the second is left out"
+            ));
         }
     }
 
@@ -1125,30 +1396,146 @@ impl<'m> Build<'m> {
         let order = || Input::new("orderBy", &format!("[{p}OrderBy!]"));
         let first = || Input::new("first", "Int");
         use Op::*;
-        self.root(Query, &c, p, vec![id()], RootKind::ById, s, Some("the record with this id, if visible"));
-        self.root(Query, &format!("{c}Collection"), &format!("{p}Connection!"), connection_args(p), RootKind::Collection, s, None);
-        let agg = vec![filter(), Input::new("groupBy", &format!("[{p}GroupBy!]")), first()];
-        self.root(Query, &format!("{c}Aggregate"), &format!("[{p}Group!]!"), agg, RootKind::Aggregate, s, None);
+        self.root(
+            Query,
+            &c,
+            p,
+            vec![id()],
+            RootKind::ById,
+            s,
+            Some("the record with this id, if visible"),
+        );
+        self.root(
+            Query,
+            &format!("{c}Collection"),
+            &format!("{p}Connection!"),
+            connection_args(p),
+            RootKind::Collection,
+            s,
+            None,
+        );
+        let agg = vec![
+            filter(),
+            Input::new("groupBy", &format!("[{p}GroupBy!]")),
+            first(),
+        ];
+        self.root(
+            Query,
+            &format!("{c}Aggregate"),
+            &format!("[{p}Group!]!"),
+            agg,
+            RootKind::Aggregate,
+            s,
+            None,
+        );
         let at = vec![id(), Input::new("at", "DateTime!")];
-        self.root(Query, &format!("{c}AsOf"), &format!("{p}Snapshot"), at, RootKind::AsOf, s, Some("the record as it was at a time (from the audit log)"));
-        self.root(Query, &format!("{c}History"), &format!("[{p}Version!]!"), vec![id(), first()], RootKind::History, s, Some("the record's versions, newest first (from the audit log)"));
-        self.root(Query, &format!("{c}LockStatus"), "JSON!", vec![id()], RootKind::Lock(LockOp::Status), s, None);
-        let dropdown = vec![Input::new("search", "String"), Input::new("label", &format!("{p}Field")), filter(), first()];
-        self.root(Query, &format!("{c}Dropdown"), "[RecordLabel!]!", dropdown, RootKind::View(ViewKind::Dropdown), s, None);
+        self.root(
+            Query,
+            &format!("{c}AsOf"),
+            &format!("{p}Snapshot"),
+            at,
+            RootKind::AsOf,
+            s,
+            Some("the record as it was at a time (from the audit log)"),
+        );
+        self.root(
+            Query,
+            &format!("{c}History"),
+            &format!("[{p}Version!]!"),
+            vec![id(), first()],
+            RootKind::History,
+            s,
+            Some("the record's versions, newest first (from the audit log)"),
+        );
+        self.root(
+            Query,
+            &format!("{c}LockStatus"),
+            "JSON!",
+            vec![id()],
+            RootKind::Lock(LockOp::Status),
+            s,
+            None,
+        );
+        let dropdown = vec![
+            Input::new("search", "String"),
+            Input::new("label", &format!("{p}Field")),
+            filter(),
+            first(),
+        ];
+        self.root(
+            Query,
+            &format!("{c}Dropdown"),
+            "[RecordLabel!]!",
+            dropdown,
+            RootKind::View(ViewKind::Dropdown),
+            s,
+            None,
+        );
         if !t.select_fields.is_empty() {
-            let a = vec![Input::new("field", &format!("{p}SelectField")), filter(), order(), first()];
-            self.root(Query, &format!("{c}Kanban"), &format!("{p}Kanban!"), a, RootKind::View(ViewKind::Kanban), s, Some("cards per value of a select field; `first` cards per column"));
+            let a = vec![
+                Input::new("field", &format!("{p}SelectField")),
+                filter(),
+                order(),
+                first(),
+            ];
+            self.root(
+                Query,
+                &format!("{c}Kanban"),
+                &format!("{p}Kanban!"),
+                a,
+                RootKind::View(ViewKind::Kanban),
+                s,
+                Some("cards per value of a select field; `first` cards per column"),
+            );
         }
         if self.self_relation(p).is_some() {
-            let a = vec![Input::new("root", "UUID"), Input::new("depth", "Int"), filter(), order(), first()];
-            self.root(Query, &format!("{c}Tree"), &format!("[{p}TreeNode!]!"), a, RootKind::View(ViewKind::Tree), s, None);
+            let a = vec![
+                Input::new("root", "UUID"),
+                Input::new("depth", "Int"),
+                filter(),
+                order(),
+                first(),
+            ];
+            self.root(
+                Query,
+                &format!("{c}Tree"),
+                &format!("[{p}TreeNode!]!"),
+                a,
+                RootKind::View(ViewKind::Tree),
+                s,
+                None,
+            );
             let a = vec![id(), Input::new("label", &format!("{p}Field"))];
-            self.root(Query, &format!("{c}Breadcrumb"), "[RecordLabel!]!", a, RootKind::View(ViewKind::Breadcrumb), s, Some("the record and its ancestors, root first"));
+            self.root(
+                Query,
+                &format!("{c}Breadcrumb"),
+                "[RecordLabel!]!",
+                a,
+                RootKind::View(ViewKind::Breadcrumb),
+                s,
+                Some("the record and its ancestors, root first"),
+            );
         }
         if t.date_fields.len() >= 2 {
             let df = format!("{p}DateField!");
-            let a = vec![Input::new("start", &df), Input::new("end", &df), Input::new("label", &format!("{p}Field")), Input::new("groupBy", &format!("{p}Field")), filter(), order(), first()];
-            self.root(Query, &format!("{c}Gantt"), &format!("{p}Gantt!"), a, RootKind::View(ViewKind::Gantt), s, None);
+            let a = vec![
+                Input::new("start", &df),
+                Input::new("end", &df),
+                Input::new("label", &format!("{p}Field")),
+                Input::new("groupBy", &format!("{p}Field")),
+                filter(),
+                order(),
+                first(),
+            ];
+            self.root(
+                Query,
+                &format!("{c}Gantt"),
+                &format!("{p}Gantt!"),
+                a,
+                RootKind::View(ViewKind::Gantt),
+                s,
+                None,
+            );
         }
         let result = format!("{p}MutationResult!");
         let objects = || Input::new("objects", &format!("[{p}InsertInput!]!"));
@@ -1156,19 +1543,114 @@ impl<'m> Build<'m> {
         let expected = || Input::new("expectedVersion", "Int");
         let at_most = || Input::new("atMost", "Int!");
         let required_filter = || Input::new("filter", &format!("{p}Filter!"));
-        self.root(Mutation, &format!("insert{p}"), &result, vec![objects()], RootKind::Insert, s, Some("inserts all records (with nested ones) or none"));
-        self.root(Mutation, &format!("upsert{p}"), &result, vec![objects(), Input::new("onConflict", &format!("{p}UniqueKey!"))], RootKind::Upsert, s, None);
-        self.root(Mutation, &format!("update{p}"), p, vec![id(), set(), expected()], RootKind::Update, s, None);
-        self.root(Mutation, &format!("update{p}Many"), &result, vec![required_filter(), set(), at_most()], RootKind::UpdateMany, s, Some("refused, changing nothing, when more than atMost records match"));
-        self.root(Mutation, &format!("delete{p}"), p, vec![id(), expected()], RootKind::Delete, s, None);
-        self.root(Mutation, &format!("delete{p}Many"), &result, vec![required_filter(), at_most()], RootKind::DeleteMany, s, Some("refused, deleting nothing, when more than atMost records match"));
-        let rb = vec![id(), Input::new("version", "Int!"), Input::new("fields", &format!("[{p}Field!]"))];
-        self.root(Mutation, &format!("rollback{p}"), "JSON!", rb, RootKind::Rollback, s, Some("restores the record (or some fields) as of a version"));
-        self.root(Mutation, &format!("lock{p}"), "JSON!", vec![id()], RootKind::Lock(LockOp::Acquire), s, None);
-        self.root(Mutation, &format!("heartbeat{p}"), "JSON!", vec![id()], RootKind::Lock(LockOp::Heartbeat), s, None);
-        self.root(Mutation, &format!("unlock{p}"), "JSON!", vec![id()], RootKind::Lock(LockOp::Release), s, None);
+        self.root(
+            Mutation,
+            &format!("insert{p}"),
+            &result,
+            vec![objects()],
+            RootKind::Insert,
+            s,
+            Some("inserts all records (with nested ones) or none"),
+        );
+        self.root(
+            Mutation,
+            &format!("upsert{p}"),
+            &result,
+            vec![
+                objects(),
+                Input::new("onConflict", &format!("{p}UniqueKey!")),
+            ],
+            RootKind::Upsert,
+            s,
+            None,
+        );
+        self.root(
+            Mutation,
+            &format!("update{p}"),
+            p,
+            vec![id(), set(), expected()],
+            RootKind::Update,
+            s,
+            None,
+        );
+        self.root(
+            Mutation,
+            &format!("update{p}Many"),
+            &result,
+            vec![required_filter(), set(), at_most()],
+            RootKind::UpdateMany,
+            s,
+            Some("refused, changing nothing, when more than atMost records match"),
+        );
+        self.root(
+            Mutation,
+            &format!("delete{p}"),
+            p,
+            vec![id(), expected()],
+            RootKind::Delete,
+            s,
+            None,
+        );
+        self.root(
+            Mutation,
+            &format!("delete{p}Many"),
+            &result,
+            vec![required_filter(), at_most()],
+            RootKind::DeleteMany,
+            s,
+            Some("refused, deleting nothing, when more than atMost records match"),
+        );
+        let rb = vec![
+            id(),
+            Input::new("version", "Int!"),
+            Input::new("fields", &format!("[{p}Field!]")),
+        ];
+        self.root(
+            Mutation,
+            &format!("rollback{p}"),
+            "JSON!",
+            rb,
+            RootKind::Rollback,
+            s,
+            Some("restores the record (or some fields) as of a version"),
+        );
+        self.root(
+            Mutation,
+            &format!("lock{p}"),
+            "JSON!",
+            vec![id()],
+            RootKind::Lock(LockOp::Acquire),
+            s,
+            None,
+        );
+        self.root(
+            Mutation,
+            &format!("heartbeat{p}"),
+            "JSON!",
+            vec![id()],
+            RootKind::Lock(LockOp::Heartbeat),
+            s,
+            None,
+        );
+        self.root(
+            Mutation,
+            &format!("unlock{p}"),
+            "JSON!",
+            vec![id()],
+            RootKind::Lock(LockOp::Release),
+            s,
+            None,
+        );
         let sub = vec![Input::new("actions", "[ChangeAction!]"), filter()];
-        self.root(Subscription, &format!("{c}Changed"), &format!("{p}Change!"), sub, RootKind::Changed, s, None);
+        self.root(
+            Subscription,
+            &format!("{c}Changed"),
+            &format!("{p}Change!"),
+            sub,
+            RootKind::Changed,
+            s,
+            None,
+        );
         Ok(())
     }
 
@@ -1181,8 +1663,16 @@ impl<'m> Build<'m> {
             field.add(n, &format!("{t}{}", if required { "!" } else { "" }));
             changes.add(n, t);
         }
-        self.sb.input("FieldDefinitionInput", Some("A udm field definition (udm_add_field); keys in camelCase"), &field)?;
-        self.sb.input("FieldChangesInput", Some("Changes of a field (udm_alter_field); `name` renames it"), &changes)?;
+        self.sb.input(
+            "FieldDefinitionInput",
+            Some("A udm field definition (udm_add_field); keys in camelCase"),
+            &field,
+        )?;
+        self.sb.input(
+            "FieldChangesInput",
+            Some("Changes of a field (udm_alter_field); `name` renames it"),
+            &changes,
+        )?;
         let mut rule: Fields<Input> = Fields::default();
         rule.add("name", "String!");
         rule.add("check", "String!");
@@ -1206,22 +1696,50 @@ impl<'m> Build<'m> {
         ] {
             def.add(n, t);
         }
-        self.sb.input("EntityDefinitionInput", Some("A udm entity definition (udm_define_entity); keys in camelCase"), &def)?;
+        self.sb.input(
+            "EntityDefinitionInput",
+            Some("A udm entity definition (udm_define_entity); keys in camelCase"),
+            &def,
+        )?;
         for op in SchemaOp::ALL {
             let (n, function, a) = op.signature();
             let args = a.iter().map(|(n, t, _)| Input::new(n, t)).collect();
             let desc = format!("calls {function}; must be the only kind of field of its operation");
-            self.root(Op::Mutation, n, "JSON!", args, RootKind::Schema(*op), None, Some(&desc));
+            self.root(
+                Op::Mutation,
+                n,
+                "JSON!",
+                args,
+                RootKind::Schema(*op),
+                None,
+                Some(&desc),
+            );
         }
-        let tx = vec![Input::new("txid", "BigInt!"), Input::new("force", "Boolean")];
-        self.root(Op::Mutation, "rollbackTransaction", "JSON!", tx, RootKind::RollbackTransaction, None, Some("undoes every change of a database transaction (udm_rollback_transaction)"));
+        let tx = vec![
+            Input::new("txid", "BigInt!"),
+            Input::new("force", "Boolean"),
+        ];
+        self.root(
+            Op::Mutation,
+            "rollbackTransaction",
+            "JSON!",
+            tx,
+            RootKind::RollbackTransaction,
+            None,
+            Some("undoes every change of a database transaction (udm_rollback_transaction)"),
+        );
         Ok(())
     }
 
     fn roots(&mut self) -> Result<()> {
         if self.query.is_empty() {
             // a schema needs a query field even for a tenant without entities
-            self.query.add("_entities", "[String!]!", vec![], Some("the entities of this schema"));
+            self.query.add(
+                "_entities",
+                "[String!]!",
+                vec![],
+                Some("the entities of this schema"),
+            );
         }
         let q = std::mem::take(&mut self.query);
         self.sb.object("Query", None, &q)?;
@@ -1229,7 +1747,12 @@ impl<'m> Build<'m> {
         self.sb.object("Mutation", None, &m)?;
         let mut s = std::mem::take(&mut self.subscription);
         if s.is_empty() {
-            s.add("_none", "Boolean", vec![], Some("no entity to subscribe to"));
+            s.add(
+                "_none",
+                "Boolean",
+                vec![],
+                Some("no entity to subscribe to"),
+            );
         }
         self.sb.object("Subscription", None, &s)
     }

@@ -63,8 +63,14 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<Subs
     let b = p.b;
     let f = fs[0];
     let path = vec![PathSeg::Key(p.key.clone())];
-    let actions = b.arg(f, "actions").and_then(|v| v.as_array().cloned()).unwrap_or_default();
-    let filter = b.arg(f, "filter").map(|v| b.filter(entity, &v, f, &path)).transpose()?;
+    let actions = b
+        .arg(f, "actions")
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    let filter = b
+        .arg(f, "filter")
+        .map(|v| b.filter(entity, &v, f, &path))
+        .transpose()?;
     let info = b.info(entity)?;
     let mut record = None;
     let mut fields = Vec::new();
@@ -86,14 +92,24 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<Subs
     }
     let mut names = Map::new();
     for (n, kind) in &info.fields {
-        if !matches!(kind, FieldKind::ToOne { .. } | FieldKind::Reverse { .. } | FieldKind::ReverseManyToMany { .. } | FieldKind::Reference { .. } | FieldKind::Password { .. }) {
+        if !matches!(
+            kind,
+            FieldKind::ToOne { .. }
+                | FieldKind::Reverse { .. }
+                | FieldKind::ReverseManyToMany { .. }
+                | FieldKind::Reference { .. }
+                | FieldKind::Password { .. }
+        ) {
             names.insert(kind.slug().to_string(), json!(n));
         }
     }
     Ok(SubscriptionPlan {
         key: p.key.clone(),
         entity: entity.to_string(),
-        actions: actions.iter().filter_map(|a| a.as_str().map(str::to_string)).collect(),
+        actions: actions
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect(),
         filter,
         record,
         fields,
@@ -104,38 +120,57 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<Subs
 impl SubscriptionPlan {
     /// Whether the subscription is about this entity and action.
     pub fn wants(&self, entity: &str, action: &str) -> bool {
-        self.entity == entity && (self.actions.is_empty() || self.actions.iter().any(|a| a == action))
+        self.entity == entity
+            && (self.actions.is_empty() || self.actions.iter().any(|a| a == action))
     }
 
     /// The statement telling whether a record image matches the filter (None: no filter).
     /// `image` writes the SQL of the image from the placeholder of its parameter (e.g.
     /// `|p| format!("(SELECT data FROM acme._udm_audit WHERE audit_id = {p}::bigint)")`), and
     /// `image_value` is that parameter's value.
-    pub fn condition(&self, model: &dyn Model, image: &dyn Fn(&str) -> String, image_value: Option<String>) -> Result<Option<Statement>, GqlError> {
+    pub fn condition(
+        &self,
+        model: &dyn Model,
+        image: &dyn Fn(&str) -> String,
+        image_value: Option<String>,
+    ) -> Result<Option<Statement>, GqlError> {
         let Some(filter) = &self.filter else {
             return Ok(None);
         };
         let t = image_condition(model, &self.entity, filter, image)?;
         let mut params = bind(&json!({ "filters": filter }), &t)?;
         params.push(image_value);
-        Ok(Some(Statement { sql: t.sql, params, plan_per_call: false }))
+        Ok(Some(Statement {
+            sql: t.sql,
+            params,
+            plan_per_call: false,
+        }))
     }
 
     /// The statement reading `record { … }` of the event's record (None when not selected).
-    pub fn record_statement(&self, model: &dyn Model, id: &str) -> Result<Option<Statement>, GqlError> {
+    pub fn record_statement(
+        &self,
+        model: &dyn Model,
+        id: &str,
+    ) -> Result<Option<Statement>, GqlError> {
         let Some(sels) = &self.record else {
             return Ok(None);
         };
         let mut sql = Sql::new(model);
         let e = sql.record(&self.entity, sels, None, Some(json!({"id": {"eq": id}})))?;
-        Ok(Some(Statement { sql: format!("SELECT {e}"), params: sql.values, plan_per_call: false }))
+        Ok(Some(Statement {
+            sql: format!("SELECT {e}"),
+            params: sql.values,
+            plan_per_call: false,
+        }))
     }
 
     fn name(&self, slug: &str) -> Value {
-        self.names
-            .get(slug)
-            .cloned()
-            .unwrap_or_else(|| json!(system_name(slug).map(str::to_string).unwrap_or_else(|| camel(slug))))
+        self.names.get(slug).cloned().unwrap_or_else(|| {
+            json!(system_name(slug)
+                .map(str::to_string)
+                .unwrap_or_else(|| camel(slug)))
+        })
     }
 
     /// The payload (`data`) of an event for this subscriber; `record`: what
@@ -148,12 +183,28 @@ impl SubscriptionPlan {
                 EventField::Action => json!(event.action),
                 EventField::Id => json!(event.id),
                 EventField::Version => json!(event.version),
-                EventField::ChangedFields => Value::Array(event.changed_fields.iter().map(|s| self.name(s)).collect()),
+                EventField::ChangedFields => {
+                    Value::Array(event.changed_fields.iter().map(|s| self.name(s)).collect())
+                }
                 EventField::Record => record.clone().unwrap_or(Value::Null),
                 EventField::Old(sel) => match &event.old {
                     Some(Value::Object(img)) => {
-                        let by_name: Map<String, Value> = img.iter().map(|(s, v)| (self.name(s).as_str().unwrap_or_default().to_string(), v.clone())).collect();
-                        Value::Object(sel.iter().map(|(k, n)| (k.clone(), by_name.get(n).cloned().unwrap_or(Value::Null))).collect())
+                        let by_name: Map<String, Value> = img
+                            .iter()
+                            .map(|(s, v)| {
+                                (
+                                    self.name(s).as_str().unwrap_or_default().to_string(),
+                                    v.clone(),
+                                )
+                            })
+                            .collect();
+                        Value::Object(
+                            sel.iter()
+                                .map(|(k, n)| {
+                                    (k.clone(), by_name.get(n).cloned().unwrap_or(Value::Null))
+                                })
+                                .collect(),
+                        )
                     }
                     _ => Value::Null,
                 },

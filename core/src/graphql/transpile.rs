@@ -69,11 +69,20 @@ impl<'m> Sql<'m> {
     }
 
     pub fn table(&self, entity: &str) -> String {
-        format!("{}.{}", quote_ident(self.model.schema()), quote_ident(entity))
+        format!(
+            "{}.{}",
+            quote_ident(self.model.schema()),
+            quote_ident(entity)
+        )
     }
 
     /// A page of udm's compiler, with its parameters bound from `spec`.
-    pub fn page(&mut self, entity: &str, spec: &Map<String, Value>, opts: &PageOptions) -> Result<Page, GqlError> {
+    pub fn page(
+        &mut self,
+        entity: &str,
+        spec: &Map<String, Value>,
+        opts: &PageOptions,
+    ) -> Result<Page, GqlError> {
         let start = self.params.0.len();
         let p = page_with(self.model, entity, spec, &mut self.params, opts)?;
         self.bind_from(start, &Value::Object(spec.clone()))?;
@@ -115,7 +124,10 @@ impl<'m> Sql<'m> {
             Sel::Typename(t) => quote_literal(t),
             Sel::ToOne { path, sels } => {
                 let fk = col(row, cols, path)?;
-                format!("CASE WHEN {fk} IS NULL THEN NULL ELSE {} END", self.node(sels, row, cols)?)
+                format!(
+                    "CASE WHEN {fk} IS NULL THEN NULL ELSE {} END",
+                    self.node(sels, row, cols)?
+                )
             }
             Sel::Conn(c) => self.conn(c, Some((row, cols)))?,
             Sel::Ref { path, parts } => {
@@ -131,13 +143,21 @@ impl<'m> Sql<'m> {
                         (k.clone(), e)
                     })
                     .collect();
-                format!("CASE WHEN {r} IS NULL THEN NULL ELSE {} END", json_object(&pairs))
+                format!(
+                    "CASE WHEN {r} IS NULL THEN NULL ELSE {} END",
+                    json_object(&pairs)
+                )
             }
             Sel::Union { path, arms } => {
                 let r = col(row, cols, path)?;
                 let mut cases = String::new();
                 for (entity, _, sels) in arms {
-                    let one = self.record(entity, sels, Some(format!("t0.\"id\" = ({r}).\"id\"")), None)?;
+                    let one = self.record(
+                        entity,
+                        sels,
+                        Some(format!("t0.\"id\" = ({r}).\"id\"")),
+                        None,
+                    )?;
                     cases.push_str(&format!(" WHEN {} THEN {one}", quote_literal(entity)));
                 }
                 format!("(CASE ({r}).\"entity\"{cases} END)")
@@ -147,7 +167,13 @@ impl<'m> Sql<'m> {
 
     /// One record as a scalar sub-select: the page of at most one row matching `link` (and
     /// `filters`), its selection as jsonb (NULL when there is none).
-    pub fn record(&mut self, entity: &str, sels: &Sels, link: Option<String>, filters: Option<Value>) -> Result<String, GqlError> {
+    pub fn record(
+        &mut self,
+        entity: &str,
+        sels: &Sels,
+        link: Option<String>,
+        filters: Option<Value>,
+    ) -> Result<String, GqlError> {
         let cols = columns(sels);
         let mut spec = Map::new();
         spec.insert("columns".into(), json!(cols));
@@ -155,7 +181,14 @@ impl<'m> Sql<'m> {
             spec.insert("filters".into(), f);
         }
         spec.insert("limit".into(), json!(1));
-        let p = self.page(entity, &spec, &PageOptions { link, ..Default::default() })?;
+        let p = self.page(
+            entity,
+            &spec,
+            &PageOptions {
+                link,
+                ..Default::default()
+            },
+        )?;
         let row = self.alias("p");
         let obj = self.node(sels, &row, &p.columns)?;
         Ok(format!("(SELECT {obj} FROM ({}) {row})", p.sql))
@@ -170,13 +203,19 @@ impl<'m> Sql<'m> {
         match link {
             Link::Reverse { column } => format!("t0.{} = {parent}", quote_ident(column)),
             Link::Junction { junction } => through("target_id", "source_id", self.table(junction)),
-            Link::JunctionBack { junction } => through("source_id", "target_id", self.table(junction)),
+            Link::JunctionBack { junction } => {
+                through("source_id", "target_id", self.table(junction))
+            }
         }
     }
 
     /// A connection as a scalar sub-select producing its jsonb; `parent`: the parent's page
     /// row and columns, for nested connections.
-    pub fn conn(&mut self, c: &Conn, parent: Option<(&str, &[String])>) -> Result<String, GqlError> {
+    pub fn conn(
+        &mut self,
+        c: &Conn,
+        parent: Option<(&str, &[String])>,
+    ) -> Result<String, GqlError> {
         let nodes: Vec<&Sels> = node_sels(c);
         let mut cols = vec!["id".to_string()];
         for s in &nodes {
@@ -185,19 +224,29 @@ impl<'m> Sql<'m> {
             }
         }
         let link = match (&c.link, parent) {
-            (Some((l, id_path)), Some((row, pcols))) => Some(self.link(l, &col(row, pcols, id_path)?)),
+            (Some((l, id_path)), Some((row, pcols))) => {
+                Some(self.link(l, &col(row, pcols, id_path)?))
+            }
             _ => None,
         };
         let wants = |f: &dyn Fn(&ConnSel) -> bool| c.sels.iter().any(|(_, s)| f(s));
-        let has_more = wants(&|s| matches!(s, ConnSel::PageInfo(p) if p.iter().any(|(_, f)| matches!(f, PageField::HasNext | PageField::HasPrevious))));
+        let has_more = wants(
+            &|s| matches!(s, ConnSel::PageInfo(p) if p.iter().any(|(_, f)| matches!(f, PageField::HasNext | PageField::HasPrevious))),
+        );
         let cursors = wants(&|s| match s {
             ConnSel::Edges(e) => e.iter().any(|(_, e)| matches!(e, EdgeSel::Cursor)),
-            ConnSel::PageInfo(p) => p.iter().any(|(_, f)| matches!(f, PageField::Start | PageField::End)),
+            ConnSel::PageInfo(p) => p
+                .iter()
+                .any(|(_, f)| matches!(f, PageField::Start | PageField::End)),
             _ => false,
         });
         let mut spec = c.spec.clone();
         spec.insert("columns".into(), json!(cols));
-        let opts = PageOptions { link: link.clone(), backward: c.backward, extra_row: has_more };
+        let opts = PageOptions {
+            link: link.clone(),
+            backward: c.backward,
+            extra_row: has_more,
+        };
         let page = self.page(&c.entity, &spec, &opts)?;
         let (row, x) = (self.alias("p"), self.alias("x"));
         let mut inner = Vec::new();
@@ -207,8 +256,15 @@ impl<'m> Sql<'m> {
         if cursors {
             inner.push(format!("{} AS __c", cursor_expr(&row, &page)));
         }
-        inner.push(format!("row_number() OVER (ORDER BY {}) AS __n", fetch_order(&row, &page, c.backward)));
-        let out = Shape { x: &x, size: c.size, backward: c.backward };
+        inner.push(format!(
+            "row_number() OVER (ORDER BY {}) AS __n",
+            fetch_order(&row, &page, c.backward)
+        ));
+        let out = Shape {
+            x: &x,
+            size: c.size,
+            backward: c.backward,
+        };
         let mut pairs = Vec::new();
         let mut v = 0;
         for (k, s) in &c.sels {
@@ -223,10 +279,23 @@ impl<'m> Sql<'m> {
                     v += node as usize;
                     e
                 }
-                ConnSel::PageInfo(fields) => out.page_info(fields, c.after || spec.contains_key("offset"), c.before),
+                ConnSel::PageInfo(fields) => {
+                    out.page_info(fields, c.after || spec.contains_key("offset"), c.before)
+                }
                 ConnSel::TotalCount => {
                     let conds: Vec<&String> = page.filter.iter().chain(link.iter()).collect();
-                    let w = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" AND ")) };
+                    let w = if conds.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " WHERE {}",
+                            conds
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" AND ")
+                        )
+                    };
                     format!("(SELECT count(*)::int FROM {}{w})", page.count_from)
                 }
                 ConnSel::Typename(t) => quote_literal(t),
@@ -330,7 +399,11 @@ fn fetch_order(row: &str, p: &Page, backward: bool) -> String {
         .iter()
         .enumerate()
         .map(|(i, (desc, nulls_first))| {
-            let (d, n) = if backward { (!desc, !nulls_first) } else { (*desc, *nulls_first) };
+            let (d, n) = if backward {
+                (!desc, !nulls_first)
+            } else {
+                (*desc, *nulls_first)
+            };
             format!(
                 "{row}.k{i} {} NULLS {}",
                 if d { "DESC" } else { "ASC" },
@@ -362,7 +435,9 @@ fn node_sels(c: &Conn) -> Vec<&Sels> {
         match s {
             ConnSel::Nodes(n) => out.push(n),
             ConnSel::Edges(e) => {
-                if let Some((_, EdgeSel::Node(n))) = e.iter().find(|(_, e)| matches!(e, EdgeSel::Node(_))) {
+                if let Some((_, EdgeSel::Node(n))) =
+                    e.iter().find(|(_, e)| matches!(e, EdgeSel::Node(_)))
+                {
                     out.push(n);
                 }
             }
@@ -383,7 +458,9 @@ pub(crate) fn columns(sels: &Sels) -> Vec<String> {
 fn collect_columns(sels: &Sels, out: &mut Vec<String>) {
     for (_, s) in sels {
         match s {
-            Sel::Leaf { path, .. } | Sel::Ref { path, .. } | Sel::Union { path, .. } => push(out, path),
+            Sel::Leaf { path, .. } | Sel::Ref { path, .. } | Sel::Union { path, .. } => {
+                push(out, path)
+            }
             Sel::ToOne { path, sels } => {
                 push(out, path);
                 collect_columns(sels, out);

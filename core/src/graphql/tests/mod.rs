@@ -27,7 +27,12 @@ impl Model for TestModel {
 pub(crate) fn model(defs: &[(&str, Value)]) -> TestModel {
     TestModel(
         defs.iter()
-            .map(|(s, d)| (s.to_string(), EntityDef::parse(s, d, Source::Caller).expect("valid definition")))
+            .map(|(s, d)| {
+                (
+                    s.to_string(),
+                    EntityDef::parse(s, d, Source::Caller).expect("valid definition"),
+                )
+            })
             .collect(),
     )
 }
@@ -36,11 +41,16 @@ pub(crate) fn model(defs: &[(&str, Value)]) -> TestModel {
 /// (a reference).
 pub(crate) fn shop() -> TestModel {
     model(&[
-        ("category", json!({"label": "Category", "fields": [
+        (
+            "category",
+            json!({"label": "Category", "fields": [
             {"name": "name", "type": "text", "required": true, "unique": true},
-            {"name": "parent_id", "type": "relation", "target": "category", "on_delete": "cascade"}]})),
+            {"name": "parent_id", "type": "relation", "target": "category", "on_delete": "cascade"}]}),
+        ),
         ("tag", json!({"fields": [{"name": "name", "type": "text"}]})),
-        ("product", json!({"label": "Product", "fields": [
+        (
+            "product",
+            json!({"label": "Product", "fields": [
             {"name": "name", "type": "text", "required": true, "max_length": 200},
             {"name": "price", "type": "decimal", "precision": 12, "scale": 2, "min": 0},
             {"name": "status", "type": "select", "values": ["draft", "active", "retired"], "default": "draft"},
@@ -51,10 +61,14 @@ pub(crate) fn shop() -> TestModel {
             {"name": "labels", "type": "tags"},
             {"name": "stock", "type": "bigint"},
             {"name": "secret", "type": "password"},
-            {"name": "tags", "type": "relation", "target": "tag", "many": true}]})),
-        ("comment", json!({"fields": [
+            {"name": "tags", "type": "relation", "target": "tag", "many": true}]}),
+        ),
+        (
+            "comment",
+            json!({"fields": [
             {"name": "body", "type": "long_text"},
-            {"name": "subject", "type": "reference", "targets": ["product", "category"]}]})),
+            {"name": "subject", "type": "reference", "targets": ["product", "category"]}]}),
+        ),
     ])
 }
 
@@ -63,7 +77,12 @@ pub(crate) fn schema() -> GqlSchema {
 }
 
 /// Prepares a request and returns its plans (or errors).
-pub(crate) fn plan(s: &GqlSchema, m: &dyn Model, q: &str, vars: Value) -> Result<Prepared, Vec<GqlError>> {
+pub(crate) fn plan(
+    s: &GqlSchema,
+    m: &dyn Model,
+    q: &str,
+    vars: Value,
+) -> Result<Prepared, Vec<GqlError>> {
     let limits = Limits::default();
     let doc = Document::parse(s, q, &limits)?;
     let mut n = 0u32;
@@ -71,7 +90,12 @@ pub(crate) fn plan(s: &GqlSchema, m: &dyn Model, q: &str, vars: Value) -> Result
         n += 1;
         format!("00000000-0000-7000-8000-{n:012}")
     };
-    let mut ctx = Context { model: m, limits: &limits, functions_schema: "udm", new_id: &mut ids };
+    let mut ctx = Context {
+        model: m,
+        limits: &limits,
+        functions_schema: "udm",
+        new_id: &mut ids,
+    };
     prepare(s, &doc, None, &vars, &mut ctx)
 }
 
@@ -79,15 +103,27 @@ pub(crate) fn plan(s: &GqlSchema, m: &dyn Model, q: &str, vars: Value) -> Result
 pub(crate) fn statements(q: &str, vars: Value) -> Vec<Statement> {
     let s = schema();
     let m = shop();
-    let mut p = plan(&s, &m, q, vars).unwrap_or_else(|e| panic!("{q}: {:?}", e.iter().map(|e| e.to_json()).collect::<Vec<_>>()));
+    let mut p = plan(&s, &m, q, vars).unwrap_or_else(|e| {
+        panic!(
+            "{q}: {:?}",
+            e.iter().map(|e| e.to_json()).collect::<Vec<_>>()
+        )
+    });
     let f = &mut p.fields[0];
     let mut out = Vec::new();
     let mut last = None;
     loop {
-        match f.next(last.take()).unwrap_or_else(|e| panic!("{}", e.to_json())) {
+        match f
+            .next(last.take())
+            .unwrap_or_else(|e| panic!("{}", e.to_json()))
+        {
             Next::Run(st) => {
                 // a stand-in result: ids for id lists, 1 otherwise
-                last = Some(if st.sql.contains("jsonb_agg(s.\"id\")") { json!(["6f9619ff-8b86-d011-b42d-00c04fc964ff"]) } else { json!(1) });
+                last = Some(if st.sql.contains("jsonb_agg(s.\"id\")") {
+                    json!(["6f9619ff-8b86-d011-b42d-00c04fc964ff"])
+                } else {
+                    json!(1)
+                });
                 out.push(st);
             }
             Next::Done(_) => break,
@@ -129,8 +165,17 @@ fn sdl_of_the_shop() {
     ] {
         assert!(sdl.contains(want), "missing {want:?} in\n{sdl}");
     }
-    assert!(!sdl.contains("secret:") || sdl.contains("secret: String\n"), "passwords only in inputs");
-    let product = sdl.split("type Product {").nth(1).unwrap().split('}').next().unwrap();
+    assert!(
+        !sdl.contains("secret:") || sdl.contains("secret: String\n"),
+        "passwords only in inputs"
+    );
+    let product = sdl
+        .split("type Product {")
+        .nth(1)
+        .unwrap()
+        .split('}')
+        .next()
+        .unwrap();
     assert!(!product.contains("secret"), "{product}");
 }
 
@@ -153,7 +198,10 @@ fn hidden_fields_are_absent() {
     }
     let s = GqlSchema::build(&Hiding(shop())).unwrap();
     let sdl = s.sdl();
-    assert!(!sdl.contains("price"), "hidden everywhere: filters, order, inputs");
+    assert!(
+        !sdl.contains("price"),
+        "hidden everywhere: filters, order, inputs"
+    );
     let e = errors("{ productCollection { nodes { price } } }", json!({}));
     assert!(e.is_empty());
 }
@@ -169,7 +217,14 @@ fn roadmap_template_schema_builds() {
     let m = model(&defs);
     let s = GqlSchema::build(&m).unwrap();
     let sdl = s.sdl();
-    for want in ["type Roadmap {", "  yAxisValues: [String!]!", "enum RoadmapYAxisType {", "  productType", "enum PhaseUniqueKey {", "type DashboardLink {"] {
+    for want in [
+        "type Roadmap {",
+        "  yAxisValues: [String!]!",
+        "enum RoadmapYAxisType {",
+        "  productType",
+        "enum PhaseUniqueKey {",
+        "type DashboardLink {",
+    ] {
         assert!(sdl.contains(want), "missing {want:?}");
     }
     assert!(s.warnings.is_empty(), "{:?}", s.warnings);

@@ -43,9 +43,16 @@ fn every_validation_rule() {
     let mut missed = Vec::new();
     for (rule, q, want) in cases {
         let e = errors(q, json!({}));
-        let hit = e.iter().any(|e| e.message.to_lowercase().contains(&want.to_lowercase()) && !e.locations.is_empty());
+        let hit = e.iter().any(|e| {
+            e.message.to_lowercase().contains(&want.to_lowercase()) && !e.locations.is_empty()
+        });
         if !hit {
-            missed.push(format!("{rule}: {:?}", e.iter().map(|e| (&e.message, &e.locations)).collect::<Vec<_>>()));
+            missed.push(format!(
+                "{rule}: {:?}",
+                e.iter()
+                    .map(|e| (&e.message, &e.locations))
+                    .collect::<Vec<_>>()
+            ));
         }
     }
     assert!(missed.is_empty(), "{missed:#?}");
@@ -69,19 +76,38 @@ fn valid_documents_pass() {
 
 #[test]
 fn variables_are_coerced_and_errors_located() {
-    let e = errors("query($n: Int!) { productCollection(first: $n) { totalCount } }", json!({}));
-    assert!(e[0].message.contains('n') && e[0].code == Code::BadUserInput, "{:?}", e);
-    let e = errors("query($f: ProductFilter) { productCollection(filter: $f) { totalCount } }", json!({"f": {"nope": 1}}));
+    let e = errors(
+        "query($n: Int!) { productCollection(first: $n) { totalCount } }",
+        json!({}),
+    );
+    assert!(
+        e[0].message.contains('n') && e[0].code == Code::BadUserInput,
+        "{:?}",
+        e
+    );
+    let e = errors(
+        "query($f: ProductFilter) { productCollection(filter: $f) { totalCount } }",
+        json!({"f": {"nope": 1}}),
+    );
     assert!(!e.is_empty());
-    let e = errors("{\n  productCollection(first: 5000) { totalCount } }", json!({}));
+    let e = errors(
+        "{\n  productCollection(first: 5000) { totalCount } }",
+        json!({}),
+    );
     assert_eq!(e[0].code, Code::LimitExceeded);
     assert_eq!(e[0].sqlstate, "54000");
     assert_eq!(e[0].locations, vec![Location { line: 2, column: 3 }]);
     assert_eq!(e[0].path, vec![PathSeg::Key("productCollection".into())]);
     assert!(e[0].message.contains("udm.graphql_max_page_size"));
-    let e = errors("{ productCollection(first: 1, last: 2) { totalCount } }", json!({}));
+    let e = errors(
+        "{ productCollection(first: 1, last: 2) { totalCount } }",
+        json!({}),
+    );
     assert!(e[0].message.contains("not both"));
-    let e = errors("mutation { deleteProductMany(filter: {}, atMost: 0) { affectedCount } }", json!({}));
+    let e = errors(
+        "mutation { deleteProductMany(filter: {}, atMost: 0) { affectedCount } }",
+        json!({}),
+    );
     assert!(e[0].message.contains("atMost"));
 }
 
@@ -89,13 +115,30 @@ fn variables_are_coerced_and_errors_located() {
 fn introspection_answers_and_can_be_switched_off() {
     let s = schema();
     let m = shop();
-    let p = plan(&s, &m, "{ __type(name: \"Product\") { name kind } }", json!({})).unwrap();
+    let p = plan(
+        &s,
+        &m,
+        "{ __type(name: \"Product\") { name kind } }",
+        json!({}),
+    )
+    .unwrap();
     let mut f = p.fields.into_iter().next().unwrap();
-    assert_eq!(f.next(None).unwrap(), Next::Done(json!({"name": "Product", "kind": "OBJECT"})));
-    let limits = Limits { introspection: false, ..Limits::default() };
+    assert_eq!(
+        f.next(None).unwrap(),
+        Next::Done(json!({"name": "Product", "kind": "OBJECT"}))
+    );
+    let limits = Limits {
+        introspection: false,
+        ..Limits::default()
+    };
     let doc = Document::parse(&s, "{ __schema { types { name } } }", &limits).unwrap();
     let mut ids = || String::new();
-    let mut ctx = Context { model: &m, limits: &limits, functions_schema: "udm", new_id: &mut ids };
+    let mut ctx = Context {
+        model: &m,
+        limits: &limits,
+        functions_schema: "udm",
+        new_id: &mut ids,
+    };
     let e = prepare(&s, &doc, None, &json!({}), &mut ctx).unwrap_err();
     assert_eq!(e[0].code, Code::IntrospectionDisabled);
 }

@@ -687,19 +687,17 @@ impl<'a> Builder<'a> {
                         p,
                         depth,
                     )?,
-                    Some(FieldKind::Json { field }) => json_filter(
-                        &format!("{prefix}{field}"),
-                        val,
-                    )
-                    .ok_or_else(|| {
-                        self.err(
-                            f,
-                            p,
-                            GqlError::input(format!(
+                    Some(FieldKind::Json { field }) => {
+                        json_filter(&format!("{prefix}{field}"), val).ok_or_else(|| {
+                            self.err(
+                                f,
+                                p,
+                                GqlError::input(format!(
                                 "filter {name}: json keys must be non-empty, without '.' or '['"
                             )),
-                        )
-                    })?,
+                            )
+                        })?
+                    }
                     Some(
                         kind @ (FieldKind::System { .. }
                         | FieldKind::Scalar { .. }

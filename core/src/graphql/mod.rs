@@ -1,3 +1,4 @@
+#![allow(clippy::result_large_err, clippy::collapsible_match)] // GqlError carries locations, path, detail and hint
 //! udm's GraphQL engine, pure: schema reflection from a tenant model, parsing and validation
 //! with limits, a typed builder, and transpilation to udm's SQL (one statement per root field
 //! for queries; a few statements or udm function calls for mutations). Nothing here touches

@@ -190,6 +190,7 @@ fn function(p: &Planner, name: &str) -> String {
 }
 
 /// The fields of a `PMutationResult` selection, and the record selection of `records`.
+#[allow(clippy::type_complexity)]
 fn returned(
     p: &Planner,
     entity: &str,
@@ -452,7 +453,7 @@ fn read(
         json!(max.clamp(1, crate::query::MAX_LIMIT as usize)),
     );
     let link = match (filter, ids_of) {
-        (_, Some(_)) => Some(format!("t0.\"id\" = ANY ($1::uuid[])")),
+        (_, Some(_)) => Some("t0.\"id\" = ANY ($1::uuid[])".to_string()),
         (Some(f), None) => {
             spec.insert("filters".into(), f);
             None

@@ -1358,6 +1358,7 @@ impl<'m> Build<'m> {
             .then_some(e)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn root(
         &mut self,
         op: Op,

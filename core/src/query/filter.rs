@@ -267,7 +267,7 @@ impl<'a, 'm> Filters<'a, 'm> {
                 c
             };
             let j = self.from.sub_alias("qj", n);
-            let (from_sql, link) = hop.from_sql(&sub_from, &j, &outer);
+            let (from_sql, link) = hop.sql_from(&sub_from, &j, &outer);
             let exists = |c: &str| format!("EXISTS (SELECT 1 FROM {from_sql} WHERE {link}{c})");
             let and = |c: Option<String>| c.map(|c| format!(" AND {c}")).unwrap_or_default();
             parts.push(match (k.as_str(), cond) {
@@ -652,7 +652,7 @@ impl RecordsHop {
 
     /// The FROM clause of the related records (with the joins of their own filter) and,
     /// through a junction aliased `j`, the condition linking them to `outer`.
-    fn from_sql(&self, sub: &From, j: &str, outer: &str) -> (String, String) {
+    fn sql_from(&self, sub: &From, j: &str, outer: &str) -> (String, String) {
         let x = sub.root_alias();
         let records = sub.sql(None);
         let through = |junction: &str, here: &str, there: &str| {

@@ -1,3 +1,4 @@
+#![allow(clippy::while_let_loop)]
 //! Tests of the GraphQL engine: schema, validation rules, errors, SQL, limits.
 
 use super::*;

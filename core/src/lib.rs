@@ -9,6 +9,7 @@ pub mod checks;
 pub mod ddl;
 pub mod definition;
 pub mod error;
+pub mod graphql;
 pub mod ident;
 pub mod ids;
 pub mod json;

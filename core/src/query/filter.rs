@@ -3,8 +3,10 @@
 //! column is usable here; a path to many records means "some of them match" (EXISTS).
 //! Values of json paths compare by their JSON type: numbers as numbers, ISO dates as dates.
 
-use super::path::{Leaf, Resolved, ToMany};
-use super::{is_operator_object, leaf_json, leaf_text, spec_param, Conv, From, Params, Ptr};
+use super::path::{junction_back, Leaf, Resolved, Seg, ToMany};
+use super::{
+    hop_from, is_operator_object, leaf_json, leaf_text, spec_param, Conv, From, Params, Ptr,
+};
 use super::{MAX_FILTER_DEPTH, MAX_FILTER_TERMS, OPERATORS};
 use crate::error::{name_list, Result, SqlState, UdmError};
 use crate::ident::{printable, quote_ident};
@@ -188,13 +190,19 @@ impl<'a, 'm> Filters<'a, 'm> {
                         parts.push(format!("(NOT {c})"));
                     }
                 }
-                path => parts.push(self.path_filter(path, val, p)?),
+                path => parts.push(self.path_filter(path, val, p, depth)?),
             }
         }
         Ok((!parts.is_empty()).then(|| parts.join(" AND ")))
     }
 
-    fn path_filter(&mut self, path: &str, v: &Value, ptr: Vec<Ptr>) -> Result<String> {
+    fn path_filter(
+        &mut self,
+        path: &str,
+        v: &Value,
+        ptr: Vec<Ptr>,
+        depth: usize,
+    ) -> Result<String> {
         self.terms += 1;
         if self.terms > MAX_FILTER_TERMS {
             return Err(UdmError::new(
@@ -202,29 +210,20 @@ impl<'a, 'm> Filters<'a, 'm> {
                 format!("more than {MAX_FILTER_TERMS} filter terms"),
             ));
         }
+        if let Some(q) = quantifiers(v) {
+            return self.quantified(path, q, ptr, depth);
+        }
         let r = super::resolve(self.from.model, &self.entity, path)?;
         if let Some((hop, after)) = &r.to_many {
             let outer = self.from.alias_for(&r)?;
             self.note_prefixes(&r);
             let n = self.from.next_subquery()?;
-            let x = format!("f{n}");
-            let (mut from_sql, link) = match hop {
-                ToMany::Junction { junction, target } => (
-                    format!(
-                        "{} fj{n} JOIN {} {x} ON {x}.\"id\" = fj{n}.\"target_id\"",
-                        self.from.table(junction),
-                        self.from.table(target)
-                    ),
-                    format!("fj{n}.\"source_id\" = {outer}.\"id\""),
-                ),
-                ToMany::Reverse { source, column } => (
-                    format!("{} {x}", self.from.table(source)),
-                    format!("{x}.{} = {outer}.\"id\"", quote_ident(column)),
-                ),
-            };
+            let x = self.from.sub_alias("f", n);
+            let (mut from_sql, link) =
+                hop_from(self.from, hop, &x, &self.from.sub_alias("fj", n), &outer);
             let mut alias = x.clone();
             for (i, h) in after.iter().enumerate() {
-                let a = format!("f{n}_{i}");
+                let a = format!("{x}_{i}");
                 from_sql.push_str(&format!(
                     " LEFT JOIN {} {a} ON {a}.\"id\" = {alias}.{}",
                     self.from.table(&h.target),
@@ -240,6 +239,103 @@ impl<'a, 'm> Filters<'a, 'm> {
         let alias = self.from.alias_for(&r)?;
         self.note_prefixes(&r);
         self.leaf_filter(&r, &alias, v, ptr)
+    }
+
+    /// `{"some" | "every" | "none": {filters}}` on a path to many records: the sub-filter is
+    /// relative to each related record and holds for one of them (`EXISTS`), for each of them
+    /// (`NOT EXISTS … IS NOT TRUE`: also when there is none), or for none (`NOT EXISTS`).
+    fn quantified(
+        &mut self,
+        path: &str,
+        q: &Map<String, Value>,
+        ptr: Vec<Ptr>,
+        depth: usize,
+    ) -> Result<String> {
+        let (outer, hop) = self.records_hop(path)?;
+        let mut parts = Vec::with_capacity(q.len());
+        for (k, sub) in q {
+            let n = self.from.next_subquery()?;
+            let prefix = format!("{}_", self.from.sub_alias("q", n));
+            let mut sub_from = From::with_prefix(self.from.model, hop.target(), &prefix);
+            let mut p = ptr.clone();
+            p.push(Ptr::Key(k.clone()));
+            let cond = {
+                let mut f = Filters::new(&mut sub_from, self.params, hop.target());
+                f.terms = self.terms;
+                let c = f.node(sub, p, depth + 1)?;
+                self.terms = f.terms;
+                c
+            };
+            let j = self.from.sub_alias("qj", n);
+            let (from_sql, link) = hop.sql_from(&sub_from, &j, &outer);
+            let exists = |c: &str| format!("EXISTS (SELECT 1 FROM {from_sql} WHERE {link}{c})");
+            let and = |c: Option<String>| c.map(|c| format!(" AND {c}")).unwrap_or_default();
+            parts.push(match (k.as_str(), cond) {
+                ("some", c) => exists(&and(c)),
+                ("none", c) => format!("(NOT {})", exists(&and(c))),
+                (_, None) => "true".into(),
+                (_, Some(c)) => format!("(NOT {})", exists(&format!(" AND ({c}) IS NOT TRUE"))),
+            });
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            format!("({})", parts.join(" AND "))
+        })
+    }
+
+    /// The alias of the record a quantified path starts from, and its hop to the related
+    /// records: a path udm resolves to many records (`product[category_id]`, `tags`), or a
+    /// many-to-many relation followed backwards (`product[tags]` from a tag).
+    fn records_hop(&mut self, path: &str) -> Result<(String, RecordsHop)> {
+        let model = self.from.model;
+        let not_records = || {
+            UdmError::invalid(format!(
+                "filter \"{}\": \"some\", \"every\" and \"none\" apply to a path that ends at related records",
+                printable(path)
+            ))
+            .hint("write e.g. {\"product[category_id]\": {\"some\": {\"status\": \"active\"}}} or {\"tags\": {\"none\": {\"name\": \"old\"}}}")
+        };
+        let resolved = super::resolve(model, &self.entity, path);
+        if let Ok(r) = &resolved {
+            let (hop, after) = r.to_many.as_ref().ok_or_else(not_records)?;
+            let at_records = after.is_empty()
+                && matches!(&r.leaf, Leaf::Column { column, .. } if column == "id")
+                && !path.ends_with(".id");
+            if !at_records {
+                return Err(not_records());
+            }
+            let outer = self.from.alias_for(r)?;
+            self.note_prefixes(r);
+            return Ok((outer, RecordsHop::Path(hop.clone())));
+        }
+        let (prefix, last) = match path.rsplit_once('.') {
+            Some((p, l)) => (format!("{p}.id"), l),
+            None => ("id".to_string(), path),
+        };
+        let back = match (
+            super::path::parse(last),
+            super::resolve(model, &self.entity, &prefix),
+        ) {
+            (Ok(segs), Ok(r)) if r.to_many.is_none() => match segs.as_slice() {
+                [Seg::Reverse { entity, field }] => {
+                    let at = r
+                        .to_one
+                        .last()
+                        .map_or(self.entity.as_str(), |h| h.target.as_str());
+                    junction_back(model, at, entity, field.as_deref())
+                        .map(|(src, j)| (r, src.slug.clone(), j))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((r, source, junction)) = back else {
+            return Err(resolved.err().unwrap_or_else(not_records));
+        };
+        let outer = self.from.alias_for(&r)?;
+        self.note_prefixes(&r);
+        Ok((outer, RecordsHop::Back { junction, source }))
     }
 
     fn note_prefixes(&mut self, r: &Resolved) {
@@ -526,6 +622,58 @@ impl<'a, 'm> Filters<'a, 'm> {
             "starts_with" => format!("({text} LIKE {})", p(&ptr, Conv::Prefix)),
             other => return Err(op_error(&r.text, other, type_word(&t), ops_for(&t))),
         })
+    }
+}
+
+/// Keys of a quantified sub-filter on a path to many records.
+pub const QUANTIFIERS: &[&str] = &["some", "every", "none"];
+
+/// The quantifiers of a filter value, when it is `{"some" | "every" | "none": …}`.
+pub fn quantifiers(v: &Value) -> Option<&Map<String, Value>> {
+    v.as_object()
+        .filter(|m| !m.is_empty() && m.keys().all(|k| QUANTIFIERS.contains(&k.as_str())))
+}
+
+/// The hop of a quantified sub-filter to its related records.
+enum RecordsHop {
+    /// A path's hop to many records.
+    Path(ToMany),
+    /// Records of `source` linked here through its many-to-many `junction`.
+    Back { junction: String, source: String },
+}
+
+impl RecordsHop {
+    fn target(&self) -> &str {
+        match self {
+            RecordsHop::Path(h) => h.target(),
+            RecordsHop::Back { source, .. } => source,
+        }
+    }
+
+    /// The FROM clause of the related records (with the joins of their own filter) and,
+    /// through a junction aliased `j`, the condition linking them to `outer`.
+    fn sql_from(&self, sub: &From, j: &str, outer: &str) -> (String, String) {
+        let x = sub.root_alias();
+        let records = sub.sql(None);
+        let through = |junction: &str, here: &str, there: &str| {
+            (
+                format!(
+                    "{records} JOIN {} {j} ON {j}.\"{here}\" = {x}.\"id\"",
+                    sub.table(junction)
+                ),
+                format!("{j}.\"{there}\" = {outer}.\"id\""),
+            )
+        };
+        match self {
+            RecordsHop::Path(ToMany::Reverse { column, .. }) => (
+                records,
+                format!("{x}.{} = {outer}.\"id\"", quote_ident(column)),
+            ),
+            RecordsHop::Path(ToMany::Junction { junction, .. }) => {
+                through(junction, "target_id", "source_id")
+            }
+            RecordsHop::Back { junction, .. } => through(junction, "source_id", "target_id"),
+        }
     }
 }
 

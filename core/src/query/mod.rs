@@ -361,6 +361,12 @@ fn filter_shape(v: &Value, out: &mut String) {
                         other => value_kind(other, out),
                     },
                     "not" => filter_shape(val, out),
+                    _ if filter::quantifiers(val).is_some() => {
+                        for (q, sub) in val.as_object().into_iter().flatten() {
+                            out.push_str(q);
+                            filter_shape(sub, out);
+                        }
+                    }
                     _ => match val {
                         Value::Object(ops) if is_operator_object(ops) => {
                             out.push('{');
@@ -383,6 +389,9 @@ fn filter_shape(v: &Value, out: &mut String) {
     }
 }
 
+/// Keys whose values are specs of nested levels (`nested.<alias>`): shaped like a spec.
+const NESTED_KEYS: &[&str] = &["nested"];
+
 /// The shape of a spec: its structure with the values of filters, limits and searches reduced
 /// to their kinds. `what` distinguishes query, aggregate and the views.
 pub fn shape_key(what: &str, entity: &str, spec: &Value) -> String {
@@ -394,6 +403,12 @@ pub fn shape_key(what: &str, entity: &str, spec: &Value) -> String {
                 out.push('=');
                 if FILTER_KEYS.contains(&k.as_str()) {
                     filter_shape(v, &mut out);
+                } else if NESTED_KEYS.contains(&k.as_str()) && v.is_object() {
+                    for (alias, sub) in v.as_object().into_iter().flatten() {
+                        out.push_str(&serde_json::to_string(alias).unwrap_or_default());
+                        out.push_str(&shape_key("(", "", sub));
+                        out.push(')');
+                    }
                 } else if VALUE_KEYS.contains(&k.as_str()) {
                     value_kind(v, &mut out);
                 } else if k == "cursor" {
@@ -539,16 +554,35 @@ pub struct From<'m> {
     pub root: String,
     joins: Vec<(String, String, ToOne, String)>, // prefix, alias, hop, parent alias
     subqueries: usize,
+    /// Put in front of every alias (`t0`, `t1`, `f1`, …), so a FROM clause compiled inside
+    /// another statement's sub-select (a quantified filter) cannot shadow the outer aliases.
+    prefix: String,
 }
 
 impl<'m> From<'m> {
     pub fn new(model: &'m dyn Model, root: &str) -> Self {
+        Self::with_prefix(model, root, "")
+    }
+
+    /// A FROM clause whose aliases all start with `prefix` (`q1_t0`, `q1_t1`, `q1_f1`).
+    pub fn with_prefix(model: &'m dyn Model, root: &str, prefix: &str) -> Self {
         From {
             model,
             root: root.to_string(),
             joins: Vec::new(),
             subqueries: 0,
+            prefix: prefix.to_string(),
         }
+    }
+
+    /// The alias of the root table (`t0` without a prefix).
+    pub fn root_alias(&self) -> String {
+        format!("{}t0", self.prefix)
+    }
+
+    /// The alias of the n-th sub-select of a kind (`f`, `fj`, `m`, `j`, `q`), with the prefix.
+    pub fn sub_alias(&self, kind: &str, n: usize) -> String {
+        format!("{}{kind}{n}", self.prefix)
     }
 
     pub fn table(&self, entity: &str) -> String {
@@ -561,7 +595,7 @@ impl<'m> From<'m> {
 
     /// The alias of the entity a path's to-one hops reach, adding joins as needed.
     pub fn alias_for(&mut self, r: &Resolved) -> Result<String> {
-        let mut parent = "t0".to_string();
+        let mut parent = self.root_alias();
         for k in 0..r.to_one.len() {
             let prefix = r.join_prefix(k);
             if let Some((_, alias, _, _)) = self.joins.iter().find(|j| j.0 == prefix) {
@@ -575,7 +609,7 @@ impl<'m> From<'m> {
                 )
                 .hint("ask for fewer related fields at once"));
             }
-            let alias = format!("t{}", self.joins.len() + 1);
+            let alias = format!("{}t{}", self.prefix, self.joins.len() + 1);
             self.joins
                 .push((prefix, alias.clone(), r.to_one[k].clone(), parent));
             parent = alias;
@@ -596,7 +630,7 @@ impl<'m> From<'m> {
 
     /// `FROM root t0 LEFT JOIN ...` (only the joins listed in `used`, in order; all when None).
     pub fn sql(&self, used: Option<&[String]>) -> String {
-        let mut s = format!("{} t0", self.table(&self.root));
+        let mut s = format!("{} {}", self.table(&self.root), self.root_alias());
         for (prefix, alias, hop, parent) in &self.joins {
             if let Some(used) = used {
                 let needed = used
@@ -618,9 +652,9 @@ impl<'m> From<'m> {
     /// Like `sql`, with the root table replaced by `root_sql` (e.g. a record image turned back
     /// into a row with `jsonb_populate_record`).
     pub fn sql_with_root(&self, root_sql: &str) -> String {
-        let own = format!("{} t0", self.table(&self.root));
+        let own = format!("{} {}", self.table(&self.root), self.root_alias());
         let all = self.sql(None);
-        format!("{root_sql} t0{}", &all[own.len()..])
+        format!("{root_sql} {}{}", self.root_alias(), &all[own.len()..])
     }
 
     /// The FROM clause as the right side of a JOIN: parenthesised when it has joins itself.
@@ -670,24 +704,12 @@ pub fn leaf_text(alias: &str, leaf: &Leaf) -> String {
 pub fn to_many_array(from: &mut From, outer: &str, r: &Resolved) -> Result<String> {
     let (hop, after) = r.to_many.as_ref().expect("to-many path");
     let n = from.next_subquery()?;
-    let x = format!("m{n}");
-    let (mut sql, cond) = match hop {
-        ToMany::Junction { junction, target } => (
-            format!(
-                "FROM {} j{n} JOIN {} {x} ON {x}.\"id\" = j{n}.\"target_id\"",
-                from.table(junction),
-                from.table(target)
-            ),
-            format!("j{n}.\"source_id\" = {outer}.\"id\""),
-        ),
-        ToMany::Reverse { source, column } => (
-            format!("FROM {} {x}", from.table(source)),
-            format!("{x}.{} = {outer}.\"id\"", quote_ident(column)),
-        ),
-    };
+    let x = from.sub_alias("m", n);
+    let (from_sql, cond) = hop_from(from, hop, &x, &from.sub_alias("j", n), outer);
+    let mut sql = format!("FROM {from_sql}");
     let mut alias = x.clone();
     for (i, h) in after.iter().enumerate() {
-        let a = format!("m{n}_{i}");
+        let a = format!("{x}_{i}");
         sql.push_str(&format!(
             " LEFT JOIN {} {a} ON {a}.\"id\" = {alias}.{}",
             from.table(&h.target),
@@ -699,6 +721,25 @@ pub fn to_many_array(from: &mut From, outer: &str, r: &Resolved) -> Result<Strin
         "(SELECT coalesce(jsonb_agg({}), '[]'::jsonb) {sql} WHERE {cond})",
         leaf_json(&alias, &r.leaf)
     ))
+}
+
+/// The FROM clause of a hop to many records (the records as `x`, a junction as `j`) and the
+/// condition linking it to the record at `outer`.
+pub fn hop_from(from: &From, hop: &ToMany, x: &str, j: &str, outer: &str) -> (String, String) {
+    match hop {
+        ToMany::Junction { junction, target } => (
+            format!(
+                "{} {j} JOIN {} {x} ON {x}.\"id\" = {j}.\"target_id\"",
+                from.table(junction),
+                from.table(target)
+            ),
+            format!("{j}.\"source_id\" = {outer}.\"id\""),
+        ),
+        ToMany::Reverse { source, column } => (
+            format!("{} {x}", from.table(source)),
+            format!("{x}.{} = {outer}.\"id\"", quote_ident(column)),
+        ),
+    }
 }
 
 /// `jsonb_build_object(...)` for key/expression pairs, in chunks (a function takes at most 100

@@ -185,6 +185,35 @@ pub fn reverse_relations(model: &dyn Model, target: &str) -> Vec<(String, String
     out
 }
 
+/// `source[field]` from `target` where `field` is a visible many-to-many relation of `source`
+/// to `target`: the source entity and the junction table. (Paths do not follow these; quantified
+/// filters do.)
+pub fn junction_back<'a>(
+    model: &'a dyn Model,
+    target: &str,
+    source: &str,
+    field: Option<&str>,
+) -> Option<(&'a EntityDef, String)> {
+    let src = model.entity(source)?;
+    let f = src.field(field?)?;
+    (f.is_many_to_many() && f.target.as_deref() == Some(target) && !model.hidden(source, &f.name))
+        .then(|| (src, f.junction.clone().unwrap_or_default()))
+}
+
+/// A path that ends at a hop to many records: its leaf is their id.
+fn id_leaf(path: &str, to_one: Vec<ToOne>, to_many: Option<(ToMany, Vec<ToOne>)>) -> Resolved {
+    Resolved {
+        text: path.to_string(),
+        to_one,
+        to_many,
+        leaf: Leaf::Column {
+            column: "id".into(),
+            ptype: PType::Uuid,
+            select_values: None,
+        },
+    }
+}
+
 fn field_leaf(f: &FieldDef) -> Leaf {
     Leaf::Column {
         column: f.column.clone(),
@@ -266,16 +295,7 @@ pub fn resolve(model: &dyn Model, root: &str, path: &str) -> Result<Resolved> {
                 ));
                 current = src;
                 if last {
-                    return Ok(Resolved {
-                        text: path.to_string(),
-                        to_one,
-                        to_many,
-                        leaf: Leaf::Column {
-                            column: "id".into(),
-                            ptype: PType::Uuid,
-                            select_values: None,
-                        },
-                    });
+                    return Ok(id_leaf(path, to_one, to_many));
                 }
             }
             Seg::Name(name) => {
@@ -365,16 +385,7 @@ pub fn resolve(model: &dyn Model, root: &str, path: &str) -> Result<Resolved> {
                             bad_path(path, format!("target \"{target}\" does not exist"))
                         })?;
                         if last {
-                            return Ok(Resolved {
-                                text: path.to_string(),
-                                to_one,
-                                to_many,
-                                leaf: Leaf::Column {
-                                    column: "id".into(),
-                                    ptype: PType::Uuid,
-                                    select_values: None,
-                                },
-                            });
+                            return Ok(id_leaf(path, to_one, to_many));
                         }
                     }
                     FieldType::Relation if !last => {

@@ -39,6 +39,22 @@ pub struct Page {
     pub count_from: String,
     pub columns: Vec<String>,
     pub cursor: Option<PageCursor>,
+    /// For each cursor key column (`k0`, `k1`, …): (descending, NULLs first) in the order the
+    /// caller asked for, also when the page was fetched backwards.
+    pub order: Vec<(bool, bool)>,
+}
+
+/// How a page is fetched when it is part of a larger statement (GraphQL connections).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageOptions {
+    /// A condition added to the page's WHERE clause, e.g. the link of a nested page to its
+    /// parent row (`t0."category_id" = x1.c0`).
+    pub link: Option<String>,
+    /// Fetch the rows before the cursor (`before`, `last`), nearest first: every sort key
+    /// reversed. The cursor keys and their columns are those of the forward page.
+    pub backward: bool,
+    /// Fetch one row more than the limit, which tells whether more rows follow.
+    pub extra_row: bool,
 }
 
 pub fn page(
@@ -47,14 +63,57 @@ pub fn page(
     obj: &Map<String, Value>,
     params: &mut Params,
 ) -> Result<Page> {
+    page_with(model, entity, obj, params, &PageOptions::default())
+}
+
+/// The `id` sort key every keyset page ends with.
+fn id_key() -> SortKey {
+    SortKey {
+        path: "id".into(),
+        expr: "t0.\"id\"".into(),
+        ptype: PType::Uuid,
+        desc: false,
+        nulls_first: false,
+        not_null: true,
+    }
+}
+
+/// A page, fetched as `opts` says.
+pub fn page_with(
+    model: &dyn Model,
+    entity: &str,
+    obj: &Map<String, Value>,
+    params: &mut Params,
+    opts: &PageOptions,
+) -> Result<Page> {
     let columns = columns_of(model, entity, obj)?;
     let mut from = From::new(model, entity);
     let row = row_columns(&mut from, entity, &columns)?;
     let (filter, used) = where_clause(&mut from, params, entity, obj)?;
-    let keys = sort_keys(&mut from, entity, obj.get("sort"))?;
+    let mut keys = sort_keys(&mut from, entity, obj.get("sort"))?;
     let distinct = opt_bool(obj, "distinct")?;
     let sig = sort_signature(entity, &keys);
+    let has_id = keys.iter().any(|k| k.expr == "t0.\"id\"");
+    let mut order: Vec<(bool, bool)> = keys.iter().map(|k| (k.desc, k.nulls_first)).collect();
+    if !has_id {
+        order.push((false, false));
+    }
+    if opts.backward {
+        if distinct {
+            return Err(UdmError::invalid(
+                "\"distinct\" results cannot be paged backwards",
+            ));
+        }
+        if !has_id {
+            keys.push(id_key());
+        }
+        for k in &mut keys {
+            k.desc = !k.desc;
+            k.nulls_first = !k.nulls_first;
+        }
+    }
     let mut conds: Vec<String> = filter.iter().cloned().collect();
+    conds.extend(opts.link.iter().cloned());
     if let Some(c) = obj.get("cursor").filter(|c| !c.is_null()) {
         if distinct {
             return Err(
@@ -66,6 +125,11 @@ pub fn page(
         conds.push(keyset_condition(params, &keys, &ckeys)?);
     }
     let limit = limit_literal(obj, "limit", MAX_LIMIT, DEFAULT_LIMIT)?;
+    let fetch = if opts.extra_row {
+        (limit.parse::<i64>().expect("limit_literal writes a number") + 1).to_string()
+    } else {
+        limit.clone()
+    };
     let offset = match obj.get("offset") {
         Some(v) if !v.is_null() => {
             format!(
@@ -116,7 +180,7 @@ pub fn page(
         };
         (
             format!(
-                "SELECT DISTINCT {} FROM {from_sql}{where_sql}{order_sql} LIMIT {limit}{offset}",
+                "SELECT DISTINCT {} FROM {from_sql}{where_sql}{order_sql} LIMIT {fetch}{offset}",
                 select.join(", ")
             ),
             None,
@@ -134,7 +198,7 @@ pub fn page(
         select.extend(k.iter().enumerate().map(|(i, e)| format!("{e} AS k{i}")));
         (
             format!(
-                "SELECT {} FROM {from_sql}{where_sql} ORDER BY {} LIMIT {limit}{offset}",
+                "SELECT {} FROM {from_sql}{where_sql} ORDER BY {} LIMIT {fetch}{offset}",
                 select.join(", "),
                 order_by(&keys, true)
             ),
@@ -147,6 +211,7 @@ pub fn page(
         count_from: from.sql(Some(&used)),
         columns: row.into_iter().map(|(key, _)| key).collect(),
         cursor,
+        order,
     })
 }
 
@@ -458,5 +523,115 @@ mod tests {
             let e = compile(&m, "product", &json!({"limit": bad})).unwrap_err();
             assert_eq!(e.state, SqlState::InvalidParameterValue, "{bad}");
         }
+    }
+
+    #[test]
+    fn quantified_filters_on_related_records() {
+        let m = shop();
+        let t = compile(
+            &m,
+            "category",
+            &json!({"filters": {"product[category_id]": {"some": {"status": "active", "price": {"gt": 5}}}}}),
+        )
+        .unwrap();
+        assert!(
+            t.sql.contains("WHERE EXISTS (SELECT 1 FROM \"acme\".\"product\" q1_t0 WHERE q1_t0.\"category_id\" = t0.\"id\" AND (q1_t0.\"price\" > $1::numeric) AND (q1_t0.\"status\" = $2::text))"),
+            "both conditions hold for one product: {}",
+            t.sql
+        );
+        let t = compile(
+            &m,
+            "product",
+            &json!({"filters": {"tags": {"every": {"name": {"starts_with": "a"}}, "none": {"name": "x"}}}}),
+        )
+        .unwrap();
+        assert!(t.sql.contains("(NOT EXISTS (SELECT 1 FROM \"acme\".\"tag\" q1_t0 JOIN \"acme\".\"product__tags\" qj1 ON qj1.\"target_id\" = q1_t0.\"id\" WHERE qj1.\"source_id\" = t0.\"id\" AND ((q1_t0.\"name\" LIKE $1::text)) IS NOT TRUE))"), "{}", t.sql);
+        assert!(
+            t.sql
+                .contains("(NOT EXISTS (SELECT 1 FROM \"acme\".\"tag\" q2_t0"),
+            "{}",
+            t.sql
+        );
+        // backwards through a many-to-many relation, and joins inside the sub-filter
+        let t = compile(
+            &m,
+            "tag",
+            &json!({"filters": {"product[tags]": {"some": {"category_id.name": "Phones"}}}}),
+        )
+        .unwrap();
+        assert!(t.sql.contains("FROM \"acme\".\"product\" q1_t0 LEFT JOIN \"acme\".\"category\" q1_t1 ON q1_t1.\"id\" = q1_t0.\"category_id\" JOIN \"acme\".\"product__tags\" qj1 ON qj1.\"source_id\" = q1_t0.\"id\" WHERE qj1.\"target_id\" = t0.\"id\" AND (q1_t1.\"name\" = $1::text)"), "{}", t.sql);
+        // nested quantifiers get their own aliases
+        let t = compile(
+            &m,
+            "category",
+            &json!({"filters": {"product[category_id]": {"some": {"tags": {"some": {"name": "hot"}}}}}}),
+        )
+        .unwrap();
+        assert!(t.sql.contains("q1_q1_t0"), "{}", t.sql);
+        let vals = bind(&json!({"filters": {"product[category_id]": {"some": {"tags": {"some": {"name": "hot"}}}}}}), &t).unwrap();
+        assert_eq!(vals, vec![Some("hot".to_string())]);
+        let e = compile(&m, "product", &json!({"filters": {"name": {"some": {}}}})).unwrap_err();
+        assert!(
+            e.message.contains("ends at related records"),
+            "{}",
+            e.message
+        );
+        let a = shape_key(
+            "q",
+            "c",
+            &json!({"filters": {"tags": {"some": {"name": "a"}}}}),
+        );
+        let b = shape_key(
+            "q",
+            "c",
+            &json!({"filters": {"tags": {"some": {"name": "b"}}}}),
+        );
+        assert_eq!(a, b, "values inside quantifiers are not structure");
+    }
+
+    #[test]
+    fn pages_with_a_link_backwards_and_one_row_more() {
+        let m = shop();
+        let obj = json!({"columns": ["name"], "sort": [{"path": "created_at", "direction": "desc"}], "limit": 10});
+        let opts = PageOptions {
+            link: Some("t0.\"category_id\" = x1.c0".into()),
+            backward: true,
+            extra_row: true,
+        };
+        let mut params = Params::default();
+        let p = page_with(&m, "product", obj.as_object().unwrap(), &mut params, &opts).unwrap();
+        assert!(
+            p.sql.ends_with("WHERE t0.\"category_id\" = x1.c0 ORDER BY t0.\"created_at\" ASC NULLS LAST, t0.\"id\" DESC NULLS FIRST LIMIT 11"),
+            "{}",
+            p.sql
+        );
+        assert_eq!(p.order, vec![(true, true), (false, false)]);
+        assert_eq!(p.cursor.as_ref().unwrap().limit, 10);
+        // a cursor of the forward page pages backwards from the same row
+        let sig = p.cursor.unwrap().sig;
+        let cur = encode_cursor(
+            &json!([
+                "2024-01-01T00:00:00+00:00",
+                "6f9619ff-8b86-d011-b42d-00c04fc964ff"
+            ]),
+            &sig,
+        );
+        let mut obj = obj;
+        obj["cursor"] = json!(cur);
+        let p = page_with(
+            &m,
+            "product",
+            obj.as_object().unwrap(),
+            &mut Params::default(),
+            &opts,
+        )
+        .unwrap();
+        assert!(
+            p.sql
+                .contains("(t0.\"created_at\", t0.\"id\") > ($1::timestamptz, $2::uuid)")
+                || p.sql.contains("t0.\"created_at\" > $1"),
+            "{}",
+            p.sql
+        );
     }
 }

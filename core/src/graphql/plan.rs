@@ -1,0 +1,252 @@
+//! Execution plans: what the surface runs for each root field, as a small program of
+//! statements. The surface drives it with [`FieldPlan::next`]: run the statement it returns,
+//! pass the first column of its first row back (as JSON; `None` when it returned no row), until
+//! it returns the field's value. Statements take their values as text parameters (`$n::type`
+//! casts are in the SQL), so the surface can prepare them by their SQL text.
+
+use super::error::{GqlError, Location, PathSeg};
+use crate::error::SqlState;
+use crate::values::{to_text, PType};
+use serde_json::{Map, Value};
+
+/// A statement to run: one row, whose first column is the result (jsonb, or a value the
+/// surface turns into JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sql: String,
+    /// `$1`, `$2`, … as text (None is NULL).
+    pub params: Vec<Option<String>>,
+    /// Plan it for each call's values (it visits every matching row: counts, aggregates).
+    pub plan_per_call: bool,
+}
+
+/// What to do next for a root field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    Run(Statement),
+    /// The field's value in the response.
+    Done(Value),
+}
+
+/// A parameter of a step: a value, or the ids an earlier step returned.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Arg {
+    Text(Option<String>),
+    /// The JSON array of ids step `i` returned, as `uuid[]` text.
+    Ids(usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Op {
+    Run {
+        sql: String,
+        args: Vec<Arg>,
+        plan_per_call: bool,
+    },
+    /// Step `of` returned more than `n` ids: refused (54000), before anything changed.
+    AtMost { of: usize, n: i64 },
+    /// Step `of` returned the record's `_version`: it must be `expected` (40001), and the
+    /// record must exist (P0002).
+    Version { of: usize, expected: i64 },
+}
+
+/// How the field's value is made from the results of its steps.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Finish {
+    /// The result of the last step.
+    Last,
+    /// The result of step `i`.
+    Step(usize),
+    /// A constant (`__typename`, introspection).
+    Const(Value),
+    /// `{affectedCount, records}`: a count (known, or the length of step `count`'s ids) and
+    /// the records step `records` read.
+    Mutation {
+        count: Count,
+        records: Option<usize>,
+        fields: Vec<(String, MutationField)>,
+    },
+    /// A udm view result reshaped for the selection (views return records keyed by udm path).
+    View(super::views::ViewShape),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Count {
+    Known(usize),
+    IdsOf(usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum MutationField {
+    AffectedCount,
+    Records,
+    Typename(String),
+}
+
+/// The plan of one root field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldPlan {
+    /// The response key (alias or name).
+    pub key: String,
+    /// Where the field is in the document, for errors the surface reports at it.
+    pub location: Option<Location>,
+    pub(crate) ops: Vec<Op>,
+    pub(crate) finish: Finish,
+    results: Vec<Value>,
+    pc: usize,
+}
+
+impl FieldPlan {
+    pub(crate) fn new(key: &str, location: Option<Location>, ops: Vec<Op>, finish: Finish) -> Self {
+        FieldPlan {
+            key: key.to_string(),
+            location,
+            ops,
+            finish,
+            results: Vec::new(),
+            pc: 0,
+        }
+    }
+
+    /// A field whose value is known without SQL.
+    pub(crate) fn constant(key: &str, v: Value) -> Self {
+        Self::new(key, None, vec![], Finish::Const(v))
+    }
+
+    /// The statements of the plan so far as text (for `EXPLAIN`-like tooling and tests).
+    pub fn sql(&self) -> Vec<&str> {
+        self.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Run { sql, .. } => Some(sql.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An error at this field (its location and response path).
+    pub fn error(&self, e: GqlError) -> GqlError {
+        let mut e = e.with_path(&[PathSeg::Key(self.key.clone())]);
+        if e.locations.is_empty() {
+            e.locations.extend(self.location);
+        }
+        e
+    }
+
+    /// The next statement to run, or the field's value. `last`: the result of the statement
+    /// returned before (None on the first call; `Some(Value::Null)` for no row).
+    pub fn next(&mut self, last: Option<Value>) -> Result<Next, GqlError> {
+        if let Some(v) = last {
+            self.results.push(v);
+        }
+        while self.pc < self.ops.len() {
+            let op = self.ops[self.pc].clone();
+            self.pc += 1;
+            match op {
+                Op::Run {
+                    sql,
+                    args,
+                    plan_per_call,
+                } => {
+                    let params = args.iter().map(|a| self.arg(a)).collect::<Result<_, _>>()?;
+                    return Ok(Next::Run(Statement {
+                        sql,
+                        params,
+                        plan_per_call,
+                    }));
+                }
+                Op::AtMost { of, n } => {
+                    let found = self.ids(of)?.len() as i64;
+                    if found > n {
+                        return Err(self.error(GqlError::limit(format!(
+                            "more than {n} records match (atMost is {n}); nothing was changed"
+                        ))));
+                    }
+                }
+                Op::Version { of, expected } => self.check_version(of, expected)?,
+            }
+        }
+        Ok(Next::Done(self.finish()?))
+    }
+
+    fn result(&self, i: usize) -> Result<&Value, GqlError> {
+        self.results
+            .get(i)
+            .ok_or_else(|| GqlError::internal(format!("the result of step {i} is missing")))
+    }
+
+    fn ids(&self, i: usize) -> Result<Vec<String>, GqlError> {
+        Ok(self
+            .result(i)?
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect())
+    }
+
+    fn arg(&self, a: &Arg) -> Result<Option<String>, GqlError> {
+        match a {
+            Arg::Text(t) => Ok(t.clone()),
+            Arg::Ids(i) => {
+                let ids: Vec<Value> = self.ids(*i)?.into_iter().map(Value::String).collect();
+                Ok(Some(to_text(
+                    &Value::Array(ids),
+                    &PType::Array(Box::new(PType::Uuid)),
+                    "ids",
+                )?))
+            }
+        }
+    }
+
+    fn check_version(&self, of: usize, expected: i64) -> Result<(), GqlError> {
+        match self.result(of)?.as_i64() {
+            None => Err(self.error(GqlError::new(
+                super::error::Code::BadUserInput,
+                SqlState::NoDataFound,
+                "the record does not exist (or is not visible)",
+            ))),
+            Some(v) if v != expected => Err(self.error(GqlError::new(
+                super::error::Code::DatabaseError,
+                SqlState::SerializationFailure,
+                format!(
+                    "the record is at version {v}, not {expected}: it changed since it was read"
+                ),
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn finish(&self) -> Result<Value, GqlError> {
+        Ok(match &self.finish {
+            Finish::Last => self.results.last().cloned().unwrap_or(Value::Null),
+            Finish::Step(i) => self.result(*i)?.clone(),
+            Finish::Const(v) => v.clone(),
+            Finish::Mutation {
+                count,
+                records,
+                fields,
+            } => {
+                let n = match count {
+                    Count::Known(n) => *n,
+                    Count::IdsOf(i) => self.ids(*i)?.len(),
+                };
+                let recs = match records {
+                    Some(i) => self.result(*i)?.clone(),
+                    None => Value::Array(vec![]),
+                };
+                let mut o = Map::new();
+                for (k, f) in fields {
+                    let v = match f {
+                        MutationField::AffectedCount => Value::from(n),
+                        MutationField::Records => recs.clone(),
+                        MutationField::Typename(t) => Value::String(t.clone()),
+                    };
+                    o.insert(k.clone(), v);
+                }
+                Value::Object(o)
+            }
+            Finish::View(shape) => shape.apply(self.results.last().unwrap_or(&Value::Null)),
+        })
+    }
+}

@@ -6,8 +6,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PG_MAJOR      := 15
-PGBIN         := /usr/lib/postgresql/$(PG_MAJOR)/bin
-PG_CONFIG     := $(PGBIN)/pg_config
+# PGROOT=<dir>: build and test udm in a private copy of PostgreSQL under <dir> (tests/pgroot.sh)
+# instead of the system one, so that checkouts side by side do not replace each other's udm.so
+PGROOT        ?=
+PGBIN         := $(PGROOT)/usr/lib/postgresql/$(PG_MAJOR)/bin
+export PGBIN
+PG_CONFIG     := /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
 PG_REGRESS    := /usr/lib/postgresql/$(PG_MAJOR)/lib/pgxs/src/test/regress/pg_regress
 PGRX_VERSION  := 0.18.0
 APT_PACKAGES  := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang pkg-config sudo
@@ -56,8 +60,13 @@ target/.deps-ok: Makefile
 	@touch $@
 
 install: deps
+ifeq ($(PGROOT),)
 	@echo "== building and installing udm into PostgreSQL $(PG_MAJOR)"
 	@$(PGRX_INSTALL) 2>&1 | grep -Ev '^\s*(Compiling|Checking|Blocking)' || { echo "install failed"; exit 1; }
+else
+	@echo "== building and installing udm into the copy of PostgreSQL $(PG_MAJOR) under $(PGROOT)"
+	@tests/pgroot.sh install $(PGROOT) 2>&1 | grep -Ev '^\s*(Compiling|Checking|Blocking)' || { echo "install failed"; exit 1; }
+endif
 
 ## ------------------------------------------------------------------ make run
 
@@ -111,7 +120,7 @@ integration:
 
 upgrade:
 	@echo "== tier 4: upgrade from the previous release (tests/upgrade.sh)"
-	@PG_MAJOR=$(PG_MAJOR) tests/upgrade.sh
+	@PG_MAJOR=$(PG_MAJOR) UDM_BUILD_ROOT=$(PGROOT) tests/upgrade.sh
 
 ## ------------------------------------------------------------------ make bench
 

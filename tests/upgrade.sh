@@ -6,7 +6,8 @@
 #   (a) the extension's objects, and each tenant's objects (pg_dump --schema-only, role names
 #       aside), equal those of a fresh install of this version given the same tenants;
 #   (b) the upgraded tenants work as new ones do (tests/upgrade/check.sql).
-# This version must be installed in the system PostgreSQL first (`make install`).
+# This version must be installed first (`make install`; with UDM_BUILD_ROOT=<dir>, into the copy
+# of PostgreSQL under <dir> made by tests/pgroot.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -57,8 +58,8 @@ echo "   tenants made with udm ${FROM#v}"
 
 # this version's files replace the old ones; a new backend loads the new library
 tests/cluster.sh stop "$CL"
-cp -a "$SYS_LIB/udm.so" "$R$SYS_LIB/"
-cp -a "$SYS_EXT"/udm* "$R$SYS_EXT/"
+cp -a "${UDM_BUILD_ROOT:-}$SYS_LIB/udm.so" "$R$SYS_LIB/"
+cp -a "${UDM_BUILD_ROOT:-}$SYS_EXT"/udm* "$R$SYS_EXT/"
 tests/cluster.sh start "$CL" "$PORT" >/dev/null
 psql -d upgraded -c "ALTER EXTENSION udm UPDATE"
 psql -d fresh -c "CREATE EXTENSION udm" -f tests/upgrade/scenario.sql >/dev/null

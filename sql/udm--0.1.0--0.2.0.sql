@@ -82,6 +82,20 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'udm_field_types_wrapper';
 
+-- One memory budget for udm's per-backend caches (udm.cache_size), and what they hold.
+CREATE  FUNCTION "udm_cache_stats"() RETURNS TABLE (
+	"cache" TEXT,  /* String */
+	"entries" bigint,  /* i64 */
+	"bytes" bigint,  /* i64 */
+	"hits" bigint,  /* i64 */
+	"misses" bigint,  /* i64 */
+	"evictions" bigint,  /* i64 */
+	"budget_bytes" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_cache_stats_wrapper';
+
 -- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION

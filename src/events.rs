@@ -16,8 +16,6 @@ use crate::json::JsonB;
 use crate::security::{actor, as_owner};
 use pgrx::prelude::*;
 use serde_json::{json, Value};
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use udm_core::audit::ACTIONS;
 use udm_core::error::{SqlState, UdmError};
@@ -106,21 +104,16 @@ type ConditionPlan = Rc<(udm_core::query::Template, crate::rawspi::Plan)>;
 
 thread_local! {
     /// (definition generation, compiled conditions by tenant, entity and condition)
-    static CONDITIONS: RefCell<(u64, HashMap<String, ConditionPlan>)> =
-        RefCell::new((u64::MAX, HashMap::new()));
+    static CONDITIONS: crate::cache::Cache<String, ConditionPlan> =
+        crate::cache::Lru::new("event conditions");
 }
 
 /// The compiled, prepared condition of a subscription (cached until a definition changes).
 fn condition_plan(t: &Tenant, entity: &str, condition: &Value) -> Result<ConditionPlan> {
     let key = format!("{}|{entity}|{condition}", t.slug);
     let g = catalog::generation();
-    if let Some(p) = CONDITIONS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != g {
-            *c = (g, HashMap::new());
-        }
-        c.1.get(&key).cloned()
-    }) {
+    crate::cache::sync(&CONDITIONS, g);
+    if let Some(p) = crate::cache::get(&CONDITIONS, &key) {
         return Ok(p);
     }
     let m = crate::query::model(t)?;
@@ -137,7 +130,8 @@ fn condition_plan(t: &Tenant, entity: &str, condition: &Value) -> Result<Conditi
         .map_err(|e| e.context(format!("condition of a subscription to \"{entity}\"")))?;
     let plan = crate::rawspi::prepare(&tpl.sql, tpl.params.len() + 1)?;
     let p = Rc::new((tpl, plan));
-    CONDITIONS.with(|c| c.borrow_mut().1.insert(key, p.clone()));
+    let bytes = p.1.bytes() + p.0.sql.len() * 2 + key.len();
+    crate::cache::put(&CONDITIONS, key, p.clone(), bytes);
     Ok(p)
 }
 

@@ -15,6 +15,7 @@ pub static NOTIFY_CHANGES: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_SPEC_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static MAX_SPEC_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static MAX_LIST_VALUES: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static CACHE_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -32,6 +33,16 @@ pub fn init() {
         &USER_ID,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"udm.cache_size",
+        c"Memory each backend may hold in udm's caches (definitions, compiled queries, kept plans) and in PostgreSQL's catalog caches for udm's tenants.",
+        c"Past it, what was used least recently is dropped and rebuilt when used again. Set by a superuser (postgresql.conf, ALTER DATABASE/ROLE SET).",
+        &CACHE_SIZE_KB,
+        1024,
+        i32::MAX / 2,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
         c"udm.ddl_lock_timeout",

@@ -22,6 +22,7 @@ macro_rules! finfo_v1 {
 mod access;
 mod audit;
 mod audit_table;
+mod cache;
 mod catalog;
 mod entities;
 mod error;

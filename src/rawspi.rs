@@ -15,6 +15,13 @@ pub struct Plan {
     parallel: bool,
 }
 
+impl Plan {
+    /// Memory the kept plan holds (its contexts).
+    pub fn bytes(&self) -> usize {
+        crate::cache::plan_bytes(self.ptr)
+    }
+}
+
 impl Drop for Plan {
     fn drop(&mut self) {
         unsafe {

@@ -413,27 +413,18 @@ fn batch(
 }
 
 thread_local! {
-    static TYPED: std::cell::RefCell<std::collections::HashMap<String, Rc<rawspi::Plan>>> = std::cell::RefCell::new(std::collections::HashMap::new());
-    static TYPED_GEN: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+    static TYPED: crate::cache::Cache<String, Rc<rawspi::Plan>> = crate::cache::Lru::new("batch writes");
 }
 
 fn plan_typed(key: &str, sql: &str, types: &[pg_sys::Oid]) -> Result<Rc<rawspi::Plan>> {
-    let g = catalog::generation();
-    if TYPED_GEN.with(|x| x.replace(g)) != g {
-        TYPED.with(|m| m.borrow_mut().clear());
-    }
+    crate::cache::sync(&TYPED, catalog::generation());
     let full_key = format!("{key}|{sql}");
-    if let Some(p) = TYPED.with(|m| m.borrow().get(&full_key).cloned()) {
+    if let Some(p) = crate::cache::get(&TYPED, &full_key) {
         return Ok(p);
     }
     let p = Rc::new(rawspi::prepare_typed(sql, types)?);
-    TYPED.with(|m| {
-        let mut m = m.borrow_mut();
-        if m.len() > 256 {
-            m.clear();
-        }
-        m.insert(full_key, p.clone());
-    });
+    let bytes = p.bytes() + full_key.len() * 2;
+    crate::cache::put(&TYPED, full_key, p.clone(), bytes);
     Ok(p)
 }
 

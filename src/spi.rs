@@ -5,16 +5,12 @@ use crate::error::{spi_err, Result};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Plans kept per backend. Each tenant has its own catalog table, so the number of plans grows
-/// with the tenants a backend serves; past this bound the cache starts over.
-const MAX_PLANS: usize = 2048;
-
 thread_local! {
-    static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+    /// Plans kept per backend. Each tenant has its own catalog tables, so statements naming them
+    /// are per tenant: the budget of `crate::cache` bounds them.
+    static PLANS: crate::cache::Cache<String, Rc<OwnedPreparedStatement>> = crate::cache::Lru::new("statements");
 }
 
 /// The kept plan for `sql` with argument types `types`, prepared on first use. PostgreSQL's plan
@@ -24,7 +20,7 @@ pub fn prepared(
     types: &[pg_sys::Oid],
     mutating: bool,
 ) -> Result<Rc<OwnedPreparedStatement>> {
-    if let Some(p) = PLANS.with(|p| p.borrow().get(sql).cloned()) {
+    if let Some(p) = crate::cache::get(&PLANS, sql) {
         return Ok(p);
     }
     let oids: Vec<PgOid> = types.iter().map(|t| PgOid::from(*t)).collect();
@@ -38,13 +34,12 @@ pub fn prepared(
     })
     .map_err(spi_err)?;
     let stmt = Rc::new(stmt);
-    PLANS.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() >= MAX_PLANS {
-            p.clear();
-        }
-        p.insert(sql.to_string(), stmt.clone());
-    });
+    crate::cache::put(
+        &PLANS,
+        sql.to_string(),
+        stmt.clone(),
+        crate::cache::plan_estimate(sql),
+    );
     Ok(stmt)
 }
 

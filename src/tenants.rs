@@ -102,7 +102,7 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
             helpers = quote_ident(security::TENANT_ROLES),
             label = quote_literal(&label),
         ))?;
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("INSERT", |c| {
             c.update(
                 "INSERT INTO udm.tenant (slug, name, schema_name, role_name, created_by, channel) \
                  VALUES ($1, $2, $3, $4, $5, 'udm_' || $1 || '_' || substr(md5(gen_random_uuid()::text), 1, 16))",
@@ -239,7 +239,7 @@ pub fn drop_tenant(slug: &str, confirm: &str) -> Result<serde_json::Value> {
 
 fn drop_objects(t: &Tenant) -> Result<()> {
     as_owner(|| {
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("SELECT FOR UPDATE", |c| {
             c.update(
                 "SELECT 1 FROM udm.tenant WHERE slug = $1 FOR UPDATE",
                 None,
@@ -254,7 +254,7 @@ fn drop_objects(t: &Tenant) -> Result<()> {
             "DELETE FROM udm.user_tenant WHERE tenant = $1",
             &[t.slug.as_str().into()],
         )?;
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("DELETE", |c| {
             c.update(
                 "DELETE FROM udm.tenant WHERE slug = $1",
                 None,

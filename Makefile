@@ -14,7 +14,7 @@ export PGBIN
 PG_CONFIG     := /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
 PG_REGRESS    := /usr/lib/postgresql/$(PG_MAJOR)/lib/pgxs/src/test/regress/pg_regress
 PGRX_VERSION  := 0.18.0
-APT_PACKAGES  := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang pkg-config sudo
+APT_PACKAGES  := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang pkg-config sudo pgbouncer
 export PATH   := $(HOME)/.cargo/bin:$(PATH)
 
 ROOT          := $(CURDIR)

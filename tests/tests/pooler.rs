@@ -432,13 +432,16 @@ fn transaction_pooling_keeps_tenants_and_users_apart() {
     let pool = Bouncer::start("apart", &[&w.app]);
     let (threads, per_thread) = (8usize, 24usize);
     let w = std::sync::Arc::new(w);
-    let pool = std::sync::Arc::new(pool);
+    // the threads get only where to connect: the pgbouncer stays this thread's, stopped when it
+    // drops, also when a thread failed or hangs and this thread panics
+    let target = pool.conn_string(&w.app);
     let (tx, rx) = mpsc::channel();
     for n in 0..threads {
-        let (w, pool, tx) = (w.clone(), pool.clone(), tx.clone());
+        let (w, target, tx) = (w.clone(), target.clone(), tx.clone());
         std::thread::spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut c = pool.connect(&w.app);
+                let mut c = Client::connect(&target, NoTls)
+                    .unwrap_or_else(|e| panic!("connect through pgbouncer: {e}"));
                 let mut done = Done::default();
                 for i in 0..per_thread {
                     let a = &w.actors[(n * 3 + i) % w.actors.len()];

@@ -200,10 +200,11 @@ pub fn invalidate_oid(oid: pg_sys::Oid) {
 fn registry_oid() -> pg_sys::Oid {
     REGISTRY_OID.with(|o| {
         if o.get() == pg_sys::InvalidOid {
-            let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'udm.tenant'::regclass::oid")
-                .ok()
-                .flatten()
-                .unwrap_or(pg_sys::InvalidOid);
+            let oid =
+                crate::spi::select_one::<pg_sys::Oid>("SELECT 'udm.tenant'::regclass::oid", &[])
+                    .ok()
+                    .flatten()
+                    .unwrap_or(pg_sys::InvalidOid);
             o.set(oid);
         }
         o.get()
@@ -312,7 +313,7 @@ pub fn unregistered_schema(schema: &str) -> bool {
         if rel == pg_sys::InvalidOid {
             return false;
         }
-        let owner = pgrx::Spi::get_one_with_args::<pg_sys::Oid>(
+        let owner = crate::spi::select_one::<pg_sys::Oid>(
             "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1",
             &[rel.into()],
         )
@@ -504,8 +505,10 @@ pub fn lock_entity(t: &Tenant, slug: &str) -> Result<()> {
                     &[pg_sys::TEXTOID],
                     true,
                 )?;
-                Spi::connect_mut(|c| c.update(&*stmt, None, &[key.as_str().into()]).map(|_| ()))
-                    .map_err(spi_err)
+                crate::spi::connect_mut("a definition change", |c| {
+                    c.update(&*stmt, None, &[key.as_str().into()]).map(|_| ())
+                })
+                .map_err(spi_err)
             },
             |e| {
                 if e.code == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
@@ -817,7 +820,7 @@ pub fn write_entity(
             ],
             true,
         )?;
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("INSERT", |c| {
             c.update(
                 &*stmt,
                 None,

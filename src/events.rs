@@ -229,7 +229,7 @@ pub fn unsubscribe(entity: &str, target: &str) -> Result<Value> {
         t.catalog(SUBSCRIPTIONS)
     );
     let n = as_owner(|| {
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("DELETE", |c| {
             c.update(&sql, None, &[entity.into(), target.into()])
                 .map(|r| r.len())
         })
@@ -275,6 +275,22 @@ fn horizon(t: &Tenant) -> Result<i64> {
     })
 }
 
+/// The event stream is read on the primary: its order rests on the horizon locks writers hold
+/// there (`horizon`), which a standby does not see. Reading there, an event could be delivered
+/// while one with a smaller id was still uncommitted on the primary, and a consumer that resumes
+/// after it would never see that one.
+fn primary_only(call: &str) -> Result<()> {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("{call} cannot run on a standby (recovery is in progress): events are read on the primary"),
+        )
+        .detail("delivery order rests on locks that writing transactions hold on the primary, which a standby does not see")
+        .hint("connect event consumers and listeners to the primary"));
+    }
+    Ok(())
+}
+
 pub fn events(after: i64, limit: i32) -> Result<Value> {
     let t = catalog::current_tenant()?;
     if !(1..=MAX_EVENTS).contains(&limit) {
@@ -283,6 +299,7 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
             format!("udm_events: limit must be from 1 to {MAX_EVENTS}, got {limit}"),
         ));
     }
+    primary_only("udm_events")?;
     let h = horizon(&t)?;
     let sql = format!(
         "SELECT audit_id, entity, record_id::text, action, record_version, changed_fields, user_id, \
@@ -456,6 +473,7 @@ fn consumer_row(t: &Tenant, consumer: &str) -> Result<Option<(i64, String)>> {
 pub fn consume(consumer: &str, limit: i32) -> Result<Value> {
     consumer_name(consumer, "udm_consume")?;
     let t = catalog::current_tenant()?;
+    primary_only("udm_consume")?;
     let after = consumer_position(&t, consumer)?;
     let mut out = events(after, limit)?;
     out["consumer"] = json!(consumer);

@@ -257,7 +257,7 @@ fn one_row(
 ) -> Result<Fetched> {
     let stmt = crate::spi::prepared(sql, types, writes)?;
     if writes {
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut(&crate::spi::command(sql), |c| {
             let mut rows = c.update(&*stmt, None, args)?;
             rows.next().map(read_row).transpose()
         })
@@ -352,7 +352,7 @@ fn delete(t: &Tenant, s: &Scope) -> Result<()> {
         t.catalog(LOCK_TABLE)
     );
     let stmt = crate::spi::prepared(&sql, &[pg_sys::TEXTOID, pg_sys::UUIDOID], true)?;
-    Spi::connect_mut(|c| {
+    crate::spi::connect_mut("DELETE", |c| {
         c.update(&*stmt, None, &[s.entity.as_str().into(), s.id.into()])
             .map(|_| ())
     })
@@ -531,7 +531,7 @@ pub fn release_all_of(t: &Tenant, holder: &str) -> Result<usize> {
         t.catalog(LOCK_TABLE)
     );
     let released = as_owner(|| {
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("DELETE", |c| {
             let mut out = Vec::new();
             for r in c.update(&sql, None, &[holder.into()])? {
                 out.push((

@@ -55,8 +55,43 @@ pub fn select_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) ->
     .map_err(spi_err)
 }
 
+/// PostgreSQL's refusal of a write in a read-only transaction (`25006`, as `BEGIN READ ONLY` and
+/// every transaction of a hot standby are): "cannot execute `what` in a read-only transaction".
+/// Needed before pgrx's mutating SPI calls, which ask for a transaction id first: on a standby
+/// that is an internal error ("cannot assign TransactionIds during recovery") instead.
+pub fn require_writable(what: &str) {
+    if unsafe { pg_sys::XactReadOnly } {
+        let what = std::ffi::CString::new(what).unwrap_or_else(|_| c"udm".into());
+        unsafe { pg_sys::PreventCommandIfReadOnly(what.as_ptr()) };
+    }
+}
+
+/// pgrx's mutating SPI connection, after `require_writable(what)`. Reads use `Spi::connect`
+/// (or `select_one`): they never need a transaction id, and so serve on a standby.
+pub fn connect_mut<R>(what: &str, f: impl FnOnce(&mut pgrx::spi::SpiClient<'_>) -> R) -> R {
+    require_writable(what);
+    Spi::connect_mut(f)
+}
+
+/// The command a statement runs, as PostgreSQL names it in its read-only error.
+pub fn command(sql: &str) -> String {
+    let sql = sql.trim_start();
+    let end = sql
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(sql.len());
+    let word = sql[..end].to_ascii_uppercase();
+    if word == "SELECT" && sql.contains(" FOR UPDATE") {
+        return "SELECT FOR UPDATE".into();
+    }
+    if word.is_empty() {
+        return "udm".into();
+    }
+    word
+}
+
 /// Runs SQL for its effect (several statements when it takes no arguments).
 pub fn run(sql: &str, args: &[DatumWithOid]) -> Result<()> {
+    require_writable(&command(sql));
     if args.is_empty() {
         Spi::run(sql).map_err(spi_err)
     } else {

@@ -650,7 +650,7 @@ pub unsafe extern "C-unwind" fn udm_reference_on_delete(
             let col = quote_ident(&column);
             let cond = format!("({col}).entity = $1 AND ({col}).id = $2");
             let args = [target.into(), id.into()];
-            let still_referenced = Spi::connect_mut(|c| match action {
+            let still_referenced = crate::spi::connect_mut("DELETE", |c| match action {
                 "cascade" => c
                     .update(
                         format!("DELETE FROM {table} WHERE {cond}").as_str(),

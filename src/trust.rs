@@ -298,7 +298,10 @@ pub fn ref_type() -> pg_sys::Oid {
     REF_TYPE.with(|r| {
         if r.get() == pg_sys::InvalidOid {
             let oid = crate::security::as_owner(|| {
-                Spi::get_one::<pg_sys::Oid>("SELECT 'udm.ref'::pg_catalog.regtype::pg_catalog.oid")
+                crate::spi::select_one::<pg_sys::Oid>(
+                    "SELECT 'udm.ref'::pg_catalog.regtype::pg_catalog.oid",
+                    &[],
+                )
             })
             .ok()
             .flatten()

@@ -466,11 +466,13 @@ fn backups_restore_into_a_new_database_and_a_new_cluster() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let cluster_dir = root.join("target/restore-cluster");
     let cluster = root.join("tests/cluster.sh");
+    // its own port (listening on localhost too): make test RESTORE_PORT=<port>
+    let restore_port = std::env::var("UDM_RESTORE_PORT").unwrap_or_else(|_| "5496".into());
     let status = Command::new(&cluster)
         .args([
             "start",
             &cluster_dir.display().to_string(),
-            "5496",
+            &restore_port,
             "fresh",
             "udm.bcrypt_cost = 4",
         ])
@@ -479,7 +481,7 @@ fn backups_restore_into_a_new_database_and_a_new_cluster() {
     assert!(status.success(), "start a second cluster");
     let three = Db {
         host: cluster_dir.join("sock").display().to_string(),
-        port: "5496".into(),
+        port: restore_port.clone(),
         name: unique("udm_bk_n"),
     };
     let roles = dir.join("roles.sql").display().to_string();

@@ -94,7 +94,15 @@ stop:
 
 ## ------------------------------------------------------------------ make test
 
-test: deps
+# graphql-js, the GraphQL reference implementation, for the integration tier's client check
+GRAPHQL_JS    := tests/graphql-js/node_modules/graphql/package.json
+
+$(GRAPHQL_JS): tests/graphql-js/package.json tests/graphql-js/package-lock.json
+	@echo "== installing graphql-js for the tests (npm ci)"
+	@npm ci --prefix tests/graphql-js --no-audit --no-fund --silent
+	@touch $@
+
+test: deps $(GRAPHQL_JS)
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory install
 	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4"

@@ -96,6 +96,21 @@ STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'udm_cache_stats_wrapper';
 
+-- GraphQL inside the database.
+CREATE  FUNCTION "udm_graphql"(
+	"query" TEXT, /* Option < & str > */
+	"variables" jsonb DEFAULT NULL, /* Option < JsonB > */
+	"operation_name" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_graphql_wrapper';
+
+CREATE  FUNCTION "udm_graphql_schema"() RETURNS TEXT /* String */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_graphql_schema_wrapper';
+
 -- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION

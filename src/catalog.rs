@@ -838,7 +838,12 @@ pub fn write_entity(
         })
         .map_err(spi_err)
     })?;
-    invalidate_oid(table_oid);
+    // a new entity has no table other backends watch yet: its tenant's catalog tells them
+    invalidate_oid(if table_oid == pg_sys::InvalidOid {
+        t.catalog_oid
+    } else {
+        table_oid
+    });
     Ok(())
 }
 

@@ -28,6 +28,7 @@ mod entities;
 mod error;
 mod events;
 mod fastget;
+mod graphql;
 mod guc;
 mod history;
 mod json;
@@ -55,6 +56,7 @@ extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    graphql::init();
     catalog::init();
     audit::init();
 }

@@ -634,11 +634,16 @@ thread_local! {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_uuid_v7(_fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    crate::triggers::uuid_datum(&uuid_v7())
+}
+
+/// A new UUIDv7 (what `udm.uuid_v7()` returns).
+pub fn uuid_v7() -> [u8; 16] {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let id = IDS.with(|s| {
+    IDS.with(|s| {
         let s = &mut *s.borrow_mut();
         if s.used + 8 > RANDOM_POOL {
             if !unsafe { pg_sys::pg_strong_random(s.pool.as_mut_ptr().cast(), RANDOM_POOL) } {
@@ -652,6 +657,5 @@ pub unsafe extern "C-unwind" fn udm_uuid_v7(_fcinfo: pg_sys::FunctionCallInfo) -
         random.copy_from_slice(&s.pool[s.used..s.used + 8]);
         s.used += 8;
         s.clock.next(now, random)
-    });
-    crate::triggers::uuid_datum(&id)
+    })
 }

@@ -289,7 +289,8 @@ fn enforce() {
 /// for reuse after its caches are reset or its plans freed, the allocator's own overhead. So
 /// every few insertions the heap itself (`heap_bytes`) is compared with its size when udm first
 /// cached something plus the budget; beyond it, more of udm's entries go (their memory returns
-/// to the allocator), and when none are left PostgreSQL's caches are reset.
+/// to the allocator; resetting PostgreSQL's caches would not return theirs, it keeps it for
+/// reuse).
 fn check_heap() {
     let n = PUTS.with(|p| {
         let n = p.get().wrapping_add(1);
@@ -311,11 +312,7 @@ fn check_heap() {
         return;
     }
     let over = heap - allowed + budget() / 8;
-    let total = TOTAL.with(|t| t.get());
-    evict_to(total.saturating_sub(over));
-    if total < over && PG_BYTES.with(|b| b.get()) > 0 {
-        reset_postgres_caches();
-    }
+    evict_to(TOTAL.with(|t| t.get()).saturating_sub(over));
 }
 
 /// Evicts the entries used least recently, across caches, until they hold at most `target`.

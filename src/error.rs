@@ -172,7 +172,7 @@ pub fn in_subtransaction_ok<T, E>(
         }
         pg_sys::MemoryContextSwitchTo(ctx);
         pg_sys::CurrentResourceOwner = owner;
-        out
+        not_cancelled(out)
     }
 }
 
@@ -191,6 +191,16 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, PgE
         }
         pg_sys::MemoryContextSwitchTo(ctx);
         pg_sys::CurrentResourceOwner = owner;
-        out
+        not_cancelled(out)
+    }
+}
+
+/// A cancelled statement (`statement_timeout`, `pg_cancel_backend`: 57014) is never an error the
+/// caller handles and goes on from: it is raised again once the subtransaction is rolled back, as
+/// PL/pgSQL's `EXCEPTION WHEN OTHERS` does not catch it either.
+fn not_cancelled<R>(out: std::result::Result<R, PgError>) -> std::result::Result<R, PgError> {
+    match out {
+        Err(e) if e.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED => e.raise(),
+        other => other,
     }
 }

@@ -604,3 +604,48 @@ fn a_query_asked_again_with_other_ids_gets_their_rows() {
     let r = gql(&mut c, by_id, json!({"id": "not-a-uuid"}));
     assert!(r["errors"].is_array(), "{r}");
 }
+
+/// A statement cancelled in one field (its timeout, `pg_cancel_backend`) ends the whole request
+/// with 57014, as in plain SQL: the other fields do not run on without the timeout.
+#[test]
+fn a_cancelled_statement_ends_the_whole_request() {
+    let mut adm = admin();
+    let t = shop(&mut adm);
+    let mut blocker = admin();
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {t}.product IN ACCESS EXCLUSIVE MODE"
+        ))
+        .unwrap();
+    let mut c = admin();
+    c.execute("SELECT udm_use($1)", &[&t]).unwrap();
+    c.batch_execute("SET statement_timeout = '300ms'").unwrap();
+    let e = c
+        .query_one(
+            "SELECT udm_graphql('{ productCollection { totalCount } tagCollection { totalCount } }')",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{}", message(&e));
+    blocker.batch_execute("ROLLBACK").unwrap();
+    // and a mutation's fields the same way
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {t}.tag IN ACCESS EXCLUSIVE MODE"
+        ))
+        .unwrap();
+    let e = c
+        .query_one(
+            r#"SELECT udm_graphql('mutation { insertTag(objects: [{name: "green"}]) { affectedCount } }')"#,
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{}", message(&e));
+    blocker.batch_execute("ROLLBACK").unwrap();
+    c.batch_execute("RESET statement_timeout").unwrap();
+    let d = ok(&mut c, "{ tagCollection { totalCount } }", json!({}));
+    assert_eq!(
+        d["tagCollection"]["totalCount"], 2,
+        "nothing was written: {d}"
+    );
+}

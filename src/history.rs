@@ -900,6 +900,11 @@ pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
 
 pub fn verify() -> Result<Value> {
     let t = catalog::current_tenant()?;
+    verify_tenant(&t)
+}
+
+/// `udm_audit_verify` of a tenant (what the caller may read of it).
+pub fn verify_tenant(t: &Tenant) -> Result<Value> {
     let sql = format!(
         "SELECT audit_id, entity, record_id::text, action, prev_hash, \
            hash = udm.audit_hash(prev_hash, entity, record_id, action, record_version, entity_version, \
@@ -907,7 +912,7 @@ pub fn verify() -> Result<Value> {
            lag(hash) OVER w, lag(action) OVER w, hash \
          FROM {} WINDOW w AS (PARTITION BY entity, record_id ORDER BY audit_id) \
          ORDER BY entity, record_id, audit_id",
-        audit_table(&t)
+        audit_table(t)
     );
     let mut checked = 0i64;
     let mut records = 0i64;
@@ -957,7 +962,7 @@ pub fn verify() -> Result<Value> {
         Ok::<_, pgrx::spi::Error>(())
     })
     .map_err(spi_err)?;
-    let missing = missing_heads(&t)?;
+    let missing = missing_heads(t)?;
     Ok(json!({
         "tenant": t.slug,
         "ok": first.is_none() && missing.is_empty(),

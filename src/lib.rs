@@ -41,6 +41,7 @@ mod security;
 mod spi;
 mod templates;
 mod tenants;
+mod transfer;
 mod triggers;
 mod trust;
 mod upgrade;
@@ -56,6 +57,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     catalog::init();
     audit::init();
+    transfer::init();
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ RUN_PORT      ?= 5499
 RUN_DB        ?= udm_demo
 TEST_DIR      := $(ROOT)/target/test-cluster
 TEST_PORT     ?= 5498
+# a second cluster the restore test starts (a new cluster to restore into)
+RESTORE_PORT  ?= 5496
 BENCH_DIR     := $(ROOT)/target/bench-cluster
 BENCH_PORT    ?= 5497
 IS_ROOT       := $(filter 0,$(shell id -u))
@@ -115,7 +117,7 @@ integration:
 	@echo "== tier 3: integration tests over the postgres driver (tests/tests)"
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d postgres -q -c "DROP DATABASE IF EXISTS udm_it" -c "CREATE DATABASE udm_it"
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d udm_it -q -c "CREATE EXTENSION udm"
-	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_it \
+	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_it UDM_TEST_SPARE_PORT=$(RESTORE_PORT) \
 	    cargo test -q -p udm-tests -- --test-threads=4
 
 upgrade:

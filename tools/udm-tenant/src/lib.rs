@@ -81,6 +81,15 @@ impl From<postgres::Error> for Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Whether export and import say on stderr how each section went (`udm-tenant -v`).
+pub static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn progress(what: impl FnOnce() -> String) {
+    if VERBOSE.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("udm-tenant: {}", what());
+    }
+}
+
 fn damaged(what: impl fmt::Display) -> Error {
     Error(format!(
         "the archive is damaged or truncated: {what} (nothing was imported; export the tenant again)"
@@ -462,8 +471,15 @@ pub fn export(client: &mut Client, slug: &str, out: impl Write) -> Result<Export
                 "udm_export returned a statement without section, rows and copy: {st}"
             )));
         };
+        let started = std::time::Instant::now();
         let mut reader = tx.copy_out(copy)?;
         let (b, r) = w.section(name, &mut reader)?;
+        progress(|| {
+            format!(
+                "section {name}: {r} rows, {b} bytes in {:.2} s",
+                started.elapsed().as_secs_f64()
+            )
+        });
         drop(reader);
         if r != expected {
             return Err(Error(format!(
@@ -505,23 +521,37 @@ pub fn import(
         let name: String = st.get(1);
         let expected: i64 = st.get(2);
         let copy: String = st.get(3);
+        let started = std::time::Instant::now();
         let mut writer = tx.copy_in(copy.as_str())?;
         // an error here drops the writer unfinished: the COPY fails, the transaction rolls back
-        let (_, rows) = r.section(&name, &mut writer)?;
+        let (bytes, rows) = r.section(&name, &mut writer)?;
         if rows != expected as u64 {
             return Err(damaged(format!(
                 "section {name} holds {rows} rows, its manifest says {expected}"
             )));
         }
         writer.finish()?;
+        progress(|| {
+            format!(
+                "section {name}: {rows} rows, {bytes} bytes in {:.2} s",
+                started.elapsed().as_secs_f64()
+            )
+        });
     }
     r.finish()?;
+    let started = std::time::Instant::now();
     let tenant = tenant.ok_or_else(|| Error("udm_import_begin returned no sections".into()))?;
     let done: String = tx
         .query_one("SELECT udm_import_finish($1)::text", &[&tenant])?
         .get(0);
     let done: serde_json::Value = serde_json::from_str(&done)
         .map_err(|e| Error(format!("udm_import_finish returned what is not JSON: {e}")))?;
+    progress(|| {
+        format!(
+            "udm_import_finish in {:.2} s",
+            started.elapsed().as_secs_f64()
+        )
+    });
     tx.commit()?;
     Ok(done)
 }

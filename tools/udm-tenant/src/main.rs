@@ -8,6 +8,7 @@ usage:
   udm-tenant export CONNECTION SLUG [-o FILE]        write tenant SLUG as an archive (stdout, or FILE)
   udm-tenant import CONNECTION [--as SLUG] [-i FILE] make the archive (stdin, or FILE) a tenant
   udm-tenant check [-i FILE]                         verify an archive without a database
+  (-v: say how each section went, on stderr)
 
 CONNECTION is a database name, a connection string (\"host=db port=5432 dbname=shop user=admin\")
 or a URL (postgresql://admin@db/shop); PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE and
@@ -92,6 +93,17 @@ fn input(path: Option<&str>) -> Result<Box<dyn std::io::BufRead>, Failure> {
 }
 
 fn run(args: &[String]) -> Result<(), Failure> {
+    let args: Vec<String> = args
+        .iter()
+        .filter(|a| {
+            let v = *a == "-v" || *a == "--verbose";
+            if v {
+                udm_tenant::VERBOSE.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            !v
+        })
+        .cloned()
+        .collect();
     let Some((cmd, rest)) = args.split_first() else {
         return Err(Failure::Usage("no command".into()));
     };

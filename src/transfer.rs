@@ -339,8 +339,8 @@ fn build_manifest(t: &Tenant, content: Content, count: bool) -> Result<Manifest>
         source: json!({
             "database": crate::tenants::database_name(),
             "tenant": t.slug,
-            "server_version": crate::spi::select_one::<String>("SHOW server_version", &[])?,
-            "encoding": crate::spi::select_one::<String>("SHOW server_encoding", &[])?,
+            "server_version": crate::spi::select_one::<String>("SELECT pg_catalog.current_setting('server_version')", &[])?,
+            "encoding": crate::spi::select_one::<String>("SELECT pg_catalog.current_setting('server_encoding')", &[])?,
         }),
         tenant: TenantInfo {
             slug: t.slug.clone(),
@@ -1042,10 +1042,33 @@ fn list_users(t: &Tenant) -> Result<()> {
     )
 }
 
+/// How long each step of a finish took, for `client_min_messages = debug1`.
+struct Steps {
+    slug: String,
+    last: std::time::Instant,
+}
+
+impl Steps {
+    fn done(&mut self, step: &str) {
+        let now = std::time::Instant::now();
+        pgrx::debug1!(
+            "udm import of tenant \"{}\": {step} took {} ms",
+            self.slug,
+            (now - self.last).as_millis()
+        );
+        self.last = now;
+    }
+}
+
 fn finish(imp: &Import) -> Result<Value> {
     let m = &imp.manifest;
     let slug = imp.slug.as_str();
     let what = archive_ctx(slug);
+    let steps = std::cell::RefCell::new(Steps {
+        slug: slug.to_string(),
+        last: std::time::Instant::now(),
+    });
+    let step = |name: &str| steps.borrow_mut().done(name);
     let role = crate::tenants::new_tenant_role(slug);
     let counts = as_owner(|| {
         if let Some(l) = &imp.loader {
@@ -1062,6 +1085,7 @@ fn finish(imp: &Import) -> Result<Value> {
             crate::spi::run(&revoke.join(";\n"), &[])?;
         }
         let (counts, maxima) = count_sections(slug, m)?;
+        step("counting the rows");
         if imp.counted {
             for (s, (_, n)) in m.sections.iter().zip(&counts) {
                 if *n != s.rows {
@@ -1081,6 +1105,7 @@ fn finish(imp: &Import) -> Result<Value> {
             m.tenant.created_by.as_deref(),
             m.tenant.access,
         )?;
+        step("checking the catalog, registering");
         Ok::<_, UdmError>((counts, maxima))
     })?;
     let (counts, maxima) = counts;
@@ -1092,6 +1117,7 @@ fn finish(imp: &Import) -> Result<Value> {
             || crate::spi::run(&crate::audit::audit_keys_sql(slug), &[]),
             |e| e.raise_with(&format!("{what}: its audit log")),
         )?;
+        step("the audit log's keys");
         let model = crate::query::definitions(&t)?;
         let ctx = ddl::Ctx {
             model: Some(&*model),
@@ -1110,9 +1136,11 @@ fn finish(imp: &Import) -> Result<Value> {
             let keys: Vec<Step> = plan.keys.iter().cloned().map(Step::Sql).collect();
             run_entity_steps(&t, entity, &keys)?;
         }
+        step("primary keys");
         for (entity, plan) in &plans {
             run_entity_steps(&t, entity, &plan.after)?;
         }
+        step("constraints, indexes, triggers, policies, grants, rules");
         if t.access {
             crate::spi::run(&udm_core::ddl::audit_access_sql(slug).join(";\n"), &[])?;
         }
@@ -1126,6 +1154,7 @@ fn finish(imp: &Import) -> Result<Value> {
         if t.relation(tr::USERS).is_some() {
             list_users(&t)?;
         }
+        step("users");
         for (table, column) in tr::sequence_columns(&m.entities) {
             let given = m
                 .sequences
@@ -1151,7 +1180,9 @@ fn finish(imp: &Import) -> Result<Value> {
     catalog::invalidate_registry();
     let t = catalog::tenant(slug)?
         .ok_or_else(|| UdmError::internal(format!("{what}: the tenant is not registered")))?;
+    step("sequences");
     let verified = crate::history::verify_tenant(&t)?;
+    step("verifying the audit chain");
     if verified["ok"] != json!(true) {
         let first = &verified["first_broken"];
         let problem = if first.is_null() {

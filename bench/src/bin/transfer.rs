@@ -87,7 +87,15 @@ fn main() {
         tool().display()
     );
     let mut pgc = connect("postgres");
-    drop_db(&mut pgc, "bench_transfer_src");
+    // (the restored copies hold grants to the source's tenant role: they go first)
+    for db in [
+        "bench_transfer_pg",
+        "bench_transfer_pg0",
+        "bench_transfer_udm",
+        "bench_transfer_src",
+    ] {
+        drop_db(&mut pgc, db);
+    }
     let mut c = fresh_db("bench_transfer_src");
     header(&format!(
         "moving a tenant of {rows} records: udm-tenant export + import vs pg_dump -n + pg_restore, {rounds} rounds"
@@ -111,11 +119,11 @@ fn main() {
                         jsonb_build_object('brand', 'b' || (i % 50), 'weight', i % 7),
                         (SELECT id FROM tx.category WHERE name = 'category ' || (1 + i % 100)),
                         DATE '2020-01-01' + (i % 2000), i % 500
-                 FROM generate_series(1, {rows}) i;
-               VACUUM ANALYZE tx.product;
-               VACUUM ANALYZE tx._udm_audit;"#
+                 FROM generate_series(1, {rows}) i;"#
         ))
         .unwrap();
+        c.batch_execute("VACUUM ANALYZE tx.product").unwrap();
+        c.batch_execute("VACUUM ANALYZE tx._udm_audit").unwrap();
     });
     println!("  loaded in {:.1} s", secs(d));
     let sizes: (String, String) = {

@@ -14,7 +14,7 @@ export PGBIN
 PG_CONFIG     := /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
 PG_REGRESS    := /usr/lib/postgresql/$(PG_MAJOR)/lib/pgxs/src/test/regress/pg_regress
 PGRX_VERSION  := 0.18.0
-APT_PACKAGES  := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang pkg-config sudo
+APT_PACKAGES  := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang pkg-config sudo pgbouncer
 export PATH   := $(HOME)/.cargo/bin:$(PATH)
 
 ROOT          := $(CURDIR)
@@ -24,8 +24,10 @@ RUN_PORT      ?= 5499
 RUN_DB        ?= udm_demo
 TEST_DIR      := $(ROOT)/target/test-cluster
 TEST_PORT     ?= 5498
-# a second cluster the restore test starts (a new cluster to restore into)
+# the second cluster of the restore test (tests/tests/restore.rs); the standby and pgbouncer of
+# the standby and pooler tests listen on unix sockets of their own only (STANDBY_PORT names one)
 RESTORE_PORT  ?= 5496
+STANDBY_PORT  ?= 5494
 BENCH_DIR     := $(ROOT)/target/bench-cluster
 BENCH_PORT    ?= 5497
 IS_ROOT       := $(filter 0,$(shell id -u))
@@ -92,7 +94,15 @@ stop:
 
 ## ------------------------------------------------------------------ make test
 
-test: deps
+# graphql-js, the GraphQL reference implementation, for the integration tier's client check
+GRAPHQL_JS    := tests/graphql-js/node_modules/graphql/package.json
+
+$(GRAPHQL_JS): tests/graphql-js/package.json tests/graphql-js/package-lock.json
+	@echo "== installing graphql-js for the tests (npm ci)"
+	@npm ci --prefix tests/graphql-js --no-audit --no-fund --silent
+	@touch $@
+
+test: deps $(GRAPHQL_JS)
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory install
 	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4"
@@ -117,7 +127,8 @@ integration:
 	@echo "== tier 3: integration tests over the postgres driver (tests/tests)"
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d postgres -q -c "DROP DATABASE IF EXISTS udm_it" -c "CREATE DATABASE udm_it"
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d udm_it -q -c "CREATE EXTENSION udm"
-	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_it UDM_TEST_SPARE_PORT=$(RESTORE_PORT) \
+	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_it \
+	    UDM_RESTORE_PORT=$(RESTORE_PORT) UDM_STANDBY_PORT=$(STANDBY_PORT) \
 	    cargo test -q -p udm-tests -- --test-threads=4
 
 upgrade:

@@ -82,6 +82,35 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'udm_field_types_wrapper';
 
+-- One memory budget for udm's per-backend caches (udm.cache_size), and what they hold.
+CREATE  FUNCTION "udm_cache_stats"() RETURNS TABLE (
+	"cache" TEXT,  /* String */
+	"entries" bigint,  /* i64 */
+	"bytes" bigint,  /* i64 */
+	"hits" bigint,  /* i64 */
+	"misses" bigint,  /* i64 */
+	"evictions" bigint,  /* i64 */
+	"budget_bytes" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_cache_stats_wrapper';
+
+-- GraphQL inside the database.
+CREATE  FUNCTION "udm_graphql"(
+	"query" TEXT, /* Option < & str > */
+	"variables" jsonb DEFAULT NULL, /* Option < JsonB > */
+	"operation_name" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_graphql_wrapper';
+
+CREATE  FUNCTION "udm_graphql_schema"() RETURNS TEXT /* String */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_graphql_schema_wrapper';
+
 -- Moving tenants: export, import and clone.
 CREATE FUNCTION udm.export_rows(slug text, section text) RETURNS SETOF record
     LANGUAGE c VOLATILE

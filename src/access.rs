@@ -217,7 +217,7 @@ impl AccessCtx {
 type CtxKey = (String, Option<String>, pg_sys::Oid);
 
 thread_local! {
-    static CONTEXTS: RefCell<(u64, HashMap<CtxKey, Rc<AccessCtx>>)> = RefCell::new((u64::MAX, HashMap::new()));
+    static CONTEXTS: crate::cache::Cache<CtxKey, Rc<AccessCtx>> = crate::cache::Lru::new("access contexts");
 }
 
 fn roles_of(t: &Tenant) -> Result<HashMap<String, RoleDef>> {
@@ -266,13 +266,8 @@ pub fn context(t: &Tenant) -> Result<Rc<AccessCtx>> {
     let g = catalog::generation();
     let uid = crate::guc::user_id();
     let key = (t.slug.clone(), uid.clone(), caller());
-    if let Some(c) = CONTEXTS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != g {
-            *c = (g, HashMap::new());
-        }
-        c.1.get(&key).cloned()
-    }) {
+    crate::cache::sync(&CONTEXTS, g);
+    if let Some(c) = crate::cache::get(&CONTEXTS, &key) {
         return Ok(c);
     }
     let mut ctx = AccessCtx {
@@ -294,7 +289,12 @@ pub fn context(t: &Tenant) -> Result<Rc<AccessCtx>> {
         }
     }
     let ctx = Rc::new(ctx);
-    CONTEXTS.with(|c| c.borrow_mut().1.insert(key, ctx.clone()));
+    let bytes = 256
+        + key.0.len()
+        + key.1.as_ref().map_or(0, |u| u.len())
+        + ctx.role.as_ref().map_or(0, |r| r.len())
+        + ctx.perms.entities.len() * 256;
+    crate::cache::put(&CONTEXTS, key, ctx.clone(), bytes);
     Ok(ctx)
 }
 
@@ -417,7 +417,8 @@ pub fn hidden_fields(t: &Tenant) -> Result<std::collections::HashSet<(String, St
     if ctx.db_admin || ctx.perms.entities.values().all(|e| e.fields.is_empty()) {
         return Ok(out);
     }
-    for e in catalog::active_entities(t)? {
+    // the cached model with every field (not the catalog each time)
+    for e in crate::query::definitions(t)?.entities.values() {
         for f in &e.def.fields {
             if ctx.perms.field_denied(&e.def.slug, &f.name, false) {
                 out.insert((e.def.slug.clone(), f.name.clone()));

@@ -20,7 +20,7 @@ use crate::triggers::{text_datum, trigger_data, uuid_bytes, uuid_datum};
 use pgrx::prelude::*;
 use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::CStr;
 use std::rc::Rc;
 use udm_core::audit::{chain_hash, chain_hash_with, HashInput};
@@ -179,8 +179,7 @@ type CachedUser = (Option<String>, pg_sys::Oid, Rc<str>, Rc<str>);
 
 thread_local! {
     /// By (table, trigger): a junction table's trigger names its entity in its argument.
-    static SHAPES: RefCell<HashMap<(pg_sys::Oid, pg_sys::Oid), Rc<Shape>>> = RefCell::new(HashMap::new());
-    static SHAPES_GEN: Cell<u64> = const { Cell::new(u64::MAX) };
+    static SHAPES: crate::cache::Cache<(pg_sys::Oid, pg_sys::Oid), Rc<Shape>> = crate::cache::Lru::new("audit shapes");
     static BUFFER: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     static BUFFER_CTX: Cell<pg_sys::MemoryContext> = const { Cell::new(std::ptr::null_mut()) };
     /// Buffer lengths at the start of each open subtransaction.
@@ -272,15 +271,13 @@ unsafe fn shape(td: *mut pg_sys::TriggerData) -> Rc<Shape> {
     unsafe {
         let (rel, trigger) = ((*td).tg_relation, (*td).tg_trigger);
         let g = catalog::generation();
-        if SHAPES_GEN.with(|x| x.replace(g)) != g {
-            SHAPES.with(|s| s.borrow_mut().clear());
-        }
+        crate::cache::sync(&SHAPES, g);
         let key = ((*rel).rd_id, (*trigger).tgoid);
-        if let Some(s) = SHAPES.with(|s| s.borrow().get(&key).cloned()) {
+        if let Some(s) = crate::cache::get(&SHAPES, &key) {
             return s;
         }
         let s = Rc::new(build_shape(td).or_raise());
-        SHAPES.with(|m| m.borrow_mut().insert(key, s.clone()));
+        crate::cache::put(&SHAPES, key, s.clone(), 256 + s.types.len() * 64);
         s
     }
 }

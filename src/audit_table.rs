@@ -9,7 +9,6 @@
 use crate::catalog::{self, Tenant};
 use crate::error::Result;
 use pgrx::prelude::*;
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::rc::Rc;
@@ -57,21 +56,18 @@ pub struct AuditTable {
 pub type Row = [Option<pg_sys::Datum>; N];
 
 thread_local! {
-    static TABLES: RefCell<HashMap<pg_sys::Oid, Rc<AuditTable>>> = RefCell::new(HashMap::new());
-    static TABLES_GEN: Cell<u64> = const { Cell::new(u64::MAX) };
+    static TABLES: crate::cache::Cache<pg_sys::Oid, Rc<AuditTable>> = crate::cache::Lru::new("audit tables");
 }
 
 /// The audit table of a tenant, cached per backend (by schema oid) until any definition changes.
 pub fn of(t: &Tenant) -> Result<Rc<AuditTable>> {
     let g = catalog::generation();
-    if TABLES_GEN.with(|x| x.replace(g)) != g {
-        TABLES.with(|t| t.borrow_mut().clear());
-    }
-    if let Some(a) = TABLES.with(|m| m.borrow().get(&t.schema_oid).cloned()) {
+    crate::cache::sync(&TABLES, g);
+    if let Some(a) = crate::cache::get(&TABLES, &t.schema_oid) {
         return Ok(a);
     }
     let a = Rc::new(load(t)?);
-    TABLES.with(|m| m.borrow_mut().insert(t.schema_oid, a.clone()));
+    crate::cache::put(&TABLES, t.schema_oid, a.clone(), 1024);
     Ok(a)
 }
 

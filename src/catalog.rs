@@ -11,6 +11,7 @@
 //! so nothing is re-read on the hot path and nothing stale survives a change. A transaction that
 //! changed the catalog and then aborts also marks the cache stale.
 
+use crate::cache::{self, Cache, Lru};
 use crate::error::{spi_err, Result, SqlState, UdmError};
 use crate::json::JsonB;
 use crate::security::{as_owner, caller, has_privs_of, role_name};
@@ -85,8 +86,11 @@ pub struct Entity {
 }
 
 thread_local! {
-    static TENANTS: RefCell<HashMap<String, Rc<Tenant>>> = RefCell::new(HashMap::new());
-    static ENTITIES: RefCell<HashMap<(String, String), Rc<Entity>>> = RefCell::new(HashMap::new());
+    static TENANTS: Cache<String, Rc<Tenant>> = Lru::new("tenants");
+    static ENTITIES: Cache<(String, String), Rc<Entity>> = Lru::new("entity definitions");
+    /// Parsed definitions by (entity, stored jsonb bytes), shared by tenants with equal ones.
+    static PARSED: Cache<(String, Vec<u8>), Rc<EntityDef>> = Lru::new("parsed definitions");
+    /// Catalog and entity tables whose invalidation makes the cache stale (a few bytes each).
     static WATCHED: RefCell<HashSet<pg_sys::Oid>> = RefCell::new(HashSet::new());
     /// Entity definitions may be out of date.
     static STALE: Cell<bool> = const { Cell::new(false) };
@@ -110,6 +114,10 @@ pub fn init() {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let registry = REGISTRY_OID.with(|o| o.get());
+    if relid == pg_sys::InvalidOid && crate::cache::resetting() {
+        // udm reset PostgreSQL's caches to stay within its budget: its own entries stay
+        return;
+    }
     if relid == pg_sys::InvalidOid {
         TENANTS_STALE.with(|s| s.set(true));
         STALE.with(|s| s.set(true));
@@ -159,10 +167,10 @@ unsafe extern "C-unwind" fn on_subxact(
 
 fn refresh_if_stale() {
     if TENANTS_STALE.with(|s| s.replace(false)) {
-        TENANTS.with(|t| t.borrow_mut().clear());
+        cache::clear(&TENANTS);
     }
     if STALE.with(|s| s.replace(false)) {
-        ENTITIES.with(|e| e.borrow_mut().clear());
+        cache::clear(&ENTITIES);
         GENERATION.with(|g| g.set(g.get() + 1));
     }
 }
@@ -192,10 +200,11 @@ pub fn invalidate_oid(oid: pg_sys::Oid) {
 fn registry_oid() -> pg_sys::Oid {
     REGISTRY_OID.with(|o| {
         if o.get() == pg_sys::InvalidOid {
-            let oid = Spi::get_one::<pg_sys::Oid>("SELECT 'udm.tenant'::regclass::oid")
-                .ok()
-                .flatten()
-                .unwrap_or(pg_sys::InvalidOid);
+            let oid =
+                crate::spi::select_one::<pg_sys::Oid>("SELECT 'udm.tenant'::regclass::oid", &[])
+                    .ok()
+                    .flatten()
+                    .unwrap_or(pg_sys::InvalidOid);
             o.set(oid);
         }
         o.get()
@@ -211,40 +220,46 @@ pub fn invalidate_registry() {
 pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
     refresh_if_stale();
     let _ = registry_oid();
-    if let Some(t) = TENANTS.with(|t| t.borrow().get(slug).cloned()) {
+    if let Some(t) = cache::get(&TENANTS, slug) {
         return Ok(Some(t));
     }
     if validate_slug(SlugKind::Tenant, slug).is_err() {
         return Ok(None);
     }
     let row = as_owner(|| {
+        // one kept plan for every tenant
+        let stmt = crate::spi::prepared(
+            "SELECT name, schema_name, role_name, channel, access FROM udm.tenant WHERE slug = $1",
+            &[pg_sys::TEXTOID],
+            false,
+        )?;
         Spi::connect(|c| {
-            let rows = c.select(
-                "SELECT name, schema_name, role_name, \
-                 coalesce(to_regclass(format('%I._udm_entity', schema_name))::oid, 0::oid), \
-                 coalesce(to_regnamespace(quote_ident(schema_name))::oid, 0::oid), channel, access \
-                 FROM udm.tenant WHERE slug = $1",
-                None,
-                &[slug.into()],
-            )?;
             let mut out = None;
-            for r in rows {
+            for r in c.select(&*stmt, Some(1), &[slug.into()])? {
                 out = Some((
                     r.get::<String>(1)?,
                     r.get::<String>(2)?.unwrap_or_default(),
                     r.get::<String>(3)?.unwrap_or_default(),
-                    r.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
-                    r.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
-                    r.get::<String>(6)?.unwrap_or_default(),
-                    r.get::<bool>(7)?.unwrap_or(false),
+                    r.get::<String>(4)?.unwrap_or_default(),
+                    r.get::<bool>(5)?.unwrap_or(false),
                 ));
             }
             Ok::<_, pgrx::spi::Error>(out)
         })
-    })
-    .map_err(spi_err)?;
-    let Some((name, schema, role, catalog_oid, schema_oid, channel, access)) = row else {
+        .map_err(spi_err)
+    })?;
+    let Some((name, schema, role, channel, access)) = row else {
         return Ok(None);
+    };
+    let (catalog_oid, schema_oid) = {
+        let s = std::ffi::CString::new(schema.as_str()).unwrap_or_default();
+        let ns = unsafe { pg_sys::get_namespace_oid(s.as_ptr(), true) };
+        let cat = if ns == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            unsafe { pg_sys::get_relname_relid(c"_udm_entity".as_ptr(), ns) }
+        };
+        (cat, ns)
     };
     let role_oid = crate::security::role_oid(&role).ok_or_else(|| {
         UdmError::internal(format!("tenant \"{slug}\" has lost its role \"{role}\""))
@@ -262,7 +277,13 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
         access,
     });
     WATCHED.with(|w| w.borrow_mut().insert(catalog_oid));
-    TENANTS.with(|m| m.borrow_mut().insert(slug.to_string(), t.clone()));
+    let bytes = std::mem::size_of::<Tenant>()
+        + t.slug.len()
+        + t.schema.len()
+        + t.role.len()
+        + t.channel.len()
+        + t.name.as_ref().map_or(0, |n| n.len());
+    cache::put(&TENANTS, slug.to_string(), t.clone(), bytes);
     Ok(Some(t))
 }
 
@@ -292,7 +313,7 @@ pub fn unregistered_schema(schema: &str) -> bool {
         if rel == pg_sys::InvalidOid {
             return false;
         }
-        let owner = pgrx::Spi::get_one_with_args::<pg_sys::Oid>(
+        let owner = crate::spi::select_one::<pg_sys::Oid>(
             "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1",
             &[rel.into()],
         )
@@ -397,10 +418,63 @@ fn read_entity(t: &Tenant, slug: &str) -> Result<Option<Entity>> {
     let Some((version, status, def, table_oid)) = latest_row(t, slug)? else {
         return Ok(None);
     };
-    let status = match status.as_str() {
+    if status != "active" && status != "dropped" {
+        return Ok(None);
+    }
+    entity_from_row(slug, version, &status, def, table_oid).map(Some)
+}
+
+/// An active entity from its stored definition (a jsonb datum). Tenants made from one template
+/// store the same definitions: a definition parsed for one tenant is reused for the others,
+/// found by its exact stored bytes (never by a hash alone).
+fn entity_from_stored(
+    slug: &str,
+    version: i32,
+    datum: pg_sys::Datum,
+    table_oid: pg_sys::Oid,
+) -> Result<Entity> {
+    let bytes: Vec<u8> = unsafe {
+        let raw = datum.cast_mut_ptr::<pg_sys::varlena>();
+        let len = pgrx::varsize_any_exhdr(raw);
+        std::slice::from_raw_parts(pgrx::vardata_any(raw) as *const u8, len).to_vec()
+    };
+    let key = (slug.to_string(), bytes);
+    let def = match cache::get(&PARSED, &key) {
+        Some(d) => d,
+        None => {
+            let value = unsafe { crate::json::read(datum) }?;
+            let d = Rc::new(EntityDef::from_catalog(slug, &value).map_err(|e| {
+                UdmError::internal(format!(
+                    "catalog of entity \"{slug}\" cannot be read: {}",
+                    e.message
+                ))
+            })?);
+            let size = key.1.len() + d.approx_bytes();
+            cache::put(&PARSED, key, d.clone(), size);
+            d
+        }
+    };
+    if table_oid != pg_sys::InvalidOid {
+        WATCHED.with(|w| w.borrow_mut().insert(table_oid));
+    }
+    Ok(Entity {
+        def: (*def).clone(),
+        version,
+        status: Status::Active,
+        table_oid,
+    })
+}
+
+fn entity_from_row(
+    slug: &str,
+    version: i32,
+    status: &str,
+    def: Option<serde_json::Value>,
+    table_oid: pg_sys::Oid,
+) -> Result<Entity> {
+    let status = match status {
         "active" => Status::Active,
-        "dropped" => Status::Dropped,
-        _ => return Ok(None),
+        _ => Status::Dropped,
     };
     let def = EntityDef::from_catalog(slug, &def.unwrap_or_default()).map_err(|e| {
         UdmError::internal(format!(
@@ -411,12 +485,12 @@ fn read_entity(t: &Tenant, slug: &str) -> Result<Option<Entity>> {
     if table_oid != pg_sys::InvalidOid {
         WATCHED.with(|w| w.borrow_mut().insert(table_oid));
     }
-    Ok(Some(Entity {
+    Ok(Entity {
         def,
         version,
         status,
         table_oid,
-    }))
+    })
 }
 
 /// Serialises definition changes of one entity until the transaction ends (waits at most
@@ -431,8 +505,10 @@ pub fn lock_entity(t: &Tenant, slug: &str) -> Result<()> {
                     &[pg_sys::TEXTOID],
                     true,
                 )?;
-                Spi::connect_mut(|c| c.update(&*stmt, None, &[key.as_str().into()]).map(|_| ()))
-                    .map_err(spi_err)
+                crate::spi::connect_mut("a definition change", |c| {
+                    c.update(&*stmt, None, &[key.as_str().into()]).map(|_| ())
+                })
+                .map_err(spi_err)
             },
             |e| {
                 if e.code == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
@@ -453,14 +529,15 @@ pub fn latest_status(t: &Tenant, slug: &str) -> Result<Option<(i32, String)>> {
 pub fn entity_any(t: &Tenant, slug: &str) -> Result<Option<Rc<Entity>>> {
     refresh_if_stale();
     let key = (t.slug.clone(), slug.to_string());
-    if let Some(e) = ENTITIES.with(|m| m.borrow().get(&key).cloned()) {
+    if let Some(e) = cache::get(&ENTITIES, &key) {
         return Ok(Some(e));
     }
     let Some(e) = read_entity(t, slug)? else {
         return Ok(None);
     };
     let e = Rc::new(e);
-    ENTITIES.with(|m| m.borrow_mut().insert(key, e.clone()));
+    let bytes = std::mem::size_of::<Entity>() + e.def.approx_bytes();
+    cache::put(&ENTITIES, key, e.clone(), bytes);
     Ok(Some(e))
 }
 
@@ -567,14 +644,146 @@ pub fn entity_slugs(t: &Tenant) -> Result<Vec<String>> {
 }
 
 /// All active entity definitions of a tenant (for relation checks).
+/// One statement reads the newest catalog row of every entity with its table; definitions the
+/// cache holds at the same version are not parsed again (a tenant's first use in a backend reads
+/// its catalog once, not once per entity).
 pub fn active_entities(t: &Tenant) -> Result<Vec<Rc<Entity>>> {
-    let mut out = Vec::new();
-    for s in entity_slugs(t)? {
-        if let Some(e) = entity_any(t, &s)? {
-            out.push(e);
+    refresh_if_stale();
+    let rows = as_owner(|| newest_rows(t))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (slug, version, status, def) in rows {
+        if status != "active" {
+            continue;
         }
+        let key = (t.slug.clone(), slug.clone());
+        if let Some(e) = cache::get(&ENTITIES, &key) {
+            if e.version == version && e.status == Status::Active {
+                out.push(e);
+                continue;
+            }
+        }
+        let table_oid = t.relation(&slug).unwrap_or(pg_sys::InvalidOid);
+        let e = Rc::new(match def {
+            Some(d) => entity_from_stored(&slug, version, d, table_oid)?,
+            None => entity_from_row(&slug, version, &status, None, table_oid)?,
+        });
+        let bytes = std::mem::size_of::<Entity>() + e.def.approx_bytes();
+        cache::put(&ENTITIES, key, e.clone(), bytes);
+        out.push(e);
     }
     Ok(out)
+}
+
+/// The newest catalog row of each entity, (entity, version, status, definition), read from the
+/// catalog table directly (no statement to parse and plan: the first use of a tenant in a backend
+/// is a scan of a small table). The table's columns are checked by name and type first.
+/// (entity, version, status, definition datum copied out of the table)
+type NewestRow = (String, i32, String, Option<pg_sys::Datum>);
+
+fn newest_rows(t: &Tenant) -> Result<Vec<NewestRow>> {
+    let table = t.catalog_oid;
+    if table == pg_sys::InvalidOid {
+        return Err(UdmError::internal(format!(
+            "tenant \"{}\" has no entity catalog (its schema \"{}\" lacks _udm_entity)",
+            t.slug, t.schema
+        ))
+        .hint(
+            "restore the tenant's schema from a backup, or drop the tenant with udm_drop_tenant",
+        ));
+    }
+    unsafe {
+        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
+        let desc = (*rel).rd_att;
+        let column = |name: &str, typ: pg_sys::Oid| -> Result<i32> {
+            let attrs = std::slice::from_raw_parts((*desc).attrs.as_ptr(), (*desc).natts as usize);
+            attrs
+                .iter()
+                .position(|a| {
+                    !a.attisdropped
+                        && a.atttypid == typ
+                        && std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes()
+                            == name.as_bytes()
+                })
+                .map(|i| i as i32 + 1)
+                .ok_or_else(|| {
+                    UdmError::internal(format!(
+                        "the entity catalog of tenant \"{}\" lacks its column \"{name}\"",
+                        t.slug
+                    ))
+                })
+        };
+        let cols = (|| {
+            Ok::<_, UdmError>((
+                column("entity", pg_sys::TEXTOID)?,
+                column("version", pg_sys::INT4OID)?,
+                column("status", pg_sys::TEXTOID)?,
+                column("definition", pg_sys::JSONBOID)?,
+            ))
+        })();
+        let (c_entity, c_version, c_status, c_def) = match cols {
+            Ok(c) => c,
+            Err(e) => {
+                pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+                return Err(e);
+            }
+        };
+        // what SPI would see: the statement's snapshot, with this transaction's changes so far
+        // (a definition written earlier in the same call, e.g. by a template)
+        if pg_sys::ActiveSnapshotSet() {
+            pg_sys::PushCopiedSnapshot(pg_sys::GetActiveSnapshot());
+        } else {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        pg_sys::UpdateActiveSnapshotCommandId();
+        let snapshot = pg_sys::GetActiveSnapshot();
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::InvalidOid,
+            false,
+            snapshot,
+            0,
+            std::ptr::null_mut(),
+        );
+        let text =
+            |d: pg_sys::Datum| -> String { String::from_datum(d, false).unwrap_or_default() };
+        let mut newest: HashMap<String, (i32, String, Option<pg_sys::Datum>)> = HashMap::new();
+        loop {
+            let tup = pg_sys::systable_getnext(scan);
+            if tup.is_null() {
+                break;
+            }
+            let mut null = false;
+            let e = pg_sys::heap_getattr(tup, c_entity, desc, &mut null);
+            if null {
+                continue;
+            }
+            let entity = text(e);
+            let v = pg_sys::heap_getattr(tup, c_version, desc, &mut null);
+            let version = if null { 0 } else { v.value() as i32 };
+            if newest
+                .get(&entity)
+                .is_some_and(|(have, _, _)| *have >= version)
+            {
+                continue;
+            }
+            let st = pg_sys::heap_getattr(tup, c_status, desc, &mut null);
+            let status = if null { String::new() } else { text(st) };
+            let d = pg_sys::heap_getattr(tup, c_def, desc, &mut null);
+            // the definition is copied out of the buffer (read after the scan ends)
+            let def = (!null)
+                .then(|| pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr())));
+            newest.insert(entity, (version, status, def));
+        }
+        pg_sys::systable_endscan(scan);
+        pg_sys::PopActiveSnapshot();
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        let mut out: Vec<_> = newest
+            .into_iter()
+            .map(|(e, (v, s, d))| (e, v, s, d))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
 }
 
 /// Records a definition change as the entity's next catalog row, in the caller's transaction
@@ -611,7 +820,7 @@ pub fn write_entity(
             ],
             true,
         )?;
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("INSERT", |c| {
             c.update(
                 &*stmt,
                 None,
@@ -629,7 +838,12 @@ pub fn write_entity(
         })
         .map_err(spi_err)
     })?;
-    invalidate_oid(table_oid);
+    // a new entity has no table other backends watch yet: its tenant's catalog tells them
+    invalidate_oid(if table_oid == pg_sys::InvalidOid {
+        t.catalog_oid
+    } else {
+        table_oid
+    });
     Ok(())
 }
 

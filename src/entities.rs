@@ -38,7 +38,7 @@ pub fn busy(entity: &str) -> UdmError {
 
 fn exec_ddl(entity: &str, sql: &str) -> Result<()> {
     catch_pg(
-        || Spi::run(sql).map_err(spi_err),
+        || crate::spi::run(sql, &[]),
         |e| {
             if e.code == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE {
                 raise(busy(entity));
@@ -150,7 +150,7 @@ fn run_steps(entity: &str, steps: &[Step]) -> Result<()> {
                 }
                 Step::DefaultCheck { field, sql } => {
                     catch_pg(
-                        || Spi::run(sql).map_err(spi_err),
+                        || crate::spi::run(sql, &[]),
                         |e| {
                             e.raise_with(&format!("the default of field \"{field}\" breaks a rule"))
                         },

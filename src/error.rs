@@ -156,6 +156,27 @@ pub fn catch_pg<R>(f: impl FnOnce() -> R, on_error: impl FnOnce(PgError) -> R) -
     }
 }
 
+/// Runs `f` in a subtransaction that stays only when `f` returns `Ok`: an `Err` it returns, or an
+/// ERROR raised inside it, rolls the subtransaction back (all or nothing).
+pub fn in_subtransaction_ok<T, E>(
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<std::result::Result<T, E>, PgError> {
+    unsafe {
+        let ctx = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(ctx);
+        let out = catch_pg(|| Ok(f()), Err);
+        match out {
+            Ok(Ok(_)) => pg_sys::ReleaseCurrentSubTransaction(),
+            _ => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(ctx);
+        pg_sys::CurrentResourceOwner = owner;
+        out
+    }
+}
+
 /// Runs `f` in a subtransaction: on an ERROR the subtransaction is rolled back and the error
 /// returned, and the caller's transaction can go on (as a PL/pgSQL EXCEPTION block does).
 pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> std::result::Result<R, PgError> {

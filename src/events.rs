@@ -16,8 +16,6 @@ use crate::json::JsonB;
 use crate::security::{actor, as_owner};
 use pgrx::prelude::*;
 use serde_json::{json, Value};
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use udm_core::audit::ACTIONS;
 use udm_core::error::{SqlState, UdmError};
@@ -107,21 +105,16 @@ type ConditionPlan = Rc<(udm_core::query::Template, crate::rawspi::Plan)>;
 
 thread_local! {
     /// (definition generation, compiled conditions by tenant, entity and condition)
-    static CONDITIONS: RefCell<(u64, HashMap<String, ConditionPlan>)> =
-        RefCell::new((u64::MAX, HashMap::new()));
+    static CONDITIONS: crate::cache::Cache<String, ConditionPlan> =
+        crate::cache::Lru::new("event conditions");
 }
 
 /// The compiled, prepared condition of a subscription (cached until a definition changes).
 fn condition_plan(t: &Tenant, entity: &str, condition: &Value) -> Result<ConditionPlan> {
     let key = format!("{}|{entity}|{condition}", t.slug);
     let g = catalog::generation();
-    if let Some(p) = CONDITIONS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != g {
-            *c = (g, HashMap::new());
-        }
-        c.1.get(&key).cloned()
-    }) {
+    crate::cache::sync(&CONDITIONS, g);
+    if let Some(p) = crate::cache::get(&CONDITIONS, &key) {
         return Ok(p);
     }
     let m = crate::query::model(t)?;
@@ -138,7 +131,8 @@ fn condition_plan(t: &Tenant, entity: &str, condition: &Value) -> Result<Conditi
         .map_err(|e| e.context(format!("condition of a subscription to \"{entity}\"")))?;
     let plan = crate::rawspi::prepare(&tpl.sql, tpl.params.len() + 1)?;
     let p = Rc::new((tpl, plan));
-    CONDITIONS.with(|c| c.borrow_mut().1.insert(key, p.clone()));
+    let bytes = p.1.bytes() + p.0.sql.len() * 2 + key.len();
+    crate::cache::put(&CONDITIONS, key, p.clone(), bytes);
     Ok(p)
 }
 
@@ -236,7 +230,7 @@ pub fn unsubscribe(entity: &str, target: &str) -> Result<Value> {
         t.catalog(SUBSCRIPTIONS)
     );
     let n = as_owner(|| {
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("DELETE", |c| {
             c.update(&sql, None, &[entity.into(), target.into()])
                 .map(|r| r.len())
         })
@@ -282,6 +276,22 @@ fn horizon(t: &Tenant) -> Result<i64> {
     })
 }
 
+/// The event stream is read on the primary: its order rests on the horizon locks writers hold
+/// there (`horizon`), which a standby does not see. Reading there, an event could be delivered
+/// while one with a smaller id was still uncommitted on the primary, and a consumer that resumes
+/// after it would never see that one.
+fn primary_only(call: &str) -> Result<()> {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("{call} cannot run on a standby (recovery is in progress): events are read on the primary"),
+        )
+        .detail("delivery order rests on locks that writing transactions hold on the primary, which a standby does not see")
+        .hint("connect event consumers and listeners to the primary"));
+    }
+    Ok(())
+}
+
 pub fn events(after: i64, limit: i32) -> Result<Value> {
     let t = catalog::current_tenant()?;
     if !(1..=MAX_EVENTS).contains(&limit) {
@@ -290,6 +300,7 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
             format!("udm_events: limit must be from 1 to {MAX_EVENTS}, got {limit}"),
         ));
     }
+    primary_only("udm_events")?;
     let h = horizon(&t)?;
     let sql = format!(
         "SELECT audit_id, entity, record_id::text, action, record_version, changed_fields, user_id, \
@@ -463,6 +474,7 @@ fn consumer_row(t: &Tenant, consumer: &str) -> Result<Option<(i64, String)>> {
 pub fn consume(consumer: &str, limit: i32) -> Result<Value> {
     consumer_name(consumer, "udm_consume")?;
     let t = catalog::current_tenant()?;
+    primary_only("udm_consume")?;
     let after = consumer_position(&t, consumer)?;
     let mut out = events(after, limit)?;
     out["consumer"] = json!(consumer);

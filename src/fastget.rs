@@ -6,11 +6,10 @@
 //! row-level security is off for the table, and the entity has no many-to-many fields (their
 //! link lists need a subquery). Otherwise `udm_get` takes the SQL path.
 
+use crate::cache::{self, Cache, Lru};
 use crate::catalog::{self, Entity};
 use crate::rowjson::RowJson;
 use pgrx::prelude::*;
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use udm_core::ident::SYSTEM_COLUMNS;
 use udm_core::types::FieldType;
@@ -24,22 +23,20 @@ pub struct GetPlan {
 }
 
 thread_local! {
-    static PLANS: RefCell<HashMap<String, Option<Rc<GetPlan>>>> = RefCell::new(HashMap::new());
-    static GEN: Cell<u64> = const { Cell::new(u64::MAX) };
+    static PLANS: Cache<String, Option<Rc<GetPlan>>> = Lru::new("point reads");
 }
 
 /// The fast-read plan of an entity, or None when it cannot have one.
 pub fn plan(tenant: &str, e: &Entity) -> Option<Rc<GetPlan>> {
     let g = catalog::generation();
-    if GEN.with(|x| x.replace(g)) != g {
-        PLANS.with(|p| p.borrow_mut().clear());
-    }
+    cache::sync(&PLANS, g);
     let key = format!("{tenant}|{}", e.def.slug);
-    if let Some(p) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
+    if let Some(p) = cache::get(&PLANS, &key) {
         return p;
     }
     let p = unsafe { build(e) }.map(Rc::new);
-    PLANS.with(|x| x.borrow_mut().insert(key, p.clone()));
+    let bytes = 512 + e.def.fields.len() * 96 + key.len();
+    cache::put(&PLANS, key, p.clone(), bytes);
     p
 }
 

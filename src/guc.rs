@@ -15,6 +15,8 @@ pub static NOTIFY_CHANGES: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_SPEC_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static MAX_SPEC_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static MAX_LIST_VALUES: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static CACHE_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+pub static REQUIRE_LOCAL_SELECTION: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -32,6 +34,16 @@ pub fn init() {
         &USER_ID,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"udm.cache_size",
+        c"Memory each backend may hold in udm's caches (definitions, compiled queries, kept plans) and in PostgreSQL's catalog caches for udm's tenants.",
+        c"Past it, what was used least recently is dropped and rebuilt when used again. Set by a superuser (postgresql.conf, ALTER DATABASE/ROLE SET).",
+        &CACHE_SIZE_KB,
+        1024,
+        i32::MAX / 2,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
         c"udm.ddl_lock_timeout",
@@ -104,6 +116,14 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
+        c"udm.require_local_selection",
+        c"udm_use selects for the transaction only (is_local => true); a selection for the session is refused.",
+        c"For login roles behind a pooler in transaction mode (ALTER ROLE ... SET udm.require_local_selection = on): a session's selection would stay on the server connection for the next client. Set by a superuser.",
+        &REQUIRE_LOCAL_SELECTION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
         c"udm.notify_changes",
         c"Announce committed changes with pg_notify on the tenant's channel.",
         c"Events are in the outbox either way (udm_events); a notification only wakes listeners. PostgreSQL serialises the commits of notifying transactions in a database, so busy writers on slow storage may switch it off and let consumers poll.",
@@ -125,37 +145,60 @@ fn non_empty(s: &GucSetting<Option<CString>>) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// (udm.tenant, udm.user_id, the call) of a selection under way or failed.
-type Selection = (Option<String>, Option<String>, String);
+/// A selection (`udm_use`) under way or failed: the settings as they were when it started, the
+/// call, and for a selection for the transaction only (`is_local`), the transaction it ran in.
+struct Selection {
+    tenant: Option<String>,
+    user: Option<String>,
+    call: String,
+    /// The backend's local transaction number of a transaction-local selection: its failure
+    /// voids the selection until that transaction ends, never beyond (the next transaction on a
+    /// pooled server connection belongs to another client).
+    local_xact: Option<u32>,
+}
 
 thread_local! {
-    /// A selection (`udm_use`) that failed: the settings as they were when it started, and the
-    /// call. While the settings still hold those values, they select nothing: the previous
-    /// selection does not carry on after a failed one (a script meant for another tenant would
-    /// otherwise go on changing the old one). Not transactional: the failure's own rollback
-    /// does not undo it.
+    /// A selection (`udm_use`) that failed. While the settings still hold the values they had
+    /// when it started (and, for a transaction-local one, its transaction lasts), they select
+    /// nothing: the previous selection does not carry on after a failed one (a script meant for
+    /// another tenant would otherwise go on changing the old one). Not transactional: the
+    /// failure's own rollback does not undo it.
     static FAILED: std::cell::RefCell<Option<Selection>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Marks a selection as under way: until `selection_succeeded`, the current settings are void.
-pub fn selection_started(call: String) {
-    let now = (non_empty(&TENANT), non_empty(&USER_ID));
-    FAILED.with(|f| *f.borrow_mut() = Some((now.0, now.1, call)));
+/// The backend's local transaction number (new for every transaction, read-only ones too).
+fn local_xact() -> u32 {
+    unsafe { (*pg_sys::MyProc).lxid }
+}
+
+/// Marks a selection as under way: until `selection_succeeded`, the current settings are void
+/// (with `local`, until the end of the transaction at most).
+pub fn selection_started(call: String, local: bool) {
+    let s = Selection {
+        tenant: non_empty(&TENANT),
+        user: non_empty(&USER_ID),
+        call,
+        local_xact: local.then(local_xact),
+    };
+    FAILED.with(|f| *f.borrow_mut() = Some(s));
 }
 
 pub fn selection_succeeded() {
     FAILED.with(|f| *f.borrow_mut() = None);
 }
 
-/// The call that failed, while the settings are still the ones it left.
+/// The call that failed, while the settings are still the ones it left (and, for a
+/// transaction-local selection, in its transaction).
 pub fn failed_selection() -> Option<String> {
     FAILED.with(|f| {
         let mut f = f.borrow_mut();
-        let (t, u, call) = f.as_ref()?;
-        if *t == non_empty(&TENANT) && *u == non_empty(&USER_ID) {
-            return Some(call.clone());
+        let s = f.as_ref()?;
+        let same_xact = s.local_xact.is_none_or(|x| x == local_xact());
+        if same_xact && s.tenant == non_empty(&TENANT) && s.user == non_empty(&USER_ID) {
+            return Some(s.call.clone());
         }
-        // the settings changed since (SET udm.tenant, the end of a local selection): they count
+        // the settings changed since (SET udm.tenant, the end of a local selection), or the
+        // transaction of a failed local selection ended: the settings count
         *f = None;
         None
     })

@@ -463,7 +463,7 @@ fn exists(t: &Tenant, entity: &str, id: Uuid) -> Result<bool> {
         quote_ident(&t.schema),
         quote_ident(entity)
     );
-    Spi::connect_mut(|c| {
+    crate::spi::connect_mut("SELECT FOR UPDATE", |c| {
         let rows = c.update(&sql, Some(1), &[id.into()])?;
         Ok::<_, pgrx::spi::Error>(!rows.is_empty())
     })
@@ -517,7 +517,7 @@ fn write_image(
     as_rollback(restore, || {
         catch_pg(
             || {
-                Spi::connect_mut(|c| {
+                crate::spi::connect_mut(&crate::spi::command(&sql), |c| {
                     c.update(&sql, None, &[JsonB(img).into(), id.into()])
                         .map(|_| ())
                 })
@@ -538,8 +538,10 @@ fn delete_record(t: &Tenant, entity: &str, id: Uuid, what: &str) -> Result<()> {
     as_rollback(None, || {
         catch_pg(
             || {
-                Spi::connect_mut(|c| c.update(&sql, None, &[id.into()]).map(|_| ()))
-                    .map_err(spi_err)
+                crate::spi::connect_mut("DELETE", |c| {
+                    c.update(&sql, None, &[id.into()]).map(|_| ())
+                })
+                .map_err(spi_err)
             },
             |err| err.raise_with(&what),
         )
@@ -864,7 +866,7 @@ pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
             as_rollback(None, || {
                 catch_pg(
                     || {
-                        Spi::connect_mut(|c| {
+                        crate::spi::connect_mut(&crate::spi::command(&sql), |c| {
                             c.update(&sql, None, &[(*id).into(), target.as_str().into()])
                                 .map(|_| ())
                         })

@@ -22,11 +22,13 @@ macro_rules! finfo_v1 {
 mod access;
 mod audit;
 mod audit_table;
+mod cache;
 mod catalog;
 mod entities;
 mod error;
 mod events;
 mod fastget;
+mod graphql;
 mod guc;
 mod history;
 mod json;
@@ -55,6 +57,7 @@ extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    graphql::init();
     catalog::init();
     audit::init();
     transfer::init();

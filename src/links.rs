@@ -219,7 +219,7 @@ pub fn restore(
     crate::audit::as_rollback(None, || {
         catch_pg(
             || {
-                Spi::connect_mut(|c| {
+                crate::spi::connect_mut("INSERT", |c| {
                     for sql in [&del, &ins] {
                         c.update(
                             sql.as_str(),

@@ -18,8 +18,6 @@ use crate::json::JsonB;
 use crate::security::{actor, as_owner, caller, role_name};
 use pgrx::prelude::*;
 use serde_json::{json, Value};
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use udm_core::ident::{quote_ident, sql_call};
 use udm_core::locks::{
@@ -98,7 +96,7 @@ fn lock_of(t: &Tenant, e: &Entity) -> Result<LockDef> {
     if let Some(l) = &e.def.lock {
         return Ok(l.clone());
     }
-    let is_scope = catalog::active_entities(t)?.iter().any(|o| {
+    let is_scope = crate::query::definitions(t)?.entities.values().any(|o| {
         o.def
             .lock
             .as_ref()
@@ -260,7 +258,7 @@ fn one_row(
 ) -> Result<Fetched> {
     let stmt = crate::spi::prepared(sql, types, writes)?;
     if writes {
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut(&crate::spi::command(sql), |c| {
             let mut rows = c.update(&*stmt, None, args)?;
             rows.next().map(read_row).transpose()
         })
@@ -355,7 +353,7 @@ fn delete(t: &Tenant, s: &Scope) -> Result<()> {
         t.catalog(LOCK_TABLE)
     );
     let stmt = crate::spi::prepared(&sql, &[pg_sys::TEXTOID, pg_sys::UUIDOID], true)?;
-    Spi::connect_mut(|c| {
+    crate::spi::connect_mut("DELETE", |c| {
         c.update(&*stmt, None, &[s.entity.as_str().into(), s.id.into()])
             .map(|_| ())
     })
@@ -534,7 +532,7 @@ pub fn release_all_of(t: &Tenant, holder: &str) -> Result<usize> {
         t.catalog(LOCK_TABLE)
     );
     let released = as_owner(|| {
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("DELETE", |c| {
             let mut out = Vec::new();
             for r in c.update(&sql, None, &[holder.into()])? {
                 out.push((
@@ -606,24 +604,17 @@ struct Guard {
 
 const LOCK_GUARD: &str = "udm.lock_guard";
 
-/// (definition generation, guard by table; `None` for a table without a lock scope)
-type Guards = (u64, HashMap<pg_sys::Oid, Option<Rc<Guard>>>);
-
 thread_local! {
-    static GUARDS: RefCell<Guards> = RefCell::new((u64::MAX, HashMap::new()));
+    /// Guard by table (`None` for a table without a lock scope), for one definition generation.
+    static GUARDS: crate::cache::Cache<pg_sys::Oid, Option<Rc<Guard>>> = crate::cache::Lru::new("lock guards");
 }
 
 unsafe fn guard_of(td: *mut pg_sys::TriggerData) -> Result<Option<Rc<Guard>>> {
     let rel = unsafe { (*td).tg_relation };
     let g = catalog::generation();
     let oid = unsafe { (*rel).rd_id };
-    if let Some(found) = GUARDS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != g {
-            *c = (g, HashMap::new());
-        }
-        c.1.get(&oid).cloned()
-    }) {
+    crate::cache::sync(&GUARDS, g);
+    if let Some(found) = crate::cache::get(&GUARDS, &oid) {
         return Ok(found);
     }
     let tt = crate::trust::trigger_table(td, LOCK_GUARD);
@@ -657,7 +648,7 @@ unsafe fn guard_of(td: *mut pg_sys::TriggerData) -> Result<Option<Rc<Guard>>> {
             }))
         }
     };
-    GUARDS.with(|c| c.borrow_mut().1.insert(oid, guard.clone()));
+    crate::cache::put(&GUARDS, oid, guard.clone(), 256);
     Ok(guard)
 }
 

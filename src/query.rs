@@ -6,6 +6,7 @@
 //! shape up, binds its values and runs the plan. Any definition change (here or in another
 //! session) flushes both caches (see `catalog::generation`).
 
+use crate::cache::{self, Cache, Lru};
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{raise, OrRaise, Result, UdmError};
 use crate::json::JsonB;
@@ -14,8 +15,8 @@ use crate::rowjson::{palloc_copy, RowJson};
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
-use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
 use udm_core::definition::EntityDef;
@@ -27,7 +28,7 @@ use udm_core::query::{self as q, Computed, PageCount, RowsOutput, Source, Templa
 /// The active entities of a tenant, as the compiler sees them.
 pub struct TenantModel {
     schema: String,
-    entities: BTreeMap<String, Rc<Entity>>,
+    pub entities: BTreeMap<String, Rc<Entity>>,
     /// (entity, field) the session's role may not read.
     hidden: HashSet<(String, String)>,
     /// Names this model in cache keys: the tenant, and the hidden fields when there are any.
@@ -131,20 +132,15 @@ impl RowsJson {
     }
 }
 
-const MAX_TEMPLATES: usize = 1024;
-
 thread_local! {
-    static MODELS: RefCell<HashMap<String, Rc<TenantModel>>> = RefCell::new(HashMap::new());
-    static TEMPLATES: RefCell<HashMap<String, Rc<Compiled>>> = RefCell::new(HashMap::new());
-    static SEEN_GENERATION: Cell<u64> = const { Cell::new(u64::MAX) };
+    static MODELS: Cache<String, Rc<TenantModel>> = Lru::new("tenant models");
+    static TEMPLATES: Cache<String, Rc<Compiled>> = Lru::new("compiled queries");
 }
 
 fn sync_generation() {
     let g = catalog::generation();
-    if SEEN_GENERATION.with(|s| s.replace(g)) != g {
-        MODELS.with(|m| m.borrow_mut().clear());
-        TEMPLATES.with(|t| t.borrow_mut().clear());
-    }
+    cache::sync(&MODELS, g);
+    cache::sync(&TEMPLATES, g);
 }
 
 /// The tenant's model as the session may read it, cached until a definition, member or role
@@ -173,7 +169,7 @@ fn build_model(
     hidden: HashSet<(String, String)>,
     key: String,
 ) -> Result<Rc<TenantModel>> {
-    if let Some(m) = MODELS.with(|m| m.borrow().get(&key).cloned()) {
+    if let Some(m) = cache::get(&MODELS, &key) {
         return Ok(m);
     }
     let mut entities = BTreeMap::new();
@@ -186,7 +182,16 @@ fn build_model(
         hidden,
         key: key.clone(),
     });
-    MODELS.with(|x| x.borrow_mut().insert(key, m.clone()));
+    // PostgreSQL's caches will hold the tenant's tables too (counted against the budget)
+    cache::tenant_loaded(m.entities.len());
+    let bytes = std::mem::size_of::<TenantModel>()
+        + key.len() * 2
+        + m.entities.keys().map(|k| k.len() + 64).sum::<usize>()
+        + m.hidden
+            .iter()
+            .map(|(e, f)| e.len() + f.len() + 64)
+            .sum::<usize>();
+    cache::put(&MODELS, key, m.clone(), bytes);
     Ok(m)
 }
 
@@ -196,7 +201,7 @@ pub fn compiled(
     build: impl FnOnce() -> Result<Template>,
 ) -> Result<(Rc<Compiled>, bool)> {
     sync_generation();
-    if let Some(c) = TEMPLATES.with(|t| t.borrow().get(key).cloned()) {
+    if let Some(c) = cache::get(&TEMPLATES, key) {
         return Ok((c, true));
     }
     let template = build()?;
@@ -206,13 +211,11 @@ pub fn compiled(
         rawspi::prepare_query(&template.sql, template.params.len())?
     };
     let c = Rc::new(Compiled::new(template, plan)?);
-    TEMPLATES.with(|t| {
-        let mut t = t.borrow_mut();
-        if t.len() >= MAX_TEMPLATES {
-            t.clear();
-        }
-        t.insert(key.to_string(), c.clone());
-    });
+    let bytes = c.plan.bytes()
+        + c.count_plan.as_ref().map_or(0, |p| p.bytes())
+        + c.template.sql.len() * 2
+        + 1024;
+    cache::put(&TEMPLATES, key.to_string(), c.clone(), bytes);
     Ok((c, false))
 }
 

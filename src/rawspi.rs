@@ -15,6 +15,13 @@ pub struct Plan {
     parallel: bool,
 }
 
+impl Plan {
+    /// Memory the kept plan holds (its contexts).
+    pub fn bytes(&self) -> usize {
+        crate::cache::plan_bytes(self.ptr)
+    }
+}
+
 impl Drop for Plan {
     fn drop(&mut self) {
         unsafe {
@@ -159,6 +166,56 @@ pub fn first_datum(
 ) -> Result<Option<pg_sys::Datum>> {
     let _conn = run_with_text(plan, args, read_only, row_limit(plan, read_only))?;
     unsafe { first_of_result() }
+}
+
+/// Runs a kept plan with text parameters and returns the first column of its first row as JSON
+/// (None: no row or NULL): jsonb as it is, json parsed, booleans and numbers as such, any other
+/// type as its text.
+pub fn first_json(
+    plan: &Plan,
+    args: &[Option<String>],
+    read_only: bool,
+) -> Result<Option<serde_json::Value>> {
+    let _conn = run_with_text(plan, args, read_only, row_limit(plan, read_only))?;
+    unsafe {
+        let table = pg_sys::SPI_tuptable;
+        if table.is_null() || (*table).numvals == 0 {
+            return Ok(None);
+        }
+        let desc = (*table).tupdesc;
+        let tup = *(*table).vals;
+        let mut null = false;
+        let d = pg_sys::SPI_getbinval(tup, desc, 1, &mut null);
+        if null {
+            return Ok(None);
+        }
+        let typ = pg_sys::SPI_gettypeid(desc, 1);
+        use serde_json::Value;
+        Ok(Some(match typ {
+            pg_sys::JSONBOID => crate::json::read(d)?,
+            pg_sys::BOOLOID => Value::Bool(d.value() != 0),
+            pg_sys::INT2OID => Value::from(d.value() as i16),
+            pg_sys::INT4OID => Value::from(d.value() as i32),
+            pg_sys::INT8OID => Value::from(d.value() as i64),
+            _ => {
+                let p = pg_sys::SPI_getvalue(tup, desc, 1);
+                let text = if p.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+                };
+                match typ {
+                    pg_sys::JSONOID
+                    | pg_sys::NUMERICOID
+                    | pg_sys::FLOAT4OID
+                    | pg_sys::FLOAT8OID => {
+                        serde_json::from_str(&text).unwrap_or(Value::String(text))
+                    }
+                    _ => Value::String(text),
+                }
+            }
+        }))
+    }
 }
 
 /// Runs a kept read-only plan to completion and gives its rows to `f` while they are still in

@@ -413,27 +413,18 @@ fn batch(
 }
 
 thread_local! {
-    static TYPED: std::cell::RefCell<std::collections::HashMap<String, Rc<rawspi::Plan>>> = std::cell::RefCell::new(std::collections::HashMap::new());
-    static TYPED_GEN: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+    static TYPED: crate::cache::Cache<String, Rc<rawspi::Plan>> = crate::cache::Lru::new("batch writes");
 }
 
 fn plan_typed(key: &str, sql: &str, types: &[pg_sys::Oid]) -> Result<Rc<rawspi::Plan>> {
-    let g = catalog::generation();
-    if TYPED_GEN.with(|x| x.replace(g)) != g {
-        TYPED.with(|m| m.borrow_mut().clear());
-    }
+    crate::cache::sync(&TYPED, catalog::generation());
     let full_key = format!("{key}|{sql}");
-    if let Some(p) = TYPED.with(|m| m.borrow().get(&full_key).cloned()) {
+    if let Some(p) = crate::cache::get(&TYPED, &full_key) {
         return Ok(p);
     }
     let p = Rc::new(rawspi::prepare_typed(sql, types)?);
-    TYPED.with(|m| {
-        let mut m = m.borrow_mut();
-        if m.len() > 256 {
-            m.clear();
-        }
-        m.insert(full_key, p.clone());
-    });
+    let bytes = p.bytes() + full_key.len() * 2;
+    crate::cache::put(&TYPED, full_key, p.clone(), bytes);
     Ok(p)
 }
 
@@ -643,11 +634,16 @@ thread_local! {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_uuid_v7(_fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    crate::triggers::uuid_datum(&uuid_v7())
+}
+
+/// A new UUIDv7 (what `udm.uuid_v7()` returns).
+pub fn uuid_v7() -> [u8; 16] {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let id = IDS.with(|s| {
+    IDS.with(|s| {
         let s = &mut *s.borrow_mut();
         if s.used + 8 > RANDOM_POOL {
             if !unsafe { pg_sys::pg_strong_random(s.pool.as_mut_ptr().cast(), RANDOM_POOL) } {
@@ -661,6 +657,5 @@ pub unsafe extern "C-unwind" fn udm_uuid_v7(_fcinfo: pg_sys::FunctionCallInfo) -
         random.copy_from_slice(&s.pool[s.used..s.used + 8]);
         s.used += 8;
         s.clock.next(now, random)
-    });
-    crate::triggers::uuid_datum(&id)
+    })
 }

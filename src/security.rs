@@ -66,8 +66,9 @@ pub fn is_superuser(role: pg_sys::Oid) -> bool {
 pub fn owner() -> pg_sys::Oid {
     OWNER.with(|o| {
         *o.get_or_init(|| {
-            let oid = Spi::get_one::<pg_sys::Oid>(
+            let oid = crate::spi::select_one::<pg_sys::Oid>(
                 "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'udm'",
+                &[],
             )
             .ok()
             .flatten();

@@ -5,16 +5,12 @@ use crate::error::{spi_err, Result};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Plans kept per backend. Each tenant has its own catalog table, so the number of plans grows
-/// with the tenants a backend serves; past this bound the cache starts over.
-const MAX_PLANS: usize = 2048;
-
 thread_local! {
-    static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+    /// Plans kept per backend. Each tenant has its own catalog tables, so statements naming them
+    /// are per tenant: the budget of `crate::cache` bounds them.
+    static PLANS: crate::cache::Cache<String, Rc<OwnedPreparedStatement>> = crate::cache::Lru::new("statements");
 }
 
 /// The kept plan for `sql` with argument types `types`, prepared on first use. PostgreSQL's plan
@@ -24,7 +20,7 @@ pub fn prepared(
     types: &[pg_sys::Oid],
     mutating: bool,
 ) -> Result<Rc<OwnedPreparedStatement>> {
-    if let Some(p) = PLANS.with(|p| p.borrow().get(sql).cloned()) {
+    if let Some(p) = crate::cache::get(&PLANS, sql) {
         return Ok(p);
     }
     let oids: Vec<PgOid> = types.iter().map(|t| PgOid::from(*t)).collect();
@@ -38,13 +34,12 @@ pub fn prepared(
     })
     .map_err(spi_err)?;
     let stmt = Rc::new(stmt);
-    PLANS.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() >= MAX_PLANS {
-            p.clear();
-        }
-        p.insert(sql.to_string(), stmt.clone());
-    });
+    crate::cache::put(
+        &PLANS,
+        sql.to_string(),
+        stmt.clone(),
+        crate::cache::plan_estimate(sql),
+    );
     Ok(stmt)
 }
 
@@ -60,8 +55,43 @@ pub fn select_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) ->
     .map_err(spi_err)
 }
 
+/// PostgreSQL's refusal of a write in a read-only transaction (`25006`, as `BEGIN READ ONLY` and
+/// every transaction of a hot standby are): "cannot execute `what` in a read-only transaction".
+/// Needed before pgrx's mutating SPI calls, which ask for a transaction id first: on a standby
+/// that is an internal error ("cannot assign TransactionIds during recovery") instead.
+pub fn require_writable(what: &str) {
+    if unsafe { pg_sys::XactReadOnly } {
+        let what = std::ffi::CString::new(what).unwrap_or_else(|_| c"udm".into());
+        unsafe { pg_sys::PreventCommandIfReadOnly(what.as_ptr()) };
+    }
+}
+
+/// pgrx's mutating SPI connection, after `require_writable(what)`. Reads use `Spi::connect`
+/// (or `select_one`): they never need a transaction id, and so serve on a standby.
+pub fn connect_mut<R>(what: &str, f: impl FnOnce(&mut pgrx::spi::SpiClient<'_>) -> R) -> R {
+    require_writable(what);
+    Spi::connect_mut(f)
+}
+
+/// The command a statement runs, as PostgreSQL names it in its read-only error.
+pub fn command(sql: &str) -> String {
+    let sql = sql.trim_start();
+    let end = sql
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(sql.len());
+    let word = sql[..end].to_ascii_uppercase();
+    if word == "SELECT" && sql.contains(" FOR UPDATE") {
+        return "SELECT FOR UPDATE".into();
+    }
+    if word.is_empty() {
+        return "udm".into();
+    }
+    word
+}
+
 /// Runs SQL for its effect (several statements when it takes no arguments).
 pub fn run(sql: &str, args: &[DatumWithOid]) -> Result<()> {
+    require_writable(&command(sql));
     if args.is_empty() {
         Spi::run(sql).map_err(spi_err)
     } else {

@@ -299,7 +299,7 @@ pub fn drop_tenant(slug: &str, confirm: &str) -> Result<serde_json::Value> {
 
 fn drop_objects(t: &Tenant) -> Result<()> {
     as_owner(|| {
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("SELECT FOR UPDATE", |c| {
             c.update(
                 "SELECT 1 FROM udm.tenant WHERE slug = $1 FOR UPDATE",
                 None,
@@ -314,7 +314,7 @@ fn drop_objects(t: &Tenant) -> Result<()> {
             "DELETE FROM udm.user_tenant WHERE tenant = $1",
             &[t.slug.as_str().into()],
         )?;
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("DELETE", |c| {
             c.update(
                 "DELETE FROM udm.tenant WHERE slug = $1",
                 None,
@@ -409,12 +409,33 @@ fn udm_use(
 ) -> JsonB {
     // until this succeeds, the previous selection no longer counts
     let shown = |v: Option<&str>| v.map_or("NULL".to_string(), udm_core::ident::quote_literal);
-    crate::guc::selection_started(match user_id {
+    let call = match user_id {
         Some(_) => format!("udm_use({}, {})", shown(tenant), shown(user_id)),
         None => format!("udm_use({})", shown(tenant)),
-    });
+    };
+    // a failed selection for the transaction voids the selection until the transaction ends
+    // (behind a pooler, the next transaction on the server connection is another client's);
+    // where session selections are refused, every failure is the transaction's
+    let strict = crate::guc::REQUIRE_LOCAL_SELECTION.get();
+    crate::guc::selection_started(call, is_local == Some(true) || strict);
     let tenant = crate::error::required(tenant, "tenant");
     let is_local = crate::error::required(is_local, "is_local");
+    if strict && !is_local {
+        crate::error::raise(
+            UdmError::new(
+                SqlState::ObjectNotInPrerequisiteState,
+                "udm_use: a selection for the session is refused here (udm.require_local_selection is on)",
+            )
+            .detail("behind a pooler in transaction mode, a session's selection would stay on the server connection for the next client")
+            .hint(format!(
+                "select for the transaction: BEGIN; SELECT udm_use({}, is_local => true); ...; COMMIT;",
+                match user_id {
+                    Some(u) => format!("{}, {}", shown(Some(tenant)), shown(Some(u))),
+                    None => shown(Some(tenant)),
+                }
+            )),
+        );
+    }
     JsonB(use_tenant(tenant, user_id, is_local).or_raise())
 }
 

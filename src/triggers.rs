@@ -179,14 +179,9 @@ enum StampArg {
     User { attr: i32, field: String },
 }
 
-type StampPlans = (
-    u64,
-    std::collections::HashMap<pg_sys::Oid, std::rc::Rc<StampPlan>>,
-);
-
 thread_local! {
-    static STAMP_PLANS: std::cell::RefCell<StampPlans> =
-        std::cell::RefCell::new((u64::MAX, std::collections::HashMap::new()));
+    static STAMP_PLANS: crate::cache::Cache<pg_sys::Oid, std::rc::Rc<StampPlan>> =
+        crate::cache::Lru::new("row stamps");
 }
 
 const STAMP: &str = "udm.stamp_row";
@@ -196,14 +191,8 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
         let rel = (*td).tg_relation;
         let tt = crate::trust::trigger_table(td, STAMP);
         let relid = (*rel).rd_id;
-        let g = catalog::generation();
-        if let Some(p) = STAMP_PLANS.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.0 != g {
-                *c = (g, std::collections::HashMap::new());
-            }
-            c.1.get(&relid).cloned()
-        }) {
+        crate::cache::sync(&STAMP_PLANS, catalog::generation());
+        if let Some(p) = crate::cache::get(&STAMP_PLANS, &relid) {
             return p;
         }
         let e = crate::trust::entity_table(&tt, STAMP);
@@ -247,7 +236,8 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
             system,
             args,
         });
-        STAMP_PLANS.with(|c| c.borrow_mut().1.insert(relid, p.clone()));
+        let bytes = 256 + p.table.len() + p.schema.len() + p.args.len() * 64;
+        crate::cache::put(&STAMP_PLANS, relid, p.clone(), bytes);
         p
     }
 }
@@ -660,7 +650,7 @@ pub unsafe extern "C-unwind" fn udm_reference_on_delete(
             let col = quote_ident(&column);
             let cond = format!("({col}).entity = $1 AND ({col}).id = $2");
             let args = [target.into(), id.into()];
-            let still_referenced = Spi::connect_mut(|c| match action {
+            let still_referenced = crate::spi::connect_mut("DELETE", |c| match action {
                 "cascade" => c
                     .update(
                         format!("DELETE FROM {table} WHERE {cond}").as_str(),
@@ -706,27 +696,20 @@ pub unsafe extern "C-unwind" fn udm_reference_on_delete(
 
 finfo_v1!(pg_finfo_udm_rule_trigger);
 
-const MAX_RULE_PLANS: usize = 512;
-
 thread_local! {
     /// Plans of rule probes by SQL text (the text names the tables, columns and condition, so a
     /// changed rule is a new key; PostgreSQL re-plans a kept plan when a table it reads changes).
-    static RULE_PLANS: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<crate::rawspi::Plan>>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+    static RULE_PLANS: crate::cache::Cache<String, std::rc::Rc<crate::rawspi::Plan>> =
+        crate::cache::Lru::new("rule probe plans");
 }
 
 fn rule_plan(sql: &str) -> Result<std::rc::Rc<crate::rawspi::Plan>> {
-    if let Some(p) = RULE_PLANS.with(|c| c.borrow().get(sql).cloned()) {
+    if let Some(p) = crate::cache::get(&RULE_PLANS, sql) {
         return Ok(p);
     }
     let p = std::rc::Rc::new(crate::rawspi::prepare_typed(sql, &[pg_sys::UUIDOID])?);
-    RULE_PLANS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() >= MAX_RULE_PLANS {
-            c.clear();
-        }
-        c.insert(sql.to_string(), p.clone());
-    });
+    let bytes = p.bytes() + sql.len() * 2;
+    crate::cache::put(&RULE_PLANS, sql.to_string(), p.clone(), bytes);
     Ok(p)
 }
 
@@ -743,16 +726,10 @@ const RULE: &str = "udm.rule_trigger";
 /// The probes of one rule trigger: (key attribute, lock statement, check statement).
 type RuleProbes = Vec<(i32, String, String)>;
 
-/// (catalog generation, probes by trigger oid)
-type RuleProbeCache = (
-    u64,
-    std::collections::HashMap<pg_sys::Oid, std::rc::Rc<RuleProbes>>,
-);
-
 thread_local! {
-    /// Probes planned from the catalog, for one catalog generation.
-    static RULE_PROBES: std::cell::RefCell<RuleProbeCache> =
-        std::cell::RefCell::new((u64::MAX, std::collections::HashMap::new()));
+    /// Probes planned from the catalog by trigger, for one catalog generation.
+    static RULE_PROBES: crate::cache::Cache<pg_sys::Oid, std::rc::Rc<RuleProbes>> =
+        crate::cache::Lru::new("rule probes");
 }
 
 /// What the rule trigger runs, planned from the rule's definition in udm's catalog. Its
@@ -772,14 +749,8 @@ unsafe fn rule_probes(
             )),
         };
         let tgoid = (*(*td).tg_trigger).tgoid;
-        let g = catalog::generation();
-        if let Some(p) = RULE_PROBES.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.0 != g {
-                *c = (g, std::collections::HashMap::new());
-            }
-            c.1.get(&tgoid).cloned()
-        }) {
+        crate::cache::sync(&RULE_PROBES, catalog::generation());
+        if let Some(p) = crate::cache::get(&RULE_PROBES, &tgoid) {
             return (p, entity);
         }
         let t = &tt.tenant;
@@ -824,7 +795,11 @@ unsafe fn rule_probes(
             })
             .collect();
         let p = std::rc::Rc::new(probes);
-        RULE_PROBES.with(|c| c.borrow_mut().1.insert(tgoid, p.clone()));
+        let bytes = 128
+            + p.iter()
+                .map(|(_, l, c)| l.len() + c.len() + 64)
+                .sum::<usize>();
+        crate::cache::put(&RULE_PROBES, tgoid, p.clone(), bytes);
         (p, entity)
     }
 }

@@ -12,8 +12,6 @@
 use crate::catalog::{self, Tenant};
 use crate::error::{raise, Result, SqlState, UdmError};
 use pgrx::prelude::*;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::CStr;
 use std::rc::Rc;
 
@@ -27,12 +25,10 @@ pub struct TenantTable {
     pub field: Option<u32>,
 }
 
-/// (catalog generation, tables by (relation, trigger))
-type Known = (u64, HashMap<(pg_sys::Oid, pg_sys::Oid), Rc<TenantTable>>);
-
 thread_local! {
-    /// Tables already found to be udm's, for one catalog generation.
-    static KNOWN: RefCell<Known> = RefCell::new((u64::MAX, HashMap::new()));
+    /// Tables already found to be udm's, by (relation, trigger), for one catalog generation.
+    static KNOWN: crate::cache::Cache<(pg_sys::Oid, pg_sys::Oid), Rc<TenantTable>> =
+        crate::cache::Lru::new("trigger tables");
 }
 
 fn refused(func: &str, what: String) -> UdmError {
@@ -51,17 +47,12 @@ fn refused(func: &str, what: String) -> UdmError {
 pub fn trigger_table(td: *mut pg_sys::TriggerData, func: &str) -> Rc<TenantTable> {
     let g = catalog::generation();
     let key = unsafe { ((*(*td).tg_relation).rd_id, (*(*td).tg_trigger).tgoid) };
-    if let Some(t) = KNOWN.with(|k| {
-        let mut k = k.borrow_mut();
-        if k.0 != g {
-            *k = (g, HashMap::new());
-        }
-        k.1.get(&key).cloned()
-    }) {
+    crate::cache::sync(&KNOWN, g);
+    if let Some(t) = crate::cache::get(&KNOWN, &key) {
         return t;
     }
     let t = Rc::new(identify(td, func).unwrap_or_else(|e| raise(e)));
-    KNOWN.with(|k| k.borrow_mut().1.insert(key, t.clone()));
+    crate::cache::put(&KNOWN, key, t.clone(), 256 + t.name.len());
     t
 }
 
@@ -307,7 +298,10 @@ pub fn ref_type() -> pg_sys::Oid {
     REF_TYPE.with(|r| {
         if r.get() == pg_sys::InvalidOid {
             let oid = crate::security::as_owner(|| {
-                Spi::get_one::<pg_sys::Oid>("SELECT 'udm.ref'::pg_catalog.regtype::pg_catalog.oid")
+                crate::spi::select_one::<pg_sys::Oid>(
+                    "SELECT 'udm.ref'::pg_catalog.regtype::pg_catalog.oid",
+                    &[],
+                )
             })
             .ok()
             .flatten()

@@ -289,7 +289,7 @@ pub fn create_user(email: &str, name: &str, password: &str) -> Result<Value> {
             &[pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TEXTOID],
             true,
         )?;
-        Spi::connect_mut(|c| {
+        crate::spi::connect_mut("INSERT", |c| {
             let mut rows = c.update(
                 &*stmt,
                 None,

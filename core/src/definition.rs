@@ -870,6 +870,45 @@ const ENTITY_KEYS: &[&str] = &[
 const STORED_ENTITY_KEYS: &[&str] = &["slug", "removed_fields", "next_field_id"];
 
 impl EntityDef {
+    /// About how much memory the definition holds (for cache budgets): its structures and the
+    /// text they own.
+    pub fn approx_bytes(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len());
+        let field = |f: &FieldDef| {
+            std::mem::size_of::<FieldDef>()
+                + f.name.len()
+                + f.column.len()
+                + text(&f.label)
+                + text(&f.description)
+                + text(&f.pattern)
+                + f.values.iter().map(|v| v.len() + 24).sum::<usize>()
+                + f.targets.iter().map(|v| v.len() + 24).sum::<usize>()
+                + f.default.as_ref().map_or(0, |_| 64)
+        };
+        std::mem::size_of::<EntityDef>()
+            + self.slug.len()
+            + text(&self.label)
+            + text(&self.description)
+            + self.fields.iter().map(field).sum::<usize>()
+            + self.removed_fields.iter().map(field).sum::<usize>()
+            + self
+                .rules
+                .iter()
+                .map(|r| {
+                    std::mem::size_of::<RuleDef>() + r.name.len() + r.check.len() + text(&r.message)
+                })
+                .sum::<usize>()
+            + self
+                .indexes
+                .iter()
+                .map(|i| {
+                    std::mem::size_of::<IndexDef>()
+                        + i.name.len()
+                        + i.fields.iter().map(|f| f.len() + 24).sum::<usize>()
+                })
+                .sum::<usize>()
+    }
+
     /// Parses a definition. From a caller, field ids and columns are assigned here; from the
     /// catalog they are read back.
     pub fn parse(slug: &str, v: &Value, source: Source) -> Result<EntityDef> {

@@ -465,14 +465,14 @@ fn backups_restore_into_a_new_database_and_a_new_cluster() {
     // 3. a new cluster: roles first, then the database
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let cluster_dir = root.join("target/restore-cluster");
-    // (a port of its own: make test passes RESTORE_PORT)
-    let spare = std::env::var("UDM_TEST_SPARE_PORT").unwrap_or_else(|_| "5496".into());
     let cluster = root.join("tests/cluster.sh");
+    // its own port (listening on localhost too): make test RESTORE_PORT=<port>
+    let restore_port = std::env::var("UDM_RESTORE_PORT").unwrap_or_else(|_| "5496".into());
     let status = Command::new(&cluster)
         .args([
             "start",
             &cluster_dir.display().to_string(),
-            &spare,
+            &restore_port,
             "fresh",
             "udm.bcrypt_cost = 4",
         ])
@@ -481,7 +481,7 @@ fn backups_restore_into_a_new_database_and_a_new_cluster() {
     assert!(status.success(), "start a second cluster");
     let three = Db {
         host: cluster_dir.join("sock").display().to_string(),
-        port: spare.clone(),
+        port: restore_port.clone(),
         name: unique("udm_bk_n"),
     };
     let roles = dir.join("roles.sql").display().to_string();

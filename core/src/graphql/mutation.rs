@@ -228,9 +228,39 @@ fn patch(p: &Planner, entity: &str, v: Value) -> Value {
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(k, v)| (p.slug_of_field(entity, k), v.clone()))
+        .map(|(k, v)| {
+            let slug = p.slug_of_field(entity, k);
+            let v = input_value(p, entity, &slug, v);
+            (slug, v)
+        })
         .collect();
     Value::Object(m)
+}
+
+/// An input value of a field as udm's checks take it: Decimal and BigInt given as strings (the
+/// exact form beyond 2^53) become JSON numbers with the same digits.
+fn input_value(p: &Planner, entity: &str, slug: &str, v: &Value) -> Value {
+    use crate::types::FieldType;
+    let numeric = p
+        .ctx
+        .model
+        .entity(entity)
+        .and_then(|d| d.field(slug))
+        .is_some_and(|f| {
+            matches!(
+                f.ftype,
+                FieldType::Decimal
+                    | FieldType::Currency
+                    | FieldType::Percent
+                    | FieldType::BigInt
+                    | FieldType::AutoNumber
+            )
+        });
+    if numeric {
+        super::builder::numbers(v)
+    } else {
+        v.clone()
+    }
 }
 
 /// Flattens one insert object (and its nested parents and children) into per-entity batches,
@@ -271,7 +301,9 @@ fn flatten(
                 children.push((source.clone(), field.clone(), v.clone()))
             }
             Some(kind) if k != "id" => {
-                row.insert(kind.slug().to_string(), v.clone());
+                let slug = kind.slug().to_string();
+                let v = input_value(p, entity, &slug, v);
+                row.insert(slug, v);
             }
             _ => {}
         }

@@ -179,6 +179,17 @@ pub fn prescan(src: &str, limits: &Limits) -> Result<(), GqlError> {
 }
 
 fn diagnostics<T>(e: WithErrors<T>, limits: &Limits) -> Vec<GqlError> {
+    let mut out: Vec<GqlError> = Vec::new();
+    for err in diagnostics_all(e, limits) {
+        // the parser reports one syntax error once per pass over the document
+        if !out.contains(&err) {
+            out.push(err);
+        }
+    }
+    out
+}
+
+fn diagnostics_all<T>(e: WithErrors<T>, limits: &Limits) -> Vec<GqlError> {
     e.errors
         .iter()
         .take(100)

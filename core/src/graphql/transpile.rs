@@ -302,6 +302,13 @@ impl<'m> Sql<'m> {
             };
             pairs.push((k.clone(), e));
         }
+        if c.sels
+            .iter()
+            .all(|(_, s)| matches!(s, ConnSel::TotalCount | ConnSel::Typename(_)))
+        {
+            // nothing from the page's rows (no aggregate over them): one row, whatever the page
+            return Ok(format!("(SELECT {})", json_object(&pairs)));
+        }
         Ok(format!(
             "(SELECT {} FROM (SELECT {} FROM ({}) {row}) {x})",
             json_object(&pairs),

@@ -192,7 +192,8 @@ fn mutations() {
     );
     assert_eq!(
         sts[0].params[2].as_deref(),
-        Some("{\"category_id\":null,\"price\":\"5\"}")
+        Some("{\"category_id\":null,\"price\":5}"),
+        "a Decimal given as text reaches udm as the number it spells"
     );
     let sts = statements(
         r#"mutation { updateProductMany(filter: {status: {eq: draft}}, set: {status: retired}, atMost: 10) { affectedCount records { id } } }"#,
@@ -277,4 +278,18 @@ fn subscriptions_plan_their_payloads() {
         sub.payload(&ev, Some(json!({"name": "n"}))),
         json!({"productChanged": {"action": "UPDATE", "changedFields": ["categoryId"], "record": {"name": "n"}, "old": {"price": 3}}})
     );
+}
+
+#[test]
+fn a_connection_of_only_its_count_is_one_row() {
+    // nothing selected from the page's rows: no aggregate over them, so the count must not be
+    // read once per row of the page (a scalar subquery returning several rows)
+    let st = one("{ productCollection { totalCount __typename } }", json!({}));
+    assert!(st.sql.contains("SELECT count(*)::int FROM"), "{}", st.sql);
+    assert!(!st.sql.contains(") t0) x"), "{}", st.sql);
+    let st = one(
+        "{ productCollection { totalCount nodes { name } } }",
+        json!({}),
+    );
+    assert!(st.sql.contains("jsonb_agg"), "{}", st.sql);
 }

@@ -1,0 +1,379 @@
+#![allow(clippy::result_large_err)] // GqlError carries locations, path, detail and hint, as the engine does
+//! The SQL surface of udm's GraphQL engine (`udm_core::graphql`): `udm_graphql`,
+//! `udm_graphql_schema` and the settings of its limits. The engine plans; this module runs the
+//! planned statements through SPI as the caller (row-level security, rules, locks and audit apply
+//! exactly as for plain SQL), with schemas, documents and plans in the per-backend caches.
+
+use crate::cache::{self, Cache, Lru};
+use crate::catalog;
+use crate::error::{in_subtransaction, OrRaise, PgError, Result, UdmError};
+use crate::json::JsonB;
+use crate::rawspi;
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use serde_json::{json, Map, Value};
+use std::rc::Rc;
+use udm_core::graphql::{
+    prepare, response, CacheKeys, Context, Document, GqlError, GqlSchema, Limits, Next,
+    OperationKind, Statement,
+};
+
+pub static MAX_DOCUMENT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+pub static MAX_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(15);
+pub static MAX_TOKENS: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+pub static MAX_FIELDS: GucSetting<i32> = GucSetting::<i32>::new(2_000);
+pub static MAX_ROOT_FIELDS: GucSetting<i32> = GucSetting::<i32>::new(20);
+pub static MAX_PAGE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static DEFAULT_PAGE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(50);
+pub static MAX_LIST_ITEMS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static MAX_VARIABLE_VALUES: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+pub static INTROSPECTION: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+fn int_setting(
+    name: &'static std::ffi::CStr,
+    short: &'static std::ffi::CStr,
+    setting: &'static GucSetting<i32>,
+    min: i32,
+    max: i32,
+) {
+    GucRegistry::define_int_guc(
+        name,
+        short,
+        c"Requests past it get a LIMIT_EXCEEDED error (54000) naming this setting. Set by a superuser.",
+        setting,
+        min,
+        max,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
+pub fn init() {
+    int_setting(
+        c"udm.graphql_max_document_bytes",
+        c"Size in bytes of a GraphQL document udm_graphql accepts.",
+        &MAX_DOCUMENT_BYTES,
+        100,
+        10_000_000,
+    );
+    int_setting(
+        c"udm.graphql_max_depth",
+        c"Selection depth of a GraphQL operation, fragments expanded.",
+        &MAX_DEPTH,
+        2,
+        100,
+    );
+    int_setting(
+        c"udm.graphql_max_tokens",
+        c"Lexical tokens of a GraphQL document.",
+        &MAX_TOKENS,
+        100,
+        1_000_000,
+    );
+    int_setting(
+        c"udm.graphql_max_fields",
+        c"Fields a GraphQL operation selects, fragments expanded.",
+        &MAX_FIELDS,
+        10,
+        1_000_000,
+    );
+    int_setting(
+        c"udm.graphql_max_root_fields",
+        c"Root fields (aliases included) of one GraphQL operation: each runs as a statement.",
+        &MAX_ROOT_FIELDS,
+        1,
+        1000,
+    );
+    int_setting(
+        c"udm.graphql_max_page_size",
+        c"first/last of a GraphQL connection or list.",
+        &MAX_PAGE_SIZE,
+        1,
+        udm_core::query::MAX_LIMIT as i32,
+    );
+    int_setting(
+        c"udm.graphql_default_page_size",
+        c"Page size of a GraphQL connection or list given neither first nor last.",
+        &DEFAULT_PAGE_SIZE,
+        1,
+        udm_core::query::MAX_LIMIT as i32,
+    );
+    int_setting(
+        c"udm.graphql_max_list_items",
+        c"Items of a list argument or variable of a GraphQL request (in, objects).",
+        &MAX_LIST_ITEMS,
+        1,
+        100_000,
+    );
+    int_setting(
+        c"udm.graphql_max_variable_values",
+        c"JSON values in the variables of a GraphQL request.",
+        &MAX_VARIABLE_VALUES,
+        1,
+        10_000_000,
+    );
+    GucRegistry::define_bool_guc(
+        c"udm.graphql_introspection",
+        c"Whether udm_graphql answers __schema and __type.",
+        c"Off: introspection fields are refused. Set by a superuser (e.g. ALTER ROLE ... SET).",
+        &INTROSPECTION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
+fn limits() -> Limits {
+    let n = |s: &GucSetting<i32>| s.get().max(1) as usize;
+    let d = Limits::default();
+    Limits {
+        max_document_bytes: n(&MAX_DOCUMENT_BYTES),
+        max_depth: n(&MAX_DEPTH),
+        max_tokens: n(&MAX_TOKENS),
+        max_fields: n(&MAX_FIELDS) as u64,
+        max_root_fields: n(&MAX_ROOT_FIELDS),
+        max_page_size: MAX_PAGE_SIZE.get() as i64,
+        default_page_size: (DEFAULT_PAGE_SIZE.get() as i64).min(MAX_PAGE_SIZE.get() as i64),
+        max_list_items: n(&MAX_LIST_ITEMS),
+        max_variable_values: n(&MAX_VARIABLE_VALUES),
+        max_variable_depth: d.max_variable_depth,
+        introspection: INTROSPECTION.get(),
+    }
+}
+
+thread_local! {
+    static SCHEMAS: Cache<String, Rc<GqlSchema>> = Lru::new("graphql schemas");
+    static DOCUMENTS: Cache<String, Rc<Document>> = Lru::new("graphql documents");
+    static PLANS: Cache<(bool, String), Rc<rawspi::Plan>> = Lru::new("graphql statements");
+    static FUNCTIONS_SCHEMA: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The schema udm's functions are installed in (the extension's schema).
+fn functions_schema() -> Result<String> {
+    if let Some(s) = FUNCTIONS_SCHEMA.with(|s| s.borrow().clone()) {
+        return Ok(s);
+    }
+    let name = crate::spi::select_one::<String>(
+        "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
+         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'udm'",
+        &[],
+    )?
+    .ok_or_else(|| UdmError::internal("the schema of extension udm is not found"))?;
+    FUNCTIONS_SCHEMA.with(|s| *s.borrow_mut() = Some(name.clone()));
+    Ok(name)
+}
+
+/// The selected tenant's GraphQL schema as the session's role sees it.
+fn schema_of(
+    t: &catalog::Tenant,
+) -> Result<(Rc<crate::query::TenantModel>, Rc<GqlSchema>, String)> {
+    let model = crate::query::model(t)?;
+    let key = CacheKeys::schema(&model.key, catalog::generation());
+    cache::sync(&SCHEMAS, catalog::generation());
+    if let Some(s) = cache::get(&SCHEMAS, &key) {
+        return Ok((model, s, key));
+    }
+    let s = Rc::new(GqlSchema::build(&*model)?);
+    cache::put(&SCHEMAS, key.clone(), s.clone(), s.approx_bytes());
+    Ok((model, s, key))
+}
+
+fn document(
+    schema: &GqlSchema,
+    schema_key: &str,
+    text: &str,
+    limits: &Limits,
+) -> std::result::Result<Rc<Document>, Vec<GqlError>> {
+    let key = CacheKeys::document(schema_key, text, limits);
+    cache::sync(&DOCUMENTS, catalog::generation());
+    if let Some(d) = cache::get(&DOCUMENTS, &key) {
+        return Ok(d);
+    }
+    let d = Rc::new(Document::parse(schema, text, limits)?);
+    cache::put(&DOCUMENTS, key, d.clone(), d.approx_bytes());
+    Ok(d)
+}
+
+fn plan_of(st: &Statement) -> Result<Rc<rawspi::Plan>> {
+    cache::sync(&PLANS, catalog::generation());
+    let key = (st.plan_per_call, st.sql.clone());
+    if let Some(p) = cache::get(&PLANS, &key) {
+        return Ok(p);
+    }
+    let p = Rc::new(if st.plan_per_call {
+        rawspi::prepare_query_per_call(&st.sql, st.params.len())?
+    } else {
+        rawspi::prepare(&st.sql, st.params.len())?
+    });
+    let bytes = p.bytes() + st.sql.len() * 2;
+    cache::put(&PLANS, key, p.clone(), bytes);
+    Ok(p)
+}
+
+fn uuid_text(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// A PostgreSQL error as a GraphQL error (SQLSTATE, message, detail and hint as raised).
+fn db_error(e: PgError) -> GqlError {
+    let state = unsafe {
+        std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(e.code as i32))
+            .to_string_lossy()
+            .into_owned()
+    };
+    GqlError::database(&state, &e.message, e.detail.as_deref(), e.hint.as_deref())
+}
+
+/// Runs a root field's plan to its value. An ERROR inside is caught by the caller's
+/// subtransaction.
+fn run_field(
+    plan: &mut udm_core::graphql::FieldPlan,
+    read_only: bool,
+) -> std::result::Result<Value, GqlError> {
+    let mut last = None;
+    loop {
+        match plan.next(last.take())? {
+            Next::Done(v) => return Ok(v),
+            Next::Run(st) => {
+                let p = plan_of(&st).map_err(GqlError::from)?;
+                let v = rawspi::first_json(&p, &st.params, read_only).map_err(GqlError::from)?;
+                last = Some(v.unwrap_or(Value::Null));
+            }
+        }
+    }
+}
+
+/// Runs `f` in a subtransaction; an ERROR becomes a GraphQL error (and the subtransaction's work
+/// is undone).
+fn guarded<T>(
+    f: impl FnOnce() -> std::result::Result<T, GqlError>,
+) -> std::result::Result<T, GqlError> {
+    match in_subtransaction(f) {
+        Ok(r) => r,
+        Err(e) => Err(db_error(e)),
+    }
+}
+
+pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&str>) -> Value {
+    let lim = limits();
+    let t = match catalog::current_tenant() {
+        Ok(t) => t,
+        Err(e) => return response(None, &[GqlError::from(e)], None),
+    };
+    let (model, schema, schema_key) = match schema_of(&t) {
+        Ok(x) => x,
+        Err(e) => return response(None, &[GqlError::from(e)], None),
+    };
+    let doc = match document(&schema, &schema_key, query, &lim) {
+        Ok(d) => d,
+        Err(errs) => return response(None, &errs, None),
+    };
+    let functions = match functions_schema() {
+        Ok(f) => f,
+        Err(e) => return response(None, &[GqlError::from(e)], None),
+    };
+    let vars = variables.cloned().unwrap_or_else(|| json!({}));
+    let mut new_id = || uuid_text(&crate::records::uuid_v7());
+    let mut ctx = Context {
+        model: &*model,
+        limits: &lim,
+        functions_schema: &functions,
+        new_id: &mut new_id,
+    };
+    let prepared = match prepare(&schema, &doc, operation_name, &vars, &mut ctx) {
+        Ok(p) => p,
+        Err(errs) => return response(None, &errs, None),
+    };
+    match prepared.kind {
+        OperationKind::Subscription => response(None, &[], Some(json!({"subscription": "valid"}))),
+        OperationKind::Query => {
+            let mut data = Map::new();
+            let mut errors = Vec::new();
+            for mut f in prepared.fields {
+                let key = f.key.clone();
+                match guarded(|| run_field(&mut f, true)) {
+                    Ok(v) => {
+                        data.insert(key, v);
+                    }
+                    Err(e) => {
+                        errors.push(f.error(e));
+                        data.insert(key, Value::Null);
+                    }
+                }
+            }
+            response(Some(Value::Object(data)), &errors, None)
+        }
+        OperationKind::Mutation => {
+            // all or nothing: one subtransaction for every field, in order
+            let mut fields = prepared.fields;
+            let current = std::cell::Cell::new(0usize);
+            let out = crate::error::in_subtransaction_ok(|| {
+                let mut data = Map::new();
+                for (i, f) in fields.iter_mut().enumerate() {
+                    current.set(i);
+                    match run_field(f, false) {
+                        Ok(v) => {
+                            data.insert(f.key.clone(), v);
+                        }
+                        Err(e) => return Err(f.error(e)),
+                    }
+                }
+                Ok(data)
+            });
+            let error = match out {
+                Ok(Ok(data)) => return response(Some(Value::Object(data)), &[], None),
+                Ok(Err(e)) => e,
+                // an ERROR raised by the database while field `current` ran
+                Err(e) => fields[current.get()].error(db_error(e)),
+            };
+            response(Some(Value::Null), &[error], None)
+        }
+    }
+}
+
+/// `udm_graphql(query, variables, operation_name)`: a GraphQL response (`data`, `errors`) for
+/// the selected tenant, as the selected user.
+#[pg_extern(volatile, parallel_unsafe)]
+fn udm_graphql(
+    query: Option<&str>,
+    variables: default!(Option<JsonB>, "NULL"),
+    operation_name: default!(Option<&str>, "NULL"),
+) -> JsonB {
+    let Some(query) = query else {
+        return JsonB(response(
+            None,
+            &[GqlError::input("the GraphQL document (query) is NULL")],
+            None,
+        ));
+    };
+    let vars = variables.map(|v| v.0);
+    if let Some(v) = &vars {
+        if !v.is_object() && !v.is_null() {
+            return JsonB(response(
+                None,
+                &[GqlError::input("variables must be a JSON object")],
+                None,
+            ));
+        }
+    }
+    JsonB(graphql(
+        query,
+        vars.as_ref().filter(|v| !v.is_null()),
+        operation_name,
+    ))
+}
+
+/// `udm_graphql_schema()`: the SDL of the selected tenant's schema as the session's role sees it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn udm_graphql_schema() -> String {
+    let t = catalog::current_tenant().or_raise();
+    let (_, s, _) = schema_of(&t).or_raise();
+    s.sdl()
+}

@@ -1,0 +1,207 @@
+//! udm's per-backend caches within one budget (`udm.cache_size`): a backend serving more tenants
+//! than fit evicts what it used least recently, rebuilds it transparently when used again, sees
+//! definition changes made meanwhile by other sessions, and reports what it holds.
+
+use udm_tests::*;
+
+#[derive(Debug)]
+struct Row {
+    entries: i64,
+    bytes: i64,
+    hits: i64,
+    misses: i64,
+    evictions: i64,
+    budget: i64,
+}
+
+fn stats(c: &mut Client, cache: &str) -> Row {
+    let r = c
+        .query_one(
+            "SELECT entries, bytes, hits, misses, evictions, budget_bytes FROM udm_cache_stats() WHERE cache = $1",
+            &[&cache],
+        )
+        .unwrap_or_else(|e| panic!("udm_cache_stats row {cache}: {e}"));
+    Row {
+        entries: r.get(0),
+        bytes: r.get(1),
+        hits: r.get(2),
+        misses: r.get(3),
+        evictions: r.get(4),
+        budget: r.get(5),
+    }
+}
+
+use udm_tests::postgres::Client;
+
+fn make_tenants(adm: &mut Client, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let t = tenant(adm, "cache");
+            adm.batch_execute(&format!(
+                "SELECT udm_use({t}); \
+                 SELECT udm_define_entity('shelf', '{{\"fields\": [{{\"name\": \"name\", \"type\": \"text\"}}]}}'); \
+                 SELECT udm_define_entity('book', '{{\"fields\": [{{\"name\": \"title\", \"type\": \"text\", \"required\": true}}, \
+                   {{\"name\": \"pages\", \"type\": \"integer\", \"min\": 1}}, \
+                   {{\"name\": \"shelf_id\", \"type\": \"relation\", \"target\": \"shelf\"}}]}}'); \
+                 SELECT udm_insert('book', '{{\"title\": \"Book of {i}\", \"pages\": {p}}}')",
+                t = lit(&t),
+                p = i + 1
+            ))
+            .unwrap();
+            t
+        })
+        .collect()
+}
+
+fn title(c: &mut Client, t: &str) -> String {
+    c.execute("SELECT udm_use($1)", &[&t]).unwrap();
+    let v: Value = c
+        .query_one(
+            "SELECT udm_query('book', '{\"columns\": [\"title\", \"pages\", \"shelf_id.name\"]}')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    v["rows"][0]["title"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_backend_stays_within_its_budget_and_rebuilds_what_it_evicted() {
+    let mut adm = admin();
+    let tenants = make_tenants(&mut adm, 40);
+    let mut c = admin();
+    // the smallest budget: 1 MB for 40 tenants of 2 entities does not fit
+    c.batch_execute("SET udm.cache_size = '1MB'").unwrap();
+    for (i, t) in tenants.iter().enumerate() {
+        assert_eq!(title(&mut c, t), format!("Book of {i}"));
+    }
+    let total = stats(&mut c, "total");
+    assert_eq!(total.budget, 1024 * 1024);
+    assert!(total.evictions > 0, "nothing was evicted: {total:?}");
+    let models = stats(&mut c, "tenant models");
+    assert!(
+        models.entries < tenants.len() as i64,
+        "every tenant's model stayed: {models:?}"
+    );
+    let compiled = stats(&mut c, "compiled queries");
+    assert!(
+        compiled.evictions > 0,
+        "no compiled query was evicted: {compiled:?}"
+    );
+    // udm's own share of the budget holds (PostgreSQL's catalog caches are reset past theirs)
+    let own: i64 = c
+        .query_one(
+            "SELECT sum(bytes)::bigint FROM udm_cache_stats() WHERE cache NOT IN ('total', 'backend heap', 'postgres catalog caches')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        own <= total.budget,
+        "udm's caches hold {own} bytes, over the budget"
+    );
+
+    // a definition changes in another session while this backend has evicted the tenant: the
+    // rebuilt model has it
+    let first = &tenants[0];
+    adm.batch_execute(&format!(
+        "SELECT udm_use({}); SELECT udm_add_field('book', '{{\"name\": \"isbn\", \"type\": \"text\"}}'); \
+         UPDATE {}.book SET isbn = 'x-1'",
+        lit(first),
+        first
+    ))
+    .unwrap();
+    c.execute("SELECT udm_use($1)", &[first]).unwrap();
+    let v: Value = c
+        .query_one(
+            "SELECT udm_query('book', '{\"columns\": [\"title\", \"isbn\"]}')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(v["rows"][0]["isbn"], "x-1", "{v}");
+
+    // and one still cached sees it too (its entries are dropped by the invalidation)
+    let last = tenants.last().unwrap();
+    assert_eq!(
+        title(&mut c, last),
+        format!("Book of {}", tenants.len() - 1)
+    );
+    adm.batch_execute(&format!(
+        "SELECT udm_use({}); SELECT udm_alter_field('book', 'title', '{{\"name\": \"name_of_book\"}}')",
+        lit(last)
+    ))
+    .unwrap();
+    c.execute("SELECT udm_use($1)", &[last]).unwrap();
+    let v: Value = c
+        .query_one(
+            "SELECT udm_query('book', '{\"columns\": [\"name_of_book\"]}')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        v["rows"][0]["name_of_book"],
+        format!("Book of {}", tenants.len() - 1)
+    );
+    let e = c
+        .query_one(
+            "SELECT udm_query('book', '{\"columns\": [\"title\"]}')",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42703", "{}", message(&e));
+}
+
+#[test]
+fn warm_tenants_hit_and_a_large_budget_evicts_nothing() {
+    let mut adm = admin();
+    let tenants = make_tenants(&mut adm, 5);
+    let mut c = admin();
+    for t in &tenants {
+        title(&mut c, t);
+    }
+    let before = stats(&mut c, "compiled queries");
+    for _ in 0..3 {
+        for t in &tenants {
+            title(&mut c, t);
+        }
+    }
+    let after = stats(&mut c, "compiled queries");
+    assert_eq!(
+        after.misses, before.misses,
+        "warm queries were compiled again"
+    );
+    assert!(after.hits >= before.hits + 15, "{before:?} -> {after:?}");
+    assert_eq!(after.evictions, 0);
+    assert!(after.bytes > 0 && after.entries >= 5, "{after:?}");
+    let heap = stats(&mut c, "backend heap");
+    assert!(
+        heap.bytes > after.bytes,
+        "the heap holds the caches: {heap:?}"
+    );
+}
+
+#[test]
+fn only_a_superuser_sets_the_budget() {
+    let mut adm = admin();
+    let role = login_role(&mut adm, "cacheuser");
+    let mut c = connect_as(&role);
+    // anyone may read their own backend's figures (this loads udm into the backend)
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM udm_cache_stats()", &[])
+        .unwrap()
+        .get(0);
+    assert!(n >= 3);
+    let e = c.batch_execute("SET udm.cache_size = '1GB'").unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    adm.query_one("SELECT count(*) FROM udm_cache_stats()", &[])
+        .unwrap();
+    let e = adm
+        .batch_execute("SET udm.cache_size = '10kB'")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "below the minimum: {}", message(&e));
+}

@@ -1,0 +1,476 @@
+//! udm_graphql as applications call it: queries with nested relations, filters and pages;
+//! mutations all or nothing; schema changes seen by other sessions; errors with locations, paths
+//! and SQLSTATEs; limits; access control exactly as for plain SQL.
+
+use udm_tests::postgres::Client;
+use udm_tests::*;
+
+fn gql(c: &mut Client, query: &str, vars: Value) -> Value {
+    c.query_one("SELECT udm_graphql($1, $2)", &[&query, &vars])
+        .unwrap_or_else(|e| panic!("udm_graphql: {e}"))
+        .get(0)
+}
+
+fn ok(c: &mut Client, query: &str, vars: Value) -> Value {
+    let r = gql(c, query, vars);
+    assert!(r.get("errors").is_none(), "unexpected errors: {r}");
+    r["data"].clone()
+}
+
+fn first_error(r: &Value) -> &Value {
+    &r["errors"][0]
+}
+
+/// A shop: category (self relation), product (relation, decimal, select, json, many-to-many
+/// tags, a rule), tag.
+fn shop(adm: &mut Client) -> String {
+    let t = tenant(adm, "gql");
+    adm.batch_execute(&format!(
+        r#"SELECT udm_use({t});
+           SELECT udm_define_entity('category', '{{"fields": [
+             {{"name": "name", "type": "text", "required": true, "unique": true}},
+             {{"name": "parent_id", "type": "relation", "target": "category"}}]}}');
+           SELECT udm_define_entity('tag', '{{"fields": [{{"name": "name", "type": "text", "unique": true}}]}}');
+           SELECT udm_define_entity('product', '{{"fields": [
+             {{"name": "name", "type": "text", "required": true}},
+             {{"name": "price", "type": "decimal", "precision": 12, "scale": 2, "min": 0}},
+             {{"name": "status", "type": "select", "values": ["draft", "active"], "default": "draft"}},
+             {{"name": "meta", "type": "json"}},
+             {{"name": "category_id", "type": "relation", "target": "category", "on_delete": "restrict"}},
+             {{"name": "tags", "type": "relation", "target": "tag", "many": true}}],
+             "rules": [{{"name": "priced", "check": "status = ''draft'' or price > 0", "message": "active products have a price"}}]}}');
+           INSERT INTO {s}.category (name) VALUES ('Phones'), ('Laptops');
+           INSERT INTO {s}.tag (name) VALUES ('red'), ('blue');
+           INSERT INTO {s}.product (name, price, status, meta, category_id)
+             SELECT 'P' || i, i * 10, 'active', jsonb_build_object('color', CASE WHEN i % 2 = 0 THEN 'red' ELSE 'blue' END),
+                    (SELECT id FROM {s}.category WHERE name = CASE WHEN i <= 6 THEN 'Phones' ELSE 'Laptops' END)
+             FROM generate_series(1, 10) i;
+           INSERT INTO {s}."product__tags" (source_id, target_id)
+             SELECT p.id, t.id FROM {s}.product p, {s}.tag t WHERE t.name = 'red' AND p.name IN ('P1', 'P2');"#,
+        t = lit(&t),
+        s = t
+    ))
+    .unwrap();
+    t
+}
+
+#[test]
+fn queries_follow_relations_filter_sort_and_page_in_one_call() {
+    let mut c = admin();
+    let t = shop(&mut c);
+    c.execute("SELECT udm_use($1)", &[&t]).unwrap();
+    let d = ok(
+        &mut c,
+        r#"query($cat: String!, $n: Int = 2) {
+             productCollection(filter: {category: {name: {eq: $cat}}, price: {gte: "20"}},
+                               orderBy: [{price: DESC}], first: $n) {
+               totalCount
+               edges { cursor node { name price status category { name } tags { nodes { name } } } }
+               pageInfo { hasNextPage endCursor }
+             }
+           }"#,
+        json!({"cat": "Phones"}),
+    );
+    let pc = &d["productCollection"];
+    assert_eq!(pc["totalCount"], 5, "{pc}");
+    let names: Vec<&str> = pc["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["P6", "P5"]);
+    assert_eq!(
+        pc["edges"][0]["node"]["price"], "60.00",
+        "Decimal is exact text"
+    );
+    assert_eq!(pc["edges"][0]["node"]["category"]["name"], "Phones");
+    assert_eq!(pc["pageInfo"]["hasNextPage"], true);
+    // the next page from the cursor
+    let after = pc["pageInfo"]["endCursor"].as_str().unwrap().to_string();
+    let d = ok(
+        &mut c,
+        r#"query($after: Cursor) { productCollection(filter: {category: {name: {eq: "Phones"}}},
+             orderBy: [{price: DESC}], first: 3, after: $after) { nodes { name } } }"#,
+        json!({ "after": after }),
+    );
+    let names: Vec<&str> = d["productCollection"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["P4", "P3", "P2"]);
+    // to-many filters (some), reverse relations, JSON paths, aliases and fragments
+    let d = ok(
+        &mut c,
+        r#"{ red: productCollection(filter: {tags: {some: {name: {eq: "red"}}}}, orderBy: [{name: ASC}]) { nodes { ...P } }
+             cats: categoryCollection(orderBy: [{name: ASC}]) { nodes { name productCollection(first: 1, orderBy: [{price: ASC}]) { nodes { name } } } } }
+           fragment P on Product { name }"#,
+        json!({}),
+    );
+    assert_eq!(d["red"]["nodes"], json!([{"name": "P1"}, {"name": "P2"}]));
+    assert_eq!(d["cats"]["nodes"][0]["name"], "Laptops");
+    assert_eq!(
+        d["cats"]["nodes"][0]["productCollection"]["nodes"][0]["name"],
+        "P7"
+    );
+    // @skip and @include
+    let d = ok(
+        &mut c,
+        r#"query($s: Boolean!) { productCollection(first: 1, orderBy: [{name: ASC}]) { nodes { name price @skip(if: $s) status @include(if: $s) } } }"#,
+        json!({"s": true}),
+    );
+    assert_eq!(
+        d["productCollection"]["nodes"][0],
+        json!({"name": "P1", "status": "active"})
+    );
+}
+
+#[test]
+fn errors_have_locations_paths_and_sqlstates() {
+    let mut c = admin();
+    let t = shop(&mut c);
+    c.execute("SELECT udm_use($1)", &[&t]).unwrap();
+    // syntax
+    let r = gql(&mut c, "{ productCollection { nodes { name }", json!({}));
+    assert!(
+        r.get("data").is_none(),
+        "a request that fails before execution has no data: {r}"
+    );
+    assert_eq!(
+        first_error(&r)["extensions"]["code"],
+        "GRAPHQL_PARSE_FAILED",
+        "{r}"
+    );
+    assert!(first_error(&r)["locations"][0]["line"].as_i64().is_some());
+    // validation: unknown field, with its location
+    let r = gql(
+        &mut c,
+        "{\n  productCollection { nodes { nme } } }",
+        json!({}),
+    );
+    assert_eq!(
+        first_error(&r)["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+    assert_eq!(
+        first_error(&r)["locations"][0],
+        json!({"line": 2, "column": 31}),
+        "{r}"
+    );
+    // a variable of the wrong type
+    let r = gql(
+        &mut c,
+        "query($n: Int!) { productCollection(first: $n) { totalCount } }",
+        json!({"n": "two"}),
+    );
+    assert!(r["errors"].as_array().is_some_and(|e| !e.is_empty()), "{r}");
+    // a rule broken by a mutation: path, SQLSTATE and udm's message
+    let r = gql(
+        &mut c,
+        r#"mutation { insertProduct(objects: [{name: "Free", status: active, price: 0}]) { affectedCount } }"#,
+        json!({}),
+    );
+    let e = first_error(&r);
+    assert_eq!(e["path"], json!(["insertProduct"]), "{r}");
+    assert_eq!(e["extensions"]["sqlstate"], "23514", "{r}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("active products have a price"),
+        "{r}"
+    );
+    // a limit names its setting
+    c.batch_execute("SET udm.graphql_max_depth = 3").unwrap();
+    let r = gql(
+        &mut c,
+        "{ productCollection { nodes { category { parent { parent { name } } } } } }",
+        json!({}),
+    );
+    assert_eq!(
+        first_error(&r)["extensions"]["code"],
+        "LIMIT_EXCEEDED",
+        "{r}"
+    );
+    assert!(
+        first_error(&r)["message"]
+            .as_str()
+            .unwrap()
+            .contains("udm.graphql_max_depth"),
+        "{r}"
+    );
+    c.batch_execute("RESET udm.graphql_max_depth").unwrap();
+    // NULL and bad variables are errors in the response, never a crash
+    let r: Value = c.query_one("SELECT udm_graphql(NULL)", &[]).unwrap().get(0);
+    assert_eq!(
+        first_error(&r)["extensions"]["code"],
+        "BAD_USER_INPUT",
+        "{r}"
+    );
+    let r: Value = c
+        .query_one("SELECT udm_graphql('{ __typename }', '[1]')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        first_error(&r)["extensions"]["code"],
+        "BAD_USER_INPUT",
+        "{r}"
+    );
+    // without a tenant
+    let mut other = admin();
+    let r = gql(&mut other, "{ __typename }", json!({}));
+    assert_eq!(first_error(&r)["extensions"]["sqlstate"], "55000", "{r}");
+}
+
+#[test]
+fn mutations_are_all_or_nothing_and_check_versions() {
+    let mut c = admin();
+    let t = shop(&mut c);
+    c.execute("SELECT udm_use($1)", &[&t]).unwrap();
+    // nested insert: a category with its products, Decimal given as text
+    let d = ok(
+        &mut c,
+        r#"mutation { insertCategory(objects: [{name: "Tablets", productCollection: [{name: "T1", price: "199.99"}, {name: "T2", price: 299}]}]) {
+             affectedCount records { id name productCollection(orderBy: [{name: ASC}]) { nodes { name price } } } } }"#,
+        json!({}),
+    );
+    let rec = &d["insertCategory"]["records"][0];
+    assert_eq!(rec["name"], "Tablets");
+    assert_eq!(
+        rec["productCollection"]["nodes"],
+        json!([{"name": "T1", "price": "199.99"}, {"name": "T2", "price": "299.00"}])
+    );
+    let plain: i64 = scalar(
+        &mut c,
+        &format!("SELECT count(*) FROM {t}.product p JOIN {t}.category c ON c.id = p.category_id WHERE c.name = 'Tablets'"),
+    );
+    assert_eq!(plain, 2, "plain SQL sees what GraphQL wrote");
+    // two fields, the second fails: neither stays
+    let r = gql(
+        &mut c,
+        r#"mutation { a: insertTag(objects: [{name: "green"}]) { affectedCount } b: insertTag(objects: [{name: "red"}]) { affectedCount } }"#,
+        json!({}),
+    );
+    assert_eq!(r["data"], Value::Null, "{r}");
+    assert_eq!(first_error(&r)["extensions"]["sqlstate"], "23505", "{r}");
+    assert_eq!(first_error(&r)["path"], json!(["b"]));
+    let green: i64 = scalar(
+        &mut c,
+        &format!("SELECT count(*) FROM {t}.tag WHERE name = 'green'"),
+    );
+    assert_eq!(green, 0, "the first insert was rolled back");
+    // update by id with the expected version
+    let id: String = scalar(
+        &mut c,
+        &format!("SELECT id::text FROM {t}.product WHERE name = 'P1'"),
+    );
+    let r = gql(
+        &mut c,
+        r#"mutation($id: UUID!) { updateProduct(id: $id, set: {name: "P1b"}, expectedVersion: 7) { name } }"#,
+        json!({ "id": id }),
+    );
+    assert_eq!(first_error(&r)["extensions"]["sqlstate"], "40001", "{r}");
+    let d = ok(
+        &mut c,
+        r#"mutation($id: UUID!) { updateProduct(id: $id, set: {name: "P1b"}, expectedVersion: 1) { name _version } }"#,
+        json!({ "id": id }),
+    );
+    assert_eq!(d["updateProduct"]["name"], "P1b", "{d}");
+    // update by filter guarded by atMost
+    let r = gql(
+        &mut c,
+        r#"mutation { updateProductMany(filter: {status: {eq: active}}, set: {status: draft}, atMost: 3) { affectedCount } }"#,
+        json!({}),
+    );
+    assert_eq!(
+        first_error(&r)["extensions"]["code"],
+        "LIMIT_EXCEEDED",
+        "{r}"
+    );
+    let drafts: i64 = scalar(
+        &mut c,
+        &format!("SELECT count(*) FROM {t}.product WHERE status = 'draft'"),
+    );
+    assert_eq!(
+        drafts, 2,
+        "only the Tablets products are drafts: nothing changed"
+    );
+    // delete, audited like plain SQL
+    let d = ok(
+        &mut c,
+        r#"mutation($id: UUID!) { deleteProduct(id: $id) { name } }"#,
+        json!({ "id": id }),
+    );
+    assert_eq!(d["deleteProduct"]["name"], "P1b");
+    let audited: i64 = scalar(
+        &mut c,
+        &format!("SELECT count(*) FROM {t}._udm_audit WHERE record_id = '{id}' AND entity = 'product' AND action = 'DELETE'"),
+    );
+    assert_eq!(audited, 1);
+}
+
+#[test]
+fn schema_mutations_are_seen_by_the_next_request_of_another_session() {
+    let mut a = admin();
+    let t = shop(&mut a);
+    let mut b = admin();
+    a.execute("SELECT udm_use($1)", &[&t]).unwrap();
+    b.execute("SELECT udm_use($1)", &[&t]).unwrap();
+    // b has the schema cached
+    let sdl: String = b
+        .query_one("SELECT udm_graphql_schema()", &[])
+        .unwrap()
+        .get(0);
+    assert!(!sdl.contains("type Supplier"));
+    let d = ok(
+        &mut a,
+        r#"mutation { defineEntity(slug: "supplier", definition: {fields: [{name: "name", type: "text", required: true}]}) }"#,
+        json!({}),
+    );
+    assert!(d["defineEntity"].is_object(), "{d}");
+    let sdl: String = b
+        .query_one("SELECT udm_graphql_schema()", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        sdl.contains("type Supplier"),
+        "the other session sees the new entity"
+    );
+    let d = ok(
+        &mut b,
+        r#"mutation { insertSupplier(objects: [{name: "ACME"}]) { affectedCount } }"#,
+        json!({}),
+    );
+    assert_eq!(d["insertSupplier"]["affectedCount"], 1);
+    // a definition change mixed with data changes is refused
+    let r = gql(
+        &mut a,
+        r#"mutation { addField(entity: "supplier", field: {name: "city", type: "text"}) insertTag(objects: [{name: "x"}]) { affectedCount } }"#,
+        json!({}),
+    );
+    assert_eq!(
+        first_error(&r)["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED",
+        "{r}"
+    );
+}
+
+#[test]
+fn members_read_and_write_no_more_than_through_plain_sql() {
+    let mut adm = admin();
+    let t = shop(&mut adm);
+    let app = login_role(&mut adm, "gqlapp");
+    grant_tenant(&mut adm, &t, &app);
+    let viewer = format!("{}@gql.test", unique("viewer"));
+    let editor = format!("{}@gql.test", unique("editor"));
+    adm.batch_execute(&format!(
+        r#"SELECT udm_create_user({v}, 'Viewer', 'a-long-password'); SELECT udm_create_user({e}, 'Editor', 'a-long-password');
+           SELECT udm_use({t});
+           SELECT udm_define_role('shopper', 'viewer', '{{"entities": {{"product": {{"fields": {{"meta": {{"read": false}}}}}}}}}}');
+           SELECT udm_add_member({t}, {v}, 'shopper'); SELECT udm_add_member({t}, {e}, 'editor');"#,
+        v = lit(&viewer),
+        e = lit(&editor),
+        t = lit(&t)
+    ))
+    .unwrap();
+    let mut c = connect_as(&app);
+    c.execute("SELECT udm_use($1, $2)", &[&t, &viewer]).unwrap();
+    // the hidden field is not in the viewer's schema
+    let sdl: String = c
+        .query_one("SELECT udm_graphql_schema()", &[])
+        .unwrap()
+        .get(0);
+    let product = sdl
+        .split("type Product ")
+        .nth(1)
+        .unwrap()
+        .split('}')
+        .next()
+        .unwrap();
+    assert!(!product.contains("meta"), "{product}");
+    let r = gql(
+        &mut c,
+        "{ productCollection { nodes { meta } } }",
+        json!({}),
+    );
+    assert_eq!(
+        first_error(&r)["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED",
+        "{r}"
+    );
+    // reads: what plain SQL shows
+    let d = ok(&mut c, "{ productCollection { totalCount } }", json!({}));
+    let plain: i64 = scalar(&mut c, &format!("SELECT count(*) FROM {t}.product"));
+    assert_eq!(d["productCollection"]["totalCount"], plain);
+    // writes refused
+    let r = gql(
+        &mut c,
+        r#"mutation { insertTag(objects: [{name: "mine"}]) { affectedCount } }"#,
+        json!({}),
+    );
+    assert_eq!(first_error(&r)["extensions"]["sqlstate"], "42501", "{r}");
+    let r = gql(
+        &mut c,
+        r#"mutation { defineEntity(slug: "x", definition: {fields: [{name: "a", type: "text"}]}) }"#,
+        json!({}),
+    );
+    assert_eq!(first_error(&r)["extensions"]["sqlstate"], "42501", "{r}");
+    // the editor writes, attributed to them
+    c.execute("SELECT udm_use($1, $2)", &[&t, &editor]).unwrap();
+    let d = ok(
+        &mut c,
+        r#"mutation { insertTag(objects: [{name: "mine"}]) { records { id createdBy } } }"#,
+        json!({}),
+    );
+    let editor_id: String = scalar(
+        &mut adm,
+        &format!(
+            "SELECT id::text FROM udm.app_user WHERE email = {}",
+            lit(&editor)
+        ),
+    );
+    assert_eq!(
+        d["insertTag"]["records"][0]["createdBy"],
+        json!(editor_id),
+        "recorded by user id, as plain SQL does: {d}"
+    );
+    // introspection can be switched off by a superuser
+    adm.batch_execute(&format!(
+        "ALTER ROLE \"{app}\" SET udm.graphql_introspection = off"
+    ))
+    .unwrap();
+    let mut c2 = connect_as(&app);
+    c2.execute("SELECT udm_use($1, $2)", &[&t, &editor])
+        .unwrap();
+    let r = gql(&mut c2, "{ __schema { queryType { name } } }", json!({}));
+    assert!(r["errors"].as_array().is_some_and(|e| !e.is_empty()), "{r}");
+    let e = c2
+        .batch_execute("SET udm.graphql_introspection = on")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+}
+
+#[test]
+fn subscriptions_are_validated() {
+    let mut c = admin();
+    let t = shop(&mut c);
+    c.execute("SELECT udm_use($1)", &[&t]).unwrap();
+    let r = gql(
+        &mut c,
+        r#"subscription { productChanged(actions: [UPDATE], filter: {price: {gt: "10"}}) { eventId action record { name price } } }"#,
+        json!({}),
+    );
+    assert_eq!(r["extensions"]["subscription"], "valid", "{r}");
+    let r = gql(
+        &mut c,
+        r#"subscription { productChanged { eventId } tagChanged { eventId } }"#,
+        json!({}),
+    );
+    assert_eq!(
+        first_error(&r)["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED",
+        "{r}"
+    );
+}

@@ -142,13 +142,18 @@ fn corrupt(message: impl Into<String>) -> UdmError {
 }
 
 /// The text forms COPY writes and reads, the same on both ends whatever the sessions' settings
-/// (for the rest of the transaction).
+/// (for the rest of the transaction). Set by a query, not `SET`: an export runs in a read-only
+/// transaction (on a standby too), where udm runs no statement that needs a transaction id.
 fn set_local_formats() -> Result<()> {
-    crate::spi::run(
-        "SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL IntervalStyle = 'postgres'; \
-         SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; SET LOCAL TimeZone = 'UTC'",
+    crate::spi::select_one::<String>(
+        "SELECT pg_catalog.set_config('DateStyle', 'ISO, MDY', true) \
+             || pg_catalog.set_config('IntervalStyle', 'postgres', true) \
+             || pg_catalog.set_config('extra_float_digits', '3', true) \
+             || pg_catalog.set_config('bytea_output', 'hex', true) \
+             || pg_catalog.set_config('TimeZone', 'UTC', true)",
         &[],
     )
+    .map(|_| ())
 }
 
 fn refuse_pending(call: &str) -> Result<()> {

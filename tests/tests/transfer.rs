@@ -1227,3 +1227,128 @@ fn clones_are_independent_copies() {
     );
     assert!(msg.contains("not a udm admin"), "{msg}");
 }
+
+/// Another backend, already running and holding the definitions it used in its caches, sees
+/// tenants imported and cloned after it started: a slug it looked up before the import, a clone
+/// of a tenant it used, and a tenant dropped and imported again under the same slug with another
+/// definition (its plain SQL, udm functions, triggers and GraphQL all use the new one).
+#[test]
+fn other_sessions_see_imported_and_cloned_tenants() {
+    let mut adm = admin();
+    let src = tenant(&mut adm, "trcache");
+    adm.batch_execute(&format!(
+        r#"SELECT udm_use({t});
+           SELECT udm_define_entity('item', '{{"fields": [{{"name": "title", "type": "text", "required": true}}]}}');
+           INSERT INTO "{src}".item (title) VALUES ('one'), ('two');"#,
+        t = lit(&src)
+    ))
+    .unwrap();
+    let moved = unique("trmoved");
+    let cloned = unique("trcloned");
+    // the other backend: uses the source (its definitions cached), and looks for the copies
+    let mut other = admin();
+    other.query_one("SELECT udm_use($1)", &[&src]).unwrap();
+    let fields = |c: &mut Client| -> Vec<String> {
+        names(
+            c,
+            "SELECT f->>'name' FROM jsonb_array_elements(udm_describe('item')->'fields') f ORDER BY 1",
+        )
+    };
+    let gql_titles = |c: &mut Client, q: &str| -> Value {
+        let r: Value = c.query_one("SELECT udm_graphql($1)", &[&q]).unwrap().get(0);
+        assert!(r.get("errors").is_none(), "{r}");
+        r["data"]["itemCollection"]["nodes"].clone()
+    };
+    assert_eq!(fields(&mut other), ["title"]);
+    assert_eq!(
+        gql_titles(
+            &mut other,
+            "{ itemCollection(orderBy: [{title: ASC}]) { nodes { title } } }"
+        ),
+        json!([{"title": "one"}, {"title": "two"}])
+    );
+    expect_err(
+        &mut other,
+        &format!("SELECT udm_use({})", lit(&moved)),
+        "42704",
+    );
+
+    // an import under a slug the other backend looked for
+    let archive = export(&Db::shared(), "postgres", &src);
+    import(&Db::shared(), "postgres", &archive, Some(&moved)).expect("import");
+    other.query_one("SELECT udm_use($1)", &[&moved]).unwrap();
+    assert_eq!(fields(&mut other), ["title"]);
+    other
+        .batch_execute(&format!(
+            "INSERT INTO \"{moved}\".item (title) VALUES ('three')"
+        ))
+        .unwrap();
+    let n: i64 = scalar(
+        &mut other,
+        &format!("SELECT count(*) FROM \"{moved}\".item"),
+    );
+    assert_eq!(n, 3);
+    let v = json(&mut other, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], json!(true), "{v}");
+    assert_eq!(v["rows_checked"], json!(3), "{v}");
+
+    // a clone of the tenant the other backend uses
+    json(
+        &mut adm,
+        &format!(
+            "SELECT udm_clone_tenant({}, {}, true)",
+            lit(&src),
+            lit(&cloned)
+        ),
+    );
+    other.query_one("SELECT udm_use($1)", &[&cloned]).unwrap();
+    assert_eq!(
+        gql_titles(
+            &mut other,
+            "{ itemCollection(orderBy: [{title: ASC}]) { nodes { title } } }"
+        ),
+        json!([{"title": "one"}, {"title": "two"}])
+    );
+    other
+        .batch_execute(&format!(
+            "INSERT INTO \"{cloned}\".item (title) VALUES ('own')"
+        ))
+        .unwrap();
+    let v = json(&mut other, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], json!(true), "{v}");
+
+    // dropped and imported again under the same slug, from a source with another definition:
+    // the other backend had the old one cached
+    other.query_one("SELECT udm_use($1)", &[&moved]).unwrap();
+    assert_eq!(fields(&mut other), ["title"]);
+    json(
+        &mut adm,
+        &format!("SELECT udm_drop_tenant({}, {})", lit(&moved), lit(&moved)),
+    );
+    adm.batch_execute(&format!(
+        r#"SELECT udm_use({t});
+           SELECT udm_add_field('item', '{{"name": "size", "type": "integer", "default": 1}}');
+           UPDATE "{src}".item SET size = 2 WHERE title = 'two';"#,
+        t = lit(&src)
+    ))
+    .unwrap();
+    let archive = export(&Db::shared(), "postgres", &src);
+    import(&Db::shared(), "postgres", &archive, Some(&moved)).expect("import again");
+    other.query_one("SELECT udm_use($1)", &[&moved]).unwrap();
+    assert_eq!(fields(&mut other), ["size", "title"]);
+    assert_eq!(
+        gql_titles(
+            &mut other,
+            "{ itemCollection(orderBy: [{title: ASC}]) { nodes { title size } } }"
+        ),
+        json!([{"title": "one", "size": 1}, {"title": "two", "size": 2}])
+    );
+    other
+        .batch_execute(&format!(
+            "INSERT INTO \"{moved}\".item (title, size) VALUES ('four', 4)"
+        ))
+        .unwrap();
+    let v = json(&mut other, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], json!(true), "{v}");
+    assert_eq!(v["rows_checked"], json!(4), "{v}");
+}

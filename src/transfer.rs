@@ -748,11 +748,13 @@ pub fn import_finish(slug: &str) -> Result<Value> {
     finish(&imp)
 }
 
+/// Rows of each section, by name.
+type SectionCounts = Vec<(String, u64)>;
+/// The largest value of each sequence's column, by (table, column).
+type SequenceMaxima = BTreeMap<(String, String), i64>;
+
 /// Row counts (and the largest value of each sequence's column) of the loaded sections.
-fn count_sections(
-    slug: &str,
-    m: &Manifest,
-) -> Result<(Vec<(String, u64)>, BTreeMap<(String, String), i64>)> {
+fn count_sections(slug: &str, m: &Manifest) -> Result<(SectionCounts, SequenceMaxima)> {
     let seq_cols = tr::sequence_columns(&m.entities);
     let mut counts = Vec::new();
     let mut maxima = BTreeMap::new();

@@ -231,7 +231,7 @@ pub fn parse_manifest(v: &Value) -> Result<Manifest> {
         return Err(corrupt(format!(
             "this is not a udm tenant archive: its manifest's format is {}, not \"{FORMAT}\"",
             o.get("format")
-                .map_or("missing".to_string(), |f| crate::definition::short_json(f))
+                .map_or("missing".to_string(), crate::definition::short_json)
         )));
     }
     let version = integer(o.get("format_version"), "format_version", 1)?;

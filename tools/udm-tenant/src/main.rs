@@ -48,8 +48,11 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+/// `--flag value` options, in the order given.
+type Options = Vec<(String, String)>;
+
 /// Positional arguments and `--flag value` options.
-fn parse(args: &[String], flags: &[&str]) -> Result<(Vec<String>, Vec<(String, String)>), Failure> {
+fn parse(args: &[String], flags: &[&str]) -> Result<(Vec<String>, Options), Failure> {
     let mut pos = Vec::new();
     let mut opts = Vec::new();
     let mut i = 0;

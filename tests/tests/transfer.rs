@@ -11,6 +11,8 @@
 //! failed import leaves nothing behind.
 
 use postgres::{Client, NoTls};
+use std::path::PathBuf;
+use std::process::Command;
 use udm_tests::*;
 
 /// Where a database lives: socket directory, port, name.
@@ -629,6 +631,93 @@ fn an_exported_tenant_imports_into_a_new_database_and_under_a_new_slug() {
     assert_eq!(done["audit"]["ok"], json!(true));
     src.drop();
     dst.drop();
+}
+
+/// The path the README documents for a tenant that outgrows a shared database: into a cluster of
+/// its own, with no roles copied there (only the application's login role and a udm admin are
+/// made), through udm-tenant's export and import; everything works there as in the original,
+/// and the original is dropped afterwards.
+#[test]
+fn a_tenant_moves_into_a_cluster_of_its_own() {
+    let src = Db::create("udm_tr_mv");
+    let e = populate(&src);
+    let mut su = src.connect("postgres");
+    let adm = udm_admin_role(&mut su);
+    let archive = export(&src, &adm, &e.tenant);
+
+    // a new cluster on a port of its own: make test TRANSFER_PORT=<port>
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("target/transfer-cluster");
+    let cluster = root.join("tests/cluster.sh");
+    let port = std::env::var("UDM_TRANSFER_PORT").unwrap_or_else(|_| "5493".into());
+    let status = Command::new(&cluster)
+        .args([
+            "start",
+            &dir.display().to_string(),
+            &port,
+            "fresh",
+            "udm.bcrypt_cost = 4",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "start a cluster for the tenant");
+    let own = Db {
+        host: dir.join("sock").display().to_string(),
+        port,
+        name: unique("udm_tr_own"),
+    };
+    let mut c = own.at("postgres", "postgres");
+    c.batch_execute(&format!("CREATE DATABASE \"{}\"", own.name))
+        .unwrap();
+    c.batch_execute(&format!(
+        "CREATE ROLE \"{}\" LOGIN; CREATE ROLE \"{adm}\" LOGIN",
+        e.app
+    ))
+    .unwrap();
+    own.connect("postgres")
+        .batch_execute(&format!(
+            "CREATE EXTENSION udm; GRANT udm_admin TO \"{adm}\""
+        ))
+        .unwrap();
+    // a non-admin there is refused, and leaves nothing
+    let refused = import(&own, &e.app, &archive, None).expect_err("not a udm admin");
+    assert!(refused.contains("42501"), "{refused}");
+    nothing_of(&own, &e.tenant, 0);
+    let done = import(&own, &adm, &archive, None).expect("import into the new cluster");
+    assert_eq!(
+        done["role"],
+        json!(format!("tenant_{}@{}", e.tenant, own.name))
+    );
+    assert_eq!(done["users"]["added"], json!(3), "{done}");
+    assert_eq!(done["audit"]["ok"], json!(true));
+    assert_eq!(
+        own.schema(&e.tenant),
+        src.schema(&e.tenant),
+        "the tenant has the schema udm made for the original"
+    );
+    works(&own, &e.tenant, &e);
+    // the old copy goes
+    json(
+        &mut su,
+        &format!(
+            "SELECT udm_drop_tenant({}, {})",
+            lit(&e.tenant),
+            lit(&e.tenant)
+        ),
+    );
+    let left: i64 = scalar(
+        &mut su,
+        &format!(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = {}",
+            lit(&e.tenant)
+        ),
+    );
+    assert_eq!(left, 0);
+    src.drop();
+    let _ = Command::new(&cluster)
+        .args(["stop", &dir.display().to_string()])
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An archive written anew from `archive`, with `edit` applied to its manifest and sections:

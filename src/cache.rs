@@ -201,7 +201,13 @@ thread_local! {
     static PG_RESETS: Cell<u64> = const { Cell::new(0) };
     /// Set while udm resets PostgreSQL's caches itself: its own entries stay.
     static RESETTING: Cell<bool> = const { Cell::new(false) };
+    /// The backend's heap when udm first cached something (what it holds without tenants).
+    static BASELINE: Cell<usize> = const { Cell::new(0) };
+    static PUTS: Cell<u32> = const { Cell::new(0) };
 }
+
+/// How many insertions apart the backend's real heap is compared with the budget.
+const HEAP_CHECK_EVERY: u32 = 4;
 
 fn tick() -> u64 {
     TICK.with(|t| {
@@ -268,14 +274,52 @@ pub fn sync<K: Eq + Hash + Clone + 'static, V: Clone + 'static>(
     })
 }
 
-/// Drops the entries used least recently, across caches, until udm's share of the budget holds.
+/// Drops the entries used least recently, across caches, until udm's share of the budget holds;
+/// then every few insertions compares the backend's heap with the budget.
 fn enforce() {
     let limit = (budget() as f64 * OWN_SHARE) as usize;
-    if TOTAL.with(|t| t.get()) <= limit {
+    if TOTAL.with(|t| t.get()) > limit {
+        // below the limit by a margin, so that a full cache does not evict on every insert
+        evict_to(limit - limit / 8);
+    }
+    check_heap();
+}
+
+/// The estimates miss memory the backend really holds for its tenants: what PostgreSQL keeps
+/// for reuse after its caches are reset or its plans freed, the allocator's own overhead. So
+/// every few insertions the heap itself (`heap_bytes`) is compared with its size when udm first
+/// cached something plus the budget; beyond it, more of udm's entries go (their memory returns
+/// to the allocator), and when none are left PostgreSQL's caches are reset.
+fn check_heap() {
+    let n = PUTS.with(|p| {
+        let n = p.get().wrapping_add(1);
+        p.set(n);
+        n
+    });
+    if n % HEAP_CHECK_EVERY != 1 {
         return;
     }
-    // below the limit by a margin, so that a full cache does not evict on every insert
-    let target = limit - limit / 8;
+    let heap = heap_bytes();
+    let base = BASELINE.with(|b| {
+        if b.get() == 0 {
+            b.set(heap);
+        }
+        b.get()
+    });
+    let allowed = base + budget();
+    if heap <= allowed {
+        return;
+    }
+    let over = heap - allowed + budget() / 8;
+    let total = TOTAL.with(|t| t.get());
+    evict_to(total.saturating_sub(over));
+    if total < over && PG_BYTES.with(|b| b.get()) > 0 {
+        reset_postgres_caches();
+    }
+}
+
+/// Evicts the entries used least recently, across caches, until they hold at most `target`.
+fn evict_to(target: usize) {
     let members: Vec<&'static dyn Member> = MEMBERS.with(|m| m.borrow().clone());
     while TOTAL.with(|t| t.get()) > target {
         let victim = members

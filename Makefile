@@ -28,6 +28,8 @@ TEST_PORT     ?= 5498
 # the standby and pooler tests listen on unix sockets of their own only (STANDBY_PORT names one)
 RESTORE_PORT  ?= 5496
 STANDBY_PORT  ?= 5494
+# the cluster a tenant moves into in the transfer test (tests/tests/transfer.rs)
+TRANSFER_PORT ?= 5493
 BENCH_DIR     := $(ROOT)/target/bench-cluster
 BENCH_PORT    ?= 5497
 IS_ROOT       := $(filter 0,$(shell id -u))
@@ -128,7 +130,7 @@ integration:
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d postgres -q -c "DROP DATABASE IF EXISTS udm_it" -c "CREATE DATABASE udm_it"
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d udm_it -q -c "CREATE EXTENSION udm"
 	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_it \
-	    UDM_RESTORE_PORT=$(RESTORE_PORT) UDM_STANDBY_PORT=$(STANDBY_PORT) \
+	    UDM_RESTORE_PORT=$(RESTORE_PORT) UDM_STANDBY_PORT=$(STANDBY_PORT) UDM_TRANSFER_PORT=$(TRANSFER_PORT) \
 	    cargo test -q -p udm-tests -- --test-threads=4
 
 upgrade:

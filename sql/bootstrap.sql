@@ -168,6 +168,13 @@ CREATE FUNCTION udm.upgrade_tenants() RETURNS jsonb
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_upgrade_tenants';
 
+-- Moving tenants: a section of a tenant's export read as the extension's owner (tables the
+-- exporting udm admin may not read whole: password columns, dropped entities, users' hashes).
+-- Internal: only udm admins (and the owner) may execute it, and it checks again.
+CREATE FUNCTION udm.export_rows(slug text, section text) RETURNS SETOF record
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_export_rows';
+
 -- Query engine helpers. SQL functions whose declared volatility matches their body, so the
 -- planner inlines them into the queries udm generates.
 

@@ -34,3 +34,6 @@ GRANT EXECUTE ON FUNCTION
     udm.audit_visible(text, text, uuid),
     udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone)
     TO udm_tenant_roles;
+
+-- udm admins export tenants (udm_export writes the statements that call it).
+GRANT EXECUTE ON FUNCTION udm.export_rows(text, text) TO udm_admin;

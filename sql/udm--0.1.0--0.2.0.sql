@@ -111,6 +111,42 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'udm_graphql_schema_wrapper';
 
+-- Moving tenants: export, import and clone.
+CREATE FUNCTION udm.export_rows(slug text, section text) RETURNS SETOF record
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_export_rows';
+
+CREATE  FUNCTION "udm_export"(
+	"slug" TEXT /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_export_wrapper';
+
+CREATE  FUNCTION "udm_import_begin"(
+	"manifest" jsonb, /* Option < JsonB > */
+	"new_slug" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_import_begin_wrapper';
+
+CREATE  FUNCTION "udm_import_finish"(
+	"slug" TEXT /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_import_finish_wrapper';
+
+CREATE  FUNCTION "udm_clone_tenant"(
+	"source" TEXT, /* Option < & str > */
+	"new_slug" TEXT, /* Option < & str > */
+	"with_data" bool DEFAULT false /* Option < bool > */
+) RETURNS jsonb /* JsonB */
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_clone_tenant_wrapper';
+
 -- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -128,6 +164,7 @@ GRANT EXECUTE ON FUNCTION
     udm.audit_visible(text, text, uuid),
     udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone)
     TO udm_tenant_roles;
+GRANT EXECUTE ON FUNCTION udm.export_rows(text, text) TO udm_admin;
 
 -- Every tenant: its users table and foreign keys, its triggers (arguments name their table),
 -- its policies, and the helpers' role.

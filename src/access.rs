@@ -59,36 +59,37 @@ fn ensure_tables(t: &Tenant) -> Result<()> {
     {
         return Ok(());
     }
-    let s = quote_ident(&t.schema);
-    let r = quote_ident(&t.role);
-    crate::spi::create_on_first_use(
-        &t.schema,
-        "access tables",
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {s}.\"{MEMBER_TABLE}\" (\
-                   user_id uuid PRIMARY KEY REFERENCES {s}.\"{USER_TABLE}\" (id) ON DELETE CASCADE, \
-                   role text NOT NULL, \
-                   added_by text NOT NULL, \
-                   added_at timestamp with time zone NOT NULL DEFAULT now()); \
-                 GRANT SELECT ON {s}.\"{MEMBER_TABLE}\" TO {r}; \
-                 CREATE TABLE IF NOT EXISTS {s}.\"{ROLE_TABLE}\" (\
-                   name text PRIMARY KEY, \
-                   parent text NOT NULL, \
-                   permissions jsonb NOT NULL, \
-                   defined_by text NOT NULL, \
-                   defined_at timestamp with time zone NOT NULL DEFAULT now()); \
-                 GRANT SELECT ON {s}.\"{ROLE_TABLE}\" TO {r}; \
-                 CREATE TABLE IF NOT EXISTS {s}.\"{TUPLE_TABLE}\" (\
-                   object_entity text NOT NULL, \
-                   object_id uuid NOT NULL, \
-                   subject uuid NOT NULL REFERENCES {s}.\"{USER_TABLE}\" (id) ON DELETE CASCADE, \
-                   relation text NOT NULL CHECK (relation IN ('viewer', 'editor', 'admin')), \
-                   granted_by text NOT NULL, \
-                   granted_at timestamp with time zone NOT NULL DEFAULT now(), \
-                   PRIMARY KEY (object_entity, object_id, subject)); \
-                 CREATE INDEX IF NOT EXISTS \"{TUPLE_INDEX}\" ON {s}.\"{TUPLE_TABLE}\" (subject, object_entity); \
-                 GRANT SELECT ON {s}.\"{TUPLE_TABLE}\" TO {r};"
-            ),
+    crate::spi::create_on_first_use(&t.schema, "access tables", &tables_sql(&t.schema, &t.role))
+}
+
+/// The DDL of a tenant's members, roles and relation tuples (its users table first).
+pub fn tables_sql(schema: &str, role: &str) -> String {
+    let s = quote_ident(schema);
+    let r = quote_ident(role);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {s}.\"{MEMBER_TABLE}\" (\
+           user_id uuid PRIMARY KEY REFERENCES {s}.\"{USER_TABLE}\" (id) ON DELETE CASCADE, \
+           role text NOT NULL, \
+           added_by text NOT NULL, \
+           added_at timestamp with time zone NOT NULL DEFAULT now()); \
+         GRANT SELECT ON {s}.\"{MEMBER_TABLE}\" TO {r}; \
+         CREATE TABLE IF NOT EXISTS {s}.\"{ROLE_TABLE}\" (\
+           name text PRIMARY KEY, \
+           parent text NOT NULL, \
+           permissions jsonb NOT NULL, \
+           defined_by text NOT NULL, \
+           defined_at timestamp with time zone NOT NULL DEFAULT now()); \
+         GRANT SELECT ON {s}.\"{ROLE_TABLE}\" TO {r}; \
+         CREATE TABLE IF NOT EXISTS {s}.\"{TUPLE_TABLE}\" (\
+           object_entity text NOT NULL, \
+           object_id uuid NOT NULL, \
+           subject uuid NOT NULL REFERENCES {s}.\"{USER_TABLE}\" (id) ON DELETE CASCADE, \
+           relation text NOT NULL CHECK (relation IN ('viewer', 'editor', 'admin')), \
+           granted_by text NOT NULL, \
+           granted_at timestamp with time zone NOT NULL DEFAULT now(), \
+           PRIMARY KEY (object_entity, object_id, subject)); \
+         CREATE INDEX IF NOT EXISTS \"{TUPLE_INDEX}\" ON {s}.\"{TUPLE_TABLE}\" (subject, object_entity); \
+         GRANT SELECT ON {s}.\"{TUPLE_TABLE}\" TO {r};"
     )
 }
 

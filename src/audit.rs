@@ -62,9 +62,19 @@ const NOTIFY_EACH_UP_TO: usize = 100;
 /// and history; audit ids are unique by construction (an identity only udm writes) and are read
 /// in ranges through the BRIN index, as rows are appended in id order: an audit row costs one
 /// btree entry, not two.
-pub fn tenant_tables_sql(schema: &str, role: &str) -> String {
+pub fn tenant_tables_sql(schema: &str, role: &str, keys: bool) -> String {
     let s = quote_ident(schema);
     let r = quote_ident(role);
+    let pkey = if keys {
+        format!(", {}", audit_pkey_sql())
+    } else {
+        String::new()
+    };
+    let index = if keys {
+        audit_index_sql(schema)
+    } else {
+        String::new()
+    };
     format!(
         "CREATE TABLE {s}.\"_udm_audit\" (\
            audit_id bigint GENERATED ALWAYS AS IDENTITY, \
@@ -81,11 +91,32 @@ pub fn tenant_tables_sql(schema: &str, role: &str) -> String {
            txid bigint NOT NULL, \
            changed_at timestamp with time zone NOT NULL, \
            prev_hash bytea, \
-           hash bytea NOT NULL, \
-           CONSTRAINT \"_udm_audit__record__idx\" PRIMARY KEY (record_id, audit_id)); \
-         CREATE INDEX \"_udm_audit__changed_at_txid_id__idx\" ON {s}.\"_udm_audit\" USING brin (changed_at, txid, audit_id) WITH (autosummarize = on); \
+           hash bytea NOT NULL{pkey}); \
+         {index} \
          GRANT SELECT ON {s}.\"_udm_audit\" TO {r}; \
          COMMENT ON TABLE {s}.\"_udm_audit\" IS 'udm audit log and change events (append-only, hash-chained per record)';"
+    )
+}
+
+fn audit_pkey_sql() -> String {
+    "CONSTRAINT \"_udm_audit__record__idx\" PRIMARY KEY (record_id, audit_id)".to_string()
+}
+
+fn audit_index_sql(schema: &str) -> String {
+    format!(
+        "CREATE INDEX \"_udm_audit__changed_at_txid_id__idx\" ON {}.\"_udm_audit\" USING brin (changed_at, txid, audit_id) WITH (autosummarize = on);",
+        quote_ident(schema)
+    )
+}
+
+/// The keys of an audit log made without them (`tenant_tables_sql(.., false)`), once its rows
+/// are in: as `tenant_tables_sql` makes them.
+pub fn audit_keys_sql(schema: &str) -> String {
+    format!(
+        "ALTER TABLE {}.\"_udm_audit\" ADD {}; {}",
+        quote_ident(schema),
+        audit_pkey_sql(),
+        audit_index_sql(schema)
     )
 }
 

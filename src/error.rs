@@ -14,6 +14,7 @@ fn pg_code(s: SqlState) -> PgSqlErrorCode {
         SqlState::InvalidParameterValue => ERRCODE_INVALID_PARAMETER_VALUE,
         SqlState::NullValueNotAllowed => ERRCODE_NULL_VALUE_NOT_ALLOWED,
         SqlState::InvalidTextRepresentation => ERRCODE_INVALID_TEXT_REPRESENTATION,
+        SqlState::BadCopyFileFormat => ERRCODE_BAD_COPY_FILE_FORMAT,
         SqlState::NotNullViolation => ERRCODE_NOT_NULL_VIOLATION,
         SqlState::ForeignKeyViolation => ERRCODE_FOREIGN_KEY_VIOLATION,
         SqlState::UniqueViolation => ERRCODE_UNIQUE_VIOLATION,

@@ -39,28 +39,29 @@ pub fn ensure_tables(t: &Tenant) -> Result<()> {
     if has_table(t, SUBSCRIPTIONS) && has_table(t, CONSUMERS) {
         return Ok(());
     }
-    let s = quote_ident(&t.schema);
-    let r = quote_ident(&t.role);
-    crate::spi::create_on_first_use(
-        &t.schema,
-        "events tables",
-        &format!(
-            "CREATE TABLE IF NOT EXISTS {s}.\"{SUBSCRIPTIONS}\" (\
-                   entity text NOT NULL, \
-                   target text NOT NULL, \
-                   actions text[] NOT NULL, \
-                   condition jsonb, \
-                   created_by text NOT NULL, \
-                   created_at timestamp with time zone NOT NULL DEFAULT now(), \
-                   PRIMARY KEY (entity, target)); \
-                 GRANT SELECT ON {s}.\"{SUBSCRIPTIONS}\" TO {r}; \
-                 CREATE TABLE IF NOT EXISTS {s}.\"{CONSUMERS}\" (\
-                   consumer text PRIMARY KEY, \
-                   last_event bigint NOT NULL, \
-                   acked_by text NOT NULL, \
-                   acked_at timestamp with time zone NOT NULL DEFAULT now()); \
-                 GRANT SELECT ON {s}.\"{CONSUMERS}\" TO {r};"
-        ),
+    crate::spi::create_on_first_use(&t.schema, "events tables", &tables_sql(&t.schema, &t.role))
+}
+
+/// The DDL of a tenant's subscriptions and consumers.
+pub fn tables_sql(schema: &str, role: &str) -> String {
+    let s = quote_ident(schema);
+    let r = quote_ident(role);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {s}.\"{SUBSCRIPTIONS}\" (\
+           entity text NOT NULL, \
+           target text NOT NULL, \
+           actions text[] NOT NULL, \
+           condition jsonb, \
+           created_by text NOT NULL, \
+           created_at timestamp with time zone NOT NULL DEFAULT now(), \
+           PRIMARY KEY (entity, target)); \
+         GRANT SELECT ON {s}.\"{SUBSCRIPTIONS}\" TO {r}; \
+         CREATE TABLE IF NOT EXISTS {s}.\"{CONSUMERS}\" (\
+           consumer text PRIMARY KEY, \
+           last_event bigint NOT NULL, \
+           acked_by text NOT NULL, \
+           acked_at timestamp with time zone NOT NULL DEFAULT now()); \
+         GRANT SELECT ON {s}.\"{CONSUMERS}\" TO {r};"
     )
 }
 

@@ -902,21 +902,32 @@ pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
 
 pub fn verify() -> Result<Value> {
     let t = catalog::current_tenant()?;
+    verify_tenant(&t)
+}
+
+/// `udm_audit_verify` of a tenant (what the caller may read of it).
+///
+/// The rows are read in the order of the audit log's key, (record_id, audit_id): no sort of the
+/// log (a chain is one record's rows of one entity; the few chains of one record id — its rows,
+/// its links as `entity.field`, its locks as `entity#lock` — are followed side by side), and
+/// each row's hash is recomputed where it is read.
+pub fn verify_tenant(t: &Tenant) -> Result<Value> {
     let sql = format!(
-        "SELECT audit_id, entity, record_id::text, action, prev_hash, \
-           hash = udm.audit_hash(prev_hash, entity, record_id, action, record_version, entity_version, \
-                  old_data, new_data, array_to_string(changed_fields, ','), user_id, db_role, txid, changed_at) AS hash_ok, \
-           lag(hash) OVER w, lag(action) OVER w, hash \
-         FROM {} WINDOW w AS (PARTITION BY entity, record_id ORDER BY audit_id) \
-         ORDER BY entity, record_id, audit_id",
-        audit_table(&t)
+        "SELECT a.audit_id, a.entity, a.record_id::text, a.action, a.prev_hash, \
+           a.hash = udm.audit_hash(a.prev_hash, a.entity, a.record_id, a.action, a.record_version, a.entity_version, \
+                  a.old_data, a.new_data, array_to_string(a.changed_fields, ','), a.user_id, a.db_role, a.txid, a.changed_at), \
+           a.hash \
+         FROM {} AS a ORDER BY a.record_id, a.audit_id",
+        audit_table(t)
     );
     let mut checked = 0i64;
     let mut records = 0i64;
     let mut first: Option<(i64, Value)> = None;
     Spi::connect(|c| {
         let mut cursor = c.open_cursor(&sql, &[]);
-        let mut last_key: Option<(String, String)> = None;
+        // the chains of the current record id: entity -> (action, hash) of its newest row so far
+        let mut record: Option<String> = None;
+        let mut chains: Vec<(String, String, Vec<u8>)> = Vec::new();
         loop {
             let batch = cursor.fetch(10_000)?;
             if batch.is_empty() {
@@ -930,17 +941,16 @@ pub fn verify() -> Result<Value> {
                 let action = r.get::<String>(4)?.unwrap_or_default();
                 let prev = r.get::<Vec<u8>>(5)?;
                 let hash_ok = r.get::<bool>(6)?.unwrap_or(false);
-                let before_hash = r.get::<Vec<u8>>(7)?;
-                let before_action = r.get::<String>(8)?;
-                let key = (entity.clone(), rec.clone());
-                if last_key.as_ref() != Some(&key) {
-                    records += 1;
-                    last_key = Some(key);
+                let hash = r.get::<Vec<u8>>(7)?.unwrap_or_default();
+                if record.as_deref() != Some(rec.as_str()) {
+                    record = Some(rec.clone());
+                    chains.clear();
                 }
-                let before = match (&before_action, &before_hash) {
-                    (Some(a), Some(h)) => Some((a.as_str(), h.as_slice())),
-                    _ => None,
-                };
+                let at = chains.iter().position(|(e, _, _)| *e == entity);
+                if at.is_none() {
+                    records += 1;
+                }
+                let before = at.map(|i| (chains[i].1.as_str(), chains[i].2.as_slice()));
                 let problem = if !hash_ok {
                     Some("its content does not match its hash (the row was changed)".to_string())
                 } else {
@@ -954,12 +964,16 @@ pub fn verify() -> Result<Value> {
                         ));
                     }
                 }
+                match at {
+                    Some(i) => chains[i] = (entity, action, hash),
+                    None => chains.push((entity, action, hash)),
+                }
             }
         }
         Ok::<_, pgrx::spi::Error>(())
     })
     .map_err(spi_err)?;
-    let missing = missing_heads(&t)?;
+    let missing = missing_heads(t)?;
     Ok(json!({
         "tenant": t.slug,
         "ok": first.is_none() && missing.is_empty(),

@@ -43,6 +43,7 @@ mod security;
 mod spi;
 mod templates;
 mod tenants;
+mod transfer;
 mod triggers;
 mod trust;
 mod upgrade;
@@ -59,6 +60,7 @@ pub extern "C-unwind" fn _PG_init() {
     graphql::init();
     catalog::init();
     audit::init();
+    transfer::init();
 }
 
 #[cfg(test)]

@@ -41,25 +41,26 @@ fn ensure_table(t: &Tenant) -> Result<()> {
     if t.relation(LOCK_TABLE).is_some() {
         return Ok(());
     }
-    let s = quote_ident(&t.schema);
-    let r = quote_ident(&t.role);
-    crate::spi::create_on_first_use(
-        &t.schema,
-        "lock table",
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {s}.\"{LOCK_TABLE}\" (\
-                   entity text NOT NULL, \
-                   record_id uuid NOT NULL, \
-                   holder text NOT NULL, \
-                   holder_role text NOT NULL, \
-                   acquired_at timestamp with time zone NOT NULL, \
-                   heartbeat_at timestamp with time zone NOT NULL, \
-                   stale_at timestamp with time zone NOT NULL, \
-                   expires_at timestamp with time zone NOT NULL, \
-                   PRIMARY KEY (entity, record_id)); \
-                 GRANT SELECT ON {s}.\"{LOCK_TABLE}\" TO {r}; \
-                 COMMENT ON TABLE {s}.\"{LOCK_TABLE}\" IS 'udm write locks (one row per locked scope record; written only by udm_lock_*)';"
-            ),
+    crate::spi::create_on_first_use(&t.schema, "lock table", &table_sql(&t.schema, &t.role))
+}
+
+/// The DDL of a tenant's lock table.
+pub fn table_sql(schema: &str, role: &str) -> String {
+    let s = quote_ident(schema);
+    let r = quote_ident(role);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {s}.\"{LOCK_TABLE}\" (\
+           entity text NOT NULL, \
+           record_id uuid NOT NULL, \
+           holder text NOT NULL, \
+           holder_role text NOT NULL, \
+           acquired_at timestamp with time zone NOT NULL, \
+           heartbeat_at timestamp with time zone NOT NULL, \
+           stale_at timestamp with time zone NOT NULL, \
+           expires_at timestamp with time zone NOT NULL, \
+           PRIMARY KEY (entity, record_id)); \
+         GRANT SELECT ON {s}.\"{LOCK_TABLE}\" TO {r}; \
+         COMMENT ON TABLE {s}.\"{LOCK_TABLE}\" IS 'udm write locks (one row per locked scope record; written only by udm_lock_*)';"
     )
 }
 

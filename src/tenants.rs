@@ -18,6 +18,10 @@ fn run(sql: &str) -> Result<()> {
 }
 
 /// The name of the database udm runs in.
+pub fn database_name() -> String {
+    current_database()
+}
+
 fn current_database() -> String {
     unsafe {
         let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
@@ -45,78 +49,134 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
     let role = tenant_role(slug, &current_database());
     let schema = slug.to_string();
     as_owner(|| {
-        let taken = crate::spi::select_one::<String>(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM udm.tenant WHERE slug = $1) THEN 'tenant' \
-                    WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1) THEN 'schema' \
-                    WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $2) THEN 'role' END",
-            &[slug.into(), role.as_str().into()],
-        )?;
-        match taken.as_deref() {
-            Some("tenant") => {
-                return Err(UdmError::new(SqlState::DuplicateSchema, format!("tenant \"{slug}\" already exists"))
-                    .hint("choose another slug, or drop the old tenant with udm_drop_tenant"))
-            }
-            Some("schema") => {
-                return Err(UdmError::new(
-                    SqlState::DuplicateSchema,
-                    format!("cannot create tenant \"{slug}\": a schema named \"{schema}\" already exists"),
-                )
-                .hint("the tenant's schema takes its slug; choose another slug"))
-            }
-            Some(_) => {
-                return Err(UdmError::new(
-                    SqlState::DuplicateObject,
-                    format!("cannot create tenant \"{slug}\": the role \"{role}\" already exists"),
-                )
-                .hint("roles are shared by all databases of the cluster: a database of this name that was dropped may have left it; if nothing uses it, a superuser can drop it (DROP ROLE), else choose another slug"))
-            }
-            None => {}
-        }
-        let s = quote_ident(&schema);
-        let r = quote_ident(&role);
-        let label = match name {
-            Some(n) => format!("udm tenant {slug} ({n})"),
-            None => format!("udm tenant {slug}"),
-        };
-        // One statement: role, schema and the tenant's catalog (an append-only table of every
-        // version of every entity definition; its newest row per entity is the current one).
-        run(&format!(
-            "CREATE ROLE {r} NOLOGIN; GRANT {r} TO {admin}; GRANT {helpers} TO {r}; \
-             CREATE SCHEMA {s}; GRANT USAGE ON SCHEMA {s} TO {r}; \
-             CREATE TABLE {s}.\"_udm_entity\" (\
-               entity text NOT NULL, \
-               version integer NOT NULL, \
-               status text NOT NULL CHECK (status IN ('active', 'dropped', 'purged')), \
-               definition jsonb, \
-               change jsonb NOT NULL, \
-               changed_by text NOT NULL, \
-               changed_role text NOT NULL, \
-               changed_at timestamp with time zone NOT NULL DEFAULT now(), \
-               txid bigint NOT NULL DEFAULT txid_current(), \
-               PRIMARY KEY (entity, version)); \
-             GRANT SELECT ON {s}.\"_udm_entity\" TO {r}; \
-             {audit} \
-             COMMENT ON SCHEMA {s} IS {label}",
-            audit = crate::audit::tenant_tables_sql(&schema, &role),
-            admin = quote_ident(ADMIN_ROLE_NAME),
-            helpers = quote_ident(security::TENANT_ROLES),
-            label = quote_literal(&label),
-        ))?;
-        crate::spi::connect_mut("INSERT", |c| {
-            c.update(
-                "INSERT INTO udm.tenant (slug, name, schema_name, role_name, created_by, channel) \
-                 VALUES ($1, $2, $3, $4, $5, 'udm_' || $1 || '_' || substr(md5(gen_random_uuid()::text), 1, 16))",
-                None,
-                &[slug.into(), name.into(), schema.as_str().into(), role.as_str().into(), security::actor().as_str().into()],
-            )
-            .map(|_| ())
-        })
-        .map_err(spi_err)
+        refuse_taken(slug, &role)?;
+        create_objects(slug, name, &role)?;
+        register(slug, name, &role, None, None, false)
     })?;
     catalog::invalidate_registry();
     let mut out = tenant_json(slug, name, &schema, &role);
     out["created"] = json!(true);
     Ok(out)
+}
+
+/// The role a new tenant of this database gets.
+pub fn new_tenant_role(slug: &str) -> String {
+    tenant_role(slug, &current_database())
+}
+
+/// Refuses a slug whose tenant, schema or role exists (as the owner).
+pub fn refuse_taken(slug: &str, role: &str) -> Result<()> {
+    let schema = slug;
+    let taken = crate::spi::select_one::<String>(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM udm.tenant WHERE slug = $1) THEN 'tenant' \
+                WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1) THEN 'schema' \
+                WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $2) THEN 'role' END",
+        &[slug.into(), role.into()],
+    )?;
+    match taken.as_deref() {
+        Some("tenant") => {
+            Err(UdmError::new(SqlState::DuplicateSchema, format!("tenant \"{slug}\" already exists"))
+                .hint("choose another slug, or drop the old tenant with udm_drop_tenant"))
+        }
+        Some("schema") => {
+            Err(UdmError::new(
+                SqlState::DuplicateSchema,
+                format!("cannot create tenant \"{slug}\": a schema named \"{schema}\" already exists"),
+            )
+            .hint("the tenant's schema takes its slug; choose another slug"))
+        }
+        Some(_) => {
+            Err(UdmError::new(
+                SqlState::DuplicateObject,
+                format!("cannot create tenant \"{slug}\": the role \"{role}\" already exists"),
+            )
+            .hint("roles are shared by all databases of the cluster: a database of this name that was dropped may have left it; if nothing uses it, a superuser can drop it (DROP ROLE), else choose another slug"))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The tenant's catalog: an append-only table of every version of every entity definition (its
+/// newest row per entity is the current one).
+pub fn catalog_table_sql(schema: &str, role: &str) -> String {
+    let s = quote_ident(schema);
+    let r = quote_ident(role);
+    format!(
+        "CREATE TABLE {s}.\"_udm_entity\" (\
+           entity text NOT NULL, \
+           version integer NOT NULL, \
+           status text NOT NULL CHECK (status IN ('active', 'dropped', 'purged')), \
+           definition jsonb, \
+           change jsonb NOT NULL, \
+           changed_by text NOT NULL, \
+           changed_role text NOT NULL, \
+           changed_at timestamp with time zone NOT NULL DEFAULT now(), \
+           txid bigint NOT NULL DEFAULT txid_current(), \
+           PRIMARY KEY (entity, version)); \
+         GRANT SELECT ON {s}.\"_udm_entity\" TO {r};"
+    )
+}
+
+/// A tenant's role, schema, catalog and audit log (as the owner; the audit log without its keys
+/// when `audit_keys` is false: see `audit::tenant_tables_sql`).
+fn create_objects_with(slug: &str, name: Option<&str>, role: &str, audit_keys: bool) -> Result<()> {
+    let s = quote_ident(slug);
+    let r = quote_ident(role);
+    let label = match name {
+        Some(n) => format!("udm tenant {slug} ({n})"),
+        None => format!("udm tenant {slug}"),
+    };
+    // One statement: role, schema, the tenant's catalog and its audit log.
+    run(&format!(
+        "CREATE ROLE {r} NOLOGIN; GRANT {r} TO {admin}; GRANT {helpers} TO {r}; \
+         CREATE SCHEMA {s}; GRANT USAGE ON SCHEMA {s} TO {r}; \
+         {catalog} \
+         {audit} \
+         COMMENT ON SCHEMA {s} IS {label}",
+        catalog = catalog_table_sql(slug, role),
+        audit = crate::audit::tenant_tables_sql(slug, role, audit_keys),
+        admin = quote_ident(ADMIN_ROLE_NAME),
+        helpers = quote_ident(security::TENANT_ROLES),
+        label = quote_literal(&label),
+    ))
+}
+
+fn create_objects(slug: &str, name: Option<&str>, role: &str) -> Result<()> {
+    create_objects_with(slug, name, role, true)
+}
+
+/// What a tenant being imported starts with: role, schema, catalog, and its audit log without
+/// keys (they are built once its rows are in).
+pub fn create_objects_for_import(slug: &str, name: Option<&str>, role: &str) -> Result<()> {
+    create_objects_with(slug, name, role, false)
+}
+
+/// The tenant's row in the registry (a new notification channel). `created` keeps when and by
+/// whom an imported tenant was made.
+pub fn register(
+    slug: &str,
+    name: Option<&str>,
+    role: &str,
+    created_at: Option<&str>,
+    created_by: Option<&str>,
+    access: bool,
+) -> Result<()> {
+    let by = created_by
+        .map(str::to_string)
+        .unwrap_or_else(security::actor);
+    crate::spi::run(
+        "INSERT INTO udm.tenant (slug, name, schema_name, role_name, created_at, created_by, channel, access) \
+         VALUES ($1, $2, $1, $3, coalesce($4::timestamptz, now()), $5, \
+                 'udm_' || $1 || '_' || substr(md5(gen_random_uuid()::text), 1, 16), $6)",
+        &[
+            slug.into(),
+            name.into(),
+            role.into(),
+            created_at.into(),
+            by.as_str().into(),
+            access.into(),
+        ],
+    )
 }
 
 /// Lists a tenant schema the registry has lost again (a database restored from a dump without the

@@ -35,24 +35,25 @@ pub fn ensure_table(t: &Tenant) -> Result<()> {
     if t.relation(USER_TABLE).is_some() {
         return Ok(());
     }
-    let s = quote_ident(&t.schema);
-    crate::spi::create_on_first_use(
-        &t.schema,
-        "users table",
-        &format!(
-            "CREATE TABLE IF NOT EXISTS {s}.\"{USER_TABLE}\" (\
-               id uuid PRIMARY KEY, \
-               email text, \
-               name text NOT NULL, \
-               known_at timestamp with time zone NOT NULL DEFAULT now(), \
-               erased_at timestamp with time zone); \
-             GRANT SELECT ON {s}.\"{USER_TABLE}\" TO {}; \
-             COMMENT ON TABLE {s}.\"{USER_TABLE}\" IS 'udm: the users this tenant knows (members, and users its user fields name)'",
-            quote_ident(&t.role)
-        ),
-    )?;
+    crate::spi::create_on_first_use(&t.schema, "users table", &table_sql(&t.schema, &t.role))?;
     catalog::invalidate_registry();
     Ok(())
+}
+
+/// The DDL of a tenant's users table.
+pub fn table_sql(schema: &str, role: &str) -> String {
+    let s = quote_ident(schema);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {s}.\"{USER_TABLE}\" (\
+           id uuid PRIMARY KEY, \
+           email text, \
+           name text NOT NULL, \
+           known_at timestamp with time zone NOT NULL DEFAULT now(), \
+           erased_at timestamp with time zone); \
+         GRANT SELECT ON {s}.\"{USER_TABLE}\" TO {}; \
+         COMMENT ON TABLE {s}.\"{USER_TABLE}\" IS 'udm: the users this tenant knows (members, and users its user fields name)'",
+        quote_ident(role)
+    )
 }
 
 /// The users table before DDL that references it (an entity with `user` fields).

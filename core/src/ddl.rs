@@ -958,43 +958,70 @@ fn rename_artifact_sql(ctx: &Ctx, a: &Artifact, new_name: &str) -> String {
 
 // ------------------------------------------------------------------ create
 
-fn junction_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> Vec<String> {
-    let j = f.junction.clone().unwrap_or_default();
-    let jt = qualified(ctx.schema, &j);
+/// The columns of a junction table.
+const JUNCTION_COLUMNS: &str = "\"source_id\" uuid NOT NULL, \"target_id\" uuid NOT NULL, \
+     \"created_at\" timestamp with time zone NOT NULL DEFAULT now()";
+
+/// The key constraints of a junction table, named after `j`, the name the table had when it was
+/// made (a rename or a removal renames the table, not its constraints).
+fn junction_keys(ctx: &Ctx, entity: &str, f: &FieldDef, j: &str) -> [String; 3] {
     let target = f.target.as_deref().unwrap_or_default();
-    let mut out = vec![
+    [
         format!(
-            "CREATE TABLE {jt} (\"source_id\" uuid NOT NULL, \"target_id\" uuid NOT NULL, \
-             \"created_at\" timestamp with time zone NOT NULL DEFAULT now(), \
-             CONSTRAINT {} PRIMARY KEY (\"source_id\", \"target_id\"), \
-             CONSTRAINT {} FOREIGN KEY (\"source_id\") REFERENCES {} (\"id\") ON DELETE CASCADE, \
-             CONSTRAINT {} FOREIGN KEY (\"target_id\") REFERENCES {} (\"id\") ON DELETE CASCADE)",
-            quote_ident(&fit_name(&format!("{j}__pkey"))),
+            "CONSTRAINT {} PRIMARY KEY (\"source_id\", \"target_id\")",
+            quote_ident(&fit_name(&format!("{j}__pkey")))
+        ),
+        format!(
+            "CONSTRAINT {} FOREIGN KEY (\"source_id\") REFERENCES {} (\"id\") ON DELETE CASCADE",
             quote_ident(&fit_name(&format!("{j}__source__fkey"))),
-            ctx.table(entity),
+            ctx.table(entity)
+        ),
+        format!(
+            "CONSTRAINT {} FOREIGN KEY (\"target_id\") REFERENCES {} (\"id\") ON DELETE CASCADE",
             quote_ident(&fit_name(&format!("{j}__target__fkey"))),
-            ctx.table(target),
+            ctx.table(target)
         ),
-        format!(
-            "CREATE INDEX {} ON {jt} (\"target_id\")",
-            quote_ident(&fit_name(&format!("{j}__target__idx")))
-        ),
-        format!(
+    ]
+}
+
+/// What a junction table has besides its columns and keys: the index of its targets, the
+/// tenant's privileges (`grant`), its comment, the audit triggers and, in tenants with members,
+/// access control. `j` as for `junction_keys`; the table is `f.junction`.
+fn junction_rest(ctx: &Ctx, entity: &str, f: &FieldDef, j: &str, grant: bool) -> Vec<String> {
+    let jt = qualified(ctx.schema, f.junction.as_deref().unwrap_or_default());
+    let target = f.target.as_deref().unwrap_or_default();
+    let mut out = vec![format!(
+        "CREATE INDEX {} ON {jt} (\"target_id\")",
+        quote_ident(&fit_name(&format!("{j}__target__idx")))
+    )];
+    if grant {
+        out.push(format!(
             "GRANT SELECT, INSERT, UPDATE, DELETE ON {jt} TO {}",
             quote_ident(ctx.role)
-        ),
-        format!(
-            "COMMENT ON TABLE {jt} IS {}",
-            quote_literal(&format!(
-                "udm many-to-many links of {entity}.{} to {target}",
-                f.name
-            ))
-        ),
-    ];
+        ));
+    }
+    out.push(format!(
+        "COMMENT ON TABLE {jt} IS {}",
+        quote_literal(&format!(
+            "udm many-to-many links of {entity}.{} to {target}",
+            f.name
+        ))
+    ));
     out.extend(junction_audit_sql(&jt, entity, f));
     if ctx.access {
         out.extend(junction_access_sql(ctx, entity, f));
     }
+    out
+}
+
+fn junction_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> Vec<String> {
+    let j = f.junction.clone().unwrap_or_default();
+    let jt = qualified(ctx.schema, &j);
+    let mut out = vec![format!(
+        "CREATE TABLE {jt} ({JUNCTION_COLUMNS}, {})",
+        junction_keys(ctx, entity, f, &j).join(", ")
+    )];
+    out.extend(junction_rest(ctx, entity, f, &j, true));
     out
 }
 
@@ -1063,27 +1090,29 @@ pub fn grant_sql(ctx: &Ctx, def: &EntityDef, fresh: bool) -> Vec<String> {
     out
 }
 
-/// The steps that create an entity's table from scratch.
-pub fn create_entity(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Step>> {
-    let e = &def.slug;
-    let mut cols = vec![
+/// The system columns every entity table starts with.
+fn system_columns() -> Vec<String> {
+    vec![
         format!("\"id\" uuid NOT NULL DEFAULT {}", crate::ids::NEW_ID_SQL),
         "\"created_at\" timestamp with time zone NOT NULL DEFAULT now()".to_string(),
         "\"updated_at\" timestamp with time zone NOT NULL DEFAULT now()".to_string(),
         "\"created_by\" text".to_string(),
         "\"updated_by\" text".to_string(),
         "\"_version\" integer NOT NULL DEFAULT 1".to_string(),
-    ];
-    for f in def.fields.iter().filter(|f| f.has_column()) {
-        cols.push(column_sql(ctx, e, f));
-    }
-    let artifacts = entity_artifacts(ctx, def)?;
+    ]
+}
+
+/// An entity's artifacts as `create_entity` makes them: the constraints on its own table that
+/// `CREATE TABLE` holds (`CONSTRAINT name body`, the primary key first), and the rest as
+/// statements (indexes, triggers, rule triggers on other tables, row security).
+fn split_artifacts(ctx: &Ctx, def: &EntityDef, artifacts: &[Artifact]) -> (Vec<String>, Vec<Step>) {
+    let e = &def.slug;
     let mut inline = vec![format!(
         "CONSTRAINT {} PRIMARY KEY (\"id\")",
         quote_ident(&pkey_name(e))
     )];
     let mut later = Vec::new();
-    for a in &artifacts {
+    for a in artifacts {
         let self_only = a.table == *e;
         match a.kind {
             ArtifactKind::Check | ArtifactKind::ForeignKey if self_only => {
@@ -1095,6 +1124,18 @@ pub fn create_entity(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Step>> {
             _ => later.push(Step::Sql(add_artifact_sql(ctx, a, false))),
         }
     }
+    (inline, later)
+}
+
+/// The steps that create an entity's table from scratch.
+pub fn create_entity(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Step>> {
+    let e = &def.slug;
+    let mut cols = system_columns();
+    for f in def.fields.iter().filter(|f| f.has_column()) {
+        cols.push(column_sql(ctx, e, f));
+    }
+    let artifacts = entity_artifacts(ctx, def)?;
+    let (inline, later) = split_artifacts(ctx, def, &artifacts);
     cols.extend(inline);
     let mut steps = vec![Step::Sql(format!(
         "CREATE TABLE {} (\n  {}\n)",
@@ -1107,6 +1148,153 @@ pub fn create_entity(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Step>> {
     }
     steps.extend(grant_sql(ctx, def, true).into_iter().map(Step::Sql));
     Ok(steps)
+}
+
+// ------------------------------------------------------------------ import
+
+/// The fields of an entity that have a column in its table, in the order their columns were
+/// added (field ids grow with every field added; removing a field renames its column and keeps
+/// it in place): active and removed fields alike.
+pub fn column_fields(def: &EntityDef) -> Vec<&FieldDef> {
+    let mut out: Vec<&FieldDef> = def
+        .fields
+        .iter()
+        .chain(def.removed_fields.iter())
+        .filter(|f| f.has_column())
+        .collect();
+    out.sort_by_key(|f| f.id);
+    out
+}
+
+/// The columns of an entity's table (name, PostgreSQL type), in table order: the system columns,
+/// then `column_fields`.
+pub fn table_columns(def: &EntityDef) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vec![
+        ("id".into(), "uuid".into()),
+        ("created_at".into(), "timestamp with time zone".into()),
+        ("updated_at".into(), "timestamp with time zone".into()),
+        ("created_by".into(), "text".into()),
+        ("updated_by".into(), "text".into()),
+        ("_version".into(), "integer".into()),
+    ];
+    for f in column_fields(def) {
+        out.push((f.column.clone(), f.pg_type()));
+    }
+    out
+}
+
+/// The columns of a junction table (name, PostgreSQL type).
+pub fn junction_columns() -> Vec<(String, String)> {
+    vec![
+        ("source_id".into(), "uuid".into()),
+        ("target_id".into(), "uuid".into()),
+        ("created_at".into(), "timestamp with time zone".into()),
+    ]
+}
+
+/// A removed field's column as removing left it: no default, NOT NULL only where PostgreSQL keeps
+/// it (an auto number's identity).
+fn removed_column_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> String {
+    let mut s = format!("{} {}", quote_ident(&f.column), f.pg_type());
+    if f.ftype == FieldType::AutoNumber {
+        s.push_str(&format!(
+            " GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME {}) NOT NULL",
+            qualified(ctx.schema, &sequence_name(entity, &f.name))
+        ));
+    }
+    s
+}
+
+/// What importing (or cloning) an entity makes, in two parts around loading its rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportDdl {
+    /// Before the rows: its table and its junction tables with their columns only (no keys,
+    /// constraints, indexes or triggers: rows are loaded as they are, nothing fires).
+    pub tables: Vec<String>,
+    /// After the rows, before any entity's `after`: the primary keys of its tables (foreign
+    /// keys of other tables need them).
+    pub keys: Vec<String>,
+    /// After the rows: what `create_entity` makes around the columns (and a later removal left),
+    /// each constraint validated against the rows loaded: keys and constraints, indexes,
+    /// triggers, row security and grants, junction tables' keys, and checks that the rules over
+    /// related records hold for every record. For a dropped entity, what dropping it left: no
+    /// grants, and no triggers of its rules on other tables.
+    pub after: Vec<Step>,
+}
+
+/// The DDL of an entity in a tenant being imported: the same artifacts a definition creates, for
+/// a table that also holds the columns of its removed fields (in place) and the junction tables
+/// of removed many-to-many fields.
+pub fn import_entity(ctx: &Ctx, def: &EntityDef, dropped: bool) -> Result<ImportDdl> {
+    let e = &def.slug;
+    let t = ctx.table(e);
+    let active: std::collections::BTreeSet<u32> = def.fields.iter().map(|f| f.id).collect();
+    let mut cols = system_columns();
+    for f in column_fields(def) {
+        cols.push(if active.contains(&f.id) {
+            column_sql(ctx, e, f)
+        } else {
+            removed_column_sql(ctx, e, f)
+        });
+    }
+    let mut tables = vec![format!("CREATE TABLE {t} (\n  {}\n)", cols.join(",\n  "))];
+    let mut artifacts = entity_artifacts(ctx, def)?;
+    if dropped {
+        // dropping an entity takes its rules' triggers off other tables
+        let foreign: Vec<Artifact> = rule_artifacts(ctx, def)?
+            .into_iter()
+            .filter(|a| a.table != *e)
+            .collect();
+        artifacts.retain(|a| !foreign.contains(a));
+    }
+    let (inline, later) = split_artifacts(ctx, def, &artifacts);
+    let mut keys = vec![format!("ALTER TABLE {t} ADD {}", inline[0])];
+    let mut after = Vec::new();
+    if inline.len() > 1 {
+        // one statement: PostgreSQL checks the rows against all its CHECK constraints in one scan
+        let adds: Vec<String> = inline[1..].iter().map(|c| format!("ADD {c}")).collect();
+        after.push(Step::Sql(format!("ALTER TABLE {t} {}", adds.join(", "))));
+    }
+    after.extend(later);
+    for f in def.fields.iter().chain(def.removed_fields.iter()) {
+        let Some(jt) = f.junction.as_deref() else {
+            continue;
+        };
+        // named when made: the field's junction name, whatever a removal renamed the table to
+        let made_as = if active.contains(&f.id) {
+            jt.to_string()
+        } else {
+            crate::definition::junction_name(e, &f.name)
+        };
+        let q = qualified(ctx.schema, jt);
+        tables.push(format!("CREATE TABLE {q} ({JUNCTION_COLUMNS})"));
+        let [pkey, source, target] = junction_keys(ctx, e, f, &made_as);
+        keys.push(format!("ALTER TABLE {q} ADD {pkey}"));
+        after.push(Step::Sql(format!(
+            "ALTER TABLE {q} ADD {source}, ADD {target}"
+        )));
+        after.extend(
+            junction_rest(ctx, e, f, &made_as, !dropped)
+                .into_iter()
+                .map(Step::Sql),
+        );
+    }
+    if !dropped {
+        after.extend(grant_sql(ctx, def, true).into_iter().map(Step::Sql));
+        for r in &def.rules {
+            if let Some(c) = related_rule(ctx, def, &r.check)? {
+                after.push(Step::RuleHolds {
+                    key: format!("r.{}", r.name),
+                    sql: related_rules::existing_violators(ctx.schema, e, &c.condition),
+                });
+            }
+        }
+    }
+    Ok(ImportDdl {
+        tables,
+        keys,
+        after,
+    })
 }
 
 // ------------------------------------------------------------------ change

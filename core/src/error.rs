@@ -13,6 +13,8 @@ pub enum SqlState {
     NullValueNotAllowed,
     /// 22P02: a value cannot be read as the type it should have.
     InvalidTextRepresentation,
+    /// 22P04: an archive (or a section of it) is damaged, truncated or not what it says.
+    BadCopyFileFormat,
     /// 23502: a required value is missing.
     NotNullViolation,
     /// 23503: a referenced record does not exist or is still referenced.
@@ -67,6 +69,7 @@ impl SqlState {
             SqlState::InvalidParameterValue => "22023",
             SqlState::NullValueNotAllowed => "22004",
             SqlState::InvalidTextRepresentation => "22P02",
+            SqlState::BadCopyFileFormat => "22P04",
             SqlState::NotNullViolation => "23502",
             SqlState::ForeignKeyViolation => "23503",
             SqlState::UniqueViolation => "23505",

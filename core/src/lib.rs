@@ -20,6 +20,7 @@ pub mod records;
 pub mod related_rules;
 pub mod rules;
 pub mod templates;
+pub mod transfer;
 pub mod types;
 pub mod values;
 

@@ -95,7 +95,7 @@ pub enum Kind {
 }
 
 pub fn operation_kind(doc: &str, operation_name: Option<&str>) -> Option<Kind> {
-    use apollo_parser::cst::{CstNode, Definition};
+    use apollo_parser::cst::Definition;
     let cst = apollo_parser::Parser::new(doc)
         .token_limit(200_000)
         .recursion_limit(200)
@@ -116,11 +116,8 @@ pub fn operation_kind(doc: &str, operation_name: Option<&str>) -> Option<Kind> {
             Some(t) if t.mutation_token().is_some() => Kind::Mutation,
             Some(t) if t.subscription_token().is_some() => Kind::Subscription,
             Some(t) if t.query_token().is_some() => Kind::Query,
-            Some(t) => {
-                // unknown keyword: let the database say so
-                let _ = t.syntax();
-                return None;
-            }
+            // anything else: the database says what is wrong
+            Some(_) => return None,
         };
         match operation_name {
             Some(n) if name.as_deref() == Some(n) => return Some(kind),
@@ -314,14 +311,16 @@ fn result(mut body: Value, media: Media) -> Response {
             if e["extensions"]["code"] == "INTERNAL_SERVER_ERROR" {
                 tracing::error!(error = %e, "udm reported an internal error");
                 internal = true;
-                *e = serde_json::json!({
-                    "message": ApiError::internal().message,
-                    "path": e.get("path").cloned().unwrap_or(Value::Null),
-                    "extensions": {"code": "INTERNAL_SERVER_ERROR"}
-                });
-                if e["path"].is_null() {
-                    e.as_object_mut().map(|o| o.remove("path"));
+                let mut kept = Map::new();
+                kept.insert("message".into(), Value::from(ApiError::internal().message));
+                if let Some(p) = e.get("path") {
+                    kept.insert("path".into(), p.clone());
                 }
+                kept.insert(
+                    "extensions".into(),
+                    serde_json::json!({"code": "INTERNAL_SERVER_ERROR"}),
+                );
+                *e = Value::Object(kept);
             }
         }
     }

@@ -4,6 +4,7 @@
 //!
 //!   udm-server [--config FILE]                        serve (configuration: config.rs)
 //!   udm-server setup-role ADMIN_URL ROLE [TENANT...]  make the server's database role
+//!   udm-server token TENANT USER [SECONDS]            an HS256 token with the configured secret
 
 mod auth;
 mod config;
@@ -32,7 +33,7 @@ pub struct App {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: udm-server [--config FILE]\n       udm-server setup-role ADMIN_DATABASE_URL ROLE [TENANT ...]"
+        "usage: udm-server [--config FILE]\n       udm-server setup-role ADMIN_DATABASE_URL ROLE [TENANT ...]\n       udm-server token TENANT USER [SECONDS]   (configuration as for serving)"
     );
     std::process::exit(2)
 }
@@ -51,6 +52,22 @@ fn main() {
             if let Err(e) = rt.block_on(db::setup_role(url, role, &args[3..])) {
                 eprintln!("udm-server setup-role: {e}");
                 std::process::exit(1);
+            }
+        }
+        Some("token") if (3..=4).contains(&args.len()) => {
+            let c = config::Config::load(None).unwrap_or_else(|e| {
+                eprintln!("udm-server: {e}");
+                std::process::exit(2)
+            });
+            let Ok(ttl) = args.get(3).map_or(Ok(3600), |s| s.parse::<u64>()) else {
+                usage()
+            };
+            match auth::issue(&c, &args[1], &args[2], ttl) {
+                Ok(t) => println!("{t}"),
+                Err(e) => {
+                    eprintln!("udm-server token: {e}");
+                    std::process::exit(2)
+                }
             }
         }
         Some("--config") if args.len() == 2 => serve(&rt, Some(PathBuf::from(&args[1]))),

@@ -1001,3 +1001,54 @@ fn configuration_from_a_toml_file_and_the_environment() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no_such_key"), "{err}");
 }
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let f = Fixture::new();
+    let mut s = f.server(&[]);
+    let t = f.token(&f.a, "bob");
+    assert_eq!(s.gql(&t, "{ __typename }", json!({})).status, 200);
+    let status = s.terminate(std::time::Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        s.log()
+    );
+    assert!(s.log().contains("shutting down"), "{}", s.log());
+}
+
+#[test]
+fn udm_server_token_issues_what_the_server_accepts() {
+    let f = Fixture::new();
+    let s = f.server(&[("user_claim", "email")]);
+    let issue = |ttl: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_udm-server"))
+            .args(["token", &f.a, &f.email["bob"], ttl])
+            .env("UDM_SERVER_DATABASE_URL", conn_string(&f.role))
+            .env("UDM_SERVER_JWT_SECRET", SECRET)
+            .env("UDM_SERVER_USER_CLAIM", "email")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let t = issue("600");
+    let r = s.gql(&t, INSERT, json!({"t": "by token"}));
+    assert_eq!(
+        r.json()["data"]["insertNote"]["records"][0]["ownerId"],
+        f.id["bob"].as_str(),
+        "{}",
+        r.body
+    );
+    // its exp is honoured: with no leeway, a token of no seconds is refused
+    drop(s);
+    let s = f.server(&[("user_claim", "email"), ("jwt_leeway_s", "0")]);
+    let t = issue("0");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = s.post(Some(&t), None, &json!({"query": "{ __typename }"}));
+    assert_refused(&r, 401, "the token has expired");
+}

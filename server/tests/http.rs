@@ -307,8 +307,8 @@ fn a_mutation_over_get_is_refused_with_405_and_writes_nothing() {
             );
         }
     }
-    // and even a document the server does not classify runs read-only over GET: two operations,
-    // the mutation selected by a name the server does not find (the database refuses it)
+    // a document whose operation the server cannot tell (two anonymous operations) goes to the
+    // database, read-only, which refuses it: nothing is written
     let path = format!(
         "/graphql?query={}",
         enc(

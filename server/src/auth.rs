@@ -117,10 +117,10 @@ impl Keys {
             claims
                 .get(name)
                 .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
+                .filter(|s| !s.is_empty() && !s.contains('\0'))
                 .map(str::to_string)
                 .ok_or_else(|| {
-                    ApiError::unauthenticated(format!("the token has no \"{name}\" claim"))
+                    ApiError::unauthenticated(format!("the token has no usable \"{name}\" claim"))
                 })
         };
         Ok(Identity {

@@ -40,6 +40,11 @@ pub fn pool(c: &crate::config::Config) -> Result<Pool, String> {
         .map_err(|e| format!("pool: {e}"))
 }
 
+/// At most 100 characters of a caller's value, for the log.
+fn clip(s: &str) -> &str {
+    s.char_indices().nth(100).map_or(s, |(i, _)| &s[..i])
+}
+
 /// A database error as the caller sees it: the statement timeout, or nothing of it.
 fn failure(what: &str, e: tokio_postgres::Error) -> ApiError {
     if e.code() == Some(&SqlState::QUERY_CANCELED) {
@@ -50,7 +55,15 @@ fn failure(what: &str, e: tokio_postgres::Error) -> ApiError {
             "the request took longer than the server's statement timeout",
         );
     }
-    tracing::error!(error = %e, "{what}");
+    match e.as_db_error() {
+        Some(db) => tracing::error!(
+            sqlstate = db.code().code(),
+            message = db.message(),
+            detail = db.detail().unwrap_or(""),
+            "{what}"
+        ),
+        None => tracing::error!(error = %e, "{what}"),
+    }
     if e.is_closed() || e.as_db_error().is_none() {
         ApiError::unavailable()
     } else {
@@ -92,7 +105,12 @@ pub async fn graphql(
                     || *c == SqlState::UNDEFINED_OBJECT
                     || *c == SqlState::INVALID_PARAMETER_VALUE =>
             {
-                tracing::info!(tenant = %who.tenant, user = %who.user, code = c.code(), "udm_use refused");
+                tracing::info!(
+                    tenant = clip(&who.tenant),
+                    user = clip(&who.user),
+                    code = c.code(),
+                    "udm_use refused"
+                );
                 ApiError::forbidden()
             }
             _ => failure("udm_use", e),

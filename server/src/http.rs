@@ -151,11 +151,39 @@ fn request_from_object(o: &Map<String, Value>) -> Result<GqlRequest, ApiError> {
         None | Some(Value::Null) | Some(Value::Object(_)) => {}
         _ => return Err(ApiError::bad_request("\"extensions\" must be an object")),
     }
+    // PostgreSQL's text and jsonb cannot hold U+0000: refused here, not by the database
+    let nul = query.contains('\0')
+        || operation_name.as_deref().is_some_and(|n| n.contains('\0'))
+        || variables.as_ref().is_some_and(has_nul);
+    if nul {
+        return Err(ApiError::bad_request(
+            "the request holds the character U+0000, which no GraphQL value here may hold",
+        ));
+    }
     Ok(GqlRequest {
         query,
         variables,
         operation_name,
     })
+}
+
+/// Whether a JSON value holds U+0000 in a string or a key (iteratively: any depth).
+fn has_nul(v: &Value) -> bool {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) if s.contains('\0') => return true,
+            Value::Array(a) => stack.extend(a),
+            Value::Object(o) => {
+                if o.keys().any(|k| k.contains('\0')) {
+                    return true;
+                }
+                stack.extend(o.values());
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 fn parse_post(

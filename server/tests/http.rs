@@ -447,19 +447,26 @@ fn every_token_refusal() {
     assert_refused(
         &s.post(Some(&t), None, &q),
         401,
-        "the token has no \"tenant\" claim",
+        "the token has no usable \"tenant\" claim",
     );
     let t = token_with(claims(json!({"sub": ""})), SECRET);
     assert_refused(
         &s.post(Some(&t), None, &q),
         401,
-        "the token has no \"sub\" claim",
+        "the token has no usable \"sub\" claim",
     );
     let t = token_with(claims(json!({"sub": 42})), SECRET);
     assert_refused(
         &s.post(Some(&t), None, &q),
         401,
-        "the token has no \"sub\" claim",
+        "the token has no usable \"sub\" claim",
+    );
+    // a character the database cannot hold is the token's fault, not the server's
+    let t = token_with(claims(json!({"tenant": format!("{}\u{0}", f.a)})), SECRET);
+    assert_refused(
+        &s.post(Some(&t), None, &q),
+        401,
+        "the token has no usable \"tenant\" claim",
     );
 
     // 403, decided by udm_use: a tenant the server's role is not a member of, a user who is not a
@@ -569,7 +576,7 @@ fn rs256_tokens_with_a_public_key_file() {
     assert_refused(
         &s.post(Some(&rs(&private, claims)), None, &q),
         401,
-        "the token has no \"org\" claim",
+        "the token has no usable \"org\" claim",
     );
 }
 
@@ -660,6 +667,17 @@ fn media_types_status_codes_and_limits() {
             assert_eq!(r.status, 400, "{body}: {}", r.body);
             assert_eq!(r.json()["errors"][0]["extensions"]["code"], "BAD_REQUEST");
         }
+    }
+    // U+0000, which PostgreSQL's text and jsonb cannot hold, anywhere in a request: 400, not 500
+    for body in [
+        json!({"query": "{ __typename } # \u{0}"}),
+        json!({"query": "{ __typename }", "operationName": "a\u{0}"}),
+        json!({"query": "query($x: String) { __typename }", "variables": {"x": "a\u{0}b"}}),
+        json!({"query": "query($x: JSON) { __typename }", "variables": {"x": [{"k\u{0}": 1}]}}),
+    ] {
+        let r = s.post(Some(&t), Some(gr), &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(r.json()["errors"][0]["extensions"]["code"], "BAD_REQUEST");
     }
     let r = s.request(
         "POST",

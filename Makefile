@@ -142,7 +142,15 @@ $(GRAPHQL_JS): tests/graphql-js/package.json tests/graphql-js/package-lock.json
 	@npm ci --prefix tests/graphql-js --no-audit --no-fund --silent
 	@touch $@
 
-test: deps $(GRAPHQL_JS)
+# the npm graphql-ws client, for udm-server's subscription tests
+GRAPHQL_WS    := server/tests/ws/node_modules/graphql-ws/package.json
+
+$(GRAPHQL_WS): server/tests/ws/package.json server/tests/ws/package-lock.json
+	@echo "== installing the graphql-ws client for the tests (npm ci)"
+	@npm ci --prefix server/tests/ws --no-audit --no-fund --silent
+	@touch $@
+
+test: deps $(GRAPHQL_JS) $(GRAPHQL_WS)
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory install
 	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4"
@@ -172,8 +180,8 @@ integration:
 	    UDM_RESTORE_PORT=$(RESTORE_PORT) UDM_STANDBY_PORT=$(STANDBY_PORT) \
 	    cargo test -q -p udm-tests -- --test-threads=4
 
-server:
-	@echo "== tier 3b: udm-server, the binary over HTTP against the test cluster (server/tests)"
+server: $(GRAPHQL_WS)
+	@echo "== tier 3b: udm-server, the binary over HTTP and WebSocket against the test cluster (server/tests)"
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d postgres -q -c "DROP DATABASE IF EXISTS udm_server_it" -c "CREATE DATABASE udm_server_it"
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d udm_server_it -q -c "CREATE EXTENSION udm"
 	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_server_it \

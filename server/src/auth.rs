@@ -84,6 +84,14 @@ impl Keys {
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, ApiError> {
+        self.verify_with_expiry(token).map(|(who, _)| who)
+    }
+
+    /// The identity of a token and its `exp`.
+    pub fn verify_with_expiry(&self, token: &str) -> Result<(Identity, i64), ApiError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(ApiError::unauthenticated("invalid token"));
+        }
         let invalid = || ApiError::unauthenticated("invalid token");
         let alg = decode_header(token).map_err(|_| invalid())?.alg;
         let key = match alg {
@@ -123,10 +131,14 @@ impl Keys {
                     ApiError::unauthenticated(format!("the token has no usable \"{name}\" claim"))
                 })
         };
-        Ok(Identity {
-            tenant: text(&self.tenant_claim)?,
-            user: text(&self.user_claim)?,
-        })
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        Ok((
+            Identity {
+                tenant: text(&self.tenant_claim)?,
+                user: text(&self.user_claim)?,
+            },
+            exp,
+        ))
     }
 }
 

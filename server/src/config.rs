@@ -34,6 +34,16 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `statement_timeout` of every transaction.
     pub statement_timeout_ms: u64,
+    /// Active subscriptions one WebSocket may hold.
+    pub max_subscriptions_per_connection: usize,
+    /// Messages waiting for one WebSocket; a consumer that falls further behind is closed.
+    pub subscriber_buffer: usize,
+    /// How often each subscription asks for new events.
+    pub poll_interval_ms: u64,
+    /// Events read per delivery call.
+    pub events_batch: i32,
+    /// How long a WebSocket may wait before `connection_init`.
+    pub connection_init_timeout_ms: u64,
     /// How long in-flight work may take after SIGTERM.
     pub shutdown_grace_ms: u64,
     /// `json` or `text`.
@@ -57,6 +67,11 @@ impl Default for Config {
             jwt_leeway_s: 5,
             max_body_bytes: 1 << 20,
             statement_timeout_ms: 10_000,
+            max_subscriptions_per_connection: 100,
+            subscriber_buffer: 1_000,
+            poll_interval_ms: 100,
+            events_batch: 100,
+            connection_init_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             log_format: "json".into(),
         }
@@ -79,6 +94,11 @@ const KEYS: &[&str] = &[
     "jwt_leeway_s",
     "max_body_bytes",
     "statement_timeout_ms",
+    "max_subscriptions_per_connection",
+    "subscriber_buffer",
+    "poll_interval_ms",
+    "events_batch",
+    "connection_init_timeout_ms",
     "shutdown_grace_ms",
     "log_format",
 ];
@@ -157,6 +177,12 @@ impl Config {
             return Err(
                 "pool_size, max_body_bytes and statement_timeout_ms must be at least 1".into(),
             );
+        }
+        if self.subscriber_buffer == 0 || self.poll_interval_ms == 0 {
+            return Err("subscriber_buffer and poll_interval_ms must be at least 1".into());
+        }
+        if !(1..=10_000).contains(&self.events_batch) {
+            return Err("events_batch must be from 1 to 10000".into());
         }
         if self.tenant_claim.is_empty() || self.user_claim.is_empty() {
             return Err("tenant_claim and user_claim must not be empty".into());

@@ -71,11 +71,14 @@ fn failure(what: &str, e: tokio_postgres::Error) -> ApiError {
     }
 }
 
-pub async fn graphql(
+/// One transaction on a pooled connection as `who`: the statement timeout and
+/// `udm_use(tenant, user, is_local => true)`, then `sql` (one row, one jsonb column), commit.
+async fn in_tenant(
     app: &App,
     who: &Identity,
-    req: &GqlRequest,
     read_only: bool,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Value, ApiError> {
     let mut client = app.pool.get().await.map_err(|e| {
         tracing::warn!(error = %e, "no pooled connection");
@@ -117,16 +120,74 @@ pub async fn graphql(
         });
     }
     let run = tx
-        .prepare_cached("SELECT udm_graphql($1, $2::jsonb, $3)")
+        .prepare_cached(sql)
         .await
-        .map_err(|e| failure("prepare udm_graphql", e))?;
+        .map_err(|e| failure("prepare", e))?;
     let row = tx
-        .query_one(&run, &[&req.query, &req.variables, &req.operation_name])
+        .query_one(&run, params)
         .await
-        .map_err(|e| failure("udm_graphql", e))?;
+        .map_err(|e| failure("statement", e))?;
     let body: Value = row.get(0);
     tx.commit().await.map_err(|e| failure("COMMIT", e))?;
     Ok(body)
+}
+
+/// `udm_graphql` as `who`.
+pub async fn graphql(
+    app: &App,
+    who: &Identity,
+    req: &GqlRequest,
+    read_only: bool,
+) -> Result<Value, ApiError> {
+    in_tenant(
+        app,
+        who,
+        read_only,
+        "SELECT udm_graphql($1, $2::jsonb, $3)",
+        &[&req.query, &req.variables, &req.operation_name],
+    )
+    .await
+}
+
+/// Whether `who` may use their tenant (403 if not).
+pub async fn check(app: &App, who: &Identity) -> Result<(), ApiError> {
+    in_tenant(app, who, true, "SELECT '{}'::jsonb", &[])
+        .await
+        .map(|_| ())
+}
+
+/// The event id a new subscription of `who` starts after: the horizon of their tenant's events
+/// (every event at or below it is committed or never will be).
+pub async fn horizon(app: &App, who: &Identity) -> Result<i64, ApiError> {
+    let v = in_tenant(app, who, true, "SELECT udm_events(0, 1)", &[]).await?;
+    v["horizon"].as_i64().ok_or_else(|| {
+        tracing::error!(response = %v, "udm_events has no horizon");
+        ApiError::internal()
+    })
+}
+
+/// `udm_graphql_events`: the payloads of a subscription of `who` for the events after `after`.
+pub async fn events(
+    app: &App,
+    who: &Identity,
+    req: &GqlRequest,
+    after: i64,
+    limit: i32,
+) -> Result<Value, ApiError> {
+    in_tenant(
+        app,
+        who,
+        true,
+        "SELECT udm_graphql_events($1, $2::jsonb, $3, $4, $5)",
+        &[
+            &req.query,
+            &req.variables,
+            &req.operation_name,
+            &after,
+            &limit,
+        ],
+    )
+    .await
 }
 
 /// `/readyz`: a pooled connection answers.

@@ -7,6 +7,8 @@ use crate::error::ApiError;
 use crate::App;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -132,7 +134,7 @@ pub fn operation_kind(doc: &str, operation_name: Option<&str>) -> Option<Kind> {
     }
 }
 
-fn request_from_object(o: &Map<String, Value>) -> Result<GqlRequest, ApiError> {
+pub fn request_from_object(o: &Map<String, Value>) -> Result<GqlRequest, ApiError> {
     let query = match o.get("query") {
         Some(Value::String(q)) => q.clone(),
         _ => return Err(ApiError::bad_request("\"query\" must be a string")),
@@ -247,7 +249,20 @@ fn parse_get(uri: &Uri) -> Result<GqlRequest, ApiError> {
     request_from_object(&o)
 }
 
-pub async fn get(State(app): State<Arc<App>>, headers: HeaderMap, uri: Uri) -> Response {
+pub async fn get(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Ok(ws) = ws {
+        // graphql-transport-ws; a client that does not ask for it is closed with 4406
+        let ws = ws
+            .protocols([crate::ws::PROTOCOL])
+            .max_message_size(app.config.max_body_bytes);
+        let ok = ws.selected_protocol().is_some();
+        return ws.on_upgrade(move |socket| crate::ws::session(app, socket, ok));
+    }
     let Some(media) = negotiate(&headers) else {
         return not_acceptable();
     };

@@ -1,4 +1,4 @@
-//! udm-server: udm's GraphQL over HTTP. Stateless: every request is `udm_*` calls in one
+//! udm-server: udm's GraphQL over HTTP and WebSocket (graphql-transport-ws). Stateless: every request is `udm_*` calls in one
 //! transaction on a pooled connection; the database enforces everything (tenants, members,
 //! row-level security, rules). See README.md, section "udm-server".
 //!
@@ -11,6 +11,7 @@ mod config;
 mod db;
 mod error;
 mod http;
+mod ws;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -25,6 +26,11 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 pub struct App {
+    pub config: config::Config,
+    /// true once the server is shutting down (WebSockets close with 1001)
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// open WebSockets (shutdown waits for them to close)
+    pub sockets: std::sync::atomic::AtomicUsize,
     pub pool: deadpool_postgres::Pool,
     pub keys: auth::Keys,
     /// `statement_timeout` of every transaction, in milliseconds (text, as `set_config` takes it).
@@ -100,11 +106,16 @@ fn serve(rt: &tokio::runtime::Runtime, file: Option<PathBuf>) {
         eprintln!("udm-server: {e}");
         std::process::exit(2)
     });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = Arc::new(App {
+        config: c.clone(),
+        shutdown: stop_rx.clone(),
+        sockets: Default::default(),
         pool,
         keys,
         statement_timeout: c.statement_timeout_ms.to_string(),
     });
+    let sockets = app.clone();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&c.listen)
             .await
@@ -123,7 +134,6 @@ fn serve(rt: &tokio::runtime::Runtime, file: Option<PathBuf>) {
         // the line tests and scripts wait for
         println!("udm-server listening on http://{addr}");
         tracing::info!(%addr, "listening");
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(async move {
             let mut rx = stop_rx;
             axum::serve(listener, router)
@@ -135,11 +145,16 @@ fn serve(rt: &tokio::runtime::Runtime, file: Option<PathBuf>) {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
         let _ = stop_tx.send(true);
-        if tokio::time::timeout(Duration::from_millis(c.shutdown_grace_ms), server)
-            .await
-            .is_err()
-        {
+        let grace = Duration::from_millis(c.shutdown_grace_ms);
+        let until = Instant::now() + grace;
+        if tokio::time::timeout(grace, server).await.is_err() {
             tracing::warn!("requests still in flight after the grace period");
+        }
+        // WebSockets are closed with 1001 by their sessions
+        while sockets.sockets.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
 }

@@ -107,7 +107,7 @@ run-server:
 	@for i in $$(seq 100); do grep -q listening $(RUN_DIR)/udm-server.out && break; sleep 0.1; done; \
 	    grep -q listening $(RUN_DIR)/udm-server.out || { cat $(RUN_DIR)/udm-server.log; exit 1; }
 	@echo
-	@echo "udm-server is running: GraphQL at http://$(SERVER_LISTEN)/graphql (log in $(RUN_DIR)/udm-server.log)."
+	@echo "udm-server is running: GraphQL at http://$(SERVER_LISTEN)/graphql, subscriptions at ws://$(SERVER_LISTEN)/graphql (log in $(RUN_DIR)/udm-server.log)."
 	@echo "Tokens for 24 hours (HS256, the secret in $(RUN_DIR)/jwt-secret):"
 	@for u in acme:demo@acme.test studio:alice@studio.test studio:bob@studio.test studio:carol@studio.test; do \
 	    printf '\n    %s in %s:\n    %s\n' "$${u#*:}" "$${u%%:*}" "$$($(SERVER_ENV) $(SERVER_BIN) token $${u%%:*} $${u#*:} 86400)"; \

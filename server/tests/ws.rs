@@ -454,3 +454,52 @@ fn a_slow_consumer_is_closed_with_1008() {
     assert_eq!(code, 1008, "after {delivered} messages");
     assert!(delivered < 300, "{delivered}");
 }
+
+#[test]
+fn limits_per_socket_and_a_token_that_expires() {
+    let f = fixture();
+    let s = Server::start(
+        &f.role,
+        &[
+            ("max_subscriptions_per_connection", "1"),
+            ("jwt_leeway_s", "0"),
+            ("poll_interval_ms", "50"),
+        ],
+    );
+    let sub = |id: &str| json!({"id": id, "type": "subscribe", "payload": {"query": "subscription { noteChanged { eventId } }"}});
+    // one operation at a time on this socket: the second is refused, the socket stays
+    let mut ws = connect(&s, Some("graphql-transport-ws"));
+    init(&mut ws, &token(&f.t, &f.alice));
+    send(&mut ws, sub("a"));
+    send(&mut ws, sub("b"));
+    let m = next(&mut ws).unwrap();
+    assert_eq!(
+        (m["id"].as_str(), m["type"].as_str()),
+        (Some("b"), Some("error")),
+        "{m}"
+    );
+    assert_eq!(
+        m["payload"][0]["extensions"]["code"], "LIMIT_EXCEEDED",
+        "{m}"
+    );
+    // once "a" completes, another may start
+    send(&mut ws, json!({"id": "a", "type": "complete"}));
+    send(&mut ws, sub("c"));
+    send(&mut ws, json!({"type": "ping"}));
+    assert_eq!(next(&mut ws).unwrap()["type"], "pong");
+    // a token that expires ends its subscription with an error
+    let short = token_with(
+        json!({"tenant": f.t, "sub": f.alice, "exp": now() + 2}),
+        SECRET,
+    );
+    let mut ws = connect(&s, Some("graphql-transport-ws"));
+    init(&mut ws, &short);
+    send(&mut ws, sub("x"));
+    let m = next(&mut ws).unwrap();
+    assert_eq!(
+        (m["id"].as_str(), m["type"].as_str()),
+        (Some("x"), Some("error")),
+        "{m}"
+    );
+    assert_eq!(m["payload"][0]["message"], "the token has expired", "{m}");
+}

@@ -182,15 +182,129 @@ fn document(
     schema_key: &str,
     text: &str,
     limits: &Limits,
-) -> std::result::Result<Rc<Document>, Vec<GqlError>> {
+) -> std::result::Result<(Rc<Document>, String), Vec<GqlError>> {
     let key = CacheKeys::document(schema_key, text, limits);
     cache::sync(&DOCUMENTS, catalog::generation());
     if let Some(d) = cache::get(&DOCUMENTS, &key) {
-        return Ok(d);
+        return Ok((d, key));
     }
     let d = Rc::new(Document::parse(schema, text, limits)?);
-    cache::put(&DOCUMENTS, key, d.clone(), d.approx_bytes());
-    Ok(d)
+    cache::put(&DOCUMENTS, key.clone(), d.clone(), d.approx_bytes());
+    Ok((d, key))
+}
+
+/// A query's plans, kept for the next request of the same document, operation and variables;
+/// variables holding UUIDs may differ: where they became statement parameters is learnt by
+/// planning once more with other UUIDs (anything else that differs: not kept).
+struct Memo {
+    fields: Vec<udm_core::graphql::FieldPlan>,
+    /// (field, step, parameter) ← the UUID at this path of the variables
+    slots: Vec<(usize, usize, usize, Vec<PathKey>)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum PathKey {
+    Key(String),
+    Index(usize),
+}
+
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// The variables with every UUID replaced by a mark (the memo's key), and where the UUIDs were.
+fn masked(v: &Value, path: &mut Vec<PathKey>, found: &mut Vec<(Vec<PathKey>, String)>) -> Value {
+    match v {
+        Value::String(s) if is_uuid(s) => {
+            found.push((path.clone(), s.clone()));
+            Value::String("\u{1}uuid".into())
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    path.push(PathKey::Index(i));
+                    let m = masked(x, path, found);
+                    path.pop();
+                    m
+                })
+                .collect(),
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| {
+                    path.push(PathKey::Key(k.clone()));
+                    let m = masked(x, path, found);
+                    path.pop();
+                    (k.clone(), m)
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn at<'v>(v: &'v Value, path: &[PathKey]) -> Option<&'v Value> {
+    path.iter().try_fold(v, |v, k| match k {
+        PathKey::Key(k) => v.get(k),
+        PathKey::Index(i) => v.get(i),
+    })
+}
+
+fn at_mut<'v>(v: &'v mut Value, path: &[PathKey]) -> Option<&'v mut Value> {
+    path.iter().try_fold(v, |v, k| match k {
+        PathKey::Key(k) => v.get_mut(k),
+        PathKey::Index(i) => v.get_mut(i),
+    })
+}
+
+thread_local! {
+    static MEMOS: Cache<String, Rc<Memo>> = Lru::new("graphql query plans");
+    /// Queries asked once: a query's plans are kept when it is asked a second time, so queries
+    /// whose variables always differ (searches, cursors) do not crowd the budget with plans.
+    static SEEN: Cache<String, ()> = Lru::new("graphql queries asked once");
+}
+
+/// Learns where the UUIDs of `vars` went in `fields` (planned with `vars`) by planning again with
+/// other UUIDs; None when anything but those parameters changed.
+fn learn(
+    fields: &[udm_core::graphql::FieldPlan],
+    vars: &Value,
+    uuids: &[(Vec<PathKey>, String)],
+    plan_again: &mut dyn FnMut(&Value) -> Option<Vec<udm_core::graphql::FieldPlan>>,
+) -> Option<Memo> {
+    let mut other = vars.clone();
+    let mut sentinels = Vec::new();
+    for (path, _) in uuids {
+        let s = uuid_text(&crate::records::uuid_v7());
+        *at_mut(&mut other, path)? = Value::String(s.clone());
+        sentinels.push(s);
+    }
+    let again = plan_again(&other)?;
+    if again.len() != fields.len() {
+        return None;
+    }
+    let mut slots = Vec::new();
+    for (fi, (a, b)) in fields.iter().zip(&again).enumerate() {
+        for (step, i) in a.param_differences(b)? {
+            let (pa, pb) = (a.param(step, i)?.as_deref(), b.param(step, i)?.as_deref());
+            // exactly one variable's UUID, passed through as it is
+            let k = uuids.iter().zip(&sentinels).position(|((_, real), sent)| {
+                Some(real.as_str()) == pa && Some(sent.as_str()) == pb
+            })?;
+            slots.push((fi, step, i, uuids[k].0.clone()));
+        }
+    }
+    Some(Memo {
+        fields: fields.to_vec(),
+        slots,
+    })
 }
 
 fn plan_of(st: &Statement) -> Result<Rc<rawspi::Plan>> {
@@ -271,7 +385,7 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
         Ok(x) => x,
         Err(e) => return response(None, &[GqlError::from(e)], None),
     };
-    let doc = match document(&schema, &schema_key, query, &lim) {
+    let (doc, doc_key) = match document(&schema, &schema_key, query, &lim) {
         Ok(d) => d,
         Err(errs) => return response(None, &errs, None),
     };
@@ -280,36 +394,68 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
         Err(e) => return response(None, &[GqlError::from(e)], None),
     };
     let vars = variables.cloned().unwrap_or_else(|| json!({}));
-    let mut new_id = || uuid_text(&crate::records::uuid_v7());
-    let mut ctx = Context {
-        model: &*model,
-        limits: &lim,
-        functions_schema: &functions,
-        new_id: &mut new_id,
+    // a query planned before for this document, operation and variables (UUIDs aside)
+    let mut uuids = Vec::new();
+    let memo_key = format!(
+        "{doc_key}|{}|{}",
+        operation_name.unwrap_or(""),
+        masked(&vars, &mut Vec::new(), &mut uuids)
+    );
+    cache::sync(&MEMOS, catalog::generation());
+    if let Some(m) = cache::get(&MEMOS, &memo_key) {
+        let mut fields = m.fields.clone();
+        let mut ok = true;
+        for (fi, step, i, path) in &m.slots {
+            let v = at(&vars, path).and_then(Value::as_str).map(str::to_string);
+            ok &= v.is_some() && fields[*fi].set_param(*step, *i, v);
+        }
+        if ok {
+            return run_query(fields);
+        }
+    }
+    let plan = |vars: &Value| {
+        let mut new_id = || uuid_text(&crate::records::uuid_v7());
+        let mut ctx = Context {
+            model: &*model,
+            limits: &lim,
+            functions_schema: &functions,
+            new_id: &mut new_id,
+        };
+        prepare(&schema, &doc, operation_name, vars, &mut ctx)
     };
-    let prepared = match prepare(&schema, &doc, operation_name, &vars, &mut ctx) {
+    let prepared = match plan(&vars) {
         Ok(p) => p,
         Err(errs) => return response(None, &errs, None),
     };
+    cache::sync(&SEEN, catalog::generation());
+    let again = prepared.kind == OperationKind::Query && cache::get(&SEEN, &memo_key).is_some();
+    if prepared.kind == OperationKind::Query && !again {
+        let bytes = memo_key.len() + 64;
+        cache::put(&SEEN, memo_key.clone(), (), bytes);
+    }
+    if again {
+        let memo = if uuids.is_empty() {
+            Some(Memo {
+                fields: prepared.fields.clone(),
+                slots: vec![],
+            })
+        } else {
+            learn(&prepared.fields, &vars, &uuids, &mut |v| {
+                plan(v).ok().map(|p| p.fields)
+            })
+        };
+        if let Some(m) = memo {
+            let bytes = memo_key.len()
+                + m.fields
+                    .iter()
+                    .map(|f| f.sql().iter().map(|s| s.len() * 2).sum::<usize>() + 512)
+                    .sum::<usize>();
+            cache::put(&MEMOS, memo_key, Rc::new(m), bytes);
+        }
+    }
     match prepared.kind {
         OperationKind::Subscription => response(None, &[], Some(json!({"subscription": "valid"}))),
-        OperationKind::Query => {
-            let mut data = Map::new();
-            let mut errors = Vec::new();
-            for mut f in prepared.fields {
-                let key = f.key.clone();
-                match guarded(|| run_field(&mut f, true)) {
-                    Ok(v) => {
-                        data.insert(key, v);
-                    }
-                    Err(e) => {
-                        errors.push(f.error(e));
-                        data.insert(key, Value::Null);
-                    }
-                }
-            }
-            response(Some(Value::Object(data)), &errors, None)
-        }
+        OperationKind::Query => run_query(prepared.fields),
         OperationKind::Mutation => {
             // all or nothing: one subtransaction for every field, in order
             let mut fields = prepared.fields;
@@ -336,6 +482,25 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
             response(Some(Value::Null), &[error], None)
         }
     }
+}
+
+/// Runs a query's fields, each in its own subtransaction (a field's error leaves the others).
+fn run_query(fields: Vec<udm_core::graphql::FieldPlan>) -> Value {
+    let mut data = Map::new();
+    let mut errors = Vec::new();
+    for mut f in fields {
+        let key = f.key.clone();
+        match guarded(|| run_field(&mut f, true)) {
+            Ok(v) => {
+                data.insert(key, v);
+            }
+            Err(e) => {
+                errors.push(f.error(e));
+                data.insert(key, Value::Null);
+            }
+        }
+    }
+    response(Some(Value::Object(data)), &errors, None)
 }
 
 /// `udm_graphql(query, variables, operation_name)`: a GraphQL response (`data`, `errors`) for
@@ -403,7 +568,7 @@ fn plan_subscription(
     let lim = limits();
     let t = catalog::current_tenant().map_err(|e| vec![GqlError::from(e)])?;
     let (model, schema, schema_key) = schema_of(&t).map_err(|e| vec![GqlError::from(e)])?;
-    let doc = document(&schema, &schema_key, query, &lim)?;
+    let (doc, _) = document(&schema, &schema_key, query, &lim)?;
     let functions = functions_schema().map_err(|e| vec![GqlError::from(e)])?;
     let mut new_id = || uuid_text(&crate::records::uuid_v7());
     let mut ctx = Context {

@@ -227,18 +227,7 @@ pub fn rows<R>(
     f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> Result<R>,
 ) -> Result<R> {
     let _conn = run_with_text(plan, args, true, 0)?;
-    unsafe {
-        let table = pg_sys::SPI_tuptable;
-        if table.is_null() {
-            return Err(UdmError::internal("udm: the query returned no result"));
-        }
-        let rows = if (*table).numvals == 0 {
-            &[][..]
-        } else {
-            std::slice::from_raw_parts((*table).vals, (*table).numvals as usize)
-        };
-        f((*table).tupdesc, rows)
-    }
+    with_result(f)
 }
 
 /// Like `rows`, reading with `snapshot` (read-only, whatever the transaction's isolation level):
@@ -276,6 +265,13 @@ pub fn rows_at<R>(
             "udm: SPI_execute_snapshot failed ({rc})"
         )));
     }
+    with_result(f)
+}
+
+/// Hands the last SPI statement's rows to `f` (while the SPI connection is open).
+fn with_result<R>(
+    f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> Result<R>,
+) -> Result<R> {
     unsafe {
         let table = pg_sys::SPI_tuptable;
         if table.is_null() {

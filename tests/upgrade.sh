@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Upgrade tier: the previous release (a git tag, v0.1.0 by default) is built and installed into a
+# Upgrade tier: the previous release (v0.1.0 by default, from its source archive in
+# tests/upgrade/releases) is built and installed into a
 # copy of PostgreSQL under target/upgrade (never into the system PostgreSQL), a cluster of that
 # copy gets tenants using everything the release offers, then this version's files replace the
 # old ones and `ALTER EXTENSION udm UPDATE` runs. Checked:
@@ -21,19 +22,30 @@ R=$W/root-$FROM
 PORT=${UPGRADE_PORT:-5495}
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
-# the previous release's package, built once per tag into its own target dir
-if ! git rev-parse -q --verify "$FROM^{commit}" >/dev/null; then
-    echo "   the previous release $FROM is not in this clone (git fetch --tags)"; exit 1
+# the previous release's source: its archive in tests/upgrade/releases (git archive of the tag) (a clone need not carry
+# tags or history); where the tag is in the clone, the archive must hold exactly the tag's files
+V=${FROM#v}
+ARCHIVE=$ROOT/tests/upgrade/releases/udm-$V.tar.gz
+if [ ! -f "$ARCHIVE" ]; then
+    echo "   no source archive of release $V ($ARCHIVE)"; exit 1
 fi
-if [ ! -e "$W/pkg-$FROM/.done" ]; then
+if git rev-parse -q --verify "$FROM^{commit}" >/dev/null 2>&1; then
+    if ! cmp -s <(tar -xzOf "$ARCHIVE" | sha256sum) \
+        <(git archive --prefix="udm-$V/" "$FROM" | tar -xO | sha256sum); then
+        echo "   $ARCHIVE does not hold the files of tag $FROM"; exit 1
+    fi
+fi
+SUM=$(sha256sum "$ARCHIVE" | cut -c1-16)
+# built once per archive into its own target dir
+if [ ! -e "$W/pkg-$FROM/.done-$SUM" ]; then
     echo "   building $FROM (once)"
     rm -rf "$W/src-$FROM" "$W/pkg-$FROM"
     mkdir -p "$W/src-$FROM" "$W/pkg-$FROM"
-    git archive "$FROM" | tar -x -C "$W/src-$FROM"
+    tar -xzf "$ARCHIVE" -C "$W/src-$FROM" --strip-components=1
     (cd "$W/src-$FROM" && CARGO_TARGET_DIR=$W/target-$FROM cargo pgrx package \
         --pg-config "$SYS_BIN/pg_config" --out-dir "$W/pkg-$FROM" >"$W/build-$FROM.log" 2>&1) || {
         tail -30 "$W/build-$FROM.log"; exit 1; }
-    touch "$W/pkg-$FROM/.done"
+    touch "$W/pkg-$FROM/.done-$SUM"
 fi
 
 # a copy of PostgreSQL holding the old release

@@ -475,6 +475,136 @@ fn subscriptions_are_validated() {
     );
 }
 
+/// A query asked again with other variables (the backend keeps its plans, UUIDs becoming
+/// parameters): each request gets its own rows, never the previous request's.
+#[test]
+fn a_query_asked_again_with_other_ids_gets_their_rows() {
+    let mut c = admin();
+    let t = shop(&mut c);
+    c.execute("SELECT udm_use($1)", &[&t]).unwrap();
+    let rows = c
+        .query(
+            &format!("SELECT id::text, name FROM {t}.product ORDER BY name"),
+            &[],
+        )
+        .unwrap();
+    let by_id = "query($id: UUID!) { product(id: $id) { id name } }";
+    for _round in 0..2 {
+        for r in &rows {
+            let (id, name): (String, String) = (r.get(0), r.get(1));
+            let d = ok(&mut c, by_id, json!({ "id": id }));
+            assert_eq!(d["product"]["name"], name.as_str(), "{d}");
+            assert_eq!(d["product"]["id"], id.as_str(), "{d}");
+        }
+    }
+    // the second round ran the kept plan, with each request's id
+    let hits: i64 = c
+        .query_one(
+            "SELECT hits FROM udm_cache_stats() WHERE cache = 'graphql query plans'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(hits >= rows.len() as i64, "kept plans used: {hits}");
+    // a query asked once keeps no plan; asked again, it does
+    let kept = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT entries FROM udm_cache_stats() WHERE cache = 'graphql query plans'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let by_name =
+        "query($n: String!) { productCollection(filter: {name: {eq: $n}}) { totalCount } }";
+    let before = kept(&mut c);
+    assert_eq!(
+        ok(&mut c, by_name, json!({"n": "P3"}))["productCollection"]["totalCount"],
+        1
+    );
+    assert_eq!(
+        ok(&mut c, by_name, json!({"n": "P4x"}))["productCollection"]["totalCount"],
+        0
+    );
+    assert_eq!(kept(&mut c), before, "queries asked once keep no plans");
+    assert_eq!(
+        ok(&mut c, by_name, json!({"n": "P3"}))["productCollection"]["totalCount"],
+        1
+    );
+    assert_eq!(kept(&mut c), before + 1);
+    assert_eq!(
+        ok(&mut c, by_name, json!({"n": "P3"}))["productCollection"]["totalCount"],
+        1
+    );
+    // an id of no record, then one again
+    let d = ok(
+        &mut c,
+        by_id,
+        json!({"id": "00000000-0000-0000-0000-000000000000"}),
+    );
+    assert!(d["product"].is_null(), "{d}");
+    let (id0, name0): (String, String) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!(
+        ok(&mut c, by_id, json!({ "id": id0 }))["product"]["name"],
+        name0.as_str()
+    );
+    // lists of ids, of other lengths and orders
+    let in_ids = "query($ids: [UUID!]) { productCollection(filter: {id: {in: $ids}}, orderBy: [{name: ASC}]) { nodes { name } } }";
+    for k in [1usize, 3, 2] {
+        let ids: Vec<String> = rows.iter().rev().take(k).map(|r| r.get(0)).collect();
+        let mut want: Vec<String> = rows.iter().rev().take(k).map(|r| r.get(1)).collect();
+        want.sort();
+        let d = ok(&mut c, in_ids, json!({ "ids": ids }));
+        let got: Vec<&str> = d["productCollection"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "{d}");
+    }
+    // the same id twice in one request, in two fields
+    let two =
+        "query($a: UUID!, $b: UUID!) { x: product(id: $a) { name } y: product(id: $b) { name } }";
+    let (id1, name1): (String, String) = (rows[1].get(0), rows[1].get(1));
+    let d = ok(&mut c, two, json!({"a": id0, "b": id1}));
+    assert_eq!(
+        (d["x"]["name"].as_str(), d["y"]["name"].as_str()),
+        (Some(name0.as_str()), Some(name1.as_str()))
+    );
+    let d = ok(&mut c, two, json!({"a": id1, "b": id1}));
+    assert_eq!(
+        (d["x"]["name"].as_str(), d["y"]["name"].as_str()),
+        (Some(name1.as_str()), Some(name1.as_str()))
+    );
+    let d = ok(&mut c, two, json!({"a": id1, "b": id0}));
+    assert_eq!(
+        (d["x"]["name"].as_str(), d["y"]["name"].as_str()),
+        (Some(name1.as_str()), Some(name0.as_str()))
+    );
+    // a definition change: the kept plans go
+    c.execute(
+        "SELECT udm_add_field('product', '{\"name\": \"sku\", \"type\": \"text\"}')",
+        &[],
+    )
+    .unwrap();
+    c.execute(&format!("UPDATE {t}.product SET sku = 'S-' || name"), &[])
+        .unwrap();
+    let d = ok(
+        &mut c,
+        "query($id: UUID!) { product(id: $id) { name sku } }",
+        json!({ "id": id0 }),
+    );
+    assert_eq!(d["product"]["sku"], format!("S-{name0}").as_str(), "{d}");
+    assert_eq!(
+        ok(&mut c, by_id, json!({ "id": id1 }))["product"]["name"],
+        name1.as_str()
+    );
+    // a malformed id is still refused, after the plan was kept
+    let r = gql(&mut c, by_id, json!({"id": "not-a-uuid"}));
+    assert!(r["errors"].is_array(), "{r}");
+}
+
 #[test]
 fn graphql_events_resolves_a_subscription_for_the_events_after_a_cursor() {
     let mut c = admin();

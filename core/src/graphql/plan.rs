@@ -113,6 +113,81 @@ impl FieldPlan {
         Self::new(key, None, vec![], Finish::Const(v))
     }
 
+    /// Where the text parameters of `self` and `other` differ, as (step, parameter) positions,
+    /// when the plans are otherwise the same (statements, checks, the result's shaping): two
+    /// plans of one document whose variables differ only in values that became parameters.
+    /// None when they differ anywhere else, or either has run.
+    pub fn param_differences(&self, other: &FieldPlan) -> Option<Vec<(usize, usize)>> {
+        if self.key != other.key
+            || self.location != other.location
+            || self.finish != other.finish
+            || self.pc != 0
+            || other.pc != 0
+            || !self.results.is_empty()
+            || !other.results.is_empty()
+            || self.ops.len() != other.ops.len()
+        {
+            return None;
+        }
+        let mut out = Vec::new();
+        for (i, (a, b)) in self.ops.iter().zip(&other.ops).enumerate() {
+            match (a, b) {
+                (
+                    Op::Run {
+                        sql: sa,
+                        args: aa,
+                        plan_per_call: pa,
+                    },
+                    Op::Run {
+                        sql: sb,
+                        args: ab,
+                        plan_per_call: pb,
+                    },
+                ) => {
+                    if sa != sb || pa != pb || aa.len() != ab.len() {
+                        return None;
+                    }
+                    for (j, (x, y)) in aa.iter().zip(ab).enumerate() {
+                        match (x, y) {
+                            (Arg::Text(x), Arg::Text(y)) => {
+                                if x != y {
+                                    out.push((i, j));
+                                }
+                            }
+                            (x, y) if x == y => {}
+                            _ => return None,
+                        }
+                    }
+                }
+                (a, b) if a == b => {}
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// The text parameter at a position [`Self::param_differences`] gave.
+    pub fn param(&self, step: usize, i: usize) -> Option<&Option<String>> {
+        match self.ops.get(step)? {
+            Op::Run { args, .. } => match args.get(i)? {
+                Arg::Text(t) => Some(t),
+                Arg::Ids(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Replaces the text parameter at a position (false: there is none there).
+    pub fn set_param(&mut self, step: usize, i: usize, v: Option<String>) -> bool {
+        if let Some(Op::Run { args, .. }) = self.ops.get_mut(step) {
+            if let Some(a @ Arg::Text(_)) = args.get_mut(i) {
+                *a = Arg::Text(v);
+                return true;
+            }
+        }
+        false
+    }
+
     /// The statements of the plan so far as text (for `EXPLAIN`-like tooling and tests).
     pub fn sql(&self) -> Vec<&str> {
         self.ops

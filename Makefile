@@ -14,7 +14,7 @@ export PGBIN
 PG_CONFIG     := /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
 PG_REGRESS    := /usr/lib/postgresql/$(PG_MAJOR)/lib/pgxs/src/test/regress/pg_regress
 PGRX_VERSION  := 0.18.0
-APT_PACKAGES  := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang pkg-config sudo pgbouncer
+APT_PACKAGES  := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang pkg-config sudo pgbouncer openssl
 export PATH   := $(HOME)/.cargo/bin:$(PATH)
 
 ROOT          := $(CURDIR)
@@ -22,6 +22,11 @@ CLUSTER       := $(ROOT)/tests/cluster.sh
 RUN_DIR       := $(ROOT)/target/cluster
 RUN_PORT      ?= 5499
 RUN_DB        ?= udm_demo
+# udm-server next to the make run cluster: its address, and its configuration
+SERVER_LISTEN ?= 127.0.0.1:8080
+SERVER_BIN    := $(ROOT)/target/release/udm-server
+SERVER_ENV    := UDM_SERVER_DATABASE_URL="host=$(RUN_DIR)/sock port=$(RUN_PORT) dbname=$(RUN_DB) user=udm_server" \
+                 UDM_SERVER_LISTEN=$(SERVER_LISTEN) UDM_SERVER_JWT_SECRET_FILE=$(RUN_DIR)/jwt-secret UDM_SERVER_LOG_FORMAT=text
 TEST_DIR      := $(ROOT)/target/test-cluster
 TEST_PORT     ?= 5498
 # the second cluster of the restore test (tests/tests/restore.rs); the standby and pgbouncer of
@@ -36,13 +41,13 @@ IS_ROOT       := $(filter 0,$(shell id -u))
 APT           := $(if $(IS_ROOT),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 PGRX_INSTALL  := cargo pgrx install --release --pg-config $(PG_CONFIG) $(if $(IS_ROOT),,--sudo)
 
-.PHONY: help deps install run stop test unit regress integration upgrade bench clean-clusters fmt lint
+.PHONY: help deps install run run-server stop-server stop test unit regress integration server upgrade bench clean-clusters fmt lint
 
 help:
-	@echo "make run    - install everything, start a local cluster with udm and demo data, print how to connect"
-	@echo "make test   - run every test tier (core unit tests, pg_regress golden files, driver integration tests, upgrade)"
+	@echo "make run    - install everything, start a local cluster with udm and demo data and udm-server, print how to connect and a token per demo user"
+	@echo "make test   - run every test tier (core unit tests, pg_regress golden files, driver integration tests, udm-server over HTTP, upgrade)"
 	@echo "make bench  - run the benchmarks in bench/ (ratios against their baselines)"
-	@echo "make stop   - stop the local cluster started by make run"
+	@echo "make stop   - stop udm-server and the local cluster started by make run"
 
 ## ------------------------------------------------------------------ set-up
 
@@ -89,8 +94,43 @@ run: install
 	@echo "    $(PGBIN)/psql -h $(RUN_DIR)/sock -p $(RUN_PORT) -U postgres $(RUN_DB)"
 	@echo
 	@echo "or over TCP: postgresql://postgres@localhost:$(RUN_PORT)/$(RUN_DB)   (make stop stops it)"
+	@$(MAKE) --no-print-directory run-server
 
-stop:
+# udm-server: its database role (udm-server setup-role), a secret of its own, then the server
+run-server:
+	@echo
+	@echo "== building udm-server"
+	@cargo build -q --release -p udm-server
+	@if [ ! -s $(RUN_DIR)/jwt-secret ]; then (umask 077; openssl rand -hex 32 > $(RUN_DIR)/jwt-secret); fi
+	@$(SERVER_BIN) setup-role "host=$(RUN_DIR)/sock port=$(RUN_PORT) dbname=$(RUN_DB) user=postgres" udm_server >/dev/null
+	@$(MAKE) --no-print-directory stop-server
+	@: > $(RUN_DIR)/udm-server.out
+	@$(SERVER_ENV) nohup $(SERVER_BIN) >$(RUN_DIR)/udm-server.out 2>$(RUN_DIR)/udm-server.log & echo $$! > $(RUN_DIR)/udm-server.pid
+	@for i in $$(seq 100); do grep -q listening $(RUN_DIR)/udm-server.out && break; sleep 0.1; done; \
+	    grep -q listening $(RUN_DIR)/udm-server.out || { cat $(RUN_DIR)/udm-server.log; exit 1; }
+	@echo
+	@echo "udm-server is running: GraphQL at http://$(SERVER_LISTEN)/graphql, subscriptions at ws://$(SERVER_LISTEN)/graphql (log in $(RUN_DIR)/udm-server.log)."
+	@echo "Tokens for 24 hours (HS256, the secret in $(RUN_DIR)/jwt-secret):"
+	@for u in acme:demo@acme.test studio:alice@studio.test studio:bob@studio.test studio:carol@studio.test; do \
+	    printf '\n    %s in %s:\n    %s\n' "$${u#*:}" "$${u%%:*}" "$$($(SERVER_ENV) $(SERVER_BIN) token $${u%%:*} $${u#*:} 86400)"; \
+	done
+	@echo
+	@echo "Try:"
+	@echo
+	@echo "    curl -s http://$(SERVER_LISTEN)/graphql -H 'Authorization: Bearer <token>' -H 'Content-Type: application/json' \\"
+	@echo "         -d '{\"query\": \"{ productCollection { nodes { name price } } }\"}'"
+
+stop-server:
+	@if [ -s $(RUN_DIR)/udm-server.pid ]; then \
+	    pid=$$(cat $(RUN_DIR)/udm-server.pid); \
+	    if kill -0 $$pid 2>/dev/null && grep -qs udm-server /proc/$$pid/cmdline; then \
+	        kill -TERM $$pid; for i in $$(seq 100); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+	        echo "stopped udm-server ($$pid)"; \
+	    fi; \
+	    rm -f $(RUN_DIR)/udm-server.pid; \
+	fi
+
+stop: stop-server
 	@$(CLUSTER) stop $(RUN_DIR)
 	@echo "stopped the cluster in $(RUN_DIR)"
 
@@ -104,12 +144,21 @@ $(GRAPHQL_JS): tests/graphql-js/package.json tests/graphql-js/package-lock.json
 	@npm ci --prefix tests/graphql-js --no-audit --no-fund --silent
 	@touch $@
 
-test: deps $(GRAPHQL_JS)
+# the npm graphql-ws client, for udm-server's subscription tests
+GRAPHQL_WS    := server/tests/ws/node_modules/graphql-ws/package.json
+
+$(GRAPHQL_WS): server/tests/ws/package.json server/tests/ws/package-lock.json
+	@echo "== installing the graphql-ws client for the tests (npm ci)"
+	@npm ci --prefix server/tests/ws --no-audit --no-fund --silent
+	@touch $@
+
+test: deps $(GRAPHQL_JS) $(GRAPHQL_WS)
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory install
 	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4"
 	@trap '$(CLUSTER) stop $(TEST_DIR)' EXIT; \
-	    $(MAKE) --no-print-directory regress && $(MAKE) --no-print-directory integration
+	    $(MAKE) --no-print-directory regress && $(MAKE) --no-print-directory integration && \
+	    $(MAKE) --no-print-directory server
 	@$(MAKE) --no-print-directory upgrade
 	@echo "== all test tiers passed"
 
@@ -132,6 +181,13 @@ integration:
 	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_it \
 	    UDM_RESTORE_PORT=$(RESTORE_PORT) UDM_STANDBY_PORT=$(STANDBY_PORT) UDM_TRANSFER_PORT=$(TRANSFER_PORT) \
 	    cargo test -q -p udm-tests -- --test-threads=4
+
+server: $(GRAPHQL_WS)
+	@echo "== tier 3b: udm-server, the binary over HTTP and WebSocket against the test cluster (server/tests)"
+	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d postgres -q -c "DROP DATABASE IF EXISTS udm_server_it" -c "CREATE DATABASE udm_server_it"
+	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d udm_server_it -q -c "CREATE EXTENSION udm"
+	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_server_it \
+	    cargo test -q -p udm-server -- --test-threads=4
 
 upgrade:
 	@echo "== tier 4: upgrade from the previous release (tests/upgrade.sh)"

@@ -147,6 +147,18 @@ VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'udm_clone_tenant_wrapper';
 
+-- GraphQL subscriptions: events as a subscriber may see them.
+CREATE  FUNCTION "udm_graphql_events"(
+	"query" TEXT, /* Option < & str > */
+	"variables" jsonb DEFAULT NULL, /* Option < JsonB > */
+	"operation_name" TEXT DEFAULT NULL, /* Option < & str > */
+	"after" bigint DEFAULT 0, /* Option < i64 > */
+	"limit" INT DEFAULT 100 /* Option < i32 > */
+) RETURNS jsonb /* JsonB */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_graphql_events_wrapper';
+
 -- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION

@@ -280,7 +280,7 @@ fn horizon(t: &Tenant) -> Result<i64> {
 /// there (`horizon`), which a standby does not see. Reading there, an event could be delivered
 /// while one with a smaller id was still uncommitted on the primary, and a consumer that resumes
 /// after it would never see that one.
-fn primary_only(call: &str) -> Result<()> {
+pub(crate) fn primary_only(call: &str) -> Result<()> {
     if unsafe { pg_sys::RecoveryInProgress() } {
         return Err(UdmError::new(
             SqlState::ObjectNotInPrerequisiteState,
@@ -301,14 +301,30 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
         ));
     }
     primary_only("udm_events")?;
-    let h = horizon(&t)?;
+    let subs = subscriptions(&t)?;
+    let (rows, h) = read_events(&t, after, limit, false)?;
+    let rows = rows.into_iter().map(|(r, _)| r).collect();
+    deliver(&t, &subs, rows, after, h)
+}
+
+/// The events after `after` that the caller reads (row-level security of the audit log
+/// applies), at most `limit`, up to the horizon; with `old`, each with its old image. Returns
+/// them and the horizon: when fewer than `limit` come back, every event up to the horizon was
+/// read (a reader may continue after the horizon).
+pub fn read_events(
+    t: &Tenant,
+    after: i64,
+    limit: i32,
+    old: bool,
+) -> Result<(Vec<EventWithImage>, i64)> {
+    let h = horizon(t)?;
     let sql = format!(
         "SELECT audit_id, entity, record_id::text, action, record_version, changed_fields, user_id, \
-           changed_at, txid \
+           changed_at, txid{} \
          FROM {} WHERE audit_id > $1::bigint AND audit_id <= $2::bigint ORDER BY audit_id LIMIT $3::bigint",
-        audit_table(&t)
+        if old { ", old_data" } else { "" },
+        audit_table(t)
     );
-    let subs = subscriptions(&t)?;
     let plan = crate::rawspi::prepare(&sql, 3)?;
     // Read with a snapshot taken after the horizon: every event at or below it was written by a
     // transaction that has committed (and is in this snapshot) or aborted. The calling
@@ -319,6 +335,7 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
     // audit ids are read in ranges (BRIN): a window after `after`, widened while it holds fewer
     // events than asked for (ids of rolled-back writes leave gaps) and the horizon is further on
     let (mut lo, mut width) = (after, (i64::from(limit) * 4).max(EVENT_WINDOW));
+    let mut failed = None;
     loop {
         let hi = h.min(lo.saturating_add(width));
         let want = i64::from(limit) - rows.len() as i64;
@@ -330,12 +347,26 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
             Some(hi.to_string()),
             Some(want.to_string()),
         ];
-        crate::rawspi::rows_at(&plan, &args, snapshot, |desc, tuples| {
+        if let Err(e) = crate::rawspi::rows_at(&plan, &args, snapshot, |desc, tuples| {
             for &tup in tuples {
-                rows.push(unsafe { event_row(tup, desc) });
+                let image = if old {
+                    let mut null = false;
+                    let d = unsafe { pg_sys::SPI_getbinval(tup, desc, 10, &mut null) };
+                    if null {
+                        None
+                    } else {
+                        Some(unsafe { crate::json::read(d) }?)
+                    }
+                } else {
+                    None
+                };
+                rows.push((unsafe { event_row(tup, desc) }, image));
             }
             Ok(())
-        })?;
+        }) {
+            failed = Some(e);
+            break;
+        }
         if rows.len() as i64 >= i64::from(limit) || hi >= h {
             break;
         }
@@ -343,11 +374,17 @@ pub fn events(after: i64, limit: i32) -> Result<Value> {
         width = width.saturating_mul(4);
     }
     unsafe { pg_sys::UnregisterSnapshot(snapshot) };
-    deliver(&t, &subs, rows, after, h)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((rows, h)),
+    }
 }
 
+/// An event row and, when asked for, its image before the change.
+pub type EventWithImage = (EventRow, Option<Value>);
+
 /// An event row as `udm_events` reads it.
-type EventRow = (
+pub type EventRow = (
     i64,
     String,
     String,

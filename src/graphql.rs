@@ -542,3 +542,260 @@ fn udm_graphql_schema() -> String {
     let (_, s, _) = schema_of(&t).or_raise();
     s.sdl()
 }
+
+// ------------------------------------------------------------------ subscriptions delivered
+
+/// One subscription of a delivery batch: its document, and the last event its subscriber got.
+struct Wanted {
+    query: String,
+    variables: Value,
+    operation_name: Option<String>,
+    after: i64,
+}
+
+/// Plans a subscription operation for the selected tenant and user.
+fn plan_subscription(
+    query: &str,
+    variables: &Value,
+    operation_name: Option<&str>,
+) -> std::result::Result<
+    (
+        Rc<crate::query::TenantModel>,
+        udm_core::graphql::SubscriptionPlan,
+    ),
+    Vec<GqlError>,
+> {
+    let lim = limits();
+    let t = catalog::current_tenant().map_err(|e| vec![GqlError::from(e)])?;
+    let (model, schema, schema_key) = schema_of(&t).map_err(|e| vec![GqlError::from(e)])?;
+    let (doc, _) = document(&schema, &schema_key, query, &lim)?;
+    let functions = functions_schema().map_err(|e| vec![GqlError::from(e)])?;
+    let mut new_id = || uuid_text(&crate::records::uuid_v7());
+    let mut ctx = Context {
+        model: &*model,
+        limits: &lim,
+        functions_schema: &functions,
+        new_id: &mut new_id,
+    };
+    let prepared = prepare(&schema, &doc, operation_name, variables, &mut ctx)?;
+    match (prepared.kind, prepared.subscription) {
+        (OperationKind::Subscription, Some(plan)) => Ok((model, plan)),
+        _ => Err(vec![GqlError::input(
+            "udm_graphql_events delivers subscriptions: the operation is a query or a mutation (run it with udm_graphql)",
+        )]),
+    }
+}
+
+/// Runs a statement with a snapshot of its own (READ COMMITTED: it sees everything committed
+/// before it, as the event stream, whose snapshot is newer than the calling statement's, did).
+fn run_fresh(st: &Statement) -> std::result::Result<Option<Value>, GqlError> {
+    let p = plan_of(st).map_err(GqlError::from)?;
+    rawspi::first_json(&p, &st.params, false).map_err(GqlError::from)
+}
+
+/// The response of one event for one subscription, as the selected user sees it (None: the
+/// subscription does not want the event, or its filter does not match the record image).
+fn event_response(
+    t: &catalog::Tenant,
+    model: &crate::query::TenantModel,
+    plan: &udm_core::graphql::SubscriptionPlan,
+    event: &udm_core::graphql::Event,
+) -> Option<Value> {
+    if !plan.wants(&event.entity, &event.action) {
+        return None;
+    }
+    let audit = crate::audit::audit_table(t);
+    let image = |p: &str| {
+        format!(
+            "(SELECT {} FROM {audit} WHERE audit_id = {p}::bigint)",
+            crate::audit::record_image_sql("coalesce(new_data, old_data)")
+        )
+    };
+    let out = guarded(|| {
+        if let Some(st) = plan.condition(model, &image, Some(event.event_id.to_string()))? {
+            if run_fresh(&st)? != Some(Value::Bool(true)) {
+                return Ok(None);
+            }
+        }
+        let record = match plan.record_statement(model, &event.id)? {
+            Some(st) => run_fresh(&st)?,
+            None => None,
+        };
+        Ok(Some(plan.payload(event, record)))
+    });
+    match out {
+        Ok(None) => None,
+        Ok(Some(data)) => Some(response(Some(data), &[], None)),
+        Err(e) => Some(response(
+            Some(Value::Null),
+            &[e.with_path(&[udm_core::graphql::PathSeg::Key(plan.key.clone())])],
+            None,
+        )),
+    }
+}
+
+/// Delivers change events to subscriptions of the selected tenant and user: reads the events
+/// after the smallest `after` once (as the caller: the audit log's row-level security decides
+/// which), and for each subscription each event after its own `after` that it wants, whose
+/// record image matches its filter, with `record { … }` read as the caller now. Subscriptions
+/// with the same document, variables and operation share the work.
+fn deliver(wanted: &[Wanted], limit: i32) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    if !(1..=crate::events::MAX_EVENTS).contains(&limit) {
+        return Err(UdmError::new(
+            udm_core::error::SqlState::ProgramLimitExceeded,
+            format!(
+                "udm_graphql_events: limit must be from 1 to {}, got {limit}",
+                crate::events::MAX_EVENTS
+            ),
+        ));
+    }
+    crate::events::primary_only("udm_graphql_events")?;
+    // plan each distinct subscription once
+    type Planned = std::result::Result<
+        (
+            Rc<crate::query::TenantModel>,
+            udm_core::graphql::SubscriptionPlan,
+        ),
+        Vec<GqlError>,
+    >;
+    let mut groups: Vec<(String, Planned, i64)> = Vec::new();
+    let mut group_of = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        let key = format!(
+            "{}\u{0}{}\u{0}{}",
+            w.query,
+            w.variables,
+            w.operation_name.as_deref().unwrap_or("")
+        );
+        let i = match groups.iter().position(|(k, _, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let planned =
+                    plan_subscription(&w.query, &w.variables, w.operation_name.as_deref());
+                groups.push((key, planned, i64::MAX));
+                groups.len() - 1
+            }
+        };
+        groups[i].2 = groups[i].2.min(w.after);
+        group_of.push(i);
+    }
+    let from = groups
+        .iter()
+        .filter(|g| g.1.is_ok())
+        .map(|g| g.2)
+        .min()
+        .unwrap_or(i64::MAX);
+    let old = groups
+        .iter()
+        .any(|g| matches!(&g.1, Ok((_, p)) if p.reads_old()));
+    let (rows, h) = if from == i64::MAX {
+        (Vec::new(), 0)
+    } else {
+        crate::events::read_events(&t, from.max(0), limit, old)?
+    };
+    let more = rows.len() as i64 >= i64::from(limit);
+    let last = rows.last().map(|(r, _)| r.0);
+    // the image before the change and the changed fields without the fields the subscriber's
+    // role may not read
+    let hidden = crate::access::hidden_fields(&t)?;
+    let events: Vec<udm_core::graphql::Event> = rows
+        .into_iter()
+        .map(|(r, image)| {
+            let entity = r.1;
+            let shown = |f: &String| !hidden.contains(&(entity.clone(), f.clone()));
+            let changed_fields = r.5.unwrap_or_default().into_iter().flatten();
+            udm_core::graphql::Event {
+                event_id: r.0,
+                id: r.2,
+                action: r.3,
+                version: r.4.map(i64::from),
+                changed_fields: changed_fields.filter(|f| shown(f)).collect(),
+                old: image.map(|mut img| {
+                    if let Some(o) = img.as_object_mut() {
+                        o.retain(|f, _| shown(f));
+                    }
+                    img
+                }),
+                entity: entity.clone(),
+            }
+        })
+        .collect();
+    // each group's responses: (event id, response)
+    let mut answers: Vec<Vec<(i64, Rc<Value>)>> = Vec::with_capacity(groups.len());
+    for (_, planned, after) in &groups {
+        let mut out = Vec::new();
+        if let Ok((model, plan)) = planned {
+            for e in events.iter().filter(|e| e.event_id > *after) {
+                if let Some(r) = event_response(&t, model, plan, e) {
+                    out.push((e.event_id, Rc::new(r)));
+                }
+            }
+        }
+        answers.push(out);
+    }
+    // where a subscription continues: after the horizon when every event up to it was read
+    let reached = if more { last.unwrap_or(from) } else { h };
+    let results: Vec<Value> = wanted
+        .iter()
+        .zip(group_of)
+        .map(|(w, g)| match &groups[g].1 {
+            Err(errs) => response(None, errs, None),
+            Ok(_) => {
+                let evs: Vec<Value> = answers[g]
+                    .iter()
+                    .filter(|(id, _)| *id > w.after)
+                    .map(|(id, r)| json!({"event_id": id, "payload": **r}))
+                    .collect();
+                json!({"events": evs, "cursor": w.after.max(reached)})
+            }
+        })
+        .collect();
+    Ok(json!({"results": results, "horizon": h, "more": more}))
+}
+
+/// `udm_graphql_events(query, variables, operation_name, after, limit)`: the payloads of a
+/// subscription for the events after `after` that the selected user may see:
+/// `{"events": [{"event_id", "payload": {"data": …}}], "cursor": <continue after this>,
+/// "more": <more events are ready>}`, or `{"errors": […]}` for a document that is not a valid
+/// subscription.
+#[pg_extern(volatile, parallel_unsafe)]
+fn udm_graphql_events(
+    query: Option<&str>,
+    variables: default!(Option<JsonB>, "NULL"),
+    operation_name: default!(Option<&str>, "NULL"),
+    after: default!(Option<i64>, 0),
+    limit: default!(Option<i32>, 100),
+) -> JsonB {
+    let query = crate::error::required(query, "query");
+    let after = crate::error::required(after, "after");
+    let limit = crate::error::required(limit, "limit");
+    let variables = match variables.map(|v| v.0) {
+        None | Some(Value::Null) => json!({}),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => {
+            return JsonB(response(
+                None,
+                &[GqlError::input("variables must be a JSON object")],
+                None,
+            ))
+        }
+    };
+    if after < 0 {
+        crate::error::raise(UdmError::invalid(format!(
+            "udm_graphql_events: after must be an event id (0 or more), got {after}"
+        )));
+    }
+    let w = Wanted {
+        query: query.to_string(),
+        variables,
+        operation_name: operation_name.map(str::to_string),
+        after,
+    };
+    let mut out = deliver(std::slice::from_ref(&w), limit).or_raise();
+    let mut r = out["results"][0].take();
+    if r.get("errors").is_none() {
+        r["more"] = out["more"].take();
+    }
+    JsonB(r)
+}

@@ -649,3 +649,96 @@ fn a_cancelled_statement_ends_the_whole_request() {
         "nothing was written: {d}"
     );
 }
+
+#[test]
+fn graphql_events_resolves_a_subscription_for_the_events_after_a_cursor() {
+    let mut c = admin();
+    let t = shop(&mut c);
+    c.execute("SELECT udm_use($1)", &[&t]).unwrap();
+    let h: Value = c.query_one("SELECT udm_events(0, 1)", &[]).unwrap().get(0);
+    let h = h["horizon"].as_i64().unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO {t}.tag (name) VALUES ('green'); UPDATE {t}.tag SET name = 'lime' WHERE name = 'green'; \
+         INSERT INTO {t}.tag (name) VALUES ('grey')"
+    ))
+    .unwrap();
+    let sub = r#"subscription($n: String) { tagChanged(actions: [INSERT], filter: {name: {like: $n}}) { action eventId record { name } } }"#;
+    let mut ev = |after: i64, limit: i32| -> Value {
+        c.query_one(
+            "SELECT udm_graphql_events($1, $2, NULL, $3, $4)",
+            &[&sub, &json!({"n": "g%"}), &after, &limit],
+        )
+        .unwrap()
+        .get(0)
+    };
+    // the inserts (not the update), their records as they are now, in order
+    let r = ev(h, 100);
+    let got: Vec<(&str, &str)> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let p = &e["payload"]["data"]["tagChanged"];
+            (
+                p["action"].as_str().unwrap(),
+                p["record"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("INSERT", "lime"), ("INSERT", "grey")], "{r}");
+    assert_eq!(r["more"], false);
+    let last = r["events"][1]["event_id"].as_i64().unwrap();
+    assert_eq!(r["cursor"].as_i64().unwrap(), last, "{r}");
+    // after the first, one event read at a time (the update is read, and not delivered): the
+    // second, and the cursor moves over every event read
+    let (mut cursor, mut got, mut calls) =
+        (r["events"][0]["event_id"].as_i64().unwrap(), vec![], 0);
+    loop {
+        let r = ev(cursor, 1);
+        got.extend(
+            r["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["event_id"].as_i64().unwrap()),
+        );
+        assert!(
+            r["cursor"].as_i64().unwrap() > cursor || r["more"] == false,
+            "{r}"
+        );
+        cursor = r["cursor"].as_i64().unwrap();
+        calls += 1;
+        if r["more"] == false {
+            break;
+        }
+    }
+    assert_eq!((got, calls), (vec![last], 3));
+    assert_eq!(ev(last, 10)["events"], json!([]));
+    // not a subscription: a GraphQL error; bad cursors and limits: errors of their own
+    let r: Value = c
+        .query_one(
+            "SELECT udm_graphql_events('{ tagCollection { totalCount } }')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        r["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{r}"
+    );
+    expect_err(
+        &mut c,
+        &format!("SELECT udm_graphql_events({}, NULL, NULL, -1)", lit(sub)),
+        "22023",
+    );
+    expect_err(
+        &mut c,
+        &format!("SELECT udm_graphql_events({}, NULL, NULL, 0, 0)", lit(sub)),
+        "54000",
+    );
+    expect_err(
+        &mut c,
+        &format!("SELECT udm_graphql_events({}, NULL, NULL, NULL)", lit(sub)),
+        "22004",
+    );
+}

@@ -124,6 +124,14 @@ impl SubscriptionPlan {
             && (self.actions.is_empty() || self.actions.iter().any(|a| a == action))
     }
 
+    /// Whether the payload selects `old` (the image before the change): the surface reads it
+    /// only then.
+    pub fn reads_old(&self) -> bool {
+        self.fields
+            .iter()
+            .any(|(_, f)| matches!(f, EventField::Old(_)))
+    }
+
     /// The statement telling whether a record image matches the filter (None: no filter).
     /// `image` writes the SQL of the image from the placeholder of its parameter (e.g.
     /// `|p| format!("(SELECT data FROM acme._udm_audit WHERE audit_id = {p}::bigint)")`), and

@@ -1,0 +1,261 @@
+//! The database side of a request: one transaction on any pooled connection —
+//! `udm_use(tenant, user, is_local => true)`, `udm_graphql(...)`, commit. Every value is a bound
+//! parameter; the selection and the statement timeout are local to the transaction, so the
+//! connection goes back to the pool holding nothing of the request.
+
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::http::GqlRequest;
+use crate::App;
+use axum::http::StatusCode;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde_json::Value;
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+pub fn pool(c: &crate::config::Config) -> Result<Pool, String> {
+    let mut pg: tokio_postgres::Config = c
+        .database_url
+        .parse()
+        .map_err(|e| format!("database_url: {e}"))?;
+    if pg.get_application_name().is_none() {
+        pg.application_name("udm-server");
+    }
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let wait = Duration::from_millis(c.pool_timeout_ms);
+    Pool::builder(mgr)
+        .max_size(c.pool_size)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(wait))
+        .recycle_timeout(Some(wait))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("pool: {e}"))
+}
+
+/// At most 100 characters of a caller's value, for the log.
+fn clip(s: &str) -> &str {
+    s.char_indices().nth(100).map_or(s, |(i, _)| &s[..i])
+}
+
+/// A database error as the caller sees it: the statement timeout, or nothing of it.
+fn failure(what: &str, e: tokio_postgres::Error) -> ApiError {
+    if e.code() == Some(&SqlState::QUERY_CANCELED) {
+        tracing::warn!(error = %e, "{what}: statement timeout");
+        return ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "TIMEOUT",
+            "the request took longer than the server's statement timeout",
+        );
+    }
+    match e.as_db_error() {
+        Some(db) => tracing::error!(
+            sqlstate = db.code().code(),
+            message = db.message(),
+            detail = db.detail().unwrap_or(""),
+            "{what}"
+        ),
+        None => tracing::error!(error = %e, "{what}"),
+    }
+    if e.is_closed() || e.as_db_error().is_none() {
+        ApiError::unavailable()
+    } else {
+        ApiError::internal()
+    }
+}
+
+/// One transaction on a pooled connection as `who`: the statement timeout and
+/// `udm_use(tenant, user, is_local => true)`, then `sql` (one row, one jsonb column), commit.
+async fn in_tenant(
+    app: &App,
+    who: &Identity,
+    read_only: bool,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Value, ApiError> {
+    let mut client = app.pool.get().await.map_err(|e| {
+        tracing::warn!(error = %e, "no pooled connection");
+        ApiError::unavailable()
+    })?;
+    let tx = client
+        .build_transaction()
+        .read_only(read_only)
+        .start()
+        .await
+        .map_err(|e| failure("BEGIN", e))?;
+    let select = tx
+        .prepare_cached(
+            "SELECT set_config('statement_timeout', $1, true), udm_use($2, $3, is_local => true)",
+        )
+        .await
+        .map_err(|e| failure("prepare udm_use", e))?;
+    if let Err(e) = tx
+        .query_one(&select, &[&app.statement_timeout, &who.tenant, &who.user])
+        .await
+    {
+        // The database decides whether this user may use this tenant: an unknown tenant, one
+        // the server's role is not a member of, and a user who is not a member get the same 403.
+        return Err(match e.code() {
+            Some(c)
+                if *c == SqlState::INSUFFICIENT_PRIVILEGE
+                    || *c == SqlState::UNDEFINED_OBJECT
+                    || *c == SqlState::INVALID_PARAMETER_VALUE =>
+            {
+                tracing::info!(
+                    tenant = clip(&who.tenant),
+                    user = clip(&who.user),
+                    code = c.code(),
+                    "udm_use refused"
+                );
+                ApiError::forbidden()
+            }
+            _ => failure("udm_use", e),
+        });
+    }
+    let run = tx
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| failure("prepare", e))?;
+    let row = tx
+        .query_one(&run, params)
+        .await
+        .map_err(|e| failure("statement", e))?;
+    let body: Value = row.get(0);
+    tx.commit().await.map_err(|e| failure("COMMIT", e))?;
+    Ok(body)
+}
+
+/// `udm_graphql` as `who`.
+pub async fn graphql(
+    app: &App,
+    who: &Identity,
+    req: &GqlRequest,
+    read_only: bool,
+) -> Result<Value, ApiError> {
+    in_tenant(
+        app,
+        who,
+        read_only,
+        "SELECT udm_graphql($1, $2::jsonb, $3)",
+        &[&req.query, &req.variables, &req.operation_name],
+    )
+    .await
+}
+
+/// Whether `who` may use their tenant (403 if not).
+pub async fn check(app: &App, who: &Identity) -> Result<(), ApiError> {
+    in_tenant(app, who, true, "SELECT '{}'::jsonb", &[])
+        .await
+        .map(|_| ())
+}
+
+/// The event id a new subscription of `who` starts after: the horizon of their tenant's events
+/// (every event at or below it is committed or never will be).
+pub async fn horizon(app: &App, who: &Identity) -> Result<i64, ApiError> {
+    let v = in_tenant(app, who, true, "SELECT udm_events(0, 1)", &[]).await?;
+    v["horizon"].as_i64().ok_or_else(|| {
+        tracing::error!(response = %v, "udm_events has no horizon");
+        ApiError::internal()
+    })
+}
+
+/// `udm_graphql_events`: the payloads of a subscription of `who` for the events after `after`.
+pub async fn events(
+    app: &App,
+    who: &Identity,
+    req: &GqlRequest,
+    after: i64,
+    limit: i32,
+) -> Result<Value, ApiError> {
+    in_tenant(
+        app,
+        who,
+        true,
+        "SELECT udm_graphql_events($1, $2::jsonb, $3, $4, $5)",
+        &[
+            &req.query,
+            &req.variables,
+            &req.operation_name,
+            &after,
+            &limit,
+        ],
+    )
+    .await
+}
+
+/// `/readyz`: a pooled connection answers.
+pub async fn ready(pool: &Pool) -> bool {
+    match pool.get().await {
+        Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// `udm-server setup-role <admin-url> <role> [tenant ...]`: the server's database role, made
+/// or brought up to date in one command run by a superuser: a LOGIN role (no password is set;
+/// set one, or use peer/cert authentication), `udm.require_local_selection = on` for it, and
+/// membership of each named tenant's role (all tenants when none is named). Idempotent: run it
+/// again after creating tenants. Names are bound as parameters and quoted by PostgreSQL's
+/// `format('%I')`.
+pub async fn setup_role(admin_url: &str, role: &str, tenants: &[String]) -> Result<(), String> {
+    let (client, conn) = tokio_postgres::connect(admin_url, NoTls)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let e = |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {e}");
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .map_err(e("role lookup"))?
+        .is_some();
+    let mut statements = Vec::new();
+    if !exists {
+        statements.push(
+            client
+                .query_one("SELECT format('CREATE ROLE %I LOGIN', $1::text)", &[&role])
+                .await
+                .map_err(e("format"))?
+                .get::<_, String>(0),
+        );
+    }
+    statements.push(
+        client
+            .query_one(
+                "SELECT format('ALTER ROLE %I SET udm.require_local_selection = on', $1::text)",
+                &[&role],
+            )
+            .await
+            .map_err(e("format"))?
+            .get(0),
+    );
+    let grants = client
+        .query(
+            "SELECT t.slug, format('GRANT %I TO %I', t.role_name, $1::text) FROM udm_tenants() t \
+             WHERE cardinality($2::text[]) = 0 OR t.slug = ANY($2::text[]) ORDER BY t.slug",
+            &[&role, &tenants],
+        )
+        .await
+        .map_err(e("udm_tenants"))?;
+    let found: Vec<String> = grants.iter().map(|r| r.get(0)).collect();
+    if let Some(missing) = tenants.iter().find(|t| !found.contains(t)) {
+        return Err(format!("no tenant \"{missing}\""));
+    }
+    statements.extend(grants.iter().map(|r| r.get::<_, String>(1)));
+    for s in &statements {
+        client
+            .batch_execute(s)
+            .await
+            .map_err(|err| format!("{s}: {err}"))?;
+        println!("{s}");
+    }
+    Ok(())
+}

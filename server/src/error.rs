@@ -1,0 +1,90 @@
+//! The server's one error type. Its message is written for the caller and never carries
+//! internals (SQL, driver or database messages, stack, configuration): those go to the log under
+//! the request id the response carries in `x-request-id`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::http::Media;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// `extensions.code` of the error.
+    pub code: &'static str,
+    pub message: String,
+    /// The media type of the body (the one the request negotiated, if it got that far).
+    pub media: Media,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            media: Media::Json,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
+    }
+
+    pub fn forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "the token's user may not use this tenant",
+        )
+    }
+
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the database is not available; try again",
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_SERVER_ERROR",
+            "internal error (see the server log under this response's x-request-id)",
+        )
+    }
+
+    pub fn with_media(mut self, media: Media) -> Self {
+        self.media = media;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body =
+            json!({"errors": [{"message": self.message, "extensions": {"code": self.code}}]});
+        let mut r = (self.status, body.to_string()).into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.media.content_type()),
+        );
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::METHOD_NOT_ALLOWED => {
+                h.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            _ => {}
+        }
+        r
+    }
+}

@@ -1,0 +1,350 @@
+//! Subscriptions (and queries and mutations) over WebSocket: the `graphql-transport-ws` protocol
+//! (enisdenjo/graphql-ws, PROTOCOL.md). The token comes in `connection_init`'s payload
+//! (`{"token": "<JWT>"}`, or `{"Authorization": "Bearer <JWT>"}`). Each subscription asks the
+//! database for the events after its cursor (`udm_graphql_events`, as the subscriber: row-level
+//! security and field permissions decide what it receives), in order, and a subscriber that
+//! resumes with `extensions.after` (the last `eventId` it saw) gets every event after it.
+
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::http::{operation_kind, GqlRequest, Kind};
+use crate::App;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+pub const PROTOCOL: &str = "graphql-transport-ws";
+
+/// A close code and reason of the protocol.
+struct Close(u16, String);
+
+impl Close {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        Close(code, reason.into())
+    }
+}
+
+/// What a task hands the connection to send.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<String>,
+    overflow: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Queues a message; false when the connection is gone or its buffer is full (then the
+    /// connection is closed as a slow consumer).
+    fn push(&self, v: Value) -> bool {
+        match self.tx.try_send(v.to_string()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflow.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+struct Session {
+    app: Arc<App>,
+    who: Option<(Identity, i64)>,
+    initialised: bool,
+    subs: HashMap<String, JoinHandle<()>>,
+    out: Outbox,
+}
+
+/// Counts an open WebSocket for as long as it lives.
+struct Open(Arc<App>);
+
+impl Open {
+    fn new(app: Arc<App>) -> Self {
+        app.sockets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Open(app)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0
+            .sockets
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+pub async fn session(app: Arc<App>, mut socket: WebSocket, protocol_ok: bool) {
+    let _open = Open::new(app.clone());
+    if !protocol_ok {
+        close(&mut socket, Close::new(4406, "Subprotocol not acceptable")).await;
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel::<String>(app.config.subscriber_buffer);
+    let overflow = Arc::new(Notify::new());
+    let mut shutdown = app.shutdown.clone();
+    let mut s = Session {
+        app: app.clone(),
+        who: None,
+        initialised: false,
+        subs: HashMap::new(),
+        out: Outbox {
+            tx,
+            overflow: overflow.clone(),
+        },
+    };
+    let init_deadline =
+        tokio::time::sleep(Duration::from_millis(app.config.connection_init_timeout_ms));
+    tokio::pin!(init_deadline);
+    let ending = loop {
+        tokio::select! {
+            m = socket.recv() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    if let Err(c) = s.handle(t.as_str()).await {
+                        break Some(c);
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => break Some(Close::new(4400, "Binary messages are not part of the protocol")),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
+            },
+            Some(text) = rx.recv() => {
+                if socket.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                    break None;
+                }
+            }
+            _ = &mut init_deadline, if !s.initialised => {
+                break Some(Close::new(4408, "Connection initialisation timeout"));
+            }
+            _ = overflow.notified() => {
+                break Some(Close::new(1008, "Slow consumer: too many messages waiting"));
+            }
+            _ = shutdown.changed() => {
+                break Some(Close::new(1001, "Server shutting down"));
+            }
+        }
+    };
+    for (_, h) in s.subs.drain() {
+        h.abort();
+    }
+    if let Some(c) = ending {
+        close(&mut socket, c).await;
+    }
+}
+
+async fn close(socket: &mut WebSocket, c: Close) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: c.0,
+            reason: Utf8Bytes::from(c.1),
+        })))
+        .await;
+}
+
+fn invalid(what: &str) -> Close {
+    Close::new(4400, format!("Invalid message: {what}"))
+}
+
+impl Session {
+    async fn handle(&mut self, text: &str) -> Result<(), Close> {
+        let msg: Value = serde_json::from_str(text).map_err(|_| invalid("not JSON"))?;
+        let o = msg.as_object().ok_or_else(|| invalid("not an object"))?;
+        match o.get("type").and_then(Value::as_str) {
+            Some("connection_init") => self.init(o.get("payload")).await,
+            Some("ping") => {
+                self.out.push(json!({"type": "pong"}));
+                Ok(())
+            }
+            Some("pong") => Ok(()),
+            Some("subscribe") => self.subscribe(o),
+            Some("complete") => {
+                let id = o
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid("complete without an id"))?;
+                if let Some(h) = self.subs.remove(id) {
+                    h.abort();
+                }
+                Ok(())
+            }
+            _ => Err(invalid("unknown type")),
+        }
+    }
+
+    async fn init(&mut self, payload: Option<&Value>) -> Result<(), Close> {
+        if self.initialised {
+            return Err(Close::new(4429, "Too many initialisation requests"));
+        }
+        self.initialised = true;
+        let p = payload.and_then(Value::as_object);
+        let token = p
+            .and_then(|p| {
+                p.get("token").and_then(Value::as_str).or_else(|| {
+                    p.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                        .and_then(|(_, v)| v.as_str())
+                        .and_then(|v| v.strip_prefix("Bearer ").or(Some(v)))
+                })
+            })
+            .ok_or_else(|| Close::new(4403, "Forbidden"))?;
+        let (who, exp) = self
+            .app
+            .keys
+            .verify_with_expiry(token.trim())
+            .map_err(|_| Close::new(4403, "Forbidden"))?;
+        match crate::db::check(&self.app, &who).await {
+            Ok(()) => {}
+            Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => {
+                return Err(Close::new(4403, "Forbidden"))
+            }
+            Err(_) => return Err(Close::new(4500, "Internal server error")),
+        }
+        self.who = Some((who, exp));
+        self.out.push(json!({"type": "connection_ack"}));
+        Ok(())
+    }
+
+    fn subscribe(&mut self, o: &Map<String, Value>) -> Result<(), Close> {
+        let Some((who, exp)) = self.who.clone() else {
+            return Err(Close::new(4401, "Unauthorized"));
+        };
+        let id = o
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|i| !i.is_empty() && i.len() <= 256)
+            .ok_or_else(|| invalid("subscribe needs an id"))?
+            .to_string();
+        let p = o
+            .get("payload")
+            .and_then(Value::as_object)
+            .ok_or_else(|| invalid("subscribe needs a payload"))?;
+        let req = crate::http::request_from_object(p).map_err(|e| invalid(&e.message))?;
+        let after = match p.get("extensions").and_then(|e| e.get("after")) {
+            None | Some(Value::Null) => None,
+            Some(a) => Some(
+                a.as_i64()
+                    .or_else(|| a.as_str().and_then(|s| s.parse().ok()))
+                    .filter(|a| *a >= 0)
+                    .ok_or_else(|| invalid("extensions.after must be an event id"))?,
+            ),
+        };
+        self.subs.retain(|_, h| !h.is_finished());
+        if self.subs.contains_key(&id) {
+            return Err(Close::new(
+                4409,
+                format!("Subscriber for {id} already exists"),
+            ));
+        }
+        if self.subs.len() >= self.app.config.max_subscriptions_per_connection {
+            self.out.push(json!({"id": id, "type": "error", "payload": [
+                {"message": "too many subscriptions on this connection", "extensions": {"code": "LIMIT_EXCEEDED"}}]}));
+            return Ok(());
+        }
+        let (app, out, key) = (self.app.clone(), self.out.clone(), id.clone());
+        let task = match operation_kind(&req.query, req.operation_name.as_deref()) {
+            Some(Kind::Subscription) => {
+                tokio::spawn(async move { subscription(app, who, exp, key, req, after, out).await })
+            }
+            _ => tokio::spawn(async move { single(app, who, key, req, out).await }),
+        };
+        self.subs.insert(id, task);
+        Ok(())
+    }
+}
+
+fn error_message(id: &str, errors: Value) -> Value {
+    json!({"id": id, "type": "error", "payload": errors})
+}
+
+fn api_errors(e: &ApiError) -> Value {
+    json!([{"message": e.message, "extensions": {"code": e.code}}])
+}
+
+/// A query or mutation over the socket: one result, then complete.
+async fn single(app: Arc<App>, who: Identity, id: String, req: GqlRequest, out: Outbox) {
+    match crate::db::graphql(&app, &who, &req, false).await {
+        Ok(body) if body.get("data").is_none() => {
+            out.push(error_message(&id, body["errors"].clone()));
+        }
+        Ok(body) => {
+            if out.push(json!({"id": id, "type": "next", "payload": body})) {
+                out.push(json!({"id": id, "type": "complete"}));
+            }
+        }
+        Err(e) => {
+            out.push(error_message(&id, api_errors(&e)));
+        }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A subscription: the events after the cursor, in order, each as a `next` whose
+/// `payload.extensions.eventId` is the cursor to resume after.
+async fn subscription(
+    app: Arc<App>,
+    who: Identity,
+    exp: i64,
+    id: String,
+    req: GqlRequest,
+    after: Option<i64>,
+    out: Outbox,
+) {
+    let poll = Duration::from_millis(app.config.poll_interval_ms);
+    let mut cursor = match after {
+        Some(a) => a,
+        None => match crate::db::horizon(&app, &who).await {
+            Ok(h) => h,
+            Err(e) => {
+                out.push(error_message(&id, api_errors(&e)));
+                return;
+            }
+        },
+    };
+    loop {
+        if now() > exp + app.config.jwt_leeway_s as i64 {
+            out.push(error_message(
+                &id,
+                json!([{"message": "the token has expired", "extensions": {"code": "UNAUTHENTICATED"}}]),
+            ));
+            return;
+        }
+        let v = match crate::db::events(&app, &who, &req, cursor, app.config.events_batch).await {
+            Ok(v) => v,
+            Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+                // the database is away: try again (no event is lost, the cursor stays)
+                tokio::time::sleep(poll * 10).await;
+                continue;
+            }
+            Err(e) => {
+                out.push(error_message(&id, api_errors(&e)));
+                return;
+            }
+        };
+        if let Some(errors) = v.get("errors") {
+            out.push(error_message(&id, errors.clone()));
+            return;
+        }
+        for e in v["events"].as_array().into_iter().flatten() {
+            let mut payload = e["payload"].clone();
+            payload["extensions"] = json!({"eventId": e["event_id"]});
+            if !out.push(json!({"id": id, "type": "next", "payload": payload})) {
+                return;
+            }
+        }
+        if let Some(c) = v["cursor"].as_i64() {
+            cursor = cursor.max(c);
+        }
+        if v["more"] != Value::Bool(true) {
+            tokio::time::sleep(poll).await;
+        }
+    }
+}

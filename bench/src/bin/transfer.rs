@@ -44,6 +44,28 @@ fn run(mut cmd: Command) -> Duration {
     d
 }
 
+/// Runs a command as `run` does, and returns its peak resident memory too (the child's own
+/// `ru_maxrss`, from `wait4`), in MB.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its resource usage
+fn run_measured(mut cmd: Command) -> (Duration, f64) {
+    let start = std::time::Instant::now();
+    let child = cmd
+        .env_remove("PGOPTIONS")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    let mut status = 0;
+    // SAFETY: waits for the child just spawned (not waited for elsewhere)
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let d = start.elapsed();
+    assert!(
+        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed ({status})"
+    );
+    (d, usage.ru_maxrss as f64 / 1024.0)
+}
+
 fn pg(tool: &str, args: &[&str]) -> Command {
     let mut c = Command::new(pgbin(tool));
     c.args(["-h", &host(), "-p", &port(), "-U", "postgres"]);
@@ -145,6 +167,7 @@ fn main() {
 
     let (mut ours, mut plain, mut packed) = (Vec::new(), Vec::new(), Vec::new());
     let mut ratios = Vec::new();
+    let (mut peak_rss, mut archive_mb) = (0f64, 0f64);
     for round in 0..rounds {
         for db in [
             "bench_transfer_pg",
@@ -180,11 +203,13 @@ fn main() {
             "-o",
             &archive,
         ]);
-        let e = run(export);
+        let (e, e_rss) = run_measured(export);
         let mut import = Command::new(tool());
         import.args(["import", &conninfo("bench_transfer_udm"), "-i", &archive]);
-        let i = run(import);
+        let (i, i_rss) = run_measured(import);
+        peak_rss = peak_rss.max(e_rss).max(i_rss);
         let size = |p: &str| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+        archive_mb = size(&archive);
         println!(
             "  round {}: udm-tenant export {:.2} s + import {:.2} s = {:.2} s ({:.0} MB) | pg_dump -Z0 {:.2} s + pg_restore {:.2} s = {:.2} s ({:.0} MB) | pg_dump {:.2} s + pg_restore {:.2} s = {:.2} s ({:.0} MB)",
             round + 1,
@@ -220,6 +245,9 @@ fn main() {
         .get(0);
     assert_eq!(v, "true", "the audit chain verifies");
     println!("  imported tenant: {n} records, audit chain verifies");
+    println!(
+        "  udm-tenant's peak memory (export or import): {peak_rss:.1} MB for an archive of {archive_mb:.0} MB"
+    );
     println!(
         "  medians: udm {:.2} s, pg_dump -Z0 + pg_restore {:.2} s, pg_dump + pg_restore {:.2} s",
         median(ours.clone()),

@@ -6,6 +6,8 @@ use postgres::{Client, NoTls};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use postgres;
+
+pub mod scenario;
 pub use serde_json::{json, Value};
 
 fn env(name: &str, default: &str) -> String {

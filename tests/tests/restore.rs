@@ -1,14 +1,13 @@
-//! Backups restore. A database with a tenant holding every kind of state udm keeps (the roadmap
-//! template with rules over related records, members, roles, relation tuples, a write lock,
-//! many-to-many links, references, passwords, auto numbers, subscriptions and a consumer that
-//! has acknowledged events, and its audit log) is dumped with the real tools and restored three
-//! ways: `pg_dump -Fc` + `pg_restore --exit-on-error` and plain `pg_dump` + `psql` into new
-//! databases of the same cluster, and `pg_dump -Fc` into a new cluster after
-//! `pg_dumpall --roles-only`. Each restored database must work as the original did.
+//! Backups restore. A database with a tenant holding every kind of state udm keeps (the
+//! scenario of `udm_tests::scenario`, which tenant moves are checked with too) is dumped with the
+//! real tools and restored three ways: `pg_dump -Fc` + `pg_restore --exit-on-error` and plain
+//! `pg_dump` + `psql` into new databases of the same cluster, and `pg_dump -Fc` into a new
+//! cluster after `pg_dumpall --roles-only`. Each restored database must work as the original did.
 
 use postgres::{Client, NoTls};
 use std::path::PathBuf;
 use std::process::Command;
+use udm_tests::scenario::{populate, works, Database};
 use udm_tests::*;
 
 fn pgbin(tool: &str) -> PathBuf {
@@ -24,7 +23,7 @@ struct Db {
     name: String,
 }
 
-impl Db {
+impl Database for Db {
     fn connect(&self, user: &str) -> Client {
         Client::connect(
             &format!(
@@ -36,6 +35,12 @@ impl Db {
         .unwrap_or_else(|e| panic!("connect to {} as {user}: {e}", self.name))
     }
 
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Db {
     fn args(&self) -> Vec<String> {
         vec![
             "-h".into(),
@@ -88,321 +93,6 @@ fn drop_db(on: &Db) {
 }
 
 /// What the original looked like, to compare each restore with.
-struct Expected {
-    tenant: String,
-    app: String,
-    alice: String,
-    bob: String,
-    carol: String,
-    roadmap: String,
-    carol_sees: Vec<String>,
-    audit_rows: i64,
-    acked: i64,
-    docs: i64,
-}
-
-fn names(c: &mut Client, sql: &str) -> Vec<String> {
-    c.query(sql, &[])
-        .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)))
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-fn use_as(c: &mut Client, t: &str, user: &str) {
-    c.query_one("SELECT udm_use($1, $2)", &[&t, &user])
-        .unwrap_or_else(|e| panic!("udm_use {t} {user}: {}", message(&e)));
-}
-
-fn populate(db: &Db) -> Expected {
-    let mut su = db.connect("postgres");
-    su.batch_execute("CREATE EXTENSION udm").unwrap();
-    let tenant = unique("bk");
-    let app = login_role(&mut su, "bkapp");
-    json(
-        &mut su,
-        &format!("SELECT udm_create_tenant({})", lit(&tenant)),
-    );
-    grant_tenant(&mut su, &tenant, &app);
-    let (alice, bob, carol) = (
-        format!("{}@bk.test", unique("alice")),
-        format!("{}@bk.test", unique("bob")),
-        format!("{}@bk.test", unique("carol")),
-    );
-    let mut owner = db.connect(&app);
-    owner.query_one("SELECT udm_use($1)", &[&tenant]).unwrap();
-    owner
-        .batch_execute(
-            r#"SELECT udm_install_template('roadmap');
-               SELECT udm_define_entity('tag', '{"fields": [{"name": "name", "type": "text", "unique": true}]}');
-               SELECT udm_define_entity('doc', '{"fields": [
-                 {"name": "title", "type": "text", "required": true},
-                 {"name": "no", "type": "auto_number"},
-                 {"name": "secret", "type": "password"},
-                 {"name": "tags", "type": "relation", "target": "tag", "many": true},
-                 {"name": "about", "type": "reference", "targets": ["tag", "doc"]}],
-                 "rules": [{"name": "title_short", "check": "length(title) <= 40", "message": "titles are short"}]}');"#,
-        )
-        .unwrap();
-    for u in [&alice, &bob, &carol] {
-        json(
-            &mut su,
-            &format!(
-                "SELECT udm_create_user({}, 'Someone', 'a-long-password')",
-                lit(u)
-            ),
-        );
-    }
-    json(
-        &mut owner,
-        &format!(
-            "SELECT udm_add_member({}, {}, 'admin')",
-            lit(&tenant),
-            lit(&alice)
-        ),
-    );
-    let mut a = db.connect(&app);
-    use_as(&mut a, &tenant, &alice);
-    for (u, role) in [(&bob, "editor"), (&carol, "viewer")] {
-        json(
-            &mut a,
-            &format!(
-                "SELECT udm_add_member({}, {}, {})",
-                lit(&tenant),
-                lit(u),
-                lit(role)
-            ),
-        );
-    }
-    let roadmap: String = scalar(
-        &mut a,
-        r#"SELECT udm_insert('roadmap', '{"name": "Hardware", "y_axis_values": ["HW", "SW"]}')->>'id'"#,
-    );
-    let other: String = scalar(
-        &mut a,
-        r#"SELECT udm_insert('roadmap', '{"name": "Software", "y_axis_values": ["A"]}')->>'id'"#,
-    );
-    for (r, code, y) in [
-        (&roadmap, "Falcon", "HW"),
-        (&roadmap, "Eagle", "SW"),
-        (&other, "Hidden", "A"),
-    ] {
-        json(
-            &mut a,
-            &format!(
-                r#"SELECT udm_insert('product', '{{"codename": "{code}", "part_number": "P-{code}", "description": "a product of the roadmap", "roadmap_id": "{r}", "x_position": "2027-Q1", "y_position": "{y}", "sample_date": "2026-01-01", "release_date": "2026-06-01"}}')"#
-            ),
-        );
-    }
-    json(
-        &mut a,
-        &format!(
-            "SELECT udm_grant({}, 'editor', 'roadmap:{roadmap}')",
-            lit(&bob)
-        ),
-    );
-    json(
-        &mut a,
-        &format!(
-            "SELECT udm_grant({}, 'viewer', 'roadmap:{roadmap}')",
-            lit(&carol)
-        ),
-    );
-    a.batch_execute(&format!(
-        r#"SELECT udm_insert('tag', '{{"name": "red"}}');
-           SELECT udm_insert('tag', '{{"name": "blue"}}');
-           INSERT INTO "{tenant}".doc (title, secret) VALUES ('first', 'a-password-1'), ('second', 'a-password-2');
-           INSERT INTO "{tenant}".doc__tags (source_id, target_id) SELECT d.id, t.id FROM "{tenant}".doc d, "{tenant}".tag t;
-           UPDATE "{tenant}".doc SET about = ROW('tag', (SELECT id FROM "{tenant}".tag WHERE name = 'red'))::udm.ref WHERE title = 'first';
-           SELECT udm_subscribe('product', ARRAY['UPDATE'], 'review');"#
-    ))
-    .unwrap();
-    let mut b = db.connect(&app);
-    use_as(&mut b, &tenant, &bob);
-    json(
-        &mut b,
-        &format!("SELECT udm_lock_acquire('roadmap', '{roadmap}')"),
-    );
-    b.batch_execute(&format!(
-        "UPDATE \"{tenant}\".product SET x_position = '2027-Q2' WHERE codename = 'Falcon'"
-    ))
-    .unwrap();
-    // a consumer takes part of the stream
-    let first = json(&mut a, "SELECT udm_consume('w1', 5)");
-    let acked = first["last_event"].as_i64().unwrap();
-    json(&mut a, &format!("SELECT udm_ack('w1', {acked})"));
-    let mut c = db.connect(&app);
-    use_as(&mut c, &tenant, &carol);
-    let carol_sees = names(
-        &mut c,
-        &format!("SELECT codename FROM \"{tenant}\".product ORDER BY 1"),
-    );
-    assert_eq!(carol_sees, ["Eagle", "Falcon"]);
-    let audit_rows: i64 = scalar(
-        &mut su,
-        &format!("SELECT count(*) FROM \"{tenant}\"._udm_audit"),
-    );
-    let docs: i64 = scalar(&mut su, &format!("SELECT count(*) FROM \"{tenant}\".doc"));
-    let v = json(&mut a, "SELECT udm_audit_verify()");
-    assert_eq!(v["ok"], json!(true), "{v}");
-    Expected {
-        tenant,
-        app,
-        alice,
-        bob,
-        carol,
-        roadmap,
-        carol_sees,
-        audit_rows,
-        acked,
-        docs,
-    }
-}
-
-/// Everything the original could do, in the restored database.
-fn works(db: &Db, e: &Expected) {
-    let t = &e.tenant;
-    let mut su = db.connect("postgres");
-    let listed = names(&mut su, "SELECT slug FROM udm_tenants()");
-    assert!(
-        listed.contains(t),
-        "{} lists its tenant: {listed:?}",
-        db.name
-    );
-    let rows: i64 = scalar(&mut su, &format!("SELECT count(*) FROM \"{t}\"._udm_audit"));
-    assert_eq!(rows, e.audit_rows, "{}: the audit log came along", db.name);
-    let docs: i64 = scalar(&mut su, &format!("SELECT count(*) FROM \"{t}\".doc"));
-    assert_eq!(docs, e.docs);
-    // access control: carol sees what she saw
-    let mut c = db.connect(&e.app);
-    use_as(&mut c, t, &e.carol);
-    assert_eq!(
-        names(
-            &mut c,
-            &format!("SELECT codename FROM \"{t}\".product ORDER BY 1")
-        ),
-        e.carol_sees,
-        "{}: row-level security",
-        db.name
-    );
-    expect_err(
-        &mut c,
-        &format!("UPDATE \"{t}\".product SET x_position = '2027-Q3' WHERE codename = 'Falcon'"),
-        "42501",
-    );
-    // bob still holds the write lock and writes through it; the change is audited and chained
-    let mut b = db.connect(&e.app);
-    use_as(&mut b, t, &e.bob);
-    let lock = json(
-        &mut b,
-        &format!("SELECT udm_lock_status('roadmap', '{}')", e.roadmap),
-    );
-    assert_eq!(lock["holder"], json!(e.bob), "{}: {lock}", db.name);
-    b.batch_execute(&format!(
-        "UPDATE \"{t}\".product SET x_position = '2027-Q4' WHERE codename = 'Falcon'"
-    ))
-    .unwrap_or_else(|err| {
-        panic!(
-            "{}: a plain UPDATE after restore: {}",
-            db.name,
-            message(&err)
-        )
-    });
-    let id: String = scalar(
-        &mut b,
-        &format!("SELECT id::text FROM \"{t}\".product WHERE codename = 'Falcon'"),
-    );
-    let last: String = scalar(
-        &mut b,
-        &format!("SELECT summary FROM udm_history('product', '{id}') LIMIT 1"),
-    );
-    assert!(last.contains("2027-Q4"), "{last}");
-    // rules hold for plain SQL, in their words, over related records too
-    let msg = expect_err(
-        &mut b,
-        &format!("UPDATE \"{t}\".product SET y_position = 'Laptops' WHERE codename = 'Falcon'"),
-        "23514",
-    );
-    assert!(msg.contains("yPosition must be one of"), "{msg}");
-    let mut a = db.connect(&e.app);
-    use_as(&mut a, t, &e.alice);
-    let msg = expect_err(
-        &mut a,
-        &format!("INSERT INTO \"{t}\".doc (title) VALUES (repeat('x', 50))"),
-        "23514",
-    );
-    assert!(msg.contains("titles are short"), "{msg}");
-    // new records get the next auto number; passwords stay hashed; links and references hold
-    a.batch_execute(&format!("INSERT INTO \"{t}\".doc (title) VALUES ('third')"))
-        .unwrap();
-    let no: i64 = scalar(
-        &mut su,
-        &format!("SELECT no FROM \"{t}\".doc WHERE title = 'third'"),
-    );
-    let before: i64 = scalar(
-        &mut su,
-        &format!("SELECT max(no) FROM \"{t}\".doc WHERE title <> 'third'"),
-    );
-    assert!(no > before, "the numbering continues: {no} after {before}");
-    let links: i64 = scalar(&mut su, &format!("SELECT count(*) FROM \"{t}\".doc__tags"));
-    assert_eq!(links, 4);
-    expect_err(
-        &mut a,
-        &format!("DELETE FROM \"{t}\".tag WHERE name = 'red'"),
-        "23503",
-    );
-    // the consumer continues after its last acknowledged event, and sees the new change
-    let next = json(&mut a, "SELECT udm_consume('w1', 1000)");
-    let ids: Vec<i64> = next["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["event_id"].as_i64().unwrap())
-        .collect();
-    assert!(
-        !ids.is_empty() && ids[0] > e.acked,
-        "{}: {ids:?} after {}",
-        db.name,
-        e.acked
-    );
-    assert!(
-        next["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|v| v["targets"] == json!(["review"])),
-        "{next}"
-    );
-    // the chain verifies, the new rows included
-    let v = json(&mut a, "SELECT udm_audit_verify()");
-    assert_eq!(v["ok"], json!(true), "{}: {v}", db.name);
-    // definitions change, and new tenants come
-    json(
-        &mut a,
-        r#"SELECT udm_add_field('doc', '{"name": "pages", "type": "integer", "min": 0}')"#,
-    );
-    let versions: i32 = scalar(&mut a, "SELECT max(version) FROM udm_entity_history('doc')");
-    assert_eq!(versions, 2, "history of definitions came along");
-    let fresh = unique("bkn");
-    json(
-        &mut su,
-        &format!("SELECT udm_create_tenant({})", lit(&fresh)),
-    );
-    json(
-        &mut su,
-        &format!("SELECT udm_drop_tenant({}, {})", lit(&fresh), lit(&fresh)),
-    );
-    // users came along: they log in
-    let who = json(
-        &mut a,
-        &format!(
-            "SELECT udm_authenticate({}, 'a-long-password')",
-            lit(&e.carol)
-        ),
-    );
-    assert_eq!(who["role"], json!("viewer"), "{who}");
-}
-
 #[test]
 fn backups_restore_into_a_new_database_and_a_new_cluster() {
     let host = std::env::var("UDM_TEST_HOST")
@@ -414,6 +104,9 @@ fn backups_restore_into_a_new_database_and_a_new_cluster() {
         name: unique("udm_bk_src"),
     };
     create_db(&src);
+    src.connect("postgres")
+        .batch_execute("CREATE EXTENSION udm")
+        .unwrap();
     let e = populate(&src);
     let dir = std::env::temp_dir().join(unique("udm_bk"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -440,7 +133,7 @@ fn backups_restore_into_a_new_database_and_a_new_cluster() {
         custom.clone(),
     ]);
     run("pg_restore", &a);
-    works(&one, &e);
+    works(&one, &e.tenant, &e);
 
     // 2. plain format through psql
     let two = Db {
@@ -460,7 +153,7 @@ fn backups_restore_into_a_new_database_and_a_new_cluster() {
         plain.clone(),
     ]);
     run("psql", &a);
-    works(&two, &e);
+    works(&two, &e.tenant, &e);
 
     // 3. a new cluster: roles first, then the database
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -508,7 +201,7 @@ fn backups_restore_into_a_new_database_and_a_new_cluster() {
         custom.clone(),
     ]);
     run("pg_restore", &a);
-    works(&three, &e);
+    works(&three, &e.tenant, &e);
 
     for d in [&src, &one, &two] {
         drop_db(d);

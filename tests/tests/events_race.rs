@@ -101,45 +101,33 @@ fn consume(
     }
 }
 
-/// Collects announced event ids until told to stop (a batch notification names a range).
-fn listen(mut c: Client, done: Arc<AtomicBool>) -> BTreeSet<i64> {
-    let mut ids = BTreeSet::new();
-    loop {
-        let mut n = c.notifications();
-        let mut it = n.timeout_iter(Duration::from_millis(50));
-        while let Ok(Some(note)) = it.next() {
-            let v: Value = serde_json::from_str(note.payload()).unwrap();
-            if v["batch"] == json!(true) {
-                let (a, b) = (
-                    v["first_event"].as_i64().unwrap(),
-                    v["last_event"].as_i64().unwrap(),
-                );
-                ids.extend(a..=b);
-            } else {
-                ids.insert(v["event"].as_i64().unwrap());
-            }
-        }
-        drop(it);
-        drop(n);
-        if done.load(Ordering::SeqCst) {
-            // a last drain
-            let mut n = c.notifications();
-            let mut it = n.timeout_iter(Duration::from_millis(300));
-            while let Ok(Some(note)) = it.next() {
-                let v: Value = serde_json::from_str(note.payload()).unwrap();
-                if v["batch"] == json!(true) {
-                    let (a, b) = (
-                        v["first_event"].as_i64().unwrap(),
-                        v["last_event"].as_i64().unwrap(),
-                    );
-                    ids.extend(a..=b);
-                } else {
-                    ids.insert(v["event"].as_i64().unwrap());
-                }
-            }
-            return ids;
+/// Adds the event ids the notifications arriving within `wait` announce (a batch notification
+/// names a range).
+fn drain(c: &mut Client, wait: Duration, ids: &mut BTreeSet<i64>) {
+    let mut n = c.notifications();
+    let mut it = n.timeout_iter(wait);
+    while let Ok(Some(note)) = it.next() {
+        let v: Value = serde_json::from_str(note.payload()).unwrap();
+        if v["batch"] == json!(true) {
+            let (a, b) = (
+                v["first_event"].as_i64().unwrap(),
+                v["last_event"].as_i64().unwrap(),
+            );
+            ids.extend(a..=b);
+        } else {
+            ids.insert(v["event"].as_i64().unwrap());
         }
     }
+}
+
+/// Collects announced event ids until told to stop, then drains what is still on its way.
+fn listen(mut c: Client, done: Arc<AtomicBool>) -> BTreeSet<i64> {
+    let mut ids = BTreeSet::new();
+    while !done.load(Ordering::SeqCst) {
+        drain(&mut c, Duration::from_millis(50), &mut ids);
+    }
+    drain(&mut c, Duration::from_millis(300), &mut ids);
+    ids
 }
 
 #[test]

@@ -134,3 +134,60 @@ pub fn ratio(label: &str, udm: f64, baseline: f64, goal: Option<f64>) -> f64 {
     }
     r
 }
+
+/// Brands of the product catalog `product_catalog` loads.
+pub const CATALOG_BRANDS: usize = 20;
+
+/// The product catalog the query engine and GraphQL are measured on, as tenant `slug`: `brand`
+/// (CATALOG_BRANDS rows), `category` (10,000 rows: 100 roots, the rest their children; names
+/// sort by number; attributes json) and `product` (`rows` rows: name, price, status select,
+/// metadata json with brand and storage, category and brand relations, created_at one second
+/// apart), with indexes on (price, id) and status; vacuumed and analysed. Returns the load time.
+pub fn product_catalog(c: &mut Client, slug: &str, rows: i64) -> Duration {
+    c.batch_execute(&format!(
+        r#"SELECT udm_create_tenant('{slug}');
+           SELECT udm_use('{slug}');
+           SELECT udm_define_entity('brand', '{{"fields": [{{"name": "name", "type": "text", "required": true}}]}}');
+           SELECT udm_define_entity('category', '{{"fields": [
+             {{"name": "name", "type": "text", "required": true}},
+             {{"name": "parent_id", "type": "relation", "target": "category"}},
+             {{"name": "attributes", "type": "json"}}]}}');
+           SELECT udm_define_entity('product', '{{"fields": [
+             {{"name": "name", "type": "text", "required": true}},
+             {{"name": "price", "type": "decimal", "precision": 12, "scale": 2, "required": true, "min": 0}},
+             {{"name": "status", "type": "select", "values": ["draft", "active", "retired"], "default": "draft", "required": true}},
+             {{"name": "metadata", "type": "json"}},
+             {{"name": "category_id", "type": "relation", "target": "category"}},
+             {{"name": "brand_id", "type": "relation", "target": "brand"}}]}}');
+           SELECT udm_add_index('product', ARRAY['price', 'id']);
+           SELECT udm_add_index('product', ARRAY['status']);"#
+    ))
+    .unwrap();
+    let b = CATALOG_BRANDS;
+    let (d, _) = time(|| {
+        c.batch_execute(&format!(
+            "INSERT INTO {slug}.brand (name) SELECT 'brand' || i FROM generate_series(1, {b}) i;
+             INSERT INTO {slug}.category (id, name, attributes)
+               SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(i), 12, '0'))::uuid, 'category ' || lpad(i::text, 5, '0'), jsonb_build_object('color', 'c' || (i % 7))
+               FROM generate_series(1, 100) i;
+             INSERT INTO {slug}.category (id, name, parent_id, attributes)
+               SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(i), 12, '0'))::uuid, 'category ' || lpad(i::text, 5, '0'),
+                      ('00000000-0000-0000-0000-' || lpad(to_hex(1 + i % 100), 12, '0'))::uuid, jsonb_build_object('color', 'c' || (i % 7))
+               FROM generate_series(101, 10000) i;
+             INSERT INTO {slug}.product (name, price, status, metadata, category_id, brand_id, created_at)
+               SELECT 'product ' || i, (i % 100000) / 100.0,
+                      (ARRAY['draft', 'active', 'active', 'retired'])[1 + i % 4],
+                      jsonb_build_object('brand', 'brand' || (1 + i % {b}), 'storage', 64 * (1 + i % 8)),
+                      ('00000000-0000-0000-0000-' || lpad(to_hex(1 + i % 10000), 12, '0'))::uuid,
+                      (SELECT id FROM {slug}.brand WHERE name = 'brand' || (1 + i % {b})),
+                      now() - make_interval(secs => i)
+               FROM generate_series(1, {rows}) i;"
+        ))
+        .unwrap()
+    });
+    for t in ["product", "category", "brand"] {
+        c.batch_execute(&format!("VACUUM ANALYZE {slug}.{t}"))
+            .unwrap();
+    }
+    d
+}

@@ -14,48 +14,13 @@ use std::time::Duration;
 use udm_bench::*;
 
 const DB: &str = "bench_graphql";
-const BRANDS: usize = 20;
+const BRANDS: usize = CATALOG_BRANDS;
 
 fn setup(c: &mut postgres::Client, rows: i64) {
+    product_catalog(c, "gb", rows);
     c.batch_execute(
-        r#"SELECT udm_create_tenant('gb');
-           SELECT udm_use('gb');
-           SELECT udm_define_entity('brand', '{"fields": [{"name": "name", "type": "text", "required": true}]}');
-           SELECT udm_define_entity('category', '{"fields": [
-             {"name": "name", "type": "text", "required": true},
-             {"name": "parent_id", "type": "relation", "target": "category"},
-             {"name": "attributes", "type": "json"}]}');
-           SELECT udm_define_entity('product', '{"fields": [
-             {"name": "name", "type": "text", "required": true},
-             {"name": "price", "type": "decimal", "precision": 12, "scale": 2, "required": true, "min": 0},
-             {"name": "status", "type": "select", "values": ["draft", "active", "retired"], "default": "draft", "required": true},
-             {"name": "metadata", "type": "json"},
-             {"name": "category_id", "type": "relation", "target": "category"},
-             {"name": "brand_id", "type": "relation", "target": "brand"}]}');
-           SELECT udm_add_index('product', ARRAY['price', 'id']);
-           SELECT udm_add_index('product', ARRAY['status']);
-           SELECT udm_add_index('product', ARRAY['category_id', 'created_at']);"#,
+        "SELECT udm_add_index('product', ARRAY['category_id', 'created_at']); ANALYZE gb.product",
     )
-    .unwrap();
-    c.batch_execute(&format!(
-        "INSERT INTO gb.brand (name) SELECT 'brand' || i FROM generate_series(1, {BRANDS}) i;
-         INSERT INTO gb.category (id, name, attributes)
-           SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(i), 12, '0'))::uuid, 'category ' || lpad(i::text, 5, '0'), jsonb_build_object('color', 'c' || (i % 7))
-           FROM generate_series(1, 100) i;
-         INSERT INTO gb.category (id, name, parent_id, attributes)
-           SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(i), 12, '0'))::uuid, 'category ' || lpad(i::text, 5, '0'),
-                  ('00000000-0000-0000-0000-' || lpad(to_hex(1 + i % 100), 12, '0'))::uuid, jsonb_build_object('color', 'c' || (i % 7))
-           FROM generate_series(101, 10000) i;
-         INSERT INTO gb.product (name, price, status, metadata, category_id, brand_id, created_at)
-           SELECT 'product ' || i, (i % 100000) / 100.0,
-                  (ARRAY['draft', 'active', 'active', 'retired'])[1 + i % 4],
-                  jsonb_build_object('brand', 'brand' || (1 + i % {BRANDS}), 'storage', 64 * (1 + i % 8)),
-                  ('00000000-0000-0000-0000-' || lpad(to_hex(1 + i % 10000), 12, '0'))::uuid,
-                  (SELECT id FROM gb.brand WHERE name = 'brand' || (1 + i % {BRANDS})),
-                  now() - make_interval(secs => i)
-           FROM generate_series(1, {rows}) i;
-         ANALYZE gb.product; ANALYZE gb.category; ANALYZE gb.brand;"
-    ))
     .unwrap();
 }
 

@@ -14,53 +14,10 @@ use udm_bench::*;
 /// Chooses the benchmark's tenant in a session.
 const TENANT_SQL: &str = "SELECT udm_use('qb')";
 
-const BRANDS: usize = 20;
+const BRANDS: usize = CATALOG_BRANDS;
 
 fn setup(c: &mut postgres::Client, rows: i64) {
-    let mut pg = connect("postgres");
-    let _ = pg.batch_execute("DROP ROLE IF EXISTS tenant_qb");
-    c.batch_execute(
-        r#"SELECT udm_create_tenant('qb');
-           SELECT udm_use('qb');
-           SELECT udm_define_entity('brand', '{"fields": [{"name": "name", "type": "text", "required": true}]}');
-           SELECT udm_define_entity('category', '{"fields": [
-             {"name": "name", "type": "text", "required": true},
-             {"name": "parent_id", "type": "relation", "target": "category"},
-             {"name": "attributes", "type": "json"}]}');
-           SELECT udm_define_entity('product', '{"fields": [
-             {"name": "name", "type": "text", "required": true},
-             {"name": "price", "type": "decimal", "precision": 12, "scale": 2, "required": true, "min": 0},
-             {"name": "status", "type": "select", "values": ["draft", "active", "retired"], "default": "draft", "required": true},
-             {"name": "metadata", "type": "json"},
-             {"name": "category_id", "type": "relation", "target": "category"},
-             {"name": "brand_id", "type": "relation", "target": "brand"}]}');
-           SELECT udm_add_index('product', ARRAY['price', 'id']);
-           SELECT udm_add_index('product', ARRAY['status']);"#,
-    )
-    .unwrap();
-    let (d, _) = time(|| {
-        c.batch_execute(&format!(
-            "INSERT INTO qb.brand (name) SELECT 'brand' || i FROM generate_series(1, {BRANDS}) i;
-             INSERT INTO qb.category (id, name, attributes)
-               SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(i), 12, '0'))::uuid, 'category ' || i, jsonb_build_object('color', 'c' || (i % 7))
-               FROM generate_series(1, 100) i;
-             INSERT INTO qb.category (id, name, parent_id, attributes)
-               SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(i), 12, '0'))::uuid, 'category ' || i,
-                      ('00000000-0000-0000-0000-' || lpad(to_hex(1 + i % 100), 12, '0'))::uuid, jsonb_build_object('color', 'c' || (i % 7))
-               FROM generate_series(101, 10000) i;
-             INSERT INTO qb.product (name, price, status, metadata, category_id, brand_id)
-               SELECT 'product ' || i, (i % 100000) / 100.0,
-                      (ARRAY['draft', 'active', 'active', 'retired'])[1 + i % 4],
-                      jsonb_build_object('brand', 'brand' || (1 + i % {BRANDS}), 'storage', 64 * (1 + i % 8)),
-                      ('00000000-0000-0000-0000-' || lpad(to_hex(1 + i % 10000), 12, '0'))::uuid,
-                      (SELECT id FROM qb.brand WHERE name = 'brand' || (1 + i % {BRANDS}))
-               FROM generate_series(1, {rows}) i;"
-        ))
-        .unwrap()
-    });
-    c.batch_execute("VACUUM ANALYZE qb.product").unwrap();
-    c.batch_execute("VACUUM ANALYZE qb.category").unwrap();
-    c.batch_execute("VACUUM ANALYZE qb.brand").unwrap();
+    let d = product_catalog(c, "qb", rows);
     println!(
         "  loaded {rows} products, 10,000 categories in {:.1} s",
         d.as_secs_f64()

@@ -600,6 +600,28 @@ fn a_query_asked_again_with_other_ids_gets_their_rows() {
         ok(&mut c, by_id, json!({ "id": id1 }))["product"]["name"],
         name1.as_str()
     );
+    // UUIDs in text variables: passed through as they are (kept as parameters), or made into
+    // something else (a pattern: planned each time); either way each request gets its own rows
+    c.execute(
+        &format!("INSERT INTO {t}.product (name, price) VALUES ($1, 1)"),
+        &[&id0],
+    )
+    .unwrap();
+    for (op, found) in [("eq", 1), ("startsWith", 1)] {
+        let q = format!(
+            "query($n: String!) {{ productCollection(filter: {{name: {{{op}: $n}}}}) {{ totalCount }} }}"
+        );
+        for (n, want) in [
+            (&id0, found),
+            (&id1, 0),
+            (&id0, found),
+            (&id1, 0),
+            (&id0, found),
+        ] {
+            let d = ok(&mut c, &q, json!({ "n": n }));
+            assert_eq!(d["productCollection"]["totalCount"], want, "{op} {n}: {d}");
+        }
+    }
     // a malformed id is still refused, after the plan was kept
     let r = gql(&mut c, by_id, json!({"id": "not-a-uuid"}));
     assert!(r["errors"].is_array(), "{r}");

@@ -159,6 +159,18 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'udm_graphql_events_wrapper';
 
+-- How far tenants' event ids have gone, for watchers that wake subscribers without notifications.
+CREATE  FUNCTION "udm_event_heads"(
+	"tenants" TEXT[] /* Vec < Option < String > > */
+) RETURNS TABLE (
+	"tenant" TEXT,  /* String */
+	"head" bigint,  /* i64 */
+	"channel" TEXT  /* String */
+)
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_event_heads_wrapper';
+
 -- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION

@@ -606,6 +606,81 @@ fn udm_ack(consumer: &str, event_id: i64) -> JsonB {
     JsonB(ack(consumer, event_id).or_raise())
 }
 
+/// How far each named tenant's event ids have gone, for watchers that wake subscribers without
+/// notifications (udm-server polls this on one connection): `head` is the last audit id handed out
+/// (events up to it may still be uncommitted: `udm_events` delivers only up to its horizon), and
+/// `channel` the tenant's LISTEN channel. Only tenants the caller may use are answered; an unknown
+/// tenant and one the caller is not a member of are both left out. Reads one sequence per tenant,
+/// no table: cheap enough to ask every few milliseconds.
+pub fn event_heads(slugs: &[String]) -> Result<Vec<(String, i64, String)>> {
+    if slugs.len() > MAX_HEADS {
+        return Err(UdmError::new(
+            SqlState::ProgramLimitExceeded,
+            format!(
+                "udm_event_heads: at most {MAX_HEADS} tenants per call, got {}",
+                slugs.len()
+            ),
+        )
+        .hint("ask for the tenants in several calls"));
+    }
+    let mut found = Vec::new();
+    for slug in slugs {
+        let Some(t) = catalog::tenant(slug)? else {
+            continue;
+        };
+        if catalog::require_member(&t).is_err() {
+            continue;
+        }
+        found.push(t);
+    }
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seqs: Vec<String> = found
+        .iter()
+        .map(|t| t.catalog("_udm_audit_audit_id_seq"))
+        .collect();
+    let heads = as_owner(|| {
+        let plan = crate::spi::prepared(
+            "SELECT coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass(q)), 0) \
+             FROM unnest($1::text[]) WITH ORDINALITY AS u(q, n) ORDER BY n",
+            &[pg_sys::TEXTARRAYOID],
+            false,
+        )?;
+        Spi::connect(|c| {
+            let mut out = Vec::with_capacity(seqs.len());
+            for r in c.select(&*plan, None, &[seqs.clone().into()])? {
+                out.push(r.get::<i64>(1)?.unwrap_or(0));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .map_err(spi_err)
+    })?;
+    Ok(found
+        .iter()
+        .zip(heads)
+        .map(|(t, h)| (t.slug.clone(), h, t.channel.clone()))
+        .collect())
+}
+
+/// Tenants one `udm_event_heads` call may name.
+const MAX_HEADS: usize = 10_000;
+
+#[pg_extern(volatile)]
+fn udm_event_heads(
+    tenants: Vec<Option<String>>,
+) -> TableIterator<
+    'static,
+    (
+        name!(tenant, String),
+        name!(head, i64),
+        name!(channel, String),
+    ),
+> {
+    let slugs: Vec<String> = tenants.into_iter().flatten().collect();
+    TableIterator::new(event_heads(&slugs).or_raise())
+}
+
 /// The LISTEN channel of the current tenant's change events.
 #[pg_extern(volatile)]
 fn udm_events_channel() -> String {

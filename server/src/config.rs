@@ -34,11 +34,15 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `statement_timeout` of every transaction.
     pub statement_timeout_ms: u64,
+    /// Open WebSockets and HTTP requests in flight one token may hold together.
+    pub max_connections_per_token: usize,
     /// Active subscriptions one WebSocket may hold.
     pub max_subscriptions_per_connection: usize,
     /// Messages waiting for one WebSocket; a consumer that falls further behind is closed.
     pub subscriber_buffer: usize,
-    /// How often each subscription asks for new events.
+    /// How often the process's event watcher asks how far the watched tenants' events have gone
+    /// (one cheap query for all of them; with `udm.notify_changes = on` a notification also
+    /// wakes it at once).
     pub poll_interval_ms: u64,
     /// Events read per delivery call.
     pub events_batch: i32,
@@ -67,9 +71,10 @@ impl Default for Config {
             jwt_leeway_s: 5,
             max_body_bytes: 1 << 20,
             statement_timeout_ms: 10_000,
+            max_connections_per_token: 64,
             max_subscriptions_per_connection: 100,
             subscriber_buffer: 1_000,
-            poll_interval_ms: 100,
+            poll_interval_ms: 20,
             events_batch: 100,
             connection_init_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
@@ -94,6 +99,7 @@ const KEYS: &[&str] = &[
     "jwt_leeway_s",
     "max_body_bytes",
     "statement_timeout_ms",
+    "max_connections_per_token",
     "max_subscriptions_per_connection",
     "subscriber_buffer",
     "poll_interval_ms",
@@ -178,8 +184,14 @@ impl Config {
                 "pool_size, max_body_bytes and statement_timeout_ms must be at least 1".into(),
             );
         }
-        if self.subscriber_buffer == 0 || self.poll_interval_ms == 0 {
-            return Err("subscriber_buffer and poll_interval_ms must be at least 1".into());
+        if self.subscriber_buffer == 0
+            || self.poll_interval_ms == 0
+            || self.max_connections_per_token == 0
+        {
+            return Err(
+                "subscriber_buffer, poll_interval_ms and max_connections_per_token must be at least 1"
+                    .into(),
+            );
         }
         if !(1..=10_000).contains(&self.events_batch) {
             return Err("events_batch must be from 1 to 10000".into());

@@ -52,6 +52,15 @@ impl ApiError {
         )
     }
 
+    /// The token holds as many connections as it may (`max_connections_per_token`).
+    pub fn too_many_connections() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_CONNECTIONS",
+            "this token has as many requests and WebSockets open as it may; try again when one ends",
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,6 +88,9 @@ impl IntoResponse for ApiError {
         match self.status {
             StatusCode::UNAUTHORIZED => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             StatusCode::METHOD_NOT_ALLOWED => {
                 h.insert(header::ALLOW, HeaderValue::from_static("POST"));

@@ -80,7 +80,7 @@ pub fn negotiate(headers: &HeaderMap) -> Option<Media> {
 }
 
 /// A GraphQL-over-HTTP request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GqlRequest {
     pub query: String,
     pub variables: Option<Value>,
@@ -296,6 +296,10 @@ fn not_acceptable() -> Response {
     .into_response()
 }
 
+/// The operation type of a GraphQL request, on its response for the metrics (`main.rs`).
+#[derive(Clone, Copy)]
+pub struct Operation(pub &'static str);
+
 async fn respond(
     app: &App,
     headers: &HeaderMap,
@@ -303,10 +307,13 @@ async fn respond(
     req: Result<GqlRequest, ApiError>,
     media: Media,
 ) -> Response {
-    match run(app, headers, method, req).await {
+    let mut op = "none";
+    let mut r = match run(app, headers, method, req, &mut op).await {
         Ok(body) => result(body, media),
         Err(e) => e.with_media(media).into_response(),
-    }
+    };
+    r.extensions_mut().insert(Operation(op));
+    r
 }
 
 async fn run(
@@ -314,18 +321,12 @@ async fn run(
     headers: &HeaderMap,
     method: Method,
     req: Result<GqlRequest, ApiError>,
+    op: &mut &'static str,
 ) -> Result<Value, ApiError> {
     let req = req?;
     let kind = operation_kind(&req.query, req.operation_name.as_deref());
-    tracing::Span::current().record(
-        "op",
-        match kind {
-            Some(Kind::Query) => "query",
-            Some(Kind::Mutation) => "mutation",
-            Some(Kind::Subscription) => "subscription",
-            None => "unknown",
-        },
-    );
+    *op = crate::metrics::operation_label(kind);
+    tracing::Span::current().record("op", *op);
     if method == Method::GET && kind == Some(Kind::Mutation) {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -339,6 +340,15 @@ async fn run(
         ));
     }
     let who = app.keys.identify(headers)?;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.get(7..))
+        .unwrap_or("")
+        .trim();
+    let Some(_slot) = app.per_token.take(token) else {
+        return Err(ApiError::too_many_connections());
+    };
     // a GET runs read-only whatever the document says
     crate::db::graphql(app, &who, &req, method == Method::GET).await
 }

@@ -10,7 +10,11 @@ mod auth;
 mod config;
 mod db;
 mod error;
+mod feed;
 mod http;
+mod limit;
+mod metrics;
+mod watch;
 mod ws;
 
 use axum::body::Body;
@@ -35,6 +39,12 @@ pub struct App {
     pub keys: auth::Keys,
     /// `statement_timeout` of every transaction, in milliseconds (text, as `set_config` takes it).
     pub statement_timeout: String,
+    /// the one connection that learns of new events (`watch.rs`)
+    pub watcher: Arc<watch::Watcher>,
+    /// subscriptions reading events, shared by tenant, user and request (`feed.rs`)
+    pub feeds: feed::Feeds,
+    pub metrics: metrics::Metrics,
+    pub per_token: Arc<limit::PerToken>,
 }
 
 fn usage() -> ! {
@@ -114,6 +124,10 @@ fn serve(rt: &tokio::runtime::Runtime, file: Option<PathBuf>) {
         pool,
         keys,
         statement_timeout: c.statement_timeout_ms.to_string(),
+        watcher: watch::Watcher::new(),
+        feeds: Default::default(),
+        metrics: Default::default(),
+        per_token: limit::PerToken::new(c.max_connections_per_token),
     });
     let sockets = app.clone();
     rt.block_on(async move {
@@ -124,12 +138,23 @@ fn serve(rt: &tokio::runtime::Runtime, file: Option<PathBuf>) {
                 std::process::exit(2)
             });
         let addr = listener.local_addr().expect("local address");
+        let mut watcher_db: tokio_postgres::Config = c
+            .database_url
+            .parse()
+            .expect("database_url was checked by the pool");
+        watcher_db.application_name("udm-server watcher");
+        tokio::spawn(
+            app.watcher
+                .clone()
+                .run(watcher_db, Duration::from_millis(c.poll_interval_ms)),
+        );
         let router = Router::new()
             .route("/graphql", get(http::get).post(http::post))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
             .layer(DefaultBodyLimit::max(c.max_body_bytes))
-            .layer(middleware::from_fn(request_log))
+            .layer(middleware::from_fn_with_state(app.clone(), request_log))
             .with_state(app);
         // the line tests and scripts wait for
         println!("udm-server listening on http://{addr}");
@@ -186,13 +211,28 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(&app),
+    )
+        .into_response()
+}
+
 /// A request id for every request (the `x-request-id` response header and every log line of
-/// the request), and one log line per request.
-async fn request_log(req: Request<Body>, next: Next) -> Response {
+/// the request), one log line per request, and the metrics of GraphQL requests.
+async fn request_log(State(app): State<Arc<App>>, req: Request<Body>, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path(), op = tracing::field::Empty);
     let start = Instant::now();
     let mut r = next.run(req).instrument(span.clone()).await;
+    if let Some(op) = r.extensions().get::<http::Operation>() {
+        app.metrics
+            .request(op.0, r.status().as_u16(), start.elapsed());
+    }
     span.in_scope(|| {
         tracing::info!(
             status = r.status().as_u16(),

@@ -56,6 +56,8 @@ struct Session {
     initialised: bool,
     subs: HashMap<String, JoinHandle<()>>,
     out: Outbox,
+    /// this connection's place among its token's connections
+    _slot: Option<crate::limit::Slot>,
 }
 
 /// Counts an open WebSocket for as long as it lives.
@@ -91,6 +93,7 @@ pub async fn session(app: Arc<App>, mut socket: WebSocket, protocol_ok: bool) {
         who: None,
         initialised: false,
         subs: HashMap::new(),
+        _slot: None,
         out: Outbox {
             tx,
             overflow: overflow.clone(),
@@ -120,6 +123,7 @@ pub async fn session(app: Arc<App>, mut socket: WebSocket, protocol_ok: bool) {
                 break Some(Close::new(4408, "Connection initialisation timeout"));
             }
             _ = overflow.notified() => {
+                app.metrics.slow_consumer();
                 break Some(Close::new(1008, "Slow consumer: too many messages waiting"));
             }
             _ = shutdown.changed() => {
@@ -195,6 +199,13 @@ impl Session {
             .keys
             .verify_with_expiry(token.trim())
             .map_err(|_| Close::new(4403, "Forbidden"))?;
+        let token = token.trim();
+        self._slot = Some(
+            self.app
+                .per_token
+                .take(token)
+                .ok_or_else(|| Close::new(1008, "Too many connections for this token"))?,
+        );
         match crate::db::check(&self.app, &who).await {
             Ok(()) => {}
             Err(e) if e.status == axum::http::StatusCode::FORBIDDEN => {
@@ -280,15 +291,33 @@ async fn single(app: Arc<App>, who: Identity, id: String, req: GqlRequest, out: 
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+impl crate::feed::Sink for Outbox {
+    fn send(&self, v: Value) -> bool {
+        self.push(v)
+    }
 }
 
-/// A subscription: the events after the cursor, in order, each as a `next` whose
-/// `payload.extensions.eventId` is the cursor to resume after.
+/// Counts an active subscription for as long as it lives.
+struct Active(Arc<App>);
+
+impl Active {
+    fn new(app: Arc<App>) -> Self {
+        app.metrics.subscription_opened();
+        Active(app)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.metrics.subscription_closed();
+    }
+}
+
+/// A subscription: the events after the cursor (`extensions.after`, or the tenant's horizon
+/// now), in order, each as a `next` whose `payload.extensions.eventId` is the cursor to resume
+/// after. The subscription joins the feed of its tenant, user and request (`feed.rs`), which
+/// reads the events when the process's watcher sees them (`watch.rs`); it lives until the
+/// client completes it (the task is aborted, which leaves the feed) or the feed ends it.
 async fn subscription(
     app: Arc<App>,
     who: Identity,
@@ -298,8 +327,8 @@ async fn subscription(
     after: Option<i64>,
     out: Outbox,
 ) {
-    let poll = Duration::from_millis(app.config.poll_interval_ms);
-    let mut cursor = match after {
+    let _active = Active::new(app.clone());
+    let cursor = match after {
         Some(a) => a,
         None => match crate::db::horizon(&app, &who).await {
             Ok(h) => h,
@@ -309,42 +338,7 @@ async fn subscription(
             }
         },
     };
-    loop {
-        if now() > exp + app.config.jwt_leeway_s as i64 {
-            out.push(error_message(
-                &id,
-                json!([{"message": "the token has expired", "extensions": {"code": "UNAUTHENTICATED"}}]),
-            ));
-            return;
-        }
-        let v = match crate::db::events(&app, &who, &req, cursor, app.config.events_batch).await {
-            Ok(v) => v,
-            Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
-                // the database is away: try again (no event is lost, the cursor stays)
-                tokio::time::sleep(poll * 10).await;
-                continue;
-            }
-            Err(e) => {
-                out.push(error_message(&id, api_errors(&e)));
-                return;
-            }
-        };
-        if let Some(errors) = v.get("errors") {
-            out.push(error_message(&id, errors.clone()));
-            return;
-        }
-        for e in v["events"].as_array().into_iter().flatten() {
-            let mut payload = e["payload"].clone();
-            payload["extensions"] = json!({"eventId": e["event_id"]});
-            if !out.push(json!({"id": id, "type": "next", "payload": payload})) {
-                return;
-            }
-        }
-        if let Some(c) = v["cursor"].as_i64() {
-            cursor = cursor.max(c);
-        }
-        if v["more"] != Value::Bool(true) {
-            tokio::time::sleep(poll).await;
-        }
-    }
+    let mut membership =
+        crate::feed::Feeds::join(&app, &who, &req, &id, cursor, exp, Arc::new(out));
+    let _ = (&mut membership.ended).await;
 }

@@ -503,3 +503,222 @@ fn limits_per_socket_and_a_token_that_expires() {
     );
     assert_eq!(m["payload"][0]["message"], "the token has expired", "{m}");
 }
+
+/// A subscribe message from `after`.
+fn subscribe(ws: &mut Ws, id: &str, query: &str, after: i64) {
+    send(
+        ws,
+        json!({"id": id, "type": "subscribe", "payload": {"query": query, "extensions": {"after": after}}}),
+    );
+}
+
+/// The event ids and titles of the next `n` messages (all `next`s of subscription `id`).
+fn events(ws: &mut Ws, id: &str, n: usize) -> Vec<(i64, String)> {
+    (0..n)
+        .map(|_| {
+            let m = next(ws).unwrap();
+            assert_eq!(
+                (m["id"].as_str(), m["type"].as_str()),
+                (Some(id), Some("next")),
+                "{m}"
+            );
+            let c = &m["payload"]["data"]["noteChanged"];
+            let id: i64 = m["payload"]["extensions"]["eventId"]
+                .as_i64()
+                .or_else(|| c["eventId"].as_str().and_then(|s| s.parse().ok()))
+                .unwrap_or_else(|| panic!("no event id: {m}"));
+            (id, c["record"]["title"].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// The value of a metric line (its name and labels as written) of `/metrics`.
+fn metric(s: &Server, line: &str) -> Option<f64> {
+    let r = s.request("GET", "/metrics", &[], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn insert_quietly(f: &Fx, titles: &[&str]) {
+    let mut adm = admin();
+    adm.execute("SELECT udm_use($1, $2)", &[&f.t, &f.alice])
+        .unwrap();
+    // no notification: the server's watcher finds the events by itself
+    adm.batch_execute("SET udm.notify_changes = off").unwrap();
+    for t in titles {
+        adm.execute(
+            &format!("INSERT INTO \"{}\".note (title) VALUES ($1)", f.t),
+            &[t],
+        )
+        .unwrap();
+    }
+}
+
+/// Subscriptions of one user with the same request share one feed (one reading of the events
+/// for all of them), each still gets every event once and in order — also one that joins late
+/// from an old cursor — with writers sending no notification; the process's one watcher
+/// connection finds the events, and after that connection is killed, it connects again and
+/// delivery goes on.
+#[test]
+fn subscriptions_share_a_feed_and_need_no_notifications() {
+    let f = fixture();
+    let s = Server::start(&f.role, &[("poll_interval_ms", "20")]);
+    let q = "subscription { noteChanged { eventId record { title } } }";
+    let start = horizon(&f.t);
+    let mut a = connect(&s, Some("graphql-transport-ws"));
+    let mut b = connect(&s, Some("graphql-transport-ws"));
+    init(&mut a, &token(&f.t, &f.alice));
+    init(&mut b, &token(&f.t, &f.alice));
+    subscribe(&mut a, "a", q, start);
+    subscribe(&mut b, "b", q, start);
+    insert_quietly(&f, &["one", "two", "three"]);
+    let got_a = events(&mut a, "a", 3);
+    let got_b = events(&mut b, "b", 3);
+    let titles: Vec<&str> = got_a.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(titles, ["one", "two", "three"], "{got_a:?}");
+    assert!(got_a.windows(2).all(|w| w[0].0 < w[1].0), "{got_a:?}");
+    assert_eq!(got_a, got_b);
+    // a late subscriber from the old cursor is caught up; the others get nothing twice
+    let mut c = connect(&s, Some("graphql-transport-ws"));
+    init(&mut c, &token(&f.t, &f.alice));
+    subscribe(&mut c, "c", q, start);
+    assert_eq!(events(&mut c, "c", 3), got_a);
+    insert_quietly(&f, &["four"]);
+    for (ws, id) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
+        let e = events(ws, id, 1);
+        assert_eq!(e[0].1, "four", "{id}: {e:?}");
+        assert!(e[0].0 > got_a[2].0);
+    }
+    // one feed for the three, one watched tenant
+    assert_eq!(metric(&s, "udm_server_subscriptions_open"), Some(3.0));
+    assert_eq!(metric(&s, "udm_server_feeds_open"), Some(1.0));
+    assert_eq!(metric(&s, "udm_server_watched_tenants"), Some(1.0));
+    assert_eq!(metric(&s, "udm_server_watcher_connected"), Some(1.0));
+    assert_eq!(metric(&s, "udm_server_events_delivered_total"), Some(12.0));
+    // the watcher's connection is killed: it connects again, and the events still come
+    let mut adm = admin();
+    let killed: i64 = adm
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE usename = $1 AND application_name = 'udm-server watcher'",
+            &[&f.role],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    insert_quietly(&f, &["five"]);
+    for (ws, id) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
+        assert_eq!(events(ws, id, 1)[0].1, "five", "{id}");
+    }
+    // completing leaves the feed; the last one out closes it and the tenant is no longer watched
+    for (ws, id) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
+        send(ws, json!({"id": id, "type": "complete"}));
+        send(ws, json!({"type": "ping"}));
+        assert_eq!(next(ws).unwrap()["type"], "pong");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metric(&s, "udm_server_feeds_open") != Some(0.0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(&s, "udm_server_feeds_open"), Some(0.0));
+    assert_eq!(metric(&s, "udm_server_subscriptions_open"), Some(0.0));
+    assert_eq!(metric(&s, "udm_server_watched_tenants"), Some(0.0));
+}
+
+/// A token holds at most `max_connections_per_token` WebSockets and requests together: a third
+/// socket is closed with 1008, a request gets 429 with Retry-After; another token is not held
+/// back, and a closed socket gives its place back. `/metrics` counts requests by operation type
+/// and status, with their latency and the pool.
+#[test]
+fn connections_per_token_and_metrics() {
+    let f = fixture();
+    let s = Server::start(&f.role, &[("max_connections_per_token", "2")]);
+    let t = token(&f.t, &f.alice);
+    let mut one = connect(&s, Some("graphql-transport-ws"));
+    let mut two = connect(&s, Some("graphql-transport-ws"));
+    init(&mut one, &t);
+    init(&mut two, &t);
+    let mut three = connect(&s, Some("graphql-transport-ws"));
+    send(
+        &mut three,
+        json!({"type": "connection_init", "payload": {"token": t}}),
+    );
+    assert_eq!(closed_with(&mut three), 1008);
+    let q = "{ noteCollection { totalCount } }";
+    let r = s.gql(&t, q, json!({}));
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(
+        r.json()["errors"][0]["extensions"]["code"],
+        "TOO_MANY_CONNECTIONS"
+    );
+    assert!(r
+        .headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("retry-after") && v == "1"));
+    // another token of the same user is another token
+    let other = token_with(
+        json!({"tenant": f.t, "sub": f.alice, "exp": now() + 600, "jti": "second"}),
+        SECRET,
+    );
+    assert_eq!(s.gql(&other, q, json!({})).status, 200);
+    // a socket closes: its place is free again
+    let _ = one.close(None);
+    let _ = one.flush();
+    drop(one);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut status = 0;
+    while std::time::Instant::now() < deadline {
+        status = s.gql(&t, q, json!({})).status;
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status, 200);
+    // a request the document refuses, and one with no token
+    assert_eq!(s.gql(&t, "{ nope }", json!({})).status, 400);
+    assert_eq!(s.post(None, None, &json!({"query": q})).status, 401);
+    let ok = metric(
+        &s,
+        "udm_server_requests_total{operation=\"query\",status=\"200\"}",
+    );
+    assert!(ok.is_some_and(|n| n >= 2.0), "{ok:?}");
+    // at least the one above (the loop may have met the socket still open)
+    let refused = metric(
+        &s,
+        "udm_server_requests_total{operation=\"query\",status=\"429\"}",
+    );
+    assert!(refused.is_some_and(|n| n >= 1.0), "{refused:?}");
+    assert!(metric(
+        &s,
+        "udm_server_requests_total{operation=\"query\",status=\"400\"}"
+    )
+    .is_some());
+    assert!(metric(
+        &s,
+        "udm_server_requests_total{operation=\"query\",status=\"401\"}"
+    )
+    .is_some());
+    let n = metric(
+        &s,
+        "udm_server_request_duration_seconds_count{operation=\"query\"}",
+    )
+    .unwrap();
+    let inf = metric(
+        &s,
+        "udm_server_request_duration_seconds_bucket{operation=\"query\",le=\"+Inf\"}",
+    );
+    assert_eq!(inf, Some(n));
+    assert_eq!(metric(&s, "udm_server_pool_max"), Some(4.0));
+    assert_eq!(metric(&s, "udm_server_pool_waiting"), Some(0.0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metric(&s, "udm_server_websockets_open") != Some(1.0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(&s, "udm_server_websockets_open"), Some(1.0));
+    drop((two, three));
+}

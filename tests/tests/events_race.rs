@@ -217,3 +217,65 @@ fn every_committed_event_reaches_every_consumer_once_in_order_under_concurrent_w
         );
     }
 }
+
+/// `udm_event_heads`: how far each tenant's event ids have gone, for the tenants the caller may
+/// use only (an unknown tenant and another's are left out alike), moving with every change and
+/// with no table read; too many tenants in one call is refused.
+#[test]
+fn event_heads_answer_for_the_callers_tenants_only() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "heads");
+    let other = tenant(&mut adm, "heads_other");
+    m.client
+        .query_one(
+            r#"SELECT udm_define_entity('item', '{"fields": [{"name": "n", "type": "integer"}]}')"#,
+            &[],
+        )
+        .unwrap();
+    let heads = |c: &mut Client, names: &[&str]| -> Vec<(String, i64, String)> {
+        c.query(
+            "SELECT tenant, head, channel FROM udm_event_heads($1::text[])",
+            &[&names],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    let t = m.tenant.clone();
+    let before = heads(
+        &mut m.client,
+        &[&t, &other, "no-such-tenant", "Not A Slug!"],
+    );
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].0, t);
+    let channel: String = m
+        .client
+        .query_one("SELECT udm_events_channel()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(before[0].2, channel);
+    // writes with notifications off move the head all the same
+    m.client
+        .batch_execute(&format!(
+            "SET udm.notify_changes = off; INSERT INTO \"{t}\".item (n) SELECT generate_series(1, 3)"
+        ))
+        .unwrap();
+    let after = heads(&mut m.client, &[&t]);
+    assert_eq!(after[0].1, before[0].1 + 3, "{before:?} {after:?}");
+    // the admin may use both
+    let both = heads(&mut adm, &[&other, &t]);
+    assert_eq!(both.len(), 2, "{both:?}");
+    // bounded
+    let many: Vec<String> = (0..10_001).map(|i| format!("t{i}")).collect();
+    let e = m
+        .client
+        .query("SELECT * FROM udm_event_heads($1::text[])", &[&many])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "54000", "{e}");
+    assert!(
+        message(&e).contains("at most 10000 tenants"),
+        "{}",
+        message(&e)
+    );
+}

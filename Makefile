@@ -14,7 +14,7 @@ export PGBIN
 PG_CONFIG     := /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
 PG_REGRESS    := /usr/lib/postgresql/$(PG_MAJOR)/lib/pgxs/src/test/regress/pg_regress
 PGRX_VERSION  := 0.18.0
-APT_PACKAGES  := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang pkg-config sudo pgbouncer openssl
+APT_PACKAGES  := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang pkg-config sudo pgbouncer openssl chromium
 export PATH   := $(HOME)/.cargo/bin:$(PATH)
 
 ROOT          := $(CURDIR)
@@ -109,7 +109,7 @@ run-server:
 	@for i in $$(seq 100); do grep -q listening $(RUN_DIR)/udm-server.out && break; sleep 0.1; done; \
 	    grep -q listening $(RUN_DIR)/udm-server.out || { cat $(RUN_DIR)/udm-server.log; exit 1; }
 	@echo
-	@echo "udm-server is running: GraphQL at http://$(SERVER_LISTEN)/graphql, subscriptions at ws://$(SERVER_LISTEN)/graphql (log in $(RUN_DIR)/udm-server.log)."
+	@echo "udm-server is running: GraphQL at http://$(SERVER_LISTEN)/graphql (open it in a browser for the explorer), subscriptions at ws://$(SERVER_LISTEN)/graphql (log in $(RUN_DIR)/udm-server.log)."
 	@echo "Tokens for 24 hours (HS256, the secret in $(RUN_DIR)/jwt-secret):"
 	@for u in acme:demo@acme.test studio:alice@studio.test studio:bob@studio.test studio:carol@studio.test; do \
 	    printf '\n    %s in %s:\n    %s\n' "$${u#*:}" "$${u%%:*}" "$$($(SERVER_ENV) $(SERVER_BIN) token $${u%%:*} $${u#*:} 86400)"; \
@@ -152,7 +152,16 @@ $(GRAPHQL_WS): server/tests/ws/package.json server/tests/ws/package-lock.json
 	@npm ci --prefix server/tests/ws --no-audit --no-fund --silent
 	@touch $@
 
-test: deps $(GRAPHQL_JS) $(GRAPHQL_WS)
+# puppeteer-core, which drives Debian's chromium (APT_PACKAGES; it downloads no browser), for
+# udm-server's explorer test in a real browser
+PUPPETEER     := server/tests/browser/node_modules/puppeteer-core/package.json
+
+$(PUPPETEER): server/tests/browser/package.json server/tests/browser/package-lock.json
+	@echo "== installing puppeteer-core for the browser test (npm ci)"
+	@PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix server/tests/browser --no-audit --no-fund --silent
+	@touch $@
+
+test: deps $(GRAPHQL_JS) $(GRAPHQL_WS) $(PUPPETEER)
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory install
 	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4"
@@ -182,8 +191,8 @@ integration:
 	    UDM_RESTORE_PORT=$(RESTORE_PORT) UDM_STANDBY_PORT=$(STANDBY_PORT) UDM_TRANSFER_PORT=$(TRANSFER_PORT) \
 	    cargo test -q -p udm-tests -- --test-threads=4
 
-server: $(GRAPHQL_WS)
-	@echo "== tier 3b: udm-server, the binary over HTTP and WebSocket against the test cluster (server/tests)"
+server: $(GRAPHQL_WS) $(PUPPETEER)
+	@echo "== tier 3b: udm-server, the binary over HTTP and WebSocket and its explorer in headless Chromium, against the test cluster (server/tests)"
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d postgres -q -c "DROP DATABASE IF EXISTS udm_server_it" -c "CREATE DATABASE udm_server_it"
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d udm_server_it -q -c "CREATE EXTENSION udm"
 	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_server_it \

@@ -263,10 +263,25 @@ pub async fn get(
         let ok = ws.selected_protocol().is_some();
         return ws.on_upgrade(move |socket| crate::ws::session(app, socket, ok));
     }
+    // a browser opening /graphql: the explorer (a GraphQL GET always carries `query`)
+    if !has_query(&uri) && crate::explorer::wanted(&headers) {
+        return crate::explorer::page();
+    }
     let Some(media) = negotiate(&headers) else {
         return not_acceptable();
     };
-    respond(&app, &headers, Method::GET, parse_get(&uri), media).await
+    let mut r = respond(&app, &headers, Method::GET, parse_get(&uri), media).await;
+    // the same URL answers HTML or GraphQL by Accept
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
+    r
+}
+
+/// Whether the query string has a `query` parameter.
+fn has_query(uri: &Uri) -> bool {
+    Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map(|Query(pairs)| pairs.iter().any(|(k, _)| k == "query"))
+        .unwrap_or(true)
 }
 
 pub async fn post(

@@ -10,6 +10,7 @@ mod auth;
 mod config;
 mod db;
 mod error;
+mod explorer;
 mod feed;
 mod http;
 mod limit;

@@ -707,6 +707,98 @@ fn media_types_status_codes_and_limits() {
     assert_eq!((r.status, r.body.as_str()), (200, "ready"));
 }
 
+const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+
+#[test]
+fn get_graphql_gives_browsers_the_explorer_and_everyone_else_graphql() {
+    let f = Fixture::new();
+    let s = f.server(&[]);
+    let t = f.token(&f.a, "alice");
+    // a browser's navigation, or text/html alone, without a query: the page, with its policy
+    for accept in [BROWSER, "text/html"] {
+        let r = s.request("GET", "/graphql", &[("Accept", accept)], None);
+        assert_eq!(r.status, 200, "{accept}: {}", r.body);
+        assert_eq!(r.content_type(), "text/html; charset=utf-8");
+        assert!(r.body.starts_with("<!doctype html>"), "{}", r.body);
+        assert!(r.body.contains("<title>udm GraphQL explorer</title>"));
+        assert!(r.body.contains("graphql-transport-ws"));
+        let csp = r.header("content-security-policy").unwrap();
+        assert!(
+            csp.starts_with("default-src 'none'; script-src 'sha256-"),
+            "{csp}"
+        );
+        assert!(
+            csp.contains("connect-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("vary"), Some("Accept"));
+        // the page holds no token, key or setting of this server
+        for secret in [SECRET, t.as_str(), f.role.as_str(), &f.a] {
+            assert!(!r.body.contains(secret), "{secret}");
+        }
+    }
+    // the same request as before the explorer: GraphQL clients, curl and no Accept get the
+    // GraphQL answer to a GET without a query (400), whatever the token
+    for accept in [
+        Some("application/json"),
+        Some("application/graphql-response+json"),
+        Some("*/*"),
+        Some("text/html;q=0.5, application/json"),
+        None,
+    ] {
+        let mut h = vec![("Authorization", format!("Bearer {t}"))];
+        if let Some(a) = accept {
+            h.push(("Accept", a.to_string()));
+        }
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = s.request("GET", "/graphql", &h, None);
+        assert_eq!(r.status, 400, "{accept:?}: {}", r.body);
+        assert!(
+            r.content_type().starts_with("application/"),
+            "{accept:?}: {}",
+            r.content_type()
+        );
+        let v = r.json();
+        assert_eq!(v["errors"][0]["extensions"]["code"], "BAD_REQUEST", "{v}");
+        assert_eq!(
+            v["errors"][0]["message"], "\"query\" must be a string",
+            "{v}"
+        );
+    }
+    // with a query, a browser gets GraphQL (JSON), and text/html alone still gets 406
+    let path = format!("/graphql?query={}", enc("{ __typename }"));
+    let auth = format!("Bearer {t}");
+    let r = s.request(
+        "GET",
+        &path,
+        &[("Accept", BROWSER), ("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.content_type().starts_with("application/json"));
+    assert_eq!(r.json()["data"]["__typename"], "Query", "{}", r.body);
+    assert_eq!(r.header("vary"), Some("Accept"));
+    let r = s.request(
+        "GET",
+        &path,
+        &[("Accept", "text/html"), ("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(r.status, 406, "{}", r.body);
+    // the page is for GET only: a POST with text/html is still refused (406)
+    let r = s.request(
+        "POST",
+        "/graphql",
+        &[
+            ("Accept", "text/html"),
+            ("Content-Type", "application/json"),
+        ],
+        Some(br#"{"query": "{ __typename }"}"#),
+    );
+    assert_eq!(r.status, 406, "{}", r.body);
+}
+
 #[test]
 fn a_database_that_does_not_answer() {
     let f = Fixture::new();

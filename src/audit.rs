@@ -9,7 +9,8 @@
 //!
 //! Each row is hash-chained to the previous row of the same record (`udm_core::audit`). The audit
 //! table is also the tenant's outbox of change events: the audit id is the event id, and
-//! `pg_notify` on the tenant's channel announces them after commit (see `events.rs`).
+//! with `udm.notify_changes = on`, `pg_notify` on the tenant's channel announces them after commit
+//! (see `events.rs`).
 
 use crate::audit_table;
 use crate::catalog::{self, Tenant};

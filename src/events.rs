@@ -1,6 +1,8 @@
 //! Change events for workflows. The tenant's audit log is its outbox: every change's audit row
-//! (written in the changing transaction) is an event whose id is the audit id, and the audit
-//! trigger sends `pg_notify` on the tenant's channel (delivered at commit).
+//! (written in the changing transaction) is an event whose id is the audit id. Consumers learn of
+//! new events from `udm_event_heads` (a sequence read per tenant; writers pay nothing) or, with
+//! `udm.notify_changes = on`, from the `pg_notify` the audit trigger sends on the tenant's
+//! channel (delivered at commit; it serialises notifying commits, hence off by default).
 //!
 //! Delivery order and completeness: a writing transaction holds a shared advisory lock keyed by a
 //! lower bound of the ids it writes (see `audit::take_horizon_lock`). `udm_events` reads the id

@@ -11,7 +11,7 @@ pub static DDL_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(3000);
 pub static BCRYPT_COST: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static LOCK_STALE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(180);
 pub static LOCK_EXPIRE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(300);
-pub static NOTIFY_CHANGES: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static NOTIFY_CHANGES: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static MAX_SPEC_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static MAX_SPEC_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static MAX_LIST_VALUES: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -126,7 +126,7 @@ pub fn init() {
     GucRegistry::define_bool_guc(
         c"udm.notify_changes",
         c"Announce committed changes with pg_notify on the tenant's channel.",
-        c"Events are in the outbox either way (udm_events); a notification only wakes listeners. PostgreSQL serialises the commits of notifying transactions in a database, so busy writers on slow storage may switch it off and let consumers poll.",
+        c"Off by default: PostgreSQL serialises the commits of notifying transactions in a database, so notifications slow concurrent writers down. Events are in the outbox either way (udm_events); consumers find new ones with udm_event_heads (one sequence read per tenant) as udm-server does. Turn it on (ALTER DATABASE ... SET) for LISTEN consumers.",
         &NOTIFY_CHANGES,
         GucContext::Userset,
         GucFlags::default(),

@@ -763,9 +763,23 @@ fn big_statements_notify_once_and_links_roll_back() {
     listener
         .batch_execute(&format!("LISTEN \"{channel}\""))
         .unwrap();
+    // notifications are off unless asked for: a write announces nothing
+    let off: String = scalar(&mut m.client, "SHOW udm.notify_changes");
+    assert_eq!(off, "off");
     m.client
         .batch_execute(&format!(
-            "INSERT INTO \"{s}\".product (name) SELECT 'p' || i FROM generate_series(1, 150) i"
+            "INSERT INTO \"{s}\".product (name) VALUES ('unannounced')"
+        ))
+        .unwrap();
+    {
+        let mut n = listener.notifications();
+        let mut it = n.timeout_iter(Duration::from_millis(500));
+        assert!(it.next().unwrap().is_none(), "no notification by default");
+    }
+    m.client
+        .batch_execute(&format!(
+            "SET udm.notify_changes = on; \
+             INSERT INTO \"{s}\".product (name) SELECT 'p' || i FROM generate_series(1, 150) i"
         ))
         .unwrap();
     let mut got = Vec::new();
@@ -785,7 +799,7 @@ fn big_statements_notify_once_and_links_roll_back() {
     let last = got[0]["last_event"].as_i64().unwrap();
     m.client
         .batch_execute(&format!(
-            "SET udm.notify_changes = off; INSERT INTO \"{s}\".product (name) VALUES ('quiet'); RESET udm.notify_changes"
+            "SET udm.notify_changes = off; INSERT INTO \"{s}\".product (name) VALUES ('quiet'); SET udm.notify_changes = on"
         ))
         .unwrap();
     {
@@ -867,10 +881,13 @@ fn events_reach_listeners_and_consumers_resume_without_gaps() {
     let mut m = member(&mut adm, "auev");
     shop(&mut m);
     let channel: String = scalar(&mut m.client, "SELECT udm_events_channel()");
-    // a real LISTEN client, as a workflow worker would run
+    // a real LISTEN client, as a workflow worker would run, and a writer that announces
     let mut listener = connect_as(&m.role);
     listener
         .batch_execute(&format!("LISTEN \"{channel}\""))
+        .unwrap();
+    m.client
+        .batch_execute("SET udm.notify_changes = on")
         .unwrap();
     // before any subscription or consumer the tenant has no tables for them, and reading works
     let none = json(&mut m.client, "SELECT udm_consume('early', 10)");

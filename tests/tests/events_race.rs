@@ -166,7 +166,9 @@ fn every_committed_event_reaches_every_consumer_once_in_order_under_concurrent_w
             .collect();
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let (c, t) = (session(&m.role, &t), t.clone());
+                let (mut c, t) = (session(&m.role, &t), t.clone());
+                // announced, for the listener (notifications are off by default)
+                c.batch_execute("SET udm.notify_changes = on").unwrap();
                 std::thread::spawn(move || write(c, &t, w))
             })
             .collect();

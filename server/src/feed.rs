@@ -244,11 +244,16 @@ async fn run(app: Arc<App>, key: Key, feed: Arc<Feed>, who: Identity, req: GqlRe
                 continue;
             }
             if reached < seen_head {
-                // events handed out but not yet committed (or never to be): look again soon
-                retry = if retry.is_zero() {
+                // Ids handed out to transactions still open: look again when they may have
+                // ended. Right after progress (events were read, writers are busy) at the
+                // watcher's pace, so a feed reads at most once per `poll_interval_ms` under load;
+                // with no progress (one long transaction) from 5 ms doubling up to a second.
+                retry = if reached > from {
+                    poll
+                } else if retry.is_zero() {
                     Duration::from_millis(5)
                 } else {
-                    (retry * 2).min(poll)
+                    (retry * 2).min(Duration::from_secs(1))
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}

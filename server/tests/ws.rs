@@ -722,3 +722,43 @@ fn connections_per_token_and_metrics() {
     assert_eq!(metric(&s, "udm_server_websockets_open"), Some(1.0));
     drop((two, three));
 }
+
+/// A subscriber that resumes after the last event id it saw, on a new server process after the
+/// old one stopped, gets every event written meanwhile and after, once, in order: the events
+/// are in the database, not in the server.
+#[test]
+fn resuming_after_a_server_restart_misses_nothing() {
+    let f = fixture();
+    let q = "subscription { noteChanged { eventId record { title } } }";
+    let start = horizon(&f.t);
+    let mut s = Server::start(&f.role, &[]);
+    let mut ws = connect(&s, Some("graphql-transport-ws"));
+    init(&mut ws, &token(&f.t, &f.alice));
+    subscribe(&mut ws, "s", q, start);
+    insert_quietly(&f, &["r1", "r2"]);
+    let first = events(&mut ws, "s", 2);
+    let stopper = std::thread::spawn(move || {
+        let st = s.terminate(Duration::from_secs(10));
+        (st, s)
+    });
+    assert_eq!(closed_with(&mut ws), 1001);
+    let (st, s) = stopper.join().unwrap();
+    assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", s.log());
+    // written while no server runs
+    insert_quietly(&f, &["r3", "r4"]);
+    let s2 = Server::start(&f.role, &[]);
+    let mut ws = connect(&s2, Some("graphql-transport-ws"));
+    init(&mut ws, &token(&f.t, &f.alice));
+    subscribe(&mut ws, "s", q, first[1].0);
+    insert_quietly(&f, &["r5"]);
+    let rest = events(&mut ws, "s", 3);
+    let titles: Vec<&str> = rest.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(titles, ["r3", "r4", "r5"], "{rest:?}");
+    assert!(
+        rest[0].0 > first[1].0 && rest.windows(2).all(|w| w[0].0 < w[1].0),
+        "{first:?} {rest:?}"
+    );
+    // and nothing else
+    send(&mut ws, json!({"type": "ping"}));
+    assert_eq!(next(&mut ws).unwrap()["type"], "pong");
+}

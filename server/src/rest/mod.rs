@@ -15,7 +15,7 @@ use crate::limit::Slot;
 use crate::App;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, Request};
+use axum::extract::{OriginalUri, Query, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -89,7 +89,11 @@ pub fn router() -> Router<Arc<App>> {
 /// Every response of the bridge: counted as `rest` by the metrics, and every error (also the
 /// router's own 404 and 405 and a body over the limit, 413) as problem+json.
 async fn finish(req: Request<Body>, next: Next) -> Response {
-    let instance = req.uri().path().to_string();
+    // the path as the client sent it (`/api/...`; the nested router sees it without `/api`)
+    let instance = req
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| req.uri().path().to_string(), |u| u.0.path().to_string());
     tracing::Span::current().record("op", "rest");
     let mut r = next.run(req).await;
     let status = r.status();

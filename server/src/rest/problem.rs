@@ -97,6 +97,10 @@ pub fn names(message: &str, detail: Option<&str>) -> DbDetail {
     d.entity = quoted_after(&both, "entity");
     d.field = quoted_after(&both, "field");
     d.rule = quoted_after(&both, "rule");
+    if d.field.is_none() {
+        // a query's path (`path "category_id.nme": ...`)
+        d.field = quoted_after(msg, "path");
+    }
     let head = msg
         .split([' ', ':'])
         .next()

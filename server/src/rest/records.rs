@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::App;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -99,7 +99,7 @@ pub async fn list(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(entity): Path<String>,
-    uri: Uri,
+    OriginalUri(uri): OriginalUri,
 ) -> Result<Response, ApiError> {
     let pairs = query(&uri)?;
     let spec = list::spec(&pairs)?;

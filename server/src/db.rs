@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::http::GqlRequest;
 use crate::App;
 use axum::http::StatusCode;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde_json::Value;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
@@ -46,7 +46,7 @@ fn clip(s: &str) -> &str {
 }
 
 /// A database error as the caller sees it: the statement timeout, or nothing of it.
-fn failure(what: &str, e: tokio_postgres::Error) -> ApiError {
+pub(crate) fn failure(what: &str, e: tokio_postgres::Error) -> ApiError {
     if e.code() == Some(&SqlState::QUERY_CANCELED) {
         tracing::warn!(error = %e, "{what}: statement timeout");
         return ApiError::new(
@@ -143,28 +143,162 @@ async fn in_tenant(
     }
     begun.map_err(|e| failure("BEGIN", e))?;
     if let Err(e) = selected {
-        // The database decides whether this user may use this tenant: an unknown tenant, one
-        // the server's role is not a member of, and a user who is not a member get the same 403.
-        return Err(match e.code() {
-            Some(c)
-                if *c == SqlState::INSUFFICIENT_PRIVILEGE
-                    || *c == SqlState::UNDEFINED_OBJECT
-                    || *c == SqlState::INVALID_PARAMETER_VALUE =>
-            {
-                tracing::info!(
-                    tenant = clip(&who.tenant),
-                    user = clip(&who.user),
-                    code = c.code(),
-                    "udm_use refused"
-                );
-                ApiError::forbidden()
-            }
-            _ => failure("udm_use", e),
-        });
+        return Err(refused(e, who));
     }
     let row = row.map_err(|e| failure("statement", e))?;
     committed.map_err(|e| failure("COMMIT", e))?;
     Ok(row.get(0))
+}
+
+/// `udm_use` failed. The database decides whether this user may use this tenant: an unknown
+/// tenant, one the server's role is not a member of, and a user who is not a member get the same
+/// 403.
+fn refused(e: tokio_postgres::Error, who: &Identity) -> ApiError {
+    match e.code() {
+        Some(c)
+            if *c == SqlState::INSUFFICIENT_PRIVILEGE
+                || *c == SqlState::UNDEFINED_OBJECT
+                || *c == SqlState::INVALID_PARAMETER_VALUE =>
+        {
+            tracing::info!(
+                tenant = clip(&who.tenant),
+                user = clip(&who.user),
+                code = c.code(),
+                "udm_use refused"
+            );
+            ApiError::forbidden()
+        }
+        _ => failure("udm_use", e),
+    }
+}
+
+/// The statement timeout and `udm_use(tenant, user, is_local => true)` in the open transaction
+/// of `client`.
+async fn select_tenant(
+    client: &impl GenericClient,
+    app: &App,
+    who: &Identity,
+) -> Result<(), ApiError> {
+    let select = client
+        .prepare_cached(SELECT)
+        .await
+        .map_err(|e| failure("prepare udm_use", e))?;
+    client
+        .query_one(&select, &[&app.statement_timeout, &who.tenant, &who.user])
+        .await
+        .map_err(|e| refused(e, who))?;
+    Ok(())
+}
+
+/// How a REST request's transaction runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `READ ONLY` (GET and HEAD, views and aggregates)
+    Read,
+    Write,
+    /// `REPEATABLE READ`: statements that check and then act see one snapshot, and a row changed
+    /// by another transaction since is a serialization failure (a `DELETE` with `If-Match`)
+    Snapshot,
+}
+
+/// A request's transaction that may run several statements (the REST bridge): begun with the
+/// statement timeout and `udm_use(tenant, user, is_local => true)` like [`in_tenant`], ended by
+/// [`Tx::finish`]. A transaction dropped before it ended (the client went away) takes its
+/// connection out of the pool instead of returning it with the transaction open.
+pub struct Tx {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl Tx {
+    pub async fn begin(app: &App, who: &Identity, mode: Mode) -> Result<Tx, ApiError> {
+        let client = app.pool.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "no pooled connection");
+            ApiError::unavailable()
+        })?;
+        let begin = match mode {
+            Mode::Read => "BEGIN READ ONLY",
+            Mode::Write => "BEGIN",
+            Mode::Snapshot => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        };
+        client
+            .batch_execute(begin)
+            .await
+            .map_err(|e| failure("BEGIN", e))?;
+        let tx = Tx {
+            client: Some(client),
+        };
+        if let Err(e) = select_tenant(tx.client(), app, who).await {
+            tx.end("ROLLBACK").await;
+            return Err(e);
+        }
+        Ok(tx)
+    }
+
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.client.as_ref().expect("an open transaction")
+    }
+
+    /// One statement answering one row with one `jsonb` column (`null` for SQL NULL); udm's
+    /// refusals become errors with their SQLSTATE (`rest::problem::from_db`).
+    pub async fn json(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Value, ApiError> {
+        let c = self.client();
+        let st = c
+            .prepare_cached(sql)
+            .await
+            .map_err(crate::rest::problem::from_db)?;
+        let row = c
+            .query_one(&st, params)
+            .await
+            .map_err(crate::rest::problem::from_db)?;
+        let v: Option<Value> = row.get(0);
+        Ok(v.unwrap_or(Value::Null))
+    }
+
+    /// Commits when `result` is a success (a failing commit is the answer then), rolls back
+    /// when it is not.
+    pub async fn finish<T>(self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        match result {
+            Ok(v) => {
+                let r = self
+                    .client()
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(crate::rest::problem::from_db);
+                self.end_ok(r.is_ok());
+                r.map(|_| v)
+            }
+            Err(e) => {
+                self.end("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn end(self, sql: &str) {
+        let ok = self.client().batch_execute(sql).await.is_ok();
+        self.end_ok(ok);
+    }
+
+    /// The connection goes back to the pool when its transaction ended, else it is closed.
+    fn end_ok(mut self, ok: bool) {
+        if let Some(c) = self.client.take() {
+            if !ok {
+                drop(deadpool_postgres::Object::take(c));
+            }
+        }
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            drop(deadpool_postgres::Object::take(c));
+        }
+    }
 }
 
 /// `udm_graphql` as `who`.

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::http::Media;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     /// `extensions.code` of the error.
@@ -16,6 +16,22 @@ pub struct ApiError {
     pub message: String,
     /// The media type of the body (the one the request negotiated, if it got that far).
     pub media: Media,
+    /// What the database said, for an error udm raised on purpose (the REST bridge's
+    /// problem+json shows it; never set for internal errors).
+    pub db: Option<Box<DbDetail>>,
+}
+
+/// A udm error as the caller may see it: its SQLSTATE, detail and hint, and the entity, field,
+/// rule and batch row it names.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DbDetail {
+    pub sqlstate: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    pub entity: Option<String>,
+    pub field: Option<String>,
+    pub rule: Option<String>,
+    pub row: Option<u64>,
 }
 
 impl ApiError {
@@ -25,6 +41,7 @@ impl ApiError {
             code,
             message: message.into(),
             media: Media::Json,
+            db: None,
         }
     }
 
@@ -69,6 +86,11 @@ impl ApiError {
         )
     }
 
+    pub fn with_db(mut self, db: DbDetail) -> Self {
+        self.db = Some(Box::new(db));
+        self
+    }
+
     pub fn with_media(mut self, media: Media) -> Self {
         self.media = media;
         self
@@ -80,6 +102,8 @@ impl IntoResponse for ApiError {
         let body =
             json!({"errors": [{"message": self.message, "extensions": {"code": self.code}}]});
         let mut r = (self.status, body.to_string()).into_response();
+        // the REST bridge answers the same error as problem+json (`rest::problem`)
+        r.extensions_mut().insert(self.clone());
         let h = r.headers_mut();
         h.insert(
             header::CONTENT_TYPE,

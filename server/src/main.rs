@@ -15,6 +15,7 @@ mod feed;
 mod http;
 mod limit;
 mod metrics;
+mod rest;
 mod watch;
 mod ws;
 
@@ -154,6 +155,7 @@ fn serve(rt: &tokio::runtime::Runtime, file: Option<PathBuf>) {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
+            .nest("/api", rest::router())
             .layer(DefaultBodyLimit::max(c.max_body_bytes))
             .layer(middleware::from_fn_with_state(app.clone(), request_log))
             .with_state(app);

@@ -108,7 +108,7 @@ impl Metrics {
 
     pub fn render(&self, app: &App) -> String {
         let mut out = String::new();
-        out.push_str("# HELP udm_server_requests_total HTTP GraphQL requests by operation type and status.\n# TYPE udm_server_requests_total counter\n");
+        out.push_str("# HELP udm_server_requests_total HTTP requests by operation (GraphQL: its operation type; rest: the REST bridge) and status.\n# TYPE udm_server_requests_total counter\n");
         for ((op, status), n) in self.requests.lock().unwrap().iter() {
             let _ = writeln!(
                 out,

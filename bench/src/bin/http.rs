@@ -8,7 +8,8 @@
 //!    through a deadpool-postgres pool of the same size, each request being what the server does
 //!    per request (a transaction: `set_config('statement_timeout') + udm_use(..., is_local)`, the
 //!    call, commit). At 1, 16 and 64 concurrent clients: requests/s, p50 and p99 of both,
-//!    interleaved, ROUNDS (3) runs per level in alternating order. Goal: <= 1.3x at p50.
+//!    interleaved, ROUNDS (3) runs per level in alternating order. Goal: <= 1.3x at p50. A third
+//!    side, udm_graphql over the same pool, splits the ratio into GraphQL's share and HTTP's.
 //! 2. SUBSCRIBERS (1,000) WebSocket subscribers (graphql-transport-ws, one subscription per
 //!    connection, spread over SUBSCRIBER_USERS (20) viewers) of one tenant's `task` changes while
 //!    one writer (a plain connection, autocommit) updates TASKS records one at a time. Each update
@@ -378,7 +379,7 @@ fn q1_body(i: usize) -> Bytes {
 
 /// What the server does per request, as a plain `udm_query`: one transaction on a pooled
 /// connection.
-async fn sql_q1(pool: &deadpool_postgres::Pool, user: &str, i: usize) -> Value {
+async fn sql_q1(pool: &deadpool_postgres::Pool, user: &str, i: usize, graphql: bool) -> Value {
     let mut client = pool.get().await.expect("pooled connection");
     let tx = client.build_transaction().start().await.unwrap();
     let select = tx
@@ -390,11 +391,22 @@ async fn sql_q1(pool: &deadpool_postgres::Pool, user: &str, i: usize) -> Value {
     tx.query_one(&select, &[&"10000", &CATALOG, &user])
         .await
         .unwrap();
-    let run = tx
-        .prepare_cached("SELECT udm_query('product', $1::jsonb)")
-        .await
-        .unwrap();
-    let row = tx.query_one(&run, &[&q1_spec(i)]).await.unwrap();
+    let row = if graphql {
+        let run = tx
+            .prepare_cached("SELECT udm_graphql($1, $2::jsonb, $3)")
+            .await
+            .unwrap();
+        let vars = json!({"brand": brand(i)});
+        tx.query_one(&run, &[&Q1_GRAPHQL, &vars, &None::<String>])
+            .await
+            .unwrap()
+    } else {
+        let run = tx
+            .prepare_cached("SELECT udm_query('product', $1::jsonb)")
+            .await
+            .unwrap();
+        tx.query_one(&run, &[&q1_spec(i)]).await.unwrap()
+    };
     let v: Value = row.get(0);
     tx.commit().await.unwrap();
     v
@@ -448,7 +460,7 @@ async fn run_http(addr: &str, token: &str, clients: usize, b: Bounds) -> Run {
     r
 }
 
-async fn run_sql(pool: &deadpool_postgres::Pool, clients: usize, b: Bounds) -> Run {
+async fn run_sql(pool: &deadpool_postgres::Pool, clients: usize, b: Bounds, graphql: bool) -> Run {
     let count = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let until = start + b.duration;
@@ -462,7 +474,7 @@ async fn run_sql(pool: &deadpool_postgres::Pool, clients: usize, b: Bounds) -> R
                     && count.fetch_add(1, Ordering::Relaxed) < b.max_requests
                 {
                     let t = Instant::now();
-                    sql_q1(&pool, "reader@bench.http", i).await;
+                    sql_q1(&pool, "reader@bench.http", i, graphql).await;
                     lat.push(t.elapsed());
                     i += clients;
                 }
@@ -521,7 +533,7 @@ async fn part1(server: &Server, pool_size: usize) -> Vec<(usize, Vec<f64>)> {
     // the same rows both ways
     let mut c = HttpClient::connect(&server.addr, &token).await;
     let g = c.graphql(q1_body(3)).await.unwrap();
-    let s = sql_q1(&pool, "reader@bench.http", 3).await;
+    let s = sql_q1(&pool, "reader@bench.http", 3, false).await;
     let gn: Vec<&Value> = g["data"]["productCollection"]["nodes"]
         .as_array()
         .expect("nodes")
@@ -542,30 +554,40 @@ async fn part1(server: &Server, pool_size: usize) -> Vec<(usize, Vec<f64>)> {
     drop(c);
     // every pooled connection of both sides warm (plans, the tenant's schema)
     run_http(&server.addr, &token, pool_size, warm).await;
-    run_sql(&pool, pool_size, warm).await;
+    run_sql(&pool, pool_size, warm, false).await;
+    run_sql(&pool, pool_size, warm, true).await;
 
     let mut ratios = Vec::new();
     for clients in [1usize, 16, 64] {
         println!("  {clients} concurrent clients:");
         run_http(&server.addr, &token, clients, warm).await;
-        run_sql(&pool, clients, warm).await;
+        run_sql(&pool, clients, warm, false).await;
+        run_sql(&pool, clients, warm, true).await;
         let mut rs = Vec::new();
         for round in 0..rounds {
-            let (h, s) = if round % 2 == 0 {
+            let (h, s, g) = if round % 2 == 0 {
                 let h = run_http(&server.addr, &token, clients, bounds).await;
-                (h, run_sql(&pool, clients, bounds).await)
+                let s = run_sql(&pool, clients, bounds, false).await;
+                (h, s, run_sql(&pool, clients, bounds, true).await)
             } else {
-                let s = run_sql(&pool, clients, bounds).await;
-                (run_http(&server.addr, &token, clients, bounds).await, s)
+                let g = run_sql(&pool, clients, bounds, true).await;
+                let s = run_sql(&pool, clients, bounds, false).await;
+                (run_http(&server.addr, &token, clients, bounds).await, s, g)
             };
             println!("   run {}:", round + 1);
             print_run("GraphQL over HTTP", &h);
             print_run("udm_query, pooled driver", &s);
+            print_run("udm_graphql, pooled driver", &g);
             let r = h.p50 / s.p50;
             println!(
                 "    p50 HTTP / driver {r:>5.2}x   p99 {:>5.2}x   req/s {:>5.2}x",
                 h.p99 / s.p99,
                 h.per_s / s.per_s
+            );
+            println!(
+                "    (udm_graphql / udm_query over the driver: p50 {:.2}x; HTTP / udm_graphql over the driver: p50 {:.2}x)",
+                g.p50 / s.p50,
+                h.p50 / g.p50
             );
             rs.push(r);
         }

@@ -6,10 +6,10 @@
 #   bench/run.sh onboarding add_field      some of them (make bench BENCH="onboarding")
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all=(onboarding add_field query batch audit locks access tenants graphql transfer)
+all=(onboarding add_field query batch audit locks access tenants graphql transfer http)
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${all[@]}")
-cargo build -q --release -p udm-bench -p udm-tenant
+cargo build -q --release -p udm-bench -p udm-tenant -p udm-server
 for b in "${selected[@]}"; do
     if [ ! -f "bench/src/bin/$b.rs" ]; then
         echo "unknown benchmark $b (have: ${all[*]})" >&2

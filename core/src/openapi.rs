@@ -151,7 +151,22 @@ fn nullable(mut schema: Value) -> Value {
         {
             schema
         }
-        _ => json!({ "anyOf": [schema, { "type": "null" }] }),
+        _ => {
+            // the notes and udm's extensions stay on the outside, where readers look
+            let mut outer = Map::new();
+            let keys: Vec<String> = obj
+                .keys()
+                .filter(|k| *k == "description" || k.starts_with("x-udm-"))
+                .cloned()
+                .collect();
+            for k in keys {
+                if let Some(v) = obj.remove(&k) {
+                    outer.insert(k, v);
+                }
+            }
+            outer.insert("anyOf".into(), json!([schema, { "type": "null" }]));
+            Value::Object(outer)
+        }
     }
 }
 
@@ -236,7 +251,7 @@ fn set(s: &mut Value, k: &str, v: Value) {
 }
 
 /// The schema of one field: its type, validation rules, enum values, relation and description.
-fn field_schema(e: &EntityDef, f: &FieldDef, mode: Mode, nullable_ok: bool) -> Value {
+fn field_schema(f: &FieldDef, mode: Mode, nullable_ok: bool) -> Value {
     let t = &f.ftype;
     let mut s = scalar_schema(t);
     let mut notes: Vec<String> = Vec::new();
@@ -411,7 +426,7 @@ fn field_schema(e: &EntityDef, f: &FieldDef, mode: Mode, nullable_ok: bool) -> V
     notes.dedup();
     let mut desc = notes.join("; ");
     if desc.is_empty() {
-        desc = format!("{} of {}", t.info().description, e.slug);
+        desc = t.info().description.to_string();
     }
     set(&mut s, "description", json!(desc));
     if nullable_ok {
@@ -943,7 +958,7 @@ impl Build<'_> {
             required.push(name.into());
         }
         for f in fields.iter().filter(|f| readable(f)) {
-            props.insert(f.name.clone(), field_schema(e, f, Mode::Read, !f.required));
+            props.insert(f.name.clone(), field_schema(f, Mode::Read, !f.required));
             if f.required {
                 required.push(f.name.clone());
             }
@@ -963,7 +978,7 @@ impl Build<'_> {
         let mut props = Map::new();
         let mut required: Vec<String> = vec![];
         for f in fields.iter().filter(|f| writable(f)) {
-            props.insert(f.name.clone(), field_schema(e, f, Mode::Write, !f.required));
+            props.insert(f.name.clone(), field_schema(f, Mode::Write, !f.required));
             if f.required && f.default.is_none() {
                 required.push(f.name.clone());
             }
@@ -1678,11 +1693,13 @@ mod tests {
             p["about"]["anyOf"][0]["allOf"][0]["$ref"],
             "#/components/schemas/RecordRef"
         );
+        assert_eq!(p["about"]["anyOf"][1], json!({"type": "null"}));
         assert_eq!(
-            p["about"]["anyOf"][0]["x-udm-reference"]["entities"],
+            p["about"]["x-udm-reference"]["entities"],
             json!(["category", "tag"])
         );
-        assert_eq!(p["manual"]["anyOf"][0]["x-udm-max-size"], 1000);
+        assert!(p["about"]["description"].as_str().unwrap().contains("tag"));
+        assert_eq!(p["manual"]["x-udm-max-size"], 1000);
         assert_eq!(p["owner"]["format"], "uuid");
         assert_eq!(p["meta"]["x-udm-type"], "json");
         assert!(p["meta"].get("type").is_none());

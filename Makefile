@@ -144,6 +144,15 @@ $(GRAPHQL_JS): tests/graphql-js/package.json tests/graphql-js/package-lock.json
 	@npm ci --prefix tests/graphql-js --no-audit --no-fund --silent
 	@touch $@
 
+# @apidevtools/swagger-parser (and Ajv), the OpenAPI validator of the integration tier's
+# udm_openapi() test (tests/tests/openapi.rs)
+OPENAPI_JS    := tests/openapi/node_modules/@apidevtools/swagger-parser/package.json
+
+$(OPENAPI_JS): tests/openapi/package.json tests/openapi/package-lock.json
+	@echo "== installing the OpenAPI validator for the tests (npm ci)"
+	@npm ci --prefix tests/openapi --no-audit --no-fund --silent
+	@touch $@
+
 # the npm graphql-ws client, for udm-server's subscription tests
 GRAPHQL_WS    := server/tests/ws/node_modules/graphql-ws/package.json
 
@@ -161,7 +170,7 @@ $(PUPPETEER): server/tests/browser/package.json server/tests/browser/package-loc
 	@PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix server/tests/browser --no-audit --no-fund --silent
 	@touch $@
 
-test: deps $(GRAPHQL_JS) $(GRAPHQL_WS) $(PUPPETEER)
+test: deps $(GRAPHQL_JS) $(OPENAPI_JS) $(GRAPHQL_WS) $(PUPPETEER)
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory install
 	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4"

@@ -35,6 +35,7 @@ mod json;
 mod limits;
 mod links;
 mod locks;
+mod openapi;
 mod query;
 mod rawspi;
 mod records;

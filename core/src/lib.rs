@@ -15,6 +15,7 @@ pub mod ids;
 pub mod json;
 pub mod jsonb;
 pub mod locks;
+pub mod openapi;
 pub mod query;
 pub mod records;
 pub mod related_rules;

@@ -19,7 +19,12 @@ use tokio::sync::{oneshot, Notify};
 /// What a feed hands a member: `next` payloads (with their event id) and, at the end, errors.
 pub trait Sink: Send + Sync {
     /// Queues a message; false when the member's connection is gone or too far behind.
-    fn send(&self, v: Value) -> bool;
+    fn send(&self, v: Value) -> bool {
+        self.send_text(v.to_string())
+    }
+
+    /// Queues a message already written as JSON text.
+    fn send_text(&self, text: String) -> bool;
 }
 
 struct Member {
@@ -213,22 +218,28 @@ async fn run(app: Arc<App>, key: Key, feed: Arc<Feed>, who: Identity, req: GqlRe
             let events = v["events"].as_array().cloned().unwrap_or_default();
             let reached = v["cursor"].as_i64().unwrap_or(from);
             let mut delivered = 0u64;
+            // each event's payload written once for all members: a member's message is its
+            // subscription id around it
+            let written: Vec<(i64, String)> = events
+                .iter()
+                .filter_map(|e| {
+                    let event_id = e["event_id"].as_i64()?;
+                    let mut payload = e["payload"].clone();
+                    payload["extensions"] = json!({"eventId": event_id});
+                    Some((event_id, payload.to_string()))
+                })
+                .collect();
             {
                 let mut members = feed.members.lock().unwrap();
                 for m in members.iter_mut() {
-                    for e in events.iter() {
-                        let Some(event_id) = e["event_id"].as_i64() else {
-                            continue;
-                        };
-                        if event_id <= m.cursor {
+                    let id = Value::from(m.id.as_str()).to_string();
+                    for (event_id, payload) in &written {
+                        if *event_id <= m.cursor {
                             continue;
                         }
-                        let mut payload = e["payload"].clone();
-                        payload["extensions"] = json!({"eventId": event_id});
-                        if !m
-                            .sink
-                            .send(json!({"id": m.id, "type": "next", "payload": payload}))
-                        {
+                        let text =
+                            format!("{{\"id\":{id},\"type\":\"next\",\"payload\":{payload}}}");
+                        if !m.sink.send_text(text) {
                             break;
                         }
                         delivered += 1;

@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::http::{operation_kind, GqlRequest, Kind};
 use crate::App;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,7 +40,11 @@ impl Outbox {
     /// Queues a message; false when the connection is gone or its buffer is full (then the
     /// connection is closed as a slow consumer).
     fn push(&self, v: Value) -> bool {
-        match self.tx.try_send(v.to_string()) {
+        self.push_text(v.to_string())
+    }
+
+    fn push_text(&self, text: String) -> bool {
+        match self.tx.try_send(text) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.overflow.notify_one();
@@ -115,7 +120,19 @@ pub async fn session(app: Arc<App>, mut socket: WebSocket, protocol_ok: bool) {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
             },
             Some(text) = rx.recv() => {
-                if socket.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                // what else is waiting goes out with it, in one flush
+                let mut ok = socket.feed(Message::Text(Utf8Bytes::from(text))).await.is_ok();
+                let mut n = 1;
+                while ok && n < 256 {
+                    match rx.try_recv() {
+                        Ok(more) => {
+                            ok = socket.feed(Message::Text(Utf8Bytes::from(more))).await.is_ok();
+                            n += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if !ok || socket.flush().await.is_err() {
                     break None;
                 }
             }
@@ -292,8 +309,8 @@ async fn single(app: Arc<App>, who: Identity, id: String, req: GqlRequest, out: 
 }
 
 impl crate::feed::Sink for Outbox {
-    fn send(&self, v: Value) -> bool {
-        self.push(v)
+    fn send_text(&self, text: String) -> bool {
+        self.push_text(text)
     }
 }
 

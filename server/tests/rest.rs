@@ -471,6 +471,20 @@ fn batches_are_all_or_nothing_and_upsert_on_a_key() {
     );
     assert!(p["detail"].as_str().unwrap().starts_with("rows[1]"), "{p}");
     assert_eq!(count(&s, &alice, "product"), 0);
+    // the third row fails in the database (its sku is the first one's): the two before it,
+    // already written, are gone with it
+    let rows = json!([
+        {"name": "One", "sku": "s1", "price": 1},
+        {"name": "Two", "sku": "s2", "price": 2},
+        {"name": "Three", "sku": "s1", "price": 3}]);
+    let p = problem(
+        &call(&s, &alice, "POST", "/api/records/product", Some(&rows), &[]),
+        409,
+        "/api/records/product",
+    );
+    assert_eq!(p["sqlstate"], "23505", "{p}");
+    assert_eq!(p["row"], 2, "{p}");
+    assert_eq!(count(&s, &alice, "product"), 0);
     let rows = json!([
         {"name": "One", "sku": "s1", "price": 1},
         {"name": "Two", "sku": "s2", "price": 2},

@@ -17,12 +17,12 @@
 //!    delivery is matched to the commit it reports: commit-to-delivery p50/p99/max over all
 //!    deliveries (goal p99 <= 200 ms), deliveries missing. The writer's updates/s with those
 //!    subscribers against the same loop with none (run before and after): goal >= 0.9x.
-//!    WRITER_RATE=n caps the writer at n updates/s (default: as fast as it goes).
+//!    WRITER_RATES=50,0: the writer at 50 updates/s, then as fast as it goes (0), one run each.
 //!
 //! Bounded: DURATION_S (5) per HTTP run and MAX_REQUESTS per run, WRITE_S (10) per writer run,
 //! DRAIN_S (10) for deliveries after the writer stops, timeouts on every connection step.
 //! Settings: ROWS (1,000,000 products), POOL, ROUNDS, SUBSCRIBERS, SUBSCRIBER_USERS, TASKS (100),
-//! WRITER_RATE, UDM_SERVER_BIN.
+//! WRITER_RATES, UDM_SERVER_BIN.
 
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
@@ -343,6 +343,31 @@ impl HttpClient {
         }
     }
 
+    /// GET of a REST route (`/api/...`); the response body as JSON, or the status and body of a
+    /// failure.
+    async fn rest(&mut self, path: &str) -> Result<Value, String> {
+        let req = hyper::Request::get(path)
+            .header("host", &self.host)
+            .header("accept", "application/json")
+            .header("authorization", &self.auth)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.send.ready().await.expect("connection ready");
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.send.send_request(req))
+            .await
+            .expect("request timeout")
+            .expect("request");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        if !status.is_success() {
+            return Err(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))
+    }
+
     /// POST /graphql; the response body as JSON, or the status and body of a failure.
     async fn graphql(&mut self, body: Bytes) -> Result<Value, String> {
         let req = hyper::Request::post("/graphql")
@@ -371,6 +396,15 @@ impl HttpClient {
             None => Ok(v),
         }
     }
+}
+
+/// Q1 as a REST list: `GET /api/records/product?...` in the bridge's query-string grammar.
+fn q1_rest(i: usize) -> String {
+    format!(
+        "/api/records/product?select=name,price,category_id.name,category_id.parent_id.name,metadata.brand\
+         &status=eq.active&metadata.brand=eq.{}&sort=price&limit=50",
+        brand(i)
+    )
 }
 
 fn q1_body(i: usize) -> Bytes {
@@ -412,7 +446,8 @@ async fn sql_q1(pool: &deadpool_postgres::Pool, user: &str, i: usize, graphql: b
     v
 }
 
-async fn run_http(addr: &str, token: &str, clients: usize, b: Bounds) -> Run {
+/// Q1 over HTTP: GraphQL (`POST /graphql`) or REST (`GET /api/records/product?...`).
+async fn run_http(addr: &str, token: &str, clients: usize, b: Bounds, rest: bool) -> Run {
     let mut conns = Vec::new();
     for _ in 0..clients {
         conns.push(HttpClient::connect(addr, token).await);
@@ -433,9 +468,13 @@ async fn run_http(addr: &str, token: &str, clients: usize, b: Bounds) -> Run {
                 while Instant::now() < until
                     && count.fetch_add(1, Ordering::Relaxed) < b.max_requests
                 {
-                    let body = q1_body(i);
                     let t = Instant::now();
-                    match c.graphql(body).await {
+                    let r = if rest {
+                        c.rest(&q1_rest(i)).await
+                    } else {
+                        c.graphql(q1_body(i)).await
+                    };
+                    match r {
                         Ok(_) => lat.push(t.elapsed()),
                         Err(e) => {
                             errors.fetch_add(1, Ordering::Relaxed);
@@ -546,38 +585,56 @@ async fn part1(server: &Server, pool_size: usize) -> Vec<(usize, Vec<f64>)> {
         .iter()
         .map(|r| &r["name"])
         .collect();
+    let r = c.rest(&q1_rest(3)).await.unwrap();
+    let rn: Vec<&Value> = r["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| &r["name"])
+        .collect();
     println!(
-        "  same products both ways: {} ({} rows)",
-        if gn == sn { "yes" } else { "NO" },
+        "  same products every way (GraphQL, REST, udm_query): {} ({} rows)",
+        if gn == sn && rn == sn { "yes" } else { "NO" },
         gn.len()
     );
     drop(c);
     // every pooled connection of both sides warm (plans, the tenant's schema)
-    run_http(&server.addr, &token, pool_size, warm).await;
+    run_http(&server.addr, &token, pool_size, warm, false).await;
+    run_http(&server.addr, &token, pool_size, warm, true).await;
     run_sql(&pool, pool_size, warm, false).await;
     run_sql(&pool, pool_size, warm, true).await;
 
     let mut ratios = Vec::new();
     for clients in [1usize, 16, 64] {
         println!("  {clients} concurrent clients:");
-        run_http(&server.addr, &token, clients, warm).await;
+        run_http(&server.addr, &token, clients, warm, false).await;
+        run_http(&server.addr, &token, clients, warm, true).await;
         run_sql(&pool, clients, warm, false).await;
         run_sql(&pool, clients, warm, true).await;
         let mut rs = Vec::new();
+        let mut rest_ratios = Vec::new();
         for round in 0..rounds {
-            let (h, s, g) = if round % 2 == 0 {
-                let h = run_http(&server.addr, &token, clients, bounds).await;
+            let (h, s, g, rr) = if round % 2 == 0 {
+                let h = run_http(&server.addr, &token, clients, bounds, false).await;
+                let rr = run_http(&server.addr, &token, clients, bounds, true).await;
                 let s = run_sql(&pool, clients, bounds, false).await;
-                (h, s, run_sql(&pool, clients, bounds, true).await)
+                (h, s, run_sql(&pool, clients, bounds, true).await, rr)
             } else {
                 let g = run_sql(&pool, clients, bounds, true).await;
                 let s = run_sql(&pool, clients, bounds, false).await;
-                (run_http(&server.addr, &token, clients, bounds).await, s, g)
+                let rr = run_http(&server.addr, &token, clients, bounds, true).await;
+                (
+                    run_http(&server.addr, &token, clients, bounds, false).await,
+                    s,
+                    g,
+                    rr,
+                )
             };
             println!("   run {}:", round + 1);
             print_run("GraphQL over HTTP", &h);
             print_run("udm_query, pooled driver", &s);
             print_run("udm_graphql, pooled driver", &g);
+            print_run("REST GET /api/records/product", &rr);
             let r = h.p50 / s.p50;
             println!(
                 "    p50 HTTP / driver {r:>5.2}x   p99 {:>5.2}x   req/s {:>5.2}x",
@@ -589,12 +646,22 @@ async fn part1(server: &Server, pool_size: usize) -> Vec<(usize, Vec<f64>)> {
                 g.p50 / s.p50,
                 h.p50 / g.p50
             );
+            println!(
+                "    p50 REST / GraphQL over HTTP {:>5.2}x (goal <= 1.10x)",
+                rr.p50 / h.p50
+            );
             rs.push(r);
+            rest_ratios.push(rr.p50 / h.p50);
         }
         let m = median(&rs);
         println!(
             "   median p50 ratio {m:.2}x (goal <= 1.30x: {})",
             if m <= 1.3 { "met" } else { "NOT MET" }
+        );
+        let mr = median(&rest_ratios);
+        println!(
+            "   median p50 REST / GraphQL over HTTP {mr:.2}x (goal <= 1.10x: {})",
+            if mr <= 1.1 { "met" } else { "NOT MET" }
         );
         ratios.push((clients, rs));
     }
@@ -776,12 +843,11 @@ async fn subscribe(
     sub
 }
 
-async fn part2(server: &Server, ids: Vec<String>) -> (f64, f64, f64, usize, usize) {
+async fn part2(server: &Server, ids: Vec<String>, rate: f64) -> (f64, f64, f64, usize, usize) {
     let n_subs: usize = setting("SUBSCRIBERS", 1000);
     let users: usize = setting("SUBSCRIBER_USERS", 20);
     let write = Duration::from_secs_f64(setting("WRITE_S", 10.0));
     let drain = Duration::from_secs_f64(setting("DRAIN_S", 10.0));
-    let rate: f64 = setting("WRITER_RATE", 0.0);
     header(&format!(
         "{n_subs} WebSocket subscribers ({users} users, one subscription a connection) of {} tasks; writer {}, {:.0} s a run",
         ids.len(),
@@ -949,9 +1015,18 @@ fn main() {
     if parts.contains('1') {
         ratios = rt.block_on(part1(&server, pool));
     }
-    let mut sub = None;
+    // a collaborative tenant's pace first, then the writer as fast as it goes (every update is
+    // 1,000 deliveries: at 800 updates/s, 800,000 messages a second on these 2 cores)
+    let mut subs = Vec::new();
     if parts.contains('2') {
-        sub = Some(rt.block_on(part2(&server, ids)));
+        let rates: String = setting("WRITER_RATES", "50,0".to_string());
+        for r in rates.split(',') {
+            let rate: f64 = r
+                .trim()
+                .parse()
+                .expect("WRITER_RATES: numbers (0: unbounded)");
+            subs.push((rate, rt.block_on(part2(&server, ids.clone(), rate))));
+        }
     }
     header("summary");
     for (clients, rs) in &ratios {
@@ -965,9 +1040,14 @@ fn main() {
             if m <= 1.3 { "met" } else { "NOT MET" }
         );
     }
-    if let Some((p99, tr, with, delivered, missing)) = sub {
+    for (rate, (p99, tr, with, delivered, missing)) in subs {
+        let pace = if rate > 0.0 {
+            format!("writer at {rate} updates/s")
+        } else {
+            "writer unbounded".into()
+        };
         println!(
-            "  subscribers: commit-to-delivery p99 {p99:.1} ms (goal <= 200 ms), {delivered} delivered, {missing} missing; writer {with:.0} updates/s, {tr:.2}x of none (goal >= 0.90x)"
+            "  subscribers, {pace}: commit-to-delivery p99 {p99:.1} ms (goal <= 200 ms), {delivered} delivered, {missing} missing; writer {with:.0} updates/s, {tr:.2}x of none (goal >= 0.90x)"
         );
     }
     drop(server);

@@ -1119,6 +1119,31 @@ fn refusals_are_problems_with_their_status() {
         path,
     );
     assert!(p.get("sqlstate").is_none(), "{p}");
+    // another tenant: one alice is a member of, with its own product, that this server's role
+    // does not serve — refused the same way, and nothing of it shows through her own tenant
+    let mut adm = admin();
+    let other = tenant(&mut adm, "rest_other");
+    adm.execute("SELECT udm_use($1)", &[&other]).unwrap();
+    for (e, d) in [("category", CATEGORY), ("product", PRODUCT)] {
+        adm.query_one("SELECT udm_define_entity($1, $2::text::jsonb)", &[&e, &d])
+            .unwrap();
+    }
+    adm.query_one(
+        "SELECT udm_add_member($1, $2, 'admin')",
+        &[&other, &f.email["alice"]],
+    )
+    .unwrap();
+    adm.execute("SELECT udm_use($1, $2)", &[&other, &f.email["alice"]])
+        .unwrap();
+    adm.execute(
+        &format!("INSERT INTO \"{other}\".product (name, price) VALUES ('elsewhere', 1)"),
+        &[],
+    )
+    .unwrap();
+    let theirs = token(&other, &f.email["alice"]);
+    let p = problem(&call(&s, &theirs, "GET", path, None, &[]), 403, path);
+    assert!(p.get("sqlstate").is_none(), "{p}");
+    assert_eq!(count(&s, &alice, "product"), 1);
     // a body over the limit 413
     let big = json!({"name": "x".repeat(5000)});
     problem(&call(&s, &alice, "POST", path, Some(&big), &[]), 413, path);

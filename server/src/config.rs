@@ -44,6 +44,10 @@ pub struct Config {
     /// (one cheap query for all of them; with `udm.notify_changes = on` a notification also
     /// wakes it at once).
     pub poll_interval_ms: u64,
+    /// The shortest time between two reads of one feed (subscriptions sharing a tenant, user and
+    /// request): a read has a fixed cost in the database, so under load a feed batches the
+    /// changes of this long into one read.
+    pub feed_interval_ms: u64,
     /// Events read per delivery call.
     pub events_batch: i32,
     /// How long a WebSocket may wait before `connection_init`.
@@ -75,6 +79,7 @@ impl Default for Config {
             max_subscriptions_per_connection: 100,
             subscriber_buffer: 1_000,
             poll_interval_ms: 20,
+            feed_interval_ms: 100,
             events_batch: 100,
             connection_init_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
@@ -103,6 +108,7 @@ const KEYS: &[&str] = &[
     "max_subscriptions_per_connection",
     "subscriber_buffer",
     "poll_interval_ms",
+    "feed_interval_ms",
     "events_batch",
     "connection_init_timeout_ms",
     "shutdown_grace_ms",

@@ -172,6 +172,12 @@ async fn run(app: Arc<App>, key: Key, feed: Arc<Feed>, who: Identity, req: GqlRe
     let mut read = true;
     // when the feed learnt of the events it reads next (for the delivery lag)
     let mut learnt = Instant::now();
+    // Reads are spaced by at least `feed_interval_ms`: every read has a fixed cost in the
+    // database, and a busy tenant with many distinct subscribers would otherwise cost a read per
+    // feed per change. Not for a member that joined or a backlog (`more`): those read at once.
+    let gap = Duration::from_millis(app.config.feed_interval_ms);
+    let mut last_read: Option<Instant> = None;
+    let mut urgent = true;
     loop {
         {
             let mut feeds = app.feeds.feeds.lock().unwrap();
@@ -197,6 +203,16 @@ async fn run(app: Arc<App>, key: Key, feed: Arc<Feed>, who: Identity, req: GqlRe
         let seen_head = *head.borrow_and_update();
         if read || from < seen_head {
             read = false;
+            if let Some(t) = last_read.filter(|_| !urgent) {
+                if let Some(wait) = gap.checked_sub(t.elapsed()) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = feed.joined.notified() => {}
+                    }
+                }
+            }
+            urgent = false;
+            last_read = Some(Instant::now());
             let v = match crate::db::events(&app, &who, &req, from, app.config.events_batch).await {
                 Ok(v) => v,
                 Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
@@ -252,6 +268,7 @@ async fn run(app: Arc<App>, key: Key, feed: Arc<Feed>, who: Identity, req: GqlRe
             }
             if v["more"] == Value::Bool(true) {
                 read = true;
+                urgent = true;
                 continue;
             }
             if reached < seen_head {
@@ -268,7 +285,7 @@ async fn run(app: Arc<App>, key: Key, feed: Arc<Feed>, who: Identity, req: GqlRe
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
-                    _ = feed.joined.notified() => { read = true; }
+                    _ = feed.joined.notified() => { read = true; urgent = true; }
                 }
                 continue;
             }
@@ -282,7 +299,7 @@ async fn run(app: Arc<App>, key: Key, feed: Arc<Feed>, who: Identity, req: GqlRe
                     read = true;
                 }
             }
-            _ = feed.joined.notified() => { read = true; }
+            _ = feed.joined.notified() => { read = true; urgent = true; }
             _ = tokio::time::sleep(fallback) => { read = true; }
             // a token expires: its subscription ends then, not at the next event
             _ = tokio::time::sleep(until_expiry(&feed, leeway)) => {}

@@ -123,6 +123,10 @@ pub fn upgrade_tenant(slug: &str) -> Result<Value> {
         quote_ident(TENANT_ROLES),
         quote_ident(&t.role)
     ));
+    // 0.2.0: the BRIN of event ids
+    if t.relation("_udm_audit").is_some() {
+        steps.push(crate::audit::audit_id_index_sql(&t.schema));
+    }
     as_owner(|| {
         for s in &steps {
             run(s)?;

@@ -654,16 +654,49 @@ fn events_are_read_in_id_ranges_across_gaps() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(indexes.len(), 2, "{indexes:?}");
+    assert_eq!(indexes.len(), 3, "{indexes:?}");
     assert!(
         indexes[0].contains("USING brin (changed_at, txid, audit_id)"),
         "{indexes:?}"
     );
     assert!(
-        indexes[1].contains("UNIQUE INDEX _udm_audit__record__idx ON")
-            && indexes[1].contains("btree (record_id, audit_id)"),
+        indexes[1].contains("_udm_audit__id__idx") && indexes[1].contains("USING brin (audit_id)"),
         "{indexes:?}"
     );
+    assert!(
+        indexes[2].contains("UNIQUE INDEX _udm_audit__record__idx ON")
+            && indexes[2].contains("btree (record_id, audit_id)"),
+        "{indexes:?}"
+    );
+    // the ids after a cursor are found through the BRIN of ids, not by scanning the primary key
+    // whole (once its ranges are summarized, as autovacuum does with autosummarize)
+    adm.batch_execute(&format!(
+        "SELECT brin_summarize_new_values('\"{s}\"._udm_audit__id__idx'); ANALYZE \"{s}\"._udm_audit"
+    ))
+    .unwrap();
+    // as udm_events plans it: a prepared statement, planned for the values of the first calls
+    m.client
+        .batch_execute(&format!(
+            "PREPARE ev(bigint, bigint, bigint) AS SELECT audit_id FROM \"{s}\"._udm_audit \
+               WHERE audit_id > $1 AND audit_id <= $2 ORDER BY audit_id LIMIT $3"
+        ))
+        .unwrap();
+    let last = seen.last().unwrap();
+    let plan: Vec<String> = m
+        .client
+        .query(
+            &format!("EXPLAIN EXECUTE ev({}, {last}, 100)", last - 1),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        plan.iter().any(|l| l.contains("_udm_audit__id__idx")),
+        "{plan:?}"
+    );
+    m.client.batch_execute("DEALLOCATE ev").unwrap();
 }
 
 #[test]

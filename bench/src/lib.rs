@@ -77,6 +77,20 @@ pub fn fresh_db(name: &str) -> Client {
     let mut c = connect("postgres");
     c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .unwrap();
+    // the tenant roles of the dropped database (`tenant_<slug>@<database>`: roles belong to the
+    // cluster), else a rerun could not create its tenants again
+    let left: Vec<String> = c
+        .query(
+            "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname LIKE 'tenant\\_%@' || $1",
+            &[&name],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for r in left {
+        let _ = c.batch_execute(&format!("DROP ROLE \"{}\"", r.replace('"', "\"\"")));
+    }
     c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     let mut d = connect(name);
     d.batch_execute("CREATE EXTENSION udm").unwrap();

@@ -198,10 +198,10 @@ async fn run(app: Arc<App>, key: Key, feed: Arc<Feed>, who: Identity, req: GqlRe
                     {"message": "the token has expired", "extensions": {"code": "UNAUTHENTICATED"}}]})
             },
         );
-        let from = feed.members.lock().unwrap().iter().map(|m| m.cursor).min();
-        let Some(from) = from else { continue };
+        let lowest = feed.members.lock().unwrap().iter().map(|m| m.cursor).min();
+        let Some(lowest) = lowest else { continue };
         let seen_head = *head.borrow_and_update();
-        if read || from < seen_head {
+        if read || lowest < seen_head {
             read = false;
             if let Some(t) = last_read.filter(|_| !urgent) {
                 if let Some(wait) = gap.checked_sub(t.elapsed()) {
@@ -213,6 +213,9 @@ async fn run(app: Arc<App>, key: Key, feed: Arc<Feed>, who: Identity, req: GqlRe
             }
             urgent = false;
             last_read = Some(Instant::now());
+            // the members as they are now (one may have joined while the feed waited)
+            let from = feed.members.lock().unwrap().iter().map(|m| m.cursor).min();
+            let Some(from) = from else { continue };
             let v = match crate::db::events(&app, &who, &req, from, app.config.events_batch).await {
                 Ok(v) => v,
                 Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
@@ -248,6 +251,11 @@ async fn run(app: Arc<App>, key: Key, feed: Arc<Feed>, who: Identity, req: GqlRe
             {
                 let mut members = feed.members.lock().unwrap();
                 for m in members.iter_mut() {
+                    if m.cursor < from {
+                        // joined while this read ran, from further back than it read: the next
+                        // read (its joining asked for one) starts from its cursor
+                        continue;
+                    }
                     let id = Value::from(m.id.as_str()).to_string();
                     for (event_id, payload) in &written {
                         if *event_id <= m.cursor {

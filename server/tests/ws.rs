@@ -762,3 +762,56 @@ fn resuming_after_a_server_restart_misses_nothing() {
     send(&mut ws, json!({"type": "ping"}));
     assert_eq!(next(&mut ws).unwrap()["type"], "pong");
 }
+
+/// Members that join a feed while it reads and writes keep coming (each from the cursor before
+/// the first write) still get every event once, in order: a member that joins from further back
+/// than a read in flight is not moved past events it never received.
+#[test]
+fn members_joining_while_events_flow_miss_nothing() {
+    let f = fixture();
+    let s = Server::start(
+        &f.role,
+        &[("poll_interval_ms", "5"), ("feed_interval_ms", "10")],
+    );
+    let q = "subscription { noteChanged { eventId record { title } } }";
+    let start = horizon(&f.t);
+    let writer = {
+        let (t, alice) = (f.t.clone(), f.alice.clone());
+        std::thread::spawn(move || {
+            let mut adm = admin();
+            adm.execute("SELECT udm_use($1, $2)", &[&t, &alice])
+                .unwrap();
+            for i in 0..40 {
+                adm.execute(
+                    &format!("INSERT INTO \"{t}\".note (title) VALUES ($1)"),
+                    &[&format!("n{i:02}")],
+                )
+                .unwrap();
+                std::thread::sleep(Duration::from_millis(7));
+            }
+        })
+    };
+    let mut sockets = Vec::new();
+    for k in 0..6 {
+        let mut ws = connect(&s, Some("graphql-transport-ws"));
+        init(&mut ws, &token(&f.t, &f.alice));
+        subscribe(&mut ws, &format!("s{k}"), q, start);
+        sockets.push(ws);
+        std::thread::sleep(Duration::from_millis(35));
+    }
+    writer.join().unwrap();
+    let want: Vec<String> = (0..40).map(|i| format!("n{i:02}")).collect();
+    for (k, ws) in sockets.iter_mut().enumerate() {
+        let got: Vec<String> = events(ws, &format!("s{k}"), 40)
+            .into_iter()
+            .map(|e| e.1)
+            .collect();
+        assert_eq!(got, want, "subscriber {k}");
+        send(ws, json!({"type": "ping"}));
+        assert_eq!(
+            next(ws).unwrap()["type"],
+            "pong",
+            "subscriber {k}: nothing more"
+        );
+    }
+}

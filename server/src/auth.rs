@@ -26,6 +26,25 @@ pub struct Identity {
     pub user: String,
 }
 
+/// The token of `Authorization: Bearer <JWT>` (one such header, scheme in any case), or 401.
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let missing =
+        || ApiError::unauthenticated("a bearer token is required (Authorization: Bearer <JWT>)");
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(missing());
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES)
+        .ok_or_else(missing)
+}
+
 /// Tokens longer than this are refused before any decoding.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
@@ -59,28 +78,19 @@ impl Keys {
         })
     }
 
-    /// The identity of a request, or 401.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Identity, ApiError> {
-        let mut values = headers.get_all(header::AUTHORIZATION).iter();
-        let (Some(value), None) = (values.next(), values.next()) else {
-            return Err(ApiError::unauthenticated(
-                "a bearer token is required (Authorization: Bearer <JWT>)",
-            ));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                let (scheme, rest) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-            })
-            .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES)
-            .ok_or_else(|| {
-                ApiError::unauthenticated(
-                    "a bearer token is required (Authorization: Bearer <JWT>)",
-                )
-            })?;
-        self.verify(token)
+    /// The identity of a request (401 without a valid token) and its place among its token's
+    /// connections (429 past `max_connections_per_token`), for as long as the request holds it.
+    pub fn admit(
+        &self,
+        headers: &HeaderMap,
+        limits: &std::sync::Arc<crate::limit::PerToken>,
+    ) -> Result<(Identity, crate::limit::Slot), ApiError> {
+        let token = bearer(headers)?;
+        let who = self.verify(token)?;
+        let slot = limits
+            .take(token)
+            .ok_or_else(ApiError::too_many_connections)?;
+        Ok((who, slot))
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, ApiError> {

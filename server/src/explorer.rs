@@ -47,33 +47,17 @@ static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
 /// and of no lower quality than every GraphQL media type the request accepts (`*/*` included),
 /// as a browser's navigation asks; `curl` (`*/*`) and GraphQL clients get GraphQL.
 pub fn wanted(headers: &HeaderMap) -> bool {
-    let mut html = 0u32;
-    let mut graphql = 0u32;
-    for v in headers.get_all(header::ACCEPT) {
-        let Ok(v) = v.to_str() else { return false };
-        for item in v.split(',') {
-            let mut parts = item.split(';');
-            let range = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let mut q = 1000u32;
-            for p in parts {
-                if let Some((k, v)) = p.split_once('=') {
-                    if k.trim().eq_ignore_ascii_case("q") {
-                        q = v
-                            .trim()
-                            .parse::<f32>()
-                            .map(|f| (f.clamp(0.0, 1.0) * 1000.0) as u32)
-                            .unwrap_or(0);
-                    }
-                }
+    let Some(ranges) = crate::http::accept_ranges(headers) else {
+        return false;
+    };
+    let (mut html, mut graphql) = (0u32, 0u32);
+    for (range, q) in ranges {
+        match range.as_str() {
+            "text/html" | "application/xhtml+xml" => html = html.max(q),
+            "application/graphql-response+json" | "application/json" | "application/*" | "*/*" => {
+                graphql = graphql.max(q)
             }
-            match range.as_str() {
-                "text/html" | "application/xhtml+xml" => html = html.max(q),
-                "application/graphql-response+json"
-                | "application/json"
-                | "application/*"
-                | "*/*" => graphql = graphql.max(q),
-                _ => {}
-            }
+            _ => {}
         }
     }
     html > 0 && html >= graphql

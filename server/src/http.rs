@@ -33,36 +33,46 @@ impl Media {
     }
 }
 
+/// The media ranges of the `Accept` headers, lower case, each with its quality in thousandths
+/// (1000 when it gives none, 0 for a quality that does not parse); empty without the header;
+/// None when a header is not text.
+pub fn accept_ranges(headers: &HeaderMap) -> Option<Vec<(String, u32)>> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::ACCEPT) {
+        for item in v.to_str().ok()?.split(',') {
+            let mut parts = item.split(';');
+            let range = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            if range.is_empty() {
+                continue;
+            }
+            let mut q = 1000u32;
+            for p in parts {
+                if let Some((k, v)) = p.split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("q") {
+                        q = v
+                            .trim()
+                            .parse::<f32>()
+                            .map(|f| (f.clamp(0.0, 1.0) * 1000.0) as u32)
+                            .unwrap_or(0);
+                    }
+                }
+            }
+            out.push((range, q));
+        }
+    }
+    Some(out)
+}
+
 /// The media type for an `Accept` header: the acceptable one of highest quality, the GraphQL
 /// response type on a tie; `*/*` and `application/*` alone give `application/json`; no header
 /// means `application/json` (the specification's advice for legacy clients). None: 406.
 pub fn negotiate(headers: &HeaderMap) -> Option<Media> {
-    let mut accept = String::new();
-    for v in headers.get_all(header::ACCEPT) {
-        if !accept.is_empty() {
-            accept.push(',');
-        }
-        accept.push_str(v.to_str().ok()?);
-    }
-    if accept.trim().is_empty() {
+    let ranges = accept_ranges(headers)?;
+    if ranges.is_empty() {
         return Some(Media::Json);
     }
     let mut best: Option<(u32, u8, Media)> = None; // (q in thousandths, preference, media)
-    for item in accept.split(',') {
-        let mut parts = item.split(';');
-        let range = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let mut q = 1000u32;
-        for p in parts {
-            if let Some((k, v)) = p.split_once('=') {
-                if k.trim().eq_ignore_ascii_case("q") {
-                    q = v
-                        .trim()
-                        .parse::<f32>()
-                        .map(|f| (f.clamp(0.0, 1.0) * 1000.0) as u32)
-                        .unwrap_or(0);
-                }
-            }
-        }
+    for (range, q) in ranges {
         let (pref, media) = match range.as_str() {
             "application/graphql-response+json" => (3, Media::GraphqlResponse),
             "application/json" => (2, Media::Json),
@@ -354,16 +364,7 @@ async fn run(
             "subscriptions are not served over HTTP by this server",
         ));
     }
-    let who = app.keys.identify(headers)?;
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.get(7..))
-        .unwrap_or("")
-        .trim();
-    let Some(_slot) = app.per_token.take(token) else {
-        return Err(ApiError::too_many_connections());
-    };
+    let (who, _slot) = app.keys.admit(headers, &app.per_token)?;
     // a GET runs read-only whatever the document says
     crate::db::graphql(app, &who, &req, method == Method::GET).await
 }

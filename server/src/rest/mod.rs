@@ -131,16 +131,7 @@ pub struct Session {
 }
 
 pub async fn session(app: &App, headers: &HeaderMap, mode: Mode) -> Result<Session, ApiError> {
-    let who = app.keys.identify(headers)?;
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.get(7..))
-        .unwrap_or("")
-        .trim();
-    let Some(slot) = app.per_token.take(token) else {
-        return Err(ApiError::too_many_connections());
-    };
+    let (who, slot) = app.keys.admit(headers, &app.per_token)?;
     let tx = Tx::begin(app, &who, mode).await?;
     Ok(Session { tx, _slot: slot })
 }

@@ -815,3 +815,44 @@ fn members_joining_while_events_flow_miss_nothing() {
         );
     }
 }
+
+/// Where writers announce changes (`udm.notify_changes = on`), the watcher LISTENs on the
+/// tenant's channel and a notification wakes it at once: with a 20-second poll (and feeds
+/// looking on their own only every 100 s), an insert still arrives within seconds.
+#[test]
+fn a_notification_wakes_the_watcher_before_its_poll() {
+    let f = fixture();
+    let s = Server::start(&f.role, &[("poll_interval_ms", "20000")]);
+    let q = "subscription { noteChanged { eventId record { title } } }";
+    let mut ws = connect(&s, Some("graphql-transport-ws"));
+    init(&mut ws, &token(&f.t, &f.alice));
+    subscribe(&mut ws, "s", q, horizon(&f.t));
+    // the watcher has asked once and listens from then on
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metric(&s, "udm_server_watched_tenants") != Some(1.0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut adm = admin();
+    adm.execute("SELECT udm_use($1, $2)", &[&f.t, &f.alice])
+        .unwrap();
+    adm.batch_execute("SET udm.notify_changes = on").unwrap();
+    let written = std::time::Instant::now();
+    adm.execute(
+        &format!("INSERT INTO \"{}\".note (title) VALUES ('announced')", f.t),
+        &[],
+    )
+    .unwrap();
+    if let tungstenite::stream::MaybeTlsStream::Plain(t) = ws.get_ref() {
+        t.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    }
+    let got = events(&mut ws, "s", 1);
+    assert_eq!(got[0].1, "announced");
+    assert!(
+        written.elapsed() < Duration::from_secs(5),
+        "delivered after {:?}",
+        written.elapsed()
+    );
+}

@@ -343,14 +343,17 @@ impl HttpClient {
         }
     }
 
-    /// GET of a REST route (`/api/...`); the response body as JSON, or the status and body of a
+    /// One request on this connection; the response body as JSON, or the status and body of a
     /// failure.
-    async fn rest(&mut self, path: &str) -> Result<Value, String> {
-        let req = hyper::Request::get(path)
+    async fn send(
+        &mut self,
+        req: hyper::http::request::Builder,
+        body: Bytes,
+    ) -> Result<Value, String> {
+        let req = req
             .header("host", &self.host)
-            .header("accept", "application/json")
             .header("authorization", &self.auth)
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(body))
             .unwrap();
         self.send.ready().await.expect("connection ready");
         let resp = tokio::time::timeout(Duration::from_secs(30), self.send.send_request(req))
@@ -368,29 +371,18 @@ impl HttpClient {
         serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))
     }
 
-    /// POST /graphql; the response body as JSON, or the status and body of a failure.
+    /// GET of a REST route (`/api/...`).
+    async fn rest(&mut self, path: &str) -> Result<Value, String> {
+        let req = hyper::Request::get(path).header("accept", "application/json");
+        self.send(req, Bytes::new()).await
+    }
+
+    /// POST /graphql; GraphQL errors are a failure too.
     async fn graphql(&mut self, body: Bytes) -> Result<Value, String> {
         let req = hyper::Request::post("/graphql")
-            .header("host", &self.host)
             .header("content-type", "application/json")
-            .header("accept", "application/graphql-response+json")
-            .header("authorization", &self.auth)
-            .body(Full::new(body))
-            .unwrap();
-        self.send.ready().await.expect("connection ready");
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.send.send_request(req))
-            .await
-            .expect("request timeout")
-            .expect("request");
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        if !status.is_success() {
-            return Err(format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            ));
-        }
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
+            .header("accept", "application/graphql-response+json");
+        let v = self.send(req, body).await?;
         match v.get("errors") {
             Some(e) => Err(format!("GraphQL errors: {e}")),
             None => Ok(v),

@@ -1072,6 +1072,11 @@ fn configuration_from_a_toml_file_and_the_environment() {
             "pool_size",
         ),
         (
+            vec!["--config", file.to_str().unwrap()],
+            vec![("UDM_SERVER_MAX_CONNECTIONS_PER_TOKEN", "0")],
+            "max_connections_per_token must be at least 1",
+        ),
+        (
             vec![],
             vec![("UDM_SERVER_JWT_SECRET", SECRET)],
             "database_url is required",

@@ -7,7 +7,7 @@
 use crate::cache::{self, Cache, Lru};
 use crate::catalog;
 use crate::error::{in_subtransaction, OrRaise, PgError, Result, UdmError};
-use crate::json::JsonB;
+use crate::json::{JsonB, JsonOut, RawJsonb};
 use crate::rawspi;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -143,7 +143,7 @@ fn limits() -> Limits {
 thread_local! {
     static SCHEMAS: Cache<String, Rc<GqlSchema>> = Lru::new("graphql schemas");
     static DOCUMENTS: Cache<String, Rc<Document>> = Lru::new("graphql documents");
-    static PLANS: Cache<(bool, String), Rc<rawspi::Plan>> = Lru::new("graphql statements");
+    static PLANS: Cache<(u8, String), Rc<rawspi::Plan>> = Lru::new("graphql statements");
     static FUNCTIONS_SCHEMA: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -309,12 +309,21 @@ fn learn(
 
 fn plan_of(st: &Statement) -> Result<Rc<rawspi::Plan>> {
     cache::sync(&PLANS, catalog::generation());
-    let key = (st.plan_per_call, st.sql.clone());
+    let key = (
+        st.plan_per_call as u8 | (st.generic_plan as u8) << 1,
+        st.sql.clone(),
+    );
     if let Some(p) = cache::get(&PLANS, &key) {
         return Ok(p);
     }
     let p = Rc::new(if st.plan_per_call {
         rawspi::prepare_query_per_call(&st.sql, st.params.len())?
+    } else if st.generic_plan {
+        rawspi::prepare_with(
+            &st.sql,
+            &vec![pg_sys::TEXTOID; st.params.len()],
+            pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+        )?
     } else {
         rawspi::prepare(&st.sql, st.params.len())?
     });
@@ -375,25 +384,26 @@ fn guarded<T>(
     }
 }
 
-pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&str>) -> Value {
+pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&str>) -> JsonOut {
     let lim = limits();
     let t = match catalog::current_tenant() {
         Ok(t) => t,
-        Err(e) => return response(None, &[GqlError::from(e)], None),
+        Err(e) => return JsonOut::Json(response(None, &[GqlError::from(e)], None)),
     };
     let (model, schema, schema_key) = match schema_of(&t) {
         Ok(x) => x,
-        Err(e) => return response(None, &[GqlError::from(e)], None),
+        Err(e) => return JsonOut::Json(response(None, &[GqlError::from(e)], None)),
     };
     let (doc, doc_key) = match document(&schema, &schema_key, query, &lim) {
         Ok(d) => d,
-        Err(errs) => return response(None, &errs, None),
+        Err(errs) => return JsonOut::Json(response(None, &errs, None)),
     };
     let functions = match functions_schema() {
         Ok(f) => f,
-        Err(e) => return response(None, &[GqlError::from(e)], None),
+        Err(e) => return JsonOut::Json(response(None, &[GqlError::from(e)], None)),
     };
-    let vars = variables.cloned().unwrap_or_else(|| json!({}));
+    let empty = json!({});
+    let vars = variables.unwrap_or(&empty);
     // a query planned before for this document, operation and variables (UUIDs aside)
     let mut uuids = Vec::new();
     let memo_key = format!(
@@ -425,7 +435,7 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
     };
     let prepared = match plan(&vars) {
         Ok(p) => p,
-        Err(errs) => return response(None, &errs, None),
+        Err(errs) => return JsonOut::Json(response(None, &errs, None)),
     };
     cache::sync(&SEEN, catalog::generation());
     let again = prepared.kind == OperationKind::Query && cache::get(&SEEN, &memo_key).is_some();
@@ -454,7 +464,9 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
         }
     }
     match prepared.kind {
-        OperationKind::Subscription => response(None, &[], Some(json!({"subscription": "valid"}))),
+        OperationKind::Subscription => {
+            JsonOut::Json(response(None, &[], Some(json!({"subscription": "valid"}))))
+        }
         OperationKind::Query => run_query(prepared.fields),
         OperationKind::Mutation => {
             // all or nothing: one subtransaction for every field, in order
@@ -474,33 +486,106 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
                 Ok(data)
             });
             let error = match out {
-                Ok(Ok(data)) => return response(Some(Value::Object(data)), &[], None),
+                Ok(Ok(data)) => {
+                    return JsonOut::Json(response(Some(Value::Object(data)), &[], None))
+                }
                 Ok(Err(e)) => e,
                 // an ERROR raised by the database while field `current` ran
                 Err(e) => fields[current.get()].error(db_error(e)),
             };
-            response(Some(Value::Null), &[error], None)
+            JsonOut::Json(response(Some(Value::Null), &[error], None))
         }
     }
 }
 
+/// A root field's value: a statement's `jsonb` result as it came (or no row), or JSON.
+enum FieldOut {
+    Raw(Option<Vec<u8>>),
+    Json(Value),
+}
+
+/// Runs a field made of one statement whose result is the field's value, keeping a `jsonb`
+/// result in its binary form.
+fn run_field_raw(
+    plan: &mut udm_core::graphql::FieldPlan,
+) -> std::result::Result<FieldOut, GqlError> {
+    match plan.next(None)? {
+        Next::Run(st) => {
+            let p = plan_of(&st).map_err(GqlError::from)?;
+            Ok(
+                match rawspi::first(&p, &st.params, true, true).map_err(GqlError::from)? {
+                    Some(rawspi::First::Raw(b)) => FieldOut::Raw(Some(b)),
+                    Some(rawspi::First::Json(v)) => FieldOut::Json(v),
+                    None => FieldOut::Raw(None),
+                },
+            )
+        }
+        Next::Done(v) => Ok(FieldOut::Json(v)),
+    }
+}
+
+/// `{"data": {key: value, ...}}` written in jsonb's binary format around the fields' results;
+/// None when a field's value is JSON (the response is then built as JSON).
+fn raw_response(outs: &[(String, FieldOut)]) -> Option<Vec<u8>> {
+    use udm_core::jsonb::{write_object, Value as J};
+    let mut pairs = Vec::with_capacity(outs.len());
+    for (k, o) in outs {
+        pairs.push((
+            k.as_bytes(),
+            match o {
+                FieldOut::Raw(Some(b)) => J::Jsonb(b.get(4..)?),
+                FieldOut::Raw(None) | FieldOut::Json(Value::Null) => J::Null,
+                FieldOut::Json(_) => return None,
+            },
+        ));
+    }
+    let mut data = Vec::new();
+    write_object(&mut data, &pairs).ok()?;
+    let mut out = Vec::with_capacity(data.len() + 32);
+    write_object(&mut out, &[(b"data".as_slice(), J::Jsonb(&data[4..]))]).ok()?;
+    Some(out)
+}
+
 /// Runs a query's fields, each in its own subtransaction (a field's error leaves the others).
-fn run_query(fields: Vec<udm_core::graphql::FieldPlan>) -> Value {
-    let mut data = Map::new();
+fn run_query(fields: Vec<udm_core::graphql::FieldPlan>) -> JsonOut {
+    let mut outs = Vec::with_capacity(fields.len());
     let mut errors = Vec::new();
     for mut f in fields {
         let key = f.key.clone();
-        match guarded(|| run_field(&mut f, true)) {
-            Ok(v) => {
-                data.insert(key, v);
-            }
+        let r = if f.is_single_statement() {
+            guarded(|| run_field_raw(&mut f))
+        } else {
+            guarded(|| run_field(&mut f, true)).map(FieldOut::Json)
+        };
+        match r {
+            Ok(v) => outs.push((key, v)),
             Err(e) => {
                 errors.push(f.error(e));
-                data.insert(key, Value::Null);
+                outs.push((key, FieldOut::Json(Value::Null)));
             }
         }
     }
-    response(Some(Value::Object(data)), &errors, None)
+    if errors.is_empty() {
+        if let Some(raw) = raw_response(&outs) {
+            return JsonOut::Raw(RawJsonb(raw));
+        }
+    }
+    let mut data = Map::new();
+    for (k, o) in outs {
+        let v = match o {
+            FieldOut::Json(v) => v,
+            FieldOut::Raw(None) => Value::Null,
+            FieldOut::Raw(Some(b)) => match JsonOut::Raw(RawJsonb(b)).into_json() {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(GqlError::from(e));
+                    Value::Null
+                }
+            },
+        };
+        data.insert(k, v);
+    }
+    JsonOut::Json(response(Some(Value::Object(data)), &errors, None))
 }
 
 /// `udm_graphql(query, variables, operation_name)`: a GraphQL response (`data`, `errors`) for
@@ -510,9 +595,9 @@ fn udm_graphql(
     query: Option<&str>,
     variables: default!(Option<JsonB>, "NULL"),
     operation_name: default!(Option<&str>, "NULL"),
-) -> JsonB {
+) -> JsonOut {
     let Some(query) = query else {
-        return JsonB(response(
+        return JsonOut::Json(response(
             None,
             &[GqlError::input("the GraphQL document (query) is NULL")],
             None,
@@ -521,18 +606,18 @@ fn udm_graphql(
     let vars = variables.map(|v| v.0);
     if let Some(v) = &vars {
         if !v.is_object() && !v.is_null() {
-            return JsonB(response(
+            return JsonOut::Json(response(
                 None,
                 &[GqlError::input("variables must be a JSON object")],
                 None,
             ));
         }
     }
-    JsonB(graphql(
+    graphql(
         query,
         vars.as_ref().filter(|v| !v.is_null()),
         operation_name,
-    ))
+    )
 }
 
 /// `udm_graphql_schema()`: the SDL of the selected tenant's schema as the session's role sees it.

@@ -105,6 +105,57 @@ unsafe impl BoxRet for JsonB {
     }
 }
 
+/// A `jsonb` result made either from JSON or directly in the binary format (responses built
+/// around jsonb values the database returned, which are then never converted to JSON and back).
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonOut {
+    Json(Value),
+    Raw(RawJsonb),
+}
+
+impl JsonOut {
+    /// As JSON (reading the binary form when it is one).
+    pub fn into_json(self) -> Result<Value, UdmError> {
+        match self {
+            JsonOut::Json(v) => Ok(v),
+            JsonOut::Raw(r) => unsafe {
+                let d = pg_sys::Datum::from(r.0.as_ptr());
+                read(d)
+            },
+        }
+    }
+}
+
+impl IntoDatum for JsonOut {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        match self {
+            JsonOut::Json(v) => JsonB(v).into_datum(),
+            JsonOut::Raw(r) => r.into_datum(),
+        }
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+unsafe impl SqlTranslatable for JsonOut {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(JsonOut);
+    const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
+    const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
+        Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
+}
+
+unsafe impl BoxRet for JsonOut {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        match self.into_datum() {
+            Some(d) => unsafe { fcinfo.return_raw_datum(d) },
+            None => fcinfo.return_null(),
+        }
+    }
+}
+
 /// A `jsonb` value kept in its binary form (the datum's bytes, 4-byte header included): audit
 /// images pass through udm this way, whatever their depth or size, and only their top level is
 /// ever rewritten (`without_keys`).

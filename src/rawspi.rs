@@ -81,7 +81,7 @@ pub fn prepare_query_per_call(sql: &str, nargs: usize) -> Result<Plan> {
     )
 }
 
-fn prepare_with(sql: &str, types: &[pg_sys::Oid], options: i32) -> Result<Plan> {
+pub fn prepare_with(sql: &str, types: &[pg_sys::Oid], options: i32) -> Result<Plan> {
     let parallel = options & pg_sys::CURSOR_OPT_PARALLEL_OK as i32 != 0;
     let nargs = types.len();
     let c = CString::new(sql).map_err(|_| UdmError::internal("SQL with a NUL byte"))?;
@@ -171,11 +171,33 @@ pub fn first_datum(
 /// Runs a kept plan with text parameters and returns the first column of its first row as JSON
 /// (None: no row or NULL): jsonb as it is, json parsed, booleans and numbers as such, any other
 /// type as its text.
+/// The first column of a statement's first row.
+pub enum First {
+    /// A `jsonb` value as the datum's bytes (4-byte header included).
+    Raw(Vec<u8>),
+    Json(serde_json::Value),
+}
+
 pub fn first_json(
     plan: &Plan,
     args: &[Option<String>],
     read_only: bool,
 ) -> Result<Option<serde_json::Value>> {
+    Ok(match first(plan, args, read_only, false)? {
+        Some(First::Json(v)) => Some(v),
+        Some(First::Raw(_)) | None => None,
+    })
+}
+
+/// Runs a kept plan and gives the first column of its first row (None for no row or SQL
+/// NULL): as JSON, or with `keep_jsonb` a `jsonb` column as its bytes, never converted to JSON
+/// and back (responses built around it are written in the binary format too).
+pub fn first(
+    plan: &Plan,
+    args: &[Option<String>],
+    read_only: bool,
+    keep_jsonb: bool,
+) -> Result<Option<First>> {
     let _conn = run_with_text(plan, args, read_only, row_limit(plan, read_only))?;
     unsafe {
         let table = pg_sys::SPI_tuptable;
@@ -191,7 +213,8 @@ pub fn first_json(
         }
         let typ = pg_sys::SPI_gettypeid(desc, 1);
         use serde_json::Value;
-        Ok(Some(match typ {
+        Ok(Some(First::Json(match typ {
+            pg_sys::JSONBOID if keep_jsonb => return Ok(Some(First::Raw(jsonb_bytes(d)))),
             pg_sys::JSONBOID => crate::json::read(d)?,
             pg_sys::BOOLOID => Value::Bool(d.value() != 0),
             pg_sys::INT2OID => Value::from(d.value() as i16),
@@ -214,7 +237,25 @@ pub fn first_json(
                     _ => Value::String(text),
                 }
             }
-        }))
+        })))
+    }
+}
+
+/// A jsonb datum's bytes, detoasted, with a 4-byte header (jsonb's alignment counts from it).
+unsafe fn jsonb_bytes(d: pg_sys::Datum) -> Vec<u8> {
+    unsafe {
+        let raw = d.cast_mut_ptr::<pg_sys::varlena>();
+        let detoasted = pg_sys::pg_detoast_datum(raw);
+        let len = pgrx::varsize_any(detoasted);
+        let hdr = len - pgrx::varsize_any_exhdr(detoasted);
+        let body = std::slice::from_raw_parts((detoasted as *const u8).add(hdr), len - hdr);
+        let mut bytes = Vec::with_capacity(body.len() + 4);
+        bytes.extend_from_slice(&(((body.len() + 4) as u32) << 2).to_le_bytes());
+        bytes.extend_from_slice(body);
+        if detoasted != raw {
+            pg_sys::pfree(detoasted.cast());
+        }
+        bytes
     }
 }
 

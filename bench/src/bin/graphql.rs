@@ -222,7 +222,7 @@ fn main() {
                                  CASE WHEN pc.id IS NULL THEN NULL ELSE jsonb_build_object('name', pc.name) END), \
                                'metadata', p.metadata -> 'storage') AS r, row_number() OVER () AS n \
                         FROM gb.product p LEFT JOIN gb.category pc ON pc.id = c.parent_id \
-                        WHERE p.category_id = c.id ORDER BY p.created_at DESC, p.id DESC LIMIT 10) x))) AS r, \
+                        WHERE p.category_id = c.id ORDER BY p.created_at DESC, p.id ASC LIMIT 10) x))) AS r, \
                     row_number() OVER () AS n \
                   FROM (SELECT * FROM gb.category ORDER BY name, id LIMIT $1) c) q".into(),
             hand_args: Box::new(|_| vec![Box::new(50i64)]),

@@ -177,6 +177,7 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<(Vec
             sql: stmt,
             args: values.into_iter().map(Arg::Text).collect(),
             plan_per_call: true,
+            generic_plan: false,
         }],
         Finish::Last,
     ))

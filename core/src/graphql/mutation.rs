@@ -102,6 +102,7 @@ pub(crate) fn plan(
                     Arg::Text(expected),
                 ],
                 plan_per_call: false,
+                generic_plan: false,
             });
             ops.push(read_one(p, entity, fs, id).map_err(err)?);
             Finish::Last
@@ -122,6 +123,7 @@ pub(crate) fn plan(
                     sql,
                     args: vec![Arg::Text(id.clone())],
                     plan_per_call: false,
+                    generic_plan: false,
                 });
                 ops.push(Op::Version { of: 0, expected });
             }
@@ -132,6 +134,7 @@ pub(crate) fn plan(
                 sql,
                 args: vec![Arg::Text(Some(entity.into())), Arg::Text(id)],
                 plan_per_call: false,
+                generic_plan: false,
             });
             Finish::Step(record)
         }
@@ -168,6 +171,7 @@ pub(crate) fn plan(
                     sql,
                     args: vec![Arg::Ids(0)],
                     plan_per_call: false,
+                    generic_plan: false,
                 });
             }
             Finish::Mutation {
@@ -349,6 +353,7 @@ fn insert_batch(p: &Planner, entity: &str, rows: &[Value]) -> Result<Op, GqlErro
         sql,
         args: vec![Arg::Text(Some(rows.to_string()))],
         plan_per_call: false,
+        generic_plan: false,
     })
 }
 
@@ -395,6 +400,7 @@ fn upsert(
             sql,
             args: vec![Arg::Text(Some(rows.to_string()))],
             plan_per_call: false,
+            generic_plan: false,
         },
         json!({"or": any}),
     ))
@@ -426,6 +432,7 @@ fn matching_ids(p: &Planner, entity: &str, filter: &Value, at_most: i64) -> Resu
         sql,
         args: values.into_iter().map(Arg::Text).collect(),
         plan_per_call: true,
+        generic_plan: false,
     })
 }
 
@@ -465,6 +472,7 @@ fn update_many(p: &Planner, entity: &str, set: &Value) -> Result<Op, GqlError> {
         sql,
         args,
         plan_per_call: false,
+        generic_plan: false,
     })
 }
 
@@ -522,6 +530,7 @@ fn read(
         sql: stmt,
         args,
         plan_per_call: false,
+        generic_plan: false,
     })
 }
 
@@ -540,5 +549,6 @@ fn read_one(
         sql: format!("SELECT {e}"),
         args: sql.values.into_iter().map(Arg::Text).collect(),
         plan_per_call: false,
+        generic_plan: false,
     })
 }

@@ -18,6 +18,10 @@ pub struct Statement {
     pub params: Vec<Option<String>>,
     /// Plan it for each call's values (it visits every matching row: counts, aggregates).
     pub plan_per_call: bool,
+    /// Plan it once for any values (a keyset page, whose index order decides the plan: planned
+    /// per call, PostgreSQL would plan again on every call, its generic estimate of "after the
+    /// cursor" being poor).
+    pub generic_plan: bool,
 }
 
 /// What to do next for a root field.
@@ -42,6 +46,7 @@ pub(crate) enum Op {
         sql: String,
         args: Vec<Arg>,
         plan_per_call: bool,
+        generic_plan: bool,
     },
     /// Step `of` returned more than `n` ids: refused (54000), before anything changed.
     AtMost { of: usize, n: i64 },
@@ -137,14 +142,16 @@ impl FieldPlan {
                         sql: sa,
                         args: aa,
                         plan_per_call: pa,
+                        generic_plan: ga,
                     },
                     Op::Run {
                         sql: sb,
                         args: ab,
                         plan_per_call: pb,
+                        generic_plan: gb,
                     },
                 ) => {
-                    if sa != sb || pa != pb || aa.len() != ab.len() {
+                    if sa != sb || pa != pb || ga != gb || aa.len() != ab.len() {
                         return None;
                     }
                     for (j, (x, y)) in aa.iter().zip(ab).enumerate() {
@@ -208,6 +215,15 @@ impl FieldPlan {
         e
     }
 
+    /// Whether the field's value is exactly what its one statement returns (no step before it,
+    /// nothing done to the result): the surface may then keep that result in its binary form.
+    pub fn is_single_statement(&self) -> bool {
+        self.pc == 0
+            && self.ops.len() == 1
+            && matches!(self.ops[0], Op::Run { .. })
+            && matches!(self.finish, Finish::Last)
+    }
+
     /// The next statement to run, or the field's value. `last`: the result of the statement
     /// returned before (None on the first call; `Some(Value::Null)` for no row).
     pub fn next(&mut self, last: Option<Value>) -> Result<Next, GqlError> {
@@ -222,12 +238,14 @@ impl FieldPlan {
                     sql,
                     args,
                     plan_per_call,
+                    generic_plan,
                 } => {
                     let params = args.iter().map(|a| self.arg(a)).collect::<Result<_, _>>()?;
                     return Ok(Next::Run(Statement {
                         sql,
                         params,
                         plan_per_call,
+                        generic_plan,
                     }));
                 }
                 Op::AtMost { of, n } => {

@@ -200,6 +200,7 @@ fn run(sql: String, values: Vec<Option<String>>, plan_per_call: bool) -> Op {
         sql,
         args: values.into_iter().map(Arg::Text).collect(),
         plan_per_call,
+        generic_plan: false,
     }
 }
 
@@ -248,10 +249,16 @@ impl Planner<'_, '_, '_> {
                     .sels
                     .iter()
                     .any(|(_, s)| matches!(s, super::builder::ConnSel::TotalCount));
-                Ok((
-                    vec![run(format!("SELECT {e}"), sql.values, per_call)],
-                    Finish::Last,
-                ))
+                // a page after (before) a cursor: the keyset's index order decides the plan
+                let generic_plan = (c.after || c.before) && !per_call;
+                let mut op = run(format!("SELECT {e}"), sql.values, per_call);
+                if let Op::Run {
+                    generic_plan: g, ..
+                } = &mut op
+                {
+                    *g = generic_plan;
+                }
+                Ok((vec![op], Finish::Last))
             }
             RootKind::Aggregate => super::aggregate::plan(self, &entity, fs),
             RootKind::AsOf => self.as_of(&entity, fs),

@@ -152,6 +152,7 @@ impl SubscriptionPlan {
             sql: t.sql,
             params,
             plan_per_call: false,
+            generic_plan: false,
         }))
     }
 
@@ -170,6 +171,7 @@ impl SubscriptionPlan {
             sql: format!("SELECT {e}"),
             params: sql.values,
             plan_per_call: false,
+            generic_plan: false,
         }))
     }
 

@@ -293,3 +293,34 @@ fn a_connection_of_only_its_count_is_one_row() {
     );
     assert!(st.sql.contains("jsonb_agg"), "{}", st.sql);
 }
+
+/// A page after a cursor is planned once for any cursor (its index order decides the plan); a
+/// first page keeps PostgreSQL's own choice, and a count is planned per call.
+#[test]
+fn keyset_pages_are_planned_once() {
+    let q = "query($after: Cursor) { productCollection(orderBy: [{price: ASC}], first: 50, after: $after) { nodes { name } } }";
+    let first = one(q, json!({}));
+    assert!(!first.generic_plan && !first.plan_per_call);
+    let sig = {
+        let m = shop();
+        let mut from = crate::query::From::new(&m, "product");
+        crate::query::sort_signature(
+            "product",
+            &crate::query::sort_keys(&mut from, "product", Some(&json!(["price"]))).unwrap(),
+        )
+    };
+    let cursor =
+        crate::query::encode_cursor(&json!([9.5, "6f9619ff-8b86-d011-b42d-00c04fc964ff"]), &sig);
+    let next = one(q, json!({"after": cursor}));
+    assert!(next.generic_plan && !next.plan_per_call, "{}", next.sql);
+    assert!(
+        next.params.contains(&Some("9.5".into())),
+        "{:?}",
+        next.params
+    );
+    let counted = one(
+        "query($after: Cursor) { productCollection(orderBy: [{price: ASC}], first: 50, after: $after) { totalCount nodes { name } } }",
+        json!({"after": cursor}),
+    );
+    assert!(counted.plan_per_call && !counted.generic_plan);
+}

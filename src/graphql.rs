@@ -409,14 +409,14 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
     let memo_key = format!(
         "{doc_key}|{}|{}",
         operation_name.unwrap_or(""),
-        masked(&vars, &mut Vec::new(), &mut uuids)
+        masked(vars, &mut Vec::new(), &mut uuids)
     );
     cache::sync(&MEMOS, catalog::generation());
     if let Some(m) = cache::get(&MEMOS, &memo_key) {
         let mut fields = m.fields.clone();
         let mut ok = true;
         for (fi, step, i, path) in &m.slots {
-            let v = at(&vars, path).and_then(Value::as_str).map(str::to_string);
+            let v = at(vars, path).and_then(Value::as_str).map(str::to_string);
             ok &= v.is_some() && fields[*fi].set_param(*step, *i, v);
         }
         if ok {
@@ -433,7 +433,7 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
         };
         prepare(&schema, &doc, operation_name, vars, &mut ctx)
     };
-    let prepared = match plan(&vars) {
+    let prepared = match plan(vars) {
         Ok(p) => p,
         Err(errs) => return JsonOut::Json(response(None, &errs, None)),
     };
@@ -450,7 +450,7 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
                 slots: vec![],
             })
         } else {
-            learn(&prepared.fields, &vars, &uuids, &mut |v| {
+            learn(&prepared.fields, vars, &uuids, &mut |v| {
                 plan(v).ok().map(|p| p.fields)
             })
         };

@@ -177,6 +177,16 @@ impl<'m> Sql<'m> {
         let cols = columns(sels);
         let mut spec = Map::new();
         spec.insert("columns".into(), json!(cols));
+        // one record by its id (the joins of a page are all to one record)
+        let by_id = link.is_none()
+            && filters.as_ref().is_some_and(|f| {
+                f.as_object().is_some_and(|o| {
+                    o.len() == 1
+                        && o.get("id").and_then(Value::as_object).is_some_and(|c| {
+                            c.len() == 1 && c.get("eq").is_some_and(|v| v.is_string())
+                        })
+                })
+            });
         if let Some(f) = filters {
             spec.insert("filters".into(), f);
         }
@@ -186,6 +196,7 @@ impl<'m> Sql<'m> {
             &spec,
             &PageOptions {
                 link,
+                by_id,
                 ..Default::default()
             },
         )?;
@@ -246,6 +257,7 @@ impl<'m> Sql<'m> {
             link: link.clone(),
             backward: c.backward,
             extra_row: has_more,
+            by_id: false,
         };
         let page = self.page(&c.entity, &spec, &opts)?;
         let (row, x) = (self.alias("p"), self.alias("x"));

@@ -55,6 +55,9 @@ pub struct PageOptions {
     pub backward: bool,
     /// Fetch one row more than the limit, which tells whether more rows follow.
     pub extra_row: bool,
+    /// The filters select one record by its id (and every join is to one record): no ORDER BY
+    /// and no LIMIT, so PostgreSQL flattens the page into the statement around it.
+    pub by_id: bool,
 }
 
 pub fn page(
@@ -196,6 +199,16 @@ pub fn page_with(
             sig,
         };
         select.extend(k.iter().enumerate().map(|(i, e)| format!("{e} AS k{i}")));
+        if opts.by_id && opts.link.is_none() && obj.get("cursor").is_none_or(Value::is_null) {
+            return Ok(Page {
+                sql: format!("SELECT {} FROM {from_sql}{where_sql}", select.join(", ")),
+                filter,
+                count_from: from.sql(Some(&used)),
+                columns: row.into_iter().map(|(key, _)| key).collect(),
+                cursor: None,
+                order,
+            });
+        }
         (
             format!(
                 "SELECT {} FROM {from_sql}{where_sql} ORDER BY {} LIMIT {fetch}{offset}",
@@ -597,6 +610,7 @@ mod tests {
             link: Some("t0.\"category_id\" = x1.c0".into()),
             backward: true,
             extra_row: true,
+            by_id: false,
         };
         let mut params = Params::default();
         let p = page_with(&m, "product", obj.as_object().unwrap(), &mut params, &opts).unwrap();

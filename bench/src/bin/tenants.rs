@@ -93,7 +93,7 @@ fn plain_template(c: &mut Client) -> (String, String) {
 
 fn main() {
     let tenants: usize = setting("TENANTS", 10_000);
-    // PARTS=3,4 runs some parts on the database an earlier run left (REUSE=1)
+    // PARTS=2,3,4 runs some parts on the database an earlier run left (REUSE=1)
     let parts: String = setting("PARTS", "1,2,3,4,5".to_string());
     let part = |n: &str| parts.split(',').any(|p| p.trim() == n);
     if setting("REUSE", 0) == 1 {
@@ -109,6 +109,9 @@ fn main() {
             have as usize, tenants,
             "REUSE=1: the database has {have} tenants, TENANTS={tenants}"
         );
+        if part("2") {
+            part2(&mut c, tenants);
+        }
         if part("3") {
             part3(tenants);
         }
@@ -208,6 +211,13 @@ fn main() {
         }
     );
 
+    part2(&mut c, tenants);
+    part3(tenants);
+    part4(tenants);
+    part5(tenants);
+}
+
+fn part2(c: &mut Client, tenants: usize) {
     // ---------------------------------------------------------------- 2. users
     header(&format!(
         "users with {tenants} tenants in the database (goal <= 10 ms each, median)"
@@ -277,10 +287,6 @@ fn main() {
             }
         );
     }
-
-    part3(tenants);
-    part4(tenants);
-    part5(tenants);
 }
 
 /// Selects tenant `t` and times one query there (statements prepared per connection).

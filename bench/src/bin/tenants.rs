@@ -6,11 +6,14 @@
 //!    its own role), interleaved. Goals: udm <= 1.3x plain DDL for the first and the last 100, and
 //!    udm's growth from the first to the last 100 <= plain DDL's.
 //! 2. Users with TENANTS tenants in the database: `udm_create_user`, renaming a user
-//!    (`udm_update_user`) and deleting a user who belongs to 3 tenants: each <= 10 ms (median).
+//!    (`udm_update_user`) and deleting a user who belongs to 3 tenants: each <= 10 ms (median);
+//!    deletions by the backend that onboarded every tenant and by a new one.
 //! 3. One backend serving every tenant in turn (one `udm_query` each): its heap's peak against
 //!    `udm.cache_size`; the median query of a working set that fits the budget (second pass) vs
 //!    the one-tenant case: <= 1.2x.
-//! 4. The first query of a tenant in a backend (cold) vs the next one (warm): <= 3x.
+//! 4. The first query of a tenant in a backend (cold) vs the next one (warm): <= 3x; next to the
+//!    floor PostgreSQL sets, the same query as plain SQL as the tenant's role on tenants this
+//!    backend never touched, cold and warm.
 //! 5. 16 backends querying 1,000 tenants at random vs 10 tenants: queries per second and the
 //!    backends' total heap.
 //!
@@ -260,21 +263,27 @@ fn part2(c: &mut Client, tenants: usize) {
         r.unwrap();
         rename.push(d);
     }
-    let mut delete = Vec::new();
+    // half deleted by this backend (in a full run, the one that onboarded every tenant), half
+    // by a new one, as a pooled backend of an application would
+    let mut other = connect(DB);
+    let (mut delete, mut delete_new) = (Vec::new(), Vec::new());
     for k in 0..n {
-        let (d, r) = time(|| {
-            c.execute(
-                "SELECT udm_delete_user($1, $1)",
-                &[&format!("v{k}@bench.test")],
-            )
-        });
-        r.unwrap();
-        delete.push(d);
+        let who = format!("v{k}@bench.test");
+        if k % 2 == 0 {
+            let (d, r) = time(|| c.execute("SELECT udm_delete_user($1, $1)", &[&who]));
+            r.unwrap();
+            delete.push(d);
+        } else {
+            let (d, r) = time(|| other.execute("SELECT udm_delete_user($1, $1)", &[&who]));
+            r.unwrap();
+            delete_new.push(d);
+        }
     }
     for (label, s) in [
         ("udm_create_user", stats(&create)),
         ("renaming a user in 3 tenants", stats(&rename)),
         ("deleting a user of 3 tenants", stats(&delete)),
+        ("  the same, by a new backend", stats(&delete_new)),
     ] {
         row(label, s);
         println!(
@@ -429,6 +438,25 @@ fn part4(tenants: usize) {
         cold.push(run_on(&mut b, &t));
         warm.push(run_on(&mut b, &t));
     }
+    // the floor PostgreSQL sets: the same query as plain SQL, as the tenant's role, on other
+    // tenants (never touched by this backend either)
+    let mut p = connect(DB);
+    p.batch_execute("SELECT 1 FROM t0.roadmap LIMIT 1").unwrap();
+    let (mut pcold, mut pwarm) = (Vec::new(), Vec::new());
+    for i in 1..=200.min(tenants.saturating_sub(201)) {
+        let t = format!("t{}", tenants - 200 - i);
+        p.batch_execute(&format!("SET ROLE \"tenant_{t}@{DB}\""))
+            .unwrap();
+        let sql =
+            format!("SELECT name, x_axis_mode, owner_id FROM {t}.roadmap ORDER BY id LIMIT 5");
+        let (d, r) = time(|| p.simple_query(&sql));
+        r.unwrap();
+        pcold.push(d);
+        let (d, r) = time(|| p.simple_query(&sql));
+        r.unwrap();
+        pwarm.push(d);
+        p.batch_execute("RESET ROLE").unwrap();
+    }
     let (cs, wsx) = (stats(&cold), stats(&warm));
     row("cold (tenant's first query in the backend)", cs);
     row("warm (its second)", wsx);
@@ -438,6 +466,23 @@ fn part4(tenants: usize) {
         wsx.median_ms,
         Some(3.0),
     );
+    if !pcold.is_empty() {
+        let (pc, pw) = (stats(&pcold), stats(&pwarm));
+        row("plain SQL as the tenant's role, cold", pc);
+        row("plain SQL as the tenant's role, warm", pw);
+        ratio(
+            "plain SQL cold / warm (median)",
+            pc.median_ms,
+            pw.median_ms,
+            None,
+        );
+        ratio(
+            "udm cold / plain SQL cold (median)",
+            cs.median_ms,
+            pc.median_ms,
+            None,
+        );
+    }
 }
 
 fn part5(tenants: usize) {

@@ -206,6 +206,8 @@ CREATE FUNCTION udm_get(entity text, id uuid, columns text[] DEFAULT NULL) RETUR
     LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'udm_get';
 CREATE FUNCTION udm_update(entity text, id uuid, patch jsonb, expected_version integer DEFAULT NULL) RETURNS jsonb
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'udm_update';
+CREATE FUNCTION udm_replace(entity text, id uuid, fields jsonb, expected_version integer DEFAULT NULL) RETURNS jsonb
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'udm_replace';
 CREATE FUNCTION udm_delete(entity text, id uuid) RETURNS jsonb
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'udm_delete';
 CREATE FUNCTION udm_insert_many(entity text, rows jsonb) RETURNS jsonb

@@ -177,6 +177,10 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'udm_openapi_wrapper';
 
+-- udm_replace: a record's fields replaced (every field left out becomes null)
+CREATE FUNCTION udm_replace(entity text, id uuid, fields jsonb, expected_version integer DEFAULT NULL) RETURNS jsonb
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'udm_replace';
+
 -- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION

@@ -442,6 +442,27 @@ pub fn insert_many(entity: &str, rows_datum: pg_sys::Datum) -> Result<Value> {
     Ok(json!({"entity": entity, "inserted": inserted}))
 }
 
+/// `udm_replace`: the record holds `fields` and nothing older: every other field the caller may
+/// write becomes null (`udm_core::records::replacement`), in one `udm_update`.
+pub fn replace(
+    entity: &str,
+    id: &str,
+    fields: &Value,
+    expected: Option<i32>,
+) -> Result<pg_sys::Datum> {
+    let (t, e) = entity_of(entity)?;
+    let ctx = crate::access::context(&t)?;
+    let may_write = |f: &udm_core::definition::FieldDef| {
+        !t.access
+            || ctx.db_admin
+            || ctx
+                .perms
+                .field_writable(&e.def.slug, &f.name, udm_core::access::Op::Update)
+    };
+    let patch = r::replacement(&e.def, fields, &may_write)?;
+    update(entity, id, &patch, expected)
+}
+
 pub fn upsert_many(entity: &str, rows_datum: pg_sys::Datum, key: &[String]) -> Result<Value> {
     let (t, e) = entity_of(entity)?;
     let def = &e.def;
@@ -505,6 +526,7 @@ unsafe fn arg_json(fcinfo: pg_sys::FunctionCallInfo, n: usize, name: &str) -> Va
 finfo_v1!(pg_finfo_udm_insert);
 finfo_v1!(pg_finfo_udm_get);
 finfo_v1!(pg_finfo_udm_update);
+finfo_v1!(pg_finfo_udm_replace);
 finfo_v1!(pg_finfo_udm_delete);
 finfo_v1!(pg_finfo_udm_insert_many);
 finfo_v1!(pg_finfo_udm_upsert_many);
@@ -550,6 +572,19 @@ pub unsafe extern "C-unwind" fn udm_update(fcinfo: pg_sys::FunctionCallInfo) -> 
         let patch = arg_json(fcinfo, 2, "patch");
         let expected = pg_getarg::<i32>(fcinfo, 3);
         update(&entity, &id, &patch, expected).or_raise()
+    }
+}
+
+/// `udm_replace(entity text, id uuid, fields jsonb, expected_version integer DEFAULT NULL)`
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_replace(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let entity = arg_text(fcinfo, 0, "entity");
+        let id = arg_uuid(fcinfo, 1);
+        let fields = arg_json(fcinfo, 2, "fields");
+        let expected = pg_getarg::<i32>(fcinfo, 3);
+        replace(&entity, &id, &fields, expected).or_raise()
     }
 }
 

@@ -1140,7 +1140,7 @@ impl Build<'_> {
             .errors(READ_ERRORS);
         self.put(&item, "get", get);
         let replace = Op::new(format!("replace{p}"), &slug, format!("replace a {slug} record"))
-            .describe("Sets every field: those not given become null (udm_update). With If-Match, a stale version answers 412.")
+            .describe("Sets every field: those not given become null (udm_replace; auto numbers, passwords and fields your role may not write are kept). With If-Match, a stale version answers 412.")
             .param(param_ref("id"))
             .param(param_ref("if_match"))
             .body(schema_ref(&n.input()))

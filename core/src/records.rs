@@ -58,6 +58,41 @@ fn unknown_field(def: &EntityDef, key: &str) -> UdmError {
 }
 
 /// The field of a data key, for writing.
+/// A replacement of a record's fields (`udm_replace`, the REST API's PUT): `fields`, with every
+/// other field of the definition set to null, so the record holds what was sent and nothing
+/// older. System columns in `fields` (`id`, `_version`, `created_at`, ...) are ignored, so a
+/// record read can be sent back changed; auto numbers (udm assigns them), passwords (never read
+/// back) and fields `may_write` refuses (hidden from the caller) are left as they are.
+pub fn replacement(
+    def: &EntityDef,
+    fields: &Value,
+    may_write: &dyn Fn(&FieldDef) -> bool,
+) -> Result<Value> {
+    let obj = fields.as_object().ok_or_else(|| {
+        UdmError::invalid(format!(
+            "fields for {} must be a JSON object, got {}",
+            def.slug,
+            kind(fields)
+        ))
+        .hint("write {\"field\": value, ...}: every field left out becomes null")
+    })?;
+    let mut out: Map<String, Value> = obj
+        .iter()
+        .filter(|(k, _)| !SYSTEM_COLUMNS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for f in &def.fields {
+        if matches!(f.ftype, FieldType::AutoNumber | FieldType::Password)
+            || out.contains_key(&f.name)
+            || !may_write(f)
+        {
+            continue;
+        }
+        out.insert(f.name.clone(), Value::Null);
+    }
+    Ok(Value::Object(out))
+}
+
 pub fn writable_field<'a>(def: &'a EntityDef, key: &str) -> Result<&'a FieldDef> {
     let f = def.field(key).ok_or_else(|| unknown_field(def, key))?;
     if f.ftype == FieldType::AutoNumber {
@@ -643,6 +678,35 @@ mod tests {
             Source::Caller,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_replacement_nulls_what_it_leaves_out() {
+        let d = product();
+        let all = |_: &FieldDef| true;
+        let r = replacement(
+            &d,
+            &json!({"name": "A", "id": "x", "_version": 3, "created_at": "2026-01-01", "price": 2}),
+            &all,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            json!({"name": "A", "price": 2, "code": null, "status": null, "tags": null, "released": null}),
+            "system columns ignored; auto numbers and passwords kept"
+        );
+        // a field the caller may not write stays as it is
+        let r = replacement(&d, &json!({"name": "B"}), &|f: &FieldDef| f.name != "code").unwrap();
+        assert!(r.get("code").is_none() && r["price"].is_null(), "{r}");
+        // the result is an ordinary patch: unknown fields are refused by write_of
+        let r = replacement(&d, &json!({"name": "C", "nope": 1}), &all).unwrap();
+        let e = write_of(&d, &r, Mode::Update).unwrap_err();
+        assert!(e.message.contains("nope"), "{}", e.message);
+        let e = replacement(&d, &json!([1]), &all).unwrap_err();
+        assert_eq!(e.state, SqlState::InvalidParameterValue);
+        assert!(e
+            .message
+            .contains("fields for product must be a JSON object"));
     }
 
     #[test]

@@ -351,6 +351,24 @@ fn roles_decide_operations_and_fields_for_udm_and_plain_sql() {
         u.get("cost").is_none() && u["price"].as_f64() == Some(13.0),
         "{u}"
     );
+    // a replacement by the pricer leaves the field it may not write as it was (and the one it
+    // left out, price, becomes null)
+    let r = json(
+        &mut pricer,
+        &format!(
+            "SELECT udm_replace('product', {}, '{{\"name\": \"P1\"}}')",
+            lit(&p1)
+        ),
+    );
+    assert!(r.get("cost").is_none() && r["price"].is_null(), "{r}");
+    let cost: String = scalar(
+        &mut a.app,
+        &format!(
+            "SELECT cost::text FROM \"{t}\".product WHERE id = {}",
+            lit(&p1)
+        ),
+    );
+    assert_eq!(cost, "4.00");
     expect_err(
         &mut pricer,
         &format!("DELETE FROM \"{t}\".product"),

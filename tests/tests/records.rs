@@ -279,6 +279,87 @@ fn updates_use_optimistic_concurrency() {
 }
 
 #[test]
+fn a_replacement_leaves_nothing_older() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "rrep");
+    shop(&mut m);
+    let tag = id_of(&json(
+        &mut m.client,
+        "SELECT udm_insert('tag', '{\"name\": \"t\"}')",
+    ));
+    let p = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_insert('product', '{{\"name\": \"A\", \"code\": \"a1\", \"price\": 1, \"pin\": \"1234\", \"metadata\": {{\"x\": 1}}, \"tags\": [\"{tag}\"]}}')"
+        ),
+    );
+    let id = id_of(&p);
+    // what udm_get answers, changed, is sent back: system columns in it are ignored
+    let mut back = json(&mut m.client, &format!("SELECT udm_get('product', '{id}')"));
+    let o = back.as_object_mut().unwrap();
+    o.insert("price".into(), json!(5));
+    o.remove("metadata");
+    o.remove("tags");
+    let r = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_replace('product', '{id}', {}::jsonb, 1)",
+            lit(&back.to_string())
+        ),
+    );
+    assert_eq!(r["_version"], 2, "{r}");
+    assert_eq!(r["price"], json!(5.0));
+    assert_eq!(r["code"], "a1");
+    assert!(r["metadata"].is_null() && r.get("pin").is_none(), "{r}");
+    let links: i64 = scalar(
+        &mut m.client,
+        &format!("SELECT count(*) FROM \"{}\".product__tags", m.tenant),
+    );
+    assert_eq!(links, 0, "links left out are removed too");
+    // the password is kept (never read back, so never sent back)
+    let pin: bool = scalar(
+        &mut adm,
+        &format!(
+            "SELECT pin IS NOT NULL FROM \"{}\".product WHERE id = '{id}'",
+            m.tenant
+        ),
+    );
+    assert!(pin);
+    // a required field left out is refused, naming it; nothing changes
+    let msg = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_replace('product', '{id}', '{{\"price\": 7}}')"),
+        "23502",
+    );
+    assert!(msg.contains("product.name"), "{msg}");
+    let msg = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_replace('product', '{id}', '{{\"name\": \"B\"}}', 1)"),
+        "40001",
+    );
+    assert!(
+        msg.contains("you expected version 1, it is at version 2"),
+        "{msg}"
+    );
+    let msg = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_replace('product', '{id}', '[1]')"),
+        "22023",
+    );
+    assert!(
+        msg.contains("fields for product must be a JSON object"),
+        "{msg}"
+    );
+    expect_err(
+        &mut m.client,
+        &format!("SELECT udm_replace('product', '{id}', '{{\"name\": \"B\", \"nope\": 1}}')"),
+        "42703",
+    );
+    let now = json(&mut m.client, &format!("SELECT udm_get('product', '{id}')"));
+    assert_eq!(now["_version"], 2, "refusals change nothing: {now}");
+}
+
+#[test]
 fn delete_and_restrict() {
     let mut adm = admin();
     let mut m = member(&mut adm, "rdel");

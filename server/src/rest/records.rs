@@ -18,12 +18,9 @@ const INSERT_MANY: &str = "SELECT udm_insert_many($1, $2::jsonb)";
 const UPSERT_MANY: &str = "SELECT udm_upsert_many($1, $2::jsonb, $3::text[])";
 const GET: &str = "SELECT udm_get($1, $2::text::uuid, $3::text[])";
 const UPDATE: &str = "SELECT udm_update($1, $2::text::uuid, $3::jsonb, $4::int4)";
-/// PUT: every field of the current definition the body leaves out is set to null (but auto
-/// numbers, which udm writes, and passwords, which nobody reads back).
-const REPLACE: &str = "SELECT udm_update($1, $2::text::uuid, \
-     coalesce((SELECT jsonb_object_agg(f->>'name', 'null'::jsonb) \
-               FROM jsonb_array_elements(udm_describe($1)->'fields') f \
-               WHERE f->>'type' NOT IN ('auto_number', 'password')), '{}'::jsonb) || $3::jsonb, $4::int4)";
+/// PUT: the record holds the body and nothing older (`udm_replace`: every field it leaves out
+/// becomes null; system columns in it are ignored, so what GET answered can be sent back).
+const REPLACE: &str = "SELECT udm_replace($1, $2::text::uuid, $3::jsonb, $4::int4)";
 const DELETE: &str = "SELECT udm_delete($1, $2::text::uuid)";
 const VERSION: &str = "SELECT udm_get($1, $2::text::uuid, ARRAY['_version'])";
 const VIEW: &str = "SELECT udm_view($1, $2, $3::jsonb)";
@@ -37,16 +34,6 @@ const LOCK_STATUS: &str = "SELECT udm_lock_status($1, $2::text::uuid)";
 const LOCK_ACQUIRE: &str = "SELECT udm_lock_acquire($1, $2::text::uuid)";
 const LOCK_HEARTBEAT: &str = "SELECT udm_lock_heartbeat($1, $2::text::uuid)";
 const LOCK_RELEASE: &str = "SELECT udm_lock_release($1, $2::text::uuid)";
-
-/// System columns udm sets: left out of a PUT body, so what GET answered can be sent back.
-const SYSTEM: [&str; 6] = [
-    "id",
-    "_version",
-    "created_at",
-    "created_by",
-    "updated_at",
-    "updated_by",
-];
 
 fn not_found(entity: &str, id: &str) -> ApiError {
     let mut e = problem::make(
@@ -218,12 +205,9 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let id = record_id(id)?;
     let expected = if_match(headers)?;
-    let mut patch = body(headers, raw)?;
-    let Some(o) = patch.as_object_mut() else {
+    let patch = body(headers, raw)?;
+    if !patch.is_object() {
         return Err(invalid("body", "the body is an object of fields"));
-    };
-    if replace {
-        o.retain(|k, _| !SYSTEM.contains(&k.as_str()));
     }
     let sql = if replace { REPLACE } else { UPDATE };
     let rec = one(

@@ -1409,6 +1409,18 @@ fn role_reads_audit(ctx: &AccessCtx, entity: &Entity, subject: AuditSubject<'_>)
 /// where the entity is scoped by relations, it sees the record now in the entity table (so rows
 /// of deleted scoped records are for managers). Tenant events are for managers.
 pub fn audit_visible(t: &Tenant, subject: &str, id: pgrx::Uuid) -> Result<bool> {
+    audit_row_visible(t, subject, id, true)
+}
+
+/// Whether the session may receive the event of an audit row as a subscription delivers it: as
+/// `audit_visible`, except that the role need not read every field of the entity, because the
+/// delivery leaves out of the event (its image before the change and its changed fields) and of
+/// the record it reads as the session whatever the role may not read.
+pub fn event_visible(t: &Tenant, subject: &str, id: pgrx::Uuid) -> Result<bool> {
+    audit_row_visible(t, subject, id, false)
+}
+
+fn audit_row_visible(t: &Tenant, subject: &str, id: pgrx::Uuid, every_field: bool) -> Result<bool> {
     let ctx = context(t)?;
     if ctx.over_records() {
         return Ok(true);
@@ -1421,7 +1433,12 @@ pub fn audit_visible(t: &Tenant, subject: &str, id: pgrx::Uuid) -> Result<bool> 
     else {
         return Ok(false);
     };
-    if !role_reads_audit(&ctx, &e, subject) {
+    let readable = if every_field {
+        role_reads_audit(&ctx, &e, subject)
+    } else {
+        udm_core::access::audit_readable(&ctx.perms, subject, &[])
+    };
+    if !readable {
         return Ok(false);
     }
     if e.def.access.is_none() {

@@ -319,6 +319,73 @@ pub fn read_events(
     limit: i32,
     old: bool,
 ) -> Result<(Vec<EventWithImage>, i64)> {
+    read_events_with(t, after, limit, old, Readers::AuditPolicy)
+}
+
+/// Who may see an event.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Readers {
+    /// The audit log's row-level security: the role reads the entity and every field of it
+    /// (`udm_events` hands out whole rows).
+    AuditPolicy,
+    /// The role reads the entity (and the record, where the entity is scoped): for readers
+    /// that leave out of each event what the role may not read (`access::event_visible`), as
+    /// subscriptions do.
+    Entity,
+}
+
+/// `read_events`, with the readers of the events chosen; with `Readers::Entity` the log is read
+/// as udm's owner and each row kept only when `access::event_visible` says so (outside the
+/// owner's rights: a scoped entity's own policy decides as for a plain SELECT).
+pub fn read_events_with(
+    t: &Tenant,
+    after: i64,
+    limit: i32,
+    old: bool,
+    readers: Readers,
+) -> Result<(Vec<EventWithImage>, i64)> {
+    if readers == Readers::Entity {
+        let (rows, h) = crate::security::as_owner(|| read_events_as(t, after, limit, old))?;
+        // a full read stops short of the horizon: the readers continue after its last row,
+        // whether that row was kept or not
+        let h = match rows.last() {
+            Some((r, _)) if rows.len() as i64 >= i64::from(limit) => r.0,
+            _ => h,
+        };
+        let mut kept = Vec::with_capacity(rows.len());
+        for (r, image) in rows {
+            if crate::access::event_visible(t, &r.1, uuid_of(&r.2))? {
+                kept.push((r, image));
+            }
+        }
+        return Ok((kept, h));
+    }
+    read_events_as(t, after, limit, old)
+}
+
+/// A record id as the audit log's text gives it (the nil UUID for anything else, which names no
+/// record).
+fn uuid_of(text: &str) -> pgrx::Uuid {
+    let hex: Vec<u8> = text
+        .bytes()
+        .filter(|b| *b != b'-')
+        .map(|b| (b as char).to_digit(16).unwrap_or(0) as u8)
+        .collect();
+    let mut out = [0u8; 16];
+    if hex.len() == 32 {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = hex[2 * i] << 4 | hex[2 * i + 1];
+        }
+    }
+    pgrx::Uuid::from_bytes(out)
+}
+
+fn read_events_as(
+    t: &Tenant,
+    after: i64,
+    limit: i32,
+    old: bool,
+) -> Result<(Vec<EventWithImage>, i64)> {
     let h = horizon(t)?;
     let sql = format!(
         "SELECT audit_id, entity, record_id::text, action, record_version, changed_fields, user_id, \

@@ -777,7 +777,13 @@ fn deliver(wanted: &[Wanted], limit: i32) -> Result<Value> {
     let (rows, h) = if from == i64::MAX {
         (Vec::new(), 0)
     } else {
-        crate::events::read_events(&t, from.max(0), limit, old)?
+        crate::events::read_events_with(
+            &t,
+            from.max(0),
+            limit,
+            old,
+            crate::events::Readers::Entity,
+        )?
     };
     let more = rows.len() as i64 >= i64::from(limit);
     let last = rows.last().map(|(r, _)| r.0);

@@ -436,6 +436,53 @@ fn members_read_and_write_no_more_than_through_plain_sql() {
         json!(editor_id),
         "recorded by user id, as plain SQL does: {d}"
     );
+    // the viewer, whose role hides product.meta, is told of product changes all the same:
+    // without the hidden field in the image before the change or in the changed fields
+    let h: i64 = scalar(
+        &mut adm,
+        &format!("SELECT max(audit_id) FROM {t}._udm_audit"),
+    );
+    let p1: String = scalar(
+        &mut adm,
+        &format!("SELECT id::text FROM {t}.product WHERE name = 'P1'"),
+    );
+    c.execute(
+        "SELECT udm_update('product', $1::text::uuid, '{\"price\": 11, \"meta\": {\"color\": \"green\"}}')",
+        &[&p1],
+    )
+    .unwrap();
+    c.execute(
+        "SELECT udm_update('product', $1::text::uuid, '{\"meta\": {\"color\": \"pink\"}}')",
+        &[&p1],
+    )
+    .unwrap();
+    c.execute("SELECT udm_use($1, $2)", &[&t, &viewer]).unwrap();
+    let sub = "subscription { productChanged(actions: [UPDATE]) { action changedFields old { name price } record { name price } } }";
+    let r: Value = c
+        .query_one("SELECT udm_graphql_events($1, NULL, NULL, $2)", &[&sub, &h])
+        .unwrap()
+        .get(0);
+    let evs = r["events"].as_array().unwrap();
+    assert_eq!(evs.len(), 2, "{r}");
+    let first = &evs[0]["payload"]["data"]["productChanged"];
+    assert_eq!(first["changedFields"], json!(["price"]), "{r}");
+    assert_eq!(
+        first["old"]["price"],
+        json!("10.00"),
+        "a Decimal as text: {r}"
+    );
+    assert!(
+        !r.to_string().contains("green") && !r.to_string().contains("pink"),
+        "{r}"
+    );
+    let second = &evs[1]["payload"]["data"]["productChanged"];
+    assert_eq!(second["changedFields"], json!([]), "{r}");
+    // udm_events hands out whole images: there the viewer still sees none of them
+    let plain: Value = c
+        .query_one("SELECT udm_events($1, 100)", &[&h])
+        .unwrap()
+        .get(0);
+    assert!(!plain.to_string().contains(&p1), "{plain}");
     // introspection can be switched off by a superuser
     adm.batch_execute(&format!(
         "ALTER ROLE \"{app}\" SET udm.graphql_introspection = off"

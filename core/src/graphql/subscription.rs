@@ -10,7 +10,7 @@ use super::error::{GqlError, PathSeg};
 use super::names::camel;
 use super::plan::Statement;
 use super::prepare::{system_name, Planner};
-use super::schema::FieldKind;
+use super::schema::{FieldKind, Out};
 use super::transpile::Sql;
 use crate::query::{bind, image_condition, path::Model};
 use apollo_compiler::executable::Field;
@@ -57,6 +57,9 @@ pub struct SubscriptionPlan {
     fields: Vec<(String, EventField)>,
     /// GraphQL names of the entity's fields, by udm name (for `changedFields` and `old`).
     names: Map<String, Value>,
+    /// GraphQL names of the fields given as text to be exact (`Decimal`, `BigInt`): `old`
+    /// gives them as the record does.
+    exact: std::collections::BTreeSet<String>,
 }
 
 pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<SubscriptionPlan> {
@@ -91,7 +94,11 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<Subs
         fields.push((k, ef));
     }
     let mut names = Map::new();
+    let mut exact = std::collections::BTreeSet::new();
     for (n, kind) in &info.fields {
+        if matches!(kind, FieldKind::Scalar { out: Out::Text, .. }) {
+            exact.insert(n.clone());
+        }
         if !matches!(
             kind,
             FieldKind::ToOne { .. }
@@ -114,6 +121,7 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<Subs
         record,
         fields,
         names,
+        exact,
     })
 }
 
@@ -211,7 +219,13 @@ impl SubscriptionPlan {
                         Value::Object(
                             sel.iter()
                                 .map(|(k, n)| {
-                                    (k.clone(), by_name.get(n).cloned().unwrap_or(Value::Null))
+                                    let v = by_name.get(n).cloned().unwrap_or(Value::Null);
+                                    let v = if self.exact.contains(n) {
+                                        as_text(v)
+                                    } else {
+                                        v
+                                    };
+                                    (k.clone(), v)
                                 })
                                 .collect(),
                         )
@@ -223,5 +237,14 @@ impl SubscriptionPlan {
             o.insert(k.clone(), v);
         }
         json!({ self.key.clone(): Value::Object(o) })
+    }
+}
+
+/// Numbers (and lists of them) as text, as `Decimal` and `BigInt` values are given.
+fn as_text(v: Value) -> Value {
+    match v {
+        Value::Number(n) => Value::String(n.to_string()),
+        Value::Array(items) => Value::Array(items.into_iter().map(as_text).collect()),
+        other => other,
     }
 }

@@ -698,7 +698,9 @@ fn event_response(
     };
     let out = guarded(|| {
         if let Some(st) = plan.condition(model, &image, Some(event.event_id.to_string()))? {
-            if run_fresh(&st)? != Some(Value::Bool(true)) {
+            // the image is read as udm's owner: the filter names only fields of the member's
+            // schema, and the event was found visible to it (`access::event_visible`)
+            if crate::security::as_owner(|| run_fresh(&st))? != Some(Value::Bool(true)) {
                 return Ok(None);
             }
         }
@@ -720,8 +722,8 @@ fn event_response(
 }
 
 /// Delivers change events to subscriptions of the selected tenant and user: reads the events
-/// after the smallest `after` once (as the caller: the audit log's row-level security decides
-/// which), and for each subscription each event after its own `after` that it wants, whose
+/// after the smallest `after` once (those of entities the member's role reads, and of records
+/// it sees where the entity is scoped: `access::event_visible`), and for each subscription each event after its own `after` that it wants, whose
 /// record image matches its filter, with `record { … }` read as the caller now. Subscriptions
 /// with the same document, variables and operation share the work.
 fn deliver(wanted: &[Wanted], limit: i32) -> Result<Value> {

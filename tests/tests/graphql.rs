@@ -477,6 +477,19 @@ fn members_read_and_write_no_more_than_through_plain_sql() {
     );
     let second = &evs[1]["payload"]["data"]["productChanged"];
     assert_eq!(second["changedFields"], json!([]), "{r}");
+    // a filter on a field the role reads applies to the image as to anyone's
+    let sub = "subscription { productChanged(actions: [UPDATE], filter: {price: {gt: \"10.5\"}}) { changedFields } }";
+    let r: Value = c
+        .query_one("SELECT udm_graphql_events($1, NULL, NULL, $2)", &[&sub, &h])
+        .unwrap()
+        .get(0);
+    assert_eq!(r["events"].as_array().map(Vec::len), Some(2), "{r}");
+    let sub = "subscription { productChanged(actions: [UPDATE], filter: {price: {gt: \"12\"}}) { changedFields } }";
+    let r: Value = c
+        .query_one("SELECT udm_graphql_events($1, NULL, NULL, $2)", &[&sub, &h])
+        .unwrap()
+        .get(0);
+    assert_eq!(r["events"], json!([]), "{r}");
     // udm_events hands out whole images: there the viewer still sees none of them
     let plain: Value = c
         .query_one("SELECT udm_events($1, 100)", &[&h])

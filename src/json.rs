@@ -18,6 +18,29 @@ use serde_json::Value;
 use std::ffi::CStr;
 use udm_core::jsonb::MAX_READ_DEPTH;
 
+/// `jsonb` as the SQL type of a Rust type returned by udm's functions (and taken as an argument).
+macro_rules! jsonb_sql_type {
+    ($t:ty) => {
+        unsafe impl SqlTranslatable for $t {
+            const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!($t);
+            const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
+            const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> =
+                Ok(SqlMappingRef::literal("jsonb"));
+            const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
+                Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
+        }
+
+        unsafe impl BoxRet for $t {
+            unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+                match self.into_datum() {
+                    Some(d) => unsafe { fcinfo.return_raw_datum(d) },
+                    None => fcinfo.return_null(),
+                }
+            }
+        }
+    };
+}
+
 /// A `jsonb` value as JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonB(pub Value);
@@ -72,13 +95,7 @@ impl IntoDatum for JsonB {
     }
 }
 
-unsafe impl SqlTranslatable for JsonB {
-    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(JsonB);
-    const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
-    const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
-    const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
-        Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
-}
+jsonb_sql_type!(JsonB);
 
 unsafe impl<'fcx> ArgAbi<'fcx> for JsonB {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
@@ -93,15 +110,6 @@ unsafe impl<'fcx> ArgAbi<'fcx> for JsonB {
 
     unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
         unsafe { arg.unbox_arg_using_from_datum() }.into()
-    }
-}
-
-unsafe impl BoxRet for JsonB {
-    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
-        match self.into_datum() {
-            Some(d) => unsafe { fcinfo.return_raw_datum(d) },
-            None => fcinfo.return_null(),
-        }
     }
 }
 
@@ -139,22 +147,7 @@ impl IntoDatum for JsonOut {
     }
 }
 
-unsafe impl SqlTranslatable for JsonOut {
-    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(JsonOut);
-    const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
-    const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
-    const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
-        Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
-}
-
-unsafe impl BoxRet for JsonOut {
-    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
-        match self.into_datum() {
-            Some(d) => unsafe { fcinfo.return_raw_datum(d) },
-            None => fcinfo.return_null(),
-        }
-    }
-}
+jsonb_sql_type!(JsonOut);
 
 /// A `jsonb` value kept in its binary form (the datum's bytes, 4-byte header included): audit
 /// images pass through udm this way, whatever their depth or size, and only their top level is
@@ -253,19 +246,4 @@ impl IntoDatum for RawJsonb {
     }
 }
 
-unsafe impl SqlTranslatable for RawJsonb {
-    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(RawJsonb);
-    const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
-    const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
-    const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
-        Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
-}
-
-unsafe impl BoxRet for RawJsonb {
-    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
-        match self.into_datum() {
-            Some(d) => unsafe { fcinfo.return_raw_datum(d) },
-            None => fcinfo.return_null(),
-        }
-    }
-}
+jsonb_sql_type!(RawJsonb);

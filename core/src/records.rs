@@ -173,6 +173,15 @@ pub fn row_json(schema: &str, def: &EntityDef, alias: &str) -> String {
                 f.name.clone(),
                 format!("(SELECT coalesce(jsonb_agg(l.\"target_id\" ORDER BY l.\"target_id\"), '[]'::jsonb) FROM {j} l WHERE l.\"source_id\" = {alias}.\"id\")"),
             ));
+        } else if f.encrypted {
+            let sealed = crate::query::path::Sealed {
+                schema: schema.to_string(),
+                entity: def.slug.clone(),
+                field: f.id,
+                name: f.name.clone(),
+                blind: f.blind_indexed(),
+            };
+            pairs.push((f.name.clone(), sealed.decrypt_sql(alias, &f.column)));
         } else {
             pairs.push((
                 f.name.clone(),

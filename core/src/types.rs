@@ -299,6 +299,7 @@ pub const COMMON_OPTIONS: &[&str] = &[
     "messages",
     "critical",
     "audit",
+    "encrypted",
 ];
 
 /// Other names accepted for a type (`"type": "string"` is a `text` field): the definition
@@ -481,6 +482,18 @@ impl FieldType {
     }
 
     /// Whether a UNIQUE constraint makes sense on this type.
+    /// Types whose values udm can encrypt (`"encrypted": true`): text-like ones, stored as text.
+    pub fn can_be_encrypted(&self) -> bool {
+        matches!(
+            self,
+            FieldType::Text
+                | FieldType::LongText
+                | FieldType::Email
+                | FieldType::Url
+                | FieldType::Phone
+        )
+    }
+
     pub fn can_be_unique(&self) -> bool {
         !matches!(
             self,

@@ -35,6 +35,9 @@ RESTORE_PORT  ?= 5496
 STANDBY_PORT  ?= 5494
 # the cluster a tenant moves into in the transfer test (tests/tests/transfer.rs)
 TRANSFER_PORT ?= 5493
+# the master key of field encryption for the test cluster: 64 hex digits, readable by the server
+# only (tests/tests/encryption.rs); made once, outside the cluster directory a fresh start removes
+TEST_KEY      := $(ROOT)/target/test-master.key
 BENCH_DIR     := $(ROOT)/target/bench-cluster
 BENCH_PORT    ?= 5497
 IS_ROOT       := $(filter 0,$(shell id -u))
@@ -173,12 +176,19 @@ $(PUPPETEER): server/tests/browser/package.json server/tests/browser/package-loc
 test: deps $(GRAPHQL_JS) $(OPENAPI_JS) $(GRAPHQL_WS) $(PUPPETEER)
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory install
-	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4"
+	@$(MAKE) --no-print-directory $(TEST_KEY)
+	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4" \
+	    "shared_preload_libraries = 'udm'" "udm.encryption_key_file = '$(TEST_KEY)'"
 	@trap '$(CLUSTER) stop $(TEST_DIR)' EXIT; \
 	    $(MAKE) --no-print-directory regress && $(MAKE) --no-print-directory integration && \
 	    $(MAKE) --no-print-directory server
 	@$(MAKE) --no-print-directory upgrade
 	@echo "== all test tiers passed"
+
+$(TEST_KEY):
+	@mkdir -p $(dir $@)
+	@umask 077 && openssl rand -hex 32 > $@.tmp && mv $@.tmp $@
+	@if [ "$$(id -u)" = 0 ]; then chown postgres:postgres $@; fi
 
 unit:
 	@echo "== tier 1: udm-core unit tests (no PostgreSQL)"
@@ -214,7 +224,9 @@ upgrade:
 ## ------------------------------------------------------------------ make bench
 
 bench: install
-	@$(CLUSTER) start $(BENCH_DIR) $(BENCH_PORT) keep "udm.bcrypt_cost = 4" "max_wal_size = 4GB" "checkpoint_timeout = 30min"
+	@$(MAKE) --no-print-directory $(TEST_KEY)
+	@$(CLUSTER) start $(BENCH_DIR) $(BENCH_PORT) keep "udm.bcrypt_cost = 4" "max_wal_size = 4GB" "checkpoint_timeout = 30min" \
+	    "shared_preload_libraries = 'udm'" "udm.encryption_key_file = '$(TEST_KEY)'"
 	@BENCH_HOST=$(BENCH_DIR)/sock BENCH_PORT=$(BENCH_PORT) PGBIN=$(PGBIN) bench/run.sh $(BENCH)
 
 ## ------------------------------------------------------------------ housekeeping

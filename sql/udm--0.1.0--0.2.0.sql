@@ -177,6 +177,25 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'udm_openapi_wrapper';
 
+-- Field encryption: udm's reads decrypt through udm.decrypt_field, equality filters compare with
+-- udm.blind_index; applications reading with plain SQL call udm_decrypt.
+CREATE FUNCTION udm.decrypt_field(schema_name text, entity text, field integer, id uuid, stored text) RETURNS text
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_decrypt_field';
+CREATE FUNCTION udm.blind_index(schema_name text, entity text, field integer, plaintext text) RETURNS text
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_blind_index';
+
+CREATE  FUNCTION "udm_decrypt"(
+	"entity" TEXT, /* & str */
+	"field" TEXT, /* & str */
+	"id" uuid, /* pgrx :: Uuid */
+	"stored" TEXT /* & str */
+) RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_decrypt_wrapper';
+
 -- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -185,6 +204,8 @@ GRANT EXECUTE ON FUNCTION
     udm.uuid_v7(),
     udm.json_date(jsonb),
     udm.json_timestamp(jsonb),
+    udm.decrypt_field(text, text, integer, uuid, text),
+    udm.blind_index(text, text, integer, text),
     udm.id_in(uuid, uuid[]),
     udm.may_read_all(text, text),
     udm.may_read_scoped(text, text),

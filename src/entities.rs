@@ -456,6 +456,7 @@ fn change(
         let (mut steps, dependent) = dependent_steps(&ctx, slug, Some(&new))?;
         steps.extend(ddl::plan_change(&ctx, &e.def, &new)?);
         steps.extend(dependent);
+        crate::crypto::ensure_keys(t, &new)?;
         catalog::write_entity(t, slug, e.table_oid, Some(&new), version, "active", op)?;
         crate::users::ensure_for(t, &new)?;
         run_steps(slug, &steps)?;
@@ -515,6 +516,7 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
         };
         check_literals(&ctx, &def)?;
         let steps = ddl::create_entity(&ctx, &def)?;
+        crate::crypto::ensure_keys(&t, &def)?;
         catch_pg(
             || {
                 let op = json!({"op": "define_entity"});

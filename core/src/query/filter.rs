@@ -517,7 +517,7 @@ impl<'a, 'm> Filters<'a, 'm> {
                     .params
                     .add(spec_param(&ptr, t, Conv::Array, what.clone()));
                 let list = format!(
-                    "(SELECT array_agg({}) FROM unnest({param}) AS v(x))",
+                    "ARRAY(SELECT {} FROM unnest({param}) AS v(x))",
                     sealed.blind_of_sql("v.x")
                 );
                 if op == "in" {

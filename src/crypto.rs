@@ -1,0 +1,629 @@
+//! Field encryption inside the server: the master key (read once, at server start, from the file
+//! `udm.encryption_key_file` names, when udm is in `shared_preload_libraries`), each tenant's
+//! wrapped data and index keys (`<schema>._udm_keys`, made when the tenant's first encrypted field
+//! is defined), sealing in the stamp trigger, and the functions reads decrypt through.
+//!
+//! No function returns the master key or a tenant key, and no message quotes one. The crypto
+//! itself (envelope, wrapping, blind indexes) is `udm_core::crypto`.
+
+use crate::catalog::{self, Entity, Tenant};
+use crate::error::{OrRaise, Result};
+use crate::security::as_owner;
+use pgrx::fcinfo::pg_getarg;
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::rc::Rc;
+use std::sync::OnceLock;
+use udm_core::crypto::{self as c, Key, Purpose};
+use udm_core::definition::{EntityDef, FieldDef};
+use udm_core::error::{SqlState, UdmError};
+use udm_core::ident::{printable, qualified, quote_ident, quote_literal};
+
+pub static KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// The master key, or why there is none; set once in the postmaster (forked backends inherit it).
+static MASTER: OnceLock<std::result::Result<Key, String>> = OnceLock::new();
+
+pub const KEYS_TABLE: &str = "_udm_keys";
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"udm.encryption_key_file",
+        c"File holding the master key of udm's field encryption (64 hex digits), read once at server start.",
+        c"Only the file's path is a setting; the key is never shown. udm must be in shared_preload_libraries; the file must not be readable by other OS users.",
+        &KEY_FILE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        let loaded = load_master();
+        match &loaded {
+            Ok(k) => pgrx::log!(
+                "udm: field encryption master key loaded (fingerprint {})",
+                k.fingerprint()
+            ),
+            Err(why) if KEY_FILE.get().is_some() => {
+                pgrx::warning!("udm: field encryption is unavailable: {why}")
+            }
+            Err(_) => {}
+        }
+        let _ = MASTER.set(loaded);
+    }
+}
+
+fn load_master() -> std::result::Result<Key, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = KEY_FILE.get() else {
+        return Err("udm.encryption_key_file is not set".into());
+    };
+    let path = path.to_string_lossy().into_owned();
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| format!("the master key file \"{path}\" cannot be read ({e})"))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the master key file \"{path}\" may be read by other users (mode {:o}); make it 0600",
+            mode & 0o777
+        ));
+    }
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(&path)
+            .map_err(|e| format!("the master key file \"{path}\" cannot be read ({e})"))?,
+    );
+    c::parse_master_key(&bytes).map_err(|e| format!("\"{path}\": {}", e.message))
+}
+
+/// Why this server has no master key, if it has none.
+pub fn master_missing() -> Option<String> {
+    match MASTER.get() {
+        Some(Ok(_)) => None,
+        Some(Err(why)) => Some(why.clone()),
+        None => {
+            Some("udm is not in shared_preload_libraries, where the master key is loaded".into())
+        }
+    }
+}
+
+fn master(what: &dyn Fn() -> String) -> Result<&'static Key> {
+    match MASTER.get() {
+        Some(Ok(k)) => Ok(k),
+        _ => Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!(
+                "{} is encrypted and this server has no master key: {}",
+                what(),
+                master_missing().unwrap_or_default()
+            ),
+        )
+        .hint(
+            "put udm in shared_preload_libraries, set udm.encryption_key_file to a file of 64 hex \
+             digits that only the server's OS user can read, and restart the server",
+        )),
+    }
+}
+
+fn field_what(t: &Tenant, entity: &str, field: &str) -> String {
+    format!(
+        "field \"{}\" of entity \"{}\" in tenant \"{}\"",
+        printable(field),
+        printable(entity),
+        t.slug
+    )
+}
+
+/// A tenant's keys, opened.
+pub struct TenantKeys {
+    /// `_udm_keys` as read (a new table is a new set of keys).
+    rel: pg_sys::Oid,
+    /// The data key new values are sealed with (the newest).
+    active: i32,
+    data: HashMap<i32, Key>,
+    index: Option<Key>,
+}
+
+thread_local! {
+    static KEYS: RefCell<HashMap<String, Rc<TenantKeys>>> = RefCell::new(HashMap::new());
+}
+
+fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
+    let sql = format!(
+        "SELECT coalesce(jsonb_agg(jsonb_build_array(purpose, id, encode(wrapped, 'hex'))), '[]') FROM {}",
+        qualified(&t.schema, KEYS_TABLE)
+    );
+    let rows = as_owner(|| crate::rawspi::once(&sql, &[], true))?
+        .map(crate::rawspi::jsonb_value)
+        .unwrap_or_default();
+    let mut keys = TenantKeys {
+        rel,
+        active: 0,
+        data: HashMap::new(),
+        index: None,
+    };
+    for r in rows.as_array().into_iter().flatten() {
+        let (Some(p), Some(id), Some(w)) = (
+            r[0].as_str().and_then(Purpose::parse),
+            r[1].as_i64(),
+            r[2].as_str(),
+        ) else {
+            return Err(UdmError::internal(format!(
+                "tenant \"{}\": a row of {KEYS_TABLE} is damaged",
+                t.slug
+            )));
+        };
+        let id = id as i32;
+        let wrapped = hex_bytes(w).unwrap_or_default();
+        let key = c::unwrap_key(master, &wrapped, p, id)
+            .map_err(|e| e.context(format!("tenant \"{}\"", t.slug)))?;
+        match p {
+            Purpose::Data => {
+                keys.active = keys.active.max(id);
+                keys.data.insert(id, key);
+            }
+            Purpose::Index => keys.index = Some(key),
+        }
+    }
+    Ok(keys)
+}
+
+fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The tenant's opened keys (read once per backend, again when the table is new or a key id
+/// is not known yet).
+fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<TenantKeys>> {
+    let m = master(what)?;
+    let Some(rel) = t.relation(KEYS_TABLE) else {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("{} is encrypted but the tenant has no keys", what()),
+        )
+        .hint("its keys were destroyed, or the tenant was copied without its _udm_keys table"));
+    };
+    let cached = KEYS.with(|k| k.borrow().get(&t.schema).cloned());
+    if let Some(k) = cached {
+        if k.rel == rel && want.is_none_or(|id| k.data.contains_key(&id)) {
+            return Ok(k);
+        }
+    }
+    let k = Rc::new(read_keys(t, rel, m)?);
+    KEYS.with(|c| c.borrow_mut().insert(t.schema.clone(), k.clone()));
+    Ok(k)
+}
+
+/// Makes the tenant's keys if an encrypted field of `def` needs them and there are none: a data
+/// key and an index key, random, stored wrapped by the master key. Refused without a master key.
+pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
+    let Some(f) = def.fields.iter().find(|f| f.encrypted) else {
+        return Ok(());
+    };
+    let m = master(&|| field_what(t, &def.slug, &f.name))?;
+    as_owner(|| {
+        let table = qualified(&t.schema, KEYS_TABLE);
+        // one session makes the keys; another waits here and finds them made
+        crate::rawspi::once(
+            "SELECT pg_advisory_xact_lock(hashtext('udm keys ' || $1))",
+            &[Some(t.schema.clone())],
+            false,
+        )?;
+        if t.relation(KEYS_TABLE).is_none() {
+            crate::rawspi::once(
+                &format!(
+                    "CREATE TABLE {table} (\
+                       purpose text NOT NULL CHECK (purpose IN ('data', 'index')), \
+                       id integer NOT NULL CHECK (id > 0), \
+                       wrapped bytea NOT NULL, \
+                       master text NOT NULL, \
+                       created_at timestamp with time zone NOT NULL DEFAULT now(), \
+                       PRIMARY KEY (purpose, id)); \
+                     REVOKE ALL ON {table} FROM PUBLIC; \
+                     COMMENT ON TABLE {table} IS {}",
+                    quote_literal(
+                        "udm: the tenant's field encryption keys, wrapped by the master key"
+                    )
+                ),
+                &[],
+                false,
+            )?;
+        }
+        let have = crate::rawspi::once(
+            &format!("SELECT count(*) FROM {table} WHERE purpose = 'data'"),
+            &[],
+            false,
+        )?
+        .map(crate::rawspi::int8)
+        .unwrap_or(0);
+        if have == 0 {
+            for p in [Purpose::Data, Purpose::Index] {
+                let k = Key::random()?;
+                let w = c::wrap_key(m, &k, p, 1)?;
+                crate::rawspi::once(
+                    &format!(
+                        "INSERT INTO {table} (purpose, id, wrapped, master) VALUES ($1, 1, decode($2, 'hex'), $3)"
+                    ),
+                    &[
+                        Some(p.name().to_string()),
+                        Some(hex(&w)),
+                        Some(m.fingerprint()),
+                    ],
+                    false,
+                )?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A field's identity for sealing and the SQL that checks its rules on the plaintext.
+pub struct SealSpec {
+    pub entity: String,
+    pub field: u32,
+    pub name: String,
+    pub blind: bool,
+    /// `SELECT udm.check_rule(...) AND ... FROM (SELECT $1::text AS "col") s`, when it has rules.
+    pub check: Option<String>,
+}
+
+impl SealSpec {
+    pub fn of(t: &Tenant, def: &EntityDef, f: &FieldDef) -> SealSpec {
+        let checks = udm_core::checks::field_checks(f);
+        let check = (!checks.is_empty()).then(|| {
+            let conds: Vec<String> = checks
+                .iter()
+                .map(|ck| {
+                    format!(
+                        "udm.check_rule(({}), {}, {}, {})",
+                        ck.sql,
+                        quote_literal(&t.schema),
+                        quote_literal(&def.slug),
+                        quote_literal(&ck.key)
+                    )
+                })
+                .collect();
+            format!(
+                "SELECT {} FROM (SELECT $1::text AS {}) s",
+                conds.join(" AND "),
+                quote_ident(&f.column)
+            )
+        });
+        SealSpec {
+            entity: def.slug.clone(),
+            field: f.id,
+            name: f.name.clone(),
+            blind: f.blind_indexed(),
+            check,
+        }
+    }
+}
+
+thread_local! {
+    static CHECK_PLANS: crate::cache::Cache<String, Rc<crate::rawspi::Plan>> =
+        crate::cache::Lru::new("encrypted field checks");
+}
+
+fn run_check(sql: &str, plaintext: &str) -> Result<()> {
+    let plan = match crate::cache::get(&CHECK_PLANS, sql) {
+        Some(p) => p,
+        None => {
+            let p = Rc::new(crate::rawspi::prepare_typed(sql, &[pg_sys::TEXTOID])?);
+            let bytes = p.bytes() + sql.len() * 2;
+            crate::cache::put(&CHECK_PLANS, sql.to_string(), p.clone(), bytes);
+            p
+        }
+    };
+    let mut values = [crate::triggers::text_datum(plaintext)];
+    let nulls = [b' ' as std::os::raw::c_char];
+    crate::rawspi::first_datum_of(&plan, &mut values, &nulls, true)?;
+    Ok(())
+}
+
+/// What the stamp trigger stores for a written value of an encrypted field: None to keep the
+/// value as written (a sealed value of this very record and field, e.g. restored from its audit
+/// image), or the sealed form of a plaintext (after its rules held).
+pub fn seal_for_write(
+    t: &Tenant,
+    spec: &SealSpec,
+    record: &[u8; 16],
+    value: &str,
+) -> Result<Option<String>> {
+    let what = || field_what(t, &spec.entity, &spec.name);
+    if c::looks_sealed(value) {
+        let env = c::parse_envelope(value).ok_or_else(|| {
+            UdmError::invalid(format!(
+                "{}: the value starts with \"{}\" but is not an encrypted value",
+                what(),
+                c::PREFIX
+            ))
+            .hint(format!(
+                "values of an encrypted field cannot start with \"{}\"",
+                c::PREFIX
+            ))
+        })?;
+        let k = keys(t, &what, Some(env.key_id))?;
+        let dk = k
+            .data
+            .get(&env.key_id)
+            .ok_or_else(|| no_such_key(&what, env.key_id))?;
+        c::open(dk, &env, record, spec.field).map_err(|e| {
+            UdmError::new(
+                SqlState::InvalidParameterValue,
+                format!("{}: {}", what(), e.message),
+            )
+            .hint("write the plaintext: udm encrypts it; a ciphertext belongs to one record and field")
+        })?;
+        if spec.blind && env.blind.is_empty() {
+            return Err(UdmError::invalid(format!(
+                "{}: the encrypted value has no blind index",
+                what()
+            ))
+            .hint("write the plaintext: udm encrypts it"));
+        }
+        return Ok(None);
+    }
+    if let Some(sql) = &spec.check {
+        run_check(sql, value)?;
+    }
+    let k = keys(t, &what, None)?;
+    let dk = k
+        .data
+        .get(&k.active)
+        .ok_or_else(|| no_such_key(&what, k.active))?;
+    let blind = if spec.blind {
+        let ik = k.index.as_ref().ok_or_else(|| no_such_key(&what, 1))?;
+        Some(c::blind_index(ik, spec.field, value.as_bytes()))
+    } else {
+        None
+    };
+    c::seal(
+        dk,
+        k.active,
+        blind.as_deref(),
+        record,
+        spec.field,
+        value.as_bytes(),
+    )
+    .map(Some)
+    .map_err(|e| e.context(what()))
+}
+
+fn no_such_key(what: &dyn Fn() -> String, id: i32) -> UdmError {
+    UdmError::new(
+        SqlState::ObjectNotInPrerequisiteState,
+        format!("{}: the tenant has no key {id} to decrypt it with", what()),
+    )
+    .hint("the tenant's keys were destroyed or replaced")
+}
+
+/// The encrypted field `field` (an id) of an entity, active or removed.
+fn sealed_field<'a>(t: &Tenant, e: &'a Entity, field: u32) -> Result<&'a FieldDef> {
+    e.def
+        .fields
+        .iter()
+        .chain(&e.def.removed_fields)
+        .find(|f| f.id == field && f.encrypted)
+        .ok_or_else(|| {
+            UdmError::new(
+                SqlState::UndefinedColumn,
+                format!(
+                    "entity \"{}\" of tenant \"{}\" has no encrypted field with id {field}",
+                    e.def.slug, t.slug
+                ),
+            )
+        })
+}
+
+/// Whether the session may read the field (its role does not keep it back).
+fn may_read(t: &Tenant, e: &Entity, f: &FieldDef) -> Result<bool> {
+    Ok(!crate::access::hidden_field_ids(t, e)?.contains(&f.id))
+}
+
+/// Opens a stored value of field `f` of record `id`.
+fn open_value(t: &Tenant, e: &Entity, f: &FieldDef, id: &[u8; 16], stored: &str) -> Result<String> {
+    let what = || field_what(t, &e.def.slug, &f.name);
+    let env = c::parse_envelope(stored).ok_or_else(|| {
+        UdmError::new(
+            SqlState::DataCorrupted,
+            format!("{}: the stored value is not an encrypted value", what()),
+        )
+        .hint("it was written past udm's trigger (e.g. with triggers disabled)")
+    })?;
+    let k = keys(t, &what, Some(env.key_id))?;
+    let dk = k
+        .data
+        .get(&env.key_id)
+        .ok_or_else(|| no_such_key(&what, env.key_id))?;
+    let plain = c::open(dk, &env, id, f.id).map_err(|e| e.context(what()))?;
+    String::from_utf8(plain).map_err(|_| {
+        UdmError::new(
+            SqlState::DataCorrupted,
+            format!("{}: the decrypted value is not text", what()),
+        )
+    })
+}
+
+/// The tenant, entity and field an internal call names, checked: the caller is a member.
+fn resolve(schema: &str, entity: &str) -> Result<(Rc<Tenant>, Rc<Entity>)> {
+    let t = catalog::tenant(schema)?.ok_or_else(|| catalog::no_such_tenant(schema))?;
+    catalog::require_member(&t)?;
+    let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
+    Ok((t, e))
+}
+
+unsafe fn text_arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> String {
+    unsafe { pg_getarg::<String>(fcinfo, i).unwrap_or_default() }
+}
+
+unsafe fn field_arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> u32 {
+    let n = unsafe { pg_getarg::<i32>(fcinfo, i).unwrap_or_default() };
+    u32::try_from(n).unwrap_or(0)
+}
+
+finfo_v1!(pg_finfo_udm_decrypt_field);
+finfo_v1!(pg_finfo_udm_blind_index);
+
+/// `udm.decrypt_field(schema, entity, field id, record id, stored)`: the plaintext of a stored
+/// value, as udm's own reads project it; NULL when the session's role keeps the field back (the
+/// reads drop the field then). STRICT.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_decrypt_field(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let schema = text_arg(fcinfo, 0);
+        let entity = text_arg(fcinfo, 1);
+        let field = field_arg(fcinfo, 2);
+        let id = pg_getarg::<pgrx::Uuid>(fcinfo, 3).unwrap_or(pgrx::Uuid::from_bytes([0; 16]));
+        let stored = text_arg(fcinfo, 4);
+        let (t, e) = resolve(&schema, &entity).or_raise();
+        let f = sealed_field(&t, &e, field).or_raise();
+        if !may_read(&t, &e, f).or_raise() {
+            (*fcinfo).isnull = true;
+            return pg_sys::Datum::from(0usize);
+        }
+        let plain = open_value(&t, &e, f, id.as_bytes(), &stored).or_raise();
+        crate::triggers::text_datum(&plain)
+    }
+}
+
+/// `udm.blind_index(schema, entity, field id, plaintext)`: the blind index an equality filter
+/// compares with (for members whose role may read the field). STRICT.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_blind_index(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let schema = text_arg(fcinfo, 0);
+        let entity = text_arg(fcinfo, 1);
+        let field = field_arg(fcinfo, 2);
+        let plain = text_arg(fcinfo, 3);
+        let b = blind_for(&schema, &entity, field, &plain).or_raise();
+        crate::triggers::text_datum(&b)
+    }
+}
+
+fn blind_for(schema: &str, entity: &str, field: u32, plain: &str) -> Result<String> {
+    let (t, e) = resolve(schema, entity)?;
+    let f = sealed_field(&t, &e, field)?;
+    if !may_read(&t, &e, f)? {
+        return Err(denied(&t, &e.def.slug, &f.name));
+    }
+    let what = || field_what(&t, &e.def.slug, &f.name);
+    let k = keys(&t, &what, None)?;
+    let ik = k.index.as_ref().ok_or_else(|| no_such_key(&what, 1))?;
+    Ok(c::blind_index(ik, f.id, plain.as_bytes()))
+}
+
+fn denied(t: &Tenant, entity: &str, field: &str) -> UdmError {
+    UdmError::new(
+        SqlState::InsufficientPrivilege,
+        format!("permission denied to read {}", field_what(t, entity, field)),
+    )
+    .hint("the reader's role keeps this field back")
+}
+
+/// `udm_decrypt(entity, field, id, stored)`: the plaintext of a value read with plain SQL from an
+/// encrypted field of the current tenant, for a member whose role may read the field.
+/// STRICT: a NULL value is NULL.
+#[pg_extern(stable, parallel_safe)]
+fn udm_decrypt(entity: &str, field: &str, id: pgrx::Uuid, stored: &str) -> String {
+    decrypt(entity, field, id, stored).or_raise()
+}
+
+fn decrypt(entity: &str, field: &str, id: pgrx::Uuid, stored: &str) -> Result<String> {
+    let t = catalog::current_tenant()?;
+    let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
+    let f = e
+        .def
+        .fields
+        .iter()
+        .chain(&e.def.removed_fields)
+        .find(|f| f.name == field)
+        .ok_or_else(|| e.def.no_such_field(field))?;
+    if !f.encrypted {
+        return Err(UdmError::invalid(format!(
+            "{} is not encrypted",
+            field_what(&t, &e.def.slug, &f.name)
+        ))
+        .hint("read its column as it is"));
+    }
+    if !may_read(&t, &e, f)? {
+        return Err(denied(&t, &e.def.slug, &f.name));
+    }
+    if c::parse_envelope(stored).is_none() {
+        return Err(UdmError::invalid(format!(
+            "{}: the value given is not an encrypted value",
+            field_what(&t, &e.def.slug, &f.name)
+        ))
+        .hint("pass the field's column as stored: udm_decrypt('customer', 'ssn', id, ssn)"));
+    }
+    open_value(&t, &e, f, id.as_bytes(), stored)
+}
+
+/// Opens the encrypted fields of a record image (audit, history) at its top level: each sealed
+/// value under the name of an encrypted field of the entity becomes its plaintext. Fields the
+/// session may not read were stripped before. Images of entities without encrypted fields are
+/// returned as they are.
+pub fn open_image(
+    t: &Tenant,
+    e: &Entity,
+    id: &[u8; 16],
+    image: &crate::json::RawJsonb,
+) -> Result<crate::json::RawJsonb> {
+    use udm_core::jsonb::Value as J;
+    let sealed: Vec<&FieldDef> = e
+        .def
+        .fields
+        .iter()
+        .chain(&e.def.removed_fields)
+        .filter(|f| f.encrypted)
+        .collect();
+    if sealed.is_empty() {
+        return Ok(image.clone());
+    }
+    let bad = |err: udm_core::jsonb::JsonbError| {
+        UdmError::new(
+            SqlState::InvalidParameterValue,
+            format!("cannot read a jsonb value: {}", err.0),
+        )
+    };
+    let Some(pairs) = udm_core::jsonb::object_pairs(image.root()).map_err(bad)? else {
+        return Ok(image.clone());
+    };
+    let mut plains: Vec<Option<String>> = Vec::with_capacity(pairs.len());
+    for (k, v) in &pairs {
+        let key = String::from_utf8_lossy(k);
+        let f = sealed.iter().find(|f| f.name == key);
+        plains.push(match (f, v) {
+            (Some(f), J::String(s)) => {
+                let stored = String::from_utf8_lossy(s);
+                if c::looks_sealed(&stored) {
+                    Some(open_value(t, e, f, id, &stored)?)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        });
+    }
+    let out: Vec<(&[u8], J<'_>)> = pairs
+        .iter()
+        .zip(&plains)
+        .map(|((k, v), p)| match p {
+            Some(p) => (*k, J::String(p.as_bytes())),
+            None => (*k, v.clone()),
+        })
+        .collect();
+    let mut buf = Vec::new();
+    udm_core::jsonb::write_object(&mut buf, &out).map_err(bad)?;
+    Ok(crate::json::RawJsonb(buf))
+}

@@ -1,0 +1,667 @@
+//! Field encryption (`"encrypted": true`): values are ciphertext in the table, in pg_dump's output
+//! and in the audit log, plaintext through udm for readers who may read the field; a ciphertext
+//! moved to another record or field does not decrypt; equality and unique work through the blind
+//! index, ranges and sorting are refused; a server without the master key refuses with a clear
+//! error. The test cluster loads udm in shared_preload_libraries with a key file (Makefile).
+
+use postgres::{Client, NoTls};
+use std::path::PathBuf;
+use std::process::Command;
+use udm_tests::*;
+
+const SSN: &str = "123-45-6789";
+const MAIL: &str = "ada@example.com";
+const NOTE: &str = "prefers tea, allergic to nuts";
+
+fn customer(c: &mut Client) {
+    json(
+        c,
+        r#"SELECT udm_define_entity('customer', '{"fields": [
+            {"name": "name", "type": "text", "required": true},
+            {"name": "ssn", "type": "text", "encrypted": true, "unique": true, "max_length": 11},
+            {"name": "email", "type": "email", "encrypted": true, "index": true},
+            {"name": "notes", "type": "long_text", "encrypted": true}]}')"#,
+    );
+}
+
+fn insert(c: &mut Client, name: &str, ssn: &str, email: &str) -> Value {
+    json(
+        c,
+        &format!(
+            "SELECT udm_insert('customer', {})",
+            lit(&json!({"name": name, "ssn": ssn, "email": email, "notes": NOTE}).to_string())
+        ),
+    )
+}
+
+fn pgbin(tool: &str) -> PathBuf {
+    PathBuf::from(std::env::var("PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()))
+        .join(tool)
+}
+
+fn stored(adm: &mut Client, tenant: &str, column: &str, id: &str) -> String {
+    scalar(
+        adm,
+        &format!(
+            "SELECT {column} FROM \"{tenant}\".customer WHERE id = {}",
+            lit(id)
+        ),
+    )
+}
+
+#[test]
+fn values_are_ciphertext_at_rest_and_plaintext_through_udm() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "encr");
+    let t = m.tenant.clone();
+    customer(&mut m.client);
+    let rec = insert(&mut m.client, "Ada", SSN, MAIL);
+    assert_eq!(rec["ssn"], SSN, "udm_insert returns plaintext: {rec}");
+    assert_eq!(rec["notes"], NOTE);
+    let id = rec["id"].as_str().unwrap().to_string();
+
+    // in the table: sealed, a fresh nonce per value
+    let ssn_ct = stored(&mut adm, &t, "ssn", &id);
+    assert!(ssn_ct.starts_with("udm1:1:"), "{ssn_ct}");
+    assert!(
+        !ssn_ct.contains(SSN) && !ssn_ct.contains("6789"),
+        "{ssn_ct}"
+    );
+    for col in ["email", "notes"] {
+        let v = stored(&mut adm, &t, col, &id);
+        assert!(v.starts_with("udm1:"), "{col}: {v}");
+        assert!(!v.contains("ada@") && !v.contains("tea"), "{col}: {v}");
+    }
+    // the blind index is part of indexed fields' values only
+    assert_eq!(ssn_ct.split(':').nth(2).unwrap().len(), 32);
+    assert_eq!(
+        stored(&mut adm, &t, "notes", &id).split(':').nth(2),
+        Some("")
+    );
+
+    // in the audit log: ciphertext only
+    let audit: String = scalar(
+        &mut adm,
+        &format!("SELECT string_agg(coalesce(new_data::text, '') || coalesce(old_data::text, ''), ' ') FROM \"{t}\"._udm_audit"),
+    );
+    assert!(audit.contains("udm1:"), "{audit}");
+    for plain in [SSN, MAIL, "tea"] {
+        assert!(
+            !audit.contains(plain),
+            "the audit log holds {plain}: {audit}"
+        );
+    }
+
+    // through udm: plaintext
+    let got = json(
+        &mut m.client,
+        &format!("SELECT udm_get('customer', {})", lit(&id)),
+    );
+    assert_eq!(
+        (got["ssn"].as_str(), got["email"].as_str()),
+        (Some(SSN), Some(MAIL))
+    );
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('customer', '{"columns": ["name", "ssn", "notes"]}')"#,
+    );
+    assert_eq!(page["rows"][0]["ssn"], SSN, "{page}");
+    assert_eq!(page["rows"][0]["notes"], NOTE, "{page}");
+
+    // plain SQL writes are sealed by the trigger, and read back with udm_decrypt
+    m.client
+        .batch_execute(&format!(
+            "INSERT INTO \"{t}\".customer (name, ssn, email) VALUES ('Bob', '987-65-4321', 'bob@example.com')"
+        ))
+        .unwrap();
+    let bob: String = scalar(
+        &mut m.client,
+        &format!("SELECT ssn FROM \"{t}\".customer WHERE name = 'Bob'"),
+    );
+    assert!(bob.starts_with("udm1:") && !bob.contains("4321"), "{bob}");
+    let plain: String = scalar(
+        &mut m.client,
+        &format!("SELECT udm_decrypt('customer', 'ssn', id, ssn) FROM \"{t}\".customer WHERE name = 'Bob'"),
+    );
+    assert_eq!(plain, "987-65-4321");
+    let msg = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_decrypt('customer', 'name', id, name) FROM \"{t}\".customer"),
+        "22023",
+    );
+    assert!(msg.contains("is not encrypted"), "{msg}");
+    expect_err(
+        &mut m.client,
+        &format!("SELECT udm_decrypt('customer', 'nope', id, ssn) FROM \"{t}\".customer"),
+        "42703",
+    );
+    // an UPDATE of another column keeps the sealed value as it was
+    m.client
+        .batch_execute(&format!(
+            "UPDATE \"{t}\".customer SET name = 'Bobby' WHERE name = 'Bob'"
+        ))
+        .unwrap();
+    let again: String = scalar(
+        &mut adm,
+        &format!("SELECT ssn FROM \"{t}\".customer WHERE name = 'Bobby'"),
+    );
+    assert_eq!(again, bob);
+
+    // equality through the blind index; unique holds on plaintext
+    let found = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_query('customer', {})",
+            lit(&json!({"columns": ["name"], "filters": {"ssn": SSN}}).to_string())
+        ),
+    );
+    assert_eq!(found["rows"], json!([{"name": "Ada"}]), "{found}");
+    let found = json(
+        &mut m.client,
+        r#"SELECT udm_query('customer', '{"columns": ["name"], "filters": {"email": {"in": ["bob@example.com", "x@y.zz"]}}}')"#,
+    );
+    assert_eq!(found["rows"], json!([{"name": "Bobby"}]), "{found}");
+    let found = json(
+        &mut m.client,
+        r#"SELECT udm_query('customer', '{"columns": ["name"], "filters": {"ssn": {"neq": "987-65-4321"}}, "sort": ["name"]}')"#,
+    );
+    assert_eq!(found["rows"], json!([{"name": "Ada"}]), "{found}");
+    let msg = expect_err(
+        &mut m.client,
+        &format!(
+            "SELECT udm_insert('customer', {})",
+            lit(&json!({"name": "Eve", "ssn": SSN}).to_string())
+        ),
+        "23505",
+    );
+    assert!(msg.contains("ssn"), "{msg}");
+    expect_err(
+        &mut m.client,
+        &format!(
+            "INSERT INTO \"{t}\".customer (name, ssn) VALUES ('Eve', {})",
+            lit(SSN)
+        ),
+        "23505",
+    );
+
+    // what cannot be answered from ciphertext is refused
+    for (spec, words) in [
+        (r#"{"sort": ["ssn"]}"#, "cannot be sorted by"),
+        (
+            r#"{"filters": {"ssn": {"gt": "1"}}}"#,
+            "cannot be filtered with \"gt\"",
+        ),
+        (
+            r#"{"filters": {"email": {"contains": "ada"}}}"#,
+            "cannot be filtered",
+        ),
+        (r#"{"filters": {"notes": "x"}}"#, "without a blind index"),
+    ] {
+        let msg = expect_err(
+            &mut m.client,
+            &format!("SELECT udm_query('customer', '{spec}')"),
+            "0A000",
+        );
+        assert!(
+            msg.contains(words) && msg.contains("entity \"customer\"") && !msg.contains("hint: |"),
+            "{spec}: {msg}"
+        );
+    }
+
+    // the field's rules hold on the plaintext, for udm and plain SQL alike
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_insert('customer', '{"name": "Long", "ssn": "123456789012"}')"#,
+        "23514",
+    );
+    assert!(msg.contains("ssn"), "{msg}");
+    let msg = expect_err(
+        &mut m.client,
+        &format!("INSERT INTO \"{t}\".customer (name, email) VALUES ('Bad', 'not an email')"),
+        "23514",
+    );
+    assert!(msg.contains("email"), "{msg}");
+    // a plaintext that looks like a ciphertext is refused, not stored
+    let msg = expect_err(
+        &mut m.client,
+        &format!("INSERT INTO \"{t}\".customer (name, notes) VALUES ('Fake', 'udm1:hello')"),
+        "22023",
+    );
+    assert!(msg.contains("field \"notes\"") && msg.contains(&t), "{msg}");
+}
+
+#[test]
+fn history_and_rollback_work_on_encrypted_fields() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enhi");
+    customer(&mut m.client);
+    let id = insert(&mut m.client, "Ada", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_update('customer', {}, '{{\"ssn\": \"111-11-1111\", \"notes\": \"changed\"}}')",
+            lit(&id)
+        ),
+    );
+    let h: Value = scalar(
+        &mut m.client,
+        &format!(
+            "SELECT jsonb_agg(jsonb_build_object('v', version, 'data', data) ORDER BY version) FROM udm_history('customer', {})",
+            lit(&id)
+        ),
+    );
+    assert_eq!(h[0]["data"]["ssn"], SSN, "{h}");
+    assert_eq!(h[1]["data"]["ssn"], "111-11-1111", "{h}");
+    assert_eq!(h[1]["data"]["notes"], "changed", "{h}");
+    // rollback writes the sealed value of version 1 back: it belongs to this record and field
+    json(
+        &mut m.client,
+        &format!("SELECT udm_rollback('customer', {}, 1)", lit(&id)),
+    );
+    let got = json(
+        &mut m.client,
+        &format!("SELECT udm_get('customer', {})", lit(&id)),
+    );
+    assert_eq!(got["ssn"], SSN, "{got}");
+    assert_eq!(got["notes"], NOTE, "{got}");
+    // and the unique blind index still finds it
+    let found = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_query('customer', {})",
+            lit(&json!({"columns": ["name"], "filters": {"ssn": SSN}}).to_string())
+        ),
+    );
+    assert_eq!(found["rows"], json!([{"name": "Ada"}]), "{found}");
+}
+
+#[test]
+fn a_ciphertext_moved_to_another_record_or_field_does_not_decrypt() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enmv");
+    let t = m.tenant.clone();
+    customer(&mut m.client);
+    let a = insert(&mut m.client, "A", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = insert(&mut m.client, "B", "222-22-2222", "b@example.com")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // through the trigger: refused
+    let copy_notes = format!(
+        "UPDATE \"{t}\".customer SET notes = (SELECT notes FROM \"{t}\".customer WHERE id = {}) WHERE id = {}",
+        lit(&a),
+        lit(&b)
+    );
+    let msg = expect_err(&mut m.client, &copy_notes, "22023");
+    assert!(
+        msg.contains("does not decrypt for this record and field")
+            && msg.contains("field \"notes\""),
+        "{msg}"
+    );
+    let msg = expect_err(
+        &mut m.client,
+        &format!(
+            "UPDATE \"{t}\".customer SET notes = ssn WHERE id = {}",
+            lit(&a)
+        ),
+        "22023",
+    );
+    assert!(msg.contains("does not decrypt"), "{msg}");
+    // past the trigger (a superuser with triggers off): reading fails instead of showing another
+    // record's value
+    adm.batch_execute(&format!(
+        "SET session_replication_role = replica; {copy_notes}; RESET session_replication_role"
+    ))
+    .unwrap();
+    let msg = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_get('customer', {})", lit(&b)),
+        "XX001",
+    );
+    assert!(
+        msg.contains("does not decrypt") && msg.contains("field \"notes\"") && msg.contains(&t),
+        "{msg}"
+    );
+    let msg = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_decrypt('customer', 'notes', id, notes) FROM \"{t}\".customer WHERE id = {}", lit(&b)),
+        "XX001",
+    );
+    assert!(msg.contains("does not decrypt"), "{msg}");
+    // the record it came from still reads
+    let got = json(
+        &mut m.client,
+        &format!("SELECT udm_get('customer', {})", lit(&a)),
+    );
+    assert_eq!(got["notes"], NOTE);
+}
+
+#[test]
+fn pg_dump_output_holds_no_plaintext() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "endu");
+    customer(&mut m.client);
+    insert(&mut m.client, "Ada", SSN, MAIL);
+    let db: String = scalar(&mut adm, "SELECT current_database()");
+    let host = std::env::var("UDM_TEST_HOST")
+        .unwrap_or_else(|_| "/work/main/target/test-cluster/sock".into());
+    let port = std::env::var("UDM_TEST_PORT").unwrap_or_else(|_| "5498".into());
+    let out = Command::new(pgbin("pg_dump"))
+        .args([
+            "-h", &host, "-p", &port, "-U", "postgres", "-n", &m.tenant, &db,
+        ])
+        .env_remove("PGOPTIONS")
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(dump.contains("udm1:1:"), "the dump holds the sealed values");
+    assert!(dump.contains("_udm_keys"), "and the wrapped keys");
+    for plain in [SSN, "6789", MAIL, "allergic"] {
+        assert!(!dump.contains(plain), "pg_dump output holds {plain}");
+    }
+}
+
+#[test]
+fn only_readers_the_field_is_open_to_get_its_plaintext() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enac");
+    let t = m.tenant.clone();
+    customer(&mut m.client);
+    let id = insert(&mut m.client, "Ada", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // a role of no tenant: not the table, not the internal functions, not udm_decrypt
+    let outsider = login_role(&mut adm, "enout");
+    let mut o = connect_as(&outsider);
+    let ct = stored(&mut adm, &t, "ssn", &id);
+    expect_err(
+        &mut o,
+        &format!(
+            "SELECT udm.decrypt_field({}, 'customer', 2, {}, {})",
+            lit(&t),
+            lit(&id),
+            lit(&ct)
+        ),
+        "42501",
+    );
+    expect_err(
+        &mut o,
+        &format!(
+            "SELECT udm.blind_index({}, 'customer', 2, {})",
+            lit(&t),
+            lit(SSN)
+        ),
+        "42501",
+    );
+    // a member of another tenant: the internal function answers for its own tenants only
+    let mut other = member(&mut adm, "enot");
+    expect_err(
+        &mut other.client,
+        &format!(
+            "SELECT udm.decrypt_field({}, 'customer', 2, {}, {})",
+            lit(&t),
+            lit(&id),
+            lit(&ct)
+        ),
+        "42501",
+    );
+    // an application user whose role keeps the field back
+    let email = format!("{}@{t}.test", unique("vic")).to_lowercase();
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_create_user({}, 'Vic', 'correct horse')",
+            lit(&email)
+        ),
+    );
+    json(
+        &mut m.client,
+        r#"SELECT udm_define_role('nossn', 'viewer', '{"entities": {"customer": {"fields": {"ssn": {"read": false}}}}}')"#,
+    );
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_add_member({}, {}, 'nossn')",
+            lit(&t),
+            lit(&email)
+        ),
+    );
+    let mut vic = connect_as(&m.role);
+    vic.query_one("SELECT udm_use($1, $2)", &[&t, &email])
+        .unwrap_or_else(|e| panic!("udm_use: {}", message(&e)));
+    let got = json(
+        &mut vic,
+        &format!("SELECT udm_get('customer', {})", lit(&id)),
+    );
+    assert!(got.get("ssn").is_none(), "{got}");
+    assert_eq!(got["email"], MAIL, "{got}");
+    let msg = expect_err(
+        &mut vic,
+        &format!(
+            "SELECT udm_decrypt('customer', 'ssn', {}, {})",
+            lit(&id),
+            lit(&ct)
+        ),
+        "42501",
+    );
+    assert!(msg.contains("field \"ssn\""), "{msg}");
+    let decrypted: Option<String> = scalar(
+        &mut vic,
+        &format!(
+            "SELECT udm.decrypt_field({}, 'customer', 2, {}, {})",
+            lit(&t),
+            lit(&id),
+            lit(&ct)
+        ),
+    );
+    assert_eq!(decrypted, None, "kept back: NULL, never the plaintext");
+    expect_err(
+        &mut vic,
+        &format!(
+            "SELECT udm.blind_index({}, 'customer', 2, {})",
+            lit(&t),
+            lit(SSN)
+        ),
+        "42501",
+    );
+}
+
+#[test]
+fn definitions_that_cannot_hold_are_refused() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "endf");
+    customer(&mut m.client);
+    for (sql, code, words) in [
+        (
+            r#"SELECT udm_define_entity('x1', '{"fields": [{"name": "n", "type": "integer", "encrypted": true}]}')"#,
+            "0A000",
+            "cannot be encrypted",
+        ),
+        (
+            r#"SELECT udm_define_entity('x2', '{"fields": [{"name": "n", "type": "text", "encrypted": true, "default": "a"}]}')"#,
+            "0A000",
+            "cannot have a default",
+        ),
+        (
+            r#"SELECT udm_alter_field('customer', 'name', '{"encrypted": true}')"#,
+            "0A000",
+            "cannot yet be turned on",
+        ),
+        (
+            r#"SELECT udm_alter_field('customer', 'notes', '{"unique": true}')"#,
+            "0A000",
+            "cannot yet be changed",
+        ),
+        (
+            r#"SELECT udm_add_rule('customer', '{"name": "r", "check": "notes <> ''''"}')"#,
+            "0A000",
+            "is encrypted and cannot be used in a rule",
+        ),
+        (
+            r#"SELECT udm_add_index('customer', ARRAY['name', 'email'])"#,
+            "0A000",
+            "is encrypted and cannot be part of an index",
+        ),
+    ] {
+        let msg = expect_err(&mut m.client, sql, code);
+        assert!(msg.contains(words), "{sql}: {msg}");
+    }
+    // a new encrypted field on an entity with records: added, sealed from then on
+    insert(&mut m.client, "Ada", SSN, MAIL);
+    json(
+        &mut m.client,
+        r#"SELECT udm_add_field('customer', '{"name": "iban", "type": "text", "encrypted": true}')"#,
+    );
+    let r = json(
+        &mut m.client,
+        r#"SELECT udm_update('customer', (SELECT udm_query('customer', '{"columns": ["id"]}')->'rows'->0->>'id')::uuid, '{"iban": "DE00 1234"}')"#,
+    );
+    assert_eq!(r["iban"], "DE00 1234", "{r}");
+    let raw: String = scalar(
+        &mut adm,
+        &format!("SELECT iban FROM \"{}\".customer", m.tenant),
+    );
+    assert!(raw.starts_with("udm1:"), "{raw}");
+}
+
+/// A cluster of its own with udm preloaded and no key file: encrypted fields are refused with a
+/// clear error, and a restored tenant's sealed values are never shown as anything else.
+#[test]
+fn a_server_without_the_key_file_refuses_encrypted_fields() {
+    // a tenant with sealed values, dumped from the test cluster
+    let mut adm = admin();
+    let mut m = member(&mut adm, "ennk");
+    customer(&mut m.client);
+    let id = insert(&mut m.client, "Ada", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let src_db: String = scalar(&mut adm, "SELECT current_database()");
+    let host = std::env::var("UDM_TEST_HOST")
+        .unwrap_or_else(|_| "/work/main/target/test-cluster/sock".into());
+    let port = std::env::var("UDM_TEST_PORT").unwrap_or_else(|_| "5498".into());
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("target/nokey-cluster");
+    let cluster = root.join("tests/cluster.sh");
+    let nk_port = std::env::var("UDM_NOKEY_PORT").unwrap_or_else(|_| "5492".into());
+    let status = Command::new(&cluster)
+        .args([
+            "start",
+            &dir.display().to_string(),
+            &nk_port,
+            "fresh",
+            "udm.bcrypt_cost = 4",
+            "shared_preload_libraries = 'udm'",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "start a cluster without a key file");
+    let sock = dir.join("sock").display().to_string();
+    let connect = |db: &str, user: &str| {
+        Client::connect(
+            &format!("host={sock} port={nk_port} dbname={db} user={user}"),
+            NoTls,
+        )
+        .unwrap()
+    };
+    let mut pg = connect("postgres", "postgres");
+    pg.batch_execute("CREATE DATABASE nokey").unwrap();
+    let roles = Command::new(pgbin("pg_dumpall"))
+        .args(["-h", &host, "-p", &port, "-U", "postgres", "--roles-only"])
+        .output()
+        .unwrap();
+    assert!(roles.status.success());
+    let dump = Command::new(pgbin("pg_dump"))
+        .args(["-h", &host, "-p", &port, "-U", "postgres", &src_db])
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    for (db, sql) in [("postgres", roles.stdout), ("nokey", dump.stdout)] {
+        let mut child = Command::new(pgbin("psql"))
+            .args([
+                "-X", "-q", "-h", &sock, "-p", &nk_port, "-U", "postgres", "-d", db,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&sql).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    let mut c = connect("nokey", &m.role);
+    c.query_one("SELECT udm_use($1)", &[&m.tenant]).unwrap();
+    // reads: a clear error naming tenant, entity and field, never the ciphertext as a value
+    let msg = expect_err(
+        &mut c,
+        &format!("SELECT udm_get('customer', {})", lit(&id)),
+        "55000",
+    );
+    assert!(
+        msg.contains("this server has no master key")
+            && msg.contains(&format!("tenant \"{}\"", m.tenant))
+            && msg.contains("entity \"customer\"")
+            && msg.contains("udm.encryption_key_file"),
+        "{msg}"
+    );
+    expect_err(
+        &mut c,
+        r#"SELECT udm_query('customer', '{"columns": ["ssn"]}')"#,
+        "55000",
+    );
+    // writes: refused, nothing stored in plaintext
+    let msg = expect_err(
+        &mut c,
+        r#"SELECT udm_insert('customer', '{"name": "Bo", "notes": "secret"}')"#,
+        "55000",
+    );
+    assert!(msg.contains("field \"notes\""), "{msg}");
+    let msg = expect_err(
+        &mut c,
+        &format!(
+            "INSERT INTO \"{}\".customer (name, notes) VALUES ('Bo', 'secret')",
+            m.tenant
+        ),
+        "55000",
+    );
+    assert!(
+        msg.contains("hint: put udm in shared_preload_libraries"),
+        "{msg}"
+    );
+    // and no new encrypted field
+    let msg = expect_err(
+        &mut c,
+        r#"SELECT udm_define_entity('vault', '{"fields": [{"name": "pin", "type": "text", "encrypted": true}]}')"#,
+        "55000",
+    );
+    assert!(msg.contains("entity \"vault\""), "{msg}");
+    // fields that are not encrypted still work
+    let page = json(
+        &mut c,
+        r#"SELECT udm_query('customer', '{"columns": ["name"]}')"#,
+    );
+    assert_eq!(page["rows"], json!([{"name": "Ada"}]));
+    drop(c);
+    drop(pg);
+    let _ = Command::new(&cluster)
+        .args(["stop", &dir.display().to_string()])
+        .status();
+}

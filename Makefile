@@ -27,6 +27,13 @@ SERVER_LISTEN ?= 127.0.0.1:8080
 SERVER_BIN    := $(ROOT)/target/release/udm-server
 SERVER_ENV    := UDM_SERVER_DATABASE_URL="host=$(RUN_DIR)/sock port=$(RUN_PORT) dbname=$(RUN_DB) user=udm_server" \
                  UDM_SERVER_LISTEN=$(SERVER_LISTEN) UDM_SERVER_JWT_SECRET_FILE=$(RUN_DIR)/jwt-secret UDM_SERVER_LOG_FORMAT=text
+# make run's master key of field encryption and its TLS certificate (self-signed for localhost),
+# made once, next to the cluster; a cluster made before these existed keeps its settings
+# (make stop && rm -rf target/cluster to start over)
+RUN_KEY       := $(ROOT)/target/run-master.key
+RUN_TLS       := $(ROOT)/target/run-tls
+RUN_CONF      := "shared_preload_libraries = 'udm'" "udm.encryption_key_file = '$(RUN_KEY)'" \
+                 "ssl = on" "ssl_cert_file = '$(RUN_TLS)/server.crt'" "ssl_key_file = '$(RUN_TLS)/server.key'"
 TEST_DIR      := $(ROOT)/target/test-cluster
 TEST_PORT     ?= 5498
 # the second cluster of the restore test (tests/tests/restore.rs); the standby and pgbouncer of
@@ -85,7 +92,8 @@ endif
 ## ------------------------------------------------------------------ make run
 
 run: install
-	@$(CLUSTER) start $(RUN_DIR) $(RUN_PORT) keep
+	@$(MAKE) --no-print-directory $(RUN_KEY) $(RUN_TLS)/server.crt
+	@$(CLUSTER) start $(RUN_DIR) $(RUN_PORT) keep $(RUN_CONF)
 	@if ! $(CLUSTER) psql $(RUN_DIR) $(RUN_PORT) -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$(RUN_DB)'" | grep -q 1; then \
 	    $(CLUSTER) psql $(RUN_DIR) $(RUN_PORT) -d postgres -qc "CREATE DATABASE $(RUN_DB)"; \
 	fi
@@ -96,7 +104,11 @@ run: install
 	@echo
 	@echo "    $(PGBIN)/psql -h $(RUN_DIR)/sock -p $(RUN_PORT) -U postgres $(RUN_DB)"
 	@echo
-	@echo "or over TCP: postgresql://postgres@localhost:$(RUN_PORT)/$(RUN_DB)   (make stop stops it)"
+	@echo "or over TCP with TLS, checking the server's certificate (made at set-up, self-signed):"
+	@echo
+	@echo "    $(PGBIN)/psql 'host=localhost port=$(RUN_PORT) dbname=$(RUN_DB) user=postgres sslmode=verify-full sslrootcert=$(RUN_TLS)/server.crt'"
+	@echo
+	@echo "(make stop stops it)"
 	@$(MAKE) --no-print-directory run-server
 
 # udm-server: its database role (udm-server setup-role), a secret of its own, then the server
@@ -185,10 +197,19 @@ test: deps $(GRAPHQL_JS) $(OPENAPI_JS) $(GRAPHQL_WS) $(PUPPETEER)
 	@$(MAKE) --no-print-directory upgrade
 	@echo "== all test tiers passed"
 
-$(TEST_KEY):
+$(TEST_KEY) $(RUN_KEY):
 	@mkdir -p $(dir $@)
 	@umask 077 && openssl rand -hex 32 > $@.tmp && mv $@.tmp $@
 	@if [ "$$(id -u)" = 0 ]; then chown postgres:postgres $@; fi
+
+# a self-signed certificate for localhost (clients check it with sslmode=verify-full and
+# sslrootcert=<it>); the key readable by the server only
+$(RUN_TLS)/server.crt:
+	@mkdir -p $(RUN_TLS)
+	@umask 077 && openssl req -new -x509 -days 3650 -nodes -newkey rsa:2048 -subj "/CN=localhost" \
+	    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	    -keyout $(RUN_TLS)/server.key -out $@.tmp 2>/dev/null && chmod 0644 $@.tmp && mv $@.tmp $@
+	@if [ "$$(id -u)" = 0 ]; then chown postgres:postgres $(RUN_TLS)/server.key $@; fi
 
 unit:
 	@echo "== tier 1: udm-core unit tests (no PostgreSQL)"

@@ -196,6 +196,20 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'udm_decrypt_wrapper';
 
+-- Field encryption: a new data key for a tenant, and moving values sealed by older keys to it.
+CREATE  FUNCTION "udm_rotate_data_key"() RETURNS jsonb /* pgrx :: JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_rotate_data_key_wrapper';
+
+CREATE  FUNCTION "udm_reencrypt"(
+	"entity" TEXT, /* & str */
+	"batch" INT DEFAULT 1000 /* i32 */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_reencrypt_wrapper';
+
 -- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION

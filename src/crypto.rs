@@ -118,10 +118,12 @@ fn field_what(t: &Tenant, entity: &str, field: &str) -> String {
 pub struct TenantKeys {
     /// `_udm_keys` as read (a new table is a new set of keys).
     rel: pg_sys::Oid,
+    /// The catalog generation it was read in (a key rotation invalidates the tenant's catalog).
+    generation: u64,
     /// The data key new values are sealed with (the newest).
     active: i32,
-    data: HashMap<i32, Key>,
-    index: Option<Key>,
+    data: HashMap<i32, c::Sealer>,
+    index: Option<c::Blinder>,
 }
 
 thread_local! {
@@ -138,6 +140,7 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
         .unwrap_or_default();
     let mut keys = TenantKeys {
         rel,
+        generation: catalog::generation(),
         active: 0,
         data: HashMap::new(),
         index: None,
@@ -160,9 +163,9 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
         match p {
             Purpose::Data => {
                 keys.active = keys.active.max(id);
-                keys.data.insert(id, key);
+                keys.data.insert(id, key.sealer());
             }
-            Purpose::Index => keys.index = Some(key),
+            Purpose::Index => keys.index = Some(key.blinder()),
         }
     }
     Ok(keys)
@@ -179,6 +182,19 @@ fn hex_bytes(s: &str) -> Option<Vec<u8>> {
 /// is not known yet).
 fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<TenantKeys>> {
     let m = master(what)?;
+    // the keys read in this catalog generation (a rotation, a dropped tenant start a new one)
+    let generation = catalog::generation();
+    let fresh = KEYS.with(|k| {
+        k.borrow()
+            .get(&t.schema)
+            .filter(|k| {
+                k.generation == generation && want.is_none_or(|id| k.data.contains_key(&id))
+            })
+            .cloned()
+    });
+    if let Some(k) = fresh {
+        return Ok(k);
+    }
     let Some(rel) = t.relation(KEYS_TABLE) else {
         return Err(UdmError::new(
             SqlState::ObjectNotInPrerequisiteState,
@@ -188,7 +204,10 @@ fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<T
     };
     let cached = KEYS.with(|k| k.borrow().get(&t.schema).cloned());
     if let Some(k) = cached {
-        if k.rel == rel && want.is_none_or(|id| k.data.contains_key(&id)) {
+        if k.rel == rel
+            && k.generation == catalog::generation()
+            && want.is_none_or(|id| k.data.contains_key(&id))
+        {
             return Ok(k);
         }
     }
@@ -204,6 +223,7 @@ pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
         return Ok(());
     };
     let m = master(&|| field_what(t, &def.slug, &f.name))?;
+    let actor = crate::security::actor();
     as_owner(|| {
         let table = qualified(&t.schema, KEYS_TABLE);
         // one session makes the keys; another waits here and finds them made
@@ -221,6 +241,7 @@ pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
                        wrapped bytea NOT NULL, \
                        master text NOT NULL, \
                        created_at timestamp with time zone NOT NULL DEFAULT now(), \
+                       created_by text NOT NULL, \
                        PRIMARY KEY (purpose, id)); \
                      REVOKE ALL ON {table} FROM PUBLIC; \
                      COMMENT ON TABLE {table} IS {}",
@@ -245,12 +266,13 @@ pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
                 let w = c::wrap_key(m, &k, p, 1)?;
                 crate::rawspi::once(
                     &format!(
-                        "INSERT INTO {table} (purpose, id, wrapped, master) VALUES ($1, 1, decode($2, 'hex'), $3)"
+                        "INSERT INTO {table} (purpose, id, wrapped, master, created_by) VALUES ($1, 1, decode($2, 'hex'), $3, $4)"
                     ),
                     &[
                         Some(p.name().to_string()),
                         Some(hex(&w)),
                         Some(m.fingerprint()),
+                        Some(actor.clone()),
                     ],
                     false,
                 )?;
@@ -354,7 +376,7 @@ pub fn seal_for_write(
             .data
             .get(&env.key_id)
             .ok_or_else(|| no_such_key(&what, env.key_id))?;
-        c::open(dk, &env, record, spec.field).map_err(|e| {
+        c::open_with(dk, &env, record, spec.field).map_err(|e| {
             UdmError::new(
                 SqlState::InvalidParameterValue,
                 format!("{}: {}", what(), e.message),
@@ -380,11 +402,11 @@ pub fn seal_for_write(
         .ok_or_else(|| no_such_key(&what, k.active))?;
     let blind = if spec.blind {
         let ik = k.index.as_ref().ok_or_else(|| no_such_key(&what, 1))?;
-        Some(c::blind_index(ik, spec.field, value.as_bytes()))
+        Some(ik.blind(spec.field, value.as_bytes()))
     } else {
         None
     };
-    c::seal(
+    c::seal_with(
         dk,
         k.active,
         blind.as_deref(),
@@ -429,6 +451,18 @@ fn may_read(t: &Tenant, e: &Entity, f: &FieldDef) -> Result<bool> {
 
 /// Opens a stored value of field `f` of record `id`.
 fn open_value(t: &Tenant, e: &Entity, f: &FieldDef, id: &[u8; 16], stored: &str) -> Result<String> {
+    open_value_with(t, e, f, id, stored, None)
+}
+
+/// `open_value` with the tenant's keys when the caller holds them already.
+fn open_value_with(
+    t: &Tenant,
+    e: &Entity,
+    f: &FieldDef,
+    id: &[u8; 16],
+    stored: &str,
+    held: Option<&Rc<TenantKeys>>,
+) -> Result<String> {
     let what = || field_what(t, &e.def.slug, &f.name);
     let env = c::parse_envelope(stored).ok_or_else(|| {
         UdmError::new(
@@ -437,12 +471,15 @@ fn open_value(t: &Tenant, e: &Entity, f: &FieldDef, id: &[u8; 16], stored: &str)
         )
         .hint("it was written past udm's trigger (e.g. with triggers disabled)")
     })?;
-    let k = keys(t, &what, Some(env.key_id))?;
+    let k = match held {
+        Some(k) if k.data.contains_key(&env.key_id) => k.clone(),
+        _ => keys(t, &what, Some(env.key_id))?,
+    };
     let dk = k
         .data
         .get(&env.key_id)
         .ok_or_else(|| no_such_key(&what, env.key_id))?;
-    let plain = c::open(dk, &env, id, f.id).map_err(|e| e.context(what()))?;
+    let plain = c::open_with(dk, &env, id, f.id).map_err(|e| e.context(what()))?;
     String::from_utf8(plain).map_err(|_| {
         UdmError::new(
             SqlState::DataCorrupted,
@@ -471,6 +508,42 @@ unsafe fn field_arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> u32 {
 finfo_v1!(pg_finfo_udm_decrypt_field);
 finfo_v1!(pg_finfo_udm_blind_index);
 
+/// What one call site of `udm.decrypt_field` (its constant schema, entity and field) resolved,
+/// kept for the rest of the statement in the call's `fn_extra`: tenant, membership, entity, field,
+/// whether the session may read it, the tenant's keys.
+struct CallSite {
+    schema: String,
+    entity: String,
+    field: u32,
+    t: Rc<Tenant>,
+    e: Rc<Entity>,
+    def: FieldDef,
+    allowed: bool,
+    keys: Option<Rc<TenantKeys>>,
+}
+
+fn call_site(schema: &str, entity: &str, field: u32) -> Result<CallSite> {
+    let (t, e) = resolve(schema, entity)?;
+    let def = sealed_field(&t, &e, field)?.clone();
+    let allowed = may_read(&t, &e, &def)?;
+    let keys = if allowed {
+        let what = || field_what(&t, &e.def.slug, &def.name);
+        Some(keys(&t, &what, None)?)
+    } else {
+        None
+    };
+    Ok(CallSite {
+        schema: schema.to_string(),
+        entity: entity.to_string(),
+        field,
+        t,
+        e,
+        def,
+        allowed,
+        keys,
+    })
+}
+
 /// `udm.decrypt_field(schema, entity, field id, record id, stored)`: the plaintext of a stored
 /// value, as udm's own reads project it; NULL when the session's role keeps the field back (the
 /// reads drop the field then). STRICT.
@@ -480,18 +553,38 @@ pub unsafe extern "C-unwind" fn udm_decrypt_field(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        let schema = text_arg(fcinfo, 0);
-        let entity = text_arg(fcinfo, 1);
+        let schema = pg_getarg::<&str>(fcinfo, 0).unwrap_or_default();
+        let entity = pg_getarg::<&str>(fcinfo, 1).unwrap_or_default();
         let field = field_arg(fcinfo, 2);
-        let id = pg_getarg::<pgrx::Uuid>(fcinfo, 3).unwrap_or(pgrx::Uuid::from_bytes([0; 16]));
-        let stored = text_arg(fcinfo, 4);
-        let (t, e) = resolve(&schema, &entity).or_raise();
-        let f = sealed_field(&t, &e, field).or_raise();
-        if !may_read(&t, &e, f).or_raise() {
+        let flinfo = (*fcinfo).flinfo;
+        let cached = (*flinfo).fn_extra as *const CallSite;
+        let site: &CallSite = if !cached.is_null()
+            && (*cached).field == field
+            && (*cached).schema == schema
+            && (*cached).entity == entity
+        {
+            &*cached
+        } else {
+            let site = call_site(schema, entity, field).or_raise();
+            let p = pgrx::PgMemoryContexts::For((*flinfo).fn_mcxt).leak_and_drop_on_delete(site);
+            (*flinfo).fn_extra = p.cast();
+            &*p
+        };
+        if !site.allowed {
             (*fcinfo).isnull = true;
             return pg_sys::Datum::from(0usize);
         }
-        let plain = open_value(&t, &e, f, id.as_bytes(), &stored).or_raise();
+        let id = pg_getarg::<pgrx::Uuid>(fcinfo, 3).unwrap_or(pgrx::Uuid::from_bytes([0; 16]));
+        let stored = pg_getarg::<&str>(fcinfo, 4).unwrap_or_default();
+        let plain = open_value_with(
+            &site.t,
+            &site.e,
+            &site.def,
+            id.as_bytes(),
+            stored,
+            site.keys.as_ref(),
+        )
+        .or_raise();
         crate::triggers::text_datum(&plain)
     }
 }
@@ -520,7 +613,7 @@ fn blind_for(schema: &str, entity: &str, field: u32, plain: &str) -> Result<Stri
     let what = || field_what(&t, &e.def.slug, &f.name);
     let k = keys(&t, &what, None)?;
     let ik = k.index.as_ref().ok_or_else(|| no_such_key(&what, 1))?;
-    Ok(c::blind_index(ik, f.id, plain.as_bytes()))
+    Ok(ik.blind(f.id, plain.as_bytes()))
 }
 
 fn denied(t: &Tenant, entity: &str, field: &str) -> UdmError {
@@ -626,4 +719,201 @@ pub fn open_image(
     let mut buf = Vec::new();
     udm_core::jsonb::write_object(&mut buf, &out).map_err(bad)?;
     Ok(crate::json::RawJsonb(buf))
+}
+
+// ------------------------------------------------------------------ data key rotation
+
+/// `udm_rotate_data_key()`: a new data key for the current tenant; new writes are sealed with it
+/// at once (every session: the tenant's catalog is invalidated), old values keep opening with
+/// theirs until `udm_reencrypt` moves them. The key's row (`_udm_keys`: when, by whom) is the
+/// record of the rotation.
+pub fn rotate_data_key() -> Result<serde_json::Value> {
+    let t = catalog::current_tenant()?;
+    crate::access::require_manage(&t, "rotate the tenant's data key")?;
+    let what = || format!("tenant \"{}\"", t.slug);
+    let m = master(&|| format!("a field of {}", what()))?;
+    if t.relation(KEYS_TABLE).is_none() {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("{} has no encryption keys to rotate", what()),
+        )
+        .hint("its keys are made when its first encrypted field is defined"));
+    }
+    let actor = crate::security::actor();
+    let id = as_owner(|| {
+        let table = qualified(&t.schema, KEYS_TABLE);
+        crate::rawspi::once(
+            "SELECT pg_advisory_xact_lock(hashtext('udm keys ' || $1))",
+            &[Some(t.schema.clone())],
+            false,
+        )?;
+        let id = crate::rawspi::once(
+            &format!("SELECT coalesce(max(id), 0) + 1 FROM {table} WHERE purpose = 'data'"),
+            &[],
+            false,
+        )?
+        .map(|d| d.value() as i32)
+        .unwrap_or(1);
+        let k = Key::random()?;
+        let w = c::wrap_key(m, &k, Purpose::Data, id)?;
+        crate::rawspi::once(
+            &format!(
+                "INSERT INTO {table} (purpose, id, wrapped, master, created_by) VALUES ('data', $1::integer, decode($2, 'hex'), $3, $4)"
+            ),
+            &[
+                Some(id.to_string()),
+                Some(hex(&w)),
+                Some(m.fingerprint()),
+                Some(actor.clone()),
+            ],
+            false,
+        )?;
+        Ok::<_, UdmError>(id)
+    })?;
+    KEYS.with(|k| k.borrow_mut().remove(&t.schema));
+    catalog::invalidate(&t);
+    Ok(serde_json::json!({"tenant": t.slug, "data_key": id, "previous": id - 1, "by": actor}))
+}
+
+/// `udm_reencrypt(entity, batch)`: seals up to `batch` records' values of the entity's encrypted
+/// fields that an older data key sealed again with the newest, online: the records are locked
+/// one batch at a time (others' writes to them wait for the batch; records others hold are left
+/// for the next call), each value is opened and sealed again in memory (the plaintext never goes
+/// through SQL), and written back through the trigger (a new version of the record, audited).
+/// Returns how many records it moved and how many still hold older keys.
+pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
+    let t = catalog::current_tenant()?;
+    crate::access::require_manage(&t, &format!("re-encrypt entity \"{}\"", printable(entity)))?;
+    if !(1..=100_000).contains(&batch) {
+        return Err(UdmError::invalid(format!(
+            "udm_reencrypt: batch must be from 1 to 100000, got {batch}"
+        )));
+    }
+    let e = catalog::entity(&t, entity)?;
+    let fields: Vec<&FieldDef> = e.def.fields.iter().filter(|f| f.encrypted).collect();
+    if fields.is_empty() {
+        return Err(UdmError::invalid(format!(
+            "entity \"{}\" of tenant \"{}\" has no encrypted fields",
+            e.def.slug, t.slug
+        )));
+    }
+    let what = || field_what(&t, &e.def.slug, &fields[0].name);
+    let k = keys(&t, &what, None)?;
+    let active = k.active.to_string();
+    let table = qualified(&t.schema, &e.def.slug);
+    let old = fields
+        .iter()
+        .map(|f| {
+            let col = quote_ident(&f.column);
+            format!("({col} IS NOT NULL AND split_part({col}, ':', 2) <> $1)")
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let cols = fields
+        .iter()
+        .map(|f| quote_ident(&f.column))
+        .collect::<Vec<_>>()
+        .join(", ");
+    as_owner(|| {
+        let picked = crate::rawspi::once(
+            &format!(
+                "SELECT coalesce(jsonb_agg(jsonb_build_array(s.\"id\", {})), '[]') FROM \
+                 (SELECT \"id\", {cols} FROM {table} WHERE {old} LIMIT $2::integer FOR UPDATE SKIP LOCKED) s",
+                fields
+                    .iter()
+                    .map(|f| format!("s.{}", quote_ident(&f.column)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[Some(active.clone()), Some(batch.to_string())],
+            false,
+        )?
+        .map(crate::rawspi::jsonb_value)
+        .unwrap_or_default();
+        let rows = picked.as_array().cloned().unwrap_or_default();
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id_text = r[0].as_str().unwrap_or_default();
+            let id = uuid_bytes(id_text)
+                .ok_or_else(|| UdmError::internal("a record id is not a uuid"))?;
+            let mut obj = serde_json::Map::new();
+            obj.insert("id".into(), serde_json::Value::String(id_text.to_string()));
+            for (i, f) in fields.iter().enumerate() {
+                let Some(stored) = r[i + 1].as_str() else {
+                    continue;
+                };
+                let env = match c::parse_envelope(stored) {
+                    Some(env) if env.key_id != k.active => env,
+                    _ => continue,
+                };
+                let w = || field_what(&t, &e.def.slug, &f.name);
+                let kk = keys(&t, &w, Some(env.key_id))?;
+                let old_key = kk
+                    .data
+                    .get(&env.key_id)
+                    .ok_or_else(|| no_such_key(&w, env.key_id))?;
+                let plain = zeroize::Zeroizing::new(
+                    c::open_with(old_key, &env, &id, f.id).map_err(|err| err.context(w()))?,
+                );
+                let new_key = kk
+                    .data
+                    .get(&kk.active)
+                    .ok_or_else(|| no_such_key(&w, kk.active))?;
+                let blind = (!env.blind.is_empty()).then_some(env.blind);
+                let sealed = c::seal_with(new_key, kk.active, blind, &id, f.id, &plain)?;
+                obj.insert(f.column.clone(), serde_json::Value::String(sealed));
+            }
+            out.push(serde_json::Value::Object(obj));
+        }
+        if !out.is_empty() {
+            let sets = fields
+                .iter()
+                .map(|f| {
+                    let col = quote_ident(&f.column);
+                    format!(
+                        "{col} = CASE WHEN v.doc ? {lit} THEN v.doc ->> {lit} ELSE t.{col} END",
+                        lit = quote_literal(&f.column)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            crate::rawspi::once(
+                &format!(
+                    "UPDATE {table} AS t SET {sets} FROM jsonb_array_elements($1::jsonb) AS v(doc) \
+                     WHERE t.\"id\" = (v.doc ->> 'id')::uuid"
+                ),
+                &[Some(serde_json::Value::Array(out.clone()).to_string())],
+                false,
+            )?;
+        }
+        let remaining = crate::rawspi::once(
+            &format!("SELECT count(*) FROM {table} WHERE {old}"),
+            &[Some(active.clone())],
+            false,
+        )?
+        .map(crate::rawspi::int8)
+        .unwrap_or(0);
+        Ok(serde_json::json!({
+            "entity": e.def.slug,
+            "data_key": k.active,
+            "reencrypted": out.len(),
+            "remaining": remaining,
+        }))
+    })
+}
+
+fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    let hexs: String = s.chars().filter(|c| *c != '-').collect();
+    let v = hex_bytes(&hexs)?;
+    v.try_into().ok()
+}
+
+#[pg_extern(volatile)]
+fn udm_rotate_data_key() -> pgrx::JsonB {
+    pgrx::JsonB(rotate_data_key().or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_reencrypt(entity: &str, batch: default!(i32, 1000)) -> pgrx::JsonB {
+    pgrx::JsonB(reencrypt(entity, batch).or_raise())
 }

@@ -33,7 +33,7 @@ fn main() {
         .unwrap();
     for (name, enc) in [("sealed", true), ("plain", false)] {
         c.query_one(
-            "SELECT udm_define_entity($1, $2::jsonb)",
+            "SELECT udm_define_entity($1::text, $2::text::jsonb)",
             &[&name, &fields(enc)],
         )
         .unwrap_or_else(|e| {
@@ -70,7 +70,7 @@ fn main() {
         let filter = serde_json::json!({"columns": ["name", "a"], "filters": {"a": k}}).to_string();
         let q = |c: &mut postgres::Client, e: &str, spec: &str| {
             let (d, r) = time(|| {
-                c.query_one("SELECT udm_query($1, $2::jsonb)", &[&e, &spec])
+                c.query_one("SELECT udm_query($1::text, $2::text::jsonb)", &[&e, &spec])
                     .unwrap()
             });
             let v: serde_json::Value = r.get(0);

@@ -42,6 +42,9 @@ RESTORE_PORT  ?= 5496
 STANDBY_PORT  ?= 5494
 # the cluster a tenant moves into in the transfer test (tests/tests/transfer.rs)
 TRANSFER_PORT ?= 5493
+# the clusters of the encryption test without a master key and with a new one (tests/tests/encryption.rs)
+NOKEY_PORT    ?= 5492
+REKEY_PORT    ?= 5490
 # the master key of field encryption for the test cluster: 64 hex digits, readable by the server
 # only (tests/tests/encryption.rs); made once, outside the cluster directory a fresh start removes
 TEST_KEY      := $(ROOT)/target/test-master.key
@@ -229,6 +232,7 @@ integration:
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d udm_it -q -c "CREATE EXTENSION udm"
 	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_it \
 	    UDM_RESTORE_PORT=$(RESTORE_PORT) UDM_STANDBY_PORT=$(STANDBY_PORT) UDM_TRANSFER_PORT=$(TRANSFER_PORT) \
+	    UDM_NOKEY_PORT=$(NOKEY_PORT) UDM_REKEY_PORT=$(REKEY_PORT) \
 	    cargo test -q -p udm-tests -- --test-threads=4
 
 server: $(GRAPHQL_WS) $(PUPPETEER)

@@ -23,9 +23,13 @@ use udm_core::error::{SqlState, UdmError};
 use udm_core::ident::{printable, qualified, quote_ident, quote_literal};
 
 pub static KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static OLD_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// The master key, or why there is none; set once in the postmaster (forked backends inherit it).
 static MASTER: OnceLock<std::result::Result<Key, String>> = OnceLock::new();
+/// The previous master key while a rotation is under way (`udm.encryption_old_key_file`): tenant
+/// keys it wrapped still open, and `udm_rewrap_keys` wraps them again with the new one.
+static OLD_MASTER: OnceLock<Option<Key>> = OnceLock::new();
 
 pub const KEYS_TABLE: &str = "_udm_keys";
 
@@ -38,7 +42,27 @@ pub fn init() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"udm.encryption_old_key_file",
+        c"File holding the previous master key while the tenants' keys are re-wrapped with a new one (udm_rewrap_keys).",
+        c"Read once at server start, like udm.encryption_key_file; remove it once udm_rewrap_keys has run.",
+        &OLD_KEY_FILE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        let old = OLD_KEY_FILE
+            .get()
+            .map(|_| load_key_file(&OLD_KEY_FILE, "udm.encryption_old_key_file"));
+        match &old {
+            Some(Ok(k)) => pgrx::log!(
+                "udm: previous field encryption master key loaded (fingerprint {})",
+                k.fingerprint()
+            ),
+            Some(Err(why)) => pgrx::warning!("udm: the previous master key is unavailable: {why}"),
+            None => {}
+        }
+        let _ = OLD_MASTER.set(old.and_then(|r| r.ok()));
         let loaded = load_master();
         match &loaded {
             Ok(k) => pgrx::log!(
@@ -55,9 +79,16 @@ pub fn init() {
 }
 
 fn load_master() -> std::result::Result<Key, String> {
+    load_key_file(&KEY_FILE, "udm.encryption_key_file")
+}
+
+fn load_key_file(
+    setting: &GucSetting<Option<CString>>,
+    name: &str,
+) -> std::result::Result<Key, String> {
     use std::os::unix::fs::PermissionsExt;
-    let Some(path) = KEY_FILE.get() else {
-        return Err("udm.encryption_key_file is not set".into());
+    let Some(path) = setting.get() else {
+        return Err(format!("{name} is not set"));
     };
     let path = path.to_string_lossy().into_owned();
     let meta = std::fs::metadata(&path)
@@ -132,7 +163,7 @@ thread_local! {
 
 fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
     let sql = format!(
-        "SELECT coalesce(jsonb_agg(jsonb_build_array(purpose, id, encode(wrapped, 'hex'))), '[]') FROM {}",
+        "SELECT coalesce(jsonb_agg(jsonb_build_array(purpose, id, encode(wrapped, 'hex'), master)), '[]') FROM {}",
         qualified(&t.schema, KEYS_TABLE)
     );
     let rows = as_owner(|| crate::rawspi::once(&sql, &[], true))?
@@ -158,7 +189,8 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
         };
         let id = id as i32;
         let wrapped = hex_bytes(w).unwrap_or_default();
-        let key = c::unwrap_key(master, &wrapped, p, id)
+        let wrapped_by = r[3].as_str().unwrap_or_default();
+        let key = c::unwrap_key(wrapping_key(t, master, wrapped_by, p, id)?, &wrapped, p, id)
             .map_err(|e| e.context(format!("tenant \"{}\"", t.slug)))?;
         match p {
             Purpose::Data => {
@@ -169,6 +201,35 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
         }
     }
     Ok(keys)
+}
+
+/// The master key that wrapped a tenant key (by its stored fingerprint): the loaded one, or the
+/// previous one during a rotation.
+fn wrapping_key<'a>(
+    t: &Tenant,
+    master: &'a Key,
+    wrapped_by: &str,
+    p: Purpose,
+    id: i32,
+) -> Result<&'a Key> {
+    if wrapped_by == master.fingerprint() {
+        return Ok(master);
+    }
+    if let Some(Some(old)) = OLD_MASTER.get() {
+        if wrapped_by == old.fingerprint() {
+            return Ok(old);
+        }
+    }
+    Err(UdmError::new(
+        SqlState::ObjectNotInPrerequisiteState,
+        format!(
+            "tenant \"{}\": {} key {id} was wrapped by master key {wrapped_by}, and this server has master key {} loaded",
+            t.slug,
+            p.name(),
+            master.fingerprint()
+        ),
+    )
+    .hint("while rotating the master key, set udm.encryption_old_key_file to the previous key file, restart, and run udm_rewrap_keys()"))
 }
 
 fn hex_bytes(s: &str) -> Option<Vec<u8>> {
@@ -242,6 +303,8 @@ pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
                        master text NOT NULL, \
                        created_at timestamp with time zone NOT NULL DEFAULT now(), \
                        created_by text NOT NULL, \
+                       rewrapped_at timestamp with time zone, \
+                       rewrapped_by text, \
                        PRIMARY KEY (purpose, id)); \
                      REVOKE ALL ON {table} FROM PUBLIC; \
                      COMMENT ON TABLE {table} IS {}",
@@ -916,4 +979,95 @@ fn udm_rotate_data_key() -> pgrx::JsonB {
 #[pg_extern(volatile)]
 fn udm_reencrypt(entity: &str, batch: default!(i32, 1000)) -> pgrx::JsonB {
     pgrx::JsonB(reencrypt(entity, batch).or_raise())
+}
+
+// ------------------------------------------------------------------ master key rotation
+
+/// `udm_rewrap_keys()`: wraps every tenant key of the database that the previous master key
+/// (`udm.encryption_old_key_file`) wrapped again with the loaded one, at once (the values stay as
+/// they are). Each re-wrapped key's row records when and by whom. For udm admins.
+pub fn rewrap_keys() -> Result<serde_json::Value> {
+    crate::security::require_admin("re-wrap the tenants' encryption keys")?;
+    let m = master(&|| "a field".to_string())?;
+    let old = match OLD_MASTER.get() {
+        Some(Some(k)) => Some(k),
+        _ => None,
+    };
+    let actor = crate::security::actor();
+    let mut tenants = Vec::new();
+    let mut count = 0;
+    for row in crate::tenants::tenants()? {
+        let Some(t) = catalog::tenant(&row.slug)? else {
+            continue;
+        };
+        if t.relation(KEYS_TABLE).is_none() {
+            continue;
+        }
+        let table = qualified(&t.schema, KEYS_TABLE);
+        let n = as_owner(|| {
+            let rows = crate::rawspi::once(
+                &format!(
+                    "SELECT coalesce(jsonb_agg(jsonb_build_array(purpose, id, encode(wrapped, 'hex'), master)), '[]') \
+                     FROM (SELECT * FROM {table} WHERE master <> $1 FOR UPDATE) k"
+                ),
+                &[Some(m.fingerprint())],
+                false,
+            )?
+            .map(crate::rawspi::jsonb_value)
+            .unwrap_or_default();
+            let mut n = 0;
+            for r in rows.as_array().into_iter().flatten() {
+                let (Some(p), Some(id), Some(w), Some(by)) = (
+                    r[0].as_str().and_then(Purpose::parse),
+                    r[1].as_i64(),
+                    r[2].as_str(),
+                    r[3].as_str(),
+                ) else {
+                    return Err(UdmError::internal(format!(
+                        "tenant \"{}\": a row of {KEYS_TABLE} is damaged",
+                        t.slug
+                    )));
+                };
+                let id = id as i32;
+                let Some(old) = old.filter(|k| k.fingerprint() == by) else {
+                    return Err(wrapping_key(&t, m, by, p, id).err().unwrap_or_else(|| {
+                        UdmError::internal("a key wrapped by the loaded master key was listed")
+                    }));
+                };
+                let key = c::unwrap_key(old, &hex_bytes(w).unwrap_or_default(), p, id)
+                    .map_err(|e| e.context(format!("tenant \"{}\"", t.slug)))?;
+                let again = c::wrap_key(m, &key, p, id)?;
+                crate::rawspi::once(
+                    &format!(
+                        "UPDATE {table} SET wrapped = decode($1, 'hex'), master = $2, rewrapped_at = now(), rewrapped_by = $3 \
+                         WHERE purpose = $4 AND id = $5::integer"
+                    ),
+                    &[
+                        Some(hex(&again)),
+                        Some(m.fingerprint()),
+                        Some(actor.clone()),
+                        Some(p.name().to_string()),
+                        Some(id.to_string()),
+                    ],
+                    false,
+                )?;
+                n += 1;
+            }
+            Ok::<_, UdmError>(n)
+        })?;
+        if n > 0 {
+            KEYS.with(|k| k.borrow_mut().remove(&t.schema));
+            catalog::invalidate(&t);
+            tenants.push(t.slug.clone());
+            count += n;
+        }
+    }
+    Ok(
+        serde_json::json!({"master": m.fingerprint(), "keys": count, "tenants": tenants, "by": actor}),
+    )
+}
+
+#[pg_extern(volatile)]
+fn udm_rewrap_keys() -> pgrx::JsonB {
+    pgrx::JsonB(rewrap_keys().or_raise())
 }

@@ -796,3 +796,142 @@ fn data_key_rotation_under_concurrent_writes_loses_nothing() {
     expect_err(&mut plain.client, "SELECT udm_rotate_data_key()", "55000");
     expect_err(&mut plain.client, "SELECT udm_reencrypt('thing')", "22023");
 }
+
+/// A key file readable by the server only (as root: owned by postgres).
+fn key_file(path: &std::path::Path) {
+    let hex: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
+    std::fs::write(path, hex).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _ = Command::new("chown")
+        .args(["postgres:postgres", &path.display().to_string()])
+        .status();
+}
+
+fn rand_byte() -> u8 {
+    let mut b = [0u8; 1];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    b[0]
+}
+
+/// A new master key: the server starts with the new key file and the previous one as
+/// `udm.encryption_old_key_file`, `udm_rewrap_keys()` wraps the tenant keys again at once, and
+/// the server then runs with the new key file alone. With the old key file alone it refuses.
+#[test]
+fn a_new_master_key_rewraps_the_tenant_keys() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("target/rekey-cluster");
+    let keys = root.join("target/rekey-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (a, b) = (keys.join("a.key"), keys.join("b.key"));
+    key_file(&a);
+    key_file(&b);
+    let cluster = root.join("tests/cluster.sh");
+    // its own port (tests of one file run side by side): make test REKEY_PORT=<port>
+    let port = std::env::var("UDM_REKEY_PORT").unwrap_or_else(|_| "5490".into());
+    let sock = dir.join("sock").display().to_string();
+    let start = |fresh: bool, conf: &[String]| {
+        let mut args = vec![
+            "start".to_string(),
+            dir.display().to_string(),
+            port.clone(),
+            if fresh { "fresh" } else { "keep" }.to_string(),
+        ];
+        args.extend(conf.iter().cloned());
+        assert!(Command::new(&cluster)
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    };
+    let stop = || {
+        let _ = Command::new(&cluster)
+            .args(["stop", &dir.display().to_string()])
+            .status();
+    };
+    let connect = |db: &str| {
+        Client::connect(
+            &format!("host={sock} port={port} dbname={db} user=postgres"),
+            NoTls,
+        )
+        .unwrap()
+    };
+    start(
+        true,
+        &[
+            "udm.bcrypt_cost = 4".into(),
+            "shared_preload_libraries = 'udm'".into(),
+            format!("udm.encryption_key_file = '{}'", a.display()),
+        ],
+    );
+    let mut pg = connect("postgres");
+    pg.batch_execute("CREATE DATABASE rekey").unwrap();
+    let mut c = connect("rekey");
+    c.batch_execute(
+        "CREATE EXTENSION udm; SELECT udm_create_tenant('vault'); SELECT udm_use('vault')",
+    )
+    .unwrap();
+    customer(&mut c);
+    let id = insert(&mut c, "Ada", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let get = format!("SELECT udm_get('customer', {})", lit(&id));
+    let stored_before: String = scalar(&mut c, "SELECT ssn FROM vault.customer");
+    let restart = |c: Client, conf: &[(&str, Option<&std::path::Path>)]| {
+        let mut c = c;
+        for (k, v) in conf {
+            match v {
+                Some(p) => c
+                    .batch_execute(&format!(
+                        "ALTER SYSTEM SET {k} = {}",
+                        lit(&p.display().to_string())
+                    ))
+                    .unwrap(),
+                None => c.batch_execute(&format!("ALTER SYSTEM RESET {k}")).unwrap(),
+            }
+        }
+        drop(c);
+        stop();
+        start(false, &[]);
+        let mut c = connect("rekey");
+        c.batch_execute("SELECT udm_use('vault')").unwrap();
+        c
+    };
+    drop(pg);
+    // the new key file alone: the tenant keys do not open, with a hint on what to do
+    let mut c = restart(c, &[("udm.encryption_key_file", Some(&b))]);
+    let msg = expect_err(&mut c, &get, "55000");
+    assert!(
+        msg.contains("was wrapped by master key") && msg.contains("udm.encryption_old_key_file"),
+        "{msg}"
+    );
+    // new and previous: values read, and the keys are wrapped again at once
+    let mut c = restart(c, &[("udm.encryption_old_key_file", Some(&a))]);
+    assert_eq!(json(&mut c, &get)["ssn"], SSN);
+    let r = json(&mut c, "SELECT udm_rewrap_keys()");
+    assert_eq!(r["keys"], 2, "{r}");
+    assert_eq!(r["tenants"], json!(["vault"]), "{r}");
+    let again = json(&mut c, "SELECT udm_rewrap_keys()");
+    assert_eq!(again["keys"], 0, "{again}");
+    let rows: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM vault._udm_keys WHERE rewrapped_by = 'postgres' AND rewrapped_at IS NOT NULL",
+    );
+    assert_eq!(rows, 2, "who re-wrapped the keys is recorded");
+    // the new key file alone now suffices; the values themselves never changed
+    let mut c = restart(c, &[("udm.encryption_old_key_file", None)]);
+    assert_eq!(json(&mut c, &get)["ssn"], SSN);
+    let stored_after: String = scalar(&mut c, "SELECT ssn FROM vault.customer");
+    assert_eq!(stored_before, stored_after);
+    // and the old key file alone no longer opens anything
+    let mut c = restart(c, &[("udm.encryption_key_file", Some(&a))]);
+    expect_err(&mut c, &get, "55000");
+    drop(c);
+    stop();
+    let _ = std::fs::remove_dir_all(&keys);
+}

@@ -216,6 +216,15 @@ STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'udm_rewrap_keys_wrapper';
 
+-- Field encryption: crypto-shredding, a tenant's keys destroyed.
+CREATE  FUNCTION "udm_shred_keys"(
+	"tenant" TEXT, /* & str */
+	"confirm" TEXT /* & str */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_shred_keys_wrapper';
+
 -- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION

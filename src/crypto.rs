@@ -34,6 +34,14 @@ static OLD_MASTER: OnceLock<Option<Key>> = OnceLock::new();
 pub const KEYS_TABLE: &str = "_udm_keys";
 
 pub fn init() {
+    // PostgreSQL allows PGC_POSTMASTER settings only while the server starts: loaded later (not
+    // in shared_preload_libraries), udm defines neither and has no master key
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        let _ = MASTER.set(Err(
+            "udm is not in shared_preload_libraries, where the master key is loaded".into(),
+        ));
+        return;
+    }
     GucRegistry::define_string_guc(
         c"udm.encryption_key_file",
         c"File holding the master key of udm's field encryption (64 hex digits), read once at server start.",
@@ -50,7 +58,7 @@ pub fn init() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    {
         let old = OLD_KEY_FILE
             .get()
             .map(|_| load_key_file(&OLD_KEY_FILE, "udm.encryption_old_key_file"));
@@ -163,7 +171,8 @@ thread_local! {
 
 fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
     let sql = format!(
-        "SELECT coalesce(jsonb_agg(jsonb_build_array(purpose, id, encode(wrapped, 'hex'), master)), '[]') FROM {}",
+        "SELECT coalesce(jsonb_agg(jsonb_build_array(purpose, id, encode(wrapped, 'hex'), master, \
+           to_char(shredded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS \"UTC\"'), shredded_by)), '[]') FROM {}",
         qualified(&t.schema, KEYS_TABLE)
     );
     let rows = as_owner(|| crate::rawspi::once(&sql, &[], true))?
@@ -177,6 +186,17 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
         index: None,
     };
     for r in rows.as_array().into_iter().flatten() {
+        if let Some(at) = r[4].as_str() {
+            return Err(UdmError::new(
+                SqlState::ObjectNotInPrerequisiteState,
+                format!(
+                    "the encryption keys of tenant \"{}\" were destroyed at {at} by {}: its encrypted values cannot be read or written",
+                    t.slug,
+                    r[5].as_str().unwrap_or("?")
+                ),
+            )
+            .hint("crypto-shredding cannot be undone; the tenant's other fields still work"));
+        }
         let (Some(p), Some(id), Some(w)) = (
             r[0].as_str().and_then(Purpose::parse),
             r[1].as_i64(),
@@ -305,6 +325,8 @@ pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
                        created_by text NOT NULL, \
                        rewrapped_at timestamp with time zone, \
                        rewrapped_by text, \
+                       shredded_at timestamp with time zone, \
+                       shredded_by text, \
                        PRIMARY KEY (purpose, id)); \
                      REVOKE ALL ON {table} FROM PUBLIC; \
                      COMMENT ON TABLE {table} IS {}",
@@ -802,6 +824,8 @@ pub fn rotate_data_key() -> Result<serde_json::Value> {
         )
         .hint("its keys are made when its first encrypted field is defined"));
     }
+    // refused when the keys were destroyed
+    keys(&t, &|| format!("a field of {}", what()), None)?;
     let actor = crate::security::actor();
     let id = as_owner(|| {
         let table = qualified(&t.schema, KEYS_TABLE);
@@ -1070,4 +1094,73 @@ pub fn rewrap_keys() -> Result<serde_json::Value> {
 #[pg_extern(volatile)]
 fn udm_rewrap_keys() -> pgrx::JsonB {
     pgrx::JsonB(rewrap_keys().or_raise())
+}
+
+// ------------------------------------------------------------------ crypto-shredding
+
+/// `udm_shred_keys(tenant, confirm)`: destroys the tenant's encryption keys (their wrapped bytes
+/// are overwritten; each row keeps when and by whom), so its encrypted values can no longer be
+/// read nor written by anyone. `confirm` must be `destroy the keys of <tenant>`. For udm admins.
+pub fn shred_keys(slug: &str, confirm: &str) -> Result<serde_json::Value> {
+    crate::security::require_admin("destroy a tenant's encryption keys")?;
+    let want = format!("destroy the keys of {slug}");
+    if confirm != want {
+        return Err(UdmError::invalid(format!(
+            "udm_shred_keys: confirm must be \"{}\", got \"{}\"",
+            printable(&want),
+            printable(confirm)
+        ))
+        .hint(format!(
+            "write {} to make the tenant's encrypted values unreadable for good",
+            udm_core::ident::sql_call("udm_shred_keys", &[slug, &want])
+        )));
+    }
+    let t = catalog::tenant(slug)?.ok_or_else(|| catalog::no_such_tenant(slug))?;
+    if t.relation(KEYS_TABLE).is_none() {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("tenant \"{}\" has no encryption keys", t.slug),
+        )
+        .hint("its keys are made when its first encrypted field is defined"));
+    }
+    let actor = crate::security::actor();
+    let table = qualified(&t.schema, KEYS_TABLE);
+    let n = as_owner(|| {
+        crate::rawspi::once(
+            &format!(
+                "WITH d AS (UPDATE {table} SET wrapped = ''::bytea, shredded_at = now(), shredded_by = $1 \
+                 WHERE shredded_at IS NULL RETURNING 1) SELECT count(*) FROM d"
+            ),
+            &[Some(actor.clone())],
+            false,
+        )
+    })?
+    .map(crate::rawspi::int8)
+    .unwrap_or(0);
+    if n == 0 {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!(
+                "the encryption keys of tenant \"{}\" were destroyed already",
+                t.slug
+            ),
+        ));
+    }
+    KEYS.with(|k| k.borrow_mut().remove(&t.schema));
+    catalog::invalidate(&t);
+    pgrx::log!(
+        "udm: the encryption keys of tenant \"{}\" were destroyed by {actor}",
+        t.slug
+    );
+    Ok(serde_json::json!({
+        "tenant": t.slug,
+        "keys_destroyed": n,
+        "by": actor,
+        "then": format!("VACUUM {table}; and rotate the master key (udm_rewrap_keys) so that backups holding the wrapped keys cannot be opened either"),
+    }))
+}
+
+#[pg_extern(volatile)]
+fn udm_shred_keys(tenant: &str, confirm: &str) -> pgrx::JsonB {
+    pgrx::JsonB(shred_keys(tenant, confirm).or_raise())
 }

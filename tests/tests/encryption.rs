@@ -935,3 +935,78 @@ fn a_new_master_key_rewraps_the_tenant_keys() {
     stop();
     let _ = std::fs::remove_dir_all(&keys);
 }
+
+/// Crypto-shredding: a udm admin destroys a tenant's keys, with a confirmation; its encrypted
+/// values can no longer be read or written by anyone, its other fields keep working.
+#[test]
+fn shredding_the_keys_makes_encrypted_values_unreadable() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "ensh");
+    let t = m.tenant.clone();
+    customer(&mut m.client);
+    let id = insert(&mut m.client, "Ada", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let confirm = format!("destroy the keys of {t}");
+    // a member is not an admin
+    expect_err(
+        &mut m.client,
+        &format!("SELECT udm_shred_keys({}, {})", lit(&t), lit(&confirm)),
+        "42501",
+    );
+    let msg = expect_err(
+        &mut adm,
+        &format!("SELECT udm_shred_keys({}, {})", lit(&t), lit(&t)),
+        "22023",
+    );
+    assert!(msg.contains(&confirm), "{msg}");
+    expect_err(
+        &mut adm,
+        "SELECT udm_shred_keys('no_such_tenant_x', 'destroy the keys of no_such_tenant_x')",
+        "42704",
+    );
+    let r = json(
+        &mut adm,
+        &format!("SELECT udm_shred_keys({}, {})", lit(&t), lit(&confirm)),
+    );
+    assert_eq!(r["keys_destroyed"], 2, "{r}");
+    let left: i64 = scalar(
+        &mut adm,
+        &format!("SELECT count(*) FROM \"{t}\"._udm_keys WHERE length(wrapped) > 0 OR shredded_by IS NULL"),
+    );
+    assert_eq!(left, 0, "no key material is left in the table");
+    // reads and writes of encrypted values: refused, naming the tenant
+    for sql in [
+        format!("SELECT udm_get('customer', {})", lit(&id)),
+        r#"SELECT udm_query('customer', '{"columns": ["ssn"]}')"#.to_string(),
+        format!("SELECT udm_history('customer', {})", lit(&id)),
+        r#"SELECT udm_insert('customer', '{"name": "Bo", "notes": "x"}')"#.to_string(),
+        format!("INSERT INTO \"{t}\".customer (name, ssn) VALUES ('Bo', '1')"),
+        "SELECT udm_rotate_data_key()".to_string(),
+    ] {
+        let msg = expect_err(&mut m.client, &sql, "55000");
+        assert!(
+            msg.contains(&format!(
+                "the encryption keys of tenant \"{t}\" were destroyed"
+            )),
+            "{sql}: {msg}"
+        );
+    }
+    // other fields still work
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('customer', '{"columns": ["name"]}')"#,
+    );
+    assert_eq!(page["rows"], json!([{"name": "Ada"}]));
+    json(
+        &mut m.client,
+        r#"SELECT udm_insert('customer', '{"name": "Bo"}')"#,
+    );
+    // and a second time is refused
+    expect_err(
+        &mut adm,
+        &format!("SELECT udm_shred_keys({}, {})", lit(&t), lit(&confirm)),
+        "55000",
+    );
+}

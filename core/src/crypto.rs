@@ -780,6 +780,15 @@ mod field_tests {
             assert!(e.message.contains("entity \"customer\""), "{}", e.message);
             assert!(e.hint.is_some());
         }
+        // an upsert cannot name the conflict target of a blind index
+        let e = crate::records::check_upsert_key(m.0.get("customer").unwrap(), &["ssn".into()])
+            .unwrap_err();
+        assert_eq!(e.state, SqlState::FeatureNotSupported);
+        assert!(
+            e.message.contains("field \"ssn\" of entity \"customer\""),
+            "{}",
+            e.message
+        );
         // the record JSON of udm_get and writes decrypts too
         let def = m.0.get("customer").unwrap();
         let j = crate::records::row_json("acme", def, "t0");

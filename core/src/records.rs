@@ -519,6 +519,16 @@ pub fn check_upsert_key(def: &EntityDef, key: &[String]) -> Result<Vec<String>> 
             continue;
         }
         let f = def.field(k).ok_or_else(|| unknown_field(def, k))?;
+        if f.encrypted {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!(
+                    "upsert key: field \"{}\" of entity \"{}\" is encrypted and cannot identify records in a batch",
+                    f.name, def.slug
+                ),
+            )
+            .hint("upsert on another unique field or on \"id\", or find the record with a udm_query equality filter and udm_update it"));
+        }
         cols.push(f.column.clone());
     }
     let single_unique =

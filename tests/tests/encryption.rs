@@ -514,6 +514,11 @@ fn definitions_that_cannot_hold_are_refused() {
             "0A000",
             "is encrypted and cannot be part of an index",
         ),
+        (
+            r#"SELECT udm_upsert_many('customer', '[{"name": "A", "ssn": "1"}]', ARRAY['ssn'])"#,
+            "0A000",
+            "is encrypted and cannot identify records",
+        ),
     ] {
         let msg = expect_err(&mut m.client, sql, code);
         assert!(msg.contains(words), "{sql}: {msg}");

@@ -1015,3 +1015,55 @@ fn shredding_the_keys_makes_encrypted_values_unreadable() {
         "55000",
     );
 }
+
+#[test]
+fn graphql_reads_plaintext_filters_by_equality_and_refuses_order() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "engq");
+    customer(&mut m.client);
+    insert(&mut m.client, "Ada", SSN, MAIL);
+    insert(&mut m.client, "Bob", "222-22-2222", "bob@example.com");
+    let all = json(
+        &mut m.client,
+        "SELECT udm_graphql('{ customerCollection { nodes { name ssn notes } } }')",
+    );
+    let nodes = &all["data"]["customerCollection"]["nodes"];
+    assert_eq!(nodes.as_array().map(|a| a.len()), Some(2), "{all}");
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["ssn"] == SSN && n["notes"] == NOTE),
+        "{all}"
+    );
+    let one = json(
+        &mut m.client,
+        r#"SELECT udm_graphql('{ customerCollection(filter: {ssn: {eq: "222-22-2222"}}) { nodes { name } } }')"#,
+    );
+    assert_eq!(
+        one["data"]["customerCollection"]["nodes"],
+        json!([{"name": "Bob"}]),
+        "{one}"
+    );
+    for q in [
+        r#"{ customerCollection(orderBy: [{ssn: ASC}]) { nodes { name } } }"#,
+        r#"{ customerCollection(filter: {ssn: {gt: \"1\"}}) { nodes { name } } }"#,
+    ] {
+        let r = json(
+            &mut m.client,
+            &format!("SELECT udm_graphql({})", lit(&q.replace("\\\"", "\""))),
+        );
+        assert_eq!(
+            r["errors"][0]["extensions"]["sqlstate"], "0A000",
+            "{q}: {r}"
+        );
+        assert!(
+            r["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("field \"ssn\" of entity \"customer\" is encrypted"),
+            "{r}"
+        );
+    }
+}

@@ -124,7 +124,7 @@ pub fn sealed_refused(path: &str, what: &str, s: &Sealed) -> UdmError {
             s.entity
         ),
     )
-    .hint("encrypted fields support equality filters (eq, ne, in, is null) through their blind index only; sort and compare ranges in the application")
+    .hint("encrypted fields support equality filters (eq, neq, in, not_in, is_null) through their blind index only; sort and compare ranges in the application")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -377,8 +377,10 @@ pub struct SealSpec {
     pub field: u32,
     pub name: String,
     pub blind: bool,
-    /// `SELECT udm.check_rule(...) AND ... FROM (SELECT $1::text AS "col") s`, when it has rules.
+    /// `SELECT udm.check_rule(...) AND ... FROM (SELECT $1::<type> AS "col") s`, when it has rules.
     pub check: Option<String>,
+    /// `SELECT <canonical text of $1>` for json and date-like fields (`FieldType::sealed_form`).
+    pub canonical: Option<String>,
 }
 
 impl SealSpec {
@@ -398,17 +400,23 @@ impl SealSpec {
                 })
                 .collect();
             format!(
-                "SELECT {} FROM (SELECT $1::text AS {}) s",
+                "SELECT {} FROM (SELECT ($1)::{} AS {}) s",
                 conds.join(" AND "),
+                f.ftype.base_pg_type(),
                 quote_ident(&f.column)
             )
         });
+        let canonical = f
+            .ftype
+            .sealed_form()
+            .map(|(sql, _)| format!("SELECT {sql}"));
         SealSpec {
             entity: def.slug.clone(),
             field: f.id,
             name: f.name.clone(),
             blind: f.blind_indexed(),
             check,
+            canonical,
         }
     }
 }
@@ -418,7 +426,8 @@ thread_local! {
         crate::cache::Lru::new("encrypted field checks");
 }
 
-fn run_check(sql: &str, plaintext: &str) -> Result<()> {
+/// Runs `sql` with `plaintext` as `$1`; its first column's datum (in the caller's context).
+fn run_plan(sql: &str, plaintext: &str) -> Result<Option<pg_sys::Datum>> {
     let plan = match crate::cache::get(&CHECK_PLANS, sql) {
         Some(p) => p,
         None => {
@@ -430,8 +439,17 @@ fn run_check(sql: &str, plaintext: &str) -> Result<()> {
     };
     let mut values = [crate::triggers::text_datum(plaintext)];
     let nulls = [b' ' as std::os::raw::c_char];
-    crate::rawspi::first_datum_of(&plan, &mut values, &nulls, true)?;
-    Ok(())
+    crate::rawspi::first_datum_of(&plan, &mut values, &nulls, true)
+}
+
+/// Runs a field's rule checks (`udm.check_rule` raises when one fails).
+fn run_check(sql: &str, plaintext: &str) -> Result<()> {
+    run_plan(sql, plaintext).map(|_| ())
+}
+
+/// Runs SQL whose first column is text (the canonical form of a value).
+fn run_text(sql: &str, plaintext: &str) -> Result<Option<String>> {
+    Ok(run_plan(sql, plaintext)?.and_then(|d| unsafe { String::from_datum(d, false) }))
 }
 
 /// What the stamp trigger stores for a written value of an encrypted field: None to keep the
@@ -477,6 +495,13 @@ pub fn seal_for_write(
         }
         return Ok(None);
     }
+    // json and dates: sealed (and blind-indexed) in one canonical form, whatever the session's
+    // DateStyle or TimeZone; a value that is not of the type fails here, as the column would
+    let canonical = match &spec.canonical {
+        Some(sql) => Some(run_text(sql, value)?.unwrap_or_default()),
+        None => None,
+    };
+    let value = canonical.as_deref().unwrap_or(value);
     if let Some(sql) = &spec.check {
         run_check(sql, value)?;
     }
@@ -777,17 +802,39 @@ pub fn open_image(
     let Some(pairs) = udm_core::jsonb::object_pairs(image.root()).map_err(bad)? else {
         return Ok(image.clone());
     };
-    let mut plains: Vec<Option<String>> = Vec::with_capacity(pairs.len());
+    // a plaintext: text, or (json fields) a jsonb datum's bytes
+    enum Plain {
+        Text(String),
+        Json(crate::json::RawJsonb),
+    }
+    let mut plains: Vec<Option<Plain>> = Vec::with_capacity(pairs.len());
     for (k, v) in &pairs {
         let key = String::from_utf8_lossy(k);
         let f = sealed.iter().find(|f| f.name == key);
         plains.push(match (f, v) {
             (Some(f), J::String(s)) => {
                 let stored = String::from_utf8_lossy(s);
-                if c::looks_sealed(&stored) {
-                    Some(open_value(t, e, f, id, &stored)?)
-                } else {
+                if !c::looks_sealed(&stored) {
                     None
+                } else {
+                    let plain = open_value(t, e, f, id, &stored)?;
+                    if f.ftype == udm_core::types::FieldType::Json {
+                        let v: serde_json::Value = serde_json::from_str(&plain).map_err(|_| {
+                            UdmError::new(
+                                SqlState::DataCorrupted,
+                                format!(
+                                    "{}: the decrypted value is not JSON",
+                                    field_what(t, &e.def.slug, &f.name)
+                                ),
+                            )
+                        })?;
+                        let d = pgrx::JsonB(v).into_datum();
+                        let raw =
+                            d.and_then(|d| unsafe { crate::json::RawJsonb::from_datum(d, false) });
+                        raw.map(Plain::Json)
+                    } else {
+                        Some(Plain::Text(plain))
+                    }
                 }
             }
             _ => None,
@@ -797,7 +844,8 @@ pub fn open_image(
         .iter()
         .zip(&plains)
         .map(|((k, v), p)| match p {
-            Some(p) => (*k, J::String(p.as_bytes())),
+            Some(Plain::Text(p)) => (*k, J::String(p.as_bytes())),
+            Some(Plain::Json(j)) => (*k, J::Jsonb(j.root())),
             None => (*k, v.clone()),
         })
         .collect();

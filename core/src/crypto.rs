@@ -639,6 +639,11 @@ mod field_tests {
                 "cannot be encrypted",
             ),
             (
+                json!({"name": "n", "type": "json", "encrypted": true, "index": true}),
+                SqlState::FeatureNotSupported,
+                "cannot have an index",
+            ),
+            (
                 json!({"name": "n", "type": "text", "encrypted": true, "default": "x"}),
                 SqlState::FeatureNotSupported,
                 "cannot have a default",
@@ -692,6 +697,56 @@ mod field_tests {
         )
         .unwrap_err();
         assert_eq!(e.state, SqlState::FeatureNotSupported, "{}", e.message);
+    }
+
+    #[test]
+    fn json_and_dates_are_stored_as_text_and_read_back_typed() {
+        let mut m = BTreeMap::new();
+        let def = EntityDef::parse(
+            "visit",
+            &json!({"fields": [
+                {"name": "doc", "type": "json", "encrypted": true},
+                {"name": "born", "type": "date", "encrypted": true, "index": true},
+                {"name": "seen", "type": "datetime", "encrypted": true}]}),
+            Source::Caller,
+        )
+        .unwrap();
+        assert!(def.fields.iter().all(|f| f.pg_type() == "text"));
+        m.insert("visit".to_string(), def);
+        let m = TestModel(m);
+        let t = crate::query::select::compile(
+            &m,
+            "visit",
+            &json!({"columns": ["doc", "born", "seen"], "filters": {"born": "2001-02-03"}}),
+        )
+        .unwrap();
+        assert!(
+            t.sql
+                .contains("(udm.decrypt_field('acme', 'visit', 1, t0.\"id\", t0.\"doc\"))::jsonb"),
+            "{}",
+            t.sql
+        );
+        assert!(
+            t.sql
+                .contains("(udm.decrypt_field('acme', 'visit', 2, t0.\"id\", t0.\"born\"))::date"),
+            "{}",
+            t.sql
+        );
+        assert!(t.sql.contains("::timestamp with time zone"), "{}", t.sql);
+        assert!(
+            t.sql
+                .contains("udm.blind_index('acme', 'visit', 2, (to_char(($"),
+            "the filter value is put in the canonical form: {}",
+            t.sql
+        );
+        let e =
+            crate::query::select::compile(&m, "visit", &json!({"columns": ["doc.a"]})).unwrap_err();
+        assert_eq!(e.state, SqlState::FeatureNotSupported, "{}", e.message);
+        assert!(
+            e.message.contains("its keys cannot be followed"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -166,8 +166,11 @@ impl FieldDef {
         self.ftype == FieldType::Relation && self.many
     }
 
-    /// The PostgreSQL type of the column, with numeric precision.
+    /// The PostgreSQL type of the column, with numeric precision (text for encrypted fields).
     pub fn pg_type(&self) -> String {
+        if self.encrypted {
+            return "text".into();
+        }
         match self.ftype {
             FieldType::Decimal | FieldType::Percent => match (self.precision, self.scale) {
                 (Some(p), Some(s)) => format!("numeric({p},{s})"),
@@ -496,7 +499,14 @@ pub fn validate_field(f: &FieldDef) -> Result<()> {
                 SqlState::FeatureNotSupported,
                 format!("{what}: a field of type {} cannot be encrypted", t.name()),
             )
-            .hint("encrypted fields are text, long_text, email, url or phone fields"));
+            .hint("encrypted fields are text, long_text, email, url, phone, json, date or datetime fields"));
+        }
+        if t == &FieldType::Json && f.index {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!("{what}: an encrypted json field cannot have an index"),
+            )
+            .hint("leave \"index\" out: its values can be read, not searched"));
         }
         if f.default.is_some() {
             return Err(UdmError::new(

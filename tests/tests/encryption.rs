@@ -1067,3 +1067,117 @@ fn graphql_reads_plaintext_filters_by_equality_and_refuses_order() {
         );
     }
 }
+
+/// JSON and date-like fields: sealed as one canonical text (whatever the session's DateStyle or
+/// TimeZone), read back as the types a plain field has, equal to what a plain field returns.
+#[test]
+fn json_and_date_fields_are_sealed_and_read_back_as_their_types() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enjd");
+    let t = m.tenant.clone();
+    let fields = |enc: bool| {
+        let e = if enc { r#", "encrypted": true"# } else { "" };
+        format!(
+            r#"{{"fields": [{{"name": "name", "type": "text"}},
+                {{"name": "doc", "type": "json"{e}}},
+                {{"name": "born", "type": "date", "index": true, "min": "1900-01-01"{e}}},
+                {{"name": "seen", "type": "datetime"{e}}}]}}"#
+        )
+    };
+    for (name, enc) in [("sealed", true), ("plain", false)] {
+        json(
+            &mut m.client,
+            &format!("SELECT udm_define_entity('{name}', {})", lit(&fields(enc))),
+        );
+    }
+    let row = json!({"name": "Ada", "doc": {"allergies": ["nuts"], "n": 1.50},
+                     "born": "1815-12-10", "seen": "2026-03-01T10:00:00+02:00"});
+    let msg = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_insert('sealed', {})", lit(&row.to_string())),
+        "23514",
+    );
+    assert!(
+        msg.contains("born"),
+        "the date's min holds on the plaintext: {msg}"
+    );
+    let row = json!({"name": "Ada", "doc": {"allergies": ["nuts"], "n": 1.50},
+                     "born": "1915-12-10", "seen": "2026-03-01T10:00:00+02:00"});
+    let a = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_insert('sealed', {}) - ARRAY['id', 'created_at', 'updated_at']",
+            lit(&row.to_string())
+        ),
+    );
+    let b = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_insert('plain', {}) - ARRAY['id', 'created_at', 'updated_at']",
+            lit(&row.to_string())
+        ),
+    );
+    assert_eq!(a, b, "the same JSON as a plain entity");
+    // plain SQL in another DateStyle and TimeZone: the same canonical value
+    m.client
+        .batch_execute(&format!(
+            "SET DateStyle = 'SQL, DMY'; SET TimeZone = 'America/New_York'; \
+             INSERT INTO \"{t}\".sealed (name, doc, born, seen) VALUES ('Bob', '{{\"k\": true}}', '10/12/1915', '2026-03-01 03:00:00'); \
+             RESET DateStyle; RESET TimeZone"
+        ))
+        .unwrap();
+    let stored: Vec<String> = adm
+        .query(
+            &format!("SELECT concat_ws(' ', doc, born, seen) FROM \"{t}\".sealed"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for s in &stored {
+        assert!(
+            s.starts_with("udm1:") && !s.contains("1915") && !s.contains("nuts"),
+            "{s}"
+        );
+    }
+    let found = json(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"columns": ["name", "doc", "seen"], "filters": {"born": "1915-12-10"}, "limit": 5}')"#,
+    );
+    let rows = found["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "both dates are one canonical value: {found}");
+    let bob = rows.iter().find(|r| r["name"] == "Bob").unwrap();
+    assert_eq!(bob["doc"], json!({"k": true}));
+    let ada = rows.iter().find(|r| r["name"] == "Ada").unwrap();
+    assert_eq!(
+        ada["seen"], bob["seen"],
+        "10:00+02 and 03:00 in New York are one instant"
+    );
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"filters": {"born": {"gt": "1900-01-01"}}}')"#,
+        "0A000",
+    );
+    assert!(msg.contains("field \"born\""), "{msg}");
+    // history holds ciphertext and shows the plaintext, JSON as JSON
+    let id: String = scalar(
+        &mut m.client,
+        &format!("SELECT id::text FROM \"{t}\".sealed WHERE name = 'Bob'"),
+    );
+    let h: Value = scalar(
+        &mut m.client,
+        &format!(
+            "SELECT data FROM udm_history('sealed', {}) LIMIT 1",
+            lit(&id)
+        ),
+    );
+    assert_eq!(h["doc"], json!({"k": true}), "{h}");
+    assert_eq!(h["born"], "1915-12-10", "{h}");
+    // a value that is not of the type is refused, nothing stored
+    expect_err(
+        &mut m.client,
+        &format!("INSERT INTO \"{t}\".sealed (name, born) VALUES ('X', 'not a date')"),
+        "22007",
+    );
+}

@@ -83,18 +83,25 @@ pub struct Sealed {
     pub name: String,
     /// The stored values carry a blind index (the field is unique or indexed).
     pub blind: bool,
+    /// For json and date-like fields: the SQL of the canonical text and the type the plaintext
+    /// is read back as (`FieldType::sealed_form`).
+    pub form: Option<(&'static str, &'static str)>,
 }
 
 impl Sealed {
     /// The plaintext (text) of the sealed column at `alias`.
     pub fn decrypt_sql(&self, alias: &str, column: &str) -> String {
-        format!(
+        let call = format!(
             "udm.decrypt_field({}, {}, {}, {alias}.\"id\", {alias}.{})",
             quote_literal(&self.schema),
             quote_literal(&self.entity),
             self.field,
             quote_ident(column)
-        )
+        );
+        match self.form {
+            Some((_, read_as)) => format!("({call})::{read_as}"),
+            None => call,
+        }
     }
 
     /// The blind index stored in the sealed column at `alias` (what its index is built on).
@@ -104,6 +111,10 @@ impl Sealed {
 
     /// The blind index of the plaintext `value_sql` (a text expression).
     pub fn blind_of_sql(&self, value_sql: &str) -> String {
+        let value_sql = match self.form {
+            Some((canonical, _)) => format!("({})", canonical.replace("$1", value_sql)),
+            None => value_sql.to_string(),
+        };
         format!(
             "udm.blind_index({}, {}, {}, {value_sql})",
             quote_literal(&self.schema),
@@ -282,6 +293,7 @@ fn field_leaf(model: &dyn Model, entity: &EntityDef, f: &FieldDef) -> Leaf {
             field: f.id,
             name: f.name.clone(),
             blind: f.blind_indexed(),
+            form: f.ftype.sealed_form(),
         }),
     }
 }
@@ -419,6 +431,18 @@ pub fn resolve(model: &dyn Model, root: &str, path: &str) -> Result<Resolved> {
                                 }
                             })
                             .collect::<Result<_>>()?;
+                        if f.encrypted && !keys.is_empty() {
+                            return Err(UdmError::new(
+                                SqlState::FeatureNotSupported,
+                                format!(
+                                    "path \"{}\": field \"{}\" of entity \"{}\" is encrypted: its keys cannot be followed",
+                                    printable(path),
+                                    f.name,
+                                    current.slug
+                                ),
+                            )
+                            .hint("read the whole field and pick the keys in the application"));
+                        }
                         let leaf = if keys.is_empty() {
                             field_leaf(model, current, f)
                         } else {

@@ -284,7 +284,8 @@ fn check_literals(ctx: &ddl::Ctx, def: &EntityDef) -> Result<()> {
         if f.ftype.family() == udm_core::types::Family::Temporal {
             for (key, bound) in [("min", &f.min), ("max", &f.max)] {
                 let Some(b) = bound else { continue };
-                let lit = udm_core::checks::typed_literal(b, &f.pg_type());
+                // (an encrypted field's column is text: its bounds are of its type)
+                let lit = udm_core::checks::typed_literal(b, &f.ftype.base_pg_type());
                 catch_pg(
                     || crate::spi::select_one::<String>(&format!("SELECT ({lit})::text"), &[]),
                     |e| e.raise_with(&what(key)),

@@ -515,6 +515,11 @@ fn definitions_that_cannot_hold_are_refused() {
             "is encrypted and cannot be part of an index",
         ),
         (
+            r#"SELECT udm_add_field('customer', '{"name": "d", "type": "date", "encrypted": true, "min": "someday"}')"#,
+            "22007",
+            "min",
+        ),
+        (
             r#"SELECT udm_upsert_many('customer', '[{"name": "A", "ssn": "1"}]', ARRAY['ssn'])"#,
             "0A000",
             "is encrypted and cannot identify records",

@@ -27,6 +27,13 @@ SERVER_LISTEN ?= 127.0.0.1:8080
 SERVER_BIN    := $(ROOT)/target/release/udm-server
 SERVER_ENV    := UDM_SERVER_DATABASE_URL="host=$(RUN_DIR)/sock port=$(RUN_PORT) dbname=$(RUN_DB) user=udm_server" \
                  UDM_SERVER_LISTEN=$(SERVER_LISTEN) UDM_SERVER_JWT_SECRET_FILE=$(RUN_DIR)/jwt-secret UDM_SERVER_LOG_FORMAT=text
+# make run's master key of field encryption and its TLS certificate (self-signed for localhost),
+# made once, next to the cluster; a cluster made before these existed keeps its settings
+# (make stop && rm -rf target/cluster to start over)
+RUN_KEY       := $(ROOT)/target/run-master.key
+RUN_TLS       := $(ROOT)/target/run-tls
+RUN_CONF      := "shared_preload_libraries = 'udm'" "udm.encryption_key_file = '$(RUN_KEY)'" \
+                 "ssl = on" "ssl_cert_file = '$(RUN_TLS)/server.crt'" "ssl_key_file = '$(RUN_TLS)/server.key'"
 TEST_DIR      := $(ROOT)/target/test-cluster
 TEST_PORT     ?= 5498
 # the second cluster of the restore test (tests/tests/restore.rs); the standby and pgbouncer of
@@ -35,6 +42,12 @@ RESTORE_PORT  ?= 5496
 STANDBY_PORT  ?= 5494
 # the cluster a tenant moves into in the transfer test (tests/tests/transfer.rs)
 TRANSFER_PORT ?= 5493
+# the clusters of the encryption test without a master key and with a new one (tests/tests/encryption.rs)
+NOKEY_PORT    ?= 5492
+REKEY_PORT    ?= 5490
+# the master key of field encryption for the test cluster: 64 hex digits, readable by the server
+# only (tests/tests/encryption.rs); made once, outside the cluster directory a fresh start removes
+TEST_KEY      := $(ROOT)/target/test-master.key
 BENCH_DIR     := $(ROOT)/target/bench-cluster
 BENCH_PORT    ?= 5497
 IS_ROOT       := $(filter 0,$(shell id -u))
@@ -82,7 +95,8 @@ endif
 ## ------------------------------------------------------------------ make run
 
 run: install
-	@$(CLUSTER) start $(RUN_DIR) $(RUN_PORT) keep
+	@$(MAKE) --no-print-directory $(RUN_KEY) $(RUN_TLS)/server.crt
+	@$(CLUSTER) start $(RUN_DIR) $(RUN_PORT) keep $(RUN_CONF)
 	@if ! $(CLUSTER) psql $(RUN_DIR) $(RUN_PORT) -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$(RUN_DB)'" | grep -q 1; then \
 	    $(CLUSTER) psql $(RUN_DIR) $(RUN_PORT) -d postgres -qc "CREATE DATABASE $(RUN_DB)"; \
 	fi
@@ -93,7 +107,11 @@ run: install
 	@echo
 	@echo "    $(PGBIN)/psql -h $(RUN_DIR)/sock -p $(RUN_PORT) -U postgres $(RUN_DB)"
 	@echo
-	@echo "or over TCP: postgresql://postgres@localhost:$(RUN_PORT)/$(RUN_DB)   (make stop stops it)"
+	@echo "or over TCP with TLS, checking the server's certificate (made at set-up, self-signed):"
+	@echo
+	@echo "    $(PGBIN)/psql 'host=localhost port=$(RUN_PORT) dbname=$(RUN_DB) user=postgres sslmode=verify-full sslrootcert=$(RUN_TLS)/server.crt'"
+	@echo
+	@echo "(make stop stops it)"
 	@$(MAKE) --no-print-directory run-server
 
 # udm-server: its database role (udm-server setup-role), a secret of its own, then the server
@@ -173,12 +191,28 @@ $(PUPPETEER): server/tests/browser/package.json server/tests/browser/package-loc
 test: deps $(GRAPHQL_JS) $(OPENAPI_JS) $(GRAPHQL_WS) $(PUPPETEER)
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory install
-	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4"
+	@$(MAKE) --no-print-directory $(TEST_KEY)
+	@$(CLUSTER) start $(TEST_DIR) $(TEST_PORT) fresh "fsync = off" "synchronous_commit = off" "udm.bcrypt_cost = 4" \
+	    "shared_preload_libraries = 'udm'" "udm.encryption_key_file = '$(TEST_KEY)'"
 	@trap '$(CLUSTER) stop $(TEST_DIR)' EXIT; \
 	    $(MAKE) --no-print-directory regress && $(MAKE) --no-print-directory integration && \
 	    $(MAKE) --no-print-directory server
 	@$(MAKE) --no-print-directory upgrade
 	@echo "== all test tiers passed"
+
+$(TEST_KEY) $(RUN_KEY):
+	@mkdir -p $(dir $@)
+	@umask 077 && openssl rand -hex 32 > $@.tmp && mv $@.tmp $@
+	@if [ "$$(id -u)" = 0 ]; then chown postgres:postgres $@; fi
+
+# a self-signed certificate for localhost (clients check it with sslmode=verify-full and
+# sslrootcert=<it>); the key readable by the server only
+$(RUN_TLS)/server.crt:
+	@mkdir -p $(RUN_TLS)
+	@umask 077 && openssl req -new -x509 -days 3650 -nodes -newkey rsa:2048 -subj "/CN=localhost" \
+	    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	    -keyout $(RUN_TLS)/server.key -out $@.tmp 2>/dev/null && chmod 0644 $@.tmp && mv $@.tmp $@
+	@if [ "$$(id -u)" = 0 ]; then chown postgres:postgres $(RUN_TLS)/server.key $@; fi
 
 unit:
 	@echo "== tier 1: udm-core unit tests (no PostgreSQL)"
@@ -198,6 +232,7 @@ integration:
 	@$(CLUSTER) psql $(TEST_DIR) $(TEST_PORT) -d udm_it -q -c "CREATE EXTENSION udm"
 	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_it \
 	    UDM_RESTORE_PORT=$(RESTORE_PORT) UDM_STANDBY_PORT=$(STANDBY_PORT) UDM_TRANSFER_PORT=$(TRANSFER_PORT) \
+	    UDM_NOKEY_PORT=$(NOKEY_PORT) UDM_REKEY_PORT=$(REKEY_PORT) \
 	    cargo test -q -p udm-tests -- --test-threads=4
 
 server: $(GRAPHQL_WS) $(PUPPETEER)
@@ -214,7 +249,9 @@ upgrade:
 ## ------------------------------------------------------------------ make bench
 
 bench: install
-	@$(CLUSTER) start $(BENCH_DIR) $(BENCH_PORT) keep "udm.bcrypt_cost = 4" "max_wal_size = 4GB" "checkpoint_timeout = 30min"
+	@$(MAKE) --no-print-directory $(TEST_KEY)
+	@$(CLUSTER) start $(BENCH_DIR) $(BENCH_PORT) keep "udm.bcrypt_cost = 4" "max_wal_size = 4GB" "checkpoint_timeout = 30min" \
+	    "shared_preload_libraries = 'udm'" "udm.encryption_key_file = '$(TEST_KEY)'"
 	@BENCH_HOST=$(BENCH_DIR)/sock BENCH_PORT=$(BENCH_PORT) PGBIN=$(PGBIN) bench/run.sh $(BENCH)
 
 ## ------------------------------------------------------------------ housekeeping

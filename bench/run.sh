@@ -6,7 +6,7 @@
 #   bench/run.sh onboarding add_field      some of them (make bench BENCH="onboarding")
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all=(onboarding add_field query batch audit locks access tenants graphql transfer http)
+all=(onboarding add_field query batch audit locks access tenants graphql transfer http encryption)
 selected=("$@")
 [ ${#selected[@]} -eq 0 ] && selected=("${all[@]}")
 cargo build -q --release -p udm-bench -p udm-tenant -p udm-server

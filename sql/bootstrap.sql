@@ -119,6 +119,16 @@ CREATE FUNCTION udm.lock_guard() RETURNS trigger
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'udm_lock_guard';
 
+-- Field encryption (src/crypto.rs): the plaintext of a stored value of an encrypted field, as
+-- udm's reads project it (NULL for a reader whose role keeps the field back), and the blind index
+-- an equality filter compares with. Both answer only members of the tenant.
+CREATE FUNCTION udm.decrypt_field(schema_name text, entity text, field integer, id uuid, stored text) RETURNS text
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_decrypt_field';
+CREATE FUNCTION udm.blind_index(schema_name text, entity text, field integer, plaintext text) RETURNS text
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_blind_index';
+
 -- Access control (tenants with members). Row-level security policies call these once per
 -- query (each inside a sub-select).
 CREATE FUNCTION udm.may_read_all(schema_name text, entity text) RETURNS boolean

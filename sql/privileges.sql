@@ -25,6 +25,8 @@ GRANT EXECUTE ON FUNCTION
     udm.uuid_v7(),
     udm.json_date(jsonb),
     udm.json_timestamp(jsonb),
+    udm.decrypt_field(text, text, integer, uuid, text),
+    udm.blind_index(text, text, integer, text),
     udm.id_in(uuid, uuid[]),
     udm.may_read_all(text, text),
     udm.may_read_scoped(text, text),

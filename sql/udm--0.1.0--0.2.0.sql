@@ -181,6 +181,54 @@ AS 'MODULE_PATHNAME', 'udm_openapi_wrapper';
 CREATE FUNCTION udm_replace(entity text, id uuid, fields jsonb, expected_version integer DEFAULT NULL) RETURNS jsonb
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'udm_replace';
 
+-- Field encryption: udm's reads decrypt through udm.decrypt_field, equality filters compare with
+-- udm.blind_index; applications reading with plain SQL call udm_decrypt.
+CREATE FUNCTION udm.decrypt_field(schema_name text, entity text, field integer, id uuid, stored text) RETURNS text
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_decrypt_field';
+CREATE FUNCTION udm.blind_index(schema_name text, entity text, field integer, plaintext text) RETURNS text
+    LANGUAGE c STABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'udm_blind_index';
+
+CREATE  FUNCTION "udm_decrypt"(
+	"entity" TEXT, /* & str */
+	"field" TEXT, /* & str */
+	"id" uuid, /* pgrx :: Uuid */
+	"stored" TEXT /* & str */
+) RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_decrypt_wrapper';
+
+-- Field encryption: a new data key for a tenant, and moving values sealed by older keys to it.
+CREATE  FUNCTION "udm_rotate_data_key"() RETURNS jsonb /* pgrx :: JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_rotate_data_key_wrapper';
+
+CREATE  FUNCTION "udm_reencrypt"(
+	"entity" TEXT, /* & str */
+	"batch" INT DEFAULT 1000 /* i32 */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_reencrypt_wrapper';
+
+-- Field encryption: after a new master key file, the tenants' keys wrapped again with it.
+CREATE  FUNCTION "udm_rewrap_keys"() RETURNS jsonb /* pgrx :: JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_rewrap_keys_wrapper';
+
+-- Field encryption: crypto-shredding, a tenant's keys destroyed.
+CREATE  FUNCTION "udm_shred_keys"(
+	"tenant" TEXT, /* & str */
+	"confirm" TEXT /* & str */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_shred_keys_wrapper';
+
 -- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -189,6 +237,8 @@ GRANT EXECUTE ON FUNCTION
     udm.uuid_v7(),
     udm.json_date(jsonb),
     udm.json_timestamp(jsonb),
+    udm.decrypt_field(text, text, integer, uuid, text),
+    udm.blind_index(text, text, integer, text),
     udm.id_in(uuid, uuid[]),
     udm.may_read_all(text, text),
     udm.may_read_scoped(text, text),

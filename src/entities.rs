@@ -284,7 +284,8 @@ fn check_literals(ctx: &ddl::Ctx, def: &EntityDef) -> Result<()> {
         if f.ftype.family() == udm_core::types::Family::Temporal {
             for (key, bound) in [("min", &f.min), ("max", &f.max)] {
                 let Some(b) = bound else { continue };
-                let lit = udm_core::checks::typed_literal(b, &f.pg_type());
+                // (an encrypted field's column is text: its bounds are of its type)
+                let lit = udm_core::checks::typed_literal(b, &f.ftype.base_pg_type());
                 catch_pg(
                     || crate::spi::select_one::<String>(&format!("SELECT ({lit})::text"), &[]),
                     |e| e.raise_with(&what(key)),
@@ -456,6 +457,7 @@ fn change(
         let (mut steps, dependent) = dependent_steps(&ctx, slug, Some(&new))?;
         steps.extend(ddl::plan_change(&ctx, &e.def, &new)?);
         steps.extend(dependent);
+        crate::crypto::ensure_keys(t, &new)?;
         catalog::write_entity(t, slug, e.table_oid, Some(&new), version, "active", op)?;
         crate::users::ensure_for(t, &new)?;
         run_steps(slug, &steps)?;
@@ -515,6 +517,7 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
         };
         check_literals(&ctx, &def)?;
         let steps = ddl::create_entity(&ctx, &def)?;
+        crate::crypto::ensure_keys(&t, &def)?;
         catch_pg(
             || {
                 let op = json!({"op": "define_entity"});

@@ -37,6 +37,7 @@ fn pg_code(s: SqlState) -> PgSqlErrorCode {
         SqlState::FeatureNotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
         SqlState::SerializationFailure => ERRCODE_T_R_SERIALIZATION_FAILURE,
         SqlState::NoDataFound => ERRCODE_NO_DATA_FOUND,
+        SqlState::DataCorrupted => ERRCODE_DATA_CORRUPTED,
         SqlState::Internal => ERRCODE_INTERNAL_ERROR,
     }
 }

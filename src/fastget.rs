@@ -42,7 +42,13 @@ pub fn plan(tenant: &str, e: &Entity) -> Option<Rc<GetPlan>> {
 
 unsafe fn build(e: &Entity) -> Option<GetPlan> {
     unsafe {
-        if e.table_oid == pg_sys::InvalidOid || e.def.fields.iter().any(|f| f.is_many_to_many()) {
+        // encrypted fields are decrypted by the SQL path's udm.decrypt_field
+        if e.table_oid == pg_sys::InvalidOid
+            || e.def
+                .fields
+                .iter()
+                .any(|f| f.is_many_to_many() || f.encrypted)
+        {
             return None;
         }
         let mut columns: Vec<String> = SYSTEM_COLUMNS.iter().map(|s| s.to_string()).collect();

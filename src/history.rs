@@ -220,6 +220,13 @@ pub fn history(entity: &str, id: Uuid) -> Result<Vec<HistoryRow>> {
         if let Some(h) = hidden.as_mut() {
             h.strip(entity, version, &mut [&mut old, &mut new], &mut changed)?;
         }
+        if let Some(e) = e.as_ref() {
+            for img in [&mut old, &mut new] {
+                if let Some(i) = img.as_ref() {
+                    *img = Some(crate::crypto::open_image(&t, e, id.as_bytes(), i)?);
+                }
+            }
+        }
         let summary = change_summary(action, entity, old.as_ref(), new.as_ref(), &changed)?;
         let data = if action == "DELETE" { old } else { new };
         rows.push(HistoryRow {
@@ -442,6 +449,9 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
     }
     if let Some(h) = Hidden::of(&t)?.as_mut() {
         h.strip(entity, version, &mut [&mut image], &mut Vec::new())?;
+    }
+    if let (Some(e), Some(img)) = (e.as_ref(), image.as_ref()) {
+        image = Some(crate::crypto::open_image(&t, e, id.as_bytes(), img)?);
     }
     Ok(image)
 }

@@ -24,6 +24,7 @@ mod audit;
 mod audit_table;
 mod cache;
 mod catalog;
+mod crypto;
 mod entities;
 mod error;
 mod events;
@@ -58,6 +59,7 @@ extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    crypto::init();
     graphql::init();
     catalog::init();
     audit::init();

@@ -177,6 +177,11 @@ enum StampArg {
     },
     /// A user field: the tenant must know the user it names (and learns a registered one).
     User { attr: i32, field: String },
+    /// An encrypted field: a plaintext written is checked against the field's rules and sealed.
+    Sealed {
+        attr: i32,
+        spec: crate::crypto::SealSpec,
+    },
 }
 
 thread_local! {
@@ -219,6 +224,12 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
                 args.push(StampArg::User {
                     attr: col(&f.column, pg_sys::UUIDOID),
                     field: f.name.clone(),
+                });
+            }
+            if f.encrypted {
+                args.push(StampArg::Sealed {
+                    attr: col(&f.column, pg_sys::TEXTOID),
+                    spec: crate::crypto::SealSpec::of(&tt.tenant, &e.def, f),
                 });
             }
             if f.ftype == FieldType::Password {
@@ -360,6 +371,32 @@ pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) 
                     if !n {
                         let id = pgrx::Uuid::from_bytes(uuid_bytes(v));
                         crate::users::require_known(&plan.tenant, id, table, field).or_raise();
+                    }
+                }
+                StampArg::Sealed { attr, spec } => {
+                    let mut n = false;
+                    let v = pg_sys::heap_getattr(newtup, *attr, desc, &mut n);
+                    if n {
+                        continue;
+                    }
+                    let value = String::from_datum(v, false).unwrap_or_default();
+                    if !oldtup.is_null() {
+                        let mut on = false;
+                        let ov = pg_sys::heap_getattr(oldtup, *attr, desc, &mut on);
+                        if !on && String::from_datum(ov, false).as_deref() == Some(value.as_str()) {
+                            continue; // the stored value, unchanged
+                        }
+                    }
+                    let mut idn = false;
+                    let id = pg_sys::heap_getattr(newtup, a_id, desc, &mut idn);
+                    if idn {
+                        continue; // the NOT NULL of id refuses the row
+                    }
+                    if let Some(sealed) =
+                        crate::crypto::seal_for_write(&plan.tenant, spec, &uuid_bytes(id), &value)
+                            .or_raise()
+                    {
+                        set(*attr, text_datum(&sealed), false);
                     }
                 }
             }

@@ -51,7 +51,12 @@ pub fn field_checks(f: &FieldDef) -> Vec<FieldCheck> {
         });
     };
     let t = &f.ftype;
-    let pg = f.pg_type();
+    // (an encrypted field's column is text; its rules compare values of its type)
+    let pg = if f.encrypted {
+        f.ftype.base_pg_type()
+    } else {
+        f.pg_type()
+    };
     match t {
         FieldType::Email => push(
             "format",

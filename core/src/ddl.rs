@@ -476,6 +476,31 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
         return out;
     }
     let col = quote_ident(&f.column);
+    if f.encrypted {
+        // the column holds sealed values: the stamp trigger checks the field's rules on the
+        // plaintext before sealing it; unique and index work on the blind index
+        let blind = format!("((split_part({col}, ':', 3)))");
+        if f.unique {
+            out.push(Artifact {
+                key: format!("f{}.bunique", f.id),
+                name: unique_name(e, &f.name),
+                kind: ArtifactKind::Unique,
+                table: e.clone(),
+                body: blind,
+                fields: vec![f.id],
+            });
+        } else if f.index {
+            out.push(Artifact {
+                key: format!("f{}.bindex", f.id),
+                name: field_index_name(e, &f.name),
+                kind: ArtifactKind::Index,
+                table: e.clone(),
+                body: blind,
+                fields: vec![f.id],
+            });
+        }
+        return out;
+    }
     for c in field_checks(f) {
         out.push(Artifact {
             name: check_name(e, &f.name, c.rule),
@@ -795,6 +820,12 @@ pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
     Ok(out)
 }
 
+/// A unique artifact made as a unique index (an entity's index over fields, an encrypted
+/// field's blind index) rather than a UNIQUE constraint.
+fn unique_index(a: &Artifact) -> bool {
+    a.key.starts_with('i') || a.key.ends_with(".bunique")
+}
+
 fn add_artifact_sql(ctx: &Ctx, a: &Artifact, not_valid: bool) -> String {
     let t = ctx.table(&a.table);
     let name = quote_ident(&a.name);
@@ -804,7 +835,7 @@ fn add_artifact_sql(ctx: &Ctx, a: &Artifact, not_valid: bool) -> String {
             a.body,
             if not_valid { " NOT VALID" } else { "" }
         ),
-        ArtifactKind::Unique if a.key.starts_with('i') => {
+        ArtifactKind::Unique if unique_index(a) => {
             format!("CREATE UNIQUE INDEX {name} ON {t} {}", a.body)
         }
         ArtifactKind::Unique => format!("ALTER TABLE {t} ADD CONSTRAINT {name} {}", a.body),
@@ -852,7 +883,7 @@ fn drop_artifact_sql(ctx: &Ctx, a: &Artifact) -> String {
     let t = ctx.table(&a.table);
     let name = quote_ident(&a.name);
     match a.kind {
-        ArtifactKind::Unique if a.key.starts_with('i') => {
+        ArtifactKind::Unique if unique_index(a) => {
             format!("DROP INDEX {}", qualified(ctx.schema, &a.name))
         }
         ArtifactKind::Check | ArtifactKind::ForeignKey | ArtifactKind::Unique => {
@@ -927,7 +958,7 @@ fn rename_artifact_sql(ctx: &Ctx, a: &Artifact, new_name: &str) -> String {
                 quote_ident(new_name)
             )
         }
-        ArtifactKind::Unique if a.key.starts_with('i') => {
+        ArtifactKind::Unique if unique_index(a) => {
             format!(
                 "ALTER INDEX {} RENAME TO {}",
                 qualified(ctx.schema, &a.name),
@@ -1118,7 +1149,7 @@ fn split_artifacts(ctx: &Ctx, def: &EntityDef, artifacts: &[Artifact]) -> (Vec<S
             ArtifactKind::Check | ArtifactKind::ForeignKey if self_only => {
                 inline.push(format!("CONSTRAINT {} {}", quote_ident(&a.name), a.body))
             }
-            ArtifactKind::Unique if self_only && !a.key.starts_with('i') => {
+            ArtifactKind::Unique if self_only && !unique_index(a) => {
                 inline.push(format!("CONSTRAINT {} {}", quote_ident(&a.name), a.body))
             }
             _ => later.push(Step::Sql(add_artifact_sql(ctx, a, false))),

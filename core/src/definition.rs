@@ -108,6 +108,9 @@ pub struct FieldDef {
     pub critical: bool,
     /// False keeps the field's values out of audit images (secrets).
     pub audited: bool,
+    /// Values are stored sealed (AES-256-GCM under the tenant's data key, see `crypto`); with
+    /// `unique` or `index` each carries a blind index for equality.
+    pub encrypted: bool,
 }
 
 impl FieldDef {
@@ -134,6 +137,7 @@ impl FieldDef {
             unique_items: false,
             critical: false,
             audited: true,
+            encrypted: false,
             precision: None,
             scale: None,
             currency_code: None,
@@ -162,8 +166,11 @@ impl FieldDef {
         self.ftype == FieldType::Relation && self.many
     }
 
-    /// The PostgreSQL type of the column, with numeric precision.
+    /// The PostgreSQL type of the column, with numeric precision (text for encrypted fields).
     pub fn pg_type(&self) -> String {
+        if self.encrypted {
+            return "text".into();
+        }
         match self.ftype {
             FieldType::Decimal | FieldType::Percent => match (self.precision, self.scale) {
                 (Some(p), Some(s)) => format!("numeric({p},{s})"),
@@ -183,6 +190,11 @@ impl FieldDef {
 
     pub fn on_delete(&self) -> OnDelete {
         self.on_delete.unwrap_or(OnDelete::Restrict)
+    }
+
+    /// Whether stored values carry a blind index (encrypted, and unique or indexed).
+    pub fn blind_indexed(&self) -> bool {
+        self.encrypted && (self.unique || self.index)
     }
 
     /// The rating scale's top (default 5).
@@ -303,6 +315,7 @@ pub fn parse_field(v: &Value, source: Source) -> Result<FieldDef> {
             "index" => f.index = expect_bool(val, &opt("index"))?,
             "critical" => f.critical = expect_bool(val, &opt("critical"))?,
             "audit" => f.audited = expect_bool(val, &opt("audit"))?,
+            "encrypted" => f.encrypted = expect_bool(val, &opt("encrypted"))?,
             "default" => {
                 if !val.is_null() {
                     f.default = Some(val.clone())
@@ -478,6 +491,29 @@ pub fn validate_field(f: &FieldDef) -> Result<()> {
         }
         if f.on_delete.is_some() {
             return err("a many-to-many relation has no on_delete: its links are removed with either record".into());
+        }
+    }
+    if f.encrypted {
+        if !t.can_be_encrypted() {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!("{what}: a field of type {} cannot be encrypted", t.name()),
+            )
+            .hint("encrypted fields are text, long_text, email, url, phone, json, date or datetime fields"));
+        }
+        if t == &FieldType::Json && f.index {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!("{what}: an encrypted json field cannot have an index"),
+            )
+            .hint("leave \"index\" out: its values can be read, not searched"));
+        }
+        if f.default.is_some() {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!("{what}: an encrypted field cannot have a default"),
+            )
+            .hint("leave \"default\" out, or set the value when the record is written"));
         }
     }
     if f.on_delete == Some(OnDelete::SetNull) && f.required {
@@ -695,6 +731,9 @@ pub fn field_to_json(f: &FieldDef) -> Value {
     }
     if f.unique {
         put("unique", json!(true));
+    }
+    if f.encrypted {
+        put("encrypted", json!(true));
     }
     if f.index {
         put("index", json!(true));
@@ -1091,6 +1130,16 @@ impl EntityDef {
                     i.name
                 )));
             }
+            if f.encrypted {
+                return Err(UdmError::new(
+                    SqlState::FeatureNotSupported,
+                    format!(
+                        "index \"{}\": field \"{name}\" of entity \"{}\" is encrypted and cannot be part of an index over fields",
+                        i.name, self.slug
+                    ),
+                )
+                .hint("give the field itself \"unique\": true or \"index\": true: its blind index serves equality"));
+            }
             if i.unique && !f.ftype.can_be_unique() {
                 return Err(UdmError::invalid(format!(
                     "index \"{}\": field \"{name}\" of type {} cannot be part of a unique index",
@@ -1312,6 +1361,25 @@ pub fn apply_field_changes(old: &FieldDef, changes: &Value) -> Result<FieldDef> 
     }
     let mut f = parse_field(&Value::Object(obj), Source::Catalog)?;
     f.id = old.id;
+    if f.encrypted != old.encrypted {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!(
+                "{what}: encryption cannot yet be turned {} for a field that exists",
+                if f.encrypted { "on" } else { "off" }
+            ),
+        )
+        .hint("define a new field with \"encrypted\": true and copy the values into it"));
+    }
+    if old.encrypted && (f.ftype != old.ftype || f.blind_indexed() != old.blind_indexed()) {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!(
+                "{what}: the type, \"unique\" and \"index\" of an encrypted field cannot yet be changed"
+            ),
+        )
+        .hint("define a new encrypted field with the options it should have and copy the values into it"));
+    }
     if f.name != old.name {
         f.column = f.name.clone();
     }

@@ -59,6 +59,8 @@ pub enum SqlState {
     SerializationFailure,
     /// P0002: no such record.
     NoDataFound,
+    /// XX001: stored data fails its integrity check (an encrypted value that does not decrypt).
+    DataCorrupted,
     /// XX000: a bug in udm.
     Internal,
 }
@@ -92,6 +94,7 @@ impl SqlState {
             SqlState::FeatureNotSupported => "0A000",
             SqlState::SerializationFailure => "40001",
             SqlState::NoDataFound => "P0002",
+            SqlState::DataCorrupted => "XX001",
             SqlState::Internal => "XX000",
         }
     }

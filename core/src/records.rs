@@ -208,6 +208,16 @@ pub fn row_json(schema: &str, def: &EntityDef, alias: &str) -> String {
                 f.name.clone(),
                 format!("(SELECT coalesce(jsonb_agg(l.\"target_id\" ORDER BY l.\"target_id\"), '[]'::jsonb) FROM {j} l WHERE l.\"source_id\" = {alias}.\"id\")"),
             ));
+        } else if f.encrypted {
+            let sealed = crate::query::path::Sealed {
+                schema: schema.to_string(),
+                entity: def.slug.clone(),
+                field: f.id,
+                name: f.name.clone(),
+                blind: f.blind_indexed(),
+                form: f.ftype.sealed_form(),
+            };
+            pairs.push((f.name.clone(), sealed.decrypt_sql(alias, &f.column)));
         } else {
             pairs.push((
                 f.name.clone(),
@@ -545,6 +555,16 @@ pub fn check_upsert_key(def: &EntityDef, key: &[String]) -> Result<Vec<String>> 
             continue;
         }
         let f = def.field(k).ok_or_else(|| unknown_field(def, k))?;
+        if f.encrypted {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!(
+                    "upsert key: field \"{}\" of entity \"{}\" is encrypted and cannot identify records in a batch",
+                    f.name, def.slug
+                ),
+            )
+            .hint("upsert on another unique field or on \"id\", or find the record with a udm_query equality filter and udm_update it"));
+        }
         cols.push(f.column.clone());
     }
     let single_unique =

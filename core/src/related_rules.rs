@@ -168,6 +168,19 @@ impl Scope for RelatedScope<'_> {
         let at = format!("\"r{n}\"");
         // (the leaf's SQL type, for a list read from one record: see below)
         let (leaf_sql, vtype, leaf_col, pg_type) = match &r.leaf {
+            Leaf::Column {
+                sealed: Some(sealed),
+                ..
+            } => {
+                return Err(UdmError::new(
+                    SqlState::FeatureNotSupported,
+                    format!(
+                        "path \"{text}\": field \"{}\" of entity \"{}\" is encrypted and cannot be used in a rule",
+                        sealed.name, sealed.entity
+                    ),
+                )
+                .hint("the database holds only its ciphertext; check the value in the application"))
+            }
             Leaf::Column { column, .. } => {
                 let (vt, pg) = if SYSTEM_COLUMNS.contains(&column.as_str()) {
                     (system_vtype(column), None)

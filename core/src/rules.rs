@@ -1285,6 +1285,16 @@ impl Scope for FieldScope<'_> {
                 f.name
             )));
         }
+        if f.encrypted {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!(
+                    "field \"{}\" of entity \"{}\" is encrypted and cannot be used in a rule",
+                    f.name, self.entity.slug
+                ),
+            )
+            .hint("the database holds only its ciphertext; check the value in the application, or use the field's own options (max_length, pattern)"));
+        }
         let col = quote_ident(&f.column);
         if path.len() == 1 {
             return Ok(Resolved {

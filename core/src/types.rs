@@ -299,6 +299,7 @@ pub const COMMON_OPTIONS: &[&str] = &[
     "messages",
     "critical",
     "audit",
+    "encrypted",
 ];
 
 /// Other names accepted for a type (`"type": "string"` is a `text` field): the definition
@@ -481,6 +482,37 @@ impl FieldType {
     }
 
     /// Whether a UNIQUE constraint makes sense on this type.
+    /// Types whose values udm can encrypt (`"encrypted": true`): text-like, JSON and date-like
+    /// ones, all stored as text (the sealed form of their canonical text, see `sealed_form`).
+    pub fn can_be_encrypted(&self) -> bool {
+        matches!(
+            self,
+            FieldType::Text
+                | FieldType::LongText
+                | FieldType::Email
+                | FieldType::Url
+                | FieldType::Phone
+                | FieldType::Json
+                | FieldType::Date
+                | FieldType::DateTime
+        )
+    }
+
+    /// For an encrypted field: the SQL (over `$1`, its value as written, as text) of the canonical
+    /// text that is sealed and blind-indexed (whatever the session's DateStyle or TimeZone), and
+    /// the type its plaintext is read back as. None for text-like types (sealed as written).
+    pub fn sealed_form(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            FieldType::Json => Some(("($1)::jsonb::text", "jsonb")),
+            FieldType::Date => Some(("to_char(($1)::date, 'YYYY-MM-DD')", "date")),
+            FieldType::DateTime => Some((
+                "to_char(($1)::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || '+00:00'",
+                "timestamp with time zone",
+            )),
+            _ => None,
+        }
+    }
+
     pub fn can_be_unique(&self) -> bool {
         !matches!(
             self,

@@ -59,7 +59,7 @@ impl Code {
         match state {
             SqlState::ProgramLimitExceeded => Code::LimitExceeded,
             SqlState::InsufficientPrivilege => Code::Forbidden,
-            SqlState::Internal => Code::Internal,
+            SqlState::Internal | SqlState::DataCorrupted => Code::Internal,
             _ => Code::BadUserInput,
         }
     }

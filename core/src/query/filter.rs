@@ -420,6 +420,14 @@ impl<'a, 'm> Filters<'a, 'm> {
         v: &Value,
         ptr: Vec<Ptr>,
     ) -> Result<String> {
+        if let Leaf::Column {
+            sealed: Some(sealed),
+            column,
+            ..
+        } = &r.leaf
+        {
+            return self.sealed_op(r, alias, sealed, column, op, v, ptr);
+        }
         if op == "is_null" {
             let b = v.as_bool().ok_or_else(|| {
                 UdmError::invalid(format!(
@@ -442,6 +450,83 @@ impl<'a, 'm> Filters<'a, 'm> {
             Leaf::Column { ptype, .. } => self.column_op(r, alias, ptype.clone(), op, v, ptr),
             Leaf::Json { .. } => self.json_op(r, alias, op, v, ptr),
         }
+    }
+
+    /// A filter on an encrypted field: NULL tests on the stored column, equality through the
+    /// blind index each stored value carries (`split_part(column, ':', 3)`, which the field's
+    /// index is built on); nothing else can be answered without decrypting every row.
+    #[allow(clippy::too_many_arguments)]
+    fn sealed_op(
+        &mut self,
+        r: &Resolved,
+        alias: &str,
+        sealed: &super::path::Sealed,
+        column: &str,
+        op: &str,
+        v: &Value,
+        ptr: Vec<Ptr>,
+    ) -> Result<String> {
+        let what = Self::what(r);
+        let col = format!("{alias}.{}", quote_ident(column));
+        if op == "is_null" {
+            let b = v.as_bool().ok_or_else(|| {
+                UdmError::invalid(format!(
+                    "{what}: \"is_null\" takes true or false, got {}",
+                    kind(v)
+                ))
+            })?;
+            return Ok(format!("({col} IS {}NULL)", if b { "" } else { "NOT " }));
+        }
+        if v.is_null() && (op == "eq" || op == "neq") {
+            let not = if op == "eq" { "" } else { "NOT " };
+            return Ok(format!("({col} IS {not}NULL)"));
+        }
+        if !matches!(op, "eq" | "neq" | "in" | "not_in") {
+            return Err(super::path::sealed_refused(
+                &r.text,
+                &format!("filtered with \"{}\"", printable(op)),
+                sealed,
+            ));
+        }
+        if !sealed.blind {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!(
+                    "{what}: field \"{}\" of entity \"{}\" is encrypted without a blind index and cannot be filtered",
+                    sealed.name, sealed.entity
+                ),
+            )
+            .hint("an encrypted field defined with \"index\": true or \"unique\": true can be filtered by equality"));
+        }
+        let blind = super::path::Sealed::blind_sql(alias, column);
+        let t = PType::Text;
+        Ok(match op {
+            "eq" | "neq" => {
+                let param = self
+                    .params
+                    .add(spec_param(&ptr, t, Conv::Value, what.clone()));
+                let cond = format!("({blind} = {})", sealed.blind_of_sql(&param));
+                if op == "eq" {
+                    cond
+                } else {
+                    format!("({col} IS NULL OR NOT {cond})")
+                }
+            }
+            _ => {
+                let param = self
+                    .params
+                    .add(spec_param(&ptr, t, Conv::Array, what.clone()));
+                let list = format!(
+                    "ARRAY(SELECT {} FROM unnest({param}) AS v(x))",
+                    sealed.blind_of_sql("v.x")
+                );
+                if op == "in" {
+                    format!("({blind} = ANY ({list}))")
+                } else {
+                    format!("({col} IS NULL OR {blind} <> ALL ({list}))")
+                }
+            }
+        })
     }
 
     fn column_op(

@@ -674,6 +674,11 @@ impl<'m> From<'m> {
 /// The SQL of a leaf at `alias`: the typed column, or the json value (`->`) for json paths.
 pub fn leaf_json(alias: &str, leaf: &Leaf) -> String {
     match leaf {
+        Leaf::Column {
+            column,
+            sealed: Some(sealed),
+            ..
+        } => sealed.decrypt_sql(alias, column),
         Leaf::Column { column, .. } => format!("{alias}.{}", quote_ident(column)),
         Leaf::Json { column, keys } => {
             let mut s = format!("{alias}.{}", quote_ident(column));
@@ -912,6 +917,9 @@ pub fn sort_keys(from: &mut From, entity: &str, sort: Option<&Value>) -> Result<
         }
         let alias = from.alias_for(&r)?;
         let (ptype, not_null) = match &r.leaf {
+            Leaf::Column {
+                sealed: Some(s), ..
+            } => return Err(path::sealed_refused(&path, "sorted by", s)),
             Leaf::Column { ptype, column, .. } => {
                 let nn = r.to_one.is_empty() && column_not_null(from.model, entity, column);
                 (ptype.clone(), nn)

@@ -5,7 +5,7 @@
 
 use crate::definition::{EntityDef, FieldDef};
 use crate::error::{name_list, Result, SqlState, UdmError};
-use crate::ident::{printable, SYSTEM_COLUMNS};
+use crate::ident::{printable, quote_ident, quote_literal, SYSTEM_COLUMNS};
 use crate::types::FieldType;
 use crate::values::PType;
 
@@ -66,9 +66,76 @@ pub enum Leaf {
         column: String,
         ptype: PType,
         select_values: Option<Vec<String>>,
+        /// The field is encrypted: its column holds sealed values.
+        sealed: Option<Sealed>,
     },
     /// A path inside a json column.
     Json { column: String, keys: Vec<String> },
+}
+
+/// Where an encrypted field's values come from, for `udm.decrypt_field` (which checks, as the
+/// reader, that the reader may read the field) and the blind index of an equality filter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Sealed {
+    pub schema: String,
+    pub entity: String,
+    pub field: u32,
+    pub name: String,
+    /// The stored values carry a blind index (the field is unique or indexed).
+    pub blind: bool,
+    /// For json and date-like fields: the SQL of the canonical text and the type the plaintext
+    /// is read back as (`FieldType::sealed_form`).
+    pub form: Option<(&'static str, &'static str)>,
+}
+
+impl Sealed {
+    /// The plaintext (text) of the sealed column at `alias`.
+    pub fn decrypt_sql(&self, alias: &str, column: &str) -> String {
+        let call = format!(
+            "udm.decrypt_field({}, {}, {}, {alias}.\"id\", {alias}.{})",
+            quote_literal(&self.schema),
+            quote_literal(&self.entity),
+            self.field,
+            quote_ident(column)
+        );
+        match self.form {
+            Some((_, read_as)) => format!("({call})::{read_as}"),
+            None => call,
+        }
+    }
+
+    /// The blind index stored in the sealed column at `alias` (what its index is built on).
+    pub fn blind_sql(alias: &str, column: &str) -> String {
+        format!("split_part({alias}.{}, ':', 3)", quote_ident(column))
+    }
+
+    /// The blind index of the plaintext `value_sql` (a text expression).
+    pub fn blind_of_sql(&self, value_sql: &str) -> String {
+        let value_sql = match self.form {
+            Some((canonical, _)) => format!("({})", canonical.replace("$1", value_sql)),
+            None => value_sql.to_string(),
+        };
+        format!(
+            "udm.blind_index({}, {}, {}, {value_sql})",
+            quote_literal(&self.schema),
+            quote_literal(&self.entity),
+            self.field
+        )
+    }
+}
+
+/// The error for ordering or comparing an encrypted field by anything but equality.
+pub fn sealed_refused(path: &str, what: &str, s: &Sealed) -> UdmError {
+    UdmError::new(
+        SqlState::FeatureNotSupported,
+        format!(
+            "path \"{}\": field \"{}\" of entity \"{}\" is encrypted and cannot be {what}",
+            printable(path),
+            s.name,
+            s.entity
+        ),
+    )
+    .hint("encrypted fields support equality filters (eq, neq, in, not_in, is_null) through their blind index only; sort and compare ranges in the application")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -210,15 +277,24 @@ fn id_leaf(path: &str, to_one: Vec<ToOne>, to_many: Option<(ToMany, Vec<ToOne>)>
             column: "id".into(),
             ptype: PType::Uuid,
             select_values: None,
+            sealed: None,
         },
     }
 }
 
-fn field_leaf(f: &FieldDef) -> Leaf {
+fn field_leaf(model: &dyn Model, entity: &EntityDef, f: &FieldDef) -> Leaf {
     Leaf::Column {
         column: f.column.clone(),
         ptype: PType::of_field(&f.ftype),
         select_values: matches!(f.ftype, FieldType::Select).then(|| f.values.clone()),
+        sealed: f.encrypted.then(|| Sealed {
+            schema: model.schema().to_string(),
+            entity: entity.slug.clone(),
+            field: f.id,
+            name: f.name.clone(),
+            blind: f.blind_indexed(),
+            form: f.ftype.sealed_form(),
+        }),
     }
 }
 
@@ -314,6 +390,7 @@ pub fn resolve(model: &dyn Model, root: &str, path: &str) -> Result<Resolved> {
                             column: name.clone(),
                             ptype: system_ptype(name),
                             select_values: None,
+                            sealed: None,
                         },
                     });
                 }
@@ -354,8 +431,20 @@ pub fn resolve(model: &dyn Model, root: &str, path: &str) -> Result<Resolved> {
                                 }
                             })
                             .collect::<Result<_>>()?;
+                        if f.encrypted && !keys.is_empty() {
+                            return Err(UdmError::new(
+                                SqlState::FeatureNotSupported,
+                                format!(
+                                    "path \"{}\": field \"{}\" of entity \"{}\" is encrypted: its keys cannot be followed",
+                                    printable(path),
+                                    f.name,
+                                    current.slug
+                                ),
+                            )
+                            .hint("read the whole field and pick the keys in the application"));
+                        }
                         let leaf = if keys.is_empty() {
-                            field_leaf(f)
+                            field_leaf(model, current, f)
                         } else {
                             Leaf::Json {
                                 column: f.column.clone(),
@@ -419,7 +508,7 @@ pub fn resolve(model: &dyn Model, root: &str, path: &str) -> Result<Resolved> {
                             text: path.to_string(),
                             to_one,
                             to_many,
-                            leaf: field_leaf(f),
+                            leaf: field_leaf(model, current, f),
                         });
                     }
                 }

@@ -1,0 +1,1214 @@
+//! Field encryption inside the server: the master key (read once, at server start, from the file
+//! `udm.encryption_key_file` names, when udm is in `shared_preload_libraries`), each tenant's
+//! wrapped data and index keys (`<schema>._udm_keys`, made when the tenant's first encrypted field
+//! is defined), sealing in the stamp trigger, and the functions reads decrypt through.
+//!
+//! No function returns the master key or a tenant key, and no message quotes one. The crypto
+//! itself (envelope, wrapping, blind indexes) is `udm_core::crypto`.
+
+use crate::catalog::{self, Entity, Tenant};
+use crate::error::{OrRaise, Result};
+use crate::security::as_owner;
+use pgrx::fcinfo::pg_getarg;
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::rc::Rc;
+use std::sync::OnceLock;
+use udm_core::crypto::{self as c, Key, Purpose};
+use udm_core::definition::{EntityDef, FieldDef};
+use udm_core::error::{SqlState, UdmError};
+use udm_core::ident::{printable, qualified, quote_ident, quote_literal};
+
+pub static KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static OLD_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// The master key, or why there is none; set once in the postmaster (forked backends inherit it).
+static MASTER: OnceLock<std::result::Result<Key, String>> = OnceLock::new();
+/// The previous master key while a rotation is under way (`udm.encryption_old_key_file`): tenant
+/// keys it wrapped still open, and `udm_rewrap_keys` wraps them again with the new one.
+static OLD_MASTER: OnceLock<Option<Key>> = OnceLock::new();
+
+pub const KEYS_TABLE: &str = "_udm_keys";
+
+pub fn init() {
+    // PostgreSQL allows PGC_POSTMASTER settings only while the server starts: loaded later (not
+    // in shared_preload_libraries), udm defines neither and has no master key
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        let _ = MASTER.set(Err(
+            "udm is not in shared_preload_libraries, where the master key is loaded".into(),
+        ));
+        return;
+    }
+    GucRegistry::define_string_guc(
+        c"udm.encryption_key_file",
+        c"File holding the master key of udm's field encryption (64 hex digits), read once at server start.",
+        c"Only the file's path is a setting; the key is never shown. udm must be in shared_preload_libraries; the file must not be readable by other OS users.",
+        &KEY_FILE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"udm.encryption_old_key_file",
+        c"File holding the previous master key while the tenants' keys are re-wrapped with a new one (udm_rewrap_keys).",
+        c"Read once at server start, like udm.encryption_key_file; remove it once udm_rewrap_keys has run.",
+        &OLD_KEY_FILE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    {
+        let old = OLD_KEY_FILE
+            .get()
+            .map(|_| load_key_file(&OLD_KEY_FILE, "udm.encryption_old_key_file"));
+        match &old {
+            Some(Ok(k)) => pgrx::log!(
+                "udm: previous field encryption master key loaded (fingerprint {})",
+                k.fingerprint()
+            ),
+            Some(Err(why)) => pgrx::warning!("udm: the previous master key is unavailable: {why}"),
+            None => {}
+        }
+        let _ = OLD_MASTER.set(old.and_then(|r| r.ok()));
+        let loaded = load_master();
+        match &loaded {
+            Ok(k) => pgrx::log!(
+                "udm: field encryption master key loaded (fingerprint {})",
+                k.fingerprint()
+            ),
+            Err(why) if KEY_FILE.get().is_some() => {
+                pgrx::warning!("udm: field encryption is unavailable: {why}")
+            }
+            Err(_) => {}
+        }
+        let _ = MASTER.set(loaded);
+    }
+}
+
+fn load_master() -> std::result::Result<Key, String> {
+    load_key_file(&KEY_FILE, "udm.encryption_key_file")
+}
+
+fn load_key_file(
+    setting: &GucSetting<Option<CString>>,
+    name: &str,
+) -> std::result::Result<Key, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = setting.get() else {
+        return Err(format!("{name} is not set"));
+    };
+    let path = path.to_string_lossy().into_owned();
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| format!("the master key file \"{path}\" cannot be read ({e})"))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the master key file \"{path}\" may be read by other users (mode {:o}); make it 0600",
+            mode & 0o777
+        ));
+    }
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(&path)
+            .map_err(|e| format!("the master key file \"{path}\" cannot be read ({e})"))?,
+    );
+    c::parse_master_key(&bytes).map_err(|e| format!("\"{path}\": {}", e.message))
+}
+
+/// Why this server has no master key, if it has none.
+pub fn master_missing() -> Option<String> {
+    match MASTER.get() {
+        Some(Ok(_)) => None,
+        Some(Err(why)) => Some(why.clone()),
+        None => {
+            Some("udm is not in shared_preload_libraries, where the master key is loaded".into())
+        }
+    }
+}
+
+fn master(what: &dyn Fn() -> String) -> Result<&'static Key> {
+    match MASTER.get() {
+        Some(Ok(k)) => Ok(k),
+        _ => Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!(
+                "{} is encrypted and this server has no master key: {}",
+                what(),
+                master_missing().unwrap_or_default()
+            ),
+        )
+        .hint(
+            "put udm in shared_preload_libraries, set udm.encryption_key_file to a file of 64 hex \
+             digits that only the server's OS user can read, and restart the server",
+        )),
+    }
+}
+
+fn field_what(t: &Tenant, entity: &str, field: &str) -> String {
+    format!(
+        "field \"{}\" of entity \"{}\" in tenant \"{}\"",
+        printable(field),
+        printable(entity),
+        t.slug
+    )
+}
+
+/// A tenant's keys, opened.
+pub struct TenantKeys {
+    /// `_udm_keys` as read (a new table is a new set of keys).
+    rel: pg_sys::Oid,
+    /// The catalog generation it was read in (a key rotation invalidates the tenant's catalog).
+    generation: u64,
+    /// The data key new values are sealed with (the newest).
+    active: i32,
+    data: HashMap<i32, c::Sealer>,
+    index: Option<c::Blinder>,
+}
+
+thread_local! {
+    static KEYS: RefCell<HashMap<String, Rc<TenantKeys>>> = RefCell::new(HashMap::new());
+}
+
+fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
+    let sql = format!(
+        "SELECT coalesce(jsonb_agg(jsonb_build_array(purpose, id, encode(wrapped, 'hex'), master, \
+           to_char(shredded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS \"UTC\"'), shredded_by)), '[]') FROM {}",
+        qualified(&t.schema, KEYS_TABLE)
+    );
+    let rows = as_owner(|| crate::rawspi::once(&sql, &[], true))?
+        .map(crate::rawspi::jsonb_value)
+        .unwrap_or_default();
+    let mut keys = TenantKeys {
+        rel,
+        generation: catalog::generation(),
+        active: 0,
+        data: HashMap::new(),
+        index: None,
+    };
+    for r in rows.as_array().into_iter().flatten() {
+        if let Some(at) = r[4].as_str() {
+            return Err(UdmError::new(
+                SqlState::ObjectNotInPrerequisiteState,
+                format!(
+                    "the encryption keys of tenant \"{}\" were destroyed at {at} by {}: its encrypted values cannot be read or written",
+                    t.slug,
+                    r[5].as_str().unwrap_or("?")
+                ),
+            )
+            .hint("crypto-shredding cannot be undone; the tenant's other fields still work"));
+        }
+        let (Some(p), Some(id), Some(w)) = (
+            r[0].as_str().and_then(Purpose::parse),
+            r[1].as_i64(),
+            r[2].as_str(),
+        ) else {
+            return Err(UdmError::internal(format!(
+                "tenant \"{}\": a row of {KEYS_TABLE} is damaged",
+                t.slug
+            )));
+        };
+        let id = id as i32;
+        let wrapped = hex_bytes(w).unwrap_or_default();
+        let wrapped_by = r[3].as_str().unwrap_or_default();
+        let key = c::unwrap_key(wrapping_key(t, master, wrapped_by, p, id)?, &wrapped, p, id)
+            .map_err(|e| e.context(format!("tenant \"{}\"", t.slug)))?;
+        match p {
+            Purpose::Data => {
+                keys.active = keys.active.max(id);
+                keys.data.insert(id, key.sealer());
+            }
+            Purpose::Index => keys.index = Some(key.blinder()),
+        }
+    }
+    Ok(keys)
+}
+
+/// The master key that wrapped a tenant key (by its stored fingerprint): the loaded one, or the
+/// previous one during a rotation.
+fn wrapping_key<'a>(
+    t: &Tenant,
+    master: &'a Key,
+    wrapped_by: &str,
+    p: Purpose,
+    id: i32,
+) -> Result<&'a Key> {
+    if wrapped_by == master.fingerprint() {
+        return Ok(master);
+    }
+    if let Some(Some(old)) = OLD_MASTER.get() {
+        if wrapped_by == old.fingerprint() {
+            return Ok(old);
+        }
+    }
+    Err(UdmError::new(
+        SqlState::ObjectNotInPrerequisiteState,
+        format!(
+            "tenant \"{}\": {} key {id} was wrapped by master key {wrapped_by}, and this server has master key {} loaded",
+            t.slug,
+            p.name(),
+            master.fingerprint()
+        ),
+    )
+    .hint("while rotating the master key, set udm.encryption_old_key_file to the previous key file, restart, and run udm_rewrap_keys()"))
+}
+
+fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The tenant's opened keys (read once per backend, again when the table is new or a key id
+/// is not known yet).
+fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<TenantKeys>> {
+    let m = master(what)?;
+    // the keys read in this catalog generation (a rotation, a dropped tenant start a new one)
+    let generation = catalog::generation();
+    let fresh = KEYS.with(|k| {
+        k.borrow()
+            .get(&t.schema)
+            .filter(|k| {
+                k.generation == generation && want.is_none_or(|id| k.data.contains_key(&id))
+            })
+            .cloned()
+    });
+    if let Some(k) = fresh {
+        return Ok(k);
+    }
+    let Some(rel) = t.relation(KEYS_TABLE) else {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("{} is encrypted but the tenant has no keys", what()),
+        )
+        .hint("its keys were destroyed, or the tenant was copied without its _udm_keys table"));
+    };
+    let cached = KEYS.with(|k| k.borrow().get(&t.schema).cloned());
+    if let Some(k) = cached {
+        if k.rel == rel
+            && k.generation == catalog::generation()
+            && want.is_none_or(|id| k.data.contains_key(&id))
+        {
+            return Ok(k);
+        }
+    }
+    let k = Rc::new(read_keys(t, rel, m)?);
+    KEYS.with(|c| c.borrow_mut().insert(t.schema.clone(), k.clone()));
+    Ok(k)
+}
+
+/// Makes the tenant's keys if an encrypted field of `def` needs them and there are none: a data
+/// key and an index key, random, stored wrapped by the master key. Refused without a master key.
+pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
+    let Some(f) = def.fields.iter().find(|f| f.encrypted) else {
+        return Ok(());
+    };
+    let m = master(&|| field_what(t, &def.slug, &f.name))?;
+    let actor = crate::security::actor();
+    as_owner(|| {
+        let table = qualified(&t.schema, KEYS_TABLE);
+        // one session makes the keys; another waits here and finds them made
+        crate::rawspi::once(
+            "SELECT pg_advisory_xact_lock(hashtext('udm keys ' || $1))",
+            &[Some(t.schema.clone())],
+            false,
+        )?;
+        if t.relation(KEYS_TABLE).is_none() {
+            crate::rawspi::once(
+                &format!(
+                    "CREATE TABLE {table} (\
+                       purpose text NOT NULL CHECK (purpose IN ('data', 'index')), \
+                       id integer NOT NULL CHECK (id > 0), \
+                       wrapped bytea NOT NULL, \
+                       master text NOT NULL, \
+                       created_at timestamp with time zone NOT NULL DEFAULT now(), \
+                       created_by text NOT NULL, \
+                       rewrapped_at timestamp with time zone, \
+                       rewrapped_by text, \
+                       shredded_at timestamp with time zone, \
+                       shredded_by text, \
+                       PRIMARY KEY (purpose, id)); \
+                     REVOKE ALL ON {table} FROM PUBLIC; \
+                     COMMENT ON TABLE {table} IS {}",
+                    quote_literal(
+                        "udm: the tenant's field encryption keys, wrapped by the master key"
+                    )
+                ),
+                &[],
+                false,
+            )?;
+        }
+        let have = crate::rawspi::once(
+            &format!("SELECT count(*) FROM {table} WHERE purpose = 'data'"),
+            &[],
+            false,
+        )?
+        .map(crate::rawspi::int8)
+        .unwrap_or(0);
+        if have == 0 {
+            for p in [Purpose::Data, Purpose::Index] {
+                let k = Key::random()?;
+                let w = c::wrap_key(m, &k, p, 1)?;
+                crate::rawspi::once(
+                    &format!(
+                        "INSERT INTO {table} (purpose, id, wrapped, master, created_by) VALUES ($1, 1, decode($2, 'hex'), $3, $4)"
+                    ),
+                    &[
+                        Some(p.name().to_string()),
+                        Some(hex(&w)),
+                        Some(m.fingerprint()),
+                        Some(actor.clone()),
+                    ],
+                    false,
+                )?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A field's identity for sealing and the SQL that checks its rules on the plaintext.
+pub struct SealSpec {
+    pub entity: String,
+    pub field: u32,
+    pub name: String,
+    pub blind: bool,
+    /// `SELECT udm.check_rule(...) AND ... FROM (SELECT $1::<type> AS "col") s`, when it has rules.
+    pub check: Option<String>,
+    /// `SELECT <canonical text of $1>` for json and date-like fields (`FieldType::sealed_form`).
+    pub canonical: Option<String>,
+}
+
+impl SealSpec {
+    pub fn of(t: &Tenant, def: &EntityDef, f: &FieldDef) -> SealSpec {
+        let checks = udm_core::checks::field_checks(f);
+        let check = (!checks.is_empty()).then(|| {
+            let conds: Vec<String> = checks
+                .iter()
+                .map(|ck| {
+                    format!(
+                        "udm.check_rule(({}), {}, {}, {})",
+                        ck.sql,
+                        quote_literal(&t.schema),
+                        quote_literal(&def.slug),
+                        quote_literal(&ck.key)
+                    )
+                })
+                .collect();
+            format!(
+                "SELECT {} FROM (SELECT ($1)::{} AS {}) s",
+                conds.join(" AND "),
+                f.ftype.base_pg_type(),
+                quote_ident(&f.column)
+            )
+        });
+        let canonical = f
+            .ftype
+            .sealed_form()
+            .map(|(sql, _)| format!("SELECT {sql}"));
+        SealSpec {
+            entity: def.slug.clone(),
+            field: f.id,
+            name: f.name.clone(),
+            blind: f.blind_indexed(),
+            check,
+            canonical,
+        }
+    }
+}
+
+thread_local! {
+    static CHECK_PLANS: crate::cache::Cache<String, Rc<crate::rawspi::Plan>> =
+        crate::cache::Lru::new("encrypted field checks");
+}
+
+/// Runs `sql` with `plaintext` as `$1`; its first column's datum (in the caller's context).
+fn run_plan(sql: &str, plaintext: &str) -> Result<Option<pg_sys::Datum>> {
+    let plan = match crate::cache::get(&CHECK_PLANS, sql) {
+        Some(p) => p,
+        None => {
+            let p = Rc::new(crate::rawspi::prepare_typed(sql, &[pg_sys::TEXTOID])?);
+            let bytes = p.bytes() + sql.len() * 2;
+            crate::cache::put(&CHECK_PLANS, sql.to_string(), p.clone(), bytes);
+            p
+        }
+    };
+    let mut values = [crate::triggers::text_datum(plaintext)];
+    let nulls = [b' ' as std::os::raw::c_char];
+    crate::rawspi::first_datum_of(&plan, &mut values, &nulls, true)
+}
+
+/// Runs a field's rule checks (`udm.check_rule` raises when one fails).
+fn run_check(sql: &str, plaintext: &str) -> Result<()> {
+    run_plan(sql, plaintext).map(|_| ())
+}
+
+/// Runs SQL whose first column is text (the canonical form of a value).
+fn run_text(sql: &str, plaintext: &str) -> Result<Option<String>> {
+    Ok(run_plan(sql, plaintext)?.and_then(|d| unsafe { String::from_datum(d, false) }))
+}
+
+/// What the stamp trigger stores for a written value of an encrypted field: None to keep the
+/// value as written (a sealed value of this very record and field, e.g. restored from its audit
+/// image), or the sealed form of a plaintext (after its rules held).
+pub fn seal_for_write(
+    t: &Tenant,
+    spec: &SealSpec,
+    record: &[u8; 16],
+    value: &str,
+) -> Result<Option<String>> {
+    let what = || field_what(t, &spec.entity, &spec.name);
+    if c::looks_sealed(value) {
+        let env = c::parse_envelope(value).ok_or_else(|| {
+            UdmError::invalid(format!(
+                "{}: the value starts with \"{}\" but is not an encrypted value",
+                what(),
+                c::PREFIX
+            ))
+            .hint(format!(
+                "values of an encrypted field cannot start with \"{}\"",
+                c::PREFIX
+            ))
+        })?;
+        let k = keys(t, &what, Some(env.key_id))?;
+        let dk = k
+            .data
+            .get(&env.key_id)
+            .ok_or_else(|| no_such_key(&what, env.key_id))?;
+        c::open_with(dk, &env, record, spec.field).map_err(|e| {
+            UdmError::new(
+                SqlState::InvalidParameterValue,
+                format!("{}: {}", what(), e.message),
+            )
+            .hint("write the plaintext: udm encrypts it; a ciphertext belongs to one record and field")
+        })?;
+        if spec.blind && env.blind.is_empty() {
+            return Err(UdmError::invalid(format!(
+                "{}: the encrypted value has no blind index",
+                what()
+            ))
+            .hint("write the plaintext: udm encrypts it"));
+        }
+        return Ok(None);
+    }
+    // json and dates: sealed (and blind-indexed) in one canonical form, whatever the session's
+    // DateStyle or TimeZone; a value that is not of the type fails here, as the column would
+    let canonical = match &spec.canonical {
+        Some(sql) => Some(run_text(sql, value)?.unwrap_or_default()),
+        None => None,
+    };
+    let value = canonical.as_deref().unwrap_or(value);
+    if let Some(sql) = &spec.check {
+        run_check(sql, value)?;
+    }
+    let k = keys(t, &what, None)?;
+    let dk = k
+        .data
+        .get(&k.active)
+        .ok_or_else(|| no_such_key(&what, k.active))?;
+    let blind = if spec.blind {
+        let ik = k.index.as_ref().ok_or_else(|| no_such_key(&what, 1))?;
+        Some(ik.blind(spec.field, value.as_bytes()))
+    } else {
+        None
+    };
+    c::seal_with(
+        dk,
+        k.active,
+        blind.as_deref(),
+        record,
+        spec.field,
+        value.as_bytes(),
+    )
+    .map(Some)
+    .map_err(|e| e.context(what()))
+}
+
+fn no_such_key(what: &dyn Fn() -> String, id: i32) -> UdmError {
+    UdmError::new(
+        SqlState::ObjectNotInPrerequisiteState,
+        format!("{}: the tenant has no key {id} to decrypt it with", what()),
+    )
+    .hint("the tenant's keys were destroyed or replaced")
+}
+
+/// The encrypted field `field` (an id) of an entity, active or removed.
+fn sealed_field<'a>(t: &Tenant, e: &'a Entity, field: u32) -> Result<&'a FieldDef> {
+    e.def
+        .fields
+        .iter()
+        .chain(&e.def.removed_fields)
+        .find(|f| f.id == field && f.encrypted)
+        .ok_or_else(|| {
+            UdmError::new(
+                SqlState::UndefinedColumn,
+                format!(
+                    "entity \"{}\" of tenant \"{}\" has no encrypted field with id {field}",
+                    e.def.slug, t.slug
+                ),
+            )
+        })
+}
+
+/// Whether the session may read the field (its role does not keep it back).
+fn may_read(t: &Tenant, e: &Entity, f: &FieldDef) -> Result<bool> {
+    Ok(!crate::access::hidden_field_ids(t, e)?.contains(&f.id))
+}
+
+/// Opens a stored value of field `f` of record `id`.
+fn open_value(t: &Tenant, e: &Entity, f: &FieldDef, id: &[u8; 16], stored: &str) -> Result<String> {
+    open_value_with(t, e, f, id, stored, None)
+}
+
+/// `open_value` with the tenant's keys when the caller holds them already.
+fn open_value_with(
+    t: &Tenant,
+    e: &Entity,
+    f: &FieldDef,
+    id: &[u8; 16],
+    stored: &str,
+    held: Option<&Rc<TenantKeys>>,
+) -> Result<String> {
+    let what = || field_what(t, &e.def.slug, &f.name);
+    let env = c::parse_envelope(stored).ok_or_else(|| {
+        UdmError::new(
+            SqlState::DataCorrupted,
+            format!("{}: the stored value is not an encrypted value", what()),
+        )
+        .hint("it was written past udm's trigger (e.g. with triggers disabled)")
+    })?;
+    let k = match held {
+        Some(k) if k.data.contains_key(&env.key_id) => k.clone(),
+        _ => keys(t, &what, Some(env.key_id))?,
+    };
+    let dk = k
+        .data
+        .get(&env.key_id)
+        .ok_or_else(|| no_such_key(&what, env.key_id))?;
+    let plain = c::open_with(dk, &env, id, f.id).map_err(|e| e.context(what()))?;
+    String::from_utf8(plain).map_err(|_| {
+        UdmError::new(
+            SqlState::DataCorrupted,
+            format!("{}: the decrypted value is not text", what()),
+        )
+    })
+}
+
+/// The tenant, entity and field an internal call names, checked: the caller is a member.
+fn resolve(schema: &str, entity: &str) -> Result<(Rc<Tenant>, Rc<Entity>)> {
+    let t = catalog::tenant(schema)?.ok_or_else(|| catalog::no_such_tenant(schema))?;
+    catalog::require_member(&t)?;
+    let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
+    Ok((t, e))
+}
+
+unsafe fn text_arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> String {
+    unsafe { pg_getarg::<String>(fcinfo, i).unwrap_or_default() }
+}
+
+unsafe fn field_arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> u32 {
+    let n = unsafe { pg_getarg::<i32>(fcinfo, i).unwrap_or_default() };
+    u32::try_from(n).unwrap_or(0)
+}
+
+finfo_v1!(pg_finfo_udm_decrypt_field);
+finfo_v1!(pg_finfo_udm_blind_index);
+
+/// What one call site of `udm.decrypt_field` (its constant schema, entity and field) resolved,
+/// kept for the rest of the statement in the call's `fn_extra`: tenant, membership, entity, field,
+/// whether the session may read it, the tenant's keys.
+struct CallSite {
+    schema: String,
+    entity: String,
+    field: u32,
+    t: Rc<Tenant>,
+    e: Rc<Entity>,
+    def: FieldDef,
+    allowed: bool,
+    keys: Option<Rc<TenantKeys>>,
+}
+
+fn call_site(schema: &str, entity: &str, field: u32) -> Result<CallSite> {
+    let (t, e) = resolve(schema, entity)?;
+    let def = sealed_field(&t, &e, field)?.clone();
+    let allowed = may_read(&t, &e, &def)?;
+    let keys = if allowed {
+        let what = || field_what(&t, &e.def.slug, &def.name);
+        Some(keys(&t, &what, None)?)
+    } else {
+        None
+    };
+    Ok(CallSite {
+        schema: schema.to_string(),
+        entity: entity.to_string(),
+        field,
+        t,
+        e,
+        def,
+        allowed,
+        keys,
+    })
+}
+
+/// `udm.decrypt_field(schema, entity, field id, record id, stored)`: the plaintext of a stored
+/// value, as udm's own reads project it; NULL when the session's role keeps the field back (the
+/// reads drop the field then). STRICT.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_decrypt_field(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    unsafe {
+        let schema = pg_getarg::<&str>(fcinfo, 0).unwrap_or_default();
+        let entity = pg_getarg::<&str>(fcinfo, 1).unwrap_or_default();
+        let field = field_arg(fcinfo, 2);
+        let flinfo = (*fcinfo).flinfo;
+        let cached = (*flinfo).fn_extra as *const CallSite;
+        let site: &CallSite = if !cached.is_null()
+            && (*cached).field == field
+            && (*cached).schema == schema
+            && (*cached).entity == entity
+        {
+            &*cached
+        } else {
+            let site = call_site(schema, entity, field).or_raise();
+            let p = pgrx::PgMemoryContexts::For((*flinfo).fn_mcxt).leak_and_drop_on_delete(site);
+            (*flinfo).fn_extra = p.cast();
+            &*p
+        };
+        if !site.allowed {
+            (*fcinfo).isnull = true;
+            return pg_sys::Datum::from(0usize);
+        }
+        let id = pg_getarg::<pgrx::Uuid>(fcinfo, 3).unwrap_or(pgrx::Uuid::from_bytes([0; 16]));
+        let stored = pg_getarg::<&str>(fcinfo, 4).unwrap_or_default();
+        let plain = open_value_with(
+            &site.t,
+            &site.e,
+            &site.def,
+            id.as_bytes(),
+            stored,
+            site.keys.as_ref(),
+        )
+        .or_raise();
+        crate::triggers::text_datum(&plain)
+    }
+}
+
+/// `udm.blind_index(schema, entity, field id, plaintext)`: the blind index an equality filter
+/// compares with (for members whose role may read the field). STRICT.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_blind_index(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let schema = text_arg(fcinfo, 0);
+        let entity = text_arg(fcinfo, 1);
+        let field = field_arg(fcinfo, 2);
+        let plain = text_arg(fcinfo, 3);
+        let b = blind_for(&schema, &entity, field, &plain).or_raise();
+        crate::triggers::text_datum(&b)
+    }
+}
+
+fn blind_for(schema: &str, entity: &str, field: u32, plain: &str) -> Result<String> {
+    let (t, e) = resolve(schema, entity)?;
+    let f = sealed_field(&t, &e, field)?;
+    if !may_read(&t, &e, f)? {
+        return Err(denied(&t, &e.def.slug, &f.name));
+    }
+    let what = || field_what(&t, &e.def.slug, &f.name);
+    let k = keys(&t, &what, None)?;
+    let ik = k.index.as_ref().ok_or_else(|| no_such_key(&what, 1))?;
+    Ok(ik.blind(f.id, plain.as_bytes()))
+}
+
+fn denied(t: &Tenant, entity: &str, field: &str) -> UdmError {
+    UdmError::new(
+        SqlState::InsufficientPrivilege,
+        format!("permission denied to read {}", field_what(t, entity, field)),
+    )
+    .hint("the reader's role keeps this field back")
+}
+
+/// `udm_decrypt(entity, field, id, stored)`: the plaintext of a value read with plain SQL from an
+/// encrypted field of the current tenant, for a member whose role may read the field.
+/// STRICT: a NULL value is NULL.
+#[pg_extern(stable, parallel_safe)]
+fn udm_decrypt(entity: &str, field: &str, id: pgrx::Uuid, stored: &str) -> String {
+    decrypt(entity, field, id, stored).or_raise()
+}
+
+fn decrypt(entity: &str, field: &str, id: pgrx::Uuid, stored: &str) -> Result<String> {
+    let t = catalog::current_tenant()?;
+    let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
+    let f = e
+        .def
+        .fields
+        .iter()
+        .chain(&e.def.removed_fields)
+        .find(|f| f.name == field)
+        .ok_or_else(|| e.def.no_such_field(field))?;
+    if !f.encrypted {
+        return Err(UdmError::invalid(format!(
+            "{} is not encrypted",
+            field_what(&t, &e.def.slug, &f.name)
+        ))
+        .hint("read its column as it is"));
+    }
+    if !may_read(&t, &e, f)? {
+        return Err(denied(&t, &e.def.slug, &f.name));
+    }
+    if c::parse_envelope(stored).is_none() {
+        return Err(UdmError::invalid(format!(
+            "{}: the value given is not an encrypted value",
+            field_what(&t, &e.def.slug, &f.name)
+        ))
+        .hint("pass the field's column as stored: udm_decrypt('customer', 'ssn', id, ssn)"));
+    }
+    open_value(&t, &e, f, id.as_bytes(), stored)
+}
+
+/// Opens the encrypted fields of a record image (audit, history) at its top level: each sealed
+/// value under the name of an encrypted field of the entity becomes its plaintext. Fields the
+/// session may not read were stripped before. Images of entities without encrypted fields are
+/// returned as they are.
+pub fn open_image(
+    t: &Tenant,
+    e: &Entity,
+    id: &[u8; 16],
+    image: &crate::json::RawJsonb,
+) -> Result<crate::json::RawJsonb> {
+    use udm_core::jsonb::Value as J;
+    let sealed: Vec<&FieldDef> = e
+        .def
+        .fields
+        .iter()
+        .chain(&e.def.removed_fields)
+        .filter(|f| f.encrypted)
+        .collect();
+    if sealed.is_empty() {
+        return Ok(image.clone());
+    }
+    let bad = |err: udm_core::jsonb::JsonbError| {
+        UdmError::new(
+            SqlState::InvalidParameterValue,
+            format!("cannot read a jsonb value: {}", err.0),
+        )
+    };
+    let Some(pairs) = udm_core::jsonb::object_pairs(image.root()).map_err(bad)? else {
+        return Ok(image.clone());
+    };
+    // a plaintext: text, or (json fields) a jsonb datum's bytes
+    enum Plain {
+        Text(String),
+        Json(crate::json::RawJsonb),
+    }
+    let mut plains: Vec<Option<Plain>> = Vec::with_capacity(pairs.len());
+    for (k, v) in &pairs {
+        let key = String::from_utf8_lossy(k);
+        let f = sealed.iter().find(|f| f.name == key);
+        plains.push(match (f, v) {
+            (Some(f), J::String(s)) => {
+                let stored = String::from_utf8_lossy(s);
+                if !c::looks_sealed(&stored) {
+                    None
+                } else {
+                    let plain = open_value(t, e, f, id, &stored)?;
+                    if f.ftype == udm_core::types::FieldType::Json {
+                        let v: serde_json::Value = serde_json::from_str(&plain).map_err(|_| {
+                            UdmError::new(
+                                SqlState::DataCorrupted,
+                                format!(
+                                    "{}: the decrypted value is not JSON",
+                                    field_what(t, &e.def.slug, &f.name)
+                                ),
+                            )
+                        })?;
+                        let d = pgrx::JsonB(v).into_datum();
+                        let raw =
+                            d.and_then(|d| unsafe { crate::json::RawJsonb::from_datum(d, false) });
+                        raw.map(Plain::Json)
+                    } else {
+                        Some(Plain::Text(plain))
+                    }
+                }
+            }
+            _ => None,
+        });
+    }
+    let out: Vec<(&[u8], J<'_>)> = pairs
+        .iter()
+        .zip(&plains)
+        .map(|((k, v), p)| match p {
+            Some(Plain::Text(p)) => (*k, J::String(p.as_bytes())),
+            Some(Plain::Json(j)) => (*k, J::Jsonb(j.root())),
+            None => (*k, v.clone()),
+        })
+        .collect();
+    let mut buf = Vec::new();
+    udm_core::jsonb::write_object(&mut buf, &out).map_err(bad)?;
+    Ok(crate::json::RawJsonb(buf))
+}
+
+// ------------------------------------------------------------------ data key rotation
+
+/// `udm_rotate_data_key()`: a new data key for the current tenant; new writes are sealed with it
+/// at once (every session: the tenant's catalog is invalidated), old values keep opening with
+/// theirs until `udm_reencrypt` moves them. The key's row (`_udm_keys`: when, by whom) is the
+/// record of the rotation.
+pub fn rotate_data_key() -> Result<serde_json::Value> {
+    let t = catalog::current_tenant()?;
+    crate::access::require_manage(&t, "rotate the tenant's data key")?;
+    let what = || format!("tenant \"{}\"", t.slug);
+    let m = master(&|| format!("a field of {}", what()))?;
+    if t.relation(KEYS_TABLE).is_none() {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("{} has no encryption keys to rotate", what()),
+        )
+        .hint("its keys are made when its first encrypted field is defined"));
+    }
+    // refused when the keys were destroyed
+    keys(&t, &|| format!("a field of {}", what()), None)?;
+    let actor = crate::security::actor();
+    let id = as_owner(|| {
+        let table = qualified(&t.schema, KEYS_TABLE);
+        crate::rawspi::once(
+            "SELECT pg_advisory_xact_lock(hashtext('udm keys ' || $1))",
+            &[Some(t.schema.clone())],
+            false,
+        )?;
+        let id = crate::rawspi::once(
+            &format!("SELECT coalesce(max(id), 0) + 1 FROM {table} WHERE purpose = 'data'"),
+            &[],
+            false,
+        )?
+        .map(|d| d.value() as i32)
+        .unwrap_or(1);
+        let k = Key::random()?;
+        let w = c::wrap_key(m, &k, Purpose::Data, id)?;
+        crate::rawspi::once(
+            &format!(
+                "INSERT INTO {table} (purpose, id, wrapped, master, created_by) VALUES ('data', $1::integer, decode($2, 'hex'), $3, $4)"
+            ),
+            &[
+                Some(id.to_string()),
+                Some(hex(&w)),
+                Some(m.fingerprint()),
+                Some(actor.clone()),
+            ],
+            false,
+        )?;
+        Ok::<_, UdmError>(id)
+    })?;
+    KEYS.with(|k| k.borrow_mut().remove(&t.schema));
+    catalog::invalidate(&t);
+    Ok(serde_json::json!({"tenant": t.slug, "data_key": id, "previous": id - 1, "by": actor}))
+}
+
+/// `udm_reencrypt(entity, batch)`: seals up to `batch` records' values of the entity's encrypted
+/// fields that an older data key sealed again with the newest, online: the records are locked
+/// one batch at a time (others' writes to them wait for the batch; records others hold are left
+/// for the next call), each value is opened and sealed again in memory (the plaintext never goes
+/// through SQL), and written back through the trigger (a new version of the record, audited).
+/// Returns how many records it moved and how many still hold older keys.
+pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
+    let t = catalog::current_tenant()?;
+    crate::access::require_manage(&t, &format!("re-encrypt entity \"{}\"", printable(entity)))?;
+    if !(1..=100_000).contains(&batch) {
+        return Err(UdmError::invalid(format!(
+            "udm_reencrypt: batch must be from 1 to 100000, got {batch}"
+        )));
+    }
+    let e = catalog::entity(&t, entity)?;
+    let fields: Vec<&FieldDef> = e.def.fields.iter().filter(|f| f.encrypted).collect();
+    if fields.is_empty() {
+        return Err(UdmError::invalid(format!(
+            "entity \"{}\" of tenant \"{}\" has no encrypted fields",
+            e.def.slug, t.slug
+        )));
+    }
+    let what = || field_what(&t, &e.def.slug, &fields[0].name);
+    let k = keys(&t, &what, None)?;
+    let active = k.active.to_string();
+    let table = qualified(&t.schema, &e.def.slug);
+    let old = fields
+        .iter()
+        .map(|f| {
+            let col = quote_ident(&f.column);
+            format!("({col} IS NOT NULL AND split_part({col}, ':', 2) <> $1)")
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let cols = fields
+        .iter()
+        .map(|f| quote_ident(&f.column))
+        .collect::<Vec<_>>()
+        .join(", ");
+    as_owner(|| {
+        let picked = crate::rawspi::once(
+            &format!(
+                "SELECT coalesce(jsonb_agg(jsonb_build_array(s.\"id\", {})), '[]') FROM \
+                 (SELECT \"id\", {cols} FROM {table} WHERE {old} LIMIT $2::integer FOR UPDATE SKIP LOCKED) s",
+                fields
+                    .iter()
+                    .map(|f| format!("s.{}", quote_ident(&f.column)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[Some(active.clone()), Some(batch.to_string())],
+            false,
+        )?
+        .map(crate::rawspi::jsonb_value)
+        .unwrap_or_default();
+        let rows = picked.as_array().cloned().unwrap_or_default();
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id_text = r[0].as_str().unwrap_or_default();
+            let id = uuid_bytes(id_text)
+                .ok_or_else(|| UdmError::internal("a record id is not a uuid"))?;
+            let mut obj = serde_json::Map::new();
+            obj.insert("id".into(), serde_json::Value::String(id_text.to_string()));
+            for (i, f) in fields.iter().enumerate() {
+                let Some(stored) = r[i + 1].as_str() else {
+                    continue;
+                };
+                let env = match c::parse_envelope(stored) {
+                    Some(env) if env.key_id != k.active => env,
+                    _ => continue,
+                };
+                let w = || field_what(&t, &e.def.slug, &f.name);
+                let kk = keys(&t, &w, Some(env.key_id))?;
+                let old_key = kk
+                    .data
+                    .get(&env.key_id)
+                    .ok_or_else(|| no_such_key(&w, env.key_id))?;
+                let plain = zeroize::Zeroizing::new(
+                    c::open_with(old_key, &env, &id, f.id).map_err(|err| err.context(w()))?,
+                );
+                let new_key = kk
+                    .data
+                    .get(&kk.active)
+                    .ok_or_else(|| no_such_key(&w, kk.active))?;
+                let blind = (!env.blind.is_empty()).then_some(env.blind);
+                let sealed = c::seal_with(new_key, kk.active, blind, &id, f.id, &plain)?;
+                obj.insert(f.column.clone(), serde_json::Value::String(sealed));
+            }
+            out.push(serde_json::Value::Object(obj));
+        }
+        if !out.is_empty() {
+            let sets = fields
+                .iter()
+                .map(|f| {
+                    let col = quote_ident(&f.column);
+                    format!(
+                        "{col} = CASE WHEN v.doc ? {lit} THEN v.doc ->> {lit} ELSE t.{col} END",
+                        lit = quote_literal(&f.column)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            crate::rawspi::once(
+                &format!(
+                    "UPDATE {table} AS t SET {sets} FROM jsonb_array_elements($1::jsonb) AS v(doc) \
+                     WHERE t.\"id\" = (v.doc ->> 'id')::uuid"
+                ),
+                &[Some(serde_json::Value::Array(out.clone()).to_string())],
+                false,
+            )?;
+        }
+        let remaining = crate::rawspi::once(
+            &format!("SELECT count(*) FROM {table} WHERE {old}"),
+            &[Some(active.clone())],
+            false,
+        )?
+        .map(crate::rawspi::int8)
+        .unwrap_or(0);
+        Ok(serde_json::json!({
+            "entity": e.def.slug,
+            "data_key": k.active,
+            "reencrypted": out.len(),
+            "remaining": remaining,
+        }))
+    })
+}
+
+fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    let hexs: String = s.chars().filter(|c| *c != '-').collect();
+    let v = hex_bytes(&hexs)?;
+    v.try_into().ok()
+}
+
+#[pg_extern(volatile)]
+fn udm_rotate_data_key() -> pgrx::JsonB {
+    pgrx::JsonB(rotate_data_key().or_raise())
+}
+
+#[pg_extern(volatile)]
+fn udm_reencrypt(entity: &str, batch: default!(i32, 1000)) -> pgrx::JsonB {
+    pgrx::JsonB(reencrypt(entity, batch).or_raise())
+}
+
+// ------------------------------------------------------------------ master key rotation
+
+/// `udm_rewrap_keys()`: wraps every tenant key of the database that the previous master key
+/// (`udm.encryption_old_key_file`) wrapped again with the loaded one, at once (the values stay as
+/// they are). Each re-wrapped key's row records when and by whom. For udm admins.
+pub fn rewrap_keys() -> Result<serde_json::Value> {
+    crate::security::require_admin("re-wrap the tenants' encryption keys")?;
+    let m = master(&|| "a field".to_string())?;
+    let old = match OLD_MASTER.get() {
+        Some(Some(k)) => Some(k),
+        _ => None,
+    };
+    let actor = crate::security::actor();
+    let mut tenants = Vec::new();
+    let mut count = 0;
+    for row in crate::tenants::tenants()? {
+        let Some(t) = catalog::tenant(&row.slug)? else {
+            continue;
+        };
+        if t.relation(KEYS_TABLE).is_none() {
+            continue;
+        }
+        let table = qualified(&t.schema, KEYS_TABLE);
+        let n = as_owner(|| {
+            let rows = crate::rawspi::once(
+                &format!(
+                    "SELECT coalesce(jsonb_agg(jsonb_build_array(purpose, id, encode(wrapped, 'hex'), master)), '[]') \
+                     FROM (SELECT * FROM {table} WHERE master <> $1 FOR UPDATE) k"
+                ),
+                &[Some(m.fingerprint())],
+                false,
+            )?
+            .map(crate::rawspi::jsonb_value)
+            .unwrap_or_default();
+            let mut n = 0;
+            for r in rows.as_array().into_iter().flatten() {
+                let (Some(p), Some(id), Some(w), Some(by)) = (
+                    r[0].as_str().and_then(Purpose::parse),
+                    r[1].as_i64(),
+                    r[2].as_str(),
+                    r[3].as_str(),
+                ) else {
+                    return Err(UdmError::internal(format!(
+                        "tenant \"{}\": a row of {KEYS_TABLE} is damaged",
+                        t.slug
+                    )));
+                };
+                let id = id as i32;
+                let Some(old) = old.filter(|k| k.fingerprint() == by) else {
+                    return Err(wrapping_key(&t, m, by, p, id).err().unwrap_or_else(|| {
+                        UdmError::internal("a key wrapped by the loaded master key was listed")
+                    }));
+                };
+                let key = c::unwrap_key(old, &hex_bytes(w).unwrap_or_default(), p, id)
+                    .map_err(|e| e.context(format!("tenant \"{}\"", t.slug)))?;
+                let again = c::wrap_key(m, &key, p, id)?;
+                crate::rawspi::once(
+                    &format!(
+                        "UPDATE {table} SET wrapped = decode($1, 'hex'), master = $2, rewrapped_at = now(), rewrapped_by = $3 \
+                         WHERE purpose = $4 AND id = $5::integer"
+                    ),
+                    &[
+                        Some(hex(&again)),
+                        Some(m.fingerprint()),
+                        Some(actor.clone()),
+                        Some(p.name().to_string()),
+                        Some(id.to_string()),
+                    ],
+                    false,
+                )?;
+                n += 1;
+            }
+            Ok::<_, UdmError>(n)
+        })?;
+        if n > 0 {
+            KEYS.with(|k| k.borrow_mut().remove(&t.schema));
+            catalog::invalidate(&t);
+            tenants.push(t.slug.clone());
+            count += n;
+        }
+    }
+    Ok(
+        serde_json::json!({"master": m.fingerprint(), "keys": count, "tenants": tenants, "by": actor}),
+    )
+}
+
+#[pg_extern(volatile)]
+fn udm_rewrap_keys() -> pgrx::JsonB {
+    pgrx::JsonB(rewrap_keys().or_raise())
+}
+
+// ------------------------------------------------------------------ crypto-shredding
+
+/// `udm_shred_keys(tenant, confirm)`: destroys the tenant's encryption keys (their wrapped bytes
+/// are overwritten; each row keeps when and by whom), so its encrypted values can no longer be
+/// read nor written by anyone. `confirm` must be `destroy the keys of <tenant>`. For udm admins.
+pub fn shred_keys(slug: &str, confirm: &str) -> Result<serde_json::Value> {
+    crate::security::require_admin("destroy a tenant's encryption keys")?;
+    let want = format!("destroy the keys of {slug}");
+    if confirm != want {
+        return Err(UdmError::invalid(format!(
+            "udm_shred_keys: confirm must be \"{}\", got \"{}\"",
+            printable(&want),
+            printable(confirm)
+        ))
+        .hint(format!(
+            "write {} to make the tenant's encrypted values unreadable for good",
+            udm_core::ident::sql_call("udm_shred_keys", &[slug, &want])
+        )));
+    }
+    let t = catalog::tenant(slug)?.ok_or_else(|| catalog::no_such_tenant(slug))?;
+    if t.relation(KEYS_TABLE).is_none() {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!("tenant \"{}\" has no encryption keys", t.slug),
+        )
+        .hint("its keys are made when its first encrypted field is defined"));
+    }
+    let actor = crate::security::actor();
+    let table = qualified(&t.schema, KEYS_TABLE);
+    let n = as_owner(|| {
+        crate::rawspi::once(
+            &format!(
+                "WITH d AS (UPDATE {table} SET wrapped = ''::bytea, shredded_at = now(), shredded_by = $1 \
+                 WHERE shredded_at IS NULL RETURNING 1) SELECT count(*) FROM d"
+            ),
+            &[Some(actor.clone())],
+            false,
+        )
+    })?
+    .map(crate::rawspi::int8)
+    .unwrap_or(0);
+    if n == 0 {
+        return Err(UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!(
+                "the encryption keys of tenant \"{}\" were destroyed already",
+                t.slug
+            ),
+        ));
+    }
+    KEYS.with(|k| k.borrow_mut().remove(&t.schema));
+    catalog::invalidate(&t);
+    pgrx::log!(
+        "udm: the encryption keys of tenant \"{}\" were destroyed by {actor}",
+        t.slug
+    );
+    Ok(serde_json::json!({
+        "tenant": t.slug,
+        "keys_destroyed": n,
+        "by": actor,
+        "then": format!("VACUUM {table}; and rotate the master key (udm_rewrap_keys) so that backups holding the wrapped keys cannot be opened either"),
+    }))
+}
+
+#[pg_extern(volatile)]
+fn udm_shred_keys(tenant: &str, confirm: &str) -> pgrx::JsonB {
+    pgrx::JsonB(shred_keys(tenant, confirm).or_raise())
+}

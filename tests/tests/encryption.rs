@@ -1,0 +1,1188 @@
+//! Field encryption (`"encrypted": true`): values are ciphertext in the table, in pg_dump's output
+//! and in the audit log, plaintext through udm for readers who may read the field; a ciphertext
+//! moved to another record or field does not decrypt; equality and unique work through the blind
+//! index, ranges and sorting are refused; a server without the master key refuses with a clear
+//! error. The test cluster loads udm in shared_preload_libraries with a key file (Makefile).
+
+use postgres::{Client, NoTls};
+use std::path::PathBuf;
+use std::process::Command;
+use udm_tests::*;
+
+const SSN: &str = "123-45-6789";
+const MAIL: &str = "ada@example.com";
+const NOTE: &str = "prefers tea, allergic to nuts";
+
+fn customer(c: &mut Client) {
+    json(
+        c,
+        r#"SELECT udm_define_entity('customer', '{"fields": [
+            {"name": "name", "type": "text", "required": true},
+            {"name": "ssn", "type": "text", "encrypted": true, "unique": true, "max_length": 11},
+            {"name": "email", "type": "email", "encrypted": true, "index": true},
+            {"name": "notes", "type": "long_text", "encrypted": true}]}')"#,
+    );
+}
+
+fn insert(c: &mut Client, name: &str, ssn: &str, email: &str) -> Value {
+    json(
+        c,
+        &format!(
+            "SELECT udm_insert('customer', {})",
+            lit(&json!({"name": name, "ssn": ssn, "email": email, "notes": NOTE}).to_string())
+        ),
+    )
+}
+
+fn pgbin(tool: &str) -> PathBuf {
+    PathBuf::from(std::env::var("PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()))
+        .join(tool)
+}
+
+fn stored(adm: &mut Client, tenant: &str, column: &str, id: &str) -> String {
+    scalar(
+        adm,
+        &format!(
+            "SELECT {column} FROM \"{tenant}\".customer WHERE id = {}",
+            lit(id)
+        ),
+    )
+}
+
+#[test]
+fn values_are_ciphertext_at_rest_and_plaintext_through_udm() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "encr");
+    let t = m.tenant.clone();
+    customer(&mut m.client);
+    let rec = insert(&mut m.client, "Ada", SSN, MAIL);
+    assert_eq!(rec["ssn"], SSN, "udm_insert returns plaintext: {rec}");
+    assert_eq!(rec["notes"], NOTE);
+    let id = rec["id"].as_str().unwrap().to_string();
+
+    // in the table: sealed, a fresh nonce per value
+    let ssn_ct = stored(&mut adm, &t, "ssn", &id);
+    assert!(ssn_ct.starts_with("udm1:1:"), "{ssn_ct}");
+    assert!(
+        !ssn_ct.contains(SSN) && !ssn_ct.contains("6789"),
+        "{ssn_ct}"
+    );
+    for col in ["email", "notes"] {
+        let v = stored(&mut adm, &t, col, &id);
+        assert!(v.starts_with("udm1:"), "{col}: {v}");
+        assert!(!v.contains("ada@") && !v.contains("tea"), "{col}: {v}");
+    }
+    // the blind index is part of indexed fields' values only
+    assert_eq!(ssn_ct.split(':').nth(2).unwrap().len(), 32);
+    assert_eq!(
+        stored(&mut adm, &t, "notes", &id).split(':').nth(2),
+        Some("")
+    );
+
+    // in the audit log: ciphertext only
+    let audit: String = scalar(
+        &mut adm,
+        &format!("SELECT string_agg(coalesce(new_data::text, '') || coalesce(old_data::text, ''), ' ') FROM \"{t}\"._udm_audit"),
+    );
+    assert!(audit.contains("udm1:"), "{audit}");
+    for plain in [SSN, MAIL, "tea"] {
+        assert!(
+            !audit.contains(plain),
+            "the audit log holds {plain}: {audit}"
+        );
+    }
+
+    // through udm: plaintext
+    let got = json(
+        &mut m.client,
+        &format!("SELECT udm_get('customer', {})", lit(&id)),
+    );
+    assert_eq!(
+        (got["ssn"].as_str(), got["email"].as_str()),
+        (Some(SSN), Some(MAIL))
+    );
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('customer', '{"columns": ["name", "ssn", "notes"]}')"#,
+    );
+    assert_eq!(page["rows"][0]["ssn"], SSN, "{page}");
+    assert_eq!(page["rows"][0]["notes"], NOTE, "{page}");
+
+    // plain SQL writes are sealed by the trigger, and read back with udm_decrypt
+    m.client
+        .batch_execute(&format!(
+            "INSERT INTO \"{t}\".customer (name, ssn, email) VALUES ('Bob', '987-65-4321', 'bob@example.com')"
+        ))
+        .unwrap();
+    let bob: String = scalar(
+        &mut m.client,
+        &format!("SELECT ssn FROM \"{t}\".customer WHERE name = 'Bob'"),
+    );
+    assert!(bob.starts_with("udm1:") && !bob.contains("4321"), "{bob}");
+    let plain: String = scalar(
+        &mut m.client,
+        &format!("SELECT udm_decrypt('customer', 'ssn', id, ssn) FROM \"{t}\".customer WHERE name = 'Bob'"),
+    );
+    assert_eq!(plain, "987-65-4321");
+    let msg = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_decrypt('customer', 'name', id, name) FROM \"{t}\".customer"),
+        "22023",
+    );
+    assert!(msg.contains("is not encrypted"), "{msg}");
+    expect_err(
+        &mut m.client,
+        &format!("SELECT udm_decrypt('customer', 'nope', id, ssn) FROM \"{t}\".customer"),
+        "42703",
+    );
+    // an UPDATE of another column keeps the sealed value as it was
+    m.client
+        .batch_execute(&format!(
+            "UPDATE \"{t}\".customer SET name = 'Bobby' WHERE name = 'Bob'"
+        ))
+        .unwrap();
+    let again: String = scalar(
+        &mut adm,
+        &format!("SELECT ssn FROM \"{t}\".customer WHERE name = 'Bobby'"),
+    );
+    assert_eq!(again, bob);
+
+    // equality through the blind index; unique holds on plaintext
+    let found = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_query('customer', {})",
+            lit(&json!({"columns": ["name"], "filters": {"ssn": SSN}}).to_string())
+        ),
+    );
+    assert_eq!(found["rows"], json!([{"name": "Ada"}]), "{found}");
+    let found = json(
+        &mut m.client,
+        r#"SELECT udm_query('customer', '{"columns": ["name"], "filters": {"email": {"in": ["bob@example.com", "x@y.zz"]}}}')"#,
+    );
+    assert_eq!(found["rows"], json!([{"name": "Bobby"}]), "{found}");
+    let found = json(
+        &mut m.client,
+        r#"SELECT udm_query('customer', '{"columns": ["name"], "filters": {"ssn": {"neq": "987-65-4321"}}, "sort": ["name"]}')"#,
+    );
+    assert_eq!(found["rows"], json!([{"name": "Ada"}]), "{found}");
+    let msg = expect_err(
+        &mut m.client,
+        &format!(
+            "SELECT udm_insert('customer', {})",
+            lit(&json!({"name": "Eve", "ssn": SSN}).to_string())
+        ),
+        "23505",
+    );
+    assert!(msg.contains("ssn"), "{msg}");
+    expect_err(
+        &mut m.client,
+        &format!(
+            "INSERT INTO \"{t}\".customer (name, ssn) VALUES ('Eve', {})",
+            lit(SSN)
+        ),
+        "23505",
+    );
+
+    // what cannot be answered from ciphertext is refused
+    for (spec, words) in [
+        (r#"{"sort": ["ssn"]}"#, "cannot be sorted by"),
+        (
+            r#"{"filters": {"ssn": {"gt": "1"}}}"#,
+            "cannot be filtered with \"gt\"",
+        ),
+        (
+            r#"{"filters": {"email": {"contains": "ada"}}}"#,
+            "cannot be filtered",
+        ),
+        (r#"{"filters": {"notes": "x"}}"#, "without a blind index"),
+    ] {
+        let msg = expect_err(
+            &mut m.client,
+            &format!("SELECT udm_query('customer', '{spec}')"),
+            "0A000",
+        );
+        assert!(
+            msg.contains(words) && msg.contains("entity \"customer\"") && !msg.contains("hint: |"),
+            "{spec}: {msg}"
+        );
+    }
+
+    // the field's rules hold on the plaintext, for udm and plain SQL alike
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_insert('customer', '{"name": "Long", "ssn": "123456789012"}')"#,
+        "23514",
+    );
+    assert!(msg.contains("ssn"), "{msg}");
+    let msg = expect_err(
+        &mut m.client,
+        &format!("INSERT INTO \"{t}\".customer (name, email) VALUES ('Bad', 'not an email')"),
+        "23514",
+    );
+    assert!(msg.contains("email"), "{msg}");
+    // a plaintext that looks like a ciphertext is refused, not stored
+    let msg = expect_err(
+        &mut m.client,
+        &format!("INSERT INTO \"{t}\".customer (name, notes) VALUES ('Fake', 'udm1:hello')"),
+        "22023",
+    );
+    assert!(msg.contains("field \"notes\"") && msg.contains(&t), "{msg}");
+}
+
+#[test]
+fn history_and_rollback_work_on_encrypted_fields() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enhi");
+    customer(&mut m.client);
+    let id = insert(&mut m.client, "Ada", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_update('customer', {}, '{{\"ssn\": \"111-11-1111\", \"notes\": \"changed\"}}')",
+            lit(&id)
+        ),
+    );
+    let h: Value = scalar(
+        &mut m.client,
+        &format!(
+            "SELECT jsonb_agg(jsonb_build_object('v', version, 'data', data) ORDER BY version) FROM udm_history('customer', {})",
+            lit(&id)
+        ),
+    );
+    assert_eq!(h[0]["data"]["ssn"], SSN, "{h}");
+    assert_eq!(h[1]["data"]["ssn"], "111-11-1111", "{h}");
+    assert_eq!(h[1]["data"]["notes"], "changed", "{h}");
+    // rollback writes the sealed value of version 1 back: it belongs to this record and field
+    json(
+        &mut m.client,
+        &format!("SELECT udm_rollback('customer', {}, 1)", lit(&id)),
+    );
+    let got = json(
+        &mut m.client,
+        &format!("SELECT udm_get('customer', {})", lit(&id)),
+    );
+    assert_eq!(got["ssn"], SSN, "{got}");
+    assert_eq!(got["notes"], NOTE, "{got}");
+    // and the unique blind index still finds it
+    let found = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_query('customer', {})",
+            lit(&json!({"columns": ["name"], "filters": {"ssn": SSN}}).to_string())
+        ),
+    );
+    assert_eq!(found["rows"], json!([{"name": "Ada"}]), "{found}");
+}
+
+#[test]
+fn a_ciphertext_moved_to_another_record_or_field_does_not_decrypt() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enmv");
+    let t = m.tenant.clone();
+    customer(&mut m.client);
+    let a = insert(&mut m.client, "A", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = insert(&mut m.client, "B", "222-22-2222", "b@example.com")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // through the trigger: refused
+    let copy_notes = format!(
+        "UPDATE \"{t}\".customer SET notes = (SELECT notes FROM \"{t}\".customer WHERE id = {}) WHERE id = {}",
+        lit(&a),
+        lit(&b)
+    );
+    let msg = expect_err(&mut m.client, &copy_notes, "22023");
+    assert!(
+        msg.contains("does not decrypt for this record and field")
+            && msg.contains("field \"notes\""),
+        "{msg}"
+    );
+    let msg = expect_err(
+        &mut m.client,
+        &format!(
+            "UPDATE \"{t}\".customer SET notes = ssn WHERE id = {}",
+            lit(&a)
+        ),
+        "22023",
+    );
+    assert!(msg.contains("does not decrypt"), "{msg}");
+    // past the trigger (a superuser with triggers off): reading fails instead of showing another
+    // record's value
+    adm.batch_execute(&format!(
+        "SET session_replication_role = replica; {copy_notes}; RESET session_replication_role"
+    ))
+    .unwrap();
+    let msg = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_get('customer', {})", lit(&b)),
+        "XX001",
+    );
+    assert!(
+        msg.contains("does not decrypt") && msg.contains("field \"notes\"") && msg.contains(&t),
+        "{msg}"
+    );
+    let msg = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_decrypt('customer', 'notes', id, notes) FROM \"{t}\".customer WHERE id = {}", lit(&b)),
+        "XX001",
+    );
+    assert!(msg.contains("does not decrypt"), "{msg}");
+    // the record it came from still reads
+    let got = json(
+        &mut m.client,
+        &format!("SELECT udm_get('customer', {})", lit(&a)),
+    );
+    assert_eq!(got["notes"], NOTE);
+}
+
+#[test]
+fn pg_dump_output_holds_no_plaintext() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "endu");
+    customer(&mut m.client);
+    insert(&mut m.client, "Ada", SSN, MAIL);
+    let db: String = scalar(&mut adm, "SELECT current_database()");
+    let host = std::env::var("UDM_TEST_HOST")
+        .unwrap_or_else(|_| "/work/main/target/test-cluster/sock".into());
+    let port = std::env::var("UDM_TEST_PORT").unwrap_or_else(|_| "5498".into());
+    let out = Command::new(pgbin("pg_dump"))
+        .args([
+            "-h", &host, "-p", &port, "-U", "postgres", "-n", &m.tenant, &db,
+        ])
+        .env_remove("PGOPTIONS")
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(dump.contains("udm1:1:"), "the dump holds the sealed values");
+    assert!(dump.contains("_udm_keys"), "and the wrapped keys");
+    for plain in [SSN, "6789", MAIL, "allergic"] {
+        assert!(!dump.contains(plain), "pg_dump output holds {plain}");
+    }
+}
+
+#[test]
+fn only_readers_the_field_is_open_to_get_its_plaintext() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enac");
+    let t = m.tenant.clone();
+    customer(&mut m.client);
+    let id = insert(&mut m.client, "Ada", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // a role of no tenant: not the table, not the internal functions, not udm_decrypt
+    let outsider = login_role(&mut adm, "enout");
+    let mut o = connect_as(&outsider);
+    let ct = stored(&mut adm, &t, "ssn", &id);
+    expect_err(
+        &mut o,
+        &format!(
+            "SELECT udm.decrypt_field({}, 'customer', 2, {}, {})",
+            lit(&t),
+            lit(&id),
+            lit(&ct)
+        ),
+        "42501",
+    );
+    expect_err(
+        &mut o,
+        &format!(
+            "SELECT udm.blind_index({}, 'customer', 2, {})",
+            lit(&t),
+            lit(SSN)
+        ),
+        "42501",
+    );
+    // a member of another tenant: the internal function answers for its own tenants only
+    let mut other = member(&mut adm, "enot");
+    expect_err(
+        &mut other.client,
+        &format!(
+            "SELECT udm.decrypt_field({}, 'customer', 2, {}, {})",
+            lit(&t),
+            lit(&id),
+            lit(&ct)
+        ),
+        "42501",
+    );
+    // an application user whose role keeps the field back
+    let email = format!("{}@{t}.test", unique("vic")).to_lowercase();
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_create_user({}, 'Vic', 'correct horse')",
+            lit(&email)
+        ),
+    );
+    json(
+        &mut m.client,
+        r#"SELECT udm_define_role('nossn', 'viewer', '{"entities": {"customer": {"fields": {"ssn": {"read": false}}}}}')"#,
+    );
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_add_member({}, {}, 'nossn')",
+            lit(&t),
+            lit(&email)
+        ),
+    );
+    let mut vic = connect_as(&m.role);
+    vic.query_one("SELECT udm_use($1, $2)", &[&t, &email])
+        .unwrap_or_else(|e| panic!("udm_use: {}", message(&e)));
+    let got = json(
+        &mut vic,
+        &format!("SELECT udm_get('customer', {})", lit(&id)),
+    );
+    assert!(got.get("ssn").is_none(), "{got}");
+    assert_eq!(got["email"], MAIL, "{got}");
+    let msg = expect_err(
+        &mut vic,
+        &format!(
+            "SELECT udm_decrypt('customer', 'ssn', {}, {})",
+            lit(&id),
+            lit(&ct)
+        ),
+        "42501",
+    );
+    assert!(msg.contains("field \"ssn\""), "{msg}");
+    let decrypted: Option<String> = scalar(
+        &mut vic,
+        &format!(
+            "SELECT udm.decrypt_field({}, 'customer', 2, {}, {})",
+            lit(&t),
+            lit(&id),
+            lit(&ct)
+        ),
+    );
+    assert_eq!(decrypted, None, "kept back: NULL, never the plaintext");
+    expect_err(
+        &mut vic,
+        &format!(
+            "SELECT udm.blind_index({}, 'customer', 2, {})",
+            lit(&t),
+            lit(SSN)
+        ),
+        "42501",
+    );
+}
+
+#[test]
+fn definitions_that_cannot_hold_are_refused() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "endf");
+    customer(&mut m.client);
+    for (sql, code, words) in [
+        (
+            r#"SELECT udm_define_entity('x1', '{"fields": [{"name": "n", "type": "integer", "encrypted": true}]}')"#,
+            "0A000",
+            "cannot be encrypted",
+        ),
+        (
+            r#"SELECT udm_define_entity('x2', '{"fields": [{"name": "n", "type": "text", "encrypted": true, "default": "a"}]}')"#,
+            "0A000",
+            "cannot have a default",
+        ),
+        (
+            r#"SELECT udm_alter_field('customer', 'name', '{"encrypted": true}')"#,
+            "0A000",
+            "cannot yet be turned on",
+        ),
+        (
+            r#"SELECT udm_alter_field('customer', 'notes', '{"unique": true}')"#,
+            "0A000",
+            "cannot yet be changed",
+        ),
+        (
+            r#"SELECT udm_add_rule('customer', '{"name": "r", "check": "notes <> ''''"}')"#,
+            "0A000",
+            "is encrypted and cannot be used in a rule",
+        ),
+        (
+            r#"SELECT udm_add_index('customer', ARRAY['name', 'email'])"#,
+            "0A000",
+            "is encrypted and cannot be part of an index",
+        ),
+        (
+            r#"SELECT udm_add_field('customer', '{"name": "d", "type": "date", "encrypted": true, "min": "someday"}')"#,
+            "22007",
+            "min",
+        ),
+        (
+            r#"SELECT udm_upsert_many('customer', '[{"name": "A", "ssn": "1"}]', ARRAY['ssn'])"#,
+            "0A000",
+            "is encrypted and cannot identify records",
+        ),
+    ] {
+        let msg = expect_err(&mut m.client, sql, code);
+        assert!(msg.contains(words), "{sql}: {msg}");
+    }
+    // a new encrypted field on an entity with records: added, sealed from then on
+    insert(&mut m.client, "Ada", SSN, MAIL);
+    json(
+        &mut m.client,
+        r#"SELECT udm_add_field('customer', '{"name": "iban", "type": "text", "encrypted": true}')"#,
+    );
+    let r = json(
+        &mut m.client,
+        r#"SELECT udm_update('customer', (SELECT udm_query('customer', '{"columns": ["id"]}')->'rows'->0->>'id')::uuid, '{"iban": "DE00 1234"}')"#,
+    );
+    assert_eq!(r["iban"], "DE00 1234", "{r}");
+    let raw: String = scalar(
+        &mut adm,
+        &format!("SELECT iban FROM \"{}\".customer", m.tenant),
+    );
+    assert!(raw.starts_with("udm1:"), "{raw}");
+}
+
+/// A cluster of its own with udm preloaded and no key file: encrypted fields are refused with a
+/// clear error, and a restored tenant's sealed values are never shown as anything else.
+#[test]
+fn a_server_without_the_key_file_refuses_encrypted_fields() {
+    // a tenant with sealed values, dumped from the test cluster
+    let mut adm = admin();
+    let mut m = member(&mut adm, "ennk");
+    customer(&mut m.client);
+    let id = insert(&mut m.client, "Ada", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let src_db: String = scalar(&mut adm, "SELECT current_database()");
+    let host = std::env::var("UDM_TEST_HOST")
+        .unwrap_or_else(|_| "/work/main/target/test-cluster/sock".into());
+    let port = std::env::var("UDM_TEST_PORT").unwrap_or_else(|_| "5498".into());
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("target/nokey-cluster");
+    let cluster = root.join("tests/cluster.sh");
+    let nk_port = std::env::var("UDM_NOKEY_PORT").unwrap_or_else(|_| "5492".into());
+    let status = Command::new(&cluster)
+        .args([
+            "start",
+            &dir.display().to_string(),
+            &nk_port,
+            "fresh",
+            "udm.bcrypt_cost = 4",
+            "shared_preload_libraries = 'udm'",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "start a cluster without a key file");
+    let sock = dir.join("sock").display().to_string();
+    let connect = |db: &str, user: &str| {
+        Client::connect(
+            &format!("host={sock} port={nk_port} dbname={db} user={user}"),
+            NoTls,
+        )
+        .unwrap()
+    };
+    let mut pg = connect("postgres", "postgres");
+    pg.batch_execute("CREATE DATABASE nokey").unwrap();
+    let roles = Command::new(pgbin("pg_dumpall"))
+        .args(["-h", &host, "-p", &port, "-U", "postgres", "--roles-only"])
+        .output()
+        .unwrap();
+    assert!(roles.status.success());
+    let dump = Command::new(pgbin("pg_dump"))
+        .args(["-h", &host, "-p", &port, "-U", "postgres", &src_db])
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    for (db, sql) in [("postgres", roles.stdout), ("nokey", dump.stdout)] {
+        let mut child = Command::new(pgbin("psql"))
+            .args([
+                "-X", "-q", "-h", &sock, "-p", &nk_port, "-U", "postgres", "-d", db,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&sql).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    let mut c = connect("nokey", &m.role);
+    c.query_one("SELECT udm_use($1)", &[&m.tenant]).unwrap();
+    // reads: a clear error naming tenant, entity and field, never the ciphertext as a value
+    let msg = expect_err(
+        &mut c,
+        &format!("SELECT udm_get('customer', {})", lit(&id)),
+        "55000",
+    );
+    assert!(
+        msg.contains("this server has no master key")
+            && msg.contains(&format!("tenant \"{}\"", m.tenant))
+            && msg.contains("entity \"customer\"")
+            && msg.contains("udm.encryption_key_file"),
+        "{msg}"
+    );
+    expect_err(
+        &mut c,
+        r#"SELECT udm_query('customer', '{"columns": ["ssn"]}')"#,
+        "55000",
+    );
+    // writes: refused, nothing stored in plaintext
+    let msg = expect_err(
+        &mut c,
+        r#"SELECT udm_insert('customer', '{"name": "Bo", "notes": "secret"}')"#,
+        "55000",
+    );
+    assert!(msg.contains("field \"notes\""), "{msg}");
+    let msg = expect_err(
+        &mut c,
+        &format!(
+            "INSERT INTO \"{}\".customer (name, notes) VALUES ('Bo', 'secret')",
+            m.tenant
+        ),
+        "55000",
+    );
+    assert!(
+        msg.contains("hint: put udm in shared_preload_libraries"),
+        "{msg}"
+    );
+    // and no new encrypted field
+    let msg = expect_err(
+        &mut c,
+        r#"SELECT udm_define_entity('vault', '{"fields": [{"name": "pin", "type": "text", "encrypted": true}]}')"#,
+        "55000",
+    );
+    assert!(msg.contains("entity \"vault\""), "{msg}");
+    // fields that are not encrypted still work
+    let page = json(
+        &mut c,
+        r#"SELECT udm_query('customer', '{"columns": ["name"]}')"#,
+    );
+    assert_eq!(page["rows"], json!([{"name": "Ada"}]));
+    drop(c);
+    drop(pg);
+    let _ = Command::new(&cluster)
+        .args(["stop", &dir.display().to_string()])
+        .status();
+}
+
+/// A new data key is used for new writes at once; `udm_reencrypt` moves old values in batches,
+/// with progress, while another session keeps writing: nothing is lost, every value ends under
+/// the new key and reads back as last written.
+#[test]
+fn data_key_rotation_under_concurrent_writes_loses_nothing() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enro");
+    let t = m.tenant.clone();
+    customer(&mut m.client);
+    m.client
+        .batch_execute(&format!(
+            "INSERT INTO \"{t}\".customer (name, ssn, notes) \
+             SELECT 'c' || i, 'ssn-' || i, 'note ' || i FROM generate_series(1, 300) i"
+        ))
+        .unwrap();
+    let before: i64 = scalar(
+        &mut adm,
+        &format!("SELECT count(*) FROM \"{t}\".customer WHERE split_part(notes, ':', 2) = '1'"),
+    );
+    assert_eq!(before, 300);
+    let r = json(&mut m.client, "SELECT udm_rotate_data_key()");
+    assert_eq!(
+        (r["data_key"].as_i64(), r["previous"].as_i64()),
+        (Some(2), Some(1)),
+        "{r}"
+    );
+    let rows: Value = scalar(
+        &mut adm,
+        &format!("SELECT jsonb_agg(jsonb_build_array(purpose, id, created_by) ORDER BY purpose, id) FROM \"{t}\"._udm_keys"),
+    );
+    assert_eq!(
+        rows,
+        json!([
+            ["data", 1, m.role],
+            ["data", 2, m.role],
+            ["index", 1, m.role]
+        ]),
+        "the keys table records who made each key"
+    );
+
+    // a writer in another session: updates notes of records 1..300 in a loop
+    let role = m.role.clone();
+    let tenant = t.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut w = connect_as(&role);
+        w.query_one("SELECT udm_use($1)", &[&tenant]).unwrap();
+        let mut round = 0;
+        let mut last = std::collections::HashMap::new();
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) || round < 3 {
+            round += 1;
+            for i in (round % 7..300).step_by(7) {
+                let note = format!("round {round} of c{}", i + 1);
+                w.execute(
+                    &format!("UPDATE \"{tenant}\".customer SET notes = $1 WHERE name = $2"),
+                    &[&note, &format!("c{}", i + 1)],
+                )
+                .unwrap();
+                last.insert(format!("c{}", i + 1), note);
+            }
+        }
+        last
+    });
+    // re-encryption in batches, with progress
+    let mut progress = Vec::new();
+    loop {
+        let r = json(&mut m.client, "SELECT udm_reencrypt('customer', 40)");
+        progress.push(r["remaining"].as_i64().unwrap());
+        if r["remaining"] == 0 && stop.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        if progress.len() >= 3 {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        assert!(
+            progress.len() < 200,
+            "re-encryption does not finish: {progress:?}"
+        );
+    }
+    let last = writer.join().unwrap();
+    // one more pass after the writer stopped: nothing left
+    let r = json(&mut m.client, "SELECT udm_reencrypt('customer')");
+    assert_eq!(r["remaining"], 0, "{r}");
+    assert!(progress.first().unwrap() > &0, "{progress:?}");
+    let old_left: i64 = scalar(
+        &mut adm,
+        &format!(
+            "SELECT count(*) FROM \"{t}\".customer WHERE split_part(notes, ':', 2) <> '2' OR split_part(ssn, ':', 2) <> '2'"
+        ),
+    );
+    assert_eq!(old_left, 0, "every value is under the new key");
+    // nothing lost: each record reads back as last written (by the writer or the insert)
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('customer', '{"columns": ["name", "ssn", "notes"], "limit": 500}')"#,
+    );
+    let rows = page["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 300);
+    for r in rows {
+        let name = r["name"].as_str().unwrap();
+        let n = &name[1..];
+        assert_eq!(r["ssn"], format!("ssn-{n}"), "{r}");
+        let want = last
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| format!("note {n}"));
+        assert_eq!(r["notes"], want, "{r}");
+    }
+    // the blind index still finds values moved to the new key
+    let found = json(
+        &mut m.client,
+        r#"SELECT udm_query('customer', '{"columns": ["name"], "filters": {"ssn": "ssn-77"}}')"#,
+    );
+    assert_eq!(found["rows"], json!([{"name": "c77"}]), "{found}");
+    // refusals
+    expect_err(
+        &mut m.client,
+        "SELECT udm_reencrypt('customer', 0)",
+        "22023",
+    );
+    expect_err(&mut m.client, "SELECT udm_reencrypt('nope')", "42P01");
+    let mut plain = member(&mut adm, "enrp");
+    json(
+        &mut plain.client,
+        r#"SELECT udm_define_entity('thing', '{"fields": [{"name": "name", "type": "text"}]}')"#,
+    );
+    expect_err(&mut plain.client, "SELECT udm_rotate_data_key()", "55000");
+    expect_err(&mut plain.client, "SELECT udm_reencrypt('thing')", "22023");
+}
+
+/// A key file readable by the server only (as root: owned by postgres).
+fn key_file(path: &std::path::Path) {
+    let hex: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
+    std::fs::write(path, hex).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _ = Command::new("chown")
+        .args(["postgres:postgres", &path.display().to_string()])
+        .status();
+}
+
+fn rand_byte() -> u8 {
+    let mut b = [0u8; 1];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    b[0]
+}
+
+/// A new master key: the server starts with the new key file and the previous one as
+/// `udm.encryption_old_key_file`, `udm_rewrap_keys()` wraps the tenant keys again at once, and
+/// the server then runs with the new key file alone. With the old key file alone it refuses.
+#[test]
+fn a_new_master_key_rewraps_the_tenant_keys() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("target/rekey-cluster");
+    let keys = root.join("target/rekey-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (a, b) = (keys.join("a.key"), keys.join("b.key"));
+    key_file(&a);
+    key_file(&b);
+    let cluster = root.join("tests/cluster.sh");
+    // its own port (tests of one file run side by side): make test REKEY_PORT=<port>
+    let port = std::env::var("UDM_REKEY_PORT").unwrap_or_else(|_| "5490".into());
+    let sock = dir.join("sock").display().to_string();
+    let start = |fresh: bool, conf: &[String]| {
+        let mut args = vec![
+            "start".to_string(),
+            dir.display().to_string(),
+            port.clone(),
+            if fresh { "fresh" } else { "keep" }.to_string(),
+        ];
+        args.extend(conf.iter().cloned());
+        assert!(Command::new(&cluster)
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    };
+    let stop = || {
+        let _ = Command::new(&cluster)
+            .args(["stop", &dir.display().to_string()])
+            .status();
+    };
+    let connect = |db: &str| {
+        Client::connect(
+            &format!("host={sock} port={port} dbname={db} user=postgres"),
+            NoTls,
+        )
+        .unwrap()
+    };
+    start(
+        true,
+        &[
+            "udm.bcrypt_cost = 4".into(),
+            "shared_preload_libraries = 'udm'".into(),
+            format!("udm.encryption_key_file = '{}'", a.display()),
+        ],
+    );
+    let mut pg = connect("postgres");
+    pg.batch_execute("CREATE DATABASE rekey").unwrap();
+    let mut c = connect("rekey");
+    c.batch_execute(
+        "CREATE EXTENSION udm; SELECT udm_create_tenant('vault'); SELECT udm_use('vault')",
+    )
+    .unwrap();
+    customer(&mut c);
+    let id = insert(&mut c, "Ada", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let get = format!("SELECT udm_get('customer', {})", lit(&id));
+    let stored_before: String = scalar(&mut c, "SELECT ssn FROM vault.customer");
+    let restart = |c: Client, conf: &[(&str, Option<&std::path::Path>)]| {
+        let mut c = c;
+        for (k, v) in conf {
+            match v {
+                Some(p) => c
+                    .batch_execute(&format!(
+                        "ALTER SYSTEM SET {k} = {}",
+                        lit(&p.display().to_string())
+                    ))
+                    .unwrap(),
+                None => c.batch_execute(&format!("ALTER SYSTEM RESET {k}")).unwrap(),
+            }
+        }
+        drop(c);
+        stop();
+        start(false, &[]);
+        let mut c = connect("rekey");
+        c.batch_execute("SELECT udm_use('vault')").unwrap();
+        c
+    };
+    drop(pg);
+    // the new key file alone: the tenant keys do not open, with a hint on what to do
+    let mut c = restart(c, &[("udm.encryption_key_file", Some(&b))]);
+    let msg = expect_err(&mut c, &get, "55000");
+    assert!(
+        msg.contains("was wrapped by master key") && msg.contains("udm.encryption_old_key_file"),
+        "{msg}"
+    );
+    // new and previous: values read, and the keys are wrapped again at once
+    let mut c = restart(c, &[("udm.encryption_old_key_file", Some(&a))]);
+    assert_eq!(json(&mut c, &get)["ssn"], SSN);
+    let r = json(&mut c, "SELECT udm_rewrap_keys()");
+    assert_eq!(r["keys"], 2, "{r}");
+    assert_eq!(r["tenants"], json!(["vault"]), "{r}");
+    let again = json(&mut c, "SELECT udm_rewrap_keys()");
+    assert_eq!(again["keys"], 0, "{again}");
+    let rows: i64 = scalar(
+        &mut c,
+        "SELECT count(*) FROM vault._udm_keys WHERE rewrapped_by = 'postgres' AND rewrapped_at IS NOT NULL",
+    );
+    assert_eq!(rows, 2, "who re-wrapped the keys is recorded");
+    // the new key file alone now suffices; the values themselves never changed
+    let mut c = restart(c, &[("udm.encryption_old_key_file", None)]);
+    assert_eq!(json(&mut c, &get)["ssn"], SSN);
+    let stored_after: String = scalar(&mut c, "SELECT ssn FROM vault.customer");
+    assert_eq!(stored_before, stored_after);
+    // and the old key file alone no longer opens anything
+    let mut c = restart(c, &[("udm.encryption_key_file", Some(&a))]);
+    expect_err(&mut c, &get, "55000");
+    drop(c);
+    stop();
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+/// Crypto-shredding: a udm admin destroys a tenant's keys, with a confirmation; its encrypted
+/// values can no longer be read or written by anyone, its other fields keep working.
+#[test]
+fn shredding_the_keys_makes_encrypted_values_unreadable() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "ensh");
+    let t = m.tenant.clone();
+    customer(&mut m.client);
+    let id = insert(&mut m.client, "Ada", SSN, MAIL)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let confirm = format!("destroy the keys of {t}");
+    // a member is not an admin
+    expect_err(
+        &mut m.client,
+        &format!("SELECT udm_shred_keys({}, {})", lit(&t), lit(&confirm)),
+        "42501",
+    );
+    let msg = expect_err(
+        &mut adm,
+        &format!("SELECT udm_shred_keys({}, {})", lit(&t), lit(&t)),
+        "22023",
+    );
+    assert!(msg.contains(&confirm), "{msg}");
+    expect_err(
+        &mut adm,
+        "SELECT udm_shred_keys('no_such_tenant_x', 'destroy the keys of no_such_tenant_x')",
+        "42704",
+    );
+    let r = json(
+        &mut adm,
+        &format!("SELECT udm_shred_keys({}, {})", lit(&t), lit(&confirm)),
+    );
+    assert_eq!(r["keys_destroyed"], 2, "{r}");
+    let left: i64 = scalar(
+        &mut adm,
+        &format!("SELECT count(*) FROM \"{t}\"._udm_keys WHERE length(wrapped) > 0 OR shredded_by IS NULL"),
+    );
+    assert_eq!(left, 0, "no key material is left in the table");
+    // reads and writes of encrypted values: refused, naming the tenant
+    for sql in [
+        format!("SELECT udm_get('customer', {})", lit(&id)),
+        r#"SELECT udm_query('customer', '{"columns": ["ssn"]}')"#.to_string(),
+        format!("SELECT udm_history('customer', {})", lit(&id)),
+        r#"SELECT udm_insert('customer', '{"name": "Bo", "notes": "x"}')"#.to_string(),
+        format!("INSERT INTO \"{t}\".customer (name, ssn) VALUES ('Bo', '1')"),
+        "SELECT udm_rotate_data_key()".to_string(),
+    ] {
+        let msg = expect_err(&mut m.client, &sql, "55000");
+        assert!(
+            msg.contains(&format!(
+                "the encryption keys of tenant \"{t}\" were destroyed"
+            )),
+            "{sql}: {msg}"
+        );
+    }
+    // other fields still work
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('customer', '{"columns": ["name"]}')"#,
+    );
+    assert_eq!(page["rows"], json!([{"name": "Ada"}]));
+    json(
+        &mut m.client,
+        r#"SELECT udm_insert('customer', '{"name": "Bo"}')"#,
+    );
+    // and a second time is refused
+    expect_err(
+        &mut adm,
+        &format!("SELECT udm_shred_keys({}, {})", lit(&t), lit(&confirm)),
+        "55000",
+    );
+}
+
+#[test]
+fn graphql_reads_plaintext_filters_by_equality_and_refuses_order() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "engq");
+    customer(&mut m.client);
+    insert(&mut m.client, "Ada", SSN, MAIL);
+    insert(&mut m.client, "Bob", "222-22-2222", "bob@example.com");
+    let all = json(
+        &mut m.client,
+        "SELECT udm_graphql('{ customerCollection { nodes { name ssn notes } } }')",
+    );
+    let nodes = &all["data"]["customerCollection"]["nodes"];
+    assert_eq!(nodes.as_array().map(|a| a.len()), Some(2), "{all}");
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["ssn"] == SSN && n["notes"] == NOTE),
+        "{all}"
+    );
+    let one = json(
+        &mut m.client,
+        r#"SELECT udm_graphql('{ customerCollection(filter: {ssn: {eq: "222-22-2222"}}) { nodes { name } } }')"#,
+    );
+    assert_eq!(
+        one["data"]["customerCollection"]["nodes"],
+        json!([{"name": "Bob"}]),
+        "{one}"
+    );
+    for q in [
+        r#"{ customerCollection(orderBy: [{ssn: ASC}]) { nodes { name } } }"#,
+        r#"{ customerCollection(filter: {ssn: {gt: \"1\"}}) { nodes { name } } }"#,
+    ] {
+        let r = json(
+            &mut m.client,
+            &format!("SELECT udm_graphql({})", lit(&q.replace("\\\"", "\""))),
+        );
+        assert_eq!(
+            r["errors"][0]["extensions"]["sqlstate"], "0A000",
+            "{q}: {r}"
+        );
+        assert!(
+            r["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("field \"ssn\" of entity \"customer\" is encrypted"),
+            "{r}"
+        );
+    }
+}
+
+/// JSON and date-like fields: sealed as one canonical text (whatever the session's DateStyle or
+/// TimeZone), read back as the types a plain field has, equal to what a plain field returns.
+#[test]
+fn json_and_date_fields_are_sealed_and_read_back_as_their_types() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enjd");
+    let t = m.tenant.clone();
+    let fields = |enc: bool| {
+        let e = if enc { r#", "encrypted": true"# } else { "" };
+        format!(
+            r#"{{"fields": [{{"name": "name", "type": "text"}},
+                {{"name": "doc", "type": "json"{e}}},
+                {{"name": "born", "type": "date", "index": true, "min": "1900-01-01"{e}}},
+                {{"name": "seen", "type": "datetime"{e}}}]}}"#
+        )
+    };
+    for (name, enc) in [("sealed", true), ("plain", false)] {
+        json(
+            &mut m.client,
+            &format!("SELECT udm_define_entity('{name}', {})", lit(&fields(enc))),
+        );
+    }
+    let row = json!({"name": "Ada", "doc": {"allergies": ["nuts"], "n": 1.50},
+                     "born": "1815-12-10", "seen": "2026-03-01T10:00:00+02:00"});
+    let msg = expect_err(
+        &mut m.client,
+        &format!("SELECT udm_insert('sealed', {})", lit(&row.to_string())),
+        "23514",
+    );
+    assert!(
+        msg.contains("born"),
+        "the date's min holds on the plaintext: {msg}"
+    );
+    let row = json!({"name": "Ada", "doc": {"allergies": ["nuts"], "n": 1.50},
+                     "born": "1915-12-10", "seen": "2026-03-01T10:00:00+02:00"});
+    let a = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_insert('sealed', {}) - ARRAY['id', 'created_at', 'updated_at']",
+            lit(&row.to_string())
+        ),
+    );
+    let b = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_insert('plain', {}) - ARRAY['id', 'created_at', 'updated_at']",
+            lit(&row.to_string())
+        ),
+    );
+    assert_eq!(a, b, "the same JSON as a plain entity");
+    // plain SQL in another DateStyle and TimeZone: the same canonical value
+    m.client
+        .batch_execute(&format!(
+            "SET DateStyle = 'SQL, DMY'; SET TimeZone = 'America/New_York'; \
+             INSERT INTO \"{t}\".sealed (name, doc, born, seen) VALUES ('Bob', '{{\"k\": true}}', '10/12/1915', '2026-03-01 03:00:00'); \
+             RESET DateStyle; RESET TimeZone"
+        ))
+        .unwrap();
+    let stored: Vec<String> = adm
+        .query(
+            &format!("SELECT concat_ws(' ', doc, born, seen) FROM \"{t}\".sealed"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for s in &stored {
+        assert!(
+            s.starts_with("udm1:") && !s.contains("1915") && !s.contains("nuts"),
+            "{s}"
+        );
+    }
+    let found = json(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"columns": ["name", "doc", "seen"], "filters": {"born": "1915-12-10"}, "limit": 5}')"#,
+    );
+    let rows = found["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "both dates are one canonical value: {found}");
+    let bob = rows.iter().find(|r| r["name"] == "Bob").unwrap();
+    assert_eq!(bob["doc"], json!({"k": true}));
+    let ada = rows.iter().find(|r| r["name"] == "Ada").unwrap();
+    assert_eq!(
+        ada["seen"], bob["seen"],
+        "10:00+02 and 03:00 in New York are one instant"
+    );
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"filters": {"born": {"gt": "1900-01-01"}}}')"#,
+        "0A000",
+    );
+    assert!(msg.contains("field \"born\""), "{msg}");
+    // history holds ciphertext and shows the plaintext, JSON as JSON
+    let id: String = scalar(
+        &mut m.client,
+        &format!("SELECT id::text FROM \"{t}\".sealed WHERE name = 'Bob'"),
+    );
+    let h: Value = scalar(
+        &mut m.client,
+        &format!(
+            "SELECT data FROM udm_history('sealed', {}) LIMIT 1",
+            lit(&id)
+        ),
+    );
+    assert_eq!(h["doc"], json!({"k": true}), "{h}");
+    assert_eq!(h["born"], "1915-12-10", "{h}");
+    // a value that is not of the type is refused, nothing stored
+    expect_err(
+        &mut m.client,
+        &format!("INSERT INTO \"{t}\".sealed (name, born) VALUES ('X', 'not a date')"),
+        "22007",
+    );
+}

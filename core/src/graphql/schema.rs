@@ -832,7 +832,7 @@ impl<'m> Build<'m> {
                     t.patch.add(&n, "String");
                 }
             }
-            FieldType::Json | FieldType::File => self.json_field(e, f, &n, desc, t),
+            FieldType::Json | FieldType::File => self.json_field(e, f, &n, desc, t)?,
             FieldType::Relation if f.many => self.many_to_many(e, f, &n, desc, t),
             FieldType::Relation => self.many_to_one(e, f, desc, t),
             FieldType::Reference => self.reference(e, f, &n, desc, t)?,
@@ -852,14 +852,25 @@ impl<'m> Build<'m> {
         n: &str,
         desc: Option<&str>,
         t: &mut EntityTypes,
-    ) {
+    ) -> Result<()> {
         if !t.claim(
             n,
             FieldKind::Json {
                 field: f.name.clone(),
             },
         ) {
-            return self.warn_taken(e, f, n);
+            self.warn_taken(e, f, n);
+            return Ok(());
+        }
+        if f.encrypted {
+            // stored sealed: read whole, compared by its blind index at most
+            t.obj.add(n, "JSON", vec![], desc);
+            t.snapshot.add(n, "JSON", vec![], None);
+            t.filter
+                .add(n, &self.sealed_filter("JSON", f.blind_indexed())?);
+            t.insert.add(n, "JSON");
+            t.patch.add(n, "JSON");
+            return Ok(());
         }
         let mut path = Input::new("path", "[String!]");
         path.description = Some("keys leading into the value".into());
@@ -870,6 +881,33 @@ impl<'m> Build<'m> {
         t.group.add(n, "JSONGroupBy");
         t.insert.add(n, "JSON");
         t.patch.add(n, "JSON");
+        Ok(())
+    }
+
+    /// The filter input of an encrypted field: equality through its blind index (when it has
+    /// one) and null tests; nothing else is answered without decrypting every row.
+    fn sealed_filter(&mut self, scalar: &str, blind: bool) -> Result<String> {
+        let name = if blind {
+            format!("{scalar}EqualityFilter")
+        } else {
+            "EncryptedFilter".to_string()
+        };
+        if !self.sb.has(&name) {
+            let mut f: Fields<Input> = Fields::default();
+            if blind {
+                for op in ["eq", "neq", "in", "notIn"] {
+                    f.add(op, &operator_type(op, scalar));
+                }
+            }
+            f.add("isNull", "Boolean");
+            let desc = if blind {
+                "An encrypted field: equality through its blind index"
+            } else {
+                "An encrypted field without a blind index: null tests only"
+            };
+            self.sb.input(&name, Some(desc), &f)?;
+        }
+        Ok(name)
     }
 
     fn many_to_many(
@@ -1031,6 +1069,9 @@ impl<'m> Build<'m> {
             ty = format!("[{ty}!]");
             filter = format!("{scalar}ListFilter");
         }
+        if f.encrypted {
+            filter = self.sealed_filter(scalar, f.blind_indexed())?;
+        }
         let kind = FieldKind::Scalar {
             field: f.name.clone(),
             ty: ty.clone(),
@@ -1051,7 +1092,13 @@ impl<'m> Build<'m> {
             t.patch.add(n, &ty);
         }
         if !list {
+            // named in field lists (a rollback's fields, ...); where an encrypted field cannot
+            // serve (a label, a distinct count), the engine refuses it naming the field
             t.field_enum.push(n.to_string());
+        }
+        // an encrypted field is neither sorted, grouped nor aggregated (its stored values are
+        // ciphertexts)
+        if !list && !f.encrypted {
             t.group.add(n, "GroupKey");
             if is_ordered(scalar) {
                 t.order.add(n, "OrderDirection");

@@ -230,3 +230,56 @@ fn roadmap_template_schema_builds() {
     }
     assert!(s.warnings.is_empty(), "{:?}", s.warnings);
 }
+
+/// An encrypted field is filtered by equality through its blind index (or only tested for
+/// null without one), and is neither sorted nor grouped: the schema offers nothing else.
+#[test]
+fn encrypted_fields_offer_equality_only() {
+    let m = model(&[(
+        "patient",
+        json!({"fields": [
+            {"name": "name", "type": "text"},
+            {"name": "ssn", "type": "text", "encrypted": true, "unique": true},
+            {"name": "notes", "type": "long_text", "encrypted": true},
+            {"name": "born", "type": "date", "encrypted": true, "index": true},
+            {"name": "chart", "type": "json", "encrypted": true}]}),
+    )]);
+    let sdl = GqlSchema::build(&m).unwrap_or_else(|e| panic!("{e}")).sdl();
+    let block = |start: &str| -> String {
+        let from = sdl
+            .find(start)
+            .unwrap_or_else(|| panic!("{start} missing:\n{sdl}"));
+        sdl[from..].split('}').next().unwrap().to_string()
+    };
+    let filter = block("input PatientFilter {");
+    for want in [
+        "ssn: StringEqualityFilter",
+        "notes: EncryptedFilter",
+        "born: DateEqualityFilter",
+        "chart: EncryptedFilter",
+        "name: StringFilter",
+    ] {
+        assert!(filter.contains(want), "{want} in {filter}");
+    }
+    let eq = block("input StringEqualityFilter {");
+    assert!(
+        eq.contains("eq: String") && eq.contains("notIn: [String!]"),
+        "{eq}"
+    );
+    assert!(!eq.contains("like") && !eq.contains("gt"), "{eq}");
+    let null_only = block("input EncryptedFilter {");
+    assert!(
+        null_only.contains("isNull") && !null_only.contains("eq"),
+        "{null_only}"
+    );
+    let order = block("input PatientOrderBy {");
+    assert!(
+        order.contains("name") && !order.contains("ssn") && !order.contains("born"),
+        "{order}"
+    );
+    let patient = block("type Patient {");
+    assert!(
+        patient.contains("chart: JSON") && !patient.contains("chart("),
+        "{patient}"
+    );
+}

@@ -854,6 +854,43 @@ pub fn open_image(
     Ok(crate::json::RawJsonb(buf))
 }
 
+/// `open_image` for an image read as JSON (subscription deliveries): each encrypted field's
+/// sealed value replaced by its plaintext (a JSON field's parsed), in place.
+pub fn open_json_image(
+    t: &Tenant,
+    e: &Entity,
+    id: &[u8; 16],
+    image: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    for f in e.def.fields.iter().chain(&e.def.removed_fields) {
+        if !f.encrypted {
+            continue;
+        }
+        let Some(serde_json::Value::String(stored)) = image.get(&f.name) else {
+            continue;
+        };
+        if !c::looks_sealed(stored) {
+            continue;
+        }
+        let plain = open_value(t, e, f, id, stored)?;
+        let v = if f.ftype == udm_core::types::FieldType::Json {
+            serde_json::from_str(&plain).map_err(|_| {
+                UdmError::new(
+                    SqlState::DataCorrupted,
+                    format!(
+                        "{}: the decrypted value is not JSON",
+                        field_what(t, &e.def.slug, &f.name)
+                    ),
+                )
+            })?
+        } else {
+            serde_json::Value::String(plain)
+        };
+        image.insert(f.name.clone(), v);
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------ data key rotation
 
 /// `udm_rotate_data_key()`: a new data key for the current tenant; new writes are sealed with it

@@ -365,7 +365,7 @@ pub fn read_events_with(
 
 /// A record id as the audit log's text gives it (the nil UUID for anything else, which names no
 /// record).
-fn uuid_of(text: &str) -> pgrx::Uuid {
+pub fn uuid_of(text: &str) -> pgrx::Uuid {
     let hex: Vec<u8> = text
         .bytes()
         .filter(|b| *b != b'-')

@@ -790,30 +790,43 @@ fn deliver(wanted: &[Wanted], limit: i32) -> Result<Value> {
     let more = rows.len() as i64 >= i64::from(limit);
     let last = rows.last().map(|(r, _)| r.0);
     // the image before the change and the changed fields without the fields the subscriber's
-    // role may not read
+    // role may not read; the values of encrypted fields it reads, decrypted (as history gives
+    // them)
     let hidden = crate::access::hidden_fields(&t)?;
-    let events: Vec<udm_core::graphql::Event> = rows
-        .into_iter()
-        .map(|(r, image)| {
-            let entity = r.1;
-            let shown = |f: &String| !hidden.contains(&(entity.clone(), f.clone()));
-            let changed_fields = r.5.unwrap_or_default().into_iter().flatten();
-            udm_core::graphql::Event {
-                event_id: r.0,
-                id: r.2,
-                action: r.3,
-                version: r.4.map(i64::from),
-                changed_fields: changed_fields.filter(|f| shown(f)).collect(),
-                old: image.map(|mut img| {
-                    if let Some(o) = img.as_object_mut() {
-                        o.retain(|f, _| shown(f));
+    let mut entities: std::collections::HashMap<String, Option<Rc<catalog::Entity>>> =
+        std::collections::HashMap::new();
+    let mut events = Vec::with_capacity(rows.len());
+    for (r, image) in rows {
+        let entity = r.1;
+        let shown = |f: &String| !hidden.contains(&(entity.clone(), f.clone()));
+        let changed_fields = r.5.unwrap_or_default().into_iter().flatten();
+        let old = match image {
+            Some(mut img) => {
+                if let Some(o) = img.as_object_mut() {
+                    o.retain(|f, _| shown(f));
+                    if !entities.contains_key(&entity) {
+                        let e = catalog::entity_any(&t, &entity)?;
+                        entities.insert(entity.clone(), e);
                     }
-                    img
-                }),
-                entity: entity.clone(),
+                    if let Some(e) = entities.get(&entity).and_then(Option::as_ref) {
+                        let id = crate::events::uuid_of(&r.2);
+                        crate::crypto::open_json_image(&t, e, id.as_bytes(), o)?;
+                    }
+                }
+                Some(img)
             }
-        })
-        .collect();
+            None => None,
+        };
+        events.push(udm_core::graphql::Event {
+            event_id: r.0,
+            id: r.2,
+            action: r.3,
+            version: r.4.map(i64::from),
+            changed_fields: changed_fields.filter(|f| shown(f)).collect(),
+            old,
+            entity: entity.clone(),
+        });
+    }
     // each group's responses: (event id, response)
     let mut answers: Vec<Vec<(i64, Rc<Value>)>> = Vec::with_capacity(groups.len());
     for (_, planned, after) in &groups {

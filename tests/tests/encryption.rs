@@ -1051,6 +1051,30 @@ fn graphql_reads_plaintext_filters_by_equality_and_refuses_order() {
         json!([{"name": "Bob"}]),
         "{one}"
     );
+    // a subscriber is given the value before a change decrypted, as history gives it
+    let h: i64 = scalar(
+        &mut m.client,
+        "SELECT (udm_events(0, 1)->>'horizon')::bigint",
+    );
+    let bob: String = scalar(
+        &mut m.client,
+        "SELECT udm_query('customer', '{\"filters\": {\"ssn\": \"222-22-2222\"}}')->'rows'->0->>'id'",
+    );
+    json(
+        &mut m.client,
+        &format!("SELECT udm_update('customer', '{bob}', '{{\"ssn\": \"333-33-3333\"}}')"),
+    );
+    let ev = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_graphql_events('subscription {{ customerChanged(actions: [UPDATE]) {{ old {{ ssn }} record {{ ssn }} }} }}', NULL, NULL, {h})"
+        ),
+    );
+    assert_eq!(
+        ev["events"][0]["payload"]["data"]["customerChanged"],
+        json!({"old": {"ssn": "222-22-2222"}, "record": {"ssn": "333-33-3333"}}),
+        "{ev}"
+    );
     // the schema offers no order and no range on it: refused when the document is validated
     for (q, names) in [
         (

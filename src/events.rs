@@ -319,7 +319,7 @@ pub fn read_events(
     limit: i32,
     old: bool,
 ) -> Result<(Vec<EventWithImage>, i64)> {
-    read_events_with(t, after, limit, old, Readers::AuditPolicy)
+    read_events_with(t, after, limit, old, Readers::AuditPolicy).map(|(rows, h, _)| (rows, h))
 }
 
 /// Who may see an event.
@@ -334,22 +334,25 @@ pub enum Readers {
     Entity,
 }
 
-/// `read_events`, with the readers of the events chosen; with `Readers::Entity` the log is read
-/// as udm's owner and each row kept only when `access::event_visible` says so (outside the
-/// owner's rights: a scoped entity's own policy decides as for a plain SELECT).
+/// `read_events`, with the readers of the events chosen, and whether the read stopped at `limit`
+/// rows (more may be ready); with `Readers::Entity` the log is read as udm's owner and each row
+/// kept only when `access::event_visible` says so (outside the owner's rights: a scoped entity's
+/// own policy decides as for a plain SELECT).
 pub fn read_events_with(
     t: &Tenant,
     after: i64,
     limit: i32,
     old: bool,
     readers: Readers,
-) -> Result<(Vec<EventWithImage>, i64)> {
+) -> Result<(Vec<EventWithImage>, i64, bool)> {
+    let read = |rows: &Vec<EventWithImage>| rows.len() as i64 >= i64::from(limit);
     if readers == Readers::Entity {
         let (rows, h) = crate::security::as_owner(|| read_events_as(t, after, limit, old))?;
+        let full = read(&rows);
         // a full read stops short of the horizon: the readers continue after its last row,
         // whether that row was kept or not
         let h = match rows.last() {
-            Some((r, _)) if rows.len() as i64 >= i64::from(limit) => r.0,
+            Some((r, _)) if full => r.0,
             _ => h,
         };
         let mut kept = Vec::with_capacity(rows.len());
@@ -358,9 +361,11 @@ pub fn read_events_with(
                 kept.push((r, image));
             }
         }
-        return Ok((kept, h));
+        return Ok((kept, h, full));
     }
-    read_events_as(t, after, limit, old)
+    let (rows, h) = read_events_as(t, after, limit, old)?;
+    let full = read(&rows);
+    Ok((rows, h, full))
 }
 
 /// A record id as the audit log's text gives it (the nil UUID for anything else, which names no

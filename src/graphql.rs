@@ -776,8 +776,10 @@ fn deliver(wanted: &[Wanted], limit: i32) -> Result<Value> {
     let old = groups
         .iter()
         .any(|g| matches!(&g.1, Ok((_, p)) if p.reads_old()));
-    let (rows, h) = if from == i64::MAX {
-        (Vec::new(), 0)
+    // `h`: every event up to it was read (the horizon, or the last event of a full read, kept
+    // for this member or not)
+    let (rows, h, more) = if from == i64::MAX {
+        (Vec::new(), 0, false)
     } else {
         crate::events::read_events_with(
             &t,
@@ -787,8 +789,6 @@ fn deliver(wanted: &[Wanted], limit: i32) -> Result<Value> {
             crate::events::Readers::Entity,
         )?
     };
-    let more = rows.len() as i64 >= i64::from(limit);
-    let last = rows.last().map(|(r, _)| r.0);
     // the image before the change and the changed fields without the fields the subscriber's
     // role may not read; the values of encrypted fields it reads, decrypted (as history gives
     // them)
@@ -840,8 +840,8 @@ fn deliver(wanted: &[Wanted], limit: i32) -> Result<Value> {
         }
         answers.push(out);
     }
-    // where a subscription continues: after the horizon when every event up to it was read
-    let reached = if more { last.unwrap_or(from) } else { h };
+    // where a subscription continues: after `h`, every event up to it read
+    let reached = h;
     let results: Vec<Value> = wanted
         .iter()
         .zip(group_of)

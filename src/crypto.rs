@@ -21,6 +21,7 @@ use udm_core::crypto::{self as c, Key, Purpose};
 use udm_core::definition::{EntityDef, FieldDef};
 use udm_core::error::{SqlState, UdmError};
 use udm_core::ident::{printable, qualified, quote_ident, quote_literal};
+use udm_core::ids::{hex, unhex, uuid_bytes};
 
 pub static KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static OLD_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -197,19 +198,7 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
             )
             .hint("crypto-shredding cannot be undone; the tenant's other fields still work"));
         }
-        let (Some(p), Some(id), Some(w)) = (
-            r[0].as_str().and_then(Purpose::parse),
-            r[1].as_i64(),
-            r[2].as_str(),
-        ) else {
-            return Err(UdmError::internal(format!(
-                "tenant \"{}\": a row of {KEYS_TABLE} is damaged",
-                t.slug
-            )));
-        };
-        let id = id as i32;
-        let wrapped = hex_bytes(w).unwrap_or_default();
-        let wrapped_by = r[3].as_str().unwrap_or_default();
+        let (p, id, wrapped, wrapped_by) = key_row(t, r)?;
         let key = c::unwrap_key(wrapping_key(t, master, wrapped_by, p, id)?, &wrapped, p, id)
             .map_err(|e| e.context(format!("tenant \"{}\"", t.slug)))?;
         match p {
@@ -252,11 +241,23 @@ fn wrapping_key<'a>(
     .hint("while rotating the master key, set udm.encryption_old_key_file to the previous key file, restart, and run udm_rewrap_keys()"))
 }
 
-fn hex_bytes(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+/// A row of `_udm_keys` as read (`[purpose, id, hex of the wrapped key, master fingerprint,
+/// ...]`): its purpose, id, wrapped bytes and the fingerprint of the master key that wrapped it.
+fn key_row<'r>(t: &Tenant, r: &'r serde_json::Value) -> Result<(Purpose, i32, Vec<u8>, &'r str)> {
+    let parts = (
+        r[0].as_str().and_then(Purpose::parse),
+        r[1].as_i64().and_then(|i| i32::try_from(i).ok()),
+        r[2].as_str().and_then(unhex),
+        r[3].as_str(),
+    );
+    let (Some(p), Some(id), Some(wrapped), Some(by)) = parts else {
+        return Err(UdmError::new(
+            SqlState::DataCorrupted,
+            format!("tenant \"{}\": a row of {KEYS_TABLE} is damaged", t.slug),
+        )
+        .hint("restore the tenant's key table from a backup"));
+    };
+    Ok((p, id, wrapped, by))
 }
 
 /// The tenant's opened keys (read once per backend, again when the table is new or a key id
@@ -365,10 +366,6 @@ pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
         }
         Ok(())
     })
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A field's identity for sealing and the SQL that checks its rules on the plaintext.
@@ -1074,12 +1071,6 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
     })
 }
 
-fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
-    let hexs: String = s.chars().filter(|c| *c != '-').collect();
-    let v = hex_bytes(&hexs)?;
-    v.try_into().ok()
-}
-
 #[pg_extern(volatile)]
 fn udm_rotate_data_key() -> pgrx::JsonB {
     pgrx::JsonB(rotate_data_key().or_raise())
@@ -1126,24 +1117,13 @@ pub fn rewrap_keys() -> Result<serde_json::Value> {
             .unwrap_or_default();
             let mut n = 0;
             for r in rows.as_array().into_iter().flatten() {
-                let (Some(p), Some(id), Some(w), Some(by)) = (
-                    r[0].as_str().and_then(Purpose::parse),
-                    r[1].as_i64(),
-                    r[2].as_str(),
-                    r[3].as_str(),
-                ) else {
-                    return Err(UdmError::internal(format!(
-                        "tenant \"{}\": a row of {KEYS_TABLE} is damaged",
-                        t.slug
-                    )));
-                };
-                let id = id as i32;
+                let (p, id, wrapped, by) = key_row(&t, r)?;
                 let Some(old) = old.filter(|k| k.fingerprint() == by) else {
                     return Err(wrapping_key(&t, m, by, p, id).err().unwrap_or_else(|| {
                         UdmError::internal("a key wrapped by the loaded master key was listed")
                     }));
                 };
-                let key = c::unwrap_key(old, &hex_bytes(w).unwrap_or_default(), p, id)
+                let key = c::unwrap_key(old, &wrapped, p, id)
                     .map_err(|e| e.context(format!("tenant \"{}\"", t.slug)))?;
                 let again = c::wrap_key(m, &key, p, id)?;
                 crate::rawspi::once(

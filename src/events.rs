@@ -371,18 +371,7 @@ pub fn read_events_with(
 /// A record id as the audit log's text gives it (the nil UUID for anything else, which names no
 /// record).
 pub fn uuid_of(text: &str) -> pgrx::Uuid {
-    let hex: Vec<u8> = text
-        .bytes()
-        .filter(|b| *b != b'-')
-        .map(|b| (b as char).to_digit(16).unwrap_or(0) as u8)
-        .collect();
-    let mut out = [0u8; 16];
-    if hex.len() == 32 {
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = hex[2 * i] << 4 | hex[2 * i + 1];
-        }
-    }
-    pgrx::Uuid::from_bytes(out)
+    pgrx::Uuid::from_bytes(udm_core::ids::uuid_bytes(text).unwrap_or([0u8; 16]))
 }
 
 fn read_events_as(

@@ -282,7 +282,7 @@ fn learn(
     let mut other = vars.clone();
     let mut sentinels = Vec::new();
     for (path, _) in uuids {
-        let s = uuid_text(&crate::records::uuid_v7());
+        let s = udm_core::ids::uuid_text(&crate::records::uuid_v7());
         *at_mut(&mut other, path)? = Value::String(s.clone());
         sentinels.push(s);
     }
@@ -330,18 +330,6 @@ fn plan_of(st: &Statement) -> Result<Rc<rawspi::Plan>> {
     let bytes = p.bytes() + st.sql.len() * 2;
     cache::put(&PLANS, key, p.clone(), bytes);
     Ok(p)
-}
-
-fn uuid_text(b: &[u8; 16]) -> String {
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 /// A PostgreSQL error as a GraphQL error (SQLSTATE, message, detail and hint as raised).
@@ -424,7 +412,7 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
         }
     }
     let plan = |vars: &Value| {
-        let mut new_id = || uuid_text(&crate::records::uuid_v7());
+        let mut new_id = || udm_core::ids::uuid_text(&crate::records::uuid_v7());
         let mut ctx = Context {
             model: &*model,
             limits: &lim,
@@ -655,7 +643,7 @@ fn plan_subscription(
     let (model, schema, schema_key) = schema_of(&t).map_err(|e| vec![GqlError::from(e)])?;
     let (doc, _) = document(&schema, &schema_key, query, &lim)?;
     let functions = functions_schema().map_err(|e| vec![GqlError::from(e)])?;
-    let mut new_id = || uuid_text(&crate::records::uuid_v7());
+    let mut new_id = || udm_core::ids::uuid_text(&crate::records::uuid_v7());
     let mut ctx = Context {
         model: &*model,
         limits: &lim,

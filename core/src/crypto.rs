@@ -16,6 +16,7 @@
 //! ciphertext || tag)>`. Base64 has no `:`, so `split_part(value, ':', 3)` is the blind index.
 
 use crate::error::{Result, SqlState, UdmError};
+use crate::ids::{hex, unhex};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -91,34 +92,6 @@ fn rng_error(e: getrandom::Error) -> UdmError {
         SqlState::ObjectNotInPrerequisiteState,
         format!("the operating system's random number generator failed: {e}"),
     )
-}
-
-fn hex(b: &[u8]) -> String {
-    const D: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(D[(x >> 4) as usize] as char);
-        s.push(D[(x & 15) as usize] as char);
-    }
-    s
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let v = |c: u8| -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(v(p[0])? << 4 | v(p[1])?))
-        .collect()
 }
 
 /// Reads a master key file's content: 64 hexadecimal digits or the base64 of 32 bytes

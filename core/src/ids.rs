@@ -51,9 +51,66 @@ fn layout(ticks: u64, random: [u8; 8]) -> [u8; 16] {
     out
 }
 
+/// Lower-case hexadecimal of `b`.
+pub fn hex(b: &[u8]) -> String {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(D[(x >> 4) as usize] as char);
+        s.push(D[(x & 15) as usize] as char);
+    }
+    s
+}
+
+/// The bytes of hexadecimal text (either case); None for anything else.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let v = |c: u8| -> Option<u8> { (c as char).to_digit(16).map(|d| d as u8) };
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some(v(p[0])? << 4 | v(p[1])?))
+        .collect()
+}
+
+/// The 16 bytes of a UUID's text (hyphens anywhere are skipped, as PostgreSQL's `uuid_in`
+/// accepts them); None for anything else.
+pub fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    let digits: String = s.chars().filter(|c| *c != '-').collect();
+    unhex(&digits)?.try_into().ok()
+}
+
+/// A UUID's canonical text (8-4-4-4-12 lower-case hex digits).
+pub fn uuid_text(b: &[u8; 16]) -> String {
+    let h = hex(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_and_uuid_text_round_trip() {
+        let b: [u8; 16] = *b"\x6f\x96\x19\xff\x8b\x86\xd0\x11\xb4\x2d\x00\xc0\x4f\xc9\x64\xff";
+        let t = uuid_text(&b);
+        assert_eq!(t, "6f9619ff-8b86-d011-b42d-00c04fc964ff");
+        assert_eq!(uuid_bytes(&t), Some(b));
+        assert_eq!(uuid_bytes("6F9619FF8B86D011B42D00C04FC964FF"), Some(b));
+        assert_eq!(uuid_bytes("6f9619ff-8b86-d011-b42d-00c04fc964f"), None);
+        assert_eq!(uuid_bytes("6f9619ff-8b86-d011-b42d-00c04fc964fg"), None);
+        assert_eq!(unhex("0aFf"), Some(vec![10, 255]));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(hex(&[0, 171]), "00ab");
+    }
 
     /// The creation time (Unix milliseconds) a version 7 id carries, or None for another version.
     fn v7_unix_ms(id: &[u8; 16]) -> Option<u64> {

@@ -560,7 +560,7 @@ pub fn document(model: &dyn Model, tenant: &str) -> Value {
         }
     });
     let hash = Sha256::digest(doc.to_string().as_bytes());
-    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let hex = crate::ids::hex(&hash[..8]);
     doc["info"]["version"] = json!(hex);
     doc
 }

@@ -84,13 +84,7 @@ impl Document {
 
     /// The cache key of a document text: its SHA-256, hex.
     pub fn key(text: &str) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(64);
-        for b in Sha256::digest(text.as_bytes()) {
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 15) as usize] as char);
-        }
-        out
+        crate::ids::hex(&Sha256::digest(text.as_bytes()))
     }
 
     /// A rough size in bytes of the parsed document, for the surface's cache budget.

@@ -1380,6 +1380,23 @@ pub fn apply_field_changes(old: &FieldDef, changes: &Value) -> Result<FieldDef> 
         )
         .hint("define a new encrypted field with the options it should have and copy the values into it"));
     }
+    // a field's rules are checked on the plaintext when a value is written; stored values are
+    // ciphertexts that no CHECK can read, so a new rule could not be held against them
+    if old.encrypted
+        && (f.min != old.min
+            || f.max != old.max
+            || f.min_length != old.min_length
+            || f.max_length != old.max_length
+            || f.pattern != old.pattern)
+    {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!(
+                "{what}: the rules (min, max, min_length, max_length, pattern) of an encrypted field cannot yet be changed: its stored values could not be checked against them"
+            ),
+        )
+        .hint("define a new encrypted field with the rules it should have and copy the values into it"));
+    }
     if f.name != old.name {
         f.column = f.name.clone();
     }

@@ -342,6 +342,84 @@ fn a_ciphertext_moved_to_another_record_or_field_does_not_decrypt() {
     assert_eq!(got["notes"], NOTE);
 }
 
+/// Plain SQL's other ways in and the refusals of the trigger and the key table: COPY is sealed
+/// and held to the field's rules, a value that only looks sealed is refused, `udm_record_at`
+/// reads plaintext, and a wrapped key whose bytes changed is refused, not used.
+#[test]
+fn copy_record_at_and_damaged_values_and_keys() {
+    use std::io::Write;
+    let mut adm = admin();
+    let mut m = member(&mut adm, "encp");
+    let t = m.tenant.clone();
+    customer(&mut m.client);
+    let mut w = m
+        .client
+        .copy_in(&format!(
+            "COPY \"{t}\".customer (name, ssn, email) FROM STDIN"
+        ))
+        .unwrap();
+    w.write_all(b"Cy\t333-33-3333\tcy@example.com\n").unwrap();
+    w.finish().unwrap();
+    let id: String = scalar(
+        &mut adm,
+        &format!("SELECT id::text FROM \"{t}\".customer WHERE name = 'Cy'"),
+    );
+    let raw = stored(&mut adm, &t, "ssn", &id);
+    assert!(raw.starts_with("udm1:") && !raw.contains("333"), "{raw}");
+    let got = json(
+        &mut m.client,
+        &format!("SELECT udm_get('customer', {})", lit(&id)),
+    );
+    assert_eq!(got["ssn"], "333-33-3333", "{got}");
+    // COPY is held to the field's rules on the plaintext (max_length 11)
+    let mut w = m
+        .client
+        .copy_in(&format!("COPY \"{t}\".customer (name, ssn) FROM STDIN"))
+        .unwrap();
+    w.write_all(b"Dee\t123-45-6789-000\n").unwrap();
+    let e = w.finish().unwrap_err();
+    assert_eq!(sqlstate(&e), "23514", "{}", message(&e));
+    assert!(message(&e).contains("ssn"), "{}", message(&e));
+    // a value that only looks sealed is refused, naming the field
+    let msg = expect_err(
+        &mut m.client,
+        &format!(
+            "UPDATE \"{t}\".customer SET notes = 'udm1:not sealed' WHERE id = {}",
+            lit(&id)
+        ),
+        "22023",
+    );
+    assert!(
+        msg.contains("field \"notes\"") && msg.contains("is not an encrypted value"),
+        "{msg}"
+    );
+    // the record as it was: plaintext
+    let at = json(
+        &mut m.client,
+        &format!("SELECT udm_record_at('customer', {}, now())", lit(&id)),
+    );
+    assert_eq!(at["ssn"], "333-33-3333", "{at}");
+    // a wrapped key whose bytes changed does not open: a new session is refused (XX001), never
+    // handed another key's values
+    adm.batch_execute(&format!(
+        "UPDATE \"{t}\"._udm_keys SET wrapped = set_byte(wrapped, 20, (get_byte(wrapped, 20) + 1) % 256) WHERE purpose = 'data'"
+    ))
+    .unwrap();
+    let mut fresh = connect_as(&m.role);
+    fresh
+        .batch_execute(&format!("SELECT udm_use({})", lit(&t)))
+        .unwrap();
+    let msg = expect_err(
+        &mut fresh,
+        &format!("SELECT udm_get('customer', {})", lit(&id)),
+        "XX001",
+    );
+    assert!(
+        msg.contains("does not open with the loaded master key"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn pg_dump_output_holds_no_plaintext() {
     let mut adm = admin();
@@ -503,6 +581,11 @@ fn definitions_that_cannot_hold_are_refused() {
             r#"SELECT udm_alter_field('customer', 'notes', '{"unique": true}')"#,
             "0A000",
             "cannot yet be changed",
+        ),
+        (
+            r#"SELECT udm_alter_field('customer', 'ssn', '{"max_length": 9}')"#,
+            "0A000",
+            "cannot yet be changed: its stored values could not be checked",
         ),
         (
             r#"SELECT udm_add_rule('customer', '{"name": "r", "check": "notes <> ''''"}')"#,

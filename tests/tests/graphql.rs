@@ -490,6 +490,21 @@ fn members_read_and_write_no_more_than_through_plain_sql() {
         .unwrap()
         .get(0);
     assert_eq!(r["events"], json!([]), "{r}");
+    // the filter is evaluated on the image as udm's owner: a field the viewer may not read is
+    // not in its schema, so it cannot be filtered on (and learnt through which events match)
+    let sub = "subscription { productChanged(filter: {meta: {path: [\"color\"], eq: \"pink\"}}) { action } }";
+    let r: Value = c
+        .query_one("SELECT udm_graphql_events($1, NULL, NULL, $2)", &[&sub, &h])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        r["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
+        "{r}"
+    );
+    assert!(
+        r["errors"][0]["message"].as_str().unwrap().contains("meta"),
+        "{r}"
+    );
     // events the viewer may not see (a member added: tenant events are for managers) are
     // passed over: read one at a time, the cursor moves on every call
     let h2: i64 = scalar(

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use std::rc::Rc;
 use udm_core::graphql::{
     prepare, response, CacheKeys, Context, Document, GqlError, GqlSchema, Limits, Next,
-    OperationKind, Statement,
+    OperationKind, Planning, Statement,
 };
 
 pub static MAX_DOCUMENT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(100_000);
@@ -143,7 +143,7 @@ fn limits() -> Limits {
 thread_local! {
     static SCHEMAS: Cache<String, Rc<GqlSchema>> = Lru::new("graphql schemas");
     static DOCUMENTS: Cache<String, Rc<Document>> = Lru::new("graphql documents");
-    static PLANS: Cache<(u8, String), Rc<rawspi::Plan>> = Lru::new("graphql statements");
+    static PLANS: Cache<(Planning, String), Rc<rawspi::Plan>> = Lru::new("graphql statements");
     static FUNCTIONS_SCHEMA: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -309,23 +309,19 @@ fn learn(
 
 fn plan_of(st: &Statement) -> Result<Rc<rawspi::Plan>> {
     cache::sync(&PLANS, catalog::generation());
-    let key = (
-        st.plan_per_call as u8 | (st.generic_plan as u8) << 1,
-        st.sql.clone(),
-    );
+    let key = (st.planning, st.sql.clone());
     if let Some(p) = cache::get(&PLANS, &key) {
         return Ok(p);
     }
-    let p = Rc::new(if st.plan_per_call {
-        rawspi::prepare_query_per_call(&st.sql, st.params.len())?
-    } else if st.generic_plan {
-        rawspi::prepare_with(
+    let n = st.params.len();
+    let p = Rc::new(match st.planning {
+        Planning::PerCall => rawspi::prepare_query_per_call(&st.sql, n)?,
+        Planning::Generic => rawspi::prepare_with(
             &st.sql,
-            &vec![pg_sys::TEXTOID; st.params.len()],
+            &vec![pg_sys::TEXTOID; n],
             pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
-        )?
-    } else {
-        rawspi::prepare(&st.sql, st.params.len())?
+        )?,
+        Planning::Cached => rawspi::prepare(&st.sql, n)?,
     });
     let bytes = p.bytes() + st.sql.len() * 2;
     cache::put(&PLANS, key, p.clone(), bytes);
@@ -488,7 +484,7 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
 
 /// A root field's value: a statement's `jsonb` result as it came (or no row), or JSON.
 enum FieldOut {
-    Raw(Option<Vec<u8>>),
+    Raw(Option<RawJsonb>),
     Json(Value),
 }
 
@@ -521,7 +517,7 @@ fn raw_response(outs: &[(String, FieldOut)]) -> Option<Vec<u8>> {
         pairs.push((
             k.as_bytes(),
             match o {
-                FieldOut::Raw(Some(b)) => J::Jsonb(b.get(4..)?),
+                FieldOut::Raw(Some(b)) => J::Jsonb(b.root()),
                 FieldOut::Raw(None) | FieldOut::Json(Value::Null) => J::Null,
                 FieldOut::Json(_) => return None,
             },
@@ -563,7 +559,7 @@ fn run_query(fields: Vec<udm_core::graphql::FieldPlan>) -> JsonOut {
         let v = match o {
             FieldOut::Json(v) => v,
             FieldOut::Raw(None) => Value::Null,
-            FieldOut::Raw(Some(b)) => match JsonOut::Raw(RawJsonb(b)).into_json() {
+            FieldOut::Raw(Some(b)) => match JsonOut::Raw(b).into_json() {
                 Ok(v) => v,
                 Err(e) => {
                     errors.push(GqlError::from(e));

@@ -168,16 +168,16 @@ pub fn first_datum(
     unsafe { first_of_result() }
 }
 
-/// Runs a kept plan with text parameters and returns the first column of its first row as JSON
-/// (None: no row or NULL): jsonb as it is, json parsed, booleans and numbers as such, any other
-/// type as its text.
 /// The first column of a statement's first row.
 pub enum First {
-    /// A `jsonb` value as the datum's bytes (4-byte header included).
-    Raw(Vec<u8>),
+    /// A `jsonb` value as the datum's bytes.
+    Raw(crate::json::RawJsonb),
     Json(serde_json::Value),
 }
 
+/// Runs a kept plan with text parameters and returns the first column of its first row as JSON
+/// (None: no row or NULL): jsonb as it is, json parsed, booleans and numbers as such, any other
+/// type as its text.
 pub fn first_json(
     plan: &Plan,
     args: &[Option<String>],
@@ -214,7 +214,10 @@ pub fn first(
         let typ = pg_sys::SPI_gettypeid(desc, 1);
         use serde_json::Value;
         Ok(Some(First::Json(match typ {
-            pg_sys::JSONBOID if keep_jsonb => return Ok(Some(First::Raw(jsonb_bytes(d)))),
+            pg_sys::JSONBOID if keep_jsonb => {
+                use pgrx::FromDatum;
+                return Ok(crate::json::RawJsonb::from_datum(d, false).map(First::Raw));
+            }
             pg_sys::JSONBOID => crate::json::read(d)?,
             pg_sys::BOOLOID => Value::Bool(d.value() != 0),
             pg_sys::INT2OID => Value::from(d.value() as i16),
@@ -238,24 +241,6 @@ pub fn first(
                 }
             }
         })))
-    }
-}
-
-/// A jsonb datum's bytes, detoasted, with a 4-byte header (jsonb's alignment counts from it).
-unsafe fn jsonb_bytes(d: pg_sys::Datum) -> Vec<u8> {
-    unsafe {
-        let raw = d.cast_mut_ptr::<pg_sys::varlena>();
-        let detoasted = pg_sys::pg_detoast_datum(raw);
-        let len = pgrx::varsize_any(detoasted);
-        let hdr = len - pgrx::varsize_any_exhdr(detoasted);
-        let body = std::slice::from_raw_parts((detoasted as *const u8).add(hdr), len - hdr);
-        let mut bytes = Vec::with_capacity(body.len() + 4);
-        bytes.extend_from_slice(&(((body.len() + 4) as u32) << 2).to_le_bytes());
-        bytes.extend_from_slice(body);
-        if detoasted != raw {
-            pg_sys::pfree(detoasted.cast());
-        }
-        bytes
     }
 }
 

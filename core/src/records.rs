@@ -57,7 +57,6 @@ fn unknown_field(def: &EntityDef, key: &str) -> UdmError {
     def.no_such_field(key)
 }
 
-/// The field of a data key, for writing.
 /// A replacement of a record's fields (`udm_replace`, the REST API's PUT): `fields`, with every
 /// other field of the definition set to null, so the record holds what was sent and nothing
 /// older. System columns in `fields` (`id`, `_version`, `created_at`, ...) are ignored, so a
@@ -93,6 +92,7 @@ pub fn replacement(
     Ok(Value::Object(out))
 }
 
+/// The field of a data key, for writing.
 pub fn writable_field<'a>(def: &'a EntityDef, key: &str) -> Result<&'a FieldDef> {
     let f = def.field(key).ok_or_else(|| unknown_field(def, key))?;
     if f.ftype == FieldType::AutoNumber {

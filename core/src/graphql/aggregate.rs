@@ -4,7 +4,7 @@
 
 use super::builder::{Builder, R};
 use super::error::GqlError;
-use super::plan::{Arg, Finish, Op};
+use super::plan::{Arg, Finish, Op, Planning};
 use super::prepare::Planner;
 use super::schema::{FieldKind, Out};
 use super::transpile::Sql;
@@ -176,8 +176,7 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<(Vec
         vec![Op::Run {
             sql: stmt,
             args: values.into_iter().map(Arg::Text).collect(),
-            plan_per_call: true,
-            generic_plan: false,
+            planning: Planning::PerCall,
         }],
         Finish::Last,
     ))

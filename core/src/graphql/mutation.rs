@@ -12,7 +12,7 @@
 
 use super::builder::{Sels, R};
 use super::error::{GqlError, PathSeg};
-use super::plan::{Arg, Count, Finish, MutationField, Op};
+use super::plan::{Arg, Count, Finish, MutationField, Op, Planning};
 use super::prepare::Planner;
 use super::schema::{FieldKind, RootKind};
 use super::transpile::{columns, Sql};
@@ -101,8 +101,7 @@ pub(crate) fn plan(
                     Arg::Text(Some(set.to_string())),
                     Arg::Text(expected),
                 ],
-                plan_per_call: false,
-                generic_plan: false,
+                planning: Planning::Cached,
             });
             ops.push(read_one(p, entity, fs, id).map_err(err)?);
             Finish::Last
@@ -122,8 +121,7 @@ pub(crate) fn plan(
                 ops.push(Op::Run {
                     sql,
                     args: vec![Arg::Text(id.clone())],
-                    plan_per_call: false,
-                    generic_plan: false,
+                    planning: Planning::Cached,
                 });
                 ops.push(Op::Version { of: 0, expected });
             }
@@ -133,8 +131,7 @@ pub(crate) fn plan(
             ops.push(Op::Run {
                 sql,
                 args: vec![Arg::Text(Some(entity.into())), Arg::Text(id)],
-                plan_per_call: false,
-                generic_plan: false,
+                planning: Planning::Cached,
             });
             Finish::Step(record)
         }
@@ -170,8 +167,7 @@ pub(crate) fn plan(
                 ops.push(Op::Run {
                     sql,
                     args: vec![Arg::Ids(0)],
-                    plan_per_call: false,
-                    generic_plan: false,
+                    planning: Planning::Cached,
                 });
             }
             Finish::Mutation {
@@ -352,8 +348,7 @@ fn insert_batch(p: &Planner, entity: &str, rows: &[Value]) -> Result<Op, GqlErro
     Ok(Op::Run {
         sql,
         args: vec![Arg::Text(Some(rows.to_string()))],
-        plan_per_call: false,
-        generic_plan: false,
+        planning: Planning::Cached,
     })
 }
 
@@ -399,8 +394,7 @@ fn upsert(
         Op::Run {
             sql,
             args: vec![Arg::Text(Some(rows.to_string()))],
-            plan_per_call: false,
-            generic_plan: false,
+            planning: Planning::Cached,
         },
         json!({"or": any}),
     ))
@@ -431,8 +425,7 @@ fn matching_ids(p: &Planner, entity: &str, filter: &Value, at_most: i64) -> Resu
     Ok(Op::Run {
         sql,
         args: values.into_iter().map(Arg::Text).collect(),
-        plan_per_call: true,
-        generic_plan: false,
+        planning: Planning::PerCall,
     })
 }
 
@@ -471,8 +464,7 @@ fn update_many(p: &Planner, entity: &str, set: &Value) -> Result<Op, GqlError> {
     Ok(Op::Run {
         sql,
         args,
-        plan_per_call: false,
-        generic_plan: false,
+        planning: Planning::Cached,
     })
 }
 
@@ -529,8 +521,7 @@ fn read(
     Ok(Op::Run {
         sql: stmt,
         args,
-        plan_per_call: false,
-        generic_plan: false,
+        planning: Planning::Cached,
     })
 }
 
@@ -548,7 +539,6 @@ fn read_one(
     Ok(Op::Run {
         sql: format!("SELECT {e}"),
         args: sql.values.into_iter().map(Arg::Text).collect(),
-        plan_per_call: false,
-        generic_plan: false,
+        planning: Planning::Cached,
     })
 }

@@ -16,12 +16,31 @@ pub struct Statement {
     pub sql: String,
     /// `$1`, `$2`, … as text (None is NULL).
     pub params: Vec<Option<String>>,
-    /// Plan it for each call's values (it visits every matching row: counts, aggregates).
-    pub plan_per_call: bool,
-    /// Plan it once for any values (a keyset page, whose index order decides the plan: planned
-    /// per call, PostgreSQL would plan again on every call, its generic estimate of "after the
-    /// cursor" being poor).
-    pub generic_plan: bool,
+    pub planning: Planning,
+}
+
+impl Planning {
+    /// `PerCall` for statements that visit every matching row, else `Cached`.
+    pub fn per_call(per_call: bool) -> Planning {
+        if per_call {
+            Planning::PerCall
+        } else {
+            Planning::Cached
+        }
+    }
+}
+
+/// How a statement's plan is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Planning {
+    /// Kept, PostgreSQL choosing between plans for the values and one for any values.
+    Cached,
+    /// For each call's values (it visits every matching row: counts, aggregates).
+    PerCall,
+    /// Once for any values (a keyset page, whose index order decides the plan: left to choose,
+    /// PostgreSQL would plan it again on every call, its generic estimate of "after the cursor"
+    /// being poor).
+    Generic,
 }
 
 /// What to do next for a root field.
@@ -45,8 +64,7 @@ pub(crate) enum Op {
     Run {
         sql: String,
         args: Vec<Arg>,
-        plan_per_call: bool,
-        generic_plan: bool,
+        planning: Planning,
     },
     /// Step `of` returned more than `n` ids: refused (54000), before anything changed.
     AtMost { of: usize, n: i64 },
@@ -141,17 +159,15 @@ impl FieldPlan {
                     Op::Run {
                         sql: sa,
                         args: aa,
-                        plan_per_call: pa,
-                        generic_plan: ga,
+                        planning: pa,
                     },
                     Op::Run {
                         sql: sb,
                         args: ab,
-                        plan_per_call: pb,
-                        generic_plan: gb,
+                        planning: pb,
                     },
                 ) => {
-                    if sa != sb || pa != pb || ga != gb || aa.len() != ab.len() {
+                    if sa != sb || pa != pb || aa.len() != ab.len() {
                         return None;
                     }
                     for (j, (x, y)) in aa.iter().zip(ab).enumerate() {
@@ -237,15 +253,13 @@ impl FieldPlan {
                 Op::Run {
                     sql,
                     args,
-                    plan_per_call,
-                    generic_plan,
+                    planning,
                 } => {
                     let params = args.iter().map(|a| self.arg(a)).collect::<Result<_, _>>()?;
                     return Ok(Next::Run(Statement {
                         sql,
                         params,
-                        plan_per_call,
-                        generic_plan,
+                        planning,
                     }));
                 }
                 Op::AtMost { of, n } => {

@@ -5,7 +5,7 @@ use super::error::{location, GqlError, PathSeg};
 use super::limits::Limits;
 use super::names::camel;
 use super::parse::{is_introspection, operation, Document, OperationKind};
-use super::plan::{Arg, FieldPlan, Finish, Op};
+use super::plan::{Arg, FieldPlan, Finish, Op, Planning};
 use super::schema::{GqlSchema, RootField, RootKind, ViewKind, SYSTEM};
 use super::subscription::SubscriptionPlan;
 use super::transpile::{columns, Sql};
@@ -195,12 +195,11 @@ pub(crate) struct Planner<'b, 'a, 'c> {
 
 type Plan = (Vec<Op>, Finish);
 
-fn run(sql: String, values: Vec<Option<String>>, plan_per_call: bool) -> Op {
+fn run(sql: String, values: Vec<Option<String>>, planning: Planning) -> Op {
     Op::Run {
         sql,
         args: values.into_iter().map(Arg::Text).collect(),
-        plan_per_call,
-        generic_plan: false,
+        planning,
     }
 }
 
@@ -237,7 +236,7 @@ impl Planner<'_, '_, '_> {
                     .record(&entity, &sels, None, Some(json!({"id": {"eq": id}})))
                     .map_err(|e| self.err(f, e))?;
                 Ok((
-                    vec![run(format!("SELECT {e}"), sql.values, false)],
+                    vec![run(format!("SELECT {e}"), sql.values, Planning::Cached)],
                     Finish::Last,
                 ))
             }
@@ -250,14 +249,14 @@ impl Planner<'_, '_, '_> {
                     .iter()
                     .any(|(_, s)| matches!(s, super::builder::ConnSel::TotalCount));
                 // a page after (before) a cursor: the keyset's index order decides the plan
-                let generic_plan = (c.after || c.before) && !per_call;
-                let mut op = run(format!("SELECT {e}"), sql.values, per_call);
-                if let Op::Run {
-                    generic_plan: g, ..
-                } = &mut op
-                {
-                    *g = generic_plan;
-                }
+                let planning = if per_call {
+                    Planning::PerCall
+                } else if c.after || c.before {
+                    Planning::Generic
+                } else {
+                    Planning::Cached
+                };
+                let op = run(format!("SELECT {e}"), sql.values, planning);
                 Ok((vec![op], Finish::Last))
             }
             RootKind::Aggregate => super::aggregate::plan(self, &entity, fs),
@@ -273,7 +272,10 @@ impl Planner<'_, '_, '_> {
                     "SELECT {}($1::text, $2::uuid)",
                     self.function(op.function())
                 );
-                Ok((vec![run(sql, vec![Some(entity), id], false)], Finish::Last))
+                Ok((
+                    vec![run(sql, vec![Some(entity), id], Planning::Cached)],
+                    Finish::Last,
+                ))
             }
             RootKind::Rollback => {
                 let id = self
@@ -301,7 +303,11 @@ impl Planner<'_, '_, '_> {
                     self.function("udm_rollback")
                 );
                 Ok((
-                    vec![run(sql, vec![Some(entity), id, version, fields], false)],
+                    vec![run(
+                        sql,
+                        vec![Some(entity), id, version, fields],
+                        Planning::Cached,
+                    )],
                     Finish::Last,
                 ))
             }
@@ -322,7 +328,10 @@ impl Planner<'_, '_, '_> {
                     "SELECT {}($1::bigint, $2::boolean)",
                     self.function("udm_rollback_transaction")
                 );
-                Ok((vec![run(sql, vec![txid, force], false)], Finish::Last))
+                Ok((
+                    vec![run(sql, vec![txid, force], Planning::Cached)],
+                    Finish::Last,
+                ))
             }
             RootKind::Schema(op) => self.definition_change(*op, f),
             RootKind::Insert
@@ -390,7 +399,11 @@ impl Planner<'_, '_, '_> {
             self.function("udm_record_at")
         );
         Ok((
-            vec![run(sql, vec![Some(entity.to_string()), id, at], false)],
+            vec![run(
+                sql,
+                vec![Some(entity.to_string()), id, at],
+                Planning::Cached,
+            )],
             Finish::Last,
         ))
     }
@@ -461,7 +474,7 @@ impl Planner<'_, '_, '_> {
             vec![run(
                 sql,
                 vec![Some(entity.to_string()), id, Some(first.to_string())],
-                false,
+                Planning::Cached,
             )],
             Finish::Last,
         ))
@@ -506,7 +519,7 @@ impl Planner<'_, '_, '_> {
             .map_err(|e| self.err(f, e))?;
         let values = bind(&spec, &t).map_err(|e| self.err(f, e))?;
         Ok((
-            vec![run(t.sql, values, t.plan_per_call)],
+            vec![run(t.sql, values, Planning::per_call(t.plan_per_call))],
             Finish::View(ViewShape(shape)),
         ))
     }
@@ -680,7 +693,7 @@ impl Planner<'_, '_, '_> {
             values[2] = Some("false".into());
         }
         let sql = format!("SELECT {}({})", self.function(function), casts.join(", "));
-        Ok((vec![run(sql, values, false)], Finish::Last))
+        Ok((vec![run(sql, values, Planning::Cached)], Finish::Last))
     }
 
     fn subscription(&mut self, root: &RootField, fs: &[&Node<Field>]) -> R<SubscriptionPlan> {

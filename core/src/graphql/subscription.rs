@@ -8,7 +8,7 @@
 use super::builder::{Sels, R};
 use super::error::{GqlError, PathSeg};
 use super::names::camel;
-use super::plan::Statement;
+use super::plan::{Planning, Statement};
 use super::prepare::{system_name, Planner};
 use super::schema::{FieldKind, Out};
 use super::transpile::Sql;
@@ -159,8 +159,7 @@ impl SubscriptionPlan {
         Ok(Some(Statement {
             sql: t.sql,
             params,
-            plan_per_call: false,
-            generic_plan: false,
+            planning: Planning::Cached,
         }))
     }
 
@@ -178,8 +177,7 @@ impl SubscriptionPlan {
         Ok(Some(Statement {
             sql: format!("SELECT {e}"),
             params: sql.values,
-            plan_per_call: false,
-            generic_plan: false,
+            planning: Planning::Cached,
         }))
     }
 

@@ -74,7 +74,11 @@ fn nested_connection_in_one_statement() {
         sts[0].params.contains(&Some("active".into()))
             && sts[0].params.contains(&Some("100".into()))
     );
-    assert!(sts[0].plan_per_call, "a count visits every row");
+    assert_eq!(
+        sts[0].planning,
+        Planning::PerCall,
+        "a count visits every row"
+    );
 }
 
 #[test]
@@ -302,7 +306,7 @@ fn a_connection_of_only_its_count_is_one_row() {
 fn keyset_pages_are_planned_once() {
     let q = "query($after: Cursor) { productCollection(orderBy: [{price: ASC}], first: 50, after: $after) { nodes { name } } }";
     let first = one(q, json!({}));
-    assert!(!first.generic_plan && !first.plan_per_call);
+    assert_eq!(first.planning, Planning::Cached);
     let sig = {
         let m = shop();
         let mut from = crate::query::From::new(&m, "product");
@@ -314,7 +318,7 @@ fn keyset_pages_are_planned_once() {
     let cursor =
         crate::query::encode_cursor(&json!([9.5, "6f9619ff-8b86-d011-b42d-00c04fc964ff"]), &sig);
     let next = one(q, json!({"after": cursor}));
-    assert!(next.generic_plan && !next.plan_per_call, "{}", next.sql);
+    assert_eq!(next.planning, Planning::Generic, "{}", next.sql);
     assert!(
         next.params.contains(&Some("9.5".into())),
         "{:?}",
@@ -324,5 +328,5 @@ fn keyset_pages_are_planned_once() {
         "query($after: Cursor) { productCollection(orderBy: [{price: ASC}], first: 50, after: $after) { totalCount nodes { name } } }",
         json!({"after": cursor}),
     );
-    assert!(counted.plan_per_call && !counted.generic_plan);
+    assert_eq!(counted.planning, Planning::PerCall);
 }

@@ -104,13 +104,13 @@ const SELECT: &str =
 /// and are answered in order: one round trip instead of four. When a statement fails, the ones
 /// after it fail too ("current transaction is aborted") and COMMIT rolls back; the first error
 /// is the answer.
-async fn in_tenant(
+async fn in_tenant<T: for<'a> tokio_postgres::types::FromSql<'a>>(
     app: &App,
     who: &Identity,
     read_only: bool,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<Value, ApiError> {
+) -> Result<T, ApiError> {
     let held = Held(Some(app.pool.get().await.map_err(|e| {
         tracing::warn!(error = %e, "no pooled connection");
         ApiError::unavailable()
@@ -147,7 +147,42 @@ async fn in_tenant(
     }
     let row = row.map_err(|e| failure("statement", e))?;
     committed.map_err(|e| failure("COMMIT", e))?;
-    Ok(row.get(0))
+    row.try_get(0).map_err(|e| failure("result", e))
+}
+
+/// A `json`/`jsonb` result as PostgreSQL wrote it, not parsed: the text of the JSON (jsonb's
+/// binary form on the wire is a version byte and that text). A GraphQL response goes to the
+/// client as it is unless it has errors to look at.
+pub struct RawJson(pub Vec<u8>);
+
+impl RawJson {
+    pub fn parse(&self) -> Result<Value, ApiError> {
+        serde_json::from_slice(&self.0).map_err(|e| {
+            tracing::error!(error = %e, "the database's JSON does not parse");
+            ApiError::internal()
+        })
+    }
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawJson {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = if *ty == tokio_postgres::types::Type::JSONB {
+            match raw.split_first() {
+                Some((1, text)) => text,
+                _ => return Err("unsupported jsonb version".into()),
+            }
+        } else {
+            raw
+        };
+        Ok(RawJson(text.to_vec()))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::JSON || *ty == tokio_postgres::types::Type::JSONB
+    }
 }
 
 /// `udm_use` failed. The database decides whether this user may use this tenant: an unknown
@@ -307,7 +342,7 @@ pub async fn graphql(
     who: &Identity,
     req: &GqlRequest,
     read_only: bool,
-) -> Result<Value, ApiError> {
+) -> Result<RawJson, ApiError> {
     in_tenant(
         app,
         who,
@@ -320,7 +355,7 @@ pub async fn graphql(
 
 /// Whether `who` may use their tenant (403 if not).
 pub async fn check(app: &App, who: &Identity) -> Result<(), ApiError> {
-    in_tenant(app, who, true, "SELECT '{}'::jsonb", &[])
+    in_tenant::<Value>(app, who, true, "SELECT '{}'::jsonb", &[])
         .await
         .map(|_| ())
 }
@@ -328,7 +363,7 @@ pub async fn check(app: &App, who: &Identity) -> Result<(), ApiError> {
 /// The event id a new subscription of `who` starts after: the horizon of their tenant's events
 /// (every event at or below it is committed or never will be).
 pub async fn horizon(app: &App, who: &Identity) -> Result<i64, ApiError> {
-    let v = in_tenant(app, who, true, "SELECT udm_events(0, 1)", &[]).await?;
+    let v: Value = in_tenant(app, who, true, "SELECT udm_events(0, 1)", &[]).await?;
     v["horizon"].as_i64().ok_or_else(|| {
         tracing::error!(response = %v, "udm_events has no horizon");
         ApiError::internal()

@@ -106,7 +106,45 @@ pub enum Kind {
     Subscription,
 }
 
+/// Documents whose kind was learnt lately, by (document, operation name): parsing a document
+/// costs more than the rest of the server's work on a request. A memo of a pure function, bounded
+/// in bytes and emptied when full.
+struct Kinds {
+    known: std::collections::HashMap<(String, Option<String>), Option<Kind>>,
+    bytes: usize,
+}
+
+static KINDS: std::sync::Mutex<Option<Kinds>> = std::sync::Mutex::new(None);
+const KINDS_BYTES: usize = 4 << 20;
+
 pub fn operation_kind(doc: &str, operation_name: Option<&str>) -> Option<Kind> {
+    let key = (doc.to_string(), operation_name.map(str::to_string));
+    if let Some(k) = KINDS
+        .lock()
+        .ok()
+        .and_then(|g| g.as_ref().and_then(|m| m.known.get(&key).copied()))
+    {
+        return k;
+    }
+    let kind = parse_kind(doc, operation_name);
+    if let Ok(mut g) = KINDS.lock() {
+        let m = g.get_or_insert_with(|| Kinds {
+            known: Default::default(),
+            bytes: 0,
+        });
+        let size = key.0.len() + key.1.as_ref().map_or(0, String::len) + 64;
+        if m.bytes + size > KINDS_BYTES {
+            m.known.clear();
+            m.bytes = 0;
+        }
+        if size <= KINDS_BYTES && m.known.insert(key, kind).is_none() {
+            m.bytes += size;
+        }
+    }
+    kind
+}
+
+fn parse_kind(doc: &str, operation_name: Option<&str>) -> Option<Kind> {
     use apollo_parser::cst::Definition;
     let cst = apollo_parser::Parser::new(doc)
         .token_limit(200_000)
@@ -347,7 +385,7 @@ async fn run(
     method: Method,
     req: Result<GqlRequest, ApiError>,
     op: &mut &'static str,
-) -> Result<Value, ApiError> {
+) -> Result<crate::db::RawJson, ApiError> {
     let req = req?;
     let kind = operation_kind(&req.query, req.operation_name.as_deref());
     *op = crate::metrics::operation_label(kind);
@@ -369,11 +407,29 @@ async fn run(
     crate::db::graphql(app, &who, &req, method == Method::GET).await
 }
 
-/// The HTTP response of a GraphQL response. With `application/graphql-response+json`, a response
+/// The HTTP response of a GraphQL response. A response with `data` and no `errors` (the usual
+/// one) goes out as the database wrote it; any other is read first.
+fn result(body: crate::db::RawJson, media: Media) -> Response {
+    let b = &body.0;
+    if b.starts_with(b"{\"data\": ") && memchr::memmem::find(b, b"\"errors\"").is_none() {
+        let mut r = (StatusCode::OK, body.0).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(media.content_type()),
+        );
+        return r;
+    }
+    match body.parse() {
+        Ok(v) => result_value(v, media),
+        Err(e) => e.with_media(media).into_response(),
+    }
+}
+
+/// The HTTP response of a GraphQL response read as JSON. With `application/graphql-response+json`, a response
 /// without `data` (the request failed before execution: parse, validation, variables) is 400
 /// (500 when udm reports an internal error); with `application/json` every GraphQL response is
 /// 200. Internal errors lose their message (it is logged).
-fn result(mut body: Value, media: Media) -> Response {
+fn result_value(mut body: Value, media: Media) -> Response {
     let mut internal = false;
     if let Some(errors) = body.get_mut("errors").and_then(Value::as_array_mut) {
         for e in errors {
@@ -405,4 +461,83 @@ fn result(mut body: Value, media: Media) -> Response {
         HeaderValue::from_static(media.content_type()),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::RawJson;
+
+    fn body(r: Response) -> (StatusCode, String, String) {
+        let status = r.status();
+        let ct = r.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt
+            .block_on(axum::body::to_bytes(r.into_body(), usize::MAX))
+            .unwrap();
+        (status, ct, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn a_response_with_data_and_no_errors_goes_out_as_written() {
+        // as jsonb prints it; a string value may hold the word errors without being read
+        let text = r#"{"data": {"a": [1, 2], "b": "\"errors\" is only a word"}}"#;
+        let text2 = r#"{"data": {"a": "x"}}"#;
+        for media in [Media::Json, Media::GraphqlResponse] {
+            let (status, ct, out) = body(result(RawJson(text2.into()), media));
+            assert_eq!((status, out.as_str()), (StatusCode::OK, text2));
+            assert_eq!(ct, media.content_type());
+            // read, not passed through, but the same answer
+            let (status, _, out) = body(result(RawJson(text.into()), media));
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(
+                serde_json::from_str::<Value>(&out).unwrap(),
+                serde_json::from_str::<Value>(text).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_response_with_errors_is_read_and_internal_messages_are_hidden() {
+        let text = r#"{"data": {"a": null}, "errors": [{"message": "secret detail", "path": ["a"], "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]}"#;
+        let (status, _, out) = body(result(RawJson(text.into()), Media::GraphqlResponse));
+        assert_eq!(status, StatusCode::OK);
+        assert!(!out.contains("secret detail"), "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["errors"][0]["path"], serde_json::json!(["a"]));
+        // no data: a request error (400), or 500 for an internal one
+        let (status, _, _) = body(result(
+            RawJson(r#"{"errors": [{"message": "Syntax Error"}]}"#.into()),
+            Media::GraphqlResponse,
+        ));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _, _) = body(result(
+            RawJson(r#"{"errors": [{"message": "x"}]}"#.into()),
+            Media::Json,
+        ));
+        assert_eq!(status, StatusCode::OK);
+        // what is read must parse (jsonb always does; anything else is the server's failure)
+        let (status, _, out) = body(result(RawJson(b"{\"errors\": [".to_vec()), Media::Json));
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{out}");
+    }
+
+    #[test]
+    fn operation_kinds_are_remembered_per_document_and_name() {
+        let doc = "query A { a } mutation B { b }";
+        for _ in 0..2 {
+            assert_eq!(operation_kind(doc, Some("A")), Some(Kind::Query));
+            assert_eq!(operation_kind(doc, Some("B")), Some(Kind::Mutation));
+            assert_eq!(operation_kind(doc, None), None);
+            assert_eq!(
+                operation_kind("subscription { s }", None),
+                Some(Kind::Subscription)
+            );
+            assert_eq!(operation_kind("{ a ", None), None);
+        }
+    }
 }

@@ -293,7 +293,10 @@ fn api_errors(e: &ApiError) -> Value {
 
 /// A query or mutation over the socket: one result, then complete.
 async fn single(app: Arc<App>, who: Identity, id: String, req: GqlRequest, out: Outbox) {
-    match crate::db::graphql(&app, &who, &req, false).await {
+    match crate::db::graphql(&app, &who, &req, false)
+        .await
+        .and_then(|raw| raw.parse())
+    {
         Ok(body) if body.get("data").is_none() => {
             out.push(error_message(&id, body["errors"].clone()));
         }

@@ -13,7 +13,29 @@ pub struct Plan {
     /// A query that may run in parallel: it always runs to completion (PostgreSQL runs a plan
     /// with a row limit without its parallel workers).
     parallel: bool,
+    /// Its parameters' types (for the plan choice).
+    types: Vec<pg_sys::Oid>,
+    /// How far the choice between a generic plan and one per call has got (`choice`).
+    choice: std::cell::Cell<Choice>,
 }
+
+/// The plan choice of a kept statement left to PostgreSQL. PostgreSQL keeps planning such a
+/// statement for each call's values when its generic plan's estimated cost is higher, even when
+/// the generic plan is the very plan it makes every time (its estimates for a parameter are
+/// worse than for a value; udm's queries filter on `$n` throughout). So udm watches the first
+/// calls: when each call's plan has the generic plan's shape (the same nodes over the same
+/// relations and indexes, joined and aggregated the same way), the statement keeps the generic
+/// plan and is not planned again; as soon as one differs, PostgreSQL's choice stands.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Choice {
+    /// Calls seen whose plan had the generic plan's shape.
+    Watching(u8),
+    /// Settled: generic, or PostgreSQL's choice.
+    Settled,
+}
+
+/// Calls whose plan must have the generic plan's shape before the statement keeps it.
+const SAME_SHAPE_CALLS: u8 = 3;
 
 impl Plan {
     /// Memory the kept plan holds (its contexts).
@@ -98,10 +120,20 @@ pub fn prepare_with(sql: &str, types: &[pg_sys::Oid], options: i32) -> Result<Pl
         if pg_sys::SPI_keepplan(p) != 0 {
             return Err(UdmError::internal("udm: SPI_keepplan failed"));
         }
+        // a statement whose options already choose its plans is not watched
+        let chosen = options
+            & (pg_sys::CURSOR_OPT_GENERIC_PLAN | pg_sys::CURSOR_OPT_CUSTOM_PLAN) as i32
+            != 0;
         Ok(Plan {
             ptr: p,
             nargs,
             parallel,
+            choice: std::cell::Cell::new(if chosen || nargs == 0 {
+                Choice::Settled
+            } else {
+                Choice::Watching(0)
+            }),
+            types,
         })
     }
 }
@@ -332,6 +364,17 @@ fn execute(
     read_only: bool,
     limit: i64,
 ) -> Result<()> {
+    if let Choice::Watching(n) = plan.choice.get() {
+        plan.choice
+            .set(match unsafe { same_shape(plan, values, nulls) } {
+                Some(true) if n + 1 >= SAME_SHAPE_CALLS => {
+                    unsafe { keep_generic(plan) };
+                    Choice::Settled
+                }
+                Some(true) => Choice::Watching(n + 1),
+                _ => Choice::Settled,
+            });
+    }
     let rc = unsafe {
         pg_sys::SPI_execute_plan(
             plan.ptr,
@@ -347,6 +390,200 @@ fn execute(
         )));
     }
     Ok(())
+}
+
+/// The plan source of a kept single-statement plan.
+unsafe fn plan_source(plan: &Plan) -> Option<*mut pg_sys::CachedPlanSource> {
+    unsafe {
+        let list = pg_sys::SPI_plan_get_plan_sources(plan.ptr);
+        if list.is_null() || (*list).length != 1 {
+            return None;
+        }
+        let ps = (*(*list).elements).ptr_value as *mut pg_sys::CachedPlanSource;
+        (!ps.is_null()).then_some(ps)
+    }
+}
+
+/// Whether the plan PostgreSQL makes for these values has the shape of the generic plan (None:
+/// not a statement that can be told).
+unsafe fn same_shape(
+    plan: &Plan,
+    values: &[pg_sys::Datum],
+    nulls: &[std::os::raw::c_char],
+) -> Option<bool> {
+    unsafe {
+        let ps = plan_source(plan)?;
+        let n = plan.types.len();
+        if values.len() != n || nulls.len() != n {
+            return None;
+        }
+        let params = pg_sys::makeParamList(n as i32);
+        let slots = (*params).params.as_mut_slice(n);
+        for i in 0..n {
+            slots[i] = pg_sys::ParamExternData {
+                value: values[i],
+                isnull: nulls[i] == b'n' as std::os::raw::c_char,
+                pflags: pg_sys::PARAM_FLAG_CONST as u16,
+                ptype: plan.types[i],
+            };
+        }
+        /// Puts the source's options back however planning ends (an ERROR unwinds through it).
+        struct Options(*mut pg_sys::CachedPlanSource, i32);
+        impl Drop for Options {
+            fn drop(&mut self) {
+                unsafe { (*self.0).cursor_options = self.1 };
+            }
+        }
+        let saved = Options(ps, (*ps).cursor_options);
+        (*ps).cursor_options = saved.1 | pg_sys::CURSOR_OPT_CUSTOM_PLAN as i32;
+        let custom = pg_sys::GetCachedPlan(ps, params, std::ptr::null_mut(), std::ptr::null_mut());
+        (*ps).cursor_options = saved.1 | pg_sys::CURSOR_OPT_GENERIC_PLAN as i32;
+        let generic = pg_sys::GetCachedPlan(ps, params, std::ptr::null_mut(), std::ptr::null_mut());
+        drop(saved);
+        let same = same_statements((*custom).stmt_list, (*generic).stmt_list);
+        pg_sys::ReleaseCachedPlan(custom, std::ptr::null_mut());
+        pg_sys::ReleaseCachedPlan(generic, std::ptr::null_mut());
+        Some(same)
+    }
+}
+
+/// From now on the statement runs its generic plan (planned again only when invalidated).
+unsafe fn keep_generic(plan: &Plan) {
+    unsafe {
+        if let Some(ps) = plan_source(plan) {
+            (*ps).cursor_options |= pg_sys::CURSOR_OPT_GENERIC_PLAN as i32;
+        }
+    }
+}
+
+unsafe fn list_items<T>(list: *mut pg_sys::List) -> Vec<*mut T> {
+    unsafe {
+        if list.is_null() {
+            return vec![];
+        }
+        (0..(*list).length as usize)
+            .map(|i| (*(*list).elements.add(i)).ptr_value as *mut T)
+            .collect()
+    }
+}
+
+unsafe fn same_statements(a: *mut pg_sys::List, b: *mut pg_sys::List) -> bool {
+    unsafe {
+        let (a, b) = (list_items::<pg_sys::Node>(a), list_items::<pg_sys::Node>(b));
+        a.len() == b.len()
+            && a.iter().zip(&b).all(|(&x, &y)| {
+                if (*x).type_ != pg_sys::NodeTag::T_PlannedStmt
+                    || (*y).type_ != pg_sys::NodeTag::T_PlannedStmt
+                {
+                    return false;
+                }
+                let (x, y) = (x as *mut pg_sys::PlannedStmt, y as *mut pg_sys::PlannedStmt);
+                (*x).commandType == (*y).commandType
+                    && same_plan((*x).planTree, (*y).planTree)
+                    && same_plans((*x).subplans, (*y).subplans)
+            })
+    }
+}
+
+unsafe fn same_plans(a: *mut pg_sys::List, b: *mut pg_sys::List) -> bool {
+    unsafe {
+        let (a, b) = (list_items::<pg_sys::Plan>(a), list_items::<pg_sys::Plan>(b));
+        a.len() == b.len() && a.iter().zip(&b).all(|(&x, &y)| same_plan(x, y))
+    }
+}
+
+/// The same plan shape: node by node the same kind, over the same range-table entry and index,
+/// with the same join type and aggregation strategy. Node kinds with children this does not
+/// know are never the same (the choice then stays PostgreSQL's).
+unsafe fn same_plan(a: *mut pg_sys::Plan, b: *mut pg_sys::Plan) -> bool {
+    use pg_sys::NodeTag as T;
+    unsafe {
+        match (a.is_null(), b.is_null()) {
+            (true, true) => return true,
+            (false, false) => {}
+            _ => return false,
+        }
+        let tag = (*a).type_;
+        if tag != (*b).type_ {
+            return false;
+        }
+        let node = match tag {
+            T::T_Result
+            | T::T_ProjectSet
+            | T::T_Material
+            | T::T_Memoize
+            | T::T_Sort
+            | T::T_IncrementalSort
+            | T::T_Group
+            | T::T_WindowAgg
+            | T::T_Unique
+            | T::T_Gather
+            | T::T_GatherMerge
+            | T::T_Hash
+            | T::T_LockRows
+            | T::T_Limit
+            | T::T_SetOp => true,
+            T::T_SeqScan
+            | T::T_BitmapHeapScan
+            | T::T_TidScan
+            | T::T_TidRangeScan
+            | T::T_FunctionScan
+            | T::T_ValuesScan
+            | T::T_CteScan
+            | T::T_WorkTableScan => {
+                (*(a as *mut pg_sys::Scan)).scanrelid == (*(b as *mut pg_sys::Scan)).scanrelid
+            }
+            T::T_IndexScan => {
+                let (x, y) = (a as *mut pg_sys::IndexScan, b as *mut pg_sys::IndexScan);
+                (*x).scan.scanrelid == (*y).scan.scanrelid && (*x).indexid == (*y).indexid
+            }
+            T::T_IndexOnlyScan => {
+                let (x, y) = (
+                    a as *mut pg_sys::IndexOnlyScan,
+                    b as *mut pg_sys::IndexOnlyScan,
+                );
+                (*x).scan.scanrelid == (*y).scan.scanrelid && (*x).indexid == (*y).indexid
+            }
+            T::T_BitmapIndexScan => {
+                let (x, y) = (
+                    a as *mut pg_sys::BitmapIndexScan,
+                    b as *mut pg_sys::BitmapIndexScan,
+                );
+                (*x).scan.scanrelid == (*y).scan.scanrelid && (*x).indexid == (*y).indexid
+            }
+            T::T_BitmapAnd => same_plans(
+                (*(a as *mut pg_sys::BitmapAnd)).bitmapplans,
+                (*(b as *mut pg_sys::BitmapAnd)).bitmapplans,
+            ),
+            T::T_BitmapOr => same_plans(
+                (*(a as *mut pg_sys::BitmapOr)).bitmapplans,
+                (*(b as *mut pg_sys::BitmapOr)).bitmapplans,
+            ),
+            T::T_Append => same_plans(
+                (*(a as *mut pg_sys::Append)).appendplans,
+                (*(b as *mut pg_sys::Append)).appendplans,
+            ),
+            T::T_MergeAppend => same_plans(
+                (*(a as *mut pg_sys::MergeAppend)).mergeplans,
+                (*(b as *mut pg_sys::MergeAppend)).mergeplans,
+            ),
+            T::T_SubqueryScan => {
+                let (x, y) = (
+                    a as *mut pg_sys::SubqueryScan,
+                    b as *mut pg_sys::SubqueryScan,
+                );
+                (*x).scan.scanrelid == (*y).scan.scanrelid && same_plan((*x).subplan, (*y).subplan)
+            }
+            T::T_NestLoop | T::T_MergeJoin | T::T_HashJoin => {
+                (*(a as *mut pg_sys::Join)).jointype == (*(b as *mut pg_sys::Join)).jointype
+            }
+            T::T_Agg => {
+                (*(a as *mut pg_sys::Agg)).aggstrategy == (*(b as *mut pg_sys::Agg)).aggstrategy
+            }
+            _ => false,
+        };
+        node && same_plan((*a).lefttree, (*b).lefttree) && same_plan((*a).righttree, (*b).righttree)
+    }
 }
 
 unsafe fn first_of_result() -> Result<Option<pg_sys::Datum>> {

@@ -631,3 +631,94 @@ fn queries_respect_tenant_isolation() {
         "42501",
     );
 }
+
+/// A kept query whose plan is the same for every value runs its generic plan after its first
+/// calls (it is no longer planned per call); one whose plan depends on the value stays planned per
+/// call. Read from auto_explain's plans of udm's nested statements: a generic plan shows `$n`
+/// where a plan for the call's values shows the values.
+#[test]
+fn a_query_planned_alike_for_every_value_keeps_its_generic_plan() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "genplan");
+    json(
+        &mut m.client,
+        r#"SELECT udm_define_entity('item', '{"fields": [{"name": "name", "type": "text"},
+            {"name": "code", "type": "integer"},
+            {"name": "kind", "type": "select", "values": ["common", "rare"]}]}')"#,
+    );
+    json(&mut m.client, "SELECT udm_add_index('item', ARRAY['code'])");
+    json(&mut m.client, "SELECT udm_add_index('item', ARRAY['kind'])");
+    let t = m.tenant.clone();
+    m.client
+        .batch_execute(&format!(
+            "INSERT INTO \"{t}\".item (name, code, kind) SELECT 'item ' || i, i, \
+             CASE WHEN i <= 5 THEN 'rare' ELSE 'common' END FROM generate_series(1, 3000) i"
+        ))
+        .unwrap();
+    // as the owner: the planner's statistics
+    adm.batch_execute(&format!("ANALYZE \"{t}\".item")).unwrap();
+    let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = logged.clone();
+    let mut c = conn_string("postgres")
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |n| seen.lock().unwrap().push(n.message().to_string()))
+        .connect(postgres::NoTls)
+        .unwrap();
+    c.batch_execute(&format!(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; \
+         SET auto_explain.log_nested_statements = on; SET client_min_messages = log; \
+         SELECT udm_use({})",
+        lit(&t)
+    ))
+    .unwrap();
+    // the plan of the item query each call ran, and the call's answer
+    let run = |c: &mut postgres::Client, filters: Value| -> (String, Value) {
+        logged.lock().unwrap().clear();
+        let spec = json!({"columns": ["name"], "filters": filters, "sort": ["name"]});
+        let v = json(
+            c,
+            &format!("SELECT udm_query('item', {})", lit(&spec.to_string())),
+        );
+        let plans = logged.lock().unwrap();
+        let plan = plans
+            .iter()
+            .rev()
+            .find(|p| p.contains("Query Text: SELECT") && p.contains("\"item\""))
+            .unwrap_or_else(|| panic!("no plan of the item query in {plans:?}"))
+            .clone();
+        (plan, v)
+    };
+    // by code: an index scan for every code; the third call, the plan having had the generic
+    // plan's shape twice, runs the generic plan, and so do the calls after it
+    for i in 1..=8 {
+        let code = 100 + i * 37;
+        let (plan, v) = run(&mut c, json!({"code": code}));
+        assert_eq!(names(&v), vec![format!("item {code}")]);
+        let line = plan
+            .lines()
+            .find(|l| l.contains("Index Cond"))
+            .unwrap_or_else(|| panic!("call {i}: not an index scan:\n{plan}"));
+        if i <= 2 {
+            assert!(line.contains(&code.to_string()), "call {i}:\n{plan}");
+        } else {
+            assert!(
+                line.contains('$') && !line.contains(&code.to_string()),
+                "call {i} was planned for its value:\n{plan}"
+            );
+        }
+    }
+    // by kind: an index scan for the rare kind, a sequential scan for the common one; planned
+    // per call throughout
+    for i in 1..=6 {
+        let kind = if i % 2 == 0 { "common" } else { "rare" };
+        let (plan, v) = run(&mut c, json!({"kind": kind}));
+        let got = names(&v);
+        if kind == "rare" {
+            assert_eq!(got, ["item 1", "item 2", "item 3", "item 4", "item 5"]);
+        } else {
+            assert_eq!(got.first().map(String::as_str), Some("item 10"), "{v}");
+        }
+        assert!(plan.contains(&format!("'{kind}'")), "call {i}:\n{plan}");
+    }
+}

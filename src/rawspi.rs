@@ -25,17 +25,19 @@ pub struct Plan {
 /// worse than for a value; udm's queries filter on `$n` throughout). So udm watches the first
 /// calls: when each call's plan has the generic plan's shape (the same nodes over the same
 /// relations and indexes, joined and aggregated the same way), the statement keeps the generic
-/// plan and is not planned again; as soon as one differs, PostgreSQL's choice stands.
+/// plan and is not planned again; as soon as one differs, PostgreSQL's choice stands. Watching a
+/// call costs two plannings (one for its values, and the generic plan, built once and kept).
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Choice {
-    /// Calls seen whose plan had the generic plan's shape.
-    Watching(u8),
+    /// The first call is not watched (a statement run once in a backend costs no more planning);
+    /// later calls count those whose plan had the generic plan's shape.
+    Watching { calls: u8, alike: u8 },
     /// Settled: generic, or PostgreSQL's choice.
     Settled,
 }
 
 /// Calls whose plan must have the generic plan's shape before the statement keeps it.
-const SAME_SHAPE_CALLS: u8 = 3;
+const ALIKE_CALLS: u8 = 2;
 
 impl Plan {
     /// Memory the kept plan holds (its contexts).
@@ -131,7 +133,7 @@ pub fn prepare_with(sql: &str, types: &[pg_sys::Oid], options: i32) -> Result<Pl
             choice: std::cell::Cell::new(if chosen || nargs == 0 {
                 Choice::Settled
             } else {
-                Choice::Watching(0)
+                Choice::Watching { calls: 0, alike: 0 }
             }),
             types,
         })
@@ -364,16 +366,25 @@ fn execute(
     read_only: bool,
     limit: i64,
 ) -> Result<()> {
-    if let Choice::Watching(n) = plan.choice.get() {
-        plan.choice
-            .set(match unsafe { same_shape(plan, values, nulls) } {
-                Some(true) if n + 1 >= SAME_SHAPE_CALLS => {
-                    unsafe { keep_generic(plan) };
-                    Choice::Settled
-                }
-                Some(true) => Choice::Watching(n + 1),
-                _ => Choice::Settled,
-            });
+    match plan.choice.get() {
+        Choice::Watching { calls: 0, alike } => {
+            plan.choice.set(Choice::Watching { calls: 1, alike })
+        }
+        Choice::Watching { calls, alike } => {
+            plan.choice
+                .set(match unsafe { same_shape(plan, values, nulls) } {
+                    Some(true) if alike + 1 >= ALIKE_CALLS => {
+                        unsafe { keep_generic(plan) };
+                        Choice::Settled
+                    }
+                    Some(true) => Choice::Watching {
+                        calls: calls + 1,
+                        alike: alike + 1,
+                    },
+                    _ => Choice::Settled,
+                })
+        }
+        Choice::Settled => {}
     }
     let rc = unsafe {
         pg_sys::SPI_execute_plan(

@@ -140,7 +140,23 @@ fn limits() -> Limits {
     }
 }
 
+/// The limits' fingerprint, written again only when a setting changed.
+fn limits_fingerprint(lim: &Limits) -> Rc<str> {
+    LAST_LIMITS.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((l, fp)) if l == lim => fp.clone(),
+            _ => {
+                let fp: Rc<str> = lim.fingerprint().into();
+                *last = Some((lim.clone(), fp.clone()));
+                fp
+            }
+        }
+    })
+}
+
 thread_local! {
+    static LAST_LIMITS: std::cell::RefCell<Option<(Limits, Rc<str>)>> = const { std::cell::RefCell::new(None) };
     static SCHEMAS: Cache<String, Rc<GqlSchema>> = Lru::new("graphql schemas");
     static DOCUMENTS: Cache<String, Rc<Document>> = Lru::new("graphql documents");
     static PLANS: Cache<(Planning, String), Rc<rawspi::Plan>> = Lru::new("graphql statements");
@@ -217,36 +233,46 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
-/// The variables with every UUID replaced by a mark (the memo's key), and where the UUIDs were.
-fn masked(v: &Value, path: &mut Vec<PathKey>, found: &mut Vec<(Vec<PathKey>, String)>) -> Value {
+/// Writes the variables into `out` as JSON with every UUID replaced by a mark (the memo's key),
+/// and notes where the UUIDs were.
+fn write_masked(
+    v: &Value,
+    path: &mut Vec<PathKey>,
+    found: &mut Vec<(Vec<PathKey>, String)>,
+    out: &mut String,
+) {
     match v {
         Value::String(s) if is_uuid(s) => {
             found.push((path.clone(), s.clone()));
-            Value::String("\u{1}uuid".into())
+            out.push_str("\"\\u0001uuid\"");
         }
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, x)| {
-                    path.push(PathKey::Index(i));
-                    let m = masked(x, path, found);
-                    path.pop();
-                    m
-                })
-                .collect(),
-        ),
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, x)| {
-                    path.push(PathKey::Key(k.clone()));
-                    let m = masked(x, path, found);
-                    path.pop();
-                    (k.clone(), m)
-                })
-                .collect(),
-        ),
-        other => other.clone(),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, x) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                path.push(PathKey::Index(i));
+                write_masked(x, path, found, out);
+                path.pop();
+            }
+            out.push(']');
+        }
+        Value::Object(o) => {
+            out.push('{');
+            for (i, (k, x)) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                path.push(PathKey::Key(k.clone()));
+                write_masked(x, path, found, out);
+                path.pop();
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
     }
 }
 
@@ -378,23 +404,26 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
         Ok(x) => x,
         Err(e) => return JsonOut::Json(response(None, &[GqlError::from(e)], None)),
     };
-    let (doc, doc_key) = match document(&schema, &schema_key, query, &lim) {
-        Ok(d) => d,
-        Err(errs) => return JsonOut::Json(response(None, &errs, None)),
-    };
-    let functions = match functions_schema() {
-        Ok(f) => f,
-        Err(e) => return JsonOut::Json(response(None, &[GqlError::from(e)], None)),
-    };
     let empty = json!({});
     let vars = variables.unwrap_or(&empty);
-    // a query planned before for this document, operation and variables (UUIDs aside)
+    // a query planned before for this schema, limits, operation, variables (UUIDs aside) and
+    // document, looked up before the document is: a query asked again is not parsed again
     let mut uuids = Vec::new();
-    let memo_key = format!(
-        "{doc_key}|{}|{}",
-        operation_name.unwrap_or(""),
-        masked(vars, &mut Vec::new(), &mut uuids)
-    );
+    let fingerprint = limits_fingerprint(&lim);
+    let op = operation_name.unwrap_or("");
+    let mut memo_key =
+        String::with_capacity(schema_key.len() + fingerprint.len() + op.len() + query.len() + 64);
+    memo_key.push_str(&schema_key);
+    memo_key.push('|');
+    memo_key.push_str(&fingerprint);
+    memo_key.push('|');
+    memo_key.push_str(&op.len().to_string());
+    memo_key.push(':');
+    memo_key.push_str(op);
+    memo_key.push('|');
+    write_masked(vars, &mut Vec::new(), &mut uuids, &mut memo_key);
+    memo_key.push('|');
+    memo_key.push_str(query);
     cache::sync(&MEMOS, catalog::generation());
     if let Some(m) = cache::get(&MEMOS, &memo_key) {
         let mut fields = m.fields.clone();
@@ -407,6 +436,14 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
             return run_query(fields);
         }
     }
+    let (doc, _) = match document(&schema, &schema_key, query, &lim) {
+        Ok(d) => d,
+        Err(errs) => return JsonOut::Json(response(None, &errs, None)),
+    };
+    let functions = match functions_schema() {
+        Ok(f) => f,
+        Err(e) => return JsonOut::Json(response(None, &[GqlError::from(e)], None)),
+    };
     let plan = |vars: &Value| {
         let mut new_id = || udm_core::ids::uuid_text(&crate::records::uuid_v7());
         let mut ctx = Context {

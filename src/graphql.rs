@@ -159,7 +159,7 @@ thread_local! {
     static LAST_LIMITS: std::cell::RefCell<Option<(Limits, Rc<str>)>> = const { std::cell::RefCell::new(None) };
     static SCHEMAS: Cache<String, Rc<GqlSchema>> = Lru::new("graphql schemas");
     static DOCUMENTS: Cache<String, Rc<Document>> = Lru::new("graphql documents");
-    static PLANS: Cache<(Planning, String), Rc<rawspi::Plan>> = Lru::new("graphql statements");
+    static PLANS: Cache<(Planning, Rc<str>), Rc<rawspi::Plan>> = Lru::new("graphql statements");
     static FUNCTIONS_SCHEMA: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 

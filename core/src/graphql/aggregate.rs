@@ -174,7 +174,7 @@ pub(crate) fn plan(p: &mut Planner, entity: &str, fs: &[&Node<Field>]) -> R<(Vec
     );
     Ok((
         vec![Op::Run {
-            sql: stmt,
+            sql: stmt.into(),
             args: values.into_iter().map(Arg::Text).collect(),
             planning: Planning::PerCall,
         }],

@@ -94,7 +94,7 @@ pub(crate) fn plan(
                 function(p, "udm_update")
             );
             ops.push(Op::Run {
-                sql,
+                sql: sql.into(),
                 args: vec![
                     Arg::Text(Some(entity.into())),
                     Arg::Text(id.clone()),
@@ -119,7 +119,7 @@ pub(crate) fn plan(
                     records::version_sql(p.ctx.model.schema(), def)
                 );
                 ops.push(Op::Run {
-                    sql,
+                    sql: sql.into(),
                     args: vec![Arg::Text(id.clone())],
                     planning: Planning::Cached,
                 });
@@ -129,7 +129,7 @@ pub(crate) fn plan(
             let record = ops.iter().filter(|o| matches!(o, Op::Run { .. })).count() - 1;
             let sql = format!("SELECT {}($1::text, $2::uuid)", function(p, "udm_delete"));
             ops.push(Op::Run {
-                sql,
+                sql: sql.into(),
                 args: vec![Arg::Text(Some(entity.into())), Arg::Text(id)],
                 planning: Planning::Cached,
             });
@@ -165,7 +165,7 @@ pub(crate) fn plan(
                 }
                 let sql = format!("WITH d AS (DELETE FROM {table} t0 WHERE t0.\"id\" = ANY ($1::uuid[]) RETURNING 1) SELECT count(*) FROM d");
                 ops.push(Op::Run {
-                    sql,
+                    sql: sql.into(),
                     args: vec![Arg::Ids(0)],
                     planning: Planning::Cached,
                 });
@@ -346,7 +346,7 @@ fn insert_batch(p: &Planner, entity: &str, rows: &[Value]) -> Result<Op, GqlErro
     let batch = records::check_batch(def, &rows)?;
     let sql = records::insert_many_sql(p.ctx.model.schema(), def, &batch, false);
     Ok(Op::Run {
-        sql,
+        sql: sql.into(),
         args: vec![Arg::Text(Some(rows.to_string()))],
         planning: Planning::Cached,
     })
@@ -392,7 +392,7 @@ fn upsert(
     // the upsert returns two counts; the surface takes the first column
     Ok((
         Op::Run {
-            sql,
+            sql: sql.into(),
             args: vec![Arg::Text(Some(rows.to_string()))],
             planning: Planning::Cached,
         },
@@ -423,7 +423,7 @@ fn matching_ids(p: &Planner, entity: &str, filter: &Value, at_most: i64) -> Resu
         cond.map(|c| format!(" WHERE {c}")).unwrap_or_default()
     );
     Ok(Op::Run {
-        sql,
+        sql: sql.into(),
         args: values.into_iter().map(Arg::Text).collect(),
         planning: Planning::PerCall,
     })
@@ -462,7 +462,7 @@ fn update_many(p: &Planner, entity: &str, set: &Value) -> Result<Op, GqlError> {
         sets.join(", ")
     );
     Ok(Op::Run {
-        sql,
+        sql: sql.into(),
         args,
         planning: Planning::Cached,
     })
@@ -519,7 +519,7 @@ fn read(
         args[0] = Arg::Ids(i);
     }
     Ok(Op::Run {
-        sql: stmt,
+        sql: stmt.into(),
         args,
         planning: Planning::Cached,
     })
@@ -537,7 +537,7 @@ fn read_one(
     let mut sql = Sql::new(p.ctx.model);
     let e = sql.record(entity, &sels, None, Some(json!({"id": {"eq": id}})))?;
     Ok(Op::Run {
-        sql: format!("SELECT {e}"),
+        sql: format!("SELECT {e}").into(),
         args: sql.values.into_iter().map(Arg::Text).collect(),
         planning: Planning::Cached,
     })

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 /// surface turns into JSON).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Statement {
-    pub sql: String,
+    pub sql: std::rc::Rc<str>,
     /// `$1`, `$2`, … as text (None is NULL).
     pub params: Vec<Option<String>>,
     pub planning: Planning,
@@ -62,7 +62,7 @@ pub(crate) enum Arg {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Op {
     Run {
-        sql: String,
+        sql: std::rc::Rc<str>,
         args: Vec<Arg>,
         planning: Planning,
     },
@@ -216,7 +216,7 @@ impl FieldPlan {
         self.ops
             .iter()
             .filter_map(|o| match o {
-                Op::Run { sql, .. } => Some(sql.as_str()),
+                Op::Run { sql, .. } => Some(&**sql),
                 _ => None,
             })
             .collect()

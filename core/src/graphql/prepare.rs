@@ -197,7 +197,7 @@ type Plan = (Vec<Op>, Finish);
 
 fn run(sql: String, values: Vec<Option<String>>, planning: Planning) -> Op {
     Op::Run {
-        sql,
+        sql: sql.into(),
         args: values.into_iter().map(Arg::Text).collect(),
         planning,
     }

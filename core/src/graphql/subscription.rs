@@ -157,7 +157,7 @@ impl SubscriptionPlan {
         let mut params = bind(&json!({ "filters": filter }), &t)?;
         params.push(image_value);
         Ok(Some(Statement {
-            sql: t.sql,
+            sql: t.sql.into(),
             params,
             planning: Planning::Cached,
         }))
@@ -175,7 +175,7 @@ impl SubscriptionPlan {
         let mut sql = Sql::new(model);
         let e = sql.record(&self.entity, sels, None, Some(json!({"id": {"eq": id}})))?;
         Ok(Some(Statement {
-            sql: format!("SELECT {e}"),
+            sql: format!("SELECT {e}").into(),
             params: sql.values,
             planning: Planning::Cached,
         }))

@@ -192,7 +192,7 @@ fn mutations() {
         json!({}),
     );
     assert_eq!(
-        sts[0].sql,
+        &*sts[0].sql,
         "SELECT \"udm\".\"udm_update\"($1::text, $2::uuid, $3::jsonb, $4::integer)"
     );
     assert_eq!(
@@ -233,7 +233,7 @@ fn mutations() {
         json!({}),
     );
     assert_eq!(
-        sts[0].sql,
+        &*sts[0].sql,
         "SELECT \"udm\".\"udm_add_field\"($1::text, $2::jsonb)"
     );
     assert!(sts[0].params[1]

@@ -618,7 +618,7 @@ finfo_v1!(pg_finfo_udm_blind_index);
 /// What one call site of `udm.decrypt_field` (its constant schema, entity and field) resolved,
 /// kept for the rest of the statement in the call's `fn_extra`: tenant, membership, entity, field,
 /// whether the session may read it, the tenant's keys.
-struct CallSite {
+pub struct CallSite {
     schema: String,
     entity: String,
     field: u32,
@@ -629,7 +629,27 @@ struct CallSite {
     keys: Option<Rc<TenantKeys>>,
 }
 
-fn call_site(schema: &str, entity: &str, field: u32) -> Result<CallSite> {
+impl CallSite {
+    /// Whether the session may read the field (else its values read as NULL).
+    pub fn allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// `field "…" of entity "…" in tenant "…"`, for messages.
+    pub fn what(&self) -> String {
+        field_what(&self.t, &self.e.def.slug, &self.def.name)
+    }
+
+    /// The plaintext of a stored value of record `id` (for a reader `allowed`).
+    pub fn open(&self, id: &[u8; 16], stored: &str) -> Result<String> {
+        open_value_with(&self.t, &self.e, &self.def, id, stored, self.keys.as_ref())
+    }
+}
+
+/// Resolves an encrypted field (`schema`, `entity`, field id) for reads that open its values:
+/// the caller is a member, the field is encrypted, whether the session may read it, and (if so)
+/// the tenant's keys. Errors as `udm.decrypt_field` raises them.
+pub fn call_site(schema: &str, entity: &str, field: u32) -> Result<CallSite> {
     let (t, e) = resolve(schema, entity)?;
     let def = sealed_field(&t, &e, field)?.clone();
     let allowed = may_read(&t, &e, &def)?;

@@ -166,6 +166,18 @@ pub struct TenantKeys {
     index: Option<c::Blinder>,
 }
 
+impl TenantKeys {
+    /// Data key `id`, made ready; `55000` naming the field (`what`) when the tenant has none.
+    fn data_key(&self, what: &dyn Fn() -> String, id: i32) -> Result<&c::Sealer> {
+        self.data.get(&id).ok_or_else(|| no_such_key(what, id))
+    }
+
+    /// The index key, made ready.
+    fn index_key(&self, what: &dyn Fn() -> String) -> Result<&c::Blinder> {
+        self.index.as_ref().ok_or_else(|| no_such_key(what, 1))
+    }
+}
+
 thread_local! {
     static KEYS: RefCell<HashMap<String, Rc<TenantKeys>>> = RefCell::new(HashMap::new());
 }
@@ -472,10 +484,7 @@ pub fn seal_for_write(
             ))
         })?;
         let k = keys(t, &what, Some(env.key_id))?;
-        let dk = k
-            .data
-            .get(&env.key_id)
-            .ok_or_else(|| no_such_key(&what, env.key_id))?;
+        let dk = k.data_key(&what, env.key_id)?;
         c::open_with(dk, &env, record, spec.field).map_err(|e| {
             UdmError::new(
                 SqlState::InvalidParameterValue,
@@ -503,12 +512,9 @@ pub fn seal_for_write(
         run_check(sql, value)?;
     }
     let k = keys(t, &what, None)?;
-    let dk = k
-        .data
-        .get(&k.active)
-        .ok_or_else(|| no_such_key(&what, k.active))?;
+    let dk = k.data_key(&what, k.active)?;
     let blind = if spec.blind {
-        let ik = k.index.as_ref().ok_or_else(|| no_such_key(&what, 1))?;
+        let ik = k.index_key(&what)?;
         Some(ik.blind(spec.field, value.as_bytes()))
     } else {
         None
@@ -582,10 +588,7 @@ fn open_value_with(
         Some(k) if k.data.contains_key(&env.key_id) => k.clone(),
         _ => keys(t, &what, Some(env.key_id))?,
     };
-    let dk = k
-        .data
-        .get(&env.key_id)
-        .ok_or_else(|| no_such_key(&what, env.key_id))?;
+    let dk = k.data_key(&what, env.key_id)?;
     let plain = c::open_with(dk, &env, id, f.id).map_err(|e| e.context(what()))?;
     String::from_utf8(plain).map_err(|_| {
         UdmError::new(
@@ -739,7 +742,7 @@ fn blind_for(schema: &str, entity: &str, field: u32, plain: &str) -> Result<Stri
     }
     let what = || field_what(&t, &e.def.slug, &f.name);
     let k = keys(&t, &what, None)?;
-    let ik = k.index.as_ref().ok_or_else(|| no_such_key(&what, 1))?;
+    let ik = k.index_key(&what)?;
     Ok(ik.blind(f.id, plain.as_bytes()))
 }
 
@@ -994,7 +997,7 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         .iter()
         .map(|f| {
             let col = quote_ident(&f.column);
-            format!("({col} IS NOT NULL AND split_part({col}, ':', 2) <> $1)")
+            format!("({col} IS NOT NULL AND {} <> $1)", c::key_id_sql(&col))
         })
         .collect::<Vec<_>>()
         .join(" OR ");
@@ -1037,17 +1040,11 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
                 };
                 let w = || field_what(&t, &e.def.slug, &f.name);
                 let kk = keys(&t, &w, Some(env.key_id))?;
-                let old_key = kk
-                    .data
-                    .get(&env.key_id)
-                    .ok_or_else(|| no_such_key(&w, env.key_id))?;
+                let old_key = kk.data_key(&w, env.key_id)?;
                 let plain = zeroize::Zeroizing::new(
                     c::open_with(old_key, &env, &id, f.id).map_err(|err| err.context(w()))?,
                 );
-                let new_key = kk
-                    .data
-                    .get(&kk.active)
-                    .ok_or_else(|| no_such_key(&w, kk.active))?;
+                let new_key = kk.data_key(&w, kk.active)?;
                 let blind = (!env.blind.is_empty()).then_some(env.blind);
                 let sealed = c::seal_with(new_key, kk.active, blind, &id, f.id, &plain)?;
                 obj.insert(f.column.clone(), serde_json::Value::String(sealed));

@@ -262,6 +262,18 @@ pub struct Envelope<'a> {
     pub body: &'a str,
 }
 
+/// The SQL of the blind index stored in an encrypted value (`column_sql`, a text expression):
+/// the one expression the unique constraints and indexes of encrypted fields are built on and
+/// the equality filters compare with, so that the indexes serve them.
+pub fn blind_index_sql(column_sql: &str) -> String {
+    format!("split_part({column_sql}, ':', 3)")
+}
+
+/// The SQL of the id (text) of the data key that sealed an encrypted value.
+pub fn key_id_sql(column_sql: &str) -> String {
+    format!("split_part({column_sql}, ':', 2)")
+}
+
 /// Whether a stored text has the form of an encrypted value (`udm1:`...).
 pub fn looks_sealed(s: &str) -> bool {
     s.starts_with(PREFIX)
@@ -323,6 +335,8 @@ fn value_aad(record: &[u8; 16], field: u32, key_id: i32, blind: &str) -> Result<
 
 /// Seals `plaintext` of field `field` of record `record` under data key `key_id`, with its blind
 /// index (hex, from `blind_index`) when the field has one.
+/// (For unit tests: udm holds its keys made ready, `Sealer` / `Blinder`.)
+#[cfg(test)]
 pub fn seal(
     key: &Key,
     key_id: i32,
@@ -374,6 +388,8 @@ pub fn seal_with(
 /// Opens a sealed value of field `field` of record `record` (the key is the one `env.key_id`
 /// names). Fails, without saying more, when the value was moved from another record or field,
 /// or any part of it changed.
+/// (For unit tests: udm holds its keys made ready, `Sealer` / `Blinder`.)
+#[cfg(test)]
 pub fn open(key: &Key, env: &Envelope<'_>, record: &[u8; 16], field: u32) -> Result<Vec<u8>> {
     open_with(&key.sealer(), env, record, field)
 }
@@ -418,6 +434,8 @@ pub fn open_with(
 
 /// The blind index of `plaintext` in field `field`: hex of HMAC-SHA256(index key, field id ||
 /// plaintext), cut to 128 bits.
+/// (For unit tests: udm holds its keys made ready, `Sealer` / `Blinder`.)
+#[cfg(test)]
 pub fn blind_index(index_key: &Key, field: u32, plaintext: &[u8]) -> String {
     index_key.blinder().blind(field, plaintext)
 }

@@ -1492,3 +1492,47 @@ fn pages_open_encrypted_values_outside_sql_and_read_as_a_plain_entity_does() {
     );
     assert_eq!(page["rows"], json!([]));
 }
+
+#[test]
+fn events_name_the_changed_encrypted_fields_and_carry_no_values() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enev");
+    customer(&mut m.client);
+    let rec = insert(&mut m.client, "Ada", SSN, MAIL);
+    let id = rec["id"].as_str().unwrap().to_string();
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_update('customer', {}, '{{\"ssn\": \"987-65-4321\"}}')",
+            lit(&id)
+        ),
+    );
+    json(
+        &mut m.client,
+        r#"SELECT udm_subscribe('customer', ARRAY['UPDATE'], 'ssn-watch', '{"ssn": "987-65-4321"}')"#,
+    );
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_update('customer', {}, '{{\"notes\": \"n2\"}}')",
+            lit(&id)
+        ),
+    );
+    for sql in [
+        "SELECT udm_events(0, 100)",
+        "SELECT udm_consume('enc-reader', 100)",
+    ] {
+        let ev = json(&mut m.client, sql);
+        let events = ev["events"].as_array().unwrap();
+        assert_eq!(events.len(), 3, "{ev}");
+        let text = ev.to_string();
+        // names of changed fields only: no plaintext, no ciphertext
+        for v in [SSN, "987-65-4321", MAIL, NOTE, "n2", "udm1:"] {
+            assert!(!text.contains(v), "{sql}: {v} in {text}");
+        }
+        assert_eq!(events[1]["changed_fields"], json!(["ssn"]), "{ev}");
+        assert_eq!(events[2]["changed_fields"], json!(["notes"]), "{ev}");
+        // a subscription's condition on an encrypted field compares through its blind index
+        assert_eq!(events[2]["targets"], json!(["ssn-watch"]), "{ev}");
+    }
+}

@@ -162,14 +162,24 @@ pub struct TenantKeys {
     generation: u64,
     /// The data key new values are sealed with (the newest).
     active: i32,
-    data: HashMap<i32, c::Sealer>,
+    /// The data keys by id (a few: a linear search is cheaper than hashing, once per value).
+    data: Vec<(i32, c::Sealer)>,
     index: Option<c::Blinder>,
 }
 
 impl TenantKeys {
     /// Data key `id`, made ready; `55000` naming the field (`what`) when the tenant has none.
     fn data_key(&self, what: &dyn Fn() -> String, id: i32) -> Result<&c::Sealer> {
-        self.data.get(&id).ok_or_else(|| no_such_key(what, id))
+        self.data
+            .iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, s)| s)
+            .ok_or_else(|| no_such_key(what, id))
+    }
+
+    /// Whether the tenant has data key `id`.
+    fn has(&self, id: i32) -> bool {
+        self.data.iter().any(|(k, _)| *k == id)
     }
 
     /// The index key, made ready.
@@ -195,7 +205,7 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
         rel,
         generation: catalog::generation(),
         active: 0,
-        data: HashMap::new(),
+        data: Vec::new(),
         index: None,
     };
     for r in rows.as_array().into_iter().flatten() {
@@ -216,7 +226,7 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
         match p {
             Purpose::Data => {
                 keys.active = keys.active.max(id);
-                keys.data.insert(id, key.sealer());
+                keys.data.push((id, key.sealer()));
             }
             Purpose::Index => keys.index = Some(key.blinder()),
         }
@@ -281,9 +291,7 @@ fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<T
     let fresh = KEYS.with(|k| {
         k.borrow()
             .get(&t.schema)
-            .filter(|k| {
-                k.generation == generation && want.is_none_or(|id| k.data.contains_key(&id))
-            })
+            .filter(|k| k.generation == generation && want.is_none_or(|id| k.has(id)))
             .cloned()
     });
     if let Some(k) = fresh {
@@ -298,9 +306,7 @@ fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<T
     };
     let cached = KEYS.with(|k| k.borrow().get(&t.schema).cloned());
     if let Some(k) = cached {
-        if k.rel == rel
-            && k.generation == catalog::generation()
-            && want.is_none_or(|id| k.data.contains_key(&id))
+        if k.rel == rel && k.generation == catalog::generation() && want.is_none_or(|id| k.has(id))
         {
             return Ok(k);
         }
@@ -585,7 +591,7 @@ fn open_value_with(
         .hint("it was written past udm's trigger (e.g. with triggers disabled)")
     })?;
     let k = match held {
-        Some(k) if k.data.contains_key(&env.key_id) => k.clone(),
+        Some(k) if k.has(env.key_id) => k.clone(),
         _ => keys(t, &what, Some(env.key_id))?,
     };
     let dk = k.data_key(&what, env.key_id)?;

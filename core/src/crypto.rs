@@ -282,10 +282,11 @@ pub fn looks_sealed(s: &str) -> bool {
 /// Splits a stored value into its parts; None when it is not of the envelope's form.
 pub fn parse_envelope(s: &str) -> Option<Envelope<'_>> {
     let rest = s.strip_prefix(PREFIX)?;
-    let mut it = rest.splitn(3, ':');
-    let id = it.next()?;
-    let blind = it.next()?;
-    let body = it.next()?;
+    // split at the first two colons (bytes: a colon is never inside a UTF-8 sequence)
+    let b = rest.as_bytes();
+    let i = b.iter().position(|&c| c == b':')?;
+    let j = i + 1 + b[i + 1..].iter().position(|&c| c == b':')?;
+    let (id, blind, body) = (&rest[..i], &rest[i + 1..j], &rest[j + 1..]);
     if id.is_empty() || id.len() > 10 || !id.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

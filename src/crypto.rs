@@ -162,8 +162,30 @@ pub struct TenantKeys {
     generation: u64,
     /// The data key new values are sealed with (the newest).
     active: i32,
-    data: HashMap<i32, c::Sealer>,
+    /// The data keys by id (a few: a linear search is cheaper than hashing, once per value).
+    data: Vec<(i32, c::Sealer)>,
     index: Option<c::Blinder>,
+}
+
+impl TenantKeys {
+    /// Data key `id`, made ready; `55000` naming the field (`what`) when the tenant has none.
+    fn data_key(&self, what: &dyn Fn() -> String, id: i32) -> Result<&c::Sealer> {
+        self.data
+            .iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, s)| s)
+            .ok_or_else(|| no_such_key(what, id))
+    }
+
+    /// Whether the tenant has data key `id`.
+    fn has(&self, id: i32) -> bool {
+        self.data.iter().any(|(k, _)| *k == id)
+    }
+
+    /// The index key, made ready.
+    fn index_key(&self, what: &dyn Fn() -> String) -> Result<&c::Blinder> {
+        self.index.as_ref().ok_or_else(|| no_such_key(what, 1))
+    }
 }
 
 thread_local! {
@@ -183,7 +205,7 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
         rel,
         generation: catalog::generation(),
         active: 0,
-        data: HashMap::new(),
+        data: Vec::new(),
         index: None,
     };
     for r in rows.as_array().into_iter().flatten() {
@@ -204,7 +226,7 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
         match p {
             Purpose::Data => {
                 keys.active = keys.active.max(id);
-                keys.data.insert(id, key.sealer());
+                keys.data.push((id, key.sealer()));
             }
             Purpose::Index => keys.index = Some(key.blinder()),
         }
@@ -269,9 +291,7 @@ fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<T
     let fresh = KEYS.with(|k| {
         k.borrow()
             .get(&t.schema)
-            .filter(|k| {
-                k.generation == generation && want.is_none_or(|id| k.data.contains_key(&id))
-            })
+            .filter(|k| k.generation == generation && want.is_none_or(|id| k.has(id)))
             .cloned()
     });
     if let Some(k) = fresh {
@@ -286,9 +306,7 @@ fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<T
     };
     let cached = KEYS.with(|k| k.borrow().get(&t.schema).cloned());
     if let Some(k) = cached {
-        if k.rel == rel
-            && k.generation == catalog::generation()
-            && want.is_none_or(|id| k.data.contains_key(&id))
+        if k.rel == rel && k.generation == catalog::generation() && want.is_none_or(|id| k.has(id))
         {
             return Ok(k);
         }
@@ -472,10 +490,7 @@ pub fn seal_for_write(
             ))
         })?;
         let k = keys(t, &what, Some(env.key_id))?;
-        let dk = k
-            .data
-            .get(&env.key_id)
-            .ok_or_else(|| no_such_key(&what, env.key_id))?;
+        let dk = k.data_key(&what, env.key_id)?;
         c::open_with(dk, &env, record, spec.field).map_err(|e| {
             UdmError::new(
                 SqlState::InvalidParameterValue,
@@ -503,12 +518,9 @@ pub fn seal_for_write(
         run_check(sql, value)?;
     }
     let k = keys(t, &what, None)?;
-    let dk = k
-        .data
-        .get(&k.active)
-        .ok_or_else(|| no_such_key(&what, k.active))?;
+    let dk = k.data_key(&what, k.active)?;
     let blind = if spec.blind {
-        let ik = k.index.as_ref().ok_or_else(|| no_such_key(&what, 1))?;
+        let ik = k.index_key(&what)?;
         Some(ik.blind(spec.field, value.as_bytes()))
     } else {
         None
@@ -579,13 +591,10 @@ fn open_value_with(
         .hint("it was written past udm's trigger (e.g. with triggers disabled)")
     })?;
     let k = match held {
-        Some(k) if k.data.contains_key(&env.key_id) => k.clone(),
+        Some(k) if k.has(env.key_id) => k.clone(),
         _ => keys(t, &what, Some(env.key_id))?,
     };
-    let dk = k
-        .data
-        .get(&env.key_id)
-        .ok_or_else(|| no_such_key(&what, env.key_id))?;
+    let dk = k.data_key(&what, env.key_id)?;
     let plain = c::open_with(dk, &env, id, f.id).map_err(|e| e.context(what()))?;
     String::from_utf8(plain).map_err(|_| {
         UdmError::new(
@@ -618,7 +627,7 @@ finfo_v1!(pg_finfo_udm_blind_index);
 /// What one call site of `udm.decrypt_field` (its constant schema, entity and field) resolved,
 /// kept for the rest of the statement in the call's `fn_extra`: tenant, membership, entity, field,
 /// whether the session may read it, the tenant's keys.
-struct CallSite {
+pub struct CallSite {
     schema: String,
     entity: String,
     field: u32,
@@ -629,7 +638,27 @@ struct CallSite {
     keys: Option<Rc<TenantKeys>>,
 }
 
-fn call_site(schema: &str, entity: &str, field: u32) -> Result<CallSite> {
+impl CallSite {
+    /// Whether the session may read the field (else its values read as NULL).
+    pub fn allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// `field "…" of entity "…" in tenant "…"`, for messages.
+    pub fn what(&self) -> String {
+        field_what(&self.t, &self.e.def.slug, &self.def.name)
+    }
+
+    /// The plaintext of a stored value of record `id` (for a reader `allowed`).
+    pub fn open(&self, id: &[u8; 16], stored: &str) -> Result<String> {
+        open_value_with(&self.t, &self.e, &self.def, id, stored, self.keys.as_ref())
+    }
+}
+
+/// Resolves an encrypted field (`schema`, `entity`, field id) for reads that open its values:
+/// the caller is a member, the field is encrypted, whether the session may read it, and (if so)
+/// the tenant's keys. Errors as `udm.decrypt_field` raises them.
+pub fn call_site(schema: &str, entity: &str, field: u32) -> Result<CallSite> {
     let (t, e) = resolve(schema, entity)?;
     let def = sealed_field(&t, &e, field)?.clone();
     let allowed = may_read(&t, &e, &def)?;
@@ -719,7 +748,7 @@ fn blind_for(schema: &str, entity: &str, field: u32, plain: &str) -> Result<Stri
     }
     let what = || field_what(&t, &e.def.slug, &f.name);
     let k = keys(&t, &what, None)?;
-    let ik = k.index.as_ref().ok_or_else(|| no_such_key(&what, 1))?;
+    let ik = k.index_key(&what)?;
     Ok(ik.blind(f.id, plain.as_bytes()))
 }
 
@@ -974,7 +1003,7 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         .iter()
         .map(|f| {
             let col = quote_ident(&f.column);
-            format!("({col} IS NOT NULL AND split_part({col}, ':', 2) <> $1)")
+            format!("({col} IS NOT NULL AND {} <> $1)", c::key_id_sql(&col))
         })
         .collect::<Vec<_>>()
         .join(" OR ");
@@ -1017,17 +1046,11 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
                 };
                 let w = || field_what(&t, &e.def.slug, &f.name);
                 let kk = keys(&t, &w, Some(env.key_id))?;
-                let old_key = kk
-                    .data
-                    .get(&env.key_id)
-                    .ok_or_else(|| no_such_key(&w, env.key_id))?;
+                let old_key = kk.data_key(&w, env.key_id)?;
                 let plain = zeroize::Zeroizing::new(
                     c::open_with(old_key, &env, &id, f.id).map_err(|err| err.context(w()))?,
                 );
-                let new_key = kk
-                    .data
-                    .get(&kk.active)
-                    .ok_or_else(|| no_such_key(&w, kk.active))?;
+                let new_key = kk.data_key(&w, kk.active)?;
                 let blind = (!env.blind.is_empty()).then_some(env.blind);
                 let sealed = c::seal_with(new_key, kk.active, blind, &id, f.id, &plain)?;
                 obj.insert(f.column.clone(), serde_json::Value::String(sealed));

@@ -102,6 +102,7 @@ impl RowsJson {
         cached: &RefCell<Option<Rc<RowsJson>>>,
         out: &RowsOutput,
         desc: pg_sys::TupleDesc,
+        as_types: &[(usize, pg_sys::Oid)],
     ) -> Result<Rc<RowsJson>> {
         unsafe {
             let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
@@ -123,7 +124,7 @@ impl RowsJson {
                 (0..keys).map(|i| (format!("k{i}"), n + i)).collect();
             let p = Rc::new(RowsJson {
                 types,
-                record: RowJson::new(desc, &record),
+                record: RowJson::new_as(desc, &record, as_types),
                 keys: RowJson::new(desc, &key_cols),
             });
             *cached.borrow_mut() = Some(p.clone());
@@ -283,14 +284,34 @@ fn execute_rows(c: &Compiled, out: &RowsOutput, binds: &[Option<String>]) -> Res
             return Err(UdmError::internal("udm: a page's count was not prepared"))
         }
     };
+    // the encrypted fields selected as stored: resolved before the rows are read (that may
+    // read the tenant's keys through SPI); an error (no master key, keys destroyed) is raised at
+    // the first value to open, as `udm.decrypt_field` raised it
+    let sealed: Vec<(
+        &q::SealedColumn,
+        Result<crate::crypto::CallSite>,
+        pg_sys::Oid,
+    )> = out
+        .sealed
+        .iter()
+        .map(|s| {
+            let site = crate::crypto::call_site(&s.sealed.schema, &s.sealed.entity, s.sealed.field);
+            Ok((s, site, read_type(&s.sealed)?))
+        })
+        .collect::<Result<_>>()?;
+    let as_types: Vec<(usize, pg_sys::Oid)> =
+        sealed.iter().map(|(s, _, t)| (s.column, *t)).collect();
     let bytes = rawspi::rows(&c.plan, binds, |desc, rows| unsafe {
-        let json = RowsJson::for_desc(&c.rows_json, out, desc)?;
+        let json = RowsJson::for_desc(&c.rows_json, out, desc, &as_types)?;
         let natts = (*desc).natts as usize;
         let mut values = vec![pg_sys::Datum::from(0usize); natts];
         let mut nulls = vec![false; natts];
         let mut records = Vec::with_capacity(rows.len());
         for &row in rows {
             pg_sys::heap_deform_tuple(row, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            for (s, site, typ) in &sealed {
+                open_column(s, site, *typ, &mut values, &mut nulls)?;
+            }
             records.push(json.record.build(&values, &nulls));
         }
         // after a full page, the cursor of its last row (still in `values`)
@@ -332,6 +353,77 @@ fn execute_rows(c: &Compiled, out: &RowsOutput, binds: &[Option<String>]) -> Res
         Ok(buf)
     })?;
     Ok(palloc_copy(&bytes))
+}
+
+/// The type an encrypted field's plaintext is read back as (text, or its `sealed_form`).
+fn read_type(s: &udm_core::query::path::Sealed) -> Result<pg_sys::Oid> {
+    match s.form.map(|(_, read_as)| read_as) {
+        None => Ok(pg_sys::TEXTOID),
+        Some("jsonb") => Ok(pg_sys::JSONBOID),
+        Some("date") => Ok(pg_sys::DATEOID),
+        Some("timestamp with time zone") => Ok(pg_sys::TIMESTAMPTZOID),
+        Some(other) => Err(UdmError::internal(format!(
+            "udm: an encrypted field read as {other}"
+        ))),
+    }
+}
+
+/// Replaces the stored (sealed) value of an encrypted field in a deformed row by its plaintext,
+/// as a datum of the field's type; NULL when the session may not read the field.
+///
+/// # Safety
+/// `values`/`nulls` are a deformed row of the result `s` indexes.
+unsafe fn open_column(
+    s: &q::SealedColumn,
+    site: &Result<crate::crypto::CallSite>,
+    typ: pg_sys::Oid,
+    values: &mut [pg_sys::Datum],
+    nulls: &mut [bool],
+) -> Result<()> {
+    unsafe {
+        let i = s.column;
+        if nulls[i] {
+            return Ok(());
+        }
+        let site = site.as_ref().map_err(Clone::clone)?;
+        if !site.allowed() {
+            nulls[i] = true;
+            return Ok(());
+        }
+        if nulls[s.id] {
+            return Err(UdmError::internal(
+                "udm: an encrypted value without its record id",
+            ));
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(std::slice::from_raw_parts(
+            values[s.id].cast_mut_ptr::<u8>(),
+            16,
+        ));
+        // a value that is not UTF-8 is no sealed value: `open` says so, naming the field
+        let bytes = crate::rowjson::varlena(values[i]);
+        let stored = match std::str::from_utf8(bytes) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(bytes),
+        };
+        let plain = site.open(&id, &stored)?;
+        values[i] = match typ {
+            pg_sys::TEXTOID => crate::triggers::text_datum(&plain),
+            _ => {
+                let text = std::ffi::CString::new(plain).map_err(|_| {
+                    UdmError::new(
+                        SqlState::DataCorrupted,
+                        format!("{}: the decrypted value holds a NUL", site.what()),
+                    )
+                })?;
+                let mut input = pg_sys::InvalidOid;
+                let mut ioparam = pg_sys::InvalidOid;
+                pg_sys::getTypeInputInfo(typ, &mut input, &mut ioparam);
+                pg_sys::OidInputFunctionCall(input, text.as_ptr().cast_mut(), ioparam, -1)
+            }
+        };
+        Ok(())
+    }
 }
 
 /// A page's `next_cursor`: base64 (without line breaks) of the jsonb text of

@@ -159,6 +159,20 @@ impl RowJson {
     /// # Safety
     /// `desc` must be a valid tuple descriptor and the indexes within it.
     pub unsafe fn new(desc: pg_sys::TupleDesc, cols: &[(String, usize)]) -> RowJson {
+        unsafe { Self::new_as(desc, cols, &[]) }
+    }
+
+    /// `new`, with the values of some attributes (`as_types`: attribute index, type) given to
+    /// `build` as datums of another type than the attribute's (text, jsonb, date, timestamp or
+    /// timestamptz): e.g. the plaintext of a stored ciphertext.
+    ///
+    /// # Safety
+    /// As for `new`.
+    pub unsafe fn new_as(
+        desc: pg_sys::TupleDesc,
+        cols: &[(String, usize)],
+        as_types: &[(usize, pg_sys::Oid)],
+    ) -> RowJson {
         unsafe {
             let ctx = pg_sys::AllocSetContextCreateInternal(
                 pg_sys::TopMemoryContext,
@@ -172,7 +186,11 @@ impl RowJson {
                 .iter()
                 .map(|(name, i)| {
                     let a = &attrs[*i];
-                    let conv = match pg_sys::getBaseType(a.atttypid) {
+                    let typ = as_types
+                        .iter()
+                        .find(|(at, _)| at == i)
+                        .map_or(a.atttypid, |(_, t)| *t);
+                    let conv = match pg_sys::getBaseType(typ) {
                         pg_sys::TEXTOID | pg_sys::VARCHAROID => Conv::Text,
                         pg_sys::BOOLOID => Conv::Bool,
                         pg_sys::NUMERICOID => Conv::Numeric,

@@ -17,8 +17,8 @@
 
 use crate::error::{Result, SqlState, UdmError};
 use crate::ids::{hex, unhex};
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -262,6 +262,18 @@ pub struct Envelope<'a> {
     pub body: &'a str,
 }
 
+/// The SQL of the blind index stored in an encrypted value (`column_sql`, a text expression):
+/// the one expression the unique constraints and indexes of encrypted fields are built on and
+/// the equality filters compare with, so that the indexes serve them.
+pub fn blind_index_sql(column_sql: &str) -> String {
+    format!("split_part({column_sql}, ':', 3)")
+}
+
+/// The SQL of the id (text) of the data key that sealed an encrypted value.
+pub fn key_id_sql(column_sql: &str) -> String {
+    format!("split_part({column_sql}, ':', 2)")
+}
+
 /// Whether a stored text has the form of an encrypted value (`udm1:`...).
 pub fn looks_sealed(s: &str) -> bool {
     s.starts_with(PREFIX)
@@ -270,18 +282,21 @@ pub fn looks_sealed(s: &str) -> bool {
 /// Splits a stored value into its parts; None when it is not of the envelope's form.
 pub fn parse_envelope(s: &str) -> Option<Envelope<'_>> {
     let rest = s.strip_prefix(PREFIX)?;
-    let mut it = rest.splitn(3, ':');
-    let id = it.next()?;
-    let blind = it.next()?;
-    let body = it.next()?;
+    // split at the first two colons (bytes: a colon is never inside a UTF-8 sequence)
+    let b = rest.as_bytes();
+    let i = b.iter().position(|&c| c == b':')?;
+    let j = i + 1 + b[i + 1..].iter().position(|&c| c == b':')?;
+    let (id, blind, body) = (&rest[..i], &rest[i + 1..j], &rest[j + 1..]);
     if id.is_empty() || id.len() > 10 || !id.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let key_id: i32 = id.parse().ok()?;
-    if !(blind.is_empty() || blind.len() == 2 * BLIND_LEN && unhex(blind).is_some()) {
+    if !(blind.is_empty()
+        || blind.len() == 2 * BLIND_LEN && blind.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
         return None;
     }
-    if body.contains(':') {
+    if body.as_bytes().contains(&b':') {
         return None;
     }
     Some(Envelope {
@@ -291,18 +306,38 @@ pub fn parse_envelope(s: &str) -> Option<Envelope<'_>> {
     })
 }
 
-fn value_aad(record: &[u8; 16], field: u32, key_id: i32, blind: &str) -> Vec<u8> {
-    let mut a = Vec::with_capacity(32 + blind.len());
-    a.extend_from_slice(b"udm1");
-    a.extend_from_slice(record);
-    a.extend_from_slice(&field.to_be_bytes());
-    a.extend_from_slice(&key_id.to_be_bytes());
-    a.extend_from_slice(blind.as_bytes());
-    a
+/// The associated data of a value: `udm1`, record id, field id, key id, blind index (hex).
+struct Aad {
+    buf: [u8; 28 + 2 * BLIND_LEN],
+    len: usize,
+}
+
+impl Aad {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+fn value_aad(record: &[u8; 16], field: u32, key_id: i32, blind: &str) -> Result<Aad> {
+    if blind.len() > 2 * BLIND_LEN {
+        return Err(UdmError::internal("a blind index is too long"));
+    }
+    let mut a = Aad {
+        buf: [0; 28 + 2 * BLIND_LEN],
+        len: 28 + blind.len(),
+    };
+    a.buf[..4].copy_from_slice(b"udm1");
+    a.buf[4..20].copy_from_slice(record);
+    a.buf[20..24].copy_from_slice(&field.to_be_bytes());
+    a.buf[24..28].copy_from_slice(&key_id.to_be_bytes());
+    a.buf[28..a.len].copy_from_slice(blind.as_bytes());
+    Ok(a)
 }
 
 /// Seals `plaintext` of field `field` of record `record` under data key `key_id`, with its blind
 /// index (hex, from `blind_index`) when the field has one.
+/// (For unit tests: udm holds its keys made ready, `Sealer` / `Blinder`.)
+#[cfg(test)]
 pub fn seal(
     key: &Key,
     key_id: i32,
@@ -334,14 +369,14 @@ pub fn seal_with(
     }
     let blind = blind.unwrap_or("");
     let nonce = NONCES.with(|n| n.borrow_mut().next())?;
-    let aad = value_aad(record, field, key_id, blind);
+    let aad = value_aad(record, field, key_id, blind)?;
     let ct = key
         .0
         .encrypt(
             Nonce::from_slice(&nonce),
             Payload {
                 msg: plaintext,
-                aad: &aad,
+                aad: aad.bytes(),
             },
         )
         .map_err(|_| UdmError::internal("sealing a value failed"))?;
@@ -354,6 +389,8 @@ pub fn seal_with(
 /// Opens a sealed value of field `field` of record `record` (the key is the one `env.key_id`
 /// names). Fails, without saying more, when the value was moved from another record or field,
 /// or any part of it changed.
+/// (For unit tests: udm holds its keys made ready, `Sealer` / `Blinder`.)
+#[cfg(test)]
 pub fn open(key: &Key, env: &Envelope<'_>, record: &[u8; 16], field: u32) -> Result<Vec<u8>> {
     open_with(&key.sealer(), env, record, field)
 }
@@ -372,24 +409,34 @@ pub fn open_with(
         )
         .hint("it was copied from another record or field, or changed outside udm")
     };
-    let raw = B64.decode(env.body).map_err(|_| bad())?;
-    if raw.len() < NONCE_LEN + TAG_LEN {
+    // decoded into one buffer and opened in place: the plaintext is returned in it
+    let mut raw = Vec::with_capacity(env.body.len() / 4 * 3 + 3);
+    B64.decode_vec(env.body, &mut raw).map_err(|_| bad())?;
+    let n = raw.len();
+    if n < NONCE_LEN + TAG_LEN {
         return Err(bad());
     }
-    let aad = value_aad(record, field, env.key_id, env.blind);
+    let aad = value_aad(record, field, env.key_id, env.blind)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&raw[..NONCE_LEN]);
+    let tag = Tag::clone_from_slice(&raw[n - TAG_LEN..]);
     key.0
-        .decrypt(
-            Nonce::from_slice(&raw[..NONCE_LEN]),
-            Payload {
-                msg: &raw[NONCE_LEN..],
-                aad: &aad,
-            },
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            aad.bytes(),
+            &mut raw[NONCE_LEN..n - TAG_LEN],
+            &tag,
         )
-        .map_err(|_| bad())
+        .map_err(|_| bad())?;
+    raw.copy_within(NONCE_LEN..n - TAG_LEN, 0);
+    raw.truncate(n - NONCE_LEN - TAG_LEN);
+    Ok(raw)
 }
 
 /// The blind index of `plaintext` in field `field`: hex of HMAC-SHA256(index key, field id ||
 /// plaintext), cut to 128 bits.
+/// (For unit tests: udm holds its keys made ready, `Sealer` / `Blinder`.)
+#[cfg(test)]
 pub fn blind_index(index_key: &Key, field: u32, plaintext: &[u8]) -> String {
     index_key.blinder().blind(field, plaintext)
 }
@@ -693,19 +740,48 @@ mod field_tests {
             &json!({"columns": ["doc", "born", "seen"], "filters": {"born": "2001-02-03"}}),
         )
         .unwrap();
+        // udm_query selects the stored values and their record ids; they are opened (and read
+        // back typed) where the rows become JSON
         assert!(
+            t.sql.starts_with("SELECT t0.\"doc\" AS c0, t0.\"born\" AS c1, t0.\"seen\" AS c2, t0.\"id\" AS k0 FROM"),
+            "{}",
             t.sql
+        );
+        assert!(!t.sql.contains("udm.decrypt_field"), "{}", t.sql);
+        let out = t.rows.as_ref().unwrap();
+        let forms: Vec<(usize, usize, u32, Option<&str>)> = out
+            .sealed
+            .iter()
+            .map(|s| (s.column, s.id, s.sealed.field, s.sealed.form.map(|f| f.1)))
+            .collect();
+        assert_eq!(
+            forms,
+            vec![
+                (0, 3, 1, Some("jsonb")),
+                (1, 3, 2, Some("date")),
+                (2, 3, 3, Some("timestamp with time zone"))
+            ]
+        );
+        // a distinct page compares plaintexts: it decrypts in SQL
+        let d = crate::query::select::compile(
+            &m,
+            "visit",
+            &json!({"columns": ["doc", "born"], "distinct": true}),
+        )
+        .unwrap();
+        assert!(
+            d.sql
                 .contains("(udm.decrypt_field('acme', 'visit', 1, t0.\"id\", t0.\"doc\"))::jsonb"),
             "{}",
-            t.sql
+            d.sql
         );
         assert!(
-            t.sql
+            d.sql
                 .contains("(udm.decrypt_field('acme', 'visit', 2, t0.\"id\", t0.\"born\"))::date"),
             "{}",
-            t.sql
+            d.sql
         );
-        assert!(t.sql.contains("::timestamp with time zone"), "{}", t.sql);
+        assert!(d.rows.as_ref().unwrap().sealed.is_empty());
         assert!(
             t.sql
                 .contains("udm.blind_index('acme', 'visit', 2, (to_char(($"),
@@ -766,9 +842,19 @@ mod field_tests {
         .unwrap();
         assert!(
             t.sql
-                .contains("udm.decrypt_field('acme', 'customer', 2, t0.\"id\", t0.\"ssn\")"),
+                .starts_with("SELECT t0.\"name\" AS c0, t0.\"ssn\" AS c1, t0.\"id\" AS k0 FROM"),
             "{}",
             t.sql
+        );
+        let sealed = &t.rows.as_ref().unwrap().sealed;
+        assert_eq!(
+            (
+                sealed.len(),
+                sealed[0].column,
+                sealed[0].id,
+                sealed[0].sealed.field
+            ),
+            (1, 1, 2, 2)
         );
         assert!(
             t.sql.contains(

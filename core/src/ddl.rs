@@ -479,7 +479,7 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
     if f.encrypted {
         // the column holds sealed values: the stamp trigger checks the field's rules on the
         // plaintext before sealing it; unique and index work on the blind index
-        let blind = format!("((split_part({col}, ':', 3)))");
+        let blind = format!("(({}))", crate::crypto::blind_index_sql(&col));
         if f.unique {
             out.push(Artifact {
                 key: format!("f{}.bunique", f.id),

@@ -333,6 +333,18 @@ fn field_schema(f: &FieldDef, mode: Mode, nullable_ok: bool) -> Value {
         }
         _ => {}
     }
+    if f.encrypted {
+        // the value is typed as the field's type: udm reads it back as that type
+        set(&mut s, "x-udm-encrypted", json!(true));
+        notes.push(
+            if f.blind_indexed() {
+                "encrypted at rest: filtered by equality only (eq, neq, in, is), never sorted"
+            } else {
+                "encrypted at rest: filtered by is.null / is.notnull only, never sorted"
+            }
+            .into(),
+        );
+    }
     // text rules
     if (t.is_text_like() && !matches!(t, FieldType::Select | FieldType::Color))
         || *t == FieldType::Password
@@ -1060,6 +1072,15 @@ impl Build<'_> {
             let t = &f.ftype;
             let ty = t.name();
             let (ops, extra) = match t {
+                _ if f.encrypted && f.blind_indexed() => (
+                    EQUAL,
+                    " Encrypted: compared through its blind index, equality only.".to_string(),
+                ),
+                _ if f.encrypted => (
+                    "is",
+                    " Encrypted without a blind index (not unique or indexed): null tests only."
+                        .to_string(),
+                ),
                 FieldType::Password | FieldType::Reference => continue,
                 FieldType::Relation if f.many => continue,
                 FieldType::Relation => (
@@ -1889,6 +1910,64 @@ mod tests {
         assert!(
             paths["/records/product"]["get"]["responses"]["200"]["headers"]["Link"].is_object()
         );
+    }
+
+    #[test]
+    fn encrypted_fields_keep_their_types_and_offer_equality_only() {
+        let mut m = model(&[]);
+        m.entities.insert(
+            "patient".into(),
+            EntityDef::parse(
+                "patient",
+                &json!({"fields": [
+                    {"name": "born", "type": "date", "encrypted": true, "index": true},
+                    {"name": "seen", "type": "datetime", "encrypted": true},
+                    {"name": "mail", "type": "email", "encrypted": true, "unique": true},
+                    {"name": "notes", "type": "long_text", "encrypted": true}
+                ]}),
+                Source::Caller,
+            )
+            .unwrap(),
+        );
+        let d = document(&m, "acme");
+        let p = &schema(&d, "Patient")["properties"];
+        assert_eq!(p["born"]["format"], "date", "{}", p["born"]);
+        assert_eq!(p["seen"]["format"], "date-time", "{}", p["seen"]);
+        assert_eq!(p["mail"]["format"], "email");
+        for f in ["born", "seen", "mail", "notes"] {
+            assert_eq!(p[f]["x-udm-encrypted"], true, "{f}: {}", p[f]);
+        }
+        assert!(p["born"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("equality only"));
+        let params = d["paths"]["/records/patient"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let desc = |n: &str| {
+            params
+                .iter()
+                .find(|p| p["name"] == n)
+                .unwrap_or_else(|| panic!("{n}"))["description"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let born = desc("born");
+        assert!(
+            born.contains("eq, neq, in, is") && !born.contains("gte"),
+            "{born}"
+        );
+        let notes = desc("notes");
+        assert!(
+            notes.contains("op one of is;") && !notes.contains("eq,"),
+            "{notes}"
+        );
+        // plain fields keep their operators
+        assert!(!schema(&d, "Product")["properties"]["released"]
+            .as_object()
+            .unwrap()
+            .contains_key("x-udm-encrypted"));
     }
 
     #[test]

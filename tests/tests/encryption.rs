@@ -525,6 +525,21 @@ fn only_readers_the_field_is_open_to_get_its_plaintext() {
     );
     assert!(got.get("ssn").is_none(), "{got}");
     assert_eq!(got["email"], MAIL, "{got}");
+    // a page opens the fields the role may read and leaves the others out
+    let page = json(&mut vic, r#"SELECT udm_query('customer', '{}')"#);
+    let row = &page["rows"][0];
+    assert!(row.get("ssn").is_none(), "{page}");
+    assert_eq!(
+        (&row["email"], &row["notes"]),
+        (&json!(MAIL), &json!(NOTE)),
+        "{page}"
+    );
+    let msg = expect_err(
+        &mut vic,
+        r#"SELECT udm_query('customer', '{"columns": ["name", "ssn"]}')"#,
+        "42501",
+    );
+    assert!(msg.contains("ssn"), "{msg}");
     let msg = expect_err(
         &mut vic,
         &format!(
@@ -1296,4 +1311,228 @@ fn json_and_date_fields_are_sealed_and_read_back_as_their_types() {
         &format!("INSERT INTO \"{t}\".sealed (name, born) VALUES ('X', 'not a date')"),
         "22007",
     );
+}
+
+#[test]
+fn pages_open_encrypted_values_outside_sql_and_read_as_a_plain_entity_does() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enpg");
+    let t = m.tenant.clone();
+    json(
+        &mut m.client,
+        r#"SELECT udm_define_entity('owner', '{"fields": [
+            {"name": "name", "type": "text"},
+            {"name": "secret", "type": "text", "encrypted": true}]}')"#,
+    );
+    let fields = |enc: bool| {
+        let e = if enc { r#", "encrypted": true"# } else { "" };
+        format!(
+            r#"{{"fields": [{{"name": "name", "type": "text"}},
+                {{"name": "note", "type": "long_text"{e}}},
+                {{"name": "doc", "type": "json"{e}}},
+                {{"name": "born", "type": "date"{e}}},
+                {{"name": "seen", "type": "datetime"{e}}},
+                {{"name": "owner_id", "type": "relation", "target": "owner"}}]}}"#
+        )
+    };
+    for (name, enc) in [("sealed", true), ("plain", false)] {
+        json(
+            &mut m.client,
+            &format!("SELECT udm_define_entity('{name}', {})", lit(&fields(enc))),
+        );
+    }
+    let owner = json(
+        &mut m.client,
+        r#"SELECT udm_insert('owner', '{"name": "O", "secret": "the owner''s secret"}')"#,
+    );
+    let oid = owner["id"].as_str().unwrap();
+    for i in 0..30 {
+        // every fifth record has no values, every other no owner
+        let row = if i % 5 == 0 {
+            json!({"name": format!("r{i:02}")})
+        } else {
+            json!({"name": format!("r{i:02}"), "note": format!("note {i} é ✓"),
+                   "doc": {"i": i, "tags": ["a", "b"], "n": 1.50},
+                   "born": format!("19{:02}-0{}-1{}", i, 1 + i % 9, i % 10),
+                   "seen": format!("2026-03-01T1{}:00:00.123456+02:00", i % 10),
+                   "owner_id": if i % 2 == 0 { Value::Null } else { json!(oid) }})
+        };
+        for e in ["sealed", "plain"] {
+            json(
+                &mut m.client,
+                &format!("SELECT udm_insert('{e}', {})", lit(&row.to_string())),
+            );
+        }
+    }
+    // the page selects the stored values and opens them where its JSON is built: the SQL
+    // holds no call per value
+    let c = json(
+        &mut m.client,
+        r#"SELECT udm_compile('sealed', '{"columns": ["name", "note", "doc", "born", "seen", "owner_id.secret"]}')"#,
+    );
+    let sql = c["sql"].as_str().unwrap();
+    assert!(!sql.contains("decrypt_field"), "{sql}");
+    let cols = r#"["name", "note", "doc", "born", "seen", "owner_id.name"]"#;
+    // in a session time zone and date style of its own: the same JSON as the plain entity
+    m.client
+        .batch_execute("SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'SQL, DMY'")
+        .unwrap();
+    for spec in [
+        format!(r#"{{"columns": {cols}, "sort": ["name"], "limit": 7}}"#),
+        format!(r#"{{"columns": {cols}, "sort": ["-name"], "limit": 50, "count": "exact"}}"#),
+        format!(r#"{{"columns": {cols}, "distinct": true, "sort": ["name"], "limit": 50}}"#),
+    ] {
+        let a = json(
+            &mut m.client,
+            &format!("SELECT udm_query('sealed', {})", lit(&spec)),
+        );
+        let b = json(
+            &mut m.client,
+            &format!("SELECT udm_query('plain', {})", lit(&spec)),
+        );
+        assert_eq!(a["rows"], b["rows"], "{spec}");
+        assert_eq!(a.get("count"), b.get("count"), "{spec}");
+        // the next page, by the cursor
+        if let Some(cur) = a["next_cursor"].as_str() {
+            let next = |e: &str, cur: &str, c: &mut Client| {
+                let mut s: Value = serde_json::from_str(&spec).unwrap();
+                s["cursor"] = json!(cur);
+                json(
+                    c,
+                    &format!("SELECT udm_query('{e}', {})", lit(&s.to_string())),
+                )
+            };
+            let na = next("sealed", cur, &mut m.client);
+            let nb = next("plain", b["next_cursor"].as_str().unwrap(), &mut m.client);
+            assert_eq!(na["rows"], nb["rows"], "{spec}");
+        }
+    }
+    // the table view too
+    let a = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_view('sealed', 'table', {})",
+            lit(&format!(r#"{{"columns": {cols}, "sort": ["name"]}}"#))
+        ),
+    );
+    let b = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_view('plain', 'table', {})",
+            lit(&format!(r#"{{"columns": {cols}, "sort": ["name"]}}"#))
+        ),
+    );
+    assert_eq!(a["rows"], b["rows"]);
+    assert_eq!(a["rows"].as_array().unwrap().len(), 30);
+    m.client
+        .batch_execute("RESET TimeZone; RESET DateStyle")
+        .unwrap();
+    // an encrypted field of a related record
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"columns": ["name", "owner_id.secret"], "sort": ["name"], "limit": 3}')"#,
+    );
+    assert_eq!(
+        page["rows"],
+        json!([{"name": "r00", "owner_id.secret": null},
+               {"name": "r01", "owner_id.secret": "the owner's secret"},
+               {"name": "r02", "owner_id.secret": null}])
+    );
+    // a ciphertext moved to another record fails the page, naming tenant, entity and field
+    adm.batch_execute(&format!(
+        "ALTER TABLE \"{t}\".sealed DISABLE TRIGGER USER; \
+         UPDATE \"{t}\".sealed SET note = (SELECT note FROM \"{t}\".sealed WHERE name = 'r01') WHERE name = 'r02'; \
+         ALTER TABLE \"{t}\".sealed ENABLE TRIGGER USER"
+    ))
+    .unwrap();
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"columns": ["name", "note"], "sort": ["name"], "limit": 5}')"#,
+        "XX001",
+    );
+    assert!(
+        msg.contains(&format!(
+            "field \"note\" of entity \"sealed\" in tenant \"{t}\""
+        )),
+        "{msg}"
+    );
+    // the page before it still reads
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"columns": ["note"], "sort": ["name"], "limit": 2}')"#,
+    );
+    assert_eq!(
+        page["rows"],
+        json!([{"note": null}, {"note": "note 1 é ✓"}])
+    );
+    // once the keys are destroyed: a page holding an encrypted value is refused, one without
+    // any (no rows, or NULLs only) still reads
+    json(
+        &mut adm,
+        &format!(
+            "SELECT udm_shred_keys({}, {})",
+            lit(&t),
+            lit(&format!("destroy the keys of {t}"))
+        ),
+    );
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"columns": ["name", "note"], "sort": ["name"], "limit": 2}')"#,
+        "55000",
+    );
+    assert!(msg.contains("were destroyed"), "{msg}");
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"columns": ["name", "note"], "sort": ["name"], "limit": 1}')"#,
+    );
+    assert_eq!(page["rows"], json!([{"name": "r00", "note": null}]));
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"columns": ["note"], "filters": {"name": "none"}}')"#,
+    );
+    assert_eq!(page["rows"], json!([]));
+}
+
+#[test]
+fn events_name_the_changed_encrypted_fields_and_carry_no_values() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "enev");
+    customer(&mut m.client);
+    let rec = insert(&mut m.client, "Ada", SSN, MAIL);
+    let id = rec["id"].as_str().unwrap().to_string();
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_update('customer', {}, '{{\"ssn\": \"987-65-4321\"}}')",
+            lit(&id)
+        ),
+    );
+    json(
+        &mut m.client,
+        r#"SELECT udm_subscribe('customer', ARRAY['UPDATE'], 'ssn-watch', '{"ssn": "987-65-4321"}')"#,
+    );
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_update('customer', {}, '{{\"notes\": \"n2\"}}')",
+            lit(&id)
+        ),
+    );
+    for sql in [
+        "SELECT udm_events(0, 100)",
+        "SELECT udm_consume('enc-reader', 100)",
+    ] {
+        let ev = json(&mut m.client, sql);
+        let events = ev["events"].as_array().unwrap();
+        assert_eq!(events.len(), 3, "{ev}");
+        let text = ev.to_string();
+        // names of changed fields only: no plaintext, no ciphertext
+        for v in [SSN, "987-65-4321", MAIL, NOTE, "n2", "udm1:"] {
+            assert!(!text.contains(v), "{sql}: {v} in {text}");
+        }
+        assert_eq!(events[1]["changed_fields"], json!(["ssn"]), "{ev}");
+        assert_eq!(events[2]["changed_fields"], json!(["notes"]), "{ev}");
+        // a subscription's condition on an encrypted field compares through its blind index
+        assert_eq!(events[2]["targets"], json!(["ssn-watch"]), "{ev}");
+    }
 }

@@ -258,6 +258,7 @@ impl<'m> Sql<'m> {
             backward: c.backward,
             extra_row: has_more,
             by_id: false,
+            sealed_raw: false,
         };
         let page = self.page(&c.entity, &spec, &opts)?;
         let (row, x) = (self.alias("p"), self.alias("x"));

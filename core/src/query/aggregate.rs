@@ -417,6 +417,7 @@ pub fn compile(model: &dyn Model, entity: &str, spec: &Value) -> Result<Template
             columns: outputs.into_iter().map(|o| o.key).collect(),
             cursor: None,
             count: None,
+            sealed: Vec::new(),
         }),
     })
 }

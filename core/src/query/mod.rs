@@ -16,7 +16,7 @@ use crate::error::{name_list, Result, SqlState, UdmError};
 use crate::ident::{fnv1a, printable, quote_ident, quote_literal};
 use crate::json::kind;
 use crate::values::{parse_date, to_text, PType};
-use path::{Leaf, Model, Resolved, ToMany, ToOne};
+use path::{Leaf, Model, Resolved, Sealed, ToMany, ToOne};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -107,6 +107,20 @@ pub struct RowsOutput {
     pub cursor: Option<PageCursor>,
     /// The count of all matching records and the key it goes under.
     pub count: Option<(String, PageCount)>,
+    /// Columns that hold an encrypted field's stored (sealed) values, opened where the rows
+    /// become JSON (no SQL call per value).
+    pub sealed: Vec<SealedColumn>,
+}
+
+/// A result column holding the stored values of an encrypted field, and the result column of
+/// their records' ids (bound into each value as associated data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedColumn {
+    /// The column's index among the record columns.
+    pub column: usize,
+    /// The index of the result column holding the record id (after the cursor keys).
+    pub id: usize,
+    pub sealed: Sealed,
 }
 
 /// The cursor of a page: after a full page, the last row's key columns (those after the record
@@ -826,19 +840,43 @@ pub fn row_columns(
     entity: &str,
     columns: &[String],
 ) -> Result<Vec<(String, String)>> {
+    Ok(row_columns_sealed(from, entity, columns, false)?.0)
+}
+
+/// `row_columns`; with `raw`, an encrypted field's column (not inside a list of related
+/// records) is selected as stored, and listed with the expression of its record's id: (its
+/// index among the columns, the id's SQL, the field).
+#[allow(clippy::type_complexity)]
+pub fn row_columns_sealed(
+    from: &mut From,
+    entity: &str,
+    columns: &[String],
+    raw: bool,
+) -> Result<(Vec<(String, String)>, Vec<(usize, String, Sealed)>)> {
     let mut pairs = Vec::with_capacity(columns.len());
-    for c in columns {
+    let mut sealed = Vec::new();
+    for (i, c) in columns.iter().enumerate() {
         let r = resolve(from.model, entity, c)?;
         let expr = if r.to_many.is_some() {
             let outer = from.alias_for(&r)?;
             to_many_array(from, &outer, &r)?
         } else {
             let alias = from.alias_for(&r)?;
-            leaf_json(&alias, &r.leaf)
+            match &r.leaf {
+                Leaf::Column {
+                    column,
+                    sealed: Some(s),
+                    ..
+                } if raw => {
+                    sealed.push((i, format!("{alias}.\"id\""), s.clone()));
+                    format!("{alias}.{}", quote_ident(column))
+                }
+                leaf => leaf_json(&alias, leaf),
+            }
         };
         pairs.push((c.clone(), expr));
     }
-    Ok(pairs)
+    Ok((pairs, sealed))
 }
 
 /// A sort key: expression, direction, where NULLs go, and whether it can be NULL at all.

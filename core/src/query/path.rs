@@ -106,7 +106,7 @@ impl Sealed {
 
     /// The blind index stored in the sealed column at `alias` (what its index is built on).
     pub fn blind_sql(alias: &str, column: &str) -> String {
-        format!("split_part({alias}.{}, ':', 3)", quote_ident(column))
+        crate::crypto::blind_index_sql(&format!("{alias}.{}", quote_ident(column)))
     }
 
     /// The blind index of the plaintext `value_sql` (a text expression).

@@ -42,6 +42,9 @@ pub struct Page {
     /// For each cursor key column (`k0`, `k1`, …): (descending, NULLs first) in the order the
     /// caller asked for, also when the page was fetched backwards.
     pub order: Vec<(bool, bool)>,
+    /// Encrypted fields selected as stored (`PageOptions::sealed_raw`), with their records' ids
+    /// after the cursor keys.
+    pub sealed: Vec<SealedColumn>,
 }
 
 /// How a page is fetched when it is part of a larger statement (GraphQL connections).
@@ -58,6 +61,10 @@ pub struct PageOptions {
     /// The filters select one record by its id (and every join is to one record): no ORDER BY
     /// and no LIMIT, so PostgreSQL flattens the page into the statement around it.
     pub by_id: bool,
+    /// The caller builds the rows' JSON from the result (`RowsOutput`): encrypted fields are
+    /// selected as stored and opened there, not through a SQL call per value. Not for
+    /// `distinct` pages (equal plaintexts have different ciphertexts).
+    pub sealed_raw: bool,
 }
 
 pub fn page(
@@ -66,7 +73,16 @@ pub fn page(
     obj: &Map<String, Value>,
     params: &mut Params,
 ) -> Result<Page> {
-    page_with(model, entity, obj, params, &PageOptions::default())
+    page_with(
+        model,
+        entity,
+        obj,
+        params,
+        &PageOptions {
+            sealed_raw: true,
+            ..Default::default()
+        },
+    )
 }
 
 /// The `id` sort key every keyset page ends with.
@@ -91,10 +107,10 @@ pub fn page_with(
 ) -> Result<Page> {
     let columns = columns_of(model, entity, obj)?;
     let mut from = From::new(model, entity);
-    let row = row_columns(&mut from, entity, &columns)?;
+    let distinct = opt_bool(obj, "distinct")?;
+    let (row, raw) = row_columns_sealed(&mut from, entity, &columns, opts.sealed_raw && !distinct)?;
     let (filter, used) = where_clause(&mut from, params, entity, obj)?;
     let mut keys = sort_keys(&mut from, entity, obj.get("sort"))?;
-    let distinct = opt_bool(obj, "distinct")?;
     let sig = sort_signature(entity, &keys);
     let has_id = keys.iter().any(|k| k.expr == "t0.\"id\"");
     let mut order: Vec<(bool, bool)> = keys.iter().map(|k| (k.desc, k.nulls_first)).collect();
@@ -199,6 +215,28 @@ pub fn page_with(
             sig,
         };
         select.extend(k.iter().enumerate().map(|(i, e)| format!("{e} AS k{i}")));
+        // the ids of the records whose encrypted fields are selected as stored: a cursor key
+        // when one is that id, else one column per record (alias)
+        let mut ids: Vec<String> = Vec::new();
+        let mut sealed = Vec::with_capacity(raw.len());
+        for (column, id, s) in raw {
+            let at = match k.iter().position(|e| *e == id) {
+                Some(i) => row.len() + i,
+                None => {
+                    let j = ids.iter().position(|e| *e == id).unwrap_or_else(|| {
+                        ids.push(id);
+                        ids.len() - 1
+                    });
+                    row.len() + k.len() + j
+                }
+            };
+            sealed.push(SealedColumn {
+                column,
+                id: at,
+                sealed: s,
+            });
+        }
+        select.extend(ids.iter().enumerate().map(|(j, e)| format!("{e} AS e{j}")));
         if opts.by_id && opts.link.is_none() && obj.get("cursor").is_none_or(Value::is_null) {
             return Ok(Page {
                 sql: format!("SELECT {} FROM {from_sql}{where_sql}", select.join(", ")),
@@ -207,6 +245,7 @@ pub fn page_with(
                 columns: row.into_iter().map(|(key, _)| key).collect(),
                 cursor: None,
                 order,
+                sealed,
             });
         }
         (
@@ -215,8 +254,12 @@ pub fn page_with(
                 select.join(", "),
                 order_by(&keys, true)
             ),
-            Some(cursor),
+            Some((cursor, sealed)),
         )
+    };
+    let (cursor, sealed) = match cursor {
+        Some((c, s)) => (Some(c), s),
+        None => (None, Vec::new()),
     };
     Ok(Page {
         sql,
@@ -225,6 +268,7 @@ pub fn page_with(
         columns: row.into_iter().map(|(key, _)| key).collect(),
         cursor,
         order,
+        sealed,
     })
 }
 
@@ -273,6 +317,7 @@ pub fn page_template(
             columns: p.columns,
             cursor: p.cursor,
             count: count.map(|c| (count_key.to_string(), c)),
+            sealed: p.sealed,
         }),
     }
 }
@@ -611,6 +656,7 @@ mod tests {
             backward: true,
             extra_row: true,
             by_id: false,
+            sealed_raw: false,
         };
         let mut params = Params::default();
         let p = page_with(&m, "product", obj.as_object().unwrap(), &mut params, &opts).unwrap();

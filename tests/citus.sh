@@ -172,6 +172,16 @@ check "the history of a record" "2" \
 refused "a udm function pushed to a worker by Citus is refused, not confused" 0A000 "ran on a worker node" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_get('category', (SELECT id FROM shop.category WHERE name = 'games'))"
 
+refused "adding an auto_number field is refused by udm" 0A000 "udm on Citus: cannot add auto_number field" \
+    -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"seq\", \"type\": \"auto_number\"}')"
+check "udm_add_field of another type" "2" \
+    -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"code\", \"type\": \"text\"}')->>'version'"
+check "the roadmap template: every table colocated with the tenant" "7|7" \
+    -c "SELECT udm_create_tenant('road')" -c "SELECT udm_use('road')" -c "SELECT udm_install_template('roadmap')" \
+    -c "SELECT count(*), count(*) FILTER (WHERE p.colocationid = d.colocationid) FROM pg_class c
+          JOIN pg_dist_schema d ON d.schemaid = c.relnamespace LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid
+        WHERE c.relnamespace = 'road'::regnamespace AND c.relkind = 'r'"
+
 # the transaction's settings reach the workers (udm_use(..., is_local => true) in a transaction)
 check "udm_use(..., is_local => true): the worker's audit records the user" "alice" \
     -c "BEGIN" -c "SELECT udm_use('shop', 'alice', true)" \

@@ -70,7 +70,7 @@ APT           := $(if $(IS_ROOT),,sudo) env DEBIAN_FRONTEND=noninteractive apt-g
 PGRX_INSTALL  := cargo pgrx install --release --pg-config $(PG_CONFIG) $(if $(IS_ROOT),,--sudo)
 
 .PHONY: help deps install run run-server stop-server stop test unit regress integration server upgrade bench clean-clusters fmt lint \
-        citus citus-test
+        citus citus-test citus-tier
 
 help:
 	@echo "make run    - install everything, start a local cluster with udm and demo data and udm-server, print how to connect and a token per demo user"
@@ -216,8 +216,7 @@ test: deps $(GRAPHQL_JS) $(OPENAPI_JS) $(GRAPHQL_WS) $(PUPPETEER)
 	    $(MAKE) --no-print-directory regress && $(MAKE) --no-print-directory integration && \
 	    $(MAKE) --no-print-directory server
 	@$(MAKE) --no-print-directory upgrade
-	@if [ -n "$(CITUS_AVAILABLE)" ]; then $(MAKE) --no-print-directory citus-test; \
-	    else echo "== tier 5 (Citus) skipped: neither $(CITUS_SO) nor $(CITUS_TARBALL) is here"; fi
+	@$(MAKE) --no-print-directory citus-tier
 	@echo "== all test tiers passed"
 
 $(TEST_KEY) $(RUN_KEY):
@@ -296,6 +295,14 @@ citus: deps
 	fi
 	@echo "== building and installing udm into $(CITUS_PGROOT)"
 	@tests/pgroot.sh install $(CITUS_PGROOT) 2>&1 | grep -Ev '^\s*(Compiling|Checking|Blocking)' || { echo "install failed"; exit 1; }
+
+# make test's tier 5: when Citus is there or can be built; else skipped, or with CITUS_REQUIRED=1
+# (.ci/run) a failure
+citus-tier:
+	@if [ -n "$(CITUS_AVAILABLE)" ]; then $(MAKE) --no-print-directory citus-test; \
+	elif [ -n "$(CITUS_REQUIRED)" ]; then \
+	    echo "== tier 5 (Citus) is required (CITUS_REQUIRED) but neither $(CITUS_SO) nor $(CITUS_TARBALL) is here"; exit 1; \
+	else echo "== tier 5 (Citus) skipped: neither $(CITUS_SO) nor $(CITUS_TARBALL) is here"; fi
 
 citus-test: citus
 	@echo "== tier 5: Citus, a coordinator and two workers (tests/citus.sh)"

@@ -48,18 +48,36 @@ REKEY_PORT    ?= 5490
 # the master key of field encryption for the test cluster: 64 hex digits, readable by the server
 # only (tests/tests/encryption.rs); made once, outside the cluster directory a fresh start removes
 TEST_KEY      := $(ROOT)/target/test-master.key
+# Citus (tests/citus.sh): its source release, built once into a copy of PostgreSQL (CITUS_PGROOT)
+# that holds udm too; a coordinator and two workers on CITUS_PORT, +1 and +2. With Citus installed
+# from its packages, CITUS_PGROOT=/ uses the system PostgreSQL (udm is then installed there).
+CITUS_VERSION := 12.1.12
+CITUS_SHA256  := a344da15513601e718a268d907e1c86e43a69eb243398b929f65a4580723f552
+CITUS_TARBALL ?= $(abspath $(ROOT)/../shared/vendor/citus-$(CITUS_VERSION).tar.gz)
+CITUS_APT     := libcurl4-openssl-dev liblz4-dev libzstd-dev libkrb5-dev
+CITUS_BUILD   := $(ROOT)/target/citus-build
+CITUS_PGROOT  ?= $(ROOT)/target/citus/root
+CITUS_PGBIN   := $(patsubst //%,/%,$(CITUS_PGROOT)/usr/lib/postgresql/$(PG_MAJOR)/bin)
+CITUS_SO      := $(patsubst //%,/%,$(CITUS_PGROOT)/usr/lib/postgresql/$(PG_MAJOR)/lib/citus.so)
+CITUS_DIR     := $(ROOT)/target/citus-clusters
+CITUS_PORT    ?= 5485
+# whether make test runs the Citus tier: Citus is installed in CITUS_PGROOT, or its tarball is here
+CITUS_AVAILABLE = $(or $(wildcard $(CITUS_SO)),$(wildcard $(CITUS_TARBALL)))
 BENCH_DIR     := $(ROOT)/target/bench-cluster
 BENCH_PORT    ?= 5497
 IS_ROOT       := $(filter 0,$(shell id -u))
 APT           := $(if $(IS_ROOT),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 PGRX_INSTALL  := cargo pgrx install --release --pg-config $(PG_CONFIG) $(if $(IS_ROOT),,--sudo)
 
-.PHONY: help deps install run run-server stop-server stop test unit regress integration server upgrade bench clean-clusters fmt lint
+.PHONY: help deps install run run-server stop-server stop test unit regress integration server upgrade bench clean-clusters fmt lint \
+        citus citus-test citus-tier
 
 help:
 	@echo "make run    - install everything, start a local cluster with udm and demo data and udm-server, print how to connect and a token per demo user"
 	@echo "make test   - run every test tier (core unit tests, pg_regress golden files, driver integration tests, udm-server over HTTP, upgrade)"
 	@echo "make bench  - run the benchmarks in bench/ (ratios against their baselines)"
+	@echo "make citus  - build Citus $(CITUS_VERSION) once from its source tarball into a copy of PostgreSQL under target/, with udm"
+	@echo "make citus-test - a Citus coordinator and two workers from that copy, and udm's checks on them (tests/citus.sh)"
 	@echo "make stop   - stop udm-server and the local cluster started by make run"
 
 ## ------------------------------------------------------------------ set-up
@@ -198,6 +216,7 @@ test: deps $(GRAPHQL_JS) $(OPENAPI_JS) $(GRAPHQL_WS) $(PUPPETEER)
 	    $(MAKE) --no-print-directory regress && $(MAKE) --no-print-directory integration && \
 	    $(MAKE) --no-print-directory server
 	@$(MAKE) --no-print-directory upgrade
+	@$(MAKE) --no-print-directory citus-tier
 	@echo "== all test tiers passed"
 
 $(TEST_KEY) $(RUN_KEY):
@@ -245,6 +264,49 @@ server: $(GRAPHQL_WS) $(PUPPETEER)
 upgrade:
 	@echo "== tier 4: upgrade from the previous release (tests/upgrade.sh)"
 	@PG_MAJOR=$(PG_MAJOR) UDM_BUILD_ROOT=$(PGROOT) tests/upgrade.sh
+
+## ------------------------------------------------------------------ Citus
+
+# Citus built once from its source release (never into the system PostgreSQL): unpacked and
+# compiled under target/citus-build (without LLVM bitcode), then installed into a copy of
+# PostgreSQL (tests/pgroot.sh make) that gets udm too. A CITUS_PGROOT that holds citus.so already
+# (a packaged Citus: CITUS_PGROOT=/) is used as it is.
+citus: deps
+	@if [ ! -f $(CITUS_SO) ]; then \
+	    if [ ! -f $(CITUS_BUILD)/.built-$(CITUS_VERSION) ]; then \
+	        test -f $(CITUS_TARBALL) || { echo "no Citus: $(CITUS_SO) is missing and so is $(CITUS_TARBALL) (CITUS_TARBALL=<file> or CITUS_PGROOT=<root with Citus>)"; exit 1; }; \
+	        echo "$(CITUS_SHA256)  $(CITUS_TARBALL)" | sha256sum -c --quiet - || { echo "$(CITUS_TARBALL): wrong sha256"; exit 1; }; \
+	        if ! dpkg -s $(CITUS_APT) >/dev/null 2>&1; then \
+	            echo "== installing Debian packages: $(CITUS_APT)"; \
+	            $(APT) update -qq; \
+	            $(APT) install -y -qq $(CITUS_APT) >/dev/null; \
+	        fi; \
+	        echo "== building Citus $(CITUS_VERSION) (once, about 3 minutes; log in $(CITUS_BUILD)/build.log)"; \
+	        rm -rf $(CITUS_BUILD) && mkdir -p $(CITUS_BUILD); \
+	        tar -xzf $(CITUS_TARBALL) -C $(CITUS_BUILD); \
+	        (cd $(CITUS_BUILD)/citus-$(CITUS_VERSION) && ./configure PG_CONFIG=$(PG_CONFIG) && \
+	            $(MAKE) -j2 with_llvm=no) >$(CITUS_BUILD)/build.log 2>&1 || { tail -30 $(CITUS_BUILD)/build.log; exit 1; }; \
+	        touch $(CITUS_BUILD)/.built-$(CITUS_VERSION); \
+	    fi; \
+	    echo "== installing Citus $(CITUS_VERSION) into the copy of PostgreSQL under $(CITUS_PGROOT)"; \
+	    tests/pgroot.sh make $(CITUS_PGROOT); \
+	    $(MAKE) -s -C $(CITUS_BUILD)/citus-$(CITUS_VERSION) install with_llvm=no DESTDIR=$(CITUS_PGROOT) >$(CITUS_BUILD)/install.log 2>&1 \
+	        || { tail -30 $(CITUS_BUILD)/install.log; exit 1; }; \
+	fi
+	@echo "== building and installing udm into $(CITUS_PGROOT)"
+	@tests/pgroot.sh install $(CITUS_PGROOT) 2>&1 | grep -Ev '^\s*(Compiling|Checking|Blocking)' || { echo "install failed"; exit 1; }
+
+# make test's tier 5: when Citus is there or can be built; else skipped, or with CITUS_REQUIRED=1
+# (.ci/run) a failure
+citus-tier:
+	@if [ -n "$(CITUS_AVAILABLE)" ]; then $(MAKE) --no-print-directory citus-test; \
+	elif [ -n "$(CITUS_REQUIRED)" ]; then \
+	    echo "== tier 5 (Citus) is required (CITUS_REQUIRED) but neither $(CITUS_SO) nor $(CITUS_TARBALL) is here"; exit 1; \
+	else echo "== tier 5 (Citus) skipped: neither $(CITUS_SO) nor $(CITUS_TARBALL) is here"; fi
+
+citus-test: citus
+	@echo "== tier 5: Citus, a coordinator and two workers (tests/citus.sh)"
+	@PGBIN=$(CITUS_PGBIN) CITUS_DIR=$(CITUS_DIR) CITUS_PORT=$(CITUS_PORT) tests/citus.sh
 
 ## ------------------------------------------------------------------ make bench
 

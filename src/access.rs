@@ -1269,10 +1269,12 @@ pub unsafe extern "C-unwind" fn udm_may_read_scoped(
 /// member, whatever the planner would estimate for a user id it cannot see at plan time.
 fn tuple_objects(t: &Tenant, entity: &str) -> Result<Vec<pgrx::Uuid>> {
     let ctx = context(t)?;
-    let (Some(user), Some(table)) = (ctx.user, t.relation(TUPLE_TABLE)) else {
+    // on Citus: the shards, where this node (the tenant's worker) holds them
+    let local = |name: &str| crate::citus::local_relation(t.schema_oid, TUPLE_TABLE, name);
+    let (Some(user), Some(table)) = (ctx.user, local(TUPLE_TABLE)) else {
         return Ok(Vec::new());
     };
-    let index = t.relation(TUPLE_INDEX).ok_or_else(|| {
+    let index = local(TUPLE_INDEX).ok_or_else(|| {
         UdmError::internal(format!(
             "tenant \"{}\" has no index \"{TUPLE_INDEX}\" on its relation tuples",
             t.slug

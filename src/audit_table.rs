@@ -79,9 +79,13 @@ fn load(t: &Tenant) -> Result<AuditTable> {
         ))
     };
     let need = |name: &str| t.relation(name).ok_or_else(|| missing(name));
-    let table = need("_udm_audit")?;
+    // on Citus, where the trigger runs on a worker: the shard of the audit log and its index
+    let local = |name: &str| {
+        crate::citus::local_relation(t.schema_oid, "_udm_audit", name).ok_or_else(|| missing(name))
+    };
+    let table = local("_udm_audit")?;
     let seq = need("_udm_audit_audit_id_seq")?;
-    let record_index = need(RECORD_INDEX)?;
+    let record_index = local(RECORD_INDEX)?;
     unsafe {
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
         let desc = (*rel).rd_att;

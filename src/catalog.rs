@@ -372,6 +372,9 @@ pub fn usable_tenant(slug: &str) -> Result<Rc<Tenant>> {
 /// The session's tenant (`udm_use`), checked again on every call.
 pub fn current_tenant() -> Result<Rc<Tenant>> {
     let slug = crate::guc::tenant().ok_or_else(|| {
+        if let Some(e) = crate::citus::on_worker_refusal() {
+            return e;
+        }
         let e = UdmError::new(SqlState::ObjectNotInPrerequisiteState, "no tenant selected")
             .hint("call udm_use('<tenant>') first; udm_tenants() lists the tenants you may use");
         match crate::guc::failed_selection() {
@@ -389,11 +392,11 @@ pub fn current_tenant() -> Result<Rc<Tenant>> {
 type LatestRow = (i32, String, Option<serde_json::Value>, pg_sys::Oid);
 
 fn latest_row(t: &Tenant, slug: &str) -> Result<Option<LatestRow>> {
+    // (the entity's table is looked up here, not by a sub-select of the statement: on Citus a
+    // statement reading the catalog runs whole on the tenant's worker, whose oids are others)
     let sql = format!(
-        "SELECT version, status, definition, coalesce((SELECT c.oid FROM pg_catalog.pg_class c \
-           WHERE c.relnamespace = {}::oid AND c.relname = $1), 0::oid) \
+        "SELECT version, status, definition \
          FROM {} WHERE entity = $1 ORDER BY version DESC LIMIT 1",
-        t.schema_oid.to_u32(),
         t.catalog("_udm_entity")
     );
     as_owner(|| {
@@ -405,7 +408,7 @@ fn latest_row(t: &Tenant, slug: &str) -> Result<Option<LatestRow>> {
                     r.get::<i32>(1)?.unwrap_or(0),
                     r.get::<String>(2)?.unwrap_or_default(),
                     r.get::<JsonB>(3)?.map(|j| j.0),
-                    r.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+                    t.relation(slug).unwrap_or(pg_sys::InvalidOid),
                 ));
             }
             Ok::<_, pgrx::spi::Error>(out)
@@ -680,8 +683,42 @@ pub fn active_entities(t: &Tenant) -> Result<Vec<Rc<Entity>>> {
 /// (entity, version, status, definition datum copied out of the table)
 type NewestRow = (String, i32, String, Option<pg_sys::Datum>);
 
+/// `newest_rows` through SQL: on a Citus coordinator, whose catalog table is Citus's shell of the
+/// catalog on the tenant's worker.
+fn newest_rows_sql(t: &Tenant) -> Result<Vec<NewestRow>> {
+    let sql = format!(
+        "SELECT DISTINCT ON (entity) entity, version, status, definition FROM {} \
+         ORDER BY entity, version DESC",
+        t.catalog("_udm_entity")
+    );
+    let rows = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(&sql, None, &[])? {
+            out.push((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<i32>(2)?.unwrap_or(0),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<JsonB>(4)?.map(|j| j.0),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)?;
+    // the definitions as datums of the caller's memory context
+    Ok(rows
+        .into_iter()
+        .map(|(e, v, s, d)| (e, v, s, d.and_then(|d| JsonB(d).into_datum())))
+        .collect())
+}
+
 fn newest_rows(t: &Tenant) -> Result<Vec<NewestRow>> {
-    let table = t.catalog_oid;
+    let mut table = t.catalog_oid;
+    // on Citus: the catalog's shard where this node holds it, else SQL (Citus reads it where it is)
+    match crate::citus::shard_relation(t.schema_oid, "_udm_entity", "_udm_entity") {
+        Some(Some(shard)) => table = shard,
+        Some(None) => return newest_rows_sql(t),
+        None => {}
+    }
     if table == pg_sys::InvalidOid {
         return Err(UdmError::internal(format!(
             "tenant \"{}\" has no entity catalog (its schema \"{}\" lacks _udm_entity)",

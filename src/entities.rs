@@ -552,6 +552,17 @@ pub fn add_field(entity: &str, field: &Value) -> Result<Value> {
     let t = catalog::current_tenant()?;
     let f = parse_field(field, Source::Caller)
         .map_err(|e| e.context(format!("entity \"{entity}\"")))?;
+    if f.ftype == udm_core::types::FieldType::AutoNumber && crate::citus::installed() {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!(
+                "udm on Citus: cannot add auto_number field \"{}\" to entity \"{entity}\"",
+                f.name
+            ),
+        )
+        .detail("Citus refuses to add an identity column to a distributed table (ADD COLUMN ... GENERATED AS IDENTITY)")
+        .hint("on Citus an auto_number field is defined with its entity (udm_define_entity)"));
+    }
     change(
         &t,
         entity,

@@ -220,6 +220,13 @@ pub fn user_id() -> Option<String> {
 
 /// Sets a udm setting for the session or (with `local`) the transaction.
 pub fn set(name: &str, value: Option<&str>, local: bool) {
+    if local && crate::citus::installed() {
+        // on Citus, a transaction's setting reaches the workers (where triggers and row-level
+        // security read it) only as a SET LOCAL statement with citus.propagate_set_commands =
+        // 'local' (src/citus.rs)
+        crate::citus::set_local(name, value.unwrap_or(""));
+        return;
+    }
     let name = CString::new(name).expect("setting names have no NUL");
     let value = value.map(|v| CString::new(v).expect("values were checked for NUL"));
     unsafe {

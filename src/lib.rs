@@ -24,6 +24,7 @@ mod audit;
 mod audit_table;
 mod cache;
 mod catalog;
+mod citus;
 mod crypto;
 mod entities;
 mod error;
@@ -54,6 +55,7 @@ mod users;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["bootstrap"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]

@@ -56,7 +56,7 @@ fn constraint_name(message: &str) -> Option<&str> {
 /// Words for a constraint failure PostgreSQL reported by constraint name.
 fn translate(t: &Tenant, def: &EntityDef, e: PgError, row: Option<usize>) -> UdmError {
     let prefix = row.map(|i| format!("rows[{i}]: ")).unwrap_or_default();
-    let named = constraint_name(&e.message).map(str::to_string);
+    let named = constraint_name(&e.message).map(crate::citus::unsharded_name);
     // which field a constraint belongs to: its unique key, its foreign key, or the target key of
     // its many-to-many junction
     let field_of = |suffix: &str| {

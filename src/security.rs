@@ -138,6 +138,11 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
         set_saved("lock_timeout", &timeout);
         // cascade notices of udm's own DDL say nothing the caller can act on
         set_saved("client_min_messages", "warning");
+        if crate::citus::installed() {
+            for (name, value) in crate::citus::SETTINGS {
+                set_saved(name, value);
+            }
+        }
         let r = nested(&SETTINGS_DEPTH, f);
         unsafe { pg_sys::AtEOXact_GUC(true, nest) };
         r

@@ -92,7 +92,9 @@ pub fn command(sql: &str) -> String {
 /// Runs SQL for its effect (several statements when it takes no arguments).
 pub fn run(sql: &str, args: &[DatumWithOid]) -> Result<()> {
     require_writable(&command(sql));
-    if args.is_empty() {
+    if args.is_empty() && crate::citus::installed() {
+        crate::citus::run_batch(sql)
+    } else if args.is_empty() {
         Spi::run(sql).map_err(spi_err)
     } else {
         Spi::run_with_args(sql, args).map_err(spi_err)

@@ -51,6 +51,9 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
     as_owner(|| {
         refuse_taken(slug, &role)?;
         create_objects(slug, name, &role)?;
+        if crate::citus::installed() {
+            crate::citus::distribute_schema(&schema)?;
+        }
         register(slug, name, &role, None, None, false)
     })?;
     catalog::invalidate_registry();

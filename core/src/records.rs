@@ -228,7 +228,29 @@ pub fn row_json(schema: &str, def: &EntityDef, alias: &str) -> String {
     json_object(&pairs)
 }
 
-/// `INSERT ... RETURNING`: the record JSON, or only its id when links follow.
+/// The columns `row_json` reads (`t1.<column>, ...`), and only those: the statement that returns
+/// them needs SELECT on each, and a tenant role has none on password columns.
+fn returned_columns(def: &EntityDef, links: bool) -> String {
+    if links {
+        return "t1.\"id\"".into();
+    }
+    let mut cols: Vec<String> = SYSTEM_COLUMNS
+        .iter()
+        .map(|c| format!("t1.{}", quote_ident(c)))
+        .collect();
+    for f in &def.fields {
+        if f.ftype == FieldType::Password || f.is_many_to_many() {
+            continue;
+        }
+        cols.push(format!("t1.{}", quote_ident(&f.column)));
+    }
+    cols.join(", ")
+}
+
+/// `INSERT ... RETURNING`: the record JSON, or only its id when links follow. The JSON is built
+/// from the inserted row outside the INSERT (`WITH t0 AS (INSERT ... RETURNING t1.<columns>)
+/// SELECT ...`):
+/// Citus refuses functions that are not immutable in a RETURNING clause.
 pub fn insert_sql(schema: &str, def: &EntityDef, w: &Write) -> String {
     let mut cols = Vec::new();
     let mut vals = Vec::new();
@@ -250,15 +272,17 @@ pub fn insert_sql(schema: &str, def: &EntityDef, w: &Write) -> String {
     };
     if cols.is_empty() {
         return format!(
-            "INSERT INTO {} AS t0 DEFAULT VALUES RETURNING {returning}",
-            qualified(schema, &def.slug)
+            "WITH t0 AS (INSERT INTO {} AS t1 DEFAULT VALUES RETURNING {}) SELECT {returning} FROM t0",
+            qualified(schema, &def.slug),
+            returned_columns(def, !w.links.is_empty())
         );
     }
     format!(
-        "INSERT INTO {} AS t0 ({}) VALUES ({}) RETURNING {returning}",
+        "WITH t0 AS (INSERT INTO {} AS t1 ({}) VALUES ({}) RETURNING {}) SELECT {returning} FROM t0",
         qualified(schema, &def.slug),
         cols.join(", "),
-        vals.join(", ")
+        vals.join(", "),
+        returned_columns(def, !w.links.is_empty())
     )
 }
 
@@ -272,7 +296,8 @@ pub fn insert_values(w: &Write) -> Vec<Option<String>> {
     out
 }
 
-/// `UPDATE ... WHERE id = $1 [AND _version = $2] RETURNING`.
+/// `UPDATE ... WHERE id = $1 [AND _version = $2] RETURNING`, the JSON built outside the UPDATE
+/// as for `insert_sql`.
 pub fn update_sql(schema: &str, def: &EntityDef, w: &Write, versioned: bool) -> String {
     let mut n = if versioned { 2 } else { 1 };
     let mut sets = Vec::new();
@@ -286,7 +311,7 @@ pub fn update_sql(schema: &str, def: &EntityDef, w: &Write, versioned: bool) -> 
     }
     if sets.is_empty() {
         // links changed only: still a new version of the record
-        sets.push("\"updated_at\" = t0.\"updated_at\"".into());
+        sets.push("\"updated_at\" = t1.\"updated_at\"".into());
     }
     let returning = if w.links.is_empty() {
         row_json(schema, def, "t0")
@@ -294,14 +319,15 @@ pub fn update_sql(schema: &str, def: &EntityDef, w: &Write, versioned: bool) -> 
         "t0.\"id\"".into()
     };
     format!(
-        "UPDATE {} AS t0 SET {} WHERE t0.\"id\" = $1::uuid{} RETURNING {returning}",
+        "WITH t0 AS (UPDATE {} AS t1 SET {} WHERE t1.\"id\" = $1::uuid{} RETURNING {}) SELECT {returning} FROM t0",
         qualified(schema, &def.slug),
         sets.join(", "),
         if versioned {
-            " AND t0.\"_version\" = $2::integer"
+            " AND t1.\"_version\" = $2::integer"
         } else {
             ""
-        }
+        },
+        returned_columns(def, !w.links.is_empty())
     )
 }
 
@@ -741,7 +767,7 @@ mod tests {
         assert_eq!(w.cols.len(), 2);
         assert_eq!(w.links[0].ids, vec!["6f9619ff-8b86-d011-b42d-00c04fc964ff"]);
         let sql = insert_sql("acme", &d, &w);
-        assert!(sql.starts_with("INSERT INTO \"acme\".\"product\" AS t0 (\"name\", \"price\") VALUES ($1::text, $2::numeric) RETURNING t0.\"id\""), "{sql}");
+        assert!(sql.starts_with("WITH t0 AS (INSERT INTO \"acme\".\"product\" AS t1 (\"name\", \"price\") VALUES ($1::text, $2::numeric) RETURNING t1.\"id\") SELECT t0.\"id\" FROM t0"), "{sql}");
         for (data, want) in [
             (
                 json!({"price": "abc"}),
@@ -787,7 +813,7 @@ mod tests {
         let d = product();
         let w = write_of(&d, &json!({"price": 1}), Mode::Update).unwrap();
         let sql = update_sql("acme", &d, &w, true);
-        assert!(sql.contains("SET \"price\" = $3::numeric WHERE t0.\"id\" = $1::uuid AND t0.\"_version\" = $2::integer"), "{sql}");
+        assert!(sql.contains("SET \"price\" = $3::numeric WHERE t1.\"id\" = $1::uuid AND t1.\"_version\" = $2::integer"), "{sql}");
     }
 
     #[test]

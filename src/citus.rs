@@ -1,0 +1,312 @@
+//! Citus: udm on a Citus coordinator, where each tenant schema is a distributed schema (Citus's
+//! schema-based sharding) living whole on one worker node, and the global tables (`udm.tenant`,
+//! `udm.app_user`, `udm.user_tenant`) are reference tables every node reads.
+//!
+//! Without the `citus` extension in the database nothing here changes what udm does: every entry
+//! point first asks `installed()`.
+//!
+//! What Citus needs from udm (see the README's "Scaling out with Citus"):
+//! - Citus distributes only tables created by top-level statements; a `CREATE TABLE` udm runs
+//!   through SPI stays a local coordinator table. So a tenant's schema is built with
+//!   `citus.enable_schema_based_sharding` off and then made a distributed schema
+//!   (`citus_schema_distribute`), and every table udm creates later in a distributed schema is
+//!   distributed at once into the schema's colocation group (`create_distributed_table(t, NULL,
+//!   colocate_with => '<schema>._udm_entity')`).
+//! - Citus sends the whole SPI query string of a DDL statement to the workers, and a string of
+//!   several statements cannot be sent: udm's DDL batches are run one statement at a time.
+//! - Triggers fire on the worker against the shard (`<table>_<shard id>`): storage-level writes
+//!   must go to the shard's relation, not to the shell table of the same name.
+
+use crate::error::{spi_err, Result, SqlState, UdmError};
+use pgrx::prelude::*;
+use std::cell::Cell;
+use std::ffi::{CStr, CString};
+use udm_core::ident::quote_ident;
+
+thread_local! {
+    /// Whether `citus` is installed, as found in one transaction (its local id, and the answer).
+    static INSTALLED: Cell<Option<(u32, bool)>> = const { Cell::new(None) };
+}
+
+/// Whether the `citus` extension is installed in this database (looked up once per transaction).
+pub fn installed() -> bool {
+    let lxid = unsafe {
+        if pg_sys::MyProc.is_null() {
+            0
+        } else {
+            (*pg_sys::MyProc).lxid
+        }
+    };
+    if let Some((x, v)) = INSTALLED.with(|c| c.get()) {
+        if x == lxid && lxid != 0 {
+            return v;
+        }
+    }
+    let v = unsafe {
+        pg_sys::IsTransactionState()
+            && pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid
+    };
+    INSTALLED.with(|c| c.set(Some((lxid, v))));
+    v
+}
+
+/// The settings udm's own work runs with on Citus (`security::as_owner` sets them with its
+/// others): udm's triggers may be created on distributed tables (Citus calls them unsafe: they
+/// fire on the worker, against the shard; udm's triggers are written for that), and a schema udm
+/// creates does not become a distributed schema before its tables are in it (`distribute_schema`
+/// does that once they are).
+pub const SETTINGS: [(&str, &str); 2] = [
+    ("citus.enable_unsafe_triggers", "on"),
+    ("citus.enable_schema_based_sharding", "off"),
+];
+
+/// One statement of a batch: its text, and the table it creates when it is a `CREATE TABLE`.
+struct Statement {
+    sql: String,
+    creates: Option<String>,
+}
+
+/// The statements of `sql` (PostgreSQL's own parser splits them), each with the table it creates
+/// (qualified, quoted) when it is a `CREATE TABLE`.
+fn split(sql: &str) -> Result<Vec<Statement>> {
+    let c = CString::new(sql).map_err(|_| UdmError::internal("SQL with a NUL byte"))?;
+    let bytes = sql.as_bytes();
+    let mut out = Vec::new();
+    unsafe {
+        let list = pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        if list.is_null() {
+            return Ok(out);
+        }
+        for i in 0..(*list).length as usize {
+            let raw = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::RawStmt;
+            let start = ((*raw).stmt_location.max(0) as usize).min(bytes.len());
+            let end = match (*raw).stmt_len {
+                0 => bytes.len(),
+                n => (start + n as usize).min(bytes.len()),
+            };
+            let text = String::from_utf8_lossy(&bytes[start..end]).into_owned();
+            let node = (*raw).stmt;
+            let creates = if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_CreateStmt {
+                let rv = (*(node as *mut pg_sys::CreateStmt)).relation;
+                let name = |p: *mut std::os::raw::c_char| {
+                    (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+                };
+                match (name((*rv).schemaname), name((*rv).relname)) {
+                    (Some(s), Some(r)) => Some(format!("{}.{}", quote_ident(&s), quote_ident(&r))),
+                    (None, Some(r)) => Some(quote_ident(&r)),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            out.push(Statement { sql: text, creates });
+        }
+    }
+    Ok(out)
+}
+
+/// Runs a batch of statements on Citus: one at a time (Citus propagates a DDL statement to the
+/// workers by its query string, which must then hold that statement only), and a table created in
+/// a distributed schema is distributed at once, into the schema's colocation group.
+pub fn run_batch(sql: &str) -> Result<()> {
+    let statements = split(sql)?;
+    if statements.len() <= 1 && statements.iter().all(|s| s.creates.is_none()) {
+        return Spi::run(sql).map_err(spi_err);
+    }
+    for s in statements {
+        Spi::run(&s.sql).map_err(spi_err)?;
+        if let Some(table) = s.creates {
+            distribute_table(&table)?;
+        }
+    }
+    Ok(())
+}
+
+/// Distributes a new table of a distributed schema into the schema's colocation group (the one
+/// of its catalog table `_udm_entity`); a table elsewhere, or distributed already, is left as it is.
+fn distribute_table(table: &str) -> Result<()> {
+    // a tenant whose schema is not distributed (made before Citus was installed, or taken out of
+    // Citus by hand): its new table would stay a local table of the coordinator
+    let apart = crate::spi::select_one::<String>(
+        "SELECT n.nspname::text FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = pg_catalog.to_regclass($1) \
+           AND EXISTS (SELECT 1 FROM udm.tenant t WHERE t.schema_name = n.nspname) \
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_schema d WHERE d.schemaid = n.oid)",
+        &[table.into()],
+    )?;
+    if let Some(schema) = apart {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!("udm on Citus: tenant schema \"{schema}\" is not a distributed schema, so its new table {table} would stay a local table of the coordinator"),
+        )
+        .detail("on Citus every table of a tenant must be in the tenant's distributed schema (pg_dist_schema)")
+        .hint(format!("make the tenant's schema distributed first: SELECT citus_schema_distribute('{}')", quote_ident(&schema).replace('\'', "''"))));
+    }
+    Spi::run_with_args(
+        "SELECT pg_catalog.create_distributed_table(c.oid::regclass, NULL, \
+                  colocate_with => pg_catalog.format('%I.%I', n.nspname, '_udm_entity')) \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = pg_catalog.to_regclass($1) AND c.relname <> '_udm_entity' \
+           AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p' \
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_dist_schema d WHERE d.schemaid = n.oid) \
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = c.oid)",
+        &[table.into()],
+    )
+    .map_err(spi_err)
+}
+
+/// Makes a new tenant's schema a distributed schema: its tables (catalog and audit log) move
+/// together to one worker; then checks that every table of it is there.
+pub fn distribute_schema(schema: &str) -> Result<()> {
+    Spi::run_with_args(
+        "SELECT pg_catalog.citus_schema_distribute($1::regnamespace)",
+        &[quote_ident(schema).into()],
+    )
+    .map_err(spi_err)?;
+    require_colocated(schema)
+}
+
+/// The tables of a tenant schema that are not in the schema's colocation group (local tables of
+/// the coordinator, or distributed apart), by name.
+pub fn not_colocated(schema: &str) -> Result<Vec<String>> {
+    Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT c.relname::text FROM pg_catalog.pg_class c \
+             LEFT JOIN pg_catalog.pg_dist_schema d ON d.schemaid = c.relnamespace \
+             LEFT JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = c.oid \
+             WHERE c.relnamespace = $1::regnamespace AND c.relkind IN ('r', 'p') \
+               AND p.colocationid IS DISTINCT FROM d.colocationid \
+             ORDER BY 1",
+            None,
+            &[quote_ident(schema).into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.get::<String>(1)?.unwrap_or_default());
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)
+}
+
+/// Refuses (0A000) a tenant schema whose tables are not all in its colocation group: on Citus,
+/// such a table would stay a local table of the coordinator (or live on another node than the
+/// tenant), silently out of reach of the tenant's triggers and of moves.
+pub fn require_colocated(schema: &str) -> Result<()> {
+    let apart = not_colocated(schema)?;
+    if apart.is_empty() {
+        return Ok(());
+    }
+    Err(UdmError::new(
+        SqlState::FeatureNotSupported,
+        format!(
+            "udm on Citus: the table(s) {} of tenant schema \"{schema}\" would not be distributed with the tenant",
+            apart.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ")
+        ),
+    )
+    .detail("on Citus every table of a tenant must be in the tenant's distributed schema (pg_dist_schema), colocated with its catalog table _udm_entity")
+    .hint("a tenant made before Citus was installed is not distributed; tables created in a tenant schema outside udm are not either"))
+}
+
+/// Where the rows of the tenant table `table` are, for storage-level reads and writes, on Citus:
+/// `Some(Some(relation))` when this node holds its shard (`relation`: `name`, the table or one of
+/// its indexes, as the shard's `<name>_<shard id>`), `Some(None)` when it is a Citus table whose
+/// shard is on another node (this node's table of that name is only Citus's shell, whose heap no
+/// query reads or writes), None when it is not a Citus table (or there is no Citus).
+pub fn shard_relation(
+    schema_oid: pg_sys::Oid,
+    table: &str,
+    name: &str,
+) -> Option<Option<pg_sys::Oid>> {
+    if !installed() {
+        return None;
+    }
+    let table_oid = relation_by_name(schema_oid, table)?;
+    let shard = crate::spi::select_one::<i64>(
+        "SELECT s.shardid FROM pg_catalog.pg_dist_shard s \
+         WHERE s.logicalrelid = $1 ORDER BY s.shardid LIMIT 1",
+        &[table_oid.into()],
+    )
+    .ok()
+    .flatten()?;
+    Some(relation_by_name(schema_oid, &format!("{name}_{shard}")))
+}
+
+fn relation_by_name(schema_oid: pg_sys::Oid, name: &str) -> Option<pg_sys::Oid> {
+    let c = CString::new(name).ok()?;
+    let oid = unsafe { pg_sys::get_relname_relid(c.as_ptr(), schema_oid) };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
+/// The relation a storage-level write of the tenant table `table` (or a read of `name`, the
+/// table or one of its indexes) uses on this node: the shard where this node holds it (a trigger
+/// firing on a worker), else the relation of that name.
+pub fn local_relation(schema_oid: pg_sys::Oid, table: &str, name: &str) -> Option<pg_sys::Oid> {
+    match shard_relation(schema_oid, table, name) {
+        Some(Some(shard)) => Some(shard),
+        _ => relation_by_name(schema_oid, name),
+    }
+}
+
+/// Whether this is a Citus worker node (its group is not the coordinator's, 0).
+pub fn on_worker() -> bool {
+    installed()
+        && crate::spi::select_one::<bool>(
+            "SELECT groupid <> 0 FROM pg_catalog.pg_dist_local_group",
+            &[],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// The error (0A000) of a udm function that finds itself called on a worker without a tenant:
+/// Citus runs a statement that reads a tenant's table whole on the tenant's worker, udm functions
+/// in it included, and the session's settings (`udm_use`) stay on the coordinator. None when this
+/// is not a Citus worker.
+pub fn on_worker_refusal() -> Option<UdmError> {
+    on_worker().then(|| {
+        UdmError::new(
+            SqlState::FeatureNotSupported,
+            "udm on Citus: a udm function ran on a worker node, where no tenant is selected",
+        )
+        .detail("Citus runs a statement that reads a tenant's table on the tenant's worker node, whole, with the udm functions it calls (e.g. udm_get('product', (SELECT id FROM shop.product ...))), and the session's tenant stays on the coordinator")
+        .hint("call udm functions with values, not with sub-selects of tenant tables: read the value first, then pass it")
+    })
+}
+
+/// Sets a setting for the transaction so that the workers get it too: Citus sends the SET LOCAL
+/// statements of a transaction block to the worker connections of the transaction when
+/// `citus.propagate_set_commands` is 'local' (udm sets that for the transaction first). Outside
+/// a transaction block nothing is propagated: the setting holds on the coordinator only.
+pub fn set_local(name: &str, value: &str) {
+    // udm's own setting names (udm.tenant, udm.user_id): no quoting needed, none allowed
+    assert!(
+        name.bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'),
+        "a udm setting name"
+    );
+    for sql in [
+        "SET LOCAL citus.propagate_set_commands = 'local'".to_string(),
+        format!(
+            "SET LOCAL {name} = {}",
+            udm_core::ident::quote_literal(value)
+        ),
+    ] {
+        Spi::run(&sql).unwrap_or_else(|e| crate::error::raise(spi_err(e)));
+    }
+}
+
+/// A constraint or index name as udm made it: on Citus, errors raised on a worker name the
+/// shard's copy, `<name>_<shard id>`.
+pub fn unsharded_name(name: &str) -> String {
+    if installed() {
+        if let Some((base, id)) = name.rsplit_once('_') {
+            if !base.is_empty() && !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
+                return base.to_string();
+            }
+        }
+    }
+    name.to_string()
+}

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Tier 5: udm on Citus (src/citus.rs). A coordinator and two workers, three PostgreSQL clusters
+# of the copy of PostgreSQL that `make citus` made (PGBIN: its bin directory) on CITUS_PORT, +1
+# and +2 (localhost; Citus connects to the workers over TCP), each with Citus and udm preloaded;
+# then udm's checks on the coordinator. The clusters are stopped however the checks end.
+#
+#   PGBIN=<root>/usr/lib/postgresql/15/bin CITUS_DIR=target/citus-clusters CITUS_PORT=5485 tests/citus.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${PGBIN:?PGBIN: the bin directory of a PostgreSQL with Citus and udm}"
+export PGBIN
+DIR=${CITUS_DIR:-$PWD/target/citus-clusters}
+PORT=${CITUS_PORT:-5485}
+DB=udm_citus
+CLUSTER=tests/cluster.sh
+NAMES=(coordinator worker1 worker2)
+started=$(date +%s)
+
+stop_all() {
+    # CITUS_KEEP=1: leave them running, to look around (stop with tests/cluster.sh stop DIR/<node>)
+    [ -n "${CITUS_KEEP:-}" ] && return
+    for n in "${NAMES[@]}"; do $CLUSTER stop "$DIR/$n"; done
+}
+trap stop_all EXIT
+
+port_of() {
+    case $1 in coordinator) echo "$PORT" ;; worker1) echo $((PORT + 1)) ;; worker2) echo $((PORT + 2)) ;; esac
+}
+
+# psql on a node: -At, stop at the first error
+on() {
+    local n=$1
+    shift
+    $CLUSTER psql "$DIR/$n" "$(port_of "$n")" -d $DB -At -q -v ON_ERROR_STOP=1 "$@"
+}
+
+for n in "${NAMES[@]}"; do
+    $CLUSTER start "$DIR/$n" "$(port_of "$n")" fresh "shared_buffers = 128MB" "max_connections = 100" \
+        "fsync = off" "synchronous_commit = off" "shared_preload_libraries = 'citus,udm'" \
+        "wal_level = logical" "max_wal_senders = 10" "max_replication_slots = 10" "udm.bcrypt_cost = 4"
+    $CLUSTER psql "$DIR/$n" "$(port_of "$n")" -d postgres -q -c "CREATE DATABASE $DB"
+    # Citus 12.1 does not propagate CREATE DATABASE: the database and Citus on every node
+    on "$n" -c "CREATE EXTENSION citus"
+done
+on coordinator -c "SELECT citus_set_coordinator_host('localhost', $PORT)" >/dev/null
+on coordinator -c "SELECT citus_add_node('localhost', $((PORT + 1)))" -c "SELECT citus_add_node('localhost', $((PORT + 2)))" >/dev/null
+on coordinator -c "CREATE EXTENSION udm"
+
+failed=0
+check() {
+    # check NAME EXPECTED SQL...: the coordinator's answer to the SQL (the last line of what the
+    # commands print) must be EXPECTED
+    local name=$1 expected=$2
+    shift 2
+    local got
+    if ! got=$(on coordinator "$@" 2>&1); then
+        echo "   FAIL $name: $got"
+        failed=$((failed + 1))
+        return
+    fi
+    got=$(tail -n 1 <<<"$got")
+    if [ "$got" != "$expected" ]; then
+        echo "   FAIL $name"
+        echo "     expected: $expected"
+        echo "     got:      $got"
+        failed=$((failed + 1))
+    else
+        echo "   ok   $name"
+    fi
+}
+
+# refused: the statement fails with SQLSTATE $2 and a message containing $3
+refused() {
+    local name=$1 state=$2 text=$3
+    shift 3
+    local got
+    got=$($CLUSTER psql "$DIR/coordinator" "$PORT" -d $DB -At -q -v ON_ERROR_STOP=1 -v VERBOSITY=verbose \
+        -c '\set VERBOSITY verbose' "$@" 2>&1) && { echo "   FAIL $name: not refused ($got)"; failed=$((failed + 1)); return; }
+    if grep -q "ERROR:  $state:" <<<"$got" && grep -qF -- "$text" <<<"$got"; then
+        echo "   ok   $name"
+    else
+        echo "   FAIL $name: expected $state with \"$text\", got: $got"
+        failed=$((failed + 1))
+    fi
+}
+
+# every table of a tenant schema, and whether it is in the schema's colocation group
+TABLES_OF="SELECT string_agg(c.relname || ':' || (p.colocationid IS NOT DISTINCT FROM d.colocationid AND d.colocationid IS NOT NULL), ',' ORDER BY c.relname)
+           FROM pg_class c LEFT JOIN pg_dist_schema d ON d.schemaid = c.relnamespace
+           LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid
+           WHERE c.relnamespace = 'shop'::regnamespace AND c.relkind = 'r'"
+
+echo "   Citus $(on coordinator -c "SELECT extversion FROM pg_extension WHERE extname = 'citus'"), udm $(on coordinator -c "SELECT extversion FROM pg_extension WHERE extname = 'udm'")"
+
+check "udm on every node (CREATE EXTENSION propagated)" "t" \
+    -c "SELECT bool_and(success AND result = 'udm') FROM run_command_on_workers(\$\$SELECT extname FROM pg_extension WHERE extname = 'udm'\$\$)"
+check "global tables are reference tables" "udm.app_user,udm.tenant,udm.user_tenant" \
+    -c "SELECT string_agg(logicalrelid::text, ',' ORDER BY logicalrelid::text) FROM pg_dist_partition
+        WHERE partmethod = 'n' AND repmodel = 't' AND logicalrelid::text LIKE 'udm.%'"
+check "udm.citus_setup() again changes nothing" "{}" -c "SELECT udm.citus_setup()"
+
+on coordinator -c "SELECT udm_create_tenant('shop', 'Shop')" >/dev/null
+check "udm_create_tenant: a distributed schema" "shop" \
+    -c "SELECT schemaid::regnamespace::text FROM pg_dist_schema WHERE schemaid = 'shop'::regnamespace"
+check "udm_create_tenant: its catalog and audit log colocated in it" "_udm_audit:true,_udm_entity:true" -c "$TABLES_OF"
+check "the tenant's shards on one worker" "1|t" \
+    -c "SELECT count(DISTINCT nodeport), bool_and(nodeport IN ($((PORT + 1)), $((PORT + 2)))) FROM citus_shards WHERE table_name::text LIKE 'shop.%'"
+check "workers read the tenant registry" "t" \
+    -c "SELECT bool_and(success AND result = '1') FROM run_command_on_workers(\$\$SELECT count(*) FROM udm.tenant WHERE slug = 'shop'\$\$)"
+
+on coordinator -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_define_entity('category', '{\"fields\": [{\"name\": \"name\", \"type\": \"text\", \"required\": true, \"unique\": true}]}')" >/dev/null
+check "udm_define_entity: the entity table distributed with the tenant" \
+    "_udm_audit:true,_udm_entity:true,category:true" -c "$TABLES_OF"
+
+on coordinator -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_define_entity('product', '{\"fields\": [{\"name\": \"name\", \"type\": \"text\", \"required\": true},
+          {\"name\": \"price\", \"type\": \"decimal\", \"min\": 0},
+          {\"name\": \"category_id\", \"type\": \"relation\", \"target\": \"category\", \"on_delete\": \"restrict\"},
+          {\"name\": \"tags\", \"type\": \"relation\", \"target\": \"category\", \"many\": true}]}')" >/dev/null
+check "a relation and a junction table: distributed with the tenant" \
+    "_udm_audit:true,_udm_entity:true,category:true,product:true,product__tags:true" -c "$TABLES_OF"
+check "all of the tenant's shards on one worker" "1" \
+    -c "SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name::text LIKE 'shop.%'"
+
+# records through plain SQL: udm's triggers fire on the worker, against the shards
+check "plain SQL insert through the coordinator" "2" \
+    -c "INSERT INTO shop.category (name) VALUES ('books'), ('games')" \
+    -c "SELECT count(*) FROM shop.category"
+check "the stamp trigger ran on the worker" "2|2" \
+    -c "SELECT count(*) FILTER (WHERE _version = 1), count(*) FILTER (WHERE created_at IS NOT NULL) FROM shop.category"
+check "the audit log has the inserts (written into the shard)" "2" \
+    -c "SELECT count(*) FROM shop._udm_audit WHERE entity = 'category' AND action = 'INSERT'"
+check "plain SQL update: version and audit" "2|3" \
+    -c "UPDATE shop.category SET name = 'novels' WHERE name = 'books'" \
+    -c "SELECT (SELECT _version FROM shop.category WHERE name = 'novels'), (SELECT count(*) FROM shop._udm_audit)"
+refused "a broken rule is refused on the worker" 23505 "duplicate key" \
+    -c "INSERT INTO shop.category (name) VALUES ('games')"
+
+# udm's record functions on the coordinator (with values: see the refusal below)
+toys=$(on coordinator -c "SELECT udm_use('shop')" -c "SELECT udm_insert('category', '{\"name\": \"toys\"}')->>'id'" | tail -n 1)
+check "udm_insert, udm_get, udm_update, udm_query" "toys|puzzles|2|2" \
+    -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_get('category', '$toys')->>'name',
+               udm_update('category', '$toys', '{\"name\": \"puzzles\"}')->>'name',
+               udm_get('category', '$toys')->>'_version',
+               jsonb_array_length(udm_query('category', '{\"filters\": {\"name\": {\"neq\": \"games\"}}}')->'rows')"
+games=$(on coordinator -c "SELECT id FROM shop.category WHERE name = 'games'")
+novels=$(on coordinator -c "SELECT id FROM shop.category WHERE name = 'novels'")
+check "udm_insert of a record with a relation and links" "$games|2" \
+    -c "SELECT udm_use('shop')" \
+    -c "SELECT v->>'category_id', jsonb_array_length(v->'tags') FROM udm_insert('product', '{\"name\": \"chess\", \"price\": 20,
+          \"category_id\": \"$games\", \"tags\": [\"$games\", \"$novels\"]}') AS v"
+check "udm_query through a relation" "chess" \
+    -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_query('product', '{\"filters\": {\"category_id.name\": \"games\"}}')->'rows'->0->>'name'"
+refused "a restrict relation holds on the worker" 23503 "violates foreign key constraint" \
+    -c "DELETE FROM shop.category WHERE name = 'games'"
+# a constraint of a shard is reported by the name udm gave it (without the shard id)
+got=$(on coordinator -c '\set VERBOSITY verbose' -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_insert('category', '{\"name\": \"games\"}')" 2>&1) || true
+if grep -q "ERROR:  23505:" <<<"$got" && ! grep -qE "_[0-9]{6}" <<<"$(grep ERROR <<<"$got")"; then
+    echo "   ok   a unique violation on the worker names the field, not the shard"
+else
+    echo "   FAIL a unique violation on the worker names the field, not the shard: $got"
+    failed=$((failed + 1))
+fi
+check "the audit chain verifies" "true" \
+    -c "SELECT udm_use('shop')" -c "SELECT udm_audit_verify()->>'ok'"
+check "the history of a record" "2" \
+    -c "SELECT udm_use('shop')" -c "SELECT count(*) FROM udm_history('category', '$toys')"
+refused "a udm function pushed to a worker by Citus is refused, not confused" 0A000 "ran on a worker node" \
+    -c "SELECT udm_use('shop')" -c "SELECT udm_get('category', (SELECT id FROM shop.category WHERE name = 'games'))"
+
+refused "adding an auto_number field is refused by udm" 0A000 "udm on Citus: cannot add auto_number field" \
+    -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"seq\", \"type\": \"auto_number\"}')"
+check "udm_add_field of another type" "2" \
+    -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"code\", \"type\": \"text\"}')->>'version'"
+check "the roadmap template: every table colocated with the tenant" "7|7" \
+    -c "SELECT udm_create_tenant('road')" -c "SELECT udm_use('road')" -c "SELECT udm_install_template('roadmap')" \
+    -c "SELECT count(*), count(*) FILTER (WHERE p.colocationid = d.colocationid) FROM pg_class c
+          JOIN pg_dist_schema d ON d.schemaid = c.relnamespace LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid
+        WHERE c.relnamespace = 'road'::regnamespace AND c.relkind = 'r'"
+
+# the transaction's settings reach the workers (udm_use(..., is_local => true) in a transaction)
+check "udm_use(..., is_local => true): the worker's audit records the user" "alice" \
+    -c "BEGIN" -c "SELECT udm_use('shop', 'alice', true)" \
+    -c "INSERT INTO shop.category (name) VALUES ('by alice')" -c "COMMIT" \
+    -c "SELECT user_id FROM shop._udm_audit WHERE new_data->>'name' = 'by alice'"
+
+# a tenant made before Citus was installed (here: in another database of the coordinator, where
+# Citus comes after udm and has no nodes): its new tables are refused, not left local
+$CLUSTER psql "$DIR/coordinator" "$PORT" -d postgres -q -c "CREATE DATABASE udm_before"
+$CLUSTER psql "$DIR/coordinator" "$PORT" -d udm_before -q -v ON_ERROR_STOP=1 \
+    -c "CREATE EXTENSION udm" -c "SELECT udm_create_tenant('early')" -c "CREATE EXTENSION citus" >/dev/null
+got=$($CLUSTER psql "$DIR/coordinator" "$PORT" -d udm_before -At -q -v ON_ERROR_STOP=1 -c '\set VERBOSITY verbose' \
+    -c "SELECT udm_use('early')" -c "SELECT udm_define_entity('item', '{\"fields\": [{\"name\": \"name\", \"type\": \"text\"}]}')" 2>&1) || true
+if grep -q "ERROR:  0A000: udm on Citus: tenant schema \"early\" is not a distributed schema" <<<"$got"; then
+    echo "   ok   a new table of a tenant made before Citus is refused"
+else
+    echo "   FAIL a new table of a tenant made before Citus is refused: $got"
+    failed=$((failed + 1))
+fi
+
+check "udm_drop_tenant on Citus" "0|0|0" \
+    -c "SELECT udm_create_tenant('gone')" -c "SELECT udm_drop_tenant('gone', 'gone')" \
+    -c "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'gone'),
+               (SELECT count(*) FROM udm.tenant WHERE slug = 'gone'),
+               (SELECT count(*) FROM pg_dist_schema WHERE schemaid::text = 'gone')"
+
+elapsed=$(($(date +%s) - started))
+if [ "$failed" -gt 0 ]; then
+    echo "   $failed Citus check(s) failed (${elapsed}s; logs in $DIR/*/server.log)"
+    exit 1
+fi
+echo "   all Citus checks passed (${elapsed}s)"

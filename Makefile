@@ -53,7 +53,9 @@ TEST_KEY      := $(ROOT)/target/test-master.key
 # from its packages, CITUS_PGROOT=/ uses the system PostgreSQL (udm is then installed there).
 CITUS_VERSION := 12.1.12
 CITUS_SHA256  := a344da15513601e718a268d907e1c86e43a69eb243398b929f65a4580723f552
-CITUS_TARBALL ?= $(abspath $(ROOT)/../shared/vendor/citus-$(CITUS_VERSION).tar.gz)
+# the tarball: next to the checkout (../shared/vendor), or where this project's machines keep it
+CITUS_TARBALL ?= $(or $(firstword $(wildcard $(abspath $(ROOT)/../shared/vendor/citus-$(CITUS_VERSION).tar.gz) \
+                   /work/shared/vendor/citus-$(CITUS_VERSION).tar.gz)),$(abspath $(ROOT)/../shared/vendor/citus-$(CITUS_VERSION).tar.gz))
 CITUS_APT     := libcurl4-openssl-dev liblz4-dev libzstd-dev libkrb5-dev
 CITUS_BUILD   := $(ROOT)/target/citus-build
 CITUS_PGROOT  ?= $(ROOT)/target/citus/root

@@ -29,7 +29,14 @@ thread_local! {
 }
 
 /// Whether the `citus` extension is installed in this database (looked up once per transaction).
+/// Citus works only from `shared_preload_libraries`: in a backend that has not loaded it (no
+/// `citus.version` setting, a hash lookup) it is not installed, and nothing is looked up.
 pub fn installed() -> bool {
+    let loaded =
+        unsafe { !pg_sys::GetConfigOption(c"citus.version".as_ptr(), true, false).is_null() };
+    if !loaded {
+        return false;
+    }
     let lxid = unsafe {
         if pg_sys::MyProc.is_null() {
             0

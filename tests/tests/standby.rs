@@ -175,9 +175,11 @@ impl Drop for Standby {
     }
 }
 
-/// Waits until the standby has replayed everything the primary wrote so far.
+/// Waits until the standby has replayed everything the primary wrote so far: up to the WAL
+/// insert position (with `synchronous_commit = off` the last commit records may not be written
+/// yet, so the write position can lie before them).
 fn replayed(primary: &mut Client, standby: &mut Client) {
-    let lsn: String = scalar(primary, "SELECT pg_current_wal_lsn()::text");
+    let lsn: String = scalar(primary, "SELECT pg_current_wal_insert_lsn()::text");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let done: bool = standby

@@ -329,9 +329,10 @@ fn main() {
         c.batch_execute(
             "VACUUM (ANALYZE) pg_catalog.pg_class, pg_catalog.pg_attribute, pg_catalog.pg_depend, \
              pg_catalog.pg_type, pg_catalog.pg_constraint, pg_catalog.pg_index, pg_catalog.pg_trigger, \
-             pg_catalog.pg_namespace, pg_catalog.pg_proc, pg_catalog.pg_policy, udm.tenant; CHECKPOINT",
+             pg_catalog.pg_namespace, pg_catalog.pg_proc, pg_catalog.pg_policy, udm.tenant",
         )
         .unwrap();
+        c.batch_execute("CHECKPOINT").unwrap();
         std::thread::sleep(Duration::from_secs(2));
     };
     settle(&mut c);

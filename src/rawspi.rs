@@ -445,16 +445,34 @@ unsafe fn same_shape(
                 unsafe { (*self.0).cursor_options = self.1 };
             }
         }
+        /// A plan this check holds, released however the check ends (an ERROR while the other
+        /// is planned, a cancel, unwinds through it: the plan's memory is not kept).
+        struct Held(*mut pg_sys::CachedPlan);
+        impl Drop for Held {
+            fn drop(&mut self) {
+                unsafe { pg_sys::ReleaseCachedPlan(self.0, std::ptr::null_mut()) };
+            }
+        }
         let saved = Options(ps, (*ps).cursor_options);
         (*ps).cursor_options = saved.1 | pg_sys::CURSOR_OPT_CUSTOM_PLAN as i32;
-        let custom = pg_sys::GetCachedPlan(ps, params, std::ptr::null_mut(), std::ptr::null_mut());
+        let custom = Held(pg_sys::GetCachedPlan(
+            ps,
+            params,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        ));
         (*ps).cursor_options = saved.1 | pg_sys::CURSOR_OPT_GENERIC_PLAN as i32;
-        let generic = pg_sys::GetCachedPlan(ps, params, std::ptr::null_mut(), std::ptr::null_mut());
+        let generic = Held(pg_sys::GetCachedPlan(
+            ps,
+            params,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        ));
         drop(saved);
-        let same = same_statements((*custom).stmt_list, (*generic).stmt_list);
-        pg_sys::ReleaseCachedPlan(custom, std::ptr::null_mut());
-        pg_sys::ReleaseCachedPlan(generic, std::ptr::null_mut());
-        Some(same)
+        Some(same_statements(
+            (*custom.0).stmt_list,
+            (*generic.0).stmt_list,
+        ))
     }
 }
 

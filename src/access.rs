@@ -724,7 +724,7 @@ pub fn add_member(tenant: &str, user: &str, role: &str) -> Result<Value> {
         crate::spi::run(
             &format!(
                 "INSERT INTO {} (user_id, role, added_by) VALUES ($1, $2, $3) \
-                 ON CONFLICT (user_id) DO UPDATE SET role = excluded.role, added_by = excluded.added_by, added_at = now()",
+                 ON CONFLICT (user_id) DO UPDATE SET role = excluded.role, added_by = excluded.added_by, added_at = excluded.added_at",
                 t.catalog(MEMBER_TABLE)
             ),
             &[u.0.into(), role.into(), actor.as_str().into()],
@@ -865,7 +865,7 @@ pub fn define_role(name: &str, parent: Option<&str>, permissions: &Value) -> Res
             &format!(
                 "INSERT INTO {} (name, parent, permissions, defined_by) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (name) DO UPDATE SET parent = excluded.parent, permissions = excluded.permissions, \
-                   defined_by = excluded.defined_by, defined_at = now()",
+                   defined_by = excluded.defined_by, defined_at = excluded.defined_at",
                 t.catalog(ROLE_TABLE)
             ),
             &[name.into(), parent.into(), JsonB(permissions_to_json(&own)).into(), actor.as_str().into()],
@@ -1052,7 +1052,7 @@ pub fn grant(subject: &str, relation: &str, object: &str) -> Result<Value> {
             &format!(
                 "INSERT INTO {} (object_entity, object_id, subject, relation, granted_by) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (object_entity, object_id, subject) DO UPDATE SET relation = excluded.relation, \
-                   granted_by = excluded.granted_by, granted_at = now()",
+                   granted_by = excluded.granted_by, granted_at = excluded.granted_at",
                 t.catalog(TUPLE_TABLE)
             ),
             &[e.def.slug.as_str().into(), id.into(), u.0.into(), level.name().into(), actor.as_str().into()],

@@ -197,7 +197,7 @@ pub fn subscribe(
     let sql = format!(
         "INSERT INTO {} (entity, target, actions, condition, created_by) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (entity, target) DO UPDATE SET actions = EXCLUDED.actions, condition = EXCLUDED.condition, \
-           created_by = EXCLUDED.created_by, created_at = now()",
+           created_by = EXCLUDED.created_by, created_at = EXCLUDED.created_at",
         t.catalog(SUBSCRIPTIONS)
     );
     let who = actor();
@@ -622,7 +622,7 @@ pub fn ack(consumer: &str, event_id: i64) -> Result<Value> {
     ensure_tables(&t)?;
     let sql = format!(
         "INSERT INTO {} (consumer, last_event, acked_by) VALUES ($1, $2, $3) \
-         ON CONFLICT (consumer) DO UPDATE SET last_event = EXCLUDED.last_event, acked_at = now()",
+         ON CONFLICT (consumer) DO UPDATE SET last_event = EXCLUDED.last_event, acked_at = EXCLUDED.acked_at",
         t.catalog(CONSUMERS)
     );
     as_owner(|| {

@@ -21,7 +21,7 @@ use crate::error::{spi_err, Result, SqlState, UdmError};
 use pgrx::prelude::*;
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
-use udm_core::ident::quote_ident;
+use udm_core::ident::{quote_ident, quote_literal};
 
 thread_local! {
     /// Whether `citus` is installed, as found in one transaction (its local id, and the answer).
@@ -148,7 +148,10 @@ fn distribute_table(table: &str) -> Result<()> {
             format!("udm on Citus: tenant schema \"{schema}\" is not a distributed schema, so its new table {table} would stay a local table of the coordinator"),
         )
         .detail("on Citus every table of a tenant must be in the tenant's distributed schema (pg_dist_schema)")
-        .hint(format!("make the tenant's schema distributed first: SELECT citus_schema_distribute('{}')", quote_ident(&schema).replace('\'', "''"))));
+        .hint(format!(
+            "make the tenant's schema distributed first: SELECT citus_schema_distribute({})",
+            quote_literal(&quote_ident(&schema))
+        )));
     }
     Spi::run_with_args(
         "SELECT pg_catalog.create_distributed_table(c.oid::regclass, NULL, \
@@ -296,10 +299,9 @@ pub fn set_local(name: &str, value: &str) {
     );
     for sql in [
         "SET LOCAL citus.propagate_set_commands = 'local'".to_string(),
-        format!(
-            "SET LOCAL {name} = {}",
-            udm_core::ident::quote_literal(value)
-        ),
+        // SET takes no parameters, and only a SET statement reaches the workers (set_config()
+        // does not): the value is written as a quoted literal, the name was checked above
+        format!("SET LOCAL {name} = {}", quote_literal(value)),
     ] {
         Spi::run(&sql).unwrap_or_else(|e| crate::error::raise(spi_err(e)));
     }

@@ -683,15 +683,18 @@ pub fn active_entities(t: &Tenant) -> Result<Vec<Rc<Entity>>> {
 /// (entity, version, status, definition datum copied out of the table)
 type NewestRow = (String, i32, String, Option<pg_sys::Datum>);
 
-/// `newest_rows` through SQL: on a Citus coordinator, whose catalog table is Citus's shell of the
-/// catalog on the tenant's worker.
-fn newest_rows_sql(t: &Tenant) -> Result<Vec<NewestRow>> {
+/// Each entity's newest catalog row read through SQL, by entity: (entity, version, status,
+/// definition). Tenant export reads it so; so does `newest_rows` on a Citus coordinator, whose
+/// catalog table is Citus's shell of the catalog on the tenant's worker.
+pub fn newest_definitions(
+    t: &Tenant,
+) -> Result<Vec<(String, i32, String, Option<serde_json::Value>)>> {
     let sql = format!(
         "SELECT DISTINCT ON (entity) entity, version, status, definition FROM {} \
          ORDER BY entity, version DESC",
         t.catalog("_udm_entity")
     );
-    let rows = Spi::connect(|c| {
+    Spi::connect(|c| {
         let mut out = Vec::new();
         for r in c.select(&sql, None, &[])? {
             out.push((
@@ -703,9 +706,12 @@ fn newest_rows_sql(t: &Tenant) -> Result<Vec<NewestRow>> {
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .map_err(spi_err)?;
-    // the definitions as datums of the caller's memory context
-    Ok(rows
+    .map_err(spi_err)
+}
+
+/// `newest_rows` through SQL, the definitions as datums of the caller's memory context.
+fn newest_rows_sql(t: &Tenant) -> Result<Vec<NewestRow>> {
+    Ok(newest_definitions(t)?
         .into_iter()
         .map(|(e, v, s, d)| (e, v, s, d.and_then(|d| JsonB(d).into_datum())))
         .collect())

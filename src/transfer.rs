@@ -201,25 +201,11 @@ fn table_columns(oid: pg_sys::Oid) -> Result<Vec<(String, String)>> {
 
 /// (as the owner)
 fn read_source(t: &Tenant) -> Result<Source> {
-    let sql = format!(
-        "SELECT entity, version, status, definition FROM \
-           (SELECT DISTINCT ON (entity) * FROM {} ORDER BY entity, version DESC) AS newest \
-         WHERE status <> 'purged' ORDER BY entity",
-        t.catalog(tr::CATALOG)
-    );
-    let rows = Spi::connect(|c| {
-        let mut out = Vec::new();
-        for r in c.select(&sql, None, &[])? {
-            out.push((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<i32>(2)?.unwrap_or(0),
-                r.get::<String>(3)?.unwrap_or_default(),
-                r.get::<JsonB>(4)?.map(|j| j.0).unwrap_or(Value::Null),
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(spi_err)?;
+    // each entity's newest row, by entity; a purged entity is gone
+    let rows = catalog::newest_definitions(t)?
+        .into_iter()
+        .filter(|(_, _, status, _)| status != "purged")
+        .map(|(e, v, s, d)| (e, v, s, d.unwrap_or(Value::Null)));
     let mut entities = Vec::new();
     for (slug, version, status, definition) in rows {
         let def =

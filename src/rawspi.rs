@@ -562,23 +562,27 @@ unsafe fn same_plan(a: *mut pg_sys::Plan, b: *mut pg_sys::Plan) -> bool {
             | T::T_WorkTableScan => {
                 (*(a as *mut pg_sys::Scan)).scanrelid == (*(b as *mut pg_sys::Scan)).scanrelid
             }
+            // the same relation through the same index
             T::T_IndexScan => {
-                let (x, y) = (a as *mut pg_sys::IndexScan, b as *mut pg_sys::IndexScan);
-                (*x).scan.scanrelid == (*y).scan.scanrelid && (*x).indexid == (*y).indexid
+                let f = |p: *mut pg_sys::Plan| {
+                    let p = p as *mut pg_sys::IndexScan;
+                    ((*p).scan.scanrelid, (*p).indexid)
+                };
+                f(a) == f(b)
             }
             T::T_IndexOnlyScan => {
-                let (x, y) = (
-                    a as *mut pg_sys::IndexOnlyScan,
-                    b as *mut pg_sys::IndexOnlyScan,
-                );
-                (*x).scan.scanrelid == (*y).scan.scanrelid && (*x).indexid == (*y).indexid
+                let f = |p: *mut pg_sys::Plan| {
+                    let p = p as *mut pg_sys::IndexOnlyScan;
+                    ((*p).scan.scanrelid, (*p).indexid)
+                };
+                f(a) == f(b)
             }
             T::T_BitmapIndexScan => {
-                let (x, y) = (
-                    a as *mut pg_sys::BitmapIndexScan,
-                    b as *mut pg_sys::BitmapIndexScan,
-                );
-                (*x).scan.scanrelid == (*y).scan.scanrelid && (*x).indexid == (*y).indexid
+                let f = |p: *mut pg_sys::Plan| {
+                    let p = p as *mut pg_sys::BitmapIndexScan;
+                    ((*p).scan.scanrelid, (*p).indexid)
+                };
+                f(a) == f(b)
             }
             T::T_BitmapAnd => same_plans(
                 (*(a as *mut pg_sys::BitmapAnd)).bitmapplans,

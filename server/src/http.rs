@@ -527,6 +527,28 @@ mod tests {
     }
 
     #[test]
+    fn the_memo_of_operation_kinds_stays_within_its_bytes() {
+        // 45 documents of 100 KB: more than the memo holds (4 MB)
+        let pad = "a ".repeat(50_000);
+        for i in 0..45 {
+            let doc = format!("query Q{i} {{ {pad} }}");
+            assert_eq!(operation_kind(&doc, None), Some(Kind::Query));
+            let bytes = KINDS.lock().unwrap().as_ref().map_or(0, |m| m.bytes);
+            assert!(bytes <= KINDS_BYTES, "{bytes} bytes after {i} documents");
+        }
+        let kinds = KINDS.lock().unwrap();
+        let m = kinds.as_ref().unwrap();
+        assert!(m.known.len() < 45, "nothing was let go");
+        assert_eq!(
+            m.bytes,
+            m.known
+                .keys()
+                .map(|(d, n)| d.len() + n.as_ref().map_or(0, String::len) + 64)
+                .sum::<usize>()
+        );
+    }
+
+    #[test]
     fn operation_kinds_are_remembered_per_document_and_name() {
         let doc = "query A { a } mutation B { b }";
         for _ in 0..2 {

@@ -683,12 +683,13 @@ pub fn active_entities(t: &Tenant) -> Result<Vec<Rc<Entity>>> {
 /// (entity, version, status, definition datum copied out of the table)
 type NewestRow = (String, i32, String, Option<pg_sys::Datum>);
 
+/// (entity, version, status, definition) of a catalog row.
+pub type DefinitionRow = (String, i32, String, Option<serde_json::Value>);
+
 /// Each entity's newest catalog row read through SQL, by entity: (entity, version, status,
 /// definition). Tenant export reads it so; so does `newest_rows` on a Citus coordinator, whose
 /// catalog table is Citus's shell of the catalog on the tenant's worker.
-pub fn newest_definitions(
-    t: &Tenant,
-) -> Result<Vec<(String, i32, String, Option<serde_json::Value>)>> {
+pub fn newest_definitions(t: &Tenant) -> Result<Vec<DefinitionRow>> {
     let sql = format!(
         "SELECT DISTINCT ON (entity) entity, version, status, definition FROM {} \
          ORDER BY entity, version DESC",

@@ -11,10 +11,10 @@
 //! so nothing is re-read on the hot path and nothing stale survives a change. A transaction that
 //! changed the catalog and then aborts also marks the cache stale.
 
+use crate::access::security::{as_owner, caller, has_privs_of, role_name};
 use crate::cache::{self, Cache, Lru};
 use crate::error::{spi_err, Result, SqlState, UdmError};
 use crate::json::JsonB;
-use crate::security::{as_owner, caller, has_privs_of, role_name};
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -261,7 +261,7 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
         };
         (cat, ns)
     };
-    let role_oid = crate::security::role_oid(&role).ok_or_else(|| {
+    let role_oid = crate::access::security::role_oid(&role).ok_or_else(|| {
         UdmError::internal(format!("tenant \"{slug}\" has lost its role \"{role}\""))
             .hint("recreate the role or drop the tenant with udm_drop_tenant")
     })?;
@@ -319,7 +319,7 @@ pub fn unregistered_schema(schema: &str) -> bool {
         )
         .ok()
         .flatten();
-        owner == Some(crate::security::owner()) && tenant(schema).ok().flatten().is_none()
+        owner == Some(crate::access::security::owner()) && tenant(schema).ok().flatten().is_none()
     }
 }
 
@@ -844,7 +844,7 @@ pub fn write_entity(
     change: serde_json::Value,
 ) -> Result<()> {
     let definition = def.map(|d| JsonB(d.to_json()));
-    let actor = crate::security::actor();
+    let actor = crate::access::security::actor();
     let role = role_name(caller());
     let sql = format!(
         "INSERT INTO {} (entity, version, status, definition, change, changed_by, changed_role) VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -6,9 +6,9 @@
 //! No function returns the master key or a tenant key, and no message quotes one. The crypto
 //! itself (envelope, wrapping, blind indexes) is `udm_core::crypto`.
 
+use crate::access::security::as_owner;
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{OrRaise, Result};
-use crate::security::as_owner;
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -198,8 +198,8 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
            to_char(shredded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS \"UTC\"'), shredded_by)), '[]') FROM {}",
         qualified(&t.schema, KEYS_TABLE)
     );
-    let rows = as_owner(|| crate::rawspi::once(&sql, &[], true))?
-        .map(crate::rawspi::jsonb_value)
+    let rows = as_owner(|| crate::query::rawspi::once(&sql, &[], true))?
+        .map(crate::query::rawspi::jsonb_value)
         .unwrap_or_default();
     let mut keys = TenantKeys {
         rel,
@@ -323,17 +323,17 @@ pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
         return Ok(());
     };
     let m = master(&|| field_what(t, &def.slug, &f.name))?;
-    let actor = crate::security::actor();
+    let actor = crate::access::security::actor();
     as_owner(|| {
         let table = qualified(&t.schema, KEYS_TABLE);
         // one session makes the keys; another waits here and finds them made
-        crate::rawspi::once(
+        crate::query::rawspi::once(
             "SELECT pg_advisory_xact_lock(hashtext('udm keys ' || $1))",
             &[Some(t.schema.clone())],
             false,
         )?;
         if t.relation(KEYS_TABLE).is_none() {
-            crate::rawspi::once(
+            crate::query::rawspi::once(
                 &format!(
                     "CREATE TABLE {table} (\
                        purpose text NOT NULL CHECK (purpose IN ('data', 'index')), \
@@ -357,18 +357,18 @@ pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
                 false,
             )?;
         }
-        let have = crate::rawspi::once(
+        let have = crate::query::rawspi::once(
             &format!("SELECT count(*) FROM {table} WHERE purpose = 'data'"),
             &[],
             false,
         )?
-        .map(crate::rawspi::int8)
+        .map(crate::query::rawspi::int8)
         .unwrap_or(0);
         if have == 0 {
             for p in [Purpose::Data, Purpose::Index] {
                 let k = Key::random()?;
                 let w = c::wrap_key(m, &k, p, 1)?;
-                crate::rawspi::once(
+                crate::query::rawspi::once(
                     &format!(
                         "INSERT INTO {table} (purpose, id, wrapped, master, created_by) VALUES ($1, 1, decode($2, 'hex'), $3, $4)"
                     ),
@@ -437,7 +437,7 @@ impl SealSpec {
 }
 
 thread_local! {
-    static CHECK_PLANS: crate::cache::Cache<String, Rc<crate::rawspi::Plan>> =
+    static CHECK_PLANS: crate::cache::Cache<String, Rc<crate::query::rawspi::Plan>> =
         crate::cache::Lru::new("encrypted field checks");
 }
 
@@ -446,7 +446,10 @@ fn run_plan(sql: &str, plaintext: &str) -> Result<Option<pg_sys::Datum>> {
     let plan = match crate::cache::get(&CHECK_PLANS, sql) {
         Some(p) => p,
         None => {
-            let p = Rc::new(crate::rawspi::prepare_typed(sql, &[pg_sys::TEXTOID])?);
+            let p = Rc::new(crate::query::rawspi::prepare_typed(
+                sql,
+                &[pg_sys::TEXTOID],
+            )?);
             let bytes = p.bytes() + sql.len() * 2;
             crate::cache::put(&CHECK_PLANS, sql.to_string(), p.clone(), bytes);
             p
@@ -454,7 +457,7 @@ fn run_plan(sql: &str, plaintext: &str) -> Result<Option<pg_sys::Datum>> {
     };
     let mut values = [crate::triggers::text_datum(plaintext)];
     let nulls = [b' ' as std::os::raw::c_char];
-    crate::rawspi::first_datum_of(&plan, &mut values, &nulls, true)
+    crate::query::rawspi::first_datum_of(&plan, &mut values, &nulls, true)
 }
 
 /// Runs a field's rule checks (`udm.check_rule` raises when one fails).
@@ -937,15 +940,15 @@ pub fn rotate_data_key() -> Result<serde_json::Value> {
     }
     // refused when the keys were destroyed
     keys(&t, &|| format!("a field of {}", what()), None)?;
-    let actor = crate::security::actor();
+    let actor = crate::access::security::actor();
     let id = as_owner(|| {
         let table = qualified(&t.schema, KEYS_TABLE);
-        crate::rawspi::once(
+        crate::query::rawspi::once(
             "SELECT pg_advisory_xact_lock(hashtext('udm keys ' || $1))",
             &[Some(t.schema.clone())],
             false,
         )?;
-        let id = crate::rawspi::once(
+        let id = crate::query::rawspi::once(
             &format!("SELECT coalesce(max(id), 0) + 1 FROM {table} WHERE purpose = 'data'"),
             &[],
             false,
@@ -954,7 +957,7 @@ pub fn rotate_data_key() -> Result<serde_json::Value> {
         .unwrap_or(1);
         let k = Key::random()?;
         let w = c::wrap_key(m, &k, Purpose::Data, id)?;
-        crate::rawspi::once(
+        crate::query::rawspi::once(
             &format!(
                 "INSERT INTO {table} (purpose, id, wrapped, master, created_by) VALUES ('data', $1::integer, decode($2, 'hex'), $3, $4)"
             ),
@@ -1013,7 +1016,7 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         .collect::<Vec<_>>()
         .join(", ");
     as_owner(|| {
-        let picked = crate::rawspi::once(
+        let picked = crate::query::rawspi::once(
             &format!(
                 "SELECT coalesce(jsonb_agg(jsonb_build_array(s.\"id\", {})), '[]') FROM \
                  (SELECT \"id\", {cols} FROM {table} WHERE {old} LIMIT $2::integer FOR UPDATE SKIP LOCKED) s",
@@ -1026,7 +1029,7 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
             &[Some(active.clone()), Some(batch.to_string())],
             false,
         )?
-        .map(crate::rawspi::jsonb_value)
+        .map(crate::query::rawspi::jsonb_value)
         .unwrap_or_default();
         let rows = picked.as_array().cloned().unwrap_or_default();
         let mut out = Vec::with_capacity(rows.len());
@@ -1069,7 +1072,7 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            crate::rawspi::once(
+            crate::query::rawspi::once(
                 &format!(
                     "UPDATE {table} AS t SET {sets} FROM jsonb_array_elements($1::jsonb) AS v(doc) \
                      WHERE t.\"id\" = (v.doc ->> 'id')::uuid"
@@ -1078,12 +1081,12 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
                 false,
             )?;
         }
-        let remaining = crate::rawspi::once(
+        let remaining = crate::query::rawspi::once(
             &format!("SELECT count(*) FROM {table} WHERE {old}"),
             &[Some(active.clone())],
             false,
         )?
-        .map(crate::rawspi::int8)
+        .map(crate::query::rawspi::int8)
         .unwrap_or(0);
         Ok(serde_json::json!({
             "entity": e.def.slug,
@@ -1110,13 +1113,13 @@ fn udm_reencrypt(entity: &str, batch: default!(i32, 1000)) -> pgrx::JsonB {
 /// (`udm.encryption_old_key_file`) wrapped again with the loaded one, at once (the values stay as
 /// they are). Each re-wrapped key's row records when and by whom. For udm admins.
 pub fn rewrap_keys() -> Result<serde_json::Value> {
-    crate::security::require_admin("re-wrap the tenants' encryption keys")?;
+    crate::access::security::require_admin("re-wrap the tenants' encryption keys")?;
     let m = master(&|| "a field".to_string())?;
     let old = match OLD_MASTER.get() {
         Some(Some(k)) => Some(k),
         _ => None,
     };
-    let actor = crate::security::actor();
+    let actor = crate::access::security::actor();
     let mut tenants = Vec::new();
     let mut count = 0;
     for row in crate::tenants::tenants()? {
@@ -1128,7 +1131,7 @@ pub fn rewrap_keys() -> Result<serde_json::Value> {
         }
         let table = qualified(&t.schema, KEYS_TABLE);
         let n = as_owner(|| {
-            let rows = crate::rawspi::once(
+            let rows = crate::query::rawspi::once(
                 &format!(
                     "SELECT coalesce(jsonb_agg(jsonb_build_array(purpose, id, encode(wrapped, 'hex'), master)), '[]') \
                      FROM (SELECT * FROM {table} WHERE master <> $1 FOR UPDATE) k"
@@ -1136,7 +1139,7 @@ pub fn rewrap_keys() -> Result<serde_json::Value> {
                 &[Some(m.fingerprint())],
                 false,
             )?
-            .map(crate::rawspi::jsonb_value)
+            .map(crate::query::rawspi::jsonb_value)
             .unwrap_or_default();
             let mut n = 0;
             for r in rows.as_array().into_iter().flatten() {
@@ -1149,7 +1152,7 @@ pub fn rewrap_keys() -> Result<serde_json::Value> {
                 let key = c::unwrap_key(old, &wrapped, p, id)
                     .map_err(|e| e.context(format!("tenant \"{}\"", t.slug)))?;
                 let again = c::wrap_key(m, &key, p, id)?;
-                crate::rawspi::once(
+                crate::query::rawspi::once(
                     &format!(
                         "UPDATE {table} SET wrapped = decode($1, 'hex'), master = $2, rewrapped_at = now(), rewrapped_by = $3 \
                          WHERE purpose = $4 AND id = $5::integer"
@@ -1190,7 +1193,7 @@ fn udm_rewrap_keys() -> pgrx::JsonB {
 /// are overwritten; each row keeps when and by whom), so its encrypted values can no longer be
 /// read nor written by anyone. `confirm` must be `destroy the keys of <tenant>`. For udm admins.
 pub fn shred_keys(slug: &str, confirm: &str) -> Result<serde_json::Value> {
-    crate::security::require_admin("destroy a tenant's encryption keys")?;
+    crate::access::security::require_admin("destroy a tenant's encryption keys")?;
     let want = format!("destroy the keys of {slug}");
     if confirm != want {
         return Err(UdmError::invalid(format!(
@@ -1211,10 +1214,10 @@ pub fn shred_keys(slug: &str, confirm: &str) -> Result<serde_json::Value> {
         )
         .hint("its keys are made when its first encrypted field is defined"));
     }
-    let actor = crate::security::actor();
+    let actor = crate::access::security::actor();
     let table = qualified(&t.schema, KEYS_TABLE);
     let n = as_owner(|| {
-        crate::rawspi::once(
+        crate::query::rawspi::once(
             &format!(
                 "WITH d AS (UPDATE {table} SET wrapped = ''::bytea, shredded_at = now(), shredded_by = $1 \
                  WHERE shredded_at IS NULL RETURNING 1) SELECT count(*) FROM d"
@@ -1223,7 +1226,7 @@ pub fn shred_keys(slug: &str, confirm: &str) -> Result<serde_json::Value> {
             false,
         )
     })?
-    .map(crate::rawspi::int8)
+    .map(crate::query::rawspi::int8)
     .unwrap_or(0);
     if n == 0 {
         return Err(UdmError::new(

@@ -5,10 +5,10 @@
 //! extension owner, and record the new version. All of it happens in the caller's transaction,
 //! so a failure leaves table and catalog as they were.
 
+use crate::access::security::as_owner;
 use crate::catalog::{self, Entity, Status, Tenant};
 use crate::error::{catch_pg, raise, spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::json::JsonB;
-use crate::security::as_owner;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 use udm_core::ddl::{self, Step};
@@ -459,7 +459,7 @@ fn change(
         steps.extend(dependent);
         crate::crypto::ensure_keys(t, &new)?;
         catalog::write_entity(t, slug, e.table_oid, Some(&new), version, "active", op)?;
-        crate::users::ensure_for(t, &new)?;
+        crate::access::users::ensure_for(t, &new)?;
         run_steps(slug, &steps)?;
         Ok(describe(t, &new, version, Status::Active))
     })
@@ -541,7 +541,7 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
                 e.raise_with("udm_define_entity")
             },
         )?;
-        crate::users::ensure_for(&t, &def)?;
+        crate::access::users::ensure_for(&t, &def)?;
         run_steps(slug, &steps)?;
         Ok(describe(&t, &def, version, Status::Active))
     })

@@ -21,28 +21,18 @@ macro_rules! finfo_v1 {
 
 mod access;
 mod audit;
-mod audit_table;
 mod cache;
 mod catalog;
 mod citus;
 mod crypto;
 mod entities;
 mod error;
-mod events;
-mod fastget;
 mod graphql;
 mod guc;
-mod history;
 mod json;
 mod limits;
-mod links;
-mod locks;
-mod openapi;
 mod query;
-mod rawspi;
 mod records;
-mod rowjson;
-mod security;
 mod spi;
 mod templates;
 mod tenants;
@@ -50,7 +40,6 @@ mod transfer;
 mod triggers;
 mod trust;
 mod upgrade;
-mod users;
 
 ::pgrx::pg_module_magic!(name, version);
 

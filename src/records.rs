@@ -8,8 +8,8 @@ use crate::error::{
     catch_pg, in_subtransaction, raise, OrRaise, PgError, Result, SqlState, UdmError,
 };
 use crate::json::JsonB;
+use crate::query::rawspi;
 use crate::query::{compiled, model};
-use crate::rawspi;
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
@@ -222,11 +222,11 @@ pub fn get(
     let t = catalog::current_tenant()?;
     let e = catalog::entity(&t, entity)?;
     if columns.is_none() {
-        if let Some(p) = crate::fastget::plan(&t.slug, &e) {
-            match crate::fastget::get(&p, id_datum) {
-                crate::fastget::Outcome::Found(d) => return Ok(Some(d)),
-                crate::fastget::Outcome::Missing => return Ok(None),
-                crate::fastget::Outcome::UseSql => {}
+        if let Some(p) = crate::query::fastget::plan(&t.slug, &e) {
+            match crate::query::fastget::get(&p, id_datum) {
+                crate::query::fastget::Outcome::Found(d) => return Ok(Some(d)),
+                crate::query::fastget::Outcome::Missing => return Ok(None),
+                crate::query::fastget::Outcome::UseSql => {}
             }
         }
     }

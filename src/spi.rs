@@ -105,7 +105,7 @@ pub fn run(sql: &str, args: &[DatumWithOid]) -> Result<()> {
 /// extension owner, one creator at a time per tenant and kind (`what`): the others wait and find
 /// the tables made.
 pub fn create_on_first_use(schema: &str, what: &str, ddl: &str) -> Result<()> {
-    crate::security::as_owner(|| {
+    crate::access::security::as_owner(|| {
         run(
             "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1))",
             &[format!("udm {what} {schema}").into()],

@@ -3,10 +3,12 @@
 //! members of `tenant_<slug>` (and udm admins, who are members of every tenant role) can reach the
 //! schema, through udm functions or plain SQL alike.
 
+use crate::access::security::{
+    self, as_owner, caller, has_privs_of, require_admin, ADMIN_ROLE_NAME,
+};
 use crate::catalog::{self, Tenant};
 use crate::error::{spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::json::JsonB;
-use crate::security::{self, as_owner, caller, has_privs_of, require_admin, ADMIN_ROLE_NAME};
 use pgrx::prelude::*;
 use serde_json::json;
 use udm_core::ident::{
@@ -346,7 +348,7 @@ pub fn use_tenant(slug: &str, user_id: Option<&str>, local: bool) -> Result<serd
         .transpose()?;
     // a registered user is recorded by id: their email, for the caller
     let email = match user_id.as_deref() {
-        Some(u) => crate::users::find(u)?
+        Some(u) => crate::access::users::find(u)?
             .filter(|r| r.0.to_string() == u)
             .map(|r| r.1),
         None => None,

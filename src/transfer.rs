@@ -25,10 +25,10 @@
 //! * `udm_clone_tenant(source, new_slug, with_data)` does both inside the database: the same
 //!   plan, rows copied by one statement (one snapshot).
 
+use crate::access::security::{self, as_owner, caller, is_superuser, role_name};
 use crate::catalog::{self, Tenant};
 use crate::error::{catch_pg, raise, required, spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::json::JsonB;
-use crate::security::{self, as_owner, caller, is_superuser, role_name};
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -547,7 +547,7 @@ fn create_bare(slug: &str, m: &Manifest, loader: Option<&str>) -> Result<Vec<Str
     let access = has(tr::ROLES) || has(tr::MEMBERS) || has(tr::TUPLES);
     let mut sql = String::new();
     if has(tr::USERS) || user_fields || access {
-        sql.push_str(&crate::users::table_sql(slug, &role));
+        sql.push_str(&crate::access::users::table_sql(slug, &role));
         sql.push_str(";\n");
     }
     if access {
@@ -555,11 +555,11 @@ fn create_bare(slug: &str, m: &Manifest, loader: Option<&str>) -> Result<Vec<Str
         sql.push('\n');
     }
     if has(tr::LOCKS) {
-        sql.push_str(&crate::locks::table_sql(slug, &role));
+        sql.push_str(&crate::access::locks::table_sql(slug, &role));
         sql.push('\n');
     }
     if has(tr::SUBSCRIPTIONS) || has(tr::CONSUMERS) {
-        sql.push_str(&crate::events::tables_sql(slug, &role));
+        sql.push_str(&crate::audit::events::tables_sql(slug, &role));
         sql.push('\n');
     }
     let model = Definitions::new(slug, &m.entities);
@@ -1174,7 +1174,7 @@ fn finish(imp: &Import) -> Result<Value> {
     let t = catalog::tenant(slug)?
         .ok_or_else(|| UdmError::internal(format!("{what}: the tenant is not registered")))?;
     step("sequences");
-    let verified = crate::history::verify_tenant(&t)?;
+    let verified = crate::audit::history::verify_tenant(&t)?;
     step("verifying the audit chain");
     if verified["ok"] != json!(true) {
         let first = &verified["first_broken"];

@@ -293,7 +293,7 @@ pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) 
         let table = plan.table.as_str();
         let [a_id, a_cat, a_uat, a_cby, a_uby, a_ver] = plan.system;
         let now = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
-        let actor = text_datum(&crate::security::actor());
+        let actor = text_datum(&crate::access::security::actor());
 
         let mut cols: Vec<i32> = Vec::with_capacity(8);
         let mut vals: Vec<pg_sys::Datum> = Vec::with_capacity(8);
@@ -370,7 +370,8 @@ pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) 
                     let v = pg_sys::heap_getattr(newtup, *attr, desc, &mut n);
                     if !n {
                         let id = pgrx::Uuid::from_bytes(uuid_bytes(v));
-                        crate::users::require_known(&plan.tenant, id, table, field).or_raise();
+                        crate::access::users::require_known(&plan.tenant, id, table, field)
+                            .or_raise();
                     }
                 }
                 StampArg::Sealed { attr, spec } => {
@@ -736,15 +737,18 @@ finfo_v1!(pg_finfo_udm_rule_trigger);
 thread_local! {
     /// Plans of rule probes by SQL text (the text names the tables, columns and condition, so a
     /// changed rule is a new key; PostgreSQL re-plans a kept plan when a table it reads changes).
-    static RULE_PLANS: crate::cache::Cache<String, std::rc::Rc<crate::rawspi::Plan>> =
+    static RULE_PLANS: crate::cache::Cache<String, std::rc::Rc<crate::query::rawspi::Plan>> =
         crate::cache::Lru::new("rule probe plans");
 }
 
-fn rule_plan(sql: &str) -> Result<std::rc::Rc<crate::rawspi::Plan>> {
+fn rule_plan(sql: &str) -> Result<std::rc::Rc<crate::query::rawspi::Plan>> {
     if let Some(p) = crate::cache::get(&RULE_PLANS, sql) {
         return Ok(p);
     }
-    let p = std::rc::Rc::new(crate::rawspi::prepare_typed(sql, &[pg_sys::UUIDOID])?);
+    let p = std::rc::Rc::new(crate::query::rawspi::prepare_typed(
+        sql,
+        &[pg_sys::UUIDOID],
+    )?);
     let bytes = p.bytes() + sql.len() * 2;
     crate::cache::put(&RULE_PLANS, sql.to_string(), p.clone(), bytes);
     Ok(p)
@@ -755,7 +759,7 @@ fn run_probe(sql: &str, key: pg_sys::Datum) -> Result<Option<pg_sys::Datum>> {
     let plan = rule_plan(sql)?;
     let mut values = [key];
     let nulls = [b' ' as std::os::raw::c_char];
-    crate::rawspi::first_datum_of(&plan, &mut values, &nulls, false)
+    crate::query::rawspi::first_datum_of(&plan, &mut values, &nulls, false)
 }
 
 const RULE: &str = "udm.rule_trigger";
@@ -875,7 +879,7 @@ pub unsafe extern "C-unwind" fn udm_rule_trigger(
             let d = pg_sys::heap_getattr(tup, attr, desc, &mut null);
             (!null).then_some(d)
         };
-        crate::security::as_owner(|| {
+        crate::access::security::as_owner(|| {
             for (attr, lock_sql, check_sql) in probes.iter() {
                 let mut keys = Vec::with_capacity(2);
                 if let Some(k) = key_of(new, *attr) {

@@ -147,7 +147,7 @@ pub fn tenant_of(rel: pg_sys::Relation, func: &str) -> Result<Rc<Tenant>> {
     {
         return Err(refused(func, what()));
     }
-    if form.relowner != crate::security::owner() {
+    if form.relowner != crate::access::security::owner() {
         return Err(refused(func, what()));
     }
     let Some(tenant) = catalog::tenant(&schema)? else {
@@ -297,7 +297,7 @@ thread_local! {
 pub fn ref_type() -> pg_sys::Oid {
     REF_TYPE.with(|r| {
         if r.get() == pg_sys::InvalidOid {
-            let oid = crate::security::as_owner(|| {
+            let oid = crate::access::security::as_owner(|| {
                 crate::spi::select_one::<pg_sys::Oid>(
                     "SELECT 'udm.ref'::pg_catalog.regtype::pg_catalog.oid",
                     &[],

@@ -8,10 +8,10 @@
 //! junction tables, remade (their arguments name their table since 0.2.0); the audit log's policy
 //! where access control is on; the helpers' role granted to the tenant's role.
 
+use crate::access::security::{as_owner, require_admin, TENANT_ROLES};
 use crate::catalog;
 use crate::error::{OrRaise, Result};
 use crate::json::JsonB;
-use crate::security::{as_owner, require_admin, TENANT_ROLES};
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 use udm_core::ddl::{TUPLE_TABLE, USER_TABLE};
@@ -43,7 +43,7 @@ pub fn upgrade_tenant(slug: &str) -> Result<Value> {
     let has_tuples = t.relation(TUPLE_TABLE).is_some();
     let mut users_known = 0i64;
     if has_members || has_tuples || !user_columns.is_empty() {
-        crate::users::ensure_table(&t)?;
+        crate::access::users::ensure_table(&t)?;
         // every user something of the tenant names
         let mut sources = Vec::new();
         if has_members {

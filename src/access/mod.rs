@@ -12,11 +12,11 @@
 //! connecting role, like PostgREST's role switching. A user who is not a member of the tenant
 //! gets no permissions. Superusers and `udm_admin` members act as the database administrator.
 
+use crate::access::security::{as_owner, caller, is_admin, role_name};
+use crate::access::users::{find as find_user, no_such_user, user_json, UserRow, USER_TABLE};
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{raise, spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::json::JsonB;
-use crate::security::{as_owner, caller, is_admin, role_name};
-use crate::users::{find as find_user, no_such_user, user_json, UserRow, USER_TABLE};
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
@@ -29,6 +29,10 @@ use udm_core::access::{
 };
 use udm_core::ddl::TUPLE_TABLE;
 use udm_core::ident::{printable, quote_ident, sql_call};
+
+pub mod locks;
+pub mod security;
+pub mod users;
 
 finfo_v1!(pg_finfo_udm_may_read_all);
 finfo_v1!(pg_finfo_udm_may_read_scoped);
@@ -52,7 +56,7 @@ const TUPLE_INDEX: &str = "_udm_tuple__subject__idx";
 
 /// The tenant's members, roles and relation tuples, made on first use.
 fn ensure_tables(t: &Tenant) -> Result<()> {
-    crate::users::ensure_table(t)?;
+    crate::access::users::ensure_table(t)?;
     if t.relation(MEMBER_TABLE).is_some()
         && t.relation(ROLE_TABLE).is_some()
         && t.relation(TUPLE_TABLE).is_some()
@@ -474,7 +478,7 @@ pub fn strip_hidden(
     if !hidden.iter().any(|(e, _)| e == entity) {
         return Ok(Some(d));
     }
-    let mut v = crate::rawspi::jsonb_value(d);
+    let mut v = crate::query::rawspi::jsonb_value(d);
     if let Some(o) = v.as_object_mut() {
         for (_, f) in hidden.iter().filter(|(e, _)| e == entity) {
             o.remove(f);
@@ -710,7 +714,7 @@ pub fn add_member(tenant: &str, user: &str, role: &str) -> Result<Value> {
     ensure_tables(&t)?;
     let perms = role_perms(&t, role)?;
     within_own(&t, &ctx, &perms, &format!("role \"{role}\""))?;
-    crate::users::know(&t, &u)?;
+    crate::access::users::know(&t, &u)?;
     if !perms.manages() {
         if let Some(current) = member_role(&t, u.0)? {
             let was_manager = role_perms(&t, &current).is_ok_and(|p| p.manages());
@@ -719,7 +723,7 @@ pub fn add_member(tenant: &str, user: &str, role: &str) -> Result<Value> {
             }
         }
     }
-    let actor = crate::security::actor();
+    let actor = crate::access::security::actor();
     as_owner(|| {
         crate::spi::run(
             &format!(
@@ -859,7 +863,7 @@ pub fn define_role(name: &str, parent: Option<&str>, permissions: &Value) -> Res
     );
     let perms = effective(name, &|n| roles.get(n).cloned())?;
     within_own(&t, &ctx, &perms, &format!("role \"{name}\""))?;
-    let actor = crate::security::actor();
+    let actor = crate::access::security::actor();
     as_owner(|| {
         crate::spi::run(
             &format!(
@@ -1046,7 +1050,7 @@ pub fn grant(subject: &str, relation: &str, object: &str) -> Result<Value> {
         )));
     }
     ensure_tables(&t)?;
-    let actor = crate::security::actor();
+    let actor = crate::access::security::actor();
     as_owner(|| {
         crate::spi::run(
             &format!(

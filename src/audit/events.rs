@@ -11,11 +11,11 @@
 //! its last acknowledged id misses nothing. Changes to the same record are delivered in commit
 //! order (the second writer waits for the first to commit before it gets its id).
 
+use crate::access::security::{actor, as_owner};
 use crate::audit::{audit_table, horizon_tag};
 use crate::catalog::{self, Tenant};
 use crate::error::{spi_err, OrRaise, Result};
 use crate::json::JsonB;
-use crate::security::{actor, as_owner};
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::rc::Rc;
@@ -103,7 +103,7 @@ fn subscriptions(t: &Tenant) -> Result<Vec<Subscription>> {
 }
 
 /// A subscription condition compiled and prepared.
-type ConditionPlan = Rc<(udm_core::query::Template, crate::rawspi::Plan)>;
+type ConditionPlan = Rc<(udm_core::query::Template, crate::query::rawspi::Plan)>;
 
 thread_local! {
     /// (definition generation, compiled conditions by tenant, entity and condition)
@@ -131,7 +131,7 @@ fn condition_plan(t: &Tenant, entity: &str, condition: &Value) -> Result<Conditi
     };
     let tpl = udm_core::query::image_condition(&*m, entity, condition, &image)
         .map_err(|e| e.context(format!("condition of a subscription to \"{entity}\"")))?;
-    let plan = crate::rawspi::prepare(&tpl.sql, tpl.params.len() + 1)?;
+    let plan = crate::query::rawspi::prepare(&tpl.sql, tpl.params.len() + 1)?;
     let p = Rc::new((tpl, plan));
     let bytes = p.1.bytes() + p.0.sql.len() * 2 + key.len();
     crate::cache::put(&CONDITIONS, key, p.clone(), bytes);
@@ -148,7 +148,7 @@ fn matches(t: &Tenant, s: &Subscription, event_id: i64) -> Result<bool> {
     let spec = json!({ "filters": cond });
     let mut args = udm_core::query::bind(&spec, &p.0)?;
     args.push(Some(event_id.to_string()));
-    let d = crate::rawspi::first_datum(&p.1, &args, true)?;
+    let d = crate::query::rawspi::first_datum(&p.1, &args, true)?;
     Ok(d.is_some_and(|d| d.value() != 0))
 }
 
@@ -347,7 +347,7 @@ pub fn read_events_with(
 ) -> Result<(Vec<EventWithImage>, i64, bool)> {
     let read = |rows: &Vec<EventWithImage>| rows.len() as i64 >= i64::from(limit);
     if readers == Readers::Entity {
-        let (rows, h) = crate::security::as_owner(|| read_events_as(t, after, limit, old))?;
+        let (rows, h) = crate::access::security::as_owner(|| read_events_as(t, after, limit, old))?;
         let full = read(&rows);
         // a full read stops short of the horizon: the readers continue after its last row,
         // whether that row was kept or not
@@ -388,7 +388,7 @@ fn read_events_as(
         if old { ", old_data" } else { "" },
         audit_table(t)
     );
-    let plan = crate::rawspi::prepare(&sql, 3)?;
+    let plan = crate::query::rawspi::prepare(&sql, 3)?;
     // Read with a snapshot taken after the horizon: every event at or below it was written by a
     // transaction that has committed (and is in this snapshot) or aborted. The calling
     // statement's snapshot is older: an event committed between it and the horizon would be
@@ -410,7 +410,7 @@ fn read_events_as(
             Some(hi.to_string()),
             Some(want.to_string()),
         ];
-        if let Err(e) = crate::rawspi::rows_at(&plan, &args, snapshot, |desc, tuples| {
+        if let Err(e) = crate::query::rawspi::rows_at(&plan, &args, snapshot, |desc, tuples| {
             for &tup in tuples {
                 let image = if old {
                     let mut null = false;
@@ -501,7 +501,7 @@ fn deliver(
 ) -> Result<Value> {
     let mut events = Vec::with_capacity(rows.len());
     let mut last = after;
-    let mut names = crate::users::Names::new(t);
+    let mut names = crate::access::users::Names::new(t);
     for (id, entity, record, action, version, changed, user, at, txid) in rows {
         let mut targets = Vec::new();
         for s in subs
@@ -590,7 +590,7 @@ pub fn ack(consumer: &str, event_id: i64) -> Result<Value> {
     // a consumer's cursor is its user's: others (but managers) may not move it
     if let Some((_, owner)) = &row {
         if *owner != who && !crate::access::over_records(&t)? {
-            let mut names = crate::users::Names::new(&t);
+            let mut names = crate::access::users::Names::new(&t);
             return Err(UdmError::new(
                 SqlState::InsufficientPrivilege,
                 format!(

@@ -12,11 +12,10 @@
 //! with `udm.notify_changes = on`, `pg_notify` on the tenant's channel announces them after commit
 //! (see `events.rs`).
 
-use crate::audit_table;
+use crate::access::security::{as_owner_id, caller, role_name};
 use crate::catalog::{self, Tenant};
 use crate::error::{OrRaise, Result};
-use crate::rowjson::{varlena, RowJson};
-use crate::security::{as_owner_id, caller, role_name};
+use crate::query::rowjson::{varlena, RowJson};
 use crate::triggers::{text_datum, trigger_data, uuid_bytes, uuid_datum};
 use pgrx::prelude::*;
 use rustc_hash::FxHashMap;
@@ -28,6 +27,11 @@ use udm_core::audit::{chain_hash, chain_hash_with, HashInput};
 use udm_core::error::UdmError;
 use udm_core::ident::{quote_ident, SYSTEM_COLUMNS};
 use udm_core::types::FieldType;
+
+pub mod events;
+pub mod history;
+pub mod links;
+pub mod store;
 
 finfo_v1!(pg_finfo_udm_audit_row);
 finfo_v1!(pg_finfo_udm_audit_flush);
@@ -676,7 +680,7 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
             "udm audit: \"{schema}\" is not a udm tenant schema"
         )));
     };
-    let table = audit_table::of(&t)?;
+    let table = store::of(&t)?;
     // the previous hash of each record this transaction has not written yet
     let wanted: Vec<(Rc<str>, [u8; 16])> = HEADS.with(|h| {
         let h = h.borrow();
@@ -703,7 +707,7 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
         d
     };
     let mut scratch = Vec::with_capacity(1024);
-    let rows: Vec<audit_table::Row> = HEADS.with(|heads| {
+    let rows: Vec<store::Row> = HEADS.with(|heads| {
         let mut heads = heads.borrow_mut();
         if heads.len() > HEADS_MAX {
             heads.clear();

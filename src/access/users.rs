@@ -12,10 +12,10 @@
 //! email: shown as the email while the user exists, and a reference that names nobody once the
 //! user is erased. Labels (tenants without members) and database roles are recorded as they are.
 
+use crate::access::security::{as_owner, caller, is_admin, require_admin, role_name};
 use crate::catalog::{self, Tenant};
 use crate::error::{spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::json::JsonB;
-use crate::security::{as_owner, caller, is_admin, require_admin, role_name};
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -274,7 +274,7 @@ pub fn create_user(email: &str, name: &str, password: &str) -> Result<Value> {
         crate::access::require_manage(&t, "create users")?;
     }
     let hash = hash_password(password)?;
-    let actor = crate::security::actor();
+    let actor = crate::access::security::actor();
     let row = as_owner(|| {
         if find(&email)?.is_some() {
             return Err(UdmError::new(
@@ -457,7 +457,7 @@ pub fn delete_user(key: &str, confirm: &str, erase: bool) -> Result<Value> {
             continue;
         };
         let removed = crate::access::forget_member(&t, &u, erase)?;
-        crate::locks::release_all_of(&t, &u.0.to_string())?;
+        crate::access::locks::release_all_of(&t, &u.0.to_string())?;
         if t.relation(USER_TABLE).is_some() {
             let sql = if erase {
                 format!(

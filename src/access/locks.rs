@@ -12,10 +12,10 @@
 //! by anyone but the holder (plain SQL included) with 55P03. Every lock event is written to the
 //! tenant's audit log as `<scope entity>#lock`, chained like any record's changes.
 
+use crate::access::security::{actor, as_owner, caller, role_name};
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::json::JsonB;
-use crate::security::{actor, as_owner, caller, role_name};
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::rc::Rc;
@@ -572,7 +572,7 @@ pub fn status(entity: &str, id: pgrx::Uuid) -> Result<Value> {
 
 /// A lock's status with its holders as people know them (registered users are recorded by id).
 fn shown(t: &Tenant, mut v: Value) -> Result<Value> {
-    let mut names = crate::users::Names::new(t);
+    let mut names = crate::access::users::Names::new(t);
     for key in ["holder", "taken_over_from", "previous_holder"] {
         if let Some(h) = v.get(key).and_then(Value::as_str).map(str::to_string) {
             v[key] = json!(names.show(&h)?);
@@ -583,7 +583,7 @@ fn shown(t: &Tenant, mut v: Value) -> Result<Value> {
 
 /// A holder as people know them.
 fn holder_name(t: &Tenant, holder: &str) -> String {
-    crate::users::Names::new(t)
+    crate::access::users::Names::new(t)
         .show(holder)
         .unwrap_or_else(|_| holder.to_string())
 }

@@ -10,10 +10,10 @@ use crate::cache::{self, Cache, Lru};
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{raise, OrRaise, Result, UdmError};
 use crate::json::JsonB;
-use crate::rawspi::{self, Plan};
-use crate::rowjson::{palloc_copy, RowJson};
+use crate::query::rowjson::{palloc_copy, RowJson};
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
+use rawspi::Plan;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
@@ -24,6 +24,10 @@ use udm_core::error::SqlState;
 use udm_core::jsonb::{integer_numeric, write_object, Value as JsonbValue};
 use udm_core::query::path::Model;
 use udm_core::query::{self as q, Computed, PageCount, RowsOutput, Source, Template};
+
+pub mod fastget;
+pub mod rawspi;
+pub mod rowjson;
 
 /// The active entities of a tenant, as the compiler sees them.
 pub struct TenantModel {
@@ -329,7 +333,7 @@ fn execute_rows(c: &Compiled, out: &RowsOutput, binds: &[Option<String>]) -> Res
             JsonbValue::Array(
                 records
                     .iter()
-                    .map(|d| JsonbValue::Jsonb(crate::rowjson::varlena(*d)))
+                    .map(|d| JsonbValue::Jsonb(crate::query::rowjson::varlena(*d)))
                     .collect(),
             ),
         )];
@@ -401,7 +405,7 @@ unsafe fn open_column(
             16,
         ));
         // a value that is not UTF-8 is no sealed value: `open` says so, naming the field
-        let bytes = crate::rowjson::varlena(values[i]);
+        let bytes = crate::query::rowjson::varlena(values[i]);
         let stored = match std::str::from_utf8(bytes) {
             Ok(s) => std::borrow::Cow::Borrowed(s),
             Err(_) => String::from_utf8_lossy(bytes),

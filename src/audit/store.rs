@@ -307,14 +307,14 @@ impl Writer<'_> {
                 ) {
                     let mut null = false;
                     let e = pg_sys::slot_getattr(slot, entity_att, &mut null);
-                    if null || crate::rowjson::varlena(e) != entity.as_bytes() {
+                    if null || crate::query::rowjson::varlena(e) != entity.as_bytes() {
                         continue;
                     }
                     let h = pg_sys::slot_getattr(slot, hash_att, &mut null);
                     if !null {
                         out.insert(
                             (entity.clone(), *record),
-                            crate::rowjson::varlena(h).to_vec(),
+                            crate::query::rowjson::varlena(h).to_vec(),
                         );
                     }
                     break;

@@ -8,7 +8,7 @@
 
 use crate::cache::{self, Cache, Lru};
 use crate::catalog::{self, Entity};
-use crate::rowjson::RowJson;
+use crate::query::rowjson::RowJson;
 use pgrx::prelude::*;
 use std::rc::Rc;
 use udm_core::ident::SYSTEM_COLUMNS;

@@ -242,11 +242,11 @@ pub fn history(entity: &str, id: Uuid) -> Result<Vec<HistoryRow>> {
         return Err(catalog::no_such_entity(&t, entity));
     }
     let mut rows = match e {
-        Some(e) if crate::links::has_links(&e) => with_link_history(&t, &e, id, rows)?,
+        Some(e) if crate::audit::links::has_links(&e) => with_link_history(&t, &e, id, rows)?,
         _ => rows,
     };
     // who, for people: registered users are recorded by id
-    let mut names = crate::users::Names::new(&t);
+    let mut names = crate::access::users::Names::new(&t);
     for r in &mut rows {
         r.user_id = names.show(&r.user_id)?;
     }
@@ -257,7 +257,7 @@ pub fn history(entity: &str, id: Uuid) -> Result<Vec<HistoryRow>> {
 /// made), or link changes made without one (plain SQL on a junction table).
 struct Step {
     record: Option<HistoryRow>,
-    links: Vec<crate::links::LinkRow>,
+    links: Vec<crate::audit::links::LinkRow>,
 }
 
 /// Adds the record's link changes to its history: as changes of their fields (which ids were
@@ -270,7 +270,7 @@ fn with_link_history(
     rows: Vec<HistoryRow>,
 ) -> Result<Vec<HistoryRow>> {
     let hidden_ids = crate::access::hidden_field_ids(t, e)?;
-    let changes: Vec<crate::links::LinkRow> = crate::links::changes(t, e, id, None)?
+    let changes: Vec<crate::audit::links::LinkRow> = crate::audit::links::changes(t, e, id, None)?
         .into_iter()
         .filter(|l| !hidden_ids.contains(&l.change.field))
         .collect();
@@ -344,7 +344,7 @@ fn with_link_history(
         let mut names = Vec::new();
         let mut parts = Vec::new();
         for (field, list) in &by_field {
-            let Some(f) = crate::links::field(&e.def, *field) else {
+            let Some(f) = crate::audit::links::field(&e.def, *field) else {
                 continue;
             };
             if let Some(p) = udm_core::audit::link_summary(&f.name, list) {
@@ -361,7 +361,7 @@ fn with_link_history(
                     &state
                 };
                 if let Some(img) = &r.data {
-                    r.data = Some(crate::links::with_links(img, &e.def, links)?);
+                    r.data = Some(crate::audit::links::with_links(img, &e.def, links)?);
                 }
                 if r.action != "DELETE" {
                     last_image = r.data.clone();
@@ -382,7 +382,7 @@ fn with_link_history(
             None if !parts.is_empty() => {
                 let first = &step.links[0];
                 let data = match &last_image {
-                    Some(img) => Some(crate::links::with_links(img, &e.def, &state)?),
+                    Some(img) => Some(crate::audit::links::with_links(img, &e.def, &state)?),
                     None => None,
                 };
                 out.push(HistoryRow {
@@ -431,16 +431,16 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
     };
     // the links it had then
     if let (Some(e), Some(img)) = (e.as_ref(), image.as_ref()) {
-        if crate::links::has_links(e) {
+        if crate::audit::links::has_links(e) {
             let hidden = crate::access::hidden_field_ids(&t, e)?;
-            let changes = crate::links::changes(&t, e, id, Some(at))?;
+            let changes = crate::audit::links::changes(&t, e, id, Some(at))?;
             let links = udm_core::audit::links_after(
                 changes
                     .iter()
                     .map(|l| &l.change)
                     .filter(|c| !hidden.contains(&c.field)),
             );
-            let mut with = crate::links::with_links(img, &e.def, &links)?;
+            let mut with = crate::audit::links::with_links(img, &e.def, &links)?;
             for f in e.def.fields.iter().filter(|f| hidden.contains(&f.id)) {
                 with = with.without_keys(&|k| k == f.name)?;
             }
@@ -655,7 +655,7 @@ pub fn rollback(
             ),
             &[id.into(), entity.into(), at_id.into(), at_tx.into()],
         )?;
-        let changes = crate::links::changes(&t, &e, id, None)?;
+        let changes = crate::audit::links::changes(&t, &e, id, None)?;
         let links = udm_core::audit::links_after(
             changes
                 .iter()
@@ -664,7 +664,8 @@ pub fn rollback(
         );
         let none = BTreeSet::new();
         for f in link_fields {
-            let gone = crate::links::restore(&t, id, f, links.get(&f.id).unwrap_or(&none), &what)?;
+            let gone =
+                crate::audit::links::restore(&t, id, f, links.get(&f.id).unwrap_or(&none), &what)?;
             skipped.extend(
                 gone.into_iter()
                     .map(|g| format!("{}: {g} (no longer exists)", f.name)),
@@ -731,7 +732,7 @@ pub fn rollback_transaction(txid: i64, force: bool) -> Result<Value> {
     }
     // a member undoes only a transaction whose every change they may read (the policy on the
     // audit log hid the others): a partial undo would be half applied
-    let all = crate::security::as_owner(|| {
+    let all = crate::access::security::as_owner(|| {
         crate::spi::select_one::<i64>(
             &format!("SELECT count(*) FROM {audit} WHERE txid = $1 AND action NOT LIKE 'LOCK\\_%'"),
             &[txid.into()],
@@ -1099,7 +1100,7 @@ pub fn report(
     let users: Option<Vec<String>> = o
         .user
         .as_deref()
-        .map(crate::users::recorded_as)
+        .map(crate::access::users::recorded_as)
         .transpose()?;
     // $1 from, $2 to, $3 user, $4 entity, $5 record id, $6 critical fields, $7 limit
     let filter = "a.changed_at >= $1 AND a.changed_at < $2 \
@@ -1178,7 +1179,7 @@ pub fn report(
     .map_err(spi_err)?;
     // summaries name values: without the fields the session's role may not read
     let mut hidden = Hidden::of(&t)?;
-    let mut names = crate::users::Names::new(&t);
+    let mut names = crate::access::users::Names::new(&t);
     let mut rows = Vec::with_capacity(details.len());
     for (mut row, mut changed, mut old, mut new, version) in details {
         if let Some(u) = row["user"].as_str().map(str::to_string) {

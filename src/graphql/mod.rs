@@ -8,7 +8,7 @@ use crate::cache::{self, Cache, Lru};
 use crate::catalog;
 use crate::error::{in_subtransaction, OrRaise, PgError, Result, UdmError};
 use crate::json::{JsonB, JsonOut, RawJsonb};
-use crate::rawspi;
+use crate::query::rawspi;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use serde_json::{json, Map, Value};
@@ -17,6 +17,8 @@ use udm_core::graphql::{
     prepare, response, CacheKeys, Context, Document, GqlError, GqlSchema, Limits, Next,
     OperationKind, Planning, Statement,
 };
+
+pub mod openapi;
 
 pub static MAX_DOCUMENT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 pub static MAX_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(15);
@@ -721,7 +723,7 @@ fn event_response(
         if let Some(st) = plan.condition(model, &image, Some(event.event_id.to_string()))? {
             // the image is read as udm's owner: the filter names only fields of the member's
             // schema, and the event was found visible to it (`access::event_visible`)
-            if crate::security::as_owner(|| run_fresh(&st))? != Some(Value::Bool(true)) {
+            if crate::access::security::as_owner(|| run_fresh(&st))? != Some(Value::Bool(true)) {
                 return Ok(None);
             }
         }
@@ -749,16 +751,16 @@ fn event_response(
 /// with the same document, variables and operation share the work.
 fn deliver(wanted: &[Wanted], limit: i32) -> Result<Value> {
     let t = catalog::current_tenant()?;
-    if !(1..=crate::events::MAX_EVENTS).contains(&limit) {
+    if !(1..=crate::audit::events::MAX_EVENTS).contains(&limit) {
         return Err(UdmError::new(
             udm_core::error::SqlState::ProgramLimitExceeded,
             format!(
                 "udm_graphql_events: limit must be from 1 to {}, got {limit}",
-                crate::events::MAX_EVENTS
+                crate::audit::events::MAX_EVENTS
             ),
         ));
     }
-    crate::events::primary_only("udm_graphql_events")?;
+    crate::audit::events::primary_only("udm_graphql_events")?;
     // plan each distinct subscription once
     type Planned = std::result::Result<
         (
@@ -802,12 +804,12 @@ fn deliver(wanted: &[Wanted], limit: i32) -> Result<Value> {
     let (rows, h, more) = if from == i64::MAX {
         (Vec::new(), 0, false)
     } else {
-        crate::events::read_events_with(
+        crate::audit::events::read_events_with(
             &t,
             from.max(0),
             limit,
             old,
-            crate::events::Readers::Entity,
+            crate::audit::events::Readers::Entity,
         )?
     };
     // the image before the change and the changed fields without the fields the subscriber's
@@ -830,7 +832,7 @@ fn deliver(wanted: &[Wanted], limit: i32) -> Result<Value> {
                         entities.insert(entity.clone(), e);
                     }
                     if let Some(e) = entities.get(&entity).and_then(Option::as_ref) {
-                        let id = crate::events::uuid_of(&r.2);
+                        let id = crate::audit::events::uuid_of(&r.2);
                         crate::crypto::open_json_image(&t, e, id.as_bytes(), o)?;
                     }
                 }

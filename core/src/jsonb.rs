@@ -45,6 +45,8 @@ pub enum Value<'a> {
     Jsonb(&'a [u8]),
     /// An array of values.
     Array(Vec<Value<'a>>),
+    /// An object (keys unique, in any order: they are written in jsonb's key order).
+    Object(Vec<(&'a [u8], Value<'a>)>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,13 +70,18 @@ pub fn key_order(a: &[u8], b: &[u8]) -> Ordering {
 pub fn write_object(out: &mut Vec<u8>, pairs: &[(&[u8], Value<'_>)]) -> Result<()> {
     out.clear();
     out.extend_from_slice(&[0u8; VARHDRSZ]);
+    object(out, pairs, &key_sorted(pairs)?)?;
+    set_varsize(out)
+}
+
+/// The positions of `pairs` in jsonb key order; an error for a duplicate key.
+fn key_sorted(pairs: &[(&[u8], Value<'_>)]) -> Result<Vec<usize>> {
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by(|&a, &b| key_order(pairs[a].0, pairs[b].0));
     if order.windows(2).any(|w| pairs[w[0]].0 == pairs[w[1]].0) {
         return Err(JsonbError("jsonb object with a duplicate key".into()));
     }
-    object(out, pairs, &order)?;
-    set_varsize(out)
+    Ok(order)
 }
 
 fn set_varsize(out: &mut [u8]) -> Result<()> {
@@ -125,6 +132,7 @@ fn child(out: &mut Vec<u8>, v: &Value<'_>) -> Result<u32> {
             JENTRY_ISNUMERIC | len_field(pad + total)?
         }
         Value::Jsonb(root) => return embed(out, root),
+        Value::Object(pairs) => return object(out, pairs, &key_sorted(pairs)?),
         Value::Array(items) => {
             let start = out.len();
             pad_to_int(out);
@@ -608,6 +616,33 @@ mod tests {
         // key "m" at 16, padding to 20, then the inner container
         assert_eq!(w[3], JENTRY_ISCONTAINER | (3 + root.len() as u32));
         assert_eq!(&out[20..], root);
+    }
+
+    #[test]
+    fn nested_objects_are_written_as_an_embedded_object_would_be() {
+        let num = [0x01u8, 0x80, 0x2a, 0x00];
+        let mut inner = Vec::new();
+        write_object(
+            &mut inner,
+            &[(b"zz", Value::Numeric(&num)), (b"a", Value::String(b"x"))],
+        )
+        .unwrap();
+        let mut embedded = Vec::new();
+        write_object(
+            &mut embedded,
+            &[(b"k", Value::Bool(false)), (b"obj", Value::Jsonb(&inner[4..]))],
+        )
+        .unwrap();
+        let mut nested = Vec::new();
+        let obj = Value::Object(vec![
+            (b"a".as_slice(), Value::String(b"x")),
+            (b"zz".as_slice(), Value::Numeric(&num)),
+        ]);
+        write_object(&mut nested, &[(b"k", Value::Bool(false)), (b"obj", obj)]).unwrap();
+        assert_eq!(nested, embedded);
+        let dup = Value::Object(vec![(b"a".as_slice(), Value::Null), (b"a".as_slice(), Value::Null)]);
+        let e = write_object(&mut nested, &[(b"o", dup)]).unwrap_err();
+        assert!(e.0.contains("duplicate"), "{e}");
     }
 
     #[test]

@@ -9,14 +9,17 @@ use crate::catalog;
 use crate::error::{in_subtransaction, OrRaise, PgError, Result, UdmError};
 use crate::json::{JsonB, JsonOut, RawJsonb};
 use crate::query::rawspi;
+use crate::query::rowjson::RowJson;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use serde_json::{json, Map, Value};
 use std::rc::Rc;
 use udm_core::graphql::{
     prepare, response, CacheKeys, Context, Document, GqlError, GqlSchema, Limits, Next,
-    OperationKind, Planning, Statement,
+    OperationKind, Planning, RowPart, RowsShape, Statement, Wrap,
 };
+use udm_core::error::SqlState;
+use std::cell::RefCell;
 
 pub mod openapi;
 
@@ -161,7 +164,7 @@ thread_local! {
     static LAST_LIMITS: std::cell::RefCell<Option<(Limits, Rc<str>)>> = const { std::cell::RefCell::new(None) };
     static SCHEMAS: Cache<String, Rc<GqlSchema>> = Lru::new("graphql schemas");
     static DOCUMENTS: Cache<String, Rc<Document>> = Lru::new("graphql documents");
-    static PLANS: Cache<(Planning, Rc<str>), Rc<rawspi::Plan>> = Lru::new("graphql statements");
+    static PLANS: Cache<(Planning, Rc<str>), Rc<Planned>> = Lru::new("graphql statements");
     static FUNCTIONS_SCHEMA: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -335,14 +338,26 @@ fn learn(
     })
 }
 
-fn plan_of(st: &Statement) -> Result<Rc<rawspi::Plan>> {
+/// A statement's kept plan, and the jsonb builder of its rows' columns (made from its first
+/// result: a kept plan's result types do not change).
+struct Planned {
+    plan: rawspi::Plan,
+    columns: RefCell<Option<Rc<ColumnsJson>>>,
+}
+
+struct ColumnsJson {
+    types: Vec<pg_sys::Oid>,
+    json: RowJson,
+}
+
+fn plan_of(st: &Statement) -> Result<Rc<Planned>> {
     cache::sync(&PLANS, catalog::generation());
     let key = (st.planning, st.sql.clone());
     if let Some(p) = cache::get(&PLANS, &key) {
         return Ok(p);
     }
     let n = st.params.len();
-    let p = Rc::new(match st.planning {
+    let plan = match st.planning {
         Planning::PerCall => rawspi::prepare_query_per_call(&st.sql, n)?,
         Planning::Generic => rawspi::prepare_with(
             &st.sql,
@@ -350,8 +365,12 @@ fn plan_of(st: &Statement) -> Result<Rc<rawspi::Plan>> {
             pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
         )?,
         Planning::Cached => rawspi::prepare(&st.sql, n)?,
+    };
+    let bytes = plan.bytes() + st.sql.len() * 2 + st.rows.as_ref().map_or(0, |r| r.columns * 128);
+    let p = Rc::new(Planned {
+        plan,
+        columns: RefCell::new(None),
     });
-    let bytes = p.bytes() + st.sql.len() * 2;
     cache::put(&PLANS, key, p.clone(), bytes);
     Ok(p)
 }
@@ -378,7 +397,14 @@ fn run_field(
             Next::Done(v) => return Ok(v),
             Next::Run(st) => {
                 let p = plan_of(&st).map_err(GqlError::from)?;
-                let v = rawspi::first_json(&p, &st.params, read_only).map_err(GqlError::from)?;
+                let v = match &st.rows {
+                    Some(shape) => match rows_value(&p, &st, shape, read_only)? {
+                        Some(raw) => Some(JsonOut::Raw(raw).into_json().map_err(GqlError::from)?),
+                        None => None,
+                    },
+                    None => rawspi::first_json(&p.plan, &st.params, read_only)
+                        .map_err(GqlError::from)?,
+                };
                 last = Some(v.unwrap_or(Value::Null));
             }
         }
@@ -535,8 +561,11 @@ fn run_field_raw(
     match plan.next(None)? {
         Next::Run(st) => {
             let p = plan_of(&st).map_err(GqlError::from)?;
+            if let Some(shape) = &st.rows {
+                return Ok(FieldOut::Raw(rows_value(&p, &st, shape, true)?));
+            }
             Ok(
-                match rawspi::first(&p, &st.params, true, true).map_err(GqlError::from)? {
+                match rawspi::first(&p.plan, &st.params, true, true).map_err(GqlError::from)? {
                     Some(rawspi::First::Raw(b)) => FieldOut::Raw(Some(b)),
                     Some(rawspi::First::Json(v)) => FieldOut::Json(v),
                     None => FieldOut::Raw(None),
@@ -544,6 +573,116 @@ fn run_field_raw(
             )
         }
         Next::Done(v) => Ok(FieldOut::Json(v)),
+    }
+}
+
+/// The value of a field built from its statement's rows by `shape`, in jsonb's binary format
+/// (None: null, a record by id that does not exist or is not visible).
+fn rows_value(
+    p: &Planned,
+    st: &Statement,
+    shape: &RowsShape,
+    read_only: bool,
+) -> std::result::Result<Option<RawJsonb>, GqlError> {
+    use udm_core::jsonb::Value as J;
+    let too_big = |e: udm_core::jsonb::JsonbError| {
+        UdmError::new(
+            SqlState::ProgramLimitExceeded,
+            format!("udm: cannot build the result: {e}"),
+        )
+    };
+    let objects = rawspi::rows_with(&p.plan, &st.params, read_only, |desc, rows| unsafe {
+        let json = columns_json(p, desc, shape.columns)?;
+        let natts = (*desc).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0usize); natts];
+        let mut nulls = vec![false; natts];
+        let mut out = Vec::with_capacity(rows.len());
+        for &row in rows {
+            pg_sys::heap_deform_tuple(row, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            // each row's object is written while its values are borrowed from the row
+            let mut buf = Vec::new();
+            json.json.with_values(&values, &nulls, |vals| {
+                udm_core::jsonb::write_object(&mut buf, &object_of(&shape.node, &vals))
+            })
+            .map_err(too_big)?;
+            out.push(buf);
+        }
+        Ok(out)
+    })
+    .map_err(GqlError::from)?;
+    Ok(match &shape.wrap {
+        Wrap::One => objects.into_iter().next().map(RawJsonb),
+        Wrap::Connection { keys, reverse } => {
+            let mut items: Vec<J> = objects.iter().map(|b| J::Jsonb(&b[4..])).collect();
+            if *reverse {
+                items.reverse();
+            }
+            let mut items = Some(items);
+            let pairs: Vec<(&[u8], J)> = keys
+                .iter()
+                .map(|(k, t)| {
+                    let v = match t {
+                        Some(t) => J::String(t.as_bytes()),
+                        None => J::Array(items.take().unwrap_or_default()),
+                    };
+                    (k.as_bytes(), v)
+                })
+                .collect();
+            let mut buf = Vec::new();
+            udm_core::jsonb::write_object(&mut buf, &pairs)
+                .map_err(too_big)
+                .map_err(GqlError::from)?;
+            Some(RawJsonb(buf))
+        }
+    })
+}
+
+/// The object of a row by its shape, from the row's column values.
+fn object_of<'a>(
+    node: &'a [(String, RowPart)],
+    vals: &[udm_core::jsonb::Value<'a>],
+) -> Vec<(&'a [u8], udm_core::jsonb::Value<'a>)> {
+    use udm_core::jsonb::Value as J;
+    node.iter()
+        .map(|(k, part)| {
+            let v = match part {
+                RowPart::Column(i) => vals.get(*i).cloned().unwrap_or(J::Null),
+                RowPart::Const(t) => J::String(t.as_bytes()),
+                RowPart::Object { present, fields } => match vals.get(*present) {
+                    None | Some(J::Null) => J::Null,
+                    Some(_) => J::Object(object_of(fields, vals)),
+                },
+            };
+            (k.as_bytes(), v)
+        })
+        .collect()
+}
+
+/// The jsonb builder of a statement's columns (`want` of them), made once for its result types.
+unsafe fn columns_json(
+    p: &Planned,
+    desc: pg_sys::TupleDesc,
+    want: usize,
+) -> Result<Rc<ColumnsJson>> {
+    unsafe {
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let types: Vec<pg_sys::Oid> = attrs.iter().map(|a| a.atttypid).collect();
+        if let Some(c) = p.columns.borrow().as_ref().filter(|c| c.types == types) {
+            return Ok(c.clone());
+        }
+        if types.len() != want {
+            return Err(UdmError::internal(format!(
+                "udm: a statement returned {} columns, {want} expected",
+                types.len()
+            )));
+        }
+        let cols: Vec<(String, usize)> = (0..want).map(|i| (i.to_string(), i)).collect();
+        let c = Rc::new(ColumnsJson {
+            types,
+            json: RowJson::new(desc, &cols),
+        });
+        *p.columns.borrow_mut() = Some(c.clone());
+        Ok(c)
     }
 }
 
@@ -698,7 +837,7 @@ fn plan_subscription(
 /// before it, as the event stream, whose snapshot is newer than the calling statement's, did).
 fn run_fresh(st: &Statement) -> std::result::Result<Option<Value>, GqlError> {
     let p = plan_of(st).map_err(GqlError::from)?;
-    rawspi::first_json(&p, &st.params, false).map_err(GqlError::from)
+    rawspi::first_json(&p.plan, &st.params, false).map_err(GqlError::from)
 }
 
 /// The response of one event for one subscription, as the selected user sees it (None: the

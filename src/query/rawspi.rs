@@ -286,7 +286,17 @@ pub fn rows<R>(
     args: &[Option<String>],
     f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> Result<R>,
 ) -> Result<R> {
-    let _conn = run_with_text(plan, args, true, 0)?;
+    rows_with(plan, args, true, f)
+}
+
+/// `rows`, run read-only or not.
+pub fn rows_with<R>(
+    plan: &Plan,
+    args: &[Option<String>],
+    read_only: bool,
+    f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> Result<R>,
+) -> Result<R> {
+    let _conn = run_with_text(plan, args, read_only, 0)?;
     with_result(f)
 }
 

@@ -1,7 +1,8 @@
 //! Execution plans: what the surface runs for each root field, as a small program of
 //! statements. The surface drives it with [`FieldPlan::next`]: run the statement it returns,
-//! pass the first column of its first row back (as JSON; `None` when it returned no row), until
-//! it returns the field's value. Statements take their values as text parameters (`$n::type`
+//! pass the first column of its first row back (as JSON; `None` when it returned no row), or the
+//! value built from its rows when the statement has [`Statement::rows`], until it returns the
+//! field's value. Statements take their values as text parameters (`$n::type`
 //! casts are in the SQL), so the surface can prepare them by their SQL text.
 
 use super::error::{GqlError, Location, PathSeg};
@@ -10,13 +11,57 @@ use crate::values::{to_text, PType};
 use serde_json::{Map, Value};
 
 /// A statement to run: one row, whose first column is the result (jsonb, or a value the
-/// surface turns into JSON).
+/// surface turns into JSON); or, with `rows`, rows the surface turns into the result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Statement {
     pub sql: std::rc::Rc<str>,
     /// `$1`, `$2`, … as text (None is NULL).
     pub params: Vec<Option<String>>,
     pub planning: Planning,
+    /// The statement returns rows: the field's value is built from them by this shape.
+    pub rows: Option<std::rc::Rc<RowsShape>>,
+}
+
+/// How the rows of a field's statement become the field's value, for selections that need
+/// nothing of SQL but the page's columns (leaves and to-one objects): the surface writes the
+/// JSON itself instead of the statement building it with `jsonb_build_object` and `jsonb_agg`
+/// (which cost as much as reading the page). Each row's columns hold the values as
+/// `jsonb_build_object` would have been given them (a value converts as `to_jsonb` converts it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowsShape {
+    /// How many columns a row has.
+    pub columns: usize,
+    /// The object each row becomes.
+    pub node: Vec<(String, RowPart)>,
+    pub wrap: Wrap,
+}
+
+/// A key of a row's object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowPart {
+    /// The value of a column.
+    Column(usize),
+    /// A string (`__typename`).
+    Const(String),
+    /// A to-one object: null when column `present` is NULL (no related record).
+    Object {
+        present: usize,
+        fields: Vec<(String, RowPart)>,
+    },
+}
+
+/// What the rows' objects are put in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wrap {
+    /// One record by its id: the first row's object, or null when there is no row.
+    One,
+    /// A connection: an object whose keys are, in selection order, the array of the rows'
+    /// objects (None) or a string (Some: `__typename`). With `reverse` the rows came in the
+    /// reverse of the order asked for (a page before a cursor, or the last ones).
+    Connection {
+        keys: Vec<(String, Option<String>)>,
+        reverse: bool,
+    },
 }
 
 impl Planning {
@@ -91,6 +136,9 @@ pub(crate) enum Finish {
     },
     /// A udm view result reshaped for the selection (views return records keyed by udm path).
     View(super::views::ViewShape),
+    /// The value the surface built from the last step's rows by this shape (the step's
+    /// [`Statement::rows`]).
+    Rows(std::rc::Rc<RowsShape>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -237,7 +285,7 @@ impl FieldPlan {
         self.pc == 0
             && self.ops.len() == 1
             && matches!(self.ops[0], Op::Run { .. })
-            && matches!(self.finish, Finish::Last)
+            && matches!(self.finish, Finish::Last | Finish::Rows(_))
     }
 
     /// The next statement to run, or the field's value. `last`: the result of the statement
@@ -256,10 +304,15 @@ impl FieldPlan {
                     planning,
                 } => {
                     let params = args.iter().map(|a| self.arg(a)).collect::<Result<_, _>>()?;
+                    let rows = match &self.finish {
+                        Finish::Rows(shape) if self.pc == self.ops.len() => Some(shape.clone()),
+                        _ => None,
+                    };
                     return Ok(Next::Run(Statement {
                         sql,
                         params,
                         planning,
+                        rows,
                     }));
                 }
                 Op::AtMost { of, n } => {
@@ -326,7 +379,7 @@ impl FieldPlan {
 
     fn finish(&self) -> Result<Value, GqlError> {
         Ok(match &self.finish {
-            Finish::Last => self.results.last().cloned().unwrap_or(Value::Null),
+            Finish::Last | Finish::Rows(_) => self.results.last().cloned().unwrap_or(Value::Null),
             Finish::Step(i) => self.result(*i)?.clone(),
             Finish::Const(v) => v.clone(),
             Finish::Mutation {

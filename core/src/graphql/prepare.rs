@@ -232,6 +232,16 @@ impl Planner<'_, '_, '_> {
                 let sels = self.node(&entity, fs)?;
                 let id = self.b.arg(f, "id").unwrap_or(Value::Null);
                 let mut sql = Sql::new(self.ctx.model);
+                let filters = Some(json!({"id": {"eq": id.clone()}}));
+                if let Some((text, shape)) = sql
+                    .record_rows(&entity, &sels, filters)
+                    .map_err(|e| self.err(f, e))?
+                {
+                    return Ok((
+                        vec![run(text, sql.values, Planning::Cached)],
+                        Finish::Rows(shape.into()),
+                    ));
+                }
                 let e = sql
                     .record(&entity, &sels, None, Some(json!({"id": {"eq": id}})))
                     .map_err(|e| self.err(f, e))?;
@@ -243,6 +253,17 @@ impl Planner<'_, '_, '_> {
             RootKind::Collection => {
                 let c = self.b.conn(&entity, None, fs, &self.path())?;
                 let mut sql = Sql::new(self.ctx.model);
+                if let Some((text, shape)) = sql.conn_rows(&c).map_err(|e| self.err(f, e))? {
+                    let planning = if c.after || c.before {
+                        Planning::Generic
+                    } else {
+                        Planning::Cached
+                    };
+                    return Ok((
+                        vec![run(text, sql.values, planning)],
+                        Finish::Rows(shape.into()),
+                    ));
+                }
                 let e = sql.conn(&c, None).map_err(|e| self.err(f, e))?;
                 let per_call = c
                     .sels

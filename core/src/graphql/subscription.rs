@@ -160,6 +160,7 @@ impl SubscriptionPlan {
             sql: t.sql.into(),
             params,
             planning: Planning::Cached,
+            rows: None,
         }))
     }
 
@@ -178,6 +179,7 @@ impl SubscriptionPlan {
             sql: format!("SELECT {e}").into(),
             params: sql.values,
             planning: Planning::Cached,
+            rows: None,
         }))
     }
 

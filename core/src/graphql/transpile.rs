@@ -20,6 +20,7 @@
 
 use super::builder::{Conn, ConnSel, EdgeSel, Link, PageField, RefPart, Sel, Sels};
 use super::error::GqlError;
+use super::plan::{RowPart, RowsShape, Wrap};
 use super::schema::Out;
 use crate::ident::{quote_ident, quote_literal};
 use crate::query::path::Model;
@@ -174,6 +175,110 @@ impl<'m> Sql<'m> {
         link: Option<String>,
         filters: Option<Value>,
     ) -> Result<String, GqlError> {
+        let p = self.record_page(entity, sels, link, filters)?;
+        let row = self.alias("p");
+        let obj = self.node(sels, &row, &p.columns)?;
+        Ok(format!("(SELECT {obj} FROM ({}) {row})", p.sql))
+    }
+
+    /// One record as rows (at most one) for the surface to build its object, when the
+    /// selection is flat (see [`RowsShape`]); None otherwise (nothing compiled).
+    pub fn record_rows(
+        &mut self,
+        entity: &str,
+        sels: &Sels,
+        filters: Option<Value>,
+    ) -> Result<Option<(String, RowsShape)>, GqlError> {
+        if !flat(sels) {
+            return Ok(None);
+        }
+        let p = self.record_page(entity, sels, None, filters)?;
+        let row = self.alias("p");
+        let mut exprs = Vec::new();
+        let node = self.row_parts(sels, &row, &p.columns, &mut exprs)?;
+        Ok(Some(rows_statement(exprs, &row, &p.sql, None, node, Wrap::One)))
+    }
+
+    /// A root connection as rows for the surface to build its value, when it selects only
+    /// `nodes` (once) and `__typename`, and its nodes are flat (see [`RowsShape`]); None
+    /// otherwise (nothing compiled).
+    pub fn conn_rows(&mut self, c: &Conn) -> Result<Option<(String, RowsShape)>, GqlError> {
+        let nodes = node_sels(c);
+        let only_nodes = c
+            .sels
+            .iter()
+            .all(|(_, s)| matches!(s, ConnSel::Nodes(_) | ConnSel::Typename(_)));
+        if c.link.is_some() || !only_nodes || nodes.len() != 1 || !flat(nodes[0]) {
+            return Ok(None);
+        }
+        let mut spec = c.spec.clone();
+        spec.insert("columns".into(), json!(columns(nodes[0])));
+        let opts = PageOptions {
+            backward: c.backward,
+            ..Default::default()
+        };
+        let page = self.page(&c.entity, &spec, &opts)?;
+        let row = self.alias("p");
+        let mut exprs = Vec::new();
+        let node = self.row_parts(nodes[0], &row, &page.columns, &mut exprs)?;
+        let keys = c
+            .sels
+            .iter()
+            .map(|(k, s)| {
+                let t = match s {
+                    ConnSel::Typename(t) => Some(t.clone()),
+                    _ => None,
+                };
+                (k.clone(), t)
+            })
+            .collect();
+        let order = fetch_order(&row, &page, c.backward);
+        let wrap = Wrap::Connection {
+            keys,
+            reverse: c.backward,
+        };
+        Ok(Some(rows_statement(exprs, &row, &page.sql, Some(&order), node, wrap)))
+    }
+
+    /// The columns a flat selection's object needs of the page row (appended to `exprs`,
+    /// converted as [`Self::sel`] converts them) and where its keys find them.
+    fn row_parts(
+        &mut self,
+        sels: &Sels,
+        row: &str,
+        cols: &[String],
+        exprs: &mut Vec<String>,
+    ) -> Result<Vec<(String, RowPart)>, GqlError> {
+        let mut out = Vec::with_capacity(sels.len());
+        for (k, s) in sels {
+            let part = match s {
+                Sel::Leaf { .. } => {
+                    exprs.push(self.sel(s, row, cols)?);
+                    RowPart::Column(exprs.len() - 1)
+                }
+                Sel::Typename(t) => RowPart::Const(t.clone()),
+                Sel::ToOne { path, sels } => {
+                    exprs.push(col(row, cols, path)?);
+                    let present = exprs.len() - 1;
+                    let fields = self.row_parts(sels, row, cols, exprs)?;
+                    RowPart::Object { present, fields }
+                }
+                _ => return Err(GqlError::internal("a selection of rows that is not flat")),
+            };
+            out.push((k.clone(), part));
+        }
+        Ok(out)
+    }
+
+    /// The page of at most one record matching `link` (and `filters`) with a selection's
+    /// columns.
+    fn record_page(
+        &mut self,
+        entity: &str,
+        sels: &Sels,
+        link: Option<String>,
+        filters: Option<Value>,
+    ) -> Result<Page, GqlError> {
         let cols = columns(sels);
         let mut spec = Map::new();
         spec.insert("columns".into(), json!(cols));
@@ -191,7 +296,7 @@ impl<'m> Sql<'m> {
             spec.insert("filters".into(), f);
         }
         spec.insert("limit".into(), json!(1));
-        let p = self.page(
+        self.page(
             entity,
             &spec,
             &PageOptions {
@@ -199,10 +304,7 @@ impl<'m> Sql<'m> {
                 by_id,
                 ..Default::default()
             },
-        )?;
-        let row = self.alias("p");
-        let obj = self.node(sels, &row, &p.columns)?;
-        Ok(format!("(SELECT {obj} FROM ({}) {row})", p.sql))
+        )
     }
 
     /// The condition linking a nested page's records (`t0`) to the parent row.
@@ -329,6 +431,39 @@ impl<'m> Sql<'m> {
             page.sql
         ))
     }
+}
+
+/// Whether a record selection is only leaves, `__typename` and to-one objects of those: what
+/// the surface can build from a page's columns.
+fn flat(sels: &Sels) -> bool {
+    sels.iter().all(|(_, s)| match s {
+        Sel::Leaf { .. } | Sel::Typename(_) => true,
+        Sel::ToOne { sels, .. } => flat(sels),
+        _ => false,
+    })
+}
+
+/// `SELECT <exprs> FROM (<page>) <row> [ORDER BY <order>]` and its shape (a selection of only
+/// `__typename` still selects a column, so that each row has one).
+fn rows_statement(
+    mut exprs: Vec<String>,
+    row: &str,
+    page: &str,
+    order: Option<&str>,
+    node: Vec<(String, RowPart)>,
+    wrap: Wrap,
+) -> (String, RowsShape) {
+    if exprs.is_empty() {
+        exprs.push("true".into());
+    }
+    let order = order.map_or(String::new(), |o| format!(" ORDER BY {o}"));
+    let sql = format!("SELECT {} FROM ({page}) {row}{order}", exprs.join(", "));
+    let shape = RowsShape {
+        columns: exprs.len(),
+        node,
+        wrap,
+    };
+    (sql, shape)
 }
 
 /// How a connection's rows (`x.__n` numbered in fetch order) become its parts.

@@ -8,13 +8,18 @@ fn one(q: &str, vars: Value) -> Statement {
 
 #[test]
 fn by_id() {
+    // leaves and to-one objects: the page's columns as rows, the object built by the surface
     let st = one(
-        "query($id: UUID!) { product(id: $id) { id name price category { name } } }",
+        "query($id: UUID!) { product(id: $id) { id name price category { __typename name } } }",
         json!({"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff"}),
     );
-    assert!(st.sql.starts_with("SELECT (SELECT jsonb_build_object('id', p1.c0, 'name', p1.c1, 'price', (p1.c2)::text, 'category', CASE WHEN p1.c3 IS NULL THEN NULL ELSE jsonb_build_object('name', p1.c4) END) FROM (SELECT t0.\"id\" AS c0"), "{}", st.sql);
     assert!(
-        st.sql.contains("WHERE (t0.\"id\" = $1::uuid))"),
+        st.sql.starts_with("SELECT p1.c0, p1.c1, (p1.c2)::text, p1.c3, p1.c4 FROM (SELECT t0.\"id\" AS c0"),
+        "{}",
+        st.sql
+    );
+    assert!(
+        st.sql.ends_with("WHERE (t0.\"id\" = $1::uuid)) p1"),
         "one record by id: no ORDER BY, no LIMIT (PostgreSQL flattens the sub-select): {}",
         st.sql
     );
@@ -23,6 +28,93 @@ fn by_id() {
         st.params,
         vec![Some("6f9619ff-8b86-d011-b42d-00c04fc964ff".to_string())]
     );
+    let shape = st.rows.expect("built from rows");
+    assert_eq!(shape.columns, 5);
+    assert_eq!(shape.wrap, Wrap::One);
+    assert_eq!(
+        shape.node,
+        vec![
+            ("id".to_string(), RowPart::Column(0)),
+            ("name".to_string(), RowPart::Column(1)),
+            ("price".to_string(), RowPart::Column(2)),
+            (
+                "category".to_string(),
+                RowPart::Object {
+                    present: 3,
+                    fields: vec![
+                        ("__typename".to_string(), RowPart::Const("Category".into())),
+                        ("name".to_string(), RowPart::Column(4)),
+                    ]
+                }
+            ),
+        ]
+    );
+    // a nested connection needs SQL's aggregate: the statement builds the jsonb
+    let st = one(
+        "query($id: UUID!) { category(id: $id) { name productCollection(first: 2) { nodes { name } } } }",
+        json!({"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff"}),
+    );
+    assert!(st.rows.is_none());
+    assert!(
+        st.sql.starts_with("SELECT (SELECT jsonb_build_object('name', p1.c1, 'productCollection', "),
+        "{}",
+        st.sql
+    );
+}
+
+/// A root connection of only `nodes` (and `__typename`) over leaves and to-one objects is the
+/// bare page in the order asked for; anything else of the connection is built in SQL.
+#[test]
+fn a_connection_of_only_flat_nodes_is_its_rows() {
+    let st = one(
+        "{ productCollection(orderBy: [{price: ASC}], first: 5) { __typename items: nodes { name category { parent { name } } } } }",
+        json!({}),
+    );
+    let shape = st.rows.clone().expect("built from rows");
+    assert!(
+        st.sql.starts_with("SELECT p1.c1, p1.c2, p1.c3, p1.c4 FROM (SELECT t0.\"id\" AS c0"),
+        "{}",
+        st.sql
+    );
+    assert!(
+        st.sql.ends_with(" LIMIT 5) p1 ORDER BY p1.k0 ASC NULLS LAST, p1.k1 ASC NULLS LAST"),
+        "{}",
+        st.sql
+    );
+    assert!(!st.sql.contains("jsonb"), "{}", st.sql);
+    assert_eq!(
+        shape.wrap,
+        Wrap::Connection {
+            keys: vec![
+                ("__typename".into(), Some("ProductConnection".into())),
+                ("items".into(), None)
+            ],
+            reverse: false
+        }
+    );
+    assert_eq!(shape.columns, 4);
+    // backwards: fetched in reverse, turned around by the surface
+    let st = one(
+        "{ productCollection(orderBy: [{price: ASC}], last: 3) { nodes { name } } }",
+        json!({}),
+    );
+    assert!(
+        matches!(&st.rows, Some(s) if s.wrap == Wrap::Connection { keys: vec![("nodes".into(), None)], reverse: true }),
+        "{:?}",
+        st.rows
+    );
+    assert!(st.sql.ends_with("p1 ORDER BY p1.k0 DESC NULLS FIRST, p1.k1 DESC NULLS FIRST"), "{}", st.sql);
+    for q in [
+        "{ productCollection(first: 5) { nodes { name } pageInfo { hasNextPage } } }",
+        "{ productCollection(first: 5) { edges { node { name } } } }",
+        "{ productCollection(first: 5) { totalCount nodes { name } } }",
+        "{ productCollection(first: 5) { a: nodes { name } b: nodes { price } } }",
+        "{ categoryCollection(first: 5) { nodes { name productCollection { nodes { name } } } } }",
+    ] {
+        let st = one(q, json!({}));
+        assert!(st.rows.is_none(), "{q}");
+        assert!(st.sql.contains("jsonb_agg"), "{q}: {}", st.sql);
+    }
 }
 
 /// 50 categories × their 10 newest products, with a relation path and a JSON path, in one

@@ -630,7 +630,10 @@ mod tests {
         let mut embedded = Vec::new();
         write_object(
             &mut embedded,
-            &[(b"k", Value::Bool(false)), (b"obj", Value::Jsonb(&inner[4..]))],
+            &[
+                (b"k", Value::Bool(false)),
+                (b"obj", Value::Jsonb(&inner[4..])),
+            ],
         )
         .unwrap();
         let mut nested = Vec::new();
@@ -640,7 +643,10 @@ mod tests {
         ]);
         write_object(&mut nested, &[(b"k", Value::Bool(false)), (b"obj", obj)]).unwrap();
         assert_eq!(nested, embedded);
-        let dup = Value::Object(vec![(b"a".as_slice(), Value::Null), (b"a".as_slice(), Value::Null)]);
+        let dup = Value::Object(vec![
+            (b"a".as_slice(), Value::Null),
+            (b"a".as_slice(), Value::Null),
+        ]);
         let e = write_object(&mut nested, &[(b"o", dup)]).unwrap_err();
         assert!(e.0.contains("duplicate"), "{e}");
     }

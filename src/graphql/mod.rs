@@ -13,13 +13,13 @@ use crate::query::rowjson::RowJson;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use serde_json::{json, Map, Value};
+use std::cell::RefCell;
 use std::rc::Rc;
+use udm_core::error::SqlState;
 use udm_core::graphql::{
     prepare, response, CacheKeys, Context, Document, GqlError, GqlSchema, Limits, Next,
-    OperationKind, Planning, RowPart, RowsShape, Statement, Wrap,
+    OperationKind, Planning, PointRead, RowPart, RowsShape, Statement, Wrap,
 };
-use udm_core::error::SqlState;
-use std::cell::RefCell;
 
 pub mod openapi;
 
@@ -461,7 +461,7 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
             ok &= v.is_some() && fields[*fi].set_param(*step, *i, v);
         }
         if ok {
-            return run_query(fields);
+            return run_query(&t, fields);
         }
     }
     let (doc, _) = match document(&schema, &schema_key, query, &lim) {
@@ -516,7 +516,7 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
         OperationKind::Subscription => {
             JsonOut::Json(response(None, &[], Some(json!({"subscription": "valid"}))))
         }
-        OperationKind::Query => run_query(prepared.fields),
+        OperationKind::Query => run_query(&t, prepared.fields),
         OperationKind::Mutation => {
             // all or nothing: one subtransaction for every field, in order
             let mut fields = prepared.fields;
@@ -556,10 +556,18 @@ enum FieldOut {
 /// Runs a field made of one statement whose result is the field's value, keeping a `jsonb`
 /// result in its binary form.
 fn run_field_raw(
+    t: &catalog::Tenant,
     plan: &mut udm_core::graphql::FieldPlan,
 ) -> std::result::Result<FieldOut, GqlError> {
     match plan.next(None)? {
         Next::Run(st) => {
+            if let Some(shape) = &st.rows {
+                if let Some(point) = &shape.point {
+                    if let Some(v) = point_value(t, point, shape, &st)? {
+                        return Ok(FieldOut::Raw(v));
+                    }
+                }
+            }
             let p = plan_of(&st).map_err(GqlError::from)?;
             if let Some(shape) = &st.rows {
                 return Ok(FieldOut::Raw(rows_value(&p, &st, shape, true)?));
@@ -601,10 +609,11 @@ fn rows_value(
             pg_sys::heap_deform_tuple(row, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
             // each row's object is written while its values are borrowed from the row
             let mut buf = Vec::new();
-            json.json.with_values(&values, &nulls, |vals| {
-                udm_core::jsonb::write_object(&mut buf, &object_of(&shape.node, &vals))
-            })
-            .map_err(too_big)?;
+            json.json
+                .with_values(&values, &nulls, |vals| {
+                    udm_core::jsonb::write_object(&mut buf, &object_of(&shape.node, &vals))
+                })
+                .map_err(too_big)?;
             out.push(buf);
         }
         Ok(out)
@@ -635,6 +644,54 @@ fn rows_value(
             Some(RawJsonb(buf))
         }
     })
+}
+
+/// A record by id read by primary key without running its statement (`fastget`: where that is
+/// provably the same, the caller holding table-wide SELECT and no row-level security applying).
+/// None: the statement must run (then it also reports a bad id as PostgreSQL does).
+fn point_value(
+    t: &catalog::Tenant,
+    point: &PointRead,
+    shape: &RowsShape,
+    st: &Statement,
+) -> std::result::Result<Option<Option<RawJsonb>>, GqlError> {
+    use crate::query::fastget;
+    // only the form both PostgreSQL and this parser read the same way
+    let Some(Some(id)) = st.params.get(point.id_param) else {
+        return Ok(None);
+    };
+    let Some(id) = (id.len() == 36)
+        .then(|| uuid::Uuid::parse_str(id).ok())
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    let e = catalog::entity(t, &point.entity).map_err(GqlError::from)?;
+    let Some(p) = fastget::columns_plan(&t.slug, &e, &point.columns) else {
+        return Ok(None);
+    };
+    let datum = pgrx::Uuid::from_bytes(*id.as_bytes()).into_datum();
+    let Some(datum) = datum else {
+        return Ok(None);
+    };
+    let read = fastget::read(&p, datum, |json, values, nulls| {
+        let mut buf = Vec::new();
+        unsafe {
+            json.with_values(values, nulls, |vals| {
+                udm_core::jsonb::write_object(&mut buf, &object_of(&shape.node, &vals))
+            })
+        }
+        .map(|_| buf)
+    });
+    match read {
+        fastget::Read::Found(Ok(buf)) => Ok(Some(Some(RawJsonb(buf)))),
+        fastget::Read::Found(Err(e)) => Err(GqlError::from(UdmError::new(
+            SqlState::ProgramLimitExceeded,
+            format!("udm: cannot build the result: {e}"),
+        ))),
+        fastget::Read::Missing => Ok(Some(None)),
+        fastget::Read::UseSql => Ok(None),
+    }
 }
 
 /// The object of a row by its shape, from the row's column values.
@@ -709,13 +766,13 @@ fn raw_response(outs: &[(String, FieldOut)]) -> Option<Vec<u8>> {
 }
 
 /// Runs a query's fields, each in its own subtransaction (a field's error leaves the others).
-fn run_query(fields: Vec<udm_core::graphql::FieldPlan>) -> JsonOut {
+fn run_query(t: &catalog::Tenant, fields: Vec<udm_core::graphql::FieldPlan>) -> JsonOut {
     let mut outs = Vec::with_capacity(fields.len());
     let mut errors = Vec::new();
     for mut f in fields {
         let key = f.key.clone();
         let r = if f.is_single_statement() {
-            guarded(|| run_field_raw(&mut f))
+            guarded(|| run_field_raw(t, &mut f))
         } else {
             guarded(|| run_field(&mut f, true)).map(FieldOut::Json)
         };

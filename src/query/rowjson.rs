@@ -28,6 +28,8 @@ enum Conv {
     /// kept (with the session time zone it was made in): the stamps of a statement's rows are
     /// usually one value.
     DateTime(pg_sys::Oid, RefCell<Option<(usize, usize, Vec<u8>)>>),
+    /// The type's text output as a JSON string (what `value::text` gives)
+    OutText(*mut pg_sys::FmgrInfo),
     /// `to_jsonb` through a prepared call (its argument's type is known from `fn_expr`)
     ToJsonb {
         flinfo: *mut pg_sys::FmgrInfo,
@@ -173,6 +175,28 @@ impl RowJson {
         cols: &[(String, usize)],
         as_types: &[(usize, pg_sys::Oid)],
     ) -> RowJson {
+        unsafe { Self::make(desc, cols, as_types, &[]) }
+    }
+
+    /// `new`, with the attributes `as_text` names written as their type's text output (a JSON
+    /// string, as `jsonb_build_object(k, value::text)` writes it).
+    ///
+    /// # Safety
+    /// As for `new`.
+    pub unsafe fn new_text(
+        desc: pg_sys::TupleDesc,
+        cols: &[(String, usize)],
+        as_text: &[usize],
+    ) -> RowJson {
+        unsafe { Self::make(desc, cols, &[], as_text) }
+    }
+
+    unsafe fn make(
+        desc: pg_sys::TupleDesc,
+        cols: &[(String, usize)],
+        as_types: &[(usize, pg_sys::Oid)],
+        as_text: &[usize],
+    ) -> RowJson {
         unsafe {
             let ctx = pg_sys::AllocSetContextCreateInternal(
                 pg_sys::TopMemoryContext,
@@ -190,19 +214,31 @@ impl RowJson {
                         .iter()
                         .find(|(at, _)| at == i)
                         .map_or(a.atttypid, |(_, t)| *t);
-                    let conv = match pg_sys::getBaseType(typ) {
-                        pg_sys::TEXTOID | pg_sys::VARCHAROID => Conv::Text,
-                        pg_sys::BOOLOID => Conv::Bool,
-                        pg_sys::NUMERICOID => Conv::Numeric,
-                        pg_sys::INT2OID => Conv::Int2,
-                        pg_sys::INT4OID => Conv::Int4,
-                        pg_sys::INT8OID => Conv::Int8,
-                        pg_sys::JSONBOID => Conv::Jsonb,
-                        pg_sys::UUIDOID => Conv::Uuid,
-                        t @ (pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID) => {
-                            Conv::DateTime(t, RefCell::new(None))
+                    let conv = if as_text.contains(i) {
+                        let mut func = pg_sys::InvalidOid;
+                        let mut varlena = false;
+                        pg_sys::getTypeOutputInfo(typ, &mut func, &mut varlena);
+                        let flinfo = pg_sys::MemoryContextAllocZero(
+                            ctx,
+                            std::mem::size_of::<pg_sys::FmgrInfo>(),
+                        ) as *mut pg_sys::FmgrInfo;
+                        pg_sys::fmgr_info_cxt(func, flinfo, ctx);
+                        Conv::OutText(flinfo)
+                    } else {
+                        match pg_sys::getBaseType(typ) {
+                            pg_sys::TEXTOID | pg_sys::VARCHAROID => Conv::Text,
+                            pg_sys::BOOLOID => Conv::Bool,
+                            pg_sys::NUMERICOID => Conv::Numeric,
+                            pg_sys::INT2OID => Conv::Int2,
+                            pg_sys::INT4OID => Conv::Int4,
+                            pg_sys::INT8OID => Conv::Int8,
+                            pg_sys::JSONBOID => Conv::Jsonb,
+                            pg_sys::UUIDOID => Conv::Uuid,
+                            t @ (pg_sys::DATEOID
+                            | pg_sys::TIMESTAMPOID
+                            | pg_sys::TIMESTAMPTZOID) => Conv::DateTime(t, RefCell::new(None)),
+                            _ => to_jsonb_call(a, ctx),
                         }
-                        _ => to_jsonb_call(a, ctx),
                     };
                     Column {
                         key: name.as_bytes().to_vec(),
@@ -296,6 +332,9 @@ impl RowJson {
                     let text = &last.as_ref().expect("just set").2;
                     // the text lives in the column until its next different value
                     Value::String(bytes(text.as_ptr(), text.len()))
+                }
+                Conv::OutText(flinfo) => {
+                    Value::String(cstring(pg_sys::OutputFunctionCall(*flinfo, d)))
                 }
                 Conv::ToJsonb { flinfo, fcinfo } => {
                     let fc = *fcinfo;

@@ -1046,4 +1046,42 @@ fn rows_built_by_udm_equal_what_sql_builds_for_every_field_type() {
             }
         }
     }
+    // read by primary key (no row-level security applies to the caller: here the superuser)
+    adm.execute("SELECT udm_use($1)", &[&s]).unwrap();
+    let leaves = "__typename id createdAt updatedAt createdBy updatedBy _version t lt i bi d f b dt ts tm du u j em sel ms tg cur rt an fl pc co ur ph us relId ints days";
+    let ids: Vec<String> = adm
+        .query(&format!(r#"SELECT id::text FROM "{s}".every"#), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for zone in ["UTC", "America/St_Johns"] {
+        adm.batch_execute(&format!("SET TIME ZONE '{zone}'"))
+            .unwrap();
+        for id in ids
+            .iter()
+            .chain([&"6f1c2a7e-0000-4000-8000-0000000000ff".to_string()])
+        {
+            let point = format!("query($id: UUID!) {{ every(id: $id) {{ {leaves} }} }}");
+            let sql = format!(
+                "query($id: UUID!) {{ every(id: $id) {{ {leaves} ref {{ __typename }} }} }}"
+            );
+            let (ours, theirs) = both(
+                &mut adm,
+                &point,
+                &sql,
+                json!({"id": id}),
+                "{data,every}",
+                "ref",
+            );
+            assert_eq!(ours, theirs, "record {id} read by primary key in {zone}");
+        }
+    }
+    // a bad id is refused as the statement refuses it
+    let r = gql(
+        &mut adm,
+        "query($id: UUID!) { every(id: $id) { t } }",
+        json!({"id": "6f1c2a7e00004000800000000000000ff"}),
+    );
+    assert!(r.get("errors").is_some(), "{r}");
 }

@@ -69,7 +69,7 @@ mod tests;
 pub use error::{response, Code, GqlError, Location, PathSeg};
 pub use limits::Limits;
 pub use parse::{Document, OperationKind};
-pub use plan::{FieldPlan, Next, Planning, RowPart, RowsShape, Statement, Wrap};
+pub use plan::{FieldPlan, Next, Planning, PointRead, RowPart, RowsShape, Statement, Wrap};
 pub use prepare::{prepare, Context, Prepared};
 pub use schema::GqlSchema;
 pub use subscription::{Event, SubscriptionPlan};

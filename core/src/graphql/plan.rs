@@ -34,6 +34,20 @@ pub struct RowsShape {
     /// The object each row becomes.
     pub node: Vec<(String, RowPart)>,
     pub wrap: Wrap,
+    /// A record by id whose columns are all plain columns of its table: what the surface may
+    /// read by primary key without running the statement, where that is provably the same.
+    pub point: Option<PointRead>,
+}
+
+/// The row's columns as columns of one table, for a read by primary key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointRead {
+    pub entity: String,
+    /// Each row column's table column, and whether it is its text (`::text`) rather than the
+    /// value itself.
+    pub columns: Vec<(String, bool)>,
+    /// The statement parameter holding the id.
+    pub id_param: usize,
 }
 
 /// A key of a row's object.

@@ -20,12 +20,13 @@
 
 use super::builder::{Conn, ConnSel, EdgeSel, Link, PageField, RefPart, Sel, Sels};
 use super::error::GqlError;
-use super::plan::{RowPart, RowsShape, Wrap};
+use super::plan::{PointRead, RowPart, RowsShape, Wrap};
 use super::schema::Out;
-use crate::ident::{quote_ident, quote_literal};
+use crate::ident::{quote_ident, quote_literal, SYSTEM_COLUMNS};
 use crate::query::path::Model;
 use crate::query::select::{page_with, Page, PageOptions};
 use crate::query::{bind, json_object, Conv, ParamSpec, Params, Source, Template};
+use crate::types::FieldType;
 use crate::values::PType;
 use serde_json::{json, Map, Value};
 
@@ -192,11 +193,52 @@ impl<'m> Sql<'m> {
         if !flat(sels) {
             return Ok(None);
         }
+        let id_param = self.values.len();
         let p = self.record_page(entity, sels, None, filters)?;
         let row = self.alias("p");
         let mut exprs = Vec::new();
         let node = self.row_parts(sels, &row, &p.columns, &mut exprs)?;
-        Ok(Some(rows_statement(exprs, &row, &p.sql, None, node, Wrap::One)))
+        let point = (self.values.len() == id_param + 1)
+            .then(|| self.point_read(entity, sels, id_param))
+            .flatten();
+        let (sql, mut shape) = rows_statement(exprs, &row, &p.sql, None, node, Wrap::One);
+        shape.point = point;
+        Ok(Some((sql, shape)))
+    }
+
+    /// The columns of a selection of leaves as plain columns of the entity's table (None when
+    /// any is something else: a JSON path, a related record, a list as text, an encrypted
+    /// field, which the statement decrypts).
+    fn point_read(&self, entity: &str, sels: &Sels, id_param: usize) -> Option<PointRead> {
+        let def = self.model.entity(entity)?;
+        let mut columns = Vec::new();
+        for (_, s) in sels {
+            match s {
+                Sel::Typename(_) => {}
+                Sel::Leaf { path, out, list } => {
+                    let text = matches!(out, Out::Text);
+                    if *list && text {
+                        return None;
+                    }
+                    let column = if SYSTEM_COLUMNS.contains(&path.as_str()) {
+                        path.clone()
+                    } else {
+                        let f = def.fields.iter().find(|f| &f.name == path)?;
+                        if f.encrypted || f.is_many_to_many() || f.ftype == FieldType::Password {
+                            return None;
+                        }
+                        f.column.clone()
+                    };
+                    columns.push((column, text));
+                }
+                _ => return None,
+            }
+        }
+        (!columns.is_empty()).then(|| PointRead {
+            entity: entity.to_string(),
+            columns,
+            id_param,
+        })
     }
 
     /// A root connection as rows for the surface to build its value, when it selects only
@@ -237,7 +279,14 @@ impl<'m> Sql<'m> {
             keys,
             reverse: c.backward,
         };
-        Ok(Some(rows_statement(exprs, &row, &page.sql, Some(&order), node, wrap)))
+        Ok(Some(rows_statement(
+            exprs,
+            &row,
+            &page.sql,
+            Some(&order),
+            node,
+            wrap,
+        )))
     }
 
     /// The columns a flat selection's object needs of the page row (appended to `exprs`,
@@ -462,6 +511,7 @@ fn rows_statement(
         columns: exprs.len(),
         node,
         wrap,
+        point: None,
     };
     (sql, shape)
 }

@@ -14,7 +14,9 @@ fn by_id() {
         json!({"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff"}),
     );
     assert!(
-        st.sql.starts_with("SELECT p1.c0, p1.c1, (p1.c2)::text, p1.c3, p1.c4 FROM (SELECT t0.\"id\" AS c0"),
+        st.sql.starts_with(
+            "SELECT p1.c0, p1.c1, (p1.c2)::text, p1.c3, p1.c4 FROM (SELECT t0.\"id\" AS c0"
+        ),
         "{}",
         st.sql
     );
@@ -49,6 +51,33 @@ fn by_id() {
             ),
         ]
     );
+    assert_eq!(
+        shape.point, None,
+        "a related record is not a column of the table"
+    );
+    // plain columns only: readable by primary key
+    let st = one(
+        "query($id: UUID!) { product(id: $id) { __typename id name price createdAt } }",
+        json!({"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff"}),
+    );
+    assert_eq!(
+        st.rows.expect("rows").point,
+        Some(PointRead {
+            entity: "product".into(),
+            columns: vec![
+                ("id".into(), false),
+                ("name".into(), false),
+                ("price".into(), true),
+                ("created_at".into(), false)
+            ],
+            id_param: 0
+        })
+    );
+    let st = one(
+        r#"query($id: UUID!) { product(id: $id) { name brand: metadata(path: ["brand"]) } }"#,
+        json!({"id": "6f9619ff-8b86-d011-b42d-00c04fc964ff"}),
+    );
+    assert_eq!(st.rows.expect("rows").point, None, "a JSON path");
     // a nested connection needs SQL's aggregate: the statement builds the jsonb
     let st = one(
         "query($id: UUID!) { category(id: $id) { name productCollection(first: 2) { nodes { name } } } }",
@@ -56,7 +85,8 @@ fn by_id() {
     );
     assert!(st.rows.is_none());
     assert!(
-        st.sql.starts_with("SELECT (SELECT jsonb_build_object('name', p1.c1, 'productCollection', "),
+        st.sql
+            .starts_with("SELECT (SELECT jsonb_build_object('name', p1.c1, 'productCollection', "),
         "{}",
         st.sql
     );
@@ -72,12 +102,14 @@ fn a_connection_of_only_flat_nodes_is_its_rows() {
     );
     let shape = st.rows.clone().expect("built from rows");
     assert!(
-        st.sql.starts_with("SELECT p1.c1, p1.c2, p1.c3, p1.c4 FROM (SELECT t0.\"id\" AS c0"),
+        st.sql
+            .starts_with("SELECT p1.c1, p1.c2, p1.c3, p1.c4 FROM (SELECT t0.\"id\" AS c0"),
         "{}",
         st.sql
     );
     assert!(
-        st.sql.ends_with(" LIMIT 5) p1 ORDER BY p1.k0 ASC NULLS LAST, p1.k1 ASC NULLS LAST"),
+        st.sql
+            .ends_with(" LIMIT 5) p1 ORDER BY p1.k0 ASC NULLS LAST, p1.k1 ASC NULLS LAST"),
         "{}",
         st.sql
     );
@@ -103,7 +135,12 @@ fn a_connection_of_only_flat_nodes_is_its_rows() {
         "{:?}",
         st.rows
     );
-    assert!(st.sql.ends_with("p1 ORDER BY p1.k0 DESC NULLS FIRST, p1.k1 DESC NULLS FIRST"), "{}", st.sql);
+    assert!(
+        st.sql
+            .ends_with("p1 ORDER BY p1.k0 DESC NULLS FIRST, p1.k1 DESC NULLS FIRST"),
+        "{}",
+        st.sql
+    );
     for q in [
         "{ productCollection(first: 5) { nodes { name } pageInfo { hasNextPage } } }",
         "{ productCollection(first: 5) { edges { node { name } } } }",

@@ -293,6 +293,25 @@ impl Tx {
         Ok(v.unwrap_or(Value::Null))
     }
 
+    /// `json`, the result as PostgreSQL wrote it (SQL NULL: `null`).
+    pub async fn raw(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<RawJson, ApiError> {
+        let c = self.client();
+        let st = c
+            .prepare_cached(sql)
+            .await
+            .map_err(crate::rest::problem::from_db)?;
+        let row = c
+            .query_one(&st, params)
+            .await
+            .map_err(crate::rest::problem::from_db)?;
+        let v: Option<RawJson> = row.get(0);
+        Ok(v.unwrap_or_else(|| RawJson(b"null".to_vec())))
+    }
+
     /// Commits when `result` is a success (a failing commit is the answer then), rolls back
     /// when it is not.
     pub async fn finish<T>(self, result: Result<T, ApiError>) -> Result<T, ApiError> {

@@ -175,7 +175,9 @@ pub enum Outcome {
 
 /// Reads the record with primary key `id` (a uuid datum).
 pub fn get(p: &GetPlan, id: pg_sys::Datum) -> Outcome {
-    match read(p, id, |json, values, nulls| unsafe { json.build(values, nulls) }) {
+    match read(p, id, |json, values, nulls| unsafe {
+        json.build(values, nulls)
+    }) {
         Read::Found(d) => Outcome::Found(d),
         Read::Missing => Outcome::Missing,
         Read::UseSql => Outcome::UseSql,

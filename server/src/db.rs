@@ -280,17 +280,7 @@ impl Tx {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Value, ApiError> {
-        let c = self.client();
-        let st = c
-            .prepare_cached(sql)
-            .await
-            .map_err(crate::rest::problem::from_db)?;
-        let row = c
-            .query_one(&st, params)
-            .await
-            .map_err(crate::rest::problem::from_db)?;
-        let v: Option<Value> = row.get(0);
-        Ok(v.unwrap_or(Value::Null))
+        self.raw(sql, params).await?.parse()
     }
 
     /// `json`, the result as PostgreSQL wrote it (SQL NULL: `null`).

@@ -152,3 +152,56 @@ pub fn scalar<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str
 pub fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
+
+/// In the member's tenant: an entity `every` with a field of every type (and `target`, which its
+/// relation and reference point at), and four records of values that are hard to render: nulls,
+/// special numbers, infinite dates, JSON scalars, escapes and non-ASCII text.
+pub fn every_field_type(m: &mut Member) {
+    json(
+        &mut m.client,
+        r#"SELECT udm_define_entity('target', '{"fields": [{"name": "name", "type": "text"}]}')"#,
+    );
+    json(
+        &mut m.client,
+        r#"SELECT udm_define_entity('every', '{"fields": [
+            {"name": "t", "type": "text"}, {"name": "lt", "type": "long_text"},
+            {"name": "i", "type": "integer"}, {"name": "bi", "type": "bigint"},
+            {"name": "d", "type": "decimal"}, {"name": "f", "type": "float"},
+            {"name": "b", "type": "boolean"}, {"name": "dt", "type": "date"},
+            {"name": "ts", "type": "datetime"}, {"name": "tm", "type": "time"},
+            {"name": "du", "type": "duration"}, {"name": "u", "type": "uuid"},
+            {"name": "j", "type": "json"}, {"name": "em", "type": "email"},
+            {"name": "sel", "type": "select", "values": ["a", "b"]},
+            {"name": "ms", "type": "multi_select", "values": ["x", "y"]},
+            {"name": "tg", "type": "tags"}, {"name": "cur", "type": "currency"},
+            {"name": "rt", "type": "rating"}, {"name": "an", "type": "auto_number"},
+            {"name": "fl", "type": "file"}, {"name": "pc", "type": "percent"},
+            {"name": "co", "type": "color"}, {"name": "ur", "type": "url"},
+            {"name": "ph", "type": "phone"}, {"name": "us", "type": "user"},
+            {"name": "rel", "type": "relation", "target": "target"},
+            {"name": "ref", "type": "reference", "targets": ["target"]},
+            {"name": "ints", "type": "integer[]"}, {"name": "days", "type": "date[]"}]}')"#,
+    );
+    let s = m.tenant.clone();
+    m.client
+        .batch_execute(&format!(
+            r#"INSERT INTO "{s}".target (id, name) VALUES ('6f1c2a7e-0000-4000-8000-00000000abcd', 'T');
+            INSERT INTO "{s}".every (t, lt, i, bi, d, f, b, dt, ts, tm, du, u, j, em, sel, ms, tg, cur, rt, fl, pc, co, ur, ph, rel, ints, days) VALUES
+              ('plain "quoted" \ text ✓', repeat('long ', 3000), -2147483648, 9223372036854775807,
+               12345678901234567890.000000001, 0.1 + 0.2, true, '2024-02-29', '2024-05-01 12:34:56.789+02',
+               '23:59:59.5', '1 year 2 mons 3 days 04:05:06', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11',
+               '{{"deep": {{"n": [1, 2.50, -3e5], "s": "x", "t": true, "z": null}}, "e": {{}}, "a": []}}',
+               'a@b.co', 'a', '{{x,y}}', '{{"t 1",ü}}', 0.01, 5,
+               '{{"name": "f.pdf", "size": 10}}', 12.5, '#a0b1c2', 'https://x.test/a?b=c', '+1 555 0100',
+               '6f1c2a7e-0000-4000-8000-00000000abcd', '{{1,NULL,-3}}', '{{2024-01-01,infinity}}'),
+              (NULL, NULL, 0, -1, 'NaN', 'Infinity', false, '-infinity', 'infinity', NULL, NULL, NULL,
+               '5', NULL, NULL, '{{}}', NULL, -0.00, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+              ('', '', NULL, NULL, 0, -0.0, NULL, NULL, NULL, '00:00', '0', NULL,
+               '"just a string"', NULL, 'b', NULL, '{{}}', 1e-20, NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL, '{{}}'),
+              (NULL, NULL, NULL, NULL, NULL, '-1.5e300', NULL, NULL, NULL, NULL, NULL, NULL,
+               '[1, "two", {{"3": [null, true]}}]', NULL, NULL, NULL, NULL, 99999.99, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+            UPDATE "{s}".every SET d = '-Infinity' WHERE f = '-1.5e300';
+            UPDATE "{s}".every SET ref = ROW('target', '6f1c2a7e-0000-4000-8000-00000000abcd')::udm.ref WHERE t = '';"#
+        ))
+        .unwrap();
+}

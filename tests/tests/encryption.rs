@@ -1859,8 +1859,15 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
     let id = rows[0]["id"].as_str().unwrap().to_string();
     let h = json(
         &mut m.client,
-        &format!("SELECT udm_history('patient', {})", lit(&id)),
+        &format!(
+            "SELECT jsonb_agg(data ORDER BY version) FROM udm_history('patient', {})",
+            lit(&id)
+        ),
     );
+    let versions = h.as_array().unwrap();
+    assert!(versions.len() >= 2, "inserted, converted: {h}");
+    let i = &rows[0]["name"].as_str().unwrap()[1..];
+    assert_eq!(versions[0]["notes"], format!("note {i}"), "{h}");
     assert!(!h.to_string().contains("udm1:"), "{h}");
     // once on, the field is an encrypted field: its rules cannot change
     expect_err(

@@ -1091,8 +1091,13 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         }
         Ok::<_, UdmError>(out.len())
     })?;
-    let counts = stale_counts(&table, &stale, &active)?;
-    let remaining: i64 = count_any(&table, &old, &active)?;
+    // per field and (last) in all: the records still waiting, in one scan
+    let mut counts = stale_counts(
+        &table,
+        &[stale.clone(), vec![old.clone()]].concat(),
+        &active,
+    )?;
+    let remaining = counts.pop().unwrap_or(0);
     // a pending field none of whose values waits any more: its change is completed
     let done: Vec<String> = fields
         .iter()

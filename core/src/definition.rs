@@ -539,7 +539,7 @@ pub fn validate_field(f: &FieldDef) -> Result<()> {
                 SqlState::FeatureNotSupported,
                 format!("{what}: a field of type {} cannot be encrypted", t.name()),
             )
-            .hint("encrypted fields are text, long_text, email, url, phone, json, date or datetime fields"));
+            .hint("encrypted fields are text, long_text, email, url, phone, json, date, datetime, time or duration fields"));
         }
         if t == &FieldType::Json && f.index {
             return Err(UdmError::new(
@@ -1462,7 +1462,7 @@ fn refuse_with_toggle(old: &FieldDef, f: &FieldDef, what: &str, toggle: Toggle) 
             SqlState::FeatureNotSupported,
             format!("{what}: a field of type {} cannot be encrypted", f.ftype.name()),
         )
-        .hint("encrypted fields are text, long_text, email, url, phone, json, date or datetime fields"));
+        .hint("encrypted fields are text, long_text, email, url, phone, json, date, datetime, time or duration fields"));
     }
     if f.unique || f.index || old.unique || old.index {
         return Err(UdmError::new(

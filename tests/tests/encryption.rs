@@ -1947,3 +1947,111 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
         "{ops:?}"
     );
 }
+
+/// Time and duration fields: sealed as one canonical text (a duration as ISO 8601, whatever the
+/// session's IntervalStyle), read back as the types a plain field has, found by equality through
+/// the blind index; range filters refused.
+#[test]
+fn time_and_duration_fields_are_sealed_and_read_back_as_their_types() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "entd");
+    let t = m.tenant.clone();
+    let fields = |enc: bool| {
+        let e = if enc { r#", "encrypted": true"# } else { "" };
+        format!(
+            r#"{{"fields": [{{"name": "name", "type": "text"}},
+                {{"name": "at", "type": "time", "unique": true{e}}},
+                {{"name": "took", "type": "duration", "index": true{e}}}]}}"#
+        )
+    };
+    for (name, enc) in [("sealed", true), ("plain", false)] {
+        json(
+            &mut m.client,
+            &format!("SELECT udm_define_entity('{name}', {})", lit(&fields(enc))),
+        );
+    }
+    let rows = [
+        json!({"name": "a", "at": "08:30:15.25", "took": "1 year 2 months 3 days 04:05:06.5"}),
+        json!({"name": "b", "at": "23:59:59", "took": "-1 day +02:00:00"}),
+        json!({"name": "c", "at": "00:00:00", "took": "PT0S"}),
+    ];
+    for row in &rows {
+        let a = json(
+            &mut m.client,
+            &format!(
+                "SELECT udm_insert('sealed', {}) - ARRAY['id', 'created_at', 'updated_at']",
+                lit(&row.to_string())
+            ),
+        );
+        let b = json(
+            &mut m.client,
+            &format!(
+                "SELECT udm_insert('plain', {}) - ARRAY['id', 'created_at', 'updated_at']",
+                lit(&row.to_string())
+            ),
+        );
+        assert_eq!(a, b, "the same JSON as a plain entity");
+    }
+    // plain SQL in another IntervalStyle: the same canonical value, found by equality
+    m.client
+        .batch_execute(&format!(
+            "SET IntervalStyle = 'sql_standard'; \
+             INSERT INTO \"{t}\".sealed (name, at, took) VALUES ('d', '8:30:15.250', '+1-2 +3 +4:05:06.5'); \
+             RESET IntervalStyle"
+        ))
+        .unwrap_err();
+    // (the time is unique: that insert is refused as a duplicate of a's)
+    m.client
+        .batch_execute(&format!(
+            "SET IntervalStyle = 'sql_standard'; \
+             INSERT INTO \"{t}\".sealed (name, at, took) VALUES ('d', '09:00', '+1-2 +3 +4:05:06.5'); \
+             RESET IntervalStyle"
+        ))
+        .unwrap();
+    let stored: Vec<String> = adm
+        .query(
+            &format!("SELECT concat_ws(' ', at, took) FROM \"{t}\".sealed"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored.len(), 4);
+    for s in &stored {
+        assert!(s.starts_with("udm1:") && !s.contains("08:30"), "{s}");
+    }
+    let found = json(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"columns": ["name", "took"], "filters": {"took": "1 year 2 mons 3 days 04:05:06.5"}, "sort": ["name"]}')"#,
+    );
+    let names: Vec<&str> = found["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "d"], "one canonical duration: {found}");
+    let found = json(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"columns": ["name"], "filters": {"at": "08:30:15.250"}}')"#,
+    );
+    assert_eq!(found["rows"], json!([{"name": "a"}]), "{found}");
+    // every record reads back as the plain entity's
+    let q = r#"'{"columns": ["name", "at", "took"], "sort": ["name"], "filters": {"name": {"in": ["a", "b", "c"]}}}'"#;
+    let a = json(&mut m.client, &format!("SELECT udm_query('sealed', {q})"));
+    let b = json(&mut m.client, &format!("SELECT udm_query('plain', {q})"));
+    assert_eq!(a["rows"], b["rows"]);
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_query('sealed', '{"filters": {"at": {"gt": "08:00"}}}')"#,
+        "0A000",
+    );
+    assert!(msg.contains("field \"at\""), "{msg}");
+    // a value that is not of the type: refused as the column would refuse it
+    expect_err(
+        &mut m.client,
+        r#"SELECT udm_insert('sealed', '{"name": "x", "took": "soon"}')"#,
+        "22007",
+    );
+}

@@ -1925,6 +1925,41 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
         "23514",
     );
     assert!(msg.contains("notes"), "{msg}");
+    // a version written while notes was encrypted holds its ciphertext: once encryption is off,
+    // a rollback leaves that field out (or, named, is refused) instead of storing the ciphertext
+    let p1: String = scalar(
+        &mut adm,
+        &format!("SELECT id::text FROM \"{t}\".patient WHERE name = 'p1'"),
+    );
+    let sealed_version: i32 = scalar(
+        &mut m.client,
+        &format!(
+            "SELECT min(version) FROM udm_history('patient', {}) WHERE starts_with(data->>'notes', 'udm1:')",
+            lit(&p1)
+        ),
+    );
+    let msg = expect_err(
+        &mut m.client,
+        &format!(
+            "SELECT udm_rollback('patient', {}, {sealed_version}, ARRAY['notes'])",
+            lit(&p1)
+        ),
+        "0A000",
+    );
+    assert!(msg.contains("was encrypted in that version"), "{msg}");
+    let r = json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_rollback('patient', {}, {sealed_version})",
+            lit(&p1)
+        ),
+    );
+    assert_eq!(r["skipped"], json!(["notes", "born"]), "{r}");
+    let g = json(
+        &mut m.client,
+        &format!("SELECT udm_get('patient', {})", lit(&p1)),
+    );
+    assert!(!g.to_string().contains("udm1:"), "{g}");
     // each step is a definition change of its own, in the entity's history
     let ops: Vec<String> = m
         .client

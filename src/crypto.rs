@@ -18,7 +18,7 @@ use std::ffi::CString;
 use std::rc::Rc;
 use std::sync::OnceLock;
 use udm_core::crypto::{self as c, Key, Purpose};
-use udm_core::definition::{EntityDef, FieldDef};
+use udm_core::definition::{EntityDef, FieldDef, Toggle};
 use udm_core::error::{SqlState, UdmError};
 use udm_core::ident::{printable, qualified, quote_ident, quote_literal};
 use udm_core::ids::{hex, unhex, uuid_bytes};
@@ -396,6 +396,9 @@ pub struct SealSpec {
     pub check: Option<String>,
     /// `SELECT <canonical text of $1>` for json and date-like fields (`FieldType::sealed_form`).
     pub canonical: Option<String>,
+    /// Encryption is being turned off: writes store the plaintext (in its canonical form), and a
+    /// sealed value written (an audit image restored) is stored opened.
+    pub plain: bool,
 }
 
 impl SealSpec {
@@ -432,6 +435,7 @@ impl SealSpec {
             blind: f.blind_indexed(),
             check,
             canonical,
+            plain: f.encryption_pending == Some(Toggle::Off),
         }
     }
 }
@@ -494,13 +498,22 @@ pub fn seal_for_write(
         })?;
         let k = keys(t, &what, Some(env.key_id))?;
         let dk = k.data_key(&what, env.key_id)?;
-        c::open_with(dk, &env, record, spec.field).map_err(|e| {
+        let opened = c::open_with(dk, &env, record, spec.field).map_err(|e| {
             UdmError::new(
                 SqlState::InvalidParameterValue,
                 format!("{}: {}", what(), e.message),
             )
             .hint("write the plaintext: udm encrypts it; a ciphertext belongs to one record and field")
         })?;
+        if spec.plain {
+            // encryption is being turned off: stored opened
+            return String::from_utf8(opened).map(Some).map_err(|_| {
+                UdmError::new(
+                    SqlState::DataCorrupted,
+                    format!("{}: the decrypted value is not text", what()),
+                )
+            });
+        }
         if spec.blind && env.blind.is_empty() {
             return Err(UdmError::invalid(format!(
                 "{}: the encrypted value has no blind index",
@@ -519,6 +532,9 @@ pub fn seal_for_write(
     let value = canonical.as_deref().unwrap_or(value);
     if let Some(sql) = &spec.check {
         run_check(sql, value)?;
+    }
+    if spec.plain {
+        return Ok(canonical);
     }
     let k = keys(t, &what, None)?;
     let dk = k.data_key(&what, k.active)?;
@@ -586,6 +602,11 @@ fn open_value_with(
     held: Option<&Rc<TenantKeys>>,
 ) -> Result<String> {
     let what = || field_what(t, &e.def.slug, &f.name);
+    if f.encryption_pending.is_some() && !c::looks_sealed(stored) {
+        // encryption is being turned on or off: a value not (or no longer) sealed is the
+        // plaintext, in its canonical form
+        return Ok(stored.to_string());
+    }
     let env = c::parse_envelope(stored).ok_or_else(|| {
         UdmError::new(
             SqlState::DataCorrupted,
@@ -791,7 +812,9 @@ fn decrypt(entity: &str, field: &str, id: pgrx::Uuid, stored: &str) -> Result<St
     if !may_read(&t, &e, f)? {
         return Err(denied(&t, &e.def.slug, &f.name));
     }
-    if c::parse_envelope(stored).is_none() {
+    // while encryption is turned on or off, a value not sealed is the plaintext
+    let plaintext = f.encryption_pending.is_some() && !c::looks_sealed(stored);
+    if !plaintext && c::parse_envelope(stored).is_none() {
         return Err(UdmError::invalid(format!(
             "{}: the value given is not an encrypted value",
             field_what(&t, &e.def.slug, &f.name)
@@ -976,12 +999,16 @@ pub fn rotate_data_key() -> Result<serde_json::Value> {
     Ok(serde_json::json!({"tenant": t.slug, "data_key": id, "previous": id - 1, "by": actor}))
 }
 
-/// `udm_reencrypt(entity, batch)`: seals up to `batch` records' values of the entity's encrypted
-/// fields that an older data key sealed again with the newest, online: the records are locked
-/// one batch at a time (others' writes to them wait for the batch; records others hold are left
-/// for the next call), each value is opened and sealed again in memory (the plaintext never goes
-/// through SQL), and written back through the trigger (a new version of the record, audited).
-/// Returns how many records it moved and how many still hold older keys.
+/// `udm_reencrypt(entity, batch)`: brings up to `batch` records' values of the entity's encrypted
+/// fields to the form the definition asks for, online: a value an older data key sealed is sealed
+/// again with the newest; while encryption is being turned on for a field (`encryption_pending`
+/// `on`), its plaintext values are sealed; while it is being turned off, its sealed values are
+/// opened and written back as plaintext. The records are locked one batch at a time (others'
+/// writes to them wait for the batch; records others hold are left for the next call), each
+/// value is opened and sealed in memory, and written back through the trigger (a new version of
+/// the record, audited). Once a pending field has no value left to convert, its change is
+/// completed (a definition change, recorded like the others: see `entities::finish_encryption`).
+/// Returns how many records it moved, how many still wait, and the fields it completed.
 pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
     let t = catalog::current_tenant()?;
     crate::access::require_manage(&t, &format!("re-encrypt entity \"{}\"", printable(entity)))?;
@@ -1002,20 +1029,15 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
     let k = keys(&t, &what, None)?;
     let active = k.active.to_string();
     let table = qualified(&t.schema, &e.def.slug);
-    let old = fields
-        .iter()
-        .map(|f| {
-            let col = quote_ident(&f.column);
-            format!("({col} IS NOT NULL AND {} <> $1)", c::key_id_sql(&col))
-        })
-        .collect::<Vec<_>>()
-        .join(" OR ");
+    // per field, the SQL of "this record's value is not in the form the definition asks for"
+    let stale: Vec<String> = fields.iter().map(|f| stale_sql(f)).collect();
+    let old = stale.join(" OR ");
     let cols = fields
         .iter()
         .map(|f| quote_ident(&f.column))
         .collect::<Vec<_>>()
         .join(", ");
-    as_owner(|| {
+    let out = as_owner(|| {
         let picked = crate::query::rawspi::once(
             &format!(
                 "SELECT coalesce(jsonb_agg(jsonb_build_array(s.\"id\", {})), '[]') FROM \
@@ -1043,20 +1065,9 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
                 let Some(stored) = r[i + 1].as_str() else {
                     continue;
                 };
-                let env = match c::parse_envelope(stored) {
-                    Some(env) if env.key_id != k.active => env,
-                    _ => continue,
-                };
-                let w = || field_what(&t, &e.def.slug, &f.name);
-                let kk = keys(&t, &w, Some(env.key_id))?;
-                let old_key = kk.data_key(&w, env.key_id)?;
-                let plain = zeroize::Zeroizing::new(
-                    c::open_with(old_key, &env, &id, f.id).map_err(|err| err.context(w()))?,
-                );
-                let new_key = kk.data_key(&w, kk.active)?;
-                let blind = (!env.blind.is_empty()).then_some(env.blind);
-                let sealed = c::seal_with(new_key, kk.active, blind, &id, f.id, &plain)?;
-                obj.insert(f.column.clone(), serde_json::Value::String(sealed));
+                if let Some(v) = convert_value(&t, &e, f, &k, &id, stored)? {
+                    obj.insert(f.column.clone(), serde_json::Value::String(v));
+                }
             }
             out.push(serde_json::Value::Object(obj));
         }
@@ -1081,20 +1092,192 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
                 false,
             )?;
         }
-        let remaining = crate::query::rawspi::once(
-            &format!("SELECT count(*) FROM {table} WHERE {old}"),
-            &[Some(active.clone())],
+        Ok::<_, UdmError>(out.len())
+    })?;
+    // per field and (last) in all: the records still waiting, in one scan
+    let mut counts = stale_counts(
+        &table,
+        &[stale.clone(), vec![old.clone()]].concat(),
+        &active,
+    )?;
+    let remaining = counts.pop().unwrap_or(0);
+    // a pending field none of whose values waits any more: its change is completed
+    let done: Vec<String> = fields
+        .iter()
+        .zip(&counts)
+        .filter(|(f, n)| f.encryption_pending.is_some() && **n == 0)
+        .map(|(f, _)| f.name.clone())
+        .collect();
+    let completed = if done.is_empty() {
+        Vec::new()
+    } else {
+        crate::entities::finish_encryption(&t, &e.def.slug, &done, &|f| {
+            let sql = stale_sql(f);
+            Ok(count_any(&table, &sql, &active)? == 0)
+        })?
+    };
+    Ok(serde_json::json!({
+        "entity": e.def.slug,
+        "data_key": k.active,
+        "reencrypted": out,
+        "remaining": remaining,
+        "completed": completed,
+    }))
+}
+
+/// The SQL (over the entity's table, `$1` the newest data key's id as text) that is true when a
+/// record's value of encrypted field `f` is not in the form the definition asks for: sealed by
+/// an older key; plaintext while encryption is turned on; sealed while it is turned off.
+fn stale_sql(f: &FieldDef) -> String {
+    let col = quote_ident(&f.column);
+    let sealed = format!("starts_with({col}, {})", quote_literal(c::PREFIX));
+    match f.encryption_pending {
+        None => format!("({col} IS NOT NULL AND {} <> $1)", c::key_id_sql(&col)),
+        Some(Toggle::On) => format!(
+            "({col} IS NOT NULL AND (NOT {sealed} OR {} <> $1))",
+            c::key_id_sql(&col)
+        ),
+        Some(Toggle::Off) => format!("({col} IS NOT NULL AND {sealed})"),
+    }
+}
+
+/// How many records `cond` (a `stale_sql`, `$1` the active key id) holds for.
+fn count_any(table: &str, cond: &str, active: &str) -> Result<i64> {
+    as_owner(|| {
+        crate::query::rawspi::once(
+            &format!("SELECT count(*) FROM {table} WHERE {cond}"),
+            &[Some(active.to_string())],
             false,
-        )?
-        .map(crate::query::rawspi::int8)
-        .unwrap_or(0);
-        Ok(serde_json::json!({
-            "entity": e.def.slug,
-            "data_key": k.active,
-            "reencrypted": out.len(),
-            "remaining": remaining,
-        }))
+        )
     })
+    .map(|d| d.map(crate::query::rawspi::int8).unwrap_or(0))
+}
+
+/// Per field, how many records hold a value not in its form (one scan).
+fn stale_counts(table: &str, stale: &[String], active: &str) -> Result<Vec<i64>> {
+    let cols = stale
+        .iter()
+        .map(|s| format!("count(*) FILTER (WHERE {s})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let row = as_owner(|| {
+        crate::query::rawspi::once(
+            &format!("SELECT jsonb_build_array({cols}) FROM {table}"),
+            &[Some(active.to_string())],
+            false,
+        )
+    })?
+    .map(crate::query::rawspi::jsonb_value)
+    .unwrap_or_default();
+    Ok(stale
+        .iter()
+        .enumerate()
+        .map(|(i, _)| row[i].as_i64().unwrap_or(0))
+        .collect())
+}
+
+/// The value `udm_reencrypt` writes for a stored value of field `f` of record `id`: sealed with
+/// the newest key (from an older key, or from the plaintext while encryption is turned on), the
+/// plaintext (while it is turned off), or None when it is in its form already.
+fn convert_value(
+    t: &Tenant,
+    e: &Entity,
+    f: &FieldDef,
+    k: &Rc<TenantKeys>,
+    id: &[u8; 16],
+    stored: &str,
+) -> Result<Option<String>> {
+    let w = || field_what(t, &e.def.slug, &f.name);
+    if !c::looks_sealed(stored) {
+        if f.encryption_pending != Some(Toggle::On) {
+            return Ok(None);
+        }
+        // stored in its canonical form when encryption was turned on (or written since by an
+        // older definition): its rules held under the column's constraints
+        let blind = if f.blind_indexed() {
+            Some(k.index_key(&w)?.blind(f.id, stored.as_bytes()))
+        } else {
+            None
+        };
+        let new_key = k.data_key(&w, k.active)?;
+        return c::seal_with(
+            new_key,
+            k.active,
+            blind.as_deref(),
+            id,
+            f.id,
+            stored.as_bytes(),
+        )
+        .map(Some)
+        .map_err(|err| err.context(w()));
+    }
+    let env = c::parse_envelope(stored).ok_or_else(|| {
+        UdmError::new(
+            SqlState::DataCorrupted,
+            format!("{}: the stored value is not an encrypted value", w()),
+        )
+        .hint("it was written past udm's trigger (e.g. with triggers disabled)")
+    })?;
+    if f.encryption_pending != Some(Toggle::Off) && env.key_id == k.active {
+        return Ok(None);
+    }
+    let kk = keys(t, &w, Some(env.key_id))?;
+    let old_key = kk.data_key(&w, env.key_id)?;
+    let plain = zeroize::Zeroizing::new(
+        c::open_with(old_key, &env, id, f.id).map_err(|err| err.context(w()))?,
+    );
+    if f.encryption_pending == Some(Toggle::Off) {
+        return String::from_utf8(plain.to_vec()).map(Some).map_err(|_| {
+            UdmError::new(
+                SqlState::DataCorrupted,
+                format!("{}: the decrypted value is not text", w()),
+            )
+        });
+    }
+    let new_key = kk.data_key(&w, kk.active)?;
+    let blind = (!env.blind.is_empty()).then_some(env.blind);
+    c::seal_with(new_key, kk.active, blind, id, f.id, &plain)
+        .map(Some)
+        .map_err(|err| err.context(w()))
+}
+
+/// Before encryption is turned on or off for field `f` of entity `def` (`udm_alter_field`): the
+/// tenant's keys must be usable (`55000`: no master key, keys destroyed), and, turning it on, no
+/// stored value may already look like an encrypted value (it could not be told from one).
+pub fn check_toggle(t: &Tenant, def: &EntityDef, f: &FieldDef, toggle: Toggle) -> Result<()> {
+    let what = || field_what(t, &def.slug, &f.name);
+    if t.relation(KEYS_TABLE).is_some() {
+        keys(t, &what, None)?;
+    } else {
+        master(&what)?;
+    }
+    if toggle == Toggle::On && !f.encrypted {
+        let col = quote_ident(&f.column);
+        let found = as_owner(|| {
+            crate::query::rawspi::once(
+                &format!(
+                    "SELECT to_jsonb(\"id\") FROM {} WHERE starts_with({col}::text, $1) LIMIT 1",
+                    qualified(&t.schema, &def.slug)
+                ),
+                &[Some(c::PREFIX.to_string())],
+                true,
+            )
+        })?;
+        if let Some(d) = found {
+            let id = crate::query::rawspi::jsonb_value(d);
+            let id = id.as_str().unwrap_or_default();
+            return Err(UdmError::new(
+                SqlState::ObjectNotInPrerequisiteState,
+                format!(
+                    "{}: record {id} holds a value that starts with \"{}\", which could not be told from an encrypted value",
+                    what(),
+                    c::PREFIX
+                ),
+            )
+            .hint("change that value first"));
+        }
+    }
+    Ok(())
 }
 
 #[pg_extern(volatile)]

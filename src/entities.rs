@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use udm_core::ddl::{self, Step};
 use udm_core::definition::{
     apply_field_changes, junction_name, parse_field, parse_index, parse_rule, EntityDef, FieldDef,
-    Source,
+    Source, Toggle,
 };
 use udm_core::error::name_list;
 use udm_core::ident::{printable, qualified, quote_ident, validate_slug, SlugKind};
@@ -663,6 +663,11 @@ pub fn alter_field(entity: &str, field: &str, changes: &Value) -> Result<Value> 
                     }
                 }
             }
+            if let Some(toggle) = nf.encryption_pending.filter(|_| {
+                (nf.encryption_pending, nf.encrypted) != (of.encryption_pending, of.encrypted)
+            }) {
+                crate::crypto::check_toggle(&t, old, of, toggle)?;
+            }
             let mut nf = nf;
             if nf.is_many_to_many() {
                 nf.junction = Some(junction_name(entity, &nf.name));
@@ -681,6 +686,61 @@ pub fn alter_field(entity: &str, field: &str, changes: &Value) -> Result<Value> 
         crate::access::rename_field_in_roles(&t, entity, field, &name)?;
     }
     Ok(out)
+}
+
+/// Completes turning encryption on or off for `fields` of an entity once `udm_reencrypt` has
+/// converted their values: a definition change (recorded and audited as the others), under a
+/// SHARE lock on the table (writers in flight, which may have written under the previous
+/// definition, are waited for, at most `udm.ddl_lock_timeout`), after `still_clean` confirms
+/// again that no value waits. Turning off also gives the column its type back (a rewrite of
+/// the table for json, date and datetime fields) and the field its CHECK constraints. Returns
+/// the fields completed (none when a value came in meanwhile: a later call completes them).
+pub fn finish_encryption(
+    t: &Tenant,
+    entity: &str,
+    fields: &[String],
+    still_clean: &dyn Fn(&FieldDef) -> Result<bool>,
+) -> Result<Vec<String>> {
+    let mut completed = Vec::new();
+    let nothing = std::cell::Cell::new(false);
+    let outcome = change(
+        t,
+        entity,
+        json!({"op": "finish_encryption", "fields": fields}),
+        |old, _| {
+            exec_ddl(
+                entity,
+                &format!(
+                    "LOCK TABLE {} IN SHARE MODE",
+                    qualified(&t.schema, &old.slug)
+                ),
+            )?;
+            let mut new = old.clone();
+            for f in new.fields.iter_mut() {
+                let Some(p) = f.encryption_pending else {
+                    continue;
+                };
+                if !fields.contains(&f.name) || !still_clean(f)? {
+                    continue;
+                }
+                f.encryption_pending = None;
+                if p == Toggle::Off {
+                    f.encrypted = false;
+                }
+                completed.push(f.name.clone());
+            }
+            if completed.is_empty() {
+                nothing.set(true);
+                return Err(UdmError::internal("udm: no field's encryption to complete"));
+            }
+            Ok(new)
+        },
+    );
+    match outcome {
+        Ok(_) => Ok(completed),
+        Err(_) if nothing.get() => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 pub fn remove_field(entity: &str, field: &str) -> Result<Value> {

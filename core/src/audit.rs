@@ -331,6 +331,26 @@ pub fn restore_plan(
         if !wanted {
             continue;
         }
+        // an image written while the field was encrypted holds its ciphertext: once encryption
+        // was turned off for the field, writing that back would store the ciphertext as a value
+        let sealed_then = f.encrypted
+            && current.is_some_and(|c| !c.encrypted)
+            && v.as_str()
+                .is_some_and(|s| s.starts_with(crate::crypto::PREFIX));
+        if sealed_then {
+            if only.is_some() {
+                return Err(UdmError::new(
+                    SqlState::FeatureNotSupported,
+                    format!(
+                        "{what}: field \"{}\" of entity \"{}\" was encrypted in that version and is not any more: its value there is a ciphertext",
+                        f.name, now.slug
+                    ),
+                )
+                .hint("roll back the other fields, or turn encryption on again for this one first"));
+            }
+            plan.skipped.push(f.name.clone());
+            continue;
+        }
         match current {
             Some(c) if c.has_column() => {
                 plan.values.insert(c.name.clone(), v.clone());
@@ -632,6 +652,38 @@ mod tests {
         assert!(e.message.contains("was removed"), "{}", e.message);
         let e = restore_plan(&then, &now, img, Some(&["nope".into()]), "rollback").unwrap_err();
         assert_eq!(e.state, SqlState::UndefinedColumn);
+    }
+
+    #[test]
+    fn restore_skips_a_ciphertext_of_a_field_no_longer_encrypted() {
+        let then = EntityDef::parse(
+            "patient",
+            &json!({"fields": [{"name": "name", "type": "text"}, {"name": "notes", "type": "text", "encrypted": true}]}),
+            Source::Caller,
+        )
+        .unwrap();
+        let mut now = then.clone();
+        now.fields[1].encrypted = false;
+        let img = json!({"name": "A", "notes": "udm1:1::AAAA"});
+        let img = img.as_object().unwrap();
+        let p = restore_plan(&then, &now, img, None, "rollback").unwrap();
+        assert_eq!(Value::Object(p.values.clone()), json!({"name": "A"}));
+        assert_eq!(p.skipped, vec!["notes".to_string()]);
+        let e = restore_plan(&then, &now, img, Some(&["notes".into()]), "rollback").unwrap_err();
+        assert_eq!(e.state, SqlState::FeatureNotSupported);
+        assert!(
+            e.message.contains("was encrypted in that version"),
+            "{}",
+            e.message
+        );
+        // still encrypted (or turned on again): the ciphertext is written back, and the trigger
+        // checks it belongs to the record and field
+        let p = restore_plan(&then, &then, img, None, "rollback").unwrap();
+        assert_eq!(p.values["notes"], "udm1:1::AAAA");
+        // a plaintext image is written back as it is
+        let img = json!({"name": "A", "notes": "plain"});
+        let p = restore_plan(&then, &now, img.as_object().unwrap(), None, "rollback").unwrap();
+        assert_eq!(p.values["notes"], "plain");
     }
 
     #[test]

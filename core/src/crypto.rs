@@ -679,10 +679,23 @@ mod field_tests {
             assert!(e.message.contains(words), "{}", e.message);
             assert!(e.message.contains("field \"n\""), "{}", e.message);
         }
-        // turning it on or off, or changing what the stored values carry, is refused
+        // turning it on or off leaves the field pending (its values are converted later);
+        // changing what the stored values carry is refused
         let mut plain = parse_field(&json!({"name": "n", "type": "text"}), Source::Caller).unwrap();
         plain.id = 2;
-        let e = apply_field_changes(&plain, &json!({"encrypted": true})).unwrap_err();
+        let on = apply_field_changes(&plain, &json!({"encrypted": true})).unwrap();
+        assert!(on.encrypted);
+        assert_eq!(on.encryption_pending, Some(crate::definition::Toggle::On));
+        let back = apply_field_changes(&on, &json!({"encrypted": false})).unwrap();
+        assert!(
+            back.encrypted,
+            "still encrypted until its values are opened"
+        );
+        assert_eq!(
+            back.encryption_pending,
+            Some(crate::definition::Toggle::Off)
+        );
+        let e = apply_field_changes(&f, &json!({"encrypted": false, "max_length": 3})).unwrap_err();
         assert_eq!(e.state, SqlState::FeatureNotSupported, "{}", e.message);
         let e = apply_field_changes(&f, &json!({"unique": true})).unwrap_err();
         assert_eq!(e.state, SqlState::FeatureNotSupported);

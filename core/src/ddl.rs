@@ -1565,6 +1565,22 @@ pub fn plan_change(ctx: &Ctx, old: &EntityDef, new: &EntityDef) -> Result<Vec<St
                 quote_ident(&of.column)
             )));
         }
+        if of.encrypted != nf.encrypted {
+            // encryption turned on (the column becomes text, holding each value in the canonical
+            // form it is sealed in) or, once every value was decrypted, off (back to its type)
+            let (from, to) = (of.pg_type(), nf.pg_type());
+            if from != to {
+                type_changed.push(nf.id);
+                let using = match (nf.encrypted, nf.ftype.sealed_form()) {
+                    (true, Some((form, _))) => form.replace("$1", &col),
+                    _ => format!("{col}::{to}"),
+                };
+                column_steps.push(Step::Sql(format!(
+                    "ALTER TABLE {t} ALTER COLUMN {col} TYPE {to} USING {using}"
+                )));
+            }
+            continue;
+        }
         let conv = conversion(e, of, nf)?;
         let default_changed = default_sql(of) != default_sql(nf);
         if conv == Conversion::Checked {
@@ -1994,6 +2010,67 @@ mod tests {
                 .any(|s| s.contains("ADD CONSTRAINT") || s.contains("DROP CONSTRAINT")),
             "{steps:#?}"
         );
+    }
+
+    #[test]
+    fn encryption_turned_on_makes_the_column_text_and_off_gives_its_type_back() {
+        let old = product();
+        let of = old.field("metadata").unwrap();
+        let on = apply_field_changes(of, &json!({"encrypted": true})).unwrap();
+        assert!(on.encrypted);
+        assert_eq!(on.encryption_pending, Some(crate::definition::Toggle::On));
+        let mut new = old.clone();
+        let i = new.fields.iter().position(|x| x.id == on.id).unwrap();
+        new.fields[i] = on.clone();
+        let steps = sqls(&plan_change(&CTX, &old, &new).unwrap());
+        assert!(
+            steps.iter().any(|s| s == "ALTER TABLE \"acme\".\"product\" ALTER COLUMN \"metadata\" TYPE text USING (\"metadata\")::jsonb::text"),
+            "{steps:#?}"
+        );
+        assert!(
+            !steps.iter().any(|s| s.starts_with("CONVERSION")),
+            "{steps:#?}"
+        );
+        // done: no DDL; off then (pending), no DDL either; off done: the type comes back
+        let mut done = new.clone();
+        done.fields[i].encryption_pending = None;
+        let steps = sqls(&plan_change(&CTX, &new, &done).unwrap());
+        assert!(
+            !steps.iter().any(|s| s.contains("ALTER COLUMN")),
+            "{steps:#?}"
+        );
+        let off = apply_field_changes(&done.fields[i], &json!({"encrypted": false})).unwrap();
+        assert_eq!(
+            (off.encrypted, off.encryption_pending),
+            (true, Some(crate::definition::Toggle::Off))
+        );
+        let mut plain = done.clone();
+        plain.fields[i] = off;
+        plain.fields[i].encrypted = false;
+        plain.fields[i].encryption_pending = None;
+        let steps = sqls(&plan_change(&CTX, &done, &plain).unwrap());
+        assert!(
+            steps.iter().any(|s| s == "ALTER TABLE \"acme\".\"product\" ALTER COLUMN \"metadata\" TYPE jsonb USING \"metadata\"::jsonb"),
+            "{steps:#?}"
+        );
+        // refused with it: other changes, unique/index, a type that cannot be encrypted
+        for (f, ch, words) in [
+            (
+                "metadata",
+                json!({"encrypted": true, "required": true}),
+                "turned on alone",
+            ),
+            (
+                "name",
+                json!({"encrypted": true, "unique": true}),
+                "\"unique\" or \"index\"",
+            ),
+            ("price", json!({"encrypted": true}), "cannot be encrypted"),
+        ] {
+            let e = apply_field_changes(old.field(f).unwrap(), &ch).unwrap_err();
+            assert_eq!(e.state, SqlState::FeatureNotSupported, "{e:?}");
+            assert!(e.message.contains(words), "{}", e.message);
+        }
     }
 
     #[test]

@@ -111,6 +111,27 @@ pub struct FieldDef {
     /// Values are stored sealed (AES-256-GCM under the tenant's data key, see `crypto`); with
     /// `unique` or `index` each carries a blind index for equality.
     pub encrypted: bool,
+    /// Encryption is being turned on or off for the field's existing values (`udm_reencrypt`
+    /// converts them in batches and clears it): its column may hold both plaintext and sealed
+    /// values, and reads take either. `encrypted` stays true meanwhile (the field is read, filtered
+    /// and refused as an encrypted field); with `Off`, writes store plaintext.
+    pub encryption_pending: Option<Toggle>,
+}
+
+/// Which way a field's encryption is being switched while its existing values are converted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toggle {
+    On,
+    Off,
+}
+
+impl Toggle {
+    pub fn name(self) -> &'static str {
+        match self {
+            Toggle::On => "on",
+            Toggle::Off => "off",
+        }
+    }
 }
 
 impl FieldDef {
@@ -138,6 +159,7 @@ impl FieldDef {
             critical: false,
             audited: true,
             encrypted: false,
+            encryption_pending: None,
             precision: None,
             scale: None,
             currency_code: None,
@@ -242,7 +264,13 @@ pub enum Source {
     Catalog,
 }
 
-const STORED_FIELD_KEYS: &[&str] = &["id", "column", "junction", "removed_in_version"];
+const STORED_FIELD_KEYS: &[&str] = &[
+    "id",
+    "column",
+    "junction",
+    "removed_in_version",
+    "encryption_pending",
+];
 
 fn field_what(name: &str) -> String {
     format!("field \"{}\"", printable(name))
@@ -316,6 +344,18 @@ pub fn parse_field(v: &Value, source: Source) -> Result<FieldDef> {
             "critical" => f.critical = expect_bool(val, &opt("critical"))?,
             "audit" => f.audited = expect_bool(val, &opt("audit"))?,
             "encrypted" => f.encrypted = expect_bool(val, &opt("encrypted"))?,
+            "encryption_pending" => {
+                f.encryption_pending = match val.as_str() {
+                    Some("on") => Some(Toggle::On),
+                    Some("off") => Some(Toggle::Off),
+                    _ => {
+                        return Err(UdmError::invalid(format!(
+                            "{}: must be \"on\" or \"off\"",
+                            opt("encryption_pending")
+                        )))
+                    }
+                }
+            }
             "default" => {
                 if !val.is_null() {
                     f.default = Some(val.clone())
@@ -499,7 +539,7 @@ pub fn validate_field(f: &FieldDef) -> Result<()> {
                 SqlState::FeatureNotSupported,
                 format!("{what}: a field of type {} cannot be encrypted", t.name()),
             )
-            .hint("encrypted fields are text, long_text, email, url, phone, json, date or datetime fields"));
+            .hint("encrypted fields are text, long_text, email, url, phone, json, date, datetime, time or duration fields"));
         }
         if t == &FieldType::Json && f.index {
             return Err(UdmError::new(
@@ -734,6 +774,9 @@ pub fn field_to_json(f: &FieldDef) -> Value {
     }
     if f.encrypted {
         put("encrypted", json!(true));
+    }
+    if let Some(p) = f.encryption_pending {
+        put("encryption_pending", json!(p.name()));
     }
     if f.index {
         put("index", json!(true));
@@ -1361,15 +1404,20 @@ pub fn apply_field_changes(old: &FieldDef, changes: &Value) -> Result<FieldDef> 
     }
     let mut f = parse_field(&Value::Object(obj), Source::Catalog)?;
     f.id = old.id;
-    if f.encrypted != old.encrypted {
-        return Err(UdmError::new(
-            SqlState::FeatureNotSupported,
-            format!(
-                "{what}: encryption cannot yet be turned {} for a field that exists",
-                if f.encrypted { "on" } else { "off" }
-            ),
-        )
-        .hint("define a new field with \"encrypted\": true and copy the values into it"));
+    // turning encryption on or off: the definition changes at once, the existing values are
+    // converted afterwards in batches (`udm_reencrypt`); meanwhile the field counts as encrypted
+    let asked = ch.get("encrypted").map(|v| v.as_bool() == Some(true));
+    let toggle = match (old.encrypted, old.encryption_pending, asked) {
+        (false, _, Some(true)) => Some(Toggle::On),
+        (true, None | Some(Toggle::On), Some(false)) => Some(Toggle::Off),
+        (true, Some(Toggle::Off), Some(true)) => Some(Toggle::On),
+        _ => None,
+    };
+    if let Some(toggle) = toggle {
+        f.encrypted = true;
+        f.encryption_pending = Some(toggle);
+        refuse_with_toggle(old, &f, &what, toggle)?;
+        return Ok(f);
     }
     if old.encrypted && (f.ftype != old.ftype || f.blind_indexed() != old.blind_indexed()) {
         return Err(UdmError::new(
@@ -1401,6 +1449,47 @@ pub fn apply_field_changes(old: &FieldDef, changes: &Value) -> Result<FieldDef> 
         f.column = f.name.clone();
     }
     Ok(f)
+}
+
+/// What cannot come with turning encryption on or off for an existing field (`0A000`): another
+/// change of its type or rules in the same call (existing values could not be held to them), a
+/// type that cannot be encrypted, and `unique`/`index` — a unique constraint cannot hold across
+/// plaintext and sealed values while they are converted.
+fn refuse_with_toggle(old: &FieldDef, f: &FieldDef, what: &str, toggle: Toggle) -> Result<()> {
+    let turn = toggle.name();
+    if !f.ftype.can_be_encrypted() {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!("{what}: a field of type {} cannot be encrypted", f.ftype.name()),
+        )
+        .hint("encrypted fields are text, long_text, email, url, phone, json, date, datetime, time or duration fields"));
+    }
+    if f.unique || f.index || old.unique || old.index {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!(
+                "{what}: encryption cannot yet be turned {turn} for a field with \"unique\" or \"index\": its constraint could not hold across plaintext and encrypted values while they are converted"
+            ),
+        )
+        .hint("define a new field with the options it should have and copy the values into it"));
+    }
+    let mut same = f.clone();
+    same.encrypted = old.encrypted;
+    same.encryption_pending = old.encryption_pending;
+    same.label = old.label.clone();
+    same.description = old.description.clone();
+    same.critical = old.critical;
+    same.audited = old.audited;
+    if same != *old {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!(
+                "{what}: encryption is turned {turn} alone: other changes of the field (type, name, rules, default) cannot come with it"
+            ),
+        )
+        .hint("change the other options in a call of their own"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -495,6 +495,8 @@ impl FieldType {
                 | FieldType::Json
                 | FieldType::Date
                 | FieldType::DateTime
+                | FieldType::Time
+                | FieldType::Duration
         )
     }
 
@@ -508,6 +510,15 @@ impl FieldType {
             FieldType::DateTime => Some((
                 "to_char(($1)::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || '+00:00'",
                 "timestamp with time zone",
+            )),
+            FieldType::Time => Some(("to_char(($1)::time, 'HH24:MI:SS.US')", "time without time zone")),
+            // ISO 8601 with designators, which PostgreSQL reads whatever the IntervalStyle:
+            // months, days and seconds kept apart as an interval keeps them
+            FieldType::Duration => Some((
+                "format('P%sM%sDT%sS', (extract(year FROM ($1)::interval) * 12 + extract(month FROM ($1)::interval))::bigint, \
+                 extract(day FROM ($1)::interval)::bigint, \
+                 extract(epoch FROM ($1)::interval - date_trunc('day', ($1)::interval)))",
+                "interval",
             )),
             _ => None,
         }

@@ -366,6 +366,8 @@ fn read_type(s: &udm_core::query::path::Sealed) -> Result<pg_sys::Oid> {
         Some("jsonb") => Ok(pg_sys::JSONBOID),
         Some("date") => Ok(pg_sys::DATEOID),
         Some("timestamp with time zone") => Ok(pg_sys::TIMESTAMPTZOID),
+        Some("time without time zone") => Ok(pg_sys::TIMEOID),
+        Some("interval") => Ok(pg_sys::INTERVALOID),
         Some(other) => Err(UdmError::internal(format!(
             "udm: an encrypted field read as {other}"
         ))),

@@ -57,17 +57,30 @@ impl Drop for RowJson {
     }
 }
 
-unsafe fn to_jsonb_call(a: &pg_sys::FormData_pg_attribute, ctx: pg_sys::MemoryContext) -> Conv {
+unsafe fn to_jsonb_call(
+    a: &pg_sys::FormData_pg_attribute,
+    typ: pg_sys::Oid,
+    ctx: pg_sys::MemoryContext,
+) -> Conv {
     unsafe {
+        // the attribute's own type, or the type its values are given as (`new_as`)
+        let (typmod, collation, len, byval) = if typ == a.atttypid {
+            (a.atttypmod, a.attcollation, a.attlen, a.attbyval)
+        } else {
+            let mut len = 0i16;
+            let mut byval = false;
+            pg_sys::get_typlenbyval(typ, &mut len, &mut byval);
+            (-1, pg_sys::InvalidOid, len, byval)
+        };
         let old = pg_sys::MemoryContextSwitchTo(ctx);
         let arg = pg_sys::makeConst(
-            a.atttypid,
-            a.atttypmod,
-            a.attcollation,
-            a.attlen as i32,
+            typ,
+            typmod,
+            collation,
+            len as i32,
             pg_sys::Datum::from(0usize),
             true,
-            a.attbyval,
+            byval,
         );
         let fexpr = pg_sys::makeFuncExpr(
             pg_sys::F_TO_JSONB.into(),
@@ -165,8 +178,8 @@ impl RowJson {
     }
 
     /// `new`, with the values of some attributes (`as_types`: attribute index, type) given to
-    /// `build` as datums of another type than the attribute's (text, jsonb, date, timestamp or
-    /// timestamptz): e.g. the plaintext of a stored ciphertext.
+    /// `build` as datums of another type than the attribute's (text, jsonb, date, timestamp,
+    /// timestamptz, time or interval): e.g. the plaintext of a stored ciphertext.
     ///
     /// # Safety
     /// As for `new`.
@@ -237,7 +250,7 @@ impl RowJson {
                             t @ (pg_sys::DATEOID
                             | pg_sys::TIMESTAMPOID
                             | pg_sys::TIMESTAMPTZOID) => Conv::DateTime(t, RefCell::new(None)),
-                            _ => to_jsonb_call(a, ctx),
+                            _ => to_jsonb_call(a, typ, ctx),
                         }
                     };
                     Column {

@@ -273,9 +273,9 @@ CREATE FUNCTION udm.visible_ids(schema_name text, entity text) RETURNS uuid[]
 
 -- Citus: moving a tenant to another worker node (udm admins; refused without Citus).
 CREATE  FUNCTION "udm_move_tenant"(
-	"slug" TEXT, /* & str */
-	"node_name" TEXT, /* & str */
-	"node_port" INT, /* i32 */
+	"slug" TEXT, /* Option < & str > */
+	"node_name" TEXT, /* Option < & str > */
+	"node_port" INT, /* Option < i32 > */
 	"mode" TEXT DEFAULT NULL /* Option < & str > */
 ) RETURNS jsonb /* JsonB */
 VOLATILE

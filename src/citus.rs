@@ -562,10 +562,19 @@ pub fn move_tenant(
 
 #[pg_extern(volatile)]
 fn udm_move_tenant(
-    slug: &str,
-    node_name: &str,
-    node_port: i32,
+    slug: Option<&str>,
+    node_name: Option<&str>,
+    node_port: Option<i32>,
     mode: default!(Option<&str>, "NULL"),
 ) -> JsonB {
-    JsonB(move_tenant(slug, node_name, node_port, mode).or_raise())
+    let (Some(slug), Some(node), Some(port)) = (slug, node_name, node_port) else {
+        crate::error::raise(
+            UdmError::new(
+                SqlState::NullValueNotAllowed,
+                "udm_move_tenant: slug, node_name and node_port must not be null",
+            )
+            .hint("udm_move_tenant('<tenant>', '<worker host>', <worker port>)"),
+        );
+    };
+    JsonB(move_tenant(slug, node, port, mode).or_raise())
 }

@@ -289,6 +289,8 @@ refused "udm_move_tenant: an unknown tenant" 42704 "tenant \"nope\" does not exi
     -c "SELECT udm_move_tenant('nope', 'localhost', $((PORT + 1)))"
 refused "udm_move_tenant: an unknown node" 42704 "cannot move tenant \"shop\" to localhost:1: no such active worker node" \
     -c "SELECT udm_move_tenant('shop', 'localhost', 1)"
+refused "udm_move_tenant: NULL arguments" 22004 "slug, node_name and node_port must not be null" \
+    -c "SELECT udm_move_tenant(NULL, 'localhost', $((PORT + 1)))"
 refused "udm_move_tenant: an unknown transfer mode" 22023 "unknown transfer mode \"fast\"" \
     -c "SELECT udm_move_tenant('shop', 'localhost', $((PORT + 1)), 'fast')"
 got=$($CLUSTER psql "$DIR/coordinator" "$PORT" -d udm_before -At -q -v ON_ERROR_STOP=1 -c '\set VERBOSITY verbose' \

@@ -5,6 +5,7 @@
 # then udm's checks on the coordinator. The clusters are stopped however the checks end.
 #
 #   PGBIN=<root>/usr/lib/postgresql/15/bin CITUS_DIR=target/citus-clusters CITUS_PORT=5485 tests/citus.sh
+#   ... CITUS_BENCH=target/release/citus tests/citus.sh bench     (make citus-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${PGBIN:?PGBIN: the bin directory of a PostgreSQL with Citus and udm}"
@@ -46,6 +47,12 @@ on coordinator -c "SELECT citus_set_coordinator_host('localhost', $PORT)" >/dev/
 on coordinator -c "SELECT citus_add_node('localhost', $((PORT + 1)))" -c "SELECT citus_add_node('localhost', $((PORT + 2)))" >/dev/null
 on coordinator -c "CREATE EXTENSION udm"
 
+if [ "${1:-}" = bench ]; then
+    # make citus-bench: bench/citus (CITUS_BENCH: its binary) against these clusters instead of
+    # the checks; the clusters are stopped afterwards all the same
+    BENCH_HOST="$DIR/coordinator/sock" BENCH_PORT=$PORT CITUS_DB=$DB "${CITUS_BENCH:?the bench/citus binary}"
+    exit
+fi
 
 failed=0
 check() {

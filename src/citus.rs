@@ -22,7 +22,7 @@ use crate::json::JsonB;
 use pgrx::prelude::*;
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
-use udm_core::ident::{quote_ident, quote_literal};
+use udm_core::ident::{quote_ident, quote_literal, sql_call};
 
 thread_local! {
     /// Whether `citus` is installed, as found in one transaction (its local id, and the answer).
@@ -393,9 +393,9 @@ fn tenant_node(schema: &str) -> Result<Option<(String, i32)>> {
 /// the values the old node gave (each node's copy of a sequence has its own range, and the audit
 /// log's ids must keep growing for its chains, history and events). udm admins only.
 ///
-/// `mode` is Citus's `shard_transfer_mode`: by default `block_writes` (writes to the tenant wait
-/// for the copy; reads go on), or `auto` (logical replication: writers wait only at the end) when
-/// the coordinator runs with `wal_level = logical`, which logical replication needs on every node.
+/// `mode` is Citus's `shard_transfer_mode`: `block_writes` only (writes to the tenant wait for the
+/// copy; reads go on). Logical replication ('auto', 'force_logical') is refused: a udm write made
+/// while such a move switched nodes was seen to be lost.
 pub fn move_tenant(
     slug: &str,
     node: &str,
@@ -453,8 +453,25 @@ pub fn move_tenant(
         )
         .hint("SELECT nodename, nodeport FROM pg_dist_node WHERE shouldhaveshards lists the nodes tenants can live on"));
     }
+    // Only block_writes: with logical replication ('auto', 'force_logical') a udm write made
+    // during the move's final switch was seen to be lost (udm_update committed on the old node and
+    // missing on the new one; plain UPDATEs were not lost), so udm refuses those modes.
     let mode = match mode {
-        Some(m @ ("auto" | "force_logical" | "block_writes")) => m.to_string(),
+        None | Some("block_writes") => "block_writes".to_string(),
+        Some(m @ ("auto" | "force_logical")) => {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!(
+                    "cannot move tenant \"{}\" with transfer mode \"{m}\": udm moves tenants with block_writes only",
+                    t.slug
+                ),
+            )
+            .detail("with logical replication a udm write made while the move switches nodes can be lost (seen with udm_update)")
+            .hint(format!(
+                "omit the mode: {}",
+                sql_call("udm_move_tenant", &[&t.slug, node, &port.to_string()])
+            )))
+        }
         Some(other) => {
             return Err(UdmError::new(
                 SqlState::InvalidParameterValue,
@@ -464,12 +481,7 @@ pub fn move_tenant(
                     udm_core::ident::printable(other)
                 ),
             )
-            .hint("mode is one of 'block_writes', 'auto' (logical replication) or 'force_logical', or NULL for udm's choice"))
-        }
-        None => {
-            let logical = crate::spi::select_one::<String>("SELECT pg_catalog.current_setting('wal_level')", &[])?
-                .is_some_and(|w| w == "logical");
-            if logical { "auto" } else { "block_writes" }.to_string()
+            .hint("mode is 'block_writes' (the default, NULL)"))
         }
     };
     let from = tenant_node(&t.schema)?;

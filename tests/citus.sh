@@ -300,6 +300,9 @@ refused "udm_move_tenant: NULL arguments" 22004 "slug, node_name and node_port m
     -c "SELECT udm_move_tenant(NULL, 'localhost', $((PORT + 1)))"
 refused "udm_move_tenant: an unknown transfer mode" 22023 "unknown transfer mode \"fast\"" \
     -c "SELECT udm_move_tenant('shop', 'localhost', $((PORT + 1)), 'fast')"
+refused "udm_move_tenant: logical replication is refused (udm writes were lost in its switch)" 0A000 \
+    "cannot move tenant \"shop\" with transfer mode \"auto\": udm moves tenants with block_writes only" \
+    -c "SELECT udm_move_tenant('shop', 'localhost', $((PORT + 1)), 'auto')"
 got=$($CLUSTER psql "$DIR/coordinator" "$PORT" -d udm_before -At -q -v ON_ERROR_STOP=1 -c '\set VERBOSITY verbose' \
     -c "SELECT udm_move_tenant('early', 'localhost', $((PORT + 1)))" 2>&1) || true
 if grep -q "ERROR:  0A000: cannot move tenant \"early\": its schema \"early\" is not a distributed schema" <<<"$got"; then
@@ -338,8 +341,8 @@ rm -f "$stop_file"
 ) &
 writer=$!
 sleep 1
-check "udm_move_tenant moves the tenant to the other worker" "true|localhost:$other_port" \
-    -c "SELECT v->>'moved', v->>'to' FROM udm_move_tenant('shop', 'localhost', $other_port) AS v"
+check "udm_move_tenant moves the tenant to the other worker (block_writes)" "true|localhost:$other_port|block_writes" \
+    -c "SELECT v->>'moved', v->>'to', v->>'mode' FROM udm_move_tenant('shop', 'localhost', $other_port) AS v"
 sleep 1
 touch "$stop_file"
 wait "$writer"

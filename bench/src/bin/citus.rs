@@ -288,5 +288,5 @@ fn main() {
         .unwrap()
         .get::<_, i32>(0);
     move_with_writer(c, &citus_db, &ids, other, "block_writes");
-    move_with_writer(c, &citus_db, &ids, from, "auto");
+    move_with_writer(c, &citus_db, &ids, from, "block_writes");
 }

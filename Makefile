@@ -72,7 +72,7 @@ APT           := $(if $(IS_ROOT),,sudo) env DEBIAN_FRONTEND=noninteractive apt-g
 PGRX_INSTALL  := cargo pgrx install --release --pg-config $(PG_CONFIG) $(if $(IS_ROOT),,--sudo)
 
 .PHONY: help deps install run run-server stop-server stop test unit regress integration server upgrade bench clean-clusters fmt lint \
-        citus citus-test citus-tier
+        citus citus-test citus-tier citus-bench
 
 help:
 	@echo "make run    - install everything, start a local cluster with udm and demo data and udm-server, print how to connect and a token per demo user"
@@ -80,6 +80,7 @@ help:
 	@echo "make bench  - run the benchmarks in bench/ (ratios against their baselines)"
 	@echo "make citus  - build Citus $(CITUS_VERSION) once from its source tarball into a copy of PostgreSQL under target/, with udm"
 	@echo "make citus-test - a Citus coordinator and two workers from that copy, and udm's checks on them (tests/citus.sh)"
+	@echo "make citus-bench - bench/citus on those clusters: a tenant on a Citus worker vs single-node udm, and udm_move_tenant"
 	@echo "make stop   - stop udm-server and the local cluster started by make run"
 
 ## ------------------------------------------------------------------ set-up
@@ -309,6 +310,12 @@ citus-tier:
 citus-test: citus
 	@echo "== tier 5: Citus, a coordinator and two workers (tests/citus.sh)"
 	@PGBIN=$(CITUS_PGBIN) CITUS_DIR=$(CITUS_DIR) CITUS_PORT=$(CITUS_PORT) tests/citus.sh
+
+# bench/citus: the same tenant on a Citus worker and on a single node, and udm_move_tenant, on the
+# Citus clusters of citus-test (ROWS=100000 by default)
+citus-bench: citus
+	@cargo build -q --release -p udm-bench --bin citus
+	@PGBIN=$(CITUS_PGBIN) CITUS_DIR=$(CITUS_DIR) CITUS_PORT=$(CITUS_PORT) CITUS_BENCH=$(ROOT)/target/release/citus tests/citus.sh bench
 
 ## ------------------------------------------------------------------ make bench
 

@@ -147,6 +147,11 @@ CREATE FUNCTION udm.may_read_scoped(schema_name text, entity text) RETURNS boole
 CREATE FUNCTION udm.tuple_objects(schema_name text, entity text) RETURNS uuid[]
     LANGUAGE c STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'udm_tuple_objects';
+-- On Citus, where policies may have no sub-selects: the records of an entity the session sees,
+-- as the entity's own policy decides (its table read as the session), once per command.
+CREATE FUNCTION udm.visible_ids(schema_name text, entity text) RETURNS uuid[]
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'udm_visible_ids';
 CREATE FUNCTION udm.access_user(schema_name text) RETURNS uuid
     LANGUAGE c STABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'udm_access_user';

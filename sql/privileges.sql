@@ -31,6 +31,7 @@ GRANT EXECUTE ON FUNCTION
     udm.may_read_all(text, text),
     udm.may_read_scoped(text, text),
     udm.tuple_objects(text, text),
+    udm.visible_ids(text, text),
     udm.access_user(text),
     udm.may_read_audit(text),
     udm.audit_visible(text, text, uuid),

@@ -265,6 +265,23 @@ END
 $$;
 SELECT udm.citus_setup();
 
+-- On Citus, where policies may have no sub-selects: the records of an entity the session sees,
+-- as the entity's own policy decides (its table read as the session), once per command.
+CREATE FUNCTION udm.visible_ids(schema_name text, entity text) RETURNS uuid[]
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'udm_visible_ids';
+
+-- Citus: moving a tenant to another worker node (udm admins; refused without Citus).
+CREATE  FUNCTION "udm_move_tenant"(
+	"slug" TEXT, /* Option < & str > */
+	"node_name" TEXT, /* Option < & str > */
+	"node_port" INT, /* Option < i32 > */
+	"mode" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'udm_move_tenant_wrapper';
+
 -- Privileges as a fresh install has them.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA udm FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -279,6 +296,7 @@ GRANT EXECUTE ON FUNCTION
     udm.may_read_all(text, text),
     udm.may_read_scoped(text, text),
     udm.tuple_objects(text, text),
+    udm.visible_ids(text, text),
     udm.access_user(text),
     udm.may_read_audit(text),
     udm.audit_visible(text, text, uuid),

@@ -45,6 +45,7 @@ impl Tenant {
             role: &self.role,
             access: self.access,
             model: None,
+            citus: crate::citus::installed(),
         }
     }
 
@@ -165,7 +166,28 @@ unsafe extern "C-unwind" fn on_subxact(
     }
 }
 
+thread_local! {
+    /// On a Citus worker: the local transaction the caches were last used in.
+    static WORKER_XACT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 fn refresh_if_stale() {
+    // On a Citus worker the tenant's definitions, members and registry change through other
+    // nodes (the coordinator), whose invalidations never reach this one: what this backend
+    // cached holds for one transaction only.
+    if crate::citus::on_worker() {
+        let lxid = unsafe {
+            if pg_sys::MyProc.is_null() {
+                0
+            } else {
+                (*pg_sys::MyProc).lxid
+            }
+        };
+        if WORKER_XACT.with(|x| x.replace(lxid)) != lxid || lxid == 0 {
+            TENANTS_STALE.with(|s| s.set(true));
+            STALE.with(|s| s.set(true));
+        }
+    }
     if TENANTS_STALE.with(|s| s.replace(false)) {
         cache::clear(&TENANTS);
     }

@@ -17,11 +17,12 @@
 //! - Triggers fire on the worker against the shard (`<table>_<shard id>`): storage-level writes
 //!   must go to the shard's relation, not to the shell table of the same name.
 
-use crate::error::{spi_err, Result, SqlState, UdmError};
+use crate::error::{spi_err, OrRaise, Result, SqlState, UdmError};
+use crate::json::JsonB;
 use pgrx::prelude::*;
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
-use udm_core::ident::{quote_ident, quote_literal};
+use udm_core::ident::{quote_ident, quote_literal, sql_call};
 
 thread_local! {
     /// Whether `citus` is installed, as found in one transaction (its local id, and the answer).
@@ -259,16 +260,60 @@ pub fn local_relation(schema_oid: pg_sys::Oid, table: &str, name: &str) -> Optio
     }
 }
 
+thread_local! {
+    /// Whether this backend's node is a Citus worker, once found (a node's group does not change
+    /// while it runs).
+    static ON_WORKER: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
 /// Whether this is a Citus worker node (its group is not the coordinator's, 0).
 pub fn on_worker() -> bool {
-    installed()
-        && crate::spi::select_one::<bool>(
-            "SELECT groupid <> 0 FROM pg_catalog.pg_dist_local_group",
-            &[],
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    if !installed() {
+        return false;
+    }
+    if let Some(v) = ON_WORKER.with(|c| c.get()) {
+        return v;
+    }
+    let Ok(found) = crate::spi::select_one::<bool>(
+        "SELECT groupid <> 0 FROM pg_catalog.pg_dist_local_group",
+        &[],
+    ) else {
+        return false;
+    };
+    let v = found.unwrap_or(false);
+    ON_WORKER.with(|c| c.set(Some(v)));
+    v
+}
+
+/// Runs `f`, a udm helper that a row-level security policy calls, with
+/// `citus.allow_nested_distributed_execution` on (for `f` only). On Citus a policy is evaluated
+/// on the tenant's worker, inside the query of a shard, and Citus refuses the queries such a
+/// function runs there ("cannot execute a distributed query from a query on a shard") because a
+/// function pushed to a node might read other nodes' data outside the transaction. udm's helpers
+/// read only what is on that node: the tenant's own tables (colocated, all on the tenant's
+/// worker) and the reference tables (a copy on every node), through Citus's local execution in the
+/// same transaction. Without Citus, `f` runs as it is.
+pub fn nested<R>(f: impl FnOnce() -> R) -> R {
+    if !installed() {
+        return f();
+    }
+    unsafe {
+        let nest = pg_sys::NewGUCNestLevel();
+        // GUC_ACTION_SAVE (as a function's SET clause): allowed in parallel mode too
+        pg_sys::set_config_option(
+            c"citus.allow_nested_distributed_execution".as_ptr(),
+            c"on".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        let r = f();
+        pg_sys::AtEOXact_GUC(true, nest);
+        r
+    }
 }
 
 /// The error (0A000) of a udm function that finds itself called on a worker without a tenant:
@@ -318,4 +363,230 @@ pub fn unsharded_name(name: &str) -> String {
         }
     }
     name.to_string()
+}
+
+/// Where a tenant's tables are: the node (name, port) holding its catalog's shard.
+fn tenant_node(schema: &str) -> Result<Option<(String, i32)>> {
+    Spi::connect(|c| {
+        let mut rows = c.select(
+            "SELECT n.nodename::text, n.nodeport FROM pg_catalog.pg_dist_shard s \
+               JOIN pg_catalog.pg_dist_placement p ON p.shardid = s.shardid \
+               JOIN pg_catalog.pg_dist_node n ON n.groupid = p.groupid \
+             WHERE s.logicalrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1::text, '_udm_entity')) \
+             ORDER BY n.nodeid LIMIT 1",
+            Some(1),
+            &[schema.into()],
+        )?;
+        match rows.next() {
+            Some(r) => Ok::<_, pgrx::spi::Error>(Some((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<i32>(2)?.unwrap_or(0),
+            ))),
+            None => Ok(None),
+        }
+    })
+    .map_err(spi_err)
+}
+
+/// `udm_move_tenant`: moves a tenant's distributed schema, every table of it, to another worker
+/// node (`citus_schema_move`), then lets the tenant's sequences on the new node continue above
+/// the values the old node gave (each node's copy of a sequence has its own range, and the audit
+/// log's ids must keep growing for its chains, history and events). udm admins only.
+///
+/// `mode` is Citus's `shard_transfer_mode`: `block_writes` only (writes to the tenant wait for the
+/// copy; reads go on). Logical replication ('auto', 'force_logical') is refused: a udm write made
+/// while such a move switched nodes was seen to be lost.
+pub fn move_tenant(
+    slug: &str,
+    node: &str,
+    port: i32,
+    mode: Option<&str>,
+) -> Result<serde_json::Value> {
+    crate::security::require_admin(&format!(
+        "move tenant \"{}\"",
+        udm_core::ident::printable(slug)
+    ))?;
+    if !installed() {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!(
+                "cannot move tenant \"{}\": Citus is not installed in this database",
+                udm_core::ident::printable(slug)
+            ),
+        )
+        .hint("udm_move_tenant moves a tenant between the worker nodes of a Citus cluster; on a single node, udm_export and udm_import move a tenant to another database"));
+    }
+    let t = crate::catalog::tenant(slug)?.ok_or_else(|| crate::catalog::no_such_tenant(slug))?;
+    let distributed = crate::spi::select_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_schema WHERE schemaid = $1)",
+        &[t.schema_oid.into()],
+    )?
+    .unwrap_or(false);
+    if !distributed {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!(
+                "cannot move tenant \"{}\": its schema \"{}\" is not a distributed schema",
+                t.slug, t.schema
+            ),
+        )
+        .hint(format!(
+            "a tenant made before Citus was installed is not distributed; make it so first: SELECT citus_schema_distribute({})",
+            quote_literal(&quote_ident(&t.schema))
+        )));
+    }
+    let known = crate::spi::select_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_node \
+           WHERE nodename = $1 AND nodeport = $2 AND isactive AND noderole = 'primary' \
+             AND shouldhaveshards)",
+        &[node.into(), port.into()],
+    )?
+    .unwrap_or(false);
+    if !known {
+        return Err(UdmError::new(
+            SqlState::UndefinedObject,
+            format!(
+                "cannot move tenant \"{}\" to {}:{port}: no such active worker node",
+                t.slug,
+                udm_core::ident::printable(node)
+            ),
+        )
+        .hint("SELECT nodename, nodeport FROM pg_dist_node WHERE shouldhaveshards lists the nodes tenants can live on"));
+    }
+    // Only block_writes: with logical replication ('auto', 'force_logical') a udm write made
+    // during the move's final switch was seen to be lost (udm_update committed on the old node and
+    // missing on the new one; plain UPDATEs were not lost), so udm refuses those modes.
+    let mode = match mode {
+        None | Some("block_writes") => "block_writes".to_string(),
+        Some(m @ ("auto" | "force_logical")) => {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!(
+                    "cannot move tenant \"{}\" with transfer mode \"{m}\": udm moves tenants with block_writes only",
+                    t.slug
+                ),
+            )
+            .detail("with logical replication a udm write made while the move switches nodes can be lost (seen with udm_update)")
+            .hint(format!(
+                "omit the mode: {}",
+                sql_call("udm_move_tenant", &[&t.slug, node, &port.to_string()])
+            )))
+        }
+        Some(other) => {
+            return Err(UdmError::new(
+                SqlState::InvalidParameterValue,
+                format!(
+                    "cannot move tenant \"{}\": unknown transfer mode \"{}\"",
+                    t.slug,
+                    udm_core::ident::printable(other)
+                ),
+            )
+            .hint("mode is 'block_writes' (the default, NULL)"))
+        }
+    };
+    let from = tenant_node(&t.schema)?;
+    if from.as_ref().is_some_and(|(n, p)| n == node && *p == port) {
+        return Ok(
+            serde_json::json!({"tenant": t.slug, "moved": false, "node": node, "port": port}),
+        );
+    }
+    let started = std::time::Instant::now();
+    Spi::run_with_args(
+        "SELECT pg_catalog.citus_schema_move($1::regnamespace, $2, $3, shard_transfer_mode => $4::citus.shard_transfer_mode)",
+        &[quote_ident(&t.schema).into(), node.into(), port.into(), mode.as_str().into()],
+    )
+    .map_err(spi_err)?;
+    let moved_ms = started.elapsed().as_millis() as i64;
+    // the sequences of the tenant's tables, on the new node: above every value the table holds
+    let owned: Vec<(String, String, String)> = Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT s.relname::text, tc.relname::text, a.attname::text \
+             FROM pg_catalog.pg_class s \
+             JOIN pg_catalog.pg_depend d ON d.objid = s.oid AND d.classid = 'pg_catalog.pg_class'::regclass \
+               AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') \
+             JOIN pg_catalog.pg_class tc ON tc.oid = d.refobjid AND tc.relnamespace = s.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = tc.oid AND a.attnum = d.refobjsubid \
+             WHERE s.relkind = 'S' AND s.relnamespace = $1 ORDER BY 1",
+            None,
+            &[t.schema_oid.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)?;
+    for (seq, table, column) in owned {
+        let top = crate::spi::select_one::<i64>(
+            &format!(
+                "SELECT max({}::bigint) FROM {}.{}",
+                quote_ident(&column),
+                quote_ident(&t.schema),
+                quote_ident(&table)
+            ),
+            &[],
+        )?;
+        let Some(top) = top else { continue };
+        // the command runs on the new node only (Citus's per-node range of the sequence there is
+        // lifted: one node at a time uses a tenant's sequence); its names and values are
+        // formatted by format() (%I, %L, %s of a bigint), never by hand
+        let failed = crate::spi::select_one::<String>(
+            "SELECT r.result FROM pg_catalog.master_run_on_worker(ARRAY[$1::text], ARRAY[$2::int], \
+               ARRAY[pg_catalog.format('SET citus.enable_ddl_propagation = off; \
+                 ALTER SEQUENCE %s MAXVALUE 9223372036854775807; \
+                 SELECT pg_catalog.setval(%L::regclass, greatest(%s::bigint, \
+                 (SELECT coalesce(last_value, start_value) FROM pg_catalog.pg_sequences \
+                  WHERE schemaname = %L AND sequencename = %L)))', \
+                 pg_catalog.format('%I.%I', $3::text, $4::text), pg_catalog.format('%I.%I', $3::text, $4::text), \
+                 $5::bigint, $3::text, $4::text)], false) r \
+             WHERE NOT r.success",
+            &[node.into(), port.into(), t.schema.as_str().into(), seq.as_str().into(), top.into()],
+        )?;
+        if let Some(e) = failed {
+            return Err(UdmError::new(
+                SqlState::Internal,
+                format!(
+                    "tenant \"{}\" moved to {}:{port}, but its sequence \"{seq}\" could not be set there: {e}",
+                    t.slug,
+                    udm_core::ident::printable(node)
+                ),
+            )
+            .hint(format!(
+                "on that node, run SELECT setval({}, {top}) before writing to the tenant",
+                quote_literal(&format!("{}.{}", quote_ident(&t.schema), quote_ident(&seq)))
+            )));
+        }
+    }
+    Ok(serde_json::json!({
+        "tenant": t.slug,
+        "moved": true,
+        "from": from.map(|(n, p)| format!("{n}:{p}")),
+        "to": format!("{node}:{port}"),
+        "mode": mode,
+        "ms": moved_ms,
+    }))
+}
+
+#[pg_extern(volatile)]
+fn udm_move_tenant(
+    slug: Option<&str>,
+    node_name: Option<&str>,
+    node_port: Option<i32>,
+    mode: default!(Option<&str>, "NULL"),
+) -> JsonB {
+    let (Some(slug), Some(node), Some(port)) = (slug, node_name, node_port) else {
+        crate::error::raise(
+            UdmError::new(
+                SqlState::NullValueNotAllowed,
+                "udm_move_tenant: slug, node_name and node_port must not be null",
+            )
+            .hint("udm_move_tenant('<tenant>', '<worker host>', <worker port>)"),
+        );
+    };
+    JsonB(move_tenant(slug, node, port, mode).or_raise())
 }

@@ -568,6 +568,7 @@ fn create_bare(slug: &str, m: &Manifest, loader: Option<&str>) -> Result<Vec<Str
         role: &role,
         access: m.tenant.access,
         model: Some(&model),
+        citus: crate::citus::installed(),
     };
     for e in &m.entities {
         let plan = ddl::import_entity(&ctx, &e.def, e.dropped)
@@ -1135,7 +1136,10 @@ fn finish(imp: &Import) -> Result<Value> {
         }
         step("constraints, indexes, triggers, policies, grants, rules");
         if t.access {
-            crate::spi::run(&udm_core::ddl::audit_access_sql(slug).join(";\n"), &[])?;
+            crate::spi::run(
+                &udm_core::ddl::audit_access_sql(slug, crate::citus::installed()).join(";\n"),
+                &[],
+            )?;
         }
         let users = if m.sections.iter().any(|s| s.kind == Kind::GlobalUsers) {
             let u = merge_users(&t)?;

@@ -812,6 +812,7 @@ unsafe fn rule_probes(
                 role: &t.role,
                 access: t.access,
                 model: Some(&*model),
+                citus: crate::citus::installed(),
             };
             udm_core::ddl::related_rule_probes(&ctx, &e.def, rule, &trigger, &tt.name)
         })()

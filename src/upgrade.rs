@@ -105,6 +105,7 @@ pub fn upgrade_tenant(slug: &str) -> Result<Value> {
         role: &t.role,
         access: t.access,
         model: Some(&*model),
+        citus: crate::citus::installed(),
     };
     let mut steps = Vec::new();
     for e in &entities {
@@ -116,7 +117,10 @@ pub fn upgrade_tenant(slug: &str) -> Result<Value> {
             quote_ident(udm_core::ddl::ACCESS_POLICY),
             crate::audit::audit_table(&t)
         ));
-        steps.extend(udm_core::ddl::audit_access_sql(&t.schema));
+        steps.extend(udm_core::ddl::audit_access_sql(
+            &t.schema,
+            crate::citus::installed(),
+        ));
     }
     steps.push(format!(
         "GRANT {} TO {}",

@@ -5,6 +5,7 @@
 # then udm's checks on the coordinator. The clusters are stopped however the checks end.
 #
 #   PGBIN=<root>/usr/lib/postgresql/15/bin CITUS_DIR=target/citus-clusters CITUS_PORT=5485 tests/citus.sh
+#   ... CITUS_BENCH=target/release/citus tests/citus.sh bench     (make citus-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${PGBIN:?PGBIN: the bin directory of a PostgreSQL with Citus and udm}"
@@ -45,6 +46,13 @@ done
 on coordinator -c "SELECT citus_set_coordinator_host('localhost', $PORT)" >/dev/null
 on coordinator -c "SELECT citus_add_node('localhost', $((PORT + 1)))" -c "SELECT citus_add_node('localhost', $((PORT + 2)))" >/dev/null
 on coordinator -c "CREATE EXTENSION udm"
+
+if [ "${1:-}" = bench ]; then
+    # make citus-bench: bench/citus (CITUS_BENCH: its binary) against these clusters instead of
+    # the checks; the clusters are stopped afterwards all the same
+    BENCH_HOST="$DIR/coordinator/sock" BENCH_PORT=$PORT CITUS_DB=$DB "${CITUS_BENCH:?the bench/citus binary}"
+    exit
+fi
 
 failed=0
 check() {
@@ -201,6 +209,175 @@ else
     echo "   FAIL a new table of a tenant made before Citus is refused: $got"
     failed=$((failed + 1))
 fi
+
+# members, roles and relation tuples with row-level security, on a tenant living on a worker: its
+# policies have no sub-selects on Citus (Citus refuses them) and call udm functions per row
+on coordinator -c "SELECT udm_create_tenant('team')" -c "SELECT udm_use('team')" \
+    -c "SELECT udm_define_entity('topic', '{\"fields\": [{\"name\": \"name\", \"type\": \"text\"}]}')" \
+    -c "SELECT udm_define_entity('board', '{\"fields\": [{\"name\": \"name\", \"type\": \"text\", \"required\": true},
+          {\"name\": \"owner_id\", \"type\": \"user\", \"on_delete\": \"cascade\"}], \"access\": {\"scope\": \"self\", \"owner\": \"owner_id\"}}')" \
+    -c "SELECT udm_define_entity('card', '{\"fields\": [{\"name\": \"name\", \"type\": \"text\", \"required\": true},
+          {\"name\": \"board_id\", \"type\": \"relation\", \"target\": \"board\", \"required\": true, \"on_delete\": \"cascade\"},
+          {\"name\": \"topics\", \"type\": \"relation\", \"target\": \"topic\", \"many\": true}], \"access\": {\"scope\": \"board_id\"}}')" \
+    -c "SELECT udm_define_entity('note', '{\"fields\": [{\"name\": \"text\", \"type\": \"text\"},
+          {\"name\": \"card_id\", \"type\": \"relation\", \"target\": \"card\", \"on_delete\": \"cascade\"}], \"access\": {\"scope\": \"card_id\"}}')" >/dev/null
+topic=$(on coordinator -c "SELECT udm_use('team')" -c "SELECT udm_insert('topic', '{\"name\": \"t1\"}')->>'id'" | tail -n 1)
+b1=$(on coordinator -c "SELECT udm_use('team')" -c "SELECT udm_insert('board', '{\"name\": \"B1\"}')->>'id'" | tail -n 1)
+b2=$(on coordinator -c "SELECT udm_use('team')" -c "SELECT udm_insert('board', '{\"name\": \"B2\"}')->>'id'" | tail -n 1)
+for b in "$b1" "$b2"; do
+    c=$(on coordinator -c "SELECT udm_use('team')" \
+        -c "SELECT udm_insert('card', '{\"name\": \"C\", \"board_id\": \"$b\", \"topics\": [\"$topic\"]}')->>'id'" | tail -n 1)
+    on coordinator -c "SELECT udm_use('team')" -c "SELECT udm_insert('note', '{\"text\": \"N\", \"card_id\": \"$c\"}')" >/dev/null
+done
+check "the access tenant's shards on a worker" "1|t" \
+    -c "SELECT count(DISTINCT nodeport), bool_and(nodeport IN ($((PORT + 1)), $((PORT + 2)))) FROM citus_shards WHERE table_name::text LIKE 'team.%'"
+check "udm_add_member on Citus (access control switched on)" "alice@example.org:viewer,bob@example.org:viewer|t" \
+    -c "SELECT udm_create_user('alice@example.org', 'Alice', 'password1')" \
+    -c "SELECT udm_create_user('bob@example.org', 'Bob', 'password1')" \
+    -c "SELECT udm_create_user('carol@example.org', 'Carol', 'password1')" \
+    -c "SELECT udm_add_member('team', 'alice@example.org', 'viewer')" \
+    -c "SELECT udm_add_member('team', 'bob@example.org', 'viewer')" \
+    -c "SELECT udm_use('team')" -c "SELECT udm_grant('alice@example.org', 'viewer', 'board:$b1')" \
+    -c "SELECT (SELECT string_agg(email || ':' || role, ',' ORDER BY email) FROM udm_members()), (SELECT access FROM udm.tenant WHERE slug = 'team')"
+check "the policies have no sub-selects on Citus" "0" \
+    -c "SELECT count(*) FROM pg_policies WHERE schemaname = 'team' AND (qual ILIKE '%SELECT%' OR qual ILIKE '%EXISTS%')"
+# an application role (a member of the tenant's role, not a superuser), the user set per transaction
+tenant_role=$(on coordinator -c "SELECT role_name FROM udm.tenant WHERE slug = 'team'")
+on coordinator -c "CREATE ROLE team_app LOGIN" -c "GRANT \"$tenant_role\" TO team_app" >/dev/null
+as_app() {
+    $CLUSTER psql "$DIR/coordinator" "$PORT" -d $DB -U team_app -At -q -v ON_ERROR_STOP=1 "$@"
+}
+seen() {
+    # what the user $1 sees through the coordinator: boards, cards, notes, card-topic links, topics,
+    # audit rows of boards, boards through udm_query (one statement each: a statement reading a
+    # tenant table runs whole on the worker, see the refusal above)
+    as_app -c "BEGIN" -c "SELECT udm_use('team', '$1', true)" \
+        -c "SELECT count(*) FROM team.board" -c "SELECT count(*) FROM team.card" \
+        -c "SELECT count(*) FROM team.note" -c "SELECT count(*) FROM team.card__topics" \
+        -c "SELECT count(*) FROM team.topic" \
+        -c "SELECT count(DISTINCT record_id) FROM team._udm_audit WHERE entity = 'board'" \
+        -c "SELECT jsonb_array_length(udm_query('board', '{}')->'rows')" \
+        -c "COMMIT" 2>&1 | grep -vE '^(\{|BEGIN$|COMMIT$)' | paste -sd '|' || true
+}
+expect_seen() {
+    local name=$1 expected=$2 got
+    got=$(seen "$3")
+    if [ "$got" = "$expected" ]; then echo "   ok   $name"; else
+        echo "   FAIL $name"; echo "     expected: $expected"; echo "     got:      $got"; failed=$((failed + 1)); fi
+}
+expect_seen "a member with a tuple on a board sees it, its cards, notes, links and audit (RLS on the worker)" \
+    "1|1|1|1|1|1|1" alice@example.org
+expect_seen "a member without tuples sees no scoped records, only the unscoped entity" \
+    "0|0|0|0|1|0|0" bob@example.org
+got=$(as_app -c '\set VERBOSITY verbose' -c "BEGIN" -c "SELECT udm_use('team', 'carol@example.org', true)" 2>&1) || true
+if grep -q "ERROR:  42501: user \"carol@example.org\" is not a member of tenant \"team\"" <<<"$got"; then
+    echo "   ok   a user who is not a member is refused"
+else
+    echo "   FAIL a user who is not a member is refused: $got"
+    failed=$((failed + 1))
+fi
+got=$(as_app -c '\set VERBOSITY verbose' -c "BEGIN" -c "SELECT udm_use('team', 'bob@example.org', true)" \
+    -c "UPDATE team.topic SET name = 'renamed'" 2>&1) || true
+if grep -q "ERROR:  42501:" <<<"$got"; then
+    echo "   ok   a viewer's write is refused by the access guard on the worker"
+else
+    echo "   FAIL a viewer's write is refused by the access guard on the worker: $got"
+    failed=$((failed + 1))
+fi
+on coordinator -c "SET client_min_messages = warning" -c "SELECT udm_use('team')" -c "SELECT udm_revoke('alice@example.org', 'viewer', 'board:$b1')" >/dev/null
+expect_seen "after udm_revoke the member sees no board (no stale cache on the worker)" "0|0|0|0|1|0|0" alice@example.org
+check "the access tenant's audit chain verifies" "true" \
+    -c "SELECT udm_use('team')" -c "SELECT udm_audit_verify()->>'ok'"
+
+# udm_move_tenant: refusals first
+refused "udm_move_tenant: udm admins only" 42501 "permission denied to move tenant \"shop\"" \
+    -U team_app -c "SELECT udm_move_tenant('shop', 'localhost', $((PORT + 1)))"
+refused "udm_move_tenant: an unknown tenant" 42704 "tenant \"nope\" does not exist" \
+    -c "SELECT udm_move_tenant('nope', 'localhost', $((PORT + 1)))"
+refused "udm_move_tenant: an unknown node" 42704 "cannot move tenant \"shop\" to localhost:1: no such active worker node" \
+    -c "SELECT udm_move_tenant('shop', 'localhost', 1)"
+refused "udm_move_tenant: NULL arguments" 22004 "slug, node_name and node_port must not be null" \
+    -c "SELECT udm_move_tenant(NULL, 'localhost', $((PORT + 1)))"
+refused "udm_move_tenant: an unknown transfer mode" 22023 "unknown transfer mode \"fast\"" \
+    -c "SELECT udm_move_tenant('shop', 'localhost', $((PORT + 1)), 'fast')"
+refused "udm_move_tenant: logical replication is refused (udm writes were lost in its switch)" 0A000 \
+    "cannot move tenant \"shop\" with transfer mode \"auto\": udm moves tenants with block_writes only" \
+    -c "SELECT udm_move_tenant('shop', 'localhost', $((PORT + 1)), 'auto')"
+got=$($CLUSTER psql "$DIR/coordinator" "$PORT" -d udm_before -At -q -v ON_ERROR_STOP=1 -c '\set VERBOSITY verbose' \
+    -c "SELECT udm_move_tenant('early', 'localhost', $((PORT + 1)))" 2>&1) || true
+if grep -q "ERROR:  0A000: cannot move tenant \"early\": its schema \"early\" is not a distributed schema" <<<"$got"; then
+    echo "   ok   udm_move_tenant: a tenant whose schema is not distributed is refused"
+else
+    echo "   FAIL udm_move_tenant: a tenant whose schema is not distributed is refused: $got"
+    failed=$((failed + 1))
+fi
+$CLUSTER psql "$DIR/coordinator" "$PORT" -d postgres -q -c "CREATE DATABASE udm_plain"
+got=$($CLUSTER psql "$DIR/coordinator" "$PORT" -d udm_plain -At -q -v ON_ERROR_STOP=1 -c '\set VERBOSITY verbose' \
+    -c "CREATE EXTENSION udm" -c "SELECT udm_create_tenant('solo')" \
+    -c "SELECT udm_move_tenant('solo', 'localhost', $((PORT + 1)))" 2>&1) || true
+if grep -q "ERROR:  0A000: cannot move tenant \"solo\": Citus is not installed in this database" <<<"$got" && grep -q "HINT:" <<<"$got"; then
+    echo "   ok   udm_move_tenant without Citus is refused, with a hint"
+else
+    echo "   FAIL udm_move_tenant without Citus is refused, with a hint: $got"
+    failed=$((failed + 1))
+fi
+
+# udm_move_tenant of a tenant with records and audit entries, while a writer updates it
+shop_port=$(on coordinator -c "SELECT DISTINCT nodeport FROM citus_shards WHERE table_name::text LIKE 'shop.%'")
+other_port=$((shop_port == PORT + 1 ? PORT + 2 : PORT + 1))
+audit_before=$(on coordinator -c "SELECT count(*) || ':' || max(audit_id) FROM shop._udm_audit")
+stop_file=$(mktemp)
+rm -f "$stop_file"
+(
+    ok=0 bad=0
+    while [ ! -e "$stop_file" ]; do
+        if on coordinator -c "SELECT udm_use('shop')" -c "SELECT udm_update('category', '$toys', '{\"code\": \"w$ok\"}')" >/dev/null 2>&1; then
+            ok=$((ok + 1))
+        else
+            bad=$((bad + 1))
+        fi
+    done
+    echo "$ok $bad" >"$stop_file.writer"
+) &
+writer=$!
+sleep 1
+check "udm_move_tenant moves the tenant to the other worker (block_writes)" "true|localhost:$other_port|block_writes" \
+    -c "SELECT v->>'moved', v->>'to', v->>'mode' FROM udm_move_tenant('shop', 'localhost', $other_port) AS v"
+sleep 1
+touch "$stop_file"
+wait "$writer"
+read -r writes_ok writes_bad <"$stop_file.writer"
+rm -f "$stop_file" "$stop_file.writer"
+if [ "$writes_ok" -gt 0 ] && [ "$writes_bad" -eq 0 ]; then
+    echo "   ok   a writer kept writing through the move ($writes_ok updates, none failed)"
+else
+    echo "   FAIL a writer kept writing through the move: $writes_ok updates, $writes_bad failed"
+    failed=$((failed + 1))
+fi
+check "all of the tenant's shards on the new worker" "$other_port" \
+    -c "SELECT string_agg(DISTINCT nodeport::text, ',') FROM citus_shards WHERE table_name::text LIKE 'shop.%'"
+check "after the move: reads and writes" "puzzles|after" \
+    -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_get('category', '$toys')->>'name', udm_update('category', '$toys', '{\"code\": \"after\"}')->>'code'"
+check "after the move: the audit log kept its rows and its ids keep growing" "t|t" \
+    -c "SELECT (SELECT count(*) >= ${audit_before%%:*} + $writes_ok + 1 FROM shop._udm_audit),
+               (SELECT audit_id FROM shop._udm_audit WHERE new_data->>'code' = 'after') = (SELECT max(audit_id) FROM shop._udm_audit)"
+check "after the move: the history of a record" "t" \
+    -c "SELECT udm_use('shop')" -c "SELECT count(*) >= $writes_ok + 3 FROM udm_history('category', '$toys')"
+check "after the move: the audit chain verifies" "true" \
+    -c "SELECT udm_use('shop')" -c "SELECT udm_audit_verify()->>'ok'"
+check "udm_move_tenant back (block_writes): moved, and the chain still verifies" "true|true" \
+    -c "SELECT udm_move_tenant('shop', 'localhost', $shop_port, 'block_writes')->>'moved'" -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_update('category', '$toys', '{\"code\": \"back\"}')->>'code'" \
+    -c "SELECT 'true', udm_audit_verify()->>'ok'"
+check "udm_move_tenant to where it is: nothing moved" "false" \
+    -c "SELECT udm_move_tenant('shop', 'localhost', $shop_port)->>'moved'"
+team_port=$(on coordinator -c "SELECT DISTINCT nodeport FROM citus_shards WHERE table_name::text LIKE 'team.%'")
+check "udm_move_tenant of a tenant with members" "true" \
+    -c "SELECT udm_move_tenant('team', 'localhost', $((team_port == PORT + 1 ? PORT + 2 : PORT + 1)))->>'moved'"
+expect_seen "after the move a member without tuples still sees no scoped records" "0|0|0|0|1|0|0" bob@example.org
+on coordinator -c "SET client_min_messages = warning" -c "SELECT udm_use('team')" -c "SELECT udm_grant('alice@example.org', 'viewer', 'board:$b2')" >/dev/null
+expect_seen "after the move a new tuple opens its board to the member" "1|1|1|1|1|1|1" alice@example.org
 
 check "udm_drop_tenant on Citus" "0|0|0" \
     -c "SELECT udm_create_tenant('gone')" -c "SELECT udm_drop_tenant('gone', 'gone')" \

@@ -713,6 +713,7 @@ mod field_tests {
             role: "udm_t_acme",
             access: false,
             model: None,
+            citus: false,
         };
         let e = ddl::create_entity(&ctx, &ruled).unwrap_err();
         assert!(
@@ -819,6 +820,7 @@ mod field_tests {
             role: "udm_t_acme",
             access: false,
             model: None,
+            citus: false,
         };
         let sql: Vec<String> = ddl::create_entity(&ctx, &def)
             .unwrap()

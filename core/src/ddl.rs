@@ -28,6 +28,10 @@ pub struct Ctx<'a> {
     /// The tenant's other entities, for rules that read related records (without them, rules
     /// may use the entity's own fields only).
     pub model: Option<&'a dyn Model>,
+    /// Whether the tenant lives in a Citus distributed schema: its row-level security policies
+    /// then have no sub-selects (Citus refuses them on distributed tables) and call udm functions
+    /// that run on the tenant's worker instead (see `access_policy`).
+    pub citus: bool,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -36,6 +40,7 @@ impl std::fmt::Debug for Ctx<'_> {
             .field("schema", &self.schema)
             .field("role", &self.role)
             .field("access", &self.access)
+            .field("citus", &self.citus)
             .field("model", &self.model.map(|m| m.entity_names()))
             .finish()
     }
@@ -172,10 +177,15 @@ pub const TUPLE_TABLE: &str = "_udm_tuple";
 ///   (scope through a relation) whose scope record the user sees — a scope root's test is
 ///   written out (`record_test`, the same one its own policy makes), deeper parents' policies
 ///   decide for themselves, so levels flow down relations.
+///
+/// On Citus (`ctx.citus`) a policy may have no sub-select: the calls are made per row (each is a
+/// cache lookup once the first row of the command has found the answer), and a record inside a
+/// scope is tested against `udm.visible_ids` of its parent (the parent's records the session
+/// sees, as the parent's own policy decides, read once per command).
 pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
     let s = quote_literal(ctx.schema);
     let e = quote_literal(&def.slug);
-    let all = format!("(SELECT udm.may_read_all({s}, {e}))");
+    let all = once(ctx, format!("udm.may_read_all({s}, {e})"));
     let Some(a) = &def.access else {
         return (all, vec![]);
     };
@@ -195,6 +205,11 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
         .and_then(|m| m.entity(target))
         .filter(|t| t.access.as_ref().is_some_and(|ta| ta.parent.is_none()));
     let parent_test = match root {
+        // On Citus: the parent records the reader sees, by a function (no sub-select).
+        _ if ctx.citus => format!(
+            "udm.id_in({col}, udm.visible_ids({s}, {}))",
+            quote_literal(target)
+        ),
         // The parent is a scope root: its own test, written out here against the tuple index
         // and the owner index, rather than a scan of every parent record through its policy.
         Some(t) => record_test(ctx, t, Some(&col)),
@@ -207,13 +222,15 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
     let mut alts = vec![parent_test];
     if let Some(of) = a.owner.as_deref().and_then(|o| def.field(o)) {
         alts.push(format!(
-            "{} = (SELECT udm.access_user({s}))",
-            quote_ident(&of.column)
+            "{} = {}",
+            quote_ident(&of.column),
+            once(ctx, format!("udm.access_user({s})"))
         ));
     }
     (
         format!(
-            "{all} OR ((SELECT udm.may_read_scoped({s}, {e})) AND ({}))",
+            "{all} OR ({} AND ({}))",
+            once(ctx, format!("udm.may_read_scoped({s}, {e})")),
             alts.join(" OR ")
         ),
         fields,
@@ -234,10 +251,11 @@ pub fn access_policy(ctx: &Ctx, def: &EntityDef) -> (String, Vec<u32>) {
 fn record_test(ctx: &Ctx, def: &EntityDef, via: Option<&str>) -> String {
     let s = quote_literal(ctx.schema);
     let e = quote_literal(&def.slug);
-    let me = format!("(SELECT udm.access_user({s}))");
+    let me = once(ctx, format!("udm.access_user({s})"));
     let id = via.unwrap_or("\"id\"");
     let mut arms = vec![format!(
-        "udm.id_in({id}, (SELECT udm.tuple_objects({s}, {e})))"
+        "udm.id_in({id}, {})",
+        once(ctx, format!("udm.tuple_objects({s}, {e})"))
     )];
     let owner = def.access.as_ref().and_then(|a| a.owner.as_deref());
     if let Some(of) = owner.and_then(|o| def.field(o)) {
@@ -251,9 +269,22 @@ fn record_test(ctx: &Ctx, def: &EntityDef, via: Option<&str>) -> String {
         });
     }
     format!(
-        "(SELECT udm.may_read_all({s}, {e})) OR ((SELECT udm.may_read_scoped({s}, {e})) AND ({}))",
+        "{} OR ({} AND ({}))",
+        once(ctx, format!("udm.may_read_all({s}, {e})")),
+        once(ctx, format!("udm.may_read_scoped({s}, {e})")),
         arms.join(" OR ")
     )
+}
+
+/// A call the policy makes once per query: in a sub-select (an InitPlan), except on Citus, which
+/// refuses sub-selects in policies (there the function is called per row and answers from its
+/// cache).
+fn once(ctx: &Ctx, call: String) -> String {
+    if ctx.citus {
+        call
+    } else {
+        format!("(SELECT {call})")
+    }
 }
 
 /// Artifacts that read other entities' definitions: rules over related records, and (in a
@@ -321,13 +352,19 @@ pub fn enable_access(ctx: &Ctx, def: &EntityDef) -> Vec<String> {
 /// member reads the audit rows of the records they see (and managers all of them), through
 /// `udm_history`, reports, events and plain `SELECT` alike. `udm.may_read_audit` runs once per
 /// query (a sub-select); `udm.audit_visible` per row only for readers who are not managers.
-pub fn audit_access_sql(schema: &str) -> [String; 2] {
+/// On Citus (`citus`) `udm.may_read_audit` is called per row (no sub-select, see `access_policy`).
+pub fn audit_access_sql(schema: &str, citus: bool) -> [String; 2] {
     let t = format!("{}.\"_udm_audit\"", quote_ident(schema));
     let s = quote_literal(schema);
+    let all = if citus {
+        format!("udm.may_read_audit({s})")
+    } else {
+        format!("(SELECT udm.may_read_audit({s}))")
+    };
     [
         format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY"),
         format!(
-            "CREATE POLICY {} ON {t} FOR SELECT USING ((SELECT udm.may_read_audit({s})) OR udm.audit_visible({s}, entity, record_id))",
+            "CREATE POLICY {} ON {t} FOR SELECT USING ({all} OR udm.audit_visible({s}, entity, record_id))",
             quote_ident(ACCESS_POLICY)
         ),
     ]
@@ -1068,16 +1105,28 @@ pub fn junction_access_sql(ctx: &Ctx, entity: &str, f: &FieldDef) -> Vec<String>
     let jt = qualified(ctx.schema, j);
     let me = quote_ident(j);
     let target = f.target.as_deref().unwrap_or_default();
+    let using = if ctx.citus {
+        // no sub-selects on Citus: the records of either side the session sees, once per command
+        let s = quote_literal(ctx.schema);
+        format!(
+            "udm.id_in(\"source_id\", udm.visible_ids({s}, {})) \
+             AND udm.id_in(\"target_id\", udm.visible_ids({s}, {}))",
+            quote_literal(entity),
+            quote_literal(target)
+        )
+    } else {
+        format!(
+            "EXISTS (SELECT 1 FROM {} AS s WHERE s.\"id\" = {me}.\"source_id\") \
+             AND EXISTS (SELECT 1 FROM {} AS t WHERE t.\"id\" = {me}.\"target_id\")",
+            ctx.table(entity),
+            ctx.table(target),
+        )
+    };
     vec![
         format!("ALTER TABLE {jt} ENABLE ROW LEVEL SECURITY"),
         format!(
-            "CREATE POLICY {} ON {jt} USING (\
-               EXISTS (SELECT 1 FROM {} AS s WHERE s.\"id\" = {me}.\"source_id\") \
-               AND EXISTS (SELECT 1 FROM {} AS t WHERE t.\"id\" = {me}.\"target_id\")) \
-             WITH CHECK (true)",
+            "CREATE POLICY {} ON {jt} USING ({using}) WITH CHECK (true)",
             quote_ident(ACCESS_POLICY),
-            ctx.table(entity),
-            ctx.table(target),
         ),
         format!(
             "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {jt} FOR EACH ROW EXECUTE FUNCTION udm.link_guard({})",
@@ -1764,6 +1813,7 @@ mod tests {
         access: false,
         schema: "acme",
         role: "tenant_acme",
+        citus: false,
     };
 
     fn product() -> EntityDef {
@@ -1827,7 +1877,7 @@ mod tests {
 
     #[test]
     fn the_audit_logs_policy_quotes_the_schema() {
-        let [rls, policy] = audit_access_sql("we\"ird'o");
+        let [rls, policy] = audit_access_sql("we\"ird'o", false);
         assert_eq!(
             rls,
             "ALTER TABLE \"we\"\"ird'o\".\"_udm_audit\" ENABLE ROW LEVEL SECURITY"
@@ -2288,6 +2338,7 @@ mod related_rule_tests {
             role: "tenant_acme",
             access: false,
             model: Some(&m),
+            citus: false,
         };
         let old = m.entity("product").unwrap().clone();
         let mut new = old.clone();

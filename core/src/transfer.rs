@@ -976,6 +976,7 @@ mod tests {
             role: "tenant_acme@shop",
             access: false,
             model: None,
+            citus: false,
         };
         let doc = &m.entities.iter().find(|e| e.slug == "doc").unwrap().def;
         let plan = crate::ddl::import_entity(&ctx, doc, false).unwrap();

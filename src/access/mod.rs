@@ -43,6 +43,7 @@ finfo_v1!(pg_finfo_udm_may_read_audit);
 finfo_v1!(pg_finfo_udm_audit_visible);
 finfo_v1!(pg_finfo_udm_link_guard);
 finfo_v1!(pg_finfo_udm_tuple_objects);
+finfo_v1!(pg_finfo_udm_visible_ids);
 
 const ACCESS_GUARD: &str = "udm.access_guard";
 const LINK_GUARD: &str = "udm.link_guard";
@@ -115,6 +116,7 @@ fn enable(t: &Tenant) -> Result<()> {
             role: &t.role,
             access: true,
             model: Some(&*model),
+            citus: crate::citus::installed(),
         };
         let mut sql = String::new();
         for e in catalog::active_entities(t)? {
@@ -123,7 +125,7 @@ fn enable(t: &Tenant) -> Result<()> {
                 sql.push_str(";\n");
             }
         }
-        for s in udm_core::ddl::audit_access_sql(&t.schema) {
+        for s in udm_core::ddl::audit_access_sql(&t.schema, crate::citus::installed()) {
             sql.push_str(&s);
             sql.push_str(";\n");
         }
@@ -1130,12 +1132,97 @@ unsafe fn text_arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> String {
 }
 
 fn read_flags(schema: &str, entity: &str) -> Result<(bool, bool)> {
-    let t = member_tenant(schema)?;
-    let ctx = context(&t)?;
-    let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
-    // relations open records of the entity to members whose role may read the entity at all
-    let scoped = ctx.user.is_some() && ctx.perms.allows(&e.def.slug, Op::Read);
-    Ok((ctx.sees_all(&e), scoped))
+    crate::citus::nested(|| {
+        let t = member_tenant(schema)?;
+        let ctx = context(&t)?;
+        let e =
+            catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
+        // relations open records of the entity to members whose role may read the entity at all
+        let scoped = ctx.user.is_some() && ctx.perms.allows(&e.def.slug, Op::Read);
+        Ok((ctx.sees_all(&e), scoped))
+    })
+}
+
+/// The answer of an array-valued policy helper (`udm.tuple_objects`, `udm.visible_ids`) for
+/// the current command and its arguments (schema, entity), kept with the call (`fn_extra`):
+/// found on its first row, the same datum for every later row of the command. On a single node
+/// the policy calls them once per query (an InitPlan); on Citus (no sub-selects in policies) once
+/// per row, and `udm.id_in` then finds its set made already for this datum.
+unsafe fn per_command_ids(
+    fcinfo: pg_sys::FunctionCallInfo,
+    find: impl FnOnce(&str, &str) -> Result<Vec<pgrx::Uuid>>,
+) -> pg_sys::Datum {
+    struct Kept {
+        at: (u32, u32),
+        args: (String, String),
+        datum: pg_sys::Datum,
+    }
+    unsafe extern "C-unwind" fn free_kept(p: *mut std::os::raw::c_void) {
+        drop(unsafe { Box::from_raw(p as *mut Kept) });
+    }
+    unsafe {
+        let at = (
+            if pg_sys::MyProc.is_null() {
+                0
+            } else {
+                (*pg_sys::MyProc).lxid
+            },
+            pg_sys::GetCurrentCommandId(false),
+        );
+        let args = (text_arg(fcinfo, 0), text_arg(fcinfo, 1));
+        let flinfo = (*fcinfo).flinfo;
+        let mut kept = (*flinfo).fn_extra as *mut Kept;
+        if !kept.is_null() && (*kept).at == at && (*kept).args == args {
+            return (*kept).datum;
+        }
+        let ids = find(&args.0, &args.1).or_raise();
+        let old = pg_sys::MemoryContextSwitchTo((*flinfo).fn_mcxt);
+        let datum = ids.into_datum().expect("an array is never NULL");
+        pg_sys::MemoryContextSwitchTo(old);
+        if kept.is_null() {
+            kept = Box::into_raw(Box::new(Kept { at, args, datum }));
+            // what is kept goes when the query's memory does
+            let cb = pg_sys::MemoryContextAllocZero(
+                (*flinfo).fn_mcxt,
+                std::mem::size_of::<pg_sys::MemoryContextCallback>(),
+            ) as *mut pg_sys::MemoryContextCallback;
+            (*cb).func = Some(free_kept);
+            (*cb).arg = kept as *mut std::os::raw::c_void;
+            pg_sys::MemoryContextRegisterResetCallback((*flinfo).fn_mcxt, cb);
+            (*flinfo).fn_extra = kept as *mut std::os::raw::c_void;
+        } else {
+            // the previous answer stays allocated until the query ends: a new one never takes its
+            // address, which `udm.id_in` takes for the same list
+            *kept = Kept { at, args, datum };
+        }
+        datum
+    }
+}
+
+/// The records of `entity` the session sees, as the entity's own policy decides (its table read
+/// as the session): what a record inside the entity's scope, or a link to it, is tested against
+/// by the policies on Citus (`udm.visible_ids`).
+fn visible_ids(t: &Tenant, entity: &str) -> Result<Vec<pgrx::Uuid>> {
+    let e = catalog::entity_any(t, entity)?.ok_or_else(|| catalog::no_such_entity(t, entity))?;
+    Ok(crate::spi::select_one::<Vec<pgrx::Uuid>>(
+        &format!(
+            "SELECT coalesce(array_agg(\"id\"), '{{}}') FROM {}",
+            t.catalog(&e.def.slug)
+        ),
+        &[],
+    )?
+    .unwrap_or_default())
+}
+
+/// `udm.visible_ids(schema, entity)`: see `visible_ids`; once per command.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_visible_ids(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        per_command_ids(fcinfo, |schema, entity| {
+            crate::citus::nested(|| visible_ids(&*member_tenant(schema)?, entity))
+        })
+    }
 }
 
 /// The ids of the `uuid[]` an expression passes to `udm.id_in`, collected once per query (the
@@ -1351,9 +1438,9 @@ pub unsafe extern "C-unwind" fn udm_tuple_objects(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        let t = tenant_arg(fcinfo);
-        let ids = tuple_objects(&t, &text_arg(fcinfo, 1)).or_raise();
-        ids.into_datum().expect("an array is never NULL")
+        per_command_ids(fcinfo, |schema, entity| {
+            crate::citus::nested(|| tuple_objects(&*member_tenant(schema)?, entity))
+        })
     }
 }
 
@@ -1362,8 +1449,8 @@ pub unsafe extern "C-unwind" fn udm_tuple_objects(
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_access_user(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     unsafe {
-        let t = tenant_arg(fcinfo);
-        match context(&t).or_raise().user {
+        let user = crate::citus::nested(|| context(&tenant_arg(fcinfo)).or_raise().user);
+        match user {
             Some(u) => u.into_datum().expect("uuid datum"),
             None => {
                 (*fcinfo).isnull = true;
@@ -1481,7 +1568,11 @@ unsafe fn tenant_arg(fcinfo: pg_sys::FunctionCallInfo) -> Rc<Tenant> {
 pub unsafe extern "C-unwind" fn udm_may_read_audit(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    unsafe { pg_sys::Datum::from(reads_whole_audit(&tenant_arg(fcinfo)).or_raise()) }
+    unsafe {
+        pg_sys::Datum::from(crate::citus::nested(|| {
+            reads_whole_audit(&tenant_arg(fcinfo)).or_raise()
+        }))
+    }
 }
 
 /// `udm.audit_visible(schema, entity, record_id)`: the session may read this audit row.
@@ -1491,11 +1582,12 @@ pub unsafe extern "C-unwind" fn udm_audit_visible(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     unsafe {
-        let t = tenant_arg(fcinfo);
         let subject = text_arg(fcinfo, 1);
         let id =
             pg_getarg::<pgrx::Uuid>(fcinfo, 2).unwrap_or_else(|| pgrx::Uuid::from_bytes([0; 16]));
-        pg_sys::Datum::from(audit_visible(&t, &subject, id).or_raise())
+        pg_sys::Datum::from(crate::citus::nested(|| {
+            audit_visible(&tenant_arg(fcinfo), &subject, id).or_raise()
+        }))
     }
 }
 

@@ -402,7 +402,7 @@ pub fn move_tenant(
     port: i32,
     mode: Option<&str>,
 ) -> Result<serde_json::Value> {
-    crate::security::require_admin(&format!(
+    crate::access::security::require_admin(&format!(
         "move tenant \"{}\"",
         udm_core::ident::printable(slug)
     ))?;

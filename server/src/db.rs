@@ -111,6 +111,33 @@ async fn in_tenant<T: for<'a> tokio_postgres::types::FromSql<'a>>(
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<T, ApiError> {
+    in_tenant_as(app, who, read_only, sql, params, |e| {
+        failure("statement", e)
+    })
+    .await
+}
+
+/// `in_tenant` of a read-only statement whose errors are udm's refusals (`statement_error`
+/// gives their answer): the REST bridge's reads, in one round trip as GraphQL's.
+pub async fn read_in_tenant(
+    app: &App,
+    who: &Identity,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    statement_error: fn(tokio_postgres::Error) -> ApiError,
+) -> Result<RawJson, ApiError> {
+    let v: Option<RawJson> = in_tenant_as(app, who, true, sql, params, statement_error).await?;
+    Ok(v.unwrap_or_else(|| RawJson(b"null".to_vec())))
+}
+
+async fn in_tenant_as<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    app: &App,
+    who: &Identity,
+    read_only: bool,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    statement_error: impl FnOnce(tokio_postgres::Error) -> ApiError,
+) -> Result<T, ApiError> {
     let held = Held(Some(app.pool.get().await.map_err(|e| {
         tracing::warn!(error = %e, "no pooled connection");
         ApiError::unavailable()
@@ -145,7 +172,7 @@ async fn in_tenant<T: for<'a> tokio_postgres::types::FromSql<'a>>(
     if let Err(e) = selected {
         return Err(refused(e, who));
     }
-    let row = row.map_err(|e| failure("statement", e))?;
+    let row = row.map_err(statement_error)?;
     committed.map_err(|e| failure("COMMIT", e))?;
     row.try_get(0).map_err(|e| failure("result", e))
 }

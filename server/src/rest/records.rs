@@ -100,9 +100,9 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let pairs = query(&uri)?;
     let spec = list::spec(&pairs)?;
-    let s = session(&app, &headers, Mode::Read).await?;
-    let r = s.tx.raw(QUERY, &[&entity, &spec]).await;
-    let raw = s.tx.finish(r).await?;
+    let (who, _slot) = app.keys.admit(&headers, &app.per_token)?;
+    let raw =
+        crate::db::read_in_tenant(&app, &who, QUERY, &[&entity, &spec], problem::from_db).await?;
     // the page's records go to the client as the database wrote them: only the object around
     // them is read (its values stay unparsed text)
     let page: Page = serde_json::from_slice(&raw.0).map_err(|e| {

@@ -205,3 +205,24 @@ pub fn product_catalog(c: &mut Client, slug: &str, rows: i64) -> Duration {
     }
     d
 }
+
+/// The cursor of page 100 of the keyset query (active products by price, 50 a page) of the
+/// selected tenant, walked through `udm_query`'s `next_cursor`.
+pub fn page_100_cursor(c: &mut Client) -> serde_json::Value {
+    let page_spec = |cursor: &serde_json::Value| {
+        let mut s = serde_json::json!({"columns": ["name", "price"], "filters": {"status": "active"}, "sort": ["price"], "limit": 50});
+        if !cursor.is_null() {
+            s["cursor"] = cursor.clone();
+        }
+        s
+    };
+    let mut cursor = serde_json::Value::Null;
+    for _ in 0..99 {
+        let page: serde_json::Value = c
+            .query_one("SELECT udm_query('product', $1)", &[&page_spec(&cursor)])
+            .unwrap()
+            .get(0);
+        cursor = page["next_cursor"].clone();
+    }
+    cursor
+}

@@ -34,21 +34,7 @@ fn load(c: &mut postgres::Client, rows: i64) -> Duration {
 fn prepare(name: &'static str, mut c: postgres::Client) -> Side {
     c.batch_execute(&format!("SELECT udm_use('{SLUG}')"))
         .unwrap();
-    let page_spec = |cursor: &Value| {
-        let mut s = json!({"columns": ["name", "price"], "filters": {"status": "active"}, "sort": ["price"], "limit": 50});
-        if !cursor.is_null() {
-            s["cursor"] = cursor.clone();
-        }
-        s
-    };
-    let mut cursor = Value::Null;
-    for _ in 0..99 {
-        let page: Value = c
-            .query_one("SELECT udm_query('product', $1)", &[&page_spec(&cursor)])
-            .unwrap()
-            .get(0);
-        cursor = page["next_cursor"].clone();
-    }
+    let cursor = page_100_cursor(&mut c);
     let ids: Vec<String> = c
         .query(
             &format!("SELECT id::text FROM {SLUG}.product ORDER BY md5(id::text) LIMIT 1000"),

@@ -44,10 +44,6 @@ const Q1_ROW: &str =
     "jsonb_build_object('name', p.name, 'price', p.price, 'category_id.name', c.name, \
      'category_id.parent_id.name', pc.name, 'metadata.brand', p.metadata -> 'brand')";
 
-fn cursor_of(page: &Value) -> Value {
-    page["next_cursor"].clone()
-}
-
 fn main() {
     let rows: i64 = setting("ROWS", 1_000_000);
     let scale: usize = setting("ITER", 1);
@@ -64,21 +60,7 @@ fn main() {
     let only: Option<String> = std::env::var("CASES").ok();
 
     // the cursor of page 100 (sorted by price, filtered by status)
-    let page_spec = |cursor: &Value| {
-        let mut s = json!({"columns": ["name", "price"], "filters": {"status": "active"}, "sort": ["price"], "limit": 50});
-        if !cursor.is_null() {
-            s["cursor"] = cursor.clone();
-        }
-        s
-    };
-    let mut cursor = Value::Null;
-    for _ in 0..99 {
-        let page: Value = c
-            .query_one("SELECT udm_query('product', $1)", &[&page_spec(&cursor)])
-            .unwrap()
-            .get(0);
-        cursor = cursor_of(&page);
-    }
+    let cursor = page_100_cursor(&mut c);
     let (deep_cursor, (deep_price, deep_id)) = {
         let (keys, _) = udm_core_cursor(&cursor);
         (

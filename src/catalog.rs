@@ -176,13 +176,7 @@ fn refresh_if_stale() {
     // nodes (the coordinator), whose invalidations never reach this one: what this backend
     // cached holds for one transaction only.
     if crate::citus::on_worker() {
-        let lxid = unsafe {
-            if pg_sys::MyProc.is_null() {
-                0
-            } else {
-                (*pg_sys::MyProc).lxid
-            }
-        };
+        let lxid = crate::guc::local_xact();
         if WORKER_XACT.with(|x| x.replace(lxid)) != lxid || lxid == 0 {
             TENANTS_STALE.with(|s| s.set(true));
             STALE.with(|s| s.set(true));

@@ -38,13 +38,7 @@ pub fn installed() -> bool {
     if !loaded {
         return false;
     }
-    let lxid = unsafe {
-        if pg_sys::MyProc.is_null() {
-            0
-        } else {
-            (*pg_sys::MyProc).lxid
-        }
-    };
+    let lxid = crate::guc::local_xact();
     if let Some((x, v)) = INSTALLED.with(|c| c.get()) {
         if x == lxid && lxid != 0 {
             return v;

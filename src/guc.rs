@@ -166,9 +166,22 @@ thread_local! {
     static FAILED: std::cell::RefCell<Option<Selection>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The backend's local transaction number (new for every transaction, read-only ones too).
-fn local_xact() -> u32 {
-    unsafe { (*pg_sys::MyProc).lxid }
+/// The backend's local transaction number (new for every transaction, read-only ones too; 0
+/// before the backend has its PGPROC).
+pub fn local_xact() -> u32 {
+    unsafe {
+        if pg_sys::MyProc.is_null() {
+            0
+        } else {
+            (*pg_sys::MyProc).lxid
+        }
+    }
+}
+
+/// The current command: (local transaction number, command id). What udm keeps "once per
+/// command" is keyed by it.
+pub fn current_command() -> (u32, u32) {
+    (local_xact(), unsafe { pg_sys::GetCurrentCommandId(false) })
 }
 
 /// Marks a selection as under way: until `selection_succeeded`, the current settings are void

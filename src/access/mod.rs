@@ -494,7 +494,7 @@ pub fn strip_hidden(
 /// Answers found in the current command (the backend's local transaction and command id):
 /// relation tuples and records may change with the next command, not within one.
 struct PerCommand<K, V> {
-    at: (u64, u32),
+    at: (u32, u32),
     found: HashMap<K, V>,
 }
 
@@ -512,13 +512,7 @@ impl<K: std::hash::Hash + Eq, V: Copy> PerCommand<K, V> {
         key: K,
         find: impl FnOnce() -> Result<V>,
     ) -> Result<V> {
-        let at = unsafe {
-            (
-                // the backend's local transaction number: new for every transaction, read-only too
-                (*pg_sys::MyProc).lxid as u64,
-                pg_sys::GetCurrentCommandId(false),
-            )
-        };
+        let at = crate::guc::current_command();
         let hit = cache.with(|c| {
             let mut c = c.borrow_mut();
             if c.at != at {
@@ -1161,14 +1155,7 @@ unsafe fn per_command_ids(
         drop(unsafe { Box::from_raw(p as *mut Kept) });
     }
     unsafe {
-        let at = (
-            if pg_sys::MyProc.is_null() {
-                0
-            } else {
-                (*pg_sys::MyProc).lxid
-            },
-            pg_sys::GetCurrentCommandId(false),
-        );
+        let at = crate::guc::current_command();
         let args = (text_arg(fcinfo, 0), text_arg(fcinfo, 1));
         let flinfo = (*fcinfo).flinfo;
         let mut kept = (*flinfo).fn_extra as *mut Kept;

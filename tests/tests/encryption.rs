@@ -49,6 +49,22 @@ fn stored(adm: &mut Client, tenant: &str, column: &str, id: &str) -> String {
     )
 }
 
+/// Inserting `row` into the entity `sealed` (encrypted fields) answers the same JSON as into
+/// `plain` (the same fields, not encrypted), record ids and stamps aside.
+fn inserts_as_plain(c: &mut udm_tests::postgres::Client, row: &Value) {
+    let insert = |c: &mut udm_tests::postgres::Client, entity: &str| {
+        json(
+            c,
+            &format!(
+                "SELECT udm_insert('{entity}', {}) - ARRAY['id', 'created_at', 'updated_at']",
+                lit(&row.to_string())
+            ),
+        )
+    };
+    let (a, b) = (insert(c, "sealed"), insert(c, "plain"));
+    assert_eq!(a, b, "the same JSON as a plain entity");
+}
+
 #[test]
 fn values_are_ciphertext_at_rest_and_plaintext_through_udm() {
     let mut adm = admin();
@@ -1257,21 +1273,7 @@ fn json_and_date_fields_are_sealed_and_read_back_as_their_types() {
     );
     let row = json!({"name": "Ada", "doc": {"allergies": ["nuts"], "n": 1.50},
                      "born": "1915-12-10", "seen": "2026-03-01T10:00:00+02:00"});
-    let a = json(
-        &mut m.client,
-        &format!(
-            "SELECT udm_insert('sealed', {}) - ARRAY['id', 'created_at', 'updated_at']",
-            lit(&row.to_string())
-        ),
-    );
-    let b = json(
-        &mut m.client,
-        &format!(
-            "SELECT udm_insert('plain', {}) - ARRAY['id', 'created_at', 'updated_at']",
-            lit(&row.to_string())
-        ),
-    );
-    assert_eq!(a, b, "the same JSON as a plain entity");
+    inserts_as_plain(&mut m.client, &row);
     // plain SQL in another DateStyle and TimeZone: the same canonical value
     m.client
         .batch_execute(&format!(
@@ -2011,21 +2013,7 @@ fn time_and_duration_fields_are_sealed_and_read_back_as_their_types() {
         json!({"name": "c", "at": "00:00:00", "took": "PT0S"}),
     ];
     for row in &rows {
-        let a = json(
-            &mut m.client,
-            &format!(
-                "SELECT udm_insert('sealed', {}) - ARRAY['id', 'created_at', 'updated_at']",
-                lit(&row.to_string())
-            ),
-        );
-        let b = json(
-            &mut m.client,
-            &format!(
-                "SELECT udm_insert('plain', {}) - ARRAY['id', 'created_at', 'updated_at']",
-                lit(&row.to_string())
-            ),
-        );
-        assert_eq!(a, b, "the same JSON as a plain entity");
+        inserts_as_plain(&mut m.client, row);
     }
     // plain SQL in another IntervalStyle: the same canonical value, found by equality
     m.client

@@ -516,7 +516,14 @@ pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
             ..t.ctx()
         };
         check_literals(&ctx, &def)?;
-        let steps = ddl::create_entity(&ctx, &def)?;
+        let mut steps = ddl::create_entity(&ctx, &def)?;
+        if crate::audit::batch::is_batched(&t) {
+            // after CREATE TABLE, before the triggers
+            steps.insert(
+                1,
+                ddl::Step::Sql(crate::audit::batch::pointer_column_sql(&ctx.table(slug))),
+            );
+        }
         crate::crypto::ensure_keys(&t, &def)?;
         catch_pg(
             || {

@@ -17,6 +17,7 @@ pub static MAX_SPEC_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static MAX_LIST_VALUES: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static CACHE_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 pub static REQUIRE_LOCAL_SELECTION: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static AUDIT_BATCHES: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -120,6 +121,14 @@ pub fn init() {
         c"udm_use selects for the transaction only (is_local => true); a selection for the session is refused.",
         c"For login roles behind a pooler in transaction mode (ALTER ROLE ... SET udm.require_local_selection = on): a session's selection would stay on the server connection for the next client. Set by a superuser.",
         &REQUIRE_LOCAL_SELECTION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"udm.audit_batches",
+        c"Tenants created from now on keep their audit log in batches (experimental, issue 20).",
+        c"One row per chunk of a statement's changes instead of one per change; the view _udm_audit shows it one row per change. Not yet for tenants moved with udm_export_tenant or on Citus. Set by a superuser.",
+        &AUDIT_BATCHES,
         GucContext::Suset,
         GucFlags::default(),
     );

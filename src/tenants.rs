@@ -139,7 +139,11 @@ fn create_objects_with(slug: &str, name: Option<&str>, role: &str, audit_keys: b
          {audit} \
          COMMENT ON SCHEMA {s} IS {label}",
         catalog = catalog_table_sql(slug, role),
-        audit = crate::audit::tenant_tables_sql(slug, role, audit_keys),
+        audit = if audit_keys && crate::guc::AUDIT_BATCHES.get() && !crate::citus::installed() {
+            crate::audit::batch::tables_sql(slug, role)
+        } else {
+            crate::audit::tenant_tables_sql(slug, role, audit_keys)
+        },
         admin = quote_ident(ADMIN_ROLE_NAME),
         helpers = quote_ident(security::TENANT_ROLES),
         label = quote_literal(&label),

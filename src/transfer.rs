@@ -348,6 +348,21 @@ fn build_manifest(t: &Tenant, content: Content, count: bool) -> Result<Manifest>
 
 // ------------------------------------------------------------------ export
 
+/// Tenants with a batched audit log (`udm.audit_batches`, experimental) do not move yet.
+fn refuse_batched(t: &Tenant, call: &str) -> Result<()> {
+    if crate::audit::batch::is_batched(t) {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!(
+                "{call}: tenant \"{}\" keeps its audit log in batches, which cannot be exported or cloned yet",
+                t.slug
+            ),
+        )
+        .hint("tenants made with udm.audit_batches = off move as before"));
+    }
+    Ok(())
+}
+
 pub fn export(slug: &str) -> Result<Value> {
     require_admin_or_owner("export a tenant")?;
     if unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32 {
@@ -361,6 +376,7 @@ pub fn export(slug: &str) -> Result<Value> {
         )));
     }
     let t = catalog::tenant(slug)?.ok_or_else(|| catalog::no_such_tenant(slug))?;
+    refuse_batched(&t, "udm_export")?;
     set_local_formats()?;
     let direct = reads_everything();
     let me = caller();
@@ -1221,6 +1237,7 @@ pub fn clone_tenant(source: &str, new_slug: &str, with_data: bool) -> Result<Val
     require_admin_or_owner("clone a tenant")?;
     refuse_pending("udm_clone_tenant")?;
     let t = catalog::tenant(source)?.ok_or_else(|| catalog::no_such_tenant(source))?;
+    refuse_batched(&t, "udm_clone_tenant")?;
     validate_slug(SlugKind::Tenant, new_slug)?;
     let content = if with_data {
         Content::All

@@ -164,6 +164,10 @@ struct StampPlan {
     /// Attribute numbers of id, created_at, updated_at, created_by, updated_by, _version.
     system: [i32; 6],
     args: Vec<StampArg>,
+    /// A batched tenant's pointer column (`audit::batch::PTR_COLUMN`), and whether the entity
+    /// is audited (a change that is not keeps the row's pointer).
+    ptr: Option<i32>,
+    audited: bool,
 }
 
 enum StampArg {
@@ -240,12 +244,16 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
                 });
             }
         }
+        let ptr = crate::audit::batch::is_batched(&tt.tenant)
+            .then(|| col(crate::audit::batch::PTR_COLUMN, pg_sys::INT8OID));
         let p = std::rc::Rc::new(StampPlan {
             table: tt.name.clone(),
             schema: tt.tenant.schema.clone(),
             tenant: tt.tenant.clone(),
             system,
             args,
+            ptr,
+            audited: e.def.audit,
         });
         let bytes = 256 + p.table.len() + p.schema.len() + p.args.len() * 64;
         crate::cache::put(&STAMP_PLANS, relid, p.clone(), bytes);
@@ -340,6 +348,20 @@ pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) 
             set(a_uat, now, false);
             set(a_uby, actor, false);
             set(a_ver, pg_sys::Datum::from(next), false);
+        }
+        if let Some(a) = plan.ptr {
+            // the pointer of this change (the audit trigger records it there), whatever the
+            // row was given; a change that is not audited keeps the latest audited one's
+            if plan.audited {
+                let p = crate::audit::batch::next_pointer(&plan.tenant, (*rel).rd_id).or_raise();
+                set(a, pg_sys::Datum::from(p), false);
+            } else if is_insert {
+                set(a, pg_sys::Datum::from(0usize), true);
+            } else {
+                let mut n = false;
+                let v = pg_sys::heap_getattr(oldtup, a, desc, &mut n);
+                set(a, v, n);
+            }
         }
         for arg in &plan.args {
             match arg {

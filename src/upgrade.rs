@@ -111,7 +111,10 @@ pub fn upgrade_tenant(slug: &str) -> Result<Value> {
     for e in &entities {
         steps.extend(udm_core::ddl::refresh_sql(&ctx, &e.def)?);
     }
-    if t.access {
+    let batched = crate::audit::batch::is_batched(&t);
+    if t.access && batched {
+        steps.push(crate::audit::batch::access_sql(&t.schema));
+    } else if t.access {
         steps.push(format!(
             "DROP POLICY IF EXISTS {} ON {}",
             quote_ident(udm_core::ddl::ACCESS_POLICY),
@@ -128,7 +131,7 @@ pub fn upgrade_tenant(slug: &str) -> Result<Value> {
         quote_ident(&t.role)
     ));
     // 0.2.0: the BRIN of event ids
-    if t.relation("_udm_audit").is_some() {
+    if t.relation("_udm_audit").is_some() && !batched {
         steps.push(crate::audit::audit_id_index_sql(&t.schema));
     }
     as_owner(|| {

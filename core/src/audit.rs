@@ -75,6 +75,20 @@ pub fn chain_hash(i: &HashInput) -> [u8; 32] {
     chain_hash_with(&mut Vec::with_capacity(1024), i)
 }
 
+/// The hash of a chunk of the batched audit log: over its batch id, first slot and the hashes
+/// of its changes in order (each of which covers its change's content).
+pub fn batch_hash(batch_id: i64, first_slot: i32, hashes: &[[u8; 32]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"udm-audit-batch-v1");
+    h.update(batch_id.to_be_bytes());
+    h.update(first_slot.to_be_bytes());
+    h.update((hashes.len() as u64).to_be_bytes());
+    for x in hashes {
+        h.update(x);
+    }
+    h.finalize().into()
+}
+
 /// Why a row does not link to the row before it in its record's chain, if it does not.
 /// `before` is the previous row of the same record (its action and hash).
 pub fn link_error(
@@ -461,6 +475,17 @@ pub fn parse_report_options(kind: ReportKind, v: &Value) -> Result<ReportOptions
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_batch_hash_covers_position_order_and_every_hash() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let h = super::batch_hash(7, 0, &[a, b]);
+        assert_eq!(h, super::batch_hash(7, 0, &[a, b]));
+        assert_ne!(h, super::batch_hash(7, 0, &[b, a]));
+        assert_ne!(h, super::batch_hash(8, 0, &[a, b]));
+        assert_ne!(h, super::batch_hash(7, 1, &[a, b]));
+        assert_ne!(h, super::batch_hash(7, 0, &[a]));
+    }
+
     #[test]
     fn auditing_counts_from_when_it_was_last_switched_on() {
         assert_eq!(audited_since::<i32>(&[]), AuditedSince::Off);

@@ -125,9 +125,14 @@ fn enable(t: &Tenant) -> Result<()> {
                 sql.push_str(";\n");
             }
         }
-        for s in udm_core::ddl::audit_access_sql(&t.schema, crate::citus::installed()) {
-            sql.push_str(&s);
+        if crate::audit::batch::is_batched(t) {
+            sql.push_str(&crate::audit::batch::access_sql(&t.schema));
             sql.push_str(";\n");
+        } else {
+            for s in udm_core::ddl::audit_access_sql(&t.schema, crate::citus::installed()) {
+                sql.push_str(&s);
+                sql.push_str(";\n");
+            }
         }
         crate::spi::run(&sql, &[])?;
         Ok(())

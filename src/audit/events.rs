@@ -124,9 +124,10 @@ fn condition_plan(t: &Tenant, entity: &str, condition: &Value) -> Result<Conditi
     // database (any depth, any size)
     let image = |p: &str| {
         format!(
-            "(SELECT {} FROM {} WHERE audit_id = {p}::bigint)",
+            "(SELECT {} FROM {} WHERE audit_id = {p}::bigint{})",
             crate::audit::record_image_sql("coalesce(new_data, old_data)"),
-            audit_table(t)
+            audit_table(t),
+            crate::audit::ids_sql(t, p, p)
         )
     };
     let tpl = udm_core::query::image_condition(&*m, entity, condition, &image)
@@ -255,14 +256,15 @@ pub fn unsubscribe(entity: &str, target: &str) -> Result<Value> {
 /// commit.
 fn horizon(t: &Tenant) -> Result<i64> {
     as_owner(|| {
-        let seq = crate::spi::select_one::<i64>(
-            &format!(
+        let last = if super::batch::is_batched(t) {
+            super::batch::last_event_sql(t)
+        } else {
+            format!(
                 "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {}",
                 t.catalog("_udm_audit_audit_id_seq")
-            ),
-            &[],
-        )?
-        .unwrap_or(0);
+            )
+        };
+        let seq = crate::spi::select_one::<i64>(&last, &[])?.unwrap_or(0);
         let held = crate::spi::select_one::<i64>(
             "SELECT min(((l.classid::bigint & 65535) << 32) | l.objid::bigint) FROM pg_catalog.pg_locks l \
              WHERE l.locktype = 'advisory' AND l.objsubid = 1 \
@@ -384,9 +386,10 @@ fn read_events_as(
     let sql = format!(
         "SELECT audit_id, entity, record_id::text, action, record_version, changed_fields, user_id, \
            changed_at, txid{} \
-         FROM {} WHERE audit_id > $1::bigint AND audit_id <= $2::bigint ORDER BY audit_id LIMIT $3::bigint",
+         FROM {} WHERE audit_id > $1::bigint AND audit_id <= $2::bigint{} ORDER BY audit_id LIMIT $3::bigint",
         if old { ", old_data" } else { "" },
-        audit_table(t)
+        audit_table(t),
+        crate::audit::ids_sql(t, "$1", "$2")
     );
     let plan = crate::query::rawspi::prepare(&sql, 3)?;
     // Read with a snapshot taken after the horizon: every event at or below it was written by a
@@ -699,20 +702,27 @@ pub fn event_heads(slugs: &[String]) -> Result<Vec<(String, i64, String)>> {
     if found.is_empty() {
         return Ok(Vec::new());
     }
-    let seqs: Vec<String> = found
+    // a batched log's head is the last event id its newest batch can hold
+    let (seqs, slots): (Vec<String>, Vec<i64>) = found
         .iter()
-        .map(|t| t.catalog("_udm_audit_audit_id_seq"))
-        .collect();
+        .map(|t| {
+            if super::batch::is_batched(t) {
+                (t.catalog(super::batch::SEQ), super::batch::SLOTS)
+            } else {
+                (t.catalog("_udm_audit_audit_id_seq"), 1)
+            }
+        })
+        .unzip();
     let heads = as_owner(|| {
         let plan = crate::spi::prepared(
-            "SELECT coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass(q)), 0) \
-             FROM unnest($1::text[]) WITH ORDINALITY AS u(q, n) ORDER BY n",
-            &[pg_sys::TEXTARRAYOID],
+            "SELECT coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass(q)) * m + (m - 1), 0) \
+             FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(q, m, n) ORDER BY n",
+            &[pg_sys::TEXTARRAYOID, pg_sys::INT8ARRAYOID],
             false,
         )?;
         Spi::connect(|c| {
             let mut out = Vec::with_capacity(seqs.len());
-            for r in c.select(&*plan, None, &[seqs.clone().into()])? {
+            for r in c.select(&*plan, None, &[seqs.clone().into(), slots.clone().into()])? {
                 out.push(r.get::<i64>(1)?.unwrap_or(0));
             }
             Ok::<_, pgrx::spi::Error>(out)

@@ -171,10 +171,20 @@ fn change_summary(
 
 /// The audit rows of a record, newest first, with their entity versions (images not yet
 /// summarised nor stripped).
-fn history_rows(sql: &str, id: Uuid, entity: &str) -> Result<Vec<(HistoryRow, Option<i32>)>> {
+fn history_rows(
+    sql: &str,
+    id: Uuid,
+    entity: &str,
+    chains: Option<(Vec<i64>, Vec<i64>)>,
+) -> Result<Vec<(HistoryRow, Option<i32>)>> {
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![id.into(), entity.into()];
+    if let Some((ptrs, batches)) = chains {
+        args.push(ptrs.into());
+        args.push(batches.into());
+    }
     Spi::connect(|c| {
         let mut out = Vec::new();
-        for r in c.select(sql, None, &[id.into(), entity.into()])? {
+        for r in c.select(sql, None, &args)? {
             out.push((
                 HistoryRow {
                     version: r.get::<i32>(1)?,
@@ -198,16 +208,29 @@ fn history_rows(sql: &str, id: Uuid, entity: &str) -> Result<Vec<(HistoryRow, Op
     .map_err(spi_err)
 }
 
+/// A batched log's record filter (`batch::record_filter`) as (its arguments, its SQL).
+pub(crate) fn split(
+    f: Option<(String, Vec<i64>, Vec<i64>)>,
+) -> (Option<(Vec<i64>, Vec<i64>)>, String) {
+    match f {
+        Some((sql, ptrs, batches)) => (Some((ptrs, batches)), sql),
+        None => (None, String::new()),
+    }
+}
+
 pub fn history(entity: &str, id: Uuid) -> Result<Vec<HistoryRow>> {
     let (t, e) = tenant_and_entity(entity)?;
+    let (chains, filter) = split(crate::audit::batch::record_filter(
+        &t, entity, id, false, 3,
+    )?);
     let sql = format!(
         "SELECT record_version, action, changed_fields, user_id, db_role, changed_at, txid, audit_id, old_data, new_data, entity_version \
-         FROM {} WHERE record_id = $1 AND entity = $2 ORDER BY audit_id DESC",
+         FROM {} WHERE record_id = $1 AND entity = $2{filter} ORDER BY audit_id DESC",
         audit_table(&t)
     );
     let mut hidden = Hidden::of(&t)?;
     let mut rows = Vec::new();
-    for (r, version) in history_rows(&sql, id, entity)? {
+    for (r, version) in history_rows(&sql, id, entity, chains)? {
         let HistoryRow {
             action,
             changed_fields,
@@ -412,15 +435,23 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
     if e.is_none() {
         return Err(catalog::no_such_entity(&t, entity));
     }
+    let (chains, filter) = split(crate::audit::batch::record_filter(
+        &t, entity, id, false, 4,
+    )?);
     let sql = format!(
         "SELECT CASE WHEN action = 'DELETE' THEN NULL ELSE {} END, entity_version FROM {} \
-         WHERE record_id = $1 AND entity = $2 AND changed_at <= $3 ORDER BY audit_id DESC LIMIT 1",
+         WHERE record_id = $1 AND entity = $2 AND changed_at <= $3{filter} ORDER BY audit_id DESC LIMIT 1",
         crate::audit::record_image_sql("new_data"),
         audit_table(&t)
     );
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![id.into(), entity.into(), at.into()];
+    if let Some((ptrs, batches)) = chains {
+        args.push(ptrs.into());
+        args.push(batches.into());
+    }
     let row = Spi::connect(|c| {
         let mut out = None;
-        for r in c.select(&sql, Some(1), &[id.into(), entity.into(), at.into()])? {
+        for r in c.select(&sql, Some(1), &args)? {
             out = Some((r.get::<RawJsonb>(1)?, r.get::<i32>(2)?));
         }
         Ok::<_, pgrx::spi::Error>(out)
@@ -460,11 +491,17 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
 
 /// The newest version number the audit knows for a record.
 fn last_version(t: &Tenant, entity: &str, id: Uuid) -> Result<i32> {
+    let (chains, filter) = split(crate::audit::batch::record_filter(t, entity, id, false, 3)?);
     let sql = format!(
-        "SELECT max(record_version) FROM {} WHERE record_id = $1 AND entity = $2",
+        "SELECT max(record_version) FROM {} WHERE record_id = $1 AND entity = $2{filter}",
         audit_table(t)
     );
-    Ok(crate::spi::select_one::<i32>(&sql, &[id.into(), entity.into()])?.unwrap_or(0))
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![id.into(), entity.into()];
+    if let Some((ptrs, batches)) = chains {
+        args.push(ptrs.into());
+        args.push(batches.into());
+    }
+    Ok(crate::spi::select_one::<i32>(&sql, &args)?.unwrap_or(0))
 }
 
 fn exists(t: &Tenant, entity: &str, id: Uuid) -> Result<bool> {
@@ -580,14 +617,20 @@ pub fn rollback(
     let t = catalog::current_tenant()?;
     let e = catalog::entity(&t, entity)?;
     let what = format!("cannot roll back {entity} {id} to version {version}");
+    let (chains, filter) = split(crate::audit::batch::record_filter(&t, entity, id, true, 4)?);
     let sql = format!(
         "SELECT new_data, entity_version, audit_id, txid FROM {} WHERE record_id = $1 AND entity = $2 \
-         AND record_version = $3 AND action <> 'DELETE' ORDER BY audit_id DESC LIMIT 1",
+         AND record_version = $3 AND action <> 'DELETE'{filter} ORDER BY audit_id DESC LIMIT 1",
         audit_table(&t)
     );
+    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![id.into(), entity.into(), version.into()];
+    if let Some((ptrs, batches)) = chains.clone() {
+        args.push(ptrs.into());
+        args.push(batches.into());
+    }
     let row = Spi::connect(|c| {
         let mut out = None;
-        for r in c.select(&sql, Some(1), &[id.into(), entity.into(), version.into()])? {
+        for r in c.select(&sql, Some(1), &args)? {
             out = Some((
                 r.get::<JsonB>(1)?.map(|j| j.0),
                 r.get::<i32>(2)?,
@@ -647,13 +690,23 @@ pub fn rollback(
     if !link_fields.is_empty() {
         // the links of that version: every link change up to the next transaction that changed
         // the record or its links
+        let filter = chains
+            .as_ref()
+            .map(|_| " AND audit_id = ANY($5::bigint[]) AND batch_id = ANY($6::bigint[])")
+            .unwrap_or_default();
+        let mut args: Vec<pgrx::datum::DatumWithOid> =
+            vec![id.into(), entity.into(), at_id.into(), at_tx.into()];
+        if let Some((ptrs, batches)) = chains {
+            args.push(ptrs.into());
+            args.push(batches.into());
+        }
         let boundary = crate::spi::select_one::<i64>(
             &format!(
                 "SELECT min(audit_id) FROM {} WHERE record_id = $1 \
-                   AND (entity = $2 OR starts_with(entity, $2 || '.')) AND audit_id > $3 AND txid <> $4",
+                   AND (entity = $2 OR starts_with(entity, $2 || '.')) AND audit_id > $3 AND txid <> $4{filter}",
                 audit_table(&t)
             ),
-            &[id.into(), entity.into(), at_id.into(), at_tx.into()],
+            &args,
         )?;
         let changes = crate::audit::links::changes(&t, &e, id, None)?;
         let links = udm_core::audit::links_after(

@@ -50,14 +50,27 @@ pub fn changes(
     id: Uuid,
     at: Option<TimestampWithTimeZone>,
 ) -> Result<Vec<LinkRow>> {
+    let (chains, filter) = crate::audit::history::split(crate::audit::batch::record_filter(
+        t,
+        &e.def.slug,
+        id,
+        true,
+        4,
+    )?);
     let sql = format!(
         "SELECT audit_id, txid, entity, entity_version, old_data->>'target_id', new_data->>'target_id', \
            user_id, db_role, changed_at \
          FROM {} WHERE record_id = $1 AND starts_with(entity, $2) \
-           AND ($3::timestamptz IS NULL OR changed_at <= $3) ORDER BY audit_id",
+           AND ($3::timestamptz IS NULL OR changed_at <= $3){filter} ORDER BY audit_id",
         crate::audit::audit_table(t)
     );
     let prefix = format!("{}.", e.def.slug);
+    let mut args: Vec<pgrx::datum::DatumWithOid> =
+        vec![id.into(), prefix.as_str().into(), at.into()];
+    if let Some((ptrs, batches)) = chains {
+        args.push(ptrs.into());
+        args.push(batches.into());
+    }
     type Raw = (
         i64,
         i64,
@@ -71,7 +84,7 @@ pub fn changes(
     );
     let raw: Vec<Raw> = Spi::connect(|c| {
         let mut out = Vec::new();
-        for r in c.select(&sql, None, &[id.into(), prefix.as_str().into(), at.into()])? {
+        for r in c.select(&sql, None, &args)? {
             out.push((
                 r.get::<i64>(1)?.unwrap_or(0),
                 r.get::<i64>(2)?.unwrap_or(0),

@@ -28,6 +28,7 @@ use udm_core::error::UdmError;
 use udm_core::ident::{quote_ident, SYSTEM_COLUMNS};
 use udm_core::types::FieldType;
 
+pub mod batch;
 pub mod events;
 pub mod history;
 pub mod links;
@@ -141,6 +142,17 @@ pub fn audit_table(t: &Tenant) -> String {
     t.catalog("_udm_audit")
 }
 
+/// For readers of the audit log by audit id (`first` <= id <= `last`, SQL expressions): what
+/// they add to their WHERE clause so that a batched log reads only the chunks holding those ids
+/// (nothing for a per-change table, whose BRIN finds them).
+pub fn ids_sql(t: &Tenant, first: &str, last: &str) -> String {
+    if batch::is_batched(t) {
+        batch::chunks_sql(first, last)
+    } else {
+        String::new()
+    }
+}
+
 // ------------------------------------------------------------------ per-table shape
 
 enum Kind {
@@ -149,6 +161,8 @@ enum Kind {
         version: usize,
         /// (field name, attribute index) of audited fields (system columns excluded).
         fields: Vec<(String, usize)>,
+        /// The pointer column of a batched tenant's entity (`batch::PTR_COLUMN`).
+        ptr: Option<usize>,
     },
     Junction {
         source: usize,
@@ -187,6 +201,10 @@ struct Pending {
     /// Whether the change is announced with `pg_notify` (record changes; lock events are only
     /// in the outbox: a notification serialises commits, which lock heartbeats would pay for).
     notify: bool,
+    /// Batched log: the change's pointer (from the row the stamp trigger gave it one) and the
+    /// pointer of the record's previous change (from the old row).
+    ptr: Option<i64>,
+    prev_ptr: Option<i64>,
 }
 
 /// (schema, entity, record id) of a hash chain.
@@ -229,6 +247,7 @@ fn reset_transaction_state() {
     ROLLBACK_DEPTH.with(|d| d.set(0));
     RESTORE_VERSION.with(|r| r.set(None));
     USER_CACHE.with(|u| *u.borrow_mut() = None);
+    batch::reset_transaction_state();
 }
 
 #[pg_guard]
@@ -269,6 +288,7 @@ unsafe extern "C-unwind" fn on_subxact(
             // rows written in the subtransaction are gone, and so are its locks
             HEADS.with(|h| h.borrow_mut().clear());
             HORIZON.with(|h| h.borrow_mut().clear());
+            batch::forget_chain();
         }
         _ => {}
     }
@@ -365,12 +385,18 @@ unsafe fn build_shape(td: *mut pg_sys::TriggerData) -> Result<Shape> {
                 fields.push((f.name.clone(), i));
             }
             let json = RowJson::new(desc, &cols);
+            let ptr = if batch::is_batched(&tt.tenant) {
+                Some(typed(batch::PTR_COLUMN, pg_sys::INT8OID))
+            } else {
+                None
+            };
             (
                 slug.to_string(),
                 Kind::Entity {
                     id: typed("id", pg_sys::UUIDOID),
                     version: typed("_version", pg_sys::INT4OID),
                     fields,
+                    ptr,
                 },
                 json,
             )
@@ -515,12 +541,21 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
         };
         let json = shape.json.as_ref().expect("shape json");
         let mut old_only: Option<Vec<bool>> = None;
+        let mut ptrs = (None, None);
         let (record_id, record_version, changed, lookup) = match &shape.kind {
             Kind::Entity {
                 id,
                 version,
                 fields,
+                ptr,
             } => {
+                if let Some(p) = *ptr {
+                    let at = |row: &Option<(Vec<pg_sys::Datum>, Vec<bool>)>| {
+                        row.as_ref()
+                            .and_then(|(v, n)| (!n[p]).then(|| v[p].value() as i64))
+                    };
+                    ptrs = (at(&new), at(&old));
+                }
                 let (v, n) = new.as_ref().or(old.as_ref()).expect("a row");
                 let record_version = (!n[*version]).then(|| v[*version].value() as i32);
                 let changed = match (&old, &new) {
@@ -582,6 +617,8 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
             at: pg_sys::GetCurrentStatementStartTimestamp(),
             lookup,
             notify: true,
+            ptr: ptrs.0,
+            prev_ptr: ptrs.1,
         };
         let len = BUFFER.with(|b| {
             let mut b = b.borrow_mut();
@@ -680,7 +717,23 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
             "udm audit: \"{schema}\" is not a udm tenant schema"
         )));
     };
-    let table = store::of(&t)?;
+    let ids = if batch::is_batched(&t) {
+        batch::write(&t, entries)?
+    } else {
+        write_rows(&t, schema, entries)?
+    };
+    let announced: Vec<(&Pending, i64)> = entries
+        .iter()
+        .zip(ids.iter().copied())
+        .filter(|(e, _)| e.notify)
+        .collect();
+    announce(&t, &announced);
+    Ok(())
+}
+
+/// Writes changes as rows of the per-change log; returns their audit ids.
+fn write_rows(t: &Tenant, schema: &str, entries: &[Pending]) -> Result<Vec<i64>> {
+    let table = store::of(t)?;
     // the previous hash of each record this transaction has not written yet
     let wanted: Vec<(Rc<str>, [u8; 16])> = HEADS.with(|h| {
         let h = h.borrow();
@@ -767,14 +820,14 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
     }
     let ids = writer.append(&rows);
     drop(writer);
-    let announced: Vec<(&Pending, i64)> = entries
-        .iter()
-        .zip(ids.iter().copied())
-        .filter(|(e, _)| e.notify)
-        .collect();
+    Ok(ids)
+}
+
+/// Queues the notifications of written changes.
+fn announce(t: &Tenant, announced: &[(&Pending, i64)]) {
     let n = announced.len();
     if n == 0 || !crate::guc::NOTIFY_CHANGES.get() {
-        return Ok(());
+        return;
     }
     if n <= NOTIFY_EACH_UP_TO {
         for (e, id) in announced.iter() {
@@ -797,7 +850,6 @@ fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
         });
         notify(&t.channel, &payload.to_string());
     }
-    Ok(())
 }
 
 fn notify(channel: &str, payload: &str) {
@@ -922,6 +974,8 @@ pub fn record_event(
         at: unsafe { pg_sys::GetCurrentStatementStartTimestamp() },
         lookup: true,
         notify: false,
+        ptr: None,
+        prev_ptr: None,
     };
     BUFFER.with(|b| b.borrow_mut().push(entry));
     flush();

@@ -911,8 +911,9 @@ fn event_response(
     let audit = crate::audit::audit_table(t);
     let image = |p: &str| {
         format!(
-            "(SELECT {} FROM {audit} WHERE audit_id = {p}::bigint)",
-            crate::audit::record_image_sql("coalesce(new_data, old_data)")
+            "(SELECT {} FROM {audit} WHERE audit_id = {p}::bigint{})",
+            crate::audit::record_image_sql("coalesce(new_data, old_data)"),
+            crate::audit::ids_sql(t, p, p)
         )
     };
     let out = guarded(|| {

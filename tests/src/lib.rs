@@ -54,11 +54,20 @@ pub fn login_role(admin: &mut Client, prefix: &str) -> String {
 }
 
 /// A fresh tenant; returns its slug.
+/// With `UDM_TEST_AUDIT_BATCHES=1` (the integration tier runs the audit suites a second time so),
+/// tenants keep their audit log in batches (`udm.audit_batches`, issue 20).
 pub fn tenant(admin: &mut Client, prefix: &str) -> String {
     let slug = unique(prefix);
+    let batches = std::env::var("UDM_TEST_AUDIT_BATCHES").is_ok_and(|v| v == "1");
+    if batches {
+        admin.batch_execute("SET udm.audit_batches = on").unwrap();
+    }
     admin
         .query_one("SELECT udm_create_tenant($1)", &[&slug])
         .unwrap();
+    if batches {
+        admin.batch_execute("RESET udm.audit_batches").unwrap();
+    }
     slug
 }
 

@@ -7,6 +7,13 @@ use postgres::fallible_iterator::FallibleIterator;
 use std::time::Duration;
 use udm_tests::*;
 
+/// Whether this run's tenants keep their audit log in batches (`UDM_TEST_AUDIT_BATCHES=1`, see
+/// `udm_tests::tenant`). The tests that edit the per-change table's storage directly (tampering,
+/// damage) are for that layout; audit_batches.rs has their batched counterparts.
+fn batched() -> bool {
+    std::env::var("UDM_TEST_AUDIT_BATCHES").is_ok_and(|v| v == "1")
+}
+
 fn shop(m: &mut Member) {
     for def in [
         r#"SELECT udm_define_entity('category', '{"fields": [{"name": "name", "type": "text", "required": true}]}')"#,
@@ -191,6 +198,9 @@ fn every_write_path_is_recorded_with_images_and_who() {
 
 #[test]
 fn tenants_cannot_write_the_log_and_tampering_is_found() {
+    if batched() {
+        return;
+    }
     let mut adm = admin();
     let mut m = member(&mut adm, "audt");
     shop(&mut m);
@@ -249,6 +259,9 @@ fn tenants_cannot_write_the_log_and_tampering_is_found() {
 /// was off are not counted against it.
 #[test]
 fn verify_reports_a_live_record_whose_newest_audit_rows_are_gone() {
+    if batched() {
+        return;
+    }
     let mut adm = admin();
     let mut m = member(&mut adm, "audh");
     shop(&mut m);
@@ -627,8 +640,12 @@ fn events_are_read_in_id_ranges_across_gaps() {
             assert_eq!(page["last_event"], after, "{page}");
             break;
         }
+        // (a batched log's horizon is the end of the newest batch's ids: a short page ends
+        // before it, and the next one is empty)
         assert!(
-            ids.len() == 1000 || page["last_event"] == page["horizon"],
+            ids.len() == 1000
+                || page["last_event"] == page["horizon"]
+                || (batched() && page["last_event"].as_i64() <= page["horizon"].as_i64()),
             "a short page ends at the horizon: {page}"
         );
         after = page["last_event"].as_i64().unwrap();
@@ -641,6 +658,31 @@ fn events_are_read_in_id_ranges_across_gaps() {
     );
     let gap = seen.windows(2).map(|w| w[1] - w[0]).max().unwrap();
     assert!(gap > 20_000, "the rolled-back ids are a gap: {gap}");
+    if batched() {
+        // a batched log: the ids after a cursor are read from the chunks holding them, found by
+        // the log's primary key (the condition udm_events adds, `audit::ids_sql`)
+        let last = seen.last().unwrap();
+        let plan: Vec<String> = m
+            .client
+            .query(
+                &format!(
+                    "EXPLAIN SELECT audit_id FROM \"{s}\"._udm_audit WHERE audit_id > {} AND audit_id <= {last} \
+                       AND batch_id BETWEEN {} / 1024 AND {last} / 1024 ORDER BY audit_id LIMIT 100",
+                    last - 1,
+                    last - 1
+                ),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            plan.iter().any(|l| l.contains("_udm_audit_log_pkey")),
+            "{plan:?}"
+        );
+        return;
+    }
     // the audit log's keys: (record_id, audit_id), and a BRIN for time, transaction and id
     let indexes: Vec<String> = m
         .client
@@ -1080,8 +1122,8 @@ fn images_equal_to_jsonb_for_every_field_type() {
         .client
         .query(
             &format!(
-                r#"SELECT a.new_data::text, (to_jsonb(e) - 'id' - '_version')::text,
-                          a.new_data = to_jsonb(e) - 'id' - '_version', a.action
+                r#"SELECT a.new_data::text, (to_jsonb(e) - 'id' - '_version' - '_audit_ptr')::text,
+                          a.new_data = to_jsonb(e) - 'id' - '_version' - '_audit_ptr', a.action
                    FROM "{s}"._udm_audit a JOIN "{s}".every e ON e.id = a.record_id
                    WHERE a.entity = 'every'
                      AND a.audit_id IN (SELECT max(audit_id) FROM "{s}"._udm_audit GROUP BY record_id)"#
@@ -1114,7 +1156,7 @@ fn images_equal_to_jsonb_for_every_field_type() {
             .client
             .query(
                 &format!(
-                    r#"SELECT (udm_get('every', e.id) - 'ref')::text, (to_jsonb(e) - 'ref')::text FROM "{s}".every e"#
+                    r#"SELECT (udm_get('every', e.id) - 'ref')::text, (to_jsonb(e) - 'ref' - '_audit_ptr')::text FROM "{s}".every e"#
                 ),
                 &[],
             )
@@ -1130,7 +1172,7 @@ fn images_equal_to_jsonb_for_every_field_type() {
                 .query_one(
                     &format!(
                         r#"SELECT (udm_query('every', '{{"sort": ["an"], "limit": 3}}') -> 'rows')::text,
-                                  (SELECT jsonb_agg(x.j ORDER BY x.an) FROM (SELECT to_jsonb(e) AS j, e.an FROM "{s}".every e ORDER BY e.an LIMIT 3) x)::text"#
+                                  (SELECT jsonb_agg(x.j ORDER BY x.an) FROM (SELECT to_jsonb(e) - '_audit_ptr' AS j, e.an FROM "{s}".every e ORDER BY e.an LIMIT 3) x)::text"#
                     ),
                     &[],
                 )
@@ -1266,6 +1308,9 @@ fn chains_hold_under_waiting_writers_savepoints_and_big_statements() {
 /// missing, nothing is written unaudited, and writes work again once it is repaired.
 #[test]
 fn writes_are_refused_while_the_audit_log_is_damaged() {
+    if batched() {
+        return;
+    }
     let mut adm = admin();
     let mut m = member(&mut adm, "audmg");
     shop(&mut m);

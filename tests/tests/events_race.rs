@@ -264,7 +264,12 @@ fn event_heads_answer_for_the_callers_tenants_only() {
         ))
         .unwrap();
     let after = heads(&mut m.client, &[&t]);
-    assert_eq!(after[0].1, before[0].1 + 3, "{before:?} {after:?}");
+    if std::env::var("UDM_TEST_AUDIT_BATCHES").is_ok_and(|v| v == "1") {
+        // a batched log's head is the last id its newest batch can hold
+        assert!(after[0].1 >= before[0].1 + 3, "{before:?} {after:?}");
+    } else {
+        assert_eq!(after[0].1, before[0].1 + 3, "{before:?} {after:?}");
+    }
     // the admin may use both
     let both = heads(&mut adm, &[&other, &t]);
     assert_eq!(both.len(), 2, "{both:?}");

@@ -7,14 +7,20 @@
 //! and, in the bulk phase only, (a'') and (c'') as (a') and (c) with the plain tables' random
 //! `gen_random_uuid()` ids instead of udm's time-ordered ones (what the id default is worth).
 //!
+//! and (d), the same udm entity in a tenant whose audit log is batched (`udm.audit_batches`,
+//! issue 20: one log row per chunk of up to 1,000 changes, record pointers instead of a
+//! per-change index).
+//!
 //! Goals (issue 4): (c) bulk insert <= 1.5x unaudited; (c) at least 1.5x faster than (b);
-//! single-row update throughput of (c) >= 0.8x unaudited. Also reported: audit bytes per change.
+//! single-row update throughput of (c) >= 0.8x unaudited. Issue 20: (d) bulk insert <= 1.3x
+//! unaudited, update of all rows <= 1.5x, single-row update throughput >= 0.9x. Also reported:
+//! audit bytes per change.
 
 use std::process::Command;
 use std::time::Duration;
 use udm_bench::*;
 
-const VARIANTS: [(&str, &str); 6] = [
+const VARIANTS: [(&str, &str); 7] = [
     ("plain", "(a) plain table, no audit"),
     ("udm_off", "(a') udm entity, audit off"),
     ("plpgsql", "(b) plain table + PL/pgSQL trigger"),
@@ -23,7 +29,10 @@ const VARIANTS: [(&str, &str); 6] = [
     // ids the plain tables have (bulk phase only)
     ("udm_off_random", "(a'') audit off, gen_random_uuid() ids"),
     ("udm_random", "(c'') native audit, gen_random_uuid() ids"),
+    ("udm_batches", "(d) udm entity, batched audit log"),
 ];
+/// Index of (d) in VARIANTS.
+const BATCHES: usize = 6;
 /// The variants pgbench runs (the random-id ones are for the bulk phase).
 const PGBENCH_VARIANTS: usize = 4;
 
@@ -34,13 +43,14 @@ fn table(v: &str) -> &'static str {
         "udm_off" => "ab.item_off",
         "udm_off_random" => "ab.item_off_random",
         "udm_random" => "ab.item_random",
+        "udm_batches" => "abb.item",
         _ => "ab.item",
     }
 }
 
 fn setup(c: &mut postgres::Client) {
     let mut pg = connect("postgres");
-    let _ = pg.batch_execute("DROP ROLE IF EXISTS tenant_ab");
+    let _ = pg.batch_execute("DROP ROLE IF EXISTS tenant_ab; DROP ROLE IF EXISTS tenant_abb");
     c.batch_execute("SELECT udm_create_tenant('ab'); SELECT udm_use('ab');")
         .unwrap();
     // the 7-column entity, audited and not, with udm's ids and with random ones
@@ -68,6 +78,18 @@ fn setup(c: &mut postgres::Client) {
             .unwrap();
         }
     }
+    // (d): a tenant whose audit log is batched
+    c.batch_execute(
+        "SET udm.audit_batches = on; SELECT udm_create_tenant('abb'); RESET udm.audit_batches; \
+         SELECT udm_use('abb')",
+    )
+    .unwrap();
+    c.execute(
+        "SELECT udm_define_entity('item', $1::text::jsonb)",
+        &[&format!(r#"{{"audit": true, "fields": {fields}}}"#)],
+    )
+    .unwrap();
+    c.batch_execute("SELECT udm_use('ab')").unwrap();
     c.batch_execute(
         r#"CREATE TABLE public.t_plain (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text,
              price numeric(12,2), status text, metadata jsonb,
@@ -94,7 +116,8 @@ fn setup(c: &mut postgres::Client) {
 
 fn reset(c: &mut postgres::Client) {
     c.batch_execute(
-        "TRUNCATE public.t_plain, public.t_plpgsql, public.audit_log, ab.item, ab.item_off, ab.item_random, ab.item_off_random, ab._udm_audit",
+        "TRUNCATE public.t_plain, public.t_plpgsql, public.audit_log, ab.item, ab.item_off, ab.item_random, ab.item_off_random, ab._udm_audit, \
+         abb.item, abb._udm_audit_log, abb._udm_audit_heads",
     )
     .unwrap();
 }
@@ -172,7 +195,7 @@ fn main() {
     ));
     let mut ins: Vec<Vec<Duration>> = vec![vec![]; VARIANTS.len()];
     let mut upd: Vec<Vec<Duration>> = vec![vec![]; VARIANTS.len()];
-    let mut bytes = (0f64, 0f64);
+    let mut bytes = (0f64, 0f64, 0f64);
     for _ in 0..rounds {
         for (k, (v, _)) in VARIANTS.iter().enumerate() {
             reset(&mut c);
@@ -192,6 +215,16 @@ fn main() {
                     )
                     .unwrap();
                 bytes.0 = r.get(0);
+            }
+            if *v == "udm_batches" {
+                let r = c
+                    .query_one(
+                        "SELECT pg_total_relation_size('abb._udm_audit_log')::float8 \
+                           / sum(cardinality(record_ids)) FROM abb._udm_audit_log",
+                        &[],
+                    )
+                    .unwrap();
+                bytes.2 = r.get(0);
             }
             if *v == "plpgsql" {
                 let r = c
@@ -254,15 +287,33 @@ fn main() {
         "  bulk insert (b) / (c''): with random ids udm is {:.2}x faster than the PL/pgSQL trigger",
         i[2] / i[5]
     );
+    ratio(
+        "bulk insert (d) batched / (a') udm unaudited",
+        i[BATCHES],
+        i[1],
+        Some(1.3),
+    );
+    ratio(
+        "bulk insert (d) batched / (c) per-change log",
+        i[BATCHES],
+        i[3],
+        None,
+    );
     ratio("update all (c) / (a') udm unaudited", u[3], u[1], None);
+    ratio(
+        "update all (d) batched / (a') udm unaudited",
+        u[BATCHES],
+        u[1],
+        Some(1.5),
+    );
     ratio("update all (b) / (a) plain table", u[2], u[0], None);
     println!(
         "  update all (b) / (c): udm is {:.2}x faster than the PL/pgSQL trigger",
         u[2] / u[3]
     );
     println!(
-        "  audit bytes per change (table + indexes): udm {:.0} B, PL/pgSQL audit_log {:.0} B",
-        bytes.0, bytes.1
+        "  audit bytes per change (table + indexes): udm {:.0} B, batched {:.0} B, PL/pgSQL audit_log {:.0} B",
+        bytes.0, bytes.2, bytes.1
     );
 
     // the disk's flush time moves between runs: each variant runs several short times,
@@ -272,7 +323,10 @@ fn main() {
         "single-row UPDATE throughput with pgbench ({pg_rounds} rounds of {secs} s per variant, interleaved; medians)"
     ));
     reset(&mut c);
-    for (v, _) in &VARIANTS[..PGBENCH_VARIANTS] {
+    for (v, _) in VARIANTS[..PGBENCH_VARIANTS]
+        .iter()
+        .chain([&VARIANTS[BATCHES]])
+    {
         c.batch_execute(&insert_sql(v, rows)).unwrap();
         c.batch_execute(&format!("VACUUM ANALYZE {}", table(v)))
             .unwrap();
@@ -290,6 +344,7 @@ fn main() {
         "(c) with udm.notify_changes = on",
         "-c udm.notify_changes=on",
     ));
+    runs.push((VARIANTS[BATCHES].0, VARIANTS[BATCHES].1, ""));
     for clients in [1u32, 2] {
         let mut tps: Vec<Vec<f64>> = vec![vec![]; runs.len()];
         for _ in 0..pg_rounds {
@@ -330,6 +385,11 @@ fn main() {
             med[3] / med[0],
             med[2] / med[0],
             med[4] / med[1]
+        );
+        let r = med[5] / med[1];
+        println!(
+            "  {clients} client(s)  (d) batched / (a') udm unaudited: {r:.2}x (goal >= 0.9x: {})",
+            if r >= 0.9 { "met" } else { "NOT MET" }
         );
     }
 }

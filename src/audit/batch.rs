@@ -1,0 +1,848 @@
+//! The batched audit log (issue 20), for tenants made with `udm.audit_batches = on`.
+//!
+//! `_udm_audit_log` holds one row per chunk of a statement's changes to one table (up to
+//! `PER_BATCH`): the record ids, actions, versions, images, changed fields, previous hashes and
+//! hashes as arrays, and what the changes share (entity, user, role, transaction, time) once. Its
+//! only index is the primary key `(batch_id, first_slot)`: one entry per chunk, not per change.
+//!
+//! Every change has a pointer, `batch_id * SLOTS + slot`, which is also its audit (event) id.
+//! Each entity row carries the pointer of its latest change in the hidden column `_audit_ptr`,
+//! given by the stamp trigger before the row is written (`next_pointer`), and each change stores
+//! the pointer and hash of its record's previous change: a record's history is a chain walked
+//! from its row. The chains the rows cannot carry (many-to-many links, keyed by the source
+//! record; lock events; deleted records) have their newest pointer in `_udm_audit_heads`.
+//!
+//! The view `_udm_audit` shows the log one row per change, with the columns of the per-change
+//! table other tenants have: everything that reads the audit log reads it there.
+
+use super::Pending;
+use crate::catalog::Tenant;
+use crate::error::Result;
+use crate::triggers::{text_datum, uuid_datum};
+use pgrx::prelude::*;
+use rustc_hash::FxHashMap;
+use std::cell::RefCell;
+use std::rc::Rc;
+use udm_core::error::UdmError;
+use udm_core::ident::{quote_ident, quote_literal};
+
+pub const LOG: &str = "_udm_audit_log";
+pub const SEQ: &str = "_udm_audit_batch_seq";
+pub const HEADS: &str = "_udm_audit_heads";
+/// The hidden column of entity rows: the pointer of the row's latest change.
+pub const PTR_COLUMN: &str = "_audit_ptr";
+/// Pointers are `batch_id * SLOTS + slot`.
+pub const SLOTS: i64 = 1024;
+/// Changes per batch id (and at most per chunk row).
+pub const PER_BATCH: i64 = 1000;
+
+/// Whether the tenant keeps its audit log in batches.
+pub fn is_batched(t: &Tenant) -> bool {
+    t.relation(LOG).is_some()
+}
+
+/// The per-change view of the log, as `_udm_audit` (`filter`: the WHERE clause that access
+/// control adds, over the view's own columns).
+fn view_sql(schema: &str, filter: Option<&str>) -> String {
+    let s = quote_ident(schema);
+    let filter = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
+    format!(
+        "CREATE OR REPLACE VIEW {s}.\"_udm_audit\" WITH (security_barrier) AS \
+         SELECT * FROM (SELECT b.batch_id * {SLOTS} + b.first_slot + c.n - 1 AS audit_id, b.entity, \
+           c.record_id, c.action, c.record_version, b.entity_version, c.old_data, c.new_data, \
+           pg_catalog.string_to_array(c.changed, ',') AS changed_fields, b.user_id, b.db_role, \
+           b.txid, b.changed_at, c.prev_hash, c.hash, b.batch_id \
+         FROM {s}.\"{LOG}\" b, LATERAL ROWS FROM (pg_catalog.unnest(b.record_ids), \
+           pg_catalog.unnest(b.actions), pg_catalog.unnest(b.record_versions), \
+           pg_catalog.unnest(b.old_data), pg_catalog.unnest(b.new_data), \
+           pg_catalog.unnest(b.changed_fields), pg_catalog.unnest(b.prev_hashes), \
+           pg_catalog.unnest(b.hashes)) \
+           WITH ORDINALITY AS c(record_id, action, record_version, old_data, new_data, changed, \
+           prev_hash, hash, n)) a{filter}"
+    )
+}
+
+/// A condition that lets a reader of `_udm_audit` by audit id (`first` <= id <= `last`, SQL
+/// expressions) read only the chunks that can hold them: the view's `batch_id` is the chunks'
+/// key (and comparing it leaks nothing: the condition goes below a security barrier).
+pub fn chunks_sql(first: &str, last: &str) -> String {
+    format!(" AND batch_id BETWEEN ({first})::bigint / {SLOTS} AND ({last})::bigint / {SLOTS}")
+}
+
+/// The tables of a batched audit log (as `audit::tenant_tables_sql` makes the per-change one).
+pub fn tables_sql(schema: &str, role: &str) -> String {
+    let s = quote_ident(schema);
+    let r = quote_ident(role);
+    format!(
+        "CREATE SEQUENCE {s}.\"{SEQ}\"; \
+         CREATE TABLE {s}.\"{LOG}\" (\
+           batch_id bigint NOT NULL, \
+           first_slot integer NOT NULL, \
+           entity text NOT NULL, \
+           entity_version integer, \
+           user_id text NOT NULL, \
+           db_role text NOT NULL, \
+           txid bigint NOT NULL, \
+           changed_at timestamp with time zone NOT NULL, \
+           record_ids uuid[] NOT NULL, \
+           actions text[] NOT NULL, \
+           record_versions integer[] NOT NULL, \
+           prev_ptrs bigint[] NOT NULL, \
+           old_data jsonb[] COMPRESSION lz4 NOT NULL, \
+           new_data jsonb[] COMPRESSION lz4 NOT NULL, \
+           changed_fields text[] COMPRESSION lz4 NOT NULL, \
+           prev_hashes bytea[] NOT NULL, \
+           hashes bytea[] NOT NULL, \
+           batch_hash bytea NOT NULL, \
+           CONSTRAINT \"{LOG}_pkey\" PRIMARY KEY (batch_id, first_slot)); \
+         ALTER SEQUENCE {s}.\"{SEQ}\" OWNED BY {s}.\"{LOG}\".batch_id; \
+         CREATE TABLE {s}.\"{HEADS}\" (\
+           entity text NOT NULL, \
+           record_id uuid NOT NULL, \
+           ptr bigint NOT NULL, \
+           PRIMARY KEY (entity, record_id)); \
+         CREATE INDEX \"{HEADS}__record__idx\" ON {s}.\"{HEADS}\" (record_id); \
+         CREATE INDEX \"_udm_audit__changed_at_txid_id__idx\" ON {s}.\"{LOG}\" \
+           USING brin (changed_at, txid, batch_id) WITH (autosummarize = on); \
+         {view}; \
+         GRANT SELECT ON {s}.\"_udm_audit\" TO {r}; \
+         COMMENT ON TABLE {s}.\"{LOG}\" IS 'udm audit log in batches (one row per chunk of a statement''s changes; see the view _udm_audit)'; \
+         COMMENT ON VIEW {s}.\"_udm_audit\" IS 'udm audit log and change events, one row per change (append-only, hash-chained per record)';",
+        view = view_sql(schema, None)
+    )
+}
+
+/// What switching access control on does to a batched log: the view shows a member the changes
+/// of the records they see (and managers all of them), as the per-change table's policy does.
+pub fn access_sql(schema: &str) -> String {
+    let s = quote_literal(schema);
+    view_sql(
+        schema,
+        Some(&format!(
+            "((SELECT udm.may_read_audit({s})) OR udm.audit_visible({s}, a.entity, a.record_id))"
+        )),
+    )
+}
+
+/// `ALTER TABLE` adding the pointer column to an entity table of a batched tenant.
+pub fn pointer_column_sql(table: &str) -> String {
+    format!("ALTER TABLE {table} ADD COLUMN \"{PTR_COLUMN}\" bigint")
+}
+
+// ------------------------------------------------------------------ pointers
+
+/// (table or 0, local transaction, command) -> (batch id, next slot)
+type AllocKey = (pg_sys::Oid, u32, u32);
+
+thread_local! {
+    static ALLOC: RefCell<FxHashMap<AllocKey, (i64, i64)>> = RefCell::new(FxHashMap::default());
+    /// Newest (hash, pointer) per (schema, entity, record) written in this transaction.
+    static CHAIN: RefCell<FxHashMap<super::HeadKey, ([u8; 32], i64)>> = RefCell::new(FxHashMap::default());
+    /// Kept plans per tenant schema: (insert a chunk, read a chunk's hashes, read heads, upsert heads).
+    static PLANS: RefCell<FxHashMap<pg_sys::Oid, Rc<Plans>>> = RefCell::new(FxHashMap::default());
+}
+
+pub fn reset_transaction_state() {
+    ALLOC.with(|a| a.borrow_mut().clear());
+    CHAIN.with(|c| c.borrow_mut().clear());
+}
+
+/// After a subtransaction's abort: its rows are gone (pointers it handed out stay used).
+pub fn forget_chain() {
+    CHAIN.with(|c| c.borrow_mut().clear());
+}
+
+/// The pointer of the next change to table `relid` (0: changes without a row to carry it) in the
+/// current command: slots of one batch id in order, a new batch id every `PER_BATCH`.
+pub fn next_pointer(t: &Tenant, relid: pg_sys::Oid) -> Result<i64> {
+    let key = (relid, crate::guc::local_xact(), unsafe {
+        pg_sys::GetCurrentCommandId(false)
+    });
+    let hit = ALLOC.with(|a| {
+        let mut a = a.borrow_mut();
+        match a.get_mut(&key) {
+            Some((batch, next)) if *next < PER_BATCH => {
+                let p = *batch * SLOTS + *next;
+                *next += 1;
+                Some(p)
+            }
+            _ => None,
+        }
+    });
+    if let Some(p) = hit {
+        return Ok(p);
+    }
+    let batch = new_batch(t)?;
+    ALLOC.with(|a| {
+        let mut a = a.borrow_mut();
+        if a.len() > 256 {
+            a.clear();
+        }
+        a.insert(key, (batch, 1));
+    });
+    Ok(batch * SLOTS)
+}
+
+/// A new batch id, after the tenant's event horizon lock (taken once per transaction, before
+/// the first id: see `events::horizon`).
+fn new_batch(t: &Tenant) -> Result<i64> {
+    let Some(seq) = t.relation(SEQ) else {
+        return Err(UdmError::internal(format!(
+            "udm audit: tenant schema \"{}\" has no {SEQ}",
+            t.schema
+        )));
+    };
+    // as the owner: tenant roles may not use the log's sequence
+    Ok(super::as_owner_id(|| {
+        if super::HORIZON.with(|h| h.borrow_mut().insert(t.schema.clone())) {
+            lock_horizon(seq, super::horizon_tag(&t.schema));
+        }
+        unsafe {
+            pgrx::direct_function_call::<i64>(
+                pg_sys::nextval_oid,
+                &[Some(pg_sys::Datum::from(seq))],
+            )
+            .expect("nextval")
+        }
+    }))
+}
+
+/// The horizon lock of a batched log: its key is the last event id any batch given out so far
+/// can hold.
+fn lock_horizon(seq: pg_sys::Oid, tag: i64) {
+    unsafe {
+        let last: i64 = pgrx::direct_function_call(
+            pg_sys::pg_sequence_last_value,
+            &[Some(pg_sys::Datum::from(seq))],
+        )
+        .unwrap_or(0);
+        let key = (tag << 48) | (last * SLOTS + SLOTS - 1);
+        let tag = pg_sys::LOCKTAG {
+            locktag_field1: pg_sys::MyDatabaseId.to_u32(),
+            locktag_field2: (key >> 32) as u32,
+            locktag_field3: key as u32,
+            locktag_field4: 1,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+        };
+        pg_sys::LockAcquire(&tag, pg_sys::ShareLock as i32, false, false);
+    }
+}
+
+/// The highest event id a batched log has given out (the horizon's sequence part).
+pub fn last_event_sql(t: &Tenant) -> String {
+    format!(
+        "SELECT CASE WHEN is_called THEN last_value * {SLOTS} + {} ELSE 0 END FROM {}",
+        SLOTS - 1,
+        t.catalog(SEQ)
+    )
+}
+
+// ------------------------------------------------------------------ kept plans
+
+struct Plans {
+    insert: pg_sys::SPIPlanPtr,
+    hashes: pg_sys::SPIPlanPtr,
+    head: pg_sys::SPIPlanPtr,
+    any_head: pg_sys::SPIPlanPtr,
+    upsert: pg_sys::SPIPlanPtr,
+}
+
+unsafe fn keep(sql: &str, types: &mut [pg_sys::Oid]) -> Result<pg_sys::SPIPlanPtr> {
+    unsafe {
+        let c = std::ffi::CString::new(sql).map_err(|_| UdmError::internal("NUL in SQL"))?;
+        let p = pg_sys::SPI_prepare(c.as_ptr(), types.len() as i32, types.as_mut_ptr());
+        if p.is_null() {
+            return Err(UdmError::internal(format!(
+                "udm audit: cannot prepare \"{sql}\""
+            )));
+        }
+        pg_sys::SPI_keepplan(p);
+        Ok(p)
+    }
+}
+
+fn plans(t: &Tenant) -> Result<Rc<Plans>> {
+    if let Some(p) = PLANS.with(|p| p.borrow().get(&t.schema_oid).cloned()) {
+        return Ok(p);
+    }
+    use pg_sys::{
+        BYTEAARRAYOID, BYTEAOID, INT4ARRAYOID, INT4OID, INT8ARRAYOID, INT8OID, TEXTARRAYOID,
+        TEXTOID, TIMESTAMPTZOID, UUIDARRAYOID, UUIDOID,
+    };
+    let jsonb_array = pg_sys::JSONBARRAYOID;
+    let log = t.catalog(LOG);
+    let heads = t.catalog(HEADS);
+    // SPI_prepare needs a connection of its own (this may run inside another's call)
+    unsafe { pg_sys::SPI_connect() };
+    struct Finish;
+    impl Drop for Finish {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                unsafe { pg_sys::SPI_finish() };
+            }
+        }
+    }
+    let finish = Finish;
+    let p = unsafe {
+        Plans {
+            insert: keep(
+                &format!(
+                    "INSERT INTO {log} (batch_id, first_slot, entity, entity_version, user_id, db_role, txid, \
+                     changed_at, record_ids, actions, record_versions, prev_ptrs, old_data, new_data, \
+                     changed_fields, prev_hashes, hashes, batch_hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+                ),
+                &mut [
+                    INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID,
+                    UUIDARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID, jsonb_array,
+                    jsonb_array, TEXTARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, BYTEAOID,
+                ],
+            )?,
+            hashes: keep(
+                &format!(
+                    "SELECT first_slot, hashes FROM {log} WHERE batch_id = $1 AND first_slot <= $2 \
+                     ORDER BY first_slot DESC LIMIT 1"
+                ),
+                &mut [INT8OID, INT4OID],
+            )?,
+            head: keep(
+                &format!("SELECT ptr FROM {heads} WHERE entity = $1 AND record_id = $2"),
+                &mut [TEXTOID, UUIDOID],
+            )?,
+            any_head: keep(
+                &format!("SELECT 1 FROM {heads} WHERE entity = $1 LIMIT 1"),
+                &mut [TEXTOID],
+            )?,
+            upsert: keep(
+                &format!(
+                    "INSERT INTO {heads} (entity, record_id, ptr) \
+                     SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::uuid[]), \
+                       pg_catalog.unnest($3::bigint[])) \
+                     ON CONFLICT (entity, record_id) DO UPDATE SET ptr = EXCLUDED.ptr"
+                ),
+                &mut [TEXTARRAYOID, UUIDARRAYOID, INT8ARRAYOID],
+            )?,
+        }
+    };
+    drop(finish);
+    let p = Rc::new(p);
+    PLANS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() > 64 {
+            // kept plans of tenants this backend no longer writes to
+            for (_, old) in m.drain() {
+                if let Ok(old) = Rc::try_unwrap(old) {
+                    unsafe {
+                        for q in [old.insert, old.hashes, old.head, old.any_head, old.upsert] {
+                            pg_sys::SPI_freeplan(q);
+                        }
+                    }
+                }
+            }
+        }
+        m.insert(t.schema_oid, p.clone())
+    });
+    Ok(p)
+}
+
+/// Runs a kept plan with a fresh snapshot (what other writers committed, and this command's own
+/// rows), calling `f` with the result rows.
+unsafe fn run<R>(
+    plan: pg_sys::SPIPlanPtr,
+    args: &[Option<pg_sys::Datum>],
+    read: bool,
+    f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> R,
+) -> Result<R> {
+    unsafe {
+        let mut values: Vec<pg_sys::Datum> = args
+            .iter()
+            .map(|a| a.unwrap_or(pg_sys::Datum::from(0usize)))
+            .collect();
+        let nulls: Vec<std::os::raw::c_char> = args
+            .iter()
+            .map(|a| if a.is_some() { b' ' } else { b'n' } as std::os::raw::c_char)
+            .collect();
+        pg_sys::SPI_connect();
+        let rc = if read {
+            pg_sys::CommandCounterIncrement();
+            pg_sys::SPI_execute_snapshot(
+                plan,
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                pg_sys::GetLatestSnapshot(),
+                std::ptr::null_mut(),
+                true,
+                false,
+                1,
+            )
+        } else {
+            pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0)
+        };
+        if rc < 0 {
+            pg_sys::SPI_finish();
+            return Err(UdmError::internal(format!(
+                "udm audit: a statement on the batched log failed ({rc})"
+            )));
+        }
+        let tt = pg_sys::SPI_tuptable;
+        let out = if tt.is_null() {
+            f(std::ptr::null_mut(), &[])
+        } else {
+            let n = pg_sys::SPI_processed as usize;
+            let rows = std::slice::from_raw_parts((*tt).vals, n);
+            f((*tt).tupdesc, rows)
+        };
+        pg_sys::SPI_finish();
+        Ok(out)
+    }
+}
+
+// ------------------------------------------------------------------ writing
+
+/// A one-dimensional array of `elems` (None: NULL).
+fn array(
+    elems: &[Option<pg_sys::Datum>],
+    typ: pg_sys::Oid,
+    len: i16,
+    byval: bool,
+    align: u8,
+) -> pg_sys::Datum {
+    let mut values: Vec<pg_sys::Datum> = elems
+        .iter()
+        .map(|e| e.unwrap_or(pg_sys::Datum::from(0usize)))
+        .collect();
+    let mut nulls: Vec<bool> = elems.iter().map(|e| e.is_none()).collect();
+    let mut dims = [elems.len() as i32];
+    let mut lbs = [1i32];
+    unsafe {
+        pg_sys::Datum::from(pg_sys::construct_md_array(
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+            1,
+            dims.as_mut_ptr(),
+            lbs.as_mut_ptr(),
+            typ,
+            len as i32,
+            byval,
+            align as std::os::raw::c_char,
+        ))
+    }
+}
+
+fn bytes_datum(b: &[u8]) -> pg_sys::Datum {
+    b.into_datum().expect("bytea is never NULL")
+}
+
+/// The hashes of the chunk holding pointer `ptr`: (first slot, hashes), read once per flush.
+type ChunkCache = FxHashMap<i64, Vec<(i64, Vec<Option<Vec<u8>>>)>>;
+
+fn hash_at(p: &Plans, cache: &mut ChunkCache, ptr: i64) -> Result<Option<Vec<u8>>> {
+    let (batch, slot) = (ptr / SLOTS, ptr % SLOTS);
+    let find = |cache: &ChunkCache| -> Option<Option<Vec<u8>>> {
+        cache.get(&batch)?.iter().find_map(|(first, hashes)| {
+            let i = slot - first;
+            (i >= 0 && (i as usize) < hashes.len()).then(|| hashes[i as usize].clone())
+        })
+    };
+    if let Some(h) = find(cache) {
+        return Ok(h);
+    }
+    let chunk = unsafe {
+        run(
+            p.hashes,
+            &[
+                Some(pg_sys::Datum::from(batch)),
+                Some(pg_sys::Datum::from(slot as i32)),
+            ],
+            true,
+            |desc, rows| -> Option<(i64, Vec<Option<Vec<u8>>>)> {
+                let row = *rows.first()?;
+                let mut null = false;
+                let first = pg_sys::heap_getattr(row, 1, desc, &mut null).value() as i32 as i64;
+                let d = pg_sys::heap_getattr(row, 2, desc, &mut null);
+                if null {
+                    return None;
+                }
+                Some((first, bytea_elements(d)))
+            },
+        )?
+    };
+    if let Some(c) = chunk {
+        cache.entry(batch).or_default().push(c);
+    }
+    Ok(find(cache).flatten())
+}
+
+/// The elements of a bytea[] (None: NULL).
+unsafe fn bytea_elements(d: pg_sys::Datum) -> Vec<Option<Vec<u8>>> {
+    unsafe {
+        let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+        let mut elems: *mut pg_sys::Datum = std::ptr::null_mut();
+        let mut nulls: *mut bool = std::ptr::null_mut();
+        let mut n = 0i32;
+        pg_sys::deconstruct_array(
+            arr,
+            pg_sys::BYTEAOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::os::raw::c_char,
+            &mut elems,
+            &mut nulls,
+            &mut n,
+        );
+        (0..n as usize)
+            .map(|i| {
+                (!*nulls.add(i)).then(|| crate::query::rowjson::varlena(*elems.add(i)).to_vec())
+            })
+            .collect()
+    }
+}
+
+/// Whether any chain of `entity` has its head in `_udm_audit_heads` (a record of it was deleted,
+/// or it is a link or lock chain), asked once per flush and entity.
+fn had_heads(p: &Plans, seen: &mut FxHashMap<Rc<str>, bool>, entity: &Rc<str>) -> Result<bool> {
+    if let Some(&b) = seen.get(entity) {
+        return Ok(b);
+    }
+    let b = unsafe {
+        run(p.any_head, &[Some(text_datum(entity))], true, |_, rows| {
+            !rows.is_empty()
+        })?
+    };
+    seen.insert(entity.clone(), b);
+    Ok(b)
+}
+
+fn head_of(p: &Plans, entity: &str, id: &[u8; 16]) -> Result<Option<i64>> {
+    unsafe {
+        run(
+            p.head,
+            &[Some(text_datum(entity)), Some(uuid_datum(id))],
+            true,
+            |desc, rows| {
+                let row = *rows.first()?;
+                let mut null = false;
+                let d = pg_sys::heap_getattr(row, 1, desc, &mut null);
+                (!null).then(|| d.value() as i64)
+            },
+        )
+    }
+}
+
+/// Writes a tenant's buffered changes as chunks of the batched log; returns each change's event
+/// id (its pointer).
+pub(super) fn write(t: &Tenant, entries: &[Pending]) -> Result<Vec<i64>> {
+    let p = plans(t)?;
+    // pointers: the row's (given by the stamp trigger), else one given now
+    let mut ptrs = Vec::with_capacity(entries.len());
+    for e in entries {
+        ptrs.push(match e.ptr {
+            Some(ptr) => ptr,
+            None => next_pointer(t, pg_sys::InvalidOid)?,
+        });
+    }
+    // previous (hash, pointer) of each change
+    let mut chunks: ChunkCache = FxHashMap::default();
+    let mut prevs: Vec<(Option<Vec<u8>>, Option<i64>)> = Vec::with_capacity(entries.len());
+    let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(entries.len());
+    let mut scratch = Vec::with_capacity(1024);
+    let mut headed: Vec<usize> = Vec::new();
+    let mut heads_seen: FxHashMap<Rc<str>, bool> = FxHashMap::default();
+    for (i, e) in entries.iter().enumerate() {
+        let key = (e.schema.clone(), e.entity.clone(), e.record_id);
+        let cached = CHAIN.with(|c| c.borrow().get(&key).copied());
+        let prev: (Option<Vec<u8>>, Option<i64>) = if let Some((h, ptr)) = cached {
+            (Some(h.to_vec()), Some(ptr))
+        } else if !e.lookup && e.prev_ptr.is_none() {
+            // a plain INSERT starts a chain; one re-using a deleted record's id points back at
+            // the deleted one's last change (its history goes on), without its hash
+            let deleted = if had_heads(&p, &mut heads_seen, &e.entity)? {
+                head_of(&p, &e.entity, &e.record_id)?
+            } else {
+                None
+            };
+            (None, deleted)
+        } else {
+            let ptr = match e.prev_ptr {
+                Some(ptr) => Some(ptr),
+                None if e.lookup => head_of(&p, &e.entity, &e.record_id)?,
+                None => None,
+            };
+            match ptr {
+                Some(ptr) => (hash_at(&p, &mut chunks, ptr)?, Some(ptr)),
+                None => (None, None),
+            }
+        };
+        let hash = udm_core::audit::chain_hash_with(
+            &mut scratch,
+            &udm_core::audit::HashInput {
+                prev: prev.0.as_deref(),
+                entity: &e.entity,
+                record_id: &e.record_id,
+                action: e.action,
+                record_version: e.record_version,
+                entity_version: Some(e.entity_version),
+                old_data: e.old.map(|d| unsafe { crate::query::rowjson::varlena(d) }),
+                new_data: e.new.map(|d| unsafe { crate::query::rowjson::varlena(d) }),
+                changed_fields: e.changed.as_deref(),
+                user_id: &e.user,
+                db_role: &e.role,
+                txid: e.txid,
+                changed_at: e.at,
+            },
+        );
+        CHAIN.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() > super::HEADS_MAX {
+                c.clear();
+            }
+            c.insert(key, (hash, ptrs[i]));
+        });
+        if e.ptr.is_none() || e.action == "DELETE" {
+            headed.push(i);
+        }
+        prevs.push(prev);
+        hashes.push(hash);
+    }
+    // chunks: consecutive changes of one batch id in consecutive slots sharing what a chunk
+    // holds once
+    let mut start = 0;
+    while start < entries.len() {
+        let first = &entries[start];
+        let mut end = start + 1;
+        while end < entries.len()
+            && end - start < PER_BATCH as usize
+            && ptrs[end] == ptrs[end - 1] + 1
+            && ptrs[end] / SLOTS == ptrs[start] / SLOTS
+            && {
+                let e = &entries[end];
+                e.entity == first.entity
+                    && e.entity_version == first.entity_version
+                    && e.user == first.user
+                    && e.role == first.role
+                    && e.txid == first.txid
+                    && e.at == first.at
+            }
+        {
+            end += 1;
+        }
+        insert_chunk(
+            &p,
+            &entries[start..end],
+            &ptrs[start..end],
+            &prevs[start..end],
+            &hashes[start..end],
+        )?;
+        start = end;
+    }
+    // the newest change of each chain (a statement may link one record to several others)
+    let mut newest: FxHashMap<(&str, [u8; 16]), usize> = FxHashMap::default();
+    for &i in &headed {
+        newest.insert((&entries[i].entity, entries[i].record_id), i);
+    }
+    headed.retain(|&i| newest.get(&(&*entries[i].entity, entries[i].record_id)) == Some(&i));
+    if !headed.is_empty() {
+        let ent: Vec<Option<pg_sys::Datum>> = headed
+            .iter()
+            .map(|&i| Some(text_datum(&entries[i].entity)))
+            .collect();
+        let ids: Vec<Option<pg_sys::Datum>> = headed
+            .iter()
+            .map(|&i| Some(uuid_datum(&entries[i].record_id)))
+            .collect();
+        let ps: Vec<Option<pg_sys::Datum>> = headed
+            .iter()
+            .map(|&i| Some(pg_sys::Datum::from(ptrs[i])))
+            .collect();
+        unsafe {
+            run(
+                p.upsert,
+                &[
+                    Some(array(&ent, pg_sys::TEXTOID, -1, false, b'i')),
+                    Some(array(&ids, pg_sys::UUIDOID, 16, false, b'c')),
+                    Some(array(&ps, pg_sys::INT8OID, 8, true, b'd')),
+                ],
+                false,
+                |_, _| (),
+            )?;
+        }
+    }
+    Ok(ptrs)
+}
+
+fn insert_chunk(
+    p: &Plans,
+    entries: &[Pending],
+    ptrs: &[i64],
+    prevs: &[(Option<Vec<u8>>, Option<i64>)],
+    hashes: &[[u8; 32]],
+) -> Result<()> {
+    let e0 = &entries[0];
+    let (batch, first) = (ptrs[0] / SLOTS, ptrs[0] % SLOTS);
+    let ids: Vec<_> = entries
+        .iter()
+        .map(|e| Some(uuid_datum(&e.record_id)))
+        .collect();
+    let actions: Vec<_> = entries.iter().map(|e| Some(text_datum(e.action))).collect();
+    let versions: Vec<_> = entries
+        .iter()
+        .map(|e| e.record_version.map(pg_sys::Datum::from))
+        .collect();
+    let prev_ptrs: Vec<_> = prevs
+        .iter()
+        .map(|(_, p)| p.map(pg_sys::Datum::from))
+        .collect();
+    let olds: Vec<_> = entries.iter().map(|e| e.old).collect();
+    let news: Vec<_> = entries.iter().map(|e| e.new).collect();
+    let changed: Vec<_> = entries
+        .iter()
+        .map(|e| e.changed.as_deref().map(text_datum))
+        .collect();
+    let prev_hashes: Vec<_> = prevs
+        .iter()
+        .map(|(h, _)| h.as_deref().map(bytes_datum))
+        .collect();
+    let hs: Vec<_> = hashes.iter().map(|h| Some(bytes_datum(h))).collect();
+    let batch_hash = udm_core::audit::batch_hash(batch, first as i32, hashes);
+    let jsonb = pg_sys::JSONBOID;
+    unsafe {
+        run(
+            p.insert,
+            &[
+                Some(pg_sys::Datum::from(batch)),
+                Some(pg_sys::Datum::from(first as i32)),
+                Some(text_datum(&e0.entity)),
+                Some(pg_sys::Datum::from(e0.entity_version)),
+                Some(text_datum(&e0.user)),
+                Some(text_datum(&e0.role)),
+                Some(pg_sys::Datum::from(e0.txid)),
+                Some(pg_sys::Datum::from(e0.at)),
+                Some(array(&ids, pg_sys::UUIDOID, 16, false, b'c')),
+                Some(array(&actions, pg_sys::TEXTOID, -1, false, b'i')),
+                Some(array(&versions, pg_sys::INT4OID, 4, true, b'i')),
+                Some(array(&prev_ptrs, pg_sys::INT8OID, 8, true, b'd')),
+                Some(array(&olds, jsonb, -1, false, b'i')),
+                Some(array(&news, jsonb, -1, false, b'i')),
+                Some(array(&changed, pg_sys::TEXTOID, -1, false, b'i')),
+                Some(array(&prev_hashes, pg_sys::BYTEAOID, -1, false, b'i')),
+                Some(array(&hs, pg_sys::BYTEAOID, -1, false, b'i')),
+                Some(bytes_datum(&batch_hash)),
+            ],
+            false,
+            |_, _| (),
+        )
+    }
+}
+
+// ------------------------------------------------------------------ reading a record's chains
+
+/// The pointers of a record's changes, newest first: the chain from its row (an entity's
+/// record) and those from `_udm_audit_heads` (`entity` itself when deleted; with `links`, its
+/// many-to-many fields' chains, `<entity>.<field>`, as they were named). Read as the owner: the
+/// changes themselves are read through the view, as the caller.
+pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) -> Result<Vec<i64>> {
+    crate::access::security::as_owner(|| {
+        let mut starts: Vec<i64> = Vec::new();
+        if let Some(e) = crate::catalog::entity_any(t, entity)? {
+            if t.relation(&e.def.slug).is_some() {
+                let sql = format!(
+                    "SELECT \"{PTR_COLUMN}\" FROM {} WHERE id = $1",
+                    t.catalog(&e.def.slug)
+                );
+                if let Some(p) = crate::spi::select_one::<i64>(&sql, &[id.into()])? {
+                    starts.push(p);
+                }
+            }
+        }
+        let sql = format!(
+            "SELECT ptr FROM {} WHERE record_id = $1 AND (entity = $2 OR ($3 AND starts_with(entity, $2 || '.')))",
+            t.catalog(HEADS)
+        );
+        pgrx::Spi::connect(|c| {
+            for r in c.select(&sql, None, &[id.into(), entity.into(), links.into()])? {
+                if let Some(p) = r.get::<i64>(1)? {
+                    starts.push(p);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(())
+        })
+        .map_err(crate::error::spi_err)?;
+        let sql = format!(
+            "SELECT first_slot, prev_ptrs FROM {} WHERE batch_id = $1 AND first_slot <= $2 \
+             ORDER BY first_slot DESC LIMIT 1",
+            t.catalog(LOG)
+        );
+        let mut chunks: FxHashMap<i64, Vec<(i64, Vec<Option<i64>>)>> = FxHashMap::default();
+        let mut seen = rustc_hash::FxHashSet::default();
+        let mut out = Vec::new();
+        for start in starts {
+            let mut at = Some(start);
+            while let Some(ptr) = at {
+                if !seen.insert(ptr) {
+                    break;
+                }
+                out.push(ptr);
+                let (batch, slot) = (ptr / SLOTS, ptr % SLOTS);
+                let find = |chunks: &FxHashMap<i64, Vec<(i64, Vec<Option<i64>>)>>| {
+                    chunks.get(&batch)?.iter().find_map(|(first, prevs)| {
+                        let i = slot - first;
+                        (i >= 0 && (i as usize) < prevs.len()).then(|| prevs[i as usize])
+                    })
+                };
+                at = match find(&chunks) {
+                    Some(prev) => prev,
+                    None => {
+                        let row = pgrx::Spi::connect(|c| {
+                            let mut rows =
+                                c.select(&sql, Some(1), &[batch.into(), (slot as i32).into()])?;
+                            match rows.next() {
+                                Some(r) => Ok::<_, pgrx::spi::Error>(Some((
+                                    r.get::<i32>(1)?.unwrap_or(0) as i64,
+                                    r.get::<Vec<Option<i64>>>(2)?.unwrap_or_default(),
+                                ))),
+                                None => Ok(None),
+                            }
+                        })
+                        .map_err(crate::error::spi_err)?;
+                        match row {
+                            Some(chunk) => {
+                                chunks.entry(batch).or_default().push(chunk);
+                                find(&chunks).flatten()
+                            }
+                            None => None,
+                        }
+                    }
+                };
+            }
+        }
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(out)
+    })
+}
+
+/// What a reader of one record's changes (`WHERE record_id = ...`) adds to its WHERE clause so
+/// that a batched log's view reads only the chunks on the record's chains: `$n` are the
+/// pointers and `$n+1` their batch ids (both bigint[]). None for a per-change table.
+pub fn record_filter(
+    t: &Tenant,
+    entity: &str,
+    id: pgrx::Uuid,
+    links: bool,
+    n: usize,
+) -> Result<Option<(String, Vec<i64>, Vec<i64>)>> {
+    if !is_batched(t) {
+        return Ok(None);
+    }
+    let ptrs = record_pointers(t, entity, id, links)?;
+    let mut batches: Vec<i64> = ptrs.iter().map(|p| p / SLOTS).collect();
+    batches.dedup();
+    Ok(Some((
+        format!(
+            " AND audit_id = ANY(${n}::bigint[]) AND batch_id = ANY(${}::bigint[])",
+            n + 1
+        ),
+        ptrs,
+        batches,
+    )))
+}

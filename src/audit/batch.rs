@@ -737,6 +737,9 @@ fn insert_chunk(
 
 // ------------------------------------------------------------------ reading a record's chains
 
+/// The previous pointers of chunks read on a walk: batch id -> (first slot, prev_ptrs).
+type PrevCache = FxHashMap<i64, Vec<(i64, Vec<Option<i64>>)>>;
+
 /// The pointers of a record's changes, newest first: the chain from its row (an entity's
 /// record) and those from `_udm_audit_heads` (`entity` itself when deleted; with `links`, its
 /// many-to-many fields' chains, `<entity>.<field>`, as they were named). Read as the owner: the
@@ -773,7 +776,7 @@ pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) ->
              ORDER BY first_slot DESC LIMIT 1",
             t.catalog(LOG)
         );
-        let mut chunks: FxHashMap<i64, Vec<(i64, Vec<Option<i64>>)>> = FxHashMap::default();
+        let mut chunks: PrevCache = FxHashMap::default();
         let mut seen = rustc_hash::FxHashSet::default();
         let mut out = Vec::new();
         for start in starts {
@@ -784,7 +787,7 @@ pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) ->
                 }
                 out.push(ptr);
                 let (batch, slot) = (ptr / SLOTS, ptr % SLOTS);
-                let find = |chunks: &FxHashMap<i64, Vec<(i64, Vec<Option<i64>>)>>| {
+                let find = |chunks: &PrevCache| {
                     chunks.get(&batch)?.iter().find_map(|(first, prevs)| {
                         let i = slot - first;
                         (i >= 0 && (i as usize) < prevs.len()).then(|| prevs[i as usize])
@@ -821,6 +824,11 @@ pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) ->
     })
 }
 
+/// A record's pointers and their batch ids (the arguments of a `RecordFilter`).
+pub type Chains = (Vec<i64>, Vec<i64>);
+/// The SQL a reader adds and its arguments (`record_filter`).
+pub type RecordFilter = (String, Vec<i64>, Vec<i64>);
+
 /// What a reader of one record's changes (`WHERE record_id = ...`) adds to its WHERE clause so
 /// that a batched log's view reads only the chunks on the record's chains: `$n` are the
 /// pointers and `$n+1` their batch ids (both bigint[]). None for a per-change table.
@@ -830,7 +838,7 @@ pub fn record_filter(
     id: pgrx::Uuid,
     links: bool,
     n: usize,
-) -> Result<Option<(String, Vec<i64>, Vec<i64>)>> {
+) -> Result<Option<RecordFilter>> {
     if !is_batched(t) {
         return Ok(None);
     }

@@ -175,7 +175,7 @@ fn history_rows(
     sql: &str,
     id: Uuid,
     entity: &str,
-    chains: Option<(Vec<i64>, Vec<i64>)>,
+    chains: Option<crate::audit::batch::Chains>,
 ) -> Result<Vec<(HistoryRow, Option<i32>)>> {
     let mut args: Vec<pgrx::datum::DatumWithOid> = vec![id.into(), entity.into()];
     if let Some((ptrs, batches)) = chains {
@@ -210,8 +210,8 @@ fn history_rows(
 
 /// A batched log's record filter (`batch::record_filter`) as (its arguments, its SQL).
 pub(crate) fn split(
-    f: Option<(String, Vec<i64>, Vec<i64>)>,
-) -> (Option<(Vec<i64>, Vec<i64>)>, String) {
+    f: Option<crate::audit::batch::RecordFilter>,
+) -> (Option<crate::audit::batch::Chains>, String) {
     match f {
         Some((sql, ptrs, batches)) => (Some((ptrs, batches)), sql),
         None => (None, String::new()),

@@ -1,8 +1,10 @@
 //! The batched audit log (issue 20), for tenants made with `udm.audit_batches = on`.
 //!
 //! `_udm_audit_log` holds one row per chunk of a statement's changes to one table (up to
-//! `PER_BATCH`): the record ids, actions, versions, images, changed fields, previous hashes and
-//! hashes as arrays, and what the changes share (entity, user, role, transaction, time) once. Its
+//! `PER_BATCH`): the record ids, actions, versions, images, changed fields and previous hashes
+//! as arrays (lz4, hashes uncompressed), the changes' hashes and their records' previous
+//! pointers as flat byte strings stored uncompressed (32 and 8 bytes a change: one change's is
+//! read as a slice of its TOAST value, without the rest), and what the changes share (entity, user, role, transaction, time) once. Its
 //! only index is the primary key `(batch_id, first_slot)`: one entry per chunk, not per change.
 //!
 //! Every change has a pointer, `batch_id * SLOTS + slot`, which is also its audit (event) id.
@@ -35,6 +37,9 @@ pub const PTR_COLUMN: &str = "_audit_ptr";
 pub const SLOTS: i64 = 1024;
 /// Changes per batch id (and at most per chunk row).
 pub const PER_BATCH: i64 = 1000;
+/// A flush reads a chunk's hashes whole when at least this many of its changes follow changes
+/// of that chunk (else one hash at a time).
+const WHOLE_AT: usize = 16;
 
 /// Whether the tenant keeps its audit log in batches.
 pub fn is_batched(t: &Tenant) -> bool {
@@ -51,14 +56,15 @@ fn view_sql(schema: &str, filter: Option<&str>) -> String {
          SELECT * FROM (SELECT b.batch_id * {SLOTS} + b.first_slot + c.n - 1 AS audit_id, b.entity, \
            c.record_id, c.action, c.record_version, b.entity_version, c.old_data, c.new_data, \
            pg_catalog.string_to_array(c.changed, ',') AS changed_fields, b.user_id, b.db_role, \
-           b.txid, b.changed_at, c.prev_hash, c.hash, b.batch_id \
-         FROM {s}.\"{LOG}\" b, LATERAL ROWS FROM (pg_catalog.unnest(b.record_ids), \
+           b.txid, b.changed_at, c.prev_hash, \
+           pg_catalog.substring(hh.h FROM (c.n::integer - 1) * 32 + 1 FOR 32) AS hash, b.batch_id \
+         FROM {s}.\"{LOG}\" b, LATERAL (SELECT b.hashes || '\\x'::bytea AS h OFFSET 0) hh, \
+           LATERAL ROWS FROM (pg_catalog.unnest(b.record_ids), \
            pg_catalog.unnest(b.actions), pg_catalog.unnest(b.record_versions), \
            pg_catalog.unnest(b.old_data), pg_catalog.unnest(b.new_data), \
-           pg_catalog.unnest(b.changed_fields), pg_catalog.unnest(b.prev_hashes), \
-           pg_catalog.unnest(b.hashes)) \
+           pg_catalog.unnest(b.changed_fields), pg_catalog.unnest(b.prev_hashes)) \
            WITH ORDINALITY AS c(record_id, action, record_version, old_data, new_data, changed, \
-           prev_hash, hash, n)) a{filter}"
+           prev_hash, n)) a{filter}"
     )
 }
 
@@ -84,17 +90,19 @@ pub fn tables_sql(schema: &str, role: &str) -> String {
            db_role text NOT NULL, \
            txid bigint NOT NULL, \
            changed_at timestamp with time zone NOT NULL, \
-           record_ids uuid[] NOT NULL, \
-           actions text[] NOT NULL, \
-           record_versions integer[] NOT NULL, \
-           prev_ptrs bigint[] NOT NULL, \
+           record_ids uuid[] COMPRESSION lz4 NOT NULL, \
+           actions text[] COMPRESSION lz4 NOT NULL, \
+           record_versions integer[] COMPRESSION lz4 NOT NULL, \
+           prev_ptrs bytea NOT NULL, \
            old_data jsonb[] COMPRESSION lz4 NOT NULL, \
            new_data jsonb[] COMPRESSION lz4 NOT NULL, \
            changed_fields text[] COMPRESSION lz4 NOT NULL, \
            prev_hashes bytea[] NOT NULL, \
-           hashes bytea[] NOT NULL, \
+           hashes bytea NOT NULL, \
            batch_hash bytea NOT NULL, \
            CONSTRAINT \"{LOG}_pkey\" PRIMARY KEY (batch_id, first_slot)); \
+         ALTER TABLE {s}.\"{LOG}\" ALTER prev_ptrs SET STORAGE EXTERNAL, \
+           ALTER hashes SET STORAGE EXTERNAL, ALTER prev_hashes SET STORAGE EXTERNAL; \
          ALTER SEQUENCE {s}.\"{SEQ}\" OWNED BY {s}.\"{LOG}\".batch_id; \
          CREATE TABLE {s}.\"{HEADS}\" (\
            entity text NOT NULL, \
@@ -243,6 +251,7 @@ pub fn last_event_sql(t: &Tenant) -> String {
 struct Plans {
     insert: pg_sys::SPIPlanPtr,
     hashes: pg_sys::SPIPlanPtr,
+    hash_one: pg_sys::SPIPlanPtr,
     head: pg_sys::SPIPlanPtr,
     any_head: pg_sys::SPIPlanPtr,
     upsert: pg_sys::SPIPlanPtr,
@@ -295,14 +304,21 @@ fn plans(t: &Tenant) -> Result<Rc<Plans>> {
                 ),
                 &mut [
                     INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID,
-                    UUIDARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID, jsonb_array,
-                    jsonb_array, TEXTARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, BYTEAOID,
+                    UUIDARRAYOID, TEXTARRAYOID, INT4ARRAYOID, BYTEAOID, jsonb_array,
+                    jsonb_array, TEXTARRAYOID, BYTEAARRAYOID, BYTEAOID, BYTEAOID,
                 ],
             )?,
             hashes: keep(
                 &format!(
                     "SELECT first_slot, hashes FROM {log} WHERE batch_id = $1 AND first_slot <= $2 \
                      ORDER BY first_slot DESC LIMIT 1"
+                ),
+                &mut [INT8OID, INT4OID],
+            )?,
+            hash_one: keep(
+                &format!(
+                    "SELECT first_slot, pg_catalog.substring(hashes FROM ($2 - first_slot) * 32 + 1 FOR 32) \
+                     FROM {log} WHERE batch_id = $1 AND first_slot <= $2 ORDER BY first_slot DESC LIMIT 1"
                 ),
                 &mut [INT8OID, INT4OID],
             )?,
@@ -334,7 +350,14 @@ fn plans(t: &Tenant) -> Result<Rc<Plans>> {
             for (_, old) in m.drain() {
                 if let Ok(old) = Rc::try_unwrap(old) {
                     unsafe {
-                        for q in [old.insert, old.hashes, old.head, old.any_head, old.upsert] {
+                        for q in [
+                            old.insert,
+                            old.hashes,
+                            old.hash_one,
+                            old.head,
+                            old.any_head,
+                            old.upsert,
+                        ] {
                             pg_sys::SPI_freeplan(q);
                         }
                     }
@@ -434,69 +457,51 @@ fn bytes_datum(b: &[u8]) -> pg_sys::Datum {
     b.into_datum().expect("bytea is never NULL")
 }
 
-/// The hashes of the chunk holding pointer `ptr`: (first slot, hashes), read once per flush.
-type ChunkCache = FxHashMap<i64, Vec<(i64, Vec<Option<Vec<u8>>>)>>;
+/// The hashes of chunks read whole in this flush: batch id -> (first slot, hashes).
+type ChunkCache = FxHashMap<i64, Vec<(i64, Vec<u8>)>>;
 
-fn hash_at(p: &Plans, cache: &mut ChunkCache, ptr: i64) -> Result<Option<Vec<u8>>> {
+/// The hash of the change at `ptr`. With `whole`, its chunk's hashes are read once and kept for
+/// the rest of the flush (many changes of the flush follow changes of that chunk); else only its
+/// own 32 bytes are read, a slice of the chunk's TOAST value.
+fn hash_at(p: &Plans, cache: &mut ChunkCache, ptr: i64, whole: bool) -> Result<Option<Vec<u8>>> {
     let (batch, slot) = (ptr / SLOTS, ptr % SLOTS);
-    let find = |cache: &ChunkCache| -> Option<Option<Vec<u8>>> {
+    let find = |cache: &ChunkCache| -> Option<Vec<u8>> {
         cache.get(&batch)?.iter().find_map(|(first, hashes)| {
-            let i = slot - first;
-            (i >= 0 && (i as usize) < hashes.len()).then(|| hashes[i as usize].clone())
+            let i = ((slot - first) * 32) as usize;
+            (slot >= *first && i + 32 <= hashes.len()).then(|| hashes[i..i + 32].to_vec())
         })
     };
     if let Some(h) = find(cache) {
-        return Ok(h);
+        return Ok(Some(h));
     }
-    let chunk = unsafe {
-        run(
-            p.hashes,
-            &[
-                Some(pg_sys::Datum::from(batch)),
-                Some(pg_sys::Datum::from(slot as i32)),
-            ],
-            true,
-            |desc, rows| -> Option<(i64, Vec<Option<Vec<u8>>>)> {
-                let row = *rows.first()?;
-                let mut null = false;
-                let first = pg_sys::heap_getattr(row, 1, desc, &mut null).value() as i32 as i64;
-                let d = pg_sys::heap_getattr(row, 2, desc, &mut null);
-                if null {
-                    return None;
-                }
-                Some((first, bytea_elements(d)))
-            },
-        )?
+    let args = [
+        Some(pg_sys::Datum::from(batch)),
+        Some(pg_sys::Datum::from(slot as i32)),
+    ];
+    let read = |desc: pg_sys::TupleDesc, rows: &[pg_sys::HeapTuple]| -> Option<(i64, Vec<u8>)> {
+        let row = *rows.first()?;
+        let mut null = false;
+        unsafe {
+            let first = pg_sys::heap_getattr(row, 1, desc, &mut null).value() as i32 as i64;
+            let d = pg_sys::heap_getattr(row, 2, desc, &mut null);
+            if null {
+                return None;
+            }
+            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+            Some((
+                first,
+                crate::query::rowjson::varlena(pg_sys::Datum::from(v)).to_vec(),
+            ))
+        }
     };
-    if let Some(c) = chunk {
+    if !whole {
+        let one = unsafe { run(p.hash_one, &args, true, read)? };
+        return Ok(one.and_then(|(_, h)| (h.len() == 32).then_some(h)));
+    }
+    if let Some(c) = unsafe { run(p.hashes, &args, true, read)? } {
         cache.entry(batch).or_default().push(c);
     }
-    Ok(find(cache).flatten())
-}
-
-/// The elements of a bytea[] (None: NULL).
-unsafe fn bytea_elements(d: pg_sys::Datum) -> Vec<Option<Vec<u8>>> {
-    unsafe {
-        let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
-        let mut elems: *mut pg_sys::Datum = std::ptr::null_mut();
-        let mut nulls: *mut bool = std::ptr::null_mut();
-        let mut n = 0i32;
-        pg_sys::deconstruct_array(
-            arr,
-            pg_sys::BYTEAOID,
-            -1,
-            false,
-            pg_sys::TYPALIGN_INT as std::os::raw::c_char,
-            &mut elems,
-            &mut nulls,
-            &mut n,
-        );
-        (0..n as usize)
-            .map(|i| {
-                (!*nulls.add(i)).then(|| crate::query::rowjson::varlena(*elems.add(i)).to_vec())
-            })
-            .collect()
-    }
+    Ok(find(cache))
 }
 
 /// Whether any chain of `entity` has its head in `_udm_audit_heads` (a record of it was deleted,
@@ -544,6 +549,13 @@ pub(super) fn write(t: &Tenant, entries: &[Pending]) -> Result<Vec<i64>> {
     }
     // previous (hash, pointer) of each change
     let mut chunks: ChunkCache = FxHashMap::default();
+    // chunks that many changes of this flush follow are read whole, once
+    let mut following: FxHashMap<i64, usize> = FxHashMap::default();
+    for e in entries {
+        if let Some(ptr) = e.prev_ptr {
+            *following.entry(ptr / SLOTS).or_default() += 1;
+        }
+    }
     let mut prevs: Vec<(Option<Vec<u8>>, Option<i64>)> = Vec::with_capacity(entries.len());
     let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(entries.len());
     let mut scratch = Vec::with_capacity(1024);
@@ -570,7 +582,12 @@ pub(super) fn write(t: &Tenant, entries: &[Pending]) -> Result<Vec<i64>> {
                 None => None,
             };
             match ptr {
-                Some(ptr) => (hash_at(&p, &mut chunks, ptr)?, Some(ptr)),
+                Some(ptr) => {
+                    let whole = following
+                        .get(&(ptr / SLOTS))
+                        .is_some_and(|&n| n >= WHOLE_AT);
+                    (hash_at(&p, &mut chunks, ptr, whole)?, Some(ptr))
+                }
                 None => (None, None),
             }
         };
@@ -689,10 +706,10 @@ fn insert_chunk(
         .iter()
         .map(|e| e.record_version.map(pg_sys::Datum::from))
         .collect();
-    let prev_ptrs: Vec<_> = prevs
-        .iter()
-        .map(|(_, p)| p.map(pg_sys::Datum::from))
-        .collect();
+    let mut prev_ptrs = Vec::with_capacity(prevs.len() * 8);
+    for (_, p) in prevs {
+        prev_ptrs.extend_from_slice(&p.unwrap_or(0).to_be_bytes());
+    }
     let olds: Vec<_> = entries.iter().map(|e| e.old).collect();
     let news: Vec<_> = entries.iter().map(|e| e.new).collect();
     let changed: Vec<_> = entries
@@ -703,7 +720,10 @@ fn insert_chunk(
         .iter()
         .map(|(h, _)| h.as_deref().map(bytes_datum))
         .collect();
-    let hs: Vec<_> = hashes.iter().map(|h| Some(bytes_datum(h))).collect();
+    let mut hs = Vec::with_capacity(hashes.len() * 32);
+    for h in hashes {
+        hs.extend_from_slice(h);
+    }
     let batch_hash = udm_core::audit::batch_hash(batch, first as i32, hashes);
     let jsonb = pg_sys::JSONBOID;
     unsafe {
@@ -721,12 +741,12 @@ fn insert_chunk(
                 Some(array(&ids, pg_sys::UUIDOID, 16, false, b'c')),
                 Some(array(&actions, pg_sys::TEXTOID, -1, false, b'i')),
                 Some(array(&versions, pg_sys::INT4OID, 4, true, b'i')),
-                Some(array(&prev_ptrs, pg_sys::INT8OID, 8, true, b'd')),
+                Some(bytes_datum(&prev_ptrs)),
                 Some(array(&olds, jsonb, -1, false, b'i')),
                 Some(array(&news, jsonb, -1, false, b'i')),
                 Some(array(&changed, pg_sys::TEXTOID, -1, false, b'i')),
                 Some(array(&prev_hashes, pg_sys::BYTEAOID, -1, false, b'i')),
-                Some(array(&hs, pg_sys::BYTEAOID, -1, false, b'i')),
+                Some(bytes_datum(&hs)),
                 Some(bytes_datum(&batch_hash)),
             ],
             false,
@@ -736,9 +756,6 @@ fn insert_chunk(
 }
 
 // ------------------------------------------------------------------ reading a record's chains
-
-/// The previous pointers of chunks read on a walk: batch id -> (first slot, prev_ptrs).
-type PrevCache = FxHashMap<i64, Vec<(i64, Vec<Option<i64>>)>>;
 
 /// The pointers of a record's changes, newest first: the chain from its row (an entity's
 /// record) and those from `_udm_audit_heads` (`entity` itself when deleted; with `links`, its
@@ -771,12 +788,12 @@ pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) ->
             Ok::<_, pgrx::spi::Error>(())
         })
         .map_err(crate::error::spi_err)?;
+        // one step: the 8 bytes of the change's previous pointer, a slice of its chunk's
         let sql = format!(
-            "SELECT first_slot, prev_ptrs FROM {} WHERE batch_id = $1 AND first_slot <= $2 \
-             ORDER BY first_slot DESC LIMIT 1",
+            "SELECT pg_catalog.substring(prev_ptrs FROM ($2 - first_slot) * 8 + 1 FOR 8) FROM {} \
+             WHERE batch_id = $1 AND first_slot <= $2 ORDER BY first_slot DESC LIMIT 1",
             t.catalog(LOG)
         );
-        let mut chunks: PrevCache = FxHashMap::default();
         let mut seen = rustc_hash::FxHashSet::default();
         let mut out = Vec::new();
         for start in starts {
@@ -787,36 +804,12 @@ pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) ->
                 }
                 out.push(ptr);
                 let (batch, slot) = (ptr / SLOTS, ptr % SLOTS);
-                let find = |chunks: &PrevCache| {
-                    chunks.get(&batch)?.iter().find_map(|(first, prevs)| {
-                        let i = slot - first;
-                        (i >= 0 && (i as usize) < prevs.len()).then(|| prevs[i as usize])
-                    })
-                };
-                at = match find(&chunks) {
-                    Some(prev) => prev,
-                    None => {
-                        let row = pgrx::Spi::connect(|c| {
-                            let mut rows =
-                                c.select(&sql, Some(1), &[batch.into(), (slot as i32).into()])?;
-                            match rows.next() {
-                                Some(r) => Ok::<_, pgrx::spi::Error>(Some((
-                                    r.get::<i32>(1)?.unwrap_or(0) as i64,
-                                    r.get::<Vec<Option<i64>>>(2)?.unwrap_or_default(),
-                                ))),
-                                None => Ok(None),
-                            }
-                        })
-                        .map_err(crate::error::spi_err)?;
-                        match row {
-                            Some(chunk) => {
-                                chunks.entry(batch).or_default().push(chunk);
-                                find(&chunks).flatten()
-                            }
-                            None => None,
-                        }
-                    }
-                };
+                let prev =
+                    crate::spi::select_one::<Vec<u8>>(&sql, &[batch.into(), (slot as i32).into()])?;
+                at = prev
+                    .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                    .map(i64::from_be_bytes)
+                    .filter(|&p| p > 0);
             }
         }
         out.sort_unstable_by(|a, b| b.cmp(a));

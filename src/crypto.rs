@@ -601,11 +601,28 @@ fn open_value_with(
     stored: &str,
     held: Option<&Rc<TenantKeys>>,
 ) -> Result<String> {
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    open_value_in(t, e, f, id, stored, held.map(|k| &**k), &mut buf).map(str::to_string)
+}
+
+/// `open_value_with` in the caller's buffer `buf` (its content replaced, kept to open the next
+/// value without allocating): the plaintext, in `buf`.
+fn open_value_in<'b>(
+    t: &Tenant,
+    e: &Entity,
+    f: &FieldDef,
+    id: &[u8; 16],
+    stored: &str,
+    held: Option<&TenantKeys>,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b str> {
     let what = || field_what(t, &e.def.slug, &f.name);
     if f.encryption_pending.is_some() && !c::looks_sealed(stored) {
         // encryption is being turned on or off: a value not (or no longer) sealed is the
         // plaintext, in its canonical form
-        return Ok(stored.to_string());
+        buf.clear();
+        buf.extend_from_slice(stored.as_bytes());
+        return std::str::from_utf8(buf).map_err(|_| UdmError::internal("text is not UTF-8"));
     }
     let env = c::parse_envelope(stored).ok_or_else(|| {
         UdmError::new(
@@ -614,13 +631,17 @@ fn open_value_with(
         )
         .hint("it was written past udm's trigger (e.g. with triggers disabled)")
     })?;
-    let k = match held {
-        Some(k) if k.has(env.key_id) => k.clone(),
-        _ => keys(t, &what, Some(env.key_id))?,
+    let fetched;
+    let k: &TenantKeys = match held {
+        Some(k) if k.has(env.key_id) => k,
+        _ => {
+            fetched = keys(t, &what, Some(env.key_id))?;
+            &fetched
+        }
     };
     let dk = k.data_key(&what, env.key_id)?;
-    let plain = c::open_with(dk, &env, id, f.id).map_err(|e| e.context(what()))?;
-    String::from_utf8(plain).map_err(|_| {
+    let plain = c::open_in(dk, &env, id, f.id, buf).map_err(|e| e.context(what()))?;
+    std::str::from_utf8(plain).map_err(|_| {
         UdmError::new(
             SqlState::DataCorrupted,
             format!("{}: the decrypted value is not text", what()),
@@ -660,6 +681,9 @@ pub struct CallSite {
     def: FieldDef,
     allowed: bool,
     keys: Option<Rc<TenantKeys>>,
+    /// Where `udm.decrypt_field` opens this call site's values, one after the other (wiped when
+    /// the call site is dropped, with the statement).
+    scratch: RefCell<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 impl CallSite {
@@ -673,9 +697,51 @@ impl CallSite {
         field_what(&self.t, &self.e.def.slug, &self.def.name)
     }
 
-    /// The plaintext of a stored value of record `id` (for a reader `allowed`).
-    pub fn open(&self, id: &[u8; 16], stored: &str) -> Result<String> {
-        open_value_with(&self.t, &self.e, &self.def, id, stored, self.keys.as_ref())
+    /// `open_in` for a stored value as read from the table (bytes): the value's parts found
+    /// without the checks the decryption makes anyway (`c::split_stored`), with the keys held;
+    /// any failure is reported as `open_in` reports it.
+    pub fn open_stored<'b>(
+        &self,
+        id: &[u8; 16],
+        stored: &[u8],
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b str> {
+        let fast = match (&self.keys, c::split_stored(stored)) {
+            (Some(k), Some(p)) if self.def.encryption_pending.is_none() => k
+                .data
+                .iter()
+                .find(|(kid, _)| *kid == p.key_id)
+                .and_then(|(_, dk)| {
+                    c::open_parts(dk, p.key_id, p.blind, p.body, id, self.def.id, buf).ok()
+                })
+                .filter(|at| std::str::from_utf8(&buf[at.clone()]).is_ok()),
+            _ => None,
+        };
+        if let Some(at) = fast {
+            // SAFETY: checked to be UTF-8 just above
+            return Ok(unsafe { std::str::from_utf8_unchecked(&buf[at]) });
+        }
+        let stored = String::from_utf8_lossy(stored);
+        self.open_in(id, &stored, buf)
+    }
+
+    /// The plaintext of a stored value of record `id` (for a reader `allowed`), opened in
+    /// `buf` (its content replaced; the caller keeps it for the next value and wipes it after).
+    pub fn open_in<'b>(
+        &self,
+        id: &[u8; 16],
+        stored: &str,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b str> {
+        open_value_in(
+            &self.t,
+            &self.e,
+            &self.def,
+            id,
+            stored,
+            self.keys.as_deref(),
+            buf,
+        )
     }
 }
 
@@ -701,6 +767,7 @@ pub fn call_site(schema: &str, entity: &str, field: u32) -> Result<CallSite> {
         def,
         allowed,
         keys,
+        scratch: RefCell::new(zeroize::Zeroizing::new(Vec::new())),
     })
 }
 
@@ -736,16 +803,9 @@ pub unsafe extern "C-unwind" fn udm_decrypt_field(
         }
         let id = pg_getarg::<pgrx::Uuid>(fcinfo, 3).unwrap_or(pgrx::Uuid::from_bytes([0; 16]));
         let stored = pg_getarg::<&str>(fcinfo, 4).unwrap_or_default();
-        let plain = open_value_with(
-            &site.t,
-            &site.e,
-            &site.def,
-            id.as_bytes(),
-            stored,
-            site.keys.as_ref(),
-        )
-        .or_raise();
-        crate::triggers::text_datum(&plain)
+        let mut buf = site.scratch.borrow_mut();
+        let plain = site.open_in(id.as_bytes(), stored, &mut buf).or_raise();
+        crate::triggers::text_datum(plain)
     }
 }
 

@@ -160,22 +160,48 @@ fn wrap_aad(purpose: Purpose, id: i32) -> Vec<u8> {
 
 /// Nonces for values: each one 96 fresh bits from the operating system's generator, read 4 KiB
 /// at a time (one system call per 341 values instead of one each). The buffer belongs to one
-/// process: a forked child never uses what its parent read (it refills when its pid differs).
+/// process: a forked child never uses what its parent read (it refills when a fork happened since
+/// the buffer was read, see `fork_generation`).
 struct NonceBuffer {
-    pid: u32,
+    forks: u64,
     buf: Zeroizing<Vec<u8>>,
     at: usize,
 }
 
 const NONCE_BUFFER: usize = 4092;
 
+/// How many forks this process descends through since udm's nonces were first used in an
+/// ancestor: a `pthread_atfork` child handler counts them (registered before any buffer is read,
+/// and inherited by every child). Where the handler cannot be registered, the process id stands
+/// in (a system call each time).
+fn fork_generation() -> u64 {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+    static COUNTED: AtomicBool = AtomicBool::new(false);
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn forked() {
+        FORKS.fetch_add(1, Ordering::SeqCst);
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: registers a handler that only increments an atomic (async-signal-safe)
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+        COUNTED.store(rc == 0, Ordering::SeqCst);
+    });
+    if COUNTED.load(Ordering::Relaxed) {
+        FORKS.load(Ordering::SeqCst)
+    } else {
+        // a pid is never 0 nor above 2^32: no count of forks equals one shifted up
+        u64::from(std::process::id()) << 32
+    }
+}
+
 impl NonceBuffer {
     fn next(&mut self) -> Result<[u8; NONCE_LEN]> {
-        let pid = std::process::id();
-        if self.pid != pid || self.at + NONCE_LEN > self.buf.len() {
+        let forks = fork_generation();
+        if self.forks != forks || self.at + NONCE_LEN > self.buf.len() {
             self.buf.resize(NONCE_BUFFER, 0);
             getrandom::getrandom(&mut self.buf).map_err(rng_error)?;
-            self.pid = pid;
+            self.forks = forks;
             self.at = 0;
         }
         let mut n = [0u8; NONCE_LEN];
@@ -189,7 +215,7 @@ impl NonceBuffer {
 
 thread_local! {
     static NONCES: std::cell::RefCell<NonceBuffer> = std::cell::RefCell::new(NonceBuffer {
-        pid: 0,
+        forks: u64::MAX,
         buf: Zeroizing::new(Vec::new()),
         at: 0,
     });
@@ -282,20 +308,36 @@ pub fn looks_sealed(s: &str) -> bool {
 /// Splits a stored value into its parts; None when it is not of the envelope's form.
 pub fn parse_envelope(s: &str) -> Option<Envelope<'_>> {
     let rest = s.strip_prefix(PREFIX)?;
-    // split at the first two colons (bytes: a colon is never inside a UTF-8 sequence)
+    // the key id: 1 to 10 digits up to the first colon, within i32
     let b = rest.as_bytes();
-    let i = b.iter().position(|&c| c == b':')?;
-    let j = i + 1 + b[i + 1..].iter().position(|&c| c == b':')?;
-    let (id, blind, body) = (&rest[..i], &rest[i + 1..j], &rest[j + 1..]);
-    if id.is_empty() || id.len() > 10 || !id.bytes().all(|b| b.is_ascii_digit()) {
+    let mut key_id: i64 = 0;
+    let mut i = 0;
+    while i < b.len() && b[i].is_ascii_digit() {
+        if i == 10 {
+            return None;
+        }
+        key_id = key_id * 10 + i64::from(b[i] - b'0');
+        i += 1;
+    }
+    if i == 0 || b.get(i) != Some(&b':') {
         return None;
     }
-    let key_id: i32 = id.parse().ok()?;
-    if !(blind.is_empty()
-        || blind.len() == 2 * BLIND_LEN && blind.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return None;
-    }
+    let key_id = i32::try_from(key_id).ok()?;
+    // the blind index: empty or 32 hex digits, up to the second colon (bytes: a colon is never
+    // inside a UTF-8 sequence)
+    let after = &b[i + 1..];
+    let blind_len = match after.first() {
+        Some(b':') => 0,
+        _ if after.len() > 2 * BLIND_LEN
+            && after[2 * BLIND_LEN] == b':'
+            && after[..2 * BLIND_LEN].iter().all(u8::is_ascii_hexdigit) =>
+        {
+            2 * BLIND_LEN
+        }
+        _ => return None,
+    };
+    let blind = &rest[i + 1..i + 1 + blind_len];
+    let body = &rest[i + 2 + blind_len..];
     if body.as_bytes().contains(&b':') {
         return None;
     }
@@ -318,7 +360,7 @@ impl Aad {
     }
 }
 
-fn value_aad(record: &[u8; 16], field: u32, key_id: i32, blind: &str) -> Result<Aad> {
+fn value_aad(record: &[u8; 16], field: u32, key_id: i32, blind: &[u8]) -> Result<Aad> {
     if blind.len() > 2 * BLIND_LEN {
         return Err(UdmError::internal("a blind index is too long"));
     }
@@ -330,7 +372,7 @@ fn value_aad(record: &[u8; 16], field: u32, key_id: i32, blind: &str) -> Result<
     a.buf[4..20].copy_from_slice(record);
     a.buf[20..24].copy_from_slice(&field.to_be_bytes());
     a.buf[24..28].copy_from_slice(&key_id.to_be_bytes());
-    a.buf[28..a.len].copy_from_slice(blind.as_bytes());
+    a.buf[28..a.len].copy_from_slice(blind);
     Ok(a)
 }
 
@@ -358,6 +400,26 @@ pub fn seal_with(
     field: u32,
     plaintext: &[u8],
 ) -> Result<String> {
+    let mut out = String::new();
+    seal_into(key, key_id, blind, record, field, plaintext, &mut out)?;
+    Ok(out)
+}
+
+/// Plaintexts up to this length are sealed in a buffer on the stack.
+const SMALL: usize = 512;
+
+/// `seal_with` writing the sealed value into `out` (cleared first): one allocation at most, for
+/// `out` itself.
+pub fn seal_into(
+    key: &Sealer,
+    key_id: i32,
+    blind: Option<&str>,
+    record: &[u8; 16],
+    field: u32,
+    plaintext: &[u8],
+    out: &mut String,
+) -> Result<()> {
+    use std::fmt::Write;
     if plaintext.len() > MAX_PLAINTEXT {
         return Err(UdmError::new(
             SqlState::ProgramLimitExceeded,
@@ -369,21 +431,33 @@ pub fn seal_with(
     }
     let blind = blind.unwrap_or("");
     let nonce = NONCES.with(|n| n.borrow_mut().next())?;
-    let aad = value_aad(record, field, key_id, blind)?;
-    let ct = key
+    let aad = value_aad(record, field, key_id, blind.as_bytes())?;
+    // nonce || ciphertext || tag, the plaintext encrypted in place
+    let n = NONCE_LEN + plaintext.len() + TAG_LEN;
+    let mut small = [0u8; NONCE_LEN + SMALL + TAG_LEN];
+    let mut large = Vec::new();
+    let raw: &mut [u8] = if plaintext.len() <= SMALL {
+        &mut small[..n]
+    } else {
+        large.resize(n, 0);
+        &mut large
+    };
+    raw[..NONCE_LEN].copy_from_slice(&nonce);
+    raw[NONCE_LEN..n - TAG_LEN].copy_from_slice(plaintext);
+    let tag = key
         .0
-        .encrypt(
+        .encrypt_in_place_detached(
             Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: aad.bytes(),
-            },
+            aad.bytes(),
+            &mut raw[NONCE_LEN..n - TAG_LEN],
         )
         .map_err(|_| UdmError::internal("sealing a value failed"))?;
-    let mut raw = Vec::with_capacity(NONCE_LEN + ct.len());
-    raw.extend_from_slice(&nonce);
-    raw.extend_from_slice(&ct);
-    Ok(format!("{PREFIX}{key_id}:{blind}:{}", B64.encode(raw)))
+    raw[n - TAG_LEN..].copy_from_slice(&tag);
+    out.clear();
+    out.reserve(PREFIX.len() + 12 + blind.len() + n.div_ceil(3) * 4);
+    let _ = write!(out, "{PREFIX}{key_id}:{blind}:");
+    B64.encode_string(&*raw, out);
+    Ok(())
 }
 
 /// Opens a sealed value of field `field` of record `record` (the key is the one `env.key_id`
@@ -402,6 +476,86 @@ pub fn open_with(
     record: &[u8; 16],
     field: u32,
 ) -> Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let len = open_in(key, env, record, field, &mut raw)?.len();
+    raw.copy_within(NONCE_LEN..NONCE_LEN + len, 0);
+    raw.truncate(len);
+    Ok(raw)
+}
+
+/// `open_with` in the caller's buffer `buf` (its content replaced; kept to open the next value
+/// without allocating): the plaintext, a slice of `buf`.
+pub fn open_in<'b>(
+    key: &Sealer,
+    env: &Envelope<'_>,
+    record: &[u8; 16],
+    field: u32,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8]> {
+    let at = open_parts(
+        key,
+        env.key_id,
+        env.blind.as_bytes(),
+        env.body.as_bytes(),
+        record,
+        field,
+        buf,
+    )?;
+    Ok(&buf[at])
+}
+
+/// The parts of a stored value as `open_in` uses them, found without checking what the
+/// decryption checks anyway (see `split_stored`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredParts<'a> {
+    pub key_id: i32,
+    pub blind: &'a [u8],
+    pub body: &'a [u8],
+}
+
+/// Finds the key id, blind index and body of a stored value (bytes, as read from the table) for
+/// reads that open it: the form of `parse_envelope` except that the blind index's letters and the
+/// body's are left to the decryption (the blind index is bound in as associated data, the body
+/// must be base64), so a value `parse_envelope` refuses never opens either. None when it is
+/// not of that form; a caller then reports through `parse_envelope`.
+pub fn split_stored(stored: &[u8]) -> Option<StoredParts<'_>> {
+    let b = stored.strip_prefix(PREFIX.as_bytes())?;
+    let mut key_id: i64 = 0;
+    let mut i = 0;
+    while i < b.len() && b[i].is_ascii_digit() {
+        if i == 10 {
+            return None;
+        }
+        key_id = key_id * 10 + i64::from(b[i] - b'0');
+        i += 1;
+    }
+    if i == 0 || b.get(i) != Some(&b':') {
+        return None;
+    }
+    let key_id = i32::try_from(key_id).ok()?;
+    let after = &b[i + 1..];
+    let blind_len = match after.first() {
+        Some(b':') => 0,
+        _ if after.get(2 * BLIND_LEN) == Some(&b':') => 2 * BLIND_LEN,
+        _ => return None,
+    };
+    Some(StoredParts {
+        key_id,
+        blind: &after[..blind_len],
+        body: &after[blind_len + 1..],
+    })
+}
+
+/// `open_in` with the parts `split_stored` found: where the plaintext is in `buf`.
+pub fn open_parts(
+    key: &Sealer,
+    key_id: i32,
+    blind: &[u8],
+    body: &[u8],
+    record: &[u8; 16],
+    field: u32,
+    buf: &mut Vec<u8>,
+) -> Result<std::ops::Range<usize>> {
     let bad = || {
         UdmError::new(
             SqlState::DataCorrupted,
@@ -409,28 +563,96 @@ pub fn open_with(
         )
         .hint("it was copied from another record or field, or changed outside udm")
     };
-    // decoded into one buffer and opened in place: the plaintext is returned in it
-    let mut raw = Vec::with_capacity(env.body.len() / 4 * 3 + 3);
-    B64.decode_vec(env.body, &mut raw).map_err(|_| bad())?;
-    let n = raw.len();
+    // decoded into one buffer and opened in place
+    b64_decode_into(body, buf).ok_or_else(bad)?;
+    let n = buf.len();
     if n < NONCE_LEN + TAG_LEN {
         return Err(bad());
     }
-    let aad = value_aad(record, field, env.key_id, env.blind)?;
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&raw[..NONCE_LEN]);
-    let tag = Tag::clone_from_slice(&raw[n - TAG_LEN..]);
+    let aad = value_aad(record, field, key_id, blind)?;
+    let (nonce, rest) = buf.split_at_mut(NONCE_LEN);
+    let (body, tag) = rest.split_at_mut(n - NONCE_LEN - TAG_LEN);
     key.0
         .decrypt_in_place_detached(
-            Nonce::from_slice(&nonce),
+            Nonce::from_slice(nonce),
             aad.bytes(),
-            &mut raw[NONCE_LEN..n - TAG_LEN],
-            &tag,
+            body,
+            Tag::from_slice(tag),
         )
         .map_err(|_| bad())?;
-    raw.copy_within(NONCE_LEN..n - TAG_LEN, 0);
-    raw.truncate(n - NONCE_LEN - TAG_LEN);
-    Ok(raw)
+    Ok(NONCE_LEN..n - TAG_LEN)
+}
+
+/// The values of base64's 64 letters (standard alphabet), 0xff for any other byte.
+const B64_VALUES: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let letters = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut i = 0;
+    while i < 64 {
+        t[letters[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Decodes padded standard base64 (as `seal` writes it) into `out` (cleared first); None when
+/// `text` is not that: a length not a multiple of 4, a byte outside the alphabet, padding
+/// elsewhere than at the end, or bits set past the last byte (the forms the `base64` crate
+/// refuses too).
+fn b64_decode_into(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    out.clear();
+    if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let pad = text
+        .iter()
+        .rev()
+        .take(2)
+        .take_while(|&&c| c == b'=')
+        .count();
+    let (whole, last) = match text.len() {
+        0 => return Some(()),
+        n => text.split_at(n - 4),
+    };
+    out.resize(text.len() / 4 * 3 - pad, 0);
+    let (head, tail) = out.split_at_mut(whole.len() / 4 * 3);
+    let mut bad = 0u8;
+    for (q, o) in whole.chunks_exact(4).zip(head.chunks_exact_mut(3)) {
+        let v = [
+            B64_VALUES[q[0] as usize],
+            B64_VALUES[q[1] as usize],
+            B64_VALUES[q[2] as usize],
+            B64_VALUES[q[3] as usize],
+        ];
+        bad |= v[0] | v[1] | v[2] | v[3];
+        let w = (u32::from(v[0]) << 18)
+            | (u32::from(v[1]) << 12)
+            | (u32::from(v[2]) << 6)
+            | u32::from(v[3]);
+        o.copy_from_slice(&w.to_be_bytes()[1..]);
+    }
+    let mut w = 0u32;
+    for (i, &c) in last.iter().enumerate() {
+        let v = if i >= 4 - pad {
+            0
+        } else {
+            B64_VALUES[c as usize]
+        };
+        bad |= v;
+        w |= u32::from(v & 0x3f) << (18 - 6 * i);
+    }
+    if bad & 0xc0 != 0 {
+        out.clear();
+        return None;
+    }
+    let bytes = w.to_be_bytes();
+    // the bits of a padded group past its last byte are zero in canonical base64
+    if bytes[4 - pad..].iter().any(|&b| b != 0) {
+        out.clear();
+        return None;
+    }
+    tail.copy_from_slice(&bytes[1..4 - pad]);
+    Some(())
 }
 
 /// The blind index of `plaintext` in field `field`: hex of HMAC-SHA256(index key, field id ||
@@ -585,6 +807,172 @@ mod tests {
         let other = blind_index(&ik, 1, b"y@example.com");
         let forged = s.replace(&a, &other);
         assert!(open(&dk, &parse_envelope(&forged).unwrap(), &R1, 1).is_err());
+    }
+
+    #[test]
+    fn base64_is_read_as_the_base64_crate_reads_it() {
+        use proptest::prelude::*;
+        let agree = |text: &[u8]| {
+            let mut out = vec![7u8; 3];
+            let ours = b64_decode_into(text, &mut out).map(|()| out);
+            let theirs = B64.decode(text).ok();
+            assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(text));
+        };
+        for t in [
+            &b""[..],
+            b"AA==",
+            b"AAA=",
+            b"AAAA",
+            b"AB==",
+            b"AAB=",
+            b"A===",
+            b"====",
+            b"A=A=",
+            b"AA=A",
+            b"AAAA=",
+            b"AAA",
+            b"AA:A",
+            b"AA\xc3\xa9",
+            b"////",
+            b"+/+/AA==",
+        ] {
+            agree(t);
+        }
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&proptest::collection::vec(any::<u8>(), 0..80), |bytes| {
+                // what seal writes, and the same with a letter changed
+                let text = B64.encode(&bytes);
+                agree(text.as_bytes());
+                let mut bent = text.clone().into_bytes();
+                if let Some(c) = bent.last_mut() {
+                    *c = b"A=/+:"[bytes.len() % 5];
+                }
+                agree(&bent);
+                Ok(())
+            })
+            .unwrap();
+        runner
+            .run(
+                &proptest::collection::vec(
+                    prop_oneof![Just(b'='), Just(b'A'), Just(b'Q'), Just(b'/'), any::<u8>()],
+                    0..12,
+                ),
+                |text| {
+                    agree(&text);
+                    Ok(())
+                },
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn open_in_reuses_the_buffer_and_seal_into_replaces_the_output() {
+        let dk = key(3).sealer();
+        let mut out = String::from("left over");
+        let long = vec![b'x'; SMALL + 100];
+        let mut buf = Vec::new();
+        for (i, p) in [&b"short"[..], &long[..], b"", b"again"].iter().enumerate() {
+            seal_into(&dk, 2, None, &R1, 9, p, &mut out).unwrap();
+            assert!(out.starts_with("udm1:2::"), "{out}");
+            let env = parse_envelope(&out).unwrap();
+            assert_eq!(
+                open_in(&dk, &env, &R1, 9, &mut buf).unwrap(),
+                *p,
+                "value {i}"
+            );
+            assert_eq!(open_with(&dk, &env, &R1, 9).unwrap(), *p);
+            assert!(open_in(&dk, &env, &R2, 9, &mut buf).is_err());
+        }
+    }
+
+    /// A child forked after the parent read its nonces takes none of them.
+    #[test]
+    fn a_forked_child_never_reuses_its_parents_nonces() {
+        let dk = key(3).sealer();
+        let nonce_of =
+            |v: &str| B64.decode(parse_envelope(v).unwrap().body).unwrap()[..NONCE_LEN].to_vec();
+        // the parent's buffer is filled
+        let _ = seal_with(&dk, 1, None, &R1, 1, b"x").unwrap();
+        let mut fds = [0i32; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // the child: its next nonce, to the parent
+            let n = seal_with(&dk, 1, None, &R1, 1, b"x").map(|v| nonce_of(&v));
+            let n = n.unwrap_or_default();
+            unsafe {
+                libc::write(fds[1], n.as_ptr().cast(), n.len());
+                libc::_exit(0);
+            }
+        }
+        let mut got = [0u8; NONCE_LEN];
+        let read = unsafe { libc::read(fds[0], got.as_mut_ptr().cast(), NONCE_LEN) };
+        let mut status = 0;
+        unsafe {
+            libc::waitpid(pid, &mut status, 0);
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        assert_eq!(read, NONCE_LEN as isize, "the child sealed a value");
+        let mine = nonce_of(&seal_with(&dk, 1, None, &R1, 1, b"x").unwrap());
+        assert_ne!(got.to_vec(), mine, "the child took the parent's next nonce");
+    }
+
+    #[test]
+    fn split_stored_finds_what_parse_envelope_finds() {
+        let dk = key(3);
+        let blind = blind_index(&key(5), 1, b"v");
+        let mut cases = vec![
+            seal(&dk, 12, None, &R1, 1, b"v").unwrap(),
+            seal(&dk, 1, Some(&blind), &R1, 1, b"v").unwrap(),
+        ];
+        for s in [
+            "plain",
+            "udm1:",
+            "udm1::x",
+            "udm1:1:x",
+            "udm1:a::x",
+            "udm1:1:zz:x",
+            "udm1:99999999999::x",
+            "udm1:2147483648::x",
+            "udm1:2147483647::x",
+            "udm1:1::x:y",
+            "UDM1:1::x",
+            "udm1:1::",
+        ] {
+            cases.push(s.to_string());
+        }
+        for s in &cases {
+            let strict = parse_envelope(s);
+            let lenient = split_stored(s.as_bytes());
+            if let Some(e) = &strict {
+                let want = StoredParts {
+                    key_id: e.key_id,
+                    blind: e.blind.as_bytes(),
+                    body: e.body.as_bytes(),
+                };
+                assert_eq!(lenient, Some(want), "{s}");
+            }
+        }
+        // what it leaves to the decryption: a value with such parts does not open
+        let dks = dk.sealer();
+        let mut buf = Vec::new();
+        let ok = &cases[1];
+        let env = parse_envelope(ok).unwrap();
+        let other_blind = ok.replacen(env.blind, &"g".repeat(32), 1);
+        let p = split_stored(other_blind.as_bytes()).unwrap();
+        assert!(parse_envelope(&other_blind).is_none());
+        assert!(open_parts(&dks, p.key_id, p.blind, p.body, &R1, 1, &mut buf).is_err());
+        let colon = format!("{ok}:");
+        let p = split_stored(colon.as_bytes()).unwrap();
+        assert!(parse_envelope(&colon).is_none());
+        assert!(open_parts(&dks, p.key_id, p.blind, p.body, &R1, 1, &mut buf).is_err());
+        let p = split_stored(ok.as_bytes()).unwrap();
+        let at = open_parts(&dks, p.key_id, p.blind, p.body, &R1, 1, &mut buf).unwrap();
+        assert_eq!(&buf[at], b"v");
+        assert!(open_parts(&dks, p.key_id, p.blind, p.body, &R2, 1, &mut buf).is_err());
     }
 
     #[test]

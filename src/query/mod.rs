@@ -311,10 +311,12 @@ fn execute_rows(c: &Compiled, out: &RowsOutput, binds: &[Option<String>]) -> Res
         let mut values = vec![pg_sys::Datum::from(0usize); natts];
         let mut nulls = vec![false; natts];
         let mut records = Vec::with_capacity(rows.len());
+        // where each value is opened (wiped when the page is built)
+        let mut scratch = zeroize::Zeroizing::new(Vec::new());
         for &row in rows {
             pg_sys::heap_deform_tuple(row, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
             for (s, site, typ) in &sealed {
-                open_column(s, site, *typ, &mut values, &mut nulls)?;
+                open_column(s, site, *typ, &mut values, &mut nulls, &mut scratch)?;
             }
             records.push(json.record.build(&values, &nulls));
         }
@@ -385,6 +387,7 @@ unsafe fn open_column(
     typ: pg_sys::Oid,
     values: &mut [pg_sys::Datum],
     nulls: &mut [bool],
+    scratch: &mut Vec<u8>,
 ) -> Result<()> {
     unsafe {
         let i = s.column;
@@ -406,15 +409,11 @@ unsafe fn open_column(
             values[s.id].cast_mut_ptr::<u8>(),
             16,
         ));
-        // a value that is not UTF-8 is no sealed value: `open` says so, naming the field
+        // a value that is not UTF-8 is no sealed value: `open_stored` says so, naming the field
         let bytes = crate::query::rowjson::varlena(values[i]);
-        let stored = match std::str::from_utf8(bytes) {
-            Ok(s) => std::borrow::Cow::Borrowed(s),
-            Err(_) => String::from_utf8_lossy(bytes),
-        };
-        let plain = site.open(&id, &stored)?;
+        let plain = site.open_stored(&id, bytes, scratch)?;
         values[i] = match typ {
-            pg_sys::TEXTOID => crate::triggers::text_datum(&plain),
+            pg_sys::TEXTOID => crate::triggers::text_datum(plain),
             _ => {
                 let text = std::ffi::CString::new(plain).map_err(|_| {
                     UdmError::new(

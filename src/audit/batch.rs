@@ -57,7 +57,7 @@ fn view_sql(schema: &str, filter: Option<&str>) -> String {
            c.record_id, c.action, c.record_version, b.entity_version, c.old_data, c.new_data, \
            pg_catalog.string_to_array(c.changed, ',') AS changed_fields, b.user_id, b.db_role, \
            b.txid, b.changed_at, c.prev_hash, \
-           pg_catalog.substring(hh.h FROM (c.n::integer - 1) * 32 + 1 FOR 32) AS hash, b.batch_id \
+           pg_catalog.substring(hh.h, (c.n::integer - 1) * 32 + 1, 32) AS hash, b.batch_id \
          FROM {s}.\"{LOG}\" b, LATERAL (SELECT b.hashes || '\\x'::bytea AS h OFFSET 0) hh, \
            LATERAL ROWS FROM (pg_catalog.unnest(b.record_ids), \
            pg_catalog.unnest(b.actions), pg_catalog.unnest(b.record_versions), \
@@ -317,7 +317,7 @@ fn plans(t: &Tenant) -> Result<Rc<Plans>> {
             )?,
             hash_one: keep(
                 &format!(
-                    "SELECT first_slot, pg_catalog.substring(hashes FROM ($2 - first_slot) * 32 + 1 FOR 32) \
+                    "SELECT first_slot, pg_catalog.substring(hashes, ($2 - first_slot) * 32 + 1, 32) \
                      FROM {log} WHERE batch_id = $1 AND first_slot <= $2 ORDER BY first_slot DESC LIMIT 1"
                 ),
                 &mut [INT8OID, INT4OID],
@@ -790,7 +790,7 @@ pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) ->
         .map_err(crate::error::spi_err)?;
         // one step: the 8 bytes of the change's previous pointer, a slice of its chunk's
         let sql = format!(
-            "SELECT pg_catalog.substring(prev_ptrs FROM ($2 - first_slot) * 8 + 1 FOR 8) FROM {} \
+            "SELECT pg_catalog.substring(prev_ptrs, ($2 - first_slot) * 8 + 1, 8) FROM {} \
              WHERE batch_id = $1 AND first_slot <= $2 ORDER BY first_slot DESC LIMIT 1",
             t.catalog(LOG)
         );

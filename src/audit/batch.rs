@@ -224,16 +224,7 @@ fn lock_horizon(seq: pg_sys::Oid, tag: i64) {
             &[Some(pg_sys::Datum::from(seq))],
         )
         .unwrap_or(0);
-        let key = (tag << 48) | (last * SLOTS + SLOTS - 1);
-        let tag = pg_sys::LOCKTAG {
-            locktag_field1: pg_sys::MyDatabaseId.to_u32(),
-            locktag_field2: (key >> 32) as u32,
-            locktag_field3: key as u32,
-            locktag_field4: 1,
-            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-        };
-        pg_sys::LockAcquire(&tag, pg_sys::ShareLock as i32, false, false);
+        super::hold_horizon((tag << 48) | (last * SLOTS + SLOTS - 1));
     }
 }
 

@@ -711,6 +711,21 @@ pub fn horizon_tag(schema: &str) -> i64 {
     (udm_core::ident::fnv1a(schema.as_bytes()) & 0x7fff) as i64
 }
 
+/// Takes a writer's horizon lock, `key` = (tenant tag << 48) | the last event id before the
+/// writer's own (`events::horizon` reads the smallest held): a transaction-level advisory lock
+/// in SHARE mode, so writers never wait for each other on it.
+fn hold_horizon(key: i64) {
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: (key >> 32) as u32,
+        locktag_field3: key as u32,
+        locktag_field4: 1,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as i32, false, false) };
+}
+
 fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {
     let Some(t) = catalog::tenant(schema)? else {
         return Err(UdmError::internal(format!(

@@ -1052,6 +1052,76 @@ pub fn verify_tenant(t: &Tenant) -> Result<Value> {
 /// change since before their last change: the newest rows of their chain (or all of it) were
 /// removed, or they were written with triggers off. One entry per entity: how many records, and
 /// the first.
+/// `missing_heads` for one entity of a batched log: its view is read once (the versions of each
+/// record, hashed here) instead of once per record, which has no index to find a record by.
+fn missing_heads_batched(
+    t: &Tenant,
+    entity: &str,
+    since: Option<TimestampWithTimeZone>,
+) -> Result<Option<Value>> {
+    let mut versions: std::collections::HashMap<[u8; 16], (i32, Vec<i32>)> = Default::default();
+    let audit_sql = format!(
+        "SELECT record_id, record_version FROM {} WHERE entity = $1 AND record_version IS NOT NULL",
+        audit_table(t)
+    );
+    let rows_sql = format!(
+        "SELECT \"id\", \"_version\" FROM {} e WHERE ($1::timestamptz IS NULL OR e.\"updated_at\" > $1) \
+         ORDER BY \"id\"",
+        t.catalog(entity)
+    );
+    let (mut count, mut first): (i64, Option<(Uuid, i32, Option<i32>)>) = (0, None);
+    Spi::connect(|c| {
+        let mut cursor = c.open_cursor(&audit_sql, &[entity.into()]);
+        loop {
+            let batch = cursor.fetch(10_000)?;
+            if batch.is_empty() {
+                break;
+            }
+            for r in batch {
+                if let (Some(id), Some(v)) = (r.get::<Uuid>(1)?, r.get::<i32>(2)?) {
+                    let e = versions.entry(*id.as_bytes()).or_insert((v, Vec::new()));
+                    e.0 = e.0.max(v);
+                    e.1.push(v);
+                }
+            }
+        }
+        let mut cursor = c.open_cursor(&rows_sql, &[since.into()]);
+        loop {
+            let batch = cursor.fetch(10_000)?;
+            if batch.is_empty() {
+                break;
+            }
+            for r in batch {
+                let (Some(id), Some(v)) = (r.get::<Uuid>(1)?, r.get::<i32>(2)?) else {
+                    continue;
+                };
+                let known = versions.get(id.as_bytes());
+                if known.is_some_and(|(_, vs)| vs.contains(&v)) {
+                    continue;
+                }
+                count += 1;
+                if first.is_none() {
+                    first = Some((id, v, known.map(|(m, _)| *m)));
+                }
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .map_err(spi_err)?;
+    Ok(first.map(|(id, version, newest)| {
+        json!({
+            "entity": entity,
+            "records": count,
+            "first": {
+                "record_id": id.to_string(),
+                "version": version,
+                "newest_audited_version": newest,
+                "problem": missing_head_error(version, newest),
+            },
+        })
+    }))
+}
+
 fn missing_heads(t: &Tenant) -> Result<Vec<Value>> {
     let versions_sql = format!(
         "SELECT entity, coalesce((definition->>'audit')::boolean, true), changed_at FROM {} \
@@ -1073,6 +1143,7 @@ fn missing_heads(t: &Tenant) -> Result<Vec<Value>> {
     })
     .map_err(spi_err)?;
     let audit = audit_table(t);
+    let batched = crate::audit::batch::is_batched(t);
     let mut out = Vec::new();
     for e in catalog::active_entities(t)? {
         if e.status != catalog::Status::Active || !e.def.audit {
@@ -1086,6 +1157,10 @@ fn missing_heads(t: &Tenant) -> Result<Vec<Value>> {
             AuditedSince::Always => None,
             AuditedSince::Since(at) => at,
         };
+        if batched {
+            out.extend(missing_heads_batched(t, &e.def.slug, since)?);
+            continue;
+        }
         let sql = format!(
             "SELECT count(*) OVER (), e.\"id\"::text, e.\"_version\", \
                (SELECT max(a.record_version) FROM {audit} a WHERE a.record_id = e.\"id\" AND a.entity = $1) \

@@ -232,6 +232,19 @@ fn tampering_with_the_batched_log_is_found_and_tenants_may_not_write_it() {
     .unwrap();
     let v = json(&mut m.client, "SELECT udm_audit_verify()");
     assert_eq!(v["ok"], false, "{v}");
+    // a superuser writes past the audit (triggers off): the record's version has no change
+    adm.batch_execute(&format!(
+        "ALTER TABLE \"{t}\".product DISABLE TRIGGER ALL; \
+         UPDATE \"{t}\".product SET _version = 7 WHERE name = 'p4'; \
+         ALTER TABLE \"{t}\".product ENABLE TRIGGER ALL"
+    ))
+    .unwrap();
+    let v = json(&mut m.client, "SELECT udm_audit_verify()");
+    let heads = &v["missing_heads"][0];
+    assert_eq!(heads["entity"], "product", "{v}");
+    assert_eq!(heads["records"], 1, "{v}");
+    assert_eq!(heads["first"]["version"], 7, "{v}");
+    assert_eq!(heads["first"]["newest_audited_version"], 2, "{v}");
     // and refusals: setting the layout is for superusers; a batched tenant does not move yet
     expect_err(&mut m.client, "SET udm.audit_batches = on", "42501");
     expect_err(

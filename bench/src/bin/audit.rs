@@ -180,6 +180,118 @@ fn pgbench(v: &str, clients: u32, secs: u32, options: &str) -> f64 {
         })
 }
 
+/// Issue 20's reads, per-change log (c) against batched (d), in one run, alternating: the history
+/// of a record with 100 versions, `udm_record_at` in the middle of it, and `udm_audit_verify` of
+/// the whole log (what the bulk phase left: ROWS inserts and ROWS updates, plus the record's).
+fn reads(c: &mut postgres::Client) {
+    let n: usize = setting("READS", 200);
+    header(&format!(
+        "audit reads: a record with 100 versions among {} changes, {n} calls each, alternating",
+        2 * rows()
+    ));
+    // both logs hold the same changes: ROWS inserts and an update of each
+    reset(c);
+    for v in ["udm", "udm_batches"] {
+        c.batch_execute(&insert_sql(v, rows())).unwrap();
+        c.batch_execute(&format!("UPDATE {} SET price = price + 1", table(v)))
+            .unwrap();
+    }
+    let mut ids = Vec::new();
+    for tenant in ["ab", "abb"] {
+        c.batch_execute(&format!("SELECT udm_use('{tenant}')"))
+            .unwrap();
+        let id: String = c
+            .query_one(
+                "SELECT udm_insert('item', '{\"name\": \"h\", \"price\": 1}')->>'id'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        for v in 2..=100 {
+            c.execute(
+                "SELECT udm_update('item', $1::text::uuid, jsonb_build_object('price', $2::int))",
+                &[&id, &v],
+            )
+            .unwrap();
+        }
+        let mid: String = c
+            .query_one(
+                &format!(
+                    "SELECT changed_at::text FROM {tenant}._udm_audit WHERE record_id = '{id}' AND record_version = 50"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        ids.push((tenant, id, mid));
+    }
+    let mut history = vec![vec![]; 2];
+    let mut at = vec![vec![]; 2];
+    let mut verify = vec![vec![]; 2];
+    for round in 0..n {
+        for (k, (tenant, id, mid)) in ids.iter().enumerate() {
+            c.batch_execute(&format!("SELECT udm_use('{tenant}')"))
+                .unwrap();
+            let (d, count) = time(|| {
+                c.query_one(
+                    "SELECT count(*) FROM udm_history('item', $1::text::uuid)",
+                    &[id],
+                )
+                .unwrap()
+                .get::<_, i64>(0)
+            });
+            assert_eq!(count, 100, "{tenant}");
+            history[k].push(d);
+            let (d, price) = time(|| {
+                c.query_one(
+                    "SELECT (udm_record_at('item', $1::text::uuid, $2::text::timestamptz)->>'price')::numeric::int",
+                    &[id, mid],
+                )
+                .unwrap()
+                .get::<_, i32>(0)
+            });
+            assert_eq!(price, 50, "{tenant}");
+            at[k].push(d);
+            if round < 3 {
+                let (d, ok) = time(|| {
+                    c.query_one("SELECT (udm_audit_verify()->>'ok')::boolean", &[])
+                        .unwrap()
+                        .get::<_, bool>(0)
+                });
+                assert!(ok, "{tenant}");
+                verify[k].push(d);
+            }
+        }
+    }
+    let names = ["(c) per-change log", "(d) batched"];
+    for (label, d) in [
+        ("history of 100 versions", &history),
+        ("udm_record_at", &at),
+        ("udm_audit_verify (3 calls)", &verify),
+    ] {
+        println!("\n  {label}");
+        let med: Vec<f64> = d
+            .iter()
+            .zip(names)
+            .map(|(s, name)| {
+                let st = stats(s);
+                row(name, st);
+                st.median_ms
+            })
+            .collect();
+        println!(
+            "  {label}: (d) / (c) ratio {:.2}x (goal: no read more than 3x slower: {})",
+            med[1] / med[0],
+            if med[1] / med[0] <= 3.0 {
+                "met"
+            } else {
+                "NOT MET"
+            }
+        );
+    }
+    c.batch_execute("SELECT udm_use('ab')").unwrap();
+}
+
 fn rows() -> i64 {
     setting("ROWS", 200_000)
 }
@@ -315,6 +427,8 @@ fn main() {
         "  audit bytes per change (table + indexes): udm {:.0} B, batched {:.0} B, PL/pgSQL audit_log {:.0} B",
         bytes.0, bytes.2, bytes.1
     );
+
+    reads(&mut c);
 
     // the disk's flush time moves between runs: each variant runs several short times,
     // interleaved with the others, and the median is compared

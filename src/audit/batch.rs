@@ -785,6 +785,8 @@ pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) ->
              WHERE batch_id = $1 AND first_slot <= $2 ORDER BY first_slot DESC LIMIT 1",
             t.catalog(LOG)
         );
+        // planned once per backend (a step is a primary-key probe)
+        let step = crate::spi::prepared(&sql, &[pg_sys::INT8OID, pg_sys::INT4OID], false)?;
         let mut seen = rustc_hash::FxHashSet::default();
         let mut out = Vec::new();
         for start in starts {
@@ -795,8 +797,15 @@ pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) ->
                 }
                 out.push(ptr);
                 let (batch, slot) = (ptr / SLOTS, ptr % SLOTS);
-                let prev =
-                    crate::spi::select_one::<Vec<u8>>(&sql, &[batch.into(), (slot as i32).into()])?;
+                let prev = pgrx::Spi::connect(|c| {
+                    let mut rows =
+                        c.select(&*step, Some(1), &[batch.into(), (slot as i32).into()])?;
+                    match rows.next() {
+                        Some(r) => r.get::<Vec<u8>>(1),
+                        None => Ok(None),
+                    }
+                })
+                .map_err(crate::error::spi_err)?;
                 at = prev
                     .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
                     .map(i64::from_be_bytes)

@@ -218,14 +218,7 @@ fn new_batch(t: &Tenant) -> Result<i64> {
 /// The horizon lock of a batched log: its key is the last event id any batch given out so far
 /// can hold.
 fn lock_horizon(seq: pg_sys::Oid, tag: i64) {
-    unsafe {
-        let last: i64 = pgrx::direct_function_call(
-            pg_sys::pg_sequence_last_value,
-            &[Some(pg_sys::Datum::from(seq))],
-        )
-        .unwrap_or(0);
-        super::hold_horizon((tag << 48) | (last * SLOTS + SLOTS - 1));
-    }
+    super::hold_horizon(tag, seq, SLOTS);
 }
 
 /// The highest event id a batched log has given out (the horizon's sequence part).

@@ -711,11 +711,25 @@ pub fn horizon_tag(schema: &str) -> i64 {
     (udm_core::ident::fnv1a(schema.as_bytes()) & 0x7fff) as i64
 }
 
-/// Takes a writer's horizon lock, `key` = (tenant tag << 48) | the last event id before the
-/// writer's own (`events::horizon` reads the smallest held): a transaction-level advisory lock
-/// in SHARE mode, so writers never wait for each other on it.
-fn hold_horizon(key: i64) {
-    let tag = pg_sys::LOCKTAG {
+/// Takes a writer's horizon lock before it takes event ids from `seq`: a transaction-level
+/// advisory lock in SHARE mode (writers never wait for each other on it) whose key is
+/// (tenant tag << 48) | the last event id given out before the writer's own (`scale` ids per
+/// sequence value: 1 for the per-change log, a batch's for the batched one). `events::horizon`
+/// reads the smallest held. The last id is read again once the lock is held, and the lock taken
+/// again while it moved: a reader that computed the horizon before the lock was there saw at most
+/// that value, so the horizon never goes back below an event already delivered.
+fn hold_horizon(tag: i64, seq: pg_sys::Oid, scale: i64) {
+    let last = || -> i64 {
+        let v: i64 = unsafe {
+            pgrx::direct_function_call(
+                pg_sys::pg_sequence_last_value,
+                &[Some(pg_sys::Datum::from(seq))],
+            )
+        }
+        .unwrap_or(0);
+        v * scale + scale - 1
+    };
+    let lock = |key: i64| pg_sys::LOCKTAG {
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         locktag_field2: (key >> 32) as u32,
         locktag_field3: key as u32,
@@ -723,7 +737,17 @@ fn hold_horizon(key: i64) {
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     };
-    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as i32, false, false) };
+    let mut at = last();
+    loop {
+        let tag = lock((tag << 48) | at);
+        unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as i32, false, false) };
+        let now = last();
+        if now == at {
+            return;
+        }
+        unsafe { pg_sys::LockRelease(&tag, pg_sys::ShareLock as i32, false) };
+        at = now;
+    }
 }
 
 fn write_group(schema: &str, entries: &[Pending]) -> Result<()> {

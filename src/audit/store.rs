@@ -332,13 +332,6 @@ impl Writer<'_> {
     /// ids this transaction will write. `udm_events` delivers only events below every such key,
     /// so an event is never delivered before one with a smaller id that is still uncommitted.
     pub fn lock_horizon(&self, tag: i64) {
-        unsafe {
-            let last: i64 = pgrx::direct_function_call(
-                pg_sys::pg_sequence_last_value,
-                &[Some(pg_sys::Datum::from(self.table.seq))],
-            )
-            .unwrap_or(0);
-            super::hold_horizon((tag << 48) | last);
-        }
+        super::hold_horizon(tag, self.table.seq, 1);
     }
 }

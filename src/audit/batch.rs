@@ -815,6 +815,14 @@ pub type Chains = (Vec<i64>, Vec<i64>);
 /// The SQL a reader adds and its arguments (`record_filter`).
 pub type RecordFilter = (String, Vec<i64>, Vec<i64>);
 
+/// Appends a record filter's arguments (its pointers, then their batch ids) to a reader's.
+pub fn push_chains(args: &mut Vec<pgrx::datum::DatumWithOid<'static>>, chains: Option<Chains>) {
+    if let Some((ptrs, batches)) = chains {
+        args.push(ptrs.into());
+        args.push(batches.into());
+    }
+}
+
 /// What a reader of one record's changes (`WHERE record_id = ...`) adds to its WHERE clause so
 /// that a batched log's view reads only the chunks on the record's chains: `$n` are the
 /// pointers and `$n+1` their batch ids (both bigint[]). None for a per-change table.

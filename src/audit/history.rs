@@ -178,10 +178,7 @@ fn history_rows(
     chains: Option<crate::audit::batch::Chains>,
 ) -> Result<Vec<(HistoryRow, Option<i32>)>> {
     let mut args: Vec<pgrx::datum::DatumWithOid> = vec![id.into(), entity.into()];
-    if let Some((ptrs, batches)) = chains {
-        args.push(ptrs.into());
-        args.push(batches.into());
-    }
+    crate::audit::batch::push_chains(&mut args, chains);
     Spi::connect(|c| {
         let mut out = Vec::new();
         for r in c.select(sql, None, &args)? {
@@ -445,10 +442,7 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
         audit_table(&t)
     );
     let mut args: Vec<pgrx::datum::DatumWithOid> = vec![id.into(), entity.into(), at.into()];
-    if let Some((ptrs, batches)) = chains {
-        args.push(ptrs.into());
-        args.push(batches.into());
-    }
+    crate::audit::batch::push_chains(&mut args, chains);
     let row = Spi::connect(|c| {
         let mut out = None;
         for r in c.select(&sql, Some(1), &args)? {
@@ -497,10 +491,7 @@ fn last_version(t: &Tenant, entity: &str, id: Uuid) -> Result<i32> {
         audit_table(t)
     );
     let mut args: Vec<pgrx::datum::DatumWithOid> = vec![id.into(), entity.into()];
-    if let Some((ptrs, batches)) = chains {
-        args.push(ptrs.into());
-        args.push(batches.into());
-    }
+    crate::audit::batch::push_chains(&mut args, chains);
     Ok(crate::spi::select_one::<i32>(&sql, &args)?.unwrap_or(0))
 }
 
@@ -624,10 +615,7 @@ pub fn rollback(
         audit_table(&t)
     );
     let mut args: Vec<pgrx::datum::DatumWithOid> = vec![id.into(), entity.into(), version.into()];
-    if let Some((ptrs, batches)) = chains.clone() {
-        args.push(ptrs.into());
-        args.push(batches.into());
-    }
+    crate::audit::batch::push_chains(&mut args, chains.clone());
     let row = Spi::connect(|c| {
         let mut out = None;
         for r in c.select(&sql, Some(1), &args)? {
@@ -696,10 +684,7 @@ pub fn rollback(
             .unwrap_or_default();
         let mut args: Vec<pgrx::datum::DatumWithOid> =
             vec![id.into(), entity.into(), at_id.into(), at_tx.into()];
-        if let Some((ptrs, batches)) = chains {
-            args.push(ptrs.into());
-            args.push(batches.into());
-        }
+        crate::audit::batch::push_chains(&mut args, chains);
         let boundary = crate::spi::select_one::<i64>(
             &format!(
                 "SELECT min(audit_id) FROM {} WHERE record_id = $1 \

@@ -67,10 +67,7 @@ pub fn changes(
     let prefix = format!("{}.", e.def.slug);
     let mut args: Vec<pgrx::datum::DatumWithOid> =
         vec![id.into(), prefix.as_str().into(), at.into()];
-    if let Some((ptrs, batches)) = chains {
-        args.push(ptrs.into());
-        args.push(batches.into());
-    }
+    crate::audit::batch::push_chains(&mut args, chains);
     type Raw = (
         i64,
         i64,

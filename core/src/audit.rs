@@ -116,6 +116,20 @@ pub fn link_error(
     }
 }
 
+/// What is wrong with a batched log's change whose chain pointer (`prev_ptr`, 0 for none) is not
+/// the id of the change before it in its record's chain (`before`, None for the chain's first):
+/// readers follow these pointers, so a changed one hides or repeats changes in history.
+pub fn pointer_error(before: Option<i64>, prev_ptr: i64) -> Option<String> {
+    if before.unwrap_or(0) == prev_ptr {
+        None
+    } else {
+        Some(match before {
+            None => "it points back to a change its record does not have".into(),
+            Some(_) => "it points back to another change than the one before it".into(),
+        })
+    }
+}
+
 /// Since when every change of an entity's records has been audited, from its definition versions
 /// in order (whether each audits, and when it was made).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -602,6 +616,17 @@ mod tests {
         assert!(link_error(Some(("UPDATE", &h)), Some(&[2u8; 32]), "UPDATE").is_some());
         assert_eq!(link_error(Some(("DELETE", &h)), None, "INSERT"), None);
         assert!(link_error(Some(("UPDATE", &h)), None, "INSERT").is_some());
+    }
+
+    #[test]
+    fn pointers() {
+        assert_eq!(pointer_error(None, 0), None);
+        assert_eq!(pointer_error(Some(2048), 2048), None);
+        assert!(pointer_error(None, 2048).unwrap().contains("does not have"));
+        assert!(pointer_error(Some(2048), 0)
+            .unwrap()
+            .contains("another change"));
+        assert!(pointer_error(Some(2048), 4096).is_some());
     }
 
     #[test]

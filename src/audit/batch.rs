@@ -57,7 +57,9 @@ fn view_sql(schema: &str, filter: Option<&str>) -> String {
            c.record_id, c.action, c.record_version, b.entity_version, c.old_data, c.new_data, \
            pg_catalog.string_to_array(c.changed, ',') AS changed_fields, b.user_id, b.db_role, \
            b.txid, b.changed_at, c.prev_hash, \
-           pg_catalog.substring(hh.h, (c.n::integer - 1) * 32 + 1, 32) AS hash, b.batch_id \
+           pg_catalog.substring(hh.h, (c.n::integer - 1) * 32 + 1, 32) AS hash, b.batch_id, \
+           ('x' || pg_catalog.encode(pg_catalog.substring(b.prev_ptrs, (c.n::integer - 1) * 8 + 1, 8), \
+             'hex'))::bit(64)::bigint AS prev_ptr \
          FROM {s}.\"{LOG}\" b, LATERAL (SELECT b.hashes || '\\x'::bytea AS h OFFSET 0) hh, \
            LATERAL ROWS FROM (pg_catalog.unnest(b.record_ids), \
            pg_catalog.unnest(b.actions), pg_catalog.unnest(b.record_versions), \
@@ -239,12 +241,24 @@ struct Plans {
     head: pg_sys::SPIPlanPtr,
     any_head: pg_sys::SPIPlanPtr,
     upsert: pg_sys::SPIPlanPtr,
+    /// A record's chains walked back from their starts (`record_pointers`).
+    walk: pg_sys::SPIPlanPtr,
 }
 
 unsafe fn keep(sql: &str, types: &mut [pg_sys::Oid]) -> Result<pg_sys::SPIPlanPtr> {
+    unsafe { keep_with(sql, types, 0) }
+}
+
+/// `keep` with cursor options (`CURSOR_OPT_GENERIC_PLAN`: planned once, whatever the values).
+unsafe fn keep_with(
+    sql: &str,
+    types: &mut [pg_sys::Oid],
+    options: i32,
+) -> Result<pg_sys::SPIPlanPtr> {
     unsafe {
         let c = std::ffi::CString::new(sql).map_err(|_| UdmError::internal("NUL in SQL"))?;
-        let p = pg_sys::SPI_prepare(c.as_ptr(), types.len() as i32, types.as_mut_ptr());
+        let p =
+            pg_sys::SPI_prepare_cursor(c.as_ptr(), types.len() as i32, types.as_mut_ptr(), options);
         if p.is_null() {
             return Err(UdmError::internal(format!(
                 "udm audit: cannot prepare \"{sql}\""
@@ -266,6 +280,17 @@ fn plans(t: &Tenant) -> Result<Rc<Plans>> {
     let jsonb_array = pg_sys::JSONBARRAYOID;
     let log = t.catalog(LOG);
     let heads = t.catalog(HEADS);
+    // one step of a chain's walk from pointer `p`: its previous pointer and whether it is done
+    let step = |p: &str| {
+        format!(
+            "LEFT JOIN LATERAL ( \
+               SELECT ('x' || pg_catalog.encode(pg_catalog.substring(l.prev_ptrs, \
+                        ({p} % {SLOTS} - l.first_slot)::int * 8 + 1, 8), 'hex'))::bit(64)::bigint AS prev, \
+                      coalesce(l.changed_at <= $2, false) AS done \
+               FROM {log} l WHERE l.batch_id = {p} / {SLOTS} AND l.first_slot <= ({p} % {SLOTS})::int \
+               ORDER BY l.first_slot DESC LIMIT 1) st ON true"
+        )
+    };
     // SPI_prepare needs a connection of its own (this may run inside another's call)
     unsafe { pg_sys::SPI_connect() };
     struct Finish;
@@ -323,6 +348,25 @@ fn plans(t: &Tenant) -> Result<Rc<Plans>> {
                 ),
                 &mut [TEXTARRAYOID, UUIDARRAYOID, INT8ARRAYOID],
             )?,
+            // The walk, in one statement: a step reads a change's previous pointer (8 bytes, a
+            // slice of its chunk's `prev_ptrs`, by primary key) and whether it was made at or
+            // before `$2` (where a walk for `udm_record_at` stops). UNION (not UNION ALL) ends
+            // the walk at a pointer already seen, so even a log whose chains were tampered into a
+            // cycle ends. With `$2`, only where each chain stopped is returned.
+            walk: keep_with(
+                &format!(
+                    "WITH RECURSIVE w(ptr, prev, done) AS ( \
+                       SELECT s.p, st.prev, st.done FROM pg_catalog.unnest($1::bigint[]) AS s(p) {} \
+                       UNION \
+                       SELECT w.prev, st.prev, st.done FROM w {} \
+                       WHERE w.prev > 0 AND NOT w.done) \
+                     SELECT DISTINCT ptr FROM w WHERE $2 IS NULL OR done",
+                    step("s.p"),
+                    step("w.prev")
+                ),
+                &mut [INT8ARRAYOID, TIMESTAMPTZOID],
+                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+            )?,
         }
     };
     drop(finish);
@@ -341,6 +385,7 @@ fn plans(t: &Tenant) -> Result<Rc<Plans>> {
                             old.head,
                             old.any_head,
                             old.upsert,
+                            old.walk,
                         ] {
                             pg_sys::SPI_freeplan(q);
                         }
@@ -398,6 +443,41 @@ unsafe fn run<R>(
         } else {
             let n = pg_sys::SPI_processed as usize;
             let rows = std::slice::from_raw_parts((*tt).vals, n);
+            f((*tt).tupdesc, rows)
+        };
+        pg_sys::SPI_finish();
+        Ok(out)
+    }
+}
+
+/// Runs a kept read-only plan in the caller's snapshot, calling `f` with the result rows.
+unsafe fn run_read<R>(
+    plan: pg_sys::SPIPlanPtr,
+    args: &[Option<pg_sys::Datum>],
+    f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> R,
+) -> Result<R> {
+    unsafe {
+        let mut values: Vec<pg_sys::Datum> = args
+            .iter()
+            .map(|a| a.unwrap_or(pg_sys::Datum::from(0usize)))
+            .collect();
+        let nulls: Vec<std::os::raw::c_char> = args
+            .iter()
+            .map(|a| if a.is_some() { b' ' } else { b'n' } as std::os::raw::c_char)
+            .collect();
+        pg_sys::SPI_connect();
+        let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), true, 0);
+        if rc < 0 {
+            pg_sys::SPI_finish();
+            return Err(UdmError::internal(format!(
+                "udm audit: a read of the batched log failed ({rc})"
+            )));
+        }
+        let tt = pg_sys::SPI_tuptable;
+        let out = if tt.is_null() {
+            f(std::ptr::null_mut(), &[])
+        } else {
+            let rows = std::slice::from_raw_parts((*tt).vals, pg_sys::SPI_processed as usize);
             f((*tt).tupdesc, rows)
         };
         pg_sys::SPI_finish();
@@ -743,9 +823,17 @@ fn insert_chunk(
 
 /// The pointers of a record's changes, newest first: the chain from its row (an entity's
 /// record) and those from `_udm_audit_heads` (`entity` itself when deleted; with `links`, its
-/// many-to-many fields' chains, `<entity>.<field>`, as they were named). Read as the owner: the
-/// changes themselves are read through the view, as the caller.
-pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) -> Result<Vec<i64>> {
+/// many-to-many fields' chains, `<entity>.<field>`, as they were named). With `until`, a chain's
+/// walk stops at its first change made at or before that time, and only those changes are
+/// returned (what `udm_record_at` needs: the newest change not after it). Read as the owner:
+/// the changes themselves are read through the view, as the caller.
+pub fn record_pointers(
+    t: &Tenant,
+    entity: &str,
+    id: pgrx::Uuid,
+    links: bool,
+    until: Option<pgrx::datum::TimestampWithTimeZone>,
+) -> Result<Vec<i64>> {
     crate::access::security::as_owner(|| {
         let mut starts: Vec<i64> = Vec::new();
         if let Some(e) = crate::catalog::entity_any(t, entity)? {
@@ -754,17 +842,30 @@ pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) ->
                     "SELECT \"{PTR_COLUMN}\" FROM {} WHERE id = $1",
                     t.catalog(&e.def.slug)
                 );
-                if let Some(p) = crate::spi::select_one::<i64>(&sql, &[id.into()])? {
-                    starts.push(p);
-                }
+                // kept plans: a record's reads are short, planning them cost more than running
+                let row = crate::spi::prepared(&sql, &[pg_sys::UUIDOID], false)?;
+                pgrx::Spi::connect(|c| {
+                    if let Some(r) = c.select(&*row, Some(1), &[id.into()])?.next() {
+                        if let Some(p) = r.get::<i64>(1)? {
+                            starts.push(p);
+                        }
+                    }
+                    Ok::<_, pgrx::spi::Error>(())
+                })
+                .map_err(crate::error::spi_err)?;
             }
         }
         let sql = format!(
             "SELECT ptr FROM {} WHERE record_id = $1 AND (entity = $2 OR ($3 AND starts_with(entity, $2 || '.')))",
             t.catalog(HEADS)
         );
+        let heads = crate::spi::prepared(
+            &sql,
+            &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::BOOLOID],
+            false,
+        )?;
         pgrx::Spi::connect(|c| {
-            for r in c.select(&sql, None, &[id.into(), entity.into(), links.into()])? {
+            for r in c.select(&*heads, None, &[id.into(), entity.into(), links.into()])? {
                 if let Some(p) = r.get::<i64>(1)? {
                     starts.push(p);
                 }
@@ -772,39 +873,23 @@ pub fn record_pointers(t: &Tenant, entity: &str, id: pgrx::Uuid, links: bool) ->
             Ok::<_, pgrx::spi::Error>(())
         })
         .map_err(crate::error::spi_err)?;
-        // one step: the 8 bytes of the change's previous pointer, a slice of its chunk's
-        let sql = format!(
-            "SELECT pg_catalog.substring(prev_ptrs, ($2 - first_slot) * 8 + 1, 8) FROM {} \
-             WHERE batch_id = $1 AND first_slot <= $2 ORDER BY first_slot DESC LIMIT 1",
-            t.catalog(LOG)
-        );
-        // planned once per backend (a step is a primary-key probe)
-        let step = crate::spi::prepared(&sql, &[pg_sys::INT8OID, pg_sys::INT4OID], false)?;
-        let mut seen = rustc_hash::FxHashSet::default();
-        let mut out = Vec::new();
-        for start in starts {
-            let mut at = Some(start);
-            while let Some(ptr) = at {
-                if !seen.insert(ptr) {
-                    break;
-                }
-                out.push(ptr);
-                let (batch, slot) = (ptr / SLOTS, ptr % SLOTS);
-                let prev = pgrx::Spi::connect(|c| {
-                    let mut rows =
-                        c.select(&*step, Some(1), &[batch.into(), (slot as i32).into()])?;
-                    match rows.next() {
-                        Some(r) => r.get::<Vec<u8>>(1),
-                        None => Ok(None),
-                    }
-                })
-                .map_err(crate::error::spi_err)?;
-                at = prev
-                    .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                    .map(i64::from_be_bytes)
-                    .filter(|&p| p > 0);
-            }
+        if starts.is_empty() {
+            return Ok(Vec::new());
         }
+        let p = plans(t)?;
+        let mut out: Vec<i64> = unsafe {
+            let starts = starts.into_datum();
+            let until = until.and_then(|u| u.into_datum());
+            run_read(p.walk, &[starts, until], |desc, rows| {
+                rows.iter()
+                    .filter_map(|&row| {
+                        let mut null = false;
+                        let d = pg_sys::heap_getattr(row, 1, desc, &mut null);
+                        (!null).then(|| d.value() as i64)
+                    })
+                    .collect()
+            })?
+        };
         out.sort_unstable_by(|a, b| b.cmp(a));
         Ok(out)
     })
@@ -831,12 +916,13 @@ pub fn record_filter(
     entity: &str,
     id: pgrx::Uuid,
     links: bool,
+    until: Option<pgrx::datum::TimestampWithTimeZone>,
     n: usize,
 ) -> Result<Option<RecordFilter>> {
     if !is_batched(t) {
         return Ok(None);
     }
-    let ptrs = record_pointers(t, entity, id, links)?;
+    let ptrs = record_pointers(t, entity, id, links, until)?;
     let mut batches: Vec<i64> = ptrs.iter().map(|p| p / SLOTS).collect();
     batches.dedup();
     Ok(Some((

@@ -218,7 +218,7 @@ pub(crate) fn split(
 pub fn history(entity: &str, id: Uuid) -> Result<Vec<HistoryRow>> {
     let (t, e) = tenant_and_entity(entity)?;
     let (chains, filter) = split(crate::audit::batch::record_filter(
-        &t, entity, id, false, 3,
+        &t, entity, id, false, None, 3,
     )?);
     let sql = format!(
         "SELECT record_version, action, changed_fields, user_id, db_role, changed_at, txid, audit_id, old_data, new_data, entity_version \
@@ -427,13 +427,46 @@ fn with_link_history(
     Ok(out)
 }
 
+thread_local! {
+    /// `udm_record_at`'s statement per tenant and layout, planned once: its generic plan is the
+    /// one every call would get (planning the batched log's view each call cost more than
+    /// running it).
+    static AT_PLANS: crate::cache::Cache<String, Rc<crate::query::rawspi::Plan>> =
+        crate::cache::Lru::new("record_at");
+}
+
+fn at_plan(sql: &str, batched: bool) -> Result<Rc<crate::query::rawspi::Plan>> {
+    if let Some(p) = crate::cache::get(&AT_PLANS, sql) {
+        return Ok(p);
+    }
+    use pg_sys::{INT8ARRAYOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
+    let types: &[pg_sys::Oid] = if batched {
+        &[UUIDOID, TEXTOID, TIMESTAMPTZOID, INT8ARRAYOID, INT8ARRAYOID]
+    } else {
+        &[UUIDOID, TEXTOID, TIMESTAMPTZOID]
+    };
+    let p = Rc::new(crate::query::rawspi::prepare_with(
+        sql,
+        types,
+        pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+    )?);
+    let bytes = p.bytes() + sql.len() * 2;
+    crate::cache::put(&AT_PLANS, sql.to_string(), p.clone(), bytes);
+    Ok(p)
+}
+
 pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Option<RawJsonb>> {
     let (t, e) = tenant_and_entity(entity)?;
     if e.is_none() {
         return Err(catalog::no_such_entity(&t, entity));
     }
     let (chains, filter) = split(crate::audit::batch::record_filter(
-        &t, entity, id, false, 4,
+        &t,
+        entity,
+        id,
+        false,
+        Some(at),
+        4,
     )?);
     let sql = format!(
         "SELECT CASE WHEN action = 'DELETE' THEN NULL ELSE {} END, entity_version FROM {} \
@@ -441,16 +474,31 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
         crate::audit::record_image_sql("new_data"),
         audit_table(&t)
     );
-    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![id.into(), entity.into(), at.into()];
-    crate::audit::batch::push_chains(&mut args, chains);
-    let row = Spi::connect(|c| {
-        let mut out = None;
-        for r in c.select(&sql, Some(1), &args)? {
-            out = Some((r.get::<RawJsonb>(1)?, r.get::<i32>(2)?));
+    let plan = at_plan(&sql, chains.is_some())?;
+    let mut values: Vec<pg_sys::Datum> = vec![
+        id.into_datum().expect("uuid"),
+        entity.into_datum().expect("text"),
+        at.into_datum().expect("timestamptz"),
+    ];
+    if let Some((ptrs, batches)) = chains {
+        values.push(ptrs.into_datum().expect("bigint[]"));
+        values.push(batches.into_datum().expect("bigint[]"));
+    }
+    let nulls = vec![b' ' as std::os::raw::c_char; values.len()];
+    let row = crate::query::rawspi::rows_of(&plan, &mut values, &nulls, |desc, rows| {
+        let Some(&r) = rows.first() else {
+            return Ok(None);
+        };
+        unsafe {
+            let (mut n1, mut n2) = (false, false);
+            let img = pg_sys::heap_getattr(r, 1, desc, &mut n1);
+            let v = pg_sys::heap_getattr(r, 2, desc, &mut n2);
+            Ok(Some((
+                RawJsonb::from_datum(img, n1),
+                i32::from_datum(v, n2),
+            )))
         }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(spi_err)?;
+    })?;
     let Some((mut image, version)) = row else {
         return Ok(None);
     };
@@ -485,7 +533,9 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
 
 /// The newest version number the audit knows for a record.
 fn last_version(t: &Tenant, entity: &str, id: Uuid) -> Result<i32> {
-    let (chains, filter) = split(crate::audit::batch::record_filter(t, entity, id, false, 3)?);
+    let (chains, filter) = split(crate::audit::batch::record_filter(
+        t, entity, id, false, None, 3,
+    )?);
     let sql = format!(
         "SELECT max(record_version) FROM {} WHERE record_id = $1 AND entity = $2{filter}",
         audit_table(t)
@@ -608,7 +658,9 @@ pub fn rollback(
     let t = catalog::current_tenant()?;
     let e = catalog::entity(&t, entity)?;
     let what = format!("cannot roll back {entity} {id} to version {version}");
-    let (chains, filter) = split(crate::audit::batch::record_filter(&t, entity, id, true, 4)?);
+    let (chains, filter) = split(crate::audit::batch::record_filter(
+        &t, entity, id, true, None, 4,
+    )?);
     let sql = format!(
         "SELECT new_data, entity_version, audit_id, txid FROM {} WHERE record_id = $1 AND entity = $2 \
          AND record_version = $3 AND action <> 'DELETE'{filter} ORDER BY audit_id DESC LIMIT 1",
@@ -961,12 +1013,15 @@ pub fn verify() -> Result<Value> {
 /// its links as `entity.field`, its locks as `entity#lock` — are followed side by side), and
 /// each row's hash is recomputed where it is read.
 pub fn verify_tenant(t: &Tenant) -> Result<Value> {
+    let batched = crate::audit::batch::is_batched(t);
     let sql = format!(
         "SELECT a.audit_id, a.entity, a.record_id::text, a.action, a.prev_hash, \
            a.hash = udm.audit_hash(a.prev_hash, a.entity, a.record_id, a.action, a.record_version, a.entity_version, \
                   a.old_data, a.new_data, array_to_string(a.changed_fields, ','), a.user_id, a.db_role, a.txid, a.changed_at), \
-           a.hash \
+           a.hash, {} \
          FROM {} AS a ORDER BY a.record_id, a.audit_id",
+        // a batched log's readers follow each change's pointer to the one before it
+        if batched { "a.prev_ptr" } else { "NULL::bigint" },
         audit_table(t)
     );
     let mut checked = 0i64;
@@ -974,9 +1029,10 @@ pub fn verify_tenant(t: &Tenant) -> Result<Value> {
     let mut first: Option<(i64, Value)> = None;
     Spi::connect(|c| {
         let mut cursor = c.open_cursor(&sql, &[]);
-        // the chains of the current record id: entity -> (action, hash) of its newest row so far
+        // the chains of the current record id: entity -> (action, hash, audit id) of its newest
+        // row so far
         let mut record: Option<String> = None;
-        let mut chains: Vec<(String, String, Vec<u8>)> = Vec::new();
+        let mut chains: Vec<(String, String, Vec<u8>, i64)> = Vec::new();
         loop {
             let batch = cursor.fetch(10_000)?;
             if batch.is_empty() {
@@ -991,11 +1047,12 @@ pub fn verify_tenant(t: &Tenant) -> Result<Value> {
                 let prev = r.get::<Vec<u8>>(5)?;
                 let hash_ok = r.get::<bool>(6)?.unwrap_or(false);
                 let hash = r.get::<Vec<u8>>(7)?.unwrap_or_default();
+                let prev_ptr = r.get::<i64>(8)?;
                 if record.as_deref() != Some(rec.as_str()) {
                     record = Some(rec.clone());
                     chains.clear();
                 }
-                let at = chains.iter().position(|(e, _, _)| *e == entity);
+                let at = chains.iter().position(|(e, _, _, _)| *e == entity);
                 if at.is_none() {
                     records += 1;
                 }
@@ -1003,7 +1060,11 @@ pub fn verify_tenant(t: &Tenant) -> Result<Value> {
                 let problem = if !hash_ok {
                     Some("its content does not match its hash (the row was changed)".to_string())
                 } else {
-                    link_error(before, prev.as_deref(), &action)
+                    link_error(before, prev.as_deref(), &action).or_else(|| {
+                        prev_ptr.and_then(|p| {
+                            udm_core::audit::pointer_error(at.map(|i| chains[i].3), p)
+                        })
+                    })
                 };
                 if let Some(p) = problem {
                     if first.as_ref().is_none_or(|(f, _)| id < *f) {
@@ -1014,8 +1075,8 @@ pub fn verify_tenant(t: &Tenant) -> Result<Value> {
                     }
                 }
                 match at {
-                    Some(i) => chains[i] = (entity, action, hash),
-                    None => chains.push((entity, action, hash)),
+                    Some(i) => chains[i] = (entity, action, hash, id),
+                    None => chains.push((entity, action, hash, id)),
                 }
             }
         }

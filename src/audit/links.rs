@@ -55,6 +55,7 @@ pub fn changes(
         &e.def.slug,
         id,
         true,
+        None,
         4,
     )?);
     let sql = format!(

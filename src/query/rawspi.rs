@@ -368,6 +368,26 @@ pub fn first_datum_of(
     unsafe { first_of_result() }
 }
 
+/// Runs a kept read-only plan with datums (for plans prepared with `prepare_typed` or
+/// `prepare_with`) and gives its rows to `f` while they are still in SPI's memory.
+pub fn rows_of<R>(
+    plan: &Plan,
+    values: &mut [pg_sys::Datum],
+    nulls: &[std::os::raw::c_char],
+    f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> Result<R>,
+) -> Result<R> {
+    if values.len() != plan.nargs || nulls.len() != plan.nargs {
+        return Err(UdmError::internal(format!(
+            "udm: plan takes {} arguments, got {}",
+            plan.nargs,
+            values.len()
+        )));
+    }
+    let _conn = Connection::open();
+    execute(plan, values, nulls, true, 0)?;
+    with_result(f)
+}
+
 /// Runs a kept plan inside an open SPI connection.
 fn execute(
     plan: &Plan,

@@ -254,3 +254,107 @@ fn tampering_with_the_batched_log_is_found_and_tenants_may_not_write_it() {
     );
     adm.batch_execute("ROLLBACK").unwrap();
 }
+
+/// `udm_record_at` walks a record's chain back only to the newest change not after the time
+/// asked, and answers as the per-change log does at every version, before the record existed and
+/// after its delete; a chain a superuser bent into a cycle still ends (history and
+/// `udm_record_at` answer, verify reports it).
+#[test]
+fn record_at_answers_at_every_version_and_a_chain_bent_into_a_cycle_ends() {
+    let mut adm = admin();
+    let mut m = batched(&mut adm, "abr");
+    let t = m.tenant.clone();
+    let p = json(
+        &mut m.client,
+        r#"SELECT udm_insert('product', '{"name": "clock", "price": 1}')"#,
+    );
+    let id = p["id"].as_str().unwrap().to_string();
+    // one transaction per version: each change has a time of its own
+    for v in 2..=12 {
+        json(
+            &mut m.client,
+            &format!(r#"SELECT udm_update('product', '{id}', '{{"price": {v}}}')"#),
+        );
+    }
+    let at = |v: i32| {
+        format!(
+            "(SELECT changed_at FROM \"{t}\"._udm_audit WHERE record_id = '{id}' AND record_version = {v})"
+        )
+    };
+    let price = |c: &mut postgres::Client, when: &str| -> Option<i32> {
+        c.query_one(
+            &format!("SELECT (udm_record_at('product', '{id}', {when})->>'price')::int"),
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    for v in 1..=12 {
+        assert_eq!(price(&mut m.client, &at(v)), Some(v), "version {v}");
+        assert_eq!(
+            price(
+                &mut m.client,
+                &format!("{} + interval '1 microsecond'", at(v))
+            ),
+            Some(v),
+            "just after version {v}"
+        );
+    }
+    assert_eq!(
+        price(
+            &mut m.client,
+            &format!("{} - interval '1 microsecond'", at(1))
+        ),
+        None,
+        "before the insert"
+    );
+    json(
+        &mut m.client,
+        &format!("SELECT udm_delete('product', '{id}')"),
+    );
+    assert_eq!(price(&mut m.client, "now()"), None, "after the delete");
+    assert_eq!(
+        price(&mut m.client, &at(5)),
+        Some(5),
+        "a deleted record's past"
+    );
+    // a superuser points the first change back at the newest (the delete): a cycle
+    let newest: i64 = scalar(
+        &mut m.client,
+        &format!("SELECT max(audit_id) FROM \"{t}\"._udm_audit WHERE record_id = '{id}'"),
+    );
+    let first: i64 = scalar(
+        &mut m.client,
+        &format!(
+            "SELECT audit_id FROM \"{t}\"._udm_audit WHERE record_id = '{id}' AND record_version = 1"
+        ),
+    );
+    let bent = adm
+        .execute(
+            &format!(
+                "UPDATE \"{t}\"._udm_audit_log \
+                 SET prev_ptrs = overlay(prev_ptrs PLACING int8send($1) FROM ($2::int - first_slot) * 8 + 1) \
+                 WHERE batch_id = $3 AND first_slot <= $2 AND first_slot + cardinality(record_ids) > $2"
+            ),
+            &[&newest, &((first % 1024) as i32), &(first / 1024)],
+        )
+        .unwrap();
+    assert_eq!(bent, 1);
+    let versions: i64 = scalar(
+        &mut m.client,
+        &format!("SELECT count(*) FROM udm_history('product', '{id}')"),
+    );
+    assert_eq!(versions, 13, "every change once, the cycle walked once");
+    assert_eq!(price(&mut m.client, &at(3)), Some(3));
+    // the hashes still chain: it is the pointer that verify finds
+    let v = json(&mut m.client, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["first_broken"]["audit_id"], first, "{v}");
+    assert!(
+        v["first_broken"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("points back"),
+        "{v}"
+    );
+}

@@ -177,32 +177,25 @@ fn history_rows(
     entity: &str,
     chains: Option<crate::audit::batch::Chains>,
 ) -> Result<Vec<(HistoryRow, Option<i32>)>> {
-    let mut args: Vec<pgrx::datum::DatumWithOid> = vec![id.into(), entity.into()];
-    crate::audit::batch::push_chains(&mut args, chains);
-    Spi::connect(|c| {
-        let mut out = Vec::new();
-        for r in c.select(sql, None, &args)? {
-            out.push((
-                HistoryRow {
-                    version: r.get::<i32>(1)?,
-                    action: r.get::<String>(2)?.unwrap_or_default(),
-                    changed_fields: r.get::<Vec<Option<String>>>(3)?,
-                    summary: String::new(),
-                    user_id: r.get::<String>(4)?.unwrap_or_default(),
-                    db_role: r.get::<String>(5)?.unwrap_or_default(),
-                    changed_at: r.get(6)?,
-                    txid: r.get::<i64>(7)?.unwrap_or(0),
-                    event_id: r.get::<i64>(8)?.unwrap_or(0),
-                    data: None,
-                    old: r.get::<RawJsonb>(9)?,
-                    new: r.get::<RawJsonb>(10)?,
-                },
-                r.get::<i32>(11)?,
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
+    read_record(sql, id, entity, &[], chains, |r| {
+        (
+            HistoryRow {
+                version: r.get::<i32>(1),
+                action: r.get::<String>(2).unwrap_or_default(),
+                changed_fields: r.get::<Vec<Option<String>>>(3),
+                summary: String::new(),
+                user_id: r.get::<String>(4).unwrap_or_default(),
+                db_role: r.get::<String>(5).unwrap_or_default(),
+                changed_at: r.get(6),
+                txid: r.get::<i64>(7).unwrap_or(0),
+                event_id: r.get::<i64>(8).unwrap_or(0),
+                data: None,
+                old: r.get::<RawJsonb>(9),
+                new: r.get::<RawJsonb>(10),
+            },
+            r.get::<i32>(11),
+        )
     })
-    .map_err(spi_err)
 }
 
 /// A batched log's record filter (`batch::record_filter`) as (its arguments, its SQL).
@@ -428,31 +421,71 @@ fn with_link_history(
 }
 
 thread_local! {
-    /// `udm_record_at`'s statement per tenant and layout, planned once: its generic plan is the
-    /// one every call would get (planning the batched log's view each call cost more than
-    /// running it).
-    static AT_PLANS: crate::cache::Cache<String, Rc<crate::query::rawspi::Plan>> =
-        crate::cache::Lru::new("record_at");
+    /// The statements that read one record's changes (its history, `udm_record_at`), per tenant
+    /// and layout, planned once: their generic plan is the one every call would get (planning
+    /// the batched log's view at each call cost more than running it).
+    static RECORD_PLANS: crate::cache::Cache<String, Rc<crate::query::rawspi::Plan>> =
+        crate::cache::Lru::new("record reads");
 }
 
-fn at_plan(sql: &str, batched: bool) -> Result<Rc<crate::query::rawspi::Plan>> {
-    if let Some(p) = crate::cache::get(&AT_PLANS, sql) {
-        return Ok(p);
+/// Reads the changes of record `id` of `entity` with `sql`, whose parameters are the record id,
+/// the entity, `more` and, on a batched log, the record filter's (`batch::record_filter`);
+/// `f` gets each row while it is in SPI's memory.
+fn read_record<R>(
+    sql: &str,
+    id: Uuid,
+    entity: &str,
+    more: &[(pg_sys::Oid, pg_sys::Datum)],
+    chains: Option<crate::audit::batch::Chains>,
+    mut f: impl FnMut(&Row) -> R,
+) -> Result<Vec<R>> {
+    let mut types = vec![pg_sys::UUIDOID, pg_sys::TEXTOID];
+    let mut values: Vec<pg_sys::Datum> = vec![
+        id.into_datum().expect("uuid"),
+        entity.into_datum().expect("text"),
+    ];
+    for (t, v) in more {
+        types.push(*t);
+        values.push(*v);
     }
-    use pg_sys::{INT8ARRAYOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
-    let types: &[pg_sys::Oid] = if batched {
-        &[UUIDOID, TEXTOID, TIMESTAMPTZOID, INT8ARRAYOID, INT8ARRAYOID]
-    } else {
-        &[UUIDOID, TEXTOID, TIMESTAMPTZOID]
+    if let Some((ptrs, batches)) = chains {
+        types.extend([pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID]);
+        values.push(ptrs.into_datum().expect("bigint[]"));
+        values.push(batches.into_datum().expect("bigint[]"));
+    }
+    let plan = match crate::cache::get(&RECORD_PLANS, sql) {
+        Some(p) => p,
+        None => {
+            let p = Rc::new(crate::query::rawspi::prepare_with(
+                sql,
+                &types,
+                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+            )?);
+            let bytes = p.bytes() + sql.len() * 2;
+            crate::cache::put(&RECORD_PLANS, sql.to_string(), p.clone(), bytes);
+            p
+        }
     };
-    let p = Rc::new(crate::query::rawspi::prepare_with(
-        sql,
-        types,
-        pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
-    )?);
-    let bytes = p.bytes() + sql.len() * 2;
-    crate::cache::put(&AT_PLANS, sql.to_string(), p.clone(), bytes);
-    Ok(p)
+    let nulls = vec![b' ' as std::os::raw::c_char; values.len()];
+    crate::query::rawspi::rows_of(&plan, &mut values, &nulls, |desc, rows| {
+        Ok(rows.iter().map(|&tuple| f(&Row { tuple, desc })).collect())
+    })
+}
+
+/// A row of `read_record`, its columns copied out by `get`.
+struct Row {
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+}
+
+impl Row {
+    fn get<T: FromDatum>(&self, column: i32) -> Option<T> {
+        unsafe {
+            let mut null = false;
+            let d = pg_sys::heap_getattr(self.tuple, column, self.desc, &mut null);
+            T::from_datum(d, null)
+        }
+    }
 }
 
 pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Option<RawJsonb>> {
@@ -474,31 +507,17 @@ pub fn record_at(entity: &str, id: Uuid, at: TimestampWithTimeZone) -> Result<Op
         crate::audit::record_image_sql("new_data"),
         audit_table(&t)
     );
-    let plan = at_plan(&sql, chains.is_some())?;
-    let mut values: Vec<pg_sys::Datum> = vec![
-        id.into_datum().expect("uuid"),
-        entity.into_datum().expect("text"),
-        at.into_datum().expect("timestamptz"),
-    ];
-    if let Some((ptrs, batches)) = chains {
-        values.push(ptrs.into_datum().expect("bigint[]"));
-        values.push(batches.into_datum().expect("bigint[]"));
-    }
-    let nulls = vec![b' ' as std::os::raw::c_char; values.len()];
-    let row = crate::query::rawspi::rows_of(&plan, &mut values, &nulls, |desc, rows| {
-        let Some(&r) = rows.first() else {
-            return Ok(None);
-        };
-        unsafe {
-            let (mut n1, mut n2) = (false, false);
-            let img = pg_sys::heap_getattr(r, 1, desc, &mut n1);
-            let v = pg_sys::heap_getattr(r, 2, desc, &mut n2);
-            Ok(Some((
-                RawJsonb::from_datum(img, n1),
-                i32::from_datum(v, n2),
-            )))
-        }
-    })?;
+    let at_datum = at.into_datum().expect("timestamptz");
+    let row = read_record(
+        &sql,
+        id,
+        entity,
+        &[(pg_sys::TIMESTAMPTZOID, at_datum)],
+        chains,
+        |r| (r.get::<RawJsonb>(1), r.get::<i32>(2)),
+    )?
+    .into_iter()
+    .next();
     let Some((mut image, version)) = row else {
         return Ok(None);
     };

@@ -884,8 +884,26 @@ fn decrypt(entity: &str, field: &str, id: pgrx::Uuid, stored: &str) -> Result<St
     open_value(&t, &e, f, id.as_bytes(), stored)
 }
 
+/// The plaintext of a sealed value `stored` of field `f` in a record image. For a field
+/// encrypted now, a value that does not open is an error; for one that is not (encryption was
+/// turned off since the image was written), None: the value is shown as it is (keys shredded
+/// since, or a plaintext that only looks sealed).
+fn open_stored(
+    t: &Tenant,
+    e: &Entity,
+    f: &FieldDef,
+    id: &[u8; 16],
+    stored: &str,
+) -> Result<Option<String>> {
+    if f.encrypted {
+        return open_value(t, e, f, id, stored).map(Some);
+    }
+    Ok(c::parse_envelope(stored).and_then(|_| open_value(t, e, f, id, stored).ok()))
+}
+
 /// Opens the encrypted fields of a record image (audit, history) at its top level: each sealed
-/// value under the name of an encrypted field of the entity becomes its plaintext. Fields the
+/// value under the name of an encrypted field of the entity (or of one that was encrypted when
+/// the image was written) becomes its plaintext. Fields the
 /// session may not read were stripped before. Images of entities without encrypted fields are
 /// returned as they are.
 pub fn open_image(
@@ -895,12 +913,14 @@ pub fn open_image(
     image: &crate::json::RawJsonb,
 ) -> Result<crate::json::RawJsonb> {
     use udm_core::jsonb::Value as J;
+    // fields encrypted now, and fields that may have been (a sealed value in an image written
+    // before encryption was turned off for the field: opened when it opens, kept otherwise)
     let sealed: Vec<&FieldDef> = e
         .def
         .fields
         .iter()
         .chain(&e.def.removed_fields)
-        .filter(|f| f.encrypted)
+        .filter(|f| f.encrypted || f.ftype.can_be_encrypted())
         .collect();
     if sealed.is_empty() {
         return Ok(image.clone());
@@ -928,8 +948,7 @@ pub fn open_image(
                 let stored = String::from_utf8_lossy(s);
                 if !c::looks_sealed(&stored) {
                     None
-                } else {
-                    let plain = open_value(t, e, f, id, &stored)?;
+                } else if let Some(plain) = open_stored(t, e, f, id, &stored)? {
                     if f.ftype == udm_core::types::FieldType::Json {
                         let v: serde_json::Value = serde_json::from_str(&plain).map_err(|_| {
                             UdmError::new(
@@ -947,10 +966,15 @@ pub fn open_image(
                     } else {
                         Some(Plain::Text(plain))
                     }
+                } else {
+                    None
                 }
             }
             _ => None,
         });
+    }
+    if plains.iter().all(Option::is_none) {
+        return Ok(image.clone());
     }
     let out: Vec<(&[u8], J<'_>)> = pairs
         .iter()
@@ -974,8 +998,34 @@ pub fn open_json_image(
     id: &[u8; 16],
     image: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
+    open_json_fields(t, e, id, image, |f| {
+        f.encrypted || f.ftype.can_be_encrypted()
+    })
+}
+
+/// `open_json_image` for the fields that are not encrypted now only: what a rollback writes
+/// back (a value sealed when the field was encrypted is restored as its plaintext; the values of
+/// fields encrypted now are written back sealed, as they are).
+pub fn open_former_fields(
+    t: &Tenant,
+    e: &Entity,
+    id: &[u8; 16],
+    image: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    open_json_fields(t, e, id, image, |f| {
+        !f.encrypted && f.ftype.can_be_encrypted()
+    })
+}
+
+fn open_json_fields(
+    t: &Tenant,
+    e: &Entity,
+    id: &[u8; 16],
+    image: &mut serde_json::Map<String, serde_json::Value>,
+    which: impl Fn(&FieldDef) -> bool,
+) -> Result<()> {
     for f in e.def.fields.iter().chain(&e.def.removed_fields) {
-        if !f.encrypted {
+        if !which(f) {
             continue;
         }
         let Some(serde_json::Value::String(stored)) = image.get(&f.name) else {
@@ -984,7 +1034,9 @@ pub fn open_json_image(
         if !c::looks_sealed(stored) {
             continue;
         }
-        let plain = open_value(t, e, f, id, stored)?;
+        let Some(plain) = open_stored(t, e, f, id, stored)? else {
+            continue;
+        };
         let v = if f.ftype == udm_core::types::FieldType::Json {
             serde_json::from_str(&plain).map_err(|_| {
                 UdmError::new(

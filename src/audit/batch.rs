@@ -58,9 +58,10 @@ fn view_sql(schema: &str, filter: Option<&str>) -> String {
            pg_catalog.string_to_array(c.changed, ',') AS changed_fields, b.user_id, b.db_role, \
            b.txid, b.changed_at, c.prev_hash, \
            pg_catalog.substring(hh.h, (c.n::integer - 1) * 32 + 1, 32) AS hash, b.batch_id, \
-           ('x' || pg_catalog.encode(pg_catalog.substring(b.prev_ptrs, (c.n::integer - 1) * 8 + 1, 8), \
+           ('x' || pg_catalog.encode(pg_catalog.substring(hh.p, (c.n::integer - 1) * 8 + 1, 8), \
              'hex'))::bit(64)::bigint AS prev_ptr \
-         FROM {s}.\"{LOG}\" b, LATERAL (SELECT b.hashes || '\\x'::bytea AS h OFFSET 0) hh, \
+         FROM {s}.\"{LOG}\" b, \
+           LATERAL (SELECT b.hashes || '\\x'::bytea AS h, b.prev_ptrs || '\\x'::bytea AS p OFFSET 0) hh, \
            LATERAL ROWS FROM (pg_catalog.unnest(b.record_ids), \
            pg_catalog.unnest(b.actions), pg_catalog.unnest(b.record_versions), \
            pg_catalog.unnest(b.old_data), pg_catalog.unnest(b.new_data), \
@@ -398,12 +399,23 @@ fn plans(t: &Tenant) -> Result<Rc<Plans>> {
     Ok(p)
 }
 
-/// Runs a kept plan with a fresh snapshot (what other writers committed, and this command's own
-/// rows), calling `f` with the result rows.
+/// How a kept plan runs (`run`).
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// A write.
+    Write,
+    /// A read of the writer: a fresh snapshot (what other writers committed, and this command's
+    /// own rows).
+    Latest,
+    /// A reader's read, read-only, in the caller's snapshot.
+    Reader,
+}
+
+/// Runs a kept plan, calling `f` with the result rows.
 unsafe fn run<R>(
     plan: pg_sys::SPIPlanPtr,
     args: &[Option<pg_sys::Datum>],
-    read: bool,
+    mode: Mode,
     f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> R,
 ) -> Result<R> {
     unsafe {
@@ -416,7 +428,7 @@ unsafe fn run<R>(
             .map(|a| if a.is_some() { b' ' } else { b'n' } as std::os::raw::c_char)
             .collect();
         pg_sys::SPI_connect();
-        let rc = if read {
+        let rc = if mode == Mode::Latest {
             pg_sys::CommandCounterIncrement();
             pg_sys::SPI_execute_snapshot(
                 plan,
@@ -429,7 +441,8 @@ unsafe fn run<R>(
                 1,
             )
         } else {
-            pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0)
+            let read_only = mode == Mode::Reader;
+            pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), read_only, 0)
         };
         if rc < 0 {
             pg_sys::SPI_finish();
@@ -443,41 +456,6 @@ unsafe fn run<R>(
         } else {
             let n = pg_sys::SPI_processed as usize;
             let rows = std::slice::from_raw_parts((*tt).vals, n);
-            f((*tt).tupdesc, rows)
-        };
-        pg_sys::SPI_finish();
-        Ok(out)
-    }
-}
-
-/// Runs a kept read-only plan in the caller's snapshot, calling `f` with the result rows.
-unsafe fn run_read<R>(
-    plan: pg_sys::SPIPlanPtr,
-    args: &[Option<pg_sys::Datum>],
-    f: impl FnOnce(pg_sys::TupleDesc, &[pg_sys::HeapTuple]) -> R,
-) -> Result<R> {
-    unsafe {
-        let mut values: Vec<pg_sys::Datum> = args
-            .iter()
-            .map(|a| a.unwrap_or(pg_sys::Datum::from(0usize)))
-            .collect();
-        let nulls: Vec<std::os::raw::c_char> = args
-            .iter()
-            .map(|a| if a.is_some() { b' ' } else { b'n' } as std::os::raw::c_char)
-            .collect();
-        pg_sys::SPI_connect();
-        let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), true, 0);
-        if rc < 0 {
-            pg_sys::SPI_finish();
-            return Err(UdmError::internal(format!(
-                "udm audit: a read of the batched log failed ({rc})"
-            )));
-        }
-        let tt = pg_sys::SPI_tuptable;
-        let out = if tt.is_null() {
-            f(std::ptr::null_mut(), &[])
-        } else {
-            let rows = std::slice::from_raw_parts((*tt).vals, pg_sys::SPI_processed as usize);
             f((*tt).tupdesc, rows)
         };
         pg_sys::SPI_finish();
@@ -559,10 +537,10 @@ fn hash_at(p: &Plans, cache: &mut ChunkCache, ptr: i64, whole: bool) -> Result<O
         }
     };
     if !whole {
-        let one = unsafe { run(p.hash_one, &args, true, read)? };
+        let one = unsafe { run(p.hash_one, &args, Mode::Latest, read)? };
         return Ok(one.and_then(|(_, h)| (h.len() == 32).then_some(h)));
     }
-    if let Some(c) = unsafe { run(p.hashes, &args, true, read)? } {
+    if let Some(c) = unsafe { run(p.hashes, &args, Mode::Latest, read)? } {
         cache.entry(batch).or_default().push(c);
     }
     Ok(find(cache))
@@ -575,9 +553,12 @@ fn had_heads(p: &Plans, seen: &mut FxHashMap<Rc<str>, bool>, entity: &Rc<str>) -
         return Ok(b);
     }
     let b = unsafe {
-        run(p.any_head, &[Some(text_datum(entity))], true, |_, rows| {
-            !rows.is_empty()
-        })?
+        run(
+            p.any_head,
+            &[Some(text_datum(entity))],
+            Mode::Latest,
+            |_, rows| !rows.is_empty(),
+        )?
     };
     seen.insert(entity.clone(), b);
     Ok(b)
@@ -588,7 +569,7 @@ fn head_of(p: &Plans, entity: &str, id: &[u8; 16]) -> Result<Option<i64>> {
         run(
             p.head,
             &[Some(text_datum(entity)), Some(uuid_datum(id))],
-            true,
+            Mode::Latest,
             |desc, rows| {
                 let row = *rows.first()?;
                 let mut null = false;
@@ -744,7 +725,7 @@ pub(super) fn write(t: &Tenant, entries: &[Pending]) -> Result<Vec<i64>> {
                     Some(array(&ids, pg_sys::UUIDOID, 16, false, b'c')),
                     Some(array(&ps, pg_sys::INT8OID, 8, true, b'd')),
                 ],
-                false,
+                Mode::Write,
                 |_, _| (),
             )?;
         }
@@ -813,7 +794,7 @@ fn insert_chunk(
                 Some(bytes_datum(&hs)),
                 Some(bytes_datum(&batch_hash)),
             ],
-            false,
+            Mode::Write,
             |_, _| (),
         )
     }
@@ -880,7 +861,7 @@ pub fn record_pointers(
         let mut out: Vec<i64> = unsafe {
             let starts = starts.into_datum();
             let until = until.and_then(|u| u.into_datum());
-            run_read(p.walk, &[starts, until], |desc, rows| {
+            run(p.walk, &[starts, until], Mode::Reader, |desc, rows| {
                 rows.iter()
                     .filter_map(|&row| {
                         let mut null = false;

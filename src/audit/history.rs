@@ -700,7 +700,7 @@ pub fn rollback(
         Ok::<_, pgrx::spi::Error>(out)
     })
     .map_err(spi_err)?;
-    let Some((Some(Value::Object(image)), def_version, at_id, at_tx)) = row else {
+    let Some((Some(Value::Object(mut image)), def_version, at_id, at_tx)) = row else {
         return Err(UdmError::new(
             SqlState::NoDataFound,
             format!("{entity} {id} has no version {version} in the audit log"),
@@ -711,6 +711,8 @@ pub fn rollback(
         )));
     };
     let then = definition_then(&t, &e, def_version)?;
+    // values sealed while a field was encrypted, when it is not any more: their plaintext
+    crate::crypto::open_former_fields(&t, &e, id.as_bytes(), &mut image)?;
     // many-to-many fields are restored from the link rows, the others from the image
     let named_then = |f: &udm_core::definition::FieldDef, n: &str| {
         f.name == n || then.fields.iter().any(|o| o.id == f.id && o.name == n)

@@ -903,9 +903,8 @@ fn open_stored(
 
 /// Opens the encrypted fields of a record image (audit, history) at its top level: each sealed
 /// value under the name of an encrypted field of the entity (or of one that was encrypted when
-/// the image was written) becomes its plaintext. Fields the
-/// session may not read were stripped before. Images of entities without encrypted fields are
-/// returned as they are.
+/// the image was written) becomes its plaintext. Fields the session may not read were stripped
+/// before. Images with no value to open are returned as they are.
 pub fn open_image(
     t: &Tenant,
     e: &Entity,

@@ -2019,6 +2019,52 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
         6,
         "{ops:?}"
     );
+    // once the keys are destroyed, those old values stay ciphertext: history still answers and
+    // shows them as they are, and a rollback of that field is refused rather than storing one
+    // (the last encrypted fields off first: history of an encrypted field refuses after
+    // shredding)
+    for f in ["meta", "seen"] {
+        json(
+            &mut m.client,
+            &format!(
+                "SELECT udm_alter_field('patient', {}, '{{\"encrypted\": false}}')",
+                lit(f)
+            ),
+        );
+    }
+    convert_all(&mut m.client, "patient", 1000);
+    json(
+        &mut adm,
+        &format!(
+            "SELECT udm_shred_keys({}, {})",
+            lit(&t),
+            lit(&format!("destroy the keys of {t}"))
+        ),
+    );
+    let shown: Value = scalar(
+        &mut m.client,
+        &format!(
+            "SELECT jsonb_agg(data->'notes' ORDER BY version) FROM udm_history('patient', {})",
+            lit(&p1)
+        ),
+    );
+    let shown = shown.as_array().unwrap();
+    assert!(
+        shown
+            .iter()
+            .any(|n| n.as_str().is_some_and(|s| s.starts_with("udm1:"))),
+        "{shown:?}"
+    );
+    assert!(shown.iter().any(|n| n == "note 1"), "{shown:?}");
+    let msg = expect_err(
+        &mut m.client,
+        &format!(
+            "SELECT udm_rollback('patient', {}, {sealed_version}, ARRAY['notes'])",
+            lit(&p1)
+        ),
+        "0A000",
+    );
+    assert!(msg.contains("was encrypted in that version"), "{msg}");
 }
 
 /// Time and duration fields: sealed as one canonical text (a duration as ISO 8601, whatever the

@@ -997,34 +997,27 @@ pub fn open_json_image(
     id: &[u8; 16],
     image: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
-    open_json_fields(t, e, id, image, |f| {
-        f.encrypted || f.ftype.can_be_encrypted()
-    })
+    open_json_fields(t, e, id, image, false)
 }
 
-/// `open_json_image` for the fields that are not encrypted now only: what a rollback writes
-/// back (a value sealed when the field was encrypted is restored as its plaintext; the values of
-/// fields encrypted now are written back sealed, as they are).
-pub fn open_former_fields(
+/// Opens the sealed values of `image` (as `open_json_image`); with `former_only`, only those of
+/// fields that are not encrypted now: what a rollback writes back (a value sealed while the field
+/// was encrypted is restored as its plaintext; the values of fields encrypted now are written
+/// back sealed, as they are).
+pub fn open_json_fields(
     t: &Tenant,
     e: &Entity,
     id: &[u8; 16],
     image: &mut serde_json::Map<String, serde_json::Value>,
-) -> Result<()> {
-    open_json_fields(t, e, id, image, |f| {
-        !f.encrypted && f.ftype.can_be_encrypted()
-    })
-}
-
-fn open_json_fields(
-    t: &Tenant,
-    e: &Entity,
-    id: &[u8; 16],
-    image: &mut serde_json::Map<String, serde_json::Value>,
-    which: impl Fn(&FieldDef) -> bool,
+    former_only: bool,
 ) -> Result<()> {
     for f in e.def.fields.iter().chain(&e.def.removed_fields) {
-        if !which(f) {
+        let wanted = if former_only {
+            !f.encrypted && f.ftype.can_be_encrypted()
+        } else {
+            f.encrypted || f.ftype.can_be_encrypted()
+        };
+        if !wanted {
             continue;
         }
         let Some(serde_json::Value::String(stored)) = image.get(&f.name) else {

@@ -712,7 +712,7 @@ pub fn rollback(
     };
     let then = definition_then(&t, &e, def_version)?;
     // values sealed while a field was encrypted, when it is not any more: their plaintext
-    crate::crypto::open_former_fields(&t, &e, id.as_bytes(), &mut image)?;
+    crate::crypto::open_json_fields(&t, &e, id.as_bytes(), &mut image, true)?;
     // many-to-many fields are restored from the link rows, the others from the image
     let named_then = |f: &udm_core::definition::FieldDef, n: &str| {
         f.name == n || then.fields.iter().any(|o| o.id == f.id && o.name == n)

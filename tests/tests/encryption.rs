@@ -1492,14 +1492,7 @@ fn pages_open_encrypted_values_outside_sql_and_read_as_a_plain_entity_does() {
     );
     // once the keys are destroyed: a page holding an encrypted value is refused, one without
     // any (no rows, or NULLs only) still reads
-    json(
-        &mut adm,
-        &format!(
-            "SELECT udm_shred_keys({}, {})",
-            lit(&t),
-            lit(&format!("destroy the keys of {t}"))
-        ),
-    );
+    shred(&mut adm, &t);
     let msg = expect_err(
         &mut m.client,
         r#"SELECT udm_query('sealed', '{"columns": ["name", "note"], "sort": ["name"], "limit": 2}')"#,
@@ -2033,14 +2026,7 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
         );
     }
     convert_all(&mut m.client, "patient", 1000);
-    json(
-        &mut adm,
-        &format!(
-            "SELECT udm_shred_keys({}, {})",
-            lit(&t),
-            lit(&format!("destroy the keys of {t}"))
-        ),
-    );
+    shred(&mut adm, &t);
     let shown: Value = scalar(
         &mut m.client,
         &format!(
@@ -2158,5 +2144,17 @@ fn time_and_duration_fields_are_sealed_and_read_back_as_their_types() {
         &mut m.client,
         r#"SELECT udm_insert('sealed', '{"name": "x", "took": "soon"}')"#,
         "22007",
+    );
+}
+
+/// Destroys the keys of tenant `t` (`udm_shred_keys`, confirmed), as a database admin.
+fn shred(adm: &mut postgres::Client, t: &str) {
+    json(
+        adm,
+        &format!(
+            "SELECT udm_shred_keys({}, {})",
+            lit(t),
+            lit(&format!("destroy the keys of {t}"))
+        ),
     );
 }

@@ -177,6 +177,19 @@ check "the audit chain verifies" "true" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_audit_verify()->>'ok'"
 check "the history of a record" "2" \
     -c "SELECT udm_use('shop')" -c "SELECT count(*) FROM udm_history('category', '$toys')"
+# rollback writes through the worker's shard (one assignment per column: Citus cannot deparse a
+# multiple-column sub-select assignment)
+check "udm_rollback of a record" "jigsaws|2|puzzles" \
+    -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_update('category', '$toys', '{\"name\": \"jigsaws\"}')->>'name',
+               udm_rollback('category', '$toys', 2)->>'restored_version',
+               udm_get('category', '$toys')->>'name'"
+check "udm_rollback_transaction" "1" \
+    -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_update('category', '$toys', '{\"name\": \"blocks\"}')->>'name'" \
+    -c "SELECT udm_rollback_transaction((SELECT txid FROM udm_history('category', '$toys') ORDER BY event_id DESC LIMIT 1))->>'records'"
+check "udm_rollback_transaction put the name back" "puzzles" \
+    -c "SELECT name FROM shop.category WHERE id = '$toys'"
 refused "a udm function pushed to a worker by Citus is refused, not confused" 0A000 "ran on a worker node" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_get('category', (SELECT id FROM shop.category WHERE name = 'games'))"
 

@@ -599,10 +599,14 @@ fn write_image(
         if cols.is_empty() {
             return Err(UdmError::invalid(format!("{what}: no field to restore")));
         }
+        // one assignment per column, not `SET (...) = (SELECT ...)`: Citus cannot deparse the
+        // parameters of a multiple-column sub-select assignment ("unrecognized paramkind")
         format!(
-            "UPDATE {table} AS t SET ({c}) = (SELECT {rc} FROM jsonb_populate_record(NULL::{table}, $1) AS r) WHERE t.id = $2",
-            c = cols.join(", "),
-            rc = cols.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ")
+            "UPDATE {table} AS t SET {} WHERE t.id = $2",
+            cols.iter()
+                .map(|c| format!("{c} = (jsonb_populate_record(NULL::{table}, $1)).{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     } else {
         let mut all = vec!["\"id\"".to_string()];

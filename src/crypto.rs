@@ -441,24 +441,13 @@ impl SealSpec {
 }
 
 thread_local! {
-    static CHECK_PLANS: crate::cache::Cache<String, Rc<crate::query::rawspi::Plan>> =
+    static CHECK_PLANS: crate::query::rawspi::PlanCache =
         crate::cache::Lru::new("encrypted field checks");
 }
 
 /// Runs `sql` with `plaintext` as `$1`; its first column's datum (in the caller's context).
 fn run_plan(sql: &str, plaintext: &str) -> Result<Option<pg_sys::Datum>> {
-    let plan = match crate::cache::get(&CHECK_PLANS, sql) {
-        Some(p) => p,
-        None => {
-            let p = Rc::new(crate::query::rawspi::prepare_typed(
-                sql,
-                &[pg_sys::TEXTOID],
-            )?);
-            let bytes = p.bytes() + sql.len() * 2;
-            crate::cache::put(&CHECK_PLANS, sql.to_string(), p.clone(), bytes);
-            p
-        }
-    };
+    let plan = crate::query::rawspi::kept_plan(&CHECK_PLANS, sql, &[pg_sys::TEXTOID], 0)?;
     let mut values = [crate::triggers::text_datum(plaintext)];
     let nulls = [b' ' as std::os::raw::c_char];
     crate::query::rawspi::first_datum_of(&plan, &mut values, &nulls, true)

@@ -759,21 +759,12 @@ finfo_v1!(pg_finfo_udm_rule_trigger);
 thread_local! {
     /// Plans of rule probes by SQL text (the text names the tables, columns and condition, so a
     /// changed rule is a new key; PostgreSQL re-plans a kept plan when a table it reads changes).
-    static RULE_PLANS: crate::cache::Cache<String, std::rc::Rc<crate::query::rawspi::Plan>> =
+    static RULE_PLANS: crate::query::rawspi::PlanCache =
         crate::cache::Lru::new("rule probe plans");
 }
 
 fn rule_plan(sql: &str) -> Result<std::rc::Rc<crate::query::rawspi::Plan>> {
-    if let Some(p) = crate::cache::get(&RULE_PLANS, sql) {
-        return Ok(p);
-    }
-    let p = std::rc::Rc::new(crate::query::rawspi::prepare_typed(
-        sql,
-        &[pg_sys::UUIDOID],
-    )?);
-    let bytes = p.bytes() + sql.len() * 2;
-    crate::cache::put(&RULE_PLANS, sql.to_string(), p.clone(), bytes);
-    Ok(p)
+    crate::query::rawspi::kept_plan(&RULE_PLANS, sql, &[pg_sys::UUIDOID], 0)
 }
 
 /// Runs a probe statement with `key` as `$1`; returns the first column of its first row.

@@ -424,7 +424,7 @@ thread_local! {
     /// The statements that read one record's changes (its history, `udm_record_at`), per tenant
     /// and layout, planned once: their generic plan is the one every call would get (planning
     /// the batched log's view at each call cost more than running it).
-    static RECORD_PLANS: crate::cache::Cache<String, Rc<crate::query::rawspi::Plan>> =
+    static RECORD_PLANS: crate::query::rawspi::PlanCache =
         crate::cache::Lru::new("record reads");
 }
 
@@ -453,19 +453,12 @@ fn read_record<R>(
         values.push(ptrs.into_datum().expect("bigint[]"));
         values.push(batches.into_datum().expect("bigint[]"));
     }
-    let plan = match crate::cache::get(&RECORD_PLANS, sql) {
-        Some(p) => p,
-        None => {
-            let p = Rc::new(crate::query::rawspi::prepare_with(
-                sql,
-                &types,
-                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
-            )?);
-            let bytes = p.bytes() + sql.len() * 2;
-            crate::cache::put(&RECORD_PLANS, sql.to_string(), p.clone(), bytes);
-            p
-        }
-    };
+    let plan = crate::query::rawspi::kept_plan(
+        &RECORD_PLANS,
+        sql,
+        &types,
+        pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+    )?;
     let nulls = vec![b' ' as std::os::raw::c_char; values.len()];
     crate::query::rawspi::rows_of(&plan, &mut values, &nulls, |desc, rows| {
         Ok(rows.iter().map(|&tuple| f(&Row { tuple, desc })).collect())

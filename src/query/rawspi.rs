@@ -140,6 +140,27 @@ pub fn prepare_with(sql: &str, types: &[pg_sys::Oid], options: i32) -> Result<Pl
     }
 }
 
+/// A cache of kept plans by SQL text, counted against udm's cache budget.
+pub type PlanCache = crate::cache::Cache<String, std::rc::Rc<Plan>>;
+
+/// The kept plan of `sql` from `cache`, prepared (`prepare_with`: parameter `types`, cursor
+/// `options`) and put there on a miss. The text names what it reads, so a changed definition is
+/// a new key; PostgreSQL plans a kept plan again when a table it reads changes.
+pub fn kept_plan(
+    cache: &'static std::thread::LocalKey<PlanCache>,
+    sql: &str,
+    types: &[pg_sys::Oid],
+    options: i32,
+) -> Result<std::rc::Rc<Plan>> {
+    if let Some(p) = crate::cache::get(cache, sql) {
+        return Ok(p);
+    }
+    let p = std::rc::Rc::new(prepare_with(sql, types, options)?);
+    let bytes = p.bytes() + sql.len() * 2;
+    crate::cache::put(cache, sql.to_string(), p.clone(), bytes);
+    Ok(p)
+}
+
 fn text_datums(args: &[Option<String>]) -> (Vec<pg_sys::Datum>, Vec<std::os::raw::c_char>) {
     let mut values = Vec::with_capacity(args.len());
     let mut nulls = Vec::with_capacity(args.len());

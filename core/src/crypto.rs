@@ -305,11 +305,9 @@ pub fn looks_sealed(s: &str) -> bool {
     s.starts_with(PREFIX)
 }
 
-/// Splits a stored value into its parts; None when it is not of the envelope's form.
-pub fn parse_envelope(s: &str) -> Option<Envelope<'_>> {
-    let rest = s.strip_prefix(PREFIX)?;
-    // the key id: 1 to 10 digits up to the first colon, within i32
-    let b = rest.as_bytes();
+/// The key id at the start of a stored value after its prefix: 1 to 10 digits up to the first
+/// colon, within i32; with the colon's position.
+fn key_id_of(b: &[u8]) -> Option<(i32, usize)> {
     let mut key_id: i64 = 0;
     let mut i = 0;
     while i < b.len() && b[i].is_ascii_digit() {
@@ -322,7 +320,14 @@ pub fn parse_envelope(s: &str) -> Option<Envelope<'_>> {
     if i == 0 || b.get(i) != Some(&b':') {
         return None;
     }
-    let key_id = i32::try_from(key_id).ok()?;
+    Some((i32::try_from(key_id).ok()?, i))
+}
+
+/// Splits a stored value into its parts; None when it is not of the envelope's form.
+pub fn parse_envelope(s: &str) -> Option<Envelope<'_>> {
+    let rest = s.strip_prefix(PREFIX)?;
+    let b = rest.as_bytes();
+    let (key_id, i) = key_id_of(b)?;
     // the blind index: empty or 32 hex digits, up to the second colon (bytes: a colon is never
     // inside a UTF-8 sequence)
     let after = &b[i + 1..];
@@ -520,19 +525,7 @@ pub struct StoredParts<'a> {
 /// not of that form; a caller then reports through `parse_envelope`.
 pub fn split_stored(stored: &[u8]) -> Option<StoredParts<'_>> {
     let b = stored.strip_prefix(PREFIX.as_bytes())?;
-    let mut key_id: i64 = 0;
-    let mut i = 0;
-    while i < b.len() && b[i].is_ascii_digit() {
-        if i == 10 {
-            return None;
-        }
-        key_id = key_id * 10 + i64::from(b[i] - b'0');
-        i += 1;
-    }
-    if i == 0 || b.get(i) != Some(&b':') {
-        return None;
-    }
-    let key_id = i32::try_from(key_id).ok()?;
+    let (key_id, i) = key_id_of(b)?;
     let after = &b[i + 1..];
     let blind_len = match after.first() {
         Some(b':') => 0,

@@ -157,6 +157,16 @@ pub fn scalar<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str
         .get::<_, T>(0)
 }
 
+/// The first column of every row of a query (EXPLAIN lines, names, values).
+#[track_caller]
+pub fn column<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> Vec<T> {
+    c.query(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)))
+        .iter()
+        .map(|r| r.get::<_, T>(0))
+        .collect()
+}
+
 /// Quotes a SQL string literal for test statements (tests build SQL the way a user would).
 pub fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))

@@ -83,14 +83,6 @@ impl Access {
     }
 }
 
-fn names(c: &mut postgres::Client, sql: &str) -> Vec<String> {
-    c.query(sql, &[])
-        .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)))
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 #[test]
 fn users_are_validated_hashed_and_never_returned() {
     let mut a = setup("acu");
@@ -251,7 +243,7 @@ fn roles_decide_operations_and_fields_for_udm_and_plain_sql() {
 
     let mut viewer = a.as_user(&vic);
     assert_eq!(
-        names(&mut viewer, &format!("SELECT name FROM \"{t}\".product")),
+        column::<String>(&mut viewer, &format!("SELECT name FROM \"{t}\".product")),
         ["P1"]
     );
     let msg = expect_err(
@@ -495,7 +487,7 @@ fn nobody_grants_more_than_they_have() {
         "SELECT udm_define_role('r3', 'nobody', '{}')",
         "42704",
     );
-    let roles = names(&mut a.app, "SELECT name FROM udm_roles() ORDER BY name");
+    let roles = column::<String>(&mut a.app, "SELECT name FROM udm_roles() ORDER BY name");
     assert_eq!(roles, ["admin", "editor", "manager", "viewer"]);
     // the last admin stays: a member whose role manages the tenant counts as one
     json(
@@ -640,13 +632,13 @@ fn relation_tuples_decide_rows_and_flow_down_relations() {
 
     // rows: the tenant admin sees all, the owner his own, the viewer nothing yet
     let all = format!("SELECT name FROM \"{t}\".roadmap ORDER BY name");
-    assert_eq!(names(&mut a.app, &all), ["R1", "R2"]);
-    assert_eq!(names(&mut bobc, &all), ["R2"]);
+    assert_eq!(column::<String>(&mut a.app, &all), ["R1", "R2"]);
+    assert_eq!(column::<String>(&mut bobc, &all), ["R2"]);
     assert_eq!(
-        names(&mut bobc, &format!("SELECT name FROM \"{t}\".product")),
+        column::<String>(&mut bobc, &format!("SELECT name FROM \"{t}\".product")),
         ["P2"]
     );
-    assert!(names(&mut carolc, &all).is_empty());
+    assert!(column::<String>(&mut carolc, &all).is_empty());
     assert_eq!(
         json(&mut carolc, "SELECT udm_query('link', '{}')")["rows"],
         json!([])
@@ -661,9 +653,9 @@ fn relation_tuples_decide_rows_and_flow_down_relations() {
             lit(&format!("roadmap:{r1}"))
         ),
     );
-    assert_eq!(names(&mut carolc, &all), ["R1"]);
+    assert_eq!(column::<String>(&mut carolc, &all), ["R1"]);
     assert_eq!(
-        names(&mut carolc, &format!("SELECT name FROM \"{t}\".product")),
+        column::<String>(&mut carolc, &format!("SELECT name FROM \"{t}\".product")),
         ["P1"]
     );
     let q = json(&mut carolc, "SELECT udm_query('link', '{\"columns\": [\"label\", \"product_id.name\", \"product_id.roadmap_id.name\"]}')");
@@ -760,7 +752,7 @@ fn relation_tuples_decide_rows_and_flow_down_relations() {
     );
 
     // carol, editor on R2 (a viewer by role): edits and locks there, deletes products, not the roadmap
-    assert_eq!(names(&mut carolc, &all), ["R1", "R2"]);
+    assert_eq!(column::<String>(&mut carolc, &all), ["R1", "R2"]);
     json(
         &mut carolc,
         &format!("SELECT udm_lock_acquire('roadmap', {})", lit(&r2)),
@@ -811,7 +803,7 @@ fn relation_tuples_decide_rows_and_flow_down_relations() {
             lit(&format!("roadmap:{r1}"))
         ),
     );
-    assert_eq!(names(&mut carolc, &all), ["R2"]);
+    assert_eq!(column::<String>(&mut carolc, &all), ["R2"]);
     expect_err(
         &mut a.app,
         &format!(
@@ -1139,7 +1131,7 @@ fn the_audit_log_shows_members_the_records_they_see() {
         .unwrap();
 
     let ids_seen = |c: &mut postgres::Client| -> Vec<String> {
-        names(
+        column::<String>(
             c,
             &format!("SELECT DISTINCT record_id::text FROM \"{t}\"._udm_audit ORDER BY 1"),
         )
@@ -1230,7 +1222,7 @@ fn the_audit_log_shows_members_the_records_they_see() {
     // pat reads parts, without their cost: none of their audit rows (the images hold the cost)
     let mut patc = a.as_user(&pat);
     assert_eq!(
-        names(&mut patc, &format!("SELECT name FROM \"{t}\".part")),
+        column::<String>(&mut patc, &format!("SELECT name FROM \"{t}\".part")),
         ["Bolt"]
     );
     assert!(ids_seen(&mut patc).is_empty());
@@ -1297,7 +1289,7 @@ fn the_audit_log_shows_members_the_records_they_see() {
         &format!("SELECT udm_rollback_transaction({tx})"),
     );
     assert_eq!(
-        names(
+        column::<String>(
             &mut a.app,
             &format!("SELECT name FROM \"{t}\".product ORDER BY name")
         ),
@@ -1474,7 +1466,7 @@ fn junction_tables_hold_links_to_the_fields_access_rules() {
 
     // reads: the links between records one sees
     let links = |c: &mut postgres::Client| -> Vec<String> {
-        names(
+        column::<String>(
             c,
             &format!("SELECT source_id::text FROM \"{t}\".product__tags ORDER BY 1"),
         )
@@ -1559,42 +1551,27 @@ fn hidden_fields_renames_subscriptions_consumers_and_the_last_admin() {
 
     // a manager kept from `cost` reads history and the record at a time without it
     let mut m = a.as_user(&mgr);
-    let data: Vec<Value> = m
-        .query(
-            &format!("SELECT data FROM udm_history('item', '{id}')"),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let data: Vec<Value> = column(
+        &mut m,
+        &format!("SELECT data FROM udm_history('item', '{id}')"),
+    );
     assert_eq!(data.len(), 2);
     assert!(
         data.iter()
             .all(|d| d.get("cost").is_none() && d.get("name").is_some()),
         "{data:?}"
     );
-    let summaries: Vec<String> = m
-        .query(
-            &format!("SELECT summary FROM udm_history('item', '{id}')"),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let summaries: Vec<String> = column(
+        &mut m,
+        &format!("SELECT summary FROM udm_history('item', '{id}')"),
+    );
     assert!(
         summaries
             .iter()
             .all(|s| !s.contains('9') && !s.contains('7')),
         "{summaries:?}"
     );
-    let changed: Vec<String> = m
-        .query(&format!("SELECT unnest(changed_fields) FROM udm_history('item', '{id}') WHERE action = 'UPDATE'"), &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let changed: Vec<String> = column(&mut m, &format!("SELECT unnest(changed_fields) FROM udm_history('item', '{id}') WHERE action = 'UPDATE'"));
     assert_eq!(changed, vec!["name".to_string()]);
     let at = json(
         &mut m,

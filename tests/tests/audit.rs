@@ -599,7 +599,7 @@ fn reports_summarize_users_records_and_critical_changes() {
     // a period is read through the changed_at index, not a scan of the whole table
     let s = m.tenant.clone();
     m.client.batch_execute("SET enable_seqscan = off").unwrap();
-    let plan: Vec<String> = m.client.query(&format!("EXPLAIN SELECT count(*) FROM \"{s}\"._udm_audit a WHERE a.changed_at >= now() - interval '1 day' AND a.changed_at < now()"), &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect();
+    let plan: Vec<String> = column(&mut m.client, &format!("EXPLAIN SELECT count(*) FROM \"{s}\"._udm_audit a WHERE a.changed_at >= now() - interval '1 day' AND a.changed_at < now()"));
     assert!(
         plan.iter()
             .any(|l| l.contains("_udm_audit__changed_at_txid_id__idx")),
@@ -662,21 +662,12 @@ fn events_are_read_in_id_ranges_across_gaps() {
         // a batched log: the ids after a cursor are read from the chunks holding them, found by
         // the log's primary key (the condition udm_events adds, `audit::ids_sql`)
         let last = seen.last().unwrap();
-        let plan: Vec<String> = m
-            .client
-            .query(
-                &format!(
+        let plan: Vec<String> = column(&mut m.client, &format!(
                     "EXPLAIN SELECT audit_id FROM \"{s}\"._udm_audit WHERE audit_id > {} AND audit_id <= {last} \
                        AND batch_id BETWEEN {} / 1024 AND {last} / 1024 ORDER BY audit_id LIMIT 100",
                     last - 1,
                     last - 1
-                ),
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+                ));
         assert!(
             plan.iter().any(|l| l.contains("_udm_audit_log_pkey")),
             "{plan:?}"
@@ -684,18 +675,9 @@ fn events_are_read_in_id_ranges_across_gaps() {
         return;
     }
     // the audit log's keys: (record_id, audit_id), and a BRIN for time, transaction and id
-    let indexes: Vec<String> = m
-        .client
-        .query(
-            &format!(
+    let indexes: Vec<String> = column(&mut m.client, &format!(
                 "SELECT indexrelid::regclass::text || ' ' || pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = '\"{s}\"._udm_audit'::regclass ORDER BY 1"
-            ),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+            ));
     assert_eq!(indexes.len(), 3, "{indexes:?}");
     assert!(
         indexes[0].contains("USING brin (changed_at, txid, audit_id)"),
@@ -724,16 +706,10 @@ fn events_are_read_in_id_ranges_across_gaps() {
         ))
         .unwrap();
     let last = seen.last().unwrap();
-    let plan: Vec<String> = m
-        .client
-        .query(
-            &format!("EXPLAIN EXECUTE ev({}, {last}, 100)", last - 1),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let plan: Vec<String> = column(
+        &mut m.client,
+        &format!("EXPLAIN EXECUTE ev({}, {last}, 100)", last - 1),
+    );
     assert!(
         plan.iter().any(|l| l.contains("_udm_audit__id__idx")),
         "{plan:?}"
@@ -1272,16 +1248,7 @@ fn chains_hold_under_waiting_writers_savepoints_and_big_statements() {
              UPDATE \"{s}\".product SET price = 22 WHERE id = '{id}'; COMMIT"
         ))
         .unwrap();
-    let versions: Vec<i32> = m
-        .client
-        .query(
-            &format!("SELECT record_version FROM \"{s}\"._udm_audit WHERE record_id = '{id}' ORDER BY audit_id"),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let versions: Vec<i32> = column(&mut m.client, &format!("SELECT record_version FROM \"{s}\"._udm_audit WHERE record_id = '{id}' ORDER BY audit_id"));
     assert_eq!(
         versions,
         vec![1, 2, 3, 4, 5],

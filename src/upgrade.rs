@@ -112,8 +112,8 @@ pub fn upgrade_tenant(slug: &str) -> Result<Value> {
         steps.extend(udm_core::ddl::refresh_sql(&ctx, &e.def)?);
     }
     let batched = crate::audit::batch::is_batched(&t);
-    if t.access && batched {
-        steps.push(crate::audit::batch::access_sql(&t.schema));
+    if batched {
+        steps.push(crate::audit::batch::view_refresh_sql(&t));
     } else if t.access {
         steps.push(format!(
             "DROP POLICY IF EXISTS {} ON {}",

@@ -123,6 +123,44 @@ pub fn tables_sql(schema: &str, role: &str) -> String {
     )
 }
 
+/// The view of a batched log as this version makes it, with the access filter when the tenant
+/// controls access (`udm_upgrade_tenant`: a view made by an older build gets today's columns).
+pub fn view_refresh_sql(t: &Tenant) -> String {
+    if t.access {
+        access_sql(&t.schema)
+    } else {
+        view_sql(&t.schema, None)
+    }
+}
+
+/// An ERROR unless the tenant's view of its batched log has this version's columns (one made by
+/// an older build lacks `prev_ptr`, which verification reads): `udm.upgrade_tenant` remakes it.
+pub fn require_current_view(t: &Tenant) -> Result<()> {
+    let current = match t.relation("_udm_audit") {
+        Some(view) => crate::spi::select_one::<bool>(
+            "SELECT true FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = 'prev_ptr' \
+             AND NOT attisdropped",
+            &[view.into()],
+        )?
+        .unwrap_or(false),
+        None => false,
+    };
+    if current {
+        return Ok(());
+    }
+    Err(UdmError::new(
+        udm_core::error::SqlState::ObjectNotInPrerequisiteState,
+        format!(
+            "the audit log view of tenant \"{}\" was made by an older build of udm",
+            t.slug
+        ),
+    )
+    .hint(format!(
+        "a superuser brings it up to date with {}",
+        udm_core::ident::sql_call("udm.upgrade_tenant", &[&t.slug])
+    )))
+}
+
 /// What switching access control on does to a batched log: the view shows a member the changes
 /// of the records they see (and managers all of them), as the per-change table's policy does.
 pub fn access_sql(schema: &str) -> String {

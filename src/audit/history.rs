@@ -1032,6 +1032,9 @@ pub fn verify() -> Result<Value> {
 /// each row's hash is recomputed where it is read.
 pub fn verify_tenant(t: &Tenant) -> Result<Value> {
     let batched = crate::audit::batch::is_batched(t);
+    if batched {
+        crate::audit::batch::require_current_view(t)?;
+    }
     let sql = format!(
         "SELECT a.audit_id, a.entity, a.record_id::text, a.action, a.prev_hash, \
            a.hash = udm.audit_hash(a.prev_hash, a.entity, a.record_id, a.action, a.record_version, a.entity_version, \

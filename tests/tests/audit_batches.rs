@@ -358,3 +358,37 @@ fn record_at_answers_at_every_version_and_a_chain_bent_into_a_cycle_ends() {
         "{v}"
     );
 }
+
+/// A batched tenant made by a build whose view had no `prev_ptr` (verify reads it): verify
+/// refuses, naming the tenant and the call that mends it, and `udm.upgrade_tenant` gives the view this version's columns,
+/// the access filter kept.
+#[test]
+fn upgrade_tenant_gives_an_older_batched_view_its_columns() {
+    let mut adm = admin();
+    let mut m = batched(&mut adm, "abu");
+    let t = m.tenant.clone();
+    json(
+        &mut m.client,
+        r#"SELECT udm_insert('product', '{"name": "cup", "price": 3}')"#,
+    );
+    // the view as the previous build made it: its columns without prev_ptr
+    let role = tenant_role(&mut adm, &t);
+    adm.batch_execute(&format!(
+        "ALTER VIEW \"{t}\"._udm_audit RENAME TO _udm_audit_now; \
+         CREATE VIEW \"{t}\"._udm_audit WITH (security_barrier) AS \
+           SELECT audit_id, entity, record_id, action, record_version, entity_version, old_data, \
+                  new_data, changed_fields, user_id, db_role, txid, changed_at, prev_hash, hash, batch_id \
+           FROM \"{t}\"._udm_audit_now; \
+         GRANT SELECT ON \"{t}\"._udm_audit TO \"{role}\""
+    ))
+    .unwrap();
+    let msg = expect_err(&mut m.client, "SELECT udm_audit_verify()", "55000");
+    assert!(
+        msg.contains(&t) && msg.contains("udm.upgrade_tenant"),
+        "{msg}"
+    );
+    json(&mut adm, &format!("SELECT udm.upgrade_tenant('{t}')"));
+    let v = json(&mut m.client, "SELECT udm_audit_verify()");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["rows_checked"], 1, "{v}");
+}

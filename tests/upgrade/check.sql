@@ -70,3 +70,19 @@ END $$;
 RESET ROLE;
 -- new tenants come
 SELECT udm_drop_tenant(slug, slug) FROM (SELECT udm_create_tenant('up_new')->>'slug' AS slug) s;
+-- the batched audit log (a setting of this version, no SQL object of the extension) in an
+-- upgraded database: a tenant made with it audits, walks its history and verifies
+SET udm.audit_batches = on;
+SELECT udm_create_tenant('up_batched') IS NOT NULL;
+RESET udm.audit_batches;
+SELECT udm_use('up_batched') IS NOT NULL;
+SELECT udm_define_entity('note', '{"fields": [{"name": "body", "type": "text"}]}') IS NOT NULL;
+SELECT udm_insert('note', '{"body": "one"}') IS NOT NULL;
+UPDATE up_batched.note SET body = 'two';
+DO $$ BEGIN
+  ASSERT (SELECT count(*) FROM up_batched._udm_audit_log) = 2, 'one log row per statement';
+  ASSERT (SELECT string_agg(action, ',' ORDER BY version) FROM udm_history('note', (SELECT id FROM up_batched.note))) = 'INSERT,UPDATE',
+         'the history of a batched tenant';
+  ASSERT (SELECT (udm_audit_verify()->>'ok')::boolean), 'a batched tenant verifies';
+END $$;
+SELECT udm_drop_tenant('up_batched', 'up_batched') IS NOT NULL;

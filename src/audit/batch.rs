@@ -17,7 +17,7 @@
 //! The view `_udm_audit` shows the log one row per change, with the columns of the per-change
 //! table other tenants have: everything that reads the audit log reads it there.
 
-use super::Pending;
+use super::{batch_store, Pending};
 use crate::catalog::Tenant;
 use crate::error::Result;
 use crate::triggers::{text_datum, uuid_datum};
@@ -274,9 +274,6 @@ pub fn last_event_sql(t: &Tenant) -> String {
 // ------------------------------------------------------------------ kept plans
 
 struct Plans {
-    insert: pg_sys::SPIPlanPtr,
-    hashes: pg_sys::SPIPlanPtr,
-    hash_one: pg_sys::SPIPlanPtr,
     head: pg_sys::SPIPlanPtr,
     any_head: pg_sys::SPIPlanPtr,
     upsert: pg_sys::SPIPlanPtr,
@@ -312,11 +309,7 @@ fn plans(t: &Tenant) -> Result<Rc<Plans>> {
     if let Some(p) = PLANS.with(|p| p.borrow().get(&t.schema_oid).cloned()) {
         return Ok(p);
     }
-    use pg_sys::{
-        BYTEAARRAYOID, BYTEAOID, INT4ARRAYOID, INT4OID, INT8ARRAYOID, INT8OID, TEXTARRAYOID,
-        TEXTOID, TIMESTAMPTZOID, UUIDARRAYOID, UUIDOID,
-    };
-    let jsonb_array = pg_sys::JSONBARRAYOID;
+    use pg_sys::{INT8ARRAYOID, TEXTARRAYOID, TEXTOID, TIMESTAMPTZOID, UUIDARRAYOID, UUIDOID};
     let log = t.catalog(LOG);
     let heads = t.catalog(HEADS);
     // one step of a chain's walk from pointer `p`: its previous pointer and whether it is done
@@ -343,33 +336,6 @@ fn plans(t: &Tenant) -> Result<Rc<Plans>> {
     let finish = Finish;
     let p = unsafe {
         Plans {
-            insert: keep(
-                &format!(
-                    "INSERT INTO {log} (batch_id, first_slot, entity, entity_version, user_id, db_role, txid, \
-                     changed_at, record_ids, actions, record_versions, prev_ptrs, old_data, new_data, \
-                     changed_fields, prev_hashes, hashes, batch_hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-                ),
-                &mut [
-                    INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID,
-                    UUIDARRAYOID, TEXTARRAYOID, INT4ARRAYOID, BYTEAOID, jsonb_array,
-                    jsonb_array, TEXTARRAYOID, BYTEAARRAYOID, BYTEAOID, BYTEAOID,
-                ],
-            )?,
-            hashes: keep(
-                &format!(
-                    "SELECT first_slot, hashes FROM {log} WHERE batch_id = $1 AND first_slot <= $2 \
-                     ORDER BY first_slot DESC LIMIT 1"
-                ),
-                &mut [INT8OID, INT4OID],
-            )?,
-            hash_one: keep(
-                &format!(
-                    "SELECT first_slot, pg_catalog.substring(hashes, ($2 - first_slot) * 32 + 1, 32) \
-                     FROM {log} WHERE batch_id = $1 AND first_slot <= $2 ORDER BY first_slot DESC LIMIT 1"
-                ),
-                &mut [INT8OID, INT4OID],
-            )?,
             head: keep(
                 &format!("SELECT ptr FROM {heads} WHERE entity = $1 AND record_id = $2"),
                 &mut [TEXTOID, UUIDOID],
@@ -417,15 +383,7 @@ fn plans(t: &Tenant) -> Result<Rc<Plans>> {
             for (_, old) in m.drain() {
                 if let Ok(old) = Rc::try_unwrap(old) {
                     unsafe {
-                        for q in [
-                            old.insert,
-                            old.hashes,
-                            old.hash_one,
-                            old.head,
-                            old.any_head,
-                            old.upsert,
-                            old.walk,
-                        ] {
+                        for q in [old.head, old.any_head, old.upsert, old.walk] {
                             pg_sys::SPI_freeplan(q);
                         }
                     }
@@ -543,7 +501,12 @@ type ChunkCache = FxHashMap<i64, Vec<(i64, Vec<u8>)>>;
 /// The hash of the change at `ptr`. With `whole`, its chunk's hashes are read once and kept for
 /// the rest of the flush (many changes of the flush follow changes of that chunk); else only its
 /// own 32 bytes are read, a slice of the chunk's TOAST value.
-fn hash_at(p: &Plans, cache: &mut ChunkCache, ptr: i64, whole: bool) -> Result<Option<Vec<u8>>> {
+fn hash_at(
+    log: &batch_store::Writer,
+    cache: &mut ChunkCache,
+    ptr: i64,
+    whole: bool,
+) -> Result<Option<Vec<u8>>> {
     let (batch, slot) = (ptr / SLOTS, ptr % SLOTS);
     let find = |cache: &ChunkCache| -> Option<Vec<u8>> {
         cache.get(&batch)?.iter().find_map(|(first, hashes)| {
@@ -554,31 +517,11 @@ fn hash_at(p: &Plans, cache: &mut ChunkCache, ptr: i64, whole: bool) -> Result<O
     if let Some(h) = find(cache) {
         return Ok(Some(h));
     }
-    let args = [
-        Some(pg_sys::Datum::from(batch)),
-        Some(pg_sys::Datum::from(slot as i32)),
-    ];
-    let read = |desc: pg_sys::TupleDesc, rows: &[pg_sys::HeapTuple]| -> Option<(i64, Vec<u8>)> {
-        let row = *rows.first()?;
-        let mut null = false;
-        unsafe {
-            let first = pg_sys::heap_getattr(row, 1, desc, &mut null).value() as i32 as i64;
-            let d = pg_sys::heap_getattr(row, 2, desc, &mut null);
-            if null {
-                return None;
-            }
-            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-            Some((
-                first,
-                crate::query::rowjson::varlena(pg_sys::Datum::from(v)).to_vec(),
-            ))
-        }
-    };
     if !whole {
-        let one = unsafe { run(p.hash_one, &args, Mode::Latest, read)? };
+        let one = log.hashes(batch, slot as i32, false);
         return Ok(one.and_then(|(_, h)| (h.len() == 32).then_some(h)));
     }
-    if let Some(c) = unsafe { run(p.hashes, &args, Mode::Latest, read)? } {
+    if let Some(c) = log.hashes(batch, slot as i32, true) {
         cache.entry(batch).or_default().push(c);
     }
     Ok(find(cache))
@@ -622,6 +565,8 @@ fn head_of(p: &Plans, entity: &str, id: &[u8; 16]) -> Result<Option<i64>> {
 /// id (its pointer).
 pub(super) fn write(t: &Tenant, entries: &[Pending]) -> Result<Vec<i64>> {
     let p = plans(t)?;
+    let table = batch_store::of(t)?;
+    let log = table.open()?;
     // pointers: the row's (given by the stamp trigger), else one given now
     let mut ptrs = Vec::with_capacity(entries.len());
     for e in entries {
@@ -669,7 +614,7 @@ pub(super) fn write(t: &Tenant, entries: &[Pending]) -> Result<Vec<i64>> {
                     let whole = following
                         .get(&(ptr / SLOTS))
                         .is_some_and(|&n| n >= WHOLE_AT);
-                    (hash_at(&p, &mut chunks, ptr, whole)?, Some(ptr))
+                    (hash_at(&log, &mut chunks, ptr, whole)?, Some(ptr))
                 }
                 None => (None, None),
             }
@@ -728,7 +673,7 @@ pub(super) fn write(t: &Tenant, entries: &[Pending]) -> Result<Vec<i64>> {
             end += 1;
         }
         insert_chunk(
-            &p,
+            &log,
             &entries[start..end],
             &ptrs[start..end],
             &prevs[start..end],
@@ -772,7 +717,7 @@ pub(super) fn write(t: &Tenant, entries: &[Pending]) -> Result<Vec<i64>> {
 }
 
 fn insert_chunk(
-    p: &Plans,
+    log: &batch_store::Writer,
     entries: &[Pending],
     ptrs: &[i64],
     prevs: &[(Option<Vec<u8>>, Option<i64>)],
@@ -809,33 +754,27 @@ fn insert_chunk(
     }
     let batch_hash = udm_core::audit::batch_hash(batch, first as i32, hashes);
     let jsonb = pg_sys::JSONBOID;
-    unsafe {
-        run(
-            p.insert,
-            &[
-                Some(pg_sys::Datum::from(batch)),
-                Some(pg_sys::Datum::from(first as i32)),
-                Some(text_datum(&e0.entity)),
-                Some(pg_sys::Datum::from(e0.entity_version)),
-                Some(text_datum(&e0.user)),
-                Some(text_datum(&e0.role)),
-                Some(pg_sys::Datum::from(e0.txid)),
-                Some(pg_sys::Datum::from(e0.at)),
-                Some(array(&ids, pg_sys::UUIDOID, 16, false, b'c')),
-                Some(array(&actions, pg_sys::TEXTOID, -1, false, b'i')),
-                Some(array(&versions, pg_sys::INT4OID, 4, true, b'i')),
-                Some(bytes_datum(&prev_ptrs)),
-                Some(array(&olds, jsonb, -1, false, b'i')),
-                Some(array(&news, jsonb, -1, false, b'i')),
-                Some(array(&changed, pg_sys::TEXTOID, -1, false, b'i')),
-                Some(array(&prev_hashes, pg_sys::BYTEAOID, -1, false, b'i')),
-                Some(bytes_datum(&hs)),
-                Some(bytes_datum(&batch_hash)),
-            ],
-            Mode::Write,
-            |_, _| (),
-        )
-    }
+    log.insert(&[
+        Some(pg_sys::Datum::from(batch)),
+        Some(pg_sys::Datum::from(first as i32)),
+        Some(text_datum(&e0.entity)),
+        Some(pg_sys::Datum::from(e0.entity_version)),
+        Some(text_datum(&e0.user)),
+        Some(text_datum(&e0.role)),
+        Some(pg_sys::Datum::from(e0.txid)),
+        Some(pg_sys::Datum::from(e0.at)),
+        Some(array(&ids, pg_sys::UUIDOID, 16, false, b'c')),
+        Some(array(&actions, pg_sys::TEXTOID, -1, false, b'i')),
+        Some(array(&versions, pg_sys::INT4OID, 4, true, b'i')),
+        Some(bytes_datum(&prev_ptrs)),
+        Some(array(&olds, jsonb, -1, false, b'i')),
+        Some(array(&news, jsonb, -1, false, b'i')),
+        Some(array(&changed, pg_sys::TEXTOID, -1, false, b'i')),
+        Some(array(&prev_hashes, pg_sys::BYTEAOID, -1, false, b'i')),
+        Some(bytes_datum(&hs)),
+        Some(bytes_datum(&batch_hash)),
+    ]);
+    Ok(())
 }
 
 // ------------------------------------------------------------------ reading a record's chains

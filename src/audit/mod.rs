@@ -29,6 +29,7 @@ use udm_core::ident::{quote_ident, SYSTEM_COLUMNS};
 use udm_core::types::FieldType;
 
 pub mod batch;
+pub mod batch_store;
 pub mod events;
 pub mod history;
 pub mod links;

@@ -86,35 +86,46 @@ fn load(t: &Tenant) -> Result<AuditTable> {
     let table = local("_udm_audit")?;
     let seq = need("_udm_audit_audit_id_seq")?;
     let record_index = local(RECORD_INDEX)?;
+    let mut wanted = vec![("audit_id", pg_sys::INT8OID)];
+    wanted.extend_from_slice(&COLUMNS);
+    let (natts, found) = layout(table, &wanted, &|c| {
+        missing(&format!("column _udm_audit.{c} of the expected type"))
+    })?;
+    let mut attrs = [0usize; N];
+    attrs.copy_from_slice(&found[1..]);
+    Ok(AuditTable {
+        schema: t.schema.clone(),
+        relid: table,
+        seq,
+        record_index,
+        natts,
+        id_attr: found[0],
+        attrs,
+    })
+}
+
+/// The number of attributes of table `relid` and the 0-based attribute index of each of
+/// `columns` (name, type), or the error `missing(name)` gives for the first one it lacks.
+pub fn layout(
+    relid: pg_sys::Oid,
+    columns: &[(&str, pg_sys::Oid)],
+    missing: &dyn Fn(&str) -> UdmError,
+) -> Result<(usize, Vec<usize>)> {
     unsafe {
-        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
         let desc = (*rel).rd_att;
         let natts = (*desc).natts as usize;
         let list = (*desc).attrs.as_slice(natts);
-        let find = |name: &str, typ: pg_sys::Oid| {
-            list.iter()
-                .position(|a| !a.attisdropped && a.name() == name && a.atttypid == typ)
-                .ok_or_else(|| missing(&format!("column _udm_audit.{name} of the expected type")))
-        };
-        let found = (|| {
-            let id_attr = find("audit_id", pg_sys::INT8OID)?;
-            let mut attrs = [0usize; N];
-            for (i, (name, typ)) in COLUMNS.iter().enumerate() {
-                attrs[i] = find(name, *typ)?;
-            }
-            Ok((id_attr, attrs))
-        })();
+        let found: Result<Vec<usize>> = columns
+            .iter()
+            .map(|(name, typ)| {
+                list.iter()
+                    .position(|a| !a.attisdropped && a.name() == *name && a.atttypid == *typ)
+                    .ok_or_else(|| missing(name))
+            })
+            .collect();
         pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
-        let (id_attr, attrs) = found?;
-        Ok(AuditTable {
-            schema: t.schema.clone(),
-            relid: table,
-            seq,
-            record_index,
-            natts,
-            id_attr,
-            attrs,
-        })
+        Ok((natts, found?))
     }
 }
 
@@ -122,8 +133,41 @@ impl AuditTable {
     /// Opens the table and its indexes for one flush: finding chain heads and appending rows
     /// share them.
     pub fn open(&self) -> Result<Writer<'_>> {
+        let (t, record_index) = Opened::open(self.relid, self.record_index, RECORD_INDEX);
+        if record_index.is_null() {
+            return Err(UdmError::internal(format!(
+                "udm audit: tenant schema \"{}\" has no {RECORD_INDEX} on its audit log",
+                self.schema
+            )));
+        }
+        Ok(Writer {
+            table: self,
+            opened: t,
+            record_index,
+        })
+    }
+}
+
+/// A table opened for storage-level writes, with its indexes and an executor state to insert
+/// their entries (closed when dropped).
+pub struct Opened {
+    pub rel: pg_sys::Relation,
+    pub estate: *mut pg_sys::EState,
+    pub rri: *mut pg_sys::ResultRelInfo,
+}
+
+impl Opened {
+    /// Opens `relid` (row-exclusive) and its indexes, and finds among them the index `index`
+    /// (by the oid the caller loaded, else by `index_name`: an index a superuser dropped and
+    /// made again is used without waiting for a definition change to reload the table); null
+    /// when it has no such index.
+    pub fn open(
+        relid: pg_sys::Oid,
+        index: pg_sys::Oid,
+        index_name: &str,
+    ) -> (Opened, pg_sys::Relation) {
         unsafe {
-            let rel = pg_sys::table_open(self.relid, pg_sys::RowExclusiveLock as i32);
+            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
             let estate = pg_sys::CreateExecutorState();
             let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
                 as *mut pg_sys::ResultRelInfo;
@@ -133,48 +177,56 @@ impl AuditTable {
             let open: Vec<pg_sys::Relation> = (0..n)
                 .map(|i| *(*rri).ri_IndexRelationDescs.add(i))
                 .collect();
-            // by the oid this backend loaded, else by name: an index a superuser dropped and made
-            // again is used without waiting for a definition change to reload the table
-            let record_index = open
+            let found = open
                 .iter()
                 .copied()
-                .find(|&ix| (*ix).rd_id == self.record_index)
+                .find(|&ix| (*ix).rd_id == index)
                 .or_else(|| {
                     open.iter().copied().find(|&ix| {
                         CStr::from_ptr((*(*ix).rd_rel).relname.data.as_ptr()).to_bytes()
-                            == RECORD_INDEX.as_bytes()
+                            == index_name.as_bytes()
                     })
                 })
                 .unwrap_or(std::ptr::null_mut());
-            let w = Writer {
-                table: self,
-                rel,
-                estate,
-                rri,
-                record_index,
-            };
-            if record_index.is_null() {
-                return Err(UdmError::internal(format!(
-                    "udm audit: tenant schema \"{}\" has no {RECORD_INDEX} on its audit log",
-                    self.schema
-                )));
+            if (*estate).es_per_tuple_exprcontext.is_null() {
+                pg_sys::MakePerTupleExprContext(estate);
             }
-            Ok(w)
+            (Opened { rel, estate, rri }, found)
+        }
+    }
+
+    /// Inserts the tuple in `slot` (its heap row and index entries, unique ones checked).
+    /// `slots` of one call are inserted together.
+    pub fn insert(&self, slots: &mut [*mut pg_sys::TupleTableSlot], bulk: pg_sys::BulkInsertState) {
+        unsafe {
+            let cid = pg_sys::GetCurrentCommandId(true);
+            pg_sys::heap_multi_insert(
+                self.rel,
+                slots.as_mut_ptr(),
+                slots.len() as i32,
+                cid,
+                0,
+                bulk,
+            );
+            let econtext = (*self.estate).es_per_tuple_exprcontext;
+            for &slot in slots.iter() {
+                pg_sys::ExecInsertIndexTuples(
+                    self.rri,
+                    slot,
+                    self.estate,
+                    false,
+                    false,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
+                pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+                pg_sys::ExecClearTuple(slot);
+            }
         }
     }
 }
 
-/// The audit table opened for a flush (closed when dropped).
-pub struct Writer<'a> {
-    table: &'a AuditTable,
-    rel: pg_sys::Relation,
-    estate: *mut pg_sys::EState,
-    rri: *mut pg_sys::ResultRelInfo,
-    /// The (record_id, audit_id) index among the table's open indexes.
-    record_index: pg_sys::Relation,
-}
-
-impl Drop for Writer<'_> {
+impl Drop for Opened {
     fn drop(&mut self) {
         // on an ERROR the transaction's abort releases all of it
         if std::thread::panicking() {
@@ -186,6 +238,14 @@ impl Drop for Writer<'_> {
             pg_sys::table_close(self.rel, pg_sys::NoLock as i32);
         }
     }
+}
+
+/// The audit table opened for a flush (closed when dropped).
+pub struct Writer<'a> {
+    table: &'a AuditTable,
+    opened: Opened,
+    /// The (record_id, audit_id) index among the table's open indexes.
+    record_index: pg_sys::Relation,
 }
 
 impl Writer<'_> {
@@ -200,8 +260,7 @@ impl Writer<'_> {
             // the slots share one copy of the table's descriptor that is not reference-counted:
             // a slot of the relcache's own descriptor pins it in the resource owner, an entry
             // made and searched for again for every slot
-            let desc = pg_sys::CreateTupleDescCopy((*self.rel).rd_att);
-            let cid = pg_sys::GetCurrentCommandId(true);
+            let desc = pg_sys::CreateTupleDescCopy((*self.opened.rel).rd_att);
             let bulk = if rows.len() > 1 {
                 pg_sys::GetBulkInsertState()
             } else {
@@ -212,10 +271,6 @@ impl Writer<'_> {
                 .collect();
             let mut values = vec![pg_sys::Datum::from(0usize); t.natts];
             let mut nulls = vec![true; t.natts];
-            if (*self.estate).es_per_tuple_exprcontext.is_null() {
-                pg_sys::MakePerTupleExprContext(self.estate);
-            }
-            let econtext = (*self.estate).es_per_tuple_exprcontext;
             for chunk in rows.chunks(BATCH) {
                 for (row, &slot) in chunk.iter().zip(&slots) {
                     let id = pgrx::direct_function_call_as_datum(
@@ -235,27 +290,7 @@ impl Writer<'_> {
                         pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
                     pg_sys::ExecStoreHeapTuple(tuple, slot, true);
                 }
-                pg_sys::heap_multi_insert(
-                    self.rel,
-                    slots.as_mut_ptr(),
-                    chunk.len() as i32,
-                    cid,
-                    0,
-                    bulk,
-                );
-                for &slot in &slots[..chunk.len()] {
-                    pg_sys::ExecInsertIndexTuples(
-                        self.rri,
-                        slot,
-                        self.estate,
-                        false,
-                        false,
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                    );
-                    pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
-                    pg_sys::ExecClearTuple(slot);
-                }
+                self.opened.insert(&mut slots[..chunk.len()], bulk);
             }
             for slot in slots {
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
@@ -282,7 +317,7 @@ impl Writer<'_> {
         unsafe {
             // rows this transaction wrote in the current command become visible too
             pg_sys::CommandCounterIncrement();
-            let (rel, idx) = (self.rel, self.record_index);
+            let (rel, idx) = (self.opened.rel, self.record_index);
             let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
             let scan = pg_sys::index_beginscan(rel, idx, snap, 1, 0);
             let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());

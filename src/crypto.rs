@@ -399,6 +399,11 @@ pub struct SealSpec {
     /// Encryption is being turned off: writes store the plaintext (in its canonical form), and a
     /// sealed value written (an audit image restored) is stored opened.
     pub plain: bool,
+    /// A unique field whose values are being converted: the statement (`$1`: the plaintext when
+    /// turning on, its blind index when turning off; `$2`: the record's id) that finds another
+    /// record holding the written value in the form its constraint does not see (plaintext
+    /// values have the field's plain unique constraint, sealed ones its partial blind index).
+    pub other_form: Option<String>,
 }
 
 impl SealSpec {
@@ -436,8 +441,68 @@ impl SealSpec {
             check,
             canonical,
             plain: f.encryption_pending == Some(Toggle::Off),
+            other_form: (f.converting_blind() && f.unique).then(|| {
+                let col = quote_ident(&f.column);
+                let prefix = quote_literal(c::PREFIX);
+                let cond = if f.encryption_pending == Some(Toggle::Off) {
+                    format!(
+                        "{} = $1 AND starts_with({col}, {prefix})",
+                        c::blind_index_sql(&col)
+                    )
+                } else {
+                    format!("{col} = $1 AND NOT starts_with({col}, {prefix})")
+                };
+                format!(
+                    "SELECT 1 FROM {} WHERE {cond} AND \"id\" <> $2 LIMIT 1",
+                    qualified(&t.schema, &def.slug)
+                )
+            }),
         }
     }
+}
+
+/// Refuses a value of a unique field being converted (`SealSpec::other_form`) that another
+/// record holds in the other form (23505). Looked for as the owner: uniqueness is over all the
+/// records, whatever the writer may see.
+fn refuse_other_form(
+    t: &Tenant,
+    spec: &SealSpec,
+    record: &[u8; 16],
+    plaintext: &str,
+    what: &dyn Fn() -> String,
+) -> Result<()> {
+    let Some(sql) = &spec.other_form else {
+        return Ok(());
+    };
+    let key = if spec.plain {
+        keys(t, what, None)?
+            .index_key(what)?
+            .blind(spec.field, plaintext.as_bytes())
+    } else {
+        plaintext.to_string()
+    };
+    let found = as_owner(|| {
+        let plan = crate::query::rawspi::kept_plan(
+            &CHECK_PLANS,
+            sql,
+            &[pg_sys::TEXTOID, pg_sys::UUIDOID],
+            0,
+        )?;
+        let mut values = [
+            crate::triggers::text_datum(&key),
+            crate::triggers::uuid_datum(record),
+        ];
+        let nulls = [b' ' as std::os::raw::c_char; 2];
+        crate::query::rawspi::first_datum_of(&plan, &mut values, &nulls, true)
+    })?;
+    if found.is_some() {
+        return Err(UdmError::new(
+            SqlState::UniqueViolation,
+            format!("{}: another record already has this value", what()),
+        )
+        .hint("the field is unique: while its encryption is turned on or off, its plaintext and encrypted values are compared with each other"));
+    }
+    Ok(())
 }
 
 thread_local! {
@@ -494,14 +559,16 @@ pub fn seal_for_write(
             )
             .hint("write the plaintext: udm encrypts it; a ciphertext belongs to one record and field")
         })?;
+        let opened = String::from_utf8(opened).map_err(|_| {
+            UdmError::new(
+                SqlState::DataCorrupted,
+                format!("{}: the decrypted value is not text", what()),
+            )
+        })?;
+        refuse_other_form(t, spec, record, &opened, &what)?;
         if spec.plain {
             // encryption is being turned off: stored opened
-            return String::from_utf8(opened).map(Some).map_err(|_| {
-                UdmError::new(
-                    SqlState::DataCorrupted,
-                    format!("{}: the decrypted value is not text", what()),
-                )
-            });
+            return Ok(Some(opened));
         }
         if spec.blind && env.blind.is_empty() {
             return Err(UdmError::invalid(format!(
@@ -522,6 +589,7 @@ pub fn seal_for_write(
     if let Some(sql) = &spec.check {
         run_check(sql, value)?;
     }
+    refuse_other_form(t, spec, record, value, &what)?;
     if spec.plain {
         return Ok(canonical);
     }

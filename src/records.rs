@@ -62,7 +62,10 @@ fn translate(t: &Tenant, def: &EntityDef, e: PgError, row: Option<usize>) -> Udm
     let field_of = |suffix: &str| {
         named.as_deref().and_then(|n| {
             def.fields.iter().find(|f| match suffix {
-                "key" => udm_core::ddl::unique_name(&def.slug, &f.name) == n,
+                "key" => {
+                    udm_core::ddl::unique_name(&def.slug, &f.name) == n
+                        || udm_core::ddl::sealed_unique_name(&def.slug, &f.name) == n
+                }
                 _ => {
                     udm_core::ddl::fkey_name(&def.slug, &f.name) == n
                         || f.junction.as_deref().is_some_and(|j| {
@@ -78,6 +81,11 @@ fn translate(t: &Tenant, def: &EntityDef, e: PgError, row: Option<usize>) -> Udm
                 SqlState::UniqueViolation,
                 format!("{prefix}{}", field_rule_message(def, f, "unique")),
             ),
+            // udm's own refusal (a value of a field whose encryption is being turned on or
+            // off, held in the other form) names its field already
+            None if named.is_none() => {
+                UdmError::new(SqlState::UniqueViolation, format!("{prefix}{}", e.message))
+            }
             None => UdmError::new(
                 SqlState::UniqueViolation,
                 format!(

@@ -133,6 +133,12 @@ pub fn unique_name(entity: &str, field: &str) -> String {
     fit_name(&format!("{entity}__{field}__key"))
 }
 
+/// The partial blind index that keeps the sealed values of a unique field unique while its
+/// encryption is turned on or off.
+pub fn sealed_unique_name(entity: &str, field: &str) -> String {
+    fit_name(&format!("{entity}__{field}__sealed_key"))
+}
+
 pub fn fkey_name(entity: &str, field: &str) -> String {
     fit_name(&format!("{entity}__{field}__fkey"))
 }
@@ -517,6 +523,51 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
         // the column holds sealed values: the stamp trigger checks the field's rules on the
         // plaintext before sealing it; unique and index work on the blind index
         let blind = format!("(({}))", crate::crypto::blind_index_sql(&col));
+        if f.converting_blind() {
+            // plaintext and sealed values side by side while they are converted: the plain
+            // constraint (or index) keeps the plaintext ones, a partial blind index the sealed
+            // ones, and the stamp trigger compares a value written with the other form
+            let sealed_only = format!(
+                "{blind} WHERE starts_with({col}, {})",
+                quote_literal(crate::crypto::PREFIX)
+            );
+            let (kind, plain_key, plain_name, plain_body, key, name) = if f.unique {
+                (
+                    ArtifactKind::Unique,
+                    "unique",
+                    unique_name(e, &f.name),
+                    format!("UNIQUE ({col})"),
+                    "sunique",
+                    sealed_unique_name(e, &f.name),
+                )
+            } else {
+                (
+                    ArtifactKind::Index,
+                    "index",
+                    field_index_name(e, &f.name),
+                    format!("({col})"),
+                    "sindex",
+                    fit_name(&format!("{e}__{}__sealed_idx", f.name)),
+                )
+            };
+            out.push(Artifact {
+                key: format!("f{}.{plain_key}", f.id),
+                name: plain_name,
+                kind,
+                table: e.clone(),
+                body: plain_body,
+                fields: vec![f.id],
+            });
+            out.push(Artifact {
+                key: format!("f{}.{key}", f.id),
+                name,
+                kind,
+                table: e.clone(),
+                body: sealed_only,
+                fields: vec![f.id],
+            });
+            return out;
+        }
         if f.unique {
             out.push(Artifact {
                 key: format!("f{}.bunique", f.id),
@@ -860,7 +911,7 @@ pub fn entity_artifacts(ctx: &Ctx, def: &EntityDef) -> Result<Vec<Artifact>> {
 /// A unique artifact made as a unique index (an entity's index over fields, an encrypted
 /// field's blind index) rather than a UNIQUE constraint.
 fn unique_index(a: &Artifact) -> bool {
-    a.key.starts_with('i') || a.key.ends_with(".bunique")
+    a.key.starts_with('i') || a.key.ends_with(".bunique") || a.key.ends_with(".sunique")
 }
 
 fn add_artifact_sql(ctx: &Ctx, a: &Artifact, not_valid: bool) -> String {
@@ -2113,7 +2164,7 @@ mod tests {
             (
                 "name",
                 json!({"encrypted": true, "unique": true}),
-                "\"unique\" or \"index\"",
+                "turned on alone",
             ),
             ("price", json!({"encrypted": true}), "cannot be encrypted"),
         ] {
@@ -2121,6 +2172,96 @@ mod tests {
             assert_eq!(e.state, SqlState::FeatureNotSupported, "{e:?}");
             assert!(e.message.contains(words), "{}", e.message);
         }
+        // a json or date-like field with unique or index: its column would change type
+        let mut indexed = old.clone();
+        let j = indexed
+            .fields
+            .iter()
+            .position(|x| x.name == "sample_date")
+            .unwrap();
+        indexed.fields[j].index = true;
+        let e = apply_field_changes(&indexed.fields[j], &json!({"encrypted": true})).unwrap_err();
+        assert_eq!(e.state, SqlState::FeatureNotSupported, "{e:?}");
+        assert!(
+            e.message
+                .contains("a date field with \"unique\" or \"index\""),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn encryption_of_a_unique_text_field_keeps_both_forms_unique_while_converting() {
+        let mut old = product();
+        let i = old.fields.iter().position(|x| x.name == "name").unwrap();
+        old.fields[i].unique = true;
+        let on = apply_field_changes(&old.fields[i], &json!({"encrypted": true})).unwrap();
+        assert!(on.converting_blind());
+        let mut new = old.clone();
+        new.fields[i] = on;
+        // turned on: the plain constraint stays, a partial blind index comes for sealed values
+        let steps = sqls(&plan_change(&CTX, &old, &new).unwrap());
+        assert!(steps.iter().any(|s| s == "CREATE UNIQUE INDEX \"product__name__sealed_key\" ON \"acme\".\"product\" ((split_part(\"name\", ':', 3))) WHERE starts_with(\"name\", 'udm1:')"), "{steps:#?}");
+        assert!(
+            !steps.iter().any(|s| s.contains("product__name__key")),
+            "{steps:#?}"
+        );
+        // completed: both go, the blind unique index of an encrypted field comes
+        let mut done = new.clone();
+        done.fields[i].encryption_pending = None;
+        let steps = sqls(&plan_change(&CTX, &new, &done).unwrap());
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("DROP CONSTRAINT \"product__name__key\"")),
+            "{steps:#?}"
+        );
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("DROP INDEX") && s.contains("product__name__sealed_key")),
+            "{steps:#?}"
+        );
+        assert!(steps.iter().any(|s| s == "CREATE UNIQUE INDEX \"product__name__key\" ON \"acme\".\"product\" ((split_part(\"name\", ':', 3)))"), "{steps:#?}");
+        // turned off: the blind index goes, the plain constraint and the partial one come;
+        // completed: only the plain constraint is left
+        let off = apply_field_changes(&done.fields[i], &json!({"encrypted": false})).unwrap();
+        let mut pending_off = done.clone();
+        pending_off.fields[i] = off;
+        let steps = sqls(&plan_change(&CTX, &done, &pending_off).unwrap());
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("DROP INDEX") && s.contains("product__name__key")),
+            "{steps:#?}"
+        );
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("ADD CONSTRAINT \"product__name__key\" UNIQUE (\"name\")")),
+            "{steps:#?}"
+        );
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("\"product__name__sealed_key\"")
+                    && s.contains("WHERE starts_with")),
+            "{steps:#?}"
+        );
+        let mut plain = pending_off.clone();
+        plain.fields[i].encrypted = false;
+        plain.fields[i].encryption_pending = None;
+        let steps = sqls(&plan_change(&CTX, &pending_off, &plain).unwrap());
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("DROP INDEX") && s.contains("product__name__sealed_key")),
+            "{steps:#?}"
+        );
+        assert!(
+            !steps.iter().any(|s| s.contains("product__name__key")),
+            "{steps:#?}"
+        );
     }
 
     #[test]

@@ -219,6 +219,13 @@ impl FieldDef {
         self.encrypted && (self.unique || self.index)
     }
 
+    /// Whether the field's values are being converted between plaintext and sealed while it
+    /// has a blind index (encryption turned on or off for a unique or indexed field): both forms
+    /// are stored meanwhile, and equality and uniqueness look at both.
+    pub fn converting_blind(&self) -> bool {
+        self.encryption_pending.is_some() && self.blind_indexed()
+    }
+
     /// The rating scale's top (default 5).
     pub fn rating_max(&self) -> i64 {
         self.max.as_ref().and_then(Value::as_i64).unwrap_or(5)
@@ -1464,11 +1471,17 @@ fn refuse_with_toggle(old: &FieldDef, f: &FieldDef, what: &str, toggle: Toggle) 
         )
         .hint("encrypted fields are text, long_text, email, url, phone, json, date, datetime, time or duration fields"));
     }
-    if f.unique || f.index || old.unique || old.index {
+    // A text-like field's unique constraint (or index) holds across the plaintext and sealed
+    // values while they are converted: its plain constraint stays for the plaintext ones, a
+    // partial blind index covers the sealed ones, and the stamp trigger looks for a value
+    // written in one form among the other (`FieldDef::converting_blind`). A json or date-like
+    // column is rewritten to text meanwhile, which its plain constraint would not survive.
+    if (f.unique || f.index || old.unique || old.index) && f.ftype.sealed_form().is_some() {
         return Err(UdmError::new(
             SqlState::FeatureNotSupported,
             format!(
-                "{what}: encryption cannot yet be turned {turn} for a field with \"unique\" or \"index\": its constraint could not hold across plaintext and encrypted values while they are converted"
+                "{what}: encryption cannot yet be turned {turn} for a {} field with \"unique\" or \"index\": its column changes type while the values are converted",
+                f.ftype.name()
             ),
         )
         .hint("define a new field with the options it should have and copy the values into it"));

@@ -215,6 +215,7 @@ pub fn row_json(schema: &str, def: &EntityDef, alias: &str) -> String {
                 field: f.id,
                 name: f.name.clone(),
                 blind: f.blind_indexed(),
+                converting: f.converting_blind(),
                 form: f.ftype.sealed_form(),
             };
             pairs.push((f.name.clone(), sealed.decrypt_sql(alias, &f.column)));

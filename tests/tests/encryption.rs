@@ -604,14 +604,9 @@ fn definitions_that_cannot_hold_are_refused() {
             "cannot have a default",
         ),
         (
-            r#"SELECT udm_alter_field('customer', 'ssn', '{"encrypted": false}')"#,
-            "0A000",
-            "cannot yet be turned off for a field with \"unique\" or \"index\"",
-        ),
-        (
             r#"SELECT udm_alter_field('customer', 'name', '{"encrypted": true, "index": true}')"#,
             "0A000",
-            "cannot yet be turned on for a field with \"unique\" or \"index\"",
+            "turned on alone",
         ),
         (
             r#"SELECT udm_add_field('customer', '{"name": "age", "type": "integer"}'), udm_alter_field('customer', 'age', '{"encrypted": true}')"#,
@@ -1631,17 +1626,8 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
              FROM generate_series(1, 300) i"
         ))
         .unwrap();
-    // refused: a unique field, a change that comes with other changes, a stored value that looks
-    // encrypted
-    let msg = expect_err(
-        &mut m.client,
-        r#"SELECT udm_alter_field('patient', 'name', '{"encrypted": true}')"#,
-        "0A000",
-    );
-    assert!(
-        msg.contains("field \"name\"") && msg.contains("\"unique\" or \"index\""),
-        "{msg}"
-    );
+    // refused: a change that comes with other changes, a stored value that looks encrypted (a
+    // unique field: `encryption_of_a_unique_field_is_turned_on_and_off_online`)
     let msg = expect_err(
         &mut m.client,
         r#"SELECT udm_alter_field('patient', 'notes', '{"encrypted": true, "max_length": 30}')"#,
@@ -2157,4 +2143,170 @@ fn shred(adm: &mut postgres::Client, t: &str) {
             lit(&format!("destroy the keys of {t}"))
         ),
     );
+}
+
+/// Encryption turned on and off for a unique text field and an indexed email field with values:
+/// while the values are converted, a value is unique across its plaintext and sealed forms
+/// (refused with 23505 through udm and plain SQL alike, a record rewriting its own value is
+/// not), equality finds both forms, and completing swaps the constraints (the blind unique index
+/// when on, the plain constraint when off). A date field with an index is refused: its column
+/// changes type meanwhile.
+#[test]
+fn encryption_of_a_unique_field_is_turned_on_and_off_online() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "entu");
+    let t = m.tenant.clone();
+    json(
+        &mut m.client,
+        r#"SELECT udm_define_entity('badge', '{"fields": [
+            {"name": "code", "type": "text", "unique": true},
+            {"name": "mail", "type": "email", "index": true},
+            {"name": "born", "type": "date", "index": true}]}')"#,
+    );
+    m.client
+        .batch_execute(&format!(
+            "INSERT INTO \"{t}\".badge (code, mail) \
+             SELECT 'c' || i, 'm' || i || '@x.org' FROM generate_series(1, 50) i"
+        ))
+        .unwrap();
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_alter_field('badge', 'born', '{"encrypted": true}')"#,
+        "0A000",
+    );
+    assert!(
+        msg.contains("a date field with \"unique\" or \"index\""),
+        "{msg}"
+    );
+    for f in ["code", "mail"] {
+        json(
+            &mut m.client,
+            &format!("SELECT udm_alter_field('badge', '{f}', '{{\"encrypted\": true}}')"),
+        );
+    }
+    let by_udm = |code: &str| {
+        format!(
+            "SELECT udm_insert('badge', {})",
+            lit(&json!({"code": code}).to_string())
+        )
+    };
+    let insert = |c: &mut Client, code: &str| c.batch_execute(&by_udm(code));
+    let dup = |c: &mut Client, sql: &str| {
+        let msg = expect_err(c, sql, "23505");
+        assert!(
+            msg.contains("field \"code\"") || msg.contains("badge.code must be unique"),
+            "{msg}"
+        );
+    };
+    // held in plaintext by a record not converted yet: refused sealed, through udm and plain SQL
+    dup(&mut m.client, &by_udm("c7"));
+    let msg = expect_err(
+        &mut m.client,
+        &format!("INSERT INTO \"{t}\".badge (code) VALUES ('c8')"),
+        "23505",
+    );
+    assert!(
+        msg.contains("another record already has this value"),
+        "{msg}"
+    );
+    // sealed against sealed: the partial blind index
+    insert(&mut m.client, "new1").unwrap();
+    expect_err(&mut m.client, &by_udm("new1"), "23505");
+    // a record rewriting its own value, or changing another field, is not a duplicate
+    m.client
+        .batch_execute(&format!(
+            "UPDATE \"{t}\".badge SET code = 'c10' WHERE code = 'c10'; \
+             UPDATE \"{t}\".badge SET mail = 'z@x.org' WHERE code = 'c9'"
+        ))
+        .unwrap();
+    // (the value written is sealed; the one left as it was stays plaintext until converted)
+    let stored: String = scalar(
+        &mut adm,
+        &format!("SELECT mail FROM \"{t}\".badge WHERE code = 'c9'"),
+    );
+    assert!(stored.starts_with("udm1:"), "{stored}");
+    // part of the values converted: equality finds both forms
+    json(&mut m.client, "SELECT udm_reencrypt('badge', 20)");
+    let count = |c: &mut Client, filters: Value| -> usize {
+        let r = json(
+            c,
+            &format!(
+                "SELECT udm_query('badge', {})",
+                lit(&json!({"columns": ["code"], "filters": filters}).to_string())
+            ),
+        );
+        r["rows"].as_array().unwrap().len()
+    };
+    let plain_left: i64 = scalar(
+        &mut adm,
+        &format!("SELECT count(*) FROM \"{t}\".badge WHERE NOT starts_with(code, 'udm1:')"),
+    );
+    assert!(plain_left > 0 && plain_left < 50, "{plain_left}");
+    assert_eq!(
+        count(
+            &mut m.client,
+            json!({"code": {"in": ["c1", "c10", "c49", "new1", "nope"]}})
+        ),
+        4
+    );
+    assert_eq!(count(&mut m.client, json!({"code": "c49"})), 1);
+    assert_eq!(count(&mut m.client, json!({"code": {"neq": "c49"}})), 50);
+    assert_eq!(
+        count(&mut m.client, json!({"code": {"not_in": ["c1", "c2"]}})),
+        49
+    );
+    assert_eq!(count(&mut m.client, json!({"mail": "m30@x.org"})), 1);
+    // completed: the blind unique index holds alone
+    let (_, completed) = convert_all(&mut m.client, "badge", 20);
+    assert!(
+        completed.contains(&"code".to_string()) && completed.contains(&"mail".to_string()),
+        "{completed:?}"
+    );
+    let indexes = |adm: &mut Client| -> String {
+        scalar(
+            adm,
+            &format!(
+                "SELECT string_agg(indexdef, ' | ' ORDER BY indexname) FROM pg_indexes \
+                 WHERE schemaname = '{t}' AND tablename = 'badge'"
+            ),
+        )
+    };
+    let defs = indexes(&mut adm);
+    assert!(
+        defs.contains("CREATE UNIQUE INDEX badge__code__key ON")
+            && defs.contains("(split_part(code, ':'::text, 3))")
+            && !defs.contains("sealed")
+            && !defs.contains("(code)"),
+        "{defs}"
+    );
+    dup(&mut m.client, &by_udm("c3"));
+    assert_eq!(count(&mut m.client, json!({"code": "c3"})), 1);
+    // turned off: a plaintext written while sealed values remain is compared with them
+    json(
+        &mut m.client,
+        r#"SELECT udm_alter_field('badge', 'code', '{"encrypted": false}')"#,
+    );
+    dup(&mut m.client, &by_udm("c4"));
+    insert(&mut m.client, "new2").unwrap();
+    expect_err(&mut m.client, &by_udm("new2"), "23505");
+    assert_eq!(
+        count(&mut m.client, json!({"code": {"in": ["c4", "new2"]}})),
+        2
+    );
+    let (_, completed) = convert_all(&mut m.client, "badge", 25);
+    assert_eq!(completed, vec!["code".to_string()]);
+    let defs = indexes(&mut adm);
+    assert!(
+        defs.contains("CREATE UNIQUE INDEX badge__code__key ON")
+            && defs.contains("(code)")
+            && !defs.contains("sealed"),
+        "{defs}"
+    );
+    let sealed_left: i64 = scalar(
+        &mut adm,
+        &format!("SELECT count(*) FROM \"{t}\".badge WHERE starts_with(code, 'udm1:')"),
+    );
+    assert_eq!(sealed_left, 0);
+    expect_err(&mut m.client, &by_udm("c5"), "23505");
+    assert_eq!(count(&mut m.client, json!({"code": "c6"})), 1);
 }

@@ -9,7 +9,7 @@ use super::{
 };
 use super::{MAX_FILTER_DEPTH, MAX_FILTER_TERMS, OPERATORS};
 use crate::error::{name_list, Result, SqlState, UdmError};
-use crate::ident::{printable, quote_ident};
+use crate::ident::{printable, quote_ident, quote_literal};
 use crate::json::kind;
 use crate::values::{parse_date, PType};
 use serde_json::{Map, Value};
@@ -500,12 +500,27 @@ impl<'a, 'm> Filters<'a, 'm> {
         }
         let blind = super::path::Sealed::blind_sql(alias, column);
         let t = PType::Text;
+        // while the values are converted, plaintext ones are compared as they are stored (the
+        // field's plain index serves them, its partial blind index the sealed ones)
+        let both = |sealed_cond: String, plain_cond: String| {
+            if sealed.converting {
+                let p = quote_literal(crate::crypto::PREFIX);
+                format!(
+                    "((starts_with({col}, {p}) AND {sealed_cond}) OR (NOT starts_with({col}, {p}) AND {plain_cond}))"
+                )
+            } else {
+                sealed_cond
+            }
+        };
         Ok(match op {
             "eq" | "neq" => {
                 let param = self
                     .params
                     .add(spec_param(&ptr, t, Conv::Value, what.clone()));
-                let cond = format!("({blind} = {})", sealed.blind_of_sql(&param));
+                let cond = both(
+                    format!("({blind} = {})", sealed.blind_of_sql(&param)),
+                    format!("({col} = {param})"),
+                );
                 if op == "eq" {
                     cond
                 } else {
@@ -520,8 +535,14 @@ impl<'a, 'm> Filters<'a, 'm> {
                     "ARRAY(SELECT {} FROM unnest({param}) AS v(x))",
                     sealed.blind_of_sql("v.x")
                 );
+                let cond = both(
+                    format!("({blind} = ANY ({list}))"),
+                    format!("({col} = ANY ({param}))"),
+                );
                 if op == "in" {
-                    format!("({blind} = ANY ({list}))")
+                    cond
+                } else if sealed.converting {
+                    format!("({col} IS NULL OR NOT {cond})")
                 } else {
                     format!("({col} IS NULL OR {blind} <> ALL ({list}))")
                 }

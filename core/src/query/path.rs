@@ -83,6 +83,9 @@ pub struct Sealed {
     pub name: String,
     /// The stored values carry a blind index (the field is unique or indexed).
     pub blind: bool,
+    /// Encryption is being turned on or off for the (blind-indexed) field: plaintext and sealed
+    /// values are both stored until they are converted, and equality looks at both.
+    pub converting: bool,
     /// For json and date-like fields: the SQL of the canonical text and the type the plaintext
     /// is read back as (`FieldType::sealed_form`).
     pub form: Option<(&'static str, &'static str)>,
@@ -293,6 +296,7 @@ fn field_leaf(model: &dyn Model, entity: &EntityDef, f: &FieldDef) -> Leaf {
             field: f.id,
             name: f.name.clone(),
             blind: f.blind_indexed(),
+            converting: f.converting_blind(),
             form: f.ftype.sealed_form(),
         }),
     }

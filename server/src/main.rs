@@ -25,6 +25,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -167,6 +168,13 @@ fn serve(rt: &tokio::runtime::Runtime, file: Option<PathBuf>) {
         tracing::info!(%addr, "listening");
         let server = tokio::spawn(async move {
             let mut rx = stop_rx;
+            // small writes go out at once: a WebSocket's `next` messages and a response
+            // written in parts would otherwise wait for the peer's delayed ACK (Nagle)
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("TCP_NODELAY not set on a connection: {e}");
+                }
+            });
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = rx.wait_for(|s| *s).await;

@@ -195,6 +195,10 @@ refused "a udm function pushed to a worker by Citus is refused, not confused" 0A
 
 refused "adding an auto_number field is refused by udm" 0A000 "udm on Citus: cannot add auto_number field" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"seq\", \"type\": \"auto_number\"}')"
+refused "a password field is refused by udm (Citus refuses column grants)" 0A000 "cannot have the password field \"pin\"" \
+    -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"pin\", \"type\": \"password\"}')"
+refused "an entity defined with a password field is refused too" 0A000 "udm on Citus: entity \"login\" cannot have the password field" \
+    -c "SELECT udm_use('shop')" -c "SELECT udm_define_entity('login', '{\"fields\": [{\"name\": \"secret\", \"type\": \"password\"}]}')"
 check "udm_add_field of another type" "2" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"code\", \"type\": \"text\"}')->>'version'"
 check "the roadmap template: every table colocated with the tenant" "7|7" \

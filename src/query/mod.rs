@@ -252,8 +252,7 @@ fn computed_values(c: &Compiled, binds: &[Option<String>]) -> Result<Vec<i64>> {
     for comp in &c.template.computed {
         match comp {
             Computed::EstimatedRows(sql) => {
-                let plan = explain_json(sql, binds)?;
-                let rows = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0);
+                let rows = q::estimated_rows(&explain_json(sql, binds)?);
                 out.push(rows.round() as i64);
             }
         }

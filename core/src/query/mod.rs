@@ -169,6 +169,35 @@ impl Params {
 }
 
 /// A page or group limit: a whole number from 1 to `max`.
+/// The rows `EXPLAIN (FORMAT JSON)` estimates for a statement: its top plan's; on Citus, where
+/// the coordinator's node of a distributed query estimates nothing, its tasks' remote plans'
+/// (summed, and scaled up to the task count when only some tasks are shown).
+pub fn estimated_rows(explain: &Value) -> f64 {
+    let plan = &explain[0]["Plan"];
+    let job = &plan["Distributed Query"]["Job"];
+    if let Some(tasks) = job["Tasks"].as_array() {
+        let rows: Vec<f64> = tasks
+            .iter()
+            .filter_map(|t| remote_rows(&t["Remote Plan"]))
+            .collect();
+        if !rows.is_empty() {
+            let shown = rows.len() as f64;
+            let total = job["Task Count"].as_f64().unwrap_or(shown).max(shown);
+            return rows.iter().sum::<f64>() * total / shown;
+        }
+    }
+    plan["Plan Rows"].as_f64().unwrap_or(0.0)
+}
+
+/// The top plan's rows in a task's "Remote Plan" (nested in arrays).
+fn remote_rows(v: &Value) -> Option<f64> {
+    match v {
+        Value::Array(a) => a.iter().find_map(remote_rows),
+        Value::Object(o) => o.get("Plan").and_then(|p| p["Plan Rows"].as_f64()),
+        _ => None,
+    }
+}
+
 pub fn limit_value(v: &Value, what: &str, max: i64) -> Result<i64> {
     let n = v.as_i64().filter(|n| *n >= 1).ok_or_else(|| {
         UdmError::invalid(format!(
@@ -1157,6 +1186,25 @@ pub fn image_condition(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn estimated_rows_of_a_plan_and_of_a_distributed_one() {
+        let plain = json!([{"Plan": {"Node Type": "Seq Scan", "Plan Rows": 42}}]);
+        assert_eq!(estimated_rows(&plain), 42.0);
+        // Citus: the coordinator's custom scan estimates 0; its task's remote plan knows
+        let task = |rows: i64| json!({"Node": "host=w1", "Remote Plan": [[{"Plan": {"Node Type": "Seq Scan", "Plan Rows": rows}}]]});
+        let citus = |count: i64, tasks: Vec<Value>| {
+            json!([{"Plan": {"Node Type": "Custom Scan", "Plan Rows": 0,
+                "Distributed Query": {"Job": {"Task Count": count, "Tasks Shown": "All", "Tasks": tasks}}}}])
+        };
+        assert_eq!(estimated_rows(&citus(1, vec![task(4)])), 4.0);
+        assert_eq!(estimated_rows(&citus(2, vec![task(4), task(6)])), 10.0);
+        // one task of 32 shown: scaled up
+        assert_eq!(estimated_rows(&citus(32, vec![task(10)])), 320.0);
+        // no remote plan: the top estimate
+        assert_eq!(estimated_rows(&citus(1, vec![json!({"Node": "x"})])), 0.0);
+        assert_eq!(estimated_rows(&Value::Null), 0.0);
+    }
 
     #[test]
     fn base64_round_trip() {

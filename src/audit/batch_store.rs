@@ -7,8 +7,8 @@
 //! On Citus, where the trigger fires on a worker, the shard of the log is used.
 
 use super::batch::LOG;
-use super::store::{layout, Opened};
-use crate::catalog::{self, Tenant};
+use super::store::{layout, missing, per_tenant, Opened};
+use crate::catalog::Tenant;
 use crate::error::Result;
 use pgrx::prelude::*;
 use std::rc::Rc;
@@ -60,23 +60,11 @@ thread_local! {
 
 /// The batched log of a tenant, cached per backend (by schema oid) until any definition changes.
 pub fn of(t: &Tenant) -> Result<Rc<LogTable>> {
-    let g = catalog::generation();
-    crate::cache::sync(&TABLES, g);
-    if let Some(a) = crate::cache::get(&TABLES, &t.schema_oid) {
-        return Ok(a);
-    }
-    let a = Rc::new(load(t)?);
-    crate::cache::put(&TABLES, t.schema_oid, a.clone(), 1024);
-    Ok(a)
+    per_tenant(&TABLES, t, load)
 }
 
 fn load(t: &Tenant) -> Result<LogTable> {
-    let missing = |what: &str| {
-        UdmError::internal(format!(
-            "udm audit: tenant schema \"{}\" has no {what}",
-            t.schema
-        ))
-    };
+    let missing = |what: &str| missing(t, what);
     let local = |name: &str| {
         crate::citus::local_relation(t.schema_oid, LOG, name).ok_or_else(|| missing(name))
     };

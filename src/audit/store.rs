@@ -61,23 +61,36 @@ thread_local! {
 
 /// The audit table of a tenant, cached per backend (by schema oid) until any definition changes.
 pub fn of(t: &Tenant) -> Result<Rc<AuditTable>> {
-    let g = catalog::generation();
-    crate::cache::sync(&TABLES, g);
-    if let Some(a) = crate::cache::get(&TABLES, &t.schema_oid) {
+    per_tenant(&TABLES, t, load)
+}
+
+/// What `load` made of a tenant's table, cached per backend (by schema oid) until any definition
+/// changes.
+pub fn per_tenant<V: 'static>(
+    cache: &'static std::thread::LocalKey<crate::cache::Cache<pg_sys::Oid, Rc<V>>>,
+    t: &Tenant,
+    load: impl FnOnce(&Tenant) -> Result<V>,
+) -> Result<Rc<V>> {
+    crate::cache::sync(cache, catalog::generation());
+    if let Some(a) = crate::cache::get(cache, &t.schema_oid) {
         return Ok(a);
     }
     let a = Rc::new(load(t)?);
-    crate::cache::put(&TABLES, t.schema_oid, a.clone(), 1024);
+    crate::cache::put(cache, t.schema_oid, a.clone(), 1024);
     Ok(a)
 }
 
+/// The error for a table, index, sequence or column udm made in a tenant schema that is not
+/// there.
+pub fn missing(t: &Tenant, what: &str) -> UdmError {
+    UdmError::internal(format!(
+        "udm audit: tenant schema \"{}\" has no {what}",
+        t.schema
+    ))
+}
+
 fn load(t: &Tenant) -> Result<AuditTable> {
-    let missing = |what: &str| {
-        UdmError::internal(format!(
-            "udm audit: tenant schema \"{}\" has no {what}",
-            t.schema
-        ))
-    };
+    let missing = |what: &str| missing(t, what);
     let need = |name: &str| t.relation(name).ok_or_else(|| missing(name));
     // on Citus, where the trigger runs on a worker: the shard of the audit log and its index
     let local = |name: &str| {

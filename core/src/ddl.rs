@@ -2172,22 +2172,56 @@ mod tests {
             assert_eq!(e.state, SqlState::FeatureNotSupported, "{e:?}");
             assert!(e.message.contains(words), "{}", e.message);
         }
-        // a json or date-like field with unique or index: its column would change type
-        let mut indexed = old.clone();
-        let j = indexed
-            .fields
+        // a date field with an index: its column becomes text (the plain index is rebuilt by
+        // the type change) and gets the partial blind index; turned off and completed, the
+        // partial index goes before the column gets its type back
+        let indexed = EntityDef::parse(
+            "product",
+            &json!({"fields": [{"name": "name", "type": "text"},
+                               {"name": "sample_date", "type": "date", "index": true}]}),
+            Source::Caller,
+        )
+        .unwrap();
+        let j = 1;
+        let on = apply_field_changes(&indexed.fields[j], &json!({"encrypted": true})).unwrap();
+        let mut converting = indexed.clone();
+        converting.fields[j] = on;
+        let steps = sqls(&plan_change(&CTX, &indexed, &converting).unwrap());
+        let alter = steps
             .iter()
-            .position(|x| x.name == "sample_date")
+            .position(|s| s.contains("ALTER COLUMN \"sample_date\" TYPE text"))
             .unwrap();
-        indexed.fields[j].index = true;
-        let e = apply_field_changes(&indexed.fields[j], &json!({"encrypted": true})).unwrap_err();
-        assert_eq!(e.state, SqlState::FeatureNotSupported, "{e:?}");
+        let partial = steps
+            .iter()
+            .position(|s| {
+                s.contains("\"product__sample_date__sealed_idx\"")
+                    && s.contains("WHERE starts_with")
+            })
+            .unwrap();
+        assert!(alter < partial, "{steps:#?}");
         assert!(
-            e.message
-                .contains("a date field with \"unique\" or \"index\""),
-            "{}",
-            e.message
+            !steps
+                .iter()
+                .any(|s| s.contains("DROP INDEX") && s.contains("product__sample_date__idx")),
+            "{steps:#?}"
         );
+        let mut off = converting.clone();
+        off.fields[j].encrypted = false;
+        off.fields[j].encryption_pending = None;
+        let mut pending_off = converting.clone();
+        pending_off.fields[j].encryption_pending = Some(crate::definition::Toggle::Off);
+        let steps = sqls(&plan_change(&CTX, &pending_off, &off).unwrap());
+        let drop = steps
+            .iter()
+            .position(|s| {
+                s.contains("DROP INDEX") && s.contains("product__sample_date__sealed_idx")
+            })
+            .unwrap();
+        let back = steps
+            .iter()
+            .position(|s| s.contains("ALTER COLUMN \"sample_date\" TYPE date"))
+            .unwrap();
+        assert!(drop < back, "{steps:#?}");
     }
 
     #[test]

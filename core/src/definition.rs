@@ -1471,21 +1471,11 @@ fn refuse_with_toggle(old: &FieldDef, f: &FieldDef, what: &str, toggle: Toggle) 
         )
         .hint("encrypted fields are text, long_text, email, url, phone, json, date, datetime, time or duration fields"));
     }
-    // A text-like field's unique constraint (or index) holds across the plaintext and sealed
-    // values while they are converted: its plain constraint stays for the plaintext ones, a
-    // partial blind index covers the sealed ones, and the stamp trigger looks for a value
-    // written in one form among the other (`FieldDef::converting_blind`). A json or date-like
-    // column is rewritten to text meanwhile, which its plain constraint would not survive.
-    if (f.unique || f.index || old.unique || old.index) && f.ftype.sealed_form().is_some() {
-        return Err(UdmError::new(
-            SqlState::FeatureNotSupported,
-            format!(
-                "{what}: encryption cannot yet be turned {turn} for a {} field with \"unique\" or \"index\": its column changes type while the values are converted",
-                f.ftype.name()
-            ),
-        )
-        .hint("define a new field with the options it should have and copy the values into it"));
-    }
+    // A unique field's constraint (or an indexed field's index) holds across its plaintext and
+    // sealed values while they are converted: its plain constraint stays for the plaintext ones
+    // (json and date-like columns hold their canonical text meanwhile), a partial blind index
+    // covers the sealed ones, and the stamp trigger looks for a value written in one form among
+    // the other (`FieldDef::converting_blind`).
     let mut same = f.clone();
     same.encrypted = old.encrypted;
     same.encryption_pending = old.encryption_pending;

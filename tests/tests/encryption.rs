@@ -2149,8 +2149,8 @@ fn shred(adm: &mut postgres::Client, t: &str) {
 /// while the values are converted, a value is unique across its plaintext and sealed forms
 /// (refused with 23505 through udm and plain SQL alike, a record rewriting its own value is
 /// not), equality finds both forms, and completing swaps the constraints (the blind unique index
-/// when on, the plain constraint when off). A date field with an index is refused: its column
-/// changes type meanwhile.
+/// when on, the plain constraint when off). A unique date field's column is held in its
+/// canonical text meanwhile.
 #[test]
 fn encryption_of_a_unique_field_is_turned_on_and_off_online() {
     let mut adm = admin();
@@ -2161,24 +2161,15 @@ fn encryption_of_a_unique_field_is_turned_on_and_off_online() {
         r#"SELECT udm_define_entity('badge', '{"fields": [
             {"name": "code", "type": "text", "unique": true},
             {"name": "mail", "type": "email", "index": true},
-            {"name": "born", "type": "date", "index": true}]}')"#,
+            {"name": "day", "type": "date", "unique": true}]}')"#,
     );
     m.client
         .batch_execute(&format!(
-            "INSERT INTO \"{t}\".badge (code, mail) \
-             SELECT 'c' || i, 'm' || i || '@x.org' FROM generate_series(1, 50) i"
+            "INSERT INTO \"{t}\".badge (code, mail, day) \
+             SELECT 'c' || i, 'm' || i || '@x.org', date '2024-01-01' + i FROM generate_series(1, 50) i"
         ))
         .unwrap();
-    let msg = expect_err(
-        &mut m.client,
-        r#"SELECT udm_alter_field('badge', 'born', '{"encrypted": true}')"#,
-        "0A000",
-    );
-    assert!(
-        msg.contains("a date field with \"unique\" or \"index\""),
-        "{msg}"
-    );
-    for f in ["code", "mail"] {
+    for f in ["code", "mail", "day"] {
         json(
             &mut m.client,
             &format!("SELECT udm_alter_field('badge', '{f}', '{{\"encrypted\": true}}')"),
@@ -2209,6 +2200,15 @@ fn encryption_of_a_unique_field_is_turned_on_and_off_online() {
         msg.contains("another record already has this value"),
         "{msg}"
     );
+    // a date held in plaintext, written again: through udm, and through plain SQL in another
+    // spelling (compared in its canonical form)
+    for sql in [
+        r#"SELECT udm_insert('badge', '{"code": "d1", "day": "2024-01-05"}')"#.to_string(),
+        format!("INSERT INTO \"{t}\".badge (code, day) VALUES ('d1', '2024-1-5')"),
+    ] {
+        let msg = expect_err(&mut m.client, &sql, "23505");
+        assert!(msg.contains("field \"day\""), "{msg}");
+    }
     // sealed against sealed: the partial blind index
     insert(&mut m.client, "new1").unwrap();
     expect_err(&mut m.client, &by_udm("new1"), "23505");
@@ -2256,12 +2256,23 @@ fn encryption_of_a_unique_field_is_turned_on_and_off_online() {
         49
     );
     assert_eq!(count(&mut m.client, json!({"mail": "m30@x.org"})), 1);
+    assert_eq!(count(&mut m.client, json!({"day": "2024-01-07"})), 1);
+    assert_eq!(
+        count(
+            &mut m.client,
+            json!({"day": {"in": ["2024-01-02", "2024-02-19", "2025-01-01"]}})
+        ),
+        2
+    );
     // completed: the blind unique index holds alone
     let (_, completed) = convert_all(&mut m.client, "badge", 20);
     assert!(
-        completed.contains(&"code".to_string()) && completed.contains(&"mail".to_string()),
+        ["code", "mail", "day"]
+            .iter()
+            .all(|f| completed.contains(&f.to_string())),
         "{completed:?}"
     );
+    assert_eq!(count(&mut m.client, json!({"day": "2024-01-07"})), 1);
     let indexes = |adm: &mut Client| -> String {
         scalar(
             adm,

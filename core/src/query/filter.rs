@@ -519,7 +519,7 @@ impl<'a, 'm> Filters<'a, 'm> {
                     .add(spec_param(&ptr, t, Conv::Value, what.clone()));
                 let cond = both(
                     format!("({blind} = {})", sealed.blind_of_sql(&param)),
-                    format!("({col} = {param})"),
+                    format!("({col} = {})", sealed.canonical_sql(&param)),
                 );
                 if op == "eq" {
                     cond
@@ -537,7 +537,10 @@ impl<'a, 'm> Filters<'a, 'm> {
                 );
                 let cond = both(
                     format!("({blind} = ANY ({list}))"),
-                    format!("({col} = ANY ({param}))"),
+                    format!(
+                        "({col} = ANY (ARRAY(SELECT {} FROM unnest({param}) AS v(x))))",
+                        sealed.canonical_sql("v.x")
+                    ),
                 );
                 if op == "in" {
                     cond

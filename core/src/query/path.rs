@@ -112,12 +112,18 @@ impl Sealed {
         crate::crypto::blind_index_sql(&format!("{alias}.{}", quote_ident(column)))
     }
 
-    /// The blind index of the plaintext `value_sql` (a text expression).
-    pub fn blind_of_sql(&self, value_sql: &str) -> String {
-        let value_sql = match self.form {
+    /// The canonical text of the plaintext `value_sql` (a text expression): what is sealed,
+    /// blind-indexed, and stored while encryption is being turned on or off.
+    pub fn canonical_sql(&self, value_sql: &str) -> String {
+        match self.form {
             Some((canonical, _)) => format!("({})", canonical.replace("$1", value_sql)),
             None => value_sql.to_string(),
-        };
+        }
+    }
+
+    /// The blind index of the plaintext `value_sql` (a text expression).
+    pub fn blind_of_sql(&self, value_sql: &str) -> String {
+        let value_sql = self.canonical_sql(value_sql);
         format!(
             "udm.blind_index({}, {}, {}, {value_sql})",
             quote_literal(&self.schema),

@@ -1269,7 +1269,13 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         .filter(|(f, n)| f.encryption_pending.is_some() && **n == 0)
         .map(|(f, _)| f.name.clone())
         .collect();
-    let completed = if done.is_empty() {
+    // A call that converted records holds their row locks: waiting for the table's SHARE lock
+    // then could deadlock with a writer waiting for one of those rows while it holds its own
+    // ROW EXCLUSIVE lock. Such a call completes only if the lock is free at once; else the next
+    // call (which holds no row lock of the entity) completes.
+    let lock_free =
+        || unsafe { pg_sys::ConditionalLockRelationOid(e.table_oid, pg_sys::ShareLock as i32) };
+    let completed = if done.is_empty() || (out > 0 && !lock_free()) {
         Vec::new()
     } else {
         crate::entities::finish_encryption(&t, &e.def.slug, &done, &|f| {

@@ -2295,12 +2295,34 @@ fn encryption_of_a_unique_field_is_turned_on_and_off_online() {
     );
     dup(&mut m.client, &by_udm("c3"));
     assert_eq!(count(&mut m.client, json!({"code": "c3"})), 1);
+    // a record that held "new1" gives it up and another takes it, both sealed
+    let x = json(
+        &mut m.client,
+        r#"SELECT udm_query('badge', '{"columns": ["id", "_version"], "filters": {"code": "new1"}}')"#,
+    )["rows"][0]
+        .clone();
+    let (x_id, x_version) = (x["id"].as_str().unwrap().to_string(), x["_version"].clone());
+    json(
+        &mut m.client,
+        &format!(
+            "SELECT udm_update('badge', {}, '{{\"code\": \"x2\"}}')",
+            lit(&x_id)
+        ),
+    );
+    insert(&mut m.client, "new1").unwrap();
     // turned off: a plaintext written while sealed values remain is compared with them
     json(
         &mut m.client,
         r#"SELECT udm_alter_field('badge', 'code', '{"encrypted": false}')"#,
     );
     dup(&mut m.client, &by_udm("c4"));
+    // and so is a sealed value written back (a rollback to the version that held "new1"): it is
+    // stored opened, and another record still holds "new1" sealed
+    expect_err(
+        &mut m.client,
+        &format!("SELECT udm_rollback('badge', {}, {x_version})", lit(&x_id)),
+        "23505",
+    );
     insert(&mut m.client, "new2").unwrap();
     expect_err(&mut m.client, &by_udm("new2"), "23505");
     assert_eq!(

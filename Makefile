@@ -256,10 +256,11 @@ integration:
 	    UDM_RESTORE_PORT=$(RESTORE_PORT) UDM_STANDBY_PORT=$(STANDBY_PORT) UDM_TRANSFER_PORT=$(TRANSFER_PORT) \
 	    UDM_NOKEY_PORT=$(NOKEY_PORT) UDM_REKEY_PORT=$(REKEY_PORT) \
 	    cargo test -q -p udm-tests -- --test-threads=4
-	@echo "== tier 3: the audit, access and GraphQL suites again, with tenants whose audit log is batched (udm.audit_batches)"
+	@echo "== tier 3: the audit, access, GraphQL and tenant transfer suites again, with tenants whose audit log is batched (udm.audit_batches)"
 	@UDM_TEST_HOST=$(TEST_DIR)/sock UDM_TEST_PORT=$(TEST_PORT) UDM_TEST_DB=udm_it UDM_TEST_AUDIT_BATCHES=1 \
+	    UDM_TRANSFER_PORT=$(TRANSFER_PORT) \
 	    cargo test -q -p udm-tests --test audit --test audit_batches --test links_history --test events_race \
-	      --test access --test graphql -- --test-threads=4
+	      --test access --test graphql --test transfer -- --test-threads=4
 
 server: $(GRAPHQL_WS) $(PUPPETEER)
 	@echo "== tier 3b: udm-server, the binary over HTTP and WebSocket and its explorer in headless Chromium, against the test cluster (server/tests)"

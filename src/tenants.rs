@@ -122,9 +122,15 @@ pub fn catalog_table_sql(schema: &str, role: &str) -> String {
     )
 }
 
-/// A tenant's role, schema, catalog and audit log (as the owner; the audit log without its keys
-/// when `audit_keys` is false: see `audit::tenant_tables_sql`).
-fn create_objects_with(slug: &str, name: Option<&str>, role: &str, audit_keys: bool) -> Result<()> {
+/// A tenant's role, schema, catalog and audit log (as the owner): batched (made whole), or per
+/// change, without its keys when `audit_keys` is false (see `audit::tenant_tables_sql`).
+fn create_objects_with(
+    slug: &str,
+    name: Option<&str>,
+    role: &str,
+    audit_keys: bool,
+    batched: bool,
+) -> Result<()> {
     let s = quote_ident(slug);
     let r = quote_ident(role);
     let label = match name {
@@ -139,7 +145,7 @@ fn create_objects_with(slug: &str, name: Option<&str>, role: &str, audit_keys: b
          {audit} \
          COMMENT ON SCHEMA {s} IS {label}",
         catalog = catalog_table_sql(slug, role),
-        audit = if audit_keys && crate::guc::AUDIT_BATCHES.get() && !crate::citus::installed() {
+        audit = if batched {
             crate::audit::batch::tables_sql(slug, role)
         } else {
             crate::audit::tenant_tables_sql(slug, role, audit_keys)
@@ -151,13 +157,19 @@ fn create_objects_with(slug: &str, name: Option<&str>, role: &str, audit_keys: b
 }
 
 fn create_objects(slug: &str, name: Option<&str>, role: &str) -> Result<()> {
-    create_objects_with(slug, name, role, true)
+    let batched = crate::guc::AUDIT_BATCHES.get() && !crate::citus::installed();
+    create_objects_with(slug, name, role, true, batched)
 }
 
 /// What a tenant being imported starts with: role, schema, catalog, and its audit log without
 /// keys (they are built once its rows are in).
-pub fn create_objects_for_import(slug: &str, name: Option<&str>, role: &str) -> Result<()> {
-    create_objects_with(slug, name, role, false)
+pub fn create_objects_for_import(
+    slug: &str,
+    name: Option<&str>,
+    role: &str,
+    batched: bool,
+) -> Result<()> {
+    create_objects_with(slug, name, role, false, batched)
 }
 
 /// The tenant's row in the registry (a new notification channel). `created` keeps when and by

@@ -46,7 +46,7 @@ finfo_v1!(pg_finfo_udm_export_rows);
 const STAGED_USERS: &str = "pg_temp.udm_import_users";
 
 /// udm's tables of a tenant that an archive may hold, besides entity tables.
-const INTERNAL: [&str; 9] = [
+const INTERNAL: [&str; 11] = [
     tr::CATALOG,
     tr::USERS,
     tr::ROLES,
@@ -56,6 +56,8 @@ const INTERNAL: [&str; 9] = [
     tr::SUBSCRIPTIONS,
     tr::CONSUMERS,
     tr::AUDIT,
+    tr::AUDIT_LOG,
+    tr::AUDIT_HEADS,
 ];
 
 /// An import begun in this transaction and not finished yet.
@@ -270,7 +272,16 @@ fn build_manifest(t: &Tenant, content: Content, count: bool) -> Result<Manifest>
         Content::Definitions => src
             .internal
             .iter()
-            .filter(|(n, _)| [tr::CATALOG, tr::ROLES, tr::AUDIT].contains(&n.as_str()))
+            .filter(|(n, _)| {
+                [
+                    tr::CATALOG,
+                    tr::ROLES,
+                    tr::AUDIT,
+                    tr::AUDIT_LOG,
+                    tr::AUDIT_HEADS,
+                ]
+                .contains(&n.as_str())
+            })
             .map(|(n, c)| (n.clone(), c.clone()))
             .collect(),
     };
@@ -304,7 +315,9 @@ fn build_manifest(t: &Tenant, content: Content, count: bool) -> Result<Manifest>
     .map_err(spi_err)?;
     let mut sequences = Vec::new();
     if content == Content::All {
-        for (table, column) in tr::sequence_columns(&src.entities) {
+        for (table, column) in
+            tr::sequence_columns(&src.entities, crate::audit::batch::is_batched(t))
+        {
             let v = crate::spi::select_one::<i64>(
                 "SELECT s.last_value FROM pg_catalog.pg_sequences s \
                  WHERE format('%I.%I', s.schemaname, s.sequencename) = pg_catalog.pg_get_serial_sequence($1, $2)",
@@ -323,8 +336,8 @@ fn build_manifest(t: &Tenant, content: Content, count: bool) -> Result<Manifest>
         "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
         &[],
     )?;
-    Ok(Manifest {
-        format_version: tr::FORMAT_VERSION,
+    let mut m = Manifest {
+        format_version: 1,
         udm_version: env!("CARGO_PKG_VERSION").to_string(),
         exported_at,
         source: json!({
@@ -343,25 +356,12 @@ fn build_manifest(t: &Tenant, content: Content, count: bool) -> Result<Manifest>
         entities: src.entities,
         sections,
         sequences,
-    })
+    };
+    m.format_version = m.version_needed();
+    Ok(m)
 }
 
 // ------------------------------------------------------------------ export
-
-/// Tenants with a batched audit log (`udm.audit_batches`, experimental) do not move yet.
-fn refuse_batched(t: &Tenant, call: &str) -> Result<()> {
-    if crate::audit::batch::is_batched(t) {
-        return Err(UdmError::new(
-            SqlState::FeatureNotSupported,
-            format!(
-                "{call}: tenant \"{}\" keeps its audit log in batches, which cannot be exported or cloned yet",
-                t.slug
-            ),
-        )
-        .hint("tenants made with udm.audit_batches = off move as before"));
-    }
-    Ok(())
-}
 
 pub fn export(slug: &str) -> Result<Value> {
     require_admin_or_owner("export a tenant")?;
@@ -376,7 +376,6 @@ pub fn export(slug: &str) -> Result<Value> {
         )));
     }
     let t = catalog::tenant(slug)?.ok_or_else(|| catalog::no_such_tenant(slug))?;
-    refuse_batched(&t, "udm_export")?;
     set_local_formats()?;
     let direct = reads_everything();
     let me = caller();
@@ -551,7 +550,15 @@ fn create_bare(slug: &str, m: &Manifest, loader: Option<&str>) -> Result<Vec<Str
     let what = archive_ctx(slug);
     let role = crate::tenants::new_tenant_role(slug);
     crate::tenants::refuse_taken(slug, &role)?;
-    crate::tenants::create_objects_for_import(slug, m.tenant.name.as_deref(), &role)?;
+    let batched = m.batched();
+    if batched && crate::citus::installed() {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!("{what}: its audit log is batched, which udm does not support on Citus"),
+        )
+        .hint("import it into a database without Citus"));
+    }
+    crate::tenants::create_objects_for_import(slug, m.tenant.name.as_deref(), &role, batched)?;
     let has = |n: &str| m.sections.iter().any(|s| s.name == n);
     let user_fields = m.entities.iter().any(|e| {
         e.def
@@ -591,6 +598,13 @@ fn create_bare(slug: &str, m: &Manifest, loader: Option<&str>) -> Result<Vec<Str
             .map_err(|err| err.context(format!("{what}: entity \"{}\"", e.slug)))?;
         for t in plan.tables {
             sql.push_str(&t);
+            sql.push_str(";\n");
+        }
+        if batched {
+            // the pointer of each row's latest change travels with the row
+            sql.push_str(&crate::audit::batch::pointer_column_sql(&qualified(
+                slug, &e.slug,
+            )));
             sql.push_str(";\n");
         }
     }
@@ -758,7 +772,7 @@ type SequenceMaxima = BTreeMap<(String, String), i64>;
 
 /// Row counts (and the largest value of each sequence's column) of the loaded sections.
 fn count_sections(slug: &str, m: &Manifest) -> Result<(SectionCounts, SequenceMaxima)> {
-    let seq_cols = tr::sequence_columns(&m.entities);
+    let seq_cols = tr::sequence_columns(&m.entities, m.batched());
     let mut counts = Vec::new();
     let mut maxima = BTreeMap::new();
     for s in &m.sections {
@@ -1123,10 +1137,13 @@ fn finish(imp: &Import) -> Result<Value> {
     let t = catalog::tenant(slug)?
         .ok_or_else(|| UdmError::internal(format!("{what}: the tenant is not registered")))?;
     let users = as_owner(|| {
-        catch_pg(
-            || crate::spi::run(&crate::audit::audit_keys_sql(slug), &[]),
-            |e| e.raise_with(&format!("{what}: its audit log")),
-        )?;
+        if !m.batched() {
+            // (a batched log's tables are made with their keys: one entry per chunk)
+            catch_pg(
+                || crate::spi::run(&crate::audit::audit_keys_sql(slug), &[]),
+                |e| e.raise_with(&format!("{what}: its audit log")),
+            )?;
+        }
         step("the audit log's keys");
         let model = crate::query::definitions(&t)?;
         let ctx = ddl::Ctx {
@@ -1151,7 +1168,9 @@ fn finish(imp: &Import) -> Result<Value> {
             run_entity_steps(&t, entity, &plan.after)?;
         }
         step("constraints, indexes, triggers, policies, grants, rules");
-        if t.access {
+        if t.access && m.batched() {
+            crate::spi::run(&crate::audit::batch::access_sql(slug), &[])?;
+        } else if t.access {
             crate::spi::run(
                 &udm_core::ddl::audit_access_sql(slug, crate::citus::installed()).join(";\n"),
                 &[],
@@ -1168,7 +1187,7 @@ fn finish(imp: &Import) -> Result<Value> {
             list_users(&t)?;
         }
         step("users");
-        for (table, column) in tr::sequence_columns(&m.entities) {
+        for (table, column) in tr::sequence_columns(&m.entities, m.batched()) {
             let given = m
                 .sequences
                 .iter()
@@ -1237,7 +1256,6 @@ pub fn clone_tenant(source: &str, new_slug: &str, with_data: bool) -> Result<Val
     require_admin_or_owner("clone a tenant")?;
     refuse_pending("udm_clone_tenant")?;
     let t = catalog::tenant(source)?.ok_or_else(|| catalog::no_such_tenant(source))?;
-    refuse_batched(&t, "udm_clone_tenant")?;
     validate_slug(SlugKind::Tenant, new_slug)?;
     let content = if with_data {
         Content::All

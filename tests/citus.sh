@@ -197,6 +197,11 @@ refused "adding an auto_number field is refused by udm" 0A000 "udm on Citus: can
     -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"seq\", \"type\": \"auto_number\"}')"
 refused "a password field is refused by udm (Citus refuses column grants)" 0A000 "cannot have the password field \"pin\"" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"pin\", \"type\": \"password\"}')"
+# an archive of a tenant with a batched audit log (made in a database without Citus; this one is
+# the smallest manifest that reaches the making of the tenant's tables)
+BATCHED_MANIFEST='{"format": "udm-tenant", "format_version": 2, "udm_version": "0.2.0", "exported_at": null, "source": {}, "tenant": {"slug": "bx", "name": null, "access": false, "created_at": null, "created_by": null}, "entities": [], "sections": [{"name": "_udm_entity", "columns": [["entity", "text"]], "rows": 0}, {"name": "_udm_audit_heads", "columns": [["entity", "text"]], "rows": 0}, {"name": "_udm_audit_log", "columns": [["batch_id", "bigint"]], "rows": 0}], "sequences": []}'
+refused "importing a tenant whose audit log is batched is refused by udm" 0A000 "its audit log is batched, which udm does not support on Citus" \
+    -c "SELECT udm_import_begin('$BATCHED_MANIFEST')"
 refused "an entity defined with a password field is refused too" 0A000 "udm on Citus: entity \"login\" cannot have the password field" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_define_entity('login', '{\"fields\": [{\"name\": \"secret\", \"type\": \"password\"}]}')"
 check "udm_add_field of another type" "2" \

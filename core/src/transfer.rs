@@ -24,10 +24,19 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const FORMAT: &str = "udm-tenant";
 /// The newest archive format this udm writes and reads. A change of what an archive holds, or of
 /// how, is a new version; older versions stay readable.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format version that can hold a batched audit log (`AUDIT_LOG`); an archive of a
+/// tenant with a per-change log is still written as version 1.
+pub const BATCHED_FORMAT_VERSION: u32 = 2;
 
 pub const CATALOG: &str = "_udm_entity";
 pub const AUDIT: &str = "_udm_audit";
+/// A batched audit log (issue 20): one row per chunk of a statement's changes, the newest
+/// pointers of the chains rows cannot carry, and each entity row's pointer column. A tenant
+/// whose archive has these sections instead of `AUDIT` keeps its log in batches.
+pub const AUDIT_LOG: &str = "_udm_audit_log";
+pub const AUDIT_HEADS: &str = "_udm_audit_heads";
+pub const AUDIT_POINTER: &str = "_audit_ptr";
 pub const USERS: &str = crate::ddl::USER_TABLE;
 /// The section of the global users (`udm.app_user`) the tenant knows.
 pub const GLOBAL_USERS: &str = "udm.app_user";
@@ -154,6 +163,20 @@ fn section_json(s: &Section) -> Value {
 }
 
 impl Manifest {
+    /// Whether the archive's tenant keeps its audit log in batches.
+    pub fn batched(&self) -> bool {
+        self.sections.iter().any(|s| s.name == AUDIT_LOG)
+    }
+
+    /// The format version an archive of these sections is written in.
+    pub fn version_needed(&self) -> u32 {
+        if self.batched() {
+            BATCHED_FORMAT_VERSION
+        } else {
+            1
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "format": FORMAT,
@@ -462,16 +485,20 @@ fn junction_fields(def: &EntityDef) -> Vec<&FieldDef> {
 
 /// The sections of the entities' tables, in archive order: entities by slug, each followed by
 /// its junction tables (row counts 0: the export fills them in).
-pub fn record_sections(entities: &[EntityState]) -> Vec<Section> {
+pub fn record_sections(entities: &[EntityState], batched: bool) -> Vec<Section> {
     let mut sorted: Vec<&EntityState> = entities.iter().collect();
     sorted.sort_by(|a, b| a.slug.cmp(&b.slug));
     let mut out = Vec::new();
     for e in sorted {
+        let mut columns = crate::ddl::table_columns(&e.def);
+        if batched {
+            columns.push((AUDIT_POINTER.into(), "bigint".into()));
+        }
         out.push(Section {
             name: e.slug.clone(),
             kind: Kind::Records,
             entity: Some(e.slug.clone()),
-            columns: crate::ddl::table_columns(&e.def),
+            columns,
             rows: 0,
         });
         for f in junction_fields(&e.def) {
@@ -521,17 +548,30 @@ pub fn plan_sections(
             rows: 0,
         })
     };
+    let batched = internal.contains_key(AUDIT_LOG);
     out.extend(BEFORE_RECORDS.iter().filter_map(|n| internal_section(n)));
-    out.extend(record_sections(entities));
+    out.extend(record_sections(entities, batched));
     out.extend(AFTER_RECORDS.iter().filter_map(|n| internal_section(n)));
-    out.push(Section {
-        name: AUDIT.into(),
-        kind: Kind::Audit,
-        entity: None,
-        columns: internal.get(AUDIT).cloned().unwrap_or_default(),
-        rows: 0,
-    });
+    for name in audit_sections(batched) {
+        out.push(Section {
+            name: (*name).into(),
+            kind: Kind::Audit,
+            entity: None,
+            columns: internal.get(*name).cloned().unwrap_or_default(),
+            rows: 0,
+        });
+    }
     out
+}
+
+/// The sections of the audit log, last in an archive: the per-change table, or a batched log's
+/// heads and chunks.
+pub fn audit_sections(batched: bool) -> &'static [&'static str] {
+    if batched {
+        &[AUDIT_HEADS, AUDIT_LOG]
+    } else {
+        &[AUDIT]
+    }
 }
 
 /// The manifest's sections must be the ones its entities and udm's tables need, in order: the
@@ -541,7 +581,14 @@ pub fn plan_sections(
 /// entity.
 pub fn check_sections(m: &mut Manifest) -> Result<()> {
     let ctx = format!("archive of tenant \"{}\"", m.tenant.slug);
-    let expected_records = record_sections(&m.entities);
+    let batched = m.batched();
+    if batched && m.format_version < BATCHED_FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "{ctx}: it has a batched audit log (section \"{AUDIT_LOG}\"), which format version {} cannot hold",
+            m.format_version
+        )));
+    }
+    let expected_records = record_sections(&m.entities, batched);
     let mut names = BTreeSet::new();
     for s in &m.sections {
         if !names.insert(s.name.clone()) {
@@ -628,7 +675,9 @@ pub fn check_sections(m: &mut Manifest) -> Result<()> {
     for n in AFTER_RECORDS {
         take(&ctx, &mut i, n, Kind::Internal, false, sections)?;
     }
-    take(&ctx, &mut i, AUDIT, Kind::Audit, true, sections)?;
+    for name in audit_sections(batched) {
+        take(&ctx, &mut i, name, Kind::Audit, true, sections)?;
+    }
     if let Some(extra) = sections.get(i) {
         return Err(corrupt(format!(
             "{ctx}: section \"{}\" is not one udm knows (or is out of place)",
@@ -705,8 +754,9 @@ fn check_sequences(m: &Manifest) -> Result<()> {
     if m.sequences.len() > MAX_SECTIONS {
         return Err(corrupt(format!("{ctx}: too many sequences")));
     }
+    let log = &sequence_columns(&[], m.batched())[0];
     for s in &m.sequences {
-        let known = (s.table == AUDIT && s.column == "audit_id")
+        let known = (s.table == log.0 && s.column == log.1)
             || m.entities.iter().any(|e| {
                 e.slug == s.table
                     && crate::ddl::column_fields(&e.def)
@@ -725,8 +775,12 @@ fn check_sequences(m: &Manifest) -> Result<()> {
 }
 
 /// The sequences an import sets: the audit log's ids and every auto number column.
-pub fn sequence_columns(entities: &[EntityState]) -> Vec<(String, String)> {
-    let mut out = vec![(AUDIT.to_string(), "audit_id".to_string())];
+pub fn sequence_columns(entities: &[EntityState], batched: bool) -> Vec<(String, String)> {
+    let mut out = vec![if batched {
+        (AUDIT_LOG.to_string(), "batch_id".to_string())
+    } else {
+        (AUDIT.to_string(), "audit_id".to_string())
+    }];
     for e in entities {
         for f in crate::ddl::column_fields(&e.def) {
             if f.ftype == FieldType::AutoNumber {
@@ -837,6 +891,90 @@ mod tests {
         assert_eq!(back.sections[4].kind, Kind::Records);
         assert_eq!(back.sections[5].kind, Kind::Links);
         assert_eq!(back.sections[5].entity.as_deref(), Some("doc"));
+    }
+
+    #[test]
+    fn a_batched_log_travels_as_heads_and_chunks_with_each_row_s_pointer() {
+        let mut m = manifest();
+        let mut internal = internal();
+        // a batched tenant's `_udm_audit` is a view over its log: the log's tables travel
+        for n in [AUDIT_LOG, AUDIT_HEADS] {
+            internal.insert(n.to_string(), vec![("y".to_string(), "bigint".to_string())]);
+        }
+        m.sections = plan_sections(&m.entities, &internal);
+        m.sequences[0] = SequenceValue {
+            table: AUDIT_LOG.into(),
+            column: "batch_id".into(),
+            value: 3,
+        };
+        assert!(m.batched());
+        assert_eq!(m.version_needed(), BATCHED_FORMAT_VERSION);
+        let names: Vec<&str> = m.sections.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                CATALOG,
+                USERS,
+                GLOBAL_USERS,
+                MEMBERS,
+                "doc",
+                "doc__tags",
+                "tag",
+                AUDIT_HEADS,
+                AUDIT_LOG
+            ]
+        );
+        // entity rows carry their latest change's pointer; junction rows do not
+        let cols = |name: &str| -> Vec<String> {
+            let s = m.sections.iter().find(|s| s.name == name).unwrap();
+            s.columns.iter().map(|(c, _)| c.clone()).collect()
+        };
+        assert_eq!(cols("tag").last().map(String::as_str), Some(AUDIT_POINTER));
+        assert!(!cols("doc__tags").contains(&AUDIT_POINTER.to_string()));
+        assert_eq!(
+            sequence_columns(&m.entities, true)[0],
+            (AUDIT_LOG.to_string(), "batch_id".to_string())
+        );
+        let back = parse_manifest(&m.to_json()).unwrap();
+        assert_eq!(back.sections, m.sections);
+        assert_eq!(back.sequences, m.sequences);
+        assert!(back.sections[7..].iter().all(|s| s.kind == Kind::Audit));
+        // the batch ids' sequence is the log's; a per-change log's ids are not there to set
+        let mut stray = m.to_json();
+        stray["sequences"][0] = json!({"table": AUDIT, "column": "audit_id", "value": 10});
+        let e = parse_manifest(&stray).unwrap_err();
+        assert!(
+            e.message.contains("no audit log or auto number field"),
+            "{}",
+            e.message
+        );
+
+        // a version-1 manifest cannot hold a batched log
+        let mut v1 = m.to_json();
+        v1["format_version"] = json!(1);
+        let e = parse_manifest(&v1).unwrap_err();
+        assert!(e.message.contains("batched audit log"), "{}", e.message);
+        // nor may an entity's rows lose their pointer column
+        let mut bare = m.to_json();
+        let tag = bare["sections"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|s| s["name"] == "tag")
+            .unwrap();
+        tag["columns"].as_array_mut().unwrap().pop();
+        let e = parse_manifest(&bare).unwrap_err();
+        assert!(
+            e.message.contains("the columns of section \"tag\""),
+            "{}",
+            e.message
+        );
+        // and a per-change archive has no room for the log's tables
+        let mut mixed = manifest().to_json();
+        let sections = mixed["sections"].as_array_mut().unwrap();
+        let heads = json!({"name": AUDIT_HEADS, "columns": [], "rows": 0});
+        sections.push(heads);
+        assert!(parse_manifest(&mixed).is_err());
     }
 
     #[test]

@@ -28,11 +28,11 @@ use std::rc::Rc;
 use udm_core::error::UdmError;
 use udm_core::ident::{quote_ident, quote_literal};
 
-pub const LOG: &str = "_udm_audit_log";
+pub const LOG: &str = udm_core::transfer::AUDIT_LOG;
 pub const SEQ: &str = "_udm_audit_batch_seq";
-pub const HEADS: &str = "_udm_audit_heads";
+pub const HEADS: &str = udm_core::transfer::AUDIT_HEADS;
 /// The hidden column of entity rows: the pointer of the row's latest change.
-pub const PTR_COLUMN: &str = "_audit_ptr";
+pub const PTR_COLUMN: &str = udm_core::transfer::AUDIT_POINTER;
 /// Pointers are `batch_id * SLOTS + slot`.
 pub const SLOTS: i64 = 1024;
 /// Changes per batch id (and at most per chunk row).

@@ -53,12 +53,17 @@ pub fn login_role(admin: &mut Client, prefix: &str) -> String {
     name
 }
 
-/// A fresh tenant; returns its slug.
-/// With `UDM_TEST_AUDIT_BATCHES=1` (the integration tier runs the audit suites a second time so),
-/// tenants keep their audit log in batches (`udm.audit_batches`, issue 20).
+/// Whether this run's tenants keep their audit log in batches (`udm.audit_batches`, issue 20):
+/// `UDM_TEST_AUDIT_BATCHES=1`, with which the integration tier runs the audit suites (and tenant
+/// transfer) a second time.
+pub fn audit_batches() -> bool {
+    std::env::var("UDM_TEST_AUDIT_BATCHES").is_ok_and(|v| v == "1")
+}
+
+/// A fresh tenant; returns its slug (batched when `audit_batches()`).
 pub fn tenant(admin: &mut Client, prefix: &str) -> String {
     let slug = unique(prefix);
-    let batches = std::env::var("UDM_TEST_AUDIT_BATCHES").is_ok_and(|v| v == "1");
+    let batches = audit_batches();
     if batches {
         admin.batch_execute("SET udm.audit_batches = on").unwrap();
     }

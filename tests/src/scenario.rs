@@ -72,10 +72,14 @@ pub fn populate(db: &impl Database) -> Expected {
     let mut su = db.connect("postgres");
     let tenant = unique("tr");
     let app = login_role(&mut su, "trapp");
+    if crate::audit_batches() {
+        su.batch_execute("SET udm.audit_batches = on").unwrap();
+    }
     json(
         &mut su,
         &format!("SELECT udm_create_tenant({}, 'Moving Co')", lit(&tenant)),
     );
+    su.batch_execute("RESET udm.audit_batches").unwrap();
     grant_tenant(&mut su, &tenant, &app);
     let (alice, bob, carol) = (
         format!("{}@tr.test", unique("alice")),

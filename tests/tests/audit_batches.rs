@@ -245,14 +245,20 @@ fn tampering_with_the_batched_log_is_found_and_tenants_may_not_write_it() {
     assert_eq!(heads["records"], 1, "{v}");
     assert_eq!(heads["first"]["version"], 7, "{v}");
     assert_eq!(heads["first"]["newest_audited_version"], 2, "{v}");
-    // and refusals: setting the layout is for superusers; a batched tenant does not move yet
+    // and refusals: setting the layout is for superusers; a copy of the tampered tenant does
+    // not verify, so it is not made (a batched tenant moves with its log, chains and pointers)
     expect_err(&mut m.client, "SET udm.audit_batches = on", "42501");
-    expect_err(
+    let err = expect_err(
         &mut adm,
-        &format!("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT udm_export('{t}')"),
-        "0A000",
+        &format!("SELECT udm_clone_tenant('{t}', '{t}c', true)"),
+        "22P04",
     );
-    adm.batch_execute("ROLLBACK").unwrap();
+    assert!(err.contains("its audit log does not verify"), "{err}");
+    let made: i64 = scalar(
+        &mut adm,
+        &format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{t}c'"),
+    );
+    assert_eq!(made, 0);
 }
 
 /// `udm_record_at` walks a record's chain back only to the newest change not after the time

@@ -612,6 +612,11 @@ fn create_bare(slug: &str, m: &Manifest, loader: Option<&str>) -> Result<Vec<Str
         || crate::spi::run(&sql, &[]),
         |e| e.raise_with(&format!("{what}: making its tables")),
     )?;
+    if crate::citus::installed() {
+        // as udm_create_tenant does: the schema becomes a distributed schema once its tables
+        // are in it (empty yet: the rows come into the distributed tables)
+        crate::citus::distribute_schema(slug)?;
+    }
     // udm's own tables: the archive's columns must be the tables' (a subset, of the same types,
     // holding every column that has no default)
     let schema_oid = crate::spi::select_one::<pg_sys::Oid>(

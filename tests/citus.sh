@@ -405,6 +405,28 @@ categories=$(on coordinator -c "ANALYZE shop.category" -c "SELECT count(*) FROM 
 check "an estimated count is the worker's estimate (the coordinator's plan has none): $categories" "$categories" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_query('category', '{\"count\": \"estimated\", \"limit\": 1}')->>'count'"
 
+# a copy of a tenant is a distributed schema too, with every table colocated (before, the clone's
+# tables stayed local tables of the coordinator, silently); its rows and audit chain came along
+check "udm_clone_tenant with data: the copy's audit log verifies" "true" \
+    -c "SELECT udm_clone_tenant('shop', 'shopcopy', true)->'audit'->>'ok'"
+check "the copy is a distributed schema, every table of it colocated" "t|0" \
+    -c "SELECT EXISTS (SELECT 1 FROM pg_dist_schema WHERE schemaid = 'shopcopy'::regnamespace), \
+               count(*) FILTER (WHERE p.colocationid IS DISTINCT FROM d.colocationid) \
+        FROM pg_class c LEFT JOIN pg_dist_schema d ON d.schemaid = c.relnamespace \
+        LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid \
+        WHERE c.relnamespace = 'shopcopy'::regnamespace AND c.relkind = 'r'"
+check "the copy holds the original's records" "t" \
+    -c "SELECT (SELECT array_agg(name ORDER BY name) FROM shopcopy.category) = (SELECT array_agg(name ORDER BY name) FROM shop.category)"
+copied=$(on coordinator -c "SELECT id FROM shopcopy.category ORDER BY name LIMIT 1")
+check "a change to the copy is audited (on its worker)" "1" \
+    -c "BEGIN" -c "SELECT udm_use('shopcopy', NULL, true)" \
+    -c "UPDATE shopcopy.category SET name = name || '!' WHERE id = '$copied'" \
+    -c "SELECT count(*) FROM shopcopy._udm_audit a JOIN shopcopy.category c ON c.id = a.record_id \
+          AND a.record_version = c._version AND a.action = 'UPDATE' WHERE c.name LIKE '%!'" -c "COMMIT"
+check "the copy's chain verifies with the change" "true" \
+    -c "SELECT udm_use('shopcopy')" -c "SELECT udm_audit_verify()->>'ok'"
+check "the original is as it was" "0" -c "SELECT count(*) FROM shop.category WHERE name LIKE '%!'"
+on coordinator -c "SELECT udm_drop_tenant('shopcopy', 'shopcopy')" >/dev/null
 check "udm_drop_tenant on Citus" "0|0|0" \
     -c "SELECT udm_create_tenant('gone')" -c "SELECT udm_drop_tenant('gone', 'gone')" \
     -c "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'gone'),

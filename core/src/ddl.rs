@@ -1381,7 +1381,12 @@ pub fn import_entity(ctx: &Ctx, def: &EntityDef, dropped: bool) -> Result<Import
     let (inline, later) = split_artifacts(ctx, def, &artifacts);
     let mut keys = vec![format!("ALTER TABLE {t} ADD {}", inline[0])];
     let mut after = Vec::new();
-    if inline.len() > 1 {
+    if inline.len() > 1 && ctx.citus {
+        // Citus takes one constraint per ALTER TABLE
+        for c in &inline[1..] {
+            after.push(Step::Sql(format!("ALTER TABLE {t} ADD {c}")));
+        }
+    } else if inline.len() > 1 {
         // one statement: PostgreSQL checks the rows against all its CHECK constraints in one scan
         let adds: Vec<String> = inline[1..].iter().map(|c| format!("ADD {c}")).collect();
         after.push(Step::Sql(format!("ALTER TABLE {t} {}", adds.join(", "))));
@@ -1401,9 +1406,14 @@ pub fn import_entity(ctx: &Ctx, def: &EntityDef, dropped: bool) -> Result<Import
         tables.push(format!("CREATE TABLE {q} ({JUNCTION_COLUMNS})"));
         let [pkey, source, target] = junction_keys(ctx, e, f, &made_as);
         keys.push(format!("ALTER TABLE {q} ADD {pkey}"));
-        after.push(Step::Sql(format!(
-            "ALTER TABLE {q} ADD {source}, ADD {target}"
-        )));
+        if ctx.citus {
+            after.push(Step::Sql(format!("ALTER TABLE {q} ADD {source}")));
+            after.push(Step::Sql(format!("ALTER TABLE {q} ADD {target}")));
+        } else {
+            after.push(Step::Sql(format!(
+                "ALTER TABLE {q} ADD {source}, ADD {target}"
+            )));
+        }
         after.extend(
             junction_rest(ctx, e, f, &made_as, !dropped)
                 .into_iter()

@@ -1166,5 +1166,41 @@ mod tests {
             .after
             .iter()
             .any(|s| matches!(s, crate::ddl::Step::Sql(q) if q.starts_with("GRANT"))));
+        // on Citus, which takes one constraint per ALTER TABLE, the same constraints one by one
+        let citus = crate::ddl::Ctx { citus: true, ..ctx };
+        let split: Vec<String> = crate::ddl::import_entity(&citus, doc, false)
+            .unwrap()
+            .after
+            .into_iter()
+            .filter_map(|s| match s {
+                crate::ddl::Step::Sql(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let alters = |v: &[String]| -> Vec<String> {
+            let mut out: Vec<String> = v
+                .iter()
+                .filter(|s| s.starts_with("ALTER TABLE"))
+                .flat_map(|s| {
+                    let (table, adds) = s.split_once(" ADD ").unwrap();
+                    adds.split(", ADD ")
+                        .map(|a| format!("{table} ADD {a}"))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        assert!(
+            split
+                .iter()
+                .filter(|s| s.starts_with("ALTER TABLE"))
+                .all(|s| !s.contains(", ADD ")),
+            "{split:#?}"
+        );
+        assert!(sql
+            .iter()
+            .any(|s| s.starts_with("ALTER TABLE") && s.contains(", ADD ")));
+        assert_eq!(alters(&split), alters(&sql));
     }
 }

@@ -427,6 +427,53 @@ check "the copy's chain verifies with the change" "true" \
     -c "SELECT udm_use('shopcopy')" -c "SELECT udm_audit_verify()->>'ok'"
 check "the original is as it was" "0" -c "SELECT count(*) FROM shop.category WHERE name LIKE '%!'"
 on coordinator -c "SELECT udm_drop_tenant('shopcopy', 'shopcopy')" >/dev/null
+# a tenant import on Citus, by COPY, as udm-tenant does it: the sections exported in one
+# REPEATABLE READ transaction, loaded into the tenant udm_import_begin made (its statements, read
+# from a first call rolled back), checked and finished in one transaction
+arch="$DIR/archive"
+rm -rf "$arch" && mkdir -p "$arch"
+on coordinator -c "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" -c "SELECT udm_export('shop')" \
+    -c "COMMIT" > "$arch/first.json"
+{
+    echo "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;"
+    echo "\\o $arch/export.json"
+    echo "SELECT udm_export('shop');"
+    i=0
+    while read -r copy; do
+        echo "\\o $arch/s$i.copy"
+        echo "$copy;"
+        i=$((i + 1))
+    done < <(jq -r '.statements[].copy' "$arch/first.json")
+    echo "\\o"
+    echo "COMMIT;"
+} > "$arch/export.sql"
+on coordinator -f "$arch/export.sql"
+begin="SELECT udm_import_begin(\$m\$$(jq -c .manifest "$arch/export.json")\$m\$::jsonb, 'shopimp')"
+on coordinator -c "BEGIN" -c "$begin" -c "ROLLBACK" > "$arch/begin.json"
+{
+    echo "BEGIN;"
+    echo "$begin \\g /dev/null"
+    i=0
+    while read -r copy; do
+        echo "$copy;"
+        cat "$arch/s$i.copy"
+        echo "\\."
+        i=$((i + 1))
+    done < <(jq -r '.statements[].copy' "$arch/begin.json")
+    echo "SELECT udm_import_finish('shopimp')->'audit'->>'ok';"
+    echo "COMMIT;"
+} > "$arch/import.sql"
+check "tenant import by COPY: the imported audit log verifies" "true" -f "$arch/import.sql"
+check "the imported tenant is a distributed schema, every table of it colocated" "t|0" \
+    -c "SELECT EXISTS (SELECT 1 FROM pg_dist_schema WHERE schemaid = 'shopimp'::regnamespace), \
+               count(*) FILTER (WHERE p.colocationid IS DISTINCT FROM d.colocationid) \
+        FROM pg_class c LEFT JOIN pg_dist_schema d ON d.schemaid = c.relnamespace \
+        LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid \
+        WHERE c.relnamespace = 'shopimp'::regnamespace AND c.relkind = 'r'"
+check "the imported tenant holds the original's records and audit rows" "t|t" \
+    -c "SELECT (SELECT array_agg(name ORDER BY name) FROM shopimp.category) = (SELECT array_agg(name ORDER BY name) FROM shop.category), \
+               (SELECT count(*) FROM shopimp._udm_audit) = (SELECT count(*) FROM shop._udm_audit)"
+on coordinator -c "SELECT udm_drop_tenant('shopimp', 'shopimp')" >/dev/null
 check "udm_drop_tenant on Citus" "0|0|0" \
     -c "SELECT udm_create_tenant('gone')" -c "SELECT udm_drop_tenant('gone', 'gone')" \
     -c "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'gone'),

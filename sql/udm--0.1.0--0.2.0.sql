@@ -265,6 +265,40 @@ END
 $$;
 SELECT udm.citus_setup();
 
+-- Citus: lifts a sequence of a tenant's table, on the node this runs on, to at least `floor`
+-- (each node's copy of a sequence has its own range: a tenant cloned or imported onto a worker
+-- holds ids of other nodes' ranges, and its new rows must be numbered above them). udm runs it
+-- on the tenant's node as a query of the tenant's table, which Citus sends there in the
+-- transaction of the import. Never lowers a sequence. Internal: not executable by PUBLIC.
+CREATE FUNCTION udm.citus_lift_sequence(seq text, floor bigint) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    s regclass := pg_catalog.to_regclass(seq);
+    now_at bigint;
+BEGIN
+    IF s IS NULL OR floor IS NULL OR NOT EXISTS (
+        -- a tenant schema holds its catalog table (udm.tenant, a reference table, is not read
+        -- here: this runs inside a query Citus sent to the node)
+        SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_class k
+            ON k.relnamespace = c.relnamespace AND k.relname = '_udm_entity' AND k.relkind IN ('r', 'p')
+        WHERE c.oid = s AND c.relkind = 'S') THEN
+        RAISE EXCEPTION 'udm.citus_lift_sequence: % is not a sequence of a udm tenant', seq
+            USING ERRCODE = '22023';
+    END IF;
+    now_at := coalesce(pg_catalog.pg_sequence_last_value(s),
+                       (SELECT q.seqstart FROM pg_catalog.pg_sequence q WHERE q.seqrelid = s));
+    IF now_at >= floor THEN
+        RETURN now_at;
+    END IF;
+    -- this node only: the other nodes keep their copies
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    EXECUTE pg_catalog.format('ALTER SEQUENCE %s MAXVALUE 9223372036854775807', s);
+    RETURN pg_catalog.setval(s, floor);
+END
+$$;
+
 -- On Citus, where policies may have no sub-selects: the records of an entity the session sees,
 -- as the entity's own policy decides (its table read as the session), once per command.
 CREATE FUNCTION udm.visible_ids(schema_name text, entity text) RETURNS uuid[]

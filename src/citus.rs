@@ -161,6 +161,52 @@ fn distribute_table(table: &str) -> Result<()> {
     .map_err(spi_err)
 }
 
+/// The sequences of a tenant schema's tables: (sequence, table, column), by name.
+fn tenant_sequences(schema_oid: pg_sys::Oid) -> Result<Vec<(String, String, String)>> {
+    Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT s.relname::text, tc.relname::text, a.attname::text \
+             FROM pg_catalog.pg_class s \
+             JOIN pg_catalog.pg_depend d ON d.objid = s.oid AND d.classid = 'pg_catalog.pg_class'::regclass \
+               AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') \
+             JOIN pg_catalog.pg_class tc ON tc.oid = d.refobjid AND tc.relnamespace = s.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = tc.oid AND a.attnum = d.refobjsubid \
+             WHERE s.relkind = 'S' AND s.relnamespace = $1 ORDER BY 1",
+            None,
+            &[schema_oid.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)
+}
+
+/// After a tenant's rows came in from elsewhere (an import, a clone): on the tenant's node, each
+/// sequence of its tables goes above the largest value its table holds, which may come from
+/// another node's range (each node's copy of a sequence has its own). The query of the table
+/// that does it (`udm.citus_lift_sequence`) is one Citus sends to that node, in this
+/// transaction. (A sequence's setval on the coordinator reaches no worker.)
+pub fn lift_sequences(schema: &str, schema_oid: pg_sys::Oid) -> Result<()> {
+    for (seq, table, column) in tenant_sequences(schema_oid)? {
+        let col = quote_ident(&column);
+        Spi::run(&format!(
+            "SELECT udm.citus_lift_sequence({}, max({col})::bigint) FROM {}.{} HAVING max({col}) IS NOT NULL",
+            quote_literal(&format!("{}.{}", quote_ident(schema), quote_ident(&seq))),
+            quote_ident(schema),
+            quote_ident(&table)
+        ))
+        .map_err(spi_err)?;
+    }
+    Ok(())
+}
+
 /// Makes a new tenant's schema a distributed schema: its tables (catalog and audit log) move
 /// together to one worker; then checks that every table of it is there.
 pub fn distribute_schema(schema: &str) -> Result<()> {
@@ -492,30 +538,7 @@ pub fn move_tenant(
     .map_err(spi_err)?;
     let moved_ms = started.elapsed().as_millis() as i64;
     // the sequences of the tenant's tables, on the new node: above every value the table holds
-    let owned: Vec<(String, String, String)> = Spi::connect(|c| {
-        let rows = c.select(
-            "SELECT s.relname::text, tc.relname::text, a.attname::text \
-             FROM pg_catalog.pg_class s \
-             JOIN pg_catalog.pg_depend d ON d.objid = s.oid AND d.classid = 'pg_catalog.pg_class'::regclass \
-               AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') \
-             JOIN pg_catalog.pg_class tc ON tc.oid = d.refobjid AND tc.relnamespace = s.relnamespace \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = tc.oid AND a.attnum = d.refobjsubid \
-             WHERE s.relkind = 'S' AND s.relnamespace = $1 ORDER BY 1",
-            None,
-            &[t.schema_oid.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<String>(2)?.unwrap_or_default(),
-                r.get::<String>(3)?.unwrap_or_default(),
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(spi_err)?;
-    for (seq, table, column) in owned {
+    for (seq, table, column) in tenant_sequences(t.schema_oid)? {
         let top = crate::spi::select_one::<i64>(
             &format!(
                 "SELECT max({}::bigint) FROM {}.{}",

@@ -1217,6 +1217,9 @@ fn finish(imp: &Import) -> Result<Value> {
     catalog::invalidate_registry();
     let t = catalog::tenant(slug)?
         .ok_or_else(|| UdmError::internal(format!("{what}: the tenant is not registered")))?;
+    if crate::citus::installed() {
+        as_owner(|| crate::citus::lift_sequences(slug, t.schema_oid))?;
+    }
     step("sequences");
     let verified = crate::audit::history::verify_tenant(&t)?;
     step("verifying the audit chain");

@@ -202,6 +202,8 @@ refused "a password field is refused by udm (Citus refuses column grants)" 0A000
 BATCHED_MANIFEST='{"format": "udm-tenant", "format_version": 2, "udm_version": "0.2.0", "exported_at": null, "source": {}, "tenant": {"slug": "bx", "name": null, "access": false, "created_at": null, "created_by": null}, "entities": [], "sections": [{"name": "_udm_entity", "columns": [["entity", "text"]], "rows": 0}, {"name": "_udm_audit_heads", "columns": [["entity", "text"]], "rows": 0}, {"name": "_udm_audit_log", "columns": [["batch_id", "bigint"]], "rows": 0}], "sequences": []}'
 refused "importing a tenant whose audit log is batched is refused by udm" 0A000 "its audit log is batched, which udm does not support on Citus" \
     -c "SELECT udm_import_begin('$BATCHED_MANIFEST')"
+refused "udm.citus_lift_sequence lifts only the sequences of udm tenants" 22023 "is not a sequence of a udm tenant" \
+    -c "CREATE SEQUENCE public.not_a_tenants" -c "SELECT udm.citus_lift_sequence('public.not_a_tenants', 10)"
 refused "an entity defined with a password field is refused too" 0A000 "udm on Citus: entity \"login\" cannot have the password field" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_define_entity('login', '{\"fields\": [{\"name\": \"secret\", \"type\": \"password\"}]}')"
 check "udm_add_field of another type" "2" \
@@ -405,6 +407,18 @@ categories=$(on coordinator -c "ANALYZE shop.category" -c "SELECT count(*) FROM 
 check "an estimated count is the worker's estimate (the coordinator's plan has none): $categories" "$categories" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_query('category', '{\"count\": \"estimated\", \"limit\": 1}')->>'count'"
 
+# how far a tenant's events have gone, where its worker numbers them (not the coordinator's copy
+# of the sequence), after a change there
+newest=$(on coordinator -c "SELECT max(audit_id) FROM shop._udm_audit")
+check "udm_event_heads is the newest audit id the tenant's worker wrote ($newest)" "$newest" \
+    -c "SELECT udm_use('shop')" -c "SELECT head FROM udm_event_heads(ARRAY['shop'])"
+touched=$(on coordinator -c "SELECT id FROM shop.category ORDER BY name LIMIT 1")
+on coordinator -c "BEGIN" -c "SELECT udm_use('shop', NULL, true)" \
+    -c "UPDATE shop.category SET name = name || '.' WHERE id = '$touched'" -c "COMMIT" >/dev/null
+newest=$(on coordinator -c "SELECT max(audit_id) FROM shop._udm_audit WHERE audit_id > $newest")
+check "a change moves the tenant's event head to its audit id ($newest)" "$newest" \
+    -c "SELECT udm_use('shop')" -c "SELECT head FROM udm_event_heads(ARRAY['shop'])"
+
 # a copy of a tenant is a distributed schema too, with every table colocated (before, the clone's
 # tables stayed local tables of the coordinator, silently); its rows and audit chain came along
 check "udm_clone_tenant with data: the copy's audit log verifies" "true" \
@@ -415,14 +429,28 @@ check "the copy is a distributed schema, every table of it colocated" "t|0" \
         FROM pg_class c LEFT JOIN pg_dist_schema d ON d.schemaid = c.relnamespace \
         LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid \
         WHERE c.relnamespace = 'shopcopy'::regnamespace AND c.relkind = 'r'"
+copy_port=$(on coordinator -c "SELECT DISTINCT nodeport FROM citus_shards WHERE table_name::text LIKE 'shopcopy.%'")
+copy_node=$([ "$copy_port" = $((PORT + 1)) ] && echo worker1 || echo worker2)
+copied_top=$(on coordinator -c "SELECT max(audit_id) FROM shopcopy._udm_audit")
+lifted=$(on "$copy_node" -c "SELECT pg_sequence_last_value('shopcopy._udm_audit_audit_id_seq') >= $copied_top" 2>&1)
+if [ "$lifted" = t ]; then
+    echo "   ok   on the copy's node, its audit sequence is above the copied ids ($copied_top)"
+else
+    echo "   FAIL on the copy's node, its audit sequence is above the copied ids ($copied_top): $lifted"
+    failed=$((failed + 1))
+fi
 check "the copy holds the original's records" "t" \
     -c "SELECT (SELECT array_agg(name ORDER BY name) FROM shopcopy.category) = (SELECT array_agg(name ORDER BY name) FROM shop.category)"
-copied=$(on coordinator -c "SELECT id FROM shopcopy.category ORDER BY name LIMIT 1")
+# the record changed last in the original: the copy's next change of it is numbered above the
+# ids the copy holds (they came from the original's node), else its chain would break
+copied=$touched
 check "a change to the copy is audited (on its worker)" "1" \
     -c "BEGIN" -c "SELECT udm_use('shopcopy', NULL, true)" \
     -c "UPDATE shopcopy.category SET name = name || '!' WHERE id = '$copied'" \
     -c "SELECT count(*) FROM shopcopy._udm_audit a JOIN shopcopy.category c ON c.id = a.record_id \
           AND a.record_version = c._version AND a.action = 'UPDATE' WHERE c.name LIKE '%!'" -c "COMMIT"
+check "the copy's newest audit row is that change (numbered above the copied ones)" "t" \
+    -c "SELECT record_id = '$copied' FROM shopcopy._udm_audit ORDER BY audit_id DESC LIMIT 1"
 check "the copy's chain verifies with the change" "true" \
     -c "SELECT udm_use('shopcopy')" -c "SELECT udm_audit_verify()->>'ok'"
 check "the original is as it was" "0" -c "SELECT count(*) FROM shop.category WHERE name LIKE '%!'"

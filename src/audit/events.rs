@@ -713,6 +713,31 @@ pub fn event_heads(slugs: &[String]) -> Result<Vec<(String, i64, String)>> {
             }
         })
         .unzip();
+    if crate::citus::installed() {
+        // on Citus a tenant's audit rows are written on its worker, which numbers them from its
+        // own copy of the sequence (the coordinator's is not advanced): the head is the newest
+        // id in the log (one read on the tenant's node, by the audit id's index)
+        let heads = as_owner(|| {
+            found
+                .iter()
+                .map(|t| {
+                    crate::spi::select_one::<i64>(
+                        &format!(
+                            "SELECT coalesce(max(audit_id), 0) FROM {}",
+                            t.catalog(udm_core::transfer::AUDIT)
+                        ),
+                        &[],
+                    )
+                    .map(|h| h.unwrap_or(0))
+                })
+                .collect::<Result<Vec<i64>>>()
+        })?;
+        return Ok(found
+            .iter()
+            .zip(heads)
+            .map(|(t, h)| (t.slug.clone(), h, t.channel.clone()))
+            .collect());
+    }
     let heads = as_owner(|| {
         let plan = crate::spi::prepared(
             "SELECT coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass(q)) * m + (m - 1), 0) \

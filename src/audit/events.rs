@@ -702,17 +702,6 @@ pub fn event_heads(slugs: &[String]) -> Result<Vec<(String, i64, String)>> {
     if found.is_empty() {
         return Ok(Vec::new());
     }
-    // a batched log's head is the last event id its newest batch can hold
-    let (seqs, slots): (Vec<String>, Vec<i64>) = found
-        .iter()
-        .map(|t| {
-            if super::batch::is_batched(t) {
-                (t.catalog(super::batch::SEQ), super::batch::SLOTS)
-            } else {
-                (t.catalog("_udm_audit_audit_id_seq"), 1)
-            }
-        })
-        .unzip();
     if crate::citus::installed() {
         // on Citus a tenant's audit rows are written on its worker, which numbers them from its
         // own copy of the sequence (the coordinator's is not advanced): the head is the newest
@@ -738,6 +727,17 @@ pub fn event_heads(slugs: &[String]) -> Result<Vec<(String, i64, String)>> {
             .map(|(t, h)| (t.slug.clone(), h, t.channel.clone()))
             .collect());
     }
+    // a batched log's head is the last event id its newest batch can hold
+    let (seqs, slots): (Vec<String>, Vec<i64>) = found
+        .iter()
+        .map(|t| {
+            if super::batch::is_batched(t) {
+                (t.catalog(super::batch::SEQ), super::batch::SLOTS)
+            } else {
+                (t.catalog("_udm_audit_audit_id_seq"), 1)
+            }
+        })
+        .unzip();
     let heads = as_owner(|| {
         let plan = crate::spi::prepared(
             "SELECT coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass(q)) * m + (m - 1), 0) \

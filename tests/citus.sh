@@ -419,16 +419,21 @@ newest=$(on coordinator -c "SELECT max(audit_id) FROM shop._udm_audit WHERE audi
 check "a change moves the tenant's event head to its audit id ($newest)" "$newest" \
     -c "SELECT udm_use('shop')" -c "SELECT head FROM udm_event_heads(ARRAY['shop'])"
 
+# whether schema $1 is a distributed schema, and how many of its tables are not in its
+# colocation group
+whole() {
+    echo "SELECT EXISTS (SELECT 1 FROM pg_dist_schema WHERE schemaid = '$1'::regnamespace),
+                 count(*) FILTER (WHERE p.colocationid IS DISTINCT FROM d.colocationid)
+          FROM pg_class c LEFT JOIN pg_dist_schema d ON d.schemaid = c.relnamespace
+          LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid
+          WHERE c.relnamespace = '$1'::regnamespace AND c.relkind = 'r'"
+}
+
 # a copy of a tenant is a distributed schema too, with every table colocated (before, the clone's
 # tables stayed local tables of the coordinator, silently); its rows and audit chain came along
 check "udm_clone_tenant with data: the copy's audit log verifies" "true" \
     -c "SELECT udm_clone_tenant('shop', 'shopcopy', true)->'audit'->>'ok'"
-check "the copy is a distributed schema, every table of it colocated" "t|0" \
-    -c "SELECT EXISTS (SELECT 1 FROM pg_dist_schema WHERE schemaid = 'shopcopy'::regnamespace), \
-               count(*) FILTER (WHERE p.colocationid IS DISTINCT FROM d.colocationid) \
-        FROM pg_class c LEFT JOIN pg_dist_schema d ON d.schemaid = c.relnamespace \
-        LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid \
-        WHERE c.relnamespace = 'shopcopy'::regnamespace AND c.relkind = 'r'"
+check "the copy is a distributed schema, every table of it colocated" "t|0" -c "$(whole shopcopy)"
 copy_port=$(on coordinator -c "SELECT DISTINCT nodeport FROM citus_shards WHERE table_name::text LIKE 'shopcopy.%'")
 copy_node=$([ "$copy_port" = $((PORT + 1)) ] && echo worker1 || echo worker2)
 copied_top=$(on coordinator -c "SELECT max(audit_id) FROM shopcopy._udm_audit")
@@ -492,12 +497,7 @@ on coordinator -c "BEGIN" -c "$begin" -c "ROLLBACK" > "$arch/begin.json"
     echo "COMMIT;"
 } > "$arch/import.sql"
 check "tenant import by COPY: the imported audit log verifies" "true" -f "$arch/import.sql"
-check "the imported tenant is a distributed schema, every table of it colocated" "t|0" \
-    -c "SELECT EXISTS (SELECT 1 FROM pg_dist_schema WHERE schemaid = 'shopimp'::regnamespace), \
-               count(*) FILTER (WHERE p.colocationid IS DISTINCT FROM d.colocationid) \
-        FROM pg_class c LEFT JOIN pg_dist_schema d ON d.schemaid = c.relnamespace \
-        LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid \
-        WHERE c.relnamespace = 'shopimp'::regnamespace AND c.relkind = 'r'"
+check "the imported tenant is a distributed schema, every table of it colocated" "t|0" -c "$(whole shopimp)"
 check "the imported tenant holds the original's records and audit rows" "t|t" \
     -c "SELECT (SELECT array_agg(name ORDER BY name) FROM shopimp.category) = (SELECT array_agg(name ORDER BY name) FROM shop.category), \
                (SELECT count(*) FROM shopimp._udm_audit) = (SELECT count(*) FROM shop._udm_audit)"

@@ -7,6 +7,9 @@
 //!
 //! What the import does beyond the restore is part of its time: every row counted against the
 //! manifest, the catalog checked, the audit chain verified (every hash recomputed).
+//!
+//! `BATCHED=1`: the tenant keeps its audit log in batches (`udm.audit_batches`, issue 20), which
+//! moves as chunks with each row's pointer.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -103,6 +106,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let rows: i64 = setting("ROWS", 1_000_000);
     let rounds: usize = setting("ROUNDS", 3);
+    // BATCHED=1: the tenant keeps its audit log in batches (udm.audit_batches, issue 20)
+    let batched = setting("BATCHED", 0) == 1;
     assert!(
         tool().exists(),
         "{} is missing: bench/run.sh builds it (cargo build --release -p udm-tenant)",
@@ -120,11 +125,14 @@ fn main() {
     }
     let mut c = fresh_db("bench_transfer_src");
     header(&format!(
-        "moving a tenant of {rows} records: udm-tenant export + import vs pg_dump -n + pg_restore, {rounds} rounds"
+        "moving a tenant of {rows} records{}: udm-tenant export + import vs pg_dump -n + pg_restore, {rounds} rounds",
+        if batched { " (audit log in batches)" } else { "" }
     ));
     let (d, _) = time(|| {
         c.batch_execute(&format!(
-            r#"SELECT udm_create_tenant('tx');
+            r#"SET udm.audit_batches = {batched};
+               SELECT udm_create_tenant('tx');
+               RESET udm.audit_batches;
                SELECT udm_use('tx');
                SELECT udm_define_entity('category', '{{"fields": [{{"name": "name", "type": "text", "required": true, "unique": true}}]}}');
                SELECT udm_define_entity('product', '{{"fields": [

@@ -153,14 +153,21 @@ fn main() {
         ))
         .unwrap();
         c.batch_execute("VACUUM ANALYZE tx.product").unwrap();
-        c.batch_execute("VACUUM ANALYZE tx._udm_audit").unwrap();
+        c.batch_execute(if batched {
+            "VACUUM ANALYZE tx._udm_audit_log, tx._udm_audit_heads"
+        } else {
+            "VACUUM ANALYZE tx._udm_audit"
+        })
+        .unwrap();
     });
     println!("  loaded in {:.1} s", secs(d));
     let sizes: (String, String) = {
         let r = c
             .query_one(
                 "SELECT pg_size_pretty(pg_total_relation_size('tx.product')), \
-                        pg_size_pretty(pg_total_relation_size('tx._udm_audit'))",
+                        (SELECT pg_size_pretty(sum(pg_total_relation_size(oid))) FROM pg_class \
+                         WHERE relnamespace = 'tx'::regnamespace AND relkind = 'r' \
+                           AND relname IN ('_udm_audit', '_udm_audit_log', '_udm_audit_heads'))",
                 &[],
             )
             .unwrap();

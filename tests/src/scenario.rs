@@ -286,6 +286,13 @@ pub fn works(db: &impl Database, t: &str, e: &Expected) {
         "{}: row-level security",
         db.name()
     );
+    // and of the audit log, only the changes of what she may see (its access filter came along)
+    let hers: i64 = scalar(&mut c, &format!("SELECT count(*) FROM \"{t}\"._udm_audit"));
+    assert!(
+        hers > 0 && hers < rows,
+        "{}: the audit log's row security ({hers} of {rows} rows)",
+        db.name()
+    );
     expect_err(
         &mut c,
         &format!("UPDATE \"{t}\".product SET x_position = '2027-Q3' WHERE codename = 'Falcon'"),

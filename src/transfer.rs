@@ -273,14 +273,7 @@ fn build_manifest(t: &Tenant, content: Content, count: bool) -> Result<Manifest>
             .internal
             .iter()
             .filter(|(n, _)| {
-                [
-                    tr::CATALOG,
-                    tr::ROLES,
-                    tr::AUDIT,
-                    tr::AUDIT_LOG,
-                    tr::AUDIT_HEADS,
-                ]
-                .contains(&n.as_str())
+                [tr::CATALOG, tr::ROLES].contains(&n.as_str()) || tr::is_audit_table(n)
             })
             .map(|(n, c)| (n.clone(), c.clone()))
             .collect(),

@@ -564,6 +564,20 @@ pub fn plan_sections(
     out
 }
 
+/// The audit log's sequence, as (table, column): its ids, or a batched log's batch ids.
+pub fn audit_sequence(batched: bool) -> (&'static str, &'static str) {
+    if batched {
+        (AUDIT_LOG, "batch_id")
+    } else {
+        (AUDIT, "audit_id")
+    }
+}
+
+/// Whether `name` is a table of an audit log (either layout).
+pub fn is_audit_table(name: &str) -> bool {
+    audit_sections(false).contains(&name) || audit_sections(true).contains(&name)
+}
+
 /// The sections of the audit log, last in an archive: the per-change table, or a batched log's
 /// heads and chunks.
 pub fn audit_sections(batched: bool) -> &'static [&'static str] {
@@ -754,7 +768,7 @@ fn check_sequences(m: &Manifest) -> Result<()> {
     if m.sequences.len() > MAX_SECTIONS {
         return Err(corrupt(format!("{ctx}: too many sequences")));
     }
-    let log = &sequence_columns(&[], m.batched())[0];
+    let log = audit_sequence(m.batched());
     for s in &m.sequences {
         let known = (s.table == log.0 && s.column == log.1)
             || m.entities.iter().any(|e| {
@@ -776,11 +790,8 @@ fn check_sequences(m: &Manifest) -> Result<()> {
 
 /// The sequences an import sets: the audit log's ids and every auto number column.
 pub fn sequence_columns(entities: &[EntityState], batched: bool) -> Vec<(String, String)> {
-    let mut out = vec![if batched {
-        (AUDIT_LOG.to_string(), "batch_id".to_string())
-    } else {
-        (AUDIT.to_string(), "audit_id".to_string())
-    }];
+    let (table, column) = audit_sequence(batched);
+    let mut out = vec![(table.to_string(), column.to_string())];
     for e in entities {
         for f in crate::ddl::column_fields(&e.def) {
             if f.ftype == FieldType::AutoNumber {

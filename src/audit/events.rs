@@ -677,7 +677,7 @@ fn udm_ack(consumer: &str, event_id: i64) -> JsonB {
 /// (events up to it may still be uncommitted: `udm_events` delivers only up to its horizon), and
 /// `channel` the tenant's LISTEN channel. Only tenants the caller may use are answered; an unknown
 /// tenant and one the caller is not a member of are both left out. Reads one sequence per tenant,
-/// no table: cheap enough to ask every few milliseconds.
+/// no table: cheap enough to ask every few milliseconds (on Citus, the newest id of each log).
 pub fn event_heads(slugs: &[String]) -> Result<Vec<(String, i64, String)>> {
     if slugs.len() > MAX_HEADS {
         return Err(UdmError::new(
@@ -702,32 +702,21 @@ pub fn event_heads(slugs: &[String]) -> Result<Vec<(String, i64, String)>> {
     if found.is_empty() {
         return Ok(Vec::new());
     }
-    if crate::citus::installed() {
-        // on Citus a tenant's audit rows are written on its worker, which numbers them from its
-        // own copy of the sequence (the coordinator's is not advanced): the head is the newest
-        // id in the log (one read on the tenant's node, by the audit id's index)
-        let heads = as_owner(|| {
-            found
-                .iter()
-                .map(|t| {
-                    crate::spi::select_one::<i64>(
-                        &format!(
-                            "SELECT coalesce(max(audit_id), 0) FROM {}",
-                            t.catalog(udm_core::transfer::AUDIT)
-                        ),
-                        &[],
-                    )
-                    .map(|h| h.unwrap_or(0))
-                })
-                .collect::<Result<Vec<i64>>>()
-        })?;
-        return Ok(found
-            .iter()
-            .zip(heads)
-            .map(|(t, h)| (t.slug.clone(), h, t.channel.clone()))
-            .collect());
-    }
-    // a batched log's head is the last event id its newest batch can hold
+    let heads = if crate::citus::installed() {
+        citus_heads(&found)?
+    } else {
+        sequence_heads(&found)?
+    };
+    Ok(found
+        .iter()
+        .zip(heads)
+        .map(|(t, h)| (t.slug.clone(), h, t.channel.clone()))
+        .collect())
+}
+
+/// The heads as the tenants' sequences have them (one statement for all): a batched log's head
+/// is the last event id its newest batch can hold.
+fn sequence_heads(found: &[Rc<Tenant>]) -> Result<Vec<i64>> {
     let (seqs, slots): (Vec<String>, Vec<i64>) = found
         .iter()
         .map(|t| {
@@ -738,7 +727,7 @@ pub fn event_heads(slugs: &[String]) -> Result<Vec<(String, i64, String)>> {
             }
         })
         .unzip();
-    let heads = as_owner(|| {
+    as_owner(|| {
         let plan = crate::spi::prepared(
             "SELECT coalesce(pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass(q)) * m + (m - 1), 0) \
              FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(q, m, n) ORDER BY n",
@@ -753,12 +742,28 @@ pub fn event_heads(slugs: &[String]) -> Result<Vec<(String, i64, String)>> {
             Ok::<_, pgrx::spi::Error>(out)
         })
         .map_err(spi_err)
-    })?;
-    Ok(found
-        .iter()
-        .zip(heads)
-        .map(|(t, h)| (t.slug.clone(), h, t.channel.clone()))
-        .collect())
+    })
+}
+
+/// The heads on Citus: a tenant's audit rows are written on its worker, which numbers them from
+/// its own copy of the sequence (the coordinator's is not advanced), so the head is the newest id
+/// in the log (one read on the tenant's node, by the audit id's index).
+fn citus_heads(found: &[Rc<Tenant>]) -> Result<Vec<i64>> {
+    as_owner(|| {
+        found
+            .iter()
+            .map(|t| {
+                crate::spi::select_one::<i64>(
+                    &format!(
+                        "SELECT coalesce(max(audit_id), 0) FROM {}",
+                        t.catalog(udm_core::transfer::AUDIT)
+                    ),
+                    &[],
+                )
+                .map(|h| h.unwrap_or(0))
+            })
+            .collect()
+    })
 }
 
 /// Tenants one `udm_event_heads` call may name.

@@ -209,12 +209,18 @@ pub unsafe fn trigger_args(td: *mut pg_sys::TriggerData) -> Vec<String> {
     }
 }
 
-/// The trigger's name.
+/// The trigger's name, as udm created it: on a Citus worker a shard's trigger is named
+/// `<name>_<shard id>`.
 pub unsafe fn trigger_name(td: *mut pg_sys::TriggerData) -> String {
-    unsafe {
+    let name = unsafe {
         CStr::from_ptr((*(*td).tg_trigger).tgname)
             .to_string_lossy()
             .into_owned()
+    };
+    if crate::citus::on_worker() {
+        crate::citus::unsharded_name(&name)
+    } else {
+        name
     }
 }
 

@@ -387,10 +387,10 @@ pub fn usable_tenant(slug: &str) -> Result<Rc<Tenant>> {
 
 /// The session's tenant (`udm_use`), checked again on every call.
 pub fn current_tenant() -> Result<Rc<Tenant>> {
+    if let Some(e) = crate::citus::on_worker_refusal() {
+        return Err(e);
+    }
     let slug = crate::guc::tenant().ok_or_else(|| {
-        if let Some(e) = crate::citus::on_worker_refusal() {
-            return e;
-        }
         let e = UdmError::new(SqlState::ObjectNotInPrerequisiteState, "no tenant selected")
             .hint("call udm_use('<tenant>') first; udm_tenants() lists the tenants you may use");
         match crate::guc::failed_selection() {

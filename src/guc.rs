@@ -226,6 +226,11 @@ pub fn failed_selection() -> Option<String> {
     })
 }
 
+/// The settings `udm.tenant` and `udm.user_id` as they are, a failed selection's included.
+pub fn raw_selection() -> (Option<String>, Option<String>) {
+    (non_empty(&TENANT), non_empty(&USER_ID))
+}
+
 pub fn tenant() -> Option<String> {
     if failed_selection().is_some() {
         return None;
@@ -242,13 +247,6 @@ pub fn user_id() -> Option<String> {
 
 /// Sets a udm setting for the session or (with `local`) the transaction.
 pub fn set(name: &str, value: Option<&str>, local: bool) {
-    if local && crate::citus::installed() {
-        // on Citus, a transaction's setting reaches the workers (where triggers and row-level
-        // security read it) only as a SET LOCAL statement with citus.propagate_set_commands =
-        // 'local' (src/citus.rs)
-        crate::citus::set_local(name, value.unwrap_or(""));
-        return;
-    }
     let name = CString::new(name).expect("setting names have no NUL");
     let value = value.map(|v| CString::new(v).expect("values were checked for NUL"));
     unsafe {

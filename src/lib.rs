@@ -55,6 +55,7 @@ pub extern "C-unwind" fn _PG_init() {
     catalog::init();
     audit::init();
     transfer::init();
+    citus::selection::init();
 }
 
 #[cfg(test)]

@@ -220,6 +220,27 @@ check "udm_use(..., is_local => true): the worker's audit records the user" "ali
     -c "INSERT INTO shop.category (name) VALUES ('by alice')" -c "COMMIT" \
     -c "SELECT user_id FROM shop._udm_audit WHERE new_data->>'name' = 'by alice'"
 
+# a session-level udm_use reaches the workers too: udm sends the selection with every transaction
+# that runs a statement without it (src/citus/selection.rs), statements outside a transaction
+# block included
+audit_user() {
+    echo "SELECT string_agg(coalesce(user_id, '-'), ',' ORDER BY audit_id) FROM shop._udm_audit WHERE new_data->>'name' = '$1'"
+}
+check "udm_use for the session: plain SQL and udm functions outside a transaction block are recorded as the user" "bob|bob,bob" \
+    -c "SELECT udm_use('shop', 'bob')" \
+    -c "INSERT INTO shop.category (name) VALUES ('by bob')" \
+    -c "SELECT udm_insert('category', '{\"name\": \"by bob too\"}') IS NOT NULL" \
+    -c "UPDATE shop.category SET code = 'c1' WHERE name = 'by bob too'" \
+    -c "SELECT ($(audit_user 'by bob')), ($(audit_user 'by bob too'))"
+check "udm_use for the session, changed in a savepoint: rolled back, the earlier user; released, the new one" "bob|bob|carl" \
+    -c "SELECT udm_use('shop', 'bob')" -c "BEGIN" \
+    -c "INSERT INTO shop.category (name) VALUES ('sp1')" \
+    -c "SAVEPOINT a" -c "SELECT udm_use('shop', 'carl')" -c "INSERT INTO shop.category (name) VALUES ('sp2')" \
+    -c "ROLLBACK TO SAVEPOINT a" -c "INSERT INTO shop.category (name) VALUES ('sp3')" \
+    -c "SAVEPOINT b" -c "SELECT udm_use('shop', 'carl')" -c "RELEASE SAVEPOINT b" \
+    -c "INSERT INTO shop.category (name) VALUES ('sp4')" -c "COMMIT" \
+    -c "SELECT ($(audit_user sp1)), ($(audit_user sp3)), ($(audit_user sp4))"
+
 # a tenant made before Citus was installed (here: in another database of the coordinator, where
 # Citus comes after udm and has no nodes): its new tables are refused, not left local
 $CLUSTER psql "$DIR/coordinator" "$PORT" -d postgres -q -c "CREATE DATABASE udm_before"
@@ -293,6 +314,27 @@ expect_seen "a member with a tuple on a board sees it, its cards, notes, links a
     "1|1|1|1|1|1|1" alice@example.org
 expect_seen "a member without tuples sees no scoped records, only the unscoped entity" \
     "0|0|0|0|1|0|0" bob@example.org
+seen_in_session() {
+    # the same, with the user selected for the session, each query a transaction of its own
+    as_app -c "SELECT udm_use('team', '$1')" \
+        -c "SELECT count(*) FROM team.board" -c "SELECT count(*) FROM team.card" \
+        -c "SELECT count(*) FROM team.note" -c "SELECT count(*) FROM team.card__topics" \
+        -c "SELECT count(*) FROM team.topic" \
+        -c "SELECT count(DISTINCT record_id) FROM team._udm_audit WHERE entity = 'board'" \
+        -c "SELECT jsonb_array_length(udm_query('board', '{}')->'rows')" 2>&1 | grep -vE '^\{' | paste -sd '|' || true
+}
+got=$(seen_in_session alice@example.org)
+if [ "$got" = "1|1|1|1|1|1|1" ]; then echo "   ok   udm_use for the session: the member sees on the worker what she sees in a transaction"; else
+    echo "   FAIL udm_use for the session: the member sees on the worker what she sees in a transaction"
+    echo "     expected: 1|1|1|1|1|1|1"; echo "     got:      $got"; failed=$((failed + 1)); fi
+# a failed udm_use leaves no user selected, on the workers too: alice's rows are not seen after it
+got=$(as_app -c "SELECT udm_use('team', 'alice@example.org')" -c "BEGIN" \
+    -c "SELECT count(*) FROM team.board" -c "SAVEPOINT a" -c '\set ON_ERROR_STOP 0' \
+    -c "SELECT udm_use('team', 'carol@example.org')" -c "ROLLBACK TO SAVEPOINT a" \
+    -c "SELECT count(*) FROM team.board" -c "COMMIT" -c "SELECT count(*) FROM team.board" 2>/dev/null | grep -vE '^\{' | paste -sd '|' || true)
+if [ "$got" = "1|0|0" ]; then echo "   ok   after a failed udm_use the workers see no user (in its transaction and after)"; else
+    echo "   FAIL after a failed udm_use the workers see no user (in its transaction and after)"
+    echo "     expected: 1|0|0"; echo "     got:      $got"; failed=$((failed + 1)); fi
 got=$(as_app -c '\set VERBOSITY verbose' -c "BEGIN" -c "SELECT udm_use('team', 'carol@example.org', true)" 2>&1) || true
 if grep -q "ERROR:  42501: user \"carol@example.org\" is not a member of tenant \"team\"" <<<"$got"; then
     echo "   ok   a user who is not a member is refused"
@@ -508,9 +550,9 @@ check "udm_drop_tenant on Citus" "0|0|0" \
                (SELECT count(*) FROM pg_dist_schema WHERE schemaid::text = 'gone')"
 
 # Driver test suites (tests/tests/*.rs) that run against the coordinator as they do on a single
-# node. The others select their user with a session-level udm_use, which does not reach the
-# workers (README, "Scaling out with Citus"), or use password fields, which udm refuses on Citus.
-suites=${CITUS_SUITES-changes messages isolation caches}
+# node. The others use password fields, which udm refuses on Citus, or meet Citus's rules for a
+# transaction's connections (README, "Scaling out with Citus").
+suites=${CITUS_SUITES-changes messages isolation caches tenants}
 args=()
 for s in $suites; do args+=(--test "$s"); done
 if [ ${#args[@]} -eq 0 ]; then

@@ -24,6 +24,8 @@ use std::cell::Cell;
 use std::ffi::{CStr, CString};
 use udm_core::ident::{quote_ident, quote_literal, sql_call};
 
+pub mod selection;
+
 thread_local! {
     /// Whether `citus` is installed, as found in one transaction (its local id, and the answer).
     static INSTALLED: Cell<Option<(u32, bool)>> = const { Cell::new(None) };
@@ -356,40 +358,19 @@ pub fn nested<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// The error (0A000) of a udm function that finds itself called on a worker without a tenant:
-/// Citus runs a statement that reads a tenant's table whole on the tenant's worker, udm functions
-/// in it included, and the session's settings (`udm_use`) stay on the coordinator. None when this
+/// The error (0A000) of a udm function called on a worker: Citus runs a statement that reads a
+/// tenant's table whole on the tenant's worker, udm functions in it included, where what they
+/// do (definitions, records, the audit) would not be done as on the coordinator. None when this
 /// is not a Citus worker.
 pub fn on_worker_refusal() -> Option<UdmError> {
     on_worker().then(|| {
         UdmError::new(
             SqlState::FeatureNotSupported,
-            "udm on Citus: a udm function ran on a worker node, where no tenant is selected",
+            "udm on Citus: a udm function ran on a worker node",
         )
-        .detail("Citus runs a statement that reads a tenant's table on the tenant's worker node, whole, with the udm functions it calls (e.g. udm_get('product', (SELECT id FROM shop.product ...))), and the session's tenant stays on the coordinator")
+        .detail("Citus runs a statement that reads a tenant's table on the tenant's worker node, whole, with the udm functions it calls (e.g. udm_get('product', (SELECT id FROM shop.product ...))); udm's functions work on the coordinator only")
         .hint("call udm functions with values, not with sub-selects of tenant tables: read the value first, then pass it")
     })
-}
-
-/// Sets a setting for the transaction so that the workers get it too: Citus sends the SET LOCAL
-/// statements of a transaction block to the worker connections of the transaction when
-/// `citus.propagate_set_commands` is 'local' (udm sets that for the transaction first). Outside
-/// a transaction block nothing is propagated: the setting holds on the coordinator only.
-pub fn set_local(name: &str, value: &str) {
-    // udm's own setting names (udm.tenant, udm.user_id): no quoting needed, none allowed
-    assert!(
-        name.bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'),
-        "a udm setting name"
-    );
-    for sql in [
-        "SET LOCAL citus.propagate_set_commands = 'local'".to_string(),
-        // SET takes no parameters, and only a SET statement reaches the workers (set_config()
-        // does not): the value is written as a quoted literal, the name was checked above
-        format!("SET LOCAL {name} = {}", quote_literal(value)),
-    ] {
-        Spi::run(&sql).unwrap_or_else(|e| crate::error::raise(spi_err(e)));
-    }
 }
 
 /// A constraint or index name as udm made it: on Citus, errors raised on a worker name the

@@ -1,0 +1,221 @@
+//! The selection (`udm_use`: `udm.tenant`, `udm.user_id`) on the workers of Citus.
+//!
+//! On Citus udm's triggers and row-level security run on the tenant's worker, in the backend
+//! that serves the coordinator's connection, where the coordinator session's settings are not.
+//! Citus sends a transaction's `SET LOCAL` statements to its worker connections (with
+//! `citus.propagate_set_commands = 'local'`), and nothing else of the session. So before a
+//! statement runs whose selection the workers of its transaction do not have yet, udm sends the
+//! selection as `SET LOCAL`s in that transaction, and makes it a coordinated transaction: Citus
+//! then opens every worker connection of it with `BEGIN` and those `SET LOCAL`s, reads and
+//! statements outside a transaction block included. A session-level `udm_use` thereby reaches
+//! the workers as a transaction-local one does.
+//!
+//! What is sent is the selection in effect (`guc::tenant`, `guc::user_id`): after a failed
+//! `udm_use`, nothing; the coordinator's own settings stay as they were (a failed selection is
+//! recognised by them).
+
+use crate::guc;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::sync::OnceLock;
+use udm_core::ident::quote_literal;
+
+/// A selection sent to the workers: in which transaction and subtransaction (Citus forgets the
+/// `SET LOCAL`s of a subtransaction when it ends, committed or not), and what.
+struct Sent {
+    lxid: u32,
+    subxact: pg_sys::SubTransactionId,
+    tenant: String,
+    user: String,
+}
+
+thread_local! {
+    /// The selections sent in the current transaction, outermost first.
+    static SENT: RefCell<Vec<Sent>> = const { RefCell::new(Vec::new()) };
+    /// Set while a selection is being sent (its own statements must not send it again).
+    static SENDING: Cell<bool> = const { Cell::new(false) };
+}
+
+static PREV_EXECUTOR_START: OnceLock<pg_sys::ExecutorStart_hook_type> = OnceLock::new();
+static PREV_PROCESS_UTILITY: OnceLock<pg_sys::ProcessUtility_hook_type> = OnceLock::new();
+
+pub fn init() {
+    unsafe {
+        PREV_EXECUTOR_START.get_or_init(|| pg_sys::ExecutorStart_hook);
+        pg_sys::ExecutorStart_hook = Some(executor_start);
+        PREV_PROCESS_UTILITY.get_or_init(|| pg_sys::ProcessUtility_hook);
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags: i32) {
+    if eflags as u32 & pg_sys::EXEC_FLAG_EXPLAIN_ONLY == 0 {
+        send();
+    }
+    match PREV_EXECUTOR_START.get().copied().flatten() {
+        Some(prev) => prev(query, eflags),
+        None => pg_sys::standard_ExecutorStart(query, eflags),
+    }
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    stmt: *mut pg_sys::PlannedStmt,
+    query: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // COPY of a distributed table runs on the workers without the executor (its triggers and,
+    // for COPY TO, its row-level security there)
+    let node = (*stmt).utilityStmt;
+    if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_CopyStmt {
+        send();
+    }
+    match PREV_PROCESS_UTILITY.get().copied().flatten() {
+        Some(prev) => prev(stmt, query, read_only_tree, context, params, env, dest, qc),
+        None => pg_sys::standard_ProcessUtility(
+            stmt,
+            query,
+            read_only_tree,
+            context,
+            params,
+            env,
+            dest,
+            qc,
+        ),
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB
+        || event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
+    {
+        // Citus drops the subtransaction's SET LOCALs (the next statement sends again what
+        // holds then)
+        SENT.with(|s| s.borrow_mut().retain(|x| x.subxact != my));
+    }
+}
+
+/// Whether Citus is loaded in this backend (a hash lookup).
+fn citus_loaded() -> bool {
+    unsafe { !pg_sys::GetConfigOption(c"citus.version".as_ptr(), true, false).is_null() }
+}
+
+/// Whether this backend serves a connection Citus opened from another backend (its
+/// `application_name` is `citus_internal gpid=...`, `citus_rebalancer ...`, ...; a coordinator
+/// may connect to itself): that backend was sent the selection, and sends nothing on.
+fn serves_citus() -> bool {
+    unsafe {
+        let name = pg_sys::GetConfigOption(c"application_name".as_ptr(), true, false);
+        !name.is_null()
+            && std::ffi::CStr::from_ptr(name)
+                .to_bytes()
+                .starts_with(b"citus_")
+    }
+}
+
+/// Resets `SENDING` however the sending ends (an error unwinds through it).
+struct Sending;
+impl Drop for Sending {
+    fn drop(&mut self) {
+        SENDING.with(|s| s.set(false));
+    }
+}
+
+/// Sends the selection in effect to the workers of the current transaction, unless they have
+/// it already. Nothing happens without Citus, on a worker, in parallel mode (no setting may
+/// change there), in a backend serving Citus's own connection, or when nothing was ever selected
+/// in the transaction.
+fn send() {
+    if !citus_loaded() || SENDING.with(|s| s.get()) || unsafe { pg_sys::IsInParallelMode() } {
+        return;
+    }
+    let tenant = guc::tenant().unwrap_or_default();
+    let user = guc::user_id().unwrap_or_default();
+    let lxid = guc::local_xact();
+    let sent = SENT.with(|s| {
+        s.borrow()
+            .last()
+            .filter(|x| x.lxid == lxid)
+            .map(|x| x.tenant == tenant && x.user == user)
+    });
+    match sent {
+        Some(true) => return,
+        None if tenant.is_empty() && user.is_empty() => return,
+        _ => {}
+    }
+    SENDING.with(|s| s.set(true));
+    let _sending = Sending;
+    if !super::installed() || super::on_worker() || serves_citus() {
+        return;
+    }
+    let (raw_tenant, raw_user) = guc::raw_selection();
+    // only SET statements reach the workers, and Citus takes them only in what it counts as a
+    // transaction block (a DO block is one); the values are quoted literals, twice (the block's
+    // text is a literal too)
+    let body = format!(
+        "BEGIN SET LOCAL citus.propagate_set_commands = 'local'; \
+         SET LOCAL udm.tenant = {}; SET LOCAL udm.user_id = {}; END",
+        quote_literal(&tenant),
+        quote_literal(&user)
+    );
+    Spi::run(&format!("DO {}", quote_literal(&body)))
+        .unwrap_or_else(|e| crate::error::raise(crate::error::spi_err(e)));
+    // a failed selection is recognised by the settings it left: they stay on the coordinator
+    if raw_tenant.as_deref().unwrap_or("") != tenant {
+        guc::set("udm.tenant", raw_tenant.as_deref(), true);
+    }
+    if raw_user.as_deref().unwrap_or("") != user {
+        guc::set("udm.user_id", raw_user.as_deref(), true);
+    }
+    use_coordinated_transaction();
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    SENT.with(|s| {
+        let mut s = s.borrow_mut();
+        s.retain(|x| x.lxid == lxid);
+        s.push(Sent {
+            lxid,
+            subxact,
+            tenant,
+            user,
+        });
+    });
+}
+
+/// Makes the transaction a coordinated one (Citus's `UseCoordinatedTransaction`): every worker
+/// connection it opens from now on starts with `BEGIN` and the transaction's `SET LOCAL`s. Left
+/// to itself Citus sends a single-shard statement outside a transaction block, and a read in any
+/// transaction that has not written, without them.
+fn use_coordinated_transaction() {
+    static FOUND: OnceLock<Option<unsafe extern "C-unwind" fn()>> = OnceLock::new();
+    let f = FOUND.get_or_init(|| unsafe {
+        let p = pg_sys::load_external_function(
+            c"$libdir/citus".as_ptr(),
+            c"UseCoordinatedTransaction".as_ptr(),
+            false,
+            std::ptr::null_mut(),
+        );
+        (!p.is_null())
+            .then(|| std::mem::transmute::<*mut std::ffi::c_void, unsafe extern "C-unwind" fn()>(p))
+    });
+    match f {
+        Some(f) => unsafe { f() },
+        None => pgrx::warning!(
+            "udm on Citus: this Citus has no UseCoordinatedTransaction; the selection reaches the workers in transaction blocks only"
+        ),
+    }
+}

@@ -213,6 +213,9 @@ check "the roadmap template: every table colocated with the tenant" "7|7" \
     -c "SELECT count(*), count(*) FILTER (WHERE p.colocationid = d.colocationid) FROM pg_class c
           JOIN pg_dist_schema d ON d.schemaid = c.relnamespace LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid
         WHERE c.relnamespace = 'road'::regnamespace AND c.relkind = 'r'"
+check "the roadmap template on the worker: its rule triggers (named with the shard's suffix there) run" "Hardware" \
+    -c "SELECT udm_use('road')" \
+    -c "SELECT udm_insert('roadmap', '{\"name\": \"Hardware\", \"y_axis_values\": [\"HW\", \"SW\"]}')->>'name'"
 
 # the transaction's settings reach the workers (udm_use(..., is_local => true) in a transaction)
 check "udm_use(..., is_local => true): the worker's audit records the user" "alice" \

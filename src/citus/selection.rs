@@ -138,8 +138,8 @@ impl Drop for Sending {
 
 /// Sends the selection in effect to the workers of the current transaction, unless they have
 /// it already. Nothing happens without Citus, on a worker, in parallel mode (no setting may
-/// change there), in a backend serving Citus's own connection, or when nothing was ever selected
-/// in the transaction.
+/// change there), in a backend serving Citus's own connection, or when no user was selected in
+/// the transaction (a selection of a tenant alone tells the workers nothing: they read the user).
 fn send() {
     if !citus_loaded() || SENDING.with(|s| s.get()) || unsafe { pg_sys::IsInParallelMode() } {
         return;
@@ -155,7 +155,9 @@ fn send() {
     });
     match sent {
         Some(true) => return,
-        None if tenant.is_empty() && user.is_empty() => return,
+        // the workers read the user (row-level security, attribution), not the tenant (the
+        // schema of a trigger's table names it): with no user, nothing to tell them yet
+        None if user.is_empty() => return,
         _ => {}
     }
     SENDING.with(|s| s.set(true));

@@ -9,7 +9,9 @@
 //! at BENCH_HOST/BENCH_PORT, its database CITUS_DB (Citus, two workers); the single-node database
 //! is made fresh on the same coordinator. Loopback only.
 //!
-//! Goal: the queries <= 1.5x single-node udm at the median.
+//! Goal: the queries <= 1.5x single-node udm at the median. `BENCH_USER=<id>` selects an
+//! application user for the session as well (`udm_use(tenant, user)`), as an application with
+//! members does.
 
 use postgres::types::ToSql;
 use serde_json::{json, Value};
@@ -32,8 +34,13 @@ fn load(c: &mut postgres::Client, rows: i64) -> Duration {
 }
 
 fn prepare(name: &'static str, mut c: postgres::Client) -> Side {
-    c.batch_execute(&format!("SELECT udm_use('{SLUG}')"))
-        .unwrap();
+    // with BENCH_USER, an application user is selected for the session too: on Citus udm then
+    // sends the selection to the worker in every transaction (a BEGIN/COMMIT there)
+    match std::env::var("BENCH_USER").ok().filter(|u| !u.is_empty()) {
+        Some(u) => c.execute("SELECT udm_use($1, $2)", &[&SLUG, &u]),
+        None => c.execute("SELECT udm_use($1)", &[&SLUG]),
+    }
+    .unwrap();
     let cursor = page_100_cursor(&mut c);
     let ids: Vec<String> = c
         .query(

@@ -1,4 +1,13 @@
--- Citus (src/citus.rs): on a Citus coordinator, udm's global tables are reference tables, a copy
+-- Citus (src/citus/claims.rs): the key udm signs what its coordinator tells the triggers on the
+-- workers with (that a write is a rollback), so that a setting made by hand is not taken for it.
+-- One row, made by udm.citus_setup on a Citus coordinator, a reference table there; read by udm
+-- only (no privilege for PUBLIC).
+CREATE TABLE udm.node_key (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    key bytea NOT NULL CHECK (octet_length(key) >= 16));
+REVOKE ALL ON udm.node_key FROM PUBLIC;
+
+-- Citus (src/citus/mod.rs): on a Citus coordinator, udm's global tables are reference tables, a copy
 -- on every node, so that what runs on a worker (the triggers of a tenant's tables, which fire
 -- against the tenant's shards there) reads the tenant registry and the users. CREATE EXTENSION
 -- and ALTER EXTENSION UPDATE run it; an admin runs it again after adding Citus to a database that
@@ -22,7 +31,12 @@ BEGIN
     IF NOT coalesce(coordinator, false) THEN
         RETURN done;
     END IF;
-    FOREACH t IN ARRAY ARRAY['udm.tenant', 'udm.app_user', 'udm.user_tenant'] LOOP
+    -- 244 random bits (gen_random_uuid uses the strong random source)
+    INSERT INTO udm.node_key (key)
+        SELECT pg_catalog.decode(pg_catalog.replace(
+            pg_catalog.gen_random_uuid()::text || pg_catalog.gen_random_uuid()::text, '-', ''), 'hex')
+        WHERE NOT EXISTS (SELECT 1 FROM udm.node_key);
+    FOREACH t IN ARRAY ARRAY['udm.tenant', 'udm.app_user', 'udm.user_tenant', 'udm.node_key'] LOOP
         IF to_regclass(t) IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = to_regclass(t)) THEN
             EXECUTE 'SELECT pg_catalog.create_reference_table($1::regclass)' USING t;

@@ -7,6 +7,7 @@ use std::ffi::CString;
 
 pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static CLAIM: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DDL_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(3000);
 pub static BCRYPT_COST: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static LOCK_STALE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(180);
@@ -35,6 +36,14 @@ pub fn init() {
         &USER_ID,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"udm.claim",
+        c"Internal: what udm's coordinator tells its triggers on Citus workers (a rollback under way).",
+        c"Set by udm_rollback only: signed with the database's key and bound to its transaction; a value set by hand is refused.",
+        &CLAIM,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL,
     );
     GucRegistry::define_int_guc(
         c"udm.cache_size",

@@ -102,10 +102,12 @@ echo "   Citus $(on coordinator -c "SELECT extversion FROM pg_extension WHERE ex
 
 check "udm on every node (CREATE EXTENSION propagated)" "t" \
     -c "SELECT bool_and(success AND result = 'udm') FROM run_command_on_workers(\$\$SELECT extname FROM pg_extension WHERE extname = 'udm'\$\$)"
-check "global tables are reference tables" "udm.app_user,udm.tenant,udm.user_tenant" \
+check "global tables are reference tables" "udm.app_user,udm.node_key,udm.tenant,udm.user_tenant" \
     -c "SELECT string_agg(logicalrelid::text, ',' ORDER BY logicalrelid::text) FROM pg_dist_partition
         WHERE partmethod = 'n' AND repmodel = 't' AND logicalrelid::text LIKE 'udm.%'"
 check "udm.citus_setup() again changes nothing" "{}" -c "SELECT udm.citus_setup()"
+CHECK_ON=worker1 check "the database's key for udm's claims: on the workers too, one, not readable by PUBLIC" "1|32|f" \
+    -c "SELECT count(*), max(octet_length(key)), has_table_privilege('public', 'udm.node_key', 'SELECT') FROM udm.node_key"
 
 on coordinator -c "SELECT udm_create_tenant('shop', 'Shop')" >/dev/null
 check "udm_create_tenant: a distributed schema" "shop" \
@@ -190,6 +192,24 @@ check "udm_rollback_transaction" "1" \
     -c "SELECT udm_rollback_transaction((SELECT txid FROM udm_history('category', '$toys') ORDER BY event_id DESC LIMIT 1))->>'records'"
 check "udm_rollback_transaction put the name back" "puzzles" \
     -c "SELECT name FROM shop.category WHERE id = '$toys'"
+# the audit trigger on the worker learns that a write is a rollback from a claim udm signs
+# (src/citus/claims.rs)
+check "rollbacks on the worker are recorded as ROLLBACK" "2" \
+    -c "SELECT count(*) FROM shop._udm_audit WHERE record_id = '$toys' AND action = 'ROLLBACK'"
+temp=$(on coordinator -c "SELECT udm_use('shop')" -c "SELECT udm_insert('category', '{\"name\": \"temp\"}')->>'id'" | tail -n 1)
+check "a deleted record restored on the worker goes on from its last version, recorded as ROLLBACK" "temp2|3|ROLLBACK" \
+    -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_update('category', '$temp', '{\"name\": \"temp2\"}') IS NOT NULL" \
+    -c "SELECT udm_delete('category', '$temp') IS NOT NULL" \
+    -c "SELECT udm_rollback('category', '$temp', 2) IS NOT NULL" \
+    -c "SELECT name, _version, (SELECT action FROM shop._udm_audit WHERE record_id = '$temp' ORDER BY audit_id DESC LIMIT 1)
+          FROM shop.category WHERE id = '$temp'"
+refused "a claim set by hand is refused on the worker, not taken for a rollback" 42501 "holds no claim of udm for this transaction" \
+    -c "BEGIN" -c "SET LOCAL citus.propagate_set_commands = 'local'" \
+    -c "SET LOCAL udm.claim = 'rollback|0|1|2026-12-06 00:00:00+00|-|0|00'" \
+    -c "UPDATE shop.category SET name = 'forged' WHERE id = '$toys'"
+check "the chain verifies after the rollbacks" "true" \
+    -c "SELECT udm_use('shop')" -c "SELECT udm_audit_verify()->>'ok'"
 refused "a udm function pushed to a worker by Citus is refused, not confused" 0A000 "ran on a worker node" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_get('category', (SELECT id FROM shop.category WHERE name = 'games'))"
 

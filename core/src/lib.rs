@@ -6,6 +6,7 @@
 pub mod access;
 pub mod audit;
 pub mod checks;
+pub mod claims;
 pub mod crypto;
 pub mod ddl;
 pub mod definition;

@@ -533,7 +533,8 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
         };
         let old = (!old_tup.is_null()).then(|| deform(old_tup, desc));
         let new = (!new_tup.is_null()).then(|| deform(new_tup, desc));
-        let rollback = ROLLBACK_DEPTH.with(|d| d.get()) > 0;
+        let rollback = ROLLBACK_DEPTH.with(|d| d.get()) > 0
+            || crate::citus::claims::rollback_claimed().is_some();
         let action: &'static str = match op {
             pg_sys::TRIGGER_EVENT_DELETE => "DELETE",
             _ if rollback => "ROLLBACK",
@@ -920,13 +921,15 @@ pub fn as_rollback<R>(restore: Option<([u8; 16], i32)>, f: impl FnOnce() -> R) -
     let saved = RESTORE_VERSION.with(|r| r.replace(restore));
     ROLLBACK_DEPTH.with(|d| d.set(d.get() + 1));
     let _g = Guard(saved);
-    f()
+    // on Citus the triggers run on the tenant's worker: they are told too
+    crate::citus::claims::rollback(restore, f)
 }
 
 /// The version a restored record gets, if udm_rollback is restoring this id.
 pub fn restore_version(id: &[u8; 16]) -> Option<i32> {
     RESTORE_VERSION
         .with(|r| r.get())
+        .or_else(|| crate::citus::claims::rollback_claimed().and_then(|r| r.restore))
         .and_then(|(rid, v)| (&rid == id).then_some(v))
 }
 

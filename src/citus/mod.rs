@@ -24,6 +24,7 @@ use std::cell::Cell;
 use std::ffi::{CStr, CString};
 use udm_core::ident::{quote_ident, quote_literal, sql_call};
 
+pub mod claims;
 pub mod selection;
 
 thread_local! {

@@ -166,17 +166,7 @@ fn send() {
         return;
     }
     let (raw_tenant, raw_user) = guc::raw_selection();
-    // only SET statements reach the workers, and Citus takes them only in what it counts as a
-    // transaction block (a DO block is one); the values are quoted literals, twice (the block's
-    // text is a literal too)
-    let body = format!(
-        "BEGIN SET LOCAL citus.propagate_set_commands = 'local'; \
-         SET LOCAL udm.tenant = {}; SET LOCAL udm.user_id = {}; END",
-        quote_literal(&tenant),
-        quote_literal(&user)
-    );
-    Spi::run(&format!("DO {}", quote_literal(&body)))
-        .unwrap_or_else(|e| crate::error::raise(crate::error::spi_err(e)));
+    set_on_workers(&[("udm.tenant", &tenant), ("udm.user_id", &user)]);
     // a failed selection is recognised by the settings it left: they stay on the coordinator
     if raw_tenant.as_deref().unwrap_or("") != tenant {
         guc::set("udm.tenant", raw_tenant.as_deref(), true);
@@ -198,11 +188,32 @@ fn send() {
     });
 }
 
+/// Sets udm's settings for the rest of the transaction (or of the subtransaction) on the
+/// coordinator and on every worker connection of the transaction, open or opened later. Only
+/// SET statements reach the workers, and Citus takes them only in what it counts as a
+/// transaction block (a DO block is one). The caller makes the transaction a coordinated one.
+pub(super) fn set_on_workers(settings: &[(&str, &str)]) {
+    let mut body = String::from("BEGIN SET LOCAL citus.propagate_set_commands = 'local'; ");
+    for (name, value) in settings {
+        // udm's own setting names: no quoting needed, none allowed
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'),
+            "a udm setting name"
+        );
+        // the value is a quoted literal, twice (the block's text is a literal too)
+        body.push_str(&format!("SET LOCAL {name} = {}; ", quote_literal(value)));
+    }
+    body.push_str("END");
+    Spi::run(&format!("DO {}", quote_literal(&body)))
+        .unwrap_or_else(|e| crate::error::raise(crate::error::spi_err(e)));
+}
+
 /// Makes the transaction a coordinated one (Citus's `UseCoordinatedTransaction`): every worker
 /// connection it opens from now on starts with `BEGIN` and the transaction's `SET LOCAL`s. Left
 /// to itself Citus sends a single-shard statement outside a transaction block, and a read in any
 /// transaction that has not written, without them.
-fn use_coordinated_transaction() {
+pub(super) fn use_coordinated_transaction() {
     static FOUND: OnceLock<Option<unsafe extern "C-unwind" fn()>> = OnceLock::new();
     let f = FOUND.get_or_init(|| unsafe {
         let p = pg_sys::load_external_function(

@@ -313,6 +313,15 @@ BEGIN
 END
 $$;
 
+-- Citus (src/citus/events.rs): on a tenant's worker, appends an access or lock event to the
+-- tenant's audit log (the coordinator has only the log's shell table, and sends the event there
+-- as a query of the tenant's catalog). Refused anywhere but on a worker. Internal: not executable
+-- by PUBLIC.
+CREATE FUNCTION udm.citus_record_event(schema_name text, entity text, entity_version integer,
+    record_id uuid, action text, data jsonb, user_id text, db_role text) RETURNS boolean
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_citus_record_event';
+
 -- On Citus, where policies may have no sub-selects: the records of an entity the session sees,
 -- as the entity's own policy decides (its table read as the session), once per command.
 CREATE FUNCTION udm.visible_ids(schema_name text, entity text) RETURNS uuid[]

@@ -525,10 +525,14 @@ pub fn release_all_of(t: &Tenant, holder: &str) -> Result<usize> {
     if t.relation(LOCK_TABLE).is_none() {
         return Ok(0);
     }
+    // the released rows' JSON is built outside RETURNING: Citus refuses functions that are not
+    // immutable there
     let sql = format!(
-        "DELETE FROM {} WHERE holder = $1 RETURNING entity, record_id, \
+        "WITH released AS (DELETE FROM {} WHERE holder = $1 RETURNING *) \
+         SELECT entity, record_id, \
            jsonb_build_object('holder', holder, 'holder_role', holder_role, 'acquired_at', acquired_at, \
-             'heartbeat_at', heartbeat_at, 'stale_at', stale_at, 'expires_at', expires_at)",
+             'heartbeat_at', heartbeat_at, 'stale_at', stale_at, 'expires_at', expires_at) \
+         FROM released",
         t.catalog(LOCK_TABLE)
     );
     let released = as_owner(|| {

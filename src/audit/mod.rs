@@ -993,6 +993,45 @@ pub fn record_event(
     action: &'static str,
     data: &serde_json::Value,
 ) -> Result<()> {
+    let (user, role) = who();
+    if crate::citus::log_elsewhere(t) {
+        // the tenant's log is on a Citus worker (this node has only its shell table): the row is
+        // written there, in this transaction
+        return crate::citus::events::record_on_node(
+            t,
+            entity,
+            entity_version,
+            record_id,
+            action,
+            data,
+            &user,
+            &role,
+        );
+    }
+    record_event_as(
+        t,
+        entity,
+        entity_version,
+        record_id,
+        action,
+        data,
+        user,
+        role,
+    )
+}
+
+/// `record_event`, for `user` acting as the database role `role`.
+#[allow(clippy::too_many_arguments)]
+pub fn record_event_as(
+    t: &Tenant,
+    entity: &str,
+    entity_version: i32,
+    record_id: [u8; 16],
+    action: &'static str,
+    data: &serde_json::Value,
+    user: Rc<str>,
+    role: Rc<str>,
+) -> Result<()> {
     let ctx = buffer_ctx();
     let new = unsafe {
         let prev = pg_sys::MemoryContextSwitchTo(ctx);
@@ -1000,7 +1039,6 @@ pub fn record_event(
         pg_sys::MemoryContextSwitchTo(prev);
         d
     };
-    let (user, role) = who();
     let entry = Pending {
         schema: Rc::from(t.schema.as_str()),
         entity: Rc::from(entity),

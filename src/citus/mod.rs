@@ -25,6 +25,7 @@ use std::ffi::{CStr, CString};
 use udm_core::ident::{quote_ident, quote_literal, sql_call};
 
 pub mod claims;
+pub mod events;
 pub mod selection;
 
 thread_local! {
@@ -285,6 +286,16 @@ pub fn shard_relation(
     .ok()
     .flatten()?;
     Some(relation_by_name(schema_oid, &format!("{name}_{shard}")))
+}
+
+/// Whether the tenant's audit log is on another node (a Citus coordinator, the tenant on a
+/// worker): what udm appends to it outside a trigger goes there (`events::record_on_node`).
+pub fn log_elsewhere(t: &crate::catalog::Tenant) -> bool {
+    !on_worker()
+        && matches!(
+            shard_relation(t.schema_oid, "_udm_audit", "_udm_audit"),
+            Some(None)
+        )
 }
 
 fn relation_by_name(schema_oid: pg_sys::Oid, name: &str) -> Option<pg_sys::Oid> {

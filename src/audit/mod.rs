@@ -983,8 +983,18 @@ pub unsafe extern "C-unwind" fn udm_audit_hash(fcinfo: pg_sys::FunctionCallInfo)
 
 // ------------------------------------------------------------------ events that are not row changes
 
-/// Appends one audit row that no row trigger wrote (a lock event): `entity` names its chain
-/// (`roadmap#lock`), `data` is its new image. Written now, in the caller's transaction.
+/// An audit row that no row trigger writes (an access or lock event): `entity` names its chain
+/// (`roadmap#lock`), `data` is its new image.
+pub struct Event<'a> {
+    pub entity: &'a str,
+    pub entity_version: i32,
+    pub record_id: [u8; 16],
+    pub action: &'static str,
+    pub data: &'a serde_json::Value,
+}
+
+/// Appends one audit row that no row trigger wrote (see `Event`). Written now, in the caller's
+/// transaction.
 pub fn record_event(
     t: &Tenant,
     entity: &str,
@@ -993,45 +1003,31 @@ pub fn record_event(
     action: &'static str,
     data: &serde_json::Value,
 ) -> Result<()> {
-    let (user, role) = who();
-    if crate::citus::log_elsewhere(t) {
-        // the tenant's log is on a Citus worker (this node has only its shell table): the row is
-        // written there, in this transaction
-        return crate::citus::events::record_on_node(
-            t,
-            entity,
-            entity_version,
-            record_id,
-            action,
-            data,
-            &user,
-            &role,
-        );
-    }
-    record_event_as(
-        t,
+    let e = Event {
         entity,
         entity_version,
         record_id,
         action,
         data,
-        user,
-        role,
-    )
+    };
+    let (user, role) = who();
+    if crate::citus::log_elsewhere(t) {
+        // the tenant's log is on a Citus worker (this node has only its shell table): the row is
+        // written there, in this transaction
+        return crate::citus::events::record_on_node(t, &e, &user, &role);
+    }
+    record_event_as(t, &e, user, role)
 }
 
 /// `record_event`, for `user` acting as the database role `role`.
-#[allow(clippy::too_many_arguments)]
-pub fn record_event_as(
-    t: &Tenant,
-    entity: &str,
-    entity_version: i32,
-    record_id: [u8; 16],
-    action: &'static str,
-    data: &serde_json::Value,
-    user: Rc<str>,
-    role: Rc<str>,
-) -> Result<()> {
+pub fn record_event_as(t: &Tenant, e: &Event, user: Rc<str>, role: Rc<str>) -> Result<()> {
+    let Event {
+        entity,
+        entity_version,
+        record_id,
+        action,
+        data,
+    } = *e;
     let ctx = buffer_ctx();
     let new = unsafe {
         let prev = pg_sys::MemoryContextSwitchTo(ctx);

@@ -5,6 +5,7 @@
 //! catalog, which Citus runs there whole, in the same transaction: `udm.citus_record_event`
 //! appends it to the log's shard, as the triggers do.
 
+use crate::audit::Event;
 use crate::catalog::Tenant;
 use crate::error::{OrRaise, Result, SqlState, UdmError};
 use crate::json::JsonB;
@@ -26,17 +27,7 @@ const ACTIONS: [&str; 8] = [
 ];
 
 /// Appends the event to the tenant's log on its worker, in this transaction.
-#[allow(clippy::too_many_arguments)]
-pub fn record_on_node(
-    t: &Tenant,
-    entity: &str,
-    entity_version: i32,
-    record_id: [u8; 16],
-    action: &'static str,
-    data: &serde_json::Value,
-    user: &str,
-    role: &str,
-) -> Result<()> {
+pub fn record_on_node(t: &Tenant, e: &Event, user: &str, role: &str) -> Result<()> {
     // a query of the tenant's catalog table, which Citus sends whole to the tenant's node (the
     // aggregate gives one row even for a tenant without entities)
     let sql = format!(
@@ -49,11 +40,11 @@ pub fn record_on_node(
             &sql,
             &[
                 t.schema.as_str().into(),
-                entity.into(),
-                entity_version.into(),
-                pgrx::Uuid::from_bytes(record_id).into(),
-                action.into(),
-                JsonB(data.clone()).into(),
+                e.entity.into(),
+                e.entity_version.into(),
+                pgrx::Uuid::from_bytes(e.record_id).into(),
+                e.action.into(),
+                JsonB(e.data.clone()).into(),
                 user.into(),
                 role.into(),
             ],
@@ -61,8 +52,8 @@ pub fn record_on_node(
     })?;
     if written != Some(true) {
         return Err(UdmError::internal(format!(
-            "udm on Citus: the {action} event of tenant \"{}\" was not written on its node",
-            t.schema
+            "udm on Citus: the {} event of tenant \"{}\" was not written on its node",
+            e.action, t.schema
         )));
     }
     Ok(())
@@ -119,16 +110,14 @@ pub unsafe extern "C-unwind" fn udm_citus_record_event(
                     udm_core::ident::printable(&schema)
                 ))
             })?;
-            crate::audit::record_event_as(
-                &t,
-                &entity,
-                version,
-                *id.as_bytes(),
+            let e = Event {
+                entity: &entity,
+                entity_version: version,
+                record_id: *id.as_bytes(),
                 action,
-                &data.0,
-                Rc::from(user.as_str()),
-                Rc::from(role.as_str()),
-            )
+                data: &data.0,
+            };
+            crate::audit::record_event_as(&t, &e, Rc::from(user.as_str()), Rc::from(role.as_str()))
         })
     })()
     .or_raise();

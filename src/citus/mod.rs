@@ -1,6 +1,8 @@
 //! Citus: udm on a Citus coordinator, where each tenant schema is a distributed schema (Citus's
 //! schema-based sharding) living whole on one worker node, and the global tables (`udm.tenant`,
-//! `udm.app_user`, `udm.user_tenant`) are reference tables every node reads.
+//! `udm.app_user`, `udm.user_tenant`, `udm.node_key`) are reference tables every node reads.
+//! What udm's coordinator hands to its triggers on the workers: the selection (`selection`),
+//! signed claims (`claims`), and the events no trigger writes (`events`).
 //!
 //! Without the `citus` extension in the database nothing here changes what udm does: every entry
 //! point first asks `installed()`.

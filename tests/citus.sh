@@ -255,6 +255,9 @@ check "udm_use for the session: plain SQL and udm functions outside a transactio
     -c "SELECT udm_insert('category', '{\"name\": \"by bob too\"}') IS NOT NULL" \
     -c "UPDATE shop.category SET code = 'c1' WHERE name = 'by bob too'" \
     -c "SELECT ($(audit_user 'by bob')), ($(audit_user 'by bob too'))"
+printf 'copied by bob\ncopied by bob 2\n' | check "udm_use for the session: COPY outside a transaction block is recorded as the user" "bob,bob" \
+    -c "SELECT udm_use('shop', 'bob') IS NOT NULL" -c "COPY shop.category (name) FROM STDIN" \
+    -c "SELECT string_agg(coalesce(user_id, '-'), ',') FROM shop._udm_audit WHERE new_data->>'name' LIKE 'copied by bob%'"
 check "udm_use for the session, changed in a savepoint: rolled back, the earlier user; released, the new one" "bob|bob|carl" \
     -c "SELECT udm_use('shop', 'bob')" -c "BEGIN" \
     -c "INSERT INTO shop.category (name) VALUES ('sp1')" \

@@ -33,15 +33,30 @@ pub mod selection;
 thread_local! {
     /// Whether `citus` is installed, as found in one transaction (its local id, and the answer).
     static INSTALLED: Cell<Option<(u32, bool)>> = const { Cell::new(None) };
+    /// Whether Citus is loaded in this backend, once found (never in the postmaster: udm's
+    /// `_PG_init` does not ask, and Citus may be loaded after udm).
+    static LOADED: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether Citus is loaded in this backend (it has the `citus.version` setting). Citus works
+/// only from `shared_preload_libraries`, so the answer cannot change while the backend runs:
+/// it is looked up once.
+pub fn loaded() -> bool {
+    LOADED.with(|l| {
+        l.get().unwrap_or_else(|| {
+            let v = unsafe {
+                !pg_sys::GetConfigOption(c"citus.version".as_ptr(), true, false).is_null()
+            };
+            l.set(Some(v));
+            v
+        })
+    })
 }
 
 /// Whether the `citus` extension is installed in this database (looked up once per transaction).
-/// Citus works only from `shared_preload_libraries`: in a backend that has not loaded it (no
-/// `citus.version` setting, a hash lookup) it is not installed, and nothing is looked up.
+/// In a backend that has not loaded Citus it is not installed, and nothing is looked up.
 pub fn installed() -> bool {
-    let loaded =
-        unsafe { !pg_sys::GetConfigOption(c"citus.version".as_ptr(), true, false).is_null() };
-    if !loaded {
+    if !loaded() {
         return false;
     }
     let lxid = crate::guc::local_xact();

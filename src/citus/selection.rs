@@ -110,11 +110,6 @@ unsafe extern "C-unwind" fn on_subxact(
     }
 }
 
-/// Whether Citus is loaded in this backend (a hash lookup).
-fn citus_loaded() -> bool {
-    unsafe { !pg_sys::GetConfigOption(c"citus.version".as_ptr(), true, false).is_null() }
-}
-
 /// Whether this backend serves a connection Citus opened from another backend (its
 /// `application_name` is `citus_internal gpid=...`, `citus_rebalancer ...`, ...; a coordinator
 /// may connect to itself): that backend was sent the selection, and sends nothing on.
@@ -141,7 +136,7 @@ impl Drop for Sending {
 /// change there), in a backend serving Citus's own connection, or when no user was selected in
 /// the transaction (a selection of a tenant alone tells the workers nothing: they read the user).
 fn send() {
-    if !citus_loaded() || SENDING.with(|s| s.get()) || unsafe { pg_sys::IsInParallelMode() } {
+    if !super::loaded() || SENDING.with(|s| s.get()) || unsafe { pg_sys::IsInParallelMode() } {
         return;
     }
     let tenant = guc::tenant().unwrap_or_default();

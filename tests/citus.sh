@@ -82,7 +82,8 @@ refused() {
     local name=$1 state=$2 text=$3
     shift 3
     local got
-    got=$($CLUSTER psql "$DIR/coordinator" "$PORT" -d $DB -At -q -v ON_ERROR_STOP=1 -v VERBOSITY=verbose \
+    # CHECK_ON=<node> asks that node instead of the coordinator
+    got=$(on "${CHECK_ON:-coordinator}" -v VERBOSITY=verbose \
         -c '\set VERBOSITY verbose' "$@" 2>&1) && { echo "   FAIL $name: not refused ($got)"; failed=$((failed + 1)); return; }
     if grep -q "ERROR:  $state:" <<<"$got" && grep -qF -- "$text" <<<"$got"; then
         echo "   ok   $name"
@@ -208,6 +209,10 @@ refused "a claim set by hand is refused on the worker, not taken for a rollback"
     -c "BEGIN" -c "SET LOCAL citus.propagate_set_commands = 'local'" \
     -c "SET LOCAL udm.claim = 'rollback|0|1|2026-12-06 00:00:00+00|-|0|00'" \
     -c "UPDATE shop.category SET name = 'forged' WHERE id = '$toys'"
+refused "without the database's key udm_rollback is refused, not recorded as a plain UPDATE" 55000 \
+    "the database has no key in udm.node_key" \
+    -c "BEGIN" -c "DELETE FROM udm.node_key" -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_rollback('category', '$toys', 2)"
 check "the chain verifies after the rollbacks" "true" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_audit_verify()->>'ok'"
 refused "a udm function pushed to a worker by Citus is refused, not confused" 0A000 "ran on a worker node" \
@@ -330,6 +335,11 @@ check "access events are in the tenant's audit log on its worker" "2|1" \
     -c "SELECT count(*) FILTER (WHERE action = 'MEMBER_ADD'), count(*) FILTER (WHERE action = 'GRANT') FROM team._udm_audit"
 refused "udm.citus_record_event is refused on the coordinator" 0A000 "runs on a Citus worker only" \
     -c "SELECT udm.citus_record_event('team', 'x', 0, gen_random_uuid(), 'GRANT', '{}', 'u', 'r')"
+CHECK_ON=$(on coordinator -c "SELECT CASE WHEN nodeport = $((PORT + 1)) THEN 'worker1' ELSE 'worker2' END
+    FROM citus_shards WHERE table_name = 'team._udm_audit'::regclass") \
+    refused "udm.citus_record_event on the tenant's worker: an action udm does not record this way is refused" 22023 \
+    "\"DROP\" is not an action udm records this way" \
+    -c "SELECT udm.citus_record_event('team', 'x', 0, gen_random_uuid(), 'DROP', '{}', 'u', 'r')"
 check "the policies have no sub-selects on Citus" "0" \
     -c "SELECT count(*) FROM pg_policies WHERE schemaname = 'team' AND (qual ILIKE '%SELECT%' OR qual ILIKE '%EXISTS%')"
 # an application role (a member of the tenant's role, not a superuser), the user set per transaction
@@ -560,6 +570,10 @@ on coordinator -c "SELECT udm_drop_tenant('shopcopy', 'shopcopy')" >/dev/null
 # REPEATABLE READ transaction, loaded into the tenant udm_import_begin made (its statements, read
 # from a first call rolled back), checked and finished in one transaction
 arch="$DIR/archive"
+# the COPY statements of an export's or an import's answer, numbered: "<n> <statement>"
+copies() {
+    jq -r '.statements | to_entries[] | "\(.key) \(.value.copy)"' "$1"
+}
 rm -rf "$arch" && mkdir -p "$arch"
 on coordinator -c "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" -c "SELECT udm_export('shop')" \
     -c "COMMIT" > "$arch/first.json"
@@ -567,12 +581,10 @@ on coordinator -c "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" -c "SELECT 
     echo "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;"
     echo "\\o $arch/export.json"
     echo "SELECT udm_export('shop');"
-    i=0
-    while read -r copy; do
+    while read -r i copy; do
         echo "\\o $arch/s$i.copy"
         echo "$copy;"
-        i=$((i + 1))
-    done < <(jq -r '.statements[].copy' "$arch/first.json")
+    done < <(copies "$arch/first.json")
     echo "\\o"
     echo "COMMIT;"
 } > "$arch/export.sql"
@@ -582,13 +594,11 @@ on coordinator -c "BEGIN" -c "$begin" -c "ROLLBACK" > "$arch/begin.json"
 {
     echo "BEGIN;"
     echo "$begin \\g /dev/null"
-    i=0
-    while read -r copy; do
+    while read -r i copy; do
         echo "$copy;"
         cat "$arch/s$i.copy"
         echo "\\."
-        i=$((i + 1))
-    done < <(jq -r '.statements[].copy' "$arch/begin.json")
+    done < <(copies "$arch/begin.json")
     echo "SELECT udm_import_finish('shopimp')->'audit'->>'ok';"
     echo "COMMIT;"
 } > "$arch/import.sql"

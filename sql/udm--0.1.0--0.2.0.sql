@@ -322,6 +322,62 @@ CREATE FUNCTION udm.citus_record_event(schema_name text, entity text, entity_ver
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_citus_record_event';
 
+-- Citus (src/citus/mod.rs): on a tenant's worker, gives `role` SELECT on the columns `cols` of
+-- the tenant's table `tbl`, and on no other column, on this node: the shard of it here and the
+-- worker's shell of it. Citus refuses to propagate a column-level GRANT, which hides a password
+-- field's hashes from the tenant's role: udm makes it on the coordinator without propagation,
+-- then runs this on the tenant's node as a query of the tenant's catalog, which Citus sends there
+-- in the same transaction (and again after udm_move_tenant: Citus copies table-level privileges
+-- only). Refused anywhere but on a worker, and for a table outside a udm tenant's schema.
+-- Returns the relations changed. Internal: not executable by PUBLIC.
+CREATE FUNCTION udm.citus_column_grant(schema_name text, tbl text, role text, cols text[])
+    RETURNS integer
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    rel regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, tbl));
+    propagation text := pg_catalog.current_setting('citus.enable_ddl_propagation', true);
+    target text;
+    n integer := 0;
+BEGIN
+    IF propagation IS NULL OR NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_dist_local_group WHERE groupid <> 0) THEN
+        RAISE EXCEPTION 'udm.citus_column_grant: runs on a Citus worker only'
+            USING ERRCODE = '0A000';
+    END IF;
+    -- a tenant schema holds its catalog table (udm.tenant, a reference table, is not read here:
+    -- this runs inside a query Citus sent to the node)
+    IF rel IS NULL OR role IS NULL OR cols IS NULL OR NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_class k
+            ON k.relnamespace = c.relnamespace AND k.relname = '_udm_entity' AND k.relkind IN ('r', 'p')
+        WHERE c.oid = rel AND c.relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION 'udm.citus_column_grant: %.% is not a table of a udm tenant', schema_name, tbl
+            USING ERRCODE = '22023';
+    END IF;
+    -- this node only, for this function only
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    FOR target IN
+        SELECT rel::text
+        UNION ALL
+        SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid) FROM pg_catalog.pg_dist_shard s
+         WHERE s.logicalrelid = rel
+           AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid)) IS NOT NULL
+    LOOP
+        -- a table-level REVOKE takes the column-level privileges with it
+        EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM %I', target, role);
+        IF pg_catalog.cardinality(cols) > 0 THEN
+            EXECUTE pg_catalog.format('GRANT SELECT (%s) ON %s TO %I',
+                (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(cols) c),
+                target, role);
+        END IF;
+        n := n + 1;
+    END LOOP;
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagation, true);
+    RETURN n;
+END
+$$;
+
 -- On Citus, where policies may have no sub-selects: the records of an entity the session sees,
 -- as the entity's own policy decides (its table read as the session), once per command.
 CREATE FUNCTION udm.visible_ids(schema_name text, entity text) RETURNS uuid[]

@@ -61,6 +61,28 @@ impl Tenant {
     }
 }
 
+/// Runs `f`, a read of older definitions in the tenant's catalog of entities (`_udm_entity`),
+/// as udm's owner; on a Citus coordinator, as the caller when the caller may read that table
+/// (the tenant role's members may). Citus reaches a tenant's worker over one connection per role
+/// and refuses a transaction that reads, as one role, placements another role changed in it
+/// ("modified in this transaction by a different user"): `udm_rollback` reads the definition of
+/// the version it restores after writing the record as the caller. Only such reads come here:
+/// the other reads of the catalog stay the owner's, whose DDL follows them (Citus refuses DDL on
+/// placements read over two connections).
+fn read_as_caller_on_citus<R>(t: &Tenant, f: impl FnOnce() -> R) -> R {
+    let as_caller = crate::citus::installed()
+        && !crate::citus::on_worker()
+        && t.relation("_udm_entity").is_some_and(|oid| unsafe {
+            pg_sys::pg_class_aclcheck(oid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as _)
+                == pg_sys::AclResult::ACLCHECK_OK
+        });
+    if as_caller {
+        f()
+    } else {
+        as_owner(f)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Active,
@@ -914,7 +936,9 @@ pub fn definition_at(t: &Tenant, slug: &str, version: i32) -> Result<Option<Enti
         "SELECT definition FROM {} WHERE entity = $1 AND version = $2",
         t.catalog("_udm_entity")
     );
-    let def = as_owner(|| crate::spi::select_one::<JsonB>(&sql, &[slug.into(), version.into()]))?;
+    let def = read_as_caller_on_citus(t, || {
+        crate::spi::select_one::<JsonB>(&sql, &[slug.into(), version.into()])
+    })?;
     match def {
         Some(j) if !j.0.is_null() => EntityDef::from_catalog(slug, &j.0).map(Some),
         _ => Ok(None),

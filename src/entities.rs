@@ -446,7 +446,6 @@ fn change(
         let e = catalog::entity_for_update(t, slug, Some(Status::Active))?;
         let version = e.version + 1;
         let new = build(&e.def, version)?;
-        refuse_on_citus(t, &new)?;
         let fields: Vec<&FieldDef> = new.fields.iter().collect();
         check_targets(t, &new, &fields)?;
         let model = crate::query::definitions(t)?;
@@ -466,37 +465,12 @@ fn change(
     })
 }
 
-/// What udm cannot build on Citus (0A000): a `password` field, whose column udm hides from the
-/// tenant's role with a column-level GRANT, which Citus refuses on distributed tables.
-fn refuse_on_citus(t: &Tenant, def: &EntityDef) -> Result<()> {
-    if !t.ctx().citus {
-        return Ok(());
-    }
-    let Some(f) = def
-        .fields
-        .iter()
-        .find(|f| f.ftype == udm_core::types::FieldType::Password)
-    else {
-        return Ok(());
-    };
-    Err(UdmError::new(
-        SqlState::FeatureNotSupported,
-        format!(
-            "udm on Citus: entity \"{}\" cannot have the password field \"{}\" in tenant \"{}\"",
-            def.slug, f.name, t.slug
-        ),
-    )
-    .detail("udm hides a password field's hashes from the tenant's role with a column-level GRANT, which Citus refuses on distributed tables")
-    .hint("keep password hashes out of the tenant (udm_create_user holds the login passwords of application users), or use this tenant on a single node"))
-}
-
 pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
     crate::limits::check_spec(definition, "udm_define_entity definition")?;
     let t = catalog::current_tenant()?;
     crate::access::require_manage(&t, &format!("define entity \"{}\"", printable(slug)))?;
     as_owner(|| {
         let def = EntityDef::parse(slug, definition, Source::Caller)?;
-        refuse_on_citus(&t, &def)?;
         // No change lock here: two sessions defining the same name both try version n of it, and the
         // catalog's primary key (entity, version) lets only one of them commit.
         let latest = catalog::latest_status(&t, slug)?;

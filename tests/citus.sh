@@ -220,8 +220,6 @@ refused "a udm function pushed to a worker by Citus is refused, not confused" 0A
 
 refused "adding an auto_number field is refused by udm" 0A000 "udm on Citus: cannot add auto_number field" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"seq\", \"type\": \"auto_number\"}')"
-refused "a password field is refused by udm (Citus refuses column grants)" 0A000 "cannot have the password field \"pin\"" \
-    -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"pin\", \"type\": \"password\"}')"
 # an archive of a tenant with a batched audit log (made in a database without Citus; this one is
 # the smallest manifest that reaches the making of the tenant's tables)
 BATCHED_MANIFEST='{"format": "udm-tenant", "format_version": 2, "udm_version": "0.2.0", "exported_at": null, "source": {}, "tenant": {"slug": "bx", "name": null, "access": false, "created_at": null, "created_by": null}, "entities": [], "sections": [{"name": "_udm_entity", "columns": [["entity", "text"]], "rows": 0}, {"name": "_udm_audit_heads", "columns": [["entity", "text"]], "rows": 0}, {"name": "_udm_audit_log", "columns": [["batch_id", "bigint"]], "rows": 0}], "sequences": []}'
@@ -229,8 +227,42 @@ refused "importing a tenant whose audit log is batched is refused by udm" 0A000 
     -c "SELECT udm_import_begin('$BATCHED_MANIFEST')"
 refused "udm.citus_lift_sequence lifts only the sequences of udm tenants" 22023 "is not a sequence of a udm tenant" \
     -c "CREATE SEQUENCE public.not_a_tenants" -c "SELECT udm.citus_lift_sequence('public.not_a_tenants', 10)"
-refused "an entity defined with a password field is refused too" 0A000 "udm on Citus: entity \"login\" cannot have the password field" \
-    -c "SELECT udm_use('shop')" -c "SELECT udm_define_entity('login', '{\"fields\": [{\"name\": \"secret\", \"type\": \"password\"}]}')"
+# password fields: Citus refuses to propagate the column-level GRANT that hides their hashes from
+# the tenant's role; udm makes it on the coordinator and, through udm.citus_column_grant, on the
+# tenant's node (its shard and the worker's shell)
+SHOP_ROLE=$(on coordinator -c "SELECT role_name FROM udm.tenant WHERE slug = 'shop'")
+# through the coordinator, a login role in the tenant's role (Citus connects to the node as it)
+on coordinator -c "CREATE ROLE shop_app LOGIN" -c "GRANT \"$SHOP_ROLE\" TO shop_app" >/dev/null
+login_id=$(on coordinator -c "SELECT udm_use('shop')" \
+    -c "SELECT udm_define_entity('login', '{\"fields\": [{\"name\": \"name\", \"type\": \"text\"}, {\"name\": \"secret\", \"type\": \"password\"}]}')" \
+    -c "SELECT udm_add_field('login', '{\"name\": \"pin\", \"type\": \"password\"}')" \
+    -c "SELECT udm_insert('login', '{\"name\": \"ann\", \"secret\": \"hunter2hunter2\", \"pin\": \"12345678\"}')->>'id'" | tail -n 1)
+check "a password field on Citus (an entity with one, then one added to it): hashes are stored" "t" \
+    -c "SELECT secret LIKE '\$2%' AND pin LIKE '\$2%' FROM shop.login WHERE id = '$login_id'"
+check "a password field on Citus: udm_get leaves the hashes out" "f" \
+    -c "SELECT udm_use('shop')" -c "SELECT udm_get('login', '$login_id') ?| ARRAY['secret', 'pin']"
+# shop's node, and the shard of its login table there
+shop_node=$(on coordinator -c "SELECT CASE WHEN nodeport = $((PORT + 1)) THEN 'worker1' ELSE 'worker2' END
+    FROM citus_shards WHERE table_name = 'shop.login'::regclass")
+login_shard=$(on coordinator -c "SELECT shard_name('shop.login'::regclass, shardid) FROM pg_dist_shard WHERE logicalrelid = 'shop.login'::regclass")
+password_hidden() {
+    # $1: when (for the names of the checks)
+    check "$1: the tenant's role reads a password entity's other columns through the coordinator" "ann" \
+        -c "SET ROLE shop_app" -c "SELECT name FROM shop.login"
+    refused "$1: the tenant's role cannot read the hashes through the coordinator" 42501 "permission denied" \
+        -c "SET ROLE shop_app" -c "SELECT pin FROM shop.login"
+    CHECK_ON=$shop_node check "$1: on the tenant's node, the tenant's role reads the shard's other columns" "ann" \
+        -c "SET ROLE \"$SHOP_ROLE\"" -c "SELECT name FROM $login_shard"
+    CHECK_ON=$shop_node refused "$1: on the tenant's node, the tenant's role cannot read the shard's hashes" 42501 "permission denied" \
+        -c "SET ROLE \"$SHOP_ROLE\"" -c "SELECT secret FROM $login_shard"
+}
+password_hidden "password fields"
+refused "udm.citus_column_grant is refused on the coordinator" 0A000 "runs on a Citus worker only" \
+    -c "SELECT udm.citus_column_grant('shop', 'login', '$SHOP_ROLE', ARRAY['name', 'secret'])"
+CHECK_ON=$shop_node refused "udm.citus_column_grant on a worker: a table outside a udm tenant is refused" 22023 \
+    "public.not_a_tenants is not a table of a udm tenant" \
+    -c "CREATE TABLE public.not_a_tenants (x int)" \
+    -c "SELECT udm.citus_column_grant('public', 'not_a_tenants', '$SHOP_ROLE', ARRAY['x'])"
 check "udm_add_field of another type" "2" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_add_field('category', '{\"name\": \"code\", \"type\": \"text\"}')->>'version'"
 check "the roadmap template: every table colocated with the tenant" "7|7" \
@@ -497,6 +529,9 @@ check "after the move: the history of a record" "t" \
     -c "SELECT udm_use('shop')" -c "SELECT count(*) >= $writes_ok + 3 FROM udm_history('category', '$toys')"
 check "after the move: the audit chain verifies" "true" \
     -c "SELECT udm_use('shop')" -c "SELECT udm_audit_verify()->>'ok'"
+shop_node=$(on coordinator -c "SELECT CASE WHEN nodeport = $((PORT + 1)) THEN 'worker1' ELSE 'worker2' END
+    FROM citus_shards WHERE table_name = 'shop.login'::regclass")
+password_hidden "after the move"
 check "udm_move_tenant back (block_writes): moved, and the chain still verifies" "true|true" \
     -c "SELECT udm_move_tenant('shop', 'localhost', $shop_port, 'block_writes')->>'moved'" -c "SELECT udm_use('shop')" \
     -c "SELECT udm_update('category', '$toys', '{\"code\": \"back\"}')->>'code'" \
@@ -620,9 +655,9 @@ check "nothing was written into the coordinator's shell tables of the tenants' l
         WHERE c.relname IN ('_udm_audit', '_udm_lock', '_udm_member')"
 
 # Driver test suites (tests/tests/*.rs) that run against the coordinator as they do on a single
-# node. The others use password fields, which udm refuses on Citus, or meet Citus's rules for a
-# transaction's connections (README, "Scaling out with Citus").
-suites=${CITUS_SUITES-changes messages isolation caches tenants}
+# node. Tests of the others expect single-node plans or notifications, or meet Citus's rules for
+# a transaction's connections (README, "Scaling out with Citus").
+suites=${CITUS_SUITES-changes messages isolation caches tenants records links_history}
 args=()
 for s in $suites; do args+=(--test "$s"); done
 if [ ${#args[@]} -eq 0 ]; then

@@ -616,7 +616,7 @@ pub unsafe extern "C-unwind" fn udm_audit_row(fcinfo: pg_sys::FunctionCallInfo) 
             user,
             role,
             txid: pg_sys::GetTopFullTransactionId().value as i64,
-            at: pg_sys::GetCurrentStatementStartTimestamp(),
+            at: change_time(),
             lookup,
             notify: true,
             ptr: ptrs.0,
@@ -933,6 +933,15 @@ pub fn restore_version(id: &[u8; 16]) -> Option<i32> {
         .and_then(|(rid, v)| (&rid == id).then_some(v))
 }
 
+/// When a change happened: the start of the statement that made it (one udm call is one
+/// statement, so its changes share one time). On a Citus worker each of the coordinator's remote
+/// commands is a statement of its own: there it is the distributed transaction's time, which the
+/// changes of one udm call share (and which the coordinator's clock gives, whatever the worker's).
+fn change_time() -> pg_sys::TimestampTz {
+    crate::citus::distributed_stamp()
+        .unwrap_or_else(|| unsafe { pg_sys::GetCurrentStatementStartTimestamp() })
+}
+
 // ------------------------------------------------------------------ udm.audit_hash
 
 /// `udm.audit_hash(prev, entity, record_id, action, record_version, entity_version, old, new,
@@ -1048,7 +1057,7 @@ pub fn record_event_as(t: &Tenant, e: &Event, user: Rc<str>, role: Rc<str>) -> R
         user,
         role,
         txid: unsafe { pg_sys::GetTopFullTransactionId().value as i64 },
-        at: unsafe { pg_sys::GetCurrentStatementStartTimestamp() },
+        at: change_time(),
         lookup: true,
         notify: false,
         ptr: None,

@@ -83,10 +83,12 @@ pub const SETTINGS: [(&str, &str); 2] = [
     ("citus.enable_schema_based_sharding", "off"),
 ];
 
-/// One statement of a batch: its text, and the table it creates when it is a `CREATE TABLE`.
+/// One statement of a batch: its text, the table it creates when it is a `CREATE TABLE`, and
+/// the tables of a column-level `GRANT` / `REVOKE`.
 struct Statement {
     sql: String,
     creates: Option<String>,
+    column_grant: Vec<(String, String)>,
 }
 
 /// The statements of `sql` (PostgreSQL's own parser splits them), each with the table it creates
@@ -109,11 +111,11 @@ fn split(sql: &str) -> Result<Vec<Statement>> {
             };
             let text = String::from_utf8_lossy(&bytes[start..end]).into_owned();
             let node = (*raw).stmt;
+            let name = |p: *mut std::os::raw::c_char| {
+                (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+            };
             let creates = if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_CreateStmt {
                 let rv = (*(node as *mut pg_sys::CreateStmt)).relation;
-                let name = |p: *mut std::os::raw::c_char| {
-                    (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
-                };
                 match (name((*rv).schemaname), name((*rv).relname)) {
                     (Some(s), Some(r)) => Some(format!("{}.{}", quote_ident(&s), quote_ident(&r))),
                     (None, Some(r)) => Some(quote_ident(&r)),
@@ -122,7 +124,41 @@ fn split(sql: &str) -> Result<Vec<Statement>> {
             } else {
                 None
             };
-            out.push(Statement { sql: text, creates });
+            let mut column_grant = Vec::new();
+            if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_GrantStmt {
+                let g = node as *mut pg_sys::GrantStmt;
+                let nodes = |l: *mut pg_sys::List| -> Vec<*mut pg_sys::Node> {
+                    if l.is_null() {
+                        return Vec::new();
+                    }
+                    (0..(*l).length as usize)
+                        .map(|i| (*(*l).elements.add(i)).ptr_value as *mut pg_sys::Node)
+                        .collect()
+                };
+                let by_column = nodes((*g).privileges).into_iter().any(|p| {
+                    (*p).type_ == pg_sys::NodeTag::T_AccessPriv
+                        && !(*(p as *mut pg_sys::AccessPriv)).cols.is_null()
+                });
+                if by_column
+                    && (*g).objtype == pg_sys::ObjectType::OBJECT_TABLE
+                    && (*g).targtype == pg_sys::GrantTargetType::ACL_TARGET_OBJECT
+                {
+                    for o in nodes((*g).objects) {
+                        if (*o).type_ != pg_sys::NodeTag::T_RangeVar {
+                            continue;
+                        }
+                        let rv = o as *mut pg_sys::RangeVar;
+                        if let (Some(s), Some(r)) = (name((*rv).schemaname), name((*rv).relname)) {
+                            column_grant.push((s, r));
+                        }
+                    }
+                }
+            }
+            out.push(Statement {
+                sql: text,
+                creates,
+                column_grant,
+            });
         }
     }
     Ok(out)
@@ -133,14 +169,119 @@ fn split(sql: &str) -> Result<Vec<Statement>> {
 /// a distributed schema is distributed at once, into the schema's colocation group.
 pub fn run_batch(sql: &str) -> Result<()> {
     let statements = split(sql)?;
-    if statements.len() <= 1 && statements.iter().all(|s| s.creates.is_none()) {
+    if statements.len() <= 1
+        && statements
+            .iter()
+            .all(|s| s.creates.is_none() && s.column_grant.is_empty())
+    {
         return Spi::run(sql).map_err(spi_err);
     }
     for s in statements {
-        Spi::run(&s.sql).map_err(spi_err)?;
+        if s.column_grant.is_empty() {
+            Spi::run(&s.sql).map_err(spi_err)?;
+        } else {
+            // Citus refuses to propagate a column-level GRANT: the coordinator's shell gets it
+            // here, the tenant's node after it
+            without_propagation(|| Spi::run(&s.sql).map_err(spi_err))?;
+            for (schema, table) in &s.column_grant {
+                column_grants_to_node(schema, table)?;
+            }
+        }
         if let Some(table) = s.creates {
             distribute_table(&table)?;
         }
+    }
+    Ok(())
+}
+
+/// Runs `f` with `citus.enable_ddl_propagation` off: its DDL changes this node only.
+fn without_propagation<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    unsafe {
+        let nest = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"citus.enable_ddl_propagation".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        let r = f();
+        pg_sys::AtEOXact_GUC(true, nest);
+        r
+    }
+}
+
+/// Gives the tenant's node the column-level SELECT privileges the coordinator's shell of a
+/// tenant table has (a password field's column is left out of them): for each role holding
+/// some, `udm.citus_column_grant` on the node, as a query of the tenant's catalog, which Citus
+/// sends there in this transaction. Citus copies only table-level privileges to the shards it
+/// makes, so after a move the new node gets them again from here.
+pub fn column_grants_to_node(schema: &str, table: &str) -> Result<()> {
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let grants: Vec<(String, Vec<String>)> = Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT pg_catalog.pg_get_userbyid(a.grantee)::text, \
+                    array_agg(att.attname::text ORDER BY att.attnum) \
+             FROM pg_catalog.pg_attribute att, pg_catalog.aclexplode(att.attacl) a \
+             WHERE att.attrelid = pg_catalog.to_regclass($1) AND att.attnum > 0 \
+               AND NOT att.attisdropped AND a.privilege_type = 'SELECT' AND a.grantee <> 0 \
+             GROUP BY a.grantee ORDER BY 1",
+            None,
+            &[qualified.as_str().into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<Vec<String>>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)?;
+    let sql = format!(
+        "SELECT udm.citus_column_grant($1, $2, $3, $4) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
+        quote_ident(schema)
+    );
+    for (role, columns) in grants {
+        Spi::run_with_args(
+            &sql,
+            &[
+                schema.into(),
+                table.into(),
+                role.as_str().into(),
+                columns.into(),
+            ],
+        )
+        .map_err(spi_err)?;
+    }
+    Ok(())
+}
+
+/// After a move: the column-level privileges of every table of the tenant's schema, again on
+/// its new node (`column_grants_to_node`).
+fn column_grants_of_schema_to_node(schema_oid: pg_sys::Oid, schema: &str) -> Result<()> {
+    let tables: Vec<String> = Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT DISTINCT c.relname::text FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_attribute att ON att.attrelid = c.oid \
+             WHERE c.relnamespace = $1 AND c.relkind IN ('r', 'p') AND att.attacl IS NOT NULL \
+             ORDER BY 1",
+            None,
+            &[schema_oid.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.get::<String>(1)?.unwrap_or_default());
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .map_err(spi_err)?;
+    for table in tables {
+        column_grants_to_node(schema, &table)?;
     }
     Ok(())
 }
@@ -356,6 +497,39 @@ pub fn on_worker() -> bool {
     v
 }
 
+thread_local! {
+    /// On a worker: the distributed transaction's time, for the local transaction it was read in.
+    static STAMP: Cell<Option<(u32, Option<i64>)>> = const { Cell::new(None) };
+}
+
+/// On a worker, inside a transaction the coordinator started: the time Citus gave that
+/// distributed transaction (`get_current_transaction_id()`'s stamp, taken on the coordinator's
+/// clock when the transaction first reached a worker), as a `TimestampTz`. Every remote command
+/// is a statement of its own on the worker, so the statement's start differs between the
+/// statements of one udm call; this time does not. None elsewhere, or on a worker outside a
+/// distributed transaction (someone connected to it directly).
+pub fn distributed_stamp() -> Option<i64> {
+    if !on_worker() {
+        return None;
+    }
+    let lxid = crate::guc::local_xact();
+    if let Some((x, v)) = STAMP.with(|s| s.get()) {
+        if x == lxid && lxid != 0 {
+            return v;
+        }
+    }
+    // microseconds since 2000-01-01, PostgreSQL's epoch (extract gives an exact numeric)
+    let v = crate::spi::select_one::<i64>(
+        "SELECT ((extract(epoch FROM transaction_stamp) - 946684800) * 1000000)::int8 \
+         FROM pg_catalog.get_current_transaction_id() WHERE transaction_number <> 0",
+        &[],
+    )
+    .ok()
+    .flatten();
+    STAMP.with(|s| s.set(Some((lxid, v))));
+    v
+}
+
 /// Runs `f`, a udm helper that a row-level security policy calls, with
 /// `citus.allow_nested_distributed_execution` on (for `f` only). On Citus a policy is evaluated
 /// on the tenant's worker, inside the query of a shard, and Citus refuses the queries such a
@@ -547,6 +721,8 @@ pub fn move_tenant(
     )
     .map_err(spi_err)?;
     let moved_ms = started.elapsed().as_millis() as i64;
+    // Citus made the new node's shards with table-level privileges only
+    column_grants_of_schema_to_node(t.schema_oid, &t.schema)?;
     // the sequences of the tenant's tables, on the new node: above every value the table holds
     for (seq, table, column) in tenant_sequences(t.schema_oid)? {
         let top = crate::spi::select_one::<i64>(

@@ -54,6 +54,7 @@ pub fn create_tenant(slug: &str, name: Option<&str>) -> Result<serde_json::Value
         refuse_taken(slug, &role)?;
         create_objects(slug, name, &role)?;
         if crate::citus::installed() {
+            crate::citus::make_first_use_tables(&schema, &role)?;
             crate::citus::distribute_schema(&schema)?;
         }
         register(slug, name, &role, None, None, false)

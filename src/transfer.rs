@@ -606,8 +606,10 @@ fn create_bare(slug: &str, m: &Manifest, loader: Option<&str>) -> Result<Vec<Str
         |e| e.raise_with(&format!("{what}: making its tables")),
     )?;
     if crate::citus::installed() {
-        // as udm_create_tenant does: the schema becomes a distributed schema once its tables
-        // are in it (empty yet: the rows come into the distributed tables)
+        // as udm_create_tenant does: the tables of first use made now, and the schema becomes a
+        // distributed schema once its tables are in it (empty yet: the rows come into the
+        // distributed tables)
+        crate::citus::make_first_use_tables(slug, &role)?;
         crate::citus::distribute_schema(slug)?;
     }
     // udm's own tables: the archive's columns must be the tables' (a subset, of the same types,

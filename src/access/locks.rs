@@ -29,14 +29,8 @@ finfo_v1!(pg_finfo_udm_lock_guard);
 
 pub const LOCK_TABLE: &str = "_udm_lock";
 
-/// Epoch microseconds of a timestamp (one clock for the stored times and "now").
-const MICROS: &str = "(extract(epoch FROM {})::numeric * 1000000)::bigint";
-
-fn micros(col: &str) -> String {
-    MICROS.replace("{}", col)
-}
-
-/// The tenant's lock table, created on first use (most tenants never lock anything).
+/// The tenant's lock table, created on first use (most tenants never lock anything; on Citus it
+/// comes with the tenant: `citus::make_first_use_tables`).
 fn ensure_table(t: &Tenant) -> Result<()> {
     if t.relation(LOCK_TABLE).is_some() {
         return Ok(());
@@ -213,40 +207,94 @@ struct Found {
     now: i64,
 }
 
-/// What every statement on the lock table returns: the row, its times for people, and "now".
-fn row_columns() -> String {
-    format!(
-        "holder, {}, {}, {}, {}, {}, \
-         jsonb_build_object('holder', holder, 'holder_role', holder_role, 'acquired_at', acquired_at, \
-           'heartbeat_at', heartbeat_at, 'stale_at', stale_at, 'expires_at', expires_at), \
-         expires_at::text",
-        micros("acquired_at"),
-        micros("heartbeat_at"),
-        micros("stale_at"),
-        micros("expires_at"),
-        micros("statement_timestamp()"),
-    )
+/// The start of the statement: the "now" of every statement on the lock table. It is passed as
+/// a parameter, not written as `statement_timestamp()`: on Citus those statements run on the
+/// tenant's worker, where each of the coordinator's commands is a statement of its own, and
+/// Citus refuses `statement_timestamp()` in a `CASE` of a distributed table's `UPDATE`.
+fn statement_now() -> pgrx::datum::TimestampWithTimeZone {
+    unsafe {
+        pgrx::datum::TimestampWithTimeZone::from_datum(
+            pg_sys::Datum::from(pg_sys::GetCurrentStatementStartTimestamp()),
+            false,
+        )
+    }
+    .expect("a timestamp is not null")
 }
+
+/// PostgreSQL counts time from 2000-01-01, 946,684,800 seconds after the Unix epoch.
+const SINCE_UNIX_EPOCH: i64 = 946_684_800_000_000;
+
+/// `statement_now` in epoch microseconds, as `read_row` gives the stored times.
+fn statement_now_micros() -> i64 {
+    let since_2000 = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    since_2000 + SINCE_UNIX_EPOCH
+}
+
+/// What every statement on the lock table returns: the row as it is stored. Its times for
+/// people are made here, not in SQL: Citus refuses functions that are not immutable (a
+/// timestamp's `extract` or its text) in the `RETURNING` of a distributed table's statements.
+const ROW_COLUMNS: &str = "holder, acquired_at, heartbeat_at, stale_at, expires_at, holder_role";
 
 type Fetched = Option<(Found, String)>;
 
 fn read_row(
     r: pgrx::spi::SpiHeapTupleData,
 ) -> std::result::Result<(Found, String), pgrx::spi::Error> {
+    let holder = r.get::<String>(1)?.unwrap_or_default();
+    let role = r.get::<String>(6)?.unwrap_or_default();
+    let mut times = [0i64; 4];
+    for (i, t) in times.iter_mut().enumerate() {
+        let d = r.get::<pgrx::datum::TimestampWithTimeZone>(i + 2)?;
+        *t = d
+            .and_then(|d| d.into_datum())
+            .map_or(0, |d| d.value() as i64);
+    }
+    let [acquired, heartbeat, stale, expires] = times;
+    let info = json!({
+        "holder": holder,
+        "holder_role": role,
+        "acquired_at": json_time(acquired),
+        "heartbeat_at": json_time(heartbeat),
+        "stale_at": json_time(stale),
+        "expires_at": json_time(expires),
+    });
     Ok((
         Found {
             row: LockRow {
-                holder: r.get::<String>(1)?.unwrap_or_default(),
-                acquired_at: r.get::<i64>(2)?.unwrap_or(0),
-                heartbeat_at: r.get::<i64>(3)?.unwrap_or(0),
-                stale_at: r.get::<i64>(4)?.unwrap_or(0),
-                expires_at: r.get::<i64>(5)?.unwrap_or(0),
+                holder,
+                acquired_at: acquired + SINCE_UNIX_EPOCH,
+                heartbeat_at: heartbeat + SINCE_UNIX_EPOCH,
+                stale_at: stale + SINCE_UNIX_EPOCH,
+                expires_at: expires + SINCE_UNIX_EPOCH,
             },
-            now: r.get::<i64>(6)?.unwrap_or(0),
-            info: r.get::<JsonB>(7)?.map(|j| j.0).unwrap_or(Value::Null),
+            now: statement_now_micros(),
+            info,
         },
-        r.get::<String>(8)?.unwrap_or_default(),
+        text_time(expires),
     ))
+}
+
+/// A stored time as `jsonb_build_object` writes it (PostgreSQL's own JSON form of a timestamp).
+fn json_time(since_2000: i64) -> Value {
+    unsafe {
+        let p = pg_sys::JsonEncodeDateTime(
+            std::ptr::null_mut(),
+            pg_sys::Datum::from(since_2000),
+            pg_sys::TIMESTAMPTZOID,
+            std::ptr::null(),
+        );
+        Value::String(std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+/// A stored time as its `::text` (the session's DateStyle and TimeZone), for messages.
+fn text_time(since_2000: i64) -> String {
+    unsafe {
+        let (mut out, mut varlena) = (pg_sys::InvalidOid, false);
+        pg_sys::getTypeOutputInfo(pg_sys::TIMESTAMPTZOID, &mut out, &mut varlena);
+        let p = pg_sys::OidOutputFunctionCall(out, pg_sys::Datum::from(since_2000));
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
 }
 
 /// Runs a statement on the lock table and reads the row it returns, if any.
@@ -278,7 +326,7 @@ fn fetch(t: &Tenant, entity: &str, id: pgrx::Uuid, for_update: bool) -> Result<F
     }
     let sql = format!(
         "SELECT {} FROM {} WHERE entity = $1 AND record_id = $2{}",
-        row_columns(),
+        ROW_COLUMNS,
         t.catalog(LOCK_TABLE),
         if for_update { " FOR UPDATE" } else { "" }
     );
@@ -295,7 +343,7 @@ fn settings_sql() -> (String, String) {
     (format!("{stale} seconds"), format!("{expire} seconds"))
 }
 
-const WRITE_TYPES: [pg_sys::Oid; 7] = [
+const WRITE_TYPES: [pg_sys::Oid; 8] = [
     pg_sys::TEXTOID,
     pg_sys::UUIDOID,
     pg_sys::TEXTOID,
@@ -303,6 +351,7 @@ const WRITE_TYPES: [pg_sys::Oid; 7] = [
     pg_sys::TEXTOID,
     pg_sys::TEXTOID,
     pg_sys::BOOLOID,
+    pg_sys::TIMESTAMPTZOID,
 ];
 
 /// Gives the lock to `me` with fresh times: a new row (`None` when another session inserted
@@ -312,22 +361,22 @@ fn write(t: &Tenant, s: &Scope, me: &str, existing: bool, new_holder: bool) -> R
     let sql = if existing {
         format!(
             "UPDATE {} SET holder = $3, holder_role = $4, \
-               acquired_at = CASE WHEN $7 THEN statement_timestamp() ELSE acquired_at END, \
-               heartbeat_at = statement_timestamp(), \
-               stale_at = statement_timestamp() + $5::interval, \
-               expires_at = statement_timestamp() + $6::interval \
+               acquired_at = CASE WHEN $7 THEN $8::timestamptz ELSE acquired_at END, \
+               heartbeat_at = $8::timestamptz, \
+               stale_at = $8::timestamptz + $5::interval, \
+               expires_at = $8::timestamptz + $6::interval \
              WHERE entity = $1 AND record_id = $2 RETURNING {}",
             t.catalog(LOCK_TABLE),
-            row_columns()
+            ROW_COLUMNS
         )
     } else {
         format!(
             "INSERT INTO {} (entity, record_id, holder, holder_role, acquired_at, heartbeat_at, stale_at, expires_at) \
-             SELECT $1, $2, $3, $4, statement_timestamp(), statement_timestamp(), \
-                    statement_timestamp() + $5::interval, statement_timestamp() + $6::interval WHERE $7 \
+             VALUES ($1, $2, $3, $4, $8::timestamptz, $8::timestamptz, \
+                    $8::timestamptz + $5::interval, $8::timestamptz + $6::interval) \
              ON CONFLICT (entity, record_id) DO NOTHING RETURNING {}",
             t.catalog(LOCK_TABLE),
-            row_columns()
+            ROW_COLUMNS
         )
     };
     let role = role_name(caller());
@@ -342,6 +391,7 @@ fn write(t: &Tenant, s: &Scope, me: &str, existing: bool, new_holder: bool) -> R
             stale.as_str().into(),
             expire.as_str().into(),
             (new_holder || !existing).into(),
+            statement_now().into(),
         ],
         true,
     )

@@ -369,6 +369,22 @@ pub fn lift_sequences(schema: &str, schema_oid: pg_sys::Oid) -> Result<()> {
     Ok(())
 }
 
+/// Makes the tables a tenant otherwise gets on first use (its locks, its subscriptions and
+/// consumers) in a new tenant's schema, before it is distributed. On first use they would be made
+/// by DDL in the middle of a caller's transaction, which Citus refuses once the tenant's tables
+/// were read there over two connections (the caller's and udm's owner's: "cannot perform DDL on
+/// placement ... read over multiple connections").
+pub fn make_first_use_tables(schema: &str, role: &str) -> Result<()> {
+    crate::spi::run(
+        &format!(
+            "{}\n{}",
+            crate::access::locks::table_sql(schema, role),
+            crate::audit::events::tables_sql(schema, role)
+        ),
+        &[],
+    )
+}
+
 /// Makes a new tenant's schema a distributed schema: its tables (catalog and audit log) move
 /// together to one worker; then checks that every table of it is there.
 pub fn distribute_schema(schema: &str) -> Result<()> {

@@ -257,6 +257,8 @@ password_hidden() {
         -c "SET ROLE \"$SHOP_ROLE\"" -c "SELECT secret FROM $login_shard"
 }
 password_hidden "password fields"
+refused "udm.citus_column_grant is not for the tenant's roles (internal)" 42501 "permission denied for function citus_column_grant" \
+    -c "SET ROLE shop_app" -c "SELECT udm.citus_column_grant('shop', 'login', '$SHOP_ROLE', ARRAY['name', 'secret'])"
 refused "udm.citus_column_grant is refused on the coordinator" 0A000 "runs on a Citus worker only" \
     -c "SELECT udm.citus_column_grant('shop', 'login', '$SHOP_ROLE', ARRAY['name', 'secret'])"
 CHECK_ON=$shop_node refused "udm.citus_column_grant on a worker: a table outside a udm tenant is refused" 22023 \

@@ -196,12 +196,19 @@ pub fn run_batch(sql: &str) -> Result<()> {
 
 /// Runs `f` with `citus.enable_ddl_propagation` off: its DDL changes this node only.
 fn without_propagation<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    with_setting(c"citus.enable_ddl_propagation", c"off", f)
+}
+
+/// Runs `f` with a setting changed for `f` only, as a function's `SET` clause does
+/// (`GUC_ACTION_SAVE`: allowed in parallel mode too); an ERROR restores it with the
+/// (sub)transaction abort.
+fn with_setting<R>(name: &CStr, value: &CStr, f: impl FnOnce() -> R) -> R {
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
-            c"citus.enable_ddl_propagation".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SAVE,
             true,
@@ -558,23 +565,7 @@ pub fn nested<R>(f: impl FnOnce() -> R) -> R {
     if !installed() {
         return f();
     }
-    unsafe {
-        let nest = pg_sys::NewGUCNestLevel();
-        // GUC_ACTION_SAVE (as a function's SET clause): allowed in parallel mode too
-        pg_sys::set_config_option(
-            c"citus.allow_nested_distributed_execution".as_ptr(),
-            c"on".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        let r = f();
-        pg_sys::AtEOXact_GUC(true, nest);
-        r
-    }
+    with_setting(c"citus.allow_nested_distributed_execution", c"on", f)
 }
 
 /// The error (0A000) of a udm function called on a worker: Citus runs a statement that reads a

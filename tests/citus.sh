@@ -93,6 +93,12 @@ refused() {
     fi
 }
 
+expect() {
+    # expect NAME EXPECTED GOT
+    if [ "$3" = "$2" ]; then echo "   ok   $1"; else
+        echo "   FAIL $1"; echo "     expected: $2"; echo "     got:      $3"; failed=$((failed + 1)); fi
+}
+
 # every table of a tenant schema, and whether it is in the schema's colocation group
 TABLES_OF="SELECT string_agg(c.relname || ':' || (p.colocationid IS NOT DISTINCT FROM d.colocationid AND d.colocationid IS NOT NULL), ',' ORDER BY c.relname)
            FROM pg_class c LEFT JOIN pg_dist_schema d ON d.schemaid = c.relnamespace
@@ -325,7 +331,9 @@ check "the holder writes, releases, and then anybody may" "alice:lock: alice,bob
 # Citus comes after udm and has no nodes): its new tables are refused, not left local
 $CLUSTER psql "$DIR/coordinator" "$PORT" -d postgres -q -c "CREATE DATABASE udm_before"
 $CLUSTER psql "$DIR/coordinator" "$PORT" -d udm_before -q -v ON_ERROR_STOP=1 \
-    -c "CREATE EXTENSION udm" -c "SELECT udm_create_tenant('early')" -c "CREATE EXTENSION citus" >/dev/null
+    -c "CREATE EXTENSION udm" -c "SELECT udm_create_tenant('early')" -c "SELECT udm_use('early')" \
+    -c "SELECT udm_define_entity('vault', '{\"fields\": [{\"name\": \"name\", \"type\": \"text\"}]}')" \
+    -c "CREATE EXTENSION citus" >/dev/null
 got=$($CLUSTER psql "$DIR/coordinator" "$PORT" -d udm_before -At -q -v ON_ERROR_STOP=1 -c '\set VERBOSITY verbose' \
     -c "SELECT udm_use('early')" -c "SELECT udm_define_entity('item', '{\"fields\": [{\"name\": \"name\", \"type\": \"text\"}]}')" 2>&1) || true
 if grep -q "ERROR:  0A000: udm on Citus: tenant schema \"early\" is not a distributed schema" <<<"$got"; then
@@ -334,6 +342,12 @@ else
     echo "   FAIL a new table of a tenant made before Citus is refused: $got"
     failed=$((failed + 1))
 fi
+# its tables stay the coordinator's own: a password field's column grant stays there too
+got=$($CLUSTER psql "$DIR/coordinator" "$PORT" -d udm_before -At -q -v ON_ERROR_STOP=1 \
+    -c "SELECT udm_use('early')" -c "SELECT udm_add_field('vault', '{\"name\": \"pin\", \"type\": \"password\"}')->>'version'" \
+    -c "SELECT has_column_privilege(role_name, 'early.vault', 'name', 'SELECT') || '|' ||
+               has_column_privilege(role_name, 'early.vault', 'pin', 'SELECT') FROM udm.tenant WHERE slug = 'early'" 2>&1 | tail -n 2 | paste -sd ' ')
+expect "a password field in a tenant made before Citus (a table of the coordinator): its hash hidden there" "2 true|false" "$got"
 
 # members, roles and relation tuples with row-level security, on a tenant living on a worker: its
 # policies have no sub-selects on Citus (Citus refuses them) and call udm functions per row
@@ -393,11 +407,6 @@ seen() {
         -c "SELECT count(DISTINCT record_id) FROM team._udm_audit WHERE entity = 'board'" \
         -c "SELECT jsonb_array_length(udm_query('board', '{}')->'rows')" \
         -c "COMMIT" 2>&1 | grep -vE '^(\{|BEGIN$|COMMIT$)' | paste -sd '|' || true
-}
-expect() {
-    # expect NAME EXPECTED GOT
-    if [ "$3" = "$2" ]; then echo "   ok   $1"; else
-        echo "   FAIL $1"; echo "     expected: $2"; echo "     got:      $3"; failed=$((failed + 1)); fi
 }
 expect_seen() {
     expect "$1" "$2" "$(seen "$3")"

@@ -225,7 +225,8 @@ fn with_setting<R>(name: &CStr, value: &CStr, f: impl FnOnce() -> R) -> R {
 /// tenant table has (a password field's column is left out of them): for each role holding
 /// some, `udm.citus_column_grant` on the node, as a query of the tenant's catalog, which Citus
 /// sends there in this transaction. Citus copies only table-level privileges to the shards it
-/// makes, so after a move the new node gets them again from here.
+/// makes, so after a move the new node gets them again from here. (A table Citus does not
+/// distribute, of a tenant made before Citus was installed, has them on the coordinator only.)
 pub fn column_grants_to_node(schema: &str, table: &str) -> Result<()> {
     let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
     let grants: Vec<(String, Vec<String>)> = Spi::connect(|c| {
@@ -235,6 +236,8 @@ pub fn column_grants_to_node(schema: &str, table: &str) -> Result<()> {
              FROM pg_catalog.pg_attribute att, pg_catalog.aclexplode(att.attacl) a \
              WHERE att.attrelid = pg_catalog.to_regclass($1) AND att.attnum > 0 \
                AND NOT att.attisdropped AND a.privilege_type = 'SELECT' AND a.grantee <> 0 \
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p \
+                           WHERE p.logicalrelid = att.attrelid) \
              GROUP BY a.grantee ORDER BY 1",
             None,
             &[qualified.as_str().into()],

@@ -196,6 +196,23 @@ pub fn local_xact() -> u32 {
     }
 }
 
+/// `find`'s answer, looked up once per transaction and kept in `cell` (keyed by `local_xact`;
+/// outside a transaction, number 0, it is looked up every time).
+pub fn once_per_transaction<T: Copy + 'static>(
+    cell: &'static std::thread::LocalKey<std::cell::Cell<Option<(u32, T)>>>,
+    find: impl FnOnce() -> T,
+) -> T {
+    let lxid = local_xact();
+    if let Some((x, v)) = cell.with(|c| c.get()) {
+        if x == lxid && lxid != 0 {
+            return v;
+        }
+    }
+    let v = find();
+    cell.with(|c| c.set(Some((lxid, v))));
+    v
+}
+
 /// The current command: (local transaction number, command id). What udm keeps "once per
 /// command" is keyed by it.
 pub fn current_command() -> (u32, u32) {

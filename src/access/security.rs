@@ -194,7 +194,9 @@ fn with_owner_user<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-fn set_saved(name: &str, value: &str) {
+/// Sets a setting until the current GUC nest level ends (`GUC_ACTION_SAVE`, as a function's `SET`
+/// clause: allowed in parallel mode too).
+pub(crate) fn set_saved(name: &str, value: &str) {
     let n = CString::new(name).expect("no NUL");
     let v = CString::new(value).expect("no NUL");
     unsafe {

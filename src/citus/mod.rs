@@ -59,18 +59,10 @@ pub fn installed() -> bool {
     if !loaded() {
         return false;
     }
-    let lxid = crate::guc::local_xact();
-    if let Some((x, v)) = INSTALLED.with(|c| c.get()) {
-        if x == lxid && lxid != 0 {
-            return v;
-        }
-    }
-    let v = unsafe {
+    crate::guc::once_per_transaction(&INSTALLED, || unsafe {
         pg_sys::IsTransactionState()
             && pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid
-    };
-    INSTALLED.with(|c| c.set(Some((lxid, v))));
-    v
+    })
 }
 
 /// The settings udm's own work runs with on Citus (`security::as_owner` sets them with its
@@ -196,25 +188,15 @@ pub fn run_batch(sql: &str) -> Result<()> {
 
 /// Runs `f` with `citus.enable_ddl_propagation` off: its DDL changes this node only.
 fn without_propagation<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
-    with_setting(c"citus.enable_ddl_propagation", c"off", f)
+    with_setting("citus.enable_ddl_propagation", "off", f)
 }
 
 /// Runs `f` with a setting changed for `f` only, as a function's `SET` clause does
-/// (`GUC_ACTION_SAVE`: allowed in parallel mode too); an ERROR restores it with the
-/// (sub)transaction abort.
-fn with_setting<R>(name: &CStr, value: &CStr, f: impl FnOnce() -> R) -> R {
+/// (`security::set_saved`); an ERROR restores it with the (sub)transaction abort.
+fn with_setting<R>(name: &str, value: &str, f: impl FnOnce() -> R) -> R {
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        crate::access::security::set_saved(name, value);
         let r = f();
         pg_sys::AtEOXact_GUC(true, nest);
         r
@@ -538,22 +520,16 @@ pub fn distributed_stamp() -> Option<i64> {
     if !on_worker() {
         return None;
     }
-    let lxid = crate::guc::local_xact();
-    if let Some((x, v)) = STAMP.with(|s| s.get()) {
-        if x == lxid && lxid != 0 {
-            return v;
-        }
-    }
-    // microseconds since 2000-01-01, PostgreSQL's epoch (extract gives an exact numeric)
-    let v = crate::spi::select_one::<i64>(
-        "SELECT ((extract(epoch FROM transaction_stamp) - 946684800) * 1000000)::int8 \
-         FROM pg_catalog.get_current_transaction_id() WHERE transaction_number <> 0",
-        &[],
-    )
-    .ok()
-    .flatten();
-    STAMP.with(|s| s.set(Some((lxid, v))));
-    v
+    crate::guc::once_per_transaction(&STAMP, || {
+        // microseconds since 2000-01-01, PostgreSQL's epoch (extract gives an exact numeric)
+        crate::spi::select_one::<i64>(
+            "SELECT ((extract(epoch FROM transaction_stamp) - 946684800) * 1000000)::int8 \
+             FROM pg_catalog.get_current_transaction_id() WHERE transaction_number <> 0",
+            &[],
+        )
+        .ok()
+        .flatten()
+    })
 }
 
 /// Runs `f`, a udm helper that a row-level security policy calls, with
@@ -568,7 +544,7 @@ pub fn nested<R>(f: impl FnOnce() -> R) -> R {
     if !installed() {
         return f();
     }
-    with_setting(c"citus.allow_nested_distributed_execution", c"on", f)
+    with_setting("citus.allow_nested_distributed_execution", "on", f)
 }
 
 /// The error (0A000) of a udm function called on a worker: Citus runs a statement that reads a

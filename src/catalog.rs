@@ -61,14 +61,15 @@ impl Tenant {
     }
 }
 
-/// Runs `f`, a read of older definitions in the tenant's catalog of entities (`_udm_entity`),
-/// as udm's owner; on a Citus coordinator, as the caller when the caller may read that table
-/// (the tenant role's members may). Citus reaches a tenant's worker over one connection per role
-/// and refuses a transaction that reads, as one role, placements another role changed in it
-/// ("modified in this transaction by a different user"): `udm_rollback` reads the definition of
-/// the version it restores after writing the record as the caller. Only such reads come here:
-/// the other reads of the catalog stay the owner's, whose DDL follows them (Citus refuses DDL on
-/// placements read over two connections).
+/// Runs `f`, a read of the tenant's catalog of entities (`_udm_entity`), as udm's owner; on a
+/// Citus coordinator, as the caller when the caller may read that table (the tenant role's
+/// members may). Citus reaches a tenant's worker over one connection per role and refuses a
+/// transaction that reads, as one role, placements another role changed in it ("modified in
+/// this transaction by a different user"). Two kinds of reads come here, both made after the
+/// caller may have written: `udm_rollback` reads the definition of the version it restores after
+/// writing the record; a row-level security helper reads the definitions its policy needs
+/// (`Reader::Session`). The other reads of the catalog stay the owner's, whose DDL follows them
+/// (Citus refuses DDL on placements read over two connections).
 fn read_as_caller_on_citus<R>(t: &Tenant, f: impl FnOnce() -> R) -> R {
     let as_caller = crate::citus::installed()
         && !crate::citus::on_worker()
@@ -429,7 +430,19 @@ pub fn current_tenant() -> Result<Rc<Tenant>> {
 /// status "purged" and no definition.
 type LatestRow = (i32, String, Option<serde_json::Value>, pg_sys::Oid);
 
-fn latest_row(t: &Tenant, slug: &str) -> Result<Option<LatestRow>> {
+/// Who reads a definition the cache does not hold.
+#[derive(Clone, Copy)]
+enum Reader {
+    /// udm's owner (with udm's settings): what udm's own functions do.
+    Owner,
+    /// The session, on a Citus coordinator, when it may (`read_as_caller_on_citus`): what the
+    /// row-level security helpers do. A policy is evaluated in the session's own statements, so
+    /// its connection to the tenant's node is in use already; a read as the owner after the
+    /// session wrote there in the transaction would be refused.
+    Session,
+}
+
+fn latest_row(t: &Tenant, slug: &str, reader: Reader) -> Result<Option<LatestRow>> {
     // (the entity's table is looked up here, not by a sub-select of the statement: on Citus a
     // statement reading the catalog runs whole on the tenant's worker, whose oids are others)
     let sql = format!(
@@ -437,7 +450,7 @@ fn latest_row(t: &Tenant, slug: &str) -> Result<Option<LatestRow>> {
          FROM {} WHERE entity = $1 ORDER BY version DESC LIMIT 1",
         t.catalog("_udm_entity")
     );
-    as_owner(|| {
+    let read = || {
         let stmt = crate::spi::prepared(&sql, &[pg_sys::TEXTOID], false)?;
         Spi::connect(|c| {
             let mut out = None;
@@ -452,11 +465,15 @@ fn latest_row(t: &Tenant, slug: &str) -> Result<Option<LatestRow>> {
             Ok::<_, pgrx::spi::Error>(out)
         })
         .map_err(spi_err)
-    })
+    };
+    match reader {
+        Reader::Owner => as_owner(read),
+        Reader::Session => read_as_caller_on_citus(t, read),
+    }
 }
 
-fn read_entity(t: &Tenant, slug: &str) -> Result<Option<Entity>> {
-    let Some((version, status, def, table_oid)) = latest_row(t, slug)? else {
+fn read_entity(t: &Tenant, slug: &str, reader: Reader) -> Result<Option<Entity>> {
+    let Some((version, status, def, table_oid)) = latest_row(t, slug, reader)? else {
         return Ok(None);
     };
     if status != "active" && status != "dropped" {
@@ -563,17 +580,27 @@ pub fn lock_entity(t: &Tenant, slug: &str) -> Result<()> {
 
 /// The newest version and status of `slug`, read fresh (None if never defined).
 pub fn latest_status(t: &Tenant, slug: &str) -> Result<Option<(i32, String)>> {
-    Ok(latest_row(t, slug)?.map(|(v, s, _, _)| (v, s)))
+    Ok(latest_row(t, slug, Reader::Owner)?.map(|(v, s, _, _)| (v, s)))
 }
 
 /// An entity in any status, from the cache.
 pub fn entity_any(t: &Tenant, slug: &str) -> Result<Option<Rc<Entity>>> {
+    entity_cached(t, slug, Reader::Owner)
+}
+
+/// `entity_any` for a row-level security helper: a definition not cached yet is read as the
+/// session on a Citus coordinator (`Reader::Session`).
+pub fn entity_for_policy(t: &Tenant, slug: &str) -> Result<Option<Rc<Entity>>> {
+    entity_cached(t, slug, Reader::Session)
+}
+
+fn entity_cached(t: &Tenant, slug: &str, reader: Reader) -> Result<Option<Rc<Entity>>> {
     refresh_if_stale();
     let key = (t.slug.clone(), slug.to_string());
     if let Some(e) = cache::get(&ENTITIES, &key) {
         return Ok(Some(e));
     }
-    let Some(e) = read_entity(t, slug)? else {
+    let Some(e) = read_entity(t, slug, reader)? else {
         return Ok(None);
     };
     let e = Rc::new(e);
@@ -623,7 +650,7 @@ pub fn entity(t: &Tenant, slug: &str) -> Result<Rc<Entity>> {
 /// The entity read fresh under its change lock (serialises concurrent changes).
 pub fn entity_for_update(t: &Tenant, slug: &str, want: Option<Status>) -> Result<Entity> {
     lock_entity(t, slug)?;
-    let e = read_entity(t, slug)?.ok_or_else(|| no_such_entity(t, slug))?;
+    let e = read_entity(t, slug, Reader::Owner)?.ok_or_else(|| no_such_entity(t, slug))?;
     match want {
         Some(Status::Active) if e.status == Status::Dropped => Err(dropped(t, slug)),
         Some(Status::Dropped) if e.status == Status::Active => Err(UdmError::new(

@@ -164,19 +164,6 @@ fn link_args(id: &str, ids: &[String]) -> Vec<Option<String>> {
     vec![Some(id.to_string()), Some(arr)]
 }
 
-/// Loads the definitions of the entities a write's links point to, before the write. The
-/// junction tables' access policies read them (`udm.visible_ids`), and a definition not yet
-/// cached in this backend is read as udm's owner: on Citus, after the caller's write to the
-/// tenant, that read is refused ("modified in this transaction by a different user").
-fn load_link_targets(t: &Tenant, def: &EntityDef, w: &Write) -> Result<()> {
-    for l in &w.links {
-        if let Some(target) = def.field(&l.field).and_then(|f| f.target.as_deref()) {
-            catalog::entity_any(t, target)?;
-        }
-    }
-    Ok(())
-}
-
 fn write_links(t: &Tenant, def: &EntityDef, id: &str, w: &Write) -> Result<()> {
     for l in &w.links {
         let [del, ins] = r::replace_links_sql(&t.schema, &l.junction);
@@ -221,7 +208,6 @@ pub fn insert(entity: &str, data: &Value) -> Result<pg_sys::Datum> {
         || r::insert_sql(&t.schema, def, &w),
         r::insert_values(&w).len(),
     )?;
-    load_link_targets(&t, def, &w)?;
     guarded(&t, def, || {
         let d = rawspi::first_datum(&c.plan, &r::insert_values(&w), false)?
             .ok_or_else(|| UdmError::internal("insert returned nothing"))?;
@@ -308,7 +294,6 @@ pub fn update(
         || r::update_sql(&t.schema, def, &w, versioned),
         args.len(),
     )?;
-    load_link_targets(&t, def, &w)?;
     let out = guarded(&t, def, || rawspi::first_datum(&c.plan, &args, false))?;
     let Some(d) = out else {
         let vc = plan_for(

@@ -426,6 +426,20 @@ seen_in_session() {
 }
 expect "udm_use for the session: the member sees on the worker what she sees in a transaction" \
     "1|1|1|1|1|1|1" "$(seen_in_session alice@example.org)"
+# plain SQL in one transaction, in a new backend (nothing cached): a write, then a write to a
+# junction table whose policy reads the definitions it needs after it (as the session: read as
+# udm's owner, Citus refused it as "modified in this transaction by a different user"); by an
+# editor of the board, who is removed afterwards
+on coordinator -c "SELECT udm_create_user('dave@example.org', 'Dave', 'password1')" \
+    -c "SELECT udm_add_member('team', 'dave@example.org', 'editor')" -c "SELECT udm_use('team')" \
+    -c "SELECT udm_grant('dave@example.org', 'editor', 'board:$b1')" >/dev/null 2>&1
+c1=$(on coordinator -c "SELECT id FROM team.card WHERE board_id = '$b1'")
+got=$(as_app -c "BEGIN" -c "SELECT udm_use('team', 'dave@example.org', true) IS NOT NULL" \
+    -c "UPDATE team.card SET name = 'C1' WHERE id = '$c1'" -c "DELETE FROM team.card__topics WHERE source_id = '$c1'" \
+    -c "INSERT INTO team.card__topics (source_id, target_id) VALUES ('$c1', '$topic')" \
+    -c "SELECT count(*) FROM team.card__topics WHERE source_id = '$c1'" -c "COMMIT" 2>&1 | tail -n 1) || true
+expect "plain SQL: a member writes a record, then its links, in one transaction" "1" "$got"
+on coordinator -c "SELECT udm_delete_user('dave@example.org', 'dave@example.org')" >/dev/null
 # a failed udm_use leaves no user selected, on the workers too: alice's rows are not seen after it
 got=$(as_app -c "SELECT udm_use('team', 'alice@example.org')" -c "BEGIN" \
     -c "SELECT count(*) FROM team.board" -c "SAVEPOINT a" -c '\set ON_ERROR_STOP 0' \

@@ -1134,8 +1134,8 @@ fn read_flags(schema: &str, entity: &str) -> Result<(bool, bool)> {
     crate::citus::nested(|| {
         let t = member_tenant(schema)?;
         let ctx = context(&t)?;
-        let e =
-            catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
+        let e = catalog::entity_for_policy(&t, entity)?
+            .ok_or_else(|| catalog::no_such_entity(&t, entity))?;
         // relations open records of the entity to members whose role may read the entity at all
         let scoped = ctx.user.is_some() && ctx.perms.allows(&e.def.slug, Op::Read);
         Ok((ctx.sees_all(&e), scoped))
@@ -1195,7 +1195,8 @@ unsafe fn per_command_ids(
 /// as the session): what a record inside the entity's scope, or a link to it, is tested against
 /// by the policies on Citus (`udm.visible_ids`).
 fn visible_ids(t: &Tenant, entity: &str) -> Result<Vec<pgrx::Uuid>> {
-    let e = catalog::entity_any(t, entity)?.ok_or_else(|| catalog::no_such_entity(t, entity))?;
+    let e =
+        catalog::entity_for_policy(t, entity)?.ok_or_else(|| catalog::no_such_entity(t, entity))?;
     Ok(crate::spi::select_one::<Vec<pgrx::Uuid>>(
         &format!(
             "SELECT coalesce(array_agg(\"id\"), '{{}}') FROM {}",
@@ -1514,7 +1515,8 @@ fn audit_row_visible(t: &Tenant, subject: &str, id: pgrx::Uuid, every_field: boo
     let Some(name) = subject.entity() else {
         return Ok(false);
     };
-    let Some(e) = catalog::entity_any(t, name)?.filter(|e| e.status == catalog::Status::Active)
+    let Some(e) =
+        catalog::entity_for_policy(t, name)?.filter(|e| e.status == catalog::Status::Active)
     else {
         return Ok(false);
     };

@@ -122,8 +122,26 @@ impl Bouncer {
     }
 
     fn connect(&self, user: &str) -> Client {
-        Client::connect(&self.conn_string(user), NoTls)
+        pool_connect(&self.conn_string(user))
             .unwrap_or_else(|e| panic!("connect through pgbouncer as {user}: {e}\n{}", self.log()))
+    }
+}
+
+/// Connects through the pool. A connect refused by the socket itself (a loaded machine: a CI run
+/// once saw one of eight simultaneous connects fail before pgbouncer logged it) is tried again a
+/// few times; anything pgbouncer or PostgreSQL answers is returned at once. The error names its
+/// cause in full.
+fn pool_connect(target: &str) -> Result<Client, String> {
+    let mut tries = 0;
+    loop {
+        match Client::connect(target, NoTls) {
+            Ok(c) => return Ok(c),
+            Err(e) if e.as_db_error().is_none() && tries < 5 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100 * tries));
+            }
+            Err(e) => return Err(format!("{e} ({e:?}), after {} tries", tries + 1)),
+        }
     }
 }
 
@@ -440,7 +458,7 @@ fn transaction_pooling_keeps_tenants_and_users_apart() {
         let (w, target, tx) = (w.clone(), target.clone(), tx.clone());
         std::thread::spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut c = Client::connect(&target, NoTls)
+                let mut c = pool_connect(&target)
                     .unwrap_or_else(|e| panic!("connect through pgbouncer: {e}"));
                 let mut done = Done::default();
                 for i in 0..per_thread {

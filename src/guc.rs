@@ -8,6 +8,8 @@ use std::ffi::CString;
 pub static TENANT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static CLAIM: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static CITUS_CONSTRAINTS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 pub static DDL_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(3000);
 pub static BCRYPT_COST: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static LOCK_STALE_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(180);
@@ -42,6 +44,14 @@ pub fn init() {
         c"Internal: what udm's coordinator tells its triggers on Citus workers (a rollback under way).",
         c"Set by udm_rollback only: signed with the database's key and bound to its transaction; a value set by hand is refused.",
         &CLAIM,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"udm.citus_constraints",
+        c"Internal: a SET CONSTRAINTS that udm's coordinator passes on to its Citus workers.",
+        c"Set by udm on Citus's worker connections, where it is applied as that transaction's SET CONSTRAINTS; on the coordinator it does nothing.",
+        &CITUS_CONSTRAINTS,
         GucContext::Userset,
         GucFlags::NO_SHOW_ALL,
     );
@@ -250,6 +260,11 @@ pub fn failed_selection() -> Option<String> {
         *f = None;
         None
     })
+}
+
+/// `udm.citus_constraints` (see `citus::constraints`).
+pub fn citus_constraints() -> Option<String> {
+    non_empty(&CITUS_CONSTRAINTS)
 }
 
 /// The settings `udm.tenant` and `udm.user_id` as they are, a failed selection's included.

@@ -282,6 +282,59 @@ check "the roadmap template on the worker: its rule triggers (named with the sha
     -c "SELECT udm_use('road')" \
     -c "SELECT udm_insert('roadmap', '{\"name\": \"Hardware\", \"y_axis_values\": [\"HW\", \"SW\"]}')->>'name'"
 
+# SET CONSTRAINTS reaches the workers, where rules over related records are checked (udm sends it
+# on as udm.citus_constraints, src/citus/constraints.rs): a product moved to a y value its roadmap
+# gets later in the same transaction
+R1=00000000-0000-4000-8000-000000000001
+check "a rule over related records: a tenant for the SET CONSTRAINTS checks" "HW" \
+    -c "SELECT udm_create_tenant('rules')" -c "SELECT udm_use('rules')" \
+    -c "SELECT udm_define_entity('roadmap', '{\"fields\": [{\"name\": \"y_axis_values\", \"type\": \"array\", \"items\": \"text\"}]}') IS NOT NULL" \
+    -c "SELECT udm_define_entity('product', '{\"fields\": [{\"name\": \"y_position\", \"type\": \"text\"},
+          {\"name\": \"roadmap_id\", \"type\": \"relation\", \"target\": \"roadmap\", \"required\": true}],
+          \"rules\": [{\"name\": \"y_in_axis\", \"check\": \"y_position in roadmap_id.y_axis_values\"}]}') IS NOT NULL" \
+    -c "INSERT INTO rules.roadmap (id, y_axis_values) VALUES ('$R1', ARRAY['HW'])" \
+    -c "INSERT INTO rules.product (y_position, roadmap_id) VALUES ('HW', '$R1')" \
+    -c "SELECT y_position FROM rules.product"
+refused "the rule is checked on the worker after each statement" 23514 \
+    'product breaks rule "y_in_axis"' -c "UPDATE rules.product SET y_position = 'XX'"
+check "SET CONSTRAINTS ALL DEFERRED reaches the worker: checked at commit" "XX" \
+    -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'XX'" \
+    -c "UPDATE rules.roadmap SET y_axis_values = ARRAY['HW', 'XX']" -c "COMMIT" \
+    -c "SELECT y_position FROM rules.product"
+check "SET CONSTRAINTS of a rule by name, found through the search path: its shard's trigger on the worker" "YY" \
+    -c "BEGIN" -c "SET LOCAL search_path = rules" -c "SET CONSTRAINTS product__y_in_axis__rule DEFERRED" \
+    -c "UPDATE rules.product SET y_position = 'YY'" \
+    -c "UPDATE rules.roadmap SET y_axis_values = ARRAY['HW', 'YY']" -c "COMMIT" \
+    -c "SELECT y_position FROM rules.product"
+check "SET CONSTRAINTS run by a function, outside a transaction block, holds for the rest of its statement there too" "FN" \
+    -c "DO \$\$ BEGIN SET CONSTRAINTS ALL DEFERRED; UPDATE rules.product SET y_position = 'FN';
+          UPDATE rules.roadmap SET y_axis_values = ARRAY['HW', 'FN']; END \$\$" \
+    -c "SELECT y_position FROM rules.product"
+refused "SET CONSTRAINTS of another constraint by name leaves the rule checked after each statement" 23514 \
+    'product breaks rule "y_in_axis"' \
+    -c "BEGIN" -c "SET CONSTRAINTS rules.product__y_in_axis__recheck DEFERRED" \
+    -c "UPDATE rules.product SET y_position = 'NO'"
+check "SET CONSTRAINTS in a released savepoint holds for worker connections opened later" "ZZ" \
+    -c "BEGIN" -c "SAVEPOINT a" -c "SET CONSTRAINTS ALL DEFERRED" -c "RELEASE a" \
+    -c "UPDATE rules.product SET y_position = 'ZZ'" \
+    -c "UPDATE rules.roadmap SET y_axis_values = ARRAY['HW', 'ZZ']" -c "COMMIT" \
+    -c "SELECT y_position FROM rules.product"
+refused "SET CONSTRAINTS in a savepoint rolled back is gone on the worker too" 23514 \
+    'product breaks rule "y_in_axis"' \
+    -c "BEGIN" -c "SAVEPOINT a" -c "SET CONSTRAINTS ALL DEFERRED" -c "ROLLBACK TO a" \
+    -c "UPDATE rules.product SET y_position = 'NO'"
+refused "a deferred rule still refuses the commit (Citus reports the worker's refusal as its own, XX000)" XX000 \
+    "could not commit transaction" \
+    -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'NO'" -c "COMMIT"
+refused "SET CONSTRAINTS ALL IMMEDIATE checks what the worker deferred at once" XX000 \
+    "failure on connection marked as essential" \
+    -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'NO'" \
+    -c "SET CONSTRAINTS ALL IMMEDIATE"
+check "after the refusals the product is where the last commit put it" "ZZ" \
+    -c "SELECT y_position FROM rules.product"
+CHECK_ON=worker1 refused "udm.citus_constraints set by hand on a worker: a value udm did not send is refused" 22023 \
+    "not a SET CONSTRAINTS udm sent" -c "BEGIN" -c "SET LOCAL udm.citus_constraints = 'all deferred'"
+
 # the transaction's settings reach the workers (udm_use(..., is_local => true) in a transaction)
 check "udm_use(..., is_local => true): the worker's audit records the user" "alice" \
     -c "BEGIN" -c "SELECT udm_use('shop', 'alice', true)" \
@@ -701,7 +754,7 @@ check "nothing was written into the coordinator's shell tables of the tenants' l
 # Driver test suites (tests/tests/*.rs) that run against the coordinator as they do on a single
 # node. Tests of the others expect single-node plans or notifications, or meet Citus's rules for
 # a transaction's connections (README, "Scaling out with Citus").
-suites=${CITUS_SUITES-changes messages isolation caches tenants records links_history locks access}
+suites=${CITUS_SUITES-changes messages isolation caches tenants records links_history locks access related_rules}
 # tests of those suites that Citus fails (README): renaming a constraint; a trigger created by
 # hand on a distributed table; the relation tuples a member reads through udm.tuple_objects
 skips=${CITUS_SKIP-lock_scopes_are_checked_versioned_and_follow_renames refusals_of_users_members_and_access_scopes_name_what_is_wrong the_audit_log_shows_members_the_records_they_see}

@@ -27,6 +27,7 @@ use std::ffi::{CStr, CString};
 use udm_core::ident::{quote_ident, quote_literal, sql_call};
 
 pub mod claims;
+pub mod constraints;
 pub mod events;
 pub mod selection;
 

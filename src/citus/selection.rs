@@ -54,6 +54,7 @@ pub fn init() {
 unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags: i32) {
     if eflags as u32 & pg_sys::EXEC_FLAG_EXPLAIN_ONLY == 0 {
         send();
+        super::constraints::send_again();
     }
     match PREV_EXECUTOR_START.get().copied().flatten() {
         Some(prev) => prev(query, eflags),
@@ -76,9 +77,24 @@ unsafe extern "C-unwind" fn process_utility(
     // COPY of a distributed table runs on the workers without the executor (its triggers and,
     // for COPY TO, its row-level security there)
     let node = (*stmt).utilityStmt;
-    if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_CopyStmt {
+    let tag = if node.is_null() {
+        pg_sys::NodeTag::T_Invalid
+    } else {
+        (*node).type_
+    };
+    if tag == pg_sys::NodeTag::T_CopyStmt {
         send();
+        super::constraints::send_again();
     }
+    // a SET LOCAL of udm.citus_constraints: read before the statement runs (it may scribble on
+    // a read-only tree)
+    let constraints_setting = tag == pg_sys::NodeTag::T_VariableSetStmt && {
+        let v = node as *mut pg_sys::VariableSetStmt;
+        (*v).kind == pg_sys::VariableSetKind::VAR_SET_VALUE
+            && !(*v).name.is_null()
+            && std::ffi::CStr::from_ptr((*v).name).to_bytes()
+                == super::constraints::SETTING.as_bytes()
+    };
     match PREV_PROCESS_UTILITY.get().copied().flatten() {
         Some(prev) => prev(stmt, query, read_only_tree, context, params, env, dest, qc),
         None => pg_sys::standard_ProcessUtility(
@@ -92,28 +108,37 @@ unsafe extern "C-unwind" fn process_utility(
             qc,
         ),
     }
+    // SET CONSTRAINTS, applied here, goes on to the workers; there it arrives as that setting
+    if tag == pg_sys::NodeTag::T_ConstraintsSetStmt {
+        super::constraints::propagate(
+            node as *mut pg_sys::ConstraintsSetStmt,
+            context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL,
+        );
+    } else if constraints_setting {
+        super::constraints::apply_on_worker();
+    }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_subxact(
     event: pg_sys::SubXactEvent::Type,
     my: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB
-        || event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
-    {
+    let commit = event == pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB;
+    if commit || event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         // Citus drops the subtransaction's SET LOCALs (the next statement sends again what
         // holds then)
         SENT.with(|s| s.borrow_mut().retain(|x| x.subxact != my));
+        super::constraints::subxact_ended(commit, my, parent);
     }
 }
 
 /// Whether this backend serves a connection Citus opened from another backend (its
 /// `application_name` is `citus_internal gpid=...`, `citus_rebalancer ...`, ...; a coordinator
 /// may connect to itself): that backend was sent the selection, and sends nothing on.
-fn serves_citus() -> bool {
+pub(super) fn serves_citus() -> bool {
     unsafe {
         let name = pg_sys::GetConfigOption(c"application_name".as_ptr(), true, false);
         !name.is_null()

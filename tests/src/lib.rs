@@ -60,6 +60,16 @@ pub fn audit_batches() -> bool {
     std::env::var("UDM_TEST_AUDIT_BATCHES").is_ok_and(|v| v == "1")
 }
 
+/// Whether the database runs Citus (the Citus tier runs some suites against its coordinator).
+pub fn on_citus(c: &mut Client) -> bool {
+    c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
 /// A fresh tenant; returns its slug (batched when `audit_batches()`).
 pub fn tenant(admin: &mut Client, prefix: &str) -> String {
     let slug = unique(prefix);

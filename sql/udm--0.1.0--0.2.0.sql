@@ -322,6 +322,15 @@ CREATE FUNCTION udm.citus_record_event(schema_name text, entity text, entity_ver
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_citus_record_event';
 
+-- Citus (src/citus/events.rs): on a tenant's worker, the horizon of the tenant's event stream
+-- there (the last audit id its log's sequence gave out, or below it the smallest a writer still
+-- holds): the coordinator has only the log's shell and not its sequence or writers, and asks
+-- the node as a query of the tenant's catalog. Refused anywhere but on a worker. Internal: not
+-- executable by PUBLIC.
+CREATE FUNCTION udm.citus_event_horizon(schema_name text) RETURNS bigint
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_citus_event_horizon';
+
 -- Citus (src/citus/mod.rs): on a tenant's worker, gives `role` SELECT on the columns `cols` of
 -- the tenant's table `tbl`, and on no other column, on this node: the shard of it here and the
 -- worker's shell of it. Citus refuses to propagate a column-level GRANT, which hides a password

@@ -487,6 +487,38 @@ pub fn parse_report_options(kind: ReportKind, v: &Value) -> Result<ReportOptions
     Ok(opts)
 }
 
+/// How many low bits of an event id a writer's horizon lock key holds (the tenant's tag takes
+/// the bits above them).
+pub const HORIZON_ID_BITS: u32 = 48;
+const HORIZON_ID_MASK: i64 = (1 << HORIZON_ID_BITS) - 1;
+
+/// The key of a writer's horizon lock: the tenant's tag and the low bits of the last event id
+/// before the writer's own. (On Citus a node numbers from its own range, `group << 48` and up,
+/// so an id may have bits above the low ones.)
+pub fn horizon_key(tag: i64, last_id: i64) -> i64 {
+    (tag << HORIZON_ID_BITS) | (last_id & HORIZON_ID_MASK)
+}
+
+/// The event id whose low bits a held horizon lock key holds, given `last`, the last id the log's
+/// sequence has given out: the largest id up to `last` with those low bits (a writer's id is at
+/// most `last`, and far less than 2^48 below it).
+pub fn held_id(low: i64, last: i64) -> i64 {
+    let at = (last & !HORIZON_ID_MASK) | (low & HORIZON_ID_MASK);
+    if at > last {
+        at - (1 << HORIZON_ID_BITS)
+    } else {
+        at
+    }
+}
+
+/// The horizon of a log: every event id up to it is settled (committed or rolled back). `last`
+/// is the last id given out, `held` the low bits each writer's horizon lock holds.
+pub fn horizon(last: i64, held: &[i64]) -> i64 {
+    held.iter()
+        .map(|&low| held_id(low, last))
+        .fold(last, i64::min)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -781,5 +813,25 @@ mod tests {
             "tags: added d; removed b"
         );
         assert_eq!(link_summary("tags", &[&changes[0], &changes[3]]), None);
+    }
+
+    #[test]
+    fn horizon_locks_hold_the_low_bits_and_are_read_back_near_the_sequence() {
+        // a single node: ids below 2^48, the key is the id under the tag
+        assert_eq!(horizon_key(5, 1234), (5 << 48) | 1234);
+        assert_eq!(held_id(1234, 1300), 1234);
+        assert_eq!(horizon(1300, &[]), 1300);
+        assert_eq!(horizon(1300, &[1250, 1234]), 1234);
+        // a Citus node numbers from group << 48: the tag is not overwritten, the id comes back
+        let base = 2i64 << 48;
+        let key = horizon_key(5, base + 77);
+        assert_eq!(key >> 48, 5);
+        assert_eq!(horizon(base + 90, &[key & ((1 << 48) - 1)]), base + 77);
+        // the sequence moved past a 2^48 boundary since the writer took its lock
+        let just_below = (3i64 << 48) - 2;
+        let low = horizon_key(5, just_below) & ((1 << 48) - 1);
+        assert_eq!(held_id(low, (3i64 << 48) + 4), just_below);
+        // a writer that took its lock at the last id: the horizon is that id
+        assert_eq!(horizon(base + 10, &[10]), base + 10);
     }
 }

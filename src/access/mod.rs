@@ -1353,6 +1353,29 @@ pub unsafe extern "C-unwind" fn udm_may_read_scoped(
 /// member, whatever the planner would estimate for a user id it cannot see at plan time.
 fn tuple_objects(t: &Tenant, entity: &str) -> Result<Vec<pgrx::Uuid>> {
     let ctx = context(t)?;
+    // on a Citus coordinator, called directly (the policies call it on the tenant's node, where
+    // the shard is): this node's table is only Citus's shell, so the tuples are read through Citus
+    if let (Some(user), Some(None)) = (
+        ctx.user,
+        crate::citus::shard_relation(t.schema_oid, TUPLE_TABLE, TUPLE_TABLE),
+    ) {
+        return Spi::connect(|c| {
+            let rows = c.select(
+                &format!(
+                    "SELECT object_id FROM {} WHERE subject = $1 AND object_entity = $2",
+                    udm_core::ident::qualified(&t.schema, TUPLE_TABLE)
+                ),
+                None,
+                &[user.into(), entity.into()],
+            )?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.extend(r.get::<pgrx::Uuid>(1)?);
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .map_err(crate::error::spi_err);
+    }
     // on Citus: the shards, where this node (the tenant's worker) holds them
     let local = |name: &str| crate::citus::local_relation(t.schema_oid, TUPLE_TABLE, name);
     let (Some(user), Some(table)) = (ctx.user, local(TUPLE_TABLE)) else {

@@ -255,6 +255,16 @@ pub fn unsubscribe(entity: &str, target: &str) -> Result<Value> {
 /// The highest event id that can be delivered: below every id a running writer may still
 /// commit.
 fn horizon(t: &Tenant) -> Result<i64> {
+    // on a Citus coordinator the log, its sequence and its writers' locks are on the tenant's node
+    if crate::citus::log_elsewhere(t) {
+        return as_owner(|| crate::citus::events::horizon_on_node(t));
+    }
+    local_horizon(t)
+}
+
+/// The horizon of the tenant's log on this node: the last id given out, or below it the smallest
+/// a writer still holds (its horizon lock, `audit::hold_horizon`).
+pub(crate) fn local_horizon(t: &Tenant) -> Result<i64> {
     as_owner(|| {
         let last = if super::batch::is_batched(t) {
             super::batch::last_event_sql(t)
@@ -265,18 +275,16 @@ fn horizon(t: &Tenant) -> Result<i64> {
             )
         };
         let seq = crate::spi::select_one::<i64>(&last, &[])?.unwrap_or(0);
-        let held = crate::spi::select_one::<i64>(
-            "SELECT min(((l.classid::bigint & 65535) << 32) | l.objid::bigint) FROM pg_catalog.pg_locks l \
+        let held = crate::spi::select_one::<Vec<i64>>(
+            "SELECT array_agg(((l.classid::bigint & 65535) << 32) | l.objid::bigint) FROM pg_catalog.pg_locks l \
              WHERE l.locktype = 'advisory' AND l.objsubid = 1 \
                AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
                AND (l.classid::bigint >> 16) = $1",
             &[horizon_tag(&t.schema).into()],
-        )?;
+        )?
+        .unwrap_or_default();
         // a writer's key is the last id before its own: everything up to it is settled
-        Ok(match held {
-            Some(h) => seq.min(h),
-            None => seq,
-        })
+        Ok(udm_core::audit::horizon(seq, &held))
     })
 }
 

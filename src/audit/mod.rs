@@ -715,7 +715,7 @@ pub fn horizon_tag(schema: &str) -> i64 {
 
 /// Takes a writer's horizon lock before it takes event ids from `seq`: a transaction-level
 /// advisory lock in SHARE mode (writers never wait for each other on it) whose key is
-/// (tenant tag << 48) | the last event id given out before the writer's own (`scale` ids per
+/// (tenant tag << 48) | the low 48 bits of the last event id given out before the writer's own (`scale` ids per
 /// sequence value: 1 for the per-change log, a batch's for the batched one). `events::horizon`
 /// reads the smallest held. The last id is read again once the lock is held, and the lock taken
 /// again while it moved: a reader that computed the horizon before the lock was there saw at most
@@ -741,7 +741,7 @@ fn hold_horizon(tag: i64, seq: pg_sys::Oid, scale: i64) {
     };
     let mut at = last();
     loop {
-        let tag = lock((tag << 48) | at);
+        let tag = lock(udm_core::audit::horizon_key(tag, at));
         unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as i32, false, false) };
         let now = last();
         if now == at {

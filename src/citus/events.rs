@@ -123,3 +123,56 @@ pub unsafe extern "C-unwind" fn udm_citus_record_event(
     .or_raise();
     pg_sys::Datum::from(true)
 }
+
+/// The horizon of the tenant's event stream (`audit::events`), on a Citus coordinator: the log,
+/// its sequence and its writers' horizon locks are on the tenant's node, so it is found there,
+/// by `udm.citus_event_horizon` as a query of the tenant's catalog, which Citus sends there.
+pub fn horizon_on_node(t: &Tenant) -> Result<i64> {
+    let sql = format!(
+        "SELECT udm.citus_event_horizon($1) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
+        quote_ident(&t.schema)
+    );
+    crate::spi::select_one::<i64>(&sql, &[t.schema.as_str().into()])?.ok_or_else(|| {
+        UdmError::internal(format!(
+            "udm on Citus: no event horizon came back from the node of tenant \"{}\"",
+            t.schema
+        ))
+    })
+}
+
+finfo_v1!(pg_finfo_udm_citus_event_horizon);
+
+/// `udm.citus_event_horizon(schema)`: on the tenant's worker, the horizon of its event stream
+/// there (see `horizon_on_node`). Internal: not executable by PUBLIC; refused anywhere but on a
+/// worker, and for a schema that is not a udm tenant's.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_citus_event_horizon(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let Some(schema) = (unsafe { pg_getarg::<String>(fcinfo, 0) }) else {
+        crate::error::raise(UdmError::new(
+            SqlState::NullValueNotAllowed,
+            "udm.citus_event_horizon: the schema may not be NULL",
+        ))
+    };
+    let h = (|| -> Result<i64> {
+        if !super::on_worker() {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                "udm.citus_event_horizon runs on a Citus worker only, where udm sends it",
+            ));
+        }
+        super::nested(|| {
+            let t = crate::catalog::tenant(&schema)?.ok_or_else(|| {
+                UdmError::invalid(format!(
+                    "udm.citus_event_horizon: \"{}\" is not a udm tenant's schema",
+                    udm_core::ident::printable(&schema)
+                ))
+            })?;
+            crate::audit::events::local_horizon(&t)
+        })
+    })()
+    .or_raise();
+    pg_sys::Datum::from(h)
+}

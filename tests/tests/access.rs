@@ -1121,7 +1121,7 @@ fn the_audit_log_shows_members_the_records_they_see() {
     }
     // one transaction changes a product of each roadmap
     a.app.batch_execute("BEGIN").unwrap();
-    let tx: i64 = scalar(&mut a.app, "SELECT txid_current()");
+    let here: i64 = scalar(&mut a.app, "SELECT txid_current()");
     a.app
         .batch_execute(&format!(
             "UPDATE \"{t}\".product SET name = name || '!' WHERE id IN ({}, {}); COMMIT",
@@ -1129,6 +1129,17 @@ fn the_audit_log_shows_members_the_records_they_see() {
             lit(&p2)
         ))
         .unwrap();
+    // the transaction as the history names it (on Citus, the transaction on the tenant's node)
+    let tx: i64 = scalar(
+        &mut a.app,
+        &format!(
+            "SELECT max(txid) FROM udm_history('product', {}) WHERE version = 2",
+            lit(&p1)
+        ),
+    );
+    if !on_citus(&mut a.app) {
+        assert_eq!(tx, here);
+    }
 
     let ids_seen = |c: &mut postgres::Client| -> Vec<String> {
         column::<String>(

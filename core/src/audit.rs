@@ -499,13 +499,17 @@ pub fn horizon_key(tag: i64, last_id: i64) -> i64 {
     (tag << HORIZON_ID_BITS) | (last_id & HORIZON_ID_MASK)
 }
 
-/// The event id whose low bits a held horizon lock key holds, given `last`, the last id the log's
-/// sequence has given out: the largest id up to `last` with those low bits (a writer's id is at
-/// most `last`, and far less than 2^48 below it).
+/// The event id whose low bits a held horizon lock key holds, given `last`, an id the log's
+/// sequence gave out, read about when the lock was: the id with those low bits nearest to `last`.
+/// A writer's id is near it, below or (the sequence moved on since `last` was read) above; never
+/// 2^47 away.
 pub fn held_id(low: i64, last: i64) -> i64 {
+    const HALF: i64 = 1 << (HORIZON_ID_BITS - 1);
     let at = (last & !HORIZON_ID_MASK) | (low & HORIZON_ID_MASK);
-    if at > last {
+    if at > last.saturating_add(HALF) {
         at - (1 << HORIZON_ID_BITS)
+    } else if at < last.saturating_sub(HALF) {
+        at + (1 << HORIZON_ID_BITS)
     } else {
         at
     }
@@ -833,5 +837,10 @@ mod tests {
         assert_eq!(held_id(low, (3i64 << 48) + 4), just_below);
         // a writer that took its lock at the last id: the horizon is that id
         assert_eq!(horizon(base + 10, &[10]), base + 10);
+        // a writer that took its lock after the sequence was read: above it, and left out
+        assert_eq!(held_id(1549, base + 1500), base + 1549);
+        assert_eq!(horizon(base + 1500, &[1549]), base + 1500);
+        // the sequence was read just past a 2^48 boundary, a writer locked just before it
+        assert_eq!(held_id((1 << 48) - 3, (3i64 << 48) + 2), (3i64 << 48) - 3);
     }
 }

@@ -599,6 +599,10 @@ fn tenant_node(schema: &str) -> Result<Option<(String, i32)>> {
     .map_err(spi_err)
 }
 
+/// How often `udm_move_tenant` tries again when Citus has not yet dropped a shard an earlier move
+/// left behind (waiting 0.5 s, 1 s, 1.5 s, 2 s).
+const LEFTOVER_TRIES: i64 = 4;
+
 /// `udm_move_tenant`: moves a tenant's distributed schema, every table of it, to another worker
 /// node (`citus_schema_move`), then lets the tenant's sequences on the new node continue above
 /// the values the old node gave (each node's copy of a sequence has its own range, and the audit
@@ -702,11 +706,32 @@ pub fn move_tenant(
         );
     }
     let started = std::time::Instant::now();
-    Spi::run_with_args(
-        "SELECT pg_catalog.citus_schema_move($1::regnamespace, $2, $3, shard_transfer_mode => $4::citus.shard_transfer_mode)",
-        &[quote_ident(&t.schema).into(), node.into(), port.into(), mode.as_str().into()],
-    )
-    .map_err(spi_err)?;
+    // Citus first drops what earlier moves left behind, and refuses to move while a shard of the
+    // tenant is still among those leftovers; that happens when its maintenance daemon is dropping
+    // them at the same moment (seen right after a move). Nothing was moved then: tried again.
+    let mut tries = 0;
+    loop {
+        let moved = crate::error::in_subtransaction(|| {
+            Spi::run_with_args(
+                "SELECT pg_catalog.citus_schema_move($1::regnamespace, $2, $3, shard_transfer_mode => $4::citus.shard_transfer_mode)",
+                &[quote_ident(&t.schema).into(), node.into(), port.into(), mode.as_str().into()],
+            )
+        });
+        match moved {
+            Ok(r) => break r.map_err(spi_err)?,
+            Err(e)
+                if tries < LEFTOVER_TRIES
+                    && e.message.contains("leftover from the previous move") =>
+            {
+                tries += 1;
+                unsafe {
+                    pg_sys::pg_usleep(500_000 * tries);
+                    pg_sys::check_for_interrupts!();
+                }
+            }
+            Err(e) => e.raise(),
+        }
+    }
     let moved_ms = started.elapsed().as_millis() as i64;
     // Citus made the new node's shards with table-level privileges only
     column_grants_of_schema_to_node(t.schema_oid, &t.schema)?;

@@ -208,6 +208,11 @@ fn every_committed_event_reaches_every_consumer_once_in_order_under_concurrent_w
             assert_eq!(seen, log, "round {round}, {mode}: exactly the log");
         }
         let announced = listener.join().unwrap();
+        // on Citus the triggers notify on the tenant's worker, where no listener of the
+        // coordinator hears them (README): the stream itself is what holds there
+        if on_citus(&mut m.client) {
+            continue;
+        }
         let unannounced: Vec<i64> = log
             .iter()
             .filter(|id| **id > before && !announced.contains(id))
@@ -215,7 +220,9 @@ fn every_committed_event_reaches_every_consumer_once_in_order_under_concurrent_w
             .collect();
         assert!(
             unannounced.is_empty(),
-            "round {round}: committed events without a notification: {unannounced:?}"
+            "round {round}: committed events without a notification: {} of them, the first {:?}",
+            unannounced.len(),
+            &unannounced[..unannounced.len().min(20)]
         );
     }
 }
@@ -264,11 +271,19 @@ fn event_heads_answer_for_the_callers_tenants_only() {
         ))
         .unwrap();
     let after = heads(&mut m.client, &[&t]);
-    if std::env::var("UDM_TEST_AUDIT_BATCHES").is_ok_and(|v| v == "1") {
+    let newest: i64 = scalar(
+        &mut m.client,
+        &format!("SELECT max(audit_id) FROM \"{t}\"._udm_audit"),
+    );
+    if on_citus(&mut m.client) {
+        // the node numbers from its own range (group << 48): the head is the newest id there
+        assert_eq!(after[0].1, newest, "{before:?} {after:?}");
+    } else if std::env::var("UDM_TEST_AUDIT_BATCHES").is_ok_and(|v| v == "1") {
         // a batched log's head is the last id its newest batch can hold
         assert!(after[0].1 >= before[0].1 + 3, "{before:?} {after:?}");
     } else {
         assert_eq!(after[0].1, before[0].1 + 3, "{before:?} {after:?}");
+        assert_eq!(after[0].1, newest);
     }
     // the admin may use both
     let both = heads(&mut adm, &[&other, &t]);

@@ -282,6 +282,18 @@ check "the roadmap template on the worker: its rule triggers (named with the sha
     -c "SELECT udm_use('road')" \
     -c "SELECT udm_insert('roadmap', '{\"name\": \"Hardware\", \"y_axis_values\": [\"HW\", \"SW\"]}')->>'name'"
 
+# a user field naming a registered user the tenant does not know yet: the trigger on the worker
+# makes the tenant know them (its users table there, and the registry udm.user_tenant, a
+# reference table whose copies on every node stay alike)
+dora=$(on coordinator -c "SELECT udm_create_user('dora@example.org', 'Dora', 'a long enough password')->>'id'")
+check "plain SQL on the coordinator with a user the tenant did not know: the tenant learns them" "dora@example.org|1" \
+    -c "INSERT INTO road.roadmap (name, y_axis_values, owner_id) VALUES ('Dora''s', ARRAY['HW'], '$dora')" \
+    -c "SELECT (SELECT email FROM road._udm_user WHERE id = '$dora') || '|' || (SELECT count(*) FROM udm.user_tenant WHERE user_id = '$dora' AND tenant = 'road')"
+user_tenant_shard=$(on coordinator -c "SELECT shardid FROM pg_dist_shard WHERE logicalrelid = 'udm.user_tenant'::regclass")
+copies_of_user_tenant=$(for n in coordinator worker1 worker2; do
+    on $n -c "SELECT md5(string_agg(user_id::text || tenant, ',' ORDER BY user_id, tenant)) FROM udm.user_tenant_$user_tenant_shard"; done | sort -u | wc -l)
+expect "... and the copies of udm.user_tenant on the three nodes are alike" "1" "$copies_of_user_tenant"
+
 # SET CONSTRAINTS reaches the workers, where rules over related records are checked (udm sends it
 # on as udm.citus_constraints, src/citus/constraints.rs): a product moved to a y value its roadmap
 # gets later in the same transaction
@@ -792,7 +804,7 @@ check "nothing was written into the coordinator's shell tables of the tenants' l
 # Driver test suites (tests/tests/*.rs) that run against the coordinator as they do on a single
 # node. Tests of the others expect single-node plans or notifications, or meet Citus's rules for
 # a transaction's connections (README, "Scaling out with Citus").
-suites=${CITUS_SUITES-changes messages isolation caches tenants records links_history locks access related_rules events_race}
+suites=${CITUS_SUITES-changes messages isolation caches tenants records links_history locks access related_rules events_race users}
 # tests of those suites that Citus fails (README): renaming a constraint; a trigger created by
 # hand on a distributed table
 skips=${CITUS_SKIP-lock_scopes_are_checked_versioned_and_follow_renames refusals_of_users_members_and_access_scopes_name_what_is_wrong}

@@ -114,6 +114,12 @@ pub fn require_known(t: &Tenant, id: pgrx::Uuid, entity: &str, field: &str) -> R
     if KNOWN.with(|k| k.borrow().contains(&(t.schema_oid, *id.as_bytes()))) {
         return Ok(());
     }
+    // on Citus this runs in the trigger on the tenant's worker, inside the query Citus sent
+    // there: the tenant's users table is colocated on this node, the registry a reference table
+    crate::citus::nested(|| require_known_here(t, id, entity, field))
+}
+
+fn require_known_here(t: &Tenant, id: pgrx::Uuid, entity: &str, field: &str) -> Result<()> {
     let here = t.relation(USER_TABLE).is_some()
         && as_owner(|| {
             crate::spi::select_one::<bool>(

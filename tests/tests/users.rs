@@ -91,8 +91,10 @@ fn nothing_of_a_tenant_references_the_global_users_and_attribution_is_by_id() {
     let t = tm.t.clone();
     let refs: i64 = scalar(
         &mut tm.adm,
+        // (on Citus the reference table has Citus's own TRUNCATE trigger, no RI trigger)
         "SELECT (SELECT count(*) FROM pg_constraint WHERE confrelid = 'udm.app_user'::regclass) \
-              + (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'udm.app_user'::regclass)",
+              + (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'udm.app_user'::regclass \
+                   AND tgfoid::regproc::text <> 'citus_truncate_trigger')",
     );
     assert_eq!(
         refs, 0,

@@ -282,6 +282,15 @@ check "the roadmap template on the worker: its rule triggers (named with the sha
     -c "SELECT udm_use('road')" \
     -c "SELECT udm_insert('roadmap', '{\"name\": \"Hardware\", \"y_axis_values\": [\"HW\", \"SW\"]}')->>'name'"
 
+# the session's rendering settings reach the workers, where rows are built: a time zone set for
+# the session (no user selected), through udm_query and plain SQL
+check "the session's time zone reaches the workers: udm_query's rows" "+05:30" \
+    -c "SET TIME ZONE 'Asia/Kolkata'" -c "SELECT udm_use('shop')" \
+    -c "SELECT right(udm_query('category', '{\"limit\": 1}')->'rows'->0->>'created_at', 6)"
+check "the session's time zone and interval style reach the workers: plain SQL" "+05:30|P1D" \
+    -c "SET TIME ZONE 'Asia/Kolkata'" -c "SET intervalstyle = 'iso_8601'" \
+    -c "SELECT right(min(created_at::text), 6) || '|' || min((created_at - (created_at - interval '1 day'))::text) FROM shop.category"
+
 # a user field naming a registered user the tenant does not know yet: the trigger on the worker
 # makes the tenant know them (its users table there, and the registry udm.user_tenant, a
 # reference table whose copies on every node stay alike)
@@ -804,7 +813,7 @@ check "nothing was written into the coordinator's shell tables of the tenants' l
 # Driver test suites (tests/tests/*.rs) that run against the coordinator as they do on a single
 # node. Tests of the others expect single-node plans or notifications, or meet Citus's rules for
 # a transaction's connections (README, "Scaling out with Citus").
-suites=${CITUS_SUITES-changes messages isolation caches tenants records links_history locks access related_rules events_race users}
+suites=${CITUS_SUITES-changes messages isolation caches tenants records links_history locks access related_rules events_race users graphql}
 # tests of those suites that Citus fails (README): renaming a constraint; a trigger created by
 # hand on a distributed table
 skips=${CITUS_SKIP-lock_scopes_are_checked_versioned_and_follow_renames refusals_of_users_members_and_access_scopes_name_what_is_wrong}

@@ -28,6 +28,38 @@ struct Sent {
     subxact: pg_sys::SubTransactionId,
     tenant: String,
     user: String,
+    /// The session's settings that shape the values the workers render (`RENDERING`), where the
+    /// session changed them.
+    rendering: Vec<(&'static str, String)>,
+}
+
+/// Settings that shape how values are rendered (a `timestamptz` in the session's time zone, an
+/// interval, a date in text, a float): rows are built on the tenant's worker, which has its own.
+const RENDERING: [&str; 4] = [
+    "timezone",
+    "intervalstyle",
+    "datestyle",
+    "extra_float_digits",
+];
+
+/// The `RENDERING` settings this session changed from their defaults (its `RESET` values).
+fn changed_rendering() -> Vec<(&'static str, String)> {
+    let text = |p: *const std::ffi::c_char| {
+        (!p.is_null()).then(|| {
+            unsafe { std::ffi::CStr::from_ptr(p) }
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    RENDERING
+        .iter()
+        .filter_map(|&name| {
+            let c = std::ffi::CString::new(name).ok()?;
+            let now = text(unsafe { pg_sys::GetConfigOption(c.as_ptr(), true, false) })?;
+            let reset = text(unsafe { pg_sys::GetConfigOptionResetString(c.as_ptr()) });
+            (reset.as_deref() != Some(now.as_str())).then_some((name, now))
+        })
+        .collect()
 }
 
 thread_local! {
@@ -157,27 +189,31 @@ impl Drop for Sending {
 }
 
 /// Sends the selection in effect to the workers of the current transaction, unless they have
-/// it already. Nothing happens without Citus, on a worker, in parallel mode (no setting may
-/// change there), in a backend serving Citus's own connection, or when no user was selected in
-/// the transaction (a selection of a tenant alone tells the workers nothing: they read the user).
+/// it already, with the session's rendering settings it changed (`RENDERING`: the workers
+/// build the rows). Nothing happens without Citus, on a worker, in parallel mode (no setting may
+/// change there), in a backend serving Citus's own connection, or when neither a user was
+/// selected nor a rendering setting changed (a selection of a tenant alone tells the workers
+/// nothing: they read the user).
 fn send() {
     if !super::loaded() || SENDING.with(|s| s.get()) || unsafe { pg_sys::IsInParallelMode() } {
         return;
     }
     let tenant = guc::tenant().unwrap_or_default();
     let user = guc::user_id().unwrap_or_default();
+    let rendering = changed_rendering();
     let lxid = guc::local_xact();
     let sent = SENT.with(|s| {
         s.borrow()
             .last()
             .filter(|x| x.lxid == lxid)
-            .map(|x| x.tenant == tenant && x.user == user)
+            .map(|x| x.tenant == tenant && x.user == user && x.rendering == rendering)
     });
     match sent {
         Some(true) => return,
         // the workers read the user (row-level security, attribution), not the tenant (the
-        // schema of a trigger's table names it): with no user, nothing to tell them yet
-        None if user.is_empty() => return,
+        // schema of a trigger's table names it): with no user, and the session's rendering
+        // settings as the workers have them, nothing to tell them yet
+        None if user.is_empty() && rendering.is_empty() => return,
         _ => {}
     }
     SENDING.with(|s| s.set(true));
@@ -186,7 +222,9 @@ fn send() {
         return;
     }
     let (raw_tenant, raw_user) = guc::raw_selection();
-    set_on_workers(&[("udm.tenant", &tenant), ("udm.user_id", &user)]);
+    let mut settings: Vec<(&str, &str)> = vec![("udm.tenant", &tenant), ("udm.user_id", &user)];
+    settings.extend(rendering.iter().map(|(n, v)| (*n, v.as_str())));
+    set_on_workers(&settings);
     // a failed selection is recognised by the settings it left: they stay on the coordinator
     if raw_tenant.as_deref().unwrap_or("") != tenant {
         guc::set("udm.tenant", raw_tenant.as_deref(), true);
@@ -204,6 +242,7 @@ fn send() {
             subxact,
             tenant,
             user,
+            rendering,
         });
     });
 }

@@ -45,8 +45,13 @@ fn shop(adm: &mut Client) -> String {
              SELECT 'P' || i, i * 10, 'active', jsonb_build_object('color', CASE WHEN i % 2 = 0 THEN 'red' ELSE 'blue' END),
                     (SELECT id FROM {s}.category WHERE name = CASE WHEN i <= 6 THEN 'Phones' ELSE 'Laptops' END)
              FROM generate_series(1, 10) i;
-           INSERT INTO {s}."product__tags" (source_id, target_id)
-             SELECT p.id, t.id FROM {s}.product p, {s}.tag t WHERE t.name = 'red' AND p.name IN ('P1', 'P2');"#,
+           -- (a loop, not INSERT ... SELECT of a join: Citus 12.1 deparses that wrongly for a
+           -- schema's tables, "( IS NOT NULL)")
+           DO $$ DECLARE red uuid; p uuid; BEGIN
+             SELECT id INTO red FROM {s}.tag WHERE name = 'red';
+             FOR p IN SELECT id FROM {s}.product WHERE name IN ('P1', 'P2') ORDER BY name LOOP
+               INSERT INTO {s}."product__tags" (source_id, target_id) VALUES (p, red);
+             END LOOP; END $$;"#,
         t = lit(&t),
         s = t
     ))

@@ -331,6 +331,67 @@ CREATE FUNCTION udm.citus_event_horizon(schema_name text) RETURNS bigint
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_citus_event_horizon';
 
+-- Citus (src/citus/mod.rs): on a tenant's worker, renames the constraint `old_name` of the
+-- tenant's table `tbl` to `new_name` on this node: on the worker's copy of the table and on its
+-- shards here (`<name>_<shard id>`). Citus refuses to propagate a constraint's rename, which udm
+-- makes when a field is renamed: udm renames it on the coordinator without propagation, then
+-- runs this on the tenant's node as a query of the tenant's catalog, which Citus sends there in
+-- the same transaction. A shard's name that would not fit in 63 bytes is refused (Citus would
+-- have shortened it its own way). Refused anywhere but on a worker, and for a table outside a
+-- udm tenant's schema. Internal: not executable by PUBLIC.
+CREATE FUNCTION udm.citus_rename_constraint(schema_name text, tbl text, old_name text, new_name text)
+    RETURNS integer
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    rel regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, tbl));
+    propagation text := pg_catalog.current_setting('citus.enable_ddl_propagation', true);
+    target regclass;
+    suffix text;
+    n integer := 0;
+BEGIN
+    IF propagation IS NULL OR NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_dist_local_group WHERE groupid <> 0) THEN
+        RAISE EXCEPTION 'udm.citus_rename_constraint: runs on a Citus worker only'
+            USING ERRCODE = '0A000';
+    END IF;
+    -- a tenant schema holds its catalog table (udm.tenant, a reference table, is not read here:
+    -- this runs inside a query Citus sent to the node)
+    IF rel IS NULL OR old_name IS NULL OR new_name IS NULL OR NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_class k
+            ON k.relnamespace = c.relnamespace AND k.relname = '_udm_entity' AND k.relkind IN ('r', 'p')
+        WHERE c.oid = rel AND c.relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION 'udm.citus_rename_constraint: %.% is not a table of a udm tenant', schema_name, tbl
+            USING ERRCODE = '22023';
+    END IF;
+    -- this node only, for this function only
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    FOR target, suffix IN
+        SELECT rel, ''
+        UNION ALL
+        SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid)), '_' || s.shardid
+          FROM pg_catalog.pg_dist_shard s
+         WHERE s.logicalrelid = rel
+           AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid)) IS NOT NULL
+    LOOP
+        IF pg_catalog.octet_length(old_name || suffix) > 63 OR pg_catalog.octet_length(new_name || suffix) > 63 THEN
+            RAISE EXCEPTION 'udm on Citus: cannot rename constraint "%" of %.% to "%": with the shard id its name would not fit in 63 bytes',
+                old_name, schema_name, tbl, new_name
+                USING ERRCODE = '0A000';
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c
+                   WHERE c.conrelid = target AND c.conname = old_name || suffix) THEN
+            EXECUTE pg_catalog.format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
+                target, old_name || suffix, new_name || suffix);
+            n := n + 1;
+        END IF;
+    END LOOP;
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', propagation, true);
+    RETURN n;
+END
+$$;
+
 -- Citus (src/citus/mod.rs): on a tenant's worker, gives `role` SELECT on the columns `cols` of
 -- the tenant's table `tbl`, and on no other column, on this node: the shard of it here and the
 -- worker's shell of it. Citus refuses to propagate a column-level GRANT, which hides a password

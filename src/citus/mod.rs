@@ -82,6 +82,8 @@ struct Statement {
     sql: String,
     creates: Option<String>,
     column_grant: Vec<(String, String)>,
+    /// `ALTER TABLE schema.table RENAME CONSTRAINT old TO new`: (schema, table, old, new).
+    constraint_rename: Option<[String; 4]>,
 }
 
 /// The statements of `sql` (PostgreSQL's own parser splits them), each with the table it creates
@@ -147,10 +149,28 @@ fn split(sql: &str) -> Result<Vec<Statement>> {
                     }
                 }
             }
+            let mut constraint_rename = None;
+            if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_RenameStmt {
+                let r = node as *mut pg_sys::RenameStmt;
+                if (*r).renameType == pg_sys::ObjectType::OBJECT_TABCONSTRAINT
+                    && !(*r).relation.is_null()
+                {
+                    let rv = (*r).relation;
+                    if let (Some(s), Some(t), Some(o), Some(n)) = (
+                        name((*rv).schemaname),
+                        name((*rv).relname),
+                        name((*r).subname),
+                        name((*r).newname),
+                    ) {
+                        constraint_rename = Some([s, t, o, n]);
+                    }
+                }
+            }
             out.push(Statement {
                 sql: text,
                 creates,
                 column_grant,
+                constraint_rename,
             });
         }
     }
@@ -163,14 +183,19 @@ fn split(sql: &str) -> Result<Vec<Statement>> {
 pub fn run_batch(sql: &str) -> Result<()> {
     let statements = split(sql)?;
     if statements.len() <= 1
-        && statements
-            .iter()
-            .all(|s| s.creates.is_none() && s.column_grant.is_empty())
+        && statements.iter().all(|s| {
+            s.creates.is_none() && s.column_grant.is_empty() && s.constraint_rename.is_none()
+        })
     {
         return Spi::run(sql).map_err(spi_err);
     }
     for s in statements {
-        if s.column_grant.is_empty() {
+        if let Some([schema, table, old, new]) = &s.constraint_rename {
+            // Citus refuses to propagate a constraint's rename: the coordinator's shell gets it
+            // here, the tenant's node after it
+            without_propagation(|| Spi::run(&s.sql).map_err(spi_err))?;
+            rename_constraint_on_node(schema, table, old, new)?;
+        } else if s.column_grant.is_empty() {
             Spi::run(&s.sql).map_err(spi_err)?;
         } else {
             // Citus refuses to propagate a column-level GRANT: the coordinator's shell gets it
@@ -252,6 +277,31 @@ pub fn column_grants_to_node(schema: &str, table: &str) -> Result<()> {
         .map_err(spi_err)?;
     }
     Ok(())
+}
+
+/// Renames a constraint of the tenant table `table` on the tenant's node too (its shards and
+/// the worker's copy of the table: `udm.citus_rename_constraint`, as a query of the tenant's
+/// catalog, which Citus sends there in this transaction). A table Citus does not distribute, of
+/// a tenant made before Citus was installed, has it on the coordinator only.
+fn rename_constraint_on_node(schema: &str, table: &str, old: &str, new: &str) -> Result<()> {
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let distributed = crate::spi::select_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition \
+                        WHERE logicalrelid = pg_catalog.to_regclass($1))",
+        &[qualified.as_str().into()],
+    )?
+    .unwrap_or(false);
+    if !distributed {
+        return Ok(());
+    }
+    Spi::run_with_args(
+        &format!(
+            "SELECT udm.citus_rename_constraint($1, $2, $3, $4) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
+            quote_ident(schema)
+        ),
+        &[schema.into(), table.into(), old.into(), new.into()],
+    )
+    .map_err(spi_err)
 }
 
 /// After a move: the column-level privileges of every table of the tenant's schema, again on

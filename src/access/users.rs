@@ -115,7 +115,8 @@ pub fn require_known(t: &Tenant, id: pgrx::Uuid, entity: &str, field: &str) -> R
         return Ok(());
     }
     // on Citus this runs in the trigger on the tenant's worker, inside the query Citus sent
-    // there: the tenant's users table is colocated on this node, the registry a reference table
+    // there: what it reads is on this node (the tenant's users table, colocated; the registry, a
+    // reference table); it writes nothing there (see below)
     crate::citus::nested(|| require_known_here(t, id, entity, field))
 }
 
@@ -133,6 +134,20 @@ fn require_known_here(t: &Tenant, id: pgrx::Uuid, entity: &str, field: &str) -> 
         return Ok(());
     }
     match find(&id.to_string())? {
+        // a write Citus sent to the tenant's worker cannot write the registry of users' tenants
+        // (a reference table, on every node) from inside itself: allowed, Citus was seen to
+        // crash the worker committing such a transaction (COMMIT PREPARED). Nor can the
+        // coordinator make the tenant know the user first for it: the trigger runs in the
+        // caller's connection to the worker, which does not see what udm's owner wrote there
+        Some(u) if crate::citus::on_worker() => Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!(
+                "{entity}.{field} refers to user {} ({id}), whom tenant \"{}\" does not know yet",
+                u.1, t.slug
+            ),
+        )
+        .detail("on Citus a change that reaches the tenant's worker cannot make the tenant know a user: that writes udm.user_tenant, a reference table on every node, from inside the change")
+        .hint("write the record with udm_insert or udm_update (they make the tenant know the user first), or make the user a member of the tenant (udm_add_member)")),
         Some(u) => know(t, &u),
         None => Err(UdmError::new(
             SqlState::ForeignKeyViolation,

@@ -130,7 +130,8 @@ fn system_columns_are_managed_on_insert_and_update() {
     assert_eq!(r.get::<_, i32>(2), 4);
     let msg = expect_err(
         &mut m.client,
-        &format!("UPDATE \"{t}\".item SET id = gen_random_uuid()"),
+        // (a constant: Citus refuses VOLATILE functions in an UPDATE of a distributed table)
+        &format!("UPDATE \"{t}\".item SET id = '00000000-0000-4000-8000-0000000000ab'"),
         "0A000",
     );
     assert!(msg.contains("id of a item record cannot change"), "{msg}");
@@ -242,7 +243,13 @@ fn copy_is_held_to_the_rules() {
         .unwrap();
     w.write_all(b"3\n11\n").unwrap();
     let e = w.finish().unwrap_err();
-    assert_eq!(sqlstate(&e), "23514");
+    // (Citus passes a worker's COPY error on with its words, not its SQLSTATE)
+    let copy_code = if on_citus(&mut m.client) {
+        "XX000"
+    } else {
+        "23514"
+    };
+    assert_eq!(sqlstate(&e), copy_code);
     assert!(
         message(&e).contains("reading.v must be at most 10"),
         "{}",

@@ -409,6 +409,8 @@ refused "udm.citus_event_horizon on the coordinator: refused" 0A000 \
     "udm.citus_event_horizon runs on a Citus worker only" -c "SELECT udm.citus_event_horizon('rules')"
 CHECK_ON=worker1 refused "udm.citus_event_horizon on a worker: a schema that is not a tenant's is refused" 22023 \
     "is not a udm tenant's schema" -c "SELECT udm.citus_event_horizon('public')"
+CHECK_ON=worker1 refused "udm.citus_event_horizon on a worker: NULL is refused" 22004 \
+    "the schema may not be NULL" -c "SELECT udm.citus_event_horizon(NULL)"
 CHECK_ON=worker1 refused "udm.citus_constraints set by hand on a worker: a value udm did not send is refused" 22023 \
     "not a SET CONSTRAINTS udm sent" -c "BEGIN" -c "SET LOCAL udm.citus_constraints = 'all deferred'"
 

@@ -853,7 +853,7 @@ check "nothing was written into the coordinator's shell tables of the tenants' l
 # Driver test suites (tests/tests/*.rs) that run against the coordinator as they do on a single
 # node. Tests of the others expect single-node plans or notifications, or meet Citus's rules for
 # a transaction's connections (README, "Scaling out with Citus").
-suites=${CITUS_SUITES-changes messages isolation caches tenants records links_history locks access related_rules events_race users graphql roadmap entities}
+suites=${CITUS_SUITES-changes messages isolation caches tenants records links_history locks access related_rules events_race users graphql roadmap entities hostile}
 # tests of those suites that Citus fails (README): a trigger created by hand on a distributed
 # table
 skips=${CITUS_SKIP-refusals_of_users_members_and_access_scopes_name_what_is_wrong}

@@ -55,6 +55,18 @@ pub fn select_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) ->
     .map_err(spi_err)
 }
 
+/// The first column of every row, NULLs left out.
+pub fn select_column<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Result<Vec<T>> {
+    Spi::connect(|c| {
+        let mut out = Vec::new();
+        for row in c.select(sql, None, args)? {
+            out.extend(row.get::<T>(1)?);
+        }
+        Ok(out)
+    })
+    .map_err(spi_err)
+}
+
 /// PostgreSQL's refusal of a write in a read-only transaction (`25006`, as `BEGIN READ ONLY` and
 /// every transaction of a hot standby are): "cannot execute `what` in a read-only transaction".
 /// Needed before pgrx's mutating SPI calls, which ask for a transaction id first: on a standby

@@ -1359,22 +1359,13 @@ fn tuple_objects(t: &Tenant, entity: &str) -> Result<Vec<pgrx::Uuid>> {
         ctx.user,
         crate::citus::shard_relation(t.schema_oid, TUPLE_TABLE, TUPLE_TABLE),
     ) {
-        return Spi::connect(|c| {
-            let rows = c.select(
-                &format!(
-                    "SELECT object_id FROM {} WHERE subject = $1 AND object_entity = $2",
-                    udm_core::ident::qualified(&t.schema, TUPLE_TABLE)
-                ),
-                None,
-                &[user.into(), entity.into()],
-            )?;
-            let mut out = Vec::new();
-            for r in rows {
-                out.extend(r.get::<pgrx::Uuid>(1)?);
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-        .map_err(crate::error::spi_err);
+        return crate::spi::select_column(
+            &format!(
+                "SELECT object_id FROM {} WHERE subject = $1 AND object_entity = $2",
+                udm_core::ident::qualified(&t.schema, TUPLE_TABLE)
+            ),
+            &[user.into(), entity.into()],
+        );
     }
     // on Citus: the shards, where this node (the tenant's worker) holds them
     let local = |name: &str| crate::citus::local_relation(t.schema_oid, TUPLE_TABLE, name);

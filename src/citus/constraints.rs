@@ -199,24 +199,15 @@ fn apply(value: &str) -> Result<()> {
             return Err(bad());
         };
         // the constraint itself (the worker's copy of the table) and its shards' (`name_<shard id>`)
-        let found: Vec<String> = Spi::connect(|c| {
-            let rows = c.select(
-                "SELECT DISTINCT c.conname::text FROM pg_catalog.pg_constraint c \
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace \
-                 WHERE n.nspname = $1 AND c.contype = 't' \
-                   AND (c.conname = $2 OR (pg_catalog.starts_with(c.conname, $2 || '_') \
-                        AND pg_catalog.substr(c.conname, pg_catalog.length($2) + 2) ~ '^[0-9]+$')) \
-                 ORDER BY 1",
-                None,
-                &[schema.into(), name.into()],
-            )?;
-            let mut out = Vec::new();
-            for r in rows {
-                out.push(r.get::<String>(1)?.unwrap_or_default());
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-        .map_err(spi_err)?;
+        let found: Vec<String> = crate::spi::select_column(
+            "SELECT DISTINCT c.conname::text FROM pg_catalog.pg_constraint c \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace \
+             WHERE n.nspname = $1 AND c.contype = 't' \
+               AND (c.conname = $2 OR (pg_catalog.starts_with(c.conname, $2 || '_') \
+                    AND pg_catalog.substr(c.conname, pg_catalog.length($2) + 2) ~ '^[0-9]+$')) \
+             ORDER BY 1",
+            &[schema.into(), name.into()],
+        )?;
         targets.extend(
             found
                 .iter()

@@ -307,22 +307,13 @@ fn rename_constraint_on_node(schema: &str, table: &str, old: &str, new: &str) ->
 /// After a move: the column-level privileges of every table of the tenant's schema, again on
 /// its new node (`column_grants_to_node`).
 fn column_grants_of_schema_to_node(schema_oid: pg_sys::Oid, schema: &str) -> Result<()> {
-    let tables: Vec<String> = Spi::connect(|c| {
-        let rows = c.select(
-            "SELECT DISTINCT c.relname::text FROM pg_catalog.pg_class c \
-               JOIN pg_catalog.pg_attribute att ON att.attrelid = c.oid \
-             WHERE c.relnamespace = $1 AND c.relkind IN ('r', 'p') AND att.attacl IS NOT NULL \
-             ORDER BY 1",
-            None,
-            &[schema_oid.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r.get::<String>(1)?.unwrap_or_default());
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .map_err(spi_err)?;
+    let tables: Vec<String> = crate::spi::select_column(
+        "SELECT DISTINCT c.relname::text FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_attribute att ON att.attrelid = c.oid \
+         WHERE c.relnamespace = $1 AND c.relkind IN ('r', 'p') AND att.attacl IS NOT NULL \
+         ORDER BY 1",
+        &[schema_oid.into()],
+    )?;
     for table in tables {
         column_grants_to_node(schema, &table)?;
     }

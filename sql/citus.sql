@@ -100,6 +100,36 @@ CREATE FUNCTION udm.citus_event_horizon(schema_name text) RETURNS bigint
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_citus_event_horizon';
 
+-- Citus: the tenant's table `schema_name`.`tbl` that `caller` (a udm.citus_* function udm sends to
+-- a tenant's node) was asked to change on this node; refused anywhere but on a worker (0A000),
+-- and for a table outside a udm tenant's schema or with `args_ok` false (22023). Internal: not
+-- executable by PUBLIC.
+CREATE FUNCTION udm.citus_node_table(caller text, schema_name text, tbl text, args_ok boolean)
+    RETURNS regclass
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    rel regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, tbl));
+BEGIN
+    IF pg_catalog.current_setting('citus.enable_ddl_propagation', true) IS NULL OR NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_dist_local_group WHERE groupid <> 0) THEN
+        RAISE EXCEPTION '%: runs on a Citus worker only', caller
+            USING ERRCODE = '0A000';
+    END IF;
+    -- a tenant schema holds its catalog table (udm.tenant, a reference table, is not read here:
+    -- this runs inside a query Citus sent to the node)
+    IF rel IS NULL OR NOT coalesce(args_ok, false) OR NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_class k
+            ON k.relnamespace = c.relnamespace AND k.relname = '_udm_entity' AND k.relkind IN ('r', 'p')
+        WHERE c.oid = rel AND c.relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION '%: %.% is not a table of a udm tenant', caller, schema_name, tbl
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN rel;
+END
+$$;
+
 -- Citus (src/citus/mod.rs): on a tenant's worker, renames the constraint `old_name` of the
 -- tenant's table `tbl` to `new_name` on this node: on the worker's copy of the table and on its
 -- shards here (`<name>_<shard id>`). Citus refuses to propagate a constraint's rename, which udm
@@ -114,26 +144,13 @@ CREATE FUNCTION udm.citus_rename_constraint(schema_name text, tbl text, old_name
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
-    rel regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, tbl));
+    rel regclass := udm.citus_node_table('udm.citus_rename_constraint', schema_name, tbl,
+        old_name IS NOT NULL AND new_name IS NOT NULL);
     propagation text := pg_catalog.current_setting('citus.enable_ddl_propagation', true);
     target regclass;
     suffix text;
     n integer := 0;
 BEGIN
-    IF propagation IS NULL OR NOT EXISTS (
-        SELECT 1 FROM pg_catalog.pg_dist_local_group WHERE groupid <> 0) THEN
-        RAISE EXCEPTION 'udm.citus_rename_constraint: runs on a Citus worker only'
-            USING ERRCODE = '0A000';
-    END IF;
-    -- a tenant schema holds its catalog table (udm.tenant, a reference table, is not read here:
-    -- this runs inside a query Citus sent to the node)
-    IF rel IS NULL OR old_name IS NULL OR new_name IS NULL OR NOT EXISTS (
-        SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_class k
-            ON k.relnamespace = c.relnamespace AND k.relname = '_udm_entity' AND k.relkind IN ('r', 'p')
-        WHERE c.oid = rel AND c.relkind IN ('r', 'p')) THEN
-        RAISE EXCEPTION 'udm.citus_rename_constraint: %.% is not a table of a udm tenant', schema_name, tbl
-            USING ERRCODE = '22023';
-    END IF;
     -- this node only, for this function only
     PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
     FOR target, suffix IN
@@ -175,25 +192,12 @@ CREATE FUNCTION udm.citus_column_grant(schema_name text, tbl text, role text, co
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
-    rel regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, tbl));
+    rel regclass := udm.citus_node_table('udm.citus_column_grant', schema_name, tbl,
+        role IS NOT NULL AND cols IS NOT NULL);
     propagation text := pg_catalog.current_setting('citus.enable_ddl_propagation', true);
     target text;
     n integer := 0;
 BEGIN
-    IF propagation IS NULL OR NOT EXISTS (
-        SELECT 1 FROM pg_catalog.pg_dist_local_group WHERE groupid <> 0) THEN
-        RAISE EXCEPTION 'udm.citus_column_grant: runs on a Citus worker only'
-            USING ERRCODE = '0A000';
-    END IF;
-    -- a tenant schema holds its catalog table (udm.tenant, a reference table, is not read here:
-    -- this runs inside a query Citus sent to the node)
-    IF rel IS NULL OR role IS NULL OR cols IS NULL OR NOT EXISTS (
-        SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_class k
-            ON k.relnamespace = c.relnamespace AND k.relname = '_udm_entity' AND k.relkind IN ('r', 'p')
-        WHERE c.oid = rel AND c.relkind IN ('r', 'p')) THEN
-        RAISE EXCEPTION 'udm.citus_column_grant: %.% is not a table of a udm tenant', schema_name, tbl
-            USING ERRCODE = '22023';
-    END IF;
     -- this node only, for this function only
     PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
     FOR target IN

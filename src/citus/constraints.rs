@@ -51,14 +51,12 @@ fn value_of(stmt: *mut pg_sys::ConstraintsSetStmt) -> Result<String> {
     let mut names = Vec::new();
     for i in 0..unsafe { (*list).length } as usize {
         let rv = unsafe { (*(*list).elements.add(i)).ptr_value as *mut pg_sys::RangeVar };
-        let text = |p: *mut std::ffi::c_char| {
-            (!p.is_null()).then(|| {
-                unsafe { std::ffi::CStr::from_ptr(p) }
-                    .to_string_lossy()
-                    .into_owned()
-            })
+        let (schema, name) = unsafe {
+            (
+                super::owned_str((*rv).schemaname),
+                super::owned_str((*rv).relname),
+            )
         };
-        let (schema, name) = unsafe { (text((*rv).schemaname), text((*rv).relname)) };
         let name = name.unwrap_or_default();
         // where PostgreSQL found it: the schema given, or the first schema of the search path
         // holding a constraint trigger of that name

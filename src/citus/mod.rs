@@ -86,6 +86,12 @@ struct Statement {
     constraint_rename: Option<[String; 4]>,
 }
 
+/// A C string of PostgreSQL's (a name in a parse tree, a setting's value) as an owned string;
+/// None for a NULL pointer.
+pub(super) fn owned_str(p: *const std::os::raw::c_char) -> Option<String> {
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
 /// The statements of `sql` (PostgreSQL's own parser splits them), each with the table it creates
 /// (qualified, quoted) when it is a `CREATE TABLE`.
 fn split(sql: &str) -> Result<Vec<Statement>> {
@@ -106,9 +112,7 @@ fn split(sql: &str) -> Result<Vec<Statement>> {
             };
             let text = String::from_utf8_lossy(&bytes[start..end]).into_owned();
             let node = (*raw).stmt;
-            let name = |p: *mut std::os::raw::c_char| {
-                (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
-            };
+            let name = |p: *mut std::os::raw::c_char| owned_str(p);
             let creates = if !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_CreateStmt {
                 let rv = (*(node as *mut pg_sys::CreateStmt)).relation;
                 match (name((*rv).schemaname), name((*rv).relname)) {

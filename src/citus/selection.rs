@@ -35,28 +35,21 @@ struct Sent {
 
 /// Settings that shape how values are rendered (a `timestamptz` in the session's time zone, an
 /// interval, a date in text, a float): rows are built on the tenant's worker, which has its own.
-const RENDERING: [&str; 4] = [
-    "timezone",
-    "intervalstyle",
-    "datestyle",
-    "extra_float_digits",
+const RENDERING: [(&str, &std::ffi::CStr); 4] = [
+    ("timezone", c"timezone"),
+    ("intervalstyle", c"intervalstyle"),
+    ("datestyle", c"datestyle"),
+    ("extra_float_digits", c"extra_float_digits"),
 ];
 
 /// The `RENDERING` settings this session changed from their defaults (its `RESET` values).
 fn changed_rendering() -> Vec<(&'static str, String)> {
-    let text = |p: *const std::ffi::c_char| {
-        (!p.is_null()).then(|| {
-            unsafe { std::ffi::CStr::from_ptr(p) }
-                .to_string_lossy()
-                .into_owned()
-        })
-    };
     RENDERING
         .iter()
-        .filter_map(|&name| {
-            let c = std::ffi::CString::new(name).ok()?;
-            let now = text(unsafe { pg_sys::GetConfigOption(c.as_ptr(), true, false) })?;
-            let reset = text(unsafe { pg_sys::GetConfigOptionResetString(c.as_ptr()) });
+        .filter_map(|&(name, c)| {
+            let now =
+                super::owned_str(unsafe { pg_sys::GetConfigOption(c.as_ptr(), true, false) })?;
+            let reset = super::owned_str(unsafe { pg_sys::GetConfigOptionResetString(c.as_ptr()) });
             (reset.as_deref() != Some(now.as_str())).then_some((name, now))
         })
         .collect()

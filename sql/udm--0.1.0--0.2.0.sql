@@ -333,8 +333,8 @@ CREATE FUNCTION udm.citus_event_horizon(schema_name text) RETURNS bigint
 
 -- Citus: the tenant's table `schema_name`.`tbl` that `caller` (a udm.citus_* function udm sends to
 -- a tenant's node) was asked to change on this node; refused anywhere but on a worker (0A000),
--- and for a table outside a udm tenant's schema or with `args_ok` false (22023). Internal: not
--- executable by PUBLIC.
+-- with `args_ok` false (its other arguments hold a NULL: 22004), and for a table outside a udm
+-- tenant's schema (22023). Internal: not executable by PUBLIC.
 CREATE FUNCTION udm.citus_node_table(caller text, schema_name text, tbl text, args_ok boolean)
     RETURNS regclass
     LANGUAGE plpgsql STABLE
@@ -348,9 +348,13 @@ BEGIN
         RAISE EXCEPTION '%: runs on a Citus worker only', caller
             USING ERRCODE = '0A000';
     END IF;
+    IF NOT coalesce(args_ok, false) THEN
+        RAISE EXCEPTION '%: no argument may be NULL', caller
+            USING ERRCODE = '22004';
+    END IF;
     -- a tenant schema holds its catalog table (udm.tenant, a reference table, is not read here:
     -- this runs inside a query Citus sent to the node)
-    IF rel IS NULL OR NOT coalesce(args_ok, false) OR NOT EXISTS (
+    IF rel IS NULL OR NOT EXISTS (
         SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_class k
             ON k.relnamespace = c.relnamespace AND k.relname = '_udm_entity' AND k.relkind IN ('r', 'p')
         WHERE c.oid = rel AND c.relkind IN ('r', 'p')) THEN

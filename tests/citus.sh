@@ -287,15 +287,22 @@ check "the roadmap template on the worker: its rule triggers (named with the sha
 check "the session's time zone reaches the workers: udm_query's rows" "+05:30" \
     -c "SET TIME ZONE 'Asia/Kolkata'" -c "SELECT udm_use('shop')" \
     -c "SELECT right(udm_query('category', '{\"limit\": 1}')->'rows'->0->>'created_at', 6)"
-check "the session's time zone and interval style reach the workers: plain SQL" "+05:30|P1D" \
-    -c "SET TIME ZONE 'Asia/Kolkata'" -c "SET intervalstyle = 'iso_8601'" \
-    -c "SELECT right(min(created_at::text), 6) || '|' || min((created_at - (created_at - interval '1 day'))::text) FROM shop.category"
+check "the session's time zone, interval and date styles and float digits reach the workers: plain SQL" \
+    "+05:30|P1D|true|0.333333333333333" \
+    -c "SET TIME ZONE 'Asia/Kolkata'" -c "SET intervalstyle = 'iso_8601'" -c "SET datestyle = 'SQL, DMY'" \
+    -c "SET extra_float_digits = 0" \
+    -c "SELECT to_char(min(created_at), 'OF') || '|' || min((created_at - (created_at - interval '1 day'))::text)
+          || '|' || bool_and(created_at::date::text ~ '^[0-9]{2}/[0-9]{2}/[0-9]{4}$')::text
+          || '|' || min(((length(name) * 0 + 1)::float8 / 3)::text) FROM shop.category"
 
 # a user field naming a registered user the tenant does not know yet: the change runs on the
 # tenant's worker, which cannot register the tenant with the user (udm.user_tenant is a reference
 # table on every node; written from inside the change, Citus was seen to crash the worker at
 # COMMIT PREPARED): refused, naming the user. A member is known, and their records go through.
 dora=$(on coordinator -c "SELECT udm_create_user('dora@example.org', 'Dora', 'a long enough password')->>'id'")
+refused "udm_insert with a user the tenant does not know yet: refused on the worker, naming the user" 0A000 \
+    'dora@example.org ('"$dora"'), whom tenant "road" does not know yet' -c "SELECT udm_use('road')" \
+    -c "SELECT udm_insert('roadmap', jsonb_build_object('name', 'By udm', 'y_axis_values', jsonb_build_array('HW'), 'owner_id', '$dora'))"
 refused "plain SQL with a user the tenant does not know yet: refused on the worker, naming the user" 0A000 \
     'dora@example.org ('"$dora"'), whom tenant "road" does not know yet' \
     -c "INSERT INTO road.roadmap (name, y_axis_values, owner_id) VALUES ('Dora''s', ARRAY['HW'], '$dora')"
@@ -386,6 +393,8 @@ check "... the field keeps its name" "1|0" \
         FROM jsonb_array_elements(udm_describe('product')->'fields') f"
 refused "udm.citus_rename_constraint on the coordinator: refused" 0A000 "runs on a Citus worker only" \
     -c "SELECT udm.citus_rename_constraint('rules', 'product', 'a', 'b')"
+CHECK_ON=$rules_node refused "udm.citus_rename_constraint on a worker: a NULL name is refused" 22004 \
+    "udm.citus_rename_constraint: no argument may be NULL" -c "SELECT udm.citus_rename_constraint('rules', 'product', NULL, 'b')"
 CHECK_ON=$rules_node refused "udm.citus_rename_constraint on a worker: a table outside a udm tenant is refused" 22023 \
     "is not a table of a udm tenant" -c "SELECT udm.citus_rename_constraint('public', 'pg_class', 'a', 'b')"
 check "udm.citus_rename_constraint is not for the tenant's role (nor PUBLIC)" "f" \

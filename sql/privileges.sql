@@ -4,7 +4,8 @@
 -- The udm_* functions are udm's API: every role may call them, and each checks the caller's
 -- membership of the tenant it acts on. The functions in schema udm are internal: nobody but the
 -- extension's owner may call them, except those that a tenant's own policies, constraints,
--- defaults and queries call as the writing or reading role. Those go to udm_tenant_roles, a
+-- defaults and queries call as the writing or reading role, and udm.citus_lock, which
+-- udm_lock_* send to a tenant's Citus worker as the caller. Those go to udm_tenant_roles, a
 -- NOLOGIN role every tenant role is a member of, and each of them answers only about tenants
 -- the caller is a member of. Trigger functions need no EXECUTE to fire; CREATE TRIGGER needs it,
 -- so only the owner (and superusers) can attach them.
@@ -35,7 +36,8 @@ GRANT EXECUTE ON FUNCTION
     udm.access_user(text),
     udm.may_read_audit(text),
     udm.audit_visible(text, text, uuid),
-    udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone)
+    udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone),
+    udm.citus_lock(text, text, text, uuid)
     TO udm_tenant_roles;
 
 -- udm admins export tenants (udm_export writes the statements that call it).

@@ -331,6 +331,16 @@ CREATE FUNCTION udm.citus_event_horizon(schema_name text) RETURNS bigint
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_citus_event_horizon';
 
+-- Citus (src/access/locks.rs): on a tenant's worker, a udm_lock_* call the coordinator sends
+-- there as a query of the tenant's catalog, on the caller's own connection (written by the
+-- coordinator as udm's owner, the lock row would make Citus refuse the caller's next statement
+-- on the tenant in that transaction). It makes every check udm_lock_<op> makes, the caller's
+-- membership of the tenant first. Refused anywhere but on a worker. Executable by
+-- udm_tenant_roles: udm_lock_* call it as the caller.
+CREATE FUNCTION udm.citus_lock(op text, tenant text, entity text, id uuid) RETURNS jsonb
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_citus_lock';
+
 -- Citus: the tenant's table `schema_name`.`tbl` that `caller` (a udm.citus_* function udm sends to
 -- a tenant's node) was asked to change on this node; refused anywhere but on a worker (0A000),
 -- with `args_ok` false (its other arguments hold a NULL: 22004), and for a table outside a udm
@@ -491,7 +501,8 @@ GRANT EXECUTE ON FUNCTION
     udm.access_user(text),
     udm.may_read_audit(text),
     udm.audit_visible(text, text, uuid),
-    udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone)
+    udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone),
+    udm.citus_lock(text, text, text, uuid)
     TO udm_tenant_roles;
 GRANT EXECUTE ON FUNCTION udm.export_rows(text, text) TO udm_admin;
 

@@ -467,12 +467,44 @@ check "the holder writes, releases, and then anybody may" "alice:lock: alice,bob
     -c "SELECT udm_use('shop', 'bob')" -c "UPDATE shop.category SET name = 'lock: bob' WHERE id = '$lockme'" \
     -c "SELECT string_agg(user_id || ':' || (new_data->>'name'), ',' ORDER BY audit_id) FROM shop._udm_audit
         WHERE record_id = '$lockme' AND action = 'UPDATE'"
-# a known limit (README): udm writes the lock row as its owner, so an application role that takes
-# a lock and then reads the tenant in the same transaction is refused by Citus
-refused "a lock taken by an application role, then a read in the same transaction: refused by Citus" 25001 \
-    "modified in this transaction by a different user" \
-    -c "SET ROLE shop_app" -c "BEGIN" -c "SELECT udm_use('shop', 'alice', true) IS NOT NULL" \
-    -c "SELECT udm_lock_acquire('category', '$lockme') IS NOT NULL" -c "SELECT udm_get('category', '$lockme') IS NOT NULL"
+# an application role takes a lock, then reads and writes the tenant in the same transaction
+# (udm_lock_* run on the tenant's node on the caller's connection: written over a connection of
+# udm's owner, the lock row made Citus refuse the next statement, "modified in this transaction
+# by a different user")
+got=$(on coordinator -c "SET ROLE shop_app" -c "BEGIN" -c "SELECT udm_use('shop', 'alice', true) IS NOT NULL" \
+    -c "SELECT udm_lock_acquire('category', '$lockme')->>'acquired'" \
+    -c "SELECT udm_get('category', '$lockme') IS NOT NULL" \
+    -c "SELECT udm_update('category', '$lockme', '{\"name\": \"lock: in one\"}') IS NOT NULL" \
+    -c "SELECT udm_lock_status('category', '$lockme')->>'mine'" \
+    -c "SELECT udm_lock_release('category', '$lockme')->>'released'" -c "COMMIT" -c "RESET ROLE" \
+    -c "SELECT count(*) FROM shop.category WHERE id = '$lockme' AND name = 'lock: in one'" 2>&1 | paste -sd '|' || true)
+expect "a lock taken by an application role, then a read, a write, the status and a release in the same transaction" \
+    "t|true|t|t|true|true|1" "$got"
+got=$(on coordinator -c "SELECT string_agg(user_id || ':' || action, ',' ORDER BY audit_id) FROM (SELECT * FROM shop._udm_audit
+        WHERE record_id = '$lockme' AND action LIKE 'LOCK%' ORDER BY audit_id DESC LIMIT 2) AS last" \
+    -c "SELECT udm_use('shop') IS NOT NULL" -c "SELECT udm_audit_verify()->>'ok'" 2>&1 | paste -sd '|' || true)
+expect "... its lock events are alice's, and the tenant's chain verifies" "alice:LOCK_ACQUIRE,alice:LOCK_RELEASE|t|true" "$got"
+check "a lock held by alice: bob's acquire in his own transaction is refused, on the node" "false|alice" \
+    -c "SET ROLE shop_app" -c "SELECT udm_use('shop', 'alice') IS NOT NULL" \
+    -c "SELECT udm_lock_acquire('category', '$lockme') IS NOT NULL" \
+    -c "BEGIN" -c "SELECT udm_use('shop', 'bob', true) IS NOT NULL" \
+    -c "SELECT concat_ws('|', r->>'acquired', r->>'holder') FROM udm_lock_acquire('category', '$lockme') AS r" -c "COMMIT"
+refused "... and bob's release names the holder" 55P03 "it is held by \"alice\"" \
+    -c "SET ROLE shop_app" -c "SELECT udm_use('shop', 'bob') IS NOT NULL" \
+    -c "SELECT udm_lock_release('category', '$lockme')"
+on coordinator -c "SET ROLE shop_app" -c "SELECT udm_use('shop', 'alice')" -c "SELECT udm_lock_release('category', '$lockme')" >/dev/null
+refused "udm.citus_lock on the coordinator is refused" 0A000 "udm.citus_lock runs on a Citus worker only" \
+    -c "SELECT udm.citus_lock('status', 'shop', 'category', '$lockme')"
+refused "udm.citus_lock: a NULL argument is refused" 22004 "udm.citus_lock: no argument may be NULL" \
+    -c "SELECT udm.citus_lock('status', NULL, 'category', '$lockme')"
+CHECK_ON=$shop_node refused "udm.citus_lock on the node: an unknown operation is refused" 22023 "\"steal\" is not a lock operation" \
+    -c "SELECT udm.citus_lock('steal', 'shop', 'category', '$lockme')"
+on coordinator -c "CREATE ROLE lock_road" -c "GRANT \"$(on coordinator -c "SELECT role_name FROM udm.tenant WHERE slug = 'road'")\" TO lock_road" \
+    -c "CREATE ROLE lock_nobody" >/dev/null
+CHECK_ON=$shop_node refused "udm.citus_lock on the node: another tenant's role is refused" 42501 "permission denied for tenant \"shop\": role \"lock_road\" is not a member" \
+    -c "SET ROLE lock_road" -c "SELECT udm.citus_lock('acquire', 'shop', 'category', '$lockme')"
+CHECK_ON=$shop_node refused "udm.citus_lock on the node: not executable by PUBLIC" 42501 "permission denied for function citus_lock" \
+    -c "SET ROLE lock_nobody" -c "SELECT udm.citus_lock('status', 'shop', 'category', '$lockme')"
 
 # a tenant made before Citus was installed (here: in another database of the coordinator, where
 # Citus comes after udm and has no nodes): its new tables are refused, not left local

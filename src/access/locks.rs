@@ -16,6 +16,7 @@ use crate::access::security::{actor, as_owner, caller, role_name};
 use crate::catalog::{self, Entity, Tenant};
 use crate::error::{spi_err, OrRaise, Result, SqlState, UdmError};
 use crate::json::JsonB;
+use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::rc::Rc;
@@ -419,22 +420,22 @@ fn vanished() -> UdmError {
 
 /// Resolves what a `udm_lock_*` call is about: the tenant, the scope, and (for writes) checks.
 fn prepare(
+    t: &Tenant,
     entity: &str,
     id: pgrx::Uuid,
     write_verb: Option<&str>,
-) -> Result<(Rc<Tenant>, Scope, i32)> {
-    let t = catalog::current_tenant()?;
-    let e = catalog::entity(&t, entity)?;
-    let lock = lock_of(&t, &e)?;
+) -> Result<(Scope, i32)> {
+    let e = catalog::entity(t, entity)?;
+    let lock = lock_of(t, &e)?;
     if let Some(verb) = write_verb {
-        require_write(&t, &e, verb)?;
+        require_write(t, &e, verb)?;
     }
-    let scope = resolve(&t, &e, &lock, id)?;
+    let scope = resolve(t, &e, &lock, id)?;
     if let Some(verb) = write_verb {
-        crate::access::require_lock_level(&t, &scope.entity, scope.id, verb)?;
+        crate::access::require_lock_level(t, &scope.entity, scope.id, verb)?;
     }
-    let scope_version = catalog::entity(&t, &scope.entity).map_or(0, |s| s.version);
-    Ok((t, scope, scope_version))
+    let scope_version = catalog::entity(t, &scope.entity).map_or(0, |s| s.version);
+    Ok((scope, scope_version))
 }
 
 fn status_json(scope: &Scope, found: Option<&Found>, me: &str) -> Value {
@@ -461,38 +462,38 @@ fn audit(t: &Tenant, s: &Scope, version: i32, action: &'static str, data: Value)
     crate::audit::record_event(t, &entity, version, *s.id.as_bytes(), action, &data)
 }
 
-pub fn acquire(entity: &str, id: pgrx::Uuid) -> Result<Value> {
-    let (t, scope, version) = prepare(entity, id, Some("acquire"))?;
-    ensure_table(&t)?;
+fn acquire(t: &Tenant, entity: &str, id: pgrx::Uuid) -> Result<Value> {
+    let (scope, version) = prepare(t, entity, id, Some("acquire"))?;
+    ensure_table(t)?;
     let me = actor();
     as_owner(|| {
         // a conflicting insert means another session won the row: read it again
         for _ in 0..3 {
-            let found = fetch(&t, &scope.entity, scope.id, true)?;
+            let found = fetch(t, &scope.entity, scope.id, true)?;
             let decision = decide_acquire(
                 found.as_ref().map(|(f, _)| &f.row),
                 &me,
                 found.as_ref().map_or(0, |(f, _)| f.now),
             );
             let (written, action, previous) = match decision {
-                Acquire::New => match write(&t, &scope, &me, false, true)? {
+                Acquire::New => match write(t, &scope, &me, false, true)? {
                     Some(w) => (w, "LOCK_ACQUIRE", None),
                     None => continue,
                 },
                 Acquire::Renew => (
-                    write(&t, &scope, &me, true, false)?.ok_or_else(vanished)?,
+                    write(t, &scope, &me, true, false)?.ok_or_else(vanished)?,
                     "LOCK_HEARTBEAT",
                     None,
                 ),
                 Acquire::TakeOver { previous } => (
-                    write(&t, &scope, &me, true, true)?.ok_or_else(vanished)?,
+                    write(t, &scope, &me, true, true)?.ok_or_else(vanished)?,
                     "LOCK_TAKEOVER",
                     Some(previous),
                 ),
                 Acquire::Refused => {
                     let mut out = status_json(&scope, found.as_ref().map(|(f, _)| f), &me);
                     out["acquired"] = json!(false);
-                    return shown(&t, out);
+                    return shown(t, out);
                 }
             };
             let mut out = status_json(&scope, Some(&written.0), &me);
@@ -502,8 +503,8 @@ pub fn acquire(entity: &str, id: pgrx::Uuid) -> Result<Value> {
             if let Some(p) = &previous {
                 event["previous_holder"] = json!(p);
             }
-            audit(&t, &scope, version, action, event)?;
-            return shown(&t, out);
+            audit(t, &scope, version, action, event)?;
+            return shown(t, out);
         }
         Err(UdmError::new(
             SqlState::LockNotAvailable,
@@ -516,11 +517,11 @@ pub fn acquire(entity: &str, id: pgrx::Uuid) -> Result<Value> {
     })
 }
 
-pub fn heartbeat(entity: &str, id: pgrx::Uuid) -> Result<Value> {
-    let (t, scope, version) = prepare(entity, id, Some("renew"))?;
+fn heartbeat(t: &Tenant, entity: &str, id: pgrx::Uuid) -> Result<Value> {
+    let (scope, version) = prepare(t, entity, id, Some("renew"))?;
     let me = actor();
     as_owner(|| {
-        let Some((f, expires)) = fetch(&t, &scope.entity, scope.id, true)? else {
+        let Some((f, expires)) = fetch(t, &scope.entity, scope.id, true)? else {
             return Err(UdmError::new(
                 SqlState::NoDataFound,
                 format!(
@@ -537,34 +538,34 @@ pub fn heartbeat(entity: &str, id: pgrx::Uuid) -> Result<Value> {
             return Err(not_holder_error(
                 "send a heartbeat for",
                 &scope.words(),
-                &holder_name(&t, &f.row.holder),
+                &holder_name(t, &f.row.holder),
                 &expires,
             ));
         }
-        let (written, _) = write(&t, &scope, &me, true, false)?.ok_or_else(vanished)?;
+        let (written, _) = write(t, &scope, &me, true, false)?.ok_or_else(vanished)?;
         let out = status_json(&scope, Some(&written), &me);
-        audit(&t, &scope, version, "LOCK_HEARTBEAT", written.info)?;
-        shown(&t, out)
+        audit(t, &scope, version, "LOCK_HEARTBEAT", written.info)?;
+        shown(t, out)
     })
 }
 
-pub fn release(entity: &str, id: pgrx::Uuid) -> Result<Value> {
-    let (t, scope, version) = prepare(entity, id, Some("release"))?;
+fn release(t: &Tenant, entity: &str, id: pgrx::Uuid) -> Result<Value> {
+    let (scope, version) = prepare(t, entity, id, Some("release"))?;
     let me = actor();
     as_owner(|| {
-        let Some((f, expires)) = fetch(&t, &scope.entity, scope.id, true)? else {
+        let Some((f, expires)) = fetch(t, &scope.entity, scope.id, true)? else {
             return Ok(json!({"scope": scope.json(), "released": false, "locked": false}));
         };
         if f.row.holder != me {
             return Err(not_holder_error(
                 "release",
                 &scope.words(),
-                &holder_name(&t, &f.row.holder),
+                &holder_name(t, &f.row.holder),
                 &expires,
             ));
         }
-        delete(&t, &scope)?;
-        audit(&t, &scope, version, "LOCK_RELEASE", f.info)?;
+        delete(t, &scope)?;
+        audit(t, &scope, version, "LOCK_RELEASE", f.info)?;
         Ok(json!({"scope": scope.json(), "released": true, "locked": false}))
     })
 }
@@ -615,11 +616,11 @@ pub fn release_all_of(t: &Tenant, holder: &str) -> Result<usize> {
     Ok(released.len())
 }
 
-pub fn status(entity: &str, id: pgrx::Uuid) -> Result<Value> {
-    let (t, scope, _) = prepare(entity, id, None)?;
-    let found = fetch(&t, &scope.entity, scope.id, false)?;
+fn status(t: &Tenant, entity: &str, id: pgrx::Uuid) -> Result<Value> {
+    let (scope, _) = prepare(t, entity, id, None)?;
+    let found = fetch(t, &scope.entity, scope.id, false)?;
     shown(
-        &t,
+        t,
         status_json(&scope, found.as_ref().map(|(f, _)| f), &actor()),
     )
 }
@@ -800,24 +801,147 @@ pub unsafe extern "C-unwind" fn udm_lock_guard(fcinfo: pg_sys::FunctionCallInfo)
     }
 }
 
+// ------------------------------------------------------------------ on Citus
+
+/// What a `udm_lock_*` call does.
+#[derive(Clone, Copy)]
+enum Op {
+    Acquire,
+    Heartbeat,
+    Release,
+    Status,
+}
+
+impl Op {
+    const ALL: [Op; 4] = [Op::Acquire, Op::Heartbeat, Op::Release, Op::Status];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Acquire => "acquire",
+            Op::Heartbeat => "heartbeat",
+            Op::Release => "release",
+            Op::Status => "status",
+        }
+    }
+
+    fn run(self, t: &Tenant, entity: &str, id: pgrx::Uuid) -> Result<Value> {
+        match self {
+            Op::Acquire => acquire(t, entity, id),
+            Op::Heartbeat => heartbeat(t, entity, id),
+            Op::Release => release(t, entity, id),
+            Op::Status => status(t, entity, id),
+        }
+    }
+}
+
+/// A `udm_lock_*` call in the session's tenant. On a Citus coordinator, for a tenant on a
+/// worker, the whole call runs on the tenant's node (`udm.citus_lock`), sent by Citus as a query
+/// of the tenant's catalog on the caller's own connection there. Done here, its writes (the lock
+/// row, the audit event) would go over a connection of udm's owner, and Citus refuses the
+/// caller's next statement on the tenant's tables in that transaction ("modified in this
+/// transaction by a different user"). On the node it does what it does here, as the caller,
+/// checked the same way; the lock row and the event are written there as udm's owner, in the
+/// caller's backend.
+fn call(op: Op, entity: &str, id: pgrx::Uuid) -> Result<Value> {
+    let t = catalog::current_tenant()?;
+    if !crate::citus::log_elsewhere(&t) {
+        return op.run(&t, entity, id);
+    }
+    let sql = format!(
+        "SELECT udm.citus_lock($1, $2, $3, $4) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
+        quote_ident(&t.schema)
+    );
+    crate::spi::select_one::<JsonB>(
+        &sql,
+        &[
+            op.name().into(),
+            t.slug.as_str().into(),
+            entity.into(),
+            id.into(),
+        ],
+    )?
+    .map(|j| j.0)
+    .ok_or_else(|| {
+        UdmError::internal(format!(
+            "udm on Citus: udm_lock_{} came back empty from the node of tenant \"{}\"",
+            op.name(),
+            t.slug
+        ))
+    })
+}
+
+finfo_v1!(pg_finfo_udm_citus_lock);
+
+/// `udm.citus_lock(op, tenant, entity, id)`: on the tenant's Citus worker, the `udm_lock_<op>`
+/// call the coordinator sent there (see `call`), for the caller, who must be a member of the
+/// tenant, with every check `udm_lock_<op>` makes. Refused anywhere but on a worker (0A000), with
+/// a NULL argument (22004), and for an operation that is not one of `Op` (22023).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_citus_lock(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let args = unsafe {
+        (
+            pg_getarg::<String>(fcinfo, 0),
+            pg_getarg::<String>(fcinfo, 1),
+            pg_getarg::<String>(fcinfo, 2),
+            pg_getarg::<pgrx::Uuid>(fcinfo, 3),
+        )
+    };
+    let (Some(op), Some(slug), Some(entity), Some(id)) = args else {
+        crate::error::raise(UdmError::new(
+            SqlState::NullValueNotAllowed,
+            "udm.citus_lock: no argument may be NULL",
+        ))
+    };
+    let out = (|| -> Result<Value> {
+        if !crate::citus::on_worker() {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                "udm.citus_lock runs on a Citus worker only, where udm_lock_* send it",
+            )
+            .hint(
+                "call udm_lock_acquire, udm_lock_heartbeat, udm_lock_release or udm_lock_status",
+            ));
+        }
+        let op = Op::ALL
+            .into_iter()
+            .find(|o| o.name() == op)
+            .ok_or_else(|| {
+                UdmError::invalid(format!(
+                    "udm.citus_lock: \"{}\" is not a lock operation",
+                    udm_core::ident::printable(&op)
+                ))
+                .hint("acquire, heartbeat, release or status")
+            })?;
+        // the tenant's tables and the registry (a reference table) are read here, inside the
+        // query Citus sent to this node
+        crate::citus::nested(|| {
+            let t = catalog::usable_tenant(&slug)?;
+            op.run(&t, &entity, id)
+        })
+    })()
+    .or_raise();
+    JsonB(out).into_datum().expect("jsonb is not null")
+}
+
 // ------------------------------------------------------------------ SQL surface
 
 #[pg_extern(volatile)]
 fn udm_lock_acquire(entity: &str, id: pgrx::Uuid) -> JsonB {
-    JsonB(acquire(entity, id).or_raise())
+    JsonB(call(Op::Acquire, entity, id).or_raise())
 }
 
 #[pg_extern(volatile)]
 fn udm_lock_heartbeat(entity: &str, id: pgrx::Uuid) -> JsonB {
-    JsonB(heartbeat(entity, id).or_raise())
+    JsonB(call(Op::Heartbeat, entity, id).or_raise())
 }
 
 #[pg_extern(volatile)]
 fn udm_lock_release(entity: &str, id: pgrx::Uuid) -> JsonB {
-    JsonB(release(entity, id).or_raise())
+    JsonB(call(Op::Release, entity, id).or_raise())
 }
 
 #[pg_extern(stable)]
 fn udm_lock_status(entity: &str, id: pgrx::Uuid) -> JsonB {
-    JsonB(status(entity, id).or_raise())
+    JsonB(call(Op::Status, entity, id).or_raise())
 }

@@ -382,6 +382,7 @@ fn internal_helpers_are_not_public_and_answer_only_members() {
         format!("SELECT udm.tuple_objects({t}, 'item')"),
         format!("SELECT udm.may_read_audit({t})"),
         format!("SELECT udm.audit_visible({t}, 'item', gen_random_uuid())"),
+        format!("SELECT udm.citus_lock('acquire', {t}, 'item', gen_random_uuid())"),
         "SELECT udm.uuid_v7()".to_string(),
     ] {
         let msg = expect_err(&mut nobody, &sql, "42501");
@@ -424,6 +425,17 @@ fn internal_helpers_are_not_public_and_answer_only_members() {
         &format!("SELECT udm.may_read_audit({})", lit(&fx.other_tenant)),
     );
     assert_eq!(ok, Some(true));
+    // the lock helper udm_lock_* send to a Citus worker does nothing anywhere else, for a member
+    // of the tenant too
+    let sql = format!(
+        "SELECT udm.citus_lock('acquire', {}, 'item', gen_random_uuid())",
+        lit(&fx.other_tenant)
+    );
+    let msg = expect_err(&mut other, &sql, "0A000");
+    assert!(
+        msg.contains("udm.citus_lock runs on a Citus worker only"),
+        "{sql}: {msg}"
+    );
 }
 
 #[test]

@@ -341,6 +341,17 @@ CREATE FUNCTION udm.citus_lock(op text, tenant text, entity text, id uuid) RETUR
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_citus_lock';
 
+-- Citus (src/access/users.rs): on a tenant's worker, the tenant's users table learns a registered
+-- user that udm_insert or udm_update on the coordinator is about to write into a `user` field
+-- (the trigger that checks the field there cannot: that would write udm.user_tenant, a reference
+-- table, from inside the change). Sent as a query of the tenant's catalog on the caller's own
+-- connection, with a token the coordinator signs for this transaction (udm.node_key); a token
+-- made by hand, changed or of another transaction is refused (42501), as anywhere but on a
+-- worker (0A000). Executable by udm_tenant_roles: udm_insert and udm_update call it as the caller.
+CREATE FUNCTION udm.citus_know_user(token text) RETURNS boolean
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_citus_know_user';
+
 -- Citus: the tenant's table `schema_name`.`tbl` that `caller` (a udm.citus_* function udm sends to
 -- a tenant's node) was asked to change on this node; refused anywhere but on a worker (0A000),
 -- with `args_ok` false (its other arguments hold a NULL: 22004), and for a table outside a udm
@@ -502,7 +513,8 @@ GRANT EXECUTE ON FUNCTION
     udm.may_read_audit(text),
     udm.audit_visible(text, text, uuid),
     udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone),
-    udm.citus_lock(text, text, text, uuid)
+    udm.citus_lock(text, text, text, uuid),
+    udm.citus_know_user(text)
     TO udm_tenant_roles;
 GRANT EXECUTE ON FUNCTION udm.export_rows(text, text) TO udm_admin;
 

@@ -199,10 +199,23 @@ fn col_key(w: &Write) -> String {
     )
 }
 
+/// On Citus, the tenant learns the registered users the write names before it reaches the node
+/// (`users::know_before_write`).
+fn know_users(t: &Tenant, def: &EntityDef, w: &Write) -> Result<()> {
+    crate::access::users::know_before_write(
+        t,
+        def,
+        w.cols
+            .iter()
+            .map(|c| (c.column.as_str(), c.value.as_deref())),
+    )
+}
+
 pub fn insert(entity: &str, data: &Value) -> Result<pg_sys::Datum> {
     let (t, e) = entity_of(entity)?;
     let def = &e.def;
     let w = r::write_of(def, data, Mode::Insert)?;
+    know_users(&t, def, &w)?;
     let c = plan_for(
         format!("{}|ins|{}|{}", t.slug, entity, col_key(&w)),
         || r::insert_sql(&t.schema, def, &w),
@@ -283,6 +296,7 @@ pub fn update(
     let (t, e) = entity_of(entity)?;
     let def = &e.def;
     let w = r::write_of(def, patch, Mode::Update)?;
+    know_users(&t, def, &w)?;
     let versioned = expected.is_some();
     let mut args = vec![Some(id.to_string())];
     if let Some(v) = expected {

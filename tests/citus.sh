@@ -295,21 +295,49 @@ check "the session's time zone, interval and date styles and float digits reach 
           || '|' || bool_and(created_at::date::text ~ '^[0-9]{2}/[0-9]{2}/[0-9]{4}$')::text
           || '|' || min(((length(name) * 0 + 1)::float8 / 3)::text) FROM shop.category"
 
-# a user field naming a registered user the tenant does not know yet: the change runs on the
+# a user field naming a registered user the tenant does not know yet: plain SQL runs on the
 # tenant's worker, which cannot register the tenant with the user (udm.user_tenant is a reference
 # table on every node; written from inside the change, Citus was seen to crash the worker at
-# COMMIT PREPARED): refused, naming the user. A member is known, and their records go through.
+# COMMIT PREPARED): refused, naming the user. udm_insert and udm_update make the tenant know the
+# user first (udm.citus_know_user on the node, on the caller's connection, with a token signed for
+# the transaction; the directory on the coordinator). A member is known, and their records go in.
 dora=$(on coordinator -c "SELECT udm_create_user('dora@example.org', 'Dora', 'a long enough password')->>'id'")
-refused "udm_insert with a user the tenant does not know yet: refused on the worker, naming the user" 0A000 \
-    'dora@example.org ('"$dora"'), whom tenant "road" does not know yet' -c "SELECT udm_use('road')" \
-    -c "SELECT udm_insert('roadmap', jsonb_build_object('name', 'By udm', 'y_axis_values', jsonb_build_array('HW'), 'owner_id', '$dora'))"
+eve=$(on coordinator -c "SELECT udm_create_user('eve@example.org', 'Eve', 'a long enough password')->>'id'")
+fay=$(on coordinator -c "SELECT udm_create_user('fay@example.org', 'Fay', 'a long enough password')->>'id'")
+road_node=$(on coordinator -c "SELECT CASE WHEN nodeport = $((PORT + 1)) THEN 'worker1' ELSE 'worker2' END
+    FROM citus_shards WHERE table_name = 'road._udm_entity'::regclass")
 refused "plain SQL with a user the tenant does not know yet: refused on the worker, naming the user" 0A000 \
     'dora@example.org ('"$dora"'), whom tenant "road" does not know yet' \
     -c "INSERT INTO road.roadmap (name, y_axis_values, owner_id) VALUES ('Dora''s', ARRAY['HW'], '$dora')"
-check "... once the user is a member, the record goes in and the tenant knows them" "dora@example.org|1" \
-    -c "SELECT udm_add_member('road', 'dora@example.org', 'viewer') IS NOT NULL" \
-    -c "INSERT INTO road.roadmap (name, y_axis_values, owner_id) VALUES ('Dora''s', ARRAY['HW'], '$dora')" \
-    -c "SELECT (SELECT email FROM road._udm_user WHERE id = '$dora') || '|' || (SELECT count(*) FROM udm.user_tenant WHERE user_id = '$dora' AND tenant = 'road')"
+got=$(on coordinator -c "SELECT udm_use('road') IS NOT NULL" \
+    -c "SELECT udm_insert('roadmap', jsonb_build_object('name', 'By udm', 'y_axis_values', jsonb_build_array('HW'), 'owner_id', '$dora'))->>'owner_id'" \
+    -c "SELECT email FROM road._udm_user WHERE id = '$dora'" \
+    -c "SELECT count(*) FROM udm.user_tenant WHERE user_id = '$dora' AND tenant = 'road'" 2>&1 | paste -sd '|' || true)
+expect "udm_insert with a user the tenant does not know yet: the record goes in, and the tenant knows the user" \
+    "t|$dora|dora@example.org|1" "$got"
+byudm=$(on coordinator -c "SELECT id FROM road.roadmap WHERE name = 'By udm'")
+on coordinator -c "CREATE ROLE road_app LOGIN" -c "GRANT \"$(on coordinator -c "SELECT role_name FROM udm.tenant WHERE slug = 'road'")\" TO road_app" >/dev/null
+got=$(on coordinator -c "SET ROLE road_app" -c "BEGIN" -c "SELECT udm_use('road', is_local => true) IS NOT NULL" \
+    -c "SELECT udm_update('roadmap', '$byudm', jsonb_build_object('owner_id', '$eve'))->>'owner_id'" \
+    -c "SELECT udm_get('roadmap', '$byudm')->>'owner_id'" \
+    -c "INSERT INTO road.roadmap (name, y_axis_values, owner_id) VALUES ('Eve''s', ARRAY['HW'], '$eve')" \
+    -c "SELECT count(*) FROM road.roadmap WHERE owner_id = '$eve'" -c "COMMIT" -c "RESET ROLE" \
+    -c "SELECT count(*) FROM udm.user_tenant WHERE user_id = '$eve' AND tenant = 'road'" 2>&1 | paste -sd '|' || true)
+expect "udm_update by an application role with a user the tenant does not know yet, then a read and plain SQL naming them in the same transaction" \
+    "t|$eve|$eve|2|1" "$got"
+CHECK_ON=$road_node refused "udm.citus_know_user on the node: a token made by hand is refused" 42501 \
+    "the token of udm.citus_know_user holds no claim of udm for this transaction" \
+    -c "SELECT udm.citus_know_user('know|0|1|2026-12-06 00:00:00+00|road|$(tr -d - <<<"$fay")|00')"
+refused "udm.citus_know_user on the coordinator is refused" 0A000 "udm.citus_know_user runs on a Citus worker only" \
+    -c "SELECT udm.citus_know_user('know')"
+refused "udm.citus_know_user: a NULL token is refused" 22004 "udm.citus_know_user: the token may not be NULL" \
+    -c "SELECT udm.citus_know_user(NULL)"
+check "... the tenant does not know the user of the made-up token" "0" \
+    -c "SELECT count(*) FROM road._udm_user WHERE id = '$fay'"
+check "... once the user is a member, plain SQL puts the record in and the tenant knows them" "fay@example.org|1" \
+    -c "SELECT udm_add_member('road', 'fay@example.org', 'viewer') IS NOT NULL" \
+    -c "INSERT INTO road.roadmap (name, y_axis_values, owner_id) VALUES ('Fay''s', ARRAY['HW'], '$fay')" \
+    -c "SELECT (SELECT email FROM road._udm_user WHERE id = '$fay') || '|' || (SELECT count(*) FROM udm.user_tenant WHERE user_id = '$fay' AND tenant = 'road')"
 user_tenant_shard=$(on coordinator -c "SELECT shardid FROM pg_dist_shard WHERE logicalrelid = 'udm.user_tenant'::regclass")
 copies_of_user_tenant=$(for n in coordinator worker1 worker2; do
     on $n -c "SELECT md5(string_agg(user_id::text || tenant, ',' ORDER BY user_id, tenant)) FROM udm.user_tenant_$user_tenant_shard"; done | sort -u | wc -l)
@@ -894,7 +922,7 @@ check "nothing was written into the coordinator's shell tables of the tenants' l
 # Driver test suites (tests/tests/*.rs) that run against the coordinator as they do on a single
 # node. Tests of the others expect single-node plans or notifications, or meet Citus's rules for
 # a transaction's connections (README, "Scaling out with Citus").
-suites=${CITUS_SUITES-changes messages isolation caches tenants records links_history locks access related_rules events_race users graphql roadmap entities hostile}
+suites=${CITUS_SUITES-changes messages isolation caches tenants records links_history locks access related_rules events_race users graphql roadmap entities hostile openapi}
 # tests of those suites that Citus fails (README): a trigger created by hand on a distributed
 # table
 skips=${CITUS_SKIP-refusals_of_users_members_and_access_scopes_name_what_is_wrong}

@@ -1,4 +1,4 @@
-//! Claims udm's coordinator hands to its own triggers on a Citus worker.
+//! Claims udm's coordinator hands to its own triggers and functions on a Citus worker.
 //!
 //! On Citus a tenant's triggers fire on its worker, in the backend serving the coordinator's
 //! connection, which knows nothing of what udm does in the coordinator's backend (that a write is
@@ -9,7 +9,9 @@
 //! transaction is refused.
 //!
 //! A token is `<claim>|<hex of the HMAC of the claim>`; a rollback claim is
-//! `rollback|<initiator node>|<transaction number>|<transaction stamp>|<restored record or ->|<version>`.
+//! `rollback|<initiator node>|<transaction number>|<transaction stamp>|<restored record or ->|<version>`,
+//! a claim that a tenant is to know a registered user (`udm.citus_know_user`)
+//! `know|<initiator node>|<transaction number>|<transaction stamp>|<tenant>|<user id>`.
 
 use crate::ids::hex;
 use hmac::{Hmac, Mac};
@@ -38,15 +40,53 @@ fn mac(key: &[u8], claim: &str) -> Hmac<Sha256> {
     m
 }
 
+/// A registered user the coordinator makes a tenant know (its users table on the tenant's node)
+/// before `udm_insert` or `udm_update` write a `user` field naming them: the trigger on the node
+/// cannot do it there (it would write the registry of users' tenants, a reference table, from
+/// inside the change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Know {
+    pub tenant: String,
+    pub user: [u8; 16],
+}
+
+/// `<kind>|<transaction>|<payload>|<signature>`.
+fn sign(key: &[u8], x: &Transaction, kind: &str, payload: &str) -> String {
+    let claim = format!("{kind}|{}|{}|{}|{payload}", x.node, x.number, x.stamp);
+    let sig = hex(&mac(key, &claim).finalize().into_bytes());
+    format!("{claim}|{sig}")
+}
+
+/// The `n` payload fields of a token of `kind` that udm made (`key`) in transaction `x`.
+fn open<'a>(
+    key: &[u8],
+    x: &Transaction,
+    token: &'a str,
+    kind: &str,
+    n: usize,
+) -> Result<Vec<&'a str>, Refused> {
+    let (claim, sig) = token.rsplit_once('|').ok_or(Refused::Forged)?;
+    let sig = unhex(sig).ok_or(Refused::Forged)?;
+    mac(key, claim)
+        .verify_slice(&sig)
+        .map_err(|_| Refused::Forged)?;
+    let parts: Vec<&str> = claim.split('|').collect();
+    if parts.len() != 4 + n || parts[0] != kind {
+        return Err(Refused::Forged);
+    }
+    if parts[1] != x.node.to_string() || parts[2] != x.number.to_string() || parts[3] != x.stamp {
+        return Err(Refused::OtherTransaction);
+    }
+    Ok(parts[4..].to_vec())
+}
+
 /// The token of a rollback claim in transaction `x`.
 pub fn rollback_token(key: &[u8], x: &Transaction, r: &Rollback) -> String {
     let restore = match &r.restore {
         Some((id, v)) => format!("{}|{v}", hex(id)),
         None => "-|0".to_string(),
     };
-    let claim = format!("rollback|{}|{}|{}|{restore}", x.node, x.number, x.stamp);
-    let sig = hex(&mac(key, &claim).finalize().into_bytes());
-    format!("{claim}|{sig}")
+    sign(key, x, "rollback", &restore)
 }
 
 /// Why a token is refused.
@@ -60,30 +100,40 @@ pub enum Refused {
 
 /// The rollback a token claims, when udm made it (`key`) in transaction `x`.
 pub fn verify_rollback(key: &[u8], x: &Transaction, token: &str) -> Result<Rollback, Refused> {
-    let (claim, sig) = token.rsplit_once('|').ok_or(Refused::Forged)?;
-    let sig = unhex(sig).ok_or(Refused::Forged)?;
-    mac(key, claim)
-        .verify_slice(&sig)
-        .map_err(|_| Refused::Forged)?;
-    let parts: Vec<&str> = claim.split('|').collect();
-    let [kind, node, number, stamp, id, version] = parts[..] else {
+    let [id, version] = open(key, x, token, "rollback", 2)?[..] else {
         return Err(Refused::Forged);
     };
-    if kind != "rollback" {
-        return Err(Refused::Forged);
-    }
-    if node != x.node.to_string() || number != x.number.to_string() || stamp != x.stamp {
-        return Err(Refused::OtherTransaction);
-    }
     let restore = if id == "-" {
         None
     } else {
-        let id: [u8; 16] = unhex(id)
-            .and_then(|b| b.try_into().ok())
-            .ok_or(Refused::Forged)?;
-        Some((id, version.parse().map_err(|_| Refused::Forged)?))
+        Some((
+            uuid_bytes(id)?,
+            version.parse().map_err(|_| Refused::Forged)?,
+        ))
     };
     Ok(Rollback { restore })
+}
+
+/// The token of a claim that the tenant is to know the user, in transaction `x`.
+pub fn know_token(key: &[u8], x: &Transaction, k: &Know) -> String {
+    sign(key, x, "know", &format!("{}|{}", k.tenant, hex(&k.user)))
+}
+
+/// What a know token claims, when udm made it (`key`) in transaction `x`.
+pub fn verify_know(key: &[u8], x: &Transaction, token: &str) -> Result<Know, Refused> {
+    let [tenant, user] = open(key, x, token, "know", 2)?[..] else {
+        return Err(Refused::Forged);
+    };
+    Ok(Know {
+        tenant: tenant.to_string(),
+        user: uuid_bytes(user)?,
+    })
+}
+
+fn uuid_bytes(h: &str) -> Result<[u8; 16], Refused> {
+    unhex(h)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(Refused::Forged)
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
@@ -160,5 +210,26 @@ mod tests {
             verify_rollback(key, &x(5), &format!("{claim}|{sig}")),
             Err(Refused::Forged)
         );
+    }
+
+    #[test]
+    fn know_tokens_verify_as_know_only_in_their_transaction() {
+        let key = b"0123456789abcdef";
+        let k = Know {
+            tenant: "shop".into(),
+            user: [9u8; 16],
+        };
+        let t = know_token(key, &x(5), &k);
+        assert_eq!(verify_know(key, &x(5), &t), Ok(k.clone()));
+        assert_eq!(verify_know(key, &x(6), &t), Err(Refused::OtherTransaction));
+        assert_eq!(verify_know(b"other", &x(5), &t), Err(Refused::Forged));
+        // another tenant, same signature
+        let changed = t.replacen("|shop|", "|team|", 1);
+        assert_ne!(changed, t);
+        assert_eq!(verify_know(key, &x(5), &changed), Err(Refused::Forged));
+        // a rollback token is not a know token, nor the other way round
+        let r = rollback_token(key, &x(5), &Rollback { restore: None });
+        assert_eq!(verify_know(key, &x(5), &r), Err(Refused::Forged));
+        assert_eq!(verify_rollback(key, &x(5), &t), Err(Refused::Forged));
     }
 }

@@ -78,6 +78,14 @@ thread_local! {
 /// Makes the tenant know the user (its row in the tenant's users table, kept in step with the
 /// user's email and name, and the directory entry).
 pub fn know(t: &Tenant, u: &UserRow) -> Result<()> {
+    know_here(t, u)?;
+    enter_in_directory(t, u.0)?;
+    remember(t, u.0);
+    Ok(())
+}
+
+/// The user's row in the tenant's users table.
+fn know_here(t: &Tenant, u: &UserRow) -> Result<()> {
     ensure_table(t)?;
     as_owner(|| {
         crate::spi::run(
@@ -88,14 +96,114 @@ pub fn know(t: &Tenant, u: &UserRow) -> Result<()> {
                 t.catalog(USER_TABLE)
             ),
             &[u.0.into(), u.1.as_str().into(), u.2.as_str().into()],
-        )?;
+        )
+    })
+}
+
+/// The directory entry: which tenants know the user (what deleting or renaming them touches).
+fn enter_in_directory(t: &Tenant, id: pgrx::Uuid) -> Result<()> {
+    as_owner(|| {
         crate::spi::run(
             "INSERT INTO udm.user_tenant (user_id, tenant) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[u.0.into(), t.slug.as_str().into()],
+            &[id.into(), t.slug.as_str().into()],
         )
-    })?;
-    remember(t, u.0);
+    })
+}
+
+/// On a Citus coordinator, for a tenant on a worker: makes the tenant know the registered users
+/// that `udm_insert` or `udm_update` is about to write into its `user` fields (`cols`: column and
+/// value). The check of the field runs in the trigger on the tenant's node, which cannot make the
+/// tenant know a user there (that writes the directory, a reference table, from inside the
+/// change). So the coordinator does it first: the tenant's users table on the node, by
+/// `udm.citus_know_user` as a query of the tenant's catalog on the caller's own connection (the
+/// trigger's, which sees that row; written over a connection of udm's owner, it would not), with
+/// a token signed for this transaction; and the directory here. An id that names no user is left
+/// to the trigger, which refuses it in the field's words. Elsewhere it does nothing.
+pub fn know_before_write<'a>(
+    t: &Tenant,
+    def: &udm_core::definition::EntityDef,
+    cols: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+) -> Result<()> {
+    let users: Vec<pgrx::Uuid> = cols
+        .filter(|(col, _)| {
+            def.fields
+                .iter()
+                .any(|f| f.column == *col && f.ftype == udm_core::types::FieldType::User)
+        })
+        .filter_map(|(_, v)| uuid::Uuid::parse_str(v?).ok())
+        .map(|u| pgrx::Uuid::from_bytes(*u.as_bytes()))
+        .filter(|id| !KNOWN.with(|k| k.borrow().contains(&(t.schema_oid, *id.as_bytes()))))
+        .collect();
+    if users.is_empty() || !crate::citus::log_elsewhere(t) {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT udm.citus_know_user($1) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
+        quote_ident(&t.schema)
+    );
+    for id in users {
+        if find(&id.to_string())?.is_none() {
+            continue;
+        }
+        let token = crate::citus::claims::know_token(&udm_core::claims::Know {
+            tenant: t.slug.clone(),
+            user: *id.as_bytes(),
+        })?;
+        crate::spi::select_one::<bool>(&sql, &[token.as_str().into()])?;
+        enter_in_directory(t, id)?;
+        remember(t, id);
+    }
     Ok(())
+}
+
+finfo_v1!(pg_finfo_udm_citus_know_user);
+
+/// `udm.citus_know_user(token)`: on a tenant's Citus worker, the tenant's users table learns the
+/// registered user the coordinator's token names (see `know_before_write`). Refused anywhere but
+/// on a worker (0A000), for a NULL token (22004), and for a token udm's coordinator did not make
+/// in this transaction (42501).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_citus_know_user(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let Some(token) = (unsafe { pgrx::fcinfo::pg_getarg::<String>(fcinfo, 0) }) else {
+        crate::error::raise(UdmError::new(
+            SqlState::NullValueNotAllowed,
+            "udm.citus_know_user: the token may not be NULL",
+        ))
+    };
+    (|| -> Result<()> {
+        if !crate::citus::on_worker() {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                "udm.citus_know_user runs on a Citus worker only, where udm_insert and udm_update send it",
+            ));
+        }
+        let k = crate::citus::claims::check_know(&token)?;
+        // the registry and the users (reference tables) and the tenant's users table are read
+        // and written here, inside the query Citus sent to this node
+        crate::citus::nested(|| {
+            let t = catalog::tenant(&k.tenant)?.ok_or_else(|| {
+                UdmError::invalid(format!(
+                    "udm.citus_know_user: tenant \"{}\" does not exist",
+                    printable(&k.tenant)
+                ))
+            })?;
+            let id = pgrx::Uuid::from_bytes(k.user);
+            let u = find(&id.to_string())?.ok_or_else(|| {
+                UdmError::new(
+                    SqlState::ForeignKeyViolation,
+                    format!("udm.citus_know_user: user {id} does not exist"),
+                )
+            })?;
+            know_here(&t, &u)?;
+            remember(&t, id);
+            Ok(())
+        })
+    })()
+    .or_raise();
+    pg_sys::Datum::from(true)
 }
 
 fn remember(t: &Tenant, id: pgrx::Uuid) {
@@ -147,7 +255,7 @@ fn require_known_here(t: &Tenant, id: pgrx::Uuid, entity: &str, field: &str) -> 
             ),
         )
         .detail("on Citus a change that reaches the tenant's worker cannot make the tenant know a user: that writes udm.user_tenant, a reference table on every node, from inside the change")
-        .hint("write the record with udm_insert or udm_update (they make the tenant know the user first), or make the user a member of the tenant (udm_add_member)")),
+        .hint("write the record with udm_insert or udm_update on the coordinator (they make the tenant know the user first), or make the user a member of the tenant (udm_add_member)")),
         Some(u) => know(t, &u),
         None => Err(UdmError::new(
             SqlState::ForeignKeyViolation,

@@ -10,7 +10,7 @@ use super::selection::{set_on_workers, use_coordinated_transaction};
 use crate::error::{raise, spi_err, Result, SqlState, UdmError};
 use pgrx::prelude::*;
 use std::cell::RefCell;
-use udm_core::claims::{self, Refused, Rollback, Transaction};
+use udm_core::claims::{self, Know, Refused, Rollback, Transaction};
 
 thread_local! {
     /// On the coordinator: the tokens sent, innermost last.
@@ -76,18 +76,53 @@ fn token(r: &Rollback) -> Result<String> {
 }
 
 fn check(token: &str) -> Result<Rollback> {
-    // read inside the query of a shard, on this node: the key's reference table has a copy here
+    verified(
+        token,
+        claims::verify_rollback,
+        "the setting udm.claim",
+        "udm.claim is set by udm_rollback only",
+    )
+    .map_err(|e| {
+        e.hint("do not set udm.claim; roll back with udm_rollback or udm_rollback_transaction")
+    })
+}
+
+/// The token with which the coordinator asks the tenant's node to make the tenant know a
+/// registered user (`udm.citus_know_user`), in this transaction only.
+pub fn know_token(k: &Know) -> Result<String> {
+    use_coordinated_transaction();
+    Ok(claims::know_token(&key()?, &transaction()?, k))
+}
+
+/// On a worker: what a know token claims, when udm's coordinator made it in this transaction.
+pub fn check_know(token: &str) -> Result<Know> {
+    verified(
+        token,
+        claims::verify_know,
+        "the token of udm.citus_know_user",
+        "udm_insert and udm_update make it",
+    )
+    .map_err(|e| e.hint("write the record with udm_insert or udm_update on the coordinator"))
+}
+
+/// A token checked with the database's key against this distributed transaction (read inside the
+/// query of a shard, on this node: the key's reference table has a copy here).
+fn verified<C>(
+    token: &str,
+    verify: fn(&[u8], &Transaction, &str) -> std::result::Result<C, Refused>,
+    what: &str,
+    made_by: &str,
+) -> Result<C> {
     let (key, x) = super::nested(|| Ok::<_, UdmError>((key()?, transaction()?)))?;
-    claims::verify_rollback(&key, &x, token).map_err(|why| {
+    verify(&key, &x, token).map_err(|why| {
         UdmError::new(
             SqlState::InsufficientPrivilege,
-            "udm on Citus: the setting udm.claim holds no claim of udm for this transaction",
+            format!("udm on Citus: {what} holds no claim of udm for this transaction"),
         )
         .detail(match why {
-            Refused::Forged => "its signature is not udm's: udm.claim is set by udm_rollback only",
-            Refused::OtherTransaction => "it was made in another transaction",
+            Refused::Forged => format!("its signature is not udm's: {made_by}"),
+            Refused::OtherTransaction => "it was made in another transaction".to_string(),
         })
-        .hint("do not set udm.claim; roll back with udm_rollback or udm_rollback_transaction")
     })
 }
 

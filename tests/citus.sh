@@ -802,6 +802,25 @@ wait $holder || { echo "   FAIL the session holding $leftover: $(cat "$DIR/holde
 timeouts=$(grep -c "canceling statement due to lock timeout" "$DIR/$shop_was/server.log" || true)
 expect "... Citus could not drop the leftover at first (its drop timed out on the lock there: $timeouts)" "yes" \
     "$([ "${timeouts:-0}" -gt "${timeouts_before:-0}" ] && echo yes || echo no)"
+# ... and when the shard stays held past its tries, it refuses, naming the tenant, and moves
+# nothing (the tenant stays where it was, its chain intact)
+on coordinator -c "SELECT udm_move_tenant('shop', 'localhost', $shop_away)->>'moved'" >/dev/null
+leftover=$(on coordinator -c "SELECT c.object_name FROM pg_dist_cleanup c JOIN pg_dist_node n ON n.groupid = c.node_group_id
+    WHERE c.object_type = 1 AND c.object_name LIKE 'shop.%' AND n.nodeport = $shop_port ORDER BY 1 LIMIT 1")
+on "$shop_was" -c "BEGIN" -c "SELECT count(*) FROM $leftover" -c "SELECT pg_sleep(12)" -c "COMMIT" >"$DIR/holder.log" 2>&1 &
+holder=$!
+sleep 0.5
+move_started=$(date +%s)
+refused "udm_move_tenant while the leftover ($leftover) stays held past its tries: refused, naming the tenant" 55000 \
+    "cannot move tenant \"shop\" yet: a shard of it that an earlier move left on a node could not be dropped (5 tries" \
+    -c "SELECT udm_move_tenant('shop', 'localhost', $shop_port)"
+echo "   --   (refused after $(($(date +%s) - move_started)) s)"
+check "... the tenant is still where it was, and its chain verifies" "$shop_away|true" \
+    -c "SELECT udm_use('shop') IS NOT NULL" \
+    -c "SELECT (SELECT DISTINCT nodeport FROM citus_shards WHERE table_name::text LIKE 'shop.%') || '|' || (udm_audit_verify()->>'ok')"
+wait $holder || { echo "   FAIL the session holding $leftover: $(cat "$DIR/holder.log")"; failed=$((failed + 1)); }
+check "... once the shard is free, the move goes through" "true" \
+    -c "SELECT udm_move_tenant('shop', 'localhost', $shop_port)->>'moved'"
 on coordinator -c "ALTER SYSTEM RESET citus.defer_shard_delete_interval" -c "SELECT pg_reload_conf()" >/dev/null
 team_port=$(on coordinator -c "SELECT DISTINCT nodeport FROM citus_shards WHERE table_name::text LIKE 'team.%'")
 check "udm_move_tenant of a tenant with members" "true" \

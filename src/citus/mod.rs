@@ -764,10 +764,20 @@ pub fn move_tenant(
         });
         match moved {
             Ok(r) => break r.map_err(spi_err)?,
-            Err(e)
-                if tries < LEFTOVER_TRIES
-                    && e.message.contains("leftover from the previous move") =>
-            {
+            Err(e) if e.message.contains("leftover from the previous move") => {
+                if tries == LEFTOVER_TRIES {
+                    return Err(UdmError::new(
+                        SqlState::ObjectNotInPrerequisiteState,
+                        format!(
+                            "cannot move tenant \"{}\" yet: a shard of it that an earlier move left on a node could not be dropped ({} tries in {} s)",
+                            t.slug,
+                            tries + 1,
+                            started.elapsed().as_secs()
+                        ),
+                    )
+                    .detail(format!("Citus: {}", e.message))
+                    .hint("a session still using that shard holds it; try again once it ends (pg_dist_cleanup lists what Citus has left to drop, CALL citus_cleanup_orphaned_resources() drops it now)"));
+                }
                 tries += 1;
                 unsafe {
                     pg_sys::pg_usleep(500_000 * tries);

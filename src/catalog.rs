@@ -123,6 +123,8 @@ thread_local! {
     static REGISTRY_OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     /// Counts how often cached definitions were dropped; caches built on them compare it.
     static GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// Bumped whenever the cached tenant registry is dropped (a tenant made, changed, dropped).
+    static REGISTRY_GENERATION: Cell<u64> = const { Cell::new(0) };
     static CHANGED_IN_XACT: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -207,6 +209,7 @@ fn refresh_if_stale() {
     }
     if TENANTS_STALE.with(|s| s.replace(false)) {
         cache::clear(&TENANTS);
+        REGISTRY_GENERATION.with(|g| g.set(g.get() + 1));
     }
     if STALE.with(|s| s.replace(false)) {
         cache::clear(&ENTITIES);
@@ -219,6 +222,16 @@ fn refresh_if_stale() {
 pub fn generation() -> u64 {
     refresh_if_stale();
     GENERATION.with(|g| g.get())
+}
+
+/// The current generation of the cached tenant registry and definitions together: it changes
+/// whenever either may have changed (here or in another session).
+pub fn registry_generation() -> (u64, u64) {
+    refresh_if_stale();
+    (
+        REGISTRY_GENERATION.with(|g| g.get()),
+        GENERATION.with(|g| g.get()),
+    )
 }
 
 /// Clears this backend's cache of the tenant's entities now and queues an invalidation of the

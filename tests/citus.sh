@@ -469,6 +469,17 @@ check "udm_use for the session: plain SQL and udm functions outside a transactio
     -c "SELECT udm_insert('category', '{\"name\": \"by bob too\"}') IS NOT NULL" \
     -c "UPDATE shop.category SET code = 'c1' WHERE name = 'by bob too'" \
     -c "SELECT ($(audit_user 'by bob')), ($(audit_user 'by bob too'))"
+# a statement that only reads does not send the selection (its worker transaction would be two
+# more round trips); one that writes does, whatever its form: Citus plans a data-modifying WITH,
+# a SELECT ... FOR UPDATE and udm's own writes as SELECTs (src/citus/selection.rs)
+check "udm_use for the session: a data-modifying WITH, after a read, is recorded as the user" "bob" \
+    -c "SELECT udm_use('shop', 'bob')" -c "SELECT count(*) FROM shop.category" \
+    -c "WITH w AS (INSERT INTO shop.category (name) VALUES ('with bob') RETURNING id) SELECT count(*) FROM w" \
+    -c "SELECT ($(audit_user 'with bob'))"
+check "... and so is a udm_update after a read in its transaction" "bob,bob" \
+    -c "SELECT udm_use('shop', 'bob')" -c "BEGIN" -c "SELECT count(*) FROM shop.category" \
+    -c "SELECT udm_update('category', (udm_query('category', '{\"filters\": {\"name\": \"with bob\"}}')->'rows'->0->>'id')::uuid, '{\"code\": \"w1\"}') IS NOT NULL" \
+    -c "COMMIT" -c "SELECT string_agg(coalesce(user_id, '-'), ',' ORDER BY audit_id) FROM shop._udm_audit WHERE coalesce(new_data, old_data)->>'name' = 'with bob'"
 printf 'copied by bob\ncopied by bob 2\n' | check "udm_use for the session: COPY outside a transaction block is recorded as the user" "bob,bob" \
     -c "SELECT udm_use('shop', 'bob') IS NOT NULL" -c "COPY shop.category (name) FROM STDIN" \
     -c "SELECT string_agg(coalesce(user_id, '-'), ',') FROM shop._udm_audit WHERE new_data->>'name' LIKE 'copied by bob%'"

@@ -847,6 +847,9 @@ fn call(op: Op, entity: &str, id: pgrx::Uuid) -> Result<Value> {
     if !crate::citus::log_elsewhere(&t) {
         return op.run(&t, entity, id);
     }
+    // the node reads the selected user (the holder), which a statement that only reads would
+    // not send it
+    crate::citus::selection::send_now();
     let sql = format!(
         "SELECT udm.citus_lock($1, $2, $3, $4) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
         quote_ident(&t.schema)

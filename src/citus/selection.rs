@@ -78,7 +78,7 @@ pub fn init() {
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags: i32) {
     if eflags as u32 & pg_sys::EXEC_FLAG_EXPLAIN_ONLY == 0 {
-        send();
+        send(statement_of(query).as_ref());
         super::constraints::send_again();
     }
     match PREV_EXECUTOR_START.get().copied().flatten() {
@@ -108,7 +108,7 @@ unsafe extern "C-unwind" fn process_utility(
         (*node).type_
     };
     if tag == pg_sys::NodeTag::T_CopyStmt {
-        send();
+        send(None);
         super::constraints::send_again();
     }
     // a SET LOCAL of udm.citus_constraints: read before the statement runs (it may scribble on
@@ -181,13 +181,108 @@ impl Drop for Sending {
     }
 }
 
+/// A statement that only reads (a `SELECT` that locks no rows and has no data-modifying `WITH`),
+/// with the namespaces of the relations it reads.
+struct Read {
+    namespaces: Vec<pg_sys::Oid>,
+}
+
+/// Permissions a statement that writes (or locks rows: `FOR UPDATE` asks for UPDATE) needs.
+const WRITES: pg_sys::AclMode =
+    (pg_sys::ACL_INSERT | pg_sys::ACL_UPDATE | pg_sys::ACL_DELETE) as pg_sys::AclMode;
+
+/// The statement as `send` needs it: `Some` when it only reads, `None` when it may write.
+unsafe fn statement_of(query: *mut pg_sys::QueryDesc) -> Option<Read> {
+    if !super::loaded() || query.is_null() {
+        return None;
+    }
+    let q = unsafe { &*query };
+    if q.operation != pg_sys::CmdType::CMD_SELECT || q.plannedstmt.is_null() {
+        return None;
+    }
+    let p = unsafe { &*q.plannedstmt };
+    if p.hasModifyingCTE || !p.rowMarks.is_null() {
+        return None;
+    }
+    let mut namespaces = Vec::new();
+    let list = p.rtable;
+    let n = if list.is_null() {
+        0
+    } else {
+        unsafe { (*list).length as usize }
+    };
+    for i in 0..n {
+        let rte = unsafe { (*(*list).elements.add(i)).ptr_value as *mut pg_sys::RangeTblEntry };
+        if rte.is_null() {
+            continue;
+        }
+        let rte = unsafe { &*rte };
+        if rte.rtekind == pg_sys::RTEKind::RTE_RELATION {
+            // a relation the statement writes or locks rows of (Citus's plan of a data-modifying
+            // WITH is a SELECT without the flag, but keeps the original range table, its
+            // permissions with it)
+            if rte.requiredPerms & WRITES != 0 {
+                return None;
+            }
+            let ns = unsafe { pg_sys::get_rel_namespace(rte.relid) };
+            if !namespaces.contains(&ns) {
+                namespaces.push(ns);
+            }
+        }
+    }
+    Some(Read { namespaces })
+}
+
+thread_local! {
+    /// Whether a namespace is the schema of a tenant whose access is controlled, for one
+    /// generation of udm's cached registry and definitions.
+    static ACCESS: RefCell<((u64, u64), std::collections::HashMap<pg_sys::Oid, bool>)> =
+        RefCell::new(((0, 0), std::collections::HashMap::new()));
+}
+
+/// Whether the namespace `ns` is the schema of a tenant whose access is controlled (row-level
+/// security there reads the selected user).
+fn access_controlled(ns: pg_sys::Oid) -> bool {
+    let generation = crate::catalog::registry_generation();
+    if let Some(v) = ACCESS.with(|a| {
+        let a = a.borrow();
+        (a.0 == generation).then(|| a.1.get(&ns).copied()).flatten()
+    }) {
+        return v;
+    }
+    let name = unsafe { pg_sys::get_namespace_name(ns) };
+    let v = !name.is_null() && {
+        let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy();
+        matches!(crate::catalog::tenant(&name), Ok(Some(t)) if t.schema_oid == ns && t.access)
+    };
+    ACCESS.with(|a| {
+        let mut a = a.borrow_mut();
+        if a.0 != generation || a.1.len() >= 4096 {
+            *a = (generation, std::collections::HashMap::new());
+        }
+        a.1.insert(ns, v);
+    });
+    v
+}
+
+/// Sends the selection to the workers now, whatever the statement that follows (a query whose
+/// function on the tenant's node reads the selected user, e.g. `udm.citus_lock`).
+pub(crate) fn send_now() {
+    send(None);
+}
+
 /// Sends the selection in effect to the workers of the current transaction, unless they have
 /// it already, with the session's rendering settings it changed (`RENDERING`: the workers
 /// build the rows). Nothing happens without Citus, on a worker, in parallel mode (no setting may
 /// change there), in a backend serving Citus's own connection, or when neither a user was
 /// selected nor a rendering setting changed (a selection of a tenant alone tells the workers
-/// nothing: they read the user).
-fn send() {
+/// nothing: they read the user). Nor for a statement that only reads (`read`) with the
+/// session's rendering settings, when none of what it reads is a tenant's whose access is
+/// controlled: the workers read the user there for nothing (a write's triggers read it for the
+/// audit and the lock guard, row-level security only where access is controlled), and sending
+/// it makes the statement a transaction of its own on the worker (BEGIN, the settings, COMMIT:
+/// two more round trips than the read).
+fn send(read: Option<&Read>) {
     if !super::loaded() || SENDING.with(|s| s.get()) || unsafe { pg_sys::IsInParallelMode() } {
         return;
     }
@@ -213,6 +308,17 @@ fn send() {
     let _sending = Sending;
     if !super::installed() || super::on_worker() || serves_citus() {
         return;
+    }
+    if let Some(r) = read {
+        let rendering_sent = SENT.with(|s| {
+            s.borrow()
+                .last()
+                .filter(|x| x.lxid == lxid)
+                .map_or(rendering.is_empty(), |x| x.rendering == rendering)
+        });
+        if rendering_sent && !r.namespaces.iter().any(|&ns| access_controlled(ns)) {
+            return;
+        }
     }
     let (raw_tenant, raw_user) = guc::raw_selection();
     let mut settings: Vec<(&str, &str)> = vec![("udm.tenant", &tenant), ("udm.user_id", &user)];

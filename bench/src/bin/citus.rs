@@ -231,6 +231,12 @@ fn main() {
             iterations: 500 * scale,
         },
         Case {
+            name: "5b. plain SQL point read by id (the floor: one row through Citus's router)",
+            sql: "SELECT to_jsonb(p) FROM qc.product p WHERE p.id = ($1::jsonb #>> '{}')::uuid",
+            arg: Box::new(|s, i| json!(s.ids[i % s.ids.len()])),
+            iterations: 500 * scale,
+        },
+        Case {
             name: "6. audited single-row udm_update",
             sql: "SELECT udm_update('product', ($1::jsonb ->> 0)::uuid, jsonb_build_object('price', ($1::jsonb ->> 1)::numeric))",
             arg: Box::new(|s, i| json!([s.ids[i % s.ids.len()], (i % 1000) as f64 + 0.5])),
@@ -238,12 +244,16 @@ fn main() {
         },
     ];
     let mut worst: f64 = 0.0;
+    let mut medians = Vec::new();
     for case in &cases {
         let [c, o] = run_case(&mut sides, case);
         println!("  {}", case.name);
         row(&format!("    {}", sides[0].name), stats(&c));
         row(&format!("    {}", sides[1].name), stats(&o));
-        let goal = (!case.name.contains("udm_update")).then_some(1.5);
+        medians.push((case.name, stats(&c).median_ms, stats(&o).median_ms));
+        // the goal is the queries'; the update and the plain SQL read are for comparison
+        let goal =
+            (!case.name.contains("udm_update") && !case.name.contains("plain SQL")).then_some(1.5);
         let r = ratio(
             "    citus / single (median)",
             stats(&c).median_ms,
@@ -255,6 +265,25 @@ fn main() {
         }
     }
     println!("  worst query ratio {worst:.2}x (goal <= 1.50x)");
+    // what udm adds to a point read, on each side: udm_get over the plain SQL read of the row
+    let median = |prefix: &str| {
+        medians
+            .iter()
+            .find(|(n, _, _)| n.starts_with(prefix))
+            .map(|&(_, c, o)| (c, o))
+            .expect("a case of that number")
+    };
+    let (udm_c, udm_o) = median("5.");
+    let (sql_c, sql_o) = median("5b.");
+    println!(
+        "  point read, udm_get / plain SQL: citus {:.2}x ({:.3} ms over {:.3} ms), single {:.2}x ({:.3} ms over {:.3} ms)",
+        udm_c / sql_c,
+        udm_c - sql_c,
+        sql_c,
+        udm_o / sql_o,
+        udm_o - sql_o,
+        sql_o
+    );
 
     header(&format!(
         "udm_move_tenant of the {rows}-product tenant, a writer updating it meanwhile"

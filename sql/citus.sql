@@ -121,6 +121,15 @@ CREATE FUNCTION udm.citus_know_user(token text) RETURNS boolean
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_citus_know_user';
 
+-- Citus (src/citus/constraints.rs): on a tenant's worker, SET CONSTRAINTS ALL IMMEDIATE for the
+-- rest of the transaction. udm sends it at the coordinator's commit, as a query of the tenant's
+-- catalog, to a transaction that deferred constraints, so that a rule failing then fails with
+-- its own SQLSTATE (at the worker's own commit Citus reports XX000). Refused anywhere but on a
+-- worker (0A000). Executable by udm_tenant_roles: the commit runs it as the session.
+CREATE FUNCTION udm.citus_check_deferred() RETURNS boolean
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_citus_check_deferred';
+
 -- Citus: the tenant's table `schema_name`.`tbl` that `caller` (a udm.citus_* function udm sends to
 -- a tenant's node) was asked to change on this node; refused anywhere but on a worker (0A000),
 -- with `args_ok` false (its other arguments hold a NULL: 22004), and for a table outside a udm

@@ -4,9 +4,9 @@
 -- The udm_* functions are udm's API: every role may call them, and each checks the caller's
 -- membership of the tenant it acts on. The functions in schema udm are internal: nobody but the
 -- extension's owner may call them, except those that a tenant's own policies, constraints,
--- defaults and queries call as the writing or reading role, and udm.citus_lock and
--- udm.citus_know_user, which udm_lock_*, udm_insert and udm_update send to a tenant's Citus
--- worker as the caller. Those go to udm_tenant_roles, a NOLOGIN role every tenant role is a
+-- defaults and queries call as the writing or reading role, and udm.citus_lock,
+-- udm.citus_know_user and udm.citus_check_deferred, which udm_lock_*, udm_insert, udm_update
+-- and the commit send to a tenant's Citus worker as the caller. Those go to udm_tenant_roles, a NOLOGIN role every tenant role is a
 -- member of, and each of them answers only about tenants the caller is a member of (or, for
 -- udm.citus_know_user, with a token udm's coordinator signed). Trigger functions need no EXECUTE
 -- to fire; CREATE TRIGGER needs it, so only the owner (and superusers) can attach them.
@@ -39,7 +39,8 @@ GRANT EXECUTE ON FUNCTION
     udm.audit_visible(text, text, uuid),
     udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone),
     udm.citus_lock(text, text, text, uuid),
-    udm.citus_know_user(text)
+    udm.citus_know_user(text),
+    udm.citus_check_deferred()
     TO udm_tenant_roles;
 
 -- udm admins export tenants (udm_export writes the statements that call it).

@@ -352,6 +352,15 @@ CREATE FUNCTION udm.citus_know_user(token text) RETURNS boolean
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_citus_know_user';
 
+-- Citus (src/citus/constraints.rs): on a tenant's worker, SET CONSTRAINTS ALL IMMEDIATE for the
+-- rest of the transaction. udm sends it at the coordinator's commit, as a query of the tenant's
+-- catalog, to a transaction that deferred constraints, so that a rule failing then fails with
+-- its own SQLSTATE (at the worker's own commit Citus reports XX000). Refused anywhere but on a
+-- worker (0A000). Executable by udm_tenant_roles: the commit runs it as the session.
+CREATE FUNCTION udm.citus_check_deferred() RETURNS boolean
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_citus_check_deferred';
+
 -- Citus: the tenant's table `schema_name`.`tbl` that `caller` (a udm.citus_* function udm sends to
 -- a tenant's node) was asked to change on this node; refused anywhere but on a worker (0A000),
 -- with `args_ok` false (its other arguments hold a NULL: 22004), and for a table outside a udm
@@ -514,7 +523,8 @@ GRANT EXECUTE ON FUNCTION
     udm.audit_visible(text, text, uuid),
     udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone),
     udm.citus_lock(text, text, text, uuid),
-    udm.citus_know_user(text)
+    udm.citus_know_user(text),
+    udm.citus_check_deferred()
     TO udm_tenant_roles;
 GRANT EXECUTE ON FUNCTION udm.export_rows(text, text) TO udm_admin;
 

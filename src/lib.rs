@@ -56,6 +56,7 @@ pub extern "C-unwind" fn _PG_init() {
     audit::init();
     transfer::init();
     citus::selection::init();
+    citus::constraints::init();
 }
 
 #[cfg(test)]

@@ -384,9 +384,15 @@ refused "SET CONSTRAINTS in a savepoint rolled back is gone on the worker too" 2
     'product breaks rule "y_in_axis"' \
     -c "BEGIN" -c "SAVEPOINT a" -c "SET CONSTRAINTS ALL DEFERRED" -c "ROLLBACK TO a" \
     -c "UPDATE rules.product SET y_position = 'NO'"
-refused "a deferred rule still refuses the commit (Citus reports the worker's refusal as its own, XX000)" XX000 \
-    "could not commit transaction" \
+refused "a deferred rule still refuses the commit, with the rule's SQLSTATE (udm has the node check it before Citus prepares)" 23514 \
+    'product breaks rule "y_in_axis"' \
     -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'NO'" -c "COMMIT"
+refused "udm.citus_check_deferred on the coordinator is refused" 0A000 "udm.citus_check_deferred runs on a Citus worker only" \
+    -c "SELECT udm.citus_check_deferred()"
+rules_node=$(on coordinator -c "SELECT CASE WHEN nodeport = $((PORT + 1)) THEN 'worker1' ELSE 'worker2' END
+    FROM citus_shards WHERE table_name = 'rules.product'::regclass")
+CHECK_ON=$rules_node check "udm.citus_check_deferred on a worker outside a transaction that deferred anything: nothing to check" "t" \
+    -c "SELECT udm.citus_check_deferred()"
 refused "SET CONSTRAINTS ALL IMMEDIATE checks what the worker deferred at once" XX000 \
     "failure on connection marked as essential" \
     -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'NO'" \

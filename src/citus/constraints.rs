@@ -14,7 +14,8 @@
 //!
 //! Citus forgets the `SET LOCAL`s of a subtransaction when it ends, also when it is released,
 //! while PostgreSQL keeps a released subtransaction's `SET CONSTRAINTS`: those are sent again
-//! before the transaction's next statement.
+//! before the transaction's next statement. At commit, what was deferred is checked on the
+//! workers before Citus prepares their transactions (`on_xact`).
 
 use super::selection::{serves_citus, set_on_workers, use_coordinated_transaction};
 use crate::error::{spi_err, Result, UdmError};
@@ -109,6 +110,108 @@ pub fn propagate(stmt: *mut pg_sys::ConstraintsSetStmt, top_level: bool) {
 fn send(value: &str) {
     set_on_workers(&[(SETTING, value)]);
     use_coordinated_transaction();
+}
+
+pub fn init() {
+    unsafe { pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut()) };
+}
+
+thread_local! {
+    /// The namespaces the current transaction wrote relations of (`selection::statement_of`).
+    static WRITTEN: RefCell<(u32, Vec<pg_sys::Oid>)> = const { RefCell::new((0, Vec::new())) };
+}
+
+/// The current transaction writes a relation of namespace `ns`.
+pub(super) fn written(ns: pg_sys::Oid) {
+    let lxid = crate::guc::local_xact();
+    WRITTEN.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.0 != lxid {
+            *w = (lxid, Vec::new());
+        }
+        if !w.1.contains(&ns) && w.1.len() < 256 {
+            w.1.push(ns);
+        }
+    });
+}
+
+/// At the coordinator's commit, before Citus prepares the workers' transactions (its callback
+/// was registered before udm's, so it runs after it): a transaction that sent a `SET
+/// CONSTRAINTS` has what it deferred checked now on the node of each tenant it wrote, by
+/// `udm.citus_check_deferred` as a query of the tenant's catalog (on the connection that wrote).
+/// A rule that fails then fails in a statement there, and its error reaches the client at
+/// `COMMIT` with the rule's SQLSTATE and message, as on a single node; left to the workers' own
+/// commit, Citus reported it as `XX000`, the rule's message in a warning.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    if event != pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT || !super::loaded() {
+        return;
+    }
+    let lxid = crate::guc::local_xact();
+    let deferred = SENT.with(|s| {
+        let mut s = s.borrow_mut();
+        let any = s.iter().any(|x| x.lxid == lxid);
+        s.clear();
+        any
+    });
+    let written = WRITTEN.with(|w| std::mem::take(&mut *w.borrow_mut()));
+    if !deferred || written.0 != lxid || !super::installed() || super::on_worker() || serves_citus()
+    {
+        return;
+    }
+    // statements need a snapshot; at commit there is no portal to give one (an error unwinds
+    // the stack with the transaction)
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    check_deferred(&written.1).unwrap_or_else(|e| crate::error::raise(e));
+    unsafe { pg_sys::PopActiveSnapshot() };
+}
+
+fn check_deferred(namespaces: &[pg_sys::Oid]) -> Result<()> {
+    for &ns in namespaces {
+        let name = unsafe { pg_sys::get_namespace_name(ns) };
+        if name.is_null() {
+            continue;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned();
+        let Some(t) = crate::catalog::tenant(&name)?.filter(|t| t.schema_oid == ns) else {
+            continue;
+        };
+        if !super::log_elsewhere(&t) {
+            continue;
+        }
+        crate::spi::select_one::<bool>(
+            &format!(
+                "SELECT udm.citus_check_deferred() FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
+                quote_ident(&t.schema)
+            ),
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+finfo_v1!(pg_finfo_udm_citus_check_deferred);
+
+/// `udm.citus_check_deferred()`: on a Citus worker, `SET CONSTRAINTS ALL IMMEDIATE` for the
+/// rest of this transaction, which checks what it deferred now (see `on_xact`). Refused anywhere
+/// but on a worker (0A000).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_citus_check_deferred(
+    _fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    if !super::on_worker() {
+        crate::error::raise(UdmError::new(
+            SqlState::FeatureNotSupported,
+            "udm.citus_check_deferred runs on a Citus worker only, where udm sends it at commit",
+        ));
+    }
+    Spi::run("SET CONSTRAINTS ALL IMMEDIATE")
+        .map_err(spi_err)
+        .unwrap_or_else(|e| crate::error::raise(e));
+    pg_sys::Datum::from(true)
 }
 
 /// Before a statement on the coordinator: sends again what released subtransactions set.

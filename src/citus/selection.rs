@@ -191,19 +191,19 @@ struct Read {
 const WRITES: pg_sys::AclMode =
     (pg_sys::ACL_INSERT | pg_sys::ACL_UPDATE | pg_sys::ACL_DELETE) as pg_sys::AclMode;
 
-/// The statement as `send` needs it: `Some` when it only reads, `None` when it may write.
+/// The statement as `send` needs it: `Some` when it only reads, `None` when it may write. The
+/// namespaces of the relations it writes are noted for the commit (`constraints::written`).
 unsafe fn statement_of(query: *mut pg_sys::QueryDesc) -> Option<Read> {
     if !super::loaded() || query.is_null() {
         return None;
     }
     let q = unsafe { &*query };
-    if q.operation != pg_sys::CmdType::CMD_SELECT || q.plannedstmt.is_null() {
+    if q.plannedstmt.is_null() {
         return None;
     }
     let p = unsafe { &*q.plannedstmt };
-    if p.hasModifyingCTE || !p.rowMarks.is_null() {
-        return None;
-    }
+    let mut writes =
+        q.operation != pg_sys::CmdType::CMD_SELECT || p.hasModifyingCTE || !p.rowMarks.is_null();
     let mut namespaces = Vec::new();
     let list = p.rtable;
     let n = if list.is_null() {
@@ -217,20 +217,22 @@ unsafe fn statement_of(query: *mut pg_sys::QueryDesc) -> Option<Read> {
             continue;
         }
         let rte = unsafe { &*rte };
-        if rte.rtekind == pg_sys::RTEKind::RTE_RELATION {
-            // a relation the statement writes or locks rows of (Citus's plan of a data-modifying
-            // WITH is a SELECT without the flag, but keeps the original range table, its
-            // permissions with it)
-            if rte.requiredPerms & WRITES != 0 {
-                return None;
-            }
-            let ns = unsafe { pg_sys::get_rel_namespace(rte.relid) };
-            if !namespaces.contains(&ns) {
-                namespaces.push(ns);
-            }
+        if rte.rtekind != pg_sys::RTEKind::RTE_RELATION {
+            continue;
+        }
+        let ns = unsafe { pg_sys::get_rel_namespace(rte.relid) };
+        // a relation the statement writes or locks rows of (Citus's plan of a data-modifying
+        // WITH is a SELECT without the flag, but keeps the original range table, its
+        // permissions with it)
+        if rte.requiredPerms & WRITES != 0 {
+            writes = true;
+            super::constraints::written(ns);
+        }
+        if !namespaces.contains(&ns) {
+            namespaces.push(ns);
         }
     }
-    Some(Read { namespaces })
+    (!writes).then_some(Read { namespaces })
 }
 
 thread_local! {

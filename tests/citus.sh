@@ -93,6 +93,11 @@ refused() {
     fi
 }
 
+joined() {
+    # joined SQL...: every line the coordinator prints for the SQL, errors too, joined by '|'
+    on coordinator "$@" 2>&1 | paste -sd '|' || true
+}
+
 expect() {
     # expect NAME EXPECTED GOT
     if [ "$3" = "$2" ]; then echo "   ok   $1"; else
@@ -309,20 +314,20 @@ road_node=$(on coordinator -c "SELECT CASE WHEN nodeport = $((PORT + 1)) THEN 'w
 refused "plain SQL with a user the tenant does not know yet: refused on the worker, naming the user" 0A000 \
     'dora@example.org ('"$dora"'), whom tenant "road" does not know yet' \
     -c "INSERT INTO road.roadmap (name, y_axis_values, owner_id) VALUES ('Dora''s', ARRAY['HW'], '$dora')"
-got=$(on coordinator -c "SELECT udm_use('road') IS NOT NULL" \
+got=$(joined -c "SELECT udm_use('road') IS NOT NULL" \
     -c "SELECT udm_insert('roadmap', jsonb_build_object('name', 'By udm', 'y_axis_values', jsonb_build_array('HW'), 'owner_id', '$dora'))->>'owner_id'" \
     -c "SELECT email FROM road._udm_user WHERE id = '$dora'" \
-    -c "SELECT count(*) FROM udm.user_tenant WHERE user_id = '$dora' AND tenant = 'road'" 2>&1 | paste -sd '|' || true)
+    -c "SELECT count(*) FROM udm.user_tenant WHERE user_id = '$dora' AND tenant = 'road'")
 expect "udm_insert with a user the tenant does not know yet: the record goes in, and the tenant knows the user" \
     "t|$dora|dora@example.org|1" "$got"
 byudm=$(on coordinator -c "SELECT id FROM road.roadmap WHERE name = 'By udm'")
 on coordinator -c "CREATE ROLE road_app LOGIN" -c "GRANT \"$(on coordinator -c "SELECT role_name FROM udm.tenant WHERE slug = 'road'")\" TO road_app" >/dev/null
-got=$(on coordinator -c "SET ROLE road_app" -c "BEGIN" -c "SELECT udm_use('road', is_local => true) IS NOT NULL" \
+got=$(joined -c "SET ROLE road_app" -c "BEGIN" -c "SELECT udm_use('road', is_local => true) IS NOT NULL" \
     -c "SELECT udm_update('roadmap', '$byudm', jsonb_build_object('owner_id', '$eve'))->>'owner_id'" \
     -c "SELECT udm_get('roadmap', '$byudm')->>'owner_id'" \
     -c "INSERT INTO road.roadmap (name, y_axis_values, owner_id) VALUES ('Eve''s', ARRAY['HW'], '$eve')" \
     -c "SELECT count(*) FROM road.roadmap WHERE owner_id = '$eve'" -c "COMMIT" -c "RESET ROLE" \
-    -c "SELECT count(*) FROM udm.user_tenant WHERE user_id = '$eve' AND tenant = 'road'" 2>&1 | paste -sd '|' || true)
+    -c "SELECT count(*) FROM udm.user_tenant WHERE user_id = '$eve' AND tenant = 'road'")
 expect "udm_update by an application role with a user the tenant does not know yet, then a read and plain SQL naming them in the same transaction" \
     "t|$eve|$eve|2|1" "$got"
 CHECK_ON=$road_node refused "udm.citus_know_user on the node: a token made by hand is refused" 42501 \
@@ -516,18 +521,18 @@ check "the holder writes, releases, and then anybody may" "alice:lock: alice,bob
 # (udm_lock_* run on the tenant's node on the caller's connection: written over a connection of
 # udm's owner, the lock row made Citus refuse the next statement, "modified in this transaction
 # by a different user")
-got=$(on coordinator -c "SET ROLE shop_app" -c "BEGIN" -c "SELECT udm_use('shop', 'alice', true) IS NOT NULL" \
+got=$(joined -c "SET ROLE shop_app" -c "BEGIN" -c "SELECT udm_use('shop', 'alice', true) IS NOT NULL" \
     -c "SELECT udm_lock_acquire('category', '$lockme')->>'acquired'" \
     -c "SELECT udm_get('category', '$lockme') IS NOT NULL" \
     -c "SELECT udm_update('category', '$lockme', '{\"name\": \"lock: in one\"}') IS NOT NULL" \
     -c "SELECT udm_lock_status('category', '$lockme')->>'mine'" \
     -c "SELECT udm_lock_release('category', '$lockme')->>'released'" -c "COMMIT" -c "RESET ROLE" \
-    -c "SELECT count(*) FROM shop.category WHERE id = '$lockme' AND name = 'lock: in one'" 2>&1 | paste -sd '|' || true)
+    -c "SELECT count(*) FROM shop.category WHERE id = '$lockme' AND name = 'lock: in one'")
 expect "a lock taken by an application role, then a read, a write, the status and a release in the same transaction" \
     "t|true|t|t|true|true|1" "$got"
-got=$(on coordinator -c "SELECT string_agg(user_id || ':' || action, ',' ORDER BY audit_id) FROM (SELECT * FROM shop._udm_audit
+got=$(joined -c "SELECT string_agg(user_id || ':' || action, ',' ORDER BY audit_id) FROM (SELECT * FROM shop._udm_audit
         WHERE record_id = '$lockme' AND action LIKE 'LOCK%' ORDER BY audit_id DESC LIMIT 2) AS last" \
-    -c "SELECT udm_use('shop') IS NOT NULL" -c "SELECT udm_audit_verify()->>'ok'" 2>&1 | paste -sd '|' || true)
+    -c "SELECT udm_use('shop') IS NOT NULL" -c "SELECT udm_audit_verify()->>'ok'")
 expect "... its lock events are alice's, and the tenant's chain verifies" "alice:LOCK_ACQUIRE,alice:LOCK_RELEASE|t|true" "$got"
 check "a lock held by alice: bob's acquire in his own transaction is refused, on the node" "false|alice" \
     -c "SET ROLE shop_app" -c "SELECT udm_use('shop', 'alice') IS NOT NULL" \

@@ -206,6 +206,45 @@ pub unsafe extern "C-unwind" fn udm_citus_know_user(
     pg_sys::Datum::from(true)
 }
 
+pub fn init() {
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+/// What the tenants learned in a transaction (or savepoint) that rolls back is gone: so is this
+/// backend's memory of it (`KNOWN`), or the next write naming the user would skip learning them
+/// and fail on the users table's foreign key.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    if event == pg_sys::XactEvent::XACT_EVENT_ABORT
+        || event == pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+    {
+        forget_known();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        forget_known();
+    }
+}
+
+fn forget_known() {
+    KNOWN.with(|k| {
+        if let Ok(mut k) = k.try_borrow_mut() {
+            k.clear();
+        }
+    });
+}
+
 fn remember(t: &Tenant, id: pgrx::Uuid) {
     KNOWN.with(|k| {
         let mut k = k.borrow_mut();

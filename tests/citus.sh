@@ -398,11 +398,22 @@ rules_node=$(on coordinator -c "SELECT CASE WHEN nodeport = $((PORT + 1)) THEN '
     FROM citus_shards WHERE table_name = 'rules.product'::regclass")
 CHECK_ON=$rules_node check "udm.citus_check_deferred on a worker outside a transaction that deferred anything: nothing to check" "t" \
     -c "SELECT udm.citus_check_deferred()"
-refused "SET CONSTRAINTS ALL IMMEDIATE checks what the worker deferred at once" XX000 \
-    "failure on connection marked as essential" \
+refused "SET CONSTRAINTS ALL IMMEDIATE checks what the worker deferred at once, with the rule's SQLSTATE" 23514 \
+    'product breaks rule "y_in_axis"' \
     -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'NO'" \
     -c "SET CONSTRAINTS ALL IMMEDIATE"
-check "after the refusals the product is where the last commit put it" "ZZ" \
+check "... and a deferred change made right by ALL IMMEDIATE's time goes through" "IM" \
+    -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'IM'" \
+    -c "UPDATE rules.roadmap SET y_axis_values = ARRAY['HW', 'IM']" -c "SET CONSTRAINTS ALL IMMEDIATE" -c "COMMIT" \
+    -c "SELECT y_position FROM rules.product"
+refused "SET CONSTRAINTS of the rule by name IMMEDIATE still fails as Citus reports a failed SET (XX000)" XX000 \
+    "failure on connection marked as essential" \
+    -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'NO'" \
+    -c "SET CONSTRAINTS rules.product__y_in_axis__rule IMMEDIATE"
+printf 'CP\t%s\n' "$R1" | refused "a COPY deferred: refused at COMMIT with the rule's SQLSTATE" 23514 \
+    'product breaks rule "y_in_axis"' \
+    -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "COPY rules.product (y_position, roadmap_id) FROM STDIN" -c "COMMIT"
+check "after the refusals the product is where the last commit put it" "IM" \
     -c "SELECT y_position FROM rules.product"
 # renaming a field renames its constraints: Citus refuses to propagate that, so udm renames them
 # on the coordinator and, through udm.citus_rename_constraint, on the tenant's node (its shard)

@@ -92,6 +92,24 @@ pub fn propagate(stmt: *mut pg_sys::ConstraintsSetStmt, top_level: bool) {
         return;
     }
     let value = value_of(stmt).unwrap_or_else(|e| crate::error::raise(e));
+    // ALL IMMEDIATE after something was deferred: the tenants written are checked first by a
+    // query (a rule failing there keeps its SQLSTATE; failing in the SET sent on, Citus reports
+    // it as its own XX000, "failure on connection marked as essential")
+    let all_immediate = unsafe { !(*stmt).deferred && (*stmt).constraints.is_null() };
+    if all_immediate {
+        let lxid = crate::guc::local_xact();
+        if SENT.with(|s| s.borrow().iter().any(|x| x.lxid == lxid)) {
+            let written = WRITTEN.with(|w| {
+                let w = w.borrow();
+                if w.0 == lxid {
+                    w.1.clone()
+                } else {
+                    Vec::new()
+                }
+            });
+            check_deferred(&written).unwrap_or_else(|e| crate::error::raise(e));
+        }
+    }
     send(&value);
     let lxid = crate::guc::local_xact();
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
@@ -121,7 +139,7 @@ thread_local! {
     static WRITTEN: RefCell<(u32, Vec<pg_sys::Oid>)> = const { RefCell::new((0, Vec::new())) };
 }
 
-/// The current transaction writes a relation of namespace `ns`.
+/// The current transaction writes a relation of namespace `ns` (a statement, or a `COPY ... FROM`).
 pub(super) fn written(ns: pg_sys::Oid) {
     let lxid = crate::guc::local_xact();
     WRITTEN.with(|w| {

@@ -110,6 +110,7 @@ unsafe extern "C-unwind" fn process_utility(
     if tag == pg_sys::NodeTag::T_CopyStmt {
         send(None);
         super::constraints::send_again();
+        copy_target_written(node as *mut pg_sys::CopyStmt);
     }
     // a SET LOCAL of udm.citus_constraints: read before the statement runs (it may scribble on
     // a read-only tree)
@@ -141,6 +142,29 @@ unsafe extern "C-unwind" fn process_utility(
         );
     } else if constraints_setting {
         super::constraints::apply_on_worker();
+    }
+}
+
+/// A `COPY ... FROM` writes its table: noted for the commit (`constraints::written`).
+unsafe fn copy_target_written(copy: *mut pg_sys::CopyStmt) {
+    if !super::loaded() || copy.is_null() {
+        return;
+    }
+    let c = unsafe { &*copy };
+    if !c.is_from || c.relation.is_null() {
+        return;
+    }
+    let relid = unsafe {
+        pg_sys::RangeVarGetRelidExtended(
+            c.relation,
+            pg_sys::NoLock as pg_sys::LOCKMODE,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        )
+    };
+    if relid != pg_sys::InvalidOid {
+        super::constraints::written(unsafe { pg_sys::get_rel_namespace(relid) });
     }
 }
 

@@ -40,7 +40,7 @@ GRANT EXECUTE ON FUNCTION
     udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone),
     udm.citus_lock(text, text, text, uuid),
     udm.citus_know_user(text),
-    udm.citus_check_deferred()
+    udm.citus_check_deferred(text)
     TO udm_tenant_roles;
 
 -- udm admins export tenants (udm_export writes the statements that call it).

@@ -352,12 +352,15 @@ CREATE FUNCTION udm.citus_know_user(token text) RETURNS boolean
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_citus_know_user';
 
--- Citus (src/citus/constraints.rs): on a tenant's worker, SET CONSTRAINTS ALL IMMEDIATE for the
--- rest of the transaction. udm sends it at the coordinator's commit, as a query of the tenant's
--- catalog, to a transaction that deferred constraints, so that a rule failing then fails with
--- its own SQLSTATE (at the worker's own commit Citus reports XX000). Refused anywhere but on a
--- worker (0A000). Executable by udm_tenant_roles: the commit runs it as the session.
-CREATE FUNCTION udm.citus_check_deferred() RETURNS boolean
+-- Citus (src/citus/constraints.rs): on a tenant's worker, a SET CONSTRAINTS ... IMMEDIATE (as
+-- udm.citus_constraints carries one) for the rest of the transaction. udm sends it, as a query of
+-- the tenant's catalog, to the tenants a transaction that deferred constraints wrote: at the
+-- coordinator's commit (ALL) and when the session sets them IMMEDIATE, so that a rule failing
+-- then fails with its own SQLSTATE (failing in the worker's commit or in a SET Citus passes on,
+-- Citus reports XX000). Refused anywhere but on a worker (0A000), for NULL (22004), for a value
+-- udm does not make or one that defers (22023). Executable by udm_tenant_roles: the session's
+-- commit and SET CONSTRAINTS run it as the session.
+CREATE FUNCTION udm.citus_check_deferred(constraints text) RETURNS boolean
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_citus_check_deferred';
 
@@ -524,7 +527,7 @@ GRANT EXECUTE ON FUNCTION
     udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone),
     udm.citus_lock(text, text, text, uuid),
     udm.citus_know_user(text),
-    udm.citus_check_deferred()
+    udm.citus_check_deferred(text)
     TO udm_tenant_roles;
 GRANT EXECUTE ON FUNCTION udm.export_rows(text, text) TO udm_admin;
 

@@ -393,11 +393,17 @@ refused "a deferred rule still refuses the commit, with the rule's SQLSTATE (udm
     'product breaks rule "y_in_axis"' \
     -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'NO'" -c "COMMIT"
 refused "udm.citus_check_deferred on the coordinator is refused" 0A000 "udm.citus_check_deferred runs on a Citus worker only" \
-    -c "SELECT udm.citus_check_deferred()"
+    -c "SELECT udm.citus_check_deferred('{\"deferred\": false}')"
+refused "udm.citus_check_deferred: NULL is refused" 22004 "udm.citus_check_deferred: the constraints may not be NULL" \
+    -c "SELECT udm.citus_check_deferred(NULL)"
 rules_node=$(on coordinator -c "SELECT CASE WHEN nodeport = $((PORT + 1)) THEN 'worker1' ELSE 'worker2' END
     FROM citus_shards WHERE table_name = 'rules.product'::regclass")
 CHECK_ON=$rules_node check "udm.citus_check_deferred on a worker outside a transaction that deferred anything: nothing to check" "t" \
-    -c "SELECT udm.citus_check_deferred()"
+    -c "SELECT udm.citus_check_deferred('{\"deferred\": false}')"
+CHECK_ON=$rules_node refused "udm.citus_check_deferred on a worker: a value that defers is refused" 22023 "it checks (IMMEDIATE), it does not defer" \
+    -c "SELECT udm.citus_check_deferred('{\"deferred\": true}')"
+CHECK_ON=$rules_node refused "udm.citus_check_deferred on a worker: a value udm does not make is refused" 22023 "not a SET CONSTRAINTS udm sent" \
+    -c "SELECT udm.citus_check_deferred('ALL IMMEDIATE')"
 refused "SET CONSTRAINTS ALL IMMEDIATE checks what the worker deferred at once, with the rule's SQLSTATE" 23514 \
     'product breaks rule "y_in_axis"' \
     -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'NO'" \
@@ -406,8 +412,8 @@ check "... and a deferred change made right by ALL IMMEDIATE's time goes through
     -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'IM'" \
     -c "UPDATE rules.roadmap SET y_axis_values = ARRAY['HW', 'IM']" -c "SET CONSTRAINTS ALL IMMEDIATE" -c "COMMIT" \
     -c "SELECT y_position FROM rules.product"
-refused "SET CONSTRAINTS of the rule by name IMMEDIATE still fails as Citus reports a failed SET (XX000)" XX000 \
-    "failure on connection marked as essential" \
+refused "SET CONSTRAINTS of the rule by name IMMEDIATE: checked at once, with the rule's SQLSTATE" 23514 \
+    'product breaks rule "y_in_axis"' \
     -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "UPDATE rules.product SET y_position = 'NO'" \
     -c "SET CONSTRAINTS rules.product__y_in_axis__rule IMMEDIATE"
 printf 'CP\t%s\n' "$R1" | refused "a COPY deferred: refused at COMMIT with the rule's SQLSTATE" 23514 \

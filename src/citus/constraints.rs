@@ -92,11 +92,10 @@ pub fn propagate(stmt: *mut pg_sys::ConstraintsSetStmt, top_level: bool) {
         return;
     }
     let value = value_of(stmt).unwrap_or_else(|e| crate::error::raise(e));
-    // ALL IMMEDIATE after something was deferred: the tenants written are checked first by a
-    // query (a rule failing there keeps its SQLSTATE; failing in the SET sent on, Citus reports
-    // it as its own XX000, "failure on connection marked as essential")
-    let all_immediate = unsafe { !(*stmt).deferred && (*stmt).constraints.is_null() };
-    if all_immediate {
+    // IMMEDIATE after something was deferred: the tenants written apply it first by a query (a
+    // rule failing there keeps its SQLSTATE; failing in the SET sent on, Citus reports it as its
+    // own XX000, "failure on connection marked as essential")
+    if unsafe { !(*stmt).deferred } {
         let lxid = crate::guc::local_xact();
         if SENT.with(|s| s.borrow().iter().any(|x| x.lxid == lxid)) {
             let written = WRITTEN.with(|w| {
@@ -107,7 +106,7 @@ pub fn propagate(stmt: *mut pg_sys::ConstraintsSetStmt, top_level: bool) {
                     Vec::new()
                 }
             });
-            check_deferred(&written).unwrap_or_else(|e| crate::error::raise(e));
+            check_deferred(&written, &value).unwrap_or_else(|e| crate::error::raise(e));
         }
     }
     send(&value);
@@ -180,11 +179,15 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     // statements need a snapshot; at commit there is no portal to give one (an error unwinds
     // the stack with the transaction)
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-    check_deferred(&written.1).unwrap_or_else(|e| crate::error::raise(e));
+    let all = serde_json::json!({ "deferred": false }).to_string();
+    check_deferred(&written.1, &all).unwrap_or_else(|e| crate::error::raise(e));
     unsafe { pg_sys::PopActiveSnapshot() };
 }
 
-fn check_deferred(namespaces: &[pg_sys::Oid]) -> Result<()> {
+/// Applies `value` (what `value_of` makes: a `SET CONSTRAINTS ... IMMEDIATE`) on the node of each
+/// tenant of `namespaces` on another node, by `udm.citus_check_deferred` as a query of the
+/// tenant's catalog: what was deferred is checked there now.
+fn check_deferred(namespaces: &[pg_sys::Oid], value: &str) -> Result<()> {
     for &ns in namespaces {
         let name = unsafe { pg_sys::get_namespace_name(ns) };
         if name.is_null() {
@@ -201,10 +204,10 @@ fn check_deferred(namespaces: &[pg_sys::Oid]) -> Result<()> {
         }
         crate::spi::select_one::<bool>(
             &format!(
-                "SELECT udm.citus_check_deferred() FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
+                "SELECT udm.citus_check_deferred($1) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
                 quote_ident(&t.schema)
             ),
-            &[],
+            &[value.into()],
         )?;
     }
     Ok(())
@@ -212,23 +215,41 @@ fn check_deferred(namespaces: &[pg_sys::Oid]) -> Result<()> {
 
 finfo_v1!(pg_finfo_udm_citus_check_deferred);
 
-/// `udm.citus_check_deferred()`: on a Citus worker, `SET CONSTRAINTS ALL IMMEDIATE` for the
-/// rest of this transaction, which checks what it deferred now (see `on_xact`). Refused anywhere
-/// but on a worker (0A000).
+/// `udm.citus_check_deferred(constraints)`: on a Citus worker, the `SET CONSTRAINTS ...
+/// IMMEDIATE` the coordinator sent (as `udm.citus_constraints` carries one), for the rest of
+/// this transaction, which checks what it deferred now (see `on_xact`, `propagate`). Refused
+/// anywhere but on a worker (0A000), for NULL (22004), for a value udm does not make (22023),
+/// and for one that defers (22023: it checks, it does not defer).
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn udm_citus_check_deferred(
-    _fcinfo: pg_sys::FunctionCallInfo,
+    fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    if !super::on_worker() {
+    let Some(value) = (unsafe { pgrx::fcinfo::pg_getarg::<String>(fcinfo, 0) }) else {
         crate::error::raise(UdmError::new(
-            SqlState::FeatureNotSupported,
-            "udm.citus_check_deferred runs on a Citus worker only, where udm sends it at commit",
-        ));
-    }
-    Spi::run("SET CONSTRAINTS ALL IMMEDIATE")
-        .map_err(spi_err)
-        .unwrap_or_else(|e| crate::error::raise(e));
+            SqlState::NullValueNotAllowed,
+            "udm.citus_check_deferred: the constraints may not be NULL",
+        ))
+    };
+    (|| -> Result<()> {
+        if !super::on_worker() {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                "udm.citus_check_deferred runs on a Citus worker only, where udm sends it",
+            ));
+        }
+        let defers = serde_json::from_str::<serde_json::Value>(&value)
+            .ok()
+            .and_then(|v| v.get("deferred").and_then(|d| d.as_bool()));
+        if defers == Some(true) {
+            return Err(UdmError::invalid(format!(
+                "udm.citus_check_deferred({}): it checks (IMMEDIATE), it does not defer",
+                quote_literal(&value)
+            )));
+        }
+        super::nested(|| apply(&value))
+    })()
+    .unwrap_or_else(|e| crate::error::raise(e));
     pg_sys::Datum::from(true)
 }
 

@@ -414,6 +414,16 @@ pub fn require_member(t: &Tenant) -> Result<()> {
     )))
 }
 
+/// The tenant whose schema is the namespace `ns`, if any (a tenant's schema is named by its slug).
+pub fn tenant_of_namespace(ns: pg_sys::Oid) -> Result<Option<Rc<Tenant>>> {
+    let name = unsafe { pg_sys::get_namespace_name(ns) };
+    if name.is_null() {
+        return Ok(None);
+    }
+    let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy();
+    Ok(tenant(&name)?.filter(|t| t.schema_oid == ns))
+}
+
 /// A tenant the caller may use, by slug.
 pub fn usable_tenant(slug: &str) -> Result<Rc<Tenant>> {
     let t = tenant(slug)?.ok_or_else(|| no_such_tenant(slug))?;

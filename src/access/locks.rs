@@ -850,10 +850,7 @@ fn call(op: Op, entity: &str, id: pgrx::Uuid) -> Result<Value> {
     // the node reads the selected user (the holder), which a statement that only reads would
     // not send it
     crate::citus::selection::send_now();
-    let sql = format!(
-        "SELECT udm.citus_lock($1, $2, $3, $4) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
-        quote_ident(&t.schema)
-    );
+    let sql = crate::citus::on_node_sql(&t.schema, "udm.citus_lock($1, $2, $3, $4)");
     crate::spi::select_one::<JsonB>(
         &sql,
         &[

@@ -137,10 +137,7 @@ pub fn know_before_write<'a>(
     if users.is_empty() || !crate::citus::log_elsewhere(t) {
         return Ok(());
     }
-    let sql = format!(
-        "SELECT udm.citus_know_user($1) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
-        quote_ident(&t.schema)
-    );
+    let sql = crate::citus::on_node_sql(&t.schema, "udm.citus_know_user($1)");
     for id in users {
         if find(&id.to_string())?.is_none() {
             continue;

@@ -189,24 +189,14 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
 /// tenant's catalog: what was deferred is checked there now.
 fn check_deferred(namespaces: &[pg_sys::Oid], value: &str) -> Result<()> {
     for &ns in namespaces {
-        let name = unsafe { pg_sys::get_namespace_name(ns) };
-        if name.is_null() {
-            continue;
-        }
-        let name = unsafe { std::ffi::CStr::from_ptr(name) }
-            .to_string_lossy()
-            .into_owned();
-        let Some(t) = crate::catalog::tenant(&name)?.filter(|t| t.schema_oid == ns) else {
+        let Some(t) = crate::catalog::tenant_of_namespace(ns)? else {
             continue;
         };
         if !super::log_elsewhere(&t) {
             continue;
         }
         crate::spi::select_one::<bool>(
-            &format!(
-                "SELECT udm.citus_check_deferred($1) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
-                quote_ident(&t.schema)
-            ),
+            &super::on_node_sql(&t.schema, "udm.citus_check_deferred($1)"),
             &[value.into()],
         )?;
     }

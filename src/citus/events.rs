@@ -12,7 +12,6 @@ use crate::json::JsonB;
 use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use std::rc::Rc;
-use udm_core::ident::quote_ident;
 
 /// The actions of the events udm records outside triggers (`audit::record_event`'s callers).
 const ACTIONS: [&str; 8] = [
@@ -28,12 +27,9 @@ const ACTIONS: [&str; 8] = [
 
 /// Appends the event to the tenant's log on its worker, in this transaction.
 pub fn record_on_node(t: &Tenant, e: &Event, user: &str, role: &str) -> Result<()> {
-    // a query of the tenant's catalog table, which Citus sends whole to the tenant's node (the
-    // aggregate gives one row even for a tenant without entities)
-    let sql = format!(
-        "SELECT udm.citus_record_event($1, $2, $3, $4, $5, $6, $7, $8) \
-         FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
-        quote_ident(&t.schema)
+    let sql = super::on_node_sql(
+        &t.schema,
+        "udm.citus_record_event($1, $2, $3, $4, $5, $6, $7, $8)",
     );
     let written = crate::access::security::as_owner(|| {
         crate::spi::select_one::<bool>(
@@ -128,10 +124,7 @@ pub unsafe extern "C-unwind" fn udm_citus_record_event(
 /// its sequence and its writers' horizon locks are on the tenant's node, so it is found there,
 /// by `udm.citus_event_horizon` as a query of the tenant's catalog, which Citus sends there.
 pub fn horizon_on_node(t: &Tenant) -> Result<i64> {
-    let sql = format!(
-        "SELECT udm.citus_event_horizon($1) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
-        quote_ident(&t.schema)
-    );
+    let sql = super::on_node_sql(&t.schema, "udm.citus_event_horizon($1)");
     crate::spi::select_one::<i64>(&sql, &[t.schema.as_str().into()])?.ok_or_else(|| {
         UdmError::internal(format!(
             "udm on Citus: no event horizon came back from the node of tenant \"{}\"",

@@ -264,10 +264,7 @@ pub fn column_grants_to_node(schema: &str, table: &str) -> Result<()> {
         Ok::<_, pgrx::spi::Error>(out)
     })
     .map_err(spi_err)?;
-    let sql = format!(
-        "SELECT udm.citus_column_grant($1, $2, $3, $4) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
-        quote_ident(schema)
-    );
+    let sql = on_node_sql(schema, "udm.citus_column_grant($1, $2, $3, $4)");
     for (role, columns) in grants {
         Spi::run_with_args(
             &sql,
@@ -299,10 +296,7 @@ fn rename_constraint_on_node(schema: &str, table: &str, old: &str, new: &str) ->
         return Ok(());
     }
     Spi::run_with_args(
-        &format!(
-            "SELECT udm.citus_rename_constraint($1, $2, $3, $4) FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
-            quote_ident(schema)
-        ),
+        &on_node_sql(schema, "udm.citus_rename_constraint($1, $2, $3, $4)"),
         &[schema.into(), table.into(), old.into(), new.into()],
     )
     .map_err(spi_err)
@@ -498,6 +492,17 @@ pub fn shard_relation(
     .ok()
     .flatten()?;
     Some(relation_by_name(schema_oid, &format!("{name}_{shard}")))
+}
+
+/// The statement that runs `call` (a `udm.citus_*` function and its parameters) on the node of the
+/// tenant whose schema is `schema`, in this transaction, over the current user's connection to
+/// it: a query of the tenant's catalog table, which Citus sends whole to that node (the
+/// aggregate gives one row even for a tenant without entities).
+pub fn on_node_sql(schema: &str, call: &str) -> String {
+    format!(
+        "SELECT {call} FROM (SELECT count(*) FROM {}.\"_udm_entity\") AS one",
+        quote_ident(schema)
+    )
 }
 
 /// Whether the tenant's audit log is on another node (a Citus coordinator, the tenant on a

@@ -276,11 +276,7 @@ fn access_controlled(ns: pg_sys::Oid) -> bool {
     }) {
         return v;
     }
-    let name = unsafe { pg_sys::get_namespace_name(ns) };
-    let v = !name.is_null() && {
-        let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy();
-        matches!(crate::catalog::tenant(&name), Ok(Some(t)) if t.schema_oid == ns && t.access)
-    };
+    let v = matches!(crate::catalog::tenant_of_namespace(ns), Ok(Some(t)) if t.access);
     ACCESS.with(|a| {
         let mut a = a.borrow_mut();
         if a.0 != generation || a.1.len() >= 4096 {

@@ -320,6 +320,10 @@ got=$(joined -c "SELECT udm_use('road') IS NOT NULL" \
     -c "SELECT count(*) FROM udm.user_tenant WHERE user_id = '$dora' AND tenant = 'road'")
 expect "udm_insert with a user the tenant does not know yet: the record goes in, and the tenant knows the user" \
     "t|$dora|dora@example.org|1" "$got"
+refused "udm_insert with an id that names no user: the node's trigger refuses it in the field's words" 23503 \
+    "roadmap.owner_id refers to user 00000000-0000-4000-8000-000000000001, which does not exist" \
+    -c "SELECT udm_use('road')" \
+    -c "SELECT udm_insert('roadmap', '{\"name\": \"Nobody\", \"y_axis_values\": [\"HW\"], \"owner_id\": \"00000000-0000-4000-8000-000000000001\"}')"
 byudm=$(on coordinator -c "SELECT id FROM road.roadmap WHERE name = 'By udm'")
 on coordinator -c "CREATE ROLE road_app LOGIN" -c "GRANT \"$(on coordinator -c "SELECT role_name FROM udm.tenant WHERE slug = 'road'")\" TO road_app" >/dev/null
 got=$(joined -c "SET ROLE road_app" -c "BEGIN" -c "SELECT udm_use('road', is_local => true) IS NOT NULL" \

@@ -523,12 +523,17 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
         // the column holds sealed values: the stamp trigger checks the field's rules on the
         // plaintext before sealing it; unique and index work on the blind index
         let blind = format!("(({}))", crate::crypto::blind_index_sql(&col));
+        // a blind index only ever answers equality, and its keys are random: a hash index holds
+        // them smaller and takes a new one without the B-tree's descent and page splits at random
+        // places (a UNIQUE constraint needs a B-tree)
+        let blind_hash = format!("USING hash {blind}");
         if f.converting_blind() {
             // plaintext and sealed values side by side while they are converted: the plain
             // constraint (or index) keeps the plaintext ones, a partial blind index the sealed
             // ones, and the stamp trigger compares a value written with the other form
             let sealed_only = format!(
-                "{blind} WHERE starts_with({col}, {})",
+                "{} WHERE starts_with({col}, {})",
+                if f.unique { &blind } else { &blind_hash },
                 quote_literal(crate::crypto::PREFIX)
             );
             let (kind, plain_key, plain_name, plain_body, key, name) = if f.unique {
@@ -583,7 +588,7 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
                 name: field_index_name(e, &f.name),
                 kind: ArtifactKind::Index,
                 table: e.clone(),
-                body: blind,
+                body: blind_hash,
                 fields: vec![f.id],
             });
         }
@@ -2209,12 +2214,22 @@ mod tests {
             })
             .unwrap();
         assert!(alter < partial, "{steps:#?}");
+        // the blind index of a field that is not unique is a hash index: it answers equality only
+        assert!(
+            steps[partial].contains("USING hash ((split_part(\"sample_date\", ':', 3)))"),
+            "{steps:#?}"
+        );
         assert!(
             !steps
                 .iter()
                 .any(|s| s.contains("DROP INDEX") && s.contains("product__sample_date__idx")),
             "{steps:#?}"
         );
+        // completed: the plain index gives way to the blind one, a hash index too
+        let mut done = converting.clone();
+        done.fields[j].encryption_pending = None;
+        let steps = sqls(&plan_change(&CTX, &converting, &done).unwrap());
+        assert!(steps.iter().any(|s| s == "CREATE INDEX \"product__sample_date__idx\" ON \"acme\".\"product\" USING hash ((split_part(\"sample_date\", ':', 3)))"), "{steps:#?}");
         let mut off = converting.clone();
         off.fields[j].encrypted = false;
         off.fields[j].encryption_pending = None;

@@ -312,9 +312,9 @@ citus-tier:
 	    echo "== tier 5 (Citus) is required (CITUS_REQUIRED) but neither $(CITUS_SO) nor $(CITUS_TARBALL) is here"; exit 1; \
 	else echo "== tier 5 (Citus) skipped: neither $(CITUS_SO) nor $(CITUS_TARBALL) is here"; fi
 
-citus-test: citus
+citus-test: citus $(TEST_KEY)
 	@echo "== tier 5: Citus, a coordinator and two workers (tests/citus.sh)"
-	@PGBIN=$(CITUS_PGBIN) CITUS_DIR=$(CITUS_DIR) CITUS_PORT=$(CITUS_PORT) tests/citus.sh
+	@PGBIN=$(CITUS_PGBIN) CITUS_DIR=$(CITUS_DIR) CITUS_PORT=$(CITUS_PORT) CITUS_KEY_FILE=$(TEST_KEY) tests/citus.sh
 
 # bench/citus: the same tenant on a Citus worker and on a single node, and udm_move_tenant, on the
 # Citus clusters of citus-test (ROWS=100000 by default)

@@ -5,10 +5,11 @@
 -- membership of the tenant it acts on. The functions in schema udm are internal: nobody but the
 -- extension's owner may call them, except those that a tenant's own policies, constraints,
 -- defaults and queries call as the writing or reading role, and udm.citus_lock,
--- udm.citus_know_user and udm.citus_check_deferred, which udm_lock_*, udm_insert, udm_update
--- and the commit send to a tenant's Citus worker as the caller. Those go to udm_tenant_roles, a NOLOGIN role every tenant role is a
+-- udm.citus_know_user, udm.citus_check_deferred and udm.citus_tenant_keys, which udm_lock_*,
+-- udm_insert, udm_update, the commit and udm's reads of encrypted fields send to a tenant's Citus
+-- worker as the caller. Those go to udm_tenant_roles, a NOLOGIN role every tenant role is a
 -- member of, and each of them answers only about tenants the caller is a member of (or, for
--- udm.citus_know_user, with a token udm's coordinator signed). Trigger functions need no EXECUTE
+-- udm.citus_know_user and udm.citus_tenant_keys, with a token udm's coordinator signed). Trigger functions need no EXECUTE
 -- to fire; CREATE TRIGGER needs it, so only the owner (and superusers) can attach them.
 
 DO $$
@@ -40,7 +41,8 @@ GRANT EXECUTE ON FUNCTION
     udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone),
     udm.citus_lock(text, text, text, uuid),
     udm.citus_know_user(text),
-    udm.citus_check_deferred(text)
+    udm.citus_check_deferred(text),
+    udm.citus_tenant_keys(text)
     TO udm_tenant_roles;
 
 -- udm admins export tenants (udm_export writes the statements that call it).

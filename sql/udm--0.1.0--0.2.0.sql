@@ -364,6 +364,18 @@ CREATE FUNCTION udm.citus_check_deferred(constraints text) RETURNS boolean
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'udm_citus_check_deferred';
 
+-- Citus (src/crypto.rs): on a tenant's worker, the tenant's encryption keys as stored (wrapped by
+-- the master key, never opened here) for the coordinator, which opens them with its master key:
+-- read there on the caller's own connection as a query of the tenant's catalog (read over a
+-- connection of udm's owner, Citus would refuse them once the caller wrote to the tenant in the
+-- transaction), with a token the coordinator signs for this transaction (udm.node_key); a token
+-- made by hand, changed or of another transaction is refused (42501), as anywhere but on a worker
+-- (0A000) and a NULL token (22004). Executable by udm_tenant_roles: udm's reads of encrypted
+-- fields run it as the caller.
+CREATE FUNCTION udm.citus_tenant_keys(token text) RETURNS jsonb
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'udm_citus_tenant_keys';
+
 -- Citus: the tenant's table `schema_name`.`tbl` that `caller` (a udm.citus_* function udm sends to
 -- a tenant's node) was asked to change on this node; refused anywhere but on a worker (0A000),
 -- with `args_ok` false (its other arguments hold a NULL: 22004), and for a table outside a udm
@@ -527,7 +539,8 @@ GRANT EXECUTE ON FUNCTION
     udm.audit_hash(bytea, text, uuid, text, integer, integer, jsonb, jsonb, text, text, text, bigint, timestamp with time zone),
     udm.citus_lock(text, text, text, uuid),
     udm.citus_know_user(text),
-    udm.citus_check_deferred(text)
+    udm.citus_check_deferred(text),
+    udm.citus_tenant_keys(text)
     TO udm_tenant_roles;
 GRANT EXECUTE ON FUNCTION udm.export_rows(text, text) TO udm_admin;
 

@@ -84,6 +84,22 @@ fn read_as_caller_on_citus<R>(t: &Tenant, f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Runs `f`, a read of the tenant's catalog of entities, as udm's owner; on a Citus coordinator
+/// after the session's role wrote the tenant's tables in this transaction, as the caller when the
+/// caller may (`read_as_caller_on_citus`): Citus would refuse the owner's read then (e.g. a
+/// `udm_query` after an `INSERT` in one transaction, in a backend that had not read the catalog
+/// yet), and no DDL of udm can follow in that transaction either way.
+fn read_after_session_writes<R>(t: &Tenant, f: impl FnOnce() -> R) -> R {
+    let session_wrote = crate::citus::installed()
+        && crate::citus::constraints::writer_of(t.schema_oid)
+            .is_some_and(|role| role == unsafe { pg_sys::GetUserId() });
+    if session_wrote {
+        read_as_caller_on_citus(t, f)
+    } else {
+        as_owner(f)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Active,
@@ -436,6 +452,13 @@ pub fn current_tenant() -> Result<Rc<Tenant>> {
     if let Some(e) = crate::citus::on_worker_refusal() {
         return Err(e);
     }
+    selected_tenant()
+}
+
+/// The tenant selected (`udm_use`) in this backend, checked as `current_tenant` checks it, also on
+/// a Citus worker, where only the selection the coordinator sent is (for a function that reads
+/// there, in the statement that called it: `udm_decrypt`).
+pub fn selected_tenant() -> Result<Rc<Tenant>> {
     let slug = crate::guc::tenant().ok_or_else(|| {
         let e = UdmError::new(SqlState::ObjectNotInPrerequisiteState, "no tenant selected")
             .hint("call udm_use('<tenant>') first; udm_tenants() lists the tenants you may use");
@@ -740,7 +763,7 @@ pub fn entity_slugs(t: &Tenant) -> Result<Vec<String>> {
 /// its catalog once, not once per entity).
 pub fn active_entities(t: &Tenant) -> Result<Vec<Rc<Entity>>> {
     refresh_if_stale();
-    let rows = as_owner(|| newest_rows(t))?;
+    let rows = read_after_session_writes(t, || newest_rows(t))?;
     let mut out = Vec::with_capacity(rows.len());
     for (slug, version, status, def) in rows {
         if status != "active" {

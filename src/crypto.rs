@@ -192,15 +192,54 @@ thread_local! {
     static KEYS: RefCell<HashMap<String, Rc<TenantKeys>>> = RefCell::new(HashMap::new());
 }
 
-fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
+/// The rows of the tenant's `_udm_keys` (`[purpose, id, hex of the wrapped key, master
+/// fingerprint, shredded at, shredded by]` each), read as the owner where they are.
+fn key_rows_here(t: &Tenant) -> Result<serde_json::Value> {
+    // on a Citus worker the shard itself (a trigger there may not make Citus run a task over a
+    // connection, which a read of the distributed table can come to)
+    let shard = crate::citus::on_worker()
+        .then(|| crate::citus::shard_relation(t.schema_oid, KEYS_TABLE, KEYS_TABLE))
+        .flatten()
+        .flatten()
+        .and_then(|oid| unsafe {
+            let name = pg_sys::get_rel_name(oid);
+            (!name.is_null()).then(|| {
+                std::ffi::CStr::from_ptr(name)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        });
     let sql = format!(
         "SELECT coalesce(jsonb_agg(jsonb_build_array(purpose, id, encode(wrapped, 'hex'), master, \
            to_char(shredded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS \"UTC\"'), shredded_by)), '[]') FROM {}",
-        qualified(&t.schema, KEYS_TABLE)
+        qualified(&t.schema, shard.as_deref().unwrap_or(KEYS_TABLE))
     );
-    let rows = as_owner(|| crate::query::rawspi::once(&sql, &[], true))?
+    // on a Citus worker, in a trigger or a query of a shard: the table is this node's
+    let rows = crate::citus::nested(|| as_owner(|| crate::query::rawspi::once(&sql, &[], true)))?;
+    Ok(rows
         .map(crate::query::rawspi::jsonb_value)
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+/// The rows of the tenant's `_udm_keys` (`key_rows_here`). On a Citus coordinator, for a tenant
+/// on a worker, they are read there by `udm.citus_tenant_keys` as a query of the tenant's catalog
+/// on the session's own connection: read over a connection of udm's owner, Citus would refuse
+/// them once the session wrote to the tenant in the transaction.
+fn key_rows(t: &Tenant) -> Result<serde_json::Value> {
+    if !crate::citus::log_elsewhere(t) {
+        return key_rows_here(t);
+    }
+    let token = crate::citus::claims::keys_token(&t.slug)?;
+    let sql = crate::citus::on_node_sql(&t.schema, "udm.citus_tenant_keys($1)");
+    Ok(
+        crate::spi::select_one::<pgrx::JsonB>(&sql, &[token.as_str().into()])?
+            .map(|j| j.0)
+            .unwrap_or_default(),
+    )
+}
+
+fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
+    let rows = key_rows(t)?;
     let mut keys = TenantKeys {
         rel,
         generation: catalog::generation(),
@@ -333,9 +372,8 @@ pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
             false,
         )?;
         if t.relation(KEYS_TABLE).is_none() {
-            crate::query::rawspi::once(
-                &format!(
-                    "CREATE TABLE {table} (\
+            let create = format!(
+                "CREATE TABLE {table} (\
                        purpose text NOT NULL CHECK (purpose IN ('data', 'index')), \
                        id integer NOT NULL CHECK (id > 0), \
                        wrapped bytea NOT NULL, \
@@ -349,13 +387,15 @@ pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
                        PRIMARY KEY (purpose, id)); \
                      REVOKE ALL ON {table} FROM PUBLIC; \
                      COMMENT ON TABLE {table} IS {}",
-                    quote_literal(
-                        "udm: the tenant's field encryption keys, wrapped by the master key"
-                    )
-                ),
-                &[],
-                false,
-            )?;
+                quote_literal("udm: the tenant's field encryption keys, wrapped by the master key")
+            );
+            if crate::citus::installed() {
+                // on Citus: distributed into the tenant's schema, on the tenant's node, where its
+                // triggers seal and its queries open the values
+                crate::citus::run_batch(&create)?;
+            } else {
+                crate::query::rawspi::once(&create, &[], false)?;
+            }
         }
         let have = crate::query::rawspi::once(
             &format!("SELECT count(*) FROM {table} WHERE purpose = 'data'"),
@@ -723,6 +763,45 @@ unsafe fn field_arg(fcinfo: pg_sys::FunctionCallInfo, i: usize) -> u32 {
     u32::try_from(n).unwrap_or(0)
 }
 
+finfo_v1!(pg_finfo_udm_citus_tenant_keys);
+
+/// `udm.citus_tenant_keys(token)`: on a tenant's Citus worker, the tenant's wrapped keys (the
+/// rows of its `_udm_keys`, as `key_rows_here` gives them) for the coordinator, which unwraps them
+/// with the master key (see `key_rows`). Refused anywhere but on a worker (0A000), for a NULL
+/// token (22004), and for a token udm's coordinator did not make in this transaction (42501).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn udm_citus_tenant_keys(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let Some(token) = (unsafe { pg_getarg::<String>(fcinfo, 0) }) else {
+        crate::error::raise(UdmError::new(
+            SqlState::NullValueNotAllowed,
+            "udm.citus_tenant_keys: the token may not be NULL",
+        ))
+    };
+    let rows = (|| -> Result<serde_json::Value> {
+        if !crate::citus::on_worker() {
+            return Err(UdmError::new(
+                SqlState::FeatureNotSupported,
+                "udm.citus_tenant_keys runs on a Citus worker only, where udm's reads of encrypted fields send it",
+            ));
+        }
+        let slug = crate::citus::claims::check_keys(&token)?;
+        crate::citus::nested(|| {
+            let t = catalog::tenant(&slug)?.ok_or_else(|| catalog::no_such_tenant(&slug))?;
+            if t.relation(KEYS_TABLE).is_none() {
+                return Ok(serde_json::json!([]));
+            }
+            key_rows_here(&t)
+        })
+    })()
+    .or_raise();
+    pgrx::JsonB(rows)
+        .into_datum()
+        .unwrap_or(pg_sys::Datum::from(0usize))
+}
+
 finfo_v1!(pg_finfo_udm_decrypt_field);
 finfo_v1!(pg_finfo_udm_blind_index);
 
@@ -849,7 +928,7 @@ pub unsafe extern "C-unwind" fn udm_decrypt_field(
         {
             &*cached
         } else {
-            let site = call_site(schema, entity, field).or_raise();
+            let site = crate::citus::nested(|| call_site(schema, entity, field)).or_raise();
             let p = pgrx::PgMemoryContexts::For((*flinfo).fn_mcxt).leak_and_drop_on_delete(site);
             (*flinfo).fn_extra = p.cast();
             &*p
@@ -876,7 +955,7 @@ pub unsafe extern "C-unwind" fn udm_blind_index(fcinfo: pg_sys::FunctionCallInfo
         let entity = text_arg(fcinfo, 1);
         let field = field_arg(fcinfo, 2);
         let plain = text_arg(fcinfo, 3);
-        let b = blind_for(&schema, &entity, field, &plain).or_raise();
+        let b = crate::citus::nested(|| blind_for(&schema, &entity, field, &plain)).or_raise();
         crate::triggers::text_datum(&b)
     }
 }
@@ -906,11 +985,19 @@ fn denied(t: &Tenant, entity: &str, field: &str) -> UdmError {
 /// STRICT: a NULL value is NULL.
 #[pg_extern(stable, parallel_safe)]
 fn udm_decrypt(entity: &str, field: &str, id: pgrx::Uuid, stored: &str) -> String {
-    decrypt(entity, field, id, stored).or_raise()
+    crate::citus::nested(|| decrypt(entity, field, id, stored)).or_raise()
 }
 
 fn decrypt(entity: &str, field: &str, id: pgrx::Uuid, stored: &str) -> Result<String> {
-    let t = catalog::current_tenant()?;
+    // on Citus a query of a tenant's table runs whole on the tenant's node, this call with it:
+    // the coordinator sends the selection for a statement that names udm_decrypt
+    let t = if crate::citus::on_worker() {
+        catalog::selected_tenant().map_err(|e| {
+            e.hint("on Citus, udm_decrypt must be named in the statement's own text (not inside a view or a function) for the coordinator to send the selection to the tenant's node; udm_use('<tenant>') first")
+        })?
+    } else {
+        catalog::current_tenant()?
+    };
     let e = catalog::entity_any(&t, entity)?.ok_or_else(|| catalog::no_such_entity(&t, entity))?;
     let f = e
         .def
@@ -1187,7 +1274,9 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         )));
     }
     let what = || field_what(&t, &e.def.slug, &fields[0].name);
-    let k = keys(&t, &what, None)?;
+    // read as the owner, as everything below is: on Citus the completing DDL is refused once the
+    // tenant's tables were read over two connections (the caller's and the owner's)
+    let k = as_owner(|| keys(&t, &what, None))?;
     let active = k.active.to_string();
     let table = qualified(&t.schema, &e.def.slug);
     // per field, the SQL of "this record's value is not in the form the definition asks for"

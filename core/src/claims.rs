@@ -11,7 +11,9 @@
 //! A token is `<claim>|<hex of the HMAC of the claim>`; a rollback claim is
 //! `rollback|<initiator node>|<transaction number>|<transaction stamp>|<restored record or ->|<version>`,
 //! a claim that a tenant is to know a registered user (`udm.citus_know_user`)
-//! `know|<initiator node>|<transaction number>|<transaction stamp>|<tenant>|<user id>`.
+//! `know|<initiator node>|<transaction number>|<transaction stamp>|<tenant>|<user id>`, a claim
+//! that the coordinator reads a tenant's wrapped encryption keys (`udm.citus_tenant_keys`)
+//! `keys|<initiator node>|<transaction number>|<transaction stamp>|<tenant>`.
 
 use crate::ids::hex;
 use hmac::{Hmac, Mac};
@@ -130,6 +132,19 @@ pub fn verify_know(key: &[u8], x: &Transaction, token: &str) -> Result<Know, Ref
     })
 }
 
+/// The token of a claim that the coordinator reads the tenant's wrapped keys, in transaction `x`.
+pub fn keys_token(key: &[u8], x: &Transaction, tenant: &str) -> String {
+    sign(key, x, "keys", tenant)
+}
+
+/// The tenant a keys token names, when udm made it (`key`) in transaction `x`.
+pub fn verify_keys(key: &[u8], x: &Transaction, token: &str) -> Result<String, Refused> {
+    let [tenant] = open(key, x, token, "keys", 1)?[..] else {
+        return Err(Refused::Forged);
+    };
+    Ok(tenant.to_string())
+}
+
 fn uuid_bytes(h: &str) -> Result<[u8; 16], Refused> {
     unhex(h)
         .and_then(|b| b.try_into().ok())
@@ -231,5 +246,28 @@ mod tests {
         let r = rollback_token(key, &x(5), &Rollback { restore: None });
         assert_eq!(verify_know(key, &x(5), &r), Err(Refused::Forged));
         assert_eq!(verify_rollback(key, &x(5), &t), Err(Refused::Forged));
+    }
+
+    #[test]
+    fn keys_tokens_verify_as_keys_only_in_their_transaction() {
+        let key = b"0123456789abcdef";
+        let t = keys_token(key, &x(5), "shop");
+        assert_eq!(verify_keys(key, &x(5), &t), Ok("shop".to_string()));
+        assert_eq!(verify_keys(key, &x(6), &t), Err(Refused::OtherTransaction));
+        assert_eq!(verify_keys(b"other", &x(5), &t), Err(Refused::Forged));
+        let changed = t.replacen("|shop|", "|team|", 1);
+        assert_ne!(changed, t);
+        assert_eq!(verify_keys(key, &x(5), &changed), Err(Refused::Forged));
+        // a know token is not a keys token, nor the other way round
+        let k = know_token(
+            key,
+            &x(5),
+            &Know {
+                tenant: "shop".into(),
+                user: [9u8; 16],
+            },
+        );
+        assert_eq!(verify_keys(key, &x(5), &k), Err(Refused::Forged));
+        assert_eq!(verify_know(key, &x(5), &t), Err(Refused::Forged));
     }
 }

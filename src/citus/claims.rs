@@ -105,6 +105,24 @@ pub fn check_know(token: &str) -> Result<Know> {
     .map_err(|e| e.hint("write the record with udm_insert or udm_update on the coordinator"))
 }
 
+/// The token with which the coordinator asks the tenant's node for the tenant's wrapped
+/// encryption keys (`udm.citus_tenant_keys`), in this transaction only.
+pub fn keys_token(tenant: &str) -> Result<String> {
+    use_coordinated_transaction();
+    Ok(claims::keys_token(&key()?, &transaction()?, tenant))
+}
+
+/// On a worker: the tenant a keys token names, when udm's coordinator made it in this transaction.
+pub fn check_keys(token: &str) -> Result<String> {
+    verified(
+        token,
+        claims::verify_keys,
+        "the token of udm.citus_tenant_keys",
+        "udm's reads of encrypted fields make it",
+    )
+    .map_err(|e| e.hint("read encrypted fields through udm's functions on the coordinator"))
+}
+
 /// A token checked with the database's key against this distributed transaction (read inside the
 /// query of a shard, on this node: the key's reference table has a copy here).
 fn verified<C>(

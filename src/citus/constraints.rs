@@ -136,6 +136,20 @@ pub fn init() {
 thread_local! {
     /// The namespaces the current transaction wrote relations of (`selection::statement_of`).
     static WRITTEN: RefCell<(u32, Vec<pg_sys::Oid>)> = const { RefCell::new((0, Vec::new())) };
+    /// In the current transaction: the role that last wrote each namespace written.
+    static WRITERS: RefCell<(u32, Vec<(pg_sys::Oid, pg_sys::Oid)>)> =
+        const { RefCell::new((0, Vec::new())) };
+}
+
+/// The role that last wrote a relation of namespace `ns` in the current transaction, if any did.
+pub fn writer_of(ns: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    let lxid = crate::guc::local_xact();
+    WRITERS.with(|w| {
+        let w = w.borrow();
+        (w.0 == lxid)
+            .then(|| w.1.iter().find(|(n, _)| *n == ns).map(|(_, r)| *r))
+            .flatten()
+    })
 }
 
 /// The current transaction writes a relation of namespace `ns` (a statement, or a `COPY ... FROM`).
@@ -148,6 +162,18 @@ pub(super) fn written(ns: pg_sys::Oid) {
         }
         if !w.1.contains(&ns) && w.1.len() < 256 {
             w.1.push(ns);
+        }
+    });
+    let role = unsafe { pg_sys::GetUserId() };
+    WRITERS.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.0 != lxid {
+            *w = (lxid, Vec::new());
+        }
+        match w.1.iter().position(|(n, _)| *n == ns) {
+            Some(i) => w.1[i].1 = role,
+            None if w.1.len() < 256 => w.1.push((ns, role)),
+            None => {}
         }
     });
 }

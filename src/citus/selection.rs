@@ -78,7 +78,7 @@ pub fn init() {
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags: i32) {
     if eflags as u32 & pg_sys::EXEC_FLAG_EXPLAIN_ONLY == 0 {
-        send(statement_of(query).as_ref());
+        send_for(statement_of(query).as_ref(), names_decrypt(query));
         super::constraints::send_again();
     }
     match PREV_EXECUTOR_START.get().copied().flatten() {
@@ -293,6 +293,25 @@ pub(crate) fn send_now() {
     send(None);
 }
 
+/// Whether the statement's text names `udm_decrypt` (any case): it runs on the tenant's node with
+/// the query of the tenant's table that calls it, and reads the selected tenant there. (Found in
+/// the text because Citus plans the query whole for that node; the text is there for a cached
+/// plan too. A call inside a view or a function is not seen.)
+unsafe fn names_decrypt(query: *mut pg_sys::QueryDesc) -> bool {
+    if !super::loaded() || query.is_null() || unsafe { (*query).sourceText.is_null() } {
+        return false;
+    }
+    let text = unsafe { std::ffi::CStr::from_ptr((*query).sourceText) }.to_bytes();
+    const NAME: &[u8] = b"udm_decrypt";
+    text.windows(NAME.len())
+        .any(|w| w.eq_ignore_ascii_case(NAME))
+}
+
+/// `send_for` a statement no function of which reads the selected tenant on the node.
+fn send(read: Option<&Read>) {
+    send_for(read, false)
+}
+
 /// Sends the selection in effect to the workers of the current transaction, unless they have
 /// it already, with the session's rendering settings it changed (`RENDERING`: the workers
 /// build the rows). Nothing happens without Citus, on a worker, in parallel mode (no setting may
@@ -304,7 +323,10 @@ pub(crate) fn send_now() {
 /// audit and the lock guard, row-level security only where access is controlled), and sending
 /// it makes the statement a transaction of its own on the worker (BEGIN, the settings, COMMIT:
 /// two more round trips than the read).
-fn send(read: Option<&Read>) {
+///
+/// `tenant_read`: a function of the statement reads the selected tenant on the tenant's node
+/// (`names_decrypt`): the selection is sent, a tenant alone too.
+fn send_for(read: Option<&Read>, tenant_read: bool) {
     if !super::loaded() || SENDING.with(|s| s.get()) || unsafe { pg_sys::IsInParallelMode() } {
         return;
     }
@@ -323,7 +345,10 @@ fn send(read: Option<&Read>) {
         // the workers read the user (row-level security, attribution), not the tenant (the
         // schema of a trigger's table names it): with no user, and the session's rendering
         // settings as the workers have them, nothing to tell them yet
-        None if user.is_empty() && rendering.is_empty() => return,
+        // (a tenant alone matters to a function reading it there: `tenant_read`)
+        None if user.is_empty() && rendering.is_empty() && (!tenant_read || tenant.is_empty()) => {
+            return
+        }
         _ => {}
     }
     SENDING.with(|s| s.set(true));
@@ -338,7 +363,7 @@ fn send(read: Option<&Read>) {
                 .filter(|x| x.lxid == lxid)
                 .map_or(rendering.is_empty(), |x| x.rendering == rendering)
         });
-        if rendering_sent && !r.namespaces.iter().any(|&ns| access_controlled(ns)) {
+        if rendering_sent && !tenant_read && !r.namespaces.iter().any(|&ns| access_controlled(ns)) {
             return;
         }
     }
@@ -384,7 +409,19 @@ pub(super) fn set_on_workers(settings: &[(&str, &str)]) {
         // the value is a quoted literal, twice (the block's text is a literal too)
         body.push_str(&format!("SET LOCAL {name} = {}; ", quote_literal(value)));
     }
-    body.push_str("END");
+    // and back to what it was (Citus's default: none): Citus passes a SET on with its
+    // statement's whole query string, which for a client's string of several statements holds
+    // them all (a `SET ...; INSERT ...; RESET ...` would run its INSERT again on the worker);
+    // what udm sends it sends through here
+    let before = super::owned_str(unsafe {
+        pg_sys::GetConfigOption(c"citus.propagate_set_commands".as_ptr(), true, false)
+    })
+    .filter(|v| v.bytes().all(|b| b.is_ascii_lowercase()))
+    .unwrap_or_else(|| "none".to_string());
+    body.push_str(&format!(
+        "SET LOCAL citus.propagate_set_commands = {}; END",
+        quote_literal(&before)
+    ));
     Spi::run(&format!("DO {}", quote_literal(&body)))
         .unwrap_or_else(|e| crate::error::raise(crate::error::spi_err(e)));
 }

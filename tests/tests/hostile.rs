@@ -385,6 +385,7 @@ fn internal_helpers_are_not_public_and_answer_only_members() {
         format!("SELECT udm.citus_lock('acquire', {t}, 'item', gen_random_uuid())"),
         "SELECT udm.citus_know_user('know|0|1|x|t|00|00')".to_string(),
         "SELECT udm.citus_check_deferred('{\"deferred\": false}')".to_string(),
+        "SELECT udm.citus_tenant_keys('keys|0|1|x|t|00')".to_string(),
         "SELECT udm.uuid_v7()".to_string(),
     ] {
         let msg = expect_err(&mut nobody, &sql, "42501");

@@ -87,8 +87,8 @@ fn read_as_caller_on_citus<R>(t: &Tenant, f: impl FnOnce() -> R) -> R {
 /// Runs `f`, a read of the tenant's catalog of entities, as udm's owner; on a Citus coordinator
 /// after the session's role wrote the tenant's tables in this transaction, as the caller when the
 /// caller may (`read_as_caller_on_citus`): Citus would refuse the owner's read then (e.g. a
-/// `udm_query` after an `INSERT` in one transaction, in a backend that had not read the catalog
-/// yet), and no DDL of udm can follow in that transaction either way.
+/// `udm_query`, `udm_get` or `udm_update` after an `INSERT` in one transaction, in a backend that
+/// had not read the definitions yet), and no DDL of udm can follow in that transaction either way.
 fn read_after_session_writes<R>(t: &Tenant, f: impl FnOnce() -> R) -> R {
     let session_wrote = crate::citus::installed()
         && crate::citus::constraints::writer_of(t.schema_oid)
@@ -513,7 +513,7 @@ fn latest_row(t: &Tenant, slug: &str, reader: Reader) -> Result<Option<LatestRow
         .map_err(spi_err)
     };
     match reader {
-        Reader::Owner => as_owner(read),
+        Reader::Owner => read_after_session_writes(t, read),
         Reader::Session => read_as_caller_on_citus(t, read),
     }
 }

@@ -1010,6 +1010,15 @@ if [ -n "${CITUS_KEY_FILE:-}" ]; then
         -c "COMMIT" -c "RESET ROLE")
     expect "an application role writes encrypted fields and reads them back in one transaction (udm_insert, plain SQL, a filter by equality, udm_decrypt on the node)" \
         "t|c-1|[{\"born\": \"1985-05-05\", \"name\": \"b\"}]|2|c-1,c-2" "$got"
+    # a backend that has not read the definitions yet reads them after the role's write as the
+    # role (over udm's owner's connection Citus refuses a read of placements the role changed)
+    id_a=$(on coordinator -c "SELECT id FROM vault.secret WHERE name = 'a'")
+    got=$(joined -c "SET ROLE vault_app" -c "BEGIN" -c "SELECT udm_use('vault', is_local => true) IS NOT NULL" \
+        -c "INSERT INTO vault.secret (name) VALUES ('d')" \
+        -c "SELECT udm_get('secret', '$id_a')->>'code'" \
+        -c "SELECT udm_update('secret', '$id_a', '{\"name\": \"a2\"}')->>'name'" -c "ROLLBACK" -c "RESET ROLE")
+    expect "an application role's udm_get and udm_update after its own INSERT in one transaction, in a new backend" \
+        "t|c-1|a2" "$got"
     check "a SET, a write and a RESET in one query string: Citus passes the SET on alone, not the whole string" "1" \
         -c "SELECT udm_use('vault') IS NOT NULL; SET DateStyle = 'SQL, DMY'; INSERT INTO vault.secret (name, born) VALUES ('c', '10/12/1915'); RESET DateStyle" \
         -c "SELECT count(*) FROM vault.secret WHERE name = 'c'"

@@ -774,19 +774,15 @@ finfo_v1!(pg_finfo_udm_citus_tenant_keys);
 pub unsafe extern "C-unwind" fn udm_citus_tenant_keys(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let Some(token) = (unsafe { pg_getarg::<String>(fcinfo, 0) }) else {
-        crate::error::raise(UdmError::new(
-            SqlState::NullValueNotAllowed,
-            "udm.citus_tenant_keys: the token may not be NULL",
-        ))
-    };
     let rows = (|| -> Result<serde_json::Value> {
-        if !crate::citus::on_worker() {
-            return Err(UdmError::new(
-                SqlState::FeatureNotSupported,
-                "udm.citus_tenant_keys runs on a Citus worker only, where udm's reads of encrypted fields send it",
-            ));
-        }
+        let token = unsafe {
+            crate::citus::node_call_arg(
+                fcinfo,
+                "udm.citus_tenant_keys",
+                "token",
+                "udm's reads of encrypted fields send it",
+            )
+        }?;
         let slug = crate::citus::claims::check_keys(&token)?;
         crate::citus::nested(|| {
             let t = catalog::tenant(&slug)?.ok_or_else(|| catalog::no_such_tenant(&slug))?;

@@ -164,19 +164,15 @@ finfo_v1!(pg_finfo_udm_citus_know_user);
 pub unsafe extern "C-unwind" fn udm_citus_know_user(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let Some(token) = (unsafe { pgrx::fcinfo::pg_getarg::<String>(fcinfo, 0) }) else {
-        crate::error::raise(UdmError::new(
-            SqlState::NullValueNotAllowed,
-            "udm.citus_know_user: the token may not be NULL",
-        ))
-    };
     (|| -> Result<()> {
-        if !crate::citus::on_worker() {
-            return Err(UdmError::new(
-                SqlState::FeatureNotSupported,
-                "udm.citus_know_user runs on a Citus worker only, where udm_insert and udm_update send it",
-            ));
-        }
+        let token = unsafe {
+            crate::citus::node_call_arg(
+                fcinfo,
+                "udm.citus_know_user",
+                "token",
+                "udm_insert and udm_update send it",
+            )
+        }?;
         let k = crate::citus::claims::check_know(&token)?;
         // the registry and the users (reference tables) and the tenant's users table are read
         // and written here, inside the query Citus sent to this node

@@ -241,19 +241,15 @@ finfo_v1!(pg_finfo_udm_citus_check_deferred);
 pub unsafe extern "C-unwind" fn udm_citus_check_deferred(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let Some(value) = (unsafe { pgrx::fcinfo::pg_getarg::<String>(fcinfo, 0) }) else {
-        crate::error::raise(UdmError::new(
-            SqlState::NullValueNotAllowed,
-            "udm.citus_check_deferred: the constraints may not be NULL",
-        ))
-    };
     (|| -> Result<()> {
-        if !super::on_worker() {
-            return Err(UdmError::new(
-                SqlState::FeatureNotSupported,
-                "udm.citus_check_deferred runs on a Citus worker only, where udm sends it",
-            ));
-        }
+        let value = unsafe {
+            super::node_call_arg(
+                fcinfo,
+                "udm.citus_check_deferred",
+                "constraints",
+                "udm sends it",
+            )
+        }?;
         let defers = serde_json::from_str::<serde_json::Value>(&value)
             .ok()
             .and_then(|v| v.get("deferred").and_then(|d| d.as_bool()));

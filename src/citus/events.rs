@@ -143,19 +143,10 @@ finfo_v1!(pg_finfo_udm_citus_event_horizon);
 pub unsafe extern "C-unwind" fn udm_citus_event_horizon(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let Some(schema) = (unsafe { pg_getarg::<String>(fcinfo, 0) }) else {
-        crate::error::raise(UdmError::new(
-            SqlState::NullValueNotAllowed,
-            "udm.citus_event_horizon: the schema may not be NULL",
-        ))
-    };
     let h = (|| -> Result<i64> {
-        if !super::on_worker() {
-            return Err(UdmError::new(
-                SqlState::FeatureNotSupported,
-                "udm.citus_event_horizon runs on a Citus worker only, where udm sends it",
-            ));
-        }
+        let schema = unsafe {
+            super::node_call_arg(fcinfo, "udm.citus_event_horizon", "schema", "udm sends it")
+        }?;
         super::nested(|| {
             let t = crate::catalog::tenant(&schema)?.ok_or_else(|| {
                 UdmError::invalid(format!(

@@ -598,6 +598,33 @@ pub fn nested<R>(f: impl FnOnce() -> R) -> R {
     with_setting("citus.allow_nested_distributed_execution", "on", f)
 }
 
+/// The text argument of `function` (`udm.citus_*`, a query udm sends to a tenant's Citus worker,
+/// where `sent_by`: "udm sends it", ...), named `arg` in errors: 22004 when it is NULL, then
+/// 0A000 anywhere but on a worker.
+///
+/// # Safety
+/// `fcinfo` is the call's, with at least one argument.
+pub unsafe fn node_call_arg(
+    fcinfo: pg_sys::FunctionCallInfo,
+    function: &str,
+    arg: &str,
+    sent_by: &str,
+) -> Result<String> {
+    let Some(value) = (unsafe { pgrx::fcinfo::pg_getarg::<String>(fcinfo, 0) }) else {
+        return Err(UdmError::new(
+            SqlState::NullValueNotAllowed,
+            format!("{function}: the {arg} may not be NULL"),
+        ));
+    };
+    if !on_worker() {
+        return Err(UdmError::new(
+            SqlState::FeatureNotSupported,
+            format!("{function} runs on a Citus worker only, where {sent_by}"),
+        ));
+    }
+    Ok(value)
+}
+
 /// The error (0A000) of a udm function called on a worker: Citus runs a statement that reads a
 /// tenant's table whole on the tenant's worker, udm functions in it included, where what they
 /// do (definitions, records, the audit) would not be done as on the coordinator. None when this

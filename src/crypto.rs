@@ -195,13 +195,10 @@ thread_local! {
 /// The rows of the tenant's `_udm_keys` (`[purpose, id, hex of the wrapped key, master
 /// fingerprint, shredded at, shredded by]` each), read as the owner where they are.
 fn key_rows_here(t: &Tenant) -> Result<serde_json::Value> {
-    // on a Citus worker the shard itself (a trigger there may not make Citus run a task over a
-    // connection, which a read of the distributed table can come to)
-    let shard = crate::citus::on_worker()
-        .then(|| crate::citus::shard_relation(t.schema_oid, KEYS_TABLE, KEYS_TABLE))
-        .flatten()
-        .flatten()
-        .and_then(|oid| unsafe {
+    // where this node holds the table's shard (a Citus worker), the shard itself, as the
+    // catalog's reads do: no distributed query from inside a trigger or a query of a shard
+    let name =
+        crate::citus::local_relation(t.schema_oid, KEYS_TABLE, KEYS_TABLE).and_then(|oid| unsafe {
             let name = pg_sys::get_rel_name(oid);
             (!name.is_null()).then(|| {
                 std::ffi::CStr::from_ptr(name)
@@ -212,7 +209,7 @@ fn key_rows_here(t: &Tenant) -> Result<serde_json::Value> {
     let sql = format!(
         "SELECT coalesce(jsonb_agg(jsonb_build_array(purpose, id, encode(wrapped, 'hex'), master, \
            to_char(shredded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS \"UTC\"'), shredded_by)), '[]') FROM {}",
-        qualified(&t.schema, shard.as_deref().unwrap_or(KEYS_TABLE))
+        qualified(&t.schema, name.as_deref().unwrap_or(KEYS_TABLE))
     );
     // on a Citus worker, in a trigger or a query of a shard: the table is this node's
     let rows = crate::citus::nested(|| as_owner(|| crate::query::rawspi::once(&sql, &[], true)))?;
@@ -988,9 +985,14 @@ fn decrypt(entity: &str, field: &str, id: pgrx::Uuid, stored: &str) -> Result<St
     // on Citus a query of a tenant's table runs whole on the tenant's node, this call with it:
     // the coordinator sends the selection for a statement that names udm_decrypt
     let t = if crate::citus::on_worker() {
-        catalog::selected_tenant().map_err(|e| {
-            e.hint("on Citus, udm_decrypt must be named in the statement's own text (not inside a view or a function) for the coordinator to send the selection to the tenant's node; udm_use('<tenant>') first")
-        })?
+        if crate::guc::tenant().is_none() {
+            return Err(UdmError::new(
+                SqlState::ObjectNotInPrerequisiteState,
+                "udm_decrypt on a Citus worker: no tenant selected",
+            )
+            .hint("on Citus, udm_decrypt must be named in the statement's own text (not inside a view or a function) for the coordinator to send the selection to the tenant's node; udm_use('<tenant>') first"));
+        }
+        catalog::selected_tenant()?
     } else {
         catalog::current_tenant()?
     };

@@ -1006,9 +1006,9 @@ if [ -n "${CITUS_KEY_FILE:-}" ]; then
         -c "INSERT INTO vault.secret (name, code, born) VALUES ('b', 'c-2', '1985-05-05')" \
         -c "SELECT udm_query('secret', '{\"columns\": [\"name\", \"born\"], \"filters\": {\"code\": \"c-2\"}}')->'rows'" \
         -c "SELECT count(*) FROM vault.secret WHERE starts_with(code, 'udm1:') AND starts_with(born, 'udm1:')" \
-        -c "SELECT string_agg(udm_decrypt('secret', 'code', id, code), ',' ORDER BY name) FROM vault.secret" \
+        -c "SELECT string_agg(Udm_Decrypt('secret', 'code', id, code), ',' ORDER BY name) FROM vault.secret" \
         -c "COMMIT" -c "RESET ROLE")
-    expect "an application role writes encrypted fields and reads them back in one transaction (udm_insert, plain SQL, a filter by equality, udm_decrypt on the node)" \
+    expect "an application role writes encrypted fields and reads them back in one transaction (udm_insert, plain SQL, a filter by equality, udm_decrypt on the node, named in any case)" \
         "t|c-1|[{\"born\": \"1985-05-05\", \"name\": \"b\"}]|2|c-1,c-2" "$got"
     # a backend that has not read the definitions yet reads them after the role's write as the
     # role (over udm's owner's connection Citus refuses a read of placements the role changed)

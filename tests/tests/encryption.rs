@@ -186,18 +186,24 @@ fn values_are_ciphertext_at_rest_and_plaintext_through_udm() {
     assert_eq!(found["rows"], json!([{"name": "Bobby"}]), "{found}");
     // the indexes serve those filters: the unique field's B-tree, the indexed field's hash index
     // (for `in` through a bitmap scan); a sequential scan is made dear, the table being small
+    // (on Citus the plan is the worker's, where the session's setting is not)
+    let plans = if on_citus(&mut adm) {
+        vec![]
+    } else {
+        vec![
+            (json!({"filters": {"ssn": SSN}}), "customer__ssn__key"),
+            (
+                json!({"filters": {"email": "bob@example.com"}}),
+                "customer__email__idx",
+            ),
+            (
+                json!({"filters": {"email": {"in": ["bob@example.com", "x@y.zz"]}}}),
+                "customer__email__idx",
+            ),
+        ]
+    };
     m.client.batch_execute("SET enable_seqscan = off").unwrap();
-    for (spec, index) in [
-        (json!({"filters": {"ssn": SSN}}), "customer__ssn__key"),
-        (
-            json!({"filters": {"email": "bob@example.com"}}),
-            "customer__email__idx",
-        ),
-        (
-            json!({"filters": {"email": {"in": ["bob@example.com", "x@y.zz"]}}}),
-            "customer__email__idx",
-        ),
-    ] {
+    for (spec, index) in plans {
         let plan = json(
             &mut m.client,
             &format!("SELECT udm_explain('customer', {})", lit(&spec.to_string())),

@@ -287,10 +287,10 @@ fn enforce() {
 
 /// The estimates miss memory the backend really holds for its tenants: what PostgreSQL keeps
 /// for reuse after its caches are reset or its plans freed, the allocator's own overhead. So
-/// every few insertions the heap itself (`heap_bytes`) is compared with its size when udm first
-/// cached something plus the budget; beyond it, more of udm's entries go (their memory returns
-/// to the allocator; resetting PostgreSQL's caches would not return theirs, it keeps it for
-/// reuse).
+/// every few insertions the heap itself (`heap_bytes`) is compared with a baseline (its size when
+/// udm first cached something, see `udm_core::budget::heap_check`) plus the budget; beyond it,
+/// more of udm's entries go (their memory returns to the allocator; resetting PostgreSQL's caches
+/// would not return theirs, it keeps it for reuse).
 fn check_heap() {
     let n = PUTS.with(|p| {
         let n = p.get().wrapping_add(1);
@@ -300,19 +300,16 @@ fn check_heap() {
     if n % HEAP_CHECK_EVERY != 1 {
         return;
     }
-    let heap = heap_bytes();
-    let base = BASELINE.with(|b| {
-        if b.get() == 0 {
-            b.set(heap);
-        }
-        b.get()
-    });
-    let allowed = base + budget();
-    if heap <= allowed {
-        return;
+    let check = udm_core::budget::heap_check(
+        heap_bytes(),
+        BASELINE.with(|b| b.get()),
+        budget(),
+        TOTAL.with(|t| t.get()),
+    );
+    BASELINE.with(|b| b.set(check.baseline));
+    if let Some(target) = check.evict_to {
+        evict_to(target);
     }
-    let over = heap - allowed + budget() / 8;
-    evict_to(TOTAL.with(|t| t.get()).saturating_sub(over));
 }
 
 /// Evicts the entries used least recently, across caches, until they hold at most `target`.

@@ -18,7 +18,7 @@ use std::ffi::CString;
 use std::rc::Rc;
 use std::sync::OnceLock;
 use udm_core::crypto::{self as c, Key, Purpose};
-use udm_core::definition::{EntityDef, FieldDef, Toggle};
+use udm_core::definition::{EntityDef, FieldDef, Stage, Toggle};
 use udm_core::error::{SqlState, UdmError};
 use udm_core::ident::{printable, qualified, quote_ident, quote_literal};
 use udm_core::ids::{hex, unhex, uuid_bytes};
@@ -355,7 +355,7 @@ fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<T
 /// Makes the tenant's keys if an encrypted field of `def` needs them and there are none: a data
 /// key and an index key, random, stored wrapped by the master key. Refused without a master key.
 pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
-    let Some(f) = def.fields.iter().find(|f| f.encrypted) else {
+    let Some(f) = def.fields.iter().find(|f| f.encrypted_or_staged()) else {
         return Ok(());
     };
     let m = master(&|| field_what(t, &def.slug, &f.name))?;
@@ -1264,7 +1264,12 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         )));
     }
     let e = catalog::entity(&t, entity)?;
-    let fields: Vec<&FieldDef> = e.def.fields.iter().filter(|f| f.encrypted).collect();
+    let fields: Vec<&FieldDef> = e
+        .def
+        .fields
+        .iter()
+        .filter(|f| f.encrypted_or_staged())
+        .collect();
     if fields.is_empty() {
         return Err(UdmError::invalid(format!(
             "entity \"{}\" of tenant \"{}\" has no encrypted fields",
@@ -1292,7 +1297,11 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
                  (SELECT \"id\", {cols} FROM {table} WHERE {old} LIMIT $2::integer FOR UPDATE SKIP LOCKED) s",
                 fields
                     .iter()
-                    .map(|f| format!("s.{}", quote_ident(&f.column)))
+                    .map(|f| match f.encryption_stage {
+                        // sealed by the trigger from the row: its value is not needed here
+                        Some(Stage::Sealing) => "NULL".to_string(),
+                        _ => format!("s.{}", quote_ident(&f.column)),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -1301,15 +1310,19 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         )?
         .map(crate::query::rawspi::jsonb_value)
         .unwrap_or_default();
-        let rows = picked.as_array().cloned().unwrap_or_default();
+        let rows = picked.as_array().map(Vec::as_slice).unwrap_or_default();
         let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
+        for r in rows {
             let id_text = r[0].as_str().unwrap_or_default();
             let id = uuid_bytes(id_text)
                 .ok_or_else(|| UdmError::internal("a record id is not a uuid"))?;
             let mut obj = serde_json::Map::new();
             obj.insert("id".into(), serde_json::Value::String(id_text.to_string()));
             for (i, f) in fields.iter().enumerate() {
+                if f.encryption_stage == Some(Stage::Sealing) {
+                    // the row's update has the stamp trigger seal its value beside it
+                    continue;
+                }
                 let Some(stored) = r[i + 1].as_str() else {
                     continue;
                 };
@@ -1324,10 +1337,18 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
                 .iter()
                 .map(|f| {
                     let col = quote_ident(&f.column);
-                    format!(
-                        "{col} = CASE WHEN v.doc ? {lit} THEN v.doc ->> {lit} ELSE t.{col} END",
-                        lit = quote_literal(&f.column)
-                    )
+                    match f.encryption_stage {
+                        Some(Stage::Sealing) => format!("{col} = t.{col}"),
+                        stage => format!(
+                            "{col} = CASE WHEN v.doc ? {lit} THEN v.doc ->> {lit} ELSE t.{col} END{}",
+                            if stage == Some(Stage::Scrubbing) {
+                                format!(", {} = NULL", quote_ident(&f.plain_column()))
+                            } else {
+                                String::new()
+                            },
+                            lit = quote_literal(&f.column)
+                        ),
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
@@ -1336,11 +1357,11 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
                     "UPDATE {table} AS t SET {sets} FROM jsonb_array_elements($1::jsonb) AS v(doc) \
                      WHERE t.\"id\" = (v.doc ->> 'id')::uuid"
                 ),
-                &[Some(serde_json::Value::Array(out.clone()).to_string())],
+                &[Some(serde_json::Value::Array(out).to_string())],
                 false,
             )?;
         }
-        Ok::<_, UdmError>(out.len())
+        Ok::<_, UdmError>(rows.len())
     })?;
     // per field and (last) in all: the records still waiting, in one scan
     let mut counts = stale_counts(
@@ -1350,25 +1371,55 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
     )?;
     let remaining = counts.pop().unwrap_or(0);
     // a pending field none of whose values waits any more: its change is completed
-    let done: Vec<String> = fields
+    let done: Vec<&FieldDef> = fields
         .iter()
         .zip(&counts)
-        .filter(|(f, n)| f.encryption_pending.is_some() && **n == 0)
-        .map(|(f, _)| f.name.clone())
+        .filter(|(f, n)| {
+            (f.encryption_pending.is_some() || f.encryption_stage.is_some()) && **n == 0
+        })
+        .map(|(f, _)| *f)
         .collect();
     // A call that converted records holds their row locks: waiting for the table's SHARE lock
     // then could deadlock with a writer waiting for one of those rows while it holds its own
     // ROW EXCLUSIVE lock. Such a call completes only if the lock is free at once; else the next
-    // call (which holds no row lock of the entity) completes.
-    let lock_free =
-        || unsafe { pg_sys::ConditionalLockRelationOid(e.table_oid, pg_sys::ShareLock as i32) };
-    let completed = if done.is_empty() || (out > 0 && !lock_free()) {
+    // call (which holds no row lock of the entity) completes. A swap or the drop of an old
+    // column (`Stage`) needs the ACCESS EXCLUSIVE lock: it is only ever taken when free at once,
+    // so that no reader queues behind it.
+    let staged = done.iter().any(|f| f.encryption_stage.is_some());
+    let mode = if staged {
+        pg_sys::AccessExclusiveLock
+    } else {
+        pg_sys::ShareLock
+    };
+    let lock_free = || unsafe { pg_sys::ConditionalLockRelationOid(e.table_oid, mode as i32) };
+    let names: Vec<String> = done.iter().map(|f| f.name.clone()).collect();
+    let moved = if done.is_empty() || ((out > 0 || staged) && !lock_free()) {
         Vec::new()
     } else {
-        crate::entities::finish_encryption(&t, &e.def.slug, &done, &|f| {
+        crate::entities::finish_encryption(&t, &e.def.slug, &names, &|f| {
             let sql = stale_sql(f);
             Ok(count_any(&table, &sql, &active)? == 0)
         })?
+    };
+    // a swap is a step on the way: the old column's plaintext is cleared next
+    let (swapped, completed): (Vec<String>, Vec<String>) = moved.into_iter().partition(|n| {
+        done.iter()
+            .any(|f| f.name == *n && f.encryption_stage == Some(Stage::Sealing))
+    });
+    let remaining = if swapped.is_empty() {
+        remaining
+    } else {
+        // counted again under the new definition: the swapped records' old plaintext waits
+        let now = catalog::entity(&t, entity)?;
+        let stale = now
+            .def
+            .fields
+            .iter()
+            .filter(|f| f.encrypted_or_staged())
+            .map(stale_sql)
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        count_any(&table, &stale, &active)?
     };
     Ok(serde_json::json!({
         "entity": e.def.slug,
@@ -1376,6 +1427,7 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         "reencrypted": out,
         "remaining": remaining,
         "completed": completed,
+        "swapped": swapped,
     }))
 }
 
@@ -1384,6 +1436,22 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
 /// an older key; plaintext while encryption is turned on; sealed while it is turned off.
 fn stale_sql(f: &FieldDef) -> String {
     let col = quote_ident(&f.column);
+    match f.encryption_stage {
+        Some(Stage::Sealing) => {
+            return format!(
+                "({col} IS NOT NULL AND {} IS NULL)",
+                quote_ident(&f.sealed_column())
+            )
+        }
+        Some(Stage::Scrubbing) => {
+            return format!(
+                "({} IS NOT NULL OR ({col} IS NOT NULL AND {} <> $1))",
+                quote_ident(&f.plain_column()),
+                c::key_id_sql(&col)
+            )
+        }
+        None => {}
+    }
     let sealed = format!("starts_with({col}, {})", quote_literal(c::PREFIX));
     match f.encryption_pending {
         None => format!("({col} IS NOT NULL AND {} <> $1)", c::key_id_sql(&col)),

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use udm_core::ddl::{self, Step};
 use udm_core::definition::{
     apply_field_changes, junction_name, parse_field, parse_index, parse_rule, EntityDef, FieldDef,
-    Source, Toggle,
+    Source, Stage, Toggle,
 };
 use udm_core::error::name_list;
 use udm_core::ident::{printable, qualified, quote_ident, validate_slug, SlugKind};
@@ -454,6 +454,13 @@ fn change(
             ..t.ctx()
         };
         check_literals(&ctx, &new)?;
+        if let Some(probe) = once_encrypted(&e.def, &new) {
+            // encryption turned on in stages: what would not hold for the encrypted field (a
+            // rule or index over it, a rule of another entity reading it) is refused now, not at
+            // the swap
+            ddl::plan_change(&ctx, &e.def, &probe)?;
+            dependent_steps(&ctx, slug, Some(&probe))?;
+        }
         let (mut steps, dependent) = dependent_steps(&ctx, slug, Some(&new))?;
         steps.extend(ddl::plan_change(&ctx, &e.def, &new)?);
         steps.extend(dependent);
@@ -463,6 +470,28 @@ fn change(
         run_steps(slug, &steps)?;
         Ok(describe(t, &new, version, Status::Active))
     })
+}
+
+/// When `new` starts turning encryption on in stages for a field (`Stage::Sealing`): the
+/// definition as it will be once the field is encrypted.
+fn once_encrypted(old: &EntityDef, new: &EntityDef) -> Option<EntityDef> {
+    let starting = |f: &&FieldDef| {
+        f.encryption_stage == Some(Stage::Sealing)
+            && old
+                .field_by_id(f.id)
+                .and_then(|o| o.encryption_stage)
+                .is_none()
+    };
+    if !new.fields.iter().any(|f| starting(&f)) {
+        return None;
+    }
+    let mut probe = new.clone();
+    for f in probe.fields.iter_mut() {
+        if f.encryption_stage == Some(Stage::Sealing) {
+            *f = f.as_encrypted();
+        }
+    }
+    Some(probe)
 }
 
 pub fn define_entity(slug: &str, definition: &Value) -> Result<Value> {
@@ -675,6 +704,21 @@ pub fn alter_field(entity: &str, field: &str, changes: &Value) -> Result<Value> 
             }) {
                 crate::crypto::check_toggle(&t, old, of, toggle)?;
             }
+            if nf.encryption_stage.is_some() && of.encryption_stage.is_none() {
+                // the swap renames the column: an index over fields would follow the old one
+                let uses = uses_of_field(old, field)?;
+                if !uses.is_empty() {
+                    return Err(UdmError::new(
+                        SqlState::FeatureNotSupported,
+                        format!(
+                            "cannot turn encryption on for field \"{field}\" of entity \"{entity}\": {} use(s) it",
+                            uses.join(", ")
+                        ),
+                    )
+                    .hint("drop those first (udm_drop_index, udm_drop_rule): an encrypted field cannot be part of them"));
+                }
+                crate::crypto::check_toggle(&t, old, of, Toggle::On)?;
+            }
             let mut nf = nf;
             if nf.is_many_to_many() {
                 nf.junction = Some(junction_name(entity, &nf.name));
@@ -715,24 +759,41 @@ pub fn finish_encryption(
         entity,
         json!({"op": "finish_encryption", "fields": fields}),
         |old, _| {
+            // a swap or the drop of the old column (`Stage`) changes the table's columns
+            let staged = old
+                .fields
+                .iter()
+                .any(|f| fields.contains(&f.name) && f.encryption_stage.is_some());
             exec_ddl(
                 entity,
                 &format!(
-                    "LOCK TABLE {} IN SHARE MODE",
-                    qualified(&t.schema, &old.slug)
+                    "LOCK TABLE {} IN {} MODE",
+                    qualified(&t.schema, &old.slug),
+                    if staged { "ACCESS EXCLUSIVE" } else { "SHARE" }
                 ),
             )?;
             let mut new = old.clone();
             for f in new.fields.iter_mut() {
-                let Some(p) = f.encryption_pending else {
-                    continue;
-                };
-                if !fields.contains(&f.name) || !still_clean(f)? {
+                let changing = f.encryption_stage.is_some() || f.encryption_pending.is_some();
+                if !changing || !fields.contains(&f.name) || !still_clean(f)? {
                     continue;
                 }
-                f.encryption_pending = None;
-                if p == Toggle::Off {
-                    f.encrypted = false;
+                match (f.encryption_stage, f.encryption_pending) {
+                    // sealed: the swap
+                    (Some(Stage::Sealing), _) => {
+                        *f = FieldDef {
+                            encryption_stage: Some(Stage::Scrubbing),
+                            ..f.as_encrypted()
+                        };
+                    }
+                    // scrubbed: the old column goes
+                    (Some(Stage::Scrubbing), _) => f.encryption_stage = None,
+                    (None, p) => {
+                        f.encryption_pending = None;
+                        if p == Some(Toggle::Off) {
+                            f.encrypted = false;
+                        }
+                    }
                 }
                 completed.push(f.name.clone());
             }
@@ -759,6 +820,16 @@ pub fn remove_field(entity: &str, field: &str) -> Result<Value> {
         json!({"op": "remove_field", "field": field}),
         |old, version| {
             let f = old.field_or_err(field)?;
+            if let Some(stage) = f.encryption_stage {
+                return Err(UdmError::new(
+                    SqlState::ObjectNotInPrerequisiteState,
+                    format!(
+                        "cannot remove field \"{field}\" of entity \"{entity}\": encryption is being turned on (stage \"{}\")",
+                        stage.name()
+                    ),
+                )
+                .hint("call udm_reencrypt(entity) until it reports the field completed (while its values are sealed, turning encryption off again also ends it)"));
+            }
             let uses = uses_of_field(old, field)?;
             if !uses.is_empty() {
                 return Err(UdmError::new(

@@ -10,6 +10,7 @@ use pgrx::fcinfo::pg_getarg;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use udm_core::checks::field_rule_message;
+use udm_core::definition::Stage;
 use udm_core::ident::{qualified, quote_ident};
 use udm_core::types::FieldType;
 
@@ -186,6 +187,21 @@ enum StampArg {
         attr: i32,
         spec: crate::crypto::SealSpec,
     },
+    /// A field whose encryption is turned on in stages (`Stage::Sealing`): the value written
+    /// (any type, `attr`) is sealed into the hidden text column `sealed`, whatever was written
+    /// there; an update that keeps the value keeps its sealed form.
+    Staged {
+        attr: i32,
+        sealed: i32,
+        /// The type's output function, its by-value flag and length (of `attr`).
+        output: pg_sys::Oid,
+        byval: bool,
+        len: i16,
+        spec: crate::crypto::SealSpec,
+    },
+    /// The old plaintext column of a field whose values were swapped for sealed ones
+    /// (`Stage::Scrubbing`): cleared by every write of its row, whatever was written to it.
+    Cleared { attr: i32 },
 }
 
 thread_local! {
@@ -235,6 +251,35 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
                     attr: col(&f.column, pg_sys::TEXTOID),
                     spec: crate::crypto::SealSpec::of(&tt.tenant, &e.def, f),
                 });
+            }
+            if f.encryption_stage == Some(Stage::Sealing) {
+                let sealed = col(&f.sealed_column(), pg_sys::TEXTOID);
+                let attr = column_any_type(desc, &f.column).unwrap_or_else(|| {
+                    raise(UdmError::internal(format!(
+                        "{STAMP}: table {table} has no column \"{}\"",
+                        f.column
+                    )))
+                });
+                let a = (*desc).attrs.as_slice((*desc).natts as usize)[attr as usize - 1];
+                let (mut output, mut varlena) = (pg_sys::Oid::INVALID, false);
+                pg_sys::getTypeOutputInfo(a.atttypid, &mut output, &mut varlena);
+                args.push(StampArg::Staged {
+                    attr,
+                    sealed,
+                    output,
+                    byval: a.attbyval,
+                    len: a.attlen,
+                    spec: crate::crypto::SealSpec::of(&tt.tenant, &e.def, &f.as_encrypted()),
+                });
+            }
+            if f.encryption_stage == Some(Stage::Scrubbing) {
+                let attr = column_any_type(desc, &f.plain_column()).unwrap_or_else(|| {
+                    raise(UdmError::internal(format!(
+                        "{STAMP}: table {table} has no column \"{}\"",
+                        f.plain_column()
+                    )))
+                });
+                args.push(StampArg::Cleared { attr });
             }
             if f.ftype == FieldType::Password {
                 args.push(StampArg::Password {
@@ -422,6 +467,50 @@ pub unsafe extern "C-unwind" fn udm_stamp_row(fcinfo: pg_sys::FunctionCallInfo) 
                         set(*attr, text_datum(&sealed), false);
                     }
                 }
+                StampArg::Staged {
+                    attr,
+                    sealed,
+                    output,
+                    byval,
+                    len,
+                    spec,
+                } => {
+                    let mut n = false;
+                    let v = pg_sys::heap_getattr(newtup, *attr, desc, &mut n);
+                    if n {
+                        set(*sealed, pg_sys::Datum::from(0usize), true);
+                        continue;
+                    }
+                    if !oldtup.is_null() {
+                        let mut on = false;
+                        let ov = pg_sys::heap_getattr(oldtup, *attr, desc, &mut on);
+                        if !on && crate::audit::same_image(v, ov, *byval, *len) {
+                            let mut sn = false;
+                            let sv = pg_sys::heap_getattr(oldtup, *sealed, desc, &mut sn);
+                            if !sn {
+                                set(*sealed, sv, false); // the value and its sealed form, kept
+                                continue;
+                            }
+                        }
+                    }
+                    let mut idn = false;
+                    let id = pg_sys::heap_getattr(newtup, a_id, desc, &mut idn);
+                    if idn {
+                        continue; // the NOT NULL of id refuses the row
+                    }
+                    // the value as text (in this session's styles, which the canonical form
+                    // that is sealed reads back)
+                    let text = CStr::from_ptr(pg_sys::OidOutputFunctionCall(*output, v))
+                        .to_string_lossy()
+                        .into_owned();
+                    match crate::crypto::seal_for_write(&plan.tenant, spec, &uuid_bytes(id), &text)
+                        .or_raise()
+                    {
+                        Some(s) => set(*sealed, text_datum(&s), false),
+                        None => set(*sealed, pg_sys::Datum::from(0usize), true),
+                    }
+                }
+                StampArg::Cleared { attr } => set(*attr, pg_sys::Datum::from(0usize), true),
             }
         }
         let out = pg_sys::heap_modify_tuple_by_cols(

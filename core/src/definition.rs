@@ -116,6 +116,10 @@ pub struct FieldDef {
     /// values, and reads take either. `encrypted` stays true meanwhile (the field is read, filtered
     /// and refused as an encrypted field); with `Off`, writes store plaintext.
     pub encryption_pending: Option<Toggle>,
+    /// Encryption is being turned on for a json or date-like field without rewriting its table
+    /// (see `Stage`): the column keeps its type meanwhile, and a hidden column holds the sealed
+    /// values (`sealed_column`) or, after the swap, the old plaintext to clear (`plain_column`).
+    pub encryption_stage: Option<Stage>,
 }
 
 /// Which way a field's encryption is being switched while its existing values are converted.
@@ -130,6 +134,32 @@ impl Toggle {
         match self {
             Toggle::On => "on",
             Toggle::Off => "off",
+        }
+    }
+}
+
+/// Turning encryption on for a field whose column is not text (json, date, datetime, time,
+/// duration) in two stages, so that no `ALTER COLUMN TYPE` rewrites the table under an exclusive
+/// lock:
+/// * `Sealing`: the field is still a plain field (`encrypted` false: read, filtered and sorted
+///   as before); the stamp trigger keeps each written value's sealed form in the hidden text
+///   column `sealed_column`, and `udm_reencrypt` seals the values written before, in batches.
+///   When none is left, a short swap (catalog changes only) renames the old column to
+///   `plain_column` and the hidden one to the field's column, whose blind index was built on it
+///   meanwhile.
+/// * `Scrubbing`: the field is encrypted; the old column's plaintext is cleared in batches
+///   (`udm_reencrypt`), then the column is dropped (which leaves no bytes of it in the rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Sealing,
+    Scrubbing,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Sealing => "sealing",
+            Stage::Scrubbing => "scrubbing",
         }
     }
 }
@@ -160,6 +190,7 @@ impl FieldDef {
             audited: true,
             encrypted: false,
             encryption_pending: None,
+            encryption_stage: None,
             precision: None,
             scale: None,
             currency_code: None,
@@ -226,6 +257,40 @@ impl FieldDef {
         self.encryption_pending.is_some() && self.blind_indexed()
     }
 
+    /// Whether turning encryption on goes through `Stage` (a column that is not text: its
+    /// values cannot be sealed in place).
+    pub fn stages_encryption(&self) -> bool {
+        self.ftype.sealed_form().is_some()
+    }
+
+    /// Whether the field is encrypted or being encrypted in stages: what cannot hold for an
+    /// encrypted field (rules, indexes over fields) is refused for it already.
+    pub fn encrypted_or_staged(&self) -> bool {
+        self.encrypted || self.encryption_stage.is_some()
+    }
+
+    /// The hidden text column holding the sealed values while `Stage::Sealing` (a name no field
+    /// can have: field names start with a letter).
+    pub fn sealed_column(&self) -> String {
+        format!("_udm_f{}_sealed", self.id)
+    }
+
+    /// The hidden column holding the old plaintext values while `Stage::Scrubbing`.
+    pub fn plain_column(&self) -> String {
+        format!("_udm_f{}_plain", self.id)
+    }
+
+    /// The field as it will be once its encryption is turned on (what its values are sealed as
+    /// while `Stage::Sealing`).
+    pub fn as_encrypted(&self) -> FieldDef {
+        FieldDef {
+            encrypted: true,
+            encryption_pending: None,
+            encryption_stage: None,
+            ..self.clone()
+        }
+    }
+
     /// The rating scale's top (default 5).
     pub fn rating_max(&self) -> i64 {
         self.max.as_ref().and_then(Value::as_i64).unwrap_or(5)
@@ -277,6 +342,7 @@ const STORED_FIELD_KEYS: &[&str] = &[
     "junction",
     "removed_in_version",
     "encryption_pending",
+    "encryption_stage",
 ];
 
 fn field_what(name: &str) -> String {
@@ -359,6 +425,18 @@ pub fn parse_field(v: &Value, source: Source) -> Result<FieldDef> {
                         return Err(UdmError::invalid(format!(
                             "{}: must be \"on\" or \"off\"",
                             opt("encryption_pending")
+                        )))
+                    }
+                }
+            }
+            "encryption_stage" => {
+                f.encryption_stage = match val.as_str() {
+                    Some("sealing") => Some(Stage::Sealing),
+                    Some("scrubbing") => Some(Stage::Scrubbing),
+                    _ => {
+                        return Err(UdmError::invalid(format!(
+                            "{}: must be \"sealing\" or \"scrubbing\"",
+                            opt("encryption_stage")
                         )))
                     }
                 }
@@ -785,6 +863,9 @@ pub fn field_to_json(f: &FieldDef) -> Value {
     if let Some(p) = f.encryption_pending {
         put("encryption_pending", json!(p.name()));
     }
+    if let Some(s) = f.encryption_stage {
+        put("encryption_stage", json!(s.name()));
+    }
     if f.index {
         put("index", json!(true));
     }
@@ -1180,7 +1261,7 @@ impl EntityDef {
                     i.name
                 )));
             }
-            if f.encrypted {
+            if f.encrypted_or_staged() {
                 return Err(UdmError::new(
                     SqlState::FeatureNotSupported,
                     format!(
@@ -1409,6 +1490,9 @@ pub fn apply_field_changes(old: &FieldDef, changes: &Value) -> Result<FieldDef> 
             obj.insert(k.clone(), v.clone());
         }
     }
+    if let Some(stage) = old.encryption_stage {
+        return staged_field_changes(old, ch, stage, &what);
+    }
     let mut f = parse_field(&Value::Object(obj), Source::Catalog)?;
     f.id = old.id;
     // turning encryption on or off: the definition changes at once, the existing values are
@@ -1424,6 +1508,12 @@ pub fn apply_field_changes(old: &FieldDef, changes: &Value) -> Result<FieldDef> 
         f.encrypted = true;
         f.encryption_pending = Some(toggle);
         refuse_with_toggle(old, &f, &what, toggle)?;
+        if !old.encrypted && f.stages_encryption() {
+            // a column that is not text: its values are sealed beside it first (`Stage`)
+            f.encrypted = false;
+            f.encryption_pending = None;
+            f.encryption_stage = Some(Stage::Sealing);
+        }
         return Ok(f);
     }
     if old.encrypted && (f.ftype != old.ftype || f.blind_indexed() != old.blind_indexed()) {
@@ -1456,6 +1546,42 @@ pub fn apply_field_changes(old: &FieldDef, changes: &Value) -> Result<FieldDef> 
         f.column = f.name.clone();
     }
     Ok(f)
+}
+
+/// A change asked of a field whose encryption is being turned on in stages: turning it on again
+/// changes nothing; turning it off is taken while its values are sealed (the hidden column goes)
+/// and refused once they were swapped in; any other change waits (`55000`).
+fn staged_field_changes(
+    old: &FieldDef,
+    ch: &serde_json::Map<String, Value>,
+    stage: Stage,
+    what: &str,
+) -> Result<FieldDef> {
+    let asked = ch.get("encrypted").map(|v| v.as_bool() == Some(true));
+    let waiting = || {
+        UdmError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            format!(
+                "{what}: encryption is being turned on (stage \"{}\")",
+                stage.name()
+            ),
+        )
+    };
+    if ch.len() != 1 || asked.is_none() {
+        return Err(waiting().hint(
+            "call udm_reencrypt(entity) until it reports the field completed, then change it",
+        ));
+    }
+    match (stage, asked) {
+        (Stage::Sealing, Some(false)) => Ok(FieldDef {
+            encryption_stage: None,
+            ..old.clone()
+        }),
+        (Stage::Scrubbing, Some(false)) => Err(waiting().hint(
+            "its values are encrypted already: call udm_reencrypt(entity) until it reports the field completed, then turn encryption off",
+        )),
+        _ => Ok(old.clone()),
+    }
 }
 
 /// What cannot come with turning encryption on or off for an existing field (`0A000`): another

@@ -1285,7 +1285,7 @@ impl Scope for FieldScope<'_> {
                 f.name
             )));
         }
-        if f.encrypted {
+        if f.encrypted_or_staged() {
             return Err(UdmError::new(
                 SqlState::FeatureNotSupported,
                 format!(

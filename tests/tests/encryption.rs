@@ -1729,9 +1729,15 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
     ))
     .unwrap();
 
-    // on: quick definition changes; the values are still plaintext (dates and times in the
-    // canonical form they are sealed in, whatever the session's DateStyle and TimeZone)
-    for f in ["notes", "born", "meta", "seen"] {
+    // on: quick definition changes; the values are still plaintext. A text field's column
+    // holds both forms meanwhile; json and date-like fields keep their column and type, and
+    // their sealed values go beside it (`encryption_turned_on_for_json_and_dates_never_rewrites_the_table`)
+    for (f, key, state) in [
+        ("notes", "encryption_pending", "on"),
+        ("born", "encryption_stage", "sealing"),
+        ("meta", "encryption_stage", "sealing"),
+        ("seen", "encryption_stage", "sealing"),
+    ] {
         let r = json(
             &mut m.client,
             &format!(
@@ -1746,33 +1752,36 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
             .find(|x| x["name"] == f)
             .unwrap()
             .clone();
-        assert_eq!(def["encryption_pending"], "on", "{r}");
+        assert_eq!(def[key], state, "{r}");
     }
     let states = field_states(&mut adm, &mut m, "patient");
     assert_eq!(states["notes"], json!([true, "on", "text"]), "{states}");
-    assert_eq!(states["born"], json!([true, "on", "text"]), "{states}");
-    assert_eq!(states["meta"], json!([true, "on", "text"]), "{states}");
+    assert_eq!(states["born"], json!([null, null, "date"]), "{states}");
+    assert_eq!(states["meta"], json!([null, null, "jsonb"]), "{states}");
     let raw: Value = scalar(
         &mut adm,
-        &format!("SELECT to_jsonb(t) - 'id' - 'created_at' - 'updated_at' - 'created_by' - 'updated_by' - '_version' FROM \"{t}\".patient t WHERE name = 'p1'"),
+        &format!("SELECT to_jsonb(t) - 'id' - 'created_at' - 'updated_at' - 'created_by' - 'updated_by' - '_version' - 'seen' FROM \"{t}\".patient t WHERE name = 'p1'"),
     );
     assert_eq!(
         raw,
-        json!({"name": "p1", "notes": "note 1", "born": "1950-01-02", "meta": "{\"i\": 1}",
-               "seen": "2024-03-01T12:01:00.000000+00:00"}),
+        json!({"name": "p1", "notes": "note 1", "born": "1950-01-02", "meta": {"i": 1},
+               "_udm_f3_sealed": null, "_udm_f4_sealed": null, "_udm_f5_sealed": null}),
         "{raw}"
     );
-    // plain SQL writes are sealed from now on, and the field's rules hold on the plaintext
+    // plain SQL writes are sealed from now on (beside the column for a date), and the field's
+    // rules hold on the plaintext
     m.client
         .batch_execute(&format!(
             "INSERT INTO \"{t}\".patient (name, notes, born) VALUES ('new', 'written late', '1999-12-31')"
         ))
         .unwrap();
-    let late: String = scalar(
+    let late: Value = scalar(
         &mut adm,
-        &format!("SELECT notes FROM \"{t}\".patient WHERE name = 'new'"),
+        &format!("SELECT jsonb_build_array(notes, _udm_f3_sealed) FROM \"{t}\".patient WHERE name = 'new'"),
     );
-    assert!(late.starts_with("udm1:"), "{late}");
+    for v in late.as_array().unwrap() {
+        assert!(v.as_str().unwrap().starts_with("udm1:"), "{late}");
+    }
     let msg = expect_err(
         &mut m.client,
         &format!("UPDATE \"{t}\".patient SET born = '1800-01-01' WHERE name = 'p2'"),
@@ -1937,6 +1946,8 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
     assert!(versions.len() >= 2, "inserted, converted: {h}");
     let i = &rows[0]["name"].as_str().unwrap()[1..];
     assert_eq!(versions[0]["notes"], format!("note {i}"), "{h}");
+    assert_eq!(versions[0]["born"], rows[0]["born"], "{h}");
+    assert_eq!(versions.last().unwrap()["born"], rows[0]["born"], "{h}");
     assert!(!h.to_string().contains("udm1:"), "{h}");
     // once on, the field is an encrypted field: its rules cannot change
     expect_err(
@@ -2284,14 +2295,18 @@ fn encryption_of_a_unique_field_is_turned_on_and_off_online() {
         msg.contains("another record already has this value"),
         "{msg}"
     );
-    // a date held in plaintext, written again: through udm, and through plain SQL in another
-    // spelling (compared in its canonical form)
+    // a date written again, through udm, and through plain SQL in another spelling: the date
+    // is a plain field until its swap, held by its unique constraint (named with its shard's
+    // number on Citus)
     for sql in [
         r#"SELECT udm_insert('badge', '{"code": "d1", "day": "2024-01-05"}')"#.to_string(),
         format!("INSERT INTO \"{t}\".badge (code, day) VALUES ('d1', '2024-1-5')"),
     ] {
         let msg = expect_err(&mut m.client, &sql, "23505");
-        assert!(msg.contains("field \"day\""), "{msg}");
+        assert!(
+            msg.contains("badge.day must be unique") || msg.contains("\"badge__day__key"),
+            "{msg}"
+        );
     }
     // sealed against sealed: the partial blind index
     insert(&mut m.client, "new1").unwrap();
@@ -2452,4 +2467,404 @@ fn encryption_of_a_unique_field_is_turned_on_and_off_online() {
     assert_eq!(sealed_left, 0);
     expect_err(&mut m.client, &by_udm("c5"), "23505");
     assert_eq!(count(&mut m.client, json!({"code": "c6"})), 1);
+}
+
+/// The bytes of a table's live row versions (the ones a scan sees) as hex, to look for bytes
+/// that only a dropped or cleared column could still hold (pageinspect).
+fn live_tuple_bytes(adm: &mut Client, table: &str) -> String {
+    adm.batch_execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        .unwrap();
+    scalar(
+        adm,
+        &format!(
+            "SELECT coalesce(string_agg(encode(i.t_data, 'hex'), ''), '') \
+             FROM generate_series(0, pg_relation_size('{table}') / current_setting('block_size')::int - 1) b, \
+                  heap_page_items(get_raw_page('{table}', b::int)) i \
+             WHERE format('(%s,%s)', b, i.lp)::tid IN (SELECT ctid FROM {table})"
+        ),
+    )
+}
+
+/// Encryption turned on for json and date-like fields that hold values: no statement rewrites
+/// the table (its file stays the same), the fields stay plain fields while their values are
+/// sealed beside them (plain SQL writes too, whatever is written to the hidden column), the
+/// swap to the sealed column waits for no reader and builds nothing, and the old plaintext is
+/// cleared from the rows before its column goes.
+#[test]
+fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
+    let mut adm = admin();
+    let mut m = member(&mut adm, "ents");
+    let t = m.tenant.clone();
+    let citus = on_citus(&mut adm);
+    json(
+        &mut m.client,
+        r#"SELECT udm_define_entity('visit', '{"fields": [
+            {"name": "name", "type": "text", "required": true},
+            {"name": "doc", "type": "json", "required": true},
+            {"name": "day", "type": "date", "unique": true, "min": "2000-01-01"},
+            {"name": "at", "type": "datetime", "index": true},
+            {"name": "took", "type": "duration"},
+            {"name": "back", "type": "time"}]}')"#,
+    );
+    m.client
+        .batch_execute(&format!(
+            "SET DateStyle = 'SQL, DMY'; \
+             INSERT INTO \"{t}\".visit (name, doc, day, at, took) \
+             SELECT 'v' || i, jsonb_build_object('i', i, 'tag', 'marker-' || (4700 + i)), \
+                    date '2024-01-01' + i, timestamptz '2024-03-01 12:00:00+00' + i * interval '1 hour', \
+                    i * interval '1 minute' \
+             FROM generate_series(1, 130) i; RESET DateStyle"
+        ))
+        .unwrap();
+    let table = format!("\"{t}\".visit");
+    let filenode = |adm: &mut Client| -> i64 {
+        scalar(
+            adm,
+            &format!("SELECT pg_relation_filenode('{table}')::bigint"),
+        )
+    };
+    let file = filenode(&mut adm);
+    // a field that an index over fields uses cannot be staged (the swap renames its column)
+    json(
+        &mut m.client,
+        "SELECT udm_add_index('visit', ARRAY['name', 'took'])",
+    );
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_alter_field('visit', 'took', '{"encrypted": true}')"#,
+        "0A000",
+    );
+    assert!(msg.contains("index"), "{msg}");
+
+    for f in ["doc", "day", "at"] {
+        json(
+            &mut m.client,
+            &format!("SELECT udm_alter_field('visit', '{f}', '{{\"encrypted\": true}}')"),
+        );
+    }
+    let states = field_states(&mut adm, &mut m, "visit");
+    assert_eq!(states["doc"], json!([null, null, "jsonb"]), "{states}");
+    assert_eq!(states["day"], json!([null, null, "date"]), "{states}");
+    let d = json(&mut m.client, "SELECT udm_describe('visit')");
+    let stage = |d: &Value, f: &str| {
+        d["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == f)
+            .unwrap()["encryption_stage"]
+            .clone()
+    };
+    assert_eq!(stage(&d, "day"), "sealing", "{d}");
+    // still plain fields: ranges and sorting work, the rules hold on the column
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('visit', '{"columns": ["name"], "filters": {"day": {"gte": "2024-04-09"}}, "sort": ["-day"]}')"#,
+    );
+    assert_eq!(page["rows"][0]["name"], "v130", "{page}");
+    expect_err(
+        &mut m.client,
+        &format!("UPDATE {table} SET day = '1999-01-01' WHERE name = 'v1'"),
+        "23514",
+    );
+    // while staged: no other change, no removal, no rule or index over fields with it
+    for (sql, code) in [
+        (
+            r#"SELECT udm_alter_field('visit', 'day', '{"label": "Day"}')"#,
+            "55000",
+        ),
+        ("SELECT udm_remove_field('visit', 'doc')", "55000"),
+        (
+            "SELECT udm_add_index('visit', ARRAY['name', 'day'])",
+            "0A000",
+        ),
+        (
+            r#"SELECT udm_add_rule('visit', '{"name": "late", "check": "day > ''2024-01-01''"}')"#,
+            "0A000",
+        ),
+    ] {
+        let msg = expect_err(&mut m.client, sql, code);
+        assert!(msg.contains("day") || msg.contains("doc"), "{sql}: {msg}");
+    }
+    // plain SQL writes are sealed beside the column; what is written to the hidden column is
+    // never taken
+    m.client
+        .batch_execute(&format!(
+            "INSERT INTO {table} (name, doc, day, _udm_f3_sealed) VALUES ('w1', '{{\"w\": 1}}', '2025-05-05', 'forged'); \
+             UPDATE {table} SET _udm_f2_sealed = 'forged too' WHERE name = 'w1'"
+        ))
+        .unwrap();
+    let hidden: Value = scalar(
+        &mut adm,
+        &format!("SELECT jsonb_build_array(_udm_f2_sealed, _udm_f3_sealed, _udm_f4_sealed) FROM {table} WHERE name = 'w1'"),
+    );
+    assert!(hidden[0].as_str().unwrap().starts_with("udm1:"), "{hidden}");
+    assert!(hidden[1].as_str().unwrap().starts_with("udm1:"), "{hidden}");
+    assert_eq!(hidden[2], Value::Null, "{hidden}");
+    // the blind indexes are built on the hidden column
+    let indexes = |adm: &mut Client| -> String {
+        scalar(
+            adm,
+            &format!(
+                "SELECT string_agg(indexdef, ' | ' ORDER BY indexname) FROM pg_indexes \
+                 WHERE schemaname = '{t}' AND tablename = 'visit'"
+            ),
+        )
+    };
+    let defs = indexes(&mut adm);
+    assert!(
+        defs.contains("CREATE UNIQUE INDEX visit__day__sealed_key ON")
+            && defs.contains("(split_part(_udm_f3_sealed, ':'::text, 3))")
+            && defs.contains("visit__at__sealed_idx ON")
+            && defs.contains("USING hash (split_part(_udm_f4_sealed, ':'::text, 3))"),
+        "{defs}"
+    );
+
+    // a clone made now has the hidden columns, empty: its own udm_reencrypt seals them
+    adm.batch_execute(&format!("SELECT udm_clone_tenant('{t}', '{t}c', true)"))
+        .unwrap();
+    grant_tenant(&mut adm, &format!("{t}c"), &m.role);
+
+    // sealed in batches while another session writes; the records read right all along
+    let role = m.role.clone();
+    let tenant = t.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut w = connect_as(&role);
+        w.query_one("SELECT udm_use($1)", &[&tenant]).unwrap();
+        let mut round = 0;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) || round < 2 {
+            round += 1;
+            for i in (1 + round % 4..=120).step_by(4) {
+                w.execute(
+                    &format!(
+                        "UPDATE \"{tenant}\".visit SET doc = jsonb_build_object('i', {i}, 'tag', 'marker-' || (4700 + {i}), 'round', {round}) WHERE name = 'v{i}'"
+                    ),
+                    &[],
+                )
+                .unwrap();
+            }
+        }
+        round
+    });
+    let mut swapped = Vec::new();
+    let mut progress = Vec::new();
+    let began = std::time::Instant::now();
+    while swapped.is_empty() {
+        let r = json(&mut m.client, "SELECT udm_reencrypt('visit', 25)");
+        progress.push(r["remaining"].as_i64().unwrap());
+        for f in r["swapped"].as_array().unwrap() {
+            swapped.push(f.as_str().unwrap().to_string());
+        }
+        if progress.len() >= 2 {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if progress.len() == 2 {
+            let page = json(
+                &mut m.client,
+                r#"SELECT udm_query('visit', '{"columns": ["name", "doc", "day"], "filters": {"name": "v7"}}')"#,
+            );
+            assert_eq!(page["rows"][0]["day"], "2024-01-08", "{page}");
+            assert_eq!(page["rows"][0]["doc"]["tag"], "marker-4707", "{page}");
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(120),
+            "{progress:?}"
+        );
+    }
+    let rounds = writer.join().unwrap();
+    swapped.sort();
+    assert_eq!(swapped, ["at", "day", "doc"], "{progress:?}");
+    // swapped: encrypted fields now, every value sealed in the column, the old plaintext beside
+    // it until cleared; the blind indexes were renamed, not built again
+    let states = field_states(&mut adm, &mut m, "visit");
+    assert_eq!(states["doc"], json!([true, null, "text"]), "{states}");
+    assert_eq!(states["day"], json!([true, null, "text"]), "{states}");
+    let d = json(&mut m.client, "SELECT udm_describe('visit')");
+    assert_eq!(stage(&d, "doc"), "scrubbing", "{d}");
+    let unsealed: i64 = scalar(
+        &mut adm,
+        &format!(
+            "SELECT count(*) FROM {table} WHERE NOT (starts_with(doc, 'udm1:') AND starts_with(day, 'udm1:')) \
+             OR (at IS NOT NULL AND NOT starts_with(at, 'udm1:'))"
+        ),
+    );
+    assert_eq!(unsealed, 0);
+    let defs = indexes(&mut adm);
+    assert!(
+        defs.contains("CREATE UNIQUE INDEX visit__day__key ON")
+            && defs.contains("(split_part(day, ':'::text, 3))")
+            && defs.contains("visit__at__idx ON")
+            && defs.contains("USING hash (split_part(at, ':'::text, 3))")
+            && !defs.contains("sealed"),
+        "{defs}"
+    );
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('visit', '{"columns": ["name", "doc"], "filters": {"day": "2024-01-08"}}')"#,
+    );
+    assert_eq!(page["rows"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["rows"][0]["doc"]["i"], 7, "{page}");
+    expect_err(
+        &mut m.client,
+        r#"SELECT udm_query('visit', '{"filters": {"day": {"gte": "2024-04-09"}}}')"#,
+        "0A000",
+    );
+    expect_err(
+        &mut m.client,
+        r#"SELECT udm_insert('visit', '{"name": "dup", "doc": {}, "day": "2024-01-08"}')"#,
+        "23505",
+    );
+    // whatever is written to the old column is cleared: no writer keeps the change from ending
+    m.client
+        .batch_execute(&format!(
+            "UPDATE {table} SET _udm_f2_plain = '{{\"x\": 1}}' WHERE name = 'v1'"
+        ))
+        .unwrap();
+    let kept: bool = scalar(
+        &mut adm,
+        &format!("SELECT _udm_f2_plain IS NOT NULL FROM {table} WHERE name = 'v1'"),
+    );
+    assert!(!kept);
+    // the old plaintext is still in the rows (the check below can fail), of a record the
+    // writer left alone
+    if !citus {
+        assert!(live_tuple_bytes(&mut adm, &table).contains(&hex("marker-4825")));
+    }
+    // turning encryption off must wait for the old plaintext to be cleared
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_alter_field('visit', 'doc', '{"encrypted": false}')"#,
+        "55000",
+    );
+    assert!(msg.contains("scrubbing"), "{msg}");
+
+    // cleared, then the old column goes: still the same file, and no byte of the plaintext left
+    // in the rows
+    let (_, completed) = convert_all(&mut m.client, "visit", 40);
+    let mut completed = completed;
+    completed.sort();
+    assert_eq!(completed, ["at", "day", "doc"]);
+    let states = field_states(&mut adm, &mut m, "visit");
+    for f in ["doc", "day", "at"] {
+        assert_eq!(states[f], json!([true, null, "text"]), "{states}");
+    }
+    let hidden: i64 = scalar(
+        &mut adm,
+        &format!(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass \
+             AND attname LIKE '\\_udm\\_%' AND NOT attisdropped"
+        ),
+    );
+    assert_eq!(hidden, 0);
+    if !citus {
+        assert_eq!(filenode(&mut adm), file, "the table was never rewritten");
+        let bytes = live_tuple_bytes(&mut adm, &table);
+        for v in ["marker-4711", "marker-4825"] {
+            assert!(!bytes.contains(&hex(v)), "{v} left in a row");
+        }
+    }
+    // each record reads as last written (the writer's rounds included), and its history opens
+    // the versions before and after the swap
+    let rows = json(
+        &mut m.client,
+        r#"SELECT udm_query('visit', '{"columns": ["id", "name", "doc", "day", "at"], "filters": {"name": {"starts_with": "v"}}, "limit": 500}')"#,
+    )["rows"]
+        .clone();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 130);
+    for r in rows {
+        let i: i64 = r["name"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(r["doc"]["i"], i, "{r}");
+        assert_eq!(r["doc"]["tag"], format!("marker-{}", 4700 + i), "{r}");
+        let day: String = scalar(&mut adm, &format!("SELECT (date '2024-01-01' + {i})::text"));
+        assert_eq!(r["day"], day, "{r}");
+    }
+    assert!(rounds >= 2);
+    let v9 = rows.iter().find(|r| r["name"] == "v9").unwrap();
+    let id = v9["id"].as_str().unwrap().to_string();
+    let h = json(
+        &mut m.client,
+        &format!(
+            "SELECT jsonb_agg(jsonb_build_object('v', version, 'day', data->'day') ORDER BY version) FROM udm_history('visit', {})",
+            lit(&id)
+        ),
+    );
+    let versions = h.as_array().unwrap();
+    assert!(versions.len() >= 3, "inserted, sealed, cleared: {h}");
+    for v in versions {
+        assert_eq!(v["day"], "2024-01-10", "{h}");
+    }
+    // a rollback to the first version writes its plaintext, sealed
+    json(
+        &mut m.client,
+        &format!("SELECT udm_rollback('visit', {}, 1)", lit(&id)),
+    );
+    let g = json(
+        &mut m.client,
+        &format!("SELECT udm_get('visit', {})", lit(&id)),
+    );
+    assert_eq!(g["doc"], json!({"i": 9, "tag": "marker-4709"}), "{g}");
+    let stored: String = scalar(
+        &mut adm,
+        &format!("SELECT doc FROM {table} WHERE id = {}", lit(&id)),
+    );
+    assert!(stored.starts_with("udm1:"), "{stored}");
+
+    // the clone, made while sealing: its table has the hidden columns, empty, and its records
+    // read as the original's did then
+    let mut c = connect_as(&m.role);
+    c.query_one("SELECT udm_use($1)", &[&format!("{t}c")])
+        .unwrap();
+    let g = json(
+        &mut c,
+        r#"SELECT udm_query('visit', '{"columns": ["doc", "day"], "filters": {"name": "v5"}}')"#,
+    );
+    assert_eq!(g["rows"][0]["day"], "2024-01-06", "{g}");
+    assert_eq!(g["rows"][0]["doc"]["i"], 5, "{g}");
+    let empty: i64 = scalar(
+        &mut adm,
+        &format!(
+            "SELECT count(*) FROM \"{t}c\".visit WHERE _udm_f2_sealed IS NULL AND _udm_f3_sealed IS NULL"
+        ),
+    );
+    assert_eq!(empty, 131);
+
+    // turned off while sealing: the hidden column goes, the field is as it was
+    let hidden_columns = |adm: &mut Client| -> Vec<String> {
+        column(
+            adm,
+            &format!(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = '{table}'::regclass \
+                 AND attname LIKE '\\_udm\\_%' AND NOT attisdropped ORDER BY 1"
+            ),
+        )
+    };
+    json(
+        &mut m.client,
+        r#"SELECT udm_alter_field('visit', 'back', '{"encrypted": true}')"#,
+    );
+    assert_eq!(hidden_columns(&mut adm), ["_udm_f6_sealed"]);
+    json(
+        &mut m.client,
+        r#"SELECT udm_alter_field('visit', 'back', '{"encrypted": false}')"#,
+    );
+    assert!(hidden_columns(&mut adm).is_empty());
+    let states = field_states(&mut adm, &mut m, "visit");
+    assert_eq!(
+        states["back"],
+        json!([null, null, "time without time zone"]),
+        "{states}"
+    );
+    let d = json(&mut m.client, "SELECT udm_describe('visit')");
+    assert_eq!(stage(&d, "back"), Value::Null, "{d}");
+    if !citus {
+        assert_eq!(filenode(&mut adm), file, "the table was never rewritten");
+    }
+}
+
+/// Lowercase hexadecimal of a text's bytes.
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
 }

@@ -1363,12 +1363,23 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         }
         Ok::<_, UdmError>(rows.len())
     })?;
-    // per field and (last) in all: the records still waiting, in one scan
+    // per field, in all, and in all once the fields being sealed are swapped (their old
+    // plaintext waits then): the records still waiting, in one scan
+    let after_swap = std::iter::once(old.clone())
+        .chain(
+            fields
+                .iter()
+                .filter(|f| f.encryption_stage == Some(Stage::Sealing))
+                .map(|f| format!("{} IS NOT NULL", quote_ident(&f.column))),
+        )
+        .collect::<Vec<_>>()
+        .join(" OR ");
     let mut counts = stale_counts(
         &table,
-        &[stale.clone(), vec![old.clone()]].concat(),
+        &[stale.clone(), vec![old.clone(), after_swap]].concat(),
         &active,
     )?;
+    let remaining_after_swap = counts.pop().unwrap_or(0);
     let remaining = counts.pop().unwrap_or(0);
     // a pending field none of whose values waits any more: its change is completed
     let done: Vec<&FieldDef> = fields
@@ -1382,9 +1393,9 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
     // A call that converted records holds their row locks: waiting for the table's SHARE lock
     // then could deadlock with a writer waiting for one of those rows while it holds its own
     // ROW EXCLUSIVE lock. Such a call completes only if the lock is free at once; else the next
-    // call (which holds no row lock of the entity) completes. A swap or the drop of an old
-    // column (`Stage`) needs the ACCESS EXCLUSIVE lock: it is only ever taken when free at once,
-    // so that no reader queues behind it.
+    // call (which holds no row lock of the entity) completes, waiting for the lock as any
+    // definition change does (at most `udm.ddl_lock_timeout`). A swap or the drop of an old
+    // column (`Stage`) needs the ACCESS EXCLUSIVE lock.
     let staged = done.iter().any(|f| f.encryption_stage.is_some());
     let mode = if staged {
         pg_sys::AccessExclusiveLock
@@ -1393,10 +1404,16 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
     };
     let lock_free = || unsafe { pg_sys::ConditionalLockRelationOid(e.table_oid, mode as i32) };
     let names: Vec<String> = done.iter().map(|f| f.name.clone()).collect();
-    let moved = if done.is_empty() || ((out > 0 || staged) && !lock_free()) {
+    let moved = if done.is_empty() || (out > 0 && !lock_free()) {
         Vec::new()
     } else {
         crate::entities::finish_encryption(&t, &e.def.slug, &names, &|f| {
+            if f.encryption_stage == Some(Stage::Scrubbing) {
+                // every write clears the old column (the stamp trigger): no count under the
+                // ACCESS EXCLUSIVE lock. Sealing counts again: a value written past the trigger
+                // meanwhile (triggers disabled) would be lost by the swap.
+                return Ok(true);
+            }
             let sql = stale_sql(f);
             Ok(count_any(&table, &sql, &active)? == 0)
         })?
@@ -1406,20 +1423,12 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         done.iter()
             .any(|f| f.name == *n && f.encryption_stage == Some(Stage::Sealing))
     });
+    // after a swap, the records whose old plaintext waits (counted before it, not under its
+    // lock; at most that many)
     let remaining = if swapped.is_empty() {
         remaining
     } else {
-        // counted again under the new definition: the swapped records' old plaintext waits
-        let now = catalog::entity(&t, entity)?;
-        let stale = now
-            .def
-            .fields
-            .iter()
-            .filter(|f| f.encrypted_or_staged())
-            .map(stale_sql)
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        count_any(&table, &stale, &active)?
+        remaining_after_swap
     };
     Ok(serde_json::json!({
         "entity": e.def.slug,

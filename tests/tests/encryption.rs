@@ -2488,7 +2488,8 @@ fn live_tuple_bytes(adm: &mut Client, table: &str) -> String {
 /// Encryption turned on for json and date-like fields that hold values: no statement rewrites
 /// the table (its file stays the same), the fields stay plain fields while their values are
 /// sealed beside them (plain SQL writes too, whatever is written to the hidden column), the
-/// swap to the sealed column waits for no reader and builds nothing, and the old plaintext is
+/// swap to the sealed column is a short catalog change that builds nothing (and waits for
+/// readers as any definition change does), and the old plaintext is
 /// cleared from the rows before its column goes.
 #[test]
 fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
@@ -2504,7 +2505,8 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
             {"name": "day", "type": "date", "unique": true, "min": "2000-01-01"},
             {"name": "at", "type": "datetime", "index": true},
             {"name": "took", "type": "duration"},
-            {"name": "back", "type": "time"}]}')"#,
+            {"name": "back", "type": "time"},
+            {"name": "late", "type": "datetime"}]}')"#,
     );
     m.client
         .batch_execute(&format!(
@@ -2859,6 +2861,60 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
     );
     let d = json(&mut m.client, "SELECT udm_describe('visit')");
     assert_eq!(stage(&d, "back"), Value::Null, "{d}");
+
+    // the swap waits for readers as any definition change does: a transaction that read the
+    // table keeps it off (a call that sealed records does not wait; the next one gives up after
+    // udm.ddl_lock_timeout), and the call after it swaps
+    m.client
+        .batch_execute(&format!(
+            "UPDATE {table} SET late = timestamptz '2024-05-05 10:00:00+00' WHERE name LIKE 'v1%'"
+        ))
+        .unwrap();
+    json(
+        &mut m.client,
+        r#"SELECT udm_alter_field('visit', 'late', '{"encrypted": true}')"#,
+    );
+    let mut reader = connect_as(&m.role);
+    reader
+        .batch_execute(&format!(
+            "SELECT udm_use('{t}'); BEGIN; SELECT count(*) FROM {table}"
+        ))
+        .unwrap();
+    let r = json(&mut m.client, "SELECT udm_reencrypt('visit', 1000)");
+    assert!(r["reencrypted"].as_i64().unwrap() > 0, "{r}");
+    assert_eq!(
+        (&r["remaining"], &r["swapped"]),
+        (&json!(0), &json!([])),
+        "{r}"
+    );
+    m.client
+        .batch_execute("SET udm.ddl_lock_timeout = '200ms'")
+        .unwrap();
+    let msg = expect_err(
+        &mut m.client,
+        "SELECT udm_reencrypt('visit', 1000)",
+        "55P03",
+    );
+    assert!(msg.contains("is busy"), "{msg}");
+    reader.batch_execute("COMMIT").unwrap();
+    let r = json(&mut m.client, "SELECT udm_reencrypt('visit', 1000)");
+    assert_eq!(r["swapped"], json!(["late"]), "{r}");
+    m.client
+        .batch_execute("RESET udm.ddl_lock_timeout")
+        .unwrap();
+    let (_, completed) = convert_all(&mut m.client, "visit", 1000);
+    assert_eq!(completed, ["late"]);
+    let page = json(
+        &mut m.client,
+        r#"SELECT udm_query('visit', '{"columns": ["late"], "filters": {"name": "v12"}}')"#,
+    );
+    assert!(
+        page["rows"][0]["late"]
+            .as_str()
+            .unwrap()
+            .starts_with("2024-05-05T10:00:00"),
+        "{page}"
+    );
     if !citus {
         assert_eq!(filenode(&mut adm), file, "the table was never rewritten");
     }

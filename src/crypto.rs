@@ -1404,14 +1404,30 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
     };
     let lock_free = || unsafe { pg_sys::ConditionalLockRelationOid(e.table_oid, mode as i32) };
     let names: Vec<String> = done.iter().map(|f| f.name.clone()).collect();
+    for f in done
+        .iter()
+        .filter(|f| f.encryption_stage == Some(Stage::Sealing))
+    {
+        // every value sealed: proven by its CHECK, validated now (a scan that blocks neither
+        // readers nor writers; at once when it was), so that the swap scans nothing under its lock
+        as_owner(|| {
+            crate::spi::run(
+                &format!(
+                    "ALTER TABLE {table} VALIDATE CONSTRAINT {}",
+                    quote_ident(&udm_core::ddl::sealed_check_name(&e.def.slug, &f.name))
+                ),
+                &[],
+            )
+        })?;
+    }
     let moved = if done.is_empty() || (out > 0 && !lock_free()) {
         Vec::new()
     } else {
         crate::entities::finish_encryption(&t, &e.def.slug, &names, &|f| {
-            if f.encryption_stage == Some(Stage::Scrubbing) {
-                // every write clears the old column (the stamp trigger): no count under the
-                // ACCESS EXCLUSIVE lock. Sealing counts again: a value written past the trigger
-                // meanwhile (triggers disabled) would be lost by the swap.
+            if f.encryption_stage.is_some() {
+                // no count under the ACCESS EXCLUSIVE lock: a field being sealed has its values
+                // sealed by its validated CHECK (which refuses a row written with triggers
+                // disabled), and every write clears the old column of one being scrubbed
                 return Ok(true);
             }
             let sql = stale_sql(f);

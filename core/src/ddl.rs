@@ -139,6 +139,12 @@ pub fn sealed_unique_name(entity: &str, field: &str) -> String {
     fit_name(&format!("{entity}__{field}__sealed_key"))
 }
 
+/// The check that every value of a field whose encryption is turned on in stages has its sealed
+/// form (`Stage`).
+pub fn sealed_check_name(entity: &str, field: &str) -> String {
+    fit_name(&format!("{entity}__{field}__sealed_check"))
+}
+
 pub fn fkey_name(entity: &str, field: &str) -> String {
     fit_name(&format!("{entity}__{field}__fkey"))
 }
@@ -511,8 +517,45 @@ pub fn stamp_trigger_body(ctx: &Ctx, def: &EntityDef) -> String {
 
 // ------------------------------------------------------------------ artifacts
 
-/// Constraints, indexes and triggers of one field (with `column` as its column name).
+/// Constraints, indexes and triggers of one field (with `column` as its column name), and those
+/// of its encryption being turned on in stages (`Stage`).
 pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact> {
+    let mut out = own_field_artifacts(ctx, def, f);
+    if f.encryption_stage == Some(Stage::Sealing) && (f.unique || f.index) {
+        out.push(staged_blind_artifact(ctx, def, f));
+    }
+    out.extend(staged_check_artifact(def, f));
+    out
+}
+
+/// While encryption is turned on for field `f` in stages: a CHECK that a value set has its
+/// sealed form (made `NOT VALID`: the values written before are sealed in batches).
+/// `udm_reencrypt` validates it before the swap, without blocking readers or writers; then the
+/// swap needs no count under its lock, and for a `required` field (whose check is the sealed
+/// column's `IS NOT NULL`, kept across the swap until the change completes) `SET NOT NULL` on the
+/// column it renames in scans nothing. A row written with triggers disabled is refused by it.
+fn staged_check_artifact(def: &EntityDef, f: &FieldDef) -> Option<Artifact> {
+    let col = quote_ident(&f.column);
+    let cond = match f.encryption_stage? {
+        Stage::Sealing if f.required => format!("{} IS NOT NULL", quote_ident(&f.sealed_column())),
+        Stage::Sealing => format!(
+            "{col} IS NULL OR {} IS NOT NULL",
+            quote_ident(&f.sealed_column())
+        ),
+        Stage::Scrubbing if f.required => format!("{col} IS NOT NULL"),
+        Stage::Scrubbing => return None,
+    };
+    Some(Artifact {
+        key: format!("f{}.sealedcheck", f.id),
+        name: sealed_check_name(&def.slug, &f.name),
+        kind: ArtifactKind::Check,
+        table: def.slug.clone(),
+        body: format!("CHECK ({cond}) NOT VALID"),
+        fields: vec![f.id],
+    })
+}
+
+fn own_field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact> {
     let e = &def.slug;
     let mut out = Vec::new();
     if !f.has_column() {
@@ -683,9 +726,6 @@ pub fn field_artifacts(ctx: &Ctx, def: &EntityDef, f: &FieldDef) -> Vec<Artifact
                 fields: vec![f.id],
             });
         }
-    }
-    if f.encryption_stage == Some(Stage::Sealing) && (f.unique || f.index) {
-        out.push(staged_blind_artifact(ctx, def, f));
     }
     out
 }
@@ -2249,9 +2289,12 @@ mod tests {
                 .iter()
                 .filter(|s| s.starts_with("ALTER TABLE") || s.starts_with("CREATE"))
                 .collect::<Vec<_>>(),
-            [&format!(
-                "ALTER TABLE \"acme\".\"product\" ADD COLUMN \"{col}\" text"
-            )],
+            [
+                &format!("ALTER TABLE \"acme\".\"product\" ADD COLUMN \"{col}\" text"),
+                // every value set has its sealed form: checked for the rows written from now on
+                // (whatever disables triggers), proven for the others before the swap
+                &format!("ALTER TABLE \"acme\".\"product\" ADD CONSTRAINT \"product__metadata__sealed_check\" CHECK (\"metadata\" IS NULL OR \"{col}\" IS NOT NULL) NOT VALID"),
+            ],
             "{steps:#?}"
         );
         // the swap: catalog changes only, no type change, nothing built
@@ -2260,6 +2303,8 @@ mod tests {
         let scrubbing = with_field(&old, swapped.clone());
         let steps = sqls(&plan_change(&CTX, &sealing, &scrubbing).unwrap());
         let renames = [
+            "ALTER TABLE \"acme\".\"product\" DROP CONSTRAINT \"product__metadata__sealed_check\""
+                .to_string(),
             format!("ALTER TABLE \"acme\".\"product\" RENAME COLUMN \"metadata\" TO \"{plain}\""),
             format!("ALTER TABLE \"acme\".\"product\" RENAME COLUMN \"{col}\" TO \"metadata\""),
         ];
@@ -2398,6 +2443,7 @@ mod tests {
             let add = steps.iter().position(|s| s.contains("ADD COLUMN")).unwrap();
             let built = steps.iter().position(|s| s == create).unwrap();
             assert!(add < built, "{steps:#?}");
+            assert!(steps.contains(&"ALTER TABLE \"acme\".\"product\" ADD CONSTRAINT \"product__sample_date__sealed_check\" CHECK (\"_udm_f2_sealed\" IS NOT NULL) NOT VALID".to_string()), "{steps:#?}");
             assert!(!steps.iter().any(|s| s.contains(plain_name)), "{steps:#?}");
             // the swap: the plain constraint goes, the columns trade names, the blind index is
             // renamed (never built again)
@@ -2429,9 +2475,25 @@ mod tests {
                 "{steps:#?}"
             );
             assert!(
-                !steps.iter().any(|s| s.starts_with("CREATE") || s.contains(" TYPE ")),
+                !steps.iter().any(|s| s.starts_with("CREATE")
+                    || s.contains(" TYPE ")
+                    || s.contains("sealed_check")),
                 "{steps:#?}"
             );
+            // a required field's check (proving NOT NULL of the column renamed in, so that SET
+            // NOT NULL scans nothing) stays until the change completes
+            let mut done = scrubbing.fields[1].clone();
+            done.encryption_stage = None;
+            let steps = sqls(&plan_change(&CTX, &scrubbing, &with_field(&plain, done)).unwrap());
+            let dropped = steps
+                .iter()
+                .position(|s| s == "ALTER TABLE \"acme\".\"product\" DROP CONSTRAINT \"product__sample_date__sealed_check\"")
+                .unwrap();
+            let gone = steps
+                .iter()
+                .position(|s| s.contains("DROP COLUMN \"_udm_f2_plain\""))
+                .unwrap();
+            assert!(dropped < gone, "{steps:#?}");
             // turned off while sealing: the blind index goes before its column
             let steps = sqls(&plan_change(&CTX, &sealing, &plain).unwrap());
             let idx = steps

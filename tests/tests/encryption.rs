@@ -2603,6 +2603,35 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
     assert!(hidden[0].as_str().unwrap().starts_with("udm1:"), "{hidden}");
     assert!(hidden[1].as_str().unwrap().starts_with("udm1:"), "{hidden}");
     assert_eq!(hidden[2], Value::Null, "{hidden}");
+    // a row written past the trigger without its sealed form is refused by the field's check,
+    // not yet validated for the rows written before
+    let checks = |adm: &mut Client| -> Value {
+        scalar(
+            adm,
+            &format!(
+                "SELECT coalesce(jsonb_object_agg(conname, convalidated), '{{}}') FROM pg_constraint \
+                 WHERE conrelid = '{table}'::regclass AND conname LIKE '%sealed_check'"
+            ),
+        )
+    };
+    assert_eq!(
+        checks(&mut adm),
+        json!({"visit__doc__sealed_check": false, "visit__day__sealed_check": false,
+               "visit__at__sealed_check": false})
+    );
+    if !citus {
+        // (on Citus the session's setting does not reach the worker, whose trigger seals)
+        let msg = expect_err(
+            &mut adm,
+            &format!(
+                "SET session_replication_role = replica; \
+                 INSERT INTO {table} (id, name, doc) VALUES (gen_random_uuid(), 'past', '{{}}')"
+            ),
+            "23514",
+        );
+        assert!(msg.contains("visit__doc__sealed_check"), "{msg}");
+        adm.batch_execute("RESET session_replication_role").unwrap();
+    }
     // the blind indexes are built on the hidden column
     let indexes = |adm: &mut Client| -> String {
         scalar(
@@ -2718,6 +2747,9 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
         r#"SELECT udm_insert('visit', '{"name": "dup", "doc": {}, "day": "2024-01-08"}')"#,
         "23505",
     );
+    // the required field's check was validated before the swap (so SET NOT NULL scanned
+    // nothing under its lock) and stays until the change completes; the others' went
+    assert_eq!(checks(&mut adm), json!({"visit__doc__sealed_check": true}));
     // whatever is written to the old column is cleared: no writer keeps the change from ending
     m.client
         .batch_execute(&format!(
@@ -2760,6 +2792,7 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
         ),
     );
     assert_eq!(hidden, 0);
+    assert_eq!(checks(&mut adm), json!({}));
     if !citus {
         assert_eq!(filenode(&mut adm), file, "the table was never rewritten");
         let bytes = live_tuple_bytes(&mut adm, &table);

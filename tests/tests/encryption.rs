@@ -212,13 +212,7 @@ fn values_are_ciphertext_at_rest_and_plaintext_through_udm() {
         assert!(plan.contains(index), "{spec}: {plan}");
     }
     m.client.batch_execute("RESET enable_seqscan").unwrap();
-    let defs: String = scalar(
-        &mut adm,
-        &format!(
-            "SELECT string_agg(indexdef, ' | ' ORDER BY indexname) FROM pg_indexes \
-             WHERE schemaname = '{t}' AND tablename = 'customer'"
-        ),
-    );
+    let defs = index_defs(&mut adm, &t, "customer");
     assert!(
         defs.contains("customer__email__idx ON")
             && defs.contains("USING hash (split_part(email")
@@ -2372,15 +2366,7 @@ fn encryption_of_a_unique_field_is_turned_on_and_off_online() {
         "{completed:?}"
     );
     assert_eq!(count(&mut m.client, json!({"day": "2024-01-07"})), 1);
-    let indexes = |adm: &mut Client| -> String {
-        scalar(
-            adm,
-            &format!(
-                "SELECT string_agg(indexdef, ' | ' ORDER BY indexname) FROM pg_indexes \
-                 WHERE schemaname = '{t}' AND tablename = 'badge'"
-            ),
-        )
-    };
+    let indexes = |adm: &mut Client| index_defs(adm, &t, "badge");
     let defs = indexes(&mut adm);
     assert!(
         defs.contains("CREATE UNIQUE INDEX badge__code__key ON")
@@ -2633,15 +2619,7 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
         adm.batch_execute("RESET session_replication_role").unwrap();
     }
     // the blind indexes are built on the hidden column
-    let indexes = |adm: &mut Client| -> String {
-        scalar(
-            adm,
-            &format!(
-                "SELECT string_agg(indexdef, ' | ' ORDER BY indexname) FROM pg_indexes \
-                 WHERE schemaname = '{t}' AND tablename = 'visit'"
-            ),
-        )
-    };
+    let indexes = |adm: &mut Client| index_defs(adm, &t, "visit");
     let defs = indexes(&mut adm);
     assert!(
         defs.contains("CREATE UNIQUE INDEX visit__day__sealed_key ON")
@@ -2951,6 +2929,17 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
     if !citus {
         assert_eq!(filenode(&mut adm), file, "the table was never rewritten");
     }
+}
+
+/// The definitions of a table's indexes, in one string (ordered by name).
+fn index_defs(adm: &mut Client, schema: &str, table: &str) -> String {
+    scalar(
+        adm,
+        &format!(
+            "SELECT string_agg(indexdef, ' | ' ORDER BY indexname) FROM pg_indexes \
+             WHERE schemaname = '{schema}' AND tablename = '{table}'"
+        ),
+    )
 }
 
 /// Lowercase hexadecimal of a text's bytes.

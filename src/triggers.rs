@@ -254,12 +254,7 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
             }
             if f.encryption_stage == Some(Stage::Sealing) {
                 let sealed = col(&f.sealed_column(), pg_sys::TEXTOID);
-                let attr = column_any_type(desc, &f.column).unwrap_or_else(|| {
-                    raise(UdmError::internal(format!(
-                        "{STAMP}: table {table} has no column \"{}\"",
-                        f.column
-                    )))
-                });
+                let attr = crate::trust::present_column(desc, table, &f.column, STAMP);
                 let a = (*desc).attrs.as_slice((*desc).natts as usize)[attr as usize - 1];
                 let (mut output, mut varlena) = (pg_sys::Oid::INVALID, false);
                 pg_sys::getTypeOutputInfo(a.atttypid, &mut output, &mut varlena);
@@ -273,13 +268,9 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
                 });
             }
             if f.encryption_stage == Some(Stage::Scrubbing) {
-                let attr = column_any_type(desc, &f.plain_column()).unwrap_or_else(|| {
-                    raise(UdmError::internal(format!(
-                        "{STAMP}: table {table} has no column \"{}\"",
-                        f.plain_column()
-                    )))
+                args.push(StampArg::Cleared {
+                    attr: crate::trust::present_column(desc, table, &f.plain_column(), STAMP),
                 });
-                args.push(StampArg::Cleared { attr });
             }
             if f.ftype == FieldType::Password {
                 args.push(StampArg::Password {
@@ -307,7 +298,7 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
 }
 
 /// Attribute number (1-based) of a column of any type, if present and not dropped.
-fn column_any_type(desc: pg_sys::TupleDesc, name: &str) -> Option<i32> {
+pub(crate) fn column_any_type(desc: pg_sys::TupleDesc, name: &str) -> Option<i32> {
     unsafe {
         let natts = (*desc).natts as usize;
         (*desc)

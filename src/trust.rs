@@ -264,15 +264,23 @@ pub fn required_column(
     typ: pg_sys::Oid,
     func: &str,
 ) -> i32 {
-    typed_column(desc, table, name, typ, func).unwrap_or_else(|| {
-        raise(
-            UdmError::new(
-                SqlState::UndefinedColumn,
-                format!("{func}(): table \"{table}\" has no column \"{name}\""),
-            )
-            .hint("udm's tables change only through udm_* functions"),
+    typed_column(desc, table, name, typ, func).unwrap_or_else(|| missing_column(table, name, func))
+}
+
+fn missing_column(table: &str, name: &str, func: &str) -> ! {
+    raise(
+        UdmError::new(
+            SqlState::UndefinedColumn,
+            format!("{func}(): table \"{table}\" has no column \"{name}\""),
         )
-    })
+        .hint("udm's tables change only through udm_* functions"),
+    )
+}
+
+/// `required_column` for a column of any type (its attribute number).
+pub fn present_column(desc: pg_sys::TupleDesc, table: &str, name: &str, func: &str) -> i32 {
+    crate::triggers::column_any_type(desc, name)
+        .unwrap_or_else(|| missing_column(table, name, func))
 }
 
 /// The name of attribute `attr` (1-based) of a descriptor.

@@ -2859,6 +2859,21 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
         r#"SELECT udm_alter_field('visit', 'back', '{"encrypted": true}')"#,
     );
     assert_eq!(hidden_columns(&mut adm), ["_udm_f6_sealed"]);
+    // the trigger trusts no table: with the hidden column gone (by hand), a write is refused
+    adm.batch_execute(&format!(
+        "ALTER TABLE {table} RENAME COLUMN _udm_f6_sealed TO moved"
+    ))
+    .unwrap();
+    let msg = expect_err(
+        &mut m.client,
+        &format!("UPDATE {table} SET back = '10:00' WHERE name = 'v1'"),
+        "42703",
+    );
+    assert!(msg.contains("no column \"_udm_f6_sealed\""), "{msg}");
+    adm.batch_execute(&format!(
+        "ALTER TABLE {table} RENAME COLUMN moved TO _udm_f6_sealed"
+    ))
+    .unwrap();
     json(
         &mut m.client,
         r#"SELECT udm_alter_field('visit', 'back', '{"encrypted": false}')"#,

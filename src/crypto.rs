@@ -1424,6 +1424,16 @@ pub fn reencrypt(entity: &str, batch: i32) -> Result<serde_json::Value> {
         Vec::new()
     } else {
         crate::entities::finish_encryption(&t, &e.def.slug, &names, &|f| {
+            // a concurrent call may have moved the field on meanwhile (the swap done, its old
+            // column not cleared yet): only the state counted here is completed
+            let seen = done.iter().any(|d| {
+                d.name == f.name
+                    && (d.encryption_stage, d.encryption_pending)
+                        == (f.encryption_stage, f.encryption_pending)
+            });
+            if !seen {
+                return Ok(false);
+            }
             if f.encryption_stage.is_some() {
                 // no count under the ACCESS EXCLUSIVE lock: a field being sealed has its values
                 // sealed by its validated CHECK (which refuses a row written with triggers

@@ -1929,14 +1929,8 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
     }
     // a converted record's history opens its values
     let id = rows[0]["id"].as_str().unwrap().to_string();
-    let h = json(
-        &mut m.client,
-        &format!(
-            "SELECT jsonb_agg(data ORDER BY version) FROM udm_history('patient', {})",
-            lit(&id)
-        ),
-    );
-    let versions = h.as_array().unwrap();
+    let versions = versions(&mut m.client, "patient", &id);
+    let h = Value::from(versions.clone());
     assert!(versions.len() >= 2, "inserted, converted: {h}");
     let i = &rows[0]["name"].as_str().unwrap()[1..];
     assert_eq!(versions[0]["notes"], format!("note {i}"), "{h}");
@@ -2797,17 +2791,13 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
     assert!(rounds >= 2);
     let v9 = rows.iter().find(|r| r["name"] == "v9").unwrap();
     let id = v9["id"].as_str().unwrap().to_string();
-    let h = json(
-        &mut m.client,
-        &format!(
-            "SELECT jsonb_agg(jsonb_build_object('v', version, 'day', data->'day') ORDER BY version) FROM udm_history('visit', {})",
-            lit(&id)
-        ),
+    let versions = versions(&mut m.client, "visit", &id);
+    assert!(
+        versions.len() >= 3,
+        "inserted, sealed, cleared: {versions:?}"
     );
-    let versions = h.as_array().unwrap();
-    assert!(versions.len() >= 3, "inserted, sealed, cleared: {h}");
-    for v in versions {
-        assert_eq!(v["day"], "2024-01-10", "{h}");
+    for v in &versions {
+        assert_eq!(v["day"], "2024-01-10", "{versions:?}");
     }
     // a rollback to the first version writes its plaintext, sealed
     json(
@@ -2944,6 +2934,19 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
     if !citus {
         assert_eq!(filenode(&mut adm), file, "the table was never rewritten");
     }
+}
+
+/// The data of each version of a record, oldest first (`udm_history`).
+fn versions(c: &mut Client, entity: &str, id: &str) -> Vec<Value> {
+    let h = json(
+        c,
+        &format!(
+            "SELECT jsonb_agg(data ORDER BY version) FROM udm_history({}, {})",
+            lit(entity),
+            lit(id)
+        ),
+    );
+    h.as_array().cloned().unwrap_or_default()
 }
 
 /// The definitions of a table's indexes, in one string (ordered by name).

@@ -166,21 +166,32 @@ impl Scope for RelatedScope<'_> {
             .ok_or_else(|| UdmError::internal(format!("entity \"{last}\" vanished")))?;
         let n = hops.len();
         let at = format!("\"r{n}\"");
+        let encrypted = |field: &str| {
+            UdmError::new(
+                SqlState::FeatureNotSupported,
+                format!(
+                    "path \"{text}\": field \"{field}\" of entity \"{last}\" is encrypted and cannot be used in a rule"
+                ),
+            )
+            .hint("the database holds only its ciphertext; check the value in the application")
+        };
+        if let Leaf::Column { column, .. } = &r.leaf {
+            // a field being encrypted in stages reads as plain until its swap, which the rule
+            // would then keep from happening
+            if let Some(f) = last_def
+                .fields
+                .iter()
+                .find(|f| f.column == *column && f.encryption_stage.is_some())
+            {
+                return Err(encrypted(&f.name));
+            }
+        }
         // (the leaf's SQL type, for a list read from one record: see below)
         let (leaf_sql, vtype, leaf_col, pg_type) = match &r.leaf {
             Leaf::Column {
                 sealed: Some(sealed),
                 ..
-            } => {
-                return Err(UdmError::new(
-                    SqlState::FeatureNotSupported,
-                    format!(
-                        "path \"{text}\": field \"{}\" of entity \"{}\" is encrypted and cannot be used in a rule",
-                        sealed.name, sealed.entity
-                    ),
-                )
-                .hint("the database holds only its ciphertext; check the value in the application"))
-            }
+            } => return Err(encrypted(&sealed.name)),
             Leaf::Column { column, .. } => {
                 let (vt, pg) = if SYSTEM_COLUMNS.contains(&column.as_str()) {
                     (system_vtype(column), None)

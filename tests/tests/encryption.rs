@@ -2568,6 +2568,22 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
         let msg = expect_err(&mut m.client, sql, code);
         assert!(msg.contains("day") || msg.contains("doc"), "{sql}: {msg}");
     }
+    // nor a rule of another entity reading it through a relation
+    json(
+        &mut m.client,
+        r#"SELECT udm_define_entity('stop', '{"fields": [
+            {"name": "visit_id", "type": "relation", "target": "visit"},
+            {"name": "seen_on", "type": "date"}]}')"#,
+    );
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_add_rule('stop', '{"name": "after_day", "check": "seen_on >= visit_id.day"}')"#,
+        "0A000",
+    );
+    assert!(
+        msg.contains("field \"day\" of entity \"visit\" is encrypted"),
+        "{msg}"
+    );
     // plain SQL writes are sealed beside the column; what is written to the hidden column is
     // never taken
     m.client
@@ -2844,6 +2860,26 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
             ),
         )
     };
+    // a rule of another entity reading the field keeps it from being staged (its swap could
+    // never happen)
+    json(
+        &mut m.client,
+        r#"SELECT udm_add_rule('stop', '{"name": "not_midnight", "check": "visit_id.back <> ''00:00''"}')"#,
+    );
+    let msg = expect_err(
+        &mut m.client,
+        r#"SELECT udm_alter_field('visit', 'back', '{"encrypted": true}')"#,
+        "2BP01",
+    );
+    assert!(
+        msg.contains("not_midnight") || msg.contains("rule of stop"),
+        "{msg}"
+    );
+    assert!(hidden_columns(&mut adm).is_empty());
+    json(
+        &mut m.client,
+        "SELECT udm_drop_rule('stop', 'not_midnight')",
+    );
     json(
         &mut m.client,
         r#"SELECT udm_alter_field('visit', 'back', '{"encrypted": true}')"#,

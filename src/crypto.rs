@@ -352,6 +352,56 @@ fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<T
     Ok(k)
 }
 
+/// The tenant's keys table (`schema._udm_keys`), its statements.
+pub fn keys_table_sql(schema: &str) -> String {
+    let table = qualified(schema, KEYS_TABLE);
+    format!(
+        "CREATE TABLE {table} (\
+               purpose text NOT NULL CHECK (purpose IN ('data', 'index')), \
+               id integer NOT NULL CHECK (id > 0), \
+               wrapped bytea NOT NULL, \
+               master text NOT NULL, \
+               created_at timestamp with time zone NOT NULL DEFAULT now(), \
+               created_by text NOT NULL, \
+               rewrapped_at timestamp with time zone, \
+               rewrapped_by text, \
+               shredded_at timestamp with time zone, \
+               shredded_by text, \
+               PRIMARY KEY (purpose, id)); \
+             REVOKE ALL ON {table} FROM PUBLIC; \
+             COMMENT ON TABLE {table} IS {}",
+        quote_literal("udm: the tenant's field encryption keys, wrapped by the master key")
+    )
+}
+
+/// That every key a tenant was given with (an import or clone carrying its `_udm_keys`) opens
+/// with a master key this server has: else its encrypted values could not be read, and the
+/// import is refused (the keys of a tenant whose keys were destroyed stay destroyed).
+pub fn check_carried_keys(t: &Tenant) -> Result<()> {
+    if t.relation(KEYS_TABLE).is_none() {
+        return Ok(());
+    }
+    let what = || format!("the encryption keys of tenant \"{}\"", t.slug);
+    let rows = key_rows(t)?;
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    if rows.iter().all(|r| !r[4].is_null()) {
+        return Ok(());
+    }
+    let m = master(&what)?;
+    for r in rows.iter().filter(|r| r[4].is_null()) {
+        let (p, id, wrapped, wrapped_by) = key_row(t, r)?;
+        let by = wrapping_key(t, m, wrapped_by, p, id).map_err(|e| {
+            e.hint(format!(
+                "its keys are wrapped by the master key of the database it comes from ({wrapped_by}): \
+                 give this server that key file as udm.encryption_old_key_file (a restart), \
+                 import again, then run udm_rewrap_keys()"
+            ))
+        })?;
+        c::unwrap_key(by, &wrapped, p, id).map_err(|e| e.context(what()))?;
+    }
+    Ok(())
+}
+
 /// Makes the tenant's keys if an encrypted field of `def` needs them and there are none: a data
 /// key and an index key, random, stored wrapped by the master key. Refused without a master key.
 pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
@@ -369,23 +419,7 @@ pub fn ensure_keys(t: &Tenant, def: &EntityDef) -> Result<()> {
             false,
         )?;
         if t.relation(KEYS_TABLE).is_none() {
-            let create = format!(
-                "CREATE TABLE {table} (\
-                       purpose text NOT NULL CHECK (purpose IN ('data', 'index')), \
-                       id integer NOT NULL CHECK (id > 0), \
-                       wrapped bytea NOT NULL, \
-                       master text NOT NULL, \
-                       created_at timestamp with time zone NOT NULL DEFAULT now(), \
-                       created_by text NOT NULL, \
-                       rewrapped_at timestamp with time zone, \
-                       rewrapped_by text, \
-                       shredded_at timestamp with time zone, \
-                       shredded_by text, \
-                       PRIMARY KEY (purpose, id)); \
-                     REVOKE ALL ON {table} FROM PUBLIC; \
-                     COMMENT ON TABLE {table} IS {}",
-                quote_literal("udm: the tenant's field encryption keys, wrapped by the master key")
-            );
+            let create = keys_table_sql(&t.schema);
             if crate::citus::installed() {
                 // on Citus: distributed into the tenant's schema, on the tenant's node, where its
                 // triggers seal and its queries open the values

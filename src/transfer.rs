@@ -46,7 +46,7 @@ finfo_v1!(pg_finfo_udm_export_rows);
 const STAGED_USERS: &str = "pg_temp.udm_import_users";
 
 /// udm's tables of a tenant that an archive may hold, besides entity tables.
-const INTERNAL: [&str; 11] = [
+const INTERNAL: [&str; 12] = [
     tr::CATALOG,
     tr::USERS,
     tr::ROLES,
@@ -55,6 +55,7 @@ const INTERNAL: [&str; 11] = [
     tr::LOCKS,
     tr::SUBSCRIPTIONS,
     tr::CONSUMERS,
+    tr::KEYS,
     tr::AUDIT,
     tr::AUDIT_LOG,
     tr::AUDIT_HEADS,
@@ -577,6 +578,12 @@ fn create_bare(slug: &str, m: &Manifest, loader: Option<&str>) -> Result<Vec<Str
     if has(tr::SUBSCRIPTIONS) || has(tr::CONSUMERS) {
         sql.push_str(&crate::audit::events::tables_sql(slug, &role));
         sql.push('\n');
+    }
+    if has(tr::KEYS) {
+        // the keys its sealed values were sealed with, wrapped as they were (checked by the
+        // finish: this server must hold the master key that wrapped them)
+        sql.push_str(&crate::crypto::keys_table_sql(slug));
+        sql.push_str(";\n");
     }
     let model = Definitions::new(slug, &m.entities);
     let ctx = ddl::Ctx {
@@ -1216,6 +1223,8 @@ fn finish(imp: &Import) -> Result<Value> {
         as_owner(|| crate::citus::lift_sequences(slug, t.schema_oid))?;
     }
     step("sequences");
+    crate::crypto::check_carried_keys(&t)
+        .map_err(|e| e.context(format!("{what}: its encryption keys")))?;
     let verified = crate::audit::history::verify_tenant(&t)?;
     step("verifying the audit chain");
     if verified["ok"] != json!(true) {
@@ -1298,10 +1307,22 @@ pub fn clone_tenant(source: &str, new_slug: &str, with_data: bool) -> Result<Val
     })?;
     let mut out = finish(&Import {
         slug: new_slug.to_string(),
-        manifest: m,
+        manifest: m.clone(),
         loader: None,
         counted: false,
     })?;
+    if !with_data {
+        // no sealed value came along: keys of its own, as defining its entities would make
+        let t = catalog::tenant(new_slug)?.ok_or_else(|| catalog::no_such_tenant(new_slug))?;
+        let sealed = m.entities.iter().find(|e| {
+            !e.dropped && e.def.fields.iter().any(|f| f.encrypted_or_staged())
+        });
+        if let Some(e) = sealed {
+            crate::crypto::ensure_keys(&t, &e.def).map_err(|err| {
+                err.context(format!("clone of tenant \"{source}\" as \"{new_slug}\""))
+            })?;
+        }
+    }
     out["cloned"] = json!(source);
     out["with_data"] = json!(with_data);
     Ok(out)

@@ -24,10 +24,13 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const FORMAT: &str = "udm-tenant";
 /// The newest archive format this udm writes and reads. A change of what an archive holds, or of
 /// how, is a new version; older versions stay readable.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The first format version that can hold a batched audit log (`AUDIT_LOG`); an archive of a
 /// tenant with a per-change log is still written as version 1.
 pub const BATCHED_FORMAT_VERSION: u32 = 2;
+/// The first format version that can hold a tenant's field encryption keys (`KEYS`, wrapped by
+/// the source database's master key); a tenant without them is still written as before.
+pub const KEYS_FORMAT_VERSION: u32 = 3;
 
 pub const CATALOG: &str = "_udm_entity";
 pub const AUDIT: &str = "_udm_audit";
@@ -46,6 +49,8 @@ pub const TUPLES: &str = crate::ddl::TUPLE_TABLE;
 pub const LOCKS: &str = "_udm_lock";
 pub const SUBSCRIPTIONS: &str = "_udm_subscription";
 pub const CONSUMERS: &str = "_udm_consumer";
+/// The tenant's field encryption keys, wrapped by the master key (`crypto::KEYS_TABLE`).
+pub const KEYS: &str = "_udm_keys";
 
 /// How many entities (and sections, and sequences) a manifest may name: far above what a tenant
 /// has, low enough that a hostile manifest cannot make the import plan without end.
@@ -73,7 +78,7 @@ pub enum Kind {
 /// udm's tables a tenant may have, in archive order: before the entity tables (members and
 /// tuples reference the users table; every section's rows may name users), then after them.
 pub const BEFORE_RECORDS: [&str; 5] = [USERS, GLOBAL_USERS, ROLES, MEMBERS, TUPLES];
-pub const AFTER_RECORDS: [&str; 3] = [LOCKS, SUBSCRIPTIONS, CONSUMERS];
+pub const AFTER_RECORDS: [&str; 4] = [LOCKS, SUBSCRIPTIONS, CONSUMERS, KEYS];
 
 /// The columns of the global users section (the staging table the import loads them into).
 pub const GLOBAL_USER_COLUMNS: [(&str, &str); 7] = [
@@ -168,9 +173,16 @@ impl Manifest {
         self.sections.iter().any(|s| s.name == AUDIT_LOG)
     }
 
+    /// Whether the archive carries the tenant's (wrapped) field encryption keys.
+    pub fn has_keys(&self) -> bool {
+        self.sections.iter().any(|s| s.name == KEYS)
+    }
+
     /// The format version an archive of these sections is written in.
     pub fn version_needed(&self) -> u32 {
-        if self.batched() {
+        if self.has_keys() {
+            KEYS_FORMAT_VERSION
+        } else if self.batched() {
             BATCHED_FORMAT_VERSION
         } else {
             1
@@ -602,6 +614,12 @@ pub fn check_sections(m: &mut Manifest) -> Result<()> {
             m.format_version
         )));
     }
+    if m.has_keys() && m.format_version < KEYS_FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "{ctx}: it has encryption keys (section \"{KEYS}\"), which format version {} cannot hold",
+            m.format_version
+        )));
+    }
     let expected_records = record_sections(&m.entities, batched);
     let mut names = BTreeSet::new();
     for s in &m.sections {
@@ -986,6 +1004,50 @@ mod tests {
         let heads = json!({"name": AUDIT_HEADS, "columns": [], "rows": 0});
         sections.push(heads);
         assert!(parse_manifest(&mixed).is_err());
+    }
+
+    #[test]
+    fn encryption_keys_travel_after_the_records_in_a_newer_format() {
+        let mut m = manifest();
+        assert!(!m.has_keys());
+        assert_eq!(m.version_needed(), 1);
+        let mut internal = internal();
+        internal.insert(KEYS.to_string(), vec![("w".to_string(), "bytea".to_string())]);
+        m.sections = plan_sections(&m.entities, &internal);
+        assert!(m.has_keys());
+        assert_eq!(m.version_needed(), KEYS_FORMAT_VERSION);
+        let names: Vec<&str> = m.sections.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                CATALOG,
+                USERS,
+                GLOBAL_USERS,
+                MEMBERS,
+                "doc",
+                "doc__tags",
+                "tag",
+                KEYS,
+                AUDIT
+            ]
+        );
+        m.format_version = m.version_needed();
+        let back = parse_manifest(&m.to_json()).unwrap();
+        assert_eq!(back.sections, m.sections);
+        assert_eq!(back.sections[7].kind, Kind::Internal);
+        // an older format cannot hold them
+        for older in [1, BATCHED_FORMAT_VERSION] {
+            let mut v = m.to_json();
+            v["format_version"] = json!(older);
+            let e = parse_manifest(&v).unwrap_err();
+            assert!(e.message.contains("encryption keys"), "{}", e.message);
+        }
+        // nor may they come before the records
+        let mut early = m.to_json();
+        let sections = early["sections"].as_array_mut().unwrap();
+        let keys = sections.remove(7);
+        sections.insert(4, keys);
+        assert!(parse_manifest(&early).is_err());
     }
 
     #[test]

@@ -1069,3 +1069,191 @@ fn other_sessions_see_imported_and_cloned_tenants() {
     assert_eq!(v["ok"], json!(true), "{v}");
     assert_eq!(v["rows_checked"], json!(4), "{v}");
 }
+
+/// A tenant with encrypted fields moves with its keys, wrapped by the master key as they were:
+/// an import (into another database of the cluster, which has the same master key) and a clone
+/// with data read its values back, find them through their blind index and seal new ones; a
+/// clone without data gets keys of its own. Keys wrapped by a master key the server does not
+/// have, or damaged, are refused and leave nothing; a tenant whose keys were destroyed moves
+/// with them destroyed.
+#[test]
+fn encrypted_tenants_move_with_their_keys() {
+    let src = Db::shared();
+    let mut su = src.connect("postgres");
+    let t = tenant(&mut su, "trenc");
+    su.query_one("SELECT udm_use($1)", &[&t]).unwrap();
+    su.batch_execute(
+        r#"SELECT udm_define_entity('person', '{"fields": [
+             {"name": "name", "type": "text"},
+             {"name": "ssn", "type": "text", "encrypted": true, "index": true},
+             {"name": "born", "type": "date", "encrypted": true}]}');
+           SELECT udm_insert('person', '{"name": "Ada", "ssn": "123-45-6789", "born": "1815-12-10"}');
+           SELECT udm_rotate_data_key();
+           SELECT udm_insert('person', '{"name": "Bob", "ssn": "987-65-4321", "born": "1900-01-02"}');"#,
+    )
+    .unwrap();
+    let keys = |c: &mut Client, slug: &str| -> Vec<String> {
+        names(
+            c,
+            &format!(
+                "SELECT purpose || id || ':' || encode(wrapped, 'hex') FROM \"{slug}\"._udm_keys ORDER BY 1"
+            ),
+        )
+    };
+    let original = keys(&mut su, &t);
+    assert_eq!(original.len(), 3, "two data keys and an index key");
+    // what a tenant must answer with its keys: the values, a blind index lookup, a new value
+    let reads_back = |c: &mut Client, slug: &str| {
+        c.query_one("SELECT udm_use($1)", &[&slug]).unwrap();
+        let page = json(
+            c,
+            r#"SELECT udm_query('person', '{"columns": ["name", "ssn", "born"], "sort": [{"path": "name"}]}')"#,
+        );
+        assert_eq!(
+            page["rows"],
+            json!([{"name": "Ada", "ssn": "123-45-6789", "born": "1815-12-10"},
+                   {"name": "Bob", "ssn": "987-65-4321", "born": "1900-01-02"}]),
+            "{slug}"
+        );
+        let found = json(
+            c,
+            r#"SELECT udm_query('person', '{"columns": ["name"], "filters": {"ssn": "987-65-4321"}}')"#,
+        );
+        assert_eq!(found["rows"], json!([{"name": "Bob"}]), "{slug}");
+        json(
+            c,
+            r#"SELECT udm_insert('person', '{"name": "Cy", "ssn": "555-55-5555", "born": "2000-02-29"}')"#,
+        );
+        let stored: String = scalar(
+            c,
+            &format!("SELECT ssn FROM \"{slug}\".person WHERE name = 'Cy'"),
+        );
+        assert!(stored.starts_with("udm1:"), "{slug}: {stored}");
+    };
+
+    let adm = udm_admin_role(&mut su);
+    let archive = export(&src, &adm, &t);
+    let manifest: Value =
+        serde_json::from_str(&udm_tenant::Reader::open(&archive[..]).unwrap().manifest).unwrap();
+    assert_eq!(manifest["format_version"], json!(3), "{manifest}");
+
+    // cloned with data, in the same database: the same keys
+    let copy = unique("trencc");
+    json(
+        &mut su,
+        &format!("SELECT udm_clone_tenant({}, {}, true)", lit(&t), lit(&copy)),
+    );
+    assert_eq!(keys(&mut su, &copy), original);
+    reads_back(&mut su, &copy);
+    // definitions only: keys of its own
+    let bare = unique("trencd");
+    json(
+        &mut su,
+        &format!("SELECT udm_clone_tenant({}, {})", lit(&t), lit(&bare)),
+    );
+    let own = keys(&mut su, &bare);
+    assert_eq!(own.len(), 2, "{own:?}");
+    assert!(own.iter().all(|k| !original.contains(k)), "{own:?}");
+    su.query_one("SELECT udm_use($1)", &[&bare]).unwrap();
+    json(
+        &mut su,
+        r#"SELECT udm_insert('person', '{"name": "Di", "ssn": "111-11-1111", "born": "1999-09-09"}')"#,
+    );
+    let g = json(
+        &mut su,
+        r#"SELECT udm_query('person', '{"columns": ["ssn"], "filters": {"ssn": "111-11-1111"}}')"#,
+    );
+    assert_eq!(g["rows"], json!([{"ssn": "111-11-1111"}]));
+
+    // imported into another database
+    let dst = Db::create("udm_tr_enc");
+    let users_before: i64 = scalar(&mut dst.connect("postgres"), "SELECT count(*) FROM udm.app_user");
+    let dadm = udm_admin_role(&mut dst.connect("postgres"));
+    import(&dst, &dadm, &archive, None).unwrap();
+    let mut d = dst.connect("postgres");
+    assert_eq!(keys(&mut d, &t), original);
+    reads_back(&mut d, &t);
+
+    // keys wrapped by a master key this server does not have: refused, naming the tenant
+    let foreign = rewrite(
+        &archive,
+        |_| {},
+        |s, rows| {
+            if s != "_udm_keys" {
+                return rows;
+            }
+            // the master key's fingerprint is the fourth column
+            rows.lines()
+                .map(|l| {
+                    let mut cols: Vec<&str> = l.split('\t').collect();
+                    cols[3] = "0000000000000000";
+                    cols.join("\t") + "\n"
+                })
+                .collect()
+        },
+    );
+    let other = unique("trencf");
+    let err = import(&dst, &dadm, &foreign, Some(&other)).unwrap_err();
+    assert!(
+        err.contains(&format!("import of tenant \"{other}\": its encryption keys"))
+            && err.contains("was wrapped by master key 0000000000000000")
+            && err.contains("55000")
+            && err.contains("udm.encryption_old_key_file"),
+        "{err}"
+    );
+    nothing_of(&dst, &other, users_before);
+    // a wrapped key changed by one byte does not open
+    let damaged = rewrite(
+        &archive,
+        |_| {},
+        |s, rows| {
+            if s != "_udm_keys" {
+                return rows;
+            }
+            // `wrapped` (bytea, third column) is written as \\x<hex>: change its last digit
+            rows.lines()
+                .map(|l| {
+                    let mut cols: Vec<String> = l.split('\t').map(str::to_string).collect();
+                    let last = cols[2].pop().unwrap();
+                    cols[2].push(if last == '0' { '1' } else { '0' });
+                    cols.join("\t") + "\n"
+                })
+                .collect()
+        },
+    );
+    let err = import(&dst, &dadm, &damaged, Some(&other)).unwrap_err();
+    assert!(
+        err.contains(&format!("import of tenant \"{other}\": its encryption keys")),
+        "{err}"
+    );
+    nothing_of(&dst, &other, users_before);
+
+    // destroyed keys stay destroyed in a clone
+    su.query_one("SELECT udm_use($1)", &[&copy]).unwrap();
+    json(
+        &mut su,
+        &format!(
+            "SELECT udm_shred_keys({}, {})",
+            lit(&copy),
+            lit(&format!("destroy the keys of {copy}"))
+        ),
+    );
+    let shredded = unique("trencs");
+    json(
+        &mut su,
+        &format!("SELECT udm_clone_tenant({}, {}, true)", lit(&copy), lit(&shredded)),
+    );
+    su.query_one("SELECT udm_use($1)", &[&shredded]).unwrap();
+    let msg = expect_err(
+        &mut su,
+        r#"SELECT udm_query('person', '{"columns": ["ssn"]}')"#,
+        "55000",
+    );
+    assert!(
+        msg.contains(&format!("the encryption keys of tenant \"{shredded}\" were destroyed")),
+        "{msg}"
+    );
+    // and the original still reads
+    reads_back(&mut su, &t);
+    dst.drop();
+}

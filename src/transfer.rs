@@ -1314,9 +1314,10 @@ pub fn clone_tenant(source: &str, new_slug: &str, with_data: bool) -> Result<Val
     if !with_data {
         // no sealed value came along: keys of its own, as defining its entities would make
         let t = catalog::tenant(new_slug)?.ok_or_else(|| catalog::no_such_tenant(new_slug))?;
-        let sealed = m.entities.iter().find(|e| {
-            !e.dropped && e.def.fields.iter().any(|f| f.encrypted_or_staged())
-        });
+        let sealed = m
+            .entities
+            .iter()
+            .find(|e| !e.dropped && e.def.fields.iter().any(|f| f.encrypted_or_staged()));
         if let Some(e) = sealed {
             crate::crypto::ensure_keys(&t, &e.def).map_err(|err| {
                 err.context(format!("clone of tenant \"{source}\" as \"{new_slug}\""))

@@ -1012,7 +1012,10 @@ mod tests {
         assert!(!m.has_keys());
         assert_eq!(m.version_needed(), 1);
         let mut internal = internal();
-        internal.insert(KEYS.to_string(), vec![("w".to_string(), "bytea".to_string())]);
+        internal.insert(
+            KEYS.to_string(),
+            vec![("w".to_string(), "bytea".to_string())],
+        );
         m.sections = plan_sections(&m.entities, &internal);
         assert!(m.has_keys());
         assert_eq!(m.version_needed(), KEYS_FORMAT_VERSION);

@@ -1167,7 +1167,10 @@ fn encrypted_tenants_move_with_their_keys() {
 
     // imported into another database
     let dst = Db::create("udm_tr_enc");
-    let users_before: i64 = scalar(&mut dst.connect("postgres"), "SELECT count(*) FROM udm.app_user");
+    let users_before: i64 = scalar(
+        &mut dst.connect("postgres"),
+        "SELECT count(*) FROM udm.app_user",
+    );
     let dadm = udm_admin_role(&mut dst.connect("postgres"));
     import(&dst, &dadm, &archive, None).unwrap();
     let mut d = dst.connect("postgres");
@@ -1195,8 +1198,9 @@ fn encrypted_tenants_move_with_their_keys() {
     let other = unique("trencf");
     let err = import(&dst, &dadm, &foreign, Some(&other)).unwrap_err();
     assert!(
-        err.contains(&format!("import of tenant \"{other}\": its encryption keys"))
-            && err.contains("was wrapped by master key 0000000000000000")
+        err.contains(&format!(
+            "import of tenant \"{other}\": its encryption keys"
+        )) && err.contains("was wrapped by master key 0000000000000000")
             && err.contains("55000")
             && err.contains("udm.encryption_old_key_file"),
         "{err}"
@@ -1223,7 +1227,9 @@ fn encrypted_tenants_move_with_their_keys() {
     );
     let err = import(&dst, &dadm, &damaged, Some(&other)).unwrap_err();
     assert!(
-        err.contains(&format!("import of tenant \"{other}\": its encryption keys")),
+        err.contains(&format!(
+            "import of tenant \"{other}\": its encryption keys"
+        )),
         "{err}"
     );
     nothing_of(&dst, &other, users_before);
@@ -1241,7 +1247,11 @@ fn encrypted_tenants_move_with_their_keys() {
     let shredded = unique("trencs");
     json(
         &mut su,
-        &format!("SELECT udm_clone_tenant({}, {}, true)", lit(&copy), lit(&shredded)),
+        &format!(
+            "SELECT udm_clone_tenant({}, {}, true)",
+            lit(&copy),
+            lit(&shredded)
+        ),
     );
     su.query_one("SELECT udm_use($1)", &[&shredded]).unwrap();
     let msg = expect_err(
@@ -1250,7 +1260,9 @@ fn encrypted_tenants_move_with_their_keys() {
         "55000",
     );
     assert!(
-        msg.contains(&format!("the encryption keys of tenant \"{shredded}\" were destroyed")),
+        msg.contains(&format!(
+            "the encryption keys of tenant \"{shredded}\" were destroyed"
+        )),
         "{msg}"
     );
     // and the original still reads

@@ -57,6 +57,7 @@ pub extern "C-unwind" fn _PG_init() {
     transfer::init();
     citus::selection::init();
     citus::constraints::init();
+    citus::copy_errors::init();
     access::users::init();
 }
 

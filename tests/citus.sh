@@ -428,6 +428,22 @@ refused "SET CONSTRAINTS of the rule by name IMMEDIATE: checked at once, with th
 printf 'CP\t%s\n' "$R1" | refused "a COPY deferred: refused at COMMIT with the rule's SQLSTATE" 23514 \
     'product breaks rule "y_in_axis"' \
     -c "BEGIN" -c "SET CONSTRAINTS ALL DEFERRED" -c "COPY rules.product (y_position, roadmap_id) FROM STDIN" -c "COMMIT"
+# Citus passes a worker's COPY error on as XX000 with its message and detail only: udm's worker
+# tags the detail with the SQLSTATE and hint, the coordinator gives them back (copy_errors.rs)
+printf 'CP\t%s\n' "$R1" | refused "a COPY that breaks a rule at once: the rule's SQLSTATE, from the worker" 23514 \
+    'product breaks rule "y_in_axis"' -c "COPY rules.product (y_position, roadmap_id) FROM STDIN"
+got=$(printf 'CP\t%s\n' "$R1" | joined -v VERBOSITY=verbose -c "COPY rules.product (y_position, roadmap_id) FROM STDIN")
+expect "... with its hint, and without the worker's tag" "hint:yes tag:no" \
+    "hint:$(grep -q 'HINT:' <<<"$got" && echo yes || echo no) tag:$(grep -qF '[udm: SQLSTATE' <<<"$got" && echo yes || echo no)"
+refused "INSERT ... SELECT, which Citus sends to the worker by COPY: the rule's SQLSTATE too" 23514 \
+    'product breaks rule "y_in_axis"' \
+    -c "INSERT INTO rules.product (y_position, roadmap_id) SELECT 'NO', '$R1'::uuid FROM generate_series(1, 2)"
+printf 'CP\t%s\n' "$R1" > "$DIR/copy_rule.tsv"
+chmod 644 "$DIR/copy_rule.tsv"
+check "a handler of the COPY's error sees the rule's SQLSTATE (check_violation), not XX000" "caught" \
+    -c "DO \$\$ BEGIN COPY rules.product (y_position, roadmap_id) FROM '$DIR/copy_rule.tsv';
+          EXCEPTION WHEN check_violation THEN RAISE NOTICE 'caught'; END \$\$" \
+    -c "SELECT 'caught'"
 check "after the refusals the product is where the last commit put it" "IM" \
     -c "SELECT y_position FROM rules.product"
 # renaming a field renames its constraints: Citus refuses to propagate that, so udm renames them

@@ -177,8 +177,139 @@ pub fn name_list<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
     out
 }
 
+/// An error a Citus worker sends back for a `COPY` carries its SQLSTATE and hint in the last
+/// line of its detail, after this tag: Citus passes a worker's COPY error on with its message and
+/// detail only (as `XX000`), and the coordinator puts the two back (`remote_copy_error`).
+pub const COPY_ERROR_TAG: &str = "[udm: SQLSTATE ";
+
+/// The detail a worker sends for a COPY error: the error's own detail, then a line with its
+/// SQLSTATE and hint.
+pub fn tag_copy_error(detail: Option<&str>, sqlstate: &str, hint: Option<&str>) -> String {
+    let mut out = String::new();
+    if let Some(d) = detail {
+        out.push_str(d);
+        out.push('\n');
+    }
+    out.push_str(COPY_ERROR_TAG);
+    out.push_str(sqlstate);
+    out.push(']');
+    if let Some(h) = hint {
+        out.push_str(" hint: ");
+        out.push_str(h);
+    }
+    out
+}
+
+/// What a tagged COPY error detail carried: (SQLSTATE, the original detail, the hint). None for a
+/// detail without the tag, or one whose SQLSTATE is not five digits or capitals.
+pub fn remote_copy_error(detail: &str) -> Option<(String, Option<String>, Option<String>)> {
+    let at = detail.rfind(COPY_ERROR_TAG)?;
+    if at > 0 && !detail[..at].ends_with('\n') {
+        return None;
+    }
+    let rest = &detail[at + COPY_ERROR_TAG.len()..];
+    let code = rest.get(..5)?;
+    if !code
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+    {
+        return None;
+    }
+    let after = &rest[5..];
+    let hint = match after.strip_prefix(']')? {
+        "" => None,
+        h => Some(h.strip_prefix(" hint: ")?.to_string()),
+    };
+    let original = (at > 0).then(|| detail[..at - 1].to_string());
+    Some((code.to_string(), original, hint))
+}
+
+/// The five characters of a SQLSTATE in PostgreSQL's integer form (`unpack_sql_state`).
+pub fn unpacked_sqlstate(packed: i32) -> String {
+    (0..5)
+        .map(|i| char::from((((packed >> (6 * i)) & 0x3F) as u8).wrapping_add(b'0')))
+        .collect()
+}
+
+/// Whether `sql` is a `COPY` statement (as Citus sends a shard's rows to a worker).
+pub fn is_copy_statement(sql: &[u8]) -> bool {
+    let sql = sql.trim_ascii_start();
+    sql.len() > 5 && sql[..4].eq_ignore_ascii_case(b"COPY") && sql[4].is_ascii_whitespace()
+}
+
+/// PostgreSQL's integer form of a SQLSTATE (`MAKE_SQLSTATE`), for five digits or capitals.
+pub fn packed_sqlstate(code: &str) -> Option<i32> {
+    let b = code.as_bytes();
+    if b.len() != 5
+        || !b
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+    {
+        return None;
+    }
+    Some(
+        b.iter()
+            .enumerate()
+            .map(|(i, c)| (((*c as i32) - ('0' as i32)) & 0x3F) << (6 * i))
+            .sum(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_copy_error_s_sqlstate_and_hint_travel_in_its_detail() {
+        use super::*;
+        assert!(is_copy_statement(
+            b"COPY s.t_102008 (a) FROM STDIN WITH (format binary)"
+        ));
+        assert!(is_copy_statement(b"  copy\ts FROM STDIN"));
+        assert!(!is_copy_statement(b"COPYx FROM STDIN"));
+        assert!(!is_copy_statement(b"SELECT 1"));
+        let d = tag_copy_error(Some("Failing row: x"), "23514", Some("fix it"));
+        assert_eq!(d, "Failing row: x\n[udm: SQLSTATE 23514] hint: fix it");
+        assert_eq!(
+            remote_copy_error(&d),
+            Some((
+                "23514".into(),
+                Some("Failing row: x".into()),
+                Some("fix it".into())
+            ))
+        );
+        let bare = tag_copy_error(None, "23505", None);
+        assert_eq!(remote_copy_error(&bare), Some(("23505".into(), None, None)));
+        // a multi-line detail keeps its lines; the tag is the last one
+        let d = tag_copy_error(Some("a\nb"), "22P02", None);
+        assert_eq!(
+            remote_copy_error(&d),
+            Some(("22P02".into(), Some("a\nb".into()), None))
+        );
+        // not a tag: inside a line, a bad code, something after the code
+        for d in [
+            "x [udm: SQLSTATE 23514]",
+            "[udm: SQLSTATE 2351]",
+            "[udm: SQLSTATE 23a14]",
+            "[udm: SQLSTATE 23514",
+            "[udm: SQLSTATE 23514]x",
+            "no tag",
+        ] {
+            assert_eq!(remote_copy_error(d), None, "{d}");
+        }
+        // MAKE_SQLSTATE: 23514 (check_violation) and XX000 (internal_error)
+        // (PostgreSQL's ERRCODE_CHECK_VIOLATION and ERRCODE_INTERNAL_ERROR)
+        assert_eq!(packed_sqlstate("23514"), Some(67_391_682));
+        assert_eq!(packed_sqlstate("XX000"), Some(2_600));
+        assert_eq!(packed_sqlstate("00000"), Some(0));
+        assert_eq!(unpacked_sqlstate(67_391_682), "23514");
+        assert_eq!(unpacked_sqlstate(2_600), "XX000");
+        assert_eq!(
+            unpacked_sqlstate(packed_sqlstate("22P02").unwrap()),
+            "22P02"
+        );
+        assert_eq!(packed_sqlstate("2351"), None);
+        assert_eq!(packed_sqlstate("2351x"), None);
+    }
+
     use super::*;
 
     #[test]

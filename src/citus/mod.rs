@@ -28,6 +28,7 @@ use udm_core::ident::{quote_ident, quote_literal, sql_call};
 
 pub mod claims;
 pub mod constraints;
+pub mod copy_errors;
 pub mod events;
 pub mod selection;
 

@@ -121,7 +121,7 @@ unsafe extern "C-unwind" fn process_utility(
             && std::ffi::CStr::from_ptr((*v).name).to_bytes()
                 == super::constraints::SETTING.as_bytes()
     };
-    match PREV_PROCESS_UTILITY.get().copied().flatten() {
+    let run = || match PREV_PROCESS_UTILITY.get().copied().flatten() {
         Some(prev) => prev(stmt, query, read_only_tree, context, params, env, dest, qc),
         None => pg_sys::standard_ProcessUtility(
             stmt,
@@ -133,6 +133,13 @@ unsafe extern "C-unwind" fn process_utility(
             dest,
             qc,
         ),
+    };
+    if tag == pg_sys::NodeTag::T_CopyStmt && super::loaded() {
+        // a worker's refusal of the rows comes back as XX000: with its own SQLSTATE again (the
+        // hook below is called through the FFI guard, so that its ERROR can be caught)
+        super::copy_errors::restoring_sqlstate(|| pg_sys::ffi::pg_guard_ffi_boundary(run));
+    } else {
+        run();
     }
     // SET CONSTRAINTS, applied here, goes on to the workers; there it arrives as that setting
     if tag == pg_sys::NodeTag::T_ConstraintsSetStmt {

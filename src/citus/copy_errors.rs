@@ -1,0 +1,160 @@
+//! The SQLSTATE of a `COPY` refused on a worker. Citus passes a worker's COPY error on with its
+//! message and detail only (its `ReportCopyError`), so a rule or constraint a COPY breaks came
+//! back as `XX000`, without its hint. On a worker, an error of a COPY that a coordinator sent (a
+//! Citus internal connection) carries its SQLSTATE and hint in the last line of its detail
+//! (`udm_core::error::tag_copy_error`). On the coordinator, a COPY's `XX000` that carries them is
+//! raised again with them (so that a savepoint's handler sees the real SQLSTATE), and any other
+//! report of such an `XX000` (the rows of an `INSERT ... SELECT`, which Citus also sends by COPY)
+//! is given them back as it is sent: no client sees the tag.
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+use pgrx::prelude::pg_guard;
+use pgrx::{PgLogLevel, PgSqlErrorCode, PgTryBuilder};
+use std::ffi::CStr;
+use std::panic::AssertUnwindSafe;
+use std::sync::OnceLock;
+use udm_core::error::{
+    is_copy_statement, packed_sqlstate, remote_copy_error, tag_copy_error, unpacked_sqlstate,
+};
+
+static PREV_EMIT: OnceLock<pg_sys::emit_log_hook_type> = OnceLock::new();
+
+/// What Citus names its connections between nodes (`CITUS_APPLICATION_NAME_PREFIX`).
+const INTERNAL_PREFIX: &[u8] = b"citus_internal gpid=";
+
+pub fn init() {
+    unsafe {
+        PREV_EMIT.get_or_init(|| pg_sys::emit_log_hook);
+        pg_sys::emit_log_hook = Some(emit);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn emit(edata: *mut pg_sys::ErrorData) {
+    unsafe {
+        if !tag(edata) {
+            untag(edata);
+        }
+        if let Some(prev) = PREV_EMIT.get().copied().flatten() {
+            prev(edata);
+        }
+    }
+}
+
+unsafe fn text(p: *mut std::ffi::c_char) -> Option<String> {
+    unsafe { (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned()) }
+}
+
+unsafe fn pstrdup(s: &str) -> *mut std::ffi::c_char {
+    match std::ffi::CString::new(s) {
+        Ok(c) => unsafe { pg_sys::pstrdup(c.as_ptr()) },
+        Err(_) => std::ptr::null_mut(),
+    }
+}
+
+/// A worker's SQLSTATE (packed), detail and hint, from the detail of an `XX000` that carries them.
+fn restored(
+    code: PgSqlErrorCode,
+    detail: Option<&str>,
+) -> Option<(i32, Option<String>, Option<String>)> {
+    if code != PgSqlErrorCode::ERRCODE_INTERNAL_ERROR {
+        return None;
+    }
+    let (state, detail, hint) = remote_copy_error(detail?)?;
+    Some((packed_sqlstate(&state)?, detail, hint))
+}
+
+/// An `XX000` being reported that carries a worker's SQLSTATE and hint: given them back (the
+/// report's own hint, if it has one, stays). Nothing here may fail.
+unsafe fn untag(edata: *mut pg_sys::ErrorData) {
+    unsafe {
+        let e = &mut *edata;
+        // (the cheap tests first: this runs for every error reported)
+        if e.elevel < PgLogLevel::ERROR as i32
+            || e.sqlerrcode != PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32
+            || e.detail.is_null()
+        {
+            return;
+        }
+        let Some((code, detail, hint)) = restored(
+            PgSqlErrorCode::from(e.sqlerrcode),
+            text(e.detail).as_deref(),
+        ) else {
+            return;
+        };
+        e.sqlerrcode = code;
+        e.detail = detail.map_or(std::ptr::null_mut(), |d| pstrdup(&d));
+        if e.hint.is_null() {
+            if let Some(h) = hint {
+                e.hint = pstrdup(&h);
+            }
+        }
+    }
+}
+
+/// On a worker, in a coordinator's COPY: the error's SQLSTATE and hint into its detail (true when
+/// this is such a report). Nothing here may fail: it runs while the error is being reported.
+unsafe fn tag(edata: *mut pg_sys::ErrorData) -> bool {
+    unsafe {
+        let e = &mut *edata;
+        if e.elevel < PgLogLevel::ERROR as i32
+            || e.sqlerrcode == PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32
+            || pg_sys::application_name.is_null()
+            || !CStr::from_ptr(pg_sys::application_name)
+                .to_bytes()
+                .starts_with(INTERNAL_PREFIX)
+            || pg_sys::debug_query_string.is_null()
+            || !is_copy_statement(CStr::from_ptr(pg_sys::debug_query_string).to_bytes())
+        {
+            return false;
+        }
+        let detail = text(e.detail);
+        if detail
+            .as_deref()
+            .is_some_and(|d| remote_copy_error(d).is_some())
+        {
+            return true;
+        }
+        let tagged = tag_copy_error(
+            detail.as_deref(),
+            &unpacked_sqlstate(e.sqlerrcode),
+            text(e.hint).as_deref(),
+        );
+        // (in the error's own memory context, as the rest of it)
+        let p = pstrdup(&tagged);
+        if !p.is_null() {
+            e.detail = p;
+        }
+        true
+    }
+}
+
+/// Runs a coordinator's `COPY ... FROM` (`run`); its `XX000` that carries a worker's SQLSTATE
+/// and hint is raised again with them (after the catch, as `error::catch_pg` does).
+pub fn restoring_sqlstate(run: impl FnOnce()) {
+    let restored = PgTryBuilder::new(AssertUnwindSafe(|| {
+        run();
+        None
+    }))
+    .catch_others(|e| {
+        if let CaughtError::PostgresError(r) = &e {
+            if let Some((code, detail, hint)) = restored(r.sql_error_code(), r.detail()) {
+                let mut again =
+                    ErrorReport::new(PgSqlErrorCode::from(code), r.message().to_string(), "udm");
+                if let Some(d) = detail {
+                    again = again.set_detail(d);
+                }
+                if let Some(h) = hint {
+                    again = again.set_hint(h);
+                }
+                return Some(again);
+            }
+        }
+        e.rethrow()
+    })
+    .execute();
+    if let Some(again) = restored {
+        again.report(PgLogLevel::ERROR);
+    }
+}

@@ -1178,23 +1178,27 @@ fn encrypted_tenants_move_with_their_keys() {
     reads_back(&mut d, &t);
 
     // keys wrapped by a master key this server does not have: refused, naming the tenant
-    let foreign = rewrite(
-        &archive,
-        |_| {},
-        |s, rows| {
-            if s != "_udm_keys" {
-                return rows;
-            }
-            // the master key's fingerprint is the fourth column
-            rows.lines()
-                .map(|l| {
-                    let mut cols: Vec<&str> = l.split('\t').collect();
-                    cols[3] = "0000000000000000";
-                    cols.join("\t") + "\n"
-                })
-                .collect()
-        },
-    );
+    // (the archive with each row of its keys section edited, column by column)
+    let keys_edited = |edit: &dyn Fn(&mut Vec<String>)| {
+        rewrite(
+            &archive,
+            |_| {},
+            |s, rows| {
+                if s != "_udm_keys" {
+                    return rows;
+                }
+                rows.lines()
+                    .map(|l| {
+                        let mut cols: Vec<String> = l.split('\t').map(str::to_string).collect();
+                        edit(&mut cols);
+                        cols.join("\t") + "\n"
+                    })
+                    .collect()
+            },
+        )
+    };
+    // the master key's fingerprint is the fourth column
+    let foreign = keys_edited(&|cols| cols[3] = "0000000000000000".into());
     let other = unique("trencf");
     let err = import(&dst, &dadm, &foreign, Some(&other)).unwrap_err();
     assert!(
@@ -1207,24 +1211,11 @@ fn encrypted_tenants_move_with_their_keys() {
     );
     nothing_of(&dst, &other, users_before);
     // a wrapped key changed by one byte does not open
-    let damaged = rewrite(
-        &archive,
-        |_| {},
-        |s, rows| {
-            if s != "_udm_keys" {
-                return rows;
-            }
-            // `wrapped` (bytea, third column) is written as \\x<hex>: change its last digit
-            rows.lines()
-                .map(|l| {
-                    let mut cols: Vec<String> = l.split('\t').map(str::to_string).collect();
-                    let last = cols[2].pop().unwrap();
-                    cols[2].push(if last == '0' { '1' } else { '0' });
-                    cols.join("\t") + "\n"
-                })
-                .collect()
-        },
-    );
+    // (`wrapped`, bytea, the third column, is written as \\x<hex>: its last digit changed)
+    let damaged = keys_edited(&|cols| {
+        let last = cols[2].pop().unwrap();
+        cols[2].push(if last == '0' { '1' } else { '0' });
+    });
     let err = import(&dst, &dadm, &damaged, Some(&other)).unwrap_err();
     assert!(
         err.contains(&format!(

@@ -1086,6 +1086,12 @@ fn a_new_master_key_rewraps_the_tenant_keys() {
         .to_string();
     let get = format!("SELECT udm_get('customer', {})", lit(&id));
     let stored_before: String = scalar(&mut c, "SELECT ssn FROM vault.customer");
+    // the tenant as an archive, its keys wrapped by key a (imported below as "moved")
+    let mut archive = Vec::new();
+    udm_tenant::export(&mut c, "vault", &mut archive).unwrap();
+    let import = |c: &mut Client| -> Result<Value, String> {
+        udm_tenant::import(c, &archive[..], Some("moved")).map_err(|e| e.to_string())
+    };
     let restart = |c: Client, conf: &[(&str, Option<&std::path::Path>)]| {
         let mut c = c;
         for (k, v) in conf {
@@ -1114,12 +1120,35 @@ fn a_new_master_key_rewraps_the_tenant_keys() {
         msg.contains("was wrapped by master key") && msg.contains("udm.encryption_old_key_file"),
         "{msg}"
     );
-    // new and previous: values read, and the keys are wrapped again at once
+    // an archive whose keys key a wrapped is refused by a server with key b alone, saying what
+    // to do, and leaves nothing
+    let err = import(&mut c).unwrap_err();
+    assert!(
+        err.contains("55000")
+            && err.contains("import of tenant \"moved\": its encryption keys")
+            && err.contains("udm.encryption_old_key_file"),
+        "{err}"
+    );
+    let left: i64 = scalar(
+        &mut c,
+        "SELECT (SELECT count(*) FROM udm.tenant WHERE slug = 'moved') + (SELECT count(*) FROM pg_namespace WHERE nspname = 'moved')",
+    );
+    assert_eq!(left, 0);
+    // new and previous: values read, and the keys are wrapped again at once, the imported
+    // tenant's too
     let mut c = restart(c, &[("udm.encryption_old_key_file", Some(&a))]);
     assert_eq!(json(&mut c, &get)["ssn"], SSN);
+    import(&mut c).unwrap();
+    let moved_get = |c: &mut Client| -> Value {
+        c.batch_execute("SELECT udm_use('moved')").unwrap();
+        let v = json(c, &get);
+        c.batch_execute("SELECT udm_use('vault')").unwrap();
+        v
+    };
+    assert_eq!(moved_get(&mut c)["ssn"], SSN);
     let r = json(&mut c, "SELECT udm_rewrap_keys()");
-    assert_eq!(r["keys"], 2, "{r}");
-    assert_eq!(r["tenants"], json!(["vault"]), "{r}");
+    assert_eq!(r["keys"], 4, "{r}");
+    assert_eq!(r["tenants"], json!(["moved", "vault"]), "{r}");
     let again = json(&mut c, "SELECT udm_rewrap_keys()");
     assert_eq!(again["keys"], 0, "{again}");
     let rows: i64 = scalar(
@@ -1130,6 +1159,7 @@ fn a_new_master_key_rewraps_the_tenant_keys() {
     // the new key file alone now suffices; the values themselves never changed
     let mut c = restart(c, &[("udm.encryption_old_key_file", None)]);
     assert_eq!(json(&mut c, &get)["ssn"], SSN);
+    assert_eq!(moved_get(&mut c)["ssn"], SSN);
     let stored_after: String = scalar(&mut c, "SELECT ssn FROM vault.customer");
     assert_eq!(stored_before, stored_after);
     // and the old key file alone no longer opens anything

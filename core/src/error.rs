@@ -231,10 +231,16 @@ pub fn unpacked_sqlstate(packed: i32) -> String {
         .collect()
 }
 
-/// Whether `sql` is a `COPY` statement (as Citus sends a shard's rows to a worker).
-pub fn is_copy_statement(sql: &[u8]) -> bool {
+/// Whether `sql` is a `COPY ... FROM STDIN` statement (as Citus sends a shard's rows to a
+/// worker: `COPY <shard> (<columns>) FROM STDIN WITH (...)`).
+pub fn is_copy_from_stdin(sql: &[u8]) -> bool {
     let sql = sql.trim_ascii_start();
-    sql.len() > 5 && sql[..4].eq_ignore_ascii_case(b"COPY") && sql[4].is_ascii_whitespace()
+    sql.len() > 5
+        && sql[..4].eq_ignore_ascii_case(b"COPY")
+        && sql[4].is_ascii_whitespace()
+        && sql
+            .windows(b" FROM STDIN".len())
+            .any(|w| w.eq_ignore_ascii_case(b" FROM STDIN"))
 }
 
 /// PostgreSQL's integer form of a SQLSTATE (`MAKE_SQLSTATE`), for five digits or capitals.
@@ -260,12 +266,13 @@ mod tests {
     #[test]
     fn a_copy_error_s_sqlstate_and_hint_travel_in_its_detail() {
         use super::*;
-        assert!(is_copy_statement(
+        assert!(is_copy_from_stdin(
             b"COPY s.t_102008 (a) FROM STDIN WITH (format binary)"
         ));
-        assert!(is_copy_statement(b"  copy\ts FROM STDIN"));
-        assert!(!is_copy_statement(b"COPYx FROM STDIN"));
-        assert!(!is_copy_statement(b"SELECT 1"));
+        assert!(is_copy_from_stdin(b"  copy\ts from stdin"));
+        assert!(!is_copy_from_stdin(b"COPYx FROM STDIN"));
+        assert!(!is_copy_from_stdin(b"COPY (SELECT 1) TO STDOUT"));
+        assert!(!is_copy_from_stdin(b"SELECT 1"));
         let d = tag_copy_error(Some("Failing row: x"), "23514", Some("fix it"));
         assert_eq!(d, "Failing row: x\n[udm: SQLSTATE 23514] hint: fix it");
         assert_eq!(

@@ -5,7 +5,9 @@
 //! (`udm_core::error::tag_copy_error`). On the coordinator, a COPY's `XX000` that carries them is
 //! raised again with them (so that a savepoint's handler sees the real SQLSTATE), and any other
 //! report of such an `XX000` (the rows of an `INSERT ... SELECT`, which Citus also sends by COPY)
-//! is given them back as it is sent: no client sees the tag.
+//! is given them back as it is sent; a report with another SQLSTATE only loses the tag: no client
+//! sees it. (PostgreSQL calls the hook only for a report it writes to the server log, which
+//! `log_min_messages` at its default, `warning`, does for every error.)
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
@@ -15,7 +17,7 @@ use std::ffi::CStr;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 use udm_core::error::{
-    is_copy_statement, packed_sqlstate, remote_copy_error, tag_copy_error, unpacked_sqlstate,
+    is_copy_from_stdin, packed_sqlstate, remote_copy_error, tag_copy_error, unpacked_sqlstate,
 };
 
 static PREV_EMIT: OnceLock<pg_sys::emit_log_hook_type> = OnceLock::new();
@@ -65,25 +67,30 @@ fn restored(
     Some((packed_sqlstate(&state)?, detail, hint))
 }
 
-/// An `XX000` being reported that carries a worker's SQLSTATE and hint: given them back (the
-/// report's own hint, if it has one, stays). Nothing here may fail.
+/// A report whose detail carries a worker's SQLSTATE and hint: an `XX000` (Citus's report of a
+/// worker's COPY error) is given them back; any other loses the tag only (the hint stays the
+/// report's own when it has one). Nothing here may fail.
 unsafe fn untag(edata: *mut pg_sys::ErrorData) {
     unsafe {
         let e = &mut *edata;
         // (the cheap tests first: this runs for every error reported)
-        if e.elevel < PgLogLevel::ERROR as i32
-            || e.sqlerrcode != PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32
-            || e.detail.is_null()
-        {
+        if e.elevel < PgLogLevel::ERROR as i32 || e.detail.is_null() {
             return;
         }
-        let Some((code, detail, hint)) = restored(
-            PgSqlErrorCode::from(e.sqlerrcode),
-            text(e.detail).as_deref(),
-        ) else {
+        let tag = udm_core::error::COPY_ERROR_TAG.as_bytes();
+        let detail = CStr::from_ptr(e.detail).to_bytes();
+        if !detail.windows(tag.len()).any(|w| w == tag) {
+            return;
+        }
+        let Some((state, detail, hint)) = text(e.detail).as_deref().and_then(remote_copy_error)
+        else {
             return;
         };
-        e.sqlerrcode = code;
+        if e.sqlerrcode == PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32 {
+            if let Some(code) = packed_sqlstate(&state) {
+                e.sqlerrcode = code;
+            }
+        }
         e.detail = detail.map_or(std::ptr::null_mut(), |d| pstrdup(&d));
         if e.hint.is_null() {
             if let Some(h) = hint {
@@ -105,7 +112,7 @@ unsafe fn tag(edata: *mut pg_sys::ErrorData) -> bool {
                 .to_bytes()
                 .starts_with(INTERNAL_PREFIX)
             || pg_sys::debug_query_string.is_null()
-            || !is_copy_statement(CStr::from_ptr(pg_sys::debug_query_string).to_bytes())
+            || !is_copy_from_stdin(CStr::from_ptr(pg_sys::debug_query_string).to_bytes())
         {
             return false;
         }

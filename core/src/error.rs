@@ -243,6 +243,20 @@ pub fn is_copy_from_stdin(sql: &[u8]) -> bool {
             .any(|w| w.eq_ignore_ascii_case(b" FROM STDIN"))
 }
 
+/// What a report (`code`, PostgreSQL's packed SQLSTATE; its `detail`) becomes when its detail
+/// carries a worker's tag: (its SQLSTATE, the detail without the tag, the worker's hint). Only an
+/// `XX000` (Citus's report of a worker's COPY error) takes the worker's SQLSTATE; any other keeps
+/// its own and loses the tag. None without a tag.
+pub fn untagged_report(code: i32, detail: &str) -> Option<(i32, Option<String>, Option<String>)> {
+    let (state, detail, hint) = remote_copy_error(detail)?;
+    let internal = packed_sqlstate("XX000").expect("a SQLSTATE");
+    let code = match packed_sqlstate(&state) {
+        Some(worker) if code == internal => worker,
+        _ => code,
+    };
+    Some((code, detail, hint))
+}
+
 /// PostgreSQL's integer form of a SQLSTATE (`MAKE_SQLSTATE`), for five digits or capitals.
 pub fn packed_sqlstate(code: &str) -> Option<i32> {
     let b = code.as_bytes();
@@ -314,6 +328,23 @@ mod tests {
             "22P02"
         );
         assert_eq!(packed_sqlstate("2351"), None);
+        // a report: an XX000 takes the worker's SQLSTATE, another keeps its own; both lose the tag
+        let tagged = tag_copy_error(Some("d"), "23505", Some("h"));
+        let xx000 = packed_sqlstate("XX000").unwrap();
+        let division = packed_sqlstate("22012").unwrap();
+        assert_eq!(
+            untagged_report(xx000, &tagged),
+            Some((
+                packed_sqlstate("23505").unwrap(),
+                Some("d".into()),
+                Some("h".into())
+            ))
+        );
+        assert_eq!(
+            untagged_report(division, &tagged),
+            Some((division, Some("d".into()), Some("h".into())))
+        );
+        assert_eq!(untagged_report(xx000, "d"), None);
         assert_eq!(packed_sqlstate("2351x"), None);
     }
 

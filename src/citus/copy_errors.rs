@@ -17,7 +17,7 @@ use std::ffi::CStr;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 use udm_core::error::{
-    is_copy_from_stdin, packed_sqlstate, remote_copy_error, tag_copy_error, unpacked_sqlstate,
+    is_copy_from_stdin, remote_copy_error, tag_copy_error, unpacked_sqlstate, untagged_report,
 };
 
 static PREV_EMIT: OnceLock<pg_sys::emit_log_hook_type> = OnceLock::new();
@@ -55,18 +55,6 @@ unsafe fn pstrdup(s: &str) -> *mut std::ffi::c_char {
     }
 }
 
-/// A worker's SQLSTATE (packed), detail and hint, from the detail of an `XX000` that carries them.
-fn restored(
-    code: PgSqlErrorCode,
-    detail: Option<&str>,
-) -> Option<(i32, Option<String>, Option<String>)> {
-    if code != PgSqlErrorCode::ERRCODE_INTERNAL_ERROR {
-        return None;
-    }
-    let (state, detail, hint) = remote_copy_error(detail?)?;
-    Some((packed_sqlstate(&state)?, detail, hint))
-}
-
 /// A report whose detail carries a worker's SQLSTATE and hint: an `XX000` (Citus's report of a
 /// worker's COPY error) is given them back; any other loses the tag only (the hint stays the
 /// report's own when it has one). Nothing here may fail.
@@ -82,15 +70,13 @@ unsafe fn untag(edata: *mut pg_sys::ErrorData) {
         if !detail.windows(tag.len()).any(|w| w == tag) {
             return;
         }
-        let Some((state, detail, hint)) = text(e.detail).as_deref().and_then(remote_copy_error)
+        let Some((code, detail, hint)) = text(e.detail)
+            .as_deref()
+            .and_then(|d| untagged_report(e.sqlerrcode, d))
         else {
             return;
         };
-        if e.sqlerrcode == PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32 {
-            if let Some(code) = packed_sqlstate(&state) {
-                e.sqlerrcode = code;
-            }
-        }
+        e.sqlerrcode = code;
         e.detail = detail.map_or(std::ptr::null_mut(), |d| pstrdup(&d));
         if e.hint.is_null() {
             if let Some(h) = hint {
@@ -137,8 +123,9 @@ unsafe fn tag(edata: *mut pg_sys::ErrorData) -> bool {
     }
 }
 
-/// Runs a coordinator's `COPY ... FROM` (`run`); its `XX000` that carries a worker's SQLSTATE
-/// and hint is raised again with them (after the catch, as `error::catch_pg` does).
+/// Runs a coordinator's `COPY` (`run`); its error that carries a worker's tag is raised again
+/// without it, an `XX000` with the worker's SQLSTATE and hint (after the catch, as
+/// `error::catch_pg` does).
 pub fn restoring_sqlstate(run: impl FnOnce()) {
     let restored = PgTryBuilder::new(AssertUnwindSafe(|| {
         run();
@@ -146,7 +133,10 @@ pub fn restoring_sqlstate(run: impl FnOnce()) {
     }))
     .catch_others(|e| {
         if let CaughtError::PostgresError(r) = &e {
-            if let Some((code, detail, hint)) = restored(r.sql_error_code(), r.detail()) {
+            let report = r
+                .detail()
+                .and_then(|d| untagged_report(r.sql_error_code() as i32, d));
+            if let Some((code, detail, hint)) = report {
                 let mut again =
                     ErrorReport::new(PgSqlErrorCode::from(code), r.message().to_string(), "udm");
                 if let Some(d) = detail {

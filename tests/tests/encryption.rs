@@ -911,17 +911,12 @@ fn data_key_rotation_under_concurrent_writes_loses_nothing() {
     );
 
     // a writer in another session: updates notes of records 1..300 in a loop
-    let role = m.role.clone();
-    let tenant = t.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let writer = std::thread::spawn(move || {
-        let mut w = connect_as(&role);
-        w.query_one("SELECT udm_use($1)", &[&tenant]).unwrap();
-        let mut round = 0;
-        let mut last = std::collections::HashMap::new();
-        while !stop2.load(std::sync::atomic::Ordering::SeqCst) || round < 3 {
-            round += 1;
+    let (stop, writer) = writer_session(
+        &m.role,
+        &t,
+        3,
+        std::collections::HashMap::new(),
+        |w, tenant, round, last| {
             for i in (round % 7..300).step_by(7) {
                 let note = format!("round {round} of c{}", i + 1);
                 w.execute(
@@ -931,9 +926,8 @@ fn data_key_rotation_under_concurrent_writes_loses_nothing() {
                 .unwrap();
                 last.insert(format!("c{}", i + 1), note);
             }
-        }
-        last
-    });
+        },
+    );
     // re-encryption in batches, with progress
     let mut progress = Vec::new();
     loop {
@@ -950,7 +944,7 @@ fn data_key_rotation_under_concurrent_writes_loses_nothing() {
             "re-encryption does not finish: {progress:?}"
         );
     }
-    let last = writer.join().unwrap();
+    let (last, _) = writer.join().unwrap();
     // one more pass after the writer stopped: nothing left
     let r = json(&mut m.client, "SELECT udm_reencrypt('customer')");
     assert_eq!(r["remaining"], 0, "{r}");
@@ -1002,6 +996,36 @@ fn data_key_rotation_under_concurrent_writes_loses_nothing() {
 }
 
 /// A key file readable by the server only (as root: owned by postgres).
+/// A writer in another session, as `role` in `tenant`: `round(client, tenant, n, state)` for
+/// rounds n = 1, 2, ... until `stop` is set and at least `min_rounds` ran. Joined, it answers its
+/// state and the number of rounds.
+fn writer_session<S: Send + 'static>(
+    role: &str,
+    tenant: &str,
+    min_rounds: u32,
+    state: S,
+    mut round: impl FnMut(&mut Client, &str, u32, &mut S) + Send + 'static,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<(S, u32)>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let (role, tenant) = (role.to_string(), tenant.to_string());
+    let handle = std::thread::spawn(move || {
+        let mut w = connect_as(&role);
+        w.query_one("SELECT udm_use($1)", &[&tenant]).unwrap();
+        let mut state = state;
+        let mut n = 0;
+        while !stopped.load(std::sync::atomic::Ordering::SeqCst) || n < min_rounds {
+            n += 1;
+            round(&mut w, &tenant, n, &mut state);
+        }
+        (state, n)
+    });
+    (stop, handle)
+}
+
 fn key_file(path: &std::path::Path) {
     let hex: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
     std::fs::write(path, hex).unwrap();
@@ -1882,17 +1906,12 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
     }
 
     // the rest, with a writer in another session that keeps changing notes
-    let role = m.role.clone();
-    let tenant = t.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let writer = std::thread::spawn(move || {
-        let mut w = connect_as(&role);
-        w.query_one("SELECT udm_use($1)", &[&tenant]).unwrap();
-        let mut last = std::collections::HashMap::new();
-        let mut round = 0;
-        while !stop2.load(std::sync::atomic::Ordering::SeqCst) || round < 2 {
-            round += 1;
+    let (stop, writer) = writer_session(
+        &m.role,
+        &t,
+        2,
+        std::collections::HashMap::new(),
+        |w, tenant, round, last| {
             for i in (1 + round % 5..=300).step_by(5) {
                 let note = format!("r{round} p{i}");
                 w.execute(
@@ -1902,9 +1921,8 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
                 .unwrap();
                 last.insert(format!("p{i}"), note);
             }
-        }
-        last
-    });
+        },
+    );
     let mut completed = Vec::new();
     let mut progress = Vec::new();
     let began = std::time::Instant::now();
@@ -1929,7 +1947,7 @@ fn encryption_turned_on_and_off_for_existing_fields_online() {
             "{progress:?}"
         );
     }
-    let last = writer.join().unwrap();
+    let (last, _) = writer.join().unwrap();
     let (_, more) = convert_all(&mut m.client, "patient", 1000);
     completed.extend(more);
     completed.sort();
@@ -2674,27 +2692,16 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
     grant_tenant(&mut adm, &format!("{t}c"), &m.role);
 
     // sealed in batches while another session writes; the records read right all along
-    let role = m.role.clone();
-    let tenant = t.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let writer = std::thread::spawn(move || {
-        let mut w = connect_as(&role);
-        w.query_one("SELECT udm_use($1)", &[&tenant]).unwrap();
-        let mut round = 0;
-        while !stop2.load(std::sync::atomic::Ordering::SeqCst) || round < 2 {
-            round += 1;
-            for i in (1 + round % 4..=120).step_by(4) {
-                w.execute(
-                    &format!(
-                        "UPDATE \"{tenant}\".visit SET doc = jsonb_build_object('i', {i}, 'tag', 'marker-' || (4700 + {i}), 'round', {round}) WHERE name = 'v{i}'"
-                    ),
-                    &[],
-                )
-                .unwrap();
-            }
+    let (stop, writer) = writer_session(&m.role, &t, 2, (), |w, tenant, round, _| {
+        for i in (1 + round % 4..=120).step_by(4) {
+            w.execute(
+                &format!(
+                    "UPDATE \"{tenant}\".visit SET doc = jsonb_build_object('i', {i}, 'tag', 'marker-' || (4700 + {i}), 'round', {round}) WHERE name = 'v{i}'"
+                ),
+                &[],
+            )
+            .unwrap();
         }
-        round
     });
     let mut swapped = Vec::new();
     let mut progress = Vec::new();
@@ -2721,7 +2728,7 @@ fn encryption_turned_on_for_json_and_dates_never_rewrites_the_table() {
             "{progress:?}"
         );
     }
-    let rounds = writer.join().unwrap();
+    let ((), rounds) = writer.join().unwrap();
     swapped.sort();
     assert_eq!(swapped, ["at", "day", "doc"], "{progress:?}");
     // swapped: encrypted fields now, every value sealed in the column, the old plaintext beside

@@ -387,7 +387,7 @@ pub fn check_carried_keys(t: &Tenant) -> Result<()> {
     if rows.iter().all(|r| !r[4].is_null()) {
         return Ok(());
     }
-    let m = master(&what)?;
+    let m = master(&|| format!("a field of tenant \"{}\"", t.slug))?;
     for r in rows.iter().filter(|r| r[4].is_null()) {
         let (p, id, wrapped, wrapped_by) = key_row(t, r)?;
         let by = wrapping_key(t, m, wrapped_by, p, id).map_err(|e| {

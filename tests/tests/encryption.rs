@@ -863,6 +863,27 @@ fn a_server_without_the_key_file_refuses_encrypted_fields() {
         r#"SELECT udm_query('customer', '{"columns": ["name"]}')"#,
     );
     assert_eq!(page["rows"], json!([{"name": "Ada"}]));
+    // the tenant's archive, with its keys, is refused here too, and leaves nothing
+    let mut archive = Vec::new();
+    udm_tenant::export(&mut adm, &m.tenant, &mut archive).unwrap();
+    let mut nk = connect("nokey", "postgres");
+    let err = udm_tenant::import(&mut nk, &archive[..], Some("nokeycopy"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("55000")
+            && err.contains("import of tenant \"nokeycopy\": its encryption keys")
+            && err.contains(
+                "a field of tenant \"nokeycopy\" is encrypted and this server has no master key"
+            )
+            && err.contains("udm.encryption_key_file"),
+        "{err}"
+    );
+    let left: i64 = scalar(
+        &mut nk,
+        "SELECT (SELECT count(*) FROM udm.tenant WHERE slug = 'nokeycopy') + (SELECT count(*) FROM pg_namespace WHERE nspname = 'nokeycopy')",
+    );
+    assert_eq!(left, 0);
     drop(c);
     drop(pg);
     let _ = Command::new(&cluster)

@@ -444,6 +444,10 @@ check "a handler of the COPY's error sees the rule's SQLSTATE (check_violation),
     -c "DO \$\$ BEGIN COPY rules.product (y_position, roadmap_id) FROM '$DIR/copy_rule.tsv';
           EXCEPTION WHEN check_violation THEN RAISE NOTICE 'caught'; END \$\$" \
     -c "SELECT 'caught'"
+refused "... a handler of an INSERT ... SELECT's error still sees XX000 (as the README says): the error reaches the client, with the rule's SQLSTATE" 23514 \
+    'product breaks rule "y_in_axis"' \
+    -c "DO \$\$ BEGIN INSERT INTO rules.product (y_position, roadmap_id) SELECT 'NO', '$R1'::uuid FROM generate_series(1, 2);
+          EXCEPTION WHEN check_violation THEN RAISE NOTICE 'caught'; END \$\$"
 check "after the refusals the product is where the last commit put it" "IM" \
     -c "SELECT y_position FROM rules.product"
 # renaming a field renames its constraints: Citus refuses to propagate that, so udm renames them

@@ -879,11 +879,7 @@ fn a_server_without_the_key_file_refuses_encrypted_fields() {
             && err.contains("udm.encryption_key_file"),
         "{err}"
     );
-    let left: i64 = scalar(
-        &mut nk,
-        "SELECT (SELECT count(*) FROM udm.tenant WHERE slug = 'nokeycopy') + (SELECT count(*) FROM pg_namespace WHERE nspname = 'nokeycopy')",
-    );
-    assert_eq!(left, 0);
+    no_tenant_left(&mut nk, "nokeycopy");
     drop(c);
     drop(pg);
     let _ = Command::new(&cluster)
@@ -1047,6 +1043,19 @@ fn writer_session<S: Send + 'static>(
     (stop, handle)
 }
 
+/// Nothing of tenant `slug` is in the database `c` is connected to: no registry row, no schema
+/// (what a refused import must leave).
+fn no_tenant_left(c: &mut Client, slug: &str) {
+    let left: i64 = scalar(
+        c,
+        &format!(
+            "SELECT (SELECT count(*) FROM udm.tenant WHERE slug = {s}) + (SELECT count(*) FROM pg_namespace WHERE nspname = {s})",
+            s = lit(slug)
+        ),
+    );
+    assert_eq!(left, 0, "a refused import of {slug} left something");
+}
+
 fn key_file(path: &std::path::Path) {
     let hex: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
     std::fs::write(path, hex).unwrap();
@@ -1174,11 +1183,7 @@ fn a_new_master_key_rewraps_the_tenant_keys() {
             && err.contains("udm.encryption_old_key_file"),
         "{err}"
     );
-    let left: i64 = scalar(
-        &mut c,
-        "SELECT (SELECT count(*) FROM udm.tenant WHERE slug = 'moved') + (SELECT count(*) FROM pg_namespace WHERE nspname = 'moved')",
-    );
-    assert_eq!(left, 0);
+    no_tenant_left(&mut c, "moved");
     // new and previous: values read, and the keys are wrapped again at once, the imported
     // tenant's too
     let mut c = restart(c, &[("udm.encryption_old_key_file", Some(&a))]);

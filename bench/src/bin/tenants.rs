@@ -96,7 +96,7 @@ fn plain_template(c: &mut Client) -> (String, String) {
 
 fn main() {
     let tenants: usize = setting("TENANTS", 10_000);
-    // PARTS=2,3,4 runs some parts on the database an earlier run left (REUSE=1)
+    // PARTS=2,3,4 runs some parts (part 1 always runs unless REUSE=1 reuses an earlier run's database)
     let parts: String = setting("PARTS", "1,2,3,4,5".to_string());
     let part = |n: &str| parts.split(',').any(|p| p.trim() == n);
     if setting("REUSE", 0) == 1 {
@@ -214,10 +214,18 @@ fn main() {
         }
     );
 
-    part2(&mut c, tenants);
-    part3(tenants);
-    part4(tenants);
-    part5(tenants);
+    if part("2") {
+        part2(&mut c, tenants);
+    }
+    if part("3") {
+        part3(tenants);
+    }
+    if part("4") {
+        part4(tenants);
+    }
+    if part("5") {
+        part5(tenants);
+    }
 }
 
 fn part2(c: &mut Client, tenants: usize) {

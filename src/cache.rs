@@ -36,6 +36,9 @@ struct Slot<V> {
     value: V,
     tick: u64,
     bytes: usize,
+    /// The tenant the entry was built for (its catalog table's oid), or 0 when it was not built
+    /// for one tenant alone.
+    scope: u32,
 }
 
 /// A cache whose entries count against the budget.
@@ -46,6 +49,10 @@ pub struct Lru<K, V> {
     order: BTreeMap<u64, K>,
     bytes: usize,
     generation: u64,
+    /// Whether the entries are built on tenants' definitions (the cache is synced with their
+    /// generation, or holds entries of one tenant): a tenant's invalidation drops its entries
+    /// and those of no single tenant.
+    bound: bool,
     registered: bool,
     hits: u64,
     misses: u64,
@@ -62,6 +69,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Lru<K, V> {
             order: BTreeMap::new(),
             bytes: 0,
             generation: u64::MAX,
+            bound: false,
             registered: false,
             hits: 0,
             misses: 0,
@@ -87,15 +95,17 @@ impl<K: Eq + Hash + Clone, V: Clone> Lru<K, V> {
         }
     }
 
-    fn insert(&mut self, k: K, v: V, bytes: usize) {
+    fn insert(&mut self, k: K, v: V, bytes: usize, scope: u32) {
         let bytes = bytes + ENTRY_OVERHEAD;
         let t = tick();
+        self.bound |= scope != 0;
         if let Some(old) = self.map.insert(
             k.clone(),
             Slot {
                 value: v,
                 tick: t,
                 bytes,
+                scope,
             },
         ) {
             self.order.remove(&old.tick);
@@ -115,6 +125,26 @@ impl<K: Eq + Hash + Clone, V: Clone> Lru<K, V> {
         self.map.clear();
         self.order.clear();
         self.account(-b);
+    }
+
+    /// Drops the entries of the tenants `scopes` and those of no single tenant; a cache not built
+    /// on definitions keeps all.
+    fn drop_scopes(&mut self, scopes: &[u32]) {
+        if !self.bound {
+            return;
+        }
+        let before = self.bytes;
+        let mut freed = 0usize;
+        self.map.retain(|_, s| {
+            let keep = s.scope != 0 && !scopes.contains(&s.scope);
+            if !keep {
+                freed += s.bytes;
+            }
+            keep
+        });
+        let map = &self.map;
+        self.order.retain(|_, k| map.contains_key(k));
+        self.account(-(freed.min(before) as isize));
     }
 
     /// The tick of the entry used least recently (fixing up entries used since they were placed).
@@ -154,6 +184,8 @@ trait Member {
     fn oldest(&'static self) -> Option<u64>;
     fn evict_oldest(&'static self) -> bool;
     fn stats(&'static self) -> Option<Stats>;
+    /// False when the cache is in use and could not drop them.
+    fn drop_scopes(&'static self, scopes: &[u32]) -> bool;
 }
 
 impl<K: Eq + Hash + Clone + 'static, V: Clone + 'static> Member for LocalKey<Cache<K, V>> {
@@ -165,6 +197,13 @@ impl<K: Eq + Hash + Clone + 'static, V: Clone + 'static> Member for LocalKey<Cac
             c.try_borrow_mut()
                 .map(|mut c| c.evict_oldest())
                 .unwrap_or(false)
+        })
+    }
+    fn drop_scopes(&'static self, scopes: &[u32]) -> bool {
+        self.with(|c| {
+            c.try_borrow_mut()
+                .map(|mut c| c.drop_scopes(scopes))
+                .is_ok()
         })
     }
     fn stats(&'static self) -> Option<Stats> {
@@ -250,7 +289,7 @@ pub fn put<K: Eq + Hash + Clone + 'static, V: Clone + 'static>(
     bytes: usize,
 ) {
     register(c);
-    c.with(|x| x.borrow_mut().insert(k, v, bytes));
+    c.with(|x| x.borrow_mut().insert(k, v, bytes, 0));
     enforce();
 }
 
@@ -260,6 +299,33 @@ pub fn clear<K: Eq + Hash + Clone + 'static, V: Clone + 'static>(
     c.with(|x| x.borrow_mut().clear())
 }
 
+/// Caches `v` for `k` as an entry built for one tenant alone (`scope`: its catalog table's
+/// oid, `Tenant::scope`): when that tenant's definitions change, [`drop_scopes`] drops it, and
+/// the entries of other tenants stay.
+pub fn put_scoped<K: Eq + Hash + Clone + 'static, V: Clone + 'static>(
+    c: &'static LocalKey<Cache<K, V>>,
+    scope: u32,
+    k: K,
+    v: V,
+    bytes: usize,
+) {
+    register(c);
+    c.with(|x| x.borrow_mut().insert(k, v, bytes, scope));
+    enforce();
+}
+
+/// Drops, from every cache built on definitions, the entries of the tenants `scopes` and those
+/// of no single tenant. False when a cache could not be reached (then the caller must drop
+/// everything).
+pub fn drop_scopes(scopes: &[u32]) -> bool {
+    let members: Vec<&'static dyn Member> = MEMBERS.with(|m| m.borrow().clone());
+    let mut all = true;
+    for m in members {
+        all &= m.drop_scopes(scopes);
+    }
+    all
+}
+
 /// Empties the cache when `generation` (of the definitions its entries were built on) moved.
 pub fn sync<K: Eq + Hash + Clone + 'static, V: Clone + 'static>(
     c: &'static LocalKey<Cache<K, V>>,
@@ -267,6 +333,7 @@ pub fn sync<K: Eq + Hash + Clone + 'static, V: Clone + 'static>(
 ) {
     c.with(|x| {
         let mut x = x.borrow_mut();
+        x.bound = true;
         if x.generation != generation {
             x.clear();
             x.generation = generation;

@@ -17,7 +17,7 @@ use crate::error::{spi_err, Result, SqlState, UdmError};
 use crate::json::JsonB;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use udm_core::definition::EntityDef;
 use udm_core::ident::{printable, quote_ident, validate_slug, SlugKind};
@@ -54,6 +54,12 @@ impl Tenant {
     }
 
     /// The oid of a relation (table, index, sequence) in the tenant's schema, if there is one.
+    /// What identifies the tenant's entries in udm's caches (`cache::put_scoped`): its catalog
+    /// table's oid, whose invalidation (and that of its entity tables) drops them.
+    pub fn scope(&self) -> u32 {
+        self.catalog_oid.to_u32()
+    }
+
     pub fn relation(&self, name: &str) -> Option<pg_sys::Oid> {
         let c = std::ffi::CString::new(name).ok()?;
         let oid = unsafe { pg_sys::get_relname_relid(c.as_ptr(), self.schema_oid) };
@@ -130,14 +136,20 @@ thread_local! {
     static ENTITIES: Cache<(String, String), Rc<Entity>> = Lru::new("entity definitions");
     /// Parsed definitions by (entity, stored jsonb bytes), shared by tenants with equal ones.
     static PARSED: Cache<(String, Vec<u8>), Rc<EntityDef>> = Lru::new("parsed definitions");
-    /// Catalog and entity tables whose invalidation makes the cache stale (a few bytes each).
-    static WATCHED: RefCell<HashSet<pg_sys::Oid>> = RefCell::new(HashSet::new());
-    /// Entity definitions may be out of date.
+    /// Catalog and entity tables whose invalidation makes their tenant's cached definitions
+    /// stale, with that tenant's scope (`Tenant::scope`; a few bytes each).
+    static WATCHED: RefCell<HashMap<pg_sys::Oid, u32>> = RefCell::new(HashMap::new());
+    /// Every tenant's cached definitions may be out of date.
     static STALE: Cell<bool> = const { Cell::new(false) };
+    /// The tenants (scopes) whose cached definitions may be out of date.
+    static STALE_SCOPES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// Counts every drop of cached definitions, of all tenants or of some.
+    static CHANGES: Cell<u64> = const { Cell::new(0) };
     /// The tenant registry may be out of date.
     static TENANTS_STALE: Cell<bool> = const { Cell::new(false) };
     static REGISTRY_OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-    /// Counts how often cached definitions were dropped; caches built on them compare it.
+    /// Counts how often every tenant's cached definitions were dropped; caches built on them
+    /// compare it (a drop of some tenants' goes through `cache::drop_scopes`).
     static GENERATION: Cell<u64> = const { Cell::new(0) };
     /// Bumped whenever the cached tenant registry is dropped (a tenant made, changed, dropped).
     static REGISTRY_GENERATION: Cell<u64> = const { Cell::new(0) };
@@ -171,8 +183,28 @@ unsafe extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid)
         TENANTS_STALE.with(|s| s.set(true));
         return;
     }
-    let watched = WATCHED.with(|w| w.try_borrow().map(|w| w.contains(&relid)).unwrap_or(true));
-    if watched {
+    // a tenant's catalog or one of its tables (an entity's definition changed, or only the
+    // table's statistics, by VACUUM or ANALYZE): that tenant's cached definitions go, the
+    // other tenants' stay
+    match WATCHED.with(|w| w.try_borrow().map(|w| w.get(&relid).copied())) {
+        Ok(None) => {}
+        Ok(Some(scope)) => stale_scope(scope),
+        Err(_) => STALE.with(|s| s.set(true)),
+    }
+}
+
+/// Marks the cached definitions of the tenant `scope` out of date.
+fn stale_scope(scope: u32) {
+    let queued = STALE_SCOPES.with(|s| {
+        s.try_borrow_mut()
+            .map(|mut s| {
+                if !s.contains(&scope) {
+                    s.push(scope);
+                }
+            })
+            .is_ok()
+    });
+    if !queued {
         STALE.with(|s| s.set(true));
     }
 }
@@ -227,17 +259,33 @@ fn refresh_if_stale() {
         cache::clear(&TENANTS);
         REGISTRY_GENERATION.with(|g| g.set(g.get() + 1));
     }
-    if STALE.with(|s| s.replace(false)) {
+    let scopes = STALE_SCOPES.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    // every cache built on definitions drops the entries of these tenants (and of no single
+    // tenant); when one cannot, everything goes
+    let all =
+        STALE.with(|s| s.replace(false)) || (!scopes.is_empty() && !cache::drop_scopes(&scopes));
+    if all {
         cache::clear(&ENTITIES);
         GENERATION.with(|g| g.set(g.get() + 1));
     }
+    if all || !scopes.is_empty() {
+        CHANGES.with(|c| c.set(c.get() + 1));
+    }
 }
 
-/// The current generation of cached definitions: it changes whenever any definition this
-/// backend may have cached changed (here or in another session).
+/// The current generation of every tenant's cached definitions: a cache synced with it
+/// (`cache::sync`) is emptied when it moves, and loses the entries of a tenant whose definitions
+/// changed (here or in another session) without it moving (`cache::drop_scopes`).
 pub fn generation() -> u64 {
     refresh_if_stale();
     GENERATION.with(|g| g.get())
+}
+
+/// A count that moves whenever any cached definition may have changed, of any tenant: for what
+/// is not kept in a cache of `crate::cache`.
+pub fn changes() -> u64 {
+    refresh_if_stale();
+    CHANGES.with(|c| c.get())
 }
 
 /// The current generation of the cached tenant registry and definitions together: it changes
@@ -246,22 +294,27 @@ pub fn registry_generation() -> (u64, u64) {
     refresh_if_stale();
     (
         REGISTRY_GENERATION.with(|g| g.get()),
-        GENERATION.with(|g| g.get()),
+        CHANGES.with(|c| c.get()),
     )
 }
 
 /// Clears this backend's cache of the tenant's entities now and queues an invalidation of the
 /// tenant's catalog table for every other backend (sent at commit).
 pub fn invalidate(t: &Tenant) {
-    invalidate_oid(t.catalog_oid);
+    invalidate_oid(t.catalog_oid, Some(t.scope()));
 }
 
-pub fn invalidate_oid(oid: pg_sys::Oid) {
+/// Queues an invalidation of `oid` for every backend (sent at commit) and drops this backend's
+/// cached definitions of the tenant `scope` now (of every tenant for None).
+fn invalidate_oid(oid: pg_sys::Oid, scope: Option<u32>) {
     if oid != pg_sys::InvalidOid {
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(oid) };
     }
     CHANGED_IN_XACT.with(|c| c.set(true));
-    STALE.with(|s| s.set(true));
+    match scope {
+        Some(scope) => stale_scope(scope),
+        None => STALE.with(|s| s.set(true)),
+    }
 }
 
 /// The registry table's oid: its invalidation clears the tenant cache too.
@@ -280,7 +333,7 @@ fn registry_oid() -> pg_sys::Oid {
 }
 
 pub fn invalidate_registry() {
-    invalidate_oid(registry_oid());
+    invalidate_oid(registry_oid(), None);
     TENANTS_STALE.with(|s| s.set(true));
 }
 
@@ -344,7 +397,7 @@ pub fn tenant(slug: &str) -> Result<Option<Rc<Tenant>>> {
         channel,
         access,
     });
-    WATCHED.with(|w| w.borrow_mut().insert(catalog_oid));
+    WATCHED.with(|w| w.borrow_mut().insert(catalog_oid, t.scope()));
     let bytes = std::mem::size_of::<Tenant>()
         + t.slug.len()
         + t.schema.len()
@@ -525,13 +578,14 @@ fn read_entity(t: &Tenant, slug: &str, reader: Reader) -> Result<Option<Entity>>
     if status != "active" && status != "dropped" {
         return Ok(None);
     }
-    entity_from_row(slug, version, &status, def, table_oid).map(Some)
+    entity_from_row(t, slug, version, &status, def, table_oid).map(Some)
 }
 
 /// An active entity from its stored definition (a jsonb datum). Tenants made from one template
 /// store the same definitions: a definition parsed for one tenant is reused for the others,
 /// found by its exact stored bytes (never by a hash alone).
 fn entity_from_stored(
+    t: &Tenant,
     slug: &str,
     version: i32,
     datum: pg_sys::Datum,
@@ -559,7 +613,7 @@ fn entity_from_stored(
         }
     };
     if table_oid != pg_sys::InvalidOid {
-        WATCHED.with(|w| w.borrow_mut().insert(table_oid));
+        WATCHED.with(|w| w.borrow_mut().insert(table_oid, t.scope()));
     }
     Ok(Entity {
         def: (*def).clone(),
@@ -570,6 +624,7 @@ fn entity_from_stored(
 }
 
 fn entity_from_row(
+    t: &Tenant,
     slug: &str,
     version: i32,
     status: &str,
@@ -587,7 +642,7 @@ fn entity_from_row(
         ))
     })?;
     if table_oid != pg_sys::InvalidOid {
-        WATCHED.with(|w| w.borrow_mut().insert(table_oid));
+        WATCHED.with(|w| w.borrow_mut().insert(table_oid, t.scope()));
     }
     Ok(Entity {
         def,
@@ -651,7 +706,7 @@ fn entity_cached(t: &Tenant, slug: &str, reader: Reader) -> Result<Option<Rc<Ent
     };
     let e = Rc::new(e);
     let bytes = std::mem::size_of::<Entity>() + e.def.approx_bytes();
-    cache::put(&ENTITIES, key, e.clone(), bytes);
+    cache::put_scoped(&ENTITIES, t.scope(), key, e.clone(), bytes);
     Ok(Some(e))
 }
 
@@ -778,11 +833,11 @@ pub fn active_entities(t: &Tenant) -> Result<Vec<Rc<Entity>>> {
         }
         let table_oid = t.relation(&slug).unwrap_or(pg_sys::InvalidOid);
         let e = Rc::new(match def {
-            Some(d) => entity_from_stored(&slug, version, d, table_oid)?,
-            None => entity_from_row(&slug, version, &status, None, table_oid)?,
+            Some(d) => entity_from_stored(t, &slug, version, d, table_oid)?,
+            None => entity_from_row(t, &slug, version, &status, None, table_oid)?,
         });
         let bytes = std::mem::size_of::<Entity>() + e.def.approx_bytes();
-        cache::put(&ENTITIES, key, e.clone(), bytes);
+        cache::put_scoped(&ENTITIES, t.scope(), key, e.clone(), bytes);
         out.push(e);
     }
     Ok(out)
@@ -994,11 +1049,14 @@ pub fn write_entity(
         .map_err(spi_err)
     })?;
     // a new entity has no table other backends watch yet: its tenant's catalog tells them
-    invalidate_oid(if table_oid == pg_sys::InvalidOid {
-        t.catalog_oid
-    } else {
-        table_oid
-    });
+    invalidate_oid(
+        if table_oid == pg_sys::InvalidOid {
+            t.catalog_oid
+        } else {
+            table_oid
+        },
+        Some(t.scope()),
+    );
     Ok(())
 }
 

@@ -239,7 +239,7 @@ fn read_keys(t: &Tenant, rel: pg_sys::Oid, master: &Key) -> Result<TenantKeys> {
     let rows = key_rows(t)?;
     let mut keys = TenantKeys {
         rel,
-        generation: catalog::generation(),
+        generation: catalog::changes(),
         active: 0,
         data: Vec::new(),
         index: None,
@@ -323,7 +323,7 @@ fn key_row<'r>(t: &Tenant, r: &'r serde_json::Value) -> Result<(Purpose, i32, Ve
 fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<TenantKeys>> {
     let m = master(what)?;
     // the keys read in this catalog generation (a rotation, a dropped tenant start a new one)
-    let generation = catalog::generation();
+    let generation = catalog::changes();
     let fresh = KEYS.with(|k| {
         k.borrow()
             .get(&t.schema)
@@ -342,8 +342,7 @@ fn keys(t: &Tenant, what: &dyn Fn() -> String, want: Option<i32>) -> Result<Rc<T
     };
     let cached = KEYS.with(|k| k.borrow().get(&t.schema).cloned());
     if let Some(k) = cached {
-        if k.rel == rel && k.generation == catalog::generation() && want.is_none_or(|id| k.has(id))
-        {
+        if k.rel == rel && k.generation == catalog::changes() && want.is_none_or(|id| k.has(id)) {
             return Ok(k);
         }
     }

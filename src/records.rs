@@ -27,11 +27,12 @@ fn entity_of(entity: &str) -> Result<(Rc<Tenant>, Rc<Entity>)> {
 
 /// A kept plan for a statement udm builds itself (not from a spec).
 fn plan_for(
+    t: &Tenant,
     key: String,
     sql: impl FnOnce() -> String,
     nargs: usize,
 ) -> Result<Rc<crate::query::Compiled>> {
-    compiled(&key, || {
+    compiled(t.scope(), &key, || {
         Ok(Template {
             sql: sql(),
             params: vec![
@@ -169,6 +170,7 @@ fn write_links(t: &Tenant, def: &EntityDef, id: &str, w: &Write) -> Result<()> {
         let [del, ins] = r::replace_links_sql(&t.schema, &l.junction);
         for (i, sql) in [del, ins].into_iter().enumerate() {
             let c = plan_for(
+                t,
                 format!("{}|links{i}|{}|{}", t.slug, def.slug, l.junction),
                 || sql,
                 2,
@@ -181,6 +183,7 @@ fn write_links(t: &Tenant, def: &EntityDef, id: &str, w: &Write) -> Result<()> {
 
 fn get_datum(t: &Tenant, def: &EntityDef, id: &str) -> Result<Option<pg_sys::Datum>> {
     let c = plan_for(
+        t,
         format!("{}|get|{}", t.slug, def.slug),
         || r::get_sql(&t.schema, def),
         1,
@@ -217,6 +220,7 @@ pub fn insert(entity: &str, data: &Value) -> Result<pg_sys::Datum> {
     let w = r::write_of(def, data, Mode::Insert)?;
     know_users(&t, def, &w)?;
     let c = plan_for(
+        &t,
         format!("{}|ins|{}|{}", t.slug, entity, col_key(&w)),
         || r::insert_sql(&t.schema, def, &w),
         r::insert_values(&w).len(),
@@ -243,7 +247,7 @@ pub fn get(
     let t = catalog::current_tenant()?;
     let e = catalog::entity(&t, entity)?;
     if columns.is_none() {
-        if let Some(p) = crate::query::fastget::plan(&t.slug, &e) {
+        if let Some(p) = crate::query::fastget::plan(&t, &e) {
             match crate::query::fastget::get(&p, id_datum) {
                 crate::query::fastget::Outcome::Found(d) => return Ok(Some(d)),
                 crate::query::fastget::Outcome::Missing => return Ok(None),
@@ -261,7 +265,7 @@ pub fn get(
             let m = model(&t)?;
             let spec = json!({"columns": cols});
             let key = format!("{}|getcols|{}|{}", m.key, entity, cols.join("\u{1}"));
-            let (c, _) = compiled(&key, || {
+            let (c, _) = compiled(m.scope, &key, || {
                 let obj = spec.as_object().expect("object");
                 let columns = q::columns_of(&*m, entity, obj)?;
                 let mut from = q::From::new(&*m, entity);
@@ -304,6 +308,7 @@ pub fn update(
     }
     args.extend(w.cols.iter().map(|c| c.value.clone()));
     let c = plan_for(
+        &t,
         format!("{}|upd|{}|{}|{versioned}", t.slug, entity, col_key(&w)),
         || r::update_sql(&t.schema, def, &w, versioned),
         args.len(),
@@ -311,6 +316,7 @@ pub fn update(
     let out = guarded(&t, def, || rawspi::first_datum(&c.plan, &args, false))?;
     let Some(d) = out else {
         let vc = plan_for(
+            &t,
             format!("{}|ver|{}", t.slug, entity),
             || r::version_sql(&t.schema, def),
             1,
@@ -352,6 +358,7 @@ pub fn delete(entity: &str, id: &str) -> Result<Value> {
     let (t, e) = entity_of(entity)?;
     let def = &e.def;
     let c = plan_for(
+        &t,
         format!("{}|del|{}", t.slug, entity),
         || r::delete_sql(&t.schema, def),
         1,

@@ -292,7 +292,7 @@ unsafe fn stamp_plan(td: *mut pg_sys::TriggerData) -> std::rc::Rc<StampPlan> {
             audited: e.def.audit,
         });
         let bytes = 256 + p.table.len() + p.schema.len() + p.args.len() * 64;
-        crate::cache::put(&STAMP_PLANS, relid, p.clone(), bytes);
+        crate::cache::put_scoped(&STAMP_PLANS, tt.tenant.scope(), relid, p.clone(), bytes);
         p
     }
 }
@@ -934,7 +934,7 @@ unsafe fn rule_probes(
             + p.iter()
                 .map(|(_, l, c)| l.len() + c.len() + 64)
                 .sum::<usize>();
-        crate::cache::put(&RULE_PROBES, tgoid, p.clone(), bytes);
+        crate::cache::put_scoped(&RULE_PROBES, tt.tenant.scope(), tgoid, p.clone(), bytes);
         (p, entity)
     }
 }

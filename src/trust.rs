@@ -52,7 +52,7 @@ pub fn trigger_table(td: *mut pg_sys::TriggerData, func: &str) -> Rc<TenantTable
         return t;
     }
     let t = Rc::new(identify(td, func).unwrap_or_else(|e| raise(e)));
-    crate::cache::put(&KNOWN, key, t.clone(), 256 + t.name.len());
+    crate::cache::put_scoped(&KNOWN, t.tenant.scope(), key, t.clone(), 256 + t.name.len());
     t
 }
 

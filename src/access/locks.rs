@@ -703,7 +703,7 @@ unsafe fn guard_of(td: *mut pg_sys::TriggerData) -> Result<Option<Rc<Guard>>> {
             }))
         }
     };
-    crate::cache::put(&GUARDS, oid, guard.clone(), 256);
+    crate::cache::put_scoped(&GUARDS, t.scope(), oid, guard.clone(), 256);
     Ok(guard)
 }
 

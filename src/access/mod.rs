@@ -305,7 +305,7 @@ pub fn context(t: &Tenant) -> Result<Rc<AccessCtx>> {
         + key.1.as_ref().map_or(0, |u| u.len())
         + ctx.role.as_ref().map_or(0, |r| r.len())
         + ctx.perms.entities.len() * 256;
-    crate::cache::put(&CONTEXTS, key, ctx.clone(), bytes);
+    crate::cache::put_scoped(&CONTEXTS, t.scope(), key, ctx.clone(), bytes);
     Ok(ctx)
 }
 

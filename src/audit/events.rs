@@ -135,7 +135,7 @@ fn condition_plan(t: &Tenant, entity: &str, condition: &Value) -> Result<Conditi
     let plan = crate::query::rawspi::prepare(&tpl.sql, tpl.params.len() + 1)?;
     let p = Rc::new((tpl, plan));
     let bytes = p.1.bytes() + p.0.sql.len() * 2 + key.len();
-    crate::cache::put(&CONDITIONS, key, p.clone(), bytes);
+    crate::cache::put_scoped(&CONDITIONS, t.scope(), key, p.clone(), bytes);
     Ok(p)
 }
 

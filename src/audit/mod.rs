@@ -315,7 +315,8 @@ unsafe fn shape(td: *mut pg_sys::TriggerData) -> Rc<Shape> {
             return s;
         }
         let s = Rc::new(build_shape(td).or_raise());
-        crate::cache::put(&SHAPES, key, s.clone(), 256 + s.types.len() * 64);
+        let scope = crate::trust::trigger_table(td, AUDIT_ROW).tenant.scope();
+        crate::cache::put_scoped(&SHAPES, scope, key, s.clone(), 256 + s.types.len() * 64);
         s
     }
 }

@@ -76,7 +76,7 @@ pub fn per_tenant<V: 'static>(
         return Ok(a);
     }
     let a = Rc::new(load(t)?);
-    crate::cache::put(cache, t.schema_oid, a.clone(), 1024);
+    crate::cache::put_scoped(cache, t.scope(), t.schema_oid, a.clone(), 1024);
     Ok(a)
 }
 

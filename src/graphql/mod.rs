@@ -194,11 +194,18 @@ fn schema_of(
         return Ok((model, s, key));
     }
     let s = Rc::new(GqlSchema::build(&*model)?);
-    cache::put(&SCHEMAS, key.clone(), s.clone(), s.approx_bytes());
+    cache::put_scoped(
+        &SCHEMAS,
+        model.scope,
+        key.clone(),
+        s.clone(),
+        s.approx_bytes(),
+    );
     Ok((model, s, key))
 }
 
 fn document(
+    scope: u32,
     schema: &GqlSchema,
     schema_key: &str,
     text: &str,
@@ -210,7 +217,7 @@ fn document(
         return Ok((d, key));
     }
     let d = Rc::new(Document::parse(schema, text, limits)?);
-    cache::put(&DOCUMENTS, key.clone(), d.clone(), d.approx_bytes());
+    cache::put_scoped(&DOCUMENTS, scope, key.clone(), d.clone(), d.approx_bytes());
     Ok((d, key))
 }
 
@@ -464,7 +471,7 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
             return run_query(&t, fields);
         }
     }
-    let (doc, _) = match document(&schema, &schema_key, query, &lim) {
+    let (doc, _) = match document(model.scope, &schema, &schema_key, query, &lim) {
         Ok(d) => d,
         Err(errs) => return JsonOut::Json(response(None, &errs, None)),
     };
@@ -490,7 +497,7 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
     let again = prepared.kind == OperationKind::Query && cache::get(&SEEN, &memo_key).is_some();
     if prepared.kind == OperationKind::Query && !again {
         let bytes = memo_key.len() + 64;
-        cache::put(&SEEN, memo_key.clone(), (), bytes);
+        cache::put_scoped(&SEEN, model.scope, memo_key.clone(), (), bytes);
     }
     if again {
         let memo = if uuids.is_empty() {
@@ -509,7 +516,7 @@ pub fn graphql(query: &str, variables: Option<&Value>, operation_name: Option<&s
                     .iter()
                     .map(|f| f.sql().iter().map(|s| s.len() * 2).sum::<usize>() + 512)
                     .sum::<usize>();
-            cache::put(&MEMOS, memo_key, Rc::new(m), bytes);
+            cache::put_scoped(&MEMOS, model.scope, memo_key, Rc::new(m), bytes);
         }
     }
     match prepared.kind {
@@ -667,7 +674,7 @@ fn point_value(
         return Ok(None);
     };
     let e = catalog::entity(t, &point.entity).map_err(GqlError::from)?;
-    let Some(p) = fastget::columns_plan(&t.slug, &e, &point.columns) else {
+    let Some(p) = fastget::columns_plan(t, &e, &point.columns) else {
         return Ok(None);
     };
     let datum = pgrx::Uuid::from_bytes(*id.as_bytes()).into_datum();
@@ -872,7 +879,7 @@ fn plan_subscription(
     let lim = limits();
     let t = catalog::current_tenant().map_err(|e| vec![GqlError::from(e)])?;
     let (model, schema, schema_key) = schema_of(&t).map_err(|e| vec![GqlError::from(e)])?;
-    let (doc, _) = document(&schema, &schema_key, query, &lim)?;
+    let (doc, _) = document(model.scope, &schema, &schema_key, query, &lim)?;
     let functions = functions_schema().map_err(|e| vec![GqlError::from(e)])?;
     let mut new_id = || udm_core::ids::uuid_text(&crate::records::uuid_v7());
     let mut ctx = Context {

@@ -8,7 +8,7 @@
 //! reads its columns the same way (`columns_plan`) under the same conditions.
 
 use crate::cache::{self, Cache, Lru};
-use crate::catalog::{self, Entity};
+use crate::catalog::{self, Entity, Tenant};
 use crate::query::rowjson::RowJson;
 use pgrx::prelude::*;
 use std::rc::Rc;
@@ -29,33 +29,33 @@ thread_local! {
 }
 
 /// The fast-read plan of an entity, or None when it cannot have one.
-pub fn plan(tenant: &str, e: &Entity) -> Option<Rc<GetPlan>> {
+pub fn plan(t: &Tenant, e: &Entity) -> Option<Rc<GetPlan>> {
     if crate::citus::installed() {
         // a Citus coordinator's table is a shell: the record is read where it is, through SQL
         return None;
     }
     let g = catalog::generation();
     cache::sync(&PLANS, g);
-    let key = format!("{tenant}|{}", e.def.slug);
+    let key = format!("{}|{}", t.slug, e.def.slug);
     if let Some(p) = cache::get(&PLANS, &key) {
         return p;
     }
     let p = unsafe { build(e) }.map(Rc::new);
     let bytes = 512 + e.def.fields.len() * 96 + key.len();
-    cache::put(&PLANS, key, p.clone(), bytes);
+    cache::put_scoped(&PLANS, t.scope(), key, p.clone(), bytes);
     p
 }
 
 /// The fast-read plan of some columns of an entity (`columns`: each column and whether it is
 /// read as its text), or None when it cannot have one (an encrypted or many-to-many field, a
 /// column the table does not have). The jsonb builder's keys are the columns' positions.
-pub fn columns_plan(tenant: &str, e: &Entity, columns: &[(String, bool)]) -> Option<Rc<GetPlan>> {
+pub fn columns_plan(t: &Tenant, e: &Entity, columns: &[(String, bool)]) -> Option<Rc<GetPlan>> {
     if crate::citus::installed() {
         return None;
     }
     let g = catalog::generation();
     cache::sync(&PLANS, g);
-    let mut key = format!("{tenant}|{}|", e.def.slug);
+    let mut key = format!("{}|{}|", t.slug, e.def.slug);
     for (c, text) in columns {
         key.push_str(c);
         key.push(if *text { '\u{2}' } else { '\u{1}' });
@@ -85,7 +85,7 @@ pub fn columns_plan(tenant: &str, e: &Entity, columns: &[(String, bool)]) -> Opt
         .flatten()
         .map(Rc::new);
     let bytes = 512 + columns.len() * 96 + key.len();
-    cache::put(&PLANS, key, p.clone(), bytes);
+    cache::put_scoped(&PLANS, t.scope(), key, p.clone(), bytes);
     p
 }
 

@@ -3,8 +3,8 @@
 //!
 //! Per backend, udm caches the tenant's entity model and, for each spec *shape* (structure
 //! without values), the compiled SQL and its prepared plan. A call parses its spec, looks its
-//! shape up, binds its values and runs the plan. Any definition change (here or in another
-//! session) flushes both caches (see `catalog::generation`).
+//! shape up, binds its values and runs the plan. A definition change of a tenant (here or in
+//! another session) drops that tenant's entries from both caches (see `catalog::generation`).
 
 use crate::cache::{self, Cache, Lru};
 use crate::catalog::{self, Entity, Tenant};
@@ -37,6 +37,8 @@ pub struct TenantModel {
     hidden: HashSet<(String, String)>,
     /// Names this model in cache keys: the tenant, and the hidden fields when there are any.
     pub key: String,
+    /// The tenant's scope in udm's caches (`Tenant::scope`).
+    pub scope: u32,
 }
 
 impl Model for TenantModel {
@@ -186,6 +188,7 @@ fn build_model(
         entities,
         hidden,
         key: key.clone(),
+        scope: t.scope(),
     });
     // PostgreSQL's caches will hold the tenant's tables too (counted against the budget)
     cache::tenant_loaded(m.entities.len());
@@ -196,12 +199,13 @@ fn build_model(
             .iter()
             .map(|(e, f)| e.len() + f.len() + 64)
             .sum::<usize>();
-    cache::put(&MODELS, key, m.clone(), bytes);
+    cache::put_scoped(&MODELS, t.scope(), key, m.clone(), bytes);
     Ok(m)
 }
 
 /// The compiled template and plan for `key`, compiled and prepared on first use.
 pub fn compiled(
+    scope: u32,
     key: &str,
     build: impl FnOnce() -> Result<Template>,
 ) -> Result<(Rc<Compiled>, bool)> {
@@ -220,7 +224,7 @@ pub fn compiled(
         + c.count_plan.as_ref().map_or(0, |p| p.bytes())
         + c.template.sql.len() * 2
         + 1024;
-    cache::put(&TEMPLATES, key.to_string(), c.clone(), bytes);
+    cache::put_scoped(&TEMPLATES, scope, key.to_string(), c.clone(), bytes);
     Ok((c, false))
 }
 
@@ -464,7 +468,7 @@ fn run(kind: &str, entity: &str, spec: &Value) -> Result<pg_sys::Datum> {
     crate::limits::check_spec(spec, &spec_name(kind))?;
     let (_, m) = target(entity)?;
     let key = format!("{}|{}", m.key, q::shape_key(kind, entity, spec));
-    let (c, _) = compiled(&key, || compile(&*m, kind, entity, spec))?;
+    let (c, _) = compiled(m.scope, &key, || compile(&*m, kind, entity, spec))?;
     let d = execute(&c, spec)?;
     if kind == "tree" {
         let nested = udm_core::query::views::nest_tree(&rawspi::jsonb_value(d));
@@ -504,7 +508,7 @@ pub fn compile_info(entity: &str, spec: &Value, kind: &str) -> Result<Value> {
     crate::limits::check_spec(spec, &spec_name(kind))?;
     let (_, m) = target(entity)?;
     let key = format!("{}|{}", m.key, q::shape_key(kind, entity, spec));
-    let (c, cached) = compiled(&key, || compile(&*m, kind, entity, spec))?;
+    let (c, cached) = compiled(m.scope, &key, || compile(&*m, kind, entity, spec))?;
     let binds = q::bind(spec, &c.template)?;
     let us = start.elapsed().as_secs_f64() * 1e6;
     let sources: Vec<Value> = c

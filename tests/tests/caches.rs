@@ -257,3 +257,110 @@ fn only_a_superuser_sets_the_budget() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "22023", "below the minimum: {}", message(&e));
 }
+
+/// The misses of `cache` in `c` while `f` runs (a cache this backend never filled has no row).
+fn misses_during(c: &mut Client, cache: &str, f: impl FnOnce(&mut Client)) -> i64 {
+    let misses = |c: &mut Client| -> i64 {
+        c.query_opt(
+            "SELECT misses FROM udm_cache_stats() WHERE cache = $1",
+            &[&cache],
+        )
+        .unwrap()
+        .map_or(0, |r| r.get(0))
+    };
+    let before = misses(c);
+    f(c);
+    misses(c) - before
+}
+
+/// A change to one tenant's definitions, or only to its table's statistics (VACUUM, ANALYZE),
+/// drops that tenant's cached definitions and plans in every backend, and no other tenant's.
+#[test]
+fn a_change_to_one_tenant_leaves_the_other_tenants_warm() {
+    let mut adm = admin();
+    let tenants = make_tenants(&mut adm, 4);
+    let mut c = admin();
+    for _ in 0..2 {
+        for t in &tenants {
+            title(&mut c, t);
+        }
+    }
+    let t2 = tenants[2].clone();
+    let insert_into_2 = move |c: &mut Client| {
+        c.execute("SELECT udm_use($1)", &[&t2]).unwrap();
+        c.batch_execute("SELECT udm_insert('book', '{\"title\": \"Another\", \"pages\": 3}')")
+            .unwrap();
+    };
+    assert_eq!(
+        misses_during(&mut c, "row stamps", insert_into_2.clone()),
+        1
+    );
+    let all = |c: &mut Client| {
+        for t in &tenants {
+            assert!(!title(c, t).is_empty(), "{t}");
+        }
+    };
+    assert_eq!(
+        misses_during(&mut c, "compiled queries", all),
+        0,
+        "warm tenants were compiled again"
+    );
+
+    // VACUUM and ANALYZE of one tenant's table (what autovacuum does all day): that tenant is
+    // rebuilt, the others stay warm
+    let schema: String = adm
+        .query_one(
+            "SELECT schema_name FROM udm.tenant WHERE slug = $1",
+            &[&tenants[0]],
+        )
+        .unwrap()
+        .get(0);
+    adm.batch_execute(&format!("VACUUM ANALYZE \"{schema}\".book"))
+        .unwrap();
+    let (models, queries) = (
+        stats(&mut c, "tenant models"),
+        stats(&mut c, "compiled queries"),
+    );
+    all(&mut c);
+    assert_eq!(stats(&mut c, "tenant models").misses - models.misses, 1);
+    assert_eq!(stats(&mut c, "compiled queries").misses - queries.misses, 1);
+
+    // a field added to tenant 1's book by another session: tenant 1's next query sees it, and
+    // only tenant 1 is compiled again
+    adm.batch_execute(&format!(
+        "SELECT udm_use({}); SELECT udm_add_field('book', '{{\"name\": \"isbn\", \"type\": \"text\", \"default\": \"0-00\"}}')",
+        lit(&tenants[1])
+    ))
+    .unwrap();
+    assert_eq!(misses_during(&mut c, "compiled queries", all), 1);
+    c.execute("SELECT udm_use($1)", &[&tenants[1]]).unwrap();
+    let v: Value = c
+        .query_one(
+            "SELECT udm_query('book', '{\"columns\": [\"title\", \"isbn\"]}')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(v["rows"][0]["isbn"], "0-00", "{v}");
+    // the other tenants' book has no such field, as their cached definitions say
+    c.execute("SELECT udm_use($1)", &[&tenants[2]]).unwrap();
+    let e = c
+        .query_one("SELECT udm_query('book', '{\"columns\": [\"isbn\"]}')", &[])
+        .unwrap_err();
+    assert!(message(&e).contains("isbn"), "{}", message(&e));
+
+    // a change made by this backend itself: seen at once, and the others stay warm
+    c.batch_execute(&format!(
+        "SELECT udm_use({}); SELECT udm_add_field('book', '{{\"name\": \"isbn\", \"type\": \"text\", \"default\": \"9-99\"}}')",
+        lit(&tenants[3])
+    ))
+    .unwrap();
+    let v: Value = c
+        .query_one("SELECT udm_query('book', '{\"columns\": [\"isbn\"]}')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v["rows"][0]["isbn"], "9-99", "{v}");
+    assert_eq!(misses_during(&mut c, "tenant models", all), 0);
+    // the triggers of a tenant nothing happened to kept their state all along
+    assert_eq!(misses_during(&mut c, "row stamps", insert_into_2), 0);
+}

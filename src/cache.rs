@@ -288,9 +288,7 @@ pub fn put<K: Eq + Hash + Clone + 'static, V: Clone + 'static>(
     v: V,
     bytes: usize,
 ) {
-    register(c);
-    c.with(|x| x.borrow_mut().insert(k, v, bytes, 0));
-    enforce();
+    put_scoped(c, 0, k, v, bytes)
 }
 
 pub fn clear<K: Eq + Hash + Clone + 'static, V: Clone + 'static>(

@@ -203,7 +203,8 @@ fn build_model(
     Ok(m)
 }
 
-/// The compiled template and plan for `key`, compiled and prepared on first use.
+/// The compiled template and plan for `key`, compiled and prepared on first use (an entry of
+/// the tenant `scope`, dropped when its definitions change).
 pub fn compiled(
     scope: u32,
     key: &str,

@@ -53,16 +53,24 @@ fn make_tenants(adm: &mut Client, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn title(c: &mut Client, t: &str) -> String {
+/// The first book of tenant `t` with `columns` (a JSON array), by `udm_query`.
+fn first_book(c: &mut Client, t: &str, columns: &str) -> Value {
     c.execute("SELECT udm_use($1)", &[&t]).unwrap();
+    let spec = format!("{{\"columns\": {columns}}}");
     let v: Value = c
-        .query_one(
-            "SELECT udm_query('book', '{\"columns\": [\"title\", \"pages\", \"shelf_id.name\"]}')",
-            &[],
-        )
+        .query_one("SELECT udm_query('book', $1::text::jsonb)", &[&spec])
         .unwrap()
         .get(0);
-    v["rows"][0]["title"]
+    v["rows"][0].clone()
+}
+
+/// The first book's `isbn` in tenant `t`.
+fn isbn(c: &mut Client, t: &str) -> Value {
+    first_book(c, t, r#"["title", "isbn"]"#)["isbn"].clone()
+}
+
+fn title(c: &mut Client, t: &str) -> String {
+    first_book(c, t, r#"["title", "pages", "shelf_id.name"]"#)["title"]
         .as_str()
         .unwrap_or_default()
         .to_string()
@@ -114,15 +122,7 @@ fn a_backend_stays_within_its_budget_and_rebuilds_what_it_evicted() {
         first
     ))
     .unwrap();
-    c.execute("SELECT udm_use($1)", &[first]).unwrap();
-    let v: Value = c
-        .query_one(
-            "SELECT udm_query('book', '{\"columns\": [\"title\", \"isbn\"]}')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(v["rows"][0]["isbn"], "x-1", "{v}");
+    assert_eq!(isbn(&mut c, first), "x-1");
 
     // and one still cached sees it too (its entries are dropped by the invalidation)
     let last = tenants.last().unwrap();
@@ -341,15 +341,7 @@ fn a_change_to_one_tenant_leaves_the_other_tenants_warm() {
     ))
     .unwrap();
     assert_eq!(misses_during(&mut c, "compiled queries", all), 1);
-    c.execute("SELECT udm_use($1)", &[&tenants[1]]).unwrap();
-    let v: Value = c
-        .query_one(
-            "SELECT udm_query('book', '{\"columns\": [\"title\", \"isbn\"]}')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(v["rows"][0]["isbn"], "0-00", "{v}");
+    assert_eq!(isbn(&mut c, &tenants[1]), "0-00");
     // the other tenants' book has no such field, as their cached definitions say
     c.execute("SELECT udm_use($1)", &[&tenants[2]]).unwrap();
     let e = c
@@ -363,11 +355,7 @@ fn a_change_to_one_tenant_leaves_the_other_tenants_warm() {
         lit(&tenants[3])
     ))
     .unwrap();
-    let v: Value = c
-        .query_one("SELECT udm_query('book', '{\"columns\": [\"isbn\"]}')", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(v["rows"][0]["isbn"], "9-99", "{v}");
+    assert_eq!(isbn(&mut c, &tenants[3]), "9-99");
     assert_eq!(misses_during(&mut c, "tenant models", all), 0);
     // the triggers of a tenant nothing happened to kept their state all along
     if !citus {

@@ -113,18 +113,7 @@ fn main() {
             have as usize, tenants,
             "REUSE=1: the database has {have} tenants, TENANTS={tenants}"
         );
-        if part("2") {
-            part2(&mut c, tenants);
-        }
-        if part("3") {
-            part3(tenants);
-        }
-        if part("4") {
-            part4(tenants);
-        }
-        if part("5") {
-            part5(tenants);
-        }
+        after_onboarding(&mut c, tenants, &part);
         return;
     }
     let mut c = fresh_db(DB);
@@ -215,8 +204,13 @@ fn main() {
         }
     );
 
+    after_onboarding(&mut c, tenants, &part);
+}
+
+/// Parts 2 to 5, those `part` selects, on a database of `tenants` onboarded tenants.
+fn after_onboarding(c: &mut Client, tenants: usize, part: &dyn Fn(&str) -> bool) {
     if part("2") {
-        part2(&mut c, tenants);
+        part2(c, tenants);
     }
     if part("3") {
         part3(tenants);
